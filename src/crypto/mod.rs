@@ -1,0 +1,98 @@
+//! End-to-end cryptography: identities, sessions, groups, envelopes, keys at rest.
+//!
+//! This module is pure library code: no I/O, no networking, no clocks (callers
+//! pass the time in). Everything here is built from one generation of audited
+//! primitives — X25519, Ed25519, HKDF-SHA256, HMAC-SHA256 and
+//! ChaCha20-Poly1305 — composed as the published Signal specifications
+//! describe (X3DH, Double Ratchet, Sender Keys, sealed sender).
+//!
+//! Who talks to it: the node encrypts and decrypts through [`Session`],
+//! [`SenderKey`] and [`seal`]/[`open`]; the store unlocks its database key
+//! through [`Keystore`]; the CLI shows [`safety_number`]s.
+//!
+//! Every byte layout, constant and label used here is written down in
+//! `docs/protocol.md`.
+
+mod envelope;
+mod error;
+mod identity;
+mod kdf;
+mod keystore;
+mod mailbox;
+mod prekeys;
+mod ratchet;
+mod safety;
+mod secret;
+mod sender_key;
+mod wire;
+mod x3dh;
+
+#[cfg(test)]
+mod tests;
+
+pub use envelope::{
+    ContentKind, Envelope, OpenedEnvelope, SealCache, SealedContent, SenderCertificate, open, pad,
+    seal, unpad,
+};
+pub use error::Error;
+pub use identity::{DeviceIdentity, PublicIdentity};
+pub use kdf::{Aead, MessageKey};
+pub use keystore::{DataKey, KdfParams, Keystore};
+pub use mailbox::{MailboxId, MailboxKey};
+pub use prekeys::{
+    BundleBody, OneTimePrekey, OneTimePublic, PrekeyBundle, PrekeyStore, SignedPrekey,
+    VerifiedBundle,
+};
+pub use ratchet::{Header, RatchetMessage, Session};
+pub use safety::{fingerprint, safety_number};
+pub use secret::Secret32;
+pub use sender_key::{SenderKey, SenderKeyDistribution, SenderKeyMessage, SenderKeyReceiver};
+pub use x3dh::{InitialMessage, PrekeyMessage, X3dhOutput, initiate, respond};
+
+/// Protocol labels. Each is the HKDF `info` (or signature context) of exactly
+/// one derivation, so keys derived for one purpose can never be confused with
+/// keys derived for another.
+pub mod labels {
+    /// X3DH shared secret.
+    pub const X3DH: &[u8] = b"meshchat/1/x3dh";
+    /// Double Ratchet root chain.
+    pub const ROOT: &[u8] = b"meshchat/1/root";
+    /// AEAD key and nonce of a 1:1 message key.
+    pub const MESSAGE: &[u8] = b"meshchat/1/message";
+    /// AEAD key and nonce of a group (sender key) message key.
+    pub const GROUP_MESSAGE: &[u8] = b"meshchat/1/group-message";
+    /// Sealed envelope, ephemeral layer.
+    pub const SEAL_EPHEMERAL: &[u8] = b"meshchat/1/seal/ephemeral";
+    /// Sealed envelope, static (sender-authenticating) layer.
+    pub const SEAL_STATIC: &[u8] = b"meshchat/1/seal/static";
+    /// Signature context: a device signs its X25519 identity key.
+    pub const SIG_IDENTITY_DH: &[u8] = b"meshchat/1/sig/identity-dh";
+    /// Signature context: a device signs its signed prekey.
+    pub const SIG_SIGNED_PREKEY: &[u8] = b"meshchat/1/sig/signed-prekey";
+    /// Signature context: a device signs a one-time prekey.
+    pub const SIG_ONE_TIME_PREKEY: &[u8] = b"meshchat/1/sig/one-time-prekey";
+    /// Signature context: a device signs a whole prekey bundle.
+    pub const SIG_BUNDLE: &[u8] = b"meshchat/1/sig/bundle";
+    /// Signature context: a sender-key group message.
+    pub const SIG_GROUP_MESSAGE: &[u8] = b"meshchat/1/sig/group-message";
+    /// Mailbox id derivation (SHA-256 prefix).
+    pub const MAILBOX: &[u8] = b"meshchat/mailbox";
+    /// Keystore: associated data when wrapping the database key.
+    pub const KEYSTORE: &[u8] = b"meshchat/1/keystore";
+    /// Safety-number fingerprint.
+    pub const FINGERPRINT: &[u8] = b"meshchat/1/fingerprint";
+}
+
+/// Size and count limits, all enforced before allocation.
+pub mod limits {
+    pub use super::envelope::{MAX_BUCKET, MAX_ENVELOPE, MAX_SEALED, MIN_BUCKET, SEAL_CACHE_CAP};
+    pub use super::keystore::RECORD_OVERHEAD;
+    pub use super::prekeys::{
+        BUNDLE_MAX, MAX_BUNDLE_RELAYS, MAX_ONE_TIME_PREKEYS, MAX_RELAY_ADDR_LEN,
+        SIGNED_PREKEY_GRACE_SECS, SIGNED_PREKEY_ROTATION_SECS,
+    };
+    pub use super::ratchet::{
+        HEADER_LEN, MAX_MESSAGE_LEN, MAX_PLAINTEXT, MAX_SKIP, MAX_SKIPPED_TOTAL,
+    };
+    pub use super::sender_key::{MAX_GROUP_MESSAGE_LEN, MAX_GROUP_SKIPPED};
+}

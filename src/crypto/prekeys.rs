@@ -1,0 +1,428 @@
+//! Prekeys: the signed prekey (rotated) and one-time prekeys (used once),
+//! and the signed bundle that lets someone start a session with this device
+//! while it is offline.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use super::identity::verify;
+use super::wire::{self, bytes64};
+use super::{DeviceIdentity, Error, PublicIdentity, Secret32, labels};
+
+/// How long a signed prekey is the current one.
+pub const SIGNED_PREKEY_ROTATION_SECS: u64 = 7 * 24 * 3600;
+/// How long a replaced signed prekey still answers session set-ups that were
+/// started from an older bundle.
+pub const SIGNED_PREKEY_GRACE_SECS: u64 = 14 * 24 * 3600;
+/// The most one-time prekeys a device keeps.
+pub const MAX_ONE_TIME_PREKEYS: usize = 200;
+/// The most relay addresses a bundle may list.
+pub const MAX_BUNDLE_RELAYS: usize = 8;
+/// The longest relay address.
+pub const MAX_RELAY_ADDR_LEN: usize = 256;
+
+const STORE_VERSION: u8 = 1;
+const BUNDLE_VERSION: u8 = 1;
+const BODY_VERSION: u8 = 1;
+/// Encoded bundle limit.
+pub const BUNDLE_MAX: usize = 4096;
+const STORE_MAX: usize = 64 * 1024;
+
+/// A signed prekey with its secret.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SignedPrekey {
+    /// Identifier carried in session set-ups.
+    pub id: u32,
+    secret: Secret32,
+    /// Public key.
+    pub public: [u8; 32],
+    /// Ed25519 signature over `labels::SIG_SIGNED_PREKEY ‖ id (u32 BE) ‖ public`.
+    #[serde(with = "bytes64")]
+    pub sig: [u8; 64],
+    /// When it was made (Unix seconds).
+    pub created_at: u64,
+}
+
+impl std::fmt::Debug for SignedPrekey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedPrekey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignedPrekey {
+    pub(crate) fn secret(&self) -> StaticSecret {
+        StaticSecret::from(*self.secret.expose())
+    }
+}
+
+/// A one-time prekey with its secret.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct OneTimePrekey {
+    /// Identifier carried in session set-ups.
+    pub id: u32,
+    secret: Secret32,
+    /// Public key.
+    pub public: [u8; 32],
+    /// Ed25519 signature over `labels::SIG_ONE_TIME_PREKEY ‖ id (u32 BE) ‖ public`.
+    #[serde(with = "bytes64")]
+    pub sig: [u8; 64],
+}
+
+impl std::fmt::Debug for OneTimePrekey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OneTimePrekey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OneTimePrekey {
+    pub(crate) fn secret(&self) -> StaticSecret {
+        StaticSecret::from(*self.secret.expose())
+    }
+
+    /// The public part as it travels in bundles.
+    pub fn to_public(&self) -> OneTimePublic {
+        OneTimePublic {
+            id: self.id,
+            key: self.public,
+            sig: self.sig,
+        }
+    }
+}
+
+/// A one-time prekey's public part, individually signed so that whoever
+/// serves it (a relay) cannot substitute its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OneTimePublic {
+    /// Identifier.
+    pub id: u32,
+    /// X25519 public key.
+    pub key: [u8; 32],
+    /// Signature, see [`OneTimePrekey::sig`].
+    #[serde(with = "bytes64")]
+    pub sig: [u8; 64],
+}
+
+/// This device's prekey secrets.
+#[derive(Serialize, Deserialize)]
+pub struct PrekeyStore {
+    version: u8,
+    /// Newest last; older ones kept for the grace period.
+    signed: Vec<SignedPrekey>,
+    one_time: BTreeMap<u32, OneTimePrekey>,
+    next_id: u32,
+}
+
+impl std::fmt::Debug for PrekeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrekeyStore")
+            .field("signed", &self.signed.len())
+            .field("one_time", &self.one_time.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PrekeyStore {
+    /// A store with one fresh signed prekey and no one-time prekeys.
+    pub fn new<R: rand_core::CryptoRng + ?Sized>(
+        identity: &DeviceIdentity,
+        now: u64,
+        rng: &mut R,
+    ) -> Self {
+        let mut store = Self {
+            version: STORE_VERSION,
+            signed: Vec::new(),
+            one_time: BTreeMap::new(),
+            next_id: 1,
+        };
+        store.push_signed(identity, now, rng);
+        store
+    }
+
+    fn take_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        id
+    }
+
+    fn push_signed<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        identity: &DeviceIdentity,
+        now: u64,
+        rng: &mut R,
+    ) {
+        let id = self.take_id();
+        let secret = StaticSecret::random_from_rng(rng);
+        let public = PublicKey::from(&secret).to_bytes();
+        let sig = identity.sign(labels::SIG_SIGNED_PREKEY, &[&id.to_be_bytes(), &public]);
+        self.signed.push(SignedPrekey {
+            id,
+            secret: Secret32::new(secret.to_bytes()),
+            public,
+            sig,
+            created_at: now,
+        });
+    }
+
+    /// The current signed prekey.
+    pub fn current(&self) -> Option<&SignedPrekey> {
+        self.signed.last()
+    }
+
+    /// Rotates the signed prekey when it is older than the rotation period,
+    /// and forgets replaced ones past their grace period. Returns whether a
+    /// new one was made (then publish a new bundle).
+    pub fn rotate_if_due<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        identity: &DeviceIdentity,
+        now: u64,
+        rng: &mut R,
+    ) -> bool {
+        let due = self
+            .current()
+            .is_none_or(|spk| now.saturating_sub(spk.created_at) >= SIGNED_PREKEY_ROTATION_SECS);
+        if due {
+            self.push_signed(identity, now, rng);
+        }
+        // A replaced key's grace runs from when its successor was made.
+        let successors: Vec<Option<u64>> = (0..self.signed.len())
+            .map(|i| self.signed.get(i + 1).map(|next| next.created_at))
+            .collect();
+        let mut successors = successors.into_iter();
+        self.signed.retain(|_| match successors.next().flatten() {
+            None => true,
+            Some(replaced_at) => now.saturating_sub(replaced_at) < SIGNED_PREKEY_GRACE_SECS,
+        });
+        due
+    }
+
+    /// Makes up to `count` new one-time prekeys (never holding more than
+    /// [`MAX_ONE_TIME_PREKEYS`]) and returns their public parts.
+    pub fn generate_one_time<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        identity: &DeviceIdentity,
+        count: usize,
+        rng: &mut R,
+    ) -> Vec<OneTimePublic> {
+        let room = MAX_ONE_TIME_PREKEYS.saturating_sub(self.one_time.len());
+        let mut out = Vec::with_capacity(count.min(room));
+        for _ in 0..count.min(room) {
+            let id = self.take_id();
+            let secret = StaticSecret::random_from_rng(rng);
+            let public = PublicKey::from(&secret).to_bytes();
+            let sig = identity.sign(labels::SIG_ONE_TIME_PREKEY, &[&id.to_be_bytes(), &public]);
+            let opk = OneTimePrekey {
+                id,
+                secret: Secret32::new(secret.to_bytes()),
+                public,
+                sig,
+            };
+            out.push(opk.to_public());
+            self.one_time.insert(id, opk);
+        }
+        out
+    }
+
+    /// How many one-time prekeys remain.
+    pub fn one_time_count(&self) -> usize {
+        self.one_time.len()
+    }
+
+    /// The public parts of the remaining one-time prekeys.
+    pub fn one_time_publics(&self) -> Vec<OneTimePublic> {
+        self.one_time
+            .values()
+            .map(OneTimePrekey::to_public)
+            .collect()
+    }
+
+    /// A signed prekey by id (current or within grace).
+    pub fn signed(&self, id: u32) -> Result<&SignedPrekey, Error> {
+        self.signed
+            .iter()
+            .find(|s| s.id == id)
+            .ok_or(Error::UnknownPrekey { kind: "signed", id })
+    }
+
+    /// A one-time prekey by id, left in place.
+    pub fn one_time(&self, id: u32) -> Result<&OneTimePrekey, Error> {
+        self.one_time.get(&id).ok_or(Error::UnknownPrekey {
+            kind: "one-time",
+            id,
+        })
+    }
+
+    /// Removes and returns a one-time prekey: each is used at most once.
+    pub fn take_one_time(&mut self, id: u32) -> Result<OneTimePrekey, Error> {
+        self.one_time.remove(&id).ok_or(Error::UnknownPrekey {
+            kind: "one-time",
+            id,
+        })
+    }
+
+    /// A signed bundle for this device, with at most one one-time prekey.
+    pub fn bundle(
+        &self,
+        identity: &DeviceIdentity,
+        mailbox_id: [u8; 32],
+        relays: &[String],
+        now: u64,
+        with_one_time: bool,
+    ) -> Result<PrekeyBundle, Error> {
+        let spk = self.current().ok_or(Error::UnknownPrekey {
+            kind: "signed",
+            id: 0,
+        })?;
+        let relays: Vec<String> = relays
+            .iter()
+            .take(MAX_BUNDLE_RELAYS)
+            .filter(|r| r.len() <= MAX_RELAY_ADDR_LEN)
+            .cloned()
+            .collect();
+        let body = BundleBody {
+            version: BODY_VERSION,
+            identity: identity.public().clone(),
+            signed_prekey_id: spk.id,
+            signed_prekey: spk.public,
+            signed_prekey_sig: spk.sig,
+            mailbox_id,
+            relays,
+            created_at: now,
+        };
+        let body = wire::encode(&body);
+        let body_sig = identity.sign(labels::SIG_BUNDLE, &[&body]);
+        let one_time = if with_one_time {
+            self.one_time.values().next().map(OneTimePrekey::to_public)
+        } else {
+            None
+        };
+        Ok(PrekeyBundle {
+            version: BUNDLE_VERSION,
+            body,
+            body_sig,
+            one_time,
+        })
+    }
+
+    /// Encodes the secrets for storage (encrypt before writing).
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        zeroize::Zeroizing::new(wire::encode(self))
+    }
+
+    /// Inverse of [`Self::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let store: Self = wire::decode(bytes, "prekey store", STORE_VERSION, STORE_MAX)?;
+        if store.one_time.len() > MAX_ONE_TIME_PREKEYS || store.signed.len() > 16 {
+            return Err(Error::Malformed {
+                what: "prekey store",
+            });
+        }
+        Ok(store)
+    }
+}
+
+/// The signed part of a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleBody {
+    version: u8,
+    /// The device's identity keys.
+    pub identity: PublicIdentity,
+    /// Id of the signed prekey.
+    pub signed_prekey_id: u32,
+    /// The signed prekey.
+    pub signed_prekey: [u8; 32],
+    /// Its signature by the identity.
+    #[serde(with = "bytes64")]
+    pub signed_prekey_sig: [u8; 64],
+    /// Where the device collects offline mail.
+    pub mailbox_id: [u8; 32],
+    /// Relays holding that mailbox (multiaddrs).
+    pub relays: Vec<String>,
+    /// When the bundle was made (Unix seconds).
+    pub created_at: u64,
+}
+
+/// What a device publishes so others can open a session with it.
+///
+/// `body` is the encoded [`BundleBody`]; its signature covers those exact
+/// bytes. The one-time prekey rides outside that signature (a relay hands a
+/// different one to each asker) but carries its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrekeyBundle {
+    version: u8,
+    /// Encoded [`BundleBody`].
+    pub body: Vec<u8>,
+    /// Signature over `labels::SIG_BUNDLE ‖ body`.
+    #[serde(with = "bytes64")]
+    pub body_sig: [u8; 64],
+    /// At most one one-time prekey.
+    pub one_time: Option<OneTimePublic>,
+}
+
+/// A bundle whose every signature has been checked.
+#[derive(Debug, Clone)]
+pub struct VerifiedBundle {
+    /// The signed contents.
+    pub body: BundleBody,
+    /// A checked one-time prekey, if one came with it.
+    pub one_time: Option<OneTimePublic>,
+}
+
+impl PrekeyBundle {
+    /// Encoded form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        wire::encode(self)
+    }
+
+    /// Decodes (bounded) without verifying.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        wire::decode(bytes, "prekey bundle", BUNDLE_VERSION, BUNDLE_MAX)
+    }
+
+    /// Checks the identity binding, the signed prekey, the body and the
+    /// one-time prekey signatures.
+    pub fn verify(&self) -> Result<VerifiedBundle, Error> {
+        let body: BundleBody = wire::decode(&self.body, "bundle body", BODY_VERSION, BUNDLE_MAX)?;
+        body.identity.verify()?;
+        let signer = &body.identity.signing;
+        verify(
+            signer,
+            labels::SIG_BUNDLE,
+            &[&self.body],
+            &self.body_sig,
+            "prekey bundle",
+        )?;
+        verify(
+            signer,
+            labels::SIG_SIGNED_PREKEY,
+            &[&body.signed_prekey_id.to_be_bytes(), &body.signed_prekey],
+            &body.signed_prekey_sig,
+            "signed prekey",
+        )?;
+        if body.relays.len() > MAX_BUNDLE_RELAYS
+            || body.relays.iter().any(|r| r.len() > MAX_RELAY_ADDR_LEN)
+        {
+            return Err(Error::Malformed {
+                what: "bundle relays",
+            });
+        }
+        if let Some(opk) = &self.one_time {
+            verify(
+                signer,
+                labels::SIG_ONE_TIME_PREKEY,
+                &[&opk.id.to_be_bytes(), &opk.key],
+                &opk.sig,
+                "one-time prekey",
+            )?;
+        }
+        Ok(VerifiedBundle {
+            body,
+            one_time: self.one_time.clone(),
+        })
+    }
+}

@@ -1,0 +1,399 @@
+//! Sender Keys for groups: each member device has, per group, a hash-ratchet
+//! chain and an Ed25519 signing key, handed to the other members over their
+//! authenticated 1:1 sessions. One encryption serves the whole group.
+//!
+//! Group message wire layout:
+//!
+//! ```text
+//! 0   1   version (1)
+//! 1   32  group id
+//! 33  4   key id (u32 BE)
+//! 37  4   iteration (u32 BE)
+//! 41  …   ChaCha20-Poly1305 ciphertext ‖ tag   (AD = bytes 0..41)
+//! end 64  Ed25519 signature over "meshchat/1/sig/group-message" ‖ bytes 0..end-64
+//! ```
+
+use std::collections::VecDeque;
+
+use ed25519_dalek::{Signer, SigningKey};
+use serde::{Deserialize, Serialize};
+
+use super::identity::verify;
+use super::kdf::{TAG_LEN, chain_step};
+use super::ratchet::{MAX_PLAINTEXT, MAX_SKIP};
+use super::wire;
+use super::{Error, MessageKey, Secret32, labels};
+
+const VERSION: u8 = 1;
+const HEADER_LEN: usize = 41;
+const SIG_LEN: usize = 64;
+/// Largest encoded group message.
+pub const MAX_GROUP_MESSAGE_LEN: usize = HEADER_LEN + MAX_PLAINTEXT + TAG_LEN + SIG_LEN;
+/// Skipped keys one receiver keeps for one sender key.
+pub const MAX_GROUP_SKIPPED: usize = 2000;
+const DIST_VERSION: u8 = 1;
+const STATE_VERSION: u8 = 1;
+
+/// A group message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderKeyMessage {
+    /// The group.
+    pub group_id: [u8; 32],
+    /// Which of the sender's keys.
+    pub key_id: u32,
+    /// Position in that key's chain.
+    pub iteration: u32,
+    /// Ciphertext ‖ tag.
+    pub ciphertext: Vec<u8>,
+    /// Signature over everything before it.
+    pub signature: [u8; 64],
+}
+
+impl SenderKeyMessage {
+    fn header(group_id: &[u8; 32], key_id: u32, iteration: u32) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0] = VERSION;
+        h[1..33].copy_from_slice(group_id);
+        h[33..37].copy_from_slice(&key_id.to_be_bytes());
+        h[37..41].copy_from_slice(&iteration.to_be_bytes());
+        h
+    }
+
+    /// Encoded form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.ciphertext.len() + SIG_LEN);
+        out.extend_from_slice(&Self::header(&self.group_id, self.key_id, self.iteration));
+        out.extend_from_slice(&self.ciphertext);
+        out.extend_from_slice(&self.signature);
+        out
+    }
+
+    /// Bounded decode.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        const WHAT: &str = "group message";
+        if bytes.len() > MAX_GROUP_MESSAGE_LEN {
+            return Err(Error::TooLarge {
+                what: WHAT,
+                len: bytes.len(),
+                max: MAX_GROUP_MESSAGE_LEN,
+            });
+        }
+        let min = HEADER_LEN + TAG_LEN + SIG_LEN;
+        if bytes.len() < min {
+            return Err(Error::Truncated {
+                what: WHAT,
+                len: bytes.len(),
+                min,
+            });
+        }
+        if bytes[0] != VERSION {
+            return Err(Error::UnknownVersion {
+                what: WHAT,
+                got: bytes[0],
+                expected: VERSION,
+            });
+        }
+        let mut group_id = [0u8; 32];
+        group_id.copy_from_slice(&bytes[1..33]);
+        let mut k = [0u8; 4];
+        k.copy_from_slice(&bytes[33..37]);
+        let mut it = [0u8; 4];
+        it.copy_from_slice(&bytes[37..41]);
+        let sig_at = bytes.len() - SIG_LEN;
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(&bytes[sig_at..]);
+        Ok(Self {
+            group_id,
+            key_id: u32::from_be_bytes(k),
+            iteration: u32::from_be_bytes(it),
+            ciphertext: bytes[HEADER_LEN..sig_at].to_vec(),
+            signature,
+        })
+    }
+}
+
+/// What a member sends (over 1:1 sessions only) so others can read its group
+/// messages. Contains a chain key: secret.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SenderKeyDistribution {
+    version: u8,
+    /// The group.
+    pub group_id: [u8; 32],
+    /// The sender key's id.
+    pub key_id: u32,
+    /// Iteration the chain key below is at.
+    pub iteration: u32,
+    chain_key: Secret32,
+    /// Ed25519 public key that signs this sender's group messages.
+    pub signing_key: [u8; 32],
+}
+
+impl std::fmt::Debug for SenderKeyDistribution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SenderKeyDistribution")
+            .field("key_id", &self.key_id)
+            .field("iteration", &self.iteration)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SenderKeyDistribution {
+    /// Encoded form (send inside a 1:1 session only).
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        zeroize::Zeroizing::new(wire::encode(self))
+    }
+
+    /// Bounded decode.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        wire::decode(bytes, "sender key distribution", DIST_VERSION, 128)
+    }
+}
+
+/// This device's sending state in one group.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SenderKey {
+    version: u8,
+    group_id: [u8; 32],
+    key_id: u32,
+    pub(crate) iteration: u32,
+    chain: Secret32,
+    pub(crate) signing: Secret32,
+    /// When this key was made (Unix seconds), for periodic rotation.
+    pub created_at: u64,
+}
+
+impl std::fmt::Debug for SenderKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SenderKey")
+            .field("key_id", &self.key_id)
+            .field("iteration", &self.iteration)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SenderKey {
+    /// A fresh sender key for `group_id`.
+    pub fn new<R: rand_core::CryptoRng + ?Sized>(
+        group_id: [u8; 32],
+        now: u64,
+        rng: &mut R,
+    ) -> Self {
+        let mut id = [0u8; 4];
+        rng.fill_bytes(&mut id);
+        Self {
+            version: STATE_VERSION,
+            group_id,
+            key_id: u32::from_be_bytes(id),
+            iteration: 0,
+            chain: Secret32::random(rng),
+            signing: Secret32::random(rng),
+            created_at: now,
+        }
+    }
+
+    /// A new, unrelated key for the same group (after a member leaves or is
+    /// removed, and periodically). Distribute it to the remaining members.
+    pub fn rotate<R: rand_core::CryptoRng + ?Sized>(&self, now: u64, rng: &mut R) -> Self {
+        let mut next = Self::new(self.group_id, now, rng);
+        if next.key_id == self.key_id {
+            next.key_id = next.key_id.wrapping_add(1);
+        }
+        next
+    }
+
+    /// The key id.
+    pub fn key_id(&self) -> u32 {
+        self.key_id
+    }
+
+    /// The distribution message for the current chain position.
+    pub fn distribution(&self) -> SenderKeyDistribution {
+        SenderKeyDistribution {
+            version: DIST_VERSION,
+            group_id: self.group_id,
+            key_id: self.key_id,
+            iteration: self.iteration,
+            chain_key: self.chain.clone(),
+            signing_key: SigningKey::from_bytes(self.signing.expose())
+                .verifying_key()
+                .to_bytes(),
+        }
+    }
+
+    /// Encrypts and signs one group message.
+    pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<SenderKeyMessage, Error> {
+        let (msg, _) = self.encrypt_inner(plaintext)?;
+        Ok(msg)
+    }
+
+    pub(crate) fn encrypt_inner(
+        &mut self,
+        plaintext: &[u8],
+    ) -> Result<(SenderKeyMessage, super::Aead), Error> {
+        if plaintext.len() > MAX_PLAINTEXT {
+            return Err(Error::TooLarge {
+                what: "plaintext",
+                len: plaintext.len(),
+                max: MAX_PLAINTEXT,
+            });
+        }
+        let iteration = self.iteration;
+        let next_it = iteration.checked_add(1).ok_or(Error::CounterOverflow)?;
+        let (mk, next) = chain_step(&self.chain);
+        self.chain = next;
+        self.iteration = next_it;
+        let header = SenderKeyMessage::header(&self.group_id, self.key_id, iteration);
+        let aead = mk.aead(labels::GROUP_MESSAGE);
+        let ciphertext = aead.seal(plaintext, &header);
+        let signing = SigningKey::from_bytes(self.signing.expose());
+        let mut signed =
+            Vec::with_capacity(labels::SIG_GROUP_MESSAGE.len() + HEADER_LEN + ciphertext.len());
+        signed.extend_from_slice(labels::SIG_GROUP_MESSAGE);
+        signed.extend_from_slice(&header);
+        signed.extend_from_slice(&ciphertext);
+        let signature = signing.sign(&signed).to_bytes();
+        Ok((
+            SenderKeyMessage {
+                group_id: self.group_id,
+                key_id: self.key_id,
+                iteration,
+                ciphertext,
+                signature,
+            },
+            aead,
+        ))
+    }
+
+    /// Saved form (secret).
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        zeroize::Zeroizing::new(wire::encode(self))
+    }
+
+    /// Inverse of [`Self::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        wire::decode(bytes, "sender key", STATE_VERSION, 256)
+    }
+}
+
+/// A receiver's state for one sender key of one member.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SenderKeyReceiver {
+    version: u8,
+    group_id: [u8; 32],
+    key_id: u32,
+    pub(crate) iteration: u32,
+    chain: Secret32,
+    signing_key: [u8; 32],
+    skipped: VecDeque<(u32, MessageKey)>,
+}
+
+impl std::fmt::Debug for SenderKeyReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SenderKeyReceiver")
+            .field("key_id", &self.key_id)
+            .field("iteration", &self.iteration)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SenderKeyReceiver {
+    /// State from a distribution received over an authenticated session.
+    pub fn from_distribution(d: &SenderKeyDistribution) -> Self {
+        Self {
+            version: STATE_VERSION,
+            group_id: d.group_id,
+            key_id: d.key_id,
+            iteration: d.iteration,
+            chain: d.chain_key.clone(),
+            signing_key: d.signing_key,
+            skipped: VecDeque::new(),
+        }
+    }
+
+    /// The key id this state reads.
+    pub fn key_id(&self) -> u32 {
+        self.key_id
+    }
+
+    /// Verifies and decrypts a group message. The state changes only on success.
+    pub fn decrypt(&mut self, msg: &SenderKeyMessage) -> Result<Vec<u8>, Error> {
+        const WHAT: &str = "group message";
+        if msg.group_id != self.group_id {
+            return Err(Error::WrongGroup);
+        }
+        if msg.key_id != self.key_id {
+            return Err(Error::UnknownSenderKey { key_id: msg.key_id });
+        }
+        let header = SenderKeyMessage::header(&msg.group_id, msg.key_id, msg.iteration);
+        verify(
+            &self.signing_key,
+            labels::SIG_GROUP_MESSAGE,
+            &[&header, &msg.ciphertext],
+            &msg.signature,
+            WHAT,
+        )?;
+        if let Some(idx) = self.skipped.iter().position(|(i, _)| *i == msg.iteration) {
+            let pt = match self.skipped.get(idx) {
+                Some((_, mk)) => {
+                    mk.aead(labels::GROUP_MESSAGE)
+                        .open(&msg.ciphertext, &header, WHAT)?
+                }
+                None => {
+                    return Err(Error::Duplicate {
+                        counter: msg.iteration,
+                    });
+                }
+            };
+            self.skipped.remove(idx);
+            return Ok(pt);
+        }
+        if msg.iteration < self.iteration {
+            return Err(Error::Duplicate {
+                counter: msg.iteration,
+            });
+        }
+        let gap = u64::from(msg.iteration - self.iteration);
+        if gap > u64::from(MAX_SKIP) {
+            return Err(Error::GapTooBig { gap, max: MAX_SKIP });
+        }
+        let mut ck = self.chain.clone();
+        let mut new_skipped = Vec::with_capacity(gap as usize);
+        for i in self.iteration..msg.iteration {
+            let (mk, next) = chain_step(&ck);
+            new_skipped.push((i, mk));
+            ck = next;
+        }
+        let (mk, next) = chain_step(&ck);
+        let pt = mk
+            .aead(labels::GROUP_MESSAGE)
+            .open(&msg.ciphertext, &header, WHAT)?;
+        self.iteration = msg.iteration.checked_add(1).ok_or(Error::CounterOverflow)?;
+        self.chain = next;
+        self.skipped.extend(new_skipped);
+        while self.skipped.len() > MAX_GROUP_SKIPPED {
+            self.skipped.pop_front();
+        }
+        Ok(pt)
+    }
+
+    /// Saved form (secret).
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        zeroize::Zeroizing::new(wire::encode(self))
+    }
+
+    /// Inverse of [`Self::to_bytes`], bounded.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let s: Self = wire::decode(
+            bytes,
+            "sender key state",
+            STATE_VERSION,
+            256 + MAX_GROUP_SKIPPED * 40,
+        )?;
+        if s.skipped.len() > MAX_GROUP_SKIPPED {
+            return Err(Error::Malformed {
+                what: "sender key state",
+            });
+        }
+        Ok(s)
+    }
+}
