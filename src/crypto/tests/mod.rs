@@ -1,10 +1,12 @@
 //! Unit tests of the crypto core. Every RNG here is seeded.
 
+mod decoders;
 mod envelope;
 mod group;
 mod interop;
 mod kat;
 mod keystore;
+mod prekeys;
 mod ratchet;
 mod snapshots;
 

@@ -1,0 +1,153 @@
+use super::*;
+use crate::crypto::limits::{SIGNED_PREKEY_GRACE_SECS, SIGNED_PREKEY_ROTATION_SECS};
+
+const DAY: u64 = 86_400;
+
+#[test]
+fn signed_prekey_rotates_and_old_one_answers_during_grace() {
+    let mut r = rng(60);
+    let id = DeviceIdentity::generate(&mut r);
+    let t0 = 1_000_000;
+    let mut pre = PrekeyStore::new(&id, t0, &mut r);
+    let first = pre.current().unwrap().id;
+    assert!(!pre.rotate_if_due(&id, t0 + DAY, &mut r));
+    let t1 = t0 + SIGNED_PREKEY_ROTATION_SECS;
+    assert!(pre.rotate_if_due(&id, t1, &mut r));
+    let second = pre.current().unwrap().id;
+    assert_ne!(first, second);
+    // Within grace the old key still serves set-ups from old bundles.
+    assert!(pre.signed(first).is_ok());
+    assert!(!pre.rotate_if_due(&id, t1 + DAY, &mut r));
+    assert!(pre.signed(first).is_ok());
+    // After grace it is gone.
+    pre.rotate_if_due(&id, t1 + SIGNED_PREKEY_GRACE_SECS, &mut r);
+    assert!(matches!(
+        pre.signed(first),
+        Err(Error::UnknownPrekey { kind: "signed", .. })
+    ));
+    assert!(pre.signed(second).is_ok());
+    // Saved and reloaded.
+    let again = PrekeyStore::from_bytes(&pre.to_bytes()).unwrap();
+    assert_eq!(again.current().unwrap().id, pre.current().unwrap().id);
+}
+
+#[test]
+fn one_time_prekeys_are_used_once_and_bounded() {
+    let mut r = rng(61);
+    let alice = DeviceIdentity::generate(&mut r);
+    let bob = DeviceIdentity::generate(&mut r);
+    let mut pre = PrekeyStore::new(&bob, 0, &mut r);
+    let made = pre.generate_one_time(&bob, 10_000, &mut r);
+    assert_eq!(made.len(), limits::MAX_ONE_TIME_PREKEYS);
+    assert_eq!(pre.one_time_count(), limits::MAX_ONE_TIME_PREKEYS);
+    let bundle = pre
+        .bundle(&bob, [0; 32], &[], 0, true)
+        .unwrap()
+        .verify()
+        .unwrap();
+    let (_, initial, _) = initiate(&alice, &bundle, &mut r).unwrap();
+    let opk = initial.one_time_prekey_id.unwrap();
+    assert!(respond(&bob, &pre, alice.public(), &initial).is_ok());
+    pre.take_one_time(opk).unwrap();
+    assert!(matches!(
+        respond(&bob, &pre, alice.public(), &initial),
+        Err(Error::UnknownPrekey {
+            kind: "one-time",
+            ..
+        })
+    ));
+    assert!(pre.take_one_time(opk).is_err());
+}
+
+#[test]
+fn bundles_are_signed_end_to_end() {
+    let mut r = rng(62);
+    let bob = DeviceIdentity::generate(&mut r);
+    let mallory = DeviceIdentity::generate(&mut r);
+    let mut pre = PrekeyStore::new(&bob, 0, &mut r);
+    pre.generate_one_time(&bob, 2, &mut r);
+    let relays = vec!["/ip4/127.0.0.1/tcp/1".to_string()];
+    let bundle = pre.bundle(&bob, [5; 32], &relays, 0, true).unwrap();
+    let v = PrekeyBundle::from_bytes(&bundle.to_bytes())
+        .unwrap()
+        .verify()
+        .unwrap();
+    assert_eq!(v.body.identity, *bob.public());
+    assert_eq!(v.body.relays, relays);
+    // Any change to the signed body fails.
+    for i in 0..bundle.body.len() {
+        let mut b = bundle.clone();
+        b.body[i] ^= 0x01;
+        assert!(b.verify().is_err(), "body byte {i}");
+    }
+    // A relay cannot substitute its own one-time prekey.
+    let mut swapped = bundle.clone();
+    let mut mal_pre = PrekeyStore::new(&mallory, 0, &mut r);
+    let forged = mal_pre.generate_one_time(&mallory, 1, &mut r).remove(0);
+    swapped.one_time = Some(forged);
+    assert!(matches!(swapped.verify(), Err(Error::BadSignature { .. })));
+    // A bundle re-signed by someone else fails the identity binding check.
+    let mut other = bundle.clone();
+    other.body_sig = [0; 64];
+    assert!(other.verify().is_err());
+    // Without a one-time prekey the agreement still works (3 DH).
+    let plain = pre
+        .bundle(&bob, [5; 32], &relays, 0, false)
+        .unwrap()
+        .verify()
+        .unwrap();
+    assert!(plain.one_time.is_none());
+}
+
+#[test]
+fn identity_encoding_and_binding() {
+    let mut r = rng(63);
+    let id = DeviceIdentity::generate(&mut r);
+    let bytes = id.public().to_bytes();
+    assert_eq!(PublicIdentity::from_bytes(&bytes).unwrap(), *id.public());
+    let mut bad = id.public().clone();
+    bad.dh[0] ^= 1;
+    assert!(matches!(
+        PublicIdentity::from_bytes(&bad.to_bytes()),
+        Err(Error::BadSignature { .. })
+    ));
+    let restored = DeviceIdentity::from_secret_bytes(&id.to_secret_bytes()).unwrap();
+    assert_eq!(restored.public(), id.public());
+    assert_eq!(restored.peer_id().unwrap(), id.peer_id().unwrap());
+    assert!(DeviceIdentity::from_secret_bytes(&[1, 2, 3]).is_err());
+}
+
+#[test]
+fn mailbox_requests_need_the_mailbox_key() {
+    let mut r = rng(64);
+    let owner = MailboxKey::generate(&mut r);
+    let other = MailboxKey::generate(&mut r);
+    let req = b"fetch cursor=0";
+    let sig = owner.sign(b"meshchat/1/mailbox/fetch", req);
+    let id = owner.id();
+    assert!(
+        id.verify_request(&owner.public(), b"meshchat/1/mailbox/fetch", req, &sig)
+            .is_ok()
+    );
+    // Another key, even with a valid signature of its own, does not own the mailbox.
+    let sig2 = other.sign(b"meshchat/1/mailbox/fetch", req);
+    assert!(
+        id.verify_request(&other.public(), b"meshchat/1/mailbox/fetch", req, &sig2)
+            .is_err()
+    );
+    // A signature for another request or label does not carry over.
+    assert!(
+        id.verify_request(
+            &owner.public(),
+            b"meshchat/1/mailbox/fetch",
+            b"fetch cursor=9",
+            &sig
+        )
+        .is_err()
+    );
+    assert!(
+        id.verify_request(&owner.public(), b"meshchat/1/mailbox/ack", req, &sig)
+            .is_err()
+    );
+    assert_eq!(MailboxKey::from_seed(owner.seed().clone()).id(), id);
+}
