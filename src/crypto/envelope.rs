@@ -153,6 +153,9 @@ pub struct OpenedEnvelope {
 /// Cache of `DH(our identity, their identity)` per peer: that value never
 /// changes for a pair of identities, and caching it saves one X25519
 /// multiplication per envelope on each side. Bounded, oldest evicted.
+///
+/// Keyed by the peer's key only: one cache belongs to one local identity.
+/// Its values are as secret as the identity key itself.
 #[derive(Default)]
 pub struct SealCache {
     map: HashMap<[u8; 32], Secret32>,
@@ -203,6 +206,10 @@ pub fn pad(content: &[u8]) -> Result<Vec<u8>, Error> {
 
 /// Removes [`pad`]ding.
 pub fn unpad(padded: &[u8]) -> Result<&[u8], Error> {
+    let n = padded.len();
+    if !n.is_power_of_two() || !(MIN_BUCKET..=MAX_BUCKET).contains(&n) {
+        return Err(Error::BadPadding);
+    }
     let end = padded
         .iter()
         .rposition(|&b| b != 0)

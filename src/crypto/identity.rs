@@ -183,6 +183,13 @@ struct SecretRecord {
 impl PublicIdentity {
     /// Checks that the X25519 key is signed by the Ed25519 key.
     pub fn verify(&self) -> Result<(), Error> {
+        if self.version != PUBLIC_VERSION {
+            return Err(Error::UnknownVersion {
+                what: "public identity",
+                got: self.version,
+                expected: PUBLIC_VERSION,
+            });
+        }
         verify(
             &self.signing,
             labels::SIG_IDENTITY_DH,

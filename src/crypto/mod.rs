@@ -2,9 +2,10 @@
 //!
 //! This module is pure library code: no I/O, no networking, no clocks (callers
 //! pass the time in). Everything here is built from one generation of audited
-//! primitives — X25519, Ed25519, HKDF-SHA256, HMAC-SHA256 and
-//! ChaCha20-Poly1305 — composed as the published Signal specifications
-//! describe (X3DH, Double Ratchet, Sender Keys, sealed sender).
+//! primitives — X25519, Ed25519, HKDF-SHA256, HMAC-SHA256, ChaCha20-Poly1305
+//! (XChaCha20-Poly1305 at rest), Argon2id, SHA-256 and SHA-512 — composed as
+//! the published Signal specifications describe (X3DH, Double Ratchet,
+//! Sender Keys, sealed sender).
 //!
 //! Who talks to it: the node encrypts and decrypts through [`Session`],
 //! [`SenderKey`] and [`seal`]/[`open`]; the store unlocks its database key
@@ -49,9 +50,9 @@ pub use secret::Secret32;
 pub use sender_key::{SenderKey, SenderKeyDistribution, SenderKeyMessage, SenderKeyReceiver};
 pub use x3dh::{InitialMessage, PrekeyMessage, X3dhOutput, initiate, respond};
 
-/// Protocol labels. Each is the HKDF `info` (or signature context) of exactly
-/// one derivation, so keys derived for one purpose can never be confused with
-/// keys derived for another.
+/// Protocol labels: HKDF `info` strings (or their fixed prefix), signature
+/// contexts and hash prefixes. Each is used for exactly one purpose, so a key
+/// or signature made for one purpose can never be taken for another.
 pub mod labels {
     /// X3DH shared secret.
     pub const X3DH: &[u8] = b"meshchat/1/x3dh";

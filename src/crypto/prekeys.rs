@@ -280,8 +280,8 @@ impl PrekeyStore {
         })?;
         let relays: Vec<String> = relays
             .iter()
-            .take(MAX_BUNDLE_RELAYS)
             .filter(|r| r.len() <= MAX_RELAY_ADDR_LEN)
+            .take(MAX_BUNDLE_RELAYS)
             .cloned()
             .collect();
         let body = BundleBody {

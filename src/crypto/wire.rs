@@ -2,7 +2,8 @@
 //!
 //! Each encoded value starts with a one-byte version. Decoding checks, in
 //! this order and before any allocation: the total length against the type's
-//! limit, the version byte, then the postcard body, then that no bytes trail.
+//! limit, the version byte, then the postcard body, then that no bytes trail,
+//! then that the encoding is the canonical one (no over-long varints).
 //! postcard never allocates more than the input length (every element costs
 //! at least one input byte), so bounding the input bounds the allocation.
 
@@ -20,7 +21,7 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Decodes a versioned value with a size bound, rejecting trailing bytes.
-pub(crate) fn decode<T: DeserializeOwned>(
+pub(crate) fn decode<T: DeserializeOwned + Serialize>(
     bytes: &[u8],
     what: &'static str,
     version: u8,
@@ -57,6 +58,11 @@ pub(crate) fn decode<T: DeserializeOwned>(
             what,
             extra: rest.len(),
         });
+    }
+    // postcard accepts over-long varints; we accept only the one canonical
+    // encoding, so a value has exactly one byte string (and one hash).
+    if encode(&value) != bytes {
+        return Err(Error::Malformed { what });
     }
     Ok(value)
 }

@@ -20,8 +20,10 @@ use crate::crypto::kdf::TAG_LEN;
 pub(crate) const VERSION: u8 = 1;
 /// Header length.
 pub const HEADER_LEN: usize = 41;
-/// Largest plaintext one ratchet message carries.
-pub const MAX_PLAINTEXT: usize = 64 * 1024;
+/// Largest plaintext one message carries (1:1 or group). Chosen so that the
+/// largest message, with every header around it, still fits the largest
+/// padding bucket of a sealed envelope.
+pub const MAX_PLAINTEXT: usize = 60 * 1024;
 /// Largest encoded ratchet message.
 pub const MAX_MESSAGE_LEN: usize = HEADER_LEN + MAX_PLAINTEXT + TAG_LEN;
 

@@ -30,7 +30,7 @@ const STATE_VERSION: u8 = 1;
 /// How many earlier receiving ratchet keys we remember, to answer a replay
 /// from an old chain with a clear "duplicate" instead of a failed DH step.
 const PREVIOUS_KEYS: usize = 8;
-/// Largest saved session (skipped keys dominate: ~72 bytes each).
+/// Largest saved session (skipped keys dominate: at most 69 bytes each).
 const STATE_MAX: usize = 512 + MAX_SKIPPED_TOTAL * 80;
 
 #[derive(Clone, Serialize, Deserialize)]

@@ -226,3 +226,60 @@ fn secrets_never_appear_in_debug_output() {
         assert!(!d.contains("171, 171"), "secret bytes in {d}");
     }
 }
+
+#[test]
+fn the_largest_message_fits_every_envelope_form() {
+    let (alice, bob, _) = ids(40);
+    let mut r = rng(41);
+    let Pair { alice: mut a, .. } = pair(41);
+    let pt = vec![0x5a; limits::MAX_PLAINTEXT];
+    let m = a.encrypt(&pt).unwrap().to_bytes();
+    let initial = InitialMessage {
+        ephemeral: [1; 32],
+        signed_prekey_id: u32::MAX,
+        one_time_prekey_id: Some(u32::MAX),
+    };
+    let mut sk = SenderKey::new([1; 32], 0, &mut r);
+    let bodies = [
+        (ContentKind::Ratchet, m.clone()),
+        (
+            ContentKind::Prekey,
+            PrekeyMessage::new(initial, m).to_bytes(),
+        ),
+        (ContentKind::SenderKey, sk.encrypt(&pt).unwrap().to_bytes()),
+    ];
+    for (kind, body) in bodies {
+        let sealed = seal(
+            &alice,
+            &bob.public().dh,
+            &SealedContent::new(kind, body.clone()),
+            &mut SealCache::default(),
+            &mut r,
+        )
+        .unwrap();
+        let env = Envelope::new([0; 32], [0; 16], u64::MAX, sealed);
+        let env = Envelope::from_bytes(&env.to_bytes()).unwrap();
+        assert_eq!(
+            open(&bob, &env.sealed, &mut SealCache::default())
+                .unwrap()
+                .content
+                .body,
+            body
+        );
+    }
+}
+
+#[test]
+fn non_canonical_encodings_are_rejected() {
+    // expires_at = 3 encoded as the over-long varint 0x83 0x00.
+    let env = Envelope::new([1; 32], [2; 16], 3, vec![9]);
+    let good = env.to_bytes();
+    let mut long = good[..49].to_vec();
+    long.extend_from_slice(&[0x83, 0x00]);
+    long.extend_from_slice(&good[50..]);
+    assert!(matches!(
+        Envelope::from_bytes(&long),
+        Err(Error::Malformed { .. })
+    ));
+    assert_eq!(Envelope::from_bytes(&good).unwrap(), env);
+}
