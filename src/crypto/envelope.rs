@@ -160,6 +160,9 @@ pub struct OpenedEnvelope {
 pub struct SealCache {
     map: HashMap<[u8; 32], Secret32>,
     order: VecDeque<[u8; 32]>,
+    /// Sender identities whose binding signature already verified, keyed by
+    /// their X25519 key (saves one Ed25519 verification per envelope).
+    verified: HashMap<[u8; 32], PublicIdentity>,
 }
 
 impl std::fmt::Debug for SealCache {
@@ -178,10 +181,24 @@ impl SealCache {
             && let Some(old) = self.order.pop_front()
         {
             self.map.remove(&old);
+            self.verified.remove(&old);
         }
         self.map.insert(*theirs, s.clone());
         self.order.push_back(*theirs);
         Ok(s)
+    }
+
+    /// Checks a sender identity's binding signature, once per identity.
+    fn verify_identity(&mut self, id: &PublicIdentity) -> Result<(), Error> {
+        if self.verified.get(&id.dh) == Some(id) {
+            return Ok(());
+        }
+        id.verify()?;
+        // Only remembered while its static secret is cached (same bound).
+        if self.map.contains_key(&id.dh) {
+            self.verified.insert(id.dh, id.clone());
+        }
+        Ok(())
     }
 }
 
@@ -333,8 +350,8 @@ pub fn open(
         CERT_VERSION,
         PUBLIC_MAX + 8,
     )?;
-    cert.identity.verify()?;
     let dh_s = cache.static_dh(recipient.dh_secret(), &cert.identity.dh)?;
+    cache.verify_identity(&cert.identity)?;
     let padded = Zeroizing::new(
         static_keys(&chain, &dh_s, c1)
             .open(c2, &sealed[..35 + l], WHAT)
