@@ -3,9 +3,11 @@
 //! - [`crypto`]: identities, X3DH, Double Ratchet, Sender Keys, sealed
 //!   envelopes, keys at rest. Pure library code, no I/O.
 //! - [`cli`]: the command line (the only code that prints for people).
+//! - [`store`]: the encrypted sled store: message history, conversations.
 //!
-//! The node actor (`node`), the encrypted store (`store`) and the relay
-//! (`relay`) build on `crypto`; see `docs/architecture.md`.
+//! The node actor and relay mode build on `crypto` and `store`
+//! (`src/node/`, `src/relay/`).
 
 pub mod cli;
 pub mod crypto;
+pub mod store;

@@ -1,0 +1,273 @@
+//! Message history: the `messages` tree, its `message_index`, and pages.
+//!
+//! `messages`: `conv_id ‖ lamport ‖ sender ‖ msg_id` (see `keys`) → sealed
+//! [`StoredMessage`]. `message_index`: `msg_id` → sealed `messages` key, for
+//! deduplication and receipt updates. An append changes `messages`,
+//! `message_index` and `conversations` in one sled transaction, so a crash
+//! leaves all three or none.
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError as TxError;
+
+use super::codec::{TreeSpec, hex};
+use super::keys::{Cursor, MESSAGE_KEY_LEN, key_conv_id, message_key};
+use super::{Conversation, Error, Store};
+
+/// Largest message body stored (media is stored elsewhere).
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+
+pub(crate) const MESSAGES: TreeSpec = TreeSpec {
+    name: "messages",
+    max_plain: MAX_BODY + 128,
+};
+pub(crate) const MESSAGE_INDEX: TreeSpec = TreeSpec {
+    name: "message_index",
+    max_plain: MESSAGE_KEY_LEN + 8,
+};
+
+/// Where a message stands on its way to the recipient. States only move
+/// forward: `Pending < Sent < StoredAtRelay < Delivered < Read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum DeliveryState {
+    /// Written locally, not yet handed to any transport.
+    Pending,
+    /// Handed to a peer connection.
+    Sent,
+    /// A relay took custody of it.
+    StoredAtRelay,
+    /// The recipient's device confirmed receipt.
+    Delivered,
+    /// The recipient read it.
+    Read,
+}
+
+/// Whether a message was received or written on this device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From a peer: counts towards the conversation's unread messages.
+    Incoming,
+    /// Written here.
+    Outgoing,
+}
+
+/// The outcome of [`History::append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// The message is new and was stored.
+    Inserted,
+    /// A message with this id is already stored; nothing changed.
+    Duplicate,
+}
+
+/// One message as kept on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Random id chosen by the sender; unique per message.
+    pub msg_id: [u8; 16],
+    /// The conversation it belongs to.
+    pub conv_id: [u8; 32],
+    /// The sender's identity.
+    pub sender: [u8; 32],
+    /// Lamport clock of the conversation when it was written.
+    pub lamport: u64,
+    /// Sender's wall clock, seconds since the Unix epoch.
+    pub sent_at: u64,
+    /// Decrypted content, at most `History::MAX_BODY` bytes.
+    pub body: Vec<u8>,
+    /// Delivery progress (meaningful for outgoing messages).
+    pub state: DeliveryState,
+    /// When it is to be purged, seconds since the Unix epoch.
+    pub expires_at: Option<u64>,
+}
+
+/// One page of a conversation, newest message first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The messages, newest first.
+    pub messages: Vec<StoredMessage>,
+    /// Where the next (older) page starts; `None` when this page reaches the
+    /// beginning of the conversation.
+    pub next: Option<Cursor>,
+}
+
+/// Message history and conversations of a [`Store`].
+#[derive(Debug, Clone, Copy)]
+pub struct History<'a> {
+    pub(super) store: &'a Store,
+}
+
+impl<'a> History<'a> {
+    /// Largest message body accepted by [`Self::append`].
+    pub const MAX_BODY: usize = MAX_BODY;
+    /// Most messages one [`Self::page`] returns.
+    pub const MAX_PAGE: usize = 1000;
+
+    pub(super) fn new(store: &'a Store) -> Self {
+        Self { store }
+    }
+
+    /// Stores a message unless one with the same id is already stored, and
+    /// updates its conversation (created if new): last activity, Lamport
+    /// clock, and for [`Direction::Incoming`] the unread count. All in one
+    /// transaction. A body over [`Self::MAX_BODY`] is [`Error::TooLarge`].
+    pub fn append(&self, msg: &StoredMessage, direction: Direction) -> Result<Appended, Error> {
+        let s = self.store;
+        let key = message_key(&msg.conv_id, msg.lamport, &msg.sender, &msg.msg_id);
+        if msg.body.len() > MAX_BODY {
+            return Err(Error::TooLarge {
+                tree: MESSAGES.name,
+                key: hex(&key),
+                len: msg.body.len(),
+                max: MAX_BODY,
+            });
+        }
+        let sealed_msg = s.sealer.seal(&MESSAGES, &key, msg)?;
+        let sealed_idx = s.sealer.seal(&MESSAGE_INDEX, &msg.msg_id, &key.to_vec())?;
+        (&s.messages, &s.message_index, &s.conversations)
+            .transaction(|(m, i, c)| {
+                if i.get(msg.msg_id)?.is_some() {
+                    return Ok(Appended::Duplicate);
+                }
+                m.insert(&key[..], sealed_msg.as_slice())?;
+                i.insert(&msg.msg_id[..], sealed_idx.as_slice())?;
+                let mut conv = match c.get(msg.conv_id)? {
+                    Some(v) => self
+                        .open_conversation(&msg.conv_id, &v)
+                        .map_err(TxError::Abort)?,
+                    None => Conversation::new(msg.conv_id),
+                };
+                conv.record(msg, direction);
+                let sealed = self.seal_conversation(&conv).map_err(TxError::Abort)?;
+                c.insert(&msg.conv_id[..], sealed)?;
+                Ok(Appended::Inserted)
+            })
+            .map_err(Error::from_tx(
+                "messages+message_index+conversations",
+                "append",
+            ))
+    }
+
+    /// The message with this id, if stored.
+    pub fn get(&self, msg_id: &[u8; 16]) -> Result<Option<StoredMessage>, Error> {
+        let s = self.store;
+        let Some(sealed_idx) = s
+            .message_index
+            .get(msg_id)
+            .map_err(Error::db(MESSAGE_INDEX.name, "read"))?
+        else {
+            return Ok(None);
+        };
+        let key = self.open_index(msg_id, &sealed_idx)?;
+        let sealed = s
+            .messages
+            .get(key)
+            .map_err(Error::db(MESSAGES.name, "read"))?
+            .ok_or_else(|| Error::DanglingIndex {
+                msg_id: hex(msg_id),
+                key: hex(&key),
+            })?;
+        s.sealer.open(&MESSAGES, &key, &sealed).map(Some)
+    }
+
+    /// Moves a message's delivery state forward. Returns `true` if it changed,
+    /// `false` if the message was already at `state` or further (a late or
+    /// repeated receipt). An unknown id is [`Error::UnknownMessage`].
+    pub fn set_state(&self, msg_id: &[u8; 16], state: DeliveryState) -> Result<bool, Error> {
+        let s = self.store;
+        (&s.message_index, &s.messages)
+            .transaction(|(i, m)| {
+                let sealed_idx = i.get(msg_id)?.ok_or_else(|| {
+                    TxError::Abort(Error::UnknownMessage {
+                        msg_id: hex(msg_id),
+                    })
+                })?;
+                let key = self
+                    .open_index(msg_id, &sealed_idx)
+                    .map_err(TxError::Abort)?;
+                let sealed = m.get(key)?.ok_or_else(|| {
+                    TxError::Abort(Error::DanglingIndex {
+                        msg_id: hex(msg_id),
+                        key: hex(&key),
+                    })
+                })?;
+                let mut msg: StoredMessage = s
+                    .sealer
+                    .open(&MESSAGES, &key, &sealed)
+                    .map_err(TxError::Abort)?;
+                if state <= msg.state {
+                    return Ok(false);
+                }
+                msg.state = state;
+                let sealed = s
+                    .sealer
+                    .seal(&MESSAGES, &key, &msg)
+                    .map_err(TxError::Abort)?;
+                m.insert(&key[..], sealed)?;
+                Ok(true)
+            })
+            .map_err(Error::from_tx("message_index+messages", "set state"))
+    }
+
+    /// Up to `limit` messages of `conv_id` (clamped to `1..=MAX_PAGE`),
+    /// newest first, strictly older than `before` (or the newest ones if
+    /// `before` is `None`). Following `next` until it is `None` visits every
+    /// message exactly once; messages appended meanwhile with a later Lamport
+    /// clock sort above the first page and do not shift later ones.
+    pub fn page(
+        &self,
+        conv_id: &[u8; 32],
+        before: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Page, Error> {
+        let s = self.store;
+        let limit = limit.clamp(1, Self::MAX_PAGE);
+        let iter = match before {
+            None => s.messages.scan_prefix(conv_id),
+            Some(cursor) => {
+                let found = key_conv_id(cursor.key());
+                if &found != conv_id {
+                    return Err(Error::CursorConversation {
+                        expected: hex(conv_id),
+                        found: hex(&found),
+                    });
+                }
+                s.messages
+                    .range(conv_id.as_slice()..cursor.key().as_slice())
+            }
+        };
+        let mut messages = Vec::new();
+        let mut last_key = None;
+        let mut more = false;
+        for item in iter.rev() {
+            let (key, sealed) = item.map_err(Error::db(MESSAGES.name, "scan"))?;
+            if messages.len() == limit {
+                more = true;
+                break;
+            }
+            let key: [u8; MESSAGE_KEY_LEN] =
+                key.as_ref().try_into().map_err(|_| Error::Malformed {
+                    tree: MESSAGES.name,
+                    key: hex(&key),
+                    what: format!("key is {} bytes, expected {MESSAGE_KEY_LEN}", key.len()),
+                })?;
+            messages.push(s.sealer.open(&MESSAGES, &key, &sealed)?);
+            last_key = Some(key);
+        }
+        let next = if more {
+            last_key.map(Cursor::from_key)
+        } else {
+            None
+        };
+        Ok(Page { messages, next })
+    }
+
+    fn open_index(&self, msg_id: &[u8; 16], sealed: &[u8]) -> Result<[u8; MESSAGE_KEY_LEN], Error> {
+        let key: Vec<u8> = self.store.sealer.open(&MESSAGE_INDEX, msg_id, sealed)?;
+        key.as_slice().try_into().map_err(|_| Error::Malformed {
+            tree: MESSAGE_INDEX.name,
+            key: hex(msg_id),
+            what: format!("names a {}-byte key, expected {MESSAGE_KEY_LEN}", key.len()),
+        })
+    }
+}

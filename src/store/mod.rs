@@ -1,0 +1,173 @@
+//! The encrypted on-disk store (sled).
+//!
+//! What it owns: everything a node keeps between runs — so far the message
+//! history with its pagination index and the conversation list, plus a
+//! `meta` tree with the schema version and a key-check record. Contacts,
+//! sessions, prekeys, the outbox and the expiry index join it as the node
+//! needs them (see the architecture notes, "Storage (sled)").
+//!
+//! Who talks to it: the node actor records messages and delivery receipts
+//! through [`History`]; the CLI reads pages and the conversation list. The
+//! database key comes from [`crate::crypto::Keystore`]; every value is sealed
+//! with it (see `codec`), bound to its tree and key, so a record moved
+//! elsewhere fails to open. Keys stay plaintext so sled can order them.
+//!
+//! Durability: sled writes are atomic but reach the disk only at
+//! [`Store::flush`]. Anything a peer or the user is told about (a delivery
+//! receipt, "sent") must be flushed first.
+
+mod codec;
+mod conversations;
+mod error;
+mod history;
+mod keys;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+use rand::SeedableRng;
+use rand::rngs::{StdRng, SysRng};
+
+use crate::crypto::DataKey;
+use codec::{Sealer, TreeSpec};
+
+pub use conversations::Conversation;
+pub use error::Error;
+pub use history::{Appended, DeliveryState, Direction, History, Page, StoredMessage};
+pub use keys::Cursor;
+
+/// The on-disk layout version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// sled's page cache bound, in bytes.
+const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
+
+/// The `meta` tree: schema version (plaintext u32 BE) and the key check.
+const META: TreeSpec = TreeSpec {
+    name: "meta",
+    max_plain: 64,
+};
+const SCHEMA_KEY: &[u8] = b"schema_version";
+const KEY_CHECK_KEY: &[u8] = b"key_check";
+/// Sealed under the database key at creation; opening it proves the key.
+const KEY_CHECK: &[u8] = b"meshchat/1/store-key-check";
+
+/// An open store. Cheap to share by reference across threads; all methods
+/// take `&self`.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    sealer: Sealer,
+    messages: sled::Tree,
+    message_index: sled::Tree,
+    conversations: sled::Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the store in the directory `path` with the database
+    /// key unlocked from its keystore.
+    ///
+    /// A new store records [`SCHEMA_VERSION`] and a key-check record and is
+    /// flushed before this returns. An existing store must carry the same
+    /// schema version ([`Error::UnknownSchema`]) and must have been created
+    /// with the same key ([`Error::WrongKey`]).
+    pub fn open(path: impl AsRef<Path>, key: &DataKey) -> Result<Self, Error> {
+        let path = path.as_ref().to_path_buf();
+        let rng = StdRng::try_from_rng(&mut SysRng).map_err(|e| Error::Entropy(e.to_string()))?;
+        let sealer = Sealer::new(key.clone(), rng);
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(CACHE_CAPACITY)
+            .open()
+            .map_err(|source| Error::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let meta = db
+            .open_tree(META.name)
+            .map_err(Error::db(META.name, "open"))?;
+        check_meta(&path, &db, &meta, &sealer)?;
+        let tree = |name: &'static str| db.open_tree(name).map_err(Error::db(name, "open"));
+        Ok(Self {
+            messages: tree(history::MESSAGES.name)?,
+            message_index: tree(history::MESSAGE_INDEX.name)?,
+            conversations: tree(conversations::CONVERSATIONS.name)?,
+            path,
+            db,
+            sealer,
+        })
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Message history and the conversation list.
+    pub fn history(&self) -> History<'_> {
+        History::new(self)
+    }
+
+    /// Writes everything so far to disk and waits for it: the durability
+    /// point. A write is only safe to acknowledge — to a peer (custody or
+    /// delivery receipt) or to the user ("sent") — after a `flush` that
+    /// followed it returned `Ok`. Returns the number of bytes written.
+    pub fn flush(&self) -> Result<usize, Error> {
+        self.db.flush().map_err(Error::db("(all trees)", "flush"))
+    }
+}
+
+/// Initialises a new store's meta tree, or checks an existing one's schema
+/// version and key.
+fn check_meta(path: &Path, db: &sled::Db, meta: &sled::Tree, sealer: &Sealer) -> Result<(), Error> {
+    let schema = meta.get(SCHEMA_KEY).map_err(Error::db(META.name, "read"))?;
+    let check = meta
+        .get(KEY_CHECK_KEY)
+        .map_err(Error::db(META.name, "read"))?;
+    match (schema, check) {
+        (None, None) => {
+            let mut batch = sled::Batch::default();
+            batch.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes());
+            batch.insert(
+                KEY_CHECK_KEY,
+                sealer.seal(&META, KEY_CHECK_KEY, &KEY_CHECK)?,
+            );
+            meta.apply_batch(batch)
+                .map_err(Error::db(META.name, "initialise"))?;
+            db.flush().map_err(Error::db(META.name, "flush"))?;
+            Ok(())
+        }
+        (Some(schema), check) => {
+            let bytes: [u8; 4] = schema.as_ref().try_into().map_err(|_| Error::CorruptMeta {
+                path: path.to_path_buf(),
+                what: "schema version is not 4 bytes",
+            })?;
+            let found = u32::from_be_bytes(bytes);
+            if found != SCHEMA_VERSION {
+                return Err(Error::UnknownSchema {
+                    path: path.to_path_buf(),
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            let check = check.ok_or_else(|| Error::CorruptMeta {
+                path: path.to_path_buf(),
+                what: "key-check record missing",
+            })?;
+            match sealer.open::<Vec<u8>>(&META, KEY_CHECK_KEY, &check) {
+                Ok(plain) if plain == KEY_CHECK => Ok(()),
+                Ok(_) | Err(Error::Decrypt { .. }) => Err(Error::WrongKey {
+                    path: path.to_path_buf(),
+                }),
+                Err(e) => Err(e),
+            }
+        }
+        (None, Some(_)) => Err(Error::CorruptMeta {
+            path: path.to_path_buf(),
+            what: "schema version missing",
+        }),
+    }
+}

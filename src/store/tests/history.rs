@@ -1,0 +1,229 @@
+//! History: ordering, deduplication, delivery states, pagination.
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::{data_key, msg};
+use crate::store::{
+    Appended, Cursor, DeliveryState, Direction, Error, History, Page, Store, StoredMessage,
+};
+
+fn sort_key(m: &StoredMessage) -> (u64, [u8; 32], [u8; 16]) {
+    (m.lamport, m.sender, m.msg_id)
+}
+
+/// Every message of `conv` by following cursors through their text form.
+fn all_pages(h: &History<'_>, conv: &[u8; 32], limit: usize) -> Vec<StoredMessage> {
+    let mut out = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    loop {
+        let Page { messages, next } = h.page(conv, cursor.as_ref(), limit).unwrap();
+        assert!(messages.len() <= limit);
+        out.extend(messages);
+        match next {
+            Some(c) => cursor = Some(Cursor::parse(c.as_str()).unwrap()),
+            None => return out,
+        }
+    }
+}
+
+#[test]
+fn ordered_by_lamport_then_sender_then_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let h = store.history();
+    let mut msgs = vec![
+        msg(1, 2, 5, 1, b"a"),
+        msg(1, 2, 3, 9, b"b"),
+        msg(1, 2, 3, 4, b"c"),
+        msg(1, 1, 9, 8, b"d"),
+        msg(1, 300, 0, 0, b"e"),
+        msg(1, 256, 1, 2, b"f"),
+    ];
+    for m in &msgs {
+        assert_eq!(
+            h.append(m, Direction::Incoming).unwrap(),
+            Appended::Inserted
+        );
+    }
+    // Another conversation's messages do not leak into the page.
+    h.append(&msg(2, 5, 1, 50, b"other"), Direction::Incoming)
+        .unwrap();
+    h.append(&msg(0, 5, 1, 51, b"other"), Direction::Incoming)
+        .unwrap();
+    msgs.sort_by_key(sort_key);
+    msgs.reverse();
+    let page = h.page(&[1; 32], None, 100).unwrap();
+    assert_eq!(page.messages, msgs);
+    assert_eq!(page.next, None);
+}
+
+#[test]
+fn append_dedupes_by_msg_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let h = store.history();
+    let m = msg(1, 1, 2, 3, b"once");
+    assert_eq!(
+        h.append(&m, Direction::Incoming).unwrap(),
+        Appended::Inserted
+    );
+    assert_eq!(
+        h.append(&m, Direction::Incoming).unwrap(),
+        Appended::Duplicate
+    );
+    // Same id, different contents and position: still a duplicate, original kept.
+    let imposter = msg(1, 9, 4, 3, b"twice");
+    assert_eq!(
+        h.append(&imposter, Direction::Incoming).unwrap(),
+        Appended::Duplicate
+    );
+    let page = h.page(&[1; 32], None, 10).unwrap();
+    assert_eq!(page.messages, vec![m.clone()]);
+    assert_eq!(h.get(&m.msg_id).unwrap(), Some(m));
+    assert_eq!(h.conversation(&[1; 32]).unwrap().unwrap().unread, 1);
+}
+
+#[test]
+fn delivery_state_never_goes_backwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = data_key(1);
+    let id = [3; 16];
+    {
+        let store = Store::open(dir.path(), &key).unwrap();
+        let h = store.history();
+        h.append(&msg(1, 1, 2, 3, b"x"), Direction::Outgoing)
+            .unwrap();
+        assert!(h.set_state(&id, DeliveryState::Delivered).unwrap());
+        assert!(!h.set_state(&id, DeliveryState::Sent).unwrap());
+        assert!(!h.set_state(&id, DeliveryState::StoredAtRelay).unwrap());
+        assert!(!h.set_state(&id, DeliveryState::Delivered).unwrap());
+        assert_eq!(h.get(&id).unwrap().unwrap().state, DeliveryState::Delivered);
+        assert!(h.set_state(&id, DeliveryState::Read).unwrap());
+        assert!(!h.set_state(&id, DeliveryState::Pending).unwrap());
+        assert!(matches!(
+            h.set_state(&[7; 16], DeliveryState::Read),
+            Err(Error::UnknownMessage { .. })
+        ));
+        store.flush().unwrap();
+    }
+    let store = super::reopen(dir.path(), &key).unwrap();
+    let got = store.history().get(&id).unwrap().unwrap();
+    assert_eq!(got.state, DeliveryState::Read);
+    assert_eq!(got.body, b"x");
+    use DeliveryState::*;
+    assert!(
+        Pending < Sent && Sent < StoredAtRelay && StoredAtRelay < Delivered && Delivered < Read
+    );
+}
+
+fn random_history(h: &History<'_>, rng: &mut StdRng, n: u8) -> Vec<StoredMessage> {
+    let mut all = Vec::new();
+    for id in 0..n {
+        let m = msg(
+            1,
+            rng.random_range(0..20),
+            rng.random_range(0..4),
+            id,
+            &[id],
+        );
+        h.append(&m, Direction::Incoming).unwrap();
+        all.push(m);
+    }
+    all.sort_by_key(sort_key);
+    all.reverse();
+    all
+}
+
+#[test]
+fn pages_join_to_the_full_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let h = store.history();
+    let mut rng = StdRng::seed_from_u64(42);
+    let all = random_history(&h, &mut rng, 60);
+    for limit in [1, 2, 7, 59, 60, 61, 1000] {
+        assert_eq!(all_pages(&h, &[1; 32], limit), all, "limit {limit}");
+    }
+    // An exact multiple of the page size ends without an empty page.
+    let first = h.page(&[1; 32], None, 60).unwrap();
+    assert_eq!(first.next, None);
+    // Limit 0 is clamped to 1.
+    assert_eq!(h.page(&[1; 32], None, 0).unwrap().messages.len(), 1);
+    // An empty conversation is one empty page.
+    let empty = h.page(&[9; 32], None, 10).unwrap();
+    assert!(empty.messages.is_empty() && empty.next.is_none());
+}
+
+#[test]
+fn pages_join_while_newer_messages_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let h = store.history();
+    let mut rng = StdRng::seed_from_u64(7);
+    let before = random_history(&h, &mut rng, 50);
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut next_id = 100u8;
+    loop {
+        let page = h.page(&[1; 32], cursor.as_ref(), 6).unwrap();
+        seen.extend(page.messages);
+        // Two newer messages land between every pair of pages.
+        for _ in 0..2 {
+            let m = msg(1, 1000 + u64::from(next_id), 1, next_id, b"new");
+            h.append(&m, Direction::Incoming).unwrap();
+            next_id += 1;
+        }
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, before);
+    // The newer ones are all above, on a fresh first page.
+    let fresh = all_pages(&h, &[1; 32], 13);
+    assert_eq!(fresh.len(), before.len() + usize::from(next_id - 100));
+    assert_eq!(&fresh[fresh.len() - before.len()..], &before[..]);
+}
+
+#[test]
+fn cursor_from_another_conversation_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let h = store.history();
+    for i in 0..3 {
+        h.append(&msg(1, u64::from(i), 2, i, b"x"), Direction::Incoming)
+            .unwrap();
+    }
+    let next = h.page(&[1; 32], None, 1).unwrap().next.unwrap();
+    assert!(matches!(
+        h.page(&[2; 32], Some(&next), 1),
+        Err(Error::CursorConversation { .. })
+    ));
+    assert!(matches!(
+        Cursor::parse("not a cursor"),
+        Err(Error::BadCursor { .. })
+    ));
+}
+
+#[test]
+fn oversized_body_is_refused_and_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let h = store.history();
+    let ok = msg(1, 1, 2, 3, &vec![7; History::MAX_BODY]);
+    assert_eq!(
+        h.append(&ok, Direction::Incoming).unwrap(),
+        Appended::Inserted
+    );
+    let big = msg(1, 2, 2, 4, &vec![7; History::MAX_BODY + 1]);
+    assert!(matches!(
+        h.append(&big, Direction::Incoming),
+        Err(Error::TooLarge {
+            tree: "messages",
+            ..
+        })
+    ));
+    assert_eq!(h.get(&[4; 16]).unwrap(), None);
+    assert_eq!(h.page(&[1; 32], None, 10).unwrap().messages.len(), 1);
+}
