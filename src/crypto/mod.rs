@@ -13,6 +13,31 @@
 //!
 //! Every byte layout, constant and label used here is written down in
 //! `docs/protocol.md`.
+//!
+//! A session from a published bundle to a reply:
+//!
+//! ```
+//! use meshchat::crypto::{DeviceIdentity, PrekeyStore, Session, initiate, respond};
+//!
+//! # fn main() -> Result<(), meshchat::crypto::Error> {
+//! let mut rng = rand::rng();
+//! let (alice, bob) = (DeviceIdentity::generate(&mut rng), DeviceIdentity::generate(&mut rng));
+//! let mut bob_prekeys = PrekeyStore::new(&bob, 0, &mut rng);
+//! bob_prekeys.generate_one_time(&bob, 5, &mut rng);
+//! let bundle = bob_prekeys.bundle(&bob, [0; 32], &[], 0, true)?.verify()?;
+//!
+//! let (agreed, initial, their_ratchet) = initiate(&alice, &bundle, &mut rng)?;
+//! let mut to_bob = Session::initiator(&agreed, their_ratchet, Some(initial), &mut rng)?;
+//! let first = to_bob.encrypt(b"hello")?;
+//!
+//! let (agreed, ratchet_key) = respond(&bob, &bob_prekeys, alice.public(), &initial)?;
+//! let mut to_alice = Session::responder(&agreed, &ratchet_key, Some(initial.ephemeral));
+//! assert_eq!(to_alice.decrypt(&first, &mut rng)?, b"hello");
+//! let reply = to_alice.encrypt(b"hi")?;
+//! assert_eq!(to_bob.decrypt(&reply, &mut rng)?, b"hi");
+//! # Ok(())
+//! # }
+//! ```
 
 mod envelope;
 mod error;
