@@ -26,6 +26,7 @@ mod keys;
 mod tests;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::rngs::{StdRng, SysRng};
@@ -78,14 +79,10 @@ impl Store {
         let path = path.as_ref().to_path_buf();
         let rng = StdRng::try_from_rng(&mut SysRng).map_err(|e| Error::Entropy(e.to_string()))?;
         let sealer = Sealer::new(key.clone(), rng);
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(CACHE_CAPACITY)
-            .open()
-            .map_err(|source| Error::Open {
-                path: path.clone(),
-                source,
-            })?;
+        let db = open_sled(&path).map_err(|source| Error::Open {
+            path: path.clone(),
+            source,
+        })?;
         let meta = db
             .open_tree(META.name)
             .map_err(Error::db(META.name, "open"))?;
@@ -117,6 +114,39 @@ impl Store {
     /// followed it returned `Ok`. Returns the number of bytes written.
     pub fn flush(&self) -> Result<usize, Error> {
         self.db.flush().map_err(Error::db("(all trees)", "flush"))
+    }
+}
+
+/// How long [`open_sled`] waits for a directory lock that a just-closed
+/// handle in this process is still releasing.
+const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens the sled database with this store's settings.
+///
+/// sled releases its directory lock from a background I/O thread shortly
+/// after the last handle drops, so a process that closes and reopens its
+/// store (a restart) can briefly find it still locked. That case is retried
+/// for at most [`LOCK_RELEASE_WAIT`]; any other error, or a lock that stays
+/// held (another process), is returned.
+pub(crate) fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = Instant::now() + LOCK_RELEASE_WAIT;
+    loop {
+        let result = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_CAPACITY)
+            // No background flusher: durability comes from explicit `flush`
+            // calls at the points where someone is told.
+            .flush_every_ms(None)
+            .open();
+        match result {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
     }
 }
 

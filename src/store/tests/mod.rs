@@ -32,38 +32,12 @@ fn msg(conv: u8, lamport: u64, sender: u8, id: u8, body: &[u8]) -> StoredMessage
     }
 }
 
-/// Whether `e` is sled's "another handle still holds the directory lock".
-fn is_lock_error(e: &sled::Error) -> bool {
-    e.to_string().contains("could not acquire lock")
-}
-
-/// Reopens a store that this process just closed. sled's background threads
-/// can hold the directory lock for a moment after the last handle drops, so
-/// a lock error is retried for up to five seconds.
+/// Reopens a store that this process just closed.
 fn reopen(path: &std::path::Path, key: &DataKey) -> Result<super::Store, super::Error> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        match super::Store::open(path, key) {
-            Err(super::Error::Open { source, .. })
-                if is_lock_error(&source) && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            other => return other,
-        }
-    }
+    super::Store::open(path, key)
 }
 
-/// Opens a just-closed store directory with plain sled, retrying lock errors
-/// as [`reopen`] does.
+/// Opens a just-closed store directory with plain sled.
 fn raw_sled(path: &std::path::Path) -> sled::Db {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        match sled::open(path) {
-            Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            other => return other.unwrap(),
-        }
-    }
+    super::open_sled(path).unwrap()
 }
