@@ -158,11 +158,17 @@ pub struct OpenedEnvelope {
 /// Its values are as secret as the identity key itself.
 #[derive(Default)]
 pub struct SealCache {
-    map: HashMap<[u8; 32], Secret32>,
+    map: HashMap<[u8; 32], CacheEntry>,
     order: VecDeque<[u8; 32]>,
-    /// Sender identities whose binding signature already verified, keyed by
-    /// their X25519 key (saves one Ed25519 verification per envelope).
-    verified: HashMap<[u8; 32], PublicIdentity>,
+}
+
+struct CacheEntry {
+    /// `DH(our identity, their identity)`.
+    shared: Secret32,
+    /// The sender identity (with this X25519 key) whose binding signature
+    /// verified and whose seal authenticated; saves one Ed25519
+    /// verification per envelope.
+    identity: Option<PublicIdentity>,
 }
 
 impl std::fmt::Debug for SealCache {
@@ -172,33 +178,37 @@ impl std::fmt::Debug for SealCache {
 }
 
 impl SealCache {
-    fn static_dh(&mut self, ours: &StaticSecret, theirs: &[u8; 32]) -> Result<Secret32, Error> {
-        if let Some(s) = self.map.get(theirs) {
-            return Ok(s.clone());
+    /// The cached static secret with `theirs`, or a freshly computed one
+    /// (not yet remembered).
+    fn static_dh(&self, ours: &StaticSecret, theirs: &[u8; 32]) -> Result<Secret32, Error> {
+        match self.map.get(theirs) {
+            Some(e) => Ok(e.shared.clone()),
+            None => dh(ours, &PublicKey::from(*theirs), "sealed sender (static)"),
         }
-        let s = dh(ours, &PublicKey::from(*theirs), "sealed sender (static)")?;
+    }
+
+    /// Whether `id` is exactly an identity already checked and authenticated.
+    fn knows(&self, id: &PublicIdentity) -> bool {
+        self.map.get(&id.dh).and_then(|e| e.identity.as_ref()) == Some(id)
+    }
+
+    /// Remembers a static secret (and, on the receiving side, the identity
+    /// it authenticated). Only called after the secret was used
+    /// successfully, so forged envelopes never displace real entries.
+    fn remember(&mut self, theirs: [u8; 32], shared: Secret32, identity: Option<PublicIdentity>) {
+        if let Some(e) = self.map.get_mut(&theirs) {
+            if identity.is_some() {
+                e.identity = identity;
+            }
+            return;
+        }
         if self.map.len() >= SEAL_CACHE_CAP
             && let Some(old) = self.order.pop_front()
         {
             self.map.remove(&old);
-            self.verified.remove(&old);
         }
-        self.map.insert(*theirs, s.clone());
-        self.order.push_back(*theirs);
-        Ok(s)
-    }
-
-    /// Checks a sender identity's binding signature, once per identity.
-    fn verify_identity(&mut self, id: &PublicIdentity) -> Result<(), Error> {
-        if self.verified.get(&id.dh) == Some(id) {
-            return Ok(());
-        }
-        id.verify()?;
-        // Only remembered while its static secret is cached (same bound).
-        if self.map.contains_key(&id.dh) {
-            self.verified.insert(id.dh, id.clone());
-        }
-        Ok(())
+        self.map.insert(theirs, CacheEntry { shared, identity });
+        self.order.push_back(theirs);
     }
 }
 
@@ -295,6 +305,7 @@ pub fn seal<R: rand_core::CryptoRng + ?Sized>(
     out.extend_from_slice(&l.to_be_bytes());
     out.extend_from_slice(&c1);
     let dh_s = cache.static_dh(sender.dh_secret(), recipient)?;
+    cache.remember(*recipient, dh_s.clone(), None);
     let c2 = static_keys(&chain, &dh_s, &c1).seal(&padded, &out);
     out.extend_from_slice(&c2);
     Ok(out)
@@ -350,13 +361,20 @@ pub fn open(
         CERT_VERSION,
         PUBLIC_MAX + 8,
     )?;
+    let known = cache.knows(&cert.identity);
+    if !known {
+        cert.identity.verify()?;
+    }
     let dh_s = cache.static_dh(recipient.dh_secret(), &cert.identity.dh)?;
-    cache.verify_identity(&cert.identity)?;
     let padded = Zeroizing::new(
         static_keys(&chain, &dh_s, c1)
             .open(c2, &sealed[..35 + l], WHAT)
             .map_err(|_| Error::ForgedSender)?,
     );
+    // Authenticated by the holder of the certificate's key: worth caching.
+    if !known {
+        cache.remember(cert.identity.dh, dh_s, Some(cert.identity.clone()));
+    }
     let content: SealedContent = wire::decode(
         unpad(&padded)?,
         "sealed content",

@@ -51,9 +51,34 @@ fn a_forged_inner_sender_is_detected() {
         &mut r,
     )
     .unwrap();
+    let mut cache = SealCache::default();
     assert_eq!(
-        open(&bob, &forged, &mut SealCache::default()).unwrap_err(),
+        open(&bob, &forged, &mut cache).unwrap_err(),
         Error::ForgedSender
+    );
+    // A forgery does not enter the cache; the real sender does, and with
+    // Alice cached the forgery still fails.
+    assert_eq!(format!("{cache:?}"), "SealCache(0 peers)");
+    let real = seal(
+        &alice,
+        &bob.public().dh,
+        &content,
+        &mut SealCache::default(),
+        &mut r,
+    )
+    .unwrap();
+    assert_eq!(
+        open(&bob, &real, &mut cache).unwrap().sender,
+        *alice.public()
+    );
+    assert_eq!(format!("{cache:?}"), "SealCache(1 peers)");
+    assert_eq!(
+        open(&bob, &forged, &mut cache).unwrap_err(),
+        Error::ForgedSender
+    );
+    assert_eq!(
+        open(&bob, &real, &mut cache).unwrap().sender,
+        *alice.public()
     );
     // A certificate whose identity binding is broken is rejected as well.
     let mut bad_public = alice.public().clone();

@@ -124,7 +124,7 @@ fn huge_message_number_fails_fast_and_changes_nothing() {
     let Pair { mut alice, mut bob } = pair(5);
     let mut m = send(&mut alice, "x");
     let before = bob.to_bytes();
-    for n in [u32::MAX, MAX_SKIP_PLUS_ONE, 1_000_000] {
+    for n in [u32::MAX, BEYOND_MAX_SKIP, 1_000_000] {
         m.header.n = n;
         let err = recv(&mut bob, &m).unwrap_err();
         assert!(matches!(err, Error::GapTooBig { .. }), "{err:?}");
@@ -150,7 +150,7 @@ fn huge_message_number_fails_fast_and_changes_nothing() {
     assert_eq!(recv(&mut bob, last).unwrap(), (max - 1).to_string());
 }
 
-const MAX_SKIP_PLUS_ONE: u32 = crate::crypto::limits::MAX_SKIP + 2;
+const BEYOND_MAX_SKIP: u32 = crate::crypto::limits::MAX_SKIP + 2;
 
 #[test]
 fn global_cap_on_skipped_keys() {

@@ -2,13 +2,12 @@
 
 use std::path::Path;
 
-use super::{data_key, msg};
+use super::{data_key, fresh, msg};
 use crate::store::{Direction, Error, Store};
 
 #[test]
 fn swapped_message_records_fail_to_decrypt() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let (_dir, store) = fresh();
     let h = store.history();
     let a = msg(1, 1, 2, 10, b"first");
     let b = msg(1, 2, 2, 11, b"second");
@@ -43,8 +42,7 @@ fn swapped_message_records_fail_to_decrypt() {
 
 #[test]
 fn record_moved_to_another_tree_or_conversation_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let (_dir, store) = fresh();
     let h = store.history();
     h.append(&msg(1, 1, 2, 10, b"x"), Direction::Incoming)
         .unwrap();
@@ -78,8 +76,7 @@ fn record_moved_to_another_tree_or_conversation_fails() {
 
 #[test]
 fn oversized_record_on_disk_is_rejected_before_decrypting() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let (_dir, store) = fresh();
     let h = store.history();
     h.append(&msg(1, 1, 2, 10, b"x"), Direction::Incoming)
         .unwrap();

@@ -1,12 +1,11 @@
 //! The conversation list: activity order, unread counts, settings.
 
-use super::{data_key, msg};
-use crate::store::{Direction, Error, History, Store};
+use super::{fresh, msg};
+use crate::store::{Direction, Error, History};
 
 #[test]
 fn list_sorted_by_last_activity_with_unread_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let (_dir, store) = fresh();
     let h = store.history();
     // sent_at = 1_700_000_000 + lamport (see `msg`).
     h.append(&msg(1, 10, 2, 1, b"a"), Direction::Incoming)
@@ -42,8 +41,7 @@ fn list_sorted_by_last_activity_with_unread_counts() {
 
 #[test]
 fn mark_read_clears_unread() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let (_dir, store) = fresh();
     let h = store.history();
     for i in 0..3 {
         h.append(&msg(1, u64::from(i), 2, i, b"x"), Direction::Incoming)
@@ -63,8 +61,7 @@ fn mark_read_clears_unread() {
 
 #[test]
 fn upsert_keeps_activity_and_unread() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let (_dir, store) = fresh();
     let h = store.history();
     let created = h.upsert_conversation(&[4; 32], "new group", None).unwrap();
     assert_eq!(created.unread, 0);

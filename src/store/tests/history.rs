@@ -3,7 +3,7 @@
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::{data_key, msg};
+use super::{data_key, fresh, msg};
 use crate::store::{
     Appended, Cursor, DeliveryState, Direction, Error, History, Page, Store, StoredMessage,
 };
@@ -29,8 +29,7 @@ fn all_pages(h: &History<'_>, conv: &[u8; 32], limit: usize) -> Vec<StoredMessag
 
 #[test]
 fn ordered_by_lamport_then_sender_then_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let (_dir, store) = fresh();
     let h = store.history();
     let mut msgs = vec![
         msg(1, 2, 5, 1, b"a"),
@@ -60,8 +59,7 @@ fn ordered_by_lamport_then_sender_then_id() {
 
 #[test]
 fn append_dedupes_by_msg_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let (_dir, store) = fresh();
     let h = store.history();
     let m = msg(1, 1, 2, 3, b"once");
     assert_eq!(
@@ -107,7 +105,7 @@ fn delivery_state_never_goes_backwards() {
         ));
         store.flush().unwrap();
     }
-    let store = super::reopen(dir.path(), &key).unwrap();
+    let store = Store::open(dir.path(), &key).unwrap();
     let got = store.history().get(&id).unwrap().unwrap();
     assert_eq!(got.state, DeliveryState::Read);
     assert_eq!(got.body, b"x");
@@ -137,8 +135,7 @@ fn random_history(h: &History<'_>, rng: &mut StdRng, n: u8) -> Vec<StoredMessage
 
 #[test]
 fn pages_join_to_the_full_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let (_dir, store) = fresh();
     let h = store.history();
     let mut rng = StdRng::seed_from_u64(42);
     let all = random_history(&h, &mut rng, 60);
@@ -157,8 +154,7 @@ fn pages_join_to_the_full_history() {
 
 #[test]
 fn pages_join_while_newer_messages_arrive() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let (_dir, store) = fresh();
     let h = store.history();
     let mut rng = StdRng::seed_from_u64(7);
     let before = random_history(&h, &mut rng, 50);
@@ -188,8 +184,7 @@ fn pages_join_while_newer_messages_arrive() {
 
 #[test]
 fn cursor_from_another_conversation_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let (_dir, store) = fresh();
     let h = store.history();
     for i in 0..3 {
         h.append(&msg(1, u64::from(i), 2, i, b"x"), Direction::Incoming)
@@ -208,8 +203,7 @@ fn cursor_from_another_conversation_is_refused() {
 
 #[test]
 fn oversized_body_is_refused_and_nothing_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let (_dir, store) = fresh();
     let h = store.history();
     let ok = msg(1, 1, 2, 3, &vec![7; History::MAX_BODY]);
     assert_eq!(

@@ -32,9 +32,11 @@ fn msg(conv: u8, lamport: u64, sender: u8, id: u8, body: &[u8]) -> StoredMessage
     }
 }
 
-/// Reopens a store that this process just closed.
-fn reopen(path: &std::path::Path, key: &DataKey) -> Result<super::Store, super::Error> {
-    super::Store::open(path, key)
+/// A new store in a fresh temporary directory (keep the directory alive).
+fn fresh() -> (tempfile::TempDir, super::Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = super::Store::open(dir.path(), &data_key(1)).unwrap();
+    (dir, store)
 }
 
 /// Opens a just-closed store directory with plain sled.

@@ -1,6 +1,6 @@
 //! Opening: creation, reopening, wrong key, schema version.
 
-use super::{data_key, msg, raw_sled, reopen};
+use super::{data_key, msg, raw_sled};
 use crate::store::{Direction, Error, SCHEMA_VERSION, Store};
 
 #[test]
@@ -16,7 +16,7 @@ fn reopen_keeps_data() {
             .unwrap();
         store.flush().unwrap();
     }
-    let store = reopen(dir.path(), &key).unwrap();
+    let store = Store::open(dir.path(), &key).unwrap();
     let h = store.history();
     let got = h.get(&[3; 16]).unwrap().unwrap();
     assert_eq!(got, msg(1, 1, 2, 3, b"hello"));
@@ -38,14 +38,14 @@ fn wrong_key_is_reported() {
             .unwrap();
         store.flush().unwrap();
     }
-    let err = reopen(dir.path(), &data_key(2)).unwrap_err();
+    let err = Store::open(dir.path(), &data_key(2)).unwrap_err();
     match &err {
         Error::WrongKey { path } => assert_eq!(path, dir.path()),
         other => panic!("expected WrongKey, got {other:?}"),
     }
     assert!(err.to_string().contains(&dir.path().display().to_string()));
     // The right key still opens it.
-    let store = reopen(dir.path(), &data_key(1)).unwrap();
+    let store = Store::open(dir.path(), &data_key(1)).unwrap();
     assert!(store.history().get(&[3; 16]).unwrap().is_some());
 }
 
@@ -61,7 +61,7 @@ fn unknown_schema_is_reported() {
             .unwrap();
         db.flush().unwrap();
     }
-    let err = reopen(dir.path(), &key).unwrap_err();
+    let err = Store::open(dir.path(), &key).unwrap_err();
     assert!(
         matches!(&err, Error::UnknownSchema { found, supported, .. }
             if *found == SCHEMA_VERSION + 1 && *supported == SCHEMA_VERSION),
@@ -83,7 +83,7 @@ fn damaged_meta_is_reported() {
         db.flush().unwrap();
     }
     assert!(matches!(
-        reopen(dir.path(), &key),
+        Store::open(dir.path(), &key),
         Err(Error::CorruptMeta { .. })
     ));
 }
