@@ -20,13 +20,14 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use curve25519_dalek::edwards::EdwardsPoint;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use super::identity::PUBLIC_MAX;
-use super::kdf::{Aead, TAG_LEN, dh, hkdf};
+use super::kdf::{Aead, TAG_LEN, decompress, dh, dh_point, hkdf};
 use super::wire;
 use super::{DeviceIdentity, Error, PublicIdentity, Secret32, labels};
 
@@ -165,6 +166,9 @@ pub struct SealCache {
 struct CacheEntry {
     /// `DH(our identity, their identity)`.
     shared: Secret32,
+    /// Their identity key as an Edwards point (the sender's ephemeral
+    /// exchange with a recipient starts from it).
+    point: EdwardsPoint,
     /// The sender identity (with this X25519 key) whose binding signature
     /// verified and whose seal authenticated; saves one Ed25519
     /// verification per envelope.
@@ -178,12 +182,20 @@ impl std::fmt::Debug for SealCache {
 }
 
 impl SealCache {
-    /// The cached static secret with `theirs`, or a freshly computed one
-    /// (not yet remembered).
-    fn static_dh(&self, ours: &StaticSecret, theirs: &[u8; 32]) -> Result<Secret32, Error> {
+    /// The cached static secret with `theirs` and their key as a point, or
+    /// freshly computed ones (not yet remembered).
+    fn static_dh(
+        &self,
+        ours: &StaticSecret,
+        theirs: &[u8; 32],
+    ) -> Result<(Secret32, EdwardsPoint), Error> {
+        const WHAT: &str = "sealed sender (static)";
         match self.map.get(theirs) {
-            Some(e) => Ok(e.shared.clone()),
-            None => dh(ours, &PublicKey::from(*theirs), "sealed sender (static)"),
+            Some(e) => Ok((e.shared.clone(), e.point)),
+            None => {
+                let point = decompress(&PublicKey::from(*theirs), WHAT)?;
+                Ok((dh_point(ours, &point, WHAT)?, point))
+            }
         }
     }
 
@@ -195,7 +207,13 @@ impl SealCache {
     /// Remembers a static secret (and, on the receiving side, the identity
     /// it authenticated). Only called after the secret was used
     /// successfully, so forged envelopes never displace real entries.
-    fn remember(&mut self, theirs: [u8; 32], shared: Secret32, identity: Option<PublicIdentity>) {
+    fn remember(
+        &mut self,
+        theirs: [u8; 32],
+        shared: Secret32,
+        point: EdwardsPoint,
+        identity: Option<PublicIdentity>,
+    ) {
         if let Some(e) = self.map.get_mut(&theirs) {
             if identity.is_some() {
                 e.identity = identity;
@@ -207,7 +225,14 @@ impl SealCache {
         {
             self.map.remove(&old);
         }
-        self.map.insert(theirs, CacheEntry { shared, identity });
+        self.map.insert(
+            theirs,
+            CacheEntry {
+                shared,
+                point,
+                identity,
+            },
+        );
         self.order.push_back(theirs);
     }
 }
@@ -288,10 +313,11 @@ pub fn seal<R: rand_core::CryptoRng + ?Sized>(
         version: CERT_VERSION,
         identity: sender.public().clone(),
     });
-    let r = PublicKey::from(*recipient);
+    let (dh_s, r) = cache.static_dh(sender.dh_secret(), recipient)?;
+    cache.remember(*recipient, dh_s.clone(), r, None);
     let e = StaticSecret::random_from_rng(rng);
     let e_pub = PublicKey::from(&e).to_bytes();
-    let dh_e = dh(&e, &r, "sealed sender (ephemeral)")?;
+    let dh_e = dh_point(&e, &r, "sealed sender (ephemeral)")?;
     let (aead1, chain) = ephemeral_keys(&dh_e, &e_pub, recipient);
     let mut out = Vec::with_capacity(35 + cert.len() + padded.len() + 2 * TAG_LEN);
     out.push(SEALED_VERSION);
@@ -304,8 +330,6 @@ pub fn seal<R: rand_core::CryptoRng + ?Sized>(
     })?;
     out.extend_from_slice(&l.to_be_bytes());
     out.extend_from_slice(&c1);
-    let dh_s = cache.static_dh(sender.dh_secret(), recipient)?;
-    cache.remember(*recipient, dh_s.clone(), None);
     let c2 = static_keys(&chain, &dh_s, &c1).seal(&padded, &out);
     out.extend_from_slice(&c2);
     Ok(out)
@@ -365,7 +389,7 @@ pub fn open(
     if !known {
         cert.identity.verify()?;
     }
-    let dh_s = cache.static_dh(recipient.dh_secret(), &cert.identity.dh)?;
+    let (dh_s, point) = cache.static_dh(recipient.dh_secret(), &cert.identity.dh)?;
     let padded = Zeroizing::new(
         static_keys(&chain, &dh_s, c1)
             .open(c2, &sealed[..35 + l], WHAT)
@@ -373,7 +397,7 @@ pub fn open(
     );
     // Authenticated by the holder of the certificate's key: worth caching.
     if !known {
-        cache.remember(cert.identity.dh, dh_s, Some(cert.identity.clone()));
+        cache.remember(cert.identity.dh, dh_s, point, Some(cert.identity.clone()));
     }
     let content: SealedContent = wire::decode(
         unpad(&padded)?,

@@ -21,7 +21,7 @@ pub use header::{HEADER_LEN, Header, MAX_MESSAGE_LEN, MAX_PLAINTEXT, RatchetMess
 pub use skipped::{MAX_SKIP, MAX_SKIPPED_TOTAL};
 use skipped::{Skipped, SkippedKeys};
 
-use super::kdf::{chain_step, dh, hkdf};
+use super::kdf::{chain_step, decompress, dh, dh_point, hkdf};
 use super::wire::{self, bytes64};
 use super::x3dh::InitialMessage;
 use super::{Error, MessageKey, Secret32, X3dhOutput, labels};
@@ -300,11 +300,11 @@ impl Session {
             });
             new_skipped = s;
         }
-        let their = PublicKey::from(h.dh);
-        let dh_recv = dh(&secret(&self.dhs), &their, "ratchet step")?;
+        let their = decompress(&PublicKey::from(h.dh), "ratchet step")?;
+        let dh_recv = dh_point(&secret(&self.dhs), &their, "ratchet step")?;
         let (root1, ck_recv) = kdf_rk(&self.root, &dh_recv);
         let new_dhs = StaticSecret::random_from_rng(rng);
-        let dh_send = dh(&new_dhs, &their, "ratchet step")?;
+        let dh_send = dh_point(&new_dhs, &their, "ratchet step")?;
         let (root2, ck_send) = kdf_rk(&root1, &dh_send);
         let (s, mk, after) = advance(&Chain { key: ck_recv, n: 0 }, &h.dh, h.n)?;
         new_skipped.extend(s);

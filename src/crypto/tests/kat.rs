@@ -146,3 +146,60 @@ fn safety_numbers_are_symmetric_and_stable() {
 }
 
 const SNAPSHOT_FINGERPRINT_A: &str = "696982212396387435618066562707";
+
+mod x25519_equivalence {
+    use proptest::prelude::*;
+    use x25519_dalek::{PublicKey, StaticSecret};
+
+    use crate::crypto::kdf::dh;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, rng_seed: proptest::test_runner::RngSeed::Fixed(5), ..ProptestConfig::default() })]
+
+        /// Our Edwards-curve computation of X25519 equals the RFC 7748
+        /// Montgomery ladder (x25519-dalek) for every key pair.
+        #[test]
+        fn edwards_dh_equals_the_montgomery_ladder(a in any::<[u8; 32]>(), b in any::<[u8; 32]>()) {
+            let (a, b) = (StaticSecret::from(a), StaticSecret::from(b));
+            let pb = PublicKey::from(&b);
+            let ours = dh(&a, &pb, "test").unwrap();
+            prop_assert_eq!(*ours.expose(), a.diffie_hellman(&pb).to_bytes());
+            // Public keys with the (ignored) top bit set name the same point.
+            let mut high = pb.to_bytes();
+            high[31] |= 0x80;
+            let ours_high = dh(&a, &PublicKey::from(high), "test").unwrap();
+            prop_assert_eq!(*ours_high.expose(), a.diffie_hellman(&PublicKey::from(high)).to_bytes());
+        }
+    }
+}
+
+#[test]
+fn public_keys_off_the_curve_are_refused() {
+    use curve25519_dalek::montgomery::MontgomeryPoint;
+    use x25519_dalek::{PublicKey, StaticSecret};
+    let twist: Vec<u8> = (2u8..100)
+        .filter(|u| {
+            MontgomeryPoint(
+                [*u; 1]
+                    .iter()
+                    .copied()
+                    .chain([0; 31])
+                    .collect::<Vec<_>>()
+                    .try_into()
+                    .unwrap(),
+            )
+            .to_edwards(0)
+            .is_none()
+        })
+        .collect();
+    assert!(!twist.is_empty());
+    let a = StaticSecret::from([1; 32]);
+    for u in twist {
+        let mut key = [0u8; 32];
+        key[0] = u;
+        assert!(matches!(
+            crate::crypto::kdf::dh(&a, &PublicKey::from(key), "t"),
+            Err(Error::InvalidKey { .. })
+        ));
+    }
+}
