@@ -21,6 +21,17 @@ pub(crate) const MESSAGES: TreeSpec = TreeSpec {
     name: "messages",
     max_plain: MAX_BODY + 128,
 };
+/// The expiry index: `expires_at (u64 BE) ‖ messages key` → empty. Keys only
+/// repeat what the `messages` keys already show, so it is not encrypted.
+pub(crate) const EXPIRY: &str = "expiry";
+
+fn expiry_key(at: u64, key: &[u8; MESSAGE_KEY_LEN]) -> [u8; 8 + MESSAGE_KEY_LEN] {
+    let mut out = [0u8; 8 + MESSAGE_KEY_LEN];
+    out[..8].copy_from_slice(&at.to_be_bytes());
+    out[8..].copy_from_slice(key);
+    out
+}
+
 pub(crate) const MESSAGE_INDEX: TreeSpec = TreeSpec {
     name: "message_index",
     max_plain: MESSAGE_KEY_LEN + 8,
@@ -111,41 +122,121 @@ impl<'a> History<'a> {
     /// updates its conversation (created if new): last activity, Lamport
     /// clock, and for [`Direction::Incoming`] the unread count. All in one
     /// transaction. A body over [`Self::MAX_BODY`] is [`Error::TooLarge`].
+    ///
+    /// If the conversation is temporary (has a retention period), the
+    /// message expires at `sent_at + retention` or its own `expires_at`,
+    /// whichever comes first; an expiring message is also entered in the
+    /// expiry index that [`Self::purge_expired`] walks.
     pub fn append(&self, msg: &StoredMessage, direction: Direction) -> Result<Appended, Error> {
+        let mut out = self.append_batch(std::slice::from_ref(msg), direction)?;
+        out.pop().ok_or(Error::Malformed {
+            tree: MESSAGES.name,
+            key: hex(&msg.msg_id),
+            what: "empty batch result".into(),
+        })
+    }
+
+    /// [`Self::append`] for many messages in one transaction: all are stored
+    /// (or found to be duplicates) or, on error, none. Returns one outcome per
+    /// message, in order; a repeated id within the batch is a duplicate too.
+    pub fn append_batch(
+        &self,
+        msgs: &[StoredMessage],
+        direction: Direction,
+    ) -> Result<Vec<Appended>, Error> {
         let s = self.store;
-        let key = message_key(&msg.conv_id, msg.lamport, &msg.sender, &msg.msg_id);
-        if msg.body.len() > MAX_BODY {
-            return Err(Error::TooLarge {
-                tree: MESSAGES.name,
-                key: hex(&key),
-                len: msg.body.len(),
-                max: MAX_BODY,
-            });
-        }
-        let sealed_msg = s.sealer.seal(&MESSAGES, &key, msg)?;
-        let sealed_idx = s.sealer.seal(&MESSAGE_INDEX, &msg.msg_id, &key.to_vec())?;
-        (&s.messages, &s.message_index, &s.conversations)
-            .transaction(|(m, i, c)| {
-                if i.get(msg.msg_id)?.is_some() {
-                    return Ok(Appended::Duplicate);
+        let mut prepared = Vec::with_capacity(msgs.len());
+        let mut retentions = std::collections::HashMap::new();
+        for msg in msgs {
+            let key = message_key(&msg.conv_id, msg.lamport, &msg.sender, &msg.msg_id);
+            if msg.body.len() > MAX_BODY {
+                return Err(Error::TooLarge {
+                    tree: MESSAGES.name,
+                    key: hex(&key),
+                    len: msg.body.len(),
+                    max: MAX_BODY,
+                });
+            }
+            let retention = match retentions.get(&msg.conv_id) {
+                Some(r) => *r,
+                None => {
+                    let r = self.conversation(&msg.conv_id)?.and_then(|c| c.retention);
+                    retentions.insert(msg.conv_id, r);
+                    r
                 }
-                m.insert(&key[..], sealed_msg.as_slice())?;
-                i.insert(&msg.msg_id[..], sealed_idx.as_slice())?;
-                let mut conv = match c.get(msg.conv_id)? {
-                    Some(v) => self
-                        .open_conversation(&msg.conv_id, &v)
-                        .map_err(TxError::Abort)?,
-                    None => Conversation::new(msg.conv_id),
-                };
-                conv.record(msg, direction);
-                let sealed = self.seal_conversation(&conv).map_err(TxError::Abort)?;
-                c.insert(&msg.conv_id[..], sealed)?;
-                Ok(Appended::Inserted)
+            };
+            let mut msg = msg.clone();
+            if let Some(r) = retention {
+                let by_retention = msg.sent_at.saturating_add(r);
+                msg.expires_at = Some(msg.expires_at.map_or(by_retention, |e| e.min(by_retention)));
+            }
+            let sealed_msg = s.sealer.seal(&MESSAGES, &key, &msg)?;
+            let sealed_idx = s.sealer.seal(&MESSAGE_INDEX, &msg.msg_id, &key.to_vec())?;
+            prepared.push((msg, key, sealed_msg, sealed_idx));
+        }
+        (&s.messages, &s.message_index, &s.conversations, &s.expiry)
+            .transaction(|(m, i, c, x)| {
+                let mut out = Vec::with_capacity(prepared.len());
+                for (msg, key, sealed_msg, sealed_idx) in &prepared {
+                    if i.get(msg.msg_id)?.is_some() {
+                        out.push(Appended::Duplicate);
+                        continue;
+                    }
+                    m.insert(&key[..], sealed_msg.as_slice())?;
+                    i.insert(&msg.msg_id[..], sealed_idx.as_slice())?;
+                    if let Some(at) = msg.expires_at {
+                        x.insert(&expiry_key(at, key)[..], &[][..])?;
+                    }
+                    let mut conv = match c.get(msg.conv_id)? {
+                        Some(v) => self
+                            .open_conversation(&msg.conv_id, &v)
+                            .map_err(TxError::Abort)?,
+                        None => Conversation::new(msg.conv_id),
+                    };
+                    conv.record(msg, direction);
+                    let sealed = self.seal_conversation(&conv).map_err(TxError::Abort)?;
+                    c.insert(&msg.conv_id[..], sealed)?;
+                    out.push(Appended::Inserted);
+                }
+                Ok(out)
             })
             .map_err(Error::from_tx(
-                "messages+message_index+conversations",
+                "messages+message_index+conversations+expiry",
                 "append",
             ))
+    }
+
+    /// Deletes every message whose expiry is at or before `now` (seconds
+    /// since the Unix epoch), with its index entry, and returns how many.
+    /// The node calls this from a timer; tests call it with a chosen `now`.
+    /// Each message goes in its own transaction, so an interruption leaves
+    /// every message either fully present or fully gone.
+    pub fn purge_expired(&self, now: u64) -> Result<usize, Error> {
+        let s = self.store;
+        let end = expiry_key(now, &[0xff; MESSAGE_KEY_LEN]);
+        let mut purged = 0;
+        for item in s.expiry.range(..=&end[..]) {
+            let (xkey, _) = item.map_err(Error::db(EXPIRY, "scan"))?;
+            let Some(key) = xkey.get(8..).and_then(|k| <[u8; MESSAGE_KEY_LEN]>::try_from(k).ok())
+            else {
+                return Err(Error::Malformed {
+                    tree: EXPIRY,
+                    key: hex(&xkey),
+                    what: format!("key is {} bytes, expected {}", xkey.len(), 8 + MESSAGE_KEY_LEN),
+                });
+            };
+            let msg_id = &key[72..];
+            (&s.messages, &s.message_index, &s.expiry)
+                .transaction(|(m, i, x)| {
+                    m.remove(&key[..])?;
+                    i.remove(msg_id)?;
+                    x.remove(&xkey)?;
+                    Ok(())
+                })
+                .map_err(Error::from_tx("messages+message_index+expiry", "purge"))?;
+            purged += 1;
+        }
+        Ok(purged)
     }
 
     /// The message with this id, if stored.

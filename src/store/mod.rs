@@ -21,6 +21,7 @@ mod conversations;
 mod error;
 mod history;
 mod keys;
+mod outbox;
 
 #[cfg(test)]
 mod tests;
@@ -38,6 +39,7 @@ pub use conversations::Conversation;
 pub use error::Error;
 pub use history::{Appended, DeliveryState, Direction, History, Page, StoredMessage};
 pub use keys::Cursor;
+pub use outbox::{Outbox, OutboxEntry};
 
 /// The on-disk layout version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -65,6 +67,8 @@ pub struct Store {
     messages: sled::Tree,
     message_index: sled::Tree,
     conversations: sled::Tree,
+    expiry: sled::Tree,
+    outbox: sled::Tree,
 }
 
 impl Store {
@@ -92,6 +96,8 @@ impl Store {
             messages: tree(history::MESSAGES.name)?,
             message_index: tree(history::MESSAGE_INDEX.name)?,
             conversations: tree(conversations::CONVERSATIONS.name)?,
+            expiry: tree(history::EXPIRY)?,
+            outbox: tree(outbox::OUTBOX.name)?,
             path,
             db,
             sealer,
@@ -106,6 +112,11 @@ impl Store {
     /// Message history and the conversation list.
     pub fn history(&self) -> History<'_> {
         History::new(self)
+    }
+
+    /// Envelopes waiting for an acknowledgement.
+    pub fn outbox(&self) -> Outbox<'_> {
+        Outbox::new(self)
     }
 
     /// Writes everything so far to disk and waits for it: the durability

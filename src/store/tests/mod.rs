@@ -2,8 +2,10 @@
 
 mod at_rest;
 mod conversations;
+mod expiry;
 mod history;
 mod open;
+mod outbox;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;

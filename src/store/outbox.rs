@@ -1,0 +1,187 @@
+//! The outbox: every envelope this device sent that no one has acknowledged
+//! yet, so a crash or restart never loses a message the user was told is on
+//! its way.
+//!
+//! `outbox`: `seq (u64 BE)` → sealed [`OutboxEntry`]. Sequence numbers come
+//! from sled's persistent id generator, so they only grow, also across
+//! restarts: iterating the tree returns entries in the order they were
+//! queued.
+
+use serde::{Deserialize, Serialize};
+
+use super::codec::{TreeSpec, hex};
+use super::{Error, Store};
+use crate::crypto::limits::MAX_ENVELOPE;
+
+pub(crate) const OUTBOX: TreeSpec = TreeSpec {
+    name: "outbox",
+    max_plain: MAX_ENVELOPE + 256,
+};
+
+/// One queued envelope with its retry state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// Position in the queue (assigned by [`Outbox::push`]).
+    pub seq: u64,
+    /// The message it carries (for receipts and for telling the user).
+    pub msg_id: [u8; 16],
+    /// The device it is addressed to (its identity key).
+    pub recipient: [u8; 32],
+    /// The encoded envelope, exactly as it goes on the wire.
+    pub envelope: Vec<u8>,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// Not to be retried before this time (Unix seconds).
+    pub next_attempt_at: u64,
+    /// Given up after this time (Unix seconds): the sender is told.
+    pub expires_at: u64,
+}
+
+/// The outbox of a [`Store`].
+#[derive(Debug, Clone, Copy)]
+pub struct Outbox<'a> {
+    store: &'a Store,
+}
+
+impl<'a> Outbox<'a> {
+    pub(super) fn new(store: &'a Store) -> Self {
+        Self { store }
+    }
+
+    fn key(seq: u64) -> [u8; 8] {
+        seq.to_be_bytes()
+    }
+
+    fn put(&self, entry: &OutboxEntry) -> Result<(), Error> {
+        let key = Self::key(entry.seq);
+        let sealed = self.store.sealer.seal(&OUTBOX, &key, entry)?;
+        self.store
+            .outbox
+            .insert(key, sealed)
+            .map_err(Error::db(OUTBOX.name, "write"))?;
+        Ok(())
+    }
+
+    /// Queues an envelope; its `seq` is assigned here and returned. Durable
+    /// once a later [`Store::flush`] returns: flush before showing "sent".
+    pub fn push(
+        &self,
+        msg_id: [u8; 16],
+        recipient: [u8; 32],
+        envelope: Vec<u8>,
+        now: u64,
+        expires_at: u64,
+    ) -> Result<OutboxEntry, Error> {
+        let seq = self
+            .store
+            .db
+            .generate_id()
+            .map_err(Error::db(OUTBOX.name, "generate id"))?;
+        let entry = OutboxEntry {
+            seq,
+            msg_id,
+            recipient,
+            envelope,
+            attempts: 0,
+            next_attempt_at: now,
+            expires_at,
+        };
+        self.put(&entry)?;
+        Ok(entry)
+    }
+
+    /// Every queued entry, oldest first.
+    pub fn all(&self) -> Result<Vec<OutboxEntry>, Error> {
+        self.scan(|_| true, usize::MAX)
+    }
+
+    /// Up to `limit` entries due for an attempt at `now` and not expired,
+    /// oldest first.
+    pub fn due(&self, now: u64, limit: usize) -> Result<Vec<OutboxEntry>, Error> {
+        self.scan(|e| e.next_attempt_at <= now && e.expires_at > now, limit)
+    }
+
+    fn scan(
+        &self,
+        keep: impl Fn(&OutboxEntry) -> bool,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, Error> {
+        let mut out = Vec::new();
+        for item in self.store.outbox.iter() {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, sealed) = item.map_err(Error::db(OUTBOX.name, "scan"))?;
+            let entry: OutboxEntry = self.store.sealer.open(&OUTBOX, &key, &sealed)?;
+            if keep(&entry) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a failed attempt: one more attempt, next try at `retry_at`.
+    /// Returns `false` if the entry is no longer queued (acknowledged meanwhile).
+    pub fn record_attempt(&self, seq: u64, retry_at: u64) -> Result<bool, Error> {
+        let key = Self::key(seq);
+        let Some(sealed) = self
+            .store
+            .outbox
+            .get(key)
+            .map_err(Error::db(OUTBOX.name, "read"))?
+        else {
+            return Ok(false);
+        };
+        let mut entry: OutboxEntry = self.store.sealer.open(&OUTBOX, &key, &sealed)?;
+        entry.attempts = entry.attempts.saturating_add(1);
+        entry.next_attempt_at = retry_at;
+        self.put(&entry)?;
+        Ok(true)
+    }
+
+    /// Removes an acknowledged entry. Returns whether it was queued.
+    pub fn ack(&self, seq: u64) -> Result<bool, Error> {
+        Ok(self
+            .store
+            .outbox
+            .remove(Self::key(seq))
+            .map_err(Error::db(OUTBOX.name, "remove"))?
+            .is_some())
+    }
+
+    /// Removes every entry carrying `msg_id` to `recipient` (an end-to-end
+    /// receipt arrived by another path). Returns how many.
+    pub fn ack_message(&self, msg_id: &[u8; 16], recipient: &[u8; 32]) -> Result<usize, Error> {
+        let matching = self.scan(|e| &e.msg_id == msg_id && &e.recipient == recipient, usize::MAX)?;
+        for e in &matching {
+            self.ack(e.seq)?;
+        }
+        Ok(matching.len())
+    }
+
+    /// Removes and returns every entry whose expiry is at or before `now`, so
+    /// the caller can tell the user those messages were not delivered.
+    pub fn take_expired(&self, now: u64) -> Result<Vec<OutboxEntry>, Error> {
+        let expired = self.scan(|e| e.expires_at <= now, usize::MAX)?;
+        for e in &expired {
+            self.ack(e.seq)?;
+        }
+        Ok(expired)
+    }
+
+    /// Number of queued entries.
+    pub fn len(&self) -> usize {
+        self.store.outbox.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.store.outbox.is_empty()
+    }
+}
+
+impl std::fmt::Display for OutboxEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "outbox #{} (message {})", self.seq, hex(&self.msg_id))
+    }
+}
