@@ -217,12 +217,18 @@ impl<'a> History<'a> {
         let mut purged = 0;
         for item in s.expiry.range(..=&end[..]) {
             let (xkey, _) = item.map_err(Error::db(EXPIRY, "scan"))?;
-            let Some(key) = xkey.get(8..).and_then(|k| <[u8; MESSAGE_KEY_LEN]>::try_from(k).ok())
+            let Some(key) = xkey
+                .get(8..)
+                .and_then(|k| <[u8; MESSAGE_KEY_LEN]>::try_from(k).ok())
             else {
                 return Err(Error::Malformed {
                     tree: EXPIRY,
                     key: hex(&xkey),
-                    what: format!("key is {} bytes, expected {}", xkey.len(), 8 + MESSAGE_KEY_LEN),
+                    what: format!(
+                        "key is {} bytes, expected {}",
+                        xkey.len(),
+                        8 + MESSAGE_KEY_LEN
+                    ),
                 });
             };
             let msg_id = &key[72..];

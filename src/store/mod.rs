@@ -22,6 +22,7 @@ mod error;
 mod history;
 mod keys;
 mod outbox;
+mod records;
 
 #[cfg(test)]
 mod tests;
@@ -40,6 +41,7 @@ pub use error::Error;
 pub use history::{Appended, DeliveryState, Direction, History, Page, StoredMessage};
 pub use keys::Cursor;
 pub use outbox::{Outbox, OutboxEntry};
+pub use records::{Kind, MAX_RECORD_KEY, Record, Records};
 
 /// The on-disk layout version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -117,6 +119,11 @@ impl Store {
     /// Envelopes waiting for an acknowledgement.
     pub fn outbox(&self) -> Outbox<'_> {
         Outbox::new(self)
+    }
+
+    /// The records of one kind (contacts, sessions, prekeys…).
+    pub fn records(&self, kind: Kind) -> Result<Records<'_>, Error> {
+        Records::new(self, kind)
     }
 
     /// Writes everything so far to disk and waits for it: the durability

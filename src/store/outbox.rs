@@ -152,7 +152,10 @@ impl<'a> Outbox<'a> {
     /// Removes every entry carrying `msg_id` to `recipient` (an end-to-end
     /// receipt arrived by another path). Returns how many.
     pub fn ack_message(&self, msg_id: &[u8; 16], recipient: &[u8; 32]) -> Result<usize, Error> {
-        let matching = self.scan(|e| &e.msg_id == msg_id && &e.recipient == recipient, usize::MAX)?;
+        let matching = self.scan(
+            |e| &e.msg_id == msg_id && &e.recipient == recipient,
+            usize::MAX,
+        )?;
         for e in &matching {
             self.ack(e.seq)?;
         }

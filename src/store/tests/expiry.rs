@@ -5,20 +5,28 @@ use crate::store::{Appended, Direction, Store};
 fn temporary_conversations_expire_and_permanent_ones_keep_everything() {
     let (_dir, store) = fresh();
     let h = store.history();
-    h.upsert_conversation(&[1; 32], "temporary", Some(60)).unwrap();
-    let mut temp: Vec<_> = (0..5).map(|i| msg(1, i, 2, i as u8, b"gone soon")).collect();
+    h.upsert_conversation(&[1; 32], "temporary", Some(60))
+        .unwrap();
+    let mut temp: Vec<_> = (0..5)
+        .map(|i| msg(1, i, 2, i as u8, b"gone soon"))
+        .collect();
     for m in &mut temp {
         m.sent_at = 1_000;
     }
     // One message asks for an earlier expiry of its own.
     temp[0].expires_at = Some(1_010);
     h.append_batch(&temp, Direction::Incoming).unwrap();
-    let mut keep: Vec<_> = (0..5).map(|i| msg(2, i, 2, 100 + i as u8, b"kept")).collect();
+    let mut keep: Vec<_> = (0..5)
+        .map(|i| msg(2, i, 2, 100 + i as u8, b"kept"))
+        .collect();
     for m in &mut keep {
         m.sent_at = 1_000;
     }
     h.append_batch(&keep, Direction::Incoming).unwrap();
-    assert_eq!(h.get(&temp[1].msg_id).unwrap().unwrap().expires_at, Some(1_060));
+    assert_eq!(
+        h.get(&temp[1].msg_id).unwrap().unwrap().expires_at,
+        Some(1_060)
+    );
 
     assert_eq!(h.purge_expired(1_009).unwrap(), 0);
     assert_eq!(h.purge_expired(1_010).unwrap(), 1);
@@ -30,7 +38,11 @@ fn temporary_conversations_expire_and_permanent_ones_keep_everything() {
         assert!(h.get(&m.msg_id).unwrap().is_none());
     }
     assert_eq!(h.page(&[2; 32], None, 50).unwrap().messages.len(), 5);
-    assert_eq!(h.purge_expired(u64::MAX).unwrap(), 0, "permanent chat untouched");
+    assert_eq!(
+        h.purge_expired(u64::MAX).unwrap(),
+        0,
+        "permanent chat untouched"
+    );
 }
 
 #[test]
@@ -55,13 +67,23 @@ fn batches_dedupe_within_and_across() {
     let h = store.history();
     let a = msg(4, 1, 2, 1, b"a");
     let b = msg(4, 2, 2, 2, b"b");
-    let out = h.append_batch(&[a.clone(), b.clone(), a.clone()], Direction::Incoming).unwrap();
-    assert_eq!(out, vec![Appended::Inserted, Appended::Inserted, Appended::Duplicate]);
-    let out = h.append_batch(&[b, msg(4, 3, 2, 3, b"c")], Direction::Incoming).unwrap();
+    let out = h
+        .append_batch(&[a.clone(), b.clone(), a.clone()], Direction::Incoming)
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![Appended::Inserted, Appended::Inserted, Appended::Duplicate]
+    );
+    let out = h
+        .append_batch(&[b, msg(4, 3, 2, 3, b"c")], Direction::Incoming)
+        .unwrap();
     assert_eq!(out, vec![Appended::Duplicate, Appended::Inserted]);
     assert_eq!(h.conversation(&[4; 32]).unwrap().unwrap().unread, 3);
     // A batch with one oversized body writes nothing.
     let big = msg(4, 9, 2, 9, &vec![0; crate::store::History::MAX_BODY + 1]);
-    assert!(h.append_batch(&[msg(4, 8, 2, 8, b"d"), big], Direction::Incoming).is_err());
+    assert!(
+        h.append_batch(&[msg(4, 8, 2, 8, b"d"), big], Direction::Incoming)
+            .is_err()
+    );
     assert_eq!(h.page(&[4; 32], None, 50).unwrap().messages.len(), 3);
 }

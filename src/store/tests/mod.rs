@@ -6,6 +6,7 @@ mod expiry;
 mod history;
 mod open;
 mod outbox;
+mod records;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;

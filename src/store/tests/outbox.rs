@@ -10,7 +10,11 @@ fn outbox_survives_reopen_in_order_with_retry_state() {
         let store = Store::open(dir.path(), &key).unwrap();
         let o = store.outbox();
         seqs = (0..10u8)
-            .map(|i| o.push([i; 16], [9; 32], vec![i; 100], 1_000, 2_000).unwrap().seq)
+            .map(|i| {
+                o.push([i; 16], [9; 32], vec![i; 100], 1_000, 2_000)
+                    .unwrap()
+                    .seq
+            })
             .collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]));
         assert!(o.record_attempt(seqs[0], 1_030).unwrap());
@@ -22,7 +26,10 @@ fn outbox_survives_reopen_in_order_with_retry_state() {
     let o = store.outbox();
     let all = o.all().unwrap();
     assert_eq!(all.len(), 9);
-    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [&seqs[..5], &seqs[6..]].concat());
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [&seqs[..5], &seqs[6..]].concat()
+    );
     assert_eq!(all[0].attempts, 2);
     assert_eq!(all[0].next_attempt_at, 1_090);
     assert_eq!(all[1].envelope, vec![1; 100]);

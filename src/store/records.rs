@@ -1,0 +1,152 @@
+//! Small keyed records: contacts, groups, ratchet sessions, sender keys,
+//! prekeys and this device's own keys.
+//!
+//! Each kind lives in its own sled tree; values are opaque bytes that the
+//! owning module encodes (a ratchet session's `to_bytes`, a contact's
+//! postcard form…) and that are sealed here under the database key, bound to
+//! their tree and key like every other record.
+
+use super::codec::{TreeSpec, hex};
+use super::{Error, Store};
+
+/// Which record tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Kind {
+    /// Contacts (accounts, their devices, verification state), by account key.
+    Contacts,
+    /// Group metadata and membership, by group id.
+    Groups,
+    /// Double Ratchet sessions, by peer device key.
+    Sessions,
+    /// Sender keys (ours and other members'), by group id ‖ device key ‖ key id.
+    SenderKeys,
+    /// This device's prekey store.
+    Prekeys,
+    /// This device's identity and mailbox keys.
+    Identity,
+}
+
+/// Largest key of a record.
+pub const MAX_RECORD_KEY: usize = 128;
+
+impl Kind {
+    /// Every kind, for backups and tests.
+    pub const ALL: [Kind; 6] = [
+        Kind::Contacts,
+        Kind::Groups,
+        Kind::Sessions,
+        Kind::SenderKeys,
+        Kind::Prekeys,
+        Kind::Identity,
+    ];
+
+    pub(crate) const fn spec(self) -> TreeSpec {
+        match self {
+            Kind::Contacts => TreeSpec {
+                name: "contacts",
+                max_plain: 16 * 1024,
+            },
+            Kind::Groups => TreeSpec {
+                name: "groups",
+                max_plain: 64 * 1024,
+            },
+            // A session with a full skipped-key store is ~140 KiB.
+            Kind::Sessions => TreeSpec {
+                name: "sessions",
+                max_plain: 256 * 1024,
+            },
+            Kind::SenderKeys => TreeSpec {
+                name: "sender_keys",
+                max_plain: 128 * 1024,
+            },
+            Kind::Prekeys => TreeSpec {
+                name: "prekeys",
+                max_plain: 64 * 1024,
+            },
+            Kind::Identity => TreeSpec {
+                name: "identity",
+                max_plain: 4 * 1024,
+            },
+        }
+    }
+}
+
+/// A record's key and value, as [`Records::scan`] returns them.
+pub type Record = (Vec<u8>, Vec<u8>);
+
+/// The records of one [`Kind`] in a [`Store`].
+#[derive(Debug, Clone)]
+pub struct Records<'a> {
+    store: &'a Store,
+    kind: Kind,
+    tree: sled::Tree,
+}
+
+impl<'a> Records<'a> {
+    pub(super) fn new(store: &'a Store, kind: Kind) -> Result<Self, Error> {
+        let spec = kind.spec();
+        let tree = store
+            .db
+            .open_tree(spec.name)
+            .map_err(Error::db(spec.name, "open"))?;
+        Ok(Self { store, kind, tree })
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), Error> {
+        if key.is_empty() || key.len() > MAX_RECORD_KEY {
+            return Err(Error::TooLarge {
+                tree: self.kind.spec().name,
+                key: hex(key),
+                len: key.len(),
+                max: MAX_RECORD_KEY,
+            });
+        }
+        Ok(())
+    }
+
+    /// The record at `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.check_key(key)?;
+        let spec = self.kind.spec();
+        self.tree
+            .get(key)
+            .map_err(Error::db(spec.name, "read"))?
+            .map(|sealed| self.store.sealer.open::<Vec<u8>>(&spec, key, &sealed))
+            .transpose()
+    }
+
+    /// Writes the record at `key` (durable after [`Store::flush`]).
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        self.check_key(key)?;
+        let spec = self.kind.spec();
+        let sealed = self.store.sealer.seal(&spec, key, &value)?;
+        self.tree
+            .insert(key, sealed)
+            .map_err(Error::db(spec.name, "write"))?;
+        Ok(())
+    }
+
+    /// Removes the record at `key`; returns whether there was one.
+    pub fn remove(&self, key: &[u8]) -> Result<bool, Error> {
+        self.check_key(key)?;
+        let spec = self.kind.spec();
+        Ok(self
+            .tree
+            .remove(key)
+            .map_err(Error::db(spec.name, "remove"))?
+            .is_some())
+    }
+
+    /// Every record whose key starts with `prefix`, in key order.
+    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<Record>, Error> {
+        let spec = self.kind.spec();
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefix) {
+            let (key, sealed) = item.map_err(Error::db(spec.name, "scan"))?;
+            let value = self.store.sealer.open::<Vec<u8>>(&spec, &key, &sealed)?;
+            out.push((key.to_vec(), value));
+        }
+        Ok(out)
+    }
+}
