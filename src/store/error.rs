@@ -131,6 +131,10 @@ pub enum Error {
         /// The messages key it names, hex.
         key: String,
     },
+    /// A store call on the blocking pool did not complete (the runtime is
+    /// shutting down, or the call panicked).
+    #[error("store task failed: {0}")]
+    Task(String),
     /// The operating system gave no randomness for record nonces.
     #[error("no randomness from the operating system for record nonces: {0}")]
     Entropy(String),

@@ -19,6 +19,7 @@
 mod codec;
 mod conversations;
 mod error;
+mod handle;
 mod history;
 mod keys;
 mod outbox;
@@ -38,6 +39,7 @@ use codec::{Sealer, TreeSpec};
 
 pub use conversations::Conversation;
 pub use error::Error;
+pub use handle::{Clock, PurgeTask, StoreHandle};
 pub use history::{Appended, DeliveryState, Direction, History, Page, StoredMessage};
 pub use keys::Cursor;
 pub use outbox::{Outbox, OutboxEntry};

@@ -3,6 +3,7 @@
 mod at_rest;
 mod conversations;
 mod expiry;
+mod handle;
 mod history;
 mod open;
 mod outbox;
