@@ -131,6 +131,9 @@ pub enum Error {
         /// The messages key it names, hex.
         key: String,
     },
+    /// Writing or reading an export or backup failed, or a backup is damaged.
+    #[error("backup: {0}")]
+    Backup(String),
     /// A store call on the blocking pool did not complete (the runtime is
     /// shutting down, or the call panicked).
     #[error("store task failed: {0}")]

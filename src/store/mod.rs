@@ -16,6 +16,7 @@
 //! [`Store::flush`]. Anything a peer or the user is told about (a delivery
 //! receipt, "sent") must be flushed first.
 
+mod backup;
 mod codec;
 mod conversations;
 mod error;

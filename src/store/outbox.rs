@@ -72,11 +72,21 @@ impl<'a> Outbox<'a> {
         now: u64,
         expires_at: u64,
     ) -> Result<OutboxEntry, Error> {
-        let seq = self
+        // sled's id generator only grows, but starts again from zero in a
+        // database restored from a backup: never go below the last entry.
+        let generated = self
             .store
             .db
             .generate_id()
             .map_err(Error::db(OUTBOX.name, "generate id"))?;
+        let after_last = self
+            .store
+            .outbox
+            .last()
+            .map_err(Error::db(OUTBOX.name, "read"))?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .map_or(0, |k| u64::from_be_bytes(k).saturating_add(1));
+        let seq = generated.max(after_last);
         let entry = OutboxEntry {
             seq,
             msg_id,

@@ -1,6 +1,7 @@
 //! Store tests: opening and keys, encryption at rest, history, conversations.
 
 mod at_rest;
+mod backup;
 mod conversations;
 mod expiry;
 mod handle;
