@@ -62,6 +62,18 @@ pub enum Error {
         /// What is wrong.
         what: &'static str,
     },
+    /// The database files are damaged or missing although a store was
+    /// created in this directory: nothing is opened, so nothing is lost.
+    #[error(
+        "the store at {path} is damaged ({what}): restore it from a backup \
+         (meshchat export / backup), or move the directory aside to start an empty store"
+    )]
+    Damaged {
+        /// The database directory.
+        path: PathBuf,
+        /// What was found.
+        what: String,
+    },
     /// A record is larger than its tree allows (checked before decrypting
     /// on read, and before writing).
     #[error("record {key} in tree `{tree}` is {len} bytes, max {max}")]

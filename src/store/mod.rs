@@ -23,6 +23,7 @@ mod error;
 mod handle;
 mod history;
 mod keys;
+mod marker;
 mod outbox;
 mod records;
 
@@ -59,6 +60,8 @@ const META: TreeSpec = TreeSpec {
 };
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const KEY_CHECK_KEY: &[u8] = b"key_check";
+/// The flush generation (u64 BE, plaintext), mirrored in the `STORE` marker.
+const GENERATION_KEY: &[u8] = b"flush_generation";
 /// Sealed under the database key at creation; opening it proves the key.
 const KEY_CHECK: &[u8] = b"meshchat/1/store-key-check";
 
@@ -68,6 +71,10 @@ const KEY_CHECK: &[u8] = b"meshchat/1/store-key-check";
 pub struct Store {
     path: PathBuf,
     db: sled::Db,
+    meta: sled::Tree,
+    /// The marker file and the last flush generation written to it; the
+    /// lock also serialises flushes.
+    watermark: std::sync::Mutex<(marker::Watermark, u64)>,
     sealer: Sealer,
     messages: sled::Tree,
     message_index: sled::Tree,
@@ -95,7 +102,8 @@ impl Store {
         let meta = db
             .open_tree(META.name)
             .map_err(Error::db(META.name, "open"))?;
-        check_meta(&path, &db, &meta, &sealer)?;
+        let generation = check_meta(&path, &db, &meta, &sealer)?;
+        let watermark = std::sync::Mutex::new((marker::Watermark::open(&path)?, generation));
         let tree = |name: &'static str| db.open_tree(name).map_err(Error::db(name, "open"));
         Ok(Self {
             messages: tree(history::MESSAGES.name)?,
@@ -105,6 +113,8 @@ impl Store {
             outbox: tree(outbox::OUTBOX.name)?,
             path,
             db,
+            meta,
+            watermark,
             sealer,
         })
     }
@@ -133,8 +143,25 @@ impl Store {
     /// point. A write is only safe to acknowledge — to a peer (custody or
     /// delivery receipt) or to the user ("sent") — after a `flush` that
     /// followed it returned `Ok`. Returns the number of bytes written.
+    ///
+    /// Each flush also raises the store's flush generation and records it in
+    /// the `STORE` marker after sled's data is on disk, so a data file that
+    /// later loses flushed writes is detected on open ([`Error::Damaged`]).
     pub fn flush(&self) -> Result<usize, Error> {
-        self.db.flush().map_err(Error::db("(all trees)", "flush"))
+        // A poisoned lock only means a flush panicked; the state is a plain
+        // counter and file handle, still usable.
+        let mut guard = self.watermark.lock().unwrap_or_else(|p| p.into_inner());
+        let next = guard.1 + 1;
+        self.meta
+            .insert(GENERATION_KEY, &next.to_be_bytes())
+            .map_err(Error::db(META.name, "write"))?;
+        let bytes = self.db.flush().map_err(Error::db("(all trees)", "flush"))?;
+        guard.0.set(next).map_err(|e| Error::Damaged {
+            path: self.path.clone(),
+            what: format!("cannot record the flush in the store marker: {e}"),
+        })?;
+        guard.1 = next;
+        Ok(bytes)
     }
 }
 
@@ -172,24 +199,48 @@ pub(crate) fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
 }
 
 /// Initialises a new store's meta tree, or checks an existing one's schema
-/// version and key.
-fn check_meta(path: &Path, db: &sled::Db, meta: &sled::Tree, sealer: &Sealer) -> Result<(), Error> {
+/// version, key and identity (against the `STORE` marker).
+fn check_meta(
+    path: &Path,
+    db: &sled::Db,
+    meta: &sled::Tree,
+    sealer: &Sealer,
+) -> Result<u64, Error> {
+    let marker = marker::read(path)?;
+    let generation = match meta
+        .get(GENERATION_KEY)
+        .map_err(Error::db(META.name, "read"))?
+    {
+        None => 0,
+        Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::CorruptMeta {
+            path: path.to_path_buf(),
+            what: "flush generation is not 8 bytes",
+        })?),
+    };
     let schema = meta.get(SCHEMA_KEY).map_err(Error::db(META.name, "read"))?;
     let check = meta
         .get(KEY_CHECK_KEY)
         .map_err(Error::db(META.name, "read"))?;
     match (schema, check) {
         (None, None) => {
+            if marker.is_some() {
+                return Err(Error::Damaged {
+                    path: path.to_path_buf(),
+                    what: "its data file is empty or unreadable although a store was created \
+                           here"
+                        .into(),
+                });
+            }
+            let sealed = sealer.seal(&META, KEY_CHECK_KEY, &KEY_CHECK)?;
             let mut batch = sled::Batch::default();
             batch.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes());
-            batch.insert(
-                KEY_CHECK_KEY,
-                sealer.seal(&META, KEY_CHECK_KEY, &KEY_CHECK)?,
-            );
+            batch.insert(KEY_CHECK_KEY, sealed.as_slice());
             meta.apply_batch(batch)
                 .map_err(Error::db(META.name, "initialise"))?;
             db.flush().map_err(Error::db(META.name, "flush"))?;
-            Ok(())
+            let id = marker::store_id(&sealed);
+            marker::create(path, &marker::Marker { id, generation: 0 })?;
+            Ok(0)
         }
         (Some(schema), check) => {
             let bytes: [u8; 4] = schema.as_ref().try_into().map_err(|_| Error::CorruptMeta {
@@ -209,11 +260,35 @@ fn check_meta(path: &Path, db: &sled::Db, meta: &sled::Tree, sealer: &Sealer) ->
                 what: "key-check record missing",
             })?;
             match sealer.open::<Vec<u8>>(&META, KEY_CHECK_KEY, &check) {
-                Ok(plain) if plain == KEY_CHECK => Ok(()),
-                Ok(_) | Err(Error::Decrypt { .. }) => Err(Error::WrongKey {
+                Ok(plain) if plain == KEY_CHECK => {}
+                Ok(_) | Err(Error::Decrypt { .. }) => {
+                    return Err(Error::WrongKey {
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+            let id = marker::store_id(&check);
+            match marker {
+                Some(m) if m.id != id => Err(Error::Damaged {
                     path: path.to_path_buf(),
+                    what: "its data file belongs to another store than the one created here".into(),
                 }),
-                Err(e) => Err(e),
+                Some(m) if m.generation > generation => Err(Error::Damaged {
+                    path: path.to_path_buf(),
+                    what: format!(
+                        "its data file ends at flush {generation} but flush {} completed: \
+                         writes reported as durable are missing",
+                        m.generation
+                    ),
+                }),
+                Some(_) => Ok(generation),
+                // Created by a crash between initialising and writing the
+                // marker, or restored from a backup: name it now.
+                None => {
+                    marker::create(path, &marker::Marker { id, generation })?;
+                    Ok(generation)
+                }
             }
         }
         (None, Some(_)) => Err(Error::CorruptMeta {

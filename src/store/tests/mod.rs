@@ -3,6 +3,7 @@
 mod at_rest;
 mod backup;
 mod conversations;
+mod damage;
 mod expiry;
 mod handle;
 mod history;

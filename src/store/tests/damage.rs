@@ -1,0 +1,96 @@
+use super::{data_key, msg};
+use crate::store::{Direction, Store};
+
+/// Writes a small store and returns its directory.
+fn written() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let msgs: Vec<_> = (0..300u64)
+        .map(|i| msg(1, i, 2, i as u8, &[7; 300]))
+        .collect();
+    store
+        .history()
+        .append_batch(&msgs, Direction::Incoming)
+        .unwrap();
+    store.flush().unwrap();
+    dir
+}
+
+/// Everything a user can do with a store, collecting errors instead of
+/// stopping at the first: whatever the damage, no call may panic.
+fn exercise(path: &std::path::Path) -> Vec<String> {
+    let mut errors = Vec::new();
+    match Store::open(path, &data_key(1)) {
+        Err(e) => errors.push(e.to_string()),
+        Ok(store) => {
+            let h = store.history();
+            if let Err(e) = h.list_conversations() {
+                errors.push(e.to_string());
+            }
+            let mut cursor = None;
+            loop {
+                match h.page(&[1; 32], cursor.as_ref(), 50) {
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        break;
+                    }
+                    Ok(p) => match {
+                        errors.push(format!("page of {}", p.messages.len()));
+                        p.next
+                    } {
+                        Some(c) => cursor = Some(c),
+                        None => break,
+                    },
+                }
+            }
+        }
+    }
+    errors
+}
+
+#[test]
+fn damaged_files_give_clear_errors_never_a_panic() {
+    let names = ["db", "conf"];
+    for name in names {
+        for damage in ["truncate", "flip", "zero", "delete"] {
+            let dir = written();
+            let file = dir.path().join(name);
+            let bytes = std::fs::read(&file).unwrap();
+            match damage {
+                "truncate" => std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap(),
+                "flip" => {
+                    let mut b = bytes.clone();
+                    for i in (0..b.len()).step_by(97) {
+                        b[i] ^= 0x5a;
+                    }
+                    std::fs::write(&file, b).unwrap();
+                }
+                "zero" => std::fs::write(&file, vec![0u8; bytes.len()]).unwrap(),
+                _ => std::fs::remove_file(&file).unwrap(),
+            }
+            let outcome = std::panic::catch_unwind(|| exercise(dir.path()));
+            let errors =
+                outcome.unwrap_or_else(|_| panic!("{damage} of {name} made the store panic"));
+            // Either the data is all there, or opening says clearly what is
+            // wrong — never an empty store in its place.
+            let pages: usize = errors.iter().filter(|e| e.starts_with("page of")).count();
+            let failures: Vec<_> = errors
+                .iter()
+                .filter(|e| !e.starts_with("page of"))
+                .collect();
+            if failures.is_empty() {
+                assert_eq!(
+                    pages, 6,
+                    "{damage} of {name}: data silently lost: {errors:?}"
+                );
+            } else {
+                assert!(
+                    failures
+                        .iter()
+                        .all(|e| e.contains(&dir.path().display().to_string())),
+                    "{damage} of {name}: error does not name the store: {failures:?}"
+                );
+            }
+        }
+    }
+}
