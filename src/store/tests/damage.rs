@@ -16,36 +16,36 @@ fn written() -> tempfile::TempDir {
     dir
 }
 
-/// Everything a user can do with a store, collecting errors instead of
+/// Everything a user can do with a store, collecting outcomes instead of
 /// stopping at the first: whatever the damage, no call may panic.
 fn exercise(path: &std::path::Path) -> Vec<String> {
-    let mut errors = Vec::new();
+    let mut outcomes = Vec::new();
     match Store::open(path, &data_key(1)) {
-        Err(e) => errors.push(e.to_string()),
+        Err(e) => outcomes.push(e.to_string()),
         Ok(store) => {
             let h = store.history();
             if let Err(e) = h.list_conversations() {
-                errors.push(e.to_string());
+                outcomes.push(e.to_string());
             }
             let mut cursor = None;
             loop {
                 match h.page(&[1; 32], cursor.as_ref(), 50) {
                     Err(e) => {
-                        errors.push(e.to_string());
+                        outcomes.push(e.to_string());
                         break;
                     }
-                    Ok(p) => match {
-                        errors.push(format!("page of {}", p.messages.len()));
-                        p.next
-                    } {
-                        Some(c) => cursor = Some(c),
-                        None => break,
-                    },
+                    Ok(p) => {
+                        outcomes.push(format!("page of {}", p.messages.len()));
+                        match p.next {
+                            Some(c) => cursor = Some(c),
+                            None => break,
+                        }
+                    }
                 }
             }
         }
     }
-    errors
+    outcomes
 }
 
 #[test]
@@ -69,19 +69,19 @@ fn damaged_files_give_clear_errors_never_a_panic() {
                 _ => std::fs::remove_file(&file).unwrap(),
             }
             let outcome = std::panic::catch_unwind(|| exercise(dir.path()));
-            let errors =
+            let outcomes =
                 outcome.unwrap_or_else(|_| panic!("{damage} of {name} made the store panic"));
             // Either the data is all there, or opening says clearly what is
             // wrong — never an empty store in its place.
-            let pages: usize = errors.iter().filter(|e| e.starts_with("page of")).count();
-            let failures: Vec<_> = errors
+            let pages: usize = outcomes.iter().filter(|e| e.starts_with("page of")).count();
+            let failures: Vec<_> = outcomes
                 .iter()
                 .filter(|e| !e.starts_with("page of"))
                 .collect();
             if failures.is_empty() {
                 assert_eq!(
                     pages, 6,
-                    "{damage} of {name}: data silently lost: {errors:?}"
+                    "{damage} of {name}: data silently lost: {outcomes:?}"
                 );
             } else {
                 assert!(
