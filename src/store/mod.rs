@@ -23,6 +23,7 @@ mod error;
 mod handle;
 mod history;
 mod keys;
+mod mailbox;
 mod marker;
 mod outbox;
 mod records;
@@ -44,6 +45,7 @@ pub use error::Error;
 pub use handle::{Clock, PurgeTask, StoreHandle};
 pub use history::{Appended, DeliveryState, Direction, History, Page, StoredMessage};
 pub use keys::Cursor;
+pub use mailbox::{Held, MailboxStats, Mailboxes};
 pub use outbox::{Outbox, OutboxEntry};
 pub use records::{Kind, MAX_RECORD_KEY, Record, Records};
 
@@ -81,6 +83,8 @@ pub struct Store {
     conversations: sled::Tree,
     expiry: sled::Tree,
     outbox: sled::Tree,
+    mailbox: sled::Tree,
+    mailbox_meta: sled::Tree,
 }
 
 impl Store {
@@ -111,6 +115,8 @@ impl Store {
             conversations: tree(conversations::CONVERSATIONS.name)?,
             expiry: tree(history::EXPIRY)?,
             outbox: tree(outbox::OUTBOX.name)?,
+            mailbox: tree(mailbox::MAILBOX.name)?,
+            mailbox_meta: tree(mailbox::MAILBOX_META.name)?,
             path,
             db,
             meta,
@@ -132,6 +138,11 @@ impl Store {
     /// Envelopes waiting for an acknowledgement.
     pub fn outbox(&self) -> Outbox<'_> {
         Outbox::new(self)
+    }
+
+    /// Relay mailboxes (envelopes held for offline devices).
+    pub fn mailboxes(&self) -> Mailboxes<'_> {
+        Mailboxes::new(self)
     }
 
     /// The records of one kind (contacts, sessions, prekeys…).

@@ -7,6 +7,7 @@ mod damage;
 mod expiry;
 mod handle;
 mod history;
+mod mailbox;
 mod open;
 mod outbox;
 mod records;
