@@ -50,6 +50,10 @@ pub struct MailboxStats {
     pub next_seq: u64,
 }
 
+/// An envelope dropped at its expiry: `(mailbox id, envelope id)`, so the
+/// relay can tell the sender.
+pub type Expired = ([u8; 32], [u8; 16]);
+
 /// The relay mailboxes of a [`Store`].
 #[derive(Debug, Clone, Copy)]
 pub struct Mailboxes<'a> {
@@ -191,7 +195,7 @@ impl<'a> Mailboxes<'a> {
 
     /// Deletes every held envelope whose expiry is at or before `now`, in all
     /// mailboxes, and returns `(mailbox, envelope id)` of each.
-    pub fn purge_expired(&self, now: u64) -> Result<Vec<([u8; 32], [u8; 16])>, Error> {
+    pub fn purge_expired(&self, now: u64) -> Result<Vec<Expired>, Error> {
         let mut expired: Vec<([u8; 32], u64, [u8; 16])> = Vec::new();
         for item in self.store.mailbox.iter() {
             let (key, sealed) = item.map_err(Error::db(MAILBOX.name, "scan"))?;

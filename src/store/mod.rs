@@ -45,7 +45,7 @@ pub use error::Error;
 pub use handle::{Clock, PurgeTask, StoreHandle};
 pub use history::{Appended, DeliveryState, Direction, History, Page, StoredMessage};
 pub use keys::Cursor;
-pub use mailbox::{Held, MailboxStats, Mailboxes};
+pub use mailbox::{Expired, Held, MailboxStats, Mailboxes};
 pub use outbox::{Outbox, OutboxEntry};
 pub use records::{Kind, MAX_RECORD_KEY, Record, Records};
 
