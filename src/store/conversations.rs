@@ -55,6 +55,15 @@ impl Conversation {
     }
 }
 
+/// One row of the conversation list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// The conversation (title, activity, unread count, retention).
+    pub conversation: Conversation,
+    /// Its newest stored message.
+    pub last: Option<StoredMessage>,
+}
+
 impl History<'_> {
     /// Longest conversation title accepted, in bytes.
     pub const MAX_TITLE: usize = MAX_TITLE;
@@ -83,6 +92,19 @@ impl History<'_> {
                 .then_with(|| a.id.cmp(&b.id))
         });
         Ok(out)
+    }
+
+    /// The conversation list as a chat client shows it: every conversation,
+    /// most recent activity first, each with its newest message (if any is
+    /// still stored) and its unread count.
+    pub fn summaries(&self) -> Result<Vec<Summary>, Error> {
+        self.list_conversations()?
+            .into_iter()
+            .map(|conversation| {
+                let last = self.page(&conversation.id, None, 1)?.messages.pop();
+                Ok(Summary { conversation, last })
+            })
+            .collect()
     }
 
     /// Sets a conversation's title and retention, creating it if needed and

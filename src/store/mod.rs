@@ -40,7 +40,7 @@ use rand::rngs::{StdRng, SysRng};
 use crate::crypto::DataKey;
 use codec::{Sealer, TreeSpec};
 
-pub use conversations::Conversation;
+pub use conversations::{Conversation, Summary};
 pub use error::Error;
 pub use handle::{Clock, PurgeTask, StoreHandle};
 pub use history::{Appended, DeliveryState, Direction, History, Page, StoredMessage};

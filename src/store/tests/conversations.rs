@@ -89,3 +89,22 @@ fn upsert_keeps_activity_and_unread() {
             .is_ok()
     );
 }
+
+#[test]
+fn summaries_show_the_newest_message_and_unread_count() {
+    let (_dir, store) = fresh();
+    let h = store.history();
+    h.append(&msg(1, 1, 2, 1, b"old"), Direction::Incoming)
+        .unwrap();
+    h.append(&msg(1, 5, 2, 2, b"newest"), Direction::Incoming)
+        .unwrap();
+    h.append(&msg(1, 3, 2, 3, b"late but older"), Direction::Incoming)
+        .unwrap();
+    h.upsert_conversation(&[2; 32], "empty", None).unwrap();
+    let rows = h.summaries().unwrap();
+    let row = rows.iter().find(|r| r.conversation.id == [1; 32]).unwrap();
+    assert_eq!(row.last.as_ref().unwrap().body, b"newest");
+    assert_eq!(row.conversation.unread, 3);
+    let empty = rows.iter().find(|r| r.conversation.id == [2; 32]).unwrap();
+    assert!(empty.last.is_none());
+}
