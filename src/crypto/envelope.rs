@@ -57,6 +57,7 @@ pub struct Envelope {
     /// Unix seconds after which nobody should keep or deliver it.
     pub expires_at: u64,
     /// The sealed content.
+    #[serde(with = "serde_bytes")]
     pub sealed: Vec<u8>,
 }
 
@@ -128,6 +129,7 @@ pub struct SealedContent {
     /// What `body` is.
     pub kind: ContentKind,
     /// The encoded message.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 

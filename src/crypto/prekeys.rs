@@ -356,6 +356,7 @@ pub struct BundleBody {
 pub struct PrekeyBundle {
     version: u8,
     /// Encoded [`BundleBody`].
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// Signature over `labels::SIG_BUNDLE ‖ body`.
     #[serde(with = "bytes64")]

@@ -55,6 +55,7 @@ pub struct PrekeyMessage {
     /// X3DH parameters.
     pub initial: InitialMessage,
     /// An encoded [`super::RatchetMessage`].
+    #[serde(with = "serde_bytes")]
     pub message: Vec<u8>,
 }
 

@@ -11,7 +11,7 @@ use sled::Transactional;
 use sled::transaction::ConflictableTransactionError as TxError;
 
 use super::codec::{TreeSpec, hex};
-use super::keys::{Cursor, MESSAGE_KEY_LEN, key_conv_id, message_key};
+use super::keys::{Cursor, MESSAGE_KEY_LEN, key_conv_id, message_key, split_message_key};
 use super::{Conversation, Error, Store};
 
 /// Largest message body stored (media is stored elsewhere).
@@ -92,6 +92,59 @@ pub struct StoredMessage {
     pub expires_at: Option<u64>,
 }
 
+/// What a `messages` value holds: the fields its key does not already
+/// carry (conversation, Lamport clock, sender and id are in the key).
+#[derive(Serialize)]
+struct OnDiskRef<'a> {
+    sent_at: u64,
+    #[serde(with = "serde_bytes")]
+    body: &'a [u8],
+    state: DeliveryState,
+    expires_at: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct OnDisk {
+    sent_at: u64,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+    state: DeliveryState,
+    expires_at: Option<u64>,
+}
+
+fn seal_message(
+    s: &Store,
+    key: &[u8; MESSAGE_KEY_LEN],
+    msg: &StoredMessage,
+) -> Result<Vec<u8>, Error> {
+    let value = OnDiskRef {
+        sent_at: msg.sent_at,
+        body: &msg.body,
+        state: msg.state,
+        expires_at: msg.expires_at,
+    };
+    s.sealer.seal(&MESSAGES, key, &value)
+}
+
+fn open_message(
+    s: &Store,
+    key: &[u8; MESSAGE_KEY_LEN],
+    sealed: &[u8],
+) -> Result<StoredMessage, Error> {
+    let v: OnDisk = s.sealer.open(&MESSAGES, key, sealed)?;
+    let (conv_id, lamport, sender, msg_id) = split_message_key(key);
+    Ok(StoredMessage {
+        msg_id,
+        conv_id,
+        sender,
+        lamport,
+        sent_at: v.sent_at,
+        body: v.body,
+        state: v.state,
+        expires_at: v.expires_at,
+    })
+}
+
 /// One page of a conversation, newest message first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
@@ -170,7 +223,7 @@ impl<'a> History<'a> {
                 let by_retention = msg.sent_at.saturating_add(r);
                 msg.expires_at = Some(msg.expires_at.map_or(by_retention, |e| e.min(by_retention)));
             }
-            let sealed_msg = s.sealer.seal(&MESSAGES, &key, &msg)?;
+            let sealed_msg = seal_message(s, &key, &msg)?;
             let sealed_idx = s.sealer.seal(&MESSAGE_INDEX, &msg.msg_id, &key.to_vec())?;
             prepared.push((msg, key, sealed_msg, sealed_idx));
         }
@@ -264,7 +317,7 @@ impl<'a> History<'a> {
                 msg_id: hex(msg_id),
                 key: hex(&key),
             })?;
-        s.sealer.open(&MESSAGES, &key, &sealed).map(Some)
+        open_message(s, &key, &sealed).map(Some)
     }
 
     /// Moves a message's delivery state forward. Returns `true` if it changed,
@@ -288,18 +341,12 @@ impl<'a> History<'a> {
                         key: hex(&key),
                     })
                 })?;
-                let mut msg: StoredMessage = s
-                    .sealer
-                    .open(&MESSAGES, &key, &sealed)
-                    .map_err(TxError::Abort)?;
+                let mut msg = open_message(s, &key, &sealed).map_err(TxError::Abort)?;
                 if state <= msg.state {
                     return Ok(false);
                 }
                 msg.state = state;
-                let sealed = s
-                    .sealer
-                    .seal(&MESSAGES, &key, &msg)
-                    .map_err(TxError::Abort)?;
+                let sealed = seal_message(s, &key, &msg).map_err(TxError::Abort)?;
                 m.insert(&key[..], sealed)?;
                 Ok(true)
             })
@@ -348,7 +395,7 @@ impl<'a> History<'a> {
                     key: hex(&key),
                     what: format!("key is {} bytes, expected {MESSAGE_KEY_LEN}", key.len()),
                 })?;
-            messages.push(s.sealer.open(&MESSAGES, &key, &sealed)?);
+            messages.push(open_message(s, &key, &sealed)?);
             last_key = Some(key);
         }
         let next = if more {

@@ -25,6 +25,21 @@ pub(crate) fn message_key(
     key
 }
 
+/// The parts of a `messages` key: conversation, Lamport clock, sender, id.
+pub(crate) fn split_message_key(
+    key: &[u8; MESSAGE_KEY_LEN],
+) -> ([u8; 32], u64, [u8; 32], [u8; 16]) {
+    let mut conv = [0u8; 32];
+    let mut lamport = [0u8; 8];
+    let mut sender = [0u8; 32];
+    let mut id = [0u8; 16];
+    conv.copy_from_slice(&key[..32]);
+    lamport.copy_from_slice(&key[32..40]);
+    sender.copy_from_slice(&key[40..72]);
+    id.copy_from_slice(&key[72..]);
+    (conv, u64::from_be_bytes(lamport), sender, id)
+}
+
 /// The conversation a `messages` key belongs to.
 pub(crate) fn key_conv_id(key: &[u8; MESSAGE_KEY_LEN]) -> [u8; 32] {
     let mut conv = [0u8; 32];

@@ -36,6 +36,7 @@ pub struct Held {
     /// When it must be dropped (Unix seconds).
     pub expires_at: u64,
     /// The encoded envelope.
+    #[serde(with = "serde_bytes")]
     pub envelope: Vec<u8>,
 }
 

@@ -28,6 +28,7 @@ pub struct OutboxEntry {
     /// The device it is addressed to (its identity key).
     pub recipient: [u8; 32],
     /// The encoded envelope, exactly as it goes on the wire.
+    #[serde(with = "serde_bytes")]
     pub envelope: Vec<u8>,
     /// Delivery attempts so far.
     pub attempts: u32,
