@@ -438,7 +438,7 @@ fn verify(
         let round = u32::try_from(round).unwrap();
         for counter in 0..n {
             let (want, _) = expected(round, counter);
-            match history.get(&want.msg_id) {
+            match history.get(&want.reference()) {
                 Ok(Some(got)) if got == want => {}
                 Ok(Some(got)) => check.losses.push(format!(
                     "round {round} message {counter}: contents differ \
@@ -560,8 +560,8 @@ fn verify(
         }
     }
 
-    // Ids past what each round reported flushed: the index must agree with
-    // the page walk (a torn append would leave one without the other). With
+    // Messages past what each round reported flushed: a lookup must agree
+    // with the page walk (a torn write would leave them disagreeing). With
     // the reported-flushed ids above, this covers every message the walk
     // found.
     for (round, &n) in flushed.iter().enumerate() {
@@ -571,11 +571,11 @@ fn verify(
         let end = top.max(n).max(appended[round as usize]) + 2 * batches[round as usize] + 2;
         for counter in n..end {
             let in_pages = present.is_some_and(|p| p.contains(&counter));
-            match history.get(&msg_id(round, counter)) {
+            match history.get(&expected(round, counter).0.reference()) {
                 Ok(Some(got)) if in_pages && got == expected(round, counter).0 => {}
                 Ok(None) if !in_pages => {}
                 other => check.corruption.push(format!(
-                    "round {round} message {counter}: index says {:?}, pages say {}",
+                    "round {round} message {counter}: lookup says {:?}, pages say {}",
                     other.map(|o| o.is_some()),
                     if in_pages { "present" } else { "absent" }
                 )),

@@ -70,7 +70,7 @@ fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 
 impl History<'_> {
     /// Writes the whole history of `conv_id` as one JSON document, oldest
-    /// message first, streaming page by page. An unknown conversation is
+    /// message first, streaming one block at a time. An unknown conversation is
     /// [`Error::UnknownConversation`].
     pub fn export_json(&self, conv_id: &[u8; 32], out: &mut impl Write) -> Result<usize, Error> {
         let conv = self
@@ -78,17 +78,6 @@ impl History<'_> {
             .ok_or_else(|| Error::UnknownConversation {
                 conv_id: hex(conv_id),
             })?;
-        // Pages come newest first; collect cursors, then write oldest first.
-        let mut pages = Vec::new();
-        let mut page = self.page(conv_id, None, History::MAX_PAGE)?;
-        loop {
-            let next = page.next.take();
-            pages.push(page.messages);
-            match next {
-                Some(cursor) => page = self.page(conv_id, Some(&cursor), History::MAX_PAGE)?,
-                None => break,
-            }
-        }
         let header = serde_json::json!({
             "format": "meshchat-export",
             "version": 1,
@@ -102,15 +91,15 @@ impl History<'_> {
         // Re-open the object to append the messages array.
         let head = header.strip_suffix('}').unwrap_or(&header);
         write!(out, "{head},\"messages\":[").map_err(io("write export"))?;
-        let mut n = 0;
-        for m in pages.iter().rev().flat_map(|p| p.iter().rev()) {
-            if n > 0 {
+        let mut first = true;
+        let n = self.for_each_oldest_first(conv_id, |m| {
+            if !first {
                 out.write_all(b",").map_err(io("write export"))?;
             }
-            serde_json::to_writer(&mut *out, &ExportedMessage::from(m))
-                .map_err(|e| Error::Backup(e.to_string()))?;
-            n += 1;
-        }
+            first = false;
+            serde_json::to_writer(&mut *out, &ExportedMessage::from(&m))
+                .map_err(|e| Error::Backup(e.to_string()))
+        })?;
         out.write_all(b"]}\n").map_err(io("write export"))?;
         Ok(n)
     }

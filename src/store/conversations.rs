@@ -1,17 +1,19 @@
-//! The `conversations` tree: `conv_id` → sealed [`Conversation`], kept up to
-//! date by [`History::append`] and read as the conversation list.
+//! Conversation records: `c ‖ conv_id` in the `history` tree → sealed
+//! [`Conversation`], kept up to date by [`History::append`] and read as the
+//! conversation list.
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::ConflictableTransactionError as TxError;
 
+use super::blocks::HISTORY;
 use super::codec::{TreeSpec, hex};
+use super::keys::{CONV_PREFIX, conv_key};
 use super::{Direction, Error, History, StoredMessage};
 
 /// Longest conversation title, in bytes of UTF-8.
 pub(crate) const MAX_TITLE: usize = 256;
 
 pub(crate) const CONVERSATIONS: TreeSpec = TreeSpec {
-    name: "conversations",
+    name: HISTORY,
     max_plain: MAX_TITLE + 96,
 };
 
@@ -70,11 +72,12 @@ impl History<'_> {
 
     /// The conversation with this id, if any message or setting created it.
     pub fn conversation(&self, conv_id: &[u8; 32]) -> Result<Option<Conversation>, Error> {
+        let key = conv_key(conv_id);
         self.store
-            .conversations
-            .get(conv_id)
-            .map_err(Error::db(CONVERSATIONS.name, "read"))?
-            .map(|sealed| self.open_conversation(conv_id, &sealed))
+            .history
+            .get(key)
+            .map_err(Error::db(HISTORY, "read"))?
+            .map(|sealed| self.open_conversation(&key, &sealed))
             .transpose()
     }
 
@@ -82,8 +85,8 @@ impl History<'_> {
     /// then `last_lamport`; ties by id).
     pub fn list_conversations(&self) -> Result<Vec<Conversation>, Error> {
         let mut out = Vec::new();
-        for item in self.store.conversations.iter() {
-            let (key, sealed) = item.map_err(Error::db(CONVERSATIONS.name, "scan"))?;
+        for item in self.store.history.scan_prefix([CONV_PREFIX]) {
+            let (key, sealed) = item.map_err(Error::db(HISTORY, "scan"))?;
             out.push(self.open_conversation(&key, &sealed)?);
         }
         out.sort_by(|a, b| {
@@ -110,6 +113,8 @@ impl History<'_> {
     /// Sets a conversation's title and retention, creating it if needed and
     /// keeping its activity and unread count. Returns the updated record. A
     /// title over [`Self::MAX_TITLE`] bytes is [`Error::TooLarge`].
+    ///
+    /// A new retention applies to messages appended from now on.
     pub fn upsert_conversation(
         &self,
         conv_id: &[u8; 32],
@@ -118,53 +123,46 @@ impl History<'_> {
     ) -> Result<Conversation, Error> {
         if title.len() > MAX_TITLE {
             return Err(Error::TooLarge {
-                tree: CONVERSATIONS.name,
-                key: hex(conv_id),
+                tree: HISTORY,
+                key: hex(&conv_key(conv_id)),
                 len: title.len(),
                 max: MAX_TITLE,
             });
         }
-        self.store
-            .conversations
-            .transaction(|c| {
-                let mut conv = match c.get(conv_id)? {
-                    Some(v) => self
-                        .open_conversation(conv_id, &v)
-                        .map_err(TxError::Abort)?,
-                    None => Conversation::new(*conv_id),
-                };
-                title.clone_into(&mut conv.title);
-                conv.retention = retention;
-                let sealed = self.seal_conversation(&conv).map_err(TxError::Abort)?;
-                c.insert(&conv_id[..], sealed)?;
-                Ok(conv)
-            })
-            .map_err(Error::from_tx(CONVERSATIONS.name, "upsert"))
+        let _writer = self.store.lock_history();
+        let mut conv = self
+            .conversation(conv_id)?
+            .unwrap_or_else(|| Conversation::new(*conv_id));
+        title.clone_into(&mut conv.title);
+        conv.retention = retention;
+        self.write_conversation(&conv)?;
+        Ok(conv)
     }
 
     /// Clears a conversation's unread count. Returns how many messages were
     /// unread; an unknown id is [`Error::UnknownConversation`].
     pub fn mark_read(&self, conv_id: &[u8; 32]) -> Result<u32, Error> {
+        let _writer = self.store.lock_history();
+        let mut conv = self
+            .conversation(conv_id)?
+            .ok_or_else(|| Error::UnknownConversation {
+                conv_id: hex(conv_id),
+            })?;
+        let was = conv.unread;
+        if was != 0 {
+            conv.unread = 0;
+            self.write_conversation(&conv)?;
+        }
+        Ok(was)
+    }
+
+    fn write_conversation(&self, conv: &Conversation) -> Result<(), Error> {
+        let sealed = self.seal_conversation(conv)?;
         self.store
-            .conversations
-            .transaction(|c| {
-                let sealed = c.get(conv_id)?.ok_or_else(|| {
-                    TxError::Abort(Error::UnknownConversation {
-                        conv_id: hex(conv_id),
-                    })
-                })?;
-                let mut conv = self
-                    .open_conversation(conv_id, &sealed)
-                    .map_err(TxError::Abort)?;
-                let was = conv.unread;
-                if was != 0 {
-                    conv.unread = 0;
-                    let sealed = self.seal_conversation(&conv).map_err(TxError::Abort)?;
-                    c.insert(&conv_id[..], sealed)?;
-                }
-                Ok(was)
-            })
-            .map_err(Error::from_tx(CONVERSATIONS.name, "mark read"))
+            .history
+            .insert(conv_key(&conv.id), sealed)
+            .map_err(Error::db(HISTORY, "write"))?;
+        Ok(())
     }
 
     pub(super) fn open_conversation(
@@ -172,10 +170,20 @@ impl History<'_> {
         key: &[u8],
         sealed: &[u8],
     ) -> Result<Conversation, Error> {
-        self.store.sealer.open(&CONVERSATIONS, key, sealed)
+        let conv: Conversation = self.store.sealer.open(&CONVERSATIONS, key, sealed)?;
+        if key != conv_key(&conv.id) {
+            return Err(Error::Malformed {
+                tree: HISTORY,
+                key: hex(key),
+                what: "conversation record names another conversation".into(),
+            });
+        }
+        Ok(conv)
     }
 
     pub(super) fn seal_conversation(&self, conv: &Conversation) -> Result<Vec<u8>, Error> {
-        self.store.sealer.seal(&CONVERSATIONS, &conv.id, conv)
+        self.store
+            .sealer
+            .seal(&CONVERSATIONS, &conv_key(&conv.id), conv)
     }
 }

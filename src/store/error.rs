@@ -136,13 +136,6 @@ pub enum Error {
         conv_id: String,
     },
     /// The message index points at a record that is not there.
-    #[error("message index entry {msg_id} points at missing record {key}")]
-    DanglingIndex {
-        /// The message id, hex.
-        msg_id: String,
-        /// The messages key it names, hex.
-        key: String,
-    },
     /// Writing or reading an export or backup failed, or a backup is damaged.
     #[error("backup: {0}")]
     Backup(String),

@@ -1,41 +1,18 @@
-//! Message history: the `messages` tree, its `message_index`, and pages.
+//! Message history: appends, delivery states, pages and the purge.
 //!
-//! `messages`: `conv_id ‖ lamport ‖ sender ‖ msg_id` (see `keys`) → sealed
-//! [`StoredMessage`]. `message_index`: `msg_id` → sealed `messages` key, for
-//! deduplication and receipt updates. An append changes `messages`,
-//! `message_index` and `conversations` in one sled transaction, so a crash
-//! leaves all three or none.
+//! Messages live in blocks (see `blocks`) in the `history` tree, next to
+//! their conversation records and the expiry entries; every write is one
+//! atomic sled batch, so a crash leaves a write fully applied or not at all.
 
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::ConflictableTransactionError as TxError;
 
-use super::codec::{TreeSpec, hex};
-use super::keys::{Cursor, MESSAGE_KEY_LEN, key_conv_id, message_key, split_message_key};
-use super::{Conversation, Error, Store};
-
-/// Largest message body stored (media is stored elsewhere).
-pub(crate) const MAX_BODY: usize = 64 * 1024;
-
-pub(crate) const MESSAGES: TreeSpec = TreeSpec {
-    name: "messages",
-    max_plain: MAX_BODY + 128,
+use super::blocks::{self, BLOCKS, HISTORY, MAX_BODY, Staged, block_conv, open_block};
+use super::codec::hex;
+use super::keys::{
+    BLOCK_KEY_LEN, BlockKey, Cursor, EXPIRY_KEY_LEN, EXPIRY_PREFIX, MESSAGE_KEY_LEN, block_first,
+    block_key, block_prefix, key_conv_id, message_key,
 };
-/// The expiry index: `expires_at (u64 BE) ‖ messages key` → empty. Keys only
-/// repeat what the `messages` keys already show, so it is not encrypted.
-pub(crate) const EXPIRY: &str = "expiry";
-
-fn expiry_key(at: u64, key: &[u8; MESSAGE_KEY_LEN]) -> [u8; 8 + MESSAGE_KEY_LEN] {
-    let mut out = [0u8; 8 + MESSAGE_KEY_LEN];
-    out[..8].copy_from_slice(&at.to_be_bytes());
-    out[8..].copy_from_slice(key);
-    out
-}
-
-pub(crate) const MESSAGE_INDEX: TreeSpec = TreeSpec {
-    name: "message_index",
-    max_plain: MESSAGE_KEY_LEN + 8,
-};
+use super::{Error, Store};
 
 /// Where a message stands on its way to the recipient. States only move
 /// forward: `Pending < Sent < StoredAtRelay < Delivered < Read`.
@@ -92,57 +69,37 @@ pub struct StoredMessage {
     pub expires_at: Option<u64>,
 }
 
-/// What a `messages` value holds: the fields its key does not already
-/// carry (conversation, Lamport clock, sender and id are in the key).
-#[derive(Serialize)]
-struct OnDiskRef<'a> {
-    sent_at: u64,
-    #[serde(with = "serde_bytes")]
-    body: &'a [u8],
-    state: DeliveryState,
-    expires_at: Option<u64>,
+/// Names one stored message: everything its sender chose and
+/// authenticated about its place in a conversation. Receipts and replies
+/// refer to messages by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageRef {
+    /// The conversation.
+    pub conv_id: [u8; 32],
+    /// Its Lamport clock.
+    pub lamport: u64,
+    /// Its sender's identity.
+    pub sender: [u8; 32],
+    /// Its id.
+    pub msg_id: [u8; 16],
 }
 
-#[derive(Deserialize)]
-struct OnDisk {
-    sent_at: u64,
-    #[serde(with = "serde_bytes")]
-    body: Vec<u8>,
-    state: DeliveryState,
-    expires_at: Option<u64>,
+impl MessageRef {
+    pub(crate) fn sort_key(&self) -> [u8; MESSAGE_KEY_LEN] {
+        message_key(&self.conv_id, self.lamport, &self.sender, &self.msg_id)
+    }
 }
 
-fn seal_message(
-    s: &Store,
-    key: &[u8; MESSAGE_KEY_LEN],
-    msg: &StoredMessage,
-) -> Result<Vec<u8>, Error> {
-    let value = OnDiskRef {
-        sent_at: msg.sent_at,
-        body: &msg.body,
-        state: msg.state,
-        expires_at: msg.expires_at,
-    };
-    s.sealer.seal(&MESSAGES, key, &value)
-}
-
-fn open_message(
-    s: &Store,
-    key: &[u8; MESSAGE_KEY_LEN],
-    sealed: &[u8],
-) -> Result<StoredMessage, Error> {
-    let v: OnDisk = s.sealer.open(&MESSAGES, key, sealed)?;
-    let (conv_id, lamport, sender, msg_id) = split_message_key(key);
-    Ok(StoredMessage {
-        msg_id,
-        conv_id,
-        sender,
-        lamport,
-        sent_at: v.sent_at,
-        body: v.body,
-        state: v.state,
-        expires_at: v.expires_at,
-    })
+impl StoredMessage {
+    /// The reference that names this message.
+    pub fn reference(&self) -> MessageRef {
+        MessageRef {
+            conv_id: self.conv_id,
+            lamport: self.lamport,
+            sender: self.sender,
+            msg_id: self.msg_id,
+        }
+    }
 }
 
 /// One page of a conversation, newest message first.
@@ -166,191 +123,185 @@ impl<'a> History<'a> {
     pub const MAX_BODY: usize = MAX_BODY;
     /// Most messages one [`Self::page`] returns.
     pub const MAX_PAGE: usize = 1000;
+    /// Most blocks one atomic step of [`Self::purge_expired`] rewrites.
+    pub const PURGE_STEP: usize = 256;
 
     pub(super) fn new(store: &'a Store) -> Self {
         Self { store }
     }
 
-    /// Stores a message unless one with the same id is already stored, and
-    /// updates its conversation (created if new): last activity, Lamport
-    /// clock, and for [`Direction::Incoming`] the unread count. All in one
-    /// transaction. A body over [`Self::MAX_BODY`] is [`Error::TooLarge`].
+    /// Stores a message unless it is already stored, and updates its
+    /// conversation (created if new): last activity, Lamport clock, and for
+    /// [`Direction::Incoming`] the unread count. All in one atomic write. A
+    /// body over [`Self::MAX_BODY`] is [`Error::TooLarge`].
+    ///
+    /// A message is a duplicate when one with the same [`MessageRef`] —
+    /// conversation, Lamport clock, sender and id, all chosen and
+    /// authenticated by its sender — is stored: a copy delivered twice (by
+    /// two paths, or retried) carries the same four. Another sender's
+    /// message that reuses the id is a different message and is kept.
     ///
     /// If the conversation is temporary (has a retention period), the
     /// message expires at `sent_at + retention` or its own `expires_at`,
-    /// whichever comes first; an expiring message is also entered in the
-    /// expiry index that [`Self::purge_expired`] walks.
+    /// whichever comes first; [`Self::purge_expired`] removes it then.
     pub fn append(&self, msg: &StoredMessage, direction: Direction) -> Result<Appended, Error> {
         let mut out = self.append_batch(std::slice::from_ref(msg), direction)?;
         out.pop().ok_or(Error::Malformed {
-            tree: MESSAGES.name,
+            tree: HISTORY,
             key: hex(&msg.msg_id),
             what: "empty batch result".into(),
         })
     }
 
-    /// [`Self::append`] for many messages in one transaction: all are stored
-    /// (or found to be duplicates) or, on error, none. Returns one outcome per
-    /// message, in order; a repeated id within the batch is a duplicate too.
+    /// [`Self::append`] for many messages in one atomic write: all are
+    /// stored (or found to be duplicates) or, on error, none. Returns one
+    /// outcome per message, in order; a repeat within the batch is a
+    /// duplicate too.
     pub fn append_batch(
         &self,
         msgs: &[StoredMessage],
         direction: Direction,
     ) -> Result<Vec<Appended>, Error> {
-        let s = self.store;
-        let mut prepared = Vec::with_capacity(msgs.len());
-        let mut retentions = std::collections::HashMap::new();
         for msg in msgs {
-            let key = message_key(&msg.conv_id, msg.lamport, &msg.sender, &msg.msg_id);
             if msg.body.len() > MAX_BODY {
                 return Err(Error::TooLarge {
-                    tree: MESSAGES.name,
-                    key: hex(&key),
+                    tree: HISTORY,
+                    key: hex(&message_key(
+                        &msg.conv_id,
+                        msg.lamport,
+                        &msg.sender,
+                        &msg.msg_id,
+                    )),
                     len: msg.body.len(),
                     max: MAX_BODY,
                 });
             }
-            let retention = match retentions.get(&msg.conv_id) {
-                Some(r) => *r,
-                None => {
-                    let r = self.conversation(&msg.conv_id)?.and_then(|c| c.retention);
-                    retentions.insert(msg.conv_id, r);
-                    r
-                }
-            };
-            let mut msg = msg.clone();
+        }
+        let _writer = self.store.lock_history();
+        let mut staged = Staged::new(self.store);
+        let mut out = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let retention = staged.conversation(&msg.conv_id)?.retention;
+            let mut msg = std::borrow::Cow::Borrowed(msg);
             if let Some(r) = retention {
                 let by_retention = msg.sent_at.saturating_add(r);
-                msg.expires_at = Some(msg.expires_at.map_or(by_retention, |e| e.min(by_retention)));
+                let own = msg.expires_at;
+                msg.to_mut().expires_at = Some(own.map_or(by_retention, |e| e.min(by_retention)));
             }
-            let sealed_msg = seal_message(s, &key, &msg)?;
-            let sealed_idx = s.sealer.seal(&MESSAGE_INDEX, &msg.msg_id, &key.to_vec())?;
-            prepared.push((msg, key, sealed_msg, sealed_idx));
+            if staged.insert(&msg)? {
+                staged.conversation(&msg.conv_id)?.record(&msg, direction);
+                out.push(Appended::Inserted);
+            } else {
+                out.push(Appended::Duplicate);
+            }
         }
-        (&s.messages, &s.message_index, &s.conversations, &s.expiry)
-            .transaction(|(m, i, c, x)| {
-                let mut out = Vec::with_capacity(prepared.len());
-                for (msg, key, sealed_msg, sealed_idx) in &prepared {
-                    if i.get(msg.msg_id)?.is_some() {
-                        out.push(Appended::Duplicate);
-                        continue;
-                    }
-                    m.insert(&key[..], sealed_msg.as_slice())?;
-                    i.insert(&msg.msg_id[..], sealed_idx.as_slice())?;
-                    if let Some(at) = msg.expires_at {
-                        x.insert(&expiry_key(at, key)[..], &[][..])?;
-                    }
-                    let mut conv = match c.get(msg.conv_id)? {
-                        Some(v) => self
-                            .open_conversation(&msg.conv_id, &v)
-                            .map_err(TxError::Abort)?,
-                        None => Conversation::new(msg.conv_id),
-                    };
-                    conv.record(msg, direction);
-                    let sealed = self.seal_conversation(&conv).map_err(TxError::Abort)?;
-                    c.insert(&msg.conv_id[..], sealed)?;
-                    out.push(Appended::Inserted);
-                }
-                Ok(out)
-            })
-            .map_err(Error::from_tx(
-                "messages+message_index+conversations+expiry",
-                "append",
-            ))
+        staged.commit()?;
+        Ok(out)
     }
 
     /// Deletes every message whose expiry is at or before `now` (seconds
-    /// since the Unix epoch), with its index entry, and returns how many.
-    /// The node calls this from a timer; tests call it with a chosen `now`.
-    /// Each message goes in its own transaction, so an interruption leaves
-    /// every message either fully present or fully gone.
+    /// since the Unix epoch) and returns how many. The node calls this from
+    /// a timer; tests call it with a chosen `now`. Works in atomic steps of
+    /// up to [`Self::PURGE_STEP`] blocks, so an interruption leaves every
+    /// message either fully present or fully gone.
     pub fn purge_expired(&self, now: u64) -> Result<usize, Error> {
         let s = self.store;
-        let end = expiry_key(now, &[0xff; MESSAGE_KEY_LEN]);
+        let mut end = [0xffu8; EXPIRY_KEY_LEN];
+        end[0] = EXPIRY_PREFIX;
+        end[1..9].copy_from_slice(&now.to_be_bytes());
         let mut purged = 0;
-        for item in s.expiry.range(..=&end[..]) {
-            let (xkey, _) = item.map_err(Error::db(EXPIRY, "scan"))?;
-            let Some(key) = xkey
-                .get(8..)
-                .and_then(|k| <[u8; MESSAGE_KEY_LEN]>::try_from(k).ok())
-            else {
-                return Err(Error::Malformed {
-                    tree: EXPIRY,
-                    key: hex(&xkey),
-                    what: format!(
-                        "key is {} bytes, expected {}",
-                        xkey.len(),
-                        8 + MESSAGE_KEY_LEN
-                    ),
-                });
-            };
-            let msg_id = &key[72..];
-            (&s.messages, &s.message_index, &s.expiry)
-                .transaction(|(m, i, x)| {
-                    m.remove(&key[..])?;
-                    i.remove(msg_id)?;
-                    x.remove(&xkey)?;
-                    Ok(())
-                })
-                .map_err(Error::from_tx("messages+message_index+expiry", "purge"))?;
-            purged += 1;
+        loop {
+            let _writer = s.lock_history();
+            let mut due = Vec::new();
+            for item in s.history.range(&[EXPIRY_PREFIX][..]..=&end[..]) {
+                let (xkey, _) = item.map_err(Error::db(HISTORY, "scan"))?;
+                let block: [u8; BLOCK_KEY_LEN] = xkey
+                    .get(9..)
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| Error::Malformed {
+                        tree: HISTORY,
+                        key: hex(&xkey),
+                        what: format!(
+                            "expiry key is {} bytes, expected {EXPIRY_KEY_LEN}",
+                            xkey.len()
+                        ),
+                    })?;
+                due.push((xkey, block));
+                if due.len() == Self::PURGE_STEP {
+                    break;
+                }
+            }
+            if due.is_empty() {
+                return Ok(purged);
+            }
+            let mut staged = Staged::new(s);
+            for (xkey, block) in &due {
+                // Every due entry goes: a block keeps an entry only for an
+                // expiry after `now`, which the commit writes anew.
+                staged.remove_key(xkey.clone());
+                if s.history
+                    .contains_key(block)
+                    .map_err(Error::db(HISTORY, "read"))?
+                {
+                    purged +=
+                        staged.remove_where(block, |e| e.expires_at.is_some_and(|at| at <= now))?;
+                }
+            }
+            staged.commit()?;
         }
-        Ok(purged)
     }
 
-    /// The message with this id, if stored.
-    pub fn get(&self, msg_id: &[u8; 16]) -> Result<Option<StoredMessage>, Error> {
-        let s = self.store;
-        let Some(sealed_idx) = s
-            .message_index
-            .get(msg_id)
-            .map_err(Error::db(MESSAGE_INDEX.name, "read"))?
-        else {
+    /// The stored message `r` names, if any.
+    pub fn get(&self, r: &MessageRef) -> Result<Option<StoredMessage>, Error> {
+        let sort = r.sort_key();
+        let lo = block_prefix(&r.conv_id);
+        let hi = block_key(&sort);
+        let Some(item) = self.store.history.range(&lo[..]..=&hi[..]).next_back() else {
             return Ok(None);
         };
-        let key = self.open_index(msg_id, &sealed_idx)?;
-        let sealed = s
-            .messages
-            .get(key)
-            .map_err(Error::db(MESSAGES.name, "read"))?
-            .ok_or_else(|| Error::DanglingIndex {
-                msg_id: hex(msg_id),
-                key: hex(&key),
-            })?;
-        open_message(s, &key, &sealed).map(Some)
+        let (key, sealed) = item.map_err(Error::db(HISTORY, "read"))?;
+        let entries = open_block(self.store, &key, &sealed)?;
+        Ok(entries
+            .into_iter()
+            .find(|e| e.sort_key(&r.conv_id) == sort)
+            .map(|e| e.into_message(r.conv_id)))
     }
 
     /// Moves a message's delivery state forward. Returns `true` if it changed,
     /// `false` if the message was already at `state` or further (a late or
-    /// repeated receipt). An unknown id is [`Error::UnknownMessage`].
-    pub fn set_state(&self, msg_id: &[u8; 16], state: DeliveryState) -> Result<bool, Error> {
-        let s = self.store;
-        (&s.message_index, &s.messages)
-            .transaction(|(i, m)| {
-                let sealed_idx = i.get(msg_id)?.ok_or_else(|| {
-                    TxError::Abort(Error::UnknownMessage {
-                        msg_id: hex(msg_id),
-                    })
-                })?;
-                let key = self
-                    .open_index(msg_id, &sealed_idx)
-                    .map_err(TxError::Abort)?;
-                let sealed = m.get(key)?.ok_or_else(|| {
-                    TxError::Abort(Error::DanglingIndex {
-                        msg_id: hex(msg_id),
-                        key: hex(&key),
-                    })
-                })?;
-                let mut msg = open_message(s, &key, &sealed).map_err(TxError::Abort)?;
-                if state <= msg.state {
-                    return Ok(false);
+    /// repeated receipt). An unknown message is [`Error::UnknownMessage`].
+    pub fn set_state(&self, r: &MessageRef, state: DeliveryState) -> Result<bool, Error> {
+        let mut out = self.set_states(&[(*r, state)])?;
+        match out.pop() {
+            Some(Some(changed)) => Ok(changed),
+            _ => Err(Error::UnknownMessage {
+                msg_id: hex(&r.msg_id),
+            }),
+        }
+    }
+
+    /// [`Self::set_state`] for many messages (a batch of receipts) in one
+    /// atomic write. For each: `Some(changed)`, or `None` if no such message
+    /// is stored (an unknown message is not an error here: a batch of
+    /// receipts may name messages already purged).
+    pub fn set_states(
+        &self,
+        changes: &[(MessageRef, DeliveryState)],
+    ) -> Result<Vec<Option<bool>>, Error> {
+        let _writer = self.store.lock_history();
+        let mut staged = Staged::new(self.store);
+        let mut out = Vec::with_capacity(changes.len());
+        for (r, state) in changes {
+            out.push(staged.update(&r.sort_key(), |e| {
+                if *state <= e.state {
+                    return false;
                 }
-                msg.state = state;
-                let sealed = seal_message(s, &key, &msg).map_err(TxError::Abort)?;
-                m.insert(&key[..], sealed)?;
-                Ok(true)
-            })
-            .map_err(Error::from_tx("message_index+messages", "set state"))
+                e.state = *state;
+                true
+            })?);
+        }
+        staged.commit()?;
+        Ok(out)
     }
 
     /// Up to `limit` messages of `conv_id` (clamped to `1..=MAX_PAGE`),
@@ -364,10 +315,9 @@ impl<'a> History<'a> {
         before: Option<&Cursor>,
         limit: usize,
     ) -> Result<Page, Error> {
-        let s = self.store;
         let limit = limit.clamp(1, Self::MAX_PAGE);
-        let iter = match before {
-            None => s.messages.scan_prefix(conv_id),
+        let mut upper = match before {
+            None => None,
             Some(cursor) => {
                 let found = key_conv_id(cursor.key());
                 if &found != conv_id {
@@ -376,42 +326,91 @@ impl<'a> History<'a> {
                         found: hex(&found),
                     });
                 }
-                s.messages
-                    .range(conv_id.as_slice()..cursor.key().as_slice())
+                Some(*cursor.key())
             }
         };
-        let mut messages = Vec::new();
-        let mut last_key = None;
+        let mut messages = Vec::with_capacity(limit.min(64));
         let mut more = false;
-        for item in iter.rev() {
-            let (key, sealed) = item.map_err(Error::db(MESSAGES.name, "scan"))?;
-            if messages.len() == limit {
-                more = true;
+        // Each step reads the block just below `upper`: the newest block
+        // holding messages older than everything taken so far.
+        while let Some((key, entries)) = self.block_below(conv_id, upper.as_ref())? {
+            let first = block_first(&key);
+            for e in entries.into_iter().rev() {
+                let sort = e.sort_key(conv_id);
+                if upper.is_some_and(|u| sort >= u) {
+                    continue;
+                }
+                if messages.len() == limit {
+                    more = true;
+                    break;
+                }
+                messages.push(e.into_message(*conv_id));
+            }
+            if more {
                 break;
             }
-            let key: [u8; MESSAGE_KEY_LEN] =
-                key.as_ref().try_into().map_err(|_| Error::Malformed {
-                    tree: MESSAGES.name,
-                    key: hex(&key),
-                    what: format!("key is {} bytes, expected {MESSAGE_KEY_LEN}", key.len()),
-                })?;
-            messages.push(open_message(s, &key, &sealed)?);
-            last_key = Some(key);
+            upper = Some(first);
+            if messages.len() == limit {
+                more = self.block_below(conv_id, upper.as_ref())?.is_some();
+                break;
+            }
         }
         let next = if more {
-            last_key.map(Cursor::from_key)
+            messages
+                .last()
+                .map(|m| Cursor::from_key(message_key(conv_id, m.lamport, &m.sender, &m.msg_id)))
         } else {
             None
         };
         Ok(Page { messages, next })
     }
 
-    fn open_index(&self, msg_id: &[u8; 16], sealed: &[u8]) -> Result<[u8; MESSAGE_KEY_LEN], Error> {
-        let key: Vec<u8> = self.store.sealer.open(&MESSAGE_INDEX, msg_id, sealed)?;
-        key.as_slice().try_into().map_err(|_| Error::Malformed {
-            tree: MESSAGE_INDEX.name,
-            key: hex(msg_id),
-            what: format!("names a {}-byte key, expected {MESSAGE_KEY_LEN}", key.len()),
-        })
+    /// Calls `each` with every message of `conv_id`, oldest first, reading
+    /// one block at a time.
+    pub(crate) fn for_each_oldest_first(
+        &self,
+        conv_id: &[u8; 32],
+        mut each: impl FnMut(StoredMessage) -> Result<(), Error>,
+    ) -> Result<usize, Error> {
+        let lo = block_prefix(conv_id);
+        let mut n = 0;
+        for item in self.store.history.scan_prefix(lo) {
+            let (key, sealed) = item.map_err(Error::db(HISTORY, "scan"))?;
+            for e in open_block(self.store, &key, &sealed)? {
+                each(e.into_message(*conv_id))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The newest block of `conv_id` with a key below `upper` (any block if
+    /// `None`), opened.
+    fn block_below(
+        &self,
+        conv_id: &[u8; 32],
+        upper: Option<&[u8; MESSAGE_KEY_LEN]>,
+    ) -> Result<Option<(BlockKey, Vec<blocks::Entry>)>, Error> {
+        let lo = block_prefix(conv_id);
+        let item = match upper {
+            Some(u) => self
+                .store
+                .history
+                .range(&lo[..]..&block_key(u)[..])
+                .next_back(),
+            None => self.store.history.scan_prefix(lo).next_back(),
+        };
+        let Some(item) = item else {
+            return Ok(None);
+        };
+        let (key, sealed) = item.map_err(Error::db(HISTORY, "scan"))?;
+        debug_assert_eq!(block_conv(&key).as_ref(), Some(conv_id));
+        let entries = open_block(self.store, &key, &sealed)?;
+        let key = key.as_ref().try_into().map_err(|_| Error::Malformed {
+            tree: BLOCKS.name,
+            key: hex(&key),
+            what: "block key has the wrong length".into(),
+        })?;
+        Ok(Some((key, entries)))
     }
 }

@@ -1,16 +1,77 @@
-//! Record keys of the history trees, and the opaque page cursor.
+//! Record keys of the `history` tree, and the opaque page cursor.
 //!
-//! `messages` keys are `conv_id (32) ‖ lamport (u64 BE) ‖ sender (32) ‖
-//! msg_id (16)`, so sled's byte order is conversation, then
-//! (lamport, sender, id): the order every device shows.
+//! A message's *sort key* is `conv_id (32) ‖ lamport (u64 BE) ‖ sender (32)
+//! ‖ msg_id (16)`, so byte order is conversation, then (lamport, sender,
+//! id): the order every device shows. The `history` tree holds three kinds
+//! of record, told apart by a one-byte prefix:
+//!
+//! - `c ‖ conv_id` → the conversation record;
+//! - `m ‖ sort key of its first message` → a block of consecutive messages;
+//! - `x ‖ expires_at (u64 BE) ‖ block key` → empty: the block's earliest
+//!   expiry, walked by the purge.
 
 use super::Error;
 use super::codec::{hex, unhex};
 
-/// Length of a `messages` key.
+/// Length of a message's sort key.
 pub(crate) const MESSAGE_KEY_LEN: usize = 32 + 8 + 32 + 16;
 
-/// The `messages` key of one message.
+/// Prefix of conversation records.
+pub(crate) const CONV_PREFIX: u8 = b'c';
+/// Prefix of message blocks.
+pub(crate) const BLOCK_PREFIX: u8 = b'm';
+/// Prefix of expiry entries.
+pub(crate) const EXPIRY_PREFIX: u8 = b'x';
+
+/// Length of a block key: prefix and the sort key of its first message.
+pub(crate) const BLOCK_KEY_LEN: usize = 1 + MESSAGE_KEY_LEN;
+/// A block key.
+pub(crate) type BlockKey = [u8; BLOCK_KEY_LEN];
+
+/// The record key of a conversation.
+pub(crate) fn conv_key(conv_id: &[u8; 32]) -> [u8; 33] {
+    let mut key = [0u8; 33];
+    key[0] = CONV_PREFIX;
+    key[1..].copy_from_slice(conv_id);
+    key
+}
+
+/// The key of a block whose first message has this sort key.
+pub(crate) fn block_key(sort_key: &[u8; MESSAGE_KEY_LEN]) -> BlockKey {
+    let mut key = [0u8; BLOCK_KEY_LEN];
+    key[0] = BLOCK_PREFIX;
+    key[1..].copy_from_slice(sort_key);
+    key
+}
+
+/// The sort key of a block's first message.
+pub(crate) fn block_first(key: &BlockKey) -> [u8; MESSAGE_KEY_LEN] {
+    let mut sort = [0u8; MESSAGE_KEY_LEN];
+    sort.copy_from_slice(&key[1..]);
+    sort
+}
+
+/// `m ‖ conv_id`: every block of the conversation starts with it.
+pub(crate) fn block_prefix(conv_id: &[u8; 32]) -> [u8; 33] {
+    let mut key = [0u8; 33];
+    key[0] = BLOCK_PREFIX;
+    key[1..].copy_from_slice(conv_id);
+    key
+}
+
+/// Length of an expiry entry's key.
+pub(crate) const EXPIRY_KEY_LEN: usize = 1 + 8 + BLOCK_KEY_LEN;
+
+/// The expiry entry of a block whose earliest expiry is `at`.
+pub(crate) fn expiry_key(at: u64, block: &BlockKey) -> [u8; EXPIRY_KEY_LEN] {
+    let mut key = [0u8; EXPIRY_KEY_LEN];
+    key[0] = EXPIRY_PREFIX;
+    key[1..9].copy_from_slice(&at.to_be_bytes());
+    key[9..].copy_from_slice(block);
+    key
+}
+
+/// The sort key of one message.
 pub(crate) fn message_key(
     conv_id: &[u8; 32],
     lamport: u64,
@@ -25,22 +86,7 @@ pub(crate) fn message_key(
     key
 }
 
-/// The parts of a `messages` key: conversation, Lamport clock, sender, id.
-pub(crate) fn split_message_key(
-    key: &[u8; MESSAGE_KEY_LEN],
-) -> ([u8; 32], u64, [u8; 32], [u8; 16]) {
-    let mut conv = [0u8; 32];
-    let mut lamport = [0u8; 8];
-    let mut sender = [0u8; 32];
-    let mut id = [0u8; 16];
-    conv.copy_from_slice(&key[..32]);
-    lamport.copy_from_slice(&key[32..40]);
-    sender.copy_from_slice(&key[40..72]);
-    id.copy_from_slice(&key[72..]);
-    (conv, u64::from_be_bytes(lamport), sender, id)
-}
-
-/// The conversation a `messages` key belongs to.
+/// The conversation a sort key belongs to.
 pub(crate) fn key_conv_id(key: &[u8; MESSAGE_KEY_LEN]) -> [u8; 32] {
     let mut conv = [0u8; 32];
     conv.copy_from_slice(&key[..32]);

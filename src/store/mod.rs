@@ -17,6 +17,7 @@
 //! receipt, "sent") must be flushed first.
 
 mod backup;
+mod blocks;
 mod codec;
 mod conversations;
 mod error;
@@ -43,14 +44,14 @@ use codec::{Sealer, TreeSpec};
 pub use conversations::{Conversation, Summary};
 pub use error::Error;
 pub use handle::{Clock, PurgeTask, StoreHandle};
-pub use history::{Appended, DeliveryState, Direction, History, Page, StoredMessage};
+pub use history::{Appended, DeliveryState, Direction, History, MessageRef, Page, StoredMessage};
 pub use keys::Cursor;
 pub use mailbox::{Expired, Held, MailboxStats, Mailboxes};
 pub use outbox::{Outbox, OutboxEntry};
 pub use records::{Kind, MAX_RECORD_KEY, Record, Records};
 
 /// The on-disk layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// sled's page cache bound, in bytes.
 const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
@@ -78,10 +79,11 @@ pub struct Store {
     /// lock also serialises flushes.
     watermark: std::sync::Mutex<(marker::Watermark, u64)>,
     sealer: Sealer,
-    messages: sled::Tree,
-    message_index: sled::Tree,
-    conversations: sled::Tree,
-    expiry: sled::Tree,
+    /// Conversations, message blocks and expiry entries (see `keys`).
+    history: sled::Tree,
+    /// Serialises history writes: each reads blocks, changes them in memory
+    /// and writes them back as one batch.
+    history_lock: std::sync::Mutex<()>,
     outbox: sled::Tree,
     mailbox: sled::Tree,
     mailbox_meta: sled::Tree,
@@ -110,10 +112,8 @@ impl Store {
         let watermark = std::sync::Mutex::new((marker::Watermark::open(&path)?, generation));
         let tree = |name: &'static str| db.open_tree(name).map_err(Error::db(name, "open"));
         Ok(Self {
-            messages: tree(history::MESSAGES.name)?,
-            message_index: tree(history::MESSAGE_INDEX.name)?,
-            conversations: tree(conversations::CONVERSATIONS.name)?,
-            expiry: tree(history::EXPIRY)?,
+            history: tree(blocks::HISTORY)?,
+            history_lock: std::sync::Mutex::new(()),
             outbox: tree(outbox::OUTBOX.name)?,
             mailbox: tree(mailbox::MAILBOX.name)?,
             mailbox_meta: tree(mailbox::MAILBOX_META.name)?,
@@ -133,6 +133,12 @@ impl Store {
     /// Message history and the conversation list.
     pub fn history(&self) -> History<'_> {
         History::new(self)
+    }
+
+    /// Holds the history write lock. A poisoned lock only means a writer
+    /// panicked before its batch; nothing half-written is visible.
+    fn lock_history(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.history_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Envelopes waiting for an acknowledgement.

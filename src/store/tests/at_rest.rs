@@ -5,70 +5,82 @@ use std::path::Path;
 use super::{data_key, fresh, msg};
 use crate::store::{Direction, Error, Store};
 
+/// The `history` records with this one-byte prefix (see `store::keys`).
+fn records(store: &Store, prefix: u8) -> Vec<(sled::IVec, sled::IVec)> {
+    store
+        .history
+        .scan_prefix([prefix])
+        .map(|kv| kv.unwrap())
+        .collect()
+}
+
 #[test]
-fn swapped_message_records_fail_to_decrypt() {
+fn swapped_message_blocks_fail_to_decrypt() {
     let (_dir, store) = fresh();
     let h = store.history();
+    // Two conversations, one block each.
     let a = msg(1, 1, 2, 10, b"first");
-    let b = msg(1, 2, 2, 11, b"second");
+    let b = msg(2, 2, 2, 11, b"second");
     h.append(&a, Direction::Incoming).unwrap();
     h.append(&b, Direction::Incoming).unwrap();
 
-    let keys: Vec<_> = store
-        .messages
-        .iter()
-        .map(|kv| kv.unwrap())
-        .collect::<Vec<_>>();
-    assert_eq!(keys.len(), 2);
-    let ((ka, va), (kb, vb)) = (&keys[0], &keys[1]);
-    store.messages.insert(ka, vb.clone()).unwrap();
-    store.messages.insert(kb, va.clone()).unwrap();
+    let blocks = records(&store, b'm');
+    assert_eq!(blocks.len(), 2);
+    let ((ka, va), (kb, vb)) = (&blocks[0], &blocks[1]);
+    store.history.insert(ka, vb.clone()).unwrap();
+    store.history.insert(kb, va.clone()).unwrap();
 
     assert!(matches!(
-        h.get(&a.msg_id),
+        h.get(&a.reference()),
         Err(Error::Decrypt {
-            tree: "messages",
+            tree: "history",
             ..
         })
     ));
     assert!(matches!(
         h.page(&a.conv_id, None, 10),
         Err(Error::Decrypt {
-            tree: "messages",
+            tree: "history",
             ..
         })
     ));
 }
 
 #[test]
-fn record_moved_to_another_tree_or_conversation_fails() {
+fn record_moved_to_another_key_or_kind_fails() {
     let (_dir, store) = fresh();
     let h = store.history();
-    h.append(&msg(1, 1, 2, 10, b"x"), Direction::Incoming)
-        .unwrap();
+    let x = msg(1, 1, 2, 10, b"x");
+    h.append(&x, Direction::Incoming).unwrap();
     h.append(&msg(2, 1, 2, 11, b"y"), Direction::Incoming)
         .unwrap();
 
-    // Conversation 1's summary copied over conversation 2's.
-    let one = store.conversations.get([1u8; 32]).unwrap().unwrap();
-    store.conversations.insert([2u8; 32], one).unwrap();
+    // Conversation 1's record copied over conversation 2's.
+    let convs = records(&store, b'c');
+    assert_eq!(convs.len(), 2);
+    store
+        .history
+        .insert(&convs[1].0, convs[0].1.clone())
+        .unwrap();
     assert!(matches!(
         h.conversation(&[2; 32]),
         Err(Error::Decrypt {
-            tree: "conversations",
+            tree: "history",
             ..
         })
     ));
     assert!(h.conversation(&[1; 32]).unwrap().is_some());
 
-    // An index entry copied into the messages tree under the same key bytes.
-    let idx = store.message_index.get([10u8; 16]).unwrap().unwrap();
-    let (mkey, _) = store.messages.first().unwrap().unwrap();
-    store.messages.insert(mkey, idx).unwrap();
+    // A conversation record copied over a message block.
+    let blocks = records(&store, b'm');
+    store
+        .history
+        .insert(&blocks[0].0, convs[0].1.clone())
+        .unwrap();
     assert!(matches!(
-        h.get(&[10; 16]),
+        h.get(&x.reference()),
         Err(Error::Decrypt {
-            tree: "messages",
+            tree: "history",
             ..
         })
     ));
@@ -78,13 +90,16 @@ fn record_moved_to_another_tree_or_conversation_fails() {
 fn oversized_record_on_disk_is_rejected_before_decrypting() {
     let (_dir, store) = fresh();
     let h = store.history();
-    h.append(&msg(1, 1, 2, 10, b"x"), Direction::Incoming)
+    let x = msg(1, 1, 2, 10, b"x");
+    h.append(&x, Direction::Incoming).unwrap();
+    let blocks = records(&store, b'm');
+    store
+        .history
+        .insert(&blocks[0].0, vec![0u8; 1 << 20])
         .unwrap();
-    let (mkey, _) = store.messages.first().unwrap().unwrap();
-    store.messages.insert(mkey, vec![0u8; 1 << 20]).unwrap();
     assert!(matches!(
-        h.get(&[10; 16]),
-        Err(Error::TooLarge { tree: "messages", len, .. }) if len == 1 << 20
+        h.get(&x.reference()),
+        Err(Error::TooLarge { tree: "history", len, .. }) if len == 1 << 20
     ));
 }
 

@@ -80,7 +80,7 @@ fn upsert_keeps_activity_and_unread() {
     assert!(matches!(
         h.upsert_conversation(&[4; 32], &long, None),
         Err(Error::TooLarge {
-            tree: "conversations",
+            tree: "history",
             ..
         })
     ));

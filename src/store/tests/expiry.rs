@@ -24,18 +24,18 @@ fn temporary_conversations_expire_and_permanent_ones_keep_everything() {
     }
     h.append_batch(&keep, Direction::Incoming).unwrap();
     assert_eq!(
-        h.get(&temp[1].msg_id).unwrap().unwrap().expires_at,
+        h.get(&temp[1].reference()).unwrap().unwrap().expires_at,
         Some(1_060)
     );
 
     assert_eq!(h.purge_expired(1_009).unwrap(), 0);
     assert_eq!(h.purge_expired(1_010).unwrap(), 1);
-    assert!(h.get(&temp[0].msg_id).unwrap().is_none());
+    assert!(h.get(&temp[0].reference()).unwrap().is_none());
     assert_eq!(h.purge_expired(1_059).unwrap(), 0);
     assert_eq!(h.purge_expired(1_060).unwrap(), 4);
     assert!(h.page(&[1; 32], None, 50).unwrap().messages.is_empty());
     for m in &temp {
-        assert!(h.get(&m.msg_id).unwrap().is_none());
+        assert!(h.get(&m.reference()).unwrap().is_none());
     }
     assert_eq!(h.page(&[2; 32], None, 50).unwrap().messages.len(), 5);
     assert_eq!(
@@ -58,7 +58,7 @@ fn the_expiry_index_survives_reopen() {
     }
     let store = Store::open(dir.path(), &key).unwrap();
     assert_eq!(store.history().purge_expired(500).unwrap(), 1);
-    assert!(store.history().get(&m.msg_id).unwrap().is_none());
+    assert!(store.history().get(&m.reference()).unwrap().is_none());
 }
 
 #[test]

@@ -11,7 +11,7 @@ async fn the_purge_timer_removes_expired_messages_and_stops_on_drop() {
     let handle = StoreHandle::new(store);
     let mut m = msg(1, 1, 2, 1, b"short-lived");
     m.expires_at = Some(1_100);
-    let id = m.msg_id;
+    let id = m.reference();
     handle
         .call(move |s| s.history().append(&m, Direction::Incoming))
         .await

@@ -58,7 +58,7 @@ fn ordered_by_lamport_then_sender_then_id() {
 }
 
 #[test]
-fn append_dedupes_by_msg_id() {
+fn append_dedupes_by_message_reference() {
     let (_dir, store) = fresh();
     let h = store.history();
     let m = msg(1, 1, 2, 3, b"once");
@@ -70,23 +70,40 @@ fn append_dedupes_by_msg_id() {
         h.append(&m, Direction::Incoming).unwrap(),
         Appended::Duplicate
     );
-    // Same id, different contents and position: still a duplicate, original kept.
-    let imposter = msg(1, 9, 4, 3, b"twice");
+    // Same sender, position and id, other contents (a copy re-sent after
+    // an edit would be a new message): still a duplicate, original kept.
+    let copy = msg(1, 1, 2, 3, b"twice");
     assert_eq!(
-        h.append(&imposter, Direction::Incoming).unwrap(),
+        h.append(&copy, Direction::Incoming).unwrap(),
         Appended::Duplicate
     );
+    // In one batch, with the same message twice.
+    let next = msg(1, 2, 2, 4, b"next");
+    assert_eq!(
+        h.append_batch(
+            &[next.clone(), m.clone(), next.clone()],
+            Direction::Incoming
+        )
+        .unwrap(),
+        vec![Appended::Inserted, Appended::Duplicate, Appended::Duplicate]
+    );
+    // Another sender reusing the id cannot shadow the first message.
+    let other = msg(1, 1, 9, 3, b"other sender");
+    assert_eq!(
+        h.append(&other, Direction::Incoming).unwrap(),
+        Appended::Inserted
+    );
     let page = h.page(&[1; 32], None, 10).unwrap();
-    assert_eq!(page.messages, vec![m.clone()]);
-    assert_eq!(h.get(&m.msg_id).unwrap(), Some(m));
-    assert_eq!(h.conversation(&[1; 32]).unwrap().unwrap().unread, 1);
+    assert_eq!(page.messages, vec![next, other, m.clone()]);
+    assert_eq!(h.get(&m.reference()).unwrap(), Some(m));
+    assert_eq!(h.conversation(&[1; 32]).unwrap().unwrap().unread, 3);
 }
 
 #[test]
 fn delivery_state_never_goes_backwards() {
     let dir = tempfile::tempdir().unwrap();
     let key = data_key(1);
-    let id = [3; 16];
+    let id = msg(1, 1, 2, 3, b"").reference();
     {
         let store = Store::open(dir.path(), &key).unwrap();
         let h = store.history();
@@ -100,7 +117,7 @@ fn delivery_state_never_goes_backwards() {
         assert!(h.set_state(&id, DeliveryState::Read).unwrap());
         assert!(!h.set_state(&id, DeliveryState::Pending).unwrap());
         assert!(matches!(
-            h.set_state(&[7; 16], DeliveryState::Read),
+            h.set_state(&msg(1, 1, 2, 7, b"").reference(), DeliveryState::Read),
             Err(Error::UnknownMessage { .. })
         ));
         store.flush().unwrap();
@@ -214,10 +231,10 @@ fn oversized_body_is_refused_and_nothing_written() {
     assert!(matches!(
         h.append(&big, Direction::Incoming),
         Err(Error::TooLarge {
-            tree: "messages",
+            tree: "history",
             ..
         })
     ));
-    assert_eq!(h.get(&[4; 16]).unwrap(), None);
+    assert_eq!(h.get(&big.reference()).unwrap(), None);
     assert_eq!(h.page(&[1; 32], None, 10).unwrap().messages.len(), 1);
 }

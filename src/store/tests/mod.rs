@@ -2,6 +2,7 @@
 
 mod at_rest;
 mod backup;
+mod blocks;
 mod conversations;
 mod damage;
 mod expiry;

@@ -18,7 +18,7 @@ fn reopen_keeps_data() {
     }
     let store = Store::open(dir.path(), &key).unwrap();
     let h = store.history();
-    let got = h.get(&[3; 16]).unwrap().unwrap();
+    let got = h.get(&msg(1, 1, 2, 3, b"").reference()).unwrap().unwrap();
     assert_eq!(got, msg(1, 1, 2, 3, b"hello"));
     let convs = h.list_conversations().unwrap();
     assert_eq!(convs.len(), 1);
@@ -46,7 +46,13 @@ fn wrong_key_is_reported() {
     assert!(err.to_string().contains(&dir.path().display().to_string()));
     // The right key still opens it.
     let store = Store::open(dir.path(), &data_key(1)).unwrap();
-    assert!(store.history().get(&[3; 16]).unwrap().is_some());
+    assert!(
+        store
+            .history()
+            .get(&msg(1, 1, 2, 3, b"").reference())
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[test]

@@ -1,0 +1,442 @@
+//! Message blocks: consecutive messages of one conversation sealed together.
+//!
+//! A conversation's messages, in sort-key order, are cut into blocks of at
+//! most [`MAX_BLOCK_MESSAGES`] messages and about [`TARGET_BLOCK_BYTES`]
+//! bytes (a single larger message is a block of its own). A block is stored
+//! under `m ‖ sort key of its first message`, so the block that holds — or
+//! would hold — a message is the last block whose key is at or below the
+//! message's sort key. One sealed record per block instead of per message
+//! makes a page of 50 cost three or four record reads and decryptions, and
+//! keeps sled's tree (and its memory) about ten times smaller.
+//!
+//! [`Staged`] is a history write in progress: blocks and conversations are
+//! read once, changed in memory, and written back as one sled batch, which
+//! sled applies atomically (all or nothing, also across a crash). Writers
+//! are serialised by the store's history lock; readers need no lock, as
+//! every record they read is a consistent version.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::codec::{TreeSpec, hex};
+use super::keys::{
+    BLOCK_KEY_LEN, BlockKey, MESSAGE_KEY_LEN, block_first, block_key, block_prefix, conv_key,
+    expiry_key, message_key,
+};
+use super::{Conversation, DeliveryState, Error, Store, StoredMessage};
+
+/// Most messages in one block.
+pub(crate) const MAX_BLOCK_MESSAGES: usize = 16;
+/// A block takes another message only while its encoding stays under this.
+pub(crate) const TARGET_BLOCK_BYTES: usize = 6 * 1024;
+/// Largest message body stored (media is stored elsewhere).
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+/// Encoded size of an entry beyond its body, at most: ids, clocks, state,
+/// expiry and length prefixes.
+const ENTRY_OVERHEAD: usize = 32 + 16 + 3 * 10 + 2 + 5;
+
+/// The `history` tree: conversations, blocks and expiry entries (see `keys`).
+pub(crate) const HISTORY: &str = "history";
+
+/// Blocks: either up to `TARGET_BLOCK_BYTES` of entries, or one entry.
+pub(crate) const BLOCKS: TreeSpec = TreeSpec {
+    name: HISTORY,
+    max_plain: MAX_BODY + ENTRY_OVERHEAD + TARGET_BLOCK_BYTES + 8,
+};
+
+/// One message inside a block; the conversation is in the block's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    pub(crate) lamport: u64,
+    pub(crate) sender: [u8; 32],
+    pub(crate) msg_id: [u8; 16],
+    pub(crate) sent_at: u64,
+    #[serde(with = "serde_bytes")]
+    pub(crate) body: Vec<u8>,
+    pub(crate) state: DeliveryState,
+    pub(crate) expires_at: Option<u64>,
+}
+
+impl Entry {
+    pub(crate) fn from_message(m: &StoredMessage) -> Self {
+        Self {
+            lamport: m.lamport,
+            sender: m.sender,
+            msg_id: m.msg_id,
+            sent_at: m.sent_at,
+            body: m.body.clone(),
+            state: m.state,
+            expires_at: m.expires_at,
+        }
+    }
+
+    pub(crate) fn into_message(self, conv_id: [u8; 32]) -> StoredMessage {
+        StoredMessage {
+            msg_id: self.msg_id,
+            conv_id,
+            sender: self.sender,
+            lamport: self.lamport,
+            sent_at: self.sent_at,
+            body: self.body,
+            state: self.state,
+            expires_at: self.expires_at,
+        }
+    }
+
+    /// The position inside a conversation: (Lamport clock, sender, id).
+    pub(crate) fn order(&self) -> (u64, &[u8; 32], &[u8; 16]) {
+        (self.lamport, &self.sender, &self.msg_id)
+    }
+
+    pub(crate) fn sort_key(&self, conv_id: &[u8; 32]) -> [u8; MESSAGE_KEY_LEN] {
+        message_key(conv_id, self.lamport, &self.sender, &self.msg_id)
+    }
+
+    fn size(&self) -> usize {
+        self.body.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// The conversation a block key belongs to.
+pub(crate) fn block_conv(key: &[u8]) -> Option<[u8; 32]> {
+    key.get(1..33).and_then(|c| c.try_into().ok())
+}
+
+fn as_block_key(key: &[u8]) -> Result<BlockKey, Error> {
+    key.try_into().map_err(|_| Error::Malformed {
+        tree: HISTORY,
+        key: hex(key),
+        what: format!("block key is {} bytes, expected {BLOCK_KEY_LEN}", key.len()),
+    })
+}
+
+/// Opens a sealed block and checks that it is one: non-empty, in order, and
+/// starting with the message its key names.
+pub(crate) fn open_block(s: &Store, key: &[u8], sealed: &[u8]) -> Result<Vec<Entry>, Error> {
+    let key = as_block_key(key)?;
+    let entries: Vec<Entry> = s.sealer.open(&BLOCKS, &key, sealed)?;
+    let conv = block_conv(&key).unwrap_or_default();
+    let in_order = entries.windows(2).all(|w| w[0].order() < w[1].order());
+    match entries.first() {
+        Some(first) if in_order && first.sort_key(&conv) == block_first(&key) => Ok(entries),
+        _ => Err(Error::Malformed {
+            tree: HISTORY,
+            key: hex(&key),
+            what: "block is empty, out of order, or does not start at its key".into(),
+        }),
+    }
+}
+
+/// Earliest expiry among a block's messages.
+fn earliest_expiry(entries: &[Entry]) -> Option<u64> {
+    entries.iter().filter_map(|e| e.expires_at).min()
+}
+
+/// Cuts sorted entries into blocks: each takes entries while it stays under
+/// both limits, and always at least one.
+fn cut(entries: Vec<Entry>) -> Vec<Vec<Entry>> {
+    let mut out: Vec<Vec<Entry>> = Vec::new();
+    let mut bytes = 0;
+    for e in entries {
+        let fits = out.last().is_some_and(|b| {
+            b.len() < MAX_BLOCK_MESSAGES && bytes + e.size() <= TARGET_BLOCK_BYTES
+        });
+        if !fits {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += e.size();
+        if let Some(b) = out.last_mut() {
+            b.push(e);
+        }
+    }
+    out
+}
+
+fn fits_one_more(entries: &[Entry], e: &Entry) -> bool {
+    entries.len() < MAX_BLOCK_MESSAGES
+        && entries.iter().map(Entry::size).sum::<usize>() + e.size() <= TARGET_BLOCK_BYTES
+}
+
+/// A history write in progress (see the module documentation).
+pub(crate) struct Staged<'s> {
+    store: &'s Store,
+    /// Blocks to write (`Some`) or delete (`None`).
+    blocks: BTreeMap<BlockKey, Option<Vec<Entry>>>,
+    /// The earliest expiry of each block as it was on disk when read.
+    read_expiry: HashMap<BlockKey, Option<u64>>,
+    /// Conversations read or created, and whether they changed.
+    convs: HashMap<[u8; 32], (Conversation, bool)>,
+    /// Other keys to delete in the same batch.
+    removals: Vec<sled::IVec>,
+}
+
+impl<'s> Staged<'s> {
+    pub(crate) fn new(store: &'s Store) -> Self {
+        Self {
+            store,
+            blocks: BTreeMap::new(),
+            read_expiry: HashMap::new(),
+            convs: HashMap::new(),
+            removals: Vec::new(),
+        }
+    }
+
+    /// Deletes `key` (an expiry entry) in the same batch.
+    pub(crate) fn remove_key(&mut self, key: sled::IVec) {
+        self.removals.push(key);
+    }
+
+    /// The conversation record, read once per write (created if new).
+    pub(crate) fn conversation(&mut self, conv_id: &[u8; 32]) -> Result<&mut Conversation, Error> {
+        if !self.convs.contains_key(conv_id) {
+            let conv = self
+                .store
+                .history()
+                .conversation(conv_id)?
+                .unwrap_or_else(|| Conversation::new(*conv_id));
+            self.convs.insert(*conv_id, (conv, false));
+        }
+        match self.convs.get_mut(conv_id) {
+            Some((conv, changed)) => {
+                *changed = true;
+                Ok(conv)
+            }
+            None => Err(Error::UnknownConversation {
+                conv_id: hex(conv_id),
+            }),
+        }
+    }
+
+    /// The last block of `conv_id` whose key is within `range` on disk or
+    /// staged, newest staged state winning.
+    fn last_block_in(
+        &self,
+        conv_id: &[u8; 32],
+        upper: &BlockKey,
+        inclusive: bool,
+    ) -> Result<Option<BlockKey>, Error> {
+        let lo = block_prefix(conv_id);
+        let staged = self
+            .blocks
+            .range(..=*upper)
+            .rev()
+            .filter(|(k, _)| inclusive || *k != upper)
+            .take_while(|(k, _)| k.starts_with(&lo))
+            .find(|(_, v)| v.is_some())
+            .map(|(k, _)| *k);
+        let tree = &self.store.history;
+        let iter = if inclusive {
+            tree.range(&lo[..]..=&upper[..])
+        } else {
+            tree.range(&lo[..]..&upper[..])
+        };
+        let mut on_disk = None;
+        for item in iter.rev() {
+            let (k, _) = item.map_err(Error::db(HISTORY, "scan"))?;
+            let k = as_block_key(&k)?;
+            // A block deleted in this write no longer counts.
+            if matches!(self.blocks.get(&k), Some(None)) {
+                continue;
+            }
+            on_disk = Some(k);
+            break;
+        }
+        Ok(staged.max(on_disk))
+    }
+
+    /// The first block of `conv_id` (on disk or staged).
+    fn first_block(&self, conv_id: &[u8; 32]) -> Result<Option<BlockKey>, Error> {
+        let lo = block_prefix(conv_id);
+        let mut hi = [0xffu8; BLOCK_KEY_LEN];
+        hi[..33].copy_from_slice(&lo);
+        let start = block_key(&message_key(conv_id, 0, &[0; 32], &[0; 16]));
+        let staged = self
+            .blocks
+            .range(start..)
+            .take_while(|(k, _)| k.starts_with(&lo))
+            .find(|(_, v)| v.is_some())
+            .map(|(k, _)| *k);
+        let mut on_disk = None;
+        for item in self.store.history.range(&lo[..]..=&hi[..]) {
+            let (k, _) = item.map_err(Error::db(HISTORY, "scan"))?;
+            let k = as_block_key(&k)?;
+            if matches!(self.blocks.get(&k), Some(None)) {
+                continue;
+            }
+            on_disk = Some(k);
+            break;
+        }
+        Ok(match (staged, on_disk) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Takes a block out of the working set for changing, reading it from
+    /// disk the first time.
+    fn take(&mut self, key: &BlockKey) -> Result<Vec<Entry>, Error> {
+        if let Some(staged) = self.blocks.get_mut(key) {
+            return staged.take().ok_or_else(|| Error::Malformed {
+                tree: HISTORY,
+                key: hex(key),
+                what: "block taken twice".into(),
+            });
+        }
+        let sealed = self
+            .store
+            .history
+            .get(key)
+            .map_err(Error::db(HISTORY, "read"))?
+            .ok_or_else(|| Error::Malformed {
+                tree: HISTORY,
+                key: hex(key),
+                what: "block vanished during a write".into(),
+            })?;
+        let entries = open_block(self.store, key, &sealed)?;
+        self.read_expiry.insert(*key, earliest_expiry(&entries));
+        self.blocks.insert(*key, None);
+        Ok(entries)
+    }
+
+    /// Puts changed entries back, re-cut into blocks keyed by their first
+    /// messages. `old` is the key they were taken from.
+    fn put(&mut self, conv_id: &[u8; 32], old: BlockKey, entries: Vec<Entry>) {
+        for chunk in cut(entries) {
+            if let Some(first) = chunk.first() {
+                let key = block_key(&first.sort_key(conv_id));
+                self.blocks.insert(key, Some(chunk));
+            }
+        }
+        // `old` stays staged as a deletion unless a chunk took its key.
+        self.blocks.entry(old).or_insert(None);
+    }
+
+    /// Adds a message to its conversation's blocks. Returns `false` if a
+    /// message with the same sort key (conversation, Lamport clock, sender
+    /// and id) is already stored: a duplicate, left as it is.
+    pub(crate) fn insert(&mut self, msg: &StoredMessage) -> Result<bool, Error> {
+        let sort = message_key(&msg.conv_id, msg.lamport, &msg.sender, &msg.msg_id);
+        let entry = Entry::from_message(msg);
+        match self.last_block_in(&msg.conv_id, &block_key(&sort), true)? {
+            Some(key) => {
+                let was_staged = self.blocks.contains_key(&key);
+                let mut entries = self.take(&key)?;
+                match entries.binary_search_by(|e| e.order().cmp(&entry.order())) {
+                    Ok(_) => {
+                        self.untake(key, entries, was_staged, false);
+                        Ok(false)
+                    }
+                    Err(at) => {
+                        entries.insert(at, entry);
+                        self.put(&msg.conv_id, key, entries);
+                        Ok(true)
+                    }
+                }
+            }
+            // It sorts before every block of the conversation: it joins the
+            // first block (re-keyed) if that has room, or starts its own.
+            None => {
+                match self.first_block(&msg.conv_id)? {
+                    Some(first) => {
+                        let mut entries = self.take(&first)?;
+                        if fits_one_more(&entries, &entry) {
+                            entries.insert(0, entry);
+                            self.put(&msg.conv_id, first, entries);
+                        } else {
+                            self.blocks.insert(first, Some(entries));
+                            self.blocks.insert(block_key(&sort), Some(vec![entry]));
+                        }
+                    }
+                    None => {
+                        self.blocks.insert(block_key(&sort), Some(vec![entry]));
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Applies `change` to the stored message with this sort key, if any.
+    /// Returns `None` if there is no such message, else what `change` said.
+    pub(crate) fn update(
+        &mut self,
+        sort: &[u8; MESSAGE_KEY_LEN],
+        change: impl FnOnce(&mut Entry) -> bool,
+    ) -> Result<Option<bool>, Error> {
+        let conv: [u8; 32] = sort[..32].try_into().unwrap_or_default();
+        let Some(key) = self.last_block_in(&conv, &block_key(sort), true)? else {
+            return Ok(None);
+        };
+        let was_staged = self.blocks.contains_key(&key);
+        let mut entries = self.take(&key)?;
+        let found = entries
+            .iter_mut()
+            .find(|e| &e.sort_key(&conv) == sort)
+            .map(change);
+        self.untake(key, entries, was_staged, found == Some(true));
+        Ok(found)
+    }
+
+    /// Returns a block taken with [`Self::take`] unchanged in place, or as a
+    /// write if it changed or was already staged.
+    fn untake(&mut self, key: BlockKey, entries: Vec<Entry>, was_staged: bool, changed: bool) {
+        if changed || was_staged {
+            self.blocks.insert(key, Some(entries));
+        } else {
+            self.blocks.remove(&key);
+            self.read_expiry.remove(&key);
+        }
+    }
+
+    /// Removes, from the block at `key`, every message `drop` selects;
+    /// returns how many. A block left empty is deleted.
+    pub(crate) fn remove_where(
+        &mut self,
+        key: &BlockKey,
+        drop: impl Fn(&Entry) -> bool,
+    ) -> Result<usize, Error> {
+        let conv = block_conv(key).unwrap_or_default();
+        let mut entries = self.take(key)?;
+        let before = entries.len();
+        entries.retain(|e| !drop(e));
+        let removed = before - entries.len();
+        self.put(&conv, *key, entries);
+        Ok(removed)
+    }
+
+    /// Writes everything staged as one atomic sled batch.
+    pub(crate) fn commit(self) -> Result<(), Error> {
+        let s = self.store;
+        let mut batch = sled::Batch::default();
+        for key in self.removals {
+            batch.remove(key);
+        }
+        for (key, entries) in &self.blocks {
+            let was = self.read_expiry.get(key).copied().flatten();
+            let now = entries.as_deref().and_then(earliest_expiry);
+            if was != now {
+                if let Some(at) = was {
+                    batch.remove(&expiry_key(at, key)[..]);
+                }
+                if let Some(at) = now {
+                    batch.insert(&expiry_key(at, key)[..], &[][..]);
+                }
+            }
+            match entries {
+                Some(entries) => batch.insert(&key[..], s.sealer.seal(&BLOCKS, key, entries)?),
+                None => batch.remove(&key[..]),
+            }
+        }
+        let history = s.history();
+        for (id, (conv, changed)) in &self.convs {
+            if *changed {
+                batch.insert(&conv_key(id)[..], history.seal_conversation(conv)?);
+            }
+        }
+        s.history
+            .apply_batch(batch)
+            .map_err(Error::db(HISTORY, "write"))
+    }
+}
