@@ -19,19 +19,7 @@
 //! - `sled`: the store, through its public API (`meshchat::store`);
 //! - `sqlite`: rusqlite (bundled SQLite), WAL, plaintext, a messenger's schema;
 //! - `sled-reopen`: the store holding 1M messages, reopened in a fresh
-//!   process (open time, cold pages, memory);
-//! - `sled-raw`: what the store's costs are made of: a raw sled range scan
-//!   of the same records, the same scan plus the AEAD open of each record,
-//!   the seal and open cost of each kind of record an append writes, and
-//!   sled transactions of the store's shape replaying the store's own
-//!   records without any encryption;
-//! - `sled-cache`: sled alone on the store's files, opened with cache bounds
-//!   from 16 MiB to 1 GiB: resident memory and page latency for each.
-//!
-//! The raw readers rely on the store's documented layout (`messages` tree,
-//! keys `conv_id ‖ lamport ‖ sender ‖ msg_id`, associated data
-//! `tree ‖ 0x00 ‖ key`); if that changes they fail loudly rather than
-//! measure something else.
+//!   process (open time, cold pages, memory).
 //!
 //! The parent prints a table and one JSON line (`STORE_BENCH_JSON {...}`).
 
@@ -48,27 +36,13 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
-use sled::Transactional;
 
 const SEED: u64 = 0x6d65_7368;
 const BATCH: usize = 100;
 const PAGE: usize = 50;
 const OTHER_CONVS: usize = 200;
 const OTHER_MSGS: usize = 10;
-/// The store's sled cache bound (`CACHE_CAPACITY` in `src/store/mod.rs`),
-/// used for the raw sled reference so it runs with the same cache.
-const SLED_CACHE: u64 = 64 * 1024 * 1024;
-/// `messages` tree name and associated-data layout of the store's records
-/// (`src/store/codec.rs`): `tree name ‖ 0x00 ‖ record key`.
-const MESSAGES_TREE: &str = "messages";
-const INDEX_TREE: &str = "message_index";
-const CONVERSATIONS_TREE: &str = "conversations";
-/// Where the message id starts in a `messages` key
-/// (`conv_id (32) ‖ lamport (8) ‖ sender (32) ‖ msg_id (16)`).
-const MSG_ID_AT: usize = 72;
 const CHILD_FLAG: &str = "--store-bench-child";
-/// sled cache bounds probed on the store's files at their final size.
-const CACHE_PROBES: [u64; 5] = [16, 32, 64, 256, 1024];
 
 // ---------------------------------------------------------------------------
 // Scale
@@ -83,7 +57,6 @@ struct Scale {
     warmup_pages: usize,
     newest_reps: usize,
     list_reps: usize,
-    raw_fill: usize,
 }
 
 fn scale() -> Scale {
@@ -97,7 +70,6 @@ fn scale() -> Scale {
             warmup_pages: 10,
             newest_reps: 20,
             list_reps: 20,
-            raw_fill: 2_000,
         }
     } else {
         Scale {
@@ -109,7 +81,6 @@ fn scale() -> Scale {
             warmup_pages: 100,
             newest_reps: 200,
             list_reps: 500,
-            raw_fill: 100_000,
         }
     }
 }
@@ -306,13 +277,15 @@ CREATE TABLE messages (
     conv_id    BLOB NOT NULL,
     lamport    INTEGER NOT NULL,
     sender     BLOB NOT NULL,
-    msg_id     BLOB PRIMARY KEY,
+    msg_id     BLOB NOT NULL,
     body       BLOB NOT NULL,
     state      INTEGER NOT NULL,
     sent_at    INTEGER NOT NULL,
     expires_at INTEGER
 );
-CREATE INDEX messages_by_conv ON messages (conv_id, lamport, sender, msg_id);
+-- Deduplication by the same key as the store's (conversation, Lamport
+-- clock, sender, id), which is also the index pages are read from.
+CREATE UNIQUE INDEX messages_by_conv ON messages (conv_id, lamport, sender, msg_id);
 CREATE TABLE conversations (
     conv_id         BLOB PRIMARY KEY,
     title           TEXT NOT NULL,
@@ -937,265 +910,6 @@ fn child_sled_reopen(dir: &Path, sc: &Scale) -> Value {
     })
 }
 
-/// The associated data the store binds a record to: `tree ‖ 0x00 ‖ key`.
-fn record_ad(tree: &str, key: &[u8]) -> Vec<u8> {
-    let mut ad = Vec::with_capacity(tree.len() + 1 + key.len());
-    ad.extend_from_slice(tree.as_bytes());
-    ad.push(0);
-    ad.extend_from_slice(key);
-    ad
-}
-
-fn raw_sled(path: &Path, cache: u64) -> sled::Db {
-    sled::Config::new()
-        .path(path)
-        .cache_capacity(cache)
-        .flush_every_ms(None)
-        .open()
-        .unwrap()
-}
-
-/// The cursors the store hands out for a conversation, read raw: the key of
-/// each page's oldest message when older ones remain. Reads every record of
-/// the conversation once, newest first, as a walk through the store does.
-fn raw_cursors(tree: &sled::Tree, conv: &[u8; 32], expect: usize) -> Vec<sled::IVec> {
-    let mut cursors = Vec::with_capacity(expect / PAGE + 1);
-    let mut n = 0usize;
-    for item in tree.scan_prefix(conv).rev() {
-        let (k, v) = item.unwrap();
-        black_box(v);
-        n += 1;
-        if n.is_multiple_of(PAGE) {
-            cursors.push(k);
-        }
-    }
-    if n.is_multiple_of(PAGE) {
-        cursors.pop();
-    }
-    assert_eq!(n, expect);
-    cursors
-}
-
-/// The sled part of the store's `page`: up to 50 records strictly before
-/// the cursor, newest first (the store reads one more to know whether older
-/// ones remain).
-fn raw_page(tree: &sled::Tree, conv: &[u8; 32], c: &sled::IVec) -> Vec<(sled::IVec, sled::IVec)> {
-    let mut out = Vec::with_capacity(PAGE);
-    for item in tree.range(conv.as_slice()..c.as_ref()).rev() {
-        let kv = item.unwrap();
-        if out.len() == PAGE {
-            break;
-        }
-        out.push(kv);
-    }
-    out
-}
-
-/// sled's memory and page latency against its cache bound, on the store's
-/// files at their final size: open, read the whole big conversation once,
-/// then random pages (the same positions as the store's measurement), with
-/// no decryption. This is the sled side only; the store adds what it
-/// allocates to decrypt.
-fn child_sled_cache(dir: &Path, sc: &Scale, cache_mib: u64) -> Value {
-    let t0 = Instant::now();
-    let w = Workload::new();
-    let target = sc.stages[2];
-    let t = Instant::now();
-    let db = raw_sled(&dir.join("sled"), cache_mib * 1024 * 1024);
-    let tree = db.open_tree(MESSAGES_TREE).unwrap();
-    let open = t.elapsed();
-    let mem_open = memory();
-    let t = Instant::now();
-    let cursors = raw_cursors(&tree, &w.main, target);
-    let scan_all = t.elapsed();
-    let mem_scan = memory();
-    let pages = random_pages(&cursors, target, 0, sc, |c| {
-        raw_page(&tree, &w.main, c).len()
-    });
-    progress(&format!("sled-cache {cache_mib} MiB"), "done", t0);
-    json!({
-        "cache_mib": cache_mib,
-        "open_ms": round(us(open) / 1e3, 1),
-        "read_all_seconds": round(scan_all.as_secs_f64(), 2),
-        "page_scan_only": pages,
-        "memory_after_open": mem_open,
-        "memory_after_read_all": mem_scan,
-        "memory_end": memory(),
-    })
-}
-
-/// What a page of the store is made of, on the store's own files: sled's
-/// range scan alone, the scan plus the AEAD open of each record, and the
-/// AEAD open alone; the seal and open cost of each kind of record the store
-/// writes per message. Then sled transactions of the store's shape, on a
-/// fresh database, writing records copied from the store (so of the real
-/// sizes) with no encryption.
-fn child_sled_raw(dir: &Path, sc: &Scale) -> Value {
-    let t0 = Instant::now();
-    let key = data_key();
-    let w = Workload::new();
-    let target = sc.stages[2];
-    let db = raw_sled(&dir.join("sled"), SLED_CACHE);
-    let tree = db.open_tree(MESSAGES_TREE).unwrap();
-    let index = db.open_tree(INDEX_TREE).unwrap();
-    let convs = db.open_tree(CONVERSATIONS_TREE).unwrap();
-    let main = w.main;
-    let cursors = raw_cursors(&tree, &main, target);
-    progress("sled-raw", "cursors", t0);
-    let scan = |c: &sled::IVec| raw_page(&tree, &main, c);
-    let open = |k: &[u8], v: &[u8]| key.open_record(&record_ad(MESSAGES_TREE, k), v).unwrap();
-    let raw_scan = random_pages(&cursors, target, 0, sc, |c| scan(c).len());
-    let scan_open = random_pages(&cursors, target, 1, sc, |c| {
-        let plain: Vec<Vec<u8>> = scan(c).iter().map(|(k, v)| open(k, v)).collect();
-        plain.len()
-    });
-    let sample = scan(&cursors[cursors.len() / 2]);
-    let open_only: Vec<Duration> = (0..sc.random_pages)
-        .map(|_| {
-            let t = Instant::now();
-            let plain: Vec<Vec<u8>> = sample.iter().map(|(k, v)| open(k, v)).collect();
-            let d = t.elapsed();
-            black_box(plain);
-            d
-        })
-        .collect();
-
-    // Seal and open of each record an append writes, at their real sizes.
-    let mut rng = StdRng::seed_from_u64(SEED ^ 0xc0);
-    let (mk, mv) = &sample[0];
-    let msg_id = &mk[MSG_ID_AT..];
-    let iv = index.get(msg_id).unwrap().unwrap();
-    let cvv = convs.get(main).unwrap().unwrap();
-    let mut crypto = serde_json::Map::new();
-    for (name, tree_name, k, v) in [
-        ("message", MESSAGES_TREE, mk.as_ref(), mv.as_ref()),
-        ("index_entry", INDEX_TREE, msg_id, iv.as_ref()),
-        (
-            "conversation",
-            CONVERSATIONS_TREE,
-            main.as_slice(),
-            cvv.as_ref(),
-        ),
-    ] {
-        let ad = record_ad(tree_name, k);
-        let plain = key.open_record(&ad, v).unwrap();
-        let n = 20_000u32;
-        let t = Instant::now();
-        for _ in 0..n {
-            black_box(key.open_record(&ad, v).unwrap());
-        }
-        let open_us = us(t.elapsed()) / f64::from(n);
-        let t = Instant::now();
-        for _ in 0..n {
-            black_box(key.seal_record(&ad, &plain, &mut rng));
-        }
-        let seal_us = us(t.elapsed()) / f64::from(n);
-        crypto.insert(
-            name.into(),
-            json!({
-                "sealed_bytes": v.len(),
-                "open_us": round(open_us, 3),
-                "seal_us": round(seal_us, 3),
-            }),
-        );
-    }
-    let sealed_len = sample.iter().map(|(_, v)| v.len()).sum::<usize>() / sample.len();
-
-    // The records the raw writes replay: the oldest of the big conversation,
-    // with their index entries, as the store wrote them.
-    let wanted = sc.raw_fill + sc.single_fast + sc.single_durable;
-    let source: Vec<RawRecord> = tree
-        .scan_prefix(main)
-        .take(wanted)
-        .map(|item| {
-            let (k, v) = item.unwrap();
-            let iv = index.get(&k[MSG_ID_AT..]).unwrap().unwrap();
-            (k, v, iv)
-        })
-        .collect();
-    assert_eq!(source.len(), wanted);
-    drop((tree, index, convs, db));
-    progress("sled-raw", "reads done", t0);
-    let writes = raw_writes(&dir.join("rawsled"), sc, &main, &cvv, &source);
-    progress("sled-raw", "writes done", t0);
-    json!({
-        "page_scan_only": raw_scan,
-        "page_scan_open": scan_open,
-        "page_open_only": latency(open_only),
-        "mean_sealed_message_bytes": sealed_len,
-        "record_crypto": crypto,
-        "writes": writes,
-    })
-}
-
-/// A `messages` key and value and the record's `message_index` value.
-type RawRecord = (sled::IVec, sled::IVec, sled::IVec);
-
-/// The store's append transaction over `messages`, `message_index`,
-/// `conversations` and `expiry` (read the index, insert the message and its
-/// index entry, read and rewrite the conversation), replaying records the
-/// store wrote: sled's share of an append, without encryption or encoding.
-fn raw_writes(
-    path: &Path,
-    sc: &Scale,
-    conv: &[u8; 32],
-    conv_value: &[u8],
-    source: &[RawRecord],
-) -> Value {
-    let db = raw_sled(path, SLED_CACHE);
-    let m = db.open_tree(MESSAGES_TREE).unwrap();
-    let ix = db.open_tree(INDEX_TREE).unwrap();
-    let cv = db.open_tree(CONVERSATIONS_TREE).unwrap();
-    let xp = db.open_tree("expiry").unwrap();
-    let apply = |batch: &[RawRecord]| {
-        let _ = cv.get(conv).unwrap();
-        (&m, &ix, &cv, &xp)
-            .transaction(|(m, ix, cv, _xp)| {
-                for (k, v, iv) in batch {
-                    let msg_id = &k[MSG_ID_AT..];
-                    if ix.get(msg_id)?.is_some() {
-                        continue;
-                    }
-                    m.insert(k, v)?;
-                    ix.insert(msg_id, iv)?;
-                    let _ = cv.get(conv)?;
-                    cv.insert(conv.as_slice(), conv_value)?;
-                }
-                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .unwrap();
-    };
-    let (fill_src, rest) = source.split_at(sc.raw_fill);
-    let (fast_src, durable_src) = rest.split_at(sc.single_fast);
-    let t = Instant::now();
-    for b in fill_src.chunks(BATCH) {
-        apply(b);
-    }
-    let fill = t.elapsed();
-    db.flush().unwrap();
-    let t = Instant::now();
-    for r in fast_src {
-        apply(std::slice::from_ref(r));
-    }
-    let fast = t.elapsed();
-    db.flush().unwrap();
-    let t = Instant::now();
-    for r in durable_src {
-        apply(std::slice::from_ref(r));
-        db.flush().unwrap();
-    }
-    let durable = t.elapsed();
-    json!({
-        "messages_in_conversation": sc.raw_fill,
-        "fill_batched": rate(fill_src.len(), fill),
-        "single_not_durable_rate": rate(fast_src.len(), fast),
-        "single_durable_rate": rate(durable_src.len(), durable),
-    })
-}
-
-// ---------------------------------------------------------------------------
-// The parent: engines in children, then the report.
-
 fn spawn(role: &str, dir: &Path, extra: &[&str]) -> Value {
     let out = Command::new(std::env::current_exe().unwrap())
         .arg(CHILD_FLAG)
@@ -1236,7 +950,7 @@ fn size_label(n: usize) -> String {
     }
 }
 
-fn report(sc: &Scale, sled: &Value, sqlite: &Value, reopen: &Value, raw: &Value) {
+fn report(sc: &Scale, sled: &Value, sqlite: &Value, reopen: &Value) {
     println!();
     println!("meshchat store (sled, every record encrypted) vs SQLite (WAL, plaintext)");
     println!(
@@ -1306,28 +1020,6 @@ fn report(sc: &Scale, sled: &Value, sqlite: &Value, reopen: &Value, raw: &Value)
         f(reopen, "memory_after_walk.rss_mib"),
         f(reopen, "memory_end.hwm_mib"),
     );
-    println!("--- what a page costs, at {big} (raw sled on the store's files) ---");
-    println!(
-        "sled range scan only p50 {:.1} µs; scan + AEAD open p50 {:.1} µs; AEAD open of 50 records p50 {:.1} µs",
-        f(raw, "page_scan_only.p50_us"),
-        f(raw, "page_scan_open.p50_us"),
-        f(raw, "page_open_only.p50_us"),
-    );
-    println!(
-        "raw sled, store-shaped transactions, no encryption, at {}: fill {:.0} msg/s, single {:.0} msg/s, single durable {:.0} msg/s",
-        size_label(sc.raw_fill),
-        f(raw, "writes.fill_batched.per_s"),
-        f(raw, "writes.single_not_durable_rate.per_s"),
-        f(raw, "writes.single_durable_rate.per_s"),
-    );
-    for rec in ["message", "index_entry", "conversation"] {
-        println!(
-            "record crypto, {rec} ({:.0} B sealed): open {:.2} µs, seal {:.2} µs",
-            f(raw, &format!("record_crypto.{rec}.sealed_bytes")),
-            f(raw, &format!("record_crypto.{rec}.open_us")),
-            f(raw, &format!("record_crypto.{rec}.seal_us")),
-        );
-    }
     println!(
         "sled run {:.0} s, SQLite run {:.0} s",
         f(sled, "total_seconds"),
@@ -1345,11 +1037,6 @@ fn main() {
             "sled" => child_sled(&dir, &sc),
             "sqlite" => child_sqlite(&dir, &sc),
             "sled-reopen" => child_sled_reopen(&dir, &sc),
-            "sled-raw" => child_sled_raw(&dir, &sc),
-            "sled-cache" => {
-                let mib = args.get(pos + 3).and_then(|a| a.parse().ok()).unwrap_or(64);
-                child_sled_cache(&dir, &sc, mib)
-            }
             other => {
                 eprintln!("unknown child role {other}");
                 std::process::exit(2);
@@ -1370,14 +1057,8 @@ fn main() {
     );
     let sled = spawn("sled", tmp.path(), &[]);
     let reopen = spawn("sled-reopen", tmp.path(), &[]);
-    let raw = spawn("sled-raw", tmp.path(), &[]);
-    let caches: Vec<Value> = CACHE_PROBES
-        .iter()
-        .map(|mib| spawn("sled-cache", tmp.path(), &[&mib.to_string()]))
-        .collect();
     let sqlite = spawn("sqlite", tmp.path(), &[]);
-    report(&sc, &sled, &sqlite, &reopen, &raw);
-    report_caches(&sc, &caches);
+    report(&sc, &sled, &sqlite, &reopen);
     let all = json!({
         "bench": "store",
         "scale": format!("{sc:?}"),
@@ -1387,40 +1068,9 @@ fn main() {
         "ours": sled,
         "sqlite": sqlite,
         "ours_reopened": reopen,
-        "sled_raw": raw,
-        "sled_cache_probes": caches,
         "ratios_ours_over_sqlite": ratios(&sc, &sled, &sqlite),
     });
     println!("STORE_BENCH_JSON {all}");
-}
-
-fn report_caches(sc: &Scale, caches: &[Value]) {
-    println!(
-        "--- sled alone (no decryption) on the store's files at {}, by cache bound ---",
-        size_label(sc.stages[2])
-    );
-    println!(
-        "{:>10} {:>10} {:>14} {:>14} {:>14} {:>12} {:>12}",
-        "cache MiB",
-        "open ms",
-        "RSS open MiB",
-        "RSS read MiB",
-        "peak RSS MiB",
-        "page p50 µs",
-        "page p99 µs"
-    );
-    for c in caches {
-        println!(
-            "{:>10} {:>10.0} {:>14.1} {:>14.1} {:>14.1} {:>12.1} {:>12.1}",
-            f(c, "cache_mib"),
-            f(c, "open_ms"),
-            f(c, "memory_after_open.rss_mib"),
-            f(c, "memory_after_read_all.rss_mib"),
-            f(c, "memory_end.hwm_mib"),
-            f(c, "page_scan_only.p50_us"),
-            f(c, "page_scan_only.p99_us"),
-        );
-    }
 }
 
 fn ratios(sc: &Scale, sled: &Value, sqlite: &Value) -> Value {

@@ -15,16 +15,17 @@
 //! are serialised by the store's history lock; readers need no lock, as
 //! every record they read is a consistent version.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::codec::{TreeSpec, hex};
+use super::conversations::ConvRecord;
 use super::keys::{
     BLOCK_KEY_LEN, BlockKey, MESSAGE_KEY_LEN, block_first, block_key, block_prefix, conv_key,
     expiry_key, message_key,
 };
-use super::{Conversation, DeliveryState, Error, Store, StoredMessage};
+use super::{Conversation, DeliveryState, Direction, Error, Store, StoredMessage};
 
 /// Most messages in one block.
 pub(crate) const MAX_BLOCK_MESSAGES: usize = 16;
@@ -166,8 +167,13 @@ pub(crate) struct Staged<'s> {
     blocks: BTreeMap<BlockKey, Option<Vec<Entry>>>,
     /// The earliest expiry of each block as it was on disk when read.
     read_expiry: HashMap<BlockKey, Option<u64>>,
-    /// Conversations read or created, and whether they changed.
-    convs: HashMap<[u8; 32], (Conversation, bool)>,
+    /// Conversation records read or created, and whether they changed.
+    convs: HashMap<[u8; 32], (ConvRecord, bool)>,
+    /// Conversations whose newest message was purged: their copy of it is
+    /// re-read from the blocks before the commit.
+    stale_newest: HashSet<[u8; 32]>,
+    /// Block values read from disk while locating them, not yet opened.
+    fetched: HashMap<BlockKey, sled::IVec>,
     /// Other keys to delete in the same batch.
     removals: Vec<sled::IVec>,
 }
@@ -179,6 +185,8 @@ impl<'s> Staged<'s> {
             blocks: BTreeMap::new(),
             read_expiry: HashMap::new(),
             convs: HashMap::new(),
+            stale_newest: HashSet::new(),
+            fetched: HashMap::new(),
             removals: Vec::new(),
         }
     }
@@ -188,20 +196,14 @@ impl<'s> Staged<'s> {
         self.removals.push(key);
     }
 
-    /// The conversation record, read once per write (created if new).
-    pub(crate) fn conversation(&mut self, conv_id: &[u8; 32]) -> Result<&mut Conversation, Error> {
-        if !self.convs.contains_key(conv_id) {
-            let conv = self
-                .store
-                .history()
-                .conversation(conv_id)?
-                .unwrap_or_else(|| Conversation::new(*conv_id));
-            self.convs.insert(*conv_id, (conv, false));
-        }
+    /// The conversation record, read once per write (created if new),
+    /// marked as changed.
+    fn record_mut(&mut self, conv_id: &[u8; 32]) -> Result<&mut ConvRecord, Error> {
+        self.load_record(conv_id)?;
         match self.convs.get_mut(conv_id) {
-            Some((conv, changed)) => {
+            Some((record, changed)) => {
                 *changed = true;
-                Ok(conv)
+                Ok(record)
             }
             None => Err(Error::UnknownConversation {
                 conv_id: hex(conv_id),
@@ -209,10 +211,50 @@ impl<'s> Staged<'s> {
         }
     }
 
+    fn load_record(&mut self, conv_id: &[u8; 32]) -> Result<(), Error> {
+        if !self.convs.contains_key(conv_id) {
+            let record = self
+                .store
+                .history()
+                .conv_record(conv_id)?
+                .unwrap_or_else(|| ConvRecord {
+                    conv: Conversation::new(*conv_id),
+                    newest: None,
+                });
+            self.convs.insert(*conv_id, (record, false));
+        }
+        Ok(())
+    }
+
+    /// The conversation's retention period, if it is temporary.
+    pub(crate) fn retention(&mut self, conv_id: &[u8; 32]) -> Result<Option<u64>, Error> {
+        self.load_record(conv_id)?;
+        Ok(self.convs.get(conv_id).and_then(|(r, _)| r.conv.retention))
+    }
+
+    /// Accounts for a newly inserted message in its conversation record.
+    pub(crate) fn note_inserted(
+        &mut self,
+        msg: &StoredMessage,
+        direction: Direction,
+    ) -> Result<(), Error> {
+        let record = self.record_mut(&msg.conv_id)?;
+        record.conv.record(msg, direction);
+        let entry = Entry::from_message(msg);
+        if record
+            .newest
+            .as_ref()
+            .is_none_or(|n| n.order() < entry.order())
+        {
+            record.newest = Some(entry);
+        }
+        Ok(())
+    }
+
     /// The last block of `conv_id` whose key is within `range` on disk or
     /// staged, newest staged state winning.
     fn last_block_in(
-        &self,
+        &mut self,
         conv_id: &[u8; 32],
         upper: &BlockKey,
         inclusive: bool,
@@ -234,11 +276,14 @@ impl<'s> Staged<'s> {
         };
         let mut on_disk = None;
         for item in iter.rev() {
-            let (k, _) = item.map_err(Error::db(HISTORY, "scan"))?;
+            let (k, v) = item.map_err(Error::db(HISTORY, "scan"))?;
             let k = as_block_key(&k)?;
             // A block deleted in this write no longer counts.
             if matches!(self.blocks.get(&k), Some(None)) {
                 continue;
+            }
+            if !self.blocks.contains_key(&k) {
+                self.fetched.insert(k, v);
             }
             on_disk = Some(k);
             break;
@@ -284,16 +329,19 @@ impl<'s> Staged<'s> {
                 what: "block taken twice".into(),
             });
         }
-        let sealed = self
-            .store
-            .history
-            .get(key)
-            .map_err(Error::db(HISTORY, "read"))?
-            .ok_or_else(|| Error::Malformed {
-                tree: HISTORY,
-                key: hex(key),
-                what: "block vanished during a write".into(),
-            })?;
+        let sealed = match self.fetched.remove(key) {
+            Some(v) => Some(v),
+            None => self
+                .store
+                .history
+                .get(key)
+                .map_err(Error::db(HISTORY, "read"))?,
+        };
+        let sealed = sealed.ok_or_else(|| Error::Malformed {
+            tree: HISTORY,
+            key: hex(key),
+            what: "block vanished during a write".into(),
+        })?;
         let entries = open_block(self.store, key, &sealed)?;
         self.read_expiry.insert(*key, earliest_expiry(&entries));
         self.blocks.insert(*key, None);
@@ -358,12 +406,12 @@ impl<'s> Staged<'s> {
         }
     }
 
-    /// Applies `change` to the stored message with this sort key, if any.
-    /// Returns `None` if there is no such message, else what `change` said.
-    pub(crate) fn update(
+    /// Moves the stored message with this sort key forward to `state`.
+    /// Returns `None` if there is no such message, else whether it changed.
+    pub(crate) fn set_state(
         &mut self,
         sort: &[u8; MESSAGE_KEY_LEN],
-        change: impl FnOnce(&mut Entry) -> bool,
+        state: DeliveryState,
     ) -> Result<Option<bool>, Error> {
         let conv: [u8; 32] = sort[..32].try_into().unwrap_or_default();
         let Some(key) = self.last_block_in(&conv, &block_key(sort), true)? else {
@@ -374,8 +422,25 @@ impl<'s> Staged<'s> {
         let found = entries
             .iter_mut()
             .find(|e| &e.sort_key(&conv) == sort)
-            .map(change);
+            .map(|e| {
+                let forward = state > e.state;
+                if forward {
+                    e.state = state;
+                }
+                forward
+            });
         self.untake(key, entries, was_staged, found == Some(true));
+        if found == Some(true) {
+            self.load_record(&conv)?;
+            let is_newest = self.convs.get(&conv).is_some_and(|(r, _)| {
+                r.newest
+                    .as_ref()
+                    .is_some_and(|n| &n.sort_key(&conv) == sort)
+            });
+            if is_newest && let Some(n) = self.record_mut(&conv)?.newest.as_mut() {
+                n.state = state;
+            }
+        }
         Ok(found)
     }
 
@@ -403,11 +468,39 @@ impl<'s> Staged<'s> {
         entries.retain(|e| !drop(e));
         let removed = before - entries.len();
         self.put(&conv, *key, entries);
+        if removed > 0 {
+            self.load_record(&conv)?;
+            if self
+                .convs
+                .get(&conv)
+                .and_then(|(r, _)| r.newest.as_ref())
+                .is_some_and(&drop)
+            {
+                self.stale_newest.insert(conv);
+            }
+        }
         Ok(removed)
     }
 
+    /// The newest message of a conversation as staged.
+    fn newest_entry(&mut self, conv_id: &[u8; 32]) -> Result<Option<Entry>, Error> {
+        let top = block_key(&message_key(conv_id, u64::MAX, &[0xff; 32], &[0xff; 16]));
+        let Some(key) = self.last_block_in(conv_id, &top, true)? else {
+            return Ok(None);
+        };
+        let was_staged = self.blocks.contains_key(&key);
+        let entries = self.take(&key)?;
+        let newest = entries.last().cloned();
+        self.untake(key, entries, was_staged, false);
+        Ok(newest)
+    }
+
     /// Writes everything staged as one atomic sled batch.
-    pub(crate) fn commit(self) -> Result<(), Error> {
+    pub(crate) fn commit(mut self) -> Result<(), Error> {
+        for conv in std::mem::take(&mut self.stale_newest) {
+            let newest = self.newest_entry(&conv)?;
+            self.record_mut(&conv)?.newest = newest;
+        }
         let s = self.store;
         let mut batch = sled::Batch::default();
         for key in self.removals {
@@ -430,9 +523,9 @@ impl<'s> Staged<'s> {
             }
         }
         let history = s.history();
-        for (id, (conv, changed)) in &self.convs {
+        for (id, (record, changed)) in &self.convs {
             if *changed {
-                batch.insert(&conv_key(id)[..], history.seal_conversation(conv)?);
+                batch.insert(&conv_key(id)[..], history.seal_conversation(record)?);
             }
         }
         s.history

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::blocks::HISTORY;
+use super::blocks::{BLOCKS, Entry, HISTORY};
 use super::codec::{TreeSpec, hex};
 use super::keys::{CONV_PREFIX, conv_key};
 use super::{Direction, Error, History, StoredMessage};
@@ -12,10 +12,21 @@ use super::{Direction, Error, History, StoredMessage};
 /// Longest conversation title, in bytes of UTF-8.
 pub(crate) const MAX_TITLE: usize = 256;
 
+/// Conversation records: the conversation and a copy of its newest message.
 pub(crate) const CONVERSATIONS: TreeSpec = TreeSpec {
     name: HISTORY,
-    max_plain: MAX_TITLE + 96,
+    max_plain: MAX_TITLE + 96 + BLOCKS.max_plain,
 };
+
+/// What a conversation record holds: the conversation, and a copy of its
+/// newest stored message, so the conversation list reads one record per
+/// conversation. History writes keep the copy current (appends, delivery
+/// states, purges).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ConvRecord {
+    pub(crate) conv: Conversation,
+    pub(crate) newest: Option<Entry>,
+}
 
 /// A conversation's summary, as the conversation list shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +83,10 @@ impl History<'_> {
 
     /// The conversation with this id, if any message or setting created it.
     pub fn conversation(&self, conv_id: &[u8; 32]) -> Result<Option<Conversation>, Error> {
+        Ok(self.conv_record(conv_id)?.map(|r| r.conv))
+    }
+
+    pub(crate) fn conv_record(&self, conv_id: &[u8; 32]) -> Result<Option<ConvRecord>, Error> {
         let key = conv_key(conv_id);
         self.store
             .history
@@ -81,15 +96,14 @@ impl History<'_> {
             .transpose()
     }
 
-    /// Every conversation, most recent activity first (by `last_message_at`,
-    /// then `last_lamport`; ties by id).
-    pub fn list_conversations(&self) -> Result<Vec<Conversation>, Error> {
+    fn records(&self) -> Result<Vec<ConvRecord>, Error> {
         let mut out = Vec::new();
         for item in self.store.history.scan_prefix([CONV_PREFIX]) {
             let (key, sealed) = item.map_err(Error::db(HISTORY, "scan"))?;
             out.push(self.open_conversation(&key, &sealed)?);
         }
         out.sort_by(|a, b| {
+            let (a, b) = (&a.conv, &b.conv);
             (b.last_message_at, b.last_lamport)
                 .cmp(&(a.last_message_at, a.last_lamport))
                 .then_with(|| a.id.cmp(&b.id))
@@ -97,17 +111,24 @@ impl History<'_> {
         Ok(out)
     }
 
+    /// Every conversation, most recent activity first (by `last_message_at`,
+    /// then `last_lamport`; ties by id).
+    pub fn list_conversations(&self) -> Result<Vec<Conversation>, Error> {
+        Ok(self.records()?.into_iter().map(|r| r.conv).collect())
+    }
+
     /// The conversation list as a chat client shows it: every conversation,
     /// most recent activity first, each with its newest message (if any is
     /// still stored) and its unread count.
     pub fn summaries(&self) -> Result<Vec<Summary>, Error> {
-        self.list_conversations()?
+        Ok(self
+            .records()?
             .into_iter()
-            .map(|conversation| {
-                let last = self.page(&conversation.id, None, 1)?.messages.pop();
-                Ok(Summary { conversation, last })
+            .map(|r| Summary {
+                last: r.newest.map(|e| e.into_message(r.conv.id)),
+                conversation: r.conv,
             })
-            .collect()
+            .collect())
     }
 
     /// Sets a conversation's title and retention, creating it if needed and
@@ -130,60 +151,57 @@ impl History<'_> {
             });
         }
         let _writer = self.store.lock_history();
-        let mut conv = self
-            .conversation(conv_id)?
-            .unwrap_or_else(|| Conversation::new(*conv_id));
-        title.clone_into(&mut conv.title);
-        conv.retention = retention;
-        self.write_conversation(&conv)?;
-        Ok(conv)
+        let mut record = self.conv_record(conv_id)?.unwrap_or_else(|| ConvRecord {
+            conv: Conversation::new(*conv_id),
+            newest: None,
+        });
+        title.clone_into(&mut record.conv.title);
+        record.conv.retention = retention;
+        self.write_conversation(&record)?;
+        Ok(record.conv)
     }
 
     /// Clears a conversation's unread count. Returns how many messages were
     /// unread; an unknown id is [`Error::UnknownConversation`].
     pub fn mark_read(&self, conv_id: &[u8; 32]) -> Result<u32, Error> {
         let _writer = self.store.lock_history();
-        let mut conv = self
-            .conversation(conv_id)?
+        let mut record = self
+            .conv_record(conv_id)?
             .ok_or_else(|| Error::UnknownConversation {
                 conv_id: hex(conv_id),
             })?;
-        let was = conv.unread;
+        let was = record.conv.unread;
         if was != 0 {
-            conv.unread = 0;
-            self.write_conversation(&conv)?;
+            record.conv.unread = 0;
+            self.write_conversation(&record)?;
         }
         Ok(was)
     }
 
-    fn write_conversation(&self, conv: &Conversation) -> Result<(), Error> {
-        let sealed = self.seal_conversation(conv)?;
+    fn write_conversation(&self, record: &ConvRecord) -> Result<(), Error> {
+        let sealed = self.seal_conversation(record)?;
         self.store
             .history
-            .insert(conv_key(&conv.id), sealed)
+            .insert(conv_key(&record.conv.id), sealed)
             .map_err(Error::db(HISTORY, "write"))?;
         Ok(())
     }
 
-    pub(super) fn open_conversation(
-        &self,
-        key: &[u8],
-        sealed: &[u8],
-    ) -> Result<Conversation, Error> {
-        let conv: Conversation = self.store.sealer.open(&CONVERSATIONS, key, sealed)?;
-        if key != conv_key(&conv.id) {
+    pub(super) fn open_conversation(&self, key: &[u8], sealed: &[u8]) -> Result<ConvRecord, Error> {
+        let record: ConvRecord = self.store.sealer.open(&CONVERSATIONS, key, sealed)?;
+        if key != conv_key(&record.conv.id) {
             return Err(Error::Malformed {
                 tree: HISTORY,
                 key: hex(key),
                 what: "conversation record names another conversation".into(),
             });
         }
-        Ok(conv)
+        Ok(record)
     }
 
-    pub(super) fn seal_conversation(&self, conv: &Conversation) -> Result<Vec<u8>, Error> {
+    pub(super) fn seal_conversation(&self, record: &ConvRecord) -> Result<Vec<u8>, Error> {
         self.store
             .sealer
-            .seal(&CONVERSATIONS, &conv_key(&conv.id), conv)
+            .seal(&CONVERSATIONS, &conv_key(&record.conv.id), record)
     }
 }

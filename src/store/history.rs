@@ -181,7 +181,7 @@ impl<'a> History<'a> {
         let mut staged = Staged::new(self.store);
         let mut out = Vec::with_capacity(msgs.len());
         for msg in msgs {
-            let retention = staged.conversation(&msg.conv_id)?.retention;
+            let retention = staged.retention(&msg.conv_id)?;
             let mut msg = std::borrow::Cow::Borrowed(msg);
             if let Some(r) = retention {
                 let by_retention = msg.sent_at.saturating_add(r);
@@ -189,7 +189,7 @@ impl<'a> History<'a> {
                 msg.to_mut().expires_at = Some(own.map_or(by_retention, |e| e.min(by_retention)));
             }
             if staged.insert(&msg)? {
-                staged.conversation(&msg.conv_id)?.record(&msg, direction);
+                staged.note_inserted(&msg, direction)?;
                 out.push(Appended::Inserted);
             } else {
                 out.push(Appended::Duplicate);
@@ -292,13 +292,7 @@ impl<'a> History<'a> {
         let mut staged = Staged::new(self.store);
         let mut out = Vec::with_capacity(changes.len());
         for (r, state) in changes {
-            out.push(staged.update(&r.sort_key(), |e| {
-                if *state <= e.state {
-                    return false;
-                }
-                e.state = *state;
-                true
-            })?);
+            out.push(staged.set_state(&r.sort_key(), *state)?);
         }
         staged.commit()?;
         Ok(out)

@@ -164,6 +164,8 @@ impl Store {
     /// Each flush also raises the store's flush generation and records it in
     /// the `STORE` marker after sled's data is on disk, so a data file that
     /// later loses flushed writes is detected on open ([`Error::Damaged`]).
+    /// The marker itself is forced to the device at most once a second (and
+    /// when the store closes); see `marker::Watermark::set`.
     pub fn flush(&self) -> Result<usize, Error> {
         // A poisoned lock only means a flush panicked; the state is a plain
         // counter and file handle, still usable.
@@ -179,6 +181,17 @@ impl Store {
         })?;
         guard.1 = next;
         Ok(bytes)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Best effort: a marker left a second behind only narrows the check
+        // on the next open.
+        let mut guard = self.watermark.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = guard.0.sync() {
+            tracing::warn!(path = %self.path.display(), error = %e, "store marker not synced on close");
+        }
     }
 }
 

@@ -117,6 +117,16 @@ fn check_invariants(store: &Store) {
     assert_eq!(have, want_expiry);
 }
 
+/// The conversation list's copy of each conversation's newest message is
+/// the newest message.
+fn check_newest(h: &History<'_>, model: &Model) {
+    for summary in h.summaries().unwrap() {
+        let id = summary.conversation.id;
+        let newest = model.values().rev().find(|m| m.conv_id == id);
+        assert_eq!(summary.last.as_ref(), newest, "conversation {}", id[0]);
+    }
+}
+
 #[test]
 fn blocks_match_a_sorted_map_under_random_writes() {
     for seed in 0..8 {
@@ -186,6 +196,7 @@ fn blocks_match_a_sorted_map_under_random_writes() {
                     let conv = [rng.random_range(0..3u8); 32];
                     let limit = rng.random_range(1..40);
                     assert_eq!(walk(&h, &conv, limit), expected_walk(&model, &conv));
+                    check_newest(&h, &model);
                 }
                 _ => {
                     let probe = match model.values().nth(rng.random_range(0..model.len().max(1))) {
@@ -200,6 +211,7 @@ fn blocks_match_a_sorted_map_under_random_writes() {
             }
         }
         check_invariants(&store);
+        check_newest(&h, &model);
         for c in 0..3u8 {
             assert_eq!(
                 walk(&h, &[c; 32], 50),
