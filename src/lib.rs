@@ -10,4 +10,5 @@
 
 pub mod cli;
 pub mod crypto;
+pub mod node;
 pub mod store;

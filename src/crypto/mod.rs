@@ -50,7 +50,7 @@ mod ratchet;
 mod safety;
 mod secret;
 mod sender_key;
-mod wire;
+pub(crate) mod wire;
 mod x3dh;
 
 #[cfg(test)]
@@ -107,7 +107,13 @@ pub mod labels {
     pub const KEYSTORE: &[u8] = b"meshchat/1/keystore";
     /// Safety-number fingerprint.
     pub const FINGERPRINT: &[u8] = b"meshchat/1/fingerprint";
+    /// Signature context: a presence beacon.
+    pub const SIG_PRESENCE: &[u8] = b"meshchat/1/sig/presence";
+    /// Conversation id of a 1:1 chat (SHA-256 prefix).
+    pub const CONVERSATION: &[u8] = b"meshchat/1/conversation";
 }
+
+pub(crate) use identity::verify as verify_signature;
 
 /// Size and count limits, all enforced before allocation.
 pub mod limits {

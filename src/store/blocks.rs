@@ -25,7 +25,8 @@ use super::keys::{
     BLOCK_KEY_LEN, BlockKey, MESSAGE_KEY_LEN, block_first, block_key, block_prefix, conv_key,
     expiry_key, message_key,
 };
-use super::{Conversation, DeliveryState, Direction, Error, Store, StoredMessage};
+use super::tail::TailOp;
+use super::{DeliveryState, Direction, Error, Store, StoredMessage};
 
 /// Most messages in one block.
 pub(crate) const MAX_BLOCK_MESSAGES: usize = 16;
@@ -94,7 +95,7 @@ impl Entry {
         message_key(conv_id, self.lamport, &self.sender, &self.msg_id)
     }
 
-    fn size(&self) -> usize {
+    pub(super) fn size(&self) -> usize {
         self.body.len() + ENTRY_OVERHEAD
     }
 }
@@ -162,16 +163,18 @@ fn fits_one_more(entries: &[Entry], e: &Entry) -> bool {
 
 /// A history write in progress (see the module documentation).
 pub(crate) struct Staged<'s> {
-    store: &'s Store,
+    pub(super) store: &'s Store,
+    /// Tail records to write or delete.
+    pub(super) tail: BTreeMap<BlockKey, TailOp>,
     /// Blocks to write (`Some`) or delete (`None`).
     blocks: BTreeMap<BlockKey, Option<Vec<Entry>>>,
     /// The earliest expiry of each block as it was on disk when read.
     read_expiry: HashMap<BlockKey, Option<u64>>,
     /// Conversation records read or created, and whether they changed.
-    convs: HashMap<[u8; 32], (ConvRecord, bool)>,
+    pub(super) convs: HashMap<[u8; 32], (ConvRecord, bool)>,
     /// Conversations whose newest message was purged: their copy of it is
     /// re-read from the blocks before the commit.
-    stale_newest: HashSet<[u8; 32]>,
+    pub(super) stale_newest: HashSet<[u8; 32]>,
     /// Block values read from disk while locating them, not yet opened.
     fetched: HashMap<BlockKey, sled::IVec>,
     /// Other keys to delete in the same batch.
@@ -182,6 +185,7 @@ impl<'s> Staged<'s> {
     pub(crate) fn new(store: &'s Store) -> Self {
         Self {
             store,
+            tail: BTreeMap::new(),
             blocks: BTreeMap::new(),
             read_expiry: HashMap::new(),
             convs: HashMap::new(),
@@ -198,7 +202,7 @@ impl<'s> Staged<'s> {
 
     /// The conversation record, read once per write (created if new),
     /// marked as changed.
-    fn record_mut(&mut self, conv_id: &[u8; 32]) -> Result<&mut ConvRecord, Error> {
+    pub(super) fn record_mut(&mut self, conv_id: &[u8; 32]) -> Result<&mut ConvRecord, Error> {
         self.load_record(conv_id)?;
         match self.convs.get_mut(conv_id) {
             Some((record, changed)) => {
@@ -211,16 +215,13 @@ impl<'s> Staged<'s> {
         }
     }
 
-    fn load_record(&mut self, conv_id: &[u8; 32]) -> Result<(), Error> {
+    pub(super) fn load_record(&mut self, conv_id: &[u8; 32]) -> Result<(), Error> {
         if !self.convs.contains_key(conv_id) {
             let record = self
                 .store
                 .history()
                 .conv_record(conv_id)?
-                .unwrap_or_else(|| ConvRecord {
-                    conv: Conversation::new(*conv_id),
-                    newest: None,
-                });
+                .unwrap_or_else(|| ConvRecord::new(*conv_id));
             self.convs.insert(*conv_id, (record, false));
         }
         Ok(())
@@ -253,7 +254,7 @@ impl<'s> Staged<'s> {
 
     /// The last block of `conv_id` whose key is within `range` on disk or
     /// staged, newest staged state winning.
-    fn last_block_in(
+    pub(super) fn last_block_in(
         &mut self,
         conv_id: &[u8; 32],
         upper: &BlockKey,
@@ -321,7 +322,7 @@ impl<'s> Staged<'s> {
 
     /// Takes a block out of the working set for changing, reading it from
     /// disk the first time.
-    fn take(&mut self, key: &BlockKey) -> Result<Vec<Entry>, Error> {
+    pub(super) fn take(&mut self, key: &BlockKey) -> Result<Vec<Entry>, Error> {
         if let Some(staged) = self.blocks.get_mut(key) {
             return staged.take().ok_or_else(|| Error::Malformed {
                 tree: HISTORY,
@@ -361,13 +362,27 @@ impl<'s> Staged<'s> {
         self.blocks.entry(old).or_insert(None);
     }
 
+    /// Stages sorted entries, all newer than every block of the
+    /// conversation, as new blocks.
+    pub(super) fn add_blocks(&mut self, conv_id: &[u8; 32], entries: Vec<Entry>) {
+        for chunk in cut(entries) {
+            if let Some(first) = chunk.first() {
+                self.blocks
+                    .insert(block_key(&first.sort_key(conv_id)), Some(chunk));
+            }
+        }
+    }
+
     /// Adds a message to its conversation's blocks. Returns `false` if a
     /// message with the same sort key (conversation, Lamport clock, sender
-    /// and id) is already stored: a duplicate, left as it is.
-    pub(crate) fn insert(&mut self, msg: &StoredMessage) -> Result<bool, Error> {
-        let sort = message_key(&msg.conv_id, msg.lamport, &msg.sender, &msg.msg_id);
-        let entry = Entry::from_message(msg);
-        match self.last_block_in(&msg.conv_id, &block_key(&sort), true)? {
+    /// and id) is already in a block: a duplicate, left as it is.
+    pub(super) fn insert_into_blocks(
+        &mut self,
+        conv_id: &[u8; 32],
+        entry: Entry,
+    ) -> Result<bool, Error> {
+        let sort = entry.sort_key(conv_id);
+        match self.last_block_in(conv_id, &block_key(&sort), true)? {
             Some(key) => {
                 let was_staged = self.blocks.contains_key(&key);
                 let mut entries = self.take(&key)?;
@@ -378,7 +393,7 @@ impl<'s> Staged<'s> {
                     }
                     Err(at) => {
                         entries.insert(at, entry);
-                        self.put(&msg.conv_id, key, entries);
+                        self.put(conv_id, key, entries);
                         Ok(true)
                     }
                 }
@@ -386,12 +401,12 @@ impl<'s> Staged<'s> {
             // It sorts before every block of the conversation: it joins the
             // first block (re-keyed) if that has room, or starts its own.
             None => {
-                match self.first_block(&msg.conv_id)? {
+                match self.first_block(conv_id)? {
                     Some(first) => {
                         let mut entries = self.take(&first)?;
                         if fits_one_more(&entries, &entry) {
                             entries.insert(0, entry);
-                            self.put(&msg.conv_id, first, entries);
+                            self.put(conv_id, first, entries);
                         } else {
                             self.blocks.insert(first, Some(entries));
                             self.blocks.insert(block_key(&sort), Some(vec![entry]));
@@ -414,6 +429,32 @@ impl<'s> Staged<'s> {
         state: DeliveryState,
     ) -> Result<Option<bool>, Error> {
         let conv: [u8; 32] = sort[..32].try_into().unwrap_or_default();
+        let found = if self.in_tail(&conv, sort)? {
+            self.set_tail_state(sort, state)?
+        } else {
+            self.set_block_state(&conv, sort, state)?
+        };
+        if found == Some(true) {
+            self.load_record(&conv)?;
+            let is_newest = self.convs.get(&conv).is_some_and(|(r, _)| {
+                r.newest
+                    .as_ref()
+                    .is_some_and(|n| &n.sort_key(&conv) == sort)
+            });
+            if is_newest && let Some(n) = self.record_mut(&conv)?.newest.as_mut() {
+                n.state = state;
+            }
+        }
+        Ok(found)
+    }
+
+    fn set_block_state(
+        &mut self,
+        conv: &[u8; 32],
+        sort: &[u8; MESSAGE_KEY_LEN],
+        state: DeliveryState,
+    ) -> Result<Option<bool>, Error> {
+        let conv = *conv;
         let Some(key) = self.last_block_in(&conv, &block_key(sort), true)? else {
             return Ok(None);
         };
@@ -446,7 +487,13 @@ impl<'s> Staged<'s> {
 
     /// Returns a block taken with [`Self::take`] unchanged in place, or as a
     /// write if it changed or was already staged.
-    fn untake(&mut self, key: BlockKey, entries: Vec<Entry>, was_staged: bool, changed: bool) {
+    pub(super) fn untake(
+        &mut self,
+        key: BlockKey,
+        entries: Vec<Entry>,
+        was_staged: bool,
+        changed: bool,
+    ) {
         if changed || was_staged {
             self.blocks.insert(key, Some(entries));
         } else {
@@ -482,8 +529,45 @@ impl<'s> Staged<'s> {
         Ok(removed)
     }
 
+    /// Writes one tail record and its conversation record — the write of
+    /// live chat, one message at a time — without a sled batch: sled rolls
+    /// its IO buffer twice for every batch (two writes to the file), which
+    /// would cost more than the rest of the append. The records go in this
+    /// order: the expiry entry, the message, the conversation. sled
+    /// recovers a prefix of its log, so a crash can leave the message
+    /// without its conversation's update (or an expiry entry without its
+    /// message, which the purge drops); `History::repair_tails`, run on
+    /// open, brings the conversation record back in line with its tail.
+    fn commit_one_tail_record(self) -> Result<(), Error> {
+        let s = self.store;
+        for (key, op) in &self.tail {
+            if let TailOp::Put(e) = op {
+                if let Some(at) = e.expires_at {
+                    s.history
+                        .insert(&expiry_key(at, key)[..], &[][..])
+                        .map_err(Error::db(HISTORY, "write"))?;
+                }
+                s.history
+                    .insert(&key[..], s.sealer.seal(&super::tail::TAIL, key, e)?)
+                    .map_err(Error::db(HISTORY, "write"))?;
+            }
+        }
+        let history = s.history();
+        for (id, (record, changed)) in &self.convs {
+            if *changed {
+                s.history
+                    .insert(&conv_key(id)[..], history.seal_conversation(record)?)
+                    .map_err(Error::db(HISTORY, "write"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The newest message of a conversation as staged.
     fn newest_entry(&mut self, conv_id: &[u8; 32]) -> Result<Option<Entry>, Error> {
+        if let Some(e) = self.newest_tail_entry(conv_id)? {
+            return Ok(Some(e));
+        }
         let top = block_key(&message_key(conv_id, u64::MAX, &[0xff; 32], &[0xff; 16]));
         let Some(key) = self.last_block_in(conv_id, &top, true)? else {
             return Ok(None);
@@ -501,10 +585,33 @@ impl<'s> Staged<'s> {
             let newest = self.newest_entry(&conv)?;
             self.record_mut(&conv)?.newest = newest;
         }
+        if self.blocks.is_empty()
+            && self.removals.is_empty()
+            && self.tail.len() == 1
+            && matches!(self.tail.values().next(), Some(TailOp::Put(_)))
+        {
+            return self.commit_one_tail_record();
+        }
         let s = self.store;
         let mut batch = sled::Batch::default();
         for key in self.removals {
             batch.remove(key);
+        }
+        for (key, op) in &self.tail {
+            match op {
+                TailOp::Put(e) => {
+                    batch.insert(&key[..], s.sealer.seal(&super::tail::TAIL, key, e)?);
+                    if let Some(at) = e.expires_at {
+                        batch.insert(&expiry_key(at, key)[..], &[][..]);
+                    }
+                }
+                TailOp::Delete { expires_at } => {
+                    batch.remove(&key[..]);
+                    if let Some(at) = expires_at {
+                        batch.remove(&expiry_key(*at, key)[..]);
+                    }
+                }
+            }
         }
         for (key, entries) in &self.blocks {
             let was = self.read_expiry.get(key).copied().flatten();

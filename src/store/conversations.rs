@@ -26,6 +26,22 @@ pub(crate) const CONVERSATIONS: TreeSpec = TreeSpec {
 pub(crate) struct ConvRecord {
     pub(crate) conv: Conversation,
     pub(crate) newest: Option<Entry>,
+    /// (Lamport clock, sender, id) at or above every message in a block:
+    /// messages above it are in the tail, messages at or below it in blocks.
+    pub(crate) blocks_end: Option<(u64, [u8; 32], [u8; 16])>,
+    /// How many tail records the conversation has.
+    pub(crate) tail_len: u32,
+}
+
+impl ConvRecord {
+    pub(crate) fn new(id: [u8; 32]) -> Self {
+        Self {
+            conv: Conversation::new(id),
+            newest: None,
+            blocks_end: None,
+            tail_len: 0,
+        }
+    }
 }
 
 /// A conversation's summary, as the conversation list shows it.
@@ -151,10 +167,9 @@ impl History<'_> {
             });
         }
         let _writer = self.store.lock_history();
-        let mut record = self.conv_record(conv_id)?.unwrap_or_else(|| ConvRecord {
-            conv: Conversation::new(*conv_id),
-            newest: None,
-        });
+        let mut record = self
+            .conv_record(conv_id)?
+            .unwrap_or_else(|| ConvRecord::new(*conv_id));
         title.clone_into(&mut record.conv.title);
         record.conv.retention = retention;
         self.write_conversation(&record)?;

@@ -8,10 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use super::blocks::{self, BLOCKS, HISTORY, MAX_BODY, Staged, block_conv, open_block};
 use super::codec::hex;
+use super::keys::TAIL_PREFIX;
 use super::keys::{
     BLOCK_KEY_LEN, BlockKey, Cursor, EXPIRY_KEY_LEN, EXPIRY_PREFIX, MESSAGE_KEY_LEN, block_first,
     block_key, block_prefix, key_conv_id, message_key,
 };
+use super::tail;
 use super::{Error, Store};
 
 /// Where a message stands on its way to the recipient. States only move
@@ -239,7 +241,10 @@ impl<'a> History<'a> {
                 // Every due entry goes: a block keeps an entry only for an
                 // expiry after `now`, which the commit writes anew.
                 staged.remove_key(xkey.clone());
-                if s.history
+                if block[0] == TAIL_PREFIX {
+                    purged += staged.remove_tail_expired(block, now)?;
+                } else if s
+                    .history
                     .contains_key(block)
                     .map_err(Error::db(HISTORY, "read"))?
                 {
@@ -254,6 +259,9 @@ impl<'a> History<'a> {
     /// The stored message `r` names, if any.
     pub fn get(&self, r: &MessageRef) -> Result<Option<StoredMessage>, Error> {
         let sort = r.sort_key();
+        if let Some(e) = tail::get_tail(self.store, &sort)? {
+            return Ok(Some(e.into_message(r.conv_id)));
+        }
         let lo = block_prefix(&r.conv_id);
         let hi = block_key(&sort);
         let Some(item) = self.store.history.range(&lo[..]..=&hi[..]).next_back() else {
@@ -325,9 +333,28 @@ impl<'a> History<'a> {
         };
         let mut messages = Vec::with_capacity(limit.min(64));
         let mut more = false;
-        // Each step reads the block just below `upper`: the newest block
-        // holding messages older than everything taken so far.
-        while let Some((key, entries)) = self.block_below(conv_id, upper.as_ref())? {
+        // The tail first: it is newer than every block.
+        tail::scan_tail_rev(self.store, conv_id, upper.as_ref(), |e| {
+            if messages.len() == limit {
+                more = true;
+                return false;
+            }
+            messages.push(e.into_message(*conv_id));
+            true
+        })?;
+        if let Some(m) = messages.last() {
+            upper = Some(message_key(conv_id, m.lamport, &m.sender, &m.msg_id));
+        }
+        if messages.len() == limit && !more {
+            more = self.any_block_below(conv_id, upper.as_ref())?;
+        }
+        // Then the blocks, newest first: each step reads the block just
+        // below `upper`. (One lookup per block: sled's reverse iteration
+        // costs more per step than a fresh lookup.)
+        while !more
+            && messages.len() < limit
+            && let Some((key, entries)) = self.block_below(conv_id, upper.as_ref())?
+        {
             let first = block_first(&key);
             for e in entries.into_iter().rev() {
                 let sort = e.sort_key(conv_id);
@@ -345,8 +372,7 @@ impl<'a> History<'a> {
             }
             upper = Some(first);
             if messages.len() == limit {
-                more = self.block_below(conv_id, upper.as_ref())?.is_some();
-                break;
+                more = self.any_block_below(conv_id, upper.as_ref())?;
             }
         }
         let next = if more {
@@ -375,7 +401,33 @@ impl<'a> History<'a> {
                 n += 1;
             }
         }
+        tail::scan_tail(self.store, conv_id, |e| {
+            n += 1;
+            each(e.into_message(*conv_id))
+        })?;
         Ok(n)
+    }
+
+    /// Whether `conv_id` has a block with a key below `upper` (without
+    /// opening it).
+    fn any_block_below(
+        &self,
+        conv_id: &[u8; 32],
+        upper: Option<&[u8; MESSAGE_KEY_LEN]>,
+    ) -> Result<bool, Error> {
+        let lo = block_prefix(conv_id);
+        let item = match upper {
+            Some(u) => self
+                .store
+                .history
+                .range(&lo[..]..&block_key(u)[..])
+                .next_back(),
+            None => self.store.history.scan_prefix(lo).next_back(),
+        };
+        Ok(item
+            .transpose()
+            .map_err(Error::db(HISTORY, "scan"))?
+            .is_some())
     }
 
     /// The newest block of `conv_id` with a key below `upper` (any block if

@@ -7,6 +7,8 @@
 //!
 //! - `c ‖ conv_id` → the conversation record;
 //! - `m ‖ sort key of its first message` → a block of consecutive messages;
+//! - `t ‖ sort key` → one recent message not yet moved into a block (the
+//!   conversation's *tail*, newer than every block);
 //! - `x ‖ expires_at (u64 BE) ‖ block key` → empty: the block's earliest
 //!   expiry, walked by the purge.
 
@@ -20,6 +22,8 @@ pub(crate) const MESSAGE_KEY_LEN: usize = 32 + 8 + 32 + 16;
 pub(crate) const CONV_PREFIX: u8 = b'c';
 /// Prefix of message blocks.
 pub(crate) const BLOCK_PREFIX: u8 = b'm';
+/// Prefix of tail records.
+pub(crate) const TAIL_PREFIX: u8 = b't';
 /// Prefix of expiry entries.
 pub(crate) const EXPIRY_PREFIX: u8 = b'x';
 
@@ -41,6 +45,22 @@ pub(crate) fn block_key(sort_key: &[u8; MESSAGE_KEY_LEN]) -> BlockKey {
     let mut key = [0u8; BLOCK_KEY_LEN];
     key[0] = BLOCK_PREFIX;
     key[1..].copy_from_slice(sort_key);
+    key
+}
+
+/// The key of a tail record (same length as a block key).
+pub(crate) fn tail_key(sort_key: &[u8; MESSAGE_KEY_LEN]) -> BlockKey {
+    let mut key = [0u8; BLOCK_KEY_LEN];
+    key[0] = TAIL_PREFIX;
+    key[1..].copy_from_slice(sort_key);
+    key
+}
+
+/// `t ‖ conv_id`: every tail record of the conversation starts with it.
+pub(crate) fn tail_prefix(conv_id: &[u8; 32]) -> [u8; 33] {
+    let mut key = [0u8; 33];
+    key[0] = TAIL_PREFIX;
+    key[1..].copy_from_slice(conv_id);
     key
 }
 

@@ -28,6 +28,7 @@ mod mailbox;
 mod marker;
 mod outbox;
 mod records;
+mod tail;
 
 #[cfg(test)]
 mod tests;
@@ -111,7 +112,7 @@ impl Store {
         let generation = check_meta(&path, &db, &meta, &sealer)?;
         let watermark = std::sync::Mutex::new((marker::Watermark::open(&path)?, generation));
         let tree = |name: &'static str| db.open_tree(name).map_err(Error::db(name, "open"));
-        Ok(Self {
+        let store = Self {
             history: tree(blocks::HISTORY)?,
             history_lock: std::sync::Mutex::new(()),
             outbox: tree(outbox::OUTBOX.name)?,
@@ -122,7 +123,12 @@ impl Store {
             meta,
             watermark,
             sealer,
-        })
+        };
+        let repaired = store.history().repair_tails()?;
+        if repaired > 0 {
+            tracing::info!(path = %store.path.display(), repaired, "conversation records brought in line with their newest messages");
+        }
+        Ok(store)
     }
 
     /// The database directory.

@@ -15,16 +15,16 @@ fn records(store: &Store, prefix: u8) -> Vec<(sled::IVec, sled::IVec)> {
 }
 
 #[test]
-fn swapped_message_blocks_fail_to_decrypt() {
+fn swapped_message_records_fail_to_decrypt() {
     let (_dir, store) = fresh();
     let h = store.history();
-    // Two conversations, one block each.
+    // Two conversations, one (tail) record each.
     let a = msg(1, 1, 2, 10, b"first");
     let b = msg(2, 2, 2, 11, b"second");
     h.append(&a, Direction::Incoming).unwrap();
     h.append(&b, Direction::Incoming).unwrap();
 
-    let blocks = records(&store, b'm');
+    let blocks = records(&store, b't');
     assert_eq!(blocks.len(), 2);
     let ((ka, va), (kb, vb)) = (&blocks[0], &blocks[1]);
     store.history.insert(ka, vb.clone()).unwrap();
@@ -72,7 +72,7 @@ fn record_moved_to_another_key_or_kind_fails() {
     assert!(h.conversation(&[1; 32]).unwrap().is_some());
 
     // A conversation record copied over a message block.
-    let blocks = records(&store, b'm');
+    let blocks = records(&store, b't');
     store
         .history
         .insert(&blocks[0].0, convs[0].1.clone())
@@ -92,7 +92,7 @@ fn oversized_record_on_disk_is_rejected_before_decrypting() {
     let h = store.history();
     let x = msg(1, 1, 2, 10, b"x");
     h.append(&x, Direction::Incoming).unwrap();
-    let blocks = records(&store, b'm');
+    let blocks = records(&store, b't');
     store
         .history
         .insert(&blocks[0].0, vec![0u8; 1 << 20])

@@ -9,7 +9,8 @@ use rand::{Rng, RngExt, SeedableRng};
 
 use super::fresh;
 use crate::store::blocks::{MAX_BLOCK_MESSAGES, TARGET_BLOCK_BYTES, open_block};
-use crate::store::keys::{BLOCK_PREFIX, EXPIRY_PREFIX};
+use crate::store::keys::{BLOCK_PREFIX, EXPIRY_PREFIX, TAIL_PREFIX};
+use crate::store::tail::{TAIL_MAX, open_tail};
 use crate::store::{
     Appended, Cursor, DeliveryState, Direction, History, MessageRef, Store, StoredMessage,
 };
@@ -83,6 +84,7 @@ fn expected_walk(model: &Model, conv: &[u8; 32]) -> Vec<StoredMessage> {
 fn check_invariants(store: &Store) {
     let mut want_expiry = BTreeSet::new();
     let mut last: Option<([u8; 32], Order)> = None;
+    let mut block_last: BTreeMap<[u8; 32], ((), Order)> = BTreeMap::new();
     for item in store.history.scan_prefix([BLOCK_PREFIX]) {
         let (key, sealed) = item.unwrap();
         let entries = open_block(store, &key, &sealed).unwrap();
@@ -102,11 +104,41 @@ fn check_invariants(store: &Store) {
         }
         let end = entries.last().unwrap();
         last = Some((conv, (end.lamport, end.sender, end.msg_id)));
+        block_last.insert(conv, ((), (end.lamport, end.sender, end.msg_id)));
         if let Some(at) = entries.iter().filter_map(|e| e.expires_at).min() {
             let mut x = vec![EXPIRY_PREFIX];
             x.extend_from_slice(&at.to_be_bytes());
             x.extend_from_slice(&key);
             want_expiry.insert(x);
+        }
+    }
+    // The tail: newer than every block of its conversation, counted right,
+    // never a full block's worth.
+    let mut tails: BTreeMap<[u8; 32], Vec<Order>> = BTreeMap::new();
+    for item in store.history.scan_prefix([TAIL_PREFIX]) {
+        let (key, sealed) = item.unwrap();
+        let e = open_tail(store, &key, &sealed).unwrap();
+        let conv: [u8; 32] = key[1..33].try_into().unwrap();
+        tails
+            .entry(conv)
+            .or_default()
+            .push((e.lamport, e.sender, e.msg_id));
+        if let Some(at) = e.expires_at {
+            let mut x = vec![EXPIRY_PREFIX];
+            x.extend_from_slice(&at.to_be_bytes());
+            x.extend_from_slice(&key);
+            want_expiry.insert(x);
+        }
+    }
+    for (conv, orders) in &tails {
+        let record = store.history().conv_record(conv).unwrap().unwrap();
+        assert_eq!(record.tail_len as usize, orders.len());
+        assert!(record.tail_len < TAIL_MAX);
+        if let Some(end) = record.blocks_end {
+            assert!(orders.iter().all(|o| *o > end));
+        }
+        if let Some((_, last)) = block_last.get(conv) {
+            assert!(orders.iter().all(|o| o > last));
         }
     }
     let have: BTreeSet<Vec<u8>> = store
@@ -234,8 +266,41 @@ fn live_appends_fill_blocks_and_a_page_reads_few_of_them() {
         m.msg_id[..8].copy_from_slice(&i.to_be_bytes());
         h.append(&m, Direction::Incoming).unwrap();
     }
-    // Appends at the end leave full blocks behind them, not half-full ones.
+    // Appends at the end go to the tail and move into full blocks.
     let blocks = store.history.scan_prefix([BLOCK_PREFIX]).count();
-    assert_eq!(blocks, 1_000usize.div_ceil(MAX_BLOCK_MESSAGES));
+    assert_eq!(blocks, 1_000 / MAX_BLOCK_MESSAGES);
+    let tail = store.history.scan_prefix([TAIL_PREFIX]).count();
+    assert_eq!(tail, 1_000 % MAX_BLOCK_MESSAGES);
+    check_invariants(&store);
+}
+
+#[test]
+fn a_conversation_record_left_behind_its_tail_is_repaired_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = super::data_key(1);
+    let first = super::msg(4, 1, 1, 1, b"first");
+    let second = super::msg(4, 2, 2, 2, b"second");
+    {
+        let store = Store::open(dir.path(), &key).unwrap();
+        let h = store.history();
+        h.append(&first, Direction::Incoming).unwrap();
+        let conv_key = crate::store::keys::conv_key(&[4; 32]);
+        let before = store.history.get(conv_key).unwrap().unwrap();
+        // The single-message write puts the message before its
+        // conversation record; a crash between the two leaves this state.
+        h.append(&second, Direction::Incoming).unwrap();
+        store.history.insert(conv_key, before).unwrap();
+        let stale = h.conv_record(&[4; 32]).unwrap().unwrap();
+        assert_eq!(stale.tail_len, 1);
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path(), &key).unwrap();
+    let h = store.history();
+    let record = h.conv_record(&[4; 32]).unwrap().unwrap();
+    assert_eq!(record.tail_len, 2);
+    assert_eq!(record.conv.last_lamport, 2);
+    let summaries = h.summaries().unwrap();
+    assert_eq!(summaries[0].last.as_ref(), Some(&second));
+    assert_eq!(walk(&h, &[4; 32], 10), vec![second, first]);
     check_invariants(&store);
 }

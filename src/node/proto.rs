@@ -1,0 +1,358 @@
+//! What nodes say to each other above libp2p: the frames of the direct path,
+//! the payloads inside ratchet messages, and presence beacons.
+//!
+//! Every type here starts with a version byte and decodes through
+//! `crypto::wire` (size bound → version → postcard → no trailing bytes →
+//! canonical encoding), so a peer's bytes are checked before anything is
+//! allocated from them. Layouts are in `docs/protocol.md` ("Node").
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::crypto::{
+    self, DeviceIdentity, Envelope, PrekeyBundle, PublicIdentity, labels, wire, wire::bytes64,
+};
+
+const FRAME_VERSION: u8 = 1;
+const PAYLOAD_VERSION: u8 = 1;
+const BEACON_VERSION: u8 = 1;
+
+/// Largest chat message body.
+pub const MAX_BODY: usize = 60 * 1024;
+/// Most receipts in one payload.
+pub const MAX_RECEIPTS: usize = 1024;
+/// Largest encoded payload (a full body plus headers).
+pub const MAX_PAYLOAD: usize = MAX_BODY + 256;
+/// Largest encoded direct frame: an envelope, or a ratchet message of the
+/// largest payload with its header and a pending X3DH initial message.
+pub const MAX_FRAME: usize = crypto::limits::MAX_ENVELOPE + 512;
+/// Largest encoded presence beacon.
+pub const MAX_BEACON: usize = 256;
+
+/// One item of a `/meshchat/direct/1` batch. The connection already
+/// authenticates both devices (Noise with their libp2p keys, which are
+/// their identity keys), so ratchet messages travel without the outer seal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// An encoded `RatchetMessage` of the session with the connected device.
+    Ratchet(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// An encoded `PrekeyMessage`: the first messages of a new session.
+    Prekey(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A sealed envelope handed over directly (as it would travel by mesh).
+    Envelope(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Asks the device for its current prekey bundle.
+    BundleRequest,
+    /// A prekey bundle (answer to [`Frame::BundleRequest`]).
+    Bundle(PrekeyBundle),
+}
+
+#[derive(Serialize, Deserialize)]
+struct FrameWire {
+    version: u8,
+    frame: Frame,
+}
+
+impl Frame {
+    /// Encoded form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        wire::encode(&Versioned(FRAME_VERSION, self))
+    }
+
+    /// Bounded decode.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crypto::Error> {
+        let w: FrameWire = wire::decode(bytes, "direct frame", FRAME_VERSION, MAX_FRAME)?;
+        Ok(w.frame)
+    }
+}
+
+/// A version byte and a borrowed value, encoded exactly like a struct of
+/// the two (so like `FrameWire`/`PayloadWire`) without copying the value.
+struct Versioned<'a, T>(u8, &'a T);
+
+impl<T: Serialize> Serialize for Versioned<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&self.0)?;
+        t.serialize_element(self.1)?;
+        t.end()
+    }
+}
+
+/// A reference to a message inside a 1:1 conversation, as receipts and
+/// replies carry it (the conversation is the one the payload travels in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MsgRef {
+    /// Lamport clock of the message.
+    pub lamport: u64,
+    /// Its author's identity (signing key).
+    pub sender: [u8; 32],
+    /// Its id.
+    pub msg_id: [u8; 16],
+}
+
+/// A chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chat {
+    /// Random id.
+    pub msg_id: [u8; 16],
+    /// Lamport clock of the conversation: above everything the author had
+    /// seen when writing it, so a reply sorts after what it answers.
+    pub lamport: u64,
+    /// The author's per-conversation sequence number, from 1 with no gaps:
+    /// the recipient detects a missing message by it.
+    pub seq: u64,
+    /// Author's wall clock, Unix seconds.
+    pub sent_at: u64,
+    /// When every device should delete it (temporary chats), Unix seconds.
+    pub expires_at: Option<u64>,
+    /// The message this one answers.
+    pub reply_to: Option<MsgRef>,
+    /// Content.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+/// Which receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReceiptKind {
+    /// The recipient's device stored the messages.
+    Delivered,
+    /// The recipient read them.
+    Read,
+}
+
+/// What a ratchet message carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// A chat message.
+    Chat(Chat),
+    /// Receipts for messages the recipient of this payload wrote.
+    Receipts {
+        /// Delivered or read.
+        kind: ReceiptKind,
+        /// The messages (Lamport clock and id; their author is the
+        /// recipient of the receipt).
+        messages: Vec<(u64, [u8; 16])>,
+    },
+    /// "I am missing your messages from sequence number `from` on": the
+    /// author sends what it still has queued at once.
+    Resend {
+        /// The first missing sequence number.
+        from: u64,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct PayloadWire {
+    version: u8,
+    payload: Payload,
+}
+
+impl Payload {
+    /// Encoded form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        wire::encode(&Versioned(PAYLOAD_VERSION, self))
+    }
+
+    /// Bounded decode; also checks the payload's own limits.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crypto::Error> {
+        let w: PayloadWire = wire::decode(bytes, "payload", PAYLOAD_VERSION, MAX_PAYLOAD)?;
+        match &w.payload {
+            Payload::Chat(c) if c.body.len() > MAX_BODY => Err(crypto::Error::TooLarge {
+                what: "chat body",
+                len: c.body.len(),
+                max: MAX_BODY,
+            }),
+            Payload::Receipts { messages, .. } if messages.len() > MAX_RECEIPTS => {
+                Err(crypto::Error::TooLarge {
+                    what: "receipts",
+                    len: messages.len(),
+                    max: MAX_RECEIPTS,
+                })
+            }
+            _ => Ok(w.payload),
+        }
+    }
+}
+
+/// Presence as a user shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PresenceState {
+    /// Using the app.
+    Online,
+    /// Running but idle.
+    Away,
+    /// Gone (sent once on a clean shutdown; otherwise inferred when
+    /// beacons stop).
+    Offline,
+}
+
+/// A signed presence beacon, published on the presence topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Beacon {
+    version: u8,
+    /// The device (Ed25519 identity key).
+    pub device: [u8; 32],
+    /// Its state.
+    pub state: PresenceState,
+    /// When it was made, Unix milliseconds (also orders beacons).
+    pub at_ms: u64,
+    /// Signature over `labels::SIG_PRESENCE ‖` the fields above.
+    #[serde(with = "bytes64")]
+    pub sig: [u8; 64],
+}
+
+impl Beacon {
+    fn signed_fields(device: &[u8; 32], state: PresenceState, at_ms: u64) -> Vec<u8> {
+        let state = match state {
+            PresenceState::Online => 0u8,
+            PresenceState::Away => 1,
+            PresenceState::Offline => 2,
+        };
+        let mut out = Vec::with_capacity(41);
+        out.extend_from_slice(device);
+        out.push(state);
+        out.extend_from_slice(&at_ms.to_be_bytes());
+        out
+    }
+
+    /// A beacon signed by `identity`.
+    pub fn new(identity: &DeviceIdentity, state: PresenceState, at_ms: u64) -> Self {
+        let device = identity.public().signing;
+        let fields = Self::signed_fields(&device, state, at_ms);
+        Self {
+            version: BEACON_VERSION,
+            device,
+            state,
+            at_ms,
+            sig: identity.sign(labels::SIG_PRESENCE, &[&fields]),
+        }
+    }
+
+    /// Encoded form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        wire::encode(self)
+    }
+
+    /// Bounded decode and signature check.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crypto::Error> {
+        let b: Self = wire::decode(bytes, "presence beacon", BEACON_VERSION, MAX_BEACON)?;
+        let fields = Self::signed_fields(&b.device, b.state, b.at_ms);
+        crypto::verify_signature(
+            &b.device,
+            labels::SIG_PRESENCE,
+            &[&fields],
+            &b.sig,
+            "presence beacon",
+        )?;
+        Ok(b)
+    }
+}
+
+/// The id of the 1:1 conversation between two devices: the same on both.
+pub fn conversation_id(a: &PublicIdentity, b: &PublicIdentity) -> [u8; 32] {
+    let (lo, hi) = if a.signing <= b.signing {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let mut h = Sha256::new();
+    h.update(labels::CONVERSATION);
+    h.update(lo.signing);
+    h.update(hi.signing);
+    h.finalize().into()
+}
+
+/// Decodes an envelope and checks it is not past its expiry at `now`.
+pub fn envelope_checked(bytes: &[u8], now: u64) -> Result<Envelope, crypto::Error> {
+    let env = Envelope::from_bytes(bytes)?;
+    if env.expires_at <= now {
+        return Err(crypto::Error::Malformed {
+            what: "envelope (expired)",
+        });
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_and_payloads_round_trip_and_refuse_bad_input() {
+        let f = Frame::Ratchet(vec![1, 2, 3]);
+        assert_eq!(Frame::from_bytes(&f.to_bytes()).unwrap(), f);
+        assert_eq!(
+            f.to_bytes(),
+            wire::encode(&FrameWire {
+                version: FRAME_VERSION,
+                frame: f.clone()
+            })
+        );
+        let mut bad = f.to_bytes();
+        bad[0] = 9;
+        assert!(matches!(
+            Frame::from_bytes(&bad),
+            Err(crypto::Error::UnknownVersion { .. })
+        ));
+        let mut trailing = f.to_bytes();
+        trailing.push(0);
+        assert!(Frame::from_bytes(&trailing).is_err());
+        assert!(Frame::from_bytes(&vec![1; MAX_FRAME + 1]).is_err());
+
+        let p = Payload::Chat(Chat {
+            msg_id: [1; 16],
+            lamport: 7,
+            seq: 1,
+            sent_at: 100,
+            expires_at: None,
+            reply_to: Some(MsgRef {
+                lamport: 6,
+                sender: [2; 32],
+                msg_id: [3; 16],
+            }),
+            body: b"hi".to_vec(),
+        });
+        assert_eq!(Payload::from_bytes(&p.to_bytes()).unwrap(), p);
+        let many = Payload::Receipts {
+            kind: ReceiptKind::Read,
+            messages: vec![(1, [0; 16]); MAX_RECEIPTS + 1],
+        };
+        assert!(Payload::from_bytes(&many.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn beacons_verify_and_forgeries_fail() {
+        let mut rng = rand::rng();
+        let id = DeviceIdentity::generate(&mut rng);
+        let b = Beacon::new(&id, PresenceState::Away, 1234);
+        let back = Beacon::from_bytes(&b.to_bytes()).unwrap();
+        assert_eq!(back, b);
+        let mut forged = b.clone();
+        forged.state = PresenceState::Online;
+        assert!(Beacon::from_bytes(&forged.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn both_sides_compute_the_same_conversation() {
+        let mut rng = rand::rng();
+        let (a, b) = (
+            DeviceIdentity::generate(&mut rng),
+            DeviceIdentity::generate(&mut rng),
+        );
+        assert_eq!(
+            conversation_id(a.public(), b.public()),
+            conversation_id(b.public(), a.public())
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = Frame::from_bytes(&bytes);
+            let _ = Payload::from_bytes(&bytes);
+            let _ = Beacon::from_bytes(&bytes);
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! What the node keeps in the store besides history: its own keys, its
+//! contacts, per-conversation counters and queued payloads. Every record
+//! is sealed by the store; these are the plaintext shapes, encoded with
+//! postcard behind a version byte and decoded with bounds.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, PrekeyBundle, PublicIdentity, wire};
+
+const CONTACT_VERSION: u8 = 1;
+const CONV_STATE_VERSION: u8 = 1;
+const QUEUED_VERSION: u8 = 1;
+const INVITE_VERSION: u8 = 1;
+
+/// Most addresses kept for a contact.
+pub const MAX_ADDRS: usize = 16;
+/// Longest address kept, in bytes.
+pub const MAX_ADDR_LEN: usize = 256;
+/// Longest contact name, in bytes.
+pub const MAX_NAME: usize = 128;
+/// Most out-of-order sequence numbers remembered per conversation.
+pub const MAX_AHEAD: usize = 4096;
+
+/// A contact: a device we talk to, with what we need to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    version: u8,
+    /// Its identity keys.
+    pub identity: PublicIdentity,
+    /// What the user calls it.
+    pub name: String,
+    /// Where it collects sealed mail (relays, and the mesh inbox shard).
+    pub mailbox_id: [u8; 32],
+    /// Known multiaddrs.
+    pub addrs: Vec<String>,
+    /// Its prekey bundle as last received (verified before storing).
+    pub bundle: PrekeyBundle,
+    /// Whether the user compared safety numbers.
+    pub verified: bool,
+}
+
+impl Contact {
+    /// A new contact from a verified invite.
+    pub fn new(
+        invite: &Invite,
+        identity: PublicIdentity,
+        mailbox_id: [u8; 32],
+        name: &str,
+    ) -> Self {
+        Self {
+            version: CONTACT_VERSION,
+            identity,
+            name: truncate(name, MAX_NAME),
+            mailbox_id,
+            addrs: invite.addrs.clone(),
+            bundle: invite.bundle.clone(),
+            verified: false,
+        }
+    }
+
+    /// Encoded form (sealed by the store when written).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        wire::encode(self)
+    }
+
+    /// Bounded decode.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crypto::Error> {
+        wire::decode(bytes, "contact", CONTACT_VERSION, 16 * 1024)
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// Counters of one conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvState {
+    version: u8,
+    /// The conversation's Lamport clock: above every message seen or sent.
+    pub lamport: u64,
+    /// Sequence number of our next message (from 1).
+    pub next_seq: u64,
+    /// Highest sequence number of the peer's up to which nothing is missing.
+    pub peer_contiguous: u64,
+    /// The peer's sequence numbers received beyond a gap (bounded).
+    pub peer_ahead: Vec<u64>,
+    /// When we last asked the peer to resend (Unix seconds).
+    pub resend_asked_at: u64,
+}
+
+impl Default for ConvState {
+    fn default() -> Self {
+        Self {
+            version: CONV_STATE_VERSION,
+            lamport: 0,
+            next_seq: 1,
+            peer_contiguous: 0,
+            peer_ahead: Vec::new(),
+            resend_asked_at: 0,
+        }
+    }
+}
+
+/// What accepting a peer's sequence number found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqCheck {
+    /// In order (or filled a gap).
+    InOrder,
+    /// Ahead of a gap: messages from `missing_from` on have not arrived.
+    Gap {
+        /// The first missing sequence number.
+        missing_from: u64,
+    },
+    /// Already seen.
+    Old,
+}
+
+impl ConvState {
+    /// Records the peer's sequence number `seq`.
+    pub fn accept_seq(&mut self, seq: u64) -> SeqCheck {
+        if seq <= self.peer_contiguous || self.peer_ahead.contains(&seq) {
+            return SeqCheck::Old;
+        }
+        if seq == self.peer_contiguous + 1 {
+            self.peer_contiguous = seq;
+            self.peer_ahead.sort_unstable();
+            while let Some(pos) = self
+                .peer_ahead
+                .iter()
+                .position(|&s| s == self.peer_contiguous + 1)
+            {
+                self.peer_ahead.remove(pos);
+                self.peer_contiguous += 1;
+            }
+            return if self.peer_ahead.is_empty() {
+                SeqCheck::InOrder
+            } else {
+                SeqCheck::Gap {
+                    missing_from: self.peer_contiguous + 1,
+                }
+            };
+        }
+        if self.peer_ahead.len() >= MAX_AHEAD {
+            // Bounded: forget the oldest; the messages are stored anyway,
+            // only gap detection loses precision.
+            self.peer_ahead.sort_unstable();
+            self.peer_ahead.remove(0);
+        }
+        self.peer_ahead.push(seq);
+        SeqCheck::Gap {
+            missing_from: self.peer_contiguous + 1,
+        }
+    }
+
+    /// Encoded form (sealed by the store when written).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        wire::encode(self)
+    }
+
+    /// Bounded decode.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crypto::Error> {
+        wire::decode(bytes, "conversation state", CONV_STATE_VERSION, 64 * 1024)
+    }
+}
+
+/// A payload waiting in the outbox for its recipient's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    version: u8,
+    /// The conversation.
+    pub conv_id: [u8; 32],
+    /// Lamport clock of the chat message it carries, if it is one.
+    pub lamport: Option<u64>,
+    /// Its sequence number, if it is a chat message.
+    pub seq: Option<u64>,
+    /// The encoded [`super::proto::Payload`]; encrypted afresh at each
+    /// attempt, with whatever session is current then.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+impl Queued {
+    /// A queued payload.
+    pub fn new(
+        conv_id: [u8; 32],
+        lamport: Option<u64>,
+        seq: Option<u64>,
+        payload: Vec<u8>,
+    ) -> Self {
+        Self {
+            version: QUEUED_VERSION,
+            conv_id,
+            lamport,
+            seq,
+            payload,
+        }
+    }
+
+    /// Encoded form (sealed by the store when written).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        wire::encode(self)
+    }
+
+    /// Bounded decode.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crypto::Error> {
+        wire::decode(
+            bytes,
+            "queued payload",
+            QUEUED_VERSION,
+            super::proto::MAX_PAYLOAD + 128,
+        )
+    }
+}
+
+/// What one device hands another out of band to become contacts: its
+/// signed prekey bundle (identity keys, mailbox, relays) and addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invite {
+    version: u8,
+    /// The device's bundle, without a one-time prekey (an invite may be
+    /// used by several people; one-time prekeys are fetched directly).
+    pub bundle: PrekeyBundle,
+    /// Multiaddrs where it listens (may be empty: found by the mesh).
+    pub addrs: Vec<String>,
+}
+
+/// Text prefix of an invite code.
+pub const INVITE_PREFIX: &str = "meshchat:";
+const INVITE_MAX: usize = 8 * 1024;
+
+impl Invite {
+    /// A new invite.
+    pub fn new(bundle: PrekeyBundle, addrs: Vec<String>) -> Self {
+        Self {
+            version: INVITE_VERSION,
+            bundle,
+            addrs: addrs
+                .into_iter()
+                .filter(|a| a.len() <= MAX_ADDR_LEN)
+                .take(MAX_ADDRS)
+                .collect(),
+        }
+    }
+
+    /// The invite code: `meshchat:` and base64url of the encoding.
+    pub fn to_code(&self) -> String {
+        format!("{INVITE_PREFIX}{}", base64url::encode(&wire::encode(self)))
+    }
+
+    /// Reads an invite code (not yet verified: see `Engine::add_contact`).
+    pub fn from_code(code: &str) -> Result<Self, crypto::Error> {
+        let body = code
+            .trim()
+            .strip_prefix(INVITE_PREFIX)
+            .ok_or(crypto::Error::Malformed {
+                what: "invite code (no meshchat: prefix)",
+            })?;
+        if body.len() > INVITE_MAX * 4 / 3 + 4 {
+            return Err(crypto::Error::TooLarge {
+                what: "invite code",
+                len: body.len(),
+                max: INVITE_MAX * 4 / 3 + 4,
+            });
+        }
+        let bytes = base64url::decode(body).ok_or(crypto::Error::Malformed {
+            what: "invite code (not base64url)",
+        })?;
+        let invite: Self = wire::decode(&bytes, "invite", INVITE_VERSION, INVITE_MAX)?;
+        if invite.addrs.len() > MAX_ADDRS || invite.addrs.iter().any(|a| a.len() > MAX_ADDR_LEN) {
+            return Err(crypto::Error::TooLarge {
+                what: "invite addresses",
+                len: invite.addrs.len(),
+                max: MAX_ADDRS,
+            });
+        }
+        Ok(invite)
+    }
+}
+
+/// Unpadded base64url (RFC 4648 §5), for invite codes.
+pub(crate) mod base64url {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+    /// Encodes without padding.
+    pub(crate) fn encode(bytes: &[u8]) -> String {
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            let chars = chunk.len() + 1;
+            for i in 0..chars {
+                let idx = (n >> (18 - 6 * i)) & 63;
+                out.push(char::from(ALPHABET[idx as usize]));
+            }
+        }
+        out
+    }
+
+    fn value(c: u8) -> Option<u32> {
+        ALPHABET.iter().position(|&a| a == c).map(|p| p as u32)
+    }
+
+    /// Decodes unpadded base64url; `None` on any other character or a
+    /// length no encoding has, or non-zero trailing bits.
+    pub(crate) fn decode(text: &str) -> Option<Vec<u8>> {
+        let bytes = text.as_bytes();
+        if bytes.len() % 4 == 1 {
+            return None;
+        }
+        let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+        for chunk in bytes.chunks(4) {
+            let mut n = 0u32;
+            for (i, &c) in chunk.iter().enumerate() {
+                n |= value(c)? << (18 - 6 * i);
+            }
+            let full = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+            let take = chunk.len() - 1;
+            // Bits below the last full byte must be zero (canonical form).
+            let used_bits = 8 * take;
+            let spare = 6 * chunk.len() - used_bits;
+            if spare > 0 && (n >> (24 - 6 * chunk.len())) & ((1 << spare) - 1) != 0 {
+                return None;
+            }
+            out.extend_from_slice(&full[..take]);
+        }
+        Some(out)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn rfc4648_vectors_and_round_trips() {
+            for (plain, code) in [
+                ("", ""),
+                ("f", "Zg"),
+                ("fo", "Zm8"),
+                ("foo", "Zm9v"),
+                ("foob", "Zm9vYg"),
+                ("fooba", "Zm9vYmE"),
+                ("foobar", "Zm9vYmFy"),
+            ] {
+                assert_eq!(encode(plain.as_bytes()), code);
+                assert_eq!(decode(code).unwrap(), plain.as_bytes());
+            }
+            let all: Vec<u8> = (0..=255).collect();
+            assert_eq!(decode(&encode(&all)).unwrap(), all);
+            assert!(decode("Zg=").is_none());
+            assert!(decode("Z").is_none());
+            assert!(decode("Zh").is_none(), "non-zero spare bits");
+            assert!(decode("Zm9v+").is_none());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_find_gaps_and_fill_them() {
+        let mut s = ConvState::default();
+        assert_eq!(s.accept_seq(1), SeqCheck::InOrder);
+        assert_eq!(s.accept_seq(1), SeqCheck::Old);
+        assert_eq!(s.accept_seq(3), SeqCheck::Gap { missing_from: 2 });
+        assert_eq!(s.accept_seq(5), SeqCheck::Gap { missing_from: 2 });
+        assert_eq!(s.accept_seq(3), SeqCheck::Old);
+        assert_eq!(s.accept_seq(2), SeqCheck::Gap { missing_from: 4 });
+        assert_eq!(s.accept_seq(4), SeqCheck::InOrder);
+        assert_eq!(s.peer_contiguous, 5);
+        assert!(s.peer_ahead.is_empty());
+        let back = ConvState::from_bytes(&s.to_bytes()).unwrap();
+        assert_eq!(back, s);
+    }
+}

@@ -1,0 +1,341 @@
+//! A conversation's tail: its newest messages, one record each, until
+//! there are [`TAIL_MAX`] of them and they move into a block.
+//!
+//! Live chat appends one message at a time at the end of a conversation.
+//! Rewriting the last block for each (a few KiB sealed and written, and sled
+//! consolidating the tree page that holds it) costs several times more
+//! than writing one small record, so new messages land in the tail —
+//! `t ‖ sort key` → one sealed message — and every [`TAIL_MAX`] appends
+//! they are moved together into a new block in the same atomic write.
+//!
+//! The invariant that keeps reads simple: every tail message sorts after
+//! every block message of its conversation. The conversation record keeps
+//! `blocks_end`, the highest position a block may hold; a message at or
+//! below it (one arriving late) goes straight into its block, one above it
+//! into the tail. So a page reads the tail newest first, then the blocks.
+
+use super::blocks::{BLOCKS, Entry, HISTORY, Staged};
+use super::codec::{TreeSpec, hex};
+use super::keys::{BlockKey, MESSAGE_KEY_LEN, tail_key, tail_prefix};
+use super::{DeliveryState, Error, Store, StoredMessage};
+
+/// Tail records hold one message.
+pub(crate) const TAIL: TreeSpec = TreeSpec {
+    name: HISTORY,
+    max_plain: BLOCKS.max_plain,
+};
+
+/// A conversation's tail moves into a block when it reaches this length.
+pub(crate) const TAIL_MAX: u32 = 16;
+
+/// A staged change to a tail record.
+#[derive(Debug, Clone)]
+pub(crate) enum TailOp {
+    /// Write this message.
+    Put(Entry),
+    /// Delete the record (and the expiry entry of this time, if any).
+    Delete { expires_at: Option<u64> },
+}
+
+/// Opens a sealed tail record and checks it holds the message its key names.
+pub(crate) fn open_tail(s: &Store, key: &[u8], sealed: &[u8]) -> Result<Entry, Error> {
+    let entry: Entry = s.sealer.open(&TAIL, key, sealed)?;
+    let matches = key.len() == 1 + MESSAGE_KEY_LEN
+        && key
+            .get(1..33)
+            .and_then(|c| <[u8; 32]>::try_from(c).ok())
+            .is_some_and(|conv| entry.sort_key(&conv)[..] == key[1..]);
+    if !matches {
+        return Err(Error::Malformed {
+            tree: HISTORY,
+            key: hex(key),
+            what: "tail record holds another message than its key names".into(),
+        });
+    }
+    Ok(entry)
+}
+
+/// (Lamport clock, sender, id) of a sort key.
+fn order_of(sort: &[u8; MESSAGE_KEY_LEN]) -> (u64, [u8; 32], [u8; 16]) {
+    let mut lamport = [0u8; 8];
+    let mut sender = [0u8; 32];
+    let mut id = [0u8; 16];
+    lamport.copy_from_slice(&sort[32..40]);
+    sender.copy_from_slice(&sort[40..72]);
+    id.copy_from_slice(&sort[72..]);
+    (u64::from_be_bytes(lamport), sender, id)
+}
+
+fn owned_order(e: &Entry) -> (u64, [u8; 32], [u8; 16]) {
+    (e.lamport, e.sender, e.msg_id)
+}
+
+/// The sort-key range of one conversation's tail records.
+fn tail_range(conv_id: &[u8; 32]) -> (BlockKey, BlockKey) {
+    let prefix = tail_prefix(conv_id);
+    let mut lo = [0u8; 1 + MESSAGE_KEY_LEN];
+    let mut hi = [0xffu8; 1 + MESSAGE_KEY_LEN];
+    lo[..33].copy_from_slice(&prefix);
+    hi[..33].copy_from_slice(&prefix);
+    (lo, hi)
+}
+
+impl Staged<'_> {
+    /// Whether a message at `sort` belongs in the tail (above `blocks_end`).
+    pub(super) fn in_tail(
+        &mut self,
+        conv_id: &[u8; 32],
+        sort: &[u8; MESSAGE_KEY_LEN],
+    ) -> Result<bool, Error> {
+        self.load_record(conv_id)?;
+        let end = self.convs.get(conv_id).and_then(|(r, _)| r.blocks_end);
+        Ok(end.is_none_or(|end| order_of(sort) > end))
+    }
+
+    /// The tail message at `key`, staged or on disk.
+    fn tail_entry(&self, key: &BlockKey) -> Result<Option<Entry>, Error> {
+        match self.tail.get(key) {
+            Some(TailOp::Put(e)) => Ok(Some(e.clone())),
+            Some(TailOp::Delete { .. }) => Ok(None),
+            None => self
+                .store
+                .history
+                .get(key)
+                .map_err(Error::db(HISTORY, "read"))?
+                .map(|sealed| open_tail(self.store, key, &sealed))
+                .transpose(),
+        }
+    }
+
+    /// Stores a message (in the tail, or in its block if it arrives late).
+    /// Returns `false` if a message with the same sort key is stored: a
+    /// duplicate, left as it is.
+    pub(crate) fn insert(&mut self, msg: &StoredMessage) -> Result<bool, Error> {
+        let conv = msg.conv_id;
+        let sort = super::keys::message_key(&conv, msg.lamport, &msg.sender, &msg.msg_id);
+        let entry = Entry::from_message(msg);
+        if !self.in_tail(&conv, &sort)? {
+            return self.insert_into_blocks(&conv, entry);
+        }
+        let key = tail_key(&sort);
+        let present = match self.tail.get(&key) {
+            Some(TailOp::Put(_)) => true,
+            Some(TailOp::Delete { .. }) => false,
+            None => self
+                .store
+                .history
+                .contains_key(key)
+                .map_err(Error::db(HISTORY, "read"))?,
+        };
+        if present {
+            return Ok(false);
+        }
+        self.tail.insert(key, TailOp::Put(entry));
+        let record = self.record_mut(&conv)?;
+        record.tail_len = record.tail_len.saturating_add(1);
+        if record.tail_len >= TAIL_MAX {
+            self.compact(&conv)?;
+        }
+        Ok(true)
+    }
+
+    /// The conversation's tail messages, oldest first (staged state).
+    fn tail_entries(&self, conv_id: &[u8; 32]) -> Result<Vec<(BlockKey, Entry)>, Error> {
+        let (lo, hi) = tail_range(conv_id);
+        let mut out = std::collections::BTreeMap::new();
+        for item in self.store.history.range(&lo[..]..=&hi[..]) {
+            let (k, sealed) = item.map_err(Error::db(HISTORY, "scan"))?;
+            let key: BlockKey = k.as_ref().try_into().map_err(|_| Error::Malformed {
+                tree: HISTORY,
+                key: hex(&k),
+                what: "tail key has the wrong length".into(),
+            })?;
+            if !self.tail.contains_key(&key) {
+                out.insert(key, open_tail(self.store, &key, &sealed)?);
+            }
+        }
+        for (key, op) in self.tail.range(lo..=hi) {
+            if let TailOp::Put(e) = op {
+                out.insert(*key, e.clone());
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Moves the whole tail of `conv_id` into new blocks after the last
+    /// one (every tail message is newer than every block message).
+    fn compact(&mut self, conv_id: &[u8; 32]) -> Result<(), Error> {
+        let entries = self.tail_entries(conv_id)?;
+        let end = entries.last().map(|(_, e)| owned_order(e));
+        let mut moved = Vec::with_capacity(entries.len());
+        for (key, entry) in entries {
+            self.tail.insert(
+                key,
+                TailOp::Delete {
+                    expires_at: entry.expires_at,
+                },
+            );
+            moved.push(entry);
+        }
+        self.add_blocks(conv_id, moved);
+        let record = self.record_mut(conv_id)?;
+        record.tail_len = 0;
+        if end > record.blocks_end {
+            record.blocks_end = end;
+        }
+        Ok(())
+    }
+
+    /// [`Staged::set_state`] for a message in the tail.
+    pub(super) fn set_tail_state(
+        &mut self,
+        sort: &[u8; MESSAGE_KEY_LEN],
+        state: DeliveryState,
+    ) -> Result<Option<bool>, Error> {
+        let key = tail_key(sort);
+        let Some(mut entry) = self.tail_entry(&key)? else {
+            return Ok(None);
+        };
+        if state <= entry.state {
+            return Ok(Some(false));
+        }
+        entry.state = state;
+        self.tail.insert(key, TailOp::Put(entry));
+        Ok(Some(true))
+    }
+
+    /// Removes the tail message at `key` if it expired at `now`; returns
+    /// how many were removed (0 or 1).
+    pub(crate) fn remove_tail_expired(&mut self, key: &BlockKey, now: u64) -> Result<usize, Error> {
+        let Some(entry) = self.tail_entry(key)? else {
+            return Ok(0);
+        };
+        if entry.expires_at.is_none_or(|at| at > now) {
+            return Ok(0);
+        }
+        let conv: [u8; 32] = key[1..33].try_into().unwrap_or_default();
+        self.tail.insert(
+            *key,
+            TailOp::Delete {
+                expires_at: entry.expires_at,
+            },
+        );
+        let record = self.record_mut(&conv)?;
+        record.tail_len = record.tail_len.saturating_sub(1);
+        if record
+            .newest
+            .as_ref()
+            .is_some_and(|n| n.sort_key(&conv)[..] == key[1..])
+        {
+            self.stale_newest.insert(conv);
+        }
+        Ok(1)
+    }
+
+    /// The newest tail message of `conv_id` (staged state).
+    pub(super) fn newest_tail_entry(&self, conv_id: &[u8; 32]) -> Result<Option<Entry>, Error> {
+        Ok(self.tail_entries(conv_id)?.pop().map(|(_, e)| e))
+    }
+}
+
+/// Reads the tail of `conv_id` below `upper` (exclusive; everything if
+/// `None`), newest first, calling `each` until it returns `false`.
+pub(crate) fn scan_tail_rev(
+    s: &Store,
+    conv_id: &[u8; 32],
+    upper: Option<&[u8; MESSAGE_KEY_LEN]>,
+    mut each: impl FnMut(Entry) -> bool,
+) -> Result<(), Error> {
+    let (lo, hi) = tail_range(conv_id);
+    let iter = match upper {
+        Some(u) => s.history.range(&lo[..]..&tail_key(u)[..]),
+        None => s.history.range(&lo[..]..=&hi[..]),
+    };
+    for item in iter.rev() {
+        let (key, sealed) = item.map_err(Error::db(HISTORY, "scan"))?;
+        if !each(open_tail(s, &key, &sealed)?) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the tail of `conv_id` oldest first.
+pub(crate) fn scan_tail(
+    s: &Store,
+    conv_id: &[u8; 32],
+    mut each: impl FnMut(Entry) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let (lo, hi) = tail_range(conv_id);
+    for item in s.history.range(&lo[..]..=&hi[..]) {
+        let (key, sealed) = item.map_err(Error::db(HISTORY, "scan"))?;
+        each(open_tail(s, &key, &sealed)?)?;
+    }
+    Ok(())
+}
+
+/// The tail message at this sort key, if any.
+pub(crate) fn get_tail(s: &Store, sort: &[u8; MESSAGE_KEY_LEN]) -> Result<Option<Entry>, Error> {
+    let key = tail_key(sort);
+    s.history
+        .get(key)
+        .map_err(Error::db(HISTORY, "read"))?
+        .map(|sealed| open_tail(s, &key, &sealed))
+        .transpose()
+}
+
+impl super::History<'_> {
+    /// Brings every conversation record in line with its tail: the count of
+    /// tail records, and the newest message with its activity and Lamport
+    /// clock. A single-message append writes its tail record before its
+    /// conversation record (see `Staged::commit`), so after a crash between
+    /// the two the record lags by that message; this is run on open. (The
+    /// unread count of such a message is the one thing not recovered.)
+    /// Returns how many conversation records it rewrote.
+    pub(crate) fn repair_tails(&self) -> Result<usize, Error> {
+        let s = self.store;
+        let mut by_conv: std::collections::BTreeMap<[u8; 32], (u32, Option<Entry>)> =
+            std::collections::BTreeMap::new();
+        for item in s.history.scan_prefix([super::keys::TAIL_PREFIX]) {
+            let (key, sealed) = item.map_err(Error::db(HISTORY, "scan"))?;
+            let entry = open_tail(s, &key, &sealed)?;
+            let conv: [u8; 32] = key
+                .get(1..33)
+                .and_then(|c| c.try_into().ok())
+                .unwrap_or_default();
+            let slot = by_conv.entry(conv).or_default();
+            slot.0 += 1;
+            slot.1 = Some(entry);
+        }
+        let mut fixed = 0;
+        for (conv, (count, newest)) in by_conv {
+            let mut record = self
+                .conv_record(&conv)?
+                .unwrap_or_else(|| super::conversations::ConvRecord::new(conv));
+            let mut changed = record.tail_len != count;
+            record.tail_len = count;
+            if let Some(n) = newest {
+                let behind = record
+                    .newest
+                    .as_ref()
+                    .is_none_or(|r| r.order() < n.order() || (r.order() == n.order() && r != &n));
+                if behind {
+                    record.conv.last_message_at = record.conv.last_message_at.max(n.sent_at);
+                    record.conv.last_lamport = record.conv.last_lamport.max(n.lamport);
+                    record.newest = Some(n);
+                    changed = true;
+                }
+            }
+            if changed {
+                s.history
+                    .insert(
+                        &super::keys::conv_key(&conv)[..],
+                        self.seal_conversation(&record)?,
+                    )
+                    .map_err(Error::db(HISTORY, "repair"))?;
+                fixed += 1;
+            }
+        }
+        Ok(fixed)
+    }
+}
