@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::codec::{TreeSpec, hex};
-use super::conversations::ConvRecord;
+use super::conversations::{ConvRecord, Pending};
 use super::keys::{
     BLOCK_KEY_LEN, BlockKey, MESSAGE_KEY_LEN, block_first, block_key, block_prefix, conv_key,
     expiry_key, message_key,
@@ -175,6 +175,9 @@ pub(crate) struct Staged<'s> {
     /// Conversations whose newest message was purged: their copy of it is
     /// re-read from the blocks before the commit.
     pub(super) stale_newest: HashSet<[u8; 32]>,
+    /// Counters of each conversation record as read, and the messages this
+    /// write adds to it (for [`ConvRecord::pending`]).
+    pub(super) journal: HashMap<[u8; 32], Pending>,
     /// Block values read from disk while locating them, not yet opened.
     fetched: HashMap<BlockKey, sled::IVec>,
     /// Other keys to delete in the same batch.
@@ -190,6 +193,7 @@ impl<'s> Staged<'s> {
             read_expiry: HashMap::new(),
             convs: HashMap::new(),
             stale_newest: HashSet::new(),
+            journal: HashMap::new(),
             fetched: HashMap::new(),
             removals: Vec::new(),
         }
@@ -222,6 +226,13 @@ impl<'s> Staged<'s> {
                 .history()
                 .conv_record(conv_id)?
                 .unwrap_or_else(|| ConvRecord::new(*conv_id));
+            self.journal.insert(
+                *conv_id,
+                Pending {
+                    before: record.counters(),
+                    added: Vec::new(),
+                },
+            );
             self.convs.insert(*conv_id, (record, false));
         }
         Ok(())
@@ -239,6 +250,13 @@ impl<'s> Staged<'s> {
         msg: &StoredMessage,
         direction: Direction,
     ) -> Result<(), Error> {
+        if let Some(j) = self.journal.get_mut(&msg.conv_id) {
+            j.added.push((
+                (msg.lamport, msg.sender, msg.msg_id),
+                direction == Direction::Incoming,
+                msg.sent_at,
+            ));
+        }
         let record = self.record_mut(&msg.conv_id)?;
         record.conv.record(msg, direction);
         let entry = Entry::from_message(msg);
@@ -529,35 +547,64 @@ impl<'s> Staged<'s> {
         Ok(removed)
     }
 
-    /// Writes one tail record and its conversation record — the write of
-    /// live chat, one message at a time — without a sled batch: sled rolls
-    /// its IO buffer twice for every batch (two writes to the file), which
-    /// would cost more than the rest of the append. The records go in this
-    /// order: the expiry entry, the message, the conversation. sled
-    /// recovers a prefix of its log, so a crash can leave the message
-    /// without its conversation's update (or an expiry entry without its
-    /// message, which the purge drops); `History::repair_tails`, run on
-    /// open, brings the conversation record back in line with its tail.
-    fn commit_one_tail_record(self) -> Result<(), Error> {
+    /// Writes a change that only adds — new tail records, new blocks made
+    /// from the tail, the conversation records, and the deletion of tail
+    /// records that moved into those blocks — as single writes in a safe
+    /// order instead of one sled batch: sled rolls its IO buffer twice for
+    /// every batch (two writes to the file), which costs more than the rest
+    /// of a live-chat append. This is the write of live chat.
+    ///
+    /// The order: conversation records first, each carrying a note of
+    /// what this write adds and the counters before it
+    /// ([`ConvRecord::pending`]); then new blocks and new tail records, each
+    /// after its expiry entry; then the deletions of tail records that
+    /// moved into the new blocks. sled recovers a prefix of its log, so
+    /// after a crash the possible states are: a conversation record ahead
+    /// of its messages, an expiry entry without its record (the purge drops
+    /// it), or a message both in a new block and still in the tail.
+    /// `History::repair_tails`, run on open, resolves the first and last
+    /// from the note; nothing a flush covered is lost.
+    fn commit_in_order(mut self) -> Result<(), Error> {
         let s = self.store;
+        let write = |key: &[u8], value: Vec<u8>| {
+            s.history
+                .insert(key, value)
+                .map(|_| ())
+                .map_err(Error::db(HISTORY, "write"))
+        };
+        let history = s.history();
+        for (id, (record, changed)) in &mut self.convs {
+            if *changed {
+                record.pending = self.journal.remove(id);
+                write(&conv_key(id)[..], history.seal_conversation(record)?)?;
+            }
+        }
+        for (key, entries) in &self.blocks {
+            if let Some(entries) = entries {
+                if let Some(at) = earliest_expiry(entries) {
+                    write(&expiry_key(at, key)[..], Vec::new())?;
+                }
+                write(&key[..], s.sealer.seal(&BLOCKS, key, entries)?)?;
+            }
+        }
         for (key, op) in &self.tail {
             if let TailOp::Put(e) = op {
                 if let Some(at) = e.expires_at {
-                    s.history
-                        .insert(&expiry_key(at, key)[..], &[][..])
-                        .map_err(Error::db(HISTORY, "write"))?;
+                    write(&expiry_key(at, key)[..], Vec::new())?;
                 }
-                s.history
-                    .insert(&key[..], s.sealer.seal(&super::tail::TAIL, key, e)?)
-                    .map_err(Error::db(HISTORY, "write"))?;
+                write(&key[..], s.sealer.seal(&super::tail::TAIL, key, e)?)?;
             }
         }
-        let history = s.history();
-        for (id, (record, changed)) in &self.convs {
-            if *changed {
+        for (key, op) in &self.tail {
+            if let TailOp::Delete { expires_at } = op {
                 s.history
-                    .insert(&conv_key(id)[..], history.seal_conversation(record)?)
-                    .map_err(Error::db(HISTORY, "write"))?;
+                    .remove(&key[..])
+                    .map_err(Error::db(HISTORY, "delete"))?;
+                if let Some(at) = expires_at {
+                    s.history
+                        .remove(&expiry_key(*at, key)[..])
+                        .map_err(Error::db(HISTORY, "delete"))?;
+                }
             }
         }
         Ok(())
@@ -585,13 +632,19 @@ impl<'s> Staged<'s> {
             let newest = self.newest_entry(&conv)?;
             self.record_mut(&conv)?.newest = newest;
         }
-        if self.blocks.is_empty()
-            && self.removals.is_empty()
-            && self.tail.len() == 1
-            && matches!(self.tail.values().next(), Some(TailOp::Put(_)))
-        {
-            return self.commit_one_tail_record();
+        let only_additions = self.removals.is_empty()
+            && self
+                .blocks
+                .iter()
+                .all(|(k, v)| v.is_some() && !self.read_expiry.contains_key(k));
+        if only_additions {
+            return self.commit_in_order();
         }
+        self.commit_batch()
+    }
+
+    /// Writes everything staged as one atomic sled batch.
+    pub(super) fn commit_batch(mut self) -> Result<(), Error> {
         let s = self.store;
         let mut batch = sled::Batch::default();
         for key in self.removals {
@@ -630,8 +683,9 @@ impl<'s> Staged<'s> {
             }
         }
         let history = s.history();
-        for (id, (record, changed)) in &self.convs {
+        for (id, (record, changed)) in &mut self.convs {
             if *changed {
+                record.pending = None;
                 batch.insert(&conv_key(id)[..], history.seal_conversation(record)?);
             }
         }

@@ -15,14 +15,17 @@ pub(crate) const MAX_TITLE: usize = 256;
 /// Conversation records: the conversation and a copy of its newest message.
 pub(crate) const CONVERSATIONS: TreeSpec = TreeSpec {
     name: HISTORY,
-    max_plain: MAX_TITLE + 96 + BLOCKS.max_plain,
+    max_plain: MAX_TITLE + 96 + BLOCKS.max_plain + PENDING_MAX,
 };
+
+/// Room for a [`Pending`] of a write of up to a full tail.
+const PENDING_MAX: usize = 32 + 100 * 72;
 
 /// What a conversation record holds: the conversation, and a copy of its
 /// newest stored message, so the conversation list reads one record per
 /// conversation. History writes keep the copy current (appends, delivery
 /// states, purges).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ConvRecord {
     pub(crate) conv: Conversation,
     pub(crate) newest: Option<Entry>,
@@ -31,6 +34,24 @@ pub(crate) struct ConvRecord {
     pub(crate) blocks_end: Option<(u64, [u8; 32], [u8; 16])>,
     /// How many tail records the conversation has.
     pub(crate) tail_len: u32,
+    /// Set by a write made of single sled writes (see `Staged::commit`),
+    /// which writes this record first: what the counters were before it
+    /// and which messages it adds, so that the repair on open can recount
+    /// if a crash kept this record but lost some of those messages.
+    pub(crate) pending: Option<Pending>,
+}
+
+/// A message a [`Pending`] write adds: its position (Lamport clock,
+/// sender, id), whether it is incoming, and its `sent_at`.
+pub(crate) type Added = ((u64, [u8; 32], [u8; 16]), bool, u64);
+
+/// See [`ConvRecord::pending`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Pending {
+    /// `(unread, last_lamport, last_message_at)` before the write.
+    pub(crate) before: (u32, u64, u64),
+    /// The messages it adds.
+    pub(crate) added: Vec<Added>,
 }
 
 impl ConvRecord {
@@ -40,7 +61,17 @@ impl ConvRecord {
             newest: None,
             blocks_end: None,
             tail_len: 0,
+            pending: None,
         }
+    }
+
+    /// The counters a [`Pending`] snapshots.
+    pub(crate) fn counters(&self) -> (u32, u64, u64) {
+        (
+            self.conv.unread,
+            self.conv.last_lamport,
+            self.conv.last_message_at,
+        )
     }
 }
 
@@ -172,6 +203,7 @@ impl History<'_> {
             .unwrap_or_else(|| ConvRecord::new(*conv_id));
         title.clone_into(&mut record.conv.title);
         record.conv.retention = retention;
+        record.pending = None;
         self.write_conversation(&record)?;
         Ok(record.conv)
     }
@@ -188,6 +220,7 @@ impl History<'_> {
         let was = record.conv.unread;
         if was != 0 {
             record.conv.unread = 0;
+            record.pending = None;
             self.write_conversation(&record)?;
         }
         Ok(was)

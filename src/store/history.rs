@@ -262,17 +262,25 @@ impl<'a> History<'a> {
         if let Some(e) = tail::get_tail(self.store, &sort)? {
             return Ok(Some(e.into_message(r.conv_id)));
         }
-        let lo = block_prefix(&r.conv_id);
-        let hi = block_key(&sort);
+        Ok(self
+            .find_in_blocks(&r.conv_id, &sort)?
+            .map(|e| e.into_message(r.conv_id)))
+    }
+
+    /// The message at `sort` if a block of `conv_id` holds it.
+    pub(crate) fn find_in_blocks(
+        &self,
+        conv_id: &[u8; 32],
+        sort: &[u8; MESSAGE_KEY_LEN],
+    ) -> Result<Option<blocks::Entry>, Error> {
+        let lo = block_prefix(conv_id);
+        let hi = block_key(sort);
         let Some(item) = self.store.history.range(&lo[..]..=&hi[..]).next_back() else {
             return Ok(None);
         };
         let (key, sealed) = item.map_err(Error::db(HISTORY, "read"))?;
         let entries = open_block(self.store, &key, &sealed)?;
-        Ok(entries
-            .into_iter()
-            .find(|e| e.sort_key(&r.conv_id) == sort)
-            .map(|e| e.into_message(r.conv_id)))
+        Ok(entries.into_iter().find(|e| &e.sort_key(conv_id) == sort))
     }
 
     /// Moves a message's delivery state forward. Returns `true` if it changed,

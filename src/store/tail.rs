@@ -285,57 +285,128 @@ pub(crate) fn get_tail(s: &Store, sort: &[u8; MESSAGE_KEY_LEN]) -> Result<Option
 }
 
 impl super::History<'_> {
-    /// Brings every conversation record in line with its tail: the count of
-    /// tail records, and the newest message with its activity and Lamport
-    /// clock. A single-message append writes its tail record before its
-    /// conversation record (see `Staged::commit`), so after a crash between
-    /// the two the record lags by that message; this is run on open. (The
-    /// unread count of such a message is the one thing not recovered.)
-    /// Returns how many conversation records it rewrote.
+    /// Brings every conversation in line after a crash cut short a write
+    /// made of single sled writes (see `Staged::commit`): tail records
+    /// already copied into a block are deleted; `blocks_end` is set to
+    /// the newest message actually in a block; the unread count, activity
+    /// and Lamport clock are recounted from the record's note of that
+    /// write (counting only the messages that reached the disk); the tail
+    /// count and the newest-message copy are recomputed. Run on open;
+    /// returns how many conversation records it rewrote.
     pub(crate) fn repair_tails(&self) -> Result<usize, Error> {
         let s = self.store;
-        let mut by_conv: std::collections::BTreeMap<[u8; 32], (u32, Option<Entry>)> =
-            std::collections::BTreeMap::new();
+        let mut convs = std::collections::BTreeSet::new();
         for item in s.history.scan_prefix([super::keys::TAIL_PREFIX]) {
+            let (key, _) = item.map_err(Error::db(HISTORY, "scan"))?;
+            if let Some(conv) = key.get(1..33).and_then(|c| <[u8; 32]>::try_from(c).ok()) {
+                convs.insert(conv);
+            }
+        }
+        for item in s.history.scan_prefix([super::keys::CONV_PREFIX]) {
             let (key, sealed) = item.map_err(Error::db(HISTORY, "scan"))?;
-            let entry = open_tail(s, &key, &sealed)?;
-            let conv: [u8; 32] = key
-                .get(1..33)
-                .and_then(|c| c.try_into().ok())
-                .unwrap_or_default();
-            let slot = by_conv.entry(conv).or_default();
-            slot.0 += 1;
-            slot.1 = Some(entry);
+            if self.open_conversation(&key, &sealed)?.pending.is_some()
+                && let Some(conv) = key.get(1..33).and_then(|c| <[u8; 32]>::try_from(c).ok())
+            {
+                convs.insert(conv);
+            }
         }
         let mut fixed = 0;
-        for (conv, (count, newest)) in by_conv {
-            let mut record = self
-                .conv_record(&conv)?
-                .unwrap_or_else(|| super::conversations::ConvRecord::new(conv));
-            let mut changed = record.tail_len != count;
-            record.tail_len = count;
-            if let Some(n) = newest {
-                let behind = record
-                    .newest
-                    .as_ref()
-                    .is_none_or(|r| r.order() < n.order() || (r.order() == n.order() && r != &n));
-                if behind {
-                    record.conv.last_message_at = record.conv.last_message_at.max(n.sent_at);
-                    record.conv.last_lamport = record.conv.last_lamport.max(n.lamport);
-                    record.newest = Some(n);
-                    changed = true;
-                }
-            }
-            if changed {
-                s.history
-                    .insert(
-                        &super::keys::conv_key(&conv)[..],
-                        self.seal_conversation(&record)?,
-                    )
-                    .map_err(Error::db(HISTORY, "repair"))?;
+        for conv in convs {
+            if self.repair_one(&conv)? {
                 fixed += 1;
             }
         }
         Ok(fixed)
+    }
+
+    /// The newest message in a block of `conv`.
+    fn newest_in_blocks(&self, conv: &[u8; 32]) -> Result<Option<Entry>, Error> {
+        let s = self.store;
+        match s
+            .history
+            .scan_prefix(super::keys::block_prefix(conv))
+            .next_back()
+            .transpose()
+            .map_err(Error::db(HISTORY, "scan"))?
+        {
+            Some((key, sealed)) => Ok(super::blocks::open_block(s, &key, &sealed)?.pop()),
+            None => Ok(None),
+        }
+    }
+
+    fn repair_one(&self, conv: &[u8; 32]) -> Result<bool, Error> {
+        let s = self.store;
+        let mut record = self
+            .conv_record(conv)?
+            .unwrap_or_else(|| super::conversations::ConvRecord::new(*conv));
+        let original = record.clone();
+        let mut tail = Vec::new();
+        scan_tail(s, conv, |e| {
+            tail.push(e);
+            Ok(())
+        })?;
+        let end = self.newest_in_blocks(conv)?.map(|e| owned_order(&e));
+        // Tail records at or below the newest block message were copied
+        // into a block by the cut-short write: delete the copy once the
+        // block is seen to hold it; one the blocks lack moves there.
+        let mut moved = false;
+        if let Some(end) = end {
+            let mut staged = Staged::new(s);
+            for e in tail.iter().filter(|e| owned_order(e) <= end) {
+                let key = tail_key(&e.sort_key(conv));
+                staged.tail.insert(
+                    key,
+                    TailOp::Delete {
+                        expires_at: e.expires_at,
+                    },
+                );
+                let in_block = self.find_in_blocks(conv, &e.sort_key(conv))?.is_some();
+                if !in_block {
+                    staged.insert_into_blocks(conv, e.clone())?;
+                    moved = true;
+                }
+            }
+            if !staged.tail.is_empty() {
+                staged.commit_batch()?;
+            }
+            tail.retain(|e| owned_order(e) > end);
+        }
+        let block_newest = self.newest_in_blocks(conv)?;
+        if moved {
+            record.blocks_end = block_newest.as_ref().map(owned_order);
+        } else {
+            record.blocks_end = end;
+        }
+        if let Some(p) = record.pending.take() {
+            let (mut unread, mut lamport, mut at) = p.before;
+            for ((l, sender, id), incoming, sent_at) in p.added {
+                let r = super::MessageRef {
+                    conv_id: *conv,
+                    lamport: l,
+                    sender,
+                    msg_id: id,
+                };
+                if self.get(&r)?.is_some() {
+                    unread = unread.saturating_add(u32::from(incoming));
+                    lamport = lamport.max(l);
+                    at = at.max(sent_at);
+                }
+            }
+            record.conv.unread = unread;
+            record.conv.last_lamport = lamport;
+            record.conv.last_message_at = at;
+        }
+        record.tail_len = u32::try_from(tail.len()).unwrap_or(u32::MAX);
+        record.newest = tail.pop().or(block_newest);
+        if record == original {
+            return Ok(false);
+        }
+        s.history
+            .insert(
+                &super::keys::conv_key(conv)[..],
+                self.seal_conversation(&record)?,
+            )
+            .map_err(Error::db(HISTORY, "repair"))?;
+        Ok(true)
     }
 }

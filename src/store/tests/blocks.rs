@@ -275,7 +275,7 @@ fn live_appends_fill_blocks_and_a_page_reads_few_of_them() {
 }
 
 #[test]
-fn a_conversation_record_left_behind_its_tail_is_repaired_on_open() {
+fn a_conversation_record_ahead_of_its_messages_is_repaired_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let key = super::data_key(1);
     let first = super::msg(4, 1, 1, 1, b"first");
@@ -284,23 +284,65 @@ fn a_conversation_record_left_behind_its_tail_is_repaired_on_open() {
         let store = Store::open(dir.path(), &key).unwrap();
         let h = store.history();
         h.append(&first, Direction::Incoming).unwrap();
-        let conv_key = crate::store::keys::conv_key(&[4; 32]);
-        let before = store.history.get(conv_key).unwrap().unwrap();
-        // The single-message write puts the message before its
-        // conversation record; a crash between the two leaves this state.
         h.append(&second, Direction::Incoming).unwrap();
-        store.history.insert(conv_key, before).unwrap();
-        let stale = h.conv_record(&[4; 32]).unwrap().unwrap();
-        assert_eq!(stale.tail_len, 1);
+        // A single-message append writes its conversation record first; a
+        // crash right after it leaves the record counting a message whose
+        // own record never reached the disk.
+        let tail = crate::store::keys::tail_key(&second.reference().sort_key());
+        store.history.remove(tail).unwrap();
+        let ahead = h.conv_record(&[4; 32]).unwrap().unwrap();
+        assert_eq!((ahead.conv.unread, ahead.tail_len), (2, 2));
         store.flush().unwrap();
     }
     let store = Store::open(dir.path(), &key).unwrap();
     let h = store.history();
     let record = h.conv_record(&[4; 32]).unwrap().unwrap();
-    assert_eq!(record.tail_len, 2);
-    assert_eq!(record.conv.last_lamport, 2);
-    let summaries = h.summaries().unwrap();
-    assert_eq!(summaries[0].last.as_ref(), Some(&second));
-    assert_eq!(walk(&h, &[4; 32], 10), vec![second, first]);
+    assert_eq!((record.conv.unread, record.tail_len), (1, 1));
+    assert_eq!(record.conv.last_lamport, 1);
+    assert_eq!(record.pending, None);
+    assert_eq!(h.summaries().unwrap()[0].last.as_ref(), Some(&first));
+    assert_eq!(walk(&h, &[4; 32], 10), vec![first]);
+    check_invariants(&store);
+}
+
+#[test]
+fn a_move_into_a_block_cut_short_is_repaired_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = super::data_key(1);
+    let msgs: Vec<_> = (1..=TAIL_MAX as u64)
+        .map(|i| super::msg(6, i, 1, i as u8, b"m"))
+        .collect();
+    {
+        let store = Store::open(dir.path(), &key).unwrap();
+        let h = store.history();
+        for m in &msgs[..msgs.len() - 1] {
+            h.append(m, Direction::Incoming).unwrap();
+        }
+        let conv_key = crate::store::keys::conv_key(&[6; 32]);
+        let record = store.history.get(conv_key).unwrap().unwrap();
+        let tail: Vec<_> = store
+            .history
+            .scan_prefix([TAIL_PREFIX])
+            .map(|kv| kv.unwrap())
+            .collect();
+        assert_eq!(tail.len(), msgs.len() - 1);
+        // The last append moves the tail into a block...
+        h.append(msgs.last().unwrap(), Direction::Incoming).unwrap();
+        assert_eq!(store.history.scan_prefix([TAIL_PREFIX]).count(), 0);
+        // ...and a crash right after the block was written would have left
+        // the old conversation record and the tail records.
+        store.history.insert(conv_key, record).unwrap();
+        for (k, v) in tail {
+            store.history.insert(k, v).unwrap();
+        }
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path(), &key).unwrap();
+    let h = store.history();
+    let mut want = msgs.clone();
+    want.reverse();
+    assert_eq!(walk(&h, &[6; 32], 7), want);
+    assert_eq!(store.history.scan_prefix([TAIL_PREFIX]).count(), 0);
+    assert_eq!(h.summaries().unwrap()[0].last.as_ref(), msgs.last());
     check_invariants(&store);
 }
