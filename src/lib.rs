@@ -4,8 +4,10 @@
 //!   envelopes, keys at rest. Pure library code, no I/O.
 //! - [`cli`]: the command line (the only code that prints for people).
 //! - [`store`]: the encrypted sled store: message history, conversations.
+//! - [`node`]: the libp2p side: [`node::net`] is the swarm, its protocols
+//!   and the direct-path wire format.
 //!
-//! The node actor and relay mode build on `crypto` and `store`
+//! The node actor and relay mode build on `crypto`, `store` and `node::net`
 //! (`src/node/`, `src/relay/`).
 
 pub mod cli;

@@ -38,6 +38,11 @@ pub(crate) const MAX_BODY: usize = 64 * 1024;
 /// expiry and length prefixes.
 const ENTRY_OVERHEAD: usize = 32 + 16 + 3 * 10 + 2 + 5;
 
+/// Most messages per conversation a write may add as single sled writes
+/// (see `Staged::commit`); larger writes go in one batch. Bounds the note a
+/// conversation record carries about its last write.
+pub(crate) const MAX_PENDING_ADDED: usize = 4;
+
 /// The `history` tree: conversations, blocks and expiry entries (see `keys`).
 pub(crate) const HISTORY: &str = "history";
 
@@ -636,7 +641,11 @@ impl<'s> Staged<'s> {
             && self
                 .blocks
                 .iter()
-                .all(|(k, v)| v.is_some() && !self.read_expiry.contains_key(k));
+                .all(|(k, v)| v.is_some() && !self.read_expiry.contains_key(k))
+            && self
+                .journal
+                .values()
+                .all(|j| j.added.len() <= MAX_PENDING_ADDED);
         if only_additions {
             return self.commit_in_order();
         }

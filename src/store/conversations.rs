@@ -18,8 +18,8 @@ pub(crate) const CONVERSATIONS: TreeSpec = TreeSpec {
     max_plain: MAX_TITLE + 96 + BLOCKS.max_plain + PENDING_MAX,
 };
 
-/// Room for a [`Pending`] of a write of up to a full tail.
-const PENDING_MAX: usize = 32 + 100 * 72;
+/// Room for a [`Pending`] (see `blocks::MAX_PENDING_ADDED`).
+const PENDING_MAX: usize = 32 + 2 * super::blocks::MAX_PENDING_ADDED * 80;
 
 /// What a conversation record holds: the conversation, and a copy of its
 /// newest stored message, so the conversation list reads one record per

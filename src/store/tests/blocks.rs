@@ -346,3 +346,21 @@ fn a_move_into_a_block_cut_short_is_repaired_on_open() {
     assert_eq!(h.summaries().unwrap()[0].last.as_ref(), msgs.last());
     check_invariants(&store);
 }
+
+#[test]
+fn a_large_batch_into_one_conversation_is_stored_whole() {
+    let (_dir, store) = fresh();
+    let h = store.history();
+    let batch: Vec<_> = (0..500u64)
+        .map(|i| {
+            let mut m = super::msg(8, i, (i % 2) as u8, 0, &[9; 300]);
+            m.msg_id[..8].copy_from_slice(&i.to_be_bytes());
+            m
+        })
+        .collect();
+    let got = h.append_batch(&batch, Direction::Incoming).unwrap();
+    assert!(got.iter().all(|a| *a == Appended::Inserted));
+    assert_eq!(walk(&h, &[8; 32], 50).len(), 500);
+    assert_eq!(h.conversation(&[8; 32]).unwrap().unwrap().unread, 500);
+    check_invariants(&store);
+}

@@ -1,0 +1,218 @@
+//! The composed [`Behaviour`] and [`build_swarm`]: transports, protocols and
+//! their parameters.
+
+use std::time::Duration;
+
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, gossipsub, identify,
+    identity, kad, mdns, noise, ping, relay, request_response, tcp, yamux,
+};
+use sha2::{Digest, Sha256};
+
+use super::{NetConfig, NetError, direct};
+
+/// Identify's protocol family string.
+pub const IDENTIFY_PROTOCOL: &str = "/meshchat/1";
+/// Our own Kademlia DHT, kept apart from the public IPFS one.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/meshchat/kad/1");
+/// Room on top of the largest payload for gossipsub's own framing (topic
+/// string, protobuf tags); control messages have their own limit.
+const GOSSIP_FRAMING: usize = 4 * 1024;
+/// Incoming connections still in their handshake.
+const MAX_PENDING_INCOMING: u32 = 64;
+/// Established connections to one peer.
+const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+
+pub use derived::{Behaviour, BehaviourEvent};
+
+mod derived {
+    // The derive generates `BehaviourEvent`, one undocumented variant per
+    // field (named after it); the fields' docs below say what each carries.
+    #![allow(missing_docs)]
+
+    use libp2p::swarm::NetworkBehaviour;
+    use libp2p::swarm::behaviour::toggle::Toggle;
+    use libp2p::{
+        autonat, connection_limits, dcutr, gossipsub, identify, kad, mdns, ping, relay,
+        request_response,
+    };
+
+    #[cfg(doc)]
+    use super::NetConfig;
+    use super::direct;
+
+    /// Every protocol a meshchat node speaks.
+    #[derive(NetworkBehaviour)]
+    pub struct Behaviour {
+        /// Caps on pending and established connections (first, so that it
+        /// can deny a connection before the others set anything up).
+        pub limits: connection_limits::Behaviour,
+        /// Presence, inbox and group topics (anonymous, application-validated).
+        pub gossipsub: gossipsub::Behaviour,
+        /// `/meshchat/direct/1` batches and acks.
+        pub direct: request_response::Behaviour<direct::Codec>,
+        /// Exchanges listen addresses and protocols with every peer.
+        pub identify: identify::Behaviour,
+        /// Liveness.
+        pub ping: ping::Behaviour,
+        /// Peer routing across networks.
+        pub kad: kad::Behaviour<kad::store::MemoryStore>,
+        /// Learns whether we are publicly reachable (v1; global addresses only).
+        pub autonat: autonat::Behaviour,
+        /// Reservations on circuit relays and dialling through them.
+        pub relay_client: relay::client::Behaviour,
+        /// Hole punching over relayed connections.
+        pub dcutr: dcutr::Behaviour,
+        /// LAN discovery; disabled unless [`NetConfig::mdns`] is set.
+        pub mdns: Toggle<mdns::tokio::Behaviour>,
+    }
+}
+
+/// The gossipsub configuration used by every node.
+///
+/// - Anonymous: no author, sequence number or signature on the wire (our
+///   envelopes authenticate inside), so incoming messages carrying any of
+///   them are refused (`ValidationMode::Anonymous`).
+/// - Message id = SHA-256 of the data, the same id the node dedups by.
+/// - `validate_messages`: nothing is forwarded before the node's verdict.
+/// - Mesh degree 6 (low 4, high 12, outbound min 2): the gossipsub v1.1
+///   defaults, right for ~100 nodes. Smaller meshes need nothing special:
+///   a node below `mesh_n_low` grafts every subscribed peer at once, and
+///   flood publishing sends our own messages to all subscribed peers.
+/// - `max_transmit_size` fits the largest payload allowed on any topic.
+pub fn gossipsub_config(cfg: &NetConfig) -> Result<gossipsub::Config, NetError> {
+    gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
+        .validate_messages()
+        .message_id_fn(|message: &gossipsub::Message| {
+            gossipsub::MessageId::from(Sha256::digest(&message.data).to_vec())
+        })
+        .mesh_n(6)
+        .mesh_n_low(4)
+        .mesh_n_high(12)
+        .mesh_outbound_min(2)
+        .gossip_lazy(6)
+        .flood_publish(true)
+        .heartbeat_interval(Duration::from_secs(1))
+        .heartbeat_initial_delay(Duration::from_millis(500))
+        // Long enough to cover the mesh's propagation time plus retries by
+        // the outbox, so a republished envelope is recognised.
+        .duplicate_cache_time(Duration::from_secs(120))
+        .max_transmit_size(cfg.gossip_limits.max_any() + GOSSIP_FRAMING)
+        .build()
+        .map_err(|e| NetError::GossipConfig(e.to_string()))
+}
+
+impl Behaviour {
+    fn new(
+        key: &identity::Keypair,
+        relay_client: relay::client::Behaviour,
+        cfg: &NetConfig,
+    ) -> Result<Self, NetError> {
+        let peer_id = key.public().to_peer_id();
+
+        let gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Anonymous,
+            gossipsub_config(cfg)?,
+        )
+        .map_err(|e| NetError::GossipConfig(e.to_string()))?;
+
+        let direct = request_response::Behaviour::with_codec(
+            direct::Codec::new(cfg.direct_limits),
+            [(direct::PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(cfg.direct_timeout),
+        );
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                .with_agent_version(format!("meshchat/{}", env!("CARGO_PKG_VERSION"))),
+        );
+
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config.set_query_timeout(Duration::from_secs(30));
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        if cfg.kad_server {
+            kad.set_mode(Some(kad::Mode::Server));
+        }
+
+        // v1 with its defaults: probes only peers seen at global addresses
+        // and serves only such peers, so it stays silent on loopback and LANs.
+        let autonat = autonat::Behaviour::new(peer_id, autonat::Config::default());
+
+        let mdns = if cfg.mdns {
+            Some(
+                mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                    .map_err(NetError::Mdns)?,
+            )
+        } else {
+            None
+        };
+
+        let limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                .with_max_established_incoming(Some(cfg.max_inbound_connections))
+                // A direct and a relayed connection, plus a dial race each way.
+                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+        );
+
+        Ok(Self {
+            limits,
+            gossipsub,
+            direct,
+            identify,
+            ping: ping::Behaviour::default(),
+            kad,
+            autonat,
+            relay_client,
+            dcutr: dcutr::Behaviour::new(peer_id),
+            mdns: Toggle::from(mdns),
+        })
+    }
+}
+
+/// Builds the swarm: TCP and QUIC (v1), Noise + Yamux on TCP, DNS, and the
+/// circuit-relay client transport, with `keypair` (the device identity) as
+/// the peer id. It does not listen or dial; see [`super::Net::start`].
+pub fn build_swarm(
+    keypair: identity::Keypair,
+    cfg: &NetConfig,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let noise_err = |e: noise::Error| NetError::Noise(e.to_string());
+    // The builder boxes behaviour errors into strings; keep ours typed.
+    let mut behaviour_error = None;
+    let swarm = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(noise_err)?
+        .with_quic()
+        .with_dns()
+        .map_err(NetError::Dns)?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(noise_err)?
+        .with_behaviour(|key, relay_client| {
+            let built = Behaviour::new(key, relay_client, cfg);
+            match built {
+                Ok(b) => Ok(b),
+                Err(e) => {
+                    let msg = e.to_string();
+                    behaviour_error = Some(e);
+                    Err(msg.into())
+                }
+            }
+        })
+        .map_err(|e| NetError::Behaviour(e.to_string()));
+    match (swarm, behaviour_error) {
+        (_, Some(e)) => Err(e),
+        (Err(e), None) => Err(e),
+        (Ok(builder), None) => Ok(builder
+            .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_connection_timeout))
+            .build()),
+    }
+}

@@ -1,0 +1,95 @@
+//! [`NetConfig`]: everything the network layer is told by the node.
+
+use std::time::Duration;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+
+use super::direct;
+use super::validate::{DEFAULT_RATE_PEERS, GossipLimits, RateLimit};
+
+/// Default idle-connection timeout. libp2p's own default (10 s) drops a
+/// connection that only gossipsub uses as soon as the peer leaves our mesh;
+/// a minute keeps direct-path peers connected between messages.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default timeout of a direct request (the delivery ladder moves on to
+/// the relay after it).
+pub const DEFAULT_DIRECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default cap on established incoming connections; the gossip rate
+/// limiter tracks more peers than this ([`super::DEFAULT_RATE_PEERS`]).
+pub const DEFAULT_MAX_INBOUND: u32 = 512;
+
+/// Configuration of the swarm and its protocols.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on (TCP and/or QUIC).
+    pub listen: Vec<Multiaddr>,
+    /// Discover peers on the local network with mDNS. Off by default: it
+    /// multicasts on every interface.
+    pub mdns: bool,
+    /// Kademlia bootstrap peers, dialled at start.
+    pub bootstrap: Vec<(PeerId, Multiaddr)>,
+    /// Circuit relays to hold a reservation on; each address ends in
+    /// `/p2p/<relay peer id>`.
+    pub relays: Vec<Multiaddr>,
+    /// How long a connection with no protocol in use stays open.
+    pub idle_connection_timeout: Duration,
+    /// Number of inbox shards (`meshchat/1/inbox/{0..n}`); 1 on a LAN.
+    pub inbox_shards: u16,
+    /// Per-peer budget for gossip messages forwarded to us.
+    pub gossip_rate: RateLimit,
+    /// How many peers' rate-limit state is kept.
+    pub gossip_rate_peers: usize,
+    /// Gossip payload limits per topic kind.
+    pub gossip_limits: GossipLimits,
+    /// Limits of `/meshchat/direct/1` batches.
+    pub direct_limits: direct::Limits,
+    /// Timeout of one direct request.
+    pub direct_timeout: Duration,
+    /// Most established incoming connections (outgoing ones are ours).
+    pub max_inbound_connections: u32,
+    /// Serve Kademlia queries (server mode). Off: libp2p decides from
+    /// whether we have a confirmed external address (client otherwise).
+    pub kad_server: bool,
+}
+
+impl Default for NetConfig {
+    /// All interfaces, any port, TCP and QUIC; mDNS off.
+    fn default() -> Self {
+        Self::listening_on([0, 0, 0, 0])
+    }
+}
+
+impl NetConfig {
+    /// Loopback only, any port, TCP and QUIC: for tests and local demos.
+    pub fn loopback() -> Self {
+        Self::listening_on([127, 0, 0, 1])
+    }
+
+    /// TCP and QUIC on `ip`, any port, otherwise defaults.
+    pub fn listening_on(ip: [u8; 4]) -> Self {
+        let ip = Protocol::Ip4(ip.into());
+        Self {
+            listen: vec![
+                Multiaddr::empty().with(ip.clone()).with(Protocol::Tcp(0)),
+                Multiaddr::empty()
+                    .with(ip)
+                    .with(Protocol::Udp(0))
+                    .with(Protocol::QuicV1),
+            ],
+            mdns: false,
+            bootstrap: Vec::new(),
+            relays: Vec::new(),
+            idle_connection_timeout: DEFAULT_IDLE_TIMEOUT,
+            inbox_shards: 1,
+            gossip_rate: RateLimit::default(),
+            gossip_rate_peers: DEFAULT_RATE_PEERS,
+            gossip_limits: GossipLimits::default(),
+            direct_limits: direct::Limits::default(),
+            direct_timeout: DEFAULT_DIRECT_TIMEOUT,
+            max_inbound_connections: DEFAULT_MAX_INBOUND,
+            kad_server: true,
+        }
+    }
+}

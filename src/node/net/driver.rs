@@ -1,0 +1,360 @@
+//! [`Net`]: the swarm plus the state the network layer keeps beside it. The
+//! node actor owns one and calls these methods from its single task.
+
+use std::time::Instant;
+
+use libp2p::futures::StreamExt;
+use libp2p::gossipsub::{self, MessageId, PublishError};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{Multiaddr, PeerId, Swarm, identity, kad};
+
+use super::behaviour::{Behaviour, build_swarm};
+use super::events::{GossipMessage, NetEvent};
+use super::topic::Topic;
+use super::validate::{GossipValidator, Verdict};
+use super::{NetConfig, NetError, direct};
+
+/// The outcome of a publish that did not fail outright.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Handed to at least one peer's queue.
+    Sent(MessageId),
+    /// These exact bytes were published or received within the duplicate
+    /// window: nothing was sent now, the mesh already has them.
+    Duplicate,
+    /// No connected peer is subscribed to the topic (yet): not sent.
+    NoPeers,
+    /// Every subscribed peer's queue was full: not sent (pace and retry).
+    QueuesFull {
+        /// Peers that were tried.
+        peers: usize,
+    },
+}
+
+impl Published {
+    /// Whether the message left this node now.
+    pub fn is_sent(&self) -> bool {
+        matches!(self, Self::Sent(_))
+    }
+}
+
+/// The swarm and its companions.
+pub struct Net {
+    pub(super) swarm: Swarm<Behaviour>,
+    pub(super) validator: GossipValidator,
+    direct_limits: direct::Limits,
+    inbox_shards: u16,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("peer_id", self.swarm.local_peer_id())
+            .field("connected", &self.swarm.connected_peers().count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Net {
+    /// Builds the swarm, starts listening on `cfg.listen`, asks each relay
+    /// in `cfg.relays` for a reservation, dials the bootstrap peers and
+    /// starts a Kademlia bootstrap. Must run inside a tokio runtime.
+    pub fn start(keypair: identity::Keypair, cfg: &NetConfig) -> Result<Self, NetError> {
+        let swarm = build_swarm(keypair, cfg)?;
+        let mut net = Self {
+            swarm,
+            validator: GossipValidator::new(
+                cfg.gossip_limits,
+                cfg.gossip_rate,
+                cfg.gossip_rate_peers,
+            ),
+            direct_limits: cfg.direct_limits,
+            inbox_shards: cfg.inbox_shards.max(1),
+        };
+        for addr in &cfg.listen {
+            net.listen_on(addr.clone())?;
+        }
+        for relay in &cfg.relays {
+            net.listen_via_relay(relay.clone())?;
+        }
+        for (peer, addr) in &cfg.bootstrap {
+            net.add_address(peer, addr.clone());
+            net.dial_peer(*peer, vec![addr.clone()])?;
+        }
+        if !cfg.bootstrap.is_empty() {
+            net.bootstrap()?;
+        }
+        Ok(net)
+    }
+
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// The swarm, for what this wrapper does not cover.
+    pub fn swarm(&self) -> &Swarm<Behaviour> {
+        &self.swarm
+    }
+
+    /// The swarm, mutably.
+    pub fn swarm_mut(&mut self) -> &mut Swarm<Behaviour> {
+        &mut self.swarm
+    }
+
+    /// Addresses we currently listen on.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.swarm.listeners().cloned().collect()
+    }
+
+    /// Whether at least one connection to `peer` is open.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.swarm.is_connected(peer)
+    }
+
+    /// Starts listening on one more address.
+    pub fn listen_on(&mut self, addr: Multiaddr) -> Result<(), NetError> {
+        self.swarm
+            .listen_on(addr.clone())
+            .map(|_| ())
+            .map_err(|e| NetError::Listen {
+                addr,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Reserves a slot on a circuit relay (`.../p2p/<relay id>`), so that
+    /// peers can reach us through it.
+    pub fn listen_via_relay(&mut self, relay: Multiaddr) -> Result<(), NetError> {
+        let Some(Protocol::P2p(relay_id)) = relay.iter().last() else {
+            return Err(NetError::RelayWithoutPeerId(relay));
+        };
+        let mut bare = relay.clone();
+        bare.pop();
+        self.add_address(&relay_id, bare);
+        self.listen_on(relay.with(Protocol::P2pCircuit))
+    }
+
+    /// Dials an address (its peer id, if any, is checked by the handshake).
+    pub fn dial(&mut self, addr: Multiaddr) -> Result<(), NetError> {
+        self.swarm.dial(addr.clone()).map_err(|e| NetError::Dial {
+            target: addr.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Dials `peer` unless already connected or dialling, trying `addrs`
+    /// and whatever the behaviours know (Kademlia, mDNS).
+    pub fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetError> {
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .addresses(addrs)
+            .extend_addresses_through_behaviour()
+            .build();
+        self.dial_with(peer, opts)
+    }
+
+    /// Dials a peer found by mDNS. Both ends usually discover each other
+    /// at the same moment and dial at once; with libp2p's default of
+    /// reusing the listening port for outgoing TCP, the two dials become
+    /// one TCP simultaneous open on which both sides start the Noise
+    /// handshake as initiator, and both fail ("input error"). A fresh
+    /// source port keeps the two dials apart (port reuse only matters for
+    /// hole punching, which a LAN does not need).
+    pub(super) fn dial_discovered(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<(), NetError> {
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .addresses(addrs)
+            .allocate_new_port()
+            .build();
+        self.dial_with(peer, opts)
+    }
+
+    fn dial_with(&mut self, peer: PeerId, opts: DialOpts) -> Result<(), NetError> {
+        match self.swarm.dial(opts) {
+            Ok(()) => Ok(()),
+            // Already connected or dialling: nothing to do.
+            Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => Ok(()),
+            Err(e) => Err(NetError::Dial {
+                target: peer.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// The inbox topic of a mailbox, with this node's shard count.
+    pub fn inbox_topic(&self, mailbox_id: &[u8; 32]) -> Topic {
+        Topic::inbox_for(mailbox_id, self.inbox_shards)
+    }
+
+    /// Subscribes to a topic; `false` if already subscribed.
+    pub fn subscribe(&mut self, topic: &Topic) -> Result<bool, NetError> {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic.ident())
+            .map_err(|e| NetError::Subscribe {
+                topic: topic.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Unsubscribes; `false` if we were not subscribed.
+    pub fn unsubscribe(&mut self, topic: &Topic) -> bool {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .unsubscribe(&topic.ident())
+    }
+
+    /// Publishes `data` on `topic`. "Not sent" outcomes are values, so the
+    /// outbox can retry them; only real failures are errors.
+    pub fn publish(&mut self, topic: &Topic, data: Vec<u8>) -> Result<Published, NetError> {
+        let max = self.validator.limits().max_for(topic.kind());
+        let len = data.len();
+        let too_large = || NetError::GossipTooLarge {
+            topic: topic.to_string(),
+            len,
+            max,
+        };
+        if len > max {
+            return Err(too_large());
+        }
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic.ident(), data)
+        {
+            Ok(id) => Ok(Published::Sent(id)),
+            Err(PublishError::Duplicate) => Ok(Published::Duplicate),
+            Err(PublishError::NoPeersSubscribedToTopic) => Ok(Published::NoPeers),
+            Err(PublishError::AllQueuesFull(peers)) => Ok(Published::QueuesFull { peers }),
+            Err(PublishError::MessageTooLarge) => Err(too_large()),
+            Err(e) => Err(NetError::Publish {
+                topic: topic.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// The network-level checks (rate, size, version) for a received
+    /// message, without reporting anything. See [`Net::validate_gossip`].
+    pub fn check_gossip(&mut self, msg: &GossipMessage) -> Verdict {
+        self.validator
+            .check(&msg.source, Some(&msg.topic), &msg.data, Instant::now())
+    }
+
+    /// Validates a received message: the network-level checks, then (if
+    /// they pass) the node's own `extra` check on the payload; reports the
+    /// verdict to gossipsub (which forwards only accepted messages) and
+    /// returns it. Call once per [`NetEvent::Gossip`].
+    pub fn validate_gossip(
+        &mut self,
+        msg: &GossipMessage,
+        extra: impl FnOnce(&[u8]) -> Verdict,
+    ) -> Verdict {
+        let verdict = self.check_gossip(msg).and_then(|| extra(&msg.data));
+        self.report_gossip(&msg.id, &msg.source, verdict);
+        verdict
+    }
+
+    /// Reports a verdict for a received message; `false` if gossipsub no
+    /// longer holds it (already reported, or expired from its cache).
+    pub fn report_gossip(&mut self, id: &MessageId, source: &PeerId, verdict: Verdict) -> bool {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, source, verdict.acceptance())
+    }
+
+    /// Peers we know to be subscribed to `topic`.
+    pub fn topic_peers(&self, topic: &Topic) -> Vec<PeerId> {
+        let hash = topic.hash();
+        self.swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&hash))
+            .map(|(peer, _)| *peer)
+            .collect()
+    }
+
+    /// Sends a batch on `/meshchat/direct/1`, dialling if needed. The batch
+    /// is checked against the protocol limits first; the answer comes as
+    /// [`NetEvent::DirectAck`] or [`NetEvent::DirectFailed`].
+    pub fn send_direct(
+        &mut self,
+        peer: &PeerId,
+        batch: direct::Batch,
+    ) -> Result<OutboundRequestId, NetError> {
+        batch
+            .check(&self.direct_limits)
+            .map_err(|source| NetError::Direct {
+                peer: *peer,
+                source,
+            })?;
+        Ok(self.swarm.behaviour_mut().direct.send_request(peer, batch))
+    }
+
+    /// Answers a [`NetEvent::DirectRequest`].
+    pub fn respond_direct(
+        &mut self,
+        channel: ResponseChannel<direct::Ack>,
+        ack: direct::Ack,
+    ) -> Result<(), NetError> {
+        self.swarm
+            .behaviour_mut()
+            .direct
+            .send_response(channel, ack)
+            .map_err(|_| NetError::ResponseChannelClosed)
+    }
+
+    /// Adds an address of `peer` to the Kademlia routing table.
+    pub fn add_address(&mut self, peer: &PeerId, addr: Multiaddr) {
+        self.swarm.behaviour_mut().kad.add_address(peer, addr);
+    }
+
+    /// Starts a Kademlia bootstrap (the result arrives as
+    /// [`NetEvent::Bootstrapped`]).
+    pub fn bootstrap(&mut self) -> Result<kad::QueryId, NetError> {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .bootstrap()
+            .map_err(|_| NetError::NoKnownPeers)
+    }
+
+    /// Looks `peer` up in the DHT; answered by [`NetEvent::PeerFound`] or
+    /// [`NetEvent::PeerNotFound`].
+    pub fn find_peer(&mut self, peer: PeerId) -> kad::QueryId {
+        self.swarm.behaviour_mut().kad.get_closest_peers(peer)
+    }
+
+    /// Waits for the next event the node should see, handling the rest
+    /// (identify → Kademlia, mDNS → dial) on the way. Cancel-safe: the
+    /// only await point is the swarm's own `next`, so it can sit in a
+    /// `select!` beside the command channel.
+    pub async fn next_event(&mut self) -> NetEvent {
+        loop {
+            let event = self.swarm.select_next_some().await;
+            if let Some(event) = self.on_swarm_event(event) {
+                return event;
+            }
+        }
+    }
+
+    /// Reports a received message we cannot even attribute to a topic.
+    pub(super) fn reject_unknown(&mut self, id: &MessageId, source: &PeerId) {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, source, gossipsub::MessageAcceptance::Reject);
+    }
+}

@@ -1,0 +1,316 @@
+//! [`NetEvent`]: what the network layer hands to the node, and the
+//! translation from raw swarm events (housekeeping is done here: identify
+//! feeds Kademlia, mDNS discoveries are dialled).
+
+use std::collections::BTreeMap;
+
+use libp2p::gossipsub::{self, MessageId};
+use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, identify, kad, mdns, relay};
+use tracing::{debug, trace};
+
+use super::behaviour::{BehaviourEvent, KAD_PROTOCOL};
+use super::direct;
+use super::driver::Net;
+use super::topic::Topic;
+
+/// Most listen addresses taken from one identify message into Kademlia.
+const MAX_IDENTIFY_ADDRS: usize = 16;
+/// Most peers taken from one mDNS discovery event.
+const MAX_MDNS_PEERS: usize = 64;
+
+/// A gossip message waiting for the node's verdict.
+#[derive(Debug, Clone)]
+pub struct GossipMessage {
+    /// The peer that forwarded it to us (not its author: gossip is anonymous).
+    pub source: PeerId,
+    /// SHA-256 of `data`.
+    pub id: MessageId,
+    /// Where it was published.
+    pub topic: Topic,
+    /// The payload.
+    pub data: Vec<u8>,
+}
+
+/// Something the node should know about.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum NetEvent {
+    /// We listen on a new address.
+    Listening {
+        /// The address.
+        addr: Multiaddr,
+    },
+    /// The first connection to a peer is up.
+    Connected {
+        /// The peer.
+        peer: PeerId,
+        /// Its address on that connection.
+        addr: Multiaddr,
+    },
+    /// The last connection to a peer closed.
+    Disconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// mDNS found peers on the LAN (already being dialled).
+    Discovered {
+        /// The peers, each once.
+        peers: Vec<PeerId>,
+    },
+    /// A peer subscribed to one of our topics' names.
+    Subscribed {
+        /// The peer.
+        peer: PeerId,
+        /// The topic.
+        topic: Topic,
+    },
+    /// A peer unsubscribed.
+    Unsubscribed {
+        /// The peer.
+        peer: PeerId,
+        /// The topic.
+        topic: Topic,
+    },
+    /// A gossip message: pass it to [`Net::validate_gossip`].
+    Gossip(GossipMessage),
+    /// A peer sent a direct batch: answer with [`Net::respond_direct`].
+    DirectRequest {
+        /// The sender (authenticated by the connection).
+        peer: PeerId,
+        /// The frames.
+        batch: direct::Batch,
+        /// Where the ack goes.
+        channel: ResponseChannel<direct::Ack>,
+    },
+    /// A peer acknowledged one of our batches.
+    DirectAck {
+        /// The peer.
+        peer: PeerId,
+        /// Which request.
+        request: OutboundRequestId,
+        /// Its answer.
+        ack: direct::Ack,
+    },
+    /// A batch of ours was not acknowledged (dial failure, timeout, the
+    /// peer does not speak the protocol, or its ack was malformed).
+    DirectFailed {
+        /// The peer.
+        peer: PeerId,
+        /// Which request.
+        request: OutboundRequestId,
+        /// Why.
+        error: OutboundFailure,
+    },
+    /// A Kademlia bootstrap finished.
+    Bootstrapped {
+        /// Whether it reached at least one peer.
+        ok: bool,
+    },
+    /// A DHT lookup found the peer.
+    PeerFound {
+        /// The peer.
+        peer: PeerId,
+        /// Its addresses.
+        addrs: Vec<Multiaddr>,
+    },
+    /// A DHT lookup ended without finding the peer.
+    PeerNotFound {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A circuit relay accepted our reservation.
+    RelayReserved {
+        /// The relay.
+        relay: PeerId,
+    },
+}
+
+impl Net {
+    /// Handles one raw swarm event; returns what the node should see.
+    pub fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Option<NetEvent> {
+        match event {
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                Some(NetEvent::Listening { addr: address })
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => (num_established.get() == 1).then(|| NetEvent::Connected {
+                peer: peer_id,
+                addr: endpoint.get_remote_address().clone(),
+            }),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => (num_established == 0).then_some(NetEvent::Disconnected { peer: peer_id }),
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(peer = ?peer_id, %error, "dial failed");
+                None
+            }
+            other => {
+                trace!(event = ?other, "swarm event");
+                None
+            }
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) -> Option<NetEvent> {
+        match event {
+            BehaviourEvent::Gossipsub(event) => self.on_gossip(event),
+            BehaviourEvent::Direct(event) => on_direct(event),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    // Kademlia does not take identify's addresses by itself.
+                    for addr in info.listen_addrs.into_iter().take(MAX_IDENTIFY_ADDRS) {
+                        self.add_address(&peer_id, addr);
+                    }
+                }
+                None
+            }
+            BehaviourEvent::Kad(event) => on_kad(event),
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => self.on_mdns(found),
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => (!renewal).then_some(NetEvent::RelayReserved {
+                relay: relay_peer_id,
+            }),
+            other => {
+                trace!(event = ?other, "behaviour event");
+                None
+            }
+        }
+    }
+
+    fn on_gossip(&mut self, event: gossipsub::Event) -> Option<NetEvent> {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => match Topic::from_hash(&message.topic) {
+                Some(topic) => Some(NetEvent::Gossip(GossipMessage {
+                    source: propagation_source,
+                    id: message_id,
+                    topic,
+                    data: message.data,
+                })),
+                None => {
+                    self.reject_unknown(&message_id, &propagation_source);
+                    None
+                }
+            },
+            gossipsub::Event::Subscribed { peer_id, topic, .. } => {
+                Topic::from_hash(&topic).map(|topic| NetEvent::Subscribed {
+                    peer: peer_id,
+                    topic,
+                })
+            }
+            gossipsub::Event::Unsubscribed { peer_id, topic } => {
+                Topic::from_hash(&topic).map(|topic| NetEvent::Unsubscribed {
+                    peer: peer_id,
+                    topic,
+                })
+            }
+            other => {
+                debug!(event = ?other, "gossipsub");
+                None
+            }
+        }
+    }
+
+    fn on_mdns(&mut self, found: Vec<(PeerId, Multiaddr)>) -> Option<NetEvent> {
+        let mut by_peer: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
+        for (peer, addr) in found.into_iter().take(MAX_MDNS_PEERS) {
+            by_peer.entry(peer).or_default().push(addr);
+        }
+        for (peer, addrs) in &by_peer {
+            for addr in addrs {
+                self.add_address(peer, addr.clone());
+            }
+            if let Err(error) = self.dial_discovered(*peer, addrs.clone()) {
+                debug!(peer = %peer, %error, "mDNS peer not dialled");
+            }
+        }
+        Some(NetEvent::Discovered {
+            peers: by_peer.into_keys().collect(),
+        })
+    }
+}
+
+fn on_direct(event: request_response::Event<direct::Batch, direct::Ack>) -> Option<NetEvent> {
+    match event {
+        request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Message::Request {
+                request, channel, ..
+            } => Some(NetEvent::DirectRequest {
+                peer,
+                batch: request,
+                channel,
+            }),
+            request_response::Message::Response {
+                request_id,
+                response,
+            } => Some(NetEvent::DirectAck {
+                peer,
+                request: request_id,
+                ack: response,
+            }),
+        },
+        request_response::Event::OutboundFailure {
+            peer,
+            request_id,
+            error,
+            ..
+        } => Some(NetEvent::DirectFailed {
+            peer,
+            request: request_id,
+            error,
+        }),
+        request_response::Event::InboundFailure { peer, error, .. } => {
+            debug!(peer = %peer, %error, "inbound direct request failed");
+            None
+        }
+        request_response::Event::ResponseSent { .. } => None,
+    }
+}
+
+fn on_kad(event: kad::Event) -> Option<NetEvent> {
+    let kad::Event::OutboundQueryProgressed { result, step, .. } = event else {
+        trace!(event = ?event, "kad");
+        return None;
+    };
+    match result {
+        kad::QueryResult::Bootstrap(result) => {
+            if !step.last {
+                return None;
+            }
+            Some(NetEvent::Bootstrapped { ok: result.is_ok() })
+        }
+        kad::QueryResult::GetClosestPeers(result) => {
+            let (key, peers) = match result {
+                Ok(kad::GetClosestPeersOk { key, peers }) => (key, peers),
+                Err(kad::GetClosestPeersError::Timeout { key, peers }) => (key, peers),
+            };
+            let target = PeerId::from_bytes(&key).ok()?;
+            match peers.into_iter().find(|p| p.peer_id == target) {
+                Some(info) if !info.addrs.is_empty() => Some(NetEvent::PeerFound {
+                    peer: target,
+                    addrs: info.addrs,
+                }),
+                _ => Some(NetEvent::PeerNotFound { peer: target }),
+            }
+        }
+        other => {
+            trace!(result = ?other, "kad query");
+            None
+        }
+    }
+}

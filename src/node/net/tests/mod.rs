@@ -1,0 +1,5 @@
+//! Unit tests of the network layer that need no sockets. Multi-node tests
+//! are in `tests/net/`.
+
+mod codec;
+mod gossip;
