@@ -8,4 +8,5 @@
 
 pub mod net;
 pub mod proto;
+pub mod sessions;
 pub mod state;

@@ -1,0 +1,351 @@
+//! Double Ratchet sessions with contacts: which session to encrypt with,
+//! which to decrypt with, and what to do when both devices start one.
+//!
+//! One session per contact device. Sending to a device without a session
+//! runs X3DH against its bundle (from the invite, or fetched directly) and
+//! attaches the X3DH parameters to every message until the peer answers
+//! (a [`Frame::Prekey`]). Receiving a prekey message:
+//!
+//! - whose base key is the current session's: the peer is still waiting for
+//!   an answer and retried; decrypt with the current session;
+//! - whose base key was seen before (a replay of an old set-up): refused;
+//! - otherwise a new session from the peer. It replaces ours when ours has
+//!   already heard from the peer (the peer started over), or when both
+//!   sides started at once and the peer's identity key is the lower one —
+//!   both devices apply the same rule, so they settle on the same session.
+//!   When ours wins, the peer's message is still read with the new session,
+//!   which is then dropped; the peer adopts ours when our message arrives,
+//!   and resends what we could not read from its outbox.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::proto::Frame;
+use crate::crypto::{
+    self, DeviceIdentity, PrekeyBundle, PrekeyMessage, PrekeyStore, PublicIdentity, RatchetMessage,
+    Session, initiate, respond, wire,
+};
+
+/// How many set-up base keys are remembered per contact, to refuse replays.
+pub const SEEN_BASE_KEYS: usize = 64;
+const RECORD_VERSION: u8 = 1;
+
+/// One contact's session and the set-ups already seen from it.
+struct Entry {
+    session: Session,
+    seen: VecDeque<[u8; 32]>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    version: u8,
+    #[serde(with = "serde_bytes")]
+    session: Vec<u8>,
+    seen: Vec<[u8; 32]>,
+}
+
+/// What decrypting a frame gave.
+#[derive(Debug)]
+pub struct Decrypted {
+    /// The plaintext.
+    pub plaintext: Vec<u8>,
+    /// Whether the session with this contact changed in a way that must be
+    /// stored (always true after a successful decrypt: chain keys moved).
+    pub changed: bool,
+}
+
+/// Sessions with contact devices, keyed by their identity (signing) key.
+#[derive(Default)]
+pub struct Sessions {
+    by_peer: HashMap<[u8; 32], Entry>,
+}
+
+impl Sessions {
+    /// No sessions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether a session with `peer` exists.
+    pub fn has(&self, peer: &[u8; 32]) -> bool {
+        self.by_peer.contains_key(peer)
+    }
+
+    /// Restores a contact's session from [`Self::to_record`]'s bytes.
+    pub fn load(&mut self, peer: [u8; 32], bytes: &[u8]) -> Result<(), crypto::Error> {
+        let r: Record = wire::decode(bytes, "session record", RECORD_VERSION, 512 * 1024)?;
+        if r.seen.len() > SEEN_BASE_KEYS {
+            return Err(crypto::Error::TooLarge {
+                what: "seen base keys",
+                len: r.seen.len(),
+                max: SEEN_BASE_KEYS,
+            });
+        }
+        let session = Session::from_bytes(&r.session)?;
+        self.by_peer.insert(
+            peer,
+            Entry {
+                session,
+                seen: r.seen.into_iter().collect(),
+            },
+        );
+        Ok(())
+    }
+
+    /// The bytes to store for `peer` (secret: the store seals them).
+    pub fn to_record(&self, peer: &[u8; 32]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        self.by_peer.get(peer).map(|e| {
+            zeroize::Zeroizing::new(wire::encode(&Record {
+                version: RECORD_VERSION,
+                session: e.session.to_bytes().to_vec(),
+                seen: e.seen.iter().copied().collect(),
+            }))
+        })
+    }
+
+    /// Encrypts `plaintext` for `peer`, starting a session from `bundle`
+    /// if there is none. Returns the frame to send.
+    pub fn encrypt<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        me: &DeviceIdentity,
+        peer: &PublicIdentity,
+        bundle: &PrekeyBundle,
+        plaintext: &[u8],
+        rng: &mut R,
+    ) -> Result<Frame, crypto::Error> {
+        let entry = match self.by_peer.entry(peer.signing) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let verified = bundle.verify()?;
+                if verified.body.identity != *peer {
+                    return Err(crypto::Error::Malformed {
+                        what: "prekey bundle (of another device)",
+                    });
+                }
+                let (agreed, initial, their_ratchet) = initiate(me, &verified, rng)?;
+                let session = Session::initiator(&agreed, their_ratchet, Some(initial), rng)?;
+                v.insert(Entry {
+                    session,
+                    seen: VecDeque::new(),
+                })
+            }
+        };
+        let message = entry.session.encrypt(plaintext)?;
+        Ok(match entry.session.pending_initial() {
+            Some(initial) => {
+                Frame::Prekey(PrekeyMessage::new(*initial, message.to_bytes()).to_bytes())
+            }
+            None => Frame::Ratchet(message.to_bytes()),
+        })
+    }
+
+    /// Decrypts a [`Frame::Ratchet`] from `peer`.
+    pub fn decrypt_ratchet<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        peer: &[u8; 32],
+        bytes: &[u8],
+        rng: &mut R,
+    ) -> Result<Decrypted, crypto::Error> {
+        let entry = self.by_peer.get_mut(peer).ok_or(crypto::Error::Malformed {
+            what: "ratchet message (no session with its sender)",
+        })?;
+        let message = RatchetMessage::from_bytes(bytes)?;
+        let plaintext = entry.session.decrypt(&message, rng)?;
+        Ok(Decrypted {
+            plaintext,
+            changed: true,
+        })
+    }
+
+    /// Decrypts a [`Frame::Prekey`] from `peer` (see the module
+    /// documentation for which session it ends up in). A one-time prekey
+    /// it used is removed from `prekeys` once the message decrypted.
+    pub fn decrypt_prekey<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        me: &DeviceIdentity,
+        prekeys: &mut PrekeyStore,
+        peer: &PublicIdentity,
+        bytes: &[u8],
+        rng: &mut R,
+    ) -> Result<Decrypted, crypto::Error> {
+        let pm = PrekeyMessage::from_bytes(bytes)?;
+        let base = pm.initial.ephemeral;
+        let message = RatchetMessage::from_bytes(&pm.message)?;
+        if let Some(entry) = self.by_peer.get_mut(&peer.signing) {
+            if entry.session.base_key() == Some(&base) {
+                let plaintext = entry.session.decrypt(&message, rng)?;
+                return Ok(Decrypted {
+                    plaintext,
+                    changed: true,
+                });
+            }
+            if entry.seen.contains(&base) {
+                return Err(crypto::Error::Duplicate { counter: 0 });
+            }
+        }
+        let (agreed, ratchet_key) = respond(me, prekeys, peer, &pm.initial)?;
+        let mut fresh = Session::responder(&agreed, &ratchet_key, Some(base));
+        let plaintext = fresh.decrypt(&message, rng)?;
+        if let Some(id) = pm.initial.one_time_prekey_id {
+            // Already checked present by `respond`; a second use fails there.
+            let _ = prekeys.take_one_time(id);
+        }
+        let ours_wins = match self.by_peer.get(&peer.signing) {
+            // Both started at once: the lower identity key's session wins.
+            Some(e) if e.session.pending_initial().is_some() => me.public().signing < peer.signing,
+            // Ours has heard from the peer, or there is none: take theirs.
+            _ => false,
+        };
+        let entry = self.by_peer.entry(peer.signing).or_insert_with(|| Entry {
+            session: Session::responder(&agreed, &ratchet_key, Some(base)),
+            seen: VecDeque::new(),
+        });
+        if entry.seen.len() == SEEN_BASE_KEYS {
+            entry.seen.pop_front();
+        }
+        entry.seen.push_back(base);
+        if !ours_wins {
+            entry.session = fresh;
+        }
+        Ok(Decrypted {
+            plaintext,
+            changed: true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    struct Device {
+        id: DeviceIdentity,
+        prekeys: PrekeyStore,
+        sessions: Sessions,
+    }
+
+    impl Device {
+        fn new(rng: &mut StdRng) -> Self {
+            let id = DeviceIdentity::generate(rng);
+            let prekeys = PrekeyStore::new(&id, 0, rng);
+            Self {
+                id,
+                prekeys,
+                sessions: Sessions::new(),
+            }
+        }
+
+        fn bundle(&self) -> PrekeyBundle {
+            self.prekeys
+                .bundle(&self.id, [0; 32], &[], 0, false)
+                .unwrap()
+        }
+
+        fn send(&mut self, to: &Device, text: &[u8], rng: &mut StdRng) -> Frame {
+            self.sessions
+                .encrypt(&self.id, to.id.public(), &to.bundle(), text, rng)
+                .unwrap()
+        }
+
+        fn receive(&mut self, from: &Device, frame: &Frame, rng: &mut StdRng) -> Vec<u8> {
+            match frame {
+                Frame::Prekey(b) => {
+                    self.sessions
+                        .decrypt_prekey(&self.id, &mut self.prekeys, from.id.public(), b, rng)
+                        .unwrap()
+                        .plaintext
+                }
+                Frame::Ratchet(b) => {
+                    self.sessions
+                        .decrypt_ratchet(&from.id.public().signing, b, rng)
+                        .unwrap()
+                        .plaintext
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn set_up_then_ratchet_messages_both_ways() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let (mut a, mut b) = (Device::new(&mut rng), Device::new(&mut rng));
+        let f1 = a.send(&b, b"hi", &mut rng);
+        assert!(matches!(f1, Frame::Prekey(_)));
+        // A retry before any answer carries the same set-up.
+        let f2 = a.send(&b, b"again", &mut rng);
+        assert_eq!(b.receive(&a, &f1, &mut rng), b"hi");
+        assert_eq!(b.receive(&a, &f2, &mut rng), b"again");
+        let r = b.send(&a, b"hello", &mut rng);
+        assert!(matches!(r, Frame::Ratchet(_)));
+        assert_eq!(a.receive(&b, &r, &mut rng), b"hello");
+        let f3 = a.send(&b, b"now ratchet", &mut rng);
+        assert!(matches!(f3, Frame::Ratchet(_)));
+        assert_eq!(b.receive(&a, &f3, &mut rng), b"now ratchet");
+    }
+
+    #[test]
+    fn a_replayed_set_up_cannot_reset_a_live_session() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let (mut a, mut b) = (Device::new(&mut rng), Device::new(&mut rng));
+        let f1 = a.send(&b, b"hi", &mut rng);
+        b.receive(&a, &f1, &mut rng);
+        let r = b.send(&a, b"hello", &mut rng);
+        a.receive(&b, &r, &mut rng);
+        // A fresh set-up from A (it lost its state) is accepted...
+        let mut a2 = Device {
+            id: DeviceIdentity::from_secret_bytes(&a.id.to_secret_bytes()).unwrap(),
+            prekeys: PrekeyStore::new(&a.id, 0, &mut rng),
+            sessions: Sessions::new(),
+        };
+        let g = a2.send(&b, b"restarted", &mut rng);
+        assert_eq!(b.receive(&a2, &g, &mut rng), b"restarted");
+        // ...but the first set-up, replayed, is refused.
+        let Frame::Prekey(old) = &f1 else { panic!() };
+        assert!(
+            b.sessions
+                .decrypt_prekey(&b.id, &mut b.prekeys, a.id.public(), old, &mut rng)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn simultaneous_set_ups_settle_on_one_session() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let (mut a, mut b) = (Device::new(&mut rng), Device::new(&mut rng));
+        let fa = a.send(&b, b"from a", &mut rng);
+        let fb = b.send(&a, b"from b", &mut rng);
+        assert_eq!(b.receive(&a, &fa, &mut rng), b"from a");
+        assert_eq!(a.receive(&b, &fb, &mut rng), b"from b");
+        // Both now send on the session they settled on; each reads the other.
+        for i in 0..3u8 {
+            let x = a.send(&b, &[i], &mut rng);
+            assert_eq!(b.receive(&a, &x, &mut rng), [i]);
+            let y = b.send(&a, &[i, i], &mut rng);
+            assert_eq!(a.receive(&b, &y, &mut rng), [i, i]);
+        }
+    }
+
+    #[test]
+    fn sessions_survive_a_reload() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let (mut a, mut b) = (Device::new(&mut rng), Device::new(&mut rng));
+        let f = a.send(&b, b"hi", &mut rng);
+        b.receive(&a, &f, &mut rng);
+        let key = a.id.public().signing;
+        let saved = b.sessions.to_record(&key).unwrap();
+        let mut reloaded = Sessions::new();
+        reloaded.load(key, &saved).unwrap();
+        b.sessions = reloaded;
+        let r = b.send(&a, b"after reload", &mut rng);
+        assert_eq!(a.receive(&b, &r, &mut rng), b"after reload");
+        assert!(
+            Sessions::new()
+                .load(key, &saved[..saved.len() - 1])
+                .is_err()
+        );
+    }
+}
