@@ -6,6 +6,7 @@
 //! receipts build on them, on [`crate::crypto`] (sessions, envelopes) and on
 //! [`crate::store`].
 
+pub mod engine;
 pub mod net;
 pub mod proto;
 pub mod sessions;
