@@ -1,10 +1,11 @@
 //! The encrypted on-disk store (sled).
 //!
-//! What it owns: everything a node keeps between runs — so far the message
-//! history with its pagination index and the conversation list, plus a
-//! `meta` tree with the schema version and a key-check record. Contacts,
-//! sessions, prekeys, the outbox and the expiry index join it as the node
-//! needs them (see the architecture notes, "Storage (sled)").
+//! What it owns: everything a node keeps between runs — the message history
+//! (the `history` tree: conversation records, blocks of messages, each
+//! conversation's tail of newest messages, expiry entries), the outbox,
+//! contacts, sessions, prekeys and keys (`records`), relay mailboxes, and a
+//! `meta` tree with the schema version and a key-check record. The layout
+//! and its reasons are in `docs/storage.md`.
 //!
 //! Who talks to it: the node actor records messages and delivery receipts
 //! through [`History`]; the CLI reads pages and the conversation list. The
@@ -12,9 +13,11 @@
 //! with it (see `codec`), bound to its tree and key, so a record moved
 //! elsewhere fails to open. Keys stay plaintext so sled can order them.
 //!
-//! Durability: sled writes are atomic but reach the disk only at
-//! [`Store::flush`]. Anything a peer or the user is told about (a delivery
-//! receipt, "sent") must be flushed first.
+//! Durability: writes reach the disk only at [`Store::flush`] (which ends
+//! with an `fdatasync`). Anything a peer or the user is told about (a
+//! delivery receipt, "sent") must be flushed first. A crash between flushes
+//! leaves a prefix of the writes; opening repairs what that can leave
+//! half-done (see `tail::repair_tails`).
 
 mod backup;
 mod blocks;
