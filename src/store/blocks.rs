@@ -494,17 +494,6 @@ impl<'s> Staged<'s> {
                 forward
             });
         self.untake(key, entries, was_staged, found == Some(true));
-        if found == Some(true) {
-            self.load_record(&conv)?;
-            let is_newest = self.convs.get(&conv).is_some_and(|(r, _)| {
-                r.newest
-                    .as_ref()
-                    .is_some_and(|n| &n.sort_key(&conv) == sort)
-            });
-            if is_newest && let Some(n) = self.record_mut(&conv)?.newest.as_mut() {
-                n.state = state;
-            }
-        }
         Ok(found)
     }
 

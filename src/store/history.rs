@@ -423,6 +423,16 @@ impl<'a> History<'a> {
         conv_id: &[u8; 32],
         upper: Option<&[u8; MESSAGE_KEY_LEN]>,
     ) -> Result<bool, Error> {
+        Ok(self.raw_block_below(conv_id, upper)?.is_some())
+    }
+
+    /// The newest block record of `conv_id` with a key below `upper` (any
+    /// block if `None`), still sealed.
+    fn raw_block_below(
+        &self,
+        conv_id: &[u8; 32],
+        upper: Option<&[u8; MESSAGE_KEY_LEN]>,
+    ) -> Result<Option<(sled::IVec, sled::IVec)>, Error> {
         let lo = block_prefix(conv_id);
         let item = match upper {
             Some(u) => self
@@ -432,10 +442,7 @@ impl<'a> History<'a> {
                 .next_back(),
             None => self.store.history.scan_prefix(lo).next_back(),
         };
-        Ok(item
-            .transpose()
-            .map_err(Error::db(HISTORY, "scan"))?
-            .is_some())
+        item.transpose().map_err(Error::db(HISTORY, "scan"))
     }
 
     /// The newest block of `conv_id` with a key below `upper` (any block if
@@ -445,19 +452,9 @@ impl<'a> History<'a> {
         conv_id: &[u8; 32],
         upper: Option<&[u8; MESSAGE_KEY_LEN]>,
     ) -> Result<Option<(BlockKey, Vec<blocks::Entry>)>, Error> {
-        let lo = block_prefix(conv_id);
-        let item = match upper {
-            Some(u) => self
-                .store
-                .history
-                .range(&lo[..]..&block_key(u)[..])
-                .next_back(),
-            None => self.store.history.scan_prefix(lo).next_back(),
-        };
-        let Some(item) = item else {
+        let Some((key, sealed)) = self.raw_block_below(conv_id, upper)? else {
             return Ok(None);
         };
-        let (key, sealed) = item.map_err(Error::db(HISTORY, "scan"))?;
         debug_assert_eq!(block_conv(&key).as_ref(), Some(conv_id));
         let entries = open_block(self.store, &key, &sealed)?;
         let key = key.as_ref().try_into().map_err(|_| Error::Malformed {
