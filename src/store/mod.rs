@@ -22,6 +22,7 @@
 mod backup;
 mod blocks;
 mod codec;
+mod commit;
 mod conversations;
 mod error;
 mod handle;
