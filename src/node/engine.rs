@@ -213,7 +213,8 @@ impl Engine {
         let contact = self.contacts.get(to).ok_or(EngineError::UnknownContact)?;
         let conv = conversation_id(self.me.public(), &contact.identity);
         let mut state = self.conv_state(&conv)?;
-        state.lamport += 1;
+        // Saturating: a peer's Lamport clock is its own to choose.
+        state.lamport = state.lamport.saturating_add(1);
         let seq = state.next_seq;
         state.next_seq += 1;
         let mut msg_id = [0u8; 16];
@@ -278,6 +279,9 @@ impl Engine {
         let mut out = Handled::default();
         let mut delivered = Vec::new();
         let mut resend = Vec::new();
+        let mut incoming = Vec::new();
+        let mut state = self.conv_state(&conv)?;
+        let mut decrypted_any = false;
         for bytes in frames {
             let plain = match Frame::from_bytes(bytes) {
                 Ok(Frame::Ratchet(b)) => self.sessions.decrypt_ratchet(from, &b, &mut self.rng),
@@ -305,7 +309,7 @@ impl Engine {
                     continue;
                 }
             };
-            self.save_session(from)?;
+            decrypted_any = true;
             match payload {
                 Payload::Chat(chat) if chat.expires_at.is_some_and(|at| at <= now) => {
                     // A temporary message that expired on the way: nothing
@@ -322,7 +326,6 @@ impl Engine {
                         state: DeliveryState::Delivered,
                         expires_at: chat.expires_at,
                     };
-                    let mut state = self.conv_state(&conv)?;
                     state.lamport = state.lamport.max(msg.lamport);
                     if let SeqCheck::Gap { missing_from } = state.accept_seq(chat.seq)
                         && now.saturating_sub(state.resend_asked_at) >= RESEND_EVERY
@@ -331,15 +334,11 @@ impl Engine {
                         let ask = Payload::Resend { from: missing_from };
                         resend.push(ask.to_bytes());
                     }
-                    self.put_conv_state(&conv, &state)?;
-                    if self.store.history().append(&msg, Direction::Incoming)? == Appended::Inserted
-                    {
-                        out.events.push(Event::MessageReceived(msg.clone()));
-                    }
                     delivered.push((msg.lamport, msg.msg_id));
+                    incoming.push(msg);
                 }
                 Payload::Receipts { kind, messages } => {
-                    let state = match kind {
+                    let new_state = match kind {
                         ReceiptKind::Delivered => DeliveryState::Delivered,
                         ReceiptKind::Read => DeliveryState::Read,
                     };
@@ -353,7 +352,7 @@ impl Engine {
                                 sender: me,
                                 msg_id,
                             };
-                            (r, state)
+                            (r, new_state)
                         })
                         .collect();
                     let changed = self.store.history().set_states(&refs)?;
@@ -370,6 +369,20 @@ impl Engine {
                 Payload::Resend { .. } => {}
             }
             out.accepted.push(true);
+        }
+        // One write each for the batch: the session, the counters, the messages.
+        if decrypted_any {
+            self.save_session(from)?;
+        }
+        self.put_conv_state(&conv, &state)?;
+        let stored = self
+            .store
+            .history()
+            .append_batch(&incoming, Direction::Incoming)?;
+        for (msg, outcome) in incoming.into_iter().zip(stored) {
+            if outcome == Appended::Inserted {
+                out.events.push(Event::MessageReceived(msg));
+            }
         }
         for ask in resend {
             out.replies.push(self.encrypt(from, &ask)?);
@@ -434,8 +447,16 @@ mod tests {
         Arc::new(Store::open(dir, &key).unwrap())
     }
 
-    #[test]
-    fn two_devices_exchange_messages_with_delivered_and_read_receipts() {
+    /// Two devices in temporary directories that know each other.
+    struct Pair {
+        _dirs: (tempfile::TempDir, tempfile::TempDir),
+        a: Engine,
+        b: Engine,
+        a_key: [u8; 32],
+        b_key: [u8; 32],
+    }
+
+    fn pair() -> Pair {
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut a = Engine::open(store(da.path()), 100).unwrap();
         let mut b = Engine::open(store(db.path()), 100).unwrap();
@@ -445,6 +466,24 @@ mod tests {
         let a_key = b
             .add_contact(&a.invite(vec![], 100).unwrap(), "alice")
             .unwrap();
+        Pair {
+            _dirs: (da, db),
+            a,
+            b,
+            a_key,
+            b_key,
+        }
+    }
+
+    #[test]
+    fn two_devices_exchange_messages_with_delivered_and_read_receipts() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
 
         let (sent, frame) = a.send(&b_key, b"hello bob".to_vec(), 101).unwrap();
         let got = b
@@ -522,15 +561,13 @@ mod tests {
 
     #[test]
     fn a_gap_in_sequence_numbers_asks_for_a_resend() {
-        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut a = Engine::open(store(da.path()), 100).unwrap();
-        let mut b = Engine::open(store(db.path()), 100).unwrap();
-        let b_key = a
-            .add_contact(&b.invite(vec![], 100).unwrap(), "bob")
-            .unwrap();
-        let a_key = b
-            .add_contact(&a.invite(vec![], 100).unwrap(), "alice")
-            .unwrap();
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
         let (_, f1) = a.send(&b_key, b"1".to_vec(), 101).unwrap();
         let (_, _lost) = a.send(&b_key, b"2".to_vec(), 101).unwrap();
         let (_, f3) = a.send(&b_key, b"3".to_vec(), 101).unwrap();
@@ -540,6 +577,25 @@ mod tests {
         assert_eq!(got.replies.len(), 2);
         let back = a.receive(&b_key, &got.replies, 104).unwrap();
         assert_eq!(back.accepted, vec![true, true]);
+    }
+
+    #[test]
+    fn a_peer_clock_at_its_maximum_does_not_break_sending() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let conv = conversation_id(a.identity().public(), b.identity().public());
+        let mut state = b.conv_state(&conv).unwrap();
+        state.lamport = u64::MAX;
+        b.put_conv_state(&conv, &state).unwrap();
+        let (sent, f) = b.send(&a_key, b"still works".to_vec(), 101).unwrap();
+        assert_eq!(sent.lamport, u64::MAX);
+        let got = a.receive(&b_key, &[f], 102).unwrap();
+        assert_eq!(got.events.len(), 1);
     }
 
     #[test]
