@@ -14,9 +14,13 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::proto::{Chat, Frame, MsgRef, Payload, ReceiptKind, conversation_id};
+use super::retry::{self, Meta, Schedule};
 use super::sessions::Sessions;
 use super::state::{Contact, ConvState, Invite, Queued, SeqCheck};
-use crate::crypto::{self, DeviceIdentity, MailboxKey, PrekeyStore, Secret32};
+use crate::crypto::{
+    self, ContentKind, DeviceIdentity, Envelope, MailboxKey, PrekeyStore, SealCache, SealedContent,
+    Secret32,
+};
 use crate::store::{
     self, Appended, DeliveryState, Direction, Kind, MessageRef, Store, StoredMessage,
 };
@@ -47,6 +51,18 @@ pub enum EngineError {
     /// Sending to a device that is not a contact.
     #[error("no contact with that identity key")]
     UnknownContact,
+    /// An envelope sealed by a device that is not a contact, or whose
+    /// certificate does not match the contact's keys.
+    #[error("envelope from a device that is not a contact")]
+    UnknownEnvelopeSender,
+    /// A message body over the limit.
+    #[error("message body of {len} bytes is over the limit of {max}")]
+    BodyTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Something the user should hear about.
@@ -61,6 +77,34 @@ pub enum Event {
         /// Its new state.
         state: DeliveryState,
     },
+    /// One of our messages reached its expiry undelivered: it is no longer
+    /// retried.
+    Expired {
+        /// The message.
+        message: MessageRef,
+    },
+}
+
+/// A message written by [`Engine::send`].
+#[derive(Debug)]
+pub struct Sent {
+    /// The message as history names it.
+    pub message: MessageRef,
+    /// Its outbox position (transport acks and failures name it).
+    pub pos: u64,
+    /// The frame to send now.
+    pub frame: Vec<u8>,
+}
+
+/// A queued message due for another attempt.
+#[derive(Debug)]
+pub struct Due {
+    /// Its outbox position.
+    pub pos: u64,
+    /// The recipient device.
+    pub to: [u8; 32],
+    /// A fresh frame carrying it.
+    pub frame: Vec<u8>,
 }
 
 /// What handling a batch of frames from one device produced.
@@ -82,6 +126,8 @@ pub struct Engine {
     prekeys: PrekeyStore,
     sessions: Sessions,
     contacts: HashMap<[u8; 32], Contact>,
+    seal_cache: SealCache,
+    schedule: Schedule,
     rng: StdRng,
 }
 
@@ -137,6 +183,26 @@ impl Engine {
                 sessions.load(k, &bytes)?;
             }
         }
+        let mut schedule = Schedule::default();
+        for entry in store.outbox().all()? {
+            let Ok(q) = Queued::from_bytes(&entry.envelope) else {
+                // Unreadable (a future format): leave it, never send it.
+                continue;
+            };
+            schedule.insert(
+                entry.seq,
+                Meta {
+                    msg_id: entry.msg_id,
+                    recipient: entry.recipient,
+                    conv_id: q.conv_id,
+                    lamport: q.lamport.unwrap_or(0),
+                    seq: q.seq.unwrap_or(0),
+                    attempts: entry.attempts,
+                    next_at: now,
+                    expires_at: entry.expires_at,
+                },
+            );
+        }
         Ok(Self {
             store,
             me,
@@ -144,8 +210,30 @@ impl Engine {
             prekeys,
             sessions,
             contacts,
+            seal_cache: SealCache::default(),
+            schedule,
             rng,
         })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// This device's mailbox id (its inbox topic and relay mailbox).
+    pub fn mailbox_id(&self) -> [u8; 32] {
+        self.mailbox.id().0
+    }
+
+    /// Every contact.
+    pub fn contacts(&self) -> impl Iterator<Item = &Contact> {
+        self.contacts.values()
+    }
+
+    /// Number of messages still owed to someone.
+    pub fn queued(&self) -> usize {
+        self.schedule.len()
     }
 
     /// This device's identity.
@@ -179,6 +267,13 @@ impl Engine {
         self.contacts.get(key)
     }
 
+    /// The id of the 1:1 conversation with the contact `with`.
+    pub fn conversation_with(&self, with: &[u8; 32]) -> Option<[u8; 32]> {
+        self.contacts
+            .get(with)
+            .map(|c| conversation_id(self.me.public(), &c.identity))
+    }
+
     fn conv_state(&self, conv: &[u8; 32]) -> Result<ConvState, EngineError> {
         let key = [CONV_PREFIX, conv.as_slice()].concat();
         Ok(match self.store.records(Kind::Contacts)?.get(&key)? {
@@ -204,12 +299,13 @@ impl Engine {
 
     /// Writes a message to `to`: stores it (pending), queues it in the
     /// outbox and returns its reference and the frame to send now.
-    pub fn send(
-        &mut self,
-        to: &[u8; 32],
-        body: Vec<u8>,
-        now: u64,
-    ) -> Result<(MessageRef, Vec<u8>), EngineError> {
+    pub fn send(&mut self, to: &[u8; 32], body: Vec<u8>, now: u64) -> Result<Sent, EngineError> {
+        if body.len() > super::proto::MAX_BODY {
+            return Err(EngineError::BodyTooLarge {
+                len: body.len(),
+                max: super::proto::MAX_BODY,
+            });
+        }
         let contact = self.contacts.get(to).ok_or(EngineError::UnknownContact)?;
         let conv = conversation_id(self.me.public(), &contact.identity);
         let mut state = self.conv_state(&conv)?;
@@ -242,11 +338,201 @@ impl Engine {
         self.store.history().append(&stored, Direction::Outgoing)?;
         self.put_conv_state(&conv, &state)?;
         let queued = Queued::new(conv, Some(stored.lamport), Some(seq), payload.clone());
-        self.store
-            .outbox()
-            .push(msg_id, *to, queued.to_bytes(), now, now + MESSAGE_TTL)?;
+        let entry =
+            self.store
+                .outbox()
+                .push(msg_id, *to, queued.to_bytes(), now, now + MESSAGE_TTL)?;
+        self.schedule.insert(
+            entry.seq,
+            Meta {
+                msg_id,
+                recipient: *to,
+                conv_id: conv,
+                lamport: stored.lamport,
+                seq,
+                attempts: 0,
+                next_at: now + retry::backoff(0),
+                expires_at: entry.expires_at,
+            },
+        );
         let frame = self.encrypt(to, &payload)?;
-        Ok((stored.reference(), frame))
+        Ok(Sent {
+            message: stored.reference(),
+            pos: entry.seq,
+            frame,
+        })
+    }
+
+    fn outgoing_ref(&self, m: &Meta) -> MessageRef {
+        MessageRef {
+            conv_id: m.conv_id,
+            lamport: m.lamport,
+            sender: self.me.public().signing,
+            msg_id: m.msg_id,
+        }
+    }
+
+    /// Records that the message at `pos` went out; the next attempt waits
+    /// `wait` seconds (a direct ack or failure moves it sooner).
+    pub fn attempted(&mut self, pos: u64, now: u64, wait: Option<u64>) {
+        let attempts = self.schedule.get(pos).map_or(0, |m| m.attempts);
+        let at = now + wait.unwrap_or_else(|| retry::backoff(attempts));
+        self.schedule.reschedule(pos, at, true);
+    }
+
+    /// Marks messages that went out by the mesh as sent (if still pending).
+    pub fn published(&mut self, positions: &[u64]) -> Result<Vec<Event>, EngineError> {
+        let refs: Vec<(MessageRef, DeliveryState)> = positions
+            .iter()
+            .filter_map(|p| self.schedule.get(*p))
+            .map(|m| (self.outgoing_ref(m), DeliveryState::Sent))
+            .collect();
+        self.set_states(&refs)
+    }
+
+    fn set_states(
+        &mut self,
+        refs: &[(MessageRef, DeliveryState)],
+    ) -> Result<Vec<Event>, EngineError> {
+        if refs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let changed = self.store.history().set_states(refs)?;
+        Ok(refs
+            .iter()
+            .zip(changed)
+            .filter(|(_, c)| *c == Some(true))
+            .map(|((r, s), _)| Event::Receipt {
+                message: *r,
+                state: *s,
+            })
+            .collect())
+    }
+
+    /// The recipient's device took these messages over a direct connection
+    /// (authenticated by its identity key, flushed before it answered):
+    /// they are delivered and leave the outbox.
+    pub fn delivered_direct(&mut self, positions: &[u64]) -> Result<Vec<Event>, EngineError> {
+        let mut refs = Vec::with_capacity(positions.len());
+        for &pos in positions {
+            if let Some(m) = self.schedule.remove(pos) {
+                self.store.outbox().ack(pos)?;
+                refs.push((self.outgoing_ref(&m), DeliveryState::Delivered));
+            }
+        }
+        self.set_states(&refs)
+    }
+
+    /// A direct attempt failed (no connection, timeout, refused): retry
+    /// after the backoff, by whatever path is open then.
+    pub fn failed(&mut self, positions: &[u64], now: u64) {
+        for &pos in positions {
+            let attempts = self.schedule.get(pos).map_or(0, |m| m.attempts);
+            self.schedule
+                .reschedule(pos, now + retry::backoff(attempts.saturating_sub(1)), false);
+        }
+    }
+
+    /// Everything queued for `to` is due now (it just connected).
+    pub fn peer_up(&mut self, to: &[u8; 32], now: u64) {
+        self.schedule.due_now_for(to, now);
+    }
+
+    /// Up to `limit` queued messages due at `now`, each in a fresh frame.
+    pub fn due(&mut self, now: u64, limit: usize) -> Result<Vec<Due>, EngineError> {
+        let mut out = Vec::new();
+        for pos in self.schedule.due(now, limit) {
+            let Some(entry) = self.store.outbox().get(pos)? else {
+                self.schedule.remove(pos);
+                continue;
+            };
+            let payload = match Queued::from_bytes(&entry.envelope) {
+                Ok(q) => q.payload,
+                Err(_) => {
+                    self.schedule.remove(pos);
+                    continue;
+                }
+            };
+            match self.encrypt(&entry.recipient, &payload) {
+                Ok(frame) => out.push(Due {
+                    pos,
+                    to: entry.recipient,
+                    frame,
+                }),
+                // The contact was removed: nothing to send it with.
+                Err(EngineError::UnknownContact) => {
+                    self.schedule.reschedule(pos, now + retry::MAX_RETRY, true)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the messages whose expiry passed and tells the user.
+    pub fn expire(&mut self, now: u64) -> Result<Vec<Event>, EngineError> {
+        let mut events = Vec::new();
+        for (pos, m) in self.schedule.take_expired(now) {
+            self.store.outbox().ack(pos)?;
+            events.push(Event::Expired {
+                message: self.outgoing_ref(&m),
+            });
+        }
+        Ok(events)
+    }
+
+    /// Seals a frame for `to` into an envelope for the mesh (or a relay):
+    /// returns the recipient's mailbox id and the encoded envelope.
+    pub fn seal(
+        &mut self,
+        to: &[u8; 32],
+        frame: &[u8],
+        expires_at: u64,
+    ) -> Result<([u8; 32], Vec<u8>), EngineError> {
+        let contact = self.contacts.get(to).ok_or(EngineError::UnknownContact)?;
+        let content = match Frame::from_bytes(frame)? {
+            Frame::Ratchet(body) => SealedContent::new(ContentKind::Ratchet, body),
+            Frame::Prekey(body) => SealedContent::new(ContentKind::Prekey, body),
+            _ => {
+                return Err(crypto::Error::Malformed {
+                    what: "frame to seal (not a message)",
+                }
+                .into());
+            }
+        };
+        let sealed = crypto::seal(
+            &self.me,
+            &contact.identity.dh,
+            &content,
+            &mut self.seal_cache,
+            &mut self.rng,
+        )?;
+        let mut id = [0u8; 16];
+        rand::Rng::fill_bytes(&mut self.rng, &mut id);
+        let env = Envelope::new(contact.mailbox_id, id, expires_at, sealed);
+        Ok((contact.mailbox_id, env.to_bytes()))
+    }
+
+    /// Opens an envelope addressed to this device: returns its sender (a
+    /// contact) and the frame inside, ready for [`Engine::receive`].
+    pub fn open_envelope(&mut self, env: &Envelope) -> Result<([u8; 32], Vec<u8>), EngineError> {
+        let opened = crypto::open(&self.me, &env.sealed, &mut self.seal_cache)?;
+        let from = opened.sender.signing;
+        match self.contacts.get(&from) {
+            Some(c) if c.identity == opened.sender => {}
+            _ => return Err(EngineError::UnknownEnvelopeSender),
+        }
+        let frame = match opened.content.kind {
+            ContentKind::Ratchet => Frame::Ratchet(opened.content.body),
+            ContentKind::Prekey => Frame::Prekey(opened.content.body),
+            _ => {
+                return Err(crypto::Error::Malformed {
+                    what: "envelope content (not a 1:1 message)",
+                }
+                .into());
+            }
+        };
+        Ok((from, frame.to_bytes()))
     }
 
     fn encrypt(&mut self, to: &[u8; 32], payload: &[u8]) -> Result<Vec<u8>, EngineError> {
@@ -264,11 +550,16 @@ impl Engine {
 
     /// Handles a batch of frames from the device `from` (authenticated by
     /// the connection).
+    ///
+    /// `direct`: the frames came over a direct connection with the sender,
+    /// whose transport ack (sent after the caller flushes) already tells it
+    /// they are delivered; otherwise a delivered receipt is returned.
     pub fn receive(
         &mut self,
         from: &[u8; 32],
         frames: &[Vec<u8>],
         now: u64,
+        direct: bool,
     ) -> Result<Handled, EngineError> {
         let contact = self
             .contacts
@@ -355,18 +646,17 @@ impl Engine {
                             (r, new_state)
                         })
                         .collect();
-                    let changed = self.store.history().set_states(&refs)?;
-                    for ((r, s), c) in refs.iter().zip(changed) {
-                        self.store.outbox().ack_message(&r.msg_id, from)?;
-                        if c == Some(true) {
-                            out.events.push(Event::Receipt {
-                                message: *r,
-                                state: *s,
-                            });
+                    for (r, _) in &refs {
+                        if let Some(pos) = self.schedule.find(&r.msg_id, from) {
+                            self.schedule.remove(pos);
+                            self.store.outbox().ack(pos)?;
                         }
                     }
+                    out.events.extend(self.set_states(&refs)?);
                 }
-                Payload::Resend { .. } => {}
+                Payload::Resend { from: first } => {
+                    self.schedule.due_again(from, &conv, first, now);
+                }
             }
             out.accepted.push(true);
         }
@@ -387,7 +677,7 @@ impl Engine {
         for ask in resend {
             out.replies.push(self.encrypt(from, &ask)?);
         }
-        if !delivered.is_empty() {
+        if !delivered.is_empty() && !direct {
             let receipt = Payload::Receipts {
                 kind: ReceiptKind::Delivered,
                 messages: delivered,
@@ -485,9 +775,13 @@ mod tests {
             b_key,
         } = pair();
 
-        let (sent, frame) = a.send(&b_key, b"hello bob".to_vec(), 101).unwrap();
+        let crate::node::engine::Sent {
+            message: sent,
+            frame,
+            ..
+        } = a.send(&b_key, b"hello bob".to_vec(), 101).unwrap();
         let got = b
-            .receive(&a_key, std::slice::from_ref(&frame), 102)
+            .receive(&a_key, std::slice::from_ref(&frame), 102, false)
             .unwrap();
         assert_eq!(got.accepted, vec![true]);
         let [Event::MessageReceived(m)] = got.events.as_slice() else {
@@ -495,11 +789,11 @@ mod tests {
         };
         assert_eq!(m.body, b"hello bob");
         // The same frame again: accepted, nothing new.
-        let again = b.receive(&a_key, &[frame], 103).unwrap();
+        let again = b.receive(&a_key, &[frame], 103, false).unwrap();
         assert_eq!(again.accepted, vec![true]);
         assert!(again.events.is_empty());
 
-        let back = a.receive(&b_key, &got.replies, 104).unwrap();
+        let back = a.receive(&b_key, &got.replies, 104, false).unwrap();
         assert_eq!(
             back.events,
             vec![Event::Receipt {
@@ -510,7 +804,7 @@ mod tests {
         assert!(a.store.outbox().is_empty());
 
         let read = b.mark_read(&a_key).unwrap().unwrap();
-        let back = a.receive(&b_key, &[read], 105).unwrap();
+        let back = a.receive(&b_key, &[read], 105, false).unwrap();
         assert_eq!(
             back.events,
             vec![Event::Receipt {
@@ -538,21 +832,21 @@ mod tests {
             a_key = b
                 .add_contact(&a.invite(vec![], 100).unwrap(), "alice")
                 .unwrap();
-            let (_, f) = a.send(&b_key, b"one".to_vec(), 101).unwrap();
-            let got = b.receive(&a_key, &[f], 102).unwrap();
-            a.receive(&b_key, &got.replies, 103).unwrap();
+            let f = a.send(&b_key, b"one".to_vec(), 101).unwrap().frame;
+            let got = b.receive(&a_key, &[f], 102, false).unwrap();
+            a.receive(&b_key, &got.replies, 103, false).unwrap();
             b.store.flush().unwrap();
         }
         let mut b = Engine::open(store(db.path()), 200).unwrap();
         assert_eq!(b.identity().public().signing, b_key);
-        let (_, f) = a.send(&b_key, b"two".to_vec(), 201).unwrap();
-        let got = b.receive(&a_key, &[f], 202).unwrap();
+        let f = a.send(&b_key, b"two".to_vec(), 201).unwrap().frame;
+        let got = b.receive(&a_key, &[f], 202, false).unwrap();
         assert!(matches!(
             got.events.as_slice(),
             [Event::MessageReceived(m)] if m.body == b"two"
         ));
-        let (_, r) = b.send(&a_key, b"three".to_vec(), 203).unwrap();
-        let back = a.receive(&b_key, &[r], 204).unwrap();
+        let r = b.send(&a_key, b"three".to_vec(), 203).unwrap().frame;
+        let back = a.receive(&b_key, &[r], 204, false).unwrap();
         assert!(matches!(
             back.events.as_slice(),
             [Event::MessageReceived(m)] if m.body == b"three"
@@ -568,14 +862,14 @@ mod tests {
             a_key,
             b_key,
         } = pair();
-        let (_, f1) = a.send(&b_key, b"1".to_vec(), 101).unwrap();
-        let (_, _lost) = a.send(&b_key, b"2".to_vec(), 101).unwrap();
-        let (_, f3) = a.send(&b_key, b"3".to_vec(), 101).unwrap();
-        b.receive(&a_key, &[f1], 102).unwrap();
-        let got = b.receive(&a_key, &[f3], 103).unwrap();
+        let f1 = a.send(&b_key, b"1".to_vec(), 101).unwrap().frame;
+        let _lost = a.send(&b_key, b"2".to_vec(), 101).unwrap().frame;
+        let f3 = a.send(&b_key, b"3".to_vec(), 101).unwrap().frame;
+        b.receive(&a_key, &[f1], 102, false).unwrap();
+        let got = b.receive(&a_key, &[f3], 103, false).unwrap();
         // A resend request and the delivered receipt.
         assert_eq!(got.replies.len(), 2);
-        let back = a.receive(&b_key, &got.replies, 104).unwrap();
+        let back = a.receive(&b_key, &got.replies, 104, false).unwrap();
         assert_eq!(back.accepted, vec![true, true]);
     }
 
@@ -592,9 +886,13 @@ mod tests {
         let mut state = b.conv_state(&conv).unwrap();
         state.lamport = u64::MAX;
         b.put_conv_state(&conv, &state).unwrap();
-        let (sent, f) = b.send(&a_key, b"still works".to_vec(), 101).unwrap();
+        let crate::node::engine::Sent {
+            message: sent,
+            frame: f,
+            ..
+        } = b.send(&a_key, b"still works".to_vec(), 101).unwrap();
         assert_eq!(sent.lamport, u64::MAX);
-        let got = a.receive(&b_key, &[f], 102).unwrap();
+        let got = a.receive(&b_key, &[f], 102, false).unwrap();
         assert_eq!(got.events.len(), 1);
     }
 
@@ -606,15 +904,17 @@ mod tests {
         let b_key = a
             .add_contact(&b.invite(vec![], 100).unwrap(), "bob")
             .unwrap();
-        let (_, f) = a.send(&b_key, b"hi".to_vec(), 101).unwrap();
+        let f = a.send(&b_key, b"hi".to_vec(), 101).unwrap().frame;
         let a_key = a.identity().public().signing;
         assert!(matches!(
-            b.receive(&a_key, &[f], 102),
+            b.receive(&a_key, &[f], 102, false),
             Err(EngineError::UnknownSender)
         ));
         b.add_contact(&a.invite(vec![], 100).unwrap(), "alice")
             .unwrap();
-        let got = b.receive(&a_key, &[vec![1, 2, 3], vec![]], 103).unwrap();
+        let got = b
+            .receive(&a_key, &[vec![1, 2, 3], vec![]], 103, false)
+            .unwrap();
         assert_eq!(got.accepted, vec![false, false]);
     }
 }

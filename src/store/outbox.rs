@@ -101,6 +101,20 @@ impl<'a> Outbox<'a> {
         Ok(entry)
     }
 
+    /// The entry at position `seq`, if still queued.
+    pub fn get(&self, seq: u64) -> Result<Option<OutboxEntry>, Error> {
+        let key = Self::key(seq);
+        match self
+            .store
+            .outbox
+            .get(key)
+            .map_err(Error::db(OUTBOX.name, "read"))?
+        {
+            Some(sealed) => Ok(Some(self.store.sealer.open(&OUTBOX, &key, &sealed)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Every queued entry, oldest first.
     pub fn all(&self) -> Result<Vec<OutboxEntry>, Error> {
         self.scan(|_| true, usize::MAX)

@@ -1,0 +1,612 @@
+//! The node actor: the one task that owns the swarm.
+//!
+//! Its loop waits on four things — a command from a [`NodeHandle`], work
+//! the store thread sends back, a network event, the housekeeping tick —
+//! and never on the disk. Chat logic runs on the store thread
+//! ([`super::worker`]); this task moves bytes and decides nothing about
+//! their content beyond the checks gossip needs before it forwards.
+//!
+//! Direct path: per peer, one request in flight and a queue behind it;
+//! the next request takes everything queued meanwhile (up to the batch
+//! limits), so frames keep their order and batches grow with load.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc as std_mpsc};
+use std::time::{Duration, Instant};
+
+use libp2p::request_response::{OutboundRequestId, ResponseChannel};
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
+use tracing::{debug, info, warn};
+
+use super::complaints::Complaints;
+use super::config::NodeConfig;
+use super::engine::Engine;
+use super::error::NodeError;
+use super::events::NodeEvent;
+use super::handle::{Command, NodeHandle, NodeInfo, Status};
+use super::net::direct::{self, Ack, FrameStatus};
+use super::net::{
+    GossipMessage, Net, NetEvent, Published, RateLimit, RateLimiter, Reason, Topic, Verdict,
+};
+use super::presence::{self, MAX_CLOCK_SKEW_MS, Tracker};
+use super::proto::{Beacon, PresenceState, envelope_checked};
+use super::worker::{Job, Out, Outgoing, Shared, Worker, now_secs};
+use crate::crypto::{DeviceIdentity, Envelope};
+use crate::store::Store;
+
+/// Gossip message ids remembered to refuse replays after gossipsub's own
+/// duplicate cache has forgotten them.
+const SEEN_ENVELOPES: usize = 64 * 1024;
+/// Most peers whose direct-request budget is tracked.
+const DIRECT_RATE_PEERS: usize = 4096;
+
+/// The node: see [`Node::spawn`].
+#[derive(Debug)]
+pub struct Node;
+
+impl Node {
+    /// Opens the store in `config.data_dir`, starts the swarm, the store
+    /// thread and the actor task. Returns the handle and the event stream.
+    /// Must run inside a tokio runtime.
+    pub async fn spawn(
+        config: NodeConfig,
+    ) -> Result<(NodeHandle, mpsc::Receiver<NodeEvent>), NodeError> {
+        let path = config.data_dir.clone();
+        let key = config.key.clone();
+        let now = now_secs();
+        // Opening sled and loading keys may take a while: not on this task.
+        let engine = tokio::task::spawn_blocking(move || -> Result<Engine, NodeError> {
+            let store = Arc::new(Store::open(&path, &key)?);
+            let engine = Engine::open(store, now)?;
+            engine.store().flush()?;
+            Ok(engine)
+        })
+        .await
+        .map_err(|_| NodeError::Stopped)??;
+        // A copy of the identity key for signing presence on this task.
+        let identity = DeviceIdentity::from_secret_bytes(&engine.identity().to_secret_bytes())?;
+        let mailbox_id = engine.mailbox_id();
+        let keypair = identity.to_libp2p()?;
+        let mut net = Net::start(keypair, &config.net)?;
+        let inbox = net.inbox_topic(&mailbox_id);
+        net.subscribe(&inbox)?;
+        net.subscribe(&Topic::Presence)?;
+
+        let (cmd_tx, cmd_rx) = mpsc::channel(config.command_capacity.max(1));
+        let (ev_tx, ev_rx) = mpsc::channel(config.event_capacity.max(1));
+        let (job_tx, job_rx) = std_mpsc::channel();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (stopped_tx, stopped_rx) = watch::channel(false);
+        let shared = Arc::new(Shared::default());
+        let worker = Worker::new(engine, job_rx, out_tx, ev_tx.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name("meshchat-store".into())
+            .spawn(move || {
+                worker.run();
+                // The engine and its store are dropped by now.
+                let _ = stopped_tx.send(true);
+            })
+            .map_err(NodeError::Thread)?;
+
+        let info = Arc::new(NodeInfo {
+            peer_id: net.local_peer_id(),
+            identity: identity.public().signing,
+            mailbox_id,
+        });
+        let actor = Actor {
+            tracker: Tracker::new(config.presence.expiry),
+            presence: PresenceState::Online,
+            hidden: config.presence.hidden,
+            direct_rate: RateLimiter::new(
+                RateLimit {
+                    burst: config.direct_rate.saturating_mul(2),
+                    per_second: config.direct_rate,
+                },
+                DIRECT_RATE_PEERS,
+            ),
+            cfg: config,
+            net,
+            identity,
+            mailbox_id,
+            cmds: cmd_rx,
+            jobs: job_tx,
+            outs: out_rx,
+            events: ev_tx,
+            shared,
+            peers: HashMap::new(),
+            queues: HashMap::new(),
+            in_flight: HashMap::new(),
+            busy: HashSet::new(),
+            responses: HashMap::new(),
+            next_token: 0,
+            seen: SeenSet::default(),
+            complaints: Complaints::default(),
+        };
+        let task = tokio::spawn(actor.run());
+        let handle = NodeHandle::new(cmd_tx, info, task.abort_handle(), stopped_rx);
+        Ok((handle, ev_rx))
+    }
+}
+
+/// A bounded set of recently seen gossip ids.
+#[derive(Default)]
+struct SeenSet {
+    set: HashSet<[u8; 32]>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl SeenSet {
+    /// Records `id`; `false` if it was already there.
+    fn insert(&mut self, id: [u8; 32]) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > SEEN_ENVELOPES
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+struct Actor {
+    cfg: NodeConfig,
+    net: Net,
+    identity: DeviceIdentity,
+    mailbox_id: [u8; 32],
+    cmds: mpsc::Receiver<Command>,
+    jobs: std_mpsc::Sender<Job>,
+    outs: mpsc::UnboundedReceiver<Out>,
+    events: mpsc::Sender<NodeEvent>,
+    shared: Arc<Shared>,
+    /// Contacts' devices by peer id.
+    peers: HashMap<PeerId, [u8; 32]>,
+    /// Frames waiting for the peer's in-flight request to finish.
+    queues: HashMap<PeerId, VecDeque<Outgoing>>,
+    in_flight: HashMap<OutboundRequestId, (PeerId, Vec<Option<u64>>)>,
+    busy: HashSet<PeerId>,
+    responses: HashMap<u64, ResponseChannel<Ack>>,
+    next_token: u64,
+    seen: SeenSet,
+    tracker: Tracker,
+    presence: PresenceState,
+    hidden: bool,
+    direct_rate: RateLimiter,
+    complaints: Complaints,
+}
+
+impl Actor {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.cfg.tick);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(self.cfg.presence.heartbeat);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = self.cmds.recv() => match cmd {
+                    Some(Command::Shutdown { reply }) => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(cmd) => self.command(cmd),
+                    // Every handle dropped: stop as on shutdown.
+                    None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
+                Some(out) = self.outs.recv() => self.out(out),
+                ev = self.net.next_event() => self.net_event(ev),
+                _ = tick.tick() => {
+                    self.job(Job::Tick);
+                    for e in self.tracker.expire(Instant::now()) {
+                        self.emit(e);
+                    }
+                }
+                _ = heartbeat.tick() => self.beacon(),
+            }
+        }
+    }
+
+    fn job(&self, job: Job) {
+        self.shared.backlog.fetch_add(1, Ordering::Relaxed);
+        if self.jobs.send(job).is_err() {
+            self.shared.backlog.fetch_sub(1, Ordering::Relaxed);
+            debug!("store thread gone");
+        }
+    }
+
+    fn overloaded(&self) -> bool {
+        self.shared.backlog.load(Ordering::Relaxed) >= self.cfg.max_backlog
+    }
+
+    fn emit(&self, e: NodeEvent) {
+        if self.events.try_send(e).is_err() {
+            debug!("event stream full or closed; dropped a network event");
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Send { to, body, reply } => self.job(Job::Send { to, body, reply }),
+            Command::AddContact { code, name, reply } => {
+                self.job(Job::AddContact { code, name, reply })
+            }
+            Command::Invite { reply } => {
+                let addrs = with_peer(&self.net.listen_addrs(), self.net.local_peer_id());
+                self.job(Job::Invite { addrs, reply });
+            }
+            Command::MarkRead { with, reply } => self.job(Job::MarkRead { with, reply }),
+            Command::History {
+                with,
+                before,
+                limit,
+                reply,
+            } => self.job(Job::History {
+                with,
+                before,
+                limit,
+                reply,
+            }),
+            Command::Conversations { reply } => self.job(Job::Conversations { reply }),
+            Command::Queued { reply } => self.job(Job::Queued { reply }),
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.net.listen_addrs());
+            }
+            Command::Dial { addr, reply } => {
+                let _ = reply.send(self.net.dial(addr).map_err(Into::into));
+            }
+            Command::SetPresence { state, reply } => {
+                if state != self.presence {
+                    self.presence = state;
+                    self.beacon();
+                }
+                let _ = reply.send(());
+            }
+            Command::HidePresence { hidden, reply } => {
+                if hidden && !self.hidden {
+                    // Say goodbye once, then stay silent.
+                    self.publish_beacon(PresenceState::Offline);
+                }
+                self.hidden = hidden;
+                if !hidden {
+                    self.beacon();
+                }
+                let _ = reply.send(());
+            }
+            Command::Presence { contact, reply } => {
+                let _ = reply.send(self.tracker.get(&contact).map(|s| (s.state, s.at_ms)));
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(Status {
+                    connected: self.net.swarm().connected_peers().copied().collect(),
+                    listen: self.net.listen_addrs(),
+                    presence: self.presence,
+                    hidden: self.hidden,
+                });
+            }
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    fn beacon(&mut self) {
+        if !self.hidden {
+            self.publish_beacon(self.presence);
+        }
+    }
+
+    fn publish_beacon(&mut self, state: PresenceState) {
+        let b = Beacon::new(&self.identity, state, presence::now_ms());
+        match self.net.publish(&Topic::Presence, b.to_bytes()) {
+            Ok(p) => debug!(?state, outcome = ?p, "presence beacon"),
+            Err(e) => warn!(error = %e, "presence beacon not published"),
+        }
+    }
+
+    fn out(&mut self, out: Out) {
+        match out {
+            Out::Direct { peer, frames } => {
+                self.queues.entry(peer).or_default().extend(frames);
+                self.pump(peer);
+            }
+            Out::Publish {
+                mailbox,
+                envelope,
+                pos,
+            } => {
+                let topic = self.net.inbox_topic(&mailbox);
+                let outcome = self.net.publish(&topic, envelope);
+                match (&outcome, pos) {
+                    (Ok(Published::Sent(_)), Some(pos)) => self.job(Job::Published(vec![pos])),
+                    (Ok(Published::Sent(_)), None) => {}
+                    // Not out: the outbox retries queued messages after
+                    // their backoff; receipts are sent again when the
+                    // peer retries the message they answer.
+                    (Ok(p), _) => debug!(outcome = ?p, "envelope not published now"),
+                    (Err(e), _) => warn!(error = %e, "envelope not published"),
+                }
+            }
+            Out::Respond { token, statuses } => {
+                if let Some(channel) = self.responses.remove(&token)
+                    && self.net.respond_direct(channel, Ack { statuses }).is_err()
+                {
+                    debug!("direct ack not sent: the peer's stream closed");
+                }
+            }
+            Out::Contact { key, peer, addrs } => {
+                self.peers.insert(peer, key);
+                self.tracker.watch(key);
+                if !self.net.is_connected(&peer) && !addrs.is_empty() {
+                    for a in &addrs {
+                        self.net.add_address(&peer, a.clone());
+                    }
+                    if let Err(e) = self.net.dial_peer(peer, addrs) {
+                        debug!(%peer, error = %e, "dialling a contact");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the next batch to `peer` if none is in flight.
+    fn pump(&mut self, peer: PeerId) {
+        if self.busy.contains(&peer) {
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(&peer) else {
+            return;
+        };
+        let limits = direct::Limits::default();
+        let mut frames = Vec::new();
+        let mut positions = Vec::new();
+        let mut bytes = 0usize;
+        while let Some((_, f)) = queue.front() {
+            if frames.len() >= limits.max_frames
+                || (!frames.is_empty() && bytes + f.len() > limits.max_batch_bytes)
+            {
+                break;
+            }
+            let Some((pos, f)) = queue.pop_front() else {
+                break;
+            };
+            bytes += f.len();
+            frames.push(f);
+            positions.push(pos);
+        }
+        if queue.is_empty() {
+            self.queues.remove(&peer);
+        }
+        if frames.is_empty() {
+            return;
+        }
+        match self.net.send_direct(&peer, direct::Batch::new(frames)) {
+            Ok(id) => {
+                self.busy.insert(peer);
+                self.in_flight.insert(id, (peer, positions));
+            }
+            Err(e) => {
+                warn!(%peer, error = %e, "direct batch not sent");
+                self.failed(positions);
+            }
+        }
+    }
+
+    fn failed(&self, positions: Vec<Option<u64>>) {
+        let p: Vec<u64> = positions.into_iter().flatten().collect();
+        if !p.is_empty() {
+            self.job(Job::Failed(p));
+        }
+    }
+
+    fn net_event(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Listening { addr } => {
+                info!(%addr, "listening");
+                self.emit(NodeEvent::Listening { addr });
+            }
+            NetEvent::Connected { peer, .. } => {
+                if let Ok(mut c) = self.shared.connected.write() {
+                    c.insert(peer);
+                }
+                if self.peers.contains_key(&peer) {
+                    self.job(Job::PeerUp(peer));
+                }
+                self.emit(NodeEvent::Connected { peer });
+            }
+            NetEvent::Disconnected { peer } => {
+                if let Ok(mut c) = self.shared.connected.write() {
+                    c.remove(&peer);
+                }
+                if let Some(q) = self.queues.remove(&peer) {
+                    self.failed(q.into_iter().map(|(p, _)| p).collect());
+                }
+                self.direct_rate.forget(&peer);
+                self.emit(NodeEvent::Disconnected { peer });
+            }
+            NetEvent::Subscribed {
+                topic: Topic::Presence,
+                ..
+            } => self.beacon(),
+            NetEvent::Gossip(msg) => self.gossip(msg),
+            NetEvent::DirectRequest {
+                peer,
+                batch,
+                channel,
+            } => {
+                if !self.direct_rate.allow(&peer, Instant::now()) {
+                    if let Some(skipped) = self.complaints.note(
+                        &peer,
+                        "direct requests over the peer's rate; refused",
+                        Instant::now(),
+                    ) {
+                        warn!(%peer, skipped, "direct requests over the peer's rate; refused");
+                    }
+                    let ack = Ack::all(FrameStatus::Rejected, batch.frames.len());
+                    let _ = self.net.respond_direct(channel, ack);
+                    return;
+                }
+                if self.overloaded() {
+                    // No answer: the peer's request fails and it retries.
+                    debug!(%peer, "store thread behind; direct batch dropped");
+                    return;
+                }
+                let token = self.next_token;
+                self.next_token += 1;
+                self.responses.insert(token, channel);
+                self.job(Job::Direct {
+                    peer,
+                    frames: batch.frames,
+                    token,
+                });
+            }
+            NetEvent::DirectAck { peer, request, ack } => {
+                let Some((_, positions)) = self.in_flight.remove(&request) else {
+                    return;
+                };
+                self.busy.remove(&peer);
+                let mut acked = Vec::new();
+                let mut failed = Vec::new();
+                for (i, pos) in positions.into_iter().enumerate() {
+                    match (ack.statuses.get(i), pos) {
+                        (Some(FrameStatus::Accepted | FrameStatus::Duplicate), Some(p)) => {
+                            acked.push(p)
+                        }
+                        (_, Some(p)) => failed.push(Some(p)),
+                        (_, None) => {}
+                    }
+                }
+                if !acked.is_empty() {
+                    self.job(Job::Acked(acked));
+                }
+                self.failed(failed);
+                self.pump(peer);
+            }
+            NetEvent::DirectFailed {
+                peer,
+                request,
+                error,
+            } => {
+                let Some((_, positions)) = self.in_flight.remove(&request) else {
+                    return;
+                };
+                debug!(%peer, %error, "direct batch failed");
+                self.busy.remove(&peer);
+                self.failed(positions);
+                self.pump(peer);
+            }
+            _ => {}
+        }
+    }
+
+    fn gossip(&mut self, msg: GossipMessage) {
+        let verdict = self.net.check_gossip(&msg).and_then(|| match msg.topic {
+            Topic::Inbox(_) => self.check_envelope(&msg.data),
+            Topic::Presence => self.check_beacon(&msg.data),
+            // Groups come with a later release: nothing to check them by.
+            Topic::Group(_) => Verdict::Ignore(Reason::Application("group topics not in use")),
+        });
+        if let Verdict::Reject(reason) = verdict
+            && let Some(skipped) =
+                self.complaints
+                    .note(&msg.source, "gossip refused", Instant::now())
+        {
+            warn!(peer = %msg.source, topic = %msg.topic, ?reason, skipped, "gossip refused");
+        }
+        self.net.report_gossip(&msg.id, &msg.source, verdict);
+    }
+
+    fn check_envelope(&mut self, data: &[u8]) -> Verdict {
+        let env = match envelope_checked(data, now_secs()) {
+            Ok(env) => env,
+            Err(crate::crypto::Error::Malformed {
+                what: "envelope (expired)",
+            }) => return Verdict::Ignore(Reason::Application("expired envelope")),
+            Err(_) => return Verdict::Reject(Reason::Application("malformed envelope")),
+        };
+        if !self.seen.insert(Envelope::hash(data)) {
+            return Verdict::Ignore(Reason::Application("replayed envelope"));
+        }
+        if env.mailbox_id == self.mailbox_id {
+            if self.overloaded() {
+                // The sender's outbox retries it.
+                return Verdict::Ignore(Reason::Application("store thread behind"));
+            }
+            self.job(Job::Envelope(env));
+        }
+        Verdict::Accept
+    }
+
+    fn check_beacon(&mut self, data: &[u8]) -> Verdict {
+        let Ok(b) = Beacon::from_bytes(data) else {
+            return Verdict::Reject(Reason::Application("bad presence beacon"));
+        };
+        if b.at_ms > presence::now_ms().saturating_add(MAX_CLOCK_SKEW_MS) {
+            return Verdict::Reject(Reason::Application("presence beacon from the future"));
+        }
+        if b.device == self.identity.public().signing {
+            return Verdict::Ignore(Reason::Application("our own beacon"));
+        }
+        if let Some(e) = self.tracker.on_beacon(&b, Instant::now()) {
+            self.emit(e);
+        }
+        Verdict::Accept
+    }
+
+    /// Says goodbye, lets the store thread finish and flush, stops.
+    async fn shutdown(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.cfg.shutdown_timeout;
+        if !self.hidden {
+            self.publish_beacon(PresenceState::Offline);
+        }
+        // The store thread handles what is queued before it, flushes and
+        // exits; the handle waits for that.
+        self.job(Job::Stop);
+        // Keep the swarm moving a moment so the goodbye leaves, and answer
+        // what the store thread finishes meanwhile.
+        let grace =
+            tokio::time::Instant::now() + Duration::from_millis(200).min(self.cfg.shutdown_timeout);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(grace.min(deadline)) => break,
+                Some(out) = self.outs.recv() => {
+                    if let Out::Respond { .. } = out {
+                        self.out(out);
+                    }
+                }
+                ev = self.net.next_event() => {
+                    if let NetEvent::DirectRequest { .. } | NetEvent::Gossip(_) = ev {
+                        // Not taking new work while stopping.
+                        continue;
+                    }
+                }
+            }
+        }
+        info!(peer = %self.net.local_peer_id(), "node stopped");
+    }
+}
+
+impl std::fmt::Debug for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Actor")
+            .field("net", &self.net)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Listening addresses as text, with our peer id (for invites).
+fn with_peer(addrs: &[Multiaddr], peer: PeerId) -> Vec<String> {
+    addrs
+        .iter()
+        .map(|a| {
+            a.clone()
+                .with(libp2p::multiaddr::Protocol::P2p(peer))
+                .to_string()
+        })
+        .collect()
+}

@@ -1,0 +1,96 @@
+//! [`NodeConfig`]: what a node is started with.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::net::NetConfig;
+use crate::crypto::DataKey;
+
+/// Presence settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceConfig {
+    /// A beacon is re-sent this often while nothing changes.
+    pub heartbeat: Duration,
+    /// A contact with no beacon for this long is shown offline.
+    pub expiry: Duration,
+    /// Send no presence at all (others see us offline).
+    pub hidden: bool,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(60),
+            expiry: Duration::from_secs(180),
+            hidden: false,
+        }
+    }
+}
+
+/// Configuration of one node.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// Where the store lives (created if missing).
+    pub data_dir: PathBuf,
+    /// The key that opens the store (from the keystore).
+    pub key: DataKey,
+    /// Transports, discovery and gossip.
+    pub net: NetConfig,
+    /// Presence.
+    pub presence: PresenceConfig,
+    /// How often queued messages are retried, expiries checked and
+    /// presence timed out.
+    pub tick: Duration,
+    /// Longest a graceful shutdown takes.
+    pub shutdown_timeout: Duration,
+    /// Bound of the event stream; the store thread waits when it is full.
+    pub event_capacity: usize,
+    /// Bound of the command queue of the handle.
+    pub command_capacity: usize,
+    /// Most jobs waiting for the store thread before new network input is
+    /// refused (the peer retries later).
+    pub max_backlog: usize,
+    /// Direct requests one peer may send per second (sustained; bursts
+    /// of up to twice this).
+    pub direct_rate: u32,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("data_dir", &self.data_dir)
+            .field("net", &self.net)
+            .field("presence", &self.presence)
+            .field("tick", &self.tick)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeConfig {
+    /// Defaults for a user's node: all interfaces, mDNS on.
+    pub fn new(data_dir: impl Into<PathBuf>, key: DataKey) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            key,
+            net: NetConfig {
+                mdns: true,
+                ..NetConfig::default()
+            },
+            presence: PresenceConfig::default(),
+            tick: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(5),
+            event_capacity: 64 * 1024,
+            command_capacity: 1024,
+            max_backlog: 4096,
+            direct_rate: 2000,
+        }
+    }
+
+    /// Loopback only, mDNS off: tests, benchmarks and the demo.
+    pub fn loopback(data_dir: impl Into<PathBuf>, key: DataKey) -> Self {
+        Self {
+            net: NetConfig::loopback(),
+            ..Self::new(data_dir, key)
+        }
+    }
+}

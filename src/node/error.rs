@@ -1,0 +1,32 @@
+//! [`NodeError`]: what a node's handle can answer instead of a result.
+
+use super::engine::EngineError;
+use super::net::NetError;
+use crate::{crypto, store};
+
+/// What can go wrong when using a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The chat logic refused (a bad invite, an unknown contact, …).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// A key or decode error.
+    #[error(transparent)]
+    Crypto(#[from] crypto::Error),
+    /// The network layer failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// No contact with that identity key.
+    #[error("no contact with that identity key")]
+    UnknownContact,
+    /// The node has stopped (shut down, or its store failed).
+    #[error("the node has stopped")]
+    Stopped,
+    /// The store thread could not be started.
+    #[error("could not start the store thread: {0}")]
+    Thread(#[source] std::io::Error),
+}

@@ -1,0 +1,55 @@
+//! [`NodeEvent`]: what a node tells its user.
+
+use libp2p::{Multiaddr, PeerId};
+
+use super::proto::PresenceState;
+use crate::store::{DeliveryState, MessageRef, StoredMessage};
+
+/// Something the user of a node should hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// A message arrived and is stored.
+    Message {
+        /// The contact that wrote it (identity key).
+        from: [u8; 32],
+        /// The message.
+        message: StoredMessage,
+    },
+    /// One of our messages moved forward (sent, delivered, read).
+    Receipt {
+        /// The message.
+        message: MessageRef,
+        /// Its new state.
+        state: DeliveryState,
+    },
+    /// One of our messages expired undelivered; it is no longer retried.
+    Expired {
+        /// The message.
+        message: MessageRef,
+    },
+    /// A contact's presence changed.
+    Presence {
+        /// The contact (identity key).
+        contact: [u8; 32],
+        /// Its state.
+        state: PresenceState,
+        /// When it was last seen active, Unix milliseconds (its newest beacon).
+        last_seen_ms: u64,
+    },
+    /// The node listens on a new address.
+    Listening {
+        /// The address.
+        addr: Multiaddr,
+    },
+    /// A connection to a peer opened.
+    Connected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The last connection to a peer closed.
+    Disconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+}

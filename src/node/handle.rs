@@ -1,0 +1,269 @@
+//! [`NodeHandle`]: the cheap, cloneable way into a running node.
+//!
+//! Every method sends one command on a bounded queue (waiting when the node
+//! is busy) and awaits its answer. A method that returns after a write
+//! (send, add a contact, mark read) returns after that write is flushed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+
+use super::error::NodeError;
+use super::proto::PresenceState;
+use crate::store::{Cursor, MessageRef, Page, Summary};
+
+type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+pub(crate) enum Command {
+    Send {
+        to: [u8; 32],
+        body: Vec<u8>,
+        reply: Reply<MessageRef>,
+    },
+    AddContact {
+        code: String,
+        name: String,
+        reply: Reply<[u8; 32]>,
+    },
+    Invite {
+        reply: Reply<String>,
+    },
+    MarkRead {
+        with: [u8; 32],
+        reply: Reply<bool>,
+    },
+    History {
+        with: [u8; 32],
+        before: Option<Cursor>,
+        limit: usize,
+        reply: Reply<Page>,
+    },
+    Conversations {
+        reply: Reply<Vec<Summary>>,
+    },
+    Queued {
+        reply: Reply<usize>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: Reply<()>,
+    },
+    SetPresence {
+        state: PresenceState,
+        reply: oneshot::Sender<()>,
+    },
+    HidePresence {
+        hidden: bool,
+        reply: oneshot::Sender<()>,
+    },
+    Presence {
+        contact: [u8; 32],
+        reply: oneshot::Sender<Option<(PresenceState, u64)>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Who a node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Its libp2p peer id (from its identity key).
+    pub peer_id: PeerId,
+    /// Its identity key (Ed25519): how contacts name it.
+    pub identity: [u8; 32],
+    /// Its mailbox id.
+    pub mailbox_id: [u8; 32],
+}
+
+/// A snapshot of the node's network state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Peers with an open connection.
+    pub connected: Vec<PeerId>,
+    /// Addresses it listens on.
+    pub listen: Vec<Multiaddr>,
+    /// The presence it shows.
+    pub presence: PresenceState,
+    /// Whether it hides its presence.
+    pub hidden: bool,
+}
+
+/// A handle on a running node; clone it freely.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<Command>,
+    info: Arc<NodeInfo>,
+    abort: AbortHandle,
+    stopped: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl NodeHandle {
+    pub(crate) fn new(
+        tx: mpsc::Sender<Command>,
+        info: Arc<NodeInfo>,
+        abort: AbortHandle,
+        stopped: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            tx,
+            info,
+            abort,
+            stopped,
+        }
+    }
+
+    /// Who this node is.
+    pub fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    async fn ask_plain<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Writes a message to the contact `to`. Returns once it is stored and
+    /// queued on disk; delivery follows (watch for receipts).
+    pub async fn send(&self, to: [u8; 32], body: Vec<u8>) -> Result<MessageRef, NodeError> {
+        self.ask(|reply| Command::Send { to, body, reply }).await
+    }
+
+    /// This node's invite code (with the addresses it listens on).
+    pub async fn invite(&self) -> Result<String, NodeError> {
+        self.ask(|reply| Command::Invite { reply }).await
+    }
+
+    /// Adds the contact an invite code names; returns its identity key.
+    pub async fn add_contact(&self, code: &str, name: &str) -> Result<[u8; 32], NodeError> {
+        let (code, name) = (code.to_owned(), name.to_owned());
+        self.ask(|reply| Command::AddContact { code, name, reply })
+            .await
+    }
+
+    /// Marks the conversation with `with` read and sends the read receipt;
+    /// `false` if nothing was unread.
+    pub async fn mark_read(&self, with: [u8; 32]) -> Result<bool, NodeError> {
+        self.ask(|reply| Command::MarkRead { with, reply }).await
+    }
+
+    /// A page of the conversation with `with`, newest first.
+    pub async fn history(
+        &self,
+        with: [u8; 32],
+        before: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page, NodeError> {
+        self.ask(|reply| Command::History {
+            with,
+            before,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Every conversation with its newest message.
+    pub async fn conversations(&self) -> Result<Vec<Summary>, NodeError> {
+        self.ask(|reply| Command::Conversations { reply }).await
+    }
+
+    /// How many messages still wait for their recipient.
+    pub async fn queued(&self) -> Result<usize, NodeError> {
+        self.ask(|reply| Command::Queued { reply }).await
+    }
+
+    /// Addresses the node listens on.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NodeError> {
+        self.ask_plain(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Dials an address.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        self.ask(|reply| Command::Dial { addr, reply }).await
+    }
+
+    /// Shows this presence to contacts (sent at once, then on heartbeat).
+    pub async fn set_presence(&self, state: PresenceState) -> Result<(), NodeError> {
+        self.ask_plain(|reply| Command::SetPresence { state, reply })
+            .await
+    }
+
+    /// Hides presence (contacts see offline) or shows it again.
+    pub async fn hide_presence(&self, hidden: bool) -> Result<(), NodeError> {
+        self.ask_plain(|reply| Command::HidePresence { hidden, reply })
+            .await
+    }
+
+    /// A contact's presence and last-seen time (Unix ms), if heard.
+    pub async fn presence(
+        &self,
+        contact: [u8; 32],
+    ) -> Result<Option<(PresenceState, u64)>, NodeError> {
+        self.ask_plain(|reply| Command::Presence { contact, reply })
+            .await
+    }
+
+    /// Connections, addresses, presence.
+    pub async fn status(&self) -> Result<Status, NodeError> {
+        self.ask_plain(|reply| Command::Status { reply }).await
+    }
+
+    /// Stops the node: tells peers it goes offline, finishes and flushes
+    /// the store's work, closes every connection. Returns when the store is
+    /// closed (so the data directory can be opened again), or after the
+    /// configured bound.
+    pub async fn shutdown(&self, bound: Duration) -> Result<(), NodeError> {
+        let asked = self.ask_plain(|reply| Command::Shutdown { reply });
+        let _ = tokio::time::timeout(bound, asked).await;
+        self.wait_stopped(bound).await
+    }
+
+    /// Stops the node at once, as a crash or a pulled cable would: no
+    /// goodbye to peers. Pending work that was acknowledged is on disk.
+    pub fn kill(&self) {
+        self.abort.abort();
+    }
+
+    /// Waits until the store thread has exited and closed the store.
+    pub async fn wait_stopped(&self, bound: Duration) -> Result<(), NodeError> {
+        let mut rx = self.stopped.clone();
+        match tokio::time::timeout(bound, rx.wait_for(|s| *s)).await {
+            Ok(Ok(_)) => Ok(()),
+            // The sender is dropped only after it sent `true`.
+            Ok(Err(_)) => Ok(()),
+            Err(_) => Err(NodeError::Stopped),
+        }
+    }
+}

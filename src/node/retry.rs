@@ -1,0 +1,202 @@
+//! The outbox's schedule in memory: which queued message is due for its next
+//! attempt when, found without scanning the store.
+//!
+//! The store's `outbox` tree is the durable truth (what is still owed); this
+//! index is rebuilt from it on start and decides the pacing. Retry times are
+//! not written back: after a restart everything queued is due at once, which
+//! is what a user who just came back online wants.
+
+use std::collections::{BTreeSet, HashMap};
+
+/// First wait after a message went out by the mesh with no receipt yet.
+pub const FIRST_RETRY: u64 = 2;
+/// Longest wait between two attempts.
+pub const MAX_RETRY: u64 = 300;
+
+/// What the schedule knows about one queued message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// The message.
+    pub msg_id: [u8; 16],
+    /// Its recipient device.
+    pub recipient: [u8; 32],
+    /// Its conversation.
+    pub conv_id: [u8; 32],
+    /// Its Lamport clock.
+    pub lamport: u64,
+    /// Its sequence number in the conversation.
+    pub seq: u64,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// When it is due next (Unix seconds).
+    pub next_at: u64,
+    /// When it is given up (Unix seconds).
+    pub expires_at: u64,
+}
+
+/// The schedule, keyed by outbox position.
+#[derive(Debug, Default)]
+pub struct Schedule {
+    meta: HashMap<u64, Meta>,
+    by_msg: HashMap<([u8; 16], [u8; 32]), u64>,
+    due: BTreeSet<(u64, u64)>,
+    expiry: BTreeSet<(u64, u64)>,
+}
+
+/// Backoff after `attempts` attempts: 2, 4, 8 … seconds, at most [`MAX_RETRY`].
+pub fn backoff(attempts: u32) -> u64 {
+    FIRST_RETRY
+        .saturating_mul(1u64 << attempts.min(16))
+        .min(MAX_RETRY)
+}
+
+impl Schedule {
+    /// Adds a queued message (outbox position `pos`).
+    pub fn insert(&mut self, pos: u64, meta: Meta) {
+        self.remove(pos);
+        self.by_msg.insert((meta.msg_id, meta.recipient), pos);
+        self.due.insert((meta.next_at, pos));
+        self.expiry.insert((meta.expires_at, pos));
+        self.meta.insert(pos, meta);
+    }
+
+    /// Removes a message (acknowledged or expired); returns what it was.
+    pub fn remove(&mut self, pos: u64) -> Option<Meta> {
+        let m = self.meta.remove(&pos)?;
+        self.by_msg.remove(&(m.msg_id, m.recipient));
+        self.due.remove(&(m.next_at, pos));
+        self.expiry.remove(&(m.expires_at, pos));
+        Some(m)
+    }
+
+    /// The outbox position of `msg_id` to `recipient`, if still queued.
+    pub fn find(&self, msg_id: &[u8; 16], recipient: &[u8; 32]) -> Option<u64> {
+        self.by_msg.get(&(*msg_id, *recipient)).copied()
+    }
+
+    /// What is known about position `pos`.
+    pub fn get(&self, pos: u64) -> Option<&Meta> {
+        self.meta.get(&pos)
+    }
+
+    /// Moves `pos` to be due at `at`; counts an attempt if `attempt`.
+    pub fn reschedule(&mut self, pos: u64, at: u64, attempt: bool) {
+        if let Some(m) = self.meta.get_mut(&pos) {
+            self.due.remove(&(m.next_at, pos));
+            m.next_at = at;
+            if attempt {
+                m.attempts = m.attempts.saturating_add(1);
+            }
+            self.due.insert((at, pos));
+        }
+    }
+
+    /// Up to `limit` positions due at `now`, oldest due first.
+    pub fn due(&self, now: u64, limit: usize) -> Vec<u64> {
+        self.due
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .map(|&(_, pos)| pos)
+            .collect()
+    }
+
+    /// Removes and returns every message whose expiry is at or before `now`.
+    pub fn take_expired(&mut self, now: u64) -> Vec<(u64, Meta)> {
+        let gone: Vec<u64> = self
+            .expiry
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|&(_, pos)| pos)
+            .collect();
+        gone.into_iter()
+            .filter_map(|pos| self.remove(pos).map(|m| (pos, m)))
+            .collect()
+    }
+
+    /// Makes every message to `recipient` in `conv_id` from sequence number
+    /// `from` on due at `now` (the recipient asked for them again).
+    pub fn due_again(&mut self, recipient: &[u8; 32], conv_id: &[u8; 32], from: u64, now: u64) {
+        let hit: Vec<u64> = self
+            .meta
+            .iter()
+            .filter(|(_, m)| &m.recipient == recipient && &m.conv_id == conv_id && m.seq >= from)
+            .map(|(&pos, _)| pos)
+            .collect();
+        for pos in hit {
+            self.reschedule(pos, now, false);
+        }
+    }
+
+    /// Makes every message to `recipient` due at `now` (it just came online).
+    pub fn due_now_for(&mut self, recipient: &[u8; 32], now: u64) {
+        let hit: Vec<u64> = self
+            .meta
+            .iter()
+            .filter(|(_, m)| &m.recipient == recipient && m.next_at > now)
+            .map(|(&pos, _)| pos)
+            .collect();
+        for pos in hit {
+            self.reschedule(pos, now, false);
+        }
+    }
+
+    /// Number of queued messages.
+    pub fn len(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.meta.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(n: u8, next_at: u64, expires_at: u64) -> Meta {
+        Meta {
+            msg_id: [n; 16],
+            recipient: [1; 32],
+            conv_id: [2; 32],
+            lamport: u64::from(n),
+            seq: u64::from(n),
+            attempts: 0,
+            next_at,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn due_expiry_and_lookups_stay_consistent() {
+        let mut s = Schedule::default();
+        s.insert(10, meta(1, 5, 100));
+        s.insert(11, meta(2, 3, 50));
+        s.insert(12, meta(3, 9, 200));
+        assert_eq!(s.due(5, 10), vec![11, 10]);
+        assert_eq!(s.due(5, 1), vec![11]);
+        s.reschedule(11, 20, true);
+        assert_eq!(s.due(5, 10), vec![10]);
+        assert_eq!(s.get(11).unwrap().attempts, 1);
+        assert_eq!(s.find(&[3; 16], &[1; 32]), Some(12));
+        let gone = s.take_expired(60);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].0, 11);
+        assert_eq!(s.find(&[2; 16], &[1; 32]), None);
+        assert!(s.due(1000, 10).iter().all(|p| *p != 11));
+        s.due_again(&[1; 32], &[2; 32], 3, 7);
+        assert_eq!(s.due(7, 10), vec![10, 12]);
+        assert_eq!(s.remove(10).unwrap().seq, 1);
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        assert_eq!(backoff(0), 2);
+        assert_eq!(backoff(1), 4);
+        assert_eq!(backoff(3), 16);
+        assert_eq!(backoff(40), MAX_RETRY);
+    }
+}

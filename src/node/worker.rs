@@ -1,0 +1,482 @@
+//! The store thread: the [`Engine`] runs here, away from the swarm's task,
+//! and commits in groups.
+//!
+//! One round: take every job waiting (up to [`MAX_ROUND`]), handle them all,
+//! flush the store once, and only then answer — the handle's callers, the
+//! peers waiting for a direct ack, the event stream. Nothing anyone is told
+//! about is ahead of the disk. A flush that fails stops the node: nothing
+//! is acknowledged, peers keep their copies and retry.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, mpsc as std_mpsc};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, warn};
+
+use super::complaints::Complaints;
+use super::engine::{Engine, EngineError, Event};
+use super::error::NodeError;
+use super::events::NodeEvent;
+use super::net::direct::FrameStatus;
+use super::state::Invite;
+use crate::crypto::Envelope;
+use crate::store::{Cursor, MessageRef, Page, Summary};
+
+/// Most jobs handled in one round (one flush).
+pub(crate) const MAX_ROUND: usize = 1024;
+/// Most queued messages re-sent per tick.
+pub(crate) const RETRY_BATCH: usize = 512;
+/// How long a message handed to a direct connection waits for its ack
+/// before the schedule tries again (seconds; the request times out first).
+pub(crate) const DIRECT_WAIT: u64 = 30;
+
+type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+/// A frame with its outbox position (None: not queued, e.g. a receipt).
+pub(crate) type Outgoing = (Option<u64>, Vec<u8>);
+
+/// Work for the store thread.
+pub(crate) enum Job {
+    Send {
+        to: [u8; 32],
+        body: Vec<u8>,
+        reply: Reply<MessageRef>,
+    },
+    AddContact {
+        code: String,
+        name: String,
+        reply: Reply<[u8; 32]>,
+    },
+    Invite {
+        addrs: Vec<String>,
+        reply: Reply<String>,
+    },
+    MarkRead {
+        with: [u8; 32],
+        reply: Reply<bool>,
+    },
+    History {
+        with: [u8; 32],
+        before: Option<Cursor>,
+        limit: usize,
+        reply: Reply<Page>,
+    },
+    Conversations {
+        reply: Reply<Vec<Summary>>,
+    },
+    Queued {
+        reply: Reply<usize>,
+    },
+    /// A direct batch from `peer`; answered with [`Out::Respond`].
+    Direct {
+        peer: PeerId,
+        frames: Vec<Vec<u8>>,
+        token: u64,
+    },
+    /// An envelope for our mailbox, from the mesh.
+    Envelope(Envelope),
+    /// Direct acks: these outbox positions are delivered.
+    Acked(Vec<u64>),
+    /// Direct attempts that failed.
+    Failed(Vec<u64>),
+    /// Published on the mesh.
+    Published(Vec<u64>),
+    /// A contact's device connected.
+    PeerUp(PeerId),
+    /// Retries and expiries.
+    Tick,
+    /// Flush and stop.
+    Stop,
+}
+
+/// What the store thread asks the swarm's task to do.
+#[derive(Debug)]
+pub(crate) enum Out {
+    /// Send these frames to `peer` (each with its outbox position, if any).
+    Direct { peer: PeerId, frames: Vec<Outgoing> },
+    /// Publish an envelope on the inbox topic of `mailbox`.
+    Publish {
+        mailbox: [u8; 32],
+        envelope: Vec<u8>,
+        pos: Option<u64>,
+    },
+    /// Answer the direct batch `token`.
+    Respond {
+        token: u64,
+        statuses: Vec<FrameStatus>,
+    },
+    /// A contact (at start or just added): watch its presence, dial it.
+    Contact {
+        key: [u8; 32],
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+}
+
+/// Shared between the swarm's task and the store thread.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Peers with an open connection (the path choice reads it).
+    pub connected: RwLock<HashSet<PeerId>>,
+    /// Jobs sent and not yet handled.
+    pub backlog: AtomicUsize,
+}
+
+impl Shared {
+    fn is_connected(&self, peer: &PeerId) -> bool {
+        self.connected
+            .read()
+            .map(|c| c.contains(peer))
+            .unwrap_or(false)
+    }
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Everything one round produced, released after the flush.
+#[derive(Default)]
+struct Round {
+    replies: Vec<Box<dyn FnOnce() + Send>>,
+    direct: HashMap<PeerId, Vec<Outgoing>>,
+    outs: Vec<Out>,
+    events: Vec<NodeEvent>,
+    stop: bool,
+}
+
+impl Round {
+    fn reply<T: Send + 'static>(&mut self, to: Reply<T>, value: Result<T, NodeError>) {
+        self.replies.push(Box::new(move || {
+            let _ = to.send(value);
+        }));
+    }
+}
+
+pub(crate) struct Worker {
+    engine: Engine,
+    jobs: std_mpsc::Receiver<Job>,
+    outs: mpsc::UnboundedSender<Out>,
+    events: mpsc::Sender<NodeEvent>,
+    shared: Arc<Shared>,
+    peers: HashMap<PeerId, [u8; 32]>,
+    peer_of: HashMap<[u8; 32], PeerId>,
+    complaints: Complaints,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        engine: Engine,
+        jobs: std_mpsc::Receiver<Job>,
+        outs: mpsc::UnboundedSender<Out>,
+        events: mpsc::Sender<NodeEvent>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let mut w = Self {
+            engine,
+            jobs,
+            outs,
+            events,
+            shared,
+            peers: HashMap::new(),
+            peer_of: HashMap::new(),
+            complaints: Complaints::default(),
+        };
+        let keys: Vec<[u8; 32]> = w.engine.contacts().map(|c| c.identity.signing).collect();
+        for key in keys {
+            w.announce_contact(&key);
+        }
+        w
+    }
+
+    fn announce_contact(&mut self, key: &[u8; 32]) {
+        let Some(c) = self.engine.contact(key) else {
+            return;
+        };
+        let Ok(peer) = c.identity.peer_id() else {
+            return;
+        };
+        let addrs = c.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        self.peers.insert(peer, *key);
+        self.peer_of.insert(*key, peer);
+        let _ = self.outs.send(Out::Contact {
+            key: *key,
+            peer,
+            addrs,
+        });
+    }
+
+    /// Runs rounds until told to stop or the swarm's task is gone.
+    pub(crate) fn run(mut self) {
+        while let Ok(first) = self.jobs.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_ROUND {
+                match self.jobs.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let n = jobs.len();
+            let mut round = Round::default();
+            for job in jobs {
+                self.handle(job, &mut round);
+            }
+            if let Err(e) = self.engine.store().flush() {
+                error!(error = %e, "store flush failed; stopping the node without acknowledging");
+                return;
+            }
+            self.shared.backlog.fetch_sub(n, Ordering::Relaxed);
+            for r in round.replies {
+                r();
+            }
+            for (peer, frames) in round.direct {
+                let _ = self.outs.send(Out::Direct { peer, frames });
+            }
+            for o in round.outs {
+                let _ = self.outs.send(o);
+            }
+            for e in round.events {
+                // Waits when the consumer is behind: back-pressure all the
+                // way to the peers, which retry.
+                if self.events.blocking_send(e).is_err() {
+                    debug!("event stream closed");
+                }
+            }
+            if round.stop {
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, job: Job, round: &mut Round) {
+        let now = now_secs();
+        match job {
+            Job::Send { to, body, reply } => {
+                let r = self.engine.send(&to, body, now);
+                match r {
+                    Ok(sent) => {
+                        self.route(&to, sent.frame, Some(sent.pos), now, round);
+                        round.reply(reply, Ok(sent.message));
+                    }
+                    Err(e) => round.reply(reply, Err(e.into())),
+                }
+            }
+            Job::AddContact { code, name, reply } => {
+                let r = Invite::from_code(&code)
+                    .map_err(EngineError::from)
+                    .and_then(|inv| self.engine.add_contact(&inv, &name));
+                if let Ok(key) = &r {
+                    self.announce_contact(key);
+                }
+                round.reply(reply, r.map_err(Into::into));
+            }
+            Job::Invite { addrs, reply } => {
+                let r = self.engine.invite(addrs, now).map(|i| i.to_code());
+                round.reply(reply, r.map_err(Into::into));
+            }
+            Job::MarkRead { with, reply } => match self.engine.mark_read(&with) {
+                Ok(Some(frame)) => {
+                    self.route(&with, frame, None, now, round);
+                    round.reply(reply, Ok(true));
+                }
+                Ok(None) => round.reply(reply, Ok(false)),
+                Err(e) => round.reply(reply, Err(e.into())),
+            },
+            Job::History {
+                with,
+                before,
+                limit,
+                reply,
+            } => {
+                let r = match self.engine.conversation_with(&with) {
+                    None => Err(NodeError::UnknownContact),
+                    Some(conv) => self
+                        .engine
+                        .store()
+                        .history()
+                        .page(&conv, before.as_ref(), limit)
+                        .map_err(Into::into),
+                };
+                round.reply(reply, r);
+            }
+            Job::Conversations { reply } => {
+                let r = self.engine.store().history().summaries();
+                round.reply(reply, r.map_err(Into::into));
+            }
+            Job::Queued { reply } => round.reply(reply, Ok(self.engine.queued())),
+            Job::Direct {
+                peer,
+                frames,
+                token,
+            } => self.direct(peer, &frames, token, now, round),
+            Job::Envelope(env) => match self.engine.open_envelope(&env) {
+                Ok((from, frame)) => match self.engine.receive(&from, &[frame], now, false) {
+                    Ok(h) => {
+                        self.events(h.events, &from, round);
+                        for r in h.replies {
+                            self.route(&from, r, None, now, round);
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "envelope refused"),
+                },
+                // Not ours after all, or not from a contact: forwarded
+                // anyway (gossip), nothing else to do.
+                Err(e) => debug!(error = %e, "envelope not opened"),
+            },
+            Job::Acked(positions) => match self.engine.delivered_direct(&positions) {
+                Ok(ev) => self.events(ev, &[0; 32], round),
+                Err(e) => warn!(error = %e, "recording direct acks"),
+            },
+            Job::Failed(positions) => self.engine.failed(&positions, now),
+            Job::Published(positions) => match self.engine.published(&positions) {
+                Ok(ev) => self.events(ev, &[0; 32], round),
+                Err(e) => warn!(error = %e, "recording published messages"),
+            },
+            Job::PeerUp(peer) => {
+                if let Some(key) = self.peers.get(&peer).copied() {
+                    self.engine.peer_up(&key, now);
+                    self.retry(now, round);
+                }
+            }
+            Job::Tick => {
+                match self.engine.expire(now) {
+                    Ok(ev) => self.events(ev, &[0; 32], round),
+                    Err(e) => warn!(error = %e, "expiring queued messages"),
+                }
+                self.retry(now, round);
+            }
+            Job::Stop => round.stop = true,
+        }
+    }
+
+    fn retry(&mut self, now: u64, round: &mut Round) {
+        match self.engine.due(now, RETRY_BATCH) {
+            Ok(due) => {
+                for d in due {
+                    self.route(&d.to, d.frame, Some(d.pos), now, round);
+                }
+            }
+            Err(e) => warn!(error = %e, "preparing retries"),
+        }
+    }
+
+    fn direct(
+        &mut self,
+        peer: PeerId,
+        frames: &[Vec<u8>],
+        token: u64,
+        now: u64,
+        round: &mut Round,
+    ) {
+        let refuse = |round: &mut Round| {
+            round.outs.push(Out::Respond {
+                token,
+                statuses: vec![FrameStatus::Rejected; frames.len()],
+            })
+        };
+        let Some(from) = self.peers.get(&peer).copied() else {
+            if let Some(skipped) = self.complaints.note(
+                &peer,
+                "direct batch from a device that is not a contact",
+                Instant::now(),
+            ) {
+                warn!(%peer, frames = frames.len(), skipped, "direct batch from a device that is not a contact");
+            }
+            refuse(round);
+            return;
+        };
+        match self.engine.receive(&from, frames, now, true) {
+            Ok(h) => {
+                let rejected = h.accepted.iter().filter(|a| !**a).count();
+                if rejected > 0
+                    && let Some(skipped) = self.complaints.note(
+                        &peer,
+                        "refused frames in a direct batch",
+                        Instant::now(),
+                    )
+                {
+                    warn!(%peer, rejected, skipped, "refused frames in a direct batch");
+                }
+                round.outs.push(Out::Respond {
+                    token,
+                    statuses: h
+                        .accepted
+                        .iter()
+                        .map(|&a| {
+                            if a {
+                                FrameStatus::Accepted
+                            } else {
+                                FrameStatus::Rejected
+                            }
+                        })
+                        .collect(),
+                });
+                self.events(h.events, &from, round);
+                for r in h.replies {
+                    self.route(&from, r, None, now, round);
+                }
+            }
+            Err(e) => {
+                if let Some(skipped) =
+                    self.complaints
+                        .note(&peer, "direct batch refused", Instant::now())
+                {
+                    warn!(%peer, error = %e, skipped, "direct batch refused");
+                }
+                refuse(round);
+            }
+        }
+    }
+
+    /// Sends a frame to the contact `to`: directly when connected, else
+    /// sealed on the mesh. `pos` is its outbox position (None: not queued).
+    fn route(
+        &mut self,
+        to: &[u8; 32],
+        frame: Vec<u8>,
+        pos: Option<u64>,
+        now: u64,
+        round: &mut Round,
+    ) {
+        let peer = self.peer_of.get(to).copied();
+        if let Some(peer) = peer.filter(|p| self.shared.is_connected(p)) {
+            if let Some(pos) = pos {
+                self.engine.attempted(pos, now, Some(DIRECT_WAIT));
+            }
+            round.direct.entry(peer).or_default().push((pos, frame));
+            return;
+        }
+        let expires = now + super::engine::MESSAGE_TTL;
+        match self.engine.seal(to, &frame, expires) {
+            Ok((mailbox, envelope)) => {
+                if let Some(pos) = pos {
+                    self.engine.attempted(pos, now, None);
+                }
+                round.outs.push(Out::Publish {
+                    mailbox,
+                    envelope,
+                    pos,
+                });
+            }
+            Err(e) => warn!(error = %e, "sealing a message for the mesh"),
+        }
+    }
+
+    fn events(&self, events: Vec<Event>, from: &[u8; 32], round: &mut Round) {
+        for e in events {
+            round.events.push(match e {
+                Event::MessageReceived(message) => NodeEvent::Message {
+                    from: *from,
+                    message,
+                },
+                Event::Receipt { message, state } => NodeEvent::Receipt { message, state },
+                Event::Expired { message } => NodeEvent::Expired { message },
+            });
+        }
+    }
+}

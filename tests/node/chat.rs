@@ -1,0 +1,165 @@
+//! Two nodes talking.
+
+use std::time::Duration;
+
+use meshchat::node::NodeEvent;
+use meshchat::store::{DeliveryState, MessageRef};
+
+use crate::common::{TestNode, befriend};
+
+async fn receipt(node: &mut TestNode, message: MessageRef, state: DeliveryState) {
+    node.wait("a receipt", |e| match e {
+        NodeEvent::Receipt {
+            message: m,
+            state: s,
+        } if *m == message && *s == state => Some(()),
+        _ => None,
+    })
+    .await
+}
+
+async fn message(node: &mut TestNode, body: &[u8]) -> meshchat::store::StoredMessage {
+    node.wait("a message", |e| match e {
+        NodeEvent::Message { message, .. } if message.body == body => Some(message.clone()),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_exchange_messages_both_ways_with_delivered_and_read_receipts() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("alice", da.path(), 1).await;
+    let mut b = TestNode::start_in("bob", db.path(), 2).await;
+    befriend(&mut a, &mut b).await;
+
+    let sent = a.handle.send(b.key(), b"hello bob".to_vec()).await.unwrap();
+    let got = message(&mut b, b"hello bob").await;
+    assert_eq!(got.sender, a.key());
+    receipt(&mut a, sent, DeliveryState::Delivered).await;
+    assert!(b.handle.mark_read(a.key()).await.unwrap());
+    receipt(&mut a, sent, DeliveryState::Read).await;
+
+    let reply = b.handle.send(a.key(), b"hi alice".to_vec()).await.unwrap();
+    let back = message(&mut a, b"hi alice").await;
+    // A reply sorts after what it answers.
+    assert!(back.lamport > got.lamport);
+    receipt(&mut b, reply, DeliveryState::Delivered).await;
+    assert!(a.handle.mark_read(b.key()).await.unwrap());
+    receipt(&mut b, reply, DeliveryState::Read).await;
+
+    // Both histories hold both messages, newest first, with their states.
+    let page = a.handle.history(b.key(), None, 10).await.unwrap();
+    let bodies: Vec<&[u8]> = page.messages.iter().map(|m| m.body.as_slice()).collect();
+    assert_eq!(bodies, vec![&b"hi alice"[..], &b"hello bob"[..]]);
+    assert_eq!(page.messages[1].state, DeliveryState::Read);
+    let page = b.handle.history(a.key(), None, 10).await.unwrap();
+    assert_eq!(page.messages[0].state, DeliveryState::Read);
+    assert_eq!(a.handle.queued().await.unwrap(), 0);
+    assert_eq!(b.handle.queued().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_gets_what_was_sent_meanwhile_and_continues_the_session() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("alice", da.path(), 3).await;
+    let mut b = TestNode::start_in("bob", db.path(), 4).await;
+    befriend(&mut a, &mut b).await;
+    let first = a.handle.send(b.key(), b"before".to_vec()).await.unwrap();
+    message(&mut b, b"before").await;
+    receipt(&mut a, first, DeliveryState::Delivered).await;
+
+    let (b_peer, b_key, b_seed) = (b.peer(), b.key(), 4);
+    b.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(b);
+    a.wait("bob's disconnection", |e| match e {
+        NodeEvent::Disconnected { peer } if *peer == b_peer => Some(()),
+        _ => None,
+    })
+    .await;
+    // Sent while bob is away: stored and queued until he is back.
+    let meanwhile = a.handle.send(b_key, b"while away".to_vec()).await.unwrap();
+    assert_eq!(a.handle.queued().await.unwrap(), 1);
+
+    // Bob comes back on a new port and dials alice (her address is in his
+    // contact record); the queued message follows at once.
+    let mut b = TestNode::start_in("bob", db.path(), b_seed).await;
+    assert_eq!(b.key(), b_key);
+    message(&mut b, b"while away").await;
+    receipt(&mut a, meanwhile, DeliveryState::Delivered).await;
+
+    // The same sessions go on both ways.
+    let after = a.handle.send(b_key, b"after".to_vec()).await.unwrap();
+    message(&mut b, b"after").await;
+    receipt(&mut a, after, DeliveryState::Delivered).await;
+    b.handle.send(a.key(), b"back".to_vec()).await.unwrap();
+    message(&mut a, b"back").await;
+    let page = b.handle.history(a.key(), None, 10).await.unwrap();
+    let bodies: Vec<&[u8]> = page.messages.iter().map(|m| m.body.as_slice()).collect();
+    assert_eq!(
+        bodies,
+        vec![
+            &b"back"[..],
+            &b"after"[..],
+            &b"while away"[..],
+            &b"before"[..]
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_arrive_exactly_once_and_in_order() {
+    const N: usize = 1000;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("alice", da.path(), 5).await;
+    let mut b = TestNode::start_in("bob", db.path(), 6).await;
+    befriend(&mut a, &mut b).await;
+    let (handle, to) = (a.handle.clone(), b.key());
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            handle
+                .send(to, format!("m{i:04}").into_bytes())
+                .await
+                .unwrap();
+        }
+    });
+    let mut got = Vec::with_capacity(N);
+    while got.len() < N {
+        let body = b
+            .wait("the next message", |e| match e {
+                NodeEvent::Message { message, .. } => Some(message.body.clone()),
+                _ => None,
+            })
+            .await;
+        got.push(String::from_utf8(body).unwrap());
+    }
+    sender.await.unwrap();
+    let want: Vec<String> = (0..N).map(|i| format!("m{i:04}")).collect();
+    assert_eq!(got, want);
+    // Every message acknowledged, nothing left to retry, and no second
+    // copy: the history holds exactly N, and no more message events come
+    // while alice's outbox drains.
+    let mut left = a.handle.queued().await.unwrap();
+    while left > 0 {
+        a.wait("a delivered receipt", |e| match e {
+            NodeEvent::Receipt { .. } => Some(()),
+            _ => None,
+        })
+        .await;
+        left = a.handle.queued().await.unwrap();
+    }
+    let mut stored = 0;
+    let mut cursor = None;
+    loop {
+        let page = b.handle.history(a.key(), cursor, 200).await.unwrap();
+        stored += page.messages.len();
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(stored, N);
+    while let Ok(e) = b.events.try_recv() {
+        assert!(!matches!(e, NodeEvent::Message { .. }), "extra {e:?}");
+    }
+}

@@ -1,0 +1,21 @@
+//! Multi-node tests of the node (`meshchat::node`): real nodes on
+//! 127.0.0.1 (port 0) with real sled stores in temporary directories,
+//! started and watched through the harness in `tests/common`.
+//!
+//! - `chat`: two nodes both ways with receipts, a restart that continues
+//!   the session, 1,000 messages exactly once and in order.
+//! - `line`: A–B–C, A and C not connected: delivery through B, which
+//!   keeps and logs no plaintext.
+//! - `presence`: online → away → offline when heartbeats stop.
+//! - `hostile`: malformed, oversized, expired, replayed and flooding
+//!   input from one peer while another conversation goes on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod chat;
+mod hostile;
+mod line;
+mod presence;
