@@ -124,6 +124,7 @@ impl Node {
             next_token: 0,
             seen: SeenSet::default(),
             complaints: Complaints::default(),
+            last_beacon_ms: 0,
         };
         let task = tokio::spawn(actor.run());
         let handle = NodeHandle::new(cmd_tx, info, task.abort_handle(), stopped_rx);
@@ -178,6 +179,7 @@ struct Actor {
     hidden: bool,
     direct_rate: RateLimiter,
     complaints: Complaints,
+    last_beacon_ms: u64,
 }
 
 impl Actor {
@@ -302,7 +304,10 @@ impl Actor {
     }
 
     fn publish_beacon(&mut self, state: PresenceState) {
-        let b = Beacon::new(&self.identity, state, presence::now_ms());
+        // Strictly increasing, so two beacons in the same millisecond
+        // (online, then hidden) keep their order at every receiver.
+        self.last_beacon_ms = presence::now_ms().max(self.last_beacon_ms + 1);
+        let b = Beacon::new(&self.identity, state, self.last_beacon_ms);
         match self.net.publish(&Topic::Presence, b.to_bytes()) {
             Ok(p) => debug!(?state, outcome = ?p, "presence beacon"),
             Err(e) => warn!(error = %e, "presence beacon not published"),
@@ -552,7 +557,9 @@ impl Actor {
         if b.device == self.identity.public().signing {
             return Verdict::Ignore(Reason::Application("our own beacon"));
         }
-        if let Some(e) = self.tracker.on_beacon(&b, Instant::now()) {
+        let shown = self.tracker.on_beacon(&b, Instant::now());
+        tracing::trace!(state = ?b.state, at_ms = b.at_ms, changed = shown.is_some(), "beacon");
+        if let Some(e) = shown {
             self.emit(e);
         }
         Verdict::Accept

@@ -27,21 +27,26 @@ pub(crate) fn logs() -> Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let sink = buf.clone();
+        // MESHCHAT_TEST_LOG=1: also print everything (to debug a test).
+        let echo = std::env::var_os("MESHCHAT_TEST_LOG").is_some();
         let _ = tracing_subscriber::fmt()
             .with_env_filter("info,meshchat=trace")
             .with_ansi(false)
-            .with_writer(move || LogWriter(sink.clone()))
+            .with_writer(move || LogWriter(sink.clone(), echo))
             .try_init();
         buf
     })
     .clone()
 }
 
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
+struct LogWriter(Arc<Mutex<Vec<u8>>>, bool);
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
+        if self.1 {
+            std::io::stderr().write_all(buf)?;
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -109,13 +114,18 @@ impl TestNode {
     pub(crate) async fn start_with(name: &'static str, cfg: NodeConfig) -> Self {
         logs();
         let dir = cfg.data_dir.clone();
+        let listens = !cfg.net.listen.is_empty();
         let (handle, mut events) = Node::spawn(cfg).await.unwrap();
-        let addr = wait_on(&mut events, name, "a listen address", |e| match e {
-            NodeEvent::Listening { addr } => Some(addr.clone()),
-            _ => None,
-        })
-        .await;
-        let addr = addr.with(Protocol::P2p(handle.info().peer_id));
+        let addr = if listens {
+            let addr = wait_on(&mut events, name, "a listen address", |e| match e {
+                NodeEvent::Listening { addr } => Some(addr.clone()),
+                _ => None,
+            })
+            .await;
+            addr.with(Protocol::P2p(handle.info().peer_id))
+        } else {
+            Multiaddr::empty()
+        };
         Self {
             name,
             handle,
@@ -124,6 +134,14 @@ impl TestNode {
             seed: 0,
             addr,
         }
+    }
+
+    /// Starts a node that listens nowhere (as behind a NAT): it can dial
+    /// out, nobody can dial it.
+    pub(crate) async fn start_unreachable(name: &'static str, dir: &Path, seed: u64) -> Self {
+        let mut cfg = config(dir, seed);
+        cfg.net.listen.clear();
+        Self::start_with(name, cfg).await
     }
 
     /// This node's identity key.

@@ -8,10 +8,11 @@ use crate::common::{TestNode, befriend_unconnected, connect, contains, dir_conta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_crosses_the_middle_node_which_keeps_and_logs_no_plaintext() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut a = TestNode::start_in("a", dirs[0].path(), 11).await;
+    // A and C listen nowhere (as behind NATs): each can reach B, they
+    // cannot reach each other, whatever they learn about one another.
+    let mut a = TestNode::start_unreachable("a", dirs[0].path(), 11).await;
     let mut b = TestNode::start_in("b", dirs[1].path(), 12).await;
-    let mut c = TestNode::start_in("c", dirs[2].path(), 13).await;
-    // A and C know each other's keys, not where they are.
+    let mut c = TestNode::start_unreachable("c", dirs[2].path(), 13).await;
     befriend_unconnected(&a, &c).await;
     connect(&mut a, &mut b).await;
     connect(&mut c, &mut b).await;

@@ -5,7 +5,8 @@ use meshchat::node::{NodeEvent, PresenceState};
 use crate::common::{TestNode, befriend};
 
 async fn presence(node: &mut TestNode, of: [u8; 32], want: PresenceState) -> u64 {
-    node.wait("a presence change", |e| match e {
+    let what = format!("{want:?} presence");
+    node.wait(&what, |e| match e {
         NodeEvent::Presence {
             contact,
             state,
