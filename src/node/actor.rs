@@ -203,7 +203,15 @@ impl Actor {
                         return;
                     }
                 },
-                Some(out) = self.outs.recv() => self.out(out),
+                out = self.outs.recv() => match out {
+                    Some(out) => self.out(out),
+                    // The store thread stopped (its store failed): nothing
+                    // can be stored or acknowledged any more, so stop too.
+                    None => {
+                        tracing::error!("store thread gone; node stopping");
+                        return;
+                    }
+                },
                 ev = self.net.next_event() => self.net_event(ev),
                 _ = tick.tick() => {
                     self.job(Job::Tick);
@@ -236,7 +244,7 @@ impl Actor {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Send { to, body, reply } => self.job(Job::Send { to, body, reply }),
+            Command::Send { to, bodies, reply } => self.job(Job::Send { to, bodies, reply }),
             Command::AddContact { code, name, reply } => {
                 self.job(Job::AddContact { code, name, reply })
             }
@@ -367,7 +375,7 @@ impl Actor {
         let Some(queue) = self.queues.get_mut(&peer) else {
             return;
         };
-        let limits = direct::Limits::default();
+        let limits = self.cfg.net.direct_limits;
         let mut frames = Vec::new();
         let mut positions = Vec::new();
         let mut bytes = 0usize;
@@ -434,10 +442,12 @@ impl Actor {
                 self.direct_rate.forget(&peer);
                 self.emit(NodeEvent::Disconnected { peer });
             }
+            // A new subscriber hears us at once, not at the next heartbeat
+            // (at most one extra beacon per second however many arrive).
             NetEvent::Subscribed {
                 topic: Topic::Presence,
                 ..
-            } => self.beacon(),
+            } if self.last_beacon_ms + 1000 <= presence::now_ms() => self.beacon(),
             NetEvent::Gossip(msg) => self.gossip(msg),
             NetEvent::DirectRequest {
                 peer,
@@ -551,8 +561,15 @@ impl Actor {
         let Ok(b) = Beacon::from_bytes(data) else {
             return Verdict::Reject(Reason::Application("bad presence beacon"));
         };
-        if b.at_ms > presence::now_ms().saturating_add(MAX_CLOCK_SKEW_MS) {
+        let now = presence::now_ms();
+        if b.at_ms > now.saturating_add(MAX_CLOCK_SKEW_MS) {
             return Verdict::Reject(Reason::Application("presence beacon from the future"));
+        }
+        // Older than a contact's expiry: it says nothing about now (and may
+        // be a replay from past gossipsub's duplicate window).
+        let expiry_ms = u64::try_from(self.cfg.presence.expiry.as_millis()).unwrap_or(u64::MAX);
+        if b.at_ms.saturating_add(expiry_ms) < now {
+            return Verdict::Ignore(Reason::Application("stale presence beacon"));
         }
         if b.device == self.identity.public().signing {
             return Verdict::Ignore(Reason::Application("our own beacon"));

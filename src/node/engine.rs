@@ -231,6 +231,11 @@ impl Engine {
         self.contacts.values()
     }
 
+    /// When the queued message at `pos` expires (Unix seconds).
+    pub fn expiry_of(&self, pos: u64) -> Option<u64> {
+        self.schedule.get(pos).map(|m| m.expires_at)
+    }
+
     /// Number of messages still owed to someone.
     pub fn queued(&self) -> usize {
         self.schedule.len()
@@ -300,67 +305,96 @@ impl Engine {
     /// Writes a message to `to`: stores it (pending), queues it in the
     /// outbox and returns its reference and the frame to send now.
     pub fn send(&mut self, to: &[u8; 32], body: Vec<u8>, now: u64) -> Result<Sent, EngineError> {
-        if body.len() > super::proto::MAX_BODY {
+        let mut sent = self.send_many(to, vec![body], now)?;
+        sent.pop().ok_or(EngineError::UnknownContact)
+    }
+
+    /// Writes several messages to `to` in this order, with one write each
+    /// for the conversation's counters, the history and the session (the
+    /// outbox takes one entry per message). All or none: a body over the
+    /// limit refuses the whole batch before anything is written.
+    pub fn send_many(
+        &mut self,
+        to: &[u8; 32],
+        bodies: Vec<Vec<u8>>,
+        now: u64,
+    ) -> Result<Vec<Sent>, EngineError> {
+        if let Some(b) = bodies.iter().find(|b| b.len() > super::proto::MAX_BODY) {
             return Err(EngineError::BodyTooLarge {
-                len: body.len(),
+                len: b.len(),
                 max: super::proto::MAX_BODY,
             });
         }
         let contact = self.contacts.get(to).ok_or(EngineError::UnknownContact)?;
         let conv = conversation_id(self.me.public(), &contact.identity);
+        let me = self.me.public().signing;
         let mut state = self.conv_state(&conv)?;
-        // Saturating: a peer's Lamport clock is its own to choose.
-        state.lamport = state.lamport.saturating_add(1);
-        let seq = state.next_seq;
-        state.next_seq += 1;
-        let mut msg_id = [0u8; 16];
-        rand::Rng::fill_bytes(&mut self.rng, &mut msg_id);
-        let chat = Chat {
-            msg_id,
-            lamport: state.lamport,
-            seq,
-            sent_at: now,
-            expires_at: None,
-            reply_to: None,
-            body,
-        };
-        let stored = StoredMessage {
-            msg_id,
-            conv_id: conv,
-            sender: self.me.public().signing,
-            lamport: chat.lamport,
-            sent_at: now,
-            body: chat.body.clone(),
-            state: DeliveryState::Pending,
-            expires_at: None,
-        };
-        let payload = Payload::Chat(chat).to_bytes();
-        self.store.history().append(&stored, Direction::Outgoing)?;
-        self.put_conv_state(&conv, &state)?;
-        let queued = Queued::new(conv, Some(stored.lamport), Some(seq), payload.clone());
-        let entry =
-            self.store
-                .outbox()
-                .push(msg_id, *to, queued.to_bytes(), now, now + MESSAGE_TTL)?;
-        self.schedule.insert(
-            entry.seq,
-            Meta {
+        let mut stored = Vec::with_capacity(bodies.len());
+        let mut payloads = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            // Saturating: a peer's Lamport clock is its own to choose.
+            state.lamport = state.lamport.saturating_add(1);
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            let mut msg_id = [0u8; 16];
+            rand::Rng::fill_bytes(&mut self.rng, &mut msg_id);
+            stored.push(StoredMessage {
                 msg_id,
-                recipient: *to,
                 conv_id: conv,
-                lamport: stored.lamport,
+                sender: me,
+                lamport: state.lamport,
+                sent_at: now,
+                body: body.clone(),
+                state: DeliveryState::Pending,
+                expires_at: None,
+            });
+            let chat = Chat {
+                msg_id,
+                lamport: state.lamport,
                 seq,
-                attempts: 0,
-                next_at: now + retry::backoff(0),
-                expires_at: entry.expires_at,
-            },
-        );
-        let frame = self.encrypt(to, &payload)?;
-        Ok(Sent {
-            message: stored.reference(),
-            pos: entry.seq,
-            frame,
-        })
+                sent_at: now,
+                expires_at: None,
+                reply_to: None,
+                body,
+            };
+            payloads.push((seq, Payload::Chat(chat).to_bytes()));
+        }
+        self.store
+            .history()
+            .append_batch(&stored, Direction::Outgoing)?;
+        self.put_conv_state(&conv, &state)?;
+        let mut out = Vec::with_capacity(stored.len());
+        for (msg, (seq, payload)) in stored.iter().zip(payloads) {
+            let queued = Queued::new(conv, Some(msg.lamport), Some(seq), payload.clone());
+            let entry = self.store.outbox().push(
+                msg.msg_id,
+                *to,
+                queued.to_bytes(),
+                now,
+                now + MESSAGE_TTL,
+            )?;
+            self.schedule.insert(
+                entry.seq,
+                Meta {
+                    msg_id: msg.msg_id,
+                    recipient: *to,
+                    conv_id: conv,
+                    lamport: msg.lamport,
+                    seq,
+                    attempts: 0,
+                    next_at: now + retry::backoff(0),
+                    expires_at: entry.expires_at,
+                },
+            );
+            let frame = self.encrypt_unsaved(to, &payload)?;
+            out.push(Sent {
+                message: msg.reference(),
+                pos: entry.seq,
+                frame,
+            });
+        }
+        self.save_session(to)?;
+        Ok(out)
     }
 
     fn outgoing_ref(&self, m: &Meta) -> MessageRef {
@@ -453,7 +487,7 @@ impl Engine {
                     continue;
                 }
             };
-            match self.encrypt(&entry.recipient, &payload) {
+            match self.encrypt_unsaved(&entry.recipient, &payload) {
                 Ok(frame) => out.push(Due {
                     pos,
                     to: entry.recipient,
@@ -464,6 +498,12 @@ impl Engine {
                     self.schedule.reschedule(pos, now + retry::MAX_RETRY, true)
                 }
                 Err(e) => return Err(e),
+            }
+        }
+        let mut saved = std::collections::HashSet::new();
+        for d in &out {
+            if saved.insert(d.to) {
+                self.save_session(&d.to)?;
             }
         }
         Ok(out)
@@ -536,6 +576,14 @@ impl Engine {
     }
 
     fn encrypt(&mut self, to: &[u8; 32], payload: &[u8]) -> Result<Vec<u8>, EngineError> {
+        let frame = self.encrypt_unsaved(to, payload)?;
+        self.save_session(to)?;
+        Ok(frame)
+    }
+
+    /// Encrypts without writing the session: the caller saves it once
+    /// after a batch.
+    fn encrypt_unsaved(&mut self, to: &[u8; 32], payload: &[u8]) -> Result<Vec<u8>, EngineError> {
         let contact = self.contacts.get(to).ok_or(EngineError::UnknownContact)?;
         let frame = self.sessions.encrypt(
             &self.me,
@@ -544,7 +592,6 @@ impl Engine {
             payload,
             &mut self.rng,
         )?;
-        self.save_session(to)?;
         Ok(frame.to_bytes())
     }
 

@@ -26,6 +26,10 @@ pub enum NodeError {
     /// The node has stopped (shut down, or its store failed).
     #[error("the node has stopped")]
     Stopped,
+    /// A batch this request was written with failed (the reason is the
+    /// first request's error).
+    #[error("the batch this message was written in failed: {0}")]
+    Batch(String),
     /// The store thread could not be started.
     #[error("could not start the store thread: {0}")]
     Thread(#[source] std::io::Error),

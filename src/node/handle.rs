@@ -17,11 +17,14 @@ use crate::store::{Cursor, MessageRef, Page, Summary};
 
 type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 
+/// Messages per command of [`NodeHandle::send_many`].
+const SEND_CHUNK: usize = 1024;
+
 pub(crate) enum Command {
     Send {
         to: [u8; 32],
-        body: Vec<u8>,
-        reply: Reply<MessageRef>,
+        bodies: Vec<Vec<u8>>,
+        reply: Reply<Vec<MessageRef>>,
     },
     AddContact {
         code: String,
@@ -157,7 +160,35 @@ impl NodeHandle {
     /// Writes a message to the contact `to`. Returns once it is stored and
     /// queued on disk; delivery follows (watch for receipts).
     pub async fn send(&self, to: [u8; 32], body: Vec<u8>) -> Result<MessageRef, NodeError> {
-        self.ask(|reply| Command::Send { to, body, reply }).await
+        let bodies = vec![body];
+        let mut refs = self
+            .ask(|reply| Command::Send { to, bodies, reply })
+            .await?;
+        refs.pop().ok_or(NodeError::Stopped)
+    }
+
+    /// Writes many messages to `to`, in this order, at once (a burst:
+    /// they are queued on disk together and the outbox paces them out).
+    /// Returns when all are stored and queued.
+    pub async fn send_many(
+        &self,
+        to: [u8; 32],
+        bodies: Vec<Vec<u8>>,
+    ) -> Result<Vec<MessageRef>, NodeError> {
+        let mut refs = Vec::with_capacity(bodies.len());
+        let mut bodies = bodies.into_iter().peekable();
+        while bodies.peek().is_some() {
+            let chunk: Vec<Vec<u8>> = bodies.by_ref().take(SEND_CHUNK).collect();
+            let got = self
+                .ask(|reply| Command::Send {
+                    to,
+                    bodies: chunk,
+                    reply,
+                })
+                .await?;
+            refs.extend(got);
+        }
+        Ok(refs)
     }
 
     /// This node's invite code (with the addresses it listens on).

@@ -29,11 +29,16 @@ use crate::store::{Cursor, MessageRef, Page, Summary};
 pub(crate) const MAX_ROUND: usize = 1024;
 /// Most queued messages re-sent per tick.
 pub(crate) const RETRY_BATCH: usize = 512;
-/// How long a message handed to a direct connection waits for its ack
-/// before the schedule tries again (seconds; the request times out first).
-pub(crate) const DIRECT_WAIT: u64 = 30;
+/// How long a message handed to a direct connection waits before the
+/// schedule tries it again (seconds). The swarm's task reports every such
+/// frame back — acknowledged, refused, or failed with its connection or
+/// request — so this only covers a report lost with the task itself; it
+/// is long so that a long queue behind a slow peer is not sent twice.
+pub(crate) const DIRECT_WAIT: u64 = super::retry::MAX_RETRY;
 
 type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+/// One caller's messages and where their references go.
+type SendCall = (Vec<Vec<u8>>, Reply<Vec<MessageRef>>);
 
 /// A frame with its outbox position (None: not queued, e.g. a receipt).
 pub(crate) type Outgoing = (Option<u64>, Vec<u8>);
@@ -42,8 +47,8 @@ pub(crate) type Outgoing = (Option<u64>, Vec<u8>);
 pub(crate) enum Job {
     Send {
         to: [u8; 32],
-        body: Vec<u8>,
-        reply: Reply<MessageRef>,
+        bodies: Vec<Vec<u8>>,
+        reply: Reply<Vec<MessageRef>>,
     },
     AddContact {
         code: String,
@@ -223,8 +228,26 @@ impl Worker {
             }
             let n = jobs.len();
             let mut round = Round::default();
+            let mut sends: Vec<SendCall> = Vec::new();
+            let mut sends_to = [0u8; 32];
             for job in jobs {
+                // Consecutive sends to one contact become one batch: one
+                // write each for its counters, history and session.
+                if let Job::Send { to, bodies, reply } = job {
+                    if !sends.is_empty() && to != sends_to {
+                        self.send(&sends_to, std::mem::take(&mut sends), &mut round);
+                    }
+                    sends_to = to;
+                    sends.push((bodies, reply));
+                    continue;
+                }
+                if !sends.is_empty() {
+                    self.send(&sends_to, std::mem::take(&mut sends), &mut round);
+                }
                 self.handle(job, &mut round);
+            }
+            if !sends.is_empty() {
+                self.send(&sends_to, sends, &mut round);
             }
             if let Err(e) = self.engine.store().flush() {
                 error!(error = %e, "store flush failed; stopping the node without acknowledging");
@@ -256,16 +279,7 @@ impl Worker {
     fn handle(&mut self, job: Job, round: &mut Round) {
         let now = now_secs();
         match job {
-            Job::Send { to, body, reply } => {
-                let r = self.engine.send(&to, body, now);
-                match r {
-                    Ok(sent) => {
-                        self.route(&to, sent.frame, Some(sent.pos), now, round);
-                        round.reply(reply, Ok(sent.message));
-                    }
-                    Err(e) => round.reply(reply, Err(e.into())),
-                }
-            }
+            Job::Send { to, bodies, reply } => self.send(&to, vec![(bodies, reply)], round),
             Job::AddContact { code, name, reply } => {
                 let r = Invite::from_code(&code)
                     .map_err(EngineError::from)
@@ -351,6 +365,53 @@ impl Worker {
                 self.retry(now, round);
             }
             Job::Stop => round.stop = true,
+        }
+    }
+
+    /// Writes the messages of several callers to one contact in one batch
+    /// (a caller whose own messages are refused is answered alone).
+    fn send(&mut self, to: &[u8; 32], callers: Vec<SendCall>, round: &mut Round) {
+        let now = now_secs();
+        let mut bodies = Vec::new();
+        let mut replies = Vec::new();
+        for (b, reply) in callers {
+            if let Some(big) = b.iter().find(|b| b.len() > super::proto::MAX_BODY) {
+                let e = EngineError::BodyTooLarge {
+                    len: big.len(),
+                    max: super::proto::MAX_BODY,
+                };
+                round.reply(reply, Err(e.into()));
+                continue;
+            }
+            replies.push((b.len(), reply));
+            bodies.extend(b);
+        }
+        if replies.is_empty() {
+            return;
+        }
+        match self.engine.send_many(to, bodies, now) {
+            Ok(sent) => {
+                let mut refs = Vec::with_capacity(sent.len());
+                for s in sent {
+                    refs.push(s.message);
+                    self.route(to, s.frame, Some(s.pos), now, round);
+                }
+                let mut refs = refs.into_iter();
+                for (n, reply) in replies {
+                    round.reply(reply, Ok(refs.by_ref().take(n).collect()));
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                let mut first = Some(e);
+                for (_, reply) in replies {
+                    let err = match first.take() {
+                        Some(e) => e.into(),
+                        None => NodeError::Batch(text.clone()),
+                    };
+                    round.reply(reply, Err(err));
+                }
+            }
         }
     }
 
@@ -451,7 +512,11 @@ impl Worker {
             round.direct.entry(peer).or_default().push((pos, frame));
             return;
         }
-        let expires = now + super::engine::MESSAGE_TTL;
+        // A queued message's envelope expires with it; a receipt lives as
+        // long as a message would.
+        let expires = pos
+            .and_then(|p| self.engine.expiry_of(p))
+            .unwrap_or(now + super::engine::MESSAGE_TTL);
         match self.engine.seal(to, &frame, expires) {
             Ok((mailbox, envelope)) => {
                 if let Some(pos) = pos {

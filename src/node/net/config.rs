@@ -12,8 +12,8 @@ use super::validate::{DEFAULT_RATE_PEERS, GossipLimits, RateLimit};
 /// connection that only gossipsub uses as soon as the peer leaves our mesh;
 /// a minute keeps direct-path peers connected between messages.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default timeout of a direct request (the delivery ladder moves on to
-/// the relay after it).
+/// Default timeout of a direct request (after it, the outbox retries the
+/// frames with backoff, by the mesh if the peer is gone).
 pub const DEFAULT_DIRECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default cap on established incoming connections; the gossip rate

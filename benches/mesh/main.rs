@@ -1,0 +1,71 @@
+//! The mesh benchmark: prints one JSON document comparing, in the same run,
+//! our end-to-end 1:1 path with raw libp2p request-response and raw
+//! gossipsub, plus the three-node line and a 100,000-message burst.
+//!
+//! ```sh
+//! cargo bench --bench mesh            # full run (a few minutes)
+//! MESH_BENCH_QUICK=1 cargo bench --bench mesh
+//! ```
+//!
+//! Everything runs on 127.0.0.1 with mDNS off; stores live in temporary
+//! directories on the disk. See docs/benchmarks.md for how to read it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod ours;
+mod raw;
+mod stats;
+
+use serde_json::json;
+
+use stats::p50;
+
+fn main() {
+    let quick = std::env::var_os("MESH_BENCH_QUICK").is_some();
+    let (lat, total, burst, line_n) = if quick {
+        (200, 5_000, 10_000, 50)
+    } else {
+        (1_000, 20_000, 100_000, 200)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = rt.block_on(async {
+        let rr = raw::request_response(lat, total, 32).await;
+        let gs = raw::gossipsub(lat, burst).await;
+        let ours = ours::direct(lat, total, 256).await;
+        let line = ours::line(line_n).await;
+        let burst = ours::burst(burst).await;
+        let e2e_p50 = p50(&ours["latency_to_delivered_receipt"]);
+        let rr_p50 = p50(&rr["rtt"]);
+        let ours_rate = ours["throughput"]["all_acknowledged_msgs_per_s"]
+            .as_f64()
+            .unwrap_or(0.0);
+        let rr_rate = rr["throughput_sequential_msgs_per_s"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        let rr_piped = rr["throughput_pipelined_msgs_per_s"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        json!({
+            "benchmark": "mesh",
+            "quick": quick,
+            "message_bytes": 200,
+            "ours_direct": ours,
+            "raw_request_response": rr,
+            "raw_gossipsub_signed": gs,
+            "ours_line_3_nodes": line,
+            "ours_burst": burst,
+            "targets": {
+                "e2e_p50_over_rr_rtt_p50": (e2e_p50 / rr_p50 * 100.0).round() / 100.0,
+                "e2e_p50_target_max": 1.5,
+                "throughput_over_rr_sequential": (ours_rate / rr_rate * 100.0).round() / 100.0,
+                "throughput_over_rr_pipelined": (ours_rate / rr_piped * 100.0).round() / 100.0,
+                "throughput_target_min": 3.0,
+            },
+        })
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
