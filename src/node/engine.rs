@@ -944,6 +944,36 @@ mod tests {
     }
 
     #[test]
+    fn an_undelivered_message_is_retried_with_backoff_then_expires_with_an_event() {
+        let Pair {
+            _dirs,
+            mut a,
+            b_key,
+            ..
+        } = pair();
+        let sent = a.send(&b_key, b"lost".to_vec(), 1_000).unwrap();
+        // Went out on the mesh: not due again before the backoff.
+        a.attempted(sent.pos, 1_000, None);
+        assert!(a.due(1_001, 10).unwrap().is_empty());
+        let again = a.due(1_000 + retry::backoff(1), 10).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].pos, sent.pos);
+        // Each attempt is a fresh ciphertext.
+        assert_ne!(again[0].frame, sent.frame);
+        assert!(a.expire(1_000 + MESSAGE_TTL - 1).unwrap().is_empty());
+        let gone = a.expire(1_000 + MESSAGE_TTL).unwrap();
+        assert_eq!(
+            gone,
+            vec![Event::Expired {
+                message: sent.message
+            }]
+        );
+        assert_eq!(a.queued(), 0);
+        assert!(a.store.outbox().is_empty());
+        assert!(a.due(u64::MAX, 10).unwrap().is_empty());
+    }
+
+    #[test]
     fn strangers_and_garbage_are_refused() {
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut a = Engine::open(store(da.path()), 100).unwrap();

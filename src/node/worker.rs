@@ -153,6 +153,9 @@ struct Round {
     outs: Vec<Out>,
     events: Vec<NodeEvent>,
     stop: bool,
+    /// Something was written: flush before answering. A round of reads
+    /// and idle ticks does not touch the disk.
+    dirty: bool,
 }
 
 impl Round {
@@ -249,7 +252,9 @@ impl Worker {
             if !sends.is_empty() {
                 self.send(&sends_to, sends, &mut round);
             }
-            if let Err(e) = self.engine.store().flush() {
+            if round.dirty
+                && let Err(e) = self.engine.store().flush()
+            {
                 error!(error = %e, "store flush failed; stopping the node without acknowledging");
                 return;
             }
@@ -278,6 +283,19 @@ impl Worker {
 
     fn handle(&mut self, job: Job, round: &mut Round) {
         let now = now_secs();
+        // Reads and schedule-only changes write nothing; ticks and peers
+        // coming up write only when something was due (see `retry`).
+        if !matches!(
+            job,
+            Job::History { .. }
+                | Job::Conversations { .. }
+                | Job::Queued { .. }
+                | Job::Failed(_)
+                | Job::Tick
+                | Job::PeerUp(_)
+        ) {
+            round.dirty = true;
+        }
         match job {
             Job::Send { to, bodies, reply } => self.send(&to, vec![(bodies, reply)], round),
             Job::AddContact { code, name, reply } => {
@@ -359,7 +377,10 @@ impl Worker {
             }
             Job::Tick => {
                 match self.engine.expire(now) {
-                    Ok(ev) => self.events(ev, &[0; 32], round),
+                    Ok(ev) => {
+                        round.dirty |= !ev.is_empty();
+                        self.events(ev, &[0; 32], round)
+                    }
                     Err(e) => warn!(error = %e, "expiring queued messages"),
                 }
                 self.retry(now, round);
@@ -371,6 +392,7 @@ impl Worker {
     /// Writes the messages of several callers to one contact in one batch
     /// (a caller whose own messages are refused is answered alone).
     fn send(&mut self, to: &[u8; 32], callers: Vec<SendCall>, round: &mut Round) {
+        round.dirty = true;
         let now = now_secs();
         let mut bodies = Vec::new();
         let mut replies = Vec::new();
@@ -418,6 +440,8 @@ impl Worker {
     fn retry(&mut self, now: u64, round: &mut Round) {
         match self.engine.due(now, RETRY_BATCH) {
             Ok(due) => {
+                // Re-encrypting moved the sessions on: they were written.
+                round.dirty |= !due.is_empty();
                 for d in due {
                     self.route(&d.to, d.frame, Some(d.pos), now, round);
                 }
