@@ -40,6 +40,10 @@ use crate::store::Store;
 /// Gossip message ids remembered to refuse replays after gossipsub's own
 /// duplicate cache has forgotten them.
 const SEEN_ENVELOPES: usize = 64 * 1024;
+/// Beacons older than this (or than the presence expiry, if shorter) are
+/// not forwarded: inside gossipsub's duplicate window (120 s), so a replay
+/// is either a known duplicate or stale.
+const STALE_BEACON: Duration = Duration::from_secs(100);
 /// Most peers whose direct-request budget is tracked.
 const DIRECT_RATE_PEERS: usize = 4096;
 
@@ -567,7 +571,8 @@ impl Actor {
         }
         // Older than a contact's expiry: it says nothing about now (and may
         // be a replay from past gossipsub's duplicate window).
-        let expiry_ms = u64::try_from(self.cfg.presence.expiry.as_millis()).unwrap_or(u64::MAX);
+        let window = self.cfg.presence.expiry.min(STALE_BEACON);
+        let expiry_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
         if b.at_ms.saturating_add(expiry_ms) < now {
             return Verdict::Ignore(Reason::Application("stale presence beacon"));
         }

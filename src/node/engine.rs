@@ -295,6 +295,61 @@ impl Engine {
         Ok(())
     }
 
+    fn save_prekeys(&self) -> Result<(), EngineError> {
+        self.store
+            .records(Kind::Prekeys)?
+            .put(PREKEYS_KEY, &self.prekeys.to_bytes())?;
+        Ok(())
+    }
+
+    /// Whether a session with `peer` exists (else the first message starts
+    /// one from the contact's bundle).
+    pub fn has_session(&self, peer: &[u8; 32]) -> bool {
+        self.sessions.has(peer)
+    }
+
+    /// A bundle for a contact that asked over a direct connection, with a
+    /// one-time prekey made for it (none if the store already holds the
+    /// most it keeps). The caller writes the prekeys (`receive` does).
+    fn bundle_for_contact(&mut self, now: u64) -> Result<crypto::PrekeyBundle, EngineError> {
+        let mut bundle = self
+            .prekeys
+            .bundle(&self.me, self.mailbox.id().0, &[], now, false)?;
+        bundle.one_time = self
+            .prekeys
+            .generate_one_time(&self.me, 1, &mut self.rng)
+            .pop();
+        Ok(bundle)
+    }
+
+    /// Takes a bundle a contact sent in answer to our request: if no
+    /// session exists yet, the first message will use it (and its
+    /// one-time prekey). Its identity must be the contact's.
+    fn take_bundle(
+        &mut self,
+        from: &[u8; 32],
+        bundle: crypto::PrekeyBundle,
+    ) -> Result<(), EngineError> {
+        let verified = bundle.verify()?;
+        let contact = self
+            .contacts
+            .get_mut(from)
+            .ok_or(EngineError::UnknownSender)?;
+        if verified.body.identity != contact.identity {
+            return Err(crypto::Error::Malformed {
+                what: "prekey bundle (of another device)",
+            }
+            .into());
+        }
+        if self.sessions.has(from) {
+            return Ok(());
+        }
+        contact.bundle = bundle;
+        let bytes = contact.to_bytes();
+        self.store.records(Kind::Contacts)?.put(from, &bytes)?;
+        Ok(())
+    }
+
     fn save_session(&self, peer: &[u8; 32]) -> Result<(), EngineError> {
         if let Some(bytes) = self.sessions.to_record(peer) {
             self.store.records(Kind::Sessions)?.put(peer, &bytes)?;
@@ -493,11 +548,12 @@ impl Engine {
                     to: entry.recipient,
                     frame,
                 }),
-                // The contact was removed: nothing to send it with.
-                Err(EngineError::UnknownContact) => {
+                // The contact was removed, or this one entry cannot be
+                // encrypted: it waits (and expires in time); the others go.
+                Err(e) => {
+                    tracing::warn!(error = %e, pos, "queued message not re-sent");
                     self.schedule.reschedule(pos, now + retry::MAX_RETRY, true)
                 }
-                Err(e) => return Err(e),
             }
         }
         let mut saved = std::collections::HashSet::new();
@@ -620,21 +676,48 @@ impl Engine {
         let mut incoming = Vec::new();
         let mut state = self.conv_state(&conv)?;
         let mut decrypted_any = false;
+        let mut prekeys_changed = false;
         for bytes in frames {
             let plain = match Frame::from_bytes(bytes) {
                 Ok(Frame::Ratchet(b)) => self.sessions.decrypt_ratchet(from, &b, &mut self.rng),
-                Ok(Frame::Prekey(b)) => self.sessions.decrypt_prekey(
-                    &self.me,
-                    &mut self.prekeys,
-                    &contact.identity,
-                    &b,
-                    &mut self.rng,
-                ),
+                Ok(Frame::Prekey(b)) => {
+                    let before = self.prekeys.one_time_count();
+                    let r = self.sessions.decrypt_prekey(
+                        &self.me,
+                        &mut self.prekeys,
+                        &contact.identity,
+                        &b,
+                        &mut self.rng,
+                    );
+                    prekeys_changed |= self.prekeys.one_time_count() != before;
+                    r
+                }
+                // Only over a direct connection: the bundle is handed to
+                // the device at the other end of it, nobody else.
+                Ok(Frame::BundleRequest) if direct => {
+                    match self.bundle_for_contact(now) {
+                        Ok(b) => {
+                            prekeys_changed = true;
+                            out.replies.push(Frame::Bundle(b).to_bytes());
+                            out.accepted.push(true);
+                        }
+                        Err(_) => out.accepted.push(false),
+                    }
+                    continue;
+                }
+                Ok(Frame::Bundle(b)) if direct => {
+                    let ok = self.take_bundle(from, b).is_ok();
+                    out.accepted.push(ok);
+                    continue;
+                }
                 Ok(_) | Err(_) => {
                     out.accepted.push(false);
                     continue;
                 }
             };
+            // Decrypted means the session moved on: it is written even if
+            // what it carried turns out unusable.
+            decrypted_any |= plain.is_ok();
             let payload = match plain.map(|d| Payload::from_bytes(&d.plaintext)) {
                 Ok(Ok(p)) => p,
                 // A message already decrypted (a retry of the same bytes).
@@ -711,6 +794,9 @@ impl Engine {
         if decrypted_any {
             self.save_session(from)?;
         }
+        if prekeys_changed {
+            self.save_prekeys()?;
+        }
         self.put_conv_state(&conv, &state)?;
         let stored = self
             .store
@@ -739,21 +825,32 @@ impl Engine {
     pub fn mark_read(&mut self, with: &[u8; 32]) -> Result<Option<Vec<u8>>, EngineError> {
         let contact = self.contacts.get(with).ok_or(EngineError::UnknownContact)?;
         let conv = conversation_id(self.me.public(), &contact.identity);
-        let unread = self.store.history().mark_read(&conv).unwrap_or(0);
+        let unread = usize::try_from(self.store.history().mark_read(&conv)?).unwrap_or(usize::MAX);
         if unread == 0 {
             return Ok(None);
         }
-        let page = self.store.history().page(
-            &conv,
-            None,
-            usize::try_from(unread).unwrap_or(usize::MAX),
-        )?;
-        let messages: Vec<(u64, [u8; 16])> = page
-            .messages
-            .iter()
-            .filter(|m| &m.sender == with)
-            .map(|m| (m.lamport, m.msg_id))
-            .collect();
+        // The newest `unread` messages from the contact (ours in between
+        // do not count), at most one receipt's worth.
+        let want = unread.min(super::proto::MAX_RECEIPTS);
+        let mut messages: Vec<(u64, [u8; 16])> = Vec::with_capacity(want);
+        let mut cursor = None;
+        while messages.len() < want {
+            let page =
+                self.store
+                    .history()
+                    .page(&conv, cursor.as_ref(), store::History::MAX_PAGE)?;
+            messages.extend(
+                page.messages
+                    .iter()
+                    .filter(|m| &m.sender == with)
+                    .take(want - messages.len())
+                    .map(|m| (m.lamport, m.msg_id)),
+            );
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
         let receipt = Payload::Receipts {
             kind: ReceiptKind::Read,
             messages,
@@ -971,6 +1068,58 @@ mod tests {
         assert_eq!(a.queued(), 0);
         assert!(a.store.outbox().is_empty());
         assert!(a.due(u64::MAX, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_bundle_fetched_directly_gives_the_first_session_a_one_time_prekey() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        assert!(!a.has_session(&b_key));
+        let ask = Frame::BundleRequest.to_bytes();
+        // Not inside an envelope: only over a direct connection.
+        let by_mesh = b
+            .receive(&a_key, std::slice::from_ref(&ask), 101, false)
+            .unwrap();
+        assert_eq!(by_mesh.accepted, vec![false]);
+        let answer = b.receive(&a_key, &[ask], 101, true).unwrap();
+        assert_eq!(answer.accepted, vec![true]);
+        assert_eq!(b.prekeys.one_time_count(), 1);
+        let took = a.receive(&b_key, &answer.replies, 102, true).unwrap();
+        assert_eq!(took.accepted, vec![true]);
+        assert!(a.contact(&b_key).unwrap().bundle.one_time.is_some());
+        // The first message uses that one-time prekey; b uses it up.
+        let body = vec![7u8; crate::node::proto::MAX_BODY];
+        let first = a.send(&b_key, body.clone(), 103).unwrap();
+        let got = b.receive(&a_key, &[first.frame], 104, true).unwrap();
+        assert!(matches!(
+            got.events.as_slice(),
+            [Event::MessageReceived(m)] if m.body == body
+        ));
+        assert_eq!(b.prekeys.one_time_count(), 0);
+        // Written: a restarted b does not get the used prekey back.
+        let reopened = PrekeyStore::from_bytes(
+            &b.store
+                .records(Kind::Prekeys)
+                .unwrap()
+                .get(PREKEYS_KEY)
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(reopened.one_time_count(), 0);
+        // A bundle of someone else's is refused.
+        let stranger_dir = tempfile::tempdir().unwrap();
+        let stranger = Engine::open(store(stranger_dir.path()), 100).unwrap();
+        let foreign = Frame::Bundle(stranger.invite(vec![], 100).unwrap().bundle).to_bytes();
+        assert_eq!(
+            a.receive(&b_key, &[foreign], 105, true).unwrap().accepted,
+            vec![false]
+        );
     }
 
     #[test]

@@ -17,12 +17,14 @@ const FRAME_VERSION: u8 = 1;
 const PAYLOAD_VERSION: u8 = 1;
 const BEACON_VERSION: u8 = 1;
 
-/// Largest chat message body.
-pub const MAX_BODY: usize = 60 * 1024;
+/// Largest chat message body: what a ratchet message carries
+/// (`MAX_PLAINTEXT`) less room for the chat's own fields (at most ~130
+/// bytes with a quoted reply).
+pub const MAX_BODY: usize = crypto::limits::MAX_PLAINTEXT - 256;
 /// Most receipts in one payload.
 pub const MAX_RECEIPTS: usize = 1024;
 /// Largest encoded payload (a full body plus headers).
-pub const MAX_PAYLOAD: usize = MAX_BODY + 256;
+pub const MAX_PAYLOAD: usize = crypto::limits::MAX_PLAINTEXT;
 /// Largest encoded direct frame: an envelope, or a ratchet message of the
 /// largest payload with its header and a pending X3DH initial message.
 pub const MAX_FRAME: usize = crypto::limits::MAX_ENVELOPE + 512;

@@ -21,6 +21,7 @@ use super::engine::{Engine, EngineError, Event};
 use super::error::NodeError;
 use super::events::NodeEvent;
 use super::net::direct::FrameStatus;
+use super::proto::Frame;
 use super::state::Invite;
 use crate::crypto::Envelope;
 use crate::store::{Cursor, MessageRef, Page, Summary};
@@ -371,6 +372,17 @@ impl Worker {
             },
             Job::PeerUp(peer) => {
                 if let Some(key) = self.peers.get(&peer).copied() {
+                    // No session yet: ask the device itself for a bundle
+                    // with a one-time prekey, so the session we start
+                    // has one (if we write first before it comes, the
+                    // invite's bundle serves, without).
+                    if !self.engine.has_session(&key) {
+                        round
+                            .direct
+                            .entry(peer)
+                            .or_default()
+                            .push((None, Frame::BundleRequest.to_bytes()));
+                    }
                     self.engine.peer_up(&key, now);
                     self.retry(now, round);
                 }

@@ -27,7 +27,8 @@ pub struct OutboxEntry {
     pub msg_id: [u8; 16],
     /// The device it is addressed to (its identity key).
     pub recipient: [u8; 32],
-    /// The encoded envelope, exactly as it goes on the wire.
+    /// What is owed, encoded by the node (the payload, encrypted afresh at
+    /// each attempt; the store does not look inside).
     #[serde(with = "serde_bytes")]
     pub envelope: Vec<u8>,
     /// Delivery attempts so far.

@@ -1,7 +1,7 @@
 //! `/meshchat/direct/1`: the fast path between two connected devices.
 //!
-//! A request is a batch of opaque frames (ratchet messages, envelopes: the
-//! node decides); the response is a transport ack with one status per frame.
+//! A request is a batch of opaque frames (the node decides what they are:
+//! ratchet and prekey messages, bundle requests and bundles); the response is a transport ack with one status per frame.
 //! Both are our own length-prefixed, versioned layouts, written once and
 //! closed (request-response closes the write side after each message):
 //!
