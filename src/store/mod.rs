@@ -13,8 +13,8 @@
 //! with it (see `codec`), bound to its tree and key, so a record moved
 //! elsewhere fails to open. Keys stay plaintext so sled can order them.
 //!
-//! Durability: writes reach the disk only at [`Store::flush`] (which ends
-//! with an `fdatasync`). Anything a peer or the user is told about (a
+//! Durability: writes reach the disk only at [`Store::flush`] (sled's log
+//! write and its `fdatasync`). Anything a peer or the user is told about (a
 //! delivery receipt, "sent") must be flushed first. A crash between flushes
 //! leaves a prefix of the writes; opening repairs what that can leave
 //! half-done (see `tail::repair_tails`).
@@ -83,8 +83,6 @@ pub struct Store {
     /// The marker file and the last flush generation written to it; the
     /// lock also serialises flushes.
     watermark: std::sync::Mutex<(marker::Watermark, u64)>,
-    /// sled's data file, for `fdatasync` at each flush (see [`Store::flush`]).
-    data_file: std::fs::File,
     sealer: Sealer,
     /// Conversations, message blocks and expiry entries (see `keys`).
     history: sled::Tree,
@@ -117,10 +115,6 @@ impl Store {
             .map_err(Error::db(META.name, "open"))?;
         let generation = check_meta(&path, &db, &meta, &sealer)?;
         let watermark = std::sync::Mutex::new((marker::Watermark::open(&path)?, generation));
-        let data_file = std::fs::File::open(path.join("db")).map_err(|e| Error::Damaged {
-            path: path.clone(),
-            what: format!("cannot open its data file for syncing: {e}"),
-        })?;
         let tree = |name: &'static str| db.open_tree(name).map_err(Error::db(name, "open"));
         let store = Self {
             history: tree(blocks::HISTORY)?,
@@ -132,7 +126,6 @@ impl Store {
             db,
             meta,
             watermark,
-            data_file,
             sealer,
         };
         let repaired = store.history().repair_tails()?;
@@ -178,9 +171,9 @@ impl Store {
     /// delivery receipt) or to the user ("sent") — after a `flush` that
     /// followed it returned `Ok`. Returns the number of bytes written.
     ///
-    /// The flush ends with an `fdatasync` of sled's data file: sled 0.34
-    /// itself only calls `sync_file_range`, which leaves the file's size and
-    /// the disk's write cache unsynced.
+    /// sled's log write ends with an `fdatasync` (the vendored sled: 0.34
+    /// as published calls `sync_file_range`, which leaves the file's size
+    /// and the disk's write cache unsynced).
     ///
     /// Each flush also raises the store's flush generation and records it in
     /// the `STORE` marker after sled's data is on disk, so a data file that
@@ -195,15 +188,10 @@ impl Store {
         self.meta
             .insert(GENERATION_KEY, &next.to_be_bytes())
             .map_err(Error::db(META.name, "write"))?;
+        // sled (as vendored, see vendor/sled/PATCHES.md) ends each log
+        // write with `fdatasync`: the data, the file's size and the device's
+        // write cache, in one sync.
         let bytes = self.db.flush().map_err(Error::db("(all trees)", "flush"))?;
-        // sled 0.34 ends its writes with `sync_file_range`, which on Linux
-        // neither persists the file's metadata nor flushes the device's
-        // write cache: a power cut could still lose them. `fdatasync` does.
-        self.data_file.sync_data().map_err(|e| Error::Db {
-            tree: "(all trees)",
-            op: "sync",
-            source: sled::Error::Io(e),
-        })?;
         guard.0.set(next).map_err(|e| Error::Damaged {
             path: self.path.clone(),
             what: format!("cannot record the flush in the store marker: {e}"),
