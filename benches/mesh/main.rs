@@ -32,6 +32,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // MESH_BENCH_ONLY=direct: only our two-node part (for profiling).
+    if std::env::var("MESH_BENCH_ONLY").as_deref() == Ok("direct") {
+        let ours = rt.block_on(ours::direct(lat, total, 256));
+        println!("{}", serde_json::to_string_pretty(&ours).unwrap());
+        return;
+    }
     let report = rt.block_on(async {
         let rr = raw::request_response(lat, total, 32).await;
         let gs = raw::gossipsub(lat, burst).await;

@@ -470,12 +470,20 @@ impl Engine {
     }
 
     /// Marks messages that went out by the mesh as sent (if still pending).
+    /// A read receipt that reached the mesh is done: nothing acknowledges
+    /// a receipt, so that is as far as it can be followed.
     pub fn published(&mut self, positions: &[u64]) -> Result<Vec<Event>, EngineError> {
-        let refs: Vec<(MessageRef, DeliveryState)> = positions
-            .iter()
-            .filter_map(|p| self.schedule.get(*p))
-            .map(|m| (self.outgoing_ref(m), DeliveryState::Sent))
-            .collect();
+        let mut refs = Vec::new();
+        for &pos in positions {
+            match self.schedule.get(pos) {
+                Some(m) if m.is_chat() => refs.push((self.outgoing_ref(m), DeliveryState::Sent)),
+                Some(_) => {
+                    self.schedule.remove(pos);
+                    self.store.outbox().ack(pos)?;
+                }
+                None => {}
+            }
+        }
         self.set_states(&refs)
     }
 
@@ -506,7 +514,9 @@ impl Engine {
         for &pos in positions {
             if let Some(m) = self.schedule.remove(pos) {
                 self.store.outbox().ack(pos)?;
-                refs.push((self.outgoing_ref(&m), DeliveryState::Delivered));
+                if m.is_chat() {
+                    refs.push((self.outgoing_ref(&m), DeliveryState::Delivered));
+                }
             }
         }
         self.set_states(&refs)
@@ -570,9 +580,11 @@ impl Engine {
         let mut events = Vec::new();
         for (pos, m) in self.schedule.take_expired(now) {
             self.store.outbox().ack(pos)?;
-            events.push(Event::Expired {
-                message: self.outgoing_ref(&m),
-            });
+            if m.is_chat() {
+                events.push(Event::Expired {
+                    message: self.outgoing_ref(&m),
+                });
+            }
         }
         Ok(events)
     }
@@ -820,9 +832,11 @@ impl Engine {
         Ok(out)
     }
 
-    /// Marks a conversation with `with` read: returns the read receipt to
-    /// send for the messages received since the last time.
-    pub fn mark_read(&mut self, with: &[u8; 32]) -> Result<Option<Vec<u8>>, EngineError> {
+    /// Marks a conversation with `with` read: queues the read receipt for
+    /// the messages received since the last time (in the outbox, so it is
+    /// retried until it reaches the contact or the mesh) and returns its
+    /// outbox position and the frame to send now.
+    pub fn mark_read(&mut self, with: &[u8; 32], now: u64) -> Result<Option<Due>, EngineError> {
         let contact = self.contacts.get(with).ok_or(EngineError::UnknownContact)?;
         let conv = conversation_id(self.me.public(), &contact.identity);
         let unread = usize::try_from(self.store.history().mark_read(&conv)?).unwrap_or(usize::MAX);
@@ -855,7 +869,33 @@ impl Engine {
             kind: ReceiptKind::Read,
             messages,
         };
-        Ok(Some(self.encrypt(with, &receipt.to_bytes())?))
+        let payload = receipt.to_bytes();
+        let mut id = [0u8; 16];
+        rand::Rng::fill_bytes(&mut self.rng, &mut id);
+        let queued = Queued::new(conv, None, None, payload.clone());
+        let entry =
+            self.store
+                .outbox()
+                .push(id, *with, queued.to_bytes(), now, now + MESSAGE_TTL)?;
+        self.schedule.insert(
+            entry.seq,
+            Meta {
+                msg_id: id,
+                recipient: *with,
+                conv_id: conv,
+                lamport: 0,
+                seq: 0,
+                attempts: 0,
+                next_at: now + retry::backoff(0),
+                expires_at: entry.expires_at,
+            },
+        );
+        let frame = self.encrypt(with, &payload)?;
+        Ok(Some(Due {
+            pos: entry.seq,
+            to: *with,
+            frame,
+        }))
     }
 
     /// The reference of a received message, as a reply would quote it.
@@ -947,8 +987,14 @@ mod tests {
         );
         assert!(a.store.outbox().is_empty());
 
-        let read = b.mark_read(&a_key).unwrap().unwrap();
-        let back = a.receive(&b_key, &[read], 105, false).unwrap();
+        let read = b.mark_read(&a_key, 104).unwrap().unwrap();
+        // Queued until it reaches the contact or the mesh; a read receipt
+        // has no history entry and no state events of its own.
+        assert_eq!(b.queued(), 1);
+        assert!(b.published(&[read.pos]).unwrap().is_empty());
+        assert_eq!(b.queued(), 0);
+        assert!(b.mark_read(&a_key, 104).unwrap().is_none());
+        let back = a.receive(&b_key, &[read.frame], 105, false).unwrap();
         assert_eq!(
             back.events,
             vec![Event::Receipt {
@@ -1120,6 +1166,40 @@ mod tests {
             a.receive(&b_key, &[foreign], 105, true).unwrap().accepted,
             vec![false]
         );
+    }
+
+    #[test]
+    fn a_read_receipt_with_nobody_around_is_retried_then_dropped_quietly() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let f = a.send(&b_key, b"read me".to_vec(), 101).unwrap().frame;
+        b.receive(&a_key, &[f], 102, true).unwrap();
+        let read = b.mark_read(&a_key, 103).unwrap().unwrap();
+        // Not published (no peers): due again after the backoff, freshly
+        // encrypted, and a direct ack takes it out without any event.
+        b.attempted(read.pos, 103, None);
+        let again = b.due(103 + retry::backoff(1), 10).unwrap();
+        assert_eq!(again.len(), 1);
+        assert!(b.delivered_direct(&[again[0].pos]).unwrap().is_empty());
+        assert_eq!(b.queued(), 0);
+        // One that never gets anywhere expires without an `Expired` event
+        // (that event is about the user's own messages).
+        b.receive(
+            &a_key,
+            &[a.send(&b_key, b"2".to_vec(), 104).unwrap().frame],
+            104,
+            true,
+        )
+        .unwrap();
+        b.mark_read(&a_key, 105).unwrap().unwrap();
+        assert!(b.expire(105 + MESSAGE_TTL).unwrap().is_empty());
+        assert_eq!(b.queued(), 0);
+        assert!(b.store.outbox().is_empty());
     }
 
     #[test]

@@ -34,6 +34,15 @@ pub struct Meta {
     pub expires_at: u64,
 }
 
+impl Meta {
+    /// Whether it is a chat message (sequence numbers start at 1); the
+    /// other queued payloads are read receipts (sequence 0), which have no
+    /// history entry and no delivery state of their own.
+    pub fn is_chat(&self) -> bool {
+        self.seq != 0
+    }
+}
+
 /// The schedule, keyed by outbox position.
 #[derive(Debug, Default)]
 pub struct Schedule {
@@ -120,7 +129,9 @@ impl Schedule {
         let hit: Vec<u64> = self
             .meta
             .iter()
-            .filter(|(_, m)| &m.recipient == recipient && &m.conv_id == conv_id && m.seq >= from)
+            .filter(|(_, m)| {
+                m.is_chat() && &m.recipient == recipient && &m.conv_id == conv_id && m.seq >= from
+            })
             .map(|(&pos, _)| pos)
             .collect();
         for pos in hit {

@@ -312,9 +312,9 @@ impl Worker {
                 let r = self.engine.invite(addrs, now).map(|i| i.to_code());
                 round.reply(reply, r.map_err(Into::into));
             }
-            Job::MarkRead { with, reply } => match self.engine.mark_read(&with) {
-                Ok(Some(frame)) => {
-                    self.route(&with, frame, None, now, round);
+            Job::MarkRead { with, reply } => match self.engine.mark_read(&with, now) {
+                Ok(Some(due)) => {
+                    self.route(&with, due.frame, Some(due.pos), now, round);
                     round.reply(reply, Ok(true));
                 }
                 Ok(None) => round.reply(reply, Ok(false)),
