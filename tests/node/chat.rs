@@ -55,6 +55,11 @@ async fn two_nodes_exchange_messages_both_ways_with_delivered_and_read_receipts(
     assert_eq!(page.messages[1].state, DeliveryState::Read);
     let page = b.handle.history(a.key(), None, 10).await.unwrap();
     assert_eq!(page.messages[0].state, DeliveryState::Read);
+    // Read receipts wait in the outbox until acknowledged. One batch is in
+    // flight per peer and acks are handled in order, so once a later
+    // message is delivered, every earlier receipt has left the queue.
+    let last = a.handle.send(b.key(), b"last".to_vec()).await.unwrap();
+    receipt(&mut a, last, DeliveryState::Delivered).await;
     assert_eq!(a.handle.queued().await.unwrap(), 0);
     assert_eq!(b.handle.queued().await.unwrap(), 0);
 }

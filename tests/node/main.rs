@@ -17,5 +17,6 @@ mod common;
 
 mod chat;
 mod hostile;
+mod interop;
 mod line;
 mod presence;
