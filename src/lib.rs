@@ -4,13 +4,13 @@
 //!   envelopes, keys at rest. Pure library code, no I/O.
 //! - [`cli`]: the command line (the only code that prints for people).
 //! - [`store`]: the encrypted sled store: message history, conversations.
-//! - [`node`]: the libp2p side: [`node::net`] is the swarm, its protocols
-//!   and the direct-path wire format.
-//!
-//! The node actor and relay mode build on `crypto`, `store` and `node::net`
-//! (`src/node/`, `src/relay/`).
+//! - [`node`]: the node: one task owns the libp2p swarm ([`node::net`]),
+//!   the chat logic runs on a store thread; a handle and an event stream
+//!   are the way in ([`node::Node::spawn`]).
+//! - [`relay`]: relay mode; so far the mailbox protocol's wire messages.
 
 pub mod cli;
 pub mod crypto;
 pub mod node;
+pub mod relay;
 pub mod store;

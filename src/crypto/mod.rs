@@ -111,6 +111,10 @@ pub mod labels {
     pub const SIG_PRESENCE: &[u8] = b"meshchat/1/sig/presence";
     /// Conversation id of a 1:1 chat (SHA-256 prefix).
     pub const CONVERSATION: &[u8] = b"meshchat/1/conversation";
+    /// Signature context: a mailbox owner's request to a relay (fetch, ack).
+    pub const SIG_MAILBOX_REQUEST: &[u8] = b"meshchat/1/sig/mailbox-request";
+    /// Signature context: a relay's custody receipt for deposited envelopes.
+    pub const SIG_CUSTODY: &[u8] = b"meshchat/1/sig/custody";
 }
 
 pub(crate) use identity::verify as verify_signature;
