@@ -2,9 +2,17 @@
 //! devices on `/meshchat/mailbox/1`, prekey bundle hosting, and the
 //! circuit-relay v2 server.
 //!
-//! Built so far: the wire messages of the mailbox protocol ([`proto`]):
-//! deposits answered by signed custody receipts, fetches and acks signed
-//! with the mailbox key, refusals with a reason. The relay service and the
-//! node's client side come next.
+//! Built so far:
+//! - [`proto`]: the wire messages of the mailbox protocol: deposits
+//!   answered by signed custody receipts, fetches and acks signed with the
+//!   mailbox key, refusals with a reason;
+//! - [`service`]: the mailbox service over the store, under the operator's
+//!   limits (retention, per-mailbox count and bytes, envelope size, disk
+//!   budget, per-peer deposit rate), refusing replayed or stale owner
+//!   requests.
+//!
+//! Next: the relay's actor and libp2p protocol, the circuit-relay server,
+//! `meshchat relay`, and the node's client side.
 
 pub mod proto;
+pub mod service;

@@ -166,6 +166,13 @@ impl Store {
         Records::new(self, kind)
     }
 
+    /// Bytes the database files take on disk (for a relay's disk budget).
+    pub fn size_on_disk(&self) -> Result<u64, Error> {
+        self.db
+            .size_on_disk()
+            .map_err(Error::db("(all trees)", "size"))
+    }
+
     /// Writes everything so far to disk and waits for it: the durability
     /// point. A write is only safe to acknowledge — to a peer (custody or
     /// delivery receipt) or to the user ("sent") — after a `flush` that
