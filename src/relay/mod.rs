@@ -6,13 +6,17 @@
 //! - [`proto`]: the wire messages of the mailbox protocol: deposits
 //!   answered by signed custody receipts, fetches and acks signed with the
 //!   mailbox key, refusals with a reason;
+//! - [`codec`]: its request-response codec (length-prefixed, bounded before
+//!   allocation);
 //! - [`service`]: the mailbox service over the store, under the operator's
 //!   limits (retention, per-mailbox count and bytes, envelope size, disk
 //!   budget, per-peer deposit rate), refusing replayed or stale owner
 //!   requests.
 //!
-//! Next: the relay's actor and libp2p protocol, the circuit-relay server,
-//! `meshchat relay`, and the node's client side.
+//! Next: the relay's actor (the protocol in a swarm, group commit before
+//! custody receipts), the circuit-relay server, `meshchat relay`, and the
+//! node's client side.
 
+pub mod codec;
 pub mod proto;
 pub mod service;

@@ -1,0 +1,168 @@
+//! The request-response codec of `/meshchat/mailbox/1`.
+//!
+//! ```text
+//! message = len (u32 BE) ‖ len bytes (a `Request` or `Response`, see `proto`)
+//! ```
+//!
+//! The length is checked against the message kind's bound before anything
+//! is allocated for it, the bytes are decoded by the bounded decoder, and
+//! the stream must end right after them.
+
+use std::io;
+
+use libp2p::StreamProtocol;
+use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::proto::{MAILBOX_PROTOCOL, MAX_REQUEST, MAX_RESPONSE, Request, Response};
+
+/// The protocol id.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new(MAILBOX_PROTOCOL);
+
+fn invalid(what: &str, detail: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {detail}"))
+}
+
+/// Reads one length-prefixed message of at most `max` bytes, then checks
+/// that the stream ends.
+pub async fn read_message<T: AsyncRead + Unpin>(
+    io: &mut T,
+    max: usize,
+    what: &str,
+) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(invalid(what, format_args!("{len} bytes, at most {max}")));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    let mut probe = [0u8; 1];
+    loop {
+        match io.read(&mut probe).await {
+            Ok(0) => return Ok(buf),
+            Ok(_) => return Err(invalid(what, "bytes after the message")),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes one length-prefixed message.
+pub async fn write_message<T: AsyncWrite + Unpin>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(bytes.len()).map_err(|_| invalid("message", "over 4 GiB"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(bytes).await
+}
+
+/// The codec.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Codec;
+
+impl libp2p::request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Request;
+    type Response = Response;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let bytes = read_message(io, MAX_REQUEST, "mailbox request").await?;
+        Request::from_bytes(&bytes).map_err(|e| invalid("mailbox request", e))
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let bytes = read_message(io, MAX_RESPONSE, "mailbox response").await?;
+        Response::from_bytes(&bytes).map_err(|e| invalid("mailbox response", e))
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_message(io, &req.to_bytes()).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Response,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_message(io, &res.to_bytes()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::proto::Refusal;
+    use libp2p::futures::executor::block_on;
+    use libp2p::futures::io::Cursor;
+    use libp2p::request_response::Codec as _;
+
+    #[test]
+    fn messages_round_trip_and_bad_framing_is_refused() {
+        block_on(async {
+            let mut codec = Codec;
+            let mut out = Cursor::new(Vec::new());
+            let res = Response::Refused(Refusal::QuotaFull);
+            codec
+                .write_response(&PROTOCOL, &mut out, res.clone())
+                .await
+                .unwrap();
+            let bytes = out.into_inner();
+            let back = codec
+                .read_response(&PROTOCOL, &mut Cursor::new(bytes.clone()))
+                .await
+                .unwrap();
+            assert_eq!(back, res);
+
+            // Trailing bytes, a cut-off message, a length over the bound.
+            let mut trailing = bytes.clone();
+            trailing.push(0);
+            assert!(
+                codec
+                    .read_response(&PROTOCOL, &mut Cursor::new(trailing))
+                    .await
+                    .is_err()
+            );
+            let cut = bytes[..bytes.len() - 1].to_vec();
+            assert!(
+                codec
+                    .read_response(&PROTOCOL, &mut Cursor::new(cut))
+                    .await
+                    .is_err()
+            );
+            let huge = u32::MAX.to_be_bytes().to_vec();
+            let err = codec
+                .read_request(&PROTOCOL, &mut Cursor::new(huge))
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            // Well framed, not a request.
+            let mut junk = Vec::new();
+            write_message(&mut Cursor::new(&mut junk), &[9, 9, 9])
+                .await
+                .unwrap();
+            assert!(
+                codec
+                    .read_request(&PROTOCOL, &mut Cursor::new(junk))
+                    .await
+                    .is_err()
+            );
+        });
+    }
+}
