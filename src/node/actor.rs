@@ -506,6 +506,13 @@ impl Actor {
                 self.failed(failed);
                 self.pump(peer);
             }
+            // A node holds nobody's mail: say so rather than let the
+            // request time out.
+            NetEvent::MailboxRequest { channel, .. } => {
+                let refused =
+                    crate::relay::proto::Response::Refused(crate::relay::proto::Refusal::NotRelay);
+                let _ = self.net.respond_mailbox(channel, refused);
+            }
             NetEvent::DirectFailed {
                 peer,
                 request,

@@ -7,7 +7,8 @@
 //!   answered by signed custody receipts, fetches and acks signed with the
 //!   mailbox key, refusals with a reason;
 //! - [`codec`]: its request-response codec (length-prefixed, bounded before
-//!   allocation);
+//!   allocation), spoken by every node's swarm (`node::net`): a node that
+//!   is not a relay answers `Refused(NotRelay)`;
 //! - [`service`]: the mailbox service over the store, under the operator's
 //!   limits (retention, per-mailbox count and bytes, envelope size, disk
 //!   budget, per-peer deposit rate), refusing replayed or stale owner

@@ -111,6 +111,8 @@ pub enum Refusal {
     Stale,
     /// The request does not decode or breaks a limit.
     Malformed,
+    /// This peer holds no mail (it is not running as a relay).
+    NotRelay,
 }
 
 impl std::fmt::Display for Refusal {
@@ -124,6 +126,7 @@ impl std::fmt::Display for Refusal {
             Self::BadSignature => "the request is not signed by the mailbox owner",
             Self::Stale => "the request is too old or was replayed",
             Self::Malformed => "the request is malformed",
+            Self::NotRelay => "this peer is not a relay",
         })
     }
 }

@@ -16,5 +16,6 @@ mod harness;
 mod direct;
 mod gossip;
 mod kad;
+mod mailbox;
 mod mdns;
 mod relay;

@@ -84,6 +84,25 @@ async fn a_hostile_peer_is_refused_and_rate_limited_while_others_chat_on() {
     })
     .await;
 
+    // Bob is not a relay: a mailbox request gets a clear refusal.
+    let deposit =
+        meshchat::relay::proto::Request::Deposit(vec![serde_bytes::ByteBuf::from(vec![1u8; 10])]);
+    let asked = net.send_mailbox(&bp, deposit);
+    let answer = until(&mut net, "bob's mailbox answer", |e| match e {
+        NetEvent::MailboxResponse {
+            request, response, ..
+        } if request == asked => Some(response),
+        NetEvent::MailboxFailed { request, error, .. } if request == asked => {
+            panic!("mailbox request failed: {error}")
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        answer,
+        meshchat::relay::proto::Response::Refused(meshchat::relay::proto::Refusal::NotRelay)
+    );
+
     // Malformed frames: refused one by one.
     let junk = request(
         &mut net,

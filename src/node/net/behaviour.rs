@@ -52,6 +52,8 @@ mod derived {
         pub gossipsub: gossipsub::Behaviour,
         /// `/meshchat/direct/1` batches and acks.
         pub direct: request_response::Behaviour<direct::Codec>,
+        /// `/meshchat/mailbox/1`: deposits, fetches and acks with relays.
+        pub mailbox: request_response::Behaviour<crate::relay::codec::Codec>,
         /// Exchanges listen addresses and protocols with every peer.
         pub identify: identify::Behaviour,
         /// Liveness.
@@ -124,6 +126,15 @@ impl Behaviour {
             request_response::Config::default().with_request_timeout(cfg.direct_timeout),
         );
 
+        let mailbox = request_response::Behaviour::with_codec(
+            crate::relay::codec::Codec,
+            [(
+                crate::relay::codec::PROTOCOL,
+                request_response::ProtocolSupport::Full,
+            )],
+            request_response::Config::default().with_request_timeout(cfg.direct_timeout),
+        );
+
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
                 .with_agent_version(format!("meshchat/{}", env!("CARGO_PKG_VERSION"))),
@@ -162,6 +173,7 @@ impl Behaviour {
             limits,
             gossipsub,
             direct,
+            mailbox,
             identify,
             ping: ping::Behaviour::default(),
             kad,

@@ -316,6 +316,33 @@ impl Net {
             .map_err(|_| NetError::ResponseChannelClosed)
     }
 
+    /// Sends a request on `/meshchat/mailbox/1`, dialling if needed; the
+    /// answer comes as [`NetEvent::MailboxResponse`] or
+    /// [`NetEvent::MailboxFailed`].
+    pub fn send_mailbox(
+        &mut self,
+        peer: &PeerId,
+        request: crate::relay::proto::Request,
+    ) -> OutboundRequestId {
+        self.swarm
+            .behaviour_mut()
+            .mailbox
+            .send_request(peer, request)
+    }
+
+    /// Answers a [`NetEvent::MailboxRequest`].
+    pub fn respond_mailbox(
+        &mut self,
+        channel: ResponseChannel<crate::relay::proto::Response>,
+        response: crate::relay::proto::Response,
+    ) -> Result<(), NetError> {
+        self.swarm
+            .behaviour_mut()
+            .mailbox
+            .send_response(channel, response)
+            .map_err(|_| NetError::ResponseChannelClosed)
+    }
+
     /// Adds an address of `peer` to the Kademlia routing table.
     pub fn add_address(&mut self, peer: &PeerId, addr: Multiaddr) {
         self.swarm.behaviour_mut().kad.add_address(peer, addr);

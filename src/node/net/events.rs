@@ -14,6 +14,7 @@ use super::behaviour::{BehaviourEvent, KAD_PROTOCOL};
 use super::direct;
 use super::driver::Net;
 use super::topic::Topic;
+use crate::relay::proto::{Request, Response};
 
 /// Most listen addresses taken from one identify message into Kademlia.
 const MAX_IDENTIFY_ADDRS: usize = 16;
@@ -103,6 +104,33 @@ pub enum NetEvent {
         /// Why.
         error: OutboundFailure,
     },
+    /// A peer sent a mailbox request: answer with [`Net::respond_mailbox`].
+    MailboxRequest {
+        /// The peer (authenticated by the connection).
+        peer: PeerId,
+        /// The request.
+        request: Request,
+        /// Where the answer goes.
+        channel: ResponseChannel<Response>,
+    },
+    /// A relay answered one of our mailbox requests.
+    MailboxResponse {
+        /// The relay.
+        peer: PeerId,
+        /// Which request.
+        request: OutboundRequestId,
+        /// Its answer.
+        response: Response,
+    },
+    /// A mailbox request of ours got no answer.
+    MailboxFailed {
+        /// The relay.
+        peer: PeerId,
+        /// Which request.
+        request: OutboundRequestId,
+        /// Why.
+        error: OutboundFailure,
+    },
     /// A Kademlia bootstrap finished.
     Bootstrapped {
         /// Whether it reached at least one peer.
@@ -164,6 +192,7 @@ impl Net {
         match event {
             BehaviourEvent::Gossipsub(event) => self.on_gossip(event),
             BehaviourEvent::Direct(event) => on_direct(event),
+            BehaviourEvent::Mailbox(event) => on_mailbox(event),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if info.protocols.contains(&KAD_PROTOCOL) {
                     // Kademlia does not take identify's addresses by itself.
@@ -276,6 +305,43 @@ fn on_direct(event: request_response::Event<direct::Batch, direct::Ack>) -> Opti
         }),
         request_response::Event::InboundFailure { peer, error, .. } => {
             debug!(peer = %peer, %error, "inbound direct request failed");
+            None
+        }
+        request_response::Event::ResponseSent { .. } => None,
+    }
+}
+
+fn on_mailbox(event: request_response::Event<Request, Response>) -> Option<NetEvent> {
+    match event {
+        request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Message::Request {
+                request, channel, ..
+            } => Some(NetEvent::MailboxRequest {
+                peer,
+                request,
+                channel,
+            }),
+            request_response::Message::Response {
+                request_id,
+                response,
+            } => Some(NetEvent::MailboxResponse {
+                peer,
+                request: request_id,
+                response,
+            }),
+        },
+        request_response::Event::OutboundFailure {
+            peer,
+            request_id,
+            error,
+            ..
+        } => Some(NetEvent::MailboxFailed {
+            peer,
+            request: request_id,
+            error,
+        }),
+        request_response::Event::InboundFailure { peer, error, .. } => {
+            debug!(peer = %peer, %error, "inbound mailbox request failed");
             None
         }
         request_response::Event::ResponseSent { .. } => None,
