@@ -54,7 +54,8 @@ pub struct Signed<T> {
     /// The request.
     pub body: T,
     /// Ed25519 by the mailbox key over
-    /// `SIG_MAILBOX_REQUEST ‖ the body's encoding`.
+    /// `SIG_MAILBOX_REQUEST ‖ kind ‖ the body's encoding` (see
+    /// [`OwnerRequest`]).
     #[serde(with = "bytes64")]
     pub sig: [u8; 64],
 }
@@ -257,24 +258,53 @@ impl Response {
     }
 }
 
-impl<T: Serialize> Signed<T> {
-    /// Signs `body` with the mailbox key.
-    pub fn new(key: &MailboxKey, body: T) -> Self {
-        let sig = key.sign(labels::SIG_MAILBOX_REQUEST, &wire::encode(&body));
-        Self { body, sig }
+/// A request an owner signs; its kind byte is part of what is signed, so
+/// a signature made for one kind of request never verifies as another.
+pub trait OwnerRequest: Serialize {
+    /// The kind byte.
+    const KIND: u8;
+    /// Who signs it.
+    fn owner(&self) -> &Owner;
+}
+
+impl OwnerRequest for Fetch {
+    const KIND: u8 = 1;
+    fn owner(&self) -> &Owner {
+        &self.owner
     }
 }
 
-impl<T: Serialize> Signed<T> {
-    /// Checks the signature and that its key owns a mailbox: returns that
-    /// mailbox's id. `owner` is the body's [`Owner`]. Freshness (time and
-    /// nonce) is the relay's to check, against its clock and memory.
-    pub fn verify(&self, owner: &Owner) -> Result<MailboxId, crypto::Error> {
+impl OwnerRequest for Ack {
+    const KIND: u8 = 2;
+    fn owner(&self) -> &Owner {
+        &self.owner
+    }
+}
+
+fn signed_body<T: OwnerRequest>(body: &T) -> Vec<u8> {
+    let mut out = vec![T::KIND];
+    out.extend_from_slice(&wire::encode(body));
+    out
+}
+
+impl<T: OwnerRequest> Signed<T> {
+    /// Signs `body` with the mailbox key: over `SIG_MAILBOX_REQUEST ‖ kind
+    /// ‖ the body's encoding`.
+    pub fn new(key: &MailboxKey, body: T) -> Self {
+        let sig = key.sign(labels::SIG_MAILBOX_REQUEST, &signed_body(&body));
+        Self { body, sig }
+    }
+
+    /// Checks the signature and that its key (the body's owner) owns a
+    /// mailbox: returns that mailbox's id. Freshness (time and nonce) is
+    /// the relay's to check, against its clock and memory.
+    pub fn verify(&self) -> Result<MailboxId, crypto::Error> {
+        let owner = self.body.owner();
         let id = MailboxId::of(&owner.mailbox_public);
         id.verify_request(
             &owner.mailbox_public,
             labels::SIG_MAILBOX_REQUEST,
-            &wire::encode(&self.body),
+            &signed_body(&self.body),
             &self.sig,
         )?;
         Ok(id)
@@ -358,25 +388,48 @@ mod tests {
         );
         let req = Request::Fetch(fetch.clone());
         assert_eq!(Request::from_bytes(&req.to_bytes()).unwrap(), req);
-        assert_eq!(fetch.verify(&fetch.body.owner).unwrap(), key.id());
+        assert_eq!(fetch.verify().unwrap(), key.id());
         assert!(fetch.body.owner.is_fresh(1_000 + MAX_REQUEST_SKEW));
         assert!(!fetch.body.owner.is_fresh(1_000 + MAX_REQUEST_SKEW + 1));
 
         // Changing anything signed breaks it.
         let mut later = fetch.clone();
         later.body.after = Some(0);
-        assert!(later.verify(&later.body.owner).is_err());
+        assert!(later.verify().is_err());
         // Another key cannot speak for this mailbox, even with a valid
         // signature of its own.
         let other = MailboxKey::generate(&mut rng);
         let mut forged = Signed::new(&other, fetch.body.clone());
-        assert!(forged.verify(&forged.body.owner).is_err());
+        assert!(forged.verify().is_err());
         forged.body.owner.mailbox_public = other.public();
         assert_ne!(
-            forged.verify(&forged.body.owner).ok(),
+            forged.verify().ok(),
             Some(key.id()),
             "a request signed by another key must not name this mailbox"
         );
+    }
+
+    #[test]
+    fn a_signature_for_one_kind_of_request_does_not_verify_as_another() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let key = MailboxKey::generate(&mut rng);
+        let owner = Owner::new(&key, 1_000, &mut rng);
+        let fetch = Signed::new(
+            &key,
+            Fetch {
+                owner: owner.clone(),
+                after: None,
+                limit: 0,
+            },
+        );
+        let as_ack = Signed {
+            body: Ack {
+                owner,
+                seqs: vec![],
+            },
+            sig: fetch.sig,
+        };
+        assert!(as_ack.verify().is_err());
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl Service {
                 if let Err(r) = self.owner_ok(&f.body.owner, now) {
                     return Ok(Answer::refused(r));
                 }
-                let Ok(mailbox) = f.verify(&f.body.owner) else {
+                let Ok(mailbox) = f.verify() else {
                     return Ok(Answer::refused(Refusal::BadSignature));
                 };
                 self.remember(&f.body.owner);
@@ -151,7 +151,7 @@ impl Service {
                 if let Err(r) = self.owner_ok(&a.body.owner, now) {
                     return Ok(Answer::refused(r));
                 }
-                let Ok(mailbox) = a.verify(&a.body.owner) else {
+                let Ok(mailbox) = a.verify() else {
                     return Ok(Answer::refused(Refusal::BadSignature));
                 };
                 self.remember(&a.body.owner);
