@@ -689,6 +689,7 @@ impl Engine {
         let mut state = self.conv_state(&conv)?;
         let mut decrypted_any = false;
         let mut prekeys_changed = false;
+        let mut answered_bundle = false;
         for bytes in frames {
             let plain = match Frame::from_bytes(bytes) {
                 Ok(Frame::Ratchet(b)) => self.sessions.decrypt_ratchet(from, &b, &mut self.rng),
@@ -706,7 +707,10 @@ impl Engine {
                 }
                 // Only over a direct connection: the bundle is handed to
                 // the device at the other end of it, nobody else.
-                Ok(Frame::BundleRequest) if direct => {
+                // One answer per batch: a contact cannot drain the
+                // one-time prekeys by repeating the request.
+                Ok(Frame::BundleRequest) if direct && !answered_bundle => {
+                    answered_bundle = true;
                     match self.bundle_for_contact(now) {
                         Ok(b) => {
                             prekeys_changed = true;

@@ -37,11 +37,15 @@ pub const MAX_RESPONSE: usize = MAX_FETCH * (MAX_ENVELOPE + 16) + 1024;
 /// How far a signed request's time may be from the relay's clock (seconds).
 pub const MAX_REQUEST_SKEW: u64 = 300;
 
-/// What a mailbox owner signs: which mailbox, when, and a nonce.
+/// What a mailbox owner signs: which mailbox, for which relay, when, and
+/// a nonce.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     /// The mailbox public key (its id is derived from it).
     pub mailbox_public: [u8; 32],
+    /// The relay the request is for (its identity key): another relay
+    /// refuses it, so no relay can replay an owner's request elsewhere.
+    pub relay: [u8; 32],
     /// Unix seconds when the request was made.
     pub at: u64,
     /// Random; a relay refuses a nonce it has seen within the skew window.
@@ -114,6 +118,8 @@ pub enum Refusal {
     Malformed,
     /// This peer holds no mail (it is not running as a relay).
     NotRelay,
+    /// The request is addressed to another relay.
+    WrongRelay,
 }
 
 impl std::fmt::Display for Refusal {
@@ -128,6 +134,7 @@ impl std::fmt::Display for Refusal {
             Self::Stale => "the request is too old or was replayed",
             Self::Malformed => "the request is malformed",
             Self::NotRelay => "this peer is not a relay",
+            Self::WrongRelay => "the request is addressed to another relay",
         })
     }
 }
@@ -312,12 +319,18 @@ impl<T: OwnerRequest> Signed<T> {
 }
 
 impl Owner {
-    /// A fresh owner stamp for `key` at `now`.
-    pub fn new<R: rand_core::CryptoRng + ?Sized>(key: &MailboxKey, now: u64, rng: &mut R) -> Self {
+    /// A fresh owner stamp for `key`, addressed to `relay`, at `now`.
+    pub fn new<R: rand_core::CryptoRng + ?Sized>(
+        key: &MailboxKey,
+        relay: [u8; 32],
+        now: u64,
+        rng: &mut R,
+    ) -> Self {
         let mut nonce = [0u8; 16];
         rng.fill_bytes(&mut nonce);
         Self {
             mailbox_public: key.public(),
+            relay,
             at: now,
             nonce,
         }
@@ -374,6 +387,8 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
+    const RELAY_OF_TEST: [u8; 32] = [7; 32];
+
     #[test]
     fn requests_round_trip_and_signatures_bind_the_owner() {
         let mut rng = StdRng::seed_from_u64(5);
@@ -381,7 +396,7 @@ mod tests {
         let fetch = Signed::new(
             &key,
             Fetch {
-                owner: Owner::new(&key, 1_000, &mut rng),
+                owner: Owner::new(&key, RELAY_OF_TEST, 1_000, &mut rng),
                 after: Some(7),
                 limit: 50,
             },
@@ -413,7 +428,7 @@ mod tests {
     fn a_signature_for_one_kind_of_request_does_not_verify_as_another() {
         let mut rng = StdRng::seed_from_u64(7);
         let key = MailboxKey::generate(&mut rng);
-        let owner = Owner::new(&key, 1_000, &mut rng);
+        let owner = Owner::new(&key, RELAY_OF_TEST, 1_000, &mut rng);
         let fetch = Signed::new(
             &key,
             Fetch {

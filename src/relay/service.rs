@@ -221,6 +221,9 @@ impl Service {
 
     /// Freshness of an owner's request: its time near ours, its nonce new.
     fn owner_ok(&mut self, owner: &Owner, now: u64) -> Result<(), Refusal> {
+        if owner.relay != self.identity.public().signing {
+            return Err(Refusal::WrongRelay);
+        }
         if !owner.is_fresh(now) {
             return Err(Refusal::Stale);
         }
@@ -310,7 +313,7 @@ mod tests {
     }
 
     fn fetch(f: &mut Fixture, now: u64) -> Request {
-        let owner = Owner::new(&f.owner, now, &mut f.rng);
+        let owner = Owner::new(&f.owner, f.relay, now, &mut f.rng);
         Request::Fetch(Signed::new(
             &f.owner,
             Fetch {
@@ -351,7 +354,7 @@ mod tests {
             f.service.handle(&peer, req, 1_001).unwrap().response,
             Response::Refused(Refusal::Stale)
         );
-        let owner = Owner::new(&f.owner, 1_002, &mut f.rng);
+        let owner = Owner::new(&f.owner, f.relay, 1_002, &mut f.rng);
         let ack = Request::Ack(Signed::new(
             &f.owner,
             Ack {
@@ -380,7 +383,7 @@ mod tests {
         f.service.handle(&peer, deposit(&mail), 1_000).unwrap();
         // Signed by another key, naming this mailbox's key: refused.
         let other = MailboxKey::generate(&mut f.rng);
-        let owner = Owner::new(&f.owner, 1_000, &mut f.rng);
+        let owner = Owner::new(&f.owner, f.relay, 1_000, &mut f.rng);
         let forged = Request::Fetch(Signed::new(
             &other,
             Fetch {
@@ -394,7 +397,7 @@ mod tests {
             Response::Refused(Refusal::BadSignature)
         );
         // The other key's own mailbox is empty: it sees nothing of ours.
-        let owner = Owner::new(&other, 1_000, &mut f.rng);
+        let owner = Owner::new(&other, f.relay, 1_000, &mut f.rng);
         let own = Request::Fetch(Signed::new(
             &other,
             Fetch {
@@ -409,6 +412,20 @@ mod tests {
                 items: vec![],
                 more: false
             }
+        );
+        // Addressed to another relay (a relay replaying it here).
+        let owner = Owner::new(&f.owner, [9; 32], 1_000, &mut f.rng);
+        let elsewhere = Request::Fetch(Signed::new(
+            &f.owner,
+            Fetch {
+                owner,
+                after: None,
+                limit: 10,
+            },
+        ));
+        assert_eq!(
+            f.service.handle(&peer, elsewhere, 1_000).unwrap().response,
+            Response::Refused(Refusal::WrongRelay)
         );
         // Too old.
         let old = fetch(&mut f, 1_000 - MAX_REQUEST_SKEW - 1);

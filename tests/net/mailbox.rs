@@ -80,7 +80,7 @@ async fn deposit_custody_fetch_and_ack_over_the_wire() {
     receipt.verify(&relay_key, &mail).unwrap();
 
     let fetch = |rng: &mut StdRng, key: &MailboxKey, signer: &MailboxKey| {
-        let owner = Owner::new(key, 1_000, rng);
+        let owner = Owner::new(key, relay_key, 1_000, rng);
         Request::Fetch(Signed::new(
             signer,
             Fetch {
@@ -109,7 +109,7 @@ async fn deposit_custody_fetch_and_ack_over_the_wire() {
     let ack = Request::Ack(Signed::new(
         &owner,
         Ack {
-            owner: Owner::new(&owner, 1_000, &mut rng),
+            owner: Owner::new(&owner, relay_key, 1_000, &mut rng),
             seqs: items.iter().map(|m| m.seq).collect(),
         },
     ));
