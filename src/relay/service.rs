@@ -11,10 +11,10 @@ use std::time::Instant;
 use libp2p::PeerId;
 
 use super::proto::{
-    CustodyReceipt, MAX_FETCH, MAX_REQUEST_SKEW, Mail, Owner, Refusal, Request, Response,
-    envelope_digest,
+    CustodyReceipt, MAX_FETCH, MAX_REQUEST_SKEW, Mail, Owner, OwnerRequest, Refusal, Request,
+    Response, Signed, envelope_digest,
 };
-use crate::crypto::{DeviceIdentity, Envelope, limits::MAX_ENVELOPE};
+use crate::crypto::{DeviceIdentity, Envelope, MailboxId, limits::MAX_ENVELOPE};
 use crate::node::net::{RateLimit, RateLimiter};
 use crate::store::{self, Store};
 
@@ -124,13 +124,10 @@ impl Service {
         match request {
             Request::Deposit(envelopes) => self.deposit(peer, &envelopes, now),
             Request::Fetch(f) => {
-                if let Err(r) = self.owner_ok(&f.body.owner, now) {
-                    return Ok(Answer::refused(r));
-                }
-                let Ok(mailbox) = f.verify() else {
-                    return Ok(Answer::refused(Refusal::BadSignature));
+                let mailbox = match self.authorize(&f, now) {
+                    Ok(m) => m,
+                    Err(r) => return Ok(Answer::refused(r)),
                 };
-                self.remember(&f.body.owner);
                 let limit = usize::from(f.body.limit).clamp(1, MAX_FETCH);
                 let mut held = self
                     .store
@@ -148,13 +145,10 @@ impl Service {
                 Ok(Answer::now(Response::Mail { items, more }))
             }
             Request::Ack(a) => {
-                if let Err(r) = self.owner_ok(&a.body.owner, now) {
-                    return Ok(Answer::refused(r));
-                }
-                let Ok(mailbox) = a.verify() else {
-                    return Ok(Answer::refused(Refusal::BadSignature));
+                let mailbox = match self.authorize(&a, now) {
+                    Ok(m) => m,
+                    Err(r) => return Ok(Answer::refused(r)),
                 };
-                self.remember(&a.body.owner);
                 let n = self.store.mailboxes().ack(&mailbox.0, &a.body.seqs)?;
                 Ok(Answer {
                     response: Response::Acked(u32::try_from(n).unwrap_or(u32::MAX)),
@@ -217,6 +211,21 @@ impl Service {
             response: Response::Custody(CustodyReceipt::sign(&self.identity, now, digests)),
             flush: true,
         })
+    }
+
+    /// Admits an owner's request: addressed to us, fresh, new nonce, a
+    /// valid signature by a key that owns the mailbox (whose id it returns).
+    /// Only then is its nonce remembered.
+    fn authorize<T: OwnerRequest>(
+        &mut self,
+        signed: &Signed<T>,
+        now: u64,
+    ) -> Result<MailboxId, Refusal> {
+        let owner = signed.body.owner();
+        self.owner_ok(owner, now)?;
+        let mailbox = signed.verify().map_err(|_| Refusal::BadSignature)?;
+        self.remember(owner);
+        Ok(mailbox)
     }
 
     /// Freshness of an owner's request: its time near ours, its nonce new.
