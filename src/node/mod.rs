@@ -16,7 +16,7 @@
 //! expires (the user is told). Relays come next, after the mesh.
 
 mod actor;
-mod complaints;
+pub(crate) mod complaints;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -31,6 +31,7 @@ pub mod state;
 mod worker;
 
 pub use actor::Node;
+pub(crate) use worker::now_secs;
 pub use config::{NodeConfig, PresenceConfig};
 pub use error::NodeError;
 pub use events::NodeEvent;

@@ -19,5 +19,9 @@
 //! node's client side.
 
 pub mod codec;
+pub mod metrics;
 pub mod proto;
+pub mod server;
 pub mod service;
+
+pub use server::{MAX_WAIT, Relay, RelayConfig, RelayError, RelayHandle};

@@ -73,6 +73,10 @@ pub struct Fetch {
     pub after: Option<u64>,
     /// At most this many (clamped to [`MAX_FETCH`]).
     pub limit: u16,
+    /// If nothing is waiting, hold the request up to this many seconds
+    /// and answer as soon as mail arrives (0: answer at once). The relay
+    /// caps it below the request timeout.
+    pub wait_secs: u16,
 }
 
 /// Ack: the owner has these envelopes; delete them.
@@ -120,6 +124,43 @@ pub enum Refusal {
     NotRelay,
     /// The request is addressed to another relay.
     WrongRelay,
+}
+
+impl Refusal {
+    /// Every reason, in a fixed order (metrics index by it).
+    pub const ALL: [Self; 10] = [
+        Self::QuotaFull,
+        Self::TooLarge,
+        Self::Expired,
+        Self::RateLimited,
+        Self::DiskFull,
+        Self::BadSignature,
+        Self::Stale,
+        Self::Malformed,
+        Self::NotRelay,
+        Self::WrongRelay,
+    ];
+
+    /// Position in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+
+    /// A short machine-readable name (metrics labels, JSON).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::QuotaFull => "quota_full",
+            Self::TooLarge => "too_large",
+            Self::Expired => "expired",
+            Self::RateLimited => "rate_limited",
+            Self::DiskFull => "disk_full",
+            Self::BadSignature => "bad_signature",
+            Self::Stale => "stale",
+            Self::Malformed => "malformed",
+            Self::NotRelay => "not_relay",
+            Self::WrongRelay => "wrong_relay",
+        }
+    }
 }
 
 impl std::fmt::Display for Refusal {
@@ -399,6 +440,7 @@ mod tests {
                 owner: Owner::new(&key, RELAY_OF_TEST, 1_000, &mut rng),
                 after: Some(7),
                 limit: 50,
+                wait_secs: 0,
             },
         );
         let req = Request::Fetch(fetch.clone());
@@ -435,6 +477,7 @@ mod tests {
                 owner: owner.clone(),
                 after: None,
                 limit: 0,
+                wait_secs: 0,
             },
         );
         let as_ack = Signed {

@@ -1,8 +1,8 @@
 //! The relay's mailbox service: answers [`Request`]s from its store under
-//! the operator's [`Limits`]. Synchronous, no network: the relay's actor
-//! feeds it requests, flushes the store when [`Answer::flush`] says so, and
-//! only then sends the response (a custody receipt is a promise that the
-//! envelopes are on disk).
+//! the operator's [`Limits`]. Synchronous, no network: the relay's store
+//! thread ([`super::server`]) feeds it requests, flushes the store when
+//! [`Answer::flush`] says so, and only then sends the response (a custody
+//! receipt is a promise that the envelopes are on disk).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -10,19 +10,24 @@ use std::time::Instant;
 
 use libp2p::PeerId;
 
+use super::metrics::Metrics;
 use super::proto::{
     CustodyReceipt, MAX_FETCH, MAX_REQUEST_SKEW, Mail, Owner, OwnerRequest, Refusal, Request,
     Response, Signed, envelope_digest,
 };
 use crate::crypto::{DeviceIdentity, Envelope, MailboxId, limits::MAX_ENVELOPE};
 use crate::node::net::{RateLimit, RateLimiter};
-use crate::store::{self, Store};
+use crate::store::{self, Store, ToHold};
 
-/// An envelope to hold: its id, when to drop it, its bytes.
-type ToHold = ([u8; 16], u64, Vec<u8>);
-
-/// Nonces remembered to refuse replayed owner requests.
-const MAX_NONCES: usize = 100_000;
+/// Most owner-request nonces remembered (each for twice the clock skew
+/// allowed); when full, new owner requests are refused until some age out.
+const MAX_NONCES: usize = 250_000;
+/// Most envelope bytes in one fetch answer (at least one envelope is
+/// always sent).
+pub const MAX_FETCH_BYTES: usize = 1024 * 1024;
+/// Most envelopes dropped per purge call (the store thread purges again at
+/// its next tick if more are due).
+const PURGE_BATCH: usize = 10_000;
 
 /// What an operator bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,11 +40,15 @@ pub struct Limits {
     pub max_bytes: u64,
     /// Largest envelope accepted.
     pub max_envelope: usize,
-    /// Most bytes the store may take on disk; deposits beyond are refused.
+    /// Most envelope bytes held in all; deposits beyond are refused.
     pub disk_budget: u64,
-    /// Deposits one peer may make (requests).
+    /// Deposit requests one peer may make.
     pub deposit_rate: RateLimit,
-    /// How many peers' deposit budgets are tracked.
+    /// Deposited KiB one peer may send.
+    pub deposit_kib_rate: RateLimit,
+    /// Fetch and ack requests one peer may make.
+    pub owner_rate: RateLimit,
+    /// How many peers' budgets are tracked.
     pub rate_peers: usize,
 }
 
@@ -52,21 +61,48 @@ impl Default for Limits {
             max_envelope: MAX_ENVELOPE,
             disk_budget: 10 * 1024 * 1024 * 1024,
             deposit_rate: RateLimit {
-                burst: 200,
-                per_second: 50,
+                burst: 2_000,
+                per_second: 1_000,
+            },
+            deposit_kib_rate: RateLimit {
+                burst: 64 * 1024,
+                per_second: 16 * 1024,
+            },
+            owner_rate: RateLimit {
+                burst: 2_000,
+                per_second: 1_000,
             },
             rate_peers: 4096,
         }
     }
 }
 
+/// A fetch that found nothing and asked to wait: the store thread holds it
+/// and answers when mail for `mailbox` arrives or the wait is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Park {
+    /// The owner's mailbox.
+    pub mailbox: [u8; 32],
+    /// The fetch's cursor.
+    pub after: Option<u64>,
+    /// The fetch's limit.
+    pub limit: usize,
+    /// Seconds it asked to wait.
+    pub wait_secs: u16,
+}
+
 /// The service's answer to one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
-    /// What to send back.
+    /// What to send back (unless `park` says to wait).
     pub response: Response,
     /// Whether the store must be flushed before it is sent.
     pub flush: bool,
+    /// Hold the request instead of answering now.
+    pub park: Option<Park>,
+    /// Mailboxes that got new mail (waiting fetches for them can be
+    /// answered after the flush).
+    pub woke: Vec<[u8; 32]>,
 }
 
 impl Answer {
@@ -74,11 +110,9 @@ impl Answer {
         Self {
             response,
             flush: false,
+            park: None,
+            woke: Vec::new(),
         }
-    }
-
-    fn refused(r: Refusal) -> Self {
-        Self::now(Response::Refused(r))
     }
 }
 
@@ -87,7 +121,10 @@ pub struct Service {
     store: Arc<Store>,
     identity: DeviceIdentity,
     limits: Limits,
+    metrics: Arc<Metrics>,
     deposits: RateLimiter,
+    deposit_kib: RateLimiter,
+    owners: RateLimiter,
     nonces: HashMap<[u8; 16], u64>,
     nonce_order: VecDeque<([u8; 16], u64)>,
 }
@@ -101,16 +138,42 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// A service over `store`, signing custody receipts as `identity`.
-    pub fn new(store: Arc<Store>, identity: DeviceIdentity, limits: Limits) -> Self {
-        Self {
+    /// A service over `store`, signing custody receipts as `identity` and
+    /// counting into `metrics` (whose gauges it sets from the store).
+    pub fn new(
+        store: Arc<Store>,
+        identity: DeviceIdentity,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, store::Error> {
+        let s = Self {
             store,
             identity,
             deposits: RateLimiter::new(limits.deposit_rate, limits.rate_peers),
+            deposit_kib: RateLimiter::new(limits.deposit_kib_rate, limits.rate_peers),
+            owners: RateLimiter::new(limits.owner_rate, limits.rate_peers),
             limits,
+            metrics,
             nonces: HashMap::new(),
             nonce_order: VecDeque::new(),
-        }
+        };
+        s.refresh_gauges()?;
+        Ok(s)
+    }
+
+    /// The metrics it counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Sets the held-mail gauges from the store's counters.
+    pub fn refresh_gauges(&self) -> Result<(), store::Error> {
+        let t = self.store.mailboxes().totals()?;
+        let m = &self.metrics;
+        m.mailboxes.store(t.mailboxes, std::sync::atomic::Ordering::Relaxed);
+        m.envelopes.store(t.envelopes, std::sync::atomic::Ordering::Relaxed);
+        m.bytes.store(t.bytes, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Answers `request` from `peer` at `now` (Unix seconds). A store
@@ -121,41 +184,78 @@ impl Service {
         request: Request,
         now: u64,
     ) -> Result<Answer, store::Error> {
-        match request {
-            Request::Deposit(envelopes) => self.deposit(peer, &envelopes, now),
-            Request::Fetch(f) => {
-                let mailbox = match self.authorize(&f, now) {
-                    Ok(m) => m,
-                    Err(r) => return Ok(Answer::refused(r)),
-                };
-                let limit = usize::from(f.body.limit).clamp(1, MAX_FETCH);
-                let mut held = self
-                    .store
-                    .mailboxes()
-                    .fetch(&mailbox.0, f.body.after, limit + 1)?;
-                let more = held.len() > limit;
-                held.truncate(limit);
-                let items = held
-                    .into_iter()
-                    .map(|h| Mail {
-                        seq: h.seq,
-                        envelope: h.envelope,
-                    })
-                    .collect();
-                Ok(Answer::now(Response::Mail { items, more }))
-            }
-            Request::Ack(a) => {
-                let mailbox = match self.authorize(&a, now) {
-                    Ok(m) => m,
-                    Err(r) => return Ok(Answer::refused(r)),
-                };
-                let n = self.store.mailboxes().ack(&mailbox.0, &a.body.seqs)?;
-                Ok(Answer {
-                    response: Response::Acked(u32::try_from(n).unwrap_or(u32::MAX)),
-                    flush: n > 0,
-                })
-            }
+        let answer = match request {
+            Request::Deposit(envelopes) => self.deposit(peer, &envelopes, now)?,
+            Request::Fetch(f) => match self.authorize(peer, &f, now) {
+                Err(r) => Answer::now(Response::Refused(r)),
+                Ok(mailbox) => {
+                    let limit = usize::from(f.body.limit).clamp(1, MAX_FETCH);
+                    let response = self.mail(&mailbox.0, f.body.after, limit, now)?;
+                    let empty = matches!(&response, Response::Mail { items, .. } if items.is_empty());
+                    let mut a = Answer::now(response);
+                    if empty && f.body.wait_secs > 0 {
+                        a.park = Some(Park {
+                            mailbox: mailbox.0,
+                            after: f.body.after,
+                            limit,
+                            wait_secs: f.body.wait_secs,
+                        });
+                    }
+                    a
+                }
+            },
+            Request::Ack(a) => match self.authorize(peer, &a, now) {
+                Err(r) => Answer::now(Response::Refused(r)),
+                Ok(mailbox) => {
+                    let removed = self.store.mailboxes().ack(&mailbox.0, &a.body.seqs)?;
+                    Metrics::add(&self.metrics.acked_envelopes, removed.count);
+                    Metrics::sub(&self.metrics.envelopes, removed.count);
+                    Metrics::sub(&self.metrics.bytes, removed.bytes);
+                    Answer {
+                        flush: removed.count > 0,
+                        ..Answer::now(Response::Acked(
+                            u32::try_from(removed.count).unwrap_or(u32::MAX),
+                        ))
+                    }
+                }
+            },
+        };
+        if let Response::Refused(r) = &answer.response {
+            self.metrics.refused(*r);
         }
+        Ok(answer)
+    }
+
+    /// Mail of `mailbox` after `after`: at most `limit` envelopes and
+    /// [`MAX_FETCH_BYTES`] (but at least one), none past its expiry.
+    pub fn mail(
+        &self,
+        mailbox: &[u8; 32],
+        after: Option<u64>,
+        limit: usize,
+        now: u64,
+    ) -> Result<Response, store::Error> {
+        let held = self
+            .store
+            .mailboxes()
+            .fetch(mailbox, after, limit.clamp(1, MAX_FETCH) + 1, now)?;
+        let mut items = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        for h in held {
+            if items.len() >= limit || (!items.is_empty() && bytes + h.envelope.len() > MAX_FETCH_BYTES) {
+                more = true;
+                break;
+            }
+            bytes += h.envelope.len();
+            items.push(Mail {
+                seq: h.seq,
+                envelope: h.envelope,
+            });
+        }
+        Metrics::add(&self.metrics.fetches, 1);
+        Metrics::add(&self.metrics.fetched_envelopes, items.len() as u64);
+        Ok(Response::Mail { items, more })
     }
 
     fn deposit(
@@ -164,63 +264,82 @@ impl Service {
         raw: &[serde_bytes::ByteBuf],
         now: u64,
     ) -> Result<Answer, store::Error> {
-        if !self.deposits.allow(peer, Instant::now()) {
-            return Ok(Answer::refused(Refusal::RateLimited));
+        let refused = |r| Ok(Answer::now(Response::Refused(r)));
+        let total: usize = raw.iter().map(|b| b.len()).sum();
+        let kib = u32::try_from(total.div_ceil(1024)).unwrap_or(u32::MAX);
+        let t = Instant::now();
+        if !self.deposits.allow(peer, t) || !self.deposit_kib.allow_n(peer, kib, t) {
+            return refused(Refusal::RateLimited);
         }
         // Every check first: a deposit is taken whole or not at all.
-        let mut by_mailbox: HashMap<[u8; 32], Vec<ToHold>> = HashMap::new();
+        let mut items = Vec::with_capacity(raw.len());
         let mut digests = Vec::with_capacity(raw.len());
-        let mut total = 0u64;
+        let mut per_mailbox: HashMap<[u8; 32], (u64, u64)> = HashMap::new();
         for bytes in raw {
             if bytes.len() > self.limits.max_envelope {
-                return Ok(Answer::refused(Refusal::TooLarge));
+                return refused(Refusal::TooLarge);
             }
             let Ok(env) = Envelope::from_bytes(bytes) else {
-                return Ok(Answer::refused(Refusal::Malformed));
+                return refused(Refusal::Malformed);
             };
             if env.expires_at <= now {
-                return Ok(Answer::refused(Refusal::Expired));
+                return refused(Refusal::Expired);
             }
             let keep_until = env
                 .expires_at
                 .min(now.saturating_add(self.limits.retention_secs));
             digests.push(envelope_digest(bytes));
-            total += bytes.len() as u64;
-            by_mailbox.entry(env.mailbox_id).or_default().push((
-                env.envelope_id,
-                keep_until,
-                bytes.to_vec(),
-            ));
+            let e = per_mailbox.entry(env.mailbox_id).or_default();
+            e.0 += 1;
+            e.1 += bytes.len() as u64;
+            items.push(ToHold {
+                mailbox: env.mailbox_id,
+                envelope_id: env.envelope_id,
+                expires_at: keep_until,
+                envelope: bytes.to_vec(),
+            });
         }
-        if self.store.size_on_disk()?.saturating_add(total) > self.limits.disk_budget {
-            return Ok(Answer::refused(Refusal::DiskFull));
+        let held = Metrics::get(&self.metrics.bytes);
+        if held.saturating_add(total as u64) > self.limits.disk_budget {
+            return refused(Refusal::DiskFull);
         }
-        for (mailbox, items) in &by_mailbox {
+        for (mailbox, (count, bytes)) in &per_mailbox {
             let stats = self.store.mailboxes().stats(mailbox)?;
-            let bytes: u64 = items.iter().map(|(_, _, b)| b.len() as u64).sum();
-            if stats.count + items.len() as u64 > self.limits.max_count
+            if stats.count + count > self.limits.max_count
                 || stats.bytes + bytes > self.limits.max_bytes
             {
-                return Ok(Answer::refused(Refusal::QuotaFull));
+                return refused(Refusal::QuotaFull);
             }
         }
-        for (mailbox, items) in &by_mailbox {
-            self.store.mailboxes().deposit(mailbox, items, now)?;
-        }
+        let done = self.store.mailboxes().deposit(&items, now)?;
+        let m = &self.metrics;
+        Metrics::add(&m.deposits, 1);
+        Metrics::add(&m.deposited_envelopes, done.new);
+        Metrics::add(&m.envelopes, done.new);
+        Metrics::add(&m.bytes, done.new_bytes);
         Ok(Answer {
-            response: Response::Custody(CustodyReceipt::sign(&self.identity, now, digests)),
             flush: true,
+            woke: per_mailbox.into_keys().collect(),
+            ..Answer::now(Response::Custody(CustodyReceipt::sign(
+                &self.identity,
+                now,
+                digests,
+            )))
         })
     }
 
-    /// Admits an owner's request: addressed to us, fresh, new nonce, a
-    /// valid signature by a key that owns the mailbox (whose id it returns).
-    /// Only then is its nonce remembered.
+    /// Admits an owner's request: within the peer's rate, addressed to us,
+    /// fresh, new nonce, a valid signature by a key that owns the mailbox
+    /// (whose id it returns). Only then is its nonce remembered.
     fn authorize<T: OwnerRequest>(
         &mut self,
+        peer: &PeerId,
         signed: &Signed<T>,
         now: u64,
     ) -> Result<MailboxId, Refusal> {
+        if !self.owners.allow(peer, Instant::now()) {
+            return Err(Refusal::RateLimited);
+        }
         let owner = signed.body.owner();
         self.owner_ok(owner, now)?;
         let mailbox = signed.verify().map_err(|_| Refusal::BadSignature)?;
@@ -240,20 +359,22 @@ impl Service {
         if self.nonces.contains_key(&owner.nonce) {
             return Err(Refusal::Stale);
         }
+        if self.nonces.len() >= MAX_NONCES {
+            // Forgetting one early would let it be replayed: refuse
+            // instead, until the window moves on.
+            return Err(Refusal::RateLimited);
+        }
         Ok(())
     }
 
     /// Remembers a verified request's nonce for the skew window.
     fn remember(&mut self, owner: &Owner) {
-        if self.nonces.len() >= MAX_NONCES
-            && let Some((old, _)) = self.nonce_order.pop_front()
-        {
-            self.nonces.remove(&old);
-        }
         self.nonces.insert(owner.nonce, owner.at);
         self.nonce_order.push_back((owner.nonce, owner.at));
     }
 
+    /// Drops nonces older than the window. Requests come in roughly
+    /// time order; one far ahead of the rest only ages out later.
     fn forget_nonces(&mut self, now: u64) {
         while let Some(&(nonce, at)) = self.nonce_order.front() {
             if at.saturating_add(2 * MAX_REQUEST_SKEW) >= now {
@@ -264,11 +385,18 @@ impl Service {
         }
     }
 
-    /// Drops every envelope past its expiry or the retention period.
-    /// Returns how many (their senders learn it from their own outbox,
-    /// which gives up at the same time).
+    /// Drops envelopes past their expiry or the retention period (up to
+    /// a batch; call again while it returns a full one). Returns how many
+    /// (their senders learn it from their own outbox, which gives up at
+    /// the same time).
     pub fn purge(&self, now: u64) -> Result<usize, store::Error> {
-        Ok(self.store.mailboxes().purge_expired(now)?.len())
+        let gone = self.store.mailboxes().purge_expired(now, PURGE_BATCH)?;
+        let bytes: u64 = gone.iter().map(|e| e.bytes).sum();
+        let m = &self.metrics;
+        Metrics::add(&m.expired_envelopes, gone.len() as u64);
+        Metrics::sub(&m.envelopes, gone.len() as u64);
+        Metrics::sub(&m.bytes, bytes);
+        Ok(gone.len())
     }
 }
 
@@ -301,7 +429,7 @@ mod tests {
         let owner = MailboxKey::generate(&mut rng);
         Fixture {
             _dir: dir,
-            service: Service::new(store, identity, limits),
+            service: Service::new(store, identity, limits, Arc::default()).unwrap(),
             relay,
             rng,
             owner,
@@ -329,6 +457,7 @@ mod tests {
                 owner,
                 after: None,
                 limit: 10,
+                wait_secs: 0,
             },
         ))
     }
@@ -399,6 +528,7 @@ mod tests {
                 owner,
                 after: None,
                 limit: 10,
+                wait_secs: 0,
             },
         ));
         assert_eq!(
@@ -413,6 +543,7 @@ mod tests {
                 owner,
                 after: None,
                 limit: 10,
+                wait_secs: 0,
             },
         ));
         assert_eq!(
@@ -430,6 +561,7 @@ mod tests {
                 owner,
                 after: None,
                 limit: 10,
+                wait_secs: 0,
             },
         ));
         assert_eq!(

@@ -51,7 +51,7 @@ pub use error::Error;
 pub use handle::{Clock, PurgeTask, StoreHandle};
 pub use history::{Appended, DeliveryState, Direction, History, MessageRef, Page, StoredMessage};
 pub use keys::Cursor;
-pub use mailbox::{Expired, Held, MailboxStats, Mailboxes};
+pub use mailbox::{Deposited, Expired, Held, MailboxStats, Mailboxes, Removed, ToHold, Totals};
 pub use outbox::{Outbox, OutboxEntry};
 pub use records::{Kind, MAX_RECORD_KEY, Record, Records};
 
@@ -92,6 +92,8 @@ pub struct Store {
     outbox: sled::Tree,
     mailbox: sled::Tree,
     mailbox_meta: sled::Tree,
+    mailbox_expiry: sled::Tree,
+    mailbox_ids: sled::Tree,
 }
 
 impl Store {
@@ -122,6 +124,8 @@ impl Store {
             outbox: tree(outbox::OUTBOX.name)?,
             mailbox: tree(mailbox::MAILBOX.name)?,
             mailbox_meta: tree(mailbox::MAILBOX_META.name)?,
+            mailbox_expiry: tree(mailbox::MAILBOX_EXPIRY)?,
+            mailbox_ids: tree(mailbox::MAILBOX_IDS)?,
             path,
             db,
             meta,

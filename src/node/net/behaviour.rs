@@ -16,6 +16,8 @@ use super::{NetConfig, NetError, direct};
 pub const IDENTIFY_PROTOCOL: &str = "/meshchat/1";
 /// Our own Kademlia DHT, kept apart from the public IPFS one.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/meshchat/kad/1");
+/// The DHT key relays provide, so that devices find relays without config.
+pub const RELAY_PROVIDER_KEY: &[u8] = b"/meshchat/relay/1";
 /// Room on top of the largest payload for gossipsub's own framing (topic
 /// string, protobuf tags); control messages have their own limit.
 const GOSSIP_FRAMING: usize = 4 * 1024;
@@ -64,6 +66,8 @@ mod derived {
         pub autonat: autonat::Behaviour,
         /// Reservations on circuit relays and dialling through them.
         pub relay_client: relay::client::Behaviour,
+        /// The circuit-relay v2 server (relay mode only).
+        pub relay_server: Toggle<relay::Behaviour>,
         /// Hole punching over relayed connections.
         pub dcutr: dcutr::Behaviour,
         /// LAN discovery; disabled unless [`NetConfig::mdns`] is set.
@@ -132,8 +136,23 @@ impl Behaviour {
                 crate::relay::codec::PROTOCOL,
                 request_response::ProtocolSupport::Full,
             )],
-            request_response::Config::default().with_request_timeout(cfg.direct_timeout),
+            request_response::Config::default().with_request_timeout(cfg.mailbox_timeout),
         );
+
+        let relay_server = cfg.relay_server.map(|r| {
+            relay::Behaviour::new(
+                peer_id,
+                relay::Config {
+                    max_reservations: r.max_reservations,
+                    max_reservations_per_peer: r.max_reservations_per_peer,
+                    max_circuits: r.max_circuits,
+                    max_circuits_per_peer: r.max_circuits_per_peer,
+                    max_circuit_duration: r.max_circuit_duration,
+                    max_circuit_bytes: r.max_circuit_bytes,
+                    ..relay::Config::default()
+                },
+            )
+        });
 
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
@@ -179,6 +198,7 @@ impl Behaviour {
             kad,
             autonat,
             relay_client,
+            relay_server: Toggle::from(relay_server),
             dcutr: dcutr::Behaviour::new(peer_id),
             mdns: Toggle::from(mdns),
         })

@@ -16,6 +16,42 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// frames with backoff, by the mesh if the peer is gone).
 pub const DEFAULT_DIRECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default timeout of a mailbox request: above the longest wait a relay
+/// grants a fetch ([`crate::relay::MAX_WAIT`]).
+pub const DEFAULT_MAILBOX_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Limits of the circuit-relay v2 server a relay runs for peers behind NAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayServerConfig {
+    /// Reservations held at once.
+    pub max_reservations: usize,
+    /// Reservations one peer may hold.
+    pub max_reservations_per_peer: usize,
+    /// Circuits open at once.
+    pub max_circuits: usize,
+    /// Circuits one peer may have open.
+    pub max_circuits_per_peer: usize,
+    /// Longest a circuit stays open.
+    pub max_circuit_duration: Duration,
+    /// Most bytes relayed per circuit (each way).
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayServerConfig {
+    /// libp2p's defaults, which keep a circuit short (2 min, 128 KiB): long
+    /// enough for two peers to exchange messages or hole-punch.
+    fn default() -> Self {
+        Self {
+            max_reservations: 128,
+            max_reservations_per_peer: 4,
+            max_circuits: 16,
+            max_circuits_per_peer: 4,
+            max_circuit_duration: Duration::from_secs(120),
+            max_circuit_bytes: 128 * 1024,
+        }
+    }
+}
+
 /// Default cap on established incoming connections; the gossip rate
 /// limiter tracks more peers than this ([`super::DEFAULT_RATE_PEERS`]).
 pub const DEFAULT_MAX_INBOUND: u32 = 512;
@@ -52,6 +88,10 @@ pub struct NetConfig {
     /// Serve Kademlia queries (server mode). Off: libp2p decides from
     /// whether we have a confirmed external address (client otherwise).
     pub kad_server: bool,
+    /// Timeout of one mailbox request (fetches may wait for mail).
+    pub mailbox_timeout: Duration,
+    /// Run a circuit-relay v2 server with these limits (relay mode).
+    pub relay_server: Option<RelayServerConfig>,
 }
 
 impl Default for NetConfig {
@@ -90,6 +130,8 @@ impl NetConfig {
             direct_timeout: DEFAULT_DIRECT_TIMEOUT,
             max_inbound_connections: DEFAULT_MAX_INBOUND,
             kad_server: true,
+            mailbox_timeout: DEFAULT_MAILBOX_TIMEOUT,
+            relay_server: None,
         }
     }
 }

@@ -348,6 +348,31 @@ impl Net {
         self.swarm.behaviour_mut().kad.add_address(peer, addr);
     }
 
+    /// Announces in the DHT that this node is a relay (re-announced by
+    /// Kademlia's provider record republishing).
+    pub fn advertise_relay(&mut self) -> Result<(), NetError> {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .start_providing(kad::RecordKey::new(&super::RELAY_PROVIDER_KEY))
+            .map(|_| ())
+            .map_err(|e| NetError::Dht(e.to_string()))
+    }
+
+    /// Looks for relays in the DHT; answered by [`NetEvent::RelaysFound`].
+    pub fn find_relays(&mut self) {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .get_providers(kad::RecordKey::new(&super::RELAY_PROVIDER_KEY));
+    }
+
+    /// Declares an address others can reach us at (a relay server needs
+    /// one before it accepts reservations).
+    pub fn add_external_address(&mut self, addr: Multiaddr) {
+        self.swarm.add_external_address(addr);
+    }
+
     /// Starts a Kademlia bootstrap (the result arrives as
     /// [`NetEvent::Bootstrapped`]).
     pub fn bootstrap(&mut self) -> Result<kad::QueryId, NetError> {

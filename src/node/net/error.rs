@@ -81,6 +81,9 @@ pub enum NetError {
     /// Kademlia knows no peer to bootstrap from.
     #[error("kademlia bootstrap: no known peers")]
     NoKnownPeers,
+    /// The DHT refused a record.
+    #[error("kademlia: {0}")]
+    Dht(String),
 }
 
 /// A `/meshchat/direct/1` frame that breaks the protocol or its limits.

@@ -153,6 +153,43 @@ pub enum NetEvent {
         /// The relay.
         relay: PeerId,
     },
+    /// A peer's mailbox request failed before it could be answered (it
+    /// did not decode, broke a size limit, or the stream closed).
+    MailboxInboundFailed {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// Our circuit-relay server did something (relay mode).
+    RelayServer(RelayServerEvent),
+    /// A DHT lookup found peers providing the relay key.
+    RelaysFound {
+        /// The relays.
+        relays: Vec<PeerId>,
+    },
+}
+
+/// What the circuit-relay server reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayServerEvent {
+    /// A peer reserved a slot (new, not a renewal).
+    ReservationAccepted {
+        /// The peer behind NAT.
+        peer: PeerId,
+    },
+    /// A circuit opened between two peers.
+    CircuitOpened {
+        /// Who dialled through us.
+        src: PeerId,
+        /// Who was dialled.
+        dst: PeerId,
+    },
+    /// A circuit closed.
+    CircuitClosed {
+        /// Who dialled through us.
+        src: PeerId,
+        /// Who was dialled.
+        dst: PeerId,
+    },
 }
 
 impl Net {
@@ -211,6 +248,7 @@ impl Net {
             }) => (!renewal).then_some(NetEvent::RelayReserved {
                 relay: relay_peer_id,
             }),
+            BehaviourEvent::RelayServer(event) => on_relay_server(event),
             other => {
                 trace!(event = ?other, "behaviour event");
                 None
@@ -342,10 +380,42 @@ fn on_mailbox(event: request_response::Event<Request, Response>) -> Option<NetEv
         }),
         request_response::Event::InboundFailure { peer, error, .. } => {
             debug!(peer = %peer, %error, "inbound mailbox request failed");
-            None
+            Some(NetEvent::MailboxInboundFailed { peer })
         }
         request_response::Event::ResponseSent { .. } => None,
     }
+}
+
+/// Most relays taken from one DHT answer.
+const MAX_RELAYS_FOUND: usize = 16;
+
+fn on_relay_server(event: relay::Event) -> Option<NetEvent> {
+    let e = match event {
+        relay::Event::ReservationReqAccepted {
+            src_peer_id,
+            renewed: false,
+        } => RelayServerEvent::ReservationAccepted { peer: src_peer_id },
+        relay::Event::CircuitReqAccepted {
+            src_peer_id,
+            dst_peer_id,
+        } => RelayServerEvent::CircuitOpened {
+            src: src_peer_id,
+            dst: dst_peer_id,
+        },
+        relay::Event::CircuitClosed {
+            src_peer_id,
+            dst_peer_id,
+            ..
+        } => RelayServerEvent::CircuitClosed {
+            src: src_peer_id,
+            dst: dst_peer_id,
+        },
+        other => {
+            debug!(event = ?other, "relay server");
+            return None;
+        }
+    };
+    Some(NetEvent::RelayServer(e))
 }
 
 fn on_kad(event: kad::Event) -> Option<NetEvent> {
@@ -373,6 +443,14 @@ fn on_kad(event: kad::Event) -> Option<NetEvent> {
                 }),
                 _ => Some(NetEvent::PeerNotFound { peer: target }),
             }
+        }
+        kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+            key,
+            providers,
+        })) if key.as_ref() == super::behaviour::RELAY_PROVIDER_KEY => {
+            Some(NetEvent::RelaysFound {
+                relays: providers.into_iter().take(MAX_RELAYS_FOUND).collect(),
+            })
         }
         other => {
             trace!(result = ?other, "kad query");

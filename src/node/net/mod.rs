@@ -50,12 +50,16 @@ mod topic;
 mod validate;
 
 pub use behaviour::{
-    Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, KAD_PROTOCOL, build_swarm, gossipsub_config,
+    Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, KAD_PROTOCOL, RELAY_PROVIDER_KEY, build_swarm,
+    gossipsub_config,
 };
-pub use config::{DEFAULT_DIRECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_INBOUND, NetConfig};
+pub use config::{
+    DEFAULT_DIRECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAILBOX_TIMEOUT, DEFAULT_MAX_INBOUND,
+    NetConfig, RelayServerConfig,
+};
 pub use driver::{Net, Published};
 pub use error::{DirectError, NetError};
-pub use events::{GossipMessage, NetEvent};
+pub use events::{GossipMessage, NetEvent, RelayServerEvent};
 pub use topic::{Topic, TopicKind, inbox_shard};
 pub use validate::{
     DEFAULT_MAX_PRESENCE, DEFAULT_RATE_PEERS, GossipLimits, GossipValidator, RateLimit,

@@ -176,6 +176,13 @@ impl RateLimiter {
 
     /// Spends one message of `peer`'s budget; `false` if there is none left.
     pub fn allow(&mut self, peer: &PeerId, now: Instant) -> bool {
+        self.allow_n(peer, 1, now)
+    }
+
+    /// Spends `n` units of `peer`'s budget at once; `false` (and nothing
+    /// spent) if fewer are left. More than the burst is never allowed.
+    pub fn allow_n(&mut self, peer: &PeerId, n: u32, now: Instant) -> bool {
+        let cost = u64::from(n) * MILLI;
         let full = u64::from(self.rate.burst) * MILLI;
         if !self.buckets.contains_key(peer) && self.buckets.len() >= self.capacity {
             self.evict_oldest();
@@ -190,8 +197,8 @@ impl RateLimiter {
         let refill = elapsed_ms.saturating_mul(u64::from(self.rate.per_second));
         bucket.tokens = bucket.tokens.saturating_add(refill).min(full);
         bucket.last = bucket.last.max(now);
-        if bucket.tokens >= MILLI {
-            bucket.tokens -= MILLI;
+        if bucket.tokens >= cost {
+            bucket.tokens -= cost;
             true
         } else {
             false

@@ -1,0 +1,640 @@
+//! The relay: one task owns the swarm (mailbox protocol, circuit-relay
+//! server, Kademlia, identify, ping), one thread owns the store and the
+//! mailbox [`Service`], and commits in groups.
+//!
+//! One round of the store thread: take every request waiting (up to
+//! [`MAX_ROUND`]), answer each through the service, flush the store once
+//! if any answer needs it, and only then send the answers — a custody
+//! receipt never leaves before its envelopes are on disk. A fetch that
+//! finds nothing and asks to wait is held; a deposit for its mailbox
+//! answers it after the flush, so an online owner gets new mail at once
+//! without polling.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc as std_mpsc};
+use std::time::{Duration, Instant};
+
+use libp2p::request_response::ResponseChannel;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::MissedTickBehavior;
+use tracing::{debug, error, info, warn};
+
+use super::metrics::Metrics;
+use super::proto::{Refusal, Request, Response};
+use super::service::{Limits, Service};
+use crate::crypto::{DataKey, DeviceIdentity};
+use crate::node::net::direct::{Ack, FrameStatus};
+use crate::node::net::{Net, NetConfig, NetEvent, RelayServerConfig, RelayServerEvent};
+use crate::store::{self, Kind, Store};
+
+/// Longest a fetch may wait for mail (below the clients' request timeout).
+pub const MAX_WAIT: Duration = Duration::from_secs(25);
+/// Most requests answered per store round (one flush).
+const MAX_ROUND: usize = 1024;
+/// Most requests waiting for the store thread before new ones are refused
+/// (`RateLimited`: the client retries later).
+const MAX_BACKLOG: usize = 8192;
+/// How often the relay re-announces itself in the DHT.
+const ADVERTISE_EVERY: Duration = Duration::from_secs(600);
+/// Where the relay's identity key lives in its store.
+const IDENTITY_KEY: &[u8] = b"relay-identity";
+
+/// Errors starting or running a relay.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The store failed.
+    #[error("relay store: {0}")]
+    Store(#[from] store::Error),
+    /// Keys failed.
+    #[error("relay keys: {0}")]
+    Crypto(#[from] crate::crypto::Error),
+    /// The network layer failed.
+    #[error("relay network: {0}")]
+    Net(#[from] crate::node::net::NetError),
+    /// The store thread could not start.
+    #[error("relay store thread: {0}")]
+    Thread(std::io::Error),
+    /// The relay has stopped.
+    #[error("the relay has stopped")]
+    Stopped,
+}
+
+/// Configuration of a relay.
+#[derive(Clone)]
+pub struct RelayConfig {
+    /// Where the store lives (created if missing).
+    pub data_dir: PathBuf,
+    /// The key that opens the store.
+    pub key: DataKey,
+    /// Transports and protocols; `relay_server` holds the circuit limits.
+    pub net: NetConfig,
+    /// Mailbox limits.
+    pub limits: Limits,
+    /// How often expired envelopes are dropped.
+    pub purge_every: Duration,
+    /// Longest a fetch may wait for mail (capped at [`MAX_WAIT`]).
+    pub max_wait: Duration,
+    /// Addresses others reach this relay at (its public addresses).
+    pub external: Vec<Multiaddr>,
+    /// Also take each listen address as reachable (loopback, LANs).
+    pub announce_listen: bool,
+    /// Announce this relay in the DHT.
+    pub advertise: bool,
+    /// Longest a graceful shutdown takes.
+    pub shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("data_dir", &self.data_dir)
+            .field("net", &self.net)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayConfig {
+    /// Defaults for a relay on every interface.
+    pub fn new(data_dir: impl Into<PathBuf>, key: DataKey) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            key,
+            net: NetConfig {
+                relay_server: Some(RelayServerConfig::default()),
+                ..NetConfig::default()
+            },
+            limits: Limits::default(),
+            purge_every: Duration::from_secs(60),
+            max_wait: MAX_WAIT,
+            external: Vec::new(),
+            announce_listen: false,
+            advertise: true,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Loopback only, listen addresses taken as reachable: tests, benchmarks
+    /// and the demo.
+    pub fn loopback(data_dir: impl Into<PathBuf>, key: DataKey) -> Self {
+        let mut c = Self::new(data_dir, key);
+        c.net = NetConfig {
+            relay_server: Some(RelayServerConfig::default()),
+            ..NetConfig::loopback()
+        };
+        c.announce_listen = true;
+        c
+    }
+}
+
+/// A running relay.
+#[derive(Debug, Clone)]
+pub struct RelayHandle {
+    cmds: mpsc::Sender<Cmd>,
+    peer_id: PeerId,
+    identity: [u8; 32],
+    metrics: Arc<Metrics>,
+    stopped: watch::Receiver<bool>,
+    abort: tokio::task::AbortHandle,
+}
+
+enum Cmd {
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl RelayHandle {
+    /// The relay's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The relay's identity key (custody receipts verify against it).
+    pub fn identity(&self) -> [u8; 32] {
+        self.identity
+    }
+
+    /// Its counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Addresses it listens on (empty until the first is up).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, RelayError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::ListenAddrs(tx))
+            .await
+            .map_err(|_| RelayError::Stopped)?;
+        rx.await.map_err(|_| RelayError::Stopped)
+    }
+
+    /// Stops: answers nothing new, flushes, closes the store, within
+    /// `bound` (then the task is aborted).
+    pub async fn shutdown(&self, bound: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmds.send(Cmd::Shutdown(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(bound, rx).await;
+        }
+        self.abort.abort();
+        let _ = tokio::time::timeout(bound, self.wait_stopped()).await;
+    }
+
+    /// Stops at once, as a crash would (nothing is flushed beyond what
+    /// was already promised).
+    pub fn kill(&self) {
+        self.abort.abort();
+    }
+
+    /// Waits until the store is closed.
+    pub async fn wait_stopped(&self) {
+        let mut rx = self.stopped.clone();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// The relay: see [`Relay::spawn`].
+#[derive(Debug)]
+pub struct Relay;
+
+impl Relay {
+    /// Opens the store, starts the swarm, the store thread and the task.
+    /// Must run inside a tokio runtime.
+    pub async fn spawn(cfg: RelayConfig) -> Result<RelayHandle, RelayError> {
+        let path = cfg.data_dir.clone();
+        let key = cfg.key.clone();
+        let limits = cfg.limits;
+        let metrics = Arc::new(Metrics::default());
+        let m = metrics.clone();
+        let (store, service, identity) = tokio::task::spawn_blocking(
+            move || -> Result<(Arc<Store>, Service, DeviceIdentity), RelayError> {
+                let store = Arc::new(Store::open(&path, &key)?);
+                let ids = store.records(Kind::Identity)?;
+                let identity = match ids.get(IDENTITY_KEY)? {
+                    Some(bytes) => DeviceIdentity::from_secret_bytes(&bytes)?,
+                    None => {
+                        let id = DeviceIdentity::generate(&mut rand::rng());
+                        ids.put(IDENTITY_KEY, &id.to_secret_bytes())?;
+                        store.flush()?;
+                        id
+                    }
+                };
+                let copy = DeviceIdentity::from_secret_bytes(&identity.to_secret_bytes())?;
+                let service = Service::new(store.clone(), copy, limits, m)?;
+                Ok((store, service, identity))
+            },
+        )
+        .await
+        .map_err(|_| RelayError::Stopped)??;
+        let mut net = Net::start(identity.to_libp2p()?, &cfg.net)?;
+        for a in &cfg.external {
+            net.add_external_address(a.clone());
+        }
+        if cfg.advertise
+            && let Err(e) = net.advertise_relay()
+        {
+            warn!(error = %e, "not announced in the DHT");
+        }
+        let peer_id = net.local_peer_id();
+
+        let (job_tx, job_rx) = std_mpsc::channel();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (stopped_tx, stopped_rx) = watch::channel(false);
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let keeper = Keeper {
+            store,
+            service,
+            jobs: job_rx,
+            outs: out_tx,
+            parked: HashMap::new(),
+            purge_every: cfg.purge_every,
+            last_purge: None,
+            backlog: backlog.clone(),
+        };
+        std::thread::Builder::new()
+            .name("meshchat-relay-store".into())
+            .spawn(move || {
+                keeper.run();
+                let _ = stopped_tx.send(true);
+            })
+            .map_err(RelayError::Thread)?;
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        info!(%peer_id, "relay started");
+        let actor = Actor {
+            max_wait: cfg.max_wait.min(MAX_WAIT),
+            cfg,
+            net,
+            cmds: cmd_rx,
+            jobs: job_tx,
+            outs: out_rx,
+            metrics: metrics.clone(),
+            responses: HashMap::new(),
+            next_token: 0,
+            backlog,
+            complaints: crate::node::complaints::Complaints::default(),
+        };
+        let task = tokio::spawn(actor.run());
+        Ok(RelayHandle {
+            cmds: cmd_tx,
+            peer_id,
+            identity: identity.public().signing,
+            metrics,
+            stopped: stopped_rx,
+            abort: task.abort_handle(),
+        })
+    }
+}
+
+enum Job {
+    Request {
+        peer: PeerId,
+        request: Request,
+        token: u64,
+        max_wait: Duration,
+    },
+    Tick,
+    Stop,
+}
+
+enum Out {
+    Respond { token: u64, response: Response },
+}
+
+struct Parked {
+    token: u64,
+    after: Option<u64>,
+    limit: usize,
+    until: Instant,
+}
+
+/// The store thread.
+struct Keeper {
+    store: Arc<Store>,
+    service: Service,
+    jobs: std_mpsc::Receiver<Job>,
+    outs: mpsc::UnboundedSender<Out>,
+    parked: HashMap<[u8; 32], Vec<Parked>>,
+    purge_every: Duration,
+    last_purge: Option<Instant>,
+    backlog: Arc<AtomicUsize>,
+}
+
+impl Keeper {
+    fn run(mut self) {
+        while let Ok(first) = self.jobs.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_ROUND {
+                match self.jobs.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let n = jobs.len();
+            let mut answers = Vec::with_capacity(n);
+            let mut flush = false;
+            let mut woke = Vec::new();
+            let mut stop = false;
+            let now = crate::node::now_secs();
+            for job in jobs {
+                match job {
+                    Job::Request {
+                        peer,
+                        request,
+                        token,
+                        max_wait,
+                    } => match self.service.handle(&peer, request, now) {
+                        Ok(a) => {
+                            flush |= a.flush;
+                            woke.extend(a.woke);
+                            match a.park {
+                                Some(p) => {
+                                    let wait = Duration::from_secs(u64::from(p.wait_secs))
+                                        .min(max_wait);
+                                    self.parked.entry(p.mailbox).or_default().push(Parked {
+                                        token,
+                                        after: p.after,
+                                        limit: p.limit,
+                                        until: Instant::now() + wait,
+                                    });
+                                }
+                                None => answers.push((token, a.response)),
+                            }
+                        }
+                        Err(e) => {
+                            error!(error = %e, "relay store failed; stopping without answering");
+                            return;
+                        }
+                    },
+                    Job::Tick => match self.tick(now) {
+                        Ok(purged) => flush |= purged,
+                        Err(e) => {
+                            error!(error = %e, "relay store failed; stopping");
+                            return;
+                        }
+                    },
+                    Job::Stop => stop = true,
+                }
+            }
+            if flush && let Err(e) = self.store.flush() {
+                error!(error = %e, "relay store flush failed; stopping without answering");
+                return;
+            }
+            self.backlog.fetch_sub(n, Ordering::Relaxed);
+            for (token, response) in answers {
+                let _ = self.outs.send(Out::Respond { token, response });
+            }
+            for mailbox in woke {
+                if let Err(e) = self.wake(&mailbox, now) {
+                    error!(error = %e, "relay store failed; stopping");
+                    return;
+                }
+            }
+            let waiting: usize = self.parked.values().map(Vec::len).sum();
+            self.service
+                .metrics()
+                .waiting_fetches
+                .store(waiting as u64, Ordering::Relaxed);
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Answers the fetches waiting on `mailbox` that now have mail.
+    fn wake(&mut self, mailbox: &[u8; 32], now: u64) -> Result<(), store::Error> {
+        let Some(list) = self.parked.remove(mailbox) else {
+            return Ok(());
+        };
+        let mut still = Vec::new();
+        for p in list {
+            let r = self.service.mail(mailbox, p.after, p.limit, now)?;
+            match &r {
+                Response::Mail { items, .. } if items.is_empty() => still.push(p),
+                _ => {
+                    let _ = self.outs.send(Out::Respond {
+                        token: p.token,
+                        response: r,
+                    });
+                }
+            }
+        }
+        if !still.is_empty() {
+            self.parked.insert(*mailbox, still);
+        }
+        Ok(())
+    }
+
+    /// Ends waits that are over (an empty answer: the owner asks again)
+    /// and purges when due. Returns whether anything was purged.
+    fn tick(&mut self, now: u64) -> Result<bool, store::Error> {
+        let t = Instant::now();
+        self.parked.retain(|_, list| {
+            list.retain(|p| {
+                if p.until > t {
+                    return true;
+                }
+                let _ = self.outs.send(Out::Respond {
+                    token: p.token,
+                    response: Response::Mail {
+                        items: Vec::new(),
+                        more: false,
+                    },
+                });
+                false
+            });
+            !list.is_empty()
+        });
+        if self
+            .last_purge
+            .is_some_and(|l| t.duration_since(l) < self.purge_every)
+        {
+            return Ok(false);
+        }
+        self.last_purge = Some(t);
+        let purged = self.service.purge(now)?;
+        if purged > 0 {
+            info!(purged, "expired envelopes dropped");
+            self.service.refresh_gauges()?;
+        }
+        Ok(purged > 0)
+    }
+}
+
+struct Actor {
+    cfg: RelayConfig,
+    max_wait: Duration,
+    net: Net,
+    cmds: mpsc::Receiver<Cmd>,
+    jobs: std_mpsc::Sender<Job>,
+    outs: mpsc::UnboundedReceiver<Out>,
+    metrics: Arc<Metrics>,
+    responses: HashMap<u64, ResponseChannel<Response>>,
+    next_token: u64,
+    backlog: Arc<AtomicUsize>,
+    complaints: crate::node::complaints::Complaints,
+}
+
+impl Actor {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut advertise = tokio::time::interval(ADVERTISE_EVERY);
+        advertise.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = self.cmds.recv() => match cmd {
+                    Some(Cmd::ListenAddrs(reply)) => {
+                        let _ = reply.send(self.net.listen_addrs());
+                    }
+                    Some(Cmd::Shutdown(reply)) => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
+                out = self.outs.recv() => match out {
+                    Some(Out::Respond { token, response }) => self.respond(token, response),
+                    None => {
+                        error!("relay store thread gone; relay stopping");
+                        return;
+                    }
+                },
+                ev = self.net.next_event() => self.net_event(ev),
+                _ = tick.tick() => self.job(Job::Tick),
+                _ = advertise.tick() => {
+                    if self.cfg.advertise && let Err(e) = self.net.advertise_relay() {
+                        debug!(error = %e, "DHT announcement");
+                    }
+                }
+            }
+        }
+    }
+
+    fn job(&self, job: Job) {
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        if self.jobs.send(job).is_err() {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn respond(&mut self, token: u64, response: Response) {
+        if let Some(channel) = self.responses.remove(&token)
+            && self.net.respond_mailbox(channel, response).is_err()
+        {
+            debug!("mailbox answer not sent: the peer's stream closed");
+        }
+    }
+
+    fn complain(&mut self, peer: &PeerId, what: &'static str) {
+        if let Some(skipped) = self.complaints.note(peer, what, Instant::now()) {
+            warn!(%peer, skipped, "{what}");
+        }
+    }
+
+    fn net_event(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Listening { addr } => {
+                info!(%addr, "listening");
+                if self.cfg.announce_listen {
+                    self.net.add_external_address(addr);
+                }
+            }
+            NetEvent::Connected { .. } => Metrics::add(&self.metrics.peers, 1),
+            NetEvent::Disconnected { .. } => Metrics::sub(&self.metrics.peers, 1),
+            NetEvent::MailboxRequest {
+                peer,
+                request,
+                channel,
+            } => {
+                if self.backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
+                    self.metrics.refused(Refusal::RateLimited);
+                    let _ = self
+                        .net
+                        .respond_mailbox(channel, Response::Refused(Refusal::RateLimited));
+                    return;
+                }
+                let token = self.next_token;
+                self.next_token += 1;
+                self.responses.insert(token, channel);
+                self.job(Job::Request {
+                    peer,
+                    request,
+                    token,
+                    max_wait: self.max_wait,
+                });
+            }
+            NetEvent::MailboxInboundFailed { peer } => {
+                Metrics::add(&self.metrics.bad_requests, 1);
+                self.complain(&peer, "mailbox request failed (malformed, too large or cut)");
+            }
+            NetEvent::DirectRequest { batch, channel, .. } => {
+                // A relay carries no chats of its own.
+                let ack = Ack::all(FrameStatus::Rejected, batch.frames.len());
+                let _ = self.net.respond_direct(channel, ack);
+            }
+            NetEvent::RelayServer(e) => match e {
+                RelayServerEvent::ReservationAccepted { peer } => {
+                    debug!(%peer, "reservation");
+                    Metrics::add(&self.metrics.reservations, 1);
+                }
+                RelayServerEvent::CircuitOpened { src, dst } => {
+                    debug!(%src, %dst, "circuit opened");
+                    Metrics::add(&self.metrics.circuits, 1);
+                    Metrics::add(&self.metrics.circuits_open, 1);
+                }
+                RelayServerEvent::CircuitClosed { src, dst } => {
+                    debug!(%src, %dst, "circuit closed");
+                    Metrics::sub(&self.metrics.circuits_open, 1);
+                }
+            },
+            NetEvent::Gossip(msg) => {
+                // Not subscribed to anything: nothing of ours to check.
+                self.net.report_gossip(
+                    &msg.id,
+                    &msg.source,
+                    crate::node::net::Verdict::Ignore(crate::node::net::Reason::Application(
+                        "relays do not carry gossip",
+                    )),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Stops taking requests, lets the store thread finish what it has
+    /// (answering it) and flush, then stops.
+    async fn shutdown(&mut self) {
+        self.job(Job::Stop);
+        let deadline = tokio::time::Instant::now() + self.cfg.shutdown_timeout;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                out = self.outs.recv() => match out {
+                    Some(Out::Respond { token, response }) => self.respond(token, response),
+                    None => break,
+                },
+                ev = self.net.next_event() => {
+                    if let NetEvent::MailboxRequest { .. } = ev {
+                        continue;
+                    }
+                }
+            }
+        }
+        // Let the last answers leave.
+        let grace = tokio::time::Instant::now() + Duration::from_millis(100);
+        while tokio::time::Instant::now() < grace {
+            tokio::select! {
+                _ = tokio::time::sleep_until(grace) => break,
+                _ = self.net.next_event() => {}
+            }
+        }
+        info!(peer = %self.net.local_peer_id(), "relay stopped");
+    }
+}
