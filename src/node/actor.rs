@@ -33,7 +33,7 @@ use super::net::{
 };
 use super::presence::{self, MAX_CLOCK_SKEW_MS, Tracker};
 use super::proto::{Beacon, PresenceState, envelope_checked};
-use super::worker::{Job, Out, Outgoing, Shared, Worker, now_secs};
+use super::worker::{Job, Out, Outgoing, Purpose, Shared, Worker, now_secs, parse_relay};
 use crate::crypto::{DeviceIdentity, Envelope};
 use crate::store::Store;
 
@@ -44,6 +44,8 @@ const SEEN_ENVELOPES: usize = 64 * 1024;
 /// not forwarded: inside gossipsub's duplicate window (120 s), so a replay
 /// is either a known duplicate or stale.
 const STALE_BEACON: Duration = Duration::from_secs(100);
+/// How often our relays are dialled again while not connected.
+const RELAY_REDIAL: Duration = Duration::from_secs(5);
 /// Most peers whose direct-request budget is tracked.
 const DIRECT_RATE_PEERS: usize = 4096;
 
@@ -85,7 +87,29 @@ impl Node {
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (stopped_tx, stopped_rx) = watch::channel(false);
         let shared = Arc::new(Shared::default());
-        let worker = Worker::new(engine, job_rx, out_tx, ev_tx.clone(), shared.clone());
+        let worker = Worker::new(
+            engine,
+            job_rx,
+            out_tx,
+            ev_tx.clone(),
+            shared.clone(),
+            &config,
+        );
+        let mut relays = HashMap::new();
+        for addr in &config.relays {
+            match parse_relay(addr) {
+                Some((peer, addrs)) => {
+                    for a in &addrs {
+                        net.add_address(&peer, a.clone());
+                    }
+                    if let Err(e) = net.dial_peer(peer, addrs.clone()) {
+                        debug!(%peer, error = %e, "dialling our relay");
+                    }
+                    relays.insert(peer, addrs);
+                }
+                None => warn!(%addr, "relay address without /p2p/<peer id>; ignored"),
+            }
+        }
         std::thread::Builder::new()
             .name("meshchat-store".into())
             .spawn(move || {
@@ -129,6 +153,9 @@ impl Node {
             seen: SeenSet::default(),
             complaints: Complaints::default(),
             last_beacon_ms: 0,
+            relays,
+            mailbox_in_flight: HashMap::new(),
+            last_redial: Instant::now(),
         };
         let task = tokio::spawn(actor.run());
         let handle = NodeHandle::new(cmd_tx, info, task.abort_handle(), stopped_rx);
@@ -184,6 +211,10 @@ struct Actor {
     direct_rate: RateLimiter,
     complaints: Complaints,
     last_beacon_ms: u64,
+    /// Our relays and their addresses.
+    relays: HashMap<PeerId, Vec<Multiaddr>>,
+    mailbox_in_flight: HashMap<OutboundRequestId, (PeerId, Purpose)>,
+    last_redial: Instant,
 }
 
 impl Actor {
@@ -218,6 +249,7 @@ impl Actor {
                 },
                 ev = self.net.next_event() => self.net_event(ev),
                 _ = tick.tick() => {
+                    self.redial_relays();
                     self.job(Job::Tick);
                     for e in self.tracker.expire(Instant::now()) {
                         self.emit(e);
@@ -356,6 +388,18 @@ impl Actor {
                     debug!("direct ack not sent: the peer's stream closed");
                 }
             }
+            Out::Mailbox {
+                relay,
+                addrs,
+                request,
+                purpose,
+            } => {
+                for a in addrs {
+                    self.net.add_address(&relay, a);
+                }
+                let id = self.net.send_mailbox(&relay, request);
+                self.mailbox_in_flight.insert(id, (relay, purpose));
+            }
             Out::Contact { key, peer, addrs } => {
                 self.peers.insert(peer, key);
                 self.tracker.watch(key);
@@ -367,6 +411,21 @@ impl Actor {
                         debug!(%peer, error = %e, "dialling a contact");
                     }
                 }
+            }
+        }
+    }
+
+    /// Dials our relays that are not connected (at most every few seconds).
+    fn redial_relays(&mut self) {
+        if self.last_redial.elapsed() < RELAY_REDIAL {
+            return;
+        }
+        self.last_redial = Instant::now();
+        for (peer, addrs) in &self.relays {
+            if !self.net.is_connected(peer)
+                && let Err(e) = self.net.dial_peer(*peer, addrs.clone())
+            {
+                debug!(%peer, error = %e, "dialling our relay");
             }
         }
     }
@@ -434,6 +493,9 @@ impl Actor {
                 if self.peers.contains_key(&peer) {
                     self.job(Job::PeerUp(peer));
                 }
+                if self.relays.contains_key(&peer) {
+                    self.job(Job::RelayUp(peer));
+                }
                 self.emit(NodeEvent::Connected { peer });
             }
             NetEvent::Disconnected { peer } => {
@@ -444,6 +506,9 @@ impl Actor {
                     self.failed(q.into_iter().map(|(p, _)| p).collect());
                 }
                 self.direct_rate.forget(&peer);
+                if self.relays.contains_key(&peer) {
+                    self.job(Job::RelayDown(peer));
+                }
                 self.emit(NodeEvent::Disconnected { peer });
             }
             // A new subscriber hears us at once, not at the next heartbeat
@@ -512,6 +577,26 @@ impl Actor {
                 let refused =
                     crate::relay::proto::Response::Refused(crate::relay::proto::Refusal::NotRelay);
                 let _ = self.net.respond_mailbox(channel, refused);
+            }
+            NetEvent::MailboxResponse {
+                request, response, ..
+            } => {
+                if let Some((relay, purpose)) = self.mailbox_in_flight.remove(&request) {
+                    self.job(Job::Mailbox {
+                        relay,
+                        purpose,
+                        answer: Ok(response),
+                    });
+                }
+            }
+            NetEvent::MailboxFailed { request, error, .. } => {
+                if let Some((relay, purpose)) = self.mailbox_in_flight.remove(&request) {
+                    self.job(Job::Mailbox {
+                        relay,
+                        purpose,
+                        answer: Err(error.to_string()),
+                    });
+                }
             }
             NetEvent::DirectFailed {
                 peer,

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use libp2p::Multiaddr;
+
 use super::net::NetConfig;
 use crate::crypto::DataKey;
 
@@ -53,6 +55,18 @@ pub struct NodeConfig {
     /// Direct requests one peer may send per second (sustained; bursts
     /// of up to twice this).
     pub direct_rate: u32,
+    /// Our relays (each `…/p2p/<relay peer id>`): they hold our mail
+    /// while we are offline, and our invites name them. Empty: found in
+    /// the DHT if `find_relays`.
+    pub relays: Vec<Multiaddr>,
+    /// Look for relays in the DHT when none are configured.
+    pub find_relays: bool,
+    /// How many of a contact's relays a message is deposited with (at
+    /// most as many as it lists).
+    pub relay_copies: usize,
+    /// How long a message is retried before the sender is told it
+    /// expired undelivered.
+    pub message_ttl: Duration,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -83,6 +97,10 @@ impl NodeConfig {
             command_capacity: 1024,
             max_backlog: 4096,
             direct_rate: 2000,
+            relays: Vec::new(),
+            find_relays: true,
+            relay_copies: 2,
+            message_ttl: Duration::from_secs(super::engine::MESSAGE_TTL),
         }
     }
 

@@ -129,6 +129,10 @@ pub struct Engine {
     seal_cache: SealCache,
     schedule: Schedule,
     rng: StdRng,
+    /// How long a message is retried (seconds).
+    ttl: u64,
+    /// Our relays, as listed in our bundles (`/…/p2p/<relay>`).
+    relays: Vec<String>,
 }
 
 impl Engine {
@@ -213,6 +217,8 @@ impl Engine {
             seal_cache: SealCache::default(),
             schedule,
             rng,
+            ttl: MESSAGE_TTL,
+            relays: Vec::new(),
         })
     }
 
@@ -248,9 +254,9 @@ impl Engine {
 
     /// An invite to hand out (addresses where this device listens).
     pub fn invite(&self, addrs: Vec<String>, now: u64) -> Result<Invite, EngineError> {
-        let bundle = self
-            .prekeys
-            .bundle(&self.me, self.mailbox.id().0, &[], now, false)?;
+        let bundle =
+            self.prekeys
+                .bundle(&self.me, self.mailbox.id().0, &self.relays, now, false)?;
         Ok(Invite::new(bundle, addrs))
     }
 
@@ -265,6 +271,54 @@ impl Engine {
             .put(&identity.signing, &contact.to_bytes())?;
         self.contacts.insert(identity.signing, contact);
         Ok(identity.signing)
+    }
+
+    /// Sets how long new messages are retried before they expire.
+    pub fn set_message_ttl(&mut self, secs: u64) {
+        self.ttl = secs.max(1);
+    }
+
+    /// Sets the relays our invites and bundles name (each ending in
+    /// `/p2p/<relay peer id>`).
+    pub fn set_relays(&mut self, relays: Vec<String>) {
+        self.relays = relays;
+    }
+
+    /// Our mailbox key (fetches and acks at our relays are signed with it).
+    pub fn mailbox_key(&self) -> &MailboxKey {
+        &self.mailbox
+    }
+
+    /// The relays a contact's bundle names (empty if none or unreadable).
+    pub fn contact_relays(&self, key: &[u8; 32]) -> Vec<String> {
+        self.contacts
+            .get(key)
+            .and_then(|c| c.bundle.verify().ok())
+            .map(|v| v.body.relays)
+            .unwrap_or_default()
+    }
+
+    /// Attempts so far of the queued message at `pos` (None: not queued).
+    pub fn attempts(&self, pos: u64) -> Option<u32> {
+        self.schedule.get(pos).map(|m| m.attempts)
+    }
+
+    /// The history reference of the queued chat message at `pos`.
+    pub fn message_ref(&self, pos: u64) -> Option<MessageRef> {
+        self.schedule
+            .get(pos)
+            .filter(|m| m.is_chat())
+            .map(|m| self.outgoing_ref(m))
+    }
+
+    /// A relay took custody of the message at `pos`: it shows "stored at
+    /// relay" (unless it is further already). It stays queued: the
+    /// recipient's receipt ends it.
+    pub fn stored_at_relay(&mut self, pos: u64) -> Result<Vec<Event>, EngineError> {
+        match self.message_ref(pos) {
+            Some(r) => self.set_states(&[(r, DeliveryState::StoredAtRelay)]),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The contact with this identity key.
@@ -312,9 +366,9 @@ impl Engine {
     /// one-time prekey made for it (none if the store already holds the
     /// most it keeps). The caller writes the prekeys (`receive` does).
     fn bundle_for_contact(&mut self, now: u64) -> Result<crypto::PrekeyBundle, EngineError> {
-        let mut bundle = self
-            .prekeys
-            .bundle(&self.me, self.mailbox.id().0, &[], now, false)?;
+        let mut bundle =
+            self.prekeys
+                .bundle(&self.me, self.mailbox.id().0, &self.relays, now, false)?;
         bundle.one_time = self
             .prekeys
             .generate_one_time(&self.me, 1, &mut self.rng)
@@ -426,7 +480,7 @@ impl Engine {
                 *to,
                 queued.to_bytes(),
                 now,
-                now + MESSAGE_TTL,
+                now + self.ttl,
             )?;
             self.schedule.insert(
                 entry.seq,
@@ -877,10 +931,10 @@ impl Engine {
         let mut id = [0u8; 16];
         rand::Rng::fill_bytes(&mut self.rng, &mut id);
         let queued = Queued::new(conv, None, None, payload.clone());
-        let entry =
-            self.store
-                .outbox()
-                .push(id, *with, queued.to_bytes(), now, now + MESSAGE_TTL)?;
+        let entry = self
+            .store
+            .outbox()
+            .push(id, *with, queued.to_bytes(), now, now + self.ttl)?;
         self.schedule.insert(
             entry.seq,
             Meta {

@@ -3,6 +3,7 @@
 use libp2p::{Multiaddr, PeerId};
 
 use super::proto::PresenceState;
+use crate::relay::proto::Refusal;
 use crate::store::{DeliveryState, MessageRef, StoredMessage};
 
 /// Something the user of a node should hear about.
@@ -51,5 +52,22 @@ pub enum NodeEvent {
     Disconnected {
         /// The peer.
         peer: PeerId,
+    },
+    /// A relay refused to hold one of our messages, for this reason (the
+    /// message stays queued for the other paths and relays).
+    RelayRefused {
+        /// The message.
+        message: MessageRef,
+        /// The relay.
+        relay: PeerId,
+        /// Why.
+        reason: Refusal,
+    },
+    /// Mail held for us at a relay was fetched and stored.
+    Drained {
+        /// The relay.
+        relay: PeerId,
+        /// Envelopes fetched in this batch.
+        envelopes: usize,
     },
 }

@@ -31,9 +31,9 @@ pub mod state;
 mod worker;
 
 pub use actor::Node;
-pub(crate) use worker::now_secs;
 pub use config::{NodeConfig, PresenceConfig};
 pub use error::NodeError;
 pub use events::NodeEvent;
 pub use handle::{NodeHandle, NodeInfo, Status};
 pub use proto::PresenceState;
+pub(crate) use worker::now_secs;

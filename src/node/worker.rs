@@ -24,6 +24,7 @@ use super::net::direct::FrameStatus;
 use super::proto::Frame;
 use super::state::Invite;
 use crate::crypto::Envelope;
+use crate::relay::proto::{self as mailbox, Owner, Request, Response, Signed};
 use crate::store::{Cursor, MessageRef, Page, Summary};
 
 /// Most jobs handled in one round (one flush).
@@ -43,6 +44,24 @@ type SendCall = (Vec<Vec<u8>>, Reply<Vec<MessageRef>>);
 
 /// A frame with its outbox position (None: not queued, e.g. a receipt).
 pub(crate) type Outgoing = (Option<u64>, Vec<u8>);
+
+/// Most envelopes asked for in one fetch from our relays.
+const FETCH_LIMIT: u16 = 256;
+/// How long a fetch waits at the relay for new mail (seconds).
+const FETCH_WAIT: u16 = 20;
+/// After a fetch failed, how long before the tick asks again (seconds).
+const FETCH_RETRY: u64 = 5;
+
+/// What a mailbox request to a relay was for.
+#[derive(Debug, Clone)]
+pub(crate) enum Purpose {
+    /// Fetching our own mail.
+    Fetch,
+    /// Deleting fetched mail.
+    Ack,
+    /// Holding the queued message at `pos` for its recipient.
+    Deposit { pos: u64, envelope: Vec<u8> },
+}
 
 /// Work for the store thread.
 pub(crate) enum Job {
@@ -92,6 +111,16 @@ pub(crate) enum Job {
     Published(Vec<u64>),
     /// A contact's device connected.
     PeerUp(PeerId),
+    /// One of our relays connected: fetch our mail.
+    RelayUp(PeerId),
+    /// One of our relays disconnected.
+    RelayDown(PeerId),
+    /// A relay answered (or did not) a mailbox request.
+    Mailbox {
+        relay: PeerId,
+        purpose: Purpose,
+        answer: Result<Response, String>,
+    },
     /// Retries and expiries.
     Tick,
     /// Flush and stop.
@@ -119,6 +148,13 @@ pub(crate) enum Out {
         key: [u8; 32],
         peer: PeerId,
         addrs: Vec<Multiaddr>,
+    },
+    /// A request to a relay (dialled at `addrs` if not connected).
+    Mailbox {
+        relay: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: Request,
+        purpose: Purpose,
     },
 }
 
@@ -176,16 +212,59 @@ pub(crate) struct Worker {
     peers: HashMap<PeerId, [u8; 32]>,
     peer_of: HashMap<[u8; 32], PeerId>,
     complaints: Complaints,
+    relays: Relays,
+}
+
+/// The store thread's side of the relay rung.
+#[derive(Default)]
+struct Relays {
+    /// Our relays: where our mail waits while we are away.
+    ours: HashSet<PeerId>,
+    /// Ours that are connected now.
+    up: HashSet<PeerId>,
+    /// Ours with a fetch outstanding, and where the next fetch starts.
+    fetching: HashSet<PeerId>,
+    cursor: HashMap<PeerId, u64>,
+    /// When a failed fetch may be asked again (Unix seconds).
+    retry_at: HashMap<PeerId, u64>,
+    /// Queued messages and the relays that took custody of them.
+    held: HashMap<u64, HashSet<PeerId>>,
+    /// Deposits in flight.
+    depositing: HashSet<(u64, PeerId)>,
+    /// A contact's relays, from its bundle: at least this many copies.
+    copies: usize,
+}
+
+/// A relay named in a bundle or config: its peer id and address (without
+/// the `/p2p` suffix; empty if it was only a peer id).
+pub(crate) fn parse_relay(addr: &Multiaddr) -> Option<(PeerId, Vec<Multiaddr>)> {
+    let mut bare = addr.clone();
+    match bare.pop() {
+        Some(libp2p::multiaddr::Protocol::P2p(id)) => {
+            let addrs = if bare.is_empty() { vec![] } else { vec![bare] };
+            Some((id, addrs))
+        }
+        _ => None,
+    }
+}
+
+/// The Ed25519 key behind a peer id (a relay signs custody receipts with it).
+fn peer_key(peer: &PeerId) -> Option<[u8; 32]> {
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(peer.as_ref().digest()).ok()?;
+    Some(key.try_into_ed25519().ok()?.to_bytes())
 }
 
 impl Worker {
     pub(crate) fn new(
-        engine: Engine,
+        mut engine: Engine,
         jobs: std_mpsc::Receiver<Job>,
         outs: mpsc::UnboundedSender<Out>,
         events: mpsc::Sender<NodeEvent>,
         shared: Arc<Shared>,
+        cfg: &super::NodeConfig,
     ) -> Self {
+        engine.set_relays(cfg.relays.iter().map(ToString::to_string).collect());
+        engine.set_message_ttl(cfg.message_ttl.as_secs());
         let mut w = Self {
             engine,
             jobs,
@@ -195,6 +274,15 @@ impl Worker {
             peers: HashMap::new(),
             peer_of: HashMap::new(),
             complaints: Complaints::default(),
+            relays: Relays {
+                ours: cfg
+                    .relays
+                    .iter()
+                    .filter_map(|a| parse_relay(a).map(|(p, _)| p))
+                    .collect(),
+                copies: cfg.relay_copies.max(1),
+                ..Relays::default()
+            },
         };
         let keys: Vec<[u8; 32]> = w.engine.contacts().map(|c| c.identity.signing).collect();
         for key in keys {
@@ -294,6 +382,9 @@ impl Worker {
                 | Job::Failed(_)
                 | Job::Tick
                 | Job::PeerUp(_)
+                | Job::RelayUp(_)
+                | Job::RelayDown(_)
+                | Job::Mailbox { .. }
         ) {
             round.dirty = true;
         }
@@ -347,20 +438,7 @@ impl Worker {
                 frames,
                 token,
             } => self.direct(peer, &frames, token, now, round),
-            Job::Envelope(env) => match self.engine.open_envelope(&env) {
-                Ok((from, frame)) => match self.engine.receive(&from, &[frame], now, false) {
-                    Ok(h) => {
-                        self.events(h.events, &from, round);
-                        for r in h.replies {
-                            self.route(&from, r, None, now, round);
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "envelope refused"),
-                },
-                // Not ours after all, or not from a contact: forwarded
-                // anyway (gossip), nothing else to do.
-                Err(e) => debug!(error = %e, "envelope not opened"),
-            },
+            Job::Envelope(env) => self.envelope(env, now, round),
             Job::Acked(positions) => match self.engine.delivered_direct(&positions) {
                 Ok(ev) => self.events(ev, &[0; 32], round),
                 Err(e) => warn!(error = %e, "recording direct acks"),
@@ -387,7 +465,39 @@ impl Worker {
                     self.retry(now, round);
                 }
             }
+            Job::RelayUp(relay) => {
+                if self.relays.ours.contains(&relay) {
+                    self.relays.up.insert(relay);
+                    self.relays.cursor.remove(&relay);
+                    self.relays.retry_at.remove(&relay);
+                    self.fetch(relay, 0, now, round);
+                }
+            }
+            Job::RelayDown(relay) => {
+                self.relays.up.remove(&relay);
+                self.relays.fetching.remove(&relay);
+            }
+            Job::Mailbox {
+                relay,
+                purpose,
+                answer,
+            } => self.mailbox_answer(relay, purpose, answer, now, round),
             Job::Tick => {
+                let up: Vec<PeerId> = self
+                    .relays
+                    .up
+                    .iter()
+                    .filter(|r| !self.relays.fetching.contains(r))
+                    .filter(|r| self.relays.retry_at.get(r).is_none_or(|&t| t <= now))
+                    .copied()
+                    .collect();
+                for relay in up {
+                    self.fetch(relay, FETCH_WAIT, now, round);
+                }
+                let engine = &self.engine;
+                self.relays
+                    .held
+                    .retain(|pos, _| engine.attempts(*pos).is_some());
                 match self.engine.expire(now) {
                     Ok(ev) => {
                         round.dirty |= !ev.is_empty();
@@ -556,6 +666,11 @@ impl Worker {
         match self.engine.seal(to, &frame, expires) {
             Ok((mailbox, envelope)) => {
                 if let Some(pos) = pos {
+                    // A retry: the mesh did not bring a receipt in time,
+                    // so the same envelope goes to the contact's relays.
+                    if self.engine.attempts(pos).is_some_and(|a| a >= 1) {
+                        self.deposit(to, pos, &envelope, round);
+                    }
                     self.engine.attempted(pos, now, None);
                 }
                 round.outs.push(Out::Publish {
@@ -565,6 +680,181 @@ impl Worker {
                 });
             }
             Err(e) => warn!(error = %e, "sealing a message for the mesh"),
+        }
+    }
+
+    /// Deposits the envelope of the queued message `pos` with the relays
+    /// of `to` that do not hold it yet, until at least `copies` do.
+    fn deposit(&mut self, to: &[u8; 32], pos: u64, envelope: &[u8], round: &mut Round) {
+        let held = self.relays.held.get(&pos).map_or(0, HashSet::len);
+        if held >= self.relays.copies {
+            return;
+        }
+        for text in self.engine.contact_relays(to) {
+            let Some((relay, addrs)) = text.parse().ok().as_ref().and_then(parse_relay) else {
+                continue;
+            };
+            let holds = self
+                .relays
+                .held
+                .get(&pos)
+                .is_some_and(|h| h.contains(&relay));
+            if holds || !self.relays.depositing.insert((pos, relay)) {
+                continue;
+            }
+            round.outs.push(Out::Mailbox {
+                relay,
+                addrs,
+                request: Request::Deposit(vec![serde_bytes::ByteBuf::from(envelope.to_vec())]),
+                purpose: Purpose::Deposit {
+                    pos,
+                    envelope: envelope.to_vec(),
+                },
+            });
+        }
+    }
+
+    /// Asks one of our relays for our mail after the cursor, waiting up
+    /// to `wait` seconds for some if none is there.
+    fn fetch(&mut self, relay: PeerId, wait: u16, now: u64, round: &mut Round) {
+        let Some(key) = peer_key(&relay) else {
+            return;
+        };
+        let mailbox_key = self.engine.mailbox_key();
+        let owner = Owner::new(mailbox_key, key, now, &mut rand::rng());
+        let request = Request::Fetch(Signed::new(
+            mailbox_key,
+            mailbox::Fetch {
+                owner,
+                after: self.relays.cursor.get(&relay).copied(),
+                limit: FETCH_LIMIT,
+                wait_secs: wait,
+            },
+        ));
+        self.relays.fetching.insert(relay);
+        round.outs.push(Out::Mailbox {
+            relay,
+            addrs: Vec::new(),
+            request,
+            purpose: Purpose::Fetch,
+        });
+    }
+
+    fn mailbox_answer(
+        &mut self,
+        relay: PeerId,
+        purpose: Purpose,
+        answer: Result<Response, String>,
+        now: u64,
+        round: &mut Round,
+    ) {
+        match (purpose, answer) {
+            (Purpose::Fetch, Ok(Response::Mail { items, more })) => {
+                self.relays.fetching.remove(&relay);
+                let n = items.len();
+                let mut seqs = Vec::with_capacity(n);
+                for item in items {
+                    seqs.push(item.seq);
+                    self.relays.cursor.insert(
+                        relay,
+                        item.seq
+                            .max(self.relays.cursor.get(&relay).copied().unwrap_or(0)),
+                    );
+                    match Envelope::from_bytes(&item.envelope) {
+                        Ok(env) if env.mailbox_id == self.engine.mailbox_id() => {
+                            round.dirty = true;
+                            self.envelope(env, now, round);
+                        }
+                        _ => debug!(%relay, "unreadable mail at a relay; dropped"),
+                    }
+                }
+                if !seqs.is_empty() {
+                    round.events.push(NodeEvent::Drained {
+                        relay,
+                        envelopes: n,
+                    });
+                    if let Some(key) = peer_key(&relay) {
+                        let mailbox_key = self.engine.mailbox_key();
+                        let owner = Owner::new(mailbox_key, key, now, &mut rand::rng());
+                        // Sent after this round's flush: the relay deletes
+                        // only what is on our disk.
+                        round.outs.push(Out::Mailbox {
+                            relay,
+                            addrs: Vec::new(),
+                            request: Request::Ack(Signed::new(
+                                mailbox_key,
+                                mailbox::Ack { owner, seqs },
+                            )),
+                            purpose: Purpose::Ack,
+                        });
+                    }
+                }
+                if self.relays.up.contains(&relay) {
+                    self.fetch(relay, if more { 0 } else { FETCH_WAIT }, now, round);
+                }
+            }
+            (Purpose::Fetch, other) => {
+                self.relays.fetching.remove(&relay);
+                self.relays.retry_at.insert(relay, now + FETCH_RETRY);
+                warn!(%relay, answer = ?other.map(|r| short(&r)), "fetching our mail failed");
+            }
+            (Purpose::Ack, Ok(Response::Acked(_))) => {}
+            (Purpose::Ack, other) => {
+                // The mail stays at the relay and comes again: stored once.
+                debug!(%relay, answer = ?other.map(|r| short(&r)), "ack at our relay failed");
+            }
+            (Purpose::Deposit { pos, envelope }, answer) => {
+                self.relays.depositing.remove(&(pos, relay));
+                match answer {
+                    Ok(Response::Custody(receipt)) => {
+                        let valid = peer_key(&relay)
+                            .is_some_and(|k| receipt.verify(&k, &[envelope]).is_ok());
+                        if !valid {
+                            warn!(%relay, "custody receipt does not verify; not counted");
+                            return;
+                        }
+                        self.relays.held.entry(pos).or_default().insert(relay);
+                        match self.engine.stored_at_relay(pos) {
+                            Ok(ev) => {
+                                round.dirty |= !ev.is_empty();
+                                self.events(ev, &[0; 32], round);
+                            }
+                            Err(e) => warn!(error = %e, "recording custody"),
+                        }
+                    }
+                    Ok(Response::Refused(reason)) => {
+                        warn!(%relay, %reason, "relay refused a deposit");
+                        if let Some(message) = self.engine.message_ref(pos) {
+                            round.events.push(NodeEvent::RelayRefused {
+                                message,
+                                relay,
+                                reason,
+                            });
+                        }
+                    }
+                    other => {
+                        debug!(%relay, answer = ?other.map(|r| short(&r)), "deposit failed")
+                    }
+                }
+            }
+        }
+    }
+
+    /// An envelope for our mailbox (from the mesh or a relay).
+    fn envelope(&mut self, env: Envelope, now: u64, round: &mut Round) {
+        match self.engine.open_envelope(&env) {
+            Ok((from, frame)) => match self.engine.receive(&from, &[frame], now, false) {
+                Ok(h) => {
+                    self.events(h.events, &from, round);
+                    for r in h.replies {
+                        self.route(&from, r, None, now, round);
+                    }
+                }
+                Err(e) => warn!(error = %e, "envelope refused"),
+            },
+            // Not ours after all, or not from a contact: forwarded
+            // anyway (gossip), nothing else to do.
+            Err(e) => debug!(error = %e, "envelope not opened"),
         }
     }
 
@@ -579,5 +869,15 @@ impl Worker {
                 Event::Expired { message } => NodeEvent::Expired { message },
             });
         }
+    }
+}
+
+/// A response in a few words, for logs (mail is not logged).
+fn short(r: &Response) -> String {
+    match r {
+        Response::Custody(_) => "custody".into(),
+        Response::Refused(reason) => format!("refused: {reason}"),
+        Response::Mail { items, more } => format!("{} envelopes, more: {more}", items.len()),
+        Response::Acked(n) => format!("acked {n}"),
     }
 }

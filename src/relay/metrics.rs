@@ -90,12 +90,7 @@ impl Metrics {
             "Mailboxes holding mail.",
             &self.mailboxes,
         );
-        one(
-            "envelopes",
-            "gauge",
-            "Envelopes held.",
-            &self.envelopes,
-        );
+        one("envelopes", "gauge", "Envelopes held.", &self.envelopes);
         one(
             "envelope_bytes",
             "gauge",

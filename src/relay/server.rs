@@ -139,6 +139,8 @@ pub struct RelayHandle {
     metrics: Arc<Metrics>,
     stopped: watch::Receiver<bool>,
     abort: tokio::task::AbortHandle,
+    addrs: watch::Receiver<Vec<Multiaddr>>,
+    held: watch::Receiver<u64>,
 }
 
 enum Cmd {
@@ -160,6 +162,22 @@ impl RelayHandle {
     /// Its counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Waits until it listens, and returns its addresses.
+    pub async fn listening(&self) -> Result<Vec<Multiaddr>, RelayError> {
+        let mut rx = self.addrs.clone();
+        let addrs = rx
+            .wait_for(|a| !a.is_empty())
+            .await
+            .map_err(|_| RelayError::Stopped)?;
+        Ok(addrs.clone())
+    }
+
+    /// The number of envelopes held, updated after every store round
+    /// (wait on it with [`watch::Receiver::wait_for`]).
+    pub fn held(&self) -> watch::Receiver<u64> {
+        self.held.clone()
     }
 
     /// Addresses it listens on (empty until the first is up).
@@ -244,7 +262,10 @@ impl Relay {
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (stopped_tx, stopped_rx) = watch::channel(false);
         let backlog = Arc::new(AtomicUsize::new(0));
+        let (held_tx, held_rx) = watch::channel(Metrics::get(&metrics.envelopes));
+        let (addrs_tx, addrs_rx) = watch::channel(Vec::new());
         let keeper = Keeper {
+            held: held_tx,
             store,
             service,
             jobs: job_rx,
@@ -275,6 +296,7 @@ impl Relay {
             next_token: 0,
             backlog,
             complaints: crate::node::complaints::Complaints::default(),
+            addrs: addrs_tx,
         };
         let task = tokio::spawn(actor.run());
         Ok(RelayHandle {
@@ -284,6 +306,8 @@ impl Relay {
             metrics,
             stopped: stopped_rx,
             abort: task.abort_handle(),
+            addrs: addrs_rx,
+            held: held_rx,
         })
     }
 }
@@ -320,6 +344,7 @@ struct Keeper {
     purge_every: Duration,
     last_purge: Option<Instant>,
     backlog: Arc<AtomicUsize>,
+    held: watch::Sender<u64>,
 }
 
 impl Keeper {
@@ -351,8 +376,8 @@ impl Keeper {
                             woke.extend(a.woke);
                             match a.park {
                                 Some(p) => {
-                                    let wait = Duration::from_secs(u64::from(p.wait_secs))
-                                        .min(max_wait);
+                                    let wait =
+                                        Duration::from_secs(u64::from(p.wait_secs)).min(max_wait);
                                     self.parked.entry(p.mailbox).or_default().push(Parked {
                                         token,
                                         after: p.after,
@@ -392,6 +417,10 @@ impl Keeper {
                     return;
                 }
             }
+            self.held.send_if_modified(|n| {
+                let now_held = Metrics::get(&self.service.metrics().envelopes);
+                std::mem::replace(n, now_held) != now_held
+            });
             let waiting: usize = self.parked.values().map(Vec::len).sum();
             self.service
                 .metrics()
@@ -475,6 +504,7 @@ struct Actor {
     next_token: u64,
     backlog: Arc<AtomicUsize>,
     complaints: crate::node::complaints::Complaints,
+    addrs: watch::Sender<Vec<Multiaddr>>,
 }
 
 impl Actor {
@@ -543,8 +573,9 @@ impl Actor {
             NetEvent::Listening { addr } => {
                 info!(%addr, "listening");
                 if self.cfg.announce_listen {
-                    self.net.add_external_address(addr);
+                    self.net.add_external_address(addr.clone());
                 }
+                self.addrs.send_modify(|a| a.push(addr));
             }
             NetEvent::Connected { .. } => Metrics::add(&self.metrics.peers, 1),
             NetEvent::Disconnected { .. } => Metrics::sub(&self.metrics.peers, 1),
@@ -572,7 +603,10 @@ impl Actor {
             }
             NetEvent::MailboxInboundFailed { peer } => {
                 Metrics::add(&self.metrics.bad_requests, 1);
-                self.complain(&peer, "mailbox request failed (malformed, too large or cut)");
+                self.complain(
+                    &peer,
+                    "mailbox request failed (malformed, too large or cut)",
+                );
             }
             NetEvent::DirectRequest { batch, channel, .. } => {
                 // A relay carries no chats of its own.

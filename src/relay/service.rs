@@ -170,8 +170,10 @@ impl Service {
     pub fn refresh_gauges(&self) -> Result<(), store::Error> {
         let t = self.store.mailboxes().totals()?;
         let m = &self.metrics;
-        m.mailboxes.store(t.mailboxes, std::sync::atomic::Ordering::Relaxed);
-        m.envelopes.store(t.envelopes, std::sync::atomic::Ordering::Relaxed);
+        m.mailboxes
+            .store(t.mailboxes, std::sync::atomic::Ordering::Relaxed);
+        m.envelopes
+            .store(t.envelopes, std::sync::atomic::Ordering::Relaxed);
         m.bytes.store(t.bytes, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
@@ -191,7 +193,8 @@ impl Service {
                 Ok(mailbox) => {
                     let limit = usize::from(f.body.limit).clamp(1, MAX_FETCH);
                     let response = self.mail(&mailbox.0, f.body.after, limit, now)?;
-                    let empty = matches!(&response, Response::Mail { items, .. } if items.is_empty());
+                    let empty =
+                        matches!(&response, Response::Mail { items, .. } if items.is_empty());
                     let mut a = Answer::now(response);
                     if empty && f.body.wait_secs > 0 {
                         a.park = Some(Park {
@@ -235,15 +238,17 @@ impl Service {
         limit: usize,
         now: u64,
     ) -> Result<Response, store::Error> {
-        let held = self
-            .store
-            .mailboxes()
-            .fetch(mailbox, after, limit.clamp(1, MAX_FETCH) + 1, now)?;
+        let held =
+            self.store
+                .mailboxes()
+                .fetch(mailbox, after, limit.clamp(1, MAX_FETCH) + 1, now)?;
         let mut items = Vec::new();
         let mut bytes = 0;
         let mut more = false;
         for h in held {
-            if items.len() >= limit || (!items.is_empty() && bytes + h.envelope.len() > MAX_FETCH_BYTES) {
+            if items.len() >= limit
+                || (!items.is_empty() && bytes + h.envelope.len() > MAX_FETCH_BYTES)
+            {
                 more = true;
                 break;
             }

@@ -331,7 +331,12 @@ impl<'a> Mailboxes<'a> {
         let mut expired = Vec::with_capacity(due.len());
         for (index_key, mailbox, seq) in due {
             let key = held_key(&mailbox, seq);
-            let held = match self.store.mailbox.get(key).map_err(Error::db(MAILBOX.name, "read"))? {
+            let held = match self
+                .store
+                .mailbox
+                .get(key)
+                .map_err(Error::db(MAILBOX.name, "read"))?
+            {
                 Some(sealed) => Some(self.store.sealer.open::<Held>(&MAILBOX, &key, &sealed)?),
                 None => None,
             };

@@ -13,6 +13,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use meshchat::crypto::{DataKey, KdfParams, Keystore};
 use meshchat::node::{Node, NodeConfig, NodeEvent, NodeHandle, PresenceConfig};
+use meshchat::store::{DeliveryState, MessageRef, StoredMessage};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::mpsc;
@@ -241,4 +242,47 @@ pub(crate) async fn connect(a: &mut TestNode, b: &mut TestNode) {
     let (pa, pb) = (a.peer(), b.peer());
     a.connected_to(pb).await;
     b.connected_to(pa).await;
+}
+
+/// Waits until `message` reaches `state`.
+pub(crate) async fn receipt(node: &mut TestNode, message: MessageRef, state: DeliveryState) {
+    receipts(node, &[message], state).await
+}
+
+/// Waits until every one of `messages` reaches `state`, in any order.
+pub(crate) async fn receipts(node: &mut TestNode, messages: &[MessageRef], state: DeliveryState) {
+    let mut left: Vec<MessageRef> = messages.to_vec();
+    node.wait("receipts", |e| match e {
+        NodeEvent::Receipt {
+            message: m,
+            state: s,
+        } if *s == state => {
+            left.retain(|x| x != m);
+            left.is_empty().then_some(())
+        }
+        _ => None,
+    })
+    .await
+}
+
+/// Waits for a message with this body.
+pub(crate) async fn message(node: &mut TestNode, body: &[u8]) -> StoredMessage {
+    node.wait("a message", |e| match e {
+        NodeEvent::Message { message, .. } if message.body == body => Some(message.clone()),
+        _ => None,
+    })
+    .await
+}
+
+/// Waits for messages with these bodies, in any order.
+pub(crate) async fn messages(node: &mut TestNode, bodies: &[Vec<u8>]) {
+    let mut left: Vec<Vec<u8>> = bodies.to_vec();
+    node.wait("messages", |e| match e {
+        NodeEvent::Message { message, .. } => {
+            left.retain(|b| *b != message.body);
+            left.is_empty().then_some(())
+        }
+        _ => None,
+    })
+    .await
 }

@@ -62,7 +62,13 @@ async fn deposit_custody_fetch_and_ack_over_the_wire() {
     // The relay signs with the identity behind its peer id (seed 31).
     let relay_identity = DeviceIdentity::generate(&mut StdRng::seed_from_u64(31));
     let relay_key = relay_identity.public().signing;
-    let mut service = Service::new(store.clone(), relay_identity, Limits::default(), Default::default()).unwrap();
+    let mut service = Service::new(
+        store.clone(),
+        relay_identity,
+        Limits::default(),
+        Default::default(),
+    )
+    .unwrap();
 
     let owner = MailboxKey::generate(&mut rng);
     let mail: Vec<Vec<u8>> = (1..=2u8)

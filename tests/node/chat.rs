@@ -3,28 +3,9 @@
 use std::time::Duration;
 
 use meshchat::node::NodeEvent;
-use meshchat::store::{DeliveryState, MessageRef};
+use meshchat::store::DeliveryState;
 
-use crate::common::{TestNode, befriend};
-
-async fn receipt(node: &mut TestNode, message: MessageRef, state: DeliveryState) {
-    node.wait("a receipt", |e| match e {
-        NodeEvent::Receipt {
-            message: m,
-            state: s,
-        } if *m == message && *s == state => Some(()),
-        _ => None,
-    })
-    .await
-}
-
-async fn message(node: &mut TestNode, body: &[u8]) -> meshchat::store::StoredMessage {
-    node.wait("a message", |e| match e {
-        NodeEvent::Message { message, .. } if message.body == body => Some(message.clone()),
-        _ => None,
-    })
-    .await
-}
+use crate::common::{TestNode, befriend, message, receipt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_exchange_messages_both_ways_with_delivered_and_read_receipts() {

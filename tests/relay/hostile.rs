@@ -1,0 +1,1 @@
+//! Bad input to a relay.

@@ -1,0 +1,104 @@
+//! Mail for a device that is away: held at its relays, delivered when it
+//! returns.
+
+use std::time::Duration;
+
+use meshchat::node::NodeEvent;
+use meshchat::store::DeliveryState;
+
+use crate::common::{
+    TestNode, befriend, config, dir_contains, message, messages, receipt, receipts,
+};
+use crate::{TestRelay, relay_config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_for_an_offline_device_waits_at_its_relays_one_of_them_down() {
+    let (dr1, dr2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let r1 = TestRelay::start(relay_config(dr1.path(), 101)).await;
+    let r2 = TestRelay::start(relay_config(dr2.path(), 102)).await;
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("alice", da.path(), 103).await;
+    let c_config = || {
+        let mut cfg = config(dc.path(), 104);
+        cfg.relays = vec![r1.addr.clone(), r2.addr.clone()];
+        cfg
+    };
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    befriend(&mut a, &mut c).await;
+    let c_key = c.key();
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+
+    let body = b"meet me at the usual place, 7pm".to_vec();
+    let sent = a.handle.send(c_key, body.clone()).await.unwrap();
+    receipt(&mut a, sent, DeliveryState::StoredAtRelay).await;
+    // Both relays hold it (custody receipts come from each), and neither
+    // has its text anywhere on disk.
+    r1.holds(1).await;
+    r2.holds(1).await;
+    assert!(!dir_contains(dr1.path(), &body));
+    assert!(!dir_contains(dr2.path(), &body));
+
+    // One relay goes away for good; the other is enough.
+    r2.handle.kill();
+    r2.handle.wait_stopped().await;
+
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    let got = message(&mut c, &body).await;
+    assert_eq!(got.sender, a.key());
+    c.wait("mail drained from the relay", |e| match e {
+        NodeEvent::Drained { relay, envelopes } if *relay == r1.handle.peer_id() => {
+            Some(*envelopes)
+        }
+        _ => None,
+    })
+    .await;
+    receipt(&mut a, sent, DeliveryState::Delivered).await;
+    // Acknowledged after carol stored it: the relay let it go.
+    r1.holds(0).await;
+    let page = c.handle.history(a.key(), None, 10).await.unwrap();
+    assert_eq!(page.messages.len(), 1, "stored exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_restarted_with_mail_waiting_loses_none() {
+    let dr = tempfile::tempdir().unwrap();
+    let r = TestRelay::start(relay_config(dr.path(), 111)).await;
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("alice", da.path(), 112).await;
+    let relay_addr = r.addr.clone();
+    let c_config = || {
+        let mut cfg = config(dc.path(), 113);
+        cfg.relays = vec![relay_addr.clone()];
+        cfg
+    };
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    befriend(&mut a, &mut c).await;
+    let c_key = c.key();
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+
+    let bodies: Vec<Vec<u8>> = (0..3).map(|i| format!("note {i}").into_bytes()).collect();
+    let mut sent = Vec::new();
+    for b in &bodies {
+        sent.push(a.handle.send(c_key, b.clone()).await.unwrap());
+    }
+    receipts(&mut a, &sent, DeliveryState::StoredAtRelay).await;
+    r.holds(3).await;
+
+    // A crash: no shutdown, nothing flushed beyond what custody promised.
+    let listen = r.bare_addr();
+    r.handle.kill();
+    r.handle.wait_stopped().await;
+    drop(r);
+    let mut cfg = relay_config(dr.path(), 111);
+    cfg.net.listen = vec![listen];
+    let r = TestRelay::start(cfg).await;
+    assert_eq!(r.addr, relay_addr, "restarted on the same address");
+    r.holds(3).await;
+
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    messages(&mut c, &bodies).await;
+    receipts(&mut a, &sent, DeliveryState::Delivered).await;
+    r.holds(0).await;
+}
