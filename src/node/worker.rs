@@ -61,6 +61,8 @@ pub(crate) enum Purpose {
     Ack,
     /// Holding the queued message at `pos` for its recipient.
     Deposit { pos: u64, envelope: Vec<u8> },
+    /// Holding an unqueued frame (a receipt) for its recipient: sent once.
+    Forward,
 }
 
 /// Work for the store thread.
@@ -665,13 +667,19 @@ impl Worker {
             .unwrap_or(now + super::engine::MESSAGE_TTL);
         match self.engine.seal(to, &frame, expires) {
             Ok((mailbox, envelope)) => {
-                if let Some(pos) = pos {
-                    // A retry: the mesh did not bring a receipt in time,
-                    // so the same envelope goes to the contact's relays.
-                    if self.engine.attempts(pos).is_some_and(|a| a >= 1) {
-                        self.deposit(to, pos, &envelope, round);
+                match pos {
+                    Some(pos) => {
+                        // A retry: the mesh did not bring a receipt in
+                        // time, so the same envelope goes to the
+                        // contact's relays.
+                        if self.engine.attempts(pos).is_some_and(|a| a >= 1) {
+                            self.deposit(to, pos, &envelope, round);
+                        }
+                        self.engine.attempted(pos, now, None);
                     }
-                    self.engine.attempted(pos, now, None);
+                    // A receipt is not retried: it also waits at the
+                    // contact's relays, in case the mesh cannot reach it.
+                    None => self.forward(to, &envelope, round),
                 }
                 round.outs.push(Out::Publish {
                     mailbox,
@@ -710,6 +718,24 @@ impl Worker {
                     pos,
                     envelope: envelope.to_vec(),
                 },
+            });
+        }
+    }
+
+    /// Hands an unqueued envelope (a receipt) to the first of `to`'s
+    /// relays, once.
+    fn forward(&mut self, to: &[u8; 32], envelope: &[u8], round: &mut Round) {
+        let first = self
+            .engine
+            .contact_relays(to)
+            .into_iter()
+            .find_map(|t| t.parse().ok().as_ref().and_then(parse_relay));
+        if let Some((relay, addrs)) = first {
+            round.outs.push(Out::Mailbox {
+                relay,
+                addrs,
+                request: Request::Deposit(vec![serde_bytes::ByteBuf::from(envelope.to_vec())]),
+                purpose: Purpose::Forward,
             });
         }
     }
@@ -802,6 +828,9 @@ impl Worker {
             (Purpose::Ack, other) => {
                 // The mail stays at the relay and comes again: stored once.
                 debug!(%relay, answer = ?other.map(|r| short(&r)), "ack at our relay failed");
+            }
+            (Purpose::Forward, answer) => {
+                debug!(%relay, answer = ?answer.map(|r| short(&r)), "receipt left at a relay");
             }
             (Purpose::Deposit { pos, envelope }, answer) => {
                 self.relays.depositing.remove(&(pos, relay));

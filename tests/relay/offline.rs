@@ -7,7 +7,8 @@ use meshchat::node::NodeEvent;
 use meshchat::store::DeliveryState;
 
 use crate::common::{
-    TestNode, befriend, config, dir_contains, message, messages, receipt, receipts,
+    TestNode, befriend, befriend_unconnected, config, dir_contains, message, messages, receipt,
+    receipts,
 };
 use crate::{TestRelay, relay_config};
 
@@ -101,4 +102,41 @@ async fn a_relay_restarted_with_mail_waiting_loses_none() {
     messages(&mut c, &bodies).await;
     receipts(&mut a, &sent, DeliveryState::Delivered).await;
     r.holds(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_that_never_connect_chat_through_their_relay() {
+    let dr = tempfile::tempdir().unwrap();
+    let r = TestRelay::start(relay_config(dr.path(), 151)).await;
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Both behind NAT (listening nowhere): each reaches only the relay.
+    let start = |dir: &std::path::Path, seed: u64| {
+        let mut cfg = config(dir, seed);
+        cfg.net.listen.clear();
+        cfg.relays = vec![r.addr.clone()];
+        cfg
+    };
+    let mut a = TestNode::start_with("alice", start(da.path(), 152)).await;
+    let mut c = TestNode::start_with("carol", start(dc.path(), 153)).await;
+    befriend_unconnected(&a, &c).await;
+    a.connected_to(r.handle.peer_id()).await;
+    c.connected_to(r.handle.peer_id()).await;
+
+    let sent = a
+        .handle
+        .send(c.key(), b"through the relay".to_vec())
+        .await
+        .unwrap();
+    // Carol is online with a fetch waiting at the relay: the deposit
+    // answers it at once, no polling.
+    let got = message(&mut c, b"through the relay").await;
+    assert_eq!(got.sender, a.key());
+    // Her delivered receipt takes the same way back.
+    receipt(&mut a, sent, DeliveryState::Delivered).await;
+    let reply = c.handle.send(a.key(), b"got it".to_vec()).await.unwrap();
+    message(&mut a, b"got it").await;
+    receipt(&mut c, reply, DeliveryState::Delivered).await;
+    r.holds(0).await;
+    let status = a.handle.status().await.unwrap();
+    assert!(!status.connected.contains(&c.peer()), "never connected");
 }
