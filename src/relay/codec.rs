@@ -7,6 +7,11 @@
 //! The length is checked against the message kind's bound before anything
 //! is allocated for it, the bytes are decoded by the bounded decoder, and
 //! the stream must end right after them.
+//!
+//! A request that breaks any of this is not a stream reset: it reaches the
+//! node as [`Inbound::Malformed`], which is answered `Refused(Malformed)` —
+//! the sender learns why. An over-long request is refused from its length
+//! alone, without reading (or buffering) the rest.
 
 use std::io;
 
@@ -55,21 +60,51 @@ pub async fn write_message<T: AsyncWrite + Unpin>(io: &mut T, bytes: &[u8]) -> i
     io.write_all(bytes).await
 }
 
-/// The codec.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Codec;
+/// A request as it arrives (or leaves: always [`Inbound::Request`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A well-formed request.
+    Request(Request),
+    /// Bytes that are not one: over the size bound, undecodable, or
+    /// followed by more. Why, for the log.
+    Malformed(String),
+}
+
+/// The codec: requests up to `max_request` bytes (a node that is not a
+/// relay takes only small ones, to refuse them cheaply).
+#[derive(Debug, Clone, Copy)]
+pub struct Codec {
+    /// Largest request read.
+    pub max_request: usize,
+}
+
+impl Default for Codec {
+    fn default() -> Self {
+        Self {
+            max_request: MAX_REQUEST,
+        }
+    }
+}
 
 impl libp2p::request_response::Codec for Codec {
     type Protocol = StreamProtocol;
-    type Request = Request;
+    type Request = Inbound;
     type Response = Response;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Inbound>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let bytes = read_message(io, MAX_REQUEST, "mailbox request").await?;
-        Request::from_bytes(&bytes).map_err(|e| invalid("mailbox request", e))
+        match read_message(io, self.max_request, "mailbox request").await {
+            Ok(bytes) => Ok(match Request::from_bytes(&bytes) {
+                Ok(r) => Inbound::Request(r),
+                Err(e) => Inbound::Malformed(e.to_string()),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Ok(Inbound::Malformed(e.to_string()))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
@@ -84,12 +119,15 @@ impl libp2p::request_response::Codec for Codec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Request,
+        req: Inbound,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_message(io, &req.to_bytes()).await
+        match req {
+            Inbound::Request(r) => write_message(io, &r.to_bytes()).await,
+            Inbound::Malformed(_) => Err(invalid("mailbox request", "not a request")),
+        }
     }
 
     async fn write_response<T>(
@@ -116,7 +154,7 @@ mod tests {
     #[test]
     fn messages_round_trip_and_bad_framing_is_refused() {
         block_on(async {
-            let mut codec = Codec;
+            let mut codec = Codec::default();
             let mut out = Cursor::new(Vec::new());
             let res = Response::Refused(Refusal::QuotaFull);
             codec
@@ -146,20 +184,25 @@ mod tests {
                     .await
                     .is_err()
             );
+            // A request over the bound is refused from its length alone.
             let huge = u32::MAX.to_be_bytes().to_vec();
-            let err = codec
-                .read_request(&PROTOCOL, &mut Cursor::new(huge))
-                .await
-                .unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            assert!(matches!(
+                codec.read_request(&PROTOCOL, &mut Cursor::new(huge)).await,
+                Ok(Inbound::Malformed(_))
+            ));
             // Well framed, not a request.
             let mut junk = Vec::new();
             write_message(&mut Cursor::new(&mut junk), &[9, 9, 9])
                 .await
                 .unwrap();
+            assert!(matches!(
+                codec.read_request(&PROTOCOL, &mut Cursor::new(junk)).await,
+                Ok(Inbound::Malformed(_))
+            ));
+            // A stream cut short is an I/O error (nobody to answer).
             assert!(
                 codec
-                    .read_request(&PROTOCOL, &mut Cursor::new(junk))
+                    .read_request(&PROTOCOL, &mut Cursor::new(vec![0, 0]))
                     .await
                     .is_err()
             );

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, warn};
 
+use super::codec::Inbound;
 use super::metrics::Metrics;
 use super::proto::{Refusal, Request, Response};
 use super::service::{Limits, Service};
@@ -105,6 +106,7 @@ impl RelayConfig {
             key,
             net: NetConfig {
                 relay_server: Some(RelayServerConfig::default()),
+                serve_mailboxes: true,
                 ..NetConfig::default()
             },
             limits: Limits::default(),
@@ -123,6 +125,7 @@ impl RelayConfig {
         let mut c = Self::new(data_dir, key);
         c.net = NetConfig {
             relay_server: Some(RelayServerConfig::default()),
+            serve_mailboxes: true,
             ..NetConfig::loopback()
         };
         c.announce_listen = true;
@@ -315,7 +318,7 @@ impl Relay {
 enum Job {
     Request {
         peer: PeerId,
-        request: Request,
+        request: Box<Request>,
         token: u64,
         max_wait: Duration,
     },
@@ -370,7 +373,7 @@ impl Keeper {
                         request,
                         token,
                         max_wait,
-                    } => match self.service.handle(&peer, request, now) {
+                    } => match self.service.handle(&peer, *request, now) {
                         Ok(a) => {
                             flush |= a.flush;
                             woke.extend(a.woke);
@@ -581,7 +584,24 @@ impl Actor {
             NetEvent::Disconnected { .. } => Metrics::sub(&self.metrics.peers, 1),
             NetEvent::MailboxRequest {
                 peer,
-                request,
+                request: Inbound::Malformed(why),
+                channel,
+            } => {
+                Metrics::add(&self.metrics.bad_requests, 1);
+                self.metrics.refused(Refusal::Malformed);
+                if let Some(skipped) =
+                    self.complaints
+                        .note(&peer, "malformed mailbox request", Instant::now())
+                {
+                    warn!(%peer, %why, skipped, "malformed mailbox request");
+                }
+                let _ = self
+                    .net
+                    .respond_mailbox(channel, Response::Refused(Refusal::Malformed));
+            }
+            NetEvent::MailboxRequest {
+                peer,
+                request: Inbound::Request(request),
                 channel,
             } => {
                 if self.backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
@@ -596,7 +616,7 @@ impl Actor {
                 self.responses.insert(token, channel);
                 self.job(Job::Request {
                     peer,
-                    request,
+                    request: Box::new(request),
                     token,
                     max_wait: self.max_wait,
                 });

@@ -31,6 +31,9 @@ async fn ask(
                 request,
                 channel,
             } if i == 0 => {
+                let meshchat::relay::codec::Inbound::Request(request) = request else {
+                    panic!("malformed request")
+                };
                 let answer = service.handle(&peer, request, 1_000).unwrap();
                 if answer.flush {
                     store.flush().unwrap();

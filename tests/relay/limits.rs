@@ -110,7 +110,7 @@ async fn only_the_mailbox_key_reads_a_mailbox() {
         panic!("no custody")
     };
     receipt
-        .verify(&r.handle.identity(), &[env.clone()])
+        .verify(&r.handle.identity(), std::slice::from_ref(&env))
         .unwrap();
 
     let fetch = |signer: &MailboxKey, named: &MailboxKey, rng: &mut StdRng| {

@@ -18,6 +18,8 @@ pub const IDENTIFY_PROTOCOL: &str = "/meshchat/1";
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/meshchat/kad/1");
 /// The DHT key relays provide, so that devices find relays without config.
 pub const RELAY_PROVIDER_KEY: &[u8] = b"/meshchat/relay/1";
+/// Largest mailbox request a node that is not a relay reads.
+const NOT_RELAY_MAX_REQUEST: usize = 4 * 1024;
 /// Room on top of the largest payload for gossipsub's own framing (topic
 /// string, protobuf tags); control messages have their own limit.
 const GOSSIP_FRAMING: usize = 4 * 1024;
@@ -131,7 +133,15 @@ impl Behaviour {
         );
 
         let mailbox = request_response::Behaviour::with_codec(
-            crate::relay::codec::Codec,
+            crate::relay::codec::Codec {
+                // A node that holds no mail reads no more than a fetch
+                // needs before it answers `NotRelay`.
+                max_request: if cfg.serve_mailboxes {
+                    crate::relay::proto::MAX_REQUEST
+                } else {
+                    NOT_RELAY_MAX_REQUEST
+                },
+            },
             [(
                 crate::relay::codec::PROTOCOL,
                 request_response::ProtocolSupport::Full,

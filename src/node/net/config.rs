@@ -92,6 +92,9 @@ pub struct NetConfig {
     pub mailbox_timeout: Duration,
     /// Run a circuit-relay v2 server with these limits (relay mode).
     pub relay_server: Option<RelayServerConfig>,
+    /// Read mailbox requests of any size (relay mode); otherwise only
+    /// small ones, answered `NotRelay`.
+    pub serve_mailboxes: bool,
 }
 
 impl Default for NetConfig {
@@ -132,6 +135,7 @@ impl NetConfig {
             kad_server: true,
             mailbox_timeout: DEFAULT_MAILBOX_TIMEOUT,
             relay_server: None,
+            serve_mailboxes: false,
         }
     }
 }

@@ -327,7 +327,7 @@ impl Net {
         self.swarm
             .behaviour_mut()
             .mailbox
-            .send_request(peer, request)
+            .send_request(peer, crate::relay::codec::Inbound::Request(request))
     }
 
     /// Answers a [`NetEvent::MailboxRequest`].

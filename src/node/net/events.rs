@@ -14,7 +14,8 @@ use super::behaviour::{BehaviourEvent, KAD_PROTOCOL};
 use super::direct;
 use super::driver::Net;
 use super::topic::Topic;
-use crate::relay::proto::{Request, Response};
+use crate::relay::codec::Inbound;
+use crate::relay::proto::Response;
 
 /// Most listen addresses taken from one identify message into Kademlia.
 const MAX_IDENTIFY_ADDRS: usize = 16;
@@ -109,7 +110,7 @@ pub enum NetEvent {
         /// The peer (authenticated by the connection).
         peer: PeerId,
         /// The request.
-        request: Request,
+        request: Inbound,
         /// Where the answer goes.
         channel: ResponseChannel<Response>,
     },
@@ -349,7 +350,7 @@ fn on_direct(event: request_response::Event<direct::Batch, direct::Ack>) -> Opti
     }
 }
 
-fn on_mailbox(event: request_response::Event<Request, Response>) -> Option<NetEvent> {
+fn on_mailbox(event: request_response::Event<Inbound, Response>) -> Option<NetEvent> {
     match event {
         request_response::Event::Message { peer, message, .. } => match message {
             request_response::Message::Request {
