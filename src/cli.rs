@@ -1,8 +1,9 @@
 //! Command-line interface: the only place that reads arguments and prints
 //! for humans.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -26,17 +27,73 @@ enum Command {
     /// Walk through a conversation between two in-process devices and show
     /// what each party — and a relay in between — can see.
     Demo,
+    /// Run a relay: hold sealed mail for offline devices, relay connections
+    /// for peers behind NAT. Runs until SIGINT or SIGTERM.
+    Relay(RelayArgs),
 }
+
+/// `meshchat relay`: every flag has an environment twin; flags win over
+/// the config file, the file over the defaults.
+#[derive(Debug, clap::Args)]
+struct RelayArgs {
+    /// TOML config file (see docs/relay-operators.md).
+    #[arg(long, env = "MESHCHAT_RELAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the relay keeps its store and keystore.
+    #[arg(long, env = "MESHCHAT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A file holding the passphrase of the relay's keystore (created on
+    /// first start).
+    #[arg(long, env = "MESHCHAT_PASSPHRASE_FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// Listen address, a multiaddr (repeatable; comma-separated in the
+    /// environment). Default: TCP and QUIC on every interface, any port.
+    #[arg(long, env = "MESHCHAT_RELAY_LISTEN", value_delimiter = ',')]
+    listen: Vec<String>,
+    /// Public address others reach this relay at (repeatable).
+    #[arg(long, env = "MESHCHAT_RELAY_EXTERNAL", value_delimiter = ',')]
+    external: Vec<String>,
+    /// Kademlia bootstrap peer, `…/p2p/<peer id>` (repeatable).
+    #[arg(long, env = "MESHCHAT_RELAY_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<String>,
+    /// Serve Prometheus metrics on this host:port (`off` for none).
+    #[arg(long, env = "MESHCHAT_RELAY_METRICS")]
+    metrics: Option<String>,
+    /// `text` or `json`.
+    #[arg(long, env = "MESHCHAT_LOG_FORMAT")]
+    log_format: Option<String>,
+    /// Do not announce this relay in the DHT.
+    #[arg(long, env = "MESHCHAT_RELAY_NO_ADVERTISE")]
+    no_advertise: bool,
+    /// Longest an envelope is held, in days.
+    #[arg(long, env = "MESHCHAT_RELAY_RETENTION_DAYS")]
+    retention_days: Option<u64>,
+    /// Most envelopes held per mailbox.
+    #[arg(long, env = "MESHCHAT_RELAY_MAX_MAILBOX_ENVELOPES")]
+    max_mailbox_envelopes: Option<u64>,
+    /// Most bytes held per mailbox.
+    #[arg(long, env = "MESHCHAT_RELAY_MAX_MAILBOX_BYTES")]
+    max_mailbox_bytes: Option<u64>,
+    /// Largest envelope accepted, in bytes.
+    #[arg(long, env = "MESHCHAT_RELAY_MAX_ENVELOPE_BYTES")]
+    max_envelope_bytes: Option<usize>,
+    /// Most envelope bytes held in all.
+    #[arg(long, env = "MESHCHAT_RELAY_DISK_BUDGET_BYTES")]
+    disk_budget_bytes: Option<u64>,
+}
+
+/// Exit codes: 0 success, 1 failure at run time, 2 bad usage or config.
+const EXIT_CONFIG: u8 = 2;
 
 /// Entry point used by `main.rs`.
 pub fn main() -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("MESHCHAT_LOG"))
-        .with_writer(std::io::stderr)
-        .try_init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo => demo(),
+        Command::Demo => {
+            init_logs(crate::relay::operator::LogFormat::Text);
+            demo()
+        }
+        Command::Relay(args) => return relay(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -45,6 +102,153 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs go to stderr, filtered by `MESHCHAT_LOG` (default `info`).
+fn init_logs(format: crate::relay::operator::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHCHAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        crate::relay::operator::LogFormat::Text => builder.try_init(),
+        crate::relay::operator::LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn relay(args: RelayArgs) -> ExitCode {
+    use crate::relay::operator::{FileConfig, Overrides, Resolved};
+    let file = match &args.config {
+        Some(path) => match FileConfig::load(path) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("meshchat relay: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => FileConfig::default(),
+    };
+    let flags = Overrides {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        external: args.external,
+        bootstrap: args.bootstrap,
+        metrics: args.metrics,
+        log_format: args.log_format,
+        no_advertise: args.no_advertise,
+        retention_days: args.retention_days,
+        max_mailbox_envelopes: args.max_mailbox_envelopes,
+        max_mailbox_bytes: args.max_mailbox_bytes,
+        max_envelope_bytes: args.max_envelope_bytes,
+        disk_budget_bytes: args.disk_budget_bytes,
+    };
+    let resolved = match Resolved::new(flags, file) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("meshchat relay: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logs(resolved.log_format);
+    let run = || -> Result<()> {
+        let passphrase = read_passphrase(args.passphrase_file.as_deref())?;
+        let key = open_keystore(&resolved.data_dir, &passphrase)?;
+        let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+        runtime.block_on(run_relay(resolved, key))
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshchat relay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The passphrase from a file (trailing newline dropped) or
+/// `MESHCHAT_PASSPHRASE`.
+fn read_passphrase(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
+    let mut p = match file {
+        Some(f) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+        None => match std::env::var_os("MESHCHAT_PASSPHRASE") {
+            Some(v) => v.into_encoded_bytes(),
+            None => {
+                anyhow::bail!("no passphrase: pass --passphrase-file or set MESHCHAT_PASSPHRASE")
+            }
+        },
+    };
+    while p.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        p.pop();
+    }
+    anyhow::ensure!(!p.is_empty(), "the passphrase is empty");
+    Ok(p)
+}
+
+/// Unlocks `<data dir>/keystore`, creating it (and the directory, owner
+/// only) on first start.
+fn open_keystore(dir: &std::path::Path, passphrase: &[u8]) -> Result<crate::crypto::DataKey> {
+    use crate::crypto::{KdfParams, Keystore};
+    let path = dir.join("keystore");
+    if path.exists() {
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let ks = Keystore::from_bytes(&bytes).context("the keystore is damaged")?;
+        return ks
+            .unlock(passphrase)
+            .context("wrong passphrase (or a damaged keystore)");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", dir.display()))?;
+    }
+    let (ks, key) = Keystore::create(passphrase, KdfParams::DEFAULT, &mut rand::rng())
+        .context("creating the keystore")?;
+    let tmp = dir.join("keystore.tmp");
+    std::fs::write(&tmp, ks.to_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(key)
+}
+
+async fn run_relay(r: crate::relay::operator::Resolved, key: crate::crypto::DataKey) -> Result<()> {
+    use crate::relay::{Relay, RelayConfig};
+    let mut cfg = RelayConfig::new(&r.data_dir, key);
+    cfg.net = r.net;
+    cfg.external = r.external;
+    cfg.limits = r.limits;
+    cfg.advertise = r.advertise;
+    // Without a declared public address, the listen addresses are it (a
+    // LAN or a host with a public interface).
+    cfg.announce_listen = cfg.external.is_empty();
+    let handle = Relay::spawn(cfg).await.context("starting the relay")?;
+    tracing::info!(peer_id = %handle.peer_id(), "relay running");
+    let metrics = match r.metrics {
+        Some(addr) => {
+            let (bound, task) = crate::relay::http::serve_metrics(addr, handle.metrics().clone())
+                .await
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            tracing::info!(%bound, "serving metrics at /metrics");
+            Some(task)
+        }
+        None => None,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = handle.wait_stopped() => anyhow::bail!("the relay stopped on its own (see the log)"),
+    }
+    handle.shutdown(Duration::from_secs(10)).await;
+    if let Some(t) = metrics {
+        t.abort();
+    }
+    Ok(())
 }
 
 fn now() -> u64 {

@@ -19,7 +19,9 @@
 //! node's client side.
 
 pub mod codec;
+pub mod http;
 pub mod metrics;
+pub mod operator;
 pub mod proto;
 pub mod server;
 pub mod service;

@@ -14,6 +14,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod cli;
 mod hostile;
 mod limits;
 mod offline;
@@ -82,13 +83,17 @@ pub(crate) struct Client {
 impl Client {
     /// Connected to `relay`.
     pub(crate) async fn connect(relay: &TestRelay, seed: u8) -> Self {
+        Self::connect_to(&relay.addr, relay.handle.peer_id(), seed).await
+    }
+
+    /// Connected to the relay `peer` at `addr`.
+    pub(crate) async fn connect_to(addr: &Multiaddr, peer: libp2p::PeerId, seed: u8) -> Self {
         use meshchat::node::net::{Net, NetConfig, NetEvent};
         let keypair = libp2p::identity::Keypair::ed25519_from_bytes([seed; 32]).unwrap();
         let mut cfg = NetConfig::loopback();
         cfg.listen.clear();
         let mut net = Net::start(keypair, &cfg).unwrap();
-        net.dial(relay.addr.clone()).unwrap();
-        let peer = relay.handle.peer_id();
+        net.dial(addr.clone()).unwrap();
         tokio::time::timeout(WAIT, async {
             loop {
                 if let NetEvent::Connected { peer: p, .. } = net.next_event().await
