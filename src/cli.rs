@@ -29,7 +29,7 @@ enum Command {
     Demo,
     /// Run a relay: hold sealed mail for offline devices, relay connections
     /// for peers behind NAT. Runs until SIGINT or SIGTERM.
-    Relay(RelayArgs),
+    Relay(Box<RelayArgs>),
 }
 
 /// `meshchat relay`: every flag has an environment twin; flags win over
@@ -93,7 +93,7 @@ pub fn main() -> ExitCode {
             init_logs(crate::relay::operator::LogFormat::Text);
             demo()
         }
-        Command::Relay(args) => return relay(args),
+        Command::Relay(args) => return relay(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use libp2p::{Multiaddr, PeerId};
+use libp2p::Multiaddr;
 use serde::Deserialize;
 
 use super::service::Limits;
@@ -263,9 +263,7 @@ impl Resolved {
         for b in addrs("bootstrap", &bootstrap)? {
             let mut bare = b.clone();
             match bare.pop() {
-                Some(libp2p::multiaddr::Protocol::P2p(peer)) => {
-                    net.bootstrap.push((PeerId::from(peer), bare))
-                }
+                Some(libp2p::multiaddr::Protocol::P2p(peer)) => net.bootstrap.push((peer, bare)),
                 _ => {
                     return Err(ConfigError::Invalid {
                         field: "bootstrap",
