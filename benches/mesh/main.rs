@@ -1,10 +1,12 @@
 //! The mesh benchmark: prints one JSON document comparing, in the same run,
 //! our end-to-end 1:1 path with raw libp2p request-response and raw
-//! gossipsub, plus the three-node line and a 100,000-message burst.
+//! gossipsub, plus the three-node line and a 100,000-message burst, and
+//! the relay (its release binary) beside Redis.
 //!
 //! ```sh
-//! cargo bench --bench mesh            # full run (a few minutes)
+//! scripts/bench-mesh.sh               # installs redis-server, full run
 //! MESH_BENCH_QUICK=1 cargo bench --bench mesh
+//! MESH_BENCH_ONLY=relay cargo bench --bench mesh
 //! ```
 //!
 //! Everything runs on 127.0.0.1 with mDNS off; stores live in temporary
@@ -14,6 +16,7 @@
 
 mod ours;
 mod raw;
+mod relay;
 mod stats;
 
 use serde_json::json;
@@ -27,6 +30,12 @@ fn main() {
     } else {
         (1_000, 20_000, 100_000, 200)
     };
+    // Relay: deposits, concurrency, drained mailbox, envelopes queued.
+    let (deposits, window, drain, queued) = if quick {
+        (5_000, 32, 20_000, 100_000)
+    } else {
+        (20_000, 32, 100_000, 1_000_000)
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -38,12 +47,19 @@ fn main() {
         println!("{}", serde_json::to_string_pretty(&ours).unwrap());
         return;
     }
+    // MESH_BENCH_ONLY=relay: only the relay and Redis.
+    if std::env::var("MESH_BENCH_ONLY").as_deref() == Ok("relay") {
+        let r = rt.block_on(relay::relay(deposits, window, drain, queued));
+        println!("{}", serde_json::to_string_pretty(&r).unwrap());
+        return;
+    }
     let report = rt.block_on(async {
         let rr = raw::request_response(lat, total, 32).await;
         let gs = raw::gossipsub(lat, burst).await;
         let ours = ours::direct(lat, total, 256).await;
         let line = ours::line(line_n).await;
         let burst = ours::burst(burst).await;
+        let relay = relay::relay(deposits, window, drain, queued).await;
         let e2e_p50 = p50(&ours["latency_to_delivered_receipt"]);
         let rr_p50 = p50(&rr["rtt"]);
         let ours_rate = ours["throughput"]["all_acknowledged_msgs_per_s"]
@@ -64,6 +80,7 @@ fn main() {
             "raw_gossipsub_signed": gs,
             "ours_line_3_nodes": line,
             "ours_burst": burst,
+            "relay": relay,
             "targets": {
                 "e2e_p50_over_rr_rtt_p50": (e2e_p50 / rr_p50 * 100.0).round() / 100.0,
                 "e2e_p50_target_max": 1.5,

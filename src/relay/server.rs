@@ -361,6 +361,7 @@ impl Keeper {
                 }
             }
             let n = jobs.len();
+            let started = Instant::now();
             let mut answers = Vec::with_capacity(n);
             let mut flush = false;
             let mut woke = Vec::new();
@@ -406,10 +407,18 @@ impl Keeper {
                     Job::Stop => stop = true,
                 }
             }
+            let handled = started.elapsed();
             if flush && let Err(e) = self.store.flush() {
                 error!(error = %e, "relay store flush failed; stopping without answering");
                 return;
             }
+            tracing::trace!(
+                jobs = n,
+                handled_us = handled.as_micros() as u64,
+                total_us = started.elapsed().as_micros() as u64,
+                flush,
+                "store round"
+            );
             self.backlog.fetch_sub(n, Ordering::Relaxed);
             for (token, response) in answers {
                 let _ = self.outs.send(Out::Respond { token, response });
