@@ -374,10 +374,10 @@ impl Redis {
         // Wait until it answers.
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(mut c) = RespConn::connect(r.port) {
-                if c.pipeline(&[vec![b"PING".to_vec()]], 1).is_ok() {
-                    return Some(r);
-                }
+            if let Ok(mut c) = RespConn::connect(r.port)
+                && c.pipeline(&[vec![b"PING".to_vec()]], 1).is_ok()
+            {
+                return Some(r);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
