@@ -44,6 +44,10 @@ const SEEN_ENVELOPES: usize = 64 * 1024;
 /// not forwarded: inside gossipsub's duplicate window (120 s), so a replay
 /// is either a known duplicate or stale.
 const STALE_BEACON: Duration = Duration::from_secs(100);
+/// Most relays taken from the DHT when none are configured.
+const FOUND_RELAYS: usize = 2;
+/// How often the DHT is asked for relays while we have none.
+const FIND_RELAYS_EVERY: Duration = Duration::from_secs(60);
 /// How often our relays are dialled again while not connected.
 const RELAY_REDIAL: Duration = Duration::from_secs(5);
 /// Most peers whose direct-request budget is tracked.
@@ -156,6 +160,7 @@ impl Node {
             relays,
             mailbox_in_flight: HashMap::new(),
             last_redial: Instant::now(),
+            last_relay_search: None,
         };
         let task = tokio::spawn(actor.run());
         let handle = NodeHandle::new(cmd_tx, info, task.abort_handle(), stopped_rx);
@@ -215,6 +220,8 @@ struct Actor {
     relays: HashMap<PeerId, Vec<Multiaddr>>,
     mailbox_in_flight: HashMap<OutboundRequestId, (PeerId, Purpose)>,
     last_redial: Instant,
+    /// When the DHT was last asked for relays.
+    last_relay_search: Option<Instant>,
 }
 
 impl Actor {
@@ -250,6 +257,7 @@ impl Actor {
                 ev = self.net.next_event() => self.net_event(ev),
                 _ = tick.tick() => {
                     self.redial_relays();
+                    self.search_relays();
                     self.job(Job::Tick);
                     for e in self.tracker.expire(Instant::now()) {
                         self.emit(e);
@@ -411,6 +419,55 @@ impl Actor {
                         debug!(%peer, error = %e, "dialling a contact");
                     }
                 }
+            }
+        }
+    }
+
+    /// With no relay configured or found yet, asks the DHT for some (at
+    /// most every [`FIND_RELAYS_EVERY`]).
+    fn search_relays(&mut self) {
+        if !self.cfg.find_relays
+            || !self.relays.is_empty()
+            || self
+                .last_relay_search
+                .is_some_and(|t| t.elapsed() < FIND_RELAYS_EVERY)
+        {
+            return;
+        }
+        self.last_relay_search = Some(Instant::now());
+        self.net.find_relays();
+    }
+
+    /// Takes relays the DHT named as ours (up to [`FOUND_RELAYS`]).
+    fn relays_found(&mut self, found: Vec<PeerId>) {
+        let me = self.net.local_peer_id();
+        let mut new = Vec::new();
+        for peer in found {
+            if self.relays.len() >= FOUND_RELAYS || peer == me || self.relays.contains_key(&peer) {
+                continue;
+            }
+            info!(relay = %peer, "relay found in the DHT");
+            let addrs = self.net.known_addresses(&peer);
+            if let Err(e) = self.net.dial_peer(peer, addrs.clone()) {
+                debug!(%peer, error = %e, "dialling a found relay");
+            }
+            if addrs.is_empty() {
+                // Its address, for our invites and for redialling.
+                self.net.find_peer(peer);
+            }
+            self.relays.insert(peer, addrs.clone());
+            new.push((peer, addrs));
+        }
+        if !new.is_empty() {
+            self.job(Job::RelaysFound(new.iter().map(|(p, _)| *p).collect()));
+            for (relay, addrs) in new {
+                if !addrs.is_empty() {
+                    self.job(Job::RelayAddrs { relay, addrs });
+                }
+                if self.net.is_connected(&relay) {
+                    self.job(Job::RelayUp(relay));
+                }
+                self.emit(NodeEvent::RelayFound { relay });
             }
         }
     }
@@ -577,6 +634,23 @@ impl Actor {
                 let refused =
                     crate::relay::proto::Response::Refused(crate::relay::proto::Refusal::NotRelay);
                 let _ = self.net.respond_mailbox(channel, refused);
+            }
+            NetEvent::Bootstrapped { ok: true } => {
+                self.last_relay_search = None;
+                self.search_relays();
+            }
+            NetEvent::RelaysFound { relays } => self.relays_found(relays),
+            NetEvent::PeerFound { peer, addrs } if self.relays.contains_key(&peer) => {
+                for a in &addrs {
+                    self.net.add_address(&peer, a.clone());
+                }
+                if !self.net.is_connected(&peer)
+                    && let Err(e) = self.net.dial_peer(peer, addrs.clone())
+                {
+                    debug!(%peer, error = %e, "dialling a found relay");
+                }
+                self.relays.insert(peer, addrs.clone());
+                self.job(Job::RelayAddrs { relay: peer, addrs });
             }
             NetEvent::MailboxResponse {
                 request, response, ..

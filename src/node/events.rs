@@ -63,6 +63,11 @@ pub enum NodeEvent {
         /// Why.
         reason: Refusal,
     },
+    /// A relay was found in the DHT and is now one of ours.
+    RelayFound {
+        /// The relay.
+        relay: PeerId,
+    },
     /// Mail held for us at a relay was fetched and stored.
     Drained {
         /// The relay.

@@ -117,6 +117,13 @@ pub(crate) enum Job {
     RelayUp(PeerId),
     /// One of our relays disconnected.
     RelayDown(PeerId),
+    /// Relays found in the DHT become ours (and our invites name them).
+    RelaysFound(Vec<PeerId>),
+    /// Where one of our relays listens (our invites name it).
+    RelayAddrs {
+        relay: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
     /// A relay answered (or did not) a mailbox request.
     Mailbox {
         relay: PeerId,
@@ -235,6 +242,10 @@ struct Relays {
     depositing: HashSet<(u64, PeerId)>,
     /// A contact's relays, from its bundle: at least this many copies.
     copies: usize,
+    /// Ours found in the DHT, with their addresses once known.
+    named: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Ours from the configuration, as written.
+    configured: Vec<String>,
 }
 
 /// A relay named in a bundle or config: its peer id and address (without
@@ -283,6 +294,7 @@ impl Worker {
                     .filter_map(|a| parse_relay(a).map(|(p, _)| p))
                     .collect(),
                 copies: cfg.relay_copies.max(1),
+                configured: cfg.relays.iter().map(ToString::to_string).collect(),
                 ..Relays::default()
             },
         };
@@ -291,6 +303,21 @@ impl Worker {
             w.announce_contact(&key);
         }
         w
+    }
+
+    /// Tells the engine which relays our invites and bundles name: the
+    /// configured ones, then those found in the DHT (with an address when
+    /// known, else by peer id alone).
+    fn name_relays(&mut self) {
+        let mut names = self.relays.configured.clone();
+        for (peer, addrs) in &self.relays.named {
+            let p = libp2p::multiaddr::Protocol::P2p(*peer);
+            match addrs.first() {
+                Some(a) => names.push(a.clone().with(p).to_string()),
+                None => names.push(Multiaddr::empty().with(p).to_string()),
+            }
+        }
+        self.engine.set_relays(names);
     }
 
     fn announce_contact(&mut self, key: &[u8; 32]) {
@@ -386,6 +413,8 @@ impl Worker {
                 | Job::PeerUp(_)
                 | Job::RelayUp(_)
                 | Job::RelayDown(_)
+                | Job::RelaysFound(_)
+                | Job::RelayAddrs { .. }
                 | Job::Mailbox { .. }
         ) {
             round.dirty = true;
@@ -473,6 +502,20 @@ impl Worker {
                     self.relays.cursor.remove(&relay);
                     self.relays.retry_at.remove(&relay);
                     self.fetch(relay, 0, now, round);
+                }
+            }
+            Job::RelaysFound(found) => {
+                for relay in found {
+                    if self.relays.ours.insert(relay) {
+                        self.relays.named.insert(relay, Vec::new());
+                    }
+                }
+                self.name_relays();
+            }
+            Job::RelayAddrs { relay, addrs } => {
+                if self.relays.ours.contains(&relay) {
+                    self.relays.named.insert(relay, addrs);
+                    self.name_relays();
                 }
             }
             Job::RelayDown(relay) => {

@@ -140,3 +140,38 @@ async fn two_devices_that_never_connect_chat_through_their_relay() {
     let status = a.handle.status().await.unwrap();
     assert!(!status.connected.contains(&c.peer()), "never connected");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_with_no_relay_configured_finds_one_in_the_dht() {
+    let dr = tempfile::tempdir().unwrap();
+    let mut r_cfg = relay_config(dr.path(), 181);
+    r_cfg.advertise = true;
+    let r = TestRelay::start(r_cfg).await;
+    let relay = r.handle.peer_id();
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("alice", da.path(), 182).await;
+    // Carol knows the relay only as a DHT bootstrap peer.
+    let c_config = || {
+        let mut cfg = config(dc.path(), 183);
+        cfg.net.bootstrap = vec![(relay, r.bare_addr())];
+        cfg
+    };
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    c.wait("a relay found in the DHT", |e| match e {
+        NodeEvent::RelayFound { relay: found } if *found == relay => Some(()),
+        _ => None,
+    })
+    .await;
+    // Her invite names it, so Alice deposits there while she is away.
+    befriend(&mut a, &mut c).await;
+    let c_key = c.key();
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+    let sent = a.handle.send(c_key, b"found you".to_vec()).await.unwrap();
+    receipt(&mut a, sent, DeliveryState::StoredAtRelay).await;
+    r.holds(1).await;
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    message(&mut c, b"found you").await;
+    receipt(&mut a, sent, DeliveryState::Delivered).await;
+    r.holds(0).await;
+}

@@ -359,6 +359,18 @@ impl Net {
             .map_err(|e| NetError::Dht(e.to_string()))
     }
 
+    /// Addresses the DHT's routing table holds for `peer` (empty if none).
+    pub fn known_addresses(&mut self, peer: &PeerId) -> Vec<Multiaddr> {
+        let Some(bucket) = self.swarm.behaviour_mut().kad.kbucket(*peer) else {
+            return Vec::new();
+        };
+        bucket
+            .iter()
+            .find(|e| e.node.key.preimage() == peer)
+            .map(|e| e.node.value.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Looks for relays in the DHT; answered by [`NetEvent::RelaysFound`].
     pub fn find_relays(&mut self) {
         self.swarm
