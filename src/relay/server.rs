@@ -28,7 +28,9 @@ use super::proto::{Refusal, Request, Response};
 use super::service::{Limits, Service};
 use crate::crypto::{DataKey, DeviceIdentity};
 use crate::node::net::direct::{Ack, FrameStatus};
-use crate::node::net::{Net, NetConfig, NetEvent, RelayServerConfig, RelayServerEvent};
+use crate::node::net::{
+    Net, NetConfig, NetEvent, RateLimiter, RelayServerConfig, RelayServerEvent,
+};
 use crate::store::{self, Kind, Store};
 
 /// Longest a fetch may wait for mail (below the clients' request timeout).
@@ -300,6 +302,8 @@ impl Relay {
             backlog,
             complaints: crate::node::complaints::Complaints::default(),
             addrs: addrs_tx,
+            deposits: RateLimiter::new(limits.deposit_rate, limits.rate_peers),
+            owners: RateLimiter::new(limits.owner_rate, limits.rate_peers),
         };
         let task = tokio::spawn(actor.run());
         Ok(RelayHandle {
@@ -517,6 +521,11 @@ struct Actor {
     backlog: Arc<AtomicUsize>,
     complaints: crate::node::complaints::Complaints,
     addrs: watch::Sender<Vec<Multiaddr>>,
+    /// Deposit and owner requests per peer, checked here so that a
+    /// flood is refused before it queues for the store thread (the
+    /// service applies the same rates, and the byte rate, behind).
+    deposits: RateLimiter,
+    owners: RateLimiter,
 }
 
 impl Actor {
@@ -613,6 +622,18 @@ impl Actor {
                 request: Inbound::Request(request),
                 channel,
             } => {
+                let limiter = match &request {
+                    Request::Deposit(_) => &mut self.deposits,
+                    Request::Fetch(_) | Request::Ack(_) => &mut self.owners,
+                };
+                if !limiter.allow(&peer, Instant::now()) {
+                    self.metrics.refused(Refusal::RateLimited);
+                    self.complain(&peer, "mailbox requests over the peer's rate; refused");
+                    let _ = self
+                        .net
+                        .respond_mailbox(channel, Response::Refused(Refusal::RateLimited));
+                    return;
+                }
                 if self.backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
                     self.metrics.refused(Refusal::RateLimited);
                     let _ = self
