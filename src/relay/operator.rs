@@ -15,7 +15,7 @@
 //! retention_days = 14
 //! max_mailbox_envelopes = 10000
 //! max_mailbox_bytes = 67108864
-//! max_envelope_bytes = 65664
+//! max_envelope_bytes = 65868
 //! disk_budget_bytes = 10737418240
 //! deposits_per_second = 1000
 //! deposit_kib_per_second = 16384
@@ -405,6 +405,27 @@ mod tests {
         assert_eq!(r.net.relay_server.unwrap().max_circuits, 2);
         assert!(r.net.serve_mailboxes);
         assert!(r.advertise);
+    }
+
+    /// The operator's guide shows the defaults: its example file must
+    /// parse, and its limits must be the code's.
+    #[test]
+    fn the_guides_example_is_valid_and_shows_the_defaults() {
+        let guide = include_str!("../../docs/relay-operators.md");
+        let start = guide.find("```toml\n").unwrap() + "```toml\n".len();
+        let len = guide[start..].find("```").unwrap();
+        let file = FileConfig::parse(&guide[start..start + len]).unwrap();
+        let r = Resolved::new(Overrides::default(), file).unwrap();
+        let d = Limits::default();
+        assert_eq!(r.limits.retention_secs, d.retention_secs);
+        assert_eq!(r.limits.max_count, d.max_count);
+        assert_eq!(r.limits.max_bytes, d.max_bytes);
+        assert_eq!(r.limits.max_envelope, d.max_envelope);
+        assert_eq!(r.limits.disk_budget, d.disk_budget);
+        assert_eq!(r.limits.deposit_rate, d.deposit_rate);
+        assert_eq!(r.limits.deposit_kib_rate, d.deposit_kib_rate);
+        let c = RelayServerConfig::default();
+        assert_eq!(r.net.relay_server, Some(c));
     }
 
     #[test]
