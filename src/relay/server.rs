@@ -459,6 +459,7 @@ impl Keeper {
             match &r {
                 Response::Mail { items, .. } if items.is_empty() => still.push(p),
                 _ => {
+                    self.service.count_fetch(&r);
                     let _ = self.outs.send(Out::Respond {
                         token: p.token,
                         response: r,
@@ -481,12 +482,14 @@ impl Keeper {
                 if p.until > t {
                     return true;
                 }
+                let response = Response::Mail {
+                    items: Vec::new(),
+                    more: false,
+                };
+                self.service.count_fetch(&response);
                 let _ = self.outs.send(Out::Respond {
                     token: p.token,
-                    response: Response::Mail {
-                        items: Vec::new(),
-                        more: false,
-                    },
+                    response,
                 });
                 false
             });

@@ -195,6 +195,9 @@ impl Service {
                     let response = self.mail(&mailbox.0, f.body.after, limit, now)?;
                     let empty =
                         matches!(&response, Response::Mail { items, .. } if items.is_empty());
+                    if !(empty && f.body.wait_secs > 0) {
+                        self.count_fetch(&response);
+                    }
                     let mut a = Answer::now(response);
                     if empty && f.body.wait_secs > 0 {
                         a.park = Some(Park {
@@ -229,6 +232,15 @@ impl Service {
         Ok(answer)
     }
 
+    /// Counts a fetch answered with `response` (a held one is counted
+    /// when it is answered, not when it starts waiting).
+    pub fn count_fetch(&self, response: &Response) {
+        if let Response::Mail { items, .. } = response {
+            Metrics::add(&self.metrics.fetches, 1);
+            Metrics::add(&self.metrics.fetched_envelopes, items.len() as u64);
+        }
+    }
+
     /// Mail of `mailbox` after `after`: at most `limit` envelopes and
     /// [`MAX_FETCH_BYTES`] (but at least one), none past its expiry.
     pub fn mail(
@@ -258,8 +270,6 @@ impl Service {
                 envelope: h.envelope,
             });
         }
-        Metrics::add(&self.metrics.fetches, 1);
-        Metrics::add(&self.metrics.fetched_envelopes, items.len() as u64);
         Ok(Response::Mail { items, more })
     }
 
