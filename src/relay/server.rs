@@ -31,7 +31,7 @@ use crate::node::net::direct::{Ack, FrameStatus};
 use crate::node::net::{
     Net, NetConfig, NetEvent, RateLimiter, RelayServerConfig, RelayServerEvent,
 };
-use crate::store::{self, Kind, Store};
+use crate::store::{self, Kind, Spool, Store};
 
 /// Longest a fetch may wait for mail (below the clients' request timeout).
 pub const MAX_WAIT: Duration = Duration::from_secs(25);
@@ -44,6 +44,8 @@ const MAX_BACKLOG: usize = 8192;
 const ADVERTISE_EVERY: Duration = Duration::from_secs(600);
 /// Where the relay's identity key lives in its store.
 const IDENTITY_KEY: &[u8] = b"relay-identity";
+/// Where the mail spool lives, inside the relay's data directory.
+pub const SPOOL_DIR: &str = "spool";
 
 /// Errors starting or running a relay.
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +248,8 @@ impl Relay {
                     }
                 };
                 let copy = DeviceIdentity::from_secret_bytes(&identity.to_secret_bytes())?;
-                let service = Service::new(store.clone(), copy, limits, m)?;
+                let spool = Spool::open(path.join(SPOOL_DIR), &key)?;
+                let service = Service::new(spool, copy, limits, m);
                 Ok((store, service, identity))
             },
         )
@@ -271,7 +274,7 @@ impl Relay {
         let (addrs_tx, addrs_rx) = watch::channel(Vec::new());
         let keeper = Keeper {
             held: held_tx,
-            store,
+            _store: store,
             service,
             jobs: job_rx,
             outs: out_tx,
@@ -343,7 +346,8 @@ struct Parked {
 
 /// The store thread.
 struct Keeper {
-    store: Arc<Store>,
+    /// Kept open (and locked) while the thread runs.
+    _store: Arc<Store>,
     service: Service,
     jobs: std_mpsc::Receiver<Job>,
     outs: mpsc::UnboundedSender<Out>,
@@ -412,7 +416,7 @@ impl Keeper {
                 }
             }
             let handled = started.elapsed();
-            if flush && let Err(e) = self.store.flush() {
+            if flush && let Err(e) = self.service.sync() {
                 error!(error = %e, "relay store flush failed; stopping without answering");
                 return;
             }
@@ -473,8 +477,9 @@ impl Keeper {
         Ok(())
     }
 
-    /// Ends waits that are over (an empty answer: the owner asks again)
-    /// and purges when due. Returns whether anything was purged.
+    /// Ends waits that are over (an empty answer: the owner asks again),
+    /// reclaims spool space and purges when due. Returns whether anything
+    /// was written.
     fn tick(&mut self, now: u64) -> Result<bool, store::Error> {
         let t = Instant::now();
         self.parked.retain(|_, list| {
@@ -495,19 +500,20 @@ impl Keeper {
             });
             !list.is_empty()
         });
+        let compacted = self.service.compact()?;
         if self
             .last_purge
             .is_some_and(|l| t.duration_since(l) < self.purge_every)
         {
-            return Ok(false);
+            return Ok(compacted);
         }
         self.last_purge = Some(t);
         let purged = self.service.purge(now)?;
         if purged > 0 {
             info!(purged, "expired envelopes dropped");
-            self.service.refresh_gauges()?;
+            self.service.refresh_gauges();
         }
-        Ok(purged > 0)
+        Ok(compacted || purged > 0)
     }
 }
 

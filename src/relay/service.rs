@@ -17,7 +17,7 @@ use super::proto::{
 };
 use crate::crypto::{DeviceIdentity, Envelope, MailboxId, limits::MAX_ENVELOPE};
 use crate::node::net::{RateLimit, RateLimiter};
-use crate::store::{self, Store, ToHold};
+use crate::store::{self, Spool, ToHold};
 
 /// Most owner-request nonces remembered (each for twice the clock skew
 /// allowed); when full, new owner requests are refused until some age out.
@@ -118,7 +118,7 @@ impl Answer {
 
 /// Mailboxes held by a relay.
 pub struct Service {
-    store: Arc<Store>,
+    spool: Spool,
     identity: DeviceIdentity,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -138,16 +138,16 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// A service over `store`, signing custody receipts as `identity` and
-    /// counting into `metrics` (whose gauges it sets from the store).
+    /// A service over `spool`, signing custody receipts as `identity` and
+    /// counting into `metrics` (whose gauges it sets from the spool).
     pub fn new(
-        store: Arc<Store>,
+        spool: Spool,
         identity: DeviceIdentity,
         limits: Limits,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, store::Error> {
+    ) -> Self {
         let s = Self {
-            store,
+            spool,
             identity,
             deposits: RateLimiter::new(limits.deposit_rate, limits.rate_peers),
             deposit_kib: RateLimiter::new(limits.deposit_kib_rate, limits.rate_peers),
@@ -157,8 +157,8 @@ impl Service {
             nonces: HashMap::new(),
             nonce_order: VecDeque::new(),
         };
-        s.refresh_gauges()?;
-        Ok(s)
+        s.refresh_gauges();
+        s
     }
 
     /// The metrics it counts into.
@@ -166,16 +166,32 @@ impl Service {
         &self.metrics
     }
 
-    /// Sets the held-mail gauges from the store's counters.
-    pub fn refresh_gauges(&self) -> Result<(), store::Error> {
-        let t = self.store.mailboxes().totals()?;
+    /// Makes every change so far durable: the point after which deposits
+    /// and acknowledgements may be answered.
+    pub fn sync(&mut self) -> Result<(), store::Error> {
+        self.spool.sync()
+    }
+
+    /// Reclaims spool space (see [`Spool::compact`]); returns whether it
+    /// did anything.
+    pub fn compact(&mut self) -> Result<bool, store::Error> {
+        self.spool.compact()
+    }
+
+    /// The spool it answers from.
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Sets the held-mail gauges from the spool's counters.
+    pub fn refresh_gauges(&self) {
+        let t = self.spool.totals();
         let m = &self.metrics;
         m.mailboxes
             .store(t.mailboxes, std::sync::atomic::Ordering::Relaxed);
         m.envelopes
             .store(t.envelopes, std::sync::atomic::Ordering::Relaxed);
         m.bytes.store(t.bytes, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
     }
 
     /// Answers `request` from `peer` at `now` (Unix seconds). A store
@@ -213,7 +229,7 @@ impl Service {
             Request::Ack(a) => match self.authorize(peer, &a, now) {
                 Err(r) => Answer::now(Response::Refused(r)),
                 Ok(mailbox) => {
-                    let removed = self.store.mailboxes().ack(&mailbox.0, &a.body.seqs)?;
+                    let removed = self.spool.ack(&mailbox.0, &a.body.seqs)?;
                     Metrics::add(&self.metrics.acked_envelopes, removed.count);
                     Metrics::sub(&self.metrics.envelopes, removed.count);
                     Metrics::sub(&self.metrics.bytes, removed.bytes);
@@ -250,10 +266,9 @@ impl Service {
         limit: usize,
         now: u64,
     ) -> Result<Response, store::Error> {
-        let held =
-            self.store
-                .mailboxes()
-                .fetch(mailbox, after, limit.clamp(1, MAX_FETCH) + 1, now)?;
+        let held = self
+            .spool
+            .fetch(mailbox, after, limit.clamp(1, MAX_FETCH) + 1, now)?;
         let mut items = Vec::new();
         let mut bytes = 0;
         let mut more = false;
@@ -319,14 +334,14 @@ impl Service {
             return refused(Refusal::DiskFull);
         }
         for (mailbox, (count, bytes)) in &per_mailbox {
-            let stats = self.store.mailboxes().stats(mailbox)?;
+            let stats = self.spool.stats(mailbox);
             if stats.count + count > self.limits.max_count
                 || stats.bytes + bytes > self.limits.max_bytes
             {
                 return refused(Refusal::QuotaFull);
             }
         }
-        let done = self.store.mailboxes().deposit(&items, now)?;
+        let done = self.spool.deposit(&items, now)?;
         let m = &self.metrics;
         Metrics::add(&m.deposits, 1);
         Metrics::add(&m.deposited_envelopes, done.new);
@@ -404,8 +419,8 @@ impl Service {
     /// a batch; call again while it returns a full one). Returns how many
     /// (their senders learn it from their own outbox, which gives up at
     /// the same time).
-    pub fn purge(&self, now: u64) -> Result<usize, store::Error> {
-        let gone = self.store.mailboxes().purge_expired(now, PURGE_BATCH)?;
+    pub fn purge(&mut self, now: u64) -> Result<usize, store::Error> {
+        let gone = self.spool.purge_expired(now, PURGE_BATCH)?;
         let bytes: u64 = gone.iter().map(|e| e.bytes).sum();
         let m = &self.metrics;
         Metrics::add(&m.expired_envelopes, gone.len() as u64);
@@ -438,13 +453,13 @@ mod tests {
         let key = Keystore::create(b"r", KdfParams::INSECURE_FAST, &mut rng)
             .unwrap()
             .1;
-        let store = Arc::new(Store::open(dir.path(), &key).unwrap());
+        let spool = Spool::open(dir.path(), &key).unwrap();
         let identity = DeviceIdentity::generate(&mut rng);
         let relay = identity.public().signing;
         let owner = MailboxKey::generate(&mut rng);
         Fixture {
             _dir: dir,
-            service: Service::new(store, identity, limits, Arc::default()).unwrap(),
+            service: Service::new(spool, identity, limits, Arc::default()),
             relay,
             rng,
             owner,
@@ -624,15 +639,7 @@ mod tests {
             Response::Refused(Refusal::QuotaFull)
         );
         // Nothing of the refused deposits was kept.
-        assert_eq!(
-            f.service
-                .store
-                .mailboxes()
-                .stats(&f.owner.id().0)
-                .unwrap()
-                .count,
-            0
-        );
+        assert_eq!(f.service.spool().stats(&f.owner.id().0).count, 0);
         // Retention: kept at most 100 s even if the envelope says longer.
         let ok = vec![envelope(&f.owner, 7, 5_000, 100)];
         assert!(matches!(refused(&mut f, &ok), Response::Custody(_)));

@@ -153,15 +153,4 @@ impl Error {
     pub(crate) fn db(tree: &'static str, op: &'static str) -> impl FnOnce(sled::Error) -> Self {
         move |source| Self::Db { tree, op, source }
     }
-
-    /// Unwraps a sled transaction result: an abort carries our own error.
-    pub(crate) fn from_tx(
-        tree: &'static str,
-        op: &'static str,
-    ) -> impl FnOnce(sled::transaction::TransactionError<Error>) -> Self {
-        move |e| match e {
-            sled::transaction::TransactionError::Abort(inner) => inner,
-            sled::transaction::TransactionError::Storage(source) => Self::Db { tree, op, source },
-        }
-    }
 }

@@ -3,7 +3,7 @@
 //! What it owns: everything a node keeps between runs — the message history
 //! (the `history` tree: conversation records, blocks of messages, each
 //! conversation's tail of newest messages, expiry entries), the outbox,
-//! contacts, sessions, prekeys and keys (`records`), relay mailboxes, and a
+//! contacts, sessions, prekeys and keys (`records`), and a
 //! `meta` tree with the schema version and a key-check record. The layout
 //! and its reasons are in `docs/storage.md`.
 //!
@@ -18,6 +18,10 @@
 //! delivery receipt, "sent") must be flushed first. A crash between flushes
 //! leaves a prefix of the writes; opening repairs what that can leave
 //! half-done (see `tail::repair_tails`).
+//!
+//! A relay's mailboxes are not in sled: [`Spool`] keeps them in append-only
+//! segment files of sealed records under the same data key (a queue's
+//! append, read once, delete, with one `fdatasync` per round).
 
 mod backup;
 mod blocks;
@@ -28,10 +32,10 @@ mod error;
 mod handle;
 mod history;
 mod keys;
-mod mailbox;
 mod marker;
 mod outbox;
 mod records;
+mod spool;
 mod tail;
 
 #[cfg(test)]
@@ -51,9 +55,11 @@ pub use error::Error;
 pub use handle::{Clock, PurgeTask, StoreHandle};
 pub use history::{Appended, DeliveryState, Direction, History, MessageRef, Page, StoredMessage};
 pub use keys::Cursor;
-pub use mailbox::{Deposited, Expired, Held, MailboxStats, Mailboxes, Removed, ToHold, Totals};
 pub use outbox::{Outbox, OutboxEntry};
 pub use records::{Kind, MAX_RECORD_KEY, Record, Records};
+pub use spool::{
+    Deposited, Expired, Held, MailboxStats, Removed, SEGMENT_BYTES, Spool, ToHold, Totals,
+};
 
 /// The on-disk layout version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -90,10 +96,6 @@ pub struct Store {
     /// and writes them back as one batch.
     history_lock: std::sync::Mutex<()>,
     outbox: sled::Tree,
-    mailbox: sled::Tree,
-    mailbox_meta: sled::Tree,
-    mailbox_expiry: sled::Tree,
-    mailbox_ids: sled::Tree,
 }
 
 impl Store {
@@ -122,10 +124,6 @@ impl Store {
             history: tree(blocks::HISTORY)?,
             history_lock: std::sync::Mutex::new(()),
             outbox: tree(outbox::OUTBOX.name)?,
-            mailbox: tree(mailbox::MAILBOX.name)?,
-            mailbox_meta: tree(mailbox::MAILBOX_META.name)?,
-            mailbox_expiry: tree(mailbox::MAILBOX_EXPIRY)?,
-            mailbox_ids: tree(mailbox::MAILBOX_IDS)?,
             path,
             db,
             meta,
@@ -158,11 +156,6 @@ impl Store {
     /// Envelopes waiting for an acknowledgement.
     pub fn outbox(&self) -> Outbox<'_> {
         Outbox::new(self)
-    }
-
-    /// Relay mailboxes (envelopes held for offline devices).
-    pub fn mailboxes(&self) -> Mailboxes<'_> {
-        Mailboxes::new(self)
     }
 
     /// The records of one kind (contacts, sessions, prekeys…).

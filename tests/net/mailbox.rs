@@ -1,14 +1,12 @@
 //! `/meshchat/mailbox/1` between two real swarms: one deposits, fetches
-//! and acks; the other answers from a real store through the relay's
+//! and acks; the other answers from a real spool through the relay's
 //! mailbox service, flushing before it answers.
-
-use std::sync::Arc;
 
 use meshchat::crypto::{DeviceIdentity, Envelope, KdfParams, Keystore, MailboxKey};
 use meshchat::node::net::NetEvent;
 use meshchat::relay::proto::{Ack, Fetch, Owner, Refusal, Request, Response, Signed};
 use meshchat::relay::service::{Limits, Service};
-use meshchat::store::Store;
+use meshchat::store::Spool;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -16,12 +14,7 @@ use super::harness::{Nodes, tcp_only};
 
 /// Sends `request` from node 1 to node 0, which answers with `service`
 /// (flushing first when the service says so); returns the answer.
-async fn ask(
-    nodes: &mut Nodes,
-    service: &mut Service,
-    store: &Store,
-    request: Request,
-) -> Response {
+async fn ask(nodes: &mut Nodes, service: &mut Service, request: Request) -> Response {
     let relay = nodes.id(0);
     let sent = nodes.nets[1].send_mailbox(&relay, request);
     nodes
@@ -36,7 +29,7 @@ async fn ask(
                 };
                 let answer = service.handle(&peer, request, 1_000).unwrap();
                 if answer.flush {
-                    store.flush().unwrap();
+                    service.sync().unwrap();
                 }
                 net.respond_mailbox(channel, answer.response).unwrap();
                 None
@@ -61,17 +54,11 @@ async fn deposit_custody_fetch_and_ack_over_the_wire() {
     let key = Keystore::create(b"relay", KdfParams::INSECURE_FAST, &mut rng)
         .unwrap()
         .1;
-    let store = Arc::new(Store::open(dir.path(), &key).unwrap());
+    let spool = Spool::open(dir.path(), &key).unwrap();
     // The relay signs with the identity behind its peer id (seed 31).
     let relay_identity = DeviceIdentity::generate(&mut StdRng::seed_from_u64(31));
     let relay_key = relay_identity.public().signing;
-    let mut service = Service::new(
-        store.clone(),
-        relay_identity,
-        Limits::default(),
-        Default::default(),
-    )
-    .unwrap();
+    let mut service = Service::new(spool, relay_identity, Limits::default(), Default::default());
 
     let owner = MailboxKey::generate(&mut rng);
     let mail: Vec<Vec<u8>> = (1..=2u8)
@@ -83,7 +70,7 @@ async fn deposit_custody_fetch_and_ack_over_the_wire() {
             .map(serde_bytes::ByteBuf::from)
             .collect(),
     );
-    let Response::Custody(receipt) = ask(&mut nodes, &mut service, &store, deposit).await else {
+    let Response::Custody(receipt) = ask(&mut nodes, &mut service, deposit).await else {
         panic!("no custody receipt")
     };
     receipt.verify(&relay_key, &mail).unwrap();
@@ -104,11 +91,11 @@ async fn deposit_custody_fetch_and_ack_over_the_wire() {
     let thief = MailboxKey::generate(&mut rng);
     let stolen = fetch(&mut rng, &owner, &thief);
     assert_eq!(
-        ask(&mut nodes, &mut service, &store, stolen).await,
+        ask(&mut nodes, &mut service, stolen).await,
         Response::Refused(Refusal::BadSignature)
     );
     let own = fetch(&mut rng, &owner, &owner);
-    let Response::Mail { items, more } = ask(&mut nodes, &mut service, &store, own).await else {
+    let Response::Mail { items, more } = ask(&mut nodes, &mut service, own).await else {
         panic!("no mail")
     };
     assert!(!more);
@@ -123,9 +110,6 @@ async fn deposit_custody_fetch_and_ack_over_the_wire() {
             seqs: items.iter().map(|m| m.seq).collect(),
         },
     ));
-    assert_eq!(
-        ask(&mut nodes, &mut service, &store, ack).await,
-        Response::Acked(2)
-    );
-    assert_eq!(store.mailboxes().stats(&owner.id().0).unwrap().count, 0);
+    assert_eq!(ask(&mut nodes, &mut service, ack).await, Response::Acked(2));
+    assert_eq!(service.spool().stats(&owner.id().0).count, 0);
 }

@@ -8,10 +8,10 @@ mod damage;
 mod expiry;
 mod handle;
 mod history;
-mod mailbox;
 mod open;
 mod outbox;
 mod records;
+mod spool;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
