@@ -1,9 +1,9 @@
 //! The relay: one task owns the swarm (mailbox protocol, circuit-relay
-//! server, Kademlia, identify, ping), one thread owns the store and the
-//! mailbox [`Service`], and commits in groups.
+//! server, Kademlia, identify, ping), one thread owns the mail spool and
+//! the mailbox [`Service`], and commits in groups.
 //!
 //! One round of the store thread: take every request waiting (up to
-//! [`MAX_ROUND`]), answer each through the service, flush the store once
+//! [`MAX_ROUND`]), answer each through the service, sync the spool once
 //! if any answer needs it, and only then send the answers — a custody
 //! receipt never leaves before its envelopes are on disk. A fetch that
 //! finds nothing and asks to wait is held; a deposit for its mailbox

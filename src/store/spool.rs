@@ -845,11 +845,7 @@ impl Spool {
 
     /// Removes `seqs` of `mailbox` (written as `Gone` records, not yet
     /// synced); returns what went, with the envelope ids.
-    fn remove(
-        &mut self,
-        mailbox: &[u8; 32],
-        seqs: &[u64],
-    ) -> Result<(Removed, RemovedIds), Error> {
+    fn remove(&mut self, mailbox: &[u8; 32], seqs: &[u64]) -> Result<(Removed, RemovedIds), Error> {
         let Some(mb) = self.mailboxes.get_mut(mailbox) else {
             return Ok((Removed::default(), Vec::new()));
         };
