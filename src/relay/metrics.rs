@@ -10,7 +10,7 @@ use super::proto::Refusal;
 /// Counters and gauges of one relay.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Mailboxes holding mail (refreshed at each purge).
+    /// Mailboxes holding mail.
     pub mailboxes: AtomicU64,
     /// Envelopes held.
     pub envelopes: AtomicU64,

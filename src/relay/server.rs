@@ -511,7 +511,6 @@ impl Keeper {
         let purged = self.service.purge(now)?;
         if purged > 0 {
             info!(purged, "expired envelopes dropped");
-            self.service.refresh_gauges();
         }
         Ok(compacted || purged > 0)
     }

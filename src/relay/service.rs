@@ -183,7 +183,8 @@ impl Service {
         &self.spool
     }
 
-    /// Sets the held-mail gauges from the spool's counters.
+    /// Sets the held-mail gauges from the spool's totals (called after
+    /// every change to what is held).
     pub fn refresh_gauges(&self) {
         let t = self.spool.totals();
         let m = &self.metrics;
@@ -231,8 +232,7 @@ impl Service {
                 Ok(mailbox) => {
                     let removed = self.spool.ack(&mailbox.0, &a.body.seqs)?;
                     Metrics::add(&self.metrics.acked_envelopes, removed.count);
-                    Metrics::sub(&self.metrics.envelopes, removed.count);
-                    Metrics::sub(&self.metrics.bytes, removed.bytes);
+                    self.refresh_gauges();
                     Answer {
                         flush: removed.count > 0,
                         ..Answer::now(Response::Acked(
@@ -329,7 +329,7 @@ impl Service {
                 envelope: bytes.to_vec(),
             });
         }
-        let held = Metrics::get(&self.metrics.bytes);
+        let held = self.spool.totals().bytes;
         if held.saturating_add(total as u64) > self.limits.disk_budget {
             return refused(Refusal::DiskFull);
         }
@@ -345,8 +345,7 @@ impl Service {
         let m = &self.metrics;
         Metrics::add(&m.deposits, 1);
         Metrics::add(&m.deposited_envelopes, done.new);
-        Metrics::add(&m.envelopes, done.new);
-        Metrics::add(&m.bytes, done.new_bytes);
+        self.refresh_gauges();
         Ok(Answer {
             flush: true,
             woke: per_mailbox.into_keys().collect(),
@@ -421,11 +420,8 @@ impl Service {
     /// the same time).
     pub fn purge(&mut self, now: u64) -> Result<usize, store::Error> {
         let gone = self.spool.purge_expired(now, PURGE_BATCH)?;
-        let bytes: u64 = gone.iter().map(|e| e.bytes).sum();
-        let m = &self.metrics;
-        Metrics::add(&m.expired_envelopes, gone.len() as u64);
-        Metrics::sub(&m.envelopes, gone.len() as u64);
-        Metrics::sub(&m.bytes, bytes);
+        Metrics::add(&self.metrics.expired_envelopes, gone.len() as u64);
+        self.refresh_gauges();
         Ok(gone.len())
     }
 }
