@@ -4,8 +4,12 @@
 //!
 //! One round of the store thread: take every request waiting (up to
 //! [`MAX_ROUND`]), answer each through the service, sync the spool once
-//! if any answer needs it, and only then send the answers — a custody
-//! receipt never leaves before its envelopes are on disk. A fetch that
+//! if any answer needs it, and only then send the answers that tell of a
+//! write — a custody receipt never leaves before its envelopes are on
+//! disk. Answers that tell of no write (a fetch, a refusal) leave as soon
+//! as they are made; a fetch may so hand out mail whose deposit is still
+//! being synced, which costs nothing: its sender has no receipt yet and
+//! keeps it queued, and the owner dedups. A fetch that
 //! finds nothing and asks to wait is held; a deposit for its mailbox
 //! answers it after the flush, so an online owner gets new mail at once
 //! without polling.
@@ -395,6 +399,15 @@ impl Keeper {
                                         after: p.after,
                                         limit: p.limit,
                                         until: Instant::now() + wait,
+                                    });
+                                }
+                                // An answer that tells of no write (a
+                                // fetch, a refusal) leaves at once; one
+                                // that does waits for the sync below.
+                                None if !a.flush => {
+                                    let _ = self.outs.send(Out::Respond {
+                                        token,
+                                        response: a.response,
                                     });
                                 }
                                 None => answers.push((token, a.response)),

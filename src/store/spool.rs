@@ -72,6 +72,17 @@ const HEADERS: TreeSpec = TreeSpec {
 const HEADER_MAX: usize = 8 + 4 + HEADERS.max_plain + RECORD_OVERHEAD;
 /// Marks a removed slot.
 const DEAD: u32 = u32::MAX;
+/// A fetch reads neighbouring records together when the gap between
+/// them is at most this...
+const READ_GAP: u64 = 4096;
+/// ...and the whole read at most this.
+const READ_SPAN: u64 = 1 << 20;
+/// The active segment is extended by this many zero bytes, written (not
+/// just reserved), ahead of its records: `fdatasync` after overwriting
+/// blocks that already exist has no file size or extent to commit, and
+/// costs about two thirds of one after an append on ext4 here. A closed
+/// segment is cut back to its records.
+const PREALLOCATE: u64 = 1 << 20;
 
 /// The (seq, envelope id) of each envelope removed.
 type RemovedIds = Vec<(u64, [u8; 16])>;
@@ -265,6 +276,9 @@ struct Segment {
     file: File,
     /// Bytes written (the next record goes here).
     len: u64,
+    /// The file's length: the active segment is zero-filled ahead of its
+    /// records (see [`PREALLOCATE`]).
+    allocated: u64,
     /// Live `Held` records in it, and their record bytes.
     live: u64,
     live_bytes: u64,
@@ -407,6 +421,7 @@ impl Spool {
                 Segment {
                     file,
                     len: r.end,
+                    allocated: if r.torn { r.end } else { bytes.len() as u64 },
                     live: 0,
                     live_bytes: 0,
                 },
@@ -514,6 +529,10 @@ impl Spool {
         let mut at = 12 + hlen;
         let mut torn = false;
         while at < bytes.len() {
+            if newest && bytes[at..].iter().all(|&b| b == 0) {
+                // The zero-filled room ahead of the records.
+                break;
+            }
             let rec = match self.record_at(n, at as u64, &bytes[at..]) {
                 Ok(r) => r,
                 Err(e) if newest => {
@@ -574,9 +593,15 @@ impl Spool {
 
     /// Closes the active segment (synced) and starts the next one.
     fn roll(&mut self) -> Result<(), Error> {
-        if let Some(old) = self.segments.get(&self.active) {
+        if let Some(old) = self.segments.get_mut(&self.active) {
+            if old.allocated > old.len {
+                old.file
+                    .set_len(old.len)
+                    .map_err(io(&self.dir, "cut a closed segment's room"))?;
+                old.allocated = old.len;
+            }
             old.file
-                .sync_data()
+                .sync_all()
                 .map_err(io(&self.dir, "sync a segment"))?;
         }
         let n = self
@@ -617,6 +642,7 @@ impl Spool {
             Segment {
                 file,
                 len: bytes.len() as u64,
+                allocated: bytes.len() as u64,
                 live: 0,
                 live_bytes: 0,
             },
@@ -662,10 +688,19 @@ impl Spool {
             .segments
             .get_mut(&self.active)
             .ok_or_else(|| damaged(&self.dir, "no active segment".into()))?;
+        let end = seg.len + buf.len() as u64;
+        if end > seg.allocated {
+            let to = end.max(seg.allocated + PREALLOCATE);
+            let zeros = vec![0u8; usize::try_from(to - seg.allocated).unwrap_or(0)];
+            seg.file
+                .write_all_at(&zeros, seg.allocated)
+                .map_err(io(&self.dir, "extend a segment"))?;
+            seg.allocated = to;
+        }
         seg.file
             .write_all_at(buf, seg.len)
             .map_err(io(&self.dir, "append"))?;
-        seg.len += buf.len() as u64;
+        seg.len = end;
         buf.clear();
         self.dirty = true;
         Ok(())
@@ -777,16 +812,10 @@ impl Spool {
     }
 
     /// Reads the envelope a slot points at.
-    fn read(&self, mailbox: &[u8; 32], slot: &Slot) -> Result<Held, Error> {
-        let seg = self
-            .segments
-            .get(&slot.segment)
-            .ok_or_else(|| damaged(&self.dir, format!("segment {} missing", slot.segment)))?;
-        let mut buf = vec![0u8; slot.len as usize + 4];
-        seg.file
-            .read_exact_at(&mut buf, u64::from(slot.offset))
-            .map_err(io(&self.dir, "read"))?;
-        match self.record_at(slot.segment, u64::from(slot.offset), &buf)? {
+    /// Opens the record of `slot` from `buf`, its bytes (length prefix
+    /// included) as read from its segment.
+    fn held(&self, mailbox: &[u8; 32], slot: &Slot, buf: &[u8]) -> Result<Held, Error> {
+        match self.record_at(slot.segment, u64::from(slot.offset), buf)? {
             (
                 RecordIn::Held {
                     mailbox: m,
@@ -814,6 +843,38 @@ impl Spool {
         }
     }
 
+    /// Reads `slots` (of one segment, in file order, within [`READ_SPAN`])
+    /// with one `pread` and opens each.
+    fn read_run(
+        &self,
+        mailbox: &[u8; 32],
+        slots: &[&Slot],
+        out: &mut Vec<Held>,
+    ) -> Result<(), Error> {
+        let (Some(first), Some(last)) = (slots.first(), slots.last()) else {
+            return Ok(());
+        };
+        let seg = self
+            .segments
+            .get(&first.segment)
+            .ok_or_else(|| damaged(&self.dir, format!("segment {} missing", first.segment)))?;
+        let start = u64::from(first.offset);
+        let end = u64::from(last.offset) + u64::from(last.len) + 4;
+        let mut buf = vec![0u8; usize::try_from(end - start).unwrap_or(usize::MAX)];
+        seg.file
+            .read_exact_at(&mut buf, start)
+            .map_err(io(&self.dir, "read"))?;
+        for slot in slots {
+            let from = usize::try_from(u64::from(slot.offset) - start).unwrap_or(usize::MAX);
+            let to = from.saturating_add(slot.len as usize + 4);
+            let bytes = buf
+                .get(from..to)
+                .ok_or_else(|| damaged(&self.dir, "a record outside its read".to_string()))?;
+            out.push(self.held(mailbox, slot, bytes)?);
+        }
+        Ok(())
+    }
+
     /// Up to `limit` envelopes of `mailbox` after `after` (or from the
     /// start), oldest first, leaving out any past its expiry at `now` (the
     /// next purge drops those).
@@ -831,15 +892,35 @@ impl Spool {
             None => 0,
             Some(a) => mb.slots.partition_point(|s| s.seq <= a),
         };
+        // Records next to each other in a segment (the usual case: a
+        // mailbox's mail arrives in order) are read with one `pread`.
         let mut out = Vec::new();
+        let mut run: Vec<&Slot> = Vec::new();
+        let mut wanted = 0;
         for slot in mb.slots.range(start..) {
-            if out.len() >= limit {
+            if wanted >= limit {
                 break;
             }
-            if slot.live() && slot.expires_at > now {
-                out.push(self.read(mailbox, slot)?);
+            if !(slot.live() && slot.expires_at > now) {
+                continue;
             }
+            wanted += 1;
+            if let Some(prev) = run.last() {
+                let prev_end = u64::from(prev.offset) + u64::from(prev.len) + 4;
+                let first = u64::from(run[0].offset);
+                let end = u64::from(slot.offset) + u64::from(slot.len) + 4;
+                let joins = slot.segment == prev.segment
+                    && u64::from(slot.offset) >= prev_end
+                    && u64::from(slot.offset) - prev_end <= READ_GAP
+                    && end - first <= READ_SPAN;
+                if !joins {
+                    self.read_run(mailbox, &run, &mut out)?;
+                    run.clear();
+                }
+            }
+            run.push(slot);
         }
+        self.read_run(mailbox, &run, &mut out)?;
         Ok(out)
     }
 
@@ -978,7 +1059,9 @@ impl Spool {
         for (mailbox, mb) in &self.mailboxes {
             for s in &mb.slots {
                 if s.live() && s.segment == n {
-                    moving.push((*mailbox, self.read(mailbox, s)?));
+                    let mut one = Vec::with_capacity(1);
+                    self.read_run(mailbox, &[s], &mut one)?;
+                    moving.extend(one.into_iter().map(|h| (*mailbox, h)));
                 }
             }
         }

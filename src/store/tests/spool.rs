@@ -1,4 +1,4 @@
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 
 use super::data_key;
 use crate::store::{Error, Expired, Removed, Spool, ToHold, Totals};
@@ -180,26 +180,34 @@ fn held_mail_and_removals_survive_a_restart_and_seqs_never_go_back() {
 fn a_torn_tail_is_cut_and_damage_elsewhere_or_another_key_opens_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let key = data_key(1);
-    {
+    let end = {
         let mut sp = Spool::open(dir.path(), &key).unwrap();
         sp.deposit(&[hold([1; 32], 1, 900, 50), hold([1; 32], 2, 900, 50)], 1)
             .unwrap();
         sp.sync().unwrap();
-    }
+        sp.file_bytes()
+    };
     let seg = segments(dir.path()).pop().unwrap();
     let whole = std::fs::read(&seg).unwrap();
+    // The records are followed by zero-filled room, which a clean reopen
+    // keeps as it is.
+    assert!(whole.len() as u64 > end);
+    assert!(whole[end as usize..].iter().all(|&b| b == 0));
+    drop(Spool::open(dir.path(), &key).unwrap());
+    assert_eq!(std::fs::read(&seg).unwrap(), whole);
     // A crash in the middle of a later write (never synced, never
-    // acknowledged): half a record at the end.
+    // acknowledged): half a record in the room.
+    let e = end as usize;
     std::fs::OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(&seg)
         .unwrap()
-        .write_all(&whole[whole.len() - 60..whole.len() - 20])
+        .write_all_at(&whole[e - 60..e - 20], end)
         .unwrap();
     {
         let mut sp = Spool::open(dir.path(), &key).unwrap();
         assert_eq!(sp.totals().envelopes, 2);
-        assert_eq!(std::fs::metadata(&seg).unwrap().len() as usize, whole.len());
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), end);
         // And it goes on appending where the good records end.
         sp.deposit(&[hold([1; 32], 3, 900, 5)], 2).unwrap();
         sp.sync().unwrap();
