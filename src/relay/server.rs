@@ -1,22 +1,25 @@
 //! The relay: one task owns the swarm (mailbox protocol, circuit-relay
 //! server, Kademlia, identify, ping), one thread owns the mail spool and
-//! the mailbox [`Service`], and commits in groups.
+//! the mailbox [`Service`], and a second thread makes its writes durable.
 //!
 //! One round of the store thread: take every request waiting (up to
-//! [`MAX_ROUND`]), answer each through the service, sync the spool once
-//! if any answer needs it, and only then send the answers that tell of a
-//! write — a custody receipt never leaves before its envelopes are on
-//! disk. Answers that tell of no write (a fetch, a refusal) leave as soon
-//! as they are made; a fetch may so hand out mail whose deposit is still
-//! being synced, which costs nothing: its sender has no receipt yet and
-//! keeps it queued, and the owner dedups. A fetch that
-//! finds nothing and asks to wait is held; a deposit for its mailbox
-//! answers it after the flush, so an online owner gets new mail at once
-//! without polling.
+//! [`MAX_ROUND`]) and answer each through the service. Answers that tell
+//! of no write (a fetch, a refusal) leave at once; a fetch may so hand out
+//! mail whose deposit is still being synced, which costs nothing: its
+//! sender has no receipt yet and keeps it queued, and the owner dedups.
+//! Answers that tell of a write (custody receipts, acks) go to the sync
+//! thread with the file to sync, and leave only after its `fdatasync` —
+//! a custody receipt never leaves before its envelopes are on disk. While
+//! the sync thread waits on the disk, the store thread takes the next
+//! round; rounds that queue meanwhile share the next `fdatasync`.
+//!
+//! A fetch that finds nothing and asks to wait is held; a deposit for its
+//! mailbox answers it in the same round, so an online owner gets new mail
+//! at once without polling.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
@@ -276,8 +279,21 @@ impl Relay {
         let backlog = Arc::new(AtomicUsize::new(0));
         let (held_tx, held_rx) = watch::channel(Metrics::get(&metrics.envelopes));
         let (addrs_tx, addrs_rx) = watch::channel(Vec::new());
-        let keeper = Keeper {
+        let (sync_tx, sync_rx) = std_mpsc::channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let syncer = Syncer {
+            rounds: sync_rx,
+            outs: out_tx.clone(),
             held: held_tx,
+            failed: failed.clone(),
+        };
+        let syncing = std::thread::Builder::new()
+            .name("meshchat-relay-sync".into())
+            .spawn(move || syncer.run())
+            .map_err(RelayError::Thread)?;
+        let keeper = Keeper {
+            syncs: sync_tx,
+            failed,
             _store: store,
             service,
             jobs: job_rx,
@@ -291,6 +307,9 @@ impl Relay {
             .name("meshchat-relay-store".into())
             .spawn(move || {
                 keeper.run();
+                // The keeper is gone, and with it the sync channel: the
+                // sync thread answers what it holds and ends.
+                let _ = syncing.join();
                 let _ = stopped_tx.send(true);
             })
             .map_err(RelayError::Thread)?;
@@ -359,12 +378,79 @@ struct Keeper {
     purge_every: Duration,
     last_purge: Option<Instant>,
     backlog: Arc<AtomicUsize>,
+    syncs: std_mpsc::Sender<Round>,
+    /// Set by the sync thread when a sync failed: stop without answering.
+    failed: Arc<AtomicBool>,
+}
+
+/// What a store round leaves to the sync thread.
+struct Round {
+    /// To `fdatasync` before any of `answers` leaves (None: nothing was
+    /// written).
+    file: Option<Arc<std::fs::File>>,
+    /// Answers that tell of a write (custody receipts, acks).
+    answers: Vec<(u64, Response)>,
+    /// Envelopes held after the round.
+    held: u64,
+}
+
+/// The sync thread: syncs what store rounds wrote and only then sends
+/// their answers. Rounds that queue up while it waits on the disk are
+/// covered by one `fdatasync` (their writes all came before it began).
+struct Syncer {
+    rounds: std_mpsc::Receiver<Round>,
+    outs: mpsc::UnboundedSender<Out>,
     held: watch::Sender<u64>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Syncer {
+    fn run(self) {
+        while let Ok(first) = self.rounds.recv() {
+            let mut rounds = vec![first];
+            while let Ok(more) = self.rounds.try_recv() {
+                rounds.push(more);
+            }
+            let started = Instant::now();
+            let mut synced: Vec<&Arc<std::fs::File>> = Vec::new();
+            for file in rounds.iter().filter_map(|r| r.file.as_ref()) {
+                if synced.iter().any(|f| Arc::ptr_eq(f, file)) {
+                    continue;
+                }
+                if let Err(e) = file.sync_data() {
+                    error!(error = %e, "relay store flush failed; stopping without answering");
+                    self.failed.store(true, Ordering::Release);
+                    return;
+                }
+                synced.push(file);
+            }
+            tracing::trace!(
+                rounds = rounds.len(),
+                files = synced.len(),
+                sync_us = started.elapsed().as_micros() as u64,
+                "store sync"
+            );
+            let mut held = None;
+            for round in rounds {
+                for (token, response) in round.answers {
+                    let _ = self.outs.send(Out::Respond { token, response });
+                }
+                held = Some(round.held);
+            }
+            if let Some(now_held) = held {
+                self.held
+                    .send_if_modified(|n| std::mem::replace(n, now_held) != now_held);
+            }
+        }
+    }
 }
 
 impl Keeper {
     fn run(mut self) {
         while let Ok(first) = self.jobs.recv() {
+            if self.failed.load(Ordering::Acquire) {
+                return;
+            }
             let mut jobs = vec![first];
             while jobs.len() < MAX_ROUND {
                 match self.jobs.try_recv() {
@@ -429,37 +515,38 @@ impl Keeper {
                 }
             }
             let handled = started.elapsed();
-            if flush && let Err(e) = self.service.sync() {
-                error!(error = %e, "relay store flush failed; stopping without answering");
-                return;
-            }
-            tracing::trace!(
-                jobs = n,
-                handled_us = handled.as_micros() as u64,
-                total_us = started.elapsed().as_micros() as u64,
-                flush,
-                "store round"
-            );
             self.backlog.fetch_sub(n, Ordering::Relaxed);
-            for (token, response) in answers {
-                let _ = self.outs.send(Out::Respond { token, response });
-            }
+            // Fetches waiting on a mailbox that just got mail are answered
+            // now: a fetch answer tells of no write.
             for mailbox in woke {
                 if let Err(e) = self.wake(&mailbox, now) {
                     error!(error = %e, "relay store failed; stopping");
                     return;
                 }
             }
-            self.held.send_if_modified(|n| {
-                let now_held = Metrics::get(&self.service.metrics().envelopes);
-                std::mem::replace(n, now_held) != now_held
-            });
             let waiting: usize = self.parked.values().map(Vec::len).sum();
             self.service
                 .metrics()
                 .waiting_fetches
                 .store(waiting as u64, Ordering::Relaxed);
-            if stop {
+            // The rest waits for the sync, on the sync thread, while this
+            // one takes the next round.
+            let round = Round {
+                file: if flush {
+                    self.service.take_unsynced()
+                } else {
+                    None
+                },
+                answers,
+                held: Metrics::get(&self.service.metrics().envelopes),
+            };
+            tracing::trace!(
+                jobs = n,
+                handled_us = handled.as_micros() as u64,
+                flush,
+                "store round"
+            );
+            if self.syncs.send(round).is_err() || stop {
                 return;
             }
         }

@@ -172,6 +172,12 @@ impl Service {
         self.spool.sync()
     }
 
+    /// The file to sync before answering for what was written so far, if
+    /// anything was (see [`Spool::take_unsynced`]).
+    pub fn take_unsynced(&mut self) -> Option<Arc<std::fs::File>> {
+        self.spool.take_unsynced()
+    }
+
     /// Reclaims spool space (see [`Spool::compact`]); returns whether it
     /// did anything.
     pub fn compact(&mut self) -> Result<bool, store::Error> {

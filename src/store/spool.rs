@@ -40,6 +40,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rand::SeedableRng;
 use rand::rngs::{StdRng, SysRng};
@@ -273,7 +274,8 @@ impl Mailbox {
 
 #[derive(Debug)]
 struct Segment {
-    file: File,
+    /// Shared with whoever syncs it (see [`Spool::take_unsynced`]).
+    file: Arc<File>,
     /// Bytes written (the next record goes here).
     len: u64,
     /// The file's length: the active segment is zero-filled ahead of its
@@ -419,7 +421,7 @@ impl Spool {
             spool.segments.insert(
                 r.number,
                 Segment {
-                    file,
+                    file: Arc::new(file),
                     len: r.end,
                     allocated: if r.torn { r.end } else { bytes.len() as u64 },
                     live: 0,
@@ -640,7 +642,7 @@ impl Spool {
         self.segments.insert(
             n,
             Segment {
-                file,
+                file: Arc::new(file),
                 len: bytes.len() as u64,
                 allocated: bytes.len() as u64,
                 live: 0,
@@ -719,6 +721,19 @@ impl Spool {
         }
         self.dirty = false;
         Ok(())
+    }
+
+    /// [`Spool::sync`] split in two, so that another thread can wait on
+    /// the disk while this one goes on: returns the active segment's file
+    /// if anything was written since the last sync (closed segments were
+    /// synced when closed), and counts it as synced. Whoever takes it
+    /// must `fdatasync` it before answering for anything written so far.
+    pub fn take_unsynced(&mut self) -> Option<Arc<File>> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        self.segments.get(&self.active).map(|s| s.file.clone())
     }
 
     /// Counters of `mailbox` (zero if it holds nothing).
