@@ -53,11 +53,14 @@ pub async fn read_message<T: AsyncRead + Unpin>(
     }
 }
 
-/// Writes one length-prefixed message.
+/// Writes one length-prefixed message, in one write (one muxer frame,
+/// not one for the prefix and one for the rest).
 pub async fn write_message<T: AsyncWrite + Unpin>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
     let len = u32::try_from(bytes.len()).map_err(|_| invalid("message", "over 4 GiB"))?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(bytes).await
+    let mut framed = Vec::with_capacity(4 + bytes.len());
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(bytes);
+    io.write_all(&framed).await
 }
 
 /// A request as it arrives (or leaves: always [`Inbound::Request`]).
