@@ -80,6 +80,9 @@ struct RelayArgs {
     /// Most envelope bytes held in all.
     #[arg(long, env = "MESHCHAT_RELAY_DISK_BUDGET_BYTES")]
     disk_budget_bytes: Option<u64>,
+    /// Most mailboxes whose prekey bundles are held.
+    #[arg(long, env = "MESHCHAT_RELAY_MAX_PREKEY_BUNDLES")]
+    max_prekey_bundles: Option<u64>,
 }
 
 /// Exit codes: 0 success, 1 failure at run time, 2 bad usage or config.
@@ -142,6 +145,7 @@ fn relay(args: RelayArgs) -> ExitCode {
         max_mailbox_bytes: args.max_mailbox_bytes,
         max_envelope_bytes: args.max_envelope_bytes,
         disk_budget_bytes: args.disk_budget_bytes,
+        max_prekey_bundles: args.max_prekey_bundles,
     };
     let resolved = match Resolved::new(flags, file) {
         Ok(r) => r,

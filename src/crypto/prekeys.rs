@@ -427,3 +427,17 @@ impl PrekeyBundle {
         })
     }
 }
+
+impl VerifiedBundle {
+    /// Checks that `opk` is signed by this bundle's identity (a relay
+    /// checks every one-time prekey published to it).
+    pub fn check_one_time(&self, opk: &OneTimePublic) -> Result<(), Error> {
+        verify(
+            &self.body.identity.signing,
+            labels::SIG_ONE_TIME_PREKEY,
+            &[&opk.id.to_be_bytes(), &opk.key],
+            &opk.sig,
+            "one-time prekey",
+        )
+    }
+}

@@ -376,10 +376,41 @@ impl Engine {
         Ok(bundle)
     }
 
-    /// Takes a bundle a contact sent in answer to our request: if no
-    /// session exists yet, the first message will use it (and its
-    /// one-time prekey). Its identity must be the contact's.
-    fn take_bundle(
+    /// Our bundle for our relays (without a one-time prekey) and `count`
+    /// new one-time prekeys for them to hand out (fewer if the store
+    /// already holds the most it keeps). New secrets are written to the
+    /// store; the caller flushes before publishing them.
+    pub fn prekeys_for_relay(
+        &mut self,
+        count: usize,
+        now: u64,
+    ) -> Result<(crypto::PrekeyBundle, Vec<crypto::OneTimePublic>), EngineError> {
+        let bundle =
+            self.prekeys
+                .bundle(&self.me, self.mailbox.id().0, &self.relays, now, false)?;
+        let one_time = self
+            .prekeys
+            .generate_one_time(&self.me, count, &mut self.rng);
+        if !one_time.is_empty() {
+            self.save_prekeys()?;
+        }
+        Ok((bundle, one_time))
+    }
+
+    /// The mailbox id a contact's bundle names (where its relays hold its
+    /// mail and prekeys).
+    pub fn contact_mailbox(&self, key: &[u8; 32]) -> Option<[u8; 32]> {
+        self.contacts
+            .get(key)
+            .and_then(|c| c.bundle.verify().ok())
+            .map(|v| v.body.mailbox_id)
+    }
+
+    /// Takes a bundle a contact sent in answer to our request (or that
+    /// its relay served): if no session exists yet, the first message will
+    /// use it (and its one-time prekey). Its identity must be the
+    /// contact's.
+    pub fn take_bundle(
         &mut self,
         from: &[u8; 32],
         bundle: crypto::PrekeyBundle,

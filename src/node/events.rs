@@ -75,4 +75,22 @@ pub enum NodeEvent {
         /// Envelopes fetched in this batch.
         envelopes: usize,
     },
+    /// One of our relays holds our prekey bundle.
+    PrekeysPublished {
+        /// The relay.
+        relay: PeerId,
+        /// One-time prekeys it has left to hand out.
+        one_time: u32,
+    },
+    /// A contact's relay served its prekey bundle; the session we start
+    /// with it will use that (and its one-time prekey, if it came with
+    /// one).
+    ContactPrekeys {
+        /// The contact (identity key).
+        contact: [u8; 32],
+        /// The relay.
+        relay: PeerId,
+        /// Whether a one-time prekey came with it.
+        one_time: bool,
+    },
 }

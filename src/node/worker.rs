@@ -51,6 +51,10 @@ const FETCH_LIMIT: u16 = 256;
 const FETCH_WAIT: u16 = 20;
 /// After a fetch failed, how long before the tick asks again (seconds).
 const FETCH_RETRY: u64 = 5;
+/// When a relay of ours holds fewer one-time prekeys than this...
+const ONE_TIME_LOW: u32 = 10;
+/// ...this many new ones are published to it.
+const ONE_TIME_TOP_UP: usize = 20;
 
 /// What a mailbox request to a relay was for.
 #[derive(Debug, Clone)]
@@ -63,6 +67,10 @@ pub(crate) enum Purpose {
     Deposit { pos: u64, envelope: Vec<u8> },
     /// Holding an unqueued frame (a receipt) for its recipient: sent once.
     Forward,
+    /// Publishing our prekeys (`topped_up`: with new one-time prekeys).
+    Publish { topped_up: bool },
+    /// Fetching the prekeys of the contact whose identity key this is.
+    Prekeys { contact: [u8; 32] },
 }
 
 /// Work for the store thread.
@@ -427,6 +435,7 @@ impl Worker {
                     .and_then(|inv| self.engine.add_contact(&inv, &name));
                 if let Ok(key) = &r {
                     self.announce_contact(key);
+                    self.fetch_prekeys(key, round);
                 }
                 round.reply(reply, r.map_err(Into::into));
             }
@@ -502,6 +511,7 @@ impl Worker {
                     self.relays.cursor.remove(&relay);
                     self.relays.retry_at.remove(&relay);
                     self.fetch(relay, 0, now, round);
+                    self.publish_prekeys(relay, 0, now, round);
                 }
             }
             Job::RelaysFound(found) => {
@@ -783,6 +793,62 @@ impl Worker {
         }
     }
 
+    /// Publishes our bundle, and `count` new one-time prekeys, to one of
+    /// our relays (sent after the round's flush, so the secrets of what
+    /// it hands out are on our disk).
+    fn publish_prekeys(&mut self, relay: PeerId, count: usize, now: u64, round: &mut Round) {
+        let Some(key) = peer_key(&relay) else {
+            return;
+        };
+        let (bundle, one_time) = match self.engine.prekeys_for_relay(count, now) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "no prekeys to publish");
+                return;
+            }
+        };
+        round.dirty |= !one_time.is_empty();
+        let mailbox_key = self.engine.mailbox_key();
+        let owner = Owner::new(mailbox_key, key, now, &mut rand::rng());
+        round.outs.push(Out::Mailbox {
+            relay,
+            addrs: Vec::new(),
+            request: Request::PublishPrekeys(Box::new(Signed::new(
+                mailbox_key,
+                mailbox::Publish {
+                    owner,
+                    bundle,
+                    one_time,
+                },
+            ))),
+            purpose: Purpose::Publish {
+                topped_up: count > 0,
+            },
+        });
+    }
+
+    /// Asks the first relay a new contact names for its prekeys: a bundle
+    /// with a one-time prekey, so a session we start before we ever reach
+    /// the device directly has one.
+    fn fetch_prekeys(&mut self, contact: &[u8; 32], round: &mut Round) {
+        let Some(mailbox) = self.engine.contact_mailbox(contact) else {
+            return;
+        };
+        let first = self
+            .engine
+            .contact_relays(contact)
+            .into_iter()
+            .find_map(|t| t.parse().ok().as_ref().and_then(parse_relay));
+        if let Some((relay, addrs)) = first {
+            round.outs.push(Out::Mailbox {
+                relay,
+                addrs,
+                request: Request::FetchPrekeys { mailbox },
+                purpose: Purpose::Prekeys { contact: *contact },
+            });
+        }
+    }
+
     /// Asks one of our relays for our mail after the cursor, waiting up
     /// to `wait` seconds for some if none is there.
     fn fetch(&mut self, relay: PeerId, wait: u16, now: u64, round: &mut Round) {
@@ -875,6 +941,38 @@ impl Worker {
             (Purpose::Forward, answer) => {
                 debug!(%relay, answer = ?answer.map(|r| short(&r)), "receipt left at a relay");
             }
+            (Purpose::Publish { topped_up }, Ok(Response::Published(left))) => {
+                debug!(%relay, left, "prekeys held at our relay");
+                round.events.push(NodeEvent::PrekeysPublished {
+                    relay,
+                    one_time: left,
+                });
+                if !topped_up && left < ONE_TIME_LOW {
+                    self.publish_prekeys(relay, ONE_TIME_TOP_UP, now, round);
+                }
+            }
+            (Purpose::Publish { .. }, other) => {
+                warn!(%relay, answer = ?other.map(|r| short(&r)), "publishing our prekeys failed");
+            }
+            (Purpose::Prekeys { contact }, Ok(Response::Prekeys(Some(bundle)))) => {
+                let one_time = bundle.one_time.is_some();
+                match self.engine.take_bundle(&contact, bundle) {
+                    Ok(()) => {
+                        round.dirty = true;
+                        round.events.push(NodeEvent::ContactPrekeys {
+                            contact,
+                            relay,
+                            one_time,
+                        });
+                    }
+                    Err(e) => {
+                        warn!(%relay, error = %e, "a contact's relay served a bundle not of it")
+                    }
+                }
+            }
+            (Purpose::Prekeys { .. }, other) => {
+                debug!(%relay, answer = ?other.map(|r| short(&r)), "no prekeys from a contact's relay");
+            }
             (Purpose::Deposit { pos, envelope }, answer) => {
                 self.relays.depositing.remove(&(pos, relay));
                 match answer {
@@ -951,5 +1049,9 @@ fn short(r: &Response) -> String {
         Response::Refused(reason) => format!("refused: {reason}"),
         Response::Mail { items, more } => format!("{} envelopes, more: {more}", items.len()),
         Response::Acked(n) => format!("acked {n}"),
+        Response::Published(n) => format!("prekeys held, {n} one-time"),
+        Response::Prekeys(b) => {
+            format!("prekeys: {}", if b.is_some() { "a bundle" } else { "none" })
+        }
     }
 }

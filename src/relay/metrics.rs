@@ -30,6 +30,12 @@ pub struct Metrics {
     pub expired_envelopes: AtomicU64,
     /// Fetches waiting for mail right now.
     pub waiting_fetches: AtomicU64,
+    /// Mailboxes whose prekey bundle is held.
+    pub prekey_bundles: AtomicU64,
+    /// Prekey bundles served.
+    pub prekey_fetches: AtomicU64,
+    /// One-time prekeys handed out (each once).
+    pub one_time_prekeys_handed_out: AtomicU64,
     /// Circuits relayed since start.
     pub circuits: AtomicU64,
     /// Circuits open right now.
@@ -132,6 +138,24 @@ impl Metrics {
             "counter",
             "Envelopes dropped at their expiry or the retention limit.",
             &self.expired_envelopes,
+        );
+        one(
+            "prekey_bundles",
+            "gauge",
+            "Mailboxes whose prekey bundle is held.",
+            &self.prekey_bundles,
+        );
+        one(
+            "prekey_fetches_total",
+            "counter",
+            "Prekey bundles served.",
+            &self.prekey_fetches,
+        );
+        one(
+            "one_time_prekeys_handed_out_total",
+            "counter",
+            "One-time prekeys handed out.",
+            &self.one_time_prekeys_handed_out,
         );
         one(
             "waiting_fetches",

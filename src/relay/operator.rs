@@ -17,6 +17,7 @@
 //! max_mailbox_bytes = 67108864
 //! max_envelope_bytes = 65868
 //! disk_budget_bytes = 10737418240
+//! max_prekey_bundles = 50000
 //! deposits_per_second = 1000
 //! deposit_kib_per_second = 16384
 //!
@@ -113,6 +114,8 @@ pub struct FileLimits {
     pub max_envelope_bytes: Option<usize>,
     /// Most envelope bytes held in all.
     pub disk_budget_bytes: Option<u64>,
+    /// Most mailboxes whose prekeys are held.
+    pub max_prekey_bundles: Option<u64>,
     /// Deposit requests per second per peer (bursts of twice this).
     pub deposits_per_second: Option<u32>,
     /// Deposited KiB per second per peer (bursts of four times this).
@@ -187,6 +190,8 @@ pub struct Overrides {
     pub max_envelope_bytes: Option<usize>,
     /// `--disk-budget-bytes`.
     pub disk_budget_bytes: Option<u64>,
+    /// `--max-prekey-bundles`.
+    pub max_prekey_bundles: Option<u64>,
 }
 
 /// Log output.
@@ -334,6 +339,11 @@ impl Resolved {
             max_bytes: pick(flags.max_mailbox_bytes, fl.max_mailbox_bytes, d.max_bytes),
             max_envelope,
             disk_budget: pick(flags.disk_budget_bytes, fl.disk_budget_bytes, d.disk_budget),
+            max_bundles: pick(
+                flags.max_prekey_bundles,
+                fl.max_prekey_bundles,
+                d.max_bundles,
+            ),
             deposit_rate: RateLimit {
                 burst: per_second.saturating_mul(2),
                 per_second,

@@ -19,7 +19,9 @@ use sha2::{Digest, Sha256};
 
 use crate::crypto::limits::MAX_ENVELOPE;
 use crate::crypto::wire::bytes64;
-use crate::crypto::{self, DeviceIdentity, MailboxId, MailboxKey, labels, wire};
+use crate::crypto::{
+    self, DeviceIdentity, MailboxId, MailboxKey, OneTimePublic, PrekeyBundle, labels, wire,
+};
 
 /// The protocol name.
 pub const MAILBOX_PROTOCOL: &str = "/meshchat/mailbox/1";
@@ -30,6 +32,8 @@ pub const MAX_DEPOSIT: usize = 64;
 pub const MAX_FETCH: usize = 256;
 /// Most sequence numbers in one ack.
 pub const MAX_ACK: usize = 1024;
+/// Most one-time prekeys in one publish, and held for one mailbox.
+pub const MAX_HELD_ONE_TIME: usize = 100;
 /// Largest encoded request (a full deposit).
 pub const MAX_REQUEST: usize = MAX_DEPOSIT * (MAX_ENVELOPE + 8) + 1024;
 /// Largest encoded response (a full fetch answer).
@@ -88,6 +92,20 @@ pub struct Ack {
     pub seqs: Vec<u64>,
 }
 
+/// Publish: the owner's prekey bundle (its `mailbox_id` must be the
+/// signer's mailbox) and new one-time prekeys to hand out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// Who asks.
+    pub owner: Owner,
+    /// The bundle (a one-time prekey riding in it is ignored).
+    pub bundle: PrekeyBundle,
+    /// One-time prekeys to add, each signed by the bundle's identity, all
+    /// with ids above any the relay held for this mailbox before (at most
+    /// [`MAX_HELD_ONE_TIME`]).
+    pub one_time: Vec<OneTimePublic>,
+}
+
 /// A request to a relay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -97,6 +115,15 @@ pub enum Request {
     Fetch(Signed<Fetch>),
     /// Delete delivered mail.
     Ack(Signed<Ack>),
+    /// Hold the signer's prekey bundle and one-time prekeys.
+    PublishPrekeys(Box<Signed<Publish>>),
+    /// The bundle held for a mailbox, with one one-time prekey that is
+    /// then never handed out again (anyone may ask: it is how a contact
+    /// opens a session with a device that is offline).
+    FetchPrekeys {
+        /// The mailbox id (from the device's invite or bundle).
+        mailbox: [u8; 32],
+    },
 }
 
 /// Why a relay refused a request. A sender shows it to the user; none of
@@ -228,6 +255,11 @@ pub enum Response {
     },
     /// How many of the acked envelopes were held (and are now deleted).
     Acked(u32),
+    /// The bundle is held, with this many one-time prekeys left to hand out.
+    Published(u32),
+    /// The bundle held for the mailbox asked about, with a one-time
+    /// prekey while any is left (None: no bundle is held for it).
+    Prekeys(Option<PrekeyBundle>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -271,6 +303,11 @@ impl Request {
             Self::Ack(a) if a.body.seqs.len() > MAX_ACK => {
                 too_many("mailbox ack", a.body.seqs.len(), MAX_ACK)
             }
+            Self::PublishPrekeys(p) if p.body.one_time.len() > MAX_HELD_ONE_TIME => too_many(
+                "published one-time prekeys",
+                p.body.one_time.len(),
+                MAX_HELD_ONE_TIME,
+            ),
             _ => Ok(w.message),
         }
     }
@@ -324,6 +361,13 @@ impl OwnerRequest for Fetch {
 
 impl OwnerRequest for Ack {
     const KIND: u8 = 2;
+    fn owner(&self) -> &Owner {
+        &self.owner
+    }
+}
+
+impl OwnerRequest for Publish {
+    const KIND: u8 = 3;
     fn owner(&self) -> &Owner {
         &self.owner
     }

@@ -256,7 +256,7 @@ impl Relay {
                 };
                 let copy = DeviceIdentity::from_secret_bytes(&identity.to_secret_bytes())?;
                 let spool = Spool::open(path.join(SPOOL_DIR), &key)?;
-                let service = Service::new(spool, copy, limits, m);
+                let service = Service::new(spool, store.clone(), copy, limits, m)?;
                 Ok((store, service, identity))
             },
         )
@@ -732,7 +732,10 @@ impl Actor {
             } => {
                 let limiter = match &request {
                     Request::Deposit(_) => &mut self.deposits,
-                    Request::Fetch(_) | Request::Ack(_) => &mut self.owners,
+                    Request::Fetch(_)
+                    | Request::Ack(_)
+                    | Request::PublishPrekeys(_)
+                    | Request::FetchPrekeys { .. } => &mut self.owners,
                 };
                 if !limiter.allow(&peer, Instant::now()) {
                     self.metrics.refused(Refusal::RateLimited);

@@ -1,8 +1,12 @@
-//! The relay's mailbox service: answers [`Request`]s from its store under
-//! the operator's [`Limits`]. Synchronous, no network: the relay's store
-//! thread ([`super::server`]) feeds it requests, flushes the store when
-//! [`Answer::flush`] says so, and only then sends the response (a custody
-//! receipt is a promise that the envelopes are on disk).
+//! The relay's mailbox service: answers [`Request`]s from its spool and
+//! store under the operator's [`Limits`]. Synchronous, no network: the
+//! relay's store thread ([`super::server`]) feeds it requests, syncs the
+//! spool when [`Answer::flush`] says so, and only then sends the response
+//! (a custody receipt is a promise that the envelopes are on disk).
+//!
+//! Prekeys (rare, small) live in the store's `HeldPrekeys` records, and
+//! the store is flushed before such a request is answered: a one-time
+//! prekey is handed out once, even across a crash.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -11,13 +15,17 @@ use std::time::Instant;
 use libp2p::PeerId;
 
 use super::metrics::Metrics;
+use serde::{Deserialize, Serialize};
+
 use super::proto::{
-    CustodyReceipt, MAX_FETCH, MAX_REQUEST_SKEW, Mail, Owner, OwnerRequest, Refusal, Request,
-    Response, Signed, envelope_digest,
+    CustodyReceipt, MAX_FETCH, MAX_HELD_ONE_TIME, MAX_REQUEST_SKEW, Mail, Owner, OwnerRequest,
+    Publish, Refusal, Request, Response, Signed, envelope_digest,
 };
-use crate::crypto::{DeviceIdentity, Envelope, MailboxId, limits::MAX_ENVELOPE};
+use crate::crypto::{
+    DeviceIdentity, Envelope, MailboxId, OneTimePublic, PrekeyBundle, limits::MAX_ENVELOPE,
+};
 use crate::node::net::{RateLimit, RateLimiter};
-use crate::store::{self, Spool, ToHold};
+use crate::store::{self, Kind, Spool, Store, ToHold};
 
 /// Most owner-request nonces remembered (each for twice the clock skew
 /// allowed); when full, new owner requests are refused until some age out.
@@ -28,6 +36,22 @@ pub const MAX_FETCH_BYTES: usize = 1024 * 1024;
 /// Most envelopes dropped per purge call (the store thread purges again at
 /// its next tick if more are due).
 const PURGE_BATCH: usize = 10_000;
+
+/// What a relay keeps for one mailbox's prekeys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HeldPrekeys {
+    version: u8,
+    /// The latest bundle published (without a one-time prekey).
+    bundle: PrekeyBundle,
+    /// One-time prekeys not handed out yet, oldest first.
+    one_time: Vec<OneTimePublic>,
+    /// The highest one-time prekey id ever taken: a later publish adds
+    /// only ids above it, so one handed out never comes back.
+    max_id: u32,
+}
+
+const HELD_PREKEYS_VERSION: u8 = 1;
+const HELD_PREKEYS_MAX: usize = 32 * 1024;
 
 /// What an operator bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +66,10 @@ pub struct Limits {
     pub max_envelope: usize,
     /// Most envelope bytes held in all; deposits beyond are refused.
     pub disk_budget: u64,
+    /// Most mailboxes whose prekeys are held (each at most 32 KiB: a
+    /// bundle and [`MAX_HELD_ONE_TIME`] one-time prekeys); a first publish
+    /// beyond is refused `DiskFull`.
+    pub max_bundles: u64,
     /// Deposit requests one peer may make.
     pub deposit_rate: RateLimit,
     /// Deposited KiB one peer may send.
@@ -60,6 +88,7 @@ impl Default for Limits {
             max_bytes: 64 * 1024 * 1024,
             max_envelope: MAX_ENVELOPE,
             disk_budget: 10 * 1024 * 1024 * 1024,
+            max_bundles: 50_000,
             deposit_rate: RateLimit {
                 burst: 2_000,
                 per_second: 1_000,
@@ -119,6 +148,9 @@ impl Answer {
 /// Mailboxes held by a relay.
 pub struct Service {
     spool: Spool,
+    store: Arc<Store>,
+    /// Mailboxes whose prekeys are held.
+    bundles: u64,
     identity: DeviceIdentity,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -138,16 +170,21 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// A service over `spool`, signing custody receipts as `identity` and
-    /// counting into `metrics` (whose gauges it sets from the spool).
+    /// A service over `spool` (mail) and `store` (prekeys), signing
+    /// custody receipts as `identity` and counting into `metrics` (whose
+    /// gauges it sets from the spool).
     pub fn new(
         spool: Spool,
+        store: Arc<Store>,
         identity: DeviceIdentity,
         limits: Limits,
         metrics: Arc<Metrics>,
-    ) -> Self {
+    ) -> Result<Self, store::Error> {
+        let bundles = store.records(Kind::HeldPrekeys)?.len() as u64;
         let s = Self {
             spool,
+            store,
+            bundles,
             identity,
             deposits: RateLimiter::new(limits.deposit_rate, limits.rate_peers),
             deposit_kib: RateLimiter::new(limits.deposit_kib_rate, limits.rate_peers),
@@ -158,7 +195,10 @@ impl Service {
             nonce_order: VecDeque::new(),
         };
         s.refresh_gauges();
-        s
+        s.metrics
+            .prekey_bundles
+            .store(s.bundles, std::sync::atomic::Ordering::Relaxed);
+        Ok(s)
     }
 
     /// The metrics it counts into.
@@ -233,6 +273,17 @@ impl Service {
                     a
                 }
             },
+            Request::PublishPrekeys(p) => match self.authorize(peer, &p, now) {
+                Err(r) => Answer::now(Response::Refused(r)),
+                Ok(mailbox) => Answer::now(self.publish(&mailbox.0, p.body)?),
+            },
+            Request::FetchPrekeys { mailbox } => {
+                if self.owners.allow(peer, Instant::now()) {
+                    Answer::now(self.hand_out(&mailbox)?)
+                } else {
+                    Answer::now(Response::Refused(Refusal::RateLimited))
+                }
+            }
             Request::Ack(a) => match self.authorize(peer, &a, now) {
                 Err(r) => Answer::now(Response::Refused(r)),
                 Ok(mailbox) => {
@@ -252,6 +303,127 @@ impl Service {
             self.metrics.refused(*r);
         }
         Ok(answer)
+    }
+
+    /// The prekeys held for `mailbox` (None if none, or if the record does
+    /// not decode: it is then replaced by the next publish).
+    fn held_prekeys(&self, mailbox: &[u8; 32]) -> Result<Option<HeldPrekeys>, store::Error> {
+        let Some(bytes) = self.store.records(Kind::HeldPrekeys)?.get(mailbox)? else {
+            return Ok(None);
+        };
+        match crate::crypto::wire::decode::<HeldPrekeys>(
+            &bytes,
+            "held prekeys",
+            HELD_PREKEYS_VERSION,
+            HELD_PREKEYS_MAX,
+        ) {
+            Ok(h) => Ok(Some(h)),
+            Err(e) => {
+                tracing::warn!(error = %e, "held prekeys unreadable; treated as none");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes `held` for `mailbox` and flushes the store.
+    fn keep_prekeys(&self, mailbox: &[u8; 32], held: &HeldPrekeys) -> Result<(), store::Error> {
+        self.store
+            .records(Kind::HeldPrekeys)?
+            .put(mailbox, &crate::crypto::wire::encode(held))?;
+        self.store.flush()?;
+        Ok(())
+    }
+
+    /// Holds the bundle and new one-time prekeys `p` for `mailbox` (whose
+    /// owner signed the request).
+    fn publish(&mut self, mailbox: &[u8; 32], p: Publish) -> Result<Response, store::Error> {
+        let refused = |r| Ok(Response::Refused(r));
+        let Ok(verified) = p.bundle.verify() else {
+            return refused(Refusal::BadSignature);
+        };
+        // The bundle must name this very mailbox, and every one-time
+        // prekey be signed by the bundle's identity.
+        if verified.body.mailbox_id != *mailbox
+            || p.one_time
+                .iter()
+                .any(|k| verified.check_one_time(k).is_err())
+        {
+            return refused(Refusal::BadSignature);
+        }
+        let held = self.held_prekeys(mailbox)?;
+        let new_mailbox = held.is_none();
+        if new_mailbox && self.bundles >= self.limits.max_bundles {
+            return refused(Refusal::DiskFull);
+        }
+        let mut next = match held {
+            Some(h) => {
+                let old = h.bundle.verify().ok().map(|v| v.body);
+                if old
+                    .as_ref()
+                    .is_some_and(|b| b.created_at > verified.body.created_at)
+                {
+                    return refused(Refusal::Stale);
+                }
+                // A new identity on the same mailbox: the old one-time
+                // prekeys are of no use to it.
+                if old.is_some_and(|b| b.identity == verified.body.identity) {
+                    h
+                } else {
+                    HeldPrekeys {
+                        one_time: Vec::new(),
+                        max_id: 0,
+                        ..h
+                    }
+                }
+            }
+            None => HeldPrekeys {
+                version: HELD_PREKEYS_VERSION,
+                bundle: p.bundle.clone(),
+                one_time: Vec::new(),
+                max_id: 0,
+            },
+        };
+        next.bundle = p.bundle;
+        next.bundle.one_time = None;
+        // Only ids above any taken before: one handed out never returns.
+        let mut fresh: Vec<OneTimePublic> = p
+            .one_time
+            .into_iter()
+            .filter(|k| k.id > next.max_id)
+            .collect();
+        fresh.sort_by_key(|k| k.id);
+        fresh.dedup_by_key(|k| k.id);
+        for k in fresh {
+            if next.one_time.len() >= MAX_HELD_ONE_TIME {
+                break;
+            }
+            next.max_id = next.max_id.max(k.id);
+            next.one_time.push(k);
+        }
+        self.keep_prekeys(mailbox, &next)?;
+        if new_mailbox {
+            self.bundles += 1;
+            Metrics::add(&self.metrics.prekey_bundles, 1);
+        }
+        Ok(Response::Published(
+            u32::try_from(next.one_time.len()).unwrap_or(u32::MAX),
+        ))
+    }
+
+    /// The bundle held for `mailbox`, with the oldest one-time prekey left
+    /// (taken out, and the store flushed, before it is answered).
+    fn hand_out(&mut self, mailbox: &[u8; 32]) -> Result<Response, store::Error> {
+        let Some(mut held) = self.held_prekeys(mailbox)? else {
+            return Ok(Response::Prekeys(None));
+        };
+        let mut bundle = held.bundle.clone();
+        Metrics::add(&self.metrics.prekey_fetches, 1);
+        if !held.one_time.is_empty() {
+            bundle.one_time = Some(held.one_time.remove(0));
+            self.keep_prekeys(mailbox, &held)?;
+            Metrics::add(&self.metrics.one_time_prekeys_handed_out, 1);
+        }
+        Ok(Response::Prekeys(Some(bundle)))
     }
 
     /// Counts a fetch answered with `response` (a held one is counted
@@ -441,7 +613,10 @@ mod tests {
     use rand::rngs::StdRng;
 
     struct Fixture {
-        _dir: tempfile::TempDir,
+        dir: tempfile::TempDir,
+        key: crate::crypto::DataKey,
+        /// A copy of the relay's identity (to restart the service as it).
+        identity: DeviceIdentity,
         service: Service,
         relay: [u8; 32],
         rng: StdRng,
@@ -455,18 +630,31 @@ mod tests {
         let key = Keystore::create(b"r", KdfParams::INSECURE_FAST, &mut rng)
             .unwrap()
             .1;
-        let spool = Spool::open(dir.path(), &key).unwrap();
         let identity = DeviceIdentity::generate(&mut rng);
         let relay = identity.public().signing;
         let owner = MailboxKey::generate(&mut rng);
+        let copy = DeviceIdentity::from_secret_bytes(&identity.to_secret_bytes()).unwrap();
         Fixture {
-            _dir: dir,
-            service: Service::new(spool, identity, limits, Arc::default()),
+            service: open(dir.path(), &key, copy, limits),
+            identity,
+            dir,
+            key,
             relay,
             rng,
             owner,
             peer: PeerId::random(),
         }
+    }
+
+    fn open(
+        dir: &std::path::Path,
+        key: &crate::crypto::DataKey,
+        identity: DeviceIdentity,
+        limits: Limits,
+    ) -> Service {
+        let store = Arc::new(Store::open(dir, key).unwrap());
+        let spool = Spool::open(dir.join("spool"), key).unwrap();
+        Service::new(spool, store, identity, limits, Arc::default()).unwrap()
     }
 
     fn envelope(to: &MailboxKey, n: u8, expires_at: u64, len: usize) -> Vec<u8> {
@@ -684,5 +872,159 @@ mod tests {
                 .response,
             Response::Custody(_)
         ));
+    }
+
+    /// A device with prekeys publishing to the fixture's relay under the
+    /// fixture's mailbox key.
+    struct Device {
+        identity: DeviceIdentity,
+        prekeys: crate::crypto::PrekeyStore,
+    }
+
+    impl Device {
+        fn new(rng: &mut StdRng) -> Self {
+            let identity = DeviceIdentity::generate(rng);
+            let prekeys = crate::crypto::PrekeyStore::new(&identity, 100, rng);
+            Self { identity, prekeys }
+        }
+
+        fn publish(&mut self, f: &mut Fixture, mailbox: [u8; 32], at: u64, keys: usize) -> Request {
+            let bundle = self
+                .prekeys
+                .bundle(&self.identity, mailbox, &[], at, false)
+                .unwrap();
+            let one_time = self
+                .prekeys
+                .generate_one_time(&self.identity, keys, &mut f.rng);
+            let owner = Owner::new(&f.owner, f.relay, at, &mut f.rng);
+            Request::PublishPrekeys(Box::new(Signed::new(
+                &f.owner,
+                Publish {
+                    owner,
+                    bundle,
+                    one_time,
+                },
+            )))
+        }
+    }
+
+    fn fetch_prekeys(f: &mut Fixture, at: u64) -> Option<PrekeyBundle> {
+        let mailbox = f.owner.id().0;
+        match f
+            .service
+            .handle(&f.peer, Request::FetchPrekeys { mailbox }, at)
+            .unwrap()
+            .response
+        {
+            Response::Prekeys(b) => b,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn published_prekeys_are_served_and_each_one_time_prekey_handed_out_once() {
+        let mut f = fixture(Limits::default());
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut device = Device::new(&mut rng);
+        let mailbox = f.owner.id().0;
+        assert_eq!(fetch_prekeys(&mut f, 1_000), None);
+        let publish = device.publish(&mut f, mailbox, 1_000, 2);
+        let a = f.service.handle(&f.peer, publish, 1_000).unwrap();
+        assert_eq!(a.response, Response::Published(2));
+        let first = fetch_prekeys(&mut f, 1_001).unwrap();
+        let v = first.verify().unwrap();
+        assert_eq!(v.body.identity, *device.identity.public());
+        let one = v.one_time.unwrap().id;
+        // After a restart, the one handed out stays handed out.
+        let Fixture {
+            dir,
+            key,
+            identity,
+            service,
+            relay,
+            rng: frng,
+            owner,
+            peer,
+        } = f;
+        drop(service);
+        let copy = DeviceIdentity::from_secret_bytes(&identity.to_secret_bytes()).unwrap();
+        let mut f = Fixture {
+            service: open(dir.path(), &key, copy, Limits::default()),
+            identity,
+            dir,
+            key,
+            relay,
+            rng: frng,
+            owner,
+            peer,
+        };
+        let second = fetch_prekeys(&mut f, 1_002).unwrap();
+        let two = second.verify().unwrap().one_time.unwrap().id;
+        assert_ne!(one, two);
+        // None left: the bundle alone.
+        assert_eq!(fetch_prekeys(&mut f, 1_003).unwrap().one_time, None);
+        // A later publish adds new ones; ids taken before never return.
+        let mut replay = device.publish(&mut f, mailbox, 1_010, 1);
+        if let Request::PublishPrekeys(p) = &mut replay {
+            let again = p.body.one_time.clone();
+            p.body.one_time = vec![first.one_time.clone().unwrap()];
+            p.body.one_time.extend(again);
+            **p = Signed::new(&f.owner, p.body.clone());
+        }
+        let a = f.service.handle(&f.peer, replay, 1_010).unwrap();
+        assert_eq!(a.response, Response::Published(1));
+        let three = fetch_prekeys(&mut f, 1_011).unwrap().one_time.unwrap().id;
+        assert!(three > two);
+    }
+
+    #[test]
+    fn prekeys_that_do_not_belong_to_the_signer_are_refused() {
+        let mut f = fixture(Limits::default());
+        let mut rng = StdRng::seed_from_u64(10);
+        let mut device = Device::new(&mut rng);
+        let mailbox = f.owner.id().0;
+        let refused = |a: Answer| match a.response {
+            Response::Refused(r) => r,
+            other => panic!("{other:?}"),
+        };
+        // A bundle naming another mailbox.
+        let other = device.publish(&mut f, [7; 32], 1_000, 1);
+        let a = f.service.handle(&f.peer, other, 1_000).unwrap();
+        assert_eq!(refused(a), Refusal::BadSignature);
+        // A one-time prekey signed by someone else.
+        let stranger = Device::new(&mut rng);
+        let mut forged = device.publish(&mut f, mailbox, 1_000, 0);
+        if let Request::PublishPrekeys(p) = &mut forged {
+            let mut s = stranger;
+            p.body.one_time = s.prekeys.generate_one_time(&s.identity, 1, &mut rng);
+            **p = Signed::new(&f.owner, p.body.clone());
+        }
+        let a = f.service.handle(&f.peer, forged, 1_000).unwrap();
+        assert_eq!(refused(a), Refusal::BadSignature);
+        // Signed by a key that does not own the mailbox.
+        let thief = MailboxKey::generate(&mut rng);
+        let mut stolen = device.publish(&mut f, mailbox, 1_000, 1);
+        if let Request::PublishPrekeys(p) = &mut stolen {
+            **p = Signed::new(&thief, p.body.clone());
+        }
+        let a = f.service.handle(&f.peer, stolen, 1_000).unwrap();
+        assert_eq!(refused(a), Refusal::BadSignature);
+        assert_eq!(fetch_prekeys(&mut f, 1_001), None);
+        // An older bundle than the one held.
+        let newer = device.publish(&mut f, mailbox, 1_050, 1);
+        let a = f.service.handle(&f.peer, newer, 1_050).unwrap();
+        assert_eq!(a.response, Response::Published(1));
+        let older = device.publish(&mut f, mailbox, 1_040, 1);
+        let a = f.service.handle(&f.peer, older, 1_050).unwrap();
+        assert_eq!(refused(a), Refusal::Stale);
+        // The relay's limit on mailboxes with prekeys.
+        let mut g = fixture(Limits {
+            max_bundles: 0,
+            ..Limits::default()
+        });
+        let m = g.owner.id().0;
+        let p = device.publish(&mut g, m, 1_000, 1);
+        let a = g.service.handle(&g.peer, p, 1_000).unwrap();
+        assert_eq!(refused(a), Refusal::DiskFull);
     }
 }

@@ -25,6 +25,9 @@ pub enum Kind {
     Prekeys,
     /// This device's identity and mailbox keys.
     Identity,
+    /// On a relay: the prekey bundles and one-time prekeys devices
+    /// published, by mailbox id.
+    HeldPrekeys,
 }
 
 /// Largest key of a record.
@@ -32,13 +35,14 @@ pub const MAX_RECORD_KEY: usize = 128;
 
 impl Kind {
     /// Every kind, for backups and tests.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Contacts,
         Kind::Groups,
         Kind::Sessions,
         Kind::SenderKeys,
         Kind::Prekeys,
         Kind::Identity,
+        Kind::HeldPrekeys,
     ];
 
     pub(crate) const fn spec(self) -> TreeSpec {
@@ -68,6 +72,11 @@ impl Kind {
                 name: "identity",
                 max_plain: 4 * 1024,
             },
+            // A bundle (≤ 4 KiB) and 100 one-time prekeys (~110 bytes each).
+            Kind::HeldPrekeys => TreeSpec {
+                name: "held_prekeys",
+                max_plain: 32 * 1024,
+            },
         }
     }
 }
@@ -91,6 +100,16 @@ impl<'a> Records<'a> {
             .open_tree(spec.name)
             .map_err(Error::db(spec.name, "open"))?;
         Ok(Self { store, kind, tree })
+    }
+
+    /// How many records there are (walks the keys; nothing is decrypted).
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), Error> {

@@ -54,11 +54,19 @@ async fn deposit_custody_fetch_and_ack_over_the_wire() {
     let key = Keystore::create(b"relay", KdfParams::INSECURE_FAST, &mut rng)
         .unwrap()
         .1;
-    let spool = Spool::open(dir.path(), &key).unwrap();
+    let store = std::sync::Arc::new(meshchat::store::Store::open(dir.path(), &key).unwrap());
+    let spool = Spool::open(dir.path().join("spool"), &key).unwrap();
     // The relay signs with the identity behind its peer id (seed 31).
     let relay_identity = DeviceIdentity::generate(&mut StdRng::seed_from_u64(31));
     let relay_key = relay_identity.public().signing;
-    let mut service = Service::new(spool, relay_identity, Limits::default(), Default::default());
+    let mut service = Service::new(
+        spool,
+        store,
+        relay_identity,
+        Limits::default(),
+        Default::default(),
+    )
+    .unwrap();
 
     let owner = MailboxKey::generate(&mut rng);
     let mail: Vec<Vec<u8>> = (1..=2u8)

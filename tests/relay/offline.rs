@@ -175,3 +175,66 @@ async fn a_device_with_no_relay_configured_finds_one_in_the_dht() {
     receipt(&mut a, sent, DeliveryState::Delivered).await;
     r.holds(0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_added_while_the_device_is_away_gets_a_one_time_prekey_from_its_relay() {
+    let dr = tempfile::tempdir().unwrap();
+    let r = TestRelay::start(relay_config(dr.path(), 161)).await;
+    let relay = r.handle.peer_id();
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c_config = || {
+        let mut cfg = config(dc.path(), 163);
+        cfg.relays = vec![r.addr.clone()];
+        cfg
+    };
+    let a = TestNode::start_in("alice", da.path(), 162).await;
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    // Carol's relay holds her bundle and a batch of one-time prekeys
+    // (the first publish finds none there and tops them up).
+    c.wait("prekeys published with one-time prekeys", |e| match e {
+        NodeEvent::PrekeysPublished { relay: x, one_time } if *x == relay && *one_time > 0 => {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    // Carol knows alice, and goes away before alice has her invite.
+    let code_c = c.invite_without_addrs().await;
+    c.handle
+        .add_contact(&a.invite_without_addrs().await, "alice")
+        .await
+        .unwrap();
+    let c_key = c.key();
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+
+    let mut a = a;
+    a.handle.add_contact(&code_c, "carol").await.unwrap();
+    let one_time = a
+        .wait("carol's prekeys from her relay", |e| match e {
+            NodeEvent::ContactPrekeys {
+                contact,
+                relay: x,
+                one_time,
+            } if *contact == c_key && *x == relay => Some(*one_time),
+            _ => None,
+        })
+        .await;
+    assert!(one_time, "a one-time prekey came with the bundle");
+    assert_eq!(
+        r.handle
+            .metrics()
+            .one_time_prekeys_handed_out
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The session alice starts uses it; carol, back, opens the message
+    // with the secret she kept when she published it.
+    let body = b"first words, while you were away".to_vec();
+    let sent = a.handle.send(c_key, body.clone()).await.unwrap();
+    receipt(&mut a, sent, DeliveryState::StoredAtRelay).await;
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    let got = message(&mut c, &body).await;
+    assert_eq!(got.sender, a.key());
+    receipt(&mut a, sent, DeliveryState::Delivered).await;
+}
