@@ -10,7 +10,8 @@
 //!   flight, `appendonly yes`, `appendfsync everysec` (it answers before its
 //!   fsync);
 //! - drain: a reconnecting owner fetches and acks a mailbox of `drain`
-//!   envelopes (pages of 256, the next fetch sent as each page arrives);
+//!   envelopes (pages of up to 1,024 envelopes or 1 MiB, as the node asks
+//!   for them; the next fetch sent as each page arrives);
 //!   Redis: `LRANGE` pages of 256 over a list of the same size, pipelined;
 //! - memory: the relay's resident set with `million` envelopes queued,
 //!   and Redis's with the same lists.
@@ -344,7 +345,7 @@ async fn drain_rate(
             Fetch {
                 owner,
                 after,
-                limit: 256,
+                limit: 1024,
                 wait_secs: 0,
             },
         ))

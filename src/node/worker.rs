@@ -46,7 +46,7 @@ type SendCall = (Vec<Vec<u8>>, Reply<Vec<MessageRef>>);
 pub(crate) type Outgoing = (Option<u64>, Vec<u8>);
 
 /// Most envelopes asked for in one fetch from our relays.
-const FETCH_LIMIT: u16 = 256;
+const FETCH_LIMIT: u16 = 1024;
 /// How long a fetch waits at the relay for new mail (seconds).
 const FETCH_WAIT: u16 = 20;
 /// After a fetch failed, how long before the tick asks again (seconds).

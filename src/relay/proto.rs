@@ -29,15 +29,21 @@ const VERSION: u8 = 1;
 /// Most envelopes in one deposit.
 pub const MAX_DEPOSIT: usize = 64;
 /// Most envelopes in one fetch answer.
-pub const MAX_FETCH: usize = 256;
+pub const MAX_FETCH: usize = 1024;
+/// Most envelope bytes in one fetch answer (one envelope is always sent,
+/// however large).
+pub const MAX_FETCH_BYTES: usize = 1024 * 1024;
 /// Most sequence numbers in one ack.
 pub const MAX_ACK: usize = 1024;
 /// Most one-time prekeys in one publish, and held for one mailbox.
 pub const MAX_HELD_ONE_TIME: usize = 100;
 /// Largest encoded request (a full deposit).
 pub const MAX_REQUEST: usize = MAX_DEPOSIT * (MAX_ENVELOPE + 8) + 1024;
-/// Largest encoded response (a full fetch answer).
-pub const MAX_RESPONSE: usize = MAX_FETCH * (MAX_ENVELOPE + 16) + 1024;
+/// Largest encoded response (a full fetch answer: its envelopes, and for
+/// each its sequence number and length).
+pub const MAX_RESPONSE: usize = MAX_FETCH_BYTES + MAX_FETCH * 16 + 1024;
+// The one envelope always sent fits the bound too.
+const _: () = assert!(MAX_ENVELOPE <= MAX_FETCH_BYTES);
 /// How far a signed request's time may be from the relay's clock (seconds).
 pub const MAX_REQUEST_SKEW: u64 = 300;
 

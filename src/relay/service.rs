@@ -18,7 +18,7 @@ use super::metrics::Metrics;
 use serde::{Deserialize, Serialize};
 
 use super::proto::{
-    CustodyReceipt, MAX_FETCH, MAX_HELD_ONE_TIME, MAX_REQUEST_SKEW, Mail, Owner, OwnerRequest,
+    CustodyReceipt, MAX_FETCH, MAX_FETCH_BYTES, MAX_HELD_ONE_TIME, MAX_REQUEST_SKEW, Mail, Owner, OwnerRequest,
     Publish, Refusal, Request, Response, Signed, envelope_digest,
 };
 use crate::crypto::{
@@ -30,9 +30,6 @@ use crate::store::{self, Kind, Spool, Store, ToHold};
 /// Most owner-request nonces remembered (each for twice the clock skew
 /// allowed); when full, new owner requests are refused until some age out.
 const MAX_NONCES: usize = 250_000;
-/// Most envelope bytes in one fetch answer (at least one envelope is
-/// always sent).
-pub const MAX_FETCH_BYTES: usize = 1024 * 1024;
 /// Most envelopes dropped per purge call (the store thread purges again at
 /// its next tick if more are due).
 const PURGE_BATCH: usize = 10_000;
