@@ -762,7 +762,8 @@ impl Actor {
                     max_wait: self.max_wait,
                 });
             }
-            NetEvent::MailboxInboundFailed { peer } => {
+            NetEvent::MailboxInboundFailed { closed: true, .. } => {}
+            NetEvent::MailboxInboundFailed { peer, .. } => {
                 Metrics::add(&self.metrics.bad_requests, 1);
                 self.complain(
                     &peer,

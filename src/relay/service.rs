@@ -18,8 +18,8 @@ use super::metrics::Metrics;
 use serde::{Deserialize, Serialize};
 
 use super::proto::{
-    CustodyReceipt, MAX_FETCH, MAX_FETCH_BYTES, MAX_HELD_ONE_TIME, MAX_REQUEST_SKEW, Mail, Owner, OwnerRequest,
-    Publish, Refusal, Request, Response, Signed, envelope_digest,
+    CustodyReceipt, MAX_FETCH, MAX_FETCH_BYTES, MAX_HELD_ONE_TIME, MAX_REQUEST_SKEW, Mail, Owner,
+    OwnerRequest, Publish, Refusal, Request, Response, Signed, envelope_digest,
 };
 use crate::crypto::{
     DeviceIdentity, Envelope, MailboxId, OneTimePublic, PrekeyBundle, limits::MAX_ENVELOPE,

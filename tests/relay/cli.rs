@@ -1,6 +1,7 @@
 //! `meshchat relay`, the real binary: config file, JSON logs, a deposit
 //! over the wire, the metrics endpoint, SIGTERM; and mistakes an operator
-//! makes, each a clear message and a non-zero exit.
+//! makes, each a clear message and a non-zero exit. And `meshchat demo`,
+//! which runs a relay and three devices in one process.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -233,4 +234,37 @@ fn operator_mistakes_are_one_clear_line_and_exit_code_2() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--passphrase-file"));
     assert!(!data.exists());
+}
+
+#[test]
+fn the_demo_tells_its_whole_story_on_loopback_and_exits_cleanly() {
+    // The demo bounds each of its steps itself (20 s), so this ends.
+    let out = Command::new(env!("CARGO_BIN_EXE_meshchat"))
+        .arg("demo")
+        .env_remove("MESHCHAT_LOG")
+        .output()
+        .unwrap();
+    let (text, errors) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{text}\n{errors}");
+    for step in [
+        "on 127.0.0.1 only",
+        "across bob (two hops)",
+        "✓ stored at relay",
+        "the relay deleted it",
+        "delivered, then read",
+        "all stopped",
+    ] {
+        assert!(text.contains(step), "missing {step:?} in:\n{text}");
+    }
+    // The text was looked for on bob's disk and in the relay's files.
+    assert!(text.contains("the text on bob's disk: nowhere"), "{text}");
+    assert!(
+        text.contains("the text in the relay's files: nowhere"),
+        "{text}"
+    );
+    assert!(!text.contains("FOUND"), "{text}");
+    assert!(!errors.contains("ERROR"), "{errors}");
 }

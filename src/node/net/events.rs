@@ -159,6 +159,9 @@ pub enum NetEvent {
     MailboxInboundFailed {
         /// The peer.
         peer: PeerId,
+        /// Whether the connection closed first (a device that went away
+        /// while its fetch waited: not the peer's fault).
+        closed: bool,
     },
     /// Our circuit-relay server did something (relay mode).
     RelayServer(RelayServerEvent),
@@ -381,7 +384,12 @@ fn on_mailbox(event: request_response::Event<Inbound, Response>) -> Option<NetEv
         }),
         request_response::Event::InboundFailure { peer, error, .. } => {
             debug!(peer = %peer, %error, "inbound mailbox request failed");
-            Some(NetEvent::MailboxInboundFailed { peer })
+            let closed = matches!(
+                error,
+                request_response::InboundFailure::ConnectionClosed
+                    | request_response::InboundFailure::ResponseOmission
+            );
+            Some(NetEvent::MailboxInboundFailed { peer, closed })
         }
         request_response::Event::ResponseSent { .. } => None,
     }
