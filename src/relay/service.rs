@@ -73,6 +73,9 @@ pub struct Limits {
     pub deposit_kib_rate: RateLimit,
     /// Fetch and ack requests one peer may make.
     pub owner_rate: RateLimit,
+    /// Prekey requests (publish and fetch) one peer may make: each one
+    /// flushes the store, and each fetch hands out a one-time prekey.
+    pub prekey_rate: RateLimit,
     /// How many peers' budgets are tracked.
     pub rate_peers: usize,
 }
@@ -97,6 +100,10 @@ impl Default for Limits {
             owner_rate: RateLimit {
                 burst: 2_000,
                 per_second: 1_000,
+            },
+            prekey_rate: RateLimit {
+                burst: 20,
+                per_second: 2,
             },
             rate_peers: 4096,
         }
@@ -154,6 +161,7 @@ pub struct Service {
     deposits: RateLimiter,
     deposit_kib: RateLimiter,
     owners: RateLimiter,
+    prekey_requests: RateLimiter,
     nonces: HashMap<[u8; 16], u64>,
     nonce_order: VecDeque<([u8; 16], u64)>,
 }
@@ -186,6 +194,7 @@ impl Service {
             deposits: RateLimiter::new(limits.deposit_rate, limits.rate_peers),
             deposit_kib: RateLimiter::new(limits.deposit_kib_rate, limits.rate_peers),
             owners: RateLimiter::new(limits.owner_rate, limits.rate_peers),
+            prekey_requests: RateLimiter::new(limits.prekey_rate, limits.rate_peers),
             limits,
             metrics,
             nonces: HashMap::new(),
@@ -270,6 +279,11 @@ impl Service {
                     a
                 }
             },
+            Request::PublishPrekeys(_) | Request::FetchPrekeys { .. }
+                if !self.prekey_requests.allow(peer, Instant::now()) =>
+            {
+                Answer::now(Response::Refused(Refusal::RateLimited))
+            }
             Request::PublishPrekeys(p) => match self.authorize(peer, &p, now) {
                 Err(r) => Answer::now(Response::Refused(r)),
                 Ok(mailbox) => Answer::now(self.publish(&mailbox.0, p.body)?),
@@ -1014,6 +1028,17 @@ mod tests {
         let older = device.publish(&mut f, mailbox, 1_040, 1);
         let a = f.service.handle(&f.peer, older, 1_050).unwrap();
         assert_eq!(refused(a), Refusal::Stale);
+        // Each prekey request flushes the store: one peer gets a few.
+        let limited = (0..30)
+            .filter(|_| {
+                let a = f
+                    .service
+                    .handle(&f.peer, Request::FetchPrekeys { mailbox }, 1_060)
+                    .unwrap();
+                a.response == Response::Refused(Refusal::RateLimited)
+            })
+            .count();
+        assert!(limited > 0 && limited < 30, "{limited}");
         // The relay's limit on mailboxes with prekeys.
         let mut g = fixture(Limits {
             max_bundles: 0,
