@@ -361,8 +361,12 @@ impl Service {
         {
             return refused(Refusal::BadSignature);
         }
+        let new_mailbox = self
+            .store
+            .records(Kind::HeldPrekeys)?
+            .get(mailbox)?
+            .is_none();
         let held = self.held_prekeys(mailbox)?;
-        let new_mailbox = held.is_none();
         if new_mailbox && self.bundles >= self.limits.max_bundles {
             return refused(Refusal::DiskFull);
         }
