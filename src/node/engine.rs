@@ -289,12 +289,18 @@ impl Engine {
         &self.mailbox
     }
 
-    /// The relays a contact's bundle names (empty if none or unreadable).
-    pub fn contact_relays(&self, key: &[u8; 32]) -> Vec<String> {
+    /// A contact's bundle, verified (None if unknown or unreadable).
+    pub fn contact_bundle(&self, key: &[u8; 32]) -> Option<crypto::BundleBody> {
         self.contacts
             .get(key)
             .and_then(|c| c.bundle.verify().ok())
-            .map(|v| v.body.relays)
+            .map(|v| v.body)
+    }
+
+    /// The relays a contact's bundle names (empty if none or unreadable).
+    pub fn contact_relays(&self, key: &[u8; 32]) -> Vec<String> {
+        self.contact_bundle(key)
+            .map(|b| b.relays)
             .unwrap_or_default()
     }
 
@@ -395,15 +401,6 @@ impl Engine {
             self.save_prekeys()?;
         }
         Ok((bundle, one_time))
-    }
-
-    /// The mailbox id a contact's bundle names (where its relays hold its
-    /// mail and prekeys).
-    pub fn contact_mailbox(&self, key: &[u8; 32]) -> Option<[u8; 32]> {
-        self.contacts
-            .get(key)
-            .and_then(|c| c.bundle.verify().ok())
-            .map(|v| v.body.mailbox_id)
     }
 
     /// Takes a bundle a contact sent in answer to our request (or that

@@ -778,12 +778,7 @@ impl Worker {
     /// Hands an unqueued envelope (a receipt) to the first of `to`'s
     /// relays, once.
     fn forward(&mut self, to: &[u8; 32], envelope: &[u8], round: &mut Round) {
-        let first = self
-            .engine
-            .contact_relays(to)
-            .into_iter()
-            .find_map(|t| t.parse().ok().as_ref().and_then(parse_relay));
-        if let Some((relay, addrs)) = first {
+        if let Some((relay, addrs)) = first_relay(&self.engine.contact_relays(to)) {
             round.outs.push(Out::Mailbox {
                 relay,
                 addrs,
@@ -831,19 +826,16 @@ impl Worker {
     /// with a one-time prekey, so a session we start before we ever reach
     /// the device directly has one.
     fn fetch_prekeys(&mut self, contact: &[u8; 32], round: &mut Round) {
-        let Some(mailbox) = self.engine.contact_mailbox(contact) else {
+        let Some(bundle) = self.engine.contact_bundle(contact) else {
             return;
         };
-        let first = self
-            .engine
-            .contact_relays(contact)
-            .into_iter()
-            .find_map(|t| t.parse().ok().as_ref().and_then(parse_relay));
-        if let Some((relay, addrs)) = first {
+        if let Some((relay, addrs)) = first_relay(&bundle.relays) {
             round.outs.push(Out::Mailbox {
                 relay,
                 addrs,
-                request: Request::FetchPrekeys { mailbox },
+                request: Request::FetchPrekeys {
+                    mailbox: bundle.mailbox_id,
+                },
                 purpose: Purpose::Prekeys { contact: *contact },
             });
         }
@@ -1040,6 +1032,13 @@ impl Worker {
             });
         }
     }
+}
+
+/// The first relay of a bundle's list that parses.
+fn first_relay(relays: &[String]) -> Option<(PeerId, Vec<Multiaddr>)> {
+    relays
+        .iter()
+        .find_map(|t| t.parse().ok().as_ref().and_then(parse_relay))
 }
 
 /// A response in a few words, for logs (mail is not logged).

@@ -529,24 +529,26 @@ impl Keeper {
                 .metrics()
                 .waiting_fetches
                 .store(waiting as u64, Ordering::Relaxed);
-            // The rest waits for the sync, on the sync thread, while this
-            // one takes the next round.
-            let round = Round {
-                file: if flush {
-                    self.service.take_unsynced()
-                } else {
-                    None
-                },
-                answers,
-                held: Metrics::get(&self.service.metrics().envelopes),
-            };
             tracing::trace!(
                 jobs = n,
                 handled_us = handled.as_micros() as u64,
                 flush,
                 "store round"
             );
-            if self.syncs.send(round).is_err() || stop {
+            // A round that wrote leaves the rest to the sync thread, while
+            // this one takes the next round. One that did not has no
+            // answers left and changed nothing held.
+            if flush {
+                let round = Round {
+                    file: self.service.take_unsynced(),
+                    answers,
+                    held: Metrics::get(&self.service.metrics().envelopes),
+                };
+                if self.syncs.send(round).is_err() {
+                    return;
+                }
+            }
+            if stop {
                 return;
             }
         }

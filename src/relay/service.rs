@@ -50,6 +50,19 @@ struct HeldPrekeys {
 const HELD_PREKEYS_VERSION: u8 = 1;
 const HELD_PREKEYS_MAX: usize = 32 * 1024;
 
+/// Decodes a held-prekeys record (None if it does not decode: the next
+/// publish replaces it).
+fn decode_held(bytes: &[u8]) -> Option<HeldPrekeys> {
+    crate::crypto::wire::decode(
+        bytes,
+        "held prekeys",
+        HELD_PREKEYS_VERSION,
+        HELD_PREKEYS_MAX,
+    )
+    .map_err(|e| tracing::warn!(error = %e, "held prekeys unreadable; treated as none"))
+    .ok()
+}
+
 /// What an operator bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -319,21 +332,8 @@ impl Service {
     /// The prekeys held for `mailbox` (None if none, or if the record does
     /// not decode: it is then replaced by the next publish).
     fn held_prekeys(&self, mailbox: &[u8; 32]) -> Result<Option<HeldPrekeys>, store::Error> {
-        let Some(bytes) = self.store.records(Kind::HeldPrekeys)?.get(mailbox)? else {
-            return Ok(None);
-        };
-        match crate::crypto::wire::decode::<HeldPrekeys>(
-            &bytes,
-            "held prekeys",
-            HELD_PREKEYS_VERSION,
-            HELD_PREKEYS_MAX,
-        ) {
-            Ok(h) => Ok(Some(h)),
-            Err(e) => {
-                tracing::warn!(error = %e, "held prekeys unreadable; treated as none");
-                Ok(None)
-            }
-        }
+        let bytes = self.store.records(Kind::HeldPrekeys)?.get(mailbox)?;
+        Ok(bytes.as_deref().and_then(decode_held))
     }
 
     /// Writes `held` for `mailbox` and flushes the store.
@@ -361,12 +361,10 @@ impl Service {
         {
             return refused(Refusal::BadSignature);
         }
-        let new_mailbox = self
-            .store
-            .records(Kind::HeldPrekeys)?
-            .get(mailbox)?
-            .is_none();
-        let held = self.held_prekeys(mailbox)?;
+        let bytes = self.store.records(Kind::HeldPrekeys)?.get(mailbox)?;
+        // Counted by the record's presence, even one that does not decode.
+        let new_mailbox = bytes.is_none();
+        let held = bytes.as_deref().and_then(decode_held);
         if new_mailbox && self.bundles >= self.limits.max_bundles {
             return refused(Refusal::DiskFull);
         }
