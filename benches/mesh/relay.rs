@@ -248,28 +248,7 @@ async fn deposit_rate(
     window: usize,
     batch: usize,
 ) -> (f64, bool) {
-    let envs: std::sync::Arc<Vec<Vec<u8>>> = std::sync::Arc::new(
-        (0..total)
-            .map(|i| envelope(&mailboxes[i % mailboxes.len()], first + i as u64))
-            .collect(),
-    );
-    let (to_verify, verify_rx) = std::sync::mpsc::channel::<(Response, std::ops::Range<usize>)>();
-    let verifier = {
-        let envs = envs.clone();
-        let key = relay.key;
-        std::thread::spawn(move || {
-            let mut valid = true;
-            let mut verified = 0;
-            for (response, range) in verify_rx {
-                valid &= match &response {
-                    Response::Custody(r) => r.verify(&key, &envs[range.clone()]).is_ok(),
-                    _ => false,
-                };
-                verified += range.len();
-            }
-            valid && verified == envs.len()
-        })
-    };
+    let (envs, to_verify, verifier) = deposits_and_verifier(relay, mailboxes, total, first);
     let mut next = 0;
     let mut open = 0;
     let mut flying: std::collections::HashMap<OutboundRequestId, std::ops::Range<usize>> =
@@ -307,6 +286,128 @@ async fn deposit_rate(
     drop(to_verify);
     let valid = verifier.join().unwrap();
     (rate(total, t.elapsed()), valid)
+}
+
+/// Envelopes to deposit, and a thread that verifies each custody receipt
+/// against exactly its request's envelopes (as a node's worker does, off
+/// the task that drives the swarm); it returns whether every one of them
+/// was covered by a valid receipt.
+#[allow(clippy::type_complexity)]
+fn deposits_and_verifier(
+    relay: &RelayProcess,
+    mailboxes: &[[u8; 32]],
+    total: usize,
+    first: u64,
+) -> (
+    std::sync::Arc<Vec<Vec<u8>>>,
+    std::sync::mpsc::Sender<(Response, std::ops::Range<usize>)>,
+    std::thread::JoinHandle<bool>,
+) {
+    let envs: std::sync::Arc<Vec<Vec<u8>>> = std::sync::Arc::new(
+        (0..total)
+            .map(|i| envelope(&mailboxes[i % mailboxes.len()], first + i as u64))
+            .collect(),
+    );
+    let (to_verify, verify_rx) = std::sync::mpsc::channel::<(Response, std::ops::Range<usize>)>();
+    let verifier = {
+        let envs = envs.clone();
+        let key = relay.key;
+        std::thread::spawn(move || {
+            let mut valid = true;
+            let mut verified = 0;
+            for (response, range) in verify_rx {
+                valid &= match &response {
+                    Response::Custody(r) => r.verify(&key, &envs[range.clone()]).is_ok(),
+                    _ => false,
+                };
+                verified += range.len();
+            }
+            valid && verified == envs.len()
+        })
+    };
+    (envs, to_verify, verifier)
+}
+
+/// As [`deposit_rate`], over one mailbox stream
+/// (`/meshchat/mailbox-stream/1`, the path a node takes to deposit): the
+/// same window and batches, requests written back to back, custody
+/// receipts as the relay's sync thread releases them.
+async fn deposit_rate_stream(
+    relay: &RelayProcess,
+    client: &mut Client,
+    mailboxes: &[[u8; 32]],
+    (total, first): (usize, u64),
+    window: usize,
+    batch: usize,
+) -> (f64, bool) {
+    let (envs, to_verify, verifier) = deposits_and_verifier(relay, mailboxes, total, first);
+    let mut control = client.net.stream_control();
+    let peer = client.relay;
+    let mut opening = tokio::spawn(async move {
+        control
+            .open_stream(peer, meshchat::relay::stream::PROTOCOL)
+            .await
+    });
+    let stream = loop {
+        tokio::select! {
+            s = &mut opening => break s.unwrap().expect("mailbox stream opens"),
+            _ = client.net.next_event() => {}
+        }
+    };
+    let (requests, requests_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (answers_tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(meshchat::relay::stream::run_client(
+        stream,
+        requests_rx,
+        answers_tx,
+    ));
+    let mut next = 0;
+    let mut open = 0;
+    let mut flying: std::collections::HashMap<u64, std::ops::Range<usize>> = Default::default();
+    let mut done = 0;
+    let mut id = 0u64;
+    let t = Instant::now();
+    while done < total {
+        while next < total && open < window {
+            let n = batch.min(window - open).min(total - next);
+            let range = next..next + n;
+            let request = Request::Deposit(
+                envs[range.clone()]
+                    .iter()
+                    .map(|e| serde_bytes::ByteBuf::from(e.clone()))
+                    .collect(),
+            );
+            requests.send((id, request)).unwrap();
+            flying.insert(id, range);
+            id += 1;
+            next += n;
+            open += n;
+        }
+        tokio::select! {
+            a = answers.recv() => {
+                let (id, answer) = a.expect("stream driver running");
+                let response = answer.unwrap_or_else(|e| panic!("deposit failed: {e}"));
+                let range = flying.remove(&id).expect("an answer to a request in flight");
+                open -= range.len();
+                done += range.len();
+                to_verify.send((response, range)).unwrap();
+            }
+            _ = client.net.next_event() => {}
+        }
+    }
+    drop(requests);
+    drop(to_verify);
+    let valid = verifier.join().unwrap();
+    let elapsed = t.elapsed();
+    // The stream closes once its last answer is in.
+    let mut driver = driver;
+    loop {
+        tokio::select! {
+            _ = &mut driver => break,
+            _ = client.net.next_event() => {}
+        }
+    }
+    (rate(total, elapsed), valid)
 }
 
 /// Fills mailboxes with `total` envelopes in batches (not timed).
@@ -646,11 +747,20 @@ pub(crate) async fn relay(deposits: usize, window: usize, drain: usize, million:
         .collect();
     let (deposit_single, single_valid) =
         deposit_rate(&relay, &mut client, &mailboxes, (deposits, 0), window, 1).await;
-    let (deposit, batched_valid) = deposit_rate(
+    let (deposit_rr, batched_valid) = deposit_rate(
         &relay,
         &mut client,
         &mailboxes,
         (deposits, 1_000_000),
+        window,
+        DEPOSIT_BATCH,
+    )
+    .await;
+    let (deposit, stream_valid) = deposit_rate_stream(
+        &relay,
+        &mut client,
+        &mailboxes,
+        (deposits, 2_000_000),
         window,
         DEPOSIT_BATCH,
     )
@@ -664,7 +774,7 @@ pub(crate) async fn relay(deposits: usize, window: usize, drain: usize, million:
     let drain_rate = drain_rate(&relay, &mut client, &owner, drain).await;
 
     // Memory with `million` queued.
-    let queued_now = 2 * deposits;
+    let queued_now = 3 * deposits;
     fill(
         &mut client,
         &mailboxes,
@@ -691,8 +801,9 @@ pub(crate) async fn relay(deposits: usize, window: usize, drain: usize, million:
         "ours": {
             "deposit_with_custody_per_s": deposit,
             "deposit_batch_max": DEPOSIT_BATCH,
+            "deposit_request_response_per_s": deposit_rr,
             "deposit_one_per_request_per_s": deposit_single,
-            "custody_receipts_valid": single_valid && batched_valid,
+            "custody_receipts_valid": single_valid && batched_valid && stream_valid,
             "drain_envelopes_per_s": drain_rate,
             "drained": drain,
             "rss_bytes_empty": rss_empty,

@@ -25,5 +25,6 @@ pub mod operator;
 pub mod proto;
 pub mod server;
 pub mod service;
+pub mod stream;
 
 pub use server::{MAX_WAIT, Relay, RelayConfig, RelayError, RelayHandle};

@@ -20,19 +20,21 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc as std_mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
+use libp2p::futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, warn};
 
 use super::codec::Inbound;
 use super::metrics::Metrics;
-use super::proto::{Refusal, Request, Response};
+use super::proto::{MAX_REQUEST, Refusal, Request, Response};
 use super::service::{Limits, Service};
+use super::stream::{self, OpenStreams, StreamSlot};
 use crate::crypto::{DataKey, DeviceIdentity};
 use crate::node::net::direct::{Ack, FrameStatus};
 use crate::node::net::{
@@ -281,11 +283,13 @@ impl Relay {
         let (addrs_tx, addrs_rx) = watch::channel(Vec::new());
         let (sync_tx, sync_rx) = std_mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
+        let pending = Arc::new(AtomicUsize::new(0));
         let syncer = Syncer {
             rounds: sync_rx,
             outs: out_tx.clone(),
-            held: held_tx,
+            held: held_tx.clone(),
             failed: failed.clone(),
+            pending: pending.clone(),
         };
         let syncing = std::thread::Builder::new()
             .name("meshchat-relay-sync".into())
@@ -293,6 +297,8 @@ impl Relay {
             .map_err(RelayError::Thread)?;
         let keeper = Keeper {
             syncs: sync_tx,
+            pending,
+            held: held_tx,
             failed,
             _store: store,
             service,
@@ -314,24 +320,49 @@ impl Relay {
             })
             .map_err(RelayError::Thread)?;
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let gate = Arc::new(Gate {
+            jobs: job_tx,
+            backlog,
+            max_wait: cfg.max_wait.min(MAX_WAIT),
+            metrics: metrics.clone(),
+            deposits: Mutex::new(RateLimiter::new(limits.deposit_rate, limits.rate_peers)),
+            owners: Mutex::new(RateLimiter::new(limits.owner_rate, limits.rate_peers)),
+            complaints: Mutex::default(),
+        });
+        let mut incoming = net
+            .stream_control()
+            .accept(stream::PROTOCOL)
+            .map_err(|e| RelayError::Net(crate::node::net::NetError::Behaviour(e.to_string())))?;
+        let accepting = {
+            let gate = gate.clone();
+            let streams = Arc::new(OpenStreams::default());
+            tokio::spawn(async move {
+                while let Some((peer, s)) = incoming.next().await {
+                    match streams.take(peer) {
+                        Some(slot) => {
+                            tokio::spawn(serve_stream(gate.clone(), peer, s, slot));
+                        }
+                        None => gate.complain(&peer, "too many mailbox streams; refused"),
+                    }
+                }
+            })
+        };
         info!(%peer_id, "relay started");
         let actor = Actor {
-            max_wait: cfg.max_wait.min(MAX_WAIT),
             cfg,
             net,
             cmds: cmd_rx,
-            jobs: job_tx,
+            gate,
             outs: out_rx,
             metrics: metrics.clone(),
             responses: HashMap::new(),
             next_token: 0,
-            backlog,
-            complaints: crate::node::complaints::Complaints::default(),
             addrs: addrs_tx,
-            deposits: RateLimiter::new(limits.deposit_rate, limits.rate_peers),
-            owners: RateLimiter::new(limits.owner_rate, limits.rate_peers),
         };
-        let task = tokio::spawn(actor.run());
+        let task = tokio::spawn(async move {
+            actor.run().await;
+            accepting.abort();
+        });
         Ok(RelayHandle {
             cmds: cmd_tx,
             peer_id,
@@ -349,7 +380,7 @@ enum Job {
     Request {
         peer: PeerId,
         request: Box<Request>,
-        token: u64,
+        reply: Reply,
         max_wait: Duration,
     },
     Tick,
@@ -360,8 +391,60 @@ enum Out {
     Respond { token: u64, response: Response },
 }
 
+/// Where a request's answer goes.
+enum Reply {
+    /// Through the swarm's task, to a request-response channel.
+    Token(u64),
+    /// Straight to the writer of the mailbox stream it came on; the
+    /// permit is the request's place in the stream's window.
+    Stream {
+        id: u64,
+        to: mpsc::UnboundedSender<StreamAnswer>,
+        permit: OwnedSemaphorePermit,
+    },
+}
+
+/// An answer on its way to a mailbox stream's writer.
+struct StreamAnswer {
+    id: u64,
+    response: Response,
+    /// Given back (the window opens) once the answer is written.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Reply {
+    /// Sends `response` to a stream's writer (a token reply is dropped:
+    /// only the stream tasks call this).
+    fn send_stream(self, response: Response) {
+        if let Self::Stream { id, to, permit } = self {
+            let _ = to.send(StreamAnswer {
+                id,
+                response,
+                _permit: permit,
+            });
+        }
+    }
+
+    /// Sends `response` where it is awaited (a closed stream or a gone
+    /// task takes nothing: its peer left).
+    fn send(self, outs: &mpsc::UnboundedSender<Out>, response: Response) {
+        match self {
+            Self::Token(token) => {
+                let _ = outs.send(Out::Respond { token, response });
+            }
+            Self::Stream { id, to, permit } => {
+                let _ = to.send(StreamAnswer {
+                    id,
+                    response,
+                    _permit: permit,
+                });
+            }
+        }
+    }
+}
+
 struct Parked {
-    token: u64,
+    reply: Reply,
     after: Option<u64>,
     limit: usize,
     until: Instant,
@@ -379,6 +462,11 @@ struct Keeper {
     last_purge: Option<Instant>,
     backlog: Arc<AtomicUsize>,
     syncs: std_mpsc::Sender<Round>,
+    /// Rounds handed to the sync thread and not yet answered.
+    pending: Arc<AtomicUsize>,
+    /// What the sync thread publishes after each round (for rounds synced
+    /// here).
+    held: watch::Sender<u64>,
     /// Set by the sync thread when a sync failed: stop without answering.
     failed: Arc<AtomicBool>,
 }
@@ -389,7 +477,7 @@ struct Round {
     /// written).
     file: Option<Arc<std::fs::File>>,
     /// Answers that tell of a write (custody receipts, acks).
-    answers: Vec<(u64, Response)>,
+    answers: Vec<(Reply, Response)>,
     /// Envelopes held after the round.
     held: u64,
 }
@@ -402,6 +490,47 @@ struct Syncer {
     outs: mpsc::UnboundedSender<Out>,
     held: watch::Sender<u64>,
     failed: Arc<AtomicBool>,
+    /// Rounds handed over and not yet answered.
+    pending: Arc<AtomicUsize>,
+}
+
+/// Syncs each distinct file of `rounds` once, then sends their answers
+/// (in round order) and publishes the envelopes held after the last.
+/// `false` (nothing answered) if a sync failed.
+fn sync_and_answer(
+    rounds: Vec<Round>,
+    outs: &mpsc::UnboundedSender<Out>,
+    held: &watch::Sender<u64>,
+) -> bool {
+    let started = Instant::now();
+    let mut synced: Vec<&Arc<std::fs::File>> = Vec::new();
+    for file in rounds.iter().filter_map(|r| r.file.as_ref()) {
+        if synced.iter().any(|f| Arc::ptr_eq(f, file)) {
+            continue;
+        }
+        if let Err(e) = file.sync_data() {
+            error!(error = %e, "relay store flush failed; stopping without answering");
+            return false;
+        }
+        synced.push(file);
+    }
+    tracing::trace!(
+        rounds = rounds.len(),
+        files = synced.len(),
+        sync_us = started.elapsed().as_micros() as u64,
+        "store sync"
+    );
+    let mut last = None;
+    for round in rounds {
+        for (reply, response) in round.answers {
+            reply.send(outs, response);
+        }
+        last = Some(round.held);
+    }
+    if let Some(now_held) = last {
+        held.send_if_modified(|n| std::mem::replace(n, now_held) != now_held);
+    }
+    true
 }
 
 impl Syncer {
@@ -411,36 +540,12 @@ impl Syncer {
             while let Ok(more) = self.rounds.try_recv() {
                 rounds.push(more);
             }
-            let started = Instant::now();
-            let mut synced: Vec<&Arc<std::fs::File>> = Vec::new();
-            for file in rounds.iter().filter_map(|r| r.file.as_ref()) {
-                if synced.iter().any(|f| Arc::ptr_eq(f, file)) {
-                    continue;
-                }
-                if let Err(e) = file.sync_data() {
-                    error!(error = %e, "relay store flush failed; stopping without answering");
-                    self.failed.store(true, Ordering::Release);
-                    return;
-                }
-                synced.push(file);
+            let n = rounds.len();
+            if !sync_and_answer(rounds, &self.outs, &self.held) {
+                self.failed.store(true, Ordering::Release);
+                return;
             }
-            tracing::trace!(
-                rounds = rounds.len(),
-                files = synced.len(),
-                sync_us = started.elapsed().as_micros() as u64,
-                "store sync"
-            );
-            let mut held = None;
-            for round in rounds {
-                for (token, response) in round.answers {
-                    let _ = self.outs.send(Out::Respond { token, response });
-                }
-                held = Some(round.held);
-            }
-            if let Some(now_held) = held {
-                self.held
-                    .send_if_modified(|n| std::mem::replace(n, now_held) != now_held);
-            }
+            self.pending.fetch_sub(n, Ordering::AcqRel);
         }
     }
 }
@@ -470,7 +575,7 @@ impl Keeper {
                     Job::Request {
                         peer,
                         request,
-                        token,
+                        reply,
                         max_wait,
                     } => match self.service.handle(&peer, *request, now) {
                         Ok(a) => {
@@ -481,7 +586,7 @@ impl Keeper {
                                     let wait =
                                         Duration::from_secs(u64::from(p.wait_secs)).min(max_wait);
                                     self.parked.entry(p.mailbox).or_default().push(Parked {
-                                        token,
+                                        reply,
                                         after: p.after,
                                         limit: p.limit,
                                         until: Instant::now() + wait,
@@ -490,13 +595,8 @@ impl Keeper {
                                 // An answer that tells of no write (a
                                 // fetch, a refusal) leaves at once; one
                                 // that does waits for the sync below.
-                                None if !a.flush => {
-                                    let _ = self.outs.send(Out::Respond {
-                                        token,
-                                        response: a.response,
-                                    });
-                                }
-                                None => answers.push((token, a.response)),
+                                None if !a.flush => reply.send(&self.outs, a.response),
+                                None => answers.push((reply, a.response)),
                             }
                         }
                         Err(e) => {
@@ -544,8 +644,19 @@ impl Keeper {
                     answers,
                     held: Metrics::get(&self.service.metrics().envelopes),
                 };
-                if self.syncs.send(round).is_err() {
-                    return;
+                // Nothing to overlap with (no request waiting, the sync
+                // thread idle): sync here and save a hand-off.
+                if self.backlog.load(Ordering::Acquire) == 0
+                    && self.pending.load(Ordering::Acquire) == 0
+                {
+                    if !sync_and_answer(vec![round], &self.outs, &self.held) {
+                        return;
+                    }
+                } else {
+                    self.pending.fetch_add(1, Ordering::AcqRel);
+                    if self.syncs.send(round).is_err() {
+                        return;
+                    }
                 }
             }
             if stop {
@@ -566,10 +677,7 @@ impl Keeper {
                 Response::Mail { items, .. } if items.is_empty() => still.push(p),
                 _ => {
                     self.service.count_fetch(&r);
-                    let _ = self.outs.send(Out::Respond {
-                        token: p.token,
-                        response: r,
-                    });
+                    p.reply.send(&self.outs, r);
                 }
             }
         }
@@ -584,24 +692,20 @@ impl Keeper {
     /// was written.
     fn tick(&mut self, now: u64) -> Result<bool, store::Error> {
         let t = Instant::now();
-        self.parked.retain(|_, list| {
-            list.retain(|p| {
-                if p.until > t {
-                    return true;
-                }
+        for list in self.parked.values_mut() {
+            let (over, still): (Vec<_>, Vec<_>) =
+                std::mem::take(list).into_iter().partition(|p| p.until <= t);
+            *list = still;
+            for p in over {
                 let response = Response::Mail {
                     items: Vec::new(),
                     more: false,
                 };
                 self.service.count_fetch(&response);
-                let _ = self.outs.send(Out::Respond {
-                    token: p.token,
-                    response,
-                });
-                false
-            });
-            !list.is_empty()
-        });
+                p.reply.send(&self.outs, response);
+            }
+        }
+        self.parked.retain(|_, list| !list.is_empty());
         let compacted = self.service.compact()?;
         if self
             .last_purge
@@ -618,24 +722,174 @@ impl Keeper {
     }
 }
 
+/// The way into the store thread, shared by the swarm's task and the
+/// tasks serving mailbox streams.
+struct Gate {
+    jobs: std_mpsc::Sender<Job>,
+    /// Requests sent to the store thread and not yet taken by a round.
+    backlog: Arc<AtomicUsize>,
+    max_wait: Duration,
+    metrics: Arc<Metrics>,
+    /// Deposit and owner requests per peer, checked here so that a
+    /// flood is refused before it queues for the store thread (the
+    /// service applies the same rates, and the byte rate, behind).
+    deposits: Mutex<RateLimiter>,
+    owners: Mutex<RateLimiter>,
+    complaints: Mutex<crate::node::complaints::Complaints>,
+}
+
+impl Gate {
+    fn job(&self, job: Job) {
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        if self.jobs.send(job).is_err() {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn complain(&self, peer: &PeerId, what: &'static str) {
+        let mut complaints = self
+            .complaints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(skipped) = complaints.note(peer, what, Instant::now()) {
+            warn!(%peer, skipped, "{what}");
+        }
+    }
+
+    /// Counts and logs a request that is not one (`why`, for the log).
+    fn malformed(&self, peer: &PeerId, why: &str) {
+        Metrics::add(&self.metrics.bad_requests, 1);
+        self.metrics.refused(Refusal::Malformed);
+        let mut complaints = self
+            .complaints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(skipped) = complaints.note(peer, "malformed mailbox request", Instant::now()) {
+            warn!(%peer, %why, skipped, "malformed mailbox request");
+        }
+    }
+
+    /// Hands `request` to the store thread, or returns the reply with the
+    /// reason it is refused at the door: over the peer's rate, or the
+    /// store thread too far behind.
+    fn admit(&self, peer: PeerId, request: Request, reply: Reply) -> Result<(), (Reply, Refusal)> {
+        let limiter = match &request {
+            Request::Deposit(_) => &self.deposits,
+            Request::Fetch(_)
+            | Request::Ack(_)
+            | Request::PublishPrekeys(_)
+            | Request::FetchPrekeys { .. } => &self.owners,
+        };
+        let allowed = limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .allow(&peer, Instant::now());
+        if !allowed {
+            self.metrics.refused(Refusal::RateLimited);
+            self.complain(&peer, "mailbox requests over the peer's rate; refused");
+            return Err((reply, Refusal::RateLimited));
+        }
+        if self.backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
+            self.metrics.refused(Refusal::RateLimited);
+            return Err((reply, Refusal::RateLimited));
+        }
+        self.job(Job::Request {
+            peer,
+            request: Box::new(request),
+            reply,
+            max_wait: self.max_wait,
+        });
+        Ok(())
+    }
+}
+
+/// Serves one mailbox stream (see [`super::stream`]) until the peer
+/// closes it and every answer is written, or its framing breaks.
+async fn serve_stream(gate: Arc<Gate>, peer: PeerId, stream: libp2p::Stream, slot: StreamSlot) {
+    let _slot = slot;
+    let (mut rd, mut wr) = stream.split();
+    let (to_writer, mut answers) = mpsc::unbounded_channel::<StreamAnswer>();
+    let window = Arc::new(Semaphore::new(stream::STREAM_WINDOW));
+    let writer = async move {
+        let mut buf = Vec::new();
+        while let Some(first) = answers.recv().await {
+            buf.clear();
+            stream::push_frame(&mut buf, first.id, &first.response.to_bytes())?;
+            let mut written = vec![first];
+            while buf.len() < 256 * 1024
+                && let Ok(more) = answers.try_recv()
+            {
+                stream::push_frame(&mut buf, more.id, &more.response.to_bytes())?;
+                written.push(more);
+            }
+            wr.write_all(&buf).await?;
+            wr.flush().await?;
+            // The window opens only now.
+            drop(written);
+        }
+        wr.close().await
+    };
+    let reader = {
+        let gate = gate.clone();
+        async move {
+            loop {
+                let Ok(permit) = window.clone().acquire_owned().await else {
+                    return Ok(());
+                };
+                let Some((id, bytes)) = stream::read_frame(&mut rd, MAX_REQUEST).await? else {
+                    return std::io::Result::Ok(());
+                };
+                let reply = Reply::Stream {
+                    id,
+                    to: to_writer.clone(),
+                    permit,
+                };
+                match Request::from_bytes(&bytes) {
+                    Ok(request) => {
+                        if let Err((reply, why)) = gate.admit(peer, request, reply) {
+                            reply.send_stream(Response::Refused(why));
+                        }
+                    }
+                    Err(e) => {
+                        gate.malformed(&peer, &e.to_string());
+                        reply.send_stream(Response::Refused(Refusal::Malformed));
+                    }
+                }
+            }
+        }
+    };
+    tokio::pin!(writer);
+    tokio::select! {
+        read = reader => match read {
+            // The peer sent all it had: finish its answers.
+            Ok(()) => {
+                if let Err(e) = writer.await {
+                    debug!(%peer, error = %e, "mailbox stream closed before its answers");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                gate.malformed(&peer, &e.to_string());
+            }
+            Err(e) => debug!(%peer, error = %e, "mailbox stream cut"),
+        },
+        written = &mut writer => {
+            if let Err(e) = written {
+                debug!(%peer, error = %e, "mailbox stream closed before its answers");
+            }
+        }
+    }
+}
+
 struct Actor {
     cfg: RelayConfig,
-    max_wait: Duration,
     net: Net,
     cmds: mpsc::Receiver<Cmd>,
-    jobs: std_mpsc::Sender<Job>,
+    gate: Arc<Gate>,
     outs: mpsc::UnboundedReceiver<Out>,
     metrics: Arc<Metrics>,
     responses: HashMap<u64, ResponseChannel<Response>>,
     next_token: u64,
-    backlog: Arc<AtomicUsize>,
-    complaints: crate::node::complaints::Complaints,
     addrs: watch::Sender<Vec<Multiaddr>>,
-    /// Deposit and owner requests per peer, checked here so that a
-    /// flood is refused before it queues for the store thread (the
-    /// service applies the same rates, and the byte rate, behind).
-    deposits: RateLimiter,
-    owners: RateLimiter,
 }
 
 impl Actor {
@@ -679,10 +933,7 @@ impl Actor {
     }
 
     fn job(&self, job: Job) {
-        self.backlog.fetch_add(1, Ordering::Relaxed);
-        if self.jobs.send(job).is_err() {
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.gate.job(job);
     }
 
     fn respond(&mut self, token: u64, response: Response) {
@@ -693,10 +944,8 @@ impl Actor {
         }
     }
 
-    fn complain(&mut self, peer: &PeerId, what: &'static str) {
-        if let Some(skipped) = self.complaints.note(peer, what, Instant::now()) {
-            warn!(%peer, skipped, "{what}");
-        }
+    fn complain(&self, peer: &PeerId, what: &'static str) {
+        self.gate.complain(peer, what);
     }
 
     fn net_event(&mut self, ev: NetEvent) {
@@ -715,14 +964,7 @@ impl Actor {
                 request: Inbound::Malformed(why),
                 channel,
             } => {
-                Metrics::add(&self.metrics.bad_requests, 1);
-                self.metrics.refused(Refusal::Malformed);
-                if let Some(skipped) =
-                    self.complaints
-                        .note(&peer, "malformed mailbox request", Instant::now())
-                {
-                    warn!(%peer, %why, skipped, "malformed mailbox request");
-                }
+                self.gate.malformed(&peer, &why);
                 let _ = self
                     .net
                     .respond_mailbox(channel, Response::Refused(Refusal::Malformed));
@@ -732,37 +974,13 @@ impl Actor {
                 request: Inbound::Request(request),
                 channel,
             } => {
-                let limiter = match &request {
-                    Request::Deposit(_) => &mut self.deposits,
-                    Request::Fetch(_)
-                    | Request::Ack(_)
-                    | Request::PublishPrekeys(_)
-                    | Request::FetchPrekeys { .. } => &mut self.owners,
-                };
-                if !limiter.allow(&peer, Instant::now()) {
-                    self.metrics.refused(Refusal::RateLimited);
-                    self.complain(&peer, "mailbox requests over the peer's rate; refused");
-                    let _ = self
-                        .net
-                        .respond_mailbox(channel, Response::Refused(Refusal::RateLimited));
-                    return;
-                }
-                if self.backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
-                    self.metrics.refused(Refusal::RateLimited);
-                    let _ = self
-                        .net
-                        .respond_mailbox(channel, Response::Refused(Refusal::RateLimited));
-                    return;
-                }
                 let token = self.next_token;
                 self.next_token += 1;
+                if let Err((_, why)) = self.gate.admit(peer, request, Reply::Token(token)) {
+                    let _ = self.net.respond_mailbox(channel, Response::Refused(why));
+                    return;
+                }
                 self.responses.insert(token, channel);
-                self.job(Job::Request {
-                    peer,
-                    request: Box::new(request),
-                    token,
-                    max_wait: self.max_wait,
-                });
             }
             NetEvent::MailboxInboundFailed { closed: true, .. } => {}
             NetEvent::MailboxInboundFailed { peer, .. } => {

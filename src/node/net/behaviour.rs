@@ -60,6 +60,9 @@ mod derived {
         pub mailbox: request_response::Behaviour<crate::relay::codec::Codec>,
         /// Exchanges listen addresses and protocols with every peer.
         pub identify: identify::Behaviour,
+        /// `/meshchat/mailbox-stream/1`: long-lived pipelined mailbox
+        /// streams (opened and accepted through its `Control`).
+        pub stream: libp2p_stream::Behaviour,
         /// Liveness.
         pub ping: ping::Behaviour,
         /// Peer routing across networks.
@@ -204,6 +207,7 @@ impl Behaviour {
             direct,
             mailbox,
             identify,
+            stream: libp2p_stream::Behaviour::new(),
             ping: ping::Behaviour::default(),
             kad,
             autonat,

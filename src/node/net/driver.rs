@@ -94,6 +94,12 @@ impl Net {
         *self.swarm.local_peer_id()
     }
 
+    /// A handle that opens (and, for a relay, accepts) plain streams of
+    /// our own protocols on this swarm's connections.
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.swarm.behaviour().stream.new_control()
+    }
+
     /// The swarm, for what this wrapper does not cover.
     pub fn swarm(&self) -> &Swarm<Behaviour> {
         &self.swarm

@@ -1,0 +1,262 @@
+//! `/meshchat/mailbox-stream/1`: one long-lived stream per depositor, over
+//! which mailbox requests are pipelined.
+//!
+//! Request-response opens a substream (and negotiates its protocol) for
+//! every request; a busy depositor pays that per batch. On this stream a
+//! client writes requests back to back and the relay answers each as soon
+//! as it can — a custody receipt straight from the sync thread once its
+//! envelopes are on disk — so answers may come out of order. Each frame is
+//!
+//! ```text
+//! len: u32 (big-endian, of what follows) ‖ id: u64 (big-endian) ‖ message
+//! ```
+//!
+//! where the message is a [`Request`] (client → relay) or a [`Response`]
+//! (relay → client) in its usual encoding, and `id` is the client's, echoed
+//! in the answer. Lengths are bounded before anything is allocated: a
+//! request by [`MAX_REQUEST`], an answer by [`MAX_RESPONSE`].
+//!
+//! The relay reads at most [`STREAM_WINDOW`] requests ahead of its answers
+//! (it stops reading; the client's writes then wait), keeps at most
+//! [`MAX_STREAMS_PER_PEER`] streams per peer, and closes a stream whose
+//! framing breaks. A frame that is well framed but does not decode is
+//! answered `Refused(Malformed)` and the stream goes on.
+
+use std::collections::HashSet;
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use libp2p::futures::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use tokio::sync::mpsc;
+
+#[cfg(any(test, doc))]
+use super::proto::MAX_REQUEST;
+use super::proto::{MAX_RESPONSE, Request, Response};
+
+/// The protocol id.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/meshchat/mailbox-stream/1");
+/// Most requests a relay reads on one stream before answering them.
+pub const STREAM_WINDOW: usize = 64;
+/// Most mailbox streams a relay keeps open per peer.
+pub const MAX_STREAMS_PER_PEER: usize = 4;
+/// Most bytes of frames gathered into one write.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+fn invalid(detail: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("mailbox stream: {detail}"),
+    )
+}
+
+/// Appends one frame carrying `message` under `id` to `out`.
+pub fn push_frame(out: &mut Vec<u8>, id: u64, message: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(8 + message.len()).map_err(|_| invalid("frame over 4 GiB"))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(message);
+    Ok(())
+}
+
+/// Reads one frame whose message is at most `max` bytes. `None` when the
+/// stream ends cleanly between frames; an `InvalidData` error for a length
+/// out of bounds (checked before allocating) or a stream cut inside a
+/// frame.
+pub async fn read_frame<T: AsyncRead + Unpin>(
+    io: &mut T,
+    max: usize,
+) -> io::Result<Option<(u64, Vec<u8>)>> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < len.len() {
+        match io.read(&mut len[got..]).await {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(invalid("cut inside a frame's length")),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len < 8 || len - 8 > max {
+        return Err(invalid(format_args!(
+            "a frame of {len} bytes (8 to {} allowed)",
+            max + 8
+        )));
+    }
+    let mut id = [0u8; 8];
+    io.read_exact(&mut id).await?;
+    let mut message = vec![0u8; len - 8];
+    io.read_exact(&mut message).await?;
+    Ok(Some((u64::from_be_bytes(id), message)))
+}
+
+fn lock(open: &Mutex<HashSet<u64>>) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+    open.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One answer of a client's stream: the request's id and the relay's
+/// answer, or why there is none (the stream failed or closed first).
+pub type ClientAnswer = (u64, Result<Response, String>);
+
+/// Drives the client's side of a mailbox stream: writes each request
+/// from `requests` (gathering those already waiting into one write) and
+/// sends every answer to `answers`. When the stream fails or the relay
+/// closes it, every request still unanswered is answered with the error;
+/// returns when `requests` is closed and every answer is in, or on that
+/// failure.
+pub async fn run_client(
+    stream: Stream,
+    mut requests: mpsc::UnboundedReceiver<(u64, Request)>,
+    answers: mpsc::UnboundedSender<ClientAnswer>,
+) {
+    let (mut rd, mut wr) = stream.split();
+    let open: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let writer = {
+        let open = open.clone();
+        async move {
+            let mut buf = Vec::new();
+            while let Some((id, request)) = requests.recv().await {
+                buf.clear();
+                let mut ids = vec![id];
+                push_frame(&mut buf, id, &request.to_bytes())?;
+                while buf.len() < WRITE_CHUNK
+                    && let Ok((id, request)) = requests.try_recv()
+                {
+                    push_frame(&mut buf, id, &request.to_bytes())?;
+                    ids.push(id);
+                }
+                lock(&open).extend(ids);
+                wr.write_all(&buf).await?;
+                wr.flush().await?;
+            }
+            // No more requests: say so, and let the reader finish.
+            wr.close().await?;
+            io::Result::Ok(())
+        }
+    };
+    let reader = {
+        let open = open.clone();
+        let answers = answers.clone();
+        async move {
+            loop {
+                let Some((id, bytes)) = read_frame(&mut rd, MAX_RESPONSE).await? else {
+                    return Ok(());
+                };
+                if !lock(&open).remove(&id) {
+                    return Err(invalid(format_args!("an answer to request {id}, not open")));
+                }
+                let response = Response::from_bytes(&bytes).map_err(invalid)?;
+                if answers.send((id, Ok(response))).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    tokio::pin!(writer, reader);
+    let mut writing = true;
+    let failure = loop {
+        tokio::select! {
+            w = &mut writer, if writing => match w {
+                Ok(()) => writing = false,
+                Err(e) => break Some(e.to_string()),
+            },
+            r = &mut reader => match r {
+                Ok(()) if !writing && lock(&open).is_empty() => break None,
+                Ok(()) => break Some("the relay closed the stream".to_owned()),
+                Err(e) => break Some(e.to_string()),
+            },
+        }
+    };
+    let why = failure.unwrap_or_else(|| "the stream closed".to_owned());
+    for id in lock(&open).drain() {
+        let _ = answers.send((id, Err(why.clone())));
+    }
+}
+
+/// Counts a peer's open streams; see [`MAX_STREAMS_PER_PEER`].
+#[derive(Debug, Default)]
+pub(crate) struct OpenStreams {
+    per_peer: Mutex<std::collections::HashMap<PeerId, usize>>,
+}
+
+/// A place among a peer's open streams, given back when dropped.
+pub(crate) struct StreamSlot {
+    streams: Arc<OpenStreams>,
+    peer: PeerId,
+}
+
+impl OpenStreams {
+    /// Takes a place for one more stream of `peer`, if it has one left.
+    pub(crate) fn take(self: &Arc<Self>, peer: PeerId) -> Option<StreamSlot> {
+        let mut map = self.per_peer.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(peer).or_default();
+        if *n >= MAX_STREAMS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            streams: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .streams
+            .per_peer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::futures::executor::block_on;
+    use libp2p::futures::io::Cursor;
+
+    #[test]
+    fn frames_round_trip_and_bad_lengths_are_refused_before_allocating() {
+        block_on(async {
+            let mut buf = Vec::new();
+            push_frame(&mut buf, 7, b"hello").unwrap();
+            push_frame(&mut buf, u64::MAX, b"").unwrap();
+            let mut io = Cursor::new(buf.clone());
+            assert_eq!(
+                read_frame(&mut io, 16).await.unwrap(),
+                Some((7, b"hello".to_vec()))
+            );
+            assert_eq!(
+                read_frame(&mut io, 16).await.unwrap(),
+                Some((u64::MAX, Vec::new()))
+            );
+            assert_eq!(read_frame(&mut io, 16).await.unwrap(), None);
+
+            // Over the bound: refused from the length alone.
+            let mut io = Cursor::new(buf.clone());
+            let e = read_frame(&mut io, 4).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            // A length of 4 GiB.
+            let mut io = Cursor::new(vec![0xff, 0xff, 0xff, 0xff, 0, 0]);
+            assert!(read_frame(&mut io, MAX_REQUEST).await.is_err());
+            // Shorter than its id.
+            let mut io = Cursor::new(vec![0, 0, 0, 3, 1, 2, 3]);
+            assert!(read_frame(&mut io, 16).await.is_err());
+            // Cut inside the length, and inside the message.
+            let mut io = Cursor::new(vec![0, 0]);
+            assert!(read_frame(&mut io, 16).await.is_err());
+            let mut io = Cursor::new(buf[..10].to_vec());
+            assert!(read_frame(&mut io, 16).await.is_err());
+        });
+    }
+}
