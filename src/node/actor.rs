@@ -27,6 +27,7 @@ use super::engine::Engine;
 use super::error::NodeError;
 use super::events::NodeEvent;
 use super::handle::{Command, NodeHandle, NodeInfo, Status};
+use super::links::{LinkEvent, Links};
 use super::net::direct::{self, Ack, FrameStatus};
 use super::net::{
     GossipMessage, Net, NetEvent, Published, RateLimit, RateLimiter, Reason, Topic, Verdict,
@@ -35,6 +36,7 @@ use super::presence::{self, MAX_CLOCK_SKEW_MS, Tracker};
 use super::proto::{Beacon, PresenceState, envelope_checked};
 use super::worker::{Job, Out, Outgoing, Purpose, Shared, Worker, now_secs, parse_relay};
 use crate::crypto::{DeviceIdentity, Envelope};
+use crate::relay::proto::Request;
 use crate::store::Store;
 
 /// Gossip message ids remembered to refuse replays after gossipsub's own
@@ -128,6 +130,7 @@ impl Node {
             identity: identity.public().signing,
             mailbox_id,
         });
+        let (links, link_events) = Links::new(net.stream_control());
         let actor = Actor {
             tracker: Tracker::new(config.presence.expiry),
             presence: PresenceState::Online,
@@ -139,6 +142,9 @@ impl Node {
                 },
                 DIRECT_RATE_PEERS,
             ),
+            links,
+            link_events,
+            link_in_flight: HashMap::new(),
             cfg: config,
             net,
             identity,
@@ -219,6 +225,10 @@ struct Actor {
     /// Our relays and their addresses.
     relays: HashMap<PeerId, Vec<Multiaddr>>,
     mailbox_in_flight: HashMap<OutboundRequestId, (PeerId, Purpose)>,
+    /// Deposits on our mailbox streams to relays.
+    links: Links,
+    link_events: mpsc::UnboundedReceiver<LinkEvent>,
+    link_in_flight: HashMap<u64, (PeerId, Purpose)>,
     last_redial: Instant,
     /// When the DHT was last asked for relays.
     last_relay_search: Option<Instant>,
@@ -255,7 +265,9 @@ impl Actor {
                     }
                 },
                 ev = self.net.next_event() => self.net_event(ev),
+                Some(ev) = self.link_events.recv() => self.link_event(ev),
                 _ = tick.tick() => {
+                    self.links.close_idle(Instant::now());
                     self.redial_relays();
                     self.search_relays();
                     self.job(Job::Tick);
@@ -405,8 +417,7 @@ impl Actor {
                 for a in addrs {
                     self.net.add_address(&relay, a);
                 }
-                let id = self.net.send_mailbox(&relay, request);
-                self.mailbox_in_flight.insert(id, (relay, purpose));
+                self.send_mailbox(relay, request, purpose);
             }
             Out::Contact { key, peer, addrs } => {
                 self.peers.insert(peer, key);
@@ -420,6 +431,50 @@ impl Actor {
                     }
                 }
             }
+        }
+    }
+
+    /// Sends a mailbox request: a deposit on the relay's mailbox stream,
+    /// anything else (or a deposit to a relay without the stream protocol)
+    /// by request-response.
+    fn send_mailbox(&mut self, relay: PeerId, request: Request, purpose: Purpose) {
+        let request = match request {
+            Request::Deposit(_) => match self.links.send(relay, request) {
+                Ok(id) => {
+                    self.link_in_flight.insert(id, (relay, purpose));
+                    return;
+                }
+                Err(back) => back,
+            },
+            other => other,
+        };
+        let id = self.net.send_mailbox(&relay, request);
+        self.mailbox_in_flight.insert(id, (relay, purpose));
+    }
+
+    fn link_event(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Answer { relay, id, answer } => {
+                if let Some((relay, purpose)) = self.link_in_flight.remove(&id) {
+                    self.job(Job::Mailbox {
+                        relay,
+                        purpose,
+                        answer,
+                    });
+                } else {
+                    debug!(%relay, id, "an answer on a mailbox stream to nothing sent");
+                }
+            }
+            LinkEvent::Unsupported { relay, requests } => {
+                debug!(%relay, "relay without mailbox streams; request-response it is");
+                self.links.unsupported(relay);
+                for (id, request) in requests {
+                    if let Some((relay, purpose)) = self.link_in_flight.remove(&id) {
+                        self.send_mailbox(relay, request, purpose);
+                    }
+                }
+            }
+            LinkEvent::Closed { relay, generation } => self.links.closed(relay, generation),
         }
     }
 

@@ -22,6 +22,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod handle;
+mod links;
 pub mod net;
 pub mod presence;
 pub mod proto;

@@ -44,6 +44,10 @@ pub struct Metrics {
     pub reservations: AtomicU64,
     /// Peers connected right now.
     pub peers: AtomicU64,
+    /// Mailbox streams taken since start.
+    pub mailbox_streams: AtomicU64,
+    /// Mailbox streams open right now.
+    pub mailbox_streams_open: AtomicU64,
     /// Mailbox requests that failed below the protocol (undecodable or
     /// over a size limit, the stream reset).
     pub bad_requests: AtomicU64,
@@ -182,6 +186,18 @@ impl Metrics {
             &self.reservations,
         );
         one("peers", "gauge", "Connected peers.", &self.peers);
+        one(
+            "mailbox_streams_total",
+            "counter",
+            "Mailbox streams taken.",
+            &self.mailbox_streams,
+        );
+        one(
+            "mailbox_streams_open",
+            "gauge",
+            "Mailbox streams open now.",
+            &self.mailbox_streams_open,
+        );
         one(
             "bad_requests_total",
             "counter",

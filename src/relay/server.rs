@@ -803,10 +803,22 @@ impl Gate {
     }
 }
 
+/// Counts a mailbox stream closed when dropped.
+struct OpenGauge(Arc<Metrics>);
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        Metrics::sub(&self.0.mailbox_streams_open, 1);
+    }
+}
+
 /// Serves one mailbox stream (see [`super::stream`]) until the peer
 /// closes it and every answer is written, or its framing breaks.
 async fn serve_stream(gate: Arc<Gate>, peer: PeerId, stream: libp2p::Stream, slot: StreamSlot) {
     let _slot = slot;
+    Metrics::add(&gate.metrics.mailbox_streams, 1);
+    Metrics::add(&gate.metrics.mailbox_streams_open, 1);
+    let _open = OpenGauge(gate.metrics.clone());
     let (mut rd, mut wr) = stream.split();
     let (to_writer, mut answers) = mpsc::unbounded_channel::<StreamAnswer>();
     let window = Arc::new(Semaphore::new(stream::STREAM_WINDOW));

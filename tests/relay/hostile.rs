@@ -14,7 +14,8 @@ use meshchat::crypto::{Envelope, MailboxKey};
 use meshchat::node::net::RateLimit;
 use meshchat::relay::codec::read_message;
 use meshchat::relay::metrics::Metrics;
-use meshchat::relay::proto::{Fetch, Owner, Refusal, Request, Response, Signed};
+use meshchat::relay::proto::{Fetch, MAX_RESPONSE, Owner, Refusal, Request, Response, Signed};
+use meshchat::relay::stream;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -313,4 +314,108 @@ async fn garbage_huge_prefixes_and_a_flood_from_one_peer_leave_other_mailboxes_s
         (1..50).contains(&lines),
         "{lines} warning lines about the hostile peer"
     );
+}
+
+/// A connected client's swarm, polled by a task of its own, and a handle
+/// to open mailbox streams through it.
+fn stream_client(client: Client) -> (libp2p_stream::Control, tokio::task::JoinHandle<()>) {
+    let Client { mut net } = client;
+    let control = net.stream_control();
+    let polling = tokio::spawn(async move {
+        loop {
+            net.next_event().await;
+        }
+    });
+    (control, polling)
+}
+
+async fn open(control: &mut libp2p_stream::Control, relay: libp2p::PeerId) -> libp2p::Stream {
+    tokio::time::timeout(WAIT, control.open_stream(relay, stream::PROTOCOL))
+        .await
+        .expect("stream opened in time")
+        .expect("relay takes mailbox streams")
+}
+
+async fn answer(s: &mut libp2p::Stream) -> Option<(u64, Response)> {
+    let frame = tokio::time::timeout(WAIT, stream::read_frame(s, MAX_RESPONSE))
+        .await
+        .expect("an answer or the end in time");
+    match frame {
+        Ok(Some((id, bytes))) => Some((id, Response::from_bytes(&bytes).unwrap())),
+        Ok(None) | Err(_) => None,
+    }
+}
+
+fn deposit_frame(id: u64, owner: &MailboxKey, n: u8) -> (Vec<u8>, Vec<u8>) {
+    let env = Envelope::new(owner.id().0, [n; 16], now() + 3_600, vec![n; 200]).to_bytes();
+    let request = Request::Deposit(vec![serde_bytes::ByteBuf::from(env.clone())]);
+    let mut frame = Vec::new();
+    stream::push_frame(&mut frame, id, &request.to_bytes()).unwrap();
+    (frame, env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_stream_refuses_bad_frames_with_a_reason_and_drops_a_broken_one() {
+    let dr = tempfile::tempdir().unwrap();
+    let r = TestRelay::start(relay_config(dr.path(), 171)).await;
+    let relay = r.handle.peer_id();
+    let mut rng = StdRng::seed_from_u64(172);
+    let owner = MailboxKey::generate(&mut rng);
+    let (mut control, polling) = stream_client(Client::connect(&r, 173).await);
+
+    // An undecodable request and a deposit, back to back: the first is
+    // refused with its reason, the second gets its custody receipt.
+    let mut s = open(&mut control, relay).await;
+    let mut frames = Vec::new();
+    stream::push_frame(&mut frames, 1, b"\xffnot a request").unwrap();
+    let (deposit, env) = deposit_frame(2, &owner, 1);
+    frames.extend_from_slice(&deposit);
+    s.write_all(&frames).await.unwrap();
+    s.flush().await.unwrap();
+    let mut got = [answer(&mut s).await, answer(&mut s).await];
+    got.sort_by_key(|a| a.as_ref().map(|(id, _)| *id));
+    let [Some((1, first)), Some((2, second))] = got else {
+        panic!("two answers, to requests 1 and 2: {got:?}")
+    };
+    assert_eq!(first, Response::Refused(Refusal::Malformed));
+    let Response::Custody(receipt) = second else {
+        panic!("custody receipt, got {second:?}")
+    };
+    receipt.verify(&r.handle.identity(), &[env]).unwrap();
+
+    // A length prefix of almost 4 GiB: the relay closes the stream
+    // without reading (or allocating) it.
+    s.write_all(&[0xff, 0xff, 0xff, 0xf0, 0, 1, 2, 3])
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    assert!(answer(&mut s).await.is_none(), "stream closed by the relay");
+    assert!(Metrics::get(&r.handle.metrics().bad_requests) >= 2);
+
+    // At most four streams per peer: a fifth is closed unanswered; the
+    // four keep working.
+    let (mut control, polling2) = stream_client(Client::connect(&r, 174).await);
+    let mut four = Vec::new();
+    for _ in 0..4 {
+        four.push(open(&mut control, relay).await);
+    }
+    let mut fifth = open(&mut control, relay).await;
+    let (frame, _) = deposit_frame(9, &owner, 9);
+    // The relay may have dropped it already: writing can fail too.
+    if fifth.write_all(&frame).await.is_ok() {
+        let _ = fifth.flush().await;
+    }
+    assert!(answer(&mut fifth).await.is_none(), "fifth stream refused");
+    for (i, s) in four.iter_mut().enumerate() {
+        let (frame, env) = deposit_frame(i as u64, &owner, 10 + i as u8);
+        s.write_all(&frame).await.unwrap();
+        s.flush().await.unwrap();
+        let Some((id, Response::Custody(receipt))) = answer(s).await else {
+            panic!("stream {i} still serves deposits")
+        };
+        assert_eq!(id, i as u64);
+        receipt.verify(&r.handle.identity(), &[env]).unwrap();
+    }
+    polling.abort();
+    polling2.abort();
 }

@@ -39,6 +39,11 @@ async fn mail_for_an_offline_device_waits_at_its_relays_one_of_them_down() {
     r2.holds(1).await;
     assert!(!dir_contains(dr1.path(), &body));
     assert!(!dir_contains(dr2.path(), &body));
+    // The deposits came on alice's mailbox stream to each relay.
+    for r in [&r1, &r2] {
+        let streams = &r.handle.metrics().mailbox_streams;
+        assert!(meshchat::relay::metrics::Metrics::get(streams) >= 1);
+    }
 
     // One relay goes away for good; the other is enough.
     r2.handle.kill();
