@@ -444,7 +444,7 @@ impl Actor {
                     self.link_in_flight.insert(id, (relay, purpose));
                     return;
                 }
-                Err(back) => back,
+                Err(back) => *back,
             },
             other => other,
         };

@@ -82,9 +82,9 @@ impl Links {
     /// Sends `request` on `relay`'s link (opening one if needed) and
     /// returns its id, or gives it back if `relay` is known not to speak
     /// the stream protocol. Must run inside a tokio runtime.
-    pub(crate) fn send(&mut self, relay: PeerId, request: Request) -> Result<u64, Request> {
+    pub(crate) fn send(&mut self, relay: PeerId, request: Request) -> Result<u64, Box<Request>> {
         if self.unsupported.contains(&relay) {
-            return Err(request);
+            return Err(Box::new(request));
         }
         let id = self.next_id;
         self.next_id += 1;
