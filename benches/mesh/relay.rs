@@ -3,8 +3,10 @@
 //! in the same run:
 //!
 //! - deposit: `concurrency` envelopes without a custody receipt at any
-//!   time, one per request and then up to 8 per request (a client sends
-//!   the envelopes it has waiting together); each answer is a custody
+//!   time, one per request and then up to 16 per request (a client sends
+//!   the envelopes it has waiting together), by request-response and
+//!   then on one mailbox stream (the node's path, and the figure held
+//!   against Redis); each answer is a custody
 //!   receipt after the relay's fsync; Redis:
 //!   `RPUSH` + `EXPIRE` per envelope, pipelined with the same number in
 //!   flight, `appendonly yes`, `appendfsync everysec` (it answers before its
