@@ -1,16 +1,24 @@
 //! Command-line interface: the only place that reads arguments and prints
 //! for humans.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
 
+mod client;
+mod daemon;
 mod demo;
 
 /// meshchat: peer-to-peer end-to-end encrypted chat.
+///
+/// `init` once, then `run` the daemon; the other commands talk to it.
+/// Every flag has an environment twin (shown in each command's help).
+/// Exit codes: 0 success, 1 failure (the message says why), 2 bad usage or
+/// configuration, 3 no daemon running for the data directory.
 #[derive(Debug, Parser)]
 #[command(name = "meshchat", version, about)]
 struct Cli {
@@ -20,12 +28,161 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create this device's keystore and identity (asks for a passphrase on
+    /// a terminal; else from --passphrase-file or MESHCHAT_PASSPHRASE).
+    Init(daemon::InitArgs),
+    /// Show this device's invite code (and a QR code of it).
+    Id(client::IdArgs),
+    /// Run the daemon: the node and its local API, until SIGINT or SIGTERM.
+    Run(Box<daemon::RunArgs>),
+    /// Add, list, verify or remove contacts.
+    #[command(subcommand)]
+    Contacts(client::ContactsCmd),
+    /// Write a message to a contact.
+    Send(client::SendArgs),
+    /// Show a conversation, newest page first.
+    History(client::HistoryArgs),
+    /// List conversations with unread counts.
+    Chats(client::PlainArgs),
+    /// Mark a conversation read (the contact gets a read receipt).
+    Read(client::ReadArgs),
+    /// Peers, addresses, presence and the queue.
+    Status(client::PlainArgs),
+    /// Print the daemon's events as JSON lines until interrupted.
+    Events(client::PlainArgs),
     /// Three devices and a relay in this process, on 127.0.0.1 only: a
     /// short narrated conversation across the mesh and through the relay.
     Demo,
     /// Run a relay: hold sealed mail for offline devices, relay connections
     /// for peers behind NAT. Runs until SIGINT or SIGTERM.
     Relay(Box<RelayArgs>),
+}
+
+/// The keystore's file name in a data directory.
+const KEYSTORE: &str = "keystore";
+
+/// `--data-dir`, shared by the device's commands.
+#[derive(Debug, Clone, clap::Args)]
+struct DirArg {
+    /// The device's data directory. Default: $XDG_DATA_HOME/meshchat, or
+    /// ~/.local/share/meshchat.
+    #[arg(long, env = "MESHCHAT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl DirArg {
+    fn resolve(&self) -> Result<PathBuf, CliError> {
+        if let Some(d) = &self.data_dir {
+            return Ok(d.clone());
+        }
+        let base = match std::env::var_os("XDG_DATA_HOME") {
+            Some(x) if !x.is_empty() => PathBuf::from(x),
+            _ => match std::env::var_os("HOME") {
+                Some(h) if !h.is_empty() => PathBuf::from(h).join(".local/share"),
+                _ => {
+                    return Err(CliError::usage(anyhow!(
+                        "no data directory: pass --data-dir or set MESHCHAT_DATA_DIR"
+                    )));
+                }
+            },
+        };
+        Ok(base.join("meshchat"))
+    }
+}
+
+/// `--json`, for the commands that print results.
+#[derive(Debug, Clone, clap::Args)]
+struct OutArg {
+    /// Print JSON for scripts instead of text.
+    #[arg(long, env = "MESHCHAT_JSON")]
+    json: bool,
+}
+
+/// Where a passphrase comes from.
+#[derive(Debug, Clone, clap::Args)]
+struct PassArgs {
+    /// A file holding the keystore's passphrase (else MESHCHAT_PASSPHRASE,
+    /// else a prompt on the terminal).
+    #[arg(long, env = "MESHCHAT_PASSPHRASE_FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+impl PassArgs {
+    /// The passphrase; on a terminal, asked for (twice when `confirm`).
+    fn read(&self, confirm: bool) -> Result<Vec<u8>> {
+        if self.passphrase_file.is_some() || std::env::var_os("MESHCHAT_PASSPHRASE").is_some() {
+            return read_passphrase(self.passphrase_file.as_deref());
+        }
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!(
+                "no passphrase: pass --passphrase-file or set MESHCHAT_PASSPHRASE (no terminal to ask on)"
+            );
+        }
+        let first = rpassword::prompt_password("Passphrase: ").context("reading the passphrase")?;
+        if confirm {
+            let again = rpassword::prompt_password("Again: ").context("reading the passphrase")?;
+            anyhow::ensure!(
+                first == again,
+                "the two passphrases differ; nothing changed"
+            );
+        }
+        anyhow::ensure!(!first.is_empty(), "the passphrase is empty");
+        Ok(first.into_bytes())
+    }
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+struct CliError {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl CliError {
+    fn failed(error: anyhow::Error) -> Self {
+        Self { code: 1, error }
+    }
+    fn usage(error: anyhow::Error) -> Self {
+        Self {
+            code: EXIT_CONFIG,
+            error,
+        }
+    }
+    fn no_daemon(error: anyhow::Error) -> Self {
+        Self {
+            code: EXIT_NO_DAEMON,
+            error,
+        }
+    }
+}
+
+/// Prints one JSON value on one line.
+fn print_json(v: &impl serde::Serialize) {
+    match serde_json::to_string(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("meshchat: {e}"),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM` (UTC) of a Unix time.
+fn utc(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }
 
 /// `meshchat relay`: every flag has an environment twin; flags win over
@@ -81,8 +238,11 @@ struct RelayArgs {
     max_prekey_bundles: Option<u64>,
 }
 
-/// Exit codes: 0 success, 1 failure at run time, 2 bad usage or config.
+/// Exit codes: 0 success, 1 failure at run time, 2 bad usage or config,
+/// 3 no daemon running.
 const EXIT_CONFIG: u8 = 2;
+/// See [`EXIT_CONFIG`].
+const EXIT_NO_DAEMON: u8 = 3;
 
 /// Entry point used by `main.rs`.
 pub fn main() -> ExitCode {
@@ -94,15 +254,25 @@ pub fn main() -> ExitCode {
                 crate::relay::operator::LogFormat::Text,
                 "warn,libp2p_kad=error",
             );
-            demo::run()
+            demo::run().map_err(CliError::failed)
         }
         Command::Relay(args) => return relay(*args),
+        Command::Init(args) => daemon::init(args),
+        Command::Run(args) => daemon::run(*args),
+        Command::Id(args) => client::id(args),
+        Command::Contacts(cmd) => client::contacts(cmd),
+        Command::Send(args) => client::send(args),
+        Command::History(args) => client::history(args),
+        Command::Chats(args) => client::chats(args),
+        Command::Read(args) => client::read(args),
+        Command::Status(args) => client::status(args),
+        Command::Events(args) => client::events(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("meshchat: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("meshchat: {:#}", e.error);
+            ExitCode::from(e.code)
         }
     }
 }
@@ -193,7 +363,7 @@ fn read_passphrase(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
 /// only) on first start.
 fn open_keystore(dir: &std::path::Path, passphrase: &[u8]) -> Result<crate::crypto::DataKey> {
     use crate::crypto::{KdfParams, Keystore};
-    let path = dir.join("keystore");
+    let path = dir.join(KEYSTORE);
     if path.exists() {
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let ks = Keystore::from_bytes(&bytes).context("the keystore is damaged")?;

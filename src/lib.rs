@@ -9,6 +9,7 @@
 //!   are the way in ([`node::Node::spawn`]).
 //! - [`relay`]: relay mode; so far the mailbox protocol's wire messages.
 
+pub mod api;
 pub mod cli;
 pub mod crypto;
 pub mod node;

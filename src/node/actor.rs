@@ -321,6 +321,17 @@ impl Actor {
                 reply,
             }),
             Command::Conversations { reply } => self.job(Job::Conversations { reply }),
+            Command::Contacts { reply } => self.job(Job::Contacts { reply }),
+            Command::RemoveContact { key, reply } => self.job(Job::RemoveContact { key, reply }),
+            Command::VerifyContact {
+                key,
+                verified,
+                reply,
+            } => self.job(Job::VerifyContact {
+                key,
+                verified,
+                reply,
+            }),
             Command::Queued { reply } => self.job(Job::Queued { reply }),
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.net.listen_addrs());
@@ -418,6 +429,10 @@ impl Actor {
                     self.net.add_address(&relay, a);
                 }
                 self.send_mailbox(relay, request, purpose);
+            }
+            Out::Forget { key, peer } => {
+                self.peers.remove(&peer);
+                self.tracker.unwatch(&key);
             }
             Out::Contact { key, peer, addrs } => {
                 self.peers.insert(peer, key);

@@ -273,6 +273,32 @@ impl Engine {
         Ok(identity.signing)
     }
 
+    /// Forgets a contact: its record goes, its conversation and sessions
+    /// stay in the store. Messages still queued for it are no longer
+    /// routed and expire. `false` if there was no such contact.
+    pub fn remove_contact(&mut self, key: &[u8; 32]) -> Result<bool, EngineError> {
+        if self.contacts.remove(key).is_none() {
+            return Ok(false);
+        }
+        self.store.records(Kind::Contacts)?.remove(key)?;
+        Ok(true)
+    }
+
+    /// Marks a contact's safety number as compared (or not). `false` if
+    /// there is no such contact.
+    pub fn set_verified(&mut self, key: &[u8; 32], verified: bool) -> Result<bool, EngineError> {
+        let Some(contact) = self.contacts.get_mut(key) else {
+            return Ok(false);
+        };
+        if contact.verified != verified {
+            contact.verified = verified;
+            self.store
+                .records(Kind::Contacts)?
+                .put(key, &contact.to_bytes())?;
+        }
+        Ok(true)
+    }
+
     /// Sets how long new messages are retried before they expire.
     pub fn set_message_ttl(&mut self, secs: u64) {
         self.ttl = secs.max(1);

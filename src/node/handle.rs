@@ -47,6 +47,18 @@ pub(crate) enum Command {
     Conversations {
         reply: Reply<Vec<Summary>>,
     },
+    Contacts {
+        reply: Reply<Vec<ContactInfo>>,
+    },
+    VerifyContact {
+        key: [u8; 32],
+        verified: bool,
+        reply: Reply<()>,
+    },
+    RemoveContact {
+        key: [u8; 32],
+        reply: Reply<()>,
+    },
     Queued {
         reply: Reply<usize>,
     },
@@ -86,6 +98,26 @@ pub struct NodeInfo {
     pub identity: [u8; 32],
     /// Its mailbox id.
     pub mailbox_id: [u8; 32],
+}
+
+/// One contact, as a user sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactInfo {
+    /// Its identity key (Ed25519).
+    pub identity: [u8; 32],
+    /// Its libp2p peer id.
+    pub peer_id: Option<PeerId>,
+    /// What the user calls it.
+    pub name: String,
+    /// The id of the 1:1 conversation with it.
+    pub conversation: [u8; 32],
+    /// Its key's fingerprint (changes when its key does).
+    pub fingerprint: String,
+    /// Whether the user compared safety numbers with it.
+    pub verified: bool,
+    /// The safety number of this device and that contact: the same on
+    /// both sides, compared out of band.
+    pub safety_number: String,
 }
 
 /// A snapshot of the node's network state.
@@ -228,6 +260,29 @@ impl NodeHandle {
     /// Every conversation with its newest message.
     pub async fn conversations(&self) -> Result<Vec<Summary>, NodeError> {
         self.ask(|reply| Command::Conversations { reply }).await
+    }
+
+    /// Every contact, in no particular order.
+    pub async fn contacts(&self) -> Result<Vec<ContactInfo>, NodeError> {
+        self.ask(|reply| Command::Contacts { reply }).await
+    }
+
+    /// Records that the user compared safety numbers with `key` (or takes
+    /// that back); flushed before it returns.
+    pub async fn verify_contact(&self, key: [u8; 32], verified: bool) -> Result<(), NodeError> {
+        self.ask(|reply| Command::VerifyContact {
+            key,
+            verified,
+            reply,
+        })
+        .await
+    }
+
+    /// Forgets a contact (its conversation stays); flushed before it
+    /// returns.
+    pub async fn remove_contact(&self, key: [u8; 32]) -> Result<(), NodeError> {
+        self.ask(|reply| Command::RemoveContact { key, reply })
+            .await
     }
 
     /// How many messages still wait for their recipient.

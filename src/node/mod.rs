@@ -35,6 +35,6 @@ pub use actor::Node;
 pub use config::{NodeConfig, PresenceConfig};
 pub use error::NodeError;
 pub use events::NodeEvent;
-pub use handle::{NodeHandle, NodeInfo, Status};
+pub use handle::{ContactInfo, NodeHandle, NodeInfo, Status};
 pub use proto::PresenceState;
 pub(crate) use worker::now_secs;

@@ -52,6 +52,11 @@ impl Tracker {
         self.contacts.entry(key).or_insert(None);
     }
 
+    /// Stops tracking a contact.
+    pub fn unwatch(&mut self, key: &[u8; 32]) {
+        self.contacts.remove(key);
+    }
+
     /// What we know of a contact.
     pub fn get(&self, key: &[u8; 32]) -> Option<Seen> {
         self.contacts.get(key).copied().flatten()

@@ -20,10 +20,11 @@ use super::complaints::Complaints;
 use super::engine::{Engine, EngineError, Event};
 use super::error::NodeError;
 use super::events::NodeEvent;
+use super::handle::ContactInfo;
 use super::net::direct::FrameStatus;
-use super::proto::Frame;
+use super::proto::{Frame, conversation_id};
 use super::state::Invite;
-use crate::crypto::Envelope;
+use crate::crypto::{Envelope, fingerprint, safety_number};
 use crate::relay::proto::{self as mailbox, Owner, Request, Response, Signed};
 use crate::store::{Cursor, MessageRef, Page, Summary};
 
@@ -102,6 +103,18 @@ pub(crate) enum Job {
     Conversations {
         reply: Reply<Vec<Summary>>,
     },
+    Contacts {
+        reply: Reply<Vec<ContactInfo>>,
+    },
+    VerifyContact {
+        key: [u8; 32],
+        verified: bool,
+        reply: Reply<()>,
+    },
+    RemoveContact {
+        key: [u8; 32],
+        reply: Reply<()>,
+    },
     Queued {
         reply: Reply<usize>,
     },
@@ -166,6 +179,8 @@ pub(crate) enum Out {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
     },
+    /// A contact removed: stop watching it.
+    Forget { key: [u8; 32], peer: PeerId },
     /// A request to a relay (dialled at `addrs` if not connected).
     Mailbox {
         relay: PeerId,
@@ -415,6 +430,7 @@ impl Worker {
             job,
             Job::History { .. }
                 | Job::Conversations { .. }
+                | Job::Contacts { .. }
                 | Job::Queued { .. }
                 | Job::Failed(_)
                 | Job::Tick
@@ -473,6 +489,49 @@ impl Worker {
                 round.reply(reply, r.map_err(Into::into));
             }
             Job::Queued { reply } => round.reply(reply, Ok(self.engine.queued())),
+            Job::Contacts { reply } => {
+                let me = self.engine.identity().public().clone();
+                let list = self
+                    .engine
+                    .contacts()
+                    .map(|c| ContactInfo {
+                        identity: c.identity.signing,
+                        peer_id: c.identity.peer_id().ok(),
+                        name: c.name.clone(),
+                        conversation: conversation_id(&me, &c.identity),
+                        fingerprint: fingerprint(&c.identity),
+                        verified: c.verified,
+                        safety_number: safety_number(&me, &c.identity),
+                    })
+                    .collect();
+                round.reply(reply, Ok(list));
+            }
+            Job::RemoveContact { key, reply } => {
+                let r = match self.engine.remove_contact(&key) {
+                    Ok(true) => {
+                        if let Some(peer) = self.peer_of.remove(&key) {
+                            self.peers.remove(&peer);
+                            round.outs.push(Out::Forget { key, peer });
+                        }
+                        Ok(())
+                    }
+                    Ok(false) => Err(NodeError::UnknownContact),
+                    Err(e) => Err(e.into()),
+                };
+                round.reply(reply, r);
+            }
+            Job::VerifyContact {
+                key,
+                verified,
+                reply,
+            } => {
+                let r = match self.engine.set_verified(&key, verified) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(NodeError::UnknownContact),
+                    Err(e) => Err(e.into()),
+                };
+                round.reply(reply, r);
+            }
             Job::Direct {
                 peer,
                 frames,

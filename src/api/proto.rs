@@ -1,0 +1,441 @@
+//! The local API's messages: one JSON object per line, each way.
+//!
+//! A client writes a request such as `{"op":"send","to":"bob","text":"hi"}`
+//! and reads exactly one answer line for it, in order:
+//! `{"ok": …}` or `{"error": {"kind": "…", "message": "…"}}`. After
+//! `{"op":"events"}` the connection carries events instead, one
+//! `{"event": …}` line each, until the client goes away.
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::{ContactInfo, NodeEvent, PresenceState};
+use crate::store::{DeliveryState, StoredMessage};
+
+/// Longest request line accepted, in bytes (a message body of 64 KiB, JSON
+/// escaped, fits).
+pub const MAX_LINE: usize = 512 * 1024;
+/// Most messages one history request returns.
+pub const MAX_PAGE: usize = 500;
+/// A history page when the request names no limit.
+pub const DEFAULT_PAGE: usize = 50;
+
+/// A request to the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Who this device is, and its invite code.
+    Id,
+    /// Every contact.
+    Contacts,
+    /// Adds the contact an invite code names, under `name`.
+    AddContact {
+        /// What to call it.
+        name: String,
+        /// Its invite code.
+        code: String,
+        /// Accept a new key for a name already in use.
+        #[serde(default)]
+        accept_new_key: bool,
+    },
+    /// Records that the safety numbers were compared (or takes it back).
+    VerifyContact {
+        /// The contact: its name or identity key (hex).
+        contact: String,
+        /// `false` takes a verification back.
+        #[serde(default = "yes")]
+        verified: bool,
+    },
+    /// Forgets a contact (the conversation stays).
+    RemoveContact {
+        /// The contact: its name or identity key (hex).
+        contact: String,
+    },
+    /// Writes a message.
+    Send {
+        /// The contact: name or identity key (hex).
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// A page of a conversation, newest first.
+    History {
+        /// The contact: name or identity key (hex).
+        with: String,
+        /// A cursor from the previous page's `next`.
+        #[serde(default)]
+        before: Option<String>,
+        /// How many messages (default 50, at most 500).
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Every conversation with its newest message and unread count.
+    Chats,
+    /// Marks a conversation read (sends the read receipt).
+    MarkRead {
+        /// The contact: name or identity key (hex).
+        with: String,
+    },
+    /// Shows this presence to contacts: `online` or `away`.
+    SetPresence {
+        /// `online` or `away`.
+        state: String,
+    },
+    /// Connections, addresses, presence, queue.
+    Status,
+    /// Turns this connection into a stream of events.
+    Events,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a request was refused for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Not JSON, not a known request, or a field out of bounds.
+    BadRequest,
+    /// No contact by that name or key.
+    UnknownContact,
+    /// The invite code does not decode or its signatures do not verify.
+    BadInvite,
+    /// The name belongs to a contact with another key; accept explicitly.
+    KeyChanged,
+    /// The node has stopped.
+    Stopped,
+    /// Anything else (the message says what).
+    Failed,
+}
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What kind of refusal.
+    pub kind: ErrorKind,
+    /// One line for a human.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// One answer line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    /// The request's result.
+    Ok(serde_json::Value),
+    /// Why it was refused.
+    Error(ApiError),
+    /// One event (after `events`).
+    Event(serde_json::Value),
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// 32 bytes from 64 hex digits.
+pub fn unhex32(text: &str) -> Option<[u8; 32]> {
+    let t = text.as_bytes();
+    if t.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in t.chunks_exact(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The state's name on the API.
+pub fn state_name(s: DeliveryState) -> &'static str {
+    match s {
+        DeliveryState::Pending => "pending",
+        DeliveryState::Sent => "sent",
+        DeliveryState::StoredAtRelay => "stored_at_relay",
+        DeliveryState::Delivered => "delivered",
+        DeliveryState::Read => "read",
+    }
+}
+
+/// The presence's name on the API.
+pub fn presence_name(s: PresenceState) -> &'static str {
+    match s {
+        PresenceState::Online => "online",
+        PresenceState::Away => "away",
+        PresenceState::Offline => "offline",
+    }
+}
+
+/// A message as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    /// Its id (hex).
+    pub id: String,
+    /// `in` (from the contact) or `out` (written here).
+    pub direction: String,
+    /// Who wrote it: `me` or the contact's name.
+    pub from: String,
+    /// The writer's identity key (hex).
+    pub sender: String,
+    /// Its place in the conversation (Lamport clock).
+    pub lamport: u64,
+    /// The writer's clock when written, Unix seconds.
+    pub sent_at: u64,
+    /// The text (invalid UTF-8 replaced).
+    pub text: String,
+    /// For messages written here: pending, sent, stored_at_relay,
+    /// delivered, read.
+    pub state: String,
+    /// When it disappears, Unix seconds (temporary chats).
+    pub expires_at: Option<u64>,
+}
+
+impl MessageView {
+    /// The view of `m`; `me` is this device's identity key, `contact` the
+    /// name of the other side.
+    pub fn of(m: &StoredMessage, me: &[u8; 32], contact: &str) -> Self {
+        let out = &m.sender == me;
+        Self {
+            id: hex(&m.msg_id),
+            direction: if out { "out" } else { "in" }.into(),
+            from: if out { "me".into() } else { contact.into() },
+            sender: hex(&m.sender),
+            lamport: m.lamport,
+            sent_at: m.sent_at,
+            text: String::from_utf8_lossy(&m.body).into_owned(),
+            state: state_name(m.state).into(),
+            expires_at: m.expires_at,
+        }
+    }
+}
+
+/// A contact as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactView {
+    /// What the user calls it.
+    pub name: String,
+    /// Its identity key (hex).
+    pub identity: String,
+    /// Its libp2p peer id.
+    pub peer_id: Option<String>,
+    /// Whether the safety numbers were compared.
+    pub verified: bool,
+    /// The safety number to compare.
+    pub safety_number: String,
+    /// online, away or offline.
+    pub presence: String,
+    /// Its newest presence beacon, Unix milliseconds.
+    pub last_seen_ms: Option<u64>,
+}
+
+impl ContactView {
+    /// The view of `c` with its presence, if heard.
+    pub fn of(c: &ContactInfo, presence: Option<(PresenceState, u64)>) -> Self {
+        Self {
+            name: c.name.clone(),
+            identity: hex(&c.identity),
+            peer_id: c.peer_id.map(|p| p.to_string()),
+            verified: c.verified,
+            safety_number: c.safety_number.clone(),
+            presence: presence_name(presence.map_or(PresenceState::Offline, |p| p.0)).into(),
+            last_seen_ms: presence.map(|p| p.1),
+        }
+    }
+}
+
+/// A page of history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageView {
+    /// Newest first.
+    pub messages: Vec<MessageView>,
+    /// The cursor for the next (older) page; `None` at the beginning.
+    pub next: Option<String>,
+}
+
+/// What `send` answers: the new message, stored and queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentView {
+    /// Its id (hex): receipts name it.
+    pub id: String,
+    /// Its state now.
+    pub state: String,
+}
+
+/// An event as the API shows it. `contact` fields hold the contact's
+/// name (or its hex key if it is not a contact).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventView {
+    /// A message arrived.
+    Message {
+        /// From whom.
+        contact: String,
+        /// The message.
+        message: MessageView,
+    },
+    /// One of our messages moved on.
+    Receipt {
+        /// Its id (hex).
+        id: String,
+        /// Its new state.
+        state: String,
+    },
+    /// One of our messages expired undelivered.
+    Expired {
+        /// Its id (hex).
+        id: String,
+    },
+    /// A contact's presence changed.
+    Presence {
+        /// Whose.
+        contact: String,
+        /// online, away or offline.
+        state: String,
+        /// Its newest beacon, Unix milliseconds.
+        last_seen_ms: u64,
+    },
+    /// A relay refused to hold one of our messages.
+    RelayRefused {
+        /// The message (hex id).
+        id: String,
+        /// The relay's peer id.
+        relay: String,
+        /// Why.
+        reason: String,
+    },
+    /// Mail held at a relay was fetched.
+    Drained {
+        /// The relay's peer id.
+        relay: String,
+        /// How many envelopes.
+        envelopes: usize,
+    },
+    /// A connection opened.
+    Connected {
+        /// The peer id.
+        peer: String,
+    },
+    /// The last connection to a peer closed.
+    Disconnected {
+        /// The peer id.
+        peer: String,
+    },
+    /// Events were dropped because this client read too slowly.
+    Lagged {
+        /// How many.
+        missed: u64,
+    },
+}
+
+impl EventView {
+    /// The view of `e`, or `None` for events the API does not carry.
+    /// `name` names a contact by identity key.
+    pub fn of(e: &NodeEvent, me: &[u8; 32], name: &dyn Fn(&[u8; 32]) -> String) -> Option<Self> {
+        Some(match e {
+            NodeEvent::Message { from, message } => {
+                let contact = name(from);
+                Self::Message {
+                    message: MessageView::of(message, me, &contact),
+                    contact,
+                }
+            }
+            NodeEvent::Receipt { message, state } => Self::Receipt {
+                id: hex(&message.msg_id),
+                state: state_name(*state).into(),
+            },
+            NodeEvent::Expired { message } => Self::Expired {
+                id: hex(&message.msg_id),
+            },
+            NodeEvent::Presence {
+                contact,
+                state,
+                last_seen_ms,
+            } => Self::Presence {
+                contact: name(contact),
+                state: presence_name(*state).into(),
+                last_seen_ms: *last_seen_ms,
+            },
+            NodeEvent::RelayRefused {
+                message,
+                relay,
+                reason,
+            } => Self::RelayRefused {
+                id: hex(&message.msg_id),
+                relay: relay.to_string(),
+                reason: reason.to_string(),
+            },
+            NodeEvent::Drained { relay, envelopes } => Self::Drained {
+                relay: relay.to_string(),
+                envelopes: *envelopes,
+            },
+            NodeEvent::Connected { peer } => Self::Connected {
+                peer: peer.to_string(),
+            },
+            NodeEvent::Disconnected { peer } => Self::Disconnected {
+                peer: peer.to_string(),
+            },
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_strangers_are_refused() {
+        let r: Request = serde_json::from_str(r#"{"op":"send","to":"bob","text":"hi"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Send {
+                to: "bob".into(),
+                text: "hi".into()
+            }
+        );
+        let r: Request = serde_json::from_str(r#"{"op":"history","with":"bob"}"#).unwrap();
+        assert!(matches!(r, Request::History { limit: None, .. }));
+        for bad in [
+            r#"{"op":"launch"}"#,
+            r#"{"op":"send","to":"bob"}"#,
+            r#"{"op":"send","to":"bob","text":"hi","cc":"eve"}"#,
+            r#"{"to":"bob"}"#,
+            "[1,2",
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_bad_digits() {
+        let k = [0xa5u8; 32];
+        assert_eq!(unhex32(&hex(&k)), Some(k));
+        assert_eq!(unhex32("zz"), None);
+        assert_eq!(unhex32(&"g".repeat(64)), None);
+        assert_eq!(unhex32(&"é".repeat(32)), None);
+    }
+}

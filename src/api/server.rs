@@ -1,0 +1,459 @@
+//! The daemon's side of the local API: a Unix socket, one task per client.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tracing::{debug, warn};
+
+use super::proto::{
+    Answer, ApiError, ContactView, DEFAULT_PAGE, ErrorKind, EventView, MAX_LINE, MAX_PAGE,
+    MessageView, PageView, Request, SentView, hex, presence_name, unhex32,
+};
+use crate::crypto;
+use crate::node::state::Invite;
+use crate::node::{ContactInfo, NodeError, NodeEvent, NodeHandle, PresenceState};
+use crate::store::{Cursor, History};
+
+/// Most clients served at once; more are told so and closed.
+pub const MAX_CLIENTS: usize = 64;
+/// Events held for a slow event-stream client before it misses some.
+const EVENT_BACKLOG: usize = 4096;
+/// Longest contact name, in bytes.
+pub const MAX_NAME: usize = 64;
+
+/// The API over a running node: answers requests, fans events out.
+#[derive(Clone)]
+pub struct Api {
+    node: NodeHandle,
+    events: broadcast::Sender<NodeEvent>,
+    /// Contact names by identity key, for events.
+    names: Arc<RwLock<HashMap<[u8; 32], String>>>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    /// Takes the node and its event stream (a task forwards the events to
+    /// every subscribed client). Must run inside a tokio runtime.
+    pub async fn new(node: NodeHandle, mut events: mpsc::Receiver<NodeEvent>) -> Self {
+        let (tx, _) = broadcast::channel(EVENT_BACKLOG);
+        let api = Self {
+            node,
+            events: tx.clone(),
+            names: Arc::default(),
+        };
+        api.refresh_names().await;
+        tokio::spawn(async move {
+            while let Some(e) = events.recv().await {
+                // No subscriber is fine: nobody is listening.
+                let _ = tx.send(e);
+            }
+        });
+        api
+    }
+
+    /// The node's events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    async fn refresh_names(&self) {
+        if let Ok(list) = self.node.contacts().await
+            && let Ok(mut names) = self.names.write()
+        {
+            *names = list.into_iter().map(|c| (c.identity, c.name)).collect();
+        }
+    }
+
+    fn name_of(&self, key: &[u8; 32]) -> String {
+        self.names
+            .read()
+            .ok()
+            .and_then(|n| n.get(key).cloned())
+            .unwrap_or_else(|| hex(key))
+    }
+
+    /// Answers one request (anything but `events`).
+    pub async fn answer(&self, req: Request) -> Result<serde_json::Value, ApiError> {
+        use serde_json::json;
+        let me = self.node.info().identity;
+        match req {
+            Request::Id => {
+                let code = self.node.invite().await.map_err(failed)?;
+                let info = self.node.info();
+                Ok(json!({
+                    "peer_id": info.peer_id.to_string(),
+                    "identity": hex(&info.identity),
+                    "fingerprint": crypto::fingerprint(&invite_identity(&code)?),
+                    "invite": code,
+                }))
+            }
+            Request::Contacts => {
+                let mut list = self.node.contacts().await.map_err(failed)?;
+                list.sort_by(|a, b| a.name.cmp(&b.name));
+                let mut out = Vec::with_capacity(list.len());
+                for c in &list {
+                    let p = self.node.presence(c.identity).await.map_err(failed)?;
+                    out.push(ContactView::of(c, p));
+                }
+                Ok(json!(out))
+            }
+            Request::AddContact {
+                name,
+                code,
+                accept_new_key,
+            } => {
+                let name = name.trim().to_owned();
+                if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+                    return Err(bad(format!(
+                        "a contact name is 1 to {MAX_NAME} bytes of printable text"
+                    )));
+                }
+                let identity = invite_identity(code.trim())?;
+                let contacts = self.node.contacts().await.map_err(failed)?;
+                if unhex32(&name).is_some() {
+                    return Err(bad("a contact name cannot be an identity key"));
+                }
+                if let Some(old) = contacts
+                    .iter()
+                    .find(|c| c.name == name && c.identity != identity.signing)
+                {
+                    if !accept_new_key {
+                        return Err(ApiError::new(
+                            ErrorKind::KeyChanged,
+                            format!(
+                                "{name} has a new key: fingerprint {} (was {}); compare it with {name} and add again accepting the new key",
+                                crypto::fingerprint(&identity),
+                                old.fingerprint,
+                            ),
+                        ));
+                    }
+                    self.node
+                        .remove_contact(old.identity)
+                        .await
+                        .map_err(failed)?;
+                }
+                let key = self
+                    .node
+                    .add_contact(code.trim(), &name)
+                    .await
+                    .map_err(failed)?;
+                self.refresh_names().await;
+                let list = self.node.contacts().await.map_err(failed)?;
+                let c = list
+                    .iter()
+                    .find(|c| c.identity == key)
+                    .ok_or_else(|| ApiError::new(ErrorKind::Failed, "the contact vanished"))?;
+                Ok(json!(ContactView::of(c, None)))
+            }
+            Request::VerifyContact { contact, verified } => {
+                let c = self.contact(&contact).await?;
+                self.node
+                    .verify_contact(c.identity, verified)
+                    .await
+                    .map_err(failed)?;
+                Ok(json!({ "name": c.name, "verified": verified }))
+            }
+            Request::RemoveContact { contact } => {
+                let c = self.contact(&contact).await?;
+                self.node.remove_contact(c.identity).await.map_err(failed)?;
+                self.refresh_names().await;
+                Ok(json!({ "name": c.name }))
+            }
+            Request::Send { to, text } => {
+                if text.is_empty() {
+                    return Err(bad("an empty message"));
+                }
+                if text.len() > History::MAX_BODY {
+                    return Err(bad(format!(
+                        "a message is at most {} bytes",
+                        History::MAX_BODY
+                    )));
+                }
+                let c = self.contact(&to).await?;
+                let r = self
+                    .node
+                    .send(c.identity, text.into_bytes())
+                    .await
+                    .map_err(failed)?;
+                Ok(json!(SentView {
+                    id: hex(&r.msg_id),
+                    state: "pending".into(),
+                }))
+            }
+            Request::History {
+                with,
+                before,
+                limit,
+            } => {
+                let c = self.contact(&with).await?;
+                let before = match before {
+                    Some(b) => Some(
+                        Cursor::parse(&b).map_err(|_| bad(format!("not a history cursor: {b}")))?,
+                    ),
+                    None => None,
+                };
+                let limit = limit.unwrap_or(DEFAULT_PAGE);
+                if limit == 0 || limit > MAX_PAGE {
+                    return Err(bad(format!("limit is 1 to {MAX_PAGE}")));
+                }
+                let page = self
+                    .node
+                    .history(c.identity, before, limit)
+                    .await
+                    .map_err(failed)?;
+                Ok(json!(PageView {
+                    messages: page
+                        .messages
+                        .iter()
+                        .map(|m| MessageView::of(m, &me, &c.name))
+                        .collect(),
+                    next: page.next.map(|c| c.as_str().to_owned()),
+                }))
+            }
+            Request::Chats => {
+                let contacts = self.node.contacts().await.map_err(failed)?;
+                let summaries = self.node.conversations().await.map_err(failed)?;
+                let mut out = Vec::new();
+                for s in summaries {
+                    let Some(c) = contacts
+                        .iter()
+                        .find(|c| c.conversation == s.conversation.id)
+                    else {
+                        continue;
+                    };
+                    let p = self.node.presence(c.identity).await.map_err(failed)?;
+                    out.push(json!({
+                        "with": c.name,
+                        "identity": hex(&c.identity),
+                        "unread": s.conversation.unread,
+                        "last_message_at": s.conversation.last_message_at,
+                        "presence": presence_name(p.map_or(PresenceState::Offline, |p| p.0)),
+                        "last": s.last.as_ref().map(|m| MessageView::of(m, &me, &c.name)),
+                    }));
+                }
+                Ok(json!(out))
+            }
+            Request::MarkRead { with } => {
+                let c = self.contact(&with).await?;
+                let marked = self.node.mark_read(c.identity).await.map_err(failed)?;
+                Ok(json!({ "marked": marked }))
+            }
+            Request::SetPresence { state } => {
+                let state = match state.as_str() {
+                    "online" => PresenceState::Online,
+                    "away" => PresenceState::Away,
+                    other => return Err(bad(format!("presence is online or away, not {other}"))),
+                };
+                self.node.set_presence(state).await.map_err(failed)?;
+                Ok(json!({ "presence": presence_name(state) }))
+            }
+            Request::Status => {
+                let s = self.node.status().await.map_err(failed)?;
+                let queued = self.node.queued().await.map_err(failed)?;
+                let info = self.node.info();
+                Ok(json!({
+                    "peer_id": info.peer_id.to_string(),
+                    "identity": hex(&info.identity),
+                    "connected": s.connected.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "listen": s.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "presence": presence_name(s.presence),
+                    "hidden": s.hidden,
+                    "queued": queued,
+                }))
+            }
+            Request::Events => Err(bad("events is answered by the connection")),
+        }
+    }
+
+    /// The contact `who` names: its name, or its identity key in hex.
+    async fn contact(&self, who: &str) -> Result<ContactInfo, ApiError> {
+        let list = self.node.contacts().await.map_err(failed)?;
+        let key = unhex32(who);
+        list.into_iter()
+            .find(|c| c.name == who || Some(c.identity) == key)
+            .ok_or_else(|| ApiError::new(ErrorKind::UnknownContact, format!("no contact {who:?}")))
+    }
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorKind::BadRequest, message)
+}
+
+fn failed(e: NodeError) -> ApiError {
+    match e {
+        NodeError::UnknownContact => ApiError::new(ErrorKind::UnknownContact, e.to_string()),
+        NodeError::Stopped => ApiError::new(ErrorKind::Stopped, e.to_string()),
+        e => ApiError::new(ErrorKind::Failed, e.to_string()),
+    }
+}
+
+/// The identity an invite code names, after checking its signatures.
+fn invite_identity(code: &str) -> Result<crypto::PublicIdentity, ApiError> {
+    let bad_invite = |e: crypto::Error| {
+        ApiError::new(
+            ErrorKind::BadInvite,
+            format!("not a valid invite code ({e})"),
+        )
+    };
+    let invite = Invite::from_code(code).map_err(bad_invite)?;
+    let verified = invite.bundle.verify().map_err(bad_invite)?;
+    Ok(verified.body.identity.clone())
+}
+
+/// Binds the API socket at `path`, owner-only. A file left there by a
+/// daemon that is gone is replaced: the caller holds the data directory's
+/// lock, so no live daemon owns it.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves clients until the listener fails or the task is dropped.
+pub async fn serve(listener: UnixListener, api: Api) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "local API: accept failed");
+                continue;
+            }
+        };
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let api = api.clone();
+                tokio::spawn(async move {
+                    client(api, stream).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let mut s = stream;
+                    let e = ApiError::new(
+                        ErrorKind::Failed,
+                        format!("too many clients (at most {MAX_CLIENTS})"),
+                    );
+                    let _ = write_answer(&mut s, &Answer::Error(e)).await;
+                });
+            }
+        }
+    }
+}
+
+async fn client(api: Api, stream: UnixStream) {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match read_line(&mut r, &mut line).await {
+            Ok(Line::End) => return,
+            Ok(Line::TooLong) => {
+                let e = bad(format!("a request line is at most {MAX_LINE} bytes"));
+                let _ = write_answer(&mut w, &Answer::Error(e)).await;
+                return;
+            }
+            Ok(Line::Some) => {}
+            Err(e) => {
+                debug!(error = %e, "local API: read failed");
+                return;
+            }
+        }
+        let text = line.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        let answer = match serde_json::from_slice::<Request>(text) {
+            Err(e) => Answer::Error(bad(format!("malformed request: {e}"))),
+            Ok(Request::Events) => {
+                if write_answer(&mut w, &Answer::Ok(serde_json::json!("subscribed")))
+                    .await
+                    .is_ok()
+                {
+                    stream_events(&api, &mut w).await;
+                }
+                return;
+            }
+            Ok(req) => match api.answer(req).await {
+                Ok(v) => Answer::Ok(v),
+                Err(e) => Answer::Error(e),
+            },
+        };
+        if write_answer(&mut w, &answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn stream_events(api: &Api, w: &mut (impl AsyncWrite + Unpin)) {
+    let mut rx = api.events.subscribe();
+    let me = api.node.info().identity;
+    loop {
+        let view = match rx.recv().await {
+            Ok(e) => {
+                if matches!(e, NodeEvent::Message { .. }) {
+                    // A contact added meanwhile has a name by now.
+                    api.refresh_names().await;
+                }
+                match EventView::of(&e, &me, &|k| api.name_of(k)) {
+                    Some(v) => v,
+                    None => continue,
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => EventView::Lagged { missed },
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let value = serde_json::to_value(&view).unwrap_or_default();
+        if write_answer(w, &Answer::Event(value)).await.is_err() {
+            return;
+        }
+    }
+}
+
+enum Line {
+    Some,
+    End,
+    TooLong,
+}
+
+/// Reads one line into `buf`, never more than [`MAX_LINE`] bytes.
+async fn read_line(
+    r: &mut (impl AsyncRead + Unpin + AsyncBufReadExt),
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Line> {
+    let n = (&mut *r)
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', buf)
+        .await?;
+    if n == 0 {
+        return Ok(Line::End);
+    }
+    if buf.last() != Some(&b'\n') && buf.len() > MAX_LINE {
+        return Ok(Line::TooLong);
+    }
+    Ok(Line::Some)
+}
+
+async fn write_answer(w: &mut (impl AsyncWrite + Unpin), a: &Answer) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(a).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    w.flush().await
+}

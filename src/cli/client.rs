@@ -1,0 +1,477 @@
+//! The commands that talk to a running daemon over its local API.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use serde_json::Value;
+
+use super::{CliError, DirArg, OutArg};
+use crate::api::client::{ClientError, Events};
+use crate::api::{self, Client, Request};
+
+/// `meshchat id`.
+#[derive(Debug, clap::Args)]
+pub(super) struct IdArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    #[command(flatten)]
+    out: OutArg,
+    /// Print the invite code without its QR code.
+    #[arg(long, env = "MESHCHAT_NO_QR")]
+    no_qr: bool,
+}
+
+/// `meshchat contacts …`.
+#[derive(Debug, clap::Subcommand)]
+pub(super) enum ContactsCmd {
+    /// Adds a contact from its invite code (`-` reads the code from stdin).
+    Add {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+        /// What to call the contact.
+        name: String,
+        /// Its invite code (from `meshchat id` on its device), or `-`.
+        code: String,
+        /// The name is taken by a contact whose key changed: accept the new
+        /// key (compare fingerprints with that person first).
+        #[arg(long, env = "MESHCHAT_ACCEPT_NEW_KEY")]
+        accept_new_key: bool,
+    },
+    /// Lists contacts with presence and safety numbers.
+    List {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+    },
+    /// Records that you compared safety numbers with a contact.
+    Verify {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+        /// The contact: name or identity key.
+        contact: String,
+        /// Take a verification back.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Forgets a contact (the conversation stays).
+    Remove {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+        /// The contact: name or identity key.
+        contact: String,
+    },
+}
+
+/// `meshchat send`.
+#[derive(Debug, clap::Args)]
+pub(super) struct SendArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    #[command(flatten)]
+    out: OutArg,
+    /// The contact: name or identity key.
+    to: String,
+    /// The text (`-` reads it from stdin).
+    text: String,
+    /// Wait until the message is `sent`, `stored` (at a relay),
+    /// `delivered` or `read`.
+    #[arg(long, env = "MESHCHAT_WAIT")]
+    wait: Option<String>,
+    /// Longest wait, in seconds.
+    #[arg(long, env = "MESHCHAT_TIMEOUT", default_value_t = 60)]
+    timeout: u64,
+}
+
+/// `meshchat history`.
+#[derive(Debug, clap::Args)]
+pub(super) struct HistoryArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    #[command(flatten)]
+    out: OutArg,
+    /// The contact: name or identity key.
+    with: String,
+    /// Older messages: the cursor printed with the previous page.
+    #[arg(long, env = "MESHCHAT_BEFORE")]
+    before: Option<String>,
+    /// How many messages (1 to 500).
+    #[arg(long, env = "MESHCHAT_LIMIT", default_value_t = 20)]
+    limit: usize,
+}
+
+/// A command with only the common flags.
+#[derive(Debug, clap::Args)]
+pub(super) struct PlainArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    #[command(flatten)]
+    out: OutArg,
+}
+
+/// `meshchat read`.
+#[derive(Debug, clap::Args)]
+pub(super) struct ReadArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    #[command(flatten)]
+    out: OutArg,
+    /// The contact: name or identity key.
+    with: String,
+}
+
+fn connect(dir: &DirArg) -> Result<Client, CliError> {
+    let dir = dir.resolve()?;
+    Client::connect(&dir.join(api::SOCKET)).map_err(from_client)
+}
+
+fn from_client(e: ClientError) -> CliError {
+    match e {
+        ClientError::NoDaemon(_) => CliError::no_daemon(e.into()),
+        e => CliError::failed(e.into()),
+    }
+}
+
+fn call(dir: &DirArg, req: &Request) -> Result<Value, CliError> {
+    connect(dir)?.call(req).map_err(from_client)
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+/// `meshchat id`.
+pub(super) fn id(args: IdArgs) -> Result<(), CliError> {
+    let v = call(&args.dir, &Request::Id)?;
+    if args.out.json {
+        super::print_json(&v);
+        return Ok(());
+    }
+    println!("peer id:     {}", s(&v["peer_id"]));
+    println!("fingerprint: {}", s(&v["fingerprint"]));
+    println!("invite code (give it to a contact: `meshchat contacts add <name> <code>`):");
+    println!("{}", s(&v["invite"]));
+    if !args.no_qr {
+        match qrcode::QrCode::with_error_correction_level(s(&v["invite"]), qrcode::EcLevel::L) {
+            Ok(qr) => println!(
+                "{}",
+                qr.render::<qrcode::render::unicode::Dense1x2>()
+                    .quiet_zone(true)
+                    .build()
+            ),
+            Err(e) => println!("(no QR code: {e})"),
+        }
+    }
+    Ok(())
+}
+
+/// `meshchat contacts …`.
+pub(super) fn contacts(cmd: ContactsCmd) -> Result<(), CliError> {
+    match cmd {
+        ContactsCmd::Add {
+            dir,
+            out,
+            name,
+            code,
+            accept_new_key,
+        } => {
+            let code = if code == "-" {
+                let mut c = String::new();
+                std::io::stdin()
+                    .take(64 * 1024)
+                    .read_to_string(&mut c)
+                    .map_err(|e| CliError::failed(anyhow!("reading the code from stdin: {e}")))?;
+                c
+            } else {
+                code
+            };
+            let v = call(
+                &dir,
+                &Request::AddContact {
+                    name,
+                    code,
+                    accept_new_key,
+                },
+            )?;
+            if out.json {
+                super::print_json(&v);
+            } else {
+                println!("Added {}.", s(&v["name"]));
+                println!("  safety number: {}", s(&v["safety_number"]));
+                println!(
+                    "Compare it with {} in person or on a call, then `meshchat contacts verify {}`.",
+                    s(&v["name"]),
+                    s(&v["name"])
+                );
+            }
+        }
+        ContactsCmd::List { dir, out } => {
+            let v = call(&dir, &Request::Contacts)?;
+            if out.json {
+                super::print_json(&v);
+                return Ok(());
+            }
+            let list = v.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("No contacts yet: `meshchat contacts add <name> <invite code>`.");
+            }
+            for c in list {
+                println!(
+                    "{:<20} {:<8} {:<10} {}",
+                    s(&c["name"]),
+                    s(&c["presence"]),
+                    if c["verified"] == true {
+                        "verified"
+                    } else {
+                        "unverified"
+                    },
+                    s(&c["safety_number"])
+                );
+            }
+        }
+        ContactsCmd::Verify {
+            dir,
+            out,
+            contact,
+            undo,
+        } => {
+            let v = call(
+                &dir,
+                &Request::VerifyContact {
+                    contact,
+                    verified: !undo,
+                },
+            )?;
+            if out.json {
+                super::print_json(&v);
+            } else if undo {
+                println!("{} is no longer marked verified.", s(&v["name"]));
+            } else {
+                println!("{} is marked verified.", s(&v["name"]));
+            }
+        }
+        ContactsCmd::Remove { dir, out, contact } => {
+            let v = call(&dir, &Request::RemoveContact { contact })?;
+            if out.json {
+                super::print_json(&v);
+            } else {
+                println!("Removed {}; the conversation stays.", s(&v["name"]));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The order of delivery states.
+fn rank(state: &str) -> Option<u8> {
+    Some(match state {
+        "pending" => 0,
+        "sent" => 1,
+        "stored_at_relay" | "stored" => 2,
+        "delivered" => 3,
+        "read" => 4,
+        _ => return None,
+    })
+}
+
+/// `meshchat send`.
+pub(super) fn send(args: SendArgs) -> Result<(), CliError> {
+    let wanted = match args.wait.as_deref() {
+        None => None,
+        Some(w @ ("sent" | "stored" | "delivered" | "read")) => rank(w),
+        Some(other) => {
+            return Err(CliError::usage(anyhow!(
+                "--wait is sent, stored, delivered or read, not {other}"
+            )));
+        }
+    };
+    let text = if args.text == "-" {
+        let mut t = String::new();
+        std::io::stdin()
+            .take(crate::store::History::MAX_BODY as u64 + 1)
+            .read_to_string(&mut t)
+            .map_err(|e| CliError::failed(anyhow!("reading the text from stdin: {e}")))?;
+        t.trim_end_matches('\n').to_owned()
+    } else {
+        args.text
+    };
+    // Subscribe before sending, so no receipt can slip past.
+    let mut events = match wanted {
+        Some(_) => Some(connect(&args.dir)?.subscribe().map_err(from_client)?),
+        None => None,
+    };
+    let v = call(&args.dir, &Request::Send { to: args.to, text })?;
+    let id = s(&v["id"]).to_owned();
+    let mut state = s(&v["state"]).to_owned();
+    if let (Some(want), Some(ev)) = (wanted, events.as_mut()) {
+        state = wait_state(ev, &id, want, Duration::from_secs(args.timeout))?;
+    }
+    if args.out.json {
+        super::print_json(&serde_json::json!({ "id": id, "state": state }));
+    } else {
+        println!("{} {id}", tick(&state));
+    }
+    Ok(())
+}
+
+/// Reads events until the message `id` reaches rank `want`.
+fn wait_state(ev: &mut Events, id: &str, want: u8, bound: Duration) -> Result<String, CliError> {
+    let deadline = Instant::now() + bound;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(CliError::failed(anyhow!(
+                "not that far within {} s (the message stays queued and is retried)",
+                bound.as_secs()
+            )));
+        }
+        ev.set_timeout(Some(left)).map_err(from_client)?;
+        let e = match ev.next_event() {
+            Ok(e) => e,
+            Err(ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(from_client(e)),
+        };
+        if s(&e["id"]) != id {
+            continue;
+        }
+        match s(&e["type"]) {
+            "receipt" if rank(s(&e["state"])).is_some_and(|r| r >= want) => {
+                return Ok(s(&e["state"]).to_owned());
+            }
+            "expired" => {
+                return Err(CliError::failed(anyhow!("the message expired undelivered")));
+            }
+            "relay_refused" => eprintln!(
+                "meshchat: relay {} refused to hold it: {} (other paths and relays are still tried)",
+                s(&e["relay"]),
+                s(&e["reason"])
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn tick(state: &str) -> &'static str {
+    match state {
+        "pending" => "… pending  ",
+        "sent" => "✓ sent     ",
+        "stored_at_relay" => "✓ at relay ",
+        "delivered" => "✓✓ delivered",
+        "read" => "✓✓ read    ",
+        _ => "?",
+    }
+}
+
+/// `meshchat history`.
+pub(super) fn history(args: HistoryArgs) -> Result<(), CliError> {
+    let v = call(
+        &args.dir,
+        &Request::History {
+            with: args.with.clone(),
+            before: args.before,
+            limit: Some(args.limit),
+        },
+    )?;
+    if args.out.json {
+        super::print_json(&v);
+        return Ok(());
+    }
+    let messages = v["messages"].as_array().cloned().unwrap_or_default();
+    if messages.is_empty() {
+        println!("No messages with {}.", args.with);
+    }
+    for m in messages.iter().rev() {
+        let when = super::utc(m["sent_at"].as_u64().unwrap_or(0));
+        let state = if m["direction"] == "out" {
+            tick(s(&m["state"]))
+        } else {
+            ""
+        };
+        println!("{when}  {:<12} {}  {state}", s(&m["from"]), s(&m["text"]));
+    }
+    if let Some(next) = v["next"].as_str() {
+        println!("(older: meshchat history {} --before {next})", args.with);
+    }
+    Ok(())
+}
+
+/// `meshchat chats`.
+pub(super) fn chats(args: PlainArgs) -> Result<(), CliError> {
+    let v = call(&args.dir, &Request::Chats)?;
+    if args.out.json {
+        super::print_json(&v);
+        return Ok(());
+    }
+    let list = v.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("No conversations yet.");
+    }
+    for c in list {
+        let unread = c["unread"].as_u64().unwrap_or(0);
+        println!(
+            "{:<20} {:<8} {:>4} unread  {}",
+            s(&c["with"]),
+            s(&c["presence"]),
+            unread,
+            s(&c["last"]["text"])
+        );
+    }
+    Ok(())
+}
+
+/// `meshchat read`.
+pub(super) fn read(args: ReadArgs) -> Result<(), CliError> {
+    let v = call(&args.dir, &Request::MarkRead { with: args.with })?;
+    if args.out.json {
+        super::print_json(&v);
+    }
+    Ok(())
+}
+
+/// `meshchat status`.
+pub(super) fn status(args: PlainArgs) -> Result<(), CliError> {
+    let v = call(&args.dir, &Request::Status)?;
+    if args.out.json {
+        super::print_json(&v);
+        return Ok(());
+    }
+    println!("peer id:   {}", s(&v["peer_id"]));
+    println!(
+        "presence:  {}{}",
+        s(&v["presence"]),
+        if v["hidden"] == true { " (hidden)" } else { "" }
+    );
+    println!("queued:    {} message(s)", v["queued"]);
+    for a in v["listen"].as_array().into_iter().flatten() {
+        println!("listening: {}", s(a));
+    }
+    let peers = v["connected"].as_array().cloned().unwrap_or_default();
+    println!("connected: {} peer(s)", peers.len());
+    for p in peers {
+        println!("  {}", s(&p));
+    }
+    Ok(())
+}
+
+/// `meshchat events`: one JSON line per event until interrupted.
+pub(super) fn events(args: PlainArgs) -> Result<(), CliError> {
+    let mut ev = connect(&args.dir)?.subscribe().map_err(from_client)?;
+    loop {
+        let e = ev.next_event().map_err(from_client)?;
+        super::print_json(&e);
+    }
+}
