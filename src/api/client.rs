@@ -70,7 +70,7 @@ impl Client {
 
     /// Turns this connection into the daemon's event stream.
     pub fn subscribe(mut self) -> Result<Events, ClientError> {
-        self.call(&Request::Events)?;
+        self.call(&Request::Events {})?;
         Ok(Events(self))
     }
 

@@ -21,12 +21,14 @@ pub const DEFAULT_PAGE: usize = 50;
 
 /// A request to the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Requests without fields are empty structs so that unknown fields are
+// refused for them too.
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Who this device is, and its invite code.
-    Id,
+    Id {},
     /// Every contact.
-    Contacts,
+    Contacts {},
     /// Adds the contact an invite code names, under `name`.
     AddContact {
         /// What to call it.
@@ -69,7 +71,7 @@ pub enum Request {
         limit: Option<usize>,
     },
     /// Every conversation with its newest message and unread count.
-    Chats,
+    Chats {},
     /// Marks a conversation read (sends the read receipt).
     MarkRead {
         /// The contact: name or identity key (hex).
@@ -81,9 +83,9 @@ pub enum Request {
         state: String,
     },
     /// Connections, addresses, presence, queue.
-    Status,
+    Status {},
     /// Turns this connection into a stream of events.
-    Events,
+    Events {},
 }
 
 fn yes() -> bool {

@@ -86,7 +86,7 @@ impl Api {
         use serde_json::json;
         let me = self.node.info().identity;
         match req {
-            Request::Id => {
+            Request::Id {} => {
                 let code = self.node.invite().await.map_err(failed)?;
                 let info = self.node.info();
                 Ok(json!({
@@ -96,7 +96,7 @@ impl Api {
                     "invite": code,
                 }))
             }
-            Request::Contacts => {
+            Request::Contacts {} => {
                 let mut list = self.node.contacts().await.map_err(failed)?;
                 list.sort_by(|a, b| a.name.cmp(&b.name));
                 let mut out = Vec::with_capacity(list.len());
@@ -118,6 +118,9 @@ impl Api {
                     )));
                 }
                 let identity = invite_identity(code.trim())?;
+                if identity.signing == me {
+                    return Err(bad("that is this device's own invite code"));
+                }
                 let contacts = self.node.contacts().await.map_err(failed)?;
                 if unhex32(&name).is_some() {
                     return Err(bad("a contact name cannot be an identity key"));
@@ -219,7 +222,7 @@ impl Api {
                     next: page.next.map(|c| c.as_str().to_owned()),
                 }))
             }
-            Request::Chats => {
+            Request::Chats {} => {
                 let contacts = self.node.contacts().await.map_err(failed)?;
                 let summaries = self.node.conversations().await.map_err(failed)?;
                 let mut out = Vec::new();
@@ -256,7 +259,7 @@ impl Api {
                 self.node.set_presence(state).await.map_err(failed)?;
                 Ok(json!({ "presence": presence_name(state) }))
             }
-            Request::Status => {
+            Request::Status {} => {
                 let s = self.node.status().await.map_err(failed)?;
                 let queued = self.node.queued().await.map_err(failed)?;
                 let info = self.node.info();
@@ -270,7 +273,7 @@ impl Api {
                     "queued": queued,
                 }))
             }
-            Request::Events => Err(bad("events is answered by the connection")),
+            Request::Events {} => Err(bad("events is answered by the connection")),
         }
     }
 
@@ -382,7 +385,7 @@ async fn client(api: Api, stream: UnixStream) {
         }
         let answer = match serde_json::from_slice::<Request>(text) {
             Err(e) => Answer::Error(bad(format!("malformed request: {e}"))),
-            Ok(Request::Events) => {
+            Ok(Request::Events {}) => {
                 if write_answer(&mut w, &Answer::Ok(serde_json::json!("subscribed")))
                     .await
                     .is_ok()

@@ -149,7 +149,7 @@ fn s(v: &Value) -> &str {
 
 /// `meshchat id`.
 pub(super) fn id(args: IdArgs) -> Result<(), CliError> {
-    let v = call(&args.dir, &Request::Id)?;
+    let v = call(&args.dir, &Request::Id {})?;
     if args.out.json {
         super::print_json(&v);
         return Ok(());
@@ -213,7 +213,7 @@ pub(super) fn contacts(cmd: ContactsCmd) -> Result<(), CliError> {
             }
         }
         ContactsCmd::List { dir, out } => {
-            let v = call(&dir, &Request::Contacts)?;
+            let v = call(&dir, &Request::Contacts {})?;
             if out.json {
                 super::print_json(&v);
                 return Ok(());
@@ -411,7 +411,7 @@ pub(super) fn history(args: HistoryArgs) -> Result<(), CliError> {
 
 /// `meshchat chats`.
 pub(super) fn chats(args: PlainArgs) -> Result<(), CliError> {
-    let v = call(&args.dir, &Request::Chats)?;
+    let v = call(&args.dir, &Request::Chats {})?;
     if args.out.json {
         super::print_json(&v);
         return Ok(());
@@ -444,7 +444,7 @@ pub(super) fn read(args: ReadArgs) -> Result<(), CliError> {
 
 /// `meshchat status`.
 pub(super) fn status(args: PlainArgs) -> Result<(), CliError> {
-    let v = call(&args.dir, &Request::Status)?;
+    let v = call(&args.dir, &Request::Status {})?;
     if args.out.json {
         super::print_json(&v);
         return Ok(());

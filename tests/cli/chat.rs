@@ -1,0 +1,99 @@
+//! Two daemons and a relay, driven only through the CLI.
+
+use crate::{Device, Proc, start_relay};
+
+#[test]
+fn two_daemons_chat_through_the_cli_and_mail_waits_at_the_relay_while_one_is_stopped() {
+    let root = tempfile::tempdir().unwrap();
+    let (_relay, relay) = start_relay(root.path());
+    let mut alice = Device::init(root.path(), "alice");
+    let mut bob = Device::init(root.path(), "bob");
+    alice.start(std::slice::from_ref(&relay));
+    bob.start(std::slice::from_ref(&relay));
+
+    // Invite codes exchanged out of band; each side names the other.
+    let added = alice.json(&["contacts", "add", "bob", &bob.invite()]);
+    assert_eq!(added["name"], "bob");
+    assert_eq!(added["verified"], false);
+    let added = bob.json(&["contacts", "add", "alice", &alice.invite()]);
+    let safety = added["safety_number"].as_str().unwrap().to_owned();
+    let listed = alice.json(&["contacts", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(
+        listed[0]["safety_number"],
+        safety.as_str(),
+        "the same on both sides"
+    );
+    alice.json(&["contacts", "verify", "bob"]);
+    assert_eq!(alice.json(&["contacts", "list"])[0]["verified"], true);
+
+    // A message, and the state the sender sees.
+    let sent = alice.json(&["send", "bob", "hello bob", "--wait", "delivered"]);
+    assert_eq!(sent["state"], "delivered");
+    let page = bob.json(&["history", "alice"]);
+    let msgs = page["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0]["text"], "hello bob");
+    assert_eq!(msgs[0]["direction"], "in");
+    assert_eq!(msgs[0]["from"], "alice");
+    assert_eq!(msgs[0]["id"], sent["id"]);
+    let page = alice.json(&["history", "bob"]);
+    assert_eq!(page["messages"][0]["state"], "delivered");
+    assert_eq!(page["messages"][0]["direction"], "out");
+
+    // And back, then read: alice's copy turns "read".
+    let reply = bob.json(&["send", "alice", "hi alice", "--wait", "delivered"]);
+    let unread = alice.json(&["chats"]);
+    assert_eq!(unread[0]["with"], "bob");
+    assert_eq!(unread[0]["unread"], 1);
+    let bob_events = Proc::spawn({
+        let mut c = bob.cmd();
+        c.arg("events");
+        c
+    });
+    alice.json(&["read", "bob"]);
+    bob_events.wait_json("bob's copy turning read", |e| {
+        e["type"] == "receipt" && e["id"] == reply["id"] && e["state"] == "read"
+    });
+    drop(bob_events);
+
+    // Bob's daemon stops; alice's next message waits at bob's relay.
+    bob.stop();
+    let held = alice.json(&["send", "bob", "are you there?", "--wait", "stored"]);
+    assert_eq!(held["state"], "stored_at_relay");
+    let events = Proc::spawn({
+        let mut c = alice.cmd();
+        c.arg("events");
+        c
+    });
+    bob.start(std::slice::from_ref(&relay));
+    events.wait_json("the held message delivered", |e| {
+        e["type"] == "receipt" && e["id"] == held["id"] && e["state"] == "delivered"
+    });
+    let page = bob.json(&["history", "alice", "--limit", "10"]);
+    let texts: Vec<&str> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        ["are you there?", "hi alice", "hello bob"],
+        "newest first, once each"
+    );
+    assert_eq!(
+        alice.json(&["history", "bob", "--limit", "1"])["messages"][0]["state"],
+        "delivered"
+    );
+
+    // Paging: one at a time, with the cursor, back to the beginning.
+    let first = bob.json(&["history", "alice", "--limit", "2"]);
+    let cursor = first["next"].as_str().unwrap();
+    let older = bob.json(&["history", "alice", "--limit", "2", "--before", cursor]);
+    assert_eq!(older["messages"][0]["text"], "hello bob");
+    assert!(older["next"].is_null());
+
+    alice.stop();
+    bob.stop();
+}

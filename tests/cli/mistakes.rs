@@ -1,0 +1,96 @@
+//! What a user gets wrong: each a one-line error and a non-zero exit, with
+//! nothing changed.
+
+use crate::{Device, assert_refused, meshchat};
+
+#[test]
+fn mistakes_get_one_line_a_non_zero_exit_and_change_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = Device::init(root.path(), "alice");
+    let keystore = std::fs::read(alice.dir.join("keystore")).unwrap();
+
+    // No daemon yet: the client commands say so (exit 3).
+    assert_refused(&alice.run(&["status"]), 3, "no meshchat daemon is running");
+    assert_refused(&alice.run(&["send", "bob", "hi"]), 3, "meshchat run");
+
+    // Initialising twice.
+    assert_refused(&alice.run(&["init"]), 1, "already initialised");
+    assert_eq!(std::fs::read(alice.dir.join("keystore")).unwrap(), keystore);
+
+    // A wrong passphrase.
+    let out = alice
+        .cmd()
+        .env("MESHCHAT_PASSPHRASE", "not it")
+        .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .output()
+        .unwrap();
+    assert_refused(&out, 1, "wrong passphrase");
+    assert_eq!(std::fs::read(alice.dir.join("keystore")).unwrap(), keystore);
+
+    // A directory never initialised.
+    let out = meshchat()
+        .env("MESHCHAT_DATA_DIR", root.path().join("nobody"))
+        .env("MESHCHAT_PASSPHRASE", "x")
+        .args(["run", "--no-mdns"])
+        .output()
+        .unwrap();
+    assert_refused(&out, 1, "meshchat init");
+    assert!(!root.path().join("nobody").exists());
+
+    // Bad flags.
+    assert_refused(
+        &alice.run(&["run", "--relay", "/ip4/127.0.0.1/tcp/1"]),
+        2,
+        "/p2p/<peer id>",
+    );
+
+    alice.start(&[]);
+
+    // A second daemon on the same directory.
+    let out = alice
+        .cmd()
+        .args(["run", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .output()
+        .unwrap();
+    assert_refused(&out, 1, "another meshchat daemon is running");
+    // The first one still serves.
+    assert_eq!(alice.json(&["status"])["queued"], 0);
+
+    // A mangled invite code: a character changed, a piece cut off, junk.
+    let code = alice.invite();
+    let mut flipped = code.clone().into_bytes();
+    let at = flipped.len() / 2;
+    flipped[at] = if flipped[at] == b'A' { b'B' } else { b'A' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    for bad in [
+        flipped.as_str(),
+        &code[..code.len() - 10],
+        "meshchat:hello",
+        "hello",
+    ] {
+        assert_refused(
+            &alice.run(&["contacts", "add", "eve", bad]),
+            1,
+            "not a valid invite code",
+        );
+    }
+    assert_eq!(alice.json(&["contacts", "list"]), serde_json::json!([]));
+
+    // Unknown contacts.
+    assert_refused(&alice.run(&["send", "bob", "hi"]), 1, "no contact \"bob\"");
+    assert_refused(&alice.run(&["history", "bob"]), 1, "no contact \"bob\"");
+    assert_refused(&alice.run(&["contacts", "verify", "bob"]), 1, "no contact");
+    assert_eq!(alice.json(&["chats"]), serde_json::json!([]));
+
+    // Bad values.
+    assert_refused(
+        &alice.run(&["send", "bob", "hi", "--wait", "soon"]),
+        2,
+        "--wait is sent, stored, delivered or read",
+    );
+
+    alice.stop();
+    // The directory's lock went with the daemon: a new one starts.
+    alice.start(&[]);
+    alice.stop();
+}
