@@ -5,9 +5,11 @@
 //! (the directory itself is too), so only the user who runs it can connect.
 //! Each request and answer is one line of JSON ([`proto`]); a client may
 //! send many requests on one connection, or turn it into a stream of
-//! events. [`server`] is the daemon's side, [`client`] a blocking client.
+//! events. [`server`] is the daemon's side, [`client`] a blocking client,
+//! [`http`] the same API over HTTP and WebSocket on a loopback address.
 
 pub mod client;
+pub mod http;
 pub mod proto;
 pub mod server;
 

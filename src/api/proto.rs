@@ -104,6 +104,8 @@ pub enum ErrorKind {
     BadInvite,
     /// The name belongs to a contact with another key; accept explicitly.
     KeyChanged,
+    /// No token, or the wrong one (HTTP only).
+    Unauthorized,
     /// The node has stopped.
     Stopped,
     /// Anything else (the message says what).

@@ -73,7 +73,12 @@ impl Api {
         }
     }
 
-    fn name_of(&self, key: &[u8; 32]) -> String {
+    /// This device's identity key.
+    pub(crate) fn me(&self) -> [u8; 32] {
+        self.node.info().identity
+    }
+
+    pub(crate) fn name_of(&self, key: &[u8; 32]) -> String {
         self.names
             .read()
             .ok()

@@ -58,6 +58,11 @@ pub(super) struct RunArgs {
     /// Show contacts nothing about whether we are online.
     #[arg(long, env = "MESHCHAT_HIDE_PRESENCE")]
     hide_presence: bool,
+    /// Also serve the local API over HTTP and WebSocket on this loopback
+    /// address (`127.0.0.1:PORT`), with the bearer token in
+    /// `<data dir>/api-token`.
+    #[arg(long, env = "MESHCHAT_HTTP")]
+    http: Option<std::net::SocketAddr>,
     /// `text` or `json` logs (on stderr).
     #[arg(long, env = "MESHCHAT_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -124,6 +129,13 @@ pub(super) fn run(args: RunArgs) -> Result<(), CliError> {
             )));
         }
     }
+    if let Some(a) = args.http
+        && !a.ip().is_loopback()
+    {
+        return Err(CliError::usage(anyhow!(
+            "--http {a}: the HTTP API listens on a loopback address only"
+        )));
+    }
     if !dir.join(super::KEYSTORE).exists() {
         return Err(CliError::failed(anyhow!(
             "{} is not initialised: run `meshchat init` first",
@@ -153,11 +165,16 @@ pub(super) fn run(args: RunArgs) -> Result<(), CliError> {
         .context("starting the runtime")
         .map_err(CliError::failed)?;
     runtime
-        .block_on(serve(dir, cfg, args.out.json))
+        .block_on(serve(dir, cfg, args.http, args.out.json))
         .map_err(CliError::failed)
 }
 
-async fn serve(dir: PathBuf, cfg: NodeConfig, json: bool) -> Result<()> {
+async fn serve(
+    dir: PathBuf,
+    cfg: NodeConfig,
+    http: Option<std::net::SocketAddr>,
+    json: bool,
+) -> Result<()> {
     let (node, events) = Node::spawn(cfg).await.context("starting the node")?;
     let api = Api::new(node.clone(), events).await;
     // Say "ready" once the node listens somewhere (its invite names it).
@@ -176,14 +193,27 @@ async fn serve(dir: PathBuf, cfg: NodeConfig, json: bool) -> Result<()> {
     let socket = dir.join(api::SOCKET);
     let listener = api::server::bind(&socket)
         .with_context(|| format!("serving the local API at {}", socket.display()))?;
+    let http = match http {
+        Some(addr) => {
+            let token = api::http::token(&dir).context("making the API token")?;
+            let (bound, task) = api::http::serve(addr, api.clone(), token)
+                .await
+                .with_context(|| format!("serving the HTTP API on {addr}"))?;
+            Some((bound, task))
+        }
+        None => None,
+    };
     let server = tokio::spawn(api::server::serve(listener, api));
     let info = node.info().clone();
+    let token_file = dir.join(api::http::TOKEN_FILE);
     if json {
         super::print_json(&serde_json::json!({
             "ready": true,
             "peer_id": info.peer_id.to_string(),
             "socket": socket,
             "listen": listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "http": http.as_ref().map(|(a, _)| a.to_string()),
+            "token_file": http.as_ref().map(|_| &token_file),
         }));
     } else {
         println!("meshchat is running as {}", info.peer_id);
@@ -191,6 +221,12 @@ async fn serve(dir: PathBuf, cfg: NodeConfig, json: bool) -> Result<()> {
             println!("  listening on {a}");
         }
         println!("  local API at {}", socket.display());
+        if let Some((a, _)) = &http {
+            println!(
+                "  HTTP API at http://{a}/v1 (bearer token in {})",
+                token_file.display()
+            );
+        }
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("listening for SIGTERM")?;
@@ -200,6 +236,9 @@ async fn serve(dir: PathBuf, cfg: NodeConfig, json: bool) -> Result<()> {
         _ = node.wait_stopped(Duration::MAX) => true,
     };
     server.abort();
+    if let Some((_, task)) = http {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     if stopped_alone {
         bail!("the node stopped on its own (see the log)");

@@ -190,21 +190,24 @@ impl Device {
     /// `meshchat run` on loopback, mDNS off, with these relays; returns
     /// once its API serves.
     pub(crate) fn start(&mut self, relays: &[String]) {
+        let args: Vec<&str> = relays
+            .iter()
+            .flat_map(|r| ["--relay", r.as_str()])
+            .collect();
+        self.start_with(&args);
+    }
+
+    /// `meshchat run` on loopback, mDNS off, with more arguments; returns
+    /// its ready line once its API serves.
+    pub(crate) fn start_with(&mut self, args: &[&str]) -> Value {
         let mut c = self.cmd();
-        c.args([
-            "run",
-            "--json",
-            "--no-mdns",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-        ]);
-        for r in relays {
-            c.args(["--relay", r]);
-        }
+        c.args(["run", "--json", "--no-mdns"]);
+        c.args(["--listen", "/ip4/127.0.0.1/tcp/0"]).args(args);
         let p = Proc::spawn(c);
         let ready = p.next_json("the daemon's ready line");
         assert_eq!(ready["ready"], true, "{ready}");
         self.daemon = Some(p);
+        ready
     }
 
     /// Stops the daemon with SIGTERM; it exits 0.

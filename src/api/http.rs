@@ -1,0 +1,540 @@
+//! The local API over HTTP and WebSocket, on a loopback address, for
+//! clients that cannot use the Unix socket (a browser UI, other languages).
+//!
+//! Every request carries `Authorization: Bearer <token>`, the token kept
+//! in `<data dir>/api-token` (owner-only); a WebSocket may pass it as
+//! `?token=` instead, since browsers cannot set headers on one.
+//!
+//! - `POST /v1` with one request of the socket protocol as its JSON body
+//!   ([`super::proto::Request`]) answers `{"ok": …}` with 200, or
+//!   `{"error": …}` with a 4xx/5xx status;
+//! - `GET /v1/status`, `/v1/contacts`, `/v1/chats` and
+//!   `/v1/history/<contact>?before=<cursor>&limit=<n>` are the read-only
+//!   requests as plain GETs;
+//! - `GET /v1/events` upgrades to a WebSocket that carries one text frame
+//!   per event (the same JSON as the socket's event lines).
+//!
+//! One request per connection. Request heads are bounded to 8 KiB, bodies
+//! to the socket's line bound, and both must arrive within 10 s; at most
+//! [`super::server::MAX_CLIENTS`] connections are served at once.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha1::{Digest, Sha1};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, broadcast};
+use tracing::debug;
+
+use super::proto::{Answer, ApiError, ErrorKind, EventView, MAX_LINE, Request, hex};
+use super::server::{Api, MAX_CLIENTS};
+
+/// The token's file name in the data directory.
+pub const TOKEN_FILE: &str = "api-token";
+/// Largest request head.
+const MAX_HEAD: usize = 8 * 1024;
+/// Longest a client may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest frame taken from a WebSocket client (it has nothing to say but
+/// pings and close).
+const MAX_WS_FRAME: u64 = 4 * 1024;
+/// RFC 6455's handshake constant.
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The token in `dir`, made (32 random bytes, hex, owner-only) if absent.
+pub fn token(dir: &Path) -> std::io::Result<String> {
+    let path = dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if t.trim().len() >= 32 => return Ok(t.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut bytes = [0u8; 32];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut bytes);
+    let t = hex(&bytes);
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join(format!("{TOKEN_FILE}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(t.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(t)
+}
+
+/// Binds `addr` (a loopback address) and serves until the task is
+/// dropped. Returns the bound address and the task.
+pub async fn serve(
+    addr: SocketAddr,
+    api: Api,
+    token: String,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    if !addr.ip().is_loopback() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the HTTP API listens on a loopback address only",
+        ));
+    }
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let token = Arc::new(token);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    debug!(error = %e, "HTTP API accept");
+                    continue;
+                }
+            };
+            let (api, token) = (api.clone(), token.clone());
+            tokio::spawn(async move {
+                if let Err(e) = connection(stream, &api, &token).await {
+                    debug!(error = %e, "HTTP API request");
+                }
+                drop(permit);
+            });
+        }
+    });
+    Ok((bound, task))
+}
+
+/// A parsed request head.
+struct Head {
+    method: String,
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn param(&self, name: &str) -> Option<String> {
+        self.query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == name).then(|| percent_decode(v))
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads the head (and whatever of the body came with it).
+async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> Result<(Head, Vec<u8>), u16> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(431);
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Err(400),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let rest = buf.split_off(end + 4);
+    let text = std::str::from_utf8(&buf[..end]).map_err(|_| 400u16)?;
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next().unwrap_or("").split(' ');
+    let (Some(method), Some(target), Some(version)) = (first.next(), first.next(), first.next())
+    else {
+        return Err(400);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(505);
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut headers = Vec::new();
+    for l in lines {
+        let (k, v) = l.split_once(':').ok_or(400u16)?;
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    Ok((
+        Head {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            query: query.to_owned(),
+            headers,
+        },
+        rest,
+    ))
+}
+
+async fn connection(mut stream: TcpStream, api: &Api, token: &str) -> std::io::Result<()> {
+    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(status)) => {
+            let e = ApiError::new(ErrorKind::BadRequest, "a malformed HTTP request");
+            return respond(&mut stream, status, &Answer::Error(e)).await;
+        }
+        Err(_) => return Ok(()),
+    };
+    let (head, early) = head;
+    // The token: a header, or `?token=` for a WebSocket.
+    let offered = head
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned)
+        .or_else(|| head.param("token"));
+    let authorised = offered.is_some_and(|t| bool::from(t.as_bytes().ct_eq(token.as_bytes())));
+    if !authorised {
+        let e = ApiError::new(
+            ErrorKind::Unauthorized,
+            "a bearer token is required (it is in the data directory's api-token file)",
+        );
+        return respond(&mut stream, 401, &Answer::Error(e)).await;
+    }
+    let request = match (head.method.as_str(), head.path.as_str()) {
+        ("GET", "/v1/events") => return websocket(stream, &head, api).await,
+        ("POST", "/v1") => match body(&mut stream, &head, early).await {
+            Ok(b) => serde_json::from_slice::<Request>(&b).map_err(|e| {
+                (
+                    400,
+                    ApiError::new(ErrorKind::BadRequest, format!("malformed request: {e}")),
+                )
+            }),
+            Err(status) => Err((
+                status,
+                ApiError::new(ErrorKind::BadRequest, reason(status).to_owned()),
+            )),
+        },
+        ("GET", "/v1/status") => Ok(Request::Status {}),
+        ("GET", "/v1/contacts") => Ok(Request::Contacts {}),
+        ("GET", "/v1/chats") => Ok(Request::Chats {}),
+        ("GET", p) if p.starts_with("/v1/history/") => {
+            let with = percent_decode(&p["/v1/history/".len()..]);
+            match head.param("limit").map(|l| l.parse::<usize>()) {
+                Some(Err(_)) => Err((
+                    400,
+                    ApiError::new(ErrorKind::BadRequest, "limit is a number"),
+                )),
+                limit => Ok(Request::History {
+                    with,
+                    before: head.param("before"),
+                    limit: limit.and_then(Result::ok),
+                }),
+            }
+        }
+        (_, "/v1" | "/v1/status" | "/v1/contacts" | "/v1/chats" | "/v1/events") => Err((
+            405,
+            ApiError::new(ErrorKind::BadRequest, "method not allowed"),
+        )),
+        _ => Err((
+            404,
+            ApiError::new(
+                ErrorKind::BadRequest,
+                "no such endpoint (POST /v1, GET /v1/status, /v1/contacts, /v1/chats, /v1/history/<contact>, /v1/events)",
+            ),
+        )),
+    };
+    let (status, answer) = match request {
+        Err((status, e)) => (status, Answer::Error(e)),
+        Ok(Request::Events {}) => (
+            400,
+            Answer::Error(ApiError::new(
+                ErrorKind::BadRequest,
+                "events come over a WebSocket at GET /v1/events",
+            )),
+        ),
+        Ok(req) => match api.answer(req).await {
+            Ok(v) => (200, Answer::Ok(v)),
+            Err(e) => (status_of(e.kind), Answer::Error(e)),
+        },
+    };
+    respond(&mut stream, status, &answer).await
+}
+
+fn status_of(kind: ErrorKind) -> u16 {
+    match kind {
+        ErrorKind::BadRequest | ErrorKind::BadInvite => 400,
+        ErrorKind::Unauthorized => 401,
+        ErrorKind::UnknownContact => 404,
+        ErrorKind::KeyChanged => 409,
+        ErrorKind::Stopped => 503,
+        ErrorKind::Failed => 500,
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Internal Server Error",
+    }
+}
+
+/// The body: exactly Content-Length bytes, at most [`MAX_LINE`].
+async fn body(
+    stream: &mut (impl AsyncRead + Unpin),
+    head: &Head,
+    mut early: Vec<u8>,
+) -> Result<Vec<u8>, u16> {
+    let len: usize = head
+        .header("content-length")
+        .ok_or(411u16)?
+        .parse()
+        .map_err(|_| 400u16)?;
+    if len > MAX_LINE {
+        return Err(413);
+    }
+    if early.len() > len {
+        return Err(400);
+    }
+    let mut rest = vec![0u8; len - early.len()];
+    tokio::time::timeout(READ_TIMEOUT, stream.read_exact(&mut rest))
+        .await
+        .map_err(|_| 400u16)?
+        .map_err(|_| 400u16)?;
+    early.extend_from_slice(&rest);
+    Ok(early)
+}
+
+async fn respond(
+    stream: &mut (impl AsyncWrite + Unpin),
+    status: u16,
+    answer: &Answer,
+) -> std::io::Result<()> {
+    let body = serde_json::to_vec(answer).map_err(std::io::Error::other)?;
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        reason(status),
+        body.len() + 1
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&body).await?;
+    stream.write_all(b"\n").await?;
+    stream.shutdown().await
+}
+
+/// The WebSocket handshake, then one text frame per event until the client
+/// closes or falls away.
+async fn websocket(mut stream: TcpStream, head: &Head, api: &Api) -> std::io::Result<()> {
+    let upgrade = head
+        .header("upgrade")
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let key = head.header("sec-websocket-key");
+    let (true, Some(key), Some("13")) = (upgrade, key, head.header("sec-websocket-version")) else {
+        let e = ApiError::new(
+            ErrorKind::BadRequest,
+            "GET /v1/events is a WebSocket (version 13)",
+        );
+        return respond(&mut stream, 426, &Answer::Error(e)).await;
+    };
+    let accept = base64(&Sha1::digest(format!("{key}{WS_GUID}").as_bytes()));
+    let reply = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    stream.write_all(reply.as_bytes()).await?;
+    let mut events = api.subscribe();
+    let me = api.me();
+    let (mut r, mut w) = stream.into_split();
+    let (pong_tx, mut pong_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    // The reader: answers pings, ends on close or anything unexpected.
+    let reader = tokio::spawn(async move {
+        loop {
+            match read_frame(&mut r).await {
+                Ok((0x9, payload)) => {
+                    if pong_tx.send(payload).await.is_err() {
+                        return;
+                    }
+                }
+                Ok((0x8, _)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    let result = async {
+        loop {
+            tokio::select! {
+                e = events.recv() => {
+                    let view = match e {
+                        Ok(e) => match EventView::of(&e, &me, &|k| api.name_of(k)) {
+                            Some(v) => v,
+                            None => continue,
+                        },
+                        Err(broadcast::error::RecvError::Lagged(missed)) => EventView::Lagged { missed },
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    };
+                    let text = serde_json::to_vec(&Answer::Event(
+                        serde_json::to_value(&view).unwrap_or_default(),
+                    ))
+                    .map_err(std::io::Error::other)?;
+                    write_frame(&mut w, 0x1, &text).await?;
+                }
+                p = pong_rx.recv() => match p {
+                    Some(p) => write_frame(&mut w, 0xA, &p).await?,
+                    // The reader ended: the client closed or misbehaved.
+                    None => {
+                        let _ = write_frame(&mut w, 0x8, &1000u16.to_be_bytes()).await;
+                        return Ok(());
+                    }
+                },
+            }
+        }
+    }
+    .await;
+    reader.abort();
+    result
+}
+
+/// One client frame: (opcode, unmasked payload). Client frames must be
+/// masked and at most [`MAX_WS_FRAME`] long.
+async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> std::io::Result<(u8, Vec<u8>)> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+    let mut h = [0u8; 2];
+    r.read_exact(&mut h).await?;
+    let opcode = h[0] & 0x0f;
+    if h[1] & 0x80 == 0 {
+        return Err(bad("an unmasked client frame"));
+    }
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            r.read_exact(&mut b).await?;
+            u64::from(u16::from_be_bytes(b))
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            r.read_exact(&mut b).await?;
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    if len > MAX_WS_FRAME {
+        return Err(bad("a client frame too large"));
+    }
+    let mut mask = [0u8; 4];
+    r.read_exact(&mut mask).await?;
+    let mut payload = vec![0u8; usize::try_from(len).map_err(|_| bad("length"))?];
+    r.read_exact(&mut payload).await?;
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    Ok((opcode, payload))
+}
+
+/// One unmasked, final server frame.
+async fn write_frame(
+    w: &mut (impl AsyncWrite + Unpin),
+    opcode: u8,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let mut frame = Vec::with_capacity(payload.len() + 10);
+    frame.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => frame.push(n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            frame.push(126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(payload);
+    w.write_all(&frame).await?;
+    w.flush().await
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(char::from(A[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_websocket_accept_key_matches_rfc_6455() {
+        // The example handshake of RFC 6455, section 1.3.
+        let accept = base64(&Sha1::digest(
+            format!("dGhlIHNhbXBsZSBub25jZQ=={WS_GUID}").as_bytes(),
+        ));
+        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+    }
+
+    #[test]
+    fn query_values_are_decoded() {
+        assert_eq!(percent_decode("a%20b+c%2"), "a b c%2");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%e2%9c%93"), "✓");
+    }
+}
