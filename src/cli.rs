@@ -9,9 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
 
+mod chat;
 mod client;
 mod daemon;
 mod demo;
+mod tui;
 
 /// meshchat: peer-to-peer end-to-end encrypted chat.
 ///
@@ -42,6 +44,9 @@ enum Command {
     Send(client::SendArgs),
     /// Show a conversation, newest page first.
     History(client::HistoryArgs),
+    /// The terminal chat: conversations, messages with receipt ticks, a
+    /// line to type in (a client of the running daemon).
+    Chat(client::PlainArgs),
     /// List conversations with unread counts.
     Chats(client::PlainArgs),
     /// Mark a conversation read (the contact gets a read receipt).
@@ -263,6 +268,7 @@ pub fn main() -> ExitCode {
         Command::Contacts(cmd) => client::contacts(cmd),
         Command::Send(args) => client::send(args),
         Command::History(args) => client::history(args),
+        Command::Chat(args) => chat::run(args),
         Command::Chats(args) => client::chats(args),
         Command::Read(args) => client::read(args),
         Command::Status(args) => client::status(args),

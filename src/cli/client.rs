@@ -111,9 +111,9 @@ pub(super) struct HistoryArgs {
 #[derive(Debug, clap::Args)]
 pub(super) struct PlainArgs {
     #[command(flatten)]
-    dir: DirArg,
+    pub(super) dir: DirArg,
     #[command(flatten)]
-    out: OutArg,
+    pub(super) out: OutArg,
 }
 
 /// `meshchat read`.

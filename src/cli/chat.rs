@@ -1,0 +1,157 @@
+//! `meshchat chat`: the terminal chat, a client of the running daemon.
+//!
+//! One thread reads the daemon's events and hands them to this loop, which
+//! waits for a key or an event, asks the daemon what the key needs, and
+//! redraws.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use ratatui::crossterm::event::{self, Event, KeyEventKind};
+use serde_json::Value;
+
+use super::CliError;
+use super::client::PlainArgs;
+use super::tui::{Action, App};
+use crate::api::client::ClientError;
+use crate::api::{self, Client, Request};
+
+/// How often the loop looks for events between keys.
+const POLL: Duration = Duration::from_millis(50);
+/// A page of history.
+const PAGE: usize = 100;
+
+enum Input {
+    Event(Value),
+    Gone(String),
+}
+
+/// Runs the terminal chat until Esc or Ctrl-C.
+pub(super) fn run(args: PlainArgs) -> Result<(), CliError> {
+    let dir = args.dir.resolve()?;
+    let socket = dir.join(api::SOCKET);
+    let fail = |e: ClientError| match e {
+        ClientError::NoDaemon(_) => CliError::no_daemon(e.into()),
+        e => CliError::failed(e.into()),
+    };
+    let mut client = Client::connect(&socket).map_err(fail)?;
+    let mut events = Client::connect(&socket)
+        .and_then(Client::subscribe)
+        .map_err(fail)?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        loop {
+            match events.next_event() {
+                Ok(e) => {
+                    if tx.send(Input::Event(e)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Input::Gone(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    let mut app = App::default();
+    refresh(&mut client, &mut app).map_err(fail)?;
+    if let Some(name) = app.current().map(str::to_owned) {
+        act(&mut client, &mut app, Action::Open(name)).map_err(fail)?;
+    }
+    let mut terminal = ratatui::try_init()
+        .map_err(|e| CliError::failed(anyhow!("setting up the terminal: {e}")))?;
+    let result = (|| -> Result<(), CliError> {
+        loop {
+            terminal
+                .draw(|f| app.render(f))
+                .map_err(|e| CliError::failed(e.into()))?;
+            while let Ok(input) = rx.try_recv() {
+                match input {
+                    Input::Event(e) => {
+                        let a = app.on_event(&e);
+                        if e["type"] == "message" && app.current().is_none() {
+                            refresh(&mut client, &mut app).map_err(fail)?;
+                        }
+                        act(&mut client, &mut app, a).map_err(fail)?;
+                    }
+                    Input::Gone(why) => {
+                        return Err(CliError::failed(anyhow!("the daemon went away: {why}")));
+                    }
+                }
+            }
+            if !event::poll(POLL).map_err(|e| CliError::failed(e.into()))? {
+                continue;
+            }
+            match event::read().map_err(|e| CliError::failed(e.into()))? {
+                Event::Key(k) if k.kind == KeyEventKind::Press => match app.on_key(k) {
+                    Action::Quit => return Ok(()),
+                    a => act(&mut client, &mut app, a).map_err(fail)?,
+                },
+                _ => {}
+            }
+        }
+    })();
+    let _ = ratatui::try_restore();
+    result
+}
+
+/// Reloads the conversation list.
+fn refresh(client: &mut Client, app: &mut App) -> Result<(), ClientError> {
+    let contacts = client.call(&Request::Contacts {})?;
+    let chats = client.call(&Request::Chats {})?;
+    app.set_chats(&contacts, &chats);
+    Ok(())
+}
+
+/// Does what an action asks of the daemon. A refusal is shown on the
+/// notice line; only a lost daemon ends the chat.
+fn act(client: &mut Client, app: &mut App, a: Action) -> Result<(), ClientError> {
+    let r = match a {
+        Action::None | Action::Quit => Ok(()),
+        Action::Open(name) => history(client, app, name, None),
+        Action::LoadMore { name, before } => history(client, app, name, Some(before)),
+        Action::MarkRead(name) => client.call(&Request::MarkRead { with: name }).map(drop),
+        Action::Send { to, text } => client
+            .call(&Request::Send {
+                to,
+                text: text.clone(),
+            })
+            .map(|v| {
+                let now = crate::node::now_secs();
+                app.sent(
+                    v["id"].as_str().unwrap_or(""),
+                    &text,
+                    v["state"].as_str().unwrap_or("pending"),
+                    now,
+                );
+            }),
+    };
+    match r {
+        Err(ClientError::Api(e)) => {
+            app.notice = Some(e.message);
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn history(
+    client: &mut Client,
+    app: &mut App,
+    name: String,
+    before: Option<String>,
+) -> Result<(), ClientError> {
+    let older = before.is_some();
+    let page = client.call(&Request::History {
+        with: name.clone(),
+        before,
+        limit: Some(PAGE),
+    })?;
+    app.set_page(&page, older);
+    if !older {
+        client.call(&Request::MarkRead { with: name })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,625 @@
+//! The terminal chat's state and drawing (`meshchat chat`); the loop that
+//! feeds it keys and API events is in `chat.rs`.
+//!
+//! Nothing here does I/O: keys and events go in, [`Action`]s for the API
+//! come out, and [`App::render`] draws a frame. That is what the snapshot
+//! tests drive.
+
+use std::collections::HashMap;
+
+use ratatui::Frame;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph};
+use serde_json::Value;
+
+/// Receipts for messages not shown yet, kept until they are.
+const EARLY_RECEIPTS: usize = 256;
+/// Messages kept per open conversation (older ones reload on scroll-up).
+const MAX_SHOWN: usize = 2000;
+/// Width of the conversation list.
+const LIST_WIDTH: u16 = 22;
+
+/// One conversation in the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Chat {
+    pub(super) name: String,
+    pub(super) unread: u64,
+    pub(super) presence: String,
+}
+
+/// One message in the open conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Msg {
+    pub(super) id: String,
+    pub(super) from: String,
+    pub(super) out: bool,
+    pub(super) text: String,
+    pub(super) state: String,
+    pub(super) sent_at: u64,
+}
+
+impl Msg {
+    /// From the API's message view.
+    pub(super) fn of(v: &Value) -> Self {
+        let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+        Self {
+            id: s("id"),
+            from: s("from"),
+            out: v["direction"] == "out",
+            text: s("text"),
+            state: s("state"),
+            sent_at: v["sent_at"].as_u64().unwrap_or(0),
+        }
+    }
+}
+
+/// What the loop should ask the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Action {
+    /// Nothing.
+    None,
+    /// Leave.
+    Quit,
+    /// Load the newest page of `name` and mark it read.
+    Open(String),
+    /// Load the page before `before`.
+    LoadMore { name: String, before: String },
+    /// Send `text` to `to`.
+    Send { to: String, text: String },
+    /// Mark `name` read (a message arrived while it is open).
+    MarkRead(String),
+}
+
+/// The terminal chat's state.
+#[derive(Debug, Default)]
+pub(super) struct App {
+    pub(super) chats: Vec<Chat>,
+    pub(super) selected: usize,
+    /// The open conversation, oldest first.
+    pub(super) messages: Vec<Msg>,
+    /// The cursor of the page before the oldest shown; `None`: all shown.
+    pub(super) older: Option<String>,
+    /// Lines scrolled up from the newest.
+    pub(super) scroll: usize,
+    pub(super) input: String,
+    /// The bottom line: new mail elsewhere, errors.
+    pub(super) notice: Option<String>,
+    early: HashMap<String, String>,
+}
+
+/// The tick shown after one of our messages.
+pub(super) fn tick(state: &str) -> &'static str {
+    match state {
+        "pending" => "…",
+        "sent" => "✓",
+        "stored_at_relay" => "✓ relay",
+        "delivered" => "✓✓",
+        "read" => "✓✓ read",
+        _ => "",
+    }
+}
+
+fn dot(presence: &str) -> Span<'static> {
+    match presence {
+        "online" => Span::styled("●", Style::new().fg(Color::Green)),
+        "away" => Span::styled("●", Style::new().fg(Color::Yellow)),
+        _ => Span::styled("○", Style::new().fg(Color::DarkGray)),
+    }
+}
+
+/// `HH:MM` (UTC) of a Unix time.
+fn clock(secs: u64) -> String {
+    format!("{:02}:{:02}", secs % 86_400 / 3600, secs % 3600 / 60)
+}
+
+impl App {
+    /// The open conversation's name.
+    pub(super) fn current(&self) -> Option<&str> {
+        self.chats.get(self.selected).map(|c| c.name.as_str())
+    }
+
+    /// The list from the daemon's contacts and chats; keeps the selection
+    /// by name.
+    pub(super) fn set_chats(&mut self, contacts: &Value, chats: &Value) {
+        let keep = self.current().map(str::to_owned);
+        let mut list: Vec<Chat> = contacts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| Chat {
+                name: c["name"].as_str().unwrap_or("").to_owned(),
+                unread: 0,
+                presence: c["presence"].as_str().unwrap_or("offline").to_owned(),
+            })
+            .collect();
+        for c in chats.as_array().into_iter().flatten() {
+            if let Some(chat) = list.iter_mut().find(|x| c["with"] == x.name.as_str()) {
+                chat.unread = c["unread"].as_u64().unwrap_or(0);
+            }
+        }
+        // Conversations with unread mail first, then by name.
+        list.sort_by(|a, b| {
+            (b.unread > 0)
+                .cmp(&(a.unread > 0))
+                .then(a.name.cmp(&b.name))
+        });
+        self.chats = list;
+        self.selected = keep
+            .and_then(|k| self.chats.iter().position(|c| c.name == k))
+            .unwrap_or(0);
+    }
+
+    /// A page loaded for the open conversation: the newest (`append` false)
+    /// or an older one, put before what is shown.
+    pub(super) fn set_page(&mut self, page: &Value, older: bool) {
+        let mut msgs: Vec<Msg> = page["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(Msg::of)
+            .collect();
+        msgs.reverse();
+        if older {
+            msgs.append(&mut self.messages);
+        } else {
+            self.scroll = 0;
+        }
+        self.messages = msgs;
+        self.older = page["next"].as_str().map(str::to_owned);
+        for m in &mut self.messages {
+            if let Some(s) = self.early.remove(&m.id) {
+                m.state = s;
+            }
+        }
+        if let Some(c) = self.chats.get_mut(self.selected) {
+            c.unread = 0;
+        }
+    }
+
+    /// Our message just written.
+    pub(super) fn sent(&mut self, id: &str, text: &str, state: &str, now: u64) {
+        let state = self.early.remove(id).unwrap_or_else(|| state.to_owned());
+        self.push(Msg {
+            id: id.to_owned(),
+            from: "me".into(),
+            out: true,
+            text: text.to_owned(),
+            state,
+            sent_at: now,
+        });
+        self.scroll = 0;
+    }
+
+    fn push(&mut self, m: Msg) {
+        self.messages.push(m);
+        if self.messages.len() > MAX_SHOWN {
+            let cut = self.messages.len() - MAX_SHOWN;
+            self.messages.drain(..cut);
+        }
+    }
+
+    /// An event from the daemon.
+    pub(super) fn on_event(&mut self, e: &Value) -> Action {
+        let s = |k: &str| e[k].as_str().unwrap_or("");
+        match s("type") {
+            "message" => {
+                let from = s("contact").to_owned();
+                if self.current() == Some(from.as_str()) {
+                    self.push(Msg::of(&e["message"]));
+                    return Action::MarkRead(from);
+                }
+                match self.chats.iter_mut().find(|c| c.name == from) {
+                    Some(c) => c.unread += 1,
+                    None => self.chats.push(Chat {
+                        name: from.clone(),
+                        unread: 1,
+                        presence: "offline".into(),
+                    }),
+                }
+                let text: String = e["message"]["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(60)
+                    .collect();
+                self.notice = Some(format!("New message from {from}: {text}"));
+            }
+            "receipt" => {
+                let (id, state) = (s("id"), s("state"));
+                match self.messages.iter_mut().find(|m| m.id == id) {
+                    Some(m) => m.state = state.to_owned(),
+                    None => {
+                        if self.early.len() >= EARLY_RECEIPTS {
+                            self.early.clear();
+                        }
+                        self.early.insert(id.to_owned(), state.to_owned());
+                    }
+                }
+            }
+            "expired" => {
+                if let Some(m) = self.messages.iter_mut().find(|m| m.id == s("id")) {
+                    m.state = "expired".into();
+                }
+                self.notice = Some("A message expired undelivered.".into());
+            }
+            "presence" => {
+                if let Some(c) = self.chats.iter_mut().find(|c| c.name == s("contact")) {
+                    c.presence = s("state").to_owned();
+                }
+            }
+            "relay_refused" => {
+                self.notice = Some(format!("A relay refused a message: {}", s("reason")));
+            }
+            _ => {}
+        }
+        Action::None
+    }
+
+    /// A key press.
+    pub(super) fn on_key(&mut self, k: KeyEvent) -> Action {
+        let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
+        match k.code {
+            KeyCode::Esc => Action::Quit,
+            KeyCode::Char('c' | 'd') if ctrl => Action::Quit,
+            KeyCode::Tab | KeyCode::BackTab | KeyCode::Down | KeyCode::Up
+                if !self.chats.is_empty()
+                    && (matches!(k.code, KeyCode::Tab | KeyCode::BackTab) || ctrl) =>
+            {
+                let n = self.chats.len();
+                self.selected = match k.code {
+                    KeyCode::Tab | KeyCode::Down => (self.selected + 1) % n,
+                    _ => (self.selected + n - 1) % n,
+                };
+                self.notice = None;
+                Action::Open(self.chats[self.selected].name.clone())
+            }
+            KeyCode::PageUp | KeyCode::Up => {
+                self.scroll += if k.code == KeyCode::Up { 1 } else { 10 };
+                match (&self.older, self.current()) {
+                    // Scrolled to the top: load the page before.
+                    (Some(before), Some(name)) if self.scroll >= self.messages.len() => {
+                        Action::LoadMore {
+                            name: name.to_owned(),
+                            before: before.clone(),
+                        }
+                    }
+                    _ => Action::None,
+                }
+            }
+            KeyCode::PageDown | KeyCode::Down => {
+                let step = if k.code == KeyCode::Down { 1 } else { 10 };
+                self.scroll = self.scroll.saturating_sub(step);
+                Action::None
+            }
+            KeyCode::Enter => {
+                let text = self.input.trim().to_owned();
+                match self.current() {
+                    Some(to) if !text.is_empty() => {
+                        let to = to.to_owned();
+                        self.input.clear();
+                        Action::Send { to, text }
+                    }
+                    _ => Action::None,
+                }
+            }
+            KeyCode::Backspace => {
+                self.input.pop();
+                Action::None
+            }
+            KeyCode::Char(c) if !ctrl => {
+                if self.input.len() < crate::store::History::MAX_BODY {
+                    self.input.push(c);
+                }
+                Action::None
+            }
+            _ => Action::None,
+        }
+    }
+
+    /// Draws the whole screen.
+    pub(super) fn render(&self, f: &mut Frame<'_>) {
+        let [main, input, notice] = Layout::vertical([
+            Constraint::Min(3),
+            Constraint::Length(3),
+            Constraint::Length(1),
+        ])
+        .areas(f.area());
+        let [list, view] =
+            Layout::horizontal([Constraint::Length(LIST_WIDTH), Constraint::Min(10)]).areas(main);
+        self.render_list(f, list);
+        self.render_messages(f, view);
+        let title = match self.current() {
+            Some(name) => format!(" to {name} · Enter send · Tab next · PgUp older · Esc quit "),
+            None => " Esc quit ".to_owned(),
+        };
+        f.render_widget(
+            Paragraph::new(format!("> {}", self.input)).block(Block::bordered().title(title)),
+            input,
+        );
+        if let Some(n) = &self.notice {
+            f.render_widget(
+                Paragraph::new(n.as_str()).style(Style::new().add_modifier(Modifier::BOLD)),
+                notice,
+            );
+        }
+    }
+
+    fn render_list(&self, f: &mut Frame<'_>, area: Rect) {
+        let width = usize::from(area.width.saturating_sub(2));
+        let items: Vec<ListItem<'_>> = self
+            .chats
+            .iter()
+            .map(|c| {
+                let count = if c.unread > 0 {
+                    c.unread.to_string()
+                } else {
+                    String::new()
+                };
+                let room = width.saturating_sub(3 + count.len());
+                let name: String = c.name.chars().take(room).collect();
+                let pad = room.saturating_sub(name.chars().count());
+                ListItem::new(Line::from(vec![
+                    dot(&c.presence),
+                    Span::raw(format!(" {name}{} ", " ".repeat(pad))),
+                    Span::styled(count, Style::new().add_modifier(Modifier::BOLD)),
+                ]))
+            })
+            .collect();
+        let mut state = ListState::default().with_selected(Some(self.selected));
+        f.render_stateful_widget(
+            List::new(items)
+                .block(Block::bordered().title(" Chats "))
+                .highlight_style(Style::new().add_modifier(Modifier::REVERSED)),
+            area,
+            &mut state,
+        );
+    }
+
+    fn render_messages(&self, f: &mut Frame<'_>, area: Rect) {
+        let Some(c) = self.chats.get(self.selected) else {
+            f.render_widget(
+                Paragraph::new(
+                    "No contacts yet.\n\nAdd one from another terminal:\n  meshchat contacts add <name> <invite code>",
+                )
+                .block(Block::bordered()),
+                area,
+            );
+            return;
+        };
+        let title = Line::from(vec![
+            Span::raw(" "),
+            dot(&c.presence),
+            Span::raw(format!(" {} ({}) ", c.name, c.presence)),
+        ]);
+        let width = usize::from(area.width.saturating_sub(2)).max(10);
+        let height = usize::from(area.height.saturating_sub(2));
+        let mut lines: Vec<Line<'_>> = Vec::new();
+        if self.older.is_some() {
+            lines.push(Line::styled(
+                "  ↑ older messages (PgUp)",
+                Style::new().fg(Color::DarkGray),
+            ));
+        }
+        for m in &self.messages {
+            let head = format!("{} {}: ", clock(m.sent_at), m.from);
+            let t = if m.out { tick(&m.state) } else { "" };
+            let body: Vec<char> = format!("{head}{}", m.text).chars().collect();
+            let room = width.saturating_sub(t.chars().count() + 1).max(1);
+            let chunks: Vec<String> = body.chunks(room).map(|c| c.iter().collect()).collect();
+            let last = chunks.len().saturating_sub(1);
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                if i == last && !t.is_empty() {
+                    let pad = room.saturating_sub(chunk.chars().count());
+                    let style = if m.state == "read" {
+                        Style::new().fg(Color::Cyan)
+                    } else {
+                        Style::new()
+                    };
+                    lines.push(Line::from(vec![
+                        Span::raw(format!("{chunk}{} ", " ".repeat(pad))),
+                        Span::styled(t, style),
+                    ]));
+                } else {
+                    lines.push(Line::raw(chunk));
+                }
+            }
+        }
+        // The newest at the bottom, `scroll` lines up from there.
+        let max_scroll = lines.len().saturating_sub(height);
+        let top = max_scroll.saturating_sub(self.scroll.min(max_scroll));
+        let shown: Vec<Line<'_>> = lines.into_iter().skip(top).take(height).collect();
+        f.render_widget(
+            Paragraph::new(shown).block(Block::bordered().title(title)),
+            area,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+    use ratatui::crossterm::event::{KeyEvent, KeyModifiers};
+    use serde_json::json;
+
+    use super::*;
+
+    fn screen(app: &App, w: u16, h: u16) -> Vec<String> {
+        let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+        t.draw(|f| app.render(f)).unwrap();
+        let buf = t.backend().buffer().clone();
+        (0..h)
+            .map(|y| {
+                (0..w)
+                    .map(|x| buf[(x, y)].symbol().to_owned())
+                    .collect::<String>()
+                    .trim_end()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    fn msg(id: &str, out: bool, text: &str, state: &str, at: u64) -> Value {
+        json!({
+            "id": id, "direction": if out { "out" } else { "in" },
+            "from": if out { "me" } else { "bob" }, "text": text,
+            "state": state, "sent_at": at,
+        })
+    }
+
+    fn app() -> App {
+        let mut app = App::default();
+        app.set_chats(
+            &json!([
+                {"name": "bob", "presence": "online"},
+                {"name": "carol", "presence": "offline"},
+                {"name": "dave", "presence": "away"},
+            ]),
+            &json!([{"with": "carol", "unread": 3}]),
+        );
+        app
+    }
+
+    fn key(c: KeyCode) -> KeyEvent {
+        KeyEvent::new(c, KeyModifiers::NONE)
+    }
+
+    #[test]
+    fn the_main_screen_at_80_by_24() {
+        let mut app = app();
+        // Carol has unread mail: first. Open bob.
+        assert_eq!(app.current(), Some("carol"));
+        assert_eq!(app.on_key(key(KeyCode::Tab)), Action::Open("bob".into()));
+        app.set_page(
+            &json!({"messages": [
+                msg("5", true, "read already", "read", 3900),
+                msg("4", true, "you there?", "stored_at_relay", 3840),
+                msg("3", true, "on its way", "sent", 3780),
+                msg("2", false, "hi alice", "", 3720),
+                msg("1", true, "hello bob", "delivered", 3660),
+            ], "next": "cursor-1"}),
+            false,
+        );
+        for c in "typing…".chars() {
+            app.on_key(key(KeyCode::Char(c)));
+        }
+        let got = screen(&app, 80, 24);
+        let want = [
+            "┌ Chats ─────────────┐┌ ● bob (online) ────────────────────────────────────────┐",
+            "│○ carol            3││  ↑ older messages (PgUp)                               │",
+            "│● bob               ││01:01 me: hello bob                                   ✓✓│",
+            "│● dave              ││01:02 bob: hi alice                                     │",
+            "│                    ││01:03 me: on its way                                   ✓│",
+            "│                    ││01:04 me: you there?                             ✓ relay│",
+            "│                    ││01:05 me: read already                           ✓✓ read│",
+            "│                    ││                                                        │",
+        ];
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(&got[i], w, "line {i}:\n{}", got.join("\n"));
+        }
+        assert_eq!(
+            got[20],
+            "┌ to bob · Enter send · Tab next · PgUp older · Esc quit ──────────────────────┐"
+        );
+        assert_eq!(
+            got[21],
+            "│> typing…                                                                     │"
+        );
+        assert_eq!(got.len(), 24);
+    }
+
+    #[test]
+    fn receipts_move_ticks_and_mail_elsewhere_is_announced() {
+        let mut app = app();
+        app.on_key(key(KeyCode::Tab));
+        app.set_page(&json!({"messages": [], "next": null}), false);
+        for c in "ping".chars() {
+            app.on_key(key(KeyCode::Char(c)));
+        }
+        assert_eq!(
+            app.on_key(key(KeyCode::Enter)),
+            Action::Send {
+                to: "bob".into(),
+                text: "ping".into()
+            }
+        );
+        // A receipt that overtakes the send's answer is kept for it.
+        app.on_event(&json!({"type": "receipt", "id": "77", "state": "sent"}));
+        app.sent("77", "ping", "pending", 0);
+        let line = &screen(&app, 80, 24)[1];
+        assert!(
+            line.contains("00:00 me: ping") && line.ends_with(" ✓│"),
+            "{line}"
+        );
+        app.on_event(&json!({"type": "receipt", "id": "77", "state": "delivered"}));
+        assert!(screen(&app, 80, 24)[1].ends_with(" ✓✓│"));
+
+        // Mail for the open chat is shown and marked read; elsewhere it
+        // counts and is announced.
+        let a = app.on_event(&json!({"type": "message", "contact": "bob",
+            "message": msg("8", false, "pong", "", 60)}));
+        assert_eq!(a, Action::MarkRead("bob".into()));
+        let a = app.on_event(&json!({"type": "message", "contact": "dave",
+            "message": msg("9", false, "lunch?", "", 60)}));
+        assert_eq!(a, Action::None);
+        let got = screen(&app, 80, 24);
+        assert!(got[2].contains("00:01 bob: pong"), "{}", got.join("\n"));
+        assert!(got[3].starts_with("│● dave             1│"), "{}", got[3]);
+        assert_eq!(got[23], "New message from dave: lunch?");
+        app.on_event(
+            &json!({"type": "presence", "contact": "bob", "state": "away", "last_seen_ms": 1}),
+        );
+        assert!(screen(&app, 80, 24)[0].contains("bob (away)"));
+    }
+
+    #[test]
+    fn scrolling_up_past_the_top_loads_the_older_page() {
+        let mut app = app();
+        app.on_key(key(KeyCode::Tab));
+        let page: Vec<Value> = (0..30)
+            .rev()
+            .map(|i| msg(&i.to_string(), false, &format!("line {i}"), "", 60 * i))
+            .collect();
+        app.set_page(&json!({"messages": page, "next": "c30"}), false);
+        let got = screen(&app, 80, 24);
+        // The newest at the bottom of the view.
+        assert!(got[18].contains("line 29"), "{}", got.join("\n"));
+        assert_eq!(app.on_key(key(KeyCode::PageUp)), Action::None);
+        assert!(screen(&app, 80, 24)[18].contains("line 19"));
+        assert_eq!(app.on_key(key(KeyCode::PageUp)), Action::None);
+        assert_eq!(
+            app.on_key(key(KeyCode::PageUp)),
+            Action::LoadMore {
+                name: "bob".into(),
+                before: "c30".into()
+            }
+        );
+        app.set_page(
+            &json!({"messages": [msg("x", false, "the very first", "", 0)], "next": null}),
+            true,
+        );
+        assert_eq!(app.messages.len(), 31);
+        assert_eq!(app.messages[0].text, "the very first");
+        let top = screen(&app, 80, 24);
+        assert!(top[1].contains("the very first"), "{}", top.join("\n"));
+    }
+
+    #[test]
+    fn with_no_contacts_it_says_how_to_add_one() {
+        let app = App::default();
+        let got = screen(&app, 80, 24).join("\n");
+        assert!(got.contains("No contacts yet."), "{got}");
+        assert!(
+            got.contains("meshchat contacts add <name> <invite code>"),
+            "{got}"
+        );
+        assert_eq!(App::default().current(), None);
+        let mut app = App::default();
+        app.input = "x".into();
+        assert_eq!(app.on_key(key(KeyCode::Enter)), Action::None);
+        assert_eq!(app.on_key(key(KeyCode::Esc)), Action::Quit);
+    }
+}
