@@ -617,8 +617,10 @@ mod tests {
             "{got}"
         );
         assert_eq!(App::default().current(), None);
-        let mut app = App::default();
-        app.input = "x".into();
+        let mut app = App {
+            input: "x".into(),
+            ..App::default()
+        };
         assert_eq!(app.on_key(key(KeyCode::Enter)), Action::None);
         assert_eq!(app.on_key(key(KeyCode::Esc)), Action::Quit);
     }

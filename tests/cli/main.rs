@@ -18,6 +18,7 @@
 mod api;
 mod chat;
 mod mistakes;
+mod tui;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

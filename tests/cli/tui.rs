@@ -1,0 +1,113 @@
+//! `meshchat chat` in a real pseudo-terminal (80×24): type a message, see
+//! its tick turn into "delivered".
+
+use std::io::{Read, Write};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+
+use crate::{Device, WAIT};
+
+/// The pseudo-terminal's screen, fed from its output.
+struct Screen {
+    parser: vt100::Parser,
+    rx: mpsc::Receiver<Vec<u8>>,
+}
+
+impl Screen {
+    /// Waits until some line of the screen satisfies `pick`; returns it.
+    fn wait_line(&mut self, what: &str, pick: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let contents = self.parser.screen().contents();
+            if let Some(l) = contents.lines().find(|l| pick(l)) {
+                return l.to_owned();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(bytes) => self.parser.process(&bytes),
+                Err(_) => panic!("no {what} on the screen:\n{contents}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn the_terminal_chat_sends_a_message_and_shows_it_delivered() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = Device::init(root.path(), "alice");
+    let mut bob = Device::init(root.path(), "bob");
+    alice.start(&[]);
+    bob.start(&[]);
+    alice.json(&["contacts", "add", "bob", &bob.invite()]);
+    bob.json(&["contacts", "add", "alice", &alice.invite()]);
+
+    let pty = native_pty_system()
+        .openpty(PtySize {
+            rows: 24,
+            cols: 80,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .unwrap();
+    let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_meshchat"));
+    cmd.arg("chat");
+    cmd.env("MESHCHAT_DATA_DIR", &alice.dir);
+    cmd.env("TERM", "xterm-256color");
+    let mut child = pty.slave.spawn_command(cmd).unwrap();
+    drop(pty.slave);
+    let mut reader = pty.master.try_clone_reader().unwrap();
+    let mut keys = pty.master.take_writer().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut screen = Screen {
+        parser: vt100::Parser::new(24.try_into().unwrap(), 80.try_into().unwrap(), 0),
+        rx,
+    };
+    screen.wait_line("bob in the list", |l| {
+        l.contains("bob") && l.starts_with("│")
+    });
+
+    keys.write_all(b"hello from the terminal\r").unwrap();
+    keys.flush().unwrap();
+    let line = screen.wait_line("the message delivered", |l| {
+        l.contains("me: hello from the terminal") && l.contains("✓✓")
+    });
+    assert!(!line.contains("read"), "{line}");
+
+    // Bob has it, and reading it turns alice's tick into "read".
+    let page = bob.json(&["history", "alice"]);
+    assert_eq!(page["messages"][0]["text"], "hello from the terminal");
+    bob.json(&["read", "alice"]);
+    screen.wait_line("the message read", |l| {
+        l.contains("me: hello from the terminal") && l.contains("✓✓ read")
+    });
+
+    // And bob's answer appears in the open conversation.
+    bob.json(&["send", "alice", "got it"]);
+    screen.wait_line("bob's answer", |l| l.contains("bob: got it"));
+
+    // Ctrl-C leaves, with exit code 0.
+    keys.write_all(b"\x03").unwrap();
+    keys.flush().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the chat did not exit");
+        // Polling a child for its exit: there is no event to wait on.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    alice.stop();
+    bob.stop();
+}
