@@ -53,6 +53,9 @@ enum Command {
     Read(client::ReadArgs),
     /// Peers, addresses, presence and the queue.
     Status(client::PlainArgs),
+    /// Export a conversation (decrypted JSON) or back up the whole store
+    /// (encrypted).
+    Export(client::ExportArgs),
     /// Print the daemon's events as JSON lines until interrupted.
     Events(client::PlainArgs),
     /// Three devices and a relay in this process, on 127.0.0.1 only: a
@@ -273,6 +276,7 @@ pub fn main() -> ExitCode {
         Command::Read(args) => client::read(args),
         Command::Status(args) => client::status(args),
         Command::Events(args) => client::events(args),
+        Command::Export(args) => client::export(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -82,6 +82,15 @@ pub enum Request {
         /// `online` or `away`.
         state: String,
     },
+    /// Writes a conversation as JSON (decrypted), or with no `with` a
+    /// backup of the whole store (encrypted), to a new file.
+    Export {
+        /// The contact: name or identity key (hex); none for a backup.
+        #[serde(default)]
+        with: Option<String>,
+        /// An absolute path; the file must not exist.
+        path: String,
+    },
     /// Connections, addresses, presence, queue.
     Status {},
     /// Turns this connection into a stream of events.

@@ -264,6 +264,18 @@ impl Api {
                 self.node.set_presence(state).await.map_err(failed)?;
                 Ok(json!({ "presence": presence_name(state) }))
             }
+            Request::Export { with, path } => {
+                let path = std::path::PathBuf::from(path);
+                if !path.is_absolute() {
+                    return Err(bad("the export path must be absolute"));
+                }
+                let key = match with {
+                    Some(w) => Some(self.contact(&w).await?.identity),
+                    None => None,
+                };
+                let n = self.node.export(key, path.clone()).await.map_err(failed)?;
+                Ok(json!({ "path": path, "written": n, "backup": key.is_none() }))
+            }
             Request::Status {} => {
                 let s = self.node.status().await.map_err(failed)?;
                 let queued = self.node.queued().await.map_err(failed)?;

@@ -56,7 +56,7 @@ pub(super) enum ContactsCmd {
         /// The contact: name or identity key.
         contact: String,
         /// Take a verification back.
-        #[arg(long)]
+        #[arg(long, env = "MESHCHAT_UNDO")]
         undo: bool,
     },
     /// Forgets a contact (the conversation stays).
@@ -114,6 +114,24 @@ pub(super) struct PlainArgs {
     pub(super) dir: DirArg,
     #[command(flatten)]
     pub(super) out: OutArg,
+}
+
+/// `meshchat export`.
+#[derive(Debug, clap::Args)]
+pub(super) struct ExportArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    #[command(flatten)]
+    out: OutArg,
+    /// The contact whose conversation to export (decrypted, as JSON).
+    with: Option<String>,
+    /// Instead: a backup of the whole store, still encrypted (it restores
+    /// only with this device's keystore and passphrase).
+    #[arg(long, env = "MESHCHAT_BACKUP", conflicts_with = "with")]
+    backup: bool,
+    /// The file to write (it must not exist; created owner-only).
+    #[arg(long, short, env = "MESHCHAT_OUTPUT")]
+    output: std::path::PathBuf,
 }
 
 /// `meshchat read`.
@@ -438,6 +456,40 @@ pub(super) fn read(args: ReadArgs) -> Result<(), CliError> {
     let v = call(&args.dir, &Request::MarkRead { with: args.with })?;
     if args.out.json {
         super::print_json(&v);
+    }
+    Ok(())
+}
+
+/// `meshchat export`.
+pub(super) fn export(args: ExportArgs) -> Result<(), CliError> {
+    if args.with.is_none() && !args.backup {
+        return Err(CliError::usage(anyhow!(
+            "name a contact to export its conversation, or pass --backup"
+        )));
+    }
+    let path = std::path::absolute(&args.output)
+        .map_err(|e| CliError::failed(anyhow!("{}: {e}", args.output.display())))?;
+    let v = call(
+        &args.dir,
+        &Request::Export {
+            with: args.with,
+            path: path.to_string_lossy().into_owned(),
+        },
+    )?;
+    if args.out.json {
+        super::print_json(&v);
+    } else if args.backup {
+        println!(
+            "Backed up {} records to {} (encrypted; restores only with this keystore).",
+            v["written"],
+            path.display()
+        );
+    } else {
+        println!(
+            "Exported {} messages to {} (decrypted: keep it safe).",
+            v["written"],
+            path.display()
+        );
     }
     Ok(())
 }

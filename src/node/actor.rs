@@ -323,6 +323,7 @@ impl Actor {
             Command::Conversations { reply } => self.job(Job::Conversations { reply }),
             Command::Contacts { reply } => self.job(Job::Contacts { reply }),
             Command::RemoveContact { key, reply } => self.job(Job::RemoveContact { key, reply }),
+            Command::Export { with, path, reply } => self.job(Job::Export { with, path, reply }),
             Command::VerifyContact {
                 key,
                 verified,

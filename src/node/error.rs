@@ -30,6 +30,9 @@ pub enum NodeError {
     /// first request's error).
     #[error("the batch this message was written in failed: {0}")]
     Batch(String),
+    /// An export could not be written.
+    #[error("export: {0}")]
+    Export(String),
     /// The store thread could not be started.
     #[error("could not start the store thread: {0}")]
     Thread(#[source] std::io::Error),

@@ -59,6 +59,11 @@ pub(crate) enum Command {
         key: [u8; 32],
         reply: Reply<()>,
     },
+    Export {
+        with: Option<[u8; 32]>,
+        path: std::path::PathBuf,
+        reply: Reply<u64>,
+    },
     Queued {
         reply: Reply<usize>,
     },
@@ -282,6 +287,20 @@ impl NodeHandle {
     /// returns.
     pub async fn remove_contact(&self, key: [u8; 32]) -> Result<(), NodeError> {
         self.ask(|reply| Command::RemoveContact { key, reply })
+            .await
+    }
+
+    /// Writes the conversation with `with` as JSON (its messages,
+    /// decrypted, oldest first) to the new file `path`, owner-only; with
+    /// `None`, a backup of the whole store (still encrypted: it restores
+    /// only with this keystore). Returns how many messages or records were
+    /// written. The file is complete and synced before it gets its name.
+    pub async fn export(
+        &self,
+        with: Option<[u8; 32]>,
+        path: std::path::PathBuf,
+    ) -> Result<u64, NodeError> {
+        self.ask(|reply| Command::Export { with, path, reply })
             .await
     }
 

@@ -115,6 +115,11 @@ pub(crate) enum Job {
         key: [u8; 32],
         reply: Reply<()>,
     },
+    Export {
+        with: Option<[u8; 32]>,
+        path: std::path::PathBuf,
+        reply: Reply<u64>,
+    },
     Queued {
         reply: Reply<usize>,
     },
@@ -273,6 +278,50 @@ struct Relays {
 
 /// A relay named in a bundle or config: its peer id and address (without
 /// the `/p2p` suffix; empty if it was only a peer id).
+/// Writes a new file at `path` (owner-only) with `fill`: to a temporary
+/// name first, synced, then renamed, so the name never shows a partial
+/// file. An existing `path` is refused.
+fn write_new(
+    path: &std::path::Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<u64, crate::store::Error>,
+) -> Result<u64, NodeError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |what: &str, e: std::io::Error| {
+        NodeError::Export(format!("{what} {}: {e}", path.display()))
+    };
+    if path.exists() {
+        return Err(NodeError::Export(format!(
+            "{} exists already; nothing written",
+            path.display()
+        )));
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".part");
+    let tmp = std::path::PathBuf::from(tmp);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| io("creating", e))?;
+    let mut out = std::io::BufWriter::new(file);
+    let written = fill(&mut out).and_then(|n| {
+        use std::io::Write;
+        out.flush()
+            .map_err(|e| crate::store::Error::Backup(e.to_string()))?;
+        Ok(n)
+    });
+    let done = written.map_err(NodeError::from).and_then(|n| {
+        out.get_ref().sync_all().map_err(|e| io("syncing", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io("naming", e))?;
+        Ok(n)
+    });
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
+}
+
 pub(crate) fn parse_relay(addr: &Multiaddr) -> Option<(PeerId, Vec<Multiaddr>)> {
     let mut bare = addr.clone();
     match bare.pop() {
@@ -431,6 +480,7 @@ impl Worker {
             Job::History { .. }
                 | Job::Conversations { .. }
                 | Job::Contacts { .. }
+                | Job::Export { .. }
                 | Job::Queued { .. }
                 | Job::Failed(_)
                 | Job::Tick
@@ -505,6 +555,22 @@ impl Worker {
                     })
                     .collect();
                 round.reply(reply, Ok(list));
+            }
+            Job::Export { with, path, reply } => {
+                let r = match with {
+                    Some(key) => match self.engine.conversation_with(&key) {
+                        None => Err(NodeError::UnknownContact),
+                        Some(conv) => write_new(&path, |out| {
+                            self.engine
+                                .store()
+                                .history()
+                                .export_json(&conv, out)
+                                .map(|n| n as u64)
+                        }),
+                    },
+                    None => write_new(&path, |out| self.engine.store().backup(out)),
+                };
+                round.reply(reply, r);
             }
             Job::RemoveContact { key, reply } => {
                 let r = match self.engine.remove_contact(&key) {

@@ -1,5 +1,7 @@
 //! Two daemons and a relay, driven only through the CLI.
 
+use std::os::unix::fs::PermissionsExt;
+
 use crate::{Device, Proc, start_relay};
 
 #[test]
@@ -93,6 +95,29 @@ fn two_daemons_chat_through_the_cli_and_mail_waits_at_the_relay_while_one_is_sto
     let older = bob.json(&["history", "alice", "--limit", "2", "--before", cursor]);
     assert_eq!(older["messages"][0]["text"], "hello bob");
     assert!(older["next"].is_null());
+
+    // Export: the conversation decrypted, owner-only; a backup encrypted.
+    let file = root.path().join("with-alice.json");
+    let v = bob.json(&["export", "alice", "--output", file.to_str().unwrap()]);
+    assert_eq!(v["written"], 3);
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let exported: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert!(
+        exported.to_string().contains("are you there?"),
+        "{exported}"
+    );
+    let backup = root.path().join("bob.backup");
+    bob.json(&["export", "--backup", "--output", backup.to_str().unwrap()]);
+    let bytes = std::fs::read(&backup).unwrap();
+    assert!(bytes.starts_with(b"MESHCHAT-BACKUP\0"));
+    assert!(
+        !bytes
+            .windows(b"are you there?".len())
+            .any(|w| w == b"are you there?"),
+        "a backup holds no plaintext"
+    );
 
     alice.stop();
     bob.stop();

@@ -82,6 +82,33 @@ fn mistakes_get_one_line_a_non_zero_exit_and_change_nothing() {
     assert_refused(&alice.run(&["contacts", "verify", "bob"]), 1, "no contact");
     assert_eq!(alice.json(&["chats"]), serde_json::json!([]));
 
+    // A name whose key changed: shown, refused until accepted.
+    let mut bob = Device::init(root.path(), "bob");
+    let mut carol = Device::init(root.path(), "carol");
+    bob.start(&[]);
+    carol.start(&[]);
+    alice.json(&["contacts", "add", "bob", &bob.invite()]);
+    let before = alice.json(&["contacts", "list"]);
+    let carols = carol.invite();
+    let out = alice.run(&["contacts", "add", "bob", &carols]);
+    assert_refused(&out, 1, "bob has a new key: fingerprint");
+    assert_eq!(alice.json(&["contacts", "list"]), before, "nothing changed");
+    let accepted = alice.json(&["contacts", "add", "bob", &carols, "--accept-new-key"]);
+    let after = alice.json(&["contacts", "list"]);
+    assert_eq!(after.as_array().unwrap().len(), 1, "{after}");
+    assert_eq!(after[0]["identity"], accepted["identity"]);
+    assert_ne!(after[0]["identity"], before[0]["identity"]);
+    bob.stop();
+    carol.stop();
+
+    // Exports: never over an existing file.
+    let taken = root.path().join("taken.json");
+    std::fs::write(&taken, "mine").unwrap();
+    let out = alice.run(&["export", "bob", "--output", taken.to_str().unwrap()]);
+    assert_refused(&out, 1, "exists already");
+    assert_eq!(std::fs::read_to_string(&taken).unwrap(), "mine");
+    assert_refused(&alice.run(&["export", "--output", "x.json"]), 2, "--backup");
+
     // Bad values.
     assert_refused(
         &alice.run(&["send", "bob", "hi", "--wait", "soon"]),
