@@ -166,8 +166,12 @@ impl CliError {
 
 /// Prints one JSON value on one line.
 fn print_json(v: &impl serde::Serialize) {
+    use std::io::Write;
     match serde_json::to_string(v) {
-        Ok(s) => println!("{s}"),
+        // A closed stdout (`| head`) is not worth a panic.
+        Ok(s) => {
+            let _ = writeln!(std::io::stdout(), "{s}");
+        }
         Err(e) => eprintln!("meshchat: {e}"),
     }
 }

@@ -33,6 +33,8 @@ pub enum ClientError {
 pub struct Client {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    /// A line begun but cut by a read timeout: finished by the next read.
+    partial: Vec<u8>,
 }
 
 impl Client {
@@ -47,6 +49,7 @@ impl Client {
         Ok(Self {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
+            partial: Vec::new(),
         })
     }
 
@@ -75,19 +78,21 @@ impl Client {
     }
 
     fn next_answer(&mut self) -> Result<Answer, ClientError> {
-        let mut buf = Vec::new();
+        let room = MAX_ANSWER.saturating_sub(self.partial.len()) as u64;
+        // On a timeout the bytes read so far stay in `partial`.
         let n = (&mut self.reader)
-            .take(MAX_ANSWER as u64)
-            .read_until(b'\n', &mut buf)?;
-        if n == 0 {
+            .take(room)
+            .read_until(b'\n', &mut self.partial)?;
+        let line = std::mem::take(&mut self.partial);
+        if n == 0 && line.is_empty() {
             return Err(ClientError::Protocol(
                 "the daemon closed the connection".into(),
             ));
         }
-        if buf.last() != Some(&b'\n') {
+        if line.last() != Some(&b'\n') {
             return Err(ClientError::Protocol("an answer cut short".into()));
         }
-        serde_json::from_slice(&buf).map_err(|e| ClientError::Protocol(e.to_string()))
+        serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 }
 

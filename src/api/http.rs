@@ -31,14 +31,19 @@ use tokio::sync::{Semaphore, broadcast};
 use tracing::debug;
 
 use super::proto::{Answer, ApiError, ErrorKind, EventView, MAX_LINE, Request, hex};
-use super::server::{Api, MAX_CLIENTS};
+use super::server::{Api, MAX_CLIENTS, WRITE_TIMEOUT};
 
 /// The token's file name in the data directory.
 pub const TOKEN_FILE: &str = "api-token";
 /// Largest request head.
 const MAX_HEAD: usize = 8 * 1024;
-/// Longest a client may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a client may take to send its request head, and then its body.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// After an answer, how long (and how much) of an unread request body is
+/// taken and dropped, so that closing does not reset the connection and
+/// lose the answer.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+const DRAIN_BYTES: u64 = 1024 * 1024;
 /// Largest frame taken from a WebSocket client (it has nothing to say but
 /// pings and close).
 const MAX_WS_FRAME: u64 = 4 * 1024;
@@ -91,15 +96,19 @@ pub async fn serve(
     let token = Arc::new(token);
     let task = tokio::spawn(async move {
         loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
             let stream = match listener.accept().await {
                 Ok((s, _)) => s,
                 Err(e) => {
                     debug!(error = %e, "HTTP API accept");
+                    tokio::time::sleep(super::server::ACCEPT_BACKOFF).await;
                     continue;
                 }
+            };
+            // Past the bound a connection is closed at once: nobody can
+            // hold the others up by opening many.
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
             };
             let (api, token) = (api.clone(), token.clone());
             tokio::spawn(async move {
@@ -138,14 +147,21 @@ impl Head {
 }
 
 fn percent_decode(s: &str) -> String {
+    decode(s, true)
+}
+
+/// `%XX` escapes decoded; `+` is a space in a query, itself in a path.
+fn decode(s: &str, plus_is_space: bool) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         match b[i] {
             b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3])
+                let hex = &b[i + 1..i + 3];
+                match std::str::from_utf8(hex)
                     .ok()
+                    .filter(|_| hex.iter().all(u8::is_ascii_hexdigit))
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
                 {
                     Some(v) => {
@@ -156,7 +172,7 @@ fn percent_decode(s: &str) -> String {
                     None => out.push(b'%'),
                 }
             }
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             c => out.push(c),
         }
         i += 1;
@@ -221,9 +237,16 @@ async fn connection(mut stream: TcpStream, api: &Api, token: &str) -> std::io::R
     // The token: a header, or `?token=` for a WebSocket.
     let offered = head
         .header("authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned)
-        .or_else(|| head.param("token"));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned())
+        // Browsers cannot set headers on a WebSocket: there only, the
+        // query may carry the token.
+        .or_else(|| {
+            (head.path == "/v1/events")
+                .then(|| head.param("token"))
+                .flatten()
+        });
     let authorised = offered.is_some_and(|t| bool::from(t.as_bytes().ct_eq(token.as_bytes())));
     if !authorised {
         let e = ApiError::new(
@@ -250,7 +273,7 @@ async fn connection(mut stream: TcpStream, api: &Api, token: &str) -> std::io::R
         ("GET", "/v1/contacts") => Ok(Request::Contacts {}),
         ("GET", "/v1/chats") => Ok(Request::Chats {}),
         ("GET", p) if p.starts_with("/v1/history/") => {
-            let with = percent_decode(&p["/v1/history/".len()..]);
+            let with = decode(p.get("/v1/history/".len()..).unwrap_or(""), false);
             match head.param("limit").map(|l| l.parse::<usize>()) {
                 Some(Err(_)) => Err((
                     400,
@@ -349,7 +372,7 @@ async fn body(
 }
 
 async fn respond(
-    stream: &mut (impl AsyncWrite + Unpin),
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
     status: u16,
     answer: &Answer,
 ) -> std::io::Result<()> {
@@ -362,7 +385,17 @@ async fn respond(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(&body).await?;
     stream.write_all(b"\n").await?;
-    stream.shutdown().await
+    stream.shutdown().await?;
+    // Take what is left of the request (bounded), so that closing with
+    // unread bytes does not reset the connection before the client has
+    // read the answer.
+    let mut sink = tokio::io::sink();
+    let _ = tokio::time::timeout(
+        DRAIN_TIME,
+        tokio::io::copy(&mut (&mut *stream).take(DRAIN_BYTES), &mut sink),
+    )
+    .await;
+    Ok(())
 }
 
 /// The WebSocket handshake, then one text frame per event until the client
@@ -418,7 +451,9 @@ async fn websocket(mut stream: TcpStream, head: &Head, api: &Api) -> std::io::Re
                         serde_json::to_value(&view).unwrap_or_default(),
                     ))
                     .map_err(std::io::Error::other)?;
-                    write_frame(&mut w, 0x1, &text).await?;
+                    tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut w, 0x1, &text))
+                        .await
+                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
                 }
                 p = pong_rx.recv() => match p {
                     Some(p) => write_frame(&mut w, 0xA, &p).await?,
@@ -459,7 +494,7 @@ async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> std::io::Result<(u8, Ve
         }
         n => u64::from(n),
     };
-    if len > MAX_WS_FRAME {
+    if len > MAX_WS_FRAME || (opcode >= 0x8 && len > 125) {
         return Err(bad("a client frame too large"));
     }
     let mut mask = [0u8; 4];
@@ -535,6 +570,8 @@ mod tests {
     fn query_values_are_decoded() {
         assert_eq!(percent_decode("a%20b+c%2"), "a b c%2");
         assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%+f"), "% f");
+        assert_eq!(decode("a+b%2Bc", false), "a+b+c");
         assert_eq!(percent_decode("%e2%9c%93"), "✓");
     }
 }

@@ -22,6 +22,11 @@ use crate::store::{Cursor, History};
 pub const MAX_CLIENTS: usize = 64;
 /// Events held for a slow event-stream client before it misses some.
 const EVENT_BACKLOG: usize = 4096;
+/// Longest an event-stream client may leave a write unread.
+pub(crate) const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Pause after a failed accept (out of file descriptors, say) before the
+/// next, so the loop does not spin.
+pub(crate) const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 /// Longest contact name, in bytes.
 pub const MAX_NAME: usize = 64;
 
@@ -78,6 +83,11 @@ impl Api {
         self.node.info().identity
     }
 
+    /// Whether `key` is a contact known by name.
+    pub(crate) fn knows(&self, key: &[u8; 32]) -> bool {
+        self.names.read().is_ok_and(|n| n.contains_key(key))
+    }
+
     pub(crate) fn name_of(&self, key: &[u8; 32]) -> String {
         self.names
             .read()
@@ -130,30 +140,33 @@ impl Api {
                 if unhex32(&name).is_some() {
                     return Err(bad("a contact name cannot be an identity key"));
                 }
-                if let Some(old) = contacts
+                let replaced = contacts
                     .iter()
-                    .find(|c| c.name == name && c.identity != identity.signing)
+                    .find(|c| c.name == name && c.identity != identity.signing);
+                if let Some(old) = replaced
+                    && !accept_new_key
                 {
-                    if !accept_new_key {
-                        return Err(ApiError::new(
-                            ErrorKind::KeyChanged,
-                            format!(
-                                "{name} has a new key: fingerprint {} (was {}); compare it with {name} and add again accepting the new key",
-                                crypto::fingerprint(&identity),
-                                old.fingerprint,
-                            ),
-                        ));
-                    }
-                    self.node
-                        .remove_contact(old.identity)
-                        .await
-                        .map_err(failed)?;
+                    return Err(ApiError::new(
+                        ErrorKind::KeyChanged,
+                        format!(
+                            "{name} has a new key: fingerprint {} (was {}); compare it with {name} and add again accepting the new key",
+                            crypto::fingerprint(&identity),
+                            old.fingerprint,
+                        ),
+                    ));
                 }
+                // The new key first: if that fails, the old contact stays.
                 let key = self
                     .node
                     .add_contact(code.trim(), &name)
                     .await
                     .map_err(failed)?;
+                if let Some(old) = replaced {
+                    self.node
+                        .remove_contact(old.identity)
+                        .await
+                        .map_err(failed)?;
+                }
                 self.refresh_names().await;
                 let list = self.node.contacts().await.map_err(failed)?;
                 let c = list
@@ -352,6 +365,7 @@ pub async fn serve(listener: UnixListener, api: Api) {
             Ok((s, _)) => s,
             Err(e) => {
                 warn!(error = %e, "local API: accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
@@ -403,11 +417,14 @@ async fn client(api: Api, stream: UnixStream) {
         let answer = match serde_json::from_slice::<Request>(text) {
             Err(e) => Answer::Error(bad(format!("malformed request: {e}"))),
             Ok(Request::Events {}) => {
+                // Subscribed before the client hears so: nothing it waits
+                // for after this answer can slip past.
+                let rx = api.subscribe();
                 if write_answer(&mut w, &Answer::Ok(serde_json::json!("subscribed")))
                     .await
                     .is_ok()
                 {
-                    stream_events(&api, &mut w).await;
+                    stream_events(&api, rx, r, &mut w).await;
                 }
                 return;
             }
@@ -422,27 +439,45 @@ async fn client(api: Api, stream: UnixStream) {
     }
 }
 
-async fn stream_events(api: &Api, w: &mut (impl AsyncWrite + Unpin)) {
-    let mut rx = api.events.subscribe();
-    let me = api.node.info().identity;
+/// Sends events until the client goes away: its end of the socket closes
+/// (noticed at once, not at the next event) or a write stalls.
+async fn stream_events(
+    api: &Api,
+    mut rx: broadcast::Receiver<NodeEvent>,
+    mut r: impl AsyncRead + Unpin,
+    w: &mut (impl AsyncWrite + Unpin),
+) {
+    let me = api.me();
+    let mut scratch = [0u8; 256];
     loop {
-        let view = match rx.recv().await {
-            Ok(e) => {
-                if matches!(e, NodeEvent::Message { .. }) {
-                    // A contact added meanwhile has a name by now.
-                    api.refresh_names().await;
+        let view = tokio::select! {
+            e = rx.recv() => match e {
+                Ok(e) => {
+                    if let NodeEvent::Message { from, .. } = &e
+                        && !api.knows(from)
+                    {
+                        // A contact added meanwhile has a name by now.
+                        api.refresh_names().await;
+                    }
+                    match EventView::of(&e, &me, &|k| api.name_of(k)) {
+                        Some(v) => v,
+                        None => continue,
+                    }
                 }
-                match EventView::of(&e, &me, &|k| api.name_of(k)) {
-                    Some(v) => v,
-                    None => continue,
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(missed)) => EventView::Lagged { missed },
-            Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::RecvError::Lagged(missed)) => EventView::Lagged { missed },
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            // Anything the client sends now is ignored; its end closing
+            // ends the stream.
+            n = r.read(&mut scratch) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
         };
         let value = serde_json::to_value(&view).unwrap_or_default();
-        if write_answer(w, &Answer::Event(value)).await.is_err() {
-            return;
+        match tokio::time::timeout(WRITE_TIMEOUT, write_answer(w, &Answer::Event(value))).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
     }
 }

@@ -103,8 +103,9 @@ pub(super) struct HistoryArgs {
     #[arg(long, env = "MESHCHAT_BEFORE")]
     before: Option<String>,
     /// How many messages (1 to 500).
-    #[arg(long, env = "MESHCHAT_LIMIT", default_value_t = 20)]
-    limit: usize,
+    #[arg(long, env = "MESHCHAT_LIMIT", default_value_t = 20,
+          value_parser = clap::value_parser!(u16).range(1..=500))]
+    limit: u16,
 }
 
 /// A command with only the common flags.
@@ -163,6 +164,15 @@ fn call(dir: &DirArg, req: &Request) -> Result<Value, CliError> {
 
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("")
+}
+
+/// Text from a contact, made safe to print on a terminal: control
+/// characters (escape sequences could clear the screen, fake lines or
+/// reach the clipboard) are shown as `\u{fffd}`.
+fn clean(v: &Value) -> String {
+    s(v).chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 /// `meshchat id`.
@@ -401,7 +411,7 @@ pub(super) fn history(args: HistoryArgs) -> Result<(), CliError> {
         &Request::History {
             with: args.with.clone(),
             before: args.before,
-            limit: Some(args.limit),
+            limit: Some(usize::from(args.limit)),
         },
     )?;
     if args.out.json {
@@ -419,7 +429,11 @@ pub(super) fn history(args: HistoryArgs) -> Result<(), CliError> {
         } else {
             ""
         };
-        println!("{when}  {:<12} {}  {state}", s(&m["from"]), s(&m["text"]));
+        println!(
+            "{when}  {:<12} {}  {state}",
+            clean(&m["from"]),
+            clean(&m["text"])
+        );
     }
     if let Some(next) = v["next"].as_str() {
         println!("(older: meshchat history {} --before {next})", args.with);
@@ -442,10 +456,10 @@ pub(super) fn chats(args: PlainArgs) -> Result<(), CliError> {
         let unread = c["unread"].as_u64().unwrap_or(0);
         println!(
             "{:<20} {:<8} {:>4} unread  {}",
-            s(&c["with"]),
+            clean(&c["with"]),
             s(&c["presence"]),
             unread,
-            s(&c["last"]["text"])
+            clean(&c["last"]["text"])
         );
     }
     Ok(())
@@ -453,9 +467,18 @@ pub(super) fn chats(args: PlainArgs) -> Result<(), CliError> {
 
 /// `meshchat read`.
 pub(super) fn read(args: ReadArgs) -> Result<(), CliError> {
-    let v = call(&args.dir, &Request::MarkRead { with: args.with })?;
+    let v = call(
+        &args.dir,
+        &Request::MarkRead {
+            with: args.with.clone(),
+        },
+    )?;
     if args.out.json {
         super::print_json(&v);
+    } else if v["marked"] == true {
+        println!("Marked the conversation with {} read.", args.with);
+    } else {
+        println!("Nothing unread with {}.", args.with);
     }
     Ok(())
 }
@@ -521,9 +544,28 @@ pub(super) fn status(args: PlainArgs) -> Result<(), CliError> {
 
 /// `meshchat events`: one JSON line per event until interrupted.
 pub(super) fn events(args: PlainArgs) -> Result<(), CliError> {
+    use std::io::Write;
     let mut ev = connect(&args.dir)?.subscribe().map_err(from_client)?;
+    let mut out = std::io::stdout();
     loop {
         let e = ev.next_event().map_err(from_client)?;
-        super::print_json(&e);
+        let line = serde_json::to_string(&e).unwrap_or_default();
+        // A reader that went away (`| head`) ends this quietly.
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contacts_text_cannot_drive_the_terminal() {
+        let v = serde_json::json!("hi\u{1b}]52;c;ZXZpbA==\u{7}\u{1b}[2J\r\nfake line");
+        let shown = clean(&v);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.starts_with("hi\u{fffd}]52;c;"), "{shown:?}");
     }
 }

@@ -203,6 +203,12 @@ async fn serve(
         }
         None => None,
     };
+    // Signals are caught from here on: one sent right after the ready
+    // line still stops the node gracefully.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("listening for SIGINT")?;
     let server = tokio::spawn(api::server::serve(listener, api));
     let info = node.info().clone();
     let token_file = dir.join(api::http::TOKEN_FILE);
@@ -228,10 +234,8 @@ async fn serve(
             );
         }
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("listening for SIGTERM")?;
     let stopped_alone = tokio::select! {
-        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); false }
+        _ = int.recv() => { tracing::info!("SIGINT: stopping"); false }
         _ = term.recv() => { tracing::info!("SIGTERM: stopping"); false }
         _ = node.wait_stopped(Duration::MAX) => true,
     };

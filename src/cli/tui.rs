@@ -88,6 +88,11 @@ pub(super) struct App {
     /// The bottom line: new mail elsewhere, errors.
     pub(super) notice: Option<String>,
     early: HashMap<String, String>,
+    /// Live messages pushed the oldest shown out: the page cursor no
+    /// longer fits, so scrolling past the top reloads instead.
+    trimmed: bool,
+    /// How far up the last frame could scroll (lines).
+    max_scroll: std::cell::Cell<usize>,
 }
 
 /// The tick shown after one of our messages.
@@ -169,6 +174,7 @@ impl App {
         }
         self.messages = msgs;
         self.older = page["next"].as_str().map(str::to_owned);
+        self.trimmed = false;
         for m in &mut self.messages {
             if let Some(s) = self.early.remove(&m.id) {
                 m.state = s;
@@ -194,10 +200,16 @@ impl App {
     }
 
     fn push(&mut self, m: Msg) {
+        // A message that came both live and with a page is shown once.
+        if self.messages.iter().any(|x| x.id == m.id) {
+            return;
+        }
         self.messages.push(m);
         if self.messages.len() > MAX_SHOWN {
             let cut = self.messages.len() - MAX_SHOWN;
             self.messages.drain(..cut);
+            self.older = None;
+            self.trimmed = true;
         }
     }
 
@@ -277,15 +289,18 @@ impl App {
                 Action::Open(self.chats[self.selected].name.clone())
             }
             KeyCode::PageUp | KeyCode::Up => {
-                self.scroll += if k.code == KeyCode::Up { 1 } else { 10 };
+                let max = self.max_scroll.get();
+                let at_top = self.scroll >= max;
+                self.scroll = (self.scroll + if k.code == KeyCode::Up { 1 } else { 10 }).min(max);
                 match (&self.older, self.current()) {
-                    // Scrolled to the top: load the page before.
-                    (Some(before), Some(name)) if self.scroll >= self.messages.len() => {
+                    // At the top already: load the page before.
+                    (Some(before), Some(name)) if at_top || self.scroll >= max => {
                         Action::LoadMore {
                             name: name.to_owned(),
                             before: before.clone(),
                         }
                     }
+                    (None, Some(name)) if self.trimmed && at_top => Action::Open(name.to_owned()),
                     _ => Action::None,
                 }
             }
@@ -429,6 +444,7 @@ impl App {
         }
         // The newest at the bottom, `scroll` lines up from there.
         let max_scroll = lines.len().saturating_sub(height);
+        self.max_scroll.set(max_scroll);
         let top = max_scroll.saturating_sub(self.scroll.min(max_scroll));
         let shown: Vec<Line<'_>> = lines.into_iter().skip(top).take(height).collect();
         f.render_widget(
@@ -562,6 +578,10 @@ mod tests {
         let a = app.on_event(&json!({"type": "message", "contact": "bob",
             "message": msg("8", false, "pong", "", 60)}));
         assert_eq!(a, Action::MarkRead("bob".into()));
+        // The same message again (live and in a page): shown once.
+        app.on_event(&json!({"type": "message", "contact": "bob",
+            "message": msg("8", false, "pong", "", 60)}));
+        assert_eq!(app.messages.iter().filter(|m| m.id == "8").count(), 1);
         let a = app.on_event(&json!({"type": "message", "contact": "dave",
             "message": msg("9", false, "lunch?", "", 60)}));
         assert_eq!(a, Action::None);
@@ -589,7 +609,7 @@ mod tests {
         assert!(got[18].contains("line 29"), "{}", got.join("\n"));
         assert_eq!(app.on_key(key(KeyCode::PageUp)), Action::None);
         assert!(screen(&app, 80, 24)[18].contains("line 19"));
-        assert_eq!(app.on_key(key(KeyCode::PageUp)), Action::None);
+        // Reaching the top asks for the page before.
         assert_eq!(
             app.on_key(key(KeyCode::PageUp)),
             Action::LoadMore {
@@ -602,6 +622,15 @@ mod tests {
             true,
         );
         assert_eq!(app.messages.len(), 31);
+        // Scrolling down never goes below the newest line.
+        for _ in 0..10 {
+            app.on_key(key(KeyCode::PageDown));
+        }
+        assert_eq!(app.scroll, 0);
+        assert!(screen(&app, 80, 24)[18].contains("line 29"));
+        for _ in 0..10 {
+            app.on_key(key(KeyCode::PageUp));
+        }
         assert_eq!(app.messages[0].text, "the very first");
         let top = screen(&app, 80, 24);
         assert!(top[1].contains("the very first"), "{}", top.join("\n"));

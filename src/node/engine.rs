@@ -265,7 +265,13 @@ impl Engine {
     pub fn add_contact(&mut self, invite: &Invite, name: &str) -> Result<[u8; 32], EngineError> {
         let verified = invite.bundle.verify()?;
         let identity = verified.body.identity.clone();
-        let contact = Contact::new(invite, identity.clone(), verified.body.mailbox_id, name);
+        let mut contact = Contact::new(invite, identity.clone(), verified.body.mailbox_id, name);
+        // The same key again (a new name, new addresses): a comparison
+        // already made still holds.
+        contact.verified = self
+            .contacts
+            .get(&identity.signing)
+            .is_some_and(|c| c.verified);
         self.store
             .records(Kind::Contacts)?
             .put(&identity.signing, &contact.to_bytes())?;

@@ -248,6 +248,9 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     peers: HashMap<PeerId, [u8; 32]>,
     peer_of: HashMap<[u8; 32], PeerId>,
+    /// Fingerprint and safety number per contact key (one entry per
+    /// contact at most).
+    numbers: HashMap<[u8; 32], (String, String)>,
     complaints: Complaints,
     relays: Relays,
 }
@@ -358,6 +361,7 @@ impl Worker {
             shared,
             peers: HashMap::new(),
             peer_of: HashMap::new(),
+            numbers: HashMap::new(),
             complaints: Complaints::default(),
             relays: Relays {
                 ours: cfg
@@ -541,17 +545,29 @@ impl Worker {
             Job::Queued { reply } => round.reply(reply, Ok(self.engine.queued())),
             Job::Contacts { reply } => {
                 let me = self.engine.identity().public().clone();
+                let numbers = &mut self.numbers;
+                // Fingerprints cost thousands of hash rounds each: worked
+                // out once per contact key, then kept.
+                numbers.retain(|k, _| self.engine.contact(k).is_some());
                 let list = self
                     .engine
                     .contacts()
-                    .map(|c| ContactInfo {
-                        identity: c.identity.signing,
-                        peer_id: c.identity.peer_id().ok(),
-                        name: c.name.clone(),
-                        conversation: conversation_id(&me, &c.identity),
-                        fingerprint: fingerprint(&c.identity),
-                        verified: c.verified,
-                        safety_number: safety_number(&me, &c.identity),
+                    .map(|c| {
+                        let (fp, safety) = numbers
+                            .entry(c.identity.signing)
+                            .or_insert_with(|| {
+                                (fingerprint(&c.identity), safety_number(&me, &c.identity))
+                            })
+                            .clone();
+                        ContactInfo {
+                            identity: c.identity.signing,
+                            peer_id: c.identity.peer_id().ok(),
+                            name: c.name.clone(),
+                            conversation: conversation_id(&me, &c.identity),
+                            fingerprint: fp,
+                            verified: c.verified,
+                            safety_number: safety,
+                        }
                     })
                     .collect();
                 round.reply(reply, Ok(list));
