@@ -300,6 +300,10 @@ impl Api {
                     "listen": s.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "presence": presence_name(s.presence),
                     "hidden": s.hidden,
+                    "relays": s.relays.iter().map(|r| json!({
+                        "peer_id": r.to_string(),
+                        "connected": s.connected.contains(r),
+                    })).collect::<Vec<_>>(),
                     "queued": queued,
                 }))
             }

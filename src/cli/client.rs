@@ -534,6 +534,14 @@ pub(super) fn status(args: PlainArgs) -> Result<(), CliError> {
     for a in v["listen"].as_array().into_iter().flatten() {
         println!("listening: {}", s(a));
     }
+    for r in v["relays"].as_array().into_iter().flatten() {
+        let up = if r["connected"] == true {
+            "connected"
+        } else {
+            "not connected"
+        };
+        println!("relay:     {} ({up})", s(&r["peer_id"]));
+    }
     let peers = v["connected"].as_array().cloned().unwrap_or_default();
     println!("connected: {} peer(s)", peers.len());
     for p in peers {

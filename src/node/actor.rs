@@ -367,6 +367,7 @@ impl Actor {
                     listen: self.net.listen_addrs(),
                     presence: self.presence,
                     hidden: self.hidden,
+                    relays: self.relays.keys().copied().collect(),
                 });
             }
             Command::Shutdown { .. } => {}

@@ -136,6 +136,8 @@ pub struct Status {
     pub presence: PresenceState,
     /// Whether it hides its presence.
     pub hidden: bool,
+    /// Our relays (configured or found in the DHT).
+    pub relays: Vec<PeerId>,
 }
 
 /// A handle on a running node; clone it freely.

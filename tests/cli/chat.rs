@@ -63,6 +63,13 @@ fn two_daemons_chat_through_the_cli_and_mail_waits_at_the_relay_while_one_is_sto
     bob.stop();
     let held = alice.json(&["send", "bob", "are you there?", "--wait", "stored"]);
     assert_eq!(held["state"], "stored_at_relay");
+    let status = alice.json(&["status"]);
+    assert_eq!(
+        status["relays"][0]["peer_id"],
+        relay.rsplit('/').next().unwrap()
+    );
+    assert_eq!(status["relays"][0]["connected"], true, "{status}");
+    assert_eq!(status["queued"], 1, "held at the relay, still owed to bob");
     let events = Proc::spawn({
         let mut c = alice.cmd();
         c.arg("events");
