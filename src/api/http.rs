@@ -1,5 +1,7 @@
 //! The local API over HTTP and WebSocket, on a loopback address, for
-//! clients that cannot use the Unix socket (a browser UI, other languages).
+//! clients that cannot use the Unix socket (programs in other languages,
+//! tools like curl). It sends no CORS headers: a web page of another
+//! origin cannot call it with the token.
 //!
 //! Every request carries `Authorization: Bearer <token>`, the token kept
 //! in `<data dir>/api-token` (owner-only); a WebSocket may pass it as
