@@ -12,6 +12,7 @@ fn mistakes_get_one_line_a_non_zero_exit_and_change_nothing() {
     // No daemon yet: the client commands say so (exit 3).
     assert_refused(&alice.run(&["status"]), 3, "no meshchat daemon is running");
     assert_refused(&alice.run(&["send", "bob", "hi"]), 3, "meshchat run");
+    assert_refused(&alice.run(&["chat"]), 3, "no meshchat daemon is running");
 
     // Initialising twice.
     assert_refused(&alice.run(&["init"]), 1, "already initialised");
