@@ -27,6 +27,10 @@ pub(crate) const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_
 /// Pause after a failed accept (out of file descriptors, say) before the
 /// next, so the loop does not spin.
 pub(crate) const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+/// After refusing an over-long line: how long, and how much of the rest,
+/// is read and dropped before closing.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+const DRAIN_BYTES: u64 = 4 * 1024 * 1024;
 /// Longest contact name, in bytes.
 pub const MAX_NAME: usize = 64;
 
@@ -406,6 +410,14 @@ async fn client(api: Api, stream: UnixStream) {
             Ok(Line::TooLong) => {
                 let e = bad(format!("a request line is at most {MAX_LINE} bytes"));
                 let _ = write_answer(&mut w, &Answer::Error(e)).await;
+                let _ = w.shutdown().await;
+                // Take what is left of the line (bounded), so the client
+                // finishes writing and reads the answer.
+                let _ = tokio::time::timeout(
+                    DRAIN_TIME,
+                    tokio::io::copy(&mut (&mut r).take(DRAIN_BYTES), &mut tokio::io::sink()),
+                )
+                .await;
                 return;
             }
             Ok(Line::Some) => {}
