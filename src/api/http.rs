@@ -233,7 +233,10 @@ async fn connection(mut stream: TcpStream, api: &Api, token: &str) -> std::io::R
             let e = ApiError::new(ErrorKind::BadRequest, "a malformed HTTP request");
             return respond(&mut stream, status, &Answer::Error(e)).await;
         }
-        Err(_) => return Ok(()),
+        Err(_) => {
+            let e = ApiError::new(ErrorKind::BadRequest, "the request head took too long");
+            return respond(&mut stream, 408, &Answer::Error(e)).await;
+        }
     };
     let (head, early) = head;
     // The token: a header, or `?token=` for a WebSocket.
@@ -288,9 +291,13 @@ async fn connection(mut stream: TcpStream, api: &Api, token: &str) -> std::io::R
                 }),
             }
         }
-        (_, "/v1" | "/v1/status" | "/v1/contacts" | "/v1/chats" | "/v1/events") => Err((
+        (m, "/v1") => Err((
             405,
-            ApiError::new(ErrorKind::BadRequest, "method not allowed"),
+            ApiError::new(ErrorKind::BadRequest, format!("{m} /v1: use POST")),
+        )),
+        (m, p @ ("/v1/status" | "/v1/contacts" | "/v1/chats" | "/v1/events")) => Err((
+            405,
+            ApiError::new(ErrorKind::BadRequest, format!("{m} {p}: use GET")),
         )),
         _ => Err((
             404,
@@ -336,6 +343,7 @@ fn reason(status: u16) -> &'static str {
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         409 => "Conflict",
         411 => "Length Required",
         413 => "Payload Too Large",
@@ -379,8 +387,14 @@ async fn respond(
     answer: &Answer,
 ) -> std::io::Result<()> {
     let body = serde_json::to_vec(answer).map_err(std::io::Error::other)?;
+    // A 405 names the method that works (every path takes one).
+    let allow = match (status, answer) {
+        (405, Answer::Error(e)) if e.message.ends_with("use POST") => "Allow: POST\r\n",
+        (405, _) => "Allow: GET\r\n",
+        _ => "",
+    };
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
         reason(status),
         body.len() + 1
     );

@@ -219,6 +219,15 @@ fn http_and_websocket_need_the_token_and_carry_the_same_api() {
     assert_eq!(http(&addr, "POST", "/v1", t, br#"{"op":"fly"}"#).0, 400);
     assert_eq!(http(&addr, "GET", "/v2/anything", t, b"").0, 404);
     assert_eq!(http(&addr, "DELETE", "/v1/status", t, b"").0, 405);
+    let (status, body) = http(&addr, "GET", "/v1", t, b"");
+    assert_eq!(status, 405);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("use POST"),
+        "{body}"
+    );
     let (status, body) = http(&addr, "GET", "/v1/history/bob", t, b"");
     assert_eq!(status, 404);
     assert_eq!(body["error"]["kind"], "unknown_contact");
