@@ -7,6 +7,7 @@
 //! scripts/bench-mesh.sh               # installs redis-server, full run
 //! MESH_BENCH_QUICK=1 cargo bench --bench mesh
 //! MESH_BENCH_ONLY=relay cargo bench --bench mesh
+//! MESH_BENCH_ONLY=rtt cargo bench --bench mesh
 //! ```
 //!
 //! Everything runs on 127.0.0.1 with mDNS off; stores live in temporary
@@ -45,6 +46,17 @@ fn main() {
     if std::env::var("MESH_BENCH_ONLY").as_deref() == Ok("direct") {
         let ours = rt.block_on(ours::direct(lat, total, 256));
         println!("{}", serde_json::to_string_pretty(&ours).unwrap());
+        return;
+    }
+    // MESH_BENCH_ONLY=rtt: request-response and a long-lived stream's
+    // round trips, side by side (a diagnostic for the direct path).
+    if std::env::var("MESH_BENCH_ONLY").as_deref() == Ok("rtt") {
+        let r = rt.block_on(async {
+            let rr = raw::request_response(lat, 1000, 32).await;
+            let stream = raw::stream_rtt(lat).await;
+            json!({ "raw_request_response": rr["rtt"], "raw_stream": stream })
+        });
+        println!("{}", serde_json::to_string_pretty(&r).unwrap());
         return;
     }
     // MESH_BENCH_ONLY=relay: only the relay and Redis.

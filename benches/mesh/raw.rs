@@ -285,3 +285,86 @@ pub(crate) async fn gossipsub(samples_n: usize, burst: usize) -> Value {
         },
     })
 }
+
+/// A diagnostic for the direct path's next step: the round trip of one
+/// 200-byte frame echoed on a long-lived libp2p stream (libp2p-stream, the
+/// same swarm and connection as request-response), next to a fresh
+/// request-response exchange per message. `MESH_BENCH_ONLY=rtt`.
+pub(crate) async fn stream_rtt(rtts: usize) -> Value {
+    use libp2p::StreamProtocol;
+    use libp2p::futures::{AsyncReadExt, AsyncWriteExt};
+    const ECHO: StreamProtocol = StreamProtocol::new("/meshchat/bench-echo/1");
+    let key = || libp2p::identity::Keypair::generate_ed25519();
+    let mut server = Net::start(key(), &tcp_loopback()).unwrap();
+    let addr = until(&mut server, |e| match e {
+        NetEvent::Listening { addr } => Some(addr),
+        _ => None,
+    })
+    .await;
+    let server_id = server.local_peer_id();
+    let mut incoming = server.stream_control().accept(ECHO).unwrap();
+    let echo = tokio::spawn(async move {
+        if let Some((_, mut s)) = incoming.next().await {
+            let mut buf = [0u8; BODY];
+            while s.read_exact(&mut buf).await.is_ok() {
+                if s.write_all(&buf).await.is_err() || s.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    let drive_server = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => return,
+                _ = server.next_event() => {}
+            }
+        }
+    });
+    let mut client = Net::start(key(), &tcp_loopback()).unwrap();
+    client
+        .dial(addr.with(libp2p::multiaddr::Protocol::P2p(server_id)))
+        .unwrap();
+    until(&mut client, |e| match e {
+        NetEvent::Connected { peer, .. } if peer == server_id => Some(()),
+        _ => None,
+    })
+    .await;
+    let mut control = client.stream_control();
+    let (cstop_tx, mut cstop_rx) = oneshot::channel::<()>();
+    let drive_client = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut cstop_rx => return,
+                _ = client.next_event() => {}
+            }
+        }
+    });
+    let mut s = control.open_stream(server_id, ECHO).await.unwrap();
+    let frame = [7u8; BODY];
+    let mut back = [0u8; BODY];
+    for _ in 0..200 {
+        s.write_all(&frame).await.unwrap();
+        s.flush().await.unwrap();
+        s.read_exact(&mut back).await.unwrap();
+    }
+    let mut samples = Vec::with_capacity(rtts);
+    for _ in 0..rtts {
+        let t = Instant::now();
+        s.write_all(&frame).await.unwrap();
+        s.flush().await.unwrap();
+        s.read_exact(&mut back).await.unwrap();
+        samples.push(t.elapsed());
+    }
+    drop(s);
+    let _ = cstop_tx.send(());
+    let _ = stop_tx.send(());
+    let _ = drive_client.await;
+    let _ = drive_server.await;
+    echo.abort();
+    json!({
+        "what": "one 200-byte frame echoed on a long-lived libp2p stream (same transports), sequential",
+        "rtt": latency(samples),
+    })
+}
