@@ -41,9 +41,9 @@ async fn until<T>(net: &mut Net, mut pick: impl FnMut(NetEvent) -> Option<T>) ->
     }
 }
 
-/// Request-response RTT (sequential) and throughput, one message per
-/// request: sequential, and with `window` requests in flight.
-pub(crate) async fn request_response(rtts: usize, total: usize, window: usize) -> Value {
+/// Two swarms of the network layer on loopback, the client connected to
+/// the server: (server, client, the server's peer id).
+async fn connected_pair() -> (Net, Net, PeerId) {
     let key = || libp2p::identity::Keypair::generate_ed25519();
     let mut server = Net::start(key(), &tcp_loopback()).unwrap();
     let addr = until(&mut server, |e| match e {
@@ -52,6 +52,27 @@ pub(crate) async fn request_response(rtts: usize, total: usize, window: usize) -
     })
     .await;
     let server_id = server.local_peer_id();
+    let mut client = Net::start(key(), &tcp_loopback()).unwrap();
+    client
+        .dial(addr.with(libp2p::multiaddr::Protocol::P2p(server_id)))
+        .unwrap();
+    // Both sides must run for the handshake.
+    loop {
+        tokio::select! {
+            e = client.next_event() => {
+                if matches!(e, NetEvent::Connected { peer, .. } if peer == server_id) {
+                    return (server, client, server_id);
+                }
+            }
+            _ = server.next_event() => {}
+        }
+    }
+}
+
+/// Request-response RTT (sequential) and throughput, one message per
+/// request: sequential, and with `window` requests in flight.
+pub(crate) async fn request_response(rtts: usize, total: usize, window: usize) -> Value {
+    let (mut server, mut client, server_id) = connected_pair().await;
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         loop {
@@ -65,15 +86,6 @@ pub(crate) async fn request_response(rtts: usize, total: usize, window: usize) -
             }
         }
     });
-    let mut client = Net::start(key(), &tcp_loopback()).unwrap();
-    client
-        .dial(addr.with(libp2p::multiaddr::Protocol::P2p(server_id)))
-        .unwrap();
-    until(&mut client, |e| match e {
-        NetEvent::Connected { peer, .. } if peer == server_id => Some(()),
-        _ => None,
-    })
-    .await;
     let frame = vec![7u8; BODY];
     let one = |client: &mut Net| {
         client
@@ -294,14 +306,7 @@ pub(crate) async fn stream_rtt(rtts: usize) -> Value {
     use libp2p::StreamProtocol;
     use libp2p::futures::{AsyncReadExt, AsyncWriteExt};
     const ECHO: StreamProtocol = StreamProtocol::new("/meshchat/bench-echo/1");
-    let key = || libp2p::identity::Keypair::generate_ed25519();
-    let mut server = Net::start(key(), &tcp_loopback()).unwrap();
-    let addr = until(&mut server, |e| match e {
-        NetEvent::Listening { addr } => Some(addr),
-        _ => None,
-    })
-    .await;
-    let server_id = server.local_peer_id();
+    let (mut server, mut client, server_id) = connected_pair().await;
     let mut incoming = server.stream_control().accept(ECHO).unwrap();
     let echo = tokio::spawn(async move {
         if let Some((_, mut s)) = incoming.next().await {
@@ -322,15 +327,6 @@ pub(crate) async fn stream_rtt(rtts: usize) -> Value {
             }
         }
     });
-    let mut client = Net::start(key(), &tcp_loopback()).unwrap();
-    client
-        .dial(addr.with(libp2p::multiaddr::Protocol::P2p(server_id)))
-        .unwrap();
-    until(&mut client, |e| match e {
-        NetEvent::Connected { peer, .. } if peer == server_id => Some(()),
-        _ => None,
-    })
-    .await;
     let mut control = client.stream_control();
     let (cstop_tx, mut cstop_rx) = oneshot::channel::<()>();
     let drive_client = tokio::spawn(async move {

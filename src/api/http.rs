@@ -29,10 +29,10 @@ use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::Semaphore;
 use tracing::debug;
 
-use super::proto::{Answer, ApiError, ErrorKind, EventView, MAX_LINE, Request, hex};
+use super::proto::{Answer, ApiError, ErrorKind, MAX_LINE, Request, hex};
 use super::server::{Api, MAX_CLIENTS, WRITE_TIMEOUT};
 
 /// The token's file name in the data directory.
@@ -433,8 +433,7 @@ async fn websocket(mut stream: TcpStream, head: &Head, api: &Api) -> std::io::Re
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     );
     stream.write_all(reply.as_bytes()).await?;
-    let mut events = api.subscribe();
-    let me = api.me();
+    let mut feed = api.feed();
     let (mut r, mut w) = stream.into_split();
     let (pong_tx, mut pong_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     // The reader: answers pings, ends on close or anything unexpected.
@@ -454,14 +453,9 @@ async fn websocket(mut stream: TcpStream, head: &Head, api: &Api) -> std::io::Re
     let result = async {
         loop {
             tokio::select! {
-                e = events.recv() => {
-                    let view = match e {
-                        Ok(e) => match EventView::of(&e, &me, &|k| api.name_of(k)) {
-                            Some(v) => v,
-                            None => continue,
-                        },
-                        Err(broadcast::error::RecvError::Lagged(missed)) => EventView::Lagged { missed },
-                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                v = feed.next() => {
+                    let Some(view) = v else {
+                        return Ok(());
                     };
                     let text = serde_json::to_vec(&Answer::Event(
                         serde_json::to_value(&view).unwrap_or_default(),

@@ -9,7 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::node::{ContactInfo, NodeEvent, PresenceState};
-use crate::store::{DeliveryState, StoredMessage};
+pub(crate) use crate::store::hex;
+use crate::store::{DeliveryState, StoredMessage, unhex};
 
 /// Longest request line accepted, in bytes (a message body of 64 KiB, JSON
 /// escaped, fits).
@@ -160,27 +161,9 @@ pub enum Answer {
     Event(serde_json::Value),
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 /// 32 bytes from 64 hex digits.
 pub fn unhex32(text: &str) -> Option<[u8; 32]> {
-    let t = text.as_bytes();
-    if t.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in t.chunks_exact(2).enumerate() {
-        let s = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(s, 16).ok()?;
-    }
-    Some(out)
+    unhex(text)?.try_into().ok()
 }
 
 /// The state's name on the API.

@@ -74,6 +74,15 @@ impl Api {
         self.events.subscribe()
     }
 
+    /// The node's events from now on, as the API shows them.
+    pub(crate) fn feed(&self) -> Feed {
+        Feed {
+            api: self.clone(),
+            rx: self.subscribe(),
+            held: None,
+        }
+    }
+
     async fn refresh_names(&self) {
         if let Ok(list) = self.node.contacts().await
             && let Ok(mut names) = self.names.write()
@@ -325,6 +334,53 @@ impl Api {
     }
 }
 
+/// One client's view of the node's events (socket or WebSocket).
+pub(crate) struct Feed {
+    api: Api,
+    rx: broadcast::Receiver<NodeEvent>,
+    /// An event waiting for contact names to load; kept if the caller
+    /// gives up on [`Self::next`] meanwhile, so nothing is lost.
+    held: Option<NodeEvent>,
+}
+
+impl Feed {
+    /// The next event the API carries; `None` once the node's events
+    /// end. Cancel-safe.
+    pub(crate) async fn next(&mut self) -> Option<EventView> {
+        loop {
+            let e = match self.held.take() {
+                Some(e) => e,
+                None => match self.rx.recv().await {
+                    Ok(e) => e,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        return Some(EventView::Lagged { missed });
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            let unknown = matches!(&e, NodeEvent::Message { from, .. } if !self.api.knows(from));
+            let e = if unknown {
+                // A contact added meanwhile has a name by now.
+                self.held = Some(e);
+                self.api.refresh_names().await;
+                match self.held.take() {
+                    Some(e) => e,
+                    None => continue,
+                }
+            } else {
+                e
+            };
+            if let Some(v) = self.view(&e) {
+                return Some(v);
+            }
+        }
+    }
+
+    fn view(&self, e: &NodeEvent) -> Option<EventView> {
+        EventView::of(e, &self.api.me(), &|k| self.api.name_of(k))
+    }
+}
+
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::BadRequest, message)
 }
@@ -435,12 +491,12 @@ async fn client(api: Api, stream: UnixStream) {
             Ok(Request::Events {}) => {
                 // Subscribed before the client hears so: nothing it waits
                 // for after this answer can slip past.
-                let rx = api.subscribe();
+                let feed = api.feed();
                 if write_answer(&mut w, &Answer::Ok(serde_json::json!("subscribed")))
                     .await
                     .is_ok()
                 {
-                    stream_events(&api, rx, r, &mut w).await;
+                    stream_events(feed, r, &mut w).await;
                 }
                 return;
             }
@@ -458,30 +514,16 @@ async fn client(api: Api, stream: UnixStream) {
 /// Sends events until the client goes away: its end of the socket closes
 /// (noticed at once, not at the next event) or a write stalls.
 async fn stream_events(
-    api: &Api,
-    mut rx: broadcast::Receiver<NodeEvent>,
+    mut feed: Feed,
     mut r: impl AsyncRead + Unpin,
     w: &mut (impl AsyncWrite + Unpin),
 ) {
-    let me = api.me();
     let mut scratch = [0u8; 256];
     loop {
         let view = tokio::select! {
-            e = rx.recv() => match e {
-                Ok(e) => {
-                    if let NodeEvent::Message { from, .. } = &e
-                        && !api.knows(from)
-                    {
-                        // A contact added meanwhile has a name by now.
-                        api.refresh_names().await;
-                    }
-                    match EventView::of(&e, &me, &|k| api.name_of(k)) {
-                        Some(v) => v,
-                        None => continue,
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => EventView::Lagged { missed },
-                Err(broadcast::error::RecvError::Closed) => return,
+            v = feed.next() => match v {
+                Some(v) => v,
+                None => return,
             },
             // Anything the client sends now is ignored; its end closing
             // ends the stream.

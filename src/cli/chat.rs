@@ -31,10 +31,7 @@ enum Input {
 pub(super) fn run(args: PlainArgs) -> Result<(), CliError> {
     let dir = args.dir.resolve()?;
     let socket = dir.join(api::SOCKET);
-    let fail = |e: ClientError| match e {
-        ClientError::NoDaemon(_) => CliError::no_daemon(e.into()),
-        e => CliError::failed(e.into()),
-    };
+    let fail = super::client::from_client;
     let mut client = Client::connect(&socket).map_err(fail)?;
     let mut events = Client::connect(&socket)
         .and_then(Client::subscribe)

@@ -151,7 +151,8 @@ fn connect(dir: &DirArg) -> Result<Client, CliError> {
     Client::connect(&dir.join(api::SOCKET)).map_err(from_client)
 }
 
-fn from_client(e: ClientError) -> CliError {
+/// The exit a client error maps to (3 when no daemon runs).
+pub(super) fn from_client(e: ClientError) -> CliError {
     match e {
         ClientError::NoDaemon(_) => CliError::no_daemon(e.into()),
         e => CliError::failed(e.into()),
@@ -160,6 +161,17 @@ fn from_client(e: ClientError) -> CliError {
 
 fn call(dir: &DirArg, req: &Request) -> Result<Value, CliError> {
     connect(dir)?.call(req).map_err(from_client)
+}
+
+/// Calls the daemon; with `--json`, prints the answer for scripts and
+/// gives `None` (the caller prints nothing more).
+fn ask(dir: &DirArg, out: &OutArg, req: &Request) -> Result<Option<Value>, CliError> {
+    let v = call(dir, req)?;
+    if out.json {
+        super::print_json(&v);
+        return Ok(None);
+    }
+    Ok(Some(v))
 }
 
 fn s(v: &Value) -> &str {
@@ -177,11 +189,9 @@ fn clean(v: &Value) -> String {
 
 /// `meshchat id`.
 pub(super) fn id(args: IdArgs) -> Result<(), CliError> {
-    let v = call(&args.dir, &Request::Id {})?;
-    if args.out.json {
-        super::print_json(&v);
+    let Some(v) = ask(&args.dir, &args.out, &Request::Id {})? else {
         return Ok(());
-    }
+    };
     println!("peer id:     {}", s(&v["peer_id"]));
     println!("fingerprint: {}", s(&v["fingerprint"]));
     println!("invite code (give it to a contact: `meshchat contacts add <name> <code>`):");
@@ -241,11 +251,9 @@ pub(super) fn contacts(cmd: ContactsCmd) -> Result<(), CliError> {
             }
         }
         ContactsCmd::List { dir, out } => {
-            let v = call(&dir, &Request::Contacts {})?;
-            if out.json {
-                super::print_json(&v);
+            let Some(v) = ask(&dir, &out, &Request::Contacts {})? else {
                 return Ok(());
-            }
+            };
             let list = v.as_array().cloned().unwrap_or_default();
             if list.is_empty() {
                 println!("No contacts yet: `meshchat contacts add <name> <invite code>`.");
@@ -406,18 +414,18 @@ fn tick(state: &str) -> &'static str {
 
 /// `meshchat history`.
 pub(super) fn history(args: HistoryArgs) -> Result<(), CliError> {
-    let v = call(
+    let Some(v) = ask(
         &args.dir,
+        &args.out,
         &Request::History {
             with: args.with.clone(),
             before: args.before,
             limit: Some(usize::from(args.limit)),
         },
-    )?;
-    if args.out.json {
-        super::print_json(&v);
+    )?
+    else {
         return Ok(());
-    }
+    };
     let messages = v["messages"].as_array().cloned().unwrap_or_default();
     if messages.is_empty() {
         println!("No messages with {}.", args.with);
@@ -443,11 +451,9 @@ pub(super) fn history(args: HistoryArgs) -> Result<(), CliError> {
 
 /// `meshchat chats`.
 pub(super) fn chats(args: PlainArgs) -> Result<(), CliError> {
-    let v = call(&args.dir, &Request::Chats {})?;
-    if args.out.json {
-        super::print_json(&v);
+    let Some(v) = ask(&args.dir, &args.out, &Request::Chats {})? else {
         return Ok(());
-    }
+    };
     let list = v.as_array().cloned().unwrap_or_default();
     if list.is_empty() {
         println!("No conversations yet.");
@@ -519,11 +525,9 @@ pub(super) fn export(args: ExportArgs) -> Result<(), CliError> {
 
 /// `meshchat status`.
 pub(super) fn status(args: PlainArgs) -> Result<(), CliError> {
-    let v = call(&args.dir, &Request::Status {})?;
-    if args.out.json {
-        super::print_json(&v);
+    let Some(v) = ask(&args.dir, &args.out, &Request::Status {})? else {
         return Ok(());
-    }
+    };
     println!("peer id:   {}", s(&v["peer_id"]));
     println!(
         "presence:  {}{}",

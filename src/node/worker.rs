@@ -281,6 +281,15 @@ struct Relays {
 
 /// A relay named in a bundle or config: its peer id and address (without
 /// the `/p2p` suffix; empty if it was only a peer id).
+/// An engine call on a contact that answers whether there was one.
+fn found(r: Result<bool, EngineError>) -> Result<(), NodeError> {
+    match r {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(NodeError::UnknownContact),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Writes a new file at `path` (owner-only) with `fill`: to a temporary
 /// name first, synced, then renamed, so the name never shows a partial
 /// file. An existing `path` is refused.
@@ -589,17 +598,13 @@ impl Worker {
                 round.reply(reply, r);
             }
             Job::RemoveContact { key, reply } => {
-                let r = match self.engine.remove_contact(&key) {
-                    Ok(true) => {
-                        if let Some(peer) = self.peer_of.remove(&key) {
-                            self.peers.remove(&peer);
-                            round.outs.push(Out::Forget { key, peer });
-                        }
-                        Ok(())
-                    }
-                    Ok(false) => Err(NodeError::UnknownContact),
-                    Err(e) => Err(e.into()),
-                };
+                let r = found(self.engine.remove_contact(&key));
+                if r.is_ok()
+                    && let Some(peer) = self.peer_of.remove(&key)
+                {
+                    self.peers.remove(&peer);
+                    round.outs.push(Out::Forget { key, peer });
+                }
                 round.reply(reply, r);
             }
             Job::VerifyContact {
@@ -607,12 +612,7 @@ impl Worker {
                 verified,
                 reply,
             } => {
-                let r = match self.engine.set_verified(&key, verified) {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(NodeError::UnknownContact),
-                    Err(e) => Err(e.into()),
-                };
-                round.reply(reply, r);
+                round.reply(reply, found(self.engine.set_verified(&key, verified)));
             }
             Job::Direct {
                 peer,

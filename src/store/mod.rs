@@ -50,6 +50,7 @@ use rand::rngs::{StdRng, SysRng};
 use crate::crypto::DataKey;
 use codec::{Sealer, TreeSpec};
 
+pub(crate) use codec::{hex, unhex};
 pub use conversations::{Conversation, Summary};
 pub use error::Error;
 pub use handle::{Clock, PurgeTask, StoreHandle};
