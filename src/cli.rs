@@ -394,12 +394,9 @@ fn open_keystore(dir: &std::path::Path, passphrase: &[u8]) -> Result<crate::cryp
     }
     let (ks, key) = Keystore::create(passphrase, KdfParams::DEFAULT, &mut rand::rng())
         .context("creating the keystore")?;
-    let tmp = dir.join("keystore.tmp");
-    std::fs::write(&tmp, ks.to_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("syncing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    let bytes = ks.to_bytes();
+    crate::store::write_private(&path, |w| std::io::Write::write_all(w, &bytes))
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(key)
 }
 

@@ -64,18 +64,7 @@ pub fn token(dir: &Path) -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     rand::Rng::fill_bytes(&mut rand::rng(), &mut bytes);
     let t = hex(&bytes);
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = dir.join(format!("{TOKEN_FILE}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(t.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    crate::store::write_private(&path, |w| std::io::Write::write_all(w, t.as_bytes()))?;
     Ok(t)
 }
 

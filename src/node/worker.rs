@@ -290,48 +290,20 @@ fn found(r: Result<bool, EngineError>) -> Result<(), NodeError> {
     }
 }
 
-/// Writes a new file at `path` (owner-only) with `fill`: to a temporary
-/// name first, synced, then renamed, so the name never shows a partial
-/// file. An existing `path` is refused.
+/// Writes a new file at `path` (owner-only) with `fill`, whole or not at
+/// all ([`crate::store::write_private`]). An existing `path` is refused.
 fn write_new(
     path: &std::path::Path,
     fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<u64, crate::store::Error>,
 ) -> Result<u64, NodeError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |what: &str, e: std::io::Error| {
-        NodeError::Export(format!("{what} {}: {e}", path.display()))
-    };
     if path.exists() {
         return Err(NodeError::Export(format!(
             "{} exists already; nothing written",
             path.display()
         )));
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".part");
-    let tmp = std::path::PathBuf::from(tmp);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io("creating", e))?;
-    let mut out = std::io::BufWriter::new(file);
-    let written = fill(&mut out).and_then(|n| {
-        use std::io::Write;
-        out.flush()
-            .map_err(|e| crate::store::Error::Backup(e.to_string()))?;
-        Ok(n)
-    });
-    let done = written.map_err(NodeError::from).and_then(|n| {
-        out.get_ref().sync_all().map_err(|e| io("syncing", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io("naming", e))?;
-        Ok(n)
-    });
-    if done.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    done
+    crate::store::write_private(path, |out| fill(out).map_err(std::io::Error::other))
+        .map_err(|e| NodeError::Export(format!("{}: {e}", path.display())))
 }
 
 pub(crate) fn parse_relay(addr: &Multiaddr) -> Option<(PeerId, Vec<Multiaddr>)> {

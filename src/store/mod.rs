@@ -50,6 +50,37 @@ use rand::rngs::{StdRng, SysRng};
 use crate::crypto::DataKey;
 use codec::{Sealer, TreeSpec};
 
+/// Writes `path` whole or not at all, owner-only: `fill` writes into
+/// `<path>.part`, which is flushed, synced and then renamed to `path`
+/// (replacing it). On failure the part file is removed.
+pub(crate) fn write_private<T>(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&part)?;
+    let mut out = std::io::BufWriter::new(file);
+    let done = fill(&mut out).and_then(|t| {
+        out.flush()?;
+        out.get_ref().sync_all()?;
+        std::fs::rename(&part, path)?;
+        Ok(t)
+    });
+    if done.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    done
+}
+
 pub(crate) use codec::{hex, unhex};
 pub use conversations::{Conversation, Summary};
 pub use error::Error;
