@@ -115,6 +115,7 @@ pub async fn run_client(
     let open: Arc<Mutex<HashSet<u64>>> = Arc::default();
     let writer = {
         let open = open.clone();
+        let requests = &mut requests;
         async move {
             let mut buf = Vec::new();
             while let Some((id, request)) = requests.recv().await {
@@ -154,23 +155,34 @@ pub async fn run_client(
             }
         }
     };
-    tokio::pin!(writer, reader);
-    let mut writing = true;
-    let failure = loop {
-        tokio::select! {
-            w = &mut writer, if writing => match w {
-                Ok(()) => writing = false,
-                Err(e) => break Some(e.to_string()),
-            },
-            r = &mut reader => match r {
-                Ok(()) if !writing && lock(&open).is_empty() => break None,
-                Ok(()) => break Some("the relay closed the stream".to_owned()),
-                Err(e) => break Some(e.to_string()),
-            },
+    let failure = {
+        tokio::pin!(writer, reader);
+        let mut writing = true;
+        loop {
+            tokio::select! {
+                w = &mut writer, if writing => match w {
+                    Ok(()) => writing = false,
+                    Err(e) => break Some(e.to_string()),
+                },
+                r = &mut reader => match r {
+                    Ok(()) if !writing && lock(&open).is_empty() => break None,
+                    Ok(()) => break Some("the relay closed the stream".to_owned()),
+                    Err(e) => break Some(e.to_string()),
+                },
+            }
         }
     };
     let why = failure.unwrap_or_else(|| "the stream closed".to_owned());
-    for id in lock(&open).drain() {
+    // Requests written and unanswered, then those never written: each
+    // gets the error, so the caller forgets none of them.
+    requests.close();
+    let unwritten = std::iter::from_fn(|| requests.try_recv().ok().map(|(id, _)| id));
+    for id in lock(&open)
+        .drain()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .chain(unwritten)
+    {
         let _ = answers.send((id, Err(why.clone())));
     }
 }
