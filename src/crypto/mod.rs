@@ -113,6 +113,12 @@ pub mod labels {
     pub const CONVERSATION: &[u8] = b"meshchat/1/conversation";
     /// Signature context: a mailbox owner's request to a relay (fetch, ack).
     pub const SIG_MAILBOX_REQUEST: &[u8] = b"meshchat/1/sig/mailbox-request";
+    /// Signature context: a change to a group's membership.
+    pub const SIG_GROUP_OP: &[u8] = b"meshchat/1/sig/group-op";
+    /// A group's id: SHA-256 of this ‖ its signed creation.
+    pub const GROUP_ID: &[u8] = b"meshchat/1/group-id";
+    /// A group's gossip topic id: SHA-256 of this ‖ the group id.
+    pub const GROUP_TOPIC: &[u8] = b"meshchat/1/group-topic";
     /// Signature context: a relay's custody receipt for deposited envelopes.
     pub const SIG_CUSTODY: &[u8] = b"meshchat/1/sig/custody";
 }

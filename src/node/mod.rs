@@ -21,6 +21,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod groups;
 pub mod handle;
 mod links;
 pub mod net;
