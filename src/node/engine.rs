@@ -13,6 +13,10 @@ use std::sync::Arc;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+mod group_chat;
+
+pub use group_chat::{GROUP_FALLBACK, GroupChange, GroupEffects, GroupInfo};
+
 use super::proto::{Chat, Frame, MsgRef, Payload, ReceiptKind, conversation_id};
 use super::retry::{self, Meta, Schedule};
 use super::sessions::Sessions;
@@ -63,6 +67,12 @@ pub enum EngineError {
         /// The limit.
         max: usize,
     },
+    /// No group with that id on this device.
+    #[error("no group with that id")]
+    UnknownGroup,
+    /// A group change or message that cannot be made, and why.
+    #[error("{0}")]
+    Group(String),
 }
 
 /// Something the user should hear about.
@@ -82,6 +92,25 @@ pub enum Event {
     Expired {
         /// The message.
         message: MessageRef,
+    },
+    /// A member's receipt for one of our group messages: how many of the
+    /// other members (as they were when it was sent) have it and have
+    /// read it.
+    GroupReceipt {
+        /// The message.
+        message: MessageRef,
+        /// Members whose devices stored it.
+        delivered: u32,
+        /// Members who read it.
+        read: u32,
+        /// Members it went to.
+        members: u32,
+    },
+    /// A group's members, name or retention changed (or this device
+    /// joined or left it).
+    GroupChanged {
+        /// The group.
+        group: [u8; 32],
     },
 }
 
@@ -116,6 +145,8 @@ pub struct Handled {
     pub events: Vec<Event>,
     /// Frames to send back to the same device (receipts).
     pub replies: Vec<Vec<u8>>,
+    /// What group payloads among the frames ask for.
+    pub group: GroupEffects,
 }
 
 /// The chat logic of one device.
@@ -133,6 +164,8 @@ pub struct Engine {
     ttl: u64,
     /// Our relays, as listed in our bundles (`/…/p2p/<relay>`).
     relays: Vec<String>,
+    /// Groups, their logs and sender keys.
+    groups: group_chat::Groups,
 }
 
 impl Engine {
@@ -207,7 +240,7 @@ impl Engine {
                 },
             );
         }
-        Ok(Self {
+        let mut engine = Self {
             store,
             me,
             mailbox,
@@ -219,7 +252,10 @@ impl Engine {
             rng,
             ttl: MESSAGE_TTL,
             relays: Vec::new(),
-        })
+            groups: group_chat::Groups::default(),
+        };
+        engine.load_groups()?;
+        Ok(engine)
     }
 
     /// The store.
@@ -591,6 +627,8 @@ impl Engine {
         for &pos in positions {
             match self.schedule.get(pos) {
                 Some(m) if m.is_chat() => refs.push((self.outgoing_ref(m), DeliveryState::Sent)),
+                // Group payloads wait for their acknowledgement.
+                Some(m) if self.is_group(&m.conv_id) => {}
                 Some(_) => {
                     self.schedule.remove(pos);
                     self.store.outbox().ack(pos)?;
@@ -625,15 +663,27 @@ impl Engine {
     /// they are delivered and leave the outbox.
     pub fn delivered_direct(&mut self, positions: &[u64]) -> Result<Vec<Event>, EngineError> {
         let mut refs = Vec::with_capacity(positions.len());
+        let mut group = Vec::new();
         for &pos in positions {
             if let Some(m) = self.schedule.remove(pos) {
                 self.store.outbox().ack(pos)?;
                 if m.is_chat() {
                     refs.push((self.outgoing_ref(&m), DeliveryState::Delivered));
+                } else if m.lamport != 0 && self.is_group(&m.conv_id) {
+                    // A group message a member took 1:1.
+                    group.extend(self.count_receipt(
+                        &m.conv_id,
+                        m.lamport,
+                        &m.msg_id,
+                        &m.recipient,
+                        ReceiptKind::Delivered,
+                    )?);
                 }
             }
         }
-        self.set_states(&refs)
+        let mut events = self.set_states(&refs)?;
+        events.extend(group);
+        Ok(events)
     }
 
     /// A direct attempt failed (no connection, timeout, refused): retry
@@ -916,6 +966,44 @@ impl Engine {
                 }
                 Payload::Resend { from: first } => {
                     self.schedule.due_again(from, &conv, first, now);
+                }
+                Payload::GroupOps { id, ops } => match self.on_group_ops(&ops, now) {
+                    Ok(fx) => {
+                        out.group.extend(fx);
+                        delivered.push((0, id));
+                    }
+                    Err(EngineError::Crypto(_) | EngineError::Group(_)) => {
+                        out.accepted.push(false);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+                Payload::SenderKey { id, distribution } => {
+                    match self.on_sender_key(from, &distribution, now) {
+                        Ok(fx) => {
+                            out.group.extend(fx);
+                            delivered.push((0, id));
+                        }
+                        Err(EngineError::Crypto(_)) => {
+                            out.accepted.push(false);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Payload::Group { message } => {
+                    let (taken, fx) = self.group_messages(&[(message, Some(*from))], now)?;
+                    out.group.extend(fx);
+                    out.accepted.push(taken.first().copied().unwrap_or(false));
+                    continue;
+                }
+                Payload::GroupReceipts {
+                    group,
+                    kind,
+                    messages,
+                } => {
+                    let events = self.on_group_receipts(from, &group, kind, &messages)?;
+                    out.events.extend(events);
                 }
             }
             out.accepted.push(true);

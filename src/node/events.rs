@@ -82,6 +82,24 @@ pub enum NodeEvent {
         /// One-time prekeys it has left to hand out.
         one_time: u32,
     },
+    /// A member's receipt for one of our group messages: how many of the
+    /// members it went to have it, and have read it.
+    GroupReceipt {
+        /// The message.
+        message: MessageRef,
+        /// Members whose devices stored it.
+        delivered: u32,
+        /// Members who read it.
+        read: u32,
+        /// Members it went to (the others, when it was sent).
+        members: u32,
+    },
+    /// A group's members, name or retention changed, or this device
+    /// joined or left it.
+    GroupChanged {
+        /// The group (its id, also its conversation id).
+        group: [u8; 32],
+    },
     /// A contact's relay served its prekey bundle; the session we start
     /// with it will use that (and its one-time prekey, if it came with
     /// one).

@@ -143,6 +143,40 @@ pub enum Payload {
         /// The first missing sequence number.
         from: u64,
     },
+    /// Operations of a group's membership log
+    /// ([`super::groups::Op`] encodings), for a member or a new member.
+    GroupOps {
+        /// Its id in the sender's outbox (acknowledged like a message's).
+        id: [u8; 16],
+        /// The operations.
+        ops: Vec<serde_bytes::ByteBuf>,
+    },
+    /// The author's sender key for a group
+    /// ([`crate::crypto::SenderKeyDistribution`]): only ever inside a 1:1
+    /// session.
+    SenderKey {
+        /// Its id in the sender's outbox (acknowledged like a message's).
+        id: [u8; 16],
+        /// The encoded distribution.
+        #[serde(with = "serde_bytes")]
+        distribution: Vec<u8>,
+    },
+    /// A group message ([`crate::crypto::SenderKeyMessage`]) sent 1:1: to a
+    /// member that did not acknowledge it from the group's topic in time.
+    Group {
+        /// The encoded group message.
+        #[serde(with = "serde_bytes")]
+        message: Vec<u8>,
+    },
+    /// Receipts for group messages the recipient of this payload wrote.
+    GroupReceipts {
+        /// The group.
+        group: [u8; 32],
+        /// Delivered or read.
+        kind: ReceiptKind,
+        /// The messages (Lamport clock and id).
+        messages: Vec<(u64, [u8; 16])>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -166,7 +200,9 @@ impl Payload {
                 len: c.body.len(),
                 max: MAX_BODY,
             }),
-            Payload::Receipts { messages, .. } if messages.len() > MAX_RECEIPTS => {
+            Payload::Receipts { messages, .. } | Payload::GroupReceipts { messages, .. }
+                if messages.len() > MAX_RECEIPTS =>
+            {
                 Err(crypto::Error::TooLarge {
                     what: "receipts",
                     len: messages.len(),

@@ -1142,6 +1142,18 @@ impl Worker {
                 },
                 Event::Receipt { message, state } => NodeEvent::Receipt { message, state },
                 Event::Expired { message } => NodeEvent::Expired { message },
+                Event::GroupReceipt {
+                    message,
+                    delivered,
+                    read,
+                    members,
+                } => NodeEvent::GroupReceipt {
+                    message,
+                    delivered,
+                    read,
+                    members,
+                },
+                Event::GroupChanged { group } => NodeEvent::GroupChanged { group },
             });
         }
     }

@@ -1,0 +1,1400 @@
+//! Group chat in the engine: membership logs, sender keys, group messages
+//! and their receipts.
+//!
+//! - A group's membership is its operation log ([`super::super::groups`]),
+//!   kept one record per operation. Operations and sender keys travel as
+//!   queued 1:1 payloads (retried, through relays if need be), so they
+//!   arrive even at members who are away.
+//! - A group message is encrypted once with the author's sender key and
+//!   published on the group's topic. For each other member the outbox also
+//!   keeps it, due only after [`GROUP_FALLBACK`]: a member's delivered
+//!   receipt removes its entry; a member that did not answer in time gets
+//!   the same message 1:1, by the ladder (direct, mesh, relays).
+//! - Receipts from members are counted per message (a [`Tally`]): the
+//!   author sees "delivered to N of M", "read by N of M"; the message is
+//!   `delivered` (or `read`) once every member at sending time is.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Due, Engine, EngineError, Event};
+use crate::crypto::{
+    self, SenderKey, SenderKeyDistribution, SenderKeyMessage, SenderKeyReceiver, wire,
+};
+use crate::node::groups::{self, Change, Log, MemberCard, Op, Role, View};
+use crate::node::proto::{Chat, MAX_BODY, MAX_PAYLOAD, Payload, ReceiptKind};
+use crate::node::retry::{self, Meta};
+use crate::node::state::Queued;
+use crate::store::{Appended, DeliveryState, Direction, Kind, MessageRef, StoredMessage};
+
+/// How long a member has to acknowledge a group message from the topic
+/// before it is sent to that member 1:1 (seconds).
+pub const GROUP_FALLBACK: u64 = 3;
+/// A sender key is replaced after this long (seconds)...
+pub(crate) const ROTATE_AFTER: u64 = 7 * 24 * 3600;
+/// ...or after this many messages.
+pub(crate) const ROTATE_EVERY: u32 = 10_000;
+/// Group messages held per group while their sender key has not arrived.
+const MAX_PENDING: usize = 256;
+/// Sender keys held while the group or its member is not known yet.
+const MAX_EARLY_KEYS: usize = 64;
+/// Sender keys kept per member (the current one and the one before, for
+/// messages still on their way).
+const KEYS_PER_MEMBER: usize = 2;
+const OWN_KEY: &[u8] = b"own";
+const TALLY_PREFIX: &[u8] = b"tally:";
+const TALLY_VERSION: u8 = 1;
+
+/// A message as a receipt names it: Lamport clock and id.
+type Acked = (u64, [u8; 16]);
+
+/// A change a user asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupChange {
+    /// Add a contact as a member.
+    Add {
+        /// The contact.
+        contact: [u8; 32],
+        /// Admin or member.
+        role: Role,
+    },
+    /// Remove a member.
+    Remove {
+        /// Its identity key.
+        member: [u8; 32],
+    },
+    /// Leave the group.
+    Leave,
+    /// Rename it.
+    Rename {
+        /// The new name.
+        name: String,
+    },
+    /// Make messages sent from now on disappear after `secs` (None: keep).
+    Retention {
+        /// Seconds.
+        secs: Option<u64>,
+    },
+}
+
+/// A group as the user sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// Its id (also its conversation id).
+    pub id: [u8; 32],
+    /// Its name.
+    pub name: String,
+    /// Members: identity key, name, role.
+    pub members: Vec<([u8; 32], String, Role)>,
+    /// Retention of new messages (seconds).
+    pub retention: Option<u64>,
+    /// Whether this device is a member (false after leaving or removal).
+    pub joined: bool,
+}
+
+/// What a group operation or message asks the node to do next.
+#[derive(Debug, Default)]
+pub struct GroupEffects {
+    /// Queued 1:1 frames to send now.
+    pub due: Vec<Due>,
+    /// Unqueued 1:1 frames (receipts): contact and frame.
+    pub replies: Vec<([u8; 32], Vec<u8>)>,
+    /// Group messages to publish: topic id and bytes.
+    pub publish: Vec<([u8; 32], Vec<u8>)>,
+    /// Topics to join.
+    pub subscribe: Vec<[u8; 32]>,
+    /// Topics to leave.
+    pub unsubscribe: Vec<[u8; 32]>,
+    /// Members who became contacts (the node learns how to reach them).
+    pub new_contacts: Vec<[u8; 32]>,
+    /// For the user.
+    pub events: Vec<Event>,
+}
+
+impl GroupEffects {
+    pub(crate) fn extend(&mut self, other: Self) {
+        self.due.extend(other.due);
+        self.replies.extend(other.replies);
+        self.publish.extend(other.publish);
+        self.subscribe.extend(other.subscribe);
+        self.unsubscribe.extend(other.unsubscribe);
+        self.new_contacts.extend(other.new_contacts);
+        self.events.extend(other.events);
+    }
+}
+
+/// One group on this device.
+pub(crate) struct GroupSlot {
+    log: Log,
+    own: Option<SenderKey>,
+    /// Per member, its sender keys (newest last).
+    receivers: HashMap<[u8; 32], Vec<SenderKeyReceiver>>,
+    /// Messages whose sender key has not arrived: bytes and the contact
+    /// that sent them 1:1 (None: from the topic).
+    pending: VecDeque<Vec<u8>>,
+}
+
+impl GroupSlot {
+    fn new(group: [u8; 32]) -> Self {
+        Self {
+            log: Log::new(group),
+            own: None,
+            receivers: HashMap::new(),
+            pending: VecDeque::new(),
+        }
+    }
+}
+
+/// The groups of a device.
+#[derive(Default)]
+pub(crate) struct Groups {
+    slots: HashMap<[u8; 32], GroupSlot>,
+    /// Sender keys that came before their group or member did.
+    early: VecDeque<([u8; 32], Vec<u8>)>,
+}
+
+/// Who has a group message of ours.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Tally {
+    version: u8,
+    group: [u8; 32],
+    lamport: u64,
+    /// The other members when it was sent.
+    members: Vec<[u8; 32]>,
+    delivered: Vec<bool>,
+    read: Vec<bool>,
+}
+
+impl Tally {
+    const MAX: usize = 64 + groups::MAX_MEMBERS * 40;
+
+    fn counts(&self) -> (u32, u32) {
+        let n = |v: &[bool]| u32::try_from(v.iter().filter(|b| **b).count()).unwrap_or(u32::MAX);
+        (n(&self.delivered), n(&self.read))
+    }
+}
+
+fn sender_key_record(group: &[u8; 32], member: &[u8], key_id: Option<u32>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(72);
+    k.extend_from_slice(group);
+    k.extend_from_slice(member);
+    match key_id {
+        Some(id) => k.extend_from_slice(&id.to_be_bytes()),
+        None => k.extend_from_slice(OWN_KEY),
+    }
+    k
+}
+
+fn op_record(group: &[u8; 32], op: &[u8; 32]) -> Vec<u8> {
+    [group.as_slice(), op.as_slice()].concat()
+}
+
+fn refused(what: &str) -> EngineError {
+    EngineError::Group(what.to_owned())
+}
+
+/// Splits encoded operations into batches that fit a payload.
+fn op_batches(ops: Vec<Vec<u8>>) -> Vec<Vec<serde_bytes::ByteBuf>> {
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    let mut size = 0;
+    for op in ops {
+        if !batch.is_empty() && size + op.len() + 8 > MAX_PAYLOAD - 256 {
+            out.push(std::mem::take(&mut batch));
+            size = 0;
+        }
+        size += op.len() + 8;
+        batch.push(serde_bytes::ByteBuf::from(op));
+    }
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out
+}
+
+impl Engine {
+    /// Loads groups and sender keys from the store.
+    pub(super) fn load_groups(&mut self) -> Result<(), EngineError> {
+        for (key, bytes) in self.store.records(Kind::Groups)?.scan(b"")? {
+            if key.len() != 64 {
+                continue;
+            }
+            let Ok(op) = Op::from_bytes(&bytes) else {
+                continue;
+            };
+            let slot = self
+                .groups
+                .slots
+                .entry(op.group)
+                .or_insert_with(|| GroupSlot::new(op.group));
+            // A full log on disk keeps what it has.
+            let _ = slot.log.insert([op]);
+        }
+        let me = self.me.public().signing;
+        for (key, bytes) in self.store.records(Kind::SenderKeys)?.scan(b"")? {
+            let Ok(group) = <[u8; 32]>::try_from(&key[..key.len().min(32)]) else {
+                continue;
+            };
+            let Some(slot) = self.groups.slots.get_mut(&group) else {
+                continue;
+            };
+            if key.len() == 64 + OWN_KEY.len() && key[32..64] == me && key.ends_with(OWN_KEY) {
+                slot.own = Some(SenderKey::from_bytes(&bytes)?);
+            } else if key.len() == 68
+                && let Ok(member) = <[u8; 32]>::try_from(&key[32..64])
+            {
+                let r = SenderKeyReceiver::from_bytes(&bytes)?;
+                slot.receivers.entry(member).or_default().push(r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every group this device knows, joined or not.
+    pub fn groups(&self) -> Vec<GroupInfo> {
+        let me = self.me.public().signing;
+        let mut out: Vec<GroupInfo> = self
+            .groups
+            .slots
+            .iter()
+            .map(|(id, slot)| {
+                let v = slot.log.view();
+                GroupInfo {
+                    id: *id,
+                    name: v.name.clone(),
+                    members: v
+                        .members
+                        .iter()
+                        .map(|m| (m.key, m.card.name.clone(), m.role))
+                        .collect(),
+                    retention: v.retention,
+                    joined: v.is_member(&me),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    /// The topic ids of the groups this device is in.
+    pub fn group_topics(&self) -> Vec<[u8; 32]> {
+        let me = self.me.public().signing;
+        self.groups
+            .slots
+            .iter()
+            .filter(|(_, s)| s.log.view().is_member(&me))
+            .map(|(g, _)| groups::topic_id(g))
+            .collect()
+    }
+
+    /// The group whose topic id is `topic`, if this device is in it.
+    pub fn group_of_topic(&self, topic: &[u8; 32]) -> Option<[u8; 32]> {
+        self.groups
+            .slots
+            .keys()
+            .find(|g| &groups::topic_id(g) == topic)
+            .copied()
+    }
+
+    fn view(&self, group: &[u8; 32]) -> Result<&View, EngineError> {
+        self.groups
+            .slots
+            .get(group)
+            .map(|s| s.log.view())
+            .ok_or(EngineError::UnknownGroup)
+    }
+
+    fn my_card(&self, addrs: Vec<String>, name: &str, now: u64) -> Result<MemberCard, EngineError> {
+        Ok(MemberCard {
+            invite: self.invite(addrs, now)?,
+            name: name.to_owned(),
+        })
+    }
+
+    fn contact_card(&self, key: &[u8; 32]) -> Result<MemberCard, EngineError> {
+        let c = self.contacts.get(key).ok_or(EngineError::UnknownContact)?;
+        Ok(MemberCard {
+            invite: crate::node::state::Invite::new(c.bundle.clone(), c.addrs.clone()),
+            name: c.name.clone(),
+        })
+    }
+
+    /// Creates a group named `name` with the contacts `members`; this
+    /// device is its first admin and goes by `me_name` in it.
+    pub fn create_group(
+        &mut self,
+        name: &str,
+        me_name: &str,
+        members: &[[u8; 32]],
+        retention: Option<u64>,
+        addrs: Vec<String>,
+        now: u64,
+    ) -> Result<([u8; 32], GroupEffects), EngineError> {
+        if members.len() + 1 > groups::MAX_MEMBERS {
+            return Err(refused("more members than a group holds"));
+        }
+        let mut nonce = [0u8; 16];
+        rand::Rng::fill_bytes(&mut self.rng, &mut nonce);
+        let birth = Op::new(
+            &self.me,
+            [0; 32],
+            1,
+            Change::Create {
+                name: name.to_owned(),
+                nonce,
+                card: self.my_card(addrs, me_name, now)?,
+                retention,
+            },
+        );
+        // Checked as any receiver will check it (name, retention).
+        let birth = Op::from_bytes(&birth.bytes).map_err(|e| refused(&e.to_string()))?;
+        let group = birth.group;
+        let mut ops = vec![birth];
+        let mut seen = HashSet::new();
+        for (i, key) in members.iter().enumerate() {
+            if key == &self.me.public().signing || !seen.insert(*key) {
+                continue;
+            }
+            ops.push(Op::new(
+                &self.me,
+                group,
+                2 + i as u64,
+                Change::Add {
+                    card: self.contact_card(key)?,
+                    role: Role::Member,
+                },
+            ));
+        }
+        self.groups.slots.insert(group, GroupSlot::new(group));
+        let effects = self.apply_ops(group, ops, true, now)?;
+        Ok((group, effects))
+    }
+
+    /// Makes a change to a group this device is in.
+    pub fn change_group(
+        &mut self,
+        group: &[u8; 32],
+        change: GroupChange,
+        now: u64,
+    ) -> Result<GroupEffects, EngineError> {
+        let me = self.me.public().signing;
+        let view = self.view(group)?;
+        let member = view
+            .member(&me)
+            .ok_or(refused("not a member of this group"))?;
+        let admin = member.role == Role::Admin;
+        let change = match change {
+            GroupChange::Leave => Change::Leave,
+            _ if !admin => return Err(refused("only an admin can do that")),
+            GroupChange::Add { contact, role } => {
+                if view.is_member(&contact) {
+                    return Err(refused("already a member"));
+                }
+                if view.members.len() >= groups::MAX_MEMBERS {
+                    return Err(refused("the group is full"));
+                }
+                Change::Add {
+                    card: self.contact_card(&contact)?,
+                    role,
+                }
+            }
+            GroupChange::Remove { member } => {
+                if !view.is_member(&member) {
+                    return Err(refused("not a member of this group"));
+                }
+                Change::Remove { member }
+            }
+            GroupChange::Rename { name } => Change::Rename { name },
+            GroupChange::Retention { secs } => Change::Retention { secs },
+        };
+        let lamport = self
+            .groups
+            .slots
+            .get(group)
+            .map_or(1, |s| s.log.next_lamport());
+        let op = Op::new(&self.me, *group, lamport, change);
+        let op = Op::from_bytes(&op.bytes).map_err(|e| refused(&e.to_string()))?;
+        self.apply_ops(*group, vec![op], true, now)
+    }
+
+    /// Takes operations into a group's log (ours, or received) and does
+    /// what the change means for this device: join the topic, hand out
+    /// sender keys, rotate ours after a removal, leave the topic.
+    fn apply_ops(
+        &mut self,
+        group: [u8; 32],
+        ops: Vec<Op>,
+        ours: bool,
+        now: u64,
+    ) -> Result<GroupEffects, EngineError> {
+        let me = self.me.public().signing;
+        let mut fx = GroupEffects::default();
+        let slot = self
+            .groups
+            .slots
+            .get_mut(&group)
+            .ok_or(EngineError::UnknownGroup)?;
+        let before = slot.log.view().clone();
+        let fresh: Vec<Op> = ops.into_iter().filter(|o| !slot.log.has(&o.id)).collect();
+        if fresh.is_empty() {
+            return Ok(fx);
+        }
+        slot.log
+            .insert(fresh.clone())
+            .map_err(|e| refused(&e.to_string()))?;
+        let after = slot.log.view().clone();
+        let records = self.store.records(Kind::Groups)?;
+        for op in &fresh {
+            records.put(&op_record(&group, &op.id), &op.bytes)?;
+        }
+        let was_in = before.is_member(&me);
+        let is_in = after.is_member(&me);
+        let topic = groups::topic_id(&group);
+        // Members this device has no contact for become contacts, so
+        // sessions can be set up with them.
+        for m in &after.members {
+            if m.key != me && !self.contacts.contains_key(&m.key) {
+                self.add_contact(&m.card.invite, &m.card.name)?;
+                fx.new_contacts.push(m.key);
+            }
+        }
+        let joined: Vec<[u8; 32]> = after
+            .members
+            .iter()
+            .filter(|m| m.key != me && !before.is_member(&m.key))
+            .map(|m| m.key)
+            .collect();
+        let left: Vec<[u8; 32]> = before
+            .members
+            .iter()
+            .filter(|m| m.key != me && !after.is_member(&m.key))
+            .map(|m| m.key)
+            .collect();
+        // Who hears about the new operations: ours go to everyone in the
+        // group before or after them.
+        if ours {
+            let bytes: Vec<Vec<u8>> = fresh.iter().map(|o| o.bytes.clone()).collect();
+            let mut to: Vec<[u8; 32]> = before
+                .members
+                .iter()
+                .chain(after.members.iter())
+                .map(|m| m.key)
+                .filter(|k| k != &me && !joined.contains(k))
+                .collect();
+            to.sort_unstable();
+            to.dedup();
+            for k in to {
+                fx.due
+                    .extend(self.queue_ops(&k, &group, bytes.clone(), now)?);
+            }
+        }
+        // A new member hears every operation from its author (so it learns
+        // the group), and from every other member that member's own (so it
+        // hears what another admin did meanwhile).
+        if is_in && !joined.is_empty() {
+            let slot = self
+                .groups
+                .slots
+                .get(&group)
+                .ok_or(EngineError::UnknownGroup)?;
+            let all: Vec<Vec<u8>> = slot.log.ops().map(|o| o.bytes.clone()).collect();
+            let mine: Vec<Vec<u8>> = slot
+                .log
+                .ops()
+                .filter(|o| o.author == me)
+                .map(|o| o.bytes.clone())
+                .collect();
+            for k in &joined {
+                let send = if ours { all.clone() } else { mine.clone() };
+                fx.due.extend(self.queue_ops(k, &group, send, now)?);
+            }
+        }
+        if is_in && !was_in {
+            fx.subscribe.push(topic);
+        }
+        if was_in && !is_in {
+            fx.unsubscribe.push(topic);
+            if let Some(slot) = self.groups.slots.get_mut(&group) {
+                slot.own = None;
+                slot.receivers.clear();
+            }
+            let keys = self.store.records(Kind::SenderKeys)?;
+            for (k, _) in keys.scan(&group)? {
+                keys.remove(&k)?;
+            }
+        }
+        if is_in {
+            for k in &left {
+                if let Some(slot) = self.groups.slots.get_mut(&group) {
+                    slot.receivers.remove(k);
+                }
+                let keys = self.store.records(Kind::SenderKeys)?;
+                for (rk, _) in keys.scan(&[group.as_slice(), k.as_slice()].concat())? {
+                    keys.remove(&rk)?;
+                }
+            }
+            let rotate = !left.is_empty()
+                || self
+                    .groups
+                    .slots
+                    .get(&group)
+                    .is_some_and(|s| s.own.is_none());
+            if rotate {
+                // A removed member's copy of our key reads nothing we
+                // send from now on; the others get the new one.
+                fx.due.extend(self.new_sender_key(&group, now)?);
+            } else {
+                // New members get our current key.
+                for k in &joined {
+                    fx.due.push(self.queue_own_key(k, &group, now)?);
+                }
+            }
+            // Keys that came before this member was known.
+            fx.extend(self.retry_early_keys(now)?);
+        }
+        fx.events.push(Event::GroupChanged { group });
+        Ok(fx)
+    }
+
+    /// Queues our sender key for `group` to the member `to`.
+    fn queue_own_key(
+        &mut self,
+        to: &[u8; 32],
+        group: &[u8; 32],
+        now: u64,
+    ) -> Result<Due, EngineError> {
+        let distribution = self
+            .groups
+            .slots
+            .get(group)
+            .and_then(|s| s.own.as_ref())
+            .ok_or(refused("no sender key"))?
+            .distribution()
+            .to_bytes()
+            .to_vec();
+        self.queue(to, group, now, |id| Payload::SenderKey { id, distribution })
+    }
+
+    /// Queues operations for the member `to` (in as many payloads as
+    /// they need).
+    fn queue_ops(
+        &mut self,
+        to: &[u8; 32],
+        group: &[u8; 32],
+        ops: Vec<Vec<u8>>,
+        now: u64,
+    ) -> Result<Vec<Due>, EngineError> {
+        let mut due = Vec::new();
+        for ops in op_batches(ops) {
+            due.push(self.queue(to, group, now, |id| Payload::GroupOps { id, ops })?);
+        }
+        Ok(due)
+    }
+
+    /// A new sender key for `group`, stored and queued for every other
+    /// member.
+    fn new_sender_key(&mut self, group: &[u8; 32], now: u64) -> Result<Vec<Due>, EngineError> {
+        let me = self.me.public().signing;
+        let slot = self
+            .groups
+            .slots
+            .get_mut(group)
+            .ok_or(EngineError::UnknownGroup)?;
+        let key = match &slot.own {
+            Some(old) => old.rotate(now, &mut self.rng),
+            None => SenderKey::new(*group, now, &mut self.rng),
+        };
+        self.store
+            .records(Kind::SenderKeys)?
+            .put(&sender_key_record(group, &me, None), &key.to_bytes())?;
+        slot.own = Some(key);
+        let members: Vec<[u8; 32]> = slot
+            .log
+            .view()
+            .members
+            .iter()
+            .map(|m| m.key)
+            .filter(|k| k != &me)
+            .collect();
+        let mut due = Vec::with_capacity(members.len());
+        for k in members {
+            due.push(self.queue_own_key(&k, group, now)?);
+        }
+        Ok(due)
+    }
+
+    /// Queues the payload `build` makes with its outbox id for the member
+    /// `to` (retried until acknowledged or expired); returns the frame to
+    /// send now.
+    fn queue(
+        &mut self,
+        to: &[u8; 32],
+        group: &[u8; 32],
+        now: u64,
+        build: impl FnOnce([u8; 16]) -> Payload,
+    ) -> Result<Due, EngineError> {
+        let mut id = [0u8; 16];
+        rand::Rng::fill_bytes(&mut self.rng, &mut id);
+        let payload = build(id).to_bytes();
+        self.queue_as(id, to, group, None, payload, now, now, now + self.ttl)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn queue_as(
+        &mut self,
+        msg_id: [u8; 16],
+        to: &[u8; 32],
+        conv: &[u8; 32],
+        lamport: Option<u64>,
+        payload: Vec<u8>,
+        now: u64,
+        due_at: u64,
+        expires_at: u64,
+    ) -> Result<Due, EngineError> {
+        let queued = Queued::new(*conv, lamport, None, payload.clone());
+        let entry = self
+            .store
+            .outbox()
+            .push(msg_id, *to, queued.to_bytes(), now, expires_at)?;
+        self.schedule.insert(
+            entry.seq,
+            Meta {
+                msg_id,
+                recipient: *to,
+                conv_id: *conv,
+                lamport: lamport.unwrap_or(0),
+                seq: 0,
+                attempts: 0,
+                next_at: due_at.max(now + retry::backoff(0)),
+                expires_at: entry.expires_at,
+            },
+        );
+        let frame = if due_at > now {
+            Vec::new()
+        } else {
+            self.encrypt(to, &payload)?
+        };
+        Ok(Due {
+            pos: entry.seq,
+            to: *to,
+            frame,
+        })
+    }
+
+    /// Sends messages to a group: one encryption each with our sender key,
+    /// published on the group's topic, and kept for each other member
+    /// until it acknowledges (see [`GROUP_FALLBACK`]).
+    pub fn group_send(
+        &mut self,
+        group: &[u8; 32],
+        bodies: Vec<Vec<u8>>,
+        now: u64,
+    ) -> Result<(Vec<MessageRef>, GroupEffects), EngineError> {
+        if let Some(b) = bodies.iter().find(|b| b.len() > MAX_BODY) {
+            return Err(EngineError::BodyTooLarge {
+                len: b.len(),
+                max: MAX_BODY,
+            });
+        }
+        let me = self.me.public().signing;
+        let view = self.view(group)?.clone();
+        if !view.is_member(&me) {
+            return Err(refused("not a member of this group"));
+        }
+        let mut fx = GroupEffects::default();
+        let stale = self.groups.slots.get(group).is_none_or(|s| {
+            s.own.as_ref().is_none_or(|k| {
+                now.saturating_sub(k.created_at) >= ROTATE_AFTER || k.iteration >= ROTATE_EVERY
+            })
+        });
+        if stale {
+            fx.due.extend(self.new_sender_key(group, now)?);
+        }
+        let others: Vec<[u8; 32]> = view
+            .members
+            .iter()
+            .map(|m| m.key)
+            .filter(|k| k != &me)
+            .collect();
+        let topic = groups::topic_id(group);
+        let mut state = self.conv_state(group)?;
+        let mut stored = Vec::with_capacity(bodies.len());
+        let mut sealed = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            state.lamport = state.lamport.saturating_add(1);
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            let mut msg_id = [0u8; 16];
+            rand::Rng::fill_bytes(&mut self.rng, &mut msg_id);
+            let expires_at = view.retention.map(|r| now.saturating_add(r));
+            let chat = Chat {
+                msg_id,
+                lamport: state.lamport,
+                seq,
+                sent_at: now,
+                expires_at,
+                reply_to: None,
+                body: body.clone(),
+            };
+            let own = self
+                .groups
+                .slots
+                .get_mut(group)
+                .and_then(|s| s.own.as_mut())
+                .ok_or(refused("no sender key"))?;
+            let msg = own.encrypt(&Payload::Chat(chat).to_bytes())?.to_bytes();
+            stored.push(StoredMessage {
+                msg_id,
+                conv_id: *group,
+                sender: me,
+                lamport: state.lamport,
+                sent_at: now,
+                body,
+                state: DeliveryState::Sent,
+                expires_at,
+            });
+            sealed.push(msg);
+        }
+        if let Some(own) = self.groups.slots.get(group).and_then(|s| s.own.as_ref()) {
+            self.store
+                .records(Kind::SenderKeys)?
+                .put(&sender_key_record(group, &me, None), &own.to_bytes())?;
+        }
+        self.put_conv_state(group, &state)?;
+        self.store
+            .history()
+            .append_batch(&stored, Direction::Outgoing)?;
+        let store = self.store.clone();
+        let tallies = store.records(Kind::Groups)?;
+        let mut refs = Vec::with_capacity(stored.len());
+        for (msg, bytes) in stored.iter().zip(sealed) {
+            let tally = Tally {
+                version: TALLY_VERSION,
+                group: *group,
+                lamport: msg.lamport,
+                members: others.clone(),
+                delivered: vec![false; others.len()],
+                read: vec![false; others.len()],
+            };
+            tallies.put(&tally_key(&msg.msg_id), &wire::encode(&tally))?;
+            let expires = msg.expires_at.unwrap_or(now + self.ttl);
+            let payload = Payload::Group {
+                message: bytes.clone(),
+            }
+            .to_bytes();
+            for k in &others {
+                self.queue_as(
+                    msg.msg_id,
+                    k,
+                    group,
+                    Some(msg.lamport),
+                    payload.clone(),
+                    now,
+                    now + GROUP_FALLBACK,
+                    expires,
+                )?;
+            }
+            fx.publish.push((topic, bytes));
+            refs.push(msg.reference());
+        }
+        Ok((refs, fx))
+    }
+
+    /// Handles group messages (from the topic, or sent 1:1 by `via`).
+    /// Returns per message whether it was taken (stored, already stored,
+    /// or waiting for its sender key when it came from the topic).
+    pub fn group_messages(
+        &mut self,
+        messages: &[(Vec<u8>, Option<[u8; 32]>)],
+        now: u64,
+    ) -> Result<(Vec<bool>, GroupEffects), EngineError> {
+        let me = self.me.public().signing;
+        let mut fx = GroupEffects::default();
+        let mut taken = Vec::with_capacity(messages.len());
+        let mut incoming: Vec<StoredMessage> = Vec::new();
+        // Per (group, sender): the messages to acknowledge.
+        let mut receipts: HashMap<([u8; 32], [u8; 32]), Vec<Acked>> = HashMap::new();
+        let mut touched: HashSet<([u8; 32], [u8; 32])> = HashSet::new();
+        let mut states: HashMap<[u8; 32], crate::node::state::ConvState> = HashMap::new();
+        for (bytes, via) in messages {
+            let Ok(msg) = SenderKeyMessage::from_bytes(bytes) else {
+                taken.push(false);
+                continue;
+            };
+            let group = msg.group_id;
+            let Some(slot) = self.groups.slots.get_mut(&group) else {
+                taken.push(false);
+                continue;
+            };
+            if !slot.log.view().is_member(&me) {
+                taken.push(false);
+                continue;
+            }
+            let mut opened = None;
+            for (member, keys) in slot.receivers.iter_mut() {
+                for r in keys.iter_mut().rev() {
+                    if r.key_id() != msg.key_id {
+                        continue;
+                    }
+                    match r.decrypt(&msg) {
+                        Ok(plain) => opened = Some((*member, Ok(plain))),
+                        Err(crypto::Error::Duplicate { .. }) => {
+                            opened = Some((*member, Err(())));
+                        }
+                        Err(_) => continue,
+                    }
+                    break;
+                }
+                if opened.is_some() {
+                    break;
+                }
+            }
+            let Some((sender, plain)) = opened else {
+                // No key for it yet: from the topic it waits (the author's
+                // 1:1 copy is the durable one); sent 1:1, the author keeps
+                // it and tries again.
+                if via.is_none() {
+                    if slot.pending.len() >= MAX_PENDING {
+                        slot.pending.pop_front();
+                    }
+                    slot.pending.push_back(bytes.clone());
+                }
+                taken.push(via.is_none());
+                continue;
+            };
+            touched.insert((group, sender));
+            let Ok(plain) = plain else {
+                // Already read: acknowledge again.
+                taken.push(true);
+                continue;
+            };
+            let Ok(Payload::Chat(chat)) = Payload::from_bytes(&plain) else {
+                taken.push(false);
+                continue;
+            };
+            taken.push(true);
+            receipts
+                .entry((group, sender))
+                .or_default()
+                .push((chat.lamport, chat.msg_id));
+            if chat.expires_at.is_some_and(|at| at <= now) {
+                continue;
+            }
+            let state = match states.entry(group) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(self.conv_state(&group)?),
+            };
+            state.lamport = state.lamport.max(chat.lamport);
+            incoming.push(StoredMessage {
+                msg_id: chat.msg_id,
+                conv_id: group,
+                sender,
+                lamport: chat.lamport,
+                sent_at: chat.sent_at,
+                body: chat.body,
+                state: DeliveryState::Delivered,
+                expires_at: chat.expires_at,
+            });
+        }
+        for (group, sender) in &touched {
+            self.save_receivers(group, sender)?;
+        }
+        for (group, state) in &states {
+            self.put_conv_state(group, state)?;
+        }
+        let stored = self
+            .store
+            .history()
+            .append_batch(&incoming, Direction::Incoming)?;
+        for (msg, outcome) in incoming.into_iter().zip(stored) {
+            if outcome == Appended::Inserted {
+                fx.events.push(Event::MessageReceived(msg));
+            }
+        }
+        for ((group, sender), messages) in receipts {
+            if !self.contacts.contains_key(&sender) {
+                continue;
+            }
+            for chunk in messages.chunks(crate::node::proto::MAX_RECEIPTS) {
+                let receipt = Payload::GroupReceipts {
+                    group,
+                    kind: ReceiptKind::Delivered,
+                    messages: chunk.to_vec(),
+                };
+                fx.replies
+                    .push((sender, self.encrypt(&sender, &receipt.to_bytes())?));
+            }
+        }
+        Ok((taken, fx))
+    }
+
+    fn save_receivers(&self, group: &[u8; 32], member: &[u8; 32]) -> Result<(), EngineError> {
+        let Some(keys) = self
+            .groups
+            .slots
+            .get(group)
+            .and_then(|s| s.receivers.get(member))
+        else {
+            return Ok(());
+        };
+        let records = self.store.records(Kind::SenderKeys)?;
+        for r in keys {
+            records.put(
+                &sender_key_record(group, member, Some(r.key_id())),
+                &r.to_bytes(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Group operations sent by the contact `from`.
+    pub(super) fn on_group_ops(
+        &mut self,
+        ops: &[serde_bytes::ByteBuf],
+        now: u64,
+    ) -> Result<GroupEffects, EngineError> {
+        let me = self.me.public().signing;
+        let mut by_group: HashMap<[u8; 32], Vec<Op>> = HashMap::new();
+        for b in ops {
+            let op = Op::from_bytes(b)?;
+            by_group.entry(op.group).or_default().push(op);
+        }
+        let mut fx = GroupEffects::default();
+        for (group, ops) in by_group {
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.groups.slots.entry(group)
+            {
+                // A group we do not know: only with its creation, and only
+                // if it makes us a member (nobody else's group is kept).
+                let mut trial = Log::new(group);
+                if trial.insert(ops.clone()).is_err() || !trial.view().is_member(&me) {
+                    continue;
+                }
+                slot.insert(GroupSlot::new(group));
+            }
+            fx.extend(self.apply_ops(group, ops, false, now)?);
+        }
+        Ok(fx)
+    }
+
+    /// A sender key sent by the contact `from`.
+    pub(super) fn on_sender_key(
+        &mut self,
+        from: &[u8; 32],
+        distribution: &[u8],
+        now: u64,
+    ) -> Result<GroupEffects, EngineError> {
+        let d = SenderKeyDistribution::from_bytes(distribution)?;
+        let known = self
+            .groups
+            .slots
+            .get(&d.group_id)
+            .is_some_and(|s| s.log.view().is_member(from));
+        if !known {
+            if self.groups.early.len() >= MAX_EARLY_KEYS {
+                self.groups.early.pop_front();
+            }
+            self.groups.early.push_back((*from, distribution.to_vec()));
+            return Ok(GroupEffects::default());
+        }
+        let group = d.group_id;
+        let Some(slot) = self.groups.slots.get_mut(&group) else {
+            return Ok(GroupEffects::default());
+        };
+        let keys = slot.receivers.entry(*from).or_default();
+        if keys.iter().any(|k| k.key_id() == d.key_id) {
+            return Ok(GroupEffects::default());
+        }
+        keys.push(SenderKeyReceiver::from_distribution(&d));
+        let records = self.store.records(Kind::SenderKeys)?;
+        while keys.len() > KEYS_PER_MEMBER {
+            let old = keys.remove(0);
+            records.remove(&sender_key_record(&group, from, Some(old.key_id())))?;
+        }
+        self.save_receivers(&group, from)?;
+        // Messages that waited for this key.
+        let waiting: Vec<(Vec<u8>, Option<[u8; 32]>)> = self
+            .groups
+            .slots
+            .get_mut(&group)
+            .map(|s| s.pending.drain(..).map(|b| (b, None)).collect())
+            .unwrap_or_default();
+        if waiting.is_empty() {
+            return Ok(GroupEffects::default());
+        }
+        let (taken, fx) = self.group_messages(&waiting, now)?;
+        // Those still without a key wait again (group_messages put them
+        // back); the rest are done.
+        let _ = taken;
+        Ok(fx)
+    }
+
+    fn retry_early_keys(&mut self, now: u64) -> Result<GroupEffects, EngineError> {
+        let early: Vec<([u8; 32], Vec<u8>)> = self.groups.early.drain(..).collect();
+        let mut fx = GroupEffects::default();
+        for (from, d) in early {
+            fx.extend(self.on_sender_key(&from, &d, now)?);
+        }
+        Ok(fx)
+    }
+
+    /// Receipts from the member `from` for our group messages.
+    pub(super) fn on_group_receipts(
+        &mut self,
+        from: &[u8; 32],
+        group: &[u8; 32],
+        kind: ReceiptKind,
+        messages: &[(u64, [u8; 16])],
+    ) -> Result<Vec<Event>, EngineError> {
+        let mut events = Vec::new();
+        for &(lamport, msg_id) in messages {
+            if kind == ReceiptKind::Delivered
+                && let Some(pos) = self.schedule.find(&msg_id, from)
+            {
+                self.schedule.remove(pos);
+                self.store.outbox().ack(pos)?;
+            }
+            events.extend(self.count_receipt(group, lamport, &msg_id, from, kind)?);
+        }
+        Ok(events)
+    }
+
+    /// Counts `from`'s receipt for our group message `msg_id`; the event
+    /// for the user when a count changed.
+    pub(super) fn count_receipt(
+        &mut self,
+        group: &[u8; 32],
+        lamport: u64,
+        msg_id: &[u8; 16],
+        from: &[u8; 32],
+        kind: ReceiptKind,
+    ) -> Result<Vec<Event>, EngineError> {
+        let records = self.store.records(Kind::Groups)?;
+        let Some(bytes) = records.get(&tally_key(msg_id))? else {
+            return Ok(Vec::new());
+        };
+        let mut t: Tally = wire::decode(&bytes, "group tally", TALLY_VERSION, Tally::MAX)?;
+        if &t.group != group || t.lamport != lamport {
+            return Ok(Vec::new());
+        }
+        let Some(i) = t.members.iter().position(|m| m == from) else {
+            return Ok(Vec::new());
+        };
+        let changed = match kind {
+            ReceiptKind::Delivered => !std::mem::replace(&mut t.delivered[i], true),
+            ReceiptKind::Read => {
+                let d = !std::mem::replace(&mut t.delivered[i], true);
+                !std::mem::replace(&mut t.read[i], true) || d
+            }
+        };
+        if !changed {
+            return Ok(Vec::new());
+        }
+        records.put(&tally_key(msg_id), &wire::encode(&t))?;
+        let (delivered, read) = t.counts();
+        let members = u32::try_from(t.members.len()).unwrap_or(u32::MAX);
+        let message = MessageRef {
+            conv_id: *group,
+            lamport,
+            sender: self.me.public().signing,
+            msg_id: *msg_id,
+        };
+        let mut events = vec![Event::GroupReceipt {
+            message,
+            delivered,
+            read,
+            members,
+        }];
+        let whole = if read == members {
+            Some(DeliveryState::Read)
+        } else if delivered == members {
+            Some(DeliveryState::Delivered)
+        } else {
+            None
+        };
+        if let Some(state) = whole {
+            events.extend(self.set_states(&[(message, state)])?);
+        }
+        Ok(events)
+    }
+
+    /// Whether `conv` is a group's conversation.
+    pub(super) fn is_group(&self, conv: &[u8; 32]) -> bool {
+        self.groups.slots.contains_key(conv)
+    }
+}
+
+fn tally_key(msg_id: &[u8; 16]) -> Vec<u8> {
+    [TALLY_PREFIX, msg_id.as_slice()].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+    use crate::crypto::{KdfParams, Keystore};
+    use crate::store::Store;
+
+    struct Devices {
+        _dirs: Vec<tempfile::TempDir>,
+        engines: Vec<Engine>,
+        keys: Vec<[u8; 32]>,
+        /// Group messages published, not yet handed out: (author, topic, bytes).
+        published: Vec<(usize, [u8; 32], Vec<u8>)>,
+        /// Frames in flight, in order: from, to, frame, outbox position.
+        wire: VecDeque<(usize, usize, Vec<u8>, Option<u64>)>,
+        events: Vec<Vec<Event>>,
+    }
+
+    impl Devices {
+        /// `n` devices; device 0 knows everyone, the others only device 0.
+        fn new(n: usize) -> Self {
+            let mut dirs = Vec::new();
+            let mut engines = Vec::new();
+            for i in 0..n {
+                let dir = tempfile::tempdir().unwrap();
+                let mut rng = StdRng::seed_from_u64(i as u64);
+                let key = Keystore::create(b"pw", KdfParams::INSECURE_FAST, &mut rng)
+                    .unwrap()
+                    .1;
+                let store = Arc::new(Store::open(dir.path(), &key).unwrap());
+                engines.push(Engine::open(store, 100).unwrap());
+                dirs.push(dir);
+            }
+            let keys: Vec<[u8; 32]> = engines.iter().map(|e| e.me.public().signing).collect();
+            for i in 1..n {
+                let inv = engines[i].invite(vec![], 100).unwrap();
+                engines[0].add_contact(&inv, &format!("m{i}")).unwrap();
+                let inv0 = engines[0].invite(vec![], 100).unwrap();
+                engines[i].add_contact(&inv0, "admin").unwrap();
+            }
+            Self {
+                _dirs: dirs,
+                engines,
+                keys,
+                published: Vec::new(),
+                wire: VecDeque::new(),
+                events: vec![Vec::new(); n],
+            }
+        }
+
+        fn index(&self, key: &[u8; 32]) -> usize {
+            self.keys.iter().position(|k| k == key).unwrap()
+        }
+
+        fn effects(&mut self, from: usize, fx: GroupEffects) {
+            for d in fx.due {
+                if !d.frame.is_empty() {
+                    let to = self.index(&d.to);
+                    self.wire.push_back((from, to, d.frame, Some(d.pos)));
+                }
+            }
+            for (to, frame) in fx.replies {
+                let to = self.index(&to);
+                self.wire.push_back((from, to, frame, None));
+            }
+            for (topic, bytes) in fx.publish {
+                self.published.push((from, topic, bytes));
+            }
+            self.events[from].extend(fx.events);
+        }
+
+        /// Delivers frames directly until nothing is left; `deliver_topic`
+        /// also hands published group messages to every other device.
+        fn run(&mut self, deliver_topic: bool, skip: &[usize]) {
+            // A frame from a device its recipient does not know yet is
+            // refused, and its sender's outbox tries again later: here it
+            // goes to the back of the line (a bounded number of times).
+            let mut refused = 0;
+            loop {
+                if let Some((from, to, frame, pos)) = self.wire.pop_front() {
+                    if skip.contains(&to) {
+                        continue;
+                    }
+                    let from_key = self.keys[from];
+                    let h = match self.engines[to].receive(
+                        &from_key,
+                        std::slice::from_ref(&frame),
+                        200,
+                        true,
+                    ) {
+                        Err(EngineError::UnknownSender) if refused < 1000 => {
+                            refused += 1;
+                            self.wire.push_back((from, to, frame, pos));
+                            continue;
+                        }
+                        r => r.unwrap(),
+                    };
+                    self.events[to].extend(h.events);
+                    for r in h.replies {
+                        self.wire.push_back((to, from, r, None));
+                    }
+                    // The transport ack.
+                    if let (Some(pos), [true]) = (pos, h.accepted.as_slice()) {
+                        let ev = self.engines[from].delivered_direct(&[pos]).unwrap();
+                        self.events[from].extend(ev);
+                    }
+                    self.effects(to, h.group);
+                    continue;
+                }
+                if deliver_topic && let Some((author, topic, bytes)) = self.published.pop() {
+                    for i in 0..self.engines.len() {
+                        if i == author || skip.contains(&i) {
+                            continue;
+                        }
+                        if !self.engines[i].group_topics().contains(&topic) {
+                            continue;
+                        }
+                        let (taken, fx) = self.engines[i]
+                            .group_messages(&[(bytes.clone(), None)], 200)
+                            .unwrap();
+                        assert_eq!(taken, vec![true]);
+                        self.effects(i, fx);
+                    }
+                    continue;
+                }
+                break;
+            }
+        }
+
+        fn received(&self, i: usize) -> Vec<Vec<u8>> {
+            self.events[i]
+                .iter()
+                .filter_map(|e| match e {
+                    Event::MessageReceived(m) => Some(m.body.clone()),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_group_forms_and_every_member_reads_every_message_once() {
+        let mut d = Devices::new(4);
+        let members = [d.keys[1], d.keys[2], d.keys[3]];
+        let (group, fx) = d.engines[0]
+            .create_group("team", "admin", &members, None, vec![], 100)
+            .unwrap();
+        d.effects(0, fx);
+        d.run(true, &[]);
+        // Everyone holds the same view; members became each other's contacts.
+        let view = d.engines[0].groups()[0].clone();
+        assert_eq!(view.members.len(), 4);
+        for i in 1..4 {
+            assert_eq!(d.engines[i].groups(), vec![view.clone()]);
+            for j in 1..4 {
+                if i != j {
+                    assert!(d.engines[i].contacts.contains_key(&d.keys[j]));
+                }
+            }
+        }
+        // Every member sends; everyone else reads it once.
+        for i in 0..4 {
+            let (refs, fx) = d.engines[i]
+                .group_send(&group, vec![format!("from {i}").into_bytes()], 200)
+                .unwrap();
+            assert_eq!(refs.len(), 1);
+            d.effects(i, fx);
+            d.run(true, &[]);
+        }
+        for i in 0..4 {
+            let mut got = d.received(i);
+            got.sort();
+            let want: Vec<Vec<u8>> = (0..4)
+                .filter(|j| *j != i)
+                .map(|j| format!("from {j}").into_bytes())
+                .collect();
+            assert_eq!(got, want, "device {i}");
+        }
+        // The author heard from all three members: delivered to 3 of 3,
+        // and the message is delivered; no fallback copy is left queued.
+        let last = d.events[0]
+            .iter()
+            .filter_map(|e| match e {
+                Event::GroupReceipt {
+                    delivered, members, ..
+                } => Some((*delivered, *members)),
+                _ => None,
+            })
+            .max()
+            .unwrap();
+        assert_eq!(last, (3, 3));
+        assert!(d.events[0].iter().any(|e| matches!(
+            e,
+            Event::Receipt {
+                state: DeliveryState::Delivered,
+                ..
+            }
+        )));
+        assert_eq!(d.engines[0].queued(), 0);
+    }
+
+    #[test]
+    fn a_removed_member_cannot_read_later_messages() {
+        let mut d = Devices::new(3);
+        let members = [d.keys[1], d.keys[2]];
+        let (group, fx) = d.engines[0]
+            .create_group("team", "admin", &members, None, vec![], 100)
+            .unwrap();
+        d.effects(0, fx);
+        d.run(true, &[]);
+        let removed = d.keys[2];
+        let fx = d.engines[0]
+            .change_group(&group, GroupChange::Remove { member: removed }, 200)
+            .unwrap();
+        d.effects(0, fx);
+        d.run(true, &[]);
+        assert!(!d.engines[2].groups()[0].joined);
+        assert!(d.engines[2].group_topics().is_empty());
+        // Member 1 sends after the removal; the removed device gets the
+        // bytes anyway and cannot read them.
+        let (_, fx) = d.engines[1]
+            .group_send(&group, vec![b"after".to_vec()], 300)
+            .unwrap();
+        let (_, bytes) = fx.publish[0].clone();
+        d.effects(1, fx);
+        d.run(true, &[]);
+        assert_eq!(d.received(0), vec![b"after".to_vec()]);
+        let (taken, fx) = d.engines[2].group_messages(&[(bytes, None)], 300).unwrap();
+        assert_eq!(taken, vec![false]);
+        assert!(fx.events.is_empty());
+        assert!(d.received(2).is_empty());
+    }
+
+    #[test]
+    fn a_message_ahead_of_its_sender_key_waits_for_it() {
+        let mut d = Devices::new(3);
+        let members = [d.keys[1], d.keys[2]];
+        let (group, fx) = d.engines[0]
+            .create_group("team", "admin", &members, None, vec![], 100)
+            .unwrap();
+        d.effects(0, fx);
+        d.run(true, &[]);
+        // Admin removes 2: everyone rotates. Admin's new key is queued for
+        // 1; the message on the topic reaches 1 first.
+        let fx = d.engines[0]
+            .change_group(&group, GroupChange::Remove { member: d.keys[2] }, 200)
+            .unwrap();
+        let keys_for_1: Vec<(usize, usize, Vec<u8>, Option<u64>)> = fx
+            .due
+            .iter()
+            .filter(|x| x.to == d.keys[1] && !x.frame.is_empty())
+            .map(|x| (0, 1, x.frame.clone(), Some(x.pos)))
+            .collect();
+        let (_, sent) = d.engines[0]
+            .group_send(&group, vec![b"early".to_vec()], 200)
+            .unwrap();
+        let (_, bytes) = sent.publish[0].clone();
+        let (taken, fx1) = d.engines[1].group_messages(&[(bytes, None)], 200).unwrap();
+        assert_eq!(taken, vec![true]);
+        assert!(fx1.events.is_empty());
+        // Then the operations and key arrive: the message is read.
+        d.wire.extend(keys_for_1);
+        d.run(false, &[2]);
+        assert_eq!(d.received(1), vec![b"early".to_vec()]);
+    }
+}
