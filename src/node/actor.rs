@@ -86,6 +86,10 @@ impl Node {
         let inbox = net.inbox_topic(&mailbox_id);
         net.subscribe(&inbox)?;
         net.subscribe(&Topic::Presence)?;
+        let group_topics: HashSet<[u8; 32]> = engine.group_topics().into_iter().collect();
+        for t in &group_topics {
+            net.subscribe(&Topic::Group(*t))?;
+        }
 
         let (cmd_tx, cmd_rx) = mpsc::channel(config.command_capacity.max(1));
         let (ev_tx, ev_rx) = mpsc::channel(config.event_capacity.max(1));
@@ -167,6 +171,7 @@ impl Node {
             mailbox_in_flight: HashMap::new(),
             last_redial: Instant::now(),
             last_relay_search: None,
+            group_topics,
         };
         let task = tokio::spawn(actor.run());
         let handle = NodeHandle::new(cmd_tx, info, task.abort_handle(), stopped_rx);
@@ -232,6 +237,8 @@ struct Actor {
     last_redial: Instant,
     /// When the DHT was last asked for relays.
     last_relay_search: Option<Instant>,
+    /// The topics of the groups we are in.
+    group_topics: HashSet<[u8; 32]>,
 }
 
 impl Actor {
@@ -321,6 +328,42 @@ impl Actor {
                 reply,
             }),
             Command::Conversations { reply } => self.job(Job::Conversations { reply }),
+            Command::CreateGroup {
+                name,
+                me_name,
+                members,
+                retention,
+                reply,
+            } => {
+                let addrs = with_peer(&self.net.listen_addrs(), self.net.local_peer_id());
+                self.job(Job::CreateGroup {
+                    name,
+                    me_name,
+                    members,
+                    retention,
+                    addrs,
+                    reply,
+                });
+            }
+            Command::ChangeGroup {
+                group,
+                change,
+                reply,
+            } => self.job(Job::ChangeGroup {
+                group,
+                change,
+                reply,
+            }),
+            Command::GroupSend {
+                group,
+                bodies,
+                reply,
+            } => self.job(Job::GroupSend {
+                group,
+                bodies,
+                reply,
+            }),
+            Command::Groups { reply } => self.job(Job::Groups { reply }),
             Command::Contacts { reply } => self.job(Job::Contacts { reply }),
             Command::RemoveContact { key, reply } => self.job(Job::RemoveContact { key, reply }),
             Command::Export { with, path, reply } => self.job(Job::Export { with, path, reply }),
@@ -431,6 +474,28 @@ impl Actor {
                     self.net.add_address(&relay, a);
                 }
                 self.send_mailbox(relay, request, purpose);
+            }
+            Out::Subscribe { topic } => {
+                if self.group_topics.insert(topic)
+                    && let Err(e) = self.net.subscribe(&Topic::Group(topic))
+                {
+                    warn!(error = %e, "joining a group's topic");
+                }
+            }
+            Out::Unsubscribe { topic } => {
+                if self.group_topics.remove(&topic) {
+                    self.net.unsubscribe(&Topic::Group(topic));
+                }
+            }
+            Out::GroupPublish { topic, message } => {
+                // Ours too, so a copy coming back is known.
+                self.seen.insert(Envelope::hash(&message));
+                match self.net.publish(&Topic::Group(topic), message) {
+                    Ok(p) => debug!(outcome = ?p, "group message published"),
+                    // Each member's copy waits in the outbox for its
+                    // acknowledgement: the fallback sends it 1:1.
+                    Err(e) => debug!(error = %e, "group message not published"),
+                }
             }
             Out::Forget { key, peer } => {
                 self.peers.remove(&peer);
@@ -765,8 +830,7 @@ impl Actor {
         let verdict = self.net.check_gossip(&msg).and_then(|| match msg.topic {
             Topic::Inbox(_) => self.check_envelope(&msg.data),
             Topic::Presence => self.check_beacon(&msg.data),
-            // Groups come with a later release: nothing to check them by.
-            Topic::Group(_) => Verdict::Ignore(Reason::Application("group topics not in use")),
+            Topic::Group(t) => self.check_group_message(&t, &msg.data),
         });
         if let Verdict::Reject(reason) = verdict
             && let Some(skipped) =
@@ -796,6 +860,30 @@ impl Actor {
             }
             self.job(Job::Envelope(env));
         }
+        Verdict::Accept
+    }
+
+    /// A group message is forwarded if it is well formed, belongs to the
+    /// topic it came on, and is new; the store thread decrypts it (and
+    /// checks its signature) if we are in that group.
+    fn check_group_message(&mut self, topic: &[u8; 32], data: &[u8]) -> Verdict {
+        if !self.group_topics.contains(topic) {
+            return Verdict::Ignore(Reason::Application("not our group"));
+        }
+        let Ok(msg) = crate::crypto::SenderKeyMessage::from_bytes(data) else {
+            return Verdict::Reject(Reason::Application("malformed group message"));
+        };
+        if &super::groups::topic_id(&msg.group_id) != topic {
+            return Verdict::Reject(Reason::Application("group message on another topic"));
+        }
+        if !self.seen.insert(Envelope::hash(data)) {
+            return Verdict::Ignore(Reason::Application("replayed group message"));
+        }
+        if self.overloaded() {
+            // Its author's outbox sends it 1:1 when no receipt comes.
+            return Verdict::Ignore(Reason::Application("store thread behind"));
+        }
+        self.job(Job::GroupMessage(data.to_vec()));
         Verdict::Accept
     }
 

@@ -400,8 +400,12 @@ impl Engine {
         self.contacts.get(key)
     }
 
-    /// The id of the 1:1 conversation with the contact `with`.
+    /// The id of the conversation with `with`: a contact (1:1) or a group
+    /// (its id).
     pub fn conversation_with(&self, with: &[u8; 32]) -> Option<[u8; 32]> {
+        if self.is_group(with) {
+            return Some(*with);
+        }
         self.contacts
             .get(with)
             .map(|c| conversation_id(self.me.public(), &c.identity))
@@ -905,7 +909,13 @@ impl Engine {
                     out.accepted.push(true);
                     continue;
                 }
-                _ => {
+                Err(e) => {
+                    tracing::debug!(error = %e, "frame not decrypted");
+                    out.accepted.push(false);
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "payload not decoded");
                     out.accepted.push(false);
                     continue;
                 }

@@ -11,6 +11,7 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
+use super::engine::{GroupChange, GroupInfo};
 use super::error::NodeError;
 use super::proto::PresenceState;
 use crate::store::{Cursor, MessageRef, Page, Summary};
@@ -66,6 +67,26 @@ pub(crate) enum Command {
     },
     Queued {
         reply: Reply<usize>,
+    },
+    CreateGroup {
+        name: String,
+        me_name: String,
+        members: Vec<[u8; 32]>,
+        retention: Option<u64>,
+        reply: Reply<[u8; 32]>,
+    },
+    ChangeGroup {
+        group: [u8; 32],
+        change: GroupChange,
+        reply: Reply<()>,
+    },
+    GroupSend {
+        group: [u8; 32],
+        bodies: Vec<Vec<u8>>,
+        reply: Reply<Vec<MessageRef>>,
+    },
+    Groups {
+        reply: Reply<Vec<GroupInfo>>,
     },
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
@@ -246,6 +267,65 @@ impl NodeHandle {
     /// `false` if nothing was unread.
     pub async fn mark_read(&self, with: [u8; 32]) -> Result<bool, NodeError> {
         self.ask(|reply| Command::MarkRead { with, reply }).await
+    }
+
+    /// Creates a group named `name` with the contacts `members`; this
+    /// device is its first admin and goes by `me_name` in it. Messages
+    /// sent to it disappear `retention` seconds after sending, if set.
+    /// Returns the group id (also its conversation id) once the group is
+    /// on disk; the members hear of it through their outboxes.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        me_name: &str,
+        members: Vec<[u8; 32]>,
+        retention: Option<u64>,
+    ) -> Result<[u8; 32], NodeError> {
+        self.ask(|reply| Command::CreateGroup {
+            name: name.to_owned(),
+            me_name: me_name.to_owned(),
+            members,
+            retention,
+            reply,
+        })
+        .await
+    }
+
+    /// Adds, removes, renames, sets retention (admins), or leaves.
+    pub async fn change_group(
+        &self,
+        group: [u8; 32],
+        change: GroupChange,
+    ) -> Result<(), NodeError> {
+        self.ask(|reply| Command::ChangeGroup {
+            group,
+            change,
+            reply,
+        })
+        .await
+    }
+
+    /// Writes a message to a group. Returns once it is stored; it goes out
+    /// on the group's topic, and to each member that does not acknowledge
+    /// it in time, 1:1.
+    pub async fn send_group(
+        &self,
+        group: [u8; 32],
+        body: Vec<u8>,
+    ) -> Result<MessageRef, NodeError> {
+        let refs = self
+            .ask(|reply| Command::GroupSend {
+                group,
+                bodies: vec![body],
+                reply,
+            })
+            .await?;
+        refs.into_iter().next().ok_or(NodeError::Stopped)
+    }
+
+    /// The groups this device knows (joined, or left).
+    pub async fn groups(&self) -> Result<Vec<GroupInfo>, NodeError> {
+        self.ask(|reply| Command::Groups { reply }).await
     }
 
     /// A page of the conversation with `with`, newest first.

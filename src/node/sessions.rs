@@ -8,7 +8,10 @@
 //!
 //! - whose base key is the current session's: the peer is still waiting for
 //!   an answer and retried; decrypt with the current session;
-//! - whose base key was seen before (a replay of an old set-up): refused;
+//! - whose base key was seen before (a replay, or a later message of a
+//!   set-up that lost to ours): refused and not acknowledged, so a peer
+//!   that sent several messages before adopting our session sends them
+//!   again in it;
 //! - otherwise a new session from the peer. It replaces ours when ours has
 //!   already heard from the peer (the peer started over), or when both
 //!   sides started at once and the peer's identity key is the lower one —
@@ -181,7 +184,12 @@ impl Sessions {
                 });
             }
             if entry.seen.contains(&base) {
-                return Err(crypto::Error::Duplicate { counter: 0 });
+                // A set-up already taken over (or a replay): not read, so
+                // not acknowledged either. The peer sends its message
+                // again, in the session both sides now hold.
+                return Err(crypto::Error::Malformed {
+                    what: "prekey message of a replaced session",
+                });
             }
         }
         let (agreed, ratchet_key) = respond(me, prekeys, peer, &pm.initial)?;

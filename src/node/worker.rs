@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use super::complaints::Complaints;
-use super::engine::{Engine, EngineError, Event};
+use super::engine::{Engine, EngineError, Event, GroupChange, GroupEffects, GroupInfo};
 use super::error::NodeError;
 use super::events::NodeEvent;
 use super::handle::ContactInfo;
@@ -103,6 +103,29 @@ pub(crate) enum Job {
     Conversations {
         reply: Reply<Vec<Summary>>,
     },
+    CreateGroup {
+        name: String,
+        me_name: String,
+        members: Vec<[u8; 32]>,
+        retention: Option<u64>,
+        addrs: Vec<String>,
+        reply: Reply<[u8; 32]>,
+    },
+    ChangeGroup {
+        group: [u8; 32],
+        change: GroupChange,
+        reply: Reply<()>,
+    },
+    GroupSend {
+        group: [u8; 32],
+        bodies: Vec<Vec<u8>>,
+        reply: Reply<Vec<MessageRef>>,
+    },
+    Groups {
+        reply: Reply<Vec<GroupInfo>>,
+    },
+    /// A message from a group's topic (checked for its form).
+    GroupMessage(Vec<u8>),
     Contacts {
         reply: Reply<Vec<ContactInfo>>,
     },
@@ -167,6 +190,12 @@ pub(crate) enum Job {
 pub(crate) enum Out {
     /// Send these frames to `peer` (each with its outbox position, if any).
     Direct { peer: PeerId, frames: Vec<Outgoing> },
+    /// Join a group's topic.
+    Subscribe { topic: [u8; 32] },
+    /// Leave a group's topic.
+    Unsubscribe { topic: [u8; 32] },
+    /// Publish a group message on a group's topic.
+    GroupPublish { topic: [u8; 32], message: Vec<u8> },
     /// Publish an envelope on the inbox topic of `mailbox`.
     Publish {
         mailbox: [u8; 32],
@@ -464,6 +493,7 @@ impl Worker {
             job,
             Job::History { .. }
                 | Job::Conversations { .. }
+                | Job::Groups { .. }
                 | Job::Contacts { .. }
                 | Job::Export { .. }
                 | Job::Queued { .. }
@@ -519,6 +549,49 @@ impl Worker {
                 };
                 round.reply(reply, r);
             }
+            Job::CreateGroup {
+                name,
+                me_name,
+                members,
+                retention,
+                addrs,
+                reply,
+            } => {
+                let r = self
+                    .engine
+                    .create_group(&name, &me_name, &members, retention, addrs, now);
+                let r = r.map(|(group, fx)| {
+                    self.group_effects(fx, now, round);
+                    group
+                });
+                round.reply(reply, r.map_err(Into::into));
+            }
+            Job::ChangeGroup {
+                group,
+                change,
+                reply,
+            } => {
+                let r = self.engine.change_group(&group, change, now);
+                let r = r.map(|fx| self.group_effects(fx, now, round));
+                round.reply(reply, r.map_err(Into::into));
+            }
+            Job::GroupSend {
+                group,
+                bodies,
+                reply,
+            } => {
+                let r = self.engine.group_send(&group, bodies, now);
+                let r = r.map(|(refs, fx)| {
+                    self.group_effects(fx, now, round);
+                    refs
+                });
+                round.reply(reply, r.map_err(Into::into));
+            }
+            Job::Groups { reply } => round.reply(reply, Ok(self.engine.groups())),
+            Job::GroupMessage(bytes) => match self.engine.group_messages(&[(bytes, None)], now) {
+                Ok((_, fx)) => self.group_effects(fx, now, round),
+                Err(e) => warn!(error = %e, "group message"),
+            },
             Job::Conversations { reply } => {
                 let r = self.engine.store().history().summaries();
                 round.reply(reply, r.map_err(Into::into));
@@ -795,6 +868,7 @@ impl Worker {
                 for r in h.replies {
                     self.route(&from, r, None, now, round);
                 }
+                self.group_effects(h.group, now, round);
             }
             Err(e) => {
                 if let Some(skipped) =
@@ -1124,12 +1198,48 @@ impl Worker {
                     for r in h.replies {
                         self.route(&from, r, None, now, round);
                     }
+                    self.group_effects(h.group, now, round);
                 }
                 Err(e) => warn!(error = %e, "envelope refused"),
             },
             // Not ours after all, or not from a contact: forwarded
             // anyway (gossip), nothing else to do.
             Err(e) => debug!(error = %e, "envelope not opened"),
+        }
+    }
+
+    /// Does what a group change or message asks: new members become
+    /// reachable contacts, queued and reply frames are routed, group
+    /// messages published, topics joined or left.
+    fn group_effects(&mut self, fx: GroupEffects, now: u64, round: &mut Round) {
+        round.dirty = true;
+        for key in &fx.new_contacts {
+            self.announce_contact(key);
+        }
+        for d in fx.due {
+            if !d.frame.is_empty() {
+                self.route(&d.to, d.frame, Some(d.pos), now, round);
+            }
+        }
+        for (to, frame) in fx.replies {
+            self.route(&to, frame, None, now, round);
+        }
+        for topic in fx.subscribe {
+            round.outs.push(Out::Subscribe { topic });
+        }
+        for topic in fx.unsubscribe {
+            round.outs.push(Out::Unsubscribe { topic });
+        }
+        for (topic, message) in fx.publish {
+            round.outs.push(Out::GroupPublish { topic, message });
+        }
+        // Group events name no single sender: messages carry theirs.
+        for e in fx.events {
+            let from = match &e {
+                Event::MessageReceived(m) => m.sender,
+                _ => [0; 32],
+            };
+            self.events(vec![e], &from, round);
         }
     }
 

@@ -16,6 +16,7 @@
 mod common;
 
 mod chat;
+mod group;
 mod hostile;
 mod interop;
 mod line;

@@ -314,8 +314,12 @@ impl Engine {
 
     fn contact_card(&self, key: &[u8; 32]) -> Result<MemberCard, EngineError> {
         let c = self.contacts.get(key).ok_or(EngineError::UnknownContact)?;
+        // Without the one-time prekey a fetched bundle may hold: it is
+        // ours to use once, not every member's.
+        let mut bundle = c.bundle.clone();
+        bundle.one_time = None;
         Ok(MemberCard {
-            invite: crate::node::state::Invite::new(c.bundle.clone(), c.addrs.clone()),
+            invite: crate::node::state::Invite::new(bundle, c.addrs.clone()),
             name: c.name.clone(),
         })
     }
@@ -455,7 +459,9 @@ impl Engine {
         // sessions can be set up with them.
         for m in &after.members {
             if m.key != me && !self.contacts.contains_key(&m.key) {
-                self.add_contact(&m.card.invite, &m.card.name)?;
+                let mut invite = m.card.invite.clone();
+                invite.bundle.one_time = None;
+                self.add_contact(&invite, &m.card.name)?;
                 fx.new_contacts.push(m.key);
             }
         }

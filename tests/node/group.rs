@@ -1,0 +1,133 @@
+//! Groups: many real nodes in one group.
+
+use std::collections::HashMap;
+
+use meshchat::node::NodeEvent;
+use meshchat::store::DeliveryState;
+
+use crate::common::{TestNode, befriend};
+
+/// Starts `n` nodes; the first befriends every other one (the others know
+/// only it) and creates a group of all of them. Returns the nodes and the
+/// group once every node sees every member.
+async fn group_of(n: usize, seed: u64) -> (Vec<tempfile::TempDir>, Vec<TestNode>, [u8; 32]) {
+    let names: Vec<&'static str> = (0..n)
+        .map(|i| &*Box::leak(format!("m{i}").into_boxed_str()))
+        .collect();
+    let mut dirs = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        nodes.push(TestNode::start_in(name, dir.path(), seed + i as u64).await);
+        dirs.push(dir);
+    }
+    let (first, rest) = nodes.split_at_mut(1);
+    for other in rest.iter_mut() {
+        befriend(&mut first[0], other).await;
+    }
+    let members: Vec<[u8; 32]> = nodes[1..].iter().map(TestNode::key).collect();
+    let group = nodes[0]
+        .handle
+        .create_group("team", "m0", members, None)
+        .await
+        .unwrap();
+    for node in nodes.iter_mut() {
+        loop {
+            let gs = node.handle.groups().await.unwrap();
+            if gs
+                .iter()
+                .any(|g| g.id == group && g.joined && g.members.len() == n)
+            {
+                break;
+            }
+            node.wait("the group", |e| match e {
+                NodeEvent::GroupChanged { group: g } if *g == group => Some(()),
+                _ => None,
+            })
+            .await;
+        }
+    }
+    (dirs, nodes, group)
+}
+
+async fn every_member_sends_and_every_member_receives_everything_once(n: usize, seed: u64) {
+    const EACH: usize = 3;
+    let (_dirs, mut nodes, group) = group_of(n, seed).await;
+    for (i, node) in nodes.iter().enumerate() {
+        for k in 0..EACH {
+            node.handle
+                .send_group(group, format!("{i}:{k}").into_bytes())
+                .await
+                .unwrap();
+        }
+    }
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let mut want: Vec<Vec<u8>> = (0..n)
+            .filter(|j| *j != i)
+            .flat_map(|j| (0..EACH).map(move |k| format!("{j}:{k}").into_bytes()))
+            .collect();
+        node.wait("every group message", |e| match e {
+            NodeEvent::Message { message, .. } if message.conv_id == group => {
+                assert!(
+                    want.contains(&message.body),
+                    "unexpected or repeated {:?}",
+                    String::from_utf8_lossy(&message.body)
+                );
+                want.retain(|b| *b != message.body);
+                want.is_empty().then_some(())
+            }
+            _ => None,
+        })
+        .await;
+    }
+    // Every history holds every message once, each sender's in the order
+    // they were written.
+    for (i, node) in nodes.iter().enumerate() {
+        let page = node.handle.history(group, None, 500).await.unwrap();
+        assert_eq!(page.messages.len(), n * EACH, "node {i}");
+        let mut per_sender: HashMap<[u8; 32], Vec<String>> = HashMap::new();
+        for m in page.messages.iter().rev() {
+            per_sender
+                .entry(m.sender)
+                .or_default()
+                .push(String::from_utf8(m.body.clone()).unwrap());
+        }
+        assert_eq!(per_sender.len(), n);
+        for (j, sender) in nodes.iter().enumerate() {
+            let want: Vec<String> = (0..EACH).map(|k| format!("{j}:{k}")).collect();
+            assert_eq!(per_sender[&sender.key()], want, "node {i}, sender {j}");
+        }
+    }
+    // The first node's messages reach "delivered" (every member's device
+    // has them). Events seen while waiting above are gone, so the history
+    // says where they are; each receipt event is a reason to look again.
+    let first = &mut nodes[0];
+    loop {
+        let page = first.handle.history(group, None, 500).await.unwrap();
+        let mine: Vec<_> = page
+            .messages
+            .iter()
+            .filter(|m| m.sender == first.key())
+            .collect();
+        assert_eq!(mine.len(), EACH);
+        if mine.iter().all(|m| m.state == DeliveryState::Delivered) {
+            break;
+        }
+        first
+            .wait("a receipt", |e| match e {
+                NodeEvent::GroupReceipt { .. } | NodeEvent::Receipt { .. } => Some(()),
+                _ => None,
+            })
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_five_every_member_sends_and_receives_everything_once() {
+    every_member_sends_and_every_member_receives_everything_once(5, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_twenty_every_member_sends_and_receives_everything_once() {
+    every_member_sends_and_every_member_receives_everything_once(20, 600).await;
+}
