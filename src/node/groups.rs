@@ -19,9 +19,11 @@
 //! admin leaves or is removed, the member who joined first becomes admin.
 //!
 //! What a device holds grows by exchange: the author sends its operation to
-//! every member before and after it; a device that learns of a new member
-//! sends that member its own operations (so a member added by one admin
-//! also hears what another admin did meanwhile).
+//! every member before and after it, and the whole log to a member it
+//! adds; a device that learns of a new member sends that member its own
+//! operations; and a device forwards operations it learns from others to
+//! the members it added. So a member added by one admin also hears what
+//! another admin did meanwhile, whoever learnt of it first.
 //!
 //! Structural checks (signatures, sizes, a member card's signed bundle)
 //! happen once, when an operation is inserted; role checks happen in the
@@ -290,6 +292,8 @@ pub struct Member {
     pub card: MemberCard,
     /// Its role.
     pub role: Role,
+    /// Who added it (the creator: itself).
+    pub added_by: [u8; 32],
 }
 
 /// A group as one device sees it: the fold of its log.
@@ -346,6 +350,7 @@ impl View {
                     key: op.author,
                     card: card.clone(),
                     role: Role::Admin,
+                    added_by: op.author,
                 });
             }
             Change::Add { card, role } if admin => {
@@ -357,6 +362,7 @@ impl View {
                         key,
                         card: card.clone(),
                         role: *role,
+                        added_by: op.author,
                     });
                 }
             }

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 
 use meshchat::node::NodeEvent;
+use meshchat::node::engine::{GroupChange, GroupInfo};
+use meshchat::node::groups::Role;
 use meshchat::store::DeliveryState;
 
 use crate::common::{TestNode, befriend};
@@ -130,4 +132,107 @@ async fn a_group_of_five_every_member_sends_and_receives_everything_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_twenty_every_member_sends_and_receives_everything_once() {
     every_member_sends_and_every_member_receives_everything_once(20, 600).await;
+}
+
+/// Waits until `node` sees `group` with exactly these members (in any
+/// order) and says whether it is in it.
+async fn sees(node: &mut TestNode, group: [u8; 32], members: &[[u8; 32]]) -> GroupInfo {
+    let mut want = members.to_vec();
+    want.sort_unstable();
+    loop {
+        let gs = node.handle.groups().await.unwrap();
+        if let Some(g) = gs.iter().find(|g| g.id == group) {
+            let mut have: Vec<[u8; 32]> = g.members.iter().map(|m| m.0).collect();
+            have.sort_unstable();
+            if have == want {
+                return g.clone();
+            }
+        }
+        node.wait("a group change", |e| match e {
+            NodeEvent::GroupChanged { group: g } if *g == group => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admins_changing_the_group_at_once_converge_everywhere() {
+    // a created the group with b, c and y; x is a's contact, not yet in it.
+    let (_dirs, mut nodes, group) = group_of(4, 700).await;
+    let dx = tempfile::tempdir().unwrap();
+    let mut x = TestNode::start_in("x", dx.path(), 710).await;
+    befriend(&mut nodes[0], &mut x).await;
+    let [a, b, c, y] = [0, 1, 2, 3].map(|i| nodes[i].key());
+    let xk = x.key();
+    nodes[0]
+        .handle
+        .change_group(
+            group,
+            GroupChange::SetRole {
+                member: b,
+                role: Role::Admin,
+            },
+        )
+        .await
+        .unwrap();
+    loop {
+        let gs = nodes[1].handle.groups().await.unwrap();
+        if gs[0].members.iter().any(|m| m.0 == b && m.2 == Role::Admin) {
+            break;
+        }
+        nodes[1]
+            .wait("admin", |e| {
+                matches!(e, NodeEvent::GroupChanged { .. }).then_some(())
+            })
+            .await;
+    }
+    // At the same time: a removes b and adds x; b removes c.
+    let (ha, hb) = (nodes[0].handle.clone(), nodes[1].handle.clone());
+    let (ra, rb) = tokio::join!(
+        async move {
+            ha.change_group(group, GroupChange::Remove { member: b })
+                .await?;
+            ha.change_group(
+                group,
+                GroupChange::Add {
+                    contact: xk,
+                    role: Role::Member,
+                },
+            )
+            .await
+        },
+        hb.change_group(group, GroupChange::Remove { member: c })
+    );
+    ra.unwrap();
+    rb.unwrap();
+    // The rule: both removals carry the same clock, so the lower author key
+    // goes first. If a's removal of b comes first, b's removal of c does
+    // not count.
+    let expected: Vec<[u8; 32]> = if a < b {
+        vec![a, c, y, xk]
+    } else {
+        vec![a, y, xk]
+    };
+    let view_a = sees(&mut nodes[0], group, &expected).await;
+    let view_x = sees(&mut x, group, &expected).await;
+    let view_y = sees(&mut nodes[3], group, &expected).await;
+    assert_eq!(view_a, view_x);
+    assert_eq!(view_a, view_y);
+    assert!(view_x.joined);
+    if a < b {
+        assert_eq!(sees(&mut nodes[2], group, &expected).await, view_a);
+    }
+    // b is out, and knows it.
+    loop {
+        let gs = nodes[1].handle.groups().await.unwrap();
+        if !gs[0].joined {
+            break;
+        }
+        nodes[1]
+            .wait("removal", |e| {
+                matches!(e, NodeEvent::GroupChanged { .. }).then_some(())
+            })
+            .await;
+    }
 }

@@ -66,6 +66,13 @@ pub enum GroupChange {
     },
     /// Leave the group.
     Leave,
+    /// Make a member an admin, or a member again.
+    SetRole {
+        /// Its identity key.
+        member: [u8; 32],
+        /// The role.
+        role: Role,
+    },
     /// Rename it.
     Rename {
         /// The new name.
@@ -409,6 +416,12 @@ impl Engine {
                 }
                 Change::Remove { member }
             }
+            GroupChange::SetRole { member, role } => {
+                if !view.is_member(&member) {
+                    return Err(refused("not a member of this group"));
+                }
+                Change::SetRole { member, role }
+            }
             GroupChange::Rename { name } => Change::Rename { name },
             GroupChange::Retention { secs } => Change::Retention { secs },
         };
@@ -514,6 +527,21 @@ impl Engine {
             for k in &joined {
                 let send = if ours { all.clone() } else { mine.clone() };
                 fx.due.extend(self.queue_ops(k, &group, send, now)?);
+            }
+        }
+        // Operations learnt from others go on to the members this device
+        // added (who may have joined after their authors sent them).
+        if is_in && !ours {
+            let bytes: Vec<Vec<u8>> = fresh.iter().map(|o| o.bytes.clone()).collect();
+            let added: Vec<[u8; 32]> = after
+                .members
+                .iter()
+                .filter(|m| m.added_by == me && m.key != me && !joined.contains(&m.key))
+                .map(|m| m.key)
+                .collect();
+            for k in added {
+                fx.due
+                    .extend(self.queue_ops(&k, &group, bytes.clone(), now)?);
             }
         }
         if is_in && !was_in {
