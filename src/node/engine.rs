@@ -615,6 +615,16 @@ impl Engine {
         }
     }
 
+    /// Whether the queued message at `pos` should also go to its
+    /// recipient's relays now: a retry (the mesh brought no receipt), or a
+    /// group message for a member that did not acknowledge it from the
+    /// group's topic.
+    pub fn wants_relay(&self, pos: u64) -> bool {
+        self.schedule
+            .get(pos)
+            .is_some_and(|m| m.attempts >= 1 || (m.lamport != 0 && self.is_group(&m.conv_id)))
+    }
+
     /// Records that the message at `pos` went out; the next attempt waits
     /// `wait` seconds (a direct ack or failure moves it sooner).
     pub fn attempted(&mut self, pos: u64, now: u64, wait: Option<u64>) {

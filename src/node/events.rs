@@ -82,6 +82,12 @@ pub enum NodeEvent {
         /// One-time prekeys it has left to hand out.
         one_time: u32,
     },
+    /// Temporary messages reached the end of their time and were deleted
+    /// from this device's history.
+    Disappeared {
+        /// How many.
+        messages: usize,
+    },
     /// A member's receipt for one of our group messages: how many of the
     /// members it went to have it, and have read it.
     GroupReceipt {

@@ -739,6 +739,15 @@ impl Worker {
                 self.relays
                     .held
                     .retain(|pos, _| engine.attempts(*pos).is_some());
+                // Temporary messages whose time is up leave the history.
+                match self.engine.store().history().purge_expired(now) {
+                    Ok(0) => {}
+                    Ok(messages) => {
+                        round.dirty = true;
+                        round.events.push(NodeEvent::Disappeared { messages });
+                    }
+                    Err(e) => warn!(error = %e, "deleting expired messages"),
+                }
                 match self.engine.expire(now) {
                     Ok(ev) => {
                         round.dirty |= !ev.is_empty();
@@ -911,8 +920,10 @@ impl Worker {
                     Some(pos) => {
                         // A retry: the mesh did not bring a receipt in
                         // time, so the same envelope goes to the
-                        // contact's relays.
-                        if self.engine.attempts(pos).is_some_and(|a| a >= 1) {
+                        // contact's relays. (A group message's first
+                        // attempt here is already one: the group's topic
+                        // brought no receipt.)
+                        if self.engine.wants_relay(pos) {
                             self.deposit(to, pos, &envelope, round);
                         }
                         self.engine.attempted(pos, now, None);

@@ -15,6 +15,7 @@
 mod common;
 
 mod cli;
+mod groups;
 mod hostile;
 mod limits;
 mod offline;

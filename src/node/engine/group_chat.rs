@@ -1153,7 +1153,7 @@ impl Engine {
     }
 
     /// Whether `conv` is a group's conversation.
-    pub(super) fn is_group(&self, conv: &[u8; 32]) -> bool {
+    pub(crate) fn is_group(&self, conv: &[u8; 32]) -> bool {
         self.groups.slots.contains_key(conv)
     }
 }

@@ -1,0 +1,196 @@
+//! Group traffic for members who are away: through their relays.
+
+use std::time::Duration;
+
+use meshchat::node::NodeEvent;
+use meshchat::relay::metrics::Metrics;
+use meshchat::store::DeliveryState;
+
+use crate::common::{TestNode, WAIT, befriend, config, dir_contains, messages};
+use crate::{TestRelay, relay_config};
+
+/// Waits until `node` sees `group` with `n` members, itself among them.
+async fn joined(node: &mut TestNode, group: [u8; 32], n: usize) {
+    loop {
+        let gs = node.handle.groups().await.unwrap();
+        if gs
+            .iter()
+            .any(|g| g.id == group && g.joined && g.members.len() == n)
+        {
+            return;
+        }
+        node.wait("the group", |e| match e {
+            NodeEvent::GroupChanged { group: g } if *g == group => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_away_during_fifty_group_messages_gets_all_fifty_from_its_relays() {
+    const N: usize = 50;
+    let (dr1, dr2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let r1 = TestRelay::start(relay_config(dr1.path(), 801)).await;
+    let r2 = TestRelay::start(relay_config(dr2.path(), 802)).await;
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let mut a = TestNode::start_in("alice", da.path(), 803).await;
+    let mut b = TestNode::start_in("bob", db.path(), 804).await;
+    let c_config = || {
+        let mut cfg = config(dc.path(), 805);
+        cfg.relays = vec![r1.addr.clone(), r2.addr.clone()];
+        cfg
+    };
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    befriend(&mut a, &mut b).await;
+    befriend(&mut a, &mut c).await;
+    let group = a
+        .handle
+        .create_group("team", "alice", vec![b.key(), c.key()], None)
+        .await
+        .unwrap();
+    for n in [&mut a, &mut b, &mut c] {
+        joined(n, group, 3).await;
+    }
+    // Carol has everyone's sender key before she goes.
+    let hello = b"hello before carol goes".to_vec();
+    a.handle.send_group(group, hello.clone()).await.unwrap();
+    b.handle
+        .send_group(group, b"bob too".to_vec())
+        .await
+        .unwrap();
+    messages(&mut c, &[hello, b"bob too".to_vec()]).await;
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+
+    let bodies: Vec<Vec<u8>> = (0..N)
+        .map(|i| format!("while carol is away {i}").into_bytes())
+        .collect();
+    let mut sent = Vec::new();
+    for body in &bodies {
+        sent.push(a.handle.send_group(group, body.clone()).await.unwrap());
+    }
+    messages(&mut b, &bodies).await;
+    // Carol's copies wait at both her relays, unreadable there.
+    // (A copy of the two messages before may join them: carol's receipts
+    // for those may not have left before she stopped.)
+    for r in [&r1, &r2] {
+        let mut held = r.handle.held();
+        tokio::time::timeout(WAIT, held.wait_for(|h| *h >= N as u64))
+            .await
+            .expect("the relay holds carol's copies")
+            .unwrap();
+    }
+    assert!(!dir_contains(dr1.path(), &bodies[0]));
+
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    messages(&mut c, &bodies).await;
+    let page = c.handle.history(group, None, 500).await.unwrap();
+    assert_eq!(page.messages.len(), N + 2, "each message stored once");
+    // Alice sees every one delivered to both members.
+    loop {
+        let page = a.handle.history(group, None, 500).await.unwrap();
+        if page
+            .messages
+            .iter()
+            .filter(|m| m.sender == a.key())
+            .all(|m| m.state == DeliveryState::Delivered)
+        {
+            break;
+        }
+        a.wait("receipts", |e| {
+            matches!(e, NodeEvent::GroupReceipt { .. }).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(a.handle.queued().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_group_message_disappears_on_every_device_and_relay() {
+    // Long enough for carol's copy to reach her relay (a few seconds after
+    // sending) on a busy machine, and to be seen there.
+    const RETENTION: u64 = 15;
+    let dr = tempfile::tempdir().unwrap();
+    let r = TestRelay::start(relay_config(dr.path(), 811)).await;
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let mut a = TestNode::start_in("alice", da.path(), 812).await;
+    let mut b = TestNode::start_in("bob", db.path(), 813).await;
+    let c_config = || {
+        let mut cfg = config(dc.path(), 814);
+        cfg.relays = vec![r.addr.clone()];
+        cfg
+    };
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    befriend(&mut a, &mut b).await;
+    befriend(&mut a, &mut c).await;
+    let group = a
+        .handle
+        .create_group("brief", "alice", vec![b.key(), c.key()], Some(RETENTION))
+        .await
+        .unwrap();
+    for n in [&mut a, &mut b, &mut c] {
+        joined(n, group, 3).await;
+    }
+    // Carol has everyone's sender key before she goes.
+    a.handle.send_group(group, b"hi".to_vec()).await.unwrap();
+    b.handle
+        .send_group(group, b"hi too".to_vec())
+        .await
+        .unwrap();
+    messages(&mut c, &[b"hi".to_vec(), b"hi too".to_vec()]).await;
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+
+    let body = b"this message self-destructs".to_vec();
+    let sent = a.handle.send_group(group, body.clone()).await.unwrap();
+    let got = crate::common::message(&mut b, &body).await;
+    assert_eq!(got.expires_at, Some(got.sent_at + RETENTION));
+    // Carol's copy waits at her relay, with the message's own expiry (with
+    // copies of the two before, if her receipts for them did not leave
+    // before she stopped: they expire as well).
+    let mut held = r.handle.held();
+    tokio::time::timeout(WAIT, held.wait_for(|h| *h >= 1))
+        .await
+        .expect("the relay holds carol's copy")
+        .unwrap();
+    // Then it is gone everywhere: from both histories and from the relay.
+    // (The two messages before disappear a little earlier.)
+    for n in [&mut a, &mut b] {
+        loop {
+            n.wait("messages to disappear", |e| {
+                matches!(e, NodeEvent::Disappeared { .. }).then_some(())
+            })
+            .await;
+            let page = n.handle.history(group, None, 10).await.unwrap();
+            if page.messages.iter().all(|m| m.msg_id != sent.msg_id) {
+                break;
+            }
+        }
+    }
+    // The relay drops its copy at the same time: its purge counts an
+    // expired envelope (it may hold others for carol, such as a sender
+    // key whose acknowledgement did not reach its sender before she left).
+    tokio::time::timeout(WAIT, async {
+        while Metrics::get(&r.handle.metrics().expired_envelopes) == 0 {
+            held.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the relay purged carol's copy");
+    // Carol, back, finds nothing of it; what is sent now reaches her.
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    a.handle.send_group(group, b"after".to_vec()).await.unwrap();
+    crate::common::message(&mut c, b"after").await;
+    let page = c.handle.history(group, None, 10).await.unwrap();
+    assert!(page.messages.iter().any(|m| m.body == b"after"));
+    assert!(page.messages.iter().all(|m| m.body != body));
+}
