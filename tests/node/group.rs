@@ -236,3 +236,133 @@ async fn two_admins_changing_the_group_at_once_converge_everywhere() {
             .await;
     }
 }
+
+/// Copies a stopped node's data directory (its store, keys and all).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_gets_later_messages_on_the_wire_but_cannot_read_them() {
+    use meshchat::node::net::{Net, NetConfig, NetEvent, Topic, Verdict};
+
+    let (dirs, mut nodes, group) = group_of(3, 900).await;
+    let [a, b, c] = [0, 1, 2].map(|i| nodes[i].key());
+    // Everyone's sender key reaches c.
+    nodes[0]
+        .handle
+        .send_group(group, b"one".to_vec())
+        .await
+        .unwrap();
+    nodes[1]
+        .handle
+        .send_group(group, b"two".to_vec())
+        .await
+        .unwrap();
+    crate::common::messages(&mut nodes[2], &[b"one".to_vec(), b"two".to_vec()]).await;
+    // What c knows when it is removed, kept aside: a removed member that
+    // kept its keys.
+    let c_node = nodes.pop().unwrap();
+    c_node
+        .handle
+        .shutdown(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    drop(c_node);
+    let kept = tempfile::tempdir().unwrap();
+    copy_dir(dirs[2].path(), kept.path());
+    let mut c_node = TestNode::start_in("m2", dirs[2].path(), 902).await;
+
+    nodes[0]
+        .handle
+        .change_group(group, GroupChange::Remove { member: c })
+        .await
+        .unwrap();
+    for n in nodes.iter_mut() {
+        sees(n, group, &[a, b]).await;
+    }
+    loop {
+        let gs = c_node.handle.groups().await.unwrap();
+        if !gs[0].joined {
+            break;
+        }
+        c_node
+            .wait("removal", |e| {
+                matches!(e, NodeEvent::GroupChanged { .. }).then_some(())
+            })
+            .await;
+    }
+
+    // On the wire: a peer on the group's topic, connected to b.
+    let topic = Topic::Group(meshchat::node::groups::topic_id(&group));
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes([91; 32]).unwrap();
+    let mut cfg = NetConfig::loopback();
+    cfg.listen.clear();
+    let mut wire = Net::start(keypair, &cfg).unwrap();
+    wire.subscribe(&topic).unwrap();
+    wire.dial(nodes[1].addr.clone()).unwrap();
+    let b_peer = nodes[1].peer();
+    tokio::time::timeout(crate::common::WAIT, async {
+        loop {
+            if let NetEvent::Subscribed { peer, topic: t } = wire.next_event().await
+                && peer == b_peer
+                && t == topic
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("b's subscription");
+    // b writes until a message is seen on the wire (at most five tries,
+    // each waiting up to five seconds).
+    let mut seen = None;
+    for k in 0..5 {
+        let body = format!("after {k}").into_bytes();
+        nodes[1].handle.send_group(group, body).await.unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                if let NetEvent::Gossip(msg) = wire.next_event().await {
+                    wire.report_gossip(
+                        &msg.id,
+                        &msg.source,
+                        Verdict::Ignore(meshchat::node::net::Reason::Application("observer")),
+                    );
+                    if msg.topic == topic {
+                        return msg.data;
+                    }
+                }
+            }
+        })
+        .await;
+        if let Ok(data) = got {
+            seen = Some(data);
+            break;
+        }
+    }
+    let data = seen.expect("a group message on the wire");
+    crate::common::message(&mut nodes[0], b"after 0").await;
+    // c's keys as they were at its removal do not open it (every member
+    // rotated its key).
+    drop(c_node);
+    let store = std::sync::Arc::new(
+        meshchat::store::Store::open(kept.path(), &crate::common::key(902)).unwrap(),
+    );
+    let mut old = meshchat::node::engine::Engine::open(store, 0).unwrap();
+    // It was a member then, with the others' keys of that time.
+    assert!(old.groups()[0].joined);
+    let (taken, fx) = old.group_messages(&[(data, None)], 0).unwrap();
+    assert_eq!(taken, vec![true], "held as waiting for a key it never gets");
+    assert!(fx.events.is_empty());
+    let page = old.store().history().page(&group, None, 10).unwrap();
+    assert!(page.messages.iter().all(|m| !m.body.starts_with(b"after")));
+}
