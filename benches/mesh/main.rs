@@ -15,6 +15,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod group;
 mod ours;
 mod raw;
 mod relay;
@@ -59,6 +60,13 @@ fn main() {
         println!("{}", serde_json::to_string_pretty(&r).unwrap());
         return;
     }
+    // MESH_BENCH_ONLY=group: only the group of 100 (20 when quick).
+    let (members, group_n) = if quick { (20, 20) } else { (100, 50) };
+    if std::env::var("MESH_BENCH_ONLY").as_deref() == Ok("group") {
+        let r = rt.block_on(group::group(members, group_n));
+        println!("{}", serde_json::to_string_pretty(&r).unwrap());
+        return;
+    }
     // MESH_BENCH_ONLY=relay: only the relay and Redis.
     if std::env::var("MESH_BENCH_ONLY").as_deref() == Ok("relay") {
         let r = rt.block_on(relay::relay(deposits, window, drain, queued));
@@ -72,6 +80,7 @@ fn main() {
         let line = ours::line(line_n).await;
         let burst = ours::burst(burst).await;
         let relay = relay::relay(deposits, window, drain, queued).await;
+        let group = group::group(members, group_n).await;
         let e2e_p50 = p50(&ours["latency_to_delivered_receipt"]);
         let rr_p50 = p50(&rr["rtt"]);
         let ours_rate = ours["throughput"]["all_acknowledged_msgs_per_s"]
@@ -93,6 +102,7 @@ fn main() {
             "ours_line_3_nodes": line,
             "ours_burst": burst,
             "relay": relay,
+            "group": group,
             "targets": {
                 "e2e_p50_over_rr_rtt_p50": (e2e_p50 / rr_p50 * 100.0).round() / 100.0,
                 "e2e_p50_target_max": 1.5,

@@ -25,24 +25,26 @@ const PHASE_LIMIT: Duration = Duration::from_secs(900);
 
 /// What a node's event stream showed, with when.
 #[derive(Default)]
-struct Seen {
+pub(crate) struct Seen {
     /// Message number (first 8 bytes of the body) → first arrival.
-    messages: HashMap<u64, Instant>,
-    duplicates: usize,
+    pub(crate) messages: HashMap<u64, Instant>,
+    pub(crate) duplicates: usize,
+    /// Group receipts for our messages that reached us.
+    pub(crate) group_receipts: usize,
     /// Our messages → when they were reported delivered.
     delivered: HashMap<MessageRef, Instant>,
 }
 
-struct Bench {
-    handle: NodeHandle,
-    seen: Arc<Mutex<Seen>>,
+pub(crate) struct Bench {
+    pub(crate) handle: NodeHandle,
+    pub(crate) seen: Arc<Mutex<Seen>>,
     changed: Arc<Notify>,
     addr: libp2p::Multiaddr,
     _dir: tempfile::TempDir,
 }
 
 impl Bench {
-    async fn start(seed: u64, listen: bool) -> Self {
+    pub(crate) async fn start(seed: u64, listen: bool) -> Self {
         // MESH_BENCH_DIR: where the stores go (default: the system's
         // temporary directory, on the disk here). Pointing it at a tmpfs
         // shows what is left of the path without the disk's syncs.
@@ -95,6 +97,7 @@ impl Bench {
                         } => {
                             seen.delivered.entry(message).or_insert(now);
                         }
+                        NodeEvent::GroupReceipt { .. } => seen.group_receipts += 1,
                         _ => continue,
                     }
                 }
@@ -110,12 +113,12 @@ impl Bench {
         }
     }
 
-    fn key(&self) -> [u8; 32] {
+    pub(crate) fn key(&self) -> [u8; 32] {
         self.handle.info().identity
     }
 
     /// Waits until `done` holds for what this node has seen.
-    async fn until(&self, done: impl Fn(&Seen) -> bool) -> bool {
+    pub(crate) async fn until(&self, done: impl Fn(&Seen) -> bool) -> bool {
         tokio::time::timeout(PHASE_LIMIT, async {
             loop {
                 let notified = self.changed.notified();
@@ -129,18 +132,18 @@ impl Bench {
         .is_ok()
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.handle.shutdown(Duration::from_secs(10)).await;
     }
 }
 
-fn body(n: u64) -> Vec<u8> {
+pub(crate) fn body(n: u64) -> Vec<u8> {
     let mut v = vec![b'x'; BODY];
     v[..8].copy_from_slice(&n.to_be_bytes());
     v
 }
 
-async fn befriend(a: &Bench, b: &Bench, with_addrs: bool) {
+pub(crate) async fn befriend(a: &Bench, b: &Bench, with_addrs: bool) {
     let code = |h: &NodeHandle| {
         let h = h.clone();
         async move {

@@ -1,0 +1,124 @@
+//! A group on an in-process mesh: one message to every member, timed until
+//! the last member has it.
+
+use std::time::{Duration, Instant};
+
+use meshchat::node::proto::{Payload, ReceiptKind};
+use serde_json::{Value, json};
+
+use crate::ours::{Bench, befriend, body};
+use crate::stats::latency;
+
+/// Longest the group may take to form (every member in it, every sender
+/// key everywhere).
+const FORM_LIMIT: Duration = Duration::from_secs(600);
+/// Longest one message may take to reach every member before it counts as
+/// not delivered to those without it.
+const MESSAGE_LIMIT: Duration = Duration::from_secs(10);
+
+/// `members` nodes, the first befriends the others and creates the group;
+/// then `n` messages, one at a time, from the creator and `n` from another
+/// member.
+pub(crate) async fn group(members: usize, n: usize) -> Value {
+    let setup = Instant::now();
+    let mut nodes = Vec::with_capacity(members);
+    for i in 0..members {
+        nodes.push(Bench::start(5_000 + i as u64, true).await);
+    }
+    for other in &nodes[1..] {
+        befriend(&nodes[0], other, true).await;
+    }
+    let keys: Vec<[u8; 32]> = nodes[1..].iter().map(Bench::key).collect();
+    let group = nodes[0]
+        .handle
+        .create_group("bench", "n0", keys, None)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + FORM_LIMIT;
+    for node in &nodes {
+        loop {
+            let gs = node.handle.groups().await.unwrap();
+            if gs
+                .iter()
+                .any(|g| g.id == group && g.joined && g.members.len() == members)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the group did not form");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Every member writes once and every other member reads it: sessions
+    // and sender keys are in place everywhere.
+    for (i, node) in nodes.iter().enumerate() {
+        node.handle.send_group(group, body(i as u64)).await.unwrap();
+    }
+    for node in &nodes {
+        let all = node
+            .until(|s| (0..members as u64).filter(|k| s.messages.contains_key(k)).count() >= members - 1)
+            .await;
+        assert!(all, "warm-up messages missing");
+    }
+    let formed = setup.elapsed();
+
+    let mut first = 1_000_000u64;
+    let mut series = serde_json::Map::new();
+    for (label, from) in [("from_creator", 0usize), ("from_a_member", members / 2)] {
+        let receipts_before = nodes[from].seen.lock().unwrap().group_receipts;
+        let mut last = Vec::with_capacity(n);
+        let mut delivered = 0usize;
+        for k in first..first + n as u64 {
+            let t = Instant::now();
+            nodes[from]
+                .handle
+                .send_group(group, body(k))
+                .await
+                .unwrap();
+            let mut latest = Duration::ZERO;
+            for (i, node) in nodes.iter().enumerate() {
+                if i == from {
+                    continue;
+                }
+                let got = tokio::time::timeout(MESSAGE_LIMIT, node.until(|s| s.messages.contains_key(&k)))
+                    .await
+                    .is_ok_and(|ok| ok);
+                if got {
+                    delivered += 1;
+                    let at = node.seen.lock().unwrap().messages[&k];
+                    latest = latest.max(at - t);
+                }
+            }
+            last.push(latest);
+        }
+        // Receipts: every member answers each message once (batched with
+        // whatever else it received meanwhile), end-to-end encrypted 1:1.
+        let receipts = nodes[from].seen.lock().unwrap().group_receipts - receipts_before;
+        series.insert(
+            label.into(),
+            json!({
+                "messages": n,
+                "delivery_ratio": delivered as f64 / (n * (members - 1)) as f64,
+                "time_until_last_member": latency(last),
+                "receipts_per_message_counted_by_author": receipts as f64 / n as f64,
+            }),
+        );
+        first += n as u64;
+    }
+    let receipt_payload = Payload::GroupReceipts {
+        group,
+        kind: ReceiptKind::Delivered,
+        messages: vec![(1, [0; 16])],
+    }
+    .to_bytes()
+    .len();
+    for node in nodes {
+        node.stop().await;
+    }
+    json!({
+        "what": "one group, every member a real node on 127.0.0.1 (TCP); the creator befriends the others, members meet through the group; each message sent once, encrypted with the sender key, published on the group topic, stored and flushed by every member, answered by a delivered receipt per member",
+        "members": members,
+        "formed_s": (formed.as_secs_f64() * 10.0).round() / 10.0,
+        "series": series,
+        "receipt_payload_bytes_before_encryption": receipt_payload,
+    })
+}
