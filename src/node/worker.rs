@@ -524,6 +524,15 @@ impl Worker {
                 let r = self.engine.invite(addrs, now).map(|i| i.to_code());
                 round.reply(reply, r.map_err(Into::into));
             }
+            Job::MarkRead { with, reply } if self.engine.is_group(&with) => {
+                match self.engine.mark_group_read(&with) {
+                    Ok((marked, fx)) => {
+                        self.group_effects(fx, now, round);
+                        round.reply(reply, Ok(marked));
+                    }
+                    Err(e) => round.reply(reply, Err(e.into())),
+                }
+            }
             Job::MarkRead { with, reply } => match self.engine.mark_read(&with, now) {
                 Ok(Some(due)) => {
                     self.route(&with, due.frame, Some(due.pos), now, round);

@@ -963,6 +963,59 @@ impl Engine {
         Ok((taken, fx))
     }
 
+    /// Marks a group's conversation read: each author of the messages
+    /// read gets one read receipt for them (1:1, like a delivered one).
+    /// `false` if nothing was unread.
+    pub fn mark_group_read(
+        &mut self,
+        group: &[u8; 32],
+    ) -> Result<(bool, GroupEffects), EngineError> {
+        let me = self.me.public().signing;
+        let unread = usize::try_from(self.store.history().mark_read(group)?).unwrap_or(usize::MAX);
+        let mut fx = GroupEffects::default();
+        if unread == 0 {
+            return Ok((false, fx));
+        }
+        let want = unread.min(crate::node::proto::MAX_RECEIPTS);
+        let mut by_sender: HashMap<[u8; 32], Vec<Acked>> = HashMap::new();
+        let mut seen = 0;
+        let mut cursor = None;
+        while seen < want {
+            let page = self.store.history().page(
+                group,
+                cursor.as_ref(),
+                crate::store::History::MAX_PAGE,
+            )?;
+            for m in page.messages.iter().filter(|m| m.sender != me) {
+                if seen == want {
+                    break;
+                }
+                seen += 1;
+                by_sender
+                    .entry(m.sender)
+                    .or_default()
+                    .push((m.lamport, m.msg_id));
+            }
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        for (sender, messages) in by_sender {
+            if !self.contacts.contains_key(&sender) {
+                continue;
+            }
+            let receipt = Payload::GroupReceipts {
+                group: *group,
+                kind: ReceiptKind::Read,
+                messages,
+            };
+            fx.replies
+                .push((sender, self.encrypt(&sender, &receipt.to_bytes())?));
+        }
+        Ok((true, fx))
+    }
+
     fn save_receivers(&self, group: &[u8; 32], member: &[u8; 32]) -> Result<(), EngineError> {
         let Some(keys) = self
             .groups
@@ -1365,6 +1418,28 @@ mod tests {
             }
         )));
         assert_eq!(d.engines[0].queued(), 0);
+        // Everyone reads: the first message reads "read by 3 of 3".
+        for i in 1..4 {
+            let (marked, fx) = d.engines[i].mark_group_read(&group).unwrap();
+            assert!(marked);
+            d.effects(i, fx);
+            d.run(true, &[]);
+        }
+        let read = d.events[0]
+            .iter()
+            .filter_map(|e| match e {
+                Event::GroupReceipt { read, .. } => Some(*read),
+                _ => None,
+            })
+            .max();
+        assert_eq!(read, Some(3));
+        assert!(d.events[0].iter().any(|e| matches!(
+            e,
+            Event::Receipt {
+                state: DeliveryState::Read,
+                ..
+            }
+        )));
     }
 
     #[test]
