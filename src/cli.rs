@@ -40,6 +40,9 @@ enum Command {
     /// Add, list, verify or remove contacts.
     #[command(subcommand)]
     Contacts(client::ContactsCmd),
+    /// Group chats: create, add, remove, leave, list, send.
+    #[command(subcommand)]
+    Group(client::GroupCmd),
     /// Write a message to a contact.
     Send(client::SendArgs),
     /// Show a conversation, newest page first.
@@ -273,6 +276,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => daemon::run(*args),
         Command::Id(args) => client::id(args),
         Command::Contacts(cmd) => client::contacts(cmd),
+        Command::Group(cmd) => client::group(cmd),
         Command::Send(args) => client::send(args),
         Command::History(args) => client::history(args),
         Command::Chat(args) => chat::run(args),

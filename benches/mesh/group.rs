@@ -55,7 +55,12 @@ pub(crate) async fn group(members: usize, n: usize) -> Value {
     }
     for node in &nodes {
         let all = node
-            .until(|s| (0..members as u64).filter(|k| s.messages.contains_key(k)).count() >= members - 1)
+            .until(|s| {
+                (0..members as u64)
+                    .filter(|k| s.messages.contains_key(k))
+                    .count()
+                    >= members - 1
+            })
             .await;
         assert!(all, "warm-up messages missing");
     }
@@ -69,19 +74,18 @@ pub(crate) async fn group(members: usize, n: usize) -> Value {
         let mut delivered = 0usize;
         for k in first..first + n as u64 {
             let t = Instant::now();
-            nodes[from]
-                .handle
-                .send_group(group, body(k))
-                .await
-                .unwrap();
+            nodes[from].handle.send_group(group, body(k)).await.unwrap();
             let mut latest = Duration::ZERO;
             for (i, node) in nodes.iter().enumerate() {
                 if i == from {
                     continue;
                 }
-                let got = tokio::time::timeout(MESSAGE_LIMIT, node.until(|s| s.messages.contains_key(&k)))
-                    .await
-                    .is_ok_and(|ok| ok);
+                let got = tokio::time::timeout(
+                    MESSAGE_LIMIT,
+                    node.until(|s| s.messages.contains_key(&k)),
+                )
+                .await
+                .is_ok_and(|ok| ok);
                 if got {
                     delivered += 1;
                     let at = node.seen.lock().unwrap().messages[&k];

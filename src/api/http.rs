@@ -317,7 +317,7 @@ fn status_of(kind: ErrorKind) -> u16 {
     match kind {
         ErrorKind::BadRequest | ErrorKind::BadInvite => 400,
         ErrorKind::Unauthorized => 401,
-        ErrorKind::UnknownContact => 404,
+        ErrorKind::UnknownContact | ErrorKind::UnknownGroup => 404,
         ErrorKind::KeyChanged => 409,
         ErrorKind::Stopped => 503,
         ErrorKind::Failed => 500,

@@ -94,6 +94,44 @@ pub enum Request {
     },
     /// Connections, addresses, presence, queue.
     Status {},
+    /// The groups this device knows (joined or left).
+    Groups {},
+    /// Creates a group with these contacts (names or identity keys); this
+    /// device is its first admin.
+    CreateGroup {
+        /// The group's name.
+        name: String,
+        /// Contacts to add.
+        members: Vec<String>,
+        /// Messages disappear this many seconds after sending.
+        #[serde(default)]
+        retention: Option<u64>,
+        /// The name this device goes by in the group (default: "me").
+        #[serde(default, rename = "as")]
+        as_name: Option<String>,
+    },
+    /// Adds a contact to a group (admins only).
+    GroupAdd {
+        /// The group (name or id).
+        group: String,
+        /// The contact (name or identity key).
+        contact: String,
+        /// Make it an admin.
+        #[serde(default)]
+        admin: bool,
+    },
+    /// Removes a member from a group (admins only).
+    GroupRemove {
+        /// The group (name or id).
+        group: String,
+        /// The member (name or identity key).
+        member: String,
+    },
+    /// Leaves a group.
+    GroupLeave {
+        /// The group (name or id).
+        group: String,
+    },
     /// Turns this connection into a stream of events.
     Events {},
 }
@@ -110,6 +148,8 @@ pub enum ErrorKind {
     BadRequest,
     /// No contact by that name or key.
     UnknownContact,
+    /// No group by that name or id.
+    UnknownGroup,
     /// The invite code does not decode or its signatures do not verify.
     BadInvite,
     /// The name belongs to a contact with another key; accept explicitly.
@@ -229,6 +269,57 @@ impl MessageView {
     }
 }
 
+/// A group as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupView {
+    /// Its id (hex; also names it in send, history and read).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Whether this device is in it (false after leaving or removal).
+    pub joined: bool,
+    /// Messages disappear this many seconds after sending (temporary).
+    pub retention: Option<u64>,
+    /// Its members.
+    pub members: Vec<MemberView>,
+}
+
+/// A group member as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Its name in the group.
+    pub name: String,
+    /// Its identity key (hex).
+    pub identity: String,
+    /// admin or member.
+    pub role: String,
+}
+
+impl GroupView {
+    /// The view of `g`.
+    pub fn of(g: &crate::node::engine::GroupInfo) -> Self {
+        Self {
+            id: hex(&g.id),
+            name: g.name.clone(),
+            joined: g.joined,
+            retention: g.retention,
+            members: g
+                .members
+                .iter()
+                .map(|(key, name, role)| MemberView {
+                    name: name.clone(),
+                    identity: hex(key),
+                    role: match role {
+                        crate::node::groups::Role::Admin => "admin",
+                        crate::node::groups::Role::Member => "member",
+                    }
+                    .into(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A contact as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContactView {
@@ -340,6 +431,27 @@ pub enum EventView {
         /// The peer id.
         peer: String,
     },
+    /// A member's receipt moved the count for one of our group messages.
+    GroupReceipt {
+        /// The message id (hex).
+        id: String,
+        /// Members whose devices have it.
+        delivered: u32,
+        /// Members who read it.
+        read: u32,
+        /// Members it went to.
+        members: u32,
+    },
+    /// A group changed (members, name, retention) or we joined or left it.
+    GroupChanged {
+        /// The group id (hex).
+        group: String,
+    },
+    /// Temporary messages reached their time and were deleted here.
+    Disappeared {
+        /// How many.
+        messages: usize,
+    },
     /// Events were dropped because this client read too slowly.
     Lagged {
         /// How many.
@@ -393,6 +505,21 @@ impl EventView {
             },
             NodeEvent::Disconnected { peer } => Self::Disconnected {
                 peer: peer.to_string(),
+            },
+            NodeEvent::GroupReceipt {
+                message,
+                delivered,
+                read,
+                members,
+            } => Self::GroupReceipt {
+                id: hex(&message.msg_id),
+                delivered: *delivered,
+                read: *read,
+                members: *members,
+            },
+            NodeEvent::GroupChanged { group } => Self::GroupChanged { group: hex(group) },
+            NodeEvent::Disappeared { messages } => Self::Disappeared {
+                messages: *messages,
             },
             _ => return None,
         })

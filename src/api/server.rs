@@ -10,12 +10,29 @@ use tokio::sync::{Semaphore, broadcast, mpsc};
 use tracing::{debug, warn};
 
 use super::proto::{
-    Answer, ApiError, ContactView, DEFAULT_PAGE, ErrorKind, EventView, MAX_LINE, MAX_PAGE,
-    MessageView, PageView, Request, SentView, hex, presence_name, unhex32,
+    Answer, ApiError, ContactView, DEFAULT_PAGE, ErrorKind, EventView, GroupView, MAX_LINE,
+    MAX_PAGE, MessageView, PageView, Request, SentView, hex, presence_name, unhex32,
 };
 use crate::crypto;
+use crate::node::engine::{GroupChange, GroupInfo};
+use crate::node::groups::Role;
 use crate::node::state::Invite;
 use crate::node::{ContactInfo, NodeError, NodeEvent, NodeHandle, PresenceState};
+
+/// What `send`, `history` and `read` name: a contact or a group.
+enum Target {
+    Contact([u8; 32]),
+    Group([u8; 32]),
+}
+
+impl Target {
+    /// The key the node's handle takes for it.
+    fn key(&self) -> [u8; 32] {
+        match self {
+            Self::Contact(k) | Self::Group(k) => *k,
+        }
+    }
+}
 use crate::store::{Cursor, History};
 
 /// Most clients served at once; more are told so and closed.
@@ -212,12 +229,11 @@ impl Api {
                         History::MAX_BODY
                     )));
                 }
-                let c = self.contact(&to).await?;
-                let r = self
-                    .node
-                    .send(c.identity, text.into_bytes())
-                    .await
-                    .map_err(failed)?;
+                let r = match self.target(&to).await? {
+                    Target::Contact(key) => self.node.send(key, text.into_bytes()).await,
+                    Target::Group(id) => self.node.send_group(id, text.into_bytes()).await,
+                }
+                .map_err(failed)?;
                 Ok(json!(SentView {
                     id: hex(&r.msg_id),
                     state: "pending".into(),
@@ -228,7 +244,7 @@ impl Api {
                 before,
                 limit,
             } => {
-                let c = self.contact(&with).await?;
+                let with = self.target(&with).await?.key();
                 let before = match before {
                     Some(b) => Some(
                         Cursor::parse(&b).map_err(|_| bad(format!("not a history cursor: {b}")))?,
@@ -241,14 +257,25 @@ impl Api {
                 }
                 let page = self
                     .node
-                    .history(c.identity, before, limit)
+                    .history(with, before, limit)
                     .await
                     .map_err(failed)?;
+                // Who wrote each: a contact's name (in a group, any
+                // member's), else its key.
+                let names: HashMap<[u8; 32], String> = self
+                    .node
+                    .contacts()
+                    .await
+                    .map_err(failed)?
+                    .into_iter()
+                    .map(|c| (c.identity, c.name))
+                    .collect();
+                let name_of = |k: &[u8; 32]| names.get(k).cloned().unwrap_or_else(|| hex(k));
                 Ok(json!(PageView {
                     messages: page
                         .messages
                         .iter()
-                        .map(|m| MessageView::of(m, &me, &c.name))
+                        .map(|m| MessageView::of(m, &me, &name_of(&m.sender)))
                         .collect(),
                     next: page.next.map(|c| c.as_str().to_owned()),
                 }))
@@ -277,8 +304,8 @@ impl Api {
                 Ok(json!(out))
             }
             Request::MarkRead { with } => {
-                let c = self.contact(&with).await?;
-                let marked = self.node.mark_read(c.identity).await.map_err(failed)?;
+                let with = self.target(&with).await?.key();
+                let marked = self.node.mark_read(with).await.map_err(failed)?;
                 Ok(json!({ "marked": marked }))
             }
             Request::SetPresence { state } => {
@@ -301,6 +328,72 @@ impl Api {
                 };
                 let n = self.node.export(key, path.clone()).await.map_err(failed)?;
                 Ok(json!({ "path": path, "written": n, "backup": key.is_none() }))
+            }
+            Request::Groups {} => {
+                let groups = self.node.groups().await.map_err(failed)?;
+                Ok(json!(groups.iter().map(GroupView::of).collect::<Vec<_>>()))
+            }
+            Request::CreateGroup {
+                name,
+                members,
+                retention,
+                as_name,
+            } => {
+                if name.trim().is_empty() {
+                    return Err(bad("a group needs a name"));
+                }
+                if retention == Some(0) {
+                    return Err(bad("retention is at least one second"));
+                }
+                let mut keys = Vec::with_capacity(members.len());
+                for m in &members {
+                    keys.push(self.contact(m).await?.identity);
+                }
+                let me = as_name.unwrap_or_else(|| "me".into());
+                let id = self
+                    .node
+                    .create_group(&name, &me, keys, retention)
+                    .await
+                    .map_err(failed)?;
+                Ok(json!({ "id": hex(&id), "name": name }))
+            }
+            Request::GroupAdd {
+                group,
+                contact,
+                admin,
+            } => {
+                let g = self.group(&group).await?;
+                let c = self.contact(&contact).await?;
+                let role = if admin { Role::Admin } else { Role::Member };
+                let change = GroupChange::Add {
+                    contact: c.identity,
+                    role,
+                };
+                self.node.change_group(g.id, change).await.map_err(failed)?;
+                Ok(json!({ "group": hex(&g.id), "added": c.name }))
+            }
+            Request::GroupRemove { group, member } => {
+                let g = self.group(&group).await?;
+                let key = unhex32(&member);
+                let Some((key, name, _)) = g
+                    .members
+                    .iter()
+                    .find(|(k, n, _)| *n == member || Some(*k) == key)
+                    .cloned()
+                else {
+                    return Err(bad(format!("no member {member:?} in {:?}", g.name)));
+                };
+                let change = GroupChange::Remove { member: key };
+                self.node.change_group(g.id, change).await.map_err(failed)?;
+                Ok(json!({ "group": hex(&g.id), "removed": name }))
+            }
+            Request::GroupLeave { group } => {
+                let g = self.group(&group).await?;
+                self.node
+                    .change_group(g.id, GroupChange::Leave)
+                    .await
+                    .map_err(failed)?;
+                Ok(json!({ "group": hex(&g.id), "left": true }))
             }
             Request::Status {} => {
                 let s = self.node.status().await.map_err(failed)?;
@@ -325,6 +418,30 @@ impl Api {
     }
 
     /// The contact `who` names: its name, or its identity key in hex.
+    /// A conversation by name or key: a contact's, else a group's.
+    async fn target(&self, who: &str) -> Result<Target, ApiError> {
+        match self.contact(who).await {
+            Ok(c) => Ok(Target::Contact(c.identity)),
+            Err(e) if e.kind == ErrorKind::UnknownContact => match self.group(who).await {
+                Ok(g) => Ok(Target::Group(g.id)),
+                Err(_) => Err(ApiError::new(
+                    ErrorKind::UnknownContact,
+                    format!("no contact or group {who:?}"),
+                )),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A group by name or id.
+    async fn group(&self, which: &str) -> Result<GroupInfo, ApiError> {
+        let list = self.node.groups().await.map_err(failed)?;
+        let id = unhex32(which);
+        list.into_iter()
+            .find(|g| g.name == which || Some(g.id) == id)
+            .ok_or_else(|| ApiError::new(ErrorKind::UnknownGroup, format!("no group {which:?}")))
+    }
+
     async fn contact(&self, who: &str) -> Result<ContactInfo, ApiError> {
         let list = self.node.contacts().await.map_err(failed)?;
         let key = unhex32(who);

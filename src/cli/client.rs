@@ -70,6 +70,73 @@ pub(super) enum ContactsCmd {
     },
 }
 
+/// `meshchat group …`.
+#[derive(Debug, clap::Subcommand)]
+pub(super) enum GroupCmd {
+    /// Creates a group with contacts; you are its first admin.
+    Create {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+        /// The group's name.
+        name: String,
+        /// Contacts to add (names or identity keys).
+        #[arg(required = true)]
+        members: Vec<String>,
+        /// Make it temporary: messages disappear this many seconds after
+        /// they are sent, on every member's device and relay.
+        #[arg(long, env = "MESHCHAT_RETENTION", value_parser = clap::value_parser!(u64).range(1..))]
+        retention: Option<u64>,
+        /// The name you go by in the group.
+        #[arg(long = "as", env = "MESHCHAT_GROUP_NAME", default_value = "me")]
+        as_name: String,
+    },
+    /// Adds a contact to a group (admins).
+    Add {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+        /// The group: name or id.
+        group: String,
+        /// The contact: name or identity key.
+        contact: String,
+        /// As an admin.
+        #[arg(long, env = "MESHCHAT_ADMIN")]
+        admin: bool,
+    },
+    /// Removes a member (admins); everyone left changes keys.
+    Remove {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+        /// The group: name or id.
+        group: String,
+        /// The member: name or identity key.
+        member: String,
+    },
+    /// Leaves a group.
+    Leave {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+        /// The group: name or id.
+        group: String,
+    },
+    /// Lists groups with their members.
+    List {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+    },
+    /// Writes a message to a group (as `meshchat send GROUP TEXT`).
+    Send(SendArgs),
+}
+
 /// `meshchat send`.
 #[derive(Debug, clap::Args)]
 pub(super) struct SendArgs {
@@ -301,6 +368,97 @@ pub(super) fn contacts(cmd: ContactsCmd) -> Result<(), CliError> {
                 println!("Removed {}; the conversation stays.", s(&v["name"]));
             }
         }
+    }
+    Ok(())
+}
+
+/// `meshchat group …`.
+pub(super) fn group(cmd: GroupCmd) -> Result<(), CliError> {
+    let (dir, out, req) = match cmd {
+        GroupCmd::Send(args) => return send(args),
+        GroupCmd::List { dir, out } => {
+            let Some(v) = ask(&dir, &out, &Request::Groups {})? else {
+                return Ok(());
+            };
+            let list = v.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("No groups yet: `meshchat group create <name> <contact>…`.");
+            }
+            for g in list {
+                let members: Vec<String> = g["members"]
+                    .as_array()
+                    .map(|m| {
+                        m.iter()
+                            .map(|m| match s(&m["role"]) {
+                                "admin" => format!("{} (admin)", clean(&m["name"])),
+                                _ => clean(&m["name"]),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let state = match (g["joined"] == true, g["retention"].as_u64()) {
+                    (false, _) => " [left]".to_owned(),
+                    (true, Some(r)) => format!(" [messages disappear after {r} s]"),
+                    (true, None) => String::new(),
+                };
+                println!("{}{state}: {}", clean(&g["name"]), members.join(", "));
+            }
+            return Ok(());
+        }
+        GroupCmd::Create {
+            dir,
+            out,
+            name,
+            members,
+            retention,
+            as_name,
+        } => (
+            dir,
+            out,
+            Request::CreateGroup {
+                name,
+                members,
+                retention,
+                as_name: Some(as_name),
+            },
+        ),
+        GroupCmd::Add {
+            dir,
+            out,
+            group,
+            contact,
+            admin,
+        } => (
+            dir,
+            out,
+            Request::GroupAdd {
+                group,
+                contact,
+                admin,
+            },
+        ),
+        GroupCmd::Remove {
+            dir,
+            out,
+            group,
+            member,
+        } => (dir, out, Request::GroupRemove { group, member }),
+        GroupCmd::Leave { dir, out, group } => (dir, out, Request::GroupLeave { group }),
+    };
+    let Some(v) = ask(&dir, &out, &req)? else {
+        return Ok(());
+    };
+    match req {
+        Request::CreateGroup { name, .. } => println!(
+            "Created {}; its members hear of it as their devices come online.",
+            clean(&Value::String(name))
+        ),
+        Request::GroupAdd { .. } => println!("Added {}.", clean(&v["added"])),
+        Request::GroupRemove { .. } => println!(
+            "Removed {}; the group's keys change, so it cannot read what is sent from now on.",
+            clean(&v["removed"])
+        ),
+        _ => println!("You left the group."),
     }
     Ok(())
 }

@@ -17,6 +17,7 @@
 
 mod api;
 mod chat;
+mod group;
 mod mistakes;
 mod tui;
 

@@ -78,8 +78,16 @@ fn mistakes_get_one_line_a_non_zero_exit_and_change_nothing() {
     assert_eq!(alice.json(&["contacts", "list"]), serde_json::json!([]));
 
     // Unknown contacts.
-    assert_refused(&alice.run(&["send", "bob", "hi"]), 1, "no contact \"bob\"");
-    assert_refused(&alice.run(&["history", "bob"]), 1, "no contact \"bob\"");
+    assert_refused(
+        &alice.run(&["send", "bob", "hi"]),
+        1,
+        "no contact or group \"bob\"",
+    );
+    assert_refused(
+        &alice.run(&["history", "bob"]),
+        1,
+        "no contact or group \"bob\"",
+    );
     assert_refused(&alice.run(&["contacts", "verify", "bob"]), 1, "no contact");
     assert_eq!(alice.json(&["chats"]), serde_json::json!([]));
 

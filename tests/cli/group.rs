@@ -1,0 +1,78 @@
+//! Groups through the CLI: three daemons.
+
+use crate::{Device, Proc};
+
+fn events(d: &Device) -> Proc {
+    Proc::spawn({
+        let mut c = d.cmd();
+        c.arg("events");
+        c
+    })
+}
+
+#[test]
+fn a_group_is_created_used_and_changed_through_the_cli() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = Device::init(root.path(), "alice");
+    let mut bob = Device::init(root.path(), "bob");
+    let mut carol = Device::init(root.path(), "carol");
+    for d in [&mut alice, &mut bob, &mut carol] {
+        d.start(&[]);
+    }
+    alice.json(&["contacts", "add", "bob", &bob.invite()]);
+    alice.json(&["contacts", "add", "carol", &carol.invite()]);
+    bob.json(&["contacts", "add", "alice", &alice.invite()]);
+    carol.json(&["contacts", "add", "alice", &alice.invite()]);
+    let (bob_events, carol_events) = (events(&bob), events(&carol));
+
+    let created = alice.json(&["group", "create", "team", "bob", "carol", "--as", "alice"]);
+    let id = created["id"].as_str().unwrap().to_owned();
+    for e in [&bob_events, &carol_events] {
+        e.wait_json("the new group", |e| {
+            e["type"] == "group_changed" && e["group"] == id
+        });
+    }
+    // Bob sees all three, alice as admin. (Each member's device learns the
+    // others from the group and adds them as contacts.)
+    let listed = bob.json(&["group", "list"]);
+    let team = &listed[0];
+    assert_eq!(team["name"], "team");
+    assert_eq!(team["joined"], true);
+    let members = team["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    assert!(
+        members
+            .iter()
+            .any(|m| m["name"] == "alice" && m["role"] == "admin")
+    );
+
+    // A message to the group, delivered once every member has it.
+    let sent = alice.json(&["group", "send", "team", "hello team", "--wait", "delivered"]);
+    assert_eq!(sent["state"], "delivered");
+    for e in [&bob_events, &carol_events] {
+        e.wait_json("the group message", |e| {
+            e["type"] == "message" && e["message"]["text"] == "hello team"
+        });
+    }
+    let page = carol.json(&["history", "team"]);
+    assert_eq!(page["messages"][0]["text"], "hello team");
+    assert_eq!(page["messages"][0]["from"], "alice");
+    // Bob answers with plain `send`, which takes a group's name too.
+    bob.json(&["send", "team", "hi all", "--wait", "delivered"]);
+    carol_events.wait_json("bob's answer", |e| {
+        e["type"] == "message" && e["message"]["text"] == "hi all"
+    });
+
+    // Carol is removed: her device knows it is out.
+    alice.json(&["group", "remove", "team", "carol"]);
+    carol_events.wait_json("the removal", |e| {
+        e["type"] == "group_changed" && e["group"] == id
+    });
+    let listed = carol.json(&["group", "list"]);
+    assert_eq!(listed[0]["joined"], false);
+    let listed = alice.json(&["group", "list"]);
+    assert_eq!(listed[0]["members"].as_array().unwrap().len(), 2);
+    // Not a group admin: bob cannot remove anyone.
+    let out = bob.run(&["group", "remove", "team", "alice"]);
+    crate::assert_refused(&out, 1, "only an admin");
+}
