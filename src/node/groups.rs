@@ -445,30 +445,36 @@ impl Log {
     }
 
     /// Adds verified operations (those already held are skipped) and folds
-    /// again. Returns how many were new.
+    /// again. Returns how many were new. All or nothing: on an error the
+    /// log and its view are as they were.
     pub fn insert(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<usize, LogError> {
-        let mut new = 0;
+        let mut fresh: Vec<Op> = Vec::new();
+        let mut ids = HashSet::new();
         for op in ops {
             if op.group != self.group {
                 return Err(LogError::OtherGroup);
             }
-            if self.ids.contains(&op.id) {
+            if self.ids.contains(&op.id) || !ids.insert(op.id) {
                 continue;
             }
-            if self.ops.len() >= MAX_OPS {
+            if self.ops.len() + fresh.len() >= MAX_OPS {
                 return Err(LogError::Full);
             }
+            fresh.push(op);
+        }
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        let new = fresh.len();
+        for op in fresh {
             self.ids.insert(op.id);
             self.ops.insert(op.order(), op);
-            new += 1;
         }
-        if new > 0 {
-            let mut view = View::default();
-            for op in self.ops.values() {
-                view.apply(op);
-            }
-            self.view = view;
+        let mut view = View::default();
+        for op in self.ops.values() {
+            view.apply(op);
         }
+        self.view = view;
         Ok(new)
     }
 }

@@ -42,7 +42,12 @@ const MAX_EARLY_KEYS: usize = 64;
 /// Sender keys kept per member (the current one and the one before, for
 /// messages still on their way).
 const KEYS_PER_MEMBER: usize = 2;
+/// Groups this device has operations for but is not in yet (a long log
+/// comes in several payloads; the one that adds this device may not be the
+/// first).
+const MAX_LIMBO_GROUPS: usize = 8;
 const OWN_KEY: &[u8] = b"own";
+const LIMBO_PREFIX: &[u8] = b"limbo:";
 const TALLY_PREFIX: &[u8] = b"tally:";
 const TALLY_VERSION: u8 = 1;
 
@@ -159,6 +164,10 @@ pub(crate) struct Groups {
     slots: HashMap<[u8; 32], GroupSlot>,
     /// Sender keys that came before their group or member did.
     early: VecDeque<([u8; 32], Vec<u8>)>,
+    /// Operations of groups that do not (yet) make this device a member,
+    /// oldest group first; kept on disk too, since the payloads that
+    /// brought them were acknowledged.
+    limbo: VecDeque<([u8; 32], Vec<Op>)>,
 }
 
 /// Who has a group message of ours.
@@ -197,6 +206,10 @@ fn op_record(group: &[u8; 32], op: &[u8; 32]) -> Vec<u8> {
     [group.as_slice(), op.as_slice()].concat()
 }
 
+fn limbo_record(group: &[u8; 32], op: &[u8; 32]) -> Vec<u8> {
+    [LIMBO_PREFIX, group.as_slice(), op.as_slice()].concat()
+}
+
 fn refused(what: &str) -> EngineError {
     EngineError::Group(what.to_owned())
 }
@@ -224,6 +237,15 @@ impl Engine {
     /// Loads groups and sender keys from the store.
     pub(super) fn load_groups(&mut self) -> Result<(), EngineError> {
         for (key, bytes) in self.store.records(Kind::Groups)?.scan(b"")? {
+            if key.len() == LIMBO_PREFIX.len() + 64 && key.starts_with(LIMBO_PREFIX) {
+                if let Ok(op) = Op::from_bytes(&bytes) {
+                    match self.groups.limbo.iter_mut().find(|(g, _)| *g == op.group) {
+                        Some((_, ops)) => ops.push(op),
+                        None => self.groups.limbo.push_back((op.group, vec![op])),
+                    }
+                }
+                continue;
+            }
             if key.len() != 64 {
                 continue;
             }
@@ -661,7 +683,7 @@ impl Engine {
     /// Queues the payload `build` makes with its outbox id for the member
     /// `to` (retried until acknowledged or expired); returns the frame to
     /// send now.
-    fn queue(
+    pub(super) fn queue(
         &mut self,
         to: &[u8; 32],
         group: &[u8; 32],
@@ -1041,7 +1063,6 @@ impl Engine {
         ops: &[serde_bytes::ByteBuf],
         now: u64,
     ) -> Result<GroupEffects, EngineError> {
-        let me = self.me.public().signing;
         let mut by_group: HashMap<[u8; 32], Vec<Op>> = HashMap::new();
         for b in ops {
             let op = Op::from_bytes(b)?;
@@ -1049,19 +1070,67 @@ impl Engine {
         }
         let mut fx = GroupEffects::default();
         for (group, ops) in by_group {
-            if let std::collections::hash_map::Entry::Vacant(slot) = self.groups.slots.entry(group)
-            {
-                // A group we do not know: only with its creation, and only
-                // if it makes us a member (nobody else's group is kept).
-                let mut trial = Log::new(group);
-                if trial.insert(ops.clone()).is_err() || !trial.view().is_member(&me) {
-                    continue;
+            let ops = if self.groups.slots.contains_key(&group) {
+                ops
+            } else {
+                match self.limbo(group, ops)? {
+                    Some(all) => all,
+                    None => continue,
                 }
-                slot.insert(GroupSlot::new(group));
-            }
+            };
             fx.extend(self.apply_ops(group, ops, false, now)?);
         }
         Ok(fx)
+    }
+
+    /// Operations of a group this device does not have. With those held
+    /// from before, if they make it a member: all of them, and the group
+    /// is created. Otherwise they are held (on disk, for the few most
+    /// recent such groups) until the operation that adds this device comes:
+    /// a long log arrives in several payloads, in any order. Nobody else's
+    /// group is kept beyond that.
+    fn limbo(&mut self, group: [u8; 32], ops: Vec<Op>) -> Result<Option<Vec<Op>>, EngineError> {
+        let me = self.me.public().signing;
+        let held = match self.groups.limbo.iter().position(|(g, _)| *g == group) {
+            Some(i) => self
+                .groups
+                .limbo
+                .remove(i)
+                .map(|(_, o)| o)
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let known: HashSet<[u8; 32]> = held.iter().map(|o| o.id).collect();
+        let fresh: Vec<Op> = ops.into_iter().filter(|o| !known.contains(&o.id)).collect();
+        let mut trial = Log::new(group);
+        let all: Vec<Op> = held.iter().chain(&fresh).cloned().collect();
+        let records = self.store.records(Kind::Groups)?;
+        if trial.insert(all.clone()).is_err() {
+            // Too many for one log: nothing of it is kept.
+            for op in &held {
+                records.remove(&limbo_record(&group, &op.id))?;
+            }
+            return Ok(None);
+        }
+        if trial.view().is_member(&me) {
+            for op in &held {
+                records.remove(&limbo_record(&group, &op.id))?;
+            }
+            self.groups.slots.insert(group, GroupSlot::new(group));
+            return Ok(Some(all));
+        }
+        for op in &fresh {
+            records.put(&limbo_record(&group, &op.id), &op.bytes)?;
+        }
+        self.groups.limbo.push_back((group, all));
+        while self.groups.limbo.len() > MAX_LIMBO_GROUPS {
+            if let Some((old, ops)) = self.groups.limbo.pop_front() {
+                for op in &ops {
+                    records.remove(&limbo_record(&old, &op.id))?;
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// A sender key sent by the contact `from`.
@@ -1177,9 +1246,14 @@ impl Engine {
         if !changed {
             return Ok(Vec::new());
         }
-        records.put(&tally_key(msg_id), &wire::encode(&t))?;
         let (delivered, read) = t.counts();
         let members = u32::try_from(t.members.len()).unwrap_or(u32::MAX);
+        if read == members {
+            // Read by everyone: nothing left to count.
+            records.remove(&tally_key(msg_id))?;
+        } else {
+            records.put(&tally_key(msg_id), &wire::encode(&t))?;
+        }
         let message = MessageRef {
             conv_id: *group,
             lamport,
@@ -1505,5 +1579,66 @@ mod tests {
         d.wire.extend(keys_for_1);
         d.run(false, &[2]);
         assert_eq!(d.received(1), vec![b"early".to_vec()]);
+    }
+
+    #[test]
+    fn a_log_in_several_payloads_joins_whatever_their_order_and_a_restart_between() {
+        let mut d = Devices::new(3);
+        let members = [d.keys[1], d.keys[2]];
+        let (group, _) = d.engines[0]
+            .create_group("team", "admin", &members, None, vec![], 100)
+            .unwrap();
+        let ops: Vec<Op> = d.engines[0].groups.slots[&group]
+            .log
+            .ops()
+            .cloned()
+            .collect();
+        let bytes = |ops: &[Op]| -> Vec<serde_bytes::ByteBuf> {
+            ops.iter()
+                .map(|o| serde_bytes::ByteBuf::from(o.bytes.clone()))
+                .collect()
+        };
+        let key_2 = d.keys[2];
+        let adds_2 = |o: &Op| matches!(&o.change, Change::Add { card, .. } if card.key().ok() == Some(key_2));
+        let (ours, rest): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|o| adds_2(o));
+        assert_eq!(ours.len(), 1);
+        // The creation and the other member first: held, not joined.
+        let fx = d.engines[2].on_group_ops(&bytes(&rest), 100).unwrap();
+        assert!(fx.subscribe.is_empty());
+        assert!(d.engines[2].group_topics().is_empty());
+        // A restart in between: what was held is on disk.
+        let store = d.engines[2].store.clone();
+        d.engines[2] = Engine::open(store, 100).unwrap();
+        // Then the operation that adds this device: joined, every member.
+        let fx = d.engines[2].on_group_ops(&bytes(&ours), 100).unwrap();
+        assert_eq!(fx.subscribe, vec![groups::topic_id(&group)]);
+        let info = d.engines[2].groups();
+        assert_eq!(info.len(), 1);
+        assert!(info[0].joined);
+        assert_eq!(info[0].members.len(), 3);
+        // Nothing left held.
+        assert!(d.engines[2].groups.limbo.is_empty());
+        let held = d.engines[2]
+            .store
+            .records(Kind::Groups)
+            .unwrap()
+            .scan(LIMBO_PREFIX)
+            .unwrap();
+        assert!(held.is_empty());
+        // A group that never adds this device is not kept beyond the few
+        // most recent ones.
+        for i in 0..MAX_LIMBO_GROUPS + 2 {
+            let (other, _) = d.engines[0]
+                .create_group(&format!("g{i}"), "admin", &[d.keys[1]], None, vec![], 100)
+                .unwrap();
+            let ops: Vec<Op> = d.engines[0].groups.slots[&other]
+                .log
+                .ops()
+                .cloned()
+                .collect();
+            d.engines[2].on_group_ops(&bytes(&ops), 100).unwrap();
+        }
+        assert_eq!(d.engines[2].groups.limbo.len(), MAX_LIMBO_GROUPS);
+        assert_eq!(d.engines[2].groups().len(), 1);
     }
 }
