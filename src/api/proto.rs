@@ -132,6 +132,16 @@ pub enum Request {
         /// The group (name or id).
         group: String,
     },
+    /// Makes a chat temporary (messages written from now on disappear
+    /// `secs` seconds after sending, on every device and relay) or, with
+    /// no `secs`, permanent again. For a group: admins only.
+    Retention {
+        /// The contact or group (name or id).
+        with: String,
+        /// Seconds; absent or null: keep messages.
+        #[serde(default)]
+        secs: Option<u64>,
+    },
     /// Turns this connection into a stream of events.
     Events {},
 }
@@ -381,6 +391,12 @@ pub enum EventView {
     Message {
         /// From whom.
         contact: String,
+        /// The group it was written in (hex id); absent for 1:1.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        /// That group's name.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group_name: Option<String>,
         /// The message.
         message: MessageView,
     },
@@ -447,6 +463,13 @@ pub enum EventView {
         /// The group id (hex).
         group: String,
     },
+    /// A 1:1 chat became temporary or permanent again (either side).
+    RetentionChanged {
+        /// The contact.
+        with: String,
+        /// Seconds messages live from now on; null: kept.
+        secs: Option<u64>,
+    },
     /// Temporary messages reached their time and were deleted here.
     Disappeared {
         /// How many.
@@ -459,16 +482,28 @@ pub enum EventView {
     },
 }
 
+/// Names the group a conversation id belongs to: its id (hex) and name.
+pub type GroupOf<'a> = dyn Fn(&[u8; 32]) -> Option<(String, String)> + 'a;
+
 impl EventView {
     /// The view of `e`, or `None` for events the API does not carry.
-    /// `name` names a contact by identity key.
-    pub fn of(e: &NodeEvent, me: &[u8; 32], name: &dyn Fn(&[u8; 32]) -> String) -> Option<Self> {
+    /// `name` names a contact by identity key; `group` gives the id (hex)
+    /// and name of the group a conversation id belongs to.
+    pub fn of(
+        e: &NodeEvent,
+        me: &[u8; 32],
+        name: &dyn Fn(&[u8; 32]) -> String,
+        group: &GroupOf<'_>,
+    ) -> Option<Self> {
         Some(match e {
             NodeEvent::Message { from, message } => {
                 let contact = name(from);
+                let (group, group_name) = group(&message.conv_id).unzip();
                 Self::Message {
                     message: MessageView::of(message, me, &contact),
                     contact,
+                    group,
+                    group_name,
                 }
             }
             NodeEvent::Receipt { message, state } => Self::Receipt {
@@ -518,6 +553,10 @@ impl EventView {
                 members: *members,
             },
             NodeEvent::GroupChanged { group } => Self::GroupChanged { group: hex(group) },
+            NodeEvent::RetentionChanged { contact, secs, .. } => Self::RetentionChanged {
+                with: name(contact),
+                secs: *secs,
+            },
             NodeEvent::Disappeared { messages } => Self::Disappeared {
                 messages: *messages,
             },

@@ -14,7 +14,7 @@ use super::proto::{
     MAX_PAGE, MessageView, PageView, Request, SentView, hex, presence_name, unhex32,
 };
 use crate::crypto;
-use crate::node::engine::{GroupChange, GroupInfo};
+use crate::node::engine::{GroupChange, GroupInfo, MAX_RETENTION};
 use crate::node::groups::Role;
 use crate::node::state::Invite;
 use crate::node::{ContactInfo, NodeError, NodeEvent, NodeHandle, PresenceState};
@@ -58,6 +58,8 @@ pub struct Api {
     events: broadcast::Sender<NodeEvent>,
     /// Contact names by identity key, for events.
     names: Arc<RwLock<HashMap<[u8; 32], String>>>,
+    /// Group names by group id (also their conversation ids).
+    group_names: Arc<RwLock<HashMap<[u8; 32], String>>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -75,6 +77,7 @@ impl Api {
             node,
             events: tx.clone(),
             names: Arc::default(),
+            group_names: Arc::default(),
         };
         api.refresh_names().await;
         tokio::spawn(async move {
@@ -106,6 +109,17 @@ impl Api {
         {
             *names = list.into_iter().map(|c| (c.identity, c.name)).collect();
         }
+        if let Ok(list) = self.node.groups().await
+            && let Ok(mut names) = self.group_names.write()
+        {
+            *names = list.into_iter().map(|g| (g.id, g.name)).collect();
+        }
+    }
+
+    /// The group whose conversation `conv` is: id (hex) and name.
+    pub(crate) fn group_of(&self, conv: &[u8; 32]) -> Option<(String, String)> {
+        let names = self.group_names.read().ok()?;
+        names.get(conv).map(|n| (hex(conv), n.clone()))
     }
 
     /// This device's identity key.
@@ -229,14 +243,20 @@ impl Api {
                         History::MAX_BODY
                     )));
                 }
-                let r = match self.target(&to).await? {
-                    Target::Contact(key) => self.node.send(key, text.into_bytes()).await,
-                    Target::Group(id) => self.node.send_group(id, text.into_bytes()).await,
-                }
-                .map_err(failed)?;
+                // A group message is stored and published at once (its
+                // receipts count members); a 1:1 message waits for a path.
+                let (r, state) = match self.target(&to).await? {
+                    Target::Contact(key) => {
+                        (self.node.send(key, text.into_bytes()).await, "pending")
+                    }
+                    Target::Group(id) => {
+                        (self.node.send_group(id, text.into_bytes()).await, "sent")
+                    }
+                };
+                let r = r.map_err(failed)?;
                 Ok(json!(SentView {
                     id: hex(&r.msg_id),
-                    state: "pending".into(),
+                    state: state.into(),
                 }))
             }
             Request::History {
@@ -283,8 +303,23 @@ impl Api {
             Request::Chats {} => {
                 let contacts = self.node.contacts().await.map_err(failed)?;
                 let summaries = self.node.conversations().await.map_err(failed)?;
+                let groups = self.node.groups().await.map_err(failed)?;
                 let mut out = Vec::new();
                 for s in summaries {
+                    if let Some(g) = groups.iter().find(|g| g.id == s.conversation.id) {
+                        let from = s.last.as_ref().map(|m| self.name_of(&m.sender));
+                        out.push(json!({
+                            "with": g.name,
+                            "group": hex(&g.id),
+                            "members": g.members.len(),
+                            "joined": g.joined,
+                            "retention": g.retention,
+                            "unread": s.conversation.unread,
+                            "last_message_at": s.conversation.last_message_at,
+                            "last": s.last.as_ref().map(|m| MessageView::of(m, &me, from.as_deref().unwrap_or(""))),
+                        }));
+                        continue;
+                    }
                     let Some(c) = contacts
                         .iter()
                         .find(|c| c.conversation == s.conversation.id)
@@ -297,6 +332,7 @@ impl Api {
                         "identity": hex(&c.identity),
                         "unread": s.conversation.unread,
                         "last_message_at": s.conversation.last_message_at,
+                        "retention": s.conversation.retention,
                         "presence": presence_name(p.map_or(PresenceState::Offline, |p| p.0)),
                         "last": s.last.as_ref().map(|m| MessageView::of(m, &me, &c.name)),
                     }));
@@ -395,6 +431,25 @@ impl Api {
                     .map_err(failed)?;
                 Ok(json!({ "group": hex(&g.id), "left": true }))
             }
+            Request::Retention { with, secs } => {
+                if let Some(s) = secs
+                    && !(1..=MAX_RETENTION).contains(&s)
+                {
+                    return Err(bad(format!(
+                        "a retention is 1 to {MAX_RETENTION} seconds, or none"
+                    )));
+                }
+                match self.target(&with).await? {
+                    Target::Contact(key) => self.node.set_retention(key, secs).await,
+                    Target::Group(id) => {
+                        self.node
+                            .change_group(id, GroupChange::Retention { secs })
+                            .await
+                    }
+                }
+                .map_err(failed)?;
+                Ok(json!({ "with": with, "retention": secs }))
+            }
             Request::Status {} => {
                 let s = self.node.status().await.map_err(failed)?;
                 let queued = self.node.queued().await.map_err(failed)?;
@@ -475,7 +530,10 @@ impl Feed {
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
             };
-            let unknown = matches!(&e, NodeEvent::Message { from, .. } if !self.api.knows(from));
+            // A contact added meanwhile, or a group joined or renamed:
+            // names are loaded again.
+            let unknown = matches!(&e, NodeEvent::Message { from, .. } if !self.api.knows(from))
+                || matches!(&e, NodeEvent::GroupChanged { .. });
             let e = if unknown {
                 // A contact added meanwhile has a name by now.
                 self.held = Some(e);
@@ -494,7 +552,9 @@ impl Feed {
     }
 
     fn view(&self, e: &NodeEvent) -> Option<EventView> {
-        EventView::of(e, &self.api.me(), &|k| self.api.name_of(k))
+        EventView::of(e, &self.api.me(), &|k| self.api.name_of(k), &|c| {
+            self.api.group_of(c)
+        })
     }
 }
 

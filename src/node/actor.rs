@@ -354,6 +354,15 @@ impl Actor {
                 change,
                 reply,
             }),
+            Command::SetRetention {
+                contact,
+                secs,
+                reply,
+            } => self.job(Job::SetRetention {
+                contact,
+                secs,
+                reply,
+            }),
             Command::GroupSend {
                 group,
                 bodies,

@@ -14,8 +14,10 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 mod group_chat;
+mod retention;
 
 pub use group_chat::{GROUP_FALLBACK, GroupChange, GroupEffects, GroupInfo};
+pub use retention::MAX_RETENTION;
 
 use super::proto::{Chat, Frame, MsgRef, Payload, ReceiptKind, conversation_id};
 use super::retry::{self, Meta, Schedule};
@@ -73,6 +75,12 @@ pub enum EngineError {
     /// A group change or message that cannot be made, and why.
     #[error("{0}")]
     Group(String),
+    /// A retention out of bounds.
+    #[error("a retention is 1 to {max} seconds")]
+    BadRetention {
+        /// The longest (seconds).
+        max: u64,
+    },
 }
 
 /// Something the user should hear about.
@@ -111,6 +119,14 @@ pub enum Event {
     GroupChanged {
         /// The group.
         group: [u8; 32],
+    },
+    /// A 1:1 conversation became temporary, or permanent again (either
+    /// side changed it).
+    RetentionChanged {
+        /// The conversation.
+        conv: [u8; 32],
+        /// Seconds messages live from now on; `None`: kept.
+        secs: Option<u64>,
     },
 }
 
@@ -538,6 +554,8 @@ impl Engine {
         let conv = conversation_id(self.me.public(), &contact.identity);
         let me = self.me.public().signing;
         let mut state = self.conv_state(&conv)?;
+        // A temporary conversation: each message carries its end.
+        let expires_at = self.retention(&conv)?.map(|secs| now.saturating_add(secs));
         let mut stored = Vec::with_capacity(bodies.len());
         let mut payloads = Vec::with_capacity(bodies.len());
         for body in bodies {
@@ -555,14 +573,14 @@ impl Engine {
                 sent_at: now,
                 body: body.clone(),
                 state: DeliveryState::Pending,
-                expires_at: None,
+                expires_at,
             });
             let chat = Chat {
                 msg_id,
                 lamport: state.lamport,
                 seq,
                 sent_at: now,
-                expires_at: None,
+                expires_at,
                 reply_to: None,
                 body,
             };
@@ -580,7 +598,7 @@ impl Engine {
                 *to,
                 queued.to_bytes(),
                 now,
-                now + self.ttl,
+                expires_at.map_or(now + self.ttl, |at| at.min(now + self.ttl)),
             )?;
             self.schedule.insert(
                 entry.seq,
@@ -1024,6 +1042,12 @@ impl Engine {
                 } => {
                     let events = self.on_group_receipts(from, &group, kind, &messages)?;
                     out.events.extend(events);
+                }
+                Payload::Retention { id, secs, lamport } => {
+                    state.lamport = state.lamport.max(lamport);
+                    out.events
+                        .extend(self.on_retention(from, &conv, secs, lamport)?);
+                    delivered.push((0, id));
                 }
             }
             out.accepted.push(true);

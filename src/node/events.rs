@@ -106,6 +106,16 @@ pub enum NodeEvent {
         /// The group (its id, also its conversation id).
         group: [u8; 32],
     },
+    /// A 1:1 conversation became temporary, or permanent again: for
+    /// messages written from now on by either side.
+    RetentionChanged {
+        /// The conversation.
+        conversation: [u8; 32],
+        /// The contact at the other side.
+        contact: [u8; 32],
+        /// Seconds messages live; `None`: kept.
+        secs: Option<u64>,
+    },
     /// A contact's relay served its prekey bundle; the session we start
     /// with it will use that (and its one-time prekey, if it came with
     /// one).

@@ -85,6 +85,11 @@ pub(crate) enum Command {
         bodies: Vec<Vec<u8>>,
         reply: Reply<Vec<MessageRef>>,
     },
+    SetRetention {
+        contact: [u8; 32],
+        secs: Option<u64>,
+        reply: Reply<()>,
+    },
     Groups {
         reply: Reply<Vec<GroupInfo>>,
     },
@@ -300,6 +305,24 @@ impl NodeHandle {
         self.ask(|reply| Command::ChangeGroup {
             group,
             change,
+            reply,
+        })
+        .await
+    }
+
+    /// Makes the 1:1 conversation with `contact` temporary (messages
+    /// written from now on, by either side, disappear `secs` after they
+    /// are sent, on both devices and at relays) or, with `None`, permanent
+    /// again. The contact is told (queued, like a message). For a group
+    /// see [`GroupChange::Retention`].
+    pub async fn set_retention(
+        &self,
+        contact: [u8; 32],
+        secs: Option<u64>,
+    ) -> Result<(), NodeError> {
+        self.ask(|reply| Command::SetRetention {
+            contact,
+            secs,
             reply,
         })
         .await

@@ -177,6 +177,17 @@ pub enum Payload {
         /// The messages (Lamport clock and id).
         messages: Vec<(u64, [u8; 16])>,
     },
+    /// The 1:1 conversation's retention from now on (temporary chat), as
+    /// its sender set it.
+    Retention {
+        /// Its id in the sender's outbox (acknowledged like a message's).
+        id: [u8; 16],
+        /// Seconds messages live; `None`: kept.
+        secs: Option<u64>,
+        /// The conversation's clock at the change (the newest change wins,
+        /// then the higher identity key).
+        lamport: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize)]

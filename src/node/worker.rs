@@ -116,6 +116,11 @@ pub(crate) enum Job {
         change: GroupChange,
         reply: Reply<()>,
     },
+    SetRetention {
+        contact: [u8; 32],
+        secs: Option<u64>,
+        reply: Reply<()>,
+    },
     GroupSend {
         group: [u8; 32],
         bodies: Vec<Vec<u8>>,
@@ -582,6 +587,21 @@ impl Worker {
             } => {
                 let r = self.engine.change_group(&group, change, now);
                 let r = r.map(|fx| self.group_effects(fx, now, round));
+                round.reply(reply, r.map_err(Into::into));
+            }
+            Job::SetRetention {
+                contact,
+                secs,
+                reply,
+            } => {
+                let r = self.engine.set_retention(&contact, secs, now);
+                let r = r.map(|(due, event)| {
+                    round.dirty = true;
+                    if !due.frame.is_empty() {
+                        self.route(&due.to, due.frame, Some(due.pos), now, round);
+                    }
+                    self.events(vec![event], &contact, round);
+                });
                 round.reply(reply, r.map_err(Into::into));
             }
             Job::GroupSend {
@@ -1284,6 +1304,11 @@ impl Worker {
                     members,
                 },
                 Event::GroupChanged { group } => NodeEvent::GroupChanged { group },
+                Event::RetentionChanged { conv, secs } => NodeEvent::RetentionChanged {
+                    conversation: conv,
+                    contact: *from,
+                    secs,
+                },
             });
         }
     }

@@ -8,6 +8,8 @@
 //!   purged and the sender told; a fetch without the mailbox key is
 //!   refused.
 //! - `hostile`: garbage, huge length prefixes and floods from one peer.
+//! - `groups`: group traffic for members who are away; temporary groups.
+//! - `temporary`: temporary 1:1 chats, on both devices and the relay.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -19,6 +21,7 @@ mod groups;
 mod hostile;
 mod limits;
 mod offline;
+mod temporary;
 
 use std::path::Path;
 use std::time::Duration;
