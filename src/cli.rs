@@ -54,6 +54,9 @@ enum Command {
     Chats(client::PlainArgs),
     /// Mark a conversation read (the contact gets a read receipt).
     Read(client::ReadArgs),
+    /// Make a chat temporary (messages disappear a number of seconds after
+    /// they are sent, on every device and relay), or `off` to keep them.
+    Temporary(client::TemporaryArgs),
     /// Peers, addresses, presence and the queue.
     Status(client::PlainArgs),
     /// Export a conversation (decrypted JSON) or back up the whole store
@@ -282,6 +285,7 @@ pub fn main() -> ExitCode {
         Command::Chat(args) => chat::run(args),
         Command::Chats(args) => client::chats(args),
         Command::Read(args) => client::read(args),
+        Command::Temporary(args) => client::temporary(args),
         Command::Status(args) => client::status(args),
         Command::Events(args) => client::events(args),
         Command::Export(args) => client::export(args),

@@ -53,18 +53,27 @@ pub(crate) async fn group(members: usize, n: usize) -> Value {
     for (i, node) in nodes.iter().enumerate() {
         node.handle.send_group(group, body(i as u64)).await.unwrap();
     }
-    for node in &nodes {
-        let all = node
-            .until(|s| {
+    for (i, node) in nodes.iter().enumerate() {
+        let all = tokio::time::timeout(
+            MESSAGE_LIMIT * 6,
+            node.until(|s| {
                 (0..members as u64)
                     .filter(|k| s.messages.contains_key(k))
                     .count()
                     >= members - 1
-            })
-            .await;
-        assert!(all, "warm-up messages missing");
+            }),
+        )
+        .await;
+        if !matches!(all, Ok(true)) {
+            let seen = node.seen.lock().unwrap();
+            let missing: Vec<u64> = (0..members as u64)
+                .filter(|k| *k != i as u64 && !seen.messages.contains_key(k))
+                .collect();
+            panic!("member {i} lacks the warm-up messages of {missing:?}");
+        }
     }
     let formed = setup.elapsed();
+    eprintln!("group of {members} formed in {formed:?}");
 
     let mut first = 1_000_000u64;
     let mut series = serde_json::Map::new();

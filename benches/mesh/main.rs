@@ -61,7 +61,13 @@ fn main() {
         return;
     }
     // MESH_BENCH_ONLY=group: only the group of 100 (20 when quick).
+    // MESH_BENCH_MEMBERS=N sets another group size (for profiling).
     let (members, group_n) = if quick { (20, 20) } else { (100, 50) };
+    let members = std::env::var("MESH_BENCH_MEMBERS")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .filter(|&m: &usize| m >= 2)
+        .unwrap_or(members);
     if std::env::var("MESH_BENCH_ONLY").as_deref() == Ok("group") {
         let r = rt.block_on(group::group(members, group_n));
         println!("{}", serde_json::to_string_pretty(&r).unwrap());

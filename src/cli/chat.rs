@@ -68,7 +68,10 @@ pub(super) fn run(args: PlainArgs) -> Result<(), CliError> {
                 match input {
                     Input::Event(e) => {
                         let a = app.on_event(&e);
-                        if e["type"] == "message" && app.current().is_none() {
+                        // A new group, a renamed one, or the first chat.
+                        if e["type"] == "group_changed"
+                            || (e["type"] == "message" && app.current().is_none())
+                        {
                             refresh(&mut client, &mut app).map_err(fail)?;
                         }
                         act(&mut client, &mut app, a).map_err(fail)?;
@@ -97,8 +100,9 @@ pub(super) fn run(args: PlainArgs) -> Result<(), CliError> {
 /// Reloads the conversation list.
 fn refresh(client: &mut Client, app: &mut App) -> Result<(), ClientError> {
     let contacts = client.call(&Request::Contacts {})?;
+    let groups = client.call(&Request::Groups {})?;
     let chats = client.call(&Request::Chats {})?;
-    app.set_chats(&contacts, &chats);
+    app.set_chats(&contacts, &groups, &chats);
     Ok(())
 }
 

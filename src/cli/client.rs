@@ -184,6 +184,29 @@ pub(super) struct PlainArgs {
     pub(super) out: OutArg,
 }
 
+/// `meshchat temporary`.
+pub(super) fn temporary(args: TemporaryArgs) -> Result<(), CliError> {
+    let v = call(
+        &args.dir,
+        &Request::Retention {
+            with: args.with.clone(),
+            secs: args.seconds.0,
+        },
+    )?;
+    if args.out.json {
+        super::print_json(&v);
+    } else {
+        match args.seconds.0 {
+            Some(s) => println!(
+                "Messages with {} written from now on disappear {s} seconds after they are sent, on every device and relay.",
+                args.with
+            ),
+            None => println!("Messages with {} written from now on are kept.", args.with),
+        }
+    }
+    Ok(())
+}
+
 /// `meshchat export`.
 #[derive(Debug, clap::Args)]
 pub(super) struct ExportArgs {
@@ -211,6 +234,37 @@ pub(super) struct ReadArgs {
     out: OutArg,
     /// The contact: name or identity key.
     with: String,
+}
+
+/// `meshchat temporary`.
+#[derive(Debug, clap::Args)]
+pub(super) struct TemporaryArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    #[command(flatten)]
+    out: OutArg,
+    /// The contact or group: name or id.
+    with: String,
+    /// Seconds messages live after sending, or `off` to keep them.
+    #[arg(value_parser = parse_retention)]
+    seconds: Retention,
+}
+
+/// A retention as typed: seconds, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Retention(Option<u64>);
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    if s == "off" {
+        return Ok(Retention(None));
+    }
+    match s.parse::<u64>() {
+        Ok(n) if (1..=crate::node::engine::MAX_RETENTION).contains(&n) => Ok(Retention(Some(n))),
+        _ => Err(format!(
+            "seconds from 1 to {}, or off",
+            crate::node::engine::MAX_RETENTION
+        )),
+    }
 }
 
 fn connect(dir: &DirArg) -> Result<Client, CliError> {
@@ -455,7 +509,7 @@ pub(super) fn group(cmd: GroupCmd) -> Result<(), CliError> {
         ),
         Request::GroupAdd { .. } => println!("Added {}.", clean(&v["added"])),
         Request::GroupRemove { .. } => println!(
-            "Removed {}; the group's keys change, so it cannot read what is sent from now on.",
+            "Removed {}; each member changes its key when it learns of this, and from then on it cannot read what that member sends.",
             clean(&v["removed"])
         ),
         _ => println!("You left the group."),
@@ -618,10 +672,19 @@ pub(super) fn chats(args: PlainArgs) -> Result<(), CliError> {
     }
     for c in list {
         let unread = c["unread"].as_u64().unwrap_or(0);
+        // A group: its size where a contact shows presence.
+        let state = match c["members"].as_u64() {
+            Some(n) => format!("group/{}", n),
+            None => s(&c["presence"]).to_string(),
+        };
+        let temporary = match c["retention"].as_u64() {
+            Some(secs) => format!("[disappear after {secs} s]  "),
+            None => String::new(),
+        };
         println!(
-            "{:<20} {:<8} {:>4} unread  {}",
+            "{:<20} {:<8} {:>4} unread  {temporary}{}",
             clean(&c["with"]),
-            s(&c["presence"]),
+            state,
             unread,
             clean(&c["last"]["text"])
         );

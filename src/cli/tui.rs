@@ -26,6 +26,9 @@ const LIST_WIDTH: u16 = 22;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Chat {
     pub(super) name: String,
+    /// What the API calls it: the contact's name, or the group's id.
+    pub(super) target: String,
+    pub(super) group: bool,
     pub(super) unread: u64,
     pub(super) presence: String,
 }
@@ -39,6 +42,8 @@ pub(super) struct Msg {
     pub(super) text: String,
     pub(super) state: String,
     pub(super) sent_at: u64,
+    /// In a group: members who have it, who read it, of how many.
+    pub(super) counts: Option<(u64, u64, u64)>,
 }
 
 impl Msg {
@@ -52,6 +57,7 @@ impl Msg {
             text: s("text"),
             state: s("state"),
             sent_at: v["sent_at"].as_u64().unwrap_or(0),
+            counts: None,
         }
     }
 }
@@ -88,6 +94,8 @@ pub(super) struct App {
     /// The bottom line: new mail elsewhere, errors.
     pub(super) notice: Option<String>,
     early: HashMap<String, String>,
+    /// Group receipt counts for messages not shown yet.
+    early_counts: HashMap<String, (u64, u64, u64)>,
     /// Live messages pushed the oldest shown out: the page cursor no
     /// longer fits, so scrolling past the top reloads instead.
     trimmed: bool,
@@ -107,6 +115,23 @@ pub(super) fn tick(state: &str) -> &'static str {
     }
 }
 
+/// What follows one of our messages: its tick, or in a group until
+/// everyone has it, how many members have it and read it.
+fn mark(m: &Msg) -> String {
+    match m.counts {
+        Some((delivered, read, members))
+            if read < members && !(delivered == members && read == 0) =>
+        {
+            let mut t = format!("✓ {delivered}/{members}");
+            if read > 0 {
+                t.push_str(&format!(" read {read}"));
+            }
+            t
+        }
+        _ => tick(&m.state).to_owned(),
+    }
+}
+
 fn dot(presence: &str) -> Span<'static> {
     match presence {
         "online" => Span::styled("●", Style::new().fg(Color::Green)),
@@ -121,27 +146,51 @@ fn clock(secs: u64) -> String {
 }
 
 impl App {
-    /// The open conversation's name.
+    /// The open conversation as the API names it (a contact's name, a
+    /// group's id).
     pub(super) fn current(&self) -> Option<&str> {
-        self.chats.get(self.selected).map(|c| c.name.as_str())
+        self.chats.get(self.selected).map(|c| c.target.as_str())
     }
 
-    /// The list from the daemon's contacts and chats; keeps the selection
-    /// by name.
-    pub(super) fn set_chats(&mut self, contacts: &Value, chats: &Value) {
+    /// The list from the daemon's contacts, groups and chats; keeps the
+    /// selection.
+    pub(super) fn set_chats(&mut self, contacts: &Value, groups: &Value, chats: &Value) {
         let keep = self.current().map(str::to_owned);
+        let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_owned();
         let mut list: Vec<Chat> = contacts
             .as_array()
             .into_iter()
             .flatten()
             .map(|c| Chat {
-                name: c["name"].as_str().unwrap_or("").to_owned(),
+                name: s(c, "name"),
+                target: s(c, "name"),
+                group: false,
                 unread: 0,
                 presence: c["presence"].as_str().unwrap_or("offline").to_owned(),
             })
             .collect();
+        list.extend(
+            groups
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|g| g["joined"] != false)
+                .map(|g| Chat {
+                    name: s(g, "name"),
+                    target: s(g, "id"),
+                    group: true,
+                    unread: 0,
+                    presence: String::new(),
+                }),
+        );
         for c in chats.as_array().into_iter().flatten() {
-            if let Some(chat) = list.iter_mut().find(|x| c["with"] == x.name.as_str()) {
+            let found = match c["group"].as_str() {
+                Some(id) => list.iter_mut().find(|x| x.group && x.target == id),
+                None => list
+                    .iter_mut()
+                    .find(|x| !x.group && c["with"] == x.name.as_str()),
+            };
+            if let Some(chat) = found {
                 chat.unread = c["unread"].as_u64().unwrap_or(0);
             }
         }
@@ -153,7 +202,7 @@ impl App {
         });
         self.chats = list;
         self.selected = keep
-            .and_then(|k| self.chats.iter().position(|c| c.name == k))
+            .and_then(|k| self.chats.iter().position(|c| c.target == k))
             .unwrap_or(0);
     }
 
@@ -179,6 +228,9 @@ impl App {
             if let Some(s) = self.early.remove(&m.id) {
                 m.state = s;
             }
+            if let Some(c) = self.early_counts.remove(&m.id) {
+                m.counts = Some(c);
+            }
         }
         if let Some(c) = self.chats.get_mut(self.selected) {
             c.unread = 0;
@@ -188,6 +240,7 @@ impl App {
     /// Our message just written.
     pub(super) fn sent(&mut self, id: &str, text: &str, state: &str, now: u64) {
         let state = self.early.remove(id).unwrap_or_else(|| state.to_owned());
+        let counts = self.early_counts.remove(id);
         self.push(Msg {
             id: id.to_owned(),
             from: "me".into(),
@@ -195,6 +248,7 @@ impl App {
             text: text.to_owned(),
             state,
             sent_at: now,
+            counts,
         });
         self.scroll = 0;
     }
@@ -219,16 +273,31 @@ impl App {
         match s("type") {
             "message" => {
                 let from = s("contact").to_owned();
-                if self.current() == Some(from.as_str()) {
+                // A group message belongs to the group, not its writer.
+                let (target, name, group) = match e["group"].as_str() {
+                    Some(id) => (id.to_owned(), s("group_name").to_owned(), true),
+                    None => (from.clone(), from.clone(), false),
+                };
+                if self.current() == Some(target.as_str()) {
                     self.push(Msg::of(&e["message"]));
-                    return Action::MarkRead(from);
+                    return Action::MarkRead(target);
                 }
-                match self.chats.iter_mut().find(|c| c.name == from) {
+                match self
+                    .chats
+                    .iter_mut()
+                    .find(|c| c.group == group && c.target == target)
+                {
                     Some(c) => c.unread += 1,
                     None => self.chats.push(Chat {
-                        name: from.clone(),
+                        name: name.clone(),
+                        target,
+                        group,
                         unread: 1,
-                        presence: "offline".into(),
+                        presence: if group {
+                            String::new()
+                        } else {
+                            "offline".into()
+                        },
                     }),
                 }
                 let text: String = e["message"]["text"]
@@ -237,7 +306,24 @@ impl App {
                     .chars()
                     .take(60)
                     .collect();
-                self.notice = Some(format!("New message from {from}: {text}"));
+                self.notice = Some(if group {
+                    format!("New message from {from} in {name}: {text}")
+                } else {
+                    format!("New message from {from}: {text}")
+                });
+            }
+            "group_receipt" => {
+                let n = |k: &str| e[k].as_u64().unwrap_or(0);
+                let counts = (n("delivered"), n("read"), n("members"));
+                match self.messages.iter_mut().find(|m| m.id == s("id")) {
+                    Some(m) => m.counts = Some(counts),
+                    None => {
+                        if self.early_counts.len() >= EARLY_RECEIPTS {
+                            self.early_counts.clear();
+                        }
+                        self.early_counts.insert(s("id").to_owned(), counts);
+                    }
+                }
             }
             "receipt" => {
                 let (id, state) = (s("id"), s("state"));
@@ -286,7 +372,7 @@ impl App {
                     _ => (self.selected + n - 1) % n,
                 };
                 self.notice = None;
-                Action::Open(self.chats[self.selected].name.clone())
+                Action::Open(self.chats[self.selected].target.clone())
             }
             KeyCode::PageUp | KeyCode::Up => {
                 let max = self.max_scroll.get();
@@ -346,8 +432,11 @@ impl App {
             Layout::horizontal([Constraint::Length(LIST_WIDTH), Constraint::Min(10)]).areas(main);
         self.render_list(f, list);
         self.render_messages(f, view);
-        let title = match self.current() {
-            Some(name) => format!(" to {name} · Enter send · Tab next · PgUp older · Esc quit "),
+        let title = match self.chats.get(self.selected) {
+            Some(c) => format!(
+                " to {} · Enter send · Tab next · PgUp older · Esc quit ",
+                c.name
+            ),
             None => " Esc quit ".to_owned(),
         };
         f.render_widget(
@@ -377,7 +466,11 @@ impl App {
                 let name: String = c.name.chars().take(room).collect();
                 let pad = room.saturating_sub(name.chars().count());
                 ListItem::new(Line::from(vec![
-                    dot(&c.presence),
+                    if c.group {
+                        Span::raw("#")
+                    } else {
+                        dot(&c.presence)
+                    },
                     Span::raw(format!(" {name}{} ", " ".repeat(pad))),
                     Span::styled(count, Style::new().add_modifier(Modifier::BOLD)),
                 ]))
@@ -404,11 +497,15 @@ impl App {
             );
             return;
         };
-        let title = Line::from(vec![
-            Span::raw(" "),
-            dot(&c.presence),
-            Span::raw(format!(" {} ({}) ", c.name, c.presence)),
-        ]);
+        let title = if c.group {
+            Line::raw(format!(" # {} ", c.name))
+        } else {
+            Line::from(vec![
+                Span::raw(" "),
+                dot(&c.presence),
+                Span::raw(format!(" {} ({}) ", c.name, c.presence)),
+            ])
+        };
         let width = usize::from(area.width.saturating_sub(2)).max(10);
         let height = usize::from(area.height.saturating_sub(2));
         let mut lines: Vec<Line<'_>> = Vec::new();
@@ -420,7 +517,7 @@ impl App {
         }
         for m in &self.messages {
             let head = format!("{} {}: ", clock(m.sent_at), m.from);
-            let t = if m.out { tick(&m.state) } else { "" };
+            let t = if m.out { mark(m) } else { String::new() };
             let body: Vec<char> = format!("{head}{}", m.text).chars().collect();
             let room = width.saturating_sub(t.chars().count() + 1).max(1);
             let chunks: Vec<String> = body.chunks(room).map(|c| c.iter().collect()).collect();
@@ -435,7 +532,7 @@ impl App {
                     };
                     lines.push(Line::from(vec![
                         Span::raw(format!("{chunk}{} ", " ".repeat(pad))),
-                        Span::styled(t, style),
+                        Span::styled(t.clone(), style),
                     ]));
                 } else {
                     lines.push(Line::raw(chunk));
@@ -494,6 +591,7 @@ mod tests {
                 {"name": "carol", "presence": "offline"},
                 {"name": "dave", "presence": "away"},
             ]),
+            &json!([]),
             &json!([{"with": "carol", "unread": 3}]),
         );
         app
@@ -652,5 +750,53 @@ mod tests {
         };
         assert_eq!(app.on_key(key(KeyCode::Enter)), Action::None);
         assert_eq!(app.on_key(key(KeyCode::Esc)), Action::Quit);
+    }
+
+    #[test]
+    fn a_group_is_a_chat_of_its_own_with_counts_of_who_has_read() {
+        let mut app = App::default();
+        app.set_chats(
+            &json!([{"name": "bob", "presence": "online"}]),
+            &json!([
+                {"id": "aa11", "name": "team", "joined": true, "members": []},
+                {"id": "bb22", "name": "old", "joined": false, "members": []},
+            ]),
+            &json!([{"with": "team", "group": "aa11", "unread": 2}]),
+        );
+        // Unread first; a group is named by its id towards the API; a
+        // group this device left is not listed.
+        assert_eq!(app.chats.len(), 2);
+        assert_eq!(app.current(), Some("aa11"));
+        app.set_page(&json!({"messages": [], "next": null}), false);
+        // Bob writes in the group: shown there, not in bob's chat.
+        let mut m = msg("1", false, "hi team", "", 60);
+        m["from"] = json!("bob");
+        let a = app.on_event(&json!({"type": "message", "contact": "bob",
+            "group": "aa11", "group_name": "team", "message": m}));
+        assert_eq!(a, Action::MarkRead("aa11".into()));
+        // Ours, then members' receipts: counts until everyone has read.
+        app.sent("2", "hello all", "sent", 120);
+        app.on_event(&json!({"type": "group_receipt", "id": "2",
+            "delivered": 2, "read": 1, "members": 3}));
+        let got = screen(&app, 80, 24);
+        assert!(got[0].contains(" # team "), "{}", got.join("\n"));
+        assert!(got[1].starts_with("│# team"), "{}", got[1]);
+        assert!(got[1].contains("00:01 bob: hi team"), "{}", got.join("\n"));
+        assert!(got[2].contains("00:02 me: hello all"), "{}", got[2]);
+        assert!(got[2].ends_with(" ✓ 2/3 read 1│"), "{}", got[2]);
+        app.on_event(&json!({"type": "group_receipt", "id": "2",
+            "delivered": 3, "read": 3, "members": 3}));
+        app.on_event(&json!({"type": "receipt", "id": "2", "state": "read"}));
+        assert!(screen(&app, 80, 24)[2].ends_with(" ✓✓ read│"));
+        // A group message while another chat is open: counted there.
+        assert_eq!(app.on_key(key(KeyCode::Tab)), Action::Open("bob".into()));
+        let a = app.on_event(&json!({"type": "message", "contact": "bob",
+            "group": "aa11", "group_name": "team", "message": msg("3", false, "later", "", 180)}));
+        assert_eq!(a, Action::None);
+        assert_eq!(app.chats.iter().find(|c| c.group).unwrap().unread, 1);
+        assert_eq!(
+            app.notice.as_deref(),
+            Some("New message from bob in team: later")
+        );
     }
 }

@@ -51,9 +51,22 @@ fn a_group_is_created_used_and_changed_through_the_cli() {
     assert_eq!(sent["state"], "delivered");
     for e in [&bob_events, &carol_events] {
         e.wait_json("the group message", |e| {
-            e["type"] == "message" && e["message"]["text"] == "hello team"
+            e["type"] == "message"
+                && e["message"]["text"] == "hello team"
+                && e["group"] == id
+                && e["group_name"] == "team"
         });
     }
+    // The group is among the chats, with its size.
+    let chats = carol.json(&["chats"]);
+    let entry = chats
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["group"] == id)
+        .expect("the group among carol's chats");
+    assert_eq!(entry["members"], 3);
+    assert_eq!(entry["unread"], 1);
     let page = carol.json(&["history", "team"]);
     assert_eq!(page["messages"][0]["text"], "hello team");
     assert_eq!(page["messages"][0]["from"], "alice");
@@ -62,6 +75,16 @@ fn a_group_is_created_used_and_changed_through_the_cli() {
     carol_events.wait_json("bob's answer", |e| {
         e["type"] == "message" && e["message"]["text"] == "hi all"
     });
+
+    // Alice makes the group temporary; a member sees it in the group.
+    alice.json(&["temporary", "team", "3600"]);
+    bob_events.wait_json("the retention", |e| {
+        e["type"] == "group_changed" && e["group"] == id
+    });
+    assert_eq!(bob.json(&["group", "list"])[0]["retention"], 3600);
+    let out = alice.run(&["temporary", "team", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(crate::stderr(&out).contains("seconds from 1 to"));
 
     // Carol is removed: her device knows it is out.
     alice.json(&["group", "remove", "team", "carol"]);
