@@ -1022,7 +1022,7 @@ impl Engine {
                             out.group.extend(fx);
                             delivered.push((0, id));
                         }
-                        Err(EngineError::Crypto(_)) => {
+                        Err(EngineError::Crypto(_) | EngineError::Group(_)) => {
                             out.accepted.push(false);
                             continue;
                         }

@@ -37,8 +37,11 @@ pub(crate) const ROTATE_AFTER: u64 = 7 * 24 * 3600;
 pub(crate) const ROTATE_EVERY: u32 = 10_000;
 /// Group messages held per group while their sender key has not arrived.
 const MAX_PENDING: usize = 256;
-/// Sender keys held while the group or its member is not known yet.
-const MAX_EARLY_KEYS: usize = 64;
+/// Sender keys held while the group or its member is not known yet (a new
+/// member may hear from every other member before it hears of the group);
+/// past this many, more are refused and their senders try again later.
+const MAX_EARLY_KEYS: usize = 4 * groups::MAX_MEMBERS;
+const EARLY_PREFIX: &[u8] = b"early:";
 /// Sender keys kept per member (the current one and the one before, for
 /// messages still on their way).
 const KEYS_PER_MEMBER: usize = 2;
@@ -206,6 +209,17 @@ fn op_record(group: &[u8; 32], op: &[u8; 32]) -> Vec<u8> {
     [group.as_slice(), op.as_slice()].concat()
 }
 
+/// Where a sender key that came early waits: sender, group, key id.
+fn early_record(from: &[u8; 32], d: &SenderKeyDistribution) -> Vec<u8> {
+    [
+        EARLY_PREFIX,
+        from.as_slice(),
+        d.group_id.as_slice(),
+        &d.key_id.to_be_bytes(),
+    ]
+    .concat()
+}
+
 fn limbo_record(group: &[u8; 32], op: &[u8; 32]) -> Vec<u8> {
     [LIMBO_PREFIX, group.as_slice(), op.as_slice()].concat()
 }
@@ -262,6 +276,12 @@ impl Engine {
         }
         let me = self.me.public().signing;
         for (key, bytes) in self.store.records(Kind::SenderKeys)?.scan(b"")? {
+            if key.starts_with(EARLY_PREFIX) {
+                if let Ok(from) = <[u8; 32]>::try_from(&key[EARLY_PREFIX.len()..][..32]) {
+                    self.groups.early.push_back((from, bytes));
+                }
+                continue;
+            }
             let Ok(group) = <[u8; 32]>::try_from(&key[..key.len().min(32)]) else {
                 continue;
             };
@@ -1147,10 +1167,17 @@ impl Engine {
             .get(&d.group_id)
             .is_some_and(|s| s.log.view().is_member(from));
         if !known {
-            if self.groups.early.len() >= MAX_EARLY_KEYS {
-                self.groups.early.pop_front();
+            // Kept (on disk: the payload is acknowledged) until the group
+            // or the member is known; past the bound, refused.
+            let record = early_record(from, &d);
+            let records = self.store.records(Kind::SenderKeys)?;
+            if records.get(&record)?.is_none() {
+                if self.groups.early.len() >= MAX_EARLY_KEYS {
+                    return Err(refused("too many sender keys waiting for their group"));
+                }
+                records.put(&record, distribution)?;
+                self.groups.early.push_back((*from, distribution.to_vec()));
             }
-            self.groups.early.push_back((*from, distribution.to_vec()));
             return Ok(GroupEffects::default());
         }
         let group = d.group_id;
@@ -1187,9 +1214,20 @@ impl Engine {
 
     fn retry_early_keys(&mut self, now: u64) -> Result<GroupEffects, EngineError> {
         let early: Vec<([u8; 32], Vec<u8>)> = self.groups.early.drain(..).collect();
+        let store = self.store.clone();
+        let records = store.records(Kind::SenderKeys)?;
         let mut fx = GroupEffects::default();
         for (from, d) in early {
-            fx.extend(self.on_sender_key(&from, &d, now)?);
+            // Those still early are written again.
+            if let Ok(dist) = SenderKeyDistribution::from_bytes(&d) {
+                records.remove(&early_record(&from, &dist))?;
+            }
+            match self.on_sender_key(&from, &d, now) {
+                Ok(f) => fx.extend(f),
+                Err(EngineError::Store(e)) => return Err(e.into()),
+                // A key that no longer fits is dropped, not the change.
+                Err(_) => {}
+            }
         }
         Ok(fx)
     }
@@ -1640,5 +1678,57 @@ mod tests {
         }
         assert_eq!(d.engines[2].groups.limbo.len(), MAX_LIMBO_GROUPS);
         assert_eq!(d.engines[2].groups().len(), 1);
+    }
+
+    #[test]
+    fn a_sender_key_ahead_of_its_group_waits_for_it_across_a_restart() {
+        let mut d = Devices::new(3);
+        let members = [d.keys[1], d.keys[2]];
+        let (group, fx) = d.engines[0]
+            .create_group("team", "admin", &members, None, vec![], 100)
+            .unwrap();
+        // Device 2 hears nothing of the group yet; device 1 is in it.
+        d.effects(0, fx);
+        d.run(true, &[2]);
+        let dist = d.engines[1].groups.slots[&group]
+            .own
+            .as_ref()
+            .unwrap()
+            .distribution()
+            .to_bytes()
+            .to_vec();
+        let fx = d.engines[2].on_sender_key(&d.keys[1], &dist, 200).unwrap();
+        assert!(fx.events.is_empty());
+        assert_eq!(d.engines[2].groups.early.len(), 1);
+        // A restart: the key waits on disk.
+        let store = d.engines[2].store.clone();
+        d.engines[2] = Engine::open(store, 200).unwrap();
+        assert_eq!(d.engines[2].groups.early.len(), 1);
+        // The group arrives: the key is taken, and device 1's messages read.
+        let ops: Vec<serde_bytes::ByteBuf> = d.engines[0].groups.slots[&group]
+            .log
+            .ops()
+            .map(|o| serde_bytes::ByteBuf::from(o.bytes.clone()))
+            .collect();
+        d.engines[2].on_group_ops(&ops, 200).unwrap();
+        assert!(d.engines[2].groups.early.is_empty());
+        let (_, sent) = d.engines[1]
+            .group_send(&group, vec![b"hello".to_vec()], 200)
+            .unwrap();
+        let (_, bytes) = sent.publish[0].clone();
+        let (taken, fx) = d.engines[2].group_messages(&[(bytes, None)], 200).unwrap();
+        assert_eq!(taken, vec![true]);
+        assert!(
+            fx.events
+                .iter()
+                .any(|e| matches!(e, Event::MessageReceived(m) if m.body == b"hello"))
+        );
+        let left = d.engines[2]
+            .store
+            .records(Kind::SenderKeys)
+            .unwrap()
+            .scan(EARLY_PREFIX)
+            .unwrap();
+        assert!(left.is_empty());
     }
 }
