@@ -105,6 +105,14 @@ pub(crate) async fn group(members: usize, n: usize) -> Value {
         }
         // Receipts: every member answers each message once (batched with
         // whatever else it received meanwhile), end-to-end encrypted 1:1.
+        // Receipts go out together a little after the messages (see
+        // GROUP_RECEIPT_DELAY): the last ones are waited for, briefly.
+        let expected = receipts_before + n * (members - 1);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            nodes[from].until(|s| s.group_receipts >= expected),
+        )
+        .await;
         let receipts = nodes[from].seen.lock().unwrap().group_receipts - receipts_before;
         series.insert(
             label.into(),

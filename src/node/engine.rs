@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 mod group_chat;
 mod retention;
 
-pub use group_chat::{GROUP_FALLBACK, GroupChange, GroupEffects, GroupInfo};
+pub use group_chat::{GROUP_FALLBACK, GROUP_RECEIPT_DELAY, GroupChange, GroupEffects, GroupInfo};
 pub use retention::MAX_RETENTION;
 
 use super::proto::{Chat, Frame, MsgRef, Payload, ReceiptKind, conversation_id};
@@ -41,6 +41,10 @@ pub const RESEND_EVERY: u64 = 30;
 /// How long a queued message is retried before the sender is told it
 /// expired undelivered (seconds).
 pub const MESSAGE_TTL: u64 = 14 * 24 * 3600;
+
+/// How often a contact's frames may make what it refused before due
+/// again (seconds).
+pub const HEARD_EVERY: u64 = 5;
 
 /// What can go wrong in the chat logic.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +179,9 @@ pub struct Engine {
     contacts: HashMap<[u8; 32], Contact>,
     seal_cache: SealCache,
     schedule: Schedule,
+    /// When each contact last made failed messages due again
+    /// ([`Engine::heard_from`]); one entry per contact at most.
+    heard_at: HashMap<[u8; 32], u64>,
     rng: StdRng,
     /// How long a message is retried (seconds).
     ttl: u64,
@@ -265,6 +272,7 @@ impl Engine {
             contacts,
             seal_cache: SealCache::default(),
             schedule,
+            heard_at: HashMap::new(),
             rng,
             ttl: MESSAGE_TTL,
             relays: Vec::new(),
@@ -731,6 +739,22 @@ impl Engine {
     /// Everything queued for `to` is due now (it just connected).
     pub fn peer_up(&mut self, to: &[u8; 32], now: u64) {
         self.schedule.due_now_for(to, now);
+    }
+
+    /// The contact `from` just sent us something we took: what it refused
+    /// before, waiting now for a long backoff, is due again (see
+    /// [`Schedule::due_now_failed`]), at most once per [`HEARD_EVERY`]
+    /// per contact. Whether anything became due.
+    pub fn heard_from(&mut self, from: &[u8; 32], now: u64) -> bool {
+        if self
+            .heard_at
+            .get(from)
+            .is_some_and(|&at| now < at.saturating_add(HEARD_EVERY))
+        {
+            return false;
+        }
+        self.heard_at.insert(*from, now);
+        self.schedule.due_now_failed(from, now)
     }
 
     /// Up to `limit` queued messages due at `now`, each in a fresh frame.

@@ -152,6 +152,26 @@ impl Schedule {
         }
     }
 
+    /// Makes due at `now` the messages to `recipient` that failed at least
+    /// twice and wait longer than [`FIRST_RETRY`]: it just reached us, so
+    /// it knows us now (a device refuses frames from devices it does not
+    /// know yet, as a new group member does until it hears of the others).
+    /// Whether any was.
+    pub fn due_now_failed(&mut self, recipient: &[u8; 32], now: u64) -> bool {
+        let hit: Vec<u64> = self
+            .meta
+            .iter()
+            .filter(|(_, m)| {
+                &m.recipient == recipient && m.attempts >= 2 && m.next_at > now + FIRST_RETRY
+            })
+            .map(|(&pos, _)| pos)
+            .collect();
+        for &pos in &hit {
+            self.reschedule(pos, now, false);
+        }
+        !hit.is_empty()
+    }
+
     /// Number of queued messages.
     pub fn len(&self) -> usize {
         self.meta.len()
@@ -209,5 +229,26 @@ mod tests {
         assert_eq!(backoff(1), 4);
         assert_eq!(backoff(3), 16);
         assert_eq!(backoff(40), MAX_RETRY);
+    }
+
+    #[test]
+    fn what_failed_long_is_due_again_when_its_recipient_is_heard() {
+        let mut s = Schedule::default();
+        // 10 failed three times and waits long; 11 was just sent; 12 is
+        // for someone else.
+        s.insert(10, meta(1, 300, 1000));
+        for _ in 0..3 {
+            s.reschedule(10, 300, true);
+        }
+        s.insert(11, meta(2, 4, 1000));
+        s.reschedule(11, 4, true);
+        let mut other = meta(3, 300, 1000);
+        other.recipient = [9; 32];
+        other.attempts = 5;
+        s.insert(12, other);
+        assert!(s.due_now_failed(&[1; 32], 1));
+        assert_eq!(s.due(1, 10), vec![10]);
+        // Nothing more to hurry.
+        assert!(!s.due_now_failed(&[1; 32], 1));
     }
 }

@@ -17,7 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use super::complaints::Complaints;
-use super::engine::{Engine, EngineError, Event, GroupChange, GroupEffects, GroupInfo};
+use super::engine::{
+    Engine, EngineError, Event, GROUP_RECEIPT_DELAY, GroupChange, GroupEffects, GroupInfo,
+};
 use super::error::NodeError;
 use super::events::NodeEvent;
 use super::handle::ContactInfo;
@@ -430,9 +432,26 @@ impl Worker {
 
     /// Runs rounds until told to stop or the swarm's task is gone.
     pub(crate) fn run(mut self) {
-        while let Ok(first) = self.jobs.recv() {
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_ROUND {
+        // Since when group receipts wait (they go together after
+        // `GROUP_RECEIPT_DELAY`).
+        let mut acks_since: Option<Instant> = None;
+        loop {
+            let first = match acks_since {
+                None => match self.jobs.recv() {
+                    Ok(j) => Some(j),
+                    Err(_) => return,
+                },
+                Some(t) => {
+                    let left = (t + GROUP_RECEIPT_DELAY).saturating_duration_since(Instant::now());
+                    match self.jobs.recv_timeout(left) {
+                        Ok(j) => Some(j),
+                        Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            };
+            let mut jobs: Vec<Job> = first.into_iter().collect();
+            while !jobs.is_empty() && jobs.len() < MAX_ROUND {
                 match self.jobs.try_recv() {
                     Ok(j) => jobs.push(j),
                     Err(_) => break,
@@ -460,6 +479,24 @@ impl Worker {
             }
             if !sends.is_empty() {
                 self.send(&sends_to, sends, &mut round);
+            }
+            if self.engine.has_group_receipts() {
+                let since = *acks_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= GROUP_RECEIPT_DELAY || round.stop {
+                    acks_since = None;
+                    let now = now_secs();
+                    match self.engine.take_group_receipts() {
+                        Ok(frames) => {
+                            round.dirty = true;
+                            for (to, frame) in frames {
+                                self.route(&to, frame, None, now, &mut round);
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "group receipts not sent"),
+                    }
+                }
+            } else {
+                acks_since = None;
             }
             if round.dirty
                 && let Err(e) = self.engine.store().flush()
@@ -902,11 +939,15 @@ impl Worker {
                         })
                         .collect(),
                 });
+                let took = h.accepted.iter().any(|a| *a);
                 self.events(h.events, &from, round);
                 for r in h.replies {
                     self.route(&from, r, None, now, round);
                 }
                 self.group_effects(h.group, now, round);
+                if took && self.engine.heard_from(&from, now) {
+                    self.retry(now, round);
+                }
             }
             Err(e) => {
                 if let Some(skipped) =
@@ -1234,11 +1275,15 @@ impl Worker {
         match self.engine.open_envelope(&env) {
             Ok((from, frame)) => match self.engine.receive(&from, &[frame], now, false) {
                 Ok(h) => {
+                    let took = h.accepted.iter().any(|a| *a);
                     self.events(h.events, &from, round);
                     for r in h.replies {
                         self.route(&from, r, None, now, round);
                     }
                     self.group_effects(h.group, now, round);
+                    if took && self.engine.heard_from(&from, now) {
+                        self.retry(now, round);
+                    }
                 }
                 Err(e) => warn!(error = %e, "envelope refused"),
             },

@@ -35,6 +35,11 @@ pub const GROUP_FALLBACK: u64 = 3;
 pub(crate) const ROTATE_AFTER: u64 = 7 * 24 * 3600;
 /// ...or after this many messages.
 pub(crate) const ROTATE_EVERY: u32 = 10_000;
+/// How long delivered receipts for group messages gather before they go,
+/// one payload per author for everything it wrote meanwhile: a member's
+/// receipts leave the moment the message spreads, and cost one 1:1
+/// message per author per period however busy the group.
+pub const GROUP_RECEIPT_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
 /// Group messages held per group while their sender key has not arrived.
 const MAX_PENDING: usize = 256;
 /// Sender keys held while the group or its member is not known yet (a new
@@ -56,6 +61,8 @@ const TALLY_VERSION: u8 = 1;
 
 /// A message as a receipt names it: Lamport clock and id.
 type Acked = (u64, [u8; 16]);
+/// A frame for a contact: its identity key and the frame.
+pub(crate) type Addressed = ([u8; 32], Vec<u8>);
 
 /// A change a user asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +174,8 @@ pub(crate) struct Groups {
     slots: HashMap<[u8; 32], GroupSlot>,
     /// Sender keys that came before their group or member did.
     early: VecDeque<([u8; 32], Vec<u8>)>,
+    /// Delivered receipts not sent yet, per group and author.
+    acks: HashMap<([u8; 32], [u8; 32]), Vec<Acked>>,
     /// Operations of groups that do not (yet) make this device a member,
     /// oldest group first; kept on disk too, since the payloads that
     /// brought them were acknowledged.
@@ -988,21 +997,56 @@ impl Engine {
                 fx.events.push(Event::MessageReceived(msg));
             }
         }
+        // Receipts wait to go with the next ones (see
+        // `GROUP_RECEIPT_DELAY`); a full payload goes at once.
         for ((group, sender), messages) in receipts {
             if !self.contacts.contains_key(&sender) {
                 continue;
             }
-            for chunk in messages.chunks(crate::node::proto::MAX_RECEIPTS) {
-                let receipt = Payload::GroupReceipts {
-                    group,
-                    kind: ReceiptKind::Delivered,
-                    messages: chunk.to_vec(),
-                };
+            let held = self.groups.acks.entry((group, sender)).or_default();
+            held.extend(messages);
+            if held.len() >= crate::node::proto::MAX_RECEIPTS {
+                let full = std::mem::take(held);
+                self.groups.acks.remove(&(group, sender));
                 fx.replies
-                    .push((sender, self.encrypt(&sender, &receipt.to_bytes())?));
+                    .extend(self.receipt_frames(group, sender, &full)?);
             }
         }
         Ok((taken, fx))
+    }
+
+    /// Whether delivered receipts for group messages wait to be sent.
+    pub fn has_group_receipts(&self) -> bool {
+        !self.groups.acks.is_empty()
+    }
+
+    /// The delivered receipts for group messages held so far: author and
+    /// frame (the sessions moved on; the caller writes before sending).
+    pub(crate) fn take_group_receipts(&mut self) -> Result<Vec<Addressed>, EngineError> {
+        let held: Vec<_> = self.groups.acks.drain().collect();
+        let mut out = Vec::new();
+        for ((group, sender), messages) in held {
+            out.extend(self.receipt_frames(group, sender, &messages)?);
+        }
+        Ok(out)
+    }
+
+    fn receipt_frames(
+        &mut self,
+        group: [u8; 32],
+        sender: [u8; 32],
+        messages: &[Acked],
+    ) -> Result<Vec<Addressed>, EngineError> {
+        let mut out = Vec::new();
+        for chunk in messages.chunks(crate::node::proto::MAX_RECEIPTS) {
+            let receipt = Payload::GroupReceipts {
+                group,
+                kind: ReceiptKind::Delivered,
+                messages: chunk.to_vec(),
+            };
+            out.push((sender, self.encrypt(&sender, &receipt.to_bytes())?));
+        }
+        Ok(out)
     }
 
     /// Marks a group's conversation read: each author of the messages
@@ -1456,7 +1500,21 @@ mod tests {
                     }
                     continue;
                 }
-                break;
+                // Receipts held back to go together: now.
+                let mut more = false;
+                for i in 0..self.engines.len() {
+                    if skip.contains(&i) {
+                        continue;
+                    }
+                    for (to, frame) in self.engines[i].take_group_receipts().unwrap() {
+                        let to = self.index(&to);
+                        self.wire.push_back((i, to, frame, None));
+                        more = true;
+                    }
+                }
+                if !more {
+                    break;
+                }
             }
         }
 
