@@ -53,9 +53,10 @@ pub(crate) async fn group(members: usize, n: usize) -> Value {
     for (i, node) in nodes.iter().enumerate() {
         node.handle.send_group(group, body(i as u64)).await.unwrap();
     }
+    let warm = Instant::now();
     for (i, node) in nodes.iter().enumerate() {
         let all = tokio::time::timeout(
-            MESSAGE_LIMIT * 6,
+            (MESSAGE_LIMIT * 30).saturating_sub(warm.elapsed()),
             node.until(|s| {
                 (0..members as u64)
                     .filter(|k| s.messages.contains_key(k))
@@ -69,7 +70,20 @@ pub(crate) async fn group(members: usize, n: usize) -> Value {
             let missing: Vec<u64> = (0..members as u64)
                 .filter(|k| *k != i as u64 && !seen.messages.contains_key(k))
                 .collect();
-            panic!("member {i} lacks the warm-up messages of {missing:?}");
+            let keys: Vec<String> = missing
+                .iter()
+                .map(|&k| short(&nodes[k as usize].key()))
+                .collect();
+            panic!(
+                "member {i} ({}) lacks the warm-up messages of {missing:?} ({keys:?})",
+                short(&node.key())
+            );
+        }
+        if warm.elapsed() > MESSAGE_LIMIT {
+            eprintln!(
+                "member {i} has every warm-up message after {:?}",
+                warm.elapsed()
+            );
         }
     }
     let formed = setup.elapsed();
@@ -142,4 +156,9 @@ pub(crate) async fn group(members: usize, n: usize) -> Value {
         "series": series,
         "receipt_payload_bytes_before_encryption": receipt_payload,
     })
+}
+
+/// The first bytes of a key in hex, as the nodes' store threads are named.
+fn short(key: &[u8; 32]) -> String {
+    key[..4].iter().map(|b| format!("{b:02x}")).collect()
 }

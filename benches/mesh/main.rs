@@ -26,6 +26,17 @@ use serde_json::json;
 use stats::p50;
 
 fn main() {
+    // MESH_BENCH_LOG=FILE: the nodes' logs (RUST_LOG filter, thread names
+    // tell the nodes apart) to FILE, for a run that needs explaining.
+    if let Some(path) = std::env::var_os("MESH_BENCH_LOG") {
+        let file = std::fs::File::create(path).unwrap();
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_thread_names(true)
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .init();
+    }
     let quick = std::env::var_os("MESH_BENCH_QUICK").is_some();
     let (lat, total, burst, line_n) = if quick {
         (200, 5_000, 10_000, 50)

@@ -120,8 +120,14 @@ impl Node {
                 None => warn!(%addr, "relay address without /p2p/<peer id>; ignored"),
             }
         }
+        // Named after the device (its identity key's first bytes), so logs
+        // of several nodes in one process tell them apart.
+        let thread_name = format!(
+            "store-{}",
+            crate::store::hex(&identity.public().signing[..4])
+        );
         std::thread::Builder::new()
-            .name("meshchat-store".into())
+            .name(thread_name)
             .spawn(move || {
                 worker.run();
                 // The engine and its store are dropped by now.

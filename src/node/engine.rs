@@ -772,6 +772,12 @@ impl Engine {
                     continue;
                 }
             };
+            tracing::debug!(
+                to = %crate::store::hex(&entry.recipient[..4]),
+                pos,
+                attempts = self.schedule.get(pos).map_or(0, |m| m.attempts),
+                "due"
+            );
             match self.encrypt_unsaved(&entry.recipient, &payload) {
                 Ok(frame) => out.push(Due {
                     pos,

@@ -903,6 +903,7 @@ impl Worker {
             })
         };
         let Some(from) = self.peers.get(&peer).copied() else {
+            debug!(%peer, frames = frames.len(), "direct batch from a device that is not a contact");
             if let Some(skipped) = self.complaints.note(
                 &peer,
                 "direct batch from a device that is not a contact",

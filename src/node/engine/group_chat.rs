@@ -936,6 +936,11 @@ impl Engine {
                 }
             }
             let Some((sender, plain)) = opened else {
+                tracing::debug!(
+                    key_id = msg.key_id,
+                    from_topic = via.is_none(),
+                    "group message waits for its sender key"
+                );
                 // No key for it yet: from the topic it waits (the author's
                 // 1:1 copy is the durable one); sent 1:1, the author keeps
                 // it and tries again.
@@ -1211,6 +1216,11 @@ impl Engine {
             .get(&d.group_id)
             .is_some_and(|s| s.log.view().is_member(from));
         if !known {
+            tracing::debug!(
+                from = %crate::store::hex(&from[..4]),
+                key_id = d.key_id,
+                "sender key before its group or member"
+            );
             // Kept (on disk: the payload is acknowledged) until the group
             // or the member is known; past the bound, refused.
             let record = early_record(from, &d);
@@ -1232,6 +1242,11 @@ impl Engine {
         if keys.iter().any(|k| k.key_id() == d.key_id) {
             return Ok(GroupEffects::default());
         }
+        tracing::debug!(
+            from = %crate::store::hex(&from[..4]),
+            key_id = d.key_id,
+            "sender key"
+        );
         keys.push(SenderKeyReceiver::from_distribution(&d));
         let records = self.store.records(Kind::SenderKeys)?;
         while keys.len() > KEYS_PER_MEMBER {
