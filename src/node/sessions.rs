@@ -19,6 +19,14 @@
 //!   When ours wins, the peer's message is still read with the new session,
 //!   which is then dropped; the peer adopts ours when our message arrives,
 //!   and resends what we could not read from its outbox.
+//!
+//! The session a new one replaces is kept as the previous one, and a
+//! message the current session cannot read is tried with it; if it reads
+//! it, the two swap. So a set-up that arrives late — after both sides had
+//! settled on the other one — and makes one side switch does not leave the
+//! two devices on different sessions, each refusing the other for good:
+//! the first message of the other side switches it back (or the other side
+//! over), and nothing is lost.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -32,16 +40,43 @@ use crate::crypto::{
 
 /// How many set-up base keys are remembered per contact, to refuse replays.
 pub const SEEN_BASE_KEYS: usize = 64;
-const RECORD_VERSION: u8 = 1;
+const RECORD_VERSION: u8 = 2;
 
 /// One contact's session and the set-ups already seen from it.
 struct Entry {
     session: Session,
+    /// The session this one replaced, still read from.
+    previous: Option<Session>,
     seen: VecDeque<[u8; 32]>,
+}
+
+impl Entry {
+    /// Makes `fresh` current, keeping the current one as the previous.
+    fn replace(&mut self, fresh: Session) {
+        self.previous = Some(std::mem::replace(&mut self.session, fresh));
+    }
+
+    /// The previous session becomes current again (it just read a
+    /// message), the current one previous.
+    fn swap(&mut self) {
+        if let Some(p) = self.previous.as_mut() {
+            std::mem::swap(&mut self.session, p);
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
 struct Record {
+    version: u8,
+    #[serde(with = "serde_bytes")]
+    session: Vec<u8>,
+    seen: Vec<[u8; 32]>,
+    previous: Option<serde_bytes::ByteBuf>,
+}
+
+/// A record from before sessions kept their previous one.
+#[derive(Serialize, Deserialize)]
+struct RecordV1 {
     version: u8,
     #[serde(with = "serde_bytes")]
     session: Vec<u8>,
@@ -77,7 +112,19 @@ impl Sessions {
 
     /// Restores a contact's session from [`Self::to_record`]'s bytes.
     pub fn load(&mut self, peer: [u8; 32], bytes: &[u8]) -> Result<(), crypto::Error> {
-        let r: Record = wire::decode(bytes, "session record", RECORD_VERSION, 512 * 1024)?;
+        const MAX: usize = 1024 * 1024;
+        let r: Record = match wire::decode(bytes, "session record", RECORD_VERSION, MAX) {
+            Ok(r) => r,
+            Err(e) => match wire::decode::<RecordV1>(bytes, "session record", 1, MAX) {
+                Ok(old) => Record {
+                    version: RECORD_VERSION,
+                    session: old.session,
+                    seen: old.seen,
+                    previous: None,
+                },
+                Err(_) => return Err(e),
+            },
+        };
         if r.seen.len() > SEEN_BASE_KEYS {
             return Err(crypto::Error::TooLarge {
                 what: "seen base keys",
@@ -86,10 +133,15 @@ impl Sessions {
             });
         }
         let session = Session::from_bytes(&r.session)?;
+        let previous = match r.previous {
+            Some(b) => Some(Session::from_bytes(&b)?),
+            None => None,
+        };
         self.by_peer.insert(
             peer,
             Entry {
                 session,
+                previous,
                 seen: r.seen.into_iter().collect(),
             },
         );
@@ -103,6 +155,10 @@ impl Sessions {
                 version: RECORD_VERSION,
                 session: e.session.to_bytes().to_vec(),
                 seen: e.seen.iter().copied().collect(),
+                previous: e
+                    .previous
+                    .as_ref()
+                    .map(|p| serde_bytes::ByteBuf::from(p.to_bytes().to_vec())),
             }))
         })
     }
@@ -130,6 +186,7 @@ impl Sessions {
                 let session = Session::initiator(&agreed, their_ratchet, Some(initial), rng)?;
                 v.insert(Entry {
                     session,
+                    previous: None,
                     seen: VecDeque::new(),
                 })
             }
@@ -154,7 +211,19 @@ impl Sessions {
             what: "ratchet message (no session with its sender)",
         })?;
         let message = RatchetMessage::from_bytes(bytes)?;
-        let plaintext = entry.session.decrypt(&message, rng)?;
+        let plaintext = match entry.session.decrypt(&message, rng) {
+            Ok(p) => p,
+            Err(e @ crypto::Error::Duplicate { .. }) => return Err(e),
+            // Perhaps the session the current one replaced: the peer is
+            // still on it. If it reads the message, it is current again.
+            Err(e) => match entry.previous.as_mut().map(|p| p.decrypt(&message, rng)) {
+                Some(Ok(p)) => {
+                    entry.swap();
+                    p
+                }
+                _ => return Err(e),
+            },
+        };
         Ok(Decrypted {
             plaintext,
             changed: true,
@@ -183,6 +252,18 @@ impl Sessions {
                     changed: true,
                 });
             }
+            // The set-up of the session we replaced, sent again: the peer
+            // is still on it; back to it.
+            if let Some(prev) = entry.previous.as_mut()
+                && prev.base_key() == Some(&base)
+            {
+                let plaintext = prev.decrypt(&message, rng)?;
+                entry.swap();
+                return Ok(Decrypted {
+                    plaintext,
+                    changed: true,
+                });
+            }
             if entry.seen.contains(&base) {
                 // A set-up already taken over (or a replay): not read, so
                 // not acknowledged either. The peer sends its message
@@ -205,16 +286,26 @@ impl Sessions {
             // Ours has heard from the peer, or there is none: take theirs.
             _ => false,
         };
-        let entry = self.by_peer.entry(peer.signing).or_insert_with(|| Entry {
-            session: Session::responder(&agreed, &ratchet_key, Some(base)),
-            seen: VecDeque::new(),
-        });
-        if entry.seen.len() == SEEN_BASE_KEYS {
-            entry.seen.pop_front();
-        }
-        entry.seen.push_back(base);
-        if !ours_wins {
-            entry.session = fresh;
+        match self.by_peer.get_mut(&peer.signing) {
+            None => {
+                self.by_peer.insert(
+                    peer.signing,
+                    Entry {
+                        session: fresh,
+                        previous: None,
+                        seen: VecDeque::from([base]),
+                    },
+                );
+            }
+            Some(entry) => {
+                if entry.seen.len() == SEEN_BASE_KEYS {
+                    entry.seen.pop_front();
+                }
+                entry.seen.push_back(base);
+                if !ours_wins {
+                    entry.replace(fresh);
+                }
+            }
         }
         Ok(Decrypted {
             plaintext,
@@ -355,5 +446,64 @@ mod tests {
                 .load(key, &saved[..saved.len() - 1])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_late_set_up_does_not_leave_the_two_sides_on_different_sessions() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let (x, y) = (Device::new(&mut rng), Device::new(&mut rng));
+        // `lo` has the lower identity key: its set-up wins a tie.
+        let (mut lo, mut hi) = if x.id.public().signing < y.id.public().signing {
+            (x, y)
+        } else {
+            (y, x)
+        };
+        // Both start at once.
+        let from_lo = lo.send(&hi, b"lo 1", &mut rng);
+        let from_hi = hi.send(&lo, b"hi 1", &mut rng);
+        // hi takes lo's set-up (lo's wins) and answers in it; lo hears it.
+        assert_eq!(hi.receive(&lo, &from_lo, &mut rng), b"lo 1");
+        let answer = hi.send(&lo, b"hi 2", &mut rng);
+        assert!(matches!(answer, Frame::Ratchet(_)));
+        assert_eq!(lo.receive(&hi, &answer, &mut rng), b"hi 2");
+        // hi's first set-up arrives late (a slow path): lo, whose session
+        // has heard from hi, takes it as hi starting over.
+        assert_eq!(lo.receive(&hi, &from_hi, &mut rng), b"hi 1");
+        // The two are now on different sessions; each still reads the
+        // other, and they settle on one.
+        for i in 0..3u8 {
+            let m = lo.send(&hi, &[i], &mut rng);
+            assert_eq!(hi.receive(&lo, &m, &mut rng), [i]);
+            let n = hi.send(&lo, &[i, i], &mut rng);
+            assert_eq!(lo.receive(&hi, &n, &mut rng), [i, i]);
+        }
+        // Also after a reload (the previous session is stored).
+        let key = hi.id.public().signing;
+        let saved = lo.sessions.to_record(&key).unwrap();
+        let mut reloaded = Sessions::new();
+        reloaded.load(key, &saved).unwrap();
+        lo.sessions = reloaded;
+        let m = lo.send(&hi, b"after reload", &mut rng);
+        assert_eq!(hi.receive(&lo, &m, &mut rng), b"after reload");
+    }
+
+    #[test]
+    fn a_record_from_before_previous_sessions_loads() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let (mut a, mut b) = (Device::new(&mut rng), Device::new(&mut rng));
+        let f = a.send(&b, b"hi", &mut rng);
+        b.receive(&a, &f, &mut rng);
+        let key = a.id.public().signing;
+        let e = &b.sessions.by_peer[&key];
+        let old = wire::encode(&RecordV1 {
+            version: 1,
+            session: e.session.to_bytes().to_vec(),
+            seen: e.seen.iter().copied().collect(),
+        });
+        let mut reloaded = Sessions::new();
+        reloaded.load(key, &old).unwrap();
+        b.sessions = reloaded;
+        let r = b.send(&a, b"still", &mut rng);
+        assert_eq!(a.receive(&b, &r, &mut rng), b"still");
     }
 }
