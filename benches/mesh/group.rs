@@ -149,12 +149,16 @@ pub(crate) async fn group(members: usize, n: usize) -> Value {
     for node in nodes {
         node.stop().await;
     }
+    // The reference, in the same run: the same fan-out on the network
+    // layer alone.
+    let raw = crate::raw::group_fanout(members, n).await;
     json!({
         "what": "one group, every member a real node on 127.0.0.1 (TCP); the creator befriends the others, members meet through the group; each message sent once, encrypted with the sender key, published on the group topic, stored and flushed by every member; each member's delivered receipts gather for 300 ms and go to the author as one 1:1 payload",
         "members": members,
         "formed_s": (formed.as_secs_f64() * 10.0).round() / 10.0,
         "series": series,
         "receipt_payload_bytes_before_encryption": receipt_payload,
+        "reference_network_layer_only": raw,
     })
 }
 

@@ -364,3 +364,124 @@ pub(crate) async fn stream_rtt(rtts: usize) -> Value {
         "rtt": latency(samples),
     })
 }
+
+/// The reference for the group: `members` swarms of the network layer
+/// (the node's transports and gossipsub configuration), each in its own
+/// task like a node's swarm, every one connected to every other (as a
+/// group's members end up) and subscribed to one group topic, each
+/// accepting what it receives at once (no crypto, no store, no receipts).
+/// One publishes `n` messages one at a time; for each, the time until the
+/// last of the others has it.
+pub(crate) async fn group_fanout(members: usize, n: usize) -> Value {
+    use meshchat::node::net::{Topic, Verdict};
+    use tokio::sync::mpsc;
+
+    let topic = Topic::Group([7; 32]);
+    let setup = Instant::now();
+    let key = || libp2p::identity::Keypair::generate_ed25519();
+    let mut nets = Vec::with_capacity(members);
+    let mut addrs = Vec::with_capacity(members);
+    for _ in 0..members {
+        let mut net = Net::start(key(), &tcp_loopback()).unwrap();
+        let addr = until(&mut net, |e| match e {
+            NetEvent::Listening { addr } => Some(addr),
+            _ => None,
+        })
+        .await;
+        net.subscribe(&topic).unwrap();
+        addrs.push(addr.with(libp2p::multiaddr::Protocol::P2p(net.local_peer_id())));
+        nets.push(net);
+    }
+    for (i, net) in nets.iter_mut().enumerate() {
+        for addr in &addrs[..i] {
+            net.dial(addr.clone()).unwrap();
+        }
+    }
+    // Arrivals: (message, node, when).
+    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<(u64, usize, Instant)>();
+    let peers: std::sync::Arc<Vec<std::sync::atomic::AtomicUsize>> = std::sync::Arc::new(
+        (0..members)
+            .map(|_| std::sync::atomic::AtomicUsize::new(0))
+            .collect(),
+    );
+    let mut publish = None;
+    let mut stops = Vec::with_capacity(members);
+    for (i, mut net) in nets.into_iter().enumerate() {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Option<Vec<u8>>>();
+        if i == 0 {
+            publish = Some(tx.clone());
+        }
+        stops.push(tx);
+        let arrived_tx = arrived_tx.clone();
+        let peers = peers.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    cmd = rx.recv() => match cmd {
+                        Some(Some(data)) => {
+                            net.publish(&topic, data).unwrap();
+                        }
+                        _ => return,
+                    },
+                    e = net.next_event() => {
+                        if let NetEvent::Gossip(m) = e {
+                            net.report_gossip(&m.id, &m.source, Verdict::Accept);
+                            let k = u64::from_be_bytes(m.data[..8].try_into().unwrap());
+                            let _ = arrived_tx.send((k, i, Instant::now()));
+                        }
+                        peers[i].store(
+                            net.topic_peers(&topic).len(),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    }
+                }
+            }
+        });
+    }
+    // Every node sees every other on the topic (and the meshes settle).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while peers
+        .iter()
+        .any(|p| p.load(std::sync::atomic::Ordering::Relaxed) < members - 1)
+    {
+        assert!(Instant::now() < deadline, "the swarms did not connect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let formed = setup.elapsed();
+    let publish = publish.unwrap();
+    let mut last = Vec::with_capacity(n);
+    let mut delivered = 0usize;
+    for k in 0..n as u64 {
+        let mut data = vec![0u8; 300];
+        data[..8].copy_from_slice(&k.to_be_bytes());
+        let t = Instant::now();
+        publish.send(Some(data)).unwrap();
+        let mut have = HashSet::new();
+        let mut latest = Duration::ZERO;
+        let end = t + Duration::from_secs(10);
+        while have.len() < members - 1 {
+            match tokio::time::timeout_at(end.into(), arrived.recv()).await {
+                Ok(Some((m, node, at))) if m == k => {
+                    if have.insert(node) {
+                        latest = latest.max(at - t);
+                    }
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        delivered += have.len();
+        last.push(latest);
+    }
+    for s in stops {
+        let _ = s.send(None);
+    }
+    json!({
+        "what": "the node's network layer only: every member a swarm in its own task, all connected, subscribed to one group topic, accepting at once; one message of 300 bytes at a time",
+        "members": members,
+        "formed_s": (formed.as_secs_f64() * 10.0).round() / 10.0,
+        "delivery_ratio": delivered as f64 / (n * (members - 1)) as f64,
+        "time_until_last_member": latency(last),
+    })
+}
