@@ -438,16 +438,24 @@ pub(crate) async fn group_fanout(members: usize, n: usize) -> Value {
             }
         });
     }
-    // Every node sees every other on the topic (and the meshes settle).
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while peers
-        .iter()
-        .any(|p| p.load(std::sync::atomic::Ordering::Relaxed) < members - 1)
-    {
-        assert!(Instant::now() < deadline, "the swarms did not connect");
+    // Every node sees every other on the topic, or after a minute at least
+    // a full mesh's worth (some of 4,950 dials at once can fail); then the
+    // meshes settle.
+    let count = |i: usize| peers[i].load(std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    loop {
+        let least = (0..members).map(count).min().unwrap_or(0);
+        if least >= members - 1 || (started.elapsed() > Duration::from_secs(60) && least >= 6) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the swarms did not connect"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let topic_peers: Vec<usize> = (0..members).map(count).collect();
     let formed = setup.elapsed();
     let publish = publish.unwrap();
     let mut last = Vec::with_capacity(n);
@@ -481,6 +489,7 @@ pub(crate) async fn group_fanout(members: usize, n: usize) -> Value {
         "what": "the node's network layer only: every member a swarm in its own task, all connected, subscribed to one group topic, accepting at once; one message of 300 bytes at a time",
         "members": members,
         "formed_s": (formed.as_secs_f64() * 10.0).round() / 10.0,
+        "topic_peers_least_and_publisher": [topic_peers.iter().min(), topic_peers[0]],
         "delivery_ratio": delivered as f64 / (n * (members - 1)) as f64,
         "time_until_last_member": latency(last),
     })
