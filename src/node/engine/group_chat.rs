@@ -40,6 +40,9 @@ pub(crate) const ROTATE_EVERY: u32 = 10_000;
 /// receipts leave the moment the message spreads, and cost one 1:1
 /// message per author per period however busy the group.
 pub const GROUP_RECEIPT_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
+/// Group messages read per group whose receipt can be sent again when a
+/// copy comes again (kept in memory, newest).
+const MAX_READ_IDS: usize = 4096;
 /// Group messages held per group while their sender key has not arrived.
 const MAX_PENDING: usize = 256;
 /// Sender keys held while the group or its member is not known yet (a new
@@ -155,6 +158,11 @@ pub(crate) struct GroupSlot {
     /// Messages whose sender key has not arrived: bytes and the contact
     /// that sent them 1:1 (None: from the topic).
     pending: VecDeque<Vec<u8>>,
+    /// Messages read lately, by sender, key id and position in its chain:
+    /// a copy that comes again (the author's 1:1 copy by the mesh or a
+    /// relay, its receipt lost) is answered again.
+    read_ids: HashMap<([u8; 32], u32, u32), Acked>,
+    read_order: VecDeque<([u8; 32], u32, u32)>,
 }
 
 impl GroupSlot {
@@ -164,6 +172,8 @@ impl GroupSlot {
             own: None,
             receivers: HashMap::new(),
             pending: VecDeque::new(),
+            read_ids: HashMap::new(),
+            read_order: VecDeque::new(),
         }
     }
 }
@@ -954,8 +964,18 @@ impl Engine {
                 continue;
             };
             touched.insert((group, sender));
+            let id = (sender, msg.key_id, msg.iteration);
             let Ok(plain) = plain else {
-                // Already read: acknowledge again.
+                // Already read: acknowledge again (the receipt may have
+                // been lost), if it is one of the recent ones.
+                if let Some(acked) = self
+                    .groups
+                    .slots
+                    .get(&group)
+                    .and_then(|s| s.read_ids.get(&id))
+                {
+                    receipts.entry((group, sender)).or_default().push(*acked);
+                }
                 taken.push(true);
                 continue;
             };
@@ -964,6 +984,20 @@ impl Engine {
                 continue;
             };
             taken.push(true);
+            if let Some(slot) = self.groups.slots.get_mut(&group) {
+                if slot
+                    .read_ids
+                    .insert(id, (chat.lamport, chat.msg_id))
+                    .is_none()
+                {
+                    slot.read_order.push_back(id);
+                }
+                while slot.read_order.len() > MAX_READ_IDS {
+                    if let Some(old) = slot.read_order.pop_front() {
+                        slot.read_ids.remove(&old);
+                    }
+                }
+            }
             receipts
                 .entry((group, sender))
                 .or_default()
@@ -1803,5 +1837,44 @@ mod tests {
             .scan(EARLY_PREFIX)
             .unwrap();
         assert!(left.is_empty());
+    }
+
+    #[test]
+    fn a_copy_that_comes_again_is_acknowledged_again() {
+        let mut d = Devices::new(2);
+        let (group, fx) = d.engines[0]
+            .create_group("pair", "admin", &[d.keys[1]], None, vec![], 100)
+            .unwrap();
+        d.effects(0, fx);
+        d.run(true, &[]);
+        let (_, sent) = d.engines[0]
+            .group_send(&group, vec![b"once".to_vec()], 200)
+            .unwrap();
+        let (_, bytes) = sent.publish[0].clone();
+        let (taken, _) = d.engines[1]
+            .group_messages(&[(bytes.clone(), None)], 200)
+            .unwrap();
+        assert_eq!(taken, vec![true]);
+        // The receipt is lost on the way.
+        assert_eq!(d.engines[1].take_group_receipts().unwrap().len(), 1);
+        // The author's 1:1 copy comes by the mesh: acknowledged again, and
+        // the author counts it.
+        let (taken, _) = d.engines[1]
+            .group_messages(&[(bytes, Some(d.keys[0]))], 200)
+            .unwrap();
+        assert_eq!(taken, vec![true]);
+        let again = d.engines[1].take_group_receipts().unwrap();
+        assert_eq!(again.len(), 1);
+        let h = d.engines[0]
+            .receive(&d.keys[1], &[again[0].1.clone()], 200, false)
+            .unwrap();
+        assert!(h.events.iter().any(|e| matches!(
+            e,
+            Event::GroupReceipt {
+                delivered: 1,
+                members: 1,
+                ..
+            }
+        )));
     }
 }
