@@ -296,7 +296,9 @@ impl Engine {
         let me = self.me.public().signing;
         for (key, bytes) in self.store.records(Kind::SenderKeys)?.scan(b"")? {
             if key.starts_with(EARLY_PREFIX) {
-                if let Ok(from) = <[u8; 32]>::try_from(&key[EARLY_PREFIX.len()..][..32]) {
+                if key.len() == EARLY_PREFIX.len() + 68
+                    && let Ok(from) = <[u8; 32]>::try_from(&key[EARLY_PREFIX.len()..][..32])
+                {
                     self.groups.early.push_back((from, bytes));
                 }
                 continue;
@@ -1047,8 +1049,8 @@ impl Engine {
             if held.len() >= crate::node::proto::MAX_RECEIPTS {
                 let full = std::mem::take(held);
                 self.groups.acks.remove(&(group, sender));
-                fx.replies
-                    .extend(self.receipt_frames(group, sender, &full)?);
+                let frames = self.receipt_frames(group, sender, ReceiptKind::Delivered, &full)?;
+                fx.replies.extend(frames);
             }
         }
         Ok((taken, fx))
@@ -1065,22 +1067,25 @@ impl Engine {
         let held: Vec<_> = self.groups.acks.drain().collect();
         let mut out = Vec::new();
         for ((group, sender), messages) in held {
-            out.extend(self.receipt_frames(group, sender, &messages)?);
+            out.extend(self.receipt_frames(group, sender, ReceiptKind::Delivered, &messages)?);
         }
         Ok(out)
     }
 
+    /// `kind` receipts for `sender`'s `messages`, 1:1 frames of at most
+    /// `MAX_RECEIPTS` each.
     fn receipt_frames(
         &mut self,
         group: [u8; 32],
         sender: [u8; 32],
+        kind: ReceiptKind,
         messages: &[Acked],
     ) -> Result<Vec<Addressed>, EngineError> {
         let mut out = Vec::new();
         for chunk in messages.chunks(crate::node::proto::MAX_RECEIPTS) {
             let receipt = Payload::GroupReceipts {
                 group,
-                kind: ReceiptKind::Delivered,
+                kind,
                 messages: chunk.to_vec(),
             };
             out.push((sender, self.encrypt(&sender, &receipt.to_bytes())?));
@@ -1127,16 +1132,10 @@ impl Engine {
             }
         }
         for (sender, messages) in by_sender {
-            if !self.contacts.contains_key(&sender) {
-                continue;
+            if self.contacts.contains_key(&sender) {
+                let frames = self.receipt_frames(*group, sender, ReceiptKind::Read, &messages)?;
+                fx.replies.extend(frames);
             }
-            let receipt = Payload::GroupReceipts {
-                group: *group,
-                kind: ReceiptKind::Read,
-                messages,
-            };
-            fx.replies
-                .push((sender, self.encrypt(&sender, &receipt.to_bytes())?));
         }
         Ok((true, fx))
     }
@@ -1244,12 +1243,7 @@ impl Engine {
         now: u64,
     ) -> Result<GroupEffects, EngineError> {
         let d = SenderKeyDistribution::from_bytes(distribution)?;
-        let known = self
-            .groups
-            .slots
-            .get(&d.group_id)
-            .is_some_and(|s| s.log.view().is_member(from));
-        if !known {
+        if !self.knows_sender(from, &d) {
             tracing::debug!(
                 from = %crate::store::hex(&from[..4]),
                 key_id = d.key_id,
@@ -1305,16 +1299,30 @@ impl Engine {
         Ok(fx)
     }
 
+    /// Whether `from` is a member of the group `d` is for, in our view.
+    fn knows_sender(&self, from: &[u8; 32], d: &SenderKeyDistribution) -> bool {
+        self.groups
+            .slots
+            .get(&d.group_id)
+            .is_some_and(|s| s.log.view().is_member(from))
+    }
+
+    /// Takes the early sender keys whose group and member are known now;
+    /// the others keep waiting, in memory and on disk as they were.
     fn retry_early_keys(&mut self, now: u64) -> Result<GroupEffects, EngineError> {
         let early: Vec<([u8; 32], Vec<u8>)> = self.groups.early.drain(..).collect();
         let store = self.store.clone();
         let records = store.records(Kind::SenderKeys)?;
         let mut fx = GroupEffects::default();
         for (from, d) in early {
-            // Those still early are written again.
-            if let Ok(dist) = SenderKeyDistribution::from_bytes(&d) {
-                records.remove(&early_record(&from, &dist))?;
+            let Ok(dist) = SenderKeyDistribution::from_bytes(&d) else {
+                continue;
+            };
+            if !self.knows_sender(&from, &dist) {
+                self.groups.early.push_back((from, d));
+                continue;
             }
+            records.remove(&early_record(&from, &dist))?;
             match self.on_sender_key(&from, &d, now) {
                 Ok(f) => fx.extend(f),
                 Err(EngineError::Store(e)) => return Err(e.into()),
@@ -1567,6 +1575,15 @@ mod tests {
             }
         }
 
+        /// Device `i`'s operations of `group`, as they travel.
+        fn log(&self, i: usize, group: &[u8; 32]) -> Vec<Op> {
+            self.engines[i].groups.slots[group]
+                .log
+                .ops()
+                .cloned()
+                .collect()
+        }
+
         fn received(&self, i: usize) -> Vec<Vec<u8>> {
             self.events[i]
                 .iter()
@@ -1576,6 +1593,13 @@ mod tests {
                 })
                 .collect()
         }
+    }
+
+    /// Operations as a `GroupOps` payload carries them.
+    fn bytes(ops: &[Op]) -> Vec<serde_bytes::ByteBuf> {
+        ops.iter()
+            .map(|o| serde_bytes::ByteBuf::from(o.bytes.clone()))
+            .collect()
     }
 
     #[test]
@@ -1733,16 +1757,7 @@ mod tests {
         let (group, _) = d.engines[0]
             .create_group("team", "admin", &members, None, vec![], 100)
             .unwrap();
-        let ops: Vec<Op> = d.engines[0].groups.slots[&group]
-            .log
-            .ops()
-            .cloned()
-            .collect();
-        let bytes = |ops: &[Op]| -> Vec<serde_bytes::ByteBuf> {
-            ops.iter()
-                .map(|o| serde_bytes::ByteBuf::from(o.bytes.clone()))
-                .collect()
-        };
+        let ops = d.log(0, &group);
         let key_2 = d.keys[2];
         let adds_2 = |o: &Op| matches!(&o.change, Change::Add { card, .. } if card.key().ok() == Some(key_2));
         let (ours, rest): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|o| adds_2(o));
@@ -1776,11 +1791,7 @@ mod tests {
             let (other, _) = d.engines[0]
                 .create_group(&format!("g{i}"), "admin", &[d.keys[1]], None, vec![], 100)
                 .unwrap();
-            let ops: Vec<Op> = d.engines[0].groups.slots[&other]
-                .log
-                .ops()
-                .cloned()
-                .collect();
+            let ops = d.log(0, &other);
             d.engines[2].on_group_ops(&bytes(&ops), 100).unwrap();
         }
         assert_eq!(d.engines[2].groups.limbo.len(), MAX_LIMBO_GROUPS);
@@ -1812,11 +1823,7 @@ mod tests {
         d.engines[2] = Engine::open(store, 200).unwrap();
         assert_eq!(d.engines[2].groups.early.len(), 1);
         // The group arrives: the key is taken, and device 1's messages read.
-        let ops: Vec<serde_bytes::ByteBuf> = d.engines[0].groups.slots[&group]
-            .log
-            .ops()
-            .map(|o| serde_bytes::ByteBuf::from(o.bytes.clone()))
-            .collect();
+        let ops = bytes(&d.log(0, &group));
         d.engines[2].on_group_ops(&ops, 200).unwrap();
         assert!(d.engines[2].groups.early.is_empty());
         let (_, sent) = d.engines[1]

@@ -145,9 +145,7 @@ impl Engine {
             .records(Kind::Contacts)?
             .put(&record(conv), &wire::encode(&setting))?;
         self.mirror(conv, secs)?;
-        if old.map(|o| o.secs) == Some(secs) || (old.is_none() && secs.is_none()) {
-            return Ok(None);
-        }
-        Ok(Some(Event::RetentionChanged { conv: *conv, secs }))
+        Ok((old.and_then(|o| o.secs) != secs)
+            .then_some(Event::RetentionChanged { conv: *conv, secs }))
     }
 }
