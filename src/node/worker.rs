@@ -18,7 +18,7 @@ use tracing::{debug, error, warn};
 
 use super::complaints::Complaints;
 use super::engine::{
-    Engine, EngineError, Event, GROUP_RECEIPT_DELAY, GroupChange, GroupEffects, GroupInfo,
+    Engine, EngineError, Event, GROUP_RECEIPT_DELAY, GroupChange, GroupEffects, GroupInfo, Handled,
 };
 use super::error::NodeError;
 use super::events::NodeEvent;
@@ -903,7 +903,6 @@ impl Worker {
             })
         };
         let Some(from) = self.peers.get(&peer).copied() else {
-            debug!(%peer, frames = frames.len(), "direct batch from a device that is not a contact");
             if let Some(skipped) = self.complaints.note(
                 &peer,
                 "direct batch from a device that is not a contact",
@@ -940,15 +939,7 @@ impl Worker {
                         })
                         .collect(),
                 });
-                let took = h.accepted.iter().any(|a| *a);
-                self.events(h.events, &from, round);
-                for r in h.replies {
-                    self.route(&from, r, None, now, round);
-                }
-                self.group_effects(h.group, now, round);
-                if took && self.engine.heard_from(&from, now) {
-                    self.retry(now, round);
-                }
+                self.handled(&from, h, now, round);
             }
             Err(e) => {
                 if let Some(skipped) =
@@ -1275,22 +1266,27 @@ impl Worker {
     fn envelope(&mut self, env: Envelope, now: u64, round: &mut Round) {
         match self.engine.open_envelope(&env) {
             Ok((from, frame)) => match self.engine.receive(&from, &[frame], now, false) {
-                Ok(h) => {
-                    let took = h.accepted.iter().any(|a| *a);
-                    self.events(h.events, &from, round);
-                    for r in h.replies {
-                        self.route(&from, r, None, now, round);
-                    }
-                    self.group_effects(h.group, now, round);
-                    if took && self.engine.heard_from(&from, now) {
-                        self.retry(now, round);
-                    }
-                }
+                Ok(h) => self.handled(&from, h, now, round),
                 Err(e) => warn!(error = %e, "envelope refused"),
             },
             // Not ours after all, or not from a contact: forwarded
             // anyway (gossip), nothing else to do.
             Err(e) => debug!(error = %e, "envelope not opened"),
+        }
+    }
+
+    /// What frames the contact `from` sent (directly or sealed) gave:
+    /// events, replies, group effects; and if it took any, what it refused
+    /// before may be due again.
+    fn handled(&mut self, from: &[u8; 32], h: Handled, now: u64, round: &mut Round) {
+        let took = h.accepted.iter().any(|a| *a);
+        self.events(h.events, from, round);
+        for r in h.replies {
+            self.route(from, r, None, now, round);
+        }
+        self.group_effects(h.group, now, round);
+        if took && self.engine.heard_from(from, now) {
+            self.retry(now, round);
         }
     }
 
