@@ -19,6 +19,8 @@ use crate::node::groups::Role;
 use crate::node::state::Invite;
 use crate::node::{ContactInfo, NodeError, NodeEvent, NodeHandle, PresenceState};
 
+use crate::store::{Cursor, History};
+
 /// What `send`, `history` and `read` name: a contact or a group.
 enum Target {
     Contact([u8; 32]),
@@ -33,7 +35,6 @@ impl Target {
         }
     }
 }
-use crate::store::{Cursor, History};
 
 /// Most clients served at once; more are told so and closed.
 pub const MAX_CLIENTS: usize = 64;
@@ -378,9 +379,7 @@ impl Api {
                 if name.trim().is_empty() {
                     return Err(bad("a group needs a name"));
                 }
-                if retention == Some(0) {
-                    return Err(bad("retention is at least one second"));
-                }
+                check_retention(retention)?;
                 let mut keys = Vec::with_capacity(members.len());
                 for m in &members {
                     keys.push(self.contact(m).await?.identity);
@@ -432,13 +431,7 @@ impl Api {
                 Ok(json!({ "group": hex(&g.id), "left": true }))
             }
             Request::Retention { with, secs } => {
-                if let Some(s) = secs
-                    && !(1..=MAX_RETENTION).contains(&s)
-                {
-                    return Err(bad(format!(
-                        "a retention is 1 to {MAX_RETENTION} seconds, or none"
-                    )));
-                }
+                check_retention(secs)?;
                 match self.target(&with).await? {
                     Target::Contact(key) => self.node.set_retention(key, secs).await,
                     Target::Group(id) => {
@@ -472,7 +465,6 @@ impl Api {
         }
     }
 
-    /// The contact `who` names: its name, or its identity key in hex.
     /// A conversation by name or key: a contact's, else a group's.
     async fn target(&self, who: &str) -> Result<Target, ApiError> {
         match self.contact(who).await {
@@ -497,6 +489,7 @@ impl Api {
             .ok_or_else(|| ApiError::new(ErrorKind::UnknownGroup, format!("no group {which:?}")))
     }
 
+    /// The contact `who` names: its name, or its identity key in hex.
     async fn contact(&self, who: &str) -> Result<ContactInfo, ApiError> {
         let list = self.node.contacts().await.map_err(failed)?;
         let key = unhex32(who);
@@ -746,4 +739,14 @@ async fn write_answer(w: &mut (impl AsyncWrite + Unpin), a: &Answer) -> std::io:
     line.push(b'\n');
     w.write_all(&line).await?;
     w.flush().await
+}
+
+/// A retention the API takes: 1 s to [`MAX_RETENTION`], or none.
+fn check_retention(secs: Option<u64>) -> Result<(), ApiError> {
+    match secs {
+        Some(s) if !(1..=MAX_RETENTION).contains(&s) => Err(bad(format!(
+            "a retention is 1 to {MAX_RETENTION} seconds, or none"
+        ))),
+        _ => Ok(()),
+    }
 }

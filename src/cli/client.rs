@@ -86,7 +86,7 @@ pub(super) enum GroupCmd {
         members: Vec<String>,
         /// Make it temporary: messages disappear this many seconds after
         /// they are sent, on every member's device and relay.
-        #[arg(long, env = "MESHCHAT_RETENTION", value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, env = "MESHCHAT_RETENTION", value_parser = clap::value_parser!(u64).range(1..=crate::node::engine::MAX_RETENTION))]
         retention: Option<u64>,
         /// The name you go by in the group.
         #[arg(long = "as", env = "MESHCHAT_GROUP_NAME", default_value = "me")]
@@ -182,29 +182,6 @@ pub(super) struct PlainArgs {
     pub(super) dir: DirArg,
     #[command(flatten)]
     pub(super) out: OutArg,
-}
-
-/// `meshchat temporary`.
-pub(super) fn temporary(args: TemporaryArgs) -> Result<(), CliError> {
-    let v = call(
-        &args.dir,
-        &Request::Retention {
-            with: args.with.clone(),
-            secs: args.seconds.0,
-        },
-    )?;
-    if args.out.json {
-        super::print_json(&v);
-    } else {
-        match args.seconds.0 {
-            Some(s) => println!(
-                "Messages with {} written from now on disappear {s} seconds after they are sent, on every device and relay.",
-                args.with
-            ),
-            None => println!("Messages with {} written from now on are kept.", args.with),
-        }
-    }
-    Ok(())
 }
 
 /// `meshchat export`.
@@ -706,6 +683,29 @@ pub(super) fn read(args: ReadArgs) -> Result<(), CliError> {
         println!("Marked the conversation with {} read.", args.with);
     } else {
         println!("Nothing unread with {}.", args.with);
+    }
+    Ok(())
+}
+
+/// `meshchat temporary`.
+pub(super) fn temporary(args: TemporaryArgs) -> Result<(), CliError> {
+    let v = call(
+        &args.dir,
+        &Request::Retention {
+            with: args.with.clone(),
+            secs: args.seconds.0,
+        },
+    )?;
+    if args.out.json {
+        super::print_json(&v);
+    } else {
+        match args.seconds.0 {
+            Some(s) => println!(
+                "Messages with {} written from now on disappear {s} seconds after they are sent, on every device and relay.",
+                args.with
+            ),
+            None => println!("Messages with {} written from now on are kept.", args.with),
+        }
     }
     Ok(())
 }
