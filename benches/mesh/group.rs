@@ -89,14 +89,22 @@ pub(crate) async fn group(members: usize, n: usize) -> Value {
     let formed = setup.elapsed();
     eprintln!("group of {members} formed in {formed:?}");
 
+    if let (Ok(f), Some(set)) = (
+        std::env::var("MESH_BENCH_LOG_AFTER"),
+        crate::LOG_AFTER.get(),
+    ) {
+        set(&f);
+    }
     let mut first = 1_000_000u64;
     let mut series = serde_json::Map::new();
     for (label, from) in [("from_creator", 0usize), ("from_a_member", members / 2)] {
         let receipts_before = nodes[from].seen.lock().unwrap().group_receipts;
+        let cpu = crate::stats::cpu_by_kind();
         let mut last = Vec::with_capacity(n);
         let mut delivered = 0usize;
         for k in first..first + n as u64 {
             let t = Instant::now();
+            tracing::trace!(target: "mesh_bench", k, "group message sent");
             nodes[from].handle.send_group(group, body(k)).await.unwrap();
             let mut latest = Duration::ZERO;
             for (i, node) in nodes.iter().enumerate() {
@@ -127,6 +135,7 @@ pub(crate) async fn group(members: usize, n: usize) -> Value {
             nodes[from].until(|s| s.group_receipts >= expected),
         )
         .await;
+        let cpu = crate::stats::cpu_per_message(cpu, n);
         let receipts = nodes[from].seen.lock().unwrap().group_receipts - receipts_before;
         series.insert(
             label.into(),
@@ -135,6 +144,7 @@ pub(crate) async fn group(members: usize, n: usize) -> Value {
                 "delivery_ratio": delivered as f64 / (n * (members - 1)) as f64,
                 "time_until_last_member": latency(last),
                 "receipts_per_message_counted_by_author": receipts as f64 / n as f64,
+                "cpu_ms_per_message_with_its_receipts": cpu,
             }),
         );
         first += n as u64;
@@ -153,7 +163,7 @@ pub(crate) async fn group(members: usize, n: usize) -> Value {
     // layer alone.
     let raw = crate::raw::group_fanout(members, n).await;
     json!({
-        "what": "one group, every member a real node on 127.0.0.1 (TCP); the creator befriends the others, members meet through the group; each message sent once, encrypted with the sender key, published on the group topic, stored and flushed by every member; each member's delivered receipts gather for 300 ms and go to the author as one 1:1 payload",
+        "what": "one group, every member a real node on 127.0.0.1 (TCP); the creator befriends the others, members meet through the group; each message sent once, encrypted with the sender key, published on the group topic (flooded to every member the author is connected to; not forwarded when that is all of them), stored and flushed by every member; each member's delivered receipts gather for 300-600 ms and go to the author as one 1:1 payload; CPU per message counts its receipts",
         "members": members,
         "formed_s": (formed.as_secs_f64() * 10.0).round() / 10.0,
         "series": series,

@@ -25,17 +25,33 @@ use serde_json::json;
 
 use stats::p50;
 
+/// Swaps the log filter for another.
+pub(crate) type SetFilter = Box<dyn Fn(&str) + Send + Sync>;
+
+/// Changes the log filter (MESH_BENCH_LOG_AFTER, once the group formed).
+pub(crate) static LOG_AFTER: std::sync::OnceLock<SetFilter> = std::sync::OnceLock::new();
+
 fn main() {
     // MESH_BENCH_LOG=FILE: the nodes' logs (RUST_LOG filter, thread names
     // tell the nodes apart) to FILE, for a run that needs explaining.
     if let Some(path) = std::env::var_os("MESH_BENCH_LOG") {
+        use tracing_subscriber::prelude::*;
         let file = std::fs::File::create(path).unwrap();
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_thread_names(true)
-            .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(file))
+        let (filter, handle) = tracing_subscriber::reload::Layer::new(
+            tracing_subscriber::EnvFilter::from_default_env(),
+        );
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_thread_names(true)
+                    .with_ansi(false)
+                    .with_writer(std::sync::Mutex::new(file)),
+            )
             .init();
+        let _ = LOG_AFTER.set(Box::new(move |f: &str| {
+            let _ = handle.reload(tracing_subscriber::EnvFilter::new(f));
+        }));
     }
     let quick = std::env::var_os("MESH_BENCH_QUICK").is_some();
     let (lat, total, burst, line_n) = if quick {
@@ -73,7 +89,7 @@ fn main() {
     }
     // MESH_BENCH_ONLY=group: only the group of 100 (20 when quick).
     // MESH_BENCH_MEMBERS=N sets another group size (for profiling).
-    let (members, group_n) = if quick { (20, 20) } else { (100, 50) };
+    let (members, group_n) = if quick { (20, 20) } else { (100, 200) };
     let members = std::env::var("MESH_BENCH_MEMBERS")
         .ok()
         .and_then(|m| m.parse().ok())

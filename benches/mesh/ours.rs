@@ -87,6 +87,7 @@ impl Bench {
                     match e {
                         NodeEvent::Message { message, .. } if message.body.len() >= 8 => {
                             let k = u64::from_be_bytes(message.body[..8].try_into().unwrap());
+                            tracing::trace!(target: "mesh_bench", k, "message event");
                             if seen.messages.insert(k, now).is_some() {
                                 seen.duplicates += 1;
                             }

@@ -458,6 +458,7 @@ pub(crate) async fn group_fanout(members: usize, n: usize) -> Value {
     let topic_peers: Vec<usize> = (0..members).map(count).collect();
     let formed = setup.elapsed();
     let publish = publish.unwrap();
+    let cpu = crate::stats::cpu_by_kind();
     let mut last = Vec::with_capacity(n);
     let mut delivered = 0usize;
     for k in 0..n as u64 {
@@ -482,6 +483,7 @@ pub(crate) async fn group_fanout(members: usize, n: usize) -> Value {
         delivered += have.len();
         last.push(latest);
     }
+    let cpu = crate::stats::cpu_per_message(cpu, n);
     for s in stops {
         let _ = s.send(None);
     }
@@ -492,5 +494,6 @@ pub(crate) async fn group_fanout(members: usize, n: usize) -> Value {
         "topic_peers_least_and_publisher": [topic_peers.iter().min(), topic_peers[0]],
         "delivery_ratio": delivered as f64 / (n * (members - 1)) as f64,
         "time_until_last_member": latency(last),
+        "cpu_ms_per_message": cpu,
     })
 }

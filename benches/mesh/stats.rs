@@ -38,3 +38,46 @@ pub(crate) fn rate(n: usize, took: Duration) -> f64 {
 pub(crate) fn p50(v: &Value) -> f64 {
     v["p50_us"].as_f64().unwrap_or(f64::NAN)
 }
+
+/// CPU time used since `before` (from [`cpu_by_kind`]) per message, in
+/// milliseconds, by kind of thread (Linux; zeros elsewhere). Threads that
+/// ended meanwhile are not counted.
+pub(crate) fn cpu_per_message(before: [f64; 3], n: usize) -> Value {
+    let after = cpu_by_kind();
+    let per =
+        |i: usize| ((after[i] - before[i]).max(0.0) * 1e3 / n.max(1) as f64 * 10.0).round() / 10.0;
+    json!({ "async_runtime": per(0), "store_threads": per(1), "other": per(2) })
+}
+
+/// CPU seconds this process's threads have used so far, by kind: the
+/// async runtime's workers, the nodes' store threads, the rest.
+pub(crate) fn cpu_by_kind() -> [f64; 3] {
+    let mut out = [0.0; 3];
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // utime and stime are fields 14 and 15 of stat(5), in clock ticks.
+        let ticks: u64 = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+            .unwrap_or(0);
+        let kind = if name.starts_with("tokio") {
+            0
+        } else if name.starts_with("store-") {
+            1
+        } else {
+            2
+        };
+        out[kind] += ticks as f64 / 100.0;
+    }
+    out
+}

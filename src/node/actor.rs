@@ -502,11 +502,26 @@ impl Actor {
                     self.net.unsubscribe(&Topic::Group(topic));
                 }
             }
-            Out::GroupPublish { topic, message } => {
+            Out::GroupPublish {
+                topic,
+                message,
+                members,
+            } => {
+                // Flood publishing sends it to every peer on the topic: if
+                // every other member is one, nobody needs to forward it.
+                let on_topic: HashSet<PeerId> = self
+                    .net
+                    .topic_peers(&Topic::Group(topic))
+                    .into_iter()
+                    .collect();
+                let reached_all = members
+                    .iter()
+                    .all(|p| p.is_some_and(|p| on_topic.contains(&p)));
+                let frame = super::groups::gossip_frame(&message, reached_all);
                 // Ours too, so a copy coming back is known.
-                self.seen.insert(Envelope::hash(&message));
-                match self.net.publish(&Topic::Group(topic), message) {
-                    Ok(p) => debug!(outcome = ?p, "group message published"),
+                self.seen.insert(Envelope::hash(&frame));
+                match self.net.publish(&Topic::Group(topic), frame) {
+                    Ok(p) => debug!(outcome = ?p, reached_all, "group message published"),
                     // Each member's copy waits in the outbox for its
                     // acknowledgement: the fallback sends it 1:1.
                     Err(e) => debug!(error = %e, "group message not published"),
@@ -879,13 +894,17 @@ impl Actor {
     }
 
     /// A group message is forwarded if it is well formed, belongs to the
-    /// topic it came on, and is new; the store thread decrypts it (and
-    /// checks its signature) if we are in that group.
+    /// topic it came on, is new, and its author did not reach every member
+    /// itself; the store thread decrypts it (and checks its signature) if
+    /// we are in that group.
     fn check_group_message(&mut self, topic: &[u8; 32], data: &[u8]) -> Verdict {
         if !self.group_topics.contains(topic) {
             return Verdict::Ignore(Reason::Application("not our group"));
         }
-        let Ok(msg) = crate::crypto::SenderKeyMessage::from_bytes(data) else {
+        let Some((reached_all, message)) = super::groups::gossip_unframe(data) else {
+            return Verdict::Reject(Reason::Application("malformed group gossip"));
+        };
+        let Ok(msg) = crate::crypto::SenderKeyMessage::from_bytes(message) else {
             return Verdict::Reject(Reason::Application("malformed group message"));
         };
         if &super::groups::topic_id(&msg.group_id) != topic {
@@ -898,7 +917,10 @@ impl Actor {
             // Its author's outbox sends it 1:1 when no receipt comes.
             return Verdict::Ignore(Reason::Application("store thread behind"));
         }
-        self.job(Job::GroupMessage(data.to_vec()));
+        self.job(Job::GroupMessage(message.to_vec()));
+        if reached_all {
+            return Verdict::Ignore(Reason::Application("every member has it from its author"));
+        }
         Verdict::Accept
     }
 

@@ -16,7 +16,9 @@ use rand::rngs::StdRng;
 mod group_chat;
 mod retention;
 
-pub use group_chat::{GROUP_FALLBACK, GROUP_RECEIPT_DELAY, GroupChange, GroupEffects, GroupInfo};
+pub use group_chat::{
+    GROUP_FALLBACK, GROUP_RECEIPT_DELAY, GROUP_RECEIPT_JITTER, GroupChange, GroupEffects, GroupInfo,
+};
 pub use retention::MAX_RETENTION;
 
 use super::proto::{Chat, Frame, MsgRef, Payload, ReceiptKind, conversation_id};

@@ -484,6 +484,37 @@ pub fn topic_id(group: &[u8; 32]) -> [u8; 32] {
     hash(labels::GROUP_TOPIC, group)
 }
 
+/// The first byte of what a group's topic carries: this layout's version.
+pub const GOSSIP_VERSION: u8 = 1;
+/// Bytes before the group message on a group's topic.
+pub const GOSSIP_HEADER: usize = 2;
+/// Flag: when its author published it, every other member was a peer on
+/// the topic, so flood publishing reached each of them: nobody forwards it.
+const REACHED_ALL: u8 = 0x01;
+
+/// What goes on a group's topic: `version ‖ flags ‖ group message`.
+pub fn gossip_frame(message: &[u8], reached_all: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(GOSSIP_HEADER + message.len());
+    out.push(GOSSIP_VERSION);
+    out.push(if reached_all { REACHED_ALL } else { 0 });
+    out.extend_from_slice(message);
+    out
+}
+
+/// The "reached every member" flag and the group message of a group
+/// topic's payload; `None` for another version, an unknown flag, or
+/// nothing after the header.
+pub fn gossip_unframe(data: &[u8]) -> Option<(bool, &[u8])> {
+    match data {
+        [GOSSIP_VERSION, flags, message @ ..]
+            if flags & !REACHED_ALL == 0 && !message.is_empty() =>
+        {
+            Some((flags & REACHED_ALL != 0, message))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;
@@ -529,6 +560,24 @@ mod tests {
 
     fn keys(log: &Log) -> Vec<[u8; 32]> {
         log.view().members.iter().map(|m| m.key).collect()
+    }
+
+    #[test]
+    fn gossip_frames_round_trip_and_refuse_what_they_do_not_know() {
+        let message = [9u8; 130];
+        for reached_all in [false, true] {
+            let f = gossip_frame(&message, reached_all);
+            assert_eq!(f.len(), GOSSIP_HEADER + message.len());
+            assert_eq!(gossip_unframe(&f), Some((reached_all, &message[..])));
+        }
+        let mut other_version = gossip_frame(&message, false);
+        other_version[0] = 2;
+        assert_eq!(gossip_unframe(&other_version), None);
+        let mut unknown_flag = gossip_frame(&message, true);
+        unknown_flag[1] = 0x03;
+        assert_eq!(gossip_unframe(&unknown_flag), None);
+        assert_eq!(gossip_unframe(&[GOSSIP_VERSION, 0]), None);
+        assert_eq!(gossip_unframe(&[]), None);
     }
 
     #[test]

@@ -18,7 +18,8 @@ use tracing::{debug, error, warn};
 
 use super::complaints::Complaints;
 use super::engine::{
-    Engine, EngineError, Event, GROUP_RECEIPT_DELAY, GroupChange, GroupEffects, GroupInfo, Handled,
+    Engine, EngineError, Event, GROUP_RECEIPT_DELAY, GROUP_RECEIPT_JITTER, GroupChange,
+    GroupEffects, GroupInfo, Handled,
 };
 use super::error::NodeError;
 use super::events::NodeEvent;
@@ -202,7 +203,12 @@ pub(crate) enum Out {
     /// Leave a group's topic.
     Unsubscribe { topic: [u8; 32] },
     /// Publish a group message on a group's topic.
-    GroupPublish { topic: [u8; 32], message: Vec<u8> },
+    GroupPublish {
+        topic: [u8; 32],
+        message: Vec<u8>,
+        /// The other members' peers (`None`: one not known).
+        members: Vec<Option<PeerId>>,
+    },
     /// Publish an envelope on the inbox topic of `mailbox`.
     Publish {
         mailbox: [u8; 32],
@@ -432,17 +438,17 @@ impl Worker {
 
     /// Runs rounds until told to stop or the swarm's task is gone.
     pub(crate) fn run(mut self) {
-        // Since when group receipts wait (they go together after
-        // `GROUP_RECEIPT_DELAY`).
-        let mut acks_since: Option<Instant> = None;
+        // When the group receipts waiting go (together, after
+        // `GROUP_RECEIPT_DELAY` and a random part of `GROUP_RECEIPT_JITTER`).
+        let mut acks_due: Option<Instant> = None;
         loop {
-            let first = match acks_since {
+            let first = match acks_due {
                 None => match self.jobs.recv() {
                     Ok(j) => Some(j),
                     Err(_) => return,
                 },
                 Some(t) => {
-                    let left = (t + GROUP_RECEIPT_DELAY).saturating_duration_since(Instant::now());
+                    let left = t.saturating_duration_since(Instant::now());
                     match self.jobs.recv_timeout(left) {
                         Ok(j) => Some(j),
                         Err(std_mpsc::RecvTimeoutError::Timeout) => None,
@@ -481,9 +487,12 @@ impl Worker {
                 self.send(&sends_to, sends, &mut round);
             }
             if self.engine.has_group_receipts() {
-                let since = *acks_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= GROUP_RECEIPT_DELAY || round.stop {
-                    acks_since = None;
+                let due = *acks_due.get_or_insert_with(|| {
+                    let jitter = GROUP_RECEIPT_JITTER.mul_f64(rand::random::<f64>());
+                    Instant::now() + GROUP_RECEIPT_DELAY + jitter
+                });
+                if Instant::now() >= due || round.stop {
+                    acks_due = None;
                     let now = now_secs();
                     match self.engine.take_group_receipts() {
                         Ok(frames) => {
@@ -496,7 +505,7 @@ impl Worker {
                     }
                 }
             } else {
-                acks_since = None;
+                acks_due = None;
             }
             if round.dirty
                 && let Err(e) = self.engine.store().flush()
@@ -1313,7 +1322,19 @@ impl Worker {
             round.outs.push(Out::Unsubscribe { topic });
         }
         for (topic, message) in fx.publish {
-            round.outs.push(Out::GroupPublish { topic, message });
+            // Their peers, to tell whether publishing reaches them all (a
+            // member with no known peer id cannot be reached directly).
+            let members = self
+                .engine
+                .topic_members(&topic)
+                .iter()
+                .map(|k| self.peer_of.get(k).copied())
+                .collect();
+            round.outs.push(Out::GroupPublish {
+                topic,
+                message,
+                members,
+            });
         }
         // Group events name no single sender: messages carry theirs.
         for e in fx.events {

@@ -40,6 +40,9 @@ pub(crate) const ROTATE_EVERY: u32 = 10_000;
 /// receipts leave the moment the message spreads, and cost one 1:1
 /// message per author per period however busy the group.
 pub const GROUP_RECEIPT_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
+/// Up to this much more, drawn at random each time: members who got a
+/// message at the same moment do not all answer at the same moment.
+pub const GROUP_RECEIPT_JITTER: std::time::Duration = std::time::Duration::from_millis(300);
 /// Group messages read per group whose receipt can be sent again when a
 /// copy comes again (kept in memory, newest).
 const MAX_READ_IDS: usize = 4096;
@@ -365,6 +368,22 @@ impl Engine {
             .keys()
             .find(|g| &groups::topic_id(g) == topic)
             .copied()
+    }
+
+    /// The other members of the group whose topic id is `topic` (empty if
+    /// this device is not in it).
+    pub fn topic_members(&self, topic: &[u8; 32]) -> Vec<[u8; 32]> {
+        let me = self.me.public().signing;
+        self.group_of_topic(topic)
+            .and_then(|g| self.view(&g).ok())
+            .map(|v| {
+                v.members
+                    .iter()
+                    .map(|m| m.key)
+                    .filter(|k| k != &me)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn view(&self, group: &[u8; 32]) -> Result<&View, EngineError> {

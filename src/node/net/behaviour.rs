@@ -80,6 +80,15 @@ mod derived {
     }
 }
 
+/// Most message ids in one IHAVE we send (and in the IWANTs we send a peer
+/// per heartbeat; gossipsub's `max_control_messages_sent`): 400 × (32 + 2
+/// bytes of framing) stays under the 16 KiB of control data receivers take
+/// by default.
+pub const MAX_IHAVE_IDS: usize = 400;
+/// Most control data (subscriptions, IHAVE, IWANT, GRAFT, PRUNE, IDONTWANT)
+/// we take in one RPC: 5 000 ids of 34 bytes, with room to spare.
+pub const MAX_CONTROL_BYTES: usize = 256 * 1024;
+
 /// The gossipsub configuration used by every node.
 ///
 /// - Anonymous: no author, sequence number or signature on the wire (our
@@ -92,6 +101,12 @@ mod derived {
 ///   a node below `mesh_n_low` grafts every subscribed peer at once, and
 ///   flood publishing sends our own messages to all subscribed peers.
 /// - `max_transmit_size` fits the largest payload allowed on any topic.
+/// - IHAVE lists of at most [`MAX_IHAVE_IDS`] ids, so that one fits the
+///   16 KiB of control data a receiver takes by default; and we take up
+///   to [`MAX_CONTROL_BYTES`], what the specification's 5 000 ids need. A
+///   receiver that gets more closes its side of the stream, and the sender
+///   does not notice: what it publishes to that peer next is lost (seen on
+///   a 100-member group, where IHAVEs list thousands of envelopes).
 pub fn gossipsub_config(cfg: &NetConfig) -> Result<gossipsub::Config, NetError> {
     gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Anonymous)
@@ -111,6 +126,8 @@ pub fn gossipsub_config(cfg: &NetConfig) -> Result<gossipsub::Config, NetError> 
         // the outbox, so a republished envelope is recognised.
         .duplicate_cache_time(Duration::from_secs(120))
         .max_transmit_size(cfg.gossip_limits.max_any() + GOSSIP_FRAMING)
+        .max_control_messages_sent(MAX_IHAVE_IDS)
+        .max_control_message_size(MAX_CONTROL_BYTES)
         .build()
         .map_err(|e| NetError::GossipConfig(e.to_string()))
 }

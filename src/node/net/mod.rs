@@ -50,8 +50,8 @@ mod topic;
 mod validate;
 
 pub use behaviour::{
-    Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, KAD_PROTOCOL, RELAY_PROVIDER_KEY, build_swarm,
-    gossipsub_config,
+    Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_CONTROL_BYTES, MAX_IHAVE_IDS,
+    RELAY_PROVIDER_KEY, build_swarm, gossipsub_config,
 };
 pub use config::{
     DEFAULT_DIRECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAILBOX_TIMEOUT, DEFAULT_MAX_INBOUND,

@@ -122,7 +122,8 @@ impl Default for GossipLimits {
             version: 1,
             max_presence: DEFAULT_MAX_PRESENCE,
             max_inbox: MAX_ENVELOPE,
-            max_group: MAX_ENVELOPE.max(MAX_GROUP_MESSAGE_LEN),
+            // A group message behind its two-byte header (version, flags).
+            max_group: MAX_ENVELOPE.max(MAX_GROUP_MESSAGE_LEN + 2),
         }
     }
 }
