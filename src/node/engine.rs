@@ -348,6 +348,7 @@ impl Engine {
         if self.contacts.remove(key).is_none() {
             return Ok(false);
         }
+        self.heard_at.remove(key);
         self.store.records(Kind::Contacts)?.remove(key)?;
         Ok(true)
     }

@@ -141,15 +141,7 @@ impl Schedule {
 
     /// Makes every message to `recipient` due at `now` (it just came online).
     pub fn due_now_for(&mut self, recipient: &[u8; 32], now: u64) {
-        let hit: Vec<u64> = self
-            .meta
-            .iter()
-            .filter(|(_, m)| &m.recipient == recipient && m.next_at > now)
-            .map(|(&pos, _)| pos)
-            .collect();
-        for pos in hit {
-            self.reschedule(pos, now, false);
-        }
+        self.due_now_where(recipient, now, |m| m.next_at > now);
     }
 
     /// Makes due at `now` the messages to `recipient` that failed at least
@@ -158,12 +150,23 @@ impl Schedule {
     /// know yet, as a new group member does until it hears of the others).
     /// Whether any was.
     pub fn due_now_failed(&mut self, recipient: &[u8; 32], now: u64) -> bool {
+        self.due_now_where(recipient, now, |m| {
+            m.attempts >= 2 && m.next_at > now + FIRST_RETRY
+        })
+    }
+
+    /// Makes due at `now` the messages to `recipient` that `pick` chooses;
+    /// whether there were any.
+    fn due_now_where(
+        &mut self,
+        recipient: &[u8; 32],
+        now: u64,
+        pick: impl Fn(&Meta) -> bool,
+    ) -> bool {
         let hit: Vec<u64> = self
             .meta
             .iter()
-            .filter(|(_, m)| {
-                &m.recipient == recipient && m.attempts >= 2 && m.next_at > now + FIRST_RETRY
-            })
+            .filter(|(_, m)| &m.recipient == recipient && pick(m))
             .map(|(&pos, _)| pos)
             .collect();
         for &pos in &hit {
