@@ -366,6 +366,23 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             }
         }
+
+        /// Replaces the sessions with only `peer`'s, loaded from `record`.
+        fn reload(&mut self, peer: [u8; 32], record: &[u8]) {
+            let mut reloaded = Sessions::new();
+            reloaded.load(peer, record).unwrap();
+            self.sessions = reloaded;
+        }
+    }
+
+    /// Three rounds each way: each reads what the other sends.
+    fn talk(a: &mut Device, b: &mut Device, rng: &mut StdRng) {
+        for i in 0..3u8 {
+            let x = a.send(b, &[i], rng);
+            assert_eq!(b.receive(a, &x, rng), [i]);
+            let y = b.send(a, &[i, i], rng);
+            assert_eq!(a.receive(b, &y, rng), [i, i]);
+        }
     }
 
     #[test]
@@ -420,12 +437,7 @@ mod tests {
         assert_eq!(b.receive(&a, &fa, &mut rng), b"from a");
         assert_eq!(a.receive(&b, &fb, &mut rng), b"from b");
         // Both now send on the session they settled on; each reads the other.
-        for i in 0..3u8 {
-            let x = a.send(&b, &[i], &mut rng);
-            assert_eq!(b.receive(&a, &x, &mut rng), [i]);
-            let y = b.send(&a, &[i, i], &mut rng);
-            assert_eq!(a.receive(&b, &y, &mut rng), [i, i]);
-        }
+        talk(&mut a, &mut b, &mut rng);
     }
 
     #[test]
@@ -436,9 +448,7 @@ mod tests {
         b.receive(&a, &f, &mut rng);
         let key = a.id.public().signing;
         let saved = b.sessions.to_record(&key).unwrap();
-        let mut reloaded = Sessions::new();
-        reloaded.load(key, &saved).unwrap();
-        b.sessions = reloaded;
+        b.reload(key, &saved);
         let r = b.send(&a, b"after reload", &mut rng);
         assert_eq!(a.receive(&b, &r, &mut rng), b"after reload");
         assert!(
@@ -471,18 +481,11 @@ mod tests {
         assert_eq!(lo.receive(&hi, &from_hi, &mut rng), b"hi 1");
         // The two are now on different sessions; each still reads the
         // other, and they settle on one.
-        for i in 0..3u8 {
-            let m = lo.send(&hi, &[i], &mut rng);
-            assert_eq!(hi.receive(&lo, &m, &mut rng), [i]);
-            let n = hi.send(&lo, &[i, i], &mut rng);
-            assert_eq!(lo.receive(&hi, &n, &mut rng), [i, i]);
-        }
+        talk(&mut lo, &mut hi, &mut rng);
         // Also after a reload (the previous session is stored).
         let key = hi.id.public().signing;
         let saved = lo.sessions.to_record(&key).unwrap();
-        let mut reloaded = Sessions::new();
-        reloaded.load(key, &saved).unwrap();
-        lo.sessions = reloaded;
+        lo.reload(key, &saved);
         let m = lo.send(&hi, b"after reload", &mut rng);
         assert_eq!(hi.receive(&lo, &m, &mut rng), b"after reload");
     }
@@ -500,9 +503,7 @@ mod tests {
             session: e.session.to_bytes().to_vec(),
             seen: e.seen.iter().copied().collect(),
         });
-        let mut reloaded = Sessions::new();
-        reloaded.load(key, &old).unwrap();
-        b.sessions = reloaded;
+        b.reload(key, &old);
         let r = b.send(&a, b"still", &mut rng);
         assert_eq!(a.receive(&b, &r, &mut rng), b"still");
     }

@@ -1501,6 +1501,14 @@ mod tests {
             }
         }
 
+        /// Device 0 creates the group "team" with every other device.
+        fn team(&mut self) -> ([u8; 32], GroupEffects) {
+            let members = self.keys[1..].to_vec();
+            self.engines[0]
+                .create_group("team", "admin", &members, None, vec![], 100)
+                .unwrap()
+        }
+
         fn index(&self, key: &[u8; 32]) -> usize {
             self.keys.iter().position(|k| k == key).unwrap()
         }
@@ -1624,10 +1632,7 @@ mod tests {
     #[test]
     fn a_group_forms_and_every_member_reads_every_message_once() {
         let mut d = Devices::new(4);
-        let members = [d.keys[1], d.keys[2], d.keys[3]];
-        let (group, fx) = d.engines[0]
-            .create_group("team", "admin", &members, None, vec![], 100)
-            .unwrap();
+        let (group, fx) = d.team();
         d.effects(0, fx);
         d.run(true, &[]);
         // Everyone holds the same view; members became each other's contacts.
@@ -1707,10 +1712,7 @@ mod tests {
     #[test]
     fn a_removed_member_cannot_read_later_messages() {
         let mut d = Devices::new(3);
-        let members = [d.keys[1], d.keys[2]];
-        let (group, fx) = d.engines[0]
-            .create_group("team", "admin", &members, None, vec![], 100)
-            .unwrap();
+        let (group, fx) = d.team();
         d.effects(0, fx);
         d.run(true, &[]);
         let removed = d.keys[2];
@@ -1739,10 +1741,7 @@ mod tests {
     #[test]
     fn a_message_ahead_of_its_sender_key_waits_for_it() {
         let mut d = Devices::new(3);
-        let members = [d.keys[1], d.keys[2]];
-        let (group, fx) = d.engines[0]
-            .create_group("team", "admin", &members, None, vec![], 100)
-            .unwrap();
+        let (group, fx) = d.team();
         d.effects(0, fx);
         d.run(true, &[]);
         // Admin removes 2: everyone rotates. Admin's new key is queued for
@@ -1772,10 +1771,7 @@ mod tests {
     #[test]
     fn a_log_in_several_payloads_joins_whatever_their_order_and_a_restart_between() {
         let mut d = Devices::new(3);
-        let members = [d.keys[1], d.keys[2]];
-        let (group, _) = d.engines[0]
-            .create_group("team", "admin", &members, None, vec![], 100)
-            .unwrap();
+        let (group, _) = d.team();
         let ops = d.log(0, &group);
         let key_2 = d.keys[2];
         let adds_2 = |o: &Op| matches!(&o.change, Change::Add { card, .. } if card.key().ok() == Some(key_2));
@@ -1820,10 +1816,7 @@ mod tests {
     #[test]
     fn a_sender_key_ahead_of_its_group_waits_for_it_across_a_restart() {
         let mut d = Devices::new(3);
-        let members = [d.keys[1], d.keys[2]];
-        let (group, fx) = d.engines[0]
-            .create_group("team", "admin", &members, None, vec![], 100)
-            .unwrap();
+        let (group, fx) = d.team();
         // Device 2 hears nothing of the group yet; device 1 is in it.
         d.effects(0, fx);
         d.run(true, &[2]);
