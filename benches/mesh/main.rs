@@ -8,6 +8,7 @@
 //! MESH_BENCH_QUICK=1 cargo bench --bench mesh
 //! MESH_BENCH_ONLY=relay cargo bench --bench mesh
 //! MESH_BENCH_ONLY=rtt cargo bench --bench mesh
+//! MESH_BENCH_ONLY=deposit MESH_BENCH_DEPOSITS=200000 cargo bench --bench mesh
 //! ```
 //!
 //! Everything runs on 127.0.0.1 with mDNS off; stores live in temporary
@@ -65,6 +66,11 @@ fn main() {
     } else {
         (20_000, 32, 100_000, 1_000_000)
     };
+    // MESH_BENCH_DEPOSITS=N: deposits per phase (to profile the deposit).
+    let deposits = std::env::var("MESH_BENCH_DEPOSITS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(deposits);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -100,8 +106,12 @@ fn main() {
         println!("{}", serde_json::to_string_pretty(&r).unwrap());
         return;
     }
-    // MESH_BENCH_ONLY=relay: only the relay and Redis.
-    if std::env::var("MESH_BENCH_ONLY").as_deref() == Ok("relay") {
+    // MESH_BENCH_ONLY=relay: only the relay and Redis (=deposit: only the
+    // relay's deposit on the mailbox stream).
+    if matches!(
+        std::env::var("MESH_BENCH_ONLY").as_deref(),
+        Ok("relay" | "deposit")
+    ) {
         let r = rt.block_on(relay::relay(deposits, window, drain, queued));
         println!("{}", serde_json::to_string_pretty(&r).unwrap());
         return;

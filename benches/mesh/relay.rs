@@ -38,7 +38,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::{Value, json};
 
-use crate::stats::rate;
+use crate::stats::{cpu_of, rate};
 
 /// Sealed body size of a 200-byte message (its padding bucket).
 const SEALED: usize = 512;
@@ -341,7 +341,7 @@ async fn deposit_rate_stream(
     (total, first): (usize, u64),
     window: usize,
     batch: usize,
-) -> (f64, bool) {
+) -> (f64, bool, Value) {
     let (envs, to_verify, verifier) = deposits_and_verifier(relay, mailboxes, total, first);
     let mut control = client.net.stream_control();
     let peer = client.relay;
@@ -368,6 +368,7 @@ async fn deposit_rate_stream(
     let mut flying: std::collections::HashMap<u64, std::ops::Range<usize>> = Default::default();
     let mut done = 0;
     let mut id = 0u64;
+    let cpu = (cpu_of(relay.child.id()), cpu_of(std::process::id()));
     let t = Instant::now();
     while done < total {
         while next < total && open < window {
@@ -401,6 +402,13 @@ async fn deposit_rate_stream(
     drop(to_verify);
     let valid = verifier.join().unwrap();
     let elapsed = t.elapsed();
+    // CPU per envelope, each side (the client's includes checking the
+    // receipts), in µs; /proc counts in hundredths of a second.
+    let per = |before: f64, after: f64| ((after - before) * 1e7 / total as f64).round() / 10.0;
+    let cpu = json!({
+        "relay_us_per_envelope": per(cpu.0, cpu_of(relay.child.id())),
+        "client_us_per_envelope": per(cpu.1, cpu_of(std::process::id())),
+    });
     // The stream closes once its last answer is in.
     let mut driver = driver;
     loop {
@@ -409,7 +417,7 @@ async fn deposit_rate_stream(
             _ = client.net.next_event() => {}
         }
     }
-    (rate(total, elapsed), valid)
+    (rate(total, elapsed), valid, cpu)
 }
 
 /// Fills mailboxes with `total` envelopes in batches (not timed).
@@ -747,6 +755,26 @@ pub(crate) async fn relay(deposits: usize, window: usize, drain: usize, million:
     let mailboxes: Vec<[u8; 32]> = (0..MAILBOXES)
         .map(|_| MailboxKey::generate(&mut rng).id().0)
         .collect();
+    // MESH_BENCH_ONLY=deposit: only the deposit on the mailbox stream (to
+    // profile it), no Redis.
+    if std::env::var("MESH_BENCH_ONLY").as_deref() == Ok("deposit") {
+        let (deposit, valid, cpu) = deposit_rate_stream(
+            &relay,
+            &mut client,
+            &mailboxes,
+            (deposits, 2_000_000),
+            window,
+            DEPOSIT_BATCH,
+        )
+        .await;
+        return json!({
+            "concurrency": window,
+            "deposits": deposits,
+            "deposit_with_custody_per_s": deposit,
+            "deposit_cpu": cpu,
+            "custody_receipts_valid": valid,
+        });
+    }
     let (deposit_single, single_valid) =
         deposit_rate(&relay, &mut client, &mailboxes, (deposits, 0), window, 1).await;
     let (deposit_rr, batched_valid) = deposit_rate(
@@ -758,7 +786,7 @@ pub(crate) async fn relay(deposits: usize, window: usize, drain: usize, million:
         DEPOSIT_BATCH,
     )
     .await;
-    let (deposit, stream_valid) = deposit_rate_stream(
+    let (deposit, stream_valid, deposit_cpu) = deposit_rate_stream(
         &relay,
         &mut client,
         &mailboxes,
@@ -802,6 +830,7 @@ pub(crate) async fn relay(deposits: usize, window: usize, drain: usize, million:
         "concurrency": window,
         "ours": {
             "deposit_with_custody_per_s": deposit,
+            "deposit_cpu": deposit_cpu,
             "deposit_batch_max": DEPOSIT_BATCH,
             "deposit_request_response_per_s": deposit_rr,
             "deposit_one_per_request_per_s": deposit_single,

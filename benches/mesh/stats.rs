@@ -49,6 +49,24 @@ pub(crate) fn cpu_per_message(before: [f64; 3], n: usize) -> Value {
     json!({ "async_runtime": per(0), "store_threads": per(1), "other": per(2) })
 }
 
+/// CPU seconds process `pid` has used so far, all its threads (Linux; 0
+/// elsewhere).
+pub(crate) fn cpu_of(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+    // utime and stime are fields 14 and 15 of stat(5), in clock ticks.
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
 /// CPU seconds this process's threads have used so far, by kind: the
 /// async runtime's workers, the nodes' store threads, the rest.
 pub(crate) fn cpu_by_kind() -> [f64; 3] {

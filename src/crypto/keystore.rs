@@ -12,7 +12,7 @@
 //! random nonces safe for any number of records one database will hold.
 
 use argon2::{Algorithm, Argon2, Params, Version};
-use chacha20poly1305::aead::{Aead as _, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead as _, AeadInOut as _, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -23,6 +23,9 @@ use super::{Error, Secret32, labels};
 
 const VERSION: u8 = 1;
 const NONCE_LEN: usize = 24;
+/// Room a record being sealed in place keeps in front of its plaintext,
+/// for the nonce ([`DataKey::seal_record_in_place`]).
+pub const RECORD_NONCE_ROOM: usize = NONCE_LEN;
 /// Overhead of a sealed record.
 pub const RECORD_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
@@ -233,22 +236,39 @@ impl DataKey {
         plaintext: &[u8],
         rng: &mut R,
     ) -> Vec<u8> {
+        let mut record = Vec::with_capacity(RECORD_OVERHEAD + plaintext.len());
+        record.extend_from_slice(&[0; NONCE_LEN]);
+        record.extend_from_slice(plaintext);
+        self.seal_record_in_place(ad, &mut record, rng);
+        record
+    }
+
+    /// As [`Self::seal_record`], without a copy: `record` holds
+    /// [`RECORD_NONCE_ROOM`] bytes of any value and then the plaintext,
+    /// and becomes the sealed record (the plaintext is encrypted where it
+    /// lies). A `record` too short for the nonce is left empty.
+    pub fn seal_record_in_place<R: rand_core::CryptoRng + ?Sized>(
+        &self,
+        ad: &[u8],
+        record: &mut Vec<u8>,
+        rng: &mut R,
+    ) {
+        let Some((room, plaintext)) = record.split_at_mut_checked(NONCE_LEN) else {
+            record.clear();
+            return;
+        };
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
+        room.copy_from_slice(&nonce);
         let cipher = XChaCha20Poly1305::new(&(*self.0.expose()).into());
-        let ct = cipher
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: ad,
-                },
-            )
-            .unwrap_or_default();
-        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
-        out
+        match cipher.encrypt_inout_detached(&XNonce::from(nonce), ad, plaintext.into()) {
+            Ok(tag) => record.extend_from_slice(&tag),
+            // Only for a plaintext of 256 GiB or more; none is written.
+            Err(_) => {
+                zeroize::Zeroize::zeroize(record);
+                record.clear();
+            }
+        }
     }
 
     /// Decrypts a record sealed with [`Self::seal_record`] under the same `ad`.

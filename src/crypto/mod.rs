@@ -128,7 +128,7 @@ pub(crate) use identity::verify as verify_signature;
 /// Size and count limits, all enforced before allocation.
 pub mod limits {
     pub use super::envelope::{MAX_BUCKET, MAX_ENVELOPE, MAX_SEALED, MIN_BUCKET, SEAL_CACHE_CAP};
-    pub use super::keystore::RECORD_OVERHEAD;
+    pub use super::keystore::{RECORD_NONCE_ROOM, RECORD_OVERHEAD};
     pub use super::prekeys::{
         BUNDLE_MAX, MAX_BUNDLE_RELAYS, MAX_ONE_TIME_PREKEYS, MAX_RELAY_ADDR_LEN,
         SIGNED_PREKEY_GRACE_SECS, SIGNED_PREKEY_ROTATION_SECS,

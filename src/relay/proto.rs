@@ -441,6 +441,12 @@ impl CustodyReceipt {
             stored_at,
             envelopes,
         };
+        Self::sign_custody(relay, custody)
+    }
+
+    /// `relay` signs `custody` (whose `relay` field must be its key for
+    /// the receipt to verify).
+    pub fn sign_custody(relay: &DeviceIdentity, custody: Custody) -> Self {
         let sig = relay.sign(labels::SIG_CUSTODY, &[&wire::encode(&custody)]);
         Self { custody, sig }
     }

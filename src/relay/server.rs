@@ -7,11 +7,12 @@
 //! of no write (a fetch, a refusal) leave at once; a fetch may so hand out
 //! mail whose deposit is still being synced, which costs nothing: its
 //! sender has no receipt yet and keeps it queued, and the owner dedups.
-//! Answers that tell of a write (custody receipts, acks) go to the sync
-//! thread with the file to sync, and leave only after its `fdatasync` —
-//! a custody receipt never leaves before its envelopes are on disk. While
-//! the sync thread waits on the disk, the store thread takes the next
-//! round; rounds that queue meanwhile share the next `fdatasync`.
+//! Answers that tell of a write (custody receipts, acks) leave only after
+//! the sync thread's `fdatasync` — a custody receipt never leaves before
+//! its envelopes are on disk. The store thread hands the file to sync over
+//! first and signs the round's receipts while the sync thread waits on the
+//! disk, then hands the answers over and takes the next round; rounds that
+//! queue meanwhile share the next `fdatasync`.
 //!
 //! A fetch that finds nothing and asks to wait is held; a deposit for its
 //! mailbox answers it in the same round, so an online owner gets new mail
@@ -33,7 +34,7 @@ use tracing::{debug, error, info, warn};
 use super::codec::Inbound;
 use super::metrics::Metrics;
 use super::proto::{MAX_REQUEST, Refusal, Request, Response};
-use super::service::{Limits, Service};
+use super::service::{Limits, Outgoing, Service};
 use super::stream::{self, OpenStreams, StreamSlot};
 use crate::crypto::{DataKey, DeviceIdentity};
 use crate::node::net::direct::{Ack, FrameStatus};
@@ -283,13 +284,11 @@ impl Relay {
         let (addrs_tx, addrs_rx) = watch::channel(Vec::new());
         let (sync_tx, sync_rx) = std_mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
-        let pending = Arc::new(AtomicUsize::new(0));
         let syncer = Syncer {
             rounds: sync_rx,
             outs: out_tx.clone(),
-            held: held_tx.clone(),
+            held: held_tx,
             failed: failed.clone(),
-            pending: pending.clone(),
         };
         let syncing = std::thread::Builder::new()
             .name("meshchat-relay-sync".into())
@@ -297,8 +296,6 @@ impl Relay {
             .map_err(RelayError::Thread)?;
         let keeper = Keeper {
             syncs: sync_tx,
-            pending,
-            held: held_tx,
             failed,
             _store: store,
             service,
@@ -461,50 +458,42 @@ struct Keeper {
     purge_every: Duration,
     last_purge: Option<Instant>,
     backlog: Arc<AtomicUsize>,
-    syncs: std_mpsc::Sender<Round>,
-    /// Rounds handed to the sync thread and not yet answered.
-    pending: Arc<AtomicUsize>,
-    /// What the sync thread publishes after each round (for rounds synced
-    /// here).
-    held: watch::Sender<u64>,
+    syncs: std_mpsc::Sender<ToSync>,
     /// Set by the sync thread when a sync failed: stop without answering.
     failed: Arc<AtomicBool>,
 }
 
-/// What a store round leaves to the sync thread.
-struct Round {
-    /// To `fdatasync` before any of `answers` leaves (None: nothing was
-    /// written).
-    file: Option<Arc<std::fs::File>>,
-    /// Answers that tell of a write (custody receipts, acks).
-    answers: Vec<(Reply, Response)>,
-    /// Envelopes held after the round.
-    held: u64,
+/// What the store thread hands the sync thread, two messages per round
+/// that wrote: first [`ToSync::Sync`], as soon as the round's writes are
+/// done, then [`ToSync::Answers`], once its custody receipts are signed.
+/// The sync thread waits on the disk while the store thread signs.
+enum ToSync {
+    /// The file to `fdatasync` (None: the round wrote nothing to the
+    /// spool since the last sync).
+    Sync(Option<Arc<std::fs::File>>),
+    /// The round's answers that tell of a write (custody receipts, acks),
+    /// to send once its sync is done, and the envelopes held after it.
+    Answers {
+        answers: Vec<(Reply, Response)>,
+        held: u64,
+    },
 }
 
 /// The sync thread: syncs what store rounds wrote and only then sends
 /// their answers. Rounds that queue up while it waits on the disk are
 /// covered by one `fdatasync` (their writes all came before it began).
 struct Syncer {
-    rounds: std_mpsc::Receiver<Round>,
+    rounds: std_mpsc::Receiver<ToSync>,
     outs: mpsc::UnboundedSender<Out>,
     held: watch::Sender<u64>,
     failed: Arc<AtomicBool>,
-    /// Rounds handed over and not yet answered.
-    pending: Arc<AtomicUsize>,
 }
 
-/// Syncs each distinct file of `rounds` once, then sends their answers
-/// (in round order) and publishes the envelopes held after the last.
-/// `false` (nothing answered) if a sync failed.
-fn sync_and_answer(
-    rounds: Vec<Round>,
-    outs: &mpsc::UnboundedSender<Out>,
-    held: &watch::Sender<u64>,
-) -> bool {
+/// Syncs each distinct file once. `false` if a sync failed.
+fn sync_files<'a>(files: impl IntoIterator<Item = &'a Arc<std::fs::File>>) -> bool {
     let started = Instant::now();
     let mut synced: Vec<&Arc<std::fs::File>> = Vec::new();
-    for file in rounds.iter().filter_map(|r| r.file.as_ref()) {
+    for file in files {
         if synced.iter().any(|f| Arc::ptr_eq(f, file)) {
             continue;
         }
@@ -515,37 +504,51 @@ fn sync_and_answer(
         synced.push(file);
     }
     tracing::trace!(
-        rounds = rounds.len(),
         files = synced.len(),
         sync_us = started.elapsed().as_micros() as u64,
         "store sync"
     );
+    true
+}
+
+/// Sends answers whose writes are on disk, then publishes the envelopes
+/// held after the last of them.
+fn answer(
+    rounds: Vec<(Vec<(Reply, Response)>, u64)>,
+    outs: &mpsc::UnboundedSender<Out>,
+    held: &watch::Sender<u64>,
+) {
     let mut last = None;
-    for round in rounds {
-        for (reply, response) in round.answers {
+    for (answers, now_held) in rounds {
+        for (reply, response) in answers {
             reply.send(outs, response);
         }
-        last = Some(round.held);
+        last = Some(now_held);
     }
     if let Some(now_held) = last {
         held.send_if_modified(|n| std::mem::replace(n, now_held) != now_held);
     }
-    true
 }
 
 impl Syncer {
     fn run(self) {
+        // Every `Answers` comes after its round's `Sync` on the channel, so
+        // once the files of every `Sync` taken so far are synced, every
+        // `Answers` taken so far may leave.
         while let Ok(first) = self.rounds.recv() {
-            let mut rounds = vec![first];
-            while let Ok(more) = self.rounds.try_recv() {
-                rounds.push(more);
+            let mut files = Vec::new();
+            let mut rounds = Vec::new();
+            for message in std::iter::once(first).chain(self.rounds.try_iter()) {
+                match message {
+                    ToSync::Sync(file) => files.extend(file),
+                    ToSync::Answers { answers, held } => rounds.push((answers, held)),
+                }
             }
-            let n = rounds.len();
-            if !sync_and_answer(rounds, &self.outs, &self.held) {
+            if !sync_files(&files) {
                 self.failed.store(true, Ordering::Release);
                 return;
             }
-            self.pending.fetch_sub(n, Ordering::AcqRel);
+            answer(rounds, &self.outs, &self.held);
         }
     }
 }
@@ -577,7 +580,7 @@ impl Keeper {
                         request,
                         reply,
                         max_wait,
-                    } => match self.service.handle(&peer, *request, now) {
+                    } => match self.service.handle_unsigned(&peer, *request, now) {
                         Ok(a) => {
                             flush |= a.flush;
                             woke.extend(a.woke);
@@ -595,7 +598,9 @@ impl Keeper {
                                 // An answer that tells of no write (a
                                 // fetch, a refusal) leaves at once; one
                                 // that does waits for the sync below.
-                                None if !a.flush => reply.send(&self.outs, a.response),
+                                None if !a.flush => {
+                                    reply.send(&self.outs, self.service.finish(a.response));
+                                }
                                 None => answers.push((reply, a.response)),
                             }
                         }
@@ -635,34 +640,40 @@ impl Keeper {
                 flush,
                 "store round"
             );
-            // A round that wrote leaves the rest to the sync thread, while
-            // this one takes the next round. One that did not has no
-            // answers left and changed nothing held.
-            if flush {
-                let round = Round {
-                    file: self.service.take_unsynced(),
-                    answers,
-                    held: Metrics::get(&self.service.metrics().envelopes),
-                };
-                // Nothing to overlap with (no request waiting, the sync
-                // thread idle): sync here and save a hand-off.
-                if self.backlog.load(Ordering::Acquire) == 0
-                    && self.pending.load(Ordering::Acquire) == 0
-                {
-                    if !sync_and_answer(vec![round], &self.outs, &self.held) {
-                        return;
-                    }
-                } else {
-                    self.pending.fetch_add(1, Ordering::AcqRel);
-                    if self.syncs.send(round).is_err() {
-                        return;
-                    }
-                }
+            // A round that wrote: its custody receipts are signed and its
+            // answers leave once its writes are on disk.
+            if flush && !self.finish_round(answers) {
+                return;
             }
             if stop {
                 return;
             }
         }
+    }
+
+    /// Hands a round that wrote to the sync thread: first the file to
+    /// sync, so that the sync thread starts on the disk at once, then the
+    /// round's answers once this thread has signed its custody receipts.
+    /// The signatures so cost the depositor no time when the disk is the
+    /// slower of the two. `false` if the sync thread is gone.
+    fn finish_round(&mut self, answers: Vec<(Reply, Outgoing)>) -> bool {
+        if self
+            .syncs
+            .send(ToSync::Sync(self.service.take_unsynced()))
+            .is_err()
+        {
+            return false;
+        }
+        let answers = self.sign(answers);
+        let held = Metrics::get(&self.service.metrics().envelopes);
+        self.syncs.send(ToSync::Answers { answers, held }).is_ok()
+    }
+
+    fn sign(&self, answers: Vec<(Reply, Outgoing)>) -> Vec<(Reply, Response)> {
+        answers
+            .into_iter()
+            .map(|(reply, out)| (reply, self.service.finish(out)))
+            .collect()
     }
 
     /// Answers the fetches waiting on `mailbox` that now have mail.

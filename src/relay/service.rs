@@ -18,8 +18,8 @@ use super::metrics::Metrics;
 use serde::{Deserialize, Serialize};
 
 use super::proto::{
-    CustodyReceipt, MAX_FETCH, MAX_FETCH_BYTES, MAX_HELD_ONE_TIME, MAX_REQUEST_SKEW, Mail, Owner,
-    OwnerRequest, Publish, Refusal, Request, Response, Signed, envelope_digest,
+    Custody, CustodyReceipt, MAX_FETCH, MAX_FETCH_BYTES, MAX_HELD_ONE_TIME, MAX_REQUEST_SKEW, Mail,
+    Owner, OwnerRequest, Publish, Refusal, Request, Response, Signed, envelope_digest,
 };
 use crate::crypto::{
     DeviceIdentity, Envelope, MailboxId, OneTimePublic, PrekeyBundle, limits::MAX_ENVELOPE,
@@ -139,9 +139,9 @@ pub struct Park {
 
 /// The service's answer to one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
+pub struct Answer<R = Response> {
     /// What to send back (unless `park` says to wait).
-    pub response: Response,
+    pub response: R,
     /// Whether the store must be flushed before it is sent.
     pub flush: bool,
     /// Hold the request instead of answering now.
@@ -151,8 +151,8 @@ pub struct Answer {
     pub woke: Vec<[u8; 32]>,
 }
 
-impl Answer {
-    fn now(response: Response) -> Self {
+impl<R> Answer<R> {
+    fn now(response: R) -> Self {
         Self {
             response,
             flush: false,
@@ -160,6 +160,27 @@ impl Answer {
             woke: Vec::new(),
         }
     }
+
+    fn map<S>(self, f: impl FnOnce(R) -> S) -> Answer<S> {
+        Answer {
+            response: f(self.response),
+            flush: self.flush,
+            park: self.park,
+            woke: self.woke,
+        }
+    }
+}
+
+/// An answer before it is sent: ready, or a custody receipt still to be
+/// signed ([`Service::finish`]). The relay's store thread signs while its
+/// sync thread waits on the disk, so that the signature is not added to
+/// the time a depositor waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// Nothing left to do.
+    Ready(Response),
+    /// A custody receipt to sign.
+    Custody(Custody),
 }
 
 /// Mailboxes held by a relay.
@@ -268,10 +289,24 @@ impl Service {
         request: Request,
         now: u64,
     ) -> Result<Answer, store::Error> {
+        let answer = self.handle_unsigned(peer, request, now)?;
+        Ok(answer.map(|out| self.finish(out)))
+    }
+
+    /// As [`Service::handle`], leaving a custody receipt unsigned: the
+    /// caller passes the answer through [`Service::finish`] before sending
+    /// it.
+    pub fn handle_unsigned(
+        &mut self,
+        peer: &PeerId,
+        request: Request,
+        now: u64,
+    ) -> Result<Answer<Outgoing>, store::Error> {
+        let ready = |r| Answer::now(Outgoing::Ready(r));
         let answer = match request {
-            Request::Deposit(envelopes) => self.deposit(peer, &envelopes, now)?,
+            Request::Deposit(envelopes) => self.deposit(peer, envelopes, now)?,
             Request::Fetch(f) => match self.authorize(peer, &f, now) {
-                Err(r) => Answer::now(Response::Refused(r)),
+                Err(r) => ready(Response::Refused(r)),
                 Ok(mailbox) => {
                     let limit = usize::from(f.body.limit).clamp(1, MAX_FETCH);
                     let response = self.mail(&mailbox.0, f.body.after, limit, now)?;
@@ -280,7 +315,7 @@ impl Service {
                     if !(empty && f.body.wait_secs > 0) {
                         self.count_fetch(&response);
                     }
-                    let mut a = Answer::now(response);
+                    let mut a = ready(response);
                     if empty && f.body.wait_secs > 0 {
                         a.park = Some(Park {
                             mailbox: mailbox.0,
@@ -295,38 +330,48 @@ impl Service {
             Request::PublishPrekeys(_) | Request::FetchPrekeys { .. }
                 if !self.prekey_requests.allow(peer, Instant::now()) =>
             {
-                Answer::now(Response::Refused(Refusal::RateLimited))
+                ready(Response::Refused(Refusal::RateLimited))
             }
             Request::PublishPrekeys(p) => match self.authorize(peer, &p, now) {
-                Err(r) => Answer::now(Response::Refused(r)),
-                Ok(mailbox) => Answer::now(self.publish(&mailbox.0, p.body)?),
+                Err(r) => ready(Response::Refused(r)),
+                Ok(mailbox) => ready(self.publish(&mailbox.0, p.body)?),
             },
             Request::FetchPrekeys { mailbox } => {
                 if self.owners.allow(peer, Instant::now()) {
-                    Answer::now(self.hand_out(&mailbox)?)
+                    ready(self.hand_out(&mailbox)?)
                 } else {
-                    Answer::now(Response::Refused(Refusal::RateLimited))
+                    ready(Response::Refused(Refusal::RateLimited))
                 }
             }
             Request::Ack(a) => match self.authorize(peer, &a, now) {
-                Err(r) => Answer::now(Response::Refused(r)),
+                Err(r) => ready(Response::Refused(r)),
                 Ok(mailbox) => {
                     let removed = self.spool.ack(&mailbox.0, &a.body.seqs)?;
                     Metrics::add(&self.metrics.acked_envelopes, removed.count);
                     self.refresh_gauges();
                     Answer {
                         flush: removed.count > 0,
-                        ..Answer::now(Response::Acked(
+                        ..ready(Response::Acked(
                             u32::try_from(removed.count).unwrap_or(u32::MAX),
                         ))
                     }
                 }
             },
         };
-        if let Response::Refused(r) = &answer.response {
+        if let Outgoing::Ready(Response::Refused(r)) = &answer.response {
             self.metrics.refused(*r);
         }
         Ok(answer)
+    }
+
+    /// The response to send for `out`: a custody receipt is signed here.
+    pub fn finish(&self, out: Outgoing) -> Response {
+        match out {
+            Outgoing::Ready(response) => response,
+            Outgoing::Custody(custody) => {
+                Response::Custody(CustodyReceipt::sign_custody(&self.identity, custody))
+            }
+        }
     }
 
     /// The prekeys held for `mailbox` (None if none, or if the record does
@@ -482,10 +527,10 @@ impl Service {
     fn deposit(
         &mut self,
         peer: &PeerId,
-        raw: &[serde_bytes::ByteBuf],
+        raw: Vec<serde_bytes::ByteBuf>,
         now: u64,
-    ) -> Result<Answer, store::Error> {
-        let refused = |r| Ok(Answer::now(Response::Refused(r)));
+    ) -> Result<Answer<Outgoing>, store::Error> {
+        let refused = |r| Ok(Answer::now(Outgoing::Ready(Response::Refused(r))));
         let total: usize = raw.iter().map(|b| b.len()).sum();
         let kib = u32::try_from(total.div_ceil(1024)).unwrap_or(u32::MAX);
         let t = Instant::now();
@@ -500,7 +545,7 @@ impl Service {
             if bytes.len() > self.limits.max_envelope {
                 return refused(Refusal::TooLarge);
             }
-            let Ok(env) = Envelope::from_bytes(bytes) else {
+            let Ok(env) = Envelope::from_bytes(&bytes) else {
                 return refused(Refusal::Malformed);
             };
             if env.expires_at <= now {
@@ -509,7 +554,7 @@ impl Service {
             let keep_until = env
                 .expires_at
                 .min(now.saturating_add(self.limits.retention_secs));
-            digests.push(envelope_digest(bytes));
+            digests.push(envelope_digest(&bytes));
             let e = per_mailbox.entry(env.mailbox_id).or_default();
             e.0 += 1;
             e.1 += bytes.len() as u64;
@@ -517,7 +562,7 @@ impl Service {
                 mailbox: env.mailbox_id,
                 envelope_id: env.envelope_id,
                 expires_at: keep_until,
-                envelope: bytes.to_vec(),
+                envelope: bytes.into_vec(),
             });
         }
         let held = self.spool.totals().bytes;
@@ -540,11 +585,11 @@ impl Service {
         Ok(Answer {
             flush: true,
             woke: per_mailbox.into_keys().collect(),
-            ..Answer::now(Response::Custody(CustodyReceipt::sign(
-                &self.identity,
-                now,
-                digests,
-            )))
+            ..Answer::now(Outgoing::Custody(Custody {
+                relay: self.identity.public().signing,
+                stored_at: now,
+                envelopes: digests,
+            }))
         })
     }
 

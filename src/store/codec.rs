@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 
 use super::Error;
 use crate::crypto::DataKey;
-use crate::crypto::limits::RECORD_OVERHEAD;
+use crate::crypto::limits::{RECORD_NONCE_ROOM, RECORD_OVERHEAD};
 
 /// One encrypted tree: its sled name and the largest plaintext it holds.
 #[derive(Debug, Clone, Copy)]
@@ -74,24 +74,46 @@ impl Sealer {
         key: &[u8],
         value: &T,
     ) -> Result<Vec<u8>, Error> {
-        let plain =
-            zeroize::Zeroizing::new(postcard::to_stdvec(value).map_err(|e| Error::Malformed {
-                tree: tree.name,
-                key: hex(key),
-                what: format!("cannot encode: {e}"),
+        self.seal_sized(tree, key, value, 0)
+    }
+
+    /// As [`Sealer::seal`] for a value whose encoding takes about
+    /// `plain_hint` bytes: the record is encoded and encrypted in one
+    /// buffer of that size, with no copy of the plaintext.
+    pub(crate) fn seal_sized<T: Serialize>(
+        &self,
+        tree: &TreeSpec,
+        key: &[u8],
+        value: &T,
+        plain_hint: usize,
+    ) -> Result<Vec<u8>, Error> {
+        let mut record =
+            Vec::with_capacity(RECORD_OVERHEAD + plain_hint.max(64).min(tree.max_plain));
+        record.resize(RECORD_NONCE_ROOM, 0);
+        let mut record =
+            zeroize::Zeroizing::new(postcard::to_extend(value, record).map_err(|e| {
+                Error::Malformed {
+                    tree: tree.name,
+                    key: hex(key),
+                    what: format!("cannot encode: {e}"),
+                }
             })?);
-        if plain.len() > tree.max_plain {
+        let plain_len = record.len() - RECORD_NONCE_ROOM;
+        if plain_len > tree.max_plain {
             return Err(Error::TooLarge {
                 tree: tree.name,
                 key: hex(key),
-                len: plain.len(),
+                len: plain_len,
                 max: tree.max_plain,
             });
         }
         // A poisoned lock only means another thread panicked while drawing a
         // nonce; the generator state is still usable.
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(self.key.seal_record(&tree.ad(key), &plain, &mut *rng))
+        self.key
+            .seal_record_in_place(&tree.ad(key), &mut record, &mut *rng);
+        // Sealed now: nothing left to wipe.
+        Ok(std::mem::take(&mut *record))
     }
 
     /// Opens the record at `key` in `tree` and decodes it, rejecting values

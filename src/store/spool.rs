@@ -64,6 +64,9 @@ const RECORDS: TreeSpec = TreeSpec {
     name: "spool",
     max_plain: MAX_ENVELOPE + 128 + MAX_GONE * 10,
 };
+/// Most bytes a held record's encoding adds to its envelope: variant,
+/// mailbox, sequence, id, two times and the envelope's length.
+const HELD_RECORD_FIELDS: usize = 1 + 32 + 10 + 16 + 10 + 10 + 5;
 /// Sealed segment headers.
 const HEADERS: TreeSpec = TreeSpec {
     name: "spool header",
@@ -670,6 +673,10 @@ impl Spool {
             }
             let offset = self.active_len() + buf.len() as u64;
             let sealed = record(&self.sealer, i, self.active, offset)?;
+            if i == 0 {
+                // Records of one call are about the same size.
+                buf.reserve(count * (4 + sealed.len()));
+            }
             buf.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
             buf.extend_from_slice(&sealed);
             placed.push((self.active, offset as u32, sealed.len() as u32));
@@ -782,7 +789,7 @@ impl Spool {
         let placed = self.append(fresh.len(), |sealer, k, segment, offset| {
             let (i, seq) = fresh[k];
             let item = &items[i];
-            sealer.seal(
+            sealer.seal_sized(
                 &RECORDS,
                 &record_ad(segment, offset),
                 &RecordOut::Held {
@@ -793,6 +800,7 @@ impl Spool {
                     expires_at: item.expires_at,
                     envelope: &item.envelope,
                 },
+                item.envelope.len() + HELD_RECORD_FIELDS,
             )
         })?;
         for (&(i, seq), (segment, offset, len)) in fresh.iter().zip(placed) {
@@ -1082,7 +1090,7 @@ impl Spool {
         }
         let placed = self.append(moving.len(), |sealer, k, segment, offset| {
             let (mailbox, h) = &moving[k];
-            sealer.seal(
+            sealer.seal_sized(
                 &RECORDS,
                 &record_ad(segment, offset),
                 &RecordOut::Held {
@@ -1093,6 +1101,7 @@ impl Spool {
                     expires_at: h.expires_at,
                     envelope: &h.envelope,
                 },
+                h.envelope.len() + HELD_RECORD_FIELDS,
             )
         })?;
         for ((mailbox, h), (segment, offset, len)) in moving.iter().zip(placed) {

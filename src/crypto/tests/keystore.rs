@@ -1,4 +1,5 @@
 use super::*;
+use crate::crypto::limits::{RECORD_NONCE_ROOM, RECORD_OVERHEAD};
 
 #[test]
 fn unlock_with_right_passphrase_and_clear_error_with_wrong_one() {
@@ -48,6 +49,28 @@ fn records_are_bound_to_their_place() {
     let (_, other) = Keystore::create(b"pw", KdfParams::INSECURE_FAST, &mut r).unwrap();
     assert!(other.open_record(b"messages/k1", &sealed).is_err());
     assert!(!sealed.windows(5).any(|w| w == b"hello"));
+}
+
+#[test]
+fn a_record_sealed_in_place_opens_like_any_other() {
+    let mut r = rng(43);
+    let (_, key) = Keystore::create(b"pw", KdfParams::INSECURE_FAST, &mut r).unwrap();
+    let plaintext = b"a record sealed where it lies".repeat(20);
+    let mut record = vec![0xee; RECORD_NONCE_ROOM];
+    record.extend_from_slice(&plaintext);
+    key.seal_record_in_place(b"spool\0k", &mut record, &mut r);
+    assert_eq!(record.len(), plaintext.len() + RECORD_OVERHEAD);
+    assert_eq!(key.open_record(b"spool\0k", &record).unwrap(), plaintext);
+    assert!(key.open_record(b"spool\0j", &record).is_err());
+    assert!(!record.windows(8).any(|w| w == &plaintext[..8]));
+    // The same plaintext sealed by copy opens the same, under its own nonce.
+    let copied = key.seal_record(b"spool\0k", &plaintext, &mut r);
+    assert_eq!(key.open_record(b"spool\0k", &copied).unwrap(), plaintext);
+    assert_ne!(copied[..RECORD_NONCE_ROOM], record[..RECORD_NONCE_ROOM]);
+    // No room for the nonce: nothing is sealed, nothing is left.
+    let mut short = vec![1u8; RECORD_NONCE_ROOM - 1];
+    key.seal_record_in_place(b"spool\0k", &mut short, &mut r);
+    assert!(short.is_empty());
 }
 
 #[test]
