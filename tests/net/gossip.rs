@@ -158,3 +158,56 @@ async fn a_message_b_ignores_does_not_reach_c() {
         .await;
     assert_eq!(at_c, [1, 4, 5, 6]);
 }
+
+/// Messages of the largest size, published back to back, followed by
+/// small ones: every one arrives. A receiver reads a stream 8 KiB at a
+/// time and gossipsub 0.50 checks the length of all it has buffered, not
+/// of one message, against its transmit limit; a limit without room for
+/// that read made it refuse a largest message followed closely by
+/// another, close the stream, and lose what came after.
+#[tokio::test]
+async fn largest_messages_back_to_back_all_arrive() {
+    let mut nodes = Nodes::start(vec![(31, tcp_only()), (32, tcp_only())]).await;
+    let b = nodes.id(1);
+    let topic = nodes.nets[0].inbox_topic(&[0x43; 32]);
+    for net in &mut nodes.nets {
+        net.subscribe(&topic).unwrap();
+    }
+    let is_tcp = |a: &libp2p::Multiaddr| a.iter().any(|p| matches!(p, Protocol::Tcp(_)));
+    let b_addr = nodes.addr(1, is_tcp);
+    nodes.connect(0, 1, b_addr).await;
+    nodes
+        .until_state("B's subscription", |nets| {
+            nets[0].topic_peers(&topic).contains(&b)
+        })
+        .await;
+
+    let max = GossipLimits::default().max_inbox;
+    let mut sent = std::collections::HashSet::new();
+    for n in 0..12u8 {
+        let len = if n < 8 { max - usize::from(n) } else { 300 };
+        let mut message = vec![0x5a; len];
+        message[0] = 1;
+        message[1] = n;
+        assert!(
+            nodes.nets[0]
+                .publish(&topic, message.clone())
+                .unwrap()
+                .is_sent()
+        );
+        sent.insert(message);
+    }
+    let mut got = std::collections::HashSet::new();
+    nodes
+        .until("every message at B", |i, net, event| {
+            let NetEvent::Gossip(msg) = event else {
+                return None;
+            };
+            assert_eq!(i, 1, "node {i} received its own message");
+            assert!(net.validate_gossip(&msg, |_| Verdict::Accept).is_accept());
+            got.insert(msg.data);
+            (got.len() == sent.len()).then_some(())
+        })
+        .await;
+    assert_eq!(got, sent);
+}

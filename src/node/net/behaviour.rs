@@ -23,6 +23,12 @@ const NOT_RELAY_MAX_REQUEST: usize = 4 * 1024;
 /// Room on top of the largest payload for gossipsub's own framing (topic
 /// string, protobuf tags); control messages have their own limit.
 const GOSSIP_FRAMING: usize = 4 * 1024;
+/// Room for what a gossipsub receiver holds beyond the message it reads:
+/// gossipsub 0.50 reads 8 KiB at a time and checks everything it has
+/// buffered, part of the next message included, against
+/// `max_transmit_size`. Without this room a largest message followed
+/// closely by another was refused and its stream closed.
+const GOSSIP_READ_SLACK: usize = 8 * 1024;
 /// Incoming connections still in their handshake.
 const MAX_PENDING_INCOMING: u32 = 64;
 /// Established connections to one peer.
@@ -100,7 +106,9 @@ pub const MAX_CONTROL_BYTES: usize = 256 * 1024;
 ///   defaults, right for ~100 nodes. Smaller meshes need nothing special:
 ///   a node below `mesh_n_low` grafts every subscribed peer at once, and
 ///   flood publishing sends our own messages to all subscribed peers.
-/// - `max_transmit_size` fits the largest payload allowed on any topic.
+/// - `max_transmit_size` fits the largest payload allowed on any topic,
+///   with room for gossipsub's framing and its 8 KiB reads
+///   ([`GOSSIP_READ_SLACK`]). Each topic's own limit is checked by us.
 /// - IHAVE lists of at most [`MAX_IHAVE_IDS`] ids, so that one fits the
 ///   16 KiB of control data a receiver takes by default; and we take up
 ///   to [`MAX_CONTROL_BYTES`], what the specification's 5 000 ids need. A
@@ -125,7 +133,7 @@ pub fn gossipsub_config(cfg: &NetConfig) -> Result<gossipsub::Config, NetError> 
         // Long enough to cover the mesh's propagation time plus retries by
         // the outbox, so a republished envelope is recognised.
         .duplicate_cache_time(Duration::from_secs(120))
-        .max_transmit_size(cfg.gossip_limits.max_any() + GOSSIP_FRAMING)
+        .max_transmit_size(cfg.gossip_limits.max_any() + GOSSIP_FRAMING + GOSSIP_READ_SLACK)
         .max_control_messages_sent(MAX_IHAVE_IDS)
         .max_control_message_size(MAX_CONTROL_BYTES)
         .build()
