@@ -48,6 +48,53 @@ pub const MESSAGE_TTL: u64 = 14 * 24 * 3600;
 /// again (seconds).
 pub const HEARD_EVERY: u64 = 5;
 
+/// Frames read from contacts whose delivered receipt can be sent again
+/// when the same frame comes again (in memory, newest, all contacts
+/// together).
+const MAX_READ_FRAMES: usize = 8192;
+
+/// What each frame read lately was acknowledged with, so that another copy
+/// of it (the same envelope left at two relays and published on the mesh)
+/// is answered with the same receipt, in case the first receipt was lost.
+/// The copy no longer decrypts: its message key was used and deleted. (A
+/// retry by the sender is a fresh frame, answered like any other.)
+#[derive(Debug, Default)]
+struct ReadFrames {
+    acked: HashMap<FrameKey, (u64, [u8; 16])>,
+    order: std::collections::VecDeque<FrameKey>,
+}
+
+/// A frame read: its sender and the SHA-256 of its bytes.
+type FrameKey = ([u8; 32], [u8; 32]);
+
+impl ReadFrames {
+    fn key(from: &[u8; 32], frame: &[u8]) -> FrameKey {
+        use sha2::Digest as _;
+        (*from, sha2::Sha256::digest(frame).into())
+    }
+
+    fn remember(&mut self, from: &[u8; 32], frame: &[u8], acked: (u64, [u8; 16])) {
+        let key = Self::key(from, frame);
+        if self.acked.insert(key, acked).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > MAX_READ_FRAMES {
+            if let Some(old) = self.order.pop_front() {
+                self.acked.remove(&old);
+            }
+        }
+    }
+
+    fn acked(&self, from: &[u8; 32], frame: &[u8]) -> Option<(u64, [u8; 16])> {
+        self.acked.get(&Self::key(from, frame)).copied()
+    }
+
+    fn forget(&mut self, from: &[u8; 32]) {
+        self.acked.retain(|(peer, _), _| peer != from);
+        self.order.retain(|(peer, _)| peer != from);
+    }
+}
+
 /// What can go wrong in the chat logic.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -184,6 +231,8 @@ pub struct Engine {
     /// When each contact last made failed messages due again
     /// ([`Engine::heard_from`]); one entry per contact at most.
     heard_at: HashMap<[u8; 32], u64>,
+    /// Frames read lately and their receipts.
+    read_frames: ReadFrames,
     rng: StdRng,
     /// How long a message is retried (seconds).
     ttl: u64,
@@ -275,6 +324,7 @@ impl Engine {
             seal_cache: SealCache::default(),
             schedule,
             heard_at: HashMap::new(),
+            read_frames: ReadFrames::default(),
             rng,
             ttl: MESSAGE_TTL,
             relays: Vec::new(),
@@ -349,6 +399,7 @@ impl Engine {
             return Ok(false);
         }
         self.heard_at.remove(key);
+        self.read_frames.forget(key);
         self.store.records(Kind::Contacts)?.remove(key)?;
         Ok(true)
     }
@@ -965,8 +1016,10 @@ impl Engine {
             decrypted_any |= plain.is_ok();
             let payload = match plain.map(|d| Payload::from_bytes(&d.plaintext)) {
                 Ok(Ok(p)) => p,
-                // A message already decrypted (a retry of the same bytes).
+                // A message already decrypted (a retry of the same bytes):
+                // its receipt again, if it was one of the latest read.
                 Err(crypto::Error::Duplicate { .. }) => {
+                    delivered.extend(self.read_frames.acked(from, bytes));
                     out.accepted.push(true);
                     continue;
                 }
@@ -982,6 +1035,7 @@ impl Engine {
                 }
             };
             decrypted_any = true;
+            let acked_before = delivered.len();
             match payload {
                 Payload::Chat(chat) if chat.expires_at.is_some_and(|at| at <= now) => {
                     // A temporary message that expired on the way: nothing
@@ -1082,6 +1136,9 @@ impl Engine {
                         .extend(self.on_retention(from, &conv, secs, lamport)?);
                     delivered.push((0, id));
                 }
+            }
+            if let Some(&acked) = delivered.get(acked_before) {
+                self.read_frames.remember(from, bytes, acked);
             }
             out.accepted.push(true);
         }
@@ -1233,6 +1290,71 @@ mod tests {
     }
 
     #[test]
+    fn a_second_copy_of_a_frame_whose_receipt_was_lost_is_acknowledged_again() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let crate::node::engine::Sent {
+            message: sent,
+            frame,
+            ..
+        } = a.send(&b_key, b"are you there".to_vec(), 101).unwrap();
+        // Read (from one relay), and its receipt lost on the way back.
+        let first = b
+            .receive(&a_key, std::slice::from_ref(&frame), 102, false)
+            .unwrap();
+        assert_eq!(first.replies.len(), 1);
+        // The same frame again (from the other relay): it no longer
+        // decrypts, and is answered with the receipt again.
+        let again = b
+            .receive(&a_key, std::slice::from_ref(&frame), 110, false)
+            .unwrap();
+        assert!(again.events.is_empty());
+        let back = a.receive(&b_key, &again.replies, 111, false).unwrap();
+        assert_eq!(
+            back.events,
+            vec![Event::Receipt {
+                message: sent,
+                state: DeliveryState::Delivered
+            }]
+        );
+        assert!(a.store.outbox().is_empty());
+        // Over a direct connection the transport ack says it: no receipt.
+        let direct = b
+            .receive(&a_key, std::slice::from_ref(&frame), 112, true)
+            .unwrap();
+        assert_eq!(direct.accepted, vec![true]);
+        assert!(direct.replies.is_empty());
+        // A contact removed and added again starts with nothing read.
+        let contact = b.contacts[&a_key].clone();
+        assert!(b.remove_contact(&a_key).unwrap());
+        assert!(b.read_frames.acked(&a_key, &frame).is_none());
+        b.contacts.insert(a_key, contact);
+    }
+
+    #[test]
+    fn frames_read_are_remembered_newest_first_and_bounded() {
+        let mut read = ReadFrames::default();
+        let peer = [1u8; 32];
+        for n in 0..=MAX_READ_FRAMES as u64 {
+            read.remember(&peer, &n.to_be_bytes(), (n, [0; 16]));
+        }
+        assert_eq!(read.acked.len(), MAX_READ_FRAMES);
+        assert_eq!(read.order.len(), MAX_READ_FRAMES);
+        assert!(read.acked(&peer, &0u64.to_be_bytes()).is_none());
+        assert_eq!(read.acked(&peer, &1u64.to_be_bytes()), Some((1, [0; 16])));
+        // Another contact's identical bytes are another frame.
+        assert!(read.acked(&[2; 32], &1u64.to_be_bytes()).is_none());
+        // The same frame again takes no second place.
+        read.remember(&peer, &1u64.to_be_bytes(), (1, [0; 16]));
+        assert_eq!(read.order.len(), MAX_READ_FRAMES);
+    }
+
+    #[test]
     fn two_devices_exchange_messages_with_delivered_and_read_receipts() {
         let Pair {
             _dirs,
@@ -1255,10 +1377,12 @@ mod tests {
             panic!("{:?}", got.events)
         };
         assert_eq!(m.body, b"hello bob");
-        // The same frame again: accepted, nothing new.
+        // The same frame again: accepted, nothing new, and the same
+        // receipt again (the first may have been lost on the way).
         let again = b.receive(&a_key, &[frame], 103, false).unwrap();
         assert_eq!(again.accepted, vec![true]);
         assert!(again.events.is_empty());
+        assert_eq!(again.replies.len(), 1);
 
         let back = a.receive(&b_key, &got.replies, 104, false).unwrap();
         assert_eq!(
