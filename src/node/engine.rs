@@ -1209,19 +1209,32 @@ impl Engine {
             kind: ReceiptKind::Read,
             messages,
         };
-        let payload = receipt.to_bytes();
+        self.queue_receipt(with, conv, receipt.to_bytes(), now)
+            .map(Some)
+    }
+
+    /// Queues a receipt for `to` (in the outbox, so that it is retried until
+    /// it reaches the contact or the mesh, and dropped quietly when it
+    /// expires) and returns it, encrypted, to send now.
+    pub(crate) fn queue_receipt(
+        &mut self,
+        to: &[u8; 32],
+        conv: [u8; 32],
+        payload: Vec<u8>,
+        now: u64,
+    ) -> Result<Due, EngineError> {
         let mut id = [0u8; 16];
         rand::Rng::fill_bytes(&mut self.rng, &mut id);
         let queued = Queued::new(conv, None, None, payload.clone());
         let entry = self
             .store
             .outbox()
-            .push(id, *with, queued.to_bytes(), now, now + self.ttl)?;
+            .push(id, *to, queued.to_bytes(), now, now + self.ttl)?;
         self.schedule.insert(
             entry.seq,
             Meta {
                 msg_id: id,
-                recipient: *with,
+                recipient: *to,
                 conv_id: conv,
                 lamport: 0,
                 seq: 0,
@@ -1230,12 +1243,12 @@ impl Engine {
                 expires_at: entry.expires_at,
             },
         );
-        let frame = self.encrypt(with, &payload)?;
-        Ok(Some(Due {
+        let frame = self.encrypt(to, &payload)?;
+        Ok(Due {
             pos: entry.seq,
-            to: *with,
+            to: *to,
             frame,
-        }))
+        })
     }
 
     /// The reference of a received message, as a reply would quote it.

@@ -576,7 +576,7 @@ impl Worker {
                 round.reply(reply, r.map_err(Into::into));
             }
             Job::MarkRead { with, reply } if self.engine.is_group(&with) => {
-                match self.engine.mark_group_read(&with) {
+                match self.engine.mark_group_read(&with, now) {
                     Ok((marked, fx)) => {
                         self.group_effects(fx, now, round);
                         round.reply(reply, Ok(marked));

@@ -23,7 +23,7 @@ use crate::crypto::{
     self, SenderKey, SenderKeyDistribution, SenderKeyMessage, SenderKeyReceiver, wire,
 };
 use crate::node::groups::{self, Change, Log, MemberCard, Op, Role, View};
-use crate::node::proto::{Chat, MAX_BODY, MAX_PAYLOAD, Payload, ReceiptKind};
+use crate::node::proto::{Chat, MAX_BODY, MAX_PAYLOAD, Payload, ReceiptKind, conversation_id};
 use crate::node::retry::{self, Meta};
 use crate::node::state::Queued;
 use crate::store::{Appended, DeliveryState, Direction, Kind, MessageRef, StoredMessage};
@@ -1068,7 +1068,7 @@ impl Engine {
             if held.len() >= crate::node::proto::MAX_RECEIPTS {
                 let full = std::mem::take(held);
                 self.groups.acks.remove(&(group, sender));
-                let frames = self.receipt_frames(group, sender, ReceiptKind::Delivered, &full)?;
+                let frames = self.delivered_frames(group, sender, &full)?;
                 fx.replies.extend(frames);
             }
         }
@@ -1086,25 +1086,25 @@ impl Engine {
         let held: Vec<_> = self.groups.acks.drain().collect();
         let mut out = Vec::new();
         for ((group, sender), messages) in held {
-            out.extend(self.receipt_frames(group, sender, ReceiptKind::Delivered, &messages)?);
+            out.extend(self.delivered_frames(group, sender, &messages)?);
         }
         Ok(out)
     }
 
-    /// `kind` receipts for `sender`'s `messages`, 1:1 frames of at most
-    /// `MAX_RECEIPTS` each.
-    fn receipt_frames(
+    /// Delivered receipts for `sender`'s `messages`, 1:1 frames of at most
+    /// `MAX_RECEIPTS` each (sent once: a lost one is made good when a copy
+    /// of the message comes again).
+    fn delivered_frames(
         &mut self,
         group: [u8; 32],
         sender: [u8; 32],
-        kind: ReceiptKind,
         messages: &[Acked],
     ) -> Result<Vec<Addressed>, EngineError> {
         let mut out = Vec::new();
         for chunk in messages.chunks(crate::node::proto::MAX_RECEIPTS) {
             let receipt = Payload::GroupReceipts {
                 group,
-                kind,
+                kind: ReceiptKind::Delivered,
                 messages: chunk.to_vec(),
             };
             out.push((sender, self.encrypt(&sender, &receipt.to_bytes())?));
@@ -1113,11 +1113,13 @@ impl Engine {
     }
 
     /// Marks a group's conversation read: each author of the messages
-    /// read gets one read receipt for them (1:1, like a delivered one).
-    /// `false` if nothing was unread.
+    /// read gets one read receipt for them (1:1, like a delivered one),
+    /// queued like a 1:1 read receipt, so that an author away now gets it
+    /// later. `false` if nothing was unread.
     pub fn mark_group_read(
         &mut self,
         group: &[u8; 32],
+        now: u64,
     ) -> Result<(bool, GroupEffects), EngineError> {
         let me = self.me.public().signing;
         let unread = usize::try_from(self.store.history().mark_read(group)?).unwrap_or(usize::MAX);
@@ -1151,9 +1153,18 @@ impl Engine {
             }
         }
         for (sender, messages) in by_sender {
-            if self.contacts.contains_key(&sender) {
-                let frames = self.receipt_frames(*group, sender, ReceiptKind::Read, &messages)?;
-                fx.replies.extend(frames);
+            let Some(contact) = self.contacts.get(&sender) else {
+                continue;
+            };
+            let conv = conversation_id(self.me.public(), &contact.identity);
+            for chunk in messages.chunks(crate::node::proto::MAX_RECEIPTS) {
+                let receipt = Payload::GroupReceipts {
+                    group: *group,
+                    kind: ReceiptKind::Read,
+                    messages: chunk.to_vec(),
+                };
+                fx.due
+                    .push(self.queue_receipt(&sender, conv, receipt.to_bytes(), now)?);
             }
         }
         Ok((true, fx))
@@ -1687,7 +1698,7 @@ mod tests {
         assert_eq!(d.engines[0].queued(), 0);
         // Everyone reads: the first message reads "read by 3 of 3".
         for i in 1..4 {
-            let (marked, fx) = d.engines[i].mark_group_read(&group).unwrap();
+            let (marked, fx) = d.engines[i].mark_group_read(&group, 200).unwrap();
             assert!(marked);
             d.effects(i, fx);
             d.run(true, &[]);
@@ -1707,6 +1718,51 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    #[test]
+    fn a_read_receipt_for_an_author_away_reaches_it_later() {
+        let mut d = Devices::new(3);
+        let (group, fx) = d.team();
+        d.effects(0, fx);
+        d.run(true, &[]);
+        let (_, fx) = d.engines[0]
+            .group_send(&group, vec![b"read me".to_vec()], 200)
+            .unwrap();
+        d.effects(0, fx);
+        d.run(true, &[]);
+        let most_read = |events: &[Event]| {
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::GroupReceipt { read, .. } => Some(*read),
+                    _ => None,
+                })
+                .max()
+        };
+        assert_eq!(most_read(&d.events[0]), Some(0));
+        // The author is away while both members read: their receipts wait.
+        for i in 1..3 {
+            let before = d.engines[i].queued();
+            let (marked, fx) = d.engines[i].mark_group_read(&group, 300).unwrap();
+            assert!(marked);
+            d.effects(i, fx);
+            d.run(true, &[0]);
+            assert_eq!(d.engines[i].queued(), before + 1);
+        }
+        assert_eq!(most_read(&d.events[0]), Some(0));
+        // The author is back; each member's outbox tries again.
+        for i in 1..3 {
+            for due in d.engines[i].due(400, 16).unwrap() {
+                let to = d.index(&due.to);
+                d.wire.push_back((i, to, due.frame, Some(due.pos)));
+            }
+        }
+        d.run(true, &[]);
+        assert_eq!(most_read(&d.events[0]), Some(2));
+        for i in 1..3 {
+            assert_eq!(d.engines[i].queued(), 0);
+        }
     }
 
     #[test]
