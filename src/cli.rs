@@ -40,7 +40,7 @@ enum Command {
     /// Add, list, verify or remove contacts.
     #[command(subcommand)]
     Contacts(client::ContactsCmd),
-    /// Group chats: create, add, remove, leave, list, send.
+    /// Group chats: create, add, remove, rename, role, leave, list, send.
     #[command(subcommand)]
     Group(client::GroupCmd),
     /// Write a message to a contact.

@@ -127,6 +127,22 @@ pub enum Request {
         /// The member (name or identity key).
         member: String,
     },
+    /// Renames a group (admins only).
+    GroupRename {
+        /// The group (name or id).
+        group: String,
+        /// Its new name.
+        name: String,
+    },
+    /// Makes a member an admin, or a member again (admins only).
+    GroupRole {
+        /// The group (name or id).
+        group: String,
+        /// The member (name or identity key).
+        member: String,
+        /// `true`: admin; `false`: member.
+        admin: bool,
+    },
     /// Leaves a group.
     GroupLeave {
         /// The group (name or id).

@@ -409,18 +409,32 @@ impl Api {
             }
             Request::GroupRemove { group, member } => {
                 let g = self.group(&group).await?;
-                let key = unhex32(&member);
-                let Some((key, name, _)) = g
-                    .members
-                    .iter()
-                    .find(|(k, n, _)| *n == member || Some(*k) == key)
-                    .cloned()
-                else {
-                    return Err(bad(format!("no member {member:?} in {:?}", g.name)));
-                };
+                let (key, name) = member_of(&g, &member)?;
                 let change = GroupChange::Remove { member: key };
                 self.node.change_group(g.id, change).await.map_err(failed)?;
                 Ok(json!({ "group": hex(&g.id), "removed": name }))
+            }
+            Request::GroupRename { group, name } => {
+                if name.trim().is_empty() {
+                    return Err(bad("a group needs a name"));
+                }
+                let g = self.group(&group).await?;
+                let change = GroupChange::Rename { name: name.clone() };
+                self.node.change_group(g.id, change).await.map_err(failed)?;
+                Ok(json!({ "group": hex(&g.id), "name": name }))
+            }
+            Request::GroupRole {
+                group,
+                member,
+                admin,
+            } => {
+                let g = self.group(&group).await?;
+                let (key, name) = member_of(&g, &member)?;
+                let role = if admin { Role::Admin } else { Role::Member };
+                let change = GroupChange::SetRole { member: key, role };
+                self.node.change_group(g.id, change).await.map_err(failed)?;
+                let role = if admin { "admin" } else { "member" };
+                Ok(json!({ "group": hex(&g.id), "member": name, "role": role }))
             }
             Request::GroupLeave { group } => {
                 let g = self.group(&group).await?;
@@ -549,6 +563,17 @@ impl Feed {
             self.api.group_of(c)
         })
     }
+}
+
+/// A member of `g` named by its name in the group or its identity key
+/// (hex): its key and name.
+fn member_of(g: &GroupInfo, member: &str) -> Result<([u8; 32], String), ApiError> {
+    let key = unhex32(member);
+    g.members
+        .iter()
+        .find(|(k, n, _)| n == member || Some(*k) == key)
+        .map(|(k, n, _)| (*k, n.clone()))
+        .ok_or_else(|| bad(format!("no member {member:?} in {:?}", g.name)))
 }
 
 fn bad(message: impl Into<String>) -> ApiError {

@@ -117,6 +117,31 @@ pub(super) enum GroupCmd {
         /// The member: name or identity key.
         member: String,
     },
+    /// Renames a group (admins).
+    Rename {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+        /// The group: name or id.
+        group: String,
+        /// Its new name.
+        name: String,
+    },
+    /// Makes a member an admin, or a member again (admins).
+    Role {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+        /// The group: name or id.
+        group: String,
+        /// The member: name or identity key.
+        member: String,
+        /// `admin` or `member`.
+        #[arg(value_parser = ["admin", "member"])]
+        role: String,
+    },
     /// Leaves a group.
     Leave {
         #[command(flatten)]
@@ -474,6 +499,27 @@ pub(super) fn group(cmd: GroupCmd) -> Result<(), CliError> {
             group,
             member,
         } => (dir, out, Request::GroupRemove { group, member }),
+        GroupCmd::Rename {
+            dir,
+            out,
+            group,
+            name,
+        } => (dir, out, Request::GroupRename { group, name }),
+        GroupCmd::Role {
+            dir,
+            out,
+            group,
+            member,
+            role,
+        } => (
+            dir,
+            out,
+            Request::GroupRole {
+                group,
+                member,
+                admin: role == "admin",
+            },
+        ),
         GroupCmd::Leave { dir, out, group } => (dir, out, Request::GroupLeave { group }),
     };
     let Some(v) = ask(&dir, &out, &req)? else {
@@ -489,6 +535,11 @@ pub(super) fn group(cmd: GroupCmd) -> Result<(), CliError> {
             "Removed {}; each member changes its key when it learns of this, and from then on it cannot read what that member sends.",
             clean(&v["removed"])
         ),
+        Request::GroupRename { .. } => println!("Renamed to {}.", clean(&v["name"])),
+        Request::GroupRole { admin: true, .. } => {
+            println!("{} is now an admin.", clean(&v["member"]));
+        }
+        Request::GroupRole { .. } => println!("{} is a member again.", clean(&v["member"])),
         _ => println!("You left the group."),
     }
     Ok(())

@@ -86,8 +86,40 @@ fn a_group_is_created_used_and_changed_through_the_cli() {
     assert_eq!(out.status.code(), Some(2));
     assert!(crate::stderr(&out).contains("seconds from 1 to"));
 
+    // A member cannot rename it; made an admin, bob can, and every
+    // member sees the new name. Then bob is a member again.
+    let out = carol.run(&["group", "rename", "team", "crew"]);
+    crate::assert_refused(&out, 1, "only an admin");
+    let made = alice.json(&["group", "role", "team", "bob", "admin"]);
+    assert_eq!(made["role"], "admin");
+    bob_events.wait_json("bob's new role", |e| {
+        e["type"] == "group_changed" && e["group"] == id
+    });
+    let role_of = |d: &Device, who: &str| {
+        d.json(&["group", "list"])[0]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == who)
+            .map(|m| m["role"].clone())
+    };
+    assert_eq!(role_of(&bob, "bob"), Some("admin".into()));
+    let renamed = bob.json(&["group", "rename", "team", "crew"]);
+    assert_eq!(renamed["name"], "crew");
+    carol_events.wait_json("the new name", |e| {
+        e["type"] == "group_changed" && e["group"] == id
+    });
+    assert_eq!(carol.json(&["group", "list"])[0]["name"], "crew");
+    let out = alice.run(&["group", "role", "crew", "nobody", "admin"]);
+    crate::assert_refused(&out, 1, "no member");
+    alice.json(&["group", "role", "crew", "bob", "member"]);
+    bob_events.wait_json("bob a member again", |e| {
+        e["type"] == "group_changed" && e["group"] == id
+    });
+    assert_eq!(role_of(&bob, "bob"), Some("member".into()));
+
     // Carol is removed: her device knows it is out.
-    alice.json(&["group", "remove", "team", "carol"]);
+    alice.json(&["group", "remove", "crew", "carol"]);
     carol_events.wait_json("the removal", |e| {
         e["type"] == "group_changed" && e["group"] == id
     });
@@ -96,6 +128,6 @@ fn a_group_is_created_used_and_changed_through_the_cli() {
     let listed = alice.json(&["group", "list"]);
     assert_eq!(listed[0]["members"].as_array().unwrap().len(), 2);
     // Not a group admin: bob cannot remove anyone.
-    let out = bob.run(&["group", "remove", "team", "alice"]);
+    let out = bob.run(&["group", "remove", "crew", "alice"]);
     crate::assert_refused(&out, 1, "only an admin");
 }
