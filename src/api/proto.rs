@@ -86,7 +86,8 @@ pub enum Request {
     /// Writes a conversation as JSON (decrypted), or with no `with` a
     /// backup of the whole store (encrypted), to a new file.
     Export {
-        /// The contact: name or identity key (hex); none for a backup.
+        /// The contact or group: name, identity key or group id (hex);
+        /// none for a backup.
         #[serde(default)]
         with: Option<String>,
         /// An absolute path; the file must not exist.

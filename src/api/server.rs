@@ -360,7 +360,10 @@ impl Api {
                     return Err(bad("the export path must be absolute"));
                 }
                 let key = match with {
-                    Some(w) => Some(self.contact(&w).await?.identity),
+                    Some(w) => Some(match self.target(&w).await? {
+                        Target::Contact(key) => key,
+                        Target::Group(id) => id,
+                    }),
                     None => None,
                 };
                 let n = self.node.export(key, path.clone()).await.map_err(failed)?;

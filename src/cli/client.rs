@@ -216,7 +216,8 @@ pub(super) struct ExportArgs {
     dir: DirArg,
     #[command(flatten)]
     out: OutArg,
-    /// The contact whose conversation to export (decrypted, as JSON).
+    /// The contact or group whose conversation to export (decrypted, as
+    /// JSON).
     with: Option<String>,
     /// Instead: a backup of the whole store, still encrypted (it restores
     /// only with this device's keystore and passphrase).

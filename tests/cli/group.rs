@@ -70,6 +70,14 @@ fn a_group_is_created_used_and_changed_through_the_cli() {
     let page = carol.json(&["history", "team"]);
     assert_eq!(page["messages"][0]["text"], "hello team");
     assert_eq!(page["messages"][0]["from"], "alice");
+    // It exports like a 1:1 conversation.
+    let file = root.path().join("team.json");
+    let v = carol.json(&["export", "team", "--output", file.to_str().unwrap()]);
+    assert_eq!(v["written"], 1);
+    let exported: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(exported["conversation"]["id"], id.as_str());
+    assert!(exported.to_string().contains("hello team"), "{exported}");
     // Bob answers with plain `send`, which takes a group's name too.
     bob.json(&["send", "team", "hi all", "--wait", "delivered"]);
     carol_events.wait_json("bob's answer", |e| {
