@@ -48,6 +48,9 @@ impl Meta {
 pub struct Schedule {
     meta: HashMap<u64, Meta>,
     by_msg: HashMap<([u8; 16], [u8; 32]), u64>,
+    /// Positions queued for each recipient (what a recipient coming online
+    /// makes due is found without a scan of the whole outbox).
+    by_recipient: HashMap<[u8; 32], BTreeSet<u64>>,
     due: BTreeSet<(u64, u64)>,
     expiry: BTreeSet<(u64, u64)>,
 }
@@ -64,6 +67,10 @@ impl Schedule {
     pub fn insert(&mut self, pos: u64, meta: Meta) {
         self.remove(pos);
         self.by_msg.insert((meta.msg_id, meta.recipient), pos);
+        self.by_recipient
+            .entry(meta.recipient)
+            .or_default()
+            .insert(pos);
         self.due.insert((meta.next_at, pos));
         self.expiry.insert((meta.expires_at, pos));
         self.meta.insert(pos, meta);
@@ -73,6 +80,12 @@ impl Schedule {
     pub fn remove(&mut self, pos: u64) -> Option<Meta> {
         let m = self.meta.remove(&pos)?;
         self.by_msg.remove(&(m.msg_id, m.recipient));
+        if let Some(queued) = self.by_recipient.get_mut(&m.recipient) {
+            queued.remove(&pos);
+            if queued.is_empty() {
+                self.by_recipient.remove(&m.recipient);
+            }
+        }
         self.due.remove(&(m.next_at, pos));
         self.expiry.remove(&(m.expires_at, pos));
         Some(m)
@@ -126,14 +139,9 @@ impl Schedule {
     /// Makes every message to `recipient` in `conv_id` from sequence number
     /// `from` on due at `now` (the recipient asked for them again).
     pub fn due_again(&mut self, recipient: &[u8; 32], conv_id: &[u8; 32], from: u64, now: u64) {
-        let hit: Vec<u64> = self
-            .meta
-            .iter()
-            .filter(|(_, m)| {
-                m.is_chat() && &m.recipient == recipient && &m.conv_id == conv_id && m.seq >= from
-            })
-            .map(|(&pos, _)| pos)
-            .collect();
+        let hit = self.queued_for(recipient, |m| {
+            m.is_chat() && &m.conv_id == conv_id && m.seq >= from
+        });
         for pos in hit {
             self.reschedule(pos, now, false);
         }
@@ -163,16 +171,22 @@ impl Schedule {
         now: u64,
         pick: impl Fn(&Meta) -> bool,
     ) -> bool {
-        let hit: Vec<u64> = self
-            .meta
-            .iter()
-            .filter(|(_, m)| &m.recipient == recipient && pick(m))
-            .map(|(&pos, _)| pos)
-            .collect();
+        let hit = self.queued_for(recipient, pick);
         for &pos in &hit {
             self.reschedule(pos, now, false);
         }
         !hit.is_empty()
+    }
+
+    /// The positions queued for `recipient` that `pick` chooses.
+    fn queued_for(&self, recipient: &[u8; 32], pick: impl Fn(&Meta) -> bool) -> Vec<u64> {
+        self.by_recipient
+            .get(recipient)
+            .into_iter()
+            .flatten()
+            .filter(|pos| self.meta.get(pos).is_some_and(&pick))
+            .copied()
+            .collect()
     }
 
     /// Number of queued messages.
@@ -224,6 +238,17 @@ mod tests {
         assert_eq!(s.due(7, 10), vec![10, 12]);
         assert_eq!(s.remove(10).unwrap().seq, 1);
         assert_eq!(s.len(), 1);
+        // The index by recipient follows: one left, then none.
+        assert_eq!(s.by_recipient[&[1; 32]].len(), 1);
+        // The same position queued again for someone else moves with it.
+        let mut moved = meta(3, 9, 200);
+        moved.recipient = [7; 32];
+        s.insert(12, moved);
+        assert!(!s.by_recipient.contains_key(&[1; 32]));
+        s.due_now_for(&[7; 32], 1);
+        assert_eq!(s.due(1, 10), vec![12]);
+        s.remove(12);
+        assert!(s.by_recipient.is_empty());
     }
 
     #[test]
@@ -253,5 +278,8 @@ mod tests {
         assert_eq!(s.due(1, 10), vec![10]);
         // Nothing more to hurry.
         assert!(!s.due_now_failed(&[1; 32], 1));
+        // The other recipient's is untouched until it is heard from.
+        assert!(s.due_now_failed(&[9; 32], 1));
+        assert_eq!(s.due(1, 10), vec![10, 12]);
     }
 }
