@@ -1321,18 +1321,17 @@ impl Worker {
         for topic in fx.unsubscribe {
             round.outs.push(Out::Unsubscribe { topic });
         }
-        for (topic, message) in fx.publish {
+        for p in fx.publish {
             // Their peers, to tell whether publishing reaches them all (a
             // member with no known peer id cannot be reached directly).
-            let members = self
-                .engine
-                .topic_members(&topic)
+            let members = p
+                .members
                 .iter()
                 .map(|k| self.peer_of.get(k).copied())
                 .collect();
             round.outs.push(Out::GroupPublish {
-                topic,
-                message,
+                topic: p.topic,
+                message: p.message,
                 members,
             });
         }

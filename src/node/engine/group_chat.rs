@@ -121,6 +121,18 @@ pub struct GroupInfo {
     pub joined: bool,
 }
 
+/// A group message to publish on its group's topic.
+#[derive(Debug, Clone)]
+pub struct ToPublish {
+    /// The topic id.
+    pub topic: [u8; 32],
+    /// The group message.
+    pub message: Vec<u8>,
+    /// The other members when it was written (publishing reaches them all
+    /// if each is a peer on the topic).
+    pub members: Vec<[u8; 32]>,
+}
+
 /// What a group operation or message asks the node to do next.
 #[derive(Debug, Default)]
 pub struct GroupEffects {
@@ -128,8 +140,8 @@ pub struct GroupEffects {
     pub due: Vec<Due>,
     /// Unqueued 1:1 frames (receipts): contact and frame.
     pub replies: Vec<([u8; 32], Vec<u8>)>,
-    /// Group messages to publish: topic id and bytes.
-    pub publish: Vec<([u8; 32], Vec<u8>)>,
+    /// Group messages to publish.
+    pub publish: Vec<ToPublish>,
     /// Topics to join.
     pub subscribe: Vec<[u8; 32]>,
     /// Topics to leave.
@@ -359,31 +371,6 @@ impl Engine {
             .filter(|(_, s)| s.log.view().is_member(&me))
             .map(|(g, _)| groups::topic_id(g))
             .collect()
-    }
-
-    /// The group whose topic id is `topic`, if this device is in it.
-    pub fn group_of_topic(&self, topic: &[u8; 32]) -> Option<[u8; 32]> {
-        self.groups
-            .slots
-            .keys()
-            .find(|g| &groups::topic_id(g) == topic)
-            .copied()
-    }
-
-    /// The other members of the group whose topic id is `topic` (empty if
-    /// this device is not in it).
-    pub fn topic_members(&self, topic: &[u8; 32]) -> Vec<[u8; 32]> {
-        let me = self.me.public().signing;
-        self.group_of_topic(topic)
-            .and_then(|g| self.view(&g).ok())
-            .map(|v| {
-                v.members
-                    .iter()
-                    .map(|m| m.key)
-                    .filter(|k| k != &me)
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 
     fn view(&self, group: &[u8; 32]) -> Result<&View, EngineError> {
@@ -911,7 +898,11 @@ impl Engine {
                     expires,
                 )?;
             }
-            fx.publish.push((topic, bytes));
+            fx.publish.push(ToPublish {
+                topic,
+                message: bytes,
+                members: others.clone(),
+            });
             refs.push(msg.reference());
         }
         Ok((refs, fx))
@@ -1535,8 +1526,8 @@ mod tests {
                 let to = self.index(&to);
                 self.wire.push_back((from, to, frame, None));
             }
-            for (topic, bytes) in fx.publish {
-                self.published.push((from, topic, bytes));
+            for p in fx.publish {
+                self.published.push((from, p.topic, p.message));
             }
             self.events[from].extend(fx.events);
         }
@@ -1784,7 +1775,7 @@ mod tests {
         let (_, fx) = d.engines[1]
             .group_send(&group, vec![b"after".to_vec()], 300)
             .unwrap();
-        let (_, bytes) = fx.publish[0].clone();
+        let bytes = fx.publish[0].message.clone();
         d.effects(1, fx);
         d.run(true, &[]);
         assert_eq!(d.received(0), vec![b"after".to_vec()]);
@@ -1814,7 +1805,7 @@ mod tests {
         let (_, sent) = d.engines[0]
             .group_send(&group, vec![b"early".to_vec()], 200)
             .unwrap();
-        let (_, bytes) = sent.publish[0].clone();
+        let bytes = sent.publish[0].message.clone();
         let (taken, fx1) = d.engines[1].group_messages(&[(bytes, None)], 200).unwrap();
         assert_eq!(taken, vec![true]);
         assert!(fx1.events.is_empty());
@@ -1897,7 +1888,7 @@ mod tests {
         let (_, sent) = d.engines[1]
             .group_send(&group, vec![b"hello".to_vec()], 200)
             .unwrap();
-        let (_, bytes) = sent.publish[0].clone();
+        let bytes = sent.publish[0].message.clone();
         let (taken, fx) = d.engines[2].group_messages(&[(bytes, None)], 200).unwrap();
         assert_eq!(taken, vec![true]);
         assert!(
@@ -1925,7 +1916,7 @@ mod tests {
         let (_, sent) = d.engines[0]
             .group_send(&group, vec![b"once".to_vec()], 200)
             .unwrap();
-        let (_, bytes) = sent.publish[0].clone();
+        let bytes = sent.publish[0].message.clone();
         let (taken, _) = d.engines[1]
             .group_messages(&[(bytes.clone(), None)], 200)
             .unwrap();
