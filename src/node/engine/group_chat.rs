@@ -1504,6 +1504,16 @@ mod tests {
         }
 
         /// Device 0 creates the group "team" with every other device.
+        /// `n` devices, and the group device 0 created with all the
+        /// others, formed (every frame delivered).
+        fn formed(n: usize) -> (Self, [u8; 32]) {
+            let mut d = Self::new(n);
+            let (group, fx) = d.team();
+            d.effects(0, fx);
+            d.run(true, &[]);
+            (d, group)
+        }
+
         fn team(&mut self) -> ([u8; 32], GroupEffects) {
             let members = self.keys[1..].to_vec();
             self.engines[0]
@@ -1633,10 +1643,7 @@ mod tests {
 
     #[test]
     fn a_group_forms_and_every_member_reads_every_message_once() {
-        let mut d = Devices::new(4);
-        let (group, fx) = d.team();
-        d.effects(0, fx);
-        d.run(true, &[]);
+        let (mut d, group) = Devices::formed(4);
         // Everyone holds the same view; members became each other's contacts.
         let view = d.engines[0].groups()[0].clone();
         assert_eq!(view.members.len(), 4);
@@ -1713,10 +1720,7 @@ mod tests {
 
     #[test]
     fn a_read_receipt_for_an_author_away_reaches_it_later() {
-        let mut d = Devices::new(3);
-        let (group, fx) = d.team();
-        d.effects(0, fx);
-        d.run(true, &[]);
+        let (mut d, group) = Devices::formed(3);
         let (_, fx) = d.engines[0]
             .group_send(&group, vec![b"read me".to_vec()], 200)
             .unwrap();
@@ -1758,10 +1762,7 @@ mod tests {
 
     #[test]
     fn a_removed_member_cannot_read_later_messages() {
-        let mut d = Devices::new(3);
-        let (group, fx) = d.team();
-        d.effects(0, fx);
-        d.run(true, &[]);
+        let (mut d, group) = Devices::formed(3);
         let removed = d.keys[2];
         let fx = d.engines[0]
             .change_group(&group, GroupChange::Remove { member: removed }, 200)
@@ -1787,10 +1788,7 @@ mod tests {
 
     #[test]
     fn a_message_ahead_of_its_sender_key_waits_for_it() {
-        let mut d = Devices::new(3);
-        let (group, fx) = d.team();
-        d.effects(0, fx);
-        d.run(true, &[]);
+        let (mut d, group) = Devices::formed(3);
         // Admin removes 2: everyone rotates. Admin's new key is queued for
         // 1; the message on the topic reaches 1 first.
         let fx = d.engines[0]
