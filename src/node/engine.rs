@@ -53,46 +53,55 @@ pub const HEARD_EVERY: u64 = 5;
 /// together).
 const MAX_READ_FRAMES: usize = 8192;
 
-/// What each frame read lately was acknowledged with, so that another copy
-/// of it (the same envelope left at two relays and published on the mesh)
-/// is answered with the same receipt, in case the first receipt was lost.
-/// The copy no longer decrypts: its message key was used and deleted. (A
-/// retry by the sender is a fresh frame, answered like any other.)
-#[derive(Debug, Default)]
-struct ReadFrames {
-    acked: HashMap<FrameKey, (u64, [u8; 16])>,
-    order: std::collections::VecDeque<FrameKey>,
+/// A map that keeps its newest `cap` entries: past that, the entry
+/// inserted first goes. Used for what was read lately, so that another
+/// copy of it is answered with the same receipt.
+#[derive(Debug)]
+pub(crate) struct Recent<K, V> {
+    map: HashMap<K, V>,
+    order: std::collections::VecDeque<K>,
+    cap: usize,
 }
 
-/// A frame read: its sender and the SHA-256 of its bytes.
-type FrameKey = ([u8; 32], [u8; 32]);
-
-impl ReadFrames {
-    fn key(from: &[u8; 32], frame: &[u8]) -> FrameKey {
-        use sha2::Digest as _;
-        (*from, sha2::Sha256::digest(frame).into())
+impl<K: Copy + Eq + std::hash::Hash, V: Copy> Recent<K, V> {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            cap,
+        }
     }
 
-    fn remember(&mut self, from: &[u8; 32], frame: &[u8], acked: (u64, [u8; 16])) {
-        let key = Self::key(from, frame);
-        if self.acked.insert(key, acked).is_none() {
+    /// Inserts or replaces `key` (a replaced entry keeps its place).
+    pub(crate) fn insert(&mut self, key: K, value: V) {
+        if self.map.insert(key, value).is_none() {
             self.order.push_back(key);
         }
-        while self.order.len() > MAX_READ_FRAMES {
+        while self.order.len() > self.cap {
             if let Some(old) = self.order.pop_front() {
-                self.acked.remove(&old);
+                self.map.remove(&old);
             }
         }
     }
 
-    fn acked(&self, from: &[u8; 32], frame: &[u8]) -> Option<(u64, [u8; 16])> {
-        self.acked.get(&Self::key(from, frame)).copied()
+    pub(crate) fn get(&self, key: &K) -> Option<V> {
+        self.map.get(key).copied()
     }
 
-    fn forget(&mut self, from: &[u8; 32]) {
-        self.acked.retain(|(peer, _), _| peer != from);
-        self.order.retain(|(peer, _)| peer != from);
+    /// Keeps only the entries `keep` chooses.
+    pub(crate) fn retain(&mut self, keep: impl Fn(&K) -> bool) {
+        self.map.retain(|k, _| keep(k));
+        self.order.retain(|k| keep(k));
     }
+}
+
+/// A 1:1 frame read, as [`Engine::read_frames`] knows it: its sender and
+/// the SHA-256 of its bytes.
+type FrameKey = ([u8; 32], [u8; 32]);
+
+fn frame_key(from: &[u8; 32], frame: &[u8]) -> FrameKey {
+    use sha2::Digest as _;
+    (*from, sha2::Sha256::digest(frame).into())
 }
 
 /// What can go wrong in the chat logic.
@@ -231,8 +240,12 @@ pub struct Engine {
     /// When each contact last made failed messages due again
     /// ([`Engine::heard_from`]); one entry per contact at most.
     heard_at: HashMap<[u8; 32], u64>,
-    /// Frames read lately and their receipts.
-    read_frames: ReadFrames,
+    /// 1:1 frames read lately and their receipts, so that another copy of
+    /// one (the same envelope left at two relays and published on the
+    /// mesh) is answered with the same receipt, in case the first was
+    /// lost. The copy no longer decrypts: its message key is gone. (A retry
+    /// by the sender is a fresh frame, answered like any other.)
+    read_frames: Recent<FrameKey, (u64, [u8; 16])>,
     rng: StdRng,
     /// How long a message is retried (seconds).
     ttl: u64,
@@ -324,7 +337,7 @@ impl Engine {
             seal_cache: SealCache::default(),
             schedule,
             heard_at: HashMap::new(),
-            read_frames: ReadFrames::default(),
+            read_frames: Recent::new(MAX_READ_FRAMES),
             rng,
             ttl: MESSAGE_TTL,
             relays: Vec::new(),
@@ -399,7 +412,7 @@ impl Engine {
             return Ok(false);
         }
         self.heard_at.remove(key);
-        self.read_frames.forget(key);
+        self.read_frames.retain(|(peer, _)| peer != key);
         self.store.records(Kind::Contacts)?.remove(key)?;
         Ok(true)
     }
@@ -1019,7 +1032,7 @@ impl Engine {
                 // A message already decrypted (a retry of the same bytes):
                 // its receipt again, if it was one of the latest read.
                 Err(crypto::Error::Duplicate { .. }) => {
-                    delivered.extend(self.read_frames.acked(from, bytes));
+                    delivered.extend(self.read_frames.get(&frame_key(from, bytes)));
                     out.accepted.push(true);
                     continue;
                 }
@@ -1138,7 +1151,7 @@ impl Engine {
                 }
             }
             if let Some(&acked) = delivered.get(acked_before) {
-                self.read_frames.remember(from, bytes, acked);
+                self.read_frames.insert(frame_key(from, bytes), acked);
             }
             out.accepted.push(true);
         }
@@ -1345,26 +1358,34 @@ mod tests {
         // A contact removed and added again starts with nothing read.
         let contact = b.contacts[&a_key].clone();
         assert!(b.remove_contact(&a_key).unwrap());
-        assert!(b.read_frames.acked(&a_key, &frame).is_none());
+        assert!(b.read_frames.get(&frame_key(&a_key, &frame)).is_none());
         b.contacts.insert(a_key, contact);
     }
 
     #[test]
     fn frames_read_are_remembered_newest_first_and_bounded() {
-        let mut read = ReadFrames::default();
+        let mut read = Recent::new(MAX_READ_FRAMES);
         let peer = [1u8; 32];
+        let key = |n: u64| frame_key(&peer, &n.to_be_bytes());
         for n in 0..=MAX_READ_FRAMES as u64 {
-            read.remember(&peer, &n.to_be_bytes(), (n, [0; 16]));
+            read.insert(key(n), (n, [0; 16]));
         }
-        assert_eq!(read.acked.len(), MAX_READ_FRAMES);
+        assert_eq!(read.map.len(), MAX_READ_FRAMES);
         assert_eq!(read.order.len(), MAX_READ_FRAMES);
-        assert!(read.acked(&peer, &0u64.to_be_bytes()).is_none());
-        assert_eq!(read.acked(&peer, &1u64.to_be_bytes()), Some((1, [0; 16])));
+        assert!(read.get(&key(0)).is_none());
+        assert_eq!(read.get(&key(1)), Some((1, [0; 16])));
         // Another contact's identical bytes are another frame.
-        assert!(read.acked(&[2; 32], &1u64.to_be_bytes()).is_none());
+        assert!(
+            read.get(&frame_key(&[2; 32], &1u64.to_be_bytes()))
+                .is_none()
+        );
         // The same frame again takes no second place.
-        read.remember(&peer, &1u64.to_be_bytes(), (1, [0; 16]));
+        read.insert(key(1), (1, [0; 16]));
         assert_eq!(read.order.len(), MAX_READ_FRAMES);
+        // Forgetting a contact takes its frames out of both.
+        read.retain(|(p, _)| p != &peer);
+        assert!(read.map.is_empty());
+        assert!(read.order.is_empty());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Due, Engine, EngineError, Event};
+use super::{Due, Engine, EngineError, Event, Recent};
 use crate::crypto::{
     self, SenderKey, SenderKeyDistribution, SenderKeyMessage, SenderKeyReceiver, wire,
 };
@@ -176,8 +176,7 @@ pub(crate) struct GroupSlot {
     /// Messages read lately, by sender, key id and position in its chain:
     /// a copy that comes again (the author's 1:1 copy by the mesh or a
     /// relay, its receipt lost) is answered again.
-    read_ids: HashMap<([u8; 32], u32, u32), Acked>,
-    read_order: VecDeque<([u8; 32], u32, u32)>,
+    read: Recent<([u8; 32], u32, u32), Acked>,
 }
 
 impl GroupSlot {
@@ -187,8 +186,7 @@ impl GroupSlot {
             own: None,
             receivers: HashMap::new(),
             pending: VecDeque::new(),
-            read_ids: HashMap::new(),
-            read_order: VecDeque::new(),
+            read: Recent::new(MAX_READ_IDS),
         }
     }
 }
@@ -980,13 +978,8 @@ impl Engine {
             let Ok(plain) = plain else {
                 // Already read: acknowledge again (the receipt may have
                 // been lost), if it is one of the recent ones.
-                if let Some(acked) = self
-                    .groups
-                    .slots
-                    .get(&group)
-                    .and_then(|s| s.read_ids.get(&id))
-                {
-                    receipts.entry((group, sender)).or_default().push(*acked);
+                if let Some(acked) = self.groups.slots.get(&group).and_then(|s| s.read.get(&id)) {
+                    receipts.entry((group, sender)).or_default().push(acked);
                 }
                 taken.push(true);
                 continue;
@@ -997,18 +990,7 @@ impl Engine {
             };
             taken.push(true);
             if let Some(slot) = self.groups.slots.get_mut(&group) {
-                if slot
-                    .read_ids
-                    .insert(id, (chat.lamport, chat.msg_id))
-                    .is_none()
-                {
-                    slot.read_order.push_back(id);
-                }
-                while slot.read_order.len() > MAX_READ_IDS {
-                    if let Some(old) = slot.read_order.pop_front() {
-                        slot.read_ids.remove(&old);
-                    }
-                }
+                slot.read.insert(id, (chat.lamport, chat.msg_id));
             }
             receipts
                 .entry((group, sender))
