@@ -1485,7 +1485,6 @@ mod tests {
             }
         }
 
-        /// Device 0 creates the group "team" with every other device.
         /// `n` devices, and the group device 0 created with all the
         /// others, formed (every frame delivered).
         fn formed(n: usize) -> (Self, [u8; 32]) {
@@ -1496,6 +1495,7 @@ mod tests {
             (d, group)
         }
 
+        /// Device 0 creates the group "team" with every other device.
         fn team(&mut self) -> ([u8; 32], GroupEffects) {
             let members = self.keys[1..].to_vec();
             self.engines[0]
