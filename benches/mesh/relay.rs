@@ -757,35 +757,22 @@ pub(crate) async fn relay(deposits: usize, window: usize, drain: usize, million:
         .collect();
     // MESH_BENCH_ONLY=deposit: only the deposit on the mailbox stream (to
     // profile it), no Redis.
-    if std::env::var("MESH_BENCH_ONLY").as_deref() == Ok("deposit") {
-        let (deposit, valid, cpu) = deposit_rate_stream(
+    let only_deposit = std::env::var("MESH_BENCH_ONLY").as_deref() == Ok("deposit");
+    let (mut deposit_single, mut single_valid) = (0.0, true);
+    let (mut deposit_rr, mut batched_valid) = (0.0, true);
+    if !only_deposit {
+        (deposit_single, single_valid) =
+            deposit_rate(&relay, &mut client, &mailboxes, (deposits, 0), window, 1).await;
+        (deposit_rr, batched_valid) = deposit_rate(
             &relay,
             &mut client,
             &mailboxes,
-            (deposits, 2_000_000),
+            (deposits, 1_000_000),
             window,
             DEPOSIT_BATCH,
         )
         .await;
-        return json!({
-            "concurrency": window,
-            "deposits": deposits,
-            "deposit_with_custody_per_s": deposit,
-            "deposit_cpu": cpu,
-            "custody_receipts_valid": valid,
-        });
     }
-    let (deposit_single, single_valid) =
-        deposit_rate(&relay, &mut client, &mailboxes, (deposits, 0), window, 1).await;
-    let (deposit_rr, batched_valid) = deposit_rate(
-        &relay,
-        &mut client,
-        &mailboxes,
-        (deposits, 1_000_000),
-        window,
-        DEPOSIT_BATCH,
-    )
-    .await;
     let (deposit, stream_valid, deposit_cpu) = deposit_rate_stream(
         &relay,
         &mut client,
@@ -795,6 +782,15 @@ pub(crate) async fn relay(deposits: usize, window: usize, drain: usize, million:
         DEPOSIT_BATCH,
     )
     .await;
+    if only_deposit {
+        return json!({
+            "concurrency": window,
+            "deposits": deposits,
+            "deposit_with_custody_per_s": deposit,
+            "deposit_cpu": deposit_cpu,
+            "custody_receipts_valid": stream_valid,
+        });
+    }
 
     // Drain: a mailbox of `drain`, its owner reconnecting.
     let owner = MailboxKey::generate(&mut rng);

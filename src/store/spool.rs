@@ -674,8 +674,10 @@ impl Spool {
             let offset = self.active_len() + buf.len() as u64;
             let sealed = record(&self.sealer, i, self.active, offset)?;
             if i == 0 {
-                // Records of one call are about the same size.
-                buf.reserve(count * (4 + sealed.len()));
+                // Records of one call are about the same size (and a
+                // segment's worth at most is written at once).
+                let ahead = count.saturating_mul(4 + sealed.len());
+                buf.reserve(ahead.min(usize::try_from(self.segment_bytes).unwrap_or(usize::MAX)));
             }
             buf.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
             buf.extend_from_slice(&sealed);
