@@ -52,19 +52,22 @@ pub(crate) fn cpu_per_message(before: [f64; 3], n: usize) -> Value {
 /// CPU seconds process `pid` has used so far, all its threads (Linux; 0
 /// elsewhere).
 pub(crate) fn cpu_of(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some(close) = stat.rfind(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-    // utime and stime are fields 14 and 15 of stat(5), in clock ticks.
-    let ticks: u64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
-    ticks as f64 / 100.0
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    cpu_ticks(&stat).map_or(0.0, |(_, ticks)| ticks as f64 / 100.0)
+}
+
+/// The name and the CPU time (user and system, in clock ticks) of a
+/// `/proc/…/stat` line.
+fn cpu_ticks(stat: &str) -> Option<(&str, u64)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat.get(close + 2..)?.split(' ').collect();
+    // utime and stime are fields 14 and 15 of stat(5).
+    let ticks = fields
+        .get(11..13)?
+        .iter()
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    Some((stat.get(open + 1..close)?, ticks))
 }
 
 /// CPU seconds this process's threads have used so far, by kind: the
@@ -78,16 +81,9 @@ pub(crate) fn cpu_by_kind() -> [f64; 3] {
         let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
             continue;
         };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        let Some((name, ticks)) = cpu_ticks(&stat) else {
             continue;
         };
-        let name = &stat[open + 1..close];
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        // utime and stime are fields 14 and 15 of stat(5), in clock ticks.
-        let ticks: u64 = fields
-            .get(11..13)
-            .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-            .unwrap_or(0);
         let kind = if name.starts_with("tokio") {
             0
         } else if name.starts_with("store-") {
