@@ -359,6 +359,7 @@ async fn deposit_rate_stream(
     let (requests, requests_rx) = tokio::sync::mpsc::unbounded_channel();
     let (answers_tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(meshchat::relay::stream::run_client(
+        meshchat::relay::stream::MailboxCodec,
         stream,
         requests_rx,
         answers_tx,

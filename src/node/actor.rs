@@ -6,9 +6,11 @@
 //! ([`super::worker`]); this task moves bytes and decides nothing about
 //! their content beyond the checks gossip needs before it forwards.
 //!
-//! Direct path: per peer, one request in flight and a queue behind it;
-//! the next request takes everything queued meanwhile (up to the batch
-//! limits), so frames keep their order and batches grow with load.
+//! Direct path: per peer, one batch in flight and a queue behind it; the
+//! next batch takes everything queued meanwhile (up to the batch limits),
+//! so frames keep their order and batches grow with load. Batches go on a
+//! long-lived direct stream to the peer ([`super::links`], served by
+//! [`super::inbound`]), or by request-response to a peer without one.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -27,7 +29,8 @@ use super::engine::Engine;
 use super::error::NodeError;
 use super::events::NodeEvent;
 use super::handle::{Command, NodeHandle, NodeInfo, Status};
-use super::links::{LinkEvent, Links};
+use super::inbound::{self, Inbound, StreamReply};
+use super::links::{EventOf, LinkEvent, Links};
 use super::net::direct::{self, Ack, FrameStatus};
 use super::net::{
     GossipMessage, Net, NetEvent, Published, RateLimit, RateLimiter, Reason, Topic, Verdict,
@@ -37,6 +40,7 @@ use super::proto::{Beacon, PresenceState, envelope_checked};
 use super::worker::{Job, Out, Outgoing, Purpose, Shared, Worker, now_secs, parse_relay};
 use crate::crypto::{DeviceIdentity, Envelope};
 use crate::relay::proto::Request;
+use crate::relay::stream::MailboxCodec;
 use crate::store::Store;
 
 /// Gossip message ids remembered to refuse replays after gossipsub's own
@@ -140,7 +144,23 @@ impl Node {
             identity: identity.public().signing,
             mailbox_id,
         });
-        let (links, link_events) = Links::new(net.stream_control());
+        let (links, link_events) = Links::new(
+            net.stream_control(),
+            crate::relay::stream::PROTOCOL,
+            MailboxCodec,
+        );
+        let direct_codec = direct::StreamCodec {
+            limits: config.net.direct_limits,
+        };
+        let (direct_links, direct_events) =
+            Links::new(net.stream_control(), direct::STREAM_PROTOCOL, direct_codec);
+        let (inbound_tx, inbound) = mpsc::unbounded_channel();
+        inbound::accept(
+            &mut net.stream_control(),
+            config.net.direct_limits,
+            inbound_tx,
+        )
+        .map_err(|e| NodeError::Net(super::net::NetError::Behaviour(e.to_string())))?;
         let actor = Actor {
             tracker: Tracker::new(config.presence.expiry),
             presence: PresenceState::Online,
@@ -155,6 +175,10 @@ impl Node {
             links,
             link_events,
             link_in_flight: HashMap::new(),
+            direct_links,
+            direct_events,
+            direct_in_flight: HashMap::new(),
+            inbound,
             cfg: config,
             net,
             identity,
@@ -208,6 +232,14 @@ impl SeenSet {
     }
 }
 
+/// Where the ack of a batch a peer sent us goes.
+enum Responder {
+    /// It came by request-response.
+    Request(ResponseChannel<Ack>),
+    /// It came on the peer's direct stream.
+    Stream(StreamReply),
+}
+
 struct Actor {
     cfg: NodeConfig,
     net: Net,
@@ -224,7 +256,7 @@ struct Actor {
     queues: HashMap<PeerId, VecDeque<Outgoing>>,
     in_flight: HashMap<OutboundRequestId, (PeerId, Vec<Option<u64>>)>,
     busy: HashSet<PeerId>,
-    responses: HashMap<u64, ResponseChannel<Ack>>,
+    responses: HashMap<u64, Responder>,
     next_token: u64,
     seen: SeenSet,
     tracker: Tracker,
@@ -237,9 +269,15 @@ struct Actor {
     relays: HashMap<PeerId, Vec<Multiaddr>>,
     mailbox_in_flight: HashMap<OutboundRequestId, (PeerId, Purpose)>,
     /// Deposits on our mailbox streams to relays.
-    links: Links,
-    link_events: mpsc::UnboundedReceiver<LinkEvent>,
+    links: Links<MailboxCodec>,
+    link_events: mpsc::UnboundedReceiver<EventOf<MailboxCodec>>,
     link_in_flight: HashMap<u64, (PeerId, Purpose)>,
+    /// Direct batches on our direct streams to peers, and when each left.
+    direct_links: Links<direct::StreamCodec>,
+    direct_events: mpsc::UnboundedReceiver<EventOf<direct::StreamCodec>>,
+    direct_in_flight: HashMap<u64, (PeerId, Vec<Option<u64>>, Instant)>,
+    /// Batches peers sent on their direct streams to us.
+    inbound: mpsc::UnboundedReceiver<Inbound>,
     last_redial: Instant,
     /// When the DHT was last asked for relays.
     last_relay_search: Option<Instant>,
@@ -279,8 +317,12 @@ impl Actor {
                 },
                 ev = self.net.next_event() => self.net_event(ev),
                 Some(ev) = self.link_events.recv() => self.link_event(ev),
+                Some(ev) = self.direct_events.recv() => self.direct_link_event(ev),
+                Some(ev) = self.inbound.recv() => self.inbound(ev),
                 _ = tick.tick() => {
                     self.links.close_idle(Instant::now());
+                    self.direct_links.close_idle(Instant::now());
+                    self.direct_timeouts(Instant::now());
                     self.redial_relays();
                     self.search_relays();
                     self.job(Job::Tick);
@@ -473,10 +515,8 @@ impl Actor {
                 }
             }
             Out::Respond { token, statuses } => {
-                if let Some(channel) = self.responses.remove(&token)
-                    && self.net.respond_direct(channel, Ack { statuses }).is_err()
-                {
-                    debug!("direct ack not sent: the peer's stream closed");
+                if let Some(responder) = self.responses.remove(&token) {
+                    self.respond(responder, Ack { statuses });
                 }
             }
             Out::Mailbox {
@@ -564,9 +604,13 @@ impl Actor {
         self.mailbox_in_flight.insert(id, (relay, purpose));
     }
 
-    fn link_event(&mut self, ev: LinkEvent) {
+    fn link_event(&mut self, ev: EventOf<MailboxCodec>) {
         match ev {
-            LinkEvent::Answer { relay, id, answer } => {
+            LinkEvent::Answer {
+                peer: relay,
+                id,
+                answer,
+            } => {
                 if let Some((relay, purpose)) = self.link_in_flight.remove(&id) {
                     self.job(Job::Mailbox {
                         relay,
@@ -577,7 +621,10 @@ impl Actor {
                     debug!(%relay, id, "an answer on a mailbox stream to nothing sent");
                 }
             }
-            LinkEvent::Unsupported { relay, requests } => {
+            LinkEvent::Unsupported {
+                peer: relay,
+                requests,
+            } => {
                 debug!(%relay, "relay without mailbox streams; request-response it is");
                 self.links.unsupported(relay);
                 for (id, request) in requests {
@@ -586,7 +633,67 @@ impl Actor {
                     }
                 }
             }
-            LinkEvent::Closed { relay, generation } => self.links.closed(relay, generation),
+            LinkEvent::Closed { peer, generation } => self.links.closed(peer, generation),
+        }
+    }
+
+    fn direct_link_event(&mut self, ev: EventOf<direct::StreamCodec>) {
+        match ev {
+            LinkEvent::Answer { peer, id, answer } => {
+                let Some((_, positions, _)) = self.direct_in_flight.remove(&id) else {
+                    return;
+                };
+                match answer {
+                    Ok(ack) => self.direct_acked(peer, positions, ack),
+                    Err(error) => self.direct_failed(peer, positions, &error),
+                }
+            }
+            LinkEvent::Unsupported { peer, requests } => {
+                debug!(%peer, "peer without direct streams; request-response it is");
+                self.direct_links.unsupported(peer);
+                for (id, batch) in requests {
+                    if let Some((peer, positions, _)) = self.direct_in_flight.remove(&id) {
+                        self.send_direct_request(peer, batch, positions);
+                    }
+                }
+            }
+            LinkEvent::Closed { peer, generation } => self.direct_links.closed(peer, generation),
+        }
+    }
+
+    /// Batches on a direct stream unanswered for longer than a direct
+    /// request may take fail as a request would (the outbox retries them);
+    /// their link is dropped so that the next batch opens a fresh stream.
+    fn direct_timeouts(&mut self, now: Instant) {
+        let limit = self.cfg.net.direct_timeout;
+        let late: Vec<u64> = self
+            .direct_in_flight
+            .iter()
+            .filter(|(_, (_, _, sent))| now.saturating_duration_since(*sent) > limit)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some((peer, positions, _)) = self.direct_in_flight.remove(&id) {
+                self.direct_links.drop_link(&peer);
+                self.direct_failed(peer, positions, "no ack in time");
+            }
+        }
+    }
+
+    /// A batch a peer sent on its direct stream to us.
+    fn inbound(&mut self, ev: Inbound) {
+        match ev {
+            Inbound::Batch { peer, batch, reply } => {
+                self.direct_batch(peer, batch.frames, Responder::Stream(reply))
+            }
+            Inbound::Refused { peer, why } => {
+                if let Some(skipped) =
+                    self.complaints
+                        .note(&peer, "direct stream refused", Instant::now())
+                {
+                    warn!(%peer, skipped, %why, "direct stream refused");
+                }
+            }
         }
     }
 
@@ -685,16 +792,104 @@ impl Actor {
         if frames.is_empty() {
             return;
         }
-        match self.net.send_direct(&peer, direct::Batch::new(frames)) {
+        self.busy.insert(peer);
+        match self.direct_links.send(peer, direct::Batch::new(frames)) {
+            Ok(id) => {
+                self.direct_in_flight
+                    .insert(id, (peer, positions, Instant::now()));
+            }
+            Err(batch) => self.send_direct_request(peer, *batch, positions),
+        }
+    }
+
+    /// Sends `batch` to `peer` by request-response (a peer without direct
+    /// streams).
+    fn send_direct_request(
+        &mut self,
+        peer: PeerId,
+        batch: direct::Batch,
+        positions: Vec<Option<u64>>,
+    ) {
+        match self.net.send_direct(&peer, batch) {
             Ok(id) => {
                 self.busy.insert(peer);
                 self.in_flight.insert(id, (peer, positions));
             }
             Err(e) => {
                 warn!(%peer, error = %e, "direct batch not sent");
+                self.busy.remove(&peer);
                 self.failed(positions);
             }
         }
+    }
+
+    /// `peer` answered a batch of ours.
+    fn direct_acked(&mut self, peer: PeerId, positions: Vec<Option<u64>>, ack: Ack) {
+        self.busy.remove(&peer);
+        let mut acked = Vec::new();
+        let mut failed = Vec::new();
+        for (i, pos) in positions.into_iter().enumerate() {
+            match (ack.statuses.get(i), pos) {
+                (Some(FrameStatus::Accepted | FrameStatus::Duplicate), Some(p)) => acked.push(p),
+                (_, Some(p)) => failed.push(Some(p)),
+                (_, None) => {}
+            }
+        }
+        if !acked.is_empty() {
+            self.job(Job::Acked(acked));
+        }
+        self.failed(failed);
+        self.pump(peer);
+    }
+
+    /// A batch of ours to `peer` got no answer.
+    fn direct_failed(&mut self, peer: PeerId, positions: Vec<Option<u64>>, error: &str) {
+        debug!(%peer, %error, "direct batch failed");
+        self.busy.remove(&peer);
+        self.failed(positions);
+        self.pump(peer);
+    }
+
+    /// Answers a batch a peer sent us.
+    fn respond(&mut self, responder: Responder, ack: Ack) {
+        match responder {
+            Responder::Request(channel) => {
+                if self.net.respond_direct(channel, ack).is_err() {
+                    debug!("direct ack not sent: the peer's stream closed");
+                }
+            }
+            Responder::Stream(reply) => reply.send(ack),
+        }
+    }
+
+    /// A batch `peer` sent us (by request or on its stream), answered
+    /// through `responder`.
+    fn direct_batch(&mut self, peer: PeerId, frames: Vec<Vec<u8>>, responder: Responder) {
+        if !self.direct_rate.allow(&peer, Instant::now()) {
+            if let Some(skipped) = self.complaints.note(
+                &peer,
+                "direct requests over the peer's rate; refused",
+                Instant::now(),
+            ) {
+                warn!(%peer, skipped, "direct requests over the peer's rate; refused");
+            }
+            self.respond(responder, Ack::all(FrameStatus::Rejected, frames.len()));
+            return;
+        }
+        if self.overloaded() {
+            // No answer: the peer's request fails (a stream's batch is
+            // answered Rejected when its reply is dropped) and it retries.
+            debug!(%peer, "store thread behind; direct batch dropped");
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.responses.insert(token, responder);
+        self.job(Job::Direct {
+            peer,
+            frames,
+            token,
+        });
     }
 
     fn failed(&self, positions: Vec<Option<u64>>) {
@@ -746,54 +941,11 @@ impl Actor {
                 peer,
                 batch,
                 channel,
-            } => {
-                if !self.direct_rate.allow(&peer, Instant::now()) {
-                    if let Some(skipped) = self.complaints.note(
-                        &peer,
-                        "direct requests over the peer's rate; refused",
-                        Instant::now(),
-                    ) {
-                        warn!(%peer, skipped, "direct requests over the peer's rate; refused");
-                    }
-                    let ack = Ack::all(FrameStatus::Rejected, batch.frames.len());
-                    let _ = self.net.respond_direct(channel, ack);
-                    return;
-                }
-                if self.overloaded() {
-                    // No answer: the peer's request fails and it retries.
-                    debug!(%peer, "store thread behind; direct batch dropped");
-                    return;
-                }
-                let token = self.next_token;
-                self.next_token += 1;
-                self.responses.insert(token, channel);
-                self.job(Job::Direct {
-                    peer,
-                    frames: batch.frames,
-                    token,
-                });
-            }
+            } => self.direct_batch(peer, batch.frames, Responder::Request(channel)),
             NetEvent::DirectAck { peer, request, ack } => {
-                let Some((_, positions)) = self.in_flight.remove(&request) else {
-                    return;
-                };
-                self.busy.remove(&peer);
-                let mut acked = Vec::new();
-                let mut failed = Vec::new();
-                for (i, pos) in positions.into_iter().enumerate() {
-                    match (ack.statuses.get(i), pos) {
-                        (Some(FrameStatus::Accepted | FrameStatus::Duplicate), Some(p)) => {
-                            acked.push(p)
-                        }
-                        (_, Some(p)) => failed.push(Some(p)),
-                        (_, None) => {}
-                    }
+                if let Some((_, positions)) = self.in_flight.remove(&request) {
+                    self.direct_acked(peer, positions, ack);
                 }
-                if !acked.is_empty() {
-                    self.job(Job::Acked(acked));
-                }
-                self.failed(failed);
-                self.pump(peer);
             }
             // A node holds nobody's mail: say so rather than let the
             // request time out.
@@ -844,13 +996,9 @@ impl Actor {
                 request,
                 error,
             } => {
-                let Some((_, positions)) = self.in_flight.remove(&request) else {
-                    return;
-                };
-                debug!(%peer, %error, "direct batch failed");
-                self.busy.remove(&peer);
-                self.failed(positions);
-                self.pump(peer);
+                if let Some((_, positions)) = self.in_flight.remove(&request) {
+                    self.direct_failed(peer, positions, &error.to_string());
+                }
             }
             _ => {}
         }

@@ -1,23 +1,28 @@
-//! The node's mailbox streams: deposits to a relay travel on one
-//! long-lived `/meshchat/mailbox-stream/1` stream per relay
-//! ([`crate::relay::stream`]) instead of one request-response exchange
-//! each, so a backlog flows to the relay back to back and each custody
-//! receipt comes back as soon as the relay has synced.
+//! The node's long-lived streams to other peers, one per peer and
+//! protocol, on which requests are pipelined instead of one
+//! request-response exchange each:
 //!
-//! One task per relay opens the stream (dialling the relay if needed) and
+//! - deposits to a relay on `/meshchat/mailbox-stream/1`
+//!   ([`crate::relay::stream`]), so a backlog flows to the relay back to
+//!   back and each custody receipt comes back as soon as the relay has
+//!   synced;
+//! - direct batches to a contact on `/meshchat/direct-stream/1`
+//!   ([`crate::node::net::direct::StreamCodec`]), which saves opening and
+//!   negotiating a substream for every batch.
+//!
+//! One task per link opens the stream (dialling the peer if needed) and
 //! drives it; its answers come back to the swarm's task as [`LinkEvent`]s.
-//! A relay that does not speak the protocol gets its requests back (they
+//! A peer that does not speak the protocol gets its requests back (they
 //! go by request-response, as before) and is remembered as such. A link
 //! with nothing sent for [`IDLE`] is closed.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use libp2p::PeerId;
+use libp2p::{PeerId, StreamProtocol};
 use tokio::sync::mpsc;
 
-use crate::relay::proto::{Request, Response};
-use crate::relay::stream::{self, ClientAnswer};
+use crate::relay::stream::{self, ClientAnswer, ClientCodec};
 
 /// A link with nothing sent for this long is closed (once its answers are
 /// in).
@@ -27,49 +32,58 @@ const MAX_UNSUPPORTED: usize = 1024;
 
 /// What a link's task reports.
 #[derive(Debug)]
-pub(crate) enum LinkEvent {
-    /// The answer to request `id` on `relay`'s link (or why none came).
+pub(crate) enum LinkEvent<Q, A> {
+    /// The answer to request `id` on `peer`'s link (or why none came).
     Answer {
-        relay: PeerId,
+        peer: PeerId,
         id: u64,
-        answer: Result<Response, String>,
+        answer: Result<A, String>,
     },
-    /// `relay` does not speak the stream protocol: these requests were
-    /// not sent.
+    /// `peer` does not speak the stream protocol: these requests were not
+    /// sent.
     Unsupported {
-        relay: PeerId,
-        requests: Vec<(u64, Request)>,
+        peer: PeerId,
+        requests: Vec<(u64, Q)>,
     },
-    /// The link `generation` to `relay` ended (every request on it was
+    /// The link `generation` to `peer` ended (every request on it was
     /// answered, one way or the other).
-    Closed { relay: PeerId, generation: u64 },
+    Closed { peer: PeerId, generation: u64 },
 }
 
-struct Link {
+/// The events of links whose messages `C` encodes.
+pub(crate) type EventOf<C> = LinkEvent<<C as ClientCodec>::Request, <C as ClientCodec>::Answer>;
+
+struct Link<Q> {
     generation: u64,
-    requests: mpsc::UnboundedSender<(u64, Request)>,
+    requests: mpsc::UnboundedSender<(u64, Q)>,
     last_used: Instant,
 }
 
-/// The node's links to relays; owned by the swarm's task.
-pub(crate) struct Links {
+/// The node's links of one protocol; owned by the swarm's task.
+pub(crate) struct Links<C: ClientCodec> {
     control: libp2p_stream::Control,
-    links: HashMap<PeerId, Link>,
+    protocol: StreamProtocol,
+    codec: C,
+    links: HashMap<PeerId, Link<C::Request>>,
     unsupported: HashSet<PeerId>,
-    to_actor: mpsc::UnboundedSender<LinkEvent>,
+    to_actor: mpsc::UnboundedSender<EventOf<C>>,
     next_id: u64,
     next_generation: u64,
 }
 
-impl Links {
-    /// Links opened through `control`; their events go to the receiver
-    /// returned beside.
+impl<C: ClientCodec + Clone> Links<C> {
+    /// Links speaking `protocol` with `codec`, opened through `control`;
+    /// their events go to the receiver returned beside.
     pub(crate) fn new(
         control: libp2p_stream::Control,
-    ) -> (Self, mpsc::UnboundedReceiver<LinkEvent>) {
+        protocol: StreamProtocol,
+        codec: C,
+    ) -> (Self, mpsc::UnboundedReceiver<EventOf<C>>) {
         let (to_actor, events) = mpsc::unbounded_channel();
         let links = Self {
             control,
+            protocol,
+            codec,
             links: HashMap::new(),
             unsupported: HashSet::new(),
             to_actor,
@@ -79,18 +93,22 @@ impl Links {
         (links, events)
     }
 
-    /// Sends `request` on `relay`'s link (opening one if needed) and
-    /// returns its id, or gives it back if `relay` is known not to speak
-    /// the stream protocol. Must run inside a tokio runtime.
-    pub(crate) fn send(&mut self, relay: PeerId, request: Request) -> Result<u64, Box<Request>> {
-        if self.unsupported.contains(&relay) {
+    /// Sends `request` on `peer`'s link (opening one if needed) and
+    /// returns its id, or gives it back if `peer` is known not to speak
+    /// the protocol. Must run inside a tokio runtime.
+    pub(crate) fn send(
+        &mut self,
+        peer: PeerId,
+        request: C::Request,
+    ) -> Result<u64, Box<C::Request>> {
+        if self.unsupported.contains(&peer) {
             return Err(Box::new(request));
         }
         let id = self.next_id;
         self.next_id += 1;
         let now = Instant::now();
         let mut item = (id, request);
-        if let Some(link) = self.links.get_mut(&relay) {
+        if let Some(link) = self.links.get_mut(&peer) {
             match link.requests.send(item) {
                 Ok(()) => {
                     link.last_used = now;
@@ -106,13 +124,14 @@ impl Links {
         self.next_generation += 1;
         tokio::spawn(run_link(
             self.control.clone(),
-            relay,
+            (self.protocol.clone(), self.codec.clone()),
+            peer,
             generation,
             rx,
             self.to_actor.clone(),
         ));
         self.links.insert(
-            relay,
+            peer,
             Link {
                 generation,
                 requests,
@@ -122,24 +141,31 @@ impl Links {
         Ok(id)
     }
 
-    /// Notes that `relay` does not speak the stream protocol.
-    pub(crate) fn unsupported(&mut self, relay: PeerId) {
+    /// Notes that `peer` does not speak the protocol.
+    pub(crate) fn unsupported(&mut self, peer: PeerId) {
         if self.unsupported.len() >= MAX_UNSUPPORTED {
             self.unsupported.clear();
         }
-        self.unsupported.insert(relay);
-        self.links.remove(&relay);
+        self.unsupported.insert(peer);
+        self.links.remove(&peer);
     }
 
-    /// Forgets the link `generation` to `relay`, which ended.
-    pub(crate) fn closed(&mut self, relay: PeerId, generation: u64) {
+    /// Forgets the link `generation` to `peer`, which ended.
+    pub(crate) fn closed(&mut self, peer: PeerId, generation: u64) {
         if self
             .links
-            .get(&relay)
+            .get(&peer)
             .is_some_and(|l| l.generation == generation)
         {
-            self.links.remove(&relay);
+            self.links.remove(&peer);
         }
+    }
+
+    /// Drops `peer`'s link: its task finishes what was sent and ends, and
+    /// the next request opens a new stream (for a link whose answers stopped
+    /// coming).
+    pub(crate) fn drop_link(&mut self, peer: &PeerId) {
+        self.links.remove(peer);
     }
 
     /// Closes links with nothing sent for [`IDLE`] (each finishes its
@@ -152,22 +178,23 @@ impl Links {
 
 /// One link's task: opens the stream, drives it until its requests end
 /// and every answer is in (or it fails), and reports.
-async fn run_link(
+async fn run_link<C: ClientCodec>(
     mut control: libp2p_stream::Control,
-    relay: PeerId,
+    (protocol, codec): (StreamProtocol, C),
+    peer: PeerId,
     generation: u64,
-    mut requests: mpsc::UnboundedReceiver<(u64, Request)>,
-    to_actor: mpsc::UnboundedSender<LinkEvent>,
+    mut requests: mpsc::UnboundedReceiver<(u64, C::Request)>,
+    to_actor: mpsc::UnboundedSender<EventOf<C>>,
 ) {
-    match control.open_stream(relay, stream::PROTOCOL).await {
+    match control.open_stream(peer, protocol).await {
         Ok(s) => {
-            let (answers_tx, mut answers) = mpsc::unbounded_channel::<ClientAnswer>();
+            let (answers_tx, mut answers) = mpsc::unbounded_channel::<ClientAnswer<C::Answer>>();
             let forward = async {
                 while let Some((id, answer)) = answers.recv().await {
-                    let _ = to_actor.send(LinkEvent::Answer { relay, id, answer });
+                    let _ = to_actor.send(LinkEvent::Answer { peer, id, answer });
                 }
             };
-            tokio::join!(stream::run_client(s, requests, answers_tx), forward);
+            tokio::join!(stream::run_client(codec, s, requests, answers_tx), forward);
         }
         Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => {
             requests.close();
@@ -176,21 +203,21 @@ async fn run_link(
                 back.push(r);
             }
             let _ = to_actor.send(LinkEvent::Unsupported {
-                relay,
+                peer,
                 requests: back,
             });
         }
         Err(e) => {
             requests.close();
-            let why = format!("mailbox stream not opened: {e}");
+            let why = format!("stream not opened: {e}");
             while let Ok((id, _)) = requests.try_recv() {
                 let _ = to_actor.send(LinkEvent::Answer {
-                    relay,
+                    peer,
                     id,
                     answer: Err(why.clone()),
                 });
             }
         }
     }
-    let _ = to_actor.send(LinkEvent::Closed { relay, generation });
+    let _ = to_actor.send(LinkEvent::Closed { peer, generation });
 }

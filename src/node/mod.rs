@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod groups;
 pub mod handle;
+mod inbound;
 mod links;
 pub mod net;
 pub mod presence;

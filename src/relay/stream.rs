@@ -96,23 +96,63 @@ fn lock(open: &Mutex<HashSet<u64>>) -> std::sync::MutexGuard<'_, HashSet<u64>> {
     open.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One answer of a client's stream: the request's id and the relay's
-/// answer, or why there is none (the stream failed or closed first).
-pub type ClientAnswer = (u64, Result<Response, String>);
+/// One answer of a client's stream: the request's id and the other
+/// side's answer, or why there is none (the stream failed or closed
+/// first).
+pub type ClientAnswer<A = Response> = (u64, Result<A, String>);
 
-/// Drives the client's side of a mailbox stream: writes each request
-/// from `requests` (gathering those already waiting into one write) and
-/// sends every answer to `answers`. When the stream fails or the relay
+/// What a stream's client writes and reads in its frames' messages: the
+/// framing is the same for every stream protocol built on it (the mailbox
+/// stream here, the node's direct stream).
+pub trait ClientCodec: Send + Sync + 'static {
+    /// What the client sends.
+    type Request: Send + 'static;
+    /// What comes back for each request.
+    type Answer: Send + 'static;
+    /// Largest answer message read (checked before allocating).
+    fn max_answer(&self) -> usize;
+    /// The message carrying `request`.
+    fn encode(&self, request: &Self::Request) -> io::Result<Vec<u8>>;
+    /// The answer a message carries.
+    fn decode(&self, message: &[u8]) -> io::Result<Self::Answer>;
+}
+
+/// The mailbox stream's messages: [`Request`]s out, [`Response`]s back.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MailboxCodec;
+
+impl ClientCodec for MailboxCodec {
+    type Request = Request;
+    type Answer = Response;
+
+    fn max_answer(&self) -> usize {
+        MAX_RESPONSE
+    }
+
+    fn encode(&self, request: &Request) -> io::Result<Vec<u8>> {
+        Ok(request.to_bytes())
+    }
+
+    fn decode(&self, message: &[u8]) -> io::Result<Response> {
+        Response::from_bytes(message).map_err(invalid)
+    }
+}
+
+/// Drives the client's side of a stream: writes each request from
+/// `requests` (gathering those already waiting into one write) and sends
+/// every answer to `answers`. When the stream fails or the other side
 /// closes it, every request still unanswered is answered with the error;
 /// returns when `requests` is closed and every answer is in, or on that
 /// failure.
-pub async fn run_client(
+pub async fn run_client<C: ClientCodec>(
+    codec: C,
     stream: Stream,
-    mut requests: mpsc::UnboundedReceiver<(u64, Request)>,
-    answers: mpsc::UnboundedSender<ClientAnswer>,
+    mut requests: mpsc::UnboundedReceiver<(u64, C::Request)>,
+    answers: mpsc::UnboundedSender<ClientAnswer<C::Answer>>,
 ) {
     let (mut rd, mut wr) = stream.split();
     let open: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let codec = &codec;
     let writer = {
         let open = open.clone();
         let requests = &mut requests;
@@ -121,11 +161,11 @@ pub async fn run_client(
             while let Some((id, request)) = requests.recv().await {
                 buf.clear();
                 let mut ids = vec![id];
-                push_frame(&mut buf, id, &request.to_bytes())?;
+                push_frame(&mut buf, id, &codec.encode(&request)?)?;
                 while buf.len() < WRITE_CHUNK
                     && let Ok((id, request)) = requests.try_recv()
                 {
-                    push_frame(&mut buf, id, &request.to_bytes())?;
+                    push_frame(&mut buf, id, &codec.encode(&request)?)?;
                     ids.push(id);
                 }
                 lock(&open).extend(ids);
@@ -142,13 +182,13 @@ pub async fn run_client(
         let answers = answers.clone();
         async move {
             loop {
-                let Some((id, bytes)) = read_frame(&mut rd, MAX_RESPONSE).await? else {
+                let Some((id, bytes)) = read_frame(&mut rd, codec.max_answer()).await? else {
                     return Ok(());
                 };
                 if !lock(&open).remove(&id) {
                     return Err(invalid(format_args!("an answer to request {id}, not open")));
                 }
-                let response = Response::from_bytes(&bytes).map_err(invalid)?;
+                let response = codec.decode(&bytes)?;
                 if answers.send((id, Ok(response))).is_err() {
                     return Ok(());
                 }

@@ -4,12 +4,14 @@
 use std::sync::Arc;
 
 use libp2p::PeerId;
+use libp2p::futures::AsyncWriteExt;
 use meshchat::crypto::{Envelope, KdfParams, Keystore};
-use meshchat::node::engine::Engine;
-use meshchat::node::net::direct::{Batch, FrameStatus, Limits};
+use meshchat::node::engine::{Engine, Event};
+use meshchat::node::net::direct::{self, Ack, Batch, FrameStatus, Limits};
 use meshchat::node::net::{Net, NetConfig, NetEvent, Published};
 use meshchat::node::state::Invite;
 use meshchat::node::{NodeEvent, proto::Frame};
+use meshchat::relay::stream;
 use meshchat::store::Store;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -216,6 +218,235 @@ async fn a_hostile_peer_is_refused_and_rate_limited_while_others_chat_on() {
     assert!(lines("direct requests over the peer's rate") >= 1);
     assert!(lines("gossip refused") >= 1);
     assert!(lines("") < 50, "{} lines about mallory", lines(""));
+}
+
+/// Mallory: a contact of `b`'s (and `b` of hers) with real keys, on a raw
+/// swarm of her own that ignores the protocol limits, connected to `b`.
+async fn mallory(b: &mut TestNode, dir: &std::path::Path, seed: u64) -> (Engine, Net) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let key = Keystore::create(b"m", KdfParams::INSECURE_FAST, &mut rng)
+        .unwrap()
+        .1;
+    let store = Arc::new(Store::open(dir, &key).unwrap());
+    let mut m = Engine::open(store, 1_000).unwrap();
+    let bob_invite = Invite::from_code(&b.handle.invite().await.unwrap()).unwrap();
+    m.add_contact(&bob_invite, "bob").unwrap();
+    b.handle
+        .add_contact(
+            &m.invite(vec![], meshchat_now()).unwrap().to_code(),
+            "mallory",
+        )
+        .await
+        .unwrap();
+    let mut net = Net::start(m.identity().to_libp2p().unwrap(), &NetConfig::loopback()).unwrap();
+    net.dial(b.addr.clone()).unwrap();
+    let bp = b.peer();
+    until(&mut net, "the connection to bob", |e| match e {
+        NetEvent::Connected { peer, .. } if peer == bp => Some(()),
+        _ => None,
+    })
+    .await;
+    (m, net)
+}
+
+/// The next frame on a direct stream, or `None` once the node closed it.
+async fn stream_ack(s: &mut libp2p::Stream) -> Option<(u64, Ack)> {
+    let limits = Limits::default();
+    let frame = tokio::time::timeout(WAIT, stream::read_frame(s, limits.max_ack_message()))
+        .await
+        .expect("an ack or the end in time");
+    match frame {
+        Ok(Some((id, bytes))) => Some((id, Ack::decode(&bytes, &limits).unwrap())),
+        Ok(None) | Err(_) => None,
+    }
+}
+
+async fn write(s: &mut libp2p::Stream, id: u64, message: &[u8]) -> std::io::Result<()> {
+    let mut frame = Vec::new();
+    stream::push_frame(&mut frame, id, message)?;
+    s.write_all(&frame).await?;
+    s.flush().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_streams_carry_batches_and_a_broken_one_is_closed_while_others_chat_on() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cfg = crate::common::config(dirs[0].path(), 41);
+    cfg.direct_rate = 20;
+    let mut b = TestNode::start_with("bob", cfg).await;
+    let mut c = TestNode::start_in("carol", dirs[1].path(), 42).await;
+    befriend(&mut b, &mut c).await;
+    let (mut m, mut net) = mallory(&mut b, dirs[2].path(), 43).await;
+    let bp = b.peer();
+    let m_key = m.identity().public().signing;
+
+    // Mallory's swarm does not take direct streams: bob's message to her
+    // comes by request-response instead.
+    b.handle
+        .send(m_key, b"to a peer without direct streams".to_vec())
+        .await
+        .unwrap();
+    let mut got = false;
+    while !got {
+        let (frames, channel) = until(&mut net, "bob's direct request", |e| match e {
+            NetEvent::DirectRequest {
+                peer,
+                batch,
+                channel,
+            } if peer == bp => Some((batch.frames, channel)),
+            _ => None,
+        })
+        .await;
+        let handled = m.receive(&b.key(), &frames, meshchat_now(), true).unwrap();
+        got = handled.events.iter().any(|e| {
+            matches!(e, Event::MessageReceived(msg) if msg.body == b"to a peer without direct streams")
+        });
+        let statuses = handled
+            .accepted
+            .iter()
+            .map(|&a| {
+                if a {
+                    FrameStatus::Accepted
+                } else {
+                    FrameStatus::Rejected
+                }
+            })
+            .collect();
+        net.respond_direct(channel, Ack { statuses }).unwrap();
+    }
+
+    // From here on mallory's swarm is polled by a task of its own while
+    // she writes on streams.
+    let control = net.stream_control();
+    let polling = tokio::spawn(async move {
+        loop {
+            net.next_event().await;
+        }
+    });
+    let open = |mut control: libp2p_stream::Control| async move {
+        tokio::time::timeout(WAIT, control.open_stream(bp, direct::STREAM_PROTOCOL))
+            .await
+            .expect("stream opened in time")
+            .expect("bob takes direct streams")
+    };
+
+    // A real message and junk on one stream, back to back: each batch
+    // gets its own ack, in the order bob finishes them.
+    let mut s = open(control.clone()).await;
+    let now = meshchat_now();
+    let real = m
+        .send(&b.key(), b"mallory, by stream".to_vec(), now)
+        .unwrap()
+        .frame;
+    let limits = Limits::default();
+    write(&mut s, 1, &Batch::new(vec![real]).encode(&limits).unwrap())
+        .await
+        .unwrap();
+    write(
+        &mut s,
+        2,
+        &Batch::new(vec![vec![1, 2, 3]]).encode(&limits).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut got = [stream_ack(&mut s).await, stream_ack(&mut s).await];
+    got.sort_by_key(|a| a.as_ref().map(|(id, _)| *id));
+    assert_eq!(
+        got,
+        [
+            Some((1, Ack::all(FrameStatus::Accepted, 1))),
+            Some((2, Ack::all(FrameStatus::Rejected, 1))),
+        ]
+    );
+    b.wait("mallory's message by stream", |e| match e {
+        NodeEvent::Message { from, message, .. }
+            if *from == m_key && message.body == b"mallory, by stream" =>
+        {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+
+    // A flood on one stream: every batch is answered (bob reads at most
+    // eight ahead of his acks), and her rate is enforced.
+    const FLOOD: u64 = 200;
+    let mut flood = open(control.clone()).await;
+    for i in 0..FLOOD {
+        let batch = Batch::new(vec![vec![i as u8; 32]]).encode(&limits).unwrap();
+        write(&mut flood, i, &batch).await.unwrap();
+    }
+    let mut answered = std::collections::HashSet::new();
+    for _ in 0..FLOOD {
+        let (id, ack) = stream_ack(&mut flood).await.expect("an ack per batch");
+        assert_eq!(ack.statuses, [FrameStatus::Rejected], "junk is refused");
+        answered.insert(id);
+    }
+    assert_eq!(answered.len(), FLOOD as usize);
+
+    // A batch that does not decode, and a length prefix of almost 4 GiB:
+    // bob closes each stream without reading (or allocating) more.
+    write(&mut s, 3, b"\x09not a batch").await.unwrap();
+    assert_eq!(stream_ack(&mut s).await, None, "stream closed by bob");
+    let mut huge = open(control.clone()).await;
+    huge.write_all(&[0xff, 0xff, 0xff, 0xf0, 0, 1, 2, 3])
+        .await
+        .unwrap();
+    huge.flush().await.unwrap();
+    assert_eq!(stream_ack(&mut huge).await, None, "stream closed by bob");
+
+    // At most four streams per peer: a fifth is closed unanswered.
+    let mut four = Vec::new();
+    for _ in 0..4 {
+        four.push(open(control.clone()).await);
+    }
+    let mut fifth = open(control.clone()).await;
+    let batch = Batch::new(vec![vec![5; 32]]).encode(&limits).unwrap();
+    let _ = write(&mut fifth, 1, &batch).await;
+    assert_eq!(stream_ack(&mut fifth).await, None, "fifth stream refused");
+
+    // Carol's conversation with bob was not disturbed, and bob is up.
+    let to_bob = c
+        .handle
+        .send(b.key(), b"still here?".to_vec())
+        .await
+        .unwrap();
+    b.wait("carol's message", |e| match e {
+        NodeEvent::Message { message, .. } if message.body == b"still here?" => Some(()),
+        _ => None,
+    })
+    .await;
+    c.wait("bob's receipt", |e| match e {
+        NodeEvent::Receipt { message, .. } if *message == to_bob => Some(()),
+        _ => None,
+    })
+    .await;
+    let page = b.handle.history(m_key, None, 50).await.unwrap();
+    assert_eq!(
+        page.messages.len(),
+        2,
+        "bob's message and mallory's, once each"
+    );
+    let text = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+    let mallory = m
+        .identity()
+        .to_libp2p()
+        .unwrap()
+        .public()
+        .to_peer_id()
+        .to_string();
+    for what in [
+        "direct stream refused",
+        "direct requests over the peer's rate",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(what) && l.contains(&mallory)),
+            "{what}: logged"
+        );
+    }
+    drop(four);
+    polling.abort();
 }
 
 fn meshchat_now() -> u64 {

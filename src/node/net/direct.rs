@@ -26,6 +26,9 @@ use crate::crypto::limits::MAX_ENVELOPE;
 
 /// The protocol id.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/meshchat/direct/1");
+/// The long-lived stream carrying the same batches and acks, pipelined
+/// (see [`StreamCodec`]).
+pub const STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/meshchat/direct-stream/1");
 /// The version byte that starts every request and ack.
 pub const VERSION: u8 = 1;
 /// Default largest frame: a sealed envelope plus headroom for wrapping.
@@ -70,6 +73,18 @@ impl Limits {
 
     fn max_frame_len(&self) -> usize {
         self.max_frame_len.min(u32::MAX as usize)
+    }
+
+    /// Largest encoded batch these limits let through.
+    pub fn max_batch_message(&self) -> usize {
+        3usize
+            .saturating_add(self.max_frames().saturating_mul(4))
+            .saturating_add(self.max_batch_bytes)
+    }
+
+    /// Largest encoded ack.
+    pub fn max_ack_message(&self) -> usize {
+        3 + self.max_frames()
     }
 }
 
@@ -379,5 +394,33 @@ impl libp2p::request_response::Codec for Codec {
     {
         let bytes = res.encode(&self.limits)?;
         io.write_all(&bytes).await
+    }
+}
+
+/// [`STREAM_PROTOCOL`]: the framing of `crate::relay::stream` (length ‖ id
+/// ‖ message, answers echoing the id), each request message a [`Batch`]
+/// and each answer an [`Ack`] in the layouts above. A device opens one
+/// such stream to a peer and sends its batches on it back to back; the
+/// peer's answers come in the order it finishes them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamCodec {
+    /// Enforced on what is written and read.
+    pub limits: Limits,
+}
+
+impl crate::relay::stream::ClientCodec for StreamCodec {
+    type Request = Batch;
+    type Answer = Ack;
+
+    fn max_answer(&self) -> usize {
+        self.limits.max_ack_message()
+    }
+
+    fn encode(&self, batch: &Batch) -> io::Result<Vec<u8>> {
+        Ok(batch.encode(&self.limits)?)
+    }
+
+    fn decode(&self, message: &[u8]) -> io::Result<Ack> {
+        Ok(Ack::decode(message, &self.limits)?)
     }
 }
