@@ -181,3 +181,35 @@ async fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(id: u64, frames: usize) -> (StreamReply, mpsc::UnboundedReceiver<Answer>) {
+        let (to, rx) = mpsc::unbounded_channel();
+        let reply = StreamReply {
+            id,
+            frames,
+            to: Some(to),
+            permit: None,
+        };
+        (reply, rx)
+    }
+
+    #[test]
+    fn a_reply_is_answered_once_and_a_dropped_one_refuses_every_frame() {
+        let (r, mut rx) = reply(7, 3);
+        r.send(Ack::all(FrameStatus::Accepted, 3));
+        let (id, ack, _) = rx.try_recv().unwrap();
+        assert_eq!((id, ack), (7, Ack::all(FrameStatus::Accepted, 3)));
+        // Sent once: nothing more when it is dropped after sending.
+        assert!(rx.try_recv().is_err());
+
+        let (r, mut rx) = reply(8, 2);
+        drop(r);
+        let (id, ack, _) = rx.try_recv().unwrap();
+        assert_eq!((id, ack), (8, Ack::all(FrameStatus::Rejected, 2)));
+        assert!(rx.try_recv().is_err());
+    }
+}

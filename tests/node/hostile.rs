@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use libp2p::PeerId;
-use libp2p::futures::AsyncWriteExt;
+use libp2p::futures::{AsyncWriteExt, StreamExt};
 use meshchat::crypto::{Envelope, KdfParams, Keystore};
 use meshchat::node::engine::{Engine, Event};
 use meshchat::node::net::direct::{self, Ack, Batch, FrameStatus, Limits};
@@ -12,7 +12,7 @@ use meshchat::node::net::{Net, NetConfig, NetEvent, Published};
 use meshchat::node::state::Invite;
 use meshchat::node::{NodeEvent, proto::Frame};
 use meshchat::relay::stream;
-use meshchat::store::Store;
+use meshchat::store::{DeliveryState, Store};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -249,6 +249,13 @@ async fn mallory(b: &mut TestNode, dir: &std::path::Path, seed: u64) -> (Engine,
     (m, net)
 }
 
+async fn next_stream(incoming: &mut libp2p_stream::IncomingStreams) -> (PeerId, libp2p::Stream) {
+    tokio::time::timeout(WAIT, incoming.next())
+        .await
+        .expect("a stream in time")
+        .expect("streams still accepted")
+}
+
 /// The next frame on a direct stream, or `None` once the node closed it.
 async fn stream_ack(s: &mut libp2p::Stream) -> Option<(u64, Ack)> {
     let limits = Limits::default();
@@ -446,6 +453,70 @@ async fn direct_streams_carry_batches_and_a_broken_one_is_closed_while_others_ch
         );
     }
     drop(four);
+    polling.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_unanswered_on_a_direct_stream_is_sent_again_on_a_new_one() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cfg = crate::common::config(dirs[0].path(), 51);
+    cfg.net.direct_timeout = std::time::Duration::from_secs(1);
+    let mut b = TestNode::start_with("bob", cfg).await;
+    let (mut m, mut net) = mallory(&mut b, dirs[1].path(), 52).await;
+    let m_key = m.identity().public().signing;
+    // Mallory takes direct streams, reads what comes and answers only on
+    // the second stream.
+    let mut incoming = net
+        .stream_control()
+        .accept(direct::STREAM_PROTOCOL)
+        .unwrap();
+    let polling = tokio::spawn(async move {
+        loop {
+            net.next_event().await;
+        }
+    });
+    let limits = Limits::default();
+    let next_batch = |mut s: libp2p::Stream| async move {
+        let frame =
+            tokio::time::timeout(WAIT, stream::read_frame(&mut s, limits.max_batch_message()))
+                .await
+                .expect("a batch in time")
+                .unwrap()
+                .expect("a batch, not the end");
+        (s, frame.0, Batch::decode(&frame.1, &limits).unwrap())
+    };
+    let sent = b
+        .handle
+        .send(m_key, b"once more, on a new stream".to_vec())
+        .await
+        .unwrap();
+    let (peer, first) = next_stream(&mut incoming).await;
+    assert_eq!(peer, b.peer());
+    let (first, _, _) = next_batch(first).await;
+    // No answer: after the direct timeout the batch fails, bob gives up
+    // on that stream and retries the message on a new one.
+    let (_, second) = next_stream(&mut incoming).await;
+    let (mut second, id, batch) = next_batch(second).await;
+    let handled = m
+        .receive(&b.key(), &batch.frames, meshchat_now(), true)
+        .unwrap();
+    assert!(handled.events.iter().any(|e| {
+        matches!(e, Event::MessageReceived(msg) if msg.body == b"once more, on a new stream")
+    }));
+    let ack = Ack::all(FrameStatus::Accepted, batch.frames.len());
+    write(&mut second, id, &ack.encode(&limits).unwrap())
+        .await
+        .unwrap();
+    b.wait("the message delivered", |e| match e {
+        NodeEvent::Receipt { message, state, .. }
+            if *message == sent && *state == DeliveryState::Delivered =>
+        {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    drop(first);
     polling.abort();
 }
 
