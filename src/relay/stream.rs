@@ -16,6 +16,10 @@
 //! in the answer. Lengths are bounded before anything is allocated: a
 //! request by [`MAX_REQUEST`], an answer by [`MAX_RESPONSE`].
 //!
+//! The node's direct stream (`/meshchat/direct-stream/1`) uses the same
+//! framing and client driver, with direct batches and acks as its
+//! messages; a [`ClientCodec`] says what the messages of a stream are.
+//!
 //! The relay reads at most [`STREAM_WINDOW`] requests ahead of its answers
 //! (it stops reading; the client's writes then wait), keeps at most
 //! [`MAX_STREAMS_PER_PEER`] streams per peer, and closes a stream whose
