@@ -71,6 +71,13 @@ fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(deposits);
+    // MESH_BENCH_WINDOW=N: envelopes in flight in the relay part (a
+    // diagnostic: Redis gets the same).
+    let window = std::env::var("MESH_BENCH_WINDOW")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(window);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

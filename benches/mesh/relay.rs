@@ -18,6 +18,12 @@
 //! - memory: the relay's resident set with `million` envelopes queued,
 //!   and Redis's with the same lists.
 //!
+//! The deposit, the figure held against Redis, is measured in
+//! [`DEPOSIT_ROUNDS`] alternations of ours and Redis's, one right after the
+//! other, and each side's median reported with every round's ratio: the
+//! machine's speed drifts within minutes, and a comparison of two figures
+//! taken minutes apart would measure the drift.
+//!
 //! Redis comes from the system packages (`scripts/bench-mesh.sh` installs
 //! it); without `redis-server` on the PATH its half of the report is null.
 
@@ -49,6 +55,8 @@ const FILL_BATCH: usize = 64;
 /// Most envelopes per deposit request in the timed deposit (the window
 /// still bounds how many are without a custody receipt).
 const DEPOSIT_BATCH: usize = 16;
+/// Alternations of our deposit and Redis's.
+const DEPOSIT_ROUNDS: usize = 3;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -685,20 +693,18 @@ impl RespConn {
     }
 }
 
-fn redis_half(
-    redis: &Redis,
-    deposits: usize,
-    window: usize,
-    drain: usize,
-    million: usize,
-) -> Value {
+fn redis_key(m: usize) -> Vec<u8> {
+    format!("mailbox:{m}").into_bytes()
+}
+
+/// Redis's deposit: RPUSH + EXPIRE per envelope (a deposit is the pair),
+/// `window` envelopes in flight; deposits/s.
+fn redis_deposit(redis: &Redis, deposits: usize, window: usize) -> f64 {
     let mut c = RespConn::connect(redis.port).unwrap();
-    let key = |m: usize| format!("mailbox:{m}").into_bytes();
     let value = envelope(&[1; 32], 0);
-    // Deposit: RPUSH + EXPIRE per envelope (a deposit is the pair).
     let cmds: Vec<Vec<Vec<u8>>> = (0..deposits)
         .flat_map(|i| {
-            let k = key(i % MAILBOXES);
+            let k = redis_key(i % MAILBOXES);
             [
                 vec![b"RPUSH".to_vec(), k.clone(), value.clone()],
                 vec![b"EXPIRE".to_vec(), k, b"3600".to_vec()],
@@ -707,7 +713,21 @@ fn redis_half(
         .collect();
     let t = Instant::now();
     c.pipeline(&cmds, window * 2).unwrap();
-    let deposit_rate = rate(deposits, t.elapsed());
+    rate(deposits, t.elapsed())
+}
+
+/// Redis's drain and memory, after its deposits (`held` envelopes in its
+/// lists by then).
+fn redis_half(
+    redis: &Redis,
+    deposit_runs: &[f64],
+    held: usize,
+    drain: usize,
+    million: usize,
+) -> Value {
+    let mut c = RespConn::connect(redis.port).unwrap();
+    let key = redis_key;
+    let value = envelope(&[1; 32], 0);
     // Drain: LRANGE pages of 256 over one list of `drain`.
     let list = b"mailbox:drain".to_vec();
     let fill: Vec<Vec<Vec<u8>>> = (0..drain)
@@ -729,7 +749,7 @@ fn redis_half(
     let drain_rate = rate(items, t.elapsed());
     assert_eq!(items, drain);
     // Memory with `million` envelopes queued (over the same mailboxes).
-    let more = million.saturating_sub(deposits + drain);
+    let more = million.saturating_sub(held + drain);
     let fill: Vec<Vec<Vec<u8>>> = (0..more)
         .map(|i| vec![b"RPUSH".to_vec(), key(i % MAILBOXES), value.clone()])
         .collect();
@@ -739,7 +759,8 @@ fn redis_half(
     json!({
         "version": Redis::version(),
         "config": "appendonly yes, appendfsync everysec, save \"\"",
-        "deposit_rpush_expire_per_s": deposit_rate,
+        "deposit_rpush_expire_per_s": median(deposit_runs),
+        "deposit_rpush_expire_runs_per_s": deposit_runs,
         "drain_lrange_256_envelopes_per_s": drain_rate,
         "rss_bytes_with_queued": c.info_rss(),
         "queued": million,
@@ -758,39 +779,66 @@ pub(crate) async fn relay(deposits: usize, window: usize, drain: usize, million:
         .collect();
     // MESH_BENCH_ONLY=deposit: only the deposit on the mailbox stream (to
     // profile it), no Redis.
-    let only_deposit = std::env::var("MESH_BENCH_ONLY").as_deref() == Ok("deposit");
-    let (mut deposit_single, mut single_valid) = (0.0, true);
-    let (mut deposit_rr, mut batched_valid) = (0.0, true);
-    if !only_deposit {
-        (deposit_single, single_valid) =
-            deposit_rate(&relay, &mut client, &mailboxes, (deposits, 0), window, 1).await;
-        (deposit_rr, batched_valid) = deposit_rate(
+    if std::env::var("MESH_BENCH_ONLY").as_deref() == Ok("deposit") {
+        let (deposit, valid, cpu) = deposit_rate_stream(
             &relay,
             &mut client,
             &mailboxes,
-            (deposits, 1_000_000),
+            (deposits, 2_000_000),
             window,
             DEPOSIT_BATCH,
         )
         .await;
-    }
-    let (deposit, stream_valid, deposit_cpu) = deposit_rate_stream(
-        &relay,
-        &mut client,
-        &mailboxes,
-        (deposits, 2_000_000),
-        window,
-        DEPOSIT_BATCH,
-    )
-    .await;
-    if only_deposit {
         return json!({
             "concurrency": window,
             "deposits": deposits,
             "deposit_with_custody_per_s": deposit,
-            "deposit_cpu": deposit_cpu,
-            "custody_receipts_valid": stream_valid,
+            "deposit_cpu": cpu,
+            "custody_receipts_valid": valid,
         });
+    }
+    let redis = if which("redis-server") {
+        Redis::start(bench_dir.as_deref())
+    } else {
+        None
+    };
+    let (deposit_single, single_valid) =
+        deposit_rate(&relay, &mut client, &mailboxes, (deposits, 0), window, 1).await;
+    let (deposit_rr, batched_valid) = deposit_rate(
+        &relay,
+        &mut client,
+        &mailboxes,
+        (deposits, 1_000_000),
+        window,
+        DEPOSIT_BATCH,
+    )
+    .await;
+    // The compared figure: ours on the mailbox stream, then Redis's, in
+    // turn.
+    let mut ours_runs = Vec::new();
+    let mut redis_runs = Vec::new();
+    let mut ratios = Vec::new();
+    let mut stream_valid = true;
+    let mut deposit_cpu = Vec::new();
+    for round in 0..DEPOSIT_ROUNDS {
+        let first = 2_000_000 + (round * deposits) as u64;
+        let (ours, valid, cpu) = deposit_rate_stream(
+            &relay,
+            &mut client,
+            &mailboxes,
+            (deposits, first),
+            window,
+            DEPOSIT_BATCH,
+        )
+        .await;
+        stream_valid &= valid;
+        ours_runs.push(ours);
+        deposit_cpu.push(cpu);
+        if let Some(r) = &redis {
+            let theirs = redis_deposit(r, deposits, window);
+            redis_runs.push(theirs);
+            ratios.push((ours / theirs * 100.0).round() / 100.0);
+        }
     }
 
     // Drain: a mailbox of `drain`, its owner reconnecting.
@@ -801,7 +849,7 @@ pub(crate) async fn relay(deposits: usize, window: usize, drain: usize, million:
     let drain_rate = drain_rate(&relay, &mut client, &owner, drain).await;
 
     // Memory with `million` queued.
-    let queued_now = 3 * deposits;
+    let queued_now = (2 + DEPOSIT_ROUNDS) * deposits;
     fill(
         &mut client,
         &mailboxes,
@@ -813,21 +861,18 @@ pub(crate) async fn relay(deposits: usize, window: usize, drain: usize, million:
     drop(client);
     drop(relay);
 
-    let redis = if which("redis-server") {
-        match Redis::start(bench_dir.as_deref()) {
-            Some(r) => redis_half(&r, deposits, window, drain, million),
-            None => json!({"error": "redis-server did not start"}),
-        }
-    } else {
-        json!(null)
+    let redis = match (&redis, which("redis-server")) {
+        (Some(r), _) => redis_half(r, &redis_runs, DEPOSIT_ROUNDS * deposits, drain, million),
+        (None, true) => json!({"error": "redis-server did not start"}),
+        (None, false) => json!(null),
     };
-    let redis_deposit = redis["deposit_rpush_expire_per_s"].as_f64();
     json!({
         "envelope_bytes": envelope(&[0; 32], 0).len(),
         "concurrency": window,
         "ours": {
-            "deposit_with_custody_per_s": deposit,
-            "deposit_cpu": deposit_cpu,
+            "deposit_with_custody_per_s": median(&ours_runs),
+            "deposit_with_custody_runs_per_s": ours_runs,
+            "deposit_cpu_runs": deposit_cpu,
             "deposit_batch_max": DEPOSIT_BATCH,
             "deposit_request_response_per_s": deposit_rr,
             "deposit_one_per_request_per_s": deposit_single,
@@ -841,11 +886,23 @@ pub(crate) async fn relay(deposits: usize, window: usize, drain: usize, million:
         "redis": redis,
         "targets": {
             "drain_min_per_s": 100_000,
-            "deposit_over_redis": redis_deposit.map(|r| (deposit / r * 100.0).round() / 100.0),
+            "deposit_over_redis": (!ratios.is_empty()).then(|| median(&ratios)),
+            "deposit_over_redis_runs": ratios,
             "deposit_over_redis_min": 0.5,
             "rss_with_queued_max_bytes": 300u64 * 1024 * 1024,
         },
     })
+}
+
+/// The median of `xs` (the mean of the middle two for an even count).
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn which(program: &str) -> bool {
