@@ -792,8 +792,16 @@ impl Actor {
         if frames.is_empty() {
             return;
         }
+        let batch = direct::Batch::new(frames);
+        // What the peer would refuse fails here, as request-response's
+        // send does, rather than break the stream.
+        if let Err(e) = batch.check(&limits) {
+            warn!(%peer, error = %e, "direct batch not sent");
+            self.failed(positions);
+            return;
+        }
         self.busy.insert(peer);
-        match self.direct_links.send(peer, direct::Batch::new(frames)) {
+        match self.direct_links.send(peer, batch) {
             Ok(id) => {
                 self.direct_in_flight
                     .insert(id, (peer, positions, Instant::now()));

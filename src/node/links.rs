@@ -27,7 +27,7 @@ use crate::relay::stream::{self, ClientAnswer, ClientCodec};
 /// A link with nothing sent for this long is closed (once its answers are
 /// in).
 pub(crate) const IDLE: Duration = Duration::from_secs(60);
-/// Most relays remembered as not speaking the stream protocol.
+/// Most peers remembered as not speaking the stream protocol.
 const MAX_UNSUPPORTED: usize = 1024;
 
 /// What a link's task reports.
@@ -57,6 +57,7 @@ struct Link<Q> {
     generation: u64,
     requests: mpsc::UnboundedSender<(u64, Q)>,
     last_used: Instant,
+    task: tokio::task::AbortHandle,
 }
 
 /// The node's links of one protocol; owned by the swarm's task.
@@ -122,20 +123,22 @@ impl<C: ClientCodec + Clone> Links<C> {
         let _ = requests.send(item);
         let generation = self.next_generation;
         self.next_generation += 1;
-        tokio::spawn(run_link(
+        let task = tokio::spawn(run_link(
             self.control.clone(),
             (self.protocol.clone(), self.codec.clone()),
             peer,
             generation,
             rx,
             self.to_actor.clone(),
-        ));
+        ))
+        .abort_handle();
         self.links.insert(
             peer,
             Link {
                 generation,
                 requests,
                 last_used: now,
+                task,
             },
         );
         Ok(id)
@@ -161,11 +164,13 @@ impl<C: ClientCodec + Clone> Links<C> {
         }
     }
 
-    /// Drops `peer`'s link: its task finishes what was sent and ends, and
-    /// the next request opens a new stream (for a link whose answers stopped
-    /// coming).
+    /// Ends `peer`'s link at once, stream and task, without answering
+    /// what is open on it (the caller has failed those requests); the next
+    /// request opens a new stream. For a link whose answers stopped coming.
     pub(crate) fn drop_link(&mut self, peer: &PeerId) {
-        self.links.remove(peer);
+        if let Some(link) = self.links.remove(peer) {
+            link.task.abort();
+        }
     }
 
     /// Closes links with nothing sent for [`IDLE`] (each finishes its

@@ -65,8 +65,10 @@ pub fn push_frame(out: &mut Vec<u8>, id: u64, message: &[u8]) -> io::Result<()> 
 
 /// Reads one frame whose message is at most `max` bytes. `None` when the
 /// stream ends cleanly between frames; an `InvalidData` error for a length
-/// out of bounds (checked before allocating) or a stream cut inside a
-/// frame.
+/// out of bounds (checked before anything is allocated), `UnexpectedEof`
+/// for a stream cut inside a frame. The message's buffer grows with the
+/// bytes that arrive, so a peer that announces a large frame and sends
+/// nothing more holds no more memory than it sent.
 pub async fn read_frame<T: AsyncRead + Unpin>(
     io: &mut T,
     max: usize,
@@ -86,13 +88,23 @@ pub async fn read_frame<T: AsyncRead + Unpin>(
     if len < 8 || len - 8 > max {
         return Err(invalid(format_args!(
             "a frame of {len} bytes (8 to {} allowed)",
-            max + 8
+            max.saturating_add(8)
         )));
     }
     let mut id = [0u8; 8];
     io.read_exact(&mut id).await?;
-    let mut message = vec![0u8; len - 8];
-    io.read_exact(&mut message).await?;
+    let want = len - 8;
+    let mut message = Vec::new();
+    (&mut *io)
+        .take(want as u64)
+        .read_to_end(&mut message)
+        .await?;
+    if message.len() != want {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "stream cut inside a frame",
+        ));
+    }
     Ok(Some((u64::from_be_bytes(id), message)))
 }
 
@@ -162,17 +174,19 @@ pub async fn run_client<C: ClientCodec>(
         let requests = &mut requests;
         async move {
             let mut buf = Vec::new();
+            // Each id is open before its request is encoded: a request
+            // that fails to encode fails the stream, and every open id is
+            // then answered with the error.
             while let Some((id, request)) = requests.recv().await {
                 buf.clear();
-                let mut ids = vec![id];
+                lock(&open).insert(id);
                 push_frame(&mut buf, id, &codec.encode(&request)?)?;
                 while buf.len() < WRITE_CHUNK
                     && let Ok((id, request)) = requests.try_recv()
                 {
+                    lock(&open).insert(id);
                     push_frame(&mut buf, id, &codec.encode(&request)?)?;
-                    ids.push(id);
                 }
-                lock(&open).extend(ids);
                 wr.write_all(&buf).await?;
                 wr.flush().await?;
             }
@@ -189,10 +203,12 @@ pub async fn run_client<C: ClientCodec>(
                 let Some((id, bytes)) = read_frame(&mut rd, codec.max_answer()).await? else {
                     return Ok(());
                 };
-                if !lock(&open).remove(&id) {
+                if !lock(&open).contains(&id) {
                     return Err(invalid(format_args!("an answer to request {id}, not open")));
                 }
+                // Still open if it does not decode: answered with the error.
                 let response = codec.decode(&bytes)?;
+                lock(&open).remove(&id);
                 if answers.send((id, Ok(response))).is_err() {
                     return Ok(());
                 }
@@ -210,7 +226,7 @@ pub async fn run_client<C: ClientCodec>(
                 },
                 r = &mut reader => match r {
                     Ok(()) if !writing && lock(&open).is_empty() => break None,
-                    Ok(()) => break Some("the relay closed the stream".to_owned()),
+                    Ok(()) => break Some("the other side closed the stream".to_owned()),
                     Err(e) => break Some(e.to_string()),
                 },
             }
@@ -313,6 +329,11 @@ mod tests {
             assert!(read_frame(&mut io, 16).await.is_err());
             let mut io = Cursor::new(buf[..10].to_vec());
             assert!(read_frame(&mut io, 16).await.is_err());
+            // A large frame announced, a few bytes sent: the stream's end
+            // is an error, and the buffer held only what came.
+            let mut io = Cursor::new([&[0, 16, 0, 8][..], &[0; 8], &[1, 2, 3]].concat());
+            let e = read_frame(&mut io, 1 << 21).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
         });
     }
 }

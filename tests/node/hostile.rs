@@ -496,6 +496,13 @@ async fn a_batch_unanswered_on_a_direct_stream_is_sent_again_on_a_new_one() {
     // No answer: after the direct timeout the batch fails, bob gives up
     // on that stream and retries the message on a new one.
     let (_, second) = next_stream(&mut incoming).await;
+    // Bob has closed his side of the stream he gave up on.
+    let mut first = first;
+    assert_eq!(
+        stream_ack(&mut first).await,
+        None,
+        "bob closed the old stream"
+    );
     let (mut second, id, batch) = next_batch(second).await;
     let handled = m
         .receive(&b.key(), &batch.frames, meshchat_now(), true)
@@ -516,7 +523,6 @@ async fn a_batch_unanswered_on_a_direct_stream_is_sent_again_on_a_new_one() {
         _ => None,
     })
     .await;
-    drop(first);
     polling.abort();
 }
 
