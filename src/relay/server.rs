@@ -24,10 +24,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
-use libp2p::futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, warn};
 
@@ -35,7 +34,7 @@ use super::codec::Inbound;
 use super::metrics::Metrics;
 use super::proto::{MAX_REQUEST, Refusal, Request, Response};
 use super::service::{Limits, Outgoing, Service};
-use super::stream::{self, OpenStreams, StreamSlot};
+use super::stream;
 use crate::crypto::{DataKey, DeviceIdentity};
 use crate::node::net::direct::{Ack, FrameStatus};
 use crate::node::net::{
@@ -326,23 +325,18 @@ impl Relay {
             owners: Mutex::new(RateLimiter::new(limits.owner_rate, limits.rate_peers)),
             complaints: Mutex::default(),
         });
-        let mut incoming = net
+        let incoming = net
             .stream_control()
             .accept(stream::PROTOCOL)
             .map_err(|e| RelayError::Net(crate::node::net::NetError::Behaviour(e.to_string())))?;
         let accepting = {
-            let gate = gate.clone();
-            let streams = Arc::new(OpenStreams::default());
-            tokio::spawn(async move {
-                while let Some((peer, s)) = incoming.next().await {
-                    match streams.take(peer) {
-                        Some(slot) => {
-                            tokio::spawn(serve_stream(gate.clone(), peer, s, slot));
-                        }
-                        None => gate.complain(&peer, "too many mailbox streams; refused"),
-                    }
-                }
-            })
+            let serving = gate.clone();
+            let refusing = gate.clone();
+            tokio::spawn(stream::accept(
+                incoming,
+                move |peer, s| serve_stream(serving.clone(), peer, s),
+                move |peer| refusing.complain(&peer, "too many mailbox streams; refused"),
+            ))
         };
         info!(%peer_id, "relay started");
         let actor = Actor {
@@ -392,33 +386,16 @@ enum Out {
 enum Reply {
     /// Through the swarm's task, to a request-response channel.
     Token(u64),
-    /// Straight to the writer of the mailbox stream it came on; the
-    /// permit is the request's place in the stream's window.
-    Stream {
-        id: u64,
-        to: mpsc::UnboundedSender<StreamAnswer>,
-        permit: OwnedSemaphorePermit,
-    },
-}
-
-/// An answer on its way to a mailbox stream's writer.
-struct StreamAnswer {
-    id: u64,
-    response: Response,
-    /// Given back (the window opens) once the answer is written.
-    _permit: OwnedSemaphorePermit,
+    /// Straight to the writer of the mailbox stream it came on.
+    Stream(stream::Responder<Response>),
 }
 
 impl Reply {
     /// Sends `response` to a stream's writer (a token reply is dropped:
     /// only the stream tasks call this).
     fn send_stream(self, response: Response) {
-        if let Self::Stream { id, to, permit } = self {
-            let _ = to.send(StreamAnswer {
-                id,
-                response,
-                _permit: permit,
-            });
+        if let Self::Stream(r) = self {
+            r.send(response);
         }
     }
 
@@ -429,13 +406,7 @@ impl Reply {
             Self::Token(token) => {
                 let _ = outs.send(Out::Respond { token, response });
             }
-            Self::Stream { id, to, permit } => {
-                let _ = to.send(StreamAnswer {
-                    id,
-                    response,
-                    _permit: permit,
-                });
-            }
+            Self::Stream(r) => r.send(response),
         }
     }
 }
@@ -824,82 +795,41 @@ impl Drop for OpenGauge {
 }
 
 /// Serves one mailbox stream (see [`super::stream`]) until the peer
-/// closes it and every answer is written, or its framing breaks.
-async fn serve_stream(gate: Arc<Gate>, peer: PeerId, stream: libp2p::Stream, slot: StreamSlot) {
-    let _slot = slot;
+/// closes it and every answer is written, or its framing breaks. A request
+/// that is well framed but does not decode is answered
+/// `Refused(Malformed)` and the stream goes on.
+async fn serve_stream(gate: Arc<Gate>, peer: PeerId, s: libp2p::Stream) {
     Metrics::add(&gate.metrics.mailbox_streams, 1);
     Metrics::add(&gate.metrics.mailbox_streams_open, 1);
     let _open = OpenGauge(gate.metrics.clone());
-    let (mut rd, mut wr) = stream.split();
-    let (to_writer, mut answers) = mpsc::unbounded_channel::<StreamAnswer>();
-    let window = Arc::new(Semaphore::new(stream::STREAM_WINDOW));
-    let writer = async move {
-        let mut buf = Vec::new();
-        while let Some(first) = answers.recv().await {
-            buf.clear();
-            stream::push_frame(&mut buf, first.id, &first.response.to_bytes())?;
-            let mut written = vec![first];
-            while buf.len() < 256 * 1024
-                && let Ok(more) = answers.try_recv()
-            {
-                stream::push_frame(&mut buf, more.id, &more.response.to_bytes())?;
-                written.push(more);
-            }
-            wr.write_all(&buf).await?;
-            wr.flush().await?;
-            // The window opens only now.
-            drop(written);
-        }
-        wr.close().await
-    };
-    let reader = {
-        let gate = gate.clone();
-        async move {
-            loop {
-                let Ok(permit) = window.clone().acquire_owned().await else {
-                    return Ok(());
-                };
-                let Some((id, bytes)) = stream::read_frame(&mut rd, MAX_REQUEST).await? else {
-                    return std::io::Result::Ok(());
-                };
-                let reply = Reply::Stream {
-                    id,
-                    to: to_writer.clone(),
-                    permit,
-                };
-                match Request::from_bytes(&bytes) {
-                    Ok(request) => {
-                        if let Err((reply, why)) = gate.admit(peer, request, reply) {
-                            reply.send_stream(Response::Refused(why));
-                        }
-                    }
-                    Err(e) => {
-                        gate.malformed(&peer, &e.to_string());
-                        reply.send_stream(Response::Refused(Refusal::Malformed));
+    let served = stream::serve(
+        s,
+        stream::STREAM_WINDOW,
+        MAX_REQUEST,
+        |response: &Response| Ok(response.to_bytes()),
+        |_, bytes, responder| {
+            let reply = Reply::Stream(responder);
+            match Request::from_bytes(&bytes) {
+                Ok(request) => {
+                    if let Err((reply, why)) = gate.admit(peer, request, reply) {
+                        reply.send_stream(Response::Refused(why));
                     }
                 }
-            }
-        }
-    };
-    tokio::pin!(writer);
-    tokio::select! {
-        read = reader => match read {
-            // The peer sent all it had: finish its answers.
-            Ok(()) => {
-                if let Err(e) = writer.await {
-                    debug!(%peer, error = %e, "mailbox stream closed before its answers");
+                Err(e) => {
+                    gate.malformed(&peer, &e.to_string());
+                    reply.send_stream(Response::Refused(Refusal::Malformed));
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                gate.malformed(&peer, &e.to_string());
-            }
-            Err(e) => debug!(%peer, error = %e, "mailbox stream cut"),
+            Ok(true)
         },
-        written = &mut writer => {
-            if let Err(e) = written {
-                debug!(%peer, error = %e, "mailbox stream closed before its answers");
-            }
+    )
+    .await;
+    match served {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            gate.malformed(&peer, &e.to_string());
         }
+        Err(e) => debug!(%peer, error = %e, "mailbox stream cut"),
     }
 }
 

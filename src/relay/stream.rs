@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use libp2p::futures::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 #[cfg(any(test, doc))]
 use super::proto::MAX_REQUEST;
@@ -44,6 +44,8 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/meshchat/mailbox-stre
 pub const STREAM_WINDOW: usize = 64;
 /// Most mailbox streams a relay keeps open per peer.
 pub const MAX_STREAMS_PER_PEER: usize = 4;
+/// Most bytes allocated for a frame's message before its bytes arrive.
+const PREALLOCATE_MESSAGE: usize = 64 * 1024;
 /// Most bytes of frames gathered into one write.
 const WRITE_CHUNK: usize = 256 * 1024;
 
@@ -68,7 +70,7 @@ pub fn push_frame(out: &mut Vec<u8>, id: u64, message: &[u8]) -> io::Result<()> 
 /// out of bounds (checked before anything is allocated), `UnexpectedEof`
 /// for a stream cut inside a frame. The message's buffer grows with the
 /// bytes that arrive, so a peer that announces a large frame and sends
-/// nothing more holds no more memory than it sent.
+/// nothing more holds at most 64 KiB more than it sent.
 pub async fn read_frame<T: AsyncRead + Unpin>(
     io: &mut T,
     max: usize,
@@ -94,7 +96,8 @@ pub async fn read_frame<T: AsyncRead + Unpin>(
     let mut id = [0u8; 8];
     io.read_exact(&mut id).await?;
     let want = len - 8;
-    let mut message = Vec::new();
+    // Room for a usual message at once; a larger one grows as it comes.
+    let mut message = Vec::with_capacity(want.min(PREALLOCATE_MESSAGE));
     (&mut *io)
         .take(want as u64)
         .read_to_end(&mut message)
@@ -247,21 +250,166 @@ pub async fn run_client<C: ClientCodec>(
     }
 }
 
+/// Where the serving side's answer to one request goes: the writer of the
+/// stream it came on. It holds the request's place in the stream's window,
+/// given back once the answer is written. Dropped unanswered, it sends its
+/// fallback answer if it has one (see [`Responder::or_else`]).
+#[derive(Debug)]
+pub struct Responder<A> {
+    id: u64,
+    to: Option<mpsc::UnboundedSender<Answered<A>>>,
+    permit: Option<OwnedSemaphorePermit>,
+    /// Boxed: most responders have none, and stay small.
+    fallback: Option<Box<A>>,
+}
+
+/// An answer on its way to a stream's writer.
+type Answered<A> = (u64, A, Option<OwnedSemaphorePermit>);
+
+impl<A> Responder<A> {
+    /// The request's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Answers with `fallback` if dropped unanswered, so that the client
+    /// is never left waiting on a request lost on the way.
+    pub fn or_else(mut self, fallback: A) -> Self {
+        self.fallback = Some(Box::new(fallback));
+        self
+    }
+
+    /// Sends `answer` (written once the answers before it are).
+    pub fn send(mut self, answer: A) {
+        if let Some(to) = self.to.take() {
+            let _ = to.send((self.id, answer, self.permit.take()));
+        }
+    }
+}
+
+impl<A> Drop for Responder<A> {
+    fn drop(&mut self) {
+        if let (Some(to), Some(answer)) = (self.to.take(), self.fallback.take()) {
+            let _ = to.send((self.id, *answer, self.permit.take()));
+        }
+    }
+}
+
+/// Serves one stream: reads requests of at most `max_request` bytes, at
+/// most `window` ahead of their answers (then stops reading, and the
+/// client's writes wait), and hands each to `on_request` with the
+/// [`Responder`] its answer goes through; writes the answers as they come,
+/// those waiting gathered into one write, each encoded by `encode`.
+/// `on_request` returns `false` to stop reading. Returns once the client
+/// has closed its side and every answer is written, or on the first error
+/// (`InvalidData`: the client broke the framing, or `on_request` said the
+/// request was not acceptable by returning that error).
+pub async fn serve<A, E, F>(
+    stream: Stream,
+    window: usize,
+    max_request: usize,
+    encode: E,
+    mut on_request: F,
+) -> io::Result<()>
+where
+    E: Fn(&A) -> io::Result<Vec<u8>>,
+    F: FnMut(u64, Vec<u8>, Responder<A>) -> io::Result<bool>,
+{
+    let (mut rd, mut wr) = stream.split();
+    let (to_writer, mut answers) = mpsc::unbounded_channel::<Answered<A>>();
+    let window = Arc::new(Semaphore::new(window));
+    let writer = async move {
+        let mut buf = Vec::new();
+        while let Some((id, answer, permit)) = answers.recv().await {
+            buf.clear();
+            push_frame(&mut buf, id, &encode(&answer)?)?;
+            let mut permits = vec![permit];
+            while buf.len() < WRITE_CHUNK
+                && let Ok((id, answer, permit)) = answers.try_recv()
+            {
+                push_frame(&mut buf, id, &encode(&answer)?)?;
+                permits.push(permit);
+            }
+            wr.write_all(&buf).await?;
+            wr.flush().await?;
+            // The window opens only now.
+            drop(permits);
+        }
+        wr.close().await
+    };
+    let reader = async move {
+        loop {
+            let Ok(permit) = window.clone().acquire_owned().await else {
+                return Ok(());
+            };
+            let Some((id, bytes)) = read_frame(&mut rd, max_request).await? else {
+                return io::Result::Ok(());
+            };
+            let responder = Responder {
+                id,
+                to: Some(to_writer.clone()),
+                permit: Some(permit),
+                fallback: None,
+            };
+            if !on_request(id, bytes, responder)? {
+                return Ok(());
+            }
+        }
+    };
+    tokio::pin!(writer);
+    tokio::select! {
+        // The client sent all it had: finish its answers.
+        read = reader => {
+            read?;
+            writer.await
+        }
+        written = &mut writer => written,
+    }
+}
+
+/// Takes the streams `incoming` brings, at most [`MAX_STREAMS_PER_PEER`]
+/// at a time per peer, and runs `serve_one` on a task of its own for each
+/// (holding the peer's place until it returns); a stream over the count
+/// is dropped and `refused` told. Runs until `incoming` ends.
+pub async fn accept<S, Fut>(
+    mut incoming: libp2p_stream::IncomingStreams,
+    mut serve_one: S,
+    mut refused: impl FnMut(PeerId),
+) where
+    S: FnMut(PeerId, Stream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use libp2p::futures::StreamExt;
+    let streams = Arc::new(OpenStreams::default());
+    while let Some((peer, s)) = incoming.next().await {
+        match streams.take(peer) {
+            Some(slot) => {
+                let serving = serve_one(peer, s);
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    serving.await;
+                });
+            }
+            None => refused(peer),
+        }
+    }
+}
+
 /// Counts a peer's open streams; see [`MAX_STREAMS_PER_PEER`].
 #[derive(Debug, Default)]
-pub(crate) struct OpenStreams {
+struct OpenStreams {
     per_peer: Mutex<std::collections::HashMap<PeerId, usize>>,
 }
 
 /// A place among a peer's open streams, given back when dropped.
-pub(crate) struct StreamSlot {
+struct StreamSlot {
     streams: Arc<OpenStreams>,
     peer: PeerId,
 }
 
 impl OpenStreams {
     /// Takes a place for one more stream of `peer`, if it has one left.
-    pub(crate) fn take(self: &Arc<Self>, peer: PeerId) -> Option<StreamSlot> {
+    fn take(self: &Arc<Self>, peer: PeerId) -> Option<StreamSlot> {
         let mut map = self.per_peer.lock().unwrap_or_else(PoisonError::into_inner);
         let n = map.entry(peer).or_default();
         if *n >= MAX_STREAMS_PER_PEER {
@@ -296,6 +444,36 @@ mod tests {
     use super::*;
     use libp2p::futures::executor::block_on;
     use libp2p::futures::io::Cursor;
+
+    fn responder(id: u64) -> (Responder<u8>, mpsc::UnboundedReceiver<Answered<u8>>) {
+        let (to, rx) = mpsc::unbounded_channel();
+        let r = Responder {
+            id,
+            to: Some(to),
+            permit: None,
+            fallback: None,
+        };
+        (r, rx)
+    }
+
+    #[test]
+    fn a_responder_answers_once_and_a_dropped_one_sends_its_fallback() {
+        let (r, mut rx) = responder(7);
+        r.or_else(2).send(1);
+        assert_eq!(rx.try_recv().map(|(id, a, _)| (id, a)), Ok((7, 1)));
+        // Answered: nothing more when dropped.
+        assert!(rx.try_recv().is_err());
+
+        let (r, mut rx) = responder(8);
+        drop(r.or_else(2));
+        assert_eq!(rx.try_recv().map(|(id, a, _)| (id, a)), Ok((8, 2)));
+        assert!(rx.try_recv().is_err());
+
+        // No fallback: nothing.
+        let (r, mut rx) = responder(9);
+        drop(r);
+        assert!(rx.try_recv().is_err());
+    }
 
     #[test]
     fn frames_round_trip_and_bad_lengths_are_refused_before_allocating() {
