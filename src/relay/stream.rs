@@ -17,8 +17,9 @@
 //! request by [`MAX_REQUEST`], an answer by [`MAX_RESPONSE`].
 //!
 //! The node's direct stream (`/meshchat/direct-stream/1`) uses the same
-//! framing and client driver, with direct batches and acks as its
-//! messages; a [`ClientCodec`] says what the messages of a stream are.
+//! framing, client driver ([`run_client`]), serving loop ([`serve`]) and
+//! acceptor ([`accept`]), with direct batches and acks as its messages; a
+//! [`ClientCodec`] says what the messages of a stream are.
 //!
 //! The relay reads at most [`STREAM_WINDOW`] requests ahead of its answers
 //! (it stops reading; the client's writes then wait), keeps at most
