@@ -157,7 +157,7 @@ impl Node {
         let (inbound_tx, inbound) = mpsc::unbounded_channel();
         inbound::accept(
             &mut net.stream_control(),
-            config.net.direct_limits,
+            (config.net.direct_limits, config.net.stream_idle_timeout),
             inbound_tx,
         )
         .map_err(|e| NodeError::Net(super::net::NetError::Behaviour(e.to_string())))?;

@@ -11,8 +11,10 @@
 //!
 //! Bounds: at most [`STREAM_WINDOW`] batches of a stream unanswered (the
 //! reader stops reading, and the peer's writes then wait), at most
-//! [`stream::MAX_STREAMS_PER_PEER`] streams per peer. A stream whose
-//! framing or batch does not decode is closed and the peer noted.
+//! [`stream::MAX_STREAMS_PER_PEER`] streams per peer, read no more once
+//! no whole batch has come for the configured idle time
+//! (`NetConfig::stream_idle_timeout`). A stream whose framing or batch
+//! does not decode is closed and the peer noted.
 
 use libp2p::PeerId;
 use tokio::sync::mpsc;
@@ -47,14 +49,14 @@ pub(crate) enum Inbound {
 /// `to_actor`.
 pub(crate) fn accept(
     control: &mut libp2p_stream::Control,
-    limits: Limits,
+    (limits, idle): (Limits, std::time::Duration),
     to_actor: mpsc::UnboundedSender<Inbound>,
 ) -> Result<tokio::task::JoinHandle<()>, libp2p_stream::AlreadyRegistered> {
     let incoming = control.accept(STREAM_PROTOCOL)?;
     let refused = to_actor.clone();
     Ok(tokio::spawn(stream::accept(
         incoming,
-        move |peer, s| serve(peer, s, limits, to_actor.clone()),
+        move |peer, s| serve(peer, s, (limits, idle), to_actor.clone()),
         move |peer| {
             let why = format!("more than {MAX_STREAMS_PER_PEER} direct streams");
             let _ = refused.send(Inbound::Refused { peer, why });
@@ -67,13 +69,17 @@ pub(crate) fn accept(
 async fn serve(
     peer: PeerId,
     s: libp2p::Stream,
-    limits: Limits,
+    (limits, idle): (Limits, std::time::Duration),
     to_actor: mpsc::UnboundedSender<Inbound>,
 ) {
+    let how = stream::Serving {
+        window: STREAM_WINDOW,
+        max_request: limits.max_batch_message(),
+        idle,
+    };
     let served = stream::serve(
         s,
-        STREAM_WINDOW,
-        limits.max_batch_message(),
+        how,
         |ack: &Ack| Ok(ack.encode(&limits)?),
         |_, bytes, responder| {
             let batch = Batch::decode(&bytes, &limits)?;

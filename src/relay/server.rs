@@ -332,9 +332,10 @@ impl Relay {
         let accepting = {
             let serving = gate.clone();
             let refusing = gate.clone();
+            let idle = cfg.net.stream_idle_timeout;
             tokio::spawn(stream::accept(
                 incoming,
-                move |peer, s| serve_stream(serving.clone(), peer, s),
+                move |peer, s| serve_stream(serving.clone(), peer, s, idle),
                 move |peer| refusing.complain(&peer, "too many mailbox streams; refused"),
             ))
         };
@@ -798,14 +799,18 @@ impl Drop for OpenGauge {
 /// closes it and every answer is written, or its framing breaks. A request
 /// that is well framed but does not decode is answered
 /// `Refused(Malformed)` and the stream goes on.
-async fn serve_stream(gate: Arc<Gate>, peer: PeerId, s: libp2p::Stream) {
+async fn serve_stream(gate: Arc<Gate>, peer: PeerId, s: libp2p::Stream, idle: Duration) {
     Metrics::add(&gate.metrics.mailbox_streams, 1);
     Metrics::add(&gate.metrics.mailbox_streams_open, 1);
     let _open = OpenGauge(gate.metrics.clone());
+    let how = stream::Serving {
+        window: stream::STREAM_WINDOW,
+        max_request: MAX_REQUEST,
+        idle,
+    };
     let served = stream::serve(
         s,
-        stream::STREAM_WINDOW,
-        MAX_REQUEST,
+        how,
         |response: &Response| Ok(response.to_bytes()),
         |_, bytes, responder| {
             let reply = Reply::Stream(responder);

@@ -296,19 +296,31 @@ impl<A> Drop for Responder<A> {
     }
 }
 
-/// Serves one stream: reads requests of at most `max_request` bytes, at
-/// most `window` ahead of their answers (then stops reading, and the
-/// client's writes wait), and hands each to `on_request` with the
-/// [`Responder`] its answer goes through; writes the answers as they come,
-/// those waiting gathered into one write, each encoded by `encode`.
-/// `on_request` returns `false` to stop reading. Returns once the client
-/// has closed its side and every answer is written, or on the first error
-/// (`InvalidData`: the client broke the framing, or `on_request` said the
-/// request was not acceptable by returning that error).
+/// How a stream is served: see [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct Serving {
+    /// Most requests read ahead of their answers.
+    pub window: usize,
+    /// Largest request message.
+    pub max_request: usize,
+    /// Longest wait for the next whole request: then nothing more is
+    /// read, the answers still due are written, and the stream closes.
+    pub idle: std::time::Duration,
+}
+
+/// Serves one stream: reads requests (bounded as `how` says: at most
+/// `window` ahead of their answers, then it stops reading and the client's
+/// writes wait), and hands each to `on_request` with the [`Responder`] its
+/// answer goes through; writes the answers as they come, those waiting
+/// gathered into one write, each encoded by `encode`. `on_request` returns
+/// `false` to stop reading. Returns once the client has closed its side,
+/// or been idle for `how.idle`, and every answer is written; or on the
+/// first error (`InvalidData`: the client broke the framing, or
+/// `on_request` said the request was not acceptable by returning that
+/// error).
 pub async fn serve<A, E, F>(
     stream: Stream,
-    window: usize,
-    max_request: usize,
+    how: Serving,
     encode: E,
     mut on_request: F,
 ) -> io::Result<()>
@@ -318,7 +330,7 @@ where
 {
     let (mut rd, mut wr) = stream.split();
     let (to_writer, mut answers) = mpsc::unbounded_channel::<Answered<A>>();
-    let window = Arc::new(Semaphore::new(window));
+    let window = Arc::new(Semaphore::new(how.window));
     let writer = async move {
         let mut buf = Vec::new();
         while let Some((id, answer, permit)) = answers.recv().await {
@@ -343,7 +355,12 @@ where
             let Ok(permit) = window.clone().acquire_owned().await else {
                 return Ok(());
             };
-            let Some((id, bytes)) = read_frame(&mut rd, max_request).await? else {
+            let next = tokio::time::timeout(how.idle, read_frame(&mut rd, how.max_request));
+            // Idle (or a frame stalled part way): read no more.
+            let Ok(frame) = next.await else {
+                return Ok(());
+            };
+            let Some((id, bytes)) = frame? else {
                 return io::Result::Ok(());
             };
             let responder = Responder {

@@ -526,6 +526,58 @@ async fn a_batch_unanswered_on_a_direct_stream_is_sent_again_on_a_new_one() {
     polling.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_stream_left_idle_is_answered_then_closed() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cfg = crate::common::config(dirs[0].path(), 61);
+    cfg.net.stream_idle_timeout = std::time::Duration::from_millis(300);
+    let mut b = TestNode::start_with("bob", cfg).await;
+    let (_m, net) = mallory(&mut b, dirs[1].path(), 62).await;
+    let bp = b.peer();
+    let control = net.stream_control();
+    let polling = tokio::spawn(async move {
+        let mut net = net;
+        loop {
+            net.next_event().await;
+        }
+    });
+    let open = || {
+        let mut control = control.clone();
+        async move {
+            tokio::time::timeout(WAIT, control.open_stream(bp, direct::STREAM_PROTOCOL))
+                .await
+                .expect("stream opened in time")
+                .expect("bob takes direct streams")
+        }
+    };
+    let limits = Limits::default();
+
+    // A batch, then silence: its ack comes, then bob closes the stream.
+    let mut s = open().await;
+    let junk = Batch::new(vec![vec![1, 2, 3]]).encode(&limits).unwrap();
+    write(&mut s, 1, &junk).await.unwrap();
+    assert_eq!(
+        stream_ack(&mut s).await,
+        Some((1, Ack::all(FrameStatus::Rejected, 1)))
+    );
+    assert_eq!(stream_ack(&mut s).await, None, "closed once idle");
+    // Nothing at all, or a frame's first bytes only: closed as well.
+    let mut silent = open().await;
+    assert_eq!(stream_ack(&mut silent).await, None, "closed once idle");
+    let mut stalled = open().await;
+    stalled.write_all(&[0, 0]).await.unwrap();
+    stalled.flush().await.unwrap();
+    assert_eq!(stream_ack(&mut stalled).await, None, "closed once idle");
+    // Bob still takes streams.
+    let mut again = open().await;
+    write(&mut again, 2, &junk).await.unwrap();
+    assert_eq!(
+        stream_ack(&mut again).await,
+        Some((2, Ack::all(FrameStatus::Rejected, 1)))
+    );
+    polling.abort();
+}
+
 fn meshchat_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -12,6 +12,8 @@ use super::validate::{DEFAULT_RATE_PEERS, GossipLimits, RateLimit};
 /// connection that only gossipsub uses as soon as the peer leaves our mesh;
 /// a minute keeps direct-path peers connected between messages.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default [`NetConfig::stream_idle_timeout`].
+const DEFAULT_STREAM_IDLE: Duration = Duration::from_secs(120);
 /// Default timeout of a direct request (after it, the outbox retries the
 /// frames with backoff, by the mesh if the peer is gone).
 pub const DEFAULT_DIRECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,6 +97,11 @@ pub struct NetConfig {
     /// Read mailbox requests of any size (relay mode); otherwise only
     /// small ones, answered `NotRelay`.
     pub serve_mailboxes: bool,
+    /// A stream we serve (mailbox or direct) on which no whole request
+    /// arrives for this long is read no more: what it sent is answered,
+    /// then it is closed. Above the 60 s after which our own side lets an
+    /// unused stream go.
+    pub stream_idle_timeout: Duration,
 }
 
 impl Default for NetConfig {
@@ -136,6 +143,7 @@ impl NetConfig {
             mailbox_timeout: DEFAULT_MAILBOX_TIMEOUT,
             relay_server: None,
             serve_mailboxes: false,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE,
         }
     }
 }
