@@ -369,6 +369,7 @@ async fn deposit_rate_stream(
     let driver = tokio::spawn(meshchat::relay::stream::run_client(
         meshchat::relay::stream::MailboxCodec,
         stream,
+        Duration::from_secs(60),
         requests_rx,
         answers_tx,
     ));

@@ -146,14 +146,17 @@ impl Node {
         });
         let (links, link_events) = Links::new(
             net.stream_control(),
-            crate::relay::stream::PROTOCOL,
-            MailboxCodec,
+            (crate::relay::stream::PROTOCOL, MailboxCodec),
+            config.net.mailbox_timeout,
         );
         let direct_codec = direct::StreamCodec {
             limits: config.net.direct_limits,
         };
-        let (direct_links, direct_events) =
-            Links::new(net.stream_control(), direct::STREAM_PROTOCOL, direct_codec);
+        let (direct_links, direct_events) = Links::new(
+            net.stream_control(),
+            (direct::STREAM_PROTOCOL, direct_codec),
+            config.net.direct_timeout,
+        );
         let (inbound_tx, inbound) = mpsc::unbounded_channel();
         inbound::accept(
             &mut net.stream_control(),
@@ -272,10 +275,10 @@ struct Actor {
     links: Links<MailboxCodec>,
     link_events: mpsc::UnboundedReceiver<EventOf<MailboxCodec>>,
     link_in_flight: HashMap<u64, (PeerId, Purpose)>,
-    /// Direct batches on our direct streams to peers, and when each left.
+    /// Direct batches on our direct streams to peers.
     direct_links: Links<direct::StreamCodec>,
     direct_events: mpsc::UnboundedReceiver<EventOf<direct::StreamCodec>>,
-    direct_in_flight: HashMap<u64, (PeerId, Vec<Option<u64>>, Instant)>,
+    direct_in_flight: HashMap<u64, (PeerId, Vec<Option<u64>>)>,
     /// Batches peers sent on their direct streams to us.
     inbound: mpsc::UnboundedReceiver<Inbound>,
     last_redial: Instant,
@@ -322,7 +325,6 @@ impl Actor {
                 _ = tick.tick() => {
                     self.links.close_idle(Instant::now());
                     self.direct_links.close_idle(Instant::now());
-                    self.direct_timeouts(Instant::now());
                     self.redial_relays();
                     self.search_relays();
                     self.job(Job::Tick);
@@ -640,7 +642,7 @@ impl Actor {
     fn direct_link_event(&mut self, ev: EventOf<direct::StreamCodec>) {
         match ev {
             LinkEvent::Answer { peer, id, answer } => {
-                let Some((_, positions, _)) = self.direct_in_flight.remove(&id) else {
+                let Some((_, positions)) = self.direct_in_flight.remove(&id) else {
                     return;
                 };
                 match answer {
@@ -652,31 +654,12 @@ impl Actor {
                 debug!(%peer, "peer without direct streams; request-response it is");
                 self.direct_links.unsupported(peer);
                 for (id, batch) in requests {
-                    if let Some((peer, positions, _)) = self.direct_in_flight.remove(&id) {
+                    if let Some((peer, positions)) = self.direct_in_flight.remove(&id) {
                         self.send_direct_request(peer, batch, positions);
                     }
                 }
             }
             LinkEvent::Closed { peer, generation } => self.direct_links.closed(peer, generation),
-        }
-    }
-
-    /// Batches on a direct stream unanswered for longer than a direct
-    /// request may take fail as a request would (the outbox retries them);
-    /// their link is dropped so that the next batch opens a fresh stream.
-    fn direct_timeouts(&mut self, now: Instant) {
-        let limit = self.cfg.net.direct_timeout;
-        let late: Vec<u64> = self
-            .direct_in_flight
-            .iter()
-            .filter(|(_, (_, _, sent))| now.saturating_duration_since(*sent) > limit)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in late {
-            if let Some((peer, positions, _)) = self.direct_in_flight.remove(&id) {
-                self.direct_links.drop_link(&peer);
-                self.direct_failed(peer, positions, "no ack in time");
-            }
         }
     }
 
@@ -803,8 +786,7 @@ impl Actor {
         self.busy.insert(peer);
         match self.direct_links.send(peer, batch) {
             Ok(id) => {
-                self.direct_in_flight
-                    .insert(id, (peer, positions, Instant::now()));
+                self.direct_in_flight.insert(id, (peer, positions));
             }
             Err(batch) => self.send_direct_request(peer, *batch, positions),
         }

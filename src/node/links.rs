@@ -57,7 +57,6 @@ struct Link<Q> {
     generation: u64,
     requests: mpsc::UnboundedSender<(u64, Q)>,
     last_used: Instant,
-    task: tokio::task::AbortHandle,
 }
 
 /// The node's links of one protocol; owned by the swarm's task.
@@ -65,6 +64,8 @@ pub(crate) struct Links<C: ClientCodec> {
     control: libp2p_stream::Control,
     protocol: StreamProtocol,
     codec: C,
+    /// Longest a request waits for its answer before its link fails.
+    deadline: Duration,
     links: HashMap<PeerId, Link<C::Request>>,
     unsupported: HashSet<PeerId>,
     to_actor: mpsc::UnboundedSender<EventOf<C>>,
@@ -73,18 +74,21 @@ pub(crate) struct Links<C: ClientCodec> {
 }
 
 impl<C: ClientCodec + Clone> Links<C> {
-    /// Links speaking `protocol` with `codec`, opened through `control`;
-    /// their events go to the receiver returned beside.
+    /// Links speaking `protocol` with `codec`, opened through `control`,
+    /// each failing (every request open on it answered with the error, the
+    /// stream dropped) once a request has waited `deadline` for its
+    /// answer; their events go to the receiver returned beside.
     pub(crate) fn new(
         control: libp2p_stream::Control,
-        protocol: StreamProtocol,
-        codec: C,
+        (protocol, codec): (StreamProtocol, C),
+        deadline: Duration,
     ) -> (Self, mpsc::UnboundedReceiver<EventOf<C>>) {
         let (to_actor, events) = mpsc::unbounded_channel();
         let links = Self {
             control,
             protocol,
             codec,
+            deadline,
             links: HashMap::new(),
             unsupported: HashSet::new(),
             to_actor,
@@ -123,22 +127,20 @@ impl<C: ClientCodec + Clone> Links<C> {
         let _ = requests.send(item);
         let generation = self.next_generation;
         self.next_generation += 1;
-        let task = tokio::spawn(run_link(
+        tokio::spawn(run_link(
             self.control.clone(),
-            (self.protocol.clone(), self.codec.clone()),
+            (self.protocol.clone(), self.codec.clone(), self.deadline),
             peer,
             generation,
             rx,
             self.to_actor.clone(),
-        ))
-        .abort_handle();
+        ));
         self.links.insert(
             peer,
             Link {
                 generation,
                 requests,
                 last_used: now,
-                task,
             },
         );
         Ok(id)
@@ -164,15 +166,6 @@ impl<C: ClientCodec + Clone> Links<C> {
         }
     }
 
-    /// Ends `peer`'s link at once, stream and task, without answering
-    /// what is open on it (the caller has failed those requests); the next
-    /// request opens a new stream. For a link whose answers stopped coming.
-    pub(crate) fn drop_link(&mut self, peer: &PeerId) {
-        if let Some(link) = self.links.remove(peer) {
-            link.task.abort();
-        }
-    }
-
     /// Closes links with nothing sent for [`IDLE`] (each finishes its
     /// answers first).
     pub(crate) fn close_idle(&mut self, now: Instant) {
@@ -185,7 +178,7 @@ impl<C: ClientCodec + Clone> Links<C> {
 /// and every answer is in (or it fails), and reports.
 async fn run_link<C: ClientCodec>(
     mut control: libp2p_stream::Control,
-    (protocol, codec): (StreamProtocol, C),
+    (protocol, codec, deadline): (StreamProtocol, C, Duration),
     peer: PeerId,
     generation: u64,
     mut requests: mpsc::UnboundedReceiver<(u64, C::Request)>,
@@ -199,7 +192,10 @@ async fn run_link<C: ClientCodec>(
                     let _ = to_actor.send(LinkEvent::Answer { peer, id, answer });
                 }
             };
-            tokio::join!(stream::run_client(codec, s, requests, answers_tx), forward);
+            tokio::join!(
+                stream::run_client(codec, s, deadline, requests, answers_tx),
+                forward
+            );
         }
         Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => {
             requests.close();

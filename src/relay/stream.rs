@@ -27,9 +27,10 @@
 //! framing breaks. A frame that is well framed but does not decode is
 //! answered `Refused(Malformed)` and the stream goes on.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use libp2p::futures::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
@@ -112,7 +113,7 @@ pub async fn read_frame<T: AsyncRead + Unpin>(
     Ok(Some((u64::from_be_bytes(id), message)))
 }
 
-fn lock(open: &Mutex<HashSet<u64>>) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+fn lock<T>(open: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     open.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -160,18 +161,21 @@ impl ClientCodec for MailboxCodec {
 
 /// Drives the client's side of a stream: writes each request from
 /// `requests` (gathering those already waiting into one write) and sends
-/// every answer to `answers`. When the stream fails or the other side
-/// closes it, every request still unanswered is answered with the error;
-/// returns when `requests` is closed and every answer is in, or on that
-/// failure.
+/// every answer to `answers`. When the stream fails, the other side
+/// closes it, or a request has waited longer than `deadline` for its
+/// answer, every request still unanswered is answered with the error and
+/// the stream is dropped; returns when `requests` is closed and every
+/// answer is in, or on that failure.
 pub async fn run_client<C: ClientCodec>(
     codec: C,
     stream: Stream,
+    deadline: std::time::Duration,
     mut requests: mpsc::UnboundedReceiver<(u64, C::Request)>,
     answers: mpsc::UnboundedSender<ClientAnswer<C::Answer>>,
 ) {
     let (mut rd, mut wr) = stream.split();
-    let open: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    // Each open request and when it was taken to be written.
+    let open: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let codec = &codec;
     let writer = {
         let open = open.clone();
@@ -183,12 +187,12 @@ pub async fn run_client<C: ClientCodec>(
             // then answered with the error.
             while let Some((id, request)) = requests.recv().await {
                 buf.clear();
-                lock(&open).insert(id);
+                lock(&open).insert(id, Instant::now());
                 push_frame(&mut buf, id, &codec.encode(&request)?)?;
                 while buf.len() < WRITE_CHUNK
                     && let Ok((id, request)) = requests.try_recv()
                 {
-                    lock(&open).insert(id);
+                    lock(&open).insert(id, Instant::now());
                     push_frame(&mut buf, id, &codec.encode(&request)?)?;
                 }
                 wr.write_all(&buf).await?;
@@ -207,7 +211,7 @@ pub async fn run_client<C: ClientCodec>(
                 let Some((id, bytes)) = read_frame(&mut rd, codec.max_answer()).await? else {
                     return Ok(());
                 };
-                if !lock(&open).contains(&id) {
+                if !lock(&open).contains_key(&id) {
                     return Err(invalid(format_args!("an answer to request {id}, not open")));
                 }
                 // Still open if it does not decode: answered with the error.
@@ -219,11 +223,22 @@ pub async fn run_client<C: ClientCodec>(
             }
         }
     };
+    let late = || {
+        let now = Instant::now();
+        lock(&open)
+            .values()
+            .any(|t| now.saturating_duration_since(*t) > deadline)
+    };
+    let mut check = tokio::time::interval((deadline / 4).max(std::time::Duration::from_millis(10)));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let failure = {
         tokio::pin!(writer, reader);
         let mut writing = true;
         loop {
             tokio::select! {
+                _ = check.tick() => if late() {
+                    break Some(format!("no answer within {deadline:?}"));
+                },
                 w = &mut writer, if writing => match w {
                     Ok(()) => writing = false,
                     Err(e) => break Some(e.to_string()),
@@ -243,6 +258,7 @@ pub async fn run_client<C: ClientCodec>(
     let unwritten = std::iter::from_fn(|| requests.try_recv().ok().map(|(id, _)| id));
     for id in lock(&open)
         .drain()
+        .map(|(id, _)| id)
         .collect::<Vec<_>>()
         .into_iter()
         .chain(unwritten)
@@ -416,7 +432,7 @@ pub async fn accept<S, Fut>(
 /// Counts a peer's open streams; see [`MAX_STREAMS_PER_PEER`].
 #[derive(Debug, Default)]
 struct OpenStreams {
-    per_peer: Mutex<std::collections::HashMap<PeerId, usize>>,
+    per_peer: Mutex<HashMap<PeerId, usize>>,
 }
 
 /// A place among a peer's open streams, given back when dropped.
@@ -428,7 +444,7 @@ struct StreamSlot {
 impl OpenStreams {
     /// Takes a place for one more stream of `peer`, if it has one left.
     fn take(self: &Arc<Self>, peer: PeerId) -> Option<StreamSlot> {
-        let mut map = self.per_peer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = lock(&self.per_peer);
         let n = map.entry(peer).or_default();
         if *n >= MAX_STREAMS_PER_PEER {
             return None;
@@ -443,11 +459,7 @@ impl OpenStreams {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        let mut map = self
-            .streams
-            .per_peer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut map = lock(&self.streams.per_peer);
         if let Some(n) = map.get_mut(&self.peer) {
             *n -= 1;
             if *n == 0 {
