@@ -939,13 +939,7 @@ impl Worker {
                     statuses: h
                         .accepted
                         .iter()
-                        .map(|&a| {
-                            if a {
-                                FrameStatus::Accepted
-                            } else {
-                                FrameStatus::Rejected
-                            }
-                        })
+                        .map(|&a| FrameStatus::from_accepted(a))
                         .collect(),
                 });
                 self.handled(&from, h, now, round);

@@ -52,30 +52,18 @@ async fn a_hostile_peer_is_refused_and_rate_limited_while_others_chat_on() {
     let mut c = TestNode::start_in("carol", dirs[1].path(), 32).await;
     befriend(&mut b, &mut c).await;
 
-    // Mallory: a contact of bob's with real keys, driving a raw swarm
-    // that ignores the protocol limits.
-    let mut rng = StdRng::seed_from_u64(33);
-    let key = Keystore::create(b"m", KdfParams::INSECURE_FAST, &mut rng)
-        .unwrap()
-        .1;
-    let store = Arc::new(Store::open(dirs[2].path(), &key).unwrap());
-    let mut m = Engine::open(store, 1_000).unwrap();
-    let now = meshchat_now();
-    let bob_invite = Invite::from_code(&b.handle.invite().await.unwrap()).unwrap();
-    let bob_mailbox = bob_invite.bundle.verify().unwrap().body.mailbox_id;
-    m.add_contact(&bob_invite, "bob").unwrap();
-    b.handle
-        .add_contact(&m.invite(vec![], now).unwrap().to_code(), "mallory")
-        .await
-        .unwrap();
-    let m_key = m.identity().public().signing;
+    // Mallory's swarm ignores the protocol limits.
     let mut net_cfg = NetConfig::loopback();
     net_cfg.direct_limits = Limits {
         max_frames: 4096,
         max_frame_len: 1024 * 1024,
         max_batch_bytes: 8 * 1024 * 1024,
     };
-    let mut net = Net::start(m.identity().to_libp2p().unwrap(), &net_cfg).unwrap();
+    let (mut m, mut net) = mallory(&mut b, dirs[2].path(), 33, &net_cfg).await;
+    let now = meshchat_now();
+    let bob_invite = Invite::from_code(&b.handle.invite().await.unwrap()).unwrap();
+    let bob_mailbox = bob_invite.bundle.verify().unwrap().body.mailbox_id;
+    let m_key = m.identity().public().signing;
     let inbox = net.inbox_topic(&bob_mailbox);
     net.subscribe(&inbox).unwrap();
     net.dial(b.addr.clone()).unwrap();
@@ -172,26 +160,7 @@ async fn a_hostile_peer_is_refused_and_rate_limited_while_others_chat_on() {
     assert!(refused > 0);
 
     // Carol's conversation with bob was not disturbed.
-    let to_bob = c
-        .handle
-        .send(b.key(), b"still here?".to_vec())
-        .await
-        .unwrap();
-    let mut from_m = 0;
-    b.wait("carol's message", |e| match e {
-        NodeEvent::Message { from, .. } if *from == m_key => {
-            from_m += 1;
-            None
-        }
-        NodeEvent::Message { message, .. } if message.body == b"still here?" => Some(()),
-        _ => None,
-    })
-    .await;
-    c.wait("bob's receipt", |e| match e {
-        NodeEvent::Receipt { message, .. } if *message == to_bob => Some(()),
-        _ => None,
-    })
-    .await;
+    let from_m = carol_still_chats(&mut b, &mut c, m_key).await;
     // Mallory's message is in bob's history exactly once; bob is up.
     let page = b.handle.history(m_key, None, 50).await.unwrap();
     assert_eq!(page.messages.len(), 1);
@@ -220,9 +189,40 @@ async fn a_hostile_peer_is_refused_and_rate_limited_while_others_chat_on() {
     assert!(lines("") < 50, "{} lines about mallory", lines(""));
 }
 
+/// Carol sends bob a message and waits for his receipt; returns how many
+/// messages from `other` bob reported meanwhile.
+async fn carol_still_chats(b: &mut TestNode, c: &mut TestNode, other: [u8; 32]) -> usize {
+    let to_bob = c
+        .handle
+        .send(b.key(), b"still here?".to_vec())
+        .await
+        .unwrap();
+    let mut from_other = 0;
+    b.wait("carol's message", |e| match e {
+        NodeEvent::Message { from, .. } if *from == other => {
+            from_other += 1;
+            None
+        }
+        NodeEvent::Message { message, .. } if message.body == b"still here?" => Some(()),
+        _ => None,
+    })
+    .await;
+    c.wait("bob's receipt", |e| match e {
+        NodeEvent::Receipt { message, .. } if *message == to_bob => Some(()),
+        _ => None,
+    })
+    .await;
+    from_other
+}
+
 /// Mallory: a contact of `b`'s (and `b` of hers) with real keys, on a raw
-/// swarm of her own that ignores the protocol limits, connected to `b`.
-async fn mallory(b: &mut TestNode, dir: &std::path::Path, seed: u64) -> (Engine, Net) {
+/// swarm of her own (`net_cfg`), not yet connected to `b`.
+async fn mallory(
+    b: &mut TestNode,
+    dir: &std::path::Path,
+    seed: u64,
+    net_cfg: &NetConfig,
+) -> (Engine, Net) {
     let mut rng = StdRng::seed_from_u64(seed);
     let key = Keystore::create(b"m", KdfParams::INSECURE_FAST, &mut rng)
         .unwrap()
@@ -238,7 +238,13 @@ async fn mallory(b: &mut TestNode, dir: &std::path::Path, seed: u64) -> (Engine,
         )
         .await
         .unwrap();
-    let mut net = Net::start(m.identity().to_libp2p().unwrap(), &NetConfig::loopback()).unwrap();
+    let net = Net::start(m.identity().to_libp2p().unwrap(), net_cfg).unwrap();
+    (m, net)
+}
+
+/// Mallory on a default swarm, connected to `b`.
+async fn mallory_connected(b: &mut TestNode, dir: &std::path::Path, seed: u64) -> (Engine, Net) {
+    let (m, mut net) = mallory(b, dir, seed, &NetConfig::loopback()).await;
     net.dial(b.addr.clone()).unwrap();
     let bp = b.peer();
     until(&mut net, "the connection to bob", |e| match e {
@@ -247,6 +253,23 @@ async fn mallory(b: &mut TestNode, dir: &std::path::Path, seed: u64) -> (Engine,
     })
     .await;
     (m, net)
+}
+
+/// Polls `net` on a task of its own (its streams need the swarm moving).
+fn keep_polling(mut net: Net) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            net.next_event().await;
+        }
+    })
+}
+
+/// Opens a direct stream to `to`.
+async fn open_direct(mut control: libp2p_stream::Control, to: PeerId) -> libp2p::Stream {
+    tokio::time::timeout(WAIT, control.open_stream(to, direct::STREAM_PROTOCOL))
+        .await
+        .expect("stream opened in time")
+        .expect("bob takes direct streams")
 }
 
 async fn next_stream(incoming: &mut libp2p_stream::IncomingStreams) -> (PeerId, libp2p::Stream) {
@@ -283,7 +306,7 @@ async fn direct_streams_carry_batches_and_a_broken_one_is_closed_while_others_ch
     let mut b = TestNode::start_with("bob", cfg).await;
     let mut c = TestNode::start_in("carol", dirs[1].path(), 42).await;
     befriend(&mut b, &mut c).await;
-    let (mut m, mut net) = mallory(&mut b, dirs[2].path(), 43).await;
+    let (mut m, mut net) = mallory_connected(&mut b, dirs[2].path(), 43).await;
     let bp = b.peer();
     let m_key = m.identity().public().signing;
 
@@ -311,13 +334,7 @@ async fn direct_streams_carry_batches_and_a_broken_one_is_closed_while_others_ch
         let statuses = handled
             .accepted
             .iter()
-            .map(|&a| {
-                if a {
-                    FrameStatus::Accepted
-                } else {
-                    FrameStatus::Rejected
-                }
-            })
+            .map(|&a| FrameStatus::from_accepted(a))
             .collect();
         net.respond_direct(channel, Ack { statuses }).unwrap();
     }
@@ -325,17 +342,8 @@ async fn direct_streams_carry_batches_and_a_broken_one_is_closed_while_others_ch
     // From here on mallory's swarm is polled by a task of its own while
     // she writes on streams.
     let control = net.stream_control();
-    let polling = tokio::spawn(async move {
-        loop {
-            net.next_event().await;
-        }
-    });
-    let open = |mut control: libp2p_stream::Control| async move {
-        tokio::time::timeout(WAIT, control.open_stream(bp, direct::STREAM_PROTOCOL))
-            .await
-            .expect("stream opened in time")
-            .expect("bob takes direct streams")
-    };
+    let polling = keep_polling(net);
+    let open = |control: libp2p_stream::Control| open_direct(control, bp);
 
     // A real message and junk on one stream, back to back: each batch
     // gets its own ack, in the order bob finishes them.
@@ -413,21 +421,7 @@ async fn direct_streams_carry_batches_and_a_broken_one_is_closed_while_others_ch
     assert_eq!(stream_ack(&mut fifth).await, None, "fifth stream refused");
 
     // Carol's conversation with bob was not disturbed, and bob is up.
-    let to_bob = c
-        .handle
-        .send(b.key(), b"still here?".to_vec())
-        .await
-        .unwrap();
-    b.wait("carol's message", |e| match e {
-        NodeEvent::Message { message, .. } if message.body == b"still here?" => Some(()),
-        _ => None,
-    })
-    .await;
-    c.wait("bob's receipt", |e| match e {
-        NodeEvent::Receipt { message, .. } if *message == to_bob => Some(()),
-        _ => None,
-    })
-    .await;
+    carol_still_chats(&mut b, &mut c, m_key).await;
     let page = b.handle.history(m_key, None, 50).await.unwrap();
     assert_eq!(
         page.messages.len(),
@@ -462,7 +456,7 @@ async fn a_batch_unanswered_on_a_direct_stream_is_sent_again_on_a_new_one() {
     let mut cfg = crate::common::config(dirs[0].path(), 51);
     cfg.net.direct_timeout = std::time::Duration::from_secs(1);
     let mut b = TestNode::start_with("bob", cfg).await;
-    let (mut m, mut net) = mallory(&mut b, dirs[1].path(), 52).await;
+    let (mut m, net) = mallory_connected(&mut b, dirs[1].path(), 52).await;
     let m_key = m.identity().public().signing;
     // Mallory takes direct streams, reads what comes and answers only on
     // the second stream.
@@ -470,11 +464,7 @@ async fn a_batch_unanswered_on_a_direct_stream_is_sent_again_on_a_new_one() {
         .stream_control()
         .accept(direct::STREAM_PROTOCOL)
         .unwrap();
-    let polling = tokio::spawn(async move {
-        loop {
-            net.next_event().await;
-        }
-    });
+    let polling = keep_polling(net);
     let limits = Limits::default();
     let next_batch = |mut s: libp2p::Stream| async move {
         let frame =
@@ -532,24 +522,11 @@ async fn a_direct_stream_left_idle_is_answered_then_closed() {
     let mut cfg = crate::common::config(dirs[0].path(), 61);
     cfg.net.stream_idle_timeout = std::time::Duration::from_millis(300);
     let mut b = TestNode::start_with("bob", cfg).await;
-    let (_m, net) = mallory(&mut b, dirs[1].path(), 62).await;
+    let (_m, net) = mallory_connected(&mut b, dirs[1].path(), 62).await;
     let bp = b.peer();
     let control = net.stream_control();
-    let polling = tokio::spawn(async move {
-        let mut net = net;
-        loop {
-            net.next_event().await;
-        }
-    });
-    let open = || {
-        let mut control = control.clone();
-        async move {
-            tokio::time::timeout(WAIT, control.open_stream(bp, direct::STREAM_PROTOCOL))
-                .await
-                .expect("stream opened in time")
-                .expect("bob takes direct streams")
-        }
-    };
+    let polling = keep_polling(net);
+    let open = || open_direct(control.clone(), bp);
     let limits = Limits::default();
 
     // A batch, then silence: its ack comes, then bob closes the stream.

@@ -145,6 +145,16 @@ pub enum FrameStatus {
 }
 
 impl FrameStatus {
+    /// `Accepted` for a frame taken, `Rejected` otherwise (the node never
+    /// sends `Duplicate`: a frame it already had is taken again).
+    pub fn from_accepted(accepted: bool) -> Self {
+        if accepted {
+            Self::Accepted
+        } else {
+            Self::Rejected
+        }
+    }
+
     fn to_byte(self) -> u8 {
         match self {
             Self::Accepted => 0,
