@@ -727,7 +727,6 @@ fn redis_half(
     million: usize,
 ) -> Value {
     let mut c = RespConn::connect(redis.port).unwrap();
-    let key = redis_key;
     let value = envelope(&[1; 32], 0);
     // Drain: LRANGE pages of 256 over one list of `drain`.
     let list = b"mailbox:drain".to_vec();
@@ -752,7 +751,7 @@ fn redis_half(
     // Memory with `million` envelopes queued (over the same mailboxes).
     let more = million.saturating_sub(held + drain);
     let fill: Vec<Vec<Vec<u8>>> = (0..more)
-        .map(|i| vec![b"RPUSH".to_vec(), key(i % MAILBOXES), value.clone()])
+        .map(|i| vec![b"RPUSH".to_vec(), redis_key(i % MAILBOXES), value.clone()])
         .collect();
     for chunk in fill.chunks(100_000) {
         c.pipeline(chunk, 256).unwrap();
