@@ -68,7 +68,8 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        self.cv.notify_all();
+        // meshchat: one new task wakes one thread (see PATCHES.md).
+        self.cv.notify_one();
 
         len
     }
