@@ -201,6 +201,11 @@ pub struct Sent {
     pub pos: u64,
     /// The frame to send now.
     pub frame: Vec<u8>,
+    /// Whether the frame may leave before the store is flushed: its
+    /// message key can never be used again, even if the node stops before
+    /// the flush (see `Session::sent_key_is_durable`). Its message, queue
+    /// entry and session state are still not on disk until the flush.
+    pub early: bool,
 }
 
 /// A queued message due for another attempt.
@@ -688,11 +693,12 @@ impl Engine {
                     expires_at: entry.expires_at,
                 },
             );
-            let frame = self.encrypt_unsaved(to, &payload)?;
+            let (frame, early) = self.encrypt_unsaved(to, &payload)?;
             out.push(Sent {
                 message: msg.reference(),
                 pos: entry.seq,
                 frame,
+                early,
             });
         }
         self.save_session(to)?;
@@ -846,7 +852,7 @@ impl Engine {
                 "due"
             );
             match self.encrypt_unsaved(&entry.recipient, &payload) {
-                Ok(frame) => out.push(Due {
+                Ok((frame, _)) => out.push(Due {
                     pos,
                     to: entry.recipient,
                     frame,
@@ -937,23 +943,48 @@ impl Engine {
     }
 
     fn encrypt(&mut self, to: &[u8; 32], payload: &[u8]) -> Result<Vec<u8>, EngineError> {
-        let frame = self.encrypt_unsaved(to, payload)?;
+        let (frame, _) = self.encrypt_unsaved(to, payload)?;
         self.save_session(to)?;
         Ok(frame)
     }
 
     /// Encrypts without writing the session: the caller saves it once
-    /// after a batch.
-    fn encrypt_unsaved(&mut self, to: &[u8; 32], payload: &[u8]) -> Result<Vec<u8>, EngineError> {
+    /// after a batch. Also says whether the frame may leave before the
+    /// flush (see [`Sent::early`]).
+    fn encrypt_unsaved(
+        &mut self,
+        to: &[u8; 32],
+        payload: &[u8],
+    ) -> Result<(Vec<u8>, bool), EngineError> {
         let contact = self.contacts.get(to).ok_or(EngineError::UnknownContact)?;
-        let frame = self.sessions.encrypt(
+        let (frame, early) = self.sessions.encrypt(
             &self.me,
             &contact.identity,
             &contact.bundle,
             payload,
             &mut self.rng,
         )?;
-        Ok(frame.to_bytes())
+        Ok((frame.to_bytes(), early))
+    }
+
+    /// To call once the store was flushed: the session states saved
+    /// before it are on disk.
+    pub fn flushed(&mut self) {
+        self.sessions.mark_saved_durable();
+    }
+
+    /// Before a clean stop (then flush): writes every session with its
+    /// live sending chain rather than the chain reserved ahead, so that
+    /// the restarted node continues where it stopped and its contacts
+    /// skip no message keys. Nothing encrypted afterwards may be sent.
+    pub fn save_sessions_exact(&self) -> Result<(), EngineError> {
+        let records = self.store.records(Kind::Sessions)?;
+        for peer in self.sessions.peers() {
+            if let Some(bytes) = self.sessions.to_record_exact(peer) {
+                records.put(peer, &bytes)?;
+            }
+        }
+        Ok(())
     }
 
     /// Handles a batch of frames from the device `from` (authenticated by

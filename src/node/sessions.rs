@@ -150,21 +150,43 @@ impl Sessions {
 
     /// The bytes to store for `peer` (secret: the store seals them).
     pub fn to_record(&self, peer: &[u8; 32]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        self.record(peer, Session::to_bytes)
+    }
+
+    /// [`Self::to_record`] with the live sending chains
+    /// ([`Session::to_bytes_exact`]): for the last save before a clean
+    /// stop, so that a restart leaves no gap for the peer to skip.
+    pub fn to_record_exact(&self, peer: &[u8; 32]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        self.record(peer, Session::to_bytes_exact)
+    }
+
+    fn record(
+        &self,
+        peer: &[u8; 32],
+        encode: fn(&Session) -> zeroize::Zeroizing<Vec<u8>>,
+    ) -> Option<zeroize::Zeroizing<Vec<u8>>> {
         self.by_peer.get(peer).map(|e| {
             zeroize::Zeroizing::new(wire::encode(&Record {
                 version: RECORD_VERSION,
-                session: e.session.to_bytes().to_vec(),
+                session: encode(&e.session).to_vec(),
                 seen: e.seen.iter().copied().collect(),
                 previous: e
                     .previous
                     .as_ref()
-                    .map(|p| serde_bytes::ByteBuf::from(p.to_bytes().to_vec())),
+                    .map(|p| serde_bytes::ByteBuf::from(encode(p).to_vec())),
             }))
         })
     }
 
+    /// The contacts with a session.
+    pub fn peers(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.by_peer.keys()
+    }
+
     /// Encrypts `plaintext` for `peer`, starting a session from `bundle`
-    /// if there is none. Returns the frame to send.
+    /// if there is none. Returns the frame to send, and whether it may
+    /// leave before the session's new state is on disk (its key is behind
+    /// a saved form already on disk: see [`Session::sent_key_is_durable`]).
     pub fn encrypt<R: rand_core::CryptoRng + ?Sized>(
         &mut self,
         me: &DeviceIdentity,
@@ -172,7 +194,7 @@ impl Sessions {
         bundle: &PrekeyBundle,
         plaintext: &[u8],
         rng: &mut R,
-    ) -> Result<Frame, crypto::Error> {
+    ) -> Result<(Frame, bool), crypto::Error> {
         let entry = match self.by_peer.entry(peer.signing) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -192,12 +214,28 @@ impl Sessions {
             }
         };
         let message = entry.session.encrypt(plaintext)?;
+        let durable = entry.session.sent_key_is_durable(&message.header);
         Ok(match entry.session.pending_initial() {
-            Some(initial) => {
-                Frame::Prekey(PrekeyMessage::new(*initial, message.to_bytes()).to_bytes())
-            }
-            None => Frame::Ratchet(message.to_bytes()),
+            // The set-up parameters ride along until the peer answers; a
+            // session just set up has no saved form on disk, so its first
+            // message is never early.
+            Some(initial) => (
+                Frame::Prekey(PrekeyMessage::new(*initial, message.to_bytes()).to_bytes()),
+                durable,
+            ),
+            None => (Frame::Ratchet(message.to_bytes()), durable),
         })
+    }
+
+    /// Tells every session that the forms last saved by [`Self::to_record`]
+    /// are on disk (the store was flushed since).
+    pub fn mark_saved_durable(&mut self) {
+        for e in self.by_peer.values_mut() {
+            e.session.mark_saved_durable();
+            if let Some(p) = e.previous.as_mut() {
+                p.mark_saved_durable();
+            }
+        }
     }
 
     /// Decrypts a [`Frame::Ratchet`] from `peer`.
@@ -347,6 +385,7 @@ mod tests {
             self.sessions
                 .encrypt(&self.id, to.id.public(), &to.bundle(), text, rng)
                 .unwrap()
+                .0
         }
 
         fn receive(&mut self, from: &Device, frame: &Frame, rng: &mut StdRng) -> Vec<u8> {

@@ -6,6 +6,11 @@
 //! peers waiting for a direct ack, the event stream. Nothing anyone is told
 //! about is ahead of the disk. A flush that fails stops the node: nothing
 //! is acknowledged, peers keep their copies and retry.
+//!
+//! One thing leaves before the flush: a new message to a connected contact
+//! whose key no restart can use again ([`super::engine::Sent::early`]),
+//! so that it travels while its round goes to disk. Its caller still
+//! hears "sent" after the flush.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -507,11 +512,20 @@ impl Worker {
             } else {
                 acks_due = None;
             }
-            if round.dirty
-                && let Err(e) = self.engine.store().flush()
-            {
-                error!(error = %e, "store flush failed; stopping the node without acknowledging");
-                return;
+            // The last round before a clean stop: sessions are written as
+            // they are, not reserved ahead (nothing is encrypted after it).
+            if round.stop {
+                match self.engine.save_sessions_exact() {
+                    Ok(()) => round.dirty = true,
+                    Err(e) => warn!(error = %e, "sessions not saved exactly at stop"),
+                }
+            }
+            if round.dirty {
+                if let Err(e) = self.engine.store().flush() {
+                    error!(error = %e, "store flush failed; stopping the node without acknowledging");
+                    return;
+                }
+                self.engine.flushed();
             }
             self.shared.backlog.fetch_sub(n, Ordering::Relaxed);
             for r in round.replies {
@@ -861,9 +875,22 @@ impl Worker {
         match self.engine.send_many(to, bodies, now) {
             Ok(sent) => {
                 let mut refs = Vec::with_capacity(sent.len());
+                let mut early = Vec::new();
                 for s in sent {
                     refs.push(s.message);
-                    self.route(to, s.frame, Some(s.pos), now, round);
+                    match self.peer_of.get(to).copied() {
+                        // Its key can never be used again: it leaves now,
+                        // while this round's writes go to disk.
+                        Some(peer) if s.early && self.shared.is_connected(&peer) => {
+                            self.engine.attempted(s.pos, now, Some(DIRECT_WAIT));
+                            early.push((peer, (Some(s.pos), s.frame)));
+                        }
+                        _ => self.route(to, s.frame, Some(s.pos), now, round),
+                    }
+                }
+                if let Some(&(peer, _)) = early.first() {
+                    let frames = early.into_iter().map(|(_, f)| f).collect();
+                    let _ = self.outs.send(Out::Direct { peer, frames });
                 }
                 let mut refs = refs.into_iter();
                 for (n, reply) in replies {

@@ -32,11 +32,25 @@ const STATE_VERSION: u8 = 1;
 const PREVIOUS_KEYS: usize = 8;
 /// Largest saved session (skipped keys dominate: at most 69 bytes each).
 const STATE_MAX: usize = 512 + MAX_SKIPPED_TOTAL * 80;
+/// How far ahead of the sending chain its saved form is kept (see
+/// [`Session::to_bytes`]): at most this many message keys are never used
+/// after a restart, and the peer skips over them (well within
+/// [`MAX_SKIP`]).
+pub const SEND_RESERVE: u32 = 64;
 
 #[derive(Clone, Serialize, Deserialize)]
 struct Chain {
     key: Secret32,
     n: u32,
+}
+
+/// A sending chain advanced ahead of the live one: what the saved form
+/// holds in its place.
+#[derive(Clone)]
+struct Reserved {
+    /// The ratchet key of the chain it belongs to.
+    dh: [u8; 32],
+    chain: Chain,
 }
 
 /// One side of a 1:1 Double Ratchet session.
@@ -58,6 +72,15 @@ pub struct Session {
     base_key: Option<[u8; 32]>,
     /// Sent along with each message until the peer first answers.
     pending_initial: Option<InitialMessage>,
+    /// The sending chain as [`Self::to_bytes`] writes it (not itself saved).
+    #[serde(skip)]
+    reserved: Option<Reserved>,
+    /// The sending chain's ratchet key and counter in the last saved form.
+    #[serde(skip)]
+    saved: std::cell::Cell<Option<([u8; 32], u32)>>,
+    /// The same, for the last saved form known to be on disk.
+    #[serde(skip)]
+    durable: Option<([u8; 32], u32)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -129,7 +152,7 @@ impl Session {
         let dhs_pub = PublicKey::from(&dhs).to_bytes();
         let out = dh(&dhs, &PublicKey::from(their_ratchet), "ratchet init")?;
         let (root, ck) = kdf_rk(&x3dh.shared_secret, &out);
-        Ok(Self {
+        let mut session = Self {
             version: STATE_VERSION,
             ad: x3dh.associated_data,
             root,
@@ -143,7 +166,12 @@ impl Session {
             previous_dhr: VecDeque::new(),
             base_key: initial.map(|i| i.ephemeral),
             pending_initial: initial,
-        })
+            reserved: None,
+            saved: std::cell::Cell::new(None),
+            durable: None,
+        };
+        session.reserve();
+        Ok(session)
     }
 
     /// The responder's session: its signed prekey is its first ratchet key.
@@ -168,6 +196,9 @@ impl Session {
             previous_dhr: VecDeque::new(),
             base_key,
             pending_initial: None,
+            reserved: None,
+            saved: std::cell::Cell::new(None),
+            durable: None,
         }
     }
 
@@ -233,7 +264,58 @@ impl Session {
         let hb = header.to_bytes();
         let aead = mk.aead(labels::MESSAGE);
         let ciphertext = aead.seal(plaintext, &self.aad(&hb));
+        self.reserve();
         Ok((RatchetMessage { header, ciphertext }, aead))
+    }
+
+    /// Keeps the saved form of the sending chain at least half of
+    /// [`SEND_RESERVE`] ahead of the live chain, moving it
+    /// [`SEND_RESERVE`] ahead when it falls behind that (or the chain is
+    /// new). A counter at the end of its range keeps no reserve: its
+    /// saved form is the live chain.
+    fn reserve(&mut self) {
+        let Some(send) = &self.send else {
+            self.reserved = None;
+            return;
+        };
+        let ahead = self
+            .reserved
+            .as_ref()
+            .filter(|r| r.dh == self.dhs_pub)
+            .map_or(0, |r| r.chain.n.saturating_sub(send.n));
+        if ahead >= SEND_RESERVE / 2 {
+            return;
+        }
+        let Some(n) = send.n.checked_add(SEND_RESERVE) else {
+            self.reserved = None;
+            return;
+        };
+        let mut key = send.key.clone();
+        for _ in 0..SEND_RESERVE {
+            key = chain_step(&key).1;
+        }
+        self.reserved = Some(Reserved {
+            dh: self.dhs_pub,
+            chain: Chain { key, n },
+        });
+    }
+
+    /// Whether the message with `header`, just encrypted by this session,
+    /// used a key that no restart can use again: a saved form that is on
+    /// disk (see [`Self::mark_saved_durable`]) already holds its chain
+    /// past it. Such a message may be sent before the session's new state
+    /// is on disk.
+    pub fn sent_key_is_durable(&self, header: &Header) -> bool {
+        self.durable
+            .is_some_and(|(dh, n)| dh == header.dh && header.n < n)
+    }
+
+    /// Tells the session that its last saved form ([`Self::to_bytes`]) is
+    /// now on disk.
+    pub fn mark_saved_durable(&mut self) {
+        if let Some(saved) = self.saved.get() {
+            self.durable = Some(saved);
+        }
     }
 
     /// Decrypts one message. On any error the session is unchanged.
@@ -325,12 +407,46 @@ impl Session {
         self.dhs = Secret32::new(new_dhs.to_bytes());
         self.root = root2;
         self.pending_initial = None;
+        self.reserve();
         Ok(pt)
     }
 
     /// Saved form (secret: encrypt before storing).
+    ///
+    /// The sending chain is written as it will be [`SEND_RESERVE`]
+    /// messages or fewer ahead (see `reserve`): a session restored after a
+    /// crash continues from there, so no message key is used twice even
+    /// when messages left before their session's state reached the disk.
     pub fn to_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
-        zeroize::Zeroizing::new(wire::encode(self))
+        self.encode(true)
+    }
+
+    /// Saved form with the live sending chain, not reserved ahead: for a
+    /// last save before a clean stop, when nothing encrypted since will
+    /// leave. A session restored from it continues without a gap.
+    pub fn to_bytes_exact(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        self.encode(false)
+    }
+
+    fn encode(&self, reserved: bool) -> zeroize::Zeroizing<Vec<u8>> {
+        let ahead = self
+            .reserved
+            .as_ref()
+            .filter(|r| reserved && r.dh == self.dhs_pub && self.send.is_some());
+        let bytes = match ahead {
+            Some(r) => {
+                let mut saved = self.clone();
+                saved.send = Some(r.chain.clone());
+                wire::encode(&saved)
+            }
+            None => wire::encode(self),
+        };
+        self.saved.set(
+            self.send
+                .as_ref()
+                .map(|live| (self.dhs_pub, ahead.map_or(live.n, |r| r.chain.n))),
+        );
+        zeroize::Zeroizing::new(bytes)
     }
 
     /// Inverse of [`Self::to_bytes`], bounded.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::crypto::limits::SEND_RESERVE;
 
 fn send(s: &mut Session, text: &str) -> RatchetMessage {
     s.encrypt(text.as_bytes()).unwrap()
@@ -112,11 +113,80 @@ fn replay_rejected_also_after_save_and_reload() {
     for m in [&m1, &m2, &m3] {
         assert!(recv(&mut bob, m).is_err());
     }
-    // And a reloaded sender never reuses a message number.
+    // And a reloaded sender never reuses a message number: its saved
+    // sending chain is ahead of the live one, and the receiver skips over
+    // the numbers never used.
     let mut alice = Session::from_bytes(&alice.to_bytes()).unwrap();
     let m4 = send(&mut alice, "four");
-    assert_eq!(m4.header.n, 4);
+    assert_eq!(m4.header.n, SEND_RESERVE);
     assert_eq!(recv(&mut bob, &m4).unwrap(), "four");
+}
+
+#[test]
+fn the_exact_saved_form_continues_without_a_gap() {
+    let Pair { mut alice, mut bob } = pair(12);
+    for text in ["one", "two"] {
+        let m = send(&mut alice, text);
+        assert_eq!(recv(&mut bob, &m).unwrap(), text);
+    }
+    // After "hello" (0), "one" (1) and "two" (2), the exact form goes on
+    // at 3; the usual form at the reserve.
+    let mut exact = Session::from_bytes(&alice.to_bytes_exact()).unwrap();
+    let mut reserved = Session::from_bytes(&alice.to_bytes()).unwrap();
+    let m = send(&mut exact, "three");
+    assert_eq!(m.header.n, 3);
+    assert_eq!(recv(&mut bob, &m).unwrap(), "three");
+    assert_eq!(bob.skipped_len(), 0);
+    let m = send(&mut reserved, "far");
+    assert_eq!(m.header.n, SEND_RESERVE);
+    assert_eq!(recv(&mut bob, &m).unwrap(), "far");
+    assert_eq!(bob.skipped_len(), (SEND_RESERVE - 4) as usize);
+}
+
+#[test]
+fn a_message_may_leave_early_only_behind_a_saved_form_on_disk() {
+    let Pair { mut alice, mut bob } = pair(11);
+    // Nothing saved on disk yet: no message may leave before the flush.
+    let m = send(&mut alice, "first");
+    assert!(!alice.sent_key_is_durable(&m.header));
+    // Saved, but not yet known to be on disk.
+    let _ = alice.to_bytes();
+    let m = send(&mut alice, "second");
+    assert!(!alice.sent_key_is_durable(&m.header));
+    assert_eq!(recv(&mut bob, &m).unwrap(), "second");
+    alice.mark_saved_durable();
+    // Now every key up to the saved chain's counter may go, and keeps
+    // going while the reserve is renewed ahead of it; the first one past
+    // the counter of the form on disk may not.
+    let saved_at = SEND_RESERVE;
+    let mut n = 3;
+    while n < saved_at {
+        let m = send(&mut alice, "more");
+        assert_eq!(m.header.n, n);
+        assert!(alice.sent_key_is_durable(&m.header), "n = {n}");
+        assert_eq!(recv(&mut bob, &m).unwrap(), "more");
+        n += 1;
+    }
+    let m = send(&mut alice, "past");
+    assert!(!alice.sent_key_is_durable(&m.header));
+    // Saving and flushing again covers the next ones.
+    let _ = alice.to_bytes();
+    alice.mark_saved_durable();
+    let m = send(&mut alice, "again");
+    assert!(alice.sent_key_is_durable(&m.header));
+    // A new sending chain (after the peer's ratchet step) starts uncovered.
+    let b = send(&mut bob, "reply");
+    assert_eq!(recv(&mut alice, &b).unwrap(), "reply");
+    let m = send(&mut alice, "new chain");
+    assert!(!alice.sent_key_is_durable(&m.header));
+    let _ = alice.to_bytes();
+    alice.mark_saved_durable();
+    let m = send(&mut alice, "covered");
+    assert!(alice.sent_key_is_durable(&m.header));
+    // A reloaded session has nothing known on disk until it saves.
+    let mut reloaded = Session::from_bytes(&alice.to_bytes()).unwrap();
+    let m = send(&mut reloaded, "after reload");
+    assert!(!reloaded.sent_key_is_durable(&m.header));
 }
 
 #[test]
@@ -306,6 +376,80 @@ mod props {
                     }
                     _ => {}
                 }
+            }
+        }
+
+        /// A sender that lets each message leave before its session state
+        /// is on disk when `sent_key_is_durable` allows, as the node does,
+        /// and crashes at random (back to its last saved form on disk):
+        /// no (key, nonce) pair that left is ever used again, and every
+        /// message that left decrypts. Each receive is saved and on disk
+        /// before it counts, as in the node (a flush before the ack).
+        #[test]
+        fn a_sender_that_sends_early_and_crashes_never_reuses_a_key(ops in proptest::collection::vec((0u8..6, any::<u8>()), 1..200), seed in any::<u64>()) {
+            let Pair { mut alice, mut bob } = pair(seed);
+            let mut on_disk = alice.to_bytes();
+            alice.mark_saved_durable();
+            let mut used = HashSet::new();
+            let mut waiting: Vec<(RatchetMessage, Aead, String)> = Vec::new();
+            let mut to_bob: Vec<(RatchetMessage, String)> = Vec::new();
+            let mut to_alice: Vec<(RatchetMessage, String)> = Vec::new();
+            let mut r = rng(seed ^ 2);
+            for (i, (op, pick)) in ops.into_iter().enumerate() {
+                match op {
+                    // Alice sends: now if its key is behind the form on
+                    // disk, otherwise after the next flush.
+                    0 | 1 => {
+                        let text = format!("a{i}");
+                        let (m, aead) = alice.encrypt_inner(text.as_bytes()).unwrap();
+                        if alice.sent_key_is_durable(&m.header) {
+                            prop_assert!(used.insert(aead.parts()));
+                            to_bob.push((m, text));
+                        } else {
+                            waiting.push((m, aead, text));
+                        }
+                    }
+                    // Alice's round ends: saved, flushed, the rest leaves.
+                    2 => {
+                        on_disk = alice.to_bytes();
+                        alice.mark_saved_durable();
+                        for (m, aead, text) in waiting.drain(..) {
+                            prop_assert!(used.insert(aead.parts()));
+                            to_bob.push((m, text));
+                        }
+                    }
+                    // Alice crashes: back to what is on disk; what waited
+                    // for the flush never left.
+                    3 => {
+                        alice = Session::from_bytes(&on_disk).unwrap();
+                        waiting.clear();
+                    }
+                    4 if !to_bob.is_empty() => {
+                        let (m, text) = to_bob.remove(pick as usize % to_bob.len());
+                        prop_assert_eq!(bob.decrypt(&m, &mut r).unwrap(), text.into_bytes());
+                        if bob.can_send() && pick % 3 == 0 {
+                            let text = format!("b{i}");
+                            let (m, aead) = bob.encrypt_inner(text.as_bytes()).unwrap();
+                            prop_assert!(used.insert(aead.parts()));
+                            to_alice.push((m, text));
+                        }
+                    }
+                    5 if !to_alice.is_empty() => {
+                        let (m, text) = to_alice.remove(pick as usize % to_alice.len());
+                        prop_assert_eq!(alice.decrypt(&m, &mut r).unwrap(), text.into_bytes());
+                        on_disk = alice.to_bytes();
+                        alice.mark_saved_durable();
+                        for (m, aead, text) in waiting.drain(..) {
+                            prop_assert!(used.insert(aead.parts()));
+                            to_bob.push((m, text));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            // Everything that left still decrypts.
+            for (m, text) in to_bob {
+                prop_assert_eq!(bob.decrypt(&m, &mut r).unwrap(), text.into_bytes());
             }
         }
     }
