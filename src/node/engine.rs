@@ -600,9 +600,11 @@ impl Engine {
         Ok(())
     }
 
-    fn save_session(&self, peer: &[u8; 32]) -> Result<(), EngineError> {
+    fn save_session(&mut self, peer: &[u8; 32]) -> Result<(), EngineError> {
         if let Some(bytes) = self.sessions.to_record(peer) {
             self.store.records(Kind::Sessions)?.put(peer, &bytes)?;
+            // Only a stored record may later count as on disk.
+            self.sessions.note_stored(peer);
         }
         Ok(())
     }

@@ -227,8 +227,20 @@ impl Sessions {
         })
     }
 
-    /// Tells every session that the forms last saved by [`Self::to_record`]
-    /// are on disk (the store was flushed since).
+    /// Tells `peer`'s sessions that the record [`Self::to_record`] just
+    /// gave was stored (call only after the write succeeded, with no change
+    /// since): see [`Session::note_stored`].
+    pub fn note_stored(&mut self, peer: &[u8; 32]) {
+        if let Some(e) = self.by_peer.get_mut(peer) {
+            e.session.note_stored();
+            if let Some(p) = e.previous.as_mut() {
+                p.note_stored();
+            }
+        }
+    }
+
+    /// Tells every session that the records last noted by
+    /// [`Self::note_stored`] are on disk (the store was flushed since).
     pub fn mark_saved_durable(&mut self) {
         for e in self.by_peer.values_mut() {
             e.session.mark_saved_durable();

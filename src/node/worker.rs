@@ -277,6 +277,9 @@ struct Round {
     /// Something was written: flush before answering. A round of reads
     /// and idle ticks does not touch the disk.
     dirty: bool,
+    /// Contacts this round has already routed a frame to (it leaves after
+    /// the flush): a later message to them must not overtake it.
+    routed: HashSet<[u8; 32]>,
 }
 
 impl Round {
@@ -880,8 +883,13 @@ impl Worker {
                     refs.push(s.message);
                     match self.peer_of.get(to).copied() {
                         // Its key can never be used again: it leaves now,
-                        // while this round's writes go to disk.
-                        Some(peer) if s.early && self.shared.is_connected(&peer) => {
+                        // while this round's writes go to disk (unless
+                        // something for the same contact waits for them).
+                        Some(peer)
+                            if s.early
+                                && !round.routed.contains(to)
+                                && self.shared.is_connected(&peer) =>
+                        {
                             self.engine.attempted(s.pos, now, Some(DIRECT_WAIT));
                             early.push((peer, (Some(s.pos), s.frame)));
                         }
@@ -993,6 +1001,7 @@ impl Worker {
         now: u64,
         round: &mut Round,
     ) {
+        round.routed.insert(*to);
         let peer = self.peer_of.get(to).copied();
         if let Some(peer) = peer.filter(|p| self.shared.is_connected(p)) {
             if let Some(pos) = pos {

@@ -36,7 +36,7 @@ const STATE_MAX: usize = 512 + MAX_SKIPPED_TOTAL * 80;
 /// [`Session::to_bytes`]): at most this many message keys are never used
 /// after a restart, and the peer skips over them (well within
 /// [`MAX_SKIP`]).
-pub const SEND_RESERVE: u32 = 64;
+pub const SEND_RESERVE: u32 = 32;
 
 #[derive(Clone, Serialize, Deserialize)]
 struct Chain {
@@ -75,10 +75,11 @@ pub struct Session {
     /// The sending chain as [`Self::to_bytes`] writes it (not itself saved).
     #[serde(skip)]
     reserved: Option<Reserved>,
-    /// The sending chain's ratchet key and counter in the last saved form.
+    /// The sending chain's ratchet key and counter in the last saved form
+    /// that was stored (see [`Self::note_stored`]).
     #[serde(skip)]
-    saved: std::cell::Cell<Option<([u8; 32], u32)>>,
-    /// The same, for the last saved form known to be on disk.
+    saved: Option<([u8; 32], u32)>,
+    /// The same, for the last stored form known to be on disk.
     #[serde(skip)]
     durable: Option<([u8; 32], u32)>,
 }
@@ -167,7 +168,7 @@ impl Session {
             base_key: initial.map(|i| i.ephemeral),
             pending_initial: initial,
             reserved: None,
-            saved: std::cell::Cell::new(None),
+            saved: None,
             durable: None,
         };
         session.reserve();
@@ -197,7 +198,7 @@ impl Session {
             base_key,
             pending_initial: None,
             reserved: None,
-            saved: std::cell::Cell::new(None),
+            saved: None,
             durable: None,
         }
     }
@@ -310,12 +311,30 @@ impl Session {
             .is_some_and(|(dh, n)| dh == header.dh && header.n < n)
     }
 
-    /// Tells the session that its last saved form ([`Self::to_bytes`]) is
-    /// now on disk.
+    /// Tells the session that the bytes [`Self::to_bytes`] just gave were
+    /// stored (not yet on disk: see [`Self::mark_saved_durable`]). Call it
+    /// only once the write succeeded, with no change to the session since
+    /// `to_bytes`.
+    pub fn note_stored(&mut self) {
+        self.saved = self.send.as_ref().map(|live| {
+            let n = self.reserved_ahead().map_or(live.n, |r| r.chain.n);
+            (self.dhs_pub, n)
+        });
+    }
+
+    /// Tells the session that the store was flushed: the form last noted
+    /// by [`Self::note_stored`] is on disk.
     pub fn mark_saved_durable(&mut self) {
-        if let Some(saved) = self.saved.get() {
+        if let Some(saved) = self.saved {
             self.durable = Some(saved);
         }
+    }
+
+    /// The reserve [`Self::to_bytes`] writes in place of the live chain.
+    fn reserved_ahead(&self) -> Option<&Reserved> {
+        self.reserved
+            .as_ref()
+            .filter(|r| r.dh == self.dhs_pub && self.send.is_some())
     }
 
     /// Decrypts one message. On any error the session is unchanged.
@@ -417,6 +436,8 @@ impl Session {
     /// messages or fewer ahead (see `reserve`): a session restored after a
     /// crash continues from there, so no message key is used twice even
     /// when messages left before their session's state reached the disk.
+    /// (A session loaded from its saved form holds no reserve until it
+    /// next encrypts; until then the chain it writes is the one it loaded.)
     pub fn to_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
         self.encode(true)
     }
@@ -429,11 +450,7 @@ impl Session {
     }
 
     fn encode(&self, reserved: bool) -> zeroize::Zeroizing<Vec<u8>> {
-        let ahead = self
-            .reserved
-            .as_ref()
-            .filter(|r| reserved && r.dh == self.dhs_pub && self.send.is_some());
-        let bytes = match ahead {
+        let bytes = match self.reserved_ahead().filter(|_| reserved) {
             Some(r) => {
                 let mut saved = self.clone();
                 saved.send = Some(r.chain.clone());
@@ -441,11 +458,6 @@ impl Session {
             }
             None => wire::encode(self),
         };
-        self.saved.set(
-            self.send
-                .as_ref()
-                .map(|live| (self.dhs_pub, ahead.map_or(live.n, |r| r.chain.n))),
-        );
         zeroize::Zeroizing::new(bytes)
     }
 

@@ -149,8 +149,9 @@ fn a_message_may_leave_early_only_behind_a_saved_form_on_disk() {
     // Nothing saved on disk yet: no message may leave before the flush.
     let m = send(&mut alice, "first");
     assert!(!alice.sent_key_is_durable(&m.header));
-    // Saved, but not yet known to be on disk.
+    // Stored, but not yet known to be on disk.
     let _ = alice.to_bytes();
+    alice.note_stored();
     let m = send(&mut alice, "second");
     assert!(!alice.sent_key_is_durable(&m.header));
     assert_eq!(recv(&mut bob, &m).unwrap(), "second");
@@ -169,8 +170,14 @@ fn a_message_may_leave_early_only_behind_a_saved_form_on_disk() {
     }
     let m = send(&mut alice, "past");
     assert!(!alice.sent_key_is_durable(&m.header));
-    // Saving and flushing again covers the next ones.
+    // Serialized but never stored: flushing does not make it count.
     let _ = alice.to_bytes();
+    alice.mark_saved_durable();
+    let m = send(&mut alice, "unstored");
+    assert!(!alice.sent_key_is_durable(&m.header));
+    // Storing and flushing again covers the next ones.
+    let _ = alice.to_bytes();
+    alice.note_stored();
     alice.mark_saved_durable();
     let m = send(&mut alice, "again");
     assert!(alice.sent_key_is_durable(&m.header));
@@ -180,6 +187,7 @@ fn a_message_may_leave_early_only_behind_a_saved_form_on_disk() {
     let m = send(&mut alice, "new chain");
     assert!(!alice.sent_key_is_durable(&m.header));
     let _ = alice.to_bytes();
+    alice.note_stored();
     alice.mark_saved_durable();
     let m = send(&mut alice, "covered");
     assert!(alice.sent_key_is_durable(&m.header));
@@ -381,15 +389,19 @@ mod props {
 
         /// A sender that lets each message leave before its session state
         /// is on disk when `sent_key_is_durable` allows, as the node does,
-        /// and crashes at random (back to its last saved form on disk):
-        /// no (key, nonce) pair that left is ever used again, and every
-        /// message that left decrypts. Each receive is saved and on disk
-        /// before it counts, as in the node (a flush before the ack).
+        /// with the node's rounds cut into their steps: encrypting a batch
+        /// then storing the session (a failed store sends nothing of the
+        /// batch), flushing (what waited for it leaves), crashing (back to
+        /// what is on disk), a clean stop (the exact form, then a restart),
+        /// and receiving. No (key, nonce) pair that left is ever used again,
+        /// and every message that left decrypts.
         #[test]
-        fn a_sender_that_sends_early_and_crashes_never_reuses_a_key(ops in proptest::collection::vec((0u8..6, any::<u8>()), 1..200), seed in any::<u64>()) {
+        fn a_sender_that_sends_early_and_crashes_never_reuses_a_key(ops in proptest::collection::vec((0u8..8, any::<u8>()), 1..200), seed in any::<u64>()) {
             let Pair { mut alice, mut bob } = pair(seed);
             let mut on_disk = alice.to_bytes();
+            alice.note_stored();
             alice.mark_saved_durable();
+            let mut stored: Option<zeroize::Zeroizing<Vec<u8>>> = None;
             let mut used = HashSet::new();
             let mut waiting: Vec<(RatchetMessage, Aead, String)> = Vec::new();
             let mut to_bob: Vec<(RatchetMessage, String)> = Vec::new();
@@ -397,34 +409,63 @@ mod props {
             let mut r = rng(seed ^ 2);
             for (i, (op, pick)) in ops.into_iter().enumerate() {
                 match op {
-                    // Alice sends: now if its key is behind the form on
-                    // disk, otherwise after the next flush.
-                    0 | 1 => {
-                        let text = format!("a{i}");
-                        let (m, aead) = alice.encrypt_inner(text.as_bytes()).unwrap();
-                        if alice.sent_key_is_durable(&m.header) {
-                            prop_assert!(used.insert(aead.parts()));
-                            to_bob.push((m, text));
-                        } else {
-                            waiting.push((m, aead, text));
+                    // A batch of one, or of more than half the reserve,
+                    // then the session's store: it succeeds (0, 1) or
+                    // fails (2: the batch is dropped unsent).
+                    0..=2 => {
+                        let k = if op == 1 { 20 } else { 1 };
+                        let mut batch = Vec::new();
+                        for j in 0..k {
+                            let text = format!("a{i}.{j}");
+                            let (m, aead) = alice.encrypt_inner(text.as_bytes()).unwrap();
+                            let early = alice.sent_key_is_durable(&m.header);
+                            batch.push((m, aead, text, early));
+                        }
+                        let bytes = alice.to_bytes();
+                        if op == 2 {
+                            continue;
+                        }
+                        stored = Some(bytes);
+                        alice.note_stored();
+                        for (m, aead, text, early) in batch {
+                            if early {
+                                prop_assert!(used.insert(aead.parts()));
+                                to_bob.push((m, text));
+                            } else {
+                                waiting.push((m, aead, text));
+                            }
                         }
                     }
-                    // Alice's round ends: saved, flushed, the rest leaves.
-                    2 => {
-                        on_disk = alice.to_bytes();
+                    // The flush: what was stored is on disk; the rest leaves.
+                    3 => {
+                        if let Some(bytes) = stored.take() {
+                            on_disk = bytes;
+                        }
                         alice.mark_saved_durable();
                         for (m, aead, text) in waiting.drain(..) {
                             prop_assert!(used.insert(aead.parts()));
                             to_bob.push((m, text));
                         }
                     }
-                    // Alice crashes: back to what is on disk; what waited
-                    // for the flush never left.
-                    3 => {
+                    // A crash: back to what is on disk; what waited for the
+                    // flush never left.
+                    4 => {
                         alice = Session::from_bytes(&on_disk).unwrap();
                         waiting.clear();
+                        stored = None;
                     }
-                    4 if !to_bob.is_empty() => {
+                    // A clean stop: the exact form, flushed; what waited
+                    // leaves; then a restart from it.
+                    5 => {
+                        on_disk = alice.to_bytes_exact();
+                        for (m, aead, text) in waiting.drain(..) {
+                            prop_assert!(used.insert(aead.parts()));
+                            to_bob.push((m, text));
+                        }
+                        alice = Session::from_bytes(&on_disk).unwrap();
+                        stored = None;
+                    }
+                    6 if !to_bob.is_empty() => {
                         let (m, text) = to_bob.remove(pick as usize % to_bob.len());
                         prop_assert_eq!(bob.decrypt(&m, &mut r).unwrap(), text.into_bytes());
                         if bob.can_send() && pick % 3 == 0 {
@@ -434,11 +475,15 @@ mod props {
                             to_alice.push((m, text));
                         }
                     }
-                    5 if !to_alice.is_empty() => {
+                    // Alice reads a message: stored and flushed before it
+                    // counts (the node acks after its flush).
+                    7 if !to_alice.is_empty() => {
                         let (m, text) = to_alice.remove(pick as usize % to_alice.len());
                         prop_assert_eq!(alice.decrypt(&m, &mut r).unwrap(), text.into_bytes());
                         on_disk = alice.to_bytes();
+                        alice.note_stored();
                         alice.mark_saved_durable();
+                        stored = None;
                         for (m, aead, text) in waiting.drain(..) {
                             prop_assert!(used.insert(aead.parts()));
                             to_bob.push((m, text));
