@@ -135,6 +135,7 @@ pub mod limits {
     };
     pub use super::ratchet::{
         HEADER_LEN, MAX_MESSAGE_LEN, MAX_PLAINTEXT, MAX_SKIP, MAX_SKIPPED_TOTAL, SEND_RESERVE,
+        STATE_MAX as SESSION_STATE_MAX,
     };
     pub use super::sender_key::{MAX_GROUP_MESSAGE_LEN, MAX_GROUP_SKIPPED};
 }

@@ -509,6 +509,41 @@ mod tests {
         );
     }
 
+    /// The largest record a contact can have — its session and the one it
+    /// replaced, both with a full skipped-key store, and every set-up
+    /// remembered — still fits the store's sessions tree, and loads.
+    #[test]
+    fn the_largest_record_fits_the_store() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let (mut a, mut b) = (Device::new(&mut rng), Device::new(&mut rng));
+        let f = a.send(&b, b"hi", &mut rng);
+        b.receive(&a, &f, &mut rng);
+        // Gaps of just under `MAX_SKIP`, until bob holds the most
+        // skipped keys he keeps.
+        let key = a.id.public().signing;
+        for _ in 0..3 {
+            let mut last = None;
+            for _ in 0..crypto::limits::MAX_SKIP {
+                last = Some(a.send(&b, b"lost", &mut rng));
+            }
+            b.receive(&a, &last.unwrap(), &mut rng);
+        }
+        let entry = b.sessions.by_peer.get_mut(&key).unwrap();
+        assert_eq!(
+            entry.session.skipped_len(),
+            crypto::limits::MAX_SKIPPED_TOTAL
+        );
+        entry.previous = Some(entry.session.clone());
+        entry.seen = (0..SEEN_BASE_KEYS).map(|i| [i as u8; 32]).collect();
+        let record = b.sessions.to_record(&key).unwrap();
+        let max = crate::store::Kind::Sessions.spec().max_plain;
+        assert!(record.len() > 256 * 1024, "{} bytes", record.len());
+        assert!(record.len() <= max, "{} bytes over {max}", record.len());
+        b.reload(key, &record);
+        let r = a.send(&b, b"still", &mut rng);
+        assert_eq!(b.receive(&a, &r, &mut rng), b"still");
+    }
+
     #[test]
     fn a_late_set_up_does_not_leave_the_two_sides_on_different_sessions() {
         let mut rng = StdRng::seed_from_u64(5);

@@ -55,10 +55,12 @@ impl Kind {
                 name: "groups",
                 max_plain: 64 * 1024,
             },
-            // A session with a full skipped-key store is ~140 KiB.
+            // A contact's record holds its session and the one it
+            // replaced, each up to ~160 KiB with a full skipped-key store,
+            // and the set-ups seen (64 × 32 bytes).
             Kind::Sessions => TreeSpec {
                 name: "sessions",
-                max_plain: 256 * 1024,
+                max_plain: 2 * crate::crypto::limits::SESSION_STATE_MAX + 4 * 1024,
             },
             Kind::SenderKeys => TreeSpec {
                 name: "sender_keys",

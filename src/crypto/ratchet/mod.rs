@@ -31,7 +31,7 @@ const STATE_VERSION: u8 = 1;
 /// from an old chain with a clear "duplicate" instead of a failed DH step.
 const PREVIOUS_KEYS: usize = 8;
 /// Largest saved session (skipped keys dominate: at most 69 bytes each).
-const STATE_MAX: usize = 512 + MAX_SKIPPED_TOTAL * 80;
+pub const STATE_MAX: usize = 512 + MAX_SKIPPED_TOTAL * 80;
 /// How far ahead of the sending chain its saved form is kept (see
 /// [`Session::to_bytes`]): at most this many message keys are never used
 /// after a restart, and the peer skips over them (well within
