@@ -979,7 +979,10 @@ impl Engine {
     /// live sending chain rather than the chain reserved ahead, so that
     /// the restarted node continues where it stopped and its contacts
     /// skip no message keys. Nothing encrypted afterwards may be sent.
-    pub fn save_sessions_exact(&self) -> Result<(), EngineError> {
+    pub fn save_sessions_exact(&mut self) -> Result<(), EngineError> {
+        // From here on nothing is encrypted, whether the writes succeed
+        // or not.
+        self.sessions.stop();
         let records = self.store.records(Kind::Sessions)?;
         for peer in self.sessions.peers() {
             if let Some(bytes) = self.sessions.to_record_exact(peer) {

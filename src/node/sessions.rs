@@ -97,6 +97,9 @@ pub struct Decrypted {
 #[derive(Default)]
 pub struct Sessions {
     by_peer: HashMap<[u8; 32], Entry>,
+    /// Written with their live chains for a clean stop
+    /// ([`Self::to_record_exact`]): nothing may be encrypted any more.
+    stopped: bool,
 }
 
 impl Sessions {
@@ -160,6 +163,13 @@ impl Sessions {
         self.record(peer, Session::to_bytes_exact)
     }
 
+    /// After the last save before a clean stop: every later
+    /// [`Self::encrypt`] fails, as a key past the exact saved counter
+    /// could be used again after the restart.
+    pub fn stop(&mut self) {
+        self.stopped = true;
+    }
+
     fn record(
         &self,
         peer: &[u8; 32],
@@ -195,6 +205,11 @@ impl Sessions {
         plaintext: &[u8],
         rng: &mut R,
     ) -> Result<(Frame, bool), crypto::Error> {
+        if self.stopped {
+            return Err(crypto::Error::Malformed {
+                what: "message after the sessions' last save (the node is stopping)",
+            });
+        }
         let entry = match self.by_peer.entry(peer.signing) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -489,6 +504,21 @@ mod tests {
         assert_eq!(a.receive(&b, &fb, &mut rng), b"from b");
         // Both now send on the session they settled on; each reads the other.
         talk(&mut a, &mut b, &mut rng);
+    }
+
+    #[test]
+    fn nothing_is_encrypted_after_the_last_save_before_a_stop() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let (mut a, b) = (Device::new(&mut rng), Device::new(&mut rng));
+        a.send(&b, b"before", &mut rng);
+        let key = b.id.public().signing;
+        assert!(a.sessions.to_record_exact(&key).is_some());
+        a.sessions.stop();
+        assert!(
+            a.sessions
+                .encrypt(&a.id, b.id.public(), &b.bundle(), b"after", &mut rng)
+                .is_err()
+        );
     }
 
     #[test]
