@@ -100,6 +100,8 @@ pub struct Sessions {
     /// Written with their live chains for a clean stop
     /// ([`Self::to_record_exact`]): nothing may be encrypted any more.
     stopped: bool,
+    /// Contacts whose record was stored since the last flush.
+    stored: std::collections::HashSet<[u8; 32]>,
 }
 
 impl Sessions {
@@ -251,13 +253,18 @@ impl Sessions {
             if let Some(p) = e.previous.as_mut() {
                 p.note_stored();
             }
+            self.stored.insert(*peer);
         }
     }
 
-    /// Tells every session that the records last noted by
-    /// [`Self::note_stored`] are on disk (the store was flushed since).
+    /// Tells the sessions whose records [`Self::note_stored`] noted since
+    /// the last call that those records are on disk (the store was
+    /// flushed since).
     pub fn mark_saved_durable(&mut self) {
-        for e in self.by_peer.values_mut() {
+        for peer in self.stored.drain() {
+            let Some(e) = self.by_peer.get_mut(&peer) else {
+                continue;
+            };
             e.session.mark_saved_durable();
             if let Some(p) = e.previous.as_mut() {
                 p.mark_saved_durable();
@@ -504,6 +511,30 @@ mod tests {
         assert_eq!(a.receive(&b, &fb, &mut rng), b"from b");
         // Both now send on the session they settled on; each reads the other.
         talk(&mut a, &mut b, &mut rng);
+    }
+
+    #[test]
+    fn a_message_is_early_only_after_its_record_was_stored_and_flushed() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let (mut a, b) = (Device::new(&mut rng), Device::new(&mut rng));
+        let key = b.id.public().signing;
+        let early = |a: &mut Device, rng: &mut StdRng| {
+            a.sessions
+                .encrypt(&a.id, b.id.public(), &b.bundle(), b"m", rng)
+                .unwrap()
+                .1
+        };
+        assert!(!early(&mut a, &mut rng), "a new session");
+        // Flushed without a stored record: still not early.
+        assert!(a.sessions.to_record(&key).is_some());
+        a.sessions.mark_saved_durable();
+        assert!(!early(&mut a, &mut rng));
+        // Stored, then flushed: early.
+        assert!(a.sessions.to_record(&key).is_some());
+        a.sessions.note_stored(&key);
+        assert!(!early(&mut a, &mut rng), "stored, not yet flushed");
+        a.sessions.mark_saved_durable();
+        assert!(early(&mut a, &mut rng));
     }
 
     #[test]
