@@ -878,27 +878,29 @@ impl Worker {
         match self.engine.send_many(to, bodies, now) {
             Ok(sent) => {
                 let mut refs = Vec::with_capacity(sent.len());
+                // A frame whose key no restart can use again leaves now,
+                // while this round's writes go to disk, unless something
+                // for the same contact already waits for them.
+                let now_to = self
+                    .peer_of
+                    .get(to)
+                    .copied()
+                    .filter(|p| self.shared.is_connected(p));
                 let mut early = Vec::new();
                 for s in sent {
                     refs.push(s.message);
-                    match self.peer_of.get(to).copied() {
-                        // Its key can never be used again: it leaves now,
-                        // while this round's writes go to disk (unless
-                        // something for the same contact waits for them).
-                        Some(peer)
-                            if s.early
-                                && !round.routed.contains(to)
-                                && self.shared.is_connected(&peer) =>
-                        {
-                            self.engine.attempted(s.pos, now, Some(DIRECT_WAIT));
-                            early.push((peer, (Some(s.pos), s.frame)));
-                        }
-                        _ => self.route(to, s.frame, Some(s.pos), now, round),
+                    if s.early && now_to.is_some() && !round.routed.contains(to) {
+                        self.engine.attempted(s.pos, now, Some(DIRECT_WAIT));
+                        early.push((Some(s.pos), s.frame));
+                    } else {
+                        self.route(to, s.frame, Some(s.pos), now, round);
                     }
                 }
-                if let Some(&(peer, _)) = early.first() {
-                    let frames = early.into_iter().map(|(_, f)| f).collect();
-                    let _ = self.outs.send(Out::Direct { peer, frames });
+                if let Some(peer) = now_to.filter(|_| !early.is_empty()) {
+                    let _ = self.outs.send(Out::Direct {
+                        peer,
+                        frames: early,
+                    });
                 }
                 let mut refs = refs.into_iter();
                 for (n, reply) in replies {
