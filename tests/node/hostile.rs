@@ -16,7 +16,7 @@ use meshchat::store::{DeliveryState, Store};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::common::{TestNode, WAIT, befriend, logs};
+use crate::common::{TestNode, WAIT, befriend, logs, receipt};
 
 /// Polls `net` until `pick` accepts an event.
 async fn until<T>(net: &mut Net, what: &str, mut pick: impl FnMut(NetEvent) -> Option<T>) -> T {
@@ -504,15 +504,7 @@ async fn a_batch_unanswered_on_a_direct_stream_is_sent_again_on_a_new_one() {
     write(&mut second, id, &ack.encode(&limits).unwrap())
         .await
         .unwrap();
-    b.wait("the message delivered", |e| match e {
-        NodeEvent::Receipt { message, state, .. }
-            if *message == sent && *state == DeliveryState::Delivered =>
-        {
-            Some(())
-        }
-        _ => None,
-    })
-    .await;
+    receipt(&mut b, sent, DeliveryState::Delivered).await;
     polling.abort();
 }
 
