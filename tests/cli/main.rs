@@ -15,6 +15,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../common/exit.rs"]
+mod exit;
+
 mod api;
 mod chat;
 mod group;
@@ -138,15 +141,9 @@ impl Proc {
             .status()
             .unwrap();
         assert!(status.success());
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code();
-            }
-            assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-            // Polling a child for its exit: there is no event to wait on.
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        exit::wait_for_exit(&mut self.child, WAIT)
+            .expect("did not exit after SIGTERM")
+            .code()
     }
 }
 

@@ -98,15 +98,9 @@ fn the_terminal_chat_sends_a_message_and_shows_it_delivered() {
     // Ctrl-C leaves, with exit code 0.
     keys.write_all(b"\x03").unwrap();
     keys.flush().unwrap();
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the chat did not exit");
-        // Polling a child for its exit: there is no event to wait on.
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let pid = child.process_id();
+    let status =
+        crate::exit::wait_for(pid, || child.wait().unwrap(), WAIT).expect("the chat did not exit");
     assert!(status.success(), "{status:?}");
     alice.stop();
     bob.stop();

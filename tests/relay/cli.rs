@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
@@ -186,15 +186,9 @@ max_mailbox_envelopes = 100
 }
 
 fn wait_exit(child: &mut Child) -> Option<i32> {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s.code();
-        }
-        assert!(std::time::Instant::now() < deadline, "relay did not exit");
-        // Polling a child process for its exit: no event to wait on.
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::exit::wait_for_exit(child, WAIT)
+        .expect("relay did not exit")
+        .code()
 }
 
 #[test]

@@ -15,6 +15,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/exit.rs"]
+mod exit;
 
 mod cli;
 mod groups;
