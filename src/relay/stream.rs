@@ -32,7 +32,7 @@ use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use libp2p::futures::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use libp2p::futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
@@ -333,14 +333,16 @@ pub struct Serving {
 /// or been idle for `how.idle`, and every answer is written; or on the
 /// first error (`InvalidData`: the client broke the framing, or
 /// `on_request` said the request was not acceptable by returning that
-/// error).
-pub async fn serve<A, E, F>(
-    stream: Stream,
+/// error; `TimedOut`: the client took no answer for `how.idle`, so that a
+/// client that stops reading cannot hold its answers and its place).
+pub async fn serve<S, A, E, F>(
+    stream: S,
     how: Serving,
     encode: E,
     mut on_request: F,
 ) -> io::Result<()>
 where
+    S: AsyncRead + AsyncWrite + Unpin,
     E: Fn(&A) -> io::Result<Vec<u8>>,
     F: FnMut(u64, Vec<u8>, Responder<A>) -> io::Result<bool>,
 {
@@ -359,8 +361,19 @@ where
                 push_frame(&mut buf, id, &encode(&answer)?)?;
                 permits.push(permit);
             }
-            wr.write_all(&buf).await?;
-            wr.flush().await?;
+            let write = async {
+                wr.write_all(&buf).await?;
+                wr.flush().await
+            };
+            match tokio::time::timeout(how.idle, write).await {
+                Ok(written) => written?,
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client took no answer for the idle time",
+                    ));
+                }
+            }
             // The window opens only now.
             drop(permits);
         }
@@ -503,6 +516,106 @@ mod tests {
         let (r, mut rx) = responder(9);
         drop(r);
         assert!(rx.try_recv().is_err());
+    }
+
+    /// One end of an in-memory pipe of `tokio::io::duplex`, as the
+    /// `futures` IO traits a libp2p stream has.
+    struct Pipe(tokio::io::DuplexStream);
+
+    impl AsyncRead for Pipe {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let mut rb = tokio::io::ReadBuf::new(buf);
+            match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut self.0), cx, &mut rb) {
+                std::task::Poll::Ready(Ok(())) => std::task::Poll::Ready(Ok(rb.filled().len())),
+                std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        }
+    }
+
+    impl AsyncWrite for Pipe {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            tokio::io::AsyncWrite::poll_write(std::pin::Pin::new(&mut self.0), cx, buf)
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            tokio::io::AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.0), cx)
+        }
+        fn poll_close(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            tokio::io::AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut self.0), cx)
+        }
+    }
+
+    /// A client that sends requests and never reads its answers: once the
+    /// pipe is full the writer waits, and after the idle time the stream
+    /// ends with `TimedOut` instead of holding its answers for as long as
+    /// the connection lives. A client that reads gets every answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_no_answers_is_cut_after_the_idle_time() {
+        let how = Serving {
+            window: 8,
+            max_request: 64,
+            idle: std::time::Duration::from_secs(30),
+        };
+        let requests = |n: u64| {
+            let mut out = Vec::new();
+            for id in 0..n {
+                push_frame(&mut out, id, b"q").unwrap();
+            }
+            out
+        };
+        // Each answer is 4 KiB; the pipe holds 1 KiB.
+        let answer = |_: &u8| Ok(vec![7u8; 4096]);
+        let (mut client, server) = tokio::io::duplex(1024);
+        tokio::io::AsyncWriteExt::write_all(&mut client, &requests(4))
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let served = serve(Pipe(server), how, answer, |_, _, r: Responder<u8>| {
+            r.send(1);
+            Ok(true)
+        })
+        .await;
+        let e = served.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        // Cut at the idle time (the reader, idle too, stopped before).
+        let waited = started.elapsed();
+        assert!(waited >= how.idle && waited < how.idle * 2, "{waited:?}");
+        drop(client);
+
+        // The same, read as they come: every answer, then the end.
+        let (client, server) = tokio::io::duplex(1024);
+        let mut client = Pipe(client);
+        let serving = tokio::spawn(serve(
+            Pipe(server),
+            how,
+            answer,
+            |_, _, r: Responder<u8>| {
+                r.send(1);
+                Ok(true)
+            },
+        ));
+        client.write_all(&requests(4)).await.unwrap();
+        client.close().await.unwrap();
+        for id in 0..4 {
+            let (got, message) = read_frame(&mut client, 8192).await.unwrap().unwrap();
+            assert_eq!((got, message.len()), (id, 4096));
+        }
+        assert_eq!(read_frame(&mut client, 8192).await.unwrap(), None);
+        serving.await.unwrap().unwrap();
     }
 
     #[test]

@@ -99,8 +99,9 @@ pub struct NetConfig {
     pub serve_mailboxes: bool,
     /// A stream we serve (mailbox or direct) on which no whole request
     /// arrives for this long is read no more: what it sent is answered,
-    /// then it is closed. Above the 60 s after which our own side lets an
-    /// unused stream go.
+    /// then it is closed; one whose peer takes no answer for this long is
+    /// cut. Above the 60 s after which our own side lets an unused stream
+    /// go.
     pub stream_idle_timeout: Duration,
 }
 
