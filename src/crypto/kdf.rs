@@ -182,6 +182,19 @@ pub(crate) fn decompress(
         .ok_or(Error::InvalidKey { what })
 }
 
+/// Checks that `public` can take part in an exchange: a point of the curve
+/// (not of its twist) and not of small order, whose exchanges would all
+/// give the same, known, secret.
+pub(crate) fn check_public(public: &[u8; 32], what: &'static str) -> Result<(), Error> {
+    let point = MontgomeryPoint(*public)
+        .to_edwards(0)
+        .ok_or(Error::InvalidKey { what })?;
+    if point.is_small_order() {
+        return Err(Error::NonContributory { what });
+    }
+    Ok(())
+}
+
 /// [`dh`] with the public key already decompressed.
 pub(crate) fn dh_point(
     secret: &x25519_dalek::StaticSecret,

@@ -9,7 +9,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::identity::verify;
 use super::wire::{self, bytes64};
-use super::{DeviceIdentity, Error, PublicIdentity, Secret32, labels};
+use super::{DeviceIdentity, Error, PublicIdentity, Secret32, kdf, labels};
 
 /// How long a signed prekey is the current one.
 pub const SIGNED_PREKEY_ROTATION_SECS: u64 = 7 * 24 * 3600;
@@ -385,11 +385,24 @@ impl PrekeyBundle {
         wire::decode(bytes, "prekey bundle", BUNDLE_VERSION, BUNDLE_MAX)
     }
 
-    /// Checks the identity binding, the signed prekey, the body and the
-    /// one-time prekey signatures.
+    /// Checks the version, the identity binding, the signed prekey, the body
+    /// and the one-time prekey signatures, and that every X25519 key in it
+    /// can take part in an exchange ([`kdf::check_public`]): a signed but
+    /// unusable key is refused here, not when a session is set up with it.
     pub fn verify(&self) -> Result<VerifiedBundle, Error> {
+        // `from_bytes` checks it too; a bundle inside another structure
+        // comes here without it.
+        if self.version != BUNDLE_VERSION {
+            return Err(Error::UnknownVersion {
+                what: "prekey bundle",
+                got: self.version,
+                expected: BUNDLE_VERSION,
+            });
+        }
         let body: BundleBody = wire::decode(&self.body, "bundle body", BODY_VERSION, BUNDLE_MAX)?;
         body.identity.verify()?;
+        kdf::check_public(&body.identity.dh, "identity key")?;
+        kdf::check_public(&body.signed_prekey, "signed prekey")?;
         let signer = &body.identity.signing;
         verify(
             signer,
@@ -420,6 +433,7 @@ impl PrekeyBundle {
                 &opk.sig,
                 "one-time prekey",
             )?;
+            kdf::check_public(&opk.key, "one-time prekey")?;
         }
         Ok(VerifiedBundle {
             body,

@@ -151,3 +151,74 @@ fn mailbox_requests_need_the_mailbox_key() {
     );
     assert_eq!(MailboxKey::from_seed(owner.seed().clone()).id(), id);
 }
+
+/// A bundle whose keys are signed but cannot take part in an exchange (of
+/// small order, or on the curve's twist), or whose version is unknown, is
+/// refused by `verify`, wherever it came from.
+#[test]
+fn a_signed_bundle_with_an_unusable_key_or_an_unknown_version_is_refused() {
+    let mut r = rng(64);
+    let bob = DeviceIdentity::generate(&mut r);
+    let mut pre = PrekeyStore::new(&bob, 0, &mut r);
+    pre.generate_one_time(&bob, 1, &mut r);
+    let bundle = pre.bundle(&bob, [5; 32], &[], 0, true).unwrap();
+    bundle.verify().unwrap();
+
+    // A u-coordinate with no point on the curve (it is on the twist).
+    let twist = (2u8..=255)
+        .map(|u| {
+            let mut k = [0u8; 32];
+            k[0] = u;
+            k
+        })
+        .find(|k| {
+            curve25519_dalek::montgomery::MontgomeryPoint(*k)
+                .to_edwards(0)
+                .is_none()
+        })
+        .unwrap();
+    let mut one = [0u8; 32];
+    one[0] = 1;
+    for (bad, why) in [([0u8; 32], "order 2"), (one, "order 4"), (twist, "twist")] {
+        // As the signed prekey, signed by its identity.
+        let mut body: BundleBody =
+            crate::crypto::wire::decode(&bundle.body, "bundle body", 1, 1 << 16).unwrap();
+        body.signed_prekey = bad;
+        body.signed_prekey_sig = bob.sign(
+            labels::SIG_SIGNED_PREKEY,
+            &[&body.signed_prekey_id.to_be_bytes(), &bad],
+        );
+        let mut b = bundle.clone();
+        b.body = crate::crypto::wire::encode(&body);
+        b.body_sig = bob.sign(labels::SIG_BUNDLE, &[&b.body]);
+        assert!(
+            matches!(
+                b.verify(),
+                Err(Error::NonContributory { .. } | Error::InvalidKey { .. })
+            ),
+            "signed prekey of {why}"
+        );
+        // As the one-time prekey.
+        let mut b = bundle.clone();
+        let opk = b.one_time.as_mut().unwrap();
+        opk.key = bad;
+        opk.sig = bob.sign(labels::SIG_ONE_TIME_PREKEY, &[&opk.id.to_be_bytes(), &bad]);
+        assert!(
+            matches!(
+                b.verify(),
+                Err(Error::NonContributory { .. } | Error::InvalidKey { .. })
+            ),
+            "one-time prekey of {why}"
+        );
+    }
+
+    // An unknown version, in a bundle decoded as part of something else
+    // (postcard, without `from_bytes`'s check).
+    let mut bytes = postcard::to_allocvec(&bundle).unwrap();
+    bytes[0] = 2;
+    let other: PrekeyBundle = postcard::from_bytes(&bytes).unwrap();
+    assert!(matches!(
+        other.verify(),
+        Err(Error::UnknownVersion { got: 2, .. })
+    ));
+}
