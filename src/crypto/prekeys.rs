@@ -228,6 +228,11 @@ impl PrekeyStore {
         out
     }
 
+    /// The public part of the one-time prekey `id`, while it is unused.
+    pub fn one_time_public(&self, id: u32) -> Option<OneTimePublic> {
+        self.one_time.get(&id).map(OneTimePrekey::to_public)
+    }
+
     /// How many one-time prekeys remain.
     pub fn one_time_count(&self) -> usize {
         self.one_time.len()

@@ -245,6 +245,10 @@ pub struct Engine {
     /// When each contact last made failed messages due again
     /// ([`Engine::heard_from`]); one entry per contact at most.
     heard_at: HashMap<[u8; 32], u64>,
+    /// The one-time prekey last handed to each contact that asked for our
+    /// bundle directly: handed again while unused, so that asking again
+    /// and again cannot use up the prekeys kept for everyone.
+    handed_one_time: HashMap<[u8; 32], u32>,
     /// 1:1 frames read lately and their receipts, so that another copy of
     /// one (the same envelope left at two relays and published on the
     /// mesh) is answered with the same receipt, in case the first was
@@ -342,6 +346,7 @@ impl Engine {
             seal_cache: SealCache::default(),
             schedule,
             heard_at: HashMap::new(),
+            handed_one_time: HashMap::new(),
             read_frames: Recent::new(MAX_READ_FRAMES),
             rng,
             ttl: MESSAGE_TTL,
@@ -417,6 +422,7 @@ impl Engine {
             return Ok(false);
         }
         self.heard_at.remove(key);
+        self.handed_one_time.remove(key);
         self.read_frames.retain(|(peer, _)| peer != key);
         self.store.records(Kind::Contacts)?.remove(key)?;
         Ok(true)
@@ -536,17 +542,36 @@ impl Engine {
         self.sessions.has(peer)
     }
 
-    /// A bundle for a contact that asked over a direct connection, with a
-    /// one-time prekey made for it (none if the store already holds the
-    /// most it keeps). The caller writes the prekeys (`receive` does).
-    fn bundle_for_contact(&mut self, now: u64) -> Result<crypto::PrekeyBundle, EngineError> {
+    /// A bundle for the contact `from`, which asked over a direct
+    /// connection, with a one-time prekey for it: the one it was handed
+    /// before if still unused, else a new one (none if the store already
+    /// holds the most it keeps). The caller writes the prekeys (`receive`
+    /// does).
+    fn bundle_for_contact(
+        &mut self,
+        from: &[u8; 32],
+        now: u64,
+    ) -> Result<crypto::PrekeyBundle, EngineError> {
         let mut bundle =
             self.prekeys
                 .bundle(&self.me, self.mailbox.id().0, &self.relays, now, false)?;
-        bundle.one_time = self
-            .prekeys
-            .generate_one_time(&self.me, 1, &mut self.rng)
-            .pop();
+        let unused = self
+            .handed_one_time
+            .get(from)
+            .and_then(|&id| self.prekeys.one_time_public(id));
+        bundle.one_time = match unused {
+            Some(opk) => Some(opk),
+            None => {
+                let opk = self
+                    .prekeys
+                    .generate_one_time(&self.me, 1, &mut self.rng)
+                    .pop();
+                if let Some(o) = &opk {
+                    self.handed_one_time.insert(*from, o.id);
+                }
+                opk
+            }
+        };
         Ok(bundle)
     }
 
@@ -1040,7 +1065,7 @@ impl Engine {
                 // one-time prekeys by repeating the request.
                 Ok(Frame::BundleRequest) if direct && !answered_bundle => {
                     answered_bundle = true;
-                    match self.bundle_for_contact(now) {
+                    match self.bundle_for_contact(from, now) {
                         Ok(b) => {
                             prekeys_changed = true;
                             out.replies.push(Frame::Bundle(b).to_bytes());
@@ -1643,6 +1668,54 @@ mod tests {
             a.receive(&b_key, &[foreign], 105, true).unwrap().accepted,
             vec![false]
         );
+    }
+
+    #[test]
+    fn a_contact_asking_for_our_bundle_again_and_again_gets_one_one_time_prekey() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let ask = Frame::BundleRequest.to_bytes();
+        let one_time = |b: &mut Engine, at: u64| {
+            let answer = b
+                .receive(&a_key, std::slice::from_ref(&ask), at, true)
+                .unwrap();
+            assert_eq!(answer.accepted, vec![true]);
+            let [reply] = answer.replies.as_slice() else {
+                panic!("one bundle")
+            };
+            let Ok(Frame::Bundle(bundle)) = Frame::from_bytes(reply) else {
+                panic!("a bundle")
+            };
+            bundle.one_time.expect("with a one-time prekey").id
+        };
+        // Asked in many batches: the same prekey each time, one used up.
+        let first = one_time(&mut b, 101);
+        for at in 102..150 {
+            assert_eq!(one_time(&mut b, at), first);
+        }
+        assert_eq!(b.prekeys.one_time_count(), 1);
+        // Once a session used it, the next ask gets a new one.
+        let took = a
+            .receive(
+                &b_key,
+                &b.receive(&a_key, std::slice::from_ref(&ask), 150, true)
+                    .unwrap()
+                    .replies,
+                150,
+                true,
+            )
+            .unwrap();
+        assert_eq!(took.accepted, vec![true]);
+        let hello = a.send(&b_key, b"hello".to_vec(), 151).unwrap();
+        b.receive(&a_key, &[hello.frame], 152, true).unwrap();
+        assert_eq!(b.prekeys.one_time_count(), 0);
+        assert_ne!(one_time(&mut b, 153), first);
+        assert_eq!(b.prekeys.one_time_count(), 1);
     }
 
     #[test]
