@@ -53,8 +53,9 @@ impl KdfParams {
         t_cost: 1,
         p_cost: 1,
     };
-    /// Largest accepted from a file (a hostile file must not exhaust memory).
-    pub const MAX_M_COST_KIB: u32 = 4 * 1024 * 1024;
+    /// Largest accepted from a file (a hostile file must not exhaust
+    /// memory): 1 GiB, sixteen times the default.
+    pub const MAX_M_COST_KIB: u32 = 1024 * 1024;
     /// Most passes accepted from a file.
     pub const MAX_T_COST: u32 = 64;
     /// Most lanes accepted from a file.

@@ -84,6 +84,14 @@ fn hostile_keystore_files_are_rejected_before_any_work() {
         Keystore::from_bytes(&evil.to_bytes()),
         Err(Error::KdfParams(_))
     ));
+    // Just over the 1 GiB cap: refused too.
+    let mut evil = ks.clone();
+    evil.params.m_cost_kib = KdfParams::MAX_M_COST_KIB + 1;
+    assert!(matches!(
+        Keystore::from_bytes(&evil.to_bytes()),
+        Err(Error::KdfParams(_))
+    ));
+    assert_eq!(KdfParams::MAX_M_COST_KIB, 1024 * 1024);
     let mut evil = ks.clone();
     evil.params.t_cost = 1_000_000;
     assert!(matches!(

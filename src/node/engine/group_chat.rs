@@ -1375,6 +1375,12 @@ impl Engine {
         if &t.group != group || t.lamport != lamport {
             return Ok(Vec::new());
         }
+        if t.delivered.len() != t.members.len() || t.read.len() != t.members.len() {
+            return Err(crate::crypto::Error::Malformed {
+                what: "group tally: a mark per member",
+            }
+            .into());
+        }
         let Some(i) = t.members.iter().position(|m| m == from) else {
             return Ok(Vec::new());
         };
@@ -1740,6 +1746,30 @@ mod tests {
         for i in 1..3 {
             assert_eq!(d.engines[i].queued(), 0);
         }
+    }
+
+    #[test]
+    fn a_tally_without_a_mark_per_member_is_an_error_not_a_panic() {
+        let (mut d, group) = Devices::formed(2);
+        let (refs, _) = d.engines[0]
+            .group_send(&group, vec![b"counted".to_vec()], 200)
+            .unwrap();
+        let m = &refs[0];
+        let records = d.engines[0].store.records(Kind::Groups).unwrap();
+        let key = tally_key(&m.msg_id);
+        let bytes = records.get(&key).unwrap().expect("a tally");
+        let mut t: Tally = wire::decode(&bytes, "group tally", TALLY_VERSION, Tally::MAX).unwrap();
+        t.delivered.clear();
+        records.put(&key, &wire::encode(&t)).unwrap();
+        let member = d.keys[1];
+        let counted = d.engines[0].count_receipt(
+            &group,
+            m.lamport,
+            &m.msg_id,
+            &member,
+            ReceiptKind::Delivered,
+        );
+        assert!(counted.is_err(), "{counted:?}");
     }
 
     #[test]
