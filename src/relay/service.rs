@@ -8,7 +8,7 @@
 //! the store is flushed before such a request is answered: a one-time
 //! prekey is handed out once, even across a crash.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,9 +27,16 @@ use crate::crypto::{
 use crate::node::net::{RateLimit, RateLimiter};
 use crate::store::{self, Kind, Spool, Store, ToHold};
 
-/// Most owner-request nonces remembered (each for twice the clock skew
-/// allowed); when full, new owner requests are refused until some age out.
-const MAX_NONCES: usize = 250_000;
+/// Most owner-request nonces remembered (each until twice the clock skew
+/// allowed has passed since the time it carries); when full, new owner
+/// requests are refused until some age out.
+const MAX_NONCES: usize = 300_000;
+/// Most of them from one peer: a peer over it is refused (`RateLimited`)
+/// until its own age out, and cannot fill the table for everyone (with at
+/// most 512 inbound connections, all peers together stay under
+/// [`MAX_NONCES`]). A device asks a few times a minute; draining 100,000
+/// envelopes takes about 200 requests.
+const PEER_NONCES: u32 = 512;
 /// Most envelopes dropped per purge call (the store thread purges again at
 /// its next tick if more are due).
 const PURGE_BATCH: usize = 10_000;
@@ -196,8 +203,12 @@ pub struct Service {
     deposit_kib: RateLimiter,
     owners: RateLimiter,
     prekey_requests: RateLimiter,
-    nonces: HashMap<[u8; 16], u64>,
-    nonce_order: VecDeque<([u8; 16], u64)>,
+    /// Nonces remembered: the time each carries and the peer that sent it.
+    nonces: HashMap<[u8; 16], (u64, PeerId)>,
+    /// The same, by the time they carry (so they age out in that order).
+    nonce_order: BTreeSet<(u64, [u8; 16])>,
+    /// How many each peer has in the table.
+    peer_nonces: HashMap<PeerId, u32>,
 }
 
 impl std::fmt::Debug for Service {
@@ -232,7 +243,8 @@ impl Service {
             limits,
             metrics,
             nonces: HashMap::new(),
-            nonce_order: VecDeque::new(),
+            nonce_order: BTreeSet::new(),
+            peer_nonces: HashMap::new(),
         };
         s.refresh_gauges();
         s.metrics
@@ -606,14 +618,14 @@ impl Service {
             return Err(Refusal::RateLimited);
         }
         let owner = signed.body.owner();
-        self.owner_ok(owner, now)?;
+        self.owner_ok(peer, owner, now)?;
         let mailbox = signed.verify().map_err(|_| Refusal::BadSignature)?;
-        self.remember(owner);
+        self.remember(peer, owner);
         Ok(mailbox)
     }
 
     /// Freshness of an owner's request: its time near ours, its nonce new.
-    fn owner_ok(&mut self, owner: &Owner, now: u64) -> Result<(), Refusal> {
+    fn owner_ok(&mut self, peer: &PeerId, owner: &Owner, now: u64) -> Result<(), Refusal> {
         if owner.relay != self.identity.public().signing {
             return Err(Refusal::WrongRelay);
         }
@@ -624,29 +636,42 @@ impl Service {
         if self.nonces.contains_key(&owner.nonce) {
             return Err(Refusal::Stale);
         }
-        if self.nonces.len() >= MAX_NONCES {
-            // Forgetting one early would let it be replayed: refuse
-            // instead, until the window moves on.
+        // Forgetting one early would let it be replayed: refuse instead,
+        // until the window moves on.
+        if self.nonces.len() >= MAX_NONCES
+            || self
+                .peer_nonces
+                .get(peer)
+                .is_some_and(|&n| n >= PEER_NONCES)
+        {
             return Err(Refusal::RateLimited);
         }
         Ok(())
     }
 
     /// Remembers a verified request's nonce for the skew window.
-    fn remember(&mut self, owner: &Owner) {
-        self.nonces.insert(owner.nonce, owner.at);
-        self.nonce_order.push_back((owner.nonce, owner.at));
+    fn remember(&mut self, peer: &PeerId, owner: &Owner) {
+        if self.nonces.insert(owner.nonce, (owner.at, *peer)).is_none() {
+            self.nonce_order.insert((owner.at, owner.nonce));
+            *self.peer_nonces.entry(*peer).or_default() += 1;
+        }
     }
 
-    /// Drops nonces older than the window. Requests come in roughly
-    /// time order; one far ahead of the rest only ages out later.
+    /// Drops nonces whose time is older than the window.
     fn forget_nonces(&mut self, now: u64) {
-        while let Some(&(nonce, at)) = self.nonce_order.front() {
+        while let Some(&(at, nonce)) = self.nonce_order.first() {
             if at.saturating_add(2 * MAX_REQUEST_SKEW) >= now {
                 break;
             }
-            self.nonce_order.pop_front();
-            self.nonces.remove(&nonce);
+            self.nonce_order.pop_first();
+            if let Some((_, peer)) = self.nonces.remove(&nonce)
+                && let Some(n) = self.peer_nonces.get_mut(&peer)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    self.peer_nonces.remove(&peer);
+                }
+            }
         }
     }
 
@@ -852,6 +877,43 @@ mod tests {
             f.service.handle(&peer, old, 1_000).unwrap().response,
             Response::Refused(Refusal::Stale)
         );
+    }
+
+    /// One peer cannot fill the replay memory for everyone: past its share
+    /// it is refused while another peer is served, and its share comes back
+    /// as its nonces age out (by the time they carry, even one stamped
+    /// ahead of the rest).
+    #[test]
+    fn one_peer_holds_at_most_its_share_of_the_replay_memory() {
+        let mut f = fixture(Limits::default());
+        let greedy = f.peer;
+        let other = PeerId::random();
+        let answer = |f: &mut Fixture, peer: &PeerId, at: u64, now: u64| {
+            let request = fetch(f, at);
+            f.service.handle(peer, request, now).unwrap().response
+        };
+        let empty = Response::Mail {
+            items: vec![],
+            more: false,
+        };
+        // One stamped 200 s ahead, then the rest at the present.
+        assert_eq!(answer(&mut f, &greedy, 1_200, 1_000), empty);
+        for _ in 1..PEER_NONCES {
+            assert_eq!(answer(&mut f, &greedy, 1_000, 1_000), empty);
+        }
+        assert_eq!(
+            answer(&mut f, &greedy, 1_000, 1_000),
+            Response::Refused(Refusal::RateLimited)
+        );
+        assert_eq!(answer(&mut f, &other, 1_000, 1_000), empty);
+        // Past the window of those at 1,000 (the one ahead still held).
+        let later = 1_000 + 2 * MAX_REQUEST_SKEW + 1;
+        assert_eq!(answer(&mut f, &greedy, later, later), empty);
+        // Held: the greedy peer's one ahead and its new one; the other
+        // peer's aged out with the rest.
+        assert_eq!(f.service.peer_nonces.get(&greedy), Some(&2));
+        assert!(!f.service.peer_nonces.contains_key(&other));
+        assert_eq!(f.service.nonces.len(), 2);
     }
 
     #[test]
