@@ -161,8 +161,21 @@ pub struct Op {
     pub author: [u8; 32],
     /// What it changes.
     pub change: Change,
+    /// The identity key of the member card it carries (a creation's or an
+    /// addition's), found when its bundle was verified: a fold of the log
+    /// checks no signature again.
+    pub member: Option<[u8; 32]>,
     /// The exact bytes received (or made), as they travel.
     pub bytes: Vec<u8>,
+}
+
+/// The identity key of the member card in `change` (a creation's or an
+/// addition's), if it has one and its bundle verifies.
+fn card_key(change: &Change) -> Option<[u8; 32]> {
+    match change {
+        Change::Create { card, .. } | Change::Add { card, .. } => card.key().ok(),
+        _ => None,
+    }
 }
 
 fn hash(label: &[u8], bytes: &[u8]) -> [u8; 32] {
@@ -206,6 +219,7 @@ impl Op {
             },
             lamport,
             author: me.public().signing,
+            member: card_key(&change),
             change,
             bytes,
         }
@@ -231,6 +245,7 @@ impl Op {
             &sig,
             "group operation",
         )?;
+        let mut member = None;
         let group = match &body.change {
             Change::Create {
                 name,
@@ -240,7 +255,9 @@ impl Op {
             } => {
                 check_name(name, MAX_GROUP_NAME)?;
                 check_name(&card.name, MAX_MEMBER_NAME)?;
-                if card.key()? != body.author || body.group != [0; 32] {
+                let key = card.key()?;
+                member = Some(key);
+                if key != body.author || body.group != [0; 32] {
                     return Err(crypto::Error::Malformed {
                         what: "group creation (card not the author's)",
                     });
@@ -254,7 +271,7 @@ impl Op {
             }
             Change::Add { card, .. } => {
                 check_name(&card.name, MAX_MEMBER_NAME)?;
-                card.key()?;
+                member = Some(card.key()?);
                 body.group
             }
             Change::Rename { name } => {
@@ -274,6 +291,7 @@ impl Op {
             lamport: body.lamport,
             author: body.author,
             change: body.change,
+            member,
             bytes: bytes.to_vec(),
         })
     }
@@ -354,7 +372,7 @@ impl View {
                 });
             }
             Change::Add { card, role } if admin => {
-                if let Ok(key) = card.key()
+                if let Some(key) = op.member
                     && !self.is_member(&key)
                     && self.members.len() < MAX_MEMBERS
                 {
@@ -619,6 +637,37 @@ mod tests {
             },
         );
         assert!(Op::from_bytes(&rename.bytes).is_err());
+    }
+
+    /// A card's key is found once, when its operation is made or decoded;
+    /// the fold takes it from there (checking no signature again).
+    #[test]
+    fn an_addition_carries_its_member_key_and_the_fold_uses_it() {
+        let (a, b) = (device(1, "a"), device(2, "b"));
+        let birth = create(&a);
+        assert_eq!(birth.member, Some(a.card.key().unwrap()));
+        let g = birth.group;
+        let add = Op::new(
+            &a.id,
+            g,
+            2,
+            Change::Add {
+                card: b.card.clone(),
+                role: Role::Member,
+            },
+        );
+        let decoded = Op::from_bytes(&add.bytes).unwrap();
+        assert_eq!(decoded.member, Some(b.card.key().unwrap()));
+        assert_eq!(decoded, add);
+        let mut log = Log::new(g);
+        log.insert([birth.clone(), decoded.clone()]).unwrap();
+        assert!(log.view().is_member(&b.card.key().unwrap()));
+        // Without the key the fold adds nobody: it does not look again.
+        let mut unkeyed = decoded;
+        unkeyed.member = None;
+        let mut log = Log::new(g);
+        log.insert([birth, unkeyed]).unwrap();
+        assert!(!log.view().is_member(&b.card.key().unwrap()));
     }
 
     #[test]

@@ -60,6 +60,11 @@ const KEYS_PER_MEMBER: usize = 2;
 /// comes in several payloads; the one that adds this device may not be the
 /// first).
 const MAX_LIMBO_GROUPS: usize = 8;
+/// Most bytes of operations held for one such group (a log of the most
+/// operations a log takes, at 2 KiB each)...
+const MAX_LIMBO_BYTES: usize = groups::MAX_OPS * 2 * 1024;
+/// ...and for all of them together (the oldest group goes first).
+const MAX_LIMBO_TOTAL: usize = 2 * MAX_LIMBO_BYTES;
 const OWN_KEY: &[u8] = b"own";
 const LIMBO_PREFIX: &[u8] = b"limbo:";
 const TALLY_PREFIX: &[u8] = b"tally:";
@@ -1191,12 +1196,18 @@ impl Engine {
     /// Operations of a group this device does not have. With those held
     /// from before, if they make it a member: all of them, and the group
     /// is created. Otherwise they are held (on disk, for the few most
-    /// recent such groups) until the operation that adds this device comes:
-    /// a long log arrives in several payloads, in any order. Nobody else's
-    /// group is kept beyond that.
+    /// recent such groups, within [`MAX_LIMBO_BYTES`] each and
+    /// [`MAX_LIMBO_TOTAL`] together) until the operation that adds this
+    /// device comes: a long log arrives in several payloads, in any order.
+    /// Nobody else's group is kept beyond that.
+    ///
+    /// Each payload costs what it brings: the held operations are folded
+    /// into a trial log only once one of them adds this device (nothing
+    /// else can make it a member), and a fold checks no signature again
+    /// ([`Op::member`]).
     fn limbo(&mut self, group: [u8; 32], ops: Vec<Op>) -> Result<Option<Vec<Op>>, EngineError> {
         let me = self.me.public().signing;
-        let held = match self.groups.limbo.iter().position(|(g, _)| *g == group) {
+        let mut held = match self.groups.limbo.iter().position(|(g, _)| *g == group) {
             Some(i) => self
                 .groups
                 .limbo
@@ -1205,30 +1216,41 @@ impl Engine {
                 .unwrap_or_default(),
             None => Vec::new(),
         };
-        let known: HashSet<[u8; 32]> = held.iter().map(|o| o.id).collect();
-        let fresh: Vec<Op> = ops.into_iter().filter(|o| !known.contains(&o.id)).collect();
-        let mut trial = Log::new(group);
-        let all: Vec<Op> = held.iter().chain(&fresh).cloned().collect();
+        let mut known: HashSet<[u8; 32]> = held.iter().map(|o| o.id).collect();
+        let fresh: Vec<Op> = ops.into_iter().filter(|o| known.insert(o.id)).collect();
         let records = self.store.records(Kind::Groups)?;
-        if trial.insert(all.clone()).is_err() {
-            // Too many for one log: nothing of it is kept.
+        let bytes = |ops: &[Op]| ops.iter().map(|o| o.bytes.len()).sum::<usize>();
+        if held.len() + fresh.len() > groups::MAX_OPS
+            || bytes(&held) + bytes(&fresh) > MAX_LIMBO_BYTES
+        {
+            // Too much for one log: nothing of it is kept.
             for op in &held {
                 records.remove(&limbo_record(&group, &op.id))?;
             }
             return Ok(None);
         }
-        if trial.view().is_member(&me) {
-            for op in &held {
-                records.remove(&limbo_record(&group, &op.id))?;
+        let first_new = held.len();
+        held.extend(fresh);
+        let adds_me = |o: &Op| matches!(o.change, Change::Add { .. }) && o.member == Some(me);
+        if held.iter().any(adds_me) {
+            let mut trial = Log::new(group);
+            if trial.insert(held.iter().cloned()).is_ok() && trial.view().is_member(&me) {
+                for op in &held[..first_new] {
+                    records.remove(&limbo_record(&group, &op.id))?;
+                }
+                self.groups.slots.insert(group, GroupSlot::new(group));
+                return Ok(Some(held));
             }
-            self.groups.slots.insert(group, GroupSlot::new(group));
-            return Ok(Some(all));
         }
-        for op in &fresh {
+        for op in &held[first_new..] {
             records.put(&limbo_record(&group, &op.id), &op.bytes)?;
         }
-        self.groups.limbo.push_back((group, all));
-        while self.groups.limbo.len() > MAX_LIMBO_GROUPS {
+        self.groups.limbo.push_back((group, held));
+        let total =
+            |l: &VecDeque<([u8; 32], Vec<Op>)>| l.iter().map(|(_, o)| bytes(o)).sum::<usize>();
+        while self.groups.limbo.len() > MAX_LIMBO_GROUPS
+            || (self.groups.limbo.len() > 1 && total(&self.groups.limbo) > MAX_LIMBO_TOTAL)
+        {
             if let Some((old, ops)) = self.groups.limbo.pop_front() {
                 for op in &ops {
                     records.remove(&limbo_record(&old, &op.id))?;
