@@ -338,15 +338,21 @@ impl Actor {
     }
 
     fn job(&self, job: Job) {
+        let bytes = job.network_bytes();
         self.shared.backlog.fetch_add(1, Ordering::Relaxed);
+        self.shared.backlog_bytes.fetch_add(bytes, Ordering::Relaxed);
         if self.jobs.send(job).is_err() {
             self.shared.backlog.fetch_sub(1, Ordering::Relaxed);
+            self.shared.backlog_bytes.fetch_sub(bytes, Ordering::Relaxed);
             debug!("store thread gone");
         }
     }
 
+    /// The store thread is behind: `max_backlog` jobs or
+    /// `max_backlog_bytes` of network input wait for it.
     fn overloaded(&self) -> bool {
         self.shared.backlog.load(Ordering::Relaxed) >= self.cfg.max_backlog
+            || self.shared.backlog_bytes.load(Ordering::Relaxed) >= self.cfg.max_backlog_bytes
     }
 
     fn emit(&self, e: NodeEvent) {
@@ -855,6 +861,19 @@ impl Actor {
     /// A batch `peer` sent us (by request or on its stream), answered
     /// through `responder`.
     fn direct_batch(&mut self, peer: PeerId, frames: Vec<Vec<u8>>, responder: Responder) {
+        // Only contacts write to us directly: a stranger's batch does not
+        // wait for the store thread (which would refuse it too).
+        if !self.peers.contains_key(&peer) {
+            if let Some(skipped) = self.complaints.note(
+                &peer,
+                "direct batch from a device that is not a contact",
+                Instant::now(),
+            ) {
+                warn!(%peer, frames = frames.len(), skipped, "direct batch from a device that is not a contact");
+            }
+            self.respond(responder, Ack::all(FrameStatus::Rejected, frames.len()));
+            return;
+        }
         if !self.direct_rate.allow(&peer, Instant::now()) {
             if let Some(skipped) = self.complaints.note(
                 &peer,

@@ -52,6 +52,9 @@ pub struct NodeConfig {
     /// Most jobs waiting for the store thread before new network input is
     /// refused (the peer retries later).
     pub max_backlog: usize,
+    /// Most bytes of network input (direct batches, envelopes, group
+    /// messages) waiting for the store thread before more is refused.
+    pub max_backlog_bytes: usize,
     /// Direct requests one peer may send per second (sustained; bursts
     /// of up to twice this).
     pub direct_rate: u32,
@@ -96,6 +99,7 @@ impl NodeConfig {
             event_capacity: 64 * 1024,
             command_capacity: 1024,
             max_backlog: 4096,
+            max_backlog_bytes: 64 * 1024 * 1024,
             direct_rate: 2000,
             relays: Vec::new(),
             find_relays: true,

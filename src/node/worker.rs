@@ -198,6 +198,19 @@ pub(crate) enum Job {
     Stop,
 }
 
+impl Job {
+    /// Bytes of network input this job holds (counted in
+    /// [`Shared::backlog_bytes`] while it waits).
+    pub(crate) fn network_bytes(&self) -> usize {
+        match self {
+            Self::Direct { frames, .. } => frames.iter().map(Vec::len).sum(),
+            Self::Envelope(env) => env.sealed.len(),
+            Self::GroupMessage(bytes) => bytes.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// What the store thread asks the swarm's task to do.
 #[derive(Debug)]
 pub(crate) enum Out {
@@ -249,6 +262,8 @@ pub(crate) struct Shared {
     pub connected: RwLock<HashSet<PeerId>>,
     /// Jobs sent and not yet handled.
     pub backlog: AtomicUsize,
+    /// Bytes of network input in them ([`Job::network_bytes`]).
+    pub backlog_bytes: AtomicUsize,
 }
 
 impl Shared {
@@ -472,6 +487,7 @@ impl Worker {
                 }
             }
             let n = jobs.len();
+            let bytes: usize = jobs.iter().map(Job::network_bytes).sum();
             let mut round = Round::default();
             let mut sends: Vec<SendCall> = Vec::new();
             let mut sends_to = [0u8; 32];
@@ -531,6 +547,9 @@ impl Worker {
                 self.engine.flushed();
             }
             self.shared.backlog.fetch_sub(n, Ordering::Relaxed);
+            self.shared
+                .backlog_bytes
+                .fetch_sub(bytes, Ordering::Relaxed);
             for r in round.replies {
                 r();
             }
