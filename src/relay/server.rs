@@ -47,8 +47,18 @@ pub const MAX_WAIT: Duration = Duration::from_secs(25);
 /// Most requests answered per store round (one flush).
 const MAX_ROUND: usize = 1024;
 /// Most requests waiting for the store thread before new ones are refused
-/// (`RateLimited`: the client retries later).
+/// (`RateLimited`: the client retries later)...
 const MAX_BACKLOG: usize = 8192;
+/// ...and most envelope bytes in them.
+const MAX_BACKLOG_BYTES: usize = 128 * 1024 * 1024;
+
+/// Requests sent to the store thread and not yet taken by a round: how
+/// many, and the envelope bytes they hold ([`Job::bytes`]).
+#[derive(Debug, Default)]
+struct Backlog {
+    jobs: AtomicUsize,
+    bytes: AtomicUsize,
+}
 /// How often the relay re-announces itself in the DHT.
 const ADVERTISE_EVERY: Duration = Duration::from_secs(600);
 /// Where the relay's identity key lives in its store.
@@ -278,7 +288,7 @@ impl Relay {
         let (job_tx, job_rx) = std_mpsc::channel();
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (stopped_tx, stopped_rx) = watch::channel(false);
-        let backlog = Arc::new(AtomicUsize::new(0));
+        let backlog = Arc::new(Backlog::default());
         let (held_tx, held_rx) = watch::channel(Metrics::get(&metrics.envelopes));
         let (addrs_tx, addrs_rx) = watch::channel(Vec::new());
         let (sync_tx, sync_rx) = std_mpsc::channel();
@@ -379,6 +389,19 @@ enum Job {
     Stop,
 }
 
+impl Job {
+    /// Envelope bytes it holds (a deposit's; other requests are small).
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Request { request, .. } => match request.as_ref() {
+                Request::Deposit(envs) => envs.iter().map(|e| e.len()).sum(),
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+}
+
 enum Out {
     Respond { token: u64, response: Response },
 }
@@ -429,7 +452,7 @@ struct Keeper {
     parked: HashMap<[u8; 32], Vec<Parked>>,
     purge_every: Duration,
     last_purge: Option<Instant>,
-    backlog: Arc<AtomicUsize>,
+    backlog: Arc<Backlog>,
     syncs: std_mpsc::Sender<ToSync>,
     /// Set by the sync thread when a sync failed: stop without answering.
     failed: Arc<AtomicBool>,
@@ -539,6 +562,7 @@ impl Keeper {
                 }
             }
             let n = jobs.len();
+            let bytes: usize = jobs.iter().map(Job::bytes).sum();
             let started = Instant::now();
             let mut answers = Vec::with_capacity(n);
             let mut flush = false;
@@ -592,7 +616,8 @@ impl Keeper {
                 }
             }
             let handled = started.elapsed();
-            self.backlog.fetch_sub(n, Ordering::Relaxed);
+            self.backlog.jobs.fetch_sub(n, Ordering::Relaxed);
+            self.backlog.bytes.fetch_sub(bytes, Ordering::Relaxed);
             // Fetches waiting on a mailbox that just got mail are answered
             // now: a fetch answer tells of no write.
             for mailbox in woke {
@@ -710,7 +735,7 @@ impl Keeper {
 struct Gate {
     jobs: std_mpsc::Sender<Job>,
     /// Requests sent to the store thread and not yet taken by a round.
-    backlog: Arc<AtomicUsize>,
+    backlog: Arc<Backlog>,
     max_wait: Duration,
     metrics: Arc<Metrics>,
     /// Deposit and owner requests per peer, checked here so that a
@@ -723,9 +748,12 @@ struct Gate {
 
 impl Gate {
     fn job(&self, job: Job) {
-        self.backlog.fetch_add(1, Ordering::Relaxed);
+        let bytes = job.bytes();
+        self.backlog.jobs.fetch_add(1, Ordering::Relaxed);
+        self.backlog.bytes.fetch_add(bytes, Ordering::Relaxed);
         if self.jobs.send(job).is_err() {
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
+            self.backlog.jobs.fetch_sub(1, Ordering::Relaxed);
+            self.backlog.bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
     }
 
@@ -772,7 +800,9 @@ impl Gate {
             self.complain(&peer, "mailbox requests over the peer's rate; refused");
             return Err((reply, Refusal::RateLimited));
         }
-        if self.backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
+        if self.backlog.jobs.load(Ordering::Relaxed) >= MAX_BACKLOG
+            || self.backlog.bytes.load(Ordering::Relaxed) >= MAX_BACKLOG_BYTES
+        {
             self.metrics.refused(Refusal::RateLimited);
             return Err((reply, Refusal::RateLimited));
         }
