@@ -779,7 +779,20 @@ impl Engine {
         let frame = if due_at > now {
             Vec::new()
         } else {
-            self.encrypt(to, &payload)?
+            match self.encrypt(to, &payload) {
+                Ok(frame) => frame,
+                // This one member cannot be written to now (no session
+                // can be set up with its keys): its entry waits in the
+                // outbox and is tried again later; the other members'
+                // go, and the change that queued it stands.
+                Err(EngineError::Crypto(e)) => {
+                    tracing::warn!(error = %e, pos = entry.seq, "queued for a member, not sent now");
+                    self.schedule
+                        .reschedule(entry.seq, now + retry::MAX_RETRY, true);
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            }
         };
         Ok(Due {
             pos: entry.seq,
