@@ -340,10 +340,14 @@ impl Actor {
     fn job(&self, job: Job) {
         let bytes = job.network_bytes();
         self.shared.backlog.fetch_add(1, Ordering::Relaxed);
-        self.shared.backlog_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.shared
+            .backlog_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
         if self.jobs.send(job).is_err() {
             self.shared.backlog.fetch_sub(1, Ordering::Relaxed);
-            self.shared.backlog_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.shared
+                .backlog_bytes
+                .fetch_sub(bytes, Ordering::Relaxed);
             debug!("store thread gone");
         }
     }
