@@ -393,8 +393,23 @@ impl PrekeyBundle {
     /// Checks the version, the identity binding, the signed prekey, the body
     /// and the one-time prekey signatures, and that every X25519 key in it
     /// can take part in an exchange ([`kdf::check_public`]): a signed but
-    /// unusable key is refused here, not when a session is set up with it.
+    /// unusable key is refused here, before a contact or a session is made
+    /// with it.
     pub fn verify(&self) -> Result<VerifiedBundle, Error> {
+        let v = self.verify_signatures()?;
+        kdf::check_public(&v.body.identity.dh, "identity key")?;
+        kdf::check_public(&v.body.signed_prekey, "signed prekey")?;
+        if let Some(opk) = &v.one_time {
+            kdf::check_public(&opk.key, "one-time prekey")?;
+        }
+        Ok(v)
+    }
+
+    /// [`Self::verify`] without the checks of the X25519 keys: who signed
+    /// it, and what. A group's member card is read this way, so that every
+    /// version folds a group's log alike; writing to that member checks
+    /// its keys then.
+    pub fn verify_signatures(&self) -> Result<VerifiedBundle, Error> {
         // `from_bytes` checks it too; a bundle inside another structure
         // comes here without it.
         if self.version != BUNDLE_VERSION {
@@ -406,8 +421,6 @@ impl PrekeyBundle {
         }
         let body: BundleBody = wire::decode(&self.body, "bundle body", BODY_VERSION, BUNDLE_MAX)?;
         body.identity.verify()?;
-        kdf::check_public(&body.identity.dh, "identity key")?;
-        kdf::check_public(&body.signed_prekey, "signed prekey")?;
         let signer = &body.identity.signing;
         verify(
             signer,
@@ -438,7 +451,6 @@ impl PrekeyBundle {
                 &opk.sig,
                 "one-time prekey",
             )?;
-            kdf::check_public(&opk.key, "one-time prekey")?;
         }
         Ok(VerifiedBundle {
             body,
@@ -448,8 +460,9 @@ impl PrekeyBundle {
 }
 
 impl VerifiedBundle {
-    /// Checks that `opk` is signed by this bundle's identity (a relay
-    /// checks every one-time prekey published to it).
+    /// Checks that `opk` is signed by this bundle's identity and can take
+    /// part in an exchange (a relay checks every one-time prekey published
+    /// to it, so that it never hands out one that `verify` would refuse).
     pub fn check_one_time(&self, opk: &OneTimePublic) -> Result<(), Error> {
         verify(
             &self.body.identity.signing,
@@ -457,6 +470,7 @@ impl VerifiedBundle {
             &[&opk.id.to_be_bytes(), &opk.key],
             &opk.sig,
             "one-time prekey",
-        )
+        )?;
+        kdf::check_public(&opk.key, "one-time prekey")
     }
 }

@@ -58,6 +58,15 @@ const FIND_RELAYS_EVERY: Duration = Duration::from_secs(60);
 const RELAY_REDIAL: Duration = Duration::from_secs(5);
 /// Most peers whose direct-request budget is tracked.
 const DIRECT_RATE_PEERS: usize = 4096;
+/// The budget of direct batches from devices not known as contacts, all
+/// together (the peer id they are counted under).
+const STRANGER_RATE: RateLimit = RateLimit {
+    burst: 64,
+    per_second: 32,
+};
+static STRANGERS: std::sync::LazyLock<PeerId> = std::sync::LazyLock::new(PeerId::random);
+/// Largest direct batch taken from such a device (bytes of frames).
+const STRANGER_BATCH: usize = 64 * 1024;
 
 /// The node: see [`Node::spawn`].
 #[derive(Debug)]
@@ -175,6 +184,7 @@ impl Node {
                 },
                 DIRECT_RATE_PEERS,
             ),
+            stranger_rate: RateLimiter::new(STRANGER_RATE, 1),
             links,
             link_events,
             link_in_flight: HashMap::new(),
@@ -266,6 +276,9 @@ struct Actor {
     presence: PresenceState,
     hidden: bool,
     direct_rate: RateLimiter,
+    /// One budget for the direct batches of every device that is not (or
+    /// not yet, here) a contact: see [`Actor::direct_batch`].
+    stranger_rate: RateLimiter,
     complaints: Complaints,
     last_beacon_ms: u64,
     /// Our relays and their addresses.
@@ -865,9 +878,16 @@ impl Actor {
     /// A batch `peer` sent us (by request or on its stream), answered
     /// through `responder`.
     fn direct_batch(&mut self, peer: PeerId, frames: Vec<Vec<u8>>, responder: Responder) {
-        // Only contacts write to us directly: a stranger's batch does not
-        // wait for the store thread (which would refuse it too).
-        if !self.peers.contains_key(&peer) {
+        // Only contacts write to us directly, and the store thread refuses
+        // the rest; but it may know a contact a moment before this task
+        // does (one just added, a group's new member), so a device not
+        // known here gets through only small batches, within one budget
+        // shared by all such devices: strangers cannot fill the store
+        // thread's queue.
+        if !self.peers.contains_key(&peer)
+            && (frames.iter().map(Vec::len).sum::<usize>() > STRANGER_BATCH
+                || !self.stranger_rate.allow(&STRANGERS, Instant::now()))
+        {
             if let Some(skipped) = self.complaints.note(
                 &peer,
                 "direct batch from a device that is not a contact",

@@ -73,7 +73,13 @@ pub struct MemberCard {
 impl MemberCard {
     /// The member's identity (signing) key, from its verified bundle.
     pub fn key(&self) -> Result<[u8; 32], crypto::Error> {
-        Ok(self.invite.bundle.verify()?.body.identity.signing)
+        Ok(self
+            .invite
+            .bundle
+            .verify_signatures()?
+            .body
+            .identity
+            .signing)
     }
 }
 

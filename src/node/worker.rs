@@ -759,7 +759,9 @@ impl Worker {
                     && let Some(peer) = self.peer_of.remove(&key)
                 {
                     self.peers.remove(&peer);
-                    round.outs.push(Out::Forget { key, peer });
+                    // At once, as `Out::Contact` is sent: the swarm's task
+                    // sees additions and removals in the order they happen.
+                    let _ = self.outs.send(Out::Forget { key, peer });
                 }
                 round.reply(reply, r);
             }
