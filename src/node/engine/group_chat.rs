@@ -1941,6 +1941,26 @@ mod tests {
     }
 
     #[test]
+    fn the_operation_that_adds_this_device_may_come_before_the_rest() {
+        let mut d = Devices::new(3);
+        let (group, _) = d.team();
+        let ops = d.log(0, &group);
+        let key_2 = d.keys[2];
+        let (ours, rest): (Vec<Op>, Vec<Op>) =
+            ops.into_iter().partition(|o| o.member == Some(key_2));
+        assert_eq!(ours.len(), 1);
+        // The addition alone folds to nothing: held.
+        let fx = d.engines[2].on_group_ops(&bytes(&ours), 100).unwrap();
+        assert!(fx.subscribe.is_empty());
+        assert_eq!(d.engines[2].groups.limbo.len(), 1);
+        // The creation and the other member: joined, with everyone.
+        let fx = d.engines[2].on_group_ops(&bytes(&rest), 100).unwrap();
+        assert_eq!(fx.subscribe, vec![groups::topic_id(&group)]);
+        assert_eq!(d.engines[2].groups()[0].members.len(), 3);
+        assert!(d.engines[2].groups.limbo.is_empty());
+    }
+
+    #[test]
     fn a_log_in_several_payloads_joins_whatever_their_order_and_a_restart_between() {
         let mut d = Devices::new(3);
         let (group, _) = d.team();
