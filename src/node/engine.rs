@@ -232,6 +232,14 @@ pub struct Handled {
     pub group: GroupEffects,
 }
 
+/// Most new sessions (each an X3DH agreement, several Diffie-Hellman
+/// operations) one contact may set up with us per minute; past it, a set-up
+/// is refused before any agreement and the contact sends it again later.
+/// An honest device sets up one when it first writes, reinstalls or
+/// restarts without its sessions, so a contact cannot keep the store
+/// thread busy with agreements.
+pub const MAX_SETUPS_PER_MINUTE: u32 = 16;
+
 /// The chat logic of one device.
 pub struct Engine {
     store: Arc<Store>,
@@ -249,6 +257,9 @@ pub struct Engine {
     /// bundle directly: handed again while unused, so that asking again
     /// and again cannot use up the prekeys kept for everyone.
     handed_one_time: HashMap<[u8; 32], u32>,
+    /// Session set-ups taken from each contact in the current minute (the
+    /// minute, and how many): see [`MAX_SETUPS_PER_MINUTE`].
+    setups: HashMap<[u8; 32], (u64, u32)>,
     /// 1:1 frames read lately and their receipts, so that another copy of
     /// one (the same envelope left at two relays and published on the
     /// mesh) is answered with the same receipt, in case the first was
@@ -347,6 +358,7 @@ impl Engine {
             schedule,
             heard_at: HashMap::new(),
             handed_one_time: HashMap::new(),
+            setups: HashMap::new(),
             read_frames: Recent::new(MAX_READ_FRAMES),
             rng,
             ttl: MESSAGE_TTL,
@@ -423,6 +435,7 @@ impl Engine {
         }
         self.heard_at.remove(key);
         self.handed_one_time.remove(key);
+        self.setups.remove(key);
         self.read_frames.retain(|(peer, _)| peer != key);
         self.store.records(Kind::Contacts)?.remove(key)?;
         Ok(true)
@@ -1044,6 +1057,15 @@ impl Engine {
         let mut decrypted_any = false;
         let mut prekeys_changed = false;
         let mut answered_bundle = false;
+        // What is left of this contact's session set-ups (each an X3DH
+        // agreement) in the current minute.
+        let window = now / 60;
+        let spent = match self.setups.get(from) {
+            Some(&(w, n)) if w == window => n,
+            _ => 0,
+        };
+        let mut setups = MAX_SETUPS_PER_MINUTE.saturating_sub(spent);
+        let left_before = setups;
         for bytes in frames {
             let plain = match Frame::from_bytes(bytes) {
                 Ok(Frame::Ratchet(b)) => self.sessions.decrypt_ratchet(from, &b, &mut self.rng),
@@ -1054,7 +1076,7 @@ impl Engine {
                         &mut self.prekeys,
                         &contact.identity,
                         &b,
-                        &mut self.rng,
+                        (&mut self.rng, &mut setups),
                     );
                     prekeys_changed |= self.prekeys.one_time_count() != before;
                     r
@@ -1215,6 +1237,10 @@ impl Engine {
                 self.read_frames.insert(frame_key(from, bytes), acked);
             }
             out.accepted.push(true);
+        }
+        if setups != left_before {
+            self.setups
+                .insert(*from, (window, spent + (left_before - setups)));
         }
         // One write each for the batch: the session, the counters, the messages.
         if decrypted_any {
@@ -1668,6 +1694,31 @@ mod tests {
             a.receive(&b_key, &[foreign], 105, true).unwrap().accepted,
             vec![false]
         );
+    }
+
+    #[test]
+    fn a_contact_sets_up_at_most_so_many_sessions_a_minute() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let now = 6_000; // the start of a minute
+        let set_up = |a: &mut Engine, b: &mut Engine, at: u64| {
+            // a forgets its sessions: its next message sets up another.
+            a.sessions = Sessions::new();
+            let f = a.send(&b_key, b"hi".to_vec(), at).unwrap().frame;
+            b.receive(&a_key, &[f], at, true).unwrap().accepted
+        };
+        for _ in 0..MAX_SETUPS_PER_MINUTE {
+            assert_eq!(set_up(&mut a, &mut b, now), vec![true]);
+        }
+        // Also in a later batch of the same minute: refused.
+        assert_eq!(set_up(&mut a, &mut b, now + 59), vec![false]);
+        // The next minute: taken again.
+        assert_eq!(set_up(&mut a, &mut b, now + 60), vec![true]);
     }
 
     #[test]

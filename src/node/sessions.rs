@@ -305,13 +305,17 @@ impl Sessions {
     /// Decrypts a [`Frame::Prekey`] from `peer` (see the module
     /// documentation for which session it ends up in). A one-time prekey
     /// it used is removed from `prekeys` once the message decrypted.
+    /// A set-up (one that is not the current or the previous session's,
+    /// which costs an X3DH agreement) spends one of `setups`; with none
+    /// left it is refused before any agreement, and the peer sends it
+    /// again later.
     pub fn decrypt_prekey<R: rand_core::CryptoRng + ?Sized>(
         &mut self,
         me: &DeviceIdentity,
         prekeys: &mut PrekeyStore,
         peer: &PublicIdentity,
         bytes: &[u8],
-        rng: &mut R,
+        (rng, setups): (&mut R, &mut u32),
     ) -> Result<Decrypted, crypto::Error> {
         let pm = PrekeyMessage::from_bytes(bytes)?;
         let base = pm.initial.ephemeral;
@@ -345,6 +349,12 @@ impl Sessions {
                 });
             }
         }
+        if *setups == 0 {
+            return Err(crypto::Error::Malformed {
+                what: "prekey message: too many session set-ups from this peer for now",
+            });
+        }
+        *setups -= 1;
         let (agreed, ratchet_key) = respond(me, prekeys, peer, &pm.initial)?;
         let mut fresh = Session::responder(&agreed, &ratchet_key, Some(base));
         let plaintext = fresh.decrypt(&message, rng)?;
@@ -426,7 +436,13 @@ mod tests {
             match frame {
                 Frame::Prekey(b) => {
                     self.sessions
-                        .decrypt_prekey(&self.id, &mut self.prekeys, from.id.public(), b, rng)
+                        .decrypt_prekey(
+                            &self.id,
+                            &mut self.prekeys,
+                            from.id.public(),
+                            b,
+                            (rng, &mut { u32::MAX }),
+                        )
                         .unwrap()
                         .plaintext
                 }
@@ -446,6 +462,46 @@ mod tests {
             reloaded.load(peer, record).unwrap();
             self.sessions = reloaded;
         }
+    }
+
+    /// A set-up spends one of the peer's allowance; with none left a new
+    /// one is refused before any agreement, while the session already set
+    /// up still reads.
+    #[test]
+    fn a_new_session_set_up_spends_the_allowance_and_none_left_refuses_it() {
+        let mut rng = StdRng::seed_from_u64(41);
+        let mut a = Device::new(&mut rng);
+        let mut b = Device::new(&mut rng);
+        let first = a.send(&b, b"one", &mut rng);
+        let second = a.send(&b, b"two", &mut rng);
+        // a loses its sessions and starts another.
+        a.sessions = Sessions::new();
+        let other = a.send(&b, b"three", &mut rng);
+        let take = |b: &mut Device, a: &Device, f: &Frame, left: &mut u32, rng: &mut StdRng| {
+            let Frame::Prekey(bytes) = f else {
+                panic!("a set-up message")
+            };
+            b.sessions
+                .decrypt_prekey(&b.id, &mut b.prekeys, a.id.public(), bytes, (rng, left))
+                .map(|d| d.plaintext)
+        };
+        let mut left = 1;
+        assert_eq!(
+            take(&mut b, &a, &first, &mut left, &mut rng).unwrap(),
+            b"one"
+        );
+        assert_eq!(left, 0);
+        assert!(take(&mut b, &a, &other, &mut left, &mut rng).is_err());
+        assert_eq!(
+            take(&mut b, &a, &second, &mut left, &mut rng).unwrap(),
+            b"two"
+        );
+        let mut left = 1;
+        assert_eq!(
+            take(&mut b, &a, &other, &mut left, &mut rng).unwrap(),
+            b"three"
+        );
+        assert_eq!(left, 0);
     }
 
     /// Three rounds each way: each reads what the other sends.
@@ -496,7 +552,13 @@ mod tests {
         let Frame::Prekey(old) = &f1 else { panic!() };
         assert!(
             b.sessions
-                .decrypt_prekey(&b.id, &mut b.prekeys, a.id.public(), old, &mut rng)
+                .decrypt_prekey(
+                    &b.id,
+                    &mut b.prekeys,
+                    a.id.public(),
+                    old,
+                    (&mut rng, &mut { u32::MAX }),
+                )
                 .is_err()
         );
     }
