@@ -1225,8 +1225,10 @@ impl Worker {
                     if let Some(key) = peer_key(&relay) {
                         let mailbox_key = self.engine.mailbox_key();
                         let owner = Owner::new(mailbox_key, key, now, &mut rand::rng());
-                        // Sent after this round's flush: the relay deletes
-                        // only what is on our disk.
+                        // Sent after this round's flush: what was taken
+                        // is on our disk before the relay deletes it; what
+                        // was refused, its sender still holds (its outbox
+                        // sends it again until a receipt comes).
                         round.outs.push(Out::Mailbox {
                             relay,
                             addrs: Vec::new(),

@@ -50,9 +50,21 @@ use rand::rngs::{StdRng, SysRng};
 use crate::crypto::DataKey;
 use codec::{Sealer, TreeSpec};
 
+/// Makes the entries of the directory `dir` durable (new files, renames,
+/// new subdirectories in it): a file's own sync does not cover its name.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Writes `path` whole or not at all, owner-only: `fill` writes into
 /// `<path>.part`, which is flushed, synced and then renamed to `path`
-/// (replacing it). On failure the part file is removed.
+/// (replacing it), and the rename is made durable. On failure the part
+/// file is removed.
 pub(crate) fn write_private<T>(
     path: &Path,
     fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<T>,
@@ -73,6 +85,7 @@ pub(crate) fn write_private<T>(
         out.flush()?;
         out.get_ref().sync_all()?;
         std::fs::rename(&part, path)?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
         Ok(t)
     });
     if done.is_err() {
@@ -146,6 +159,13 @@ impl Store {
             path: path.clone(),
             source,
         })?;
+        // The store's own directory may be new: its name is made durable
+        // too (as far as the parent directory can be opened).
+        if let Some(parent) = path.parent()
+            && let Err(e) = sync_dir(parent)
+        {
+            tracing::warn!(dir = %parent.display(), error = %e, "directory not synced");
+        }
         let meta = db
             .open_tree(META.name)
             .map_err(Error::db(META.name, "open"))?;

@@ -369,6 +369,13 @@ impl Spool {
     ) -> Result<Self, Error> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(io(&dir, "create the directory"))?;
+        // A new spool directory's name is durable before any custody
+        // receipt names what is in it.
+        if let Some(parent) = dir.parent()
+            && let Err(e) = super::sync_dir(parent)
+        {
+            tracing::warn!(dir = %parent.display(), error = %e, "directory not synced");
+        }
         let rng = StdRng::try_from_rng(&mut SysRng).map_err(|e| Error::Entropy(e.to_string()))?;
         let mut spool = Self {
             sealer: Sealer::new(key.clone(), rng),
