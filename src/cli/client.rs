@@ -827,10 +827,13 @@ pub(super) fn status(args: PlainArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `meshchat events`: one JSON line per event until interrupted.
+/// `meshchat events`: one JSON line per event until interrupted; once
+/// the daemon has subscribed (nothing that happens later is missed), one
+/// line on stderr says so.
 pub(super) fn events(args: PlainArgs) -> Result<(), CliError> {
     use std::io::Write;
     let mut ev = connect(&args.dir)?.subscribe().map_err(from_client)?;
+    eprintln!("listening for events (one JSON line each; Ctrl-C stops)");
     let mut out = std::io::stdout();
     loop {
         let e = ev.next_event().map_err(from_client)?;

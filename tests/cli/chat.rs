@@ -48,11 +48,7 @@ fn two_daemons_chat_through_the_cli_and_mail_waits_at_the_relay_while_one_is_sto
     let unread = alice.json(&["chats"]);
     assert_eq!(unread[0]["with"], "bob");
     assert_eq!(unread[0]["unread"], 1);
-    let bob_events = Proc::spawn({
-        let mut c = bob.cmd();
-        c.arg("events");
-        c
-    });
+    let bob_events = Proc::events(bob.cmd());
     alice.json(&["read", "bob"]);
     bob_events.wait_json("bob's copy turning read", |e| {
         e["type"] == "receipt" && e["id"] == reply["id"] && e["state"] == "read"
@@ -70,11 +66,7 @@ fn two_daemons_chat_through_the_cli_and_mail_waits_at_the_relay_while_one_is_sto
     );
     assert_eq!(status["relays"][0]["connected"], true, "{status}");
     assert_eq!(status["queued"], 1, "held at the relay, still owed to bob");
-    let events = Proc::spawn({
-        let mut c = alice.cmd();
-        c.arg("events");
-        c
-    });
+    let events = Proc::events(alice.cmd());
     bob.start(std::slice::from_ref(&relay));
     events.wait_json("the held message delivered", |e| {
         e["type"] == "receipt" && e["id"] == held["id"] && e["state"] == "delivered"

@@ -3,11 +3,7 @@
 use crate::{Device, Proc};
 
 fn events(d: &Device) -> Proc {
-    Proc::spawn({
-        let mut c = d.cmd();
-        c.arg("events");
-        c
-    })
+    Proc::events(d.cmd())
 }
 
 #[test]

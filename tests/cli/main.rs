@@ -130,6 +130,32 @@ impl Proc {
         found.into_iter().flatten().collect()
     }
 
+    /// Waits for a stderr line that `pick` accepts.
+    pub(crate) fn wait_stderr(&self, what: &str, pick: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .err
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {what} on stderr"));
+            if pick(&line) {
+                return;
+            }
+        }
+    }
+
+    /// `meshchat events` running, once it says it is subscribed (an event
+    /// after this is not missed).
+    pub(crate) fn events(mut cmd: Command) -> Self {
+        cmd.arg("events");
+        let p = Self::spawn(cmd);
+        p.wait_stderr("the events subscription", |l| {
+            l.starts_with("listening for events")
+        });
+        p
+    }
+
     fn stderr_so_far(&self) -> String {
         self.err.try_iter().collect::<Vec<_>>().join("\n")
     }
