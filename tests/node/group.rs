@@ -13,16 +13,33 @@ use crate::common::{TestNode, befriend};
 /// only it) and creates a group of all of them. Returns the nodes and the
 /// group once every node sees every member.
 async fn group_of(n: usize, seed: u64) -> (Vec<tempfile::TempDir>, Vec<TestNode>, [u8; 32]) {
+    group_of_ordered(n, seed, None).await
+}
+
+/// [`group_of`], with the nodes first put in the order of their identity
+/// keys (`Some(false)`: ascending, `Some(true)`: descending), so that a
+/// test whose outcome depends on that order always takes the same case.
+async fn group_of_ordered(
+    n: usize,
+    seed: u64,
+    descending: Option<bool>,
+) -> (Vec<tempfile::TempDir>, Vec<TestNode>, [u8; 32]) {
     let names: Vec<&'static str> = (0..n)
         .map(|i| &*Box::leak(format!("m{i}").into_boxed_str()))
         .collect();
-    let mut dirs = Vec::new();
-    let mut nodes = Vec::new();
+    let mut started = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
-        nodes.push(TestNode::start_in(name, dir.path(), seed + i as u64).await);
-        dirs.push(dir);
+        let node = TestNode::start_in(name, dir.path(), seed + i as u64).await;
+        started.push((dir, node));
     }
+    if let Some(descending) = descending {
+        started.sort_by_key(|(_, node)| node.key());
+        if descending {
+            started.reverse();
+        }
+    }
+    let (dirs, mut nodes): (Vec<_>, Vec<_>) = started.into_iter().unzip();
     let (first, rest) = nodes.split_at_mut(1);
     for other in rest.iter_mut() {
         befriend(&mut first[0], other).await;
@@ -157,13 +174,25 @@ async fn sees(node: &mut TestNode, group: [u8; 32], members: &[[u8; 32]]) -> Gro
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_admins_changing_the_group_at_once_converge_everywhere() {
+async fn two_admins_changing_the_group_at_once_converge_everywhere_the_lower_key_first() {
+    two_admins_changing_the_group_at_once_converge_everywhere(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admins_changing_the_group_at_once_converge_everywhere_the_higher_key_first() {
+    two_admins_changing_the_group_at_once_converge_everywhere(true).await;
+}
+
+/// `descending`: the group's creator a has a higher identity key than the
+/// second admin b (else a lower one).
+async fn two_admins_changing_the_group_at_once_converge_everywhere(descending: bool) {
     // a created the group with b, c and y; x is a's contact, not yet in it.
-    let (_dirs, mut nodes, group) = group_of(4, 700).await;
+    let (_dirs, mut nodes, group) = group_of_ordered(4, 700, Some(descending)).await;
     let dx = tempfile::tempdir().unwrap();
     let mut x = TestNode::start_in("x", dx.path(), 710).await;
     befriend(&mut nodes[0], &mut x).await;
     let [a, b, c, y] = [0, 1, 2, 3].map(|i| nodes[i].key());
+    assert_eq!(a < b, !descending);
     let xk = x.key();
     nodes[0]
         .handle
@@ -222,6 +251,19 @@ async fn two_admins_changing_the_group_at_once_converge_everywhere() {
     assert!(view_x.joined);
     if a < b {
         assert_eq!(sees(&mut nodes[2], group, &expected).await, view_a);
+    } else {
+        // c is out, and knows it.
+        loop {
+            let gs = nodes[2].handle.groups().await.unwrap();
+            if !gs[0].joined {
+                break;
+            }
+            nodes[2]
+                .wait("removal", |e| {
+                    matches!(e, NodeEvent::GroupChanged { .. }).then_some(())
+                })
+                .await;
+        }
     }
     // b is out, and knows it.
     loop {
