@@ -106,7 +106,11 @@ mod tests {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(request).await.unwrap();
         let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
+        // A server that kept the connection open fails the test, not hangs it.
+        tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_string(&mut out))
+            .await
+            .expect("the server closes the connection after its answer")
+            .unwrap();
         out
     }
 

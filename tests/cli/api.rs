@@ -234,6 +234,7 @@ fn http_and_websocket_need_the_token_and_carry_the_same_api() {
     assert_eq!(http(&addr, "GET", "/v1/history/bob?limit=x", t, b"").0, 400);
     // A body past the bound is refused on its Content-Length alone.
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
     write!(
         s,
         "POST /v1 HTTP/1.1\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",

@@ -480,7 +480,7 @@ async fn direct_streams_carry_batches_and_a_broken_one_is_closed_while_others_ch
 async fn a_batch_unanswered_on_a_direct_stream_is_sent_again_on_a_new_one() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut cfg = crate::common::config(dirs[0].path(), 51);
-    cfg.net.direct_timeout = std::time::Duration::from_secs(1);
+    cfg.net.direct_timeout = std::time::Duration::from_secs(3);
     let mut b = TestNode::start_with("bob", cfg).await;
     let (mut m, net) = mallory_connected(&mut b, dirs[1].path(), 52).await;
     let m_key = m.identity().public().signing;
@@ -538,7 +538,7 @@ async fn a_batch_unanswered_on_a_direct_stream_is_sent_again_on_a_new_one() {
 async fn a_direct_stream_left_idle_is_answered_then_closed() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut cfg = crate::common::config(dirs[0].path(), 61);
-    cfg.net.stream_idle_timeout = std::time::Duration::from_millis(300);
+    cfg.net.stream_idle_timeout = std::time::Duration::from_secs(2);
     let mut b = TestNode::start_with("bob", cfg).await;
     let (_m, net) = mallory_connected(&mut b, dirs[1].path(), 62).await;
     let bp = b.peer();

@@ -77,6 +77,8 @@ impl Logs {
 
 fn http_get(addr: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
+    // A server that kept the connection open fails the test, not hangs it.
+    s.set_read_timeout(Some(WAIT)).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();

@@ -211,7 +211,7 @@ async fn garbage_huge_prefixes_and_a_flood_from_one_peer_leave_other_mailboxes_s
     let mut cfg = relay_config(dr.path(), 161);
     cfg.limits.deposit_rate = RateLimit {
         burst: 100,
-        per_second: 50,
+        per_second: 1,
     };
     let r = TestRelay::start(cfg).await;
     let mut client = Client::connect(&r, 162).await;
