@@ -107,10 +107,13 @@ mod tests {
         s.write_all(request).await.unwrap();
         let mut out = String::new();
         // A server that kept the connection open fails the test, not hangs it.
-        tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_string(&mut out))
-            .await
-            .expect("the server closes the connection after its answer")
-            .unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            s.read_to_string(&mut out),
+        )
+        .await
+        .expect("the server closes the connection after its answer")
+        .unwrap();
         out
     }
 

@@ -40,7 +40,14 @@ fn mistakes_get_one_line_a_non_zero_exit_and_change_nothing() {
 
     // Bad flags.
     assert_refused(
-        &alice.run(&["run", "--relay", "/ip4/127.0.0.1/tcp/1"]),
+        &alice.run(&[
+            "run",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--relay",
+            "/ip4/127.0.0.1/tcp/1",
+        ]),
         2,
         "/p2p/<peer id>",
     );

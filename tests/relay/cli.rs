@@ -197,7 +197,14 @@ fn wait_exit(child: &mut Child) -> Option<i32> {
 fn operator_mistakes_are_one_clear_line_and_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("relay.toml");
-    std::fs::write(&config, "data_dir = \"/tmp/x\"\nretention = 3\n").unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nretention = 3\n",
+            dir.path().join("x").display()
+        ),
+    )
+    .unwrap();
     let out = meshchat()
         .args(["relay", "--config"])
         .arg(&config)
