@@ -124,7 +124,13 @@ pub(super) fn describe(status: ExitStatus) -> String {
 /// collects every line it wrote before dying.
 pub(super) fn run_child(dir: &Path, round: u32, batch: u64, target: KillAt) -> ChildRun {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_DIR_ENV, dir)
         .env(CHILD_ROUND_ENV, round.to_string())
         .env(CHILD_BATCH_ENV, batch.to_string())
