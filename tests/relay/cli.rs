@@ -75,6 +75,16 @@ impl Logs {
     }
 }
 
+/// A child process killed when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn http_get(addr: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     // A server that kept the connection open fails the test, not hangs it.
@@ -109,14 +119,17 @@ max_mailbox_envelopes = 100
         ),
     )
     .unwrap();
-    let mut child = meshchat()
-        .args(["relay", "--config"])
-        .arg(&config)
-        .env("MESHCHAT_PASSPHRASE_FILE", &pass)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let logs = Logs::of(&mut child);
+    let mut relay = Running(
+        meshchat()
+            .args(["relay", "--config"])
+            .arg(&config)
+            .env("MESHCHAT_PASSPHRASE_FILE", &pass)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut relay.0;
+    let logs = Logs::of(child);
     let listening: Multiaddr = logs.wait("listening")["addr"]
         .as_str()
         .unwrap()
@@ -169,7 +182,7 @@ max_mailbox_envelopes = 100
         .unwrap();
     assert!(status.success());
     logs.wait("relay stopped");
-    let code = wait_exit(&mut child);
+    let code = wait_exit(child);
     assert_eq!(code, Some(0));
 
     // The keystore now exists: a wrong passphrase is refused, nothing
