@@ -417,7 +417,6 @@ async fn direct_streams_carry_batches_and_a_broken_one_is_closed_while_others_ch
     }
     assert_eq!(answered.len(), FLOOD as usize);
     assert!(taken > 0 && refused > 0, "{taken} taken, {refused} refused");
-    drop(flood);
 
     // A batch that does not decode, and a length prefix of almost 4 GiB:
     // bob closes each stream without reading (or allocating) more.
@@ -430,20 +429,29 @@ async fn direct_streams_carry_batches_and_a_broken_one_is_closed_while_others_ch
     huge.flush().await.unwrap();
     assert_eq!(stream_ack(&mut huge).await, None, "stream closed by bob");
 
-    // At most four streams per peer: a fifth is closed unanswered.
-    let mut four = Vec::new();
-    for _ in 0..4 {
-        four.push(open(control.clone()).await);
+    // At most four streams per peer: the flood's and three more, then a
+    // fifth is closed unanswered. Each of the three carries a batch first,
+    // so that bob holds all four before the fifth comes (a stream reaches
+    // him with its first bytes).
+    let batch = Batch::new(vec![vec![5; 32]]).encode(&limits).unwrap();
+    let mut four = vec![flood];
+    for i in 0..3u64 {
+        let mut s = open(control.clone()).await;
+        write(&mut s, i, &batch).await.unwrap();
+        let (id, _) = stream_ack(&mut s)
+            .await
+            .expect("an ack on each of the three");
+        assert_eq!(id, i);
+        four.push(s);
     }
     let mut fifth = open(control.clone()).await;
-    let batch = Batch::new(vec![vec![5; 32]]).encode(&limits).unwrap();
     let _ = write(&mut fifth, 1, &batch).await;
     assert_eq!(stream_ack(&mut fifth).await, None, "fifth stream refused");
-    // The four are served.
+    // The four are still served.
     for (i, s) in four.iter_mut().enumerate() {
-        write(s, i as u64, &batch).await.unwrap();
+        write(s, 10 + i as u64, &batch).await.unwrap();
         let (id, _) = stream_ack(s).await.expect("an ack on each of the four");
-        assert_eq!(id, i as u64);
+        assert_eq!(id, 10 + i as u64);
     }
 
     // Carol's conversation with bob was not disturbed, and bob is up.

@@ -394,10 +394,20 @@ async fn a_mailbox_stream_refuses_bad_frames_with_a_reason_and_drops_a_broken_on
 
     // At most four streams per peer: a fifth is closed unanswered; the
     // four keep working.
+    // Each of the four carries a deposit first, so that the relay holds
+    // all four before the fifth comes (a stream reaches the relay with its
+    // first bytes).
     let (mut control, polling2) = stream_client(Client::connect(&r, 174).await);
     let mut four = Vec::new();
-    for _ in 0..4 {
-        four.push(open(&mut control, relay).await);
+    for i in 0..4u8 {
+        let mut s = open(&mut control, relay).await;
+        let (frame, _) = deposit_frame(100 + u64::from(i), &owner, 20 + i);
+        s.write_all(&frame).await.unwrap();
+        s.flush().await.unwrap();
+        let Some((_, Response::Custody(_))) = answer(&mut s).await else {
+            panic!("stream {i} serves deposits")
+        };
+        four.push(s);
     }
     let mut fifth = open(&mut control, relay).await;
     let (frame, _) = deposit_frame(9, &owner, 9);

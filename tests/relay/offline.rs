@@ -98,6 +98,9 @@ async fn a_relay_restarted_with_mail_waiting_loses_none() {
     r.handle.wait_stopped().await;
     drop(r);
     let mut cfg = relay_config(dr.path(), 111);
+    // The same port again (the address the devices were given must still
+    // name it): the OS handed it to this relay a moment ago and has no
+    // reason to give it to anyone else in between.
     cfg.net.listen = vec![listen];
     let r = TestRelay::start(cfg).await;
     assert_eq!(r.addr, relay_addr, "restarted on the same address");
