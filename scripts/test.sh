@@ -8,8 +8,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 js=tests/interop/js
-if command -v node >/dev/null && command -v npm >/dev/null; then
-    if [ ! -d "$js/node_modules" ] || [ "$js/package-lock.json" -nt "$js/node_modules" ]; then
+if command -v node >/dev/null; then
+    if ! command -v npm >/dev/null; then
+        echo "Node.js is installed without npm: install npm, which the js-libp2p interop test needs for its packages" >&2
+        exit 1
+    fi
+    # npm writes node_modules/.package-lock.json only once an install is
+    # complete: without it, or older than the lock file, install again.
+    done_marker="$js/node_modules/.package-lock.json"
+    if [ ! -f "$done_marker" ] || [ "$js/package-lock.json" -nt "$done_marker" ]; then
         echo "installing the js-libp2p interop peer (npm ci in $js)" >&2
         (cd "$js" && npm ci --no-audit --no-fund >&2)
     fi

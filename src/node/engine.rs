@@ -1078,6 +1078,12 @@ impl Engine {
                         &b,
                         (&mut self.rng, &mut setups),
                     );
+                    // Counted at once: a later error in this batch does
+                    // not give the set-up back.
+                    if setups != left_before {
+                        self.setups
+                            .insert(*from, (window, spent + (left_before - setups)));
+                    }
                     prekeys_changed |= self.prekeys.one_time_count() != before;
                     r
                 }
@@ -1237,10 +1243,6 @@ impl Engine {
                 self.read_frames.insert(frame_key(from, bytes), acked);
             }
             out.accepted.push(true);
-        }
-        if setups != left_before {
-            self.setups
-                .insert(*from, (window, spent + (left_before - setups)));
         }
         // One write each for the batch: the session, the counters, the messages.
         if decrypted_any {

@@ -85,7 +85,13 @@ pub(crate) fn write_private<T>(
         out.flush()?;
         out.get_ref().sync_all()?;
         std::fs::rename(&part, path)?;
-        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+        // The file is whole either way; its name is durable once its
+        // directory is synced (best effort: a directory that cannot be
+        // opened for that does not undo the write).
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if let Err(e) = sync_dir(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "directory not synced");
+        }
         Ok(t)
     });
     if done.is_err() {

@@ -361,12 +361,27 @@ impl Log {
             let blob_id =
                 if over_blob_threshold { Some(reservation_lsn) } else { None };
 
-            self.iobufs.encapsulate(
+            if let Err(e) = self.iobufs.encapsulate(
                 item,
                 message_header,
                 destination,
                 blob_id,
-            )?;
+            ) {
+                // meshchat patch: this reservation's writer is never taken
+                // back, so its buffer would never be written and every
+                // flush would wait for it without end. A failed blob write
+                // (or sync) fails the log from here on instead, as a failed
+                // buffer write does.
+                error!(
+                    "hit error while writing a blob for lsn {}: {:?}",
+                    reservation_lsn, e
+                );
+                self.config.set_global_error(e.clone());
+                let intervals = self.iobufs.intervals.lock();
+                drop(intervals);
+                let _notified = self.iobufs.interval_updated.notify_all();
+                return Err(e);
+            }
 
             M.log_reservation_success();
 
