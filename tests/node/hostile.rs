@@ -490,14 +490,24 @@ async fn a_batch_unanswered_on_a_direct_stream_is_sent_again_on_a_new_one() {
     let mut cfg = crate::common::config(dirs[0].path(), 51);
     cfg.net.direct_timeout = std::time::Duration::from_secs(3);
     let mut b = TestNode::start_with("bob", cfg).await;
-    let (mut m, net) = mallory_connected(&mut b, dirs[1].path(), 52).await;
+    let (mut m, mut net) = mallory(&mut b, dirs[1].path(), 52, &NetConfig::loopback()).await;
     let m_key = m.identity().public().signing;
     // Mallory takes direct streams, reads what comes and answers only on
-    // the second stream.
+    // the second stream. She takes them before she connects: a device
+    // that refuses the protocol when bob first opens one (his bundle
+    // request, as soon as they connect) is remembered as one without
+    // direct streams, and gets request-response from then on.
     let mut incoming = net
         .stream_control()
         .accept(direct::STREAM_PROTOCOL)
         .unwrap();
+    net.dial(b.addr.clone()).unwrap();
+    let bp = b.peer();
+    until(&mut net, "the connection to bob", |e| match e {
+        NetEvent::Connected { peer, .. } if peer == bp => Some(()),
+        _ => None,
+    })
+    .await;
     let polling = keep_polling(net);
     let limits = Limits::default();
     let next_batch = |mut s: libp2p::Stream| async move {
