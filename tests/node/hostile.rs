@@ -254,14 +254,19 @@ async fn mallory(
 /// Mallory on a default swarm, connected to `b`.
 async fn mallory_connected(b: &mut TestNode, dir: &std::path::Path, seed: u64) -> (Engine, Net) {
     let (m, mut net) = mallory(b, dir, seed, &NetConfig::loopback()).await;
+    connect(&mut net, b).await;
+    (m, net)
+}
+
+/// Dials `b` from `net` and waits for the connection.
+async fn connect(net: &mut Net, b: &TestNode) {
     net.dial(b.addr.clone()).unwrap();
     let bp = b.peer();
-    until(&mut net, "the connection to bob", |e| match e {
+    until(net, "the connection to bob", |e| match e {
         NetEvent::Connected { peer, .. } if peer == bp => Some(()),
         _ => None,
     })
     .await;
-    (m, net)
 }
 
 /// Polls `net` on a task of its own (its streams need the swarm moving).
@@ -501,13 +506,7 @@ async fn a_batch_unanswered_on_a_direct_stream_is_sent_again_on_a_new_one() {
         .stream_control()
         .accept(direct::STREAM_PROTOCOL)
         .unwrap();
-    net.dial(b.addr.clone()).unwrap();
-    let bp = b.peer();
-    until(&mut net, "the connection to bob", |e| match e {
-        NetEvent::Connected { peer, .. } if peer == bp => Some(()),
-        _ => None,
-    })
-    .await;
+    connect(&mut net, &b).await;
     let polling = keep_polling(net);
     let limits = Limits::default();
     let next_batch = |mut s: libp2p::Stream| async move {
