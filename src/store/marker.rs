@@ -83,9 +83,7 @@ pub(crate) fn create(dir: &Path, marker: &Marker) -> Result<(), Error> {
     write!(f, "{HEADER}\n{}\n{:020}\n", marker.id, marker.generation).map_err(fail)?;
     f.sync_all().map_err(fail)?;
     std::fs::rename(&tmp, dir.join(FILE)).map_err(fail)?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    let _ = super::sync_dir(dir);
     Ok(())
 }
 

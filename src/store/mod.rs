@@ -61,6 +61,14 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// [`sync_dir`] where it may fail without undoing anything (the write it
+/// follows is whole either way): a failure is logged.
+pub(crate) fn sync_dir_or_warn(dir: &Path) {
+    if let Err(e) = sync_dir(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "directory not synced");
+    }
+}
+
 /// Writes `path` whole or not at all, owner-only: `fill` writes into
 /// `<path>.part`, which is flushed, synced and then renamed to `path`
 /// (replacing it), and the rename is made durable. On failure the part
@@ -88,10 +96,7 @@ pub(crate) fn write_private<T>(
         // The file is whole either way; its name is durable once its
         // directory is synced (best effort: a directory that cannot be
         // opened for that does not undo the write).
-        let dir = path.parent().unwrap_or(Path::new("."));
-        if let Err(e) = sync_dir(dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "directory not synced");
-        }
+        sync_dir_or_warn(path.parent().unwrap_or(Path::new(".")));
         Ok(t)
     });
     if done.is_err() {
@@ -167,10 +172,8 @@ impl Store {
         })?;
         // The store's own directory may be new: its name is made durable
         // too (as far as the parent directory can be opened).
-        if let Some(parent) = path.parent()
-            && let Err(e) = sync_dir(parent)
-        {
-            tracing::warn!(dir = %parent.display(), error = %e, "directory not synced");
+        if let Some(parent) = path.parent() {
+            sync_dir_or_warn(parent);
         }
         let meta = db
             .open_tree(META.name)

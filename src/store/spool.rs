@@ -371,10 +371,8 @@ impl Spool {
         std::fs::create_dir_all(&dir).map_err(io(&dir, "create the directory"))?;
         // A new spool directory's name is durable before any custody
         // receipt names what is in it.
-        if let Some(parent) = dir.parent()
-            && let Err(e) = super::sync_dir(parent)
-        {
-            tracing::warn!(dir = %parent.display(), error = %e, "directory not synced");
+        if let Some(parent) = dir.parent() {
+            super::sync_dir_or_warn(parent);
         }
         let rng = StdRng::try_from_rng(&mut SysRng).map_err(|e| Error::Entropy(e.to_string()))?;
         let mut spool = Self {
@@ -646,9 +644,7 @@ impl Spool {
             .map_err(io(&self.dir, "write a segment header"))?;
         file.sync_all()
             .map_err(io(&self.dir, "sync a segment header"))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir, "sync the directory"))?;
+        super::sync_dir(&self.dir).map_err(io(&self.dir, "sync the directory"))?;
         self.segments.insert(
             n,
             Segment {
@@ -1077,9 +1073,7 @@ impl Spool {
             deleted = true;
         }
         if deleted {
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&self.dir, "sync the directory"))?;
+            super::sync_dir(&self.dir).map_err(io(&self.dir, "sync the directory"))?;
             tracing::debug!(segments = self.segments.len(), "spool: segments deleted");
         }
         Ok(copy || deleted)
