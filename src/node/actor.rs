@@ -59,12 +59,11 @@ const RELAY_REDIAL: Duration = Duration::from_secs(5);
 /// Most peers whose direct-request budget is tracked.
 const DIRECT_RATE_PEERS: usize = 4096;
 /// The budget of direct batches from devices not known as contacts, all
-/// together (the peer id they are counted under).
+/// together (counted under our own peer id).
 const STRANGER_RATE: RateLimit = RateLimit {
     burst: 64,
     per_second: 32,
 };
-static STRANGERS: std::sync::LazyLock<PeerId> = std::sync::LazyLock::new(PeerId::random);
 /// Largest direct batch taken from such a device (bytes of frames).
 const STRANGER_BATCH: usize = 64 * 1024;
 
@@ -886,7 +885,9 @@ impl Actor {
         // thread's queue.
         if !self.peers.contains_key(&peer)
             && (frames.iter().map(Vec::len).sum::<usize>() > STRANGER_BATCH
-                || !self.stranger_rate.allow(&STRANGERS, Instant::now()))
+                || !self
+                    .stranger_rate
+                    .allow(&self.net.local_peer_id(), Instant::now()))
         {
             if let Some(skipped) = self.complaints.note(
                 &peer,
