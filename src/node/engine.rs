@@ -650,7 +650,7 @@ impl Engine {
     /// Writes a message to `to`: stores it (pending), queues it in the
     /// outbox and returns its reference and the frame to send now.
     pub fn send(&mut self, to: &[u8; 32], body: Vec<u8>, now: u64) -> Result<Sent, EngineError> {
-        let mut sent = self.send_many(to, vec![body], now)?;
+        let mut sent = self.send_many(to, vec![body], now, |_| {})?;
         sent.pop().ok_or(EngineError::UnknownContact)
     }
 
@@ -658,11 +658,18 @@ impl Engine {
     /// for the conversation's counters, the history and the session (the
     /// outbox takes one entry per message). All or none: a body over the
     /// limit refuses the whole batch before anything is written.
+    ///
+    /// The messages are encrypted before anything is written, and `leave`
+    /// sees them then: a frame marked [`Sent::early`] may go out while the
+    /// writes are made and flushed. If a write then fails, the call fails
+    /// although such a frame may have left (as when the node stops before
+    /// the flush: the caller is never told "sent", and no key is used twice).
     pub fn send_many(
         &mut self,
         to: &[u8; 32],
         bodies: Vec<Vec<u8>>,
         now: u64,
+        leave: impl FnOnce(&[Sent]),
     ) -> Result<Vec<Sent>, EngineError> {
         if let Some(b) = bodies.iter().find(|b| b.len() > super::proto::MAX_BODY) {
             return Err(EngineError::BodyTooLarge {
@@ -676,16 +683,18 @@ impl Engine {
         let mut state = self.conv_state(&conv)?;
         // A temporary conversation: each message carries its end.
         let expires_at = self.retention(&conv)?.map(|secs| now.saturating_add(secs));
+        let positions = self.store.outbox().positions(bodies.len())?;
         let mut stored = Vec::with_capacity(bodies.len());
         let mut payloads = Vec::with_capacity(bodies.len());
-        for body in bodies {
+        let mut out = Vec::with_capacity(bodies.len());
+        for (body, pos) in bodies.into_iter().zip(positions) {
             // Saturating: a peer's Lamport clock is its own to choose.
             state.lamport = state.lamport.saturating_add(1);
             let seq = state.next_seq;
             state.next_seq += 1;
             let mut msg_id = [0u8; 16];
             rand::Rng::fill_bytes(&mut self.rng, &mut msg_id);
-            stored.push(StoredMessage {
+            let msg = StoredMessage {
                 msg_id,
                 conv_id: conv,
                 sender: me,
@@ -694,7 +703,7 @@ impl Engine {
                 body: body.clone(),
                 state: DeliveryState::Pending,
                 expires_at,
-            });
+            };
             let chat = Chat {
                 msg_id,
                 lamport: state.lamport,
@@ -704,16 +713,26 @@ impl Engine {
                 reply_to: None,
                 body,
             };
-            payloads.push((seq, Payload::Chat(chat).to_bytes()));
+            let payload = Payload::Chat(chat).to_bytes();
+            let (frame, early) = self.encrypt_unsaved(to, &payload)?;
+            out.push(Sent {
+                message: msg.reference(),
+                pos,
+                frame,
+                early,
+            });
+            stored.push(msg);
+            payloads.push((seq, payload));
         }
+        leave(&out);
         self.store
             .history()
             .append_batch(&stored, Direction::Outgoing)?;
         self.put_conv_state(&conv, &state)?;
-        let mut out = Vec::with_capacity(stored.len());
-        for (msg, (seq, payload)) in stored.iter().zip(payloads) {
-            let queued = Queued::new(conv, Some(msg.lamport), Some(seq), payload.clone());
-            let entry = self.store.outbox().push(
+        for ((msg, (seq, payload)), sent) in stored.iter().zip(payloads).zip(&out) {
+            let queued = Queued::new(conv, Some(msg.lamport), Some(seq), payload);
+            let entry = self.store.outbox().push_at(
+                sent.pos,
                 msg.msg_id,
                 *to,
                 queued.to_bytes(),
@@ -733,13 +752,6 @@ impl Engine {
                     expires_at: entry.expires_at,
                 },
             );
-            let (frame, early) = self.encrypt_unsaved(to, &payload)?;
-            out.push(Sent {
-                message: msg.reference(),
-                pos: entry.seq,
-                frame,
-                early,
-            });
         }
         self.save_session(to)?;
         Ok(out)
@@ -1402,6 +1414,62 @@ mod tests {
             a_key,
             b_key,
         }
+    }
+
+    #[test]
+    fn frames_leave_before_their_writes_and_name_their_queue_entries() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        // A session both ways, on disk: only then may a frame leave early.
+        let hello = a.send(&b_key, b"hello".to_vec(), 101).unwrap();
+        assert!(!hello.early, "the first frame of a session waits");
+        b.receive(&a_key, &[hello.frame], 102, true).unwrap();
+        let reply = b.send(&a_key, b"hi".to_vec(), 102).unwrap();
+        a.receive(&b_key, &[reply.frame], 103, true).unwrap();
+        a.store().flush().unwrap();
+        a.flushed();
+
+        let store = Arc::clone(a.store());
+        let mut left = Vec::new();
+        let sent = a
+            .send_many(&b_key, vec![b"one".to_vec(), b"two".to_vec()], 104, |s| {
+                for x in s {
+                    assert!(
+                        store.outbox().get(x.pos).unwrap().is_none(),
+                        "its queue entry was written before the frame left"
+                    );
+                    left.push((x.pos, x.frame.clone(), x.early));
+                }
+            })
+            .unwrap();
+        assert_eq!(left.len(), 2);
+        assert!(
+            left.iter().all(|l| l.2),
+            "keys covered by a saved form on disk"
+        );
+        assert!(left[0].0 < left[1].0);
+        for (s, (pos, frame, _)) in sent.iter().zip(&left) {
+            assert_eq!((s.pos, &s.frame), (*pos, frame));
+            let entry = store.outbox().get(*pos).unwrap().expect("queued");
+            assert_eq!(entry.msg_id, s.message.msg_id);
+        }
+        let frames: Vec<Vec<u8>> = left.into_iter().map(|l| l.1).collect();
+        let got = b.receive(&a_key, &frames, 105, true).unwrap();
+        assert_eq!(got.accepted, vec![true, true]);
+        // The acknowledgement names positions the outbox knows.
+        let positions: Vec<u64> = sent.iter().map(|s| s.pos).collect();
+        let events = a.delivered_direct(&positions).unwrap();
+        assert_eq!(events.len(), 2);
+        assert!(
+            positions
+                .iter()
+                .all(|&p| store.outbox().get(p).unwrap().is_none())
+        );
     }
 
     #[test]

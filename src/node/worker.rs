@@ -9,7 +9,8 @@
 //!
 //! One thing leaves before the flush: a new message to a connected contact
 //! whose key no restart can use again ([`super::engine::Sent::early`]),
-//! so that it travels while its round goes to disk. Its caller still
+//! handed to the swarm's task as soon as it is encrypted, so that it
+//! travels while its round is written and goes to disk. Its caller still
 //! hears "sent" after the flush.
 
 use std::collections::{HashMap, HashSet};
@@ -24,7 +25,7 @@ use tracing::{debug, error, warn};
 use super::complaints::Complaints;
 use super::engine::{
     Engine, EngineError, Event, GROUP_RECEIPT_DELAY, GROUP_RECEIPT_JITTER, GroupChange,
-    GroupEffects, GroupInfo, Handled,
+    GroupEffects, GroupInfo, Handled, Sent,
 };
 use super::error::NodeError;
 use super::events::NodeEvent;
@@ -896,32 +897,36 @@ impl Worker {
         if replies.is_empty() {
             return;
         }
-        match self.engine.send_many(to, bodies, now) {
+        // A frame whose key no restart can use again leaves as soon as it
+        // is encrypted, while this round's writes are made and go to disk,
+        // unless something for the same contact already waits for them.
+        let early_to = self
+            .peer_of
+            .get(to)
+            .copied()
+            .filter(|p| self.shared.is_connected(p) && !round.routed.contains(to));
+        let outs = &self.outs;
+        let leave = |sent: &[Sent]| {
+            let Some(peer) = early_to else { return };
+            let frames: Vec<Outgoing> = sent
+                .iter()
+                .filter(|s| s.early)
+                .map(|s| (Some(s.pos), s.frame.clone()))
+                .collect();
+            if !frames.is_empty() {
+                let _ = outs.send(Out::Direct { peer, frames });
+            }
+        };
+        match self.engine.send_many(to, bodies, now, leave) {
             Ok(sent) => {
                 let mut refs = Vec::with_capacity(sent.len());
-                // A frame whose key no restart can use again leaves now,
-                // while this round's writes go to disk, unless something
-                // for the same contact already waits for them.
-                let now_to = self
-                    .peer_of
-                    .get(to)
-                    .copied()
-                    .filter(|p| self.shared.is_connected(p));
-                let mut early = Vec::new();
                 for s in sent {
                     refs.push(s.message);
-                    if s.early && now_to.is_some() && !round.routed.contains(to) {
+                    if s.early && early_to.is_some() {
                         self.engine.attempted(s.pos, now, Some(DIRECT_WAIT));
-                        early.push((Some(s.pos), s.frame));
                     } else {
                         self.route(to, s.frame, Some(s.pos), now, round);
                     }
-                }
-                if let Some(peer) = now_to.filter(|_| !early.is_empty()) {
-                    let _ = self.outs.send(Out::Direct {
-                        peer,
-                        frames: early,
-                    });
                 }
                 let mut refs = refs.into_iter();
                 for (n, reply) in replies {

@@ -74,21 +74,48 @@ impl<'a> Outbox<'a> {
         now: u64,
         expires_at: u64,
     ) -> Result<OutboxEntry, Error> {
+        let seq = self.positions(1)?[0];
+        self.push_at(seq, msg_id, recipient, envelope, now, expires_at)
+    }
+
+    /// `n` new queue positions, increasing and above every entry queued
+    /// so far, for [`Outbox::push_at`]. A caller may name a position (in
+    /// a frame's acknowledgement) before its entry is written; it must
+    /// write them before it asks for more.
+    pub fn positions(&self, n: usize) -> Result<Vec<u64>, Error> {
         // sled's id generator only grows, but starts again from zero in a
         // database restored from a backup: never go below the last entry.
-        let generated = self
-            .store
-            .db
-            .generate_id()
-            .map_err(Error::db(OUTBOX.name, "generate id"))?;
-        let after_last = self
+        let mut next = self
             .store
             .outbox
             .last()
             .map_err(Error::db(OUTBOX.name, "read"))?
             .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
             .map_or(0, |k| u64::from_be_bytes(k).saturating_add(1));
-        let seq = generated.max(after_last);
+        let mut seqs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let generated = self
+                .store
+                .db
+                .generate_id()
+                .map_err(Error::db(OUTBOX.name, "generate id"))?;
+            let seq = generated.max(next);
+            next = seq.saturating_add(1);
+            seqs.push(seq);
+        }
+        Ok(seqs)
+    }
+
+    /// Queues an envelope at `seq`, a position from [`Outbox::positions`].
+    pub fn push_at(
+        &self,
+        seq: u64,
+        msg_id: [u8; 16],
+        recipient: [u8; 32],
+        envelope: Vec<u8>,
+        now: u64,
+        expires_at: u64,
+    ) -> Result<OutboxEntry, Error> {
         let entry = OutboxEntry {
             seq,
             msg_id,

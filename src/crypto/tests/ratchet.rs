@@ -390,8 +390,9 @@ mod props {
         /// A sender that lets each message leave before its session state
         /// is on disk when `sent_key_is_durable` allows, as the node does,
         /// with the node's rounds cut into their steps: encrypting a batch
-        /// then storing the session (a failed store sends nothing of the
-        /// batch), flushing (what waited for it leaves), crashing (back to
+        /// (what may leave early leaves at once) then storing the session
+        /// (a failed store sends nothing more of the batch), flushing (what
+        /// waited for it leaves), crashing (back to
         /// what is on disk), a clean stop (the exact form, then a restart),
         /// and receiving. No (key, nonce) pair that left is ever used again,
         /// and every message that left decrypts.
@@ -418,8 +419,12 @@ mod props {
                         for j in 0..k {
                             let text = format!("a{i}.{j}");
                             let (m, aead) = alice.encrypt_inner(text.as_bytes()).unwrap();
-                            let early = alice.sent_key_is_durable(&m.header);
-                            batch.push((m, aead, text, early));
+                            if alice.sent_key_is_durable(&m.header) {
+                                prop_assert!(used.insert(aead.parts()));
+                                to_bob.push((m, text));
+                            } else {
+                                batch.push((m, aead, text));
+                            }
                         }
                         let bytes = alice.to_bytes();
                         if op == 2 {
@@ -427,14 +432,7 @@ mod props {
                         }
                         stored = Some(bytes);
                         alice.note_stored();
-                        for (m, aead, text, early) in batch {
-                            if early {
-                                prop_assert!(used.insert(aead.parts()));
-                                to_bob.push((m, text));
-                            } else {
-                                waiting.push((m, aead, text));
-                            }
-                        }
+                        waiting.extend(batch);
                     }
                     // The flush: what was stored is on disk; the rest leaves.
                     3 => {

@@ -94,6 +94,12 @@ fn backup_restores_everything_under_the_same_key_only() {
             .seq
             > old_max
     );
+    // Positions handed out before their entries are written, too: each
+    // above the last entry and the one before it.
+    let old_max = restored.outbox().all().unwrap().last().unwrap().seq;
+    let positions = restored.outbox().positions(3).unwrap();
+    assert!(positions[0] > old_max, "{positions:?} after {old_max}");
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
     drop(restored);
 
     // Another key: refused clearly.
