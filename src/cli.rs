@@ -168,6 +168,12 @@ impl CliError {
             error,
         }
     }
+    fn not_that_far(error: anyhow::Error) -> Self {
+        Self {
+            code: EXIT_NOT_THAT_FAR,
+            error,
+        }
+    }
 }
 
 /// Prints one JSON value on one line.
@@ -257,10 +263,13 @@ struct RelayArgs {
 }
 
 /// Exit codes: 0 success, 1 failure at run time, 2 bad usage or config,
-/// 3 no daemon running.
+/// 3 no daemon running, 4 a message not as far as `send --wait` asked.
 const EXIT_CONFIG: u8 = 2;
 /// See [`EXIT_CONFIG`].
 const EXIT_NO_DAEMON: u8 = 3;
+/// `send --wait`: the message was written and stays queued, but did not
+/// get as far as asked in time (or expired): not "nothing was changed".
+const EXIT_NOT_THAT_FAR: u8 = 4;
 
 /// Entry point used by `main.rs`.
 pub fn main() -> ExitCode {
@@ -403,7 +412,7 @@ fn open_keystore(dir: &std::path::Path, passphrase: &[u8]) -> Result<crate::cryp
     let (ks, key) = Keystore::create(passphrase, KdfParams::DEFAULT, &mut rand::rng())
         .context("creating the keystore")?;
     let bytes = ks.to_bytes();
-    crate::store::write_private(&path, |w| std::io::Write::write_all(w, &bytes))
+    crate::store::write_private_new(&path, |w| std::io::Write::write_all(w, &bytes))
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(key)
 }

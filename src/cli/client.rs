@@ -587,7 +587,10 @@ pub(super) fn send(args: SendArgs) -> Result<(), CliError> {
     let v = call(&args.dir, &Request::Send { to: args.to, text })?;
     let id = s(&v["id"]).to_owned();
     let mut state = s(&v["state"]).to_owned();
-    if let (Some(want), Some(ev)) = (wanted, events.as_mut()) {
+    // A group message is answered "sent": `--wait sent` is met at once.
+    if let (Some(want), Some(ev)) = (wanted, events.as_mut())
+        && !rank(&state).is_some_and(|r| r >= want)
+    {
         state = wait_state(ev, &id, want, Duration::from_secs(args.timeout))?;
     }
     if args.out.json {
@@ -604,7 +607,7 @@ fn wait_state(ev: &mut Events, id: &str, want: u8, bound: Duration) -> Result<St
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(CliError::failed(anyhow!(
+            return Err(CliError::not_that_far(anyhow!(
                 "not that far within {} s (the message stays queued and is retried)",
                 bound.as_secs()
             )));
@@ -630,7 +633,9 @@ fn wait_state(ev: &mut Events, id: &str, want: u8, bound: Duration) -> Result<St
                 return Ok(s(&e["state"]).to_owned());
             }
             "expired" => {
-                return Err(CliError::failed(anyhow!("the message expired undelivered")));
+                return Err(CliError::not_that_far(anyhow!(
+                    "the message expired undelivered"
+                )));
             }
             "relay_refused" => eprintln!(
                 "meshchat: relay {} refused to hold it: {} (other paths and relays are still tried)",

@@ -368,8 +368,15 @@ fn write_new(
             path.display()
         )));
     }
-    crate::store::write_private(path, |out| fill(out).map_err(std::io::Error::other))
-        .map_err(|e| NodeError::Export(format!("{}: {e}", path.display())))
+    crate::store::write_private_new(path, |out| fill(out).map_err(std::io::Error::other)).map_err(
+        |e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => NodeError::Export(format!(
+                "{} exists already; nothing written",
+                path.display()
+            )),
+            _ => NodeError::Export(format!("{}: {e}", path.display())),
+        },
+    )
 }
 
 pub(crate) fn parse_relay(addr: &Multiaddr) -> Option<(PeerId, Vec<Multiaddr>)> {

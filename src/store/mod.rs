@@ -69,40 +69,62 @@ pub(crate) fn sync_dir_or_warn(dir: &Path) {
     }
 }
 
-/// Writes `path` whole or not at all, owner-only: `fill` writes into
-/// `<path>.part`, which is flushed, synced and then renamed to `path`
-/// (replacing it), and the rename is made durable. On failure the part
-/// file is removed.
+/// Writes `path` whole or not at all, owner-only, replacing what is
+/// there: `fill` writes into a new temporary file beside it (a random
+/// name, created exclusively, mode 0600), which is flushed, synced and
+/// then renamed to `path`, and the rename is made durable. On failure the
+/// temporary file is removed.
 pub(crate) fn write_private<T>(
     path: &Path,
     fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<T>,
 ) -> std::io::Result<T> {
+    write_whole(path, true, fill)
+}
+
+/// [`write_private`] for a file that must not exist yet: an existing
+/// `path` (even one made while `fill` runs) is left alone and the call
+/// fails with [`std::io::ErrorKind::AlreadyExists`].
+pub(crate) fn write_private_new<T>(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    write_whole(path, false, fill)
+}
+
+fn write_whole<T>(
+    path: &Path,
+    replace: bool,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut part = path.as_os_str().to_owned();
-    part.push(".part");
-    let part = PathBuf::from(part);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&part)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(path.file_name().unwrap_or_default());
+    prefix.push(".");
+    // Exclusive create with a random name: nothing another user placed
+    // there (a file, a symbolic link) is written through.
+    let (file, temp) = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".part")
+        .tempfile_in(dir)?
+        .into_parts();
     let mut out = std::io::BufWriter::new(file);
-    let done = fill(&mut out).and_then(|t| {
-        out.flush()?;
-        out.get_ref().sync_all()?;
-        std::fs::rename(&part, path)?;
-        // The file is whole either way; its name is durable once its
-        // directory is synced (best effort: a directory that cannot be
-        // opened for that does not undo the write).
-        sync_dir_or_warn(path.parent().unwrap_or(Path::new(".")));
-        Ok(t)
-    });
-    if done.is_err() {
-        let _ = std::fs::remove_file(&part);
+    let t = fill(&mut out)?;
+    out.flush()?;
+    out.get_ref().sync_all()?;
+    if replace {
+        temp.persist(path).map_err(|e| e.error)?;
+    } else {
+        temp.persist_noclobber(path).map_err(|e| e.error)?;
     }
-    done
+    // The file is whole either way; its name is durable once its
+    // directory is synced (best effort: a directory that cannot be
+    // opened for that does not undo the write).
+    sync_dir_or_warn(dir);
+    Ok(t)
 }
 
 pub(crate) use codec::{hex, unhex};

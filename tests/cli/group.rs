@@ -79,6 +79,9 @@ fn a_group_is_created_used_and_changed_through_the_cli() {
     carol_events.wait_json("bob's answer", |e| {
         e["type"] == "message" && e["message"]["text"] == "hi all"
     });
+    // A group message is answered "sent": `--wait sent` is met at once.
+    let sent = bob.json(&["send", "team", "and again", "--wait", "sent"]);
+    assert_eq!(sent["state"], "sent");
 
     // Alice makes the group temporary; a member sees it in the group.
     alice.json(&["temporary", "team", "3600"]);

@@ -117,6 +117,23 @@ fn mistakes_get_one_line_a_non_zero_exit_and_change_nothing() {
     bob.stop();
     carol.stop();
 
+    // A message that does not get as far as asked in time: exit 4, not 1,
+    // since it was written and stays queued.
+    assert_refused(
+        &alice.run(&[
+            "send",
+            "bob",
+            "are you there",
+            "--wait",
+            "delivered",
+            "--timeout",
+            "1",
+        ]),
+        4,
+        "not that far within 1 s",
+    );
+    assert_eq!(alice.json(&["status"])["queued"], 1);
+
     // Exports: never over an existing file.
     let taken = root.path().join("taken.json");
     std::fs::write(&taken, "mine").unwrap();

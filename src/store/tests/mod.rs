@@ -6,6 +6,7 @@ mod blocks;
 mod conversations;
 mod damage;
 mod expiry;
+mod files;
 mod handle;
 mod history;
 mod open;
