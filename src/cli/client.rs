@@ -589,7 +589,7 @@ pub(super) fn send(args: SendArgs) -> Result<(), CliError> {
     let mut state = s(&v["state"]).to_owned();
     // A group message is answered "sent": `--wait sent` is met at once.
     if let (Some(want), Some(ev)) = (wanted, events.as_mut())
-        && !rank(&state).is_some_and(|r| r >= want)
+        && rank(&state).is_none_or(|r| r < want)
     {
         state = wait_state(ev, &id, want, Duration::from_secs(args.timeout))?;
     }
