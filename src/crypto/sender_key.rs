@@ -315,6 +315,11 @@ impl SenderKeyReceiver {
         self.key_id
     }
 
+    /// The Ed25519 key the sender's group messages are signed with.
+    pub fn signing_key(&self) -> &[u8; 32] {
+        &self.signing_key
+    }
+
     /// Verifies and decrypts a group message. The state changes only on success.
     pub fn decrypt(&mut self, msg: &SenderKeyMessage) -> Result<Vec<u8>, Error> {
         const WHAT: &str = "group message";

@@ -502,6 +502,16 @@ impl Engine {
             .slots
             .get(group)
             .map_or(1, |s| s.log.next_lamport());
+        // A peer's clock is its own to choose: one at the top leaves no
+        // room after it. A change made there would tie with it and sort
+        // by a random id (an addition and a removal could swap), so none
+        // is made.
+        if lamport == u64::MAX {
+            return Err(refused(
+                "this group's clock is used up (a member sent an operation at its highest value); \
+                 no change can be ordered after it: create a new group",
+            ));
+        }
         let op = Op::new(&self.me, *group, lamport, change);
         let op = Op::from_bytes(&op.bytes).map_err(|e| refused(&e.to_string()))?;
         self.apply_ops(*group, vec![op], true, now)
@@ -1310,6 +1320,20 @@ impl Engine {
         let Some(slot) = self.groups.slots.get_mut(&group) else {
             return Ok(GroupEffects::default());
         };
+        // A member that passes another's distribution on as its own would
+        // have that member's messages shown as its own (a message opens
+        // under whichever member holds its key): a signing key already
+        // held for someone else is not taken again.
+        if slot.receivers.iter().any(|(who, keys)| {
+            who != from && keys.iter().any(|k| k.signing_key() == &d.signing_key)
+        }) {
+            tracing::warn!(
+                from = %crate::store::hex(&from[..4]),
+                key_id = d.key_id,
+                "a sender key already held for another member; ignored"
+            );
+            return Ok(GroupEffects::default());
+        }
         let keys = slot.receivers.entry(*from).or_default();
         if keys.iter().any(|k| k.key_id() == d.key_id) {
             return Ok(GroupEffects::default());
@@ -1387,9 +1411,9 @@ impl Engine {
     ) -> Result<Vec<Event>, EngineError> {
         let mut events = Vec::new();
         for &(lamport, msg_id) in messages {
-            if kind == ReceiptKind::Delivered
-                && let Some(pos) = self.schedule.find(&msg_id, from)
-            {
+            // A read receipt says delivered too (the delivered one may
+            // have been lost): either ends the member's fallback copy.
+            if let Some(pos) = self.schedule.find(&msg_id, from) {
                 self.schedule.remove(pos);
                 self.store.outbox().ack(pos)?;
             }
@@ -1788,6 +1812,91 @@ mod tests {
         for i in 1..3 {
             assert_eq!(d.engines[i].queued(), 0);
         }
+    }
+
+    /// A member passes another member's sender key on as its own: it is
+    /// not taken, so that member's messages still open as that member's.
+    #[test]
+    fn a_member_cannot_pass_off_another_members_sender_key_as_its_own() {
+        let (mut d, group) = Devices::formed(3);
+        let theirs = d.engines[2].groups.slots[&group]
+            .own
+            .as_ref()
+            .unwrap()
+            .distribution();
+        let thief = d.keys[1];
+        let fx = d.engines[0]
+            .on_sender_key(&thief, &theirs.to_bytes(), 200)
+            .unwrap();
+        assert!(fx.due.is_empty() && fx.events.is_empty());
+        let held = &d.engines[0].groups.slots[&group].receivers;
+        assert!(
+            held.get(&thief)
+                .is_none_or(|ks| ks.iter().all(|k| k.signing_key() != &theirs.signing_key))
+        );
+        let (_, fx) = d.engines[2]
+            .group_send(&group, vec![b"from carol".to_vec()], 300)
+            .unwrap();
+        d.effects(2, fx);
+        d.run(true, &[]);
+        assert_eq!(d.received(0), vec![b"from carol".to_vec()]);
+        let from = d.events[0].iter().find_map(|e| match e {
+            Event::MessageReceived(m) if m.body == b"from carol" => Some(m.sender),
+            _ => None,
+        });
+        assert_eq!(from, Some(d.keys[2]));
+    }
+
+    /// A member's delivered receipt is lost (they are held in memory a
+    /// moment before they go): its read receipt alone ends the author's
+    /// fallback copy for it, which would otherwise be sent again.
+    #[test]
+    fn a_read_receipt_alone_ends_a_members_fallback_copy() {
+        let (mut d, group) = Devices::formed(3);
+        let before = d.engines[0].queued();
+        let (refs, fx) = d.engines[0]
+            .group_send(&group, vec![b"hello".to_vec()], 200)
+            .unwrap();
+        drop(fx);
+        let m = &refs[0];
+        assert_eq!(d.engines[0].queued(), before + 2, "one fallback per member");
+        let member = d.keys[1];
+        d.engines[0]
+            .on_group_receipts(&member, &group, ReceiptKind::Read, &[(m.lamport, m.msg_id)])
+            .unwrap();
+        assert_eq!(d.engines[0].queued(), before + 1);
+    }
+
+    /// A member sends an operation at the highest clock (it changes
+    /// nothing: not an admin). No change can sort after it, so changes
+    /// are refused with the reason rather than made at a tied clock.
+    #[test]
+    fn a_group_whose_clock_is_used_up_refuses_changes_with_the_reason() {
+        let (mut d, group) = Devices::formed(3);
+        let top = Op::new(
+            &d.engines[1].me,
+            group,
+            u64::MAX,
+            Change::Rename {
+                name: "mine".into(),
+            },
+        );
+        let fx = d.engines[0]
+            .on_group_ops(&[serde_bytes::ByteBuf::from(top.bytes)], 200)
+            .unwrap();
+        d.effects(0, fx);
+        let name = d.engines[0].view(&group).unwrap().name.clone();
+        let e = d.engines[0]
+            .change_group(
+                &group,
+                GroupChange::Rename {
+                    name: "ours".into(),
+                },
+                300,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("clock is used up"), "{e}");
+        assert_eq!(d.engines[0].view(&group).unwrap().name, name);
     }
 
     /// An admin adds a member whose card is signed but whose keys no
