@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
+use zeroize::Zeroizing;
 
 mod chat;
 mod client;
@@ -123,7 +124,9 @@ struct PassArgs {
 
 impl PassArgs {
     /// The passphrase; on a terminal, asked for (twice when `confirm`).
-    fn read(&self, confirm: bool) -> Result<Vec<u8>> {
+    /// Wiped from memory when dropped: callers drop it once the keystore
+    /// is open.
+    fn read(&self, confirm: bool) -> Result<Zeroizing<Vec<u8>>> {
         if self.passphrase_file.is_some() || std::env::var_os("MESHCHAT_PASSPHRASE").is_some() {
             return read_passphrase(self.passphrase_file.as_deref());
         }
@@ -132,16 +135,20 @@ impl PassArgs {
                 "no passphrase: pass --passphrase-file or set MESHCHAT_PASSPHRASE (no terminal to ask on)"
             );
         }
-        let first = rpassword::prompt_password("Passphrase: ").context("reading the passphrase")?;
+        let first = Zeroizing::new(
+            rpassword::prompt_password("Passphrase: ").context("reading the passphrase")?,
+        );
         if confirm {
-            let again = rpassword::prompt_password("Again: ").context("reading the passphrase")?;
+            let again = Zeroizing::new(
+                rpassword::prompt_password("Again: ").context("reading the passphrase")?,
+            );
             anyhow::ensure!(
                 first == again,
                 "the two passphrases differ; nothing changed"
             );
         }
         anyhow::ensure!(!first.is_empty(), "the passphrase is empty");
-        Ok(first.into_bytes())
+        Ok(Zeroizing::new(first.as_bytes().to_vec()))
     }
 }
 
@@ -357,8 +364,10 @@ fn relay(args: RelayArgs) -> ExitCode {
     };
     init_logs(resolved.log_format, "info");
     let run = || -> Result<()> {
-        let passphrase = read_passphrase(args.passphrase_file.as_deref())?;
-        let key = open_keystore(&resolved.data_dir, &passphrase)?;
+        let key = open_keystore(
+            &resolved.data_dir,
+            &read_passphrase(args.passphrase_file.as_deref())?,
+        )?;
         let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
         runtime.block_on(run_relay(resolved, key))
     };
@@ -372,17 +381,31 @@ fn relay(args: RelayArgs) -> ExitCode {
 }
 
 /// The passphrase from a file (trailing newline dropped) or
-/// `MESHCHAT_PASSPHRASE`.
-fn read_passphrase(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
-    let mut p = match file {
-        Some(f) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+/// `MESHCHAT_PASSPHRASE`. A file that others may read is warned about.
+fn read_passphrase(file: Option<&std::path::Path>) -> Result<Zeroizing<Vec<u8>>> {
+    let mut p = Zeroizing::new(match file {
+        Some(f) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                if let Ok(m) = std::fs::metadata(f)
+                    && m.permissions().mode() & 0o077 != 0
+                {
+                    eprintln!(
+                        "meshchat: warning: {} can be read by others than its owner (chmod 600 it)",
+                        f.display()
+                    );
+                }
+            }
+            std::fs::read(f).with_context(|| format!("reading {}", f.display()))?
+        }
         None => match std::env::var_os("MESHCHAT_PASSPHRASE") {
             Some(v) => v.into_encoded_bytes(),
             None => {
                 anyhow::bail!("no passphrase: pass --passphrase-file or set MESHCHAT_PASSPHRASE")
             }
         },
-    };
+    });
     while p.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         p.pop();
     }
@@ -393,7 +416,7 @@ fn read_passphrase(file: Option<&std::path::Path>) -> Result<Vec<u8>> {
 /// Unlocks `<data dir>/keystore`, creating it (and the directory, owner
 /// only) on first start.
 fn open_keystore(dir: &std::path::Path, passphrase: &[u8]) -> Result<crate::crypto::DataKey> {
-    use crate::crypto::{KdfParams, Keystore};
+    use crate::crypto::Keystore;
     let path = dir.join(KEYSTORE);
     if path.exists() {
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -402,6 +425,14 @@ fn open_keystore(dir: &std::path::Path, passphrase: &[u8]) -> Result<crate::cryp
             .unlock(passphrase)
             .context("wrong passphrase (or a damaged keystore)");
     }
+    create_keystore(dir, passphrase)
+}
+
+/// Makes `<data dir>/keystore` (and the directory, owner only); fails if
+/// one is there already, even one made meanwhile.
+fn create_keystore(dir: &std::path::Path, passphrase: &[u8]) -> Result<crate::crypto::DataKey> {
+    use crate::crypto::{KdfParams, Keystore};
+    let path = dir.join(KEYSTORE);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     #[cfg(unix)]
     {

@@ -78,7 +78,8 @@ pub(super) fn init(args: InitArgs) -> Result<(), CliError> {
         )));
     }
     let passphrase = args.pass.read(true).map_err(CliError::failed)?;
-    let key = super::open_keystore(&dir, &passphrase).map_err(CliError::failed)?;
+    let key = super::create_keystore(&dir, &passphrase).map_err(CliError::failed)?;
+    drop(passphrase);
     let identity = (|| -> Result<_> {
         let store = std::sync::Arc::new(
             crate::store::Store::open(dir.join(NODE_DIR), &key).context("creating the store")?,
@@ -88,7 +89,12 @@ pub(super) fn init(args: InitArgs) -> Result<(), CliError> {
         engine.store().flush().context("writing the identity")?;
         Ok(engine.identity().public().clone())
     })()
-    .map_err(CliError::failed)?;
+    .map_err(|e| {
+        // The keystore just made (exclusively: nobody else's) is taken
+        // back, so that `init` can simply be run again.
+        let _ = std::fs::remove_file(dir.join(super::KEYSTORE));
+        CliError::failed(e)
+    })?;
     let peer = identity.peer_id().map_err(|e| CliError::failed(e.into()))?;
     let fingerprint = crate::crypto::fingerprint(&identity);
     if args.out.json {
@@ -146,6 +152,7 @@ pub(super) fn run(args: RunArgs) -> Result<(), CliError> {
     super::init_logs(format, "info,libp2p_kad=warn");
     let passphrase = args.pass.read(false).map_err(CliError::failed)?;
     let key = super::open_keystore(&dir, &passphrase).map_err(CliError::failed)?;
+    drop(passphrase);
     let mut cfg = NodeConfig::new(dir.join(NODE_DIR), key);
     if !args.listen.is_empty() {
         cfg.net.listen = args.listen.clone();

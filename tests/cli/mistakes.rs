@@ -18,6 +18,13 @@ fn mistakes_get_one_line_a_non_zero_exit_and_change_nothing() {
     assert_refused(&alice.run(&["init"]), 1, "already initialised");
     assert_eq!(std::fs::read(alice.dir.join("keystore")).unwrap(), keystore);
 
+    // A store left under another key (its keystore lost): `init` fails
+    // and takes its new keystore back, so that it can be run again.
+    let stray = Device::init(root.path(), "stray");
+    std::fs::remove_file(stray.dir.join("keystore")).unwrap();
+    assert_refused(&stray.run(&["init"]), 1, "creating the store");
+    assert!(!stray.dir.join("keystore").exists());
+
     // A wrong passphrase.
     let out = alice
         .cmd()
