@@ -21,6 +21,11 @@ use crate::api::{self, Client, Request};
 const POLL: Duration = Duration::from_millis(50);
 /// A page of history.
 const PAGE: usize = 100;
+/// Longest wait for one answer from the daemon. The terminal is in raw
+/// mode, so Ctrl-C cannot interrupt a call: a daemon that does not answer
+/// (busy writing a large export, say) ends the chat with an error rather
+/// than freezing it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Input {
     Event(Value),
@@ -33,6 +38,7 @@ pub(super) fn run(args: PlainArgs) -> Result<(), CliError> {
     let socket = dir.join(api::SOCKET);
     let fail = super::client::from_client;
     let mut client = Client::connect(&socket).map_err(fail)?;
+    client.set_timeout(Some(CALL_TIMEOUT)).map_err(fail)?;
     let mut events = Client::connect(&socket)
         .and_then(Client::subscribe)
         .map_err(fail)?;
