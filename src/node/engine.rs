@@ -786,18 +786,20 @@ impl Engine {
 
     /// Marks messages that went out by the mesh as sent (if still pending).
     /// A read receipt that reached the mesh is done: nothing acknowledges
-    /// a receipt, so that is as far as it can be followed.
+    /// a receipt, so that is as far as it can be followed. Everything else
+    /// queued waits for its delivered receipt.
     pub fn published(&mut self, positions: &[u64]) -> Result<Vec<Event>, EngineError> {
         let mut refs = Vec::new();
         for &pos in positions {
             match self.schedule.get(pos) {
                 Some(m) if m.is_chat() => refs.push((self.outgoing_ref(m), DeliveryState::Sent)),
-                // Group payloads wait for their acknowledgement.
-                Some(m) if self.is_group(&m.conv_id) => {}
-                Some(_) => {
+                // A read receipt is done; group payloads and settings wait
+                // for their acknowledgement.
+                Some(m) if m.is_receipt() && !self.is_group(&m.conv_id) => {
                     self.schedule.remove(pos);
                     self.store.outbox().ack(pos)?;
                 }
+                Some(_) => {}
                 None => {}
             }
         }
@@ -1414,6 +1416,36 @@ mod tests {
             a_key,
             b_key,
         }
+    }
+
+    /// A temporary-chat setting that went out on the mesh waits for its
+    /// delivered receipt (it is left at relays on later attempts); a read
+    /// receipt that went out on the mesh is done.
+    #[test]
+    fn a_setting_that_reached_the_mesh_stays_queued_until_delivered() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let (due, _) = a.set_retention(&b_key, Some(3600), 101).unwrap();
+        let queued = a.queued();
+        a.published(&[due.pos]).unwrap();
+        assert_eq!(a.queued(), queued, "the setting was dropped at the mesh");
+        // Its delivered receipt ends it.
+        let got = b.receive(&a_key, &[due.frame], 102, false).unwrap();
+        a.receive(&b_key, &got.replies, 103, false).unwrap();
+        assert_eq!(a.queued(), queued - 1);
+
+        // A read receipt is done once on the mesh.
+        let m = b.send(&a_key, b"hello".to_vec(), 104).unwrap();
+        a.receive(&b_key, &[m.frame], 105, true).unwrap();
+        let receipt = a.mark_read(&b_key, 106).unwrap().expect("a read receipt");
+        let queued = a.queued();
+        a.published(&[receipt.pos]).unwrap();
+        assert_eq!(a.queued(), queued - 1);
     }
 
     #[test]

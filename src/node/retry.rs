@@ -36,10 +36,17 @@ pub struct Meta {
 
 impl Meta {
     /// Whether it is a chat message (sequence numbers start at 1); the
-    /// other queued payloads are read receipts (sequence 0), which have no
+    /// other queued payloads (receipts, settings, group payloads) have no
     /// history entry and no delivery state of their own.
     pub fn is_chat(&self) -> bool {
         self.seq != 0
+    }
+
+    /// Whether it is a 1:1 read receipt: no sequence number and no clock
+    /// (a temporary-chat setting has its clock). Nothing acknowledges a
+    /// receipt that went out on the mesh.
+    pub fn is_receipt(&self) -> bool {
+        self.seq == 0 && self.lamport == 0
     }
 }
 

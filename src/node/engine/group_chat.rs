@@ -695,7 +695,10 @@ impl Engine {
             .distribution()
             .to_bytes()
             .to_vec();
-        self.queue(to, group, now, |id| Payload::SenderKey { id, distribution })
+        self.queue(to, group, None, now, |id| Payload::SenderKey {
+            id,
+            distribution,
+        })
     }
 
     /// Queues operations for the member `to` (in as many payloads as
@@ -709,7 +712,7 @@ impl Engine {
     ) -> Result<Vec<Due>, EngineError> {
         let mut due = Vec::new();
         for ops in op_batches(ops) {
-            due.push(self.queue(to, group, now, |id| Payload::GroupOps { id, ops })?);
+            due.push(self.queue(to, group, None, now, |id| Payload::GroupOps { id, ops })?);
         }
         Ok(due)
     }
@@ -752,14 +755,15 @@ impl Engine {
     pub(super) fn queue(
         &mut self,
         to: &[u8; 32],
-        group: &[u8; 32],
+        conv: &[u8; 32],
+        lamport: Option<u64>,
         now: u64,
         build: impl FnOnce([u8; 16]) -> Payload,
     ) -> Result<Due, EngineError> {
         let mut id = [0u8; 16];
         rand::Rng::fill_bytes(&mut self.rng, &mut id);
         let payload = build(id).to_bytes();
-        self.queue_as(id, to, group, None, payload, now, now, now + self.ttl)
+        self.queue_as(id, to, conv, lamport, payload, now, now, now + self.ttl)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -111,10 +111,10 @@ impl Engine {
             .put(&record(&conv), &wire::encode(&setting))?;
         self.mirror(&conv, secs)?;
         self.put_conv_state(&conv, &state)?;
-        let due = self.queue(contact, &conv, now, |id| Payload::Retention {
-            id,
-            secs,
-            lamport,
+        // Queued with its clock: unlike a read receipt (clock 0), it waits
+        // for its delivered receipt, wherever it went out.
+        let due = self.queue(contact, &conv, Some(lamport), now, |id| {
+            Payload::Retention { id, secs, lamport }
         })?;
         Ok((due, Event::RetentionChanged { conv, secs }))
     }
