@@ -391,10 +391,19 @@ fn read_passphrase(file: Option<&std::path::Path>) -> Result<Zeroizing<Vec<u8>>>
                 if let Ok(m) = std::fs::metadata(f)
                     && m.permissions().mode() & 0o077 != 0
                 {
-                    eprintln!(
-                        "meshchat: warning: {} can be read by others than its owner (chmod 600 it)",
-                        f.display()
-                    );
+                    // In the logs when they are set up (the daemon's and
+                    // the relay's may be JSON lines), else on stderr.
+                    if tracing::dispatcher::has_been_set() {
+                        tracing::warn!(
+                            file = %f.display(),
+                            "the passphrase file can be read by others than its owner (chmod 600 it)"
+                        );
+                    } else {
+                        eprintln!(
+                            "meshchat: warning: {} can be read by others than its owner (chmod 600 it)",
+                            f.display()
+                        );
+                    }
                 }
             }
             std::fs::read(f).with_context(|| format!("reading {}", f.display()))?

@@ -17,6 +17,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, watch};
@@ -56,6 +58,8 @@ const FOUND_RELAYS: usize = 2;
 const FIND_RELAYS_EVERY: Duration = Duration::from_secs(60);
 /// How often our relays are dialled again while not connected.
 const RELAY_REDIAL: Duration = Duration::from_secs(5);
+/// How long after a circuit reservation closed it is asked for again.
+const CIRCUIT_RETRY: Duration = Duration::from_secs(30);
 /// Most peers whose direct-request budget is tracked.
 const DIRECT_RATE_PEERS: usize = 4096;
 /// The budget of direct batches from devices not known as contacts, all
@@ -210,6 +214,8 @@ impl Node {
             complaints: Complaints::default(),
             last_beacon_ms: 0,
             relays,
+            circuits: HashMap::new(),
+            circuit_retry: HashMap::new(),
             mailbox_in_flight: HashMap::new(),
             last_redial: Instant::now(),
             last_relay_search: None,
@@ -282,6 +288,12 @@ struct Actor {
     last_beacon_ms: u64,
     /// Our relays and their addresses.
     relays: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Circuit reservations asked of our relays (their listeners), so
+    /// that peers reach us through them when nothing can dial us.
+    circuits: HashMap<PeerId, ListenerId>,
+    /// Not before this is a reservation asked again of a relay whose last
+    /// one closed (refused, or its connection dropped).
+    circuit_retry: HashMap<PeerId, Instant>,
     mailbox_in_flight: HashMap<OutboundRequestId, (PeerId, Purpose)>,
     /// Deposits on our mailbox streams to relays.
     links: Links<MailboxCodec>,
@@ -764,6 +776,47 @@ impl Actor {
                 debug!(%peer, error = %e, "dialling our relay");
             }
         }
+        let connected: Vec<PeerId> = self
+            .relays
+            .keys()
+            .filter(|p| self.net.is_connected(p))
+            .copied()
+            .collect();
+        for relay in connected {
+            self.reserve(relay, None);
+        }
+    }
+
+    /// Asks `relay` (one of ours, connected) for a circuit reservation
+    /// unless one is held or asked for, or the last one closed lately.
+    /// `seen`: the address we reached it at, if its own are not known.
+    fn reserve(&mut self, relay: PeerId, seen: Option<&Multiaddr>) {
+        if self.circuits.contains_key(&relay)
+            || self
+                .circuit_retry
+                .get(&relay)
+                .is_some_and(|t| Instant::now() < *t)
+        {
+            return;
+        }
+        let known = self.relays.get(&relay).and_then(|a| a.first()).cloned();
+        let Some(addr) = known
+            .or_else(|| self.net.known_addresses(&relay).into_iter().next())
+            .or_else(|| seen.cloned())
+        else {
+            return;
+        };
+        match self.net.reserve_on(relay, &addr) {
+            Ok(listener) => {
+                debug!(%relay, "asking our relay for a circuit reservation");
+                self.circuits.insert(relay, listener);
+            }
+            Err(e) => {
+                debug!(%relay, error = %e, "circuit reservation not asked");
+                self.circuit_retry
+                    .insert(relay, Instant::now() + CIRCUIT_RETRY);
+            }
+        }
     }
 
     /// Sends the next batch to `peer` if none is in flight.
@@ -939,7 +992,7 @@ impl Actor {
                 info!(%addr, "listening");
                 self.emit(NodeEvent::Listening { addr });
             }
-            NetEvent::Connected { peer, .. } => {
+            NetEvent::Connected { peer, addr } => {
                 if let Ok(mut c) = self.shared.connected.write() {
                     c.insert(peer);
                 }
@@ -948,6 +1001,9 @@ impl Actor {
                 }
                 if self.relays.contains_key(&peer) {
                     self.job(Job::RelayUp(peer));
+                    if !addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+                        self.reserve(peer, Some(&addr));
+                    }
                 }
                 self.emit(NodeEvent::Connected { peer });
             }
@@ -993,6 +1049,27 @@ impl Actor {
                 self.search_relays();
             }
             NetEvent::RelaysFound { relays } => self.relays_found(relays),
+            NetEvent::RelayReserved { relay } => {
+                info!(%relay, "reachable through our relay's circuit");
+                self.circuit_retry.remove(&relay);
+                self.emit(NodeEvent::RelayReserved { relay });
+            }
+            NetEvent::ListenerClosed { listener } => {
+                let closed: Vec<PeerId> = self
+                    .circuits
+                    .iter()
+                    .filter(|(_, l)| **l == listener)
+                    .map(|(p, _)| *p)
+                    .collect();
+                for relay in closed {
+                    // Asked again once connected, not at once: a relay that
+                    // refuses is not asked in a loop.
+                    debug!(%relay, "circuit reservation closed");
+                    self.circuits.remove(&relay);
+                    self.circuit_retry
+                        .insert(relay, Instant::now() + CIRCUIT_RETRY);
+                }
+            }
             NetEvent::PeerFound { peer, addrs } if self.relays.contains_key(&peer) => {
                 for a in &addrs {
                     self.net.add_address(&peer, a.clone());
@@ -1177,10 +1254,10 @@ impl std::fmt::Debug for Actor {
 fn with_peer(addrs: &[Multiaddr], peer: PeerId) -> Vec<String> {
     addrs
         .iter()
-        .map(|a| {
-            a.clone()
-                .with(libp2p::multiaddr::Protocol::P2p(peer))
-                .to_string()
+        .map(|a| match a.iter().last() {
+            // A circuit listen address names us already.
+            Some(Protocol::P2p(p)) if p == peer => a.to_string(),
+            _ => a.clone().with(Protocol::P2p(peer)).to_string(),
         })
         .collect()
 }

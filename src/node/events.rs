@@ -68,6 +68,12 @@ pub enum NodeEvent {
         /// The relay.
         relay: PeerId,
     },
+    /// One of our relays holds a circuit reservation for us: peers that
+    /// cannot dial this device reach it through that relay.
+    RelayReserved {
+        /// The relay.
+        relay: PeerId,
+    },
     /// Mail held for us at a relay was fetched and stored.
     Drained {
         /// The relay.

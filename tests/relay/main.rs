@@ -10,6 +10,8 @@
 //! - `hostile`: garbage, huge length prefixes and floods from one peer.
 //! - `groups`: group traffic for members who are away; temporary groups.
 //! - `temporary`: temporary 1:1 chats, on both devices and the relay.
+//! - `circuit`: devices that listen nowhere reach each other through a
+//!   relay's circuit.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -18,6 +20,7 @@ mod common;
 #[path = "../common/exit.rs"]
 mod exit;
 
+mod circuit;
 mod cli;
 mod groups;
 mod hostile;

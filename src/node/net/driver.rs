@@ -143,6 +143,34 @@ impl Net {
         self.listen_on(relay.with(Protocol::P2pCircuit))
     }
 
+    /// Asks the relay `relay`, reached at `addr` (with or without its
+    /// `/p2p/<id>`), for a circuit reservation; the listener it opens
+    /// closes if the relay refuses or its connection drops
+    /// ([`NetEvent::ListenerClosed`] names it).
+    pub fn reserve_on(
+        &mut self,
+        relay: PeerId,
+        addr: &Multiaddr,
+    ) -> Result<libp2p::core::transport::ListenerId, NetError> {
+        let mut bare = addr.clone();
+        if let Some(Protocol::P2p(_)) = bare.iter().last() {
+            bare.pop();
+        }
+        self.add_address(&relay, bare.clone());
+        let circuit = bare.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+        self.swarm
+            .listen_on(circuit.clone())
+            .map_err(|e| NetError::Listen {
+                addr: circuit,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Stops listening (a circuit reservation, say).
+    pub fn stop_listening(&mut self, listener: libp2p::core::transport::ListenerId) {
+        self.swarm.remove_listener(listener);
+    }
+
     /// Dials an address (its peer id, if any, is checked by the handshake).
     pub fn dial(&mut self, addr: Multiaddr) -> Result<(), NetError> {
         self.swarm.dial(addr.clone()).map_err(|e| NetError::Dial {

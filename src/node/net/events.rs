@@ -154,6 +154,12 @@ pub enum NetEvent {
         /// The relay.
         relay: PeerId,
     },
+    /// A listener closed (for a circuit: the relay refused the
+    /// reservation, or the connection to it closed).
+    ListenerClosed {
+        /// The listener.
+        listener: libp2p::core::transport::ListenerId,
+    },
     /// A peer's mailbox request failed before it could be answered (it
     /// did not decode, broke a size limit, or the stream closed).
     MailboxInboundFailed {
@@ -221,6 +227,16 @@ impl Net {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, %error, "dial failed");
                 None
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                debug!(?addresses, ?reason, "listener closed");
+                Some(NetEvent::ListenerClosed {
+                    listener: listener_id,
+                })
             }
             other => {
                 trace!(event = ?other, "swarm event");
