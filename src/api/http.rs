@@ -16,21 +16,31 @@
 //! - `GET /v1/events` upgrades to a WebSocket that carries one text frame
 //!   per event (the same JSON as the socket's event lines).
 //!
-//! One request per connection. Request heads are bounded to 8 KiB, bodies
-//! to the socket's line bound, and both must arrive within 10 s; at most
-//! [`super::server::MAX_CLIENTS`] connections are served at once.
+//! A request must name this server by a loopback name in its `Host`
+//! header (`127.0.0.1:PORT`, `[::1]:PORT` or `localhost:PORT`, PORT the
+//! bound port), or it is refused with 421; one with an `Origin` header
+//! other than `http://` and one of those is refused with 403. A web page
+//! reaching the port through DNS rebinding sends its own name in both,
+//! so it is turned away before the token is even looked at.
+//!
+//! One request per connection. Request heads are bounded to 8 KiB and
+//! must arrive within [`HEAD_TIMEOUT`] (1 s); bodies are bounded to the
+//! socket's line bound and must arrive within [`BODY_TIMEOUT`] (5 s). How
+//! many connections are served at once is bounded as [`Waiting`]
+//! describes.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tracing::debug;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tracing::{debug, warn};
 
 use super::proto::{Answer, ApiError, ErrorKind, MAX_LINE, Request, hex};
 use super::server::{Api, MAX_CLIENTS, WRITE_TIMEOUT};
@@ -39,11 +49,19 @@ use super::server::{Api, MAX_CLIENTS, WRITE_TIMEOUT};
 pub const TOKEN_FILE: &str = "api-token";
 /// Largest request head.
 const MAX_HEAD: usize = 8 * 1024;
-/// Longest a client may take to send its request head, and then its body.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a client may take to send its request head. Local clients
+/// send it at once; the bound is short because until then the
+/// connection is anyone's (see [`Waiting`]).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest an authenticated client may take to send its request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most connections at once that have not yet shown a valid token (see
+/// [`Waiting`]).
+const MAX_UNPROVEN: usize = 16;
 /// After an answer, how long (and how much) of an unread request body is
 /// taken and dropped, so that closing does not reset the connection and
-/// lose the answer.
+/// lose the answer. A refusal (of a connection without a valid token,
+/// say) is written and drained within this time in all.
 const DRAIN_TIME: Duration = Duration::from_secs(1);
 const DRAIN_BYTES: u64 = 1024 * 1024;
 /// Largest frame taken from a WebSocket client (it has nothing to say but
@@ -53,10 +71,29 @@ const MAX_WS_FRAME: u64 = 4 * 1024;
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// The token in `dir`, made (32 random bytes, hex, owner-only) if absent.
+///
+/// A token file that the group or others have any access to is not used:
+/// the token in it may have been read (or written) by someone else, so a
+/// new one replaces it, owner-only, and a warning is logged. Clients then
+/// read the new token from the file.
 pub fn token(dir: &Path) -> std::io::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(TOKEN_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(t) if t.trim().len() >= 32 => return Ok(t.trim().to_owned()),
+    let existing = std::fs::File::open(&path).and_then(|mut f| {
+        let mode = f.metadata()?.permissions().mode();
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut f, &mut t)?;
+        Ok((mode, t))
+    });
+    match existing {
+        Ok((mode, _)) if mode & 0o077 != 0 => {
+            warn!(
+                file = %path.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "the API token file was open to other users: it gets a new token, owner-only"
+            );
+        }
+        Ok((_, t)) if t.trim().len() >= 32 => return Ok(t.trim().to_owned()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
@@ -66,6 +103,90 @@ pub fn token(dir: &Path) -> std::io::Result<String> {
     let t = hex(&bytes);
     crate::store::write_private(&path, |w| std::io::Write::write_all(w, t.as_bytes()))?;
     Ok(t)
+}
+
+/// What every connection of one server shares.
+struct Shared {
+    api: Api,
+    token: String,
+    /// The bound port, which the `Host` and `Origin` headers must name.
+    port: u16,
+    /// The [`MAX_CLIENTS`] slots of connections that showed the token.
+    slots: Arc<Semaphore>,
+    waiting: Waiting,
+}
+
+/// The connections that have not yet shown a valid token, oldest first.
+///
+/// Anyone on this machine can open connections to the port, so those are
+/// kept apart from the owner's clients, in two ways:
+///
+/// - a new connection first takes one of [`MAX_UNPROVEN`] places here,
+///   which it holds while it sends its head (at most [`HEAD_TIMEOUT`])
+///   and, if it is refused, while the refusal is written and drained (at
+///   most [`DRAIN_TIME`]). When all places are taken, the newcomer takes
+///   the oldest one's place and that connection is closed without an
+///   answer. Idle connections thus cannot keep a client out: a client
+///   that sends its head at once, as local clients do, is read before
+///   [`MAX_UNPROVEN`] newer connections could push it out;
+/// - only a connection whose head passed every check (its `Host`,
+///   `Origin` and token) takes one of the [`MAX_CLIENTS`] slots, and
+///   gives up its place here for it; it keeps the slot until it ends (a
+///   WebSocket for as long as it is open). With every slot taken, it is
+///   answered 503.
+///
+/// So at most [`MAX_UNPROVEN`] + [`MAX_CLIENTS`] connections are open at
+/// once, and connections without the token never take a slot.
+struct Waiting {
+    queue: Mutex<Queue>,
+}
+
+/// The places of [`Waiting`]: each connection's number and the sender
+/// whose drop tells it to close.
+#[derive(Default)]
+struct Queue {
+    next: u64,
+    places: VecDeque<(u64, oneshot::Sender<()>)>,
+}
+
+/// A connection's place in [`Waiting`]; given up when dropped.
+struct Place<'a> {
+    id: u64,
+    waiting: &'a Waiting,
+}
+
+impl Waiting {
+    fn new() -> Self {
+        Self {
+            queue: Mutex::new(Queue::default()),
+        }
+    }
+
+    /// A place for a new connection, pushing out the oldest if all are
+    /// taken, and the receiver that ends when this one is pushed out.
+    fn enter(&self) -> (u64, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        q.next += 1;
+        let id = q.next;
+        if q.places.len() >= MAX_UNPROVEN {
+            // Dropping its sender closes the oldest connection.
+            q.places.pop_front();
+        }
+        q.places.push_back((id, tx));
+        (id, rx)
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        let mut q = self
+            .waiting
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        q.places.retain(|(id, _)| *id != self.id);
+    }
 }
 
 /// Binds `addr` (a loopback address) and serves until the task is
@@ -83,8 +204,13 @@ pub async fn serve(
     }
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    let token = Arc::new(token);
+    let shared = Arc::new(Shared {
+        api,
+        token,
+        port: bound.port(),
+        slots: Arc::new(Semaphore::new(MAX_CLIENTS)),
+        waiting: Waiting::new(),
+    });
     let task = tokio::spawn(async move {
         loop {
             let stream = match listener.accept().await {
@@ -95,18 +221,14 @@ pub async fn serve(
                     continue;
                 }
             };
-            // Past the bound a connection is closed at once: nobody can
-            // hold the others up by opening many.
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                drop(stream);
-                continue;
-            };
-            let (api, token) = (api.clone(), token.clone());
+            // The place is taken here, in the order of arrival, not in
+            // the spawned task.
+            let (id, pushed_out) = shared.waiting.enter();
+            let shared = shared.clone();
             tokio::spawn(async move {
-                if let Err(e) = connection(stream, &api, &token).await {
+                if let Err(e) = connection(stream, &shared, id, pushed_out).await {
                     debug!(error = %e, "HTTP API request");
                 }
-                drop(permit);
             });
         }
     });
@@ -126,6 +248,14 @@ impl Head {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of the header `name`, in order.
+    fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
@@ -187,6 +317,10 @@ async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> Result<(Head, Vec<u
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     };
+    // The whole head may have come in one read past the bound.
+    if end > MAX_HEAD {
+        return Err(431);
+    }
     let rest = buf.split_off(end + 4);
     let text = std::str::from_utf8(&buf[..end]).map_err(|_| 400u16)?;
     let mut lines = text.split("\r\n");
@@ -215,19 +349,52 @@ async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> Result<(Head, Vec<u
     ))
 }
 
-async fn connection(mut stream: TcpStream, api: &Api, token: &str) -> std::io::Result<()> {
-    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(h)) => h,
-        Ok(Err(status)) => {
-            let e = ApiError::new(ErrorKind::BadRequest, "a malformed HTTP request");
-            return respond(&mut stream, status, &Answer::Error(e)).await;
-        }
-        Err(_) => {
-            let e = ApiError::new(ErrorKind::BadRequest, "the request head took too long");
-            return respond(&mut stream, 408, &Answer::Error(e)).await;
-        }
+/// Whether `authority` (a `Host` header, an origin without its scheme)
+/// names this server by a loopback name and its port.
+fn is_loopback_authority(authority: &str, port: u16) -> bool {
+    let Some((host, p)) = authority.rsplit_once(':') else {
+        return false;
     };
-    let (head, early) = head;
+    p == port.to_string()
+        && ["127.0.0.1", "[::1]", "localhost"]
+            .iter()
+            .any(|h| host.eq_ignore_ascii_case(h))
+}
+
+/// Why a head is refused before its request is looked at, if it is: the
+/// `Host`, the `Origin` and the token, in that order.
+fn check(head: &Head, shared: &Shared) -> Result<(), (u16, ApiError)> {
+    let mut hosts = head.headers_named("host");
+    let host_ok = hosts
+        .next()
+        .is_some_and(|h| is_loopback_authority(h, shared.port))
+        && hosts.next().is_none();
+    if !host_ok {
+        return Err((
+            421,
+            ApiError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "the Host header must be 127.0.0.1:{p}, [::1]:{p} or localhost:{p}",
+                    p = shared.port
+                ),
+            ),
+        ));
+    }
+    // Browsers send an Origin; other clients do not. Only a page of this
+    // very server's origin may call it.
+    if head.headers_named("origin").any(|o| {
+        !o.strip_prefix("http://")
+            .is_some_and(|a| is_loopback_authority(a, shared.port))
+    }) {
+        return Err((
+            403,
+            ApiError::new(
+                ErrorKind::Unauthorized,
+                "requests from web pages of other origins are refused",
+            ),
+        ));
+    }
     // The token: a header, or `?token=` for a WebSocket.
     let offered = head
         .header("authorization")
@@ -241,14 +408,79 @@ async fn connection(mut stream: TcpStream, api: &Api, token: &str) -> std::io::R
                 .then(|| head.param("token"))
                 .flatten()
         });
-    let authorised = offered.is_some_and(|t| bool::from(t.as_bytes().ct_eq(token.as_bytes())));
+    let authorised =
+        offered.is_some_and(|t| bool::from(t.as_bytes().ct_eq(shared.token.as_bytes())));
     if !authorised {
-        let e = ApiError::new(
-            ErrorKind::Unauthorized,
-            "a bearer token is required (it is in the data directory's api-token file)",
-        );
-        return respond(&mut stream, 401, &Answer::Error(e)).await;
+        return Err((
+            401,
+            ApiError::new(
+                ErrorKind::Unauthorized,
+                "a bearer token is required (it is in the data directory's api-token file)",
+            ),
+        ));
     }
+    Ok(())
+}
+
+/// Reads a connection's head and checks it: the head, what of the body
+/// came with it and the slot taken for it; or `None` once the connection
+/// has been refused (and answered).
+async fn admit(
+    stream: &mut TcpStream,
+    shared: &Shared,
+) -> std::io::Result<Option<(Head, Vec<u8>, OwnedSemaphorePermit)>> {
+    let (status, e) = match tokio::time::timeout(HEAD_TIMEOUT, read_head(stream)).await {
+        Err(_) => (
+            408,
+            ApiError::new(ErrorKind::BadRequest, "the request head took too long"),
+        ),
+        Ok(Err(status)) => (
+            status,
+            ApiError::new(ErrorKind::BadRequest, "a malformed HTTP request"),
+        ),
+        Ok(Ok((head, early))) => match check(&head, shared) {
+            Err(refusal) => refusal,
+            Ok(()) => match shared.slots.clone().try_acquire_owned() {
+                Ok(slot) => return Ok(Some((head, early, slot))),
+                Err(_) => (
+                    503,
+                    ApiError::new(
+                        ErrorKind::Failed,
+                        format!("too many clients (at most {MAX_CLIENTS})"),
+                    ),
+                ),
+            },
+        },
+    };
+    // The answer and the drain after it, together within DRAIN_TIME.
+    match tokio::time::timeout(DRAIN_TIME, respond(stream, status, &Answer::Error(e))).await {
+        Ok(r) => r.map(|()| None),
+        Err(_) => Ok(None),
+    }
+}
+
+/// One connection: admitted (or refused) while it holds place `id` in
+/// [`Waiting`], closed at once if pushed out of it; then its request.
+async fn connection(
+    mut stream: TcpStream,
+    shared: &Shared,
+    id: u64,
+    pushed_out: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    let place = Place {
+        id,
+        waiting: &shared.waiting,
+    };
+    let admitted = tokio::select! {
+        a = admit(&mut stream, shared) => a?,
+        // A newer connection took the place.
+        _ = pushed_out => return Ok(()),
+    };
+    drop(place);
+    let Some((head, early, _slot)) = admitted else {
+        return Ok(());
+    };
+    let api = &shared.api;
     let request = match (head.method.as_str(), head.path.as_str()) {
         ("GET", "/v1/events") => return websocket(stream, &head, api).await,
         ("POST", "/v1") => match body(&mut stream, &head, early).await {
@@ -284,10 +516,17 @@ async fn connection(mut stream: TcpStream, api: &Api, token: &str) -> std::io::R
             405,
             ApiError::new(ErrorKind::BadRequest, format!("{m} /v1: use POST")),
         )),
-        (m, p @ ("/v1/status" | "/v1/contacts" | "/v1/chats" | "/v1/events")) => Err((
-            405,
-            ApiError::new(ErrorKind::BadRequest, format!("{m} {p}: use GET")),
-        )),
+        (m, p)
+            if matches!(
+                p,
+                "/v1/status" | "/v1/contacts" | "/v1/chats" | "/v1/events"
+            ) || p.starts_with("/v1/history/") =>
+        {
+            Err((
+                405,
+                ApiError::new(ErrorKind::BadRequest, format!("{m} {p}: use GET")),
+            ))
+        }
         _ => Err((
             404,
             ApiError::new(
@@ -330,12 +569,14 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         409 => "Conflict",
         411 => "Length Required",
         413 => "Payload Too Large",
+        421 => "Misdirected Request",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
@@ -344,7 +585,8 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// The body: exactly Content-Length bytes, at most [`MAX_LINE`].
+/// The body: exactly Content-Length bytes, at most [`MAX_LINE`], within
+/// [`BODY_TIMEOUT`] (else 408).
 async fn body(
     stream: &mut (impl AsyncRead + Unpin),
     head: &Head,
@@ -362,9 +604,9 @@ async fn body(
         return Err(400);
     }
     let mut rest = vec![0u8; len - early.len()];
-    tokio::time::timeout(READ_TIMEOUT, stream.read_exact(&mut rest))
+    tokio::time::timeout(BODY_TIMEOUT, stream.read_exact(&mut rest))
         .await
-        .map_err(|_| 400u16)?
+        .map_err(|_| 408u16)?
         .map_err(|_| 400u16)?;
     early.extend_from_slice(&rest);
     Ok(early)
