@@ -67,6 +67,12 @@ pub struct NodeConfig {
     /// How many of a contact's relays a message is deposited with (at
     /// most as many as it lists).
     pub relay_copies: usize,
+    /// How long a relay's custody of a message is trusted before the next
+    /// retry deposits it again (doubling each time, up to 256×): the
+    /// device it waits for may have fetched the copy and been unable to
+    /// read it (a session replaced meanwhile, say), and then the relay no
+    /// longer holds it.
+    pub redeposit_after: Duration,
     /// How long a message is retried before the sender is told it
     /// expired undelivered.
     pub message_ttl: Duration,
@@ -104,6 +110,7 @@ impl NodeConfig {
             relays: Vec::new(),
             find_relays: true,
             relay_copies: 2,
+            redeposit_after: Duration::from_secs(600),
             message_ttl: Duration::from_secs(super::engine::MESSAGE_TTL),
         }
     }

@@ -1071,6 +1071,7 @@ impl Engine {
         let mut decrypted_any = false;
         let mut prekeys_changed = false;
         let mut answered_bundle = false;
+        let mut retention_cache: Option<Option<u64>> = None;
         // What is left of this contact's session set-ups (each an X3DH
         // agreement) in the current minute.
         let window = now / 60;
@@ -1152,10 +1153,27 @@ impl Engine {
             };
             decrypted_any = true;
             let acked_before = delivered.len();
+            // The conversation's retention, read once per batch (until a
+            // setting in the batch changes it).
+            let retention = match retention_cache {
+                Some(r) => r,
+                None => *retention_cache.insert(self.retention(&conv)?),
+            };
             match payload {
-                Payload::Chat(chat) if chat.expires_at.is_some_and(|at| at <= now) => {
-                    // A temporary message that expired on the way: nothing
-                    // to keep, nothing to retry.
+                Payload::Chat(chat)
+                    if chat
+                        .expires_at
+                        .into_iter()
+                        .chain(retention.map(|r| chat.sent_at.saturating_add(r)))
+                        .any(|at| at <= now) =>
+                {
+                    // A temporary message that expired on the way (by its
+                    // own time, or by the conversation's retention, as the
+                    // store would purge it at once: a copy sent again after
+                    // the first was purged does not come back): nothing to
+                    // keep, nothing to retry. Its number still counts, or
+                    // every later message would look like a gap.
+                    state.accept_seq(chat.seq);
                 }
                 Payload::Chat(chat) => {
                     let msg = StoredMessage {
@@ -1247,6 +1265,7 @@ impl Engine {
                     out.events.extend(events);
                 }
                 Payload::Retention { id, secs, lamport } => {
+                    retention_cache = None;
                     state.lamport = state.lamport.max(lamport);
                     out.events
                         .extend(self.on_retention(from, &conv, secs, lamport)?);
@@ -1416,6 +1435,41 @@ mod tests {
             a_key,
             b_key,
         }
+    }
+
+    /// A message the conversation's retention has already ended (sent
+    /// before its sender knew of the setting, and arriving late, or sent
+    /// again after the first copy was purged) is not stored again; its
+    /// number still counts, so the next one is in order.
+    #[test]
+    fn a_message_past_the_conversations_retention_is_not_stored_again() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        // Session first (the first frames of a session are set-ups).
+        let hello = b.send(&a_key, b"hello".to_vec(), 100).unwrap();
+        a.receive(&b_key, &[hello.frame], 100, true).unwrap();
+        a.set_retention(&b_key, Some(60), 100).unwrap();
+        let late = b.send(&a_key, b"late".to_vec(), 100).unwrap();
+        let got = a.receive(&b_key, &[late.frame], 200, true).unwrap();
+        assert_eq!(got.accepted, vec![true]);
+        assert!(
+            !got.events
+                .iter()
+                .any(|e| matches!(e, Event::MessageReceived(m) if m.body == b"late"))
+        );
+        let next = b.send(&a_key, b"next".to_vec(), 200).unwrap();
+        let got = a.receive(&b_key, &[next.frame], 201, true).unwrap();
+        assert!(
+            got.events
+                .iter()
+                .any(|e| matches!(e, Event::MessageReceived(m) if m.body == b"next"))
+        );
+        assert!(got.replies.is_empty(), "no resend asked: no gap");
     }
 
     /// A temporary-chat setting that went out on the mesh waits for its

@@ -322,6 +322,17 @@ pub(crate) struct Worker {
 }
 
 /// The store thread's side of the relay rung.
+/// The custody of one queued message's envelope at relays.
+#[derive(Debug, Default)]
+struct Held {
+    /// The relays that took custody of it.
+    relays: HashSet<PeerId>,
+    /// When the latest custody receipt came (Unix seconds).
+    at: u64,
+    /// How many times it was deposited again since.
+    again: u32,
+}
+
 #[derive(Default)]
 struct Relays {
     /// Our relays: where our mail waits while we are away.
@@ -334,11 +345,14 @@ struct Relays {
     /// When a failed fetch may be asked again (Unix seconds).
     retry_at: HashMap<PeerId, u64>,
     /// Queued messages and the relays that took custody of them.
-    held: HashMap<u64, HashSet<PeerId>>,
+    held: HashMap<u64, Held>,
     /// Deposits in flight.
     depositing: HashSet<(u64, PeerId)>,
     /// A contact's relays, from its bundle: at least this many copies.
     copies: usize,
+    /// Seconds a custody is trusted before the message is deposited
+    /// again (doubled at each time).
+    redeposit_after: u64,
     /// Ours found in the DHT, with their addresses once known.
     named: HashMap<PeerId, Vec<Multiaddr>>,
     /// Ours from the configuration, as written.
@@ -424,6 +438,7 @@ impl Worker {
                     .filter_map(|a| parse_relay(a).map(|(p, _)| p))
                     .collect(),
                 copies: cfg.relay_copies.max(1),
+                redeposit_after: cfg.redeposit_after.as_secs().max(1),
                 configured: cfg.relays.iter().map(ToString::to_string).collect(),
                 ..Relays::default()
             },
@@ -1060,7 +1075,7 @@ impl Worker {
                         // attempt here is already one: the group's topic
                         // brought no receipt.)
                         if self.engine.wants_relay(pos) {
-                            self.deposit(to, pos, &envelope, round);
+                            self.deposit(to, pos, &envelope, now, round);
                         }
                         self.engine.attempted(pos, now, None);
                     }
@@ -1080,8 +1095,26 @@ impl Worker {
 
     /// Deposits the envelope of the queued message `pos` with the relays
     /// of `to` that do not hold it yet, until at least `copies` do.
-    fn deposit(&mut self, to: &[u8; 32], pos: u64, envelope: &[u8], round: &mut Round) {
-        let held = self.relays.held.get(&pos).map_or(0, HashSet::len);
+    fn deposit(&mut self, to: &[u8; 32], pos: u64, envelope: &[u8], now: u64, round: &mut Round) {
+        // A custody trusted long enough: the copy may be gone (fetched and
+        // not readable by its device), so this retry's envelope goes to
+        // the relays again, less and less often.
+        let after = self.relays.redeposit_after;
+        if let Some(h) = self.relays.held.get_mut(&pos)
+            && now
+                >= h.at
+                    .saturating_add(after.saturating_mul(1 << h.again.min(8)))
+        {
+            debug!(
+                pos,
+                again = h.again + 1,
+                "a message held at relays this long is deposited again"
+            );
+            h.relays.clear();
+            h.again += 1;
+            h.at = now;
+        }
+        let held = self.relays.held.get(&pos).map_or(0, |h| h.relays.len());
         if held >= self.relays.copies {
             return;
         }
@@ -1093,7 +1126,7 @@ impl Worker {
                 .relays
                 .held
                 .get(&pos)
-                .is_some_and(|h| h.contains(&relay));
+                .is_some_and(|h| h.relays.contains(&relay));
             if holds || !self.relays.depositing.insert((pos, relay)) {
                 continue;
             }
@@ -1311,7 +1344,9 @@ impl Worker {
                             warn!(%relay, "custody receipt does not verify; not counted");
                             return;
                         }
-                        self.relays.held.entry(pos).or_default().insert(relay);
+                        let h = self.relays.held.entry(pos).or_default();
+                        h.relays.insert(relay);
+                        h.at = now;
                         match self.engine.stored_at_relay(pos) {
                             Ok(ev) => {
                                 round.dirty |= !ev.is_empty();

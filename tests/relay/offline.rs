@@ -149,6 +149,51 @@ async fn two_devices_that_never_connect_chat_through_their_relay() {
     assert!(!status.connected.contains(&c.peer()), "never connected");
 }
 
+/// A relay's copy can go without reaching its device: fetched while its
+/// sender was not yet a contact there (so not readable), and acknowledged
+/// at the relay all the same. The sender, still without a receipt, deposits
+/// the message again once the custody is old enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_relay_copy_was_not_read_is_deposited_again() {
+    let dr = tempfile::tempdir().unwrap();
+    let r = TestRelay::start(relay_config(dr.path(), 161)).await;
+    let relay = r.handle.peer_id();
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let start = |dir: &std::path::Path, seed: u64| {
+        let mut cfg = config(dir, seed);
+        cfg.net.listen.clear();
+        cfg.relays = vec![r.addr.clone()];
+        cfg.redeposit_after = Duration::from_secs(1);
+        cfg
+    };
+    let mut a = TestNode::start_with("alice", start(da.path(), 162)).await;
+    let mut c = TestNode::start_with("carol", start(dc.path(), 163)).await;
+    a.connected_to(relay).await;
+    c.connected_to(relay).await;
+    // Only alice knows carol, for now.
+    let code_c = c.invite_without_addrs().await;
+    a.handle.add_contact(&code_c, "carol").await.unwrap();
+
+    let body = b"are you there?".to_vec();
+    let sent = a.handle.send(c.key(), body.clone()).await.unwrap();
+    receipt(&mut a, sent, DeliveryState::StoredAtRelay).await;
+    // Carol takes it from the relay and cannot read it: the relay lets
+    // it go.
+    c.wait("mail fetched from the relay", |e| match e {
+        NodeEvent::Drained { relay: at, .. } if *at == relay => Some(()),
+        _ => None,
+    })
+    .await;
+    r.holds(0).await;
+
+    // Now she knows alice: the message comes again through the relay.
+    let code_a = a.invite_without_addrs().await;
+    c.handle.add_contact(&code_a, "alice").await.unwrap();
+    let got = message(&mut c, &body).await;
+    assert_eq!(got.sender, a.key());
+    receipt(&mut a, sent, DeliveryState::Delivered).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_with_no_relay_configured_finds_one_in_the_dht() {
     let dr = tempfile::tempdir().unwrap();
