@@ -40,8 +40,17 @@ pub async fn read_message<T: AsyncRead + Unpin>(
     if len > max {
         return Err(invalid(what, format_args!("{len} bytes, at most {max}")));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    // Grown as the bytes come, not reserved whole from the prefix: a
+    // peer that announces megabytes on many streams and sends nothing
+    // holds no memory for them.
+    let mut buf = Vec::with_capacity(len.min(64 * 1024));
+    (&mut *io).take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{what}: {} of {len} bytes before the stream ended", buf.len()),
+        ));
+    }
     let mut probe = [0u8; 1];
     loop {
         match io.read(&mut probe).await {
