@@ -48,7 +48,10 @@ pub async fn read_message<T: AsyncRead + Unpin>(
     if buf.len() != len {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
-            format!("{what}: {} of {len} bytes before the stream ended", buf.len()),
+            format!(
+                "{what}: {} of {len} bytes before the stream ended",
+                buf.len()
+            ),
         ));
     }
     let mut probe = [0u8; 1];

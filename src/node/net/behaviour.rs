@@ -199,6 +199,11 @@ impl Behaviour {
 
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config.set_query_timeout(Duration::from_secs(30));
+        // Nothing a peer sends is stored by itself: the node keeps
+        // provider records of the relay key only, and no values (it uses
+        // none), so peers cannot fill the store or push the relays'
+        // announcements out of it (see `Net::on_behaviour_event`).
+        kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
         if cfg.kad_server {

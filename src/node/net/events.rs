@@ -259,6 +259,29 @@ impl Net {
                 }
                 None
             }
+            BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::AddProvider {
+                        record: Some(record),
+                    },
+            }) => {
+                // (Kademlia checked that the record names its sender.)
+                if record.key.as_ref() == super::behaviour::RELAY_PROVIDER_KEY {
+                    use libp2p::kad::store::RecordStore as _;
+                    if let Err(e) = self
+                        .swarm
+                        .behaviour_mut()
+                        .kad
+                        .store_mut()
+                        .add_provider(record)
+                    {
+                        debug!(error = %e, "relay announcement not stored");
+                    }
+                } else {
+                    trace!(key = ?record.key, "provider record of a key we do not serve; dropped");
+                }
+                None
+            }
             BehaviourEvent::Kad(event) => on_kad(event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => self.on_mdns(found),
             BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
