@@ -1014,7 +1014,8 @@ impl Actor {
                 if let Some(q) = self.queues.remove(&peer) {
                     self.failed(q.into_iter().map(|(p, _)| p).collect());
                 }
-                self.direct_rate.forget(&peer);
+                // Its rate bucket stays (the limiter is bounded): a peer
+                // does not get a fresh burst by reconnecting.
                 if self.relays.contains_key(&peer) {
                     self.job(Job::RelayDown(peer));
                 }
