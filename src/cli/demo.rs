@@ -130,6 +130,10 @@ fn device_config(dir: &Path, key: &DataKey, listen: bool) -> NodeConfig {
         .listen
         .retain(|a| listen && a.iter().any(|p| matches!(p, Protocol::Tcp(_))));
     cfg.tick = Duration::from_millis(100);
+    // The relay holds mail only: the story shows the mesh carrying what
+    // Alice and Carol cannot say to each other directly (with circuits,
+    // they would connect through the relay instead).
+    cfg.reserve_circuits = false;
     cfg
 }
 

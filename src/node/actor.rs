@@ -791,7 +791,8 @@ impl Actor {
     /// unless one is held or asked for, or the last one closed lately.
     /// `seen`: the address we reached it at, if its own are not known.
     fn reserve(&mut self, relay: PeerId, seen: Option<&Multiaddr>) {
-        if self.circuits.contains_key(&relay)
+        if !self.cfg.reserve_circuits
+            || self.circuits.contains_key(&relay)
             || self
                 .circuit_retry
                 .get(&relay)

@@ -64,6 +64,10 @@ pub struct NodeConfig {
     pub relays: Vec<Multiaddr>,
     /// Look for relays in the DHT when none are configured.
     pub find_relays: bool,
+    /// Ask our relays for a circuit reservation, so that devices that
+    /// cannot dial this one connect to it through them. Off: the relays
+    /// only hold our mail.
+    pub reserve_circuits: bool,
     /// How many of a contact's relays a message is deposited with (at
     /// most as many as it lists).
     pub relay_copies: usize,
@@ -109,6 +113,7 @@ impl NodeConfig {
             direct_rate: 2000,
             relays: Vec::new(),
             find_relays: true,
+            reserve_circuits: true,
             relay_copies: 2,
             redeposit_after: Duration::from_secs(600),
             message_ttl: Duration::from_secs(super::engine::MESSAGE_TTL),

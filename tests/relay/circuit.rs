@@ -1,6 +1,7 @@
 //! Devices that listen nowhere (as behind a NAT) reach each other through
 //! a relay's circuit.
 
+use libp2p::multiaddr::Protocol;
 use meshchat::node::NodeEvent;
 use meshchat::node::state::Invite;
 use meshchat::store::DeliveryState;
@@ -18,9 +19,19 @@ async fn a_device_that_listens_nowhere_is_reached_through_its_relays_circuit() {
     cfg.relays = vec![r.addr.clone()];
     let mut c = TestNode::start_with("carol", cfg).await;
     let relay = r.handle.peer_id();
-    c.wait("a circuit reservation", |e| match e {
-        NodeEvent::RelayReserved { relay: at } if *at == relay => Some(()),
-        _ => None,
+    // The reservation, and the circuit address it gives (in either order).
+    let (mut reserved, mut listening) = (false, false);
+    c.wait("a circuit reservation and its address", |e| {
+        match e {
+            NodeEvent::RelayReserved { relay: at } if *at == relay => reserved = true,
+            NodeEvent::Listening { addr }
+                if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) =>
+            {
+                listening = true
+            }
+            _ => {}
+        }
+        (reserved && listening).then_some(())
     })
     .await;
     // Her invite names the way in: the relay's circuit.
