@@ -19,6 +19,54 @@ use crate::relay::proto::Response;
 
 /// Most listen addresses taken from one identify message into Kademlia.
 const MAX_IDENTIFY_ADDRS: usize = 16;
+
+/// How far an address reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Reach {
+    /// This host only.
+    Loopback,
+    /// A private network (RFC 1918, shared address space, link-local,
+    /// unique local).
+    Private,
+    /// Anywhere (a public address, or a DNS name).
+    Global,
+}
+
+/// The reach of an address, by its first IP (or DNS) part; `None` for one
+/// with neither, or an unspecified IP.
+pub(crate) fn reach(addr: &Multiaddr) -> Option<Reach> {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) if ip.is_unspecified() => Some(None),
+        Protocol::Ip4(ip) if ip.is_loopback() => Some(Some(Reach::Loopback)),
+        Protocol::Ip4(ip)
+            if ip.is_private()
+                || ip.is_link_local()
+                || (ip.octets()[0] == 100 && ip.octets()[1] & 0xc0 == 64) =>
+        {
+            Some(Some(Reach::Private))
+        }
+        Protocol::Ip4(_) => Some(Some(Reach::Global)),
+        Protocol::Ip6(ip) if ip.is_unspecified() => Some(None),
+        Protocol::Ip6(ip) if ip.is_loopback() => Some(Some(Reach::Loopback)),
+        Protocol::Ip6(ip) if ip.is_unique_local() || ip.is_unicast_link_local() => {
+            Some(Some(Reach::Private))
+        }
+        Protocol::Ip6(_) => Some(Some(Reach::Global)),
+        Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) | Protocol::Dnsaddr(_) => {
+            Some(Some(Reach::Global))
+        }
+        _ => None,
+    })?
+}
+
+/// Whether a peer's listen address `addr` is on a network we share with
+/// it, when it sees us at an address of reach `seen`: a public address
+/// always; a private one if it sees us on a private network or this host;
+/// a loopback one only if it is on this host.
+pub(crate) fn shared(addr: &Multiaddr, seen: Reach) -> bool {
+    reach(addr).is_some_and(|r| r >= seen)
+}
 /// Most peers taken from one mDNS discovery event.
 const MAX_MDNS_PEERS: usize = 64;
 
@@ -253,7 +301,15 @@ impl Net {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if info.protocols.contains(&KAD_PROTOCOL) {
                     // Kademlia does not take identify's addresses by itself.
-                    for addr in info.listen_addrs.into_iter().take(MAX_IDENTIFY_ADDRS) {
+                    // Only those of the peer's networks we share go in (it
+                    // hands them on to others): where it sees us tells.
+                    let seen = reach(&info.observed_addr).unwrap_or(Reach::Global);
+                    for addr in info
+                        .listen_addrs
+                        .into_iter()
+                        .take(MAX_IDENTIFY_ADDRS)
+                        .filter(|a| shared(a, seen))
+                    {
                         self.add_address(&peer_id, addr);
                     }
                 }
