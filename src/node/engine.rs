@@ -1153,11 +1153,11 @@ impl Engine {
             };
             decrypted_any = true;
             let acked_before = delivered.len();
-            // The conversation's retention, read once per batch (until a
-            // setting in the batch changes it).
-            let retention = match retention_cache {
-                Some(r) => r,
-                None => *retention_cache.insert(self.retention(&conv)?),
+            // For a chat message, the conversation's retention, read once
+            // per batch (until a setting in the batch changes it).
+            let retention = match (&payload, retention_cache) {
+                (Payload::Chat(_), None) => *retention_cache.insert(self.retention(&conv)?),
+                (_, cached) => cached.flatten(),
             };
             match payload {
                 Payload::Chat(chat)
