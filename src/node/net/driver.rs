@@ -137,10 +137,7 @@ impl Net {
         let Some(Protocol::P2p(relay_id)) = relay.iter().last() else {
             return Err(NetError::RelayWithoutPeerId(relay));
         };
-        let mut bare = relay.clone();
-        bare.pop();
-        self.add_address(&relay_id, bare);
-        self.listen_on(relay.with(Protocol::P2pCircuit))
+        self.reserve_on(relay_id, &relay).map(|_| ())
     }
 
     /// Asks the relay `relay`, reached at `addr` (with or without its
@@ -164,11 +161,6 @@ impl Net {
                 addr: circuit,
                 reason: e.to_string(),
             })
-    }
-
-    /// Stops listening (a circuit reservation, say).
-    pub fn stop_listening(&mut self, listener: libp2p::core::transport::ListenerId) {
-        self.swarm.remove_listener(listener);
     }
 
     /// Dials an address (its peer id, if any, is checked by the handshake).

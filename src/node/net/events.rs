@@ -36,28 +36,33 @@ pub(crate) enum Reach {
 /// with neither, or an unspecified IP.
 pub(crate) fn reach(addr: &Multiaddr) -> Option<Reach> {
     use libp2p::multiaddr::Protocol;
-    addr.iter().find_map(|p| match p {
-        Protocol::Ip4(ip) if ip.is_unspecified() => Some(None),
-        Protocol::Ip4(ip) if ip.is_loopback() => Some(Some(Reach::Loopback)),
+    let first = addr.iter().find(|p| {
+        matches!(
+            p,
+            Protocol::Ip4(_)
+                | Protocol::Ip6(_)
+                | Protocol::Dns(_)
+                | Protocol::Dns4(_)
+                | Protocol::Dns6(_)
+                | Protocol::Dnsaddr(_)
+        )
+    })?;
+    Some(match first {
+        Protocol::Ip4(ip) if ip.is_unspecified() => return None,
+        Protocol::Ip4(ip) if ip.is_loopback() => Reach::Loopback,
+        // RFC 1918, link-local and the shared address space 100.64.0.0/10.
         Protocol::Ip4(ip)
             if ip.is_private()
                 || ip.is_link_local()
                 || (ip.octets()[0] == 100 && ip.octets()[1] & 0xc0 == 64) =>
         {
-            Some(Some(Reach::Private))
+            Reach::Private
         }
-        Protocol::Ip4(_) => Some(Some(Reach::Global)),
-        Protocol::Ip6(ip) if ip.is_unspecified() => Some(None),
-        Protocol::Ip6(ip) if ip.is_loopback() => Some(Some(Reach::Loopback)),
-        Protocol::Ip6(ip) if ip.is_unique_local() || ip.is_unicast_link_local() => {
-            Some(Some(Reach::Private))
-        }
-        Protocol::Ip6(_) => Some(Some(Reach::Global)),
-        Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) | Protocol::Dnsaddr(_) => {
-            Some(Some(Reach::Global))
-        }
-        _ => None,
-    })?
+        Protocol::Ip6(ip) if ip.is_unspecified() => return None,
+        Protocol::Ip6(ip) if ip.is_loopback() => Reach::Loopback,
+        Protocol::Ip6(ip) if ip.is_unique_local() || ip.is_unicast_link_local() => Reach::Private,
+        _ => Reach::Global,
+    })
 }
 
 /// Whether a peer's listen address `addr` is on a network we share with
