@@ -42,9 +42,10 @@ impl Meta {
         self.seq != 0
     }
 
-    /// Whether it is a 1:1 read receipt: no sequence number and no clock
-    /// (a temporary-chat setting has its clock). Nothing acknowledges a
-    /// receipt that went out on the mesh.
+    /// Whether it has no sequence number and no clock: a read receipt,
+    /// or (in a group's conversation) a group payload. A temporary-chat
+    /// setting has its clock. Nothing acknowledges a 1:1 read receipt that
+    /// went out on the mesh.
     pub fn is_receipt(&self) -> bool {
         self.seq == 0 && self.lamport == 0
     }

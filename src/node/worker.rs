@@ -321,7 +321,6 @@ pub(crate) struct Worker {
     relays: Relays,
 }
 
-/// The store thread's side of the relay rung.
 /// The custody of one queued message's envelope at relays.
 #[derive(Debug, Default)]
 struct Held {
@@ -333,6 +332,7 @@ struct Held {
     again: u32,
 }
 
+/// The store thread's side of the relay rung.
 #[derive(Default)]
 struct Relays {
     /// Our relays: where our mail waits while we are away.
@@ -376,18 +376,20 @@ fn write_new(
     path: &std::path::Path,
     fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<u64, crate::store::Error>,
 ) -> Result<u64, NodeError> {
-    if path.exists() {
-        return Err(NodeError::Export(format!(
+    let exists = || {
+        NodeError::Export(format!(
             "{} exists already; nothing written",
             path.display()
-        )));
+        ))
+    };
+    // Checked first so that no export is made for nothing; the write
+    // itself refuses a file made meanwhile.
+    if path.exists() {
+        return Err(exists());
     }
     crate::store::write_private_new(path, |out| fill(out).map_err(std::io::Error::other)).map_err(
         |e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => NodeError::Export(format!(
-                "{} exists already; nothing written",
-                path.display()
-            )),
+            std::io::ErrorKind::AlreadyExists => exists(),
             _ => NodeError::Export(format!("{}: {e}", path.display())),
         },
     )
