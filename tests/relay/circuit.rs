@@ -12,9 +12,9 @@ use crate::{TestRelay, relay_config};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_listens_nowhere_is_reached_through_its_relays_circuit() {
     let dr = tempfile::tempdir().unwrap();
-    let r = TestRelay::start(relay_config(dr.path(), 121)).await;
+    let r = TestRelay::start(relay_config(dr.path(), 211)).await;
     let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut cfg = config(dc.path(), 123);
+    let mut cfg = config(dc.path(), 213);
     cfg.net.listen.clear();
     cfg.relays = vec![r.addr.clone()];
     let mut c = TestNode::start_with("carol", cfg).await;
@@ -48,7 +48,7 @@ async fn a_device_that_listens_nowhere_is_reached_through_its_relays_circuit() {
 
     // Alice listens nowhere either: the only way between them is the
     // circuit, and they connect and chat directly over it.
-    let mut a = TestNode::start_unreachable("alice", da.path(), 122).await;
+    let mut a = TestNode::start_unreachable("alice", da.path(), 212).await;
     befriend(&mut a, &mut c).await;
     let body = b"through the relay's circuit".to_vec();
     let sent = a.handle.send(c.key(), body.clone()).await.unwrap();

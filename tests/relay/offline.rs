@@ -12,6 +12,16 @@ use crate::common::{
 };
 use crate::{TestRelay, relay_config};
 
+/// A device behind NAT (listening nowhere) that reaches only the relay
+/// `r`, which holds its mail but relays no connection for it.
+fn mail_only(dir: &std::path::Path, seed: u64, r: &TestRelay) -> meshchat::node::NodeConfig {
+    let mut cfg = config(dir, seed);
+    cfg.net.listen.clear();
+    cfg.relays = vec![r.addr.clone()];
+    cfg.reserve_circuits = false;
+    cfg
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_for_an_offline_device_waits_at_its_relays_one_of_them_down() {
     let (dr1, dr2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -117,17 +127,8 @@ async fn two_devices_that_never_connect_chat_through_their_relay() {
     let dr = tempfile::tempdir().unwrap();
     let r = TestRelay::start(relay_config(dr.path(), 151)).await;
     let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    // Both behind NAT (listening nowhere): each reaches only the relay,
-    // which holds their mail but relays no connection for them.
-    let start = |dir: &std::path::Path, seed: u64| {
-        let mut cfg = config(dir, seed);
-        cfg.net.listen.clear();
-        cfg.relays = vec![r.addr.clone()];
-        cfg.reserve_circuits = false;
-        cfg
-    };
-    let mut a = TestNode::start_with("alice", start(da.path(), 152)).await;
-    let mut c = TestNode::start_with("carol", start(dc.path(), 153)).await;
+    let mut a = TestNode::start_with("alice", mail_only(da.path(), 152, &r)).await;
+    let mut c = TestNode::start_with("carol", mail_only(dc.path(), 153, &r)).await;
     befriend_unconnected(&a, &c).await;
     a.connected_to(r.handle.peer_id()).await;
     c.connected_to(r.handle.peer_id()).await;
@@ -158,21 +159,18 @@ async fn two_devices_that_never_connect_chat_through_their_relay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_whose_relay_copy_was_not_read_is_deposited_again() {
     let dr = tempfile::tempdir().unwrap();
-    let r = TestRelay::start(relay_config(dr.path(), 161)).await;
+    let r = TestRelay::start(relay_config(dr.path(), 191)).await;
     let relay = r.handle.peer_id();
     let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Mail only: connected through a circuit, alice would send directly,
+    // and carol refuse a device she does not know yet.
     let start = |dir: &std::path::Path, seed: u64| {
-        let mut cfg = config(dir, seed);
-        cfg.net.listen.clear();
-        cfg.relays = vec![r.addr.clone()];
+        let mut cfg = mail_only(dir, seed, &r);
         cfg.redeposit_after = Duration::from_secs(1);
-        // Mail only: connected through a circuit, alice would send
-        // directly, and carol refuse a device she does not know yet.
-        cfg.reserve_circuits = false;
         cfg
     };
-    let mut a = TestNode::start_with("alice", start(da.path(), 162)).await;
-    let mut c = TestNode::start_with("carol", start(dc.path(), 163)).await;
+    let mut a = TestNode::start_with("alice", start(da.path(), 192)).await;
+    let mut c = TestNode::start_with("carol", start(dc.path(), 193)).await;
     a.connected_to(relay).await;
     c.connected_to(relay).await;
     // Only alice knows carol, for now.
