@@ -1066,6 +1066,7 @@ impl Engine {
         let mut out = Handled::default();
         let mut delivered = Vec::new();
         let mut resend = Vec::new();
+        let mut gone = Vec::new();
         let mut incoming = Vec::new();
         let mut state = self.conv_state(&conv)?;
         let mut decrypted_any = false;
@@ -1224,7 +1225,26 @@ impl Engine {
                     out.events.extend(self.set_states(&refs)?);
                 }
                 Payload::Resend { from: first } => {
-                    self.schedule.due_again(from, &conv, first, now);
+                    // What we no longer have (expired, or delivered after
+                    // all) is said to be gone, or the peer would ask for it
+                    // at every message for good.
+                    let until = self
+                        .schedule
+                        .due_again(from, &conv, first, now)
+                        .unwrap_or(state.next_seq);
+                    if first < until {
+                        gone.push(Payload::Gone { from: first, until }.to_bytes());
+                    }
+                }
+                Payload::Gone { from: first, until } => {
+                    if state.skip(first, until) {
+                        tracing::info!(
+                            peer = %crate::store::hex(&from[..4]),
+                            first,
+                            until,
+                            "the peer's missing messages will not come (expired on its side)"
+                        );
+                    }
                 }
                 Payload::GroupOps { id, ops } => match self.on_group_ops(&ops, now) {
                     Ok(fx) => {
@@ -1294,8 +1314,8 @@ impl Engine {
                 out.events.push(Event::MessageReceived(msg));
             }
         }
-        for ask in resend {
-            out.replies.push(self.encrypt(from, &ask)?);
+        for reply in resend.into_iter().chain(gone) {
+            out.replies.push(self.encrypt(from, &reply)?);
         }
         if !delivered.is_empty() && !direct {
             let receipt = Payload::Receipts {
@@ -1739,12 +1759,58 @@ mod tests {
         let f1 = a.send(&b_key, b"1".to_vec(), 101).unwrap().frame;
         let _lost = a.send(&b_key, b"2".to_vec(), 101).unwrap().frame;
         let f3 = a.send(&b_key, b"3".to_vec(), 101).unwrap().frame;
-        b.receive(&a_key, &[f1], 102, false).unwrap();
+        let receipt = b.receive(&a_key, &[f1], 102, false).unwrap().replies;
+        a.receive(&b_key, &receipt, 102, false).unwrap();
         let got = b.receive(&a_key, &[f3], 103, false).unwrap();
         // A resend request and the delivered receipt.
         assert_eq!(got.replies.len(), 2);
         let back = a.receive(&b_key, &got.replies, 104, false).unwrap();
         assert_eq!(back.accepted, vec![true, true]);
+        // Message 2 is still queued: it is sent again, nothing is gone.
+        assert!(back.replies.is_empty());
+        let again = a.due(104, 10).unwrap();
+        assert_eq!(again.len(), 1);
+        let filled = b
+            .receive(&a_key, &[again[0].frame.clone()], 105, false)
+            .unwrap();
+        assert!(matches!(
+            filled.events.as_slice(),
+            [Event::MessageReceived(m)] if m.body == b"2"
+        ));
+    }
+
+    #[test]
+    fn a_gap_whose_messages_expired_at_their_sender_is_closed_and_not_asked_for_again() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let conv = conversation_id(a.identity().public(), b.identity().public());
+        let f1 = a.send(&b_key, b"1".to_vec(), 100).unwrap().frame;
+        let receipt = b.receive(&a_key, &[f1], 101, false).unwrap().replies;
+        a.receive(&b_key, &receipt, 101, false).unwrap();
+        let _lost = a.send(&b_key, b"2".to_vec(), 102).unwrap();
+        let later = 102 + MESSAGE_TTL;
+        assert_eq!(a.expire(later).unwrap().len(), 1);
+        let f3 = a.send(&b_key, b"3".to_vec(), later).unwrap().frame;
+        let got = b.receive(&a_key, &[f3], later + 1, false).unwrap();
+        // A resend request and the delivered receipt.
+        assert_eq!(got.replies.len(), 2);
+        let back = a.receive(&b_key, &got.replies, later + 2, false).unwrap();
+        assert_eq!(back.accepted, vec![true, true]);
+        assert_eq!(back.replies.len(), 1, "message 2 is gone");
+        let closed = b.receive(&a_key, &back.replies, later + 3, false).unwrap();
+        assert_eq!(closed.accepted, vec![true]);
+        assert!(closed.replies.is_empty() && closed.events.is_empty());
+        let state = b.conv_state(&conv).unwrap();
+        assert_eq!((state.peer_contiguous, state.peer_ahead.len()), (3, 0));
+        // Long after: the next message shows no gap, so nothing is asked.
+        let f4 = a.send(&b_key, b"4".to_vec(), later + 100).unwrap().frame;
+        let got = b.receive(&a_key, &[f4], later + 101, false).unwrap();
+        assert_eq!(got.replies.len(), 1, "only the delivered receipt");
     }
 
     #[test]

@@ -188,6 +188,16 @@ pub enum Payload {
         /// then the higher identity key).
         lamport: u64,
     },
+    /// The answer to a [`Payload::Resend`] for messages the author no
+    /// longer has: its messages numbered from `from` up to `until` (not
+    /// included) will not come (they expired before they were delivered,
+    /// or were delivered already).
+    Gone {
+        /// The first sequence number that will not come.
+        from: u64,
+        /// The first one that may still come (queued, or not written yet).
+        until: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -369,6 +379,14 @@ mod tests {
             messages: vec![(1, [0; 16]); MAX_RECEIPTS + 1],
         };
         assert!(Payload::from_bytes(&many.to_bytes()).is_err());
+        // The examples of protocol.md §16.5.
+        assert_eq!(Payload::Resend { from: 5 }.to_bytes(), [1, 2, 5]);
+        let gone = Payload::Gone {
+            from: 2,
+            until: 300,
+        };
+        assert_eq!(gone.to_bytes(), [1, 8, 2, 0xac, 0x02]);
+        assert_eq!(Payload::from_bytes(&gone.to_bytes()).unwrap(), gone);
     }
 
     #[test]

@@ -145,14 +145,27 @@ impl Schedule {
     }
 
     /// Makes every message to `recipient` in `conv_id` from sequence number
-    /// `from` on due at `now` (the recipient asked for them again).
-    pub fn due_again(&mut self, recipient: &[u8; 32], conv_id: &[u8; 32], from: u64, now: u64) {
+    /// `from` on due at `now` (the recipient asked for them again); the
+    /// lowest sequence number among them, if any.
+    pub fn due_again(
+        &mut self,
+        recipient: &[u8; 32],
+        conv_id: &[u8; 32],
+        from: u64,
+        now: u64,
+    ) -> Option<u64> {
         let hit = self.queued_for(recipient, |m| {
             m.is_chat() && &m.conv_id == conv_id && m.seq >= from
         });
+        let lowest = hit
+            .iter()
+            .filter_map(|pos| self.meta.get(pos))
+            .map(|m| m.seq)
+            .min();
         for pos in hit {
             self.reschedule(pos, now, false);
         }
+        lowest
     }
 
     /// Makes every message to `recipient` due at `now` (it just came online).

@@ -128,15 +128,7 @@ impl ConvState {
         }
         if seq == self.peer_contiguous + 1 {
             self.peer_contiguous = seq;
-            self.peer_ahead.sort_unstable();
-            while let Some(pos) = self
-                .peer_ahead
-                .iter()
-                .position(|&s| s == self.peer_contiguous + 1)
-            {
-                self.peer_ahead.remove(pos);
-                self.peer_contiguous += 1;
-            }
+            self.advance();
             return if self.peer_ahead.is_empty() {
                 SeqCheck::InOrder
             } else {
@@ -154,6 +146,38 @@ impl ConvState {
         self.peer_ahead.push(seq);
         SeqCheck::Gap {
             missing_from: self.peer_contiguous + 1,
+        }
+    }
+
+    /// Counts the peer's sequence numbers from `from` up to `until` (not
+    /// included) as received: the peer said they will not come
+    /// ([`super::proto::Payload::Gone`]). Only a gap below numbers that did
+    /// arrive is closed, and only from its start, so a peer can close its
+    /// own gaps but cannot move the counter past what it sent. Whether it
+    /// closed anything.
+    pub fn skip(&mut self, from: u64, until: u64) -> bool {
+        let Some(&top) = self.peer_ahead.iter().max() else {
+            return false;
+        };
+        let last = until.saturating_sub(1).min(top);
+        if from > self.peer_contiguous.saturating_add(1) || last <= self.peer_contiguous {
+            return false;
+        }
+        self.peer_contiguous = last;
+        self.peer_ahead.retain(|&s| s > last);
+        self.advance();
+        true
+    }
+
+    /// Moves `peer_contiguous` over the numbers in `peer_ahead` that follow
+    /// it.
+    fn advance(&mut self) {
+        self.peer_ahead.sort_unstable();
+        while let Some(next) = self.peer_contiguous.checked_add(1)
+            && let Some(pos) = self.peer_ahead.iter().position(|&s| s == next)
+        {
+            self.peer_ahead.remove(pos);
+            self.peer_contiguous = next;
         }
     }
 
@@ -381,5 +405,39 @@ mod tests {
         assert!(s.peer_ahead.is_empty());
         let back = ConvState::from_bytes(&s.to_bytes()).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn a_gap_the_peer_says_will_not_come_closes_up_to_what_arrived() {
+        let mut s = ConvState::default();
+        assert_eq!(s.accept_seq(1), SeqCheck::InOrder);
+        assert!(!s.skip(2, 10), "no gap: nothing to close");
+        assert_eq!(s.accept_seq(4), SeqCheck::Gap { missing_from: 2 });
+        assert_eq!(s.accept_seq(7), SeqCheck::Gap { missing_from: 2 });
+        // Not from the gap's start: a gap before it would stay unknown.
+        assert!(!s.skip(3, 4));
+        // 2 and 3 will not come: over 4 up to the next gap.
+        assert!(s.skip(2, 4));
+        assert_eq!((s.peer_contiguous, s.peer_ahead.clone()), (4, vec![7]));
+        // Never past the highest number that arrived.
+        assert!(s.skip(5, u64::MAX));
+        assert_eq!((s.peer_contiguous, s.peer_ahead.len()), (7, 0));
+        assert_eq!(s.accept_seq(8), SeqCheck::InOrder);
+        assert!(!s.skip(0, 0));
+    }
+
+    #[test]
+    fn the_highest_sequence_number_does_not_overflow() {
+        let mut s = ConvState::default();
+        assert_eq!(s.accept_seq(u64::MAX), SeqCheck::Gap { missing_from: 1 });
+        assert_eq!(
+            s.accept_seq(u64::MAX - 1),
+            SeqCheck::Gap { missing_from: 1 }
+        );
+        assert!(s.skip(1, u64::MAX));
+        assert_eq!(s.peer_contiguous, u64::MAX);
+        assert!(s.peer_ahead.is_empty());
+        assert_eq!(s.accept_seq(u64::MAX), SeqCheck::Old);
+        assert!(!s.skip(1, u64::MAX));
     }
 }
