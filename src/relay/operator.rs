@@ -20,6 +20,8 @@
 //! max_prekey_bundles = 50000
 //! deposits_per_second = 1000
 //! deposit_kib_per_second = 16384
+//! max_inbound_connections = 512
+//! max_inbound_per_ip = 64
 //!
 //! [circuits]
 //! max_reservations = 128
@@ -120,7 +122,15 @@ pub struct FileLimits {
     pub deposits_per_second: Option<u32>,
     /// Deposited KiB per second per peer (bursts of four times this).
     pub deposit_kib_per_second: Option<u32>,
+    /// Most established incoming connections.
+    pub max_inbound_connections: Option<u32>,
+    /// Most incoming connections from one IP address.
+    pub max_inbound_per_ip: Option<u32>,
 }
+
+/// A relay's default [`NetConfig::max_inbound_per_ip`]: above a device's,
+/// as a relay serves many users, some behind one carrier NAT.
+pub const RELAY_MAX_INBOUND_PER_IP: u32 = 64;
 
 /// `[circuits]`.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
@@ -367,6 +377,10 @@ impl Resolved {
             ..c
         });
         net.serve_mailboxes = true;
+        net.max_inbound_connections = fl
+            .max_inbound_connections
+            .unwrap_or(net.max_inbound_connections);
+        net.max_inbound_per_ip = fl.max_inbound_per_ip.unwrap_or(RELAY_MAX_INBOUND_PER_IP);
         Ok(Self {
             data_dir,
             net,
@@ -394,6 +408,7 @@ mod tests {
             [limits]
             retention_days = 3
             max_mailbox_envelopes = 50
+            max_inbound_per_ip = 5
             [circuits]
             max_circuits = 2
             "#,
@@ -413,6 +428,7 @@ mod tests {
         assert_eq!(r.limits.max_count, 70);
         assert_eq!(r.limits.max_bytes, Limits::default().max_bytes);
         assert_eq!(r.net.relay_server.unwrap().max_circuits, 2);
+        assert_eq!(r.net.max_inbound_per_ip, 5);
         assert!(r.net.serve_mailboxes);
         assert!(r.advertise);
     }
@@ -436,6 +452,22 @@ mod tests {
         assert_eq!(r.limits.deposit_kib_rate, d.deposit_kib_rate);
         let c = RelayServerConfig::default();
         assert_eq!(r.net.relay_server, Some(c));
+        let defaults = Resolved::new(
+            Overrides {
+                data_dir: Some("/d".into()),
+                ..Overrides::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.net.max_inbound_connections, r.net.max_inbound_per_ip),
+            (
+                defaults.net.max_inbound_connections,
+                defaults.net.max_inbound_per_ip
+            )
+        );
+        assert_eq!(r.net.max_inbound_per_ip, RELAY_MAX_INBOUND_PER_IP);
     }
 
     #[test]

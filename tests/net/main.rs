@@ -5,6 +5,7 @@
 //! - `direct`: TCP and QUIC connections, `/meshchat/direct/1` batches.
 //! - `gossip`: the A–B–C line, publish outcomes.
 //! - `kad`: bootstrap and peer lookup.
+//! - `limits`: the cap on incoming connections from one address.
 //! - `mdns`: discovery between two network namespaces (needs root; skips
 //!   itself with a reason otherwise).
 //! - `relay`: a circuit-relay reservation and a batch sent through it.
@@ -16,6 +17,7 @@ mod harness;
 mod direct;
 mod gossip;
 mod kad;
+mod limits;
 mod mailbox;
 mod mdns;
 mod relay;

@@ -58,6 +58,8 @@ mod derived {
         /// Caps on pending and established connections (first, so that it
         /// can deny a connection before the others set anything up).
         pub limits: connection_limits::Behaviour,
+        /// Cap on incoming connections from one IP address.
+        pub per_ip: super::super::per_ip::Behaviour,
         /// Presence, inbox and group topics (anonymous, application-validated).
         pub gossipsub: gossipsub::Behaviour,
         /// `/meshchat/direct/1` batches and acks.
@@ -233,6 +235,7 @@ impl Behaviour {
 
         Ok(Self {
             limits,
+            per_ip: super::per_ip::Behaviour::new(cfg.max_inbound_per_ip),
             gossipsub,
             direct,
             mailbox,

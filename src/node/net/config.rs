@@ -58,6 +58,10 @@ impl Default for RelayServerConfig {
 /// limiter tracks more peers than this ([`super::DEFAULT_RATE_PEERS`]).
 pub const DEFAULT_MAX_INBOUND: u32 = 512;
 
+/// Default cap on incoming connections from one IP address: room for a
+/// few devices behind one NAT (each may hold up to four connections).
+pub const DEFAULT_MAX_INBOUND_PER_IP: u32 = 32;
+
 /// Configuration of the swarm and its protocols.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
@@ -87,6 +91,9 @@ pub struct NetConfig {
     pub direct_timeout: Duration,
     /// Most established incoming connections (outgoing ones are ours).
     pub max_inbound_connections: u32,
+    /// Most incoming connections from one IP address, in their handshake
+    /// or established (relayed ones are not counted).
+    pub max_inbound_per_ip: u32,
     /// Serve Kademlia queries (server mode). Off: libp2p decides from
     /// whether we have a confirmed external address (client otherwise).
     pub kad_server: bool,
@@ -140,6 +147,7 @@ impl NetConfig {
             direct_limits: direct::Limits::default(),
             direct_timeout: DEFAULT_DIRECT_TIMEOUT,
             max_inbound_connections: DEFAULT_MAX_INBOUND,
+            max_inbound_per_ip: DEFAULT_MAX_INBOUND_PER_IP,
             kad_server: true,
             mailbox_timeout: DEFAULT_MAILBOX_TIMEOUT,
             relay_server: None,

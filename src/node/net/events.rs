@@ -281,6 +281,14 @@ impl Net {
                 debug!(peer = ?peer_id, %error, "dial failed");
                 None
             }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                debug!(from = %send_back_addr, ?error, "incoming connection refused or failed");
+                None
+            }
             SwarmEvent::ListenerClosed {
                 listener_id,
                 addresses,

@@ -46,6 +46,7 @@ pub mod direct;
 mod driver;
 mod error;
 mod events;
+pub mod per_ip;
 mod topic;
 mod validate;
 
@@ -55,7 +56,7 @@ pub use behaviour::{
 };
 pub use config::{
     DEFAULT_DIRECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAILBOX_TIMEOUT, DEFAULT_MAX_INBOUND,
-    NetConfig, RelayServerConfig,
+    DEFAULT_MAX_INBOUND_PER_IP, NetConfig, RelayServerConfig,
 };
 pub use driver::{Net, Published};
 pub use error::{DirectError, NetError};
