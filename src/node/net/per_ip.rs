@@ -3,8 +3,8 @@
 //! `connection_limits` counts per peer id and in total; peer ids cost
 //! nothing to make, so one host could take every incoming slot with fresh
 //! ones. This counts incoming connections (in their handshake or
-//! established) by the address they come from and refuses one more than
-//! the cap, before its handshake. Relayed connections are not counted: the
+//! established) by the address they come from (an IPv6 address by its /64
+//! prefix) and refuses one more than the cap, before its handshake. Relayed connections are not counted: the
 //! address they come from is the relay's, and the relay server has limits
 //! of its own.
 
@@ -68,14 +68,16 @@ impl Behaviour {
     }
 }
 
-/// The IP address a connection comes from; `None` for a relayed one.
+/// The address a connection is counted under: its IPv4 address, or the
+/// /64 prefix of its IPv6 address (one host commonly has a whole /64 to
+/// pick addresses from); `None` for a relayed connection.
 fn source_ip(addr: &Multiaddr) -> Option<IpAddr> {
     if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
         return None;
     }
     addr.iter().find_map(|p| match p {
         Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6((u128::from(ip) & !u128::from(u64::MAX)).into())),
         _ => None,
     })
 }
@@ -181,6 +183,35 @@ mod tests {
         );
         b.handle_pending_inbound_connection(c4, &local, &other)
             .unwrap();
+        // IPv6 addresses count by their /64.
+        let prefix = "2001:db8:1:2::".parse().unwrap();
+        for (i, a) in [
+            "/ip6/2001:db8:1:2::1/tcp/1",
+            "/ip6/2001:db8:1:2:ffff::9/tcp/1",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let id = ConnectionId::new_unchecked(10 + i);
+            b.handle_pending_inbound_connection(id, &local, &addr(a))
+                .unwrap();
+        }
+        let six = b.handle_pending_inbound_connection(
+            ConnectionId::new_unchecked(12),
+            &local,
+            &addr("/ip6/2001:db8:1:2:abcd::1/udp/1/quic-v1"),
+        );
+        assert!(six.is_err());
+        assert_eq!(b.connections_from(&prefix), 2);
+        b.handle_pending_inbound_connection(
+            ConnectionId::new_unchecked(13),
+            &local,
+            &addr("/ip6/2001:db8:1:3::1/tcp/1"),
+        )
+        .unwrap();
+        for i in 10..14 {
+            b.forget(ConnectionId::new_unchecked(i));
+        }
         // A relayed connection is not counted.
         let relayed = addr(
             "/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWLr1Csb2pZcwnpCR1ZoRkxobM7xeQH8RFMX9wJ3vNeRC5/p2p-circuit",
