@@ -131,6 +131,7 @@ impl Node {
                     if let Err(e) = net.dial_peer(peer, addrs.clone()) {
                         debug!(%peer, error = %e, "dialling our relay");
                     }
+                    net.protect(peer);
                     relays.insert(peer, addrs);
                 }
                 None => warn!(%addr, "relay address without /p2p/<peer id>; ignored"),
@@ -605,10 +606,15 @@ impl Actor {
             }
             Out::Forget { key, peer } => {
                 self.peers.remove(&peer);
+                if !self.relays.contains_key(&peer) {
+                    self.net.unprotect(&peer);
+                }
                 self.tracker.unwatch(&key);
             }
             Out::Contact { key, peer, addrs } => {
                 self.peers.insert(peer, key);
+                // Its connections are never closed to make room.
+                self.net.protect(peer);
                 self.tracker.watch(key);
                 if !self.net.is_connected(&peer) && !addrs.is_empty() {
                     for a in &addrs {
@@ -746,6 +752,7 @@ impl Actor {
                 // Its address, for our invites and for redialling.
                 self.net.find_peer(peer);
             }
+            self.net.protect(peer);
             self.relays.insert(peer, addrs.clone());
             new.push((peer, addrs));
         }

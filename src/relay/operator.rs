@@ -377,6 +377,8 @@ impl Resolved {
             ..c
         });
         net.serve_mailboxes = true;
+        // Its clients are not its contacts; its own limits bound them.
+        net.prune_grace = None;
         net.max_inbound_connections = fl
             .max_inbound_connections
             .unwrap_or(net.max_inbound_connections);

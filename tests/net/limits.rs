@@ -1,5 +1,7 @@
 //! The cap on incoming connections from one IP address, on a real swarm.
 
+use std::time::Duration;
+
 use libp2p::multiaddr::Protocol;
 use meshchat::node::net::NetEvent;
 use tokio::io::AsyncReadExt;
@@ -78,4 +80,41 @@ async fn a_connection_over_one_addresss_cap_is_refused_and_a_closed_one_frees_it
         })
         .await;
     nodes.connect(1, 0, a_addr).await;
+}
+
+#[tokio::test]
+async fn incoming_connections_near_the_cap_make_room_but_not_at_a_contacts_expense() {
+    // Cap 4: from the fourth incoming connection on, the newest
+    // unprotected one is closed (grace zero), keeping three.
+    let mut a = tcp_only();
+    a.max_inbound_connections = 4;
+    a.prune_grace = Some(Duration::ZERO);
+    let mut specs = vec![(331, a)];
+    specs.extend((332..336).map(|seed| (seed, tcp_only())));
+    let mut nodes = Nodes::start(specs).await;
+    let a_addr = nodes.addr(0, |a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))));
+    let contact = nodes.id(4);
+    nodes.nets[0].protect(contact);
+    for i in 1..=3 {
+        nodes.connect(i, 0, a_addr.clone()).await;
+    }
+    // The contact is the fourth: the newest other one makes room.
+    nodes.nets[4].dial(a_addr).unwrap();
+    let newest = nodes.id(3);
+    let mut seen = (false, false);
+    nodes
+        .until("the contact in, the newest other out", |i, _, e| {
+            match e {
+                NetEvent::Connected { peer, .. } if i == 0 && peer == contact => seen.0 = true,
+                NetEvent::Disconnected { peer } if i == 0 && peer == newest => seen.1 = true,
+                NetEvent::Disconnected { peer } if i == 0 => panic!("{peer} was closed"),
+                _ => {}
+            }
+            (seen.0 && seen.1).then_some(())
+        })
+        .await;
+    for i in [1, 2, 4] {
+        let peer = nodes.id(i);
+        assert!(nodes.nets[0].is_connected(&peer), "node {i} stays");
+    }
 }

@@ -5,7 +5,8 @@
 //! - `direct`: TCP and QUIC connections, `/meshchat/direct/1` batches.
 //! - `gossip`: the A–B–C line, publish outcomes.
 //! - `kad`: bootstrap and peer lookup.
-//! - `limits`: the cap on incoming connections from one address.
+//! - `limits`: the cap on incoming connections from one address, and
+//!   making room near the total cap.
 //! - `mdns`: discovery between two network namespaces (needs root; skips
 //!   itself with a reason otherwise).
 //! - `relay`: a circuit-relay reservation and a batch sent through it.

@@ -62,6 +62,9 @@ pub const DEFAULT_MAX_INBOUND: u32 = 512;
 /// few devices behind one NAT (each may hold up to four connections).
 pub const DEFAULT_MAX_INBOUND_PER_IP: u32 = 32;
 
+/// Default [`NetConfig::prune_grace`].
+pub const DEFAULT_PRUNE_GRACE: Duration = Duration::from_secs(60);
+
 /// Configuration of the swarm and its protocols.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
@@ -94,6 +97,10 @@ pub struct NetConfig {
     /// Most incoming connections from one IP address, in their handshake
     /// or established (relayed ones are not counted).
     pub max_inbound_per_ip: u32,
+    /// When the incoming connections near their cap, close the newest of
+    /// those older than this to unprotected peers outside our gossip
+    /// meshes ([`super::Net::protect`]); `None`: never (a relay).
+    pub prune_grace: Option<Duration>,
     /// Serve Kademlia queries (server mode). Off: libp2p decides from
     /// whether we have a confirmed external address (client otherwise).
     pub kad_server: bool,
@@ -148,6 +155,7 @@ impl NetConfig {
             direct_timeout: DEFAULT_DIRECT_TIMEOUT,
             max_inbound_connections: DEFAULT_MAX_INBOUND,
             max_inbound_per_ip: DEFAULT_MAX_INBOUND_PER_IP,
+            prune_grace: Some(DEFAULT_PRUNE_GRACE),
             kad_server: true,
             mailbox_timeout: DEFAULT_MAILBOX_TIMEOUT,
             relay_server: None,

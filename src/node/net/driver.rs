@@ -1,6 +1,7 @@
 //! [`Net`]: the swarm plus the state the network layer keeps beside it. The
 //! node actor owns one and calls these methods from its single task.
 
+use std::collections::HashSet;
 use std::time::Instant;
 
 use libp2p::futures::StreamExt;
@@ -12,6 +13,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, identity, kad};
 
 use super::behaviour::{Behaviour, build_swarm};
 use super::events::{GossipMessage, NetEvent};
+use super::prune::Pruner;
 use super::topic::Topic;
 use super::validate::{GossipValidator, Verdict};
 use super::{NetConfig, NetError, direct};
@@ -46,6 +48,8 @@ pub struct Net {
     pub(super) validator: GossipValidator,
     direct_limits: direct::Limits,
     inbox_shards: u16,
+    /// Closes incoming connections to make room (off on a relay).
+    pub(super) pruner: Option<Pruner>,
 }
 
 impl std::fmt::Debug for Net {
@@ -72,6 +76,9 @@ impl Net {
             ),
             direct_limits: cfg.direct_limits,
             inbox_shards: cfg.inbox_shards.max(1),
+            pruner: cfg
+                .prune_grace
+                .map(|grace| Pruner::new(cfg.max_inbound_connections, grace)),
         };
         for addr in &cfg.listen {
             net.listen_on(addr.clone())?;
@@ -92,6 +99,39 @@ impl Net {
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         *self.swarm.local_peer_id()
+    }
+
+    /// Never closes `peer`'s connections to make room (a contact, a relay).
+    pub fn protect(&mut self, peer: PeerId) {
+        if let Some(pruner) = &mut self.pruner {
+            pruner.protect(peer);
+        }
+    }
+
+    /// Undoes [`Self::protect`].
+    pub fn unprotect(&mut self, peer: &PeerId) {
+        if let Some(pruner) = &mut self.pruner {
+            pruner.unprotect(peer);
+        }
+    }
+
+    /// Closes incoming connections if there are too many (see
+    /// [`super::prune`]).
+    pub(super) fn prune(&mut self) {
+        let Some(pruner) = &mut self.pruner else {
+            return;
+        };
+        let in_mesh: HashSet<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_mesh_peers()
+            .copied()
+            .collect();
+        for id in pruner.pick(&in_mesh, Instant::now()) {
+            tracing::debug!(connection = %id, "closing an incoming connection to make room");
+            self.swarm.close_connection(id);
+        }
     }
 
     /// A handle that opens (and, for a relay, accepts) plain streams of

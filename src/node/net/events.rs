@@ -3,6 +3,7 @@
 //! feeds Kademlia, mDNS discoveries are dialled).
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use libp2p::gossipsub::{self, MessageId};
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
@@ -265,18 +266,33 @@ impl Net {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
-            } => (num_established.get() == 1).then(|| NetEvent::Connected {
-                peer: peer_id,
-                addr: endpoint.get_remote_address().clone(),
-            }),
+            } => {
+                if endpoint.is_listener()
+                    && let Some(pruner) = &mut self.pruner
+                {
+                    pruner.established(connection_id, peer_id, Instant::now());
+                    self.prune();
+                }
+                (num_established.get() == 1).then(|| NetEvent::Connected {
+                    peer: peer_id,
+                    addr: endpoint.get_remote_address().clone(),
+                })
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 ..
-            } => (num_established == 0).then_some(NetEvent::Disconnected { peer: peer_id }),
+            } => {
+                if let Some(pruner) = &mut self.pruner {
+                    pruner.closed(connection_id);
+                }
+                (num_established == 0).then_some(NetEvent::Disconnected { peer: peer_id })
+            }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, %error, "dial failed");
                 None
@@ -287,6 +303,9 @@ impl Net {
                 ..
             } => {
                 debug!(from = %send_back_addr, ?error, "incoming connection refused or failed");
+                // Refused for want of room, perhaps: make some for the
+                // next attempt.
+                self.prune();
                 None
             }
             SwarmEvent::ListenerClosed {

@@ -47,6 +47,7 @@ mod driver;
 mod error;
 mod events;
 pub mod per_ip;
+mod prune;
 mod topic;
 mod validate;
 
@@ -56,7 +57,7 @@ pub use behaviour::{
 };
 pub use config::{
     DEFAULT_DIRECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAILBOX_TIMEOUT, DEFAULT_MAX_INBOUND,
-    DEFAULT_MAX_INBOUND_PER_IP, NetConfig, RelayServerConfig,
+    DEFAULT_MAX_INBOUND_PER_IP, DEFAULT_PRUNE_GRACE, NetConfig, RelayServerConfig,
 };
 pub use driver::{Net, Published};
 pub use error::{DirectError, NetError};
