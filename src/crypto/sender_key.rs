@@ -10,8 +10,13 @@
 //! 33  4   key id (u32 BE)
 //! 37  4   iteration (u32 BE)
 //! 41  …   ChaCha20-Poly1305 ciphertext ‖ tag   (AD = bytes 0..41)
-//! end 64  Ed25519 signature over "meshchat/1/sig/group-message" ‖ bytes 0..end-64
+//! end 64  Ed25519 signature over "meshchat/1/sig/group-message" ‖ owner ‖ bytes 0..end-64
 //! ```
+//!
+//! `owner` is the Ed25519 identity key of the member device whose sender
+//! key it is: not on the wire, but what the receiver holds the key for. A
+//! member that passes another's distribution off as its own therefore gets
+//! nothing: the other's messages do not verify as its own.
 
 use std::collections::VecDeque;
 
@@ -24,7 +29,7 @@ use super::ratchet::{MAX_PLAINTEXT, MAX_SKIP};
 use super::wire;
 use super::{Error, MessageKey, Secret32, labels};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const HEADER_LEN: usize = 41;
 const SIG_LEN: usize = 64;
 /// Largest encoded group message.
@@ -220,14 +225,20 @@ impl SenderKey {
         }
     }
 
-    /// Encrypts and signs one group message.
-    pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<SenderKeyMessage, Error> {
-        let (msg, _) = self.encrypt_inner(plaintext)?;
+    /// Encrypts and signs one group message; `owner` is this device's
+    /// identity key (Ed25519), which the signature covers.
+    pub fn encrypt(
+        &mut self,
+        owner: &[u8; 32],
+        plaintext: &[u8],
+    ) -> Result<SenderKeyMessage, Error> {
+        let (msg, _) = self.encrypt_inner(owner, plaintext)?;
         Ok(msg)
     }
 
     pub(crate) fn encrypt_inner(
         &mut self,
+        owner: &[u8; 32],
         plaintext: &[u8],
     ) -> Result<(SenderKeyMessage, super::Aead), Error> {
         if plaintext.len() > MAX_PLAINTEXT {
@@ -246,9 +257,11 @@ impl SenderKey {
         let aead = mk.aead(labels::GROUP_MESSAGE);
         let ciphertext = aead.seal(plaintext, &header);
         let signing = SigningKey::from_bytes(self.signing.expose());
-        let mut signed =
-            Vec::with_capacity(labels::SIG_GROUP_MESSAGE.len() + HEADER_LEN + ciphertext.len());
+        let mut signed = Vec::with_capacity(
+            labels::SIG_GROUP_MESSAGE.len() + owner.len() + HEADER_LEN + ciphertext.len(),
+        );
         signed.extend_from_slice(labels::SIG_GROUP_MESSAGE);
+        signed.extend_from_slice(owner);
         signed.extend_from_slice(&header);
         signed.extend_from_slice(&ciphertext);
         let signature = signing.sign(&signed).to_bytes();
@@ -320,8 +333,10 @@ impl SenderKeyReceiver {
         &self.signing_key
     }
 
-    /// Verifies and decrypts a group message. The state changes only on success.
-    pub fn decrypt(&mut self, msg: &SenderKeyMessage) -> Result<Vec<u8>, Error> {
+    /// Verifies and decrypts a group message of `owner`'s (the member
+    /// device this key was received from). The state changes only on
+    /// success.
+    pub fn decrypt(&mut self, owner: &[u8; 32], msg: &SenderKeyMessage) -> Result<Vec<u8>, Error> {
         const WHAT: &str = "group message";
         if msg.group_id != self.group_id {
             return Err(Error::WrongGroup);
@@ -333,7 +348,7 @@ impl SenderKeyReceiver {
         verify(
             &self.signing_key,
             labels::SIG_GROUP_MESSAGE,
-            &[&header, &msg.ciphertext],
+            &[owner, &header, &msg.ciphertext],
             &msg.signature,
             WHAT,
         )?;

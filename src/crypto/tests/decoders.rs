@@ -51,7 +51,7 @@ proptest! {
         let frames = [
             Envelope::new([1; 32], [2; 16], 3, vec![4; 64]).to_bytes(),
             alice.encrypt(b"x").unwrap().to_bytes(),
-            sk.encrypt(b"y").unwrap().to_bytes(),
+            sk.encrypt(&[0x01; 32], b"y").unwrap().to_bytes(),
             pre.bundle(&id, [0; 32], &[], 0, true).unwrap().to_bytes(),
             seal(&id, &id.public().dh, &SealedContent::new(ContentKind::Ratchet, vec![1; 10]), &mut SealCache::default(), &mut r).unwrap(),
         ];

@@ -271,7 +271,10 @@ fn the_largest_message_fits_every_envelope_form() {
             ContentKind::Prekey,
             PrekeyMessage::new(initial, m).to_bytes(),
         ),
-        (ContentKind::SenderKey, sk.encrypt(&pt).unwrap().to_bytes()),
+        (
+            ContentKind::SenderKey,
+            sk.encrypt(&[0x01; 32], &pt).unwrap().to_bytes(),
+        ),
     ];
     for (kind, body) in bodies {
         let sealed = seal(

@@ -76,11 +76,11 @@ fn prekey_message_bytes() {
 fn group_message_bytes() {
     let mut r = rng(50);
     let mut sk = SenderKey::new([0x77; 32], 0, &mut r);
-    let m = sk.encrypt(b"group").unwrap();
+    let m = sk.encrypt(&[0x01; 32], b"group").unwrap();
     pin(
         "group message",
         &m.to_bytes(),
-        "126 bytes sha256=a4517155a9f129c25c6e564628fd6c777dd5257d6be31cd5f668bf837459070b",
+        "126 bytes sha256=d5ca7d5ca8c79499fdb7a4fd1581462cbbb5ae7626e7fc78e52c62a66e034fc8",
     );
     pin(
         "sender key distribution",

@@ -883,7 +883,9 @@ impl Engine {
                 .get_mut(group)
                 .and_then(|s| s.own.as_mut())
                 .ok_or(refused("no sender key"))?;
-            let msg = own.encrypt(&Payload::Chat(chat).to_bytes())?.to_bytes();
+            let msg = own
+                .encrypt(&me, &Payload::Chat(chat).to_bytes())?
+                .to_bytes();
             stored.push(StoredMessage {
                 msg_id,
                 conv_id: *group,
@@ -981,7 +983,9 @@ impl Engine {
                     if r.key_id() != msg.key_id {
                         continue;
                     }
-                    match r.decrypt(&msg) {
+                    // Its signature names the member it is from: a key
+                    // passed off by another member opens nothing.
+                    match r.decrypt(member, &msg) {
                         Ok(plain) => opened = Some((*member, Ok(plain))),
                         Err(crypto::Error::Duplicate { .. }) => {
                             opened = Some((*member, Err(())));
@@ -1324,20 +1328,9 @@ impl Engine {
         let Some(slot) = self.groups.slots.get_mut(&group) else {
             return Ok(GroupEffects::default());
         };
-        // A member that passes another's distribution on as its own would
-        // have that member's messages shown as its own (a message opens
-        // under whichever member holds its key): a signing key already
-        // held for someone else is not taken again.
-        if slot.receivers.iter().any(|(who, keys)| {
-            who != from && keys.iter().any(|k| k.signing_key() == &d.signing_key)
-        }) {
-            tracing::warn!(
-                from = %crate::store::hex(&from[..4]),
-                key_id = d.key_id,
-                "a sender key already held for another member; ignored"
-            );
-            return Ok(GroupEffects::default());
-        }
+        // A member may pass another's distribution off as its own: it is
+        // kept for that member, and opens nothing, as every group message's
+        // signature names its author (see `crypto::sender_key`).
         let keys = slot.receivers.entry(*from).or_default();
         if keys.iter().any(|k| k.key_id() == d.key_id) {
             return Ok(GroupEffects::default());
@@ -1823,32 +1816,48 @@ mod tests {
     #[test]
     fn a_member_cannot_pass_off_another_members_sender_key_as_its_own() {
         let (mut d, group) = Devices::formed(3);
+        let (thief, carol) = (d.keys[1], d.keys[2]);
         let theirs = d.engines[2].groups.slots[&group]
             .own
             .as_ref()
             .unwrap()
             .distribution();
-        let thief = d.keys[1];
+        // Device 0 has not got carol's key yet (as a new member may not),
+        // and the thief's copy of it comes first: kept, as the thief's.
+        d.engines[0]
+            .groups
+            .slots
+            .get_mut(&group)
+            .unwrap()
+            .receivers
+            .remove(&carol);
         let fx = d.engines[0]
             .on_sender_key(&thief, &theirs.to_bytes(), 200)
             .unwrap();
         assert!(fx.due.is_empty() && fx.events.is_empty());
-        let held = &d.engines[0].groups.slots[&group].receivers;
-        assert!(
-            held.get(&thief)
-                .is_none_or(|ks| ks.iter().all(|k| k.signing_key() != &theirs.signing_key))
-        );
+        // Carol's message does not open as the thief's.
         let (_, fx) = d.engines[2]
             .group_send(&group, vec![b"from carol".to_vec()], 300)
             .unwrap();
         d.effects(2, fx);
         d.run(true, &[]);
-        assert_eq!(d.received(0), vec![b"from carol".to_vec()]);
-        let from = d.events[0].iter().find_map(|e| match e {
-            Event::MessageReceived(m) if m.body == b"from carol" => Some(m.sender),
-            _ => None,
-        });
-        assert_eq!(from, Some(d.keys[2]));
+        let shown = |d: &Devices| {
+            d.events[0]
+                .iter()
+                .filter_map(|e| match e {
+                    Event::MessageReceived(m) if m.body == b"from carol" => Some(m.sender),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(shown(&d).is_empty());
+        // Carol's own copy of her key comes: her message opens, as hers.
+        let fx = d.engines[0]
+            .on_sender_key(&carol, &theirs.to_bytes(), 400)
+            .unwrap();
+        d.effects(0, fx);
+        d.run(true, &[]);
+        assert_eq!(shown(&d), vec![carol]);
     }
 
     /// A member's delivered receipt is lost (they are held in memory a
