@@ -1185,7 +1185,7 @@ impl Engine {
                         sent_at: chat.sent_at,
                         body: chat.body,
                         state: DeliveryState::Delivered,
-                        expires_at: chat.expires_at,
+                        expires_at: retention::received_expiry(chat.expires_at, retention, now),
                     };
                     state.lamport = state.lamport.max(msg.lamport);
                     if let SeqCheck::Gap { missing_from } = state.accept_seq(chat.seq)
@@ -1490,6 +1490,31 @@ mod tests {
                 .any(|e| matches!(e, Event::MessageReceived(m) if m.body == b"next"))
         );
         assert!(got.replies.is_empty(), "no resend asked: no gap");
+    }
+
+    /// A contact whose clock runs years ahead: its message in a temporary
+    /// chat still goes after the retention counted on this device's clock.
+    #[test]
+    fn a_temporary_message_from_a_clock_far_ahead_still_goes_in_time() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let hello = b.send(&a_key, b"hello".to_vec(), 100).unwrap();
+        a.receive(&b_key, &[hello.frame], 100, true).unwrap();
+        a.set_retention(&b_key, Some(60), 100).unwrap();
+        let ahead = b.send(&a_key, b"ahead".to_vec(), 4_000_000_000).unwrap();
+        let got = a.receive(&b_key, &[ahead.frame], 200, true).unwrap();
+        let stored = got.events.iter().find_map(|e| match e {
+            Event::MessageReceived(m) if m.body == b"ahead" => Some(m.expires_at),
+            _ => None,
+        });
+        assert_eq!(stored, Some(Some(260)));
+        assert_eq!(a.store.history().purge_expired(259).unwrap(), 0);
+        assert_eq!(a.store.history().purge_expired(260).unwrap(), 1);
     }
 
     /// A temporary-chat setting that went out on the mesh waits for its

@@ -218,12 +218,16 @@ impl Store {
                 path.display()
             )));
         }
-        let result = Self::restore_into(input, path);
-        if let Err(e) = result {
-            let _ = std::fs::remove_dir_all(path);
-            return Err(e);
+        // On any error (a damaged backup, or another key than the one it
+        // was made under) the directory goes, so the restore can be run
+        // again into the same place.
+        match Self::restore_into(input, path).and_then(|()| Store::open(path, key)) {
+            Ok(store) => Ok(store),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(path);
+                Err(e)
+            }
         }
-        Store::open(path, key)
     }
 
     fn restore_into(input: &mut impl Read, path: &Path) -> Result<(), Error> {

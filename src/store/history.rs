@@ -215,44 +215,85 @@ impl<'a> History<'a> {
         loop {
             let _writer = s.lock_history();
             let mut due = Vec::new();
+            // An entry that cannot be handled (a malformed key, a block
+            // that does not open) is removed alone and logged: left, it
+            // would come first at every step and stop every later expiry.
+            let mut bad: Option<(sled::IVec, Error)> = None;
             for item in s.history.range(&[EXPIRY_PREFIX][..]..=&end[..]) {
                 let (xkey, _) = item.map_err(Error::db(HISTORY, "scan"))?;
-                let block: [u8; BLOCK_KEY_LEN] = xkey
+                let Some(block) = xkey
                     .get(9..)
-                    .and_then(|k| k.try_into().ok())
-                    .ok_or_else(|| Error::Malformed {
-                        tree: HISTORY,
-                        key: hex(&xkey),
-                        what: format!(
-                            "expiry key is {} bytes, expected {EXPIRY_KEY_LEN}",
-                            xkey.len()
-                        ),
-                    })?;
+                    .and_then(|k| <[u8; BLOCK_KEY_LEN]>::try_from(k).ok())
+                else {
+                    let what = format!(
+                        "expiry key is {} bytes, expected {EXPIRY_KEY_LEN}",
+                        xkey.len()
+                    );
+                    let key = hex(&xkey);
+                    bad = Some((
+                        xkey,
+                        Error::Malformed {
+                            tree: HISTORY,
+                            key,
+                            what,
+                        },
+                    ));
+                    break;
+                };
                 due.push((xkey, block));
                 if due.len() == Self::PURGE_STEP {
                     break;
                 }
             }
-            if due.is_empty() {
-                return Ok(purged);
-            }
-            let mut staged = Staged::new(s);
-            for (xkey, block) in &due {
-                // Every due entry goes: a block keeps an entry only for an
-                // expiry after `now`, which the commit writes anew.
-                staged.remove_key(xkey.clone());
-                if block[0] == TAIL_PREFIX {
-                    purged += staged.remove_tail_expired(block, now)?;
-                } else if s
-                    .history
-                    .contains_key(block)
-                    .map_err(Error::db(HISTORY, "read"))?
-                {
-                    purged +=
-                        staged.remove_where(block, |e| e.expires_at.is_some_and(|at| at <= now))?;
+            if bad.is_none() {
+                if due.is_empty() {
+                    return Ok(purged);
+                }
+                let mut staged = Staged::new(s);
+                let mut done = std::collections::HashSet::new();
+                let mut step = 0;
+                for (xkey, block) in &due {
+                    // Every due entry goes: a block keeps an entry only for
+                    // an expiry after `now`, which the commit writes anew.
+                    staged.remove_key(xkey.clone());
+                    if !done.insert(*block) {
+                        // A second entry for a block this step handled.
+                        continue;
+                    }
+                    let removed = if block[0] == TAIL_PREFIX {
+                        staged.remove_tail_expired(block, now)
+                    } else if s
+                        .history
+                        .contains_key(block)
+                        .map_err(Error::db(HISTORY, "read"))?
+                    {
+                        staged.remove_where(block, |e| e.expires_at.is_some_and(|at| at <= now))
+                    } else {
+                        Ok(0)
+                    };
+                    match removed {
+                        Ok(n) => step += n,
+                        Err(e @ (Error::Decrypt { .. } | Error::Malformed { .. })) => {
+                            bad = Some((xkey.clone(), e));
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                if bad.is_none() {
+                    staged.commit()?;
+                    purged += step;
+                    continue;
                 }
             }
-            staged.commit()?;
+            // This step's work is dropped; the entry in the way goes alone
+            // and the step runs again without it.
+            if let Some((xkey, e)) = bad {
+                tracing::error!(error = %e, "an expiry entry that cannot be handled is removed; its messages stay");
+                let mut staged = Staged::new(s);
+                staged.remove_key(xkey);
+                staged.commit()?;
+            }
         }
     }
 

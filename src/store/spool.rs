@@ -87,6 +87,14 @@ const READ_SPAN: u64 = 1 << 20;
 /// costs about two thirds of one after an append on ext4 here. A closed
 /// segment is cut back to its records.
 const PREALLOCATE: u64 = 1 << 20;
+/// Largest segment file opened: a segment is closed once past
+/// [`SEGMENT_BYTES`], so it holds one record more at most (far under a
+/// MiB), and its zero-filled room ([`PREALLOCATE`]).
+const MAX_SEGMENT_FILE: u64 = SEGMENT_BYTES + 2 * PREALLOCATE;
+/// How far the sequence counter skips ahead when a spool is opened again:
+/// far above what the relay can take between two syncs (its queue holds
+/// at most 128 MiB of envelopes).
+const SEQ_SKIP_ON_OPEN: u64 = 1 << 32;
 
 /// The (seq, envelope id) of each envelope removed.
 type RemovedIds = Vec<(u64, [u8; 16])>;
@@ -405,6 +413,18 @@ impl Spool {
         let last = numbers.last().copied();
         for n in numbers {
             let path = spool.dir.join(segment_name(n));
+            // Read whole, so bounded first: no segment this spool writes
+            // is larger (closed past `SEGMENT_BYTES`, one record over at
+            // most, and its zero-filled room).
+            let len = std::fs::metadata(&path)
+                .map_err(io(&spool.dir, "read a segment"))?
+                .len();
+            if len > MAX_SEGMENT_FILE {
+                return Err(damaged(
+                    &spool.dir,
+                    format!("segment {n} is {len} bytes, more than any segment this spool writes"),
+                ));
+            }
             let bytes = std::fs::read(&path).map_err(io(&spool.dir, "read a segment"))?;
             let r = spool.replay(n, &bytes, Some(n) == last, &mut held, &mut gone)?;
             if r.end == 0 {
@@ -477,10 +497,18 @@ impl Spool {
                 spool.mailboxes.insert(mailbox, mb);
             }
         }
-        match spool.segments.keys().next_back() {
-            Some(&n) => spool.active = n,
-            None => spool.roll()?,
+        if let Some(&n) = spool.segments.keys().next_back() {
+            spool.active = n;
+            // Sequence numbers handed out by fetches before a crash may
+            // belong to records that were never synced, so the counter
+            // rebuilt from the records can be behind what a device has
+            // seen (and will acknowledge). Every start therefore skips
+            // ahead by more than one run can hand out unsynced, and
+            // records that in a new segment's header before any number
+            // is used.
+            spool.next_seq = spool.next_seq.saturating_add(SEQ_SKIP_ON_OPEN);
         }
+        spool.roll()?;
         Ok(spool)
     }
 
@@ -497,7 +525,11 @@ impl Spool {
         let header_len = bytes
             .get(8..12)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-        let cut = header_len.is_none_or(|h| 12 + h > bytes.len());
+        // A newest segment of zeros up to its header's size is one whose
+        // creation a crash cut short on a file system that kept the size
+        // but not the bytes.
+        let zeros = newest && bytes.len() < HEADER_MAX && bytes.iter().all(|&b| b == 0);
+        let cut = zeros || header_len.is_none_or(|h| 12 + h > bytes.len());
         if cut {
             // Only the newest segment can be cut short inside its header,
             // by a crash while it was being created (before any record).

@@ -1055,7 +1055,14 @@ impl Engine {
                 sent_at: chat.sent_at,
                 body: chat.body,
                 state: DeliveryState::Delivered,
-                expires_at: chat.expires_at,
+                expires_at: super::retention::received_expiry(
+                    chat.expires_at,
+                    self.groups
+                        .slots
+                        .get(&group)
+                        .and_then(|s| s.log.view().retention),
+                    now,
+                ),
             });
         }
         for (group, sender) in &touched {

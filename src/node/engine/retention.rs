@@ -149,3 +149,22 @@ impl Engine {
             .then_some(Event::RetentionChanged { conv: *conv, secs }))
     }
 }
+
+/// When a received message goes by this device's clock: at its own expiry,
+/// and, in a temporary conversation, at most `retention` from now. The
+/// store counts the retention from the message's `sent_at`, which is the
+/// sender's clock: a peer whose clock runs ahead (or that lies) must not
+/// keep a temporary chat's message here for longer than the retention.
+pub(super) fn received_expiry(
+    expires_at: Option<u64>,
+    retention: Option<u64>,
+    now: u64,
+) -> Option<u64> {
+    match retention {
+        Some(r) => {
+            let latest = now.saturating_add(r);
+            Some(expires_at.map_or(latest, |e| e.min(latest)))
+        }
+        None => expires_at,
+    }
+}

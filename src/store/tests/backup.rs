@@ -108,6 +108,9 @@ fn backup_restores_everything_under_the_same_key_only() {
         Store::restore(&mut backup.as_slice(), &dest2, &data_key(2)),
         Err(Error::WrongKey { .. })
     ));
+    // Nothing is left behind: the right key can restore there next.
+    assert!(!dest2.exists());
+    drop(Store::restore(&mut backup.as_slice(), &dest2, &data_key(1)).unwrap());
     // A non-empty target is refused and left alone.
     assert!(matches!(
         Store::restore(&mut backup.as_slice(), &dest, &data_key(1)),

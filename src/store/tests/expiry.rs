@@ -87,3 +87,55 @@ fn batches_dedupe_within_and_across() {
     );
     assert_eq!(h.page(&[4; 32], None, 50).unwrap().messages.len(), 3);
 }
+
+#[test]
+fn an_expiry_that_cannot_be_handled_does_not_stop_the_others() {
+    let (_dir, store) = fresh();
+    let h = store.history();
+    for (conv, at) in [(1u8, 1_010), (3, 1_020)] {
+        let mut temp: Vec<_> = (0..3)
+            .map(|i| msg(conv, i, 2, i as u8, b"gone soon"))
+            .collect();
+        for m in &mut temp {
+            m.expires_at = Some(at);
+        }
+        h.append_batch(&temp, Direction::Incoming).unwrap();
+    }
+    // Conversation 1's messages no longer open, and a malformed entry
+    // comes first in the expiry index.
+    let mut damaged = 0;
+    for prefix in [
+        crate::store::keys::TAIL_PREFIX,
+        crate::store::keys::BLOCK_PREFIX,
+    ] {
+        let mut start = vec![prefix];
+        start.extend_from_slice(&[1; 32]);
+        for item in store.history.scan_prefix(&start) {
+            let (k, _) = item.unwrap();
+            store.history.insert(k, vec![0x5a; 40]).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0);
+    let mut odd = vec![crate::store::keys::EXPIRY_PREFIX];
+    odd.extend_from_slice(&5u64.to_be_bytes());
+    odd.push(1);
+    store.history.insert(odd.clone(), vec![]).unwrap();
+    // And a second, earlier entry for one of conversation 3's records (as
+    // a crash between two writes can leave): handled once.
+    let mut later = vec![crate::store::keys::EXPIRY_PREFIX];
+    later.extend_from_slice(&1_020u64.to_be_bytes());
+    let (k, v) = store.history.scan_prefix(&later).next().unwrap().unwrap();
+    let mut twice = k.to_vec();
+    twice[1..9].copy_from_slice(&1_015u64.to_be_bytes());
+    store.history.insert(twice, v).unwrap();
+    // Conversation 3's messages go all the same, and nothing is left in
+    // the way of later purges.
+    assert_eq!(h.purge_expired(1_020).unwrap(), 3);
+    assert_eq!(h.purge_expired(1_020).unwrap(), 0);
+    assert!(h.page(&[3; 32], None, 50).unwrap().messages.is_empty());
+    assert!(!store.history.contains_key(&odd).unwrap());
+    let mut x = vec![crate::store::keys::EXPIRY_PREFIX];
+    x.extend_from_slice(&1_010u64.to_be_bytes());
+    assert_eq!(store.history.scan_prefix(&x).count(), 0);
+}
