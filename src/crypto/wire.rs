@@ -4,20 +4,39 @@
 //! this order and before any allocation: the total length against the type's
 //! limit, the version byte, then the postcard body, then that no bytes trail,
 //! then that the encoding is the canonical one (no over-long varints).
-//! postcard never allocates more than the input length (every element costs
-//! at least one input byte), so bounding the input bounds the allocation.
+//! Bounding the input bounds what decoding allocates, though not to the
+//! input's length: serde reserves room for a sequence's announced count
+//! (capped by its own limit of about 1 MiB of elements) before its elements
+//! are read, so a few bytes announcing many empty strings cost their
+//! headers (24 bytes each). Types whose fields must be few check the
+//! counts after decoding.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Error;
 
-/// Encodes `value` (whose first field is its version byte).
+/// Encodes `value` (whose first field is its version byte) into a buffer
+/// of exactly its size, written once: a growing buffer would leave copies
+/// of secret encodings behind in freed memory, where the caller's
+/// `Zeroizing` cannot reach them.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing our own plain structs into a Vec cannot fail: postcard only
-    // errors on unsupported serde features (maps with unknown length etc.)
-    // that none of the wire types use.
-    postcard::to_stdvec(value).unwrap_or_default()
+    // Serializing our own plain structs cannot fail: postcard only errors
+    // on unsupported serde features (maps with unknown length etc.) that
+    // none of the wire types use.
+    let Ok(len) = size(value) else {
+        return Vec::new();
+    };
+    let mut out = vec![0u8; len];
+    match postcard::to_slice(value, &mut out) {
+        Ok(written) if written.len() == len => out,
+        _ => Vec::new(),
+    }
+}
+
+/// The length of `value`'s encoding.
+fn size<T: Serialize>(value: &T) -> Result<usize, postcard::Error> {
+    postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
 }
 
 /// Decodes a versioned value with a size bound, rejecting trailing bytes.
@@ -60,8 +79,16 @@ pub(crate) fn decode<T: DeserializeOwned + Serialize>(
         });
     }
     // postcard accepts over-long varints; we accept only the one canonical
-    // encoding, so a value has exactly one byte string (and one hash).
-    if encode(&value) != bytes {
+    // encoding, so a value has exactly one byte string (and one hash). The
+    // copy made to compare may be secret: it is wiped.
+    let canonical = match size(&value) {
+        Ok(len) if len == bytes.len() => {
+            let mut again = zeroize::Zeroizing::new(vec![0u8; len]);
+            postcard::to_slice(&value, &mut again).is_ok_and(|w| w == bytes)
+        }
+        _ => false,
+    };
+    if !canonical {
         return Err(Error::Malformed { what });
     }
     Ok(value)
