@@ -595,8 +595,9 @@ impl Actor {
                     .iter()
                     .all(|p| p.is_some_and(|p| on_topic.contains(&p)));
                 let frame = super::groups::gossip_frame(&message, reached_all);
-                // Ours too, so a copy coming back is known.
-                self.seen.insert(Envelope::hash(&frame));
+                // Ours too, so a copy coming back is known (by the signed
+                // message: the frame's flag is not signed).
+                self.seen.insert(Envelope::hash(&message));
                 match self.net.publish(&Topic::Group(topic), frame) {
                     Ok(p) => debug!(outcome = ?p, reached_all, "group message published"),
                     // Each member's copy waits in the outbox for its
@@ -1029,12 +1030,24 @@ impl Actor {
                 }
                 self.emit(NodeEvent::Disconnected { peer });
             }
-            // A new subscriber hears us at once, not at the next heartbeat
-            // (at most one extra beacon per second however many arrive).
+            // A new subscriber hears us at once, not at the next heartbeat:
+            // a contact at most once a second, anyone else at most once a
+            // quarter of the heartbeat (a peer that subscribes again and
+            // again must not make every node beacon each second).
             NetEvent::Subscribed {
                 topic: Topic::Presence,
-                ..
-            } if self.last_beacon_ms + 1000 <= presence::now_ms() => self.beacon(),
+                peer,
+            } if self
+                .last_beacon_ms
+                .saturating_add(if self.peers.contains_key(&peer) {
+                    1000
+                } else {
+                    u64::try_from(self.cfg.presence.heartbeat.as_millis() / 4).unwrap_or(u64::MAX)
+                })
+                <= presence::now_ms() =>
+            {
+                self.beacon()
+            }
             NetEvent::Gossip(msg) => self.gossip(msg),
             NetEvent::DirectRequest {
                 peer,
@@ -1148,7 +1161,10 @@ impl Actor {
             }) => return Verdict::Ignore(Reason::Application("expired envelope")),
             Err(_) => return Verdict::Reject(Reason::Application("malformed envelope")),
         };
-        if !self.seen.insert(Envelope::hash(data)) {
+        // Known by what is sealed: the envelope id and expiry around it are
+        // not authenticated, and a copy with either changed is no new
+        // message (the recipient would answer it again).
+        if !self.seen.insert(Envelope::hash(&env.sealed)) {
             return Verdict::Ignore(Reason::Application("replayed envelope"));
         }
         if env.mailbox_id == self.mailbox_id {
@@ -1178,7 +1194,8 @@ impl Actor {
         if &super::groups::topic_id(&msg.group_id) != topic {
             return Verdict::Reject(Reason::Application("group message on another topic"));
         }
-        if !self.seen.insert(Envelope::hash(data)) {
+        // Known by the signed message, not the frame around it.
+        if !self.seen.insert(Envelope::hash(message)) {
             return Verdict::Ignore(Reason::Application("replayed group message"));
         }
         if self.overloaded() {

@@ -88,6 +88,13 @@ impl<K: Copy + Eq + std::hash::Hash, V: Copy> Recent<K, V> {
         self.map.get(key).copied()
     }
 
+    /// Removes `key`, returning its value.
+    pub(crate) fn take(&mut self, key: &K) -> Option<V> {
+        let value = self.map.remove(key)?;
+        self.order.retain(|k| k != key);
+        Some(value)
+    }
+
     /// Keeps only the entries `keep` chooses.
     pub(crate) fn retain(&mut self, keep: impl Fn(&K) -> bool) {
         self.map.retain(|k, _| keep(k));
@@ -456,9 +463,10 @@ impl Engine {
         Ok(true)
     }
 
-    /// Sets how long new messages are retried before they expire.
+    /// Sets how long new messages are retried before they expire: at most
+    /// [`MESSAGE_TTL`] (others refuse envelopes that expire later).
     pub fn set_message_ttl(&mut self, secs: u64) {
-        self.ttl = secs.max(1);
+        self.ttl = secs.clamp(1, MESSAGE_TTL);
     }
 
     /// Sets the relays our invites and bundles name (each ending in
@@ -1134,10 +1142,13 @@ impl Engine {
             decrypted_any |= plain.is_ok();
             let payload = match plain.map(|d| Payload::from_bytes(&d.plaintext)) {
                 Ok(Ok(p)) => p,
-                // A message already decrypted (a retry of the same bytes):
-                // its receipt again, if it was one of the latest read.
+                // A message already decrypted (the same bytes again: its
+                // relay copy after the mesh's, say): its receipt again, if
+                // it was one of the latest read, and only once, so that
+                // nobody can replay an old envelope to learn, from the
+                // answer, whether we are online.
                 Err(crypto::Error::Duplicate { .. }) => {
-                    delivered.extend(self.read_frames.get(&frame_key(from, bytes)));
+                    delivered.extend(self.read_frames.take(&frame_key(from, bytes)));
                     out.accepted.push(true);
                     continue;
                 }
@@ -1490,6 +1501,35 @@ mod tests {
                 .any(|e| matches!(e, Event::MessageReceived(m) if m.body == b"next"))
         );
         assert!(got.replies.is_empty(), "no resend asked: no gap");
+    }
+
+    /// The same frame again (a relay's copy after the mesh's) is answered
+    /// with its receipt once more, then no more: replaying it cannot be
+    /// used to ask whether we are online.
+    #[test]
+    fn a_frame_seen_again_is_answered_once_more_then_not() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let f = a.send(&b_key, b"hi".to_vec(), 100).unwrap().frame;
+        let replies = |b: &mut Engine, at| {
+            b.receive(&a_key, &[f.clone()], at, false)
+                .unwrap()
+                .replies
+                .len()
+        };
+        assert_eq!(replies(&mut b, 101), 1);
+        assert_eq!(
+            replies(&mut b, 102),
+            1,
+            "the relay's copy: the receipt again"
+        );
+        assert_eq!(replies(&mut b, 103), 0);
+        assert_eq!(replies(&mut b, 104), 0);
     }
 
     /// A contact whose clock runs years ahead: its message in a temporary

@@ -323,12 +323,24 @@ pub fn conversation_id(a: &PublicIdentity, b: &PublicIdentity) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Decodes an envelope and checks it is not past its expiry at `now`.
+/// Furthest ahead of our clock an envelope's expiry may be: the longest a
+/// message is retried ([`super::engine::MESSAGE_TTL`]), and a day for
+/// clocks that differ. The expiry is not authenticated; without a bound a
+/// carrier could make a copy live for ever.
+pub const MAX_ENVELOPE_AHEAD: u64 = super::engine::MESSAGE_TTL + 24 * 3600;
+
+/// Decodes an envelope and checks it is not past its expiry at `now`, nor
+/// expiring further ahead than [`MAX_ENVELOPE_AHEAD`].
 pub fn envelope_checked(bytes: &[u8], now: u64) -> Result<Envelope, crypto::Error> {
     let env = Envelope::from_bytes(bytes)?;
     if env.expires_at <= now {
         return Err(crypto::Error::Malformed {
             what: "envelope (expired)",
+        });
+    }
+    if env.expires_at > now.saturating_add(MAX_ENVELOPE_AHEAD) {
+        return Err(crypto::Error::Malformed {
+            what: "envelope (expiry too far ahead)",
         });
     }
     Ok(env)
@@ -387,6 +399,27 @@ mod tests {
         };
         assert_eq!(gone.to_bytes(), [1, 8, 2, 0xac, 0x02]);
         assert_eq!(Payload::from_bytes(&gone.to_bytes()).unwrap(), gone);
+    }
+
+    #[test]
+    fn envelopes_expired_or_expiring_too_far_ahead_are_refused() {
+        let now = 1_000_000;
+        let env = |at| Envelope::new([1; 32], [2; 16], at, vec![3; 300]).to_bytes();
+        assert!(envelope_checked(&env(now + 1), now).is_ok());
+        assert!(envelope_checked(&env(now + MAX_ENVELOPE_AHEAD), now).is_ok());
+        for (at, why) in [
+            (now, "envelope (expired)"),
+            (
+                now + MAX_ENVELOPE_AHEAD + 1,
+                "envelope (expiry too far ahead)",
+            ),
+            (u64::MAX, "envelope (expiry too far ahead)"),
+        ] {
+            assert!(matches!(
+                envelope_checked(&env(at), now),
+                Err(crypto::Error::Malformed { what }) if what == why
+            ));
+        }
     }
 
     #[test]
