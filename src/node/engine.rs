@@ -1517,7 +1517,7 @@ mod tests {
         } = pair();
         let f = a.send(&b_key, b"hi".to_vec(), 100).unwrap().frame;
         let replies = |b: &mut Engine, at| {
-            b.receive(&a_key, &[f.clone()], at, false)
+            b.receive(&a_key, std::slice::from_ref(&f), at, false)
                 .unwrap()
                 .replies
                 .len()
