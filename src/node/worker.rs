@@ -34,7 +34,7 @@ use super::net::direct::FrameStatus;
 use super::proto::{Frame, conversation_id};
 use super::state::Invite;
 use crate::crypto::{Envelope, fingerprint, safety_number};
-use crate::relay::proto::{self as mailbox, Owner, Request, Response, Signed};
+use crate::relay::proto::{self as mailbox, MAX_ACK, Owner, Request, Response, Signed};
 use crate::store::{Cursor, MessageRef, Page, Summary};
 
 /// Most jobs handled in one round (one flush).
@@ -71,8 +71,8 @@ const ONE_TIME_TOP_UP: usize = 20;
 pub(crate) enum Purpose {
     /// Fetching our own mail.
     Fetch,
-    /// Deleting fetched mail.
-    Ack,
+    /// Deleting fetched mail: these sequence numbers.
+    Ack { seqs: Vec<u64> },
     /// Holding the queued message at `pos` for its recipient.
     Deposit { pos: u64, envelope: Vec<u8> },
     /// Holding an unqueued frame (a receipt) for its recipient: sent once.
@@ -342,6 +342,11 @@ struct Relays {
     /// Ours with a fetch outstanding, and where the next fetch starts.
     fetching: HashSet<PeerId>,
     cursor: HashMap<PeerId, u64>,
+    /// Mail taken whose acknowledgement failed (the relay overloaded,
+    /// say), acknowledged again with the next fetch's answer: otherwise it
+    /// would stay there, counting against our mailbox's quota, until we
+    /// reconnect (at most [`MAX_ACK`] per relay).
+    unacked: HashMap<PeerId, Vec<u64>>,
     /// When a failed fetch may be asked again (Unix seconds).
     retry_at: HashMap<PeerId, u64>,
     /// Queued messages and the relays that took custody of them.
@@ -833,6 +838,9 @@ impl Worker {
                 if self.relays.ours.contains(&relay) {
                     self.relays.up.insert(relay);
                     self.relays.cursor.remove(&relay);
+                    // Everything comes again from the start, and is
+                    // acknowledged then.
+                    self.relays.unacked.remove(&relay);
                     self.relays.retry_at.remove(&relay);
                     self.fetch(relay, 0, now, round);
                     self.publish_prekeys(relay, 0, now, round);
@@ -1269,23 +1277,37 @@ impl Worker {
                         relay,
                         envelopes: n,
                     });
-                    if let Some(key) = peer_key(&relay) {
-                        let mailbox_key = self.engine.mailbox_key();
-                        let owner = Owner::new(mailbox_key, key, now, &mut rand::rng());
-                        // Sent after this round's flush: what was taken
-                        // is on our disk before the relay deletes it; what
-                        // was refused, its sender still holds (its outbox
-                        // sends it again until a receipt comes).
-                        round.outs.push(Out::Mailbox {
-                            relay,
-                            addrs: Vec::new(),
-                            request: Request::Ack(Signed::new(
-                                mailbox_key,
-                                mailbox::Ack { owner, seqs },
-                            )),
-                            purpose: Purpose::Ack,
-                        });
+                }
+                // With what an earlier acknowledgement failed to delete.
+                if let Some(mut again) = self.relays.unacked.remove(&relay) {
+                    let room = MAX_ACK.saturating_sub(seqs.len());
+                    if again.len() > room {
+                        let rest = again.split_off(room);
+                        self.relays.unacked.insert(relay, rest);
                     }
+                    seqs.extend(again);
+                }
+                if !seqs.is_empty()
+                    && let Some(key) = peer_key(&relay)
+                {
+                    let mailbox_key = self.engine.mailbox_key();
+                    let owner = Owner::new(mailbox_key, key, now, &mut rand::rng());
+                    // Sent after this round's flush: what was taken
+                    // is on our disk before the relay deletes it; what
+                    // was refused, its sender still holds (its outbox
+                    // sends it again until a receipt comes).
+                    round.outs.push(Out::Mailbox {
+                        relay,
+                        addrs: Vec::new(),
+                        request: Request::Ack(Signed::new(
+                            mailbox_key,
+                            mailbox::Ack {
+                                owner,
+                                seqs: seqs.clone(),
+                            },
+                        )),
+                        purpose: Purpose::Ack { seqs },
+                    });
                 }
                 if self.relays.up.contains(&relay) {
                     self.fetch(relay, if more { 0 } else { FETCH_WAIT }, now, round);
@@ -1296,10 +1318,16 @@ impl Worker {
                 self.relays.retry_at.insert(relay, now + FETCH_RETRY);
                 warn!(%relay, answer = ?other.map(|r| short(&r)), "fetching our mail failed");
             }
-            (Purpose::Ack, Ok(Response::Acked(_))) => {}
-            (Purpose::Ack, other) => {
-                // The mail stays at the relay and comes again: stored once.
+            (Purpose::Ack { .. }, Ok(Response::Acked(_))) => {}
+            (Purpose::Ack { seqs }, other) => {
+                // Sent again with the next fetch's answer (and the mail
+                // comes again after a reconnect: stored once).
                 debug!(%relay, answer = ?other.map(|r| short(&r)), "ack at our relay failed");
+                if self.relays.up.contains(&relay) {
+                    let unacked = self.relays.unacked.entry(relay).or_default();
+                    let room = MAX_ACK.saturating_sub(unacked.len());
+                    unacked.extend(seqs.into_iter().take(room));
+                }
             }
             (Purpose::Forward, answer) => {
                 debug!(%relay, answer = ?answer.map(|r| short(&r)), "receipt left at a relay");

@@ -46,6 +46,8 @@ use crate::store::{self, Kind, Spool, Store};
 pub const MAX_WAIT: Duration = Duration::from_secs(25);
 /// Most requests answered per store round (one flush).
 const MAX_ROUND: usize = 1024;
+/// Longest one tick spends purging expired envelopes.
+const PURGE_BUDGET: Duration = Duration::from_millis(50);
 /// Most requests waiting for the store thread before new ones are refused
 /// (`RateLimited`: the client retries later)...
 const MAX_BACKLOG: usize = 8192;
@@ -721,8 +723,22 @@ impl Keeper {
         {
             return Ok(compacted);
         }
-        self.last_purge = Some(t);
-        let purged = self.service.purge(now)?;
+        // Batch after batch while full ones come (after a long stop, say),
+        // within a budget; what is left goes at the next tick, not a
+        // minute later.
+        let mut purged = 0;
+        let mut done = false;
+        while t.elapsed() < PURGE_BUDGET {
+            let n = self.service.purge(now)?;
+            purged += n;
+            if n < super::service::PURGE_BATCH {
+                done = true;
+                break;
+            }
+        }
+        if done {
+            self.last_purge = Some(t);
+        }
         if purged > 0 {
             info!(purged, "expired envelopes dropped");
         }
@@ -843,7 +859,10 @@ async fn serve_stream(gate: Arc<Gate>, peer: PeerId, s: libp2p::Stream, idle: Du
         how,
         |response: &Response| Ok(response.to_bytes()),
         |_, bytes, responder| {
-            let reply = Reply::Stream(responder);
+            // Answered even if the store thread never gets to it (a
+            // stop, a store failure): the client does not wait out its
+            // timeout, and tries again.
+            let reply = Reply::Stream(responder.or_else(Response::Refused(Refusal::RateLimited)));
             match Request::from_bytes(&bytes) {
                 Ok(request) => {
                     if let Err((reply, why)) = gate.admit(peer, request, reply) {

@@ -39,7 +39,7 @@ const MAX_NONCES: usize = 300_000;
 const PEER_NONCES: u32 = 512;
 /// Most envelopes dropped per purge call (the store thread purges again at
 /// its next tick if more are due).
-const PURGE_BATCH: usize = 10_000;
+pub(crate) const PURGE_BATCH: usize = 10_000;
 
 /// What a relay keeps for one mailbox's prekeys.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +55,14 @@ struct HeldPrekeys {
 }
 
 const HELD_PREKEYS_VERSION: u8 = 1;
+/// One-time prekeys handed out per mailbox per hour at most; past that a
+/// bundle goes without one (X3DH works without it). Anyone may ask for a
+/// bundle, so without this a stranger could take a device's whole pool
+/// in a minute, and every new session after would go without one.
+const ONE_TIME_PER_HOUR: u32 = 20;
+/// Mailboxes whose hand-outs are counted at once (the count is dropped,
+/// all of it, past this: a lapse, not a failure).
+const ONE_TIME_COUNTED: usize = 65_536;
 const HELD_PREKEYS_MAX: usize = 32 * 1024;
 
 /// Decodes a held-prekeys record (None if it does not decode: the next
@@ -209,6 +217,8 @@ pub struct Service {
     nonce_order: BTreeSet<(u64, [u8; 16])>,
     /// How many each peer has in the table.
     peer_nonces: HashMap<PeerId, u32>,
+    /// One-time prekeys handed out this hour, per mailbox.
+    one_time_given: HashMap<[u8; 32], (u64, u32)>,
 }
 
 impl std::fmt::Debug for Service {
@@ -245,6 +255,7 @@ impl Service {
             nonces: HashMap::new(),
             nonce_order: BTreeSet::new(),
             peer_nonces: HashMap::new(),
+            one_time_given: HashMap::new(),
         };
         s.refresh_gauges();
         s.metrics
@@ -350,7 +361,7 @@ impl Service {
             },
             Request::FetchPrekeys { mailbox } => {
                 if self.owners.allow(peer, Instant::now()) {
-                    ready(self.hand_out(&mailbox)?)
+                    ready(self.hand_out(&mailbox, now)?)
                 } else {
                     ready(Response::Refused(Refusal::RateLimited))
                 }
@@ -482,13 +493,27 @@ impl Service {
 
     /// The bundle held for `mailbox`, with the oldest one-time prekey left
     /// (taken out, and the store flushed, before it is answered).
-    fn hand_out(&mut self, mailbox: &[u8; 32]) -> Result<Response, store::Error> {
+    fn hand_out(&mut self, mailbox: &[u8; 32], now: u64) -> Result<Response, store::Error> {
         let Some(mut held) = self.held_prekeys(mailbox)? else {
             return Ok(Response::Prekeys(None));
         };
         let mut bundle = held.bundle.clone();
         Metrics::add(&self.metrics.prekey_fetches, 1);
-        if !held.one_time.is_empty() {
+        let hour = now / 3600;
+        if self.one_time_given.len() >= ONE_TIME_COUNTED
+            && !self.one_time_given.contains_key(mailbox)
+        {
+            self.one_time_given.retain(|_, (h, _)| *h == hour);
+            if self.one_time_given.len() >= ONE_TIME_COUNTED {
+                self.one_time_given.clear();
+            }
+        }
+        let given = self.one_time_given.entry(*mailbox).or_insert((hour, 0));
+        if given.0 != hour {
+            *given = (hour, 0);
+        }
+        if !held.one_time.is_empty() && given.1 < ONE_TIME_PER_HOUR {
+            given.1 += 1;
             bundle.one_time = Some(held.one_time.remove(0));
             self.keep_prekeys(mailbox, &held)?;
             Metrics::add(&self.metrics.one_time_prekeys_handed_out, 1);
@@ -1095,6 +1120,34 @@ mod tests {
         assert_eq!(a.response, Response::Published(1));
         let three = fetch_prekeys(&mut f, 1_011).unwrap().one_time.unwrap().id;
         assert!(three > two);
+    }
+
+    #[test]
+    fn a_mailboxs_one_time_prekeys_are_handed_out_at_most_twenty_an_hour() {
+        let fast = RateLimit {
+            burst: 1000,
+            per_second: 1000,
+        };
+        let mut f = fixture(Limits {
+            prekey_rate: fast,
+            owner_rate: fast,
+            ..Limits::default()
+        });
+        let mut rng = StdRng::seed_from_u64(10);
+        let mut device = Device::new(&mut rng);
+        let mailbox = f.owner.id().0;
+        let hour = 3600 * 500;
+        let publish = device.publish(&mut f, mailbox, hour, 30);
+        let a = f.service.handle(&f.peer, publish, hour).unwrap();
+        assert_eq!(a.response, Response::Published(30));
+        let with_one = |f: &mut Fixture, at| fetch_prekeys(f, at).unwrap().one_time.is_some();
+        for i in 0..ONE_TIME_PER_HOUR {
+            assert!(with_one(&mut f, hour + u64::from(i)), "{i}");
+        }
+        // The rest of the hour: the bundle alone, the pool kept.
+        assert!(!with_one(&mut f, hour + 100));
+        assert!(!with_one(&mut f, hour + 3599));
+        assert!(with_one(&mut f, hour + 3600));
     }
 
     #[test]
