@@ -447,6 +447,15 @@ pub enum EventView {
         /// Why.
         reason: String,
     },
+    /// One of our relays refused a request about our own mailbox.
+    MailboxRefused {
+        /// The relay's peer id.
+        relay: String,
+        /// fetch, ack or publish.
+        request: String,
+        /// Why, by name (`stale`: this device's clock is likely off).
+        reason: String,
+    },
     /// Mail held at a relay was fetched.
     Drained {
         /// The relay's peer id.
@@ -547,6 +556,15 @@ impl EventView {
                 id: hex(&message.msg_id),
                 relay: relay.to_string(),
                 reason: reason.to_string(),
+            },
+            NodeEvent::MailboxRefused {
+                relay,
+                request,
+                reason,
+            } => Self::MailboxRefused {
+                relay: relay.to_string(),
+                request: (*request).into(),
+                reason: reason.label().into(),
             },
             NodeEvent::Drained { relay, envelopes } => Self::Drained {
                 relay: relay.to_string(),

@@ -63,6 +63,19 @@ pub enum NodeEvent {
         /// Why.
         reason: Refusal,
     },
+    /// One of our relays refused a request about our own mailbox: to
+    /// fetch our mail (`"fetch"`), to delete what we took (`"ack"`), or to
+    /// hold our prekeys (`"publish"`). `Stale` here usually means this
+    /// device's clock is off by more than five minutes; until it is set
+    /// right, mail left at that relay does not reach us.
+    MailboxRefused {
+        /// The relay.
+        relay: PeerId,
+        /// Which request.
+        request: &'static str,
+        /// Why.
+        reason: Refusal,
+    },
     /// A relay was found in the DHT and is now one of ours.
     RelayFound {
         /// The relay.

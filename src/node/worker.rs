@@ -34,7 +34,7 @@ use super::net::direct::FrameStatus;
 use super::proto::{Frame, conversation_id};
 use super::state::Invite;
 use crate::crypto::{Envelope, fingerprint, safety_number};
-use crate::relay::proto::{self as mailbox, MAX_ACK, Owner, Request, Response, Signed};
+use crate::relay::proto::{self as mailbox, MAX_ACK, Owner, Refusal, Request, Response, Signed};
 use crate::store::{Cursor, MessageRef, Page, Summary};
 
 /// Most jobs handled in one round (one flush).
@@ -61,6 +61,9 @@ const FETCH_LIMIT: u16 = 1024;
 const FETCH_WAIT: u16 = 20;
 /// After a fetch failed, how long before the tick asks again (seconds).
 const FETCH_RETRY: u64 = 5;
+/// Seconds before a fetch the relay refused (for another reason than its
+/// load) is asked again.
+const FETCH_REFUSED_RETRY: u64 = 60;
 /// When a relay of ours holds fewer one-time prekeys than this...
 const ONE_TIME_LOW: u32 = 10;
 /// ...this many new ones are published to it.
@@ -1315,14 +1318,38 @@ impl Worker {
             }
             (Purpose::Fetch, other) => {
                 self.relays.fetching.remove(&relay);
-                self.relays.retry_at.insert(relay, now + FETCH_RETRY);
+                // A refusal that asking again soon will not change (our
+                // clock, the wrong relay) is told, and asked again less often.
+                let wait = match &other {
+                    Ok(Response::Refused(why)) => {
+                        round.events.push(NodeEvent::MailboxRefused {
+                            relay,
+                            request: "fetch",
+                            reason: *why,
+                        });
+                        if *why == Refusal::RateLimited {
+                            FETCH_RETRY
+                        } else {
+                            FETCH_REFUSED_RETRY
+                        }
+                    }
+                    _ => FETCH_RETRY,
+                };
+                self.relays.retry_at.insert(relay, now + wait);
                 warn!(%relay, answer = ?other.map(|r| short(&r)), "fetching our mail failed");
             }
             (Purpose::Ack { .. }, Ok(Response::Acked(_))) => {}
             (Purpose::Ack { seqs }, other) => {
                 // Sent again with the next fetch's answer (and the mail
                 // comes again after a reconnect: stored once).
-                debug!(%relay, answer = ?other.map(|r| short(&r)), "ack at our relay failed");
+                debug!(%relay, answer = ?other.as_ref().map(short), "ack at our relay failed");
+                if let Ok(Response::Refused(why)) = &other {
+                    round.events.push(NodeEvent::MailboxRefused {
+                        relay,
+                        request: "ack",
+                        reason: *why,
+                    });
+                }
                 if self.relays.up.contains(&relay) {
                     let unacked = self.relays.unacked.entry(relay).or_default();
                     let room = MAX_ACK.saturating_sub(unacked.len());
@@ -1343,6 +1370,13 @@ impl Worker {
                 }
             }
             (Purpose::Publish { .. }, other) => {
+                if let Ok(Response::Refused(why)) = &other {
+                    round.events.push(NodeEvent::MailboxRefused {
+                        relay,
+                        request: "publish",
+                        reason: *why,
+                    });
+                }
                 warn!(%relay, answer = ?other.map(|r| short(&r)), "publishing our prekeys failed");
             }
             (Purpose::Prekeys { contact }, Ok(Response::Prekeys(Some(bundle)))) => {

@@ -148,3 +148,31 @@ async fn only_the_mailbox_key_reads_a_mailbox() {
     assert_eq!(items[0].envelope, env);
     assert_eq!(r.handle.metrics().refusals(Refusal::BadSignature), 1);
 }
+
+/// A device whose relay is a plain node: every request about its own
+/// mailbox is refused (not a relay), and the device tells its user which
+/// and why, rather than asking again every few seconds in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_refusing_our_own_requests_is_reported() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let plain = TestNode::start_in("plain", dirs[0].path(), 251).await;
+    let mut cfg = config(dirs[1].path(), 252);
+    cfg.relays = vec![plain.addr.clone()];
+    cfg.reserve_circuits = false;
+    let mut a = TestNode::start_with("alice", cfg).await;
+    let relay = plain.peer();
+    let mut seen = std::collections::HashSet::new();
+    a.wait("the fetch and the publish refused", |e| {
+        if let NodeEvent::MailboxRefused {
+            relay: r,
+            request,
+            reason,
+        } = e
+        {
+            assert_eq!((*r, *reason), (relay, Refusal::NotRelay));
+            seen.insert(*request);
+        }
+        (seen.contains("fetch") && seen.contains("publish")).then_some(())
+    })
+    .await;
+}
