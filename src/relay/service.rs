@@ -52,9 +52,14 @@ struct HeldPrekeys {
     /// The highest one-time prekey id ever taken: a later publish adds
     /// only ids above it, so one handed out never comes back.
     max_id: u32,
+    /// When the owner last published (Unix seconds): a bundle not
+    /// published again for twice the retention goes.
+    published_at: u64,
 }
 
-const HELD_PREKEYS_VERSION: u8 = 1;
+const HELD_PREKEYS_VERSION: u8 = 2;
+/// How often held bundles are checked for their age (seconds).
+const BUNDLE_CHECK_EVERY: u64 = 3600;
 /// One-time prekeys handed out per mailbox per hour at most; past that a
 /// bundle goes without one (X3DH works without it). Anyone may ask for a
 /// bundle, so without this a stranger could take a device's whole pool
@@ -219,6 +224,8 @@ pub struct Service {
     peer_nonces: HashMap<PeerId, u32>,
     /// One-time prekeys handed out this hour, per mailbox.
     one_time_given: HashMap<[u8; 32], (u64, u32)>,
+    /// When held bundles were last checked for their age.
+    bundles_checked_at: u64,
 }
 
 impl std::fmt::Debug for Service {
@@ -256,6 +263,7 @@ impl Service {
             nonce_order: BTreeSet::new(),
             peer_nonces: HashMap::new(),
             one_time_given: HashMap::new(),
+            bundles_checked_at: 0,
         };
         s.refresh_gauges();
         s.metrics
@@ -357,7 +365,7 @@ impl Service {
             }
             Request::PublishPrekeys(p) => match self.authorize(peer, &p, now) {
                 Err(r) => ready(Response::Refused(r)),
-                Ok(mailbox) => ready(self.publish(&mailbox.0, p.body)?),
+                Ok(mailbox) => ready(self.publish(&mailbox.0, p.body, now)?),
             },
             Request::FetchPrekeys { mailbox } => {
                 if self.owners.allow(peer, Instant::now()) {
@@ -415,7 +423,12 @@ impl Service {
 
     /// Holds the bundle and new one-time prekeys `p` for `mailbox` (whose
     /// owner signed the request).
-    fn publish(&mut self, mailbox: &[u8; 32], p: Publish) -> Result<Response, store::Error> {
+    fn publish(
+        &mut self,
+        mailbox: &[u8; 32],
+        p: Publish,
+        now: u64,
+    ) -> Result<Response, store::Error> {
         let refused = |r| Ok(Response::Refused(r));
         let Ok(verified) = p.bundle.verify() else {
             return refused(Refusal::BadSignature);
@@ -462,9 +475,11 @@ impl Service {
                 bundle: p.bundle.clone(),
                 one_time: Vec::new(),
                 max_id: 0,
+                published_at: now,
             },
         };
         next.bundle = p.bundle;
+        next.published_at = now;
         next.bundle.one_time = None;
         // Only ids above any taken before: one handed out never returns.
         let mut fresh: Vec<OneTimePublic> = p
@@ -700,11 +715,48 @@ impl Service {
         }
     }
 
+    /// Drops the prekeys of mailboxes whose owner has not published for
+    /// twice the retention (and records that do not open or decode):
+    /// otherwise bundles only ever accumulate, and once `max_bundles` is
+    /// reached every new device is refused. Returns how many went.
+    pub fn expire_bundles(&mut self, now: u64) -> Result<usize, store::Error> {
+        let ttl = self.limits.retention_secs.saturating_mul(2);
+        let records = self.store.records(Kind::HeldPrekeys)?;
+        let mut old = Vec::new();
+        records.for_each(|key, value| {
+            let keep = value
+                .as_deref()
+                .and_then(decode_held)
+                .is_some_and(|h| h.published_at.saturating_add(ttl) >= now);
+            if !keep {
+                old.push(key.to_vec());
+            }
+        })?;
+        for key in &old {
+            records.remove(key)?;
+        }
+        if !old.is_empty() {
+            self.bundles = records.len() as u64;
+            self.metrics
+                .prekey_bundles
+                .store(self.bundles, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                bundles = old.len(),
+                "prekeys of mailboxes not published again dropped"
+            );
+        }
+        Ok(old.len())
+    }
+
     /// Drops envelopes past their expiry or the retention period (up to
     /// a batch; call again while it returns a full one). Returns how many
     /// (their senders learn it from their own outbox, which gives up at
     /// the same time).
     pub fn purge(&mut self, now: u64) -> Result<usize, store::Error> {
+        if now >= self.bundles_checked_at.saturating_add(BUNDLE_CHECK_EVERY) {
+            self.bundles_checked_at = now;
+            self.expire_bundles(now)?;
+        }
         let gone = self.spool.purge_expired(now, PURGE_BATCH)?;
         Metrics::add(&self.metrics.expired_envelopes, gone.len() as u64);
         self.refresh_gauges();
@@ -1148,6 +1200,36 @@ mod tests {
         assert!(!with_one(&mut f, hour + 100));
         assert!(!with_one(&mut f, hour + 3599));
         assert!(with_one(&mut f, hour + 3600));
+    }
+
+    #[test]
+    fn prekeys_not_published_again_for_twice_the_retention_go() {
+        let mut f = fixture(Limits {
+            retention_secs: 100,
+            max_bundles: 1,
+            ..Limits::default()
+        });
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut device = Device::new(&mut rng);
+        let mailbox = f.owner.id().0;
+        let publish = device.publish(&mut f, mailbox, 1_000, 1);
+        assert_eq!(
+            f.service.handle(&f.peer, publish, 1_000).unwrap().response,
+            Response::Published(1)
+        );
+        // Published again: its clock starts over.
+        let publish = device.publish(&mut f, mailbox, 1_150, 0);
+        f.service.handle(&f.peer, publish, 1_150).unwrap();
+        assert_eq!(f.service.expire_bundles(1_350).unwrap(), 0);
+        assert!(fetch_prekeys(&mut f, 1_350).is_some());
+        assert_eq!(f.service.expire_bundles(1_351).unwrap(), 1);
+        assert_eq!(fetch_prekeys(&mut f, 1_352), None);
+        // Its place is free: the one bundle allowed can be another's.
+        let publish = device.publish(&mut f, mailbox, 1_400, 0);
+        assert_eq!(
+            f.service.handle(&f.peer, publish, 1_400).unwrap().response,
+            Response::Published(0)
+        );
     }
 
     #[test]

@@ -159,6 +159,18 @@ impl<'a> Records<'a> {
             .is_some())
     }
 
+    /// Calls `f` with each record's key and value (`None`: it does not
+    /// open), in key order, one at a time.
+    pub fn for_each(&self, mut f: impl FnMut(&[u8], Option<Vec<u8>>)) -> Result<(), Error> {
+        let spec = self.kind.spec();
+        for item in self.tree.iter() {
+            let (key, sealed) = item.map_err(Error::db(spec.name, "scan"))?;
+            let value = self.store.sealer.open::<Vec<u8>>(&spec, &key, &sealed).ok();
+            f(&key, value);
+        }
+        Ok(())
+    }
+
     /// Every record whose key starts with `prefix`, in key order.
     pub fn scan(&self, prefix: &[u8]) -> Result<Vec<Record>, Error> {
         let spec = self.kind.spec();
