@@ -608,8 +608,12 @@ impl Service {
                 .min(now.saturating_add(self.limits.retention_secs));
             digests.push(envelope_digest(&bytes));
             let e = per_mailbox.entry(env.mailbox_id).or_default();
-            e.0 += 1;
-            e.1 += bytes.len() as u64;
+            // One already held (a repeat after a lost receipt) is answered
+            // with its receipt again and takes no more room.
+            if !self.spool.holds(&env.mailbox_id, &env.envelope_id) {
+                e.0 += 1;
+                e.1 += bytes.len() as u64;
+            }
             items.push(ToHold {
                 mailbox: env.mailbox_id,
                 envelope_id: env.envelope_id,
@@ -618,7 +622,8 @@ impl Service {
             });
         }
         let held = self.spool.totals().bytes;
-        if held.saturating_add(total as u64) > self.limits.disk_budget {
+        let adding: u64 = per_mailbox.values().map(|(_, bytes)| bytes).sum();
+        if held.saturating_add(adding) > self.limits.disk_budget {
             return refused(Refusal::DiskFull);
         }
         for (mailbox, (count, bytes)) in &per_mailbox {
@@ -1032,6 +1037,16 @@ mod tests {
         assert!(matches!(refused(&mut f, &ok), Response::Custody(_)));
         assert_eq!(f.service.purge(1_099).unwrap(), 0);
         assert_eq!(f.service.purge(1_100).unwrap(), 1);
+        // A full mailbox: a repeat of what it holds (its receipt was
+        // lost) gets its receipt again, not QuotaFull; a new one does not.
+        let two: Vec<Vec<u8>> = (8..10).map(|n| envelope(&f.owner, n, 5_000, 100)).collect();
+        assert!(matches!(refused(&mut f, &two), Response::Custody(_)));
+        assert!(matches!(refused(&mut f, &two[..1]), Response::Custody(_)));
+        let more = vec![envelope(&f.owner, 10, 5_000, 100)];
+        assert_eq!(
+            refused(&mut f, &more),
+            Response::Refused(Refusal::QuotaFull)
+        );
     }
 
     #[test]

@@ -790,6 +790,13 @@ impl Spool {
             })
     }
 
+    /// Whether `mailbox` holds the envelope with this id.
+    pub fn holds(&self, mailbox: &[u8; 32], envelope_id: &[u8; 16]) -> bool {
+        self.mailboxes
+            .get(mailbox)
+            .is_some_and(|mb| mb.ids.contains_key(envelope_id))
+    }
+
     /// Totals over every mailbox.
     pub fn totals(&self) -> Totals {
         self.totals
