@@ -176,3 +176,41 @@ async fn a_relay_refusing_our_own_requests_is_reported() {
     })
     .await;
 }
+
+/// The relay refuses the device's acknowledgement (owner requests are
+/// limited to one a second here, and the fetch just took it): what the
+/// device took is acknowledged again with the next fetch's answer, and
+/// the relay lets it go while the device stays connected (before, it
+/// stayed until the device reconnected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_the_relay_refused_is_sent_again() {
+    let dr = tempfile::tempdir().unwrap();
+    let mut cfg = relay_config(dr.path(), 261);
+    cfg.limits.owner_rate = meshchat::node::net::RateLimit {
+        burst: 1,
+        per_second: 1,
+    };
+    cfg.max_wait = Duration::from_secs(1);
+    let r = TestRelay::start(cfg).await;
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, carol) = carol_away(&r, da.path(), dc.path(), 262, |_| {}).await;
+    let sent = a.handle.send(carol, b"held".to_vec()).await.unwrap();
+    receipt(&mut a, sent, DeliveryState::StoredAtRelay).await;
+    r.holds(1).await;
+    let mut c_cfg = config(dc.path(), 263);
+    c_cfg.relays = vec![r.addr.clone()];
+    let mut c = TestNode::start_with("carol", c_cfg).await;
+    c.wait("the acknowledgement refused", |e| {
+        matches!(
+            e,
+            NodeEvent::MailboxRefused {
+                request: "ack",
+                reason: Refusal::RateLimited,
+                ..
+            }
+        )
+        .then_some(())
+    })
+    .await;
+    r.holds(0).await;
+}
