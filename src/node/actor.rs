@@ -1156,15 +1156,29 @@ impl Actor {
     fn check_envelope(&mut self, data: &[u8]) -> Verdict {
         let env = match envelope_checked(data, now_secs()) {
             Ok(env) => env,
+            // Both depend on our clock as much as on the envelope: no
+            // blame on whoever forwarded it.
             Err(crate::crypto::Error::Malformed {
                 what: "envelope (expired)",
             }) => return Verdict::Ignore(Reason::Application("expired envelope")),
+            Err(crate::crypto::Error::Malformed {
+                what: "envelope (expiry too far ahead)",
+            }) => return Verdict::Ignore(Reason::Application("envelope expiring too far ahead")),
             Err(_) => return Verdict::Reject(Reason::Application("malformed envelope")),
         };
-        // Known by what is sealed: the envelope id and expiry around it are
-        // not authenticated, and a copy with either changed is no new
-        // message (the recipient would answer it again).
-        if !self.seen.insert(Envelope::hash(&env.sealed)) {
+        // Known by its mailbox and what is sealed: the envelope id and
+        // expiry around them are not authenticated, and a copy with either
+        // changed is no new message (the recipient would answer it again).
+        // The mailbox is in it, or a copy sent to another mailbox first
+        // would make the real one look like a replay.
+        let known = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(env.mailbox_id);
+            h.update(&env.sealed);
+            h.finalize().into()
+        };
+        if !self.seen.insert(known) {
             return Verdict::Ignore(Reason::Application("replayed envelope"));
         }
         if env.mailbox_id == self.mailbox_id {

@@ -1243,7 +1243,8 @@ impl Engine {
                         .schedule
                         .due_again(from, &conv, first, now)
                         .unwrap_or(state.next_seq);
-                    if first < until {
+                    // One answer per batch, however many requests it held.
+                    if first < until && gone.is_empty() {
                         gone.push(Payload::Gone { from: first, until }.to_bytes());
                     }
                 }

@@ -64,6 +64,9 @@ const FETCH_RETRY: u64 = 5;
 /// Seconds before a fetch the relay refused (for another reason than its
 /// load) is asked again.
 const FETCH_REFUSED_RETRY: u64 = 60;
+/// Seconds between publishing our prekeys again to a relay we stay
+/// connected to.
+const REPUBLISH_EVERY: u64 = 24 * 3600;
 /// When a relay of ours holds fewer one-time prekeys than this...
 const ONE_TIME_LOW: u32 = 10;
 /// ...this many new ones are published to it.
@@ -350,6 +353,11 @@ struct Relays {
     /// would stay there, counting against our mailbox's quota, until we
     /// reconnect (at most [`MAX_ACK`] per relay).
     unacked: HashMap<PeerId, Vec<u64>>,
+    /// The last refusal told of, per relay and kind of request (fetch,
+    /// ack, publish), until one of that kind goes through.
+    refused: HashMap<(PeerId, &'static str), Refusal>,
+    /// When we last published our prekeys to each of ours.
+    published: HashMap<PeerId, u64>,
     /// When a failed fetch may be asked again (Unix seconds).
     retry_at: HashMap<PeerId, u64>,
     /// Queued messages and the relays that took custody of them.
@@ -884,6 +892,24 @@ impl Worker {
                 for relay in up {
                     self.fetch(relay, FETCH_WAIT, now, round);
                 }
+                // Our bundle again, daily, at relays we stay connected to:
+                // a relay drops the prekeys of a mailbox not published for
+                // twice its retention.
+                let stale: Vec<PeerId> = self
+                    .relays
+                    .up
+                    .iter()
+                    .filter(|r| {
+                        self.relays
+                            .published
+                            .get(r)
+                            .is_some_and(|&at| now >= at.saturating_add(REPUBLISH_EVERY))
+                    })
+                    .copied()
+                    .collect();
+                for relay in stale {
+                    self.publish_prekeys(relay, 0, now, round);
+                }
                 let engine = &self.engine;
                 self.relays
                     .held
@@ -1183,6 +1209,7 @@ impl Worker {
             }
         };
         round.dirty |= !one_time.is_empty();
+        self.relays.published.insert(relay, now);
         let mailbox_key = self.engine.mailbox_key();
         let owner = Owner::new(mailbox_key, key, now, &mut rand::rng());
         round.outs.push(Out::Mailbox {
@@ -1247,6 +1274,25 @@ impl Worker {
         });
     }
 
+    /// Tells of a relay's refusal of one of our own requests, once per
+    /// reason: the same refusal again (a fetch refused every few seconds)
+    /// is not news until a request of that kind has gone through.
+    fn mailbox_refused(
+        &mut self,
+        relay: PeerId,
+        request: &'static str,
+        reason: Refusal,
+        round: &mut Round,
+    ) {
+        if self.relays.refused.insert((relay, request), reason) != Some(reason) {
+            round.events.push(NodeEvent::MailboxRefused {
+                relay,
+                request,
+                reason,
+            });
+        }
+    }
+
     fn mailbox_answer(
         &mut self,
         relay: PeerId,
@@ -1258,6 +1304,7 @@ impl Worker {
         match (purpose, answer) {
             (Purpose::Fetch, Ok(Response::Mail { items, more })) => {
                 self.relays.fetching.remove(&relay);
+                self.relays.refused.remove(&(relay, "fetch"));
                 let n = items.len();
                 let mut seqs = Vec::with_capacity(n);
                 for item in items {
@@ -1322,11 +1369,7 @@ impl Worker {
                 // clock, the wrong relay) is told, and asked again less often.
                 let wait = match &other {
                     Ok(Response::Refused(why)) => {
-                        round.events.push(NodeEvent::MailboxRefused {
-                            relay,
-                            request: "fetch",
-                            reason: *why,
-                        });
+                        self.mailbox_refused(relay, "fetch", *why, round);
                         if *why == Refusal::RateLimited {
                             FETCH_RETRY
                         } else {
@@ -1338,17 +1381,15 @@ impl Worker {
                 self.relays.retry_at.insert(relay, now + wait);
                 warn!(%relay, answer = ?other.map(|r| short(&r)), "fetching our mail failed");
             }
-            (Purpose::Ack { .. }, Ok(Response::Acked(_))) => {}
+            (Purpose::Ack { .. }, Ok(Response::Acked(_))) => {
+                self.relays.refused.remove(&(relay, "ack"));
+            }
             (Purpose::Ack { seqs }, other) => {
                 // Sent again with the next fetch's answer (and the mail
                 // comes again after a reconnect: stored once).
                 debug!(%relay, answer = ?other.as_ref().map(short), "ack at our relay failed");
                 if let Ok(Response::Refused(why)) = &other {
-                    round.events.push(NodeEvent::MailboxRefused {
-                        relay,
-                        request: "ack",
-                        reason: *why,
-                    });
+                    self.mailbox_refused(relay, "ack", *why, round);
                 }
                 if self.relays.up.contains(&relay) {
                     let unacked = self.relays.unacked.entry(relay).or_default();
@@ -1360,6 +1401,7 @@ impl Worker {
                 debug!(%relay, answer = ?answer.map(|r| short(&r)), "receipt left at a relay");
             }
             (Purpose::Publish { topped_up }, Ok(Response::Published(left))) => {
+                self.relays.refused.remove(&(relay, "publish"));
                 debug!(%relay, left, "prekeys held at our relay");
                 round.events.push(NodeEvent::PrekeysPublished {
                     relay,
@@ -1371,11 +1413,7 @@ impl Worker {
             }
             (Purpose::Publish { .. }, other) => {
                 if let Ok(Response::Refused(why)) = &other {
-                    round.events.push(NodeEvent::MailboxRefused {
-                        relay,
-                        request: "publish",
-                        reason: *why,
-                    });
+                    self.mailbox_refused(relay, "publish", *why, round);
                 }
                 warn!(%relay, answer = ?other.map(|r| short(&r)), "publishing our prekeys failed");
             }

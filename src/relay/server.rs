@@ -728,11 +728,15 @@ impl Keeper {
         // minute later.
         let mut purged = 0;
         let mut done = false;
-        while t.elapsed() < PURGE_BUDGET {
+        let started = Instant::now();
+        loop {
             let n = self.service.purge(now)?;
             purged += n;
             if n < super::service::PURGE_BATCH {
                 done = true;
+                break;
+            }
+            if started.elapsed() >= PURGE_BUDGET {
                 break;
             }
         }

@@ -60,6 +60,8 @@ struct HeldPrekeys {
 const HELD_PREKEYS_VERSION: u8 = 2;
 /// How often held bundles are checked for their age (seconds).
 const BUNDLE_CHECK_EVERY: u64 = 3600;
+/// Held bundles read per step of that check (each up to 32 KiB).
+const BUNDLE_STEP: usize = 256;
 /// One-time prekeys handed out per mailbox per hour at most; past that a
 /// bundle goes without one (X3DH works without it). Anyone may ask for a
 /// bundle, so without this a stranger could take a device's whole pool
@@ -72,15 +74,34 @@ const HELD_PREKEYS_MAX: usize = 32 * 1024;
 
 /// Decodes a held-prekeys record (None if it does not decode: the next
 /// publish replaces it).
+/// [`HeldPrekeys`] as version 1 wrote it (no publish time).
+#[derive(Deserialize, Serialize)]
+struct HeldPrekeysV1 {
+    version: u8,
+    bundle: PrekeyBundle,
+    one_time: Vec<OneTimePublic>,
+    max_id: u32,
+}
+
+/// Decodes held prekeys of either version; a version-1 record has no
+/// publish time (0), and the age check stamps it with the time it first
+/// sees it.
 fn decode_held(bytes: &[u8]) -> Option<HeldPrekeys> {
-    crate::crypto::wire::decode(
-        bytes,
-        "held prekeys",
-        HELD_PREKEYS_VERSION,
-        HELD_PREKEYS_MAX,
-    )
-    .map_err(|e| tracing::warn!(error = %e, "held prekeys unreadable; treated as none"))
-    .ok()
+    let what = "held prekeys";
+    let decoded = match bytes.first() {
+        Some(1) => crate::crypto::wire::decode::<HeldPrekeysV1>(bytes, what, 1, HELD_PREKEYS_MAX)
+            .map(|v1| HeldPrekeys {
+                version: HELD_PREKEYS_VERSION,
+                bundle: v1.bundle,
+                one_time: v1.one_time,
+                max_id: v1.max_id,
+                published_at: 0,
+            }),
+        _ => crate::crypto::wire::decode(bytes, what, HELD_PREKEYS_VERSION, HELD_PREKEYS_MAX),
+    };
+    decoded
+        .map_err(|e| tracing::warn!(error = %e, "held prekeys unreadable; treated as none"))
+        .ok()
 }
 
 /// What an operator bounds.
@@ -226,6 +247,8 @@ pub struct Service {
     one_time_given: HashMap<[u8; 32], (u64, u32)>,
     /// When held bundles were last checked for their age.
     bundles_checked_at: u64,
+    /// Where that check goes on (a walk in steps), if one is on.
+    bundle_cursor: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -264,6 +287,7 @@ impl Service {
             peer_nonces: HashMap::new(),
             one_time_given: HashMap::new(),
             bundles_checked_at: 0,
+            bundle_cursor: None,
         };
         s.refresh_gauges();
         s.metrics
@@ -723,34 +747,46 @@ impl Service {
     /// Drops the prekeys of mailboxes whose owner has not published for
     /// twice the retention (and records that do not open or decode):
     /// otherwise bundles only ever accumulate, and once `max_bundles` is
-    /// reached every new device is refused. Returns how many went.
-    pub fn expire_bundles(&mut self, now: u64) -> Result<usize, store::Error> {
+    /// reached every new device is refused. Walks the records in steps of
+    /// [`BUNDLE_STEP`], one step per call, from where the last call
+    /// stopped; returns how many went in this step, and whether the walk
+    /// is done (it starts again at the next check).
+    pub fn expire_bundles(&mut self, now: u64) -> Result<(usize, bool), store::Error> {
         let ttl = self.limits.retention_secs.saturating_mul(2);
         let records = self.store.records(Kind::HeldPrekeys)?;
-        let mut old = Vec::new();
-        records.for_each(|key, value| {
-            let keep = value
-                .as_deref()
-                .and_then(decode_held)
-                .is_some_and(|h| h.published_at.saturating_add(ttl) >= now);
-            if !keep {
-                old.push(key.to_vec());
+        let step = records.step(self.bundle_cursor.as_deref(), BUNDLE_STEP)?;
+        let done = step.len() < BUNDLE_STEP;
+        self.bundle_cursor = if done {
+            None
+        } else {
+            step.last().map(|(k, _)| k.clone())
+        };
+        let mut gone = 0;
+        for (key, value) in step {
+            match value.as_deref().and_then(decode_held) {
+                // Written before publish times were kept: from now on.
+                Some(mut h) if h.published_at == 0 => {
+                    h.published_at = now;
+                    records.put(&key, &crate::crypto::wire::encode(&h))?;
+                }
+                Some(h) if h.published_at.saturating_add(ttl) >= now => {}
+                _ => {
+                    records.remove(&key)?;
+                    gone += 1;
+                }
             }
-        })?;
-        for key in &old {
-            records.remove(key)?;
         }
-        if !old.is_empty() {
+        if gone > 0 {
             self.bundles = records.len() as u64;
             self.metrics
                 .prekey_bundles
                 .store(self.bundles, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(
-                bundles = old.len(),
+                bundles = gone,
                 "prekeys of mailboxes not published again dropped"
             );
         }
-        Ok(old.len())
+        Ok((gone, done))
     }
 
     /// Drops envelopes past their expiry or the retention period (up to
@@ -758,8 +794,14 @@ impl Service {
     /// (their senders learn it from their own outbox, which gives up at
     /// the same time).
     pub fn purge(&mut self, now: u64) -> Result<usize, store::Error> {
-        if now >= self.bundles_checked_at.saturating_add(BUNDLE_CHECK_EVERY) {
-            self.bundles_checked_at = now;
+        // One step of the bundles' age check per purge while a walk is
+        // on; a walk starts every `BUNDLE_CHECK_EVERY`.
+        if self.bundle_cursor.is_some()
+            || now >= self.bundles_checked_at.saturating_add(BUNDLE_CHECK_EVERY)
+        {
+            if self.bundle_cursor.is_none() {
+                self.bundles_checked_at = now;
+            }
             self.expire_bundles(now)?;
         }
         let gone = self.spool.purge_expired(now, PURGE_BATCH)?;
@@ -1235,9 +1277,9 @@ mod tests {
         // Published again: its clock starts over.
         let publish = device.publish(&mut f, mailbox, 1_150, 0);
         f.service.handle(&f.peer, publish, 1_150).unwrap();
-        assert_eq!(f.service.expire_bundles(1_350).unwrap(), 0);
+        assert_eq!(f.service.expire_bundles(1_350).unwrap(), (0, true));
         assert!(fetch_prekeys(&mut f, 1_350).is_some());
-        assert_eq!(f.service.expire_bundles(1_351).unwrap(), 1);
+        assert_eq!(f.service.expire_bundles(1_351).unwrap(), (1, true));
         assert_eq!(fetch_prekeys(&mut f, 1_352), None);
         // Its place is free: the one bundle allowed can be another's.
         let publish = device.publish(&mut f, mailbox, 1_400, 0);
@@ -1245,6 +1287,23 @@ mod tests {
             f.service.handle(&f.peer, publish, 1_400).unwrap().response,
             Response::Published(0)
         );
+        // A record written before publish times were kept (version 1) is
+        // served, and its age counts from when the check first sees it.
+        let records = f.service.store.records(Kind::HeldPrekeys).unwrap();
+        let held = decode_held(&records.get(&mailbox).unwrap().unwrap()).unwrap();
+        let v1 = HeldPrekeysV1 {
+            version: 1,
+            bundle: held.bundle,
+            one_time: held.one_time,
+            max_id: held.max_id,
+        };
+        records
+            .put(&mailbox, &crate::crypto::wire::encode(&v1))
+            .unwrap();
+        assert!(fetch_prekeys(&mut f, 5_000).is_some());
+        assert_eq!(f.service.expire_bundles(5_000).unwrap(), (0, true));
+        assert_eq!(f.service.expire_bundles(5_200).unwrap(), (0, true));
+        assert_eq!(f.service.expire_bundles(5_201).unwrap(), (1, true));
     }
 
     #[test]

@@ -134,7 +134,7 @@ pub use handle::{Clock, PurgeTask, StoreHandle};
 pub use history::{Appended, DeliveryState, Direction, History, MessageRef, Page, StoredMessage};
 pub use keys::Cursor;
 pub use outbox::{Outbox, OutboxEntry};
-pub use records::{Kind, MAX_RECORD_KEY, Record, Records};
+pub use records::{Kind, MAX_RECORD_KEY, MaybeRecord, Record, Records};
 pub use spool::{
     Deposited, Expired, Held, MailboxStats, Removed, SEGMENT_BYTES, Spool, ToHold, Totals,
 };

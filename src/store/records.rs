@@ -86,6 +86,9 @@ impl Kind {
 /// A record's key and value, as [`Records::scan`] returns them.
 pub type Record = (Vec<u8>, Vec<u8>);
 
+/// A record's key and value, `None` if the value does not open.
+pub type MaybeRecord = (Vec<u8>, Option<Vec<u8>>);
+
 /// The records of one [`Kind`] in a [`Store`].
 #[derive(Debug, Clone)]
 pub struct Records<'a> {
@@ -159,16 +162,26 @@ impl<'a> Records<'a> {
             .is_some())
     }
 
-    /// Calls `f` with each record's key and value (`None`: it does not
-    /// open), in key order, one at a time.
-    pub fn for_each(&self, mut f: impl FnMut(&[u8], Option<Vec<u8>>)) -> Result<(), Error> {
+    /// Up to `limit` records after the key `after` (from the first if
+    /// `None`), in key order: each key and value (`None`: it does not
+    /// open). For walking a large kind in steps.
+    pub fn step(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<MaybeRecord>, Error> {
+        use std::ops::Bound;
         let spec = self.kind.spec();
-        for item in self.tree.iter() {
+        let from = match after {
+            Some(k) => Bound::Excluded(k.to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in self.tree.range::<Vec<u8>, _>((from, Bound::Unbounded)) {
+            if out.len() >= limit {
+                break;
+            }
             let (key, sealed) = item.map_err(Error::db(spec.name, "scan"))?;
             let value = self.store.sealer.open::<Vec<u8>>(&spec, &key, &sealed).ok();
-            f(&key, value);
+            out.push((key.to_vec(), value));
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Every record whose key starts with `prefix`, in key order.

@@ -357,6 +357,8 @@ struct Replayed {
     end: u64,
     /// The file was longer (a torn tail).
     torn: bool,
+    /// It holds no record at all (a header only).
+    empty: bool,
 }
 
 impl Spool {
@@ -411,6 +413,9 @@ impl Spool {
         let mut held: HashMap<[u8; 32], Vec<Slot>> = HashMap::new();
         let mut gone: HashMap<[u8; 32], Vec<u64>> = HashMap::new();
         let last = numbers.last().copied();
+        // Segments with no record at all (a start's, when nothing came
+        // before the next start): deleted once the new segment is made.
+        let mut empty = Vec::new();
         for n in numbers {
             let path = spool.dir.join(segment_name(n));
             // Read whole, so bounded first: no segment this spool writes
@@ -446,6 +451,9 @@ impl Spool {
                 file.sync_all().map_err(io(&spool.dir, "cut a torn tail"))?;
             }
             spool.next_seq = spool.next_seq.max(r.first_seq);
+            if r.empty {
+                empty.push(r.number);
+            }
             spool.segments.insert(
                 r.number,
                 Segment {
@@ -509,6 +517,17 @@ impl Spool {
             spool.next_seq = spool.next_seq.saturating_add(SEQ_SKIP_ON_OPEN);
         }
         spool.roll()?;
+        // Only now: the new segment's header carries the counter forward,
+        // so nothing is lost with theirs. Deleting them keeps a relay that
+        // restarts often from piling up files (and open descriptors).
+        if !empty.is_empty() {
+            for n in empty {
+                spool.segments.remove(&n);
+                std::fs::remove_file(spool.dir.join(segment_name(n)))
+                    .map_err(io(&spool.dir, "delete an empty segment"))?;
+            }
+            super::sync_dir(&spool.dir).map_err(io(&spool.dir, "sync the directory"))?;
+        }
         Ok(spool)
     }
 
@@ -539,6 +558,7 @@ impl Spool {
                     first_seq: 0,
                     end: 0,
                     torn: true,
+                    empty: true,
                 });
             }
             return Err(bad("shorter than its header"));
@@ -568,7 +588,8 @@ impl Spool {
         if header.segment != n {
             return Err(bad("header names another segment"));
         }
-        let mut at = 12 + hlen;
+        let records_start = 12 + hlen;
+        let mut at = records_start;
         let mut torn = false;
         while at < bytes.len() {
             if newest && bytes[at..].iter().all(|&b| b == 0) {
@@ -613,6 +634,7 @@ impl Spool {
             first_seq: header.first_seq,
             end: at as u64,
             torn,
+            empty: at == records_start,
         })
     }
 

@@ -95,11 +95,11 @@ impl NetworkBehaviour for Behaviour {
         let Some(ip) = source_ip(remote) else {
             return Ok(());
         };
-        let n = self.count.entry(ip).or_default();
-        if *n >= self.max {
+        // Looked up first: a refused address leaves nothing behind.
+        if self.connections_from(&ip) >= self.max {
             return Err(ConnectionDenied::new(TooManyFromIp { ip, max: self.max }));
         }
-        *n += 1;
+        *self.count.entry(ip).or_default() += 1;
         self.from.insert(id, ip);
         Ok(())
     }
@@ -155,6 +155,21 @@ mod tests {
 
     fn addr(s: &str) -> Multiaddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_cap_of_zero_refuses_everything_and_remembers_nothing() {
+        let mut b = Behaviour::new(0);
+        let local = addr("/ip4/127.0.0.1/tcp/1");
+        for i in 0..100u8 {
+            let from = addr(&format!("/ip4/10.0.0.{i}/tcp/5000"));
+            let id = ConnectionId::new_unchecked(usize::from(i));
+            assert!(
+                b.handle_pending_inbound_connection(id, &local, &from)
+                    .is_err()
+            );
+        }
+        assert!(b.count.is_empty() && b.from.is_empty());
     }
 
     #[test]

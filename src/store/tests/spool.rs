@@ -377,3 +377,23 @@ fn a_zeroed_new_segment_is_dropped_and_an_oversized_one_is_not_read() {
     let e = Spool::open(dir.path(), &key).err().unwrap();
     assert!(matches!(e, Error::Damaged { .. }), "{e}");
 }
+
+#[test]
+fn starts_with_nothing_written_leave_no_segments_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = data_key(1);
+    {
+        let mut sp = Spool::open(dir.path(), &key).unwrap();
+        sp.deposit(&[hold([1; 32], 1, 900, 5)], 1).unwrap();
+        sp.sync().unwrap();
+    }
+    for _ in 0..5 {
+        drop(Spool::open(dir.path(), &key).unwrap());
+    }
+    // The one with the record, and the newest start's.
+    assert_eq!(segments(dir.path()).len(), 2);
+    let mut sp = Spool::open(dir.path(), &key).unwrap();
+    assert_eq!(ids(&sp.fetch(&[1; 32], None, 10, 0).unwrap()), vec![1]);
+    let next = sp.deposit(&[hold([1; 32], 2, 900, 5)], 2).unwrap().seqs[0];
+    assert!(next > 6 * (1 << 32), "{next}");
+}
