@@ -128,8 +128,13 @@ impl Default for NetConfig {
 
 impl NetConfig {
     /// Loopback only, any port, TCP and QUIC: for tests and local demos.
+    /// Every peer comes from the one address here, so the per-address cap
+    /// is the total cap (a hundred-member group on one host must connect).
     pub fn loopback() -> Self {
-        Self::listening_on([127, 0, 0, 1])
+        Self {
+            max_inbound_per_ip: DEFAULT_MAX_INBOUND,
+            ..Self::listening_on([127, 0, 0, 1])
+        }
     }
 
     /// TCP and QUIC on `ip`, any port, otherwise defaults.
