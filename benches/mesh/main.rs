@@ -8,6 +8,7 @@
 //! MESH_BENCH_QUICK=1 cargo bench --bench mesh
 //! MESH_BENCH_ONLY=relay cargo bench --bench mesh
 //! MESH_BENCH_ONLY=rtt cargo bench --bench mesh
+//! MESH_BENCH_ONLY=line cargo bench --bench mesh
 //! MESH_BENCH_ONLY=deposit MESH_BENCH_DEPOSITS=200000 cargo bench --bench mesh
 //! ```
 //!
@@ -87,6 +88,12 @@ fn main() {
     if std::env::var("MESH_BENCH_ONLY").as_deref() == Ok("direct") {
         let ours = rt.block_on(ours::direct(lat, total, 256));
         println!("{}", serde_json::to_string_pretty(&ours).unwrap());
+        return;
+    }
+    // MESH_BENCH_ONLY=line: only the 3-node line.
+    if std::env::var("MESH_BENCH_ONLY").as_deref() == Ok("line") {
+        let line = rt.block_on(ours::line(if quick { 50 } else { 200 }));
+        println!("{}", serde_json::to_string_pretty(&line).unwrap());
         return;
     }
     // MESH_BENCH_ONLY=rtt: request-response and a long-lived stream's
