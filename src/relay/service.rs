@@ -777,7 +777,8 @@ impl Service {
             }
         }
         if gone > 0 {
-            self.bundles = records.len() as u64;
+            // Each was counted (by its record's presence).
+            self.bundles = self.bundles.saturating_sub(gone as u64);
             self.metrics
                 .prekey_bundles
                 .store(self.bundles, std::sync::atomic::Ordering::Relaxed);

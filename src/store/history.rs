@@ -10,8 +10,8 @@ use super::blocks::{self, BLOCKS, HISTORY, MAX_BODY, Staged, block_conv, open_bl
 use super::codec::hex;
 use super::keys::TAIL_PREFIX;
 use super::keys::{
-    BLOCK_KEY_LEN, BlockKey, Cursor, EXPIRY_KEY_LEN, EXPIRY_PREFIX, MESSAGE_KEY_LEN, block_first,
-    block_key, block_prefix, key_conv_id, message_key,
+    BlockKey, Cursor, EXPIRY_KEY_LEN, EXPIRY_PREFIX, MESSAGE_KEY_LEN, block_first, block_key,
+    block_prefix, key_conv_id, message_key,
 };
 use super::tail;
 use super::{Error, Store};
@@ -207,94 +207,106 @@ impl<'a> History<'a> {
     /// up to [`Self::PURGE_STEP`] blocks, so an interruption leaves every
     /// message either fully present or fully gone.
     pub fn purge_expired(&self, now: u64) -> Result<usize, Error> {
-        let s = self.store;
         let mut end = [0xffu8; EXPIRY_KEY_LEN];
         end[0] = EXPIRY_PREFIX;
         end[1..9].copy_from_slice(&now.to_be_bytes());
         let mut purged = 0;
         loop {
-            let _writer = s.lock_history();
-            let mut due = Vec::new();
+            let _writer = self.store.lock_history();
             // An entry that cannot be handled (a malformed key, a block
             // that does not open) is removed alone and logged: left, it
             // would come first at every step and stop every later expiry.
-            let mut bad: Option<(sled::IVec, Error)> = None;
-            for item in s.history.range(&[EXPIRY_PREFIX][..]..=&end[..]) {
-                let (xkey, _) = item.map_err(Error::db(HISTORY, "scan"))?;
-                let Some(block) = xkey
-                    .get(9..)
-                    .and_then(|k| <[u8; BLOCK_KEY_LEN]>::try_from(k).ok())
-                else {
-                    let what = format!(
-                        "expiry key is {} bytes, expected {EXPIRY_KEY_LEN}",
-                        xkey.len()
-                    );
-                    let key = hex(&xkey);
-                    bad = Some((
-                        xkey,
-                        Error::Malformed {
-                            tree: HISTORY,
-                            key,
-                            what,
-                        },
-                    ));
-                    break;
-                };
-                due.push((xkey, block));
-                if due.len() == Self::PURGE_STEP {
-                    break;
-                }
-            }
-            if bad.is_none() {
-                if due.is_empty() {
-                    return Ok(purged);
-                }
-                let mut staged = Staged::new(s);
-                let mut done = std::collections::HashSet::new();
-                let mut step = 0;
-                for (xkey, block) in &due {
-                    // Every due entry goes: a block keeps an entry only for
-                    // an expiry after `now`, which the commit writes anew.
-                    staged.remove_key(xkey.clone());
-                    if !done.insert(*block) {
-                        // A second entry for a block this step handled.
+            let in_the_way = match self.due_expiries(&end)? {
+                (_, Some(bad)) => bad,
+                (due, None) if due.is_empty() => return Ok(purged),
+                (due, None) => match self.purge_step(&due, now)? {
+                    Ok(n) => {
+                        purged += n;
                         continue;
                     }
-                    let removed = if block[0] == TAIL_PREFIX {
-                        staged.remove_tail_expired(block, now)
-                    } else if s
-                        .history
-                        .contains_key(block)
-                        .map_err(Error::db(HISTORY, "read"))?
-                    {
-                        staged.remove_where(block, |e| e.expires_at.is_some_and(|at| at <= now))
-                    } else {
-                        Ok(0)
-                    };
-                    match removed {
-                        Ok(n) => step += n,
-                        Err(e @ (Error::Decrypt { .. } | Error::Malformed { .. })) => {
-                            bad = Some((xkey.clone(), e));
-                            break;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                if bad.is_none() {
-                    staged.commit()?;
-                    purged += step;
-                    continue;
-                }
-            }
-            // This step's work is dropped; the entry in the way goes alone
-            // and the step runs again without it.
-            if let Some((xkey, e)) = bad {
-                tracing::error!(error = %e, "an expiry entry that cannot be handled is removed; its messages stay");
-                let mut staged = Staged::new(s);
-                staged.remove_key(xkey);
-                staged.commit()?;
+                    Err(bad) => bad,
+                },
+            };
+            let (xkey, e) = in_the_way;
+            tracing::error!(error = %e, "an expiry entry that cannot be handled is removed; its messages stay");
+            let mut staged = Staged::new(self.store);
+            staged.remove_key(xkey);
+            staged.commit()?;
+        }
+    }
+
+    /// Up to [`Self::PURGE_STEP`] expiry entries due by `end`, with their
+    /// block keys; stops at a malformed one, returned apart.
+    #[allow(clippy::type_complexity)]
+    fn due_expiries(
+        &self,
+        end: &[u8; EXPIRY_KEY_LEN],
+    ) -> Result<(Vec<(sled::IVec, BlockKey)>, Option<(sled::IVec, Error)>), Error> {
+        let mut due = Vec::new();
+        for item in self.store.history.range(&[EXPIRY_PREFIX][..]..=&end[..]) {
+            let (xkey, _) = item.map_err(Error::db(HISTORY, "scan"))?;
+            let Some(block) = xkey.get(9..).and_then(|k| BlockKey::try_from(k).ok()) else {
+                let what = format!(
+                    "expiry key is {} bytes, expected {EXPIRY_KEY_LEN}",
+                    xkey.len()
+                );
+                let key = hex(&xkey);
+                let e = Error::Malformed {
+                    tree: HISTORY,
+                    key,
+                    what,
+                };
+                return Ok((due, Some((xkey, e))));
+            };
+            due.push((xkey, block));
+            if due.len() == Self::PURGE_STEP {
+                break;
             }
         }
+        Ok((due, None))
+    }
+
+    /// Removes what `due` names as expired at `now`, in one atomic batch;
+    /// how many messages went, or the entry whose block does not open
+    /// (nothing is written then).
+    fn purge_step(
+        &self,
+        due: &[(sled::IVec, BlockKey)],
+        now: u64,
+    ) -> Result<Result<usize, (sled::IVec, Error)>, Error> {
+        let s = self.store;
+        let mut staged = Staged::new(s);
+        let mut done = std::collections::HashSet::new();
+        let mut purged = 0;
+        for (xkey, block) in due {
+            // Every due entry goes: a block keeps an entry only for an
+            // expiry after `now`, which the commit writes anew.
+            staged.remove_key(xkey.clone());
+            if !done.insert(*block) {
+                // A second entry for a block this step handled.
+                continue;
+            }
+            let removed = if block[0] == TAIL_PREFIX {
+                staged.remove_tail_expired(block, now)
+            } else if s
+                .history
+                .contains_key(block)
+                .map_err(Error::db(HISTORY, "read"))?
+            {
+                staged.remove_where(block, |e| e.expires_at.is_some_and(|at| at <= now))
+            } else {
+                Ok(0)
+            };
+            match removed {
+                Ok(n) => purged += n,
+                Err(e @ (Error::Decrypt { .. } | Error::Malformed { .. })) => {
+                    return Ok(Err((xkey.clone(), e)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        staged.commit()?;
+        Ok(Ok(purged))
     }
 
     /// The stored message `r` names, if any.

@@ -118,7 +118,9 @@ impl Net {
     /// Closes incoming connections if there are too many (see
     /// [`super::prune`]).
     pub(super) fn prune(&mut self) {
-        let Some(pruner) = &mut self.pruner else {
+        // Cheap when there is room: this runs on every incoming connection
+        // and every refused one.
+        let Some(pruner) = self.pruner.as_mut().filter(|p| p.over()) else {
             return;
         };
         let in_mesh: HashSet<PeerId> = self

@@ -61,10 +61,15 @@ impl Pruner {
         self.protected.remove(peer);
     }
 
+    /// Whether the high mark is reached (so [`Self::pick`] may close some).
+    pub(super) fn over(&self) -> bool {
+        self.inbound.len() >= self.high.max(1)
+    }
+
     /// The connections to close now, if the high mark is reached; they are
     /// no longer counted.
     pub(super) fn pick(&mut self, in_mesh: &HashSet<PeerId>, now: Instant) -> Vec<ConnectionId> {
-        if self.inbound.len() < self.high.max(1) {
+        if !self.over() {
             return Vec::new();
         }
         let mut candidates: Vec<(Instant, ConnectionId)> = self
