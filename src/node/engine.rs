@@ -1450,6 +1450,17 @@ mod tests {
         b_key: [u8; 32],
     }
 
+    /// A pair whose session is set up (b wrote first: the first frames of
+    /// a session are set-ups), and a's side of the chat temporary (60 s,
+    /// at 100) without b knowing.
+    fn temporary_pair() -> Pair {
+        let mut p = pair();
+        let hello = p.b.send(&p.a_key, b"hello".to_vec(), 100).unwrap();
+        p.a.receive(&p.b_key, &[hello.frame], 100, true).unwrap();
+        p.a.set_retention(&p.b_key, Some(60), 100).unwrap();
+        p
+    }
+
     fn pair() -> Pair {
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut a = Engine::open(store(da.path()), 100).unwrap();
@@ -1481,11 +1492,7 @@ mod tests {
             mut b,
             a_key,
             b_key,
-        } = pair();
-        // Session first (the first frames of a session are set-ups).
-        let hello = b.send(&a_key, b"hello".to_vec(), 100).unwrap();
-        a.receive(&b_key, &[hello.frame], 100, true).unwrap();
-        a.set_retention(&b_key, Some(60), 100).unwrap();
+        } = temporary_pair();
         let late = b.send(&a_key, b"late".to_vec(), 100).unwrap();
         let got = a.receive(&b_key, &[late.frame], 200, true).unwrap();
         assert_eq!(got.accepted, vec![true]);
@@ -1543,10 +1550,7 @@ mod tests {
             mut b,
             a_key,
             b_key,
-        } = pair();
-        let hello = b.send(&a_key, b"hello".to_vec(), 100).unwrap();
-        a.receive(&b_key, &[hello.frame], 100, true).unwrap();
-        a.set_retention(&b_key, Some(60), 100).unwrap();
+        } = temporary_pair();
         let ahead = b.send(&a_key, b"ahead".to_vec(), 4_000_000_000).unwrap();
         let got = a.receive(&b_key, &[ahead.frame], 200, true).unwrap();
         let stored = got.events.iter().find_map(|e| match e {

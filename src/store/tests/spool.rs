@@ -16,6 +16,16 @@ fn ids(held: &[crate::store::Held]) -> Vec<u8> {
     held.iter().map(|h| h.envelope_id[0]).collect()
 }
 
+/// A spool holding one synced envelope (id 1, mailbox [1; 32]), closed.
+fn one_held() -> (tempfile::TempDir, crate::crypto::DataKey) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = data_key(1);
+    let mut sp = Spool::open(dir.path(), &key).unwrap();
+    sp.deposit(&[hold([1; 32], 1, 900, 5)], 1).unwrap();
+    sp.sync().unwrap();
+    (dir, key)
+}
+
 fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
@@ -347,13 +357,7 @@ fn compaction_reclaims_space_and_keeps_every_live_envelope() {
 
 #[test]
 fn a_zeroed_new_segment_is_dropped_and_an_oversized_one_is_not_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = data_key(1);
-    {
-        let mut sp = Spool::open(dir.path(), &key).unwrap();
-        sp.deposit(&[hold([1; 32], 1, 900, 5)], 1).unwrap();
-        sp.sync().unwrap();
-    }
+    let (dir, key) = one_held();
     // A start closes that segment and begins another; a crash while it
     // was created, on a file system that kept its size but not its bytes.
     drop(Spool::open(dir.path(), &key).unwrap());
@@ -380,13 +384,7 @@ fn a_zeroed_new_segment_is_dropped_and_an_oversized_one_is_not_read() {
 
 #[test]
 fn starts_with_nothing_written_leave_no_segments_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = data_key(1);
-    {
-        let mut sp = Spool::open(dir.path(), &key).unwrap();
-        sp.deposit(&[hold([1; 32], 1, 900, 5)], 1).unwrap();
-        sp.sync().unwrap();
-    }
+    let (dir, key) = one_held();
     for _ in 0..5 {
         drop(Spool::open(dir.path(), &key).unwrap());
     }
