@@ -7,10 +7,12 @@ cd "$(dirname "$0")/.."
 
 if ! command -v redis-server >/dev/null; then
     echo "installing redis-server (system package)" >&2
-    if [ "$(id -u)" -eq 0 ]; then
-        apt-get install -y redis-server >/dev/null
-    else
-        sudo apt-get install -y redis-server >/dev/null
-    fi
+    as_root=()
+    [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+    # A fresh machine may have no package lists yet.
+    "${as_root[@]}" apt-get install -y redis-server >/dev/null 2>&1 || {
+        "${as_root[@]}" apt-get update >/dev/null
+        "${as_root[@]}" apt-get install -y redis-server >/dev/null
+    }
 fi
 exec cargo bench --bench mesh "$@"

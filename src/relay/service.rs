@@ -25,7 +25,7 @@ use crate::crypto::{
     DeviceIdentity, Envelope, MailboxId, OneTimePublic, PrekeyBundle, limits::MAX_ENVELOPE,
 };
 use crate::node::net::{RateLimit, RateLimiter};
-use crate::store::{self, Kind, Spool, Store, ToHold};
+use crate::store::{self, Kind, Spool, Store, ToHold, digest_key};
 
 /// Most owner-request nonces remembered (each until twice the clock skew
 /// allowed has passed since the time it carries); when full, new owner
@@ -630,17 +630,21 @@ impl Service {
             let keep_until = env
                 .expires_at
                 .min(now.saturating_add(self.limits.retention_secs));
-            digests.push(envelope_digest(&bytes));
+            let digest = envelope_digest(&bytes);
+            digests.push(digest);
+            let digest = digest_key(&digest);
             let e = per_mailbox.entry(env.mailbox_id).or_default();
-            // One already held (a repeat after a lost receipt) is answered
-            // with its receipt again and takes no more room.
-            if !self.spool.holds(&env.mailbox_id, &env.envelope_id) {
+            // The same bytes already held (a repeat after a lost receipt)
+            // are answered with their receipt again and take no more room.
+            // Held by digest, not by envelope id: an id claimed first by
+            // other bytes does not keep these out.
+            if !self.spool.holds(&env.mailbox_id, &digest) {
                 e.0 += 1;
                 e.1 += bytes.len() as u64;
             }
             items.push(ToHold {
                 mailbox: env.mailbox_id,
-                envelope_id: env.envelope_id,
+                digest,
                 expires_at: keep_until,
                 envelope: bytes.into_vec(),
             });
@@ -939,6 +943,32 @@ mod tests {
                 more: false
             }
         );
+    }
+
+    #[test]
+    fn other_bytes_under_an_envelope_id_do_not_keep_the_real_envelope_out() {
+        let mut f = fixture(Limits::default());
+        let peer = f.peer;
+        let real = envelope(&f.owner, 1, 5_000, 300);
+        // Someone who saw the id go by deposits other bytes under it first.
+        let squatter = Envelope::new(f.owner.id().0, [1; 16], 5_000, vec![7; 300]).to_bytes();
+        // The last is a repeat of the real one (its receipt was lost):
+        // held once.
+        for (mail, held) in [(&squatter, 1), (&real, 2), (&real, 2)] {
+            let a = f.service.handle(&peer, deposit(&[mail.clone()]), 1_000);
+            let Response::Custody(receipt) = a.unwrap().response else {
+                panic!("deposit refused")
+            };
+            receipt.verify(&f.relay, &[mail.clone()]).unwrap();
+            assert_eq!(f.service.spool().stats(&f.owner.id().0).count, held);
+        }
+        let req = fetch(&mut f, 1_000);
+        let Response::Mail { items, .. } = f.service.handle(&peer, req, 1_000).unwrap().response
+        else {
+            panic!("fetch refused")
+        };
+        let got: Vec<Vec<u8>> = items.into_iter().map(|m| m.envelope).collect();
+        assert_eq!(got, vec![squatter, real]);
     }
 
     #[test]

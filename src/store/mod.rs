@@ -137,6 +137,7 @@ pub use outbox::{Outbox, OutboxEntry};
 pub use records::{Kind, MAX_RECORD_KEY, MaybeRecord, Record, Records};
 pub use spool::{
     Deposited, Expired, Held, MailboxStats, Removed, SEGMENT_BYTES, Spool, ToHold, Totals,
+    digest_key,
 };
 
 /// The on-disk layout version this build reads and writes.

@@ -13,15 +13,24 @@
 //!   the magic `MCSPOOL` and a format byte, then a sealed header (segment
 //!   number, the first sequence number it may use), then records:
 //!   `length (u32 LE) ‖ sealed record`.
-//! - A record is `Held` (an envelope: mailbox, seq, envelope id, deposit
+//! - A record is `Held` (an envelope: mailbox, seq, digest, deposit
 //!   time, expiry, bytes) or `Gone` (seqs of a mailbox that were
 //!   acknowledged or expired). Each is sealed with the store's data key
 //!   and bound to its segment and offset, so a record copied elsewhere
 //!   fails to open.
 //!
 //! In memory: per mailbox, its live envelopes in seq order (where each
-//! record is, its id and expiry, about 48 bytes) and a map from envelope id
-//! to seq for deduplication. Opening reads every segment once to rebuild
+//! record is, its digest and expiry, about 48 bytes) and a map from digest
+//! to seq for deduplication.
+//!
+//! The digest is the first 16 bytes of the envelope's SHA-256, given by
+//! the caller (the relay computes it for the custody receipt anyway). A
+//! deposit repeated after a lost receipt has the same bytes and is held
+//! once; another envelope that merely claims the same envelope id is held
+//! beside it, so nobody who saw an id go by can keep the real envelope out
+//! by depositing something else under it first. (Records written before
+//! carry the envelope id in this place: a repeat of one of those is held a
+//! second time, and the device drops the copy.) Opening reads every segment once to rebuild
 //! it. A torn record at the end of the newest segment (a crash during a
 //! write that was never synced, so never acknowledged) is cut off; damage
 //! anywhere else is an error and nothing is opened.
@@ -96,7 +105,14 @@ const MAX_SEGMENT_FILE: u64 = SEGMENT_BYTES + 2 * PREALLOCATE;
 /// at most 128 MiB of envelopes).
 const SEQ_SKIP_ON_OPEN: u64 = 1 << 32;
 
-/// The (seq, envelope id) of each envelope removed.
+/// The spool's key for an envelope: the first 16 bytes of its SHA-256.
+pub fn digest_key(sha256: &[u8; 32]) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&sha256[..16]);
+    k
+}
+
+/// The (seq, digest) of each envelope removed.
 type RemovedIds = Vec<(u64, [u8; 16])>;
 
 /// One envelope held for a mailbox.
@@ -104,8 +120,9 @@ type RemovedIds = Vec<(u64, [u8; 16])>;
 pub struct Held {
     /// Position in its mailbox (grows with each deposit, across mailboxes).
     pub seq: u64,
-    /// The envelope's own id.
-    pub envelope_id: [u8; 16],
+    /// What repeats of this deposit share: the first 16 bytes of the
+    /// envelope's SHA-256.
+    pub digest: [u8; 16],
     /// When it was deposited (Unix seconds).
     pub deposited_at: u64,
     /// When it must be dropped (Unix seconds).
@@ -128,8 +145,8 @@ pub struct MailboxStats {
 pub struct ToHold {
     /// The recipient's mailbox.
     pub mailbox: [u8; 32],
-    /// The envelope's own id.
-    pub envelope_id: [u8; 16],
+    /// The first 16 bytes of the envelope's SHA-256 ([`digest_key`]).
+    pub digest: [u8; 16],
     /// When it must be dropped (Unix seconds).
     pub expires_at: u64,
     /// The encoded envelope.
@@ -162,8 +179,8 @@ pub struct Removed {
 pub struct Expired {
     /// Its mailbox.
     pub mailbox: [u8; 32],
-    /// Its id.
-    pub envelope_id: [u8; 16],
+    /// Its digest (as held).
+    pub digest: [u8; 16],
     /// Its size.
     pub bytes: u64,
 }
@@ -185,7 +202,7 @@ enum RecordOut<'a> {
     Held {
         mailbox: &'a [u8; 32],
         seq: u64,
-        envelope_id: &'a [u8; 16],
+        digest: &'a [u8; 16],
         deposited_at: u64,
         expires_at: u64,
         #[serde(with = "serde_bytes")]
@@ -203,7 +220,7 @@ enum RecordIn {
     Held {
         mailbox: [u8; 32],
         seq: u64,
-        envelope_id: [u8; 16],
+        digest: [u8; 16],
         deposited_at: u64,
         expires_at: u64,
         #[serde(with = "serde_bytes")]
@@ -226,7 +243,7 @@ struct Header {
 struct Slot {
     seq: u64,
     expires_at: u64,
-    envelope_id: [u8; 16],
+    digest: [u8; 16],
     /// Segment number, or [`DEAD`] once removed.
     segment: u32,
     /// Offset of the record's length prefix.
@@ -249,7 +266,8 @@ struct Mailbox {
     /// trimmed or half are dead.
     slots: VecDeque<Slot>,
     dead: usize,
-    ids: HashMap<[u8; 16], u64>,
+    /// Digest → seq, to hold a repeated deposit once.
+    by_digest: HashMap<[u8; 16], u64>,
     count: u64,
     bytes: u64,
 }
@@ -265,7 +283,7 @@ impl Mailbox {
         let slot = self.slots[i];
         self.slots[i].segment = DEAD;
         self.dead += 1;
-        self.ids.remove(&slot.envelope_id);
+        self.by_digest.remove(&slot.digest);
         self.count -= 1;
         self.bytes -= u64::from(slot.size);
         slot
@@ -490,7 +508,7 @@ impl Spool {
                 mb.slots.push_back(s);
             }
             for s in &mb.slots {
-                mb.ids.insert(s.envelope_id, s.seq);
+                mb.by_digest.insert(s.digest, s.seq);
                 mb.count += 1;
                 mb.bytes += u64::from(s.size);
                 if let Some(seg) = spool.segments.get_mut(&s.segment) {
@@ -610,14 +628,14 @@ impl Spool {
                 RecordIn::Held {
                     mailbox,
                     seq,
-                    envelope_id,
+                    digest,
                     expires_at,
                     envelope,
                     ..
                 } => held.entry(mailbox).or_default().push(Slot {
                     seq,
                     expires_at,
-                    envelope_id,
+                    digest,
                     segment: n,
                     offset: at as u32,
                     len: len as u32,
@@ -812,11 +830,11 @@ impl Spool {
             })
     }
 
-    /// Whether `mailbox` holds the envelope with this id.
-    pub fn holds(&self, mailbox: &[u8; 32], envelope_id: &[u8; 16]) -> bool {
+    /// Whether `mailbox` holds an envelope with this digest.
+    pub fn holds(&self, mailbox: &[u8; 32], digest: &[u8; 16]) -> bool {
         self.mailboxes
             .get(mailbox)
-            .is_some_and(|mb| mb.ids.contains_key(envelope_id))
+            .is_some_and(|mb| mb.by_digest.contains_key(digest))
     }
 
     /// Totals over every mailbox.
@@ -830,7 +848,7 @@ impl Spool {
     }
 
     /// Holds every envelope of `items` (written, not yet synced). An
-    /// envelope id a mailbox already holds is not stored again.
+    /// envelope whose digest a mailbox already holds is not stored again.
     pub fn deposit(&mut self, items: &[ToHold], now: u64) -> Result<Deposited, Error> {
         let mut out = Deposited::default();
         // (index into items, seq) of the new ones.
@@ -840,15 +858,15 @@ impl Spool {
             let known = self
                 .mailboxes
                 .get(&item.mailbox)
-                .and_then(|m| m.ids.get(&item.envelope_id).copied())
-                .or_else(|| seen.get(&(item.mailbox, item.envelope_id)).copied());
+                .and_then(|m| m.by_digest.get(&item.digest).copied())
+                .or_else(|| seen.get(&(item.mailbox, item.digest)).copied());
             if let Some(seq) = known {
                 out.seqs.push(seq);
                 continue;
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            seen.insert((item.mailbox, item.envelope_id), seq);
+            seen.insert((item.mailbox, item.digest), seq);
             fresh.push((i, seq));
             out.seqs.push(seq);
         }
@@ -861,7 +879,7 @@ impl Spool {
                 &RecordOut::Held {
                     mailbox: &item.mailbox,
                     seq,
-                    envelope_id: &item.envelope_id,
+                    digest: &item.digest,
                     deposited_at: now,
                     expires_at: item.expires_at,
                     envelope: &item.envelope,
@@ -879,13 +897,13 @@ impl Spool {
             mb.slots.push_back(Slot {
                 seq,
                 expires_at: item.expires_at,
-                envelope_id: item.envelope_id,
+                digest: item.digest,
                 segment,
                 offset,
                 len,
                 size,
             });
-            mb.ids.insert(item.envelope_id, seq);
+            mb.by_digest.insert(item.digest, seq);
             mb.count += 1;
             mb.bytes += u64::from(size);
             if let Some(seg) = self.segments.get_mut(&segment) {
@@ -909,7 +927,7 @@ impl Spool {
                 RecordIn::Held {
                     mailbox: m,
                     seq,
-                    envelope_id,
+                    digest,
                     deposited_at,
                     expires_at,
                     envelope,
@@ -917,7 +935,7 @@ impl Spool {
                 _,
             ) if &m == mailbox && seq == slot.seq => Ok(Held {
                 seq,
-                envelope_id,
+                digest,
                 deposited_at,
                 expires_at,
                 envelope,
@@ -1014,14 +1032,14 @@ impl Spool {
     }
 
     /// Removes `seqs` of `mailbox` (written as `Gone` records, not yet
-    /// synced); returns what went, with the envelope ids.
+    /// synced); returns what went, with the digests.
     fn remove(&mut self, mailbox: &[u8; 32], seqs: &[u64]) -> Result<(Removed, RemovedIds), Error> {
         let Some(mb) = self.mailboxes.get_mut(mailbox) else {
             return Ok((Removed::default(), Vec::new()));
         };
         let mut removed = Removed::default();
         let mut gone = Vec::new();
-        let mut ids = Vec::new();
+        let mut digests = Vec::new();
         let mut freed: Vec<(u32, u64)> = Vec::new();
         for &seq in seqs {
             if let Some(i) = mb.position(seq) {
@@ -1029,7 +1047,7 @@ impl Spool {
                 removed.count += 1;
                 removed.bytes += u64::from(slot.size);
                 gone.push(seq);
-                ids.push((seq, slot.envelope_id));
+                digests.push((seq, slot.digest));
                 freed.push((slot.segment, u64::from(slot.len) + 4));
             }
         }
@@ -1059,7 +1077,7 @@ impl Spool {
                 },
             )
         })?;
-        Ok((removed, ids))
+        Ok((removed, digests))
     }
 
     /// Deletes the envelopes with these sequence numbers (the owner has
@@ -1085,19 +1103,19 @@ impl Spool {
         for (_, mailbox, seq, _) in &due {
             by_mailbox.entry(*mailbox).or_default().push(*seq);
         }
-        let mut ids: HashMap<([u8; 32], u64), [u8; 16]> = HashMap::new();
+        let mut digests: HashMap<([u8; 32], u64), [u8; 16]> = HashMap::new();
         for (mailbox, seqs) in &by_mailbox {
             let (_, gone) = self.remove(mailbox, seqs)?;
-            for (seq, id) in gone {
-                ids.insert((*mailbox, seq), id);
+            for (seq, digest) in gone {
+                digests.insert((*mailbox, seq), digest);
             }
         }
         Ok(due
             .into_iter()
             .filter_map(|(_, mailbox, seq, size)| {
-                ids.get(&(mailbox, seq)).map(|id| Expired {
+                digests.get(&(mailbox, seq)).map(|digest| Expired {
                     mailbox,
-                    envelope_id: *id,
+                    digest: *digest,
                     bytes: u64::from(size),
                 })
             })
@@ -1160,7 +1178,7 @@ impl Spool {
                 &RecordOut::Held {
                     mailbox,
                     seq: h.seq,
-                    envelope_id: &h.envelope_id,
+                    digest: &h.digest,
                     deposited_at: h.deposited_at,
                     expires_at: h.expires_at,
                     envelope: &h.envelope,

@@ -6,14 +6,14 @@ use crate::store::{Error, Expired, Removed, Spool, ToHold, Totals};
 fn hold(mailbox: [u8; 32], id: u8, expires_at: u64, len: usize) -> ToHold {
     ToHold {
         mailbox,
-        envelope_id: [id; 16],
+        digest: [id; 16],
         expires_at,
         envelope: vec![id; len],
     }
 }
 
 fn ids(held: &[crate::store::Held]) -> Vec<u8> {
-    held.iter().map(|h| h.envelope_id[0]).collect()
+    held.iter().map(|h| h.digest[0]).collect()
 }
 
 /// A spool holding one synced envelope (id 1, mailbox [1; 32]), closed.
@@ -80,7 +80,7 @@ fn deposit_fetch_ack_and_expire() {
         expired,
         vec![Expired {
             mailbox: a,
-            envelope_id: [1; 16],
+            digest: [1; 16],
             bytes: 100
         }]
     );
@@ -135,7 +135,7 @@ fn purge_takes_a_bounded_number_oldest_first() {
     sp.deposit(&items, 1).unwrap();
     let first = sp.purge_expired(1000, 2).unwrap();
     assert_eq!(
-        first.iter().map(|e| e.envelope_id[0]).collect::<Vec<_>>(),
+        first.iter().map(|e| e.digest[0]).collect::<Vec<_>>(),
         vec![5, 4]
     );
     assert_eq!(sp.purge_expired(1000, 10).unwrap().len(), 3);
@@ -315,7 +315,7 @@ fn compaction_reclaims_space_and_keeps_every_live_envelope() {
             .map(|i| {
                 n += 1;
                 let mut h = hold(if i == 0 { b } else { a }, 0, 900, 4096);
-                h.envelope_id[..8].copy_from_slice(&n.to_be_bytes());
+                h.digest[..8].copy_from_slice(&n.to_be_bytes());
                 h
             })
             .collect();
