@@ -169,6 +169,12 @@ impl PrekeyStore {
         });
     }
 
+    /// How many signed prekeys are held (the current one and those in
+    /// their grace period).
+    pub fn signed_count(&self) -> usize {
+        self.signed.len()
+    }
+
     /// The current signed prekey.
     pub fn current(&self) -> Option<&SignedPrekey> {
         self.signed.last()

@@ -237,6 +237,9 @@ pub struct Handled {
     pub replies: Vec<Vec<u8>>,
     /// What group payloads among the frames ask for.
     pub group: GroupEffects,
+    /// A session was started afresh ([`Engine::take_bundle`]): what is
+    /// queued for the sender is due now.
+    pub restarted: bool,
 }
 
 /// Most new sessions (each an X3DH agreement, several Diffie-Hellman
@@ -619,13 +622,18 @@ impl Engine {
 
     /// Takes a bundle a contact sent in answer to our request (or that
     /// its relay served): if no session exists yet, the first message will
-    /// use it (and its one-time prekey). Its identity must be the
-    /// contact's.
+    /// use it (and its one-time prekey). If we started a session the
+    /// contact never answered, from a signed prekey it has since replaced,
+    /// a new one starts from this bundle and what is queued for the
+    /// contact is due at once, encrypted in it
+    /// ([`Sessions::restart_stale`]); then it returns true. Its identity
+    /// must be the contact's.
     pub fn take_bundle(
         &mut self,
         from: &[u8; 32],
         bundle: crypto::PrekeyBundle,
-    ) -> Result<(), EngineError> {
+        now: u64,
+    ) -> Result<bool, EngineError> {
         let verified = bundle.verify()?;
         let contact = self
             .contacts
@@ -637,13 +645,44 @@ impl Engine {
             }
             .into());
         }
-        if self.sessions.has(from) {
-            return Ok(());
+        if self.sessions.has(from)
+            && !self
+                .sessions
+                .restart_stale(&self.me, &contact.identity, &bundle, &mut self.rng)?
+        {
+            return Ok(false);
         }
         contact.bundle = bundle;
         let bytes = contact.to_bytes();
         self.store.records(Kind::Contacts)?.put(from, &bytes)?;
-        Ok(())
+        if !self.sessions.has(from) {
+            return Ok(false);
+        }
+        self.save_session(from)?;
+        self.schedule.due_now_for(from, now);
+        Ok(true)
+    }
+
+    /// Whether we started a session with `peer` that it has not answered
+    /// yet (then a fresh bundle from it is worth asking for: see
+    /// [`Self::take_bundle`]).
+    pub fn awaiting_answer(&self, peer: &[u8; 32]) -> bool {
+        self.sessions.unanswered(peer)
+    }
+
+    /// Makes a new signed prekey when the current one is older than the
+    /// rotation period, and forgets replaced ones past their grace period
+    /// (written to the store). Returns whether anything was written, and
+    /// whether a new one was made (our relays should then get the new
+    /// bundle).
+    pub fn rotate_prekeys(&mut self, now: u64) -> Result<(bool, bool), EngineError> {
+        let before = self.prekeys.signed_count();
+        let made = self.prekeys.rotate_if_due(&self.me, now, &mut self.rng);
+        let written = made || self.prekeys.signed_count() != before;
+        if written {
+            self.save_prekeys()?;
+        }
+        Ok((written, made))
     }
 
     fn save_session(&mut self, peer: &[u8; 32]) -> Result<(), EngineError> {
@@ -1128,8 +1167,9 @@ impl Engine {
                     continue;
                 }
                 Ok(Frame::Bundle(b)) if direct => {
-                    let ok = self.take_bundle(from, b).is_ok();
-                    out.accepted.push(ok);
+                    let taken = self.take_bundle(from, b, now);
+                    out.restarted |= matches!(taken, Ok(true));
+                    out.accepted.push(taken.is_ok());
                     continue;
                 }
                 Ok(_) | Err(_) => {
@@ -1986,6 +2026,56 @@ mod tests {
             a.receive(&b_key, &[foreign], 105, true).unwrap().accepted,
             vec![false]
         );
+    }
+
+    #[test]
+    fn a_session_set_up_from_a_signed_prekey_the_contact_replaced_starts_again() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        // a holds b's invite of time 100. b makes a new signed prekey each
+        // week and forgets a replaced one two weeks after its successor.
+        let week = crypto::limits::SIGNED_PREKEY_ROTATION_SECS;
+        let old_bundle = b.invite(vec![], 100).unwrap().bundle;
+        assert_eq!(b.rotate_prekeys(100).unwrap(), (false, false));
+        assert_eq!(b.rotate_prekeys(100 + week).unwrap(), (true, true));
+        let now = 100 + week + crypto::limits::SIGNED_PREKEY_GRACE_SECS;
+        assert_eq!(b.rotate_prekeys(now).unwrap(), (true, true));
+        // a writes from the invite's key, which b no longer has.
+        let first = a.send(&b_key, b"hello".to_vec(), now).unwrap();
+        let lost = b.receive(&a_key, &[first.frame], now, true).unwrap();
+        assert_eq!(lost.accepted, vec![false]);
+        assert!(lost.events.is_empty());
+        // a asks b for its bundle (as on every connection while b has not
+        // answered), starts again from it, and sends the message anew.
+        assert!(a.awaiting_answer(&b_key));
+        let ask = Frame::BundleRequest.to_bytes();
+        let answer = b.receive(&a_key, &[ask], now, true).unwrap();
+        let took = a.receive(&b_key, &answer.replies, now, true).unwrap();
+        assert!(took.restarted);
+        let again = a.due(now, 10).unwrap();
+        assert_eq!(again.len(), 1);
+        let got = b
+            .receive(&a_key, &[again[0].frame.clone()], now, true)
+            .unwrap();
+        assert!(matches!(
+            got.events.as_slice(),
+            [Event::MessageReceived(m)] if m.body == b"hello"
+        ));
+        // An older bundle of b's (the invite's, served again) does not
+        // move a back to the key b forgot.
+        assert!(a.awaiting_answer(&b_key));
+        let old = a.receive(&b_key, &[Frame::Bundle(old_bundle).to_bytes()], now, true);
+        assert!(!old.unwrap().restarted);
+        // b's first message answers the session.
+        let answer = b.send(&a_key, b"hi".to_vec(), now).unwrap();
+        let read = a.receive(&b_key, &[answer.frame], now, true).unwrap();
+        assert_eq!(read.events.len(), 1);
+        assert!(!a.awaiting_answer(&b_key));
     }
 
     #[test]

@@ -244,6 +244,54 @@ impl Sessions {
         })
     }
 
+    /// Whether our session with `peer` is one we started and the peer has
+    /// not answered yet (its messages still carry the set-up).
+    pub fn unanswered(&self, peer: &[u8; 32]) -> bool {
+        self.by_peer
+            .get(peer)
+            .is_some_and(|e| e.session.pending_initial().is_some())
+    }
+
+    /// Given a fresher `bundle` of `peer`: if our session with it is one we
+    /// started, the peer never answered, from a signed prekey older than
+    /// the bundle's, a new session is started from the bundle. The peer
+    /// rotates its signed prekeys and forgets old ones after a grace
+    /// period, so a set-up from an old one (an old invite's, say) would
+    /// never be read. The old session is kept as the previous one, should
+    /// the peer answer it after all. Returns whether a new one was started
+    /// (queued messages are then encrypted afresh in it).
+    pub fn restart_stale<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        me: &DeviceIdentity,
+        peer: &PublicIdentity,
+        bundle: &PrekeyBundle,
+        rng: &mut R,
+    ) -> Result<bool, crypto::Error> {
+        let Some(entry) = self.by_peer.get_mut(&peer.signing) else {
+            return Ok(false);
+        };
+        let verified = bundle.verify()?;
+        if verified.body.identity != *peer {
+            return Err(crypto::Error::Malformed {
+                what: "prekey bundle (of another device)",
+            });
+        }
+        match entry.session.pending_initial() {
+            // Ids only grow: an older bundle served again (by a relay,
+            // say) does not move us back.
+            Some(i) if verified.body.signed_prekey_id > i.signed_prekey_id => {}
+            _ => return Ok(false),
+        }
+        let (agreed, initial, their_ratchet) = initiate(me, &verified, rng)?;
+        entry.replace(Session::initiator(
+            &agreed,
+            their_ratchet,
+            Some(initial),
+            rng,
+        )?);
+        Ok(true)
+    }
+
     /// Tells `peer`'s sessions that the record [`Self::to_record`] just
     /// gave was stored (call only after the write succeeded, with no change
     /// since): see [`Session::note_stored`].

@@ -834,7 +834,10 @@ impl Worker {
                     // with a one-time prekey, so the session we start
                     // has one (if we write first before it comes, the
                     // invite's bundle serves, without).
-                    if !self.engine.has_session(&key) {
+                    // Also when our session is one it never answered:
+                    // it may have been set up from a signed prekey the
+                    // device has since replaced (see `take_bundle`).
+                    if !self.engine.has_session(&key) || self.engine.awaiting_answer(&key) {
                         round
                             .direct
                             .entry(peer)
@@ -907,6 +910,24 @@ impl Worker {
                     })
                     .copied()
                     .collect();
+                // A new signed prekey weekly (replaced ones are kept for
+                // their grace period): our relays get the new bundle, after
+                // this round's flush has put its secret on disk.
+                let rotated = match self.engine.rotate_prekeys(now) {
+                    Ok((written, made)) => {
+                        round.dirty |= written;
+                        made
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "rotating our signed prekey");
+                        false
+                    }
+                };
+                let stale = if rotated {
+                    self.relays.up.iter().copied().collect()
+                } else {
+                    stale
+                };
                 for relay in stale {
                     self.publish_prekeys(relay, 0, now, round);
                 }
@@ -1419,9 +1440,12 @@ impl Worker {
             }
             (Purpose::Prekeys { contact }, Ok(Response::Prekeys(Some(bundle)))) => {
                 let one_time = bundle.one_time.is_some();
-                match self.engine.take_bundle(&contact, bundle) {
-                    Ok(()) => {
+                match self.engine.take_bundle(&contact, bundle, now) {
+                    Ok(restarted) => {
                         round.dirty = true;
+                        if restarted {
+                            self.retry(now, round);
+                        }
                         round.events.push(NodeEvent::ContactPrekeys {
                             contact,
                             relay,
@@ -1498,7 +1522,7 @@ impl Worker {
             self.route(from, r, None, now, round);
         }
         self.group_effects(h.group, now, round);
-        if took && self.engine.heard_from(from, now) {
+        if (took && self.engine.heard_from(from, now)) || h.restarted {
             self.retry(now, round);
         }
     }
