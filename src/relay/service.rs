@@ -955,11 +955,15 @@ mod tests {
         // The last is a repeat of the real one (its receipt was lost):
         // held once.
         for (mail, held) in [(&squatter, 1), (&real, 2), (&real, 2)] {
-            let a = f.service.handle(&peer, deposit(&[mail.clone()]), 1_000);
+            let a = f
+                .service
+                .handle(&peer, deposit(std::slice::from_ref(mail)), 1_000);
             let Response::Custody(receipt) = a.unwrap().response else {
                 panic!("deposit refused")
             };
-            receipt.verify(&f.relay, &[mail.clone()]).unwrap();
+            receipt
+                .verify(&f.relay, std::slice::from_ref(mail))
+                .unwrap();
             assert_eq!(f.service.spool().stats(&f.owner.id().0).count, held);
         }
         let req = fetch(&mut f, 1_000);
