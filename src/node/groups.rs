@@ -41,6 +41,10 @@ use crate::crypto::{self, DeviceIdentity, labels, wire};
 pub const MAX_MEMBERS: usize = 100;
 /// Most operations a group's log holds; further ones are refused.
 pub const MAX_OPS: usize = 4096;
+/// How far past the highest clock held an operation may be and still be
+/// taken (one step per operation a full log can hold: an honest log,
+/// received in any order, never jumps further).
+pub const MAX_CLOCK_STEP: u64 = MAX_OPS as u64;
 /// Longest group name (bytes).
 pub const MAX_GROUP_NAME: usize = 64;
 /// Longest member name (bytes).
@@ -474,13 +478,23 @@ impl Log {
     pub fn insert(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<usize, LogError> {
         let mut fresh: Vec<Op> = Vec::new();
         let mut ids = HashSet::new();
+        let mut head = self.next_lamport() - 1;
         for op in ops {
             if op.group != self.group {
                 return Err(LogError::OtherGroup);
             }
+            // An honest device's clock is one past the highest it holds,
+            // so no honest log climbs more than one a step: an operation
+            // far ahead of what is held is skipped. Else one signed at
+            // u64::MAX would use the clock up and freeze the group for
+            // everyone (no removal, no leaving).
+            if op.lamport > head.saturating_add(MAX_CLOCK_STEP) {
+                continue;
+            }
             if self.ids.contains(&op.id) || !ids.insert(op.id) {
                 continue;
             }
+            head = head.max(op.lamport);
             if self.ops.len() + fresh.len() >= MAX_OPS {
                 return Err(LogError::Full);
             }
@@ -725,6 +739,45 @@ mod tests {
         // An operation of another group is refused.
         let other = create(&b);
         assert_eq!(log.insert([other]), Err(LogError::OtherGroup));
+    }
+
+    #[test]
+    fn an_operation_far_ahead_of_the_clock_is_skipped_and_cannot_freeze_the_group() {
+        let (a, b) = (device(1, "a"), device(2, "b"));
+        let birth = create(&a);
+        let g = birth.group;
+        let mut log = Log::new(g);
+        log.insert([birth]).unwrap();
+        let add_b = Op::new(
+            &a.id,
+            g,
+            log.next_lamport(),
+            Change::Add {
+                card: b.card.clone(),
+                role: Role::Member,
+            },
+        );
+        log.insert([add_b]).unwrap();
+        // b, about to be removed, signs a harmless rename at the end of
+        // the clock, and one just within reach.
+        let frozen = Op::new(&b.id, g, u64::MAX, Change::Rename { name: "x".into() });
+        assert_eq!(log.insert([frozen]).unwrap(), 0);
+        let reach = log.next_lamport() - 1 + MAX_CLOCK_STEP;
+        let near = Op::new(&b.id, g, reach, Change::Rename { name: "y".into() });
+        assert_eq!(log.insert([near]).unwrap(), 1);
+        // The clock still has room: a removes b.
+        let l = log.next_lamport();
+        assert_eq!(l, reach + 1);
+        let remove = Op::new(
+            &a.id,
+            g,
+            l,
+            Change::Remove {
+                member: b.card.key().unwrap(),
+            },
+        );
+        log.insert([remove]).unwrap();
+        assert_eq!(keys(&log), vec![a.card.key().unwrap()]);
     }
 
     #[test]
