@@ -482,38 +482,77 @@ impl Api {
         }
     }
 
-    /// A conversation by name or key: a contact's, else a group's.
+    /// A conversation by key or name: a contact's or a group's. A key or
+    /// id (64 hex digits) is looked up first; a name that more than one
+    /// contact or group has is refused rather than guessed.
     async fn target(&self, who: &str) -> Result<Target, ApiError> {
-        match self.contact(who).await {
-            Ok(c) => Ok(Target::Contact(c.identity)),
-            Err(e) if e.kind == ErrorKind::UnknownContact => match self.group(who).await {
-                Ok(g) => Ok(Target::Group(g.id)),
-                Err(_) => Err(ApiError::new(
-                    ErrorKind::UnknownContact,
-                    format!("no contact or group {who:?}"),
-                )),
-            },
-            Err(e) => Err(e),
+        let contacts = self.node.contacts().await.map_err(failed)?;
+        let groups = self.node.groups().await.map_err(failed)?;
+        if let Some(k) = unhex32(who) {
+            if contacts.iter().any(|c| c.identity == k) {
+                return Ok(Target::Contact(k));
+            }
+            if groups.iter().any(|g| g.id == k) {
+                return Ok(Target::Group(k));
+            }
         }
+        let named = contacts
+            .iter()
+            .filter(|c| c.name == who)
+            .map(|c| Target::Contact(c.identity))
+            .chain(
+                groups
+                    .iter()
+                    .filter(|g| g.name == who)
+                    .map(|g| Target::Group(g.id)),
+            );
+        one(named, who, "contact or group")?.ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::UnknownContact,
+                format!("no contact or group {who:?}"),
+            )
+        })
     }
 
-    /// A group by name or id.
+    /// A group by id or name (see [`Self::target`]).
     async fn group(&self, which: &str) -> Result<GroupInfo, ApiError> {
         let list = self.node.groups().await.map_err(failed)?;
         let id = unhex32(which);
-        list.into_iter()
-            .find(|g| g.name == which || Some(g.id) == id)
+        if let Some(g) = list.iter().find(|g| Some(g.id) == id) {
+            return Ok(g.clone());
+        }
+        one(list.into_iter().filter(|g| g.name == which), which, "group")?
             .ok_or_else(|| ApiError::new(ErrorKind::UnknownGroup, format!("no group {which:?}")))
     }
 
-    /// The contact `who` names: its name, or its identity key in hex.
+    /// The contact `who` names: its identity key in hex, or its name (see
+    /// [`Self::target`]).
     async fn contact(&self, who: &str) -> Result<ContactInfo, ApiError> {
         let list = self.node.contacts().await.map_err(failed)?;
         let key = unhex32(who);
-        list.into_iter()
-            .find(|c| c.name == who || Some(c.identity) == key)
+        if let Some(c) = list.iter().find(|c| Some(c.identity) == key) {
+            return Ok(c.clone());
+        }
+        one(list.into_iter().filter(|c| c.name == who), who, "contact")?
             .ok_or_else(|| ApiError::new(ErrorKind::UnknownContact, format!("no contact {who:?}")))
     }
+}
+
+/// The one item a name matches (None: none), or a clear refusal when it
+/// matches several: a name is never resolved by chance.
+fn one<T>(
+    mut matches: impl Iterator<Item = T>,
+    name: &str,
+    what: &str,
+) -> Result<Option<T>, ApiError> {
+    let first = matches.next();
+    if first.is_some() && matches.next().is_some() {
+        return Err(bad(format!(
+            "more than one {what} is named {name:?}: name it by its key or id \
+             (`meshchat contacts list`, `meshchat group list`)"
+        )));
+    }
+    Ok(first)
 }
 
 /// One client's view of the node's events (socket or WebSocket).
@@ -572,9 +611,15 @@ impl Feed {
 /// (hex): its key and name.
 fn member_of(g: &GroupInfo, member: &str) -> Result<([u8; 32], String), ApiError> {
     let key = unhex32(member);
-    g.members
-        .iter()
-        .find(|(k, n, _)| n == member || Some(*k) == key)
+    let found = match g.members.iter().find(|(k, _, _)| Some(*k) == key) {
+        Some(m) => Some(m),
+        None => one(
+            g.members.iter().filter(|(_, n, _)| n == member),
+            member,
+            "member",
+        )?,
+    };
+    found
         .map(|(k, n, _)| (*k, n.clone()))
         .ok_or_else(|| bad(format!("no member {member:?} in {:?}", g.name)))
 }
@@ -776,5 +821,33 @@ fn check_retention(secs: Option<u64>) -> Result<(), ApiError> {
             "a retention is 1 to {MAX_RETENTION} seconds, or none"
         ))),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_two_members_share_is_refused_and_a_key_still_names_one() {
+        let (bob, impostor) = ([1u8; 32], [2u8; 32]);
+        let g = GroupInfo {
+            id: [3; 32],
+            name: "team".into(),
+            members: vec![
+                (bob, "bob".into(), Role::Member),
+                (impostor, "bob".into(), Role::Member),
+            ],
+            retention: None,
+            joined: true,
+        };
+        let e = member_of(&g, "bob").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        assert!(e.message.contains("more than one member"), "{}", e.message);
+        let by_key = member_of(&g, &hex::encode(impostor)).unwrap();
+        assert_eq!(by_key.0, impostor);
+        assert!(member_of(&g, "carol").is_err());
+        assert_eq!(one([7].into_iter(), "x", "contact").unwrap(), Some(7));
+        assert_eq!(one(std::iter::empty::<u8>(), "x", "contact").unwrap(), None);
     }
 }

@@ -123,6 +123,7 @@ pub mod labels {
     pub const SIG_CUSTODY: &[u8] = b"meshchat/1/sig/custody";
 }
 
+pub(crate) use identity::hex8;
 pub(crate) use identity::verify as verify_signature;
 
 /// Size and count limits, all enforced before allocation.

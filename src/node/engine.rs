@@ -2079,6 +2079,27 @@ mod tests {
     }
 
     #[test]
+    fn a_contact_a_group_introduces_never_takes_a_name_already_used() {
+        let Pair {
+            _dirs, a, b_key, ..
+        } = pair();
+        let newcomer = [9u8; 32];
+        let tag = crate::crypto::hex8(&newcomer[..4]);
+        // Free: kept as it looks.
+        assert_eq!(a.introduced_name(" carol\u{200B}", &newcomer), "carol");
+        // a's contact "bob", alike or looking alike, and a key-shaped name:
+        // the newcomer's key follows.
+        for name in ["bob", "bo\u{200D}b", "\u{202E}bob", &hex::encode([7u8; 32])] {
+            let got = a.introduced_name(name, &newcomer);
+            assert!(got.ends_with(&format!(" ({tag})")), "{name:?} gave {got:?}");
+            assert!(got.len() <= 64);
+        }
+        assert_eq!(a.introduced_name("", &newcomer), format!("({tag})"));
+        // bob's own card keeps bob's name.
+        assert_eq!(a.introduced_name("bob", &b_key), "bob");
+    }
+
+    #[test]
     fn a_contact_sets_up_at_most_so_many_sessions_a_minute() {
         let Pair {
             _dirs,

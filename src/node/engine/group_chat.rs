@@ -242,6 +242,26 @@ fn sender_key_record(group: &[u8; 32], member: &[u8], key_id: Option<u32>) -> Ve
     k
 }
 
+/// Characters that show nothing (zero-width, joiners, direction marks and
+/// overrides, the byte-order mark, the soft hyphen): a name with them looks
+/// like the name without them.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}'
+        | '\u{17B5}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+        | '\u{FFA0}')
+}
+
+/// A name as it looks: without invisible characters, spaces at its ends.
+pub(crate) fn visible_name(name: &str) -> String {
+    name.chars()
+        .filter(|c| !invisible(*c) && !c.is_control())
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
 fn op_record(group: &[u8; 32], op: &[u8; 32]) -> Vec<u8> {
     [group.as_slice(), op.as_slice()].concat()
 }
@@ -285,6 +305,37 @@ fn op_batches(ops: Vec<Vec<u8>>) -> Vec<Vec<serde_bytes::ByteBuf>> {
 }
 
 impl Engine {
+    /// The name a contact that a group introduces gets here: its card's
+    /// name as it looks ([`visible_name`]), unless that is empty, shaped
+    /// like a key or group id (64 hex digits), or already another
+    /// contact's or a group's (as it looks). Then the start of its key
+    /// follows it ("bob (1a2b3c4d)"), so that nobody who can put a card in
+    /// a group passes someone off under a name this device already uses.
+    pub(super) fn introduced_name(&self, card: &str, key: &[u8; 32]) -> String {
+        let name = visible_name(card);
+        let key_like = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        let taken = self
+            .contacts
+            .iter()
+            .any(|(k, c)| k != key && visible_name(&c.name) == name)
+            || self
+                .groups
+                .slots
+                .values()
+                .any(|g| visible_name(&g.log.view().name) == name);
+        if !name.is_empty() && !key_like && !taken {
+            return name;
+        }
+        // Within the 64 bytes a name may have at the API.
+        let mut end = name.len().min(64 - " (12345678)".len());
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{} ({})", &name[..end], crate::crypto::hex8(&key[..4]))
+            .trim_start()
+            .to_owned()
+    }
+
     /// Loads groups and sender keys from the store.
     pub(super) fn load_groups(&mut self) -> Result<(), EngineError> {
         for (key, bytes) in self.store.records(Kind::Groups)?.scan(b"")? {
@@ -556,7 +607,8 @@ impl Engine {
             if m.key != me && !self.contacts.contains_key(&m.key) {
                 let mut invite = m.card.invite.clone();
                 invite.bundle.one_time = None;
-                match self.add_contact(&invite, &m.card.name) {
+                let name = self.introduced_name(&m.card.name, &m.key);
+                match self.add_contact(&invite, &name) {
                     Ok(_) => fx.new_contacts.push(m.key),
                     Err(EngineError::Store(e)) => return Err(e.into()),
                     // A card whose keys no session can use (signed by its
