@@ -95,7 +95,12 @@ pub fn token(dir: &Path) -> std::io::Result<String> {
         }
         Ok((_, t)) if t.trim().len() >= 32 => return Ok(t.trim().to_owned()),
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // Missing, or not text (damaged): a new one.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData
+            ) => {}
         Err(e) => return Err(e),
     }
     let mut bytes = [0u8; 32];
@@ -814,5 +819,19 @@ mod tests {
         assert_eq!(percent_decode("%+f"), "% f");
         assert_eq!(decode("a+b%2Bc", false), "a+b+c");
         assert_eq!(percent_decode("%e2%9c%93"), "✓");
+    }
+
+    #[test]
+    fn a_damaged_token_file_gets_a_new_token() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TOKEN_FILE);
+        std::fs::write(&path, [0xff, 0xfe, 0x00, 0x80]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let t = token(dir.path()).unwrap();
+        assert_eq!(t.len(), 64);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), t);
+        // And it is kept from then on.
+        assert_eq!(token(dir.path()).unwrap(), t);
     }
 }

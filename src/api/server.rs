@@ -19,7 +19,7 @@ use crate::node::groups::Role;
 use crate::node::state::Invite;
 use crate::node::{ContactInfo, NodeError, NodeEvent, NodeHandle, PresenceState};
 
-use crate::store::{Cursor, History};
+use crate::store::Cursor;
 
 /// What `send`, `history` and `read` name: a contact or a group.
 enum Target {
@@ -238,10 +238,10 @@ impl Api {
                 if text.is_empty() {
                     return Err(bad("an empty message"));
                 }
-                if text.len() > History::MAX_BODY {
+                if text.len() > crate::node::proto::MAX_BODY {
                     return Err(bad(format!(
                         "a message is at most {} bytes",
-                        History::MAX_BODY
+                        crate::node::proto::MAX_BODY
                     )));
                 }
                 // A group message is stored and published at once (its
@@ -383,6 +383,13 @@ impl Api {
                     return Err(bad("a group needs a name"));
                 }
                 check_retention(retention)?;
+                // The others and us: checked before any lookup.
+                if members.len() >= crate::node::groups::MAX_MEMBERS {
+                    return Err(bad(format!(
+                        "a group has at most {} members",
+                        crate::node::groups::MAX_MEMBERS
+                    )));
+                }
                 let mut keys = Vec::with_capacity(members.len());
                 for m in &members {
                     keys.push(self.contact(m).await?.identity);
@@ -651,15 +658,25 @@ fn invite_identity(code: &str) -> Result<crypto::PublicIdentity, ApiError> {
 
 /// Binds the API socket at `path`, owner-only. A file left there by a
 /// daemon that is gone is replaced: the caller holds the data directory's
-/// lock, so no live daemon owns it.
+/// lock, so no live daemon owns it. The directory it is in is made
+/// owner-only first (with a warning if it was not): the socket takes its
+/// mode from the umask until it is set, and the directory is what keeps
+/// everyone else out meanwhile.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777), "the data directory was open to others; made owner-only");
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
     let listener = UnixListener::bind(path)?;
-    use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
@@ -849,5 +866,19 @@ mod tests {
         assert!(member_of(&g, "carol").is_err());
         assert_eq!(one([7].into_iter(), "x", "contact").unwrap(), Some(7));
         assert_eq!(one(std::iter::empty::<u8>(), "x", "contact").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_socket_and_its_directory_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = data.join("api.sock");
+        let _listener = bind(&socket).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&socket), 0o600);
     }
 }

@@ -177,8 +177,9 @@ pub(super) struct SendArgs {
     /// `delivered` or `read`.
     #[arg(long, env = "MESHCHAT_WAIT")]
     wait: Option<String>,
-    /// Longest wait, in seconds.
-    #[arg(long, env = "MESHCHAT_TIMEOUT", default_value_t = 60)]
+    /// Longest wait, in seconds (at most a day).
+    #[arg(long, env = "MESHCHAT_TIMEOUT", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
 }
 

@@ -411,7 +411,7 @@ impl App {
                 Action::None
             }
             KeyCode::Char(c) if !ctrl => {
-                if self.input.len() < crate::store::History::MAX_BODY {
+                if self.input.len() < crate::node::proto::MAX_BODY {
                     self.input.push(c);
                 }
                 Action::None
