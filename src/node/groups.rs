@@ -34,6 +34,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::engine::MAX_RETENTION;
 use super::state::Invite;
 use crate::crypto::{self, DeviceIdentity, labels, wire};
 
@@ -41,10 +42,6 @@ use crate::crypto::{self, DeviceIdentity, labels, wire};
 pub const MAX_MEMBERS: usize = 100;
 /// Most operations a group's log holds; further ones are refused.
 pub const MAX_OPS: usize = 4096;
-/// How far past the highest clock held an operation may be and still be
-/// taken (one step per operation a full log can hold: an honest log,
-/// received in any order, never jumps further).
-pub const MAX_CLOCK_STEP: u64 = MAX_OPS as u64;
 /// Longest group name (bytes).
 pub const MAX_GROUP_NAME: usize = 64;
 /// Longest member name (bytes).
@@ -272,9 +269,9 @@ impl Op {
                         what: "group creation (card not the author's)",
                     });
                 }
-                if retention == &Some(0) {
+                if retention.is_some_and(|r| r == 0 || r > MAX_RETENTION) {
                     return Err(crypto::Error::Malformed {
-                        what: "group creation (retention of zero)",
+                        what: "group creation (retention of zero or over a year)",
                     });
                 }
                 hash(labels::GROUP_ID, bytes)
@@ -288,9 +285,9 @@ impl Op {
                 check_name(name, MAX_GROUP_NAME)?;
                 body.group
             }
-            Change::Retention { secs: Some(0) } => {
+            Change::Retention { secs: Some(s) } if *s == 0 || *s > MAX_RETENTION => {
                 return Err(crypto::Error::Malformed {
-                    what: "group retention of zero",
+                    what: "group retention of zero or over a year",
                 });
             }
             _ => body.group,
@@ -361,8 +358,11 @@ impl View {
         }
     }
 
-    fn apply(&mut self, op: &Op) {
+    /// Folds `op` in; whether its author was allowed to make it (then it
+    /// counts for the clock: see [`Log::next_lamport`]).
+    fn apply(&mut self, op: &Op) -> bool {
         let admin = self.is_admin(&op.author);
+        let member = self.is_member(&op.author);
         match &op.change {
             // Only the group's own birth (the log takes no other), once.
             Change::Create {
@@ -395,7 +395,7 @@ impl View {
                 }
             }
             Change::Remove { member } if admin => self.remove(member),
-            Change::Leave => self.remove(&op.author),
+            Change::Leave if member => self.remove(&op.author),
             Change::Rename { name } if admin => self.name.clone_from(name),
             Change::SetRole { member, role } if admin => {
                 if let Some(m) = self.members.iter_mut().find(|m| &m.key == member) {
@@ -408,8 +408,9 @@ impl View {
                 }
             }
             Change::Retention { secs } if admin => self.retention = *secs,
-            _ => {}
+            _ => return false,
         }
+        true
     }
 }
 
@@ -431,6 +432,8 @@ pub struct Log {
     ops: BTreeMap<(u64, [u8; 32], [u8; 32]), Op>,
     ids: HashSet<[u8; 32]>,
     view: View,
+    /// The clock of the last operation the fold let change the group.
+    head: u64,
 }
 
 impl Log {
@@ -441,6 +444,7 @@ impl Log {
             ops: BTreeMap::new(),
             ids: HashSet::new(),
             view: View::default(),
+            head: 0,
         }
     }
 
@@ -454,12 +458,13 @@ impl Log {
         &self.view
     }
 
-    /// The Lamport clock for this device's next operation.
+    /// The Lamport clock for this device's next operation: one past the
+    /// last operation that was allowed to change the group. One that was
+    /// not (a member's rename, say) may carry any clock, even 2⁶⁴−1, and
+    /// must not use the clock up for everyone else: it sorts after ours
+    /// and changes nothing there either.
     pub fn next_lamport(&self) -> u64 {
-        self.ops
-            .keys()
-            .next_back()
-            .map_or(1, |(l, _, _)| l.saturating_add(1))
+        self.head.saturating_add(1)
     }
 
     /// Every operation, in fold order.
@@ -478,23 +483,13 @@ impl Log {
     pub fn insert(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<usize, LogError> {
         let mut fresh: Vec<Op> = Vec::new();
         let mut ids = HashSet::new();
-        let mut head = self.next_lamport() - 1;
         for op in ops {
             if op.group != self.group {
                 return Err(LogError::OtherGroup);
             }
-            // An honest device's clock is one past the highest it holds,
-            // so no honest log climbs more than one a step: an operation
-            // far ahead of what is held is skipped. Else one signed at
-            // u64::MAX would use the clock up and freeze the group for
-            // everyone (no removal, no leaving).
-            if op.lamport > head.saturating_add(MAX_CLOCK_STEP) {
-                continue;
-            }
             if self.ids.contains(&op.id) || !ids.insert(op.id) {
                 continue;
             }
-            head = head.max(op.lamport);
             if self.ops.len() + fresh.len() >= MAX_OPS {
                 return Err(LogError::Full);
             }
@@ -509,10 +504,14 @@ impl Log {
             self.ops.insert(op.order(), op);
         }
         let mut view = View::default();
+        let mut head = 0;
         for op in self.ops.values() {
-            view.apply(op);
+            if view.apply(op) {
+                head = op.lamport;
+            }
         }
         self.view = view;
+        self.head = head;
         Ok(new)
     }
 }
@@ -742,7 +741,7 @@ mod tests {
     }
 
     #[test]
-    fn an_operation_far_ahead_of_the_clock_is_skipped_and_cannot_freeze_the_group() {
+    fn an_operation_its_author_may_not_make_does_not_use_the_clock_up() {
         let (a, b) = (device(1, "a"), device(2, "b"));
         let birth = create(&a);
         let g = birth.group;
@@ -758,26 +757,41 @@ mod tests {
             },
         );
         log.insert([add_b]).unwrap();
-        // b, about to be removed, signs a harmless rename at the end of
-        // the clock, and one just within reach.
-        let frozen = Op::new(&b.id, g, u64::MAX, Change::Rename { name: "x".into() });
-        assert_eq!(log.insert([frozen]).unwrap(), 0);
-        let reach = log.next_lamport() - 1 + MAX_CLOCK_STEP;
-        let near = Op::new(&b.id, g, reach, Change::Rename { name: "y".into() });
-        assert_eq!(log.insert([near]).unwrap(), 1);
-        // The clock still has room: a removes b.
-        let l = log.next_lamport();
-        assert_eq!(l, reach + 1);
+        assert_eq!(log.next_lamport(), 3);
+        // b, a member about to be removed, signs a rename at the end of
+        // the clock: it is held (every device folds the same log) but it
+        // changes nothing, so it does not move the clock.
+        let top = Op::new(&b.id, g, u64::MAX, Change::Rename { name: "x".into() });
+        assert_eq!(log.insert([top]).unwrap(), 1);
+        assert_eq!(log.view().name, "team");
+        assert_eq!(log.next_lamport(), 3);
+        // a removes b, at a clock that sorts before b's rename.
         let remove = Op::new(
             &a.id,
             g,
-            l,
+            3,
             Change::Remove {
                 member: b.card.key().unwrap(),
             },
         );
         log.insert([remove]).unwrap();
         assert_eq!(keys(&log), vec![a.card.key().unwrap()]);
+        assert_eq!(log.next_lamport(), 4);
+        // A leave by someone who is not a member counts for nothing either.
+        let stray = Op::new(&b.id, g, 1_000, Change::Leave);
+        log.insert([stray]).unwrap();
+        assert_eq!(log.next_lamport(), 4);
+    }
+
+    #[test]
+    fn a_retention_over_a_year_is_refused_as_the_api_refuses_it() {
+        let a = device(1, "a");
+        let g = create(&a).group;
+        let secs = |s| Change::Retention { secs: Some(s) };
+        let ok = Op::new(&a.id, g, 2, secs(MAX_RETENTION));
+        assert!(Op::from_bytes(&ok.bytes).is_ok());
+        let long = Op::new(&a.id, g, 2, secs(MAX_RETENTION + 1));
+        assert!(Op::from_bytes(&long.bytes).is_err());
     }
 
     #[test]
