@@ -490,8 +490,9 @@ impl Api {
     }
 
     /// A conversation by key or name: a contact's or a group's. A key or
-    /// id (64 hex digits) is looked up first; a name that more than one
-    /// contact or group has is refused rather than guessed.
+    /// id (64 hex digits) is looked up first; then a contact's name, then
+    /// a group's. A name that more than one contact (or, with no contact,
+    /// more than one group) has is refused rather than guessed.
     async fn target(&self, who: &str) -> Result<Target, ApiError> {
         let contacts = self.node.contacts().await.map_err(failed)?;
         let groups = self.node.groups().await.map_err(failed)?;
@@ -503,22 +504,18 @@ impl Api {
                 return Ok(Target::Group(k));
             }
         }
-        let named = contacts
-            .iter()
-            .filter(|c| c.name == who)
-            .map(|c| Target::Contact(c.identity))
-            .chain(
-                groups
-                    .iter()
-                    .filter(|g| g.name == who)
-                    .map(|g| Target::Group(g.id)),
-            );
-        one(named, who, "contact or group")?.ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::UnknownContact,
-                format!("no contact or group {who:?}"),
-            )
-        })
+        let contact = one(contacts.iter().filter(|c| c.name == who), who, "contact")?;
+        if let Some(c) = contact {
+            return Ok(Target::Contact(c.identity));
+        }
+        one(groups.iter().filter(|g| g.name == who), who, "group")?
+            .map(|g| Target::Group(g.id))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::UnknownContact,
+                    format!("no contact or group {who:?}"),
+                )
+            })
     }
 
     /// A group by id or name (see [`Self::target`]).
@@ -667,8 +664,15 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         let mode = std::fs::metadata(dir)?.permissions().mode();
         if mode & 0o077 != 0 {
-            warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777), "the data directory was open to others; made owner-only");
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            let mode = format!("{:o}", mode & 0o777);
+            match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+                Ok(()) => {
+                    warn!(dir = %dir.display(), %mode, "the data directory was open to others; made owner-only")
+                }
+                Err(e) => {
+                    warn!(dir = %dir.display(), %mode, error = %e, "the data directory is open to others and could not be made owner-only")
+                }
+            }
         }
     }
     match std::fs::remove_file(path) {

@@ -573,7 +573,7 @@ pub(super) fn send(args: SendArgs) -> Result<(), CliError> {
     let text = if args.text == "-" {
         let mut t = String::new();
         std::io::stdin()
-            .take(crate::store::History::MAX_BODY as u64 + 1)
+            .take(crate::node::proto::MAX_BODY as u64 + 1)
             .read_to_string(&mut t)
             .map_err(|e| CliError::failed(anyhow!("reading the text from stdin: {e}")))?;
         t.trim_end_matches('\n').to_owned()

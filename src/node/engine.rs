@@ -7,7 +7,7 @@
 //! caller flushes once per round of work before it acknowledges anything
 //! or shows "sent" (group commit).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rand::SeedableRng;
@@ -661,6 +661,16 @@ impl Engine {
         self.save_session(from)?;
         self.schedule.due_now_for(from, now);
         Ok(true)
+    }
+
+    /// The contacts with a session we started that they have not
+    /// answered yet.
+    pub fn awaiting_answers(&self) -> HashSet<[u8; 32]> {
+        self.sessions
+            .peers()
+            .filter(|p| self.contacts.contains_key(*p) && self.sessions.unanswered(p))
+            .copied()
+            .collect()
     }
 
     /// Whether we started a session with `peer` that it has not answered
@@ -2053,6 +2063,7 @@ mod tests {
         // a asks b for its bundle (as on every connection while b has not
         // answered), starts again from it, and sends the message anew.
         assert!(a.awaiting_answer(&b_key));
+        assert!(a.awaiting_answers().contains(&b_key));
         let ask = Frame::BundleRequest.to_bytes();
         let answer = b.receive(&a_key, &[ask], now, true).unwrap();
         let took = a.receive(&b_key, &answer.replies, now, true).unwrap();
@@ -2076,6 +2087,7 @@ mod tests {
         let read = a.receive(&b_key, &[answer.frame], now, true).unwrap();
         assert_eq!(read.events.len(), 1);
         assert!(!a.awaiting_answer(&b_key));
+        assert!(a.awaiting_answers().is_empty());
     }
 
     #[test]

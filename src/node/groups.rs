@@ -269,9 +269,9 @@ impl Op {
                         what: "group creation (card not the author's)",
                     });
                 }
-                if retention.is_some_and(|r| r == 0 || r > MAX_RETENTION) {
+                if retention == &Some(0) {
                     return Err(crypto::Error::Malformed {
-                        what: "group creation (retention of zero or over a year)",
+                        what: "group creation (retention of zero)",
                     });
                 }
                 hash(labels::GROUP_ID, bytes)
@@ -285,9 +285,9 @@ impl Op {
                 check_name(name, MAX_GROUP_NAME)?;
                 body.group
             }
-            Change::Retention { secs: Some(s) } if *s == 0 || *s > MAX_RETENTION => {
+            Change::Retention { secs: Some(0) } => {
                 return Err(crypto::Error::Malformed {
-                    what: "group retention of zero or over a year",
+                    what: "group retention of zero",
                 });
             }
             _ => body.group,
@@ -373,7 +373,9 @@ impl View {
             } if !self.born => {
                 self.born = true;
                 self.name.clone_from(name);
-                self.retention = *retention;
+                // At most a year, as the API allows (a modified client
+                // could ask for more).
+                self.retention = retention.map(|r| r.min(MAX_RETENTION));
                 self.members.push(Member {
                     key: op.author,
                     card: card.clone(),
@@ -407,7 +409,9 @@ impl View {
                     first.role = Role::Admin;
                 }
             }
-            Change::Retention { secs } if admin => self.retention = *secs,
+            Change::Retention { secs } if admin => {
+                self.retention = secs.map(|r| r.min(MAX_RETENTION));
+            }
             _ => return false,
         }
         true
@@ -504,10 +508,16 @@ impl Log {
             self.ops.insert(op.order(), op);
         }
         let mut view = View::default();
-        let mut head = 0;
+        let mut head: u64 = 0;
         for op in self.ops.values() {
             if view.apply(op) {
-                head = op.lamport;
+                head = match op.change {
+                    // Anyone may leave, at any clock: a leave moves the
+                    // clock one step at most, or a member leaving at
+                    // 2⁶⁴−1 would use it up for everyone else.
+                    Change::Leave => head.max(op.lamport.min(head.saturating_add(1))),
+                    _ => op.lamport,
+                };
             }
         }
         self.view = view;
@@ -781,17 +791,41 @@ mod tests {
         let stray = Op::new(&b.id, g, 1_000, Change::Leave);
         log.insert([stray]).unwrap();
         assert_eq!(log.next_lamport(), 4);
+        // A member who leaves at the end of the clock moves it one step.
+        let c = device(3, "c");
+        let add_c = Op::new(
+            &a.id,
+            g,
+            log.next_lamport(),
+            Change::Add {
+                card: c.card.clone(),
+                role: Role::Member,
+            },
+        );
+        log.insert([add_c]).unwrap();
+        log.insert([Op::new(&c.id, g, u64::MAX, Change::Leave)])
+            .unwrap();
+        assert_eq!(keys(&log), vec![a.card.key().unwrap()]);
+        assert_eq!(log.next_lamport(), 6);
     }
 
     #[test]
-    fn a_retention_over_a_year_is_refused_as_the_api_refuses_it() {
+    fn a_retention_over_a_year_counts_as_a_year_as_the_api_allows() {
         let a = device(1, "a");
-        let g = create(&a).group;
-        let secs = |s| Change::Retention { secs: Some(s) };
-        let ok = Op::new(&a.id, g, 2, secs(MAX_RETENTION));
-        assert!(Op::from_bytes(&ok.bytes).is_ok());
-        let long = Op::new(&a.id, g, 2, secs(MAX_RETENTION + 1));
-        assert!(Op::from_bytes(&long.bytes).is_err());
+        let birth = create(&a);
+        let g = birth.group;
+        let mut log = Log::new(g);
+        log.insert([birth]).unwrap();
+        let long = Op::new(
+            &a.id,
+            g,
+            2,
+            Change::Retention {
+                secs: Some(u64::MAX),
+            },
+        );
+        log.insert([Op::from_bytes(&long.bytes).unwrap()]).unwrap();
+        assert_eq!(log.view().retention, Some(MAX_RETENTION));
     }
 
     #[test]

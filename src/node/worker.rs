@@ -64,6 +64,9 @@ const FETCH_RETRY: u64 = 5;
 /// Seconds before a fetch the relay refused (for another reason than its
 /// load) is asked again.
 const FETCH_REFUSED_RETRY: u64 = 60;
+/// Seconds a session we started may go unanswered before the contact's
+/// relay is asked for a fresher bundle (and again after as long).
+const BUNDLE_ASK_EVERY: u64 = 3600;
 /// Seconds between publishing our prekeys again to a relay we stay
 /// connected to.
 const REPUBLISH_EVERY: u64 = 24 * 3600;
@@ -358,6 +361,9 @@ struct Relays {
     refused: HashMap<(PeerId, &'static str), Refusal>,
     /// When we last published our prekeys to each of ours.
     published: HashMap<PeerId, u64>,
+    /// Contacts whose session we started and they have not answered, and
+    /// since when we wait (or last asked their relay for a bundle).
+    awaiting: HashMap<[u8; 32], u64>,
     /// When a failed fetch may be asked again (Unix seconds).
     retry_at: HashMap<PeerId, u64>,
     /// Queued messages and the relays that took custody of them.
@@ -931,6 +937,7 @@ impl Worker {
                 for relay in stale {
                     self.publish_prekeys(relay, 0, now, round);
                 }
+                self.ask_for_fresher_bundles(now, round);
                 let engine = &self.engine;
                 self.relays
                     .held
@@ -1269,6 +1276,29 @@ impl Worker {
         }
     }
 
+    /// A session we started that a contact has not answered for an hour
+    /// may have started from a signed prekey it has since forgotten (an
+    /// old invite's, a group card's): its relay's bundle, asked for hourly
+    /// while that lasts, starts it again if newer (see
+    /// [`Engine::take_bundle`]). A device we reach directly gets asked on
+    /// connection instead.
+    fn ask_for_fresher_bundles(&mut self, now: u64, round: &mut Round) {
+        let waiting = self.engine.awaiting_answers();
+        self.relays.awaiting.retain(|k, _| waiting.contains(k));
+        for key in waiting {
+            match self.relays.awaiting.get(&key) {
+                None => {
+                    self.relays.awaiting.insert(key, now);
+                }
+                Some(&since) if now >= since.saturating_add(BUNDLE_ASK_EVERY) => {
+                    self.relays.awaiting.insert(key, now);
+                    self.fetch_prekeys(&key, round);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
     /// Asks one of our relays for our mail after the cursor, waiting up
     /// to `wait` seconds for some if none is there.
     fn fetch(&mut self, relay: PeerId, wait: u16, now: u64, round: &mut Round) {
@@ -1534,6 +1564,9 @@ impl Worker {
         round.dirty = true;
         for key in &fx.new_contacts {
             self.announce_contact(key);
+            // Its card's bundle may be old (the log keeps the card it was
+            // added with): its relay's is fresher, with a one-time prekey.
+            self.fetch_prekeys(key, round);
         }
         for d in fx.due {
             if !d.frame.is_empty() {
