@@ -554,8 +554,22 @@ async fn connection(
             Err(e) => (status_of(e.kind), Answer::Error(e)),
         },
     };
-    respond(&mut stream, status, &answer).await
+    bounded(ANSWER_TIME, respond(&mut stream, status, &answer)).await
 }
+
+/// A write to a client, cut after `limit`: a client that stops reading
+/// does not hold its slot for good.
+async fn bounded(
+    limit: Duration,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    tokio::time::timeout(limit, write)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+/// An answer's write, then the drain that follows it.
+const ANSWER_TIME: Duration = WRITE_TIMEOUT.saturating_add(DRAIN_TIME);
 
 fn status_of(kind: ErrorKind) -> u16 {
     match kind {
@@ -662,7 +676,7 @@ async fn websocket(mut stream: TcpStream, head: &Head, api: &Api) -> std::io::Re
             ErrorKind::BadRequest,
             "GET /v1/events is a WebSocket (version 13)",
         );
-        return respond(&mut stream, 426, &Answer::Error(e)).await;
+        return bounded(ANSWER_TIME, respond(&mut stream, 426, &Answer::Error(e))).await;
     };
     let accept = base64(&Sha1::digest(format!("{key}{WS_GUID}").as_bytes()));
     let reply = format!(
@@ -697,15 +711,13 @@ async fn websocket(mut stream: TcpStream, head: &Head, api: &Api) -> std::io::Re
                         serde_json::to_value(&view).unwrap_or_default(),
                     ))
                     .map_err(std::io::Error::other)?;
-                    tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut w, 0x1, &text))
-                        .await
-                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+                    bounded(WRITE_TIMEOUT, write_frame(&mut w, 0x1, &text)).await?;
                 }
                 p = pong_rx.recv() => match p {
-                    Some(p) => write_frame(&mut w, 0xA, &p).await?,
+                    Some(p) => bounded(WRITE_TIMEOUT, write_frame(&mut w, 0xA, &p)).await?,
                     // The reader ended: the client closed or misbehaved.
                     None => {
-                        let _ = write_frame(&mut w, 0x8, &1000u16.to_be_bytes()).await;
+                        let _ = bounded(WRITE_TIMEOUT, write_frame(&mut w, 0x8, &1000u16.to_be_bytes())).await;
                         return Ok(());
                     }
                 },

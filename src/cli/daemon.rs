@@ -183,39 +183,55 @@ async fn serve(
     json: bool,
 ) -> Result<()> {
     let (node, events) = Node::spawn(cfg).await.context("starting the node")?;
-    let api = Api::new(node.clone(), events).await;
-    // Say "ready" once the node listens somewhere (its invite names it).
-    let mut sub = api.subscribe();
-    let mut listen = node.listen_addrs().await?;
-    let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
-    while listen.is_empty() {
-        match tokio::time::timeout_at(deadline, sub.recv()).await {
-            Ok(Ok(NodeEvent::Listening { addr })) => listen.push(addr),
-            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
-            Ok(Err(_)) => bail!("the node stopped while starting"),
-            Err(_) => bail!("the node listens nowhere after {LISTEN_WAIT:?}"),
-        }
-    }
-    drop(sub);
     let socket = dir.join(api::SOCKET);
-    let listener = api::server::bind(&socket)
-        .with_context(|| format!("serving the local API at {}", socket.display()))?;
-    let http = match http {
-        Some(addr) => {
-            let token = api::http::token(&dir).context("making the API token")?;
-            let (bound, task) = api::http::serve(addr, api.clone(), token)
-                .await
-                .with_context(|| format!("serving the HTTP API on {addr}"))?;
-            Some((bound, task))
+    // Anything that fails from here on still stops the node cleanly
+    // (peers told, store flushed) and leaves no socket behind.
+    let started = async {
+        let api = Api::new(node.clone(), events).await;
+        // Say "ready" once the node listens somewhere (its invite names it).
+        let mut sub = api.subscribe();
+        let mut listen = node.listen_addrs().await?;
+        let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
+        while listen.is_empty() {
+            match tokio::time::timeout_at(deadline, sub.recv()).await {
+                Ok(Ok(NodeEvent::Listening { addr })) => listen.push(addr),
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(_)) => bail!("the node stopped while starting"),
+                Err(_) => bail!("the node listens nowhere after {LISTEN_WAIT:?}"),
+            }
         }
-        None => None,
+        drop(sub);
+        let listener = api::server::bind(&socket)
+            .with_context(|| format!("serving the local API at {}", socket.display()))?;
+        let http = match http {
+            Some(addr) => {
+                let token = api::http::token(&dir).context("making the API token")?;
+                let (bound, task) = api::http::serve(addr, api.clone(), token)
+                    .await
+                    .with_context(|| format!("serving the HTTP API on {addr}"))?;
+                Some((bound, task))
+            }
+            None => None,
+        };
+        // Signals are caught from here on: one sent right after the ready
+        // line still stops the node gracefully.
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("listening for SIGINT")?;
+        Ok::<_, anyhow::Error>((api, listen, listener, http, term, int))
+    }
+    .await;
+    let (api, listen, listener, http, mut term, mut int) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&socket);
+            if let Err(stop) = node.shutdown(STOP_WAIT).await {
+                tracing::warn!(error = %stop, "the node did not stop in time");
+            }
+            return Err(e);
+        }
     };
-    // Signals are caught from here on: one sent right after the ready
-    // line still stops the node gracefully.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("listening for SIGTERM")?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .context("listening for SIGINT")?;
     let server = tokio::spawn(api::server::serve(listener, api));
     let info = node.info().clone();
     let token_file = dir.join(api::http::TOKEN_FILE);

@@ -489,3 +489,28 @@ fn a_token_file_others_can_read_gets_a_new_token() {
     assert_eq!(http(&addr, "GET", "/v1/status", Some(&new), b"").0, 200);
     alice.stop();
 }
+
+#[test]
+fn a_daemon_that_cannot_serve_its_http_api_stops_cleanly_and_leaves_no_socket() {
+    let root = tempfile::tempdir().unwrap();
+    let alice = Device::init(root.path(), "alice");
+    // The port is taken by someone else.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = alice
+        .cmd()
+        .args(["run", "--json", "--no-mdns"])
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--http", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let err = crate::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("serving the HTTP API"), "{err}");
+    assert!(!alice.dir.join("api.sock").exists(), "{err}");
+    // Stopped as on a signal: the store was flushed and closed, so the
+    // same device starts again at once.
+    let mut again = alice;
+    again.start_with(&[]);
+    again.stop();
+}
