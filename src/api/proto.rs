@@ -17,6 +17,9 @@ use crate::store::{DeliveryState, StoredMessage, unhex};
 pub const MAX_LINE: usize = 512 * 1024;
 /// Most messages one history request returns.
 pub const MAX_PAGE: usize = 500;
+/// Message text in one history answer, about (a page stops at the message
+/// that passes it; the next page goes on from there).
+pub const PAGE_BYTES: usize = 2 * 1024 * 1024;
 /// A history page when the request names no limit.
 pub const DEFAULT_PAGE: usize = 50;
 

@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use super::proto::{
     Answer, ApiError, ContactView, DEFAULT_PAGE, ErrorKind, EventView, GroupView, MAX_LINE,
-    MAX_PAGE, MessageView, PageView, Request, SentView, hex, presence_name, unhex32,
+    MAX_PAGE, MessageView, PAGE_BYTES, PageView, Request, SentView, hex, presence_name, unhex32,
 };
 use crate::crypto;
 use crate::node::engine::{GroupChange, GroupInfo, MAX_RETENTION};
@@ -19,7 +19,7 @@ use crate::node::groups::Role;
 use crate::node::state::Invite;
 use crate::node::{ContactInfo, NodeError, NodeEvent, NodeHandle, PresenceState};
 
-use crate::store::Cursor;
+use crate::store::{Cursor, History};
 
 /// What `send`, `history` and `read` name: a contact or a group.
 enum Target {
@@ -292,13 +292,24 @@ impl Api {
                     .map(|c| (c.identity, c.name))
                     .collect();
                 let name_of = |k: &[u8; 32]| names.get(k).cloned().unwrap_or_else(|| hex(k));
+                // At most about PAGE_BYTES of text in one answer (what a
+                // contact writes can grow sixfold as JSON): the rest comes
+                // with the next page, from the last message given.
+                let mut bytes = 0;
+                let mut cut = None;
+                let mut messages = Vec::new();
+                for m in &page.messages {
+                    if bytes >= PAGE_BYTES {
+                        cut = Some(History::cursor_after(&page.messages[messages.len() - 1]));
+                        break;
+                    }
+                    bytes += m.body.len();
+                    messages.push(MessageView::of(m, &me, &name_of(&m.sender)));
+                }
+                let next = cut.or(page.next);
                 Ok(json!(PageView {
-                    messages: page
-                        .messages
-                        .iter()
-                        .map(|m| MessageView::of(m, &me, &name_of(&m.sender)))
-                        .collect(),
-                    next: page.next.map(|c| c.as_str().to_owned()),
+                    messages,
+                    next: next.map(|c| c.as_str().to_owned()),
                 }))
             }
             Request::Chats {} => {

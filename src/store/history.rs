@@ -446,6 +446,12 @@ impl<'a> History<'a> {
         Ok(Page { messages, next })
     }
 
+    /// The cursor of the page that starts after `m` (older than it): for a
+    /// caller that hands out only the front of a page.
+    pub fn cursor_after(m: &StoredMessage) -> Cursor {
+        Cursor::from_key(message_key(&m.conv_id, m.lamport, &m.sender, &m.msg_id))
+    }
+
     /// Calls `each` with every message of `conv_id`, oldest first, reading
     /// one block at a time.
     pub(crate) fn for_each_oldest_first(

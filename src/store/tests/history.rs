@@ -169,6 +169,27 @@ fn pages_join_to_the_full_history() {
     assert!(empty.messages.is_empty() && empty.next.is_none());
 }
 
+/// A caller that hands out only the front of a page (the API, for size)
+/// goes on from the last message it gave: nothing skipped or repeated.
+#[test]
+fn a_page_cut_short_goes_on_from_its_last_message() {
+    let (_dir, store) = fresh();
+    let h = store.history();
+    let mut rng = StdRng::seed_from_u64(7);
+    let all = random_history(&h, &mut rng, 40);
+    let mut out = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    loop {
+        let page = h.page(&[1; 32], cursor.as_ref(), 10).unwrap();
+        // Hand out three of each ten.
+        let given: Vec<StoredMessage> = page.messages.into_iter().take(3).collect();
+        let Some(last) = given.last() else { break };
+        cursor = Some(History::cursor_after(last));
+        out.extend(given);
+    }
+    assert_eq!(out, all);
+}
+
 #[test]
 fn pages_join_while_newer_messages_arrive() {
     let (_dir, store) = fresh();
