@@ -19,6 +19,8 @@ use crate::api::{self, Client, Request};
 
 /// How often the loop looks for events between keys.
 const POLL: Duration = Duration::from_millis(50);
+/// The longest between two draws when nothing happens (for the times shown).
+const REDRAW_EVERY: Duration = Duration::from_secs(1);
 /// A page of history.
 const PAGE: usize = 100;
 /// Longest wait for one answer from the daemon. The terminal is in raw
@@ -66,11 +68,21 @@ pub(super) fn run(args: PlainArgs) -> Result<(), CliError> {
     let mut terminal = ratatui::try_init()
         .map_err(|e| CliError::failed(anyhow!("setting up the terminal: {e}")))?;
     let result = (|| -> Result<(), CliError> {
+        // Drawn when something changed (a key, a resize, an event), and
+        // once a second for what shows the time: not 20 times a second
+        // over a long conversation.
+        let mut dirty = true;
+        let mut drawn = std::time::Instant::now();
         loop {
-            terminal
-                .draw(|f| app.render(f))
-                .map_err(|e| CliError::failed(e.into()))?;
+            if dirty || drawn.elapsed() >= REDRAW_EVERY {
+                terminal
+                    .draw(|f| app.render(f))
+                    .map_err(|e| CliError::failed(e.into()))?;
+                dirty = false;
+                drawn = std::time::Instant::now();
+            }
             while let Ok(input) = rx.try_recv() {
+                dirty = true;
                 match input {
                     Input::Event(e) => {
                         let a = app.on_event(&e);
@@ -90,6 +102,7 @@ pub(super) fn run(args: PlainArgs) -> Result<(), CliError> {
             if !event::poll(POLL).map_err(|e| CliError::failed(e.into()))? {
                 continue;
             }
+            dirty = true;
             match event::read().map_err(|e| CliError::failed(e.into()))? {
                 Event::Key(k) if k.kind == KeyEventKind::Press => match app.on_key(k) {
                     Action::Quit => return Ok(()),
