@@ -26,7 +26,8 @@ const LIST_WIDTH: u16 = 22;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Chat {
     pub(super) name: String,
-    /// What the API calls it: the contact's name, or the group's id.
+    /// What the API calls it: the contact's identity key, or the group's
+    /// id (hex).
     pub(super) target: String,
     pub(super) group: bool,
     pub(super) unread: u64,
@@ -146,8 +147,8 @@ fn clock(secs: u64) -> String {
 }
 
 impl App {
-    /// The open conversation as the API names it (a contact's name, a
-    /// group's id).
+    /// The open conversation as the API names it (a contact's identity
+    /// key, a group's id; a contact's name where no key was given).
     pub(super) fn current(&self) -> Option<&str> {
         self.chats.get(self.selected).map(|c| c.target.as_str())
     }
@@ -163,7 +164,10 @@ impl App {
             .flatten()
             .map(|c| Chat {
                 name: s(c, "name"),
-                target: s(c, "name"),
+                // By key: a name another contact or a group may share.
+                target: Some(s(c, "identity"))
+                    .filter(|k| !k.is_empty())
+                    .unwrap_or_else(|| s(c, "name")),
                 group: false,
                 unread: 0,
                 presence: c["presence"].as_str().unwrap_or("offline").to_owned(),
@@ -273,10 +277,14 @@ impl App {
         match s("type") {
             "message" => {
                 let from = s("contact").to_owned();
-                // A group message belongs to the group, not its writer.
+                // A group message belongs to the group, not its writer;
+                // a 1:1 one to its writer's key.
                 let (target, name, group) = match e["group"].as_str() {
                     Some(id) => (id.to_owned(), s("group_name").to_owned(), true),
-                    None => (from.clone(), from.clone(), false),
+                    None => match e["message"]["sender"].as_str() {
+                        Some(key) => (key.to_owned(), from.clone(), false),
+                        None => (from.clone(), from.clone(), false),
+                    },
                 };
                 if self.current() == Some(target.as_str()) {
                     self.push(Msg::of(&e["message"]));
@@ -691,6 +699,29 @@ mod tests {
             &json!({"type": "presence", "contact": "bob", "state": "away", "last_seen_ms": 1}),
         );
         assert!(screen(&app, 80, 24)[0].contains("bob (away)"));
+    }
+
+    #[test]
+    fn two_contacts_of_one_name_are_two_chats_by_key() {
+        let mut app = App::default();
+        app.set_chats(
+            &json!([
+                {"name": "bob", "identity": "b1", "presence": "online"},
+                {"name": "bob", "identity": "b2", "presence": "offline"},
+            ]),
+            &json!([]),
+            &json!([]),
+        );
+        assert_eq!(app.current(), Some("b1"));
+        // A message from the second bob counts in the second chat, not in
+        // the open one.
+        let mut m = msg("1", false, "it's me", "", 60);
+        m["sender"] = json!("b2");
+        let a = app.on_event(&json!({"type": "message", "contact": "bob", "message": m}));
+        assert_eq!(a, Action::None);
+        assert!(app.messages.is_empty());
+        let unread: Vec<u64> = app.chats.iter().map(|c| c.unread).collect();
+        assert_eq!(unread, vec![0, 1]);
     }
 
     #[test]
