@@ -65,6 +65,16 @@ const MAX_LIMBO_GROUPS: usize = 8;
 const MAX_LIMBO_BYTES: usize = groups::MAX_OPS * 2 * 1024;
 /// ...and for all of them together (the oldest group goes first).
 const MAX_LIMBO_TOTAL: usize = 2 * MAX_LIMBO_BYTES;
+/// Most groups one contact may have added this device to that it is still
+/// in: past it, a further group that contact adds it to is not joined
+/// (any contact can add us to a group, and each brings up to 99 contacts
+/// and a log of its own).
+#[cfg(not(test))]
+const MAX_GROUPS_FROM_ONE: usize = 100;
+#[cfg(test)]
+const MAX_GROUPS_FROM_ONE: usize = 3;
+/// Most groups that others added this device to that it is in at once.
+const MAX_GROUPS_JOINED: usize = 1_000;
 const OWN_KEY: &[u8] = b"own";
 const LIMBO_PREFIX: &[u8] = b"limbo:";
 const TALLY_PREFIX: &[u8] = b"tally:";
@@ -1333,9 +1343,18 @@ impl Engine {
         let adds_me = |o: &Op| matches!(o.change, Change::Add { .. }) && o.member == Some(me);
         if held.len() <= groups::MAX_OPS && held.iter().any(adds_me) {
             let mut trial = Log::new(group);
-            if trial.insert(held.iter().cloned()).is_ok() && trial.view().is_member(&me) {
+            if trial.insert(held.iter().cloned()).is_ok()
+                && let Some(added_by) = trial.view().member(&me).map(|m| m.added_by)
+            {
                 for op in &held[..first_new] {
                     records.remove(&limbo_record(&group, &op.id))?;
+                }
+                if let Some(why) = self.too_many_groups(&added_by) {
+                    tracing::warn!(
+                        from = %crate::store::hex(&added_by[..4]),
+                        "a group we were added to is not joined: {why}"
+                    );
+                    return Ok(None);
                 }
                 self.groups.slots.insert(group, GroupSlot::new(group));
                 return Ok(Some(held));
@@ -1365,6 +1384,26 @@ impl Engine {
             }
         }
         Ok(None)
+    }
+
+    /// Why a group that `inviter` added this device to is not joined, if
+    /// it is not: see [`MAX_GROUPS_FROM_ONE`], [`MAX_GROUPS_JOINED`].
+    fn too_many_groups(&self, inviter: &[u8; 32]) -> Option<&'static str> {
+        let me = self.me.public().signing;
+        let by: Vec<[u8; 32]> = self
+            .groups
+            .slots
+            .values()
+            .filter_map(|s| s.log.view().member(&me).map(|m| m.added_by))
+            .filter(|by| *by != me)
+            .collect();
+        if by.len() >= MAX_GROUPS_JOINED {
+            Some("this device is in too many groups that others added it to")
+        } else if by.iter().filter(|b| *b == inviter).count() >= MAX_GROUPS_FROM_ONE {
+            Some("that contact has added this device to too many groups")
+        } else {
+            None
+        }
     }
 
     /// A sender key sent by the contact `from`.
@@ -1948,6 +1987,31 @@ mod tests {
             .on_group_receipts(&member, &group, ReceiptKind::Read, &[(m.lamport, m.msg_id)])
             .unwrap();
         assert_eq!(d.engines[0].queued(), before + 1);
+    }
+
+    /// One contact can put us in only so many groups; the others' groups
+    /// are still joined.
+    #[test]
+    fn one_contact_puts_this_device_in_so_many_groups_at_most() {
+        let mut d = Devices::new(3);
+        let (one, two) = (d.keys[1], d.keys[2]);
+        for i in 0..=MAX_GROUPS_FROM_ONE {
+            let (_, fx) = d.engines[0]
+                .create_group(&format!("g{i}"), "admin", &[one, two], None, vec![], 100)
+                .unwrap();
+            d.effects(0, fx);
+            d.run(false, &[]);
+        }
+        let joined = |e: &Engine| e.groups().iter().filter(|g| g.joined).count();
+        assert_eq!(joined(&d.engines[1]), MAX_GROUPS_FROM_ONE);
+        assert_eq!(joined(&d.engines[2]), MAX_GROUPS_FROM_ONE);
+        // Device 2 adds 1 to a group of its own: joined.
+        let (_, fx) = d.engines[2]
+            .create_group("mine", "two", &[one], None, vec![], 100)
+            .unwrap();
+        d.effects(2, fx);
+        d.run(false, &[]);
+        assert_eq!(joined(&d.engines[1]), MAX_GROUPS_FROM_ONE + 1);
     }
 
     /// A member sends an operation at the highest clock (it changes
