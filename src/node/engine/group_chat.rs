@@ -52,6 +52,9 @@ const MAX_PENDING: usize = 256;
 /// member may hear from every other member before it hears of the group);
 /// past this many, more are refused and their senders try again later.
 const MAX_EARLY_KEYS: usize = 4 * groups::MAX_MEMBERS;
+/// ...and at most this many from one contact (a member's key for each of
+/// several groups still on their way here).
+const MAX_EARLY_FROM_ONE: usize = 16;
 const EARLY_PREFIX: &[u8] = b"early:";
 /// Sender keys kept per member (the current one and the one before, for
 /// messages still on their way).
@@ -1428,6 +1431,11 @@ impl Engine {
                 if self.groups.early.len() >= MAX_EARLY_KEYS {
                     return Err(refused("too many sender keys waiting for their group"));
                 }
+                // One contact cannot take every place for good.
+                if self.groups.early.iter().filter(|(f, _)| f == from).count() >= MAX_EARLY_FROM_ONE
+                {
+                    return Err(refused("too many sender keys from this contact waiting"));
+                }
                 records.put(&record, distribution)?;
                 self.groups.early.push_back((*from, distribution.to_vec()));
             }
@@ -2258,6 +2266,33 @@ mod tests {
         }
         assert_eq!(d.engines[2].groups.limbo.len(), MAX_LIMBO_GROUPS);
         assert_eq!(d.engines[2].groups().len(), 1);
+    }
+
+    /// A contact sending keys of groups that never come takes a few of the
+    /// places held for early keys, not all of them.
+    #[test]
+    fn one_contact_holds_only_so_many_early_sender_keys() {
+        let mut d = Devices::new(3);
+        let mut rng = StdRng::seed_from_u64(5);
+        let key_for = |g: u8, rng: &mut StdRng| {
+            crate::crypto::SenderKey::new([g; 32], 100, rng)
+                .distribution()
+                .to_bytes()
+                .to_vec()
+        };
+        for g in 0..MAX_EARLY_FROM_ONE as u8 {
+            let dist = key_for(g, &mut rng);
+            d.engines[0].on_sender_key(&d.keys[1], &dist, 200).unwrap();
+        }
+        let one_more = key_for(200, &mut rng);
+        let e = d.engines[0].on_sender_key(&d.keys[1], &one_more, 200);
+        assert!(e.is_err());
+        assert_eq!(d.engines[0].groups.early.len(), MAX_EARLY_FROM_ONE);
+        // Another contact's still find room.
+        d.engines[0]
+            .on_sender_key(&d.keys[2], &one_more, 200)
+            .unwrap();
+        assert_eq!(d.engines[0].groups.early.len(), MAX_EARLY_FROM_ONE + 1);
     }
 
     #[test]
