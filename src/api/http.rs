@@ -4,8 +4,10 @@
 //! origin cannot call it with the token.
 //!
 //! Every request carries `Authorization: Bearer <token>`, the token kept
-//! in `<data dir>/api-token` (owner-only); a WebSocket may pass it as
-//! `?token=` instead, since browsers cannot set headers on one.
+//! in `<data dir>/api-token` (owner-only). Only the header: a token in a
+//! URL ends up on command lines (which every local user can read) and in
+//! logs, and no browser page may call the API anyway (see the `Origin`
+//! check).
 //!
 //! - `POST /v1` with one request of the socket protocol as its JSON body
 //!   ([`super::proto::Request`]) answers `{"ok": …}` with 200, or
@@ -400,19 +402,12 @@ fn check(head: &Head, shared: &Shared) -> Result<(), (u16, ApiError)> {
             ),
         ));
     }
-    // The token: a header, or `?token=` for a WebSocket.
+    // The token, from the header only.
     let offered = head
         .header("authorization")
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned())
-        // Browsers cannot set headers on a WebSocket: there only, the
-        // query may carry the token.
-        .or_else(|| {
-            (head.path == "/v1/events")
-                .then(|| head.param("token"))
-                .flatten()
-        });
+        .map(|(_, t)| t.trim().to_owned());
     let authorised =
         offered.is_some_and(|t| bool::from(t.as_bytes().ct_eq(shared.token.as_bytes())));
     if !authorised {
@@ -682,7 +677,7 @@ async fn websocket(mut stream: TcpStream, head: &Head, api: &Api) -> std::io::Re
     let reply = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     );
-    stream.write_all(reply.as_bytes()).await?;
+    bounded(WRITE_TIMEOUT, stream.write_all(reply.as_bytes())).await?;
     let mut feed = api.feed();
     let (mut r, mut w) = stream.into_split();
     let (pong_tx, mut pong_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);

@@ -190,9 +190,15 @@ impl App {
         for c in chats.as_array().into_iter().flatten() {
             let found = match c["group"].as_str() {
                 Some(id) => list.iter_mut().find(|x| x.group && x.target == id),
-                None => list
-                    .iter_mut()
-                    .find(|x| !x.group && c["with"] == x.name.as_str()),
+                // By key where the daemon gives it (two contacts may share
+                // a name), else by name.
+                None => list.iter_mut().find(|x| {
+                    !x.group
+                        && match c["identity"].as_str() {
+                            Some(k) => x.target == k,
+                            None => c["with"] == x.name.as_str(),
+                        }
+                }),
             };
             if let Some(chat) = found {
                 chat.unread = c["unread"].as_u64().unwrap_or(0);

@@ -65,8 +65,11 @@ const FETCH_RETRY: u64 = 5;
 /// load) is asked again.
 const FETCH_REFUSED_RETRY: u64 = 60;
 /// Seconds a session we started may go unanswered before the contact's
-/// relay is asked for a fresher bundle (and again after as long).
-const BUNDLE_ASK_EVERY: u64 = 3600;
+/// relay is asked for a fresher bundle; the wait doubles after each ask,
+/// up to the signed prekey's rotation period (each ask takes one of the
+/// contact's one-time prekeys at the relay).
+const BUNDLE_ASK_FIRST: u64 = 3600;
+const BUNDLE_ASK_MAX: u64 = crate::crypto::limits::SIGNED_PREKEY_ROTATION_SECS;
 /// Seconds between publishing our prekeys again to a relay we stay
 /// connected to.
 const REPUBLISH_EVERY: u64 = 24 * 3600;
@@ -361,9 +364,9 @@ struct Relays {
     refused: HashMap<(PeerId, &'static str), Refusal>,
     /// When we last published our prekeys to each of ours.
     published: HashMap<PeerId, u64>,
-    /// Contacts whose session we started and they have not answered, and
-    /// since when we wait (or last asked their relay for a bundle).
-    awaiting: HashMap<[u8; 32], u64>,
+    /// Contacts whose session we started and they have not answered: when
+    /// their relay is next asked for a bundle, and the wait after that.
+    awaiting: HashMap<[u8; 32], (u64, u64)>,
     /// When a failed fetch may be asked again (Unix seconds).
     retry_at: HashMap<PeerId, u64>,
     /// Queued messages and the relays that took custody of them.
@@ -1278,20 +1281,24 @@ impl Worker {
 
     /// A session we started that a contact has not answered for an hour
     /// may have started from a signed prekey it has since forgotten (an
-    /// old invite's, a group card's): its relay's bundle, asked for hourly
-    /// while that lasts, starts it again if newer (see
-    /// [`Engine::take_bundle`]). A device we reach directly gets asked on
-    /// connection instead.
+    /// old invite's, a group card's): its relay's bundle, asked for while
+    /// that lasts (after an hour, then after twice as long each time, up
+    /// to a week), starts it again if newer (see [`Engine::take_bundle`]).
+    /// A device we reach directly is also asked on each connection.
     fn ask_for_fresher_bundles(&mut self, now: u64, round: &mut Round) {
         let waiting = self.engine.awaiting_answers();
         self.relays.awaiting.retain(|k, _| waiting.contains(k));
         for key in waiting {
-            match self.relays.awaiting.get(&key) {
+            match self.relays.awaiting.get(&key).copied() {
                 None => {
-                    self.relays.awaiting.insert(key, now);
+                    let first = (now.saturating_add(BUNDLE_ASK_FIRST), BUNDLE_ASK_FIRST);
+                    self.relays.awaiting.insert(key, first);
                 }
-                Some(&since) if now >= since.saturating_add(BUNDLE_ASK_EVERY) => {
-                    self.relays.awaiting.insert(key, now);
+                Some((at, wait)) if now >= at => {
+                    let wait = wait.saturating_mul(2).min(BUNDLE_ASK_MAX);
+                    self.relays
+                        .awaiting
+                        .insert(key, (now.saturating_add(wait), wait));
                     self.fetch_prekeys(&key, round);
                 }
                 Some(_) => {}
@@ -1564,9 +1571,6 @@ impl Worker {
         round.dirty = true;
         for key in &fx.new_contacts {
             self.announce_contact(key);
-            // Its card's bundle may be old (the log keeps the card it was
-            // added with): its relay's is fresher, with a one-time prekey.
-            self.fetch_prekeys(key, round);
         }
         for d in fx.due {
             if !d.frame.is_empty() {

@@ -134,9 +134,14 @@ fn answer(mut s: std::net::TcpStream) -> (u16, Value) {
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
-/// A WebSocket client's handshake; the stream after a 101.
-fn websocket(addr: &str, path: &str) -> Result<BufReader<std::net::TcpStream>, String> {
-    websocket_with(addr, path, "")
+/// A WebSocket client's handshake with the token in its header; the
+/// stream after a 101.
+fn websocket(
+    addr: &str,
+    path: &str,
+    token: &str,
+) -> Result<BufReader<std::net::TcpStream>, String> {
+    websocket_with(addr, path, &format!("Authorization: Bearer {token}\r\n"))
 }
 
 /// [`websocket`] with more header lines (each ending in CRLF).
@@ -218,7 +223,13 @@ fn http_and_websocket_need_the_token_and_carry_the_same_api() {
         401
     );
     assert!(
-        websocket(&addr, "/v1/events")
+        websocket_with(&addr, "/v1/events", "")
+            .unwrap_err()
+            .starts_with("HTTP/1.1 401")
+    );
+    // Nor in the URL, where command lines and logs would show it.
+    assert!(
+        websocket_with(&addr, &format!("/v1/events?token={token}"), "")
             .unwrap_err()
             .starts_with("HTTP/1.1 401")
     );
@@ -312,7 +323,7 @@ fn http_and_websocket_need_the_token_and_carry_the_same_api() {
     bob.json(&["contacts", "add", "alice", &alice.invite()]);
 
     // Live events over a WebSocket: alice hears bob's message.
-    let mut ws = websocket(&addr, &format!("/v1/events?token={token}")).unwrap();
+    let mut ws = websocket(&addr, "/v1/events", token).unwrap();
     bob.json(&["send", "alice", "over the socket", "--wait", "delivered"]);
     let message = loop {
         let e = ws_next(&mut ws);
@@ -394,8 +405,8 @@ fn http_answers_only_to_its_loopback_names_and_origins() {
         assert_eq!(body["error"]["kind"], "unauthorized", "{body}");
         let head = websocket_with(
             &addr,
-            &format!("/v1/events?token={token}"),
-            &format!("Origin: {origin}\r\n"),
+            "/v1/events",
+            &format!("Authorization: Bearer {token}\r\nOrigin: {origin}\r\n"),
         )
         .unwrap_err();
         assert!(head.starts_with("HTTP/1.1 403"), "{origin}: {head}");
@@ -413,8 +424,8 @@ fn http_answers_only_to_its_loopback_names_and_origins() {
     assert_eq!(status, 200, "{body}");
     websocket_with(
         &addr,
-        &format!("/v1/events?token={token}"),
-        &format!("Origin: http://127.0.0.1:{port}\r\n"),
+        "/v1/events",
+        &format!("Authorization: Bearer {token}\r\nOrigin: http://127.0.0.1:{port}\r\n"),
     )
     .unwrap();
     alice.stop();
@@ -426,7 +437,7 @@ fn idle_connections_do_not_keep_the_owner_out() {
     let mut alice = Device::init(root.path(), "alice");
     let (addr, token) = start_http(&mut alice);
     let t = Some(token.as_str());
-    let mut ws = websocket(&addr, &format!("/v1/events?token={token}")).unwrap();
+    let mut ws = websocket(&addr, "/v1/events", &token).unwrap();
 
     // More connections than the server has room for in all (64 slots and
     // 16 places for those that have not shown the token), none of which
