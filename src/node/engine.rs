@@ -1308,7 +1308,7 @@ impl Engine {
                         );
                     }
                 }
-                Payload::GroupOps { id, ops } => match self.on_group_ops(&ops, now) {
+                Payload::GroupOps { id, ops } => match self.on_group_ops(from, &ops, now) {
                     Ok(fx) => {
                         out.group.extend(fx);
                         delivered.push((0, id));

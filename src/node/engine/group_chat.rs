@@ -80,6 +80,7 @@ const MAX_GROUPS_FROM_ONE: usize = 3;
 const MAX_GROUPS_JOINED: usize = 1_000;
 const OWN_KEY: &[u8] = b"own";
 const LIMBO_PREFIX: &[u8] = b"limbo:";
+const VIA_PREFIX: &[u8] = b"via:";
 const TALLY_PREFIX: &[u8] = b"tally:";
 const TALLY_VERSION: u8 = 1;
 
@@ -195,6 +196,9 @@ pub(crate) struct GroupSlot {
     /// a copy that comes again (the author's 1:1 copy by the mesh or a
     /// relay, its receipt lost) is answered again.
     read: Recent<([u8; 32], u32, u32), Acked>,
+    /// The contact whose payload made this device a member (None: we made
+    /// the group, or it was joined before this was kept).
+    via: Option<[u8; 32]>,
 }
 
 impl GroupSlot {
@@ -205,6 +209,7 @@ impl GroupSlot {
             receivers: HashMap::new(),
             pending: VecDeque::new(),
             read: Recent::new(MAX_READ_IDS),
+            via: None,
         }
     }
 }
@@ -273,6 +278,10 @@ pub(crate) fn visible_name(name: &str) -> String {
         .collect::<String>()
         .trim()
         .to_owned()
+}
+
+fn via_record(group: &[u8; 32]) -> Vec<u8> {
+    [VIA_PREFIX, group.as_slice()].concat()
 }
 
 fn op_record(group: &[u8; 32], op: &[u8; 32]) -> Vec<u8> {
@@ -352,7 +361,17 @@ impl Engine {
     /// Loads groups and sender keys from the store.
     pub(super) fn load_groups(&mut self) -> Result<(), EngineError> {
         let mut logs: HashMap<[u8; 32], Vec<Op>> = HashMap::new();
+        let mut via: HashMap<[u8; 32], [u8; 32]> = HashMap::new();
         for (key, bytes) in self.store.records(Kind::Groups)?.scan(b"")? {
+            if key.len() == VIA_PREFIX.len() + 32 && key.starts_with(VIA_PREFIX) {
+                if let (Ok(g), Ok(from)) = (
+                    <[u8; 32]>::try_from(&key[VIA_PREFIX.len()..]),
+                    <[u8; 32]>::try_from(bytes.as_slice()),
+                ) {
+                    via.insert(g, from);
+                }
+                continue;
+            }
             if key.len() == LIMBO_PREFIX.len() + 64 && key.starts_with(LIMBO_PREFIX) {
                 if let Ok(op) = Op::from_bytes(&bytes) {
                     match self.groups.limbo.iter_mut().find(|(g, _)| *g == op.group) {
@@ -377,6 +396,7 @@ impl Engine {
                 .slots
                 .entry(group)
                 .or_insert_with(|| GroupSlot::new(group));
+            slot.via = via.get(&group).copied();
             // A full log on disk keeps what it has.
             if slot.log.insert(ops.iter().cloned()).is_err() {
                 for op in ops {
@@ -1291,6 +1311,7 @@ impl Engine {
     /// Group operations sent by the contact `from`.
     pub(super) fn on_group_ops(
         &mut self,
+        from: &[u8; 32],
         ops: &[serde_bytes::ByteBuf],
         now: u64,
     ) -> Result<GroupEffects, EngineError> {
@@ -1304,7 +1325,7 @@ impl Engine {
             let ops = if self.groups.slots.contains_key(&group) {
                 ops
             } else {
-                match self.limbo(group, ops)? {
+                match self.limbo(group, ops, from)? {
                     Some(all) => all,
                     None => continue,
                 }
@@ -1326,7 +1347,12 @@ impl Engine {
     /// into a trial log only once one of them adds this device (nothing
     /// else can make it a member), and a fold checks no signature again
     /// ([`Op::member`]).
-    fn limbo(&mut self, group: [u8; 32], ops: Vec<Op>) -> Result<Option<Vec<Op>>, EngineError> {
+    fn limbo(
+        &mut self,
+        group: [u8; 32],
+        ops: Vec<Op>,
+        from: &[u8; 32],
+    ) -> Result<Option<Vec<Op>>, EngineError> {
         let me = self.me.public().signing;
         let mut held = match self.groups.limbo.iter().position(|(g, _)| *g == group) {
             Some(i) => self
@@ -1346,20 +1372,21 @@ impl Engine {
         let adds_me = |o: &Op| matches!(o.change, Change::Add { .. }) && o.member == Some(me);
         if held.len() <= groups::MAX_OPS && held.iter().any(adds_me) {
             let mut trial = Log::new(group);
-            if trial.insert(held.iter().cloned()).is_ok()
-                && let Some(added_by) = trial.view().member(&me).map(|m| m.added_by)
-            {
+            if trial.insert(held.iter().cloned()).is_ok() && trial.view().is_member(&me) {
                 for op in &held[..first_new] {
                     records.remove(&limbo_record(&group, &op.id))?;
                 }
-                if let Some(why) = self.too_many_groups(&added_by) {
+                if let Some(why) = self.too_many_groups(from) {
                     tracing::warn!(
-                        from = %crate::store::hex(&added_by[..4]),
+                        from = %crate::store::hex(&from[..4]),
                         "a group we were added to is not joined: {why}"
                     );
                     return Ok(None);
                 }
-                self.groups.slots.insert(group, GroupSlot::new(group));
+                records.put(&via_record(&group), from)?;
+                let mut slot = GroupSlot::new(group);
+                slot.via = Some(*from);
+                self.groups.slots.insert(group, slot);
                 return Ok(Some(held));
             }
         }
@@ -1389,21 +1416,28 @@ impl Engine {
         Ok(None)
     }
 
-    /// Why a group that `inviter` added this device to is not joined, if
-    /// it is not: see [`MAX_GROUPS_FROM_ONE`], [`MAX_GROUPS_JOINED`].
-    fn too_many_groups(&self, inviter: &[u8; 32]) -> Option<&'static str> {
+    /// Why a group that the contact `from` brings this device into is not
+    /// joined, if it is not: see [`MAX_GROUPS_FROM_ONE`] (counted by the
+    /// contact whose payload made us a member, not by the identity the log
+    /// names, which a contact can make afresh for each group) and
+    /// [`MAX_GROUPS_JOINED`].
+    fn too_many_groups(&self, from: &[u8; 32]) -> Option<&'static str> {
         let me = self.me.public().signing;
-        let by: Vec<[u8; 32]> = self
+        let joined: Vec<&GroupSlot> = self
             .groups
             .slots
             .values()
-            .filter_map(|s| s.log.view().member(&me).map(|m| m.added_by))
-            .filter(|by| *by != me)
+            .filter(|s| s.log.view().member(&me).is_some_and(|m| m.added_by != me))
             .collect();
-        if by.len() >= MAX_GROUPS_JOINED {
+        if joined.len() >= MAX_GROUPS_JOINED {
             Some("this device is in too many groups that others added it to")
-        } else if by.iter().filter(|b| *b == inviter).count() >= MAX_GROUPS_FROM_ONE {
-            Some("that contact has added this device to too many groups")
+        } else if joined
+            .iter()
+            .filter(|s| s.via.as_ref() == Some(from))
+            .count()
+            >= MAX_GROUPS_FROM_ONE
+        {
+            Some("that contact has brought this device into too many groups")
         } else {
             None
         }
@@ -2022,6 +2056,44 @@ mod tests {
         assert_eq!(joined(&d.engines[1]), MAX_GROUPS_FROM_ONE + 1);
     }
 
+    /// The bound counts the contact that brings the group, not the
+    /// identity its log names (a contact can make one afresh per group),
+    /// and it holds across a restart.
+    #[test]
+    fn the_group_bound_counts_the_contact_that_brings_them() {
+        let mut d = Devices::new(4);
+        let one = d.keys[1];
+        let invite = d.engines[1].invite(vec![], 100).unwrap();
+        for maker in [2, 3] {
+            d.engines[maker].add_contact(&invite, "one").unwrap();
+        }
+        // Device 0 hands device 1 groups that devices 2 and 3 made, in
+        // turn: two identities in the logs, one contact bringing them.
+        let mut groups = Vec::new();
+        for i in 0..=MAX_GROUPS_FROM_ONE {
+            let maker = 2 + i % 2;
+            let (g, _) = d.engines[maker]
+                .create_group(&format!("g{i}"), "admin", &[one], None, vec![], 100)
+                .unwrap();
+            groups.push((maker, g));
+        }
+        let joined = |e: &Engine| e.groups().iter().filter(|g| g.joined).count();
+        let bring = |d: &mut Devices, (maker, g): (usize, [u8; 32])| {
+            let ops = bytes(&d.log(maker, &g));
+            let from = d.keys[0];
+            d.engines[1].on_group_ops(&from, &ops, 200).unwrap();
+        };
+        for &g in &groups[..MAX_GROUPS_FROM_ONE] {
+            bring(&mut d, g);
+        }
+        assert_eq!(joined(&d.engines[1]), MAX_GROUPS_FROM_ONE);
+        // After a restart the count is the same.
+        let store = d.engines[1].store.clone();
+        d.engines[1] = Engine::open(store, 200).unwrap();
+        bring(&mut d, groups[MAX_GROUPS_FROM_ONE]);
+        assert_eq!(joined(&d.engines[1]), MAX_GROUPS_FROM_ONE);
+    }
+
     /// A member sends an operation at the highest clock (it changes
     /// nothing: not an admin). It does not use the clock up: the admin's
     /// next change is made, at the clock after its own last one.
@@ -2037,7 +2109,7 @@ mod tests {
             },
         );
         let fx = d.engines[0]
-            .on_group_ops(&[serde_bytes::ByteBuf::from(top.bytes)], 200)
+            .on_group_ops(&d.keys[1], &[serde_bytes::ByteBuf::from(top.bytes)], 200)
             .unwrap();
         d.effects(0, fx);
         let fx = d.engines[0]
@@ -2097,7 +2169,7 @@ mod tests {
         );
         // Member 1 takes the addition from the admin.
         let fx = d.engines[1]
-            .on_group_ops(&[serde_bytes::ByteBuf::from(add.bytes)], 200)
+            .on_group_ops(&d.keys[0], &[serde_bytes::ByteBuf::from(add.bytes)], 200)
             .unwrap();
         assert!(
             d.engines[1].groups.slots[&group]
@@ -2213,11 +2285,15 @@ mod tests {
             ops.into_iter().partition(|o| o.member == Some(key_2));
         assert_eq!(ours.len(), 1);
         // The addition alone folds to nothing: held.
-        let fx = d.engines[2].on_group_ops(&bytes(&ours), 100).unwrap();
+        let fx = d.engines[2]
+            .on_group_ops(&d.keys[0], &bytes(&ours), 100)
+            .unwrap();
         assert!(fx.subscribe.is_empty());
         assert_eq!(d.engines[2].groups.limbo.len(), 1);
         // The creation and the other member: joined, with everyone.
-        let fx = d.engines[2].on_group_ops(&bytes(&rest), 100).unwrap();
+        let fx = d.engines[2]
+            .on_group_ops(&d.keys[0], &bytes(&rest), 100)
+            .unwrap();
         assert_eq!(fx.subscribe, vec![groups::topic_id(&group)]);
         assert_eq!(d.engines[2].groups()[0].members.len(), 3);
         assert!(d.engines[2].groups.limbo.is_empty());
@@ -2233,14 +2309,18 @@ mod tests {
         let (ours, rest): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|o| adds_2(o));
         assert_eq!(ours.len(), 1);
         // The creation and the other member first: held, not joined.
-        let fx = d.engines[2].on_group_ops(&bytes(&rest), 100).unwrap();
+        let fx = d.engines[2]
+            .on_group_ops(&d.keys[0], &bytes(&rest), 100)
+            .unwrap();
         assert!(fx.subscribe.is_empty());
         assert!(d.engines[2].group_topics().is_empty());
         // A restart in between: what was held is on disk.
         let store = d.engines[2].store.clone();
         d.engines[2] = Engine::open(store, 100).unwrap();
         // Then the operation that adds this device: joined, every member.
-        let fx = d.engines[2].on_group_ops(&bytes(&ours), 100).unwrap();
+        let fx = d.engines[2]
+            .on_group_ops(&d.keys[0], &bytes(&ours), 100)
+            .unwrap();
         assert_eq!(fx.subscribe, vec![groups::topic_id(&group)]);
         let info = d.engines[2].groups();
         assert_eq!(info.len(), 1);
@@ -2262,7 +2342,9 @@ mod tests {
                 .create_group(&format!("g{i}"), "admin", &[d.keys[1]], None, vec![], 100)
                 .unwrap();
             let ops = d.log(0, &other);
-            d.engines[2].on_group_ops(&bytes(&ops), 100).unwrap();
+            d.engines[2]
+                .on_group_ops(&d.keys[0], &bytes(&ops), 100)
+                .unwrap();
         }
         assert_eq!(d.engines[2].groups.limbo.len(), MAX_LIMBO_GROUPS);
         assert_eq!(d.engines[2].groups().len(), 1);
@@ -2318,7 +2400,7 @@ mod tests {
         assert_eq!(d.engines[2].groups.early.len(), 1);
         // The group arrives: the key is taken, and device 1's messages read.
         let ops = bytes(&d.log(0, &group));
-        d.engines[2].on_group_ops(&ops, 200).unwrap();
+        d.engines[2].on_group_ops(&d.keys[0], &ops, 200).unwrap();
         assert!(d.engines[2].groups.early.is_empty());
         let (_, sent) = d.engines[1]
             .group_send(&group, vec![b"hello".to_vec()], 200)
