@@ -605,6 +605,29 @@ mod tests {
         )
     }
 
+    /// `d`'s group "team", its creation held.
+    fn born(d: &Device) -> ([u8; 32], Log) {
+        let birth = create(d);
+        let g = birth.group;
+        let mut log = Log::new(g);
+        log.insert([birth]).unwrap();
+        (g, log)
+    }
+
+    /// `by` adds `who` with `role`, at the next clock.
+    fn add(log: &mut Log, by: &Device, who: &Device, role: Role) {
+        let op = Op::new(
+            &by.id,
+            *log.group(),
+            log.next_lamport(),
+            Change::Add {
+                card: who.card.clone(),
+                role,
+            },
+        );
+        log.insert([op]).unwrap();
+    }
+
     fn keys(log: &Log) -> Vec<[u8; 32]> {
         log.view().members.iter().map(|m| m.key).collect()
     }
@@ -702,20 +725,8 @@ mod tests {
     #[test]
     fn admins_change_the_group_and_members_cannot() {
         let (a, b, c) = (device(1, "a"), device(2, "b"), device(3, "c"));
-        let birth = create(&a);
-        let g = birth.group;
-        let mut log = Log::new(g);
-        log.insert([birth]).unwrap();
-        let add_b = Op::new(
-            &a.id,
-            g,
-            log.next_lamport(),
-            Change::Add {
-                card: b.card.clone(),
-                role: Role::Member,
-            },
-        );
-        log.insert([add_b]).unwrap();
+        let (g, mut log) = born(&a);
+        add(&mut log, &a, &b, Role::Member);
         assert_eq!(
             keys(&log),
             vec![a.card.key().unwrap(), b.card.key().unwrap()]
@@ -753,20 +764,8 @@ mod tests {
     #[test]
     fn an_operation_its_author_may_not_make_does_not_use_the_clock_up() {
         let (a, b) = (device(1, "a"), device(2, "b"));
-        let birth = create(&a);
-        let g = birth.group;
-        let mut log = Log::new(g);
-        log.insert([birth]).unwrap();
-        let add_b = Op::new(
-            &a.id,
-            g,
-            log.next_lamport(),
-            Change::Add {
-                card: b.card.clone(),
-                role: Role::Member,
-            },
-        );
-        log.insert([add_b]).unwrap();
+        let (g, mut log) = born(&a);
+        add(&mut log, &a, &b, Role::Member);
         assert_eq!(log.next_lamport(), 3);
         // b, a member about to be removed, signs a rename at the end of
         // the clock: it is held (every device folds the same log) but it
@@ -793,16 +792,7 @@ mod tests {
         assert_eq!(log.next_lamport(), 4);
         // A member who leaves at the end of the clock moves it one step.
         let c = device(3, "c");
-        let add_c = Op::new(
-            &a.id,
-            g,
-            log.next_lamport(),
-            Change::Add {
-                card: c.card.clone(),
-                role: Role::Member,
-            },
-        );
-        log.insert([add_c]).unwrap();
+        add(&mut log, &a, &c, Role::Member);
         log.insert([Op::new(&c.id, g, u64::MAX, Change::Leave)])
             .unwrap();
         assert_eq!(keys(&log), vec![a.card.key().unwrap()]);
@@ -812,10 +802,7 @@ mod tests {
     #[test]
     fn a_retention_over_a_year_counts_as_a_year_as_the_api_allows() {
         let a = device(1, "a");
-        let birth = create(&a);
-        let g = birth.group;
-        let mut log = Log::new(g);
-        log.insert([birth]).unwrap();
+        let (g, mut log) = born(&a);
         let long = Op::new(
             &a.id,
             g,
@@ -831,21 +818,9 @@ mod tests {
     #[test]
     fn the_first_member_becomes_admin_when_the_last_admin_leaves() {
         let (a, b, c) = (device(1, "a"), device(2, "b"), device(3, "c"));
-        let birth = create(&a);
-        let g = birth.group;
-        let mut log = Log::new(g);
-        log.insert([birth]).unwrap();
+        let (g, mut log) = born(&a);
         for d in [&b, &c] {
-            let op = Op::new(
-                &a.id,
-                g,
-                log.next_lamport(),
-                Change::Add {
-                    card: d.card.clone(),
-                    role: Role::Member,
-                },
-            );
-            log.insert([op]).unwrap();
+            add(&mut log, &a, d, Role::Member);
         }
         log.insert([Op::new(&a.id, g, log.next_lamport(), Change::Leave)])
             .unwrap();
