@@ -500,24 +500,29 @@ impl Api {
         }
     }
 
-    /// A conversation by key or name: a contact's or a group's. A key or
-    /// id (64 hex digits) is looked up first; then a contact's name, then
-    /// a group's. A name that more than one contact (or, with no contact,
-    /// more than one group) has is refused rather than guessed.
+    /// A conversation by key or name: a contact's key, then its name, then
+    /// a group's id, then its name (no contact's name is 64 hex digits:
+    /// the API refuses one, a group's introduction tags one). A name that
+    /// more than one contact (or, with no contact, more than one group)
+    /// has is refused rather than guessed.
     async fn target(&self, who: &str) -> Result<Target, ApiError> {
+        // Groups are listed only when no contact is meant: a send to a
+        // contact does not build every group's member list.
         let contacts = self.node.contacts().await.map_err(failed)?;
-        let groups = self.node.groups().await.map_err(failed)?;
-        if let Some(k) = unhex32(who) {
-            if contacts.iter().any(|c| c.identity == k) {
-                return Ok(Target::Contact(k));
-            }
-            if groups.iter().any(|g| g.id == k) {
-                return Ok(Target::Group(k));
-            }
+        let key = unhex32(who);
+        if let Some(k) = key
+            && contacts.iter().any(|c| c.identity == k)
+        {
+            return Ok(Target::Contact(k));
         }
-        let contact = one(contacts.iter().filter(|c| c.name == who), who, "contact")?;
-        if let Some(c) = contact {
+        if let Some(c) = one(contacts.iter().filter(|c| c.name == who), who, "contact")? {
             return Ok(Target::Contact(c.identity));
+        }
+        let groups = self.node.groups().await.map_err(failed)?;
+        if let Some(k) = key
+            && groups.iter().any(|g| g.id == k)
+        {
+            return Ok(Target::Group(k));
         }
         one(groups.iter().filter(|g| g.name == who), who, "group")?
             .map(|g| Target::Group(g.id))
