@@ -36,8 +36,25 @@ const SIG_LEN: usize = 64;
 pub const MAX_GROUP_MESSAGE_LEN: usize = HEADER_LEN + MAX_PLAINTEXT + TAG_LEN + SIG_LEN;
 /// Skipped keys one receiver keeps for one sender key.
 pub const MAX_GROUP_SKIPPED: usize = 2000;
-const DIST_VERSION: u8 = 1;
-const STATE_VERSION: u8 = 1;
+/// Version 2 added `generation`; version 1 is still read (generation 0).
+const DIST_VERSION: u8 = 2;
+const DIST_VERSION_1: u8 = 1;
+/// Version 2 of both saved states added `generation`; version 1 is still
+/// read (a sender's generation is then its `created_at`, a receiver's 0).
+const STATE_VERSION: u8 = 2;
+const STATE_VERSION_1: u8 = 1;
+const MAX_DIST_LEN: usize = 128;
+const MAX_KEY_STATE_LEN: usize = 256;
+const MAX_RECEIVER_STATE_LEN: usize = 256 + MAX_GROUP_SKIPPED * 40;
+
+/// The version byte of a versioned encoding, to pick its decoder.
+fn version_byte(bytes: &[u8], what: &'static str) -> Result<u8, Error> {
+    bytes.first().copied().ok_or(Error::Truncated {
+        what,
+        len: 0,
+        min: 1,
+    })
+}
 
 /// A group message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +148,20 @@ pub struct SenderKeyDistribution {
     chain_key: Secret32,
     /// Ed25519 public key that signs this sender's group messages.
     pub signing_key: [u8; 32],
+    /// Orders one member's keys by age: a rotation's key has a higher
+    /// generation than the key it replaces (see [`SenderKey::rotate`]).
+    pub generation: u64,
+}
+
+/// A version 1 distribution: no generation.
+#[derive(Serialize, Deserialize)]
+struct DistributionV1 {
+    version: u8,
+    group_id: [u8; 32],
+    key_id: u32,
+    iteration: u32,
+    chain_key: Secret32,
+    signing_key: [u8; 32],
 }
 
 impl std::fmt::Debug for SenderKeyDistribution {
@@ -138,6 +169,7 @@ impl std::fmt::Debug for SenderKeyDistribution {
         f.debug_struct("SenderKeyDistribution")
             .field("key_id", &self.key_id)
             .field("iteration", &self.iteration)
+            .field("generation", &self.generation)
             .finish_non_exhaustive()
     }
 }
@@ -148,9 +180,23 @@ impl SenderKeyDistribution {
         zeroize::Zeroizing::new(wire::encode(self))
     }
 
-    /// Bounded decode.
+    /// Bounded decode (versions 2 and 1; a version 1 distribution has
+    /// generation 0, older than any version 2 one).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        wire::decode(bytes, "sender key distribution", DIST_VERSION, 128)
+        const WHAT: &str = "sender key distribution";
+        if version_byte(bytes, WHAT)? == DIST_VERSION_1 {
+            let d: DistributionV1 = wire::decode(bytes, WHAT, DIST_VERSION_1, MAX_DIST_LEN)?;
+            return Ok(Self {
+                version: DIST_VERSION,
+                group_id: d.group_id,
+                key_id: d.key_id,
+                iteration: d.iteration,
+                chain_key: d.chain_key,
+                signing_key: d.signing_key,
+                generation: 0,
+            });
+        }
+        wire::decode(bytes, WHAT, DIST_VERSION, MAX_DIST_LEN)
     }
 }
 
@@ -165,6 +211,21 @@ pub struct SenderKey {
     pub(crate) signing: Secret32,
     /// When this key was made (Unix seconds), for periodic rotation.
     pub created_at: u64,
+    /// This key's place among its owner's keys for the group (see
+    /// [`SenderKeyDistribution::generation`]).
+    generation: u64,
+}
+
+/// A version 1 saved sender key: no generation.
+#[derive(Serialize, Deserialize)]
+struct SenderKeyV1 {
+    version: u8,
+    group_id: [u8; 32],
+    key_id: u32,
+    iteration: u32,
+    chain: Secret32,
+    signing: Secret32,
+    created_at: u64,
 }
 
 impl std::fmt::Debug for SenderKey {
@@ -177,7 +238,9 @@ impl std::fmt::Debug for SenderKey {
 }
 
 impl SenderKey {
-    /// A fresh sender key for `group_id`.
+    /// A fresh sender key for `group_id`. Its generation is `now`, so that a
+    /// device that makes its key again (after leaving and being added back)
+    /// starts above the keys it had.
     pub fn new<R: rand_core::CryptoRng + ?Sized>(
         group_id: [u8; 32],
         now: u64,
@@ -193,6 +256,7 @@ impl SenderKey {
             chain: Secret32::random(rng),
             signing: Secret32::random(rng),
             created_at: now,
+            generation: now,
         }
     }
 
@@ -203,7 +267,14 @@ impl SenderKey {
         if next.key_id == self.key_id {
             next.key_id = next.key_id.wrapping_add(1);
         }
+        // Above the old key's even when the clock stands still or goes back.
+        next.generation = now.max(self.generation.saturating_add(1));
         next
+    }
+
+    /// This key's generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The key id.
@@ -222,6 +293,7 @@ impl SenderKey {
             signing_key: SigningKey::from_bytes(self.signing.expose())
                 .verifying_key()
                 .to_bytes(),
+            generation: self.generation,
         }
     }
 
@@ -282,9 +354,23 @@ impl SenderKey {
         zeroize::Zeroizing::new(wire::encode(self))
     }
 
-    /// Inverse of [`Self::to_bytes`].
+    /// Inverse of [`Self::to_bytes`] (versions 2 and 1).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        wire::decode(bytes, "sender key", STATE_VERSION, 256)
+        const WHAT: &str = "sender key";
+        if version_byte(bytes, WHAT)? == STATE_VERSION_1 {
+            let k: SenderKeyV1 = wire::decode(bytes, WHAT, STATE_VERSION_1, MAX_KEY_STATE_LEN)?;
+            return Ok(Self {
+                version: STATE_VERSION,
+                group_id: k.group_id,
+                key_id: k.key_id,
+                iteration: k.iteration,
+                chain: k.chain,
+                signing: k.signing,
+                created_at: k.created_at,
+                generation: k.created_at,
+            });
+        }
+        wire::decode(bytes, WHAT, STATE_VERSION, MAX_KEY_STATE_LEN)
     }
 }
 
@@ -295,6 +381,19 @@ pub struct SenderKeyReceiver {
     group_id: [u8; 32],
     key_id: u32,
     pub(crate) iteration: u32,
+    chain: Secret32,
+    signing_key: [u8; 32],
+    skipped: VecDeque<(u32, MessageKey)>,
+    generation: u64,
+}
+
+/// A version 1 saved receiver: no generation.
+#[derive(Serialize, Deserialize)]
+struct ReceiverV1 {
+    version: u8,
+    group_id: [u8; 32],
+    key_id: u32,
+    iteration: u32,
     chain: Secret32,
     signing_key: [u8; 32],
     skipped: VecDeque<(u32, MessageKey)>,
@@ -320,7 +419,13 @@ impl SenderKeyReceiver {
             chain: d.chain_key.clone(),
             signing_key: d.signing_key,
             skipped: VecDeque::new(),
+            generation: d.generation,
         }
+    }
+
+    /// The generation of the distribution this state came from.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The key id this state reads.
@@ -401,18 +506,26 @@ impl SenderKeyReceiver {
         zeroize::Zeroizing::new(wire::encode(self))
     }
 
-    /// Inverse of [`Self::to_bytes`], bounded.
+    /// Inverse of [`Self::to_bytes`], bounded (versions 2 and 1).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        let s: Self = wire::decode(
-            bytes,
-            "sender key state",
-            STATE_VERSION,
-            256 + MAX_GROUP_SKIPPED * 40,
-        )?;
+        const WHAT: &str = "sender key state";
+        let s: Self = if version_byte(bytes, WHAT)? == STATE_VERSION_1 {
+            let r: ReceiverV1 = wire::decode(bytes, WHAT, STATE_VERSION_1, MAX_RECEIVER_STATE_LEN)?;
+            Self {
+                version: STATE_VERSION,
+                group_id: r.group_id,
+                key_id: r.key_id,
+                iteration: r.iteration,
+                chain: r.chain,
+                signing_key: r.signing_key,
+                skipped: r.skipped,
+                generation: 0,
+            }
+        } else {
+            wire::decode(bytes, WHAT, STATE_VERSION, MAX_RECEIVER_STATE_LEN)?
+        };
         if s.skipped.len() > MAX_GROUP_SKIPPED {
-            return Err(Error::Malformed {
-                what: "sender key state",
-            });
+            return Err(Error::Malformed { what: WHAT });
         }
         Ok(s)
     }

@@ -128,3 +128,71 @@ fn group_decoders_bound_input() {
     }
     assert!(SenderKeyDistribution::from_bytes(&[1, 2, 3]).is_err());
 }
+
+#[test]
+fn a_rotation_is_a_later_generation_even_when_the_clock_goes_back() {
+    let mut r = rng(24);
+    let gid = [8; 32];
+    let first = SenderKey::new(gid, 1_000, &mut r);
+    assert_eq!(first.generation(), 1_000);
+    let second = first.rotate(2_000, &mut r);
+    assert_eq!(second.generation(), 2_000);
+    let third = second.rotate(500, &mut r);
+    assert_eq!(third.generation(), 2_001);
+    // Carried by the distribution and the saved states.
+    let dist = SenderKeyDistribution::from_bytes(&third.distribution().to_bytes()).unwrap();
+    assert_eq!(dist.generation, 2_001);
+    let recv = SenderKeyReceiver::from_distribution(&dist);
+    assert_eq!(
+        SenderKeyReceiver::from_bytes(&recv.to_bytes())
+            .unwrap()
+            .generation(),
+        2_001
+    );
+    assert_eq!(
+        SenderKey::from_bytes(&third.to_bytes())
+            .unwrap()
+            .generation(),
+        2_001
+    );
+}
+
+/// Version 1 encodings are version 2's without the generation, which is
+/// their last field: still read, a distribution and a receiver at
+/// generation 0, a sender key at its `created_at`.
+#[test]
+fn version_1_sender_keys_and_distributions_are_still_read() {
+    let mut r = rng(25);
+    let gid = [9; 32];
+    // Generation 5 is one byte of postcard varint at the end.
+    let mut alice = SenderKey::new(gid, 5, &mut r);
+    let v1 = |bytes: &[u8]| -> Vec<u8> {
+        assert_eq!(bytes[0], 2);
+        assert_eq!(*bytes.last().unwrap(), 5);
+        let mut b = bytes[..bytes.len() - 1].to_vec();
+        b[0] = 1;
+        b
+    };
+    let dist = SenderKeyDistribution::from_bytes(&v1(&alice.distribution().to_bytes())).unwrap();
+    assert_eq!(dist.generation, 0);
+    assert_eq!(dist.key_id, alice.key_id());
+    let mut bob = SenderKeyReceiver::from_distribution(&dist);
+    let m = alice.encrypt(&OWNER, b"old format").unwrap();
+    let mut saved = v1(&SenderKey::from_bytes(&alice.to_bytes()).unwrap().to_bytes());
+    let mut alice = SenderKey::from_bytes(&saved).unwrap();
+    assert_eq!(alice.generation(), 5);
+    assert_eq!(bob.decrypt(&OWNER, &m).unwrap(), b"old format");
+    let receiver = bob.to_bytes();
+    let mut old = receiver[..receiver.len() - 1].to_vec();
+    old[0] = 1;
+    let mut bob = SenderKeyReceiver::from_bytes(&old).unwrap();
+    assert_eq!(bob.generation(), 0);
+    let m = alice.encrypt(&OWNER, b"after").unwrap();
+    assert_eq!(bob.decrypt(&OWNER, &m).unwrap(), b"after");
+    // An unknown version is refused.
+    saved[0] = 3;
+    assert!(matches!(
+        SenderKey::from_bytes(&saved),
+        Err(Error::UnknownVersion { .. })
+    ));
+}

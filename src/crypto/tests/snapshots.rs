@@ -85,7 +85,7 @@ fn group_message_bytes() {
     pin(
         "sender key distribution",
         &sk.distribution().to_bytes(),
-        "103 bytes sha256=ee2f49a92d2bb4d7a61ab002557d2e2eb418e386bc3ecafc93ef4ee164e73c0c",
+        "104 bytes sha256=cf42d851a3b7f36a2c6c0dfad3584352ec42abf2b741050751bab80a4a708ecd",
     );
 }
 

@@ -429,6 +429,13 @@ impl Engine {
                 slot.receivers.entry(member).or_default().push(r);
             }
         }
+        // Oldest first, as `on_sender_key` keeps them (they were read in
+        // the order of their key ids).
+        for slot in self.groups.slots.values_mut() {
+            for keys in slot.receivers.values_mut() {
+                keys.sort_by_key(SenderKeyReceiver::generation);
+            }
+        }
         Ok(())
     }
 
@@ -1486,12 +1493,29 @@ impl Engine {
         if keys.iter().any(|k| k.key_id() == d.key_id) {
             return Ok(GroupEffects::default());
         }
+        // Kept oldest first, by generation. A key older than every kept one
+        // when they fill their places has been replaced twice since (it came
+        // late, by another path): it would push out a newer one.
+        if keys.len() >= KEYS_PER_MEMBER
+            && keys.first().is_some_and(|k| d.generation < k.generation())
+        {
+            tracing::debug!(
+                from = %crate::store::hex(&from[..4]),
+                key_id = d.key_id,
+                "sender key older than the ones kept; dropped"
+            );
+            return Ok(GroupEffects::default());
+        }
         tracing::debug!(
             from = %crate::store::hex(&from[..4]),
             key_id = d.key_id,
             "sender key"
         );
-        keys.push(SenderKeyReceiver::from_distribution(&d));
+        let at = keys
+            .iter()
+            .position(|k| k.generation() > d.generation)
+            .unwrap_or(keys.len());
+        keys.insert(at, SenderKeyReceiver::from_distribution(&d));
         let records = self.store.records(Kind::SenderKeys)?;
         while keys.len() > KEYS_PER_MEMBER {
             let old = keys.remove(0);
@@ -2009,6 +2033,59 @@ mod tests {
         d.effects(0, fx);
         d.run(true, &[]);
         assert_eq!(shown(&d), vec![carol]);
+    }
+
+    /// A member's kept sender keys are its two newest by generation, in
+    /// whatever order their distributions come and across a restart (they
+    /// are read back in the order of their random key ids).
+    #[test]
+    fn a_members_two_newest_sender_keys_are_kept_whatever_their_order() {
+        let (mut d, group) = Devices::formed(3);
+        let bob = d.keys[1];
+        let first = d.engines[1].groups.slots[&group].own.clone().unwrap();
+        let mut rng = StdRng::seed_from_u64(9);
+        // Three rotations; the last two with key ids in the reverse order
+        // of their age, so that reading them back by id gets them wrong.
+        let second = first.rotate(300, &mut rng);
+        let (third, fourth) = loop {
+            let third = second.rotate(300, &mut rng);
+            let fourth = third.rotate(300, &mut rng);
+            if fourth.key_id() < third.key_id() {
+                break (third, fourth);
+            }
+        };
+        let kept = |d: &Devices| -> Vec<u32> {
+            d.engines[0].groups.slots[&group].receivers[&bob]
+                .iter()
+                .map(SenderKeyReceiver::key_id)
+                .collect()
+        };
+        let give = |d: &mut Devices, k: &SenderKey| {
+            let fx = d.engines[0]
+                .on_sender_key(&bob, &k.distribution().to_bytes(), 400)
+                .unwrap();
+            d.effects(0, fx);
+        };
+        assert_eq!(kept(&d), [first.key_id()]);
+        // The third comes before the second: the second still finds its
+        // place, and the first goes.
+        give(&mut d, &third);
+        give(&mut d, &second);
+        assert_eq!(kept(&d), [second.key_id(), third.key_id()]);
+        // The first, come again late, pushes nothing out.
+        give(&mut d, &first);
+        assert_eq!(kept(&d), [second.key_id(), third.key_id()]);
+        // The fourth pushes out the second, the oldest.
+        give(&mut d, &fourth);
+        assert_eq!(kept(&d), [third.key_id(), fourth.key_id()]);
+        // Read back after a restart: still oldest first, and the next
+        // rotation pushes out the third, not the fourth.
+        let store = d.engines[0].store.clone();
+        d.engines[0] = Engine::open(store, 400).unwrap();
+        assert_eq!(kept(&d), [third.key_id(), fourth.key_id()]);
+        let fifth = fourth.rotate(300, &mut rng);
+        give(&mut d, &fifth);
+        assert_eq!(kept(&d), [fourth.key_id(), fifth.key_id()]);
     }
 
     /// A member's delivered receipt is lost (they are held in memory a
