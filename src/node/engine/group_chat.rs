@@ -1327,6 +1327,7 @@ impl Engine {
             let op = Op::from_bytes(b)?;
             by_group.entry(op.group).or_default().push(op);
         }
+        let several = by_group.len() > 1;
         let mut fx = GroupEffects::default();
         for (group, ops) in by_group {
             let ops = if self.groups.slots.contains_key(&group) {
@@ -1337,7 +1338,20 @@ impl Engine {
                     None => continue,
                 }
             };
-            fx.extend(self.apply_ops(group, ops, false, now)?);
+            match self.apply_ops(group, ops, false, now) {
+                Ok(f) => fx.extend(f),
+                Err(EngineError::Store(e)) => return Err(e.into()),
+                // One group's refusal (its log is full) in a payload of
+                // several: the others' changes are taken already, and
+                // their effects (topics, events, frames) must not be lost
+                // with it. Our own payloads carry one group each.
+                Err(e) if several => tracing::warn!(
+                    group = %crate::store::hex(&group[..4]),
+                    error = %e,
+                    "operations of one group in a payload of several refused"
+                ),
+                Err(e) => return Err(e),
+            }
         }
         Ok(fx)
     }
@@ -2033,6 +2047,67 @@ mod tests {
         d.effects(0, fx);
         d.run(true, &[]);
         assert_eq!(shown(&d), vec![carol]);
+    }
+
+    /// A payload mixing the operations of two groups, one of which this
+    /// device refuses (its log is full): the other group's change and its
+    /// effects are kept.
+    #[test]
+    fn one_groups_refusal_does_not_lose_another_groups_effects() {
+        let mut d = Devices::new(3);
+        let carol = d.keys[2];
+        let (full, _) = d.engines[0]
+            .create_group("full", "admin", &[carol], None, vec![], 100)
+            .unwrap();
+        let log = d.log(0, &full);
+        let joined = d.engines[2]
+            .on_group_ops(&d.keys[0], &bytes(&log), 100)
+            .unwrap();
+        assert_eq!(joined.subscribe, vec![groups::topic_id(&full)]);
+        // Enough renames to overflow the log, signed by its admin.
+        let renames: Vec<Op> = (0..groups::MAX_OPS as u64)
+            .map(|i| {
+                Op::new(
+                    &d.engines[0].me,
+                    full,
+                    1_000 + i,
+                    Change::Rename {
+                        name: format!("n{i}"),
+                    },
+                )
+            })
+            .collect();
+        let (team, _) = d.team();
+        let mut mixed = d.log(0, &team);
+        mixed.extend(renames);
+        let fx = d.engines[2]
+            .on_group_ops(&d.keys[0], &bytes(&mixed), 200)
+            .unwrap();
+        assert_eq!(fx.subscribe, vec![groups::topic_id(&team)]);
+        assert!(
+            d.engines[2].groups.slots[&team]
+                .log
+                .view()
+                .is_member(&carol)
+        );
+        // The same refusal alone is still an error.
+        let alone: Vec<Op> = (0..groups::MAX_OPS as u64)
+            .map(|i| {
+                Op::new(
+                    &d.engines[0].me,
+                    full,
+                    9_000 + i,
+                    Change::Rename {
+                        name: format!("m{i}"),
+                    },
+                )
+            })
+            .collect();
+        assert!(
+            d.engines[2]
+                .on_group_ops(&d.keys[0], &bytes(&alone), 300)
+                .is_err()
+        );
     }
 
     /// A member's kept sender keys are its two newest by generation, in
