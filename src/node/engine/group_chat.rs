@@ -592,6 +592,20 @@ impl Engine {
                 if !view.is_member(&member) {
                     return Err(refused("not a member of this group"));
                 }
+                // A group left without an admin makes its first member one
+                // (`View::apply`): the only admin, if it is that member,
+                // would be made admin again by its own step down.
+                let admins = view.members.iter().filter(|m| m.role == Role::Admin);
+                if role != Role::Admin
+                    && admins.clone().count() == 1
+                    && admins.clone().all(|m| m.key == member)
+                    && view.members.first().is_some_and(|m| m.key == member)
+                {
+                    return Err(refused(
+                        "the group's only admin cannot step down: it would be made admin again, \
+                         as the group's first member; make another member admin first",
+                    ));
+                }
                 Change::SetRole { member, role }
             }
             GroupChange::Rename { name } => Change::Rename { name },
@@ -2108,6 +2122,33 @@ mod tests {
                 .on_group_ops(&d.keys[0], &bytes(&alone), 300)
                 .is_err()
         );
+    }
+
+    /// The only admin stepping down would be made admin again (a group
+    /// without one makes its first member admin): refused, with what to do
+    /// instead; once another member is admin, it steps down.
+    #[test]
+    fn the_only_admin_is_told_to_make_another_admin_before_stepping_down() {
+        let (mut d, group) = Devices::formed(3);
+        let me = d.keys[0];
+        let step_down = GroupChange::SetRole {
+            member: me,
+            role: Role::Member,
+        };
+        let e = d.engines[0].change_group(&group, step_down.clone(), 200);
+        assert!(
+            matches!(&e, Err(EngineError::Group(why)) if why.contains("make another member admin")),
+            "{e:?}"
+        );
+        let promote = GroupChange::SetRole {
+            member: d.keys[1],
+            role: Role::Admin,
+        };
+        d.engines[0].change_group(&group, promote, 200).unwrap();
+        d.engines[0].change_group(&group, step_down, 200).unwrap();
+        let view = d.engines[0].groups.slots[&group].log.view().clone();
+        assert_eq!(view.member(&me).unwrap().role, Role::Member);
+        assert_eq!(view.member(&d.keys[1]).unwrap().role, Role::Admin);
     }
 
     /// A member's kept sender keys are its two newest by generation, in
