@@ -434,8 +434,10 @@ pub enum EventView {
     },
     /// A contact's presence changed.
     Presence {
-        /// Whose.
+        /// Whose: the name.
         contact: String,
+        /// Whose: the identity key (hex), which two contacts never share.
+        identity: String,
         /// online, away or offline.
         state: String,
         /// Its newest beacon, Unix milliseconds.
@@ -548,6 +550,7 @@ impl EventView {
                 last_seen_ms,
             } => Self::Presence {
                 contact: name(contact),
+                identity: hex(contact),
                 state: presence_name(*state).into(),
                 last_seen_ms: *last_seen_ms,
             },

@@ -358,7 +358,15 @@ impl App {
                 self.notice = Some("A message expired undelivered.".into());
             }
             "presence" => {
-                if let Some(c) = self.chats.iter_mut().find(|c| c.name == s("contact")) {
+                // By key: two contacts may share a name.
+                let who = |c: &Chat| {
+                    !c.group
+                        && match e["identity"].as_str() {
+                            Some(key) => c.target == key,
+                            None => c.name == s("contact"),
+                        }
+                };
+                if let Some(c) = self.chats.iter_mut().find(|c| who(c)) {
                     c.presence = s("state").to_owned();
                 }
             }
@@ -728,6 +736,13 @@ mod tests {
         assert!(app.messages.is_empty());
         let unread: Vec<u64> = app.chats.iter().map(|c| c.unread).collect();
         assert_eq!(unread, vec![0, 1]);
+        // The second bob's presence is the second chat's.
+        app.on_event(
+            &json!({"type": "presence", "contact": "bob", "identity": "b2",
+            "state": "away", "last_seen_ms": 1}),
+        );
+        let shown: Vec<&str> = app.chats.iter().map(|c| c.presence.as_str()).collect();
+        assert_eq!(shown, vec!["online", "away"]);
     }
 
     #[test]
