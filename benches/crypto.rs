@@ -30,7 +30,7 @@ fn pair(rng: &mut StdRng) -> Pair {
     let alice = DeviceIdentity::generate(rng);
     let bob = DeviceIdentity::generate(rng);
     let mut pre = PrekeyStore::new(&bob, 0, rng);
-    pre.generate_one_time(&bob, 1, rng);
+    pre.generate_one_time(&bob, 1, 0, rng);
     let bundle = pre
         .bundle(&bob, [0; 32], &[], 0, true)
         .unwrap()
@@ -151,7 +151,7 @@ fn setup(c: &mut Criterion) {
     let alice = DeviceIdentity::generate(&mut rng);
     let bob = DeviceIdentity::generate(&mut rng);
     let mut pre = PrekeyStore::new(&bob, 0, &mut rng);
-    pre.generate_one_time(&bob, 1, &mut rng);
+    pre.generate_one_time(&bob, 1, 0, &mut rng);
     let bundle = pre.bundle(&bob, [0; 32], &[], 0, true).unwrap();
     g.bench_function(
         "x3dh initiate (verify bundle, 4 DH, first ratchet step)",

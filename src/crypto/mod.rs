@@ -23,7 +23,7 @@
 //! let mut rng = rand::rng();
 //! let (alice, bob) = (DeviceIdentity::generate(&mut rng), DeviceIdentity::generate(&mut rng));
 //! let mut bob_prekeys = PrekeyStore::new(&bob, 0, &mut rng);
-//! bob_prekeys.generate_one_time(&bob, 5, &mut rng);
+//! bob_prekeys.generate_one_time(&bob, 5, 0, &mut rng);
 //! let bundle = bob_prekeys.bundle(&bob, [0; 32], &[], 0, true)?.verify()?;
 //!
 //! let (agreed, initial, their_ratchet) = initiate(&alice, &bundle, &mut rng)?;
@@ -132,7 +132,8 @@ pub mod limits {
     pub use super::keystore::{RECORD_NONCE_ROOM, RECORD_OVERHEAD};
     pub use super::prekeys::{
         BUNDLE_MAX, MAX_BUNDLE_RELAYS, MAX_ONE_TIME_PREKEYS, MAX_RELAY_ADDR_LEN,
-        SIGNED_PREKEY_GRACE_SECS, SIGNED_PREKEY_ROTATION_SECS,
+        ONE_TIME_PREKEY_HAND_OUT_SECS, ONE_TIME_PREKEY_LIFETIME_SECS, SIGNED_PREKEY_GRACE_SECS,
+        SIGNED_PREKEY_ROTATION_SECS,
     };
     pub use super::ratchet::{
         HEADER_LEN, MAX_MESSAGE_LEN, MAX_PLAINTEXT, MAX_SKIP, MAX_SKIPPED_TOTAL, SEND_RESERVE,

@@ -18,12 +18,25 @@ pub const SIGNED_PREKEY_ROTATION_SECS: u64 = 7 * 24 * 3600;
 pub const SIGNED_PREKEY_GRACE_SECS: u64 = 14 * 24 * 3600;
 /// The most one-time prekeys a device keeps.
 pub const MAX_ONE_TIME_PREKEYS: usize = 200;
+/// How long a device keeps a one-time prekey nobody used. A relay hands
+/// one out at most [`ONE_TIME_PREKEY_HAND_OUT_SECS`] after it was
+/// published, and a device itself only while it is younger than its
+/// current signed prekey; either way with a signed prekey that is
+/// forgotten at most 21 days later, after which a first message from that
+/// bundle is not read anyway (and the sender starts again from a fresh
+/// one). 40 days leaves a margin over 14 + 21.
+pub const ONE_TIME_PREKEY_LIFETIME_SECS: u64 = 40 * 24 * 3600;
+/// How long after its publication a relay still hands out a one-time
+/// prekey.
+pub const ONE_TIME_PREKEY_HAND_OUT_SECS: u64 = 14 * 24 * 3600;
 /// The most relay addresses a bundle may list.
 pub const MAX_BUNDLE_RELAYS: usize = 8;
 /// The longest relay address.
 pub const MAX_RELAY_ADDR_LEN: usize = 256;
 
-const STORE_VERSION: u8 = 1;
+/// Version 2 added `one_time_made`; version 1 is still read.
+const STORE_VERSION: u8 = 2;
+const STORE_VERSION_1: u8 = 1;
 const BUNDLE_VERSION: u8 = 1;
 const BODY_VERSION: u8 = 1;
 /// Encoded bundle limit.
@@ -116,6 +129,19 @@ pub struct PrekeyStore {
     signed: Vec<SignedPrekey>,
     one_time: BTreeMap<u32, OneTimePrekey>,
     next_id: u32,
+    /// When each one-time prekey was made (Unix seconds). One without an
+    /// entry (read from version 1) is dated by the next
+    /// [`PrekeyStore::retire_one_time`].
+    one_time_made: BTreeMap<u32, u64>,
+}
+
+/// A version 1 prekey store: no dates for one-time prekeys.
+#[derive(Serialize, Deserialize)]
+struct PrekeyStoreV1 {
+    version: u8,
+    signed: Vec<SignedPrekey>,
+    one_time: BTreeMap<u32, OneTimePrekey>,
+    next_id: u32,
 }
 
 impl std::fmt::Debug for PrekeyStore {
@@ -139,6 +165,7 @@ impl PrekeyStore {
             signed: Vec::new(),
             one_time: BTreeMap::new(),
             next_id: 1,
+            one_time_made: BTreeMap::new(),
         };
         store.push_signed(identity, now, rng);
         store
@@ -207,12 +234,13 @@ impl PrekeyStore {
         due
     }
 
-    /// Makes up to `count` new one-time prekeys (never holding more than
-    /// [`MAX_ONE_TIME_PREKEYS`]) and returns their public parts.
+    /// Makes up to `count` new one-time prekeys at `now` (never holding
+    /// more than [`MAX_ONE_TIME_PREKEYS`]) and returns their public parts.
     pub fn generate_one_time<R: rand_core::CryptoRng + ?Sized>(
         &mut self,
         identity: &DeviceIdentity,
         count: usize,
+        now: u64,
         rng: &mut R,
     ) -> Vec<OneTimePublic> {
         let room = MAX_ONE_TIME_PREKEYS.saturating_sub(self.one_time.len());
@@ -230,8 +258,36 @@ impl PrekeyStore {
             };
             out.push(opk.to_public());
             self.one_time.insert(id, opk);
+            self.one_time_made.insert(id, now);
         }
         out
+    }
+
+    /// When the one-time prekey `id` was made, if it is held and dated.
+    pub fn one_time_made(&self, id: u32) -> Option<u64> {
+        self.one_time
+            .contains_key(&id)
+            .then(|| self.one_time_made.get(&id).copied())
+            .flatten()
+    }
+
+    /// Forgets the one-time prekeys made more than
+    /// [`ONE_TIME_PREKEY_LIFETIME_SECS`] before `now` that nobody used,
+    /// and dates those without a date (read from version 1) at `now`.
+    /// Returns whether anything changed (then write the store).
+    pub fn retire_one_time(&mut self, now: u64) -> bool {
+        let before = (self.one_time.len(), self.one_time_made.len());
+        for id in self.one_time.keys() {
+            self.one_time_made.entry(*id).or_insert(now);
+        }
+        let made = &self.one_time_made;
+        self.one_time.retain(|id, _| {
+            made.get(id)
+                .is_none_or(|at| now.saturating_sub(*at) < ONE_TIME_PREKEY_LIFETIME_SECS)
+        });
+        let held = &self.one_time;
+        self.one_time_made.retain(|id, _| held.contains_key(id));
+        before != (self.one_time.len(), self.one_time_made.len())
     }
 
     /// The public part of the one-time prekey `id`, while it is unused.
@@ -270,6 +326,7 @@ impl PrekeyStore {
 
     /// Removes and returns a one-time prekey: each is used at most once.
     pub fn take_one_time(&mut self, id: u32) -> Result<OneTimePrekey, Error> {
+        self.one_time_made.remove(&id);
         self.one_time.remove(&id).ok_or(Error::UnknownPrekey {
             kind: "one-time",
             id,
@@ -325,10 +382,25 @@ impl PrekeyStore {
         zeroize::Zeroizing::new(wire::encode(self))
     }
 
-    /// Inverse of [`Self::to_bytes`].
+    /// Inverse of [`Self::to_bytes`] (versions 2 and 1).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        let store: Self = wire::decode(bytes, "prekey store", STORE_VERSION, STORE_MAX)?;
-        if store.one_time.len() > MAX_ONE_TIME_PREKEYS || store.signed.len() > 16 {
+        const WHAT: &str = "prekey store";
+        let store: Self = if bytes.first() == Some(&STORE_VERSION_1) {
+            let v1: PrekeyStoreV1 = wire::decode(bytes, WHAT, STORE_VERSION_1, STORE_MAX)?;
+            Self {
+                version: STORE_VERSION,
+                signed: v1.signed,
+                one_time: v1.one_time,
+                next_id: v1.next_id,
+                one_time_made: BTreeMap::new(),
+            }
+        } else {
+            wire::decode(bytes, WHAT, STORE_VERSION, STORE_MAX)?
+        };
+        if store.one_time.len() > MAX_ONE_TIME_PREKEYS
+            || store.one_time_made.len() > MAX_ONE_TIME_PREKEYS
+            || store.signed.len() > 16
+        {
             return Err(Error::Malformed {
                 what: "prekey store",
             });

@@ -579,16 +579,21 @@ impl Engine {
         let mut bundle =
             self.prekeys
                 .bundle(&self.me, self.mailbox.id().0, &self.relays, now, false)?;
-        let unused = self
-            .handed_one_time
-            .get(from)
-            .and_then(|&id| self.prekeys.one_time_public(id));
+        // The one handed to this contact before, if still unused and made
+        // after the current signed prekey: a one-time prekey is kept only
+        // so long after it was made (`ONE_TIME_PREKEY_LIFETIME_SECS`), so
+        // an older one is not handed out again.
+        let spk_made = self.prekeys.current().map_or(0, |s| s.created_at);
+        let unused = self.handed_one_time.get(from).and_then(|&id| {
+            let made = self.prekeys.one_time_made(id)?;
+            (made >= spk_made).then(|| self.prekeys.one_time_public(id))?
+        });
         bundle.one_time = match unused {
             Some(opk) => Some(opk),
             None => {
                 let opk = self
                     .prekeys
-                    .generate_one_time(&self.me, 1, &mut self.rng)
+                    .generate_one_time(&self.me, 1, now, &mut self.rng)
                     .pop();
                 if let Some(o) = &opk {
                     self.handed_one_time.insert(*from, o.id);
@@ -613,7 +618,7 @@ impl Engine {
                 .bundle(&self.me, self.mailbox.id().0, &self.relays, now, false)?;
         let one_time = self
             .prekeys
-            .generate_one_time(&self.me, count, &mut self.rng);
+            .generate_one_time(&self.me, count, now, &mut self.rng);
         if !one_time.is_empty() {
             self.save_prekeys()?;
         }
@@ -681,14 +686,15 @@ impl Engine {
     }
 
     /// Makes a new signed prekey when the current one is older than the
-    /// rotation period, and forgets replaced ones past their grace period
-    /// (written to the store). Returns whether anything was written, and
-    /// whether a new one was made (our relays should then get the new
-    /// bundle).
+    /// rotation period, forgets replaced ones past their grace period and
+    /// one-time prekeys nobody used within their lifetime (written to the
+    /// store). Returns whether anything was written, and whether a new
+    /// signed prekey was made (our relays should then get the new bundle).
     pub fn rotate_prekeys(&mut self, now: u64) -> Result<(bool, bool), EngineError> {
         let before = self.prekeys.signed_count();
         let made = self.prekeys.rotate_if_due(&self.me, now, &mut self.rng);
-        let written = made || self.prekeys.signed_count() != before;
+        let retired = self.prekeys.retire_one_time(now);
+        let written = made || retired || self.prekeys.signed_count() != before;
         if written {
             self.save_prekeys()?;
         }
@@ -2180,8 +2186,24 @@ mod tests {
         let hello = a.send(&b_key, b"hello".to_vec(), 151).unwrap();
         b.receive(&a_key, &[hello.frame], 152, true).unwrap();
         assert_eq!(b.prekeys.one_time_count(), 0);
-        assert_ne!(one_time(&mut b, 153), first);
+        let second = one_time(&mut b, 153);
+        assert_ne!(second, first);
         assert_eq!(b.prekeys.one_time_count(), 1);
+        // Once the signed prekey is replaced, the unused one made before it
+        // is not handed out again (it is forgotten some time later): a new
+        // one is, and the old one stays until it is used or retired.
+        let week = crate::crypto::limits::SIGNED_PREKEY_ROTATION_SECS;
+        assert_eq!(b.rotate_prekeys(153 + week).unwrap(), (true, true));
+        let third = one_time(&mut b, 154 + week);
+        assert_ne!(third, second);
+        assert_eq!(b.prekeys.one_time_count(), 2);
+        assert_eq!(one_time(&mut b, 155 + week), third);
+        // Nobody used them: past their lifetime both are forgotten.
+        let life = crate::crypto::limits::ONE_TIME_PREKEY_LIFETIME_SECS;
+        assert!(b.rotate_prekeys(153 + life).unwrap().0);
+        assert_eq!(b.prekeys.one_time_count(), 1);
+        assert!(b.rotate_prekeys(154 + week + life).unwrap().0);
+        assert_eq!(b.prekeys.one_time_count(), 0);
     }
 
     #[test]

@@ -22,7 +22,8 @@ use super::proto::{
     Owner, OwnerRequest, Publish, Refusal, Request, Response, Signed, envelope_digest,
 };
 use crate::crypto::{
-    DeviceIdentity, Envelope, MailboxId, OneTimePublic, PrekeyBundle, limits::MAX_ENVELOPE,
+    DeviceIdentity, Envelope, MailboxId, OneTimePublic, PrekeyBundle,
+    limits::{MAX_ENVELOPE, ONE_TIME_PREKEY_HAND_OUT_SECS},
 };
 use crate::node::net::{RateLimit, RateLimiter};
 use crate::store::{self, Kind, Spool, Store, ToHold, digest_key};
@@ -55,9 +56,29 @@ struct HeldPrekeys {
     /// When the owner last published (Unix seconds): a bundle not
     /// published again for twice the retention goes.
     published_at: u64,
+    /// When each of `one_time` was published, in the same order: one is
+    /// handed out only within `ONE_TIME_PREKEY_HAND_OUT_SECS` of it, since
+    /// its owner forgets it some time later.
+    one_time_at: Vec<u64>,
 }
 
-const HELD_PREKEYS_VERSION: u8 = 2;
+const HELD_PREKEYS_VERSION: u8 = 3;
+
+impl HeldPrekeys {
+    /// Drops the one-time prekeys published too long ago to be handed out
+    /// (their owner forgets them); returns how many.
+    fn drop_stale(&mut self, now: u64) -> usize {
+        // Oldest first, so they lead.
+        let stale = self
+            .one_time_at
+            .iter()
+            .take_while(|at| now.saturating_sub(**at) >= ONE_TIME_PREKEY_HAND_OUT_SECS)
+            .count();
+        self.one_time.drain(..stale);
+        self.one_time_at.drain(..stale);
+        stale
+    }
+}
 /// How often held bundles are checked for their age (seconds).
 const BUNDLE_CHECK_EVERY: u64 = 3600;
 /// Held bundles read per step of that check (each up to 32 KiB).
@@ -83,9 +104,22 @@ struct HeldPrekeysV1 {
     max_id: u32,
 }
 
-/// Decodes held prekeys of either version; a version-1 record has no
-/// publish time (0), and the age check stamps it with the time it first
-/// sees it.
+/// [`HeldPrekeys`] as version 2 wrote it (no publish time per one-time
+/// prekey).
+#[derive(Deserialize, Serialize)]
+struct HeldPrekeysV2 {
+    version: u8,
+    bundle: PrekeyBundle,
+    one_time: Vec<OneTimePublic>,
+    max_id: u32,
+    published_at: u64,
+}
+
+/// Decodes held prekeys of any version. A version-1 record has no publish
+/// time (0), and the age check stamps it with the time it first sees it.
+/// The one-time prekeys of versions 1 and 2 have no publish time of their
+/// own: they count as published at 0, so they are not handed out (their
+/// owner may have forgotten them), and its next publish brings new ones.
 fn decode_held(bytes: &[u8]) -> Option<HeldPrekeys> {
     let what = "held prekeys";
     let decoded = match bytes.first() {
@@ -93,11 +127,33 @@ fn decode_held(bytes: &[u8]) -> Option<HeldPrekeys> {
             .map(|v1| HeldPrekeys {
                 version: HELD_PREKEYS_VERSION,
                 bundle: v1.bundle,
+                one_time_at: vec![0; v1.one_time.len()],
                 one_time: v1.one_time,
                 max_id: v1.max_id,
                 published_at: 0,
             }),
-        _ => crate::crypto::wire::decode(bytes, what, HELD_PREKEYS_VERSION, HELD_PREKEYS_MAX),
+        Some(2) => crate::crypto::wire::decode::<HeldPrekeysV2>(bytes, what, 2, HELD_PREKEYS_MAX)
+            .map(|v2| HeldPrekeys {
+                version: HELD_PREKEYS_VERSION,
+                bundle: v2.bundle,
+                one_time_at: vec![0; v2.one_time.len()],
+                one_time: v2.one_time,
+                max_id: v2.max_id,
+                published_at: v2.published_at,
+            }),
+        _ => crate::crypto::wire::decode::<HeldPrekeys>(
+            bytes,
+            what,
+            HELD_PREKEYS_VERSION,
+            HELD_PREKEYS_MAX,
+        )
+        .and_then(|h| {
+            if h.one_time_at.len() == h.one_time.len() {
+                Ok(h)
+            } else {
+                Err(crate::crypto::Error::Malformed { what })
+            }
+        }),
     };
     decoded
         .map_err(|e| tracing::warn!(error = %e, "held prekeys unreadable; treated as none"))
@@ -489,6 +545,7 @@ impl Service {
                 } else {
                     HeldPrekeys {
                         one_time: Vec::new(),
+                        one_time_at: Vec::new(),
                         max_id: 0,
                         ..h
                     }
@@ -498,6 +555,7 @@ impl Service {
                 version: HELD_PREKEYS_VERSION,
                 bundle: p.bundle.clone(),
                 one_time: Vec::new(),
+                one_time_at: Vec::new(),
                 max_id: 0,
                 published_at: now,
             },
@@ -505,6 +563,9 @@ impl Service {
         next.bundle = p.bundle;
         next.published_at = now;
         next.bundle.one_time = None;
+        // The count answered tells the owner whether to send more: the
+        // stale ones do not count.
+        next.drop_stale(now);
         // Only ids above any taken before: one handed out never returns.
         let mut fresh: Vec<OneTimePublic> = p
             .one_time
@@ -519,6 +580,7 @@ impl Service {
             }
             next.max_id = next.max_id.max(k.id);
             next.one_time.push(k);
+            next.one_time_at.push(now);
         }
         self.keep_prekeys(mailbox, &next)?;
         if new_mailbox {
@@ -551,11 +613,16 @@ impl Service {
         if given.0 != hour {
             *given = (hour, 0);
         }
+        let mut changed = held.drop_stale(now) > 0;
         if !held.one_time.is_empty() && given.1 < ONE_TIME_PER_HOUR {
             given.1 += 1;
             bundle.one_time = Some(held.one_time.remove(0));
-            self.keep_prekeys(mailbox, &held)?;
+            held.one_time_at.remove(0);
+            changed = true;
             Metrics::add(&self.metrics.one_time_prekeys_handed_out, 1);
+        }
+        if changed {
+            self.keep_prekeys(mailbox, &held)?;
         }
         Ok(Response::Prekeys(Some(bundle)))
     }
@@ -1184,7 +1251,7 @@ mod tests {
                 .unwrap();
             let one_time = self
                 .prekeys
-                .generate_one_time(&self.identity, keys, &mut f.rng);
+                .generate_one_time(&self.identity, keys, at, &mut f.rng);
             let owner = Owner::new(&f.owner, f.relay, at, &mut f.rng);
             Request::PublishPrekeys(Box::new(Signed::new(
                 &f.owner,
@@ -1264,6 +1331,49 @@ mod tests {
         assert_eq!(a.response, Response::Published(1));
         let three = fetch_prekeys(&mut f, 1_011).unwrap().one_time.unwrap().id;
         assert!(three > two);
+    }
+
+    /// A one-time prekey is handed out only within a fortnight of its
+    /// publication (its owner forgets it later), and those of records
+    /// written before publish times were kept per key not at all.
+    #[test]
+    fn a_one_time_prekey_published_too_long_ago_is_not_handed_out() {
+        let mut f = fixture(Limits::default());
+        let mut rng = StdRng::seed_from_u64(10);
+        let mut device = Device::new(&mut rng);
+        let mailbox = f.owner.id().0;
+        let last = 1_000 + ONE_TIME_PREKEY_HAND_OUT_SECS - 1;
+        let publish = device.publish(&mut f, mailbox, 1_000, 2);
+        f.service.handle(&f.peer, publish, 1_000).unwrap();
+        let id = |b: Option<PrekeyBundle>| b.unwrap().one_time.map(|k| k.id);
+        let first = id(fetch_prekeys(&mut f, last)).unwrap();
+        let publish = device.publish(&mut f, mailbox, last, 1);
+        assert_eq!(
+            f.service.handle(&f.peer, publish, last).unwrap().response,
+            Response::Published(2)
+        );
+        // The second of the first two is too old now: the newer one comes.
+        let newer = id(fetch_prekeys(&mut f, last + 1)).unwrap();
+        assert!(newer > first + 1);
+        assert_eq!(id(fetch_prekeys(&mut f, last + 2)), None);
+        // A version 2 record (no time per one-time prekey): the bundle is
+        // served, its one-time prekeys are not.
+        let publish = device.publish(&mut f, mailbox, last + 10, 1);
+        f.service.handle(&f.peer, publish, last + 10).unwrap();
+        let records = f.service.store.records(Kind::HeldPrekeys).unwrap();
+        let held = decode_held(&records.get(&mailbox).unwrap().unwrap()).unwrap();
+        assert_eq!(held.one_time.len(), 1);
+        let v2 = HeldPrekeysV2 {
+            version: 2,
+            bundle: held.bundle,
+            one_time: held.one_time,
+            max_id: held.max_id,
+            published_at: held.published_at,
+        };
+        records
+            .put(&mailbox, &crate::crypto::wire::encode(&v2))
+            .unwrap();
+        assert_eq!(id(fetch_prekeys(&mut f, last + 11)), None);
     }
 
     #[test]
@@ -1360,7 +1470,7 @@ mod tests {
         let mut forged = device.publish(&mut f, mailbox, 1_000, 0);
         if let Request::PublishPrekeys(p) = &mut forged {
             let mut s = stranger;
-            p.body.one_time = s.prekeys.generate_one_time(&s.identity, 1, &mut rng);
+            p.body.one_time = s.prekeys.generate_one_time(&s.identity, 1, 1_000, &mut rng);
             **p = Signed::new(&f.owner, p.body.clone());
         }
         let a = f.service.handle(&f.peer, forged, 1_000).unwrap();

@@ -47,7 +47,7 @@ proptest! {
         let Pair { mut alice, .. } = pair(71);
         let mut sk = SenderKey::new([1; 32], 0, &mut r);
         let mut pre = PrekeyStore::new(&id, 0, &mut r);
-        pre.generate_one_time(&id, 1, &mut r);
+        pre.generate_one_time(&id, 1, 0, &mut r);
         let frames = [
             Envelope::new([1; 32], [2; 16], 3, vec![4; 64]).to_bytes(),
             alice.encrypt(b"x").unwrap().to_bytes(),

@@ -38,7 +38,7 @@ pub(super) fn pair(seed: u64) -> Pair {
     let alice_id = DeviceIdentity::generate(&mut r);
     let bob_id = DeviceIdentity::generate(&mut r);
     let mut bob_pre = PrekeyStore::new(&bob_id, 1_000, &mut r);
-    bob_pre.generate_one_time(&bob_id, 4, &mut r);
+    bob_pre.generate_one_time(&bob_id, 4, 0, &mut r);
     let bundle = bob_pre
         .bundle(&bob_id, [7; 32], &[], 1_000, true)
         .unwrap()

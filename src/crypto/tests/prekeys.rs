@@ -1,5 +1,7 @@
 use super::*;
-use crate::crypto::limits::{SIGNED_PREKEY_GRACE_SECS, SIGNED_PREKEY_ROTATION_SECS};
+use crate::crypto::limits::{
+    ONE_TIME_PREKEY_LIFETIME_SECS, SIGNED_PREKEY_GRACE_SECS, SIGNED_PREKEY_ROTATION_SECS,
+};
 
 const DAY: u64 = 86_400;
 
@@ -37,7 +39,7 @@ fn one_time_prekeys_are_used_once_and_bounded() {
     let alice = DeviceIdentity::generate(&mut r);
     let bob = DeviceIdentity::generate(&mut r);
     let mut pre = PrekeyStore::new(&bob, 0, &mut r);
-    let made = pre.generate_one_time(&bob, 10_000, &mut r);
+    let made = pre.generate_one_time(&bob, 10_000, 0, &mut r);
     assert_eq!(made.len(), limits::MAX_ONE_TIME_PREKEYS);
     assert_eq!(pre.one_time_count(), limits::MAX_ONE_TIME_PREKEYS);
     let bundle = pre
@@ -65,7 +67,7 @@ fn bundles_are_signed_end_to_end() {
     let bob = DeviceIdentity::generate(&mut r);
     let mallory = DeviceIdentity::generate(&mut r);
     let mut pre = PrekeyStore::new(&bob, 0, &mut r);
-    pre.generate_one_time(&bob, 2, &mut r);
+    pre.generate_one_time(&bob, 2, 0, &mut r);
     let relays = vec!["/ip4/127.0.0.1/tcp/1".to_string()];
     let bundle = pre.bundle(&bob, [5; 32], &relays, 0, true).unwrap();
     let v = PrekeyBundle::from_bytes(&bundle.to_bytes())
@@ -83,7 +85,7 @@ fn bundles_are_signed_end_to_end() {
     // A relay cannot substitute its own one-time prekey.
     let mut swapped = bundle.clone();
     let mut mal_pre = PrekeyStore::new(&mallory, 0, &mut r);
-    let forged = mal_pre.generate_one_time(&mallory, 1, &mut r).remove(0);
+    let forged = mal_pre.generate_one_time(&mallory, 1, 0, &mut r).remove(0);
     swapped.one_time = Some(forged);
     assert!(matches!(swapped.verify(), Err(Error::BadSignature { .. })));
     // A bundle re-signed by someone else fails the identity binding check.
@@ -160,7 +162,7 @@ fn a_signed_bundle_with_an_unusable_key_or_an_unknown_version_is_refused() {
     let mut r = rng(64);
     let bob = DeviceIdentity::generate(&mut r);
     let mut pre = PrekeyStore::new(&bob, 0, &mut r);
-    pre.generate_one_time(&bob, 1, &mut r);
+    pre.generate_one_time(&bob, 1, 0, &mut r);
     let bundle = pre.bundle(&bob, [5; 32], &[], 0, true).unwrap();
     bundle.verify().unwrap();
 
@@ -221,4 +223,54 @@ fn a_signed_bundle_with_an_unusable_key_or_an_unknown_version_is_refused() {
         other.verify(),
         Err(Error::UnknownVersion { got: 2, .. })
     ));
+}
+
+/// A one-time prekey nobody used is forgotten once its lifetime is over; one
+/// read from a version 1 store (no dates) is dated when first checked, not
+/// forgotten at once.
+#[test]
+fn unused_one_time_prekeys_are_forgotten_after_their_lifetime() {
+    let mut r = rng(65);
+    let bob = DeviceIdentity::generate(&mut r);
+    let mut pre = PrekeyStore::new(&bob, 0, &mut r);
+    let life = ONE_TIME_PREKEY_LIFETIME_SECS;
+    let old = pre.generate_one_time(&bob, 2, 1_000, &mut r);
+    let young = pre.generate_one_time(&bob, 1, 5_000, &mut r);
+    assert_eq!(pre.one_time_made(old[0].id), Some(1_000));
+    assert!(!pre.retire_one_time(1_000 + life - 1));
+    assert_eq!(pre.one_time_count(), 3);
+    // One is used meanwhile: it is gone already, its date with it.
+    pre.take_one_time(old[1].id).unwrap();
+    assert_eq!(pre.one_time_made(old[1].id), None);
+    assert!(pre.retire_one_time(1_000 + life));
+    assert_eq!(pre.one_time_count(), 1);
+    assert!(pre.one_time_public(young[0].id).is_some());
+    // Saved and read back, dates and all.
+    let again = PrekeyStore::from_bytes(&pre.to_bytes()).unwrap();
+    assert_eq!(again.one_time_made(young[0].id), Some(5_000));
+
+    // Version 1 is version 2 without the dates, its last field: a store
+    // holding one one-time prekey, made into version 1.
+    assert_eq!(pre.to_bytes()[0], 2);
+    let mut undated = PrekeyStore::new(&bob, 0, &mut r);
+    let kept = undated.generate_one_time(&bob, 1, 0, &mut r);
+    let mut v1 = undated.to_bytes().to_vec();
+    // Its dates map: one entry, id and 0 as varints, after a count of 1.
+    let tail = {
+        let mut t = vec![1u8];
+        t.extend(postcard::to_allocvec(&kept[0].id).unwrap());
+        t.push(0);
+        t
+    };
+    assert!(v1.ends_with(&tail));
+    v1.truncate(v1.len() - tail.len());
+    v1[0] = 1;
+    let mut read = PrekeyStore::from_bytes(&v1).unwrap();
+    assert_eq!(read.one_time_made(kept[0].id), None);
+    // Dated at the first check, then kept for a lifetime from there.
+    assert!(read.retire_one_time(9_000_000));
+    assert_eq!(read.one_time_made(kept[0].id), Some(9_000_000));
+    assert_eq!(read.one_time_count(), 1);
+    assert!(read.retire_one_time(9_000_000 + life));
+    assert_eq!(read.one_time_count(), 0);
 }

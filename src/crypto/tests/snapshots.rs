@@ -99,7 +99,7 @@ fn identity_and_bundle_bytes() {
     );
     let mut r = rng(51);
     let mut pre = PrekeyStore::new(&id, 1_700_000_000, &mut r);
-    pre.generate_one_time(&id, 2, &mut r);
+    pre.generate_one_time(&id, 2, 0, &mut r);
     let bundle = pre
         .bundle(
             &id,
