@@ -68,6 +68,10 @@ const MAX_LIMBO_GROUPS: usize = 8;
 const MAX_LIMBO_BYTES: usize = groups::MAX_OPS * 2 * 1024;
 /// ...and for all of them together (the oldest group goes first).
 const MAX_LIMBO_TOTAL: usize = 2 * MAX_LIMBO_BYTES;
+/// Most of those groups one contact's payloads brought (within
+/// [`MAX_LIMBO_BYTES`] together): past it, that contact's oldest goes, so
+/// one contact cannot push out the groups others are bringing.
+const MAX_LIMBO_FROM_ONE: usize = 3;
 /// Most groups one contact may have added this device to that it is still
 /// in: past it, a further group that contact adds it to is not joined
 /// (any contact can add us to a group, and each brings up to 99 contacts
@@ -226,6 +230,9 @@ pub(crate) struct Groups {
     /// oldest group first; kept on disk too, since the payloads that
     /// brought them were acknowledged.
     limbo: VecDeque<([u8; 32], Vec<Op>)>,
+    /// The contact whose payload first brought each group in `limbo`
+    /// (in memory only: after a restart, held groups are nobody's).
+    limbo_via: HashMap<[u8; 32], [u8; 32]>,
 }
 
 /// Who has a group message of ours.
@@ -1389,6 +1396,7 @@ impl Engine {
         from: &[u8; 32],
     ) -> Result<Option<Vec<Op>>, EngineError> {
         let me = self.me.public().signing;
+        let via = self.groups.limbo_via.remove(&group).unwrap_or(*from);
         let mut held = match self.groups.limbo.iter().position(|(g, _)| *g == group) {
             Some(i) => self
                 .groups
@@ -1437,18 +1445,38 @@ impl Engine {
             records.put(&limbo_record(&group, &op.id), &op.bytes)?;
         }
         self.groups.limbo.push_back((group, held));
+        self.groups.limbo_via.insert(group, via);
+        // The contact's own oldest go first while it holds too many.
+        loop {
+            let theirs: Vec<usize> = (0..self.groups.limbo.len())
+                .filter(|&i| self.groups.limbo_via.get(&self.groups.limbo[i].0) == Some(&via))
+                .collect();
+            let held_bytes: usize = theirs.iter().map(|&i| bytes(&self.groups.limbo[i].1)).sum();
+            if theirs.len() <= MAX_LIMBO_FROM_ONE && held_bytes <= MAX_LIMBO_BYTES {
+                break;
+            }
+            self.drop_limbo(theirs[0])?;
+        }
         let total =
             |l: &VecDeque<([u8; 32], Vec<Op>)>| l.iter().map(|(_, o)| bytes(o)).sum::<usize>();
         while self.groups.limbo.len() > MAX_LIMBO_GROUPS
             || (self.groups.limbo.len() > 1 && total(&self.groups.limbo) > MAX_LIMBO_TOTAL)
         {
-            if let Some((old, ops)) = self.groups.limbo.pop_front() {
-                for op in &ops {
-                    records.remove(&limbo_record(&old, &op.id))?;
-                }
-            }
+            self.drop_limbo(0)?;
         }
         Ok(None)
+    }
+
+    /// Forgets the held group at `index` of the limbo, on disk too.
+    fn drop_limbo(&mut self, index: usize) -> Result<(), EngineError> {
+        if let Some((old, ops)) = self.groups.limbo.remove(index) {
+            self.groups.limbo_via.remove(&old);
+            let records = self.store.records(Kind::Groups)?;
+            for op in &ops {
+                records.remove(&limbo_record(&old, &op.id))?;
+            }
+        }
+        Ok(())
     }
 
     /// Why a group that the contact `from` brings this device into is not
@@ -2529,18 +2557,52 @@ mod tests {
             .unwrap();
         assert!(held.is_empty());
         // A group that never adds this device is not kept beyond the few
-        // most recent ones.
+        // most recent ones (brought here by as many contacts).
         for i in 0..MAX_LIMBO_GROUPS + 2 {
             let (other, _) = d.engines[0]
                 .create_group(&format!("g{i}"), "admin", &[d.keys[1]], None, vec![], 100)
                 .unwrap();
             let ops = d.log(0, &other);
             d.engines[2]
-                .on_group_ops(&d.keys[0], &bytes(&ops), 100)
+                .on_group_ops(&[100 + i as u8; 32], &bytes(&ops), 100)
                 .unwrap();
         }
         assert_eq!(d.engines[2].groups.limbo.len(), MAX_LIMBO_GROUPS);
         assert_eq!(d.engines[2].groups().len(), 1);
+    }
+
+    /// One contact sending the logs of many groups that never add this
+    /// device pushes out its own held groups, not the one another contact
+    /// is still bringing in.
+    #[test]
+    fn one_contact_cannot_push_out_a_group_another_is_bringing_in() {
+        let mut d = Devices::new(3);
+        let (group, _) = d.team();
+        let (ours, rest): (Vec<Op>, Vec<Op>) = d
+            .log(0, &group)
+            .into_iter()
+            .partition(|o| o.member == Some(d.keys[2]));
+        // The first part from device 0: held.
+        d.engines[2]
+            .on_group_ops(&d.keys[0], &bytes(&rest), 100)
+            .unwrap();
+        // Device 1 floods groups that do not add device 2.
+        for i in 0..MAX_LIMBO_GROUPS + 2 {
+            let (other, _) = d.engines[1]
+                .create_group(&format!("junk{i}"), "x", &[d.keys[0]], None, vec![], 100)
+                .unwrap();
+            let ops = d.log(1, &other);
+            d.engines[2]
+                .on_group_ops(&d.keys[1], &bytes(&ops), 100)
+                .unwrap();
+        }
+        assert_eq!(d.engines[2].groups.limbo.len(), 1 + MAX_LIMBO_FROM_ONE);
+        // The rest of the real group comes: joined.
+        let fx = d.engines[2]
+            .on_group_ops(&d.keys[0], &bytes(&ours), 100)
+            .unwrap();
+        assert_eq!(fx.subscribe, vec![groups::topic_id(&group)]);
+        assert_eq!(d.engines[2].groups.limbo.len(), MAX_LIMBO_FROM_ONE);
     }
 
     /// A contact sending keys of groups that never come takes a few of the
