@@ -16,19 +16,15 @@ pub const SIGNED_PREKEY_ROTATION_SECS: u64 = 7 * 24 * 3600;
 /// How long a replaced signed prekey still answers session set-ups that were
 /// started from an older bundle.
 pub const SIGNED_PREKEY_GRACE_SECS: u64 = 14 * 24 * 3600;
-/// The most one-time prekeys a device keeps.
-pub const MAX_ONE_TIME_PREKEYS: usize = 200;
-/// How long a device keeps a one-time prekey nobody used. A relay hands
-/// one out at most [`ONE_TIME_PREKEY_HAND_OUT_SECS`] after it was
-/// published, and a device itself only while it is younger than its
-/// current signed prekey; either way with a signed prekey that is
-/// forgotten at most 21 days later, after which a first message from that
-/// bundle is not read anyway (and the sender starts again from a fresh
-/// one). 40 days leaves a margin over 14 + 21.
-pub const ONE_TIME_PREKEY_LIFETIME_SECS: u64 = 40 * 24 * 3600;
+/// The most one-time prekeys a device keeps (each relay of its holds up to
+/// 100 of them for two weeks, and the device keeps them some weeks longer:
+/// see [`PrekeyStore::retire_one_time`]).
+pub const MAX_ONE_TIME_PREKEYS: usize = 400;
 /// How long after its publication a relay still hands out a one-time
 /// prekey.
 pub const ONE_TIME_PREKEY_HAND_OUT_SECS: u64 = 14 * 24 * 3600;
+/// Room for the time between making a one-time prekey and publishing it.
+pub const ONE_TIME_PREKEY_MARGIN_SECS: u64 = 24 * 3600;
 /// The most relay addresses a bundle may list.
 pub const MAX_BUNDLE_RELAYS: usize = 8;
 /// The longest relay address.
@@ -41,7 +37,7 @@ const BUNDLE_VERSION: u8 = 1;
 const BODY_VERSION: u8 = 1;
 /// Encoded bundle limit.
 pub const BUNDLE_MAX: usize = 4096;
-const STORE_MAX: usize = 64 * 1024;
+const STORE_MAX: usize = 128 * 1024;
 
 /// A signed prekey with its secret.
 #[derive(Clone, Serialize, Deserialize)]
@@ -271,19 +267,34 @@ impl PrekeyStore {
             .flatten()
     }
 
-    /// Forgets the one-time prekeys made more than
-    /// [`ONE_TIME_PREKEY_LIFETIME_SECS`] before `now` that nobody used,
-    /// and dates those without a date (read from version 1) at `now`.
-    /// Returns whether anything changed (then write the store).
+    /// Forgets the one-time prekeys nobody used that no bundle still
+    /// readable can carry. A one-time prekey goes out beside a signed
+    /// prekey that was current then: a relay hands it out only within
+    /// [`ONE_TIME_PREKEY_HAND_OUT_SECS`] of its publication (right after it
+    /// was made, within [`ONE_TIME_PREKEY_MARGIN_SECS`]), and a device only
+    /// one made after its current signed prekey. So once the oldest signed
+    /// prekey still held was made later than that, every signed prekey it
+    /// can have gone out with is forgotten, a first message from such a
+    /// bundle is not read anyway, and the one-time prekey is of no more
+    /// use. This goes by the signed prekeys held, not by the clock alone,
+    /// so a device that was offline (and replaced none) keeps them.
+    ///
+    /// Those without a date (read from version 1) may have gone out with
+    /// any signed prekey made before now: they are dated so that they go
+    /// once all of those are forgotten. Returns whether anything changed
+    /// (then write the store).
     pub fn retire_one_time(&mut self, now: u64) -> bool {
+        const WINDOW: u64 = ONE_TIME_PREKEY_HAND_OUT_SECS + ONE_TIME_PREKEY_MARGIN_SECS;
         let before = (self.one_time.len(), self.one_time_made.len());
+        let undated = now.saturating_sub(WINDOW);
         for id in self.one_time.keys() {
-            self.one_time_made.entry(*id).or_insert(now);
+            self.one_time_made.entry(*id).or_insert(undated);
         }
+        let oldest_signed = self.signed.first().map_or(0, |s| s.created_at);
         let made = &self.one_time_made;
         self.one_time.retain(|id, _| {
             made.get(id)
-                .is_none_or(|at| now.saturating_sub(*at) < ONE_TIME_PREKEY_LIFETIME_SECS)
+                .is_none_or(|at| oldest_signed <= at.saturating_add(WINDOW))
         });
         let held = &self.one_time;
         self.one_time_made.retain(|id, _| held.contains_key(id));

@@ -580,9 +580,9 @@ impl Engine {
             self.prekeys
                 .bundle(&self.me, self.mailbox.id().0, &self.relays, now, false)?;
         // The one handed to this contact before, if still unused and made
-        // after the current signed prekey: a one-time prekey is kept only
-        // so long after it was made (`ONE_TIME_PREKEY_LIFETIME_SECS`), so
-        // an older one is not handed out again.
+        // after the current signed prekey: an unused one-time prekey is
+        // kept only until the signed prekeys it can have gone out with are
+        // forgotten (`PrekeyStore::retire_one_time`), which counts on this.
         let spk_made = self.prekeys.current().map_or(0, |s| s.created_at);
         let unused = self.handed_one_time.get(from).and_then(|&id| {
             let made = self.prekeys.one_time_made(id)?;
@@ -2198,12 +2198,15 @@ mod tests {
         assert_ne!(third, second);
         assert_eq!(b.prekeys.one_time_count(), 2);
         assert_eq!(one_time(&mut b, 155 + week), third);
-        // Nobody used them: past their lifetime both are forgotten.
-        let life = crate::crypto::limits::ONE_TIME_PREKEY_LIFETIME_SECS;
-        assert!(b.rotate_prekeys(153 + life).unwrap().0);
-        assert_eq!(b.prekeys.one_time_count(), 1);
-        assert!(b.rotate_prekeys(154 + week + life).unwrap().0);
-        assert_eq!(b.prekeys.one_time_count(), 0);
+        // Nobody used them: each is forgotten once every signed prekey it
+        // can have gone out with is (weekly rotations, each replaced key
+        // kept two weeks after its successor).
+        let mut left = Vec::new();
+        for k in 2..=7 {
+            b.rotate_prekeys(153 + k * week).unwrap();
+            left.push(b.prekeys.one_time_count());
+        }
+        assert_eq!(left, [2, 2, 2, 1, 0, 0]);
     }
 
     #[test]

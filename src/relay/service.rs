@@ -1356,10 +1356,20 @@ mod tests {
         let newer = id(fetch_prekeys(&mut f, last + 1)).unwrap();
         assert!(newer > first + 1);
         assert_eq!(id(fetch_prekeys(&mut f, last + 2)), None);
+        // Stale ones are not counted in a publish's answer either, so the
+        // owner sends more.
+        let publish = device.publish(&mut f, mailbox, last + 3, 2);
+        f.service.handle(&f.peer, publish, last + 3).unwrap();
+        let later = last + 3 + ONE_TIME_PREKEY_HAND_OUT_SECS;
+        let publish = device.publish(&mut f, mailbox, later, 0);
+        assert_eq!(
+            f.service.handle(&f.peer, publish, later).unwrap().response,
+            Response::Published(0)
+        );
         // A version 2 record (no time per one-time prekey): the bundle is
         // served, its one-time prekeys are not.
-        let publish = device.publish(&mut f, mailbox, last + 10, 1);
-        f.service.handle(&f.peer, publish, last + 10).unwrap();
+        let publish = device.publish(&mut f, mailbox, later + 10, 1);
+        f.service.handle(&f.peer, publish, later + 10).unwrap();
         let records = f.service.store.records(Kind::HeldPrekeys).unwrap();
         let held = decode_held(&records.get(&mailbox).unwrap().unwrap()).unwrap();
         assert_eq!(held.one_time.len(), 1);
@@ -1373,7 +1383,7 @@ mod tests {
         records
             .put(&mailbox, &crate::crypto::wire::encode(&v2))
             .unwrap();
-        assert_eq!(id(fetch_prekeys(&mut f, last + 11)), None);
+        assert_eq!(id(fetch_prekeys(&mut f, later + 11)), None);
     }
 
     #[test]

@@ -1,7 +1,5 @@
 use super::*;
-use crate::crypto::limits::{
-    ONE_TIME_PREKEY_LIFETIME_SECS, SIGNED_PREKEY_GRACE_SECS, SIGNED_PREKEY_ROTATION_SECS,
-};
+use crate::crypto::limits::{SIGNED_PREKEY_GRACE_SECS, SIGNED_PREKEY_ROTATION_SECS};
 
 const DAY: u64 = 86_400;
 
@@ -225,29 +223,41 @@ fn a_signed_bundle_with_an_unusable_key_or_an_unknown_version_is_refused() {
     ));
 }
 
-/// A one-time prekey nobody used is forgotten once its lifetime is over; one
-/// read from a version 1 store (no dates) is dated when first checked, not
-/// forgotten at once.
+/// A one-time prekey nobody used is forgotten once every signed prekey it
+/// can have gone out with is (not by the clock alone: a device that was
+/// offline keeps it). One read from a version 1 store (no dates) goes once
+/// every signed prekey made before it was read is forgotten.
 #[test]
-fn unused_one_time_prekeys_are_forgotten_after_their_lifetime() {
+fn unused_one_time_prekeys_go_with_the_signed_prekeys_they_went_out_with() {
     let mut r = rng(65);
     let bob = DeviceIdentity::generate(&mut r);
+    let day = 24 * 3600;
+    let week = SIGNED_PREKEY_ROTATION_SECS;
     let mut pre = PrekeyStore::new(&bob, 0, &mut r);
-    let life = ONE_TIME_PREKEY_LIFETIME_SECS;
-    let old = pre.generate_one_time(&bob, 2, 1_000, &mut r);
-    let young = pre.generate_one_time(&bob, 1, 5_000, &mut r);
-    assert_eq!(pre.one_time_made(old[0].id), Some(1_000));
-    assert!(!pre.retire_one_time(1_000 + life - 1));
-    assert_eq!(pre.one_time_count(), 3);
-    // One is used meanwhile: it is gone already, its date with it.
+    let old = pre.generate_one_time(&bob, 2, day, &mut r);
+    let young = pre.generate_one_time(&bob, 1, 3 * week, &mut r);
+    assert_eq!(pre.one_time_made(old[0].id), Some(day));
+    // One is used: gone, its date with it.
     pre.take_one_time(old[1].id).unwrap();
     assert_eq!(pre.one_time_made(old[1].id), None);
-    assert!(pre.retire_one_time(1_000 + life));
-    assert_eq!(pre.one_time_count(), 1);
-    assert!(pre.one_time_public(young[0].id).is_some());
-    // Saved and read back, dates and all.
-    let again = PrekeyStore::from_bytes(&pre.to_bytes()).unwrap();
-    assert_eq!(again.one_time_made(young[0].id), Some(5_000));
+    // Offline for two years, no signed prekey replaced: both kept.
+    let mut offline = PrekeyStore::from_bytes(&pre.to_bytes()).unwrap();
+    assert!(!offline.retire_one_time(104 * week));
+    assert_eq!(offline.one_time_count(), 2);
+    // Weekly rotations; a replaced signed prekey is kept two weeks after
+    // its successor. The old one-time prekey (day 1) may have gone out
+    // with a signed prekey made up to day 16: it goes once the oldest held
+    // was made after that (week 3, held alone from week 5); the young one
+    // (day 21) once the oldest held was made after day 36 (week 6, from
+    // week 8).
+    let mut held = Vec::new();
+    for k in 1..=9 {
+        pre.rotate_if_due(&bob, k * week, &mut r);
+        pre.retire_one_time(k * week);
+        held.push(pre.one_time_count());
+    }
+    assert_eq!(held, [2, 2, 2, 2, 1, 1, 1, 0, 0]);
+    assert!(pre.one_time_public(young[0].id).is_none());
 
     // Version 1 is version 2 without the dates, its last field: a store
     // holding one one-time prekey, made into version 1.
@@ -267,10 +277,14 @@ fn unused_one_time_prekeys_are_forgotten_after_their_lifetime() {
     v1[0] = 1;
     let mut read = PrekeyStore::from_bytes(&v1).unwrap();
     assert_eq!(read.one_time_made(kept[0].id), None);
-    // Dated at the first check, then kept for a lifetime from there.
-    assert!(read.retire_one_time(9_000_000));
-    assert_eq!(read.one_time_made(kept[0].id), Some(9_000_000));
-    assert_eq!(read.one_time_count(), 1);
-    assert!(read.retire_one_time(9_000_000 + life));
-    assert_eq!(read.one_time_count(), 0);
+    // Read at week 50 with a signed prekey from day 0: kept until every
+    // signed prekey made before week 50 is forgotten.
+    let t0 = 50 * week;
+    let mut held = Vec::new();
+    for k in 0..=3 {
+        read.rotate_if_due(&bob, t0 + k * week, &mut r);
+        read.retire_one_time(t0 + k * week);
+        held.push(read.one_time_count());
+    }
+    assert_eq!(held, [1, 1, 1, 0]);
 }

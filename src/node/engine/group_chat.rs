@@ -1361,12 +1361,12 @@ impl Engine {
             };
             match self.apply_ops(group, ops, false, now) {
                 Ok(f) => fx.extend(f),
-                Err(EngineError::Store(e)) => return Err(e.into()),
                 // One group's refusal (its log is full) in a payload of
                 // several: the others' changes are taken already, and
                 // their effects (topics, events, frames) must not be lost
-                // with it. Our own payloads carry one group each.
-                Err(e) if several => tracing::warn!(
+                // with it. Our own payloads carry one group each. Any
+                // other error fails the payload, as for one group.
+                Err(e @ EngineError::Group(_)) if several => tracing::warn!(
                     group = %crate::store::hex(&group[..4]),
                     error = %e,
                     "operations of one group in a payload of several refused"
