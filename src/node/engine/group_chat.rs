@@ -1352,6 +1352,9 @@ impl Engine {
         let mut fx = GroupEffects::default();
         for (group, ops) in by_group {
             let ops = if self.groups.slots.contains_key(&group) {
+                if !self.counts_as_joined_again(&group, &ops, from)? {
+                    continue;
+                }
                 ops
             } else {
                 match self.limbo(group, ops, from)? {
@@ -1375,6 +1378,44 @@ impl Engine {
             }
         }
         Ok(fx)
+    }
+
+    /// Whether the operations `ops` of a group this device has may be
+    /// taken. A group it left (or was removed from) that they add it to
+    /// again counts as a new one: against the bounds of
+    /// [`Self::too_many_groups`], and as brought by `from` (on disk too).
+    /// Past a bound they are not taken, and a warning is logged.
+    fn counts_as_joined_again(
+        &mut self,
+        group: &[u8; 32],
+        ops: &[Op],
+        from: &[u8; 32],
+    ) -> Result<bool, EngineError> {
+        let me = self.me.public().signing;
+        let Some(slot) = self.groups.slots.get(group) else {
+            return Ok(true);
+        };
+        if slot.log.view().is_member(&me) || !ops.iter().any(|o| o.member == Some(me)) {
+            return Ok(true);
+        }
+        let mut trial = slot.log.clone();
+        if trial.insert(ops.iter().cloned()).is_err() || !trial.view().is_member(&me) {
+            return Ok(true);
+        }
+        if let Some(why) = self.too_many_groups(from) {
+            tracing::warn!(
+                from = %crate::store::hex(&from[..4]),
+                "a group we were added to again is not joined: {why}"
+            );
+            return Ok(false);
+        }
+        self.store
+            .records(Kind::Groups)?
+            .put(&via_record(group), from)?;
+        if let Some(slot) = self.groups.slots.get_mut(group) {
+            slot.via = Some(*from);
+        }
+        Ok(true)
     }
 
     /// Operations of a group this device does not have. With those held
@@ -2313,6 +2354,64 @@ mod tests {
         d.engines[1] = Engine::open(store, 200).unwrap();
         bring(&mut d, groups[MAX_GROUPS_FROM_ONE]);
         assert_eq!(joined(&d.engines[1]), MAX_GROUPS_FROM_ONE);
+    }
+
+    /// A group this device left and that a contact adds it to again counts
+    /// as a new one against that contact's bound.
+    #[test]
+    fn a_group_this_device_is_added_to_again_counts_anew() {
+        let mut d = Devices::new(3);
+        let me = d.keys[2];
+        let joined = |e: &Engine| e.groups().iter().filter(|g| g.joined).count();
+        let bring = |d: &mut Devices, g: &[u8; 32]| {
+            let ops = bytes(&d.log(0, g));
+            let from = d.keys[0];
+            d.engines[2].on_group_ops(&from, &ops, 200).unwrap();
+        };
+        let mut groups = Vec::new();
+        for i in 0..MAX_GROUPS_FROM_ONE {
+            let (g, _) = d.engines[0]
+                .create_group(&format!("g{i}"), "admin", &[me], None, vec![], 100)
+                .unwrap();
+            bring(&mut d, &g);
+            groups.push(g);
+        }
+        assert_eq!(joined(&d.engines[2]), MAX_GROUPS_FROM_ONE);
+        // Device 2 leaves the first; device 0 hears of it.
+        let first = groups[0];
+        d.engines[2]
+            .change_group(&first, GroupChange::Leave, 300)
+            .unwrap();
+        let left = bytes(&d.log(2, &first));
+        d.engines[0].on_group_ops(&me, &left, 300).unwrap();
+        // Room for one more from device 0.
+        let (another, _) = d.engines[0]
+            .create_group("another", "admin", &[me], None, vec![], 300)
+            .unwrap();
+        bring(&mut d, &another);
+        assert_eq!(joined(&d.engines[2]), MAX_GROUPS_FROM_ONE);
+        // Device 0 adds device 2 to the first again: past the bound, not
+        // joined.
+        d.engines[0]
+            .change_group(
+                &first,
+                GroupChange::Add {
+                    contact: me,
+                    role: Role::Member,
+                },
+                400,
+            )
+            .unwrap();
+        bring(&mut d, &first);
+        assert_eq!(joined(&d.engines[2]), MAX_GROUPS_FROM_ONE);
+        assert!(!d.engines[2].groups.slots[&first].log.view().is_member(&me));
+        // Once device 2 leaves another of them, the same addition is taken.
+        d.engines[2]
+            .change_group(&another, GroupChange::Leave, 500)
+            .unwrap();
+        bring(&mut d, &first);
+        assert!(d.engines[2].groups.slots[&first].log.view().is_member(&me));
+        assert_eq!(joined(&d.engines[2]), MAX_GROUPS_FROM_ONE);
     }
 
     /// A member sends an operation at the highest clock (it changes
