@@ -47,15 +47,6 @@ const MAX_DIST_LEN: usize = 128;
 const MAX_KEY_STATE_LEN: usize = 256;
 const MAX_RECEIVER_STATE_LEN: usize = 256 + MAX_GROUP_SKIPPED * 40;
 
-/// The version byte of a versioned encoding, to pick its decoder.
-fn version_byte(bytes: &[u8], what: &'static str) -> Result<u8, Error> {
-    bytes.first().copied().ok_or(Error::Truncated {
-        what,
-        len: 0,
-        min: 1,
-    })
-}
-
 /// A group message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SenderKeyMessage {
@@ -184,7 +175,7 @@ impl SenderKeyDistribution {
     /// generation 0, older than any version 2 one).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
         const WHAT: &str = "sender key distribution";
-        if version_byte(bytes, WHAT)? == DIST_VERSION_1 {
+        if bytes.first() == Some(&DIST_VERSION_1) {
             let d: DistributionV1 = wire::decode(bytes, WHAT, DIST_VERSION_1, MAX_DIST_LEN)?;
             return Ok(Self {
                 version: DIST_VERSION,
@@ -357,7 +348,7 @@ impl SenderKey {
     /// Inverse of [`Self::to_bytes`] (versions 2 and 1).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
         const WHAT: &str = "sender key";
-        if version_byte(bytes, WHAT)? == STATE_VERSION_1 {
+        if bytes.first() == Some(&STATE_VERSION_1) {
             let k: SenderKeyV1 = wire::decode(bytes, WHAT, STATE_VERSION_1, MAX_KEY_STATE_LEN)?;
             return Ok(Self {
                 version: STATE_VERSION,
@@ -509,7 +500,7 @@ impl SenderKeyReceiver {
     /// Inverse of [`Self::to_bytes`], bounded (versions 2 and 1).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
         const WHAT: &str = "sender key state";
-        let s: Self = if version_byte(bytes, WHAT)? == STATE_VERSION_1 {
+        let s: Self = if bytes.first() == Some(&STATE_VERSION_1) {
             let r: ReceiverV1 = wire::decode(bytes, WHAT, STATE_VERSION_1, MAX_RECEIVER_STATE_LEN)?;
             Self {
                 version: STATE_VERSION,
