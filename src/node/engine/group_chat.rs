@@ -2148,21 +2148,17 @@ mod tests {
             .unwrap();
         assert_eq!(joined.subscribe, vec![groups::topic_id(&full)]);
         // Enough renames to overflow the log, signed by its admin.
-        let renames: Vec<Op> = (0..groups::MAX_OPS as u64)
-            .map(|i| {
-                Op::new(
-                    &d.engines[0].me,
-                    full,
-                    1_000 + i,
-                    Change::Rename {
-                        name: format!("n{i}"),
-                    },
-                )
-            })
-            .collect();
+        let renames = |d: &Devices, from: u64| -> Vec<Op> {
+            (from..from + groups::MAX_OPS as u64)
+                .map(|i| {
+                    let name = format!("n{i}");
+                    Op::new(&d.engines[0].me, full, i, Change::Rename { name })
+                })
+                .collect()
+        };
         let (team, _) = d.team();
         let mut mixed = d.log(0, &team);
-        mixed.extend(renames);
+        mixed.extend(renames(&d, 1_000));
         let fx = d.engines[2]
             .on_group_ops(&d.keys[0], &bytes(&mixed), 200)
             .unwrap();
@@ -2174,18 +2170,7 @@ mod tests {
                 .is_member(&carol)
         );
         // The same refusal alone is still an error.
-        let alone: Vec<Op> = (0..groups::MAX_OPS as u64)
-            .map(|i| {
-                Op::new(
-                    &d.engines[0].me,
-                    full,
-                    9_000 + i,
-                    Change::Rename {
-                        name: format!("m{i}"),
-                    },
-                )
-            })
-            .collect();
+        let alone = renames(&d, 9_000);
         assert!(
             d.engines[2]
                 .on_group_ops(&d.keys[0], &bytes(&alone), 300)
