@@ -43,15 +43,20 @@ pub(crate) struct Bench {
     _dir: tempfile::TempDir,
 }
 
+/// A directory for a node's store: under `MESH_BENCH_DIR` if set, else
+/// in the system's temporary directory (on the disk here). Pointing
+/// `MESH_BENCH_DIR` at a tmpfs shows what is left of the path without the
+/// disk's syncs.
+pub(crate) fn store_dir() -> tempfile::TempDir {
+    match std::env::var_os("MESH_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    }
+}
+
 impl Bench {
     pub(crate) async fn start(seed: u64, listen: bool) -> Self {
-        // MESH_BENCH_DIR: where the stores go (default: the system's
-        // temporary directory, on the disk here). Pointing it at a tmpfs
-        // shows what is left of the path without the disk's syncs.
-        let dir = match std::env::var_os("MESH_BENCH_DIR") {
-            Some(d) => tempfile::tempdir_in(d).unwrap(),
-            None => tempfile::tempdir().unwrap(),
-        };
+        let dir = store_dir();
         let key = Keystore::create(
             b"bench",
             KdfParams::INSECURE_FAST,
