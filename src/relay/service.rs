@@ -645,9 +645,14 @@ impl Service {
         limit: usize,
         now: u64,
     ) -> Result<Response, store::Error> {
-        let held = self
-            .spool
-            .fetch(mailbox, after, limit.clamp(1, MAX_FETCH) + 1, now)?;
+        // One envelope past either bound, to tell whether there is more;
+        // nothing beyond it is read.
+        let held = self.spool.fetch_within(
+            mailbox,
+            after,
+            (limit.clamp(1, MAX_FETCH) + 1, MAX_FETCH_BYTES),
+            now,
+        )?;
         let mut items = Vec::new();
         let mut bytes = 0;
         let mut more = false;

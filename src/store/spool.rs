@@ -992,6 +992,20 @@ impl Spool {
         limit: usize,
         now: u64,
     ) -> Result<Vec<Held>, Error> {
+        self.fetch_within(mailbox, after, (limit, usize::MAX), now)
+    }
+
+    /// As [`Self::fetch`], reading no more than it takes to pass
+    /// `max_bytes` of envelopes: it stops after the first envelope that
+    /// brings the total over (so the caller sees there is more). The sizes
+    /// are in the index, so nothing past that is read or decrypted.
+    pub fn fetch_within(
+        &self,
+        mailbox: &[u8; 32],
+        after: Option<u64>,
+        (limit, max_bytes): (usize, usize),
+        now: u64,
+    ) -> Result<Vec<Held>, Error> {
         let Some(mb) = self.mailboxes.get(mailbox) else {
             return Ok(Vec::new());
         };
@@ -1004,14 +1018,16 @@ impl Spool {
         let mut out = Vec::new();
         let mut run: Vec<&Slot> = Vec::new();
         let mut wanted = 0;
+        let mut bytes = 0usize;
         for slot in mb.slots.range(start..) {
-            if wanted >= limit {
+            if wanted >= limit || bytes > max_bytes {
                 break;
             }
             if !(slot.live() && slot.expires_at > now) {
                 continue;
             }
             wanted += 1;
+            bytes = bytes.saturating_add(usize::try_from(slot.size).unwrap_or(usize::MAX));
             if let Some(prev) = run.last() {
                 let prev_end = u64::from(prev.offset) + u64::from(prev.len) + 4;
                 let first = u64::from(run[0].offset);

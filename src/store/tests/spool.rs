@@ -395,3 +395,33 @@ fn starts_with_nothing_written_leave_no_segments_behind() {
     let next = sp.deposit(&[hold([1; 32], 2, 900, 5)], 2).unwrap().seqs[0];
     assert!(next > 6 * (1 << 32), "{next}");
 }
+
+/// A fetch bounded in bytes reads (and decrypts) nothing past the first
+/// envelope over the bound: a mailbox full of large envelopes costs a
+/// fetch what it hands out, not what is held.
+#[test]
+fn a_fetch_bounded_in_bytes_reads_nothing_past_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = data_key(1);
+    let mut sp = Spool::open(dir.path(), &key).unwrap();
+    for i in 1..=8 {
+        sp.deposit(&[hold([1; 32], i, 900, 1000)], 1).unwrap();
+    }
+    sp.sync().unwrap();
+    let end = sp.file_bytes();
+    // Damage the newest record on disk, behind the spool's back: a read
+    // of it fails.
+    let seg = segments(dir.path()).pop().unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&seg)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, end - 30).unwrap();
+    file.write_all_at(&[byte[0] ^ 1], end - 30).unwrap();
+    let within = sp.fetch_within(&[1; 32], None, (8, 2500), 0).unwrap();
+    assert_eq!(ids(&within), vec![1, 2, 3], "stops after the one over");
+    let all = sp.fetch(&[1; 32], None, 8, 0);
+    assert!(all.is_err(), "{:?}", all.map(|h| ids(&h)));
+}
