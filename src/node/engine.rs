@@ -24,7 +24,7 @@ pub use retention::MAX_RETENTION;
 use super::proto::{Chat, Frame, MsgRef, Payload, ReceiptKind, conversation_id};
 use super::retry::{self, Meta, Schedule};
 use super::sessions::Sessions;
-use super::state::{Contact, ConvState, Invite, Queued, SeqCheck};
+use super::state::{Contact, ConvState, Invite, Queued, SentFrame, SeqCheck};
 use crate::crypto::{
     self, ContentKind, DeviceIdentity, Envelope, MailboxKey, PrekeyStore, SealCache, SealedContent,
     Secret32,
@@ -222,7 +222,8 @@ pub struct Due {
     pub pos: u64,
     /// The recipient device.
     pub to: [u8; 32],
-    /// A fresh frame carrying it.
+    /// A frame carrying it: the one its last retry sent, or a fresh one
+    /// (see [`Engine::due`]).
     pub frame: Vec<u8>,
 }
 
@@ -947,20 +948,27 @@ impl Engine {
         self.schedule.due_now_failed(from, now)
     }
 
-    /// Up to `limit` queued messages due at `now`, each in a fresh frame.
+    /// Up to `limit` queued messages due at `now`, each with a frame to
+    /// send: the one an earlier retry sent, while the session it was
+    /// encrypted in is still the current one, or else a fresh one, which
+    /// is kept for the next retries. A retry thus takes a new message key
+    /// only once per session, however long the contact stays away: were
+    /// each to take one, a contact back after a few days of retries every
+    /// five minutes would find the next frame more than `MAX_SKIP` keys
+    /// ahead and refuse it, and every later one (nothing moves this
+    /// device to a new sending chain). The first attempt's frame is not
+    /// kept: the first retry takes one more key.
     pub fn due(&mut self, now: u64, limit: usize) -> Result<Vec<Due>, EngineError> {
         let mut out = Vec::new();
+        let mut encrypted = std::collections::HashSet::new();
         for pos in self.schedule.due(now, limit) {
             let Some(entry) = self.store.outbox().get(pos)? else {
                 self.schedule.remove(pos);
                 continue;
             };
-            let payload = match Queued::from_bytes(&entry.envelope) {
-                Ok(q) => q.payload,
-                Err(_) => {
-                    self.schedule.remove(pos);
-                    continue;
-                }
+            let Ok(mut queued) = Queued::from_bytes(&entry.envelope) else {
+                self.schedule.remove(pos);
+                continue;
             };
             tracing::debug!(
                 to = %crate::store::hex(&entry.recipient[..4]),
@@ -968,12 +976,31 @@ impl Engine {
                 attempts = self.schedule.get(pos).map_or(0, |m| m.attempts),
                 "due"
             );
-            match self.encrypt_unsaved(&entry.recipient, &payload) {
-                Ok((frame, _)) => out.push(Due {
+            let current = self.sessions.current_base_key(&entry.recipient);
+            if let Some(sent) = queued.sent.take().filter(|s| Some(s.session) == current) {
+                out.push(Due {
                     pos,
                     to: entry.recipient,
-                    frame,
-                }),
+                    frame: sent.frame,
+                });
+                continue;
+            }
+            match self.encrypt_unsaved(&entry.recipient, &queued.payload) {
+                Ok((frame, _)) => {
+                    encrypted.insert(entry.recipient);
+                    if let Some(session) = self.sessions.current_base_key(&entry.recipient) {
+                        queued.sent = Some(SentFrame {
+                            session,
+                            frame: frame.clone(),
+                        });
+                        self.store.outbox().set_envelope(pos, queued.to_bytes())?;
+                    }
+                    out.push(Due {
+                        pos,
+                        to: entry.recipient,
+                        frame,
+                    });
+                }
                 // The contact was removed, or this one entry cannot be
                 // encrypted: it waits (and expires in time); the others go.
                 Err(e) => {
@@ -982,11 +1009,8 @@ impl Engine {
                 }
             }
         }
-        let mut saved = std::collections::HashSet::new();
-        for d in &out {
-            if saved.insert(d.to) {
-                self.save_session(&d.to)?;
-            }
+        for to in &encrypted {
+            self.save_session(to)?;
         }
         Ok(out)
     }
@@ -1240,8 +1264,12 @@ impl Engine {
                     // store would purge it at once: a copy sent again after
                     // the first was purged does not come back): nothing to
                     // keep, nothing to retry. Its number still counts, or
-                    // every later message would look like a gap.
+                    // every later message would look like a gap. It reached
+                    // this device, and the sender hears so by either path
+                    // (the direct ack says it already), or it would retry
+                    // until its own expiry and call it undelivered.
                     state.accept_seq(chat.seq);
+                    delivered.push((chat.lamport, chat.msg_id));
                 }
                 Payload::Chat(chat) => {
                     let msg = StoredMessage {
@@ -1550,8 +1578,17 @@ mod tests {
             b_key,
         } = temporary_pair();
         let late = b.send(&a_key, b"late".to_vec(), 100).unwrap();
-        let got = a.receive(&b_key, &[late.frame], 200, true).unwrap();
+        let got = a
+            .receive(&b_key, std::slice::from_ref(&late.frame), 200, false)
+            .unwrap();
         assert_eq!(got.accepted, vec![true]);
+        // By the mesh, a delivered receipt says so, as the direct ack does.
+        assert_eq!(got.replies.len(), 1);
+        let events = b.receive(&a_key, &got.replies, 201, false).unwrap().events;
+        assert!(events.iter().any(|e| matches!(
+            e,
+            Event::Receipt { message, state: DeliveryState::Delivered } if *message == late.message
+        )));
         assert!(
             !got.events
                 .iter()
@@ -1565,6 +1602,76 @@ mod tests {
                 .any(|e| matches!(e, Event::MessageReceived(m) if m.body == b"next"))
         );
         assert!(got.replies.is_empty(), "no resend asked: no gap");
+    }
+
+    /// A contact away for days: every retry of a queued message must not
+    /// take a new message key, or the first frame it reads on its return
+    /// is more than `MAX_SKIP` keys ahead and refused, and so is every
+    /// later one (nothing moves the sender to a new chain).
+    #[test]
+    fn a_contact_away_through_many_retries_still_reads_what_comes() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let hi = a.send(&b_key, b"hi".to_vec(), 100).unwrap();
+        b.receive(&a_key, &[hi.frame], 100, true).unwrap();
+        let back = b.send(&a_key, b"back".to_vec(), 100).unwrap();
+        a.receive(&b_key, &[back.frame], 100, true).unwrap();
+        a.delivered_direct(&[hi.pos]).unwrap();
+        b.delivered_direct(&[back.pos]).unwrap();
+        let away = a.send(&b_key, b"away".to_vec(), 101).unwrap();
+        let mut last = away.frame;
+        for i in 0..1_100u64 {
+            let due = a.due(1_000 + i * 300, 1).unwrap();
+            assert_eq!(due.len(), 1);
+            last = due[0].frame.clone();
+        }
+        let got = b.receive(&a_key, &[last], 400_000, true).unwrap();
+        assert_eq!(got.accepted, vec![true]);
+        assert!(
+            got.events
+                .iter()
+                .any(|e| matches!(e, Event::MessageReceived(m) if m.body == b"away"))
+        );
+        let next = a.send(&b_key, b"next".to_vec(), 400_001).unwrap();
+        let got = b.receive(&a_key, &[next.frame], 400_001, true).unwrap();
+        assert_eq!(got.accepted, vec![true]);
+    }
+
+    /// A retry sends the frame an earlier retry sent, also after a restart
+    /// (it is kept in the outbox entry).
+    #[test]
+    fn a_retry_sends_the_frame_it_sent_before_also_after_a_restart() {
+        let Pair {
+            _dirs: (da, db),
+            mut a,
+            b,
+            b_key,
+            ..
+        } = pair();
+        let first = a.send(&b_key, b"away".to_vec(), 100).unwrap();
+        let frame_at = |a: &mut Engine, at: u64| {
+            let due = a.due(at, 1).unwrap();
+            assert_eq!(due.len(), 1);
+            due[0].frame.clone()
+        };
+        let retry = frame_at(&mut a, 1_000);
+        assert_ne!(retry, first.frame, "the first retry encrypts afresh");
+        assert_eq!(frame_at(&mut a, 2_000), retry);
+        a.store.flush().unwrap();
+        drop(a);
+        let mut a = Engine::open(store(da.path()), 3_000).unwrap();
+        assert_eq!(frame_at(&mut a, 3_000), retry, "kept across a restart");
+        // What b reads of it.
+        drop(b);
+        let mut b = Engine::open(store(db.path()), 3_000).unwrap();
+        let a_key = a.me.public().signing;
+        let got = b.receive(&a_key, &[retry], 3_000, true).unwrap();
+        assert_eq!(got.accepted, vec![true]);
     }
 
     /// The same frame again (a relay's copy after the mesh's) is answered

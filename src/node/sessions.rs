@@ -244,6 +244,14 @@ impl Sessions {
         })
     }
 
+    /// The base key of the session frames to `peer` are encrypted in now
+    /// (`None`: no session, or one from before sessions kept it).
+    pub fn current_base_key(&self, peer: &[u8; 32]) -> Option<[u8; 32]> {
+        self.by_peer
+            .get(peer)
+            .and_then(|e| e.session.base_key().copied())
+    }
+
     /// Whether our session with `peer` is one we started and the peer has
     /// not answered yet (its messages still carry the set-up).
     pub fn unanswered(&self, peer: &[u8; 32]) -> bool {

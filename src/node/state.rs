@@ -9,7 +9,9 @@ use crate::crypto::{self, PrekeyBundle, PublicIdentity, wire};
 
 const CONTACT_VERSION: u8 = 1;
 const CONV_STATE_VERSION: u8 = 1;
-const QUEUED_VERSION: u8 = 1;
+const QUEUED_VERSION: u8 = 2;
+/// Queued payloads before they kept the frame last sent.
+const QUEUED_VERSION_1: u8 = 1;
 const INVITE_VERSION: u8 = 1;
 
 /// Most addresses kept for a contact.
@@ -202,10 +204,37 @@ pub struct Queued {
     pub lamport: Option<u64>,
     /// Its sequence number, if it is a chat message.
     pub seq: Option<u64>,
-    /// The encoded [`super::proto::Payload`]; encrypted afresh at each
-    /// attempt, with whatever session is current then.
+    /// The encoded [`super::proto::Payload`], encrypted again when the
+    /// session with the recipient is no longer the one [`Self::sent`]
+    /// was made in.
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
+    /// The frame a retry sent, and the session it was encrypted in: later
+    /// retries in the same session send it again rather than take a new
+    /// message key each time (a contact away for days would otherwise
+    /// come back more than `MAX_SKIP` keys behind).
+    pub sent: Option<SentFrame>,
+}
+
+/// A frame kept for the retries of a queued payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentFrame {
+    /// The session's base key (the X3DH ephemeral key it grew from).
+    pub session: [u8; 32],
+    /// The encoded frame.
+    #[serde(with = "serde_bytes")]
+    pub frame: Vec<u8>,
+}
+
+/// [`Queued`] at version 1 (no kept frame).
+#[derive(Serialize, Deserialize)]
+struct QueuedV1 {
+    version: u8,
+    conv_id: [u8; 32],
+    lamport: Option<u64>,
+    seq: Option<u64>,
+    #[serde(with = "serde_bytes")]
+    payload: Vec<u8>,
 }
 
 impl Queued {
@@ -222,6 +251,7 @@ impl Queued {
             lamport,
             seq,
             payload,
+            sent: None,
         }
     }
 
@@ -230,16 +260,26 @@ impl Queued {
         wire::encode(self)
     }
 
-    /// Bounded decode.
+    /// Bounded decode (versions 2 and 1).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, crypto::Error> {
-        wire::decode(
-            bytes,
-            "queued payload",
-            QUEUED_VERSION,
-            super::proto::MAX_PAYLOAD + 128,
-        )
+        const WHAT: &str = "queued payload";
+        if bytes.first() == Some(&QUEUED_VERSION_1) {
+            let q: QueuedV1 = wire::decode(
+                bytes,
+                WHAT,
+                QUEUED_VERSION_1,
+                super::proto::MAX_PAYLOAD + 128,
+            )?;
+            return Ok(Self::new(q.conv_id, q.lamport, q.seq, q.payload));
+        }
+        wire::decode(bytes, WHAT, QUEUED_VERSION, MAX_QUEUED)
     }
 }
+
+/// Longest encoded [`Queued`]: a payload and a frame carrying it.
+pub const MAX_QUEUED: usize = super::proto::MAX_PAYLOAD + super::proto::MAX_FRAME + 256;
+// The store must take the longest one.
+const _: () = assert!(MAX_QUEUED <= crate::store::MAX_QUEUED_ENVELOPE);
 
 /// What one device hands another out of band to become contacts: its
 /// signed prekey bundle (identity keys, mailbox, relays) and addresses.
@@ -390,6 +430,34 @@ pub(crate) mod base64url {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Version 1 entries (no kept frame) are still read; version 2 keeps
+    /// its frame; other versions and oversized input are refused.
+    #[test]
+    fn queued_payloads_of_both_versions_are_read() {
+        let v1 = wire::encode(&QueuedV1 {
+            version: QUEUED_VERSION_1,
+            conv_id: [3; 32],
+            lamport: Some(7),
+            seq: Some(2),
+            payload: b"payload".to_vec(),
+        });
+        let old = Queued::from_bytes(&v1).unwrap();
+        assert_eq!(
+            old,
+            Queued::new([3; 32], Some(7), Some(2), b"payload".to_vec())
+        );
+        let mut q = old;
+        q.sent = Some(SentFrame {
+            session: [9; 32],
+            frame: vec![1; 300],
+        });
+        assert_eq!(Queued::from_bytes(&q.to_bytes()).unwrap(), q);
+        let mut other = q.to_bytes();
+        other[0] = 3;
+        assert!(Queued::from_bytes(&other).is_err());
+        assert!(Queued::from_bytes(&vec![QUEUED_VERSION; MAX_QUEUED + 1]).is_err());
+    }
 
     #[test]
     fn sequence_numbers_find_gaps_and_fill_them() {

@@ -1042,7 +1042,9 @@ impl Worker {
     fn retry(&mut self, now: u64, round: &mut Round) {
         match self.engine.due(now, RETRY_BATCH) {
             Ok(due) => {
-                // Re-encrypting moved the sessions on: they were written.
+                // A fresh frame moved its session on, and was kept in its
+                // outbox entry: both written (a kept frame sent again
+                // writes nothing, but the round is rarely only those).
                 round.dirty |= !due.is_empty();
                 for d in due {
                     self.route(&d.to, d.frame, Some(d.pos), now, round);

@@ -133,7 +133,7 @@ pub use error::Error;
 pub use handle::{Clock, PurgeTask, StoreHandle};
 pub use history::{Appended, DeliveryState, Direction, History, MessageRef, Page, StoredMessage};
 pub use keys::Cursor;
-pub use outbox::{Outbox, OutboxEntry};
+pub use outbox::{MAX_QUEUED_ENVELOPE, Outbox, OutboxEntry};
 pub use records::{Kind, MAX_RECORD_KEY, MaybeRecord, Record, Records};
 pub use spool::{
     Deposited, Expired, Held, MailboxStats, Removed, SEGMENT_BYTES, Spool, ToHold, Totals,

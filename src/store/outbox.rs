@@ -13,9 +13,13 @@ use super::codec::{TreeSpec, hex};
 use super::{Error, Store};
 use crate::crypto::limits::MAX_ENVELOPE;
 
+/// Longest `envelope` an entry may carry: room for a payload and an
+/// encrypted frame of it (the node keeps the frame its retries send).
+pub const MAX_QUEUED_ENVELOPE: usize = 2 * MAX_ENVELOPE + 768;
+
 pub(crate) const OUTBOX: TreeSpec = TreeSpec {
     name: "outbox",
-    max_plain: MAX_ENVELOPE + 256,
+    max_plain: MAX_QUEUED_ENVELOPE + 256,
 };
 
 /// One queued envelope with its retry state.
@@ -27,8 +31,8 @@ pub struct OutboxEntry {
     pub msg_id: [u8; 16],
     /// The device it is addressed to (its identity key).
     pub recipient: [u8; 32],
-    /// What is owed, encoded by the node (the payload, encrypted afresh at
-    /// each attempt; the store does not look inside).
+    /// What is owed, encoded by the node (the payload, and the frame its
+    /// retries send; the store does not look inside).
     #[serde(with = "serde_bytes")]
     pub envelope: Vec<u8>,
     /// Delivery attempts so far.
@@ -171,6 +175,17 @@ impl<'a> Outbox<'a> {
             }
         }
         Ok(out)
+    }
+
+    /// Replaces the `envelope` of the entry at `seq`. Returns `false` if
+    /// the entry is no longer queued (acknowledged meanwhile).
+    pub fn set_envelope(&self, seq: u64, envelope: Vec<u8>) -> Result<bool, Error> {
+        let Some(mut entry) = self.get(seq)? else {
+            return Ok(false);
+        };
+        entry.envelope = envelope;
+        self.put(&entry)?;
+        Ok(true)
     }
 
     /// Records a failed attempt: one more attempt, next try at `retry_at`.
