@@ -949,15 +949,22 @@ impl Engine {
     }
 
     /// Up to `limit` queued messages due at `now`, each with a frame to
-    /// send: the one an earlier retry sent, while the session it was
-    /// encrypted in is still the current one, or else a fresh one, which
-    /// is kept for the next retries. A retry thus takes a new message key
-    /// only once per session, however long the contact stays away: were
-    /// each to take one, a contact back after a few days of retries every
-    /// five minutes would find the next frame more than `MAX_SKIP` keys
-    /// ahead and refuse it, and every later one (nothing moves this
-    /// device to a new sending chain). The first attempt's frame is not
-    /// kept: the first retry takes one more key.
+    /// send. A retry whose attempt count is a power of two (1, 2, 4, 8 …)
+    /// encrypts the payload afresh, and the frame is kept in the outbox
+    /// entry; the retries between send the kept frame again, as long as
+    /// the session it was encrypted in is still the current one.
+    ///
+    /// Each fresh frame takes a message key. Were every retry to take one,
+    /// a contact away for a few days (a retry every five minutes) would
+    /// come back more than `MAX_SKIP` keys behind, refuse the next frame
+    /// and every later one (nothing moves this device to a new sending
+    /// chain). This way a message takes about `log2(attempts)` keys over
+    /// its whole life. Fresh frames still come, less and less often,
+    /// because a copy the recipient already read is answered with its
+    /// receipt only once more (a replay must not tell who is online): if
+    /// that receipt is lost too, or the recipient restarted, only a fresh
+    /// frame brings one over the mesh (the direct path acknowledges a
+    /// copy it already has).
     pub fn due(&mut self, now: u64, limit: usize) -> Result<Vec<Due>, EngineError> {
         let mut out = Vec::new();
         let mut encrypted = std::collections::HashSet::new();
@@ -970,14 +977,19 @@ impl Engine {
                 self.schedule.remove(pos);
                 continue;
             };
+            let attempts = self.schedule.get(pos).map_or(0, |m| m.attempts);
             tracing::debug!(
                 to = %crate::store::hex(&entry.recipient[..4]),
                 pos,
-                attempts = self.schedule.get(pos).map_or(0, |m| m.attempts),
+                attempts,
                 "due"
             );
             let current = self.sessions.current_base_key(&entry.recipient);
-            if let Some(sent) = queued.sent.take().filter(|s| Some(s.session) == current) {
+            if let Some(sent) = queued
+                .sent
+                .take()
+                .filter(|s| Some(s.session) == current && !attempts.is_power_of_two())
+            {
                 out.push(Due {
                     pos,
                     to: entry.recipient,
@@ -1624,12 +1636,18 @@ mod tests {
         a.delivered_direct(&[hi.pos]).unwrap();
         b.delivered_direct(&[back.pos]).unwrap();
         let away = a.send(&b_key, b"away".to_vec(), 101).unwrap();
+        a.attempted(away.pos, 101, None);
         let mut last = away.frame;
+        let mut fresh = 0;
         for i in 0..1_100u64 {
-            let due = a.due(1_000 + i * 300, 1).unwrap();
+            let at = 1_000 + i * 300;
+            let due = a.due(at, 1).unwrap();
             assert_eq!(due.len(), 1);
+            fresh += usize::from(due[0].frame != last);
             last = due[0].frame.clone();
+            a.attempted(away.pos, at, None);
         }
+        assert_eq!(fresh, 11, "attempts 1, 2, 4 … 1024");
         let got = b.receive(&a_key, &[last], 400_000, true).unwrap();
         assert_eq!(got.accepted, vec![true]);
         assert!(
@@ -1654,18 +1672,22 @@ mod tests {
             ..
         } = pair();
         let first = a.send(&b_key, b"away".to_vec(), 100).unwrap();
+        a.attempted(first.pos, 100, None);
         let frame_at = |a: &mut Engine, at: u64| {
             let due = a.due(at, 1).unwrap();
             assert_eq!(due.len(), 1);
+            a.attempted(due[0].pos, at, None);
             due[0].frame.clone()
         };
-        let retry = frame_at(&mut a, 1_000);
-        assert_ne!(retry, first.frame, "the first retry encrypts afresh");
-        assert_eq!(frame_at(&mut a, 2_000), retry);
+        let one = frame_at(&mut a, 1_000);
+        assert_ne!(one, first.frame, "attempt 1: afresh");
+        let retry = frame_at(&mut a, 2_000);
+        assert_ne!(retry, one, "attempt 2: afresh");
+        assert_eq!(frame_at(&mut a, 3_000), retry, "attempt 3: kept");
         a.store.flush().unwrap();
         drop(a);
-        let mut a = Engine::open(store(da.path()), 3_000).unwrap();
-        assert_eq!(frame_at(&mut a, 3_000), retry, "kept across a restart");
+        let mut a = Engine::open(store(da.path()), 4_000).unwrap();
+        assert_eq!(frame_at(&mut a, 4_000), retry, "kept across a restart");
         // What b reads of it.
         drop(b);
         let mut b = Engine::open(store(db.path()), 3_000).unwrap();

@@ -209,10 +209,10 @@ pub struct Queued {
     /// was made in.
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
-    /// The frame a retry sent, and the session it was encrypted in: later
-    /// retries in the same session send it again rather than take a new
-    /// message key each time (a contact away for days would otherwise
-    /// come back more than `MAX_SKIP` keys behind).
+    /// The frame the last fresh retry sent, and the session it was
+    /// encrypted in: the retries until the next fresh one (at attempts 1,
+    /// 2, 4, 8 …) send it again in that session rather than take a new
+    /// message key each (see `Engine::due`).
     pub sent: Option<SentFrame>,
 }
 
