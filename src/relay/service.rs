@@ -709,8 +709,12 @@ impl Service {
             // The same bytes already held (a repeat after a lost receipt)
             // are answered with their receipt again and take no more room.
             // Held by digest, not by envelope id: an id claimed first by
-            // other bytes does not keep these out.
-            if !self.spool.holds(&env.mailbox_id, &digest) {
+            // other bytes does not keep these out. A copy held for less
+            // time than this deposit would be kept (the relay's retention
+            // is shorter than the envelope's life, and it came earlier)
+            // does not count: the new receipt must not vouch for a copy
+            // the next purge drops, so the bytes are held again.
+            if !self.spool.holds(&env.mailbox_id, &digest, keep_until) {
                 e.0 += 1;
                 e.1 += bytes.len() as u64;
             }

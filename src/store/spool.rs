@@ -283,7 +283,11 @@ impl Mailbox {
         let slot = self.slots[i];
         self.slots[i].segment = DEAD;
         self.dead += 1;
-        self.by_digest.remove(&slot.digest);
+        // A later copy of the same bytes (deposited again to be held
+        // longer) keeps its entry.
+        if self.by_digest.get(&slot.digest) == Some(&slot.seq) {
+            self.by_digest.remove(&slot.digest);
+        }
         self.count -= 1;
         self.bytes -= u64::from(slot.size);
         slot
@@ -830,11 +834,20 @@ impl Spool {
             })
     }
 
-    /// Whether `mailbox` holds an envelope with this digest.
-    pub fn holds(&self, mailbox: &[u8; 32], digest: &[u8; 16]) -> bool {
-        self.mailboxes
-            .get(mailbox)
-            .is_some_and(|mb| mb.by_digest.contains_key(digest))
+    /// Whether `mailbox` holds an envelope with this digest, to be kept
+    /// at least until `until`.
+    pub fn holds(&self, mailbox: &[u8; 32], digest: &[u8; 16], until: u64) -> bool {
+        self.held_until(mailbox, digest, until).is_some()
+    }
+
+    /// The seq of the copy of `digest` held in `mailbox`, if one is held
+    /// at least `until` (a copy to expire sooner does not count: the
+    /// same bytes deposited again to be held longer are held again).
+    fn held_until(&self, mailbox: &[u8; 32], digest: &[u8; 16], until: u64) -> Option<u64> {
+        let mb = self.mailboxes.get(mailbox)?;
+        let seq = *mb.by_digest.get(digest)?;
+        let slot = mb.slots.get(mb.position(seq)?)?;
+        (slot.expires_at >= until).then_some(seq)
     }
 
     /// Totals over every mailbox.
@@ -856,9 +869,7 @@ impl Spool {
         let mut seen: HashMap<([u8; 32], [u8; 16]), u64> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             let known = self
-                .mailboxes
-                .get(&item.mailbox)
-                .and_then(|m| m.by_digest.get(&item.digest).copied())
+                .held_until(&item.mailbox, &item.digest, item.expires_at)
                 .or_else(|| seen.get(&(item.mailbox, item.digest)).copied());
             if let Some(seq) = known {
                 out.seqs.push(seq);

@@ -125,6 +125,31 @@ fn an_envelope_deposited_twice_is_held_once() {
     assert_eq!(sp.deposit(&[hold(a, 1, 900, 10)], 3).unwrap().new, 1);
 }
 
+/// The same bytes deposited again to be kept longer than the copy held
+/// (the relay keeps envelopes less long than they live, and the first
+/// copy came earlier) are held again, so the new receipt does not vouch
+/// for a copy the next purge drops; the older copy going leaves the newer
+/// one found by its digest.
+#[test]
+fn an_envelope_deposited_again_to_be_kept_longer_is_held_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sp = Spool::open(dir.path(), &data_key(1)).unwrap();
+    let a = [1; 32];
+    assert_eq!(sp.deposit(&[hold(a, 1, 100, 10)], 1).unwrap().seqs, vec![0]);
+    assert!(sp.holds(&a, &[1; 16], 100));
+    assert!(!sp.holds(&a, &[1; 16], 200));
+    let d = sp.deposit(&[hold(a, 1, 200, 10)], 2).unwrap();
+    assert_eq!((d.seqs, d.new), (vec![1], 1));
+    // Kept no longer than what is held: the same copy.
+    assert_eq!(sp.deposit(&[hold(a, 1, 150, 10)], 3).unwrap().seqs, vec![1]);
+    assert_eq!(sp.stats(&a).count, 2);
+    sp.ack(&a, &[0]).unwrap();
+    assert!(sp.holds(&a, &[1; 16], 200));
+    assert_eq!(sp.deposit(&[hold(a, 1, 200, 10)], 4).unwrap().seqs, vec![1]);
+    // The first copy expires, the second is still handed out.
+    assert_eq!(ids(&sp.fetch(&a, None, 10, 150).unwrap()), vec![1]);
+}
+
 #[test]
 fn purge_takes_a_bounded_number_oldest_first() {
     let dir = tempfile::tempdir().unwrap();
