@@ -30,6 +30,16 @@ pub enum NodeError {
     /// first request's error).
     #[error("the batch this message was written in failed: {0}")]
     Batch(String),
+    /// A burst (`NodeHandle::send_many`) failed part way: the messages
+    /// named here, the chunks before the failing one, are stored and
+    /// queued (they will be delivered); the rest were not written.
+    #[error("{} messages were sent before: {error}", sent.len())]
+    PartlySent {
+        /// The messages stored and queued, in the order given.
+        sent: Vec<crate::store::MessageRef>,
+        /// Why the rest were not.
+        error: Box<NodeError>,
+    },
     /// An export could not be written.
     #[error("export: {0}")]
     Export(String),

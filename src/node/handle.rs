@@ -234,7 +234,11 @@ impl NodeHandle {
 
     /// Writes many messages to `to`, in this order, at once (a burst:
     /// they are queued on disk together and the outbox paces them out).
-    /// Returns when all are stored and queued.
+    /// Returns when all are stored and queued. They are written in chunks
+    /// of 1,024, each checked before anything of it is written: if one
+    /// fails after others were written, the error is
+    /// [`NodeError::PartlySent`], naming those (a caller that sends the
+    /// whole burst again would send them twice).
     pub async fn send_many(
         &self,
         to: [u8; 32],
@@ -250,8 +254,17 @@ impl NodeHandle {
                     bodies: chunk,
                     reply,
                 })
-                .await?;
-            refs.extend(got);
+                .await;
+            match got {
+                Ok(got) => refs.extend(got),
+                Err(error) if refs.is_empty() => return Err(error),
+                Err(error) => {
+                    return Err(NodeError::PartlySent {
+                        sent: refs,
+                        error: Box::new(error),
+                    });
+                }
+            }
         }
         Ok(refs)
     }

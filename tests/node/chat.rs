@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use meshchat::node::NodeEvent;
+use meshchat::node::engine::EngineError;
+use meshchat::node::{NodeError, NodeEvent};
 use meshchat::store::DeliveryState;
 
 use crate::common::{TestNode, befriend, message, receipt};
@@ -217,4 +218,50 @@ async fn a_thousand_messages_arrive_exactly_once_and_in_order() {
     while let Ok(e) = b.events.try_recv() {
         assert!(!matches!(e, NodeEvent::Message { .. }), "extra {e:?}");
     }
+}
+
+/// A burst that fails part way (here its second chunk holds a body over
+/// the limit) names what its earlier chunks stored and queued, so that the
+/// caller does not send those again; they are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_that_fails_part_way_names_what_was_sent() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("alice", da.path(), 7).await;
+    let mut b = TestNode::start_in("bob", db.path(), 8).await;
+    befriend(&mut a, &mut b).await;
+    let mut bodies: Vec<Vec<u8>> = (0..1024).map(|i| format!("b{i:04}").into_bytes()).collect();
+    bodies.push(vec![b'x'; 70_000]);
+    let err = a.handle.send_many(b.key(), bodies).await.unwrap_err();
+    let NodeError::PartlySent { sent, error } = err else {
+        panic!("not a partial send: {err}");
+    };
+    assert_eq!(sent.len(), 1024);
+    assert!(
+        matches!(*error, NodeError::Engine(EngineError::BodyTooLarge { .. })),
+        "{error}"
+    );
+    // Only those were written, and they arrive.
+    let first = a.handle.history(b.key(), None, 1000).await.unwrap();
+    let rest = a.handle.history(b.key(), first.next, 1000).await.unwrap();
+    assert_eq!(first.messages.len() + rest.messages.len(), 1024);
+    assert!(rest.next.is_none());
+    let mut got = 0;
+    while got < 1024 {
+        b.wait("the burst's messages", |e| match e {
+            NodeEvent::Message { .. } => Some(()),
+            _ => None,
+        })
+        .await;
+        got += 1;
+    }
+    // An empty first chunk's error is the error itself.
+    let err = a
+        .handle
+        .send_many(b.key(), vec![vec![b'x'; 70_000]])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, NodeError::Engine(EngineError::BodyTooLarge { .. })),
+        "{err}"
+    );
 }
