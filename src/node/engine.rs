@@ -48,6 +48,15 @@ pub const MESSAGE_TTL: u64 = 14 * 24 * 3600;
 /// again (seconds).
 pub const HEARD_EVERY: u64 = 5;
 
+/// Most fresh frames that retries to one contact may make, in one session,
+/// beyond the one each queued entry needs, before the contact is heard
+/// from again (a frame of its read, or a direct ack). Every fresh frame
+/// takes a message key, and a contact reads nothing more than `MAX_SKIP`
+/// (1,000) keys ahead of the last it read: with this bound, retries to a
+/// contact that is away add at most this many to the messages written
+/// meanwhile, however many are queued and however long it stays away.
+pub const RETRY_KEY_BUDGET: u32 = 256;
+
 /// Frames read from contacts whose delivered receipt can be sent again
 /// when the same frame comes again (in memory, newest, all contacts
 /// together).
@@ -264,6 +273,10 @@ pub struct Engine {
     /// When each contact last made failed messages due again
     /// ([`Engine::heard_from`]); one entry per contact at most.
     heard_at: HashMap<[u8; 32], u64>,
+    /// Fresh frames retries made for each contact since it was last heard
+    /// from (a frame of its read, or a direct ack), in the session of that
+    /// base key: see [`RETRY_KEY_BUDGET`]. One entry per contact at most.
+    retry_keys: HashMap<[u8; 32], ([u8; 32], u32)>,
     /// The one-time prekey last handed to each contact that asked for our
     /// bundle directly: handed again while unused, so that asking again
     /// and again cannot use up the prekeys kept for everyone.
@@ -368,6 +381,7 @@ impl Engine {
             seal_cache: SealCache::default(),
             schedule,
             heard_at: HashMap::new(),
+            retry_keys: HashMap::new(),
             handed_one_time: HashMap::new(),
             setups: HashMap::new(),
             read_frames: Recent::new(MAX_READ_FRAMES),
@@ -445,6 +459,7 @@ impl Engine {
             return Ok(false);
         }
         self.heard_at.remove(key);
+        self.retry_keys.remove(key);
         self.handed_one_time.remove(key);
         self.setups.remove(key);
         self.read_frames.retain(|(peer, _)| peer != key);
@@ -897,6 +912,8 @@ impl Engine {
         let mut group = Vec::new();
         for &pos in positions {
             if let Some(m) = self.schedule.remove(pos) {
+                // Heard from (it read what it acknowledges).
+                self.retry_keys.remove(&m.recipient);
                 self.store.outbox().ack(pos)?;
                 if m.is_chat() {
                     refs.push((self.outgoing_ref(&m), DeliveryState::Delivered));
@@ -949,22 +966,24 @@ impl Engine {
     }
 
     /// Up to `limit` queued messages due at `now`, each with a frame to
-    /// send. A retry whose attempt count is a power of two (1, 2, 4, 8 …)
-    /// encrypts the payload afresh, and the frame is kept in the outbox
-    /// entry; the retries between send the kept frame again, as long as
-    /// the session it was encrypted in is still the current one.
+    /// send. An entry with no frame kept for the contact's current session
+    /// (its first retry, or the session changed) encrypts afresh and keeps
+    /// the frame in its outbox entry (one write). One with a kept frame
+    /// sends it again, unchanged, except at attempt counts that are a power
+    /// of two (1, 2, 4, 8 …), when it encrypts afresh, as long as retries
+    /// to that contact have made fewer than [`RETRY_KEY_BUDGET`] fresh
+    /// frames since it was last heard from.
     ///
     /// Each fresh frame takes a message key. Were every retry to take one,
     /// a contact away for a few days (a retry every five minutes) would
     /// come back more than `MAX_SKIP` keys behind, refuse the next frame
     /// and every later one (nothing moves this device to a new sending
-    /// chain). This way a message takes about `log2(attempts)` keys over
-    /// its whole life. Fresh frames still come, less and less often,
-    /// because a copy the recipient already read is answered with its
-    /// receipt only once more (a replay must not tell who is online): if
-    /// that receipt is lost too, or the recipient restarted, only a fresh
-    /// frame brings one over the mesh (the direct path acknowledges a
-    /// copy it already has).
+    /// chain). Fresh frames still come while the budget lasts, less and
+    /// less often, because a copy the recipient already read is answered
+    /// with its receipt only once more (a replay must not tell who is
+    /// online): if that receipt is lost too, or the recipient restarted,
+    /// only a fresh frame brings one over the mesh (the direct path
+    /// acknowledges a copy it already has).
     pub fn due(&mut self, now: u64, limit: usize) -> Result<Vec<Due>, EngineError> {
         let mut out = Vec::new();
         let mut encrypted = std::collections::HashSet::new();
@@ -985,10 +1004,15 @@ impl Engine {
                 "due"
             );
             let current = self.sessions.current_base_key(&entry.recipient);
+            let spent = match (self.retry_keys.get(&entry.recipient), current) {
+                (Some((session, n)), Some(c)) if *session == c => *n,
+                _ => 0,
+            };
+            let refresh = attempts.is_power_of_two() && spent < RETRY_KEY_BUDGET;
             if let Some(sent) = queued
                 .sent
                 .take()
-                .filter(|s| Some(s.session) == current && !attempts.is_power_of_two())
+                .filter(|s| Some(s.session) == current && !refresh)
             {
                 out.push(Due {
                     pos,
@@ -1001,6 +1025,9 @@ impl Engine {
                 Ok((frame, _)) => {
                     encrypted.insert(entry.recipient);
                     if let Some(session) = self.sessions.current_base_key(&entry.recipient) {
+                        let n = if current == Some(session) { spent } else { 0 };
+                        self.retry_keys
+                            .insert(entry.recipient, (session, n.saturating_add(1)));
                         queued.sent = Some(SentFrame {
                             session,
                             frame: frame.clone(),
@@ -1408,6 +1435,8 @@ impl Engine {
         // One write each for the batch: the session, the counters, the messages.
         if decrypted_any {
             self.save_session(from)?;
+            // Heard from: retries may make fresh frames for it again.
+            self.retry_keys.remove(from);
         }
         if prekeys_changed {
             self.save_prekeys()?;
@@ -1655,6 +1684,59 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, Event::MessageReceived(m) if m.body == b"away"))
         );
+        let next = a.send(&b_key, b"next".to_vec(), 400_001).unwrap();
+        let got = b.receive(&a_key, &[next.frame], 400_001, true).unwrap();
+        assert_eq!(got.accepted, vec![true]);
+    }
+
+    /// Many messages queued for a contact away for days: the retries of all
+    /// of them together make at most `RETRY_KEY_BUDGET` fresh frames
+    /// beyond one each, so the contact reads them all on its return, and
+    /// what comes next.
+    #[test]
+    fn many_messages_queued_for_a_contact_away_for_days_are_all_read() {
+        const N: usize = 200;
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let hi = a.send(&b_key, b"hi".to_vec(), 100).unwrap();
+        b.receive(&a_key, &[hi.frame], 100, true).unwrap();
+        let back = b.send(&a_key, b"back".to_vec(), 100).unwrap();
+        a.receive(&b_key, &[back.frame], 100, true).unwrap();
+        a.delivered_direct(&[hi.pos]).unwrap();
+        for i in 0..N {
+            let m = a.send(&b_key, format!("m{i}").into_bytes(), 101).unwrap();
+            a.attempted(m.pos, 101, None);
+        }
+        let mut last = Vec::new();
+        let mut fresh = std::collections::HashSet::new();
+        for k in 0..1_100u64 {
+            let at = 1_000 + k * 300;
+            last = a.due(at, 512).unwrap();
+            assert_eq!(last.len(), N);
+            for d in &last {
+                fresh.insert(d.frame.clone());
+                a.attempted(d.pos, at, None);
+            }
+        }
+        assert!(
+            fresh.len() <= N + RETRY_KEY_BUDGET as usize,
+            "{} fresh frames",
+            fresh.len()
+        );
+        let frames: Vec<Vec<u8>> = last.into_iter().map(|d| d.frame).collect();
+        let got = b.receive(&a_key, &frames, 400_000, true).unwrap();
+        assert_eq!(got.accepted, vec![true; N]);
+        let read = got
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::MessageReceived(_)))
+            .count();
+        assert_eq!(read, N);
         let next = a.send(&b_key, b"next".to_vec(), 400_001).unwrap();
         let got = b.receive(&a_key, &[next.frame], 400_001, true).unwrap();
         assert_eq!(got.accepted, vec![true]);

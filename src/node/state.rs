@@ -210,9 +210,9 @@ pub struct Queued {
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     /// The frame the last fresh retry sent, and the session it was
-    /// encrypted in: the retries until the next fresh one (at attempts 1,
-    /// 2, 4, 8 …) send it again in that session rather than take a new
-    /// message key each (see `Engine::due`).
+    /// encrypted in: later retries send it again in that session rather
+    /// than take a new message key each (see `Engine::due` for when one
+    /// encrypts afresh).
     pub sent: Option<SentFrame>,
 }
 
