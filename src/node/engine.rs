@@ -276,6 +276,9 @@ pub struct Engine {
     /// Fresh frames retries made for each contact since it was last heard
     /// from (a frame of its read, or a direct ack), in the session of that
     /// base key: see [`RETRY_KEY_BUDGET`]. One entry per contact at most.
+    /// A contact not heard from since this engine started has none, and
+    /// counts as having used its budget: a restart must not grant another
+    /// (the count is not stored).
     retry_keys: HashMap<[u8; 32], ([u8; 32], u32)>,
     /// The one-time prekey last handed to each contact that asked for our
     /// bundle directly: handed again while unused, so that asking again
@@ -913,7 +916,7 @@ impl Engine {
         for &pos in positions {
             if let Some(m) = self.schedule.remove(pos) {
                 // Heard from (it read what it acknowledges).
-                self.retry_keys.remove(&m.recipient);
+                self.heard_now(&m.recipient);
                 self.store.outbox().ack(pos)?;
                 if m.is_chat() {
                     refs.push((self.outgoing_ref(&m), DeliveryState::Delivered));
@@ -1006,7 +1009,8 @@ impl Engine {
             let current = self.sessions.current_base_key(&entry.recipient);
             let spent = match (self.retry_keys.get(&entry.recipient), current) {
                 (Some((session, n)), Some(c)) if *session == c => *n,
-                _ => 0,
+                // Not heard from since the start, or in another session.
+                _ => RETRY_KEY_BUDGET,
             };
             let refresh = attempts.is_power_of_two() && spent < RETRY_KEY_BUDGET;
             if let Some(sent) = queued
@@ -1025,9 +1029,11 @@ impl Engine {
                 Ok((frame, _)) => {
                     encrypted.insert(entry.recipient);
                     if let Some(session) = self.sessions.current_base_key(&entry.recipient) {
-                        let n = if current == Some(session) { spent } else { 0 };
-                        self.retry_keys
-                            .insert(entry.recipient, (session, n.saturating_add(1)));
+                        if let Some((s, n)) = self.retry_keys.get_mut(&entry.recipient)
+                            && *s == session
+                        {
+                            *n = n.saturating_add(1);
+                        }
                         queued.sent = Some(SentFrame {
                             session,
                             frame: frame.clone(),
@@ -1054,11 +1060,46 @@ impl Engine {
         Ok(out)
     }
 
+    /// `contact` was just heard from: retries to it may make up to
+    /// [`RETRY_KEY_BUDGET`] fresh frames again, in its current session.
+    fn heard_now(&mut self, contact: &[u8; 32]) {
+        match self.sessions.current_base_key(contact) {
+            Some(session) => {
+                self.retry_keys.insert(*contact, (session, 0));
+            }
+            None => {
+                self.retry_keys.remove(contact);
+            }
+        }
+    }
+
     /// Removes the messages whose expiry passed and tells the user.
     pub fn expire(&mut self, now: u64) -> Result<Vec<Event>, EngineError> {
         let mut events = Vec::new();
         for (pos, m) in self.schedule.take_expired(now) {
+            // A sender key's distribution can expire before group messages
+            // sent under that key (they are written up to `ROTATE_AFTER`
+            // later): while the member still has such messages queued, it
+            // is queued again, or they could never be read.
+            let again =
+                if m.is_receipt() && self.schedule.has_messages_for(&m.recipient, &m.conv_id) {
+                    self.store
+                        .outbox()
+                        .get(pos)?
+                        .and_then(|e| Queued::from_bytes(&e.envelope).ok())
+                        .filter(|q| {
+                            matches!(
+                                Payload::from_bytes(&q.payload),
+                                Ok(Payload::SenderKey { .. })
+                            )
+                        })
+                } else {
+                    None
+                };
             self.store.outbox().ack(pos)?;
+            if let Some(q) = again {
+                self.requeue_distribution(&m.recipient, &m.conv_id, q.payload, now)?;
+            }
             if m.is_chat() {
                 events.push(Event::Expired {
                     message: self.outgoing_ref(&m),
@@ -1436,7 +1477,7 @@ impl Engine {
         if decrypted_any {
             self.save_session(from)?;
             // Heard from: retries may make fresh frames for it again.
-            self.retry_keys.remove(from);
+            self.heard_now(from);
         }
         if prekeys_changed {
             self.save_prekeys()?;
@@ -1697,7 +1738,7 @@ mod tests {
     fn many_messages_queued_for_a_contact_away_for_days_are_all_read() {
         const N: usize = 200;
         let Pair {
-            _dirs,
+            _dirs: (da, _db),
             mut a,
             mut b,
             a_key,
@@ -1712,17 +1753,26 @@ mod tests {
             let m = a.send(&b_key, format!("m{i}").into_bytes(), 101).unwrap();
             a.attempted(m.pos, 101, None);
         }
-        let mut last = Vec::new();
+        let mut last;
         let mut fresh = std::collections::HashSet::new();
-        for k in 0..1_100u64 {
-            let at = 1_000 + k * 300;
-            last = a.due(at, 512).unwrap();
-            assert_eq!(last.len(), N);
-            for d in &last {
-                fresh.insert(d.frame.clone());
-                a.attempted(d.pos, at, None);
+        // Four stretches of retries, with a restart between each (the
+        // count of fresh frames is not stored: a restart must not allow
+        // more).
+        for stretch in 0..4u64 {
+            for k in 0..275u64 {
+                let at = 1_000 + (stretch * 275 + k) * 300;
+                last = a.due(at, 512).unwrap();
+                assert_eq!(last.len(), N);
+                for d in &last {
+                    fresh.insert(d.frame.clone());
+                    a.attempted(d.pos, at, None);
+                }
             }
+            a.store.flush().unwrap();
+            drop(a);
+            a = Engine::open(store(da.path()), 1_000 + (stretch + 1) * 275 * 300).unwrap();
         }
+        last = a.due(400_000, 512).unwrap();
         assert!(
             fresh.len() <= N + RETRY_KEY_BUDGET as usize,
             "{} fresh frames",
@@ -1749,10 +1799,16 @@ mod tests {
         let Pair {
             _dirs: (da, db),
             mut a,
-            b,
+            mut b,
+            a_key,
             b_key,
-            ..
         } = pair();
+        // a has heard from b (in this run): its retries may refresh.
+        let hi = a.send(&b_key, b"hi".to_vec(), 100).unwrap();
+        b.receive(&a_key, &[hi.frame], 100, true).unwrap();
+        let back = b.send(&a_key, b"back".to_vec(), 100).unwrap();
+        a.receive(&b_key, &[back.frame], 100, true).unwrap();
+        a.delivered_direct(&[hi.pos]).unwrap();
         let first = a.send(&b_key, b"away".to_vec(), 100).unwrap();
         a.attempted(first.pos, 100, None);
         let frame_at = |a: &mut Engine, at: u64| {
@@ -1770,11 +1826,14 @@ mod tests {
         drop(a);
         let mut a = Engine::open(store(da.path()), 4_000).unwrap();
         assert_eq!(frame_at(&mut a, 4_000), retry, "kept across a restart");
+        // Not heard from b since the restart: no fresh frame, even at a
+        // power of two.
+        assert_eq!(frame_at(&mut a, 5_000), retry, "attempt 1 after it");
+        assert_eq!(frame_at(&mut a, 6_000), retry, "attempt 2 after it");
         // What b reads of it.
         drop(b);
-        let mut b = Engine::open(store(db.path()), 3_000).unwrap();
-        let a_key = a.me.public().signing;
-        let got = b.receive(&a_key, &[retry], 3_000, true).unwrap();
+        let mut b = Engine::open(store(db.path()), 6_000).unwrap();
+        let got = b.receive(&a_key, &[retry], 6_000, true).unwrap();
         assert_eq!(got.accepted, vec![true]);
     }
 

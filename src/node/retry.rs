@@ -121,6 +121,16 @@ impl Schedule {
         }
     }
 
+    /// Whether anything with a clock (a chat or group message) is queued
+    /// for `recipient` in the conversation `conv`.
+    pub fn has_messages_for(&self, recipient: &[u8; 32], conv: &[u8; 32]) -> bool {
+        self.by_recipient.get(recipient).is_some_and(|ps| {
+            ps.iter()
+                .filter_map(|p| self.meta.get(p))
+                .any(|m| &m.conv_id == conv && m.lamport != 0)
+        })
+    }
+
     /// Up to `limit` positions due at `now`, oldest due first.
     pub fn due(&self, now: u64, limit: usize) -> Vec<u64> {
         self.due

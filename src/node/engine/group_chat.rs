@@ -823,6 +823,28 @@ impl Engine {
         })
     }
 
+    /// Queues again, under its id, a sender key distribution (`payload`)
+    /// that expired unacknowledged for `to` while group messages for it
+    /// are still queued (see [`Engine::expire`]); not if `to` left.
+    pub(crate) fn requeue_distribution(
+        &mut self,
+        to: &[u8; 32],
+        group: &[u8; 32],
+        payload: Vec<u8>,
+        now: u64,
+    ) -> Result<(), EngineError> {
+        let Ok(Payload::SenderKey { id, .. }) = Payload::from_bytes(&payload) else {
+            return Ok(());
+        };
+        if !self.view(group).is_ok_and(|v| v.is_member(to)) {
+            return Ok(());
+        }
+        // Due at the next retry pass, not encrypted here.
+        let until = now.saturating_add(self.ttl);
+        self.queue_as(id, to, group, None, payload, now, now + 1, until)?;
+        Ok(())
+    }
+
     /// Queues operations for the member `to` (in as many payloads as
     /// they need).
     fn queue_ops(
@@ -2578,6 +2600,50 @@ mod tests {
         d.wire.extend(keys_for_1);
         d.run(false, &[2]);
         assert_eq!(d.received(1), vec![b"early".to_vec()]);
+    }
+
+    /// A sender key's distribution expires before messages sent under that
+    /// key later (up to `ROTATE_AFTER` later): while a member away that
+    /// long still has such messages queued, the distribution is queued
+    /// again, and the member reads them on its return.
+    #[test]
+    fn a_member_away_past_its_key_distribution_still_reads_what_came_after() {
+        let (mut d, group) = Devices::formed(3);
+        // Admin removes 2 and rotates; 1 is away and gets nothing.
+        let fx = d.engines[0]
+            .change_group(&group, GroupChange::Remove { member: d.keys[2] }, 200)
+            .unwrap();
+        d.effects(0, fx);
+        d.wire.clear();
+        d.published.clear();
+        // Six days later, a message under the new key; still away.
+        let later = 200 + 6 * 24 * 3600;
+        let (_, fx) = d.engines[0]
+            .group_send(&group, vec![b"later".to_vec()], later)
+            .unwrap();
+        d.effects(0, fx);
+        d.wire.clear();
+        d.published.clear();
+        // The distribution (queued at 200) expires; the message's copy
+        // (queued six days later) does not.
+        let back = 200 + crate::node::engine::MESSAGE_TTL + 1;
+        d.engines[0].expire(back).unwrap();
+        // 1 comes back: what is due reaches it, in a few rounds.
+        let mut at = back + 10;
+        for _ in 0..4 {
+            let due = d.engines[0].due(at, 512).unwrap();
+            for x in due.into_iter().filter(|x| x.to == d.keys[1]) {
+                d.engines[0].attempted(x.pos, at, None);
+                d.wire.push_back((0, 1, x.frame, Some(x.pos)));
+            }
+            d.run(false, &[2]);
+            at += 600;
+        }
+        assert!(
+            d.received(1).contains(&b"later".to_vec()),
+            "{:?}",
+            d.received(1)
+        );
     }
 
     #[test]
