@@ -48,6 +48,36 @@ pub const MESSAGE_TTL: u64 = 14 * 24 * 3600;
 /// again (seconds).
 pub const HEARD_EVERY: u64 = 5;
 
+/// A store restored from a backup is an older copy of this device: its
+/// sessions' sending chains and its own sender keys stand where they stood
+/// then, and continuing from them would encrypt again under message keys
+/// already used (and the contacts would take the frames for copies of
+/// what they read). They are dropped, durably, before anything is loaded:
+/// every contact gets a new session at the next message (the contact takes
+/// it over its old one), and every group a new sender key at the next
+/// send. Other members' keys are kept (reading with an older state risks
+/// nothing: the history keeps one copy of each message).
+fn forget_sending_state(store: &Store, me: &DeviceIdentity) -> Result<(), EngineError> {
+    let sessions = store.records(Kind::Sessions)?;
+    let mut dropped = 0usize;
+    for (key, _) in sessions.scan(b"")? {
+        dropped += usize::from(sessions.remove(&key)?);
+    }
+    let keys = store.records(Kind::SenderKeys)?;
+    for (key, _) in keys.scan(b"")? {
+        if group_chat::is_own_key_record(&key, &me.public().signing) {
+            dropped += usize::from(keys.remove(&key)?);
+        }
+    }
+    store.clear_restored()?;
+    store.flush()?;
+    tracing::warn!(
+        dropped,
+        "restored from a backup: sessions and own sender keys dropped; contacts and groups get new ones"
+    );
+    Ok(())
+}
+
 /// Most fresh frames that retries to one contact may make, in one session,
 /// beyond the one each queued entry needs, before the contact is heard
 /// from again (a frame of its read, or a direct ack). Every fresh frame
@@ -342,6 +372,9 @@ impl Engine {
                 p
             }
         };
+        if store.restored()? {
+            forget_sending_state(&store, &me)?;
+        }
         let mut contacts = HashMap::new();
         for (key, bytes) in store.records(Kind::Contacts)?.scan(b"")? {
             if let Ok(k) = <[u8; 32]>::try_from(key.as_slice()) {
@@ -1790,6 +1823,62 @@ mod tests {
         let next = a.send(&b_key, b"next".to_vec(), 400_001).unwrap();
         let got = b.receive(&a_key, &[next.frame], 400_001, true).unwrap();
         assert_eq!(got.accepted, vec![true]);
+    }
+
+    /// A device restored from a backup does not continue the sessions it
+    /// had then (their message keys were used since): it starts new ones,
+    /// and the contact reads what it writes, and answers.
+    #[test]
+    fn a_device_restored_from_a_backup_starts_new_sessions_its_contact_reads() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let hi = a.send(&b_key, b"hi".to_vec(), 100).unwrap();
+        b.receive(&a_key, &[hi.frame], 100, true).unwrap();
+        let back = b.send(&a_key, b"back".to_vec(), 100).unwrap();
+        a.receive(&b_key, &[back.frame], 100, true).unwrap();
+        let mut backup = Vec::new();
+        a.store.backup(&mut backup).unwrap();
+        // Life goes on after the backup.
+        for i in 0..3 {
+            let m = a.send(&b_key, format!("a{i}").into_bytes(), 101).unwrap();
+            b.receive(&a_key, &[m.frame], 101, true).unwrap();
+            let r = b.send(&a_key, format!("b{i}").into_bytes(), 101).unwrap();
+            a.receive(&b_key, &[r.frame], 101, true).unwrap();
+        }
+        // The device is lost and restored from the backup.
+        drop(a);
+        let restored_dir = tempfile::tempdir().unwrap();
+        let target = restored_dir.path().join("store");
+        let mut rng = StdRng::seed_from_u64(9);
+        let key = Keystore::create(b"pw", KdfParams::INSECURE_FAST, &mut rng)
+            .unwrap()
+            .1;
+        let store = Store::restore(&mut backup.as_slice(), &target, &key).unwrap();
+        assert!(store.restored().unwrap());
+        let mut a = Engine::open(Arc::new(store), 102).unwrap();
+        assert!(!a.store.restored().unwrap(), "dealt with once");
+        let m = a.send(&b_key, b"after".to_vec(), 102).unwrap();
+        let got = b.receive(&a_key, &[m.frame], 102, true).unwrap();
+        assert_eq!(got.accepted, vec![true]);
+        assert!(
+            got.events
+                .iter()
+                .any(|e| matches!(e, Event::MessageReceived(m) if m.body == b"after")),
+            "{:?}",
+            got.events
+        );
+        let r = b.send(&a_key, b"welcome back".to_vec(), 103).unwrap();
+        let got = a.receive(&b_key, &[r.frame], 103, true).unwrap();
+        assert!(
+            got.events
+                .iter()
+                .any(|e| matches!(e, Event::MessageReceived(m) if m.body == b"welcome back"))
+        );
     }
 
     /// A retry sends the frame an earlier retry sent, also after a restart

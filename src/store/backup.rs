@@ -201,7 +201,8 @@ impl Store {
     /// Restores a backup into `path`, which must not exist yet or be an empty
     /// directory, and opens it with `key` (which must be the key the backup
     /// was made under). A damaged or truncated backup is an error and the
-    /// half-written directory is removed.
+    /// half-written directory is removed. The store is marked restored
+    /// ([`Store::restored`]): it is an older copy of its device.
     pub fn restore(
         input: &mut impl Read,
         path: &Path,
@@ -221,7 +222,10 @@ impl Store {
         // On any error (a damaged backup, or another key than the one it
         // was made under) the directory goes, so the restore can be run
         // again into the same place.
-        match Self::restore_into(input, path).and_then(|()| Store::open(path, key)) {
+        let restored = Self::restore_into(input, path)
+            .and_then(|()| Store::open(path, key))
+            .and_then(|store| store.mark_restored().map(|()| store));
+        match restored {
             Ok(store) => Ok(store),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(path);

@@ -155,6 +155,10 @@ const SCHEMA_KEY: &[u8] = b"schema_version";
 const KEY_CHECK_KEY: &[u8] = b"key_check";
 /// The flush generation (u64 BE, plaintext), mirrored in the `STORE` marker.
 const GENERATION_KEY: &[u8] = b"flush_generation";
+/// Set (plaintext, one byte) by [`Store::restore`]: the store is an older
+/// copy of a device, which its owner must not continue blindly (see
+/// [`Store::restored`]).
+const RESTORED_KEY: &[u8] = b"restored";
 /// Sealed under the database key at creation; opening it proves the key.
 const KEY_CHECK: &[u8] = b"meshchat/1/store-key-check";
 
@@ -245,6 +249,36 @@ impl Store {
     /// The records of one kind (contacts, sessions, prekeys…).
     pub fn records(&self, kind: Kind) -> Result<Records<'_>, Error> {
         Records::new(self, kind)
+    }
+
+    /// Whether this store was restored from a backup and its owner has not
+    /// yet said it dealt with that ([`Store::clear_restored`]). A node
+    /// drops what it must not continue from an older copy of itself (the
+    /// sending state of its sessions and sender keys) before anything else.
+    pub fn restored(&self) -> Result<bool, Error> {
+        Ok(self
+            .meta
+            .get(RESTORED_KEY)
+            .map_err(Error::db(META.name, "read"))?
+            .is_some())
+    }
+
+    /// Clears the mark [`Store::restored`] reads (durable after the next
+    /// flush).
+    pub fn clear_restored(&self) -> Result<(), Error> {
+        self.meta
+            .remove(RESTORED_KEY)
+            .map_err(Error::db(META.name, "write"))?;
+        Ok(())
+    }
+
+    /// Marks the store restored (see [`Store::restored`]).
+    fn mark_restored(&self) -> Result<(), Error> {
+        self.meta
+            .insert(RESTORED_KEY, &[1u8])
+            .map_err(Error::db(META.name, "write"))?;
+        self.flush()?;
+        Ok(())
     }
 
     /// Bytes the database files take on disk (for a relay's disk budget).

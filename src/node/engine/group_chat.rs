@@ -83,6 +83,12 @@ const MAX_GROUPS_FROM_ONE: usize = 3;
 /// Most groups that others added this device to that it is in at once.
 const MAX_GROUPS_JOINED: usize = 1_000;
 const OWN_KEY: &[u8] = b"own";
+
+/// Whether `key` names a `SenderKeys` record of this device's own key
+/// (group id ‖ own identity ‖ `own`).
+pub(crate) fn is_own_key_record(key: &[u8], me: &[u8; 32]) -> bool {
+    key.len() == 64 + OWN_KEY.len() && key[32..64] == me[..] && key.ends_with(OWN_KEY)
+}
 const LIMBO_PREFIX: &[u8] = b"limbo:";
 const VIA_PREFIX: &[u8] = b"via:";
 const TALLY_PREFIX: &[u8] = b"tally:";
@@ -427,7 +433,7 @@ impl Engine {
             let Some(slot) = self.groups.slots.get_mut(&group) else {
                 continue;
             };
-            if key.len() == 64 + OWN_KEY.len() && key[32..64] == me && key.ends_with(OWN_KEY) {
+            if is_own_key_record(&key, &me) {
                 slot.own = Some(SenderKey::from_bytes(&bytes)?);
             } else if key.len() == 68
                 && let Ok(member) = <[u8; 32]>::try_from(&key[32..64])

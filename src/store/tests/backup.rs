@@ -64,6 +64,9 @@ fn backup_restores_everything_under_the_same_key_only() {
     let target = tempfile::tempdir().unwrap();
     let dest = target.path().join("restored");
     let restored = Store::restore(&mut backup.as_slice(), &dest, &data_key(1)).unwrap();
+    // Marked as an older copy of its device, until its owner clears it.
+    assert!(restored.restored().unwrap());
+    assert!(!store.restored().unwrap());
     let a = store.history().page(&[1; 32], None, 1000).unwrap();
     let b = restored.history().page(&[1; 32], None, 1000).unwrap();
     assert_eq!(a.messages, b.messages);
