@@ -844,8 +844,16 @@ impl Engine {
             .history()
             .append_batch(&stored, Direction::Outgoing)?;
         self.put_conv_state(&conv, &state)?;
+        // Each entry keeps the frame its first attempt sends: the first
+        // retries (and the copies left at relays) send it again rather than
+        // take new message keys (see `due`).
+        let session = self.sessions.current_base_key(to);
         for ((msg, (seq, payload)), sent) in stored.iter().zip(payloads).zip(&out) {
-            let queued = Queued::new(conv, Some(msg.lamport), Some(seq), payload);
+            let mut queued = Queued::new(conv, Some(msg.lamport), Some(seq), payload);
+            queued.sent = session.map(|session| SentFrame {
+                session,
+                frame: sent.frame.clone(),
+            });
             let entry = self.store.outbox().push_at(
                 sent.pos,
                 msg.msg_id,
@@ -1002,13 +1010,14 @@ impl Engine {
     }
 
     /// Up to `limit` queued messages due at `now`, each with a frame to
-    /// send. An entry with no frame kept for the contact's current session
-    /// (its first retry, or the session changed) encrypts afresh and keeps
-    /// the frame in its outbox entry (one write). One with a kept frame
-    /// sends it again, unchanged, except at attempt counts that are a power
-    /// of two (1, 2, 4, 8 …), when it encrypts afresh, as long as retries
-    /// to that contact have made fewer than [`RETRY_KEY_BUDGET`] fresh
-    /// frames since it was last heard from.
+    /// send. A chat message keeps the frame its first attempt sent; an
+    /// entry with no frame kept for the contact's current session (other
+    /// payloads, queued without one, or the session changed) encrypts
+    /// afresh and keeps the frame in its outbox entry (one write). One with
+    /// a kept frame sends it again, unchanged, except at attempt counts
+    /// that are a power of two from 2 on (2, 4, 8 …), when it encrypts
+    /// afresh, as long as retries to that contact have made fewer than
+    /// [`RETRY_KEY_BUDGET`] fresh frames since it was last heard from.
     ///
     /// Each fresh frame takes a message key. Were every retry to take one,
     /// a contact away for a few days (a retry every five minutes) would
@@ -1045,7 +1054,7 @@ impl Engine {
                 // Not heard from since the start, or in another session.
                 _ => RETRY_KEY_BUDGET,
             };
-            let refresh = attempts.is_power_of_two() && spent < RETRY_KEY_BUDGET;
+            let refresh = attempts >= 2 && attempts.is_power_of_two() && spent < RETRY_KEY_BUDGET;
             if let Some(sent) = queued
                 .sent
                 .take()
@@ -1340,9 +1349,16 @@ impl Engine {
                 // it was one of the latest read, and only once, so that
                 // nobody can replay an old envelope to learn, from the
                 // answer, whether we are online.
+                // A copy of a frame not among those is refused: it was
+                // read longer ago, or what it carried was refused (a group
+                // message before its key, say) and the sender, which sends
+                // a kept frame again (see `due`), must not take it for
+                // delivered. Its next fresh frame is read like any other
+                // (the history keeps one copy).
                 Err(crypto::Error::Duplicate { .. }) => {
-                    delivered.extend(self.read_frames.take(&frame_key(from, bytes)));
-                    out.accepted.push(true);
+                    let again = self.read_frames.take(&frame_key(from, bytes));
+                    out.accepted.push(again.is_some());
+                    delivered.extend(again);
                     continue;
                 }
                 Err(e) => {
@@ -1750,7 +1766,7 @@ mod tests {
             last = due[0].frame.clone();
             a.attempted(away.pos, at, None);
         }
-        assert_eq!(fresh, 11, "attempts 1, 2, 4 … 1024");
+        assert_eq!(fresh, 10, "attempts 2, 4, 8 … 1024");
         let got = b.receive(&a_key, &[last], 400_000, true).unwrap();
         assert_eq!(got.accepted, vec![true]);
         assert!(
@@ -1907,7 +1923,7 @@ mod tests {
             due[0].frame.clone()
         };
         let one = frame_at(&mut a, 1_000);
-        assert_ne!(one, first.frame, "attempt 1: afresh");
+        assert_eq!(one, first.frame, "attempt 1: the first attempt's frame");
         let retry = frame_at(&mut a, 2_000);
         assert_ne!(retry, one, "attempt 2: afresh");
         assert_eq!(frame_at(&mut a, 3_000), retry, "attempt 3: kept");
@@ -2097,11 +2113,13 @@ mod tests {
             }]
         );
         assert!(a.store.outbox().is_empty());
-        // Over a direct connection the transport ack says it: no receipt.
+        // A third copy is no longer among the frames read: refused (the
+        // sender's next fresh frame is read, and found already stored), by
+        // either path; no receipt.
         let direct = b
             .receive(&a_key, std::slice::from_ref(&frame), 112, true)
             .unwrap();
-        assert_eq!(direct.accepted, vec![true]);
+        assert_eq!(direct.accepted, vec![false]);
         assert!(direct.replies.is_empty());
         // A contact removed and added again starts with nothing read.
         let contact = b.contacts[&a_key].clone();
@@ -2336,8 +2354,8 @@ mod tests {
         let again = a.due(1_000 + retry::backoff(1), 10).unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].pos, sent.pos);
-        // Each attempt is a fresh ciphertext.
-        assert_ne!(again[0].frame, sent.frame);
+        // The first retry sends the first attempt's frame again (see `due`).
+        assert_eq!(again[0].frame, sent.frame);
         assert!(a.expire(1_000 + MESSAGE_TTL - 1).unwrap().is_empty());
         let gone = a.expire(1_000 + MESSAGE_TTL).unwrap();
         assert_eq!(
