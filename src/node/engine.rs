@@ -844,16 +844,11 @@ impl Engine {
             .history()
             .append_batch(&stored, Direction::Outgoing)?;
         self.put_conv_state(&conv, &state)?;
-        // Each entry keeps the frame its first attempt sends: the first
-        // retries (and the copies left at relays) send it again rather than
-        // take new message keys (see `due`).
-        let session = self.sessions.current_base_key(to);
+        // The first attempt's frame is not kept with the entry (it would
+        // double what the sending path writes): the first retry encrypts
+        // afresh and keeps its frame (see `due`).
         for ((msg, (seq, payload)), sent) in stored.iter().zip(payloads).zip(&out) {
-            let mut queued = Queued::new(conv, Some(msg.lamport), Some(seq), payload);
-            queued.sent = session.map(|session| SentFrame {
-                session,
-                frame: sent.frame.clone(),
-            });
+            let queued = Queued::new(conv, Some(msg.lamport), Some(seq), payload);
             let entry = self.store.outbox().push_at(
                 sent.pos,
                 msg.msg_id,
@@ -1010,10 +1005,9 @@ impl Engine {
     }
 
     /// Up to `limit` queued messages due at `now`, each with a frame to
-    /// send. A chat message keeps the frame its first attempt sent; an
-    /// entry with no frame kept for the contact's current session (other
-    /// payloads, queued without one, or the session changed) encrypts
-    /// afresh and keeps the frame in its outbox entry (one write). One with
+    /// send. An entry with no frame kept for the contact's current session
+    /// (its first retry, or the session changed) encrypts afresh and keeps
+    /// the frame in its outbox entry (one write). One with
     /// a kept frame sends it again, unchanged, except at attempt counts
     /// that are a power of two from 2 on (2, 4, 8 …), when it encrypts
     /// afresh, as long as retries to that contact have made fewer than
@@ -1766,7 +1760,7 @@ mod tests {
             last = due[0].frame.clone();
             a.attempted(away.pos, at, None);
         }
-        assert_eq!(fresh, 10, "attempts 2, 4, 8 … 1024");
+        assert_eq!(fresh, 11, "attempts 1 (no frame kept yet), 2, 4, 8 … 1024");
         let got = b.receive(&a_key, &[last], 400_000, true).unwrap();
         assert_eq!(got.accepted, vec![true]);
         assert!(
@@ -1923,7 +1917,7 @@ mod tests {
             due[0].frame.clone()
         };
         let one = frame_at(&mut a, 1_000);
-        assert_eq!(one, first.frame, "attempt 1: the first attempt's frame");
+        assert_ne!(one, first.frame, "attempt 1: afresh (nothing kept yet)");
         let retry = frame_at(&mut a, 2_000);
         assert_ne!(retry, one, "attempt 2: afresh");
         assert_eq!(frame_at(&mut a, 3_000), retry, "attempt 3: kept");
@@ -2354,8 +2348,9 @@ mod tests {
         let again = a.due(1_000 + retry::backoff(1), 10).unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].pos, sent.pos);
-        // The first retry sends the first attempt's frame again (see `due`).
-        assert_eq!(again[0].frame, sent.frame);
+        // The first retry is a fresh ciphertext (later ones may send it
+        // again: see `due`).
+        assert_ne!(again[0].frame, sent.frame);
         assert!(a.expire(1_000 + MESSAGE_TTL - 1).unwrap().is_empty());
         let gone = a.expire(1_000 + MESSAGE_TTL).unwrap();
         assert_eq!(
