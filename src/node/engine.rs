@@ -310,6 +310,13 @@ pub struct Engine {
     /// counts as having used its budget: a restart must not grant another
     /// (the count is not stored).
     retry_keys: HashMap<[u8; 32], ([u8; 32], u32)>,
+    /// How many times each contact was heard from since the start (see
+    /// [`Engine::due`]); one entry per contact at most.
+    heard_gen: HashMap<[u8; 32], u64>,
+    /// For each outbox position whose frame was kept since the start, its
+    /// contact's `heard_gen` then (a frame kept before the start counts
+    /// as 0). Trimmed to the schedule's positions as it grows.
+    kept_at: HashMap<u64, u64>,
     /// The one-time prekey last handed to each contact that asked for our
     /// bundle directly: handed again while unused, so that asking again
     /// and again cannot use up the prekeys kept for everyone.
@@ -418,6 +425,8 @@ impl Engine {
             schedule,
             heard_at: HashMap::new(),
             retry_keys: HashMap::new(),
+            heard_gen: HashMap::new(),
+            kept_at: HashMap::new(),
             handed_one_time: HashMap::new(),
             setups: HashMap::new(),
             read_frames: Recent::new(MAX_READ_FRAMES),
@@ -496,6 +505,7 @@ impl Engine {
         }
         self.heard_at.remove(key);
         self.retry_keys.remove(key);
+        self.heard_gen.remove(key);
         self.handed_one_time.remove(key);
         self.setups.remove(key);
         self.read_frames.retain(|(peer, _)| peer != key);
@@ -1006,33 +1016,40 @@ impl Engine {
 
     /// Up to `limit` queued messages due at `now`, each with a frame to
     /// send. An entry with no frame kept for the contact's current session
-    /// (its first retry, or the session changed) encrypts afresh and keeps
-    /// the frame in its outbox entry (one write). One with
-    /// a kept frame sends it again, unchanged, except at attempt counts
-    /// that are a power of two from 2 on (2, 4, 8 …), when it encrypts
-    /// afresh, as long as retries to that contact have made fewer than
-    /// [`RETRY_KEY_BUDGET`] fresh frames since it was last heard from.
+    /// (its first retry, or the session changed; or a kept set-up frame
+    /// once the session is answered) encrypts afresh and keeps the frame
+    /// in its outbox entry. One with a kept frame sends it again,
+    /// unchanged, unless the contact was heard from since that frame was
+    /// made (it is reading, and may have read the frame and refused what
+    /// it carried: a group message before its key, say), or at attempt
+    /// counts that are a power of two from 2 on (2, 4, 8 …); then it
+    /// encrypts afresh, as long as retries to that contact have made fewer
+    /// than [`RETRY_KEY_BUDGET`] fresh frames since it was last heard from.
     ///
     /// Each fresh frame takes a message key. Were every retry to take one,
     /// a contact away for a few days (a retry every five minutes) would
     /// come back more than `MAX_SKIP` keys behind, refuse the next frame
     /// and every later one (nothing moves this device to a new sending
-    /// chain). Fresh frames still come while the budget lasts, less and
-    /// less often, because a copy the recipient already read is answered
-    /// with its receipt only once more (a replay must not tell who is
-    /// online): if that receipt is lost too, or the recipient restarted,
-    /// only a fresh frame brings one over the mesh (the direct path
-    /// acknowledges a copy it already has).
+    /// chain). Fresh frames are still needed now and then, because a copy
+    /// of a frame the recipient already decrypted is acknowledged only
+    /// once, if at all (see `receive`).
+    ///
+    /// The sessions are written before the kept frames: a crash between
+    /// the two must not leave a frame kept whose message key a restarted
+    /// session would use again.
     pub fn due(&mut self, now: u64, limit: usize) -> Result<Vec<Due>, EngineError> {
         let mut out = Vec::new();
         let mut encrypted = std::collections::HashSet::new();
+        let mut keep: Vec<(u64, Vec<u8>)> = Vec::new();
         for pos in self.schedule.due(now, limit) {
             let Some(entry) = self.store.outbox().get(pos)? else {
                 self.schedule.remove(pos);
+                self.kept_at.remove(&pos);
                 continue;
             };
             let Ok(mut queued) = Queued::from_bytes(&entry.envelope) else {
                 self.schedule.remove(pos);
+                self.kept_at.remove(&pos);
                 continue;
             };
             let attempts = self.schedule.get(pos).map_or(0, |m| m.attempts);
@@ -1042,30 +1059,35 @@ impl Engine {
                 attempts,
                 "due"
             );
-            let current = self.sessions.current_base_key(&entry.recipient);
-            let spent = match (self.retry_keys.get(&entry.recipient), current) {
+            let to = entry.recipient;
+            let current = self.sessions.current_base_key(&to);
+            let spent = match (self.retry_keys.get(&to), current) {
                 (Some((session, n)), Some(c)) if *session == c => *n,
                 // Not heard from since the start, or in another session.
                 _ => RETRY_KEY_BUDGET,
             };
-            let refresh = attempts >= 2 && attempts.is_power_of_two() && spent < RETRY_KEY_BUDGET;
-            if let Some(sent) = queued
-                .sent
-                .take()
-                .filter(|s| Some(s.session) == current && !refresh)
-            {
+            let heard = self.heard_gen.get(&to).copied().unwrap_or(0);
+            let heard_since = heard > self.kept_at.get(&pos).copied().unwrap_or(0);
+            let refresh = spent < RETRY_KEY_BUDGET
+                && (heard_since || (attempts >= 2 && attempts.is_power_of_two()));
+            let answered = !self.sessions.unanswered(&to);
+            if let Some(sent) = queued.sent.take().filter(|s| {
+                Some(s.session) == current
+                    && !refresh
+                    && !(answered && matches!(Frame::from_bytes(&s.frame), Ok(Frame::Prekey(_))))
+            }) {
                 out.push(Due {
                     pos,
-                    to: entry.recipient,
+                    to,
                     frame: sent.frame,
                 });
                 continue;
             }
-            match self.encrypt_unsaved(&entry.recipient, &queued.payload) {
+            match self.encrypt_unsaved(&to, &queued.payload) {
                 Ok((frame, _)) => {
-                    encrypted.insert(entry.recipient);
-                    if let Some(session) = self.sessions.current_base_key(&entry.recipient) {
-                        if let Some((s, n)) = self.retry_keys.get_mut(&entry.recipient)
+                    encrypted.insert(to);
+                    if let Some(session) = self.sessions.current_base_key(&to) {
+                        if let Some((s, n)) = self.retry_keys.get_mut(&to)
                             && *s == session
                         {
                             *n = n.saturating_add(1);
@@ -1074,13 +1096,10 @@ impl Engine {
                             session,
                             frame: frame.clone(),
                         });
-                        self.store.outbox().set_envelope(pos, queued.to_bytes())?;
+                        keep.push((pos, queued.to_bytes()));
+                        self.kept_at.insert(pos, heard);
                     }
-                    out.push(Due {
-                        pos,
-                        to: entry.recipient,
-                        frame,
-                    });
+                    out.push(Due { pos, to, frame });
                 }
                 // The contact was removed, or this one entry cannot be
                 // encrypted: it waits (and expires in time); the others go.
@@ -1093,12 +1112,21 @@ impl Engine {
         for to in &encrypted {
             self.save_session(to)?;
         }
+        for (pos, bytes) in keep {
+            self.store.outbox().set_envelope(pos, bytes)?;
+        }
+        // Positions acknowledged or expired meanwhile.
+        if self.kept_at.len() > 2 * self.schedule.len() + 1024 {
+            let schedule = &self.schedule;
+            self.kept_at.retain(|p, _| schedule.get(*p).is_some());
+        }
         Ok(out)
     }
 
     /// `contact` was just heard from: retries to it may make up to
     /// [`RETRY_KEY_BUDGET`] fresh frames again, in its current session.
     fn heard_now(&mut self, contact: &[u8; 32]) {
+        *self.heard_gen.entry(*contact).or_default() += 1;
         match self.sessions.current_base_key(contact) {
             Some(session) => {
                 self.retry_keys.insert(*contact, (session, 0));
@@ -1833,6 +1861,44 @@ mod tests {
         let next = a.send(&b_key, b"next".to_vec(), 400_001).unwrap();
         let got = b.receive(&a_key, &[next.frame], 400_001, true).unwrap();
         assert_eq!(got.accepted, vec![true]);
+    }
+
+    /// Once the contact is heard from after a kept frame was made, the next
+    /// retry encrypts afresh (it may have read that frame and refused what
+    /// it carried); until then, and after, the kept frame goes again.
+    #[test]
+    fn a_contact_heard_from_since_a_frame_was_kept_gets_a_fresh_one() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let hi = a.send(&b_key, b"hi".to_vec(), 100).unwrap();
+        b.receive(&a_key, &[hi.frame], 100, true).unwrap();
+        let back = b.send(&a_key, b"back".to_vec(), 100).unwrap();
+        a.receive(&b_key, &[back.frame], 100, true).unwrap();
+        a.delivered_direct(&[hi.pos]).unwrap();
+        let m = a.send(&b_key, b"m".to_vec(), 100).unwrap();
+        a.attempted(m.pos, 100, None);
+        let mut at = 1_000;
+        let mut next = |a: &mut Engine| {
+            at += 1_000;
+            let due = a.due(at, 1).unwrap();
+            assert_eq!(due.len(), 1);
+            a.attempted(due[0].pos, at, None);
+            due[0].frame.clone()
+        };
+        let frames: Vec<Vec<u8>> = (1..=5).map(|_| next(&mut a)).collect();
+        assert_eq!(frames[2], frames[1], "attempt 3: kept");
+        assert_eq!(frames[4], frames[3], "attempt 5: kept");
+        // b writes: a hears from it.
+        let more = b.send(&a_key, b"more".to_vec(), 200).unwrap();
+        a.receive(&b_key, &[more.frame], 200, true).unwrap();
+        let sixth = next(&mut a);
+        assert_ne!(sixth, frames[4], "attempt 6: heard since, afresh");
+        assert_eq!(next(&mut a), sixth, "attempt 7: kept");
     }
 
     /// A device restored from a backup does not continue the sessions it

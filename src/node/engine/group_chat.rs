@@ -2630,15 +2630,25 @@ mod tests {
         d.effects(0, fx);
         d.wire.clear();
         d.published.clear();
+        // Retried all that time, every five minutes, and lost.
+        let back = 200 + crate::node::engine::MESSAGE_TTL + 1;
+        let mut t = later;
+        while t < back {
+            for x in d.engines[0].due(t, 512).unwrap() {
+                d.engines[0].attempted(x.pos, t, None);
+            }
+            t += 300;
+        }
         // The distribution (queued at 200) expires; the message's copy
         // (queued six days later) does not.
-        let back = 200 + crate::node::engine::MESSAGE_TTL + 1;
         d.engines[0].expire(back).unwrap();
-        // 1 comes back: what is due reaches it, in a few rounds.
+        // 1 comes back: what is due reaches it, in a few rounds, the
+        // message before the key (it is refused then, and must be sent
+        // again in a frame 1 can still read).
         let mut at = back + 10;
         for _ in 0..4 {
             let due = d.engines[0].due(at, 512).unwrap();
-            for x in due.into_iter().filter(|x| x.to == d.keys[1]) {
+            for x in due.into_iter().rev().filter(|x| x.to == d.keys[1]) {
                 d.engines[0].attempted(x.pos, at, None);
                 d.wire.push_back((0, 1, x.frame, Some(x.pos)));
             }
