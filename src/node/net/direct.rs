@@ -146,7 +146,8 @@ pub enum FrameStatus {
 
 impl FrameStatus {
     /// `Accepted` for a frame taken, `Rejected` otherwise (the node never
-    /// sends `Duplicate`: a frame it already had is taken again).
+    /// sends `Duplicate`: a copy of a frame it read is answered `Accepted`
+    /// once, then refused; see `Engine::receive`).
     pub fn from_accepted(accepted: bool) -> Self {
         if accepted {
             Self::Accepted
