@@ -1162,7 +1162,7 @@ impl Engine {
                 };
             self.store.outbox().ack(pos)?;
             if let Some(q) = again {
-                self.requeue_distribution(&m.recipient, &m.conv_id, q.payload, now)?;
+                self.requeue_distribution(m.msg_id, &m.recipient, &m.conv_id, q.payload, now)?;
             }
             if m.is_chat() {
                 events.push(Event::Expired {
@@ -1717,6 +1717,17 @@ mod tests {
         }
     }
 
+    /// Both write once and read each other (a's session answered, each
+    /// acknowledged): the start of the retry tests.
+    fn talk(a: &mut Engine, b: &mut Engine, a_key: &[u8; 32], b_key: &[u8; 32]) {
+        let hi = a.send(b_key, b"hi".to_vec(), 100).unwrap();
+        b.receive(a_key, &[hi.frame], 100, true).unwrap();
+        let back = b.send(a_key, b"back".to_vec(), 100).unwrap();
+        a.receive(b_key, &[back.frame], 100, true).unwrap();
+        a.delivered_direct(&[hi.pos]).unwrap();
+        b.delivered_direct(&[back.pos]).unwrap();
+    }
+
     /// A message the conversation's retention has already ended (sent
     /// before its sender knew of the setting, and arriving late, or sent
     /// again after the first copy was purged) is not stored again; its
@@ -1770,12 +1781,7 @@ mod tests {
             a_key,
             b_key,
         } = pair();
-        let hi = a.send(&b_key, b"hi".to_vec(), 100).unwrap();
-        b.receive(&a_key, &[hi.frame], 100, true).unwrap();
-        let back = b.send(&a_key, b"back".to_vec(), 100).unwrap();
-        a.receive(&b_key, &[back.frame], 100, true).unwrap();
-        a.delivered_direct(&[hi.pos]).unwrap();
-        b.delivered_direct(&[back.pos]).unwrap();
+        talk(&mut a, &mut b, &a_key, &b_key);
         let away = a.send(&b_key, b"away".to_vec(), 101).unwrap();
         a.attempted(away.pos, 101, None);
         let mut last = away.frame;
@@ -1815,11 +1821,7 @@ mod tests {
             a_key,
             b_key,
         } = pair();
-        let hi = a.send(&b_key, b"hi".to_vec(), 100).unwrap();
-        b.receive(&a_key, &[hi.frame], 100, true).unwrap();
-        let back = b.send(&a_key, b"back".to_vec(), 100).unwrap();
-        a.receive(&b_key, &[back.frame], 100, true).unwrap();
-        a.delivered_direct(&[hi.pos]).unwrap();
+        talk(&mut a, &mut b, &a_key, &b_key);
         for i in 0..N {
             let m = a.send(&b_key, format!("m{i}").into_bytes(), 101).unwrap();
             a.attempted(m.pos, 101, None);
@@ -1875,11 +1877,7 @@ mod tests {
             a_key,
             b_key,
         } = pair();
-        let hi = a.send(&b_key, b"hi".to_vec(), 100).unwrap();
-        b.receive(&a_key, &[hi.frame], 100, true).unwrap();
-        let back = b.send(&a_key, b"back".to_vec(), 100).unwrap();
-        a.receive(&b_key, &[back.frame], 100, true).unwrap();
-        a.delivered_direct(&[hi.pos]).unwrap();
+        talk(&mut a, &mut b, &a_key, &b_key);
         let m = a.send(&b_key, b"m".to_vec(), 100).unwrap();
         a.attempted(m.pos, 100, None);
         let mut at = 1_000;
@@ -1913,10 +1911,7 @@ mod tests {
             a_key,
             b_key,
         } = pair();
-        let hi = a.send(&b_key, b"hi".to_vec(), 100).unwrap();
-        b.receive(&a_key, &[hi.frame], 100, true).unwrap();
-        let back = b.send(&a_key, b"back".to_vec(), 100).unwrap();
-        a.receive(&b_key, &[back.frame], 100, true).unwrap();
+        talk(&mut a, &mut b, &a_key, &b_key);
         let mut backup = Vec::new();
         a.store.backup(&mut backup).unwrap();
         // Life goes on after the backup.
@@ -1969,11 +1964,7 @@ mod tests {
             b_key,
         } = pair();
         // a has heard from b (in this run): its retries may refresh.
-        let hi = a.send(&b_key, b"hi".to_vec(), 100).unwrap();
-        b.receive(&a_key, &[hi.frame], 100, true).unwrap();
-        let back = b.send(&a_key, b"back".to_vec(), 100).unwrap();
-        a.receive(&b_key, &[back.frame], 100, true).unwrap();
-        a.delivered_direct(&[hi.pos]).unwrap();
+        talk(&mut a, &mut b, &a_key, &b_key);
         let first = a.send(&b_key, b"away".to_vec(), 100).unwrap();
         a.attempted(first.pos, 100, None);
         let frame_at = |a: &mut Engine, at: u64| {

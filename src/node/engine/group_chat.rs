@@ -829,19 +829,18 @@ impl Engine {
         })
     }
 
-    /// Queues again, under its id, a sender key distribution (`payload`)
-    /// that expired unacknowledged for `to` while group messages for it
-    /// are still queued (see [`Engine::expire`]); not if `to` left.
+    /// Queues again, under its id (`id`, its outbox entry's), a sender key
+    /// distribution (`payload`) that expired unacknowledged for `to` while
+    /// group messages for it are still queued (see [`Engine::expire`]);
+    /// not if `to` left.
     pub(crate) fn requeue_distribution(
         &mut self,
+        id: [u8; 16],
         to: &[u8; 32],
         group: &[u8; 32],
         payload: Vec<u8>,
         now: u64,
     ) -> Result<(), EngineError> {
-        let Ok(Payload::SenderKey { id, .. }) = Payload::from_bytes(&payload) else {
-            return Ok(());
-        };
         if !self.view(group).is_ok_and(|v| v.is_member(to)) {
             return Ok(());
         }
