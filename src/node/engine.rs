@@ -1040,9 +1040,9 @@ impl Engine {
     pub fn due(&mut self, now: u64, limit: usize) -> Result<Vec<Due>, EngineError> {
         let mut out = Vec::new();
         let mut encrypted = std::collections::HashSet::new();
-        let mut keep: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut keep: Vec<crate::store::OutboxEntry> = Vec::new();
         for pos in self.schedule.due(now, limit) {
-            let Some(entry) = self.store.outbox().get(pos)? else {
+            let Some(mut entry) = self.store.outbox().get(pos)? else {
                 self.schedule.remove(pos);
                 self.kept_at.remove(&pos);
                 continue;
@@ -1096,7 +1096,8 @@ impl Engine {
                             session,
                             frame: frame.clone(),
                         });
-                        keep.push((pos, queued.to_bytes()));
+                        entry.envelope = queued.to_bytes();
+                        keep.push(entry);
                         self.kept_at.insert(pos, heard);
                     }
                     out.push(Due { pos, to, frame });
@@ -1112,8 +1113,8 @@ impl Engine {
         for to in &encrypted {
             self.save_session(to)?;
         }
-        for (pos, bytes) in keep {
-            self.store.outbox().set_envelope(pos, bytes)?;
+        for entry in &keep {
+            self.store.outbox().rewrite(entry)?;
         }
         // Positions acknowledged or expired meanwhile.
         if self.kept_at.len() > 2 * self.schedule.len() + 1024 {

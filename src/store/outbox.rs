@@ -177,15 +177,10 @@ impl<'a> Outbox<'a> {
         Ok(out)
     }
 
-    /// Replaces the `envelope` of the entry at `seq`. Returns `false` if
-    /// the entry is no longer queued (acknowledged meanwhile).
-    pub fn set_envelope(&self, seq: u64, envelope: Vec<u8>) -> Result<bool, Error> {
-        let Some(mut entry) = self.get(seq)? else {
-            return Ok(false);
-        };
-        entry.envelope = envelope;
-        self.put(&entry)?;
-        Ok(true)
+    /// Writes `entry` back, changed (the node keeps the frame its retries
+    /// send in `envelope`), at its `seq`.
+    pub fn rewrite(&self, entry: &OutboxEntry) -> Result<(), Error> {
+        self.put(entry)
     }
 
     /// Records a failed attempt: one more attempt, next try at `retry_at`.
