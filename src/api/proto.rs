@@ -478,6 +478,17 @@ pub enum EventView {
         /// The peer id.
         peer: String,
     },
+    /// One of our group messages expired before a member's device had it.
+    GroupExpired {
+        /// The message id (hex).
+        id: String,
+        /// The group id (hex).
+        group: String,
+        /// The member: its name.
+        contact: String,
+        /// The member: its identity key (hex).
+        identity: String,
+    },
     /// A member's receipt moved the count for one of our group messages.
     GroupReceipt {
         /// The message id (hex).
@@ -592,6 +603,12 @@ impl EventView {
                 delivered: *delivered,
                 read: *read,
                 members: *members,
+            },
+            NodeEvent::GroupExpired { message, member } => Self::GroupExpired {
+                id: hex(&message.msg_id),
+                group: hex(&message.conv_id),
+                contact: name(member),
+                identity: hex(member),
             },
             NodeEvent::GroupChanged { group } => Self::GroupChanged { group: hex(group) },
             NodeEvent::RetentionChanged { contact, secs, .. } => Self::RetentionChanged {

@@ -638,6 +638,12 @@ fn wait_state(ev: &mut Events, id: &str, want: u8, bound: Duration) -> Result<St
                     "the message expired undelivered"
                 )));
             }
+            "group_expired" => {
+                return Err(CliError::not_that_far(anyhow!(
+                    "the message expired before reaching {}",
+                    clean(&e["contact"])
+                )));
+            }
             "relay_refused" => eprintln!(
                 "meshchat: relay {} refused to hold it: {} (other paths and relays are still tried)",
                 s(&e["relay"]),

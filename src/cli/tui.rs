@@ -357,6 +357,12 @@ impl App {
                 }
                 self.notice = Some("A message expired undelivered.".into());
             }
+            "group_expired" => {
+                self.notice = Some(format!(
+                    "A group message expired before reaching {}.",
+                    s("contact")
+                ));
+            }
             "presence" => {
                 // By key: two contacts may share a name.
                 let who = |c: &Chat| {

@@ -209,6 +209,15 @@ pub enum Event {
         /// The message.
         message: MessageRef,
     },
+    /// One of our group messages expired before the member `member`
+    /// acknowledged it: its copy is no longer retried, and the message
+    /// stays short of delivered.
+    GroupExpired {
+        /// The message.
+        message: MessageRef,
+        /// The member (identity key).
+        member: [u8; 32],
+    },
     /// A member's receipt for one of our group messages: how many of the
     /// other members (as they were when it was sent) have it and have
     /// read it.
@@ -1168,6 +1177,11 @@ impl Engine {
             if m.is_chat() {
                 events.push(Event::Expired {
                     message: self.outgoing_ref(&m),
+                });
+            } else if self.group_copy_unacknowledged(&m)? {
+                events.push(Event::GroupExpired {
+                    message: self.outgoing_ref(&m),
+                    member: m.recipient,
                 });
             }
         }

@@ -107,6 +107,15 @@ pub enum NodeEvent {
         /// How many.
         messages: usize,
     },
+    /// One of our group messages expired before this member's device
+    /// acknowledged it: it is no longer sent to that member, and the
+    /// message stays short of delivered.
+    GroupExpired {
+        /// The message.
+        message: MessageRef,
+        /// The member (identity key).
+        member: [u8; 32],
+    },
     /// A member's receipt for one of our group messages: how many of the
     /// members it went to have it, and have read it.
     GroupReceipt {

@@ -1621,6 +1621,9 @@ impl Worker {
                 },
                 Event::Receipt { message, state } => NodeEvent::Receipt { message, state },
                 Event::Expired { message } => NodeEvent::Expired { message },
+                Event::GroupExpired { message, member } => {
+                    NodeEvent::GroupExpired { message, member }
+                }
                 Event::GroupReceipt {
                     message,
                     delivered,

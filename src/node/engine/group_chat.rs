@@ -1789,6 +1789,31 @@ impl Engine {
         Ok(events)
     }
 
+    /// Whether the queued entry `m` is the fallback copy of one of our
+    /// group messages whose member has not acknowledged it (its tally
+    /// still says so).
+    pub(super) fn group_copy_unacknowledged(&self, m: &Meta) -> Result<bool, EngineError> {
+        if m.seq != 0 || m.lamport == 0 || !self.is_group(&m.conv_id) {
+            return Ok(false);
+        }
+        let Some(bytes) = self
+            .store
+            .records(Kind::Groups)?
+            .get(&tally_key(&m.msg_id))?
+        else {
+            return Ok(false);
+        };
+        let Ok(t) = wire::decode::<Tally>(&bytes, "group tally", TALLY_VERSION, Tally::MAX) else {
+            return Ok(false);
+        };
+        Ok(t.group == m.conv_id
+            && t.lamport == m.lamport
+            && t.members
+                .iter()
+                .zip(&t.delivered)
+                .any(|(k, d)| k == &m.recipient && !d))
+    }
+
     /// Whether `conv` is a group's conversation.
     pub(crate) fn is_group(&self, conv: &[u8; 32]) -> bool {
         self.groups.slots.contains_key(conv)
@@ -2659,6 +2684,31 @@ mod tests {
             "{:?}",
             d.received(1)
         );
+    }
+
+    /// A member that never acknowledged a group message is named when its
+    /// copy expires; the member that had it is not.
+    #[test]
+    fn a_group_message_that_expires_for_a_member_names_that_member() {
+        let (mut d, group) = Devices::formed(3);
+        let (refs, fx) = d.engines[0]
+            .group_send(&group, vec![b"hello".to_vec()], 200)
+            .unwrap();
+        d.effects(0, fx);
+        d.run(true, &[2]);
+        assert_eq!(d.received(1), vec![b"hello".to_vec()]);
+        assert_eq!(d.engines[0].queued(), 1, "the copy for 2 is left");
+        let end = 200 + crate::node::engine::MESSAGE_TTL + 1;
+        assert!(d.engines[0].expire(end - 2).unwrap().is_empty());
+        let events = d.engines[0].expire(end).unwrap();
+        assert_eq!(
+            events,
+            vec![Event::GroupExpired {
+                message: refs[0],
+                member: d.keys[2],
+            }]
+        );
+        assert_eq!(d.engines[0].queued(), 0);
     }
 
     #[test]
