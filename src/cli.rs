@@ -109,7 +109,7 @@ impl DirArg {
 #[derive(Debug, Clone, clap::Args)]
 struct OutArg {
     /// Print JSON for scripts instead of text.
-    #[arg(long, env = "MESHCHAT_JSON")]
+    #[arg(long, env = "MESHCHAT_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     json: bool,
 }
 
@@ -247,7 +247,7 @@ struct RelayArgs {
     #[arg(long, env = "MESHCHAT_LOG_FORMAT")]
     log_format: Option<String>,
     /// Do not announce this relay in the DHT.
-    #[arg(long, env = "MESHCHAT_RELAY_NO_ADVERTISE")]
+    #[arg(long, env = "MESHCHAT_RELAY_NO_ADVERTISE", value_parser = clap::builder::BoolishValueParser::new())]
     no_advertise: bool,
     /// Longest an envelope is held, in days.
     #[arg(long, env = "MESHCHAT_RELAY_RETENTION_DAYS")]

@@ -16,6 +16,7 @@ use super::proto::{
 use crate::crypto;
 use crate::node::engine::{GroupChange, GroupInfo, MAX_RETENTION};
 use crate::node::groups::Role;
+use crate::node::groups::{MAX_GROUP_NAME, MAX_MEMBER_NAME};
 use crate::node::state::Invite;
 use crate::node::{ContactInfo, NodeError, NodeEvent, NodeHandle, PresenceState};
 
@@ -206,11 +207,18 @@ impl Api {
                     .add_contact(code.trim(), &name)
                     .await
                     .map_err(failed)?;
-                if let Some(old) = replaced {
-                    self.node
-                        .remove_contact(old.identity)
-                        .await
-                        .map_err(failed)?;
+                if let Some(old) = replaced
+                    && let Err(e) = self.node.remove_contact(old.identity).await
+                {
+                    // Half done: say which half, and how to finish.
+                    self.refresh_names().await;
+                    return Err(ApiError::new(
+                        ErrorKind::Failed,
+                        format!(
+                            "{name}'s new key was added, but forgetting the old one failed ({e}); remove it with: meshchat contacts remove {}",
+                            hex(&old.identity)
+                        ),
+                    ));
                 }
                 self.refresh_names().await;
                 let list = self.node.contacts().await.map_err(failed)?;
@@ -390,8 +398,9 @@ impl Api {
                 retention,
                 as_name,
             } => {
-                if name.trim().is_empty() {
-                    return Err(bad("a group needs a name"));
+                check_name(&name, "a group's name", MAX_GROUP_NAME)?;
+                if let Some(me) = &as_name {
+                    check_name(me, "your name in the group", MAX_MEMBER_NAME)?;
                 }
                 check_retention(retention)?;
                 // The others and us: checked before any lookup.
@@ -436,9 +445,7 @@ impl Api {
                 Ok(json!({ "group": hex(&g.id), "removed": name }))
             }
             Request::GroupRename { group, name } => {
-                if name.trim().is_empty() {
-                    return Err(bad("a group needs a name"));
-                }
+                check_name(&name, "a group's name", MAX_GROUP_NAME)?;
                 let g = self.group(&group).await?;
                 let change = GroupChange::Rename { name: name.clone() };
                 self.node.change_group(g.id, change).await.map_err(failed)?;
@@ -849,6 +856,20 @@ async fn write_answer(w: &mut (impl AsyncWrite + Unpin), a: &Answer) -> std::io:
     line.push(b'\n');
     w.write_all(&line).await?;
     w.flush().await
+}
+
+/// Refuses a name members could not take: empty, longer than `max` bytes,
+/// or with control characters (what [`crate::node::groups`] checks).
+fn check_name(name: &str, what: &str, max: usize) -> Result<(), ApiError> {
+    if name.trim().is_empty() {
+        return Err(bad(format!("{what} is empty")));
+    }
+    if name.len() > max || name.chars().any(char::is_control) {
+        return Err(bad(format!(
+            "{what} is longer than {max} bytes or has control characters"
+        )));
+    }
+    Ok(())
 }
 
 /// A retention the API takes: 1 s to [`MAX_RETENTION`], or none.

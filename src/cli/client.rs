@@ -18,7 +18,7 @@ pub(super) struct IdArgs {
     #[command(flatten)]
     out: OutArg,
     /// Print the invite code without its QR code.
-    #[arg(long, env = "MESHCHAT_NO_QR")]
+    #[arg(long, env = "MESHCHAT_NO_QR", value_parser = clap::builder::BoolishValueParser::new())]
     no_qr: bool,
 }
 
@@ -37,7 +37,7 @@ pub(super) enum ContactsCmd {
         code: String,
         /// The name is taken by a contact whose key changed: accept the new
         /// key (compare fingerprints with that person first).
-        #[arg(long, env = "MESHCHAT_ACCEPT_NEW_KEY")]
+        #[arg(long, env = "MESHCHAT_ACCEPT_NEW_KEY", value_parser = clap::builder::BoolishValueParser::new())]
         accept_new_key: bool,
     },
     /// Lists contacts with presence and safety numbers.
@@ -56,7 +56,7 @@ pub(super) enum ContactsCmd {
         /// The contact: name or identity key.
         contact: String,
         /// Take a verification back.
-        #[arg(long, env = "MESHCHAT_UNDO")]
+        #[arg(long, env = "MESHCHAT_UNDO", value_parser = clap::builder::BoolishValueParser::new())]
         undo: bool,
     },
     /// Forgets a contact (the conversation stays).
@@ -103,7 +103,7 @@ pub(super) enum GroupCmd {
         /// The contact: name or identity key.
         contact: String,
         /// As an admin.
-        #[arg(long, env = "MESHCHAT_ADMIN")]
+        #[arg(long, env = "MESHCHAT_ADMIN", value_parser = clap::builder::BoolishValueParser::new())]
         admin: bool,
     },
     /// Removes a member (admins); everyone left changes keys.
@@ -222,7 +222,7 @@ pub(super) struct ExportArgs {
     with: Option<String>,
     /// Instead: a backup of the whole store, still encrypted (it restores
     /// only with this device's keystore and passphrase).
-    #[arg(long, env = "MESHCHAT_BACKUP", conflicts_with = "with")]
+    #[arg(long, env = "MESHCHAT_BACKUP", value_parser = clap::builder::BoolishValueParser::new(), conflicts_with = "with")]
     backup: bool,
     /// The file to write (it must not exist; created owner-only).
     #[arg(long, short, env = "MESHCHAT_OUTPUT")]
@@ -305,11 +305,23 @@ fn s(v: &Value) -> &str {
 
 /// Text from a contact, made safe to print on a terminal: control
 /// characters (escape sequences could clear the screen, fake lines or
-/// reach the clipboard) are shown as `\u{fffd}`.
+/// reach the clipboard) and the marks that reorder or break a line
+/// (direction overrides and isolates, line and paragraph separators) are
+/// shown as `\u{fffd}`.
 fn clean(v: &Value) -> String {
-    s(v).chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect()
+    s(v).chars().map(shown).collect()
+}
+
+/// `c` as a terminal may show it (see [`clean`]).
+pub(super) fn shown(c: char) -> char {
+    let reorders = matches!(c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}');
+    if c.is_control() || reorders {
+        '\u{fffd}'
+    } else {
+        c
+    }
 }
 
 /// `meshchat id`.
@@ -571,11 +583,20 @@ pub(super) fn send(args: SendArgs) -> Result<(), CliError> {
         }
     };
     let text = if args.text == "-" {
+        // Read past the limit (and a few newlines that are trimmed), so
+        // that longer text is refused rather than cut short.
+        let cap = crate::node::proto::MAX_BODY + 64;
         let mut t = String::new();
         std::io::stdin()
-            .take(crate::node::proto::MAX_BODY as u64 + 1)
+            .take(cap as u64)
             .read_to_string(&mut t)
             .map_err(|e| CliError::failed(anyhow!("reading the text from stdin: {e}")))?;
+        if t.len() >= cap {
+            return Err(CliError::failed(anyhow!(
+                "the text on stdin is longer than a message may be ({} bytes); nothing was sent",
+                crate::node::proto::MAX_BODY
+            )));
+        }
         t.trim_end_matches('\n').to_owned()
     } else {
         args.text
@@ -613,7 +634,14 @@ fn wait_state(ev: &mut Events, id: &str, want: u8, bound: Duration) -> Result<St
                 bound.as_secs()
             )));
         }
-        ev.set_timeout(Some(left)).map_err(from_client)?;
+        // The message is written already: whatever goes wrong from here
+        // says so (exit 4), so that a script does not send it again.
+        let lost = |e: ClientError| {
+            CliError::not_that_far(anyhow!(
+                "stopped waiting ({e}); the message {id} is written and stays queued"
+            ))
+        };
+        ev.set_timeout(Some(left)).map_err(lost)?;
         let e = match ev.next_event() {
             Ok(e) => e,
             Err(ClientError::Io(e))
@@ -624,7 +652,7 @@ fn wait_state(ev: &mut Events, id: &str, want: u8, bound: Duration) -> Result<St
             {
                 continue;
             }
-            Err(e) => return Err(from_client(e)),
+            Err(e) => return Err(lost(e)),
         };
         if s(&e["id"]) != id {
             continue;
@@ -867,5 +895,16 @@ mod tests {
         let shown = clean(&v);
         assert!(!shown.chars().any(char::is_control), "{shown:?}");
         assert!(shown.starts_with("hi\u{fffd}]52;c;"), "{shown:?}");
+    }
+
+    #[test]
+    fn a_contacts_text_cannot_reorder_a_line() {
+        let v = serde_json::json!(
+            "pay \u{202E}001$\u{202C} now\u{2028}ok \u{2067}x\u{2069} \u{1F468}\u{200D}\u{1F469}"
+        );
+        assert_eq!(
+            clean(&v),
+            "pay \u{fffd}001$\u{fffd} now\u{fffd}ok \u{fffd}x\u{fffd} \u{1F468}\u{200D}\u{1F469}"
+        );
     }
 }

@@ -53,10 +53,10 @@ pub(super) struct RunArgs {
     #[arg(long, env = "MESHCHAT_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Vec<Multiaddr>,
     /// Do not look for peers on the local network (mDNS).
-    #[arg(long, env = "MESHCHAT_NO_MDNS")]
+    #[arg(long, env = "MESHCHAT_NO_MDNS", value_parser = clap::builder::BoolishValueParser::new())]
     no_mdns: bool,
     /// Show contacts nothing about whether we are online.
-    #[arg(long, env = "MESHCHAT_HIDE_PRESENCE")]
+    #[arg(long, env = "MESHCHAT_HIDE_PRESENCE", value_parser = clap::builder::BoolishValueParser::new())]
     hide_presence: bool,
     /// Also serve the local API over HTTP and WebSocket on this loopback
     /// address (`127.0.0.1:PORT`), with the bearer token in

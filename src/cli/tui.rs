@@ -251,6 +251,7 @@ impl App {
     pub(super) fn sent(&mut self, id: &str, text: &str, state: &str, now: u64) {
         let state = self.early.remove(id).unwrap_or_else(|| state.to_owned());
         let counts = self.early_counts.remove(id);
+        self.input.clear();
         self.push(Msg {
             id: id.to_owned(),
             from: "me".into(),
@@ -426,11 +427,12 @@ impl App {
             KeyCode::Enter => {
                 let text = self.input.trim().to_owned();
                 match self.current() {
-                    Some(to) if !text.is_empty() => {
-                        let to = to.to_owned();
-                        self.input.clear();
-                        Action::Send { to, text }
-                    }
+                    // The input is cleared once the daemon took the text
+                    // (`sent`): a refused one stays to be mended.
+                    Some(to) if !text.is_empty() => Action::Send {
+                        to: to.to_owned(),
+                        text,
+                    },
                     _ => Action::None,
                 }
             }
@@ -546,7 +548,11 @@ impl App {
         for m in &self.messages {
             let head = format!("{} {}: ", clock(m.sent_at), m.from);
             let t = if m.out { mark(m) } else { String::new() };
-            let body: Vec<char> = format!("{head}{}", m.text).chars().collect();
+            // Direction marks could reorder what the line appears to say.
+            let body: Vec<char> = format!("{head}{}", m.text)
+                .chars()
+                .map(super::client::shown)
+                .collect();
             let room = width.saturating_sub(t.chars().count() + 1).max(1);
             let chunks: Vec<String> = body.chunks(room).map(|c| c.iter().collect()).collect();
             let last = chunks.len().saturating_sub(1);
@@ -688,9 +694,12 @@ mod tests {
                 text: "ping".into()
             }
         );
+        // Kept until the daemon takes it (a refusal leaves it to mend).
+        assert_eq!(app.input, "ping");
         // A receipt that overtakes the send's answer is kept for it.
         app.on_event(&json!({"type": "receipt", "id": "77", "state": "sent"}));
         app.sent("77", "ping", "pending", 0);
+        assert!(app.input.is_empty());
         let line = &screen(&app, 80, 24)[1];
         assert!(
             line.contains("00:00 me: ping") && line.ends_with(" ✓│"),

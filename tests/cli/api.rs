@@ -77,6 +77,16 @@ fn the_socket_is_owner_only_and_bad_requests_get_clear_errors() {
     assert_eq!(a["error"]["kind"], "bad_request", "{a}");
     let a = c.line(br#"{"op":"set_presence","state":"asleep"}"#);
     assert_eq!(a["error"]["kind"], "bad_request", "{a}");
+    // Group names members could not take are refused up front.
+    let long = "x".repeat(65);
+    for req in [
+        json!({"op":"create_group","name":long,"members":[]}),
+        json!({"op":"create_group","name":"a\u{1b}[2J","members":[]}),
+        json!({"op":"create_group","name":"ok","members":[],"as":long}),
+    ] {
+        let a = c.line(serde_json::to_string(&req).unwrap().as_bytes());
+        assert_eq!(a["error"]["kind"], "bad_request", "{req}: {a}");
+    }
     let a = c.line(br#"{"op":"status"}"#);
     assert_eq!(a["ok"]["queued"], 0, "{a}");
 

@@ -190,8 +190,10 @@ impl Device {
     /// `meshchat init` in `root/name`.
     pub(crate) fn init(root: &Path, name: &str) -> Self {
         let dir = root.join(name);
+        // `--json` by its environment twin, set as the guide says.
         let out = Self::cmd_in(&dir)
-            .args(["init", "--json"])
+            .arg("init")
+            .env("MESHCHAT_JSON", "1")
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
