@@ -1258,18 +1258,29 @@ impl Actor {
         // The store thread handles what is queued before it, flushes and
         // exits; the handle waits for that.
         self.job(Job::Stop);
-        // Keep the swarm moving a moment so the goodbye leaves, and answer
-        // what the store thread finishes meanwhile.
-        let grace =
-            tokio::time::Instant::now() + Duration::from_millis(200).min(self.cfg.shutdown_timeout);
+        // Keep the swarm moving until the store thread is done and a moment
+        // more, so that the goodbye and what its last rounds send (answers,
+        // receipts held back to go together, replies) leave.
+        let grace = Duration::from_millis(200);
+        let mut leave_at = deadline;
+        let mut worker_done = false;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(grace.min(deadline)) => break,
-                Some(out) = self.outs.recv() => {
-                    if let Out::Respond { .. } = out {
-                        self.out(out);
+                _ = tokio::time::sleep_until(leave_at) => break,
+                out = self.outs.recv(), if !worker_done => match out {
+                    Some(
+                        out @ (Out::Respond { .. }
+                        | Out::Direct { .. }
+                        | Out::Publish { .. }
+                        | Out::GroupPublish { .. }
+                        | Out::Mailbox { .. }),
+                    ) => self.out(out),
+                    Some(_) => {}
+                    None => {
+                        worker_done = true;
+                        leave_at = (tokio::time::Instant::now() + grace).min(deadline);
                     }
-                }
+                },
                 ev = self.net.next_event() => {
                     if let NetEvent::DirectRequest { .. } | NetEvent::Gossip(_) = ev {
                         // Not taking new work while stopping.

@@ -48,6 +48,25 @@ pub const MESSAGE_TTL: u64 = 14 * 24 * 3600;
 /// again (seconds).
 pub const HEARD_EVERY: u64 = 5;
 
+/// How far ahead of a conversation's Lamport clock a peer's clock may move
+/// it. No honest device gets 2³² events ahead; one that claims more (up to
+/// `u64::MAX`, where every later message would tie) does not move the
+/// clock, and a setting that claims it is refused.
+pub const MAX_CLOCK_AHEAD: u64 = 1 << 32;
+
+/// Takes a peer's clock `theirs` into ours, within [`MAX_CLOCK_AHEAD`].
+pub(crate) fn witness_clock(ours: &mut u64, theirs: u64) {
+    if theirs <= ours.saturating_add(MAX_CLOCK_AHEAD) {
+        *ours = (*ours).max(theirs);
+    } else {
+        tracing::debug!(
+            ours = *ours,
+            theirs,
+            "a peer's clock too far ahead is not taken"
+        );
+    }
+}
+
 /// A store restored from a backup is an older copy of this device: its
 /// sessions' sending chains and its own sender keys stand where they stood
 /// then, and continuing from them would encrypt again under message keys
@@ -913,6 +932,14 @@ impl Engine {
             .is_some_and(|m| m.attempts >= 1 || (m.lamport != 0 && self.is_group(&m.conv_id)))
     }
 
+    /// Whether the queued entry at `pos` is a 1:1 read receipt, which is
+    /// done once the mesh takes it (see [`Engine::published`]).
+    pub fn is_read_receipt(&self, pos: u64) -> bool {
+        self.schedule
+            .get(pos)
+            .is_some_and(|m| m.is_receipt() && !self.is_group(&m.conv_id))
+    }
+
     /// Records that the message at `pos` went out; the next attempt waits
     /// `wait` seconds (a direct ack or failure moves it sooner).
     pub fn attempted(&mut self, pos: u64, now: u64, wait: Option<u64>) {
@@ -1448,7 +1475,7 @@ impl Engine {
                         state: DeliveryState::Delivered,
                         expires_at: retention::received_expiry(chat.expires_at, retention, now),
                     };
-                    state.lamport = state.lamport.max(msg.lamport);
+                    witness_clock(&mut state.lamport, msg.lamport);
                     if let SeqCheck::Gap { missing_from } = state.accept_seq(chat.seq)
                         && now.saturating_sub(state.resend_asked_at) >= RESEND_EVERY
                     {
@@ -1545,6 +1572,14 @@ impl Engine {
                 } => {
                     let events = self.on_group_receipts(from, &group, kind, &messages)?;
                     out.events.extend(events);
+                }
+                Payload::Retention { lamport, .. }
+                    if lamport > state.lamport.saturating_add(MAX_CLOCK_AHEAD) =>
+                {
+                    // It would win over every later change, ours included.
+                    tracing::debug!(lamport, "a retention setting from too far ahead refused");
+                    out.accepted.push(false);
+                    continue;
                 }
                 Payload::Retention { id, secs, lamport } => {
                     retention_cache = None;
@@ -2403,6 +2438,45 @@ mod tests {
         assert_eq!(sent.lamport, u64::MAX);
         let got = a.receive(&b_key, &[f], 102, false).unwrap();
         assert_eq!(got.events.len(), 1);
+    }
+
+    /// A contact whose clock claims the end of time (a bug, or on
+    /// purpose) has its message kept, but does not pin our clock there:
+    /// our next message still sorts after what we had, and a setting from
+    /// that far ahead is refused.
+    #[test]
+    fn a_peer_clock_far_ahead_does_not_move_ours() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let conv = conversation_id(a.identity().public(), b.identity().public());
+        let hello = a.send(&b_key, b"hello".to_vec(), 100).unwrap();
+        b.receive(&a_key, &[hello.frame], 100, false).unwrap();
+        let mut state = b.conv_state(&conv).unwrap();
+        state.lamport = u64::MAX - 1;
+        b.put_conv_state(&conv, &state).unwrap();
+        let far = b.send(&a_key, b"from the future".to_vec(), 101).unwrap();
+        assert_eq!(far.message.lamport, u64::MAX);
+        let got = a.receive(&b_key, &[far.frame], 102, false).unwrap();
+        assert_eq!(got.accepted, vec![true]);
+        assert_eq!(got.events.len(), 1, "kept: {:?}", got.events);
+        assert_eq!(a.conv_state(&conv).unwrap().lamport, 1);
+        let next = a.send(&b_key, b"still in order".to_vec(), 103).unwrap();
+        assert_eq!(next.message.lamport, 2);
+        // A retention setting from there would beat every later change.
+        let setting = Payload::Retention {
+            id: [7; 16],
+            secs: Some(60),
+            lamport: u64::MAX,
+        };
+        let frame = b.encrypt(&a_key, &setting.to_bytes()).unwrap();
+        let got = a.receive(&b_key, &[frame], 104, false).unwrap();
+        assert_eq!(got.accepted, vec![false]);
+        assert_eq!(a.retention(&conv).unwrap(), None);
     }
 
     #[test]

@@ -1148,6 +1148,12 @@ impl Worker {
                         // brought no receipt.)
                         if self.engine.wants_relay(pos) {
                             self.deposit(to, pos, &envelope, now, round);
+                        } else if self.engine.is_read_receipt(pos) {
+                            // Done once the mesh takes it, though no peer
+                            // that took it may keep it for the contact: a
+                            // copy waits at the contact's relay too, as a
+                            // delivered receipt's does.
+                            self.forward(to, &envelope, round);
                         }
                         self.engine.attempted(pos, now, None);
                     }

@@ -412,3 +412,32 @@ async fn a_removed_member_gets_later_messages_on_the_wire_but_cannot_read_them()
     let page = old.store().history().page(&group, None, 10).unwrap();
     assert!(page.messages.iter().all(|m| !m.body.starts_with(b"after")));
 }
+
+/// A member that stops right after a group message came still sends its
+/// delivered receipt (held back to go with others, it leaves in the stop
+/// round), and its author counts it while the member stays stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stops_right_after_a_message_still_acknowledges_it() {
+    let (_dirs, mut nodes, group) = group_of(2, 950).await;
+    let sent = nodes[0]
+        .handle
+        .send_group(group, b"last words".to_vec())
+        .await
+        .unwrap();
+    crate::common::messages(&mut nodes[1], &[b"last words".to_vec()]).await;
+    nodes[1]
+        .handle
+        .shutdown(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    nodes[0]
+        .wait("the stopped member's receipt", |e| match e {
+            NodeEvent::GroupReceipt {
+                message,
+                delivered: 1,
+                ..
+            } if message.msg_id == sent.msg_id => Some(()),
+            _ => None,
+        })
+        .await;
+}

@@ -294,3 +294,43 @@ async fn a_contact_added_while_the_device_is_away_gets_a_one_time_prekey_from_it
     assert_eq!(got.sender, a.key());
     receipt(&mut a, sent, DeliveryState::Delivered).await;
 }
+
+/// A read receipt for a contact that is away reaches it through its relay,
+/// also when the mesh took it: a peer on the inbox topic that is not the
+/// contact publishes nothing onward to anyone who keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_receipt_for_a_contact_away_waits_at_its_relay() {
+    let dr = tempfile::tempdir().unwrap();
+    let r = TestRelay::start(relay_config(dr.path(), 171)).await;
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let mut a = TestNode::start_in("alice", da.path(), 172).await;
+    let mut b = TestNode::start_in("bob", db.path(), 173).await;
+    let c_config = || {
+        let mut cfg = config(dc.path(), 174);
+        cfg.relays = vec![r.addr.clone()];
+        cfg
+    };
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    befriend(&mut a, &mut c).await;
+    // Bob: alice's peer on the mesh.
+    befriend(&mut a, &mut b).await;
+    let sent = c.handle.send(a.key(), b"read me".to_vec()).await.unwrap();
+    message(&mut a, b"read me").await;
+    receipt(&mut c, sent, DeliveryState::Delivered).await;
+    let c_peer = c.peer();
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+    a.wait("carol gone", |e| match e {
+        NodeEvent::Disconnected { peer } if *peer == c_peer => Some(()),
+        _ => None,
+    })
+    .await;
+
+    assert!(a.handle.mark_read(sent.sender).await.unwrap());
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    receipt(&mut c, sent, DeliveryState::Read).await;
+}

@@ -1197,7 +1197,7 @@ impl Engine {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => e.insert(self.conv_state(&group)?),
             };
-            state.lamport = state.lamport.max(chat.lamport);
+            super::witness_clock(&mut state.lamport, chat.lamport);
             incoming.push(StoredMessage {
                 msg_id: chat.msg_id,
                 conv_id: group,
