@@ -6,6 +6,9 @@ use super::blocks::{BLOCKS, Entry, HISTORY, MAX_PENDING_ADDED, Staged, earliest_
 use super::keys::{block_key, conv_key, expiry_key, message_key};
 use super::tail::TailOp;
 
+/// Damaged blocks [`Staged::newest_entry`] passes over before it gives up.
+const MAX_DAMAGED_PASSED: usize = 16;
+
 impl Staged<'_> {
     /// Writes a change that only adds — new tail records, new blocks made
     /// from the tail, the conversation records, and the deletion of tail
@@ -70,27 +73,54 @@ impl Staged<'_> {
         Ok(())
     }
 
-    /// The newest message of a conversation as staged.
+    /// The newest message of a conversation as staged. Records that do not
+    /// open are passed over (logged): the newest message is a summary, and
+    /// a damaged record under it must not stop the write that asks (a
+    /// purge would otherwise fail at it every time); at most
+    /// [`MAX_DAMAGED_PASSED`] damaged blocks, then the summary says none.
     fn newest_entry(&mut self, conv_id: &[u8; 32]) -> Result<Option<Entry>, Error> {
-        if let Some(e) = self.newest_tail_entry(conv_id)? {
-            return Ok(Some(e));
+        match self.newest_tail_entry(conv_id) {
+            Ok(Some(e)) => return Ok(Some(e)),
+            Ok(None) => {}
+            Err(e) if e.is_damaged_record() => {
+                tracing::error!(error = %e, "a tail record that does not open is passed over for the newest message");
+            }
+            Err(e) => return Err(e),
         }
-        let top = block_key(&message_key(conv_id, u64::MAX, &[0xff; 32], &[0xff; 16]));
-        let Some(key) = self.last_block_in(conv_id, &top, true)? else {
-            return Ok(None);
-        };
-        let was_staged = self.blocks.contains_key(&key);
-        let entries = self.take(&key)?;
-        let newest = entries.last().cloned();
-        self.untake(key, entries, was_staged, false);
-        Ok(newest)
+        let mut upper = block_key(&message_key(conv_id, u64::MAX, &[0xff; 32], &[0xff; 16]));
+        let mut inclusive = true;
+        for _ in 0..MAX_DAMAGED_PASSED {
+            let Some(key) = self.last_block_in(conv_id, &upper, inclusive)? else {
+                return Ok(None);
+            };
+            let was_staged = self.blocks.contains_key(&key);
+            match self.take(&key) {
+                Ok(entries) => {
+                    let newest = entries.last().cloned();
+                    self.untake(key, entries, was_staged, false);
+                    return Ok(newest);
+                }
+                Err(e) if e.is_damaged_record() => {
+                    tracing::error!(error = %e, "a block that does not open is passed over for the newest message");
+                    upper = key;
+                    inclusive = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// Writes everything staged as one atomic sled batch.
     pub(crate) fn commit(mut self) -> Result<(), Error> {
         for conv in std::mem::take(&mut self.stale_newest) {
             let newest = self.newest_entry(&conv)?;
-            self.record_mut(&conv)?.newest = newest;
+            let record = self.record_mut(&conv)?;
+            // Nothing left (every message expired): nothing is unread.
+            if newest.is_none() {
+                record.conv.unread = 0;
+            }
+            record.newest = newest;
         }
         let only_additions = self.removals.is_empty()
             && self

@@ -153,4 +153,13 @@ impl Error {
     pub(crate) fn db(tree: &'static str, op: &'static str) -> impl FnOnce(sled::Error) -> Self {
         move |source| Self::Db { tree, op, source }
     }
+
+    /// Whether it says one record is damaged (too large, does not decrypt,
+    /// does not decode), rather than that the store cannot be used.
+    pub(crate) fn is_damaged_record(&self) -> bool {
+        matches!(
+            self,
+            Self::TooLarge { .. } | Self::Decrypt { .. } | Self::Malformed { .. }
+        )
+    }
 }

@@ -299,9 +299,7 @@ impl<'a> History<'a> {
             };
             match removed {
                 Ok(n) => purged += n,
-                Err(e @ (Error::Decrypt { .. } | Error::Malformed { .. })) => {
-                    return Ok(Err((xkey.clone(), e)));
-                }
+                Err(e) if e.is_damaged_record() => return Ok(Err((xkey.clone(), e))),
                 Err(e) => return Err(e),
             }
         }

@@ -139,3 +139,65 @@ fn an_expiry_that_cannot_be_handled_does_not_stop_the_others() {
     x.extend_from_slice(&1_010u64.to_be_bytes());
     assert_eq!(store.history.scan_prefix(&x).count(), 0);
 }
+
+/// A conversation's newest block that no longer opens does not stop the
+/// purge: the expired message above it still goes (it used to fail the
+/// whole step when the conversation's newest message was looked up again,
+/// and every later purge with it).
+#[test]
+fn a_damaged_block_under_an_expiring_message_does_not_stop_the_purge() {
+    let (_dir, store) = fresh();
+    let h = store.history();
+    // A full tail moves into a block.
+    for i in 0..crate::store::tail::TAIL_MAX as u64 {
+        h.append(&msg(5, i, 2, i as u8, b"kept"), Direction::Incoming)
+            .unwrap();
+    }
+    let mut start = vec![crate::store::keys::TAIL_PREFIX];
+    start.extend_from_slice(&[5; 32]);
+    assert_eq!(store.history.scan_prefix(&start).count(), 0, "tail moved");
+    let mut blocks = vec![crate::store::keys::BLOCK_PREFIX];
+    blocks.extend_from_slice(&[5; 32]);
+    let mut damaged = 0;
+    for item in store.history.scan_prefix(&blocks) {
+        let (k, _) = item.unwrap();
+        store.history.insert(k, vec![0x5a; 40]).unwrap();
+        damaged += 1;
+    }
+    assert!(damaged > 0);
+    let mut temp = msg(5, 100, 2, 200, b"gone soon");
+    temp.expires_at = Some(2_000);
+    h.append(&temp, Direction::Incoming).unwrap();
+    // And one in another conversation, due at the same time.
+    let mut other = msg(6, 1, 2, 201, b"also gone");
+    other.expires_at = Some(2_000);
+    h.append(&other, Direction::Incoming).unwrap();
+    assert_eq!(h.purge_expired(2_000).unwrap(), 2);
+    // (Its damaged block is in the way of reading conversation 5.)
+    assert_eq!(store.history.scan_prefix(&start).count(), 0, "gone");
+    assert_eq!(h.get(&other.reference()).unwrap(), None);
+    assert_eq!(h.purge_expired(3_000).unwrap(), 0);
+}
+
+/// Messages that expired unread take their count with them when nothing
+/// is left of the conversation: it does not show (and betray) an unread
+/// count with no messages.
+#[test]
+fn a_conversation_whose_messages_all_expired_shows_nothing_unread() {
+    let (_dir, store) = fresh();
+    let h = store.history();
+    let mut temp: Vec<_> = (0..5)
+        .map(|i| msg(7, i, 2, i as u8, b"gone soon"))
+        .collect();
+    for m in &mut temp {
+        m.expires_at = Some(1_010);
+    }
+    h.append_batch(&temp, Direction::Incoming).unwrap();
+    assert_eq!(h.conversation(&[7; 32]).unwrap().unwrap().unread, 5);
+    assert_eq!(h.purge_expired(1_010).unwrap(), 5);
+    assert_eq!(h.conversation(&[7; 32]).unwrap().unwrap().unread, 0);
+    // One that comes after counts again.
+    h.append(&msg(7, 10, 2, 10, b"new"), Direction::Incoming)
+        .unwrap();
+    assert_eq!(h.conversation(&[7; 32]).unwrap().unwrap().unread, 1);
+}
