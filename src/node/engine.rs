@@ -48,6 +48,10 @@ pub const MESSAGE_TTL: u64 = 14 * 24 * 3600;
 /// again (seconds).
 pub const HEARD_EVERY: u64 = 5;
 
+/// How many messages past those it wants a mark-read looks through for
+/// messages not read yet (see `Engine::take_unread`).
+pub const UNREAD_SCAN_SLACK: usize = 4096;
+
 /// How far ahead of a conversation's Lamport clock a peer's clock may move
 /// it. No honest device gets 2³² events ahead; one that claims more (up to
 /// `u64::MAX`, where every later message would tie) does not move the
@@ -338,6 +342,11 @@ pub struct Engine {
     /// counts as having used its budget: a restart must not grant another
     /// (the count is not stored).
     retry_keys: HashMap<[u8; 32], ([u8; 32], u32)>,
+    /// When each contact's last `Resend` request was answered: at most one
+    /// per [`RESEND_EVERY`] (as the asking side does), or a contact could
+    /// make every queued message due again at each of its frames. One entry
+    /// per contact at most.
+    resend_answered: HashMap<[u8; 32], u64>,
     /// How many times each contact was heard from since the start (see
     /// [`Engine::due`]); one entry per contact at most.
     heard_gen: HashMap<[u8; 32], u64>,
@@ -453,6 +462,7 @@ impl Engine {
             schedule,
             heard_at: HashMap::new(),
             retry_keys: HashMap::new(),
+            resend_answered: HashMap::new(),
             heard_gen: HashMap::new(),
             kept_at: HashMap::new(),
             handed_one_time: HashMap::new(),
@@ -533,6 +543,7 @@ impl Engine {
         }
         self.heard_at.remove(key);
         self.retry_keys.remove(key);
+        self.resend_answered.remove(key);
         self.heard_gen.remove(key);
         self.handed_one_time.remove(key);
         self.setups.remove(key);
@@ -878,10 +889,10 @@ impl Engine {
             payloads.push((seq, payload));
         }
         leave(&out);
-        self.store
-            .history()
-            .append_batch(&stored, Direction::Outgoing)?;
-        self.put_conv_state(&conv, &state)?;
+        // The outbox entries first: sled keeps a prefix of the writes
+        // across a crash, and a message in the outbox without its history
+        // entry still reaches its contact, while one in history without
+        // its outbox entry would stay pending for good, never retried.
         // The first attempt's frame is not kept with the entry (it would
         // double what the sending path writes): the first retry encrypts
         // afresh and keeps its frame (see `due`).
@@ -909,6 +920,10 @@ impl Engine {
                 },
             );
         }
+        self.store
+            .history()
+            .append_batch(&stored, Direction::Outgoing)?;
+        self.put_conv_state(&conv, &state)?;
         self.save_session(to)?;
         Ok(out)
     }
@@ -1512,7 +1527,18 @@ impl Engine {
                     }
                     out.events.extend(self.set_states(&refs)?);
                 }
+                Payload::Resend { .. }
+                    if self
+                        .resend_answered
+                        .get(from)
+                        .is_some_and(|at| now.saturating_sub(*at) < RESEND_EVERY) =>
+                {
+                    tracing::debug!(
+                        "a resend request sooner than RESEND_EVERY after the last is not answered"
+                    );
+                }
                 Payload::Resend { from: first } => {
+                    self.resend_answered.insert(*from, now);
                     // What we no longer have (expired, or delivered after
                     // all) is said to be gone, or the peer would ask for it
                     // at every message for good.
@@ -1637,27 +1663,16 @@ impl Engine {
         if unread == 0 {
             return Ok(None);
         }
-        // The newest `unread` messages from the contact (ours in between
-        // do not count), at most one receipt's worth.
+        // The contact's messages not read yet, newest first (ours in
+        // between do not count), at most one receipt's worth.
         let want = unread.min(super::proto::MAX_RECEIPTS);
-        let mut messages: Vec<(u64, [u8; 16])> = Vec::with_capacity(want);
-        let mut cursor = None;
-        while messages.len() < want {
-            let page =
-                self.store
-                    .history()
-                    .page(&conv, cursor.as_ref(), store::History::MAX_PAGE)?;
-            messages.extend(
-                page.messages
-                    .iter()
-                    .filter(|m| &m.sender == with)
-                    .take(want - messages.len())
-                    .map(|m| (m.lamport, m.msg_id)),
-            );
-            match page.next {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
+        let messages: Vec<(u64, [u8; 16])> = self
+            .take_unread(&conv, want, |m| &m.sender == with)?
+            .into_iter()
+            .map(|r| (r.lamport, r.msg_id))
+            .collect();
+        if messages.is_empty() {
+            return Ok(None);
         }
         let receipt = Payload::Receipts {
             kind: ReceiptKind::Read,
@@ -1665,6 +1680,50 @@ impl Engine {
         };
         self.queue_receipt(with, conv, receipt.to_bytes(), now)
             .map(Some)
+    }
+
+    /// Up to `want` of the messages of `conv` that `theirs` selects and
+    /// that are not read yet, newest first, now marked read in history (so
+    /// that each is named by one read receipt, whatever order they came
+    /// in). Looks at no more than `want` + [`UNREAD_SCAN_SLACK`] messages.
+    pub(crate) fn take_unread(
+        &mut self,
+        conv: &[u8; 32],
+        want: usize,
+        theirs: impl Fn(&StoredMessage) -> bool,
+    ) -> Result<Vec<MessageRef>, EngineError> {
+        let mut found = Vec::with_capacity(want.min(1024));
+        let mut seen = 0usize;
+        let mut cursor = None;
+        let bound = want.saturating_add(UNREAD_SCAN_SLACK);
+        'pages: while found.len() < want && seen < bound {
+            let page =
+                self.store
+                    .history()
+                    .page(conv, cursor.as_ref(), store::History::MAX_PAGE)?;
+            for m in &page.messages {
+                seen += 1;
+                if theirs(m) && m.state != DeliveryState::Read {
+                    found.push(m.reference());
+                    if found.len() == want {
+                        break 'pages;
+                    }
+                }
+                if seen >= bound {
+                    break 'pages;
+                }
+            }
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let read: Vec<(MessageRef, DeliveryState)> =
+            found.iter().map(|r| (*r, DeliveryState::Read)).collect();
+        if !read.is_empty() {
+            self.store.history().set_states(&read)?;
+        }
+        Ok(found)
     }
 
     /// Queues a receipt for `to` (in the outbox, so that it is retried until
@@ -2383,6 +2442,43 @@ mod tests {
         ));
     }
 
+    /// A contact that asks for resends at every frame is answered once per
+    /// `RESEND_EVERY`: its requests cannot make what is queued for it due
+    /// again and again.
+    #[test]
+    fn resend_requests_are_answered_at_most_once_per_interval() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let f1 = a.send(&b_key, b"1".to_vec(), 101).unwrap().frame;
+        let _lost = a.send(&b_key, b"2".to_vec(), 101).unwrap();
+        let receipt = b.receive(&a_key, &[f1], 102, false).unwrap().replies;
+        a.receive(&b_key, &receipt, 102, false).unwrap();
+        let ask = |b: &mut Engine| {
+            b.encrypt(&a_key, &Payload::Resend { from: 2 }.to_bytes())
+                .unwrap()
+        };
+        let f = ask(&mut b);
+        a.receive(&b_key, &[f], 104, false).unwrap();
+        let again = a.due(104, 10).unwrap();
+        assert_eq!(again.len(), 1);
+        // Its next retry far off: only a resend request makes it due.
+        a.attempted(again[0].pos, 104, Some(1_000));
+        for t in 105..104 + RESEND_EVERY {
+            let f = ask(&mut b);
+            a.receive(&b_key, &[f], t, false).unwrap();
+            assert!(a.due(t, 10).unwrap().is_empty(), "at {t}");
+        }
+        let t = 104 + RESEND_EVERY;
+        let f = ask(&mut b);
+        a.receive(&b_key, &[f], t, false).unwrap();
+        assert_eq!(a.due(t, 10).unwrap().len(), 1);
+    }
+
     #[test]
     fn a_gap_whose_messages_expired_at_their_sender_is_closed_and_not_asked_for_again() {
         let Pair {
@@ -2725,6 +2821,46 @@ mod tests {
             left.push(b.prekeys.one_time_count());
         }
         assert_eq!(left, [2, 2, 2, 1, 0, 0]);
+    }
+
+    /// A message that comes late, after a newer one was read, gets its own
+    /// read receipt: each read receipt names what was not read before,
+    /// not the newest messages.
+    #[test]
+    fn a_message_that_came_late_is_the_one_the_next_read_receipt_names() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let first = a.send(&b_key, b"first".to_vec(), 101).unwrap();
+        let second = a.send(&b_key, b"second".to_vec(), 101).unwrap();
+        b.receive(&a_key, &[second.frame], 102, true).unwrap();
+        let read = b.mark_read(&a_key, 103).unwrap().unwrap();
+        let back = a.receive(&b_key, &[read.frame], 103, false).unwrap();
+        assert_eq!(
+            back.events,
+            vec![Event::Receipt {
+                message: second.message,
+                state: DeliveryState::Read
+            }]
+        );
+        b.receive(&a_key, &[first.frame], 104, true).unwrap();
+        let read = b.mark_read(&a_key, 105).unwrap().unwrap();
+        let back = a.receive(&b_key, &[read.frame], 105, false).unwrap();
+        assert_eq!(
+            back.events,
+            vec![Event::Receipt {
+                message: first.message,
+                state: DeliveryState::Read
+            }]
+        );
+        // Both show read in b's history.
+        let conv = conversation_id(a.identity().public(), b.identity().public());
+        let page = b.store.history().page(&conv, None, 10).unwrap();
+        assert!(page.messages.iter().all(|m| m.state == DeliveryState::Read));
     }
 
     #[test]

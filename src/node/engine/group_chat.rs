@@ -1303,28 +1303,11 @@ impl Engine {
         }
         let want = unread.min(crate::node::proto::MAX_RECEIPTS);
         let mut by_sender: HashMap<[u8; 32], Vec<Acked>> = HashMap::new();
-        let mut seen = 0;
-        let mut cursor = None;
-        while seen < want {
-            let page = self.store.history().page(
-                group,
-                cursor.as_ref(),
-                crate::store::History::MAX_PAGE,
-            )?;
-            for m in page.messages.iter().filter(|m| m.sender != me) {
-                if seen == want {
-                    break;
-                }
-                seen += 1;
-                by_sender
-                    .entry(m.sender)
-                    .or_default()
-                    .push((m.lamport, m.msg_id));
-            }
-            match page.next {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
+        for r in self.take_unread(group, want, |m| m.sender != me)? {
+            by_sender
+                .entry(r.sender)
+                .or_default()
+                .push((r.lamport, r.msg_id));
         }
         for (sender, messages) in by_sender {
             let Some(contact) = self.contacts.get(&sender) else {
