@@ -57,6 +57,9 @@ pub(crate) type Outgoing = (Option<u64>, Vec<u8>);
 
 /// Most envelopes asked for in one fetch from our relays.
 const FETCH_LIMIT: u16 = 1024;
+/// Frames of one contact from a fetch handled in one call (and answered
+/// by one delivered receipt).
+const RECEIVE_CHUNK: usize = 256;
 /// How long a fetch waits at the relay for new mail (seconds).
 const FETCH_WAIT: u16 = 20;
 /// After a fetch failed, how long before the tick asks again (seconds).
@@ -1373,6 +1376,7 @@ impl Worker {
                 self.relays.refused.remove(&(relay, "fetch"));
                 let n = items.len();
                 let mut seqs = Vec::with_capacity(n);
+                let mut mail = Vec::with_capacity(n);
                 for item in items {
                     seqs.push(item.seq);
                     self.relays.cursor.insert(
@@ -1381,12 +1385,13 @@ impl Worker {
                             .max(self.relays.cursor.get(&relay).copied().unwrap_or(0)),
                     );
                     match Envelope::from_bytes(&item.envelope) {
-                        Ok(env) if env.mailbox_id == self.engine.mailbox_id() => {
-                            round.dirty = true;
-                            self.envelope(env, now, round);
-                        }
+                        Ok(env) if env.mailbox_id == self.engine.mailbox_id() => mail.push(env),
                         _ => debug!(%relay, "unreadable mail at a relay; dropped"),
                     }
+                }
+                if !mail.is_empty() {
+                    round.dirty = true;
+                    self.envelopes(mail, now, round);
                 }
                 if !seqs.is_empty() {
                     round.events.push(NodeEvent::Drained {
@@ -1554,6 +1559,30 @@ impl Worker {
             // Not ours after all, or not from a contact: forwarded
             // anyway (gossip), nothing else to do.
             Err(e) => debug!(error = %e, "envelope not opened"),
+        }
+    }
+
+    /// Mail fetched from a relay: each contact's frames handled together,
+    /// in the order they came, so that a contact gets one delivered
+    /// receipt for a batch of its messages, not one each.
+    fn envelopes(&mut self, envs: Vec<Envelope>, now: u64, round: &mut Round) {
+        let mut by_sender: Vec<([u8; 32], Vec<Vec<u8>>)> = Vec::new();
+        for env in envs {
+            match self.engine.open_envelope(&env) {
+                Ok((from, frame)) => match by_sender.iter_mut().find(|(f, _)| *f == from) {
+                    Some((_, frames)) => frames.push(frame),
+                    None => by_sender.push((from, vec![frame])),
+                },
+                Err(e) => debug!(error = %e, "envelope not opened"),
+            }
+        }
+        for (from, frames) in by_sender {
+            for chunk in frames.chunks(RECEIVE_CHUNK) {
+                match self.engine.receive(&from, chunk, now, false) {
+                    Ok(h) => self.handled(&from, h, now, round),
+                    Err(e) => warn!(error = %e, frames = chunk.len(), "mail refused"),
+                }
+            }
         }
     }
 

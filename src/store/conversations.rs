@@ -147,7 +147,15 @@ impl History<'_> {
         let mut out = Vec::new();
         for item in self.store.history.scan_prefix([CONV_PREFIX]) {
             let (key, sealed) = item.map_err(Error::db(HISTORY, "scan"))?;
-            out.push(self.open_conversation(&key, &sealed)?);
+            match self.open_conversation(&key, &sealed) {
+                Ok(record) => out.push(record),
+                // One damaged record leaves the others listed (it is
+                // logged, and reading that conversation says what is wrong).
+                Err(e) if e.is_damaged_record() => {
+                    tracing::error!(error = %e, "a conversation record that does not open is left out of the list");
+                }
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| {
             let (a, b) = (&a.conv, &b.conv);

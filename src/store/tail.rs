@@ -302,18 +302,34 @@ impl super::History<'_> {
                 convs.insert(conv);
             }
         }
+        // A record that does not open is logged and passed over: one
+        // damaged conversation must not keep the whole store (contacts,
+        // outbox, every other conversation) from opening. Reading it later
+        // gives its error then.
         for item in s.history.scan_prefix([super::keys::CONV_PREFIX]) {
             let (key, sealed) = item.map_err(Error::db(HISTORY, "scan"))?;
-            if self.open_conversation(&key, &sealed)?.pending.is_some()
-                && let Some(conv) = key.get(1..33).and_then(|c| <[u8; 32]>::try_from(c).ok())
+            let pending = match self.open_conversation(&key, &sealed) {
+                Ok(record) => record.pending.is_some(),
+                Err(e) if e.is_damaged_record() => {
+                    tracing::error!(error = %e, "a conversation record that does not open is not checked at open");
+                    false
+                }
+                Err(e) => return Err(e),
+            };
+            if pending && let Some(conv) = key.get(1..33).and_then(|c| <[u8; 32]>::try_from(c).ok())
             {
                 convs.insert(conv);
             }
         }
         let mut fixed = 0;
         for conv in convs {
-            if self.repair_one(&conv)? {
-                fixed += 1;
+            match self.repair_one(&conv) {
+                Ok(true) => fixed += 1,
+                Ok(false) => {}
+                Err(e) if e.is_damaged_record() => {
+                    tracing::error!(error = %e, "a conversation whose records do not open is not repaired at open");
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(fixed)

@@ -334,3 +334,53 @@ async fn a_read_receipt_for_a_contact_away_waits_at_its_relay() {
     let mut c = TestNode::start_with("carol", c_config()).await;
     receipt(&mut c, sent, DeliveryState::Read).await;
 }
+
+/// Mail drained from a relay is answered by one delivered receipt per
+/// contact and fetch, not one per message: twenty messages waiting for
+/// carol come back to alice as one receipt envelope (two at most, if the
+/// fetch was split).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_drained_at_once_is_answered_by_one_receipt() {
+    let dr = tempfile::tempdir().unwrap();
+    let r = TestRelay::start(relay_config(dr.path(), 181)).await;
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_with("alice", mail_only(da.path(), 182, &r)).await;
+    let c = TestNode::start_with("carol", mail_only(dc.path(), 183, &r)).await;
+    befriend_unconnected(&a, &c).await;
+    a.connected_to(r.handle.peer_id()).await;
+    let c_key = c.key();
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let body = format!("while you were out {i}").into_bytes();
+        sent.push(a.handle.send(c_key, body).await.unwrap());
+    }
+    receipts(&mut a, &sent, DeliveryState::StoredAtRelay).await;
+
+    let mut c = TestNode::start_with("carol", mail_only(dc.path(), 183, &r)).await;
+    let bodies: Vec<Vec<u8>> = (0..20)
+        .map(|i| format!("while you were out {i}").into_bytes())
+        .collect();
+    messages(&mut c, &bodies).await;
+    let mut left = sent.clone();
+    let mut drained = 0;
+    a.wait("every delivered receipt", |e| {
+        match e {
+            NodeEvent::Drained { envelopes, .. } => drained += envelopes,
+            NodeEvent::Receipt {
+                message,
+                state: DeliveryState::Delivered,
+            } => left.retain(|m| m != message),
+            _ => {}
+        }
+        // The fetch's `Drained` comes after the receipts it carried.
+        (left.is_empty() && drained > 0).then_some(())
+    })
+    .await;
+    assert!(
+        (1..=2).contains(&drained),
+        "{drained} receipt envelopes for 20 messages"
+    );
+}

@@ -94,3 +94,33 @@ fn damaged_files_give_clear_errors_never_a_panic() {
         }
     }
 }
+
+/// One conversation record that no longer opens does not keep the store
+/// from opening: the other conversations (and everything else) are there,
+/// and the damaged one says what is wrong when it is read.
+#[test]
+fn one_damaged_conversation_record_does_not_keep_the_store_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), &data_key(1)).unwrap();
+        for conv in [1u8, 2] {
+            let msgs: Vec<_> = (0..3u64).map(|i| msg(conv, i, 2, i as u8, b"hi")).collect();
+            store
+                .history()
+                .append_batch(&msgs, Direction::Incoming)
+                .unwrap();
+        }
+        let mut key = vec![crate::store::keys::CONV_PREFIX];
+        key.extend_from_slice(&[1; 32]);
+        assert!(store.history.contains_key(&key).unwrap());
+        store.history.insert(key, vec![0x5a; 60]).unwrap();
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let h = store.history();
+    assert_eq!(h.page(&[2; 32], None, 10).unwrap().messages.len(), 3);
+    assert!(h.conversation(&[1; 32]).is_err());
+    // The list shows the others.
+    let list = h.list_conversations().unwrap();
+    assert_eq!(list.iter().map(|c| c.id).collect::<Vec<_>>(), vec![[2; 32]]);
+}
