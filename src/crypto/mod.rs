@@ -81,6 +81,8 @@ pub use x3dh::{InitialMessage, PrekeyMessage, X3dhOutput, initiate, respond};
 pub mod labels {
     /// X3DH shared secret.
     pub const X3DH: &[u8] = b"meshchat/1/x3dh";
+    /// Binding of the X3DH secret to both signing keys.
+    pub const X3DH_IDENTITIES: &[u8] = b"meshchat/1/identity-binding";
     /// Double Ratchet root chain.
     pub const ROOT: &[u8] = b"meshchat/1/root";
     /// AEAD key and nonce of a 1:1 message key.

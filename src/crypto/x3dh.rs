@@ -94,6 +94,19 @@ fn derive(dhs: &[&Secret32]) -> Secret32 {
     Secret32::new(hkdf::<32>(&[0u8; 32], &ikm, labels::X3DH))
 }
 
+/// The session's secret bound to both devices' signing keys (initiator
+/// first): the X25519 identity keys in the agreement and in `AD` do not
+/// name a device on their own, since anyone may sign someone else's X25519
+/// key with their own signing key. Without this, a set-up made for such an
+/// identity would open as one for the device whose X25519 keys it borrowed.
+fn bind_identities(sk: &Secret32, initiator: &[u8; 32], responder: &[u8; 32]) -> Secret32 {
+    let mut info = Vec::with_capacity(labels::X3DH_IDENTITIES.len() + 64);
+    info.extend_from_slice(labels::X3DH_IDENTITIES);
+    info.extend_from_slice(initiator);
+    info.extend_from_slice(responder);
+    Secret32::new(hkdf::<32>(&[0u8; 32], sk.expose(), &info))
+}
+
 fn associated_data(initiator: &[u8; 32], responder: &[u8; 32]) -> [u8; 64] {
     let mut ad = [0u8; 64];
     ad[..32].copy_from_slice(initiator);
@@ -157,7 +170,12 @@ pub fn initiate<R: rand_core::CryptoRng + ?Sized>(
     let ik_b = bundle.body.identity.dh_key();
     let spk_b = PublicKey::from(bundle.body.signed_prekey);
     let opk_b = bundle.one_time.as_ref().map(|o| PublicKey::from(o.key));
-    let out = derive_initiator(ours.dh_secret(), &ek, &ik_b, &spk_b, opk_b.as_ref())?;
+    let mut out = derive_initiator(ours.dh_secret(), &ek, &ik_b, &spk_b, opk_b.as_ref())?;
+    out.shared_secret = bind_identities(
+        &out.shared_secret,
+        &ours.public().signing,
+        &bundle.body.identity.signing,
+    );
     let initial = InitialMessage {
         ephemeral: PublicKey::from(&ek).to_bytes(),
         signed_prekey_id: bundle.body.signed_prekey_id,
@@ -182,12 +200,17 @@ pub fn respond(
         Some(id) => Some(prekeys.one_time(id)?.secret()),
         None => None,
     };
-    let out = derive_responder(
+    let mut out = derive_responder(
         ours.dh_secret(),
         &spk.secret(),
         opk.as_ref(),
         &initiator.dh_key(),
         &PublicKey::from(initial.ephemeral),
     )?;
+    out.shared_secret = bind_identities(
+        &out.shared_secret,
+        &initiator.signing,
+        &ours.public().signing,
+    );
     Ok((out, Secret32::new(spk.secret().to_bytes())))
 }

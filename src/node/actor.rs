@@ -212,6 +212,7 @@ impl Node {
             responses: HashMap::new(),
             next_token: 0,
             seen: SeenSet::default(),
+            held_back: SeenSet::default(),
             complaints: Complaints::default(),
             last_beacon_ms: 0,
             relays,
@@ -249,6 +250,12 @@ impl SeenSet {
         }
         true
     }
+
+    /// Forgets `id` if it is there; whether it was. (Its place in the
+    /// order stays until it is evicted, which then removes nothing.)
+    fn remove(&mut self, id: &[u8; 32]) -> bool {
+        self.set.remove(id)
+    }
 }
 
 /// Where the ack of a batch a peer sent us goes.
@@ -278,6 +285,11 @@ struct Actor {
     responses: HashMap<u64, Responder>,
     next_token: u64,
     seen: SeenSet,
+    /// Group messages seen so far only with the "reached all" flag, which
+    /// is outside the signature: the first copy without it is forwarded
+    /// (and not handled again), so a carrier that sets the flag cannot
+    /// stop the others forwarding.
+    held_back: SeenSet,
     tracker: Tracker,
     presence: PresenceState,
     hidden: bool,
@@ -1209,7 +1221,14 @@ impl Actor {
             return Verdict::Reject(Reason::Application("group message on another topic"));
         }
         // Known by the signed message, not the frame around it.
-        if !self.seen.insert(Envelope::hash(message)) {
+        let known = Envelope::hash(message);
+        if !self.seen.insert(known) {
+            if !reached_all && self.held_back.remove(&known) {
+                // Held back only because its first copy said every member
+                // had it (a flag anyone carrying it may set): this one
+                // does not, so it goes on, already handled here.
+                return Verdict::Accept;
+            }
             return Verdict::Ignore(Reason::Application("replayed group message"));
         }
         if self.overloaded() {
@@ -1218,6 +1237,7 @@ impl Actor {
         }
         self.job(Job::GroupMessage(message.to_vec()));
         if reached_all {
+            self.held_back.insert(known);
             return Verdict::Ignore(Reason::Application("every member has it from its author"));
         }
         Verdict::Accept

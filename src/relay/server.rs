@@ -46,6 +46,8 @@ use crate::store::{self, Kind, Spool, Store};
 pub const MAX_WAIT: Duration = Duration::from_secs(25);
 /// Most requests answered per store round (one flush).
 const MAX_ROUND: usize = 1024;
+/// Fetches one mailbox may have waiting at once (see `Keeper::run`).
+pub const MAX_PARKED_PER_MAILBOX: usize = 4;
 /// Longest one tick spends purging expired envelopes.
 const PURGE_BUDGET: Duration = Duration::from_millis(50);
 /// Most requests waiting for the store thread before new ones are refused
@@ -568,7 +570,8 @@ impl Keeper {
             let started = Instant::now();
             let mut answers = Vec::with_capacity(n);
             let mut flush = false;
-            let mut woke = Vec::new();
+            // Each mailbox once, however many deposits of the round woke it.
+            let mut woke = std::collections::HashSet::new();
             let mut stop = false;
             let now = crate::node::now_secs();
             for job in jobs {
@@ -586,7 +589,22 @@ impl Keeper {
                                 Some(p) => {
                                     let wait =
                                         Duration::from_secs(u64::from(p.wait_secs)).min(max_wait);
-                                    self.parked.entry(p.mailbox).or_default().push(Parked {
+                                    let list = self.parked.entry(p.mailbox).or_default();
+                                    // A few per mailbox (one per device that
+                                    // reads it is all an owner needs): past
+                                    // that the oldest is answered empty, and
+                                    // asks again, so that a deposit never
+                                    // wakes more than this many.
+                                    if list.len() >= MAX_PARKED_PER_MAILBOX {
+                                        let oldest = list.remove(0);
+                                        let empty = Response::Mail {
+                                            items: Vec::new(),
+                                            more: false,
+                                        };
+                                        self.service.count_fetch(&empty);
+                                        oldest.reply.send(&self.outs, empty);
+                                    }
+                                    list.push(Parked {
                                         reply,
                                         after: p.after,
                                         limit: p.limit,

@@ -745,7 +745,13 @@ impl Service {
         self.refresh_gauges();
         Ok(Answer {
             flush: true,
-            woke: per_mailbox.into_keys().collect(),
+            // Only a mailbox that got something new wakes its fetches: a
+            // repeat of what it holds gives them nothing to take.
+            woke: per_mailbox
+                .into_iter()
+                .filter(|(_, (count, _))| *count > 0)
+                .map(|(mailbox, _)| mailbox)
+                .collect(),
             ..Answer::now(Outgoing::Custody(Custody {
                 relay: self.identity.public().signing,
                 stored_at: now,

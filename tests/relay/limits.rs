@@ -214,3 +214,91 @@ async fn an_acknowledgement_the_relay_refused_is_sent_again() {
     .await;
     r.holds(0).await;
 }
+
+/// A mailbox keeps at most `MAX_PARKED_PER_MAILBOX` fetches waiting: one
+/// more answers the oldest at once (empty, so its owner asks again), and a
+/// deposit then wakes only those kept. So nobody can park thousands of
+/// fetches on one mailbox and make every deposit to it cost thousands of
+/// lookups on the relay's store thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_keeps_only_a_few_fetches_waiting() {
+    use meshchat::node::net::NetEvent;
+    use meshchat::relay::server::MAX_PARKED_PER_MAILBOX;
+    let dr = tempfile::tempdir().unwrap();
+    let r = TestRelay::start(relay_config(dr.path(), 161)).await;
+    let relay = r.handle.peer_id();
+    let mut client = Client::connect(&r, 162).await;
+    let mut rng = StdRng::seed_from_u64(163);
+    let owner = MailboxKey::generate(&mut rng);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let extra = 2;
+    let mut ids = Vec::new();
+    for _ in 0..MAX_PARKED_PER_MAILBOX + extra {
+        let fetch = Request::Fetch(Signed::new(
+            &owner,
+            Fetch {
+                owner: Owner::new(&owner, r.handle.identity(), now, &mut rng),
+                after: None,
+                limit: 10,
+                wait_secs: 20,
+            },
+        ));
+        ids.push(client.net.send_mailbox(&relay, fetch));
+    }
+    // The oldest are answered, empty, while nothing was deposited.
+    let mut answered = Vec::new();
+    tokio::time::timeout(crate::common::WAIT, async {
+        while answered.len() < extra {
+            if let NetEvent::MailboxResponse {
+                request, response, ..
+            } = client.net.next_event().await
+            {
+                assert_eq!(
+                    response,
+                    Response::Mail {
+                        items: vec![],
+                        more: false
+                    }
+                );
+                answered.push(request);
+            }
+        }
+    })
+    .await
+    .expect("the oldest fetches answered");
+    answered.sort();
+    let mut oldest = ids[..extra].to_vec();
+    oldest.sort();
+    assert_eq!(answered, oldest);
+    // A deposit wakes the others, each with the envelope.
+    let env = Envelope::new(owner.id().0, [2; 16], now + 3_600, vec![7; 300]).to_bytes();
+    let deposit = Request::Deposit(vec![serde_bytes::ByteBuf::from(env)]);
+    let deposit_id = client.net.send_mailbox(&relay, deposit);
+    let mut woken = 0;
+    let mut custody = false;
+    tokio::time::timeout(crate::common::WAIT, async {
+        while woken < MAX_PARKED_PER_MAILBOX || !custody {
+            if let NetEvent::MailboxResponse {
+                request, response, ..
+            } = client.net.next_event().await
+            {
+                if request == deposit_id {
+                    assert!(matches!(response, Response::Custody(_)), "{response:?}");
+                    custody = true;
+                    continue;
+                }
+                assert!(ids[extra..].contains(&request));
+                let Response::Mail { items, .. } = response else {
+                    panic!("not mail: {response:?}")
+                };
+                assert_eq!(items.len(), 1);
+                woken += 1;
+            }
+        }
+    })
+    .await
+    .expect("the kept fetches woken by the deposit");
+}

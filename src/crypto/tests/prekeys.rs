@@ -288,3 +288,39 @@ fn unused_one_time_prekeys_go_with_the_signed_prekeys_they_went_out_with() {
     }
     assert_eq!(held, [1, 1, 1, 0]);
 }
+
+/// An identity that claims someone else's X25519 key (it can sign that key
+/// with its own signing key, and re-sign that device's signed prekey) gets
+/// no session that device opens: the agreement binds both signing keys, so
+/// a set-up Alice made for "Eve" does not read as one for Bob, who holds
+/// the X25519 keys Eve named.
+#[test]
+fn a_set_up_for_an_identity_borrowing_another_devices_x25519_key_does_not_open_there() {
+    let mut r = rng(71);
+    let alice = DeviceIdentity::generate(&mut r);
+    let bob = DeviceIdentity::from_secrets(&Secret32::new([1; 32]), &Secret32::new([2; 32]));
+    let eve = DeviceIdentity::from_secrets(&Secret32::new([3; 32]), &Secret32::new([2; 32]));
+    assert_eq!(eve.public().dh, bob.public().dh);
+    assert_ne!(eve.public().signing, bob.public().signing);
+    // The same signed prekey, signed by each.
+    let bob_pre = PrekeyStore::new(&bob, 0, &mut rng(72));
+    let eve_pre = PrekeyStore::new(&eve, 0, &mut rng(72));
+    let eves = eve_pre
+        .bundle(&eve, [9; 32], &[], 0, false)
+        .unwrap()
+        .verify()
+        .unwrap();
+    assert_eq!(eves.body.signed_prekey, bob_pre.current().unwrap().public);
+    let (x_a, initial, _) = initiate(&alice, &eves, &mut r).unwrap();
+    let (x_b, _) = respond(&bob, &bob_pre, alice.public(), &initial).unwrap();
+    assert_ne!(x_a.shared_secret, x_b.shared_secret);
+    // With Bob's own bundle, the agreement holds.
+    let bobs = bob_pre
+        .bundle(&bob, [9; 32], &[], 0, false)
+        .unwrap()
+        .verify()
+        .unwrap();
+    let (x_a, initial, _) = initiate(&alice, &bobs, &mut r).unwrap();
+    let (x_b, _) = respond(&bob, &bob_pre, alice.public(), &initial).unwrap();
+    assert_eq!(x_a.shared_secret, x_b.shared_secret);
+}

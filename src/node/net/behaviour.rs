@@ -33,6 +33,10 @@ const GOSSIP_READ_SLACK: usize = 8 * 1024;
 const MAX_PENDING_INCOMING: u32 = 64;
 /// Established connections to one peer.
 const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+/// Connections this node dialled (contacts, relays, a group's members,
+/// peers found by mDNS or Kademlia): a LAN full of announced peers cannot
+/// make it dial without end.
+const MAX_ESTABLISHED_OUTGOING: u32 = 512;
 
 pub use derived::{Behaviour, BehaviourEvent};
 
@@ -159,6 +163,8 @@ impl Behaviour {
         let direct = request_response::Behaviour::with_codec(
             direct::Codec::new(cfg.direct_limits),
             [(direct::PROTOCOL, request_response::ProtocolSupport::Full)],
+            // The default 100 streams per connection: a read holds no more
+            // than `direct::PREALLOCATE_FRAME` before its bytes come.
             request_response::Config::default().with_request_timeout(cfg.direct_timeout),
         );
 
@@ -229,6 +235,7 @@ impl Behaviour {
             connection_limits::ConnectionLimits::default()
                 .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
                 .with_max_established_incoming(Some(cfg.max_inbound_connections))
+                .with_max_established_outgoing(Some(MAX_ESTABLISHED_OUTGOING))
                 // A direct and a relayed connection, plus a dial race each way.
                 .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
         );

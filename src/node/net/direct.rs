@@ -304,6 +304,9 @@ async fn read_header<T: AsyncRead + Unpin>(
     Ok(usize::from(u16::from_be_bytes([head[1], head[2]])))
 }
 
+/// What a frame's buffer starts with before its bytes arrive.
+pub(crate) const PREALLOCATE_FRAME: usize = 4 * 1024;
+
 /// Reads one request from `io`, enforcing `limits` before each allocation.
 pub async fn read_batch<T: AsyncRead + Unpin>(
     io: &mut T,
@@ -318,8 +321,20 @@ pub async fn read_batch<T: AsyncRead + Unpin>(
         fill(io, &mut len, REQUEST).await?;
         let len = u32::from_be_bytes(len) as usize;
         total = check_frame(index, len, total, limits)?;
-        let mut frame = vec![0u8; len];
-        fill(io, &mut frame, REQUEST).await?;
+        // Grown as the bytes come, not allocated from the prefix alone: a
+        // peer that names a long frame and stalls holds little memory.
+        let mut frame = Vec::with_capacity(len.min(PREALLOCATE_FRAME));
+        (&mut *io)
+            .take(len as u64)
+            .read_to_end(&mut frame)
+            .await
+            .map_err(|e| DirectError::Io {
+                what: REQUEST,
+                kind: e.kind(),
+            })?;
+        if frame.len() != len {
+            return Err(DirectError::Truncated { what: REQUEST });
+        }
         frames.push(frame);
     }
     expect_end(io, REQUEST).await?;
