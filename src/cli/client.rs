@@ -586,17 +586,21 @@ pub(super) fn send(args: SendArgs) -> Result<(), CliError> {
         // Read past the limit (and a few newlines that are trimmed), so
         // that longer text is refused rather than cut short.
         let cap = crate::node::proto::MAX_BODY + 64;
-        let mut t = String::new();
+        let mut raw = Vec::new();
         std::io::stdin()
             .take(cap as u64)
-            .read_to_string(&mut t)
+            .read_to_end(&mut raw)
             .map_err(|e| CliError::failed(anyhow!("reading the text from stdin: {e}")))?;
-        if t.len() >= cap {
+        // The length first: a cut at the cap may fall inside a character.
+        if raw.len() >= cap {
             return Err(CliError::failed(anyhow!(
                 "the text on stdin is longer than a message may be ({} bytes); nothing was sent",
                 crate::node::proto::MAX_BODY
             )));
         }
+        let t = String::from_utf8(raw).map_err(|_| {
+            CliError::failed(anyhow!("the text on stdin is not UTF-8; nothing was sent"))
+        })?;
         t.trim_end_matches('\n').to_owned()
     } else {
         args.text

@@ -896,34 +896,57 @@ impl Engine {
         // The first attempt's frame is not kept with the entry (it would
         // double what the sending path writes): the first retry encrypts
         // afresh and keeps its frame (see `due`).
-        for ((msg, (seq, payload)), sent) in stored.iter().zip(payloads).zip(&out) {
-            let queued = Queued::new(conv, Some(msg.lamport), Some(seq), payload);
-            let entry = self.store.outbox().push_at(
-                sent.pos,
-                msg.msg_id,
-                *to,
-                queued.to_bytes(),
-                now,
-                expires_at.map_or(now + self.ttl, |at| at.min(now + self.ttl)),
-            )?;
-            self.schedule.insert(
-                entry.seq,
-                Meta {
-                    msg_id: msg.msg_id,
-                    recipient: *to,
-                    conv_id: conv,
-                    lamport: msg.lamport,
-                    seq,
-                    attempts: 0,
-                    next_at: now + retry::backoff(0),
-                    expires_at: entry.expires_at,
-                },
-            );
+        // If a later write fails, the entries already pushed are taken out
+        // again: the caller hears the send failed, and nothing of it may be
+        // retried under numbers the next send takes again.
+        let mut pushed = Vec::with_capacity(out.len());
+        let written: Result<(), EngineError> = 'write: {
+            for ((msg, (seq, payload)), sent) in stored.iter().zip(payloads).zip(&out) {
+                let queued = Queued::new(conv, Some(msg.lamport), Some(seq), payload);
+                let entry = match self.store.outbox().push_at(
+                    sent.pos,
+                    msg.msg_id,
+                    *to,
+                    queued.to_bytes(),
+                    now,
+                    expires_at.map_or(now + self.ttl, |at| at.min(now + self.ttl)),
+                ) {
+                    Ok(entry) => entry,
+                    Err(e) => break 'write Err(e.into()),
+                };
+                pushed.push(entry.seq);
+                self.schedule.insert(
+                    entry.seq,
+                    Meta {
+                        msg_id: msg.msg_id,
+                        recipient: *to,
+                        conv_id: conv,
+                        lamport: msg.lamport,
+                        seq,
+                        attempts: 0,
+                        next_at: now + retry::backoff(0),
+                        expires_at: entry.expires_at,
+                    },
+                );
+            }
+            if let Err(e) = self
+                .store
+                .history()
+                .append_batch(&stored, Direction::Outgoing)
+            {
+                break 'write Err(e.into());
+            }
+            self.put_conv_state(&conv, &state)
+        };
+        if let Err(e) = written {
+            for pos in pushed {
+                self.schedule.remove(pos);
+                if let Err(undo) = self.store.outbox().ack(pos) {
+                    tracing::error!(error = %undo, pos, "a failed send's outbox entry not removed");
+                }
+            }
+            return Err(e);
         }
-        self.store
-            .history()
-            .append_batch(&stored, Direction::Outgoing)?;
-        self.put_conv_state(&conv, &state)?;
         self.save_session(to)?;
         Ok(out)
     }
@@ -2534,6 +2557,27 @@ mod tests {
         assert_eq!(sent.lamport, u64::MAX);
         let got = a.receive(&b_key, &[f], 102, false).unwrap();
         assert_eq!(got.events.len(), 1);
+    }
+
+    /// A send that fails part way (here: the conversation's record does
+    /// not open) leaves nothing queued: it is not retried behind the
+    /// caller's back, under numbers the next send would take again.
+    #[test]
+    fn a_send_that_fails_part_way_leaves_nothing_queued() {
+        let Pair {
+            _dirs,
+            mut a,
+            b,
+            b_key,
+            ..
+        } = pair();
+        let conv = conversation_id(a.identity().public(), b.identity().public());
+        a.send(&b_key, b"first".to_vec(), 100).unwrap();
+        let (queued, entries) = (a.queued(), a.store.outbox().len());
+        a.store.damage_conversation_for_tests(&conv);
+        assert!(a.send(&b_key, b"second".to_vec(), 101).is_err());
+        assert_eq!(a.queued(), queued);
+        assert_eq!(a.store.outbox().len(), entries);
     }
 
     /// A contact whose clock claims the end of time (a bug, or on

@@ -40,7 +40,13 @@ use crate::crypto::{
 
 /// How many set-up base keys are remembered per contact, to refuse replays.
 pub const SEEN_BASE_KEYS: usize = 64;
-const RECORD_VERSION: u8 = 2;
+/// Version 3: sessions whose set-up binds both signing keys (see
+/// `crypto::x3dh`). A version 2 record is read too, but a session of it
+/// that is still waiting for its set-up to be answered is dropped: that
+/// set-up was keyed without the binding, and no device with it can read it.
+const RECORD_VERSION: u8 = 3;
+/// Records from before the binding.
+const RECORD_VERSION_UNBOUND: u8 = 2;
 
 /// One contact's session and the set-ups already seen from it.
 struct Entry {
@@ -72,6 +78,19 @@ struct Record {
     session: Vec<u8>,
     seen: Vec<[u8; 32]>,
     previous: Option<serde_bytes::ByteBuf>,
+}
+
+impl Record {
+    /// Wipes the session encodings it holds (root, chain and skipped
+    /// message keys) before it is dropped.
+    fn wipe(&mut self) {
+        use zeroize::Zeroize;
+        self.session.zeroize();
+        if let Some(p) = self.previous.as_mut() {
+            let bytes: &mut Vec<u8> = p;
+            bytes.zeroize();
+        }
+    }
 }
 
 /// A record from before sessions kept their previous one.
@@ -118,30 +137,64 @@ impl Sessions {
     /// Restores a contact's session from [`Self::to_record`]'s bytes.
     pub fn load(&mut self, peer: [u8; 32], bytes: &[u8]) -> Result<(), crypto::Error> {
         const MAX: usize = 1024 * 1024;
-        let r: Record = match wire::decode(bytes, "session record", RECORD_VERSION, MAX) {
-            Ok(r) => r,
-            Err(e) => match wire::decode::<RecordV1>(bytes, "session record", 1, MAX) {
-                Ok(old) => Record {
-                    version: RECORD_VERSION,
-                    session: old.session,
-                    seen: old.seen,
-                    previous: None,
-                },
-                Err(_) => return Err(e),
-            },
-        };
+        let (mut r, unbound): (Record, bool) =
+            match wire::decode(bytes, "session record", RECORD_VERSION, MAX) {
+                Ok(r) => (r, false),
+                Err(e) => {
+                    if let Ok(r) =
+                        wire::decode::<Record>(bytes, "session record", RECORD_VERSION_UNBOUND, MAX)
+                    {
+                        (r, true)
+                    } else {
+                        match wire::decode::<RecordV1>(bytes, "session record", 1, MAX) {
+                            Ok(old) => (
+                                Record {
+                                    version: RECORD_VERSION,
+                                    session: old.session,
+                                    seen: old.seen,
+                                    previous: None,
+                                },
+                                true,
+                            ),
+                            Err(_) => return Err(e),
+                        }
+                    }
+                }
+            };
         if r.seen.len() > SEEN_BASE_KEYS {
+            r.wipe();
             return Err(crypto::Error::TooLarge {
                 what: "seen base keys",
                 len: r.seen.len(),
                 max: SEEN_BASE_KEYS,
             });
         }
-        let session = Session::from_bytes(&r.session)?;
-        let previous = match r.previous {
-            Some(b) => Some(Session::from_bytes(&b)?),
-            None => None,
-        };
+        let decoded = Session::from_bytes(&r.session).and_then(|session| {
+            let previous = match &r.previous {
+                Some(b) => Some(Session::from_bytes(b)?),
+                None => None,
+            };
+            Ok((session, previous))
+        });
+        r.wipe();
+        let (session, mut previous) = decoded?;
+        if unbound {
+            // A set-up of ours from before the binding, not answered: no
+            // peer can read it now. Dropped, the next message sets up anew.
+            if previous
+                .as_ref()
+                .is_some_and(|p| p.pending_initial().is_some())
+            {
+                previous = None;
+            }
+            if session.pending_initial().is_some() {
+                tracing::info!(
+                    peer = %crate::store::hex(&peer[..4]),
+                    "an unanswered session set-up from before the identity binding is dropped"
+                );
+                return Ok(());
+            }
+        }
         self.by_peer.insert(
             peer,
             Entry {
@@ -178,7 +231,7 @@ impl Sessions {
         encode: fn(&Session) -> zeroize::Zeroizing<Vec<u8>>,
     ) -> Option<zeroize::Zeroizing<Vec<u8>>> {
         self.by_peer.get(peer).map(|e| {
-            zeroize::Zeroizing::new(wire::encode(&Record {
+            let mut record = Record {
                 version: RECORD_VERSION,
                 session: encode(&e.session).to_vec(),
                 seen: e.seen.iter().copied().collect(),
@@ -186,7 +239,10 @@ impl Sessions {
                     .previous
                     .as_ref()
                     .map(|p| serde_bytes::ByteBuf::from(encode(p).to_vec())),
-            }))
+            };
+            let bytes = zeroize::Zeroizing::new(wire::encode(&record));
+            record.wipe();
+            bytes
         })
     }
 
@@ -753,6 +809,41 @@ mod tests {
         lo.reload(key, &saved);
         let m = lo.send(&hi, b"after reload", &mut rng);
         assert_eq!(hi.receive(&lo, &m, &mut rng), b"after reload");
+    }
+
+    /// A record from before the identity binding: a session it holds that
+    /// still waits for its set-up to be answered is dropped (no upgraded
+    /// peer can read that set-up); an answered one is kept.
+    #[test]
+    fn an_unanswered_set_up_from_before_the_binding_is_dropped_an_answered_one_kept() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let (mut a, mut b) = (Device::new(&mut rng), Device::new(&mut rng));
+        let f = a.send(&b, b"hi", &mut rng);
+        b.receive(&a, &f, &mut rng);
+        let unbound = |d: &Device, peer: &[u8; 32]| {
+            let e = &d.sessions.by_peer[peer];
+            wire::encode(&Record {
+                version: RECORD_VERSION_UNBOUND,
+                session: e.session.to_bytes().to_vec(),
+                seen: e.seen.iter().copied().collect(),
+                previous: None,
+            })
+        };
+        let (a_key, b_key) = (a.id.public().signing, b.id.public().signing);
+        assert!(
+            a.sessions.by_peer[&b_key]
+                .session
+                .pending_initial()
+                .is_some()
+        );
+        let old = unbound(&a, &b_key);
+        a.reload(b_key, &old);
+        assert!(!a.sessions.has(&b_key), "unanswered: dropped");
+        let old = unbound(&b, &a_key);
+        b.reload(a_key, &old);
+        assert!(b.sessions.has(&a_key), "answered: kept");
+        let r = b.send(&a, b"still", &mut rng);
+        assert!(matches!(r, Frame::Ratchet(_)));
     }
 
     #[test]

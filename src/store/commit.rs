@@ -78,12 +78,16 @@ impl Staged<'_> {
     /// a damaged record under it must not stop the write that asks (a
     /// purge would otherwise fail at it every time); at most
     /// [`MAX_DAMAGED_PASSED`] damaged blocks, then the summary says none.
-    fn newest_entry(&mut self, conv_id: &[u8; 32]) -> Result<Option<Entry>, Error> {
+    /// The second value says whether every record looked at opened (so
+    /// that `None` means the conversation is empty).
+    fn newest_entry(&mut self, conv_id: &[u8; 32]) -> Result<(Option<Entry>, bool), Error> {
+        let mut whole = true;
         match self.newest_tail_entry(conv_id) {
-            Ok(Some(e)) => return Ok(Some(e)),
+            Ok(Some(e)) => return Ok((Some(e), whole)),
             Ok(None) => {}
             Err(e) if e.is_damaged_record() => {
                 tracing::error!(error = %e, "a tail record that does not open is passed over for the newest message");
+                whole = false;
             }
             Err(e) => return Err(e),
         }
@@ -91,33 +95,35 @@ impl Staged<'_> {
         let mut inclusive = true;
         for _ in 0..MAX_DAMAGED_PASSED {
             let Some(key) = self.last_block_in(conv_id, &upper, inclusive)? else {
-                return Ok(None);
+                return Ok((None, whole));
             };
             let was_staged = self.blocks.contains_key(&key);
             match self.take(&key) {
                 Ok(entries) => {
                     let newest = entries.last().cloned();
                     self.untake(key, entries, was_staged, false);
-                    return Ok(newest);
+                    return Ok((newest, whole));
                 }
                 Err(e) if e.is_damaged_record() => {
                     tracing::error!(error = %e, "a block that does not open is passed over for the newest message");
+                    whole = false;
                     upper = key;
                     inclusive = false;
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(None)
+        Ok((None, false))
     }
 
     /// Writes everything staged as one atomic sled batch.
     pub(crate) fn commit(mut self) -> Result<(), Error> {
         for conv in std::mem::take(&mut self.stale_newest) {
-            let newest = self.newest_entry(&conv)?;
+            let (newest, whole) = self.newest_entry(&conv)?;
             let record = self.record_mut(&conv)?;
-            // Nothing left (every message expired): nothing is unread.
-            if newest.is_none() {
+            // Nothing left (every message expired): nothing is unread. (Not
+            // when records that did not open were passed over.)
+            if newest.is_none() && whole {
                 record.conv.unread = 0;
             }
             record.newest = newest;

@@ -182,6 +182,17 @@ pub struct Store {
 }
 
 impl Store {
+    /// Overwrites a conversation's record with bytes that do not open (for
+    /// tests of what the node does with a damaged store).
+    #[cfg(test)]
+    pub(crate) fn damage_conversation_for_tests(&self, conv: &[u8; 32]) {
+        let mut key = vec![keys::CONV_PREFIX];
+        key.extend_from_slice(conv);
+        self.history
+            .insert(key, vec![0x5a; 60])
+            .expect("test write");
+    }
+
     /// Opens (or creates) the store in the directory `path` with the database
     /// key unlocked from its keystore.
     ///
