@@ -48,6 +48,8 @@ use crate::store::Store;
 /// Gossip message ids remembered to refuse replays after gossipsub's own
 /// duplicate cache has forgotten them.
 const SEEN_ENVELOPES: usize = 64 * 1024;
+/// The part of `max_backlog_bytes` one peer's direct batches may take.
+const PEER_BACKLOG_SHARE: usize = 4;
 /// Beacons older than this (or than the presence expiry, if shorter) are
 /// not forwarded: inside gossipsub's duplicate window (120 s), so a replay
 /// is either a known duplicate or stale.
@@ -210,6 +212,7 @@ impl Node {
             in_flight: HashMap::new(),
             busy: HashSet::new(),
             responses: HashMap::new(),
+            peer_backlog: HashMap::new(),
             next_token: 0,
             seen: SeenSet::default(),
             held_back: SeenSet::default(),
@@ -282,7 +285,12 @@ struct Actor {
     queues: HashMap<PeerId, VecDeque<Outgoing>>,
     in_flight: HashMap<OutboundRequestId, (PeerId, Vec<Option<u64>>)>,
     busy: HashSet<PeerId>,
-    responses: HashMap<u64, Responder>,
+    /// Batches handed to the store thread, by token: where the answer
+    /// goes, whose batch it is and its bytes.
+    responses: HashMap<u64, (Responder, PeerId, usize)>,
+    /// Bytes of each peer's batches waiting for the store thread (see
+    /// [`PEER_BACKLOG_SHARE`]); an entry only while some wait.
+    peer_backlog: HashMap<PeerId, usize>,
     next_token: u64,
     seen: SeenSet,
     /// Group messages seen so far only with the "reached all" flag, which
@@ -564,7 +572,15 @@ impl Actor {
                 }
             }
             Out::Respond { token, statuses } => {
-                if let Some(responder) = self.responses.remove(&token) {
+                if let Some((responder, peer, bytes)) = self.responses.remove(&token) {
+                    if let std::collections::hash_map::Entry::Occupied(mut e) =
+                        self.peer_backlog.entry(peer)
+                    {
+                        *e.get_mut() = e.get().saturating_sub(bytes);
+                        if *e.get() == 0 {
+                            e.remove();
+                        }
+                    }
                     self.respond(responder, Ack { statuses });
                 }
             }
@@ -990,9 +1006,19 @@ impl Actor {
             debug!(%peer, "store thread behind; direct batch dropped");
             return;
         }
+        // One peer may fill only a share of the store thread's queue, so
+        // that a contact sending large batches as fast as it can does not
+        // crowd out the others; dropped like an overload.
+        let bytes: usize = frames.iter().map(Vec::len).sum();
+        let waiting = self.peer_backlog.get(&peer).copied().unwrap_or(0);
+        if waiting.saturating_add(bytes) > self.cfg.max_backlog_bytes / PEER_BACKLOG_SHARE {
+            debug!(%peer, waiting, "the peer's share of the store thread's queue is full; direct batch dropped");
+            return;
+        }
+        *self.peer_backlog.entry(peer).or_default() += bytes;
         let token = self.next_token;
         self.next_token += 1;
-        self.responses.insert(token, responder);
+        self.responses.insert(token, (responder, peer, bytes));
         self.job(Job::Direct {
             peer,
             frames,

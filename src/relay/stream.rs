@@ -234,13 +234,26 @@ pub async fn run_client<C: ClientCodec>(
     let failure = {
         tokio::pin!(writer, reader);
         let mut writing = true;
+        // When our side closed: with nothing open after that, the other
+        // side has `deadline` to close its own, or the task ends anyway
+        // (a peer that never closes must not keep it, and its stream,
+        // for good).
+        let mut closed_at: Option<Instant> = None;
         loop {
             tokio::select! {
-                _ = check.tick() => if late() {
-                    break Some(format!("no answer within {deadline:?}"));
+                _ = check.tick() => {
+                    if late() {
+                        break Some(format!("no answer within {deadline:?}"));
+                    }
+                    if closed_at.is_some_and(|t| t.elapsed() > deadline) && lock(&open).is_empty() {
+                        break None;
+                    }
                 },
                 w = &mut writer, if writing => match w {
-                    Ok(()) => writing = false,
+                    Ok(()) => {
+                        writing = false;
+                        closed_at = Some(Instant::now());
+                    }
                     Err(e) => break Some(e.to_string()),
                 },
                 r = &mut reader => match r {
