@@ -83,7 +83,15 @@ pub(crate) fn witness_clock(ours: &mut u64, theirs: u64) {
 fn forget_sending_state(store: &Store, me: &DeviceIdentity) -> Result<(), EngineError> {
     let sessions = store.records(Kind::Sessions)?;
     let mut dropped = 0usize;
-    for (key, _) in sessions.scan(b"")? {
+    for (key, bytes) in sessions.scan(b"")? {
+        let Ok(peer) = <[u8; 32]>::try_from(key.as_slice()) else {
+            continue;
+        };
+        // The set-ups seen from that contact stay, so that one captured
+        // before cannot be replayed to set up a session again.
+        if let Some(seen) = super::sessions::seen_of_record(&bytes) {
+            sessions.put(&super::sessions::seen_record_key(&peer), &seen)?;
+        }
         dropped += usize::from(sessions.remove(&key)?);
     }
     let keys = store.records(Kind::SenderKeys)?;
@@ -429,6 +437,11 @@ impl Engine {
         for (key, bytes) in store.records(Kind::Sessions)?.scan(b"")? {
             if let Ok(k) = <[u8; 32]>::try_from(key.as_slice()) {
                 sessions.load(k, &bytes)?;
+            } else if let Some(k) = key
+                .strip_prefix(b"seen:".as_slice())
+                .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            {
+                sessions.load_seen(k, &bytes)?;
             }
         }
         let mut schedule = Schedule::default();
@@ -2034,6 +2047,54 @@ mod tests {
     /// A device restored from a backup does not continue the sessions it
     /// had then (their message keys were used since): it starts new ones,
     /// and the contact reads what it writes, and answers.
+    /// A device restored from a backup drops its sessions, but not the
+    /// set-ups it had seen: one captured before (its prekeys are back with
+    /// the backup) is refused as a replay, not taken as a new session.
+    #[test]
+    fn a_restored_device_refuses_a_replayed_set_up_it_had_seen() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let first = a.send(&b_key, b"hi".to_vec(), 100).unwrap();
+        assert!(matches!(
+            Frame::from_bytes(&first.frame).unwrap(),
+            Frame::Prekey(_)
+        ));
+        let got = b
+            .receive(&a_key, std::slice::from_ref(&first.frame), 100, true)
+            .unwrap();
+        assert_eq!(got.accepted, vec![true]);
+        let r = b.send(&a_key, b"hello".to_vec(), 101).unwrap();
+        a.receive(&b_key, &[r.frame], 101, true).unwrap();
+        let mut backup = Vec::new();
+        b.store.backup(&mut backup).unwrap();
+        drop(b);
+        let restored_dir = tempfile::tempdir().unwrap();
+        let target = restored_dir.path().join("store");
+        // The same data key as every store of these tests (see `store`).
+        let mut rng = StdRng::seed_from_u64(9);
+        let key = Keystore::create(b"pw", KdfParams::INSECURE_FAST, &mut rng)
+            .unwrap()
+            .1;
+        let store = Store::restore(&mut backup.as_slice(), &target, &key).unwrap();
+        let mut b = Engine::open(Arc::new(store), 102).unwrap();
+        let got = b.receive(&a_key, &[first.frame], 102, true).unwrap();
+        assert_eq!(got.accepted, vec![false], "a replay: {:?}", got.events);
+        // And after a restart too (what was seen is on disk).
+        let store = b.store.clone();
+        drop(b);
+        let mut b = Engine::open(store, 103).unwrap();
+        assert!(!b.sessions.has(&a_key));
+        // B's own next message sets up a new session, which a reads.
+        let m = b.send(&a_key, b"back".to_vec(), 104).unwrap();
+        let got = a.receive(&b_key, &[m.frame], 104, true).unwrap();
+        assert_eq!(got.accepted, vec![true]);
+    }
+
     #[test]
     fn a_device_restored_from_a_backup_starts_new_sessions_its_contact_reads() {
         let Pair {

@@ -121,6 +121,47 @@ pub struct Sessions {
     stopped: bool,
     /// Contacts whose record was stored since the last flush.
     stored: std::collections::HashSet<[u8; 32]>,
+    /// Set-up base keys seen from contacts with no session here (their
+    /// sessions were dropped after a restore from a backup): a set-up
+    /// captured before is still refused as a replay.
+    orphan_seen: HashMap<[u8; 32], VecDeque<[u8; 32]>>,
+}
+
+/// The record that keeps a contact's seen set-ups when its session is
+/// dropped (see [`Sessions::load_seen`]).
+#[derive(Serialize, Deserialize)]
+struct SeenRecord {
+    version: u8,
+    seen: Vec<[u8; 32]>,
+}
+
+const SEEN_RECORD_VERSION: u8 = 1;
+
+/// The store key of a contact's [`SeenRecord`], beside its session's.
+pub fn seen_record_key(peer: &[u8; 32]) -> Vec<u8> {
+    [b"seen:".as_slice(), peer.as_slice()].concat()
+}
+
+/// The seen set-ups of a session record, as a record of their own: what a
+/// device restored from a backup keeps when it drops that session. `None`
+/// if the record does not decode.
+pub fn seen_of_record(bytes: &[u8]) -> Option<Vec<u8>> {
+    const MAX: usize = 1024 * 1024;
+    let seen = match wire::decode::<Record>(bytes, "session record", RECORD_VERSION, MAX) {
+        Ok(r) => Some(r.seen),
+        Err(_) => wire::decode::<Record>(bytes, "session record", RECORD_VERSION_UNBOUND, MAX)
+            .ok()
+            .map(|r| r.seen)
+            .or_else(|| {
+                wire::decode::<RecordV1>(bytes, "session record", 1, MAX)
+                    .ok()
+                    .map(|r| r.seen)
+            }),
+    }?;
+    Some(wire::encode(&SeenRecord {
+        version: SEEN_RECORD_VERSION,
+        seen,
+    }))
 }
 
 impl Sessions {
@@ -132,6 +173,26 @@ impl Sessions {
     /// Whether a session with `peer` exists.
     pub fn has(&self, peer: &[u8; 32]) -> bool {
         self.by_peer.contains_key(peer)
+    }
+
+    /// Restores the set-ups seen from `peer` whose session was dropped
+    /// ([`seen_of_record`]'s bytes).
+    pub fn load_seen(&mut self, peer: [u8; 32], bytes: &[u8]) -> Result<(), crypto::Error> {
+        let r: SeenRecord = wire::decode(
+            bytes,
+            "seen set-ups record",
+            SEEN_RECORD_VERSION,
+            16 + 33 * SEEN_BASE_KEYS,
+        )?;
+        if r.seen.len() > SEEN_BASE_KEYS {
+            return Err(crypto::Error::TooLarge {
+                what: "seen base keys",
+                len: r.seen.len(),
+                max: SEEN_BASE_KEYS,
+            });
+        }
+        self.orphan_seen.insert(peer, r.seen.into_iter().collect());
+        Ok(())
     }
 
     /// Restores a contact's session from [`Self::to_record`]'s bytes.
@@ -282,7 +343,8 @@ impl Sessions {
                 v.insert(Entry {
                     session,
                     previous: None,
-                    seen: VecDeque::new(),
+                    // What was seen before a restore dropped the last one.
+                    seen: self.orphan_seen.remove(&peer.signing).unwrap_or_default(),
                 })
             }
         };
@@ -461,6 +523,17 @@ impl Sessions {
                 });
             }
         }
+        if !self.by_peer.contains_key(&peer.signing)
+            && self
+                .orphan_seen
+                .get(&peer.signing)
+                .is_some_and(|seen| seen.contains(&base))
+        {
+            // Seen before the session was dropped (a restore): a replay.
+            return Err(crypto::Error::Malformed {
+                what: "prekey message of a replaced session",
+            });
+        }
         if *setups == 0 {
             return Err(crypto::Error::Malformed {
                 what: "prekey message: too many session set-ups from this peer for now",
@@ -482,12 +555,17 @@ impl Sessions {
         };
         match self.by_peer.get_mut(&peer.signing) {
             None => {
+                let mut seen = self.orphan_seen.remove(&peer.signing).unwrap_or_default();
+                if seen.len() >= SEEN_BASE_KEYS {
+                    seen.pop_front();
+                }
+                seen.push_back(base);
                 self.by_peer.insert(
                     peer.signing,
                     Entry {
                         session: fresh,
                         previous: None,
-                        seen: VecDeque::from([base]),
+                        seen,
                     },
                 );
             }
