@@ -1011,7 +1011,11 @@ impl Actor {
         // crowd out the others; dropped like an overload.
         let bytes: usize = frames.iter().map(Vec::len).sum();
         let waiting = self.peer_backlog.get(&peer).copied().unwrap_or(0);
-        if waiting.saturating_add(bytes) > self.cfg.max_backlog_bytes / PEER_BACKLOG_SHARE {
+        // (A peer with nothing waiting always gets one batch in, whatever
+        // the settings, or one batch over the share would shut it out.)
+        if waiting > 0
+            && waiting.saturating_add(bytes) > self.cfg.max_backlog_bytes / PEER_BACKLOG_SHARE
+        {
             debug!(%peer, waiting, "the peer's share of the store thread's queue is full; direct batch dropped");
             return;
         }

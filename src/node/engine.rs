@@ -100,7 +100,8 @@ fn forget_sending_state(store: &Store, me: &DeviceIdentity) -> Result<(), Engine
             dropped += usize::from(keys.remove(&key)?);
         }
     }
-    store.clear_restored()?;
+    // The mark stays until every contact is asked again (see
+    // `Engine::ask_again_after_restore`); the drops are on disk first.
     store.flush()?;
     tracing::warn!(
         dropped,
@@ -424,7 +425,8 @@ impl Engine {
                 p
             }
         };
-        if store.restored()? {
+        let restored = store.restored()?;
+        if restored {
             forget_sending_state(&store, &me)?;
         }
         let mut contacts = HashMap::new();
@@ -487,7 +489,53 @@ impl Engine {
             groups: group_chat::Groups::default(),
         };
         engine.load_groups()?;
+        if restored {
+            engine.ask_again_after_restore(now)?;
+            engine.store.clear_restored()?;
+            engine.store.flush()?;
+        }
         Ok(engine)
+    }
+
+    /// After a restore: queues for every contact a request to send again
+    /// what came after the last message this copy of the store has from
+    /// it. It goes in a new session, which the contact takes over its old
+    /// one, so the contact's messages are read again without this device
+    /// writing first; and what it still has queued comes again at once
+    /// (what it no longer has, it says is gone).
+    fn ask_again_after_restore(&mut self, now: u64) -> Result<(), EngineError> {
+        let me = self.me.public().clone();
+        let contacts: Vec<([u8; 32], crypto::PublicIdentity)> = self
+            .contacts
+            .iter()
+            .map(|(k, c)| (*k, c.identity.clone()))
+            .collect();
+        for (key, identity) in contacts {
+            let conv = conversation_id(&me, &identity);
+            let from = self.conv_state(&conv)?.peer_contiguous.saturating_add(1);
+            let payload = Payload::Resend { from }.to_bytes();
+            let mut id = [0u8; 16];
+            rand::Rng::fill_bytes(&mut self.rng, &mut id);
+            let queued = Queued::new(conv, None, None, payload);
+            let entry =
+                self.store
+                    .outbox()
+                    .push(id, key, queued.to_bytes(), now, now + self.ttl)?;
+            self.schedule.insert(
+                entry.seq,
+                Meta {
+                    msg_id: id,
+                    recipient: key,
+                    conv_id: conv,
+                    lamport: 0,
+                    seq: 0,
+                    attempts: 0,
+                    next_at: now,
+                    expires_at: entry.expires_at,
+                },
+            );
+        }
+        Ok(())
     }
 
     /// The store.
@@ -942,14 +990,17 @@ impl Engine {
                     },
                 );
             }
-            if let Err(e) = self
-                .store
+            // The counters before the history: if the history write fails,
+            // the numbers taken are skipped (the contact asks for them and
+            // hears they are gone), never taken again by the next send.
+            if let Err(e) = self.put_conv_state(&conv, &state) {
+                break 'write Err(e);
+            }
+            self.store
                 .history()
                 .append_batch(&stored, Direction::Outgoing)
-            {
-                break 'write Err(e.into());
-            }
-            self.put_conv_state(&conv, &state)
+                .map(drop)
+                .map_err(EngineError::from)
         };
         if let Err(e) = written {
             for pos in pushed {
@@ -2047,6 +2098,63 @@ mod tests {
     /// A device restored from a backup does not continue the sessions it
     /// had then (their message keys were used since): it starts new ones,
     /// and the contact reads what it writes, and answers.
+    /// A device restored from a backup has no session its contacts still
+    /// write in; it asks each of them, in a new session, to send again
+    /// what it has not got, so a contact's messages are read again without
+    /// this device writing first.
+    #[test]
+    fn a_restored_device_asks_its_contacts_again_and_reads_them_without_writing_first() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        talk(&mut a, &mut b, &a_key, &b_key);
+        let mut backup = Vec::new();
+        a.store.backup(&mut backup).unwrap();
+        drop(a);
+        let restored_dir = tempfile::tempdir().unwrap();
+        let target = restored_dir.path().join("store");
+        // The same data key as every store of these tests (see `store`).
+        let mut rng = StdRng::seed_from_u64(9);
+        let key = Keystore::create(b"pw", KdfParams::INSECURE_FAST, &mut rng)
+            .unwrap()
+            .1;
+        let store = Store::restore(&mut backup.as_slice(), &target, &key).unwrap();
+        let mut a = Engine::open(Arc::new(store), 102).unwrap();
+        // b writes in the session it had: a holds none now.
+        let old = b.send(&a_key, b"are you there?".to_vec(), 102).unwrap();
+        let got = a.receive(&b_key, &[old.frame], 102, true).unwrap();
+        assert_eq!(got.accepted, vec![false]);
+        // a's request goes out at once, in a new session b takes.
+        let due = a.due(102, 10).unwrap();
+        assert_eq!(due.len(), 1, "one request per contact");
+        let got = b
+            .receive(&a_key, &[due[0].frame.clone()], 103, true)
+            .unwrap();
+        assert_eq!(got.accepted, vec![true]);
+        a.delivered_direct(&[due[0].pos]).unwrap();
+        assert_eq!(a.queued(), 0);
+        // b sends again what a did not take, in that session: read.
+        let again: Vec<Vec<u8>> = b
+            .due(104, 10)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.frame)
+            .collect();
+        assert_eq!(again.len(), 1);
+        let got = a.receive(&b_key, &again, 104, true).unwrap();
+        assert!(
+            got.events
+                .iter()
+                .any(|e| matches!(e, Event::MessageReceived(m) if m.body == b"are you there?")),
+            "{:?}",
+            got.events
+        );
+    }
+
     /// A device restored from a backup drops its sessions, but not the
     /// set-ups it had seen: one captured before (its prekeys are back with
     /// the backup) is refused as a replay, not taken as a new session.

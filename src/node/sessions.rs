@@ -143,24 +143,27 @@ pub fn seen_record_key(peer: &[u8; 32]) -> Vec<u8> {
 }
 
 /// The seen set-ups of a session record, as a record of their own: what a
-/// device restored from a backup keeps when it drops that session. `None`
-/// if the record does not decode.
+/// device restored from a backup keeps when it drops that session (that of
+/// the dropped session itself included: its contact may have moved on
+/// from it, and a session made from it again would not match). `None` if
+/// the record does not decode.
 pub fn seen_of_record(bytes: &[u8]) -> Option<Vec<u8>> {
     const MAX: usize = 1024 * 1024;
-    let seen = match wire::decode::<Record>(bytes, "session record", RECORD_VERSION, MAX) {
-        Ok(r) => Some(r.seen),
-        Err(_) => wire::decode::<Record>(bytes, "session record", RECORD_VERSION_UNBOUND, MAX)
-            .ok()
-            .map(|r| r.seen)
-            .or_else(|| {
-                wire::decode::<RecordV1>(bytes, "session record", 1, MAX)
-                    .ok()
-                    .map(|r| r.seen)
-            }),
-    }?;
+    let mut r = wire::decode::<Record>(bytes, "session record", RECORD_VERSION, MAX)
+        .or_else(|_| wire::decode::<Record>(bytes, "session record", RECORD_VERSION_UNBOUND, MAX))
+        .or_else(|_| {
+            wire::decode::<RecordV1>(bytes, "session record", 1, MAX).map(|old| Record {
+                version: RECORD_VERSION,
+                session: old.session,
+                seen: old.seen,
+                previous: None,
+            })
+        })
+        .ok()?;
+    r.wipe();
     Some(wire::encode(&SeenRecord {
         version: SEEN_RECORD_VERSION,
-        seen,
+        seen: std::mem::take(&mut r.seen),
     }))
 }
 
@@ -253,6 +256,10 @@ impl Sessions {
                     peer = %crate::store::hex(&peer[..4]),
                     "an unanswered session set-up from before the identity binding is dropped"
                 );
+                // The set-ups seen from the peer still count as seen.
+                if !r.seen.is_empty() {
+                    self.orphan_seen.insert(peer, r.seen.into_iter().collect());
+                }
                 return Ok(());
             }
         }
