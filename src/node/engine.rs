@@ -514,26 +514,7 @@ impl Engine {
             let conv = conversation_id(&me, &identity);
             let from = self.conv_state(&conv)?.peer_contiguous.saturating_add(1);
             let payload = Payload::Resend { from }.to_bytes();
-            let mut id = [0u8; 16];
-            rand::Rng::fill_bytes(&mut self.rng, &mut id);
-            let queued = Queued::new(conv, None, None, payload);
-            let entry =
-                self.store
-                    .outbox()
-                    .push(id, key, queued.to_bytes(), now, now + self.ttl)?;
-            self.schedule.insert(
-                entry.seq,
-                Meta {
-                    msg_id: id,
-                    recipient: key,
-                    conv_id: conv,
-                    lamport: 0,
-                    seq: 0,
-                    attempts: 0,
-                    next_at: now,
-                    expires_at: entry.expires_at,
-                },
-            );
+            self.queue_unsent(&key, conv, payload, now, now)?;
         }
         Ok(())
     }
@@ -1823,9 +1804,28 @@ impl Engine {
         payload: Vec<u8>,
         now: u64,
     ) -> Result<Due, EngineError> {
+        let pos = self.queue_unsent(to, conv, payload.clone(), now, now + retry::backoff(0))?;
+        let frame = self.encrypt(to, &payload)?;
+        Ok(Due {
+            pos,
+            to: *to,
+            frame,
+        })
+    }
+
+    /// Queues `payload` for `to` with no clock and no sequence number (a
+    /// receipt, a resend request), due at `next_at`; its outbox position.
+    fn queue_unsent(
+        &mut self,
+        to: &[u8; 32],
+        conv: [u8; 32],
+        payload: Vec<u8>,
+        now: u64,
+        next_at: u64,
+    ) -> Result<u64, EngineError> {
         let mut id = [0u8; 16];
         rand::Rng::fill_bytes(&mut self.rng, &mut id);
-        let queued = Queued::new(conv, None, None, payload.clone());
+        let queued = Queued::new(conv, None, None, payload);
         let entry = self
             .store
             .outbox()
@@ -1839,16 +1839,11 @@ impl Engine {
                 lamport: 0,
                 seq: 0,
                 attempts: 0,
-                next_at: now + retry::backoff(0),
+                next_at,
                 expires_at: entry.expires_at,
             },
         );
-        let frame = self.encrypt(to, &payload)?;
-        Ok(Due {
-            pos: entry.seq,
-            to: *to,
-            frame,
-        })
+        Ok(entry.seq)
     }
 
     /// The reference of a received message, as a reply would quote it.
@@ -1866,12 +1861,25 @@ mod tests {
     use super::*;
     use crate::crypto::{KdfParams, Keystore};
 
-    fn store(dir: &std::path::Path) -> Arc<Store> {
+    /// The data key of every store of these tests.
+    fn data_key() -> crate::crypto::DataKey {
         let mut rng = StdRng::seed_from_u64(9);
-        let key = Keystore::create(b"pw", KdfParams::INSECURE_FAST, &mut rng)
+        Keystore::create(b"pw", KdfParams::INSECURE_FAST, &mut rng)
             .unwrap()
-            .1;
-        Arc::new(Store::open(dir, &key).unwrap())
+            .1
+    }
+
+    fn store(dir: &std::path::Path) -> Arc<Store> {
+        Arc::new(Store::open(dir, &data_key()).unwrap())
+    }
+
+    /// A store restored from `backup` into a new directory (kept alive by
+    /// the first value), not opened by an engine yet.
+    fn restored_store(backup: &[u8]) -> (tempfile::TempDir, Arc<Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("store");
+        let store = Store::restore(&mut &backup[..], &target, &data_key()).unwrap();
+        (dir, Arc::new(store))
     }
 
     /// Two devices in temporary directories that know each other.
@@ -2115,15 +2123,8 @@ mod tests {
         let mut backup = Vec::new();
         a.store.backup(&mut backup).unwrap();
         drop(a);
-        let restored_dir = tempfile::tempdir().unwrap();
-        let target = restored_dir.path().join("store");
-        // The same data key as every store of these tests (see `store`).
-        let mut rng = StdRng::seed_from_u64(9);
-        let key = Keystore::create(b"pw", KdfParams::INSECURE_FAST, &mut rng)
-            .unwrap()
-            .1;
-        let store = Store::restore(&mut backup.as_slice(), &target, &key).unwrap();
-        let mut a = Engine::open(Arc::new(store), 102).unwrap();
+        let (_restored_dir, store) = restored_store(&backup);
+        let mut a = Engine::open(store, 102).unwrap();
         // b writes in the session it had: a holds none now.
         let old = b.send(&a_key, b"are you there?".to_vec(), 102).unwrap();
         let got = a.receive(&b_key, &[old.frame], 102, true).unwrap();
@@ -2181,15 +2182,8 @@ mod tests {
         let mut backup = Vec::new();
         b.store.backup(&mut backup).unwrap();
         drop(b);
-        let restored_dir = tempfile::tempdir().unwrap();
-        let target = restored_dir.path().join("store");
-        // The same data key as every store of these tests (see `store`).
-        let mut rng = StdRng::seed_from_u64(9);
-        let key = Keystore::create(b"pw", KdfParams::INSECURE_FAST, &mut rng)
-            .unwrap()
-            .1;
-        let store = Store::restore(&mut backup.as_slice(), &target, &key).unwrap();
-        let mut b = Engine::open(Arc::new(store), 102).unwrap();
+        let (_restored_dir, store) = restored_store(&backup);
+        let mut b = Engine::open(store, 102).unwrap();
         let got = b.receive(&a_key, &[first.frame], 102, true).unwrap();
         assert_eq!(got.accepted, vec![false], "a replay: {:?}", got.events);
         // And after a restart too (what was seen is on disk).
@@ -2224,15 +2218,9 @@ mod tests {
         }
         // The device is lost and restored from the backup.
         drop(a);
-        let restored_dir = tempfile::tempdir().unwrap();
-        let target = restored_dir.path().join("store");
-        let mut rng = StdRng::seed_from_u64(9);
-        let key = Keystore::create(b"pw", KdfParams::INSECURE_FAST, &mut rng)
-            .unwrap()
-            .1;
-        let store = Store::restore(&mut backup.as_slice(), &target, &key).unwrap();
+        let (_restored_dir, store) = restored_store(&backup);
         assert!(store.restored().unwrap());
-        let mut a = Engine::open(Arc::new(store), 102).unwrap();
+        let mut a = Engine::open(store, 102).unwrap();
         assert!(!a.store.restored().unwrap(), "dealt with once");
         let m = a.send(&b_key, b"after".to_vec(), 102).unwrap();
         let got = b.receive(&a_key, &[m.frame], 102, true).unwrap();

@@ -148,23 +148,32 @@ pub fn seen_record_key(peer: &[u8; 32]) -> Vec<u8> {
 /// from it, and a session made from it again would not match). `None` if
 /// the record does not decode.
 pub fn seen_of_record(bytes: &[u8]) -> Option<Vec<u8>> {
-    const MAX: usize = 1024 * 1024;
-    let mut r = wire::decode::<Record>(bytes, "session record", RECORD_VERSION, MAX)
-        .or_else(|_| wire::decode::<Record>(bytes, "session record", RECORD_VERSION_UNBOUND, MAX))
-        .or_else(|_| {
-            wire::decode::<RecordV1>(bytes, "session record", 1, MAX).map(|old| Record {
-                version: RECORD_VERSION,
-                session: old.session,
-                seen: old.seen,
-                previous: None,
-            })
-        })
-        .ok()?;
+    let (mut r, _) = decode_record(bytes).ok()?;
     r.wipe();
     Some(wire::encode(&SeenRecord {
         version: SEEN_RECORD_VERSION,
         seen: std::mem::take(&mut r.seen),
     }))
+}
+
+/// A session record of any version this code reads, and whether it is
+/// from before the identity binding (version 2 or 1).
+fn decode_record(bytes: &[u8]) -> Result<(Record, bool), crypto::Error> {
+    const MAX: usize = 1024 * 1024;
+    match wire::decode(bytes, "session record", RECORD_VERSION, MAX) {
+        Ok(r) => Ok((r, false)),
+        Err(e) => wire::decode::<Record>(bytes, "session record", RECORD_VERSION_UNBOUND, MAX)
+            .or_else(|_| {
+                wire::decode::<RecordV1>(bytes, "session record", 1, MAX).map(|old| Record {
+                    version: RECORD_VERSION,
+                    session: old.session,
+                    seen: old.seen,
+                    previous: None,
+                })
+            })
+            .map(|r| (r, true))
+            .map_err(|_| e),
+    }
 }
 
 impl Sessions {
@@ -200,31 +209,7 @@ impl Sessions {
 
     /// Restores a contact's session from [`Self::to_record`]'s bytes.
     pub fn load(&mut self, peer: [u8; 32], bytes: &[u8]) -> Result<(), crypto::Error> {
-        const MAX: usize = 1024 * 1024;
-        let (mut r, unbound): (Record, bool) =
-            match wire::decode(bytes, "session record", RECORD_VERSION, MAX) {
-                Ok(r) => (r, false),
-                Err(e) => {
-                    if let Ok(r) =
-                        wire::decode::<Record>(bytes, "session record", RECORD_VERSION_UNBOUND, MAX)
-                    {
-                        (r, true)
-                    } else {
-                        match wire::decode::<RecordV1>(bytes, "session record", 1, MAX) {
-                            Ok(old) => (
-                                Record {
-                                    version: RECORD_VERSION,
-                                    session: old.session,
-                                    seen: old.seen,
-                                    previous: None,
-                                },
-                                true,
-                            ),
-                            Err(_) => return Err(e),
-                        }
-                    }
-                }
-            };
+        let (mut r, unbound) = decode_record(bytes)?;
         if r.seen.len() > SEEN_BASE_KEYS {
             r.wipe();
             return Err(crypto::Error::TooLarge {

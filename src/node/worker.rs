@@ -1551,18 +1551,11 @@ impl Worker {
 
     /// An envelope for our mailbox (from the mesh or a relay).
     fn envelope(&mut self, env: Envelope, now: u64, round: &mut Round) {
-        match self.engine.open_envelope(&env) {
-            Ok((from, frame)) => match self.engine.receive(&from, &[frame], now, false) {
-                Ok(h) => self.handled(&from, h, now, round),
-                Err(e) => warn!(error = %e, "envelope refused"),
-            },
-            // Not ours after all, or not from a contact: forwarded
-            // anyway (gossip), nothing else to do.
-            Err(e) => debug!(error = %e, "envelope not opened"),
-        }
+        self.envelopes(vec![env], now, round);
     }
 
-    /// Mail fetched from a relay: each contact's frames handled together,
+    /// Envelopes for us (mail fetched from a relay, or one from the mesh):
+    /// each contact's frames handled together,
     /// in the order they came, so that a contact gets one delivered
     /// receipt for a batch of its messages, not one each.
     fn envelopes(&mut self, envs: Vec<Envelope>, now: u64, round: &mut Round) {
@@ -1573,6 +1566,8 @@ impl Worker {
                     Some((_, frames)) => frames.push(frame),
                     None => by_sender.push((from, vec![frame])),
                 },
+                // Not ours after all, or not from a contact: forwarded
+                // anyway (gossip), nothing else to do.
                 Err(e) => debug!(error = %e, "envelope not opened"),
             }
         }

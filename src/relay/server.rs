@@ -597,12 +597,7 @@ impl Keeper {
                                     // wakes more than this many.
                                     if list.len() >= MAX_PARKED_PER_MAILBOX {
                                         let oldest = list.remove(0);
-                                        let empty = Response::Mail {
-                                            items: Vec::new(),
-                                            more: false,
-                                        };
-                                        self.service.count_fetch(&empty);
-                                        oldest.reply.send(&self.outs, empty);
+                                        answer_empty(&self.service, &self.outs, oldest);
                                     }
                                     list.push(Parked {
                                         reply,
@@ -725,12 +720,7 @@ impl Keeper {
                 std::mem::take(list).into_iter().partition(|p| p.until <= t);
             *list = still;
             for p in over {
-                let response = Response::Mail {
-                    items: Vec::new(),
-                    more: false,
-                };
-                self.service.count_fetch(&response);
-                p.reply.send(&self.outs, response);
+                answer_empty(&self.service, &self.outs, p);
             }
         }
         self.parked.retain(|_, list| !list.is_empty());
@@ -766,6 +756,17 @@ impl Keeper {
         }
         Ok(compacted || purged > 0)
     }
+}
+
+/// Answers a waiting fetch with no mail (its wait is over, or a newer one
+/// took its place): its owner asks again.
+fn answer_empty(service: &Service, outs: &mpsc::UnboundedSender<Out>, p: Parked) {
+    let response = Response::Mail {
+        items: Vec::new(),
+        more: false,
+    };
+    service.count_fetch(&response);
+    p.reply.send(outs, response);
 }
 
 /// The way into the store thread, shared by the swarm's task and the
