@@ -1299,6 +1299,19 @@ impl Actor {
         Verdict::Accept
     }
 
+    /// Whether something we sent waits for its answer: a direct batch, or
+    /// a frame left with a relay (fetches, which wait at the relay, do not
+    /// count).
+    fn sending(&self) -> bool {
+        !self.busy.is_empty()
+            || !self.queues.is_empty()
+            || !self.link_in_flight.is_empty()
+            || self
+                .mailbox_in_flight
+                .values()
+                .any(|(_, purpose)| matches!(purpose, Purpose::Deposit { .. } | Purpose::Forward))
+    }
+
     /// Says goodbye, lets the store thread finish and flush, stops.
     async fn shutdown(&mut self) {
         let deadline = tokio::time::Instant::now() + self.cfg.shutdown_timeout;
@@ -1308,15 +1321,28 @@ impl Actor {
         // The store thread handles what is queued before it, flushes and
         // exits; the handle waits for that.
         self.job(Job::Stop);
-        // Keep the swarm moving until the store thread is done and a moment
-        // more, so that the goodbye and what its last rounds send (answers,
-        // receipts held back to go together, replies) leave.
+        // Keep the swarm moving until the store thread is done, what it
+        // handed over has been answered, and a moment more (gossip has no
+        // answer), so that the goodbye and what its last rounds send
+        // (answers, receipts held back to go together, replies) leave. A
+        // batch waits behind the one in flight to its peer, so answers to
+        // ours are taken; new work from peers is not.
         let grace = Duration::from_millis(200);
-        let mut leave_at = deadline;
         let mut worker_done = false;
+        let mut quiet_since: Option<tokio::time::Instant> = None;
         loop {
+            if worker_done && !self.sending() {
+                let since = *quiet_since.get_or_insert_with(tokio::time::Instant::now);
+                if since + grace <= tokio::time::Instant::now() {
+                    break;
+                }
+            } else {
+                quiet_since = None;
+            }
+            let wake = quiet_since.map_or(deadline, |q| (q + grace).min(deadline));
             tokio::select! {
-                _ = tokio::time::sleep_until(leave_at) => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = tokio::time::sleep_until(wake) => {}
                 out = self.outs.recv(), if !worker_done => match out {
                     Some(
                         out @ (Out::Respond { .. }
@@ -1326,17 +1352,22 @@ impl Actor {
                         | Out::Mailbox { .. }),
                     ) => self.out(out),
                     Some(_) => {}
-                    None => {
-                        worker_done = true;
-                        leave_at = (tokio::time::Instant::now() + grace).min(deadline);
-                    }
+                    None => worker_done = true,
                 },
                 ev = self.net.next_event() => {
-                    if let NetEvent::DirectRequest { .. } | NetEvent::Gossip(_) = ev {
-                        // Not taking new work while stopping.
-                        continue;
+                    // Answers to what we sent; not new work while stopping.
+                    if let ev @ (NetEvent::DirectAck { .. }
+                    | NetEvent::DirectFailed { .. }
+                    | NetEvent::Disconnected { .. }
+                    | NetEvent::MailboxResponse { .. }
+                    | NetEvent::MailboxFailed { .. }
+                    | NetEvent::MailboxRequest { .. }) = ev
+                    {
+                        self.net_event(ev);
                     }
                 }
+                Some(ev) = self.direct_events.recv() => self.direct_link_event(ev),
+                Some(ev) = self.link_events.recv() => self.link_event(ev),
             }
         }
         info!(peer = %self.net.local_peer_id(), "node stopped");

@@ -441,3 +441,34 @@ async fn a_member_that_stops_right_after_a_message_still_acknowledges_it() {
         })
         .await;
 }
+
+/// The same when the member writes to the author just before it stops: the
+/// receipt waits behind that message's batch, whose answer comes while the
+/// member is stopping, and still leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_writes_then_stops_still_acknowledges_the_group_message() {
+    let (_dirs, mut nodes, group) = group_of(2, 960).await;
+    let sent = nodes[0]
+        .handle
+        .send_group(group, b"last words".to_vec())
+        .await
+        .unwrap();
+    crate::common::messages(&mut nodes[1], &[b"last words".to_vec()]).await;
+    let author = nodes[0].key();
+    nodes[1].handle.send(author, b"bye".to_vec()).await.unwrap();
+    nodes[1]
+        .handle
+        .shutdown(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    nodes[0]
+        .wait("the stopped member's receipt", |e| match e {
+            NodeEvent::GroupReceipt {
+                message,
+                delivered: 1,
+                ..
+            } if message.msg_id == sent.msg_id => Some(()),
+            _ => None,
+        })
+        .await;
+}
