@@ -45,6 +45,7 @@ mod identity;
 mod kdf;
 mod keystore;
 mod mailbox;
+pub mod media;
 mod prekeys;
 mod ratchet;
 mod safety;
@@ -121,6 +122,8 @@ pub mod labels {
     pub const GROUP_ID: &[u8] = b"meshchat/1/group-id";
     /// A group's gossip topic id: SHA-256 of this ‖ the group id.
     pub const GROUP_TOPIC: &[u8] = b"meshchat/1/group-topic";
+    /// Media chunk keys and nonces (HKDF info prefix; see [`super::media`]).
+    pub const MEDIA: &[u8] = b"meshchat/1/media";
     /// Signature context: a relay's custody receipt for deposited envelopes.
     pub const SIG_CUSTODY: &[u8] = b"meshchat/1/sig/custody";
 }

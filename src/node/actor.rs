@@ -25,6 +25,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 
+mod media;
+
 use super::complaints::Complaints;
 use super::config::NodeConfig;
 use super::engine::Engine;
@@ -225,6 +227,7 @@ impl Node {
             last_redial: Instant::now(),
             last_relay_search: None,
             group_topics,
+            media: media::MediaLinks::default(),
         };
         let task = tokio::spawn(actor.run());
         let handle = NodeHandle::new(cmd_tx, info, task.abort_handle(), stopped_rx);
@@ -331,6 +334,8 @@ struct Actor {
     last_relay_search: Option<Instant>,
     /// The topics of the groups we are in.
     group_topics: HashSet<[u8; 32]>,
+    /// Media chunks being fetched and served.
+    media: media::MediaLinks,
 }
 
 impl Actor {
@@ -421,6 +426,7 @@ impl Actor {
                 self.job(Job::Invite { addrs, reply });
             }
             Command::MarkRead { with, reply } => self.job(Job::MarkRead { with, reply }),
+            Command::Media(m) => self.job(Job::Media(m)),
             Command::History {
                 with,
                 before,
@@ -584,6 +590,12 @@ impl Actor {
                     self.respond(responder, Ack { statuses });
                 }
             }
+            Out::FetchMedia {
+                msg_id,
+                peer,
+                names,
+            } => self.fetch_media(msg_id, peer, names),
+            Out::ServeMedia { token, chunk } => self.serve_media(token, chunk),
             Out::Mailbox {
                 relay,
                 addrs,
@@ -1146,6 +1158,13 @@ impl Actor {
                 self.relays.insert(peer, addrs.clone());
                 self.job(Job::RelayAddrs { relay: peer, addrs });
             }
+            NetEvent::MediaRequest {
+                peer,
+                name,
+                channel,
+            } => self.media_request(peer, name, channel),
+            NetEvent::MediaAnswer { request, chunk, .. } => self.media_answer(request, chunk),
+            NetEvent::MediaFailed { request, .. } => self.media_answer(request, None),
             NetEvent::MailboxResponse {
                 request, response, ..
             } => {

@@ -40,6 +40,9 @@ pub enum NodeError {
         /// Why the rest were not.
         error: Box<NodeError>,
     },
+    /// A media message's file could not be read or sent.
+    #[error("media: {0}")]
+    Media(String),
     /// An export could not be written.
     #[error("export: {0}")]
     Export(String),

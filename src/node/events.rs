@@ -107,6 +107,12 @@ pub enum NodeEvent {
         /// How many.
         messages: usize,
     },
+    /// Every chunk of a media message is here: its file can be read
+    /// ([`super::NodeHandle::media`]).
+    MediaReady {
+        /// The message.
+        message: MessageRef,
+    },
     /// One of our group messages expired before this member's device
     /// acknowledged it: it is no longer sent to that member, and the
     /// message stays short of delivered.

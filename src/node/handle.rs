@@ -22,6 +22,7 @@ type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 const SEND_CHUNK: usize = 1024;
 
 pub(crate) enum Command {
+    Media(super::media::MediaJob),
     Send {
         to: [u8; 32],
         bodies: Vec<Vec<u8>>,
@@ -357,6 +358,77 @@ impl NodeHandle {
             })
             .await?;
         refs.into_iter().next().ok_or(NodeError::Stopped)
+    }
+
+    /// Sends a file to the contact `to` (at most
+    /// [`crate::crypto::media::MAX_MEDIA`] bytes): its encrypted chunks are
+    /// kept here, and a message carrying what opens them goes like any
+    /// other. The contact's device fetches the chunks from this one when
+    /// it has the message, and says [`super::NodeEvent::MediaReady`].
+    pub async fn send_media(
+        &self,
+        to: [u8; 32],
+        file: super::media::MediaFile,
+    ) -> Result<MessageRef, NodeError> {
+        let body = self.keep_media(file).await?;
+        let sent = self.send(to, body.clone()).await;
+        self.unkeep_if_failed(&sent, body).await;
+        sent
+    }
+
+    /// [`NodeHandle::send_media`] to a group: every member fetches the
+    /// chunks from this device.
+    pub async fn send_group_media(
+        &self,
+        group: [u8; 32],
+        file: super::media::MediaFile,
+    ) -> Result<MessageRef, NodeError> {
+        let body = self.keep_media(file).await?;
+        let sent = self.send_group(group, body.clone()).await;
+        self.unkeep_if_failed(&sent, body).await;
+        sent
+    }
+
+    /// Encrypts `file` (off the async threads) and has its chunks kept;
+    /// the body of the message that carries it.
+    async fn keep_media(&self, file: super::media::MediaFile) -> Result<Vec<u8>, NodeError> {
+        let sealed = tokio::task::spawn_blocking(move || {
+            let mut rng = rand::rng();
+            crate::crypto::media::Manifest::seal(&file.data, &file.name, &file.mime, &mut rng)
+        })
+        .await
+        .map_err(|e| NodeError::Media(e.to_string()))??;
+        let (manifest, chunks) = sealed;
+        let body = manifest.to_body();
+        let owner = crate::store::media_id(&body);
+        let chunks = manifest.chunks.iter().copied().zip(chunks).collect();
+        self.ask(|reply| {
+            Command::Media(super::media::MediaJob::Put {
+                owner,
+                chunks,
+                reply,
+            })
+        })
+        .await?;
+        Ok(body)
+    }
+
+    async fn unkeep_if_failed(&self, sent: &Result<MessageRef, NodeError>, body: Vec<u8>) {
+        if sent.is_err() {
+            let _ = self
+                .tx
+                .send(Command::Media(super::media::MediaJob::Forget { body }))
+                .await;
+        }
+    }
+
+    /// The file of a media message, once every chunk is here (after
+    /// [`super::NodeEvent::MediaReady`], or at once for one this device
+    /// sent). Each chunk is checked against the message before it is
+    /// decrypted.
+    pub async fn media(&self, message: MessageRef) -> Result<super::media::MediaFile, NodeError> {
+        self.ask(|reply| Command::Media(super::media::MediaJob::Read { message, reply }))
+            .await
     }
 
     /// The groups this device knows (joined, or left).

@@ -25,6 +25,7 @@ pub mod groups;
 pub mod handle;
 mod inbound;
 mod links;
+pub mod media;
 pub mod net;
 pub mod presence;
 pub mod proto;

@@ -30,12 +30,15 @@ use super::engine::{
 use super::error::NodeError;
 use super::events::NodeEvent;
 use super::handle::ContactInfo;
+use super::media::MediaJob;
 use super::net::direct::FrameStatus;
 use super::proto::{Frame, conversation_id};
 use super::state::Invite;
 use crate::crypto::{Envelope, fingerprint, safety_number};
 use crate::relay::proto::{self as mailbox, MAX_ACK, Owner, Refusal, Request, Response, Signed};
 use crate::store::{Cursor, MessageRef, Page, Summary};
+
+mod media;
 
 /// Most jobs handled in one round (one flush).
 pub(crate) const MAX_ROUND: usize = 1024;
@@ -208,6 +211,8 @@ pub(crate) enum Job {
         purpose: Purpose,
         answer: Result<Response, String>,
     },
+    /// Sending, fetching, serving and reading media.
+    Media(MediaJob),
     /// Retries and expiries.
     Tick,
     /// Flush and stop.
@@ -222,6 +227,7 @@ impl Job {
             Self::Direct { frames, .. } => frames.iter().map(Vec::len).sum(),
             Self::Envelope(env) => env.sealed.len(),
             Self::GroupMessage(bytes) => bytes.len(),
+            Self::Media(MediaJob::Chunk { chunk, .. }) => chunk.len(),
             _ => 0,
         }
     }
@@ -262,6 +268,14 @@ pub(crate) enum Out {
     },
     /// A contact removed: stop watching it.
     Forget { key: [u8; 32], peer: PeerId },
+    /// Fetch these chunks of the media message `msg_id` from `peer`.
+    FetchMedia {
+        msg_id: [u8; 16],
+        peer: PeerId,
+        names: Vec<[u8; 32]>,
+    },
+    /// Answer the media request `token` (`None`: not here).
+    ServeMedia { token: u64, chunk: Option<Vec<u8>> },
     /// A request to a relay (dialled at `addrs` if not connected).
     Mailbox {
         relay: PeerId,
@@ -334,6 +348,7 @@ pub(crate) struct Worker {
     numbers: HashMap<[u8; 32], (String, String)>,
     complaints: Complaints,
     relays: Relays,
+    media: media::MediaState,
 }
 
 /// The custody of one queued message's envelope at relays.
@@ -461,6 +476,7 @@ impl Worker {
             peer_of: HashMap::new(),
             numbers: HashMap::new(),
             complaints: Complaints::default(),
+            media: media::MediaState::default(),
             relays: Relays {
                 ours: cfg
                     .relays
@@ -584,6 +600,7 @@ impl Worker {
             } else {
                 acks_due = None;
             }
+            self.media_received(now_secs(), &mut round);
             // The last round before a clean stop: sessions are written as
             // they are, not reserved ahead (nothing is encrypted after it).
             if round.stop {
@@ -645,6 +662,12 @@ impl Worker {
                 | Job::RelaysFound(_)
                 | Job::RelayAddrs { .. }
                 | Job::Mailbox { .. }
+                | Job::Media(
+                    MediaJob::Read { .. }
+                        | MediaJob::Serve { .. }
+                        | MediaJob::Stalled { .. }
+                        | MediaJob::Chunk { .. }
+                )
         ) {
             round.dirty = true;
         }
@@ -859,7 +882,9 @@ impl Worker {
                     self.engine.peer_up(&key, now);
                     self.retry(now, round);
                 }
+                self.media_peer_up(&peer, now, round);
             }
+            Job::Media(m) => self.media_job(m, now, round),
             Job::RelayUp(relay) => {
                 if self.relays.ours.contains(&relay) {
                     self.relays.up.insert(relay);
@@ -896,6 +921,8 @@ impl Worker {
                 answer,
             } => self.mailbox_answer(relay, purpose, answer, now, round),
             Job::Tick => {
+                self.load_wanted_media(round);
+                self.fetch_media(now, None, round);
                 let up: Vec<PeerId> = self
                     .relays
                     .up

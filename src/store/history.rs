@@ -278,6 +278,15 @@ impl<'a> History<'a> {
         let mut staged = Staged::new(s);
         let mut done = std::collections::HashSet::new();
         let mut purged = 0;
+        // Media messages that go: their chunks go after the commit.
+        let media = std::cell::RefCell::new(std::collections::HashMap::new());
+        let expired = |e: &blocks::Entry| {
+            let gone = e.expires_at.is_some_and(|at| at <= now);
+            if gone && super::media::is_media(&e.body) {
+                media.borrow_mut().insert(e.msg_id, e.body.clone());
+            }
+            gone
+        };
         for (xkey, block) in due {
             // Every due entry goes: a block keeps an entry only for an
             // expiry after `now`, which the commit writes anew.
@@ -287,13 +296,15 @@ impl<'a> History<'a> {
                 continue;
             }
             let removed = if block[0] == TAIL_PREFIX {
-                staged.remove_tail_expired(block, now)
+                staged.remove_tail_expired(block, now, |e| {
+                    expired(e);
+                })
             } else if s
                 .history
                 .contains_key(block)
                 .map_err(Error::db(HISTORY, "read"))?
             {
-                staged.remove_where(block, |e| e.expires_at.is_some_and(|at| at <= now))
+                staged.remove_where(block, expired)
             } else {
                 Ok(0)
             };
@@ -304,6 +315,17 @@ impl<'a> History<'a> {
             }
         }
         staged.commit()?;
+        let media = media.into_inner();
+        if !media.is_empty() {
+            let m = s.media()?;
+            for (msg_id, body) in &media {
+                // The message is gone whatever happens here; a chunk left
+                // behind cannot be read without it.
+                if let Err(e) = m.forget(body, msg_id) {
+                    tracing::warn!(error = %e, "chunks of a purged media message left");
+                }
+            }
+        }
         Ok(Ok(purged))
     }
 

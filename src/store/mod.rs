@@ -33,6 +33,7 @@ mod handle;
 mod history;
 mod keys;
 mod marker;
+mod media;
 mod outbox;
 mod records;
 mod spool;
@@ -133,6 +134,7 @@ pub use error::Error;
 pub use handle::{Clock, PurgeTask, StoreHandle};
 pub use history::{Appended, DeliveryState, Direction, History, MessageRef, Page, StoredMessage};
 pub use keys::Cursor;
+pub use media::{Media, WantedRecord, is_media, media_id};
 pub use outbox::{MAX_QUEUED_ENVELOPE, Outbox, OutboxEntry};
 pub use records::{Kind, MAX_RECORD_KEY, MaybeRecord, Record, Records};
 pub use spool::{
@@ -255,6 +257,11 @@ impl Store {
     /// Envelopes waiting for an acknowledgement.
     pub fn outbox(&self) -> Outbox<'_> {
         Outbox::new(self)
+    }
+
+    /// Media chunks and the media messages being fetched.
+    pub fn media(&self) -> Result<Media<'_>, Error> {
+        Media::new(self)
     }
 
     /// The records of one kind (contacts, sessions, prekeys…).

@@ -28,6 +28,11 @@ pub enum Kind {
     /// On a relay: the prekey bundles and one-time prekeys devices
     /// published, by mailbox id.
     HeldPrekeys,
+    /// Encrypted media chunks, by name (the SHA-256 of the chunk), each
+    /// with the id of the message it came with.
+    Media,
+    /// Media messages whose chunks are still being fetched, by message id.
+    MediaWanted,
 }
 
 /// Largest key of a record.
@@ -35,7 +40,7 @@ pub const MAX_RECORD_KEY: usize = 128;
 
 impl Kind {
     /// Every kind, for backups and tests.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Contacts,
         Kind::Groups,
         Kind::Sessions,
@@ -43,6 +48,8 @@ impl Kind {
         Kind::Prekeys,
         Kind::Identity,
         Kind::HeldPrekeys,
+        Kind::Media,
+        Kind::MediaWanted,
     ];
 
     pub(crate) const fn spec(self) -> TreeSpec {
@@ -78,6 +85,15 @@ impl Kind {
             Kind::HeldPrekeys => TreeSpec {
                 name: "held_prekeys",
                 max_plain: 32 * 1024,
+            },
+            // A message id and one encrypted chunk.
+            Kind::Media => TreeSpec {
+                name: "media",
+                max_plain: 64 + crate::crypto::media::MAX_SEALED_CHUNK,
+            },
+            Kind::MediaWanted => TreeSpec {
+                name: "media_wanted",
+                max_plain: 1024,
             },
         }
     }

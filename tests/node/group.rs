@@ -12,7 +12,10 @@ use crate::common::{TestNode, befriend};
 /// Starts `n` nodes; the first befriends every other one (the others know
 /// only it) and creates a group of all of them. Returns the nodes and the
 /// group once every node sees every member.
-async fn group_of(n: usize, seed: u64) -> (Vec<tempfile::TempDir>, Vec<TestNode>, [u8; 32]) {
+pub(crate) async fn group_of(
+    n: usize,
+    seed: u64,
+) -> (Vec<tempfile::TempDir>, Vec<TestNode>, [u8; 32]) {
     group_of_ordered(n, seed, None).await
 }
 

@@ -6,6 +6,9 @@
 //!   the session, 1,000 messages exactly once and in order.
 //! - `line`: A–B–C, A and C not connected: delivery through B, which
 //!   keeps and logs no plaintext.
+//! - `media`: files sent 1:1 and to a group, fetched by the recipients
+//!   from the author and read back whole; nothing of them in the clear on
+//!   disk.
 //! - `presence`: online → away → offline when heartbeats stop.
 //! - `hostile`: malformed, oversized, expired, replayed and flooding
 //!   input from one peer while another conversation goes on.
@@ -20,4 +23,5 @@ mod group;
 mod hostile;
 mod interop;
 mod line;
+mod media;
 mod presence;

@@ -384,3 +384,68 @@ async fn mail_drained_at_once_is_answered_by_one_receipt() {
         "{drained} receipt envelopes for 20 messages"
     );
 }
+
+/// A file for a device that is away: the message waits at its relay; the
+/// device reads it while the author is away too, so the chunks cannot come
+/// yet; it stops, starts again, and fetches them from the author once the
+/// author is back (the wanted media survives the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_whose_author_was_away_is_fetched_after_both_return() {
+    use meshchat::node::media::MediaFile;
+
+    let dr = tempfile::tempdir().unwrap();
+    let r = TestRelay::start(relay_config(dr.path(), 171)).await;
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("alice", da.path(), 172).await;
+    let c_config = || {
+        let mut cfg = config(dc.path(), 173);
+        cfg.relays = vec![r.addr.clone()];
+        cfg
+    };
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    befriend(&mut a, &mut c).await;
+    let c_key = c.key();
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+
+    let file = MediaFile {
+        name: "x-ray.dcm".into(),
+        mime: "application/dicom".into(),
+        data: (0..200_000u32).map(|i| (i % 253) as u8).collect(),
+    };
+    let sent = a.handle.send_media(c_key, file.clone()).await.unwrap();
+    receipt(&mut a, sent, DeliveryState::StoredAtRelay).await;
+    // Alice goes away; she comes back later on the same address.
+    let a_listen: libp2p::Multiaddr = a
+        .addr
+        .iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect();
+    a.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(a);
+
+    // Carol reads the message from her relay; its chunks cannot come.
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    c.wait("the media message", |e| match e {
+        NodeEvent::Message { message, .. } if message.msg_id == sent.msg_id => Some(()),
+        _ => None,
+    })
+    .await;
+    // The same conversation id on both sides: her reference names it.
+    let early = c.handle.media(sent).await;
+    assert!(early.is_err(), "read before its chunks came");
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+
+    let mut cfg = config(da.path(), 172);
+    cfg.net.listen = vec![a_listen];
+    let _a = TestNode::start_with("alice", cfg).await;
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    let ready = c
+        .wait("the media ready", |e| match e {
+            NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(*message),
+            _ => None,
+        })
+        .await;
+    assert_eq!(c.handle.media(ready).await.unwrap(), file);
+}

@@ -68,6 +68,8 @@ mod derived {
         pub gossipsub: gossipsub::Behaviour,
         /// `/meshchat/direct/1` batches and acks.
         pub direct: request_response::Behaviour<direct::Codec>,
+        /// `/meshchat/media/1`: encrypted media chunks by name.
+        pub media: request_response::Behaviour<crate::node::net::media::Codec>,
         /// `/meshchat/mailbox/1`: deposits, fetches and acks with relays.
         pub mailbox: request_response::Behaviour<crate::relay::codec::Codec>,
         /// Exchanges listen addresses and protocols with every peer.
@@ -168,6 +170,15 @@ impl Behaviour {
             request_response::Config::default().with_request_timeout(cfg.direct_timeout),
         );
 
+        let media = request_response::Behaviour::with_codec(
+            super::media::Codec,
+            [(
+                super::media::PROTOCOL,
+                request_response::ProtocolSupport::Full,
+            )],
+            request_response::Config::default().with_request_timeout(cfg.direct_timeout),
+        );
+
         let mailbox = request_response::Behaviour::with_codec(
             crate::relay::codec::Codec {
                 // A node that holds no mail reads no more than a fetch
@@ -245,6 +256,7 @@ impl Behaviour {
             per_ip: super::per_ip::Behaviour::new(cfg.max_inbound_per_ip),
             gossipsub,
             direct,
+            media,
             mailbox,
             identify,
             stream: libp2p_stream::Behaviour::new(),

@@ -384,6 +384,29 @@ impl Net {
             .map_err(|_| NetError::ResponseChannelClosed)
     }
 
+    /// Asks `peer` for the media chunk `name` on `/meshchat/media/1`,
+    /// dialling if needed; the answer comes as [`NetEvent::MediaAnswer`] or
+    /// [`NetEvent::MediaFailed`].
+    pub fn send_media(&mut self, peer: &PeerId, name: [u8; 32]) -> OutboundRequestId {
+        self.swarm
+            .behaviour_mut()
+            .media
+            .send_request(peer, super::media::ChunkRequest(name))
+    }
+
+    /// Answers a [`NetEvent::MediaRequest`].
+    pub fn respond_media(
+        &mut self,
+        channel: ResponseChannel<super::media::ChunkAnswer>,
+        chunk: Option<Vec<u8>>,
+    ) -> Result<(), NetError> {
+        self.swarm
+            .behaviour_mut()
+            .media
+            .send_response(channel, super::media::ChunkAnswer(chunk))
+            .map_err(|_| NetError::ResponseChannelClosed)
+    }
+
     /// Sends a request on `/meshchat/mailbox/1`, dialling if needed; the
     /// answer comes as [`NetEvent::MailboxResponse`] or
     /// [`NetEvent::MailboxFailed`].

@@ -159,6 +159,31 @@ pub enum NetEvent {
         /// Why.
         error: OutboundFailure,
     },
+    /// A peer asks for a media chunk: answer with [`Net::respond_media`].
+    MediaRequest {
+        /// The peer (authenticated by the connection).
+        peer: PeerId,
+        /// The chunk's name.
+        name: [u8; 32],
+        /// Where the answer goes.
+        channel: ResponseChannel<super::media::ChunkAnswer>,
+    },
+    /// A peer answered one of our media requests.
+    MediaAnswer {
+        /// The peer.
+        peer: PeerId,
+        /// Which request.
+        request: OutboundRequestId,
+        /// The chunk, if it had it.
+        chunk: Option<Vec<u8>>,
+    },
+    /// A media request of ours got no answer.
+    MediaFailed {
+        /// The peer.
+        peer: PeerId,
+        /// Which request.
+        request: OutboundRequestId,
+    },
     /// A peer sent a mailbox request: answer with [`Net::respond_mailbox`].
     MailboxRequest {
         /// The peer (authenticated by the connection).
@@ -329,6 +354,7 @@ impl Net {
         match event {
             BehaviourEvent::Gossipsub(event) => self.on_gossip(event),
             BehaviourEvent::Direct(event) => on_direct(event),
+            BehaviourEvent::Media(event) => on_media(event),
             BehaviourEvent::Mailbox(event) => on_mailbox(event),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if info.protocols.contains(&KAD_PROTOCOL) {
@@ -474,6 +500,47 @@ fn on_direct(event: request_response::Event<direct::Batch, direct::Ack>) -> Opti
         }),
         request_response::Event::InboundFailure { peer, error, .. } => {
             debug!(peer = %peer, %error, "inbound direct request failed");
+            None
+        }
+        request_response::Event::ResponseSent { .. } => None,
+    }
+}
+
+fn on_media(
+    event: request_response::Event<super::media::ChunkRequest, super::media::ChunkAnswer>,
+) -> Option<NetEvent> {
+    match event {
+        request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Message::Request {
+                request, channel, ..
+            } => Some(NetEvent::MediaRequest {
+                peer,
+                name: request.0,
+                channel,
+            }),
+            request_response::Message::Response {
+                request_id,
+                response,
+            } => Some(NetEvent::MediaAnswer {
+                peer,
+                request: request_id,
+                chunk: response.0,
+            }),
+        },
+        request_response::Event::OutboundFailure {
+            peer,
+            request_id,
+            error,
+            ..
+        } => {
+            debug!(peer = %peer, %error, "media request failed");
+            Some(NetEvent::MediaFailed {
+                peer,
+                request: request_id,
+            })
+        }
+        request_response::Event::InboundFailure { peer, error, .. } => {
+            debug!(peer = %peer, %error, "inbound media request failed");
             None
         }
         request_response::Event::ResponseSent { .. } => None,

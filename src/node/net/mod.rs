@@ -46,6 +46,7 @@ pub mod direct;
 mod driver;
 mod error;
 mod events;
+pub mod media;
 pub mod per_ip;
 mod prune;
 mod topic;

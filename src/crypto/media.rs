@@ -1,0 +1,318 @@
+//! Media: a file sent in a chat travels as a small manifest inside an
+//! ordinary end-to-end encrypted message, and as encrypted chunks that the
+//! recipient fetches by their hashes.
+//!
+//! The sender picks a random 32-byte media key, cuts the file into chunks of
+//! [`CHUNK`] bytes (the last one shorter) and encrypts chunk `i` with the
+//! ChaCha20-Poly1305 key and nonce `HKDF(media key, info = "meshchat/1/media"
+//! ‖ i as u32 BE)`, with the file's size and chunk count as associated data.
+//! A chunk is named by the SHA-256 of its ciphertext. The manifest (name,
+//! type, size, media key, chunk names) is the message body, behind
+//! [`BODY_TAG`], so it is as confidential as any message; the chunks are
+//! opaque to whoever carries or stores them, and one that was altered or
+//! belongs elsewhere fails its hash before it is decrypted.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroize;
+
+use super::{Aead, Error, wire};
+
+/// Bytes of file per chunk (the last chunk may be shorter).
+pub const CHUNK: usize = 64 * 1024;
+/// Most chunks of one file.
+pub const MAX_CHUNKS: usize = 512;
+/// Largest file: 32 MiB.
+pub const MAX_MEDIA: u64 = (CHUNK * MAX_CHUNKS) as u64;
+/// Largest encrypted chunk.
+pub const MAX_SEALED_CHUNK: usize = CHUNK + TAG;
+/// Longest file name, in bytes.
+pub const MAX_NAME: usize = 255;
+/// Longest media type, in bytes.
+pub const MAX_MIME: usize = 127;
+/// What a media message's body starts with. A text body never does: it
+/// starts with a NUL byte, which senders of text refuse.
+pub const BODY_TAG: &[u8] = b"\0meshchat/1/media\0";
+/// Largest encoded manifest (behind the tag).
+pub const MAX_MANIFEST: usize = 64 + MAX_NAME + MAX_MIME + 32 + MAX_CHUNKS * 32 + 16;
+
+const TAG: usize = 16;
+const MANIFEST_VERSION: u8 = 1;
+use super::labels::MEDIA as LABEL;
+
+/// The name of an encrypted chunk: SHA-256 of its bytes.
+pub fn chunk_name(sealed: &[u8]) -> [u8; 32] {
+    Sha256::digest(sealed).into()
+}
+
+/// What a media message carries: enough to fetch, check and decrypt the
+/// file.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The file's name as the sender gave it (no directories).
+    pub name: String,
+    /// Its media type (`image/png`…), as the sender gave it.
+    pub mime: String,
+    /// Its length in bytes.
+    pub size: u64,
+    key: [u8; 32],
+    /// The names of its encrypted chunks, in order.
+    pub chunks: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Manifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manifest")
+            .field("name", &self.name)
+            .field("mime", &self.mime)
+            .field("size", &self.size)
+            .field("chunks", &self.chunks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Manifest {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+#[derive(Serialize)]
+struct WireRef<'a> {
+    version: u8,
+    manifest: &'a Manifest,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    version: u8,
+    manifest: Manifest,
+}
+
+/// Chunks the file has at `size` bytes.
+fn chunk_count(size: u64) -> usize {
+    usize::try_from(size.div_ceil(CHUNK as u64)).unwrap_or(usize::MAX)
+}
+
+/// A name or type as a manifest may hold it: bounded, no control
+/// characters, no path separators in a name.
+pub fn check_label(what: &'static str, s: &str, max: usize) -> Result<(), Error> {
+    if s.len() > max {
+        return Err(Error::TooLarge {
+            what,
+            len: s.len(),
+            max,
+        });
+    }
+    if s.chars().any(char::is_control) || (what == "media name" && s.contains(['/', '\\'])) {
+        return Err(Error::Malformed { what });
+    }
+    Ok(())
+}
+
+impl Manifest {
+    /// Encrypts `data` under a fresh key: the manifest and the encrypted
+    /// chunks, in order.
+    pub fn seal<R: rand_core::CryptoRng + ?Sized>(
+        data: &[u8],
+        name: &str,
+        mime: &str,
+        rng: &mut R,
+    ) -> Result<(Manifest, Vec<Vec<u8>>), Error> {
+        if data.len() as u64 > MAX_MEDIA {
+            return Err(Error::TooLarge {
+                what: "media",
+                len: data.len(),
+                max: MAX_MEDIA as usize,
+            });
+        }
+        check_label("media name", name, MAX_NAME)?;
+        check_label("media type", mime, MAX_MIME)?;
+        let mut key = [0u8; 32];
+        rng.fill_bytes(&mut key);
+        let mut manifest = Manifest {
+            name: name.to_owned(),
+            mime: mime.to_owned(),
+            size: data.len() as u64,
+            key,
+            chunks: Vec::with_capacity(chunk_count(data.len() as u64)),
+        };
+        key.zeroize();
+        let sealed: Vec<Vec<u8>> = data
+            .chunks(CHUNK)
+            .enumerate()
+            .map(|(i, part)| manifest.aead(i).seal(part, &manifest.ad()))
+            .collect();
+        manifest.chunks = sealed.iter().map(|c| chunk_name(c)).collect();
+        Ok((manifest, sealed))
+    }
+
+    fn aead(&self, index: usize) -> Aead {
+        let mut info = LABEL.to_vec();
+        info.extend_from_slice(&u32::try_from(index).unwrap_or(u32::MAX).to_be_bytes());
+        Aead::derive(&self.key, &info)
+    }
+
+    fn ad(&self) -> [u8; 12] {
+        let mut ad = [0u8; 12];
+        ad[..8].copy_from_slice(&self.size.to_be_bytes());
+        ad[8..].copy_from_slice(&(self.chunks_expected() as u32).to_be_bytes());
+        ad
+    }
+
+    fn chunks_expected(&self) -> usize {
+        chunk_count(self.size)
+    }
+
+    /// The length of chunk `index`'s plaintext.
+    fn plain_len(&self, index: usize) -> usize {
+        let before = (index * CHUNK) as u64;
+        usize::try_from(self.size.saturating_sub(before).min(CHUNK as u64)).unwrap_or(CHUNK)
+    }
+
+    /// The message body that carries this manifest.
+    pub fn to_body(&self) -> Vec<u8> {
+        let mut body = BODY_TAG.to_vec();
+        body.extend_from_slice(&wire::encode(&WireRef {
+            version: MANIFEST_VERSION,
+            manifest: self,
+        }));
+        body
+    }
+
+    /// The manifest a message body carries: `None` for a body that is not
+    /// media, an error for one that says it is and does not decode or
+    /// breaks a bound.
+    pub fn from_body(body: &[u8]) -> Option<Result<Manifest, Error>> {
+        let rest = body.strip_prefix(BODY_TAG)?;
+        Some(Self::decode(rest))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Manifest, Error> {
+        let w: Wire = wire::decode(bytes, "media manifest", MANIFEST_VERSION, MAX_MANIFEST)?;
+        let m = w.manifest;
+        if m.size > MAX_MEDIA {
+            return Err(Error::TooLarge {
+                what: "media",
+                len: usize::try_from(m.size).unwrap_or(usize::MAX),
+                max: MAX_MEDIA as usize,
+            });
+        }
+        if m.chunks.len() != m.chunks_expected() {
+            return Err(Error::Malformed {
+                what: "media manifest (chunk count)",
+            });
+        }
+        check_label("media name", &m.name, MAX_NAME)?;
+        check_label("media type", &m.mime, MAX_MIME)?;
+        Ok(m)
+    }
+
+    /// Checks chunk `index` against its name and decrypts it.
+    pub fn open_chunk(&self, index: usize, sealed: &[u8]) -> Result<Vec<u8>, Error> {
+        let Some(name) = self.chunks.get(index) else {
+            return Err(Error::Malformed {
+                what: "media chunk (index)",
+            });
+        };
+        if chunk_name(sealed) != *name {
+            return Err(Error::Malformed {
+                what: "media chunk (name)",
+            });
+        }
+        let plain = self.aead(index).open(sealed, &self.ad(), "media chunk")?;
+        if plain.len() != self.plain_len(index) {
+            return Err(Error::Malformed {
+                what: "media chunk (length)",
+            });
+        }
+        Ok(plain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn file(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_file_round_trips_through_its_manifest_and_chunks() {
+        let mut rng = StdRng::seed_from_u64(1);
+        for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17] {
+            let data = file(len);
+            let (m, sealed) =
+                Manifest::seal(&data, "a.bin", "application/octet-stream", &mut rng).unwrap();
+            assert_eq!(sealed.len(), len.div_ceil(CHUNK));
+            let back = Manifest::from_body(&m.to_body()).unwrap().unwrap();
+            assert_eq!(back, m);
+            let mut out = Vec::new();
+            for (i, c) in sealed.iter().enumerate() {
+                out.extend(back.open_chunk(i, c).unwrap());
+            }
+            assert_eq!(out, data);
+        }
+    }
+
+    #[test]
+    fn a_chunk_out_of_place_or_altered_is_refused() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let (m, sealed) = Manifest::seal(&file(2 * CHUNK), "x", "", &mut rng).unwrap();
+        assert!(m.open_chunk(1, &sealed[0]).is_err(), "swapped");
+        assert!(m.open_chunk(2, &sealed[0]).is_err(), "past the end");
+        let mut bad = sealed[0].clone();
+        bad[3] ^= 1;
+        assert!(m.open_chunk(0, &bad).is_err(), "altered");
+        // Another file's chunk at the right place: not its name.
+        let (_, other) = Manifest::seal(&file(2 * CHUNK), "x", "", &mut rng).unwrap();
+        assert!(m.open_chunk(0, &other[0]).is_err());
+    }
+
+    #[test]
+    fn bodies_that_are_not_media_or_break_bounds_are_told_apart() {
+        assert!(Manifest::from_body(b"hello").is_none());
+        assert!(Manifest::from_body(b"").is_none());
+        let mut body = BODY_TAG.to_vec();
+        body.push(MANIFEST_VERSION + 1);
+        assert!(matches!(
+            Manifest::from_body(&body),
+            Some(Err(Error::UnknownVersion { .. }))
+        ));
+        let mut rng = StdRng::seed_from_u64(3);
+        let (mut m, _) = Manifest::seal(&file(10), "x", "", &mut rng).unwrap();
+        m.chunks.push([0; 32]);
+        assert!(Manifest::from_body(&m.to_body()).unwrap().is_err(), "count");
+        m.chunks.pop();
+        m.size = MAX_MEDIA + 1;
+        assert!(Manifest::from_body(&m.to_body()).unwrap().is_err(), "size");
+        assert!(Manifest::seal(&file(10), "../etc/passwd", "", &mut rng).is_err());
+        assert!(Manifest::seal(&file(10), "a\nb", "", &mut rng).is_err());
+        assert!(Manifest::seal(&file(10), &"n".repeat(MAX_NAME + 1), "", &mut rng).is_err());
+        // A manifest of the largest file fits a message body.
+        let (big, _) = Manifest::seal(
+            &file(0),
+            &"n".repeat(MAX_NAME),
+            &"t".repeat(MAX_MIME),
+            &mut rng,
+        )
+        .unwrap();
+        let mut big = big.clone();
+        big.size = MAX_MEDIA;
+        big.chunks = vec![[7; 32]; MAX_CHUNKS];
+        let body = big.to_body();
+        assert!(body.len() <= crate::node::proto::MAX_BODY, "{}", body.len());
+        assert_eq!(Manifest::from_body(&body).unwrap().unwrap(), big);
+    }
+
+    #[test]
+    fn the_key_is_not_printed() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let (m, _) = Manifest::seal(&file(10), "x", "", &mut rng).unwrap();
+        let shown = format!("{m:?}");
+        assert!(!shown.contains(&format!("{:?}", m.key)));
+    }
+}

@@ -1,0 +1,150 @@
+//! Media: a file sent to a contact or a group is fetched by the recipients
+//! from its author's device and reads back whole.
+
+use meshchat::node::NodeEvent;
+use meshchat::node::media::MediaFile;
+use meshchat::store::MessageRef;
+use rand::{RngExt, SeedableRng};
+
+use crate::common::{TestNode, befriend};
+
+/// A file of `len` seeded random bytes (three and a bit chunks by default
+/// below, so the last chunk is short).
+fn file(len: usize, seed: u64) -> MediaFile {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut data = vec![0u8; len];
+    rng.fill(&mut data[..]);
+    MediaFile {
+        name: "scan.png".into(),
+        mime: "image/png".into(),
+        data,
+    }
+}
+
+/// Waits until `node` has every chunk of the media message `id`.
+async fn ready(node: &mut TestNode, id: [u8; 16]) -> MessageRef {
+    node.wait("the media ready", |e| match e {
+        NodeEvent::MediaReady { message } if message.msg_id == id => Some(*message),
+        _ => None,
+    })
+    .await
+}
+
+/// Every file under `dir`, read whole.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, bytes));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_reaches_a_contact_whole_and_nothing_of_it_is_in_the_clear_on_disk() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("a", da.path(), 1100).await;
+    let mut b = TestNode::start_in("b", db.path(), 1101).await;
+    befriend(&mut a, &mut b).await;
+    let sent_file = file(3 * 64 * 1024 + 1234, 7);
+    let sent = a
+        .handle
+        .send_media(b.key(), sent_file.clone())
+        .await
+        .unwrap();
+    // The author reads its own file at once.
+    assert_eq!(a.handle.media(sent).await.unwrap(), sent_file);
+
+    let got = ready(&mut b, sent.msg_id).await;
+    assert_eq!(got.sender, a.key());
+    let read = b.handle.media(got).await.unwrap();
+    assert_eq!(read, sent_file);
+
+    // The message shows in history like any other, and is delivered.
+    let page = b.handle.history(a.key(), None, 10).await.unwrap();
+    assert_eq!(page.messages.len(), 1);
+    crate::common::receipt(&mut a, sent, meshchat::store::DeliveryState::Delivered).await;
+
+    // Neither store holds a piece of the file in the clear.
+    a.handle
+        .shutdown(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    b.handle
+        .shutdown(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let probe = &sent_file.data[70_000..70_048];
+    for dir in [da.path(), db.path()] {
+        for (path, bytes) in files_under(dir) {
+            assert!(
+                !bytes.windows(probe.len()).any(|w| w == probe),
+                "{} holds the file in the clear",
+                path.display()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sent_to_a_group_reaches_every_member() {
+    let (_dirs, mut nodes, group) = crate::group::group_of(3, 1200).await;
+    let sent_file = file(100_000, 8);
+    let sent = nodes[0]
+        .handle
+        .send_group_media(group, sent_file.clone())
+        .await
+        .unwrap();
+    for node in nodes[1..].iter_mut() {
+        let got = ready(node, sent.msg_id).await;
+        assert_eq!(got.conv_id, group);
+        assert_eq!(node.handle.media(got).await.unwrap(), sent_file);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sent_while_the_recipient_was_away_comes_when_it_is_back() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("a", da.path(), 1300).await;
+    let mut b = TestNode::start_in("b", db.path(), 1301).await;
+    befriend(&mut a, &mut b).await;
+    let sent_file = file(5 * 64 * 1024, 9);
+    // Written while b is stopped: b reads it after both restart.
+    b.handle
+        .shutdown(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let sent = a
+        .handle
+        .send_media(b.key(), sent_file.clone())
+        .await
+        .unwrap();
+    let mut b = TestNode::start_in("b", db.path(), 1301).await;
+    let got = ready(&mut b, sent.msg_id).await;
+    assert_eq!(b.handle.media(got).await.unwrap(), sent_file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_file_name_or_a_file_too_large_is_refused_before_anything_is_sent() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("a", da.path(), 1400).await;
+    let mut b = TestNode::start_in("b", db.path(), 1401).await;
+    befriend(&mut a, &mut b).await;
+    let mut bad = file(10, 1);
+    bad.name = "../../etc/passwd".into();
+    assert!(a.handle.send_media(b.key(), bad).await.is_err());
+    let big = MediaFile {
+        name: "big".into(),
+        mime: String::new(),
+        data: vec![0; meshchat::crypto::media::MAX_MEDIA as usize + 1],
+    };
+    assert!(a.handle.send_media(b.key(), big).await.is_err());
+    assert_eq!(a.handle.queued().await.unwrap(), 0);
+}
