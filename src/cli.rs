@@ -48,6 +48,8 @@ enum Command {
     Send(client::SendArgs),
     /// Show a conversation, newest page first.
     History(client::HistoryArgs),
+    /// Save the file a message carries (sent with `send --file`).
+    Save(client::SaveArgs),
     /// The terminal chat: conversations, messages with receipt ticks, a
     /// line to type in (a client of the running daemon).
     Chat(client::PlainArgs),
@@ -298,6 +300,7 @@ pub fn main() -> ExitCode {
         Command::Group(cmd) => client::group(cmd),
         Command::Send(args) => client::send(args),
         Command::History(args) => client::history(args),
+        Command::Save(args) => client::save(args),
         Command::Chat(args) => chat::run(args),
         Command::Chats(args) => client::chats(args),
         Command::Read(args) => client::read(args),

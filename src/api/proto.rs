@@ -63,6 +63,25 @@ pub enum Request {
         /// The text.
         text: String,
     },
+    /// Sends a file (at most 32 MiB) that the daemon reads from `path`.
+    SendFile {
+        /// The contact or group: name or identity key / id (hex).
+        to: String,
+        /// An absolute path to a regular file; its name goes with it.
+        path: String,
+        /// Its media type (`image/png`…); none by default.
+        #[serde(default)]
+        mime: Option<String>,
+    },
+    /// Writes the file of a media message to a new file at `path`.
+    SaveFile {
+        /// The contact or group the message is in.
+        with: String,
+        /// The message id (hex).
+        id: String,
+        /// An absolute path; the file must not exist.
+        path: String,
+    },
     /// A page of a conversation, newest first.
     History {
         /// The contact: name or identity key (hex).
@@ -271,8 +290,11 @@ pub struct MessageView {
     pub lamport: u64,
     /// The writer's clock when written, Unix seconds.
     pub sent_at: u64,
-    /// The text (invalid UTF-8 replaced).
+    /// The text (invalid UTF-8 replaced); for a file, a line naming it.
     pub text: String,
+    /// The file a media message carries (`save_file` writes it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<Box<MediaView>>,
     /// For messages written here: pending, sent, stored_at_relay,
     /// delivered, read.
     pub state: String,
@@ -285,6 +307,24 @@ impl MessageView {
     /// name of the other side.
     pub fn of(m: &StoredMessage, me: &[u8; 32], contact: &str) -> Self {
         let out = &m.sender == me;
+        let media = match crate::crypto::media::Manifest::from_body(&m.body) {
+            None => None,
+            Some(Ok(f)) => Some(Box::new(MediaView {
+                name: f.name.clone(),
+                mime: f.mime.clone(),
+                size: f.size,
+            })),
+            Some(Err(_)) => Some(Box::new(MediaView {
+                name: String::new(),
+                mime: String::new(),
+                size: 0,
+            })),
+        };
+        let text = match &media {
+            None => String::from_utf8_lossy(&m.body).into_owned(),
+            Some(f) if f.name.is_empty() && f.size == 0 => "[a file that cannot be read]".into(),
+            Some(f) => format!("[file] {} ({} bytes)", f.name, f.size),
+        };
         Self {
             id: hex(&m.msg_id),
             direction: if out { "out" } else { "in" }.into(),
@@ -292,11 +332,23 @@ impl MessageView {
             sender: hex(&m.sender),
             lamport: m.lamport,
             sent_at: m.sent_at,
-            text: String::from_utf8_lossy(&m.body).into_owned(),
+            text,
+            media,
             state: state_name(m.state).into(),
             expires_at: m.expires_at,
         }
     }
+}
+
+/// The file of a media message, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaView {
+    /// Its name, as its sender gave it (no directories).
+    pub name: String,
+    /// Its media type (may be empty).
+    pub mime: String,
+    /// Its length in bytes.
+    pub size: u64,
 }
 
 /// A group as the API shows it.
@@ -478,6 +530,14 @@ pub enum EventView {
         /// The peer id.
         peer: String,
     },
+    /// Every piece of a media message's file is here (`save_file` now
+    /// writes it).
+    MediaReady {
+        /// The message id (hex).
+        id: String,
+        /// The conversation: the contact's name, or the group's id (hex).
+        with: String,
+    },
     /// One of our group messages expired before a member's device had it.
     GroupExpired {
         /// The message id (hex).
@@ -609,6 +669,13 @@ impl EventView {
                 group: hex(&message.conv_id),
                 contact: name(member),
                 identity: hex(member),
+            },
+            NodeEvent::MediaReady { message } => Self::MediaReady {
+                id: hex(&message.msg_id),
+                with: match group(&message.conv_id) {
+                    Some((id, _)) => id,
+                    None => name(&message.sender),
+                },
             },
             NodeEvent::GroupChanged { group } => Self::GroupChanged { group: hex(group) },
             NodeEvent::RetentionChanged { contact, secs, .. } => Self::RetentionChanged {

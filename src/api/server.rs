@@ -246,6 +246,9 @@ impl Api {
                 if text.is_empty() {
                     return Err(bad("an empty message"));
                 }
+                if text.as_bytes().starts_with(crate::crypto::media::BODY_TAG) {
+                    return Err(bad("a text may not start as a file's message does"));
+                }
                 if text.len() > crate::node::proto::MAX_BODY {
                     return Err(bad(format!(
                         "a message is at most {} bytes",
@@ -267,6 +270,46 @@ impl Api {
                     id: hex(&r.msg_id),
                     state: state.into(),
                 }))
+            }
+            Request::SendFile { to, path, mime } => {
+                let file = read_media_file(&path, mime.unwrap_or_default()).await?;
+                let (r, state) = match self.target(&to).await? {
+                    Target::Contact(key) => (self.node.send_media(key, file).await, "pending"),
+                    Target::Group(id) => (self.node.send_group_media(id, file).await, "sent"),
+                };
+                let r = r.map_err(failed)?;
+                Ok(json!(SentView {
+                    id: hex(&r.msg_id),
+                    state: state.into(),
+                }))
+            }
+            Request::SaveFile { with, id, path } => {
+                let path = std::path::PathBuf::from(path);
+                if !path.is_absolute() {
+                    return Err(bad("the path to save to must be absolute"));
+                }
+                let id: [u8; 16] = crate::store::unhex(&id)
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or_else(|| bad(format!("not a message id: {id}")))?;
+                let with = self.target(&with).await?.key();
+                let message = self.find_message(with, &id).await?;
+                let file = self.node.media(message).await.map_err(failed)?;
+                let written = file.data.len();
+                let target = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::store::write_private_new(&target, |out| {
+                        std::io::Write::write_all(out, &file.data)
+                    })
+                })
+                .await
+                .map_err(|e| ApiError::new(ErrorKind::Failed, e.to_string()))?
+                .map_err(|e| {
+                    ApiError::new(
+                        ErrorKind::Failed,
+                        format!("{}: {e}; nothing written", path.display()),
+                    )
+                })?;
+                Ok(json!({ "path": path, "written": written }))
             }
             Request::History {
                 with,
@@ -512,6 +555,36 @@ impl Api {
     /// the API refuses one, a group's introduction tags one). A name that
     /// more than one contact (or, with no contact, more than one group)
     /// has is refused rather than guessed.
+    /// The message `id` in the conversation with `with` (a contact's key or
+    /// a group's id), looked for among its newest [`FIND_WITHIN`].
+    async fn find_message(
+        &self,
+        with: [u8; 32],
+        id: &[u8; 16],
+    ) -> Result<crate::store::MessageRef, ApiError> {
+        let mut before = None;
+        let mut seen = 0;
+        while seen < FIND_WITHIN {
+            let page = self
+                .node
+                .history(with, before, MAX_PAGE)
+                .await
+                .map_err(failed)?;
+            seen += page.messages.len();
+            if let Some(m) = page.messages.iter().find(|m| &m.msg_id == id) {
+                return Ok(m.reference());
+            }
+            match page.next {
+                Some(next) => before = Some(next),
+                None => break,
+            }
+        }
+        Err(bad(format!(
+            "no message {} among the newest {FIND_WITHIN} of that conversation",
+            hex(id)
+        )))
+    }
+
     async fn target(&self, who: &str) -> Result<Target, ApiError> {
         // Groups are listed only when no contact is meant: a send to a
         // contact does not build every group's member list.
@@ -649,6 +722,65 @@ fn member_of(g: &GroupInfo, member: &str) -> Result<([u8; 32], String), ApiError
     found
         .map(|(k, n, _)| (*k, n.clone()))
         .ok_or_else(|| bad(format!("no member {member:?} in {:?}", g.name)))
+}
+
+/// How far back `save_file` looks for a message.
+const FIND_WITHIN: usize = 10_000;
+
+/// The file at `path` for `send_file`: an absolute path to a regular file
+/// of at most [`crate::crypto::media::MAX_MEDIA`] bytes, whose name (and
+/// the given type) a manifest can carry.
+async fn read_media_file(
+    path: &str,
+    mime: String,
+) -> Result<crate::node::media::MediaFile, ApiError> {
+    use crate::crypto::media::{MAX_MIME, MAX_NAME, check_label};
+    let path = std::path::PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(bad("the file's path must be absolute"));
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| bad("the path names no file (or its name is not UTF-8)"))?
+        .to_owned();
+    check_label("media name", &name, MAX_NAME).map_err(|e| bad(e.to_string()))?;
+    check_label("media type", &mime, MAX_MIME).map_err(|e| bad(e.to_string()))?;
+    let data = tokio::task::spawn_blocking(move || read_bounded(&path))
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Failed, e.to_string()))??;
+    Ok(crate::node::media::MediaFile { name, mime, data })
+}
+
+/// A regular file's bytes, at most [`crate::crypto::media::MAX_MEDIA`].
+fn read_bounded(path: &std::path::Path) -> Result<Vec<u8>, ApiError> {
+    use crate::crypto::media::MAX_MEDIA;
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| bad(format!("{}: {e}", path.display()));
+    let f = std::fs::File::open(path).map_err(unreadable)?;
+    let meta = f.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(bad(format!("{} is not a regular file", path.display())));
+    }
+    if meta.len() > MAX_MEDIA {
+        return Err(bad(format!(
+            "{} is {} bytes; a file is at most {MAX_MEDIA}",
+            path.display(),
+            meta.len()
+        )));
+    }
+    // Read with a bound: the file may have grown since.
+    let mut data = Vec::new();
+    f.take(MAX_MEDIA + 1)
+        .read_to_end(&mut data)
+        .map_err(unreadable)?;
+    if data.len() as u64 > MAX_MEDIA {
+        return Err(bad(format!(
+            "{} grew past {MAX_MEDIA} bytes while it was read",
+            path.display()
+        )));
+    }
+    Ok(data)
 }
 
 fn bad(message: impl Into<String>) -> ApiError {

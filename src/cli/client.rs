@@ -172,7 +172,15 @@ pub(super) struct SendArgs {
     /// The contact: name or identity key.
     to: String,
     /// The text (`-` reads it from stdin).
-    text: String,
+    #[arg(required_unless_present = "file")]
+    text: Option<String>,
+    /// Instead of text: send this file (at most 32 MiB); the contact's
+    /// device fetches it from this one.
+    #[arg(long, env = "MESHCHAT_FILE", conflicts_with = "text")]
+    file: Option<std::path::PathBuf>,
+    /// The file's media type (`image/png`…), with --file.
+    #[arg(long, env = "MESHCHAT_MIME", requires = "file")]
+    mime: Option<String>,
     /// Wait until the message is `sent`, `stored` (at a relay),
     /// `delivered` or `read`.
     #[arg(long, env = "MESHCHAT_WAIT")]
@@ -582,7 +590,48 @@ pub(super) fn send(args: SendArgs) -> Result<(), CliError> {
             )));
         }
     };
-    let text = if args.text == "-" {
+    let request = match (args.text, args.file) {
+        (_, Some(file)) => {
+            let path = std::path::absolute(&file)
+                .map_err(|e| CliError::failed(anyhow!("{}: {e}", file.display())))?;
+            Request::SendFile {
+                to: args.to,
+                path: path.to_string_lossy().into_owned(),
+                mime: args.mime,
+            }
+        }
+        (Some(text), None) => Request::Send {
+            to: args.to,
+            text: read_text(text)?,
+        },
+        (None, None) => return Err(CliError::usage(anyhow!("give a text or --file"))),
+    };
+    // Subscribe before sending, so no receipt can slip past.
+    let mut events = match wanted {
+        Some(_) => Some(connect(&args.dir)?.subscribe().map_err(from_client)?),
+        None => None,
+    };
+    let v = call(&args.dir, &request)?;
+    let id = s(&v["id"]).to_owned();
+    let mut state = s(&v["state"]).to_owned();
+    // A group message is answered "sent": `--wait sent` is met at once.
+    if let (Some(want), Some(ev)) = (wanted, events.as_mut())
+        && rank(&state).is_none_or(|r| r < want)
+    {
+        state = wait_state(ev, &id, want, Duration::from_secs(args.timeout))?;
+    }
+    if args.out.json {
+        super::print_json(&serde_json::json!({ "id": id, "state": state }));
+    } else {
+        println!("{} {id}", tick(&state));
+    }
+    Ok(())
+}
+
+/// The text to send: as given, or (`-`) from stdin, within a message's
+/// length.
+fn read_text(text: String) -> Result<String, CliError> {
+    Ok(if text == "-" {
         // Read past the limit (and a few newlines that are trimmed), so
         // that longer text is refused rather than cut short.
         let cap = crate::node::proto::MAX_BODY + 64;
@@ -603,26 +652,42 @@ pub(super) fn send(args: SendArgs) -> Result<(), CliError> {
         })?;
         t.trim_end_matches('\n').to_owned()
     } else {
-        args.text
-    };
-    // Subscribe before sending, so no receipt can slip past.
-    let mut events = match wanted {
-        Some(_) => Some(connect(&args.dir)?.subscribe().map_err(from_client)?),
-        None => None,
-    };
-    let v = call(&args.dir, &Request::Send { to: args.to, text })?;
-    let id = s(&v["id"]).to_owned();
-    let mut state = s(&v["state"]).to_owned();
-    // A group message is answered "sent": `--wait sent` is met at once.
-    if let (Some(want), Some(ev)) = (wanted, events.as_mut())
-        && rank(&state).is_none_or(|r| r < want)
-    {
-        state = wait_state(ev, &id, want, Duration::from_secs(args.timeout))?;
-    }
+        text
+    })
+}
+
+/// `meshchat save`.
+#[derive(Debug, clap::Args)]
+pub(super) struct SaveArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    #[command(flatten)]
+    out: OutArg,
+    /// The contact or group the message is in.
+    with: String,
+    /// The message's id (as `history` shows it).
+    id: String,
+    /// The file to write (it must not exist; created owner-only).
+    #[arg(long, short, env = "MESHCHAT_OUTPUT")]
+    output: std::path::PathBuf,
+}
+
+/// `meshchat save`: a media message's file, once it is all here.
+pub(super) fn save(args: SaveArgs) -> Result<(), CliError> {
+    let path = std::path::absolute(&args.output)
+        .map_err(|e| CliError::failed(anyhow!("{}: {e}", args.output.display())))?;
+    let v = call(
+        &args.dir,
+        &Request::SaveFile {
+            with: args.with,
+            id: args.id,
+            path: path.to_string_lossy().into_owned(),
+        },
+    )?;
     if args.out.json {
-        super::print_json(&serde_json::json!({ "id": id, "state": state }));
+        super::print_json(&v);
     } else {
-        println!("{} {id}", tick(&state));
+        println!("Saved {} bytes to {}.", v["written"], path.display());
     }
     Ok(())
 }

@@ -121,3 +121,80 @@ fn two_daemons_chat_through_the_cli_and_mail_waits_at_the_relay_while_one_is_sto
     alice.stop();
     bob.stop();
 }
+
+/// A file through the CLI: `send --file`, the recipient's `media_ready`
+/// event, the history's line for it, and `save`, which writes the same
+/// bytes to a new owner-only file and refuses one that exists.
+#[test]
+fn a_file_is_sent_and_saved_through_the_cli() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = Device::init(root.path(), "alice");
+    let mut bob = Device::init(root.path(), "bob");
+    alice.start(&[]);
+    bob.start(&[]);
+    alice.json(&["contacts", "add", "bob", &bob.invite()]);
+    bob.json(&["contacts", "add", "alice", &alice.invite()]);
+    let bob_events = Proc::events(bob.cmd());
+
+    let data: Vec<u8> = (0..150_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let original = root.path().join("scan.png");
+    std::fs::write(&original, &data).unwrap();
+    let sent = alice.json(&[
+        "send",
+        "bob",
+        "--file",
+        original.to_str().unwrap(),
+        "--mime",
+        "image/png",
+        "--wait",
+        "delivered",
+    ]);
+    let id = sent["id"].as_str().unwrap().to_owned();
+    bob_events.wait_json("the file's pieces", |e| {
+        e["type"] == "media_ready" && e["id"] == id.as_str() && e["with"] == "alice"
+    });
+    let page = bob.json(&["history", "alice"]);
+    let m = &page["messages"][0];
+    assert_eq!(m["media"]["name"], "scan.png");
+    assert_eq!(m["media"]["mime"], "image/png");
+    assert_eq!(m["media"]["size"], 150_000);
+    assert_eq!(m["text"], "[file] scan.png (150000 bytes)");
+
+    let saved = root.path().join("saved.png");
+    let v = bob.json(&["save", "alice", &id, "--output", saved.to_str().unwrap()]);
+    assert_eq!(v["written"], 150_000);
+    assert_eq!(std::fs::read(&saved).unwrap(), data);
+    let mode = std::fs::metadata(&saved).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "owner-only");
+    // Not over a file that exists; not a message that is not there.
+    let again = bob.run(&["save", "alice", &id, "--output", saved.to_str().unwrap()]);
+    assert_ne!(again.status.code(), Some(0));
+    assert!(
+        crate::stderr(&again).contains("exists"),
+        "{}",
+        crate::stderr(&again)
+    );
+    let none = bob.run(&[
+        "save",
+        "alice",
+        &"00".repeat(16),
+        "--output",
+        root.path().join("none").to_str().unwrap(),
+    ]);
+    assert_ne!(none.status.code(), Some(0));
+    // A path that is not a file is refused before anything is sent.
+    let dir = alice.run(&["send", "bob", "--file", root.path().to_str().unwrap()]);
+    assert_ne!(dir.status.code(), Some(0));
+    assert!(
+        crate::stderr(&dir).contains("not a regular file"),
+        "{}",
+        crate::stderr(&dir)
+    );
+    assert_eq!(
+        alice.json(&["history", "bob"])["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
