@@ -30,8 +30,9 @@ pub const MAX_SEALED_CHUNK: usize = CHUNK + TAG;
 pub const MAX_NAME: usize = 255;
 /// Longest media type, in bytes.
 pub const MAX_MIME: usize = 127;
-/// What a media message's body starts with. A text body never does: it
-/// starts with a NUL byte, which senders of text refuse.
+/// What a media message's body starts with. The local API refuses a text
+/// that starts so; a body that does and does not decode is shown as a file
+/// that cannot be read.
 pub const BODY_TAG: &[u8] = b"\0meshchat/1/media\0";
 /// Largest encoded manifest (behind the tag).
 pub const MAX_MANIFEST: usize = 64 + MAX_NAME + MAX_MIME + 32 + MAX_CHUNKS * 32 + 16;
@@ -94,8 +95,15 @@ fn chunk_count(size: u64) -> usize {
     usize::try_from(size.div_ceil(CHUNK as u64)).unwrap_or(usize::MAX)
 }
 
+/// Characters that change how the text around them is shown (direction
+/// overrides and isolates, line and paragraph separators): refused in names.
+fn reorders(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2028}' | '\u{2029}' | '\u{2066}'..='\u{2069}')
+}
+
 /// A name or type as a manifest may hold it: bounded, no control
-/// characters, no path separators in a name.
+/// characters or characters that reorder text, no path separators in a
+/// name.
 pub fn check_label(what: &'static str, s: &str, max: usize) -> Result<(), Error> {
     if s.len() > max {
         return Err(Error::TooLarge {
@@ -104,7 +112,9 @@ pub fn check_label(what: &'static str, s: &str, max: usize) -> Result<(), Error>
             max,
         });
     }
-    if s.chars().any(char::is_control) || (what == "media name" && s.contains(['/', '\\'])) {
+    if s.chars().any(|c| c.is_control() || reorders(c))
+        || (what == "media name" && s.contains(['/', '\\']))
+    {
         return Err(Error::Malformed { what });
     }
     Ok(())
@@ -291,6 +301,7 @@ mod tests {
         assert!(Manifest::from_body(&m.to_body()).unwrap().is_err(), "size");
         assert!(Manifest::seal(&file(10), "../etc/passwd", "", &mut rng).is_err());
         assert!(Manifest::seal(&file(10), "a\nb", "", &mut rng).is_err());
+        assert!(Manifest::seal(&file(10), "gpj.\u{202E}exe", "", &mut rng).is_err());
         assert!(Manifest::seal(&file(10), &"n".repeat(MAX_NAME + 1), "", &mut rng).is_err());
         // A manifest of the largest file fits a message body.
         let (big, _) = Manifest::seal(

@@ -591,10 +591,10 @@ impl Actor {
                 }
             }
             Out::FetchMedia {
-                msg_id,
+                message,
                 peer,
                 names,
-            } => self.fetch_media(msg_id, peer, names),
+            } => self.fetch_media(message, peer, names),
             Out::ServeMedia { token, chunk } => self.serve_media(token, chunk),
             Out::Mailbox {
                 relay,
@@ -1163,7 +1163,9 @@ impl Actor {
                 name,
                 channel,
             } => self.media_request(peer, name, channel),
-            NetEvent::MediaAnswer { request, chunk, .. } => self.media_answer(request, chunk),
+            NetEvent::MediaAnswer {
+                request, answer, ..
+            } => self.media_answer(request, Some(answer)),
             NetEvent::MediaFailed { request, .. } => self.media_answer(request, None),
             NetEvent::MailboxResponse {
                 request, response, ..

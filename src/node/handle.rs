@@ -400,7 +400,7 @@ impl NodeHandle {
         .map_err(|e| NodeError::Media(e.to_string()))??;
         let (manifest, chunks) = sealed;
         let body = manifest.to_body();
-        let owner = crate::store::media_id(&body);
+        let owner = crate::store::media_owner(&body, &self.info.identity);
         let chunks = manifest.chunks.iter().copied().zip(chunks).collect();
         self.ask(|reply| {
             Command::Media(super::media::MediaJob::Put {

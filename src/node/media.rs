@@ -12,8 +12,9 @@
 //! on `/meshchat/media/1`, a few at a time. Each chunk that comes is checked
 //! against its name and kept; when the last is here the user hears
 //! [`super::NodeEvent::MediaReady`]. A fetch that fails is tried again when
-//! the author connects, and otherwise every [`FETCH_AGAIN`] seconds, for as
-//! long as the message is kept.
+//! the author connects, and otherwise every [`FETCH_AGAIN`] seconds
+//! ([`BUSY_AGAIN`] if the author said it was busy), until the message is
+//! purged.
 //!
 //! Serving: a contact (only) may ask for a chunk by name; the store thread
 //! looks it up and the swarm's task answers.
@@ -25,13 +26,18 @@ use super::NodeError;
 /// Seconds before a fetch that failed is tried again (sooner when the
 /// author connects).
 pub const FETCH_AGAIN: u64 = 30;
+/// Seconds before a fetch the author was too busy to answer goes on.
+pub const BUSY_AGAIN: u64 = 2;
+/// Wanted media messages followed at once; more wait on disk for their
+/// turn.
+pub const MAX_FOLLOWED: usize = 256;
 /// Chunk requests in flight per media message.
 pub const FETCH_WINDOW: usize = 8;
 /// Media messages fetched at once; more wait for their turn.
 pub const MAX_FETCHES: usize = 16;
 /// Chunk requests from peers waiting for the store thread; more are
-/// answered "not here" at once (the asker tries again later).
-pub const MAX_SERVING: usize = 64;
+/// answered "busy" at once (the asker goes on a moment later).
+pub const MAX_SERVING: usize = 256;
 
 /// A file as the user sends or reads it.
 #[derive(Clone, PartialEq, Eq)]
@@ -58,8 +64,8 @@ type Reply<T> = tokio::sync::oneshot::Sender<Result<T, NodeError>>;
 
 /// Work about media for the store thread.
 pub(crate) enum MediaJob {
-    /// Keep the encrypted chunks of a file about to be sent (`owner`: the
-    /// id of its message's body).
+    /// Keep the encrypted chunks of a file about to be sent (`owner`: its
+    /// message's owner id, `crate::store::media_owner`).
     Put {
         owner: [u8; 16],
         chunks: Vec<([u8; 32], Vec<u8>)>,
@@ -72,14 +78,15 @@ pub(crate) enum MediaJob {
         message: MessageRef,
         reply: Reply<MediaFile>,
     },
-    /// A chunk came for the wanted media message `msg_id`.
+    /// A chunk came for the wanted media message `message`.
     Chunk {
-        msg_id: [u8; 16],
+        message: MessageRef,
         name: [u8; 32],
         chunk: Vec<u8>,
     },
-    /// The fetch of `msg_id` ended without every chunk.
-    Stalled { msg_id: [u8; 16] },
+    /// The fetch of `message` ended (every chunk asked for came, or not;
+    /// `busy`: the author said it was busy).
+    Ended { message: MessageRef, busy: bool },
     /// A peer asks for the chunk `name`; answer `token`.
     Serve { token: u64, name: [u8; 32] },
 }

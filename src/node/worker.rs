@@ -268,9 +268,9 @@ pub(crate) enum Out {
     },
     /// A contact removed: stop watching it.
     Forget { key: [u8; 32], peer: PeerId },
-    /// Fetch these chunks of the media message `msg_id` from `peer`.
+    /// Fetch these chunks of the media message `message` from `peer`.
     FetchMedia {
-        msg_id: [u8; 16],
+        message: MessageRef,
         peer: PeerId,
         names: Vec<[u8; 32]>,
     },
@@ -665,7 +665,7 @@ impl Worker {
                 | Job::Media(
                     MediaJob::Read { .. }
                         | MediaJob::Serve { .. }
-                        | MediaJob::Stalled { .. }
+                        | MediaJob::Ended { .. }
                         | MediaJob::Chunk { .. }
                 )
         ) {
@@ -979,6 +979,7 @@ impl Worker {
                 match self.engine.store().history().purge_expired(now) {
                     Ok(0) => {}
                     Ok(messages) => {
+                        self.media_purged();
                         round.dirty = true;
                         round.events.push(NodeEvent::Disappeared { messages });
                     }

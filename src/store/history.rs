@@ -280,10 +280,16 @@ impl<'a> History<'a> {
         let mut purged = 0;
         // Media messages that go: their chunks go after the commit.
         let media = std::cell::RefCell::new(std::collections::HashMap::new());
-        let expired = |e: &blocks::Entry| {
+        let expired = |conv: [u8; 32], e: &blocks::Entry| {
             let gone = e.expires_at.is_some_and(|at| at <= now);
             if gone && super::media::is_media(&e.body) {
-                media.borrow_mut().insert(e.msg_id, e.body.clone());
+                let r = MessageRef {
+                    conv_id: conv,
+                    lamport: e.lamport,
+                    sender: e.sender,
+                    msg_id: e.msg_id,
+                };
+                media.borrow_mut().insert(r, e.body.clone());
             }
             gone
         };
@@ -295,16 +301,19 @@ impl<'a> History<'a> {
                 // A second entry for a block this step handled.
                 continue;
             }
+            // Block and tail keys alike: a prefix byte, then a message's
+            // sort key, which starts with its conversation.
+            let conv: [u8; 32] = block[1..33].try_into().unwrap_or_default();
             let removed = if block[0] == TAIL_PREFIX {
                 staged.remove_tail_expired(block, now, |e| {
-                    expired(e);
+                    expired(conv, e);
                 })
             } else if s
                 .history
                 .contains_key(block)
                 .map_err(Error::db(HISTORY, "read"))?
             {
-                staged.remove_where(block, expired)
+                staged.remove_where(block, |e| expired(conv, e))
             } else {
                 Ok(0)
             };
@@ -318,10 +327,10 @@ impl<'a> History<'a> {
         let media = media.into_inner();
         if !media.is_empty() {
             let m = s.media()?;
-            for (msg_id, body) in &media {
+            for (r, body) in &media {
                 // The message is gone whatever happens here; a chunk left
                 // behind cannot be read without it.
-                if let Err(e) = m.forget(body, msg_id) {
+                if let Err(e) = m.forget_chunks(body, &r.sender).and_then(|_| m.unwant(r)) {
                     tracing::warn!(error = %e, "chunks of a purged media message left");
                 }
             }

@@ -2,29 +2,55 @@
 //!
 //! A chunk is kept in the `media` record tree under its name (the SHA-256
 //! of its encrypted bytes), sealed under the database key like every
-//! record, behind the id of the media message it came with: the first 16
-//! bytes of the SHA-256 of that message's body (the same on the sender's
-//! device and every recipient's). When that message is purged, its chunks
-//! go with it; a chunk that another message brought first is left alone.
-//! The chunks are encrypted under a key that only the message holds, so
-//! one left behind by a crash between the two writes cannot be read.
+//! record, behind the **owner** id of the media message it came with: the
+//! first 16 bytes of SHA-256(body ‖ author's identity key), the same on the
+//! author's device and every recipient's. When that message is purged, the
+//! chunks kept under its owner id go with it; a chunk another message
+//! brought first stays (a contact who sends a copy of someone else's
+//! manifest gets another owner id, so its copy's purge takes nothing). The
+//! chunks are encrypted under a key that only the message holds, so one
+//! left behind (a crash between the two writes) cannot be read.
+//!
+//! A wanted message is a record in `media_wanted` under the message's sort
+//! key (conversation, Lamport clock, sender, id), with a version byte.
 
 use sha2::{Digest, Sha256};
 
+use super::keys::MESSAGE_KEY_LEN;
 use super::records::Records;
-use super::{Error, Kind, Store};
+use super::{Error, Kind, MessageRef, Store};
 use crate::crypto::media::{BODY_TAG, Manifest};
 
-/// The id that ties chunks to the media message whose body is `body`.
-pub fn media_id(body: &[u8]) -> [u8; 16] {
-    let d = Sha256::digest(body);
+const WANT_VERSION: u8 = 1;
+
+/// The id that ties chunks to the media message whose body is `body`,
+/// written by `author`.
+pub fn media_owner(body: &[u8], author: &[u8; 32]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(body);
+    h.update(author);
+    let d = h.finalize();
     let mut id = [0u8; 16];
     id.copy_from_slice(&d[..16]);
     id
 }
 
-/// A wanted media message: its id and the node's record.
-pub type WantedRecord = ([u8; 16], Vec<u8>);
+/// Whether `body` says it is media (see [`crate::crypto::media`]).
+pub fn is_media(body: &[u8]) -> bool {
+    body.starts_with(BODY_TAG)
+}
+
+fn ref_of_key(key: &[u8]) -> Option<MessageRef> {
+    if key.len() != MESSAGE_KEY_LEN {
+        return None;
+    }
+    Some(MessageRef {
+        conv_id: key[..32].try_into().ok()?,
+        lamport: u64::from_be_bytes(key[32..40].try_into().ok()?),
+        sender: key[40..72].try_into().ok()?,
+        msg_id: key[72..].try_into().ok()?,
+    })
+}
 
 /// Media chunks and wanted media ([`Store::media`]).
 pub struct Media<'a> {
@@ -40,10 +66,10 @@ impl<'a> Media<'a> {
         })
     }
 
-    /// Keeps an encrypted chunk for the media message `owner` (unless one
-    /// of that name is here already).
+    /// Keeps an encrypted chunk under the owner id `owner` (unless one of
+    /// that name is here already).
     pub fn put_chunk(&self, owner: &[u8; 16], name: &[u8; 32], sealed: &[u8]) -> Result<(), Error> {
-        if self.chunks.get(name)?.is_some() {
+        if self.chunks.contains(name)? {
             return Ok(());
         }
         let mut value = Vec::with_capacity(16 + sealed.len());
@@ -61,19 +87,19 @@ impl<'a> Media<'a> {
             .map(|mut v| v.split_off(16)))
     }
 
-    /// Whether the chunk of this name is here.
+    /// Whether the chunk of this name is here (nothing is decrypted).
     pub fn has_chunk(&self, name: &[u8; 32]) -> Result<bool, Error> {
-        Ok(self.chunks.get(name)?.is_some())
+        self.chunks.contains(name)
     }
 
-    /// Removes the chunks of the media message whose body is `body`, and
-    /// its wanted record if it has one (`msg_id`). Returns how many chunks
-    /// went.
-    pub fn forget(&self, body: &[u8], msg_id: &[u8; 16]) -> Result<usize, Error> {
+    /// Removes the chunks of the media message whose body is `body`,
+    /// written by `author`, that are kept under its owner id. Returns how
+    /// many went.
+    pub fn forget_chunks(&self, body: &[u8], author: &[u8; 32]) -> Result<usize, Error> {
         let Some(Ok(manifest)) = Manifest::from_body(body) else {
             return Ok(0);
         };
-        let owner = media_id(body);
+        let owner = media_owner(body, author);
         let mut removed = 0;
         for name in &manifest.chunks {
             if self
@@ -85,33 +111,42 @@ impl<'a> Media<'a> {
                 removed += 1;
             }
         }
-        self.wanted.remove(msg_id)?;
         Ok(removed)
     }
 
-    /// Records that the media message `msg_id` is being fetched (`record`
-    /// is the node's own encoding of where from).
-    pub fn want(&self, msg_id: &[u8; 16], record: &[u8]) -> Result<(), Error> {
-        self.wanted.put(msg_id, record)
+    /// Records that the media message `r` is being fetched.
+    pub fn want(&self, r: &MessageRef) -> Result<(), Error> {
+        self.wanted.put(&r.sort_key(), &[WANT_VERSION])
     }
 
-    /// The media messages being fetched: id and record, at most `limit`.
-    pub fn wanted(&self, limit: usize) -> Result<Vec<WantedRecord>, Error> {
-        Ok(self
-            .wanted
-            .step(None, limit)?
-            .into_iter()
-            .filter_map(|(k, v)| Some((k.try_into().ok()?, v?)))
-            .collect())
+    /// Whether the media message `r` is still to be fetched.
+    pub fn is_wanted(&self, r: &MessageRef) -> Result<bool, Error> {
+        self.wanted.contains(&r.sort_key())
     }
 
-    /// The media message `msg_id` has every chunk, or is given up.
-    pub fn unwant(&self, msg_id: &[u8; 16]) -> Result<(), Error> {
-        self.wanted.remove(msg_id).map(|_| ())
+    /// The media message `r` has every chunk, or went.
+    pub fn unwant(&self, r: &MessageRef) -> Result<(), Error> {
+        self.wanted.remove(&r.sort_key()).map(|_| ())
     }
-}
 
-/// Whether `body` says it is media (see [`crate::crypto::media`]).
-pub fn is_media(body: &[u8]) -> bool {
-    body.starts_with(BODY_TAG)
+    /// Up to `limit` wanted media messages after `after` (from the first
+    /// if `None`), in key order. A record whose key is not a message's is
+    /// removed.
+    pub fn wanted(
+        &self,
+        after: Option<&MessageRef>,
+        limit: usize,
+    ) -> Result<Vec<MessageRef>, Error> {
+        let after = after.map(MessageRef::sort_key);
+        let mut out = Vec::new();
+        for (key, _) in self.wanted.step(after.as_ref().map(|k| &k[..]), limit)? {
+            match ref_of_key(&key) {
+                Some(r) => out.push(r),
+                None => {
+                    self.wanted.remove(&key)?;
+                }
+            }
+        }
+        Ok(out)
+    }
 }

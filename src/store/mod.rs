@@ -134,7 +134,7 @@ pub use error::Error;
 pub use handle::{Clock, PurgeTask, StoreHandle};
 pub use history::{Appended, DeliveryState, Direction, History, MessageRef, Page, StoredMessage};
 pub use keys::Cursor;
-pub use media::{Media, WantedRecord, is_media, media_id};
+pub use media::{Media, is_media, media_owner};
 pub use outbox::{MAX_QUEUED_ENVELOPE, Outbox, OutboxEntry};
 pub use records::{Kind, MAX_RECORD_KEY, MaybeRecord, Record, Records};
 pub use spool::{

@@ -156,6 +156,14 @@ impl<'a> Records<'a> {
             .transpose()
     }
 
+    /// Whether there is a record at `key` (without opening it).
+    pub fn contains(&self, key: &[u8]) -> Result<bool, Error> {
+        self.check_key(key)?;
+        self.tree
+            .contains_key(key)
+            .map_err(Error::db(self.kind.spec().name, "read"))
+    }
+
     /// Writes the record at `key` (durable after [`Store::flush`]).
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<(), Error> {
         self.check_key(key)?;

@@ -398,12 +398,12 @@ impl Net {
     pub fn respond_media(
         &mut self,
         channel: ResponseChannel<super::media::ChunkAnswer>,
-        chunk: Option<Vec<u8>>,
+        answer: super::media::ChunkAnswer,
     ) -> Result<(), NetError> {
         self.swarm
             .behaviour_mut()
             .media
-            .send_response(channel, super::media::ChunkAnswer(chunk))
+            .send_response(channel, answer)
             .map_err(|_| NetError::ResponseChannelClosed)
     }
 

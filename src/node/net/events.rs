@@ -174,8 +174,8 @@ pub enum NetEvent {
         peer: PeerId,
         /// Which request.
         request: OutboundRequestId,
-        /// The chunk, if it had it.
-        chunk: Option<Vec<u8>>,
+        /// The chunk, or why not.
+        answer: super::media::ChunkAnswer,
     },
     /// A media request of ours got no answer.
     MediaFailed {
@@ -524,7 +524,7 @@ fn on_media(
             } => Some(NetEvent::MediaAnswer {
                 peer,
                 request: request_id,
-                chunk: response.0,
+                answer: response,
             }),
         },
         request_response::Event::OutboundFailure {

@@ -8,6 +8,7 @@
 //! request = version (u8 = 1) ‖ name (32 bytes)
 //! answer  = version (u8 = 1) ‖ 0                                (not here)
 //!         | version (u8 = 1) ‖ 1 ‖ len (u32 BE, ≤ MAX_SEALED_CHUNK) ‖ bytes
+//!         | version (u8 = 1) ‖ 2                                (busy: ask again soon)
 //! ```
 //!
 //! The length is checked before anything is allocated, and the stream must
@@ -28,9 +29,16 @@ const VERSION: u8 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkRequest(pub [u8; 32]);
 
-/// The chunk asked for, if the peer has it.
+/// The answer to a [`ChunkRequest`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChunkAnswer(pub Option<Vec<u8>>);
+pub enum ChunkAnswer {
+    /// The chunk.
+    Here(Vec<u8>),
+    /// The peer does not have it.
+    NotHere,
+    /// The peer is busy: ask again in a moment.
+    Busy,
+}
 
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("media: {what}"))
@@ -71,7 +79,8 @@ pub async fn read_answer<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<ChunkAn
     let mut here = [0u8; 1];
     io.read_exact(&mut here).await?;
     let answer = match here[0] {
-        0 => ChunkAnswer(None),
+        0 => ChunkAnswer::NotHere,
+        2 => ChunkAnswer::Busy,
         1 => {
             let mut len = [0u8; 4];
             io.read_exact(&mut len).await?;
@@ -86,7 +95,7 @@ pub async fn read_answer<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<ChunkAn
             if chunk.len() != len {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            ChunkAnswer(Some(chunk))
+            ChunkAnswer::Here(chunk)
         }
         other => return Err(invalid(&format!("unknown answer kind {other}"))),
     };
@@ -107,10 +116,11 @@ impl ChunkRequest {
 impl ChunkAnswer {
     /// Encoded form; a chunk over the bound is an error.
     pub fn encode(&self) -> io::Result<Vec<u8>> {
-        match &self.0 {
-            None => Ok(vec![VERSION, 0]),
-            Some(c) if c.len() > MAX_SEALED_CHUNK => Err(invalid("chunk too large to send")),
-            Some(c) => {
+        match self {
+            Self::NotHere => Ok(vec![VERSION, 0]),
+            Self::Busy => Ok(vec![VERSION, 2]),
+            Self::Here(c) if c.len() > MAX_SEALED_CHUNK => Err(invalid("chunk too large to send")),
+            Self::Here(c) => {
                 let mut out = Vec::with_capacity(6 + c.len());
                 out.extend_from_slice(&[VERSION, 1]);
                 out.extend_from_slice(&(c.len() as u32).to_be_bytes());
@@ -178,7 +188,11 @@ mod tests {
     fn requests_and_answers_round_trip() {
         let r = ChunkRequest([9; 32]);
         assert_eq!(block_on(read_request(&mut &r.encode()[..])).unwrap(), r);
-        for a in [ChunkAnswer(None), ChunkAnswer(Some(vec![1, 2, 3]))] {
+        for a in [
+            ChunkAnswer::NotHere,
+            ChunkAnswer::Busy,
+            ChunkAnswer::Here(vec![1, 2, 3]),
+        ] {
             let bytes = a.encode().unwrap();
             assert_eq!(block_on(read_answer(&mut &bytes[..])).unwrap(), a);
         }
@@ -202,7 +216,7 @@ mod tests {
         req.push(0);
         assert!(block_on(read_request(&mut &req[..])).is_err());
         assert!(block_on(read_request(&mut &[VERSION, 1, 2][..])).is_err());
-        let too_big = ChunkAnswer(Some(vec![0; MAX_SEALED_CHUNK + 1]));
+        let too_big = ChunkAnswer::Here(vec![0; MAX_SEALED_CHUNK + 1]);
         assert!(too_big.encode().is_err());
     }
 }

@@ -9,53 +9,28 @@ use super::{Out, Round, Worker};
 use crate::crypto::media::{Manifest, chunk_name};
 use crate::node::NodeEvent;
 use crate::node::error::NodeError;
-use crate::node::media::{FETCH_AGAIN, MediaFile, MediaJob};
-use crate::store::{MessageRef, media_id};
-
-/// Most wanted media messages loaded at start.
-const MAX_WANTED: usize = 4096;
-const WANT_VERSION: u8 = 1;
+use crate::node::media::{BUSY_AGAIN, FETCH_AGAIN, MAX_FOLLOWED, MediaFile, MediaJob};
+use crate::store::{Media, MessageRef, media_owner};
 
 /// A media message whose chunks are being fetched.
 pub(super) struct Wanted {
-    message: MessageRef,
     manifest: Manifest,
-    /// The id its chunks are kept under.
+    /// The owner id its chunks are kept under.
     owner: [u8; 16],
-    /// Chunks not here yet.
-    missing: usize,
     /// A fetch is running.
     active: bool,
-    /// When the last fetch ended without every chunk (Unix seconds).
-    stalled_at: Option<u64>,
+    /// Not fetched again before this (Unix seconds).
+    retry_at: u64,
 }
 
-/// Wanted media messages (loaded from the store at the first tick).
+/// The wanted media messages followed now: at most [`MAX_FOLLOWED`]; the
+/// others wait on disk.
 #[derive(Default)]
 pub(super) struct MediaState {
-    wanted: HashMap<[u8; 16], Wanted>,
+    wanted: HashMap<MessageRef, Wanted>,
+    /// The followed ones are all there are on disk (read since the last
+    /// time some were left there).
     loaded: bool,
-}
-
-fn encode_want(m: &MessageRef) -> Vec<u8> {
-    let mut v = Vec::with_capacity(73);
-    v.push(WANT_VERSION);
-    v.extend_from_slice(&m.conv_id);
-    v.extend_from_slice(&m.lamport.to_be_bytes());
-    v.extend_from_slice(&m.sender);
-    v
-}
-
-fn decode_want(msg_id: [u8; 16], v: &[u8]) -> Option<MessageRef> {
-    if v.len() != 73 || v[0] != WANT_VERSION {
-        return None;
-    }
-    Some(MessageRef {
-        conv_id: v[1..33].try_into().ok()?,
-        lamport: u64::from_be_bytes(v[33..41].try_into().ok()?),
-        sender: v[41..73].try_into().ok()?,
-        msg_id,
-    })
 }
 
 impl Worker {
@@ -74,12 +49,12 @@ impl Worker {
                 round.reply(reply, r.map_err(Into::into));
             }
             MediaJob::Forget { body } => {
-                let id = media_id(&body);
+                let me = self.engine.identity().public().signing;
                 if let Err(e) = self
                     .engine
                     .store()
                     .media()
-                    .and_then(|m| m.forget(&body, &id))
+                    .and_then(|m| m.forget_chunks(&body, &me))
                 {
                     warn!(error = %e, "chunks of an unsent media message left");
                 }
@@ -89,15 +64,18 @@ impl Worker {
                 round.reply(reply, r);
             }
             MediaJob::Chunk {
-                msg_id,
+                message,
                 name,
                 chunk,
-            } => self.media_chunk(msg_id, &name, &chunk, round),
-            MediaJob::Stalled { msg_id } => {
-                if let Some(w) = self.media.wanted.get_mut(&msg_id) {
+            } => self.media_chunk(message, &name, &chunk, round),
+            MediaJob::Ended { message, busy } => {
+                if let Some(w) = self.media.wanted.get_mut(&message) {
                     w.active = false;
-                    w.stalled_at = Some(now);
+                    w.retry_at = now + if busy { BUSY_AGAIN } else { FETCH_AGAIN };
                 }
+                // Done if every chunk is here now (some may have been here
+                // already, brought by another message).
+                self.settle(message, round);
             }
             MediaJob::Serve { token, name } => {
                 let chunk = match self.engine.store().media().and_then(|m| m.chunk(&name)) {
@@ -122,20 +100,19 @@ impl Worker {
             Some(m) => m?,
         };
         let media = store.media()?;
-        let mut data = Vec::with_capacity(usize::try_from(manifest.size).unwrap_or(0));
-        let mut missing = 0;
-        for (i, name) in manifest.chunks.iter().enumerate() {
-            match media.chunk(name)? {
-                Some(c) if missing == 0 => data.extend(manifest.open_chunk(i, &c)?),
-                Some(_) => {}
-                None => missing += 1,
-            }
-        }
+        let missing = missing(&media, &manifest)?.len();
         if missing > 0 {
             return Err(NodeError::Media(format!(
-                "{missing} of its {} chunks are not here yet",
+                "{missing} of its {} pieces are not here yet",
                 manifest.chunks.len()
             )));
+        }
+        let mut data = Vec::with_capacity(usize::try_from(manifest.size).unwrap_or(0));
+        for (i, name) in manifest.chunks.iter().enumerate() {
+            let Some(c) = media.chunk(name)? else {
+                return Err(NodeError::Media("a piece went while it was read".into()));
+            };
+            data.extend(manifest.open_chunk(i, &c)?);
         }
         Ok(MediaFile {
             name: manifest.name.clone(),
@@ -152,160 +129,196 @@ impl Worker {
             .iter()
             .filter_map(|e| match e {
                 NodeEvent::Message { message, .. } if crate::store::is_media(&message.body) => {
-                    Some(MessageRef {
-                        conv_id: message.conv_id,
-                        lamport: message.lamport,
-                        sender: message.sender,
-                        msg_id: message.msg_id,
-                    })
+                    Some(message.reference())
                 }
                 _ => None,
             })
             .collect();
-        for message in found {
-            if self.media.wanted.contains_key(&message.msg_id) {
-                continue;
+        if found.is_empty() {
+            return;
+        }
+        let media = match self.engine.store().media() {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "media messages not recorded for fetching");
+                return;
             }
-            if let Err(e) = self.want_media(message, true, round) {
-                warn!(error = %e, "a media message not recorded for fetching");
+        };
+        for message in found {
+            match media.want(&message) {
+                Ok(()) => round.dirty = true,
+                Err(e) => warn!(error = %e, "a media message not recorded for fetching"),
             }
         }
-        if !round.events.is_empty() {
-            self.fetch_media(now, None, round);
+        // Followed from the disk at once, as far as there is room.
+        self.media.loaded = false;
+        self.load_wanted_media(round);
+        self.fetch_media(now, None, round);
+    }
+
+    /// Follows the wanted media messages on disk, as many as there is
+    /// room for.
+    pub(super) fn load_wanted_media(&mut self, round: &mut Round) {
+        if self.media.loaded {
+            return;
+        }
+        let mut after: Option<MessageRef> = None;
+        while self.media.wanted.len() < MAX_FOLLOWED {
+            let page = match self
+                .engine
+                .store()
+                .media()
+                .and_then(|m| m.wanted(after.as_ref(), 256))
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(error = %e, "reading the media still to fetch");
+                    return;
+                }
+            };
+            let Some(last) = page.last().copied() else {
+                self.media.loaded = true;
+                return;
+            };
+            for message in page {
+                if self.media.wanted.len() >= MAX_FOLLOWED {
+                    return;
+                }
+                if self.media.wanted.contains_key(&message) {
+                    continue;
+                }
+                if let Err(e) = self.follow(message, round) {
+                    warn!(error = %e, "a media message still to fetch");
+                }
+            }
+            after = Some(last);
         }
     }
 
-    /// Starts following `message`; `record`: write it as wanted.
-    fn want_media(
-        &mut self,
-        message: MessageRef,
-        record: bool,
-        round: &mut Round,
-    ) -> Result<(), NodeError> {
+    /// Starts following the wanted media message `message`.
+    fn follow(&mut self, message: MessageRef, round: &mut Round) -> Result<(), NodeError> {
         let store = self.engine.store();
         let media = store.media()?;
-        let Some(stored) = store.history().get(&message)? else {
-            media.unwant(&message.msg_id)?;
-            return Ok(());
-        };
-        let manifest = match Manifest::from_body(&stored.body) {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                debug!(error = %e, "a media message whose manifest does not decode");
-                media.unwant(&message.msg_id)?;
+        let body = store.history().get(&message)?.map(|m| m.body);
+        let manifest = match body.as_deref().map(Manifest::from_body) {
+            Some(Some(Ok(m))) => m,
+            other => {
+                if let Some(Some(Err(e))) = other {
+                    debug!(error = %e, "a media message whose manifest does not decode");
+                }
+                // Gone, or nothing to fetch.
+                media.unwant(&message)?;
+                round.dirty = true;
                 return Ok(());
             }
-            None => return Ok(()),
         };
-        let mut missing = 0;
-        for name in &manifest.chunks {
-            if !media.has_chunk(name)? {
-                missing += 1;
-            }
-        }
-        if missing == 0 {
-            if !record {
-                media.unwant(&message.msg_id)?;
-                round.dirty = true;
-            }
-            round.events.push(NodeEvent::MediaReady { message });
-            return Ok(());
-        }
-        if record {
-            media.want(&message.msg_id, &encode_want(&message))?;
-            round.dirty = true;
-        }
+        let owner = media_owner(body.as_deref().unwrap_or_default(), &message.sender);
         self.media.wanted.insert(
-            message.msg_id,
+            message,
             Wanted {
-                message,
-                owner: media_id(&stored.body),
                 manifest,
-                missing,
+                owner,
                 active: false,
-                stalled_at: None,
+                retry_at: 0,
             },
         );
         Ok(())
     }
 
-    /// Asks the swarm's task to fetch what is missing of wanted media that
-    /// is not being fetched: all that is due, or (`only`) that of one
-    /// author, whose device just connected.
-    pub(super) fn fetch_media(&mut self, now: u64, only: Option<&[u8; 32]>, round: &mut Round) {
-        let store = self.engine.store();
-        let Ok(media) = store.media() else {
+    /// If every chunk of `message` is here: it is no longer wanted, and
+    /// the user hears so.
+    fn settle(&mut self, message: MessageRef, round: &mut Round) {
+        let Some(w) = self.media.wanted.get(&message) else {
             return;
         };
-        for (msg_id, w) in self.media.wanted.iter_mut() {
-            if w.active {
-                continue;
-            }
-            let due = match only {
-                Some(author) => &w.message.sender == author,
-                None => w
-                    .stalled_at
-                    .is_none_or(|at| now.saturating_sub(at) >= FETCH_AGAIN),
-            };
-            let Some(peer) = self.peer_of.get(&w.message.sender).copied() else {
-                continue;
-            };
-            if !due {
-                continue;
-            }
-            let names: Vec<[u8; 32]> = w
-                .manifest
-                .chunks
-                .iter()
-                .filter(|n| !media.has_chunk(n).unwrap_or(false))
-                .copied()
-                .collect();
-            w.active = true;
-            round.outs.push(Out::FetchMedia {
-                msg_id: *msg_id,
-                peer,
-                names,
-            });
-        }
-    }
-
-    /// Loads the wanted media messages a previous run left (once).
-    pub(super) fn load_wanted_media(&mut self, round: &mut Round) {
-        if self.media.loaded {
-            return;
-        }
-        self.media.loaded = true;
-        let wanted = match self
-            .engine
-            .store()
-            .media()
-            .and_then(|m| m.wanted(MAX_WANTED))
-        {
-            Ok(w) => w,
+        let media = match self.engine.store().media() {
+            Ok(m) => m,
             Err(e) => {
-                warn!(error = %e, "reading the media still to fetch");
+                warn!(error = %e, "checking a media message's chunks");
                 return;
             }
         };
-        for (msg_id, v) in wanted {
-            let Some(message) = decode_want(msg_id, &v) else {
-                let _ = self.engine.store().media().and_then(|m| m.unwant(&msg_id));
-                continue;
+        if !missing(&media, &w.manifest).is_ok_and(|m| m.is_empty()) {
+            return;
+        }
+        self.media.wanted.remove(&message);
+        self.media.loaded = false;
+        if let Err(e) = media.unwant(&message) {
+            warn!(error = %e, "a fetched media message still marked wanted");
+        }
+        round.dirty = true;
+        round.events.push(NodeEvent::MediaReady { message });
+    }
+
+    /// Asks the swarm's task to fetch what is missing of followed media
+    /// that is not being fetched: all that is due, or (`only`) that of one
+    /// author, whose device just connected.
+    pub(super) fn fetch_media(&mut self, now: u64, only: Option<&[u8; 32]>, round: &mut Round) {
+        let due: Vec<MessageRef> = self
+            .media
+            .wanted
+            .iter()
+            .filter(|(m, w)| {
+                !w.active
+                    && match only {
+                        Some(author) => &m.sender == author,
+                        None => w.retry_at <= now,
+                    }
+            })
+            .map(|(m, _)| *m)
+            .collect();
+        let mut complete = Vec::new();
+        {
+            let Ok(media) = self.engine.store().media() else {
+                return;
             };
-            if let Err(e) = self.want_media(message, false, round) {
-                warn!(error = %e, "a media message still to fetch");
+            for message in due {
+                let Some(peer) = self.peer_of.get(&message.sender).copied() else {
+                    continue;
+                };
+                let Some(w) = self.media.wanted.get_mut(&message) else {
+                    continue;
+                };
+                let names = match missing(&media, &w.manifest) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        warn!(error = %e, "checking a media message's chunks");
+                        continue;
+                    }
+                };
+                if names.is_empty() {
+                    complete.push(message);
+                    continue;
+                }
+                w.active = true;
+                round.outs.push(Out::FetchMedia {
+                    message,
+                    peer,
+                    names,
+                });
             }
+        }
+        for message in complete {
+            self.settle(message, round);
         }
     }
 
-    fn media_chunk(&mut self, msg_id: [u8; 16], name: &[u8; 32], chunk: &[u8], round: &mut Round) {
-        let Some(w) = self.media.wanted.get_mut(&msg_id) else {
+    fn media_chunk(
+        &mut self,
+        message: MessageRef,
+        name: &[u8; 32],
+        chunk: &[u8],
+        round: &mut Round,
+    ) {
+        let Some(w) = self.media.wanted.get(&message) else {
             return;
         };
         if chunk_name(chunk) != *name || !w.manifest.chunks.contains(name) {
             debug!("a media chunk that is not the one asked for");
             return;
         }
+        let owner = w.owner;
+        let last = w.manifest.chunks.last() == Some(name);
         let media = match self.engine.store().media() {
             Ok(m) => m,
             Err(e) => {
@@ -313,28 +326,39 @@ impl Worker {
                 return;
             }
         };
-        match media.has_chunk(name) {
-            Ok(true) => return,
-            Ok(false) => {}
+        // A message purged meanwhile takes nothing more.
+        match media.is_wanted(&message) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.media.wanted.remove(&message);
+                return;
+            }
             Err(e) => {
                 warn!(error = %e, "keeping a media chunk");
                 return;
             }
         }
-        if let Err(e) = media.put_chunk(&w.owner, name, chunk) {
+        if let Err(e) = media.put_chunk(&owner, name, chunk) {
             warn!(error = %e, "keeping a media chunk");
             return;
         }
         round.dirty = true;
-        w.missing = w.missing.saturating_sub(1);
-        if w.missing == 0 {
-            let message = w.message;
-            self.media.wanted.remove(&msg_id);
-            if let Err(e) = media.unwant(&msg_id) {
-                warn!(error = %e, "a fetched media message still marked wanted");
-            }
-            round.events.push(NodeEvent::MediaReady { message });
+        if last {
+            // Likely the last asked for: settled now rather than when the
+            // fetch ends.
+            self.settle(message, round);
         }
+    }
+
+    /// Temporary messages were purged: those of them still followed are
+    /// followed no more.
+    pub(super) fn media_purged(&mut self) {
+        let Ok(media) = self.engine.store().media() else {
+            return;
+        };
+        self.media
+            .wanted
+            .retain(|m, _| media.is_wanted(m).unwrap_or(true));
     }
 
     /// The device of `peer` connected: fetch what its author sent.
@@ -343,4 +367,15 @@ impl Worker {
             self.fetch_media(now, Some(&key), round);
         }
     }
+}
+
+/// The names of `manifest`'s chunks that are not here.
+fn missing(media: &Media<'_>, manifest: &Manifest) -> Result<Vec<[u8; 32]>, crate::store::Error> {
+    let mut out = Vec::new();
+    for name in &manifest.chunks {
+        if !media.has_chunk(name)? {
+            out.push(*name);
+        }
+    }
+    Ok(out)
 }
