@@ -148,3 +148,50 @@ async fn a_bad_file_name_or_a_file_too_large_is_refused_before_anything_is_sent(
     assert!(a.handle.send_media(b.key(), big).await.is_err());
     assert_eq!(a.handle.queued().await.unwrap(), 0);
 }
+
+/// A device that is not a contact, and knows a chunk's name (as it might
+/// from a manifest it saw), is told "not here"; the contact gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_who_knows_a_chunks_name_gets_nothing() {
+    use meshchat::crypto::media::Manifest;
+    use meshchat::node::net::media::ChunkAnswer;
+    use meshchat::node::net::{Net, NetConfig, NetEvent};
+
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("a", da.path(), 1500).await;
+    let mut b = TestNode::start_in("b", db.path(), 1501).await;
+    befriend(&mut a, &mut b).await;
+    let sent = a.handle.send_media(b.key(), file(70_000, 3)).await.unwrap();
+    let got = ready(&mut b, sent.msg_id).await;
+    let page = b.handle.history(a.key(), None, 1).await.unwrap();
+    assert_eq!(page.messages[0].msg_id, got.msg_id);
+    let manifest = Manifest::from_body(&page.messages[0].body)
+        .unwrap()
+        .unwrap();
+    let name = manifest.chunks[0];
+
+    let mut stranger = Net::start(
+        libp2p::identity::Keypair::generate_ed25519(),
+        &NetConfig::loopback(),
+    )
+    .unwrap();
+    stranger.add_address(&a.peer(), a.addr.clone());
+    let asked = stranger.send_media(&a.peer(), name);
+    let answer = tokio::time::timeout(crate::common::WAIT, async {
+        loop {
+            match stranger.next_event().await {
+                NetEvent::MediaAnswer {
+                    request, answer, ..
+                } if request == asked => return Some(answer),
+                NetEvent::MediaFailed { request, .. } if request == asked => return None,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("an answer in time");
+    assert_eq!(answer, Some(ChunkAnswer::NotHere));
+    // The chunk is there: the contact fetched it from the same device.
+    let file = b.handle.media(got).await.unwrap();
+    assert_eq!(file.data.len(), 70_000);
+}
