@@ -9,7 +9,8 @@
 //! Receiving: when the store thread stores a message whose body is a
 //! manifest, it records the message as wanted (in the same flush) and asks
 //! the swarm's task to fetch the missing chunks from the message's author
-//! on `/meshchat/media/1`, a few at a time. Each chunk that comes is checked
+//! (in a group, from another member when the author is not connected) on
+//! `/meshchat/media/1`, a few at a time. Each chunk that comes is checked
 //! against its name and kept; when the last is here the user hears
 //! [`super::NodeEvent::MediaReady`]. A fetch that fails is tried again when
 //! the author connects, and otherwise every [`FETCH_AGAIN`] seconds

@@ -194,3 +194,74 @@ async fn a_temporary_group_message_disappears_on_every_device_and_relay() {
     assert!(page.messages.iter().any(|m| m.body == b"after"));
     assert!(page.messages.iter().all(|m| m.body != body));
 }
+
+/// A file sent to a group while one member is away: that member reads the
+/// message from its relay after the author has gone too, and fetches the
+/// file's pieces from another member that has them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_file_whose_author_is_away_comes_from_another_member() {
+    use meshchat::node::media::MediaFile;
+
+    let dr = tempfile::tempdir().unwrap();
+    let r = TestRelay::start(relay_config(dr.path(), 811)).await;
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let mut a = TestNode::start_in("alice", da.path(), 812).await;
+    let mut b = TestNode::start_in("bob", db.path(), 813).await;
+    let c_config = || {
+        let mut cfg = config(dc.path(), 814);
+        cfg.relays = vec![r.addr.clone()];
+        cfg
+    };
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    befriend(&mut a, &mut b).await;
+    befriend(&mut a, &mut c).await;
+    let group = a
+        .handle
+        .create_group("team", "alice", vec![b.key(), c.key()], None)
+        .await
+        .unwrap();
+    for n in [&mut a, &mut b, &mut c] {
+        joined(n, group, 3).await;
+    }
+    let hello = b"hello before carol goes".to_vec();
+    a.handle.send_group(group, hello.clone()).await.unwrap();
+    messages(&mut c, &[hello]).await;
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+
+    let file = MediaFile {
+        name: "minutes.pdf".into(),
+        mime: "application/pdf".into(),
+        data: (0..180_000u32).map(|i| (i % 241) as u8).collect(),
+    };
+    let sent = a
+        .handle
+        .send_group_media(group, file.clone())
+        .await
+        .unwrap();
+    b.wait("the file at bob", |e| match e {
+        NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(()),
+        _ => None,
+    })
+    .await;
+    let mut held = r.handle.held();
+    tokio::time::timeout(WAIT, held.wait_for(|h| *h >= 1))
+        .await
+        .expect("the relay holds carol's copy")
+        .unwrap();
+    a.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(a);
+
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    let ready = c
+        .wait("the file at carol", |e| match e {
+            NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(*message),
+            _ => None,
+        })
+        .await;
+    assert_eq!(c.handle.media(ready).await.unwrap(), file);
+}

@@ -1797,6 +1797,24 @@ impl Engine {
                 .any(|(k, d)| k == &m.recipient && !d))
     }
 
+    /// The other members of the group `conv` (none if it is not one).
+    pub(crate) fn other_members(&self, conv: &[u8; 32]) -> Vec<[u8; 32]> {
+        let me = self.me.public().signing;
+        self.groups
+            .slots
+            .get(conv)
+            .map(|slot| {
+                slot.log
+                    .view()
+                    .members
+                    .iter()
+                    .map(|m| m.key)
+                    .filter(|k| k != &me)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Whether `conv` is a group's conversation.
     pub(crate) fn is_group(&self, conv: &[u8; 32]) -> bool {
         self.groups.slots.contains_key(conv)

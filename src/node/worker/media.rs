@@ -21,6 +21,9 @@ pub(super) struct Wanted {
     active: bool,
     /// Not fetched again before this (Unix seconds).
     retry_at: u64,
+    /// Fetches started: a group's file is asked of another member each
+    /// time its author is not connected.
+    attempts: u32,
 }
 
 /// The wanted media messages followed now: at most [`MAX_FOLLOWED`]; the
@@ -220,6 +223,7 @@ impl Worker {
                 owner,
                 active: false,
                 retry_at: 0,
+                attempts: 0,
             },
         );
         Ok(())
@@ -251,8 +255,9 @@ impl Worker {
     }
 
     /// Asks the swarm's task to fetch what is missing of followed media
-    /// that is not being fetched: all that is due, or (`only`) that of one
-    /// author, whose device just connected.
+    /// that is not being fetched: all that is due, or (`only`) what the
+    /// device that just connected may have: what its owner wrote, or what
+    /// was written in a group it is in.
     pub(super) fn fetch_media(&mut self, now: u64, only: Option<&[u8; 32]>, round: &mut Round) {
         let due: Vec<MessageRef> = self
             .media
@@ -261,7 +266,9 @@ impl Worker {
             .filter(|(m, w)| {
                 !w.active
                     && match only {
-                        Some(author) => &m.sender == author,
+                        Some(key) => {
+                            &m.sender == key || self.engine.other_members(&m.conv_id).contains(key)
+                        }
                         None => w.retry_at <= now,
                     }
             })
@@ -273,12 +280,14 @@ impl Worker {
                 return;
             };
             for message in due {
-                let Some(peer) = self.peer_of.get(&message.sender).copied() else {
+                let attempts = self.media.wanted.get(&message).map_or(0, |w| w.attempts);
+                let Some(peer) = self.media_source(&message, attempts) else {
                     continue;
                 };
                 let Some(w) = self.media.wanted.get_mut(&message) else {
                     continue;
                 };
+                w.attempts = w.attempts.wrapping_add(1);
                 let names = match missing(&media, &w.manifest) {
                     Ok(n) => n,
                     Err(e) => {
@@ -301,6 +310,28 @@ impl Worker {
         for message in complete {
             self.settle(message, round);
         }
+    }
+
+    /// Whom to ask for the chunks of `message`: its author's device if it
+    /// is connected; else, in a group, one of the other members' that is
+    /// (a different one at each attempt); else its author's (dialled).
+    fn media_source(&self, message: &MessageRef, attempts: u32) -> Option<PeerId> {
+        let author = self.peer_of.get(&message.sender).copied();
+        if author.is_some_and(|p| self.shared.is_connected(&p)) {
+            return author;
+        }
+        let members: Vec<PeerId> = self
+            .engine
+            .other_members(&message.conv_id)
+            .iter()
+            .filter(|k| *k != &message.sender)
+            .filter_map(|k| self.peer_of.get(k).copied())
+            .filter(|p| self.shared.is_connected(p))
+            .collect();
+        if members.is_empty() {
+            return author;
+        }
+        members.get(attempts as usize % members.len()).copied()
     }
 
     fn media_chunk(
@@ -361,7 +392,7 @@ impl Worker {
             .retain(|m, _| media.is_wanted(m).unwrap_or(true));
     }
 
-    /// The device of `peer` connected: fetch what its author sent.
+    /// The device of `peer` connected: fetch what it may have.
     pub(super) fn media_peer_up(&mut self, peer: &PeerId, now: u64, round: &mut Round) {
         if let Some(key) = self.peers.get(peer).copied() {
             self.fetch_media(now, Some(&key), round);
