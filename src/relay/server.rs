@@ -1025,6 +1025,12 @@ impl Actor {
                 let ack = Ack::all(FrameStatus::Rejected, batch.frames.len());
                 let _ = self.net.respond_direct(channel, ack);
             }
+            NetEvent::MediaRequest { channel, .. } => {
+                // Nor anyone's files.
+                let _ = self
+                    .net
+                    .respond_media(channel, crate::node::net::media::ChunkAnswer::NotHere);
+            }
             NetEvent::RelayServer(e) => match e {
                 RelayServerEvent::ReservationAccepted { peer } => {
                     debug!(%peer, "reservation");

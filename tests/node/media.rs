@@ -195,3 +195,53 @@ async fn a_stranger_who_knows_a_chunks_name_gets_nothing() {
     let file = b.handle.media(got).await.unwrap();
     assert_eq!(file.data.len(), 70_000);
 }
+
+/// A file in a temporary chat disappears with its message on both devices,
+/// pieces and all, whether or not the recipient had fetched all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_in_a_temporary_chat_leaves_no_piece_behind() {
+    use meshchat::store::{Kind, Store};
+
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("a", da.path(), 1600).await;
+    let mut b = TestNode::start_in("b", db.path(), 1601).await;
+    befriend(&mut a, &mut b).await;
+    a.handle.set_retention(b.key(), Some(2)).await.unwrap();
+    let a_key = a.key();
+    b.wait("the chat made temporary", |e| match e {
+        NodeEvent::RetentionChanged { contact, secs, .. } if *contact == a_key => secs.map(|_| ()),
+        _ => None,
+    })
+    .await;
+    let sent = a
+        .handle
+        .send_media(b.key(), file(200_000, 4))
+        .await
+        .unwrap();
+    b.wait("the file's message", |e| match e {
+        NodeEvent::Message { message, .. } if message.msg_id == sent.msg_id => Some(()),
+        _ => None,
+    })
+    .await;
+    for node in [&mut a, &mut b] {
+        node.wait("the file gone", |e| {
+            matches!(e, NodeEvent::Disappeared { .. }).then_some(())
+        })
+        .await;
+    }
+    assert!(b.handle.media(sent).await.is_err());
+    for (node, dir, seed) in [(a, &da, 1600), (b, &db, 1601)] {
+        node.handle
+            .shutdown(std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+        drop(node);
+        let store = Store::open(dir.path(), &crate::common::key(seed)).unwrap();
+        assert_eq!(
+            store.records(Kind::Media).unwrap().len(),
+            0,
+            "a piece stayed"
+        );
+        assert_eq!(store.records(Kind::MediaWanted).unwrap().len(), 0);
+    }
+}
