@@ -125,6 +125,43 @@ fn refresh(client: &mut Client, app: &mut App) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// What a line starts with to send a file instead of text.
+const FILE_COMMAND: &str = "/file ";
+
+/// `/file PATH`: sends the file at `path` (relative to where the chat
+/// runs) and shows its line.
+fn send_file(
+    client: &mut Client,
+    app: &mut App,
+    to: String,
+    path: &str,
+) -> Result<(), ClientError> {
+    let path = match std::path::absolute(path) {
+        Ok(p) => p,
+        Err(e) => {
+            app.notice = Some(format!("{path}: {e}"));
+            return Ok(());
+        }
+    };
+    let v = client.call(&Request::SendFile {
+        to,
+        path: path.to_string_lossy().into_owned(),
+        mime: None,
+    })?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+    app.sent(
+        v["id"].as_str().unwrap_or(""),
+        &format!("[file] {name} ({size} bytes)"),
+        v["state"].as_str().unwrap_or("pending"),
+        crate::node::now_secs(),
+    );
+    Ok(())
+}
+
 /// Does what an action asks of the daemon. A refusal is shown on the
 /// notice line; only a lost daemon ends the chat.
 fn act(client: &mut Client, app: &mut App, a: Action) -> Result<(), ClientError> {
@@ -133,6 +170,9 @@ fn act(client: &mut Client, app: &mut App, a: Action) -> Result<(), ClientError>
         Action::Open(name) => history(client, app, name, None),
         Action::LoadMore { name, before } => history(client, app, name, Some(before)),
         Action::MarkRead(name) => client.call(&Request::MarkRead { with: name }).map(drop),
+        Action::Send { to, text } if text.starts_with(FILE_COMMAND) => {
+            send_file(client, app, to, text[FILE_COMMAND.len()..].trim())
+        }
         Action::Send { to, text } => client
             .call(&Request::Send {
                 to,

@@ -364,6 +364,14 @@ impl App {
                     s("contact")
                 ));
             }
+            "media_ready" => {
+                self.notice = Some(format!(
+                    "A file from {} is here: meshchat save {} {} -o FILE",
+                    s("with"),
+                    s("with"),
+                    s("id")
+                ));
+            }
             "presence" => {
                 // By key: two contacts may share a name.
                 let who = |c: &Chat| {

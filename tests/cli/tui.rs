@@ -95,6 +95,34 @@ fn the_terminal_chat_sends_a_message_and_shows_it_delivered() {
     bob.json(&["send", "alice", "got it"]);
     screen.wait_line("bob's answer", |l| l.contains("bob: got it"));
 
+    // `/file PATH` sends a file; bob's device fetches it whole.
+    let bob_events = crate::Proc::events(bob.cmd());
+    let note = root.path().join("note.txt");
+    std::fs::write(&note, b"minutes of the meeting").unwrap();
+    keys.write_all(format!("/file {}\r", note.display()).as_bytes())
+        .unwrap();
+    keys.flush().unwrap();
+    screen.wait_line("the file delivered", |l| {
+        l.contains("me: [file] note.txt (22 bytes)") && l.contains("✓✓")
+    });
+    let ready = bob_events.wait_json("the file at bob", |e| e["type"] == "media_ready");
+    let saved = root.path().join("saved.txt");
+    let id = ready["id"].as_str().unwrap();
+    bob.json(&["save", "alice", id, "--output", saved.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&saved).unwrap(), b"minutes of the meeting");
+    // A file from bob: its line, and how to save it.
+    std::fs::write(root.path().join("reply.txt"), b"ok").unwrap();
+    bob.json(&[
+        "send",
+        "alice",
+        "--file",
+        root.path().join("reply.txt").to_str().unwrap(),
+    ]);
+    screen.wait_line("bob's file", |l| {
+        l.contains("bob: [file] reply.txt (2 bytes)")
+    });
+    screen.wait_line("how to save it", |l| l.contains("meshchat save bob"));
+
     // Ctrl-C leaves, with exit code 0.
     keys.write_all(b"\x03").unwrap();
     keys.flush().unwrap();
