@@ -537,6 +537,13 @@ pub enum EventView {
         id: String,
         /// The conversation: the contact's name, or the group's id (hex).
         with: String,
+        /// Who sent the file: its name.
+        contact: String,
+        /// Who sent the file: its identity key (hex).
+        identity: String,
+        /// The group's id (hex); absent for 1:1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
     },
     /// One of our group messages expired before a member's device had it.
     GroupExpired {
@@ -670,13 +677,16 @@ impl EventView {
                 contact: name(member),
                 identity: hex(member),
             },
-            NodeEvent::MediaReady { message } => Self::MediaReady {
-                id: hex(&message.msg_id),
-                with: match group(&message.conv_id) {
-                    Some((id, _)) => id,
-                    None => name(&message.sender),
-                },
-            },
+            NodeEvent::MediaReady { message } => {
+                let group = group(&message.conv_id).map(|(id, _)| id);
+                Self::MediaReady {
+                    id: hex(&message.msg_id),
+                    with: group.clone().unwrap_or_else(|| name(&message.sender)),
+                    contact: name(&message.sender),
+                    identity: hex(&message.sender),
+                    group,
+                }
+            }
             NodeEvent::GroupChanged { group } => Self::GroupChanged { group: hex(group) },
             NodeEvent::RetentionChanged { contact, secs, .. } => Self::RetentionChanged {
                 with: name(contact),

@@ -170,8 +170,16 @@ fn act(client: &mut Client, app: &mut App, a: Action) -> Result<(), ClientError>
         Action::Open(name) => history(client, app, name, None),
         Action::LoadMore { name, before } => history(client, app, name, Some(before)),
         Action::MarkRead(name) => client.call(&Request::MarkRead { with: name }).map(drop),
-        Action::Send { to, text } if text.starts_with(FILE_COMMAND) => {
-            send_file(client, app, to, text[FILE_COMMAND.len()..].trim())
+        Action::Send { to, text }
+            if text == FILE_COMMAND.trim_end() || text.starts_with(FILE_COMMAND) =>
+        {
+            match text[FILE_COMMAND.trim_end().len()..].trim() {
+                "" => {
+                    app.notice = Some("/file PATH sends the file at PATH".into());
+                    Ok(())
+                }
+                path => send_file(client, app, to, path),
+            }
         }
         Action::Send { to, text } => client
             .call(&Request::Send {

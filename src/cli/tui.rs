@@ -365,10 +365,14 @@ impl App {
                 ));
             }
             "media_ready" => {
+                // Named by key or id: names may repeat or hold spaces.
+                let target = match e["group"].as_str() {
+                    Some(g) => g.to_owned(),
+                    None => s("identity").to_owned(),
+                };
                 self.notice = Some(format!(
-                    "A file from {} is here: meshchat save {} {} -o FILE",
-                    s("with"),
-                    s("with"),
+                    "A file from {} is here: meshchat save {target} {} -o FILE",
+                    s("contact"),
                     s("id")
                 ));
             }

@@ -121,7 +121,13 @@ fn the_terminal_chat_sends_a_message_and_shows_it_delivered() {
     screen.wait_line("bob's file", |l| {
         l.contains("bob: [file] reply.txt (2 bytes)")
     });
-    screen.wait_line("how to save it", |l| l.contains("meshchat save bob"));
+    let bob_key = alice.json(&["contacts", "list"])[0]["identity"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    screen.wait_line("how to save it", |l| {
+        l.contains(&format!("meshchat save {}", &bob_key[..20]))
+    });
 
     // Ctrl-C leaves, with exit code 0.
     keys.write_all(b"\x03").unwrap();

@@ -9,7 +9,7 @@ use super::{Out, Round, Worker};
 use crate::crypto::media::{Manifest, chunk_name};
 use crate::node::NodeEvent;
 use crate::node::error::NodeError;
-use crate::node::media::{BUSY_AGAIN, FETCH_AGAIN, MAX_FOLLOWED, MediaFile, MediaJob};
+use crate::node::media::{BUSY_AGAIN, FETCH_AGAIN, MAX_FETCHES, MAX_FOLLOWED, MediaFile, MediaJob};
 use crate::store::{Media, MessageRef, media_owner};
 
 /// A media message whose chunks are being fetched.
@@ -24,6 +24,12 @@ pub(super) struct Wanted {
     /// Fetches started: a group's file is asked of another member each
     /// time its author is not connected.
     attempts: u32,
+    /// Fetches that failed since the last wait: the next source is asked
+    /// at once until every one was.
+    tried: u32,
+    /// A device that may have it connected while a fetch ran: asked at
+    /// once when that fetch ends.
+    again: bool,
 }
 
 /// The wanted media messages followed now: at most [`MAX_FOLLOWED`]; the
@@ -72,9 +78,22 @@ impl Worker {
                 chunk,
             } => self.media_chunk(message, &name, &chunk, round),
             MediaJob::Ended { message, busy } => {
+                let sources = self.media_sources(&message).len() as u32;
                 if let Some(w) = self.media.wanted.get_mut(&message) {
                     w.active = false;
-                    w.retry_at = now + if busy { BUSY_AGAIN } else { FETCH_AGAIN };
+                    w.tried = w.tried.saturating_add(1);
+                    w.retry_at = if busy {
+                        now + BUSY_AGAIN
+                    } else if std::mem::take(&mut w.again) {
+                        w.tried = 0;
+                        now
+                    } else if w.tried < sources {
+                        // Another member may have it: asked at the next tick.
+                        now
+                    } else {
+                        w.tried = 0;
+                        now + FETCH_AGAIN
+                    };
                 }
                 // Done if every chunk is here now (some may have been here
                 // already, brought by another message).
@@ -224,6 +243,8 @@ impl Worker {
                 active: false,
                 retry_at: 0,
                 attempts: 0,
+                tried: 0,
+                again: false,
             },
         );
         Ok(())
@@ -259,6 +280,21 @@ impl Worker {
     /// device that just connected may have: what its owner wrote, or what
     /// was written in a group it is in.
     pub(super) fn fetch_media(&mut self, now: u64, only: Option<&[u8; 32]>, round: &mut Round) {
+        // No more than the swarm's task takes at once: the rest wait for
+        // their turn rather than bounce.
+        if let Some(key) = only {
+            // A fetch running now goes on; the device that connected is
+            // asked when it ends.
+            for (m, w) in self.media.wanted.iter_mut() {
+                if w.active
+                    && (&m.sender == key || self.engine.other_members(&m.conv_id).contains(key))
+                {
+                    w.again = true;
+                }
+            }
+        }
+        let running = self.media.wanted.values().filter(|w| w.active).count();
+        let slots = MAX_FETCHES.saturating_sub(running);
         let due: Vec<MessageRef> = self
             .media
             .wanted
@@ -273,7 +309,9 @@ impl Worker {
                     }
             })
             .map(|(m, _)| *m)
+            .take(slots)
             .collect();
+        let preferred = only.and_then(|k| self.peer_of.get(k).copied());
         let mut complete = Vec::new();
         {
             let Ok(media) = self.engine.store().media() else {
@@ -281,13 +319,22 @@ impl Worker {
             };
             for message in due {
                 let attempts = self.media.wanted.get(&message).map_or(0, |w| w.attempts);
-                let Some(peer) = self.media_source(&message, attempts) else {
+                // The author if it is connected, else the device that just
+                // connected, else the next in turn.
+                let author_up = self
+                    .peer_of
+                    .get(&message.sender)
+                    .is_some_and(|p| self.shared.is_connected(p));
+                let source = match preferred {
+                    Some(p) if !author_up => Some(p),
+                    _ => self.media_source(&message, attempts),
+                };
+                let Some(peer) = source else {
                     continue;
                 };
                 let Some(w) = self.media.wanted.get_mut(&message) else {
                     continue;
                 };
-                w.attempts = w.attempts.wrapping_add(1);
                 let names = match missing(&media, &w.manifest) {
                     Ok(n) => n,
                     Err(e) => {
@@ -299,6 +346,7 @@ impl Worker {
                     complete.push(message);
                     continue;
                 }
+                w.attempts = w.attempts.wrapping_add(1);
                 w.active = true;
                 round.outs.push(Out::FetchMedia {
                     message,
@@ -313,25 +361,37 @@ impl Worker {
     }
 
     /// Whom to ask for the chunks of `message`: its author's device if it
-    /// is connected; else, in a group, one of the other members' that is
-    /// (a different one at each attempt); else its author's (dialled).
+    /// is connected; else, in a group, in turn (one more at each attempt)
+    /// the author's (dialled) and each other member's that is connected.
     fn media_source(&self, message: &MessageRef, attempts: u32) -> Option<PeerId> {
+        let candidates = self.media_sources(message);
+        if candidates.is_empty() {
+            return None;
+        }
+        candidates
+            .get(attempts as usize % candidates.len())
+            .copied()
+    }
+
+    /// The devices that may have the chunks of `message`: its author's
+    /// alone if it is connected; else the author's and the connected ones
+    /// of the group's other members.
+    fn media_sources(&self, message: &MessageRef) -> Vec<PeerId> {
         let author = self.peer_of.get(&message.sender).copied();
         if author.is_some_and(|p| self.shared.is_connected(&p)) {
-            return author;
+            return author.into_iter().collect();
         }
-        let members: Vec<PeerId> = self
-            .engine
-            .other_members(&message.conv_id)
-            .iter()
-            .filter(|k| *k != &message.sender)
-            .filter_map(|k| self.peer_of.get(k).copied())
-            .filter(|p| self.shared.is_connected(p))
-            .collect();
-        if members.is_empty() {
-            return author;
-        }
-        members.get(attempts as usize % members.len()).copied()
+        author
+            .into_iter()
+            .chain(
+                self.engine
+                    .other_members(&message.conv_id)
+                    .iter()
+                    .filter(|k| *k != &message.sender)
+                    .filter_map(|k| self.peer_of.get(k).copied())
+                    .filter(|p| self.shared.is_connected(p)),
+            )
+            .collect()
     }
 
     fn media_chunk(
