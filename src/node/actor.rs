@@ -873,46 +873,50 @@ impl Actor {
         if self.busy.contains(&peer) {
             return;
         }
-        let Some(queue) = self.queues.get_mut(&peer) else {
-            return;
-        };
         let limits = self.cfg.net.direct_limits;
-        let mut frames = Vec::new();
-        let mut positions = Vec::new();
-        let mut bytes = 0usize;
-        while let Some((_, f)) = queue.front() {
-            if frames.len() >= limits.max_frames
-                || (!frames.is_empty() && bytes + f.len() > limits.max_batch_bytes)
-            {
-                break;
-            }
-            let Some((pos, f)) = queue.pop_front() else {
-                break;
+        // A batch the peer would refuse fails alone; the next goes on.
+        loop {
+            let Some(queue) = self.queues.get_mut(&peer) else {
+                return;
             };
-            bytes += f.len();
-            frames.push(f);
-            positions.push(pos);
-        }
-        if queue.is_empty() {
-            self.queues.remove(&peer);
-        }
-        if frames.is_empty() {
-            return;
-        }
-        let batch = direct::Batch::new(frames);
-        // What the peer would refuse fails here, as request-response's
-        // send does, rather than break the stream.
-        if let Err(e) = batch.check(&limits) {
-            warn!(%peer, error = %e, "direct batch not sent");
-            self.failed(positions);
-            return;
-        }
-        self.busy.insert(peer);
-        match self.direct_links.send(peer, batch) {
-            Ok(id) => {
-                self.direct_in_flight.insert(id, (peer, positions));
+            let mut frames = Vec::new();
+            let mut positions = Vec::new();
+            let mut bytes = 0usize;
+            while let Some((_, f)) = queue.front() {
+                if frames.len() >= limits.max_frames
+                    || (!frames.is_empty() && bytes + f.len() > limits.max_batch_bytes)
+                {
+                    break;
+                }
+                let Some((pos, f)) = queue.pop_front() else {
+                    break;
+                };
+                bytes += f.len();
+                frames.push(f);
+                positions.push(pos);
             }
-            Err(batch) => self.send_direct_request(peer, *batch, positions),
+            if queue.is_empty() {
+                self.queues.remove(&peer);
+            }
+            if frames.is_empty() {
+                return;
+            }
+            let batch = direct::Batch::new(frames);
+            // What the peer would refuse fails here, as request-response's
+            // send does, rather than break the stream.
+            if let Err(e) = batch.check(&limits) {
+                warn!(%peer, error = %e, "direct batch not sent");
+                self.failed(positions);
+                continue;
+            }
+            self.busy.insert(peer);
+            match self.direct_links.send(peer, batch) {
+                Ok(id) => {
+                    self.direct_in_flight.insert(id, (peer, positions));
+                }
+                Err(batch) => self.send_direct_request(peer, *batch, positions),
+            }
+            return;
         }
     }
 
