@@ -8,7 +8,7 @@
 //!   keeps and logs no plaintext.
 //! - `media`: files sent 1:1 and to a group, fetched by the recipients
 //!   from the author and read back whole; nothing of them in the clear on
-//!   disk.
+//!   disk; six members fetching one file at once.
 //! - `presence`: online → away → offline when heartbeats stop.
 //! - `hostile`: malformed, oversized, expired, replayed and flooding
 //!   input from one peer while another conversation goes on.

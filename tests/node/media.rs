@@ -245,3 +245,19 @@ async fn a_file_in_a_temporary_chat_leaves_no_piece_behind() {
         assert_eq!(store.records(Kind::MediaWanted).unwrap().len(), 0);
     }
 }
+
+/// Six members fetch one larger file from its author at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_members_fetch_one_file_at_once() {
+    let (_dirs, mut nodes, group) = crate::group::group_of(7, 1700).await;
+    let sent_file = file(1_000_000, 10);
+    let sent = nodes[0]
+        .handle
+        .send_group_media(group, sent_file.clone())
+        .await
+        .unwrap();
+    for node in nodes[1..].iter_mut() {
+        let got = ready(node, sent.msg_id).await;
+        assert_eq!(node.handle.media(got).await.unwrap(), sent_file);
+    }
+}
