@@ -734,7 +734,7 @@ async fn read_media_file(
     path: &str,
     mime: String,
 ) -> Result<crate::node::media::MediaFile, ApiError> {
-    use crate::crypto::media::{MAX_MIME, MAX_NAME, check_label};
+    use crate::crypto::media::{check_mime, check_name};
     let path = std::path::PathBuf::from(path);
     if !path.is_absolute() {
         return Err(bad("the file's path must be absolute"));
@@ -744,8 +744,8 @@ async fn read_media_file(
         .and_then(|n| n.to_str())
         .ok_or_else(|| bad("the path names no file (or its name is not UTF-8)"))?
         .to_owned();
-    check_label("media name", &name, MAX_NAME).map_err(|e| bad(e.to_string()))?;
-    check_label("media type", &mime, MAX_MIME).map_err(|e| bad(e.to_string()))?;
+    check_name(&name).map_err(|e| bad(e.to_string()))?;
+    check_mime(&mime).map_err(|e| bad(e.to_string()))?;
     let data = tokio::task::spawn_blocking(move || read_bounded(&path))
         .await
         .map_err(|e| ApiError::new(ErrorKind::Failed, e.to_string()))??;

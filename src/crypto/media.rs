@@ -101,10 +101,23 @@ fn reorders(c: char) -> bool {
     matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2028}' | '\u{2029}' | '\u{2066}'..='\u{2069}')
 }
 
-/// A name or type as a manifest may hold it: bounded, no control
-/// characters or characters that reorder text, no path separators in a
-/// name.
-pub fn check_label(what: &'static str, s: &str, max: usize) -> Result<(), Error> {
+/// A file name as a manifest may hold it: at most [`MAX_NAME`] bytes, no
+/// control characters or characters that reorder text, no path separators.
+pub fn check_name(name: &str) -> Result<(), Error> {
+    check_text("media name", name, MAX_NAME)?;
+    if name.contains(['/', '\\']) {
+        return Err(Error::Malformed { what: "media name" });
+    }
+    Ok(())
+}
+
+/// A media type as a manifest may hold it: at most [`MAX_MIME`] bytes, no
+/// control characters or characters that reorder text.
+pub fn check_mime(mime: &str) -> Result<(), Error> {
+    check_text("media type", mime, MAX_MIME)
+}
+
+fn check_text(what: &'static str, s: &str, max: usize) -> Result<(), Error> {
     if s.len() > max {
         return Err(Error::TooLarge {
             what,
@@ -112,9 +125,7 @@ pub fn check_label(what: &'static str, s: &str, max: usize) -> Result<(), Error>
             max,
         });
     }
-    if s.chars().any(|c| c.is_control() || reorders(c))
-        || (what == "media name" && s.contains(['/', '\\']))
-    {
+    if s.chars().any(|c| c.is_control() || reorders(c)) {
         return Err(Error::Malformed { what });
     }
     Ok(())
@@ -136,8 +147,8 @@ impl Manifest {
                 max: MAX_MEDIA as usize,
             });
         }
-        check_label("media name", name, MAX_NAME)?;
-        check_label("media type", mime, MAX_MIME)?;
+        check_name(name)?;
+        check_mime(mime)?;
         let mut key = [0u8; 32];
         rng.fill_bytes(&mut key);
         let mut manifest = Manifest {
@@ -213,8 +224,8 @@ impl Manifest {
                 what: "media manifest (chunk count)",
             });
         }
-        check_label("media name", &m.name, MAX_NAME)?;
-        check_label("media type", &m.mime, MAX_MIME)?;
+        check_name(&m.name)?;
+        check_mime(&m.mime)?;
         Ok(m)
     }
 

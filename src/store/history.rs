@@ -303,7 +303,7 @@ impl<'a> History<'a> {
             }
             // Block and tail keys alike: a prefix byte, then a message's
             // sort key, which starts with its conversation.
-            let conv: [u8; 32] = block[1..33].try_into().unwrap_or_default();
+            let conv = blocks::block_conv(block).unwrap_or_default();
             let removed = if block[0] == TAIL_PREFIX {
                 staged.remove_tail_expired(block, now, |e| {
                     expired(conv, e);

@@ -128,12 +128,7 @@ fn two_daemons_chat_through_the_cli_and_mail_waits_at_the_relay_while_one_is_sto
 #[test]
 fn a_file_is_sent_and_saved_through_the_cli() {
     let root = tempfile::tempdir().unwrap();
-    let mut alice = Device::init(root.path(), "alice");
-    let mut bob = Device::init(root.path(), "bob");
-    alice.start(&[]);
-    bob.start(&[]);
-    alice.json(&["contacts", "add", "bob", &bob.invite()]);
-    bob.json(&["contacts", "add", "alice", &alice.invite()]);
+    let (alice, bob) = crate::two_contacts(root.path());
     let bob_events = Proc::events(bob.cmd());
 
     let data: Vec<u8> = (0..150_000u32).map(|i| (i * 31 % 251) as u8).collect();

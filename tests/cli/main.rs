@@ -272,6 +272,18 @@ impl Device {
     }
 }
 
+/// Alice and Bob, each a running daemon (no relay) and each the other's
+/// contact, in `root`.
+pub(crate) fn two_contacts(root: &Path) -> (Device, Device) {
+    let mut alice = Device::init(root, "alice");
+    let mut bob = Device::init(root, "bob");
+    alice.start(&[]);
+    bob.start(&[]);
+    alice.json(&["contacts", "add", "bob", &bob.invite()]);
+    bob.json(&["contacts", "add", "alice", &alice.invite()]);
+    (alice, bob)
+}
+
 pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

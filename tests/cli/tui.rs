@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use portable_pty::{CommandBuilder, PtySize, native_pty_system};
 
-use crate::{Device, WAIT};
+use crate::WAIT;
 
 /// The pseudo-terminal's screen, fed from its output.
 struct Screen {
@@ -36,12 +36,7 @@ impl Screen {
 #[test]
 fn the_terminal_chat_sends_a_message_and_shows_it_delivered() {
     let root = tempfile::tempdir().unwrap();
-    let mut alice = Device::init(root.path(), "alice");
-    let mut bob = Device::init(root.path(), "bob");
-    alice.start(&[]);
-    bob.start(&[]);
-    alice.json(&["contacts", "add", "bob", &bob.invite()]);
-    bob.json(&["contacts", "add", "alice", &alice.invite()]);
+    let (mut alice, mut bob) = crate::two_contacts(root.path());
 
     let pty = native_pty_system()
         .openpty(PtySize {
