@@ -162,6 +162,54 @@ fn send_file(
     Ok(())
 }
 
+/// What a line starts with to save a file that came.
+const SAVE_COMMAND: &str = "/save ";
+
+/// `/save PATH`: writes the last file that came whole (else the newest
+/// file in the open conversation) to a new file at `path` (relative to
+/// where the chat runs).
+fn save_file(client: &mut Client, app: &mut App, path: &str) -> Result<(), ClientError> {
+    let Some((with, id)) = app.to_save() else {
+        app.notice = Some("No file to save here yet.".into());
+        return Ok(());
+    };
+    let path = match std::path::absolute(path) {
+        Ok(p) => p,
+        Err(e) => {
+            app.notice = Some(format!("{path}: {e}"));
+            return Ok(());
+        }
+    };
+    let v = match client.call(&Request::SaveFile {
+        with,
+        id,
+        path: path.to_string_lossy().into_owned(),
+    }) {
+        Err(ClientError::Api(e)) => {
+            app.notice = Some(format!("Not saved: {}", e.message));
+            return Ok(());
+        }
+        v => v?,
+    };
+    app.input.clear();
+    app.notice = Some(format!(
+        "Saved {} bytes to {}",
+        v["written"].as_u64().unwrap_or(0),
+        path.display()
+    ));
+    Ok(())
+}
+
+/// A line that is a command (`/file PATH`, `/save PATH`): the command and
+/// its argument.
+fn command(text: &str) -> Option<(&'static str, &str)> {
+    [FILE_COMMAND, SAVE_COMMAND].into_iter().find_map(|c| {
+        let word = c.trim_end();
+        let rest = text.strip_prefix(word)?;
+        (rest.is_empty() || rest.starts_with(' ')).then(|| (word, rest.trim()))
+    })
+}
+
 /// Does what an action asks of the daemon. A refusal is shown on the
 /// notice line; only a lost daemon ends the chat.
 fn act(client: &mut Client, app: &mut App, a: Action) -> Result<(), ClientError> {
@@ -170,15 +218,14 @@ fn act(client: &mut Client, app: &mut App, a: Action) -> Result<(), ClientError>
         Action::Open(name) => history(client, app, name, None),
         Action::LoadMore { name, before } => history(client, app, name, Some(before)),
         Action::MarkRead(name) => client.call(&Request::MarkRead { with: name }).map(drop),
-        Action::Send { to, text }
-            if text == FILE_COMMAND.trim_end() || text.starts_with(FILE_COMMAND) =>
-        {
-            match text[FILE_COMMAND.trim_end().len()..].trim() {
-                "" => {
-                    app.notice = Some("/file PATH sends the file at PATH".into());
+        Action::Send { to, text } if command(&text).is_some() => {
+            match command(&text) {
+                Some((_, "")) | None => {
+                    app.notice = Some("/file PATH sends the file at PATH; /save PATH saves the last file that came".into());
                     Ok(())
                 }
-                path => send_file(client, app, to, path),
+                Some((c, path)) if c == FILE_COMMAND.trim_end() => send_file(client, app, to, path),
+                Some((_, path)) => save_file(client, app, path),
             }
         }
         Action::Send { to, text } => client

@@ -45,6 +45,8 @@ pub(super) struct Msg {
     pub(super) sent_at: u64,
     /// In a group: members who have it, who read it, of how many.
     pub(super) counts: Option<(u64, u64, u64)>,
+    /// A file message.
+    pub(super) media: bool,
 }
 
 impl Msg {
@@ -59,6 +61,7 @@ impl Msg {
             state: s("state"),
             sent_at: v["sent_at"].as_u64().unwrap_or(0),
             counts: None,
+            media: v["media"].is_object(),
         }
     }
 }
@@ -102,6 +105,9 @@ pub(super) struct App {
     trimmed: bool,
     /// How far up the last frame could scroll (lines).
     max_scroll: std::cell::Cell<usize>,
+    /// The last file that came whole: its conversation (as the API names
+    /// it) and message id.
+    ready: Option<(String, String)>,
 }
 
 /// The tick shown after one of our messages.
@@ -147,6 +153,15 @@ fn clock(secs: u64) -> String {
 }
 
 impl App {
+    /// The file `/save` keeps: the last that came whole, else the newest
+    /// file shown in the open conversation (its conversation and id).
+    pub(super) fn to_save(&self) -> Option<(String, String)> {
+        self.ready.clone().or_else(|| {
+            let m = self.messages.iter().rev().find(|m| m.media)?;
+            Some((self.current()?.to_owned(), m.id.clone()))
+        })
+    }
+
     /// The open conversation as the API names it (a contact's identity
     /// key, a group's id; a contact's name where no key was given).
     pub(super) fn current(&self) -> Option<&str> {
@@ -260,6 +275,7 @@ impl App {
             state,
             sent_at: now,
             counts,
+            media: false,
         });
         self.scroll = 0;
     }
@@ -371,10 +387,11 @@ impl App {
                     None => s("identity").to_owned(),
                 };
                 self.notice = Some(format!(
-                    "A file from {} is here: meshchat save {target} {} -o FILE",
+                    "A file from {} came: /save FILE, or meshchat save {target} {} -o FILE",
                     s("contact"),
                     s("id")
                 ));
+                self.ready = Some((target, s("id").to_owned()));
             }
             "presence" => {
                 // By key: two contacts may share a name.

@@ -121,8 +121,21 @@ fn the_terminal_chat_sends_a_message_and_shows_it_delivered() {
         .unwrap()
         .to_owned();
     screen.wait_line("how to save it", |l| {
-        l.contains(&format!("meshchat save {}", &bob_key[..20]))
+        l.contains(&format!("/save FILE, or meshchat save {}", &bob_key[..12]))
     });
+    // `/save PATH` keeps the file that came last.
+    let kept = root.path().join("kept.txt");
+    keys.write_all(format!("/save {}\r", kept.display()).as_bytes())
+        .unwrap();
+    keys.flush().unwrap();
+    screen.wait_line("the file saved", |l| l.contains("Saved 2 bytes to"));
+    assert_eq!(std::fs::read(&kept).unwrap(), b"ok");
+    // Not over an existing file: the refusal shows, the file stays.
+    keys.write_all(format!("/save {}\r", saved.display()).as_bytes())
+        .unwrap();
+    keys.flush().unwrap();
+    screen.wait_line("the refusal", |l| l.contains("Not saved: "));
+    assert_eq!(std::fs::read(&saved).unwrap(), b"minutes of the meeting");
 
     // Ctrl-C leaves, with exit code 0.
     keys.write_all(b"\x03").unwrap();
