@@ -67,38 +67,24 @@ impl Sealer {
         }
     }
 
-    /// Encodes and seals `value` as the record at `key` in `tree`.
+    /// Encodes and seals `value` as the record at `key` in `tree`. The
+    /// encoding's size is measured first and the record is encoded and
+    /// encrypted in one buffer allocated once at its final size: a buffer
+    /// that grew would leave copies of the plaintext in freed memory.
     pub(crate) fn seal<T: Serialize>(
         &self,
         tree: &TreeSpec,
         key: &[u8],
         value: &T,
     ) -> Result<Vec<u8>, Error> {
-        self.seal_sized(tree, key, value, 0)
-    }
-
-    /// As [`Sealer::seal`] for a value whose encoding takes about
-    /// `plain_hint` bytes: the record is encoded and encrypted in one
-    /// buffer of that size, with no copy of the plaintext.
-    pub(crate) fn seal_sized<T: Serialize>(
-        &self,
-        tree: &TreeSpec,
-        key: &[u8],
-        value: &T,
-        plain_hint: usize,
-    ) -> Result<Vec<u8>, Error> {
-        let mut record =
-            Vec::with_capacity(RECORD_OVERHEAD + plain_hint.max(64).min(tree.max_plain));
-        record.resize(RECORD_NONCE_ROOM, 0);
-        let mut record =
-            zeroize::Zeroizing::new(postcard::to_extend(value, record).map_err(|e| {
-                Error::Malformed {
-                    tree: tree.name,
-                    key: hex(key),
-                    what: format!("cannot encode: {e}"),
-                }
-            })?);
-        let plain_len = record.len() - RECORD_NONCE_ROOM;
+        let cannot = |e: postcard::Error| Error::Malformed {
+            tree: tree.name,
+            key: hex(key),
+            what: format!("cannot encode: {e}"),
+        };
+        let plain_len =
+            postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
+                .map_err(cannot)?;
         if plain_len > tree.max_plain {
             return Err(Error::TooLarge {
                 tree: tree.name,
@@ -107,6 +93,10 @@ impl Sealer {
                 max: tree.max_plain,
             });
         }
+        let mut record = Vec::with_capacity(RECORD_OVERHEAD + plain_len);
+        record.resize(RECORD_NONCE_ROOM, 0);
+        let mut record =
+            zeroize::Zeroizing::new(postcard::to_extend(value, record).map_err(cannot)?);
         // A poisoned lock only means another thread panicked while drawing a
         // nonce; the generator state is still usable.
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
@@ -260,6 +250,25 @@ mod tests {
             s.open::<Vec<u8>>(&T1, b"k", &huge),
             Err(Error::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_record_is_written_into_one_buffer_of_its_final_size() {
+        // Had the buffer grown while the value was encoded, copies of the
+        // plaintext would be left in freed memory: its capacity shows it
+        // was allocated once, exactly.
+        let s = sealer();
+        let big = TreeSpec {
+            name: "big",
+            max_plain: 1 << 20,
+        };
+        for len in [0, 1, 63, 64, 65, 1000, 100_000] {
+            let value = (7u64, vec![0xa5u8; len], "x".to_string());
+            let sealed = s.seal(&big, b"k", &value).unwrap();
+            assert_eq!(sealed.capacity(), sealed.len(), "{len} bytes");
+            let back: (u64, Vec<u8>, String) = s.open(&big, b"k", &sealed).unwrap();
+            assert_eq!(back, value);
+        }
     }
 
     #[test]

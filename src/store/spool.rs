@@ -73,9 +73,6 @@ const RECORDS: TreeSpec = TreeSpec {
     name: "spool",
     max_plain: MAX_ENVELOPE + 128 + MAX_GONE * 10,
 };
-/// Most bytes a held record's encoding adds to its envelope: variant,
-/// mailbox, sequence, id, two times and the envelope's length.
-const HELD_RECORD_FIELDS: usize = 1 + 32 + 10 + 16 + 10 + 10 + 5;
 /// Sealed segment headers.
 const HEADERS: TreeSpec = TreeSpec {
     name: "spool header",
@@ -884,7 +881,7 @@ impl Spool {
         let placed = self.append(fresh.len(), |sealer, k, segment, offset| {
             let (i, seq) = fresh[k];
             let item = &items[i];
-            sealer.seal_sized(
+            sealer.seal(
                 &RECORDS,
                 &record_ad(segment, offset),
                 &RecordOut::Held {
@@ -895,7 +892,6 @@ impl Spool {
                     expires_at: item.expires_at,
                     envelope: &item.envelope,
                 },
-                item.envelope.len() + HELD_RECORD_FIELDS,
             )
         })?;
         for (&(i, seq), (segment, offset, len)) in fresh.iter().zip(placed) {
@@ -1199,7 +1195,7 @@ impl Spool {
         }
         let placed = self.append(moving.len(), |sealer, k, segment, offset| {
             let (mailbox, h) = &moving[k];
-            sealer.seal_sized(
+            sealer.seal(
                 &RECORDS,
                 &record_ad(segment, offset),
                 &RecordOut::Held {
@@ -1210,7 +1206,6 @@ impl Spool {
                     expires_at: h.expires_at,
                     envelope: &h.envelope,
                 },
-                h.envelope.len() + HELD_RECORD_FIELDS,
             )
         })?;
         for ((mailbox, h), (segment, offset, len)) in moving.iter().zip(placed) {
