@@ -57,6 +57,9 @@ enum Command {
     Chats(client::PlainArgs),
     /// Mark a conversation read (the contact gets a read receipt).
     Read(client::ReadArgs),
+    /// Delete every message of a conversation from this device, with the
+    /// files they carried (the contact or group stays).
+    Clear(client::ClearArgs),
     /// Make a chat temporary (messages disappear a number of seconds after
     /// they are sent, on every device and relay), or `off` to keep them.
     Temporary(client::TemporaryArgs),
@@ -304,6 +307,7 @@ pub fn main() -> ExitCode {
         Command::Chat(args) => chat::run(args),
         Command::Chats(args) => client::chats(args),
         Command::Read(args) => client::read(args),
+        Command::Clear(args) => client::clear(args),
         Command::Temporary(args) => client::temporary(args),
         Command::Status(args) => client::status(args),
         Command::Events(args) => client::events(args),

@@ -100,6 +100,13 @@ pub enum Request {
         /// The contact: name or identity key (hex).
         with: String,
     },
+    /// Deletes every message of a conversation from this device, with
+    /// the files they carried (no receipt is sent; the contact or group
+    /// stays).
+    ClearHistory {
+        /// The contact or group: name or identity key / id (hex).
+        with: String,
+    },
     /// Shows this presence to contacts: `online` or `away`.
     SetPresence {
         /// `online` or `away`.

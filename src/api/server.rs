@@ -407,6 +407,11 @@ impl Api {
                 let marked = self.node.mark_read(with).await.map_err(failed)?;
                 Ok(json!({ "marked": marked }))
             }
+            Request::ClearHistory { with } => {
+                let with = self.target(&with).await?.key();
+                let cleared = self.node.clear_history(with).await.map_err(failed)?;
+                Ok(json!({ "cleared": cleared }))
+            }
             Request::SetPresence { state } => {
                 let state = match state.as_str() {
                     "online" => PresenceState::Online,

@@ -248,6 +248,20 @@ pub(super) struct ReadArgs {
     with: String,
 }
 
+/// `meshchat clear`.
+#[derive(Debug, clap::Args)]
+pub(super) struct ClearArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    #[command(flatten)]
+    out: OutArg,
+    /// The contact or group: name, identity key or group id.
+    with: String,
+    /// Do not ask for confirmation (needed when not on a terminal).
+    #[arg(long, short = 'y')]
+    yes: bool,
+}
+
 /// `meshchat temporary`.
 #[derive(Debug, clap::Args)]
 pub(super) struct TemporaryArgs {
@@ -844,6 +858,47 @@ pub(super) fn read(args: ReadArgs) -> Result<(), CliError> {
         println!("Marked the conversation with {} read.", args.with);
     } else {
         println!("Nothing unread with {}.", args.with);
+    }
+    Ok(())
+}
+
+/// `meshchat clear`: asks first, on a terminal, unless `--yes`.
+pub(super) fn clear(args: ClearArgs) -> Result<(), CliError> {
+    if !args.yes {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "clearing deletes every message with {} from this device: pass --yes to confirm",
+                args.with
+            )));
+        }
+        eprint!(
+            "Delete every message with {} from this device? Type yes: ",
+            args.with
+        );
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .map_err(|e| CliError::failed(e.into()))?;
+        if answer.trim() != "yes" {
+            println!("Nothing deleted.");
+            return Ok(());
+        }
+    }
+    let v = call(
+        &args.dir,
+        &Request::ClearHistory {
+            with: args.with.clone(),
+        },
+    )?;
+    if args.out.json {
+        super::print_json(&v);
+    } else {
+        println!(
+            "Deleted {} messages with {}.",
+            v["cleared"].as_u64().unwrap_or(0),
+            args.with
+        );
     }
     Ok(())
 }

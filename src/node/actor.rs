@@ -426,6 +426,7 @@ impl Actor {
                 self.job(Job::Invite { addrs, reply });
             }
             Command::MarkRead { with, reply } => self.job(Job::MarkRead { with, reply }),
+            Command::ClearHistory { with, reply } => self.job(Job::ClearHistory { with, reply }),
             Command::Media(m) => self.job(Job::Media(m)),
             Command::History {
                 with,

@@ -40,6 +40,10 @@ pub(crate) enum Command {
         with: [u8; 32],
         reply: Reply<bool>,
     },
+    ClearHistory {
+        with: [u8; 32],
+        reply: Reply<usize>,
+    },
     History {
         with: [u8; 32],
         before: Option<Cursor>,
@@ -286,6 +290,16 @@ impl NodeHandle {
     /// `false` if nothing was unread.
     pub async fn mark_read(&self, with: [u8; 32]) -> Result<bool, NodeError> {
         self.ask(|reply| Command::MarkRead { with, reply }).await
+    }
+
+    /// Deletes every message of the conversation with `with` (a contact
+    /// or a group) from this device, with the files they carried; returns
+    /// how many. The contact or group, the conversation's settings and
+    /// what is still queued to be sent stay; no receipt is sent. Answers
+    /// once the deletion is on disk.
+    pub async fn clear_history(&self, with: [u8; 32]) -> Result<usize, NodeError> {
+        self.ask(|reply| Command::ClearHistory { with, reply })
+            .await
     }
 
     /// Creates a group named `name` with the contacts `members`; this

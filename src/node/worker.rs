@@ -121,6 +121,10 @@ pub(crate) enum Job {
         with: [u8; 32],
         reply: Reply<bool>,
     },
+    ClearHistory {
+        with: [u8; 32],
+        reply: Reply<usize>,
+    },
     History {
         with: [u8; 32],
         before: Option<Cursor>,
@@ -704,6 +708,24 @@ impl Worker {
                 Ok(None) => round.reply(reply, Ok(false)),
                 Err(e) => round.reply(reply, Err(e.into())),
             },
+            Job::ClearHistory { with, reply } => {
+                let r = match self.engine.conversation_with(&with) {
+                    None => Err(NodeError::UnknownContact),
+                    Some(conv) => match self.engine.store().history().clear(&conv) {
+                        // A conversation with no message yet has nothing
+                        // to clear.
+                        Err(crate::store::Error::UnknownConversation { .. }) => Ok(0),
+                        r => r.map_err(Into::into),
+                    },
+                };
+                if r.is_ok() {
+                    // Its files are fetched no more; the reply waits for
+                    // the round's flush.
+                    self.media_purged();
+                    round.dirty = true;
+                }
+                round.reply(reply, r);
+            }
             Job::History {
                 with,
                 before,

@@ -11,7 +11,7 @@ use super::codec::hex;
 use super::keys::TAIL_PREFIX;
 use super::keys::{
     BlockKey, Cursor, EXPIRY_KEY_LEN, EXPIRY_PREFIX, MESSAGE_KEY_LEN, block_first, block_key,
-    block_prefix, key_conv_id, message_key,
+    block_prefix, key_conv_id, message_key, tail_prefix,
 };
 use super::tail;
 use super::{Error, Store};
@@ -305,9 +305,7 @@ impl<'a> History<'a> {
             // sort key, which starts with its conversation.
             let conv = blocks::block_conv(block).unwrap_or_default();
             let removed = if block[0] == TAIL_PREFIX {
-                staged.remove_tail_expired(block, now, |e| {
-                    expired(conv, e);
-                })
+                staged.remove_tail_where(block, |e| expired(conv, e))
             } else if s
                 .history
                 .contains_key(block)
@@ -324,18 +322,106 @@ impl<'a> History<'a> {
             }
         }
         staged.commit()?;
-        let media = media.into_inner();
-        if !media.is_empty() {
-            let m = s.media()?;
-            for (r, body) in &media {
-                // The message is gone whatever happens here; a chunk left
-                // behind cannot be read without it.
-                if let Err(e) = m.forget_chunks(body, &r.sender).and_then(|_| m.unwant(r)) {
-                    tracing::warn!(error = %e, "chunks of a purged media message left");
+        self.forget_media(media.into_inner())?;
+        Ok(Ok(purged))
+    }
+
+    /// After the commit that deleted them: the chunks and wanted records
+    /// of media messages that went.
+    fn forget_media(
+        &self,
+        media: std::collections::HashMap<MessageRef, Vec<u8>>,
+    ) -> Result<(), Error> {
+        if media.is_empty() {
+            return Ok(());
+        }
+        let m = self.store.media()?;
+        for (r, body) in &media {
+            // The message is gone whatever happens here; a chunk left
+            // behind cannot be read without it.
+            if let Err(e) = m.forget_chunks(body, &r.sender).and_then(|_| m.unwant(r)) {
+                tracing::warn!(error = %e, "chunks of a deleted media message left");
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every message of conversation `conv_id` stored now, with
+    /// the chunks of its files, and returns how many. The conversation
+    /// itself stays (its title, retention, and the sessions and groups
+    /// it belongs to), with no unread message. Works in atomic steps of
+    /// up to [`Self::PURGE_STEP`] records, like the purge: a crash leaves
+    /// each message fully present or fully gone, and clearing again
+    /// finishes. A record that does not open is deleted as it is. An
+    /// unknown id is [`Error::UnknownConversation`].
+    pub fn clear(&self, conv_id: &[u8; 32]) -> Result<usize, Error> {
+        if self.conv_record(conv_id)?.is_none() {
+            return Err(Error::UnknownConversation {
+                conv_id: hex(conv_id),
+            });
+        }
+        let mut cleared = 0;
+        loop {
+            let _writer = self.store.lock_history();
+            let keys = self.records_of(conv_id)?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut staged = Staged::new(self.store);
+            let media = std::cell::RefCell::new(std::collections::HashMap::new());
+            let all = |e: &blocks::Entry| {
+                if super::media::is_media(&e.body) {
+                    let r = MessageRef {
+                        conv_id: *conv_id,
+                        lamport: e.lamport,
+                        sender: e.sender,
+                        msg_id: e.msg_id,
+                    };
+                    media.borrow_mut().insert(r, e.body.clone());
+                }
+                true
+            };
+            for key in &keys {
+                let removed = if key[0] == TAIL_PREFIX {
+                    staged.remove_tail_where(key, all)
+                } else {
+                    staged.remove_where(key, all)
+                };
+                match removed {
+                    Ok(n) => cleared += n,
+                    Err(e) if e.is_damaged_record() => {
+                        tracing::warn!(error = %e, "a history record that does not open is deleted with its conversation");
+                        staged.remove_key(sled::IVec::from(&key[..]));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            staged.commit()?;
+            self.forget_media(media.into_inner())?;
+        }
+        self.mark_read(conv_id)?;
+        Ok(cleared)
+    }
+
+    /// Up to [`Self::PURGE_STEP`] keys of the tail records and blocks of
+    /// `conv_id`.
+    fn records_of(&self, conv_id: &[u8; 32]) -> Result<Vec<BlockKey>, Error> {
+        let mut keys = Vec::new();
+        for prefix in [tail_prefix(conv_id), block_prefix(conv_id)] {
+            for item in self.store.history.scan_prefix(prefix) {
+                let (key, _) = item.map_err(Error::db(HISTORY, "scan"))?;
+                let key = BlockKey::try_from(&key[..]).map_err(|_| Error::Malformed {
+                    tree: HISTORY,
+                    key: hex(&key),
+                    what: format!("a history record's key is {} bytes", key.len()),
+                })?;
+                keys.push(key);
+                if keys.len() == Self::PURGE_STEP {
+                    return Ok(keys);
                 }
             }
         }
-        Ok(Ok(purged))
+        Ok(keys)
     }
 
     /// The stored message `r` names, if any.

@@ -204,21 +204,19 @@ impl Staged<'_> {
         Ok(Some(true))
     }
 
-    /// Removes the tail message at `key` if it expired at `now`; returns
+    /// Removes the tail message at `key` if `drop` selects it; returns
     /// how many were removed (0 or 1).
-    pub(crate) fn remove_tail_expired(
+    pub(crate) fn remove_tail_where(
         &mut self,
         key: &BlockKey,
-        now: u64,
-        removed: impl Fn(&Entry),
+        drop: impl Fn(&Entry) -> bool,
     ) -> Result<usize, Error> {
         let Some(entry) = self.tail_entry(key)? else {
             return Ok(0);
         };
-        if entry.expires_at.is_none_or(|at| at > now) {
+        if !drop(&entry) {
             return Ok(0);
         }
-        removed(&entry);
         let conv: [u8; 32] = key[1..33].try_into().unwrap_or_default();
         self.tail.insert(
             *key,

@@ -193,3 +193,72 @@ fn a_file_is_sent_and_saved_through_the_cli() {
         1
     );
 }
+
+/// `meshchat clear` deletes a conversation's messages and files on this
+/// device only, after a confirmation; the conversation goes on.
+#[test]
+fn clearing_a_chat_deletes_its_messages_and_files_here_only() {
+    let root = tempfile::tempdir().unwrap();
+    let (alice, bob) = crate::two_contacts(root.path());
+    let bob_events = Proc::events(bob.cmd());
+    for text in ["first", "second"] {
+        alice.json(&["send", "bob", text, "--wait", "delivered"]);
+    }
+    let note = root.path().join("note.txt");
+    std::fs::write(&note, b"private").unwrap();
+    let sent = alice.json(&[
+        "send",
+        "bob",
+        "--file",
+        note.to_str().unwrap(),
+        "--wait",
+        "delivered",
+    ]);
+    let id = sent["id"].as_str().unwrap().to_owned();
+    bob_events.wait_json("the file", |e| {
+        e["type"] == "media_ready" && e["id"] == id.as_str()
+    });
+    let count = |who: &crate::Device, with: &str| {
+        who.json(&["history", with])["messages"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count(&bob, "alice"), 3);
+
+    // Not on a terminal, only with --yes.
+    let unconfirmed = bob.run(&["clear", "alice"]);
+    assert_eq!(unconfirmed.status.code(), Some(2));
+    assert!(
+        crate::stderr(&unconfirmed).contains("--yes"),
+        "{}",
+        crate::stderr(&unconfirmed)
+    );
+    assert_eq!(count(&bob, "alice"), 3);
+
+    assert_eq!(bob.json(&["clear", "alice", "--yes"])["cleared"], 3);
+    assert_eq!(count(&bob, "alice"), 0);
+    let chats = bob.json(&["chats"]);
+    let row = &chats.as_array().unwrap()[0];
+    assert_eq!(row["unread"], 0);
+    assert!(row["last"].is_null(), "{row}");
+    let gone = bob.run(&[
+        "save",
+        "alice",
+        &id,
+        "--output",
+        root.path().join("gone").to_str().unwrap(),
+    ]);
+    assert_ne!(gone.status.code(), Some(0));
+    // Alice's device keeps its copy; the chat goes on.
+    assert_eq!(count(&alice, "bob"), 3);
+    alice.json(&["send", "bob", "after", "--wait", "delivered"]);
+    let page = bob.json(&["history", "alice"]);
+    let texts: Vec<_> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, ["after"]);
+}

@@ -259,3 +259,97 @@ fn oversized_body_is_refused_and_nothing_written() {
     assert_eq!(h.get(&big.reference()).unwrap(), None);
     assert_eq!(h.page(&[1; 32], None, 10).unwrap().messages.len(), 1);
 }
+
+/// Clearing a conversation deletes every message in it (blocks and tail,
+/// over several steps), the chunks and wanted records of its files, and
+/// its unread count; other conversations are untouched, the conversation
+/// goes on taking new messages, and all of it holds after a reopen.
+#[test]
+fn clearing_a_conversation_deletes_its_messages_and_files_and_nothing_else() {
+    use crate::crypto::media::Manifest;
+    use crate::store::media_owner;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(11);
+    let (m, chunks) = Manifest::seal(&[7u8; 70_000], "scan.pdf", "", &mut rng).unwrap();
+    let body = m.to_body();
+    let file = msg(1, 7000, 2, 0xf1, &body);
+    let check = |store: &Store| {
+        let h = store.history();
+        assert!(all_pages(&h, &[1; 32], 100).is_empty());
+        assert!(h.get(&file.reference()).unwrap().is_none());
+        let conv = h
+            .conversation(&[1; 32])
+            .unwrap()
+            .expect("the conversation stays");
+        assert_eq!(conv.unread, 0);
+        assert_eq!(all_pages(&h, &[3; 32], 100).len(), 300);
+        let media = store.media().unwrap();
+        for name in &m.chunks {
+            assert!(
+                !media.has_chunk(name).unwrap(),
+                "a cleared file's chunk stayed"
+            );
+        }
+        assert!(media.wanted(None, 10).unwrap().is_empty());
+        let listed = h.summaries().unwrap();
+        let row = listed
+            .iter()
+            .find(|s| s.conversation.id == [1; 32])
+            .unwrap();
+        assert!(row.last.is_none(), "the list still shows a cleared message");
+    };
+    {
+        let store = Store::open(dir.path(), &data_key(1)).unwrap();
+        let h = store.history();
+        let media = store.media().unwrap();
+        for (name, c) in m.chunks.iter().zip(&chunks) {
+            media
+                .put_chunk(&media_owner(&body, &[2; 32]), name, c)
+                .unwrap();
+        }
+        // Enough messages for blocks and a tail, and for more records than
+        // one step takes.
+        let cleared: Vec<_> = (1..=6000u64)
+            .map(|i| msg(1, i, 2, 0, &i.to_be_bytes()))
+            .map(|mut m| {
+                m.msg_id[..8].copy_from_slice(&m.lamport.to_be_bytes());
+                m
+            })
+            .collect();
+        for batch in cleared.chunks(500) {
+            h.append_batch(batch, Direction::Incoming).unwrap();
+        }
+        h.append(&file, Direction::Incoming).unwrap();
+        media.want(&file.reference()).unwrap();
+        let other: Vec<_> = (1..=300u64)
+            .map(|i| msg(3, i, 2, i as u8, b"kept"))
+            .collect();
+        h.append_batch(&other, Direction::Incoming).unwrap();
+        assert_eq!(h.conversation(&[1; 32]).unwrap().unwrap().unread, 6001);
+
+        assert_eq!(h.clear(&[1; 32]).unwrap(), 6001);
+        check(&store);
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    check(&store);
+
+    // New messages come after the clear, below and above the old clock.
+    let h = store.history();
+    let low = msg(1, 5, 2, 0xa1, b"new, with an old clock");
+    let high = msg(1, 9000, 2, 0xa2, b"new");
+    h.append_batch(&[low.clone(), high.clone()], Direction::Incoming)
+        .unwrap();
+    let now: Vec<_> = all_pages(&h, &[1; 32], 100)
+        .into_iter()
+        .map(|m| m.msg_id)
+        .collect();
+    assert_eq!(now, vec![high.msg_id, low.msg_id]);
+    assert_eq!(h.conversation(&[1; 32]).unwrap().unwrap().unread, 2);
+
+    assert!(matches!(
+        h.clear(&[9; 32]),
+        Err(Error::UnknownConversation { .. })
+    ));
+}
