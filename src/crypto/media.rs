@@ -41,6 +41,89 @@ const TAG: usize = 16;
 const MANIFEST_VERSION: u8 = 1;
 use super::labels::MEDIA as LABEL;
 
+/// First byte of an envelope's `sealed` field that carries an encrypted
+/// chunk for a relay to hold (see [`relayed_chunk_envelope`]) rather than a
+/// sealed message, whose field starts with its version, 1.
+pub const RELAYED_CHUNK: u8 = 0xc1;
+/// The mark and the chunk's length (u32 BE) before a relayed chunk.
+const RELAYED_HEADER: usize = 5;
+/// Largest `sealed` field of a relayed chunk: every full chunk's.
+pub const MAX_RELAYED: usize = RELAYED_HEADER + MAX_SEALED_CHUNK;
+const _: () = assert!(MAX_RELAYED <= super::envelope::MAX_SEALED);
+
+/// The size a relayed chunk of `len` bytes is padded to: the next power of
+/// two from 256, every full chunk the same (so a relay sees a file's size
+/// only to within a chunk, and a small one's to within a power of two).
+fn relayed_size(len: usize) -> usize {
+    (RELAYED_HEADER + len)
+        .next_power_of_two()
+        .clamp(256, MAX_RELAYED)
+}
+
+/// An envelope for mailbox `mailbox_id` that carries the encrypted chunk
+/// `chunk` (named by its hash) for a relay to hold until `expires_at`, so
+/// that a device that is away gets a file while its author is away too:
+/// `sealed = RELAYED_CHUNK ‖ len (u32 BE) ‖ chunk ‖ zeros`. Its id is the
+/// start of the chunk's name, so the same chunk deposited again is the
+/// same bytes, which a relay holds once. Nothing in it is readable
+/// without the manifest, which travels in the message.
+pub fn relayed_chunk_envelope(
+    mailbox_id: [u8; 32],
+    expires_at: u64,
+    chunk: &[u8],
+) -> Result<Vec<u8>, Error> {
+    if chunk.len() > MAX_SEALED_CHUNK {
+        return Err(Error::TooLarge {
+            what: "media chunk",
+            len: chunk.len(),
+            max: MAX_SEALED_CHUNK,
+        });
+    }
+    let mut sealed = Vec::with_capacity(relayed_size(chunk.len()));
+    sealed.push(RELAYED_CHUNK);
+    sealed.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+    sealed.extend_from_slice(chunk);
+    sealed.resize(relayed_size(chunk.len()), 0);
+    let name = chunk_name(chunk);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&name[..16]);
+    Ok(super::Envelope::new(mailbox_id, id, expires_at, sealed).to_bytes())
+}
+
+/// The chunk an envelope's `sealed` field carries, if it is a relayed
+/// chunk (`None`: it is not one, open it as a sealed message). Its size,
+/// length and padding must be exactly as [`relayed_chunk_envelope`] makes
+/// them.
+pub fn relayed_chunk(sealed: &[u8]) -> Option<Result<&[u8], Error>> {
+    const WHAT: &str = "relayed media chunk";
+    if sealed.first() != Some(&RELAYED_CHUNK) {
+        return None;
+    }
+    let Some(len) = sealed.get(1..RELAYED_HEADER) else {
+        return Some(Err(Error::Truncated {
+            what: WHAT,
+            len: sealed.len(),
+            min: RELAYED_HEADER,
+        }));
+    };
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if len > MAX_SEALED_CHUNK {
+        return Some(Err(Error::TooLarge {
+            what: WHAT,
+            len,
+            max: MAX_SEALED_CHUNK,
+        }));
+    }
+    if sealed.len() != relayed_size(len) {
+        return Some(Err(Error::Malformed { what: WHAT }));
+    }
+    let (chunk, padding) = sealed[RELAYED_HEADER..].split_at(len);
+    if padding.iter().any(|b| *b != 0) {
+        return Some(Err(Error::Malformed { what: WHAT }));
+    }
+    Some(Ok(chunk))
+}
+
 /// The name of an encrypted chunk: SHA-256 of its bytes.
 pub fn chunk_name(sealed: &[u8]) -> [u8; 32] {
     Sha256::digest(sealed).into()
@@ -328,6 +411,55 @@ mod tests {
         let body = big.to_body();
         assert!(body.len() <= crate::node::proto::MAX_BODY, "{}", body.len());
         assert_eq!(Manifest::from_body(&body).unwrap().unwrap(), big);
+    }
+
+    #[test]
+    fn a_relayed_chunk_round_trips_padded_to_its_size_class() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let (_, sealed) = Manifest::seal(&file(CHUNK + 1000), "x", "", &mut rng).unwrap();
+        let mut sizes = Vec::new();
+        for c in sealed
+            .iter()
+            .map(Vec::as_slice)
+            .chain([&b""[..], &[9u8; 300][..]])
+        {
+            let bytes = relayed_chunk_envelope([3; 32], 77, c).unwrap();
+            let env = crate::crypto::Envelope::from_bytes(&bytes).unwrap();
+            assert_eq!((env.mailbox_id, env.expires_at), ([3; 32], 77));
+            assert_eq!(env.envelope_id[..], chunk_name(c)[..16]);
+            assert_eq!(relayed_chunk(&env.sealed).unwrap().unwrap(), c);
+            // The same chunk makes the same bytes (a relay holds it once).
+            assert_eq!(relayed_chunk_envelope([3; 32], 77, c).unwrap(), bytes);
+            sizes.push(env.sealed.len());
+        }
+        assert_eq!(sizes, [MAX_RELAYED, 1024, 256, 512]);
+        assert!(relayed_chunk_envelope([3; 32], 77, &vec![0; MAX_SEALED_CHUNK + 1]).is_err());
+    }
+
+    #[test]
+    fn a_relayed_chunk_out_of_shape_is_refused_and_a_sealed_message_is_not_one() {
+        let good = {
+            let bytes = relayed_chunk_envelope([3; 32], 77, &[5u8; 1000]).unwrap();
+            crate::crypto::Envelope::from_bytes(&bytes).unwrap().sealed
+        };
+        assert!(relayed_chunk(&[1, 2, 3]).is_none(), "a sealed message");
+        assert!(relayed_chunk(&[]).is_none());
+        assert!(relayed_chunk(&good[..3]).unwrap().is_err(), "truncated");
+        let mut long = good.clone();
+        long[1..5].copy_from_slice(&(MAX_SEALED_CHUNK as u32 + 1).to_be_bytes());
+        assert!(relayed_chunk(&long).unwrap().is_err(), "over the limit");
+        let mut padded = good.clone();
+        *padded.last_mut().unwrap() = 1;
+        assert!(relayed_chunk(&padded).unwrap().is_err(), "padding");
+        let mut short = good.clone();
+        short.pop();
+        assert!(relayed_chunk(&short).unwrap().is_err(), "size class");
+        let mut claims = good.clone();
+        claims[1..5].copy_from_slice(&2000u32.to_be_bytes());
+        assert!(
+            relayed_chunk(&claims).unwrap().is_err(),
+            "length past the field"
+        );
     }
 
     #[test]

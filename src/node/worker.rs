@@ -39,6 +39,7 @@ use crate::relay::proto::{self as mailbox, MAX_ACK, Owner, Refusal, Request, Res
 use crate::store::{Cursor, MessageRef, Page, Summary};
 
 mod media;
+mod relayed;
 
 /// Most jobs handled in one round (one flush).
 pub(crate) const MAX_ROUND: usize = 1024;
@@ -91,8 +92,15 @@ pub(crate) enum Purpose {
     Fetch,
     /// Deleting fetched mail: these sequence numbers.
     Ack { seqs: Vec<u64> },
-    /// Holding the queued message at `pos` for its recipient.
-    Deposit { pos: u64, envelope: Vec<u8> },
+    /// Holding the queued message at `pos` for its recipient `to`.
+    Deposit {
+        pos: u64,
+        to: [u8; 32],
+        envelope: Vec<u8>,
+    },
+    /// Holding chunks of the file the queued message at `pos` carries,
+    /// for its recipient (these envelopes).
+    Chunks { pos: u64, envelopes: Vec<Vec<u8>> },
     /// Holding an unqueued frame (a receipt) for its recipient: sent once.
     Forward,
     /// Publishing our prekeys (`topped_up`: with new one-time prekeys).
@@ -329,6 +337,9 @@ struct Round {
     /// Contacts this round has already routed a frame to (it leaves after
     /// the flush): a later message to them must not overtake it.
     routed: HashSet<[u8; 32]>,
+    /// File chunks taken from our mailbox: kept after the round's
+    /// messages (see `relayed`).
+    relayed_chunks: Vec<Vec<u8>>,
 }
 
 impl Round {
@@ -395,6 +406,8 @@ struct Relays {
     held: HashMap<u64, Held>,
     /// Deposits in flight.
     depositing: HashSet<(u64, PeerId)>,
+    /// The chunks of files deposited with their messages.
+    chunks: relayed::RelayedChunks,
     /// A contact's relays, from its bundle: at least this many copies.
     copies: usize,
     /// Seconds a custody is trusted before the message is deposited
@@ -605,6 +618,8 @@ impl Worker {
                 acks_due = None;
             }
             self.media_received(now_secs(), &mut round);
+            let relayed = std::mem::take(&mut round.relayed_chunks);
+            self.relayed_chunks(relayed, &mut round);
             // The last round before a clean stop: sessions are written as
             // they are, not reserved ahead (nothing is encrypted after it).
             if round.stop {
@@ -997,6 +1012,10 @@ impl Worker {
                 self.relays
                     .held
                     .retain(|pos, _| engine.attempts(*pos).is_some());
+                self.relays
+                    .chunks
+                    .retain(|pos| engine.attempts(pos).is_some());
+                self.pump_chunks(now, round);
                 // Temporary messages whose time is up leave the history.
                 match self.engine.store().history().purge_expired(now) {
                     Ok(0) => {}
@@ -1244,6 +1263,7 @@ impl Worker {
             h.relays.clear();
             h.again += 1;
             h.at = now;
+            self.relays.chunks.again(pos);
         }
         let held = self.relays.held.get(&pos).map_or(0, |h| h.relays.len());
         if held >= self.relays.copies {
@@ -1267,6 +1287,7 @@ impl Worker {
                 request: Request::Deposit(vec![serde_bytes::ByteBuf::from(envelope.to_vec())]),
                 purpose: Purpose::Deposit {
                     pos,
+                    to: *to,
                     envelope: envelope.to_vec(),
                 },
             });
@@ -1435,7 +1456,15 @@ impl Worker {
                             .max(self.relays.cursor.get(&relay).copied().unwrap_or(0)),
                     );
                     match Envelope::from_bytes(&item.envelope) {
-                        Ok(env) if env.mailbox_id == self.engine.mailbox_id() => mail.push(env),
+                        Ok(env) if env.mailbox_id == self.engine.mailbox_id() => {
+                            match crate::crypto::media::relayed_chunk(&env.sealed) {
+                                None => mail.push(env),
+                                Some(Ok(chunk)) => round.relayed_chunks.push(chunk.to_vec()),
+                                Some(Err(e)) => {
+                                    debug!(%relay, error = %e, "a malformed file chunk at a relay; dropped")
+                                }
+                            }
+                        }
                         _ => debug!(%relay, "unreadable mail at a relay; dropped"),
                     }
                 }
@@ -1560,12 +1589,16 @@ impl Worker {
             (Purpose::Prekeys { .. }, other) => {
                 debug!(%relay, answer = ?other.map(|r| short(&r)), "no prekeys from a contact's relay");
             }
-            (Purpose::Deposit { pos, envelope }, answer) => {
+            (Purpose::Chunks { pos, envelopes }, answer) => {
+                self.chunks_answer(pos, relay, envelopes, answer, now, round);
+            }
+            (Purpose::Deposit { pos, to, envelope }, answer) => {
                 self.relays.depositing.remove(&(pos, relay));
                 match answer {
                     Ok(Response::Custody(receipt)) => {
-                        let valid = peer_key(&relay)
-                            .is_some_and(|k| receipt.verify(&k, &[envelope]).is_ok());
+                        let valid = peer_key(&relay).is_some_and(|k| {
+                            receipt.verify(&k, std::slice::from_ref(&envelope)).is_ok()
+                        });
                         if !valid {
                             warn!(%relay, "custody receipt does not verify; not counted");
                             return;
@@ -1573,6 +1606,11 @@ impl Worker {
                         let h = self.relays.held.entry(pos).or_default();
                         h.relays.insert(relay);
                         h.at = now;
+                        // A file's message is held whole once its chunks
+                        // are too.
+                        if self.deposit_chunks(pos, relay, &to, &envelope, now, round) {
+                            return;
+                        }
                         match self.engine.stored_at_relay(pos) {
                             Ok(ev) => {
                                 round.dirty |= !ev.is_empty();

@@ -385,16 +385,20 @@ async fn mail_drained_at_once_is_answered_by_one_receipt() {
     );
 }
 
-/// A file for a device that is away: the message waits at its relay; the
-/// device reads it while the author is away too, so the chunks cannot come
-/// yet; it stops, starts again, and fetches them from the author once the
-/// author is back (the wanted media survives the restart).
+/// A file for a device that is away, whose relay has no room for the
+/// file: the author hears why, and the message waits at the relay alone.
+/// The device reads it while the author is away too, so the chunks cannot
+/// come yet; it stops, starts again, and fetches them from the author once
+/// the author is back (the wanted media survives the restart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_whose_author_was_away_is_fetched_after_both_return() {
     use meshchat::node::media::MediaFile;
+    use meshchat::relay::proto::Refusal;
 
     let dr = tempfile::tempdir().unwrap();
-    let r = TestRelay::start(relay_config(dr.path(), 171)).await;
+    let mut rc = relay_config(dr.path(), 171);
+    rc.limits.max_bytes = 100_000;
+    let r = TestRelay::start(rc).await;
     let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut a = TestNode::start_in("alice", da.path(), 172).await;
     let c_config = || {
@@ -414,7 +418,20 @@ async fn a_file_whose_author_was_away_is_fetched_after_both_return() {
         data: (0..200_000u32).map(|i| (i % 253) as u8).collect(),
     };
     let sent = a.handle.send_media(c_key, file.clone()).await.unwrap();
-    receipt(&mut a, sent, DeliveryState::StoredAtRelay).await;
+    let why = a
+        .wait("the relay's refusal of the file", |e| match e {
+            NodeEvent::RelayRefused {
+                message, reason, ..
+            } if *message == sent => Some(*reason),
+            NodeEvent::Receipt { message, state }
+                if *message == sent && *state >= DeliveryState::StoredAtRelay =>
+            {
+                panic!("a file the relay could not hold shows {state:?}")
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(why, Refusal::QuotaFull);
     // Alice goes away; she comes back later on the same address.
     let a_listen: libp2p::Multiaddr = a
         .addr
@@ -448,4 +465,54 @@ async fn a_file_whose_author_was_away_is_fetched_after_both_return() {
         })
         .await;
     assert_eq!(c.handle.media(ready).await.unwrap(), file);
+}
+
+/// A file for a device that is away, from an author that goes away too:
+/// its chunks wait at the device's relay with the message, "stored at
+/// relay" is said once they are all there, and the device gets the file
+/// whole from its mailbox. The relay holds no byte of it in the clear and
+/// nothing once the device has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_for_a_device_that_is_away_comes_from_its_relay() {
+    use meshchat::node::media::MediaFile;
+
+    let dr = tempfile::tempdir().unwrap();
+    let r = TestRelay::start(relay_config(dr.path(), 181)).await;
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("alice", da.path(), 182).await;
+    let c_config = || {
+        let mut cfg = config(dc.path(), 183);
+        cfg.relays = vec![r.addr.clone()];
+        cfg
+    };
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    befriend(&mut a, &mut c).await;
+    let c_key = c.key();
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+
+    // Nine chunks: more than one deposit request, the last one short.
+    let data: Vec<u8> = (0..530_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let file = MediaFile {
+        name: "scan.pdf".into(),
+        mime: "application/pdf".into(),
+        data,
+    };
+    let sent = a.handle.send_media(c_key, file.clone()).await.unwrap();
+    receipt(&mut a, sent, DeliveryState::StoredAtRelay).await;
+    // The message and its nine chunks.
+    r.holds(10).await;
+    a.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(a);
+    assert!(!dir_contains(dr.path(), &file.data[1000..1048]));
+
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    let ready = c
+        .wait("the file from the relay", |e| match e {
+            NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(*message),
+            _ => None,
+        })
+        .await;
+    assert_eq!(c.handle.media(ready).await.unwrap(), file);
+    r.holds(0).await;
 }

@@ -252,7 +252,7 @@ impl Worker {
 
     /// If every chunk of `message` is here: it is no longer wanted, and
     /// the user hears so.
-    fn settle(&mut self, message: MessageRef, round: &mut Round) {
+    pub(super) fn settle(&mut self, message: MessageRef, round: &mut Round) {
         let Some(w) = self.media.wanted.get(&message) else {
             return;
         };
@@ -394,7 +394,7 @@ impl Worker {
             .collect()
     }
 
-    fn media_chunk(
+    pub(super) fn media_chunk(
         &mut self,
         message: MessageRef,
         name: &[u8; 32],
@@ -450,6 +450,20 @@ impl Worker {
         self.media
             .wanted
             .retain(|m, _| media.is_wanted(m).unwrap_or(true));
+    }
+
+    /// Which followed file each of `names` belongs to.
+    pub(super) fn media_wanting(
+        &self,
+        names: &std::collections::HashSet<[u8; 32]>,
+    ) -> HashMap<[u8; 32], MessageRef> {
+        let mut out = HashMap::new();
+        for (m, w) in &self.media.wanted {
+            for name in w.manifest.chunks.iter().filter(|n| names.contains(*n)) {
+                out.insert(*name, *m);
+            }
+        }
+        out
     }
 
     /// The device of `peer` connected: fetch what it may have.

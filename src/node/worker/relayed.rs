@@ -1,0 +1,273 @@
+//! Files for a device that is away. When a relay takes custody of a 1:1
+//! media message, the sender deposits the file's encrypted chunks at that
+//! relay too, in the recipient's mailbox
+//! ([`crate::crypto::media::relayed_chunk_envelope`]); the message shows
+//! "stored at relay" only once all of them are held there. The recipient
+//! takes them from its mailbox with the rest of its mail, after the
+//! message that names them, so a file comes whole while its author is
+//! away too.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use libp2p::PeerId;
+use tracing::{debug, warn};
+
+use super::{Out, Purpose, Round, Worker, peer_key};
+use crate::crypto::Envelope;
+use crate::crypto::media::{Manifest, chunk_name, relayed_chunk_envelope};
+use crate::node::NodeEvent;
+use crate::relay::proto::{Request, Response};
+use crate::store::MessageRef;
+
+/// Chunks per deposit request (each about 64 KiB).
+pub(super) const CHUNK_BATCH: usize = 8;
+/// Chunk deposits running at once; the others wait their turn.
+pub(super) const MAX_CHUNK_DEPOSITS: usize = 4;
+/// After a deposit that failed (not refused): when it is tried again
+/// (seconds).
+pub(super) const CHUNKS_AGAIN: u64 = 30;
+/// Most chunk deposits waiting; past it the oldest is dropped (the
+/// message's next custody starts it again).
+const MAX_WAITING: usize = 1024;
+
+/// One file's chunks going to one relay.
+pub(super) struct ChunkDeposit {
+    message: MessageRef,
+    /// The recipient's mailbox and the message envelope's expiry.
+    mailbox: [u8; 32],
+    expires_at: u64,
+    names: Vec<[u8; 32]>,
+    /// The first chunk not held by the relay yet.
+    next: usize,
+    /// Not sent before this (Unix seconds).
+    not_before: u64,
+}
+
+/// Chunk deposits, by outbox position and relay.
+#[derive(Default)]
+pub(super) struct RelayedChunks {
+    running: HashMap<(u64, PeerId), ChunkDeposit>,
+    waiting: VecDeque<((u64, PeerId), ChunkDeposit)>,
+    /// Held whole by these relays (until the message leaves the outbox,
+    /// or is deposited again).
+    done: HashSet<(u64, PeerId)>,
+}
+
+impl RelayedChunks {
+    /// Forgets what concerns messages no longer queued.
+    pub(super) fn retain(&mut self, queued: impl Fn(u64) -> bool) {
+        self.running.retain(|(pos, _), _| queued(*pos));
+        self.waiting.retain(|((pos, _), _)| queued(*pos));
+        self.done.retain(|(pos, _)| queued(*pos));
+    }
+
+    /// The message at `pos` is deposited afresh: its chunks go again too.
+    pub(super) fn again(&mut self, pos: u64) {
+        self.done.retain(|(p, _)| *p != pos);
+    }
+}
+
+impl Worker {
+    /// `relay` took custody of the queued message at `pos` (its
+    /// `envelope`, for contact `to`): if it is a 1:1 file whose chunks the
+    /// relay does not hold yet, they are deposited there, and `true` says
+    /// that "stored at relay" waits for them.
+    pub(super) fn deposit_chunks(
+        &mut self,
+        pos: u64,
+        relay: PeerId,
+        to: &[u8; 32],
+        envelope: &[u8],
+        now: u64,
+        round: &mut Round,
+    ) -> bool {
+        let key = (pos, relay);
+        let chunks = &self.relays.chunks;
+        if chunks.done.contains(&key) {
+            return false;
+        }
+        if chunks.running.contains_key(&key) || chunks.waiting.iter().any(|(k, _)| *k == key) {
+            return true;
+        }
+        let Some(message) = self.engine.message_ref(pos) else {
+            return false;
+        };
+        // A group's members fetch from one another.
+        if self.engine.conversation_with(to) != Some(message.conv_id) {
+            return false;
+        }
+        let body = match self.engine.store().history().get(&message) {
+            Ok(Some(m)) => m.body,
+            Ok(None) => return false,
+            Err(e) => {
+                warn!(error = %e, "reading a queued message");
+                return false;
+            }
+        };
+        let manifest = match Manifest::from_body(&body) {
+            Some(Ok(m)) if !m.chunks.is_empty() => m,
+            _ => return false,
+        };
+        let Ok(env) = Envelope::from_bytes(envelope) else {
+            return false;
+        };
+        let job = ChunkDeposit {
+            message,
+            mailbox: env.mailbox_id,
+            expires_at: env.expires_at,
+            names: manifest.chunks.clone(),
+            next: 0,
+            not_before: 0,
+        };
+        let waiting = &mut self.relays.chunks.waiting;
+        if waiting.len() >= MAX_WAITING {
+            waiting.pop_front();
+        }
+        waiting.push_back((key, job));
+        self.pump_chunks(now, round);
+        true
+    }
+
+    /// Starts waiting chunk deposits that are due, as far as there is room.
+    pub(super) fn pump_chunks(&mut self, now: u64, round: &mut Round) {
+        let mut left = self.relays.chunks.waiting.len();
+        while left > 0 && self.relays.chunks.running.len() < MAX_CHUNK_DEPOSITS {
+            left -= 1;
+            let Some((key, job)) = self.relays.chunks.waiting.pop_front() else {
+                return;
+            };
+            if self.engine.attempts(key.0).is_none() {
+                continue;
+            }
+            if job.not_before > now {
+                self.relays.chunks.waiting.push_back((key, job));
+                continue;
+            }
+            self.send_chunks(key, job, round);
+        }
+    }
+
+    /// Sends the next batch of `job`'s chunks to its relay.
+    fn send_chunks(&mut self, key: (u64, PeerId), job: ChunkDeposit, round: &mut Round) {
+        let (pos, relay) = key;
+        let end = (job.next + CHUNK_BATCH).min(job.names.len());
+        let mut envelopes = Vec::with_capacity(end - job.next);
+        let media = match self.engine.store().media() {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "reading a file's chunks to deposit");
+                return;
+            }
+        };
+        for name in &job.names[job.next..end] {
+            let chunk = match media.chunk(name) {
+                Ok(Some(c)) => c,
+                other => {
+                    warn!(%relay, error = ?other.err(), "a chunk of a file to deposit is not here; not deposited");
+                    return;
+                }
+            };
+            match relayed_chunk_envelope(job.mailbox, job.expires_at, &chunk) {
+                Ok(e) => envelopes.push(e),
+                Err(e) => {
+                    warn!(error = %e, "a chunk of a file to deposit");
+                    return;
+                }
+            }
+        }
+        round.outs.push(Out::Mailbox {
+            relay,
+            addrs: Vec::new(),
+            request: Request::Deposit(
+                envelopes
+                    .iter()
+                    .map(|e| serde_bytes::ByteBuf::from(e.clone()))
+                    .collect(),
+            ),
+            purpose: Purpose::Chunks { pos, envelopes },
+        });
+        self.relays.chunks.running.insert(key, job);
+    }
+
+    /// The relay's answer to a batch of chunks.
+    pub(super) fn chunks_answer(
+        &mut self,
+        pos: u64,
+        relay: PeerId,
+        envelopes: Vec<Vec<u8>>,
+        answer: Result<Response, String>,
+        now: u64,
+        round: &mut Round,
+    ) {
+        let key = (pos, relay);
+        let Some(mut job) = self.relays.chunks.running.remove(&key) else {
+            return;
+        };
+        // Delivered (or expired) meanwhile: its recipient fetches the rest
+        // from us.
+        if self.engine.attempts(pos).is_none() {
+            self.pump_chunks(now, round);
+            return;
+        }
+        match answer {
+            Ok(Response::Custody(receipt))
+                if peer_key(&relay).is_some_and(|k| receipt.verify(&k, &envelopes).is_ok()) =>
+            {
+                job.next += envelopes.len();
+                if job.next < job.names.len() {
+                    self.send_chunks(key, job, round);
+                } else {
+                    debug!(%relay, chunks = job.names.len(), "a file held at a relay");
+                    self.relays.chunks.done.insert(key);
+                    match self.engine.stored_at_relay(pos) {
+                        Ok(ev) => {
+                            round.dirty |= !ev.is_empty();
+                            self.events(ev, &[0; 32], round);
+                        }
+                        Err(e) => warn!(error = %e, "recording custody"),
+                    }
+                }
+            }
+            Ok(Response::Refused(reason)) => {
+                warn!(%relay, %reason, "relay refused a file's chunks");
+                round.events.push(NodeEvent::RelayRefused {
+                    message: job.message,
+                    relay,
+                    reason,
+                });
+            }
+            other => {
+                debug!(%relay, answer = ?other.map(|r| super::short(&r)), "depositing a file's chunks failed");
+                job.not_before = now + CHUNKS_AGAIN;
+                self.relays.chunks.waiting.push_back((key, job));
+            }
+        }
+        self.pump_chunks(now, round);
+    }
+
+    /// Chunks taken from our mailbox (after the round's messages, so that
+    /// a file that came with them is wanted): each is kept if a file
+    /// followed here names it.
+    pub(super) fn relayed_chunks(&mut self, chunks: Vec<Vec<u8>>, round: &mut Round) {
+        if chunks.is_empty() {
+            return;
+        }
+        self.load_wanted_media(round);
+        let names: HashSet<[u8; 32]> = chunks.iter().map(|c| chunk_name(c)).collect();
+        let wanted_by = self.media_wanting(&names);
+        let mut touched = HashSet::new();
+        for chunk in chunks {
+            let name = chunk_name(&chunk);
+            match wanted_by.get(&name) {
+                Some(message) => {
+                    self.media_chunk(*message, &name, &chunk, round);
+                    touched.insert(*message);
+                }
+                None => debug!("a chunk from a relay that no file here wants"),
+            }
+        }
+        for message in touched {
+            self.settle(message, round);
+        }
+    }
+}
