@@ -1014,7 +1014,7 @@ impl Worker {
                     .retain(|pos, _| engine.attempts(*pos).is_some());
                 self.relays
                     .chunks
-                    .retain(|pos| engine.attempts(pos).is_some());
+                    .retain(now, |pos| engine.attempts(pos).is_some());
                 self.pump_chunks(now, round);
                 // Temporary messages whose time is up leave the history.
                 match self.engine.store().history().purge_expired(now) {

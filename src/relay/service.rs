@@ -688,7 +688,9 @@ impl Service {
         // Every check first: a deposit is taken whole or not at all.
         let mut items = Vec::with_capacity(raw.len());
         let mut digests = Vec::with_capacity(raw.len());
-        let mut per_mailbox: HashMap<[u8; 32], (u64, u64)> = HashMap::new();
+        // Per mailbox: envelopes and bytes added, and whether file chunks
+        // are among them.
+        let mut per_mailbox: HashMap<[u8; 32], (u64, u64, bool)> = HashMap::new();
         for bytes in raw {
             if bytes.len() > self.limits.max_envelope {
                 return refused(Refusal::TooLarge);
@@ -717,6 +719,7 @@ impl Service {
             if !self.spool.holds(&env.mailbox_id, &digest, keep_until) {
                 e.0 += 1;
                 e.1 += bytes.len() as u64;
+                e.2 |= env.sealed.first() == Some(&crate::crypto::media::RELAYED_CHUNK);
             }
             items.push(ToHold {
                 mailbox: env.mailbox_id,
@@ -726,15 +729,20 @@ impl Service {
             });
         }
         let held = self.spool.totals().bytes;
-        let adding: u64 = per_mailbox.values().map(|(_, bytes)| bytes).sum();
+        let adding: u64 = per_mailbox.values().map(|(_, bytes, _)| bytes).sum();
         if held.saturating_add(adding) > self.limits.disk_budget {
             return refused(Refusal::DiskFull);
         }
-        for (mailbox, (count, bytes)) in &per_mailbox {
+        for (mailbox, (count, bytes, files)) in &per_mailbox {
             let stats = self.spool.stats(mailbox);
-            if stats.count + count > self.limits.max_count
-                || stats.bytes + bytes > self.limits.max_bytes
-            {
+            // Files fill at most three quarters of a mailbox's bytes: the
+            // rest stays for messages.
+            let max_bytes = if *files {
+                self.limits.max_bytes - self.limits.max_bytes / 4
+            } else {
+                self.limits.max_bytes
+            };
+            if stats.count + count > self.limits.max_count || stats.bytes + bytes > max_bytes {
                 return refused(Refusal::QuotaFull);
             }
         }
@@ -749,7 +757,7 @@ impl Service {
             // repeat of what it holds gives them nothing to take.
             woke: per_mailbox
                 .into_iter()
-                .filter(|(_, (count, _))| *count > 0)
+                .filter(|(_, (count, _, _))| *count > 0)
                 .map(|(mailbox, _)| mailbox)
                 .collect(),
             ..Answer::now(Outgoing::Custody(Custody {
@@ -1206,6 +1214,40 @@ mod tests {
             refused(&mut f, &more),
             Response::Refused(Refusal::QuotaFull)
         );
+    }
+
+    /// File chunks fill at most three quarters of a mailbox's bytes;
+    /// messages still fit in the rest.
+    #[test]
+    fn files_leave_a_quarter_of_a_mailbox_for_messages() {
+        let limits = Limits {
+            max_bytes: 8 * 70_000,
+            ..Limits::default()
+        };
+        let mut f = fixture(limits);
+        let peer = f.peer;
+        let mailbox = f.owner.id().0;
+        let chunk = |n: u8| {
+            crate::crypto::media::relayed_chunk_envelope(mailbox, 5_000, &[n; 65_000]).unwrap()
+        };
+        let answer = |f: &mut Fixture, list: &[Vec<u8>]| {
+            f.service
+                .handle(&peer, deposit(list), 1_000)
+                .unwrap()
+                .response
+        };
+        // Six chunks fit under 6/8 of the quota; a seventh does not.
+        let six: Vec<Vec<u8>> = (0..6).map(chunk).collect();
+        assert!(matches!(answer(&mut f, &six), Response::Custody(_)));
+        assert_eq!(
+            answer(&mut f, &[chunk(6)]),
+            Response::Refused(Refusal::QuotaFull)
+        );
+        // Messages fill the rest.
+        let messages: Vec<Vec<u8>> = (1..=20)
+            .map(|n| envelope(&f.owner, n, 5_000, 6_000))
+            .collect();
+        assert!(matches!(answer(&mut f, &messages), Response::Custody(_)));
     }
 
     #[test]

@@ -516,3 +516,37 @@ async fn a_file_for_a_device_that_is_away_comes_from_its_relay() {
     assert_eq!(c.handle.media(ready).await.unwrap(), file);
     r.holds(0).await;
 }
+
+/// Two devices that reach only their relay (no connection between them):
+/// a file's message comes through the relay and is acknowledged at once,
+/// and its chunks follow it there all the same, so the file comes whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_between_devices_that_reach_only_a_relay_comes_whole() {
+    use meshchat::node::media::MediaFile;
+
+    let dr = tempfile::tempdir().unwrap();
+    let r = TestRelay::start(relay_config(dr.path(), 201)).await;
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_with("alice", mail_only(da.path(), 202, &r)).await;
+    let mut c = TestNode::start_with("carol", mail_only(dc.path(), 203, &r)).await;
+    befriend_unconnected(&a, &c).await;
+    a.connected_to(r.handle.peer_id()).await;
+    c.connected_to(r.handle.peer_id()).await;
+
+    let file = MediaFile {
+        name: "results.csv".into(),
+        mime: "text/csv".into(),
+        data: (0..600_000u32).map(|i| (i * 13 % 241) as u8).collect(),
+    };
+    let sent = a.handle.send_media(c.key(), file.clone()).await.unwrap();
+    let ready = c
+        .wait("the file through the relay", |e| match e {
+            NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(*message),
+            _ => None,
+        })
+        .await;
+    assert_eq!(c.handle.media(ready).await.unwrap(), file);
+    r.holds(0).await;
+    let status = a.handle.status().await.unwrap();
+    assert!(!status.connected.contains(&c.peer()), "never connected");
+}

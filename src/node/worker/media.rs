@@ -166,13 +166,39 @@ impl Worker {
                 return;
             }
         };
-        for message in found {
-            match media.want(&message) {
+        for message in &found {
+            match media.want(message) {
                 Ok(()) => round.dirty = true,
                 Err(e) => warn!(error = %e, "a media message not recorded for fetching"),
             }
         }
-        // Followed from the disk at once, as far as there is room.
+        // Followed at once, before older ones if there is no room: their
+        // chunks may come from a relay in the same page of mail, and one
+        // not followed would be dropped. An older one that gives way waits
+        // on disk for its turn.
+        for message in &found {
+            if self.media.wanted.contains_key(message) {
+                continue;
+            }
+            if self.media.wanted.len() >= MAX_FOLLOWED {
+                let idle = self
+                    .media
+                    .wanted
+                    .iter()
+                    .find(|(m, w)| !w.active && !found.contains(m))
+                    .map(|(m, _)| *m);
+                match idle {
+                    Some(m) => {
+                        self.media.wanted.remove(&m);
+                    }
+                    None => break,
+                }
+            }
+            if let Err(e) = self.follow(*message, round) {
+                warn!(error = %e, "a media message to fetch");
+            }
+        }
+        // The rest from the disk, as far as there is room.
         self.media.loaded = false;
         self.load_wanted_media(round);
         self.fetch_media(now, None, round);

@@ -16,15 +16,16 @@ use super::{Out, Purpose, Round, Worker, peer_key};
 use crate::crypto::Envelope;
 use crate::crypto::media::{Manifest, chunk_name, relayed_chunk_envelope};
 use crate::node::NodeEvent;
-use crate::relay::proto::{Request, Response};
+use crate::relay::proto::{Refusal, Request, Response};
 use crate::store::MessageRef;
 
 /// Chunks per deposit request (each about 64 KiB).
 pub(super) const CHUNK_BATCH: usize = 8;
 /// Chunk deposits running at once; the others wait their turn.
 pub(super) const MAX_CHUNK_DEPOSITS: usize = 4;
-/// After a deposit that failed (not refused): when it is tried again
-/// (seconds).
+/// After a deposit that failed (or the relay was too busy for): when it
+/// is tried again (seconds), doubled at each failure in a row up to
+/// 2⁸ times.
 pub(super) const CHUNKS_AGAIN: u64 = 30;
 /// Most chunk deposits waiting; past it the oldest is dropped (the
 /// message's next custody starts it again).
@@ -41,6 +42,8 @@ pub(super) struct ChunkDeposit {
     next: usize,
     /// Not sent before this (Unix seconds).
     not_before: u64,
+    /// Failures in a row.
+    failures: u32,
 }
 
 /// Chunk deposits, by outbox position and relay.
@@ -54,10 +57,13 @@ pub(super) struct RelayedChunks {
 }
 
 impl RelayedChunks {
-    /// Forgets what concerns messages no longer queued.
-    pub(super) fn retain(&mut self, queued: impl Fn(u64) -> bool) {
-        self.running.retain(|(pos, _), _| queued(*pos));
-        self.waiting.retain(|((pos, _), _)| queued(*pos));
+    /// Forgets deposits whose message expired, and which relays hold the
+    /// files of messages no longer queued. A deposit goes on after its
+    /// message was delivered: the message came through a relay, so its
+    /// device may have no other way to the file.
+    pub(super) fn retain(&mut self, now: u64, queued: impl Fn(u64) -> bool) {
+        self.running.retain(|_, j| j.expires_at > now);
+        self.waiting.retain(|(_, j)| j.expires_at > now);
         self.done.retain(|(pos, _)| queued(*pos));
     }
 
@@ -118,6 +124,7 @@ impl Worker {
             names: manifest.chunks.clone(),
             next: 0,
             not_before: 0,
+            failures: 0,
         };
         let waiting = &mut self.relays.chunks.waiting;
         if waiting.len() >= MAX_WAITING {
@@ -136,7 +143,7 @@ impl Worker {
             let Some((key, job)) = self.relays.chunks.waiting.pop_front() else {
                 return;
             };
-            if self.engine.attempts(key.0).is_none() {
+            if job.expires_at <= now {
                 continue;
             }
             if job.not_before > now {
@@ -203,16 +210,11 @@ impl Worker {
         let Some(mut job) = self.relays.chunks.running.remove(&key) else {
             return;
         };
-        // Delivered (or expired) meanwhile: its recipient fetches the rest
-        // from us.
-        if self.engine.attempts(pos).is_none() {
-            self.pump_chunks(now, round);
-            return;
-        }
         match answer {
             Ok(Response::Custody(receipt))
                 if peer_key(&relay).is_some_and(|k| receipt.verify(&k, &envelopes).is_ok()) =>
             {
+                job.failures = 0;
                 job.next += envelopes.len();
                 if job.next < job.names.len() {
                     self.send_chunks(key, job, round);
@@ -228,7 +230,7 @@ impl Worker {
                     }
                 }
             }
-            Ok(Response::Refused(reason)) => {
+            Ok(Response::Refused(reason)) if reason != Refusal::RateLimited => {
                 warn!(%relay, %reason, "relay refused a file's chunks");
                 round.events.push(NodeEvent::RelayRefused {
                     message: job.message,
@@ -238,7 +240,8 @@ impl Worker {
             }
             other => {
                 debug!(%relay, answer = ?other.map(|r| super::short(&r)), "depositing a file's chunks failed");
-                job.not_before = now + CHUNKS_AGAIN;
+                job.not_before = now + (CHUNKS_AGAIN << job.failures.min(8));
+                job.failures = job.failures.saturating_add(1);
                 self.relays.chunks.waiting.push_back((key, job));
             }
         }
