@@ -60,6 +60,8 @@ enum Command {
     /// Delete every message of a conversation from this device, with the
     /// files they carried (the contact or group stays).
     Clear(client::ClearArgs),
+    /// Delete one message (and its file) from this device.
+    Delete(client::DeleteArgs),
     /// Make a chat temporary (messages disappear a number of seconds after
     /// they are sent, on every device and relay), or `off` to keep them.
     Temporary(client::TemporaryArgs),
@@ -308,6 +310,7 @@ pub fn main() -> ExitCode {
         Command::Chats(args) => client::chats(args),
         Command::Read(args) => client::read(args),
         Command::Clear(args) => client::clear(args),
+        Command::Delete(args) => client::delete(args),
         Command::Temporary(args) => client::temporary(args),
         Command::Status(args) => client::status(args),
         Command::Events(args) => client::events(args),

@@ -107,6 +107,13 @@ pub enum Request {
         /// The contact or group: name or identity key / id (hex).
         with: String,
     },
+    /// Deletes one message from this device (with its file, if any).
+    DeleteMessage {
+        /// The contact or group the message is in.
+        with: String,
+        /// The message id (hex).
+        id: String,
+    },
     /// Shows this presence to contacts: `online` or `away`.
     SetPresence {
         /// `online` or `away`.

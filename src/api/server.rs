@@ -412,6 +412,15 @@ impl Api {
                 let cleared = self.node.clear_history(with).await.map_err(failed)?;
                 Ok(json!({ "cleared": cleared }))
             }
+            Request::DeleteMessage { with, id } => {
+                let id: [u8; 16] = crate::store::unhex(&id)
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or_else(|| bad(format!("not a message id: {id}")))?;
+                let with = self.target(&with).await?.key();
+                let message = self.find_message(with, &id).await?;
+                let deleted = self.node.delete_message(message).await.map_err(failed)?;
+                Ok(json!({ "deleted": deleted }))
+            }
             Request::SetPresence { state } => {
                 let state = match state.as_str() {
                     "online" => PresenceState::Online,

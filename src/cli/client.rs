@@ -262,6 +262,19 @@ pub(super) struct ClearArgs {
     yes: bool,
 }
 
+/// `meshchat delete`.
+#[derive(Debug, clap::Args)]
+pub(super) struct DeleteArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    #[command(flatten)]
+    out: OutArg,
+    /// The contact or group: name, identity key or group id.
+    with: String,
+    /// The message id (as `history --json` shows it).
+    id: String,
+}
+
 /// `meshchat temporary`.
 #[derive(Debug, clap::Args)]
 pub(super) struct TemporaryArgs {
@@ -899,6 +912,25 @@ pub(super) fn clear(args: ClearArgs) -> Result<(), CliError> {
             v["cleared"].as_u64().unwrap_or(0),
             args.with
         );
+    }
+    Ok(())
+}
+
+/// `meshchat delete`.
+pub(super) fn delete(args: DeleteArgs) -> Result<(), CliError> {
+    let v = call(
+        &args.dir,
+        &Request::DeleteMessage {
+            with: args.with.clone(),
+            id: args.id.clone(),
+        },
+    )?;
+    if args.out.json {
+        super::print_json(&v);
+    } else if v["deleted"] == true {
+        println!("Deleted the message from this device.");
+    } else {
+        println!("No such message here.");
     }
     Ok(())
 }

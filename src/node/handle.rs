@@ -44,6 +44,10 @@ pub(crate) enum Command {
         with: [u8; 32],
         reply: Reply<usize>,
     },
+    DeleteMessage {
+        message: MessageRef,
+        reply: Reply<bool>,
+    },
     History {
         with: [u8; 32],
         before: Option<Cursor>,
@@ -299,6 +303,14 @@ impl NodeHandle {
     /// once the deletion is on disk.
     pub async fn clear_history(&self, with: [u8; 32]) -> Result<usize, NodeError> {
         self.ask(|reply| Command::ClearHistory { with, reply })
+            .await
+    }
+
+    /// Deletes one message from this device (with the file it carries, if
+    /// any); `false` if it is not stored. Nothing is sent: the other
+    /// devices keep their copies. Answers once the deletion is on disk.
+    pub async fn delete_message(&self, message: MessageRef) -> Result<bool, NodeError> {
+        self.ask(|reply| Command::DeleteMessage { message, reply })
             .await
     }
 

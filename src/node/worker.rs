@@ -133,6 +133,10 @@ pub(crate) enum Job {
         with: [u8; 32],
         reply: Reply<usize>,
     },
+    DeleteMessage {
+        message: MessageRef,
+        reply: Reply<bool>,
+    },
     History {
         with: [u8; 32],
         before: Option<Cursor>,
@@ -740,6 +744,14 @@ impl Worker {
                     round.dirty = true;
                 }
                 round.reply(reply, r);
+            }
+            Job::DeleteMessage { message, reply } => {
+                let r = self.engine.store().history().delete(&message);
+                if matches!(r, Ok(true)) {
+                    self.media_purged();
+                    round.dirty = true;
+                }
+                round.reply(reply, r.map_err(Into::into));
             }
             Job::History {
                 with,

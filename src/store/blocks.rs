@@ -513,6 +513,29 @@ impl<'s> Staged<'s> {
         }
     }
 
+    /// Removes the message at `sort` wherever it is (tail or block);
+    /// returns it, or `None` if no such message is stored.
+    pub(crate) fn remove_message(
+        &mut self,
+        sort: &[u8; MESSAGE_KEY_LEN],
+    ) -> Result<Option<Entry>, Error> {
+        let conv: [u8; 32] = sort[..32].try_into().unwrap_or_default();
+        let gone = std::cell::RefCell::new(None);
+        let this = |e: &Entry| {
+            let hit = &e.sort_key(&conv) == sort;
+            if hit {
+                *gone.borrow_mut() = Some(e.clone());
+            }
+            hit
+        };
+        if self.in_tail(&conv, sort)? {
+            self.remove_tail_where(&super::keys::tail_key(sort), this)?;
+        } else if let Some(key) = self.last_block_in(&conv, &block_key(sort), true)? {
+            self.remove_where(&key, this)?;
+        }
+        Ok(gone.into_inner())
+    }
+
     /// Removes, from the block at `key`, every message `drop` selects;
     /// returns how many. A block left empty is deleted.
     pub(crate) fn remove_where(

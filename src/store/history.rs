@@ -403,6 +403,25 @@ impl<'a> History<'a> {
         Ok(cleared)
     }
 
+    /// Deletes the message `r` (and the chunks of the file it carries, if
+    /// any) in one atomic write; `false` if it is not stored.
+    pub fn delete(&self, r: &MessageRef) -> Result<bool, Error> {
+        let gone = {
+            let _writer = self.store.lock_history();
+            let mut staged = Staged::new(self.store);
+            let gone = staged.remove_message(&r.sort_key())?;
+            staged.commit()?;
+            gone
+        };
+        let Some(entry) = gone else {
+            return Ok(false);
+        };
+        if super::media::is_media(&entry.body) {
+            self.forget_media([(*r, entry.body)].into_iter().collect())?;
+        }
+        Ok(true)
+    }
+
     /// Up to [`Self::PURGE_STEP`] keys of the tail records and blocks of
     /// `conv_id`.
     fn records_of(&self, conv_id: &[u8; 32]) -> Result<Vec<BlockKey>, Error> {

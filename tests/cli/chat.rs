@@ -194,16 +194,21 @@ fn a_file_is_sent_and_saved_through_the_cli() {
     );
 }
 
-/// `meshchat clear` deletes a conversation's messages and files on this
-/// device only, after a confirmation; the conversation goes on.
+/// `meshchat delete` takes one message, and `meshchat clear` a whole
+/// conversation's messages and files, on this device only (clear after a
+/// confirmation); the conversation goes on.
 #[test]
 fn clearing_a_chat_deletes_its_messages_and_files_here_only() {
     let root = tempfile::tempdir().unwrap();
     let (alice, bob) = crate::two_contacts(root.path());
     let bob_events = Proc::events(bob.cmd());
-    for text in ["first", "second"] {
-        alice.json(&["send", "bob", text, "--wait", "delivered"]);
-    }
+    let ids: Vec<String> = ["first", "second", "third"]
+        .iter()
+        .map(|text| {
+            let v = alice.json(&["send", "bob", text, "--wait", "delivered"]);
+            v["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
     let note = root.path().join("note.txt");
     std::fs::write(&note, b"private").unwrap();
     let sent = alice.json(&[
@@ -224,7 +229,25 @@ fn clearing_a_chat_deletes_its_messages_and_files_here_only() {
             .unwrap()
             .len()
     };
-    assert_eq!(count(&bob, "alice"), 3);
+    assert_eq!(count(&bob, "alice"), 4);
+    // One message goes; the others stay; it cannot go twice.
+    assert_eq!(bob.json(&["delete", "alice", &ids[1]])["deleted"], true);
+    let texts = |who: &crate::Device, with: &str| -> Vec<String> {
+        who.json(&["history", with])["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        texts(&bob, "alice"),
+        ["[file] note.txt (7 bytes)", "third", "first"]
+    );
+    assert_ne!(
+        bob.run(&["delete", "alice", &ids[1]]).status.code(),
+        Some(0)
+    );
 
     // Not on a terminal, only with --yes.
     let unconfirmed = bob.run(&["clear", "alice"]);
@@ -251,14 +274,7 @@ fn clearing_a_chat_deletes_its_messages_and_files_here_only() {
     ]);
     assert_ne!(gone.status.code(), Some(0));
     // Alice's device keeps its copy; the chat goes on.
-    assert_eq!(count(&alice, "bob"), 3);
+    assert_eq!(count(&alice, "bob"), 4);
     alice.json(&["send", "bob", "after", "--wait", "delivered"]);
-    let page = bob.json(&["history", "alice"]);
-    let texts: Vec<_> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(texts, ["after"]);
+    assert_eq!(texts(&bob, "alice"), ["after"]);
 }

@@ -353,3 +353,59 @@ fn clearing_a_conversation_deletes_its_messages_and_files_and_nothing_else() {
         Err(Error::UnknownConversation { .. })
     ));
 }
+
+/// Deleting one message takes it alone (from a block or the tail), with
+/// the chunks of its file; the conversation's newest message follows, and
+/// a message not stored is `false`.
+#[test]
+fn deleting_a_message_takes_it_alone_and_its_file() {
+    use crate::crypto::media::Manifest;
+    use crate::store::media_owner;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(12);
+    let (m, chunks) = Manifest::seal(&[3u8; 70_000], "photo.jpg", "", &mut rng).unwrap();
+    let body = m.to_body();
+    let file = msg(1, 150, 2, 0xf1, &body);
+    let all: Vec<_> = (1..=200u64)
+        .map(|i| msg(1, i, 2, i as u8, &i.to_be_bytes()))
+        .collect();
+    let old = all[10].clone();
+    let newest = all[199].clone();
+    {
+        let store = Store::open(dir.path(), &data_key(1)).unwrap();
+        let h = store.history();
+        let media = store.media().unwrap();
+        for (name, c) in m.chunks.iter().zip(&chunks) {
+            media
+                .put_chunk(&media_owner(&body, &[2; 32]), name, c)
+                .unwrap();
+        }
+        h.append_batch(&all, Direction::Incoming).unwrap();
+        h.append(&file, Direction::Incoming).unwrap();
+        media.want(&file.reference()).unwrap();
+
+        assert!(h.delete(&old.reference()).unwrap(), "in a block");
+        assert!(
+            h.delete(&newest.reference()).unwrap(),
+            "the newest, in the tail"
+        );
+        assert!(h.delete(&file.reference()).unwrap(), "a file");
+        assert!(!h.delete(&old.reference()).unwrap(), "already gone");
+        for name in &m.chunks {
+            assert!(!media.has_chunk(name).unwrap());
+        }
+        assert!(media.wanted(None, 10).unwrap().is_empty());
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let h = store.history();
+    let left: Vec<_> = all_pages(&h, &[1; 32], 37)
+        .into_iter()
+        .map(|m| m.lamport)
+        .collect();
+    let expected: Vec<u64> = (1..=199u64).rev().filter(|l| *l != 11).collect();
+    assert_eq!(left, expected);
+    let row = h.summaries().unwrap();
+    assert_eq!(row[0].last.as_ref().unwrap().lamport, 199);
+}
