@@ -545,9 +545,16 @@ impl<'s> Staged<'s> {
     ) -> Result<usize, Error> {
         let conv = block_conv(key).unwrap_or_default();
         let mut entries = self.take(key)?;
-        let before = entries.len();
-        entries.retain(|e| !drop(e));
-        let removed = before - entries.len();
+        // `drop` is asked once per message (it may note what it drops).
+        let mut gone = Vec::new();
+        entries.retain(|e| {
+            let d = drop(e);
+            if d {
+                gone.push(e.sort_key(&conv));
+            }
+            !d
+        });
+        let removed = gone.len();
         self.put(&conv, *key, entries);
         if removed > 0 {
             self.load_record(&conv)?;
@@ -555,7 +562,7 @@ impl<'s> Staged<'s> {
                 .convs
                 .get(&conv)
                 .and_then(|(r, _)| r.newest.as_ref())
-                .is_some_and(&drop)
+                .is_some_and(|n| gone.contains(&n.sort_key(&conv)))
             {
                 self.stale_newest.insert(conv);
             }

@@ -409,3 +409,48 @@ fn deleting_a_message_takes_it_alone_and_its_file() {
     let row = h.summaries().unwrap();
     assert_eq!(row[0].last.as_ref().unwrap().lamport, 199);
 }
+
+/// A conversation emptied by a clear, a delete or a purge while its few
+/// messages are all in the tail shows nothing unread, also after a
+/// reopen (the deletions are not written as single writes whose repair
+/// record would bring the old count back).
+#[test]
+fn an_emptied_conversation_stays_with_nothing_unread_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let three = |conv: u8| -> Vec<StoredMessage> {
+        (1..=3u64)
+            .map(|i| {
+                let mut m = msg(conv, i, 2, i as u8, b"unread");
+                m.expires_at = Some(100);
+                m
+            })
+            .collect()
+    };
+    {
+        let store = Store::open(dir.path(), &data_key(1)).unwrap();
+        let h = store.history();
+        for conv in [1, 2, 3] {
+            h.append_batch(&three(conv), Direction::Incoming).unwrap();
+            assert_eq!(h.conversation(&[conv; 32]).unwrap().unwrap().unread, 3);
+        }
+        assert_eq!(h.clear(&[1; 32]).unwrap(), 3);
+        for m in three(2) {
+            assert!(h.delete(&m.reference()).unwrap());
+        }
+        // Conversation 3 expires.
+        assert_eq!(h.purge_expired(100).unwrap(), 9 - 6);
+        for conv in [1, 2, 3] {
+            assert_eq!(h.conversation(&[conv; 32]).unwrap().unwrap().unread, 0);
+        }
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let h = store.history();
+    for conv in [1, 2, 3] {
+        assert_eq!(
+            h.conversation(&[conv; 32]).unwrap().unwrap().unread,
+            0,
+            "conversation {conv}"
+        );
+    }
+}
