@@ -593,6 +593,28 @@ pub enum EventView {
         /// Seconds messages live from now on; null: kept.
         secs: Option<u64>,
     },
+    /// A conversation was cleared on this device.
+    Cleared {
+        /// The contact's name, or the group's id.
+        with: String,
+        /// The contact's identity key (hex), for a 1:1 chat.
+        identity: Option<String>,
+        /// The group's id (hex), for a group.
+        group: Option<String>,
+        /// How many messages went.
+        messages: usize,
+    },
+    /// A message was deleted on this device.
+    Deleted {
+        /// The message id (hex).
+        id: String,
+        /// The contact's name, or the group's id.
+        with: String,
+        /// The contact's identity key (hex), for a 1:1 chat.
+        identity: Option<String>,
+        /// The group's id (hex), for a group.
+        group: Option<String>,
+    },
     /// Temporary messages reached their time and were deleted here.
     Disappeared {
         /// How many.
@@ -618,6 +640,11 @@ impl EventView {
         name: &dyn Fn(&[u8; 32]) -> String,
         group: &GroupOf<'_>,
     ) -> Option<Self> {
+        // A contact's key or a group's id, as events name it.
+        let target = |key: &[u8; 32]| match group(key) {
+            Some((id, _)) => (id.clone(), None, Some(id)),
+            None => (name(key), Some(hex(key)), None),
+        };
         Some(match e {
             NodeEvent::Message { from, message } => {
                 let contact = name(from);
@@ -709,6 +736,24 @@ impl EventView {
             NodeEvent::Disappeared { messages } => Self::Disappeared {
                 messages: *messages,
             },
+            NodeEvent::Cleared { with, messages } => {
+                let (with, identity, group) = target(with);
+                Self::Cleared {
+                    with,
+                    identity,
+                    group,
+                    messages: *messages,
+                }
+            }
+            NodeEvent::Deleted { with, message } => {
+                let (with, identity, group) = target(with);
+                Self::Deleted {
+                    id: hex(&message.msg_id),
+                    with,
+                    identity,
+                    group,
+                }
+            }
             _ => return None,
         })
     }

@@ -418,7 +418,11 @@ impl Api {
                     .ok_or_else(|| bad(format!("not a message id: {id}")))?;
                 let with = self.target(&with).await?.key();
                 let message = self.find_message(with, &id).await?;
-                let deleted = self.node.delete_message(message).await.map_err(failed)?;
+                let deleted = self
+                    .node
+                    .delete_message(with, message)
+                    .await
+                    .map_err(failed)?;
                 Ok(json!({ "deleted": deleted }))
             }
             Request::SetPresence { state } => {

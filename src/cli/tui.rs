@@ -406,6 +406,17 @@ impl App {
                     c.presence = s("state").to_owned();
                 }
             }
+            // Cleared or deleted here (by `meshchat clear`, say): the open
+            // conversation is read again or loses the message.
+            "cleared" => {
+                let target = e["group"].as_str().or(e["identity"].as_str());
+                if let Some(t) = target
+                    && self.current() == Some(t)
+                {
+                    return Action::Open(t.to_owned());
+                }
+            }
+            "deleted" => self.messages.retain(|m| m.id != s("id")),
             "relay_refused" => {
                 self.notice = Some(format!("A relay refused a message: {}", s("reason")));
             }

@@ -427,9 +427,15 @@ impl Actor {
             }
             Command::MarkRead { with, reply } => self.job(Job::MarkRead { with, reply }),
             Command::ClearHistory { with, reply } => self.job(Job::ClearHistory { with, reply }),
-            Command::DeleteMessage { message, reply } => {
-                self.job(Job::DeleteMessage { message, reply })
-            }
+            Command::DeleteMessage {
+                with,
+                message,
+                reply,
+            } => self.job(Job::DeleteMessage {
+                with,
+                message,
+                reply,
+            }),
             Command::Media(m) => self.job(Job::Media(m)),
             Command::History {
                 with,

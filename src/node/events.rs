@@ -107,6 +107,22 @@ pub enum NodeEvent {
         /// How many.
         messages: usize,
     },
+    /// The conversation with a contact or a group was cleared on this
+    /// device ([`super::NodeHandle::clear_history`]).
+    Cleared {
+        /// The contact's identity key or the group's id.
+        with: [u8; 32],
+        /// How many messages went.
+        messages: usize,
+    },
+    /// A message was deleted from this device
+    /// ([`super::NodeHandle::delete_message`]).
+    Deleted {
+        /// The contact's identity key or the group's id.
+        with: [u8; 32],
+        /// The message.
+        message: MessageRef,
+    },
     /// Every chunk of a media message is here: its file can be read
     /// ([`super::NodeHandle::media`]).
     MediaReady {

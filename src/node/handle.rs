@@ -45,6 +45,7 @@ pub(crate) enum Command {
         reply: Reply<usize>,
     },
     DeleteMessage {
+        with: [u8; 32],
         message: MessageRef,
         reply: Reply<bool>,
     },
@@ -306,12 +307,21 @@ impl NodeHandle {
             .await
     }
 
-    /// Deletes one message from this device (with the file it carries, if
-    /// any); `false` if it is not stored. Nothing is sent: the other
-    /// devices keep their copies. Answers once the deletion is on disk.
-    pub async fn delete_message(&self, message: MessageRef) -> Result<bool, NodeError> {
-        self.ask(|reply| Command::DeleteMessage { message, reply })
-            .await
+    /// Deletes one message of the conversation with `with` (a contact or
+    /// a group) from this device, with the file it carries, if any;
+    /// `false` if it is not stored. Nothing is sent: the other devices
+    /// keep their copies. Answers once the deletion is on disk.
+    pub async fn delete_message(
+        &self,
+        with: [u8; 32],
+        message: MessageRef,
+    ) -> Result<bool, NodeError> {
+        self.ask(|reply| Command::DeleteMessage {
+            with,
+            message,
+            reply,
+        })
+        .await
     }
 
     /// Creates a group named `name` with the contacts `members`; this

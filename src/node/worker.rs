@@ -134,6 +134,7 @@ pub(crate) enum Job {
         reply: Reply<usize>,
     },
     DeleteMessage {
+        with: [u8; 32],
         message: MessageRef,
         reply: Reply<bool>,
     },
@@ -737,19 +738,30 @@ impl Worker {
                         r => r.map_err(Into::into),
                     },
                 };
-                if r.is_ok() {
+                if let Ok(messages) = r {
                     // Its files are fetched no more; the reply waits for
                     // the round's flush.
                     self.media_purged();
                     round.dirty = true;
+                    round.events.push(NodeEvent::Cleared { with, messages });
                 }
                 round.reply(reply, r);
             }
-            Job::DeleteMessage { message, reply } => {
-                let r = self.engine.store().history().delete(&message);
+            Job::DeleteMessage {
+                with,
+                message,
+                reply,
+            } => {
+                let r = match self.engine.conversation_with(&with) {
+                    Some(conv) if conv == message.conv_id => {
+                        self.engine.store().history().delete(&message)
+                    }
+                    _ => Ok(false),
+                };
                 if matches!(r, Ok(true)) {
                     self.media_purged();
                     round.dirty = true;
+                    round.events.push(NodeEvent::Deleted { with, message });
                 }
                 round.reply(reply, r.map_err(Into::into));
             }

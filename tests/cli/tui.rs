@@ -16,6 +16,22 @@ struct Screen {
 }
 
 impl Screen {
+    /// Waits until no line of the screen satisfies `pick`.
+    fn wait_gone(&mut self, what: &str, pick: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let contents = self.parser.screen().contents();
+            if !contents.lines().any(&pick) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(bytes) => self.parser.process(&bytes),
+                Err(_) => panic!("{what} still on the screen:\n{contents}"),
+            }
+        }
+    }
+
     /// Waits until some line of the screen satisfies `pick`; returns it.
     fn wait_line(&mut self, what: &str, pick: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + WAIT;
@@ -87,7 +103,7 @@ fn the_terminal_chat_sends_a_message_and_shows_it_delivered() {
     });
 
     // And bob's answer appears in the open conversation.
-    bob.json(&["send", "alice", "got it"]);
+    let answer = bob.json(&["send", "alice", "got it"]);
     screen.wait_line("bob's answer", |l| l.contains("bob: got it"));
 
     // `/file PATH` sends a file; bob's device fetches it whole.
@@ -136,6 +152,19 @@ fn the_terminal_chat_sends_a_message_and_shows_it_delivered() {
     keys.flush().unwrap();
     screen.wait_line("the refusal", |l| l.contains("Not saved: "));
     assert_eq!(std::fs::read(&saved).unwrap(), b"minutes of the meeting");
+
+    // A message deleted and the chat cleared from elsewhere (the CLI)
+    // leave the open conversation too.
+    let id = answer["id"].as_str().unwrap();
+    alice.json(&["delete", "bob", id]);
+    screen.wait_gone("the deleted message", |l| l.contains("bob: got it"));
+    screen.wait_line("a message not deleted", |l| {
+        l.contains("me: hello from the terminal")
+    });
+    alice.json(&["clear", "bob", "--yes"]);
+    screen.wait_gone("the cleared chat", |l| {
+        l.contains("me: hello from the terminal") || l.contains("[file]")
+    });
 
     // Ctrl-C leaves, with exit code 0.
     keys.write_all(b"\x03").unwrap();
