@@ -894,8 +894,9 @@ pub(super) fn clear(args: ClearArgs) -> Result<(), CliError> {
             .read_line(&mut answer)
             .map_err(|e| CliError::failed(e.into()))?;
         if answer.trim() != "yes" {
-            println!("Nothing deleted.");
-            return Ok(());
+            return Err(CliError::failed(anyhow::anyhow!(
+                "not confirmed; nothing deleted"
+            )));
         }
     }
     let v = call(

@@ -410,13 +410,21 @@ impl App {
             // conversation is read again or loses the message.
             "cleared" => {
                 let target = e["group"].as_str().or(e["identity"].as_str());
+                if self.ready.as_ref().map(|(t, _)| t.as_str()) == target {
+                    self.ready = None;
+                }
                 if let Some(t) = target
                     && self.current() == Some(t)
                 {
                     return Action::Open(t.to_owned());
                 }
             }
-            "deleted" => self.messages.retain(|m| m.id != s("id")),
+            "deleted" => {
+                if self.ready.as_ref().is_some_and(|(_, id)| id == s("id")) {
+                    self.ready = None;
+                }
+                self.messages.retain(|m| m.id != s("id"));
+            }
             "relay_refused" => {
                 self.notice = Some(format!("A relay refused a message: {}", s("reason")));
             }

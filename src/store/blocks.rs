@@ -186,6 +186,9 @@ pub(crate) struct Staged<'s> {
     fetched: HashMap<BlockKey, sled::IVec>,
     /// Other keys to delete in the same batch.
     pub(super) removals: Vec<sled::IVec>,
+    /// Messages are deleted (a purge, a clear, a delete): the write goes
+    /// as one batch (see `Staged::commit`).
+    pub(super) deletes_messages: bool,
 }
 
 impl<'s> Staged<'s> {
@@ -200,6 +203,7 @@ impl<'s> Staged<'s> {
             journal: HashMap::new(),
             fetched: HashMap::new(),
             removals: Vec::new(),
+            deletes_messages: false,
         }
     }
 
@@ -557,6 +561,7 @@ impl<'s> Staged<'s> {
         let removed = gone.len();
         self.put(&conv, *key, entries);
         if removed > 0 {
+            self.deletes_messages = true;
             self.load_record(&conv)?;
             if self
                 .convs

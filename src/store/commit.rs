@@ -128,15 +128,13 @@ impl Staged<'_> {
             }
             record.newest = newest;
         }
-        // A deletion goes in one batch: the journal of single writes only
-        // knows how to repair messages added (a record that says what the
-        // counters were before would bring back an unread count its
-        // deletions had cleared).
+        // A deletion of messages goes in one batch: the journal of single
+        // writes only knows how to repair messages added (a record that
+        // says what the counters were before would bring back an unread
+        // count its deletions had cleared). Tail records that move into a
+        // block are not deleted messages.
         let only_additions = self.removals.is_empty()
-            && self
-                .tail
-                .values()
-                .all(|op| matches!(op, super::tail::TailOp::Put(_)))
+            && !self.deletes_messages
             && self
                 .blocks
                 .iter()

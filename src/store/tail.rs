@@ -217,6 +217,7 @@ impl Staged<'_> {
         if !drop(&entry) {
             return Ok(0);
         }
+        self.deletes_messages = true;
         let conv: [u8; 32] = key[1..33].try_into().unwrap_or_default();
         self.tail.insert(
             *key,

@@ -476,6 +476,10 @@ impl Worker {
         self.media
             .wanted
             .retain(|m, _| media.is_wanted(m).unwrap_or(true));
+        let history = self.engine.store().history();
+        self.relays
+            .chunks
+            .forget_gone(|m| !matches!(history.get(m), Ok(None)));
     }
 
     /// Which followed file each of `names` belongs to.

@@ -67,6 +67,13 @@ impl RelayedChunks {
         self.done.retain(|(pos, _)| queued(*pos));
     }
 
+    /// Deposits for messages no longer stored here (cleared, deleted,
+    /// purged) go: their chunks went with them.
+    pub(super) fn forget_gone(&mut self, stored: impl Fn(&MessageRef) -> bool) {
+        self.running.retain(|_, j| stored(&j.message));
+        self.waiting.retain(|(_, j)| stored(&j.message));
+    }
+
     /// The message at `pos` is deposited afresh: its chunks go again too.
     pub(super) fn again(&mut self, pos: u64) {
         self.done.retain(|(p, _)| *p != pos);
