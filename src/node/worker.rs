@@ -99,8 +99,8 @@ pub(crate) enum Purpose {
         envelope: Vec<u8>,
     },
     /// Holding chunks of the file the queued message at `pos` carries,
-    /// for its recipient (these envelopes).
-    Chunks { pos: u64, envelopes: Vec<Vec<u8>> },
+    /// for its recipient (envelopes with these digests).
+    Chunks { pos: u64, digests: Vec<[u8; 32]> },
     /// Holding an unqueued frame (a receipt) for its recipient: sent once.
     Forward,
     /// Publishing our prekeys (`topped_up`: with new one-time prekeys).
@@ -1613,8 +1613,8 @@ impl Worker {
             (Purpose::Prekeys { .. }, other) => {
                 debug!(%relay, answer = ?other.map(|r| short(&r)), "no prekeys from a contact's relay");
             }
-            (Purpose::Chunks { pos, envelopes }, answer) => {
-                self.chunks_answer(pos, relay, envelopes, answer, now, round);
+            (Purpose::Chunks { pos, digests }, answer) => {
+                self.chunks_answer(pos, relay, digests, answer, now, round);
             }
             (Purpose::Deposit { pos, to, envelope }, answer) => {
                 self.relays.depositing.remove(&(pos, relay));

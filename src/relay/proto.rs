@@ -454,6 +454,17 @@ impl CustodyReceipt {
     /// Checks the relay's signature, and that the receipt names exactly the
     /// envelopes deposited (by their bytes, in order).
     pub fn verify(&self, relay: &[u8; 32], deposited: &[Vec<u8>]) -> Result<(), crypto::Error> {
+        let digests: Vec<[u8; 32]> = deposited.iter().map(|e| envelope_digest(e)).collect();
+        self.verify_digests(relay, &digests)
+    }
+
+    /// [`Self::verify`] against the envelopes' digests
+    /// ([`envelope_digest`]), for a depositor that kept only those.
+    pub fn verify_digests(
+        &self,
+        relay: &[u8; 32],
+        deposited: &[[u8; 32]],
+    ) -> Result<(), crypto::Error> {
         if &self.custody.relay != relay {
             return Err(crypto::Error::BadSignature {
                 what: "custody receipt (from another relay)",
@@ -466,10 +477,7 @@ impl CustodyReceipt {
             &self.sig,
             "custody receipt",
         )?;
-        let named = deposited.iter().map(|e| envelope_digest(e));
-        if self.custody.envelopes.len() != deposited.len()
-            || !named.eq(self.custody.envelopes.iter().copied())
-        {
+        if self.custody.envelopes != deposited {
             return Err(crypto::Error::Malformed {
                 what: "custody receipt (not for these envelopes)",
             });

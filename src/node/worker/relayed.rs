@@ -16,7 +16,7 @@ use super::{Out, Purpose, Round, Worker, peer_key};
 use crate::crypto::Envelope;
 use crate::crypto::media::{Manifest, chunk_name, relayed_chunk_envelope};
 use crate::node::NodeEvent;
-use crate::relay::proto::{Refusal, Request, Response};
+use crate::relay::proto::{Refusal, Request, Response, envelope_digest};
 use crate::store::MessageRef;
 
 /// Chunks per deposit request (each about 64 KiB).
@@ -189,16 +189,17 @@ impl Worker {
                 }
             }
         }
+        let digests = envelopes.iter().map(|e| envelope_digest(e)).collect();
         round.outs.push(Out::Mailbox {
             relay,
             addrs: Vec::new(),
             request: Request::Deposit(
                 envelopes
-                    .iter()
-                    .map(|e| serde_bytes::ByteBuf::from(e.clone()))
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::from)
                     .collect(),
             ),
-            purpose: Purpose::Chunks { pos, envelopes },
+            purpose: Purpose::Chunks { pos, digests },
         });
         self.relays.chunks.running.insert(key, job);
     }
@@ -208,7 +209,7 @@ impl Worker {
         &mut self,
         pos: u64,
         relay: PeerId,
-        envelopes: Vec<Vec<u8>>,
+        digests: Vec<[u8; 32]>,
         answer: Result<Response, String>,
         now: u64,
         round: &mut Round,
@@ -219,10 +220,11 @@ impl Worker {
         };
         match answer {
             Ok(Response::Custody(receipt))
-                if peer_key(&relay).is_some_and(|k| receipt.verify(&k, &envelopes).is_ok()) =>
+                if peer_key(&relay)
+                    .is_some_and(|k| receipt.verify_digests(&k, &digests).is_ok()) =>
             {
                 job.failures = 0;
-                job.next += envelopes.len();
+                job.next += digests.len();
                 if job.next < job.names.len() {
                     self.send_chunks(key, job, round);
                 } else {
@@ -263,11 +265,13 @@ impl Worker {
             return;
         }
         self.load_wanted_media(round);
-        let names: HashSet<[u8; 32]> = chunks.iter().map(|c| chunk_name(c)).collect();
+        // Each 64 KiB chunk hashed once here.
+        let named: Vec<([u8; 32], Vec<u8>)> =
+            chunks.into_iter().map(|c| (chunk_name(&c), c)).collect();
+        let names: HashSet<[u8; 32]> = named.iter().map(|(n, _)| *n).collect();
         let wanted_by = self.media_wanting(&names);
         let mut touched = HashSet::new();
-        for chunk in chunks {
-            let name = chunk_name(&chunk);
+        for (name, chunk) in named {
             match wanted_by.get(&name) {
                 Some(message) => {
                     self.media_chunk(*message, &name, &chunk, round);
