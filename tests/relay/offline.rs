@@ -12,6 +12,32 @@ use crate::common::{
 };
 use crate::{TestRelay, relay_config};
 
+/// A device whose relays are `relays` (addresses ending in `/p2p/<id>`).
+fn with_relays(
+    dir: &std::path::Path,
+    seed: u64,
+    relays: Vec<libp2p::Multiaddr>,
+) -> meshchat::node::NodeConfig {
+    let mut cfg = config(dir, seed);
+    cfg.relays = relays;
+    cfg
+}
+
+/// Two devices behind NAT that reach only the relay `r`, contacts of each
+/// other, both connected to it.
+async fn mail_only_pair(
+    r: &TestRelay,
+    (da, dc): (&std::path::Path, &std::path::Path),
+    (sa, sc): (u64, u64),
+) -> (TestNode, TestNode) {
+    let mut a = TestNode::start_with("alice", mail_only(da, sa, r)).await;
+    let mut c = TestNode::start_with("carol", mail_only(dc, sc, r)).await;
+    befriend_unconnected(&a, &c).await;
+    a.connected_to(r.handle.peer_id()).await;
+    c.connected_to(r.handle.peer_id()).await;
+    (a, c)
+}
+
 /// A device behind NAT (listening nowhere) that reaches only the relay
 /// `r`, which holds its mail but relays no connection for it.
 fn mail_only(dir: &std::path::Path, seed: u64, r: &TestRelay) -> meshchat::node::NodeConfig {
@@ -29,11 +55,7 @@ async fn mail_for_an_offline_device_waits_at_its_relays_one_of_them_down() {
     let r2 = TestRelay::start(relay_config(dr2.path(), 102)).await;
     let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut a = TestNode::start_in("alice", da.path(), 103).await;
-    let c_config = || {
-        let mut cfg = config(dc.path(), 104);
-        cfg.relays = vec![r1.addr.clone(), r2.addr.clone()];
-        cfg
-    };
+    let c_config = || with_relays(dc.path(), 104, vec![r1.addr.clone(), r2.addr.clone()]);
     let mut c = TestNode::start_with("carol", c_config()).await;
     befriend(&mut a, &mut c).await;
     let c_key = c.key();
@@ -83,11 +105,7 @@ async fn a_relay_restarted_with_mail_waiting_loses_none() {
     let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut a = TestNode::start_in("alice", da.path(), 112).await;
     let relay_addr = r.addr.clone();
-    let c_config = || {
-        let mut cfg = config(dc.path(), 113);
-        cfg.relays = vec![relay_addr.clone()];
-        cfg
-    };
+    let c_config = || with_relays(dc.path(), 113, vec![relay_addr.clone()]);
     let mut c = TestNode::start_with("carol", c_config()).await;
     befriend(&mut a, &mut c).await;
     let c_key = c.key();
@@ -127,11 +145,7 @@ async fn two_devices_that_never_connect_chat_through_their_relay() {
     let dr = tempfile::tempdir().unwrap();
     let r = TestRelay::start(relay_config(dr.path(), 151)).await;
     let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = TestNode::start_with("alice", mail_only(da.path(), 152, &r)).await;
-    let mut c = TestNode::start_with("carol", mail_only(dc.path(), 153, &r)).await;
-    befriend_unconnected(&a, &c).await;
-    a.connected_to(r.handle.peer_id()).await;
-    c.connected_to(r.handle.peer_id()).await;
+    let (mut a, mut c) = mail_only_pair(&r, (da.path(), dc.path()), (152, 153)).await;
 
     let sent = a
         .handle
@@ -238,11 +252,7 @@ async fn a_contact_added_while_the_device_is_away_gets_a_one_time_prekey_from_it
     let r = TestRelay::start(relay_config(dr.path(), 161)).await;
     let relay = r.handle.peer_id();
     let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let c_config = || {
-        let mut cfg = config(dc.path(), 163);
-        cfg.relays = vec![r.addr.clone()];
-        cfg
-    };
+    let c_config = || with_relays(dc.path(), 163, vec![r.addr.clone()]);
     let a = TestNode::start_in("alice", da.path(), 162).await;
     let mut c = TestNode::start_with("carol", c_config()).await;
     // Carol's relay holds her bundle and a batch of one-time prekeys
@@ -309,11 +319,7 @@ async fn a_read_receipt_for_a_contact_away_waits_at_its_relay() {
     );
     let mut a = TestNode::start_in("alice", da.path(), 172).await;
     let mut b = TestNode::start_in("bob", db.path(), 173).await;
-    let c_config = || {
-        let mut cfg = config(dc.path(), 174);
-        cfg.relays = vec![r.addr.clone()];
-        cfg
-    };
+    let c_config = || with_relays(dc.path(), 174, vec![r.addr.clone()]);
     let mut c = TestNode::start_with("carol", c_config()).await;
     befriend(&mut a, &mut c).await;
     // Bob: alice's peer on the mesh.
@@ -401,11 +407,7 @@ async fn a_file_whose_author_was_away_is_fetched_after_both_return() {
     let r = TestRelay::start(rc).await;
     let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut a = TestNode::start_in("alice", da.path(), 172).await;
-    let c_config = || {
-        let mut cfg = config(dc.path(), 173);
-        cfg.relays = vec![r.addr.clone()];
-        cfg
-    };
+    let c_config = || with_relays(dc.path(), 173, vec![r.addr.clone()]);
     let mut c = TestNode::start_with("carol", c_config()).await;
     befriend(&mut a, &mut c).await;
     let c_key = c.key();
@@ -480,11 +482,7 @@ async fn a_file_for_a_device_that_is_away_comes_from_its_relay() {
     let r = TestRelay::start(relay_config(dr.path(), 181)).await;
     let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut a = TestNode::start_in("alice", da.path(), 182).await;
-    let c_config = || {
-        let mut cfg = config(dc.path(), 183);
-        cfg.relays = vec![r.addr.clone()];
-        cfg
-    };
+    let c_config = || with_relays(dc.path(), 183, vec![r.addr.clone()]);
     let mut c = TestNode::start_with("carol", c_config()).await;
     befriend(&mut a, &mut c).await;
     let c_key = c.key();
@@ -527,11 +525,7 @@ async fn a_file_between_devices_that_reach_only_a_relay_comes_whole() {
     let dr = tempfile::tempdir().unwrap();
     let r = TestRelay::start(relay_config(dr.path(), 201)).await;
     let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = TestNode::start_with("alice", mail_only(da.path(), 202, &r)).await;
-    let mut c = TestNode::start_with("carol", mail_only(dc.path(), 203, &r)).await;
-    befriend_unconnected(&a, &c).await;
-    a.connected_to(r.handle.peer_id()).await;
-    c.connected_to(r.handle.peer_id()).await;
+    let (a, mut c) = mail_only_pair(&r, (da.path(), dc.path()), (202, 203)).await;
 
     let file = MediaFile {
         name: "results.csv".into(),

@@ -27,6 +27,34 @@ fn all_pages(h: &History<'_>, conv: &[u8; 32], limit: usize) -> Vec<StoredMessag
     }
 }
 
+/// A media message from sender 2 in conversation 1 (a file of 70,000
+/// bytes of `fill`), and its sealed chunks.
+fn file_message(
+    seed: u64,
+    fill: u8,
+    lamport: u64,
+) -> (crate::crypto::media::Manifest, Vec<Vec<u8>>, StoredMessage) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (m, chunks) =
+        crate::crypto::media::Manifest::seal(&[fill; 70_000], "f.bin", "", &mut rng).unwrap();
+    let file = msg(1, lamport, 2, 0xf1, &m.to_body());
+    (m, chunks, file)
+}
+
+/// Keeps `chunks` of `file` in `store`, as a device that fetched them.
+fn keep_chunks(
+    store: &Store,
+    m: &crate::crypto::media::Manifest,
+    chunks: &[Vec<u8>],
+    file: &StoredMessage,
+) {
+    let media = store.media().unwrap();
+    let owner = crate::store::media_owner(&file.body, &file.sender);
+    for (name, c) in m.chunks.iter().zip(chunks) {
+        media.put_chunk(&owner, name, c).unwrap();
+    }
+}
+
 #[test]
 fn ordered_by_lamport_then_sender_then_id() {
     let (_dir, store) = fresh();
@@ -266,14 +294,8 @@ fn oversized_body_is_refused_and_nothing_written() {
 /// goes on taking new messages, and all of it holds after a reopen.
 #[test]
 fn clearing_a_conversation_deletes_its_messages_and_files_and_nothing_else() {
-    use crate::crypto::media::Manifest;
-    use crate::store::media_owner;
-
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = StdRng::seed_from_u64(11);
-    let (m, chunks) = Manifest::seal(&[7u8; 70_000], "scan.pdf", "", &mut rng).unwrap();
-    let body = m.to_body();
-    let file = msg(1, 7000, 2, 0xf1, &body);
+    let (m, chunks, file) = file_message(11, 7, 7000);
     let check = |store: &Store| {
         let h = store.history();
         assert!(all_pages(&h, &[1; 32], 100).is_empty());
@@ -302,12 +324,8 @@ fn clearing_a_conversation_deletes_its_messages_and_files_and_nothing_else() {
     {
         let store = Store::open(dir.path(), &data_key(1)).unwrap();
         let h = store.history();
+        keep_chunks(&store, &m, &chunks, &file);
         let media = store.media().unwrap();
-        for (name, c) in m.chunks.iter().zip(&chunks) {
-            media
-                .put_chunk(&media_owner(&body, &[2; 32]), name, c)
-                .unwrap();
-        }
         // Enough messages for blocks and a tail, and for more records than
         // one step takes.
         let cleared: Vec<_> = (1..=6000u64)
@@ -359,14 +377,8 @@ fn clearing_a_conversation_deletes_its_messages_and_files_and_nothing_else() {
 /// a message not stored is `false`.
 #[test]
 fn deleting_a_message_takes_it_alone_and_its_file() {
-    use crate::crypto::media::Manifest;
-    use crate::store::media_owner;
-
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = StdRng::seed_from_u64(12);
-    let (m, chunks) = Manifest::seal(&[3u8; 70_000], "photo.jpg", "", &mut rng).unwrap();
-    let body = m.to_body();
-    let file = msg(1, 150, 2, 0xf1, &body);
+    let (m, chunks, file) = file_message(12, 3, 150);
     let all: Vec<_> = (1..=200u64)
         .map(|i| msg(1, i, 2, i as u8, &i.to_be_bytes()))
         .collect();
@@ -375,12 +387,8 @@ fn deleting_a_message_takes_it_alone_and_its_file() {
     {
         let store = Store::open(dir.path(), &data_key(1)).unwrap();
         let h = store.history();
+        keep_chunks(&store, &m, &chunks, &file);
         let media = store.media().unwrap();
-        for (name, c) in m.chunks.iter().zip(&chunks) {
-            media
-                .put_chunk(&media_owner(&body, &[2; 32]), name, c)
-                .unwrap();
-        }
         h.append_batch(&all, Direction::Incoming).unwrap();
         h.append(&file, Direction::Incoming).unwrap();
         media.want(&file.reference()).unwrap();
