@@ -230,6 +230,12 @@ impl DataKey {
         Self(secret)
     }
 
+    /// A key for another use of the store, derived from this one and
+    /// named by `label` (HKDF-SHA256): the same label gives the same key.
+    pub fn derive(&self, label: &[u8]) -> Secret32 {
+        Secret32::new(super::kdf::hkdf(&[], self.0.expose(), label))
+    }
+
     /// Encrypts a record: `nonce (24) ‖ ciphertext ‖ tag`, bound to `ad`.
     pub fn seal_record<R: rand_core::CryptoRng + ?Sized>(
         &self,

@@ -126,10 +126,14 @@ pub mod labels {
     pub const MEDIA: &[u8] = b"meshchat/1/media";
     /// Signature context: a relay's custody receipt for deposited envelopes.
     pub const SIG_CUSTODY: &[u8] = b"meshchat/1/sig/custody";
+    /// The store's key for the tags of its tombstones (HKDF info, from the
+    /// database key).
+    pub const STORE_TOMBSTONE: &[u8] = b"meshchat/1/store/tombstone";
 }
 
 pub(crate) use identity::hex8;
 pub(crate) use identity::verify as verify_signature;
+pub(crate) use kdf::hmac_sha256;
 
 /// Size and count limits, all enforced before allocation.
 pub mod limits {

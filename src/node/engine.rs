@@ -2103,6 +2103,45 @@ mod tests {
         assert_eq!(next(&mut a), sixth, "attempt 7: kept");
     }
 
+    /// A message deleted here before its sender heard our acknowledgement
+    /// comes again, encrypted afresh: it is acknowledged (so the sender
+    /// stops) but not stored again and not shown; a later message is.
+    #[test]
+    fn a_message_deleted_before_its_sender_heard_of_it_does_not_come_back() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        talk(&mut a, &mut b, &a_key, &b_key);
+        let m = a.send(&b_key, b"delete me".to_vec(), 100).unwrap();
+        a.attempted(m.pos, 100, None);
+        let got = b
+            .receive(&a_key, std::slice::from_ref(&m.frame), 100, true)
+            .unwrap();
+        assert!(matches!(&got.events[..], [Event::MessageReceived(_)]));
+        // The ack is lost; b deletes the message, then writes.
+        let stored = b.store.history().get(&m.message).unwrap().expect("stored");
+        assert!(b.store.history().delete(&stored.reference(), 150).unwrap());
+        let more = b.send(&a_key, b"more".to_vec(), 200).unwrap();
+        a.receive(&b_key, &[more.frame], 200, true).unwrap();
+        // a tries again, afresh since it heard from b.
+        let due = a.due(10_000, 1).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_ne!(due[0].frame, m.frame, "a fresh encryption");
+        let again = b
+            .receive(&a_key, &[due[0].frame.clone()], 10_000, true)
+            .unwrap();
+        assert_eq!(again.accepted, vec![true], "acknowledged");
+        assert!(again.events.is_empty(), "shown again: {:?}", again.events);
+        assert!(b.store.history().get(&m.message).unwrap().is_none());
+        let next = a.send(&b_key, b"next".to_vec(), 10_001).unwrap();
+        let got = b.receive(&a_key, &[next.frame], 10_001, true).unwrap();
+        assert!(matches!(&got.events[..], [Event::MessageReceived(_)]));
+    }
+
     /// A device restored from a backup does not continue the sessions it
     /// had then (their message keys were used since): it starts new ones,
     /// and the contact reads what it writes, and answers.

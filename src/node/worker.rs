@@ -731,7 +731,7 @@ impl Worker {
             Job::ClearHistory { with, reply } => {
                 let r = match self.engine.conversation_with(&with) {
                     None => Err(NodeError::UnknownContact),
-                    Some(conv) => match self.engine.store().history().clear(&conv) {
+                    Some(conv) => match self.engine.store().history().clear(&conv, now) {
                         // A conversation with no message yet has nothing
                         // to clear.
                         Err(crate::store::Error::UnknownConversation { .. }) => Ok(0),
@@ -754,7 +754,7 @@ impl Worker {
             } => {
                 let r = match self.engine.conversation_with(&with) {
                     Some(conv) if conv == message.conv_id => {
-                        self.engine.store().history().delete(&message)
+                        self.engine.store().history().delete(&message, now)
                     }
                     _ => Ok(false),
                 };

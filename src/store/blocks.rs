@@ -186,6 +186,8 @@ pub(crate) struct Staged<'s> {
     fetched: HashMap<BlockKey, sled::IVec>,
     /// Other keys to delete in the same batch.
     pub(super) removals: Vec<sled::IVec>,
+    /// Other keys to write in the same batch (after the deletions).
+    pub(super) inserts: Vec<(sled::IVec, sled::IVec)>,
     /// Messages are deleted (a purge, a clear, a delete): the write goes
     /// as one batch (see `Staged::commit`).
     pub(super) deletes_messages: bool,
@@ -203,13 +205,19 @@ impl<'s> Staged<'s> {
             journal: HashMap::new(),
             fetched: HashMap::new(),
             removals: Vec::new(),
+            inserts: Vec::new(),
             deletes_messages: false,
         }
     }
 
-    /// Deletes `key` (an expiry entry) in the same batch.
+    /// Deletes `key` (an expiry entry, a tombstone) in the same batch.
     pub(crate) fn remove_key(&mut self, key: sled::IVec) {
         self.removals.push(key);
+    }
+
+    /// Writes `value` at `key` (a tombstone) in the same batch.
+    pub(crate) fn insert_key(&mut self, key: &[u8], value: &[u8]) {
+        self.inserts.push((key.into(), value.into()));
     }
 
     /// The conversation record, read once per write (created if new),

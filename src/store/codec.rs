@@ -16,8 +16,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Error;
-use crate::crypto::DataKey;
+use super::keys::{MESSAGE_KEY_LEN, TOMB_TAG_LEN};
 use crate::crypto::limits::{RECORD_NONCE_ROOM, RECORD_OVERHEAD};
+use crate::crypto::{DataKey, Secret32};
 
 /// One encrypted tree: its sled name and the largest plaintext it holds.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +51,8 @@ impl TreeSpec {
 pub(crate) struct Sealer {
     key: DataKey,
     rng: Mutex<StdRng>,
+    /// Derived from `key`: tags tombstones (see [`Sealer::tombstone_tag`]).
+    tomb_key: Secret32,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -62,9 +65,20 @@ impl Sealer {
     /// A sealer for `key` drawing nonces from `rng`.
     pub(crate) fn new(key: DataKey, rng: StdRng) -> Self {
         Self {
+            tomb_key: key.derive(crate::crypto::labels::STORE_TOMBSTONE),
             key,
             rng: Mutex::new(rng),
         }
+    }
+
+    /// The tag of the tombstone a message with sort key `sort` leaves:
+    /// HMAC-SHA256 under a key derived from the database key, cut to 16
+    /// bytes. Without the key, a tag does not tell which message it was.
+    pub(crate) fn tombstone_tag(&self, sort: &[u8; MESSAGE_KEY_LEN]) -> [u8; TOMB_TAG_LEN] {
+        let full = crate::crypto::hmac_sha256(self.tomb_key.expose(), sort);
+        let mut tag = [0u8; TOMB_TAG_LEN];
+        tag.copy_from_slice(&full[..TOMB_TAG_LEN]);
+        tag
     }
 
     /// Encodes and seals `value` as the record at `key` in `tree`. The

@@ -134,6 +134,7 @@ impl Staged<'_> {
         // count its deletions had cleared). Tail records that move into a
         // block are not deleted messages.
         let only_additions = self.removals.is_empty()
+            && self.inserts.is_empty()
             && !self.deletes_messages
             && self
                 .blocks
@@ -155,6 +156,9 @@ impl Staged<'_> {
         let mut batch = sled::Batch::default();
         for key in self.removals {
             batch.remove(key);
+        }
+        for (key, value) in self.inserts {
+            batch.insert(key, value);
         }
         for (key, op) in &self.tail {
             match op {

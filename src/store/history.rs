@@ -141,7 +141,9 @@ impl<'a> History<'a> {
     /// conversation, Lamport clock, sender and id, all chosen and
     /// authenticated by its sender — is stored: a copy delivered twice (by
     /// two paths, or retried) carries the same four. Another sender's
-    /// message that reuses the id is a different message and is kept.
+    /// message that reuses the id is a different message and is kept. An
+    /// incoming message deleted here ([`Self::delete`], [`Self::clear`]) is
+    /// a duplicate too while its tombstone lasts (see `tombstones`).
     ///
     /// If the conversation is temporary (has a retention period), the
     /// message expires at `sent_at + retention` or its own `expires_at`,
@@ -183,6 +185,11 @@ impl<'a> History<'a> {
         let mut staged = Staged::new(self.store);
         let mut out = Vec::with_capacity(msgs.len());
         for msg in msgs {
+            // A message deleted here and sent again stays deleted.
+            if direction == Direction::Incoming && staged.tombstoned(msg)? {
+                out.push(Appended::Duplicate);
+                continue;
+            }
             let retention = staged.retention(&msg.conv_id)?;
             let mut msg = std::borrow::Cow::Borrowed(msg);
             if let Some(r) = retention {
@@ -205,8 +212,10 @@ impl<'a> History<'a> {
     /// since the Unix epoch) and returns how many. The node calls this from
     /// a timer; tests call it with a chosen `now`. Works in atomic steps of
     /// up to [`Self::PURGE_STEP`] blocks, so an interruption leaves every
-    /// message either fully present or fully gone.
+    /// message either fully present or fully gone. Tombstones whose time is
+    /// up go first ([`Self::purge_tombstones`]; not counted).
     pub fn purge_expired(&self, now: u64) -> Result<usize, Error> {
+        self.purge_tombstones(now)?;
         let mut end = [0xffu8; EXPIRY_KEY_LEN];
         end[0] = EXPIRY_PREFIX;
         end[1..9].copy_from_slice(&now.to_be_bytes());
@@ -354,13 +363,18 @@ impl<'a> History<'a> {
     /// each message fully present or fully gone, and clearing again
     /// finishes. A record that does not open is deleted as it is. An
     /// unknown id is [`Error::UnknownConversation`].
-    pub fn clear(&self, conv_id: &[u8; 32]) -> Result<usize, Error> {
+    ///
+    /// The newest [`super::MAX_TOMBSTONES`] messages leave tombstones
+    /// (written with the first step, at `now`), so that a contact sending
+    /// one of them again does not bring it back.
+    pub fn clear(&self, conv_id: &[u8; 32], now: u64) -> Result<usize, Error> {
         if self.conv_record(conv_id)?.is_none() {
             return Err(Error::UnknownConversation {
                 conv_id: hex(conv_id),
             });
         }
         let mut cleared = 0;
+        let mut tombstones = Some(());
         loop {
             let _writer = self.store.lock_history();
             let keys = self.records_of(conv_id)?;
@@ -368,6 +382,10 @@ impl<'a> History<'a> {
                 break;
             }
             let mut staged = Staged::new(self.store);
+            if tombstones.take().is_some() {
+                let newest = self.newest_sorts(conv_id, super::MAX_TOMBSTONES)?;
+                self.stage_tombstones(&mut staged, conv_id, &newest, now)?;
+            }
             let media = std::cell::RefCell::new(std::collections::HashMap::new());
             let all = |e: &blocks::Entry| {
                 if super::media::is_media(&e.body) {
@@ -404,12 +422,18 @@ impl<'a> History<'a> {
     }
 
     /// Deletes the message `r` (and the chunks of the file it carries, if
-    /// any) in one atomic write; `false` if it is not stored.
-    pub fn delete(&self, r: &MessageRef) -> Result<bool, Error> {
+    /// any) in one atomic write, with a tombstone made at `now` so that a
+    /// copy sent again is not stored again; `false` if it is not stored.
+    pub fn delete(&self, r: &MessageRef, now: u64) -> Result<bool, Error> {
         let gone = {
             let _writer = self.store.lock_history();
             let mut staged = Staged::new(self.store);
-            let gone = staged.remove_message(&r.sort_key())?;
+            let sort = r.sort_key();
+            let gone = staged.remove_message(&sort)?;
+            if gone.is_none() {
+                return Ok(false);
+            }
+            self.stage_tombstones(&mut staged, &r.conv_id, &[sort], now)?;
             staged.commit()?;
             gone
         };

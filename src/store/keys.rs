@@ -10,7 +10,13 @@
 //! - `t ‖ sort key` → one recent message not yet moved into a block (the
 //!   conversation's *tail*, newer than every block);
 //! - `x ‖ expires_at (u64 BE) ‖ block key` → empty: the block's earliest
-//!   expiry, walked by the purge.
+//!   expiry, walked by the purge;
+//! - `d ‖ conv_id ‖ tag (16)` → `until` (u64 BE): a *tombstone*, left by a
+//!   message deleted or cleared here so that a copy sent again is not
+//!   stored again. The tag is a keyed digest of the message's sort key
+//!   (see `Sealer::tombstone_tag`), so the key does not name the message;
+//! - `y ‖ until (u64 BE) ‖ conv_id ‖ tag` → empty: when a tombstone goes,
+//!   walked by the purge.
 
 use super::Error;
 use super::codec::{hex, unhex};
@@ -26,6 +32,17 @@ pub(crate) const BLOCK_PREFIX: u8 = b'm';
 pub(crate) const TAIL_PREFIX: u8 = b't';
 /// Prefix of expiry entries.
 pub(crate) const EXPIRY_PREFIX: u8 = b'x';
+
+/// Prefix of tombstones.
+pub(crate) const TOMB_PREFIX: u8 = b'd';
+/// Prefix of tombstone expiry entries.
+pub(crate) const TOMB_EXPIRY_PREFIX: u8 = b'y';
+/// Length of a tombstone's tag.
+pub(crate) const TOMB_TAG_LEN: usize = 16;
+/// Length of a tombstone's key.
+pub(crate) const TOMB_KEY_LEN: usize = 1 + 32 + TOMB_TAG_LEN;
+/// Length of a tombstone expiry entry's key.
+pub(crate) const TOMB_EXPIRY_KEY_LEN: usize = 1 + 8 + 32 + TOMB_TAG_LEN;
 
 /// Length of a block key: prefix and the sort key of its first message.
 pub(crate) const BLOCK_KEY_LEN: usize = 1 + MESSAGE_KEY_LEN;
@@ -88,6 +105,32 @@ pub(crate) fn expiry_key(at: u64, block: &BlockKey) -> [u8; EXPIRY_KEY_LEN] {
     key[0] = EXPIRY_PREFIX;
     key[1..9].copy_from_slice(&at.to_be_bytes());
     key[9..].copy_from_slice(block);
+    key
+}
+
+/// The tombstone with `tag` in conversation `conv_id`.
+pub(crate) fn tomb_key(conv_id: &[u8; 32], tag: &[u8; TOMB_TAG_LEN]) -> [u8; TOMB_KEY_LEN] {
+    let mut key = [0u8; TOMB_KEY_LEN];
+    key[0] = TOMB_PREFIX;
+    key[1..33].copy_from_slice(conv_id);
+    key[33..].copy_from_slice(tag);
+    key
+}
+
+/// `d ‖ conv_id`: every tombstone of the conversation starts with it.
+pub(crate) fn tomb_prefix(conv_id: &[u8; 32]) -> [u8; 33] {
+    let mut key = [0u8; 33];
+    key[0] = TOMB_PREFIX;
+    key[1..].copy_from_slice(conv_id);
+    key
+}
+
+/// The expiry entry of the tombstone `tomb` (its key) that goes at `until`.
+pub(crate) fn tomb_expiry_key(until: u64, tomb: &[u8; TOMB_KEY_LEN]) -> [u8; TOMB_EXPIRY_KEY_LEN] {
+    let mut key = [0u8; TOMB_EXPIRY_KEY_LEN];
+    key[0] = TOMB_EXPIRY_PREFIX;
+    key[1..9].copy_from_slice(&until.to_be_bytes());
+    key[9..].copy_from_slice(&tomb[1..]);
     key
 }
 

@@ -38,6 +38,7 @@ mod outbox;
 mod records;
 mod spool;
 mod tail;
+mod tombstones;
 
 #[cfg(test)]
 mod tests;
@@ -141,6 +142,7 @@ pub use spool::{
     Deposited, Expired, Held, MailboxStats, Removed, SEGMENT_BYTES, Spool, ToHold, Totals,
     digest_key,
 };
+pub use tombstones::{MAX_TOMBSTONES, TOMBSTONE_LIFE};
 
 /// The on-disk layout version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 2;

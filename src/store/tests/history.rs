@@ -8,6 +8,9 @@ use crate::store::{
     Appended, Cursor, DeliveryState, Direction, Error, History, Page, Store, StoredMessage,
 };
 
+/// The time of the tests' deletions.
+const NOW: u64 = 1_700_100_000;
+
 fn sort_key(m: &StoredMessage) -> (u64, [u8; 32], [u8; 16]) {
     (m.lamport, m.sender, m.msg_id)
 }
@@ -346,7 +349,7 @@ fn clearing_a_conversation_deletes_its_messages_and_files_and_nothing_else() {
         h.append_batch(&other, Direction::Incoming).unwrap();
         assert_eq!(h.conversation(&[1; 32]).unwrap().unwrap().unread, 6001);
 
-        assert_eq!(h.clear(&[1; 32]).unwrap(), 6001);
+        assert_eq!(h.clear(&[1; 32], NOW).unwrap(), 6001);
         check(&store);
         store.flush().unwrap();
     }
@@ -367,7 +370,7 @@ fn clearing_a_conversation_deletes_its_messages_and_files_and_nothing_else() {
     assert_eq!(h.conversation(&[1; 32]).unwrap().unwrap().unread, 2);
 
     assert!(matches!(
-        h.clear(&[9; 32]),
+        h.clear(&[9; 32], NOW),
         Err(Error::UnknownConversation { .. })
     ));
 }
@@ -393,13 +396,13 @@ fn deleting_a_message_takes_it_alone_and_its_file() {
         h.append(&file, Direction::Incoming).unwrap();
         media.want(&file.reference()).unwrap();
 
-        assert!(h.delete(&old.reference()).unwrap(), "in a block");
+        assert!(h.delete(&old.reference(), NOW).unwrap(), "in a block");
         assert!(
-            h.delete(&newest.reference()).unwrap(),
+            h.delete(&newest.reference(), NOW).unwrap(),
             "the newest, in the tail"
         );
-        assert!(h.delete(&file.reference()).unwrap(), "a file");
-        assert!(!h.delete(&old.reference()).unwrap(), "already gone");
+        assert!(h.delete(&file.reference(), NOW).unwrap(), "a file");
+        assert!(!h.delete(&old.reference(), NOW).unwrap(), "already gone");
         for name in &m.chunks {
             assert!(!media.has_chunk(name).unwrap());
         }
@@ -441,9 +444,9 @@ fn an_emptied_conversation_stays_with_nothing_unread_after_a_reopen() {
             h.append_batch(&three(conv), Direction::Incoming).unwrap();
             assert_eq!(h.conversation(&[conv; 32]).unwrap().unwrap().unread, 3);
         }
-        assert_eq!(h.clear(&[1; 32]).unwrap(), 3);
+        assert_eq!(h.clear(&[1; 32], NOW).unwrap(), 3);
         for m in three(2) {
-            assert!(h.delete(&m.reference()).unwrap());
+            assert!(h.delete(&m.reference(), NOW).unwrap());
         }
         // Conversation 3 expires.
         assert_eq!(h.purge_expired(100).unwrap(), 9 - 6);
@@ -461,4 +464,98 @@ fn an_emptied_conversation_stays_with_nothing_unread_after_a_reopen() {
             "conversation {conv}"
         );
     }
+}
+
+/// A message deleted or cleared here and then sent again (its sender had
+/// not heard our acknowledgement, and encrypted it afresh) is not stored
+/// again while its tombstone lasts, also after a reopen: a clear leaves
+/// tombstones for its newest `MAX_TOMBSTONES` messages, a delete for its
+/// one, the conversation keeps at most `MAX_TOMBSTONES`, and the purge
+/// takes them when their time is up. A message written here is not
+/// refused by a tombstone.
+#[test]
+fn a_deleted_message_sent_again_stays_deleted_while_its_tombstone_lasts() {
+    use crate::store::{MAX_TOMBSTONES, TOMBSTONE_LIFE};
+    let dir = tempfile::tempdir().unwrap();
+    let older = 76u64;
+    let all: Vec<_> = (1..=MAX_TOMBSTONES as u64 + older)
+        .map(|i| {
+            let mut m = msg(1, i, 2, 0, &i.to_be_bytes());
+            m.msg_id[..8].copy_from_slice(&i.to_be_bytes());
+            m
+        })
+        .collect();
+    let inserted = |out: &[Appended]| out.iter().filter(|o| **o == Appended::Inserted).count();
+    let first = all[0].clone();
+    {
+        let store = Store::open(dir.path(), &data_key(1)).unwrap();
+        let h = store.history();
+        h.append_batch(&all, Direction::Incoming).unwrap();
+        assert_eq!(h.clear(&[1; 32], NOW).unwrap(), all.len());
+        let again = h.append_batch(&all, Direction::Incoming).unwrap();
+        assert_eq!(
+            again[..older as usize],
+            vec![Appended::Inserted; older as usize][..],
+            "older than the newest {MAX_TOMBSTONES}: no tombstone"
+        );
+        assert_eq!(inserted(&again), older as usize);
+        assert_eq!(
+            h.conversation(&[1; 32]).unwrap().unwrap().unread,
+            older as u32
+        );
+        // One of those deleted, a second later.
+        assert!(h.delete(&first.reference(), NOW + 1).unwrap());
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let h = store.history();
+    assert_eq!(
+        h.append(&first, Direction::Incoming).unwrap(),
+        Appended::Duplicate
+    );
+    // The conversation keeps MAX_TOMBSTONES: the delete's took the place
+    // of one of the clear's (the earliest to go; all go at the same time).
+    assert_eq!(
+        inserted(&h.append_batch(&all, Direction::Incoming).unwrap()),
+        1,
+        "every other copy refused after a reopen"
+    );
+    assert_eq!(all_pages(&h, &[1; 32], 100).len(), older as usize);
+    // Written here, the same message is not refused.
+    let mut own = first.clone();
+    own.conv_id = [5; 32];
+    assert!(
+        h.delete(
+            &{
+                h.append(&own, Direction::Outgoing).unwrap();
+                own.reference()
+            },
+            NOW
+        )
+        .unwrap()
+    );
+    assert_eq!(
+        h.append(&own, Direction::Outgoing).unwrap(),
+        Appended::Inserted
+    );
+
+    // The clear's tombstones go at their time, the delete's a second later.
+    assert_eq!(h.purge_expired(NOW + TOMBSTONE_LIFE - 1).unwrap(), 0);
+    assert_eq!(
+        inserted(&h.append_batch(&all, Direction::Incoming).unwrap()),
+        0
+    );
+    assert_eq!(h.purge_expired(NOW + TOMBSTONE_LIFE).unwrap(), 0);
+    let back = h.append_batch(&all, Direction::Incoming).unwrap();
+    assert_eq!(inserted(&back), MAX_TOMBSTONES - 1, "the clear's");
+    assert_eq!(
+        h.append(&first, Direction::Incoming).unwrap(),
+        Appended::Duplicate
+    );
+    assert_eq!(h.purge_expired(NOW + 1 + TOMBSTONE_LIFE).unwrap(), 0);
+    assert_eq!(
+        h.append(&first, Direction::Incoming).unwrap(),
+        Appended::Inserted
+    );
+    assert_eq!(all_pages(&h, &[1; 32], 100).len(), all.len());
 }
