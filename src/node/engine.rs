@@ -654,6 +654,17 @@ impl Engine {
             .map(|m| self.outgoing_ref(m))
     }
 
+    /// The group message the queued entry at `pos` carries to one member
+    /// (its copy for that member), if it is one. Group entries have no
+    /// sequence number of their own and no delivery state: the message's
+    /// tally has (see `group_chat`).
+    pub fn group_message_ref(&self, pos: u64) -> Option<MessageRef> {
+        self.schedule
+            .get(pos)
+            .filter(|m| m.seq == 0 && m.lamport != 0 && self.is_group(&m.conv_id))
+            .map(|m| self.outgoing_ref(m))
+    }
+
     /// A relay took custody of the message at `pos`: it shows "stored at
     /// relay" (unless it is further already). It stays queued: the
     /// recipient's receipt ends it.

@@ -195,7 +195,8 @@ async fn a_temporary_group_message_disappears_on_every_device_and_relay() {
     assert!(page.messages.iter().all(|m| m.body != body));
 }
 
-/// A file sent to a group while one member is away: that member reads the
+/// A file sent to a group while one member is away, to a relay with no
+/// room for the file (it refuses the chunks): that member reads the
 /// message from its relay after the author has gone too, and fetches the
 /// file's pieces from another member that has them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,7 +204,9 @@ async fn a_group_file_whose_author_is_away_comes_from_another_member() {
     use meshchat::node::media::MediaFile;
 
     let dr = tempfile::tempdir().unwrap();
-    let r = TestRelay::start(relay_config(dr.path(), 811)).await;
+    let mut rc = relay_config(dr.path(), 811);
+    rc.limits.max_bytes = 100_000;
+    let r = TestRelay::start(rc).await;
     let (da, db, dc) = (
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
@@ -256,12 +259,96 @@ async fn a_group_file_whose_author_is_away_comes_from_another_member() {
         .await
         .expect("the relay holds carol's copy")
         .unwrap();
+    let why = a
+        .wait("the relay's refusal of the file", |e| match e {
+            NodeEvent::RelayRefused {
+                message, reason, ..
+            } if *message == sent => Some(*reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(why, meshchat::relay::proto::Refusal::QuotaFull);
     a.handle.shutdown(Duration::from_secs(10)).await.unwrap();
     drop(a);
 
     let mut c = TestNode::start_with("carol", c_config()).await;
     let ready = c
         .wait("the file at carol", |e| match e {
+            NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(*message),
+            _ => None,
+        })
+        .await;
+    assert_eq!(c.handle.media(ready).await.unwrap(), file);
+}
+
+/// A file sent to a group while one member is away: the author deposits
+/// its chunks in that member's mailbox at the relay that took the
+/// member's copy of the message, and the member gets the file whole from its relay after every other
+/// member has gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_file_for_a_member_who_is_away_comes_from_its_relay() {
+    use meshchat::node::media::MediaFile;
+
+    let dr = tempfile::tempdir().unwrap();
+    let r = TestRelay::start(relay_config(dr.path(), 821)).await;
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let mut a = TestNode::start_in("alice", da.path(), 822).await;
+    let mut b = TestNode::start_in("bob", db.path(), 823).await;
+    let c_config = || {
+        let mut cfg = config(dc.path(), 824);
+        cfg.relays = vec![r.addr.clone()];
+        cfg
+    };
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    befriend(&mut a, &mut b).await;
+    befriend(&mut a, &mut c).await;
+    let group = a
+        .handle
+        .create_group("ward", "alice", vec![b.key(), c.key()], None)
+        .await
+        .unwrap();
+    for n in [&mut a, &mut b, &mut c] {
+        joined(n, group, 3).await;
+    }
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+
+    // Four chunks.
+    let file = MediaFile {
+        name: "chart.png".into(),
+        mime: "image/png".into(),
+        data: (0..250_000u32).map(|i| (i * 11 % 239) as u8).collect(),
+    };
+    let mut held = r.handle.held();
+    let before = *held.borrow();
+    let sent = a
+        .handle
+        .send_group_media(group, file.clone())
+        .await
+        .unwrap();
+    b.wait("the file at bob", |e| match e {
+        NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(()),
+        _ => None,
+    })
+    .await;
+    // Carol's copy of the message and the four chunks (a group message
+    // has no "stored at relay" of its own: its state counts members).
+    tokio::time::timeout(WAIT, held.wait_for(|h| *h >= before + 5))
+        .await
+        .expect("the relay holds carol's copy and the file")
+        .unwrap();
+    for n in [a, b] {
+        n.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    }
+    assert!(!dir_contains(dr.path(), &file.data[1000..1048]));
+
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    let ready = c
+        .wait("the file from the relay", |e| match e {
             NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(*message),
             _ => None,
         })

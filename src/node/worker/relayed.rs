@@ -6,6 +6,11 @@
 //! takes them from its mailbox with the rest of its mail, after the
 //! message that names them, so a file comes whole while its author is
 //! away too.
+//!
+//! A group file goes the same way to each member whose copy of the
+//! message a relay took (members that were away when it was sent), as
+//! far as [`GROUP_FILE_BUDGET`] allows per message: past it, members get
+//! the file from one another, as before.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -14,7 +19,7 @@ use tracing::{debug, warn};
 
 use super::{Out, Purpose, Round, Worker, peer_key};
 use crate::crypto::Envelope;
-use crate::crypto::media::{Manifest, chunk_name, relayed_chunk_envelope};
+use crate::crypto::media::{MAX_RELAYED, Manifest, chunk_name, relayed_chunk_envelope};
 use crate::node::NodeEvent;
 use crate::relay::proto::{Refusal, Request, Response, envelope_digest};
 use crate::store::MessageRef;
@@ -30,6 +35,13 @@ pub(super) const CHUNKS_AGAIN: u64 = 30;
 /// Most chunk deposits waiting; past it the oldest is dropped (the
 /// message's next custody starts it again).
 const MAX_WAITING: usize = 1024;
+/// Most bytes of chunks one group message's file is deposited as, over
+/// all its members' relays (a 5 MB photo reaches 51 mailboxes, a 32 MiB
+/// file 8).
+pub(super) const GROUP_FILE_BUDGET: u64 = 256 * 1024 * 1024;
+/// Most group messages whose deposits are counted at once; past it, the
+/// one that expires first is forgotten.
+const MAX_GROUP_FILES: usize = 1024;
 
 /// One file's chunks going to one relay.
 pub(super) struct ChunkDeposit {
@@ -54,6 +66,9 @@ pub(super) struct RelayedChunks {
     /// Held whole by these relays (until the message leaves the outbox,
     /// or is deposited again).
     done: HashSet<(u64, PeerId)>,
+    /// Group messages: bytes of chunks deposited or on their way, over
+    /// all members, and when the message expires.
+    group_spent: HashMap<MessageRef, (u64, u64)>,
 }
 
 impl RelayedChunks {
@@ -65,6 +80,31 @@ impl RelayedChunks {
         self.running.retain(|_, j| j.expires_at > now);
         self.waiting.retain(|(_, j)| j.expires_at > now);
         self.done.retain(|(pos, _)| queued(*pos));
+        self.group_spent
+            .retain(|_, (_, expires_at)| *expires_at > now);
+    }
+
+    /// Counts `bytes` more of a group message's file going to relays;
+    /// `false` (nothing counted) past [`GROUP_FILE_BUDGET`].
+    fn spend_group(&mut self, message: MessageRef, bytes: u64, expires_at: u64) -> bool {
+        if !self.group_spent.contains_key(&message)
+            && self.group_spent.len() >= MAX_GROUP_FILES
+            && let Some(first) = self
+                .group_spent
+                .iter()
+                .min_by_key(|(_, (_, until))| *until)
+                .map(|(m, _)| *m)
+        {
+            self.group_spent.remove(&first);
+        }
+        let spent = self.group_spent.get(&message).map_or(0, |(s, _)| *s);
+        if spent.saturating_add(bytes) > GROUP_FILE_BUDGET {
+            return false;
+        }
+        let (spent, until) = self.group_spent.entry(message).or_insert((0, expires_at));
+        *spent += bytes;
+        *until = (*until).max(expires_at);
+        true
     }
 
     /// Deposits for messages no longer stored here (cleared, deleted,
@@ -82,9 +122,10 @@ impl RelayedChunks {
 
 impl Worker {
     /// `relay` took custody of the queued message at `pos` (its
-    /// `envelope`, for contact `to`): if it is a 1:1 file whose chunks the
-    /// relay does not hold yet, they are deposited there, and `true` says
-    /// that "stored at relay" waits for them.
+    /// `envelope`, for contact `to`): if it is a file whose chunks the
+    /// relay does not hold yet (a group's within its budget), they are
+    /// deposited there, and `true` says that "stored at relay" waits for
+    /// them.
     pub(super) fn deposit_chunks(
         &mut self,
         pos: u64,
@@ -102,11 +143,14 @@ impl Worker {
         if chunks.running.contains_key(&key) || chunks.waiting.iter().any(|(k, _)| *k == key) {
             return true;
         }
-        let Some(message) = self.engine.message_ref(pos) else {
-            return false;
+        let (message, group) = match self.engine.message_ref(pos) {
+            Some(m) => (m, false),
+            None => match self.engine.group_message_ref(pos) {
+                Some(m) => (m, true),
+                None => return false,
+            },
         };
-        // A group's members fetch from one another.
-        if self.engine.conversation_with(to) != Some(message.conv_id) {
+        if !group && self.engine.conversation_with(to) != Some(message.conv_id) {
             return false;
         }
         let body = match self.engine.store().history().get(&message) {
@@ -124,6 +168,18 @@ impl Worker {
         let Ok(env) = Envelope::from_bytes(envelope) else {
             return false;
         };
+        // Past its budget, a group file's members fetch it from one
+        // another.
+        let bytes = (manifest.chunks.len() as u64).saturating_mul(MAX_RELAYED as u64);
+        if group
+            && !self
+                .relays
+                .chunks
+                .spend_group(message, bytes, env.expires_at)
+        {
+            debug!(%relay, "a group file past its relay budget; members serve it");
+            return false;
+        }
         let job = ChunkDeposit {
             message,
             mailbox: env.mailbox_id,
@@ -283,5 +339,50 @@ impl Worker {
         for message in touched {
             self.settle(message, round);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(n: u8) -> MessageRef {
+        MessageRef {
+            conv_id: [1; 32],
+            lamport: u64::from(n),
+            sender: [2; 32],
+            msg_id: [n; 16],
+        }
+    }
+
+    /// A group file is deposited for as many members as its budget
+    /// covers; another file has a budget of its own; when too many files
+    /// are counted, the one that expires first is forgotten, and what has
+    /// expired goes.
+    #[test]
+    fn a_group_file_goes_to_relays_as_far_as_its_budget() {
+        let mut c = RelayedChunks::default();
+        let file = GROUP_FILE_BUDGET / 5;
+        for member in 0..5 {
+            assert!(c.spend_group(message(1), file, 100), "member {member}");
+        }
+        assert!(!c.spend_group(message(1), file, 100), "past the budget");
+        assert!(c.spend_group(message(1), 0, 100));
+        assert!(c.spend_group(message(2), GROUP_FILE_BUDGET, 50));
+        assert!(!c.spend_group(message(3), GROUP_FILE_BUDGET + 1, 100));
+        assert!(!c.group_spent.contains_key(&message(3)), "nothing counted");
+
+        for n in 0..MAX_GROUP_FILES as u64 {
+            let mut m = message(4);
+            m.lamport = 1000 + n;
+            assert!(c.spend_group(m, 1, 200 + n));
+        }
+        assert_eq!(c.group_spent.len(), MAX_GROUP_FILES);
+        assert!(
+            !c.group_spent.contains_key(&message(2)),
+            "the one expiring first is forgotten"
+        );
+        c.retain(200 + MAX_GROUP_FILES as u64, |_| true);
+        assert!(c.group_spent.is_empty());
     }
 }
