@@ -2135,7 +2135,13 @@ mod tests {
         assert!(matches!(&got.events[..], [Event::MessageReceived(_)]));
         // The ack is lost; b deletes the message, then writes.
         let stored = b.store.history().get(&m.message).unwrap().expect("stored");
-        assert!(b.store.history().delete(&stored.reference(), 150).unwrap());
+        let mine = b.identity().public().signing;
+        assert!(
+            b.store
+                .history()
+                .delete(&stored.reference(), 150, &mine)
+                .unwrap()
+        );
         let more = b.send(&a_key, b"more".to_vec(), 200).unwrap();
         a.receive(&b_key, &[more.frame], 200, true).unwrap();
         // a tries again, afresh since it heard from b.

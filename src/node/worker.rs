@@ -731,7 +731,11 @@ impl Worker {
             Job::ClearHistory { with, reply } => {
                 let r = match self.engine.conversation_with(&with) {
                     None => Err(NodeError::UnknownContact),
-                    Some(conv) => match self.engine.store().history().clear(&conv, now) {
+                    Some(conv) => match self.engine.store().history().clear(
+                        &conv,
+                        now,
+                        &self.engine.identity().public().signing,
+                    ) {
                         // A conversation with no message yet has nothing
                         // to clear.
                         Err(crate::store::Error::UnknownConversation { .. }) => Ok(0),
@@ -754,7 +758,8 @@ impl Worker {
             } => {
                 let r = match self.engine.conversation_with(&with) {
                     Some(conv) if conv == message.conv_id => {
-                        self.engine.store().history().delete(&message, now)
+                        let mine = self.engine.identity().public().signing;
+                        self.engine.store().history().delete(&message, now, &mine)
                     }
                     _ => Ok(false),
                 };
@@ -1645,7 +1650,11 @@ impl Worker {
                     }
                     Ok(Response::Refused(reason)) => {
                         warn!(%relay, %reason, "relay refused a deposit");
-                        if let Some(message) = self.engine.message_ref(pos) {
+                        if let Some(message) = self
+                            .engine
+                            .message_ref(pos)
+                            .or_else(|| self.engine.group_message_ref(pos))
+                        {
                             round.events.push(NodeEvent::RelayRefused {
                                 message,
                                 relay,

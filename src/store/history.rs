@@ -214,6 +214,12 @@ impl<'a> History<'a> {
     /// up to [`Self::PURGE_STEP`] blocks, so an interruption leaves every
     /// message either fully present or fully gone. Tombstones whose time is
     /// up go first ([`Self::purge_tombstones`]; not counted).
+    ///
+    /// A message of a temporary conversation that goes while its sender's
+    /// clock gives it more than [`super::CLOCK_SLACK`] longer (a clock
+    /// ahead of ours: the node keeps a message no longer than the
+    /// retention from when it came) leaves a tombstone, so that a copy
+    /// its sender sends again is not stored again.
     pub fn purge_expired(&self, now: u64) -> Result<usize, Error> {
         self.purge_tombstones(now)?;
         let mut end = [0xffu8; EXPIRY_KEY_LEN];
@@ -289,8 +295,24 @@ impl<'a> History<'a> {
         let mut purged = 0;
         // Media messages that go: their chunks go after the commit.
         let media = std::cell::RefCell::new(std::collections::HashMap::new());
-        let expired = |conv: [u8; 32], e: &blocks::Entry| {
+        // Messages that go while their sender's clock still gives them
+        // time: tombstones, so that a copy sent again stays gone.
+        let tombs = std::cell::RefCell::new(std::collections::HashMap::new());
+        let mut retentions = std::collections::HashMap::new();
+        let expired = |conv: [u8; 32], retention: Option<u64>, e: &blocks::Entry| {
             let gone = e.expires_at.is_some_and(|at| at <= now);
+            if gone
+                && retention.is_some_and(|r| {
+                    e.sent_at.saturating_add(r) > now.saturating_add(super::CLOCK_SLACK)
+                })
+            {
+                let sort = message_key(&conv, e.lamport, &e.sender, &e.msg_id);
+                tombs
+                    .borrow_mut()
+                    .entry(conv)
+                    .or_insert_with(Vec::new)
+                    .push(sort);
+            }
             if gone && super::media::is_media(&e.body) {
                 let r = MessageRef {
                     conv_id: conv,
@@ -313,14 +335,25 @@ impl<'a> History<'a> {
             // Block and tail keys alike: a prefix byte, then a message's
             // sort key, which starts with its conversation.
             let conv = blocks::block_conv(block).unwrap_or_default();
+            let retention = match retentions.get(&conv) {
+                Some(r) => *r,
+                None => {
+                    let r = match self.conv_record(&conv) {
+                        Ok(record) => record.and_then(|r| r.conv.retention),
+                        Err(e) if e.is_damaged_record() => None,
+                        Err(e) => return Err(e),
+                    };
+                    *retentions.entry(conv).or_insert(r)
+                }
+            };
             let removed = if block[0] == TAIL_PREFIX {
-                staged.remove_tail_where(block, |e| expired(conv, e))
+                staged.remove_tail_where(block, |e| expired(conv, retention, e))
             } else if s
                 .history
                 .contains_key(block)
                 .map_err(Error::db(HISTORY, "read"))?
             {
-                staged.remove_where(block, |e| expired(conv, e))
+                staged.remove_where(block, |e| expired(conv, retention, e))
             } else {
                 Ok(0)
             };
@@ -329,6 +362,10 @@ impl<'a> History<'a> {
                 Err(e) if e.is_damaged_record() => return Ok(Err((xkey.clone(), e))),
                 Err(e) => return Err(e),
             }
+        }
+        for (conv, mut sorts) in tombs.into_inner() {
+            sorts.sort_unstable_by(|a, b| b.cmp(a));
+            self.stage_tombstones(&mut staged, &conv, &sorts, now)?;
         }
         staged.commit()?;
         self.forget_media(media.into_inner())?;
@@ -364,29 +401,37 @@ impl<'a> History<'a> {
     /// finishes. A record that does not open is deleted as it is. An
     /// unknown id is [`Error::UnknownConversation`].
     ///
-    /// The newest [`super::MAX_TOMBSTONES`] messages leave tombstones
-    /// (written with the first step, at `now`), so that a contact sending
-    /// one of them again does not bring it back.
-    pub fn clear(&self, conv_id: &[u8; 32], now: u64) -> Result<usize, Error> {
+    /// The newest [`super::MAX_TOMBSTONES`] messages not written by
+    /// `mine` (this device's identity) leave tombstones, each in the step
+    /// that deletes it, at `now`, so that a contact sending one of them
+    /// again does not bring it back; so does one that arrives during the
+    /// clear, newer than those.
+    pub fn clear(&self, conv_id: &[u8; 32], now: u64, mine: &[u8; 32]) -> Result<usize, Error> {
         if self.conv_record(conv_id)?.is_none() {
             return Err(Error::UnknownConversation {
                 conv_id: hex(conv_id),
             });
         }
         let mut cleared = 0;
-        let mut tombstones = Some(());
+        // The oldest message that leaves a tombstone (by sort key).
+        let mut from: Option<Option<[u8; MESSAGE_KEY_LEN]>> = None;
         loop {
             let _writer = self.store.lock_history();
             let keys = self.records_of(conv_id)?;
             if keys.is_empty() {
                 break;
             }
+            let from = match from {
+                Some(f) => f,
+                None => *from.insert(
+                    self.newest_sorts(conv_id, super::MAX_TOMBSTONES, mine)?
+                        .last()
+                        .copied(),
+                ),
+            };
             let mut staged = Staged::new(self.store);
-            if tombstones.take().is_some() {
-                let newest = self.newest_sorts(conv_id, super::MAX_TOMBSTONES)?;
-                self.stage_tombstones(&mut staged, conv_id, &newest, now)?;
-            }
             let media = std::cell::RefCell::new(std::collections::HashMap::new());
+            let tombs = std::cell::RefCell::new(Vec::new());
             let all = |e: &blocks::Entry| {
                 if super::media::is_media(&e.body) {
                     let r = MessageRef {
@@ -396,6 +441,10 @@ impl<'a> History<'a> {
                         msg_id: e.msg_id,
                     };
                     media.borrow_mut().insert(r, e.body.clone());
+                }
+                let sort = e.sort_key(conv_id);
+                if &e.sender != mine && from.is_some_and(|f| sort >= f) {
+                    tombs.borrow_mut().push(sort);
                 }
                 true
             };
@@ -414,6 +463,9 @@ impl<'a> History<'a> {
                     Err(e) => return Err(e),
                 }
             }
+            let mut tombs = tombs.into_inner();
+            tombs.sort_unstable_by(|a, b| b.cmp(a));
+            self.stage_tombstones(&mut staged, conv_id, &tombs, now)?;
             staged.commit()?;
             self.forget_media(media.into_inner())?;
         }
@@ -422,9 +474,10 @@ impl<'a> History<'a> {
     }
 
     /// Deletes the message `r` (and the chunks of the file it carries, if
-    /// any) in one atomic write, with a tombstone made at `now` so that a
-    /// copy sent again is not stored again; `false` if it is not stored.
-    pub fn delete(&self, r: &MessageRef, now: u64) -> Result<bool, Error> {
+    /// any) in one atomic write, with a tombstone made at `now` (unless
+    /// `mine`, this device's identity, wrote it) so that a copy sent again
+    /// is not stored again; `false` if it is not stored.
+    pub fn delete(&self, r: &MessageRef, now: u64, mine: &[u8; 32]) -> Result<bool, Error> {
         let gone = {
             let _writer = self.store.lock_history();
             let mut staged = Staged::new(self.store);
@@ -433,7 +486,9 @@ impl<'a> History<'a> {
             if gone.is_none() {
                 return Ok(false);
             }
-            self.stage_tombstones(&mut staged, &r.conv_id, &[sort], now)?;
+            if &r.sender != mine {
+                self.stage_tombstones(&mut staged, &r.conv_id, &[sort], now)?;
+            }
             staged.commit()?;
             gone
         };

@@ -2,7 +2,7 @@
 //!
 //! A message's *sort key* is `conv_id (32) ‖ lamport (u64 BE) ‖ sender (32)
 //! ‖ msg_id (16)`, so byte order is conversation, then (lamport, sender,
-//! id): the order every device shows. The `history` tree holds three kinds
+//! id): the order every device shows. The `history` tree holds these kinds
 //! of record, told apart by a one-byte prefix:
 //!
 //! - `c ‖ conv_id` → the conversation record;

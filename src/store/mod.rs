@@ -142,7 +142,7 @@ pub use spool::{
     Deposited, Expired, Held, MailboxStats, Removed, SEGMENT_BYTES, Spool, ToHold, Totals,
     digest_key,
 };
-pub use tombstones::{MAX_TOMBSTONES, TOMBSTONE_LIFE};
+pub use tombstones::{CLOCK_SLACK, MAX_TOMBSTONES, TOMBSTONE_LIFE};
 
 /// The on-disk layout version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -177,7 +177,8 @@ pub struct Store {
     /// lock also serialises flushes.
     watermark: std::sync::Mutex<(marker::Watermark, u64)>,
     sealer: Sealer,
-    /// Conversations, message blocks and expiry entries (see `keys`).
+    /// Conversations, message blocks, expiry entries and tombstones (see
+    /// `keys`).
     history: sled::Tree,
     /// Serialises history writes: each reads blocks, changes them in memory
     /// and writes them back as one batch.

@@ -12,6 +12,12 @@
 //! incoming message whose tombstone is stored is a duplicate: not stored,
 //! no event, acknowledged as usual (its sender must stop sending it).
 //!
+//! The purge leaves one too for a message of a temporary conversation
+//! whose sender's clock runs ahead of ours by more than [`CLOCK_SLACK`]:
+//! the node keeps such a message no longer than the retention from when
+//! it came, and a copy sent again would still be within the sender's
+//! time, so it would come back.
+//!
 //! Bounds: a tombstone lives [`TOMBSTONE_LIFE`], longer than any contact
 //! sends a message again (an envelope may expire at most
 //! `node::proto::MAX_ENVELOPE_AHEAD` after it is made); a conversation
@@ -36,6 +42,11 @@ pub const TOMBSTONE_LIFE: u64 = 16 * 24 * 3600;
 
 /// Most tombstones one conversation keeps.
 pub const MAX_TOMBSTONES: usize = 1024;
+
+/// How far ahead of ours a sender's clock may give a purged message more
+/// time without its leaving a tombstone (seconds): a copy sent again
+/// comes back for at most this long.
+pub const CLOCK_SLACK: u64 = 60;
 
 impl Staged<'_> {
     /// Whether `msg` was deleted here (its tombstone is stored).
@@ -118,18 +129,19 @@ impl History<'_> {
         Ok(())
     }
 
-    /// The sort keys of the newest `n` messages of `conv_id`, newest
-    /// first: those a clear leaves tombstones for. As many as can be read
-    /// when a record does not open (logged).
+    /// The sort keys of the newest `n` messages of `conv_id` not written
+    /// by `mine`, newest first: those a clear leaves tombstones for. As
+    /// many as can be read when a record does not open (logged).
     pub(crate) fn newest_sorts(
         &self,
         conv_id: &[u8; 32],
         n: usize,
+        mine: &[u8; 32],
     ) -> Result<Vec<[u8; MESSAGE_KEY_LEN]>, Error> {
         let mut out = Vec::new();
         let mut before = None;
         while out.len() < n {
-            let page = match self.page(conv_id, before.as_ref(), n - out.len()) {
+            let page = match self.page(conv_id, before.as_ref(), Self::MAX_PAGE) {
                 Ok(page) => page,
                 Err(e) if e.is_damaged_record() => {
                     tracing::warn!(error = %e, "a record that does not open leaves no tombstones for its messages");
@@ -140,7 +152,9 @@ impl History<'_> {
             out.extend(
                 page.messages
                     .iter()
-                    .map(|m| message_key(conv_id, m.lamport, &m.sender, &m.msg_id)),
+                    .filter(|m| &m.sender != mine)
+                    .map(|m| message_key(conv_id, m.lamport, &m.sender, &m.msg_id))
+                    .take(n - out.len()),
             );
             match page.next {
                 Some(next) => before = Some(next),
@@ -180,8 +194,9 @@ impl History<'_> {
                         .history
                         .get(key)
                         .map_err(Error::db(HISTORY, "read"))?;
-                    // Only the tombstone this entry was written with.
-                    if value.is_some_and(|v| v[..] == at[..]) {
+                    // Only the tombstone this entry was written with (or
+                    // one whose time does not read, which no entry names).
+                    if value.is_some_and(|v| v[..] == at[..] || v.len() != 8) {
                         staged.remove_key(sled::IVec::from(&key[..]));
                         purged += 1;
                     }

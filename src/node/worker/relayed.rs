@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 
 use super::{Out, Purpose, Round, Worker, peer_key};
 use crate::crypto::Envelope;
-use crate::crypto::media::{MAX_RELAYED, Manifest, chunk_name, relayed_chunk_envelope};
+use crate::crypto::media::{MAX_CHUNKS, MAX_RELAYED, Manifest, chunk_name, relayed_chunk_envelope};
 use crate::node::NodeEvent;
 use crate::relay::proto::{Refusal, Request, Response, envelope_digest};
 use crate::store::MessageRef;
@@ -36,9 +36,9 @@ pub(super) const CHUNKS_AGAIN: u64 = 30;
 /// message's next custody starts it again).
 const MAX_WAITING: usize = 1024;
 /// Most bytes of chunks one group message's file is deposited as, over
-/// all its members' relays (a 5 MB photo reaches 51 mailboxes, a 32 MiB
-/// file 8).
-pub(super) const GROUP_FILE_BUDGET: u64 = 256 * 1024 * 1024;
+/// all its members' mailboxes: eight of the largest files (about 256 MiB;
+/// a 5 MiB photo reaches 51 mailboxes, a 32 MiB file 8).
+pub(super) const GROUP_FILE_BUDGET: u64 = 8 * MAX_CHUNKS as u64 * MAX_RELAYED as u64;
 /// Most group messages whose deposits are counted at once; past it, the
 /// one that expires first is forgotten.
 const MAX_GROUP_FILES: usize = 1024;
@@ -56,6 +56,15 @@ pub(super) struct ChunkDeposit {
     not_before: u64,
     /// Failures in a row.
     failures: u32,
+    /// A group message's file (counted against its budget).
+    group: bool,
+}
+
+impl ChunkDeposit {
+    /// What its chunks count against a group file's budget.
+    fn bytes(&self) -> u64 {
+        (self.names.len() as u64).saturating_mul(MAX_RELAYED as u64)
+    }
 }
 
 /// Chunk deposits, by outbox position and relay.
@@ -66,9 +75,21 @@ pub(super) struct RelayedChunks {
     /// Held whole by these relays (until the message leaves the outbox,
     /// or is deposited again).
     done: HashSet<(u64, PeerId)>,
-    /// Group messages: bytes of chunks deposited or on their way, over
-    /// all members, and when the message expires.
-    group_spent: HashMap<MessageRef, (u64, u64)>,
+    /// Group messages: what their files' deposits count against
+    /// [`GROUP_FILE_BUDGET`].
+    group_spent: HashMap<MessageRef, GroupSpent>,
+}
+
+/// One group message's file at relays.
+#[derive(Default)]
+struct GroupSpent {
+    /// Bytes of chunks deposited or on their way.
+    bytes: u64,
+    /// The mailboxes (at a relay) counted: a deposit there again (a
+    /// custody renewed, a restart) counts nothing more.
+    mailboxes: HashSet<(PeerId, [u8; 32])>,
+    /// When the message expires.
+    until: u64,
 }
 
 impl RelayedChunks {
@@ -80,31 +101,52 @@ impl RelayedChunks {
         self.running.retain(|_, j| j.expires_at > now);
         self.waiting.retain(|(_, j)| j.expires_at > now);
         self.done.retain(|(pos, _)| queued(*pos));
-        self.group_spent
-            .retain(|_, (_, expires_at)| *expires_at > now);
+        self.group_spent.retain(|_, g| g.until > now);
     }
 
-    /// Counts `bytes` more of a group message's file going to relays;
-    /// `false` (nothing counted) past [`GROUP_FILE_BUDGET`].
-    fn spend_group(&mut self, message: MessageRef, bytes: u64, expires_at: u64) -> bool {
+    /// Counts a group message's file going to a mailbox at a relay (`at`;
+    /// `bytes` of chunks), unless counted already; `false` (nothing
+    /// counted) past [`GROUP_FILE_BUDGET`].
+    fn spend_group(
+        &mut self,
+        message: MessageRef,
+        at: (PeerId, [u8; 32]),
+        bytes: u64,
+        expires_at: u64,
+    ) -> bool {
+        let spent = match self.group_spent.get(&message) {
+            Some(g) if g.mailboxes.contains(&at) => return true,
+            Some(g) => g.bytes,
+            None => 0,
+        };
+        if spent.saturating_add(bytes) > GROUP_FILE_BUDGET {
+            return false;
+        }
         if !self.group_spent.contains_key(&message)
             && self.group_spent.len() >= MAX_GROUP_FILES
             && let Some(first) = self
                 .group_spent
                 .iter()
-                .min_by_key(|(_, (_, until))| *until)
+                .min_by_key(|(_, g)| g.until)
                 .map(|(m, _)| *m)
         {
             self.group_spent.remove(&first);
         }
-        let spent = self.group_spent.get(&message).map_or(0, |(s, _)| *s);
-        if spent.saturating_add(bytes) > GROUP_FILE_BUDGET {
-            return false;
-        }
-        let (spent, until) = self.group_spent.entry(message).or_insert((0, expires_at));
-        *spent += bytes;
-        *until = (*until).max(expires_at);
+        let g = self.group_spent.entry(message).or_default();
+        g.bytes += bytes;
+        g.mailboxes.insert(at);
+        g.until = g.until.max(expires_at);
         true
+    }
+
+    /// A group file's deposit at `relay` that will not be made (refused,
+    /// dropped) counts no more.
+    fn refund_group(&mut self, job: &ChunkDeposit, relay: PeerId) {
+        if let Some(g) = self.group_spent.get_mut(&job.message)
+            && g.mailboxes.remove(&(relay, job.mailbox))
+        {
+            g.bytes = g.bytes.saturating_sub(job.bytes());
+        }
     }
 
     /// Deposits for messages no longer stored here (cleared, deleted,
@@ -112,6 +154,7 @@ impl RelayedChunks {
     pub(super) fn forget_gone(&mut self, stored: impl Fn(&MessageRef) -> bool) {
         self.running.retain(|_, j| stored(&j.message));
         self.waiting.retain(|(_, j)| stored(&j.message));
+        self.group_spent.retain(|m, _| stored(m));
     }
 
     /// The message at `pos` is deposited afresh: its chunks go again too.
@@ -168,18 +211,6 @@ impl Worker {
         let Ok(env) = Envelope::from_bytes(envelope) else {
             return false;
         };
-        // Past its budget, a group file's members fetch it from one
-        // another.
-        let bytes = (manifest.chunks.len() as u64).saturating_mul(MAX_RELAYED as u64);
-        if group
-            && !self
-                .relays
-                .chunks
-                .spend_group(message, bytes, env.expires_at)
-        {
-            debug!(%relay, "a group file past its relay budget; members serve it");
-            return false;
-        }
         let job = ChunkDeposit {
             message,
             mailbox: env.mailbox_id,
@@ -188,11 +219,29 @@ impl Worker {
             next: 0,
             not_before: 0,
             failures: 0,
+            group,
         };
-        let waiting = &mut self.relays.chunks.waiting;
-        if waiting.len() >= MAX_WAITING {
-            waiting.pop_front();
+        // Past its budget, a group file's members fetch it from one
+        // another.
+        if group
+            && !self.relays.chunks.spend_group(
+                message,
+                (relay, job.mailbox),
+                job.bytes(),
+                job.expires_at,
+            )
+        {
+            debug!(%relay, "a group file past its relay budget; members serve it");
+            return false;
         }
+        let chunks = &mut self.relays.chunks;
+        if chunks.waiting.len() >= MAX_WAITING
+            && let Some(((_, dropped_at), dropped)) = chunks.waiting.pop_front()
+            && dropped.group
+        {
+            chunks.refund_group(&dropped, dropped_at);
+        }
+        let waiting = &mut chunks.waiting;
         waiting.push_back((key, job));
         self.pump_chunks(now, round);
         true
@@ -297,6 +346,9 @@ impl Worker {
             }
             Ok(Response::Refused(reason)) if reason != Refusal::RateLimited => {
                 warn!(%relay, %reason, "relay refused a file's chunks");
+                if job.group {
+                    self.relays.chunks.refund_group(&job, relay);
+                }
                 round.events.push(NodeEvent::RelayRefused {
                     message: job.message,
                     relay,
@@ -355,33 +407,70 @@ mod tests {
         }
     }
 
-    /// A group file is deposited for as many members as its budget
-    /// covers; another file has a budget of its own; when too many files
-    /// are counted, the one that expires first is forgotten, and what has
-    /// expired goes.
+    fn at(n: u8) -> (PeerId, [u8; 32]) {
+        (PeerId::random(), [n; 32])
+    }
+
+    fn job(message: MessageRef, mailbox: [u8; 32], chunks: usize) -> ChunkDeposit {
+        ChunkDeposit {
+            message,
+            mailbox,
+            expires_at: 100,
+            names: vec![[0; 32]; chunks],
+            next: 0,
+            not_before: 0,
+            failures: 0,
+            group: true,
+        }
+    }
+
+    /// A group file is deposited for as many mailboxes as its budget
+    /// covers (eight of the largest files); a mailbox counted once counts
+    /// nothing more; a refused deposit gives its share back; another file
+    /// has a budget of its own; when too many files are counted, the one
+    /// that expires first is forgotten, and what has expired goes.
     #[test]
     fn a_group_file_goes_to_relays_as_far_as_its_budget() {
         let mut c = RelayedChunks::default();
-        let file = GROUP_FILE_BUDGET / 5;
-        for member in 0..5 {
-            assert!(c.spend_group(message(1), file, 100), "member {member}");
+        let largest = job(message(1), [0; 32], MAX_CHUNKS).bytes();
+        assert_eq!(GROUP_FILE_BUDGET, 8 * largest);
+        let mailboxes: Vec<_> = (0..9).map(at).collect();
+        for (n, m) in mailboxes[..8].iter().enumerate() {
+            assert!(c.spend_group(message(1), *m, largest, 100), "mailbox {n}");
         }
-        assert!(!c.spend_group(message(1), file, 100), "past the budget");
-        assert!(c.spend_group(message(1), 0, 100));
-        assert!(c.spend_group(message(2), GROUP_FILE_BUDGET, 50));
-        assert!(!c.spend_group(message(3), GROUP_FILE_BUDGET + 1, 100));
+        assert!(
+            c.spend_group(message(1), mailboxes[3], largest, 100),
+            "counted already"
+        );
+        assert!(
+            !c.spend_group(message(1), mailboxes[8], largest, 100),
+            "past the budget"
+        );
+        let refused = job(message(1), mailboxes[2].1, MAX_CHUNKS);
+        c.refund_group(&refused, mailboxes[2].0);
+        c.refund_group(&refused, mailboxes[2].0);
+        assert!(
+            c.spend_group(message(1), mailboxes[8], largest, 100),
+            "room given back once"
+        );
+        assert!(!c.spend_group(message(1), mailboxes[2], largest, 100));
+
+        assert!(c.spend_group(message(2), at(1), GROUP_FILE_BUDGET, 50));
+        assert!(!c.spend_group(message(3), at(1), GROUP_FILE_BUDGET + 1, 100));
         assert!(!c.group_spent.contains_key(&message(3)), "nothing counted");
 
         for n in 0..MAX_GROUP_FILES as u64 {
             let mut m = message(4);
             m.lamport = 1000 + n;
-            assert!(c.spend_group(m, 1, 200 + n));
+            assert!(c.spend_group(m, at(4), 1, 200 + n));
         }
         assert_eq!(c.group_spent.len(), MAX_GROUP_FILES);
         assert!(
             !c.group_spent.contains_key(&message(2)),
             "the one expiring first is forgotten"
         );
+        c.forget_gone(|m| m.lamport != 1000);
+        assert_eq!(c.group_spent.len(), MAX_GROUP_FILES - 1, "a message gone");
         c.retain(200 + MAX_GROUP_FILES as u64, |_| true);
         assert!(c.group_spent.is_empty());
     }

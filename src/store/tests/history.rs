@@ -10,6 +10,9 @@ use crate::store::{
 
 /// The time of the tests' deletions.
 const NOW: u64 = 1_700_100_000;
+/// The identity of the device that deletes (no test message is its own
+/// unless a test says so).
+const MINE: [u8; 32] = [0xaa; 32];
 
 fn sort_key(m: &StoredMessage) -> (u64, [u8; 32], [u8; 16]) {
     (m.lamport, m.sender, m.msg_id)
@@ -349,7 +352,7 @@ fn clearing_a_conversation_deletes_its_messages_and_files_and_nothing_else() {
         h.append_batch(&other, Direction::Incoming).unwrap();
         assert_eq!(h.conversation(&[1; 32]).unwrap().unwrap().unread, 6001);
 
-        assert_eq!(h.clear(&[1; 32], NOW).unwrap(), 6001);
+        assert_eq!(h.clear(&[1; 32], NOW, &MINE).unwrap(), 6001);
         check(&store);
         store.flush().unwrap();
     }
@@ -370,9 +373,38 @@ fn clearing_a_conversation_deletes_its_messages_and_files_and_nothing_else() {
     assert_eq!(h.conversation(&[1; 32]).unwrap().unwrap().unread, 2);
 
     assert!(matches!(
-        h.clear(&[9; 32], NOW),
+        h.clear(&[9; 32], NOW, &MINE),
         Err(Error::UnknownConversation { .. })
     ));
+
+    // Sent again, the newest 1,024 cleared (the file and the newest 1,023
+    // of the others, each tombstoned in the step that deleted it) stay
+    // gone; the older ones are stored again.
+    let again: Vec<_> = (1..=6000u64)
+        .map(|i| msg(1, i, 2, 0, &i.to_be_bytes()))
+        .map(|mut m| {
+            m.msg_id[..8].copy_from_slice(&m.lamport.to_be_bytes());
+            m
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for batch in again.chunks(500) {
+        outcomes.extend(h.append_batch(batch, Direction::Incoming).unwrap());
+    }
+    let stored_again = outcomes
+        .iter()
+        .take_while(|o| **o == Appended::Inserted)
+        .count();
+    assert_eq!(stored_again, 6000 - (crate::store::MAX_TOMBSTONES - 1));
+    assert!(
+        outcomes[stored_again..]
+            .iter()
+            .all(|o| *o == Appended::Duplicate)
+    );
+    assert_eq!(
+        h.append(&file, Direction::Incoming).unwrap(),
+        Appended::Duplicate
+    );
 }
 
 /// Deleting one message takes it alone (from a block or the tail), with
@@ -396,13 +428,19 @@ fn deleting_a_message_takes_it_alone_and_its_file() {
         h.append(&file, Direction::Incoming).unwrap();
         media.want(&file.reference()).unwrap();
 
-        assert!(h.delete(&old.reference(), NOW).unwrap(), "in a block");
         assert!(
-            h.delete(&newest.reference(), NOW).unwrap(),
+            h.delete(&old.reference(), NOW, &MINE).unwrap(),
+            "in a block"
+        );
+        assert!(
+            h.delete(&newest.reference(), NOW, &MINE).unwrap(),
             "the newest, in the tail"
         );
-        assert!(h.delete(&file.reference(), NOW).unwrap(), "a file");
-        assert!(!h.delete(&old.reference(), NOW).unwrap(), "already gone");
+        assert!(h.delete(&file.reference(), NOW, &MINE).unwrap(), "a file");
+        assert!(
+            !h.delete(&old.reference(), NOW, &MINE).unwrap(),
+            "already gone"
+        );
         for name in &m.chunks {
             assert!(!media.has_chunk(name).unwrap());
         }
@@ -444,9 +482,9 @@ fn an_emptied_conversation_stays_with_nothing_unread_after_a_reopen() {
             h.append_batch(&three(conv), Direction::Incoming).unwrap();
             assert_eq!(h.conversation(&[conv; 32]).unwrap().unwrap().unread, 3);
         }
-        assert_eq!(h.clear(&[1; 32], NOW).unwrap(), 3);
+        assert_eq!(h.clear(&[1; 32], NOW, &MINE).unwrap(), 3);
         for m in three(2) {
-            assert!(h.delete(&m.reference(), NOW).unwrap());
+            assert!(h.delete(&m.reference(), NOW, &MINE).unwrap());
         }
         // Conversation 3 expires.
         assert_eq!(h.purge_expired(100).unwrap(), 9 - 6);
@@ -491,7 +529,7 @@ fn a_deleted_message_sent_again_stays_deleted_while_its_tombstone_lasts() {
         let store = Store::open(dir.path(), &data_key(1)).unwrap();
         let h = store.history();
         h.append_batch(&all, Direction::Incoming).unwrap();
-        assert_eq!(h.clear(&[1; 32], NOW).unwrap(), all.len());
+        assert_eq!(h.clear(&[1; 32], NOW, &MINE).unwrap(), all.len());
         let again = h.append_batch(&all, Direction::Incoming).unwrap();
         assert_eq!(
             again[..older as usize],
@@ -504,7 +542,7 @@ fn a_deleted_message_sent_again_stays_deleted_while_its_tombstone_lasts() {
             older as u32
         );
         // One of those deleted, a second later.
-        assert!(h.delete(&first.reference(), NOW + 1).unwrap());
+        assert!(h.delete(&first.reference(), NOW + 1, &MINE).unwrap());
         store.flush().unwrap();
     }
     let store = Store::open(dir.path(), &data_key(1)).unwrap();
@@ -521,21 +559,21 @@ fn a_deleted_message_sent_again_stays_deleted_while_its_tombstone_lasts() {
         "every other copy refused after a reopen"
     );
     assert_eq!(all_pages(&h, &[1; 32], 100).len(), older as usize);
-    // Written here, the same message is not refused.
+    // A message written here is never refused, and deleting one of ours
+    // leaves no tombstone (it comes back from nobody): the cap is kept
+    // for what contacts sent.
     let mut own = first.clone();
     own.conv_id = [5; 32];
-    assert!(
-        h.delete(
-            &{
-                h.append(&own, Direction::Outgoing).unwrap();
-                own.reference()
-            },
-            NOW
-        )
-        .unwrap()
-    );
+    own.sender = MINE;
+    h.append(&own, Direction::Outgoing).unwrap();
+    assert!(h.delete(&own.reference(), NOW, &MINE).unwrap());
     assert_eq!(
         h.append(&own, Direction::Outgoing).unwrap(),
+        Appended::Inserted
+    );
+    assert!(h.delete(&own.reference(), NOW, &MINE).unwrap());
+    assert_eq!(
+        h.append(&own, Direction::Incoming).unwrap(),
         Appended::Inserted
     );
 
@@ -558,4 +596,42 @@ fn a_deleted_message_sent_again_stays_deleted_while_its_tombstone_lasts() {
         Appended::Inserted
     );
     assert_eq!(all_pages(&h, &[1; 32], 100).len(), all.len());
+}
+
+/// In a temporary conversation, a message whose sender's clock runs more
+/// than `CLOCK_SLACK` ahead of ours is kept no longer than the retention
+/// from when it came (the node caps its expiry), and when the purge takes
+/// it, it leaves a tombstone: a copy sent again stays gone. One whose
+/// sender's clock is about right leaves none (a copy sent again is past
+/// its time by the sender's clock, and the node refuses it for that).
+#[test]
+fn a_purged_message_whose_senders_clock_runs_ahead_stays_gone() {
+    use crate::store::CLOCK_SLACK;
+    let (_dir, store) = fresh();
+    let h = store.history();
+    let retention = 600;
+    h.upsert_conversation(&[1; 32], "", Some(retention))
+        .unwrap();
+    let came = NOW;
+    let with_clock = |ahead: u64, id: u8| {
+        let mut m = msg(1, u64::from(id), 2, id, b"temporary");
+        m.sent_at = came + ahead;
+        m.expires_at = Some(came + retention);
+        m
+    };
+    let ahead = with_clock(3600, 1);
+    let about_right = with_clock(CLOCK_SLACK, 2);
+    h.append_batch(&[ahead.clone(), about_right.clone()], Direction::Incoming)
+        .unwrap();
+    assert_eq!(h.purge_expired(came + retention - 1).unwrap(), 0);
+    assert_eq!(h.purge_expired(came + retention).unwrap(), 2);
+    assert_eq!(
+        h.append(&ahead, Direction::Incoming).unwrap(),
+        Appended::Duplicate
+    );
+    assert_eq!(
+        h.append(&about_right, Direction::Incoming).unwrap(),
+        Appended::Inserted
+    );
+    assert!(h.get(&ahead.reference()).unwrap().is_none());
 }
