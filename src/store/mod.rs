@@ -183,6 +183,9 @@ pub struct Store {
     /// Serialises history writes: each reads blocks, changes them in memory
     /// and writes them back as one batch.
     history_lock: std::sync::Mutex<()>,
+    /// Conversations that have (or had, since the store was opened)
+    /// tombstones: an incoming message of any other is not looked up.
+    tombstoned: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
     outbox: sled::Tree,
 }
 
@@ -227,6 +230,7 @@ impl Store {
         let store = Self {
             history: tree(blocks::HISTORY)?,
             history_lock: std::sync::Mutex::new(()),
+            tombstoned: std::sync::Mutex::new(std::collections::HashSet::new()),
             outbox: tree(outbox::OUTBOX.name)?,
             path,
             db,
@@ -234,6 +238,7 @@ impl Store {
             watermark,
             sealer,
         };
+        store.history().find_tombstoned()?;
         let repaired = store.history().repair_tails()?;
         if repaired > 0 {
             tracing::info!(path = %store.path.display(), repaired, "conversation records brought in line with their newest messages");

@@ -51,6 +51,9 @@ pub const CLOCK_SLACK: u64 = 60;
 impl Staged<'_> {
     /// Whether `msg` was deleted here (its tombstone is stored).
     pub(crate) fn tombstoned(&self, msg: &StoredMessage) -> Result<bool, Error> {
+        if !self.store.has_tombstones(&msg.conv_id) {
+            return Ok(false);
+        }
         let sort = message_key(&msg.conv_id, msg.lamport, &msg.sender, &msg.msg_id);
         let key = tomb_key(&msg.conv_id, &self.store.sealer.tombstone_tag(&sort));
         self.store
@@ -60,7 +63,60 @@ impl Staged<'_> {
     }
 }
 
+impl super::Store {
+    /// Whether conversation `conv_id` may have tombstones.
+    fn has_tombstones(&self, conv_id: &[u8; 32]) -> bool {
+        self.tombstoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(conv_id)
+    }
+
+    fn note_tombstones(&self, conv_id: &[u8; 32]) {
+        self.tombstoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*conv_id);
+    }
+}
+
 impl History<'_> {
+    /// Notes, on open, which conversations have tombstones (one seek per
+    /// conversation).
+    pub(crate) fn find_tombstoned(&self) -> Result<(), Error> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let next = match &after {
+                None => self.store.history.range(&[TOMB_PREFIX][..]..).next(),
+                Some(k) => self
+                    .store
+                    .history
+                    .range::<&[u8], _>((
+                        std::ops::Bound::Excluded(&k[..]),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .next(),
+            };
+            let Some(item) = next else {
+                return Ok(());
+            };
+            let (key, _) = item.map_err(Error::db(HISTORY, "scan"))?;
+            if key.first() != Some(&TOMB_PREFIX) {
+                return Ok(());
+            }
+            after = Some(
+                match key.get(1..33).and_then(|c| <[u8; 32]>::try_from(c).ok()) {
+                    Some(conv) => {
+                        self.store.note_tombstones(&conv);
+                        tomb_key(&conv, &[0xff; TOMB_TAG_LEN]).to_vec()
+                    }
+                    // Not a tombstone's key: passed over.
+                    None => key.to_vec(),
+                },
+            );
+        }
+    }
+
     /// Stages tombstones for the messages `sorts` names (newest first; at
     /// most [`MAX_TOMBSTONES`] taken) of conversation `conv_id`, living
     /// until `now + TOMBSTONE_LIFE`. In the same write: the conversation's
@@ -77,6 +133,7 @@ impl History<'_> {
         if sorts.is_empty() {
             return Ok(());
         }
+        self.store.note_tombstones(conv_id);
         let until = now.saturating_add(TOMBSTONE_LIFE);
         let sealer = &self.store.sealer;
         let mut new: Vec<[u8; TOMB_TAG_LEN]> = Vec::with_capacity(sorts.len().min(MAX_TOMBSTONES));
