@@ -405,7 +405,7 @@ impl<'a> History<'a> {
     /// `mine` (this device's identity) leave tombstones, each in the step
     /// that deletes it, at `now`, so that a contact sending one of them
     /// again does not bring it back; so does one that arrives during the
-    /// clear, newer than those.
+    /// clear, newer than those (or any, if the conversation had fewer).
     pub fn clear(&self, conv_id: &[u8; 32], now: u64, mine: &[u8; 32]) -> Result<usize, Error> {
         if self.conv_record(conv_id)?.is_none() {
             return Err(Error::UnknownConversation {
@@ -413,7 +413,8 @@ impl<'a> History<'a> {
             });
         }
         let mut cleared = 0;
-        // The oldest message that leaves a tombstone (by sort key).
+        // The oldest message that leaves a tombstone (by sort key); `None`
+        // when fewer than the cap were found: every contact's message.
         let mut from: Option<Option<[u8; MESSAGE_KEY_LEN]>> = None;
         loop {
             let _writer = self.store.lock_history();
@@ -423,11 +424,14 @@ impl<'a> History<'a> {
             }
             let from = match from {
                 Some(f) => f,
-                None => *from.insert(
-                    self.newest_sorts(conv_id, super::MAX_TOMBSTONES, mine)?
-                        .last()
-                        .copied(),
-                ),
+                None => {
+                    let newest = self.newest_sorts(conv_id, super::MAX_TOMBSTONES, mine)?;
+                    *from.insert(
+                        (newest.len() == super::MAX_TOMBSTONES)
+                            .then(|| newest.last().copied())
+                            .flatten(),
+                    )
+                }
             };
             let mut staged = Staged::new(self.store);
             let media = std::cell::RefCell::new(std::collections::HashMap::new());
@@ -443,7 +447,7 @@ impl<'a> History<'a> {
                     media.borrow_mut().insert(r, e.body.clone());
                 }
                 let sort = e.sort_key(conv_id);
-                if &e.sender != mine && from.is_some_and(|f| sort >= f) {
+                if &e.sender != mine && from.is_none_or(|f| sort >= f) {
                     tombs.borrow_mut().push(sort);
                 }
                 true

@@ -63,6 +63,19 @@ impl Staged<'_> {
     }
 }
 
+/// The least byte string above every string that starts with `prefix`;
+/// `None` if there is none (all bytes 0xff).
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < 0xff {
+            next.push(last + 1);
+            return Some(next);
+        }
+    }
+    None
+}
+
 impl super::Store {
     /// Whether conversation `conv_id` may have tombstones.
     fn has_tombstones(&self, conv_id: &[u8; 32]) -> bool {
@@ -84,36 +97,30 @@ impl History<'_> {
     /// Notes, on open, which conversations have tombstones (one seek per
     /// conversation).
     pub(crate) fn find_tombstoned(&self) -> Result<(), Error> {
-        let mut after: Option<Vec<u8>> = None;
+        let mut from = vec![TOMB_PREFIX];
         loop {
-            let next = match &after {
-                None => self.store.history.range(&[TOMB_PREFIX][..]..).next(),
-                Some(k) => self
-                    .store
-                    .history
-                    .range::<&[u8], _>((
-                        std::ops::Bound::Excluded(&k[..]),
-                        std::ops::Bound::Unbounded,
-                    ))
-                    .next(),
-            };
-            let Some(item) = next else {
+            let Some(item) = self.store.history.range(&from[..]..).next() else {
                 return Ok(());
             };
             let (key, _) = item.map_err(Error::db(HISTORY, "scan"))?;
             if key.first() != Some(&TOMB_PREFIX) {
                 return Ok(());
             }
-            after = Some(
-                match key.get(1..33).and_then(|c| <[u8; 32]>::try_from(c).ok()) {
-                    Some(conv) => {
-                        self.store.note_tombstones(&conv);
-                        tomb_key(&conv, &[0xff; TOMB_TAG_LEN]).to_vec()
-                    }
-                    // Not a tombstone's key: passed over.
-                    None => key.to_vec(),
-                },
-            );
+            // The next conversation's prefix (past every key of this one,
+            // whatever its length), or past this key if it is too short.
+            let prefix = match key.get(..33) {
+                Some(p) => {
+                    let mut conv = [0u8; 32];
+                    conv.copy_from_slice(&p[1..]);
+                    self.store.note_tombstones(&conv);
+                    p.to_vec()
+                }
+                None => key.to_vec(),
+            };
+            match successor(&prefix) {
+                Some(next) if next > from => from = next,
+                _ => return Ok(()),
+            }
         }
     }
 
@@ -188,7 +195,9 @@ impl History<'_> {
 
     /// The sort keys of the newest `n` messages of `conv_id` not written
     /// by `mine`, newest first: those a clear leaves tombstones for. As
-    /// many as can be read when a record does not open (logged).
+    /// many as can be read when a record does not open (logged); fewer
+    /// than `n` if the conversation has no more, or a record in the way
+    /// does not open.
     pub(crate) fn newest_sorts(
         &self,
         conv_id: &[u8; 32],

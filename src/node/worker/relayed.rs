@@ -85,9 +85,10 @@ pub(super) struct RelayedChunks {
 struct GroupSpent {
     /// Bytes of chunks deposited or on their way.
     bytes: u64,
-    /// The mailboxes (at a relay) counted: a deposit there again (a
-    /// custody renewed, a restart) counts nothing more.
-    mailboxes: HashSet<(PeerId, [u8; 32])>,
+    /// The mailboxes (at a relay) counted, with the bytes counted for
+    /// each: a deposit there again (a custody renewed, a restart) counts
+    /// nothing more.
+    mailboxes: HashMap<(PeerId, [u8; 32]), u64>,
     /// When the message expires.
     until: u64,
 }
@@ -115,7 +116,7 @@ impl RelayedChunks {
         expires_at: u64,
     ) -> bool {
         let spent = match self.group_spent.get(&message) {
-            Some(g) if g.mailboxes.contains(&at) => return true,
+            Some(g) if g.mailboxes.contains_key(&at) => return true,
             Some(g) => g.bytes,
             None => 0,
         };
@@ -134,18 +135,26 @@ impl RelayedChunks {
         }
         let g = self.group_spent.entry(message).or_default();
         g.bytes += bytes;
-        g.mailboxes.insert(at);
+        g.mailboxes.insert(at, bytes);
         g.until = g.until.max(expires_at);
         true
     }
 
-    /// A group file's deposit at `relay` that will not be made (refused,
-    /// dropped) counts no more.
+    /// A group file's deposit at `relay` that stops (refused, dropped,
+    /// its chunks not here): the chunks it did not deposit count no more,
+    /// and if it deposited none, neither does the mailbox.
     fn refund_group(&mut self, job: &ChunkDeposit, relay: PeerId) {
+        let at = (relay, job.mailbox);
+        let deposited = (job.next as u64).saturating_mul(MAX_RELAYED as u64);
         if let Some(g) = self.group_spent.get_mut(&job.message)
-            && g.mailboxes.remove(&(relay, job.mailbox))
+            && let Some(counted) = g.mailboxes.get_mut(&at)
         {
-            g.bytes = g.bytes.saturating_sub(job.bytes());
+            let back = counted.saturating_sub(deposited);
+            *counted -= back;
+            g.bytes = g.bytes.saturating_sub(back);
+            if job.next == 0 {
+                g.mailboxes.remove(&at);
+            }
         }
     }
 
@@ -266,16 +275,16 @@ impl Worker {
         }
     }
 
-    /// Sends the next batch of `job`'s chunks to its relay.
-    fn send_chunks(&mut self, key: (u64, PeerId), job: ChunkDeposit, round: &mut Round) {
-        let (pos, relay) = key;
+    /// The envelopes of `job`'s next batch, read from the store; `None`
+    /// (logged) if a chunk is not here or cannot be read.
+    fn chunk_envelopes(&self, job: &ChunkDeposit, relay: PeerId) -> Option<Vec<Vec<u8>>> {
         let end = (job.next + CHUNK_BATCH).min(job.names.len());
         let mut envelopes = Vec::with_capacity(end - job.next);
         let media = match self.engine.store().media() {
             Ok(m) => m,
             Err(e) => {
                 warn!(error = %e, "reading a file's chunks to deposit");
-                return;
+                return None;
             }
         };
         for name in &job.names[job.next..end] {
@@ -283,17 +292,30 @@ impl Worker {
                 Ok(Some(c)) => c,
                 other => {
                     warn!(%relay, error = ?other.err(), "a chunk of a file to deposit is not here; not deposited");
-                    return;
+                    return None;
                 }
             };
             match relayed_chunk_envelope(job.mailbox, job.expires_at, &chunk) {
                 Ok(e) => envelopes.push(e),
                 Err(e) => {
                     warn!(error = %e, "a chunk of a file to deposit");
-                    return;
+                    return None;
                 }
             }
         }
+        Some(envelopes)
+    }
+
+    /// Sends the next batch of `job`'s chunks to its relay (or gives the
+    /// job up if they cannot be read here).
+    fn send_chunks(&mut self, key: (u64, PeerId), job: ChunkDeposit, round: &mut Round) {
+        let (pos, relay) = key;
+        let Some(envelopes) = self.chunk_envelopes(&job, relay) else {
+            if job.group {
+                self.relays.chunks.refund_group(&job, relay);
+            }
+            return;
+        };
         let digests = envelopes.iter().map(|e| envelope_digest(e)).collect();
         round.outs.push(Out::Mailbox {
             relay,
@@ -426,7 +448,8 @@ mod tests {
 
     /// A group file is deposited for as many mailboxes as its budget
     /// covers (eight of the largest files); a mailbox counted once counts
-    /// nothing more; a refused deposit gives its share back; another file
+    /// nothing more; a deposit that stops gives back what it did not
+    /// deposit (once), and its mailbox if it deposited nothing; another file
     /// has a budget of its own; when too many files are counted, the one
     /// that expires first is forgotten, and what has expired goes.
     #[test]
@@ -454,6 +477,19 @@ mod tests {
             "room given back once"
         );
         assert!(!c.spend_group(message(1), mailboxes[2], largest, 100));
+        // Refused half way: the half deposited stays counted, and so does
+        // the mailbox.
+        let mut half = job(message(1), mailboxes[5].1, MAX_CHUNKS);
+        half.next = MAX_CHUNKS / 2;
+        c.refund_group(&half, mailboxes[5].0);
+        c.refund_group(&half, mailboxes[5].0);
+        assert_eq!(c.group_spent[&message(1)].bytes, 7 * largest + largest / 2);
+        assert!(
+            c.spend_group(message(1), mailboxes[5], largest, 100),
+            "counted still"
+        );
+        assert!(!c.spend_group(message(1), at(9), largest, 100));
+        assert!(c.spend_group(message(1), at(9), largest / 2, 100));
 
         assert!(c.spend_group(message(2), at(1), GROUP_FILE_BUDGET, 50));
         assert!(!c.spend_group(message(3), at(1), GROUP_FILE_BUDGET + 1, 100));

@@ -502,6 +502,13 @@ fn an_emptied_conversation_stays_with_nothing_unread_after_a_reopen() {
             "conversation {conv}"
         );
     }
+    // Fewer than MAX_TOMBSTONES cleared or deleted: each left one.
+    for m in three(1).iter().chain(&three(2)) {
+        assert_eq!(
+            h.append(m, Direction::Incoming).unwrap(),
+            Appended::Duplicate
+        );
+    }
 }
 
 /// A message deleted or cleared here and then sent again (its sender had
