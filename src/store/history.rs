@@ -480,18 +480,24 @@ impl<'a> History<'a> {
     /// Deletes the message `r` (and the chunks of the file it carries, if
     /// any) in one atomic write, with a tombstone made at `now` (unless
     /// `mine`, this device's identity, wrote it) so that a copy sent again
-    /// is not stored again; `false` if it is not stored.
+    /// is not stored again; `false` if it is not stored. A contact's
+    /// message not marked read lowers the unread count by one.
     pub fn delete(&self, r: &MessageRef, now: u64, mine: &[u8; 32]) -> Result<bool, Error> {
         let gone = {
             let _writer = self.store.lock_history();
             let mut staged = Staged::new(self.store);
             let sort = r.sort_key();
             let gone = staged.remove_message(&sort)?;
-            if gone.is_none() {
+            let Some(entry) = &gone else {
                 return Ok(false);
-            }
+            };
             if &r.sender != mine {
                 self.stage_tombstones(&mut staged, &r.conv_id, &[sort], now)?;
+                // A contact's message not read yet was counted unread.
+                if entry.state < DeliveryState::Read {
+                    let record = staged.record_mut(&r.conv_id)?;
+                    record.conv.unread = record.conv.unread.saturating_sub(1);
+                }
             }
             staged.commit()?;
             gone

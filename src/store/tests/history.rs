@@ -642,3 +642,36 @@ fn a_purged_message_whose_senders_clock_runs_ahead_stays_gone() {
     );
     assert!(h.get(&ahead.reference()).unwrap().is_none());
 }
+
+/// Deleting a contact's message not marked read lowers the unread count
+/// by one, also after a reopen; a message read, or one of ours, leaves it
+/// as it is.
+#[test]
+fn deleting_an_unread_message_lowers_the_unread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let theirs: Vec<_> = (1..=5u64).map(|i| msg(1, i, 2, i as u8, b"hi")).collect();
+    let mut ours = msg(1, 6, 0, 6, b"mine");
+    ours.sender = MINE;
+    {
+        let store = Store::open(dir.path(), &data_key(1)).unwrap();
+        let h = store.history();
+        h.append_batch(&theirs, Direction::Incoming).unwrap();
+        h.append(&ours, Direction::Outgoing).unwrap();
+        let unread = |h: &History<'_>| h.conversation(&[1; 32]).unwrap().unwrap().unread;
+        assert_eq!(unread(&h), 5);
+        assert!(h.delete(&theirs[4].reference(), NOW, &MINE).unwrap());
+        assert_eq!(unread(&h), 4);
+        h.set_state(&theirs[0].reference(), DeliveryState::Read)
+            .unwrap();
+        assert!(h.delete(&theirs[0].reference(), NOW, &MINE).unwrap());
+        assert!(h.delete(&ours.reference(), NOW, &MINE).unwrap());
+        assert_eq!(unread(&h), 4, "a message read, and one of ours");
+        assert!(h.delete(&theirs[2].reference(), NOW, &MINE).unwrap());
+        assert_eq!(unread(&h), 3);
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let h = store.history();
+    assert_eq!(h.conversation(&[1; 32]).unwrap().unwrap().unread, 3);
+    assert_eq!(all_pages(&h, &[1; 32], 10).len(), 2);
+}
