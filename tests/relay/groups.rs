@@ -27,35 +27,101 @@ async fn joined(node: &mut TestNode, group: [u8; 32], n: usize) {
     }
 }
 
+/// Alice, bob and carol (whose relays are `relays`) in a group alice made
+/// (temporary if `retention` says so), each of them seeing all three.
+struct Team {
+    a: TestNode,
+    b: TestNode,
+    c: TestNode,
+    group: [u8; 32],
+    /// Carol's directory, seed and relays, to start her again.
+    carol: (tempfile::TempDir, u64, Vec<libp2p::Multiaddr>),
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Team {
+    /// Alice and bob from seeds `seed` and `seed + 1`, carol from `seed + 2`.
+    async fn start(seed: u64, relays: Vec<libp2p::Multiaddr>, retention: Option<u64>) -> Self {
+        let (da, db, dc) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let mut a = TestNode::start_in("alice", da.path(), seed).await;
+        let mut b = TestNode::start_in("bob", db.path(), seed + 1).await;
+        let carol = (dc, seed + 2, relays);
+        let mut c = TestNode::start_with("carol", carol_config(&carol)).await;
+        befriend(&mut a, &mut b).await;
+        befriend(&mut a, &mut c).await;
+        let group = a
+            .handle
+            .create_group("team", "alice", vec![b.key(), c.key()], retention)
+            .await
+            .unwrap();
+        for n in [&mut a, &mut b, &mut c] {
+            joined(n, group, 3).await;
+        }
+        Self {
+            a,
+            b,
+            c,
+            group,
+            carol,
+            _dirs: (da, db),
+        }
+    }
+}
+
+/// Alice sends `file` to the group, and bob has it whole: its message,
+/// and `r`'s count of envelopes held, with the count from just before.
+async fn file_at_bob(
+    (a, b): (&TestNode, &mut TestNode),
+    group: [u8; 32],
+    r: &TestRelay,
+    file: &meshchat::node::media::MediaFile,
+) -> (
+    meshchat::store::MessageRef,
+    tokio::sync::watch::Receiver<u64>,
+    u64,
+) {
+    let held = r.handle.held();
+    let before = *held.borrow();
+    let sent = a
+        .handle
+        .send_group_media(group, file.clone())
+        .await
+        .unwrap();
+    b.wait("the file at bob", |e| match e {
+        NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(()),
+        _ => None,
+    })
+    .await;
+    (sent, held, before)
+}
+
+/// Carol's configuration: her directory and seed, with her relays.
+fn carol_config(
+    (dir, seed, relays): &(tempfile::TempDir, u64, Vec<libp2p::Multiaddr>),
+) -> meshchat::node::NodeConfig {
+    let mut cfg = config(dir.path(), *seed);
+    cfg.relays = relays.clone();
+    cfg
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_away_during_fifty_group_messages_gets_all_fifty_from_its_relays() {
     const N: usize = 50;
     let (dr1, dr2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let r1 = TestRelay::start(relay_config(dr1.path(), 801)).await;
     let r2 = TestRelay::start(relay_config(dr2.path(), 802)).await;
-    let (da, db, dc) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
-    let mut a = TestNode::start_in("alice", da.path(), 803).await;
-    let mut b = TestNode::start_in("bob", db.path(), 804).await;
-    let c_config = || {
-        let mut cfg = config(dc.path(), 805);
-        cfg.relays = vec![r1.addr.clone(), r2.addr.clone()];
-        cfg
-    };
-    let mut c = TestNode::start_with("carol", c_config()).await;
-    befriend(&mut a, &mut b).await;
-    befriend(&mut a, &mut c).await;
-    let group = a
-        .handle
-        .create_group("team", "alice", vec![b.key(), c.key()], None)
-        .await
-        .unwrap();
-    for n in [&mut a, &mut b, &mut c] {
-        joined(n, group, 3).await;
-    }
+    let Team {
+        mut a,
+        mut b,
+        mut c,
+        group,
+        carol,
+        _dirs,
+    } = Team::start(803, vec![r1.addr.clone(), r2.addr.clone()], None).await;
     // Carol has everyone's sender key before she goes.
     let hello = b"hello before carol goes".to_vec();
     a.handle.send_group(group, hello.clone()).await.unwrap();
@@ -87,7 +153,7 @@ async fn a_member_away_during_fifty_group_messages_gets_all_fifty_from_its_relay
     }
     assert!(!dir_contains(dr1.path(), &bodies[0]));
 
-    let mut c = TestNode::start_with("carol", c_config()).await;
+    let mut c = TestNode::start_with("carol", carol_config(&carol)).await;
     messages(&mut c, &bodies).await;
     let page = c.handle.history(group, None, 500).await.unwrap();
     assert_eq!(page.messages.len(), N + 2, "each message stored once");
@@ -117,29 +183,14 @@ async fn a_temporary_group_message_disappears_on_every_device_and_relay() {
     const RETENTION: u64 = 15;
     let dr = tempfile::tempdir().unwrap();
     let r = TestRelay::start(relay_config(dr.path(), 811)).await;
-    let (da, db, dc) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
-    let mut a = TestNode::start_in("alice", da.path(), 812).await;
-    let mut b = TestNode::start_in("bob", db.path(), 813).await;
-    let c_config = || {
-        let mut cfg = config(dc.path(), 814);
-        cfg.relays = vec![r.addr.clone()];
-        cfg
-    };
-    let mut c = TestNode::start_with("carol", c_config()).await;
-    befriend(&mut a, &mut b).await;
-    befriend(&mut a, &mut c).await;
-    let group = a
-        .handle
-        .create_group("brief", "alice", vec![b.key(), c.key()], Some(RETENTION))
-        .await
-        .unwrap();
-    for n in [&mut a, &mut b, &mut c] {
-        joined(n, group, 3).await;
-    }
+    let Team {
+        mut a,
+        mut b,
+        mut c,
+        group,
+        carol,
+        _dirs,
+    } = Team::start(812, vec![r.addr.clone()], Some(RETENTION)).await;
     // Carol has everyone's sender key before she goes.
     a.handle.send_group(group, b"hi".to_vec()).await.unwrap();
     b.handle
@@ -187,7 +238,7 @@ async fn a_temporary_group_message_disappears_on_every_device_and_relay() {
     .await
     .expect("the relay purged carol's copy");
     // Carol, back, finds nothing of it; what is sent now reaches her.
-    let mut c = TestNode::start_with("carol", c_config()).await;
+    let mut c = TestNode::start_with("carol", carol_config(&carol)).await;
     a.handle.send_group(group, b"after".to_vec()).await.unwrap();
     crate::common::message(&mut c, b"after").await;
     let page = c.handle.history(group, None, 10).await.unwrap();
@@ -207,29 +258,14 @@ async fn a_group_file_whose_author_is_away_comes_from_another_member() {
     let mut rc = relay_config(dr.path(), 811);
     rc.limits.max_bytes = 100_000;
     let r = TestRelay::start(rc).await;
-    let (da, db, dc) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
-    let mut a = TestNode::start_in("alice", da.path(), 812).await;
-    let mut b = TestNode::start_in("bob", db.path(), 813).await;
-    let c_config = || {
-        let mut cfg = config(dc.path(), 814);
-        cfg.relays = vec![r.addr.clone()];
-        cfg
-    };
-    let mut c = TestNode::start_with("carol", c_config()).await;
-    befriend(&mut a, &mut b).await;
-    befriend(&mut a, &mut c).await;
-    let group = a
-        .handle
-        .create_group("team", "alice", vec![b.key(), c.key()], None)
-        .await
-        .unwrap();
-    for n in [&mut a, &mut b, &mut c] {
-        joined(n, group, 3).await;
-    }
+    let Team {
+        mut a,
+        mut b,
+        mut c,
+        group,
+        carol,
+        _dirs,
+    } = Team::start(812, vec![r.addr.clone()], None).await;
     let hello = b"hello before carol goes".to_vec();
     a.handle.send_group(group, hello.clone()).await.unwrap();
     messages(&mut c, &[hello]).await;
@@ -243,18 +279,7 @@ async fn a_group_file_whose_author_is_away_comes_from_another_member() {
     };
     // What the relay holds already (a receipt for carol, say): the file's
     // message for her is one more.
-    let mut held = r.handle.held();
-    let before = *held.borrow();
-    let sent = a
-        .handle
-        .send_group_media(group, file.clone())
-        .await
-        .unwrap();
-    b.wait("the file at bob", |e| match e {
-        NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(()),
-        _ => None,
-    })
-    .await;
+    let (sent, mut held, before) = file_at_bob((&a, &mut b), group, &r, &file).await;
     tokio::time::timeout(WAIT, held.wait_for(|h| *h > before))
         .await
         .expect("the relay holds carol's copy")
@@ -271,7 +296,7 @@ async fn a_group_file_whose_author_is_away_comes_from_another_member() {
     a.handle.shutdown(Duration::from_secs(10)).await.unwrap();
     drop(a);
 
-    let mut c = TestNode::start_with("carol", c_config()).await;
+    let mut c = TestNode::start_with("carol", carol_config(&carol)).await;
     let ready = c
         .wait("the file at carol", |e| match e {
             NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(*message),
@@ -291,29 +316,14 @@ async fn a_group_file_for_a_member_who_is_away_comes_from_its_relay() {
 
     let dr = tempfile::tempdir().unwrap();
     let r = TestRelay::start(relay_config(dr.path(), 821)).await;
-    let (da, db, dc) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
-    let mut a = TestNode::start_in("alice", da.path(), 822).await;
-    let mut b = TestNode::start_in("bob", db.path(), 823).await;
-    let c_config = || {
-        let mut cfg = config(dc.path(), 824);
-        cfg.relays = vec![r.addr.clone()];
-        cfg
-    };
-    let mut c = TestNode::start_with("carol", c_config()).await;
-    befriend(&mut a, &mut b).await;
-    befriend(&mut a, &mut c).await;
-    let group = a
-        .handle
-        .create_group("ward", "alice", vec![b.key(), c.key()], None)
-        .await
-        .unwrap();
-    for n in [&mut a, &mut b, &mut c] {
-        joined(n, group, 3).await;
-    }
+    let Team {
+        a,
+        mut b,
+        c,
+        group,
+        carol,
+        _dirs,
+    } = Team::start(822, vec![r.addr.clone()], None).await;
     c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
     drop(c);
 
@@ -323,18 +333,7 @@ async fn a_group_file_for_a_member_who_is_away_comes_from_its_relay() {
         mime: "image/png".into(),
         data: (0..250_000u32).map(|i| (i * 11 % 239) as u8).collect(),
     };
-    let mut held = r.handle.held();
-    let before = *held.borrow();
-    let sent = a
-        .handle
-        .send_group_media(group, file.clone())
-        .await
-        .unwrap();
-    b.wait("the file at bob", |e| match e {
-        NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(()),
-        _ => None,
-    })
-    .await;
+    let (sent, mut held, before) = file_at_bob((&a, &mut b), group, &r, &file).await;
     // Carol's copy of the message and the four chunks (a group message
     // has no "stored at relay" of its own: its state counts members).
     tokio::time::timeout(WAIT, held.wait_for(|h| *h >= before + 5))
@@ -346,7 +345,7 @@ async fn a_group_file_for_a_member_who_is_away_comes_from_its_relay() {
     }
     assert!(!dir_contains(dr.path(), &file.data[1000..1048]));
 
-    let mut c = TestNode::start_with("carol", c_config()).await;
+    let mut c = TestNode::start_with("carol", carol_config(&carol)).await;
     let ready = c
         .wait("the file from the relay", |e| match e {
             NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(*message),
