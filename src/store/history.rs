@@ -298,7 +298,6 @@ impl<'a> History<'a> {
         // Messages that go while their sender's clock still gives them
         // time: tombstones, so that a copy sent again stays gone.
         let tombs = std::cell::RefCell::new(std::collections::HashMap::new());
-        let mut retentions = std::collections::HashMap::new();
         let expired = |conv: [u8; 32], retention: Option<u64>, e: &blocks::Entry| {
             let gone = e.expires_at.is_some_and(|at| at <= now);
             if gone
@@ -306,12 +305,11 @@ impl<'a> History<'a> {
                     e.sent_at.saturating_add(r) > now.saturating_add(super::CLOCK_SLACK)
                 })
             {
-                let sort = message_key(&conv, e.lamport, &e.sender, &e.msg_id);
                 tombs
                     .borrow_mut()
                     .entry(conv)
                     .or_insert_with(Vec::new)
-                    .push(sort);
+                    .push(e.sort_key(&conv));
             }
             if gone && super::media::is_media(&e.body) {
                 let r = MessageRef {
@@ -335,16 +333,11 @@ impl<'a> History<'a> {
             // Block and tail keys alike: a prefix byte, then a message's
             // sort key, which starts with its conversation.
             let conv = blocks::block_conv(block).unwrap_or_default();
-            let retention = match retentions.get(&conv) {
-                Some(r) => *r,
-                None => {
-                    let r = match self.conv_record(&conv) {
-                        Ok(record) => record.and_then(|r| r.conv.retention),
-                        Err(e) if e.is_damaged_record() => None,
-                        Err(e) => return Err(e),
-                    };
-                    *retentions.entry(conv).or_insert(r)
-                }
+            // Read once per step, with the record the removal updates.
+            let retention = match staged.retention(&conv) {
+                Ok(r) => r,
+                Err(e) if e.is_damaged_record() => None,
+                Err(e) => return Err(e),
             };
             let removed = if block[0] == TAIL_PREFIX {
                 staged.remove_tail_where(block, |e| expired(conv, retention, e))
@@ -363,9 +356,8 @@ impl<'a> History<'a> {
                 Err(e) => return Err(e),
             }
         }
-        for (conv, mut sorts) in tombs.into_inner() {
-            sorts.sort_unstable_by(|a, b| b.cmp(a));
-            self.stage_tombstones(&mut staged, &conv, &sorts, now)?;
+        for (conv, sorts) in tombs.into_inner() {
+            self.stage_tombstones(&mut staged, &conv, sorts, now)?;
         }
         staged.commit()?;
         self.forget_media(media.into_inner())?;
@@ -467,9 +459,7 @@ impl<'a> History<'a> {
                     Err(e) => return Err(e),
                 }
             }
-            let mut tombs = tombs.into_inner();
-            tombs.sort_unstable_by(|a, b| b.cmp(a));
-            self.stage_tombstones(&mut staged, conv_id, &tombs, now)?;
+            self.stage_tombstones(&mut staged, conv_id, tombs.into_inner(), now)?;
             staged.commit()?;
             self.forget_media(media.into_inner())?;
         }
@@ -483,16 +473,15 @@ impl<'a> History<'a> {
     /// is not stored again; `false` if it is not stored. A contact's
     /// message not marked read lowers the unread count by one.
     pub fn delete(&self, r: &MessageRef, now: u64, mine: &[u8; 32]) -> Result<bool, Error> {
-        let gone = {
+        let entry = {
             let _writer = self.store.lock_history();
             let mut staged = Staged::new(self.store);
             let sort = r.sort_key();
-            let gone = staged.remove_message(&sort)?;
-            let Some(entry) = &gone else {
+            let Some(entry) = staged.remove_message(&sort)? else {
                 return Ok(false);
             };
             if &r.sender != mine {
-                self.stage_tombstones(&mut staged, &r.conv_id, &[sort], now)?;
+                self.stage_tombstones(&mut staged, &r.conv_id, vec![sort], now)?;
                 // A contact's message not read yet was counted unread.
                 if entry.state < DeliveryState::Read {
                     let record = staged.record_mut(&r.conv_id)?;
@@ -500,10 +489,7 @@ impl<'a> History<'a> {
                 }
             }
             staged.commit()?;
-            gone
-        };
-        let Some(entry) = gone else {
-            return Ok(false);
+            entry
         };
         if super::media::is_media(&entry.body) {
             self.forget_media([(*r, entry.body)].into_iter().collect())?;

@@ -54,7 +54,7 @@ impl Staged<'_> {
         if !self.store.has_tombstones(&msg.conv_id) {
             return Ok(false);
         }
-        let sort = message_key(&msg.conv_id, msg.lamport, &msg.sender, &msg.msg_id);
+        let sort = msg.reference().sort_key();
         let key = tomb_key(&msg.conv_id, &self.store.sealer.tombstone_tag(&sort));
         self.store
             .history
@@ -124,8 +124,8 @@ impl History<'_> {
         }
     }
 
-    /// Stages tombstones for the messages `sorts` names (newest first; at
-    /// most [`MAX_TOMBSTONES`] taken) of conversation `conv_id`, living
+    /// Stages tombstones for the messages `sorts` names (the newest
+    /// [`MAX_TOMBSTONES`] of them) of conversation `conv_id`, living
     /// until `now + TOMBSTONE_LIFE`. In the same write: the conversation's
     /// tombstones whose time is up go, and the oldest go while it would
     /// keep more than [`MAX_TOMBSTONES`]. A tombstone whose value does not
@@ -134,25 +134,20 @@ impl History<'_> {
         &self,
         staged: &mut Staged<'_>,
         conv_id: &[u8; 32],
-        sorts: &[[u8; MESSAGE_KEY_LEN]],
+        mut sorts: Vec<[u8; MESSAGE_KEY_LEN]>,
         now: u64,
     ) -> Result<(), Error> {
         if sorts.is_empty() {
             return Ok(());
         }
+        sorts.sort_unstable_by(|a, b| b.cmp(a));
+        sorts.dedup();
+        sorts.truncate(MAX_TOMBSTONES);
         self.store.note_tombstones(conv_id);
         let until = now.saturating_add(TOMBSTONE_LIFE);
         let sealer = &self.store.sealer;
-        let mut new: Vec<[u8; TOMB_TAG_LEN]> = Vec::with_capacity(sorts.len().min(MAX_TOMBSTONES));
-        for sort in sorts {
-            if new.len() == MAX_TOMBSTONES {
-                break;
-            }
-            let tag = sealer.tombstone_tag(sort);
-            if !new.contains(&tag) {
-                new.push(tag);
-            }
-        }
+        let new: std::collections::HashSet<[u8; TOMB_TAG_LEN]> =
+            sorts.iter().map(|s| sealer.tombstone_tag(s)).collect();
         // The conversation's tombstones now: kept while live and not
         // renewed, the latest first, as many as leave room for the new.
         let mut kept: Vec<([u8; TOMB_KEY_LEN], u64)> = Vec::new();
@@ -168,7 +163,9 @@ impl History<'_> {
                 staged.remove_key(sled::IVec::from(&key[..]));
                 continue;
             };
-            let renewed = new.iter().any(|t| key[33..] == t[..]);
+            let mut tag = [0u8; TOMB_TAG_LEN];
+            tag.copy_from_slice(&key[33..]);
+            let renewed = new.contains(&tag);
             if at <= now || renewed {
                 if !renewed {
                     staged.remove_key(sled::IVec::from(&key[..]));

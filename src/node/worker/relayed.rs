@@ -83,14 +83,19 @@ pub(super) struct RelayedChunks {
 /// One group message's file at relays.
 #[derive(Default)]
 struct GroupSpent {
-    /// Bytes of chunks deposited or on their way.
-    bytes: u64,
-    /// The mailboxes (at a relay) counted, with the bytes counted for
-    /// each: a deposit there again (a custody renewed, a restart) counts
-    /// nothing more.
+    /// The mailboxes (at a relay) counted, with the bytes of chunks
+    /// deposited or on their way to each: a deposit there again (a
+    /// custody renewed, a restart) counts nothing more.
     mailboxes: HashMap<(PeerId, [u8; 32]), u64>,
     /// When the message expires.
     until: u64,
+}
+
+impl GroupSpent {
+    /// Bytes of chunks deposited or on their way, over all its mailboxes.
+    fn bytes(&self) -> u64 {
+        self.mailboxes.values().sum()
+    }
 }
 
 impl RelayedChunks {
@@ -117,7 +122,7 @@ impl RelayedChunks {
     ) -> bool {
         let spent = match self.group_spent.get(&message) {
             Some(g) if g.mailboxes.contains_key(&at) => return true,
-            Some(g) => g.bytes,
+            Some(g) => g.bytes(),
             None => 0,
         };
         if spent.saturating_add(bytes) > GROUP_FILE_BUDGET {
@@ -134,7 +139,6 @@ impl RelayedChunks {
             self.group_spent.remove(&first);
         }
         let g = self.group_spent.entry(message).or_default();
-        g.bytes += bytes;
         g.mailboxes.insert(at, bytes);
         g.until = g.until.max(expires_at);
         true
@@ -149,9 +153,7 @@ impl RelayedChunks {
         if let Some(g) = self.group_spent.get_mut(&job.message)
             && let Some(counted) = g.mailboxes.get_mut(&at)
         {
-            let back = counted.saturating_sub(deposited);
-            *counted -= back;
-            g.bytes = g.bytes.saturating_sub(back);
+            *counted = (*counted).min(deposited);
             if job.next == 0 {
                 g.mailboxes.remove(&at);
             }
@@ -483,7 +485,10 @@ mod tests {
         half.next = MAX_CHUNKS / 2;
         c.refund_group(&half, mailboxes[5].0);
         c.refund_group(&half, mailboxes[5].0);
-        assert_eq!(c.group_spent[&message(1)].bytes, 7 * largest + largest / 2);
+        assert_eq!(
+            c.group_spent[&message(1)].bytes(),
+            7 * largest + largest / 2
+        );
         assert!(
             c.spend_group(message(1), mailboxes[5], largest, 100),
             "counted still"
