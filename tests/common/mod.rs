@@ -265,6 +265,15 @@ pub(crate) async fn receipts(node: &mut TestNode, messages: &[MessageRef], state
     .await
 }
 
+/// Waits until `node` has every chunk of the media message `id`.
+pub(crate) async fn media_ready(node: &mut TestNode, id: [u8; 16]) -> MessageRef {
+    node.wait("the media ready", |e| match e {
+        NodeEvent::MediaReady { message } if message.msg_id == id => Some(*message),
+        _ => None,
+    })
+    .await
+}
+
 /// Waits for a message with this body.
 pub(crate) async fn message(node: &mut TestNode, body: &[u8]) -> StoredMessage {
     node.wait("a message", |e| match e {

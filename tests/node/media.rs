@@ -3,10 +3,9 @@
 
 use meshchat::node::NodeEvent;
 use meshchat::node::media::MediaFile;
-use meshchat::store::MessageRef;
 use rand::{RngExt, SeedableRng};
 
-use crate::common::{TestNode, befriend};
+use crate::common::{TestNode, befriend, media_ready};
 
 /// A file of `len` seeded random bytes (three and a bit chunks by default
 /// below, so the last chunk is short).
@@ -19,15 +18,6 @@ fn file(len: usize, seed: u64) -> MediaFile {
         mime: "image/png".into(),
         data,
     }
-}
-
-/// Waits until `node` has every chunk of the media message `id`.
-async fn ready(node: &mut TestNode, id: [u8; 16]) -> MessageRef {
-    node.wait("the media ready", |e| match e {
-        NodeEvent::MediaReady { message } if message.msg_id == id => Some(*message),
-        _ => None,
-    })
-    .await
 }
 
 /// Every file under `dir`, read whole.
@@ -62,7 +52,7 @@ async fn a_file_reaches_a_contact_whole_and_nothing_of_it_is_in_the_clear_on_dis
     // The author reads its own file at once.
     assert_eq!(a.handle.media(sent).await.unwrap(), sent_file);
 
-    let got = ready(&mut b, sent.msg_id).await;
+    let got = media_ready(&mut b, sent.msg_id).await;
     assert_eq!(got.sender, a.key());
     let read = b.handle.media(got).await.unwrap();
     assert_eq!(read, sent_file);
@@ -111,7 +101,7 @@ async fn a_file_sent_while_the_recipient_was_away_comes_when_it_is_back() {
         .await
         .unwrap();
     let mut b = TestNode::start_in("b", db.path(), 1301).await;
-    let got = ready(&mut b, sent.msg_id).await;
+    let got = media_ready(&mut b, sent.msg_id).await;
     assert_eq!(b.handle.media(got).await.unwrap(), sent_file);
 }
 
@@ -146,7 +136,7 @@ async fn a_stranger_who_knows_a_chunks_name_gets_nothing() {
     let mut b = TestNode::start_in("b", db.path(), 1501).await;
     befriend(&mut a, &mut b).await;
     let sent = a.handle.send_media(b.key(), file(70_000, 3)).await.unwrap();
-    let got = ready(&mut b, sent.msg_id).await;
+    let got = media_ready(&mut b, sent.msg_id).await;
     let page = b.handle.history(a.key(), None, 1).await.unwrap();
     assert_eq!(page.messages[0].msg_id, got.msg_id);
     let manifest = Manifest::from_body(&page.messages[0].body)
@@ -242,7 +232,7 @@ async fn a_file_sent_to_a_group_reaches_every_member_six_at_once() {
         .await
         .unwrap();
     for node in nodes[1..].iter_mut() {
-        let got = ready(node, sent.msg_id).await;
+        let got = media_ready(node, sent.msg_id).await;
         assert_eq!(got.conv_id, group);
         assert_eq!(node.handle.media(got).await.unwrap(), sent_file);
     }

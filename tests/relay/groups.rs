@@ -6,7 +6,7 @@ use meshchat::node::NodeEvent;
 use meshchat::relay::metrics::Metrics;
 use meshchat::store::DeliveryState;
 
-use crate::common::{TestNode, WAIT, befriend, config, dir_contains, messages};
+use crate::common::{TestNode, WAIT, befriend, config, dir_contains, media_ready, messages};
 use crate::{TestRelay, relay_config};
 
 /// Waits until `node` sees `group` with `n` members, itself among them.
@@ -91,11 +91,7 @@ async fn file_at_bob(
         .send_group_media(group, file.clone())
         .await
         .unwrap();
-    b.wait("the file at bob", |e| match e {
-        NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(()),
-        _ => None,
-    })
-    .await;
+    media_ready(b, sent.msg_id).await;
     (sent, held, before)
 }
 
@@ -297,12 +293,7 @@ async fn a_group_file_whose_author_is_away_comes_from_another_member() {
     drop(a);
 
     let mut c = TestNode::start_with("carol", carol_config(&carol)).await;
-    let ready = c
-        .wait("the file at carol", |e| match e {
-            NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(*message),
-            _ => None,
-        })
-        .await;
+    let ready = media_ready(&mut c, sent.msg_id).await;
     assert_eq!(c.handle.media(ready).await.unwrap(), file);
 }
 
@@ -346,11 +337,6 @@ async fn a_group_file_for_a_member_who_is_away_comes_from_its_relay() {
     assert!(!dir_contains(dr.path(), &file.data[1000..1048]));
 
     let mut c = TestNode::start_with("carol", carol_config(&carol)).await;
-    let ready = c
-        .wait("the file from the relay", |e| match e {
-            NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(*message),
-            _ => None,
-        })
-        .await;
+    let ready = media_ready(&mut c, sent.msg_id).await;
     assert_eq!(c.handle.media(ready).await.unwrap(), file);
 }

@@ -7,8 +7,8 @@ use meshchat::node::NodeEvent;
 use meshchat::store::DeliveryState;
 
 use crate::common::{
-    TestNode, befriend, befriend_unconnected, config, dir_contains, message, messages, receipt,
-    receipts,
+    TestNode, befriend, befriend_unconnected, config, dir_contains, media_ready, message, messages,
+    receipt, receipts,
 };
 use crate::{TestRelay, relay_config};
 
@@ -460,12 +460,7 @@ async fn a_file_whose_author_was_away_is_fetched_after_both_return() {
     cfg.net.listen = vec![a_listen];
     let _a = TestNode::start_with("alice", cfg).await;
     let mut c = TestNode::start_with("carol", c_config()).await;
-    let ready = c
-        .wait("the media ready", |e| match e {
-            NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(*message),
-            _ => None,
-        })
-        .await;
+    let ready = media_ready(&mut c, sent.msg_id).await;
     assert_eq!(c.handle.media(ready).await.unwrap(), file);
 }
 
@@ -505,12 +500,7 @@ async fn a_file_for_a_device_that_is_away_comes_from_its_relay() {
     assert!(!dir_contains(dr.path(), &file.data[1000..1048]));
 
     let mut c = TestNode::start_with("carol", c_config()).await;
-    let ready = c
-        .wait("the file from the relay", |e| match e {
-            NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(*message),
-            _ => None,
-        })
-        .await;
+    let ready = media_ready(&mut c, sent.msg_id).await;
     assert_eq!(c.handle.media(ready).await.unwrap(), file);
     r.holds(0).await;
 }
@@ -533,12 +523,7 @@ async fn a_file_between_devices_that_reach_only_a_relay_comes_whole() {
         data: (0..600_000u32).map(|i| (i * 13 % 241) as u8).collect(),
     };
     let sent = a.handle.send_media(c.key(), file.clone()).await.unwrap();
-    let ready = c
-        .wait("the file through the relay", |e| match e {
-            NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => Some(*message),
-            _ => None,
-        })
-        .await;
+    let ready = media_ready(&mut c, sent.msg_id).await;
     assert_eq!(c.handle.media(ready).await.unwrap(), file);
     r.holds(0).await;
     let status = a.handle.status().await.unwrap();
