@@ -117,6 +117,13 @@ pub enum Error {
     /// The keystore passphrase is wrong (or the keystore file was altered).
     #[error("wrong passphrase (or the keystore file was altered)")]
     WrongPassphrase,
+    /// A device list breaks a rule of its own (docs/devices.md §1), or a
+    /// change to one cannot be made.
+    #[error("device list refused: {reason}")]
+    DeviceList {
+        /// Which rule.
+        reason: &'static str,
+    },
     /// Key-derivation parameters are outside what this code accepts.
     #[error("key derivation parameters rejected: {0}")]
     KdfParams(String),

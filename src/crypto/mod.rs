@@ -39,6 +39,7 @@
 //! # }
 //! ```
 
+mod devices;
 mod envelope;
 mod error;
 mod identity;
@@ -57,6 +58,10 @@ mod x3dh;
 #[cfg(test)]
 mod tests;
 
+pub use devices::{
+    DEVICE_LIST_MAX, DeviceEntry, DeviceList, ListUpdate, MAX_DEVICE_NAME, MAX_DEVICES,
+    VerifiedDeviceList,
+};
 pub use envelope::{
     ContentKind, Envelope, OpenedEnvelope, SealCache, SealedContent, SenderCertificate, open, pad,
     seal, unpad,
@@ -129,6 +134,8 @@ pub mod labels {
     /// The store's key for the tags of its tombstones (HKDF info, from the
     /// database key).
     pub const STORE_TOMBSTONE: &[u8] = b"meshchat/1/store/tombstone";
+    /// Signature context: an account's list of its devices.
+    pub const SIG_DEVICE_LIST: &[u8] = b"meshchat/1/sig/device-list";
 }
 
 pub(crate) use identity::hex8;
