@@ -38,7 +38,7 @@ enum Command {
     Id(client::IdArgs),
     /// Run the daemon: the node and its local API, until SIGINT or SIGTERM.
     Run(Box<daemon::RunArgs>),
-    /// Add, list, verify or remove contacts.
+    /// Add, list, verify or remove contacts; accept or decline requests.
     #[command(subcommand)]
     Contacts(client::ContactsCmd),
     /// Group chats: create, add, remove, rename, role, leave, list, send.

@@ -51,6 +51,23 @@ pub enum Request {
         #[serde(default = "yes")]
         verified: bool,
     },
+    /// The contact requests waiting: devices that added this device's
+    /// invite and are not contacts.
+    Requests {},
+    /// Accepts a contact request: the device becomes a contact called
+    /// `name`, and what it sent meanwhile is read.
+    AcceptRequest {
+        /// Its identity key (hex).
+        identity: String,
+        /// What to call it.
+        name: String,
+    },
+    /// Declines a contact request: what it sent is dropped, and its later
+    /// introductions are ignored.
+    DeclineRequest {
+        /// Its identity key (hex).
+        identity: String,
+    },
     /// Forgets a contact (the conversation stays).
     RemoveContact {
         /// The contact: its name or identity key (hex).
@@ -498,6 +515,14 @@ pub enum EventView {
         /// Its id (hex).
         id: String,
     },
+    /// A device that is not a contact added this device's invite and
+    /// asks to become one (`requests`, `accept_request`, `decline_request`).
+    ContactRequest {
+        /// Its identity key (hex).
+        identity: String,
+        /// Its key's fingerprint, to compare with its owner.
+        fingerprint: String,
+    },
     /// A contact's presence changed.
     Presence {
         /// Whose: the name.
@@ -662,6 +687,13 @@ impl EventView {
             },
             NodeEvent::Expired { message } => Self::Expired {
                 id: hex(&message.msg_id),
+            },
+            NodeEvent::ContactRequest {
+                identity,
+                fingerprint,
+            } => Self::ContactRequest {
+                identity: hex(identity),
+                fingerprint: fingerprint.clone(),
             },
             NodeEvent::Presence {
                 contact,

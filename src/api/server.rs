@@ -172,20 +172,12 @@ impl Api {
                 code,
                 accept_new_key,
             } => {
-                let name = name.trim().to_owned();
-                if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
-                    return Err(bad(format!(
-                        "a contact name is 1 to {MAX_NAME} bytes of printable text"
-                    )));
-                }
+                let name = contact_name(&name)?;
                 let identity = invite_identity(code.trim())?;
                 if identity.signing == me {
                     return Err(bad("that is this device's own invite code"));
                 }
                 let contacts = self.node.contacts().await.map_err(failed)?;
-                if unhex32(&name).is_some() {
-                    return Err(bad("a contact name cannot be an identity key"));
-                }
                 let replaced = contacts
                     .iter()
                     .find(|c| c.name == name && c.identity != identity.signing);
@@ -235,6 +227,48 @@ impl Api {
                     .await
                     .map_err(failed)?;
                 Ok(json!({ "name": c.name, "verified": verified }))
+            }
+            Request::Requests {} => {
+                let list = self.node.requests().await.map_err(failed)?;
+                let out: Vec<_> = list
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "identity": hex(&r.identity),
+                            "peer_id": r.peer_id.map(|p| p.to_string()),
+                            "fingerprint": r.fingerprint,
+                            "received_at": r.received_at,
+                            "held": r.held,
+                        })
+                    })
+                    .collect();
+                Ok(json!(out))
+            }
+            Request::AcceptRequest { identity, name } => {
+                let name = contact_name(&name)?;
+                let key =
+                    unhex32(&identity).ok_or_else(|| bad("an identity key is 64 hex digits"))?;
+                let contacts = self.node.contacts().await.map_err(failed)?;
+                if contacts.iter().any(|c| c.name == name) {
+                    return Err(bad(format!("{name} is the name of another contact")));
+                }
+                self.node
+                    .accept_request(key, &name)
+                    .await
+                    .map_err(no_request)?;
+                self.refresh_names().await;
+                let list = self.node.contacts().await.map_err(failed)?;
+                let c = list
+                    .iter()
+                    .find(|c| c.identity == key)
+                    .ok_or_else(|| ApiError::new(ErrorKind::Failed, "the contact vanished"))?;
+                Ok(json!(ContactView::of(c, None)))
+            }
+            Request::DeclineRequest { identity } => {
+                let key =
+                    unhex32(&identity).ok_or_else(|| bad("an identity key is 64 hex digits"))?;
+                self.node.decline_request(key).await.map_err(no_request)?;
+                Ok(json!({ "identity": identity }))
             }
             Request::RemoveContact { contact } => {
                 let c = self.contact(&contact).await?;
@@ -799,6 +833,32 @@ fn read_bounded(path: &std::path::Path) -> Result<Vec<u8>, ApiError> {
         )));
     }
     Ok(data)
+}
+
+/// A contact's name as given: trimmed, 1 to `MAX_NAME` bytes of printable
+/// text, and not an identity key (names and keys both name contacts).
+fn contact_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim().to_owned();
+    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(bad(format!(
+            "a contact name is 1 to {MAX_NAME} bytes of printable text"
+        )));
+    }
+    if unhex32(&name).is_some() {
+        return Err(bad("a contact name cannot be an identity key"));
+    }
+    Ok(name)
+}
+
+/// [`failed`], where a missing contact is a missing request.
+fn no_request(e: NodeError) -> ApiError {
+    match e {
+        NodeError::UnknownContact => ApiError::new(
+            ErrorKind::UnknownContact,
+            "no contact request from that device",
+        ),
+        e => failed(e),
+    }
 }
 
 fn bad(message: impl Into<String>) -> ApiError {

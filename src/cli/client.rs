@@ -68,6 +68,36 @@ pub(super) enum ContactsCmd {
         /// The contact: name or identity key.
         contact: String,
     },
+    /// Lists contact requests: devices that added your invite and that you
+    /// have not added.
+    Requests {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+    },
+    /// Accepts a contact request (compare its fingerprint with its owner
+    /// first): it becomes a contact, and what it sent is shown.
+    Accept {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+        /// Its identity key (from `meshchat contacts requests`).
+        identity: String,
+        /// What to call the contact.
+        name: String,
+    },
+    /// Declines a contact request: what it sent is dropped, and it asks no
+    /// more (until you add its invite).
+    Decline {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+        /// Its identity key.
+        identity: String,
+    },
 }
 
 /// `meshchat group …`.
@@ -463,6 +493,42 @@ pub(super) fn contacts(cmd: ContactsCmd) -> Result<(), CliError> {
                 println!("{} is no longer marked verified.", s(&v["name"]));
             } else {
                 println!("{} is marked verified.", s(&v["name"]));
+            }
+        }
+        ContactsCmd::Requests { dir, out } => {
+            let Some(v) = ask(&dir, &out, &Request::Requests {})? else {
+                return Ok(());
+            };
+            let list = v.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("No contact requests.");
+            }
+            for r in list {
+                println!("{}", s(&r["identity"]));
+                println!("  fingerprint: {}", s(&r["fingerprint"]));
+                println!("  messages waiting: {}", r["held"]);
+            }
+        }
+        ContactsCmd::Accept {
+            dir,
+            out,
+            identity,
+            name,
+        } => {
+            let v = call(&dir, &Request::AcceptRequest { identity, name })?;
+            if out.json {
+                super::print_json(&v);
+            } else {
+                println!("Added {}.", s(&v["name"]));
+                println!("  safety number: {}", s(&v["safety_number"]));
+            }
+        }
+        ContactsCmd::Decline { dir, out, identity } => {
+            let v = call(&dir, &Request::DeclineRequest { identity })?;
+            if out.json {
+                super::print_json(&v);
+            } else {
+                println!("Declined {}.", s(&v["identity"]));
             }
         }
         ContactsCmd::Remove { dir, out, contact } => {

@@ -120,6 +120,10 @@ pub enum ContentKind {
     Ratchet,
     /// A [`super::SenderKeyMessage`].
     SenderKey,
+    /// An introduction: the sender's invite, sent by a device that added
+    /// the recipient's invite, so that the recipient, who has not added
+    /// the sender, sees a contact request.
+    Intro,
 }
 
 /// The plaintext inside the seal.

@@ -419,8 +419,15 @@ impl Actor {
         match cmd {
             Command::Send { to, bodies, reply } => self.job(Job::Send { to, bodies, reply }),
             Command::AddContact { code, name, reply } => {
-                self.job(Job::AddContact { code, name, reply })
+                let addrs = with_peer(&self.net.listen_addrs(), self.net.local_peer_id());
+                self.job(Job::AddContact {
+                    code,
+                    name,
+                    addrs,
+                    reply,
+                })
             }
+            Command::Requests(job) => self.job(Job::Requests(job)),
             Command::Invite { reply } => {
                 let addrs = with_peer(&self.net.listen_addrs(), self.net.local_peer_id());
                 self.job(Job::Invite { addrs, reply });

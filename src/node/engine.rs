@@ -182,6 +182,30 @@ fn frame_key(from: &[u8; 32], frame: &[u8]) -> FrameKey {
     (*from, sha2::Sha256::digest(frame).into())
 }
 
+/// What an envelope addressed to us held ([`Engine::open_envelope`]).
+#[derive(Debug)]
+pub enum Opened {
+    /// A frame from the contact `from`.
+    Frame {
+        /// The contact.
+        from: [u8; 32],
+        /// The frame, for [`Engine::receive`].
+        frame: Vec<u8>,
+    },
+    /// The introduction of a device that is not a contact: its invite,
+    /// whose keys are those of the device that sealed it.
+    Intro {
+        /// The device.
+        from: crypto::PublicIdentity,
+        /// Its invite.
+        invite: Box<Invite>,
+    },
+    /// Something else from the device with this key, not a contact.
+    Stranger([u8; 32]),
+    /// An introduction from a contact: nothing to do.
+    Known([u8; 32]),
+}
+
 /// What can go wrong in the chat logic.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -1254,6 +1278,12 @@ impl Engine {
         Ok(out)
     }
 
+    /// Whether `contact` was heard from (a frame of its read, or a direct
+    /// ack) since this engine started.
+    pub fn heard_since_start(&self, contact: &[u8; 32]) -> bool {
+        self.heard_gen.contains_key(contact)
+    }
+
     /// `contact` was just heard from: retries to it may make up to
     /// [`RETRY_KEY_BUDGET`] fresh frames again, in its current session.
     fn heard_now(&mut self, contact: &[u8; 32]) {
@@ -1341,16 +1371,57 @@ impl Engine {
         Ok((contact.mailbox_id, env.to_bytes()))
     }
 
-    /// Opens an envelope addressed to this device: returns its sender (a
-    /// contact) and the frame inside, ready for [`Engine::receive`].
-    pub fn open_envelope(&mut self, env: &Envelope) -> Result<([u8; 32], Vec<u8>), EngineError> {
+    /// Seals our invite (with `addrs`) for the contact `to`: the
+    /// introduction that shows it a contact request if it has not added
+    /// us. Returns its mailbox id and the encoded envelope.
+    pub fn intro(
+        &mut self,
+        to: &[u8; 32],
+        addrs: Vec<String>,
+        now: u64,
+    ) -> Result<([u8; 32], Vec<u8>), EngineError> {
+        let invite = self.invite(addrs, now)?;
+        let contact = self.contacts.get(to).ok_or(EngineError::UnknownContact)?;
+        let content = SealedContent::new(ContentKind::Intro, invite.to_bytes());
+        let sealed = crypto::seal(
+            &self.me,
+            &contact.identity.dh,
+            &content,
+            &mut self.seal_cache,
+            &mut self.rng,
+        )?;
+        let mut id = [0u8; 16];
+        rand::Rng::fill_bytes(&mut self.rng, &mut id);
+        let env = Envelope::new(contact.mailbox_id, id, now + MESSAGE_TTL, sealed);
+        Ok((contact.mailbox_id, env.to_bytes()))
+    }
+
+    /// Opens an envelope addressed to this device: a frame from a contact,
+    /// ready for [`Engine::receive`]; the introduction of a device that is
+    /// not a contact (its invite checked: every signature, and the keys
+    /// are the sealing device's); or anything else from such a device.
+    pub fn open_envelope(&mut self, env: &Envelope) -> Result<Opened, EngineError> {
         let opened = crypto::open(&self.me, &env.sealed, &mut self.seal_cache)?;
         let from = opened.sender.signing;
         match self.contacts.get(&from) {
             Some(c) if c.identity == opened.sender => {}
-            _ => return Err(EngineError::UnknownEnvelopeSender),
+            Some(_) => return Err(EngineError::UnknownEnvelopeSender),
+            None if opened.content.kind == ContentKind::Intro => {
+                let invite = Invite::from_bytes(&opened.content.body)?;
+                let bundle = invite.bundle.verify()?;
+                if bundle.body.identity != opened.sender {
+                    return Err(crypto::Error::ForgedSender.into());
+                }
+                return Ok(Opened::Intro {
+                    from: opened.sender,
+                    invite: Box::new(invite),
+                });
+            }
+            None => return Ok(Opened::Stranger(from)),
         }
         let frame = match opened.content.kind {
+            // From a contact: it knows us already.
+            ContentKind::Intro => return Ok(Opened::Known(from)),
             ContentKind::Ratchet => Frame::Ratchet(opened.content.body),
             ContentKind::Prekey => Frame::Prekey(opened.content.body),
             _ => {
@@ -1360,7 +1431,10 @@ impl Engine {
                 .into());
             }
         };
-        Ok((from, frame.to_bytes()))
+        Ok(Opened::Frame {
+            from,
+            frame: frame.to_bytes(),
+        })
     }
 
     fn encrypt(&mut self, to: &[u8; 32], payload: &[u8]) -> Result<Vec<u8>, EngineError> {

@@ -29,6 +29,14 @@ pub enum NodeEvent {
         /// The message.
         message: MessageRef,
     },
+    /// A device that is not a contact added our invite and introduced
+    /// itself: a contact request (see [`super::NodeHandle::requests`]).
+    ContactRequest {
+        /// Its identity key.
+        identity: [u8; 32],
+        /// Its key's fingerprint.
+        fingerprint: String,
+    },
     /// A contact's presence changed.
     Presence {
         /// The contact (identity key).

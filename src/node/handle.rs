@@ -14,6 +14,7 @@ use tokio::task::AbortHandle;
 use super::engine::{GroupChange, GroupInfo};
 use super::error::NodeError;
 use super::proto::PresenceState;
+use super::worker::RequestJob;
 use crate::store::{Cursor, MessageRef, Page, Summary};
 
 type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
@@ -33,6 +34,7 @@ pub(crate) enum Command {
         name: String,
         reply: Reply<[u8; 32]>,
     },
+    Requests(super::worker::RequestJob),
     Invite {
         reply: Reply<String>,
     },
@@ -159,6 +161,23 @@ pub struct ContactInfo {
     /// The safety number of this device and that contact: the same on
     /// both sides, compared out of band.
     pub safety_number: String,
+}
+
+/// A device that added our invite and introduced itself, and is not a
+/// contact: it waits for [`NodeHandle::accept_request`] or
+/// [`NodeHandle::decline_request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactRequest {
+    /// Its identity key (Ed25519).
+    pub identity: [u8; 32],
+    /// Its libp2p peer id.
+    pub peer_id: Option<PeerId>,
+    /// Its key's fingerprint, to compare out of band before accepting.
+    pub fingerprint: String,
+    /// When its introduction came (Unix seconds).
+    pub received_at: u64,
+    /// How many envelopes it sent that wait with it (read on acceptance).
+    pub held: usize,
 }
 
 /// A snapshot of the node's network state.
@@ -496,6 +515,29 @@ impl NodeHandle {
     /// Every contact, in no particular order.
     pub async fn contacts(&self) -> Result<Vec<ContactInfo>, NodeError> {
         self.ask(|reply| Command::Contacts { reply }).await
+    }
+
+    /// The contact requests waiting, oldest first.
+    pub async fn requests(&self) -> Result<Vec<ContactRequest>, NodeError> {
+        self.ask(|reply| Command::Requests(RequestJob::List { reply }))
+            .await
+    }
+
+    /// Accepts the request of `key`: it becomes a contact called `name`
+    /// (as if its invite were added), and what it sent meanwhile is read.
+    /// [`NodeError::UnknownContact`] if no request of it waits.
+    pub async fn accept_request(&self, key: [u8; 32], name: &str) -> Result<(), NodeError> {
+        let name = name.to_owned();
+        self.ask(|reply| Command::Requests(RequestJob::Accept { key, name, reply }))
+            .await
+    }
+
+    /// Declines the request of `key`: what it sent goes, and its later
+    /// introductions are ignored (until its invite is added).
+    /// [`NodeError::UnknownContact`] if no request of it waits.
+    pub async fn decline_request(&self, key: [u8; 32]) -> Result<(), NodeError> {
+        self.ask(|reply| Command::Requests(RequestJob::Decline { key, reply }))
+            .await
     }
 
     /// Records that the user compared safety numbers with `key` (or takes

@@ -313,7 +313,7 @@ impl Invite {
 
     /// The invite code: `meshchat:` and base64url of the encoding.
     pub fn to_code(&self) -> String {
-        format!("{INVITE_PREFIX}{}", base64url::encode(&wire::encode(self)))
+        format!("{INVITE_PREFIX}{}", base64url::encode(&self.to_bytes()))
     }
 
     /// Reads an invite code (not yet verified: see `Engine::add_contact`).
@@ -334,7 +334,17 @@ impl Invite {
         let bytes = base64url::decode(body).ok_or(crypto::Error::Malformed {
             what: "invite code (not base64url)",
         })?;
-        let invite: Self = wire::decode(&bytes, "invite", INVITE_VERSION, INVITE_MAX)?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// Encoded form (what an invite code carries, and an introduction).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        wire::encode(self)
+    }
+
+    /// Decodes an invite (bounded; not yet verified).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crypto::Error> {
+        let invite: Self = wire::decode(bytes, "invite", INVITE_VERSION, INVITE_MAX)?;
         if invite.addrs.len() > MAX_ADDRS || invite.addrs.iter().any(|a| a.len() > MAX_ADDR_LEN) {
             return Err(crypto::Error::TooLarge {
                 what: "invite addresses",

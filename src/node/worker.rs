@@ -25,16 +25,17 @@ use tracing::{debug, error, warn};
 use super::complaints::Complaints;
 use super::engine::{
     Engine, EngineError, Event, GROUP_RECEIPT_DELAY, GROUP_RECEIPT_JITTER, GroupChange,
-    GroupEffects, GroupInfo, Handled, Sent,
+    GroupEffects, GroupInfo, Handled, Opened, Sent,
 };
 use super::error::NodeError;
 use super::events::NodeEvent;
-use super::handle::ContactInfo;
+use super::handle::{ContactInfo, ContactRequest};
 use super::media::MediaJob;
 use super::net::direct::FrameStatus;
 use super::proto::{Frame, conversation_id};
+use super::requests::{Introduced, Requests};
 use super::state::Invite;
-use crate::crypto::{Envelope, fingerprint, safety_number};
+use crate::crypto::{Envelope, PublicIdentity, fingerprint, safety_number};
 use crate::relay::proto::{self as mailbox, MAX_ACK, Owner, Refusal, Request, Response, Signed};
 use crate::store::{Cursor, MessageRef, Page, Summary};
 
@@ -64,6 +65,9 @@ const FETCH_LIMIT: u16 = 1024;
 /// Frames of one contact from a fetch handled in one call (and answered
 /// by one delivered receipt).
 const RECEIVE_CHUNK: usize = 256;
+/// How often a contact not heard from since the start is introduced to
+/// us again while messages to it are retried (seconds).
+const INTRO_EVERY: u64 = 2;
 /// How long a fetch waits at the relay for new mail (seconds).
 const FETCH_WAIT: u16 = 20;
 /// After a fetch failed, how long before the tick asks again (seconds).
@@ -109,6 +113,22 @@ pub(crate) enum Purpose {
     Prekeys { contact: [u8; 32] },
 }
 
+/// What the person does with contact requests.
+pub(crate) enum RequestJob {
+    List {
+        reply: Reply<Vec<ContactRequest>>,
+    },
+    Accept {
+        key: [u8; 32],
+        name: String,
+        reply: Reply<()>,
+    },
+    Decline {
+        key: [u8; 32],
+        reply: Reply<()>,
+    },
+}
+
 /// Work for the store thread.
 pub(crate) enum Job {
     Send {
@@ -119,8 +139,11 @@ pub(crate) enum Job {
     AddContact {
         code: String,
         name: String,
+        /// Where we listen, for the introduction that goes to it.
+        addrs: Vec<String>,
         reply: Reply<[u8; 32]>,
     },
+    Requests(RequestJob),
     Invite {
         addrs: Vec<String>,
         reply: Reply<String>,
@@ -369,6 +392,13 @@ pub(crate) struct Worker {
     complaints: Complaints,
     relays: Relays,
     media: media::MediaState,
+    /// Devices that introduced themselves and are not contacts.
+    requests: Requests,
+    /// When we last introduced ourselves to each contact not heard from
+    /// since the start (one entry per contact at most).
+    intro_at: HashMap<[u8; 32], u64>,
+    /// Where we listen, as last told (for introductions).
+    listen: Vec<String>,
 }
 
 /// The custody of one queued message's envelope at relays.
@@ -499,6 +529,9 @@ impl Worker {
             numbers: HashMap::new(),
             complaints: Complaints::default(),
             media: media::MediaState::default(),
+            requests: Requests::default(),
+            intro_at: HashMap::new(),
+            listen: Vec::new(),
             relays: Relays {
                 ours: cfg
                     .relays
@@ -531,6 +564,101 @@ impl Worker {
             }
         }
         self.engine.set_relays(names);
+    }
+
+    /// `key` became a contact (its invite added, or its request
+    /// accepted): it is dialled, its bundle fetched, and what it sent
+    /// while it was a stranger read.
+    fn new_contact(&mut self, key: &[u8; 32], now: u64, round: &mut Round) {
+        self.announce_contact(key);
+        self.fetch_prekeys(key, round);
+        if let Some(request) = self.requests.forget(key)
+            && !request.held.is_empty()
+        {
+            round.dirty = true;
+            self.envelopes(request.held, now, round);
+        }
+    }
+
+    /// Introduces us to the contact `to` (sealed: only it learns who we
+    /// are): on the mesh, and with `relay` at its first relay too.
+    fn introduce(&mut self, to: &[u8; 32], now: u64, relay: bool, round: &mut Round) {
+        match self.engine.intro(to, self.listen.clone(), now) {
+            Ok((mailbox, envelope)) => {
+                if relay {
+                    self.forward(to, &envelope, round);
+                }
+                round.outs.push(Out::Publish {
+                    mailbox,
+                    envelope,
+                    pos: None,
+                });
+                if self.intro_at.len() >= 4096 {
+                    self.intro_at.clear();
+                }
+                self.intro_at.insert(*to, now);
+            }
+            Err(e) => warn!(error = %e, "introduction not sealed"),
+        }
+    }
+
+    /// A device that is not a contact introduced itself.
+    fn introduced(&mut self, from: PublicIdentity, invite: Invite, now: u64, round: &mut Round) {
+        let identity = from.signing;
+        match self.requests.introduce(from.clone(), invite, now) {
+            Introduced::New => round.events.push(NodeEvent::ContactRequest {
+                identity,
+                fingerprint: fingerprint(&from),
+            }),
+            Introduced::Again | Introduced::Declined => {}
+            Introduced::Full => warn!("a contact request refused: too many are waiting"),
+        }
+    }
+
+    fn request_job(&mut self, job: RequestJob, now: u64, round: &mut Round) {
+        match job {
+            RequestJob::List { reply } => {
+                let list = self
+                    .requests
+                    .list()
+                    .into_iter()
+                    .map(|r| ContactRequest {
+                        identity: r.identity.signing,
+                        peer_id: r.identity.peer_id().ok(),
+                        fingerprint: fingerprint(&r.identity),
+                        received_at: r.received_at,
+                        held: r.held.len(),
+                    })
+                    .collect();
+                round.reply(reply, Ok(list));
+            }
+            RequestJob::Accept { key, name, reply } => {
+                let Some(request) = self.requests.take(&key) else {
+                    round.reply(reply, Err(NodeError::UnknownContact));
+                    return;
+                };
+                match self.engine.add_contact(&request.invite, &name) {
+                    Ok(key) => {
+                        self.announce_contact(&key);
+                        self.fetch_prekeys(&key, round);
+                        self.envelopes(request.held, now, round);
+                        // It learns that we accepted: what it has queued
+                        // for us comes now rather than at its next retry.
+                        self.introduce(&key, now, true, round);
+                        round.reply(reply, Ok(()));
+                    }
+                    Err(e) => round.reply(reply, Err(e.into())),
+                }
+            }
+            RequestJob::Decline { key, reply } => {
+                let r = if self.requests.decline(&key) {
+                    Ok(())
+                } else {
+                    Err(NodeError::UnknownContact)
+                };
+                round.reply(reply, r);
+            }
+        }
     }
 
     fn announce_contact(&mut self, key: &[u8; 32]) {
@@ -697,17 +825,26 @@ impl Worker {
         }
         match job {
             Job::Send { to, bodies, reply } => self.send(&to, vec![(bodies, reply)], round),
-            Job::AddContact { code, name, reply } => {
+            Job::AddContact {
+                code,
+                name,
+                addrs,
+                reply,
+            } => {
+                self.listen = addrs;
                 let r = Invite::from_code(&code)
                     .map_err(EngineError::from)
                     .and_then(|inv| self.engine.add_contact(&inv, &name));
                 if let Ok(key) = &r {
-                    self.announce_contact(key);
-                    self.fetch_prekeys(key, round);
+                    self.new_contact(key, now, round);
+                    // It may not have added us: it learns who we are.
+                    self.introduce(key, now, true, round);
                 }
                 round.reply(reply, r.map_err(Into::into));
             }
+            Job::Requests(job) => self.request_job(job, now, round),
             Job::Invite { addrs, reply } => {
+                self.listen = addrs.clone();
                 let r = self.engine.invite(addrs, now).map(|i| i.to_code());
                 round.reply(reply, r.map_err(Into::into));
             }
@@ -1225,6 +1362,19 @@ impl Worker {
         round: &mut Round,
     ) {
         round.routed.insert(*to);
+        // A contact we have not heard from may not have added us: what we
+        // send it is refused until it accepts our request, so it is
+        // introduced to us again now and then (on the mesh only; its relay
+        // got the first introduction).
+        if pos.is_some()
+            && !self.engine.heard_since_start(to)
+            && self
+                .intro_at
+                .get(to)
+                .is_none_or(|&at| now >= at.saturating_add(INTRO_EVERY))
+        {
+            self.introduce(to, now, false, round);
+        }
         let peer = self.peer_of.get(to).copied();
         if let Some(peer) = peer.filter(|p| self.shared.is_connected(p)) {
             if let Some(pos) = pos {
@@ -1681,15 +1831,35 @@ impl Worker {
     /// receipt for a batch of its messages, not one each.
     fn envelopes(&mut self, envs: Vec<Envelope>, now: u64, round: &mut Round) {
         let mut by_sender: Vec<([u8; 32], Vec<Vec<u8>>)> = Vec::new();
+        let mut strangers = Vec::new();
         for env in envs {
             match self.engine.open_envelope(&env) {
-                Ok((from, frame)) => match by_sender.iter_mut().find(|(f, _)| *f == from) {
-                    Some((_, frames)) => frames.push(frame),
-                    None => by_sender.push((from, vec![frame])),
-                },
+                Ok(Opened::Frame { from, frame }) => {
+                    match by_sender.iter_mut().find(|(f, _)| *f == from) {
+                        Some((_, frames)) => frames.push(frame),
+                        None => by_sender.push((from, vec![frame])),
+                    }
+                }
+                Ok(Opened::Intro { from, invite }) => self.introduced(from, *invite, now, round),
+                // Kept after this batch's introductions, which may come
+                // after them in it.
+                Ok(Opened::Stranger(from)) => strangers.push((from, env)),
+                // A contact that accepted our request (or added us):
+                // what it refused so far is due again.
+                Ok(Opened::Known(from)) => {
+                    if self.engine.heard_from(&from, now) {
+                        self.retry(now, round);
+                    }
+                }
                 // Not ours after all, or not from a contact: forwarded
                 // anyway (gossip), nothing else to do.
                 Err(e) => debug!(error = %e, "envelope not opened"),
+            }
+        }
+        for (from, env) in strangers {
+            let len = env.sealed.len();
+            if !self.requests.hold(&from, env, len) {
+                debug!("an envelope from a device that is not a contact; dropped");
             }
         }
         for (from, frames) in by_sender {

@@ -10,6 +10,8 @@
 //!   from the author and read back whole; nothing of them in the clear on
 //!   disk; six members fetching one file at once.
 //! - `presence`: online → away → offline when heartbeats stop.
+//! - `requests`: a device that added our invite is a contact request
+//!   until accepted (its message then arrives) or declined.
 //! - `hostile`: malformed, oversized, expired, replayed and flooding
 //!   input from one peer while another conversation goes on.
 
@@ -25,3 +27,4 @@ mod interop;
 mod line;
 mod media;
 mod presence;
+mod requests;

@@ -1,0 +1,103 @@
+//! Contact requests: a device that added our invite, and that we have not
+//! added, is a request until we accept or decline it.
+
+use meshchat::node::{NodeError, NodeEvent};
+use meshchat::store::DeliveryState;
+
+use crate::common::{TestNode, message, receipt};
+
+/// Waits for the request of `from` on `node`; returns its fingerprint.
+async fn request_from(node: &mut TestNode, from: [u8; 32]) -> String {
+    node.wait("a contact request", |e| match e {
+        NodeEvent::ContactRequest {
+            identity,
+            fingerprint,
+        } if *identity == from => Some(fingerprint.clone()),
+        _ => None,
+    })
+    .await
+}
+
+/// Alice adds Bob's invite and writes to him; Bob has not added hers. He
+/// sees a request with her fingerprint, not her message; once he accepts,
+/// her message arrives once and is delivered, and they talk both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_added_our_invite_waits_as_a_request_until_accepted() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("alice", da.path(), 61).await;
+    let mut b = TestNode::start_in("bob", db.path(), 62).await;
+    let code_b = b.handle.invite().await.unwrap();
+    a.handle.add_contact(&code_b, "bob").await.unwrap();
+    let sent = a
+        .handle
+        .send(b.key(), b"hello bob, it is alice".to_vec())
+        .await
+        .unwrap();
+
+    let fingerprint = request_from(&mut b, a.key()).await;
+    let waiting = b.handle.requests().await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].identity, a.key());
+    assert_eq!(waiting[0].peer_id, Some(a.peer()));
+    assert_eq!(waiting[0].fingerprint, fingerprint);
+    // Not a contact yet, and nothing of hers in a conversation.
+    assert!(b.handle.contacts().await.unwrap().is_empty());
+    assert!(b.handle.conversations().await.unwrap().is_empty());
+    assert_eq!(a.handle.queued().await.unwrap(), 1);
+
+    b.handle.accept_request(a.key(), "alice").await.unwrap();
+    let got = message(&mut b, b"hello bob, it is alice").await;
+    assert_eq!(got.sender, a.key());
+    receipt(&mut a, sent, DeliveryState::Delivered).await;
+    assert!(b.handle.requests().await.unwrap().is_empty());
+    let contacts = b.handle.contacts().await.unwrap();
+    assert_eq!(contacts.len(), 1);
+    assert_eq!(
+        (contacts[0].identity, contacts[0].name.as_str()),
+        (a.key(), "alice")
+    );
+    assert_eq!(contacts[0].fingerprint, fingerprint);
+
+    let reply = b.handle.send(a.key(), b"hi alice".to_vec()).await.unwrap();
+    message(&mut a, b"hi alice").await;
+    receipt(&mut b, reply, DeliveryState::Delivered).await;
+    // Her message is in his history once.
+    let page = b.handle.history(a.key(), None, 10).await.unwrap();
+    let bodies: Vec<&[u8]> = page.messages.iter().map(|m| m.body.as_slice()).collect();
+    assert_eq!(
+        bodies,
+        vec![&b"hi alice"[..], &b"hello bob, it is alice"[..]]
+    );
+}
+
+/// Bob declines Carol's request: it is gone, cannot be accepted after,
+/// and what she sent is not read. Accepting or declining a device that
+/// sent no request is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_request_is_gone_and_what_it_sent_is_not_read() {
+    let (dc, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = TestNode::start_in("carol", dc.path(), 63).await;
+    let mut b = TestNode::start_in("bob", db.path(), 64).await;
+    assert!(matches!(
+        b.handle.accept_request(c.key(), "carol").await,
+        Err(NodeError::UnknownContact)
+    ));
+    let code_b = b.handle.invite().await.unwrap();
+    c.handle.add_contact(&code_b, "bob").await.unwrap();
+    c.handle.send(b.key(), b"buy now".to_vec()).await.unwrap();
+    request_from(&mut b, c.key()).await;
+
+    b.handle.decline_request(c.key()).await.unwrap();
+    assert!(b.handle.requests().await.unwrap().is_empty());
+    assert!(matches!(
+        b.handle.decline_request(c.key()).await,
+        Err(NodeError::UnknownContact)
+    ));
+    assert!(matches!(
+        b.handle.accept_request(c.key(), "carol").await,
+        Err(NodeError::UnknownContact)
+    ));
+    assert!(b.handle.contacts().await.unwrap().is_empty());
+    assert!(b.handle.conversations().await.unwrap().is_empty());
+    assert_eq!(c.handle.queued().await.unwrap(), 1);
+}
