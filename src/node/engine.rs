@@ -1392,7 +1392,7 @@ impl Engine {
         )?;
         let mut id = [0u8; 16];
         rand::Rng::fill_bytes(&mut self.rng, &mut id);
-        let env = Envelope::new(contact.mailbox_id, id, now + MESSAGE_TTL, sealed);
+        let env = Envelope::new(contact.mailbox_id, id, now + self.ttl, sealed);
         Ok((contact.mailbox_id, env.to_bytes()))
     }
 

@@ -69,7 +69,14 @@ impl Requests {
             return Introduced::Declined;
         }
         if let Some(r) = self.waiting.get_mut(&key) {
-            r.invite = invite;
+            // The newer bundle; addresses kept if it names none (a node
+            // that restarted names none until asked for an invite).
+            let addrs = if invite.addrs.is_empty() {
+                std::mem::take(&mut r.invite.addrs)
+            } else {
+                invite.addrs
+            };
+            r.invite = Invite::new(invite.bundle, addrs);
             return Introduced::Again;
         }
         if self.waiting.len() >= MAX_REQUESTS {
@@ -112,6 +119,11 @@ impl Requests {
     /// Takes the request of `key` to accept it.
     pub fn take(&mut self, key: &[u8; 32]) -> Option<Request> {
         self.waiting.remove(key)
+    }
+
+    /// Puts back a request taken to accept it, whose acceptance failed.
+    pub fn restore(&mut self, request: Request) {
+        self.waiting.insert(request.identity.signing, request);
     }
 
     /// Declines the request of `key`: what it held goes, and its later

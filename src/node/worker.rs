@@ -581,13 +581,11 @@ impl Worker {
     }
 
     /// Introduces us to the contact `to` (sealed: only it learns who we
-    /// are): on the mesh, and with `relay` at its first relay too.
-    fn introduce(&mut self, to: &[u8; 32], now: u64, relay: bool, round: &mut Round) {
+    /// are), on the mesh. Not at its relays: a contact that is away gets
+    /// it when it is online while messages to it are retried.
+    fn introduce(&mut self, to: &[u8; 32], now: u64, round: &mut Round) {
         match self.engine.intro(to, self.listen.clone(), now) {
             Ok((mailbox, envelope)) => {
-                if relay {
-                    self.forward(to, &envelope, round);
-                }
                 round.outs.push(Out::Publish {
                     mailbox,
                     envelope,
@@ -637,6 +635,13 @@ impl Worker {
                     round.reply(reply, Err(NodeError::UnknownContact));
                     return;
                 };
+                if self.engine.contact(&key).is_some() {
+                    // A contact already (a group made it one): what it
+                    // kept is read, the contact stays as it is.
+                    self.envelopes(request.held, now, round);
+                    round.reply(reply, Ok(()));
+                    return;
+                }
                 match self.engine.add_contact(&request.invite, &name) {
                     Ok(key) => {
                         self.announce_contact(&key);
@@ -644,10 +649,14 @@ impl Worker {
                         self.envelopes(request.held, now, round);
                         // It learns that we accepted: what it has queued
                         // for us comes now rather than at its next retry.
-                        self.introduce(&key, now, true, round);
+                        self.introduce(&key, now, round);
                         round.reply(reply, Ok(()));
                     }
-                    Err(e) => round.reply(reply, Err(e.into())),
+                    Err(e) => {
+                        // It stays waiting, to accept again.
+                        self.requests.restore(request);
+                        round.reply(reply, Err(e.into()));
+                    }
                 }
             }
             RequestJob::Decline { key, reply } => {
@@ -804,6 +813,7 @@ impl Worker {
                 | Job::Conversations { .. }
                 | Job::Groups { .. }
                 | Job::Contacts { .. }
+                | Job::Requests(RequestJob::List { .. })
                 | Job::Export { .. }
                 | Job::Queued { .. }
                 | Job::Failed(_)
@@ -838,7 +848,7 @@ impl Worker {
                 if let Ok(key) = &r {
                     self.new_contact(key, now, round);
                     // It may not have added us: it learns who we are.
-                    self.introduce(key, now, true, round);
+                    self.introduce(key, now, round);
                 }
                 round.reply(reply, r.map_err(Into::into));
             }
@@ -1373,7 +1383,7 @@ impl Worker {
                 .get(to)
                 .is_none_or(|&at| now >= at.saturating_add(INTRO_EVERY))
         {
-            self.introduce(to, now, false, round);
+            self.introduce(to, now, round);
         }
         let peer = self.peer_of.get(to).copied();
         if let Some(peer) = peer.filter(|p| self.shared.is_connected(p)) {
@@ -1894,6 +1904,9 @@ impl Worker {
         round.dirty = true;
         for key in &fx.new_contacts {
             self.announce_contact(key);
+            if let Some(request) = self.requests.forget(key) {
+                self.envelopes(request.held, now, round);
+            }
         }
         for d in fx.due {
             if !d.frame.is_empty() {
