@@ -428,6 +428,12 @@ impl App {
             "relay_refused" => {
                 self.notice = Some(format!("A relay refused a message: {}", s("reason")));
             }
+            "contact_request" => {
+                let fingerprint: String = s("fingerprint").chars().take(11).collect();
+                self.notice = Some(format!(
+                    "A contact request ({fingerprint}…): meshchat contacts requests"
+                ));
+            }
             _ => {}
         }
         Action::None
@@ -776,6 +782,12 @@ mod tests {
             &json!({"type": "presence", "contact": "bob", "state": "away", "last_seen_ms": 1}),
         );
         assert!(screen(&app, 80, 24)[0].contains("bob (away)"));
+        app.on_event(&json!({"type": "contact_request", "identity": "ab",
+            "fingerprint": "12345 67890 13579 24680"}));
+        assert_eq!(
+            screen(&app, 80, 24)[23],
+            "A contact request (12345 67890…): meshchat contacts requests"
+        );
     }
 
     #[test]

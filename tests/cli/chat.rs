@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::{Device, Proc, start_relay};
+use crate::{Device, Proc, assert_refused, start_relay};
 
 #[test]
 fn two_daemons_chat_through_the_cli_and_mail_waits_at_the_relay_while_one_is_stopped() {
@@ -277,4 +277,71 @@ fn clearing_a_chat_deletes_its_messages_and_files_here_only() {
     assert_eq!(count(&alice, "bob"), 4);
     alice.json(&["send", "bob", "after", "--wait", "delivered"]);
     assert_eq!(texts(&bob, "alice"), ["after"]);
+}
+
+/// Alice adds Bob's invite and writes; Bob has not added hers. He sees
+/// her request in his events and in `contacts requests`, accepts it by
+/// her key, and her message arrives; the request is gone. Accepting it
+/// again, or declining a device that sent none, is refused.
+#[test]
+fn a_contact_request_is_listed_and_accepted_through_the_cli() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = Device::init(root.path(), "alice");
+    let mut bob = Device::init(root.path(), "bob");
+    alice.start(&[]);
+    bob.start(&[]);
+    let bob_events = Proc::events(bob.cmd());
+    alice.json(&["contacts", "add", "bob", &bob.invite()]);
+    alice.json(&["send", "bob", "hello from alice"]);
+
+    let request = bob_events.wait_json("a contact request", |e| e["type"] == "contact_request");
+    let key = request["identity"].as_str().unwrap().to_owned();
+    let listed = bob.json(&["contacts", "requests"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["identity"], key.as_str());
+    assert_eq!(listed[0]["fingerprint"], request["fingerprint"]);
+    let plain = bob.run(&["contacts", "requests"]);
+    assert!(crate::stderr(&plain).is_empty());
+    assert!(String::from_utf8_lossy(&plain.stdout).contains(&key));
+    assert!(
+        bob.json(&["contacts", "list"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    let added = bob.json(&["contacts", "accept", &key, "alice"]);
+    assert_eq!(added["name"], "alice");
+    bob_events.wait_json("her message", |e| {
+        e["type"] == "message" && e["message"]["text"] == "hello from alice"
+    });
+    assert!(
+        bob.json(&["contacts", "requests"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_refused(
+        &bob.run(&["contacts", "accept", &key, "alice again"]),
+        1,
+        "no contact request",
+    );
+    assert_refused(
+        &bob.run(&["contacts", "decline", &"ab".repeat(32)]),
+        1,
+        "no contact request",
+    );
+    assert_refused(
+        &bob.run(&["contacts", "accept", "not-a-key", "x"]),
+        1,
+        "64 hex digits",
+    );
+    let texts: Vec<String> = bob.json(&["history", "alice"])["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, ["hello from alice"]);
 }

@@ -7,7 +7,7 @@
 //! - `chat`: two daemons and a relay; a message both ways with its state;
 //!   the recipient's daemon stopped, mail waits at the relay, and arrives
 //!   when it is back; a file sent with `send --file` and written out with
-//!   `save`.
+//!   `save`; a contact request listed and accepted.
 //! - `mistakes`: a mangled invite code, an unknown contact, a second
 //!   daemon, a wrong passphrase, no daemon — one line and a non-zero exit
 //!   each, nothing changed.
