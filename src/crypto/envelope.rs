@@ -124,6 +124,9 @@ pub enum ContentKind {
     /// the recipient's invite, so that the recipient, who has not added
     /// the sender, sees a contact request.
     Intro,
+    /// A session set-up (`Prekey`) with the sender's invite beside it,
+    /// for a recipient that may not have added the sender.
+    Introduced,
 }
 
 /// The plaintext inside the seal.

@@ -24,7 +24,7 @@ pub use retention::MAX_RETENTION;
 use super::proto::{Chat, Frame, MsgRef, Payload, ReceiptKind, conversation_id};
 use super::retry::{self, Meta, Schedule};
 use super::sessions::Sessions;
-use super::state::{Contact, ConvState, Invite, Queued, SentFrame, SeqCheck};
+use super::state::{Contact, ConvState, Introduced, Invite, Queued, SentFrame, SeqCheck};
 use crate::crypto::{
     self, ContentKind, DeviceIdentity, Envelope, MailboxKey, PrekeyStore, SealCache, SealedContent,
     Secret32,
@@ -199,6 +199,9 @@ pub enum Opened {
         from: crypto::PublicIdentity,
         /// Its invite.
         invite: Box<Invite>,
+        /// Whether the envelope carries a frame too (a session set-up),
+        /// to read if the device becomes a contact.
+        carries: bool,
     },
     /// Something else from the device with this key, not a contact.
     Stranger([u8; 32]),
@@ -368,6 +371,9 @@ pub struct Engine {
     /// When each contact last made failed messages due again
     /// ([`Engine::heard_from`]); one entry per contact at most.
     heard_at: HashMap<[u8; 32], u64>,
+    /// Where this device listens, as last told: the addresses of the
+    /// invites that go beside set-ups and in introductions.
+    listen: Vec<String>,
     /// Fresh frames retries made for each contact since it was last heard
     /// from (a frame of its read, or a direct ack), in the session of that
     /// base key: see [`RETRY_KEY_BUDGET`]. One entry per contact at most.
@@ -500,6 +506,7 @@ impl Engine {
             seal_cache: SealCache::default(),
             schedule,
             heard_at: HashMap::new(),
+            listen: Vec::new(),
             retry_keys: HashMap::new(),
             resend_answered: HashMap::new(),
             heard_gen: HashMap::new(),
@@ -1341,16 +1348,28 @@ impl Engine {
 
     /// Seals a frame for `to` into an envelope for the mesh (or a relay):
     /// returns the recipient's mailbox id and the encoded envelope.
+    ///
+    /// A session set-up goes with our invite beside it
+    /// (`ContentKind::Introduced`), when there is room: the contact may
+    /// not have added us, and then sees a contact request (a set-up is
+    /// what a device sends until the contact first answers).
     pub fn seal(
         &mut self,
         to: &[u8; 32],
         frame: &[u8],
         expires_at: u64,
+        now: u64,
     ) -> Result<([u8; 32], Vec<u8>), EngineError> {
-        let contact = self.contacts.get(to).ok_or(EngineError::UnknownContact)?;
-        let content = match Frame::from_bytes(frame)? {
-            Frame::Ratchet(body) => SealedContent::new(ContentKind::Ratchet, body),
-            Frame::Prekey(body) => SealedContent::new(ContentKind::Prekey, body),
+        let (content, introduced) = match Frame::from_bytes(frame)? {
+            Frame::Ratchet(body) => (SealedContent::new(ContentKind::Ratchet, body), None),
+            Frame::Prekey(body) => {
+                let invite = self.invite(self.listen.clone(), now)?;
+                let both = Introduced::new(&invite, body.clone()).to_bytes();
+                (
+                    SealedContent::new(ContentKind::Prekey, body),
+                    Some(SealedContent::new(ContentKind::Introduced, both)),
+                )
+            }
             _ => {
                 return Err(crypto::Error::Malformed {
                     what: "frame to seal (not a message)",
@@ -1358,29 +1377,45 @@ impl Engine {
                 .into());
             }
         };
-        let sealed = crypto::seal(
-            &self.me,
-            &contact.identity.dh,
-            &content,
-            &mut self.seal_cache,
-            &mut self.rng,
-        )?;
+        let contact = self.contacts.get(to).ok_or(EngineError::UnknownContact)?;
+        let with_invite = introduced.and_then(|c| {
+            crypto::seal(
+                &self.me,
+                &contact.identity.dh,
+                &c,
+                &mut self.seal_cache,
+                &mut self.rng,
+            )
+            .ok()
+        });
+        let sealed = match with_invite {
+            Some(sealed) => sealed,
+            // No room beside the largest messages: the set-up alone.
+            None => crypto::seal(
+                &self.me,
+                &contact.identity.dh,
+                &content,
+                &mut self.seal_cache,
+                &mut self.rng,
+            )?,
+        };
         let mut id = [0u8; 16];
         rand::Rng::fill_bytes(&mut self.rng, &mut id);
         let env = Envelope::new(contact.mailbox_id, id, expires_at, sealed);
         Ok((contact.mailbox_id, env.to_bytes()))
     }
 
-    /// Seals our invite (with `addrs`) for the contact `to`: the
+    /// Where this device listens (with `/p2p/<peer id>`), for the invites
+    /// it sends unasked.
+    pub fn set_listen(&mut self, addrs: Vec<String>) {
+        self.listen = addrs;
+    }
+
+    /// Seals our invite (with where we listen) for the contact `to`: the
     /// introduction that shows it a contact request if it has not added
     /// us. Returns its mailbox id and the encoded envelope.
-    pub fn intro(
-        &mut self,
-        to: &[u8; 32],
-        addrs: Vec<String>,
-        now: u64,
-    ) -> Result<([u8; 32], Vec<u8>), EngineError> {
-        let invite = self.invite(addrs, now)?;
+    pub fn intro(&mut self, to: &[u8; 32], now: u64) -> Result<([u8; 32], Vec<u8>), EngineError> {
+        let invite = self.invite(self.listen.clone(), now)?;
         let contact = self.contacts.get(to).ok_or(EngineError::UnknownContact)?;
         let content = SealedContent::new(ContentKind::Intro, invite.to_bytes());
         let sealed = crypto::seal(
@@ -1406,8 +1441,17 @@ impl Engine {
         match self.contacts.get(&from) {
             Some(c) if c.identity == opened.sender => {}
             Some(_) => return Err(EngineError::UnknownEnvelopeSender),
-            None if opened.content.kind == ContentKind::Intro => {
-                let invite = Invite::from_bytes(&opened.content.body)?;
+            None if matches!(
+                opened.content.kind,
+                ContentKind::Intro | ContentKind::Introduced
+            ) =>
+            {
+                let carries = opened.content.kind == ContentKind::Introduced;
+                let invite = if carries {
+                    Invite::from_bytes(&Introduced::from_bytes(&opened.content.body)?.invite)?
+                } else {
+                    Invite::from_bytes(&opened.content.body)?
+                };
                 let bundle = invite.bundle.verify()?;
                 if bundle.body.identity != opened.sender {
                     return Err(crypto::Error::ForgedSender.into());
@@ -1415,6 +1459,7 @@ impl Engine {
                 return Ok(Opened::Intro {
                     from: opened.sender,
                     invite: Box::new(invite),
+                    carries,
                 });
             }
             None => return Ok(Opened::Stranger(from)),
@@ -1422,6 +1467,9 @@ impl Engine {
         let frame = match opened.content.kind {
             // From a contact: it knows us already.
             ContentKind::Intro => return Ok(Opened::Known(from)),
+            ContentKind::Introduced => {
+                Frame::Prekey(Introduced::from_bytes(&opened.content.body)?.frame)
+            }
             ContentKind::Ratchet => Frame::Ratchet(opened.content.body),
             ContentKind::Prekey => Frame::Prekey(opened.content.body),
             _ => {

@@ -356,6 +356,47 @@ impl Invite {
     }
 }
 
+/// What a sealed [`crate::crypto::ContentKind::Introduced`] carries: the
+/// sender's invite and a frame (a session set-up).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Introduced {
+    version: u8,
+    /// The sender's encoded [`Invite`].
+    #[serde(with = "serde_bytes")]
+    pub invite: Vec<u8>,
+    /// The encoded `PrekeyMessage`.
+    #[serde(with = "serde_bytes")]
+    pub frame: Vec<u8>,
+}
+
+const INTRODUCED_VERSION: u8 = 1;
+
+impl Introduced {
+    /// `invite` beside the set-up `frame`.
+    pub fn new(invite: &Invite, frame: Vec<u8>) -> Self {
+        Self {
+            version: INTRODUCED_VERSION,
+            invite: invite.to_bytes(),
+            frame,
+        }
+    }
+
+    /// Encoded form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        wire::encode(self)
+    }
+
+    /// Decodes (bounded by the largest sealed content).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crypto::Error> {
+        wire::decode(
+            bytes,
+            "introduced set-up",
+            INTRODUCED_VERSION,
+            crypto::limits::MAX_BUCKET,
+        )
+    }
+}
+
 /// Unpadded base64url (RFC 4648 §5), for invite codes.
 pub(crate) mod base64url {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

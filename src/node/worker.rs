@@ -397,8 +397,6 @@ pub(crate) struct Worker {
     /// When we last introduced ourselves to each contact not heard from
     /// since the start (one entry per contact at most).
     intro_at: HashMap<[u8; 32], u64>,
-    /// Where we listen, as last told (for introductions).
-    listen: Vec<String>,
 }
 
 /// The custody of one queued message's envelope at relays.
@@ -531,7 +529,6 @@ impl Worker {
             media: media::MediaState::default(),
             requests: Requests::default(),
             intro_at: HashMap::new(),
-            listen: Vec::new(),
             relays: Relays {
                 ours: cfg
                     .relays
@@ -584,7 +581,7 @@ impl Worker {
     /// are), on the mesh. Not at its relays: a contact that is away gets
     /// it when it is online while messages to it are retried.
     fn introduce(&mut self, to: &[u8; 32], now: u64, round: &mut Round) {
-        match self.engine.intro(to, self.listen.clone(), now) {
+        match self.engine.intro(to, now) {
             Ok((mailbox, envelope)) => {
                 round.outs.push(Out::Publish {
                     mailbox,
@@ -841,7 +838,7 @@ impl Worker {
                 addrs,
                 reply,
             } => {
-                self.listen = addrs;
+                self.engine.set_listen(addrs);
                 let r = Invite::from_code(&code)
                     .map_err(EngineError::from)
                     .and_then(|inv| self.engine.add_contact(&inv, &name));
@@ -854,7 +851,7 @@ impl Worker {
             }
             Job::Requests(job) => self.request_job(job, now, round),
             Job::Invite { addrs, reply } => {
-                self.listen = addrs.clone();
+                self.engine.set_listen(addrs.clone());
                 let r = self.engine.invite(addrs, now).map(|i| i.to_code());
                 round.reply(reply, r.map_err(Into::into));
             }
@@ -1398,7 +1395,7 @@ impl Worker {
         let expires = pos
             .and_then(|p| self.engine.expiry_of(p))
             .unwrap_or(now + super::engine::MESSAGE_TTL);
-        match self.engine.seal(to, &frame, expires) {
+        match self.engine.seal(to, &frame, expires, now) {
             Ok((mailbox, envelope)) => {
                 match pos {
                     Some(pos) => {
@@ -1850,7 +1847,17 @@ impl Worker {
                         None => by_sender.push((from, vec![frame])),
                     }
                 }
-                Ok(Opened::Intro { from, invite }) => self.introduced(from, *invite, now, round),
+                Ok(Opened::Intro {
+                    from,
+                    invite,
+                    carries,
+                }) => {
+                    let key = from.signing;
+                    self.introduced(from, *invite, now, round);
+                    if carries {
+                        strangers.push((key, env));
+                    }
+                }
                 // Kept after this batch's introductions, which may come
                 // after them in it.
                 Ok(Opened::Stranger(from)) => strangers.push((from, env)),

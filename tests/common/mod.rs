@@ -295,3 +295,15 @@ pub(crate) async fn messages(node: &mut TestNode, bodies: &[Vec<u8>]) {
     })
     .await
 }
+
+/// Waits for the contact request of `from` on `node`; its fingerprint.
+pub(crate) async fn contact_request(node: &mut TestNode, from: [u8; 32]) -> String {
+    node.wait("a contact request", |e| match e {
+        NodeEvent::ContactRequest {
+            identity,
+            fingerprint,
+        } if *identity == from => Some(fingerprint.clone()),
+        _ => None,
+    })
+    .await
+}

@@ -120,7 +120,7 @@ async fn a_hostile_peer_is_refused_and_rate_limited_while_others_chat_on() {
     // The same message sealed twice (two different envelopes, one ratchet
     // message) on the mesh: opened, recognised, not stored again.
     for _ in 0..2 {
-        let (_, env) = m.seal(&b.key(), &frame, now + 600).unwrap();
+        let (_, env) = m.seal(&b.key(), &frame, now + 600, now).unwrap();
         assert!(matches!(
             net.publish(&inbox, env).unwrap(),
             Published::Sent(_)

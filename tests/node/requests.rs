@@ -1,22 +1,10 @@
 //! Contact requests: a device that added our invite, and that we have not
 //! added, is a request until we accept or decline it.
 
-use meshchat::node::{NodeError, NodeEvent};
+use meshchat::node::NodeError;
 use meshchat::store::DeliveryState;
 
-use crate::common::{TestNode, message, receipt};
-
-/// Waits for the request of `from` on `node`; returns its fingerprint.
-async fn request_from(node: &mut TestNode, from: [u8; 32]) -> String {
-    node.wait("a contact request", |e| match e {
-        NodeEvent::ContactRequest {
-            identity,
-            fingerprint,
-        } if *identity == from => Some(fingerprint.clone()),
-        _ => None,
-    })
-    .await
-}
+use crate::common::{TestNode, contact_request, message, receipt};
 
 /// Alice adds Bob's invite and writes to him; Bob has not added hers. He
 /// sees a request with her fingerprint, not her message; once he accepts,
@@ -34,7 +22,7 @@ async fn a_device_that_added_our_invite_waits_as_a_request_until_accepted() {
         .await
         .unwrap();
 
-    let fingerprint = request_from(&mut b, a.key()).await;
+    let fingerprint = contact_request(&mut b, a.key()).await;
     let waiting = b.handle.requests().await.unwrap();
     assert_eq!(waiting.len(), 1);
     assert_eq!(waiting[0].identity, a.key());
@@ -85,7 +73,7 @@ async fn a_declined_request_is_gone_and_what_it_sent_is_not_read() {
     let code_b = b.handle.invite().await.unwrap();
     c.handle.add_contact(&code_b, "bob").await.unwrap();
     c.handle.send(b.key(), b"buy now".to_vec()).await.unwrap();
-    request_from(&mut b, c.key()).await;
+    contact_request(&mut b, c.key()).await;
 
     b.handle.decline_request(c.key()).await.unwrap();
     assert!(b.handle.requests().await.unwrap().is_empty());

@@ -7,8 +7,8 @@ use meshchat::node::NodeEvent;
 use meshchat::store::DeliveryState;
 
 use crate::common::{
-    TestNode, befriend, befriend_unconnected, config, dir_contains, media_ready, message, messages,
-    receipt, receipts,
+    TestNode, befriend, befriend_unconnected, config, contact_request, dir_contains, media_ready,
+    message, messages, receipt, receipts,
 };
 use crate::{TestRelay, relay_config};
 
@@ -46,6 +46,41 @@ fn mail_only(dir: &std::path::Path, seed: u64, r: &TestRelay) -> meshchat::node:
     cfg.relays = vec![r.addr.clone()];
     cfg.reserve_circuits = false;
     cfg
+}
+
+/// Alice adds the invite of Carol, who is away, and writes; Carol never
+/// added Alice's. The message waits at Carol's relay with Alice's invite
+/// inside its envelope (one envelope, no plaintext). When Carol is back
+/// she sees a request; once she accepts, the message is read and Alice
+/// sees it delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_who_wrote_while_we_were_away_is_a_request_when_we_are_back() {
+    let dr = tempfile::tempdir().unwrap();
+    let r = TestRelay::start(relay_config(dr.path(), 131)).await;
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("alice", da.path(), 132).await;
+    let c_config = || with_relays(dc.path(), 133, vec![r.addr.clone()]);
+    let c = TestNode::start_with("carol", c_config()).await;
+    let (code_c, c_key) = (c.handle.invite().await.unwrap(), c.key());
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+
+    a.handle.add_contact(&code_c, "carol").await.unwrap();
+    let body = b"we met at the conference; this is alice".to_vec();
+    let sent = a.handle.send(c_key, body.clone()).await.unwrap();
+    receipt(&mut a, sent, DeliveryState::StoredAtRelay).await;
+    r.holds(1).await;
+    assert!(!dir_contains(dr.path(), &body));
+
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    contact_request(&mut c, a.key()).await;
+    let waiting = c.handle.requests().await.unwrap();
+    assert_eq!((waiting.len(), waiting[0].held), (1, 1));
+    assert!(c.handle.conversations().await.unwrap().is_empty());
+    c.handle.accept_request(a.key(), "alice").await.unwrap();
+    let got = message(&mut c, &body).await;
+    assert_eq!(got.sender, a.key());
+    receipt(&mut a, sent, DeliveryState::Delivered).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
