@@ -6,13 +6,16 @@
 //!
 //! Everything here is fed by strangers, so everything is bounded: how many
 //! requests, how much each holds, how many declined devices are
-//! remembered. Requests live in memory: after a restart a request comes
-//! again with its sender's next retry, and what it held with it (the
-//! sender keeps every message until it is delivered).
+//! remembered. The store thread keeps each request and each declined
+//! device in the store as well ([`Requests::record`]), written in the
+//! round that changed it: envelopes kept with a request were taken from a
+//! relay, which deletes them once that round is on disk.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use crate::crypto::{Envelope, PublicIdentity};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{Envelope, PublicIdentity, wire};
 
 use super::state::Invite;
 
@@ -25,6 +28,35 @@ pub const MAX_HELD: usize = 64;
 pub const MAX_HELD_BYTES: usize = 256 * 1024;
 /// The most declined devices remembered (oldest forgotten first).
 pub const MAX_DECLINED: usize = 1024;
+/// The largest stored request: what it holds, each envelope's header, and
+/// its invite.
+pub const RECORD_MAX: usize = MAX_HELD_BYTES + MAX_HELD * 256 + 16 * 1024;
+
+const RECORD_VERSION: u8 = 1;
+/// Record key prefixes: a request, a declined device.
+const WAITING: u8 = 0;
+const DECLINED: u8 = 1;
+
+/// A request as stored.
+#[derive(Serialize, Deserialize)]
+struct RequestRecord {
+    version: u8,
+    identity: PublicIdentity,
+    #[serde(with = "serde_bytes")]
+    invite: Vec<u8>,
+    received_at: u64,
+    held: Vec<serde_bytes::ByteBuf>,
+}
+
+/// The store key of `key`'s request.
+pub fn request_key(key: &[u8; 32]) -> Vec<u8> {
+    [&[WAITING][..], key].concat()
+}
+
+/// The store key of `key` as a declined device.
+pub fn declined_key(key: &[u8; 32]) -> Vec<u8> {
+    [&[DECLINED][..], key].concat()
+}
 
 /// A device that wants to be a contact.
 #[derive(Debug, Clone)]
@@ -127,20 +159,98 @@ impl Requests {
     }
 
     /// Declines the request of `key`: what it held goes, and its later
-    /// introductions are ignored. `false` if no request of it waits.
-    pub fn decline(&mut self, key: &[u8; 32]) -> bool {
-        if self.waiting.remove(key).is_none() {
-            return false;
+    /// introductions are ignored. `None` if no request of it waits; else
+    /// the declined device forgotten to make room, if one was.
+    pub fn decline(&mut self, key: &[u8; 32]) -> Option<Option<[u8; 32]>> {
+        self.waiting.remove(key)?;
+        Some(self.remember_declined(*key))
+    }
+
+    fn remember_declined(&mut self, key: [u8; 32]) -> Option<[u8; 32]> {
+        if !self.declined.insert(key) {
+            return None;
         }
-        if self.declined.insert(*key) {
-            self.declined_order.push_back(*key);
-            if self.declined_order.len() > MAX_DECLINED
-                && let Some(old) = self.declined_order.pop_front()
-            {
-                self.declined.remove(&old);
+        self.declined_order.push_back(key);
+        if self.declined_order.len() > MAX_DECLINED {
+            let old = self.declined_order.pop_front()?;
+            self.declined.remove(&old);
+            return Some(old);
+        }
+        None
+    }
+
+    /// The stored form of `key`'s request (`None`: none waits).
+    pub fn record(&self, key: &[u8; 32]) -> Option<Vec<u8>> {
+        let r = self.waiting.get(key)?;
+        Some(wire::encode(&RequestRecord {
+            version: RECORD_VERSION,
+            identity: r.identity.clone(),
+            invite: r.invite.to_bytes(),
+            received_at: r.received_at,
+            held: r
+                .held
+                .iter()
+                .map(|e| serde_bytes::ByteBuf::from(e.to_bytes()))
+                .collect(),
+        }))
+    }
+
+    /// Requests and declined devices as stored (records in key order;
+    /// the value of a declined device is when it was declined, u64 BE).
+    /// Records that do not read are skipped and returned by key, to
+    /// delete; so are requests past [`MAX_REQUESTS`].
+    pub fn load(&mut self, records: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<Vec<u8>> {
+        let mut bad = Vec::new();
+        let mut declined: Vec<(u64, [u8; 32])> = Vec::new();
+        for (k, v) in records {
+            let Some(key) = k.get(1..).and_then(|b| <[u8; 32]>::try_from(b).ok()) else {
+                bad.push(k);
+                continue;
+            };
+            match k[0] {
+                DECLINED => match <[u8; 8]>::try_from(v.as_slice()) {
+                    Ok(at) => declined.push((u64::from_be_bytes(at), key)),
+                    Err(_) => bad.push(k),
+                },
+                WAITING if self.waiting.len() < MAX_REQUESTS => match Self::read(&v) {
+                    Some(r) if r.identity.signing == key => {
+                        self.waiting.insert(key, r);
+                    }
+                    _ => bad.push(k),
+                },
+                _ => bad.push(k),
             }
         }
-        true
+        declined.sort();
+        for (_, key) in declined {
+            if let Some(old) = self.remember_declined(key) {
+                bad.push(declined_key(&old));
+            }
+        }
+        bad
+    }
+
+    fn read(bytes: &[u8]) -> Option<Request> {
+        let r: RequestRecord =
+            wire::decode(bytes, "contact request", RECORD_VERSION, RECORD_MAX).ok()?;
+        let invite = Invite::from_bytes(&r.invite).ok()?;
+        let mut request = Request {
+            identity: r.identity,
+            invite,
+            received_at: r.received_at,
+            held: Vec::new(),
+            held_bytes: 0,
+        };
+        for e in r.held.iter().take(MAX_HELD) {
+            let env = Envelope::from_bytes(e).ok()?;
+            let len = env.sealed.len();
+            if request.held_bytes + len > MAX_HELD_BYTES {
+                break;
+            }
+            request.held_bytes += len;
+            request.held.push(env);
+        }
+        Some(request)
     }
 
     /// `key` became a contact by other means (the person added its
@@ -215,8 +325,8 @@ mod tests {
         );
 
         // Declined: the request and what it held go; it is ignored after.
-        assert!(r.decline(&first.signing));
-        assert!(!r.decline(&first.signing));
+        assert!(r.decline(&first.signing).is_some());
+        assert!(r.decline(&first.signing).is_none());
         assert_eq!(
             r.introduce(first.clone(), first_invite.clone(), 100),
             Introduced::Declined
@@ -230,6 +340,63 @@ mod tests {
         assert_eq!(r.introduce(first, first_invite, 101), Introduced::New);
         let taken = r.take(&second).unwrap();
         assert_eq!(taken.held.len(), 2);
+    }
+
+    /// What is stored reads back the same: requests with what they hold,
+    /// declined devices (the newest MAX_DECLINED of them); records that do
+    /// not read, or are filed under another key, are named to delete.
+    #[test]
+    fn stored_requests_and_declined_devices_read_back() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut r = Requests::default();
+        let (a, a_inv) = stranger(&mut rng);
+        let (b, b_inv) = stranger(&mut rng);
+        let (c, c_inv) = stranger(&mut rng);
+        r.introduce(a.clone(), a_inv, 5);
+        r.introduce(b.clone(), b_inv, 6);
+        r.introduce(c.clone(), c_inv, 7);
+        assert!(r.hold(&a.signing, envelope(1, 40), 40));
+        assert!(r.hold(&a.signing, envelope(2, 50), 50));
+        r.decline(&c.signing).unwrap();
+        assert!(r.record(&c.signing).is_none());
+        let mut records = vec![
+            (request_key(&a.signing), r.record(&a.signing).unwrap()),
+            (request_key(&b.signing), r.record(&b.signing).unwrap()),
+            (declined_key(&c.signing), 3u64.to_be_bytes().to_vec()),
+            // Garbage, a request filed under another device's key, a
+            // declined time that is not 8 bytes, a key of another length.
+            (request_key(&[9; 32]), vec![1, 2, 3]),
+            (request_key(&c.signing), r.record(&b.signing).unwrap()),
+            (declined_key(&[8; 32]), vec![0; 7]),
+            (vec![WAITING, 1, 2], Vec::new()),
+        ];
+        // More declined devices than are remembered, older than `c`.
+        for n in 0..MAX_DECLINED as u64 {
+            let mut k = [7; 32];
+            k[..8].copy_from_slice(&n.to_be_bytes());
+            records.push((declined_key(&k), 1u64.to_be_bytes().to_vec()));
+        }
+        let mut back = Requests::default();
+        let bad = back.load(records);
+        assert_eq!(bad.len(), 5, "four unreadable, and the oldest declined one");
+        assert!(bad.contains(&request_key(&c.signing)));
+        let mut oldest = [7; 32];
+        oldest[..8].copy_from_slice(&0u64.to_be_bytes());
+        assert!(bad.contains(&declined_key(&oldest)));
+        let listed: Vec<_> = back
+            .list()
+            .iter()
+            .map(|q| (q.identity.signing, q.received_at, q.held.len()))
+            .collect();
+        assert_eq!(listed, vec![(a.signing, 5, 2), (b.signing, 6, 0)]);
+        assert_eq!(
+            back.take(&a.signing).unwrap().held,
+            r.take(&a.signing).unwrap().held
+        );
+        assert_eq!(
+            back.introduce(c, stranger(&mut rng).1, 9),
+            Introduced::Declined
+        );
     }
 
     /// Only the most recent MAX_DECLINED declined devices are remembered.
@@ -246,7 +413,7 @@ mod tests {
             let mut id = id.clone();
             id.signing[..8].copy_from_slice(&(n as u64).to_be_bytes());
             r.introduce(id.clone(), inv.clone(), 1);
-            assert!(r.decline(&id.signing));
+            assert!(r.decline(&id.signing).is_some());
         }
         assert_eq!(r.introduce(first, first_invite, 2), Introduced::New);
     }

@@ -33,11 +33,11 @@ use super::handle::{ContactInfo, ContactRequest};
 use super::media::MediaJob;
 use super::net::direct::FrameStatus;
 use super::proto::{Frame, conversation_id};
-use super::requests::{Introduced, Requests};
+use super::requests::{Introduced, Requests, declined_key, request_key};
 use super::state::Invite;
 use crate::crypto::{Envelope, PublicIdentity, fingerprint, safety_number};
 use crate::relay::proto::{self as mailbox, MAX_ACK, Owner, Refusal, Request, Response, Signed};
-use crate::store::{Cursor, MessageRef, Page, Summary};
+use crate::store::{Cursor, Kind, MessageRef, Page, Summary};
 
 mod media;
 mod relayed;
@@ -545,7 +545,63 @@ impl Worker {
         for key in keys {
             w.announce_contact(&key);
         }
+        w.load_requests();
         w
+    }
+
+    /// The contact requests and declined devices kept in the store; what
+    /// does not read is deleted.
+    fn load_requests(&mut self) {
+        let r = self
+            .engine
+            .store()
+            .records(Kind::Requests)
+            .and_then(|records| {
+                let bad = self.requests.load(records.scan(&[])?);
+                if !bad.is_empty() {
+                    warn!(
+                        records = bad.len(),
+                        "contact request records that do not read; deleted"
+                    );
+                }
+                for k in bad {
+                    records.remove(&k)?;
+                }
+                Ok(())
+            });
+        if let Err(e) = r {
+            warn!(error = %e, "contact requests not read");
+        }
+    }
+
+    /// Writes `key`'s request as it is now (or that none waits), and with
+    /// `declined` that it was declined at that time (or, `None`, that it is
+    /// not), in this round.
+    fn keep_request(&self, key: &[u8; 32], declined: Option<Option<u64>>, round: &mut Round) {
+        round.dirty = true;
+        let r = self
+            .engine
+            .store()
+            .records(Kind::Requests)
+            .and_then(|records| {
+                match self.requests.record(key) {
+                    Some(bytes) => records.put(&request_key(key), &bytes)?,
+                    None => {
+                        records.remove(&request_key(key))?;
+                    }
+                }
+                match declined {
+                    Some(Some(at)) => records.put(&declined_key(key), &at.to_be_bytes())?,
+                    Some(None) => {
+                        records.remove(&declined_key(key))?;
+                    }
+                    None => {}
+                }
+                Ok(())
+            });
+        if let Err(e) = r {
+            warn!(error = %e, "a contact request not written");
+        }
     }
 
     /// Tells the engine which relays our invites and bundles name: the
@@ -569,10 +625,15 @@ impl Worker {
     fn new_contact(&mut self, key: &[u8; 32], now: u64, round: &mut Round) {
         self.announce_contact(key);
         self.fetch_prekeys(key, round);
-        if let Some(request) = self.requests.forget(key)
-            && !request.held.is_empty()
-        {
-            round.dirty = true;
+        self.forget_request(key, now, round);
+    }
+
+    /// `key` is a contact now: its request (if one waits) goes, and what
+    /// it held is read; it is declined no more.
+    fn forget_request(&mut self, key: &[u8; 32], now: u64, round: &mut Round) {
+        let request = self.requests.forget(key);
+        self.keep_request(key, Some(None), round);
+        if let Some(request) = request {
             self.envelopes(request.held, now, round);
         }
     }
@@ -601,11 +662,15 @@ impl Worker {
     fn introduced(&mut self, from: PublicIdentity, invite: Invite, now: u64, round: &mut Round) {
         let identity = from.signing;
         match self.requests.introduce(from.clone(), invite, now) {
-            Introduced::New => round.events.push(NodeEvent::ContactRequest {
-                identity,
-                fingerprint: fingerprint(&from),
-            }),
-            Introduced::Again | Introduced::Declined => {}
+            Introduced::New => {
+                self.keep_request(&identity, None, round);
+                round.events.push(NodeEvent::ContactRequest {
+                    identity,
+                    fingerprint: fingerprint(&from),
+                });
+            }
+            Introduced::Again => self.keep_request(&identity, None, round),
+            Introduced::Declined => {}
             Introduced::Full => warn!("a contact request refused: too many are waiting"),
         }
     }
@@ -635,12 +700,14 @@ impl Worker {
                 if self.engine.contact(&key).is_some() {
                     // A contact already (a group made it one): what it
                     // kept is read, the contact stays as it is.
+                    self.keep_request(&key, Some(None), round);
                     self.envelopes(request.held, now, round);
                     round.reply(reply, Ok(()));
                     return;
                 }
                 match self.engine.add_contact(&request.invite, &name) {
                     Ok(key) => {
+                        self.keep_request(&key, Some(None), round);
                         self.announce_contact(&key);
                         self.fetch_prekeys(&key, round);
                         self.envelopes(request.held, now, round);
@@ -657,10 +724,15 @@ impl Worker {
                 }
             }
             RequestJob::Decline { key, reply } => {
-                let r = if self.requests.decline(&key) {
-                    Ok(())
-                } else {
-                    Err(NodeError::UnknownContact)
+                let r = match self.requests.decline(&key) {
+                    Some(forgotten) => {
+                        self.keep_request(&key, Some(Some(now)), round);
+                        if let Some(old) = forgotten {
+                            self.keep_request(&old, Some(None), round);
+                        }
+                        Ok(())
+                    }
+                    None => Err(NodeError::UnknownContact),
                 };
                 round.reply(reply, r);
             }
@@ -1873,11 +1945,17 @@ impl Worker {
                 Err(e) => debug!(error = %e, "envelope not opened"),
             }
         }
+        let mut kept = HashSet::new();
         for (from, env) in strangers {
             let len = env.sealed.len();
-            if !self.requests.hold(&from, env, len) {
+            if self.requests.hold(&from, env, len) {
+                kept.insert(from);
+            } else {
                 debug!("an envelope from a device that is not a contact; dropped");
             }
+        }
+        for key in kept {
+            self.keep_request(&key, None, round);
         }
         for (from, frames) in by_sender {
             for chunk in frames.chunks(RECEIVE_CHUNK) {
@@ -1911,9 +1989,7 @@ impl Worker {
         round.dirty = true;
         for key in &fx.new_contacts {
             self.announce_contact(key);
-            if let Some(request) = self.requests.forget(key) {
-                self.envelopes(request.held, now, round);
-            }
+            self.forget_request(key, now, round);
         }
         for d in fx.due {
             if !d.frame.is_empty() {

@@ -33,6 +33,9 @@ pub enum Kind {
     Media,
     /// Media messages whose chunks are still being fetched, by message id.
     MediaWanted,
+    /// Contact requests (what each introduced device sent meanwhile) and
+    /// declined devices, by identity key.
+    Requests,
 }
 
 /// Largest key of a record.
@@ -40,7 +43,7 @@ pub const MAX_RECORD_KEY: usize = 128;
 
 impl Kind {
     /// Every kind, for backups and tests.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Contacts,
         Kind::Groups,
         Kind::Sessions,
@@ -50,6 +53,7 @@ impl Kind {
         Kind::HeldPrekeys,
         Kind::Media,
         Kind::MediaWanted,
+        Kind::Requests,
     ];
 
     pub(crate) const fn spec(self) -> TreeSpec {
@@ -94,6 +98,10 @@ impl Kind {
             Kind::MediaWanted => TreeSpec {
                 name: "media_wanted",
                 max_plain: 1024,
+            },
+            Kind::Requests => TreeSpec {
+                name: "requests",
+                max_plain: crate::node::requests::RECORD_MAX,
             },
         }
     }

@@ -51,8 +51,8 @@ fn mail_only(dir: &std::path::Path, seed: u64, r: &TestRelay) -> meshchat::node:
 /// Alice adds the invite of Carol, who is away, and writes; Carol never
 /// added Alice's. The message waits at Carol's relay with Alice's invite
 /// inside its envelope (one envelope, no plaintext). When Carol is back
-/// she sees a request; once she accepts, the message is read and Alice
-/// sees it delivered.
+/// she sees a request holding it, which outlives a restart of hers while
+/// Alice is away; once she accepts, the message is read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_who_wrote_while_we_were_away_is_a_request_when_we_are_back() {
     let dr = tempfile::tempdir().unwrap();
@@ -77,10 +77,28 @@ async fn a_stranger_who_wrote_while_we_were_away_is_a_request_when_we_are_back()
     let waiting = c.handle.requests().await.unwrap();
     assert_eq!((waiting.len(), waiting[0].held), (1, 1));
     assert!(c.handle.conversations().await.unwrap().is_empty());
-    c.handle.accept_request(a.key(), "alice").await.unwrap();
+    // The relay deleted it once Carol had it on disk: the request keeps
+    // the only copy Carol can get while Alice is away, across a restart.
+    r.holds(0).await;
+    let a_key = a.key();
+    a.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(a);
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    let waiting = c.handle.requests().await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!((waiting[0].identity, waiting[0].held), (a_key, 1));
+    c.handle.accept_request(a_key, "alice").await.unwrap();
     let got = message(&mut c, &body).await;
-    assert_eq!(got.sender, a.key());
-    receipt(&mut a, sent, DeliveryState::Delivered).await;
+    assert_eq!(got.sender, a_key);
+    assert!(c.handle.requests().await.unwrap().is_empty());
+    // Accepted is accepted: after another restart no request is back.
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+    let c = TestNode::start_with("carol", c_config()).await;
+    assert!(c.handle.requests().await.unwrap().is_empty());
+    assert_eq!(c.handle.contacts().await.unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
