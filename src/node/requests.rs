@@ -1,6 +1,7 @@
 //! Contact requests: devices that added our invite and introduced
-//! themselves ([`crate::crypto::ContentKind::Intro`]) while we have not
-//! added theirs. Each waits, with the first envelopes it sent us, until the
+//! themselves ([`crate::crypto::ContentKind::Intro`], or a session set-up
+//! with their invite beside it, `Introduced`) while we have not added
+//! theirs. Each waits, with the first envelopes it sent us, until the
 //! person accepts it (it becomes a contact and those envelopes are read)
 //! or declines it.
 //!
@@ -77,8 +78,9 @@ pub struct Request {
 pub enum Introduced {
     /// A new request: show it.
     New,
-    /// A request already waiting (its invite is the newer one now).
-    Again,
+    /// A request already waiting. `true`: its invite is the newer one
+    /// now (it names addresses, and other ones); `false`: nothing changed.
+    Again(bool),
     /// The person declined this device: ignored.
     Declined,
     /// [`MAX_REQUESTS`] are waiting: refused.
@@ -101,15 +103,16 @@ impl Requests {
             return Introduced::Declined;
         }
         if let Some(r) = self.waiting.get_mut(&key) {
-            // The newer bundle; addresses kept if it names none (a node
-            // that restarted names none until asked for an invite).
-            let addrs = if invite.addrs.is_empty() {
-                std::mem::take(&mut r.invite.addrs)
-            } else {
-                invite.addrs
-            };
-            r.invite = Invite::new(invite.bundle, addrs);
-            return Introduced::Again;
+            // Taken only for new addresses (a node that restarted names
+            // none until asked for an invite): its bundle is needed only
+            // to start a session, and accepting fetches a fresh one. So a
+            // device introducing itself again and again does not make the
+            // request be written again and again.
+            if invite.addrs.is_empty() || invite.addrs == r.invite.addrs {
+                return Introduced::Again(false);
+            }
+            r.invite = invite;
+            return Introduced::Again(true);
         }
         if self.waiting.len() >= MAX_REQUESTS {
             return Introduced::Full;
@@ -128,12 +131,16 @@ impl Requests {
     }
 
     /// Keeps `env`, from the device `from`, with its request. `false`
-    /// (dropped) if it has none, or its request holds all it may.
+    /// (dropped) if it has none, its request holds all it may, or holds
+    /// that envelope already (its copy from the mesh and from a relay).
     pub fn hold(&mut self, from: &[u8; 32], env: Envelope, len: usize) -> bool {
         let Some(r) = self.waiting.get_mut(from) else {
             return false;
         };
-        if r.held.len() >= MAX_HELD || r.held_bytes + len > MAX_HELD_BYTES {
+        if r.held.len() >= MAX_HELD
+            || r.held_bytes + len > MAX_HELD_BYTES
+            || r.held.iter().any(|h| h.envelope_id == env.envelope_id)
+        {
             return false;
         }
         r.held_bytes += len;
@@ -202,6 +209,7 @@ impl Requests {
     pub fn load(&mut self, records: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<Vec<u8>> {
         let mut bad = Vec::new();
         let mut declined: Vec<(u64, [u8; 32])> = Vec::new();
+        let mut waiting: Vec<Request> = Vec::new();
         for (k, v) in records {
             let Some(key) = k.get(1..).and_then(|b| <[u8; 32]>::try_from(b).ok()) else {
                 bad.push(k);
@@ -212,13 +220,21 @@ impl Requests {
                     Ok(at) => declined.push((u64::from_be_bytes(at), key)),
                     Err(_) => bad.push(k),
                 },
-                WAITING if self.waiting.len() < MAX_REQUESTS => match Self::read(&v) {
-                    Some(r) if r.identity.signing == key => {
-                        self.waiting.insert(key, r);
-                    }
+                WAITING => match Self::read(&v) {
+                    Some(r) if r.identity.signing == key => waiting.push(r),
                     _ => bad.push(k),
                 },
                 _ => bad.push(k),
+            }
+        }
+        // The oldest requests, should there be more than may wait.
+        waiting.sort_by_key(|r| (r.received_at, r.identity.signing));
+        for r in waiting {
+            let key = r.identity.signing;
+            if self.waiting.len() < MAX_REQUESTS {
+                self.waiting.insert(key, r);
+            } else {
+                bad.push(request_key(&key));
             }
         }
         declined.sort();
@@ -241,8 +257,11 @@ impl Requests {
             held: Vec::new(),
             held_bytes: 0,
         };
+        // An envelope that does not read is left out, not the request.
         for e in r.held.iter().take(MAX_HELD) {
-            let env = Envelope::from_bytes(e).ok()?;
+            let Ok(env) = Envelope::from_bytes(e) else {
+                continue;
+            };
             let len = env.sealed.len();
             if request.held_bytes + len > MAX_HELD_BYTES {
                 break;
@@ -304,8 +323,19 @@ mod tests {
         let (first, first_invite) = devices[0].clone();
         assert_eq!(
             r.introduce(first.clone(), first_invite.clone(), 99),
-            Introduced::Again
+            Introduced::Again(false)
         );
+        let mut elsewhere = first_invite.clone();
+        elsewhere.addrs = vec!["/ip4/127.0.0.1/tcp/9".into()];
+        assert_eq!(
+            r.introduce(first.clone(), elsewhere.clone(), 99),
+            Introduced::Again(true)
+        );
+        assert_eq!(
+            r.introduce(first.clone(), first_invite.clone(), 99),
+            Introduced::Again(false)
+        );
+        assert_eq!(r.list()[0].invite.addrs, elsewhere.addrs);
         assert_eq!(r.list().len(), MAX_REQUESTS);
         assert_eq!(r.list()[0].identity, first);
         assert_eq!(r.list()[0].received_at, 0);
@@ -318,6 +348,7 @@ mod tests {
         let second = devices[1].0.signing;
         assert!(r.hold(&second.clone(), envelope(1, 16), MAX_HELD_BYTES - 10));
         assert!(!r.hold(&second, envelope(2, 16), 11));
+        assert!(!r.hold(&second, envelope(1, 16), 1), "a copy of one held");
         assert!(r.hold(&second, envelope(3, 16), 10));
         assert!(
             !r.hold(&late.signing, envelope(4, 16), 1),

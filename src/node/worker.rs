@@ -368,6 +368,9 @@ struct Round {
     /// File chunks taken from our mailbox: kept after the round's
     /// messages (see `relayed`).
     relayed_chunks: Vec<Vec<u8>>,
+    /// A contact request (and what it holds) could not be written: mail
+    /// taken from a relay in this round is not acknowledged.
+    unkept: bool,
 }
 
 impl Round {
@@ -601,6 +604,7 @@ impl Worker {
             });
         if let Err(e) = r {
             warn!(error = %e, "a contact request not written");
+            round.unkept = true;
         }
     }
 
@@ -639,8 +643,9 @@ impl Worker {
     }
 
     /// Introduces us to the contact `to` (sealed: only it learns who we
-    /// are), on the mesh. Not at its relays: a contact that is away gets
-    /// it when it is online while messages to it are retried.
+    /// are), on the mesh. Not at its relays: what a relay keeps for a
+    /// contact that is away is a session set-up, which carries our invite
+    /// (see `Engine::seal`).
     fn introduce(&mut self, to: &[u8; 32], now: u64, round: &mut Round) {
         match self.engine.intro(to, now) {
             Ok((mailbox, envelope)) => {
@@ -669,7 +674,8 @@ impl Worker {
                     fingerprint: fingerprint(&from),
                 });
             }
-            Introduced::Again => self.keep_request(&identity, None, round),
+            Introduced::Again(true) => self.keep_request(&identity, None, round),
+            Introduced::Again(false) => {}
             Introduced::Declined => {}
             Introduced::Full => warn!("a contact request refused: too many are waiting"),
         }
@@ -1728,7 +1734,16 @@ impl Worker {
                 }
                 if !mail.is_empty() {
                     round.dirty = true;
+                    round.unkept = false;
                     self.envelopes(mail, now, round);
+                    if round.unkept {
+                        // Envelopes held with a request are not on our
+                        // disk: the relay keeps this batch, fetched again
+                        // from the start.
+                        warn!(%relay, "mail not acknowledged: a contact request could not be written");
+                        self.relays.cursor.remove(&relay);
+                        seqs.clear();
+                    }
                 }
                 if !seqs.is_empty() {
                     round.events.push(NodeEvent::Drained {
