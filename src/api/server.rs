@@ -212,13 +212,7 @@ impl Api {
                         ),
                     ));
                 }
-                self.refresh_names().await;
-                let list = self.node.contacts().await.map_err(failed)?;
-                let c = list
-                    .iter()
-                    .find(|c| c.identity == key)
-                    .ok_or_else(|| ApiError::new(ErrorKind::Failed, "the contact vanished"))?;
-                Ok(json!(ContactView::of(c, None)))
+                self.added(key).await
             }
             Request::VerifyContact { contact, verified } => {
                 let c = self.contact(&contact).await?;
@@ -256,13 +250,7 @@ impl Api {
                     .accept_request(key, &name)
                     .await
                     .map_err(no_request)?;
-                self.refresh_names().await;
-                let list = self.node.contacts().await.map_err(failed)?;
-                let c = list
-                    .iter()
-                    .find(|c| c.identity == key)
-                    .ok_or_else(|| ApiError::new(ErrorKind::Failed, "the contact vanished"))?;
-                Ok(json!(ContactView::of(c, None)))
+                self.added(key).await
             }
             Request::DeclineRequest { identity } => {
                 let key =
@@ -609,6 +597,17 @@ impl Api {
     /// has is refused rather than guessed.
     /// The message `id` in the conversation with `with` (a contact's key or
     /// a group's id), looked for among its newest [`FIND_WITHIN`].
+    /// The contact `key`, just added: names refreshed, its view.
+    async fn added(&self, key: [u8; 32]) -> Result<serde_json::Value, ApiError> {
+        self.refresh_names().await;
+        let list = self.node.contacts().await.map_err(failed)?;
+        let c = list
+            .iter()
+            .find(|c| c.identity == key)
+            .ok_or_else(|| ApiError::new(ErrorKind::Failed, "the contact vanished"))?;
+        Ok(serde_json::json!(ContactView::of(c, None)))
+    }
+
     async fn find_message(
         &self,
         with: [u8; 32],
