@@ -677,7 +677,15 @@ impl Worker {
             Introduced::Again(true) => self.keep_request(&identity, None, round),
             Introduced::Again(false) => {}
             Introduced::Declined => {}
-            Introduced::Full => warn!("a contact request refused: too many are waiting"),
+            Introduced::Full => {
+                // Throttled like a peer's complaints: strangers are cheap.
+                let Ok(me) = self.engine.identity().peer_id() else {
+                    return;
+                };
+                if let Some(skipped) = self.complaints.note(&me, "requests full", Instant::now()) {
+                    warn!(skipped, "a contact request refused: too many are waiting");
+                }
+            }
         }
     }
 
