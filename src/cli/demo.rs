@@ -16,7 +16,7 @@ use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 use tokio::sync::mpsc;
 
-use crate::crypto::{DataKey, Secret32, safety_number};
+use crate::crypto::{DataKey, Secret32};
 use crate::node::state::Invite;
 use crate::node::{Node, NodeConfig, NodeEvent, NodeHandle};
 use crate::relay::{Relay, RelayConfig, RelayHandle};
@@ -196,8 +196,8 @@ async fn script() -> Result<()> {
         .with(Protocol::P2p(bob.handle.info().peer_id));
     say.say("alice, bob and carol started; alice and carol are behind NAT (listening nowhere)");
 
-    // Finding each other: both dial bob; alice and carol exchange invite
-    // codes out of band (names and keys only, no address).
+    // Finding each other: both dial bob; carol gives alice her invite code
+    // out of band (names and keys only, no address).
     let bob_peer = bob.handle.info().peer_id;
     for d in [&mut alice, &mut carol] {
         d.handle.dial(bob_addr.clone()).await?;
@@ -210,26 +210,43 @@ async fn script() -> Result<()> {
     say.say(
         "alice ↔ bob and carol ↔ bob connected: a line, alice and carol cannot reach each other",
     );
-    let (code_a, code_c) = (alice.invite().await?, carol.invite().await?);
-    alice.handle.add_contact(&code_c, "carol").await?;
-    carol.handle.add_contact(&code_a, "alice").await?;
-    let identity =
-        |code: &str| -> Result<_> { Ok(Invite::from_code(code)?.bundle.verify()?.body.identity) };
-    say.say(&format!(
-        "invites exchanged ({} characters each); safety number {}",
-        code_c.len(),
-        safety_number(&identity(&code_a)?, &identity(&code_c)?)
-    ));
     carol
         .wait("carol's prekeys at her relay", |e| match e {
             NodeEvent::PrekeysPublished { one_time, .. } if *one_time > 0 => Some(()),
             _ => None,
         })
         .await?;
+    let code_c = carol.invite().await?;
+    alice.handle.add_contact(&code_c, "carol").await?;
+    say.say(&format!(
+        "alice adds carol's invite code ({} characters); carol has not added alice",
+        code_c.len(),
+    ));
 
-    // 1. Through bob, who forwards what he cannot read.
+    // 1. Through bob, who forwards what he cannot read; carol sees a
+    // contact request first.
     let first = b"Hi Carol! Bob carries this but cannot read it.".to_vec();
     let sent = alice.handle.send(carol.key(), first.clone()).await?;
+    let alice_key = alice.key();
+    let fingerprint = carol
+        .wait("alice's contact request", |e| match e {
+            NodeEvent::ContactRequest {
+                identity,
+                fingerprint,
+            } if *identity == alice_key => Some(fingerprint.clone()),
+            _ => None,
+        })
+        .await?;
+    carol.handle.accept_request(alice_key, "alice").await?;
+    let contacts = carol.handle.contacts().await?;
+    let number = contacts
+        .iter()
+        .find(|c| c.identity == alice_key)
+        .map(|c| c.safety_number.clone())
+        .ok_or_else(|| anyhow!("alice is not carol's contact after accepting"))?;
+    say.say(&format!(
+        "carol sees a contact request from fingerprint {fingerprint}, compares it with alice, and accepts; safety number {number}"
+    ));
     let from = carol.message(&first).await?;
     anyhow::ensure!(from == alice.key(), "the message came from someone else");
     say.say("carol got alice's message, end-to-end encrypted, across bob (two hops)");

@@ -267,6 +267,8 @@ fn the_demo_tells_its_whole_story_on_loopback_and_exits_cleanly() {
     assert!(out.status.success(), "{text}\n{errors}");
     for step in [
         "on 127.0.0.1 only",
+        "carol has not added alice",
+        "compares it with alice, and accepts",
         "across bob (two hops)",
         "✓ stored at relay",
         "the relay deleted it",
