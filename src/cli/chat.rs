@@ -218,6 +218,21 @@ fn act(client: &mut Client, app: &mut App, a: Action) -> Result<(), ClientError>
         Action::Open(name) => history(client, app, name, None),
         Action::LoadMore { name, before } => history(client, app, name, Some(before)),
         Action::MarkRead(name) => client.call(&Request::MarkRead { with: name }).map(drop),
+        Action::Request {
+            identity,
+            name: Some(name),
+        } => client
+            .call(&Request::AcceptRequest {
+                identity,
+                name: name.clone(),
+            })
+            .map(|_| app.answered(format!("{name} is a contact now; what they sent follows."))),
+        Action::Request {
+            identity,
+            name: None,
+        } => client
+            .call(&Request::DeclineRequest { identity })
+            .map(|_| app.answered("Declined.".into())),
         Action::Send { to, text } if command(&text).is_some() => {
             match command(&text) {
                 Some((_, "")) | None => {

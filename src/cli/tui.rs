@@ -81,6 +81,12 @@ pub(super) enum Action {
     Send { to: String, text: String },
     /// Mark `name` read (a message arrived while it is open).
     MarkRead(String),
+    /// Accept the contact request of `identity` as `name` (`Some`), or
+    /// decline it (`None`).
+    Request {
+        identity: String,
+        name: Option<String>,
+    },
 }
 
 /// The terminal chat's state.
@@ -108,6 +114,9 @@ pub(super) struct App {
     /// The last file that came whole: its conversation (as the API names
     /// it) and message id.
     ready: Option<(String, String)>,
+    /// The identity key (hex) of the last contact request shown, for
+    /// `/accept NAME` and `/decline`.
+    pub(super) request: Option<String>,
 }
 
 /// The tick shown after one of our messages.
@@ -430,8 +439,9 @@ impl App {
             }
             "contact_request" => {
                 let fingerprint: String = s("fingerprint").chars().take(11).collect();
+                self.request = Some(s("identity").to_owned());
                 self.notice = Some(format!(
-                    "A contact request ({fingerprint}…): meshchat contacts requests"
+                    "A contact request ({fingerprint}…): /accept NAME or /decline"
                 ));
             }
             _ => {}
@@ -480,6 +490,9 @@ impl App {
             }
             KeyCode::Enter => {
                 let text = self.input.trim().to_owned();
+                if let Some(a) = self.request_command(&text) {
+                    return a;
+                }
                 match self.current() {
                     // The input is cleared once the daemon took the text
                     // (`sent`): a refused one stays to be mended.
@@ -502,6 +515,33 @@ impl App {
             }
             _ => Action::None,
         }
+    }
+
+    /// `/accept NAME` or `/decline` for the last contact request shown
+    /// (with no conversation open too: it may be the first contact).
+    fn request_command(&mut self, text: &str) -> Option<Action> {
+        let (word, rest) = text.split_once(' ').unwrap_or((text, ""));
+        let name = match word {
+            "/accept" => Some(rest.trim().to_owned()),
+            "/decline" => None,
+            _ => return None,
+        };
+        let Some(identity) = self.request.clone() else {
+            self.notice = Some("No contact request to answer.".into());
+            return Some(Action::None);
+        };
+        if name.as_deref() == Some("") {
+            self.notice = Some("/accept NAME: the name to give the contact".into());
+            return Some(Action::None);
+        }
+        Some(Action::Request { identity, name })
+    }
+
+    /// The last contact request was answered.
+    pub(super) fn answered(&mut self, notice: String) {
+        self.request = None;
+        self.input.clear();
+        self.notice = Some(notice);
     }
 
     /// Draws the whole screen.
@@ -782,12 +822,41 @@ mod tests {
             &json!({"type": "presence", "contact": "bob", "state": "away", "last_seen_ms": 1}),
         );
         assert!(screen(&app, 80, 24)[0].contains("bob (away)"));
+        // A request, answered from the input line.
+        for c in "/accept".chars() {
+            app.on_key(key(KeyCode::Char(c)));
+        }
+        assert_eq!(app.on_key(key(KeyCode::Enter)), Action::None);
+        assert_eq!(app.notice.as_deref(), Some("No contact request to answer."));
         app.on_event(&json!({"type": "contact_request", "identity": "ab",
             "fingerprint": "12345 67890 13579 24680"}));
         assert_eq!(
             screen(&app, 80, 24)[23],
-            "A contact request (12345 67890…): meshchat contacts requests"
+            "A contact request (12345 67890…): /accept NAME or /decline"
         );
+        assert_eq!(app.on_key(key(KeyCode::Enter)), Action::None);
+        assert!(app.notice.as_deref().unwrap().starts_with("/accept NAME"));
+        for c in " erin".chars() {
+            app.on_key(key(KeyCode::Char(c)));
+        }
+        assert_eq!(
+            app.on_key(key(KeyCode::Enter)),
+            Action::Request {
+                identity: "ab".into(),
+                name: Some("erin".into())
+            }
+        );
+        app.input = "/decline".into();
+        assert_eq!(
+            app.on_key(key(KeyCode::Enter)),
+            Action::Request {
+                identity: "ab".into(),
+                name: None
+            }
+        );
+        app.answered("Declined.".into());
+        assert!(app.input.is_empty());
+        assert_eq!(app.on_key(key(KeyCode::Enter)), Action::None);
     }
 
     #[test]
