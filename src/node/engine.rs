@@ -182,6 +182,20 @@ fn frame_key(from: &[u8; 32], frame: &[u8]) -> FrameKey {
     (*from, sha2::Sha256::digest(frame).into())
 }
 
+/// Checks the invite `from` introduced itself with: every signature in
+/// it, and that its keys are those of the device that sealed it.
+pub fn check_intro(from: &crypto::PublicIdentity, invite: &Invite) -> Result<(), EngineError> {
+    let bundle = invite.bundle.verify()?;
+    if bundle.body.identity != *from {
+        return Err(crypto::Error::ForgedSender.into());
+    }
+    Ok(())
+}
+
+/// How long the invite sent unasked (in introductions and beside
+/// set-ups) is reused before it is made again (seconds).
+const UNASKED_INVITE_LIFE: u64 = 60;
+
 /// What an envelope addressed to us held ([`Engine::open_envelope`]).
 #[derive(Debug)]
 pub enum Opened {
@@ -193,9 +207,9 @@ pub enum Opened {
         frame: Vec<u8>,
     },
     /// The introduction of a device that is not a contact: its invite,
-    /// whose keys are those of the device that sealed it.
+    /// decoded but not verified (see [`check_intro`]).
     Intro {
-        /// The device.
+        /// The device (authenticated by the seal).
         from: crypto::PublicIdentity,
         /// Its invite.
         invite: Box<Invite>,
@@ -374,6 +388,10 @@ pub struct Engine {
     /// Where this device listens, as last told: the addresses of the
     /// invites that go beside set-ups and in introductions.
     listen: Vec<String>,
+    /// The encoded invite sent unasked, and when it was made: made again
+    /// after [`UNASKED_INVITE_LIFE`] or when our addresses or relays change
+    /// (each costs a signature, and it goes with every sealed set-up).
+    unasked: Option<(u64, Vec<u8>)>,
     /// Fresh frames retries made for each contact since it was last heard
     /// from (a frame of its read, or a direct ack), in the session of that
     /// base key: see [`RETRY_KEY_BUDGET`]. One entry per contact at most.
@@ -507,6 +525,7 @@ impl Engine {
             schedule,
             heard_at: HashMap::new(),
             listen: Vec::new(),
+            unasked: None,
             retry_keys: HashMap::new(),
             resend_answered: HashMap::new(),
             heard_gen: HashMap::new(),
@@ -649,6 +668,9 @@ impl Engine {
     /// Sets the relays our invites and bundles name (each ending in
     /// `/p2p/<relay peer id>`).
     pub fn set_relays(&mut self, relays: Vec<String>) {
+        if relays != self.relays {
+            self.unasked = None;
+        }
         self.relays = relays;
     }
 
@@ -1363,8 +1385,8 @@ impl Engine {
         let (content, introduced) = match Frame::from_bytes(frame)? {
             Frame::Ratchet(body) => (SealedContent::new(ContentKind::Ratchet, body), None),
             Frame::Prekey(body) => {
-                let invite = self.invite(self.listen.clone(), now)?;
-                let both = Introduced::new(&invite, body.clone()).to_bytes();
+                let invite = self.unasked_invite(now)?;
+                let both = Introduced::new(invite, body.clone()).to_bytes();
                 (
                     SealedContent::new(ContentKind::Prekey, body),
                     Some(SealedContent::new(ContentKind::Introduced, both)),
@@ -1408,16 +1430,32 @@ impl Engine {
     /// Where this device listens (with `/p2p/<peer id>`), for the invites
     /// it sends unasked.
     pub fn set_listen(&mut self, addrs: Vec<String>) {
+        if addrs != self.listen {
+            self.unasked = None;
+        }
         self.listen = addrs;
+    }
+
+    /// Our encoded invite with where we listen, as sent unasked (see
+    /// `unasked`).
+    fn unasked_invite(&mut self, now: u64) -> Result<Vec<u8>, EngineError> {
+        if let Some((made, bytes)) = &self.unasked
+            && now < made.saturating_add(UNASKED_INVITE_LIFE)
+        {
+            return Ok(bytes.clone());
+        }
+        let bytes = self.invite(self.listen.clone(), now)?.to_bytes();
+        self.unasked = Some((now, bytes.clone()));
+        Ok(bytes)
     }
 
     /// Seals our invite (with where we listen) for the contact `to`: the
     /// introduction that shows it a contact request if it has not added
     /// us. Returns its mailbox id and the encoded envelope.
     pub fn intro(&mut self, to: &[u8; 32], now: u64) -> Result<([u8; 32], Vec<u8>), EngineError> {
-        let invite = self.invite(self.listen.clone(), now)?;
+        let invite = self.unasked_invite(now)?;
         let contact = self.contacts.get(to).ok_or(EngineError::UnknownContact)?;
-        let content = SealedContent::new(ContentKind::Intro, invite.to_bytes());
+        let content = SealedContent::new(ContentKind::Intro, invite);
         let sealed = crypto::seal(
             &self.me,
             &contact.identity.dh,
@@ -1452,10 +1490,6 @@ impl Engine {
                 } else {
                     Invite::from_bytes(&opened.content.body)?
                 };
-                let bundle = invite.bundle.verify()?;
-                if bundle.body.identity != opened.sender {
-                    return Err(crypto::Error::ForgedSender.into());
-                }
                 return Ok(Opened::Intro {
                     from: opened.sender,
                     invite: Box::new(invite),
@@ -2063,6 +2097,83 @@ mod tests {
         a.receive(b_key, &[back.frame], 100, true).unwrap();
         a.delivered_direct(&[hi.pos]).unwrap();
         b.delivered_direct(&[back.pos]).unwrap();
+    }
+
+    /// An introduction stands for the device that sealed it: its own
+    /// invite reads as such (alone, or beside a session set-up); another
+    /// device's invite sealed by a third is refused; from a contact, an
+    /// introduction is nothing more, and a set-up beside one reads.
+    #[test]
+    fn an_introduction_names_the_device_that_sealed_it() {
+        let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+        let mut m = Engine::open(store(dirs[0].path()), 100).unwrap();
+        let mut c = Engine::open(store(dirs[1].path()), 100).unwrap();
+        let x = Engine::open(store(dirs[2].path()), 100).unwrap();
+        let c_key = m
+            .add_contact(&c.invite(vec![], 100).unwrap(), "carol")
+            .unwrap();
+        let m_public = m.identity().public().clone();
+        let open = |c: &mut Engine, env: &[u8]| {
+            c.open_envelope(&Envelope::from_bytes(env).unwrap())
+                .unwrap()
+        };
+
+        let (_, env) = m.intro(&c_key, 100).unwrap();
+        let Opened::Intro {
+            from,
+            invite,
+            carries: false,
+        } = open(&mut c, &env)
+        else {
+            panic!("not an introduction alone");
+        };
+        assert_eq!(from, m_public);
+        check_intro(&from, &invite).unwrap();
+
+        let sent = m.send(&c_key, b"hi carol".to_vec(), 100).unwrap();
+        let (_, setup) = m.seal(&c_key, &sent.frame, 200, 100).unwrap();
+        let Opened::Intro {
+            from,
+            invite,
+            carries: true,
+        } = open(&mut c, &setup)
+        else {
+            panic!("not a set-up with an introduction");
+        };
+        check_intro(&from, &invite).unwrap();
+
+        // x's invite, sealed by m.
+        let forged = SealedContent::new(
+            ContentKind::Intro,
+            x.invite(vec![], 100).unwrap().to_bytes(),
+        );
+        let sealed = crypto::seal(
+            &m.me,
+            &c.identity().public().dh,
+            &forged,
+            &mut SealCache::default(),
+            &mut rand::rng(),
+        )
+        .unwrap();
+        let env = Envelope::new(c.mailbox_id(), [7; 16], 200, sealed).to_bytes();
+        let Opened::Intro { from, invite, .. } = open(&mut c, &env) else {
+            panic!("not an introduction");
+        };
+        assert!(matches!(
+            check_intro(&from, &invite),
+            Err(EngineError::Crypto(crypto::Error::ForgedSender))
+        ));
+
+        // Carol adds m: its introduction is nothing more, its set-up reads.
+        let m_key = c
+            .add_contact(&m.invite(vec![], 100).unwrap(), "mallory")
+            .unwrap();
+        assert!(matches!(open(&mut c, &env), Opened::Known(k) if k == m_key));
+        let Opened::Frame { from, frame } = open(&mut c, &setup) else {
+            panic!("a contact's set-up is a frame");
+        };
+        let h = c.receive(&from, &[frame], 100, false).unwrap();
+        assert_eq!(h.accepted, vec![true]);
     }
 
     /// A message the conversation's retention has already ended (sent

@@ -130,6 +130,19 @@ impl Requests {
         Introduced::New
     }
 
+    /// Whether `key` was declined.
+    pub fn is_declined(&self, key: &[u8; 32]) -> bool {
+        self.declined.contains(key)
+    }
+
+    /// Whether an introduction of `key` naming `addrs` would change
+    /// nothing: a request of it waits, and `addrs` are none or its own.
+    pub fn unchanged(&self, key: &[u8; 32], addrs: &[String]) -> bool {
+        self.waiting
+            .get(key)
+            .is_some_and(|r| addrs.is_empty() || r.invite.addrs == addrs)
+    }
+
     /// Keeps `env`, from the device `from`, with its request. `false`
     /// (dropped) if it has none, its request holds all it may, or holds
     /// that envelope already (its copy from the mesh and from a relay).

@@ -372,11 +372,11 @@ pub struct Introduced {
 const INTRODUCED_VERSION: u8 = 1;
 
 impl Introduced {
-    /// `invite` beside the set-up `frame`.
-    pub fn new(invite: &Invite, frame: Vec<u8>) -> Self {
+    /// The encoded `invite` beside the set-up `frame`.
+    pub fn new(invite: Vec<u8>, frame: Vec<u8>) -> Self {
         Self {
             version: INTRODUCED_VERSION,
-            invite: invite.to_bytes(),
+            invite,
             frame,
         }
     }

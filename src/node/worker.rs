@@ -25,7 +25,7 @@ use tracing::{debug, error, warn};
 use super::complaints::Complaints;
 use super::engine::{
     Engine, EngineError, Event, GROUP_RECEIPT_DELAY, GROUP_RECEIPT_JITTER, GroupChange,
-    GroupEffects, GroupInfo, Handled, Opened, Sent,
+    GroupEffects, GroupInfo, Handled, Opened, Sent, check_intro,
 };
 use super::error::NodeError;
 use super::events::NodeEvent;
@@ -664,8 +664,28 @@ impl Worker {
     }
 
     /// A device that is not a contact introduced itself.
-    fn introduced(&mut self, from: PublicIdentity, invite: Invite, now: u64, round: &mut Round) {
+    /// Whether it may stand for its device (its request, if one waits,
+    /// holds what else it sent).
+    fn introduced(
+        &mut self,
+        from: PublicIdentity,
+        invite: Invite,
+        now: u64,
+        round: &mut Round,
+    ) -> bool {
         let identity = from.signing;
+        // Checked only when it may change something: a device declined,
+        // or waiting with these addresses already, costs no signature
+        // check each time it introduces itself again.
+        if self.requests.is_declined(&identity) {
+            return false;
+        }
+        if !self.requests.unchanged(&identity, &invite.addrs)
+            && let Err(e) = check_intro(&from, &invite)
+        {
+            debug!(error = %e, "an introduction that does not check; dropped");
+            return false;
+        }
         match self.requests.introduce(from.clone(), invite, now) {
             Introduced::New => {
                 self.keep_request(&identity, None, round);
@@ -676,17 +696,19 @@ impl Worker {
             }
             Introduced::Again(true) => self.keep_request(&identity, None, round),
             Introduced::Again(false) => {}
-            Introduced::Declined => {}
+            Introduced::Declined => return false,
             Introduced::Full => {
                 // Throttled like a peer's complaints: strangers are cheap.
-                let Ok(me) = self.engine.identity().peer_id() else {
-                    return;
-                };
-                if let Some(skipped) = self.complaints.note(&me, "requests full", Instant::now()) {
+                if let Ok(me) = self.engine.identity().peer_id()
+                    && let Some(skipped) =
+                        self.complaints.note(&me, "requests full", Instant::now())
+                {
                     warn!(skipped, "a contact request refused: too many are waiting");
                 }
+                return false;
             }
         }
+        true
     }
 
     fn request_job(&mut self, job: RequestJob, now: u64, round: &mut Round) {
@@ -1948,8 +1970,7 @@ impl Worker {
                     carries,
                 }) => {
                     let key = from.signing;
-                    self.introduced(from, *invite, now, round);
-                    if carries {
+                    if self.introduced(from, *invite, now, round) && carries {
                         strangers.push((key, env));
                     }
                 }
