@@ -663,9 +663,9 @@ impl Worker {
         }
     }
 
-    /// A device that is not a contact introduced itself.
-    /// Whether it may stand for its device (its request, if one waits,
-    /// holds what else it sent).
+    /// A device that is not a contact introduced itself. Returns whether
+    /// its request waits now (what else the envelope carries is then kept
+    /// with it).
     fn introduced(
         &mut self,
         from: PublicIdentity,
