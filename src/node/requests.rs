@@ -29,16 +29,19 @@ pub const MAX_HELD: usize = 64;
 pub const MAX_HELD_BYTES: usize = 256 * 1024;
 /// The most declined devices remembered (oldest forgotten first).
 pub const MAX_DECLINED: usize = 1024;
-/// The largest stored request: what it holds, each envelope's header, and
-/// its invite.
-pub const RECORD_MAX: usize = MAX_HELD_BYTES + MAX_HELD * 256 + 16 * 1024;
+/// The largest stored record: an envelope a request holds (a request's
+/// own record, its identity and invite, is under 10 KiB).
+pub const RECORD_MAX: usize = crate::crypto::limits::MAX_ENVELOPE + 1024;
 
 const RECORD_VERSION: u8 = 1;
-/// Record key prefixes: a request, a declined device.
+/// Record key prefixes: a request, a declined device, an envelope a
+/// request holds.
 const WAITING: u8 = 0;
 const DECLINED: u8 = 1;
+const HELD: u8 = 2;
 
-/// A request as stored.
+/// A request as stored (what it holds is stored beside it, one record per
+/// envelope, so holding one writes only that envelope).
 #[derive(Serialize, Deserialize)]
 struct RequestRecord {
     version: u8,
@@ -46,7 +49,6 @@ struct RequestRecord {
     #[serde(with = "serde_bytes")]
     invite: Vec<u8>,
     received_at: u64,
-    held: Vec<serde_bytes::ByteBuf>,
 }
 
 /// The store key of `key`'s request.
@@ -57,6 +59,18 @@ pub fn request_key(key: &[u8; 32]) -> Vec<u8> {
 /// The store key of `key` as a declined device.
 pub fn declined_key(key: &[u8; 32]) -> Vec<u8> {
     [&[DECLINED][..], key].concat()
+}
+
+/// The prefix of the store keys of what `key`'s request holds.
+pub fn held_prefix(key: &[u8; 32]) -> Vec<u8> {
+    [&[HELD][..], key].concat()
+}
+
+/// The store key of the `n`th envelope (from 0, in arrival order) that
+/// `key`'s request holds.
+pub fn held_key(key: &[u8; 32], n: usize) -> Vec<u8> {
+    let n = u16::try_from(n).unwrap_or(u16::MAX);
+    [&held_prefix(key)[..], &n.to_be_bytes()].concat()
 }
 
 /// A device that wants to be a contact.
@@ -143,22 +157,21 @@ impl Requests {
             .is_some_and(|r| addrs.is_empty() || r.invite.addrs == addrs)
     }
 
-    /// Keeps `env`, from the device `from`, with its request. `false`
+    /// Keeps `env`, from the device `from`, with its request; returns its
+    /// place among what the request holds (for [`held_key`]). `None`
     /// (dropped) if it has none, its request holds all it may, or holds
     /// that envelope already (its copy from the mesh and from a relay).
-    pub fn hold(&mut self, from: &[u8; 32], env: Envelope, len: usize) -> bool {
-        let Some(r) = self.waiting.get_mut(from) else {
-            return false;
-        };
+    pub fn hold(&mut self, from: &[u8; 32], env: Envelope, len: usize) -> Option<usize> {
+        let r = self.waiting.get_mut(from)?;
         if r.held.len() >= MAX_HELD
             || r.held_bytes + len > MAX_HELD_BYTES
             || r.held.iter().any(|h| h.envelope_id == env.envelope_id)
         {
-            return false;
+            return None;
         }
         r.held_bytes += len;
         r.held.push(env);
-        true
+        Some(r.held.len() - 1)
     }
 
     /// The requests waiting, oldest first.
@@ -207,23 +220,27 @@ impl Requests {
             identity: r.identity.clone(),
             invite: r.invite.to_bytes(),
             received_at: r.received_at,
-            held: r
-                .held
-                .iter()
-                .map(|e| serde_bytes::ByteBuf::from(e.to_bytes()))
-                .collect(),
         }))
     }
 
-    /// Requests and declined devices as stored (records in key order;
-    /// the value of a declined device is when it was declined, u64 BE).
-    /// Records that do not read are skipped and returned by key, to
-    /// delete; so are requests past [`MAX_REQUESTS`].
+    /// Requests, what they hold, and declined devices as stored (records
+    /// in key order; the value of a declined device is when it was
+    /// declined, u64 BE; an envelope held is stored as sent). Records that
+    /// do not read are skipped and returned by key, to delete; so are
+    /// requests past [`MAX_REQUESTS`] and envelopes past a request's
+    /// bounds or of no request.
     pub fn load(&mut self, records: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<Vec<u8>> {
         let mut bad = Vec::new();
         let mut declined: Vec<(u64, [u8; 32])> = Vec::new();
         let mut waiting: Vec<Request> = Vec::new();
+        let mut held: Vec<([u8; 32], Vec<u8>, Vec<u8>)> = Vec::new();
         for (k, v) in records {
+            if k.first() == Some(&HELD) && k.len() == 1 + 32 + 2 {
+                let mut key = [0; 32];
+                key.copy_from_slice(&k[1..33]);
+                held.push((key, k, v));
+                continue;
+            }
             let Some(key) = k.get(1..).and_then(|b| <[u8; 32]>::try_from(b).ok()) else {
                 bad.push(k);
                 continue;
@@ -256,6 +273,30 @@ impl Requests {
                 bad.push(declined_key(&old));
             }
         }
+        // Key order is arrival order within a request. Places must follow
+        // on from 0 (the next one held is stored at the next place); after
+        // one that does not read, the rest of that request's go too.
+        for (key, k, v) in held {
+            let kept = self.waiting.get_mut(&key).is_some_and(|r| {
+                let Ok(env) = Envelope::from_bytes(&v) else {
+                    return false;
+                };
+                let len = env.sealed.len();
+                let place = usize::from(u16::from_be_bytes([k[33], k[34]]));
+                if place != r.held.len()
+                    || r.held.len() >= MAX_HELD
+                    || r.held_bytes + len > MAX_HELD_BYTES
+                {
+                    return false;
+                }
+                r.held_bytes += len;
+                r.held.push(env);
+                true
+            });
+            if !kept {
+                bad.push(k);
+            }
+        }
         bad
     }
 
@@ -263,26 +304,13 @@ impl Requests {
         let r: RequestRecord =
             wire::decode(bytes, "contact request", RECORD_VERSION, RECORD_MAX).ok()?;
         let invite = Invite::from_bytes(&r.invite).ok()?;
-        let mut request = Request {
+        Some(Request {
             identity: r.identity,
             invite,
             received_at: r.received_at,
             held: Vec::new(),
             held_bytes: 0,
-        };
-        // An envelope that does not read is left out, not the request.
-        for e in r.held.iter().take(MAX_HELD) {
-            let Ok(env) = Envelope::from_bytes(e) else {
-                continue;
-            };
-            let len = env.sealed.len();
-            if request.held_bytes + len > MAX_HELD_BYTES {
-                break;
-            }
-            request.held_bytes += len;
-            request.held.push(env);
-        }
-        Some(request)
+        })
     }
 
     /// `key` became a contact by other means (the person added its
@@ -355,16 +383,22 @@ mod tests {
 
         // Held: at most MAX_HELD envelopes and MAX_HELD_BYTES.
         for n in 0..MAX_HELD {
-            assert!(r.hold(&first.signing, envelope(n as u8, 16), 100));
+            assert!(r.hold(&first.signing, envelope(n as u8, 16), 100).is_some());
         }
-        assert!(!r.hold(&first.signing, envelope(0, 16), 100));
+        assert!(r.hold(&first.signing, envelope(0, 16), 100).is_none());
         let second = devices[1].0.signing;
-        assert!(r.hold(&second.clone(), envelope(1, 16), MAX_HELD_BYTES - 10));
-        assert!(!r.hold(&second, envelope(2, 16), 11));
-        assert!(!r.hold(&second, envelope(1, 16), 1), "a copy of one held");
-        assert!(r.hold(&second, envelope(3, 16), 10));
         assert!(
-            !r.hold(&late.signing, envelope(4, 16), 1),
+            r.hold(&second.clone(), envelope(1, 16), MAX_HELD_BYTES - 10)
+                .is_some()
+        );
+        assert!(r.hold(&second, envelope(2, 16), 11).is_none());
+        assert!(
+            r.hold(&second, envelope(1, 16), 1).is_none(),
+            "a copy of one held"
+        );
+        assert!(r.hold(&second, envelope(3, 16), 10).is_some());
+        assert!(
+            r.hold(&late.signing, envelope(4, 16), 1).is_none(),
             "no request, nothing held"
         );
 
@@ -375,7 +409,7 @@ mod tests {
             r.introduce(first.clone(), first_invite.clone(), 100),
             Introduced::Declined
         );
-        assert!(!r.hold(&first.signing, envelope(5, 16), 1));
+        assert!(r.hold(&first.signing, envelope(5, 16), 1).is_none());
         // There is room again for the one refused.
         assert_eq!(r.introduce(late, late_invite, 100), Introduced::New);
         // Added as a contact by the person: declined no more.
@@ -399,11 +433,16 @@ mod tests {
         r.introduce(a.clone(), a_inv, 5);
         r.introduce(b.clone(), b_inv, 6);
         r.introduce(c.clone(), c_inv, 7);
-        assert!(r.hold(&a.signing, envelope(1, 40), 40));
-        assert!(r.hold(&a.signing, envelope(2, 50), 50));
+        assert!(r.hold(&a.signing, envelope(1, 40), 40).is_some());
+        assert!(r.hold(&a.signing, envelope(2, 50), 50).is_some());
         r.decline(&c.signing).unwrap();
         assert!(r.record(&c.signing).is_none());
         let mut records = vec![
+            (held_key(&a.signing, 0), envelope(1, 40).to_bytes()),
+            (held_key(&a.signing, 1), envelope(2, 50).to_bytes()),
+            // Of no request, and past a gap.
+            (held_key(&c.signing, 0), envelope(3, 10).to_bytes()),
+            (held_key(&b.signing, 1), envelope(4, 10).to_bytes()),
             (request_key(&a.signing), r.record(&a.signing).unwrap()),
             (request_key(&b.signing), r.record(&b.signing).unwrap()),
             (declined_key(&c.signing), 3u64.to_be_bytes().to_vec()),
@@ -422,7 +461,13 @@ mod tests {
         }
         let mut back = Requests::default();
         let bad = back.load(records);
-        assert_eq!(bad.len(), 5, "four unreadable, and the oldest declined one");
+        assert_eq!(
+            bad.len(),
+            7,
+            "four unreadable, the oldest declined one, two held envelopes out of place"
+        );
+        assert!(bad.contains(&held_key(&c.signing, 0)));
+        assert!(bad.contains(&held_key(&b.signing, 1)));
         assert!(bad.contains(&request_key(&c.signing)));
         let mut oldest = [7; 32];
         oldest[..8].copy_from_slice(&0u64.to_be_bytes());

@@ -33,7 +33,7 @@ use super::handle::{ContactInfo, ContactRequest};
 use super::media::MediaJob;
 use super::net::direct::FrameStatus;
 use super::proto::{Frame, conversation_id};
-use super::requests::{Introduced, Requests, declined_key, request_key};
+use super::requests::{Introduced, Requests, declined_key, held_key, held_prefix, request_key};
 use super::state::Invite;
 use crate::crypto::{Envelope, PublicIdentity, fingerprint, safety_number};
 use crate::relay::proto::{self as mailbox, MAX_ACK, Owner, Refusal, Request, Response, Signed};
@@ -577,9 +577,9 @@ impl Worker {
         }
     }
 
-    /// Writes `key`'s request as it is now (or that none waits), and with
-    /// `declined` that it was declined at that time (or, `None`, that it is
-    /// not), in this round.
+    /// Writes `key`'s request as it is now (or that none waits: then what
+    /// it held goes too), and with `declined` that it was declined at that
+    /// time (or, `None`, that it is not), in this round.
     fn keep_request(&self, key: &[u8; 32], declined: Option<Option<u64>>, round: &mut Round) {
         round.dirty = true;
         let r = self
@@ -591,6 +591,9 @@ impl Worker {
                     Some(bytes) => records.put(&request_key(key), &bytes)?,
                     None => {
                         records.remove(&request_key(key))?;
+                        for (k, _) in records.scan(&held_prefix(key))? {
+                            records.remove(&k)?;
+                        }
                     }
                 }
                 match declined {
@@ -604,6 +607,20 @@ impl Worker {
             });
         if let Err(e) = r {
             warn!(error = %e, "a contact request not written");
+            round.unkept = true;
+        }
+    }
+
+    /// Writes an envelope `key`'s request now holds, at its place `n`.
+    fn keep_held(&self, key: &[u8; 32], n: usize, envelope: &[u8], round: &mut Round) {
+        round.dirty = true;
+        let r = self
+            .engine
+            .store()
+            .records(Kind::Requests)
+            .and_then(|records| records.put(&held_key(key, n), envelope));
+        if let Err(e) = r {
+            warn!(error = %e, "an envelope held with a contact request not written");
             round.unkept = true;
         }
     }
@@ -1989,17 +2006,12 @@ impl Worker {
                 Err(e) => debug!(error = %e, "envelope not opened"),
             }
         }
-        let mut kept = HashSet::new();
         for (from, env) in strangers {
-            let len = env.sealed.len();
-            if self.requests.hold(&from, env, len) {
-                kept.insert(from);
-            } else {
-                debug!("an envelope from a device that is not a contact; dropped");
+            let (len, bytes) = (env.sealed.len(), env.to_bytes());
+            match self.requests.hold(&from, env, len) {
+                Some(n) => self.keep_held(&from, n, &bytes, round),
+                None => debug!("an envelope from a device that is not a contact; dropped"),
             }
-        }
-        for key in kept {
-            self.keep_request(&key, None, round);
         }
         for (from, frames) in by_sender {
             for chunk in frames.chunks(RECEIVE_CHUNK) {
