@@ -1382,15 +1382,19 @@ impl Engine {
         expires_at: u64,
         now: u64,
     ) -> Result<([u8; 32], Vec<u8>), EngineError> {
-        let (content, introduced) = match Frame::from_bytes(frame)? {
-            Frame::Ratchet(body) => (SealedContent::new(ContentKind::Ratchet, body), None),
+        let content = match Frame::from_bytes(frame)? {
+            Frame::Ratchet(body) => SealedContent::new(ContentKind::Ratchet, body),
             Frame::Prekey(body) => {
                 let invite = self.unasked_invite(now)?;
                 let both = Introduced::new(invite, body.clone()).to_bytes();
-                (
-                    SealedContent::new(ContentKind::Prekey, body),
-                    Some(SealedContent::new(ContentKind::Introduced, both)),
-                )
+                let introduced = SealedContent::new(ContentKind::Introduced, both);
+                match self.seal_content(to, &introduced, expires_at) {
+                    // No room beside the largest messages: the set-up alone.
+                    Err(EngineError::Crypto(crypto::Error::TooLarge { .. })) => {
+                        SealedContent::new(ContentKind::Prekey, body)
+                    }
+                    done => return done,
+                }
             }
             _ => {
                 return Err(crypto::Error::Malformed {
@@ -1399,28 +1403,25 @@ impl Engine {
                 .into());
             }
         };
+        self.seal_content(to, &content, expires_at)
+    }
+
+    /// Seals `content` for the contact `to` in an envelope expiring at
+    /// `expires_at`: its mailbox id and the encoded envelope.
+    fn seal_content(
+        &mut self,
+        to: &[u8; 32],
+        content: &SealedContent,
+        expires_at: u64,
+    ) -> Result<([u8; 32], Vec<u8>), EngineError> {
         let contact = self.contacts.get(to).ok_or(EngineError::UnknownContact)?;
-        let with_invite = introduced.and_then(|c| {
-            crypto::seal(
-                &self.me,
-                &contact.identity.dh,
-                &c,
-                &mut self.seal_cache,
-                &mut self.rng,
-            )
-            .ok()
-        });
-        let sealed = match with_invite {
-            Some(sealed) => sealed,
-            // No room beside the largest messages: the set-up alone.
-            None => crypto::seal(
-                &self.me,
-                &contact.identity.dh,
-                &content,
-                &mut self.seal_cache,
-                &mut self.rng,
-            )?,
-        };
+        let sealed = crypto::seal(
+            &self.me,
+            &contact.identity.dh,
+            content,
+            &mut self.seal_cache,
+            &mut self.rng,
+        )?;
         let mut id = [0u8; 16];
         rand::Rng::fill_bytes(&mut self.rng, &mut id);
         let env = Envelope::new(contact.mailbox_id, id, expires_at, sealed);
@@ -1454,25 +1455,14 @@ impl Engine {
     /// us. Returns its mailbox id and the encoded envelope.
     pub fn intro(&mut self, to: &[u8; 32], now: u64) -> Result<([u8; 32], Vec<u8>), EngineError> {
         let invite = self.unasked_invite(now)?;
-        let contact = self.contacts.get(to).ok_or(EngineError::UnknownContact)?;
         let content = SealedContent::new(ContentKind::Intro, invite);
-        let sealed = crypto::seal(
-            &self.me,
-            &contact.identity.dh,
-            &content,
-            &mut self.seal_cache,
-            &mut self.rng,
-        )?;
-        let mut id = [0u8; 16];
-        rand::Rng::fill_bytes(&mut self.rng, &mut id);
-        let env = Envelope::new(contact.mailbox_id, id, now + self.ttl, sealed);
-        Ok((contact.mailbox_id, env.to_bytes()))
+        self.seal_content(to, &content, now + self.ttl)
     }
 
     /// Opens an envelope addressed to this device: a frame from a contact,
     /// ready for [`Engine::receive`]; the introduction of a device that is
-    /// not a contact (its invite checked: every signature, and the keys
-    /// are the sealing device's); or anything else from such a device.
+    /// not a contact (its invite decoded, to check with [`check_intro`]);
+    /// or anything else from such a device.
     pub fn open_envelope(&mut self, env: &Envelope) -> Result<Opened, EngineError> {
         let opened = crypto::open(&self.me, &env.sealed, &mut self.seal_cache)?;
         let from = opened.sender.signing;

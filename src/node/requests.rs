@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{Envelope, PublicIdentity, wire};
+use crate::crypto::{Envelope, PublicIdentity, fingerprint, wire};
 
 use super::state::Invite;
 
@@ -78,6 +78,8 @@ pub fn held_key(key: &[u8; 32], n: usize) -> Vec<u8> {
 pub struct Request {
     /// Its identity keys.
     pub identity: PublicIdentity,
+    /// Their fingerprint (worked out once: it costs thousands of hashes).
+    pub fingerprint: String,
     /// Its invite, checked.
     pub invite: Invite,
     /// When its introduction first came (Unix seconds).
@@ -87,11 +89,24 @@ pub struct Request {
     held_bytes: usize,
 }
 
+impl Request {
+    fn new(identity: PublicIdentity, invite: Invite, received_at: u64) -> Self {
+        Self {
+            fingerprint: fingerprint(&identity),
+            identity,
+            invite,
+            received_at,
+            held: Vec::new(),
+            held_bytes: 0,
+        }
+    }
+}
+
 /// What an introduction did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Introduced {
-    /// A new request: show it.
-    New,
+    /// A new request, with the device's fingerprint: show it.
+    New(String),
     /// A request already waiting. `true`: its invite is the newer one
     /// now (it names addresses, and other ones); `false`: nothing changed.
     Again(bool),
@@ -131,17 +146,10 @@ impl Requests {
         if self.waiting.len() >= MAX_REQUESTS {
             return Introduced::Full;
         }
-        self.waiting.insert(
-            key,
-            Request {
-                identity,
-                invite,
-                received_at: now,
-                held: Vec::new(),
-                held_bytes: 0,
-            },
-        );
-        Introduced::New
+        let request = Request::new(identity, invite, now);
+        let fingerprint = request.fingerprint.clone();
+        self.waiting.insert(key, request);
+        Introduced::New(fingerprint)
     }
 
     /// Whether `key` was declined.
@@ -161,8 +169,9 @@ impl Requests {
     /// place among what the request holds (for [`held_key`]). `None`
     /// (dropped) if it has none, its request holds all it may, or holds
     /// that envelope already (its copy from the mesh and from a relay).
-    pub fn hold(&mut self, from: &[u8; 32], env: Envelope, len: usize) -> Option<usize> {
+    pub fn hold(&mut self, from: &[u8; 32], env: &Envelope) -> Option<usize> {
         let r = self.waiting.get_mut(from)?;
+        let len = env.sealed.len();
         if r.held.len() >= MAX_HELD
             || r.held_bytes + len > MAX_HELD_BYTES
             || r.held.iter().any(|h| h.envelope_id == env.envelope_id)
@@ -170,7 +179,7 @@ impl Requests {
             return None;
         }
         r.held_bytes += len;
-        r.held.push(env);
+        r.held.push(env.clone());
         Some(r.held.len() - 1)
     }
 
@@ -304,13 +313,7 @@ impl Requests {
         let r: RequestRecord =
             wire::decode(bytes, "contact request", RECORD_VERSION, RECORD_MAX).ok()?;
         let invite = Invite::from_bytes(&r.invite).ok()?;
-        Some(Request {
-            identity: r.identity,
-            invite,
-            received_at: r.received_at,
-            held: Vec::new(),
-            held_bytes: 0,
-        })
+        Some(Request::new(r.identity, invite, r.received_at))
     }
 
     /// `key` became a contact by other means (the person added its
@@ -351,10 +354,10 @@ mod tests {
         let mut r = Requests::default();
         let devices: Vec<_> = (0..=MAX_REQUESTS).map(|_| stranger(&mut rng)).collect();
         for (i, (id, inv)) in devices.iter().take(MAX_REQUESTS).enumerate() {
-            assert_eq!(
+            assert!(matches!(
                 r.introduce(id.clone(), inv.clone(), i as u64),
-                Introduced::New
-            );
+                Introduced::New(_)
+            ));
         }
         let (late, late_invite) = devices[MAX_REQUESTS].clone();
         assert_eq!(
@@ -383,22 +386,22 @@ mod tests {
 
         // Held: at most MAX_HELD envelopes and MAX_HELD_BYTES.
         for n in 0..MAX_HELD {
-            assert!(r.hold(&first.signing, envelope(n as u8, 16), 100).is_some());
+            assert!(r.hold(&first.signing, &envelope(n as u8, 100)).is_some());
         }
-        assert!(r.hold(&first.signing, envelope(0, 16), 100).is_none());
+        assert!(r.hold(&first.signing, &envelope(0, 100)).is_none());
         let second = devices[1].0.signing;
         assert!(
-            r.hold(&second.clone(), envelope(1, 16), MAX_HELD_BYTES - 10)
+            r.hold(&second.clone(), &envelope(1, MAX_HELD_BYTES - 10))
                 .is_some()
         );
-        assert!(r.hold(&second, envelope(2, 16), 11).is_none());
+        assert!(r.hold(&second, &envelope(2, 11)).is_none());
         assert!(
-            r.hold(&second, envelope(1, 16), 1).is_none(),
+            r.hold(&second, &envelope(1, 1)).is_none(),
             "a copy of one held"
         );
-        assert!(r.hold(&second, envelope(3, 16), 10).is_some());
+        assert!(r.hold(&second, &envelope(3, 10)).is_some());
         assert!(
-            r.hold(&late.signing, envelope(4, 16), 1).is_none(),
+            r.hold(&late.signing, &envelope(4, 1)).is_none(),
             "no request, nothing held"
         );
 
@@ -409,13 +412,19 @@ mod tests {
             r.introduce(first.clone(), first_invite.clone(), 100),
             Introduced::Declined
         );
-        assert!(r.hold(&first.signing, envelope(5, 16), 1).is_none());
+        assert!(r.hold(&first.signing, &envelope(5, 1)).is_none());
         // There is room again for the one refused.
-        assert_eq!(r.introduce(late, late_invite, 100), Introduced::New);
+        assert!(matches!(
+            r.introduce(late, late_invite, 100),
+            Introduced::New(_)
+        ));
         // Added as a contact by the person: declined no more.
         assert!(r.forget(&first.signing).is_none());
         r.take(&devices[2].0.signing).unwrap();
-        assert_eq!(r.introduce(first, first_invite, 101), Introduced::New);
+        assert!(matches!(
+            r.introduce(first, first_invite, 101),
+            Introduced::New(_)
+        ));
         let taken = r.take(&second).unwrap();
         assert_eq!(taken.held.len(), 2);
     }
@@ -433,8 +442,8 @@ mod tests {
         r.introduce(a.clone(), a_inv, 5);
         r.introduce(b.clone(), b_inv, 6);
         r.introduce(c.clone(), c_inv, 7);
-        assert!(r.hold(&a.signing, envelope(1, 40), 40).is_some());
-        assert!(r.hold(&a.signing, envelope(2, 50), 50).is_some());
+        assert!(r.hold(&a.signing, &envelope(1, 40)).is_some());
+        assert!(r.hold(&a.signing, &envelope(2, 50)).is_some());
         r.decline(&c.signing).unwrap();
         assert!(r.record(&c.signing).is_none());
         let mut records = vec![
@@ -504,6 +513,9 @@ mod tests {
             r.introduce(id.clone(), inv.clone(), 1);
             assert!(r.decline(&id.signing).is_some());
         }
-        assert_eq!(r.introduce(first, first_invite, 2), Introduced::New);
+        assert!(matches!(
+            r.introduce(first, first_invite, 2),
+            Introduced::New(_)
+        ));
     }
 }

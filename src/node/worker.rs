@@ -704,11 +704,11 @@ impl Worker {
             return false;
         }
         match self.requests.introduce(from.clone(), invite, now) {
-            Introduced::New => {
+            Introduced::New(fingerprint) => {
                 self.keep_request(&identity, None, round);
                 round.events.push(NodeEvent::ContactRequest {
                     identity,
-                    fingerprint: fingerprint(&from),
+                    fingerprint,
                 });
             }
             Introduced::Again(true) => self.keep_request(&identity, None, round),
@@ -738,7 +738,7 @@ impl Worker {
                     .map(|r| ContactRequest {
                         identity: r.identity.signing,
                         peer_id: r.identity.peer_id().ok(),
-                        fingerprint: fingerprint(&r.identity),
+                        fingerprint: r.fingerprint.clone(),
                         received_at: r.received_at,
                         held: r.held.len(),
                     })
@@ -750,31 +750,23 @@ impl Worker {
                     round.reply(reply, Err(NodeError::UnknownContact));
                     return;
                 };
+                // A contact already (a group made it one) stays as it is.
                 if self.engine.contact(&key).is_some() {
-                    // A contact already (a group made it one): what it
-                    // kept is read, the contact stays as it is.
                     self.keep_request(&key, Some(None), round);
-                    self.envelopes(request.held, now, round);
-                    round.reply(reply, Ok(()));
-                    return;
-                }
-                match self.engine.add_contact(&request.invite, &name) {
-                    Ok(key) => {
-                        self.keep_request(&key, Some(None), round);
-                        self.announce_contact(&key);
-                        self.fetch_prekeys(&key, round);
-                        self.envelopes(request.held, now, round);
-                        // It learns that we accepted: what it has queued
-                        // for us comes now rather than at its next retry.
-                        self.introduce(&key, now, round);
-                        round.reply(reply, Ok(()));
-                    }
-                    Err(e) => {
+                } else {
+                    if let Err(e) = self.engine.add_contact(&request.invite, &name) {
                         // It stays waiting, to accept again.
                         self.requests.restore(request);
                         round.reply(reply, Err(e.into()));
+                        return;
                     }
+                    self.new_contact(&key, now, round);
+                    // It learns that we accepted: what it has queued for
+                    // us comes now rather than at its next retry.
+                    self.introduce(&key, now, round);
                 }
+                self.envelopes(request.held, now, round);
+                round.reply(reply, Ok(()));
             }
             RequestJob::Decline { key, reply } => {
                 let r = match self.requests.decline(&key) {
@@ -1496,8 +1488,8 @@ impl Worker {
         round.routed.insert(*to);
         // A contact we have not heard from may not have added us: what we
         // send it is refused until it accepts our request, so it is
-        // introduced to us again now and then (on the mesh only; its relay
-        // got the first introduction).
+        // introduced to us again now and then (on the mesh only; what
+        // waits at its relays is a set-up carrying our invite).
         if pos.is_some()
             && !self.engine.heard_since_start(to)
             && self
@@ -2007,9 +1999,8 @@ impl Worker {
             }
         }
         for (from, env) in strangers {
-            let (len, bytes) = (env.sealed.len(), env.to_bytes());
-            match self.requests.hold(&from, env, len) {
-                Some(n) => self.keep_held(&from, n, &bytes, round),
+            match self.requests.hold(&from, &env) {
+                Some(n) => self.keep_held(&from, n, &env.to_bytes(), round),
                 None => debug!("an envelope from a device that is not a contact; dropped"),
             }
         }

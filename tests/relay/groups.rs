@@ -40,6 +40,16 @@ struct Team {
 }
 
 impl Team {
+    /// Alice and bob each write to the group, and carol reads both: she
+    /// has every member's sender key.
+    async fn write_to_carol(a: &mut TestNode, b: &mut TestNode, c: &mut TestNode, group: [u8; 32]) {
+        let bodies = [b"from alice".to_vec(), b"from bob".to_vec()];
+        for (n, body) in [a, b].into_iter().zip(&bodies) {
+            n.handle.send_group(group, body.clone()).await.unwrap();
+        }
+        messages(c, &bodies).await;
+    }
+
     /// Alice and bob from seeds `seed` and `seed + 1`, carol from `seed + 2`.
     async fn start(seed: u64, relays: Vec<libp2p::Multiaddr>, retention: Option<u64>) -> Self {
         let (da, db, dc) = (
@@ -119,13 +129,7 @@ async fn a_member_away_during_fifty_group_messages_gets_all_fifty_from_its_relay
         _dirs,
     } = Team::start(803, vec![r1.addr.clone(), r2.addr.clone()], None).await;
     // Carol has everyone's sender key before she goes.
-    let hello = b"hello before carol goes".to_vec();
-    a.handle.send_group(group, hello.clone()).await.unwrap();
-    b.handle
-        .send_group(group, b"bob too".to_vec())
-        .await
-        .unwrap();
-    messages(&mut c, &[hello, b"bob too".to_vec()]).await;
+    Team::write_to_carol(&mut a, &mut b, &mut c, group).await;
     c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
     drop(c);
 
@@ -188,12 +192,7 @@ async fn a_temporary_group_message_disappears_on_every_device_and_relay() {
         _dirs,
     } = Team::start(812, vec![r.addr.clone()], Some(RETENTION)).await;
     // Carol has everyone's sender key before she goes.
-    a.handle.send_group(group, b"hi".to_vec()).await.unwrap();
-    b.handle
-        .send_group(group, b"hi too".to_vec())
-        .await
-        .unwrap();
-    messages(&mut c, &[b"hi".to_vec(), b"hi too".to_vec()]).await;
+    Team::write_to_carol(&mut a, &mut b, &mut c, group).await;
     c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
     drop(c);
 
