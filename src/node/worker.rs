@@ -365,11 +365,11 @@ struct Round {
     /// Contacts this round has already routed a frame to (it leaves after
     /// the flush): a later message to them must not overtake it.
     routed: HashSet<[u8; 32]>,
-    /// File chunks taken from our mailbox: kept after the round's
-    /// messages (see `relayed`).
-    relayed_chunks: Vec<Vec<u8>>,
-    /// A contact request (and what it holds) could not be written: mail
-    /// taken from a relay in this round is not acknowledged.
+    /// Events before this one have had their media messages recorded
+    /// for fetching (`media_received`).
+    media_seen: usize,
+    /// A contact request (and what it holds), or a file chunk, could not
+    /// be written: the mail being taken from a relay is not acknowledged.
     unkept: bool,
 }
 
@@ -874,8 +874,6 @@ impl Worker {
                 acks_due = None;
             }
             self.media_received(now_secs(), &mut round);
-            let relayed = std::mem::take(&mut round.relayed_chunks);
-            self.relayed_chunks(relayed, &mut round);
             // The last round before a clean stop: sessions are written as
             // they are, not reserved ahead (nothing is encrypted after it).
             if round.stop {
@@ -1751,6 +1749,7 @@ impl Worker {
                 let n = items.len();
                 let mut seqs = Vec::with_capacity(n);
                 let mut mail = Vec::with_capacity(n);
+                let mut chunks = Vec::new();
                 for item in items {
                     seqs.push(item.seq);
                     self.relays.cursor.insert(
@@ -1762,7 +1761,7 @@ impl Worker {
                         Ok(env) if env.mailbox_id == self.engine.mailbox_id() => {
                             match crate::crypto::media::relayed_chunk(&env.sealed) {
                                 None => mail.push(env),
-                                Some(Ok(chunk)) => round.relayed_chunks.push(chunk.to_vec()),
+                                Some(Ok(chunk)) => chunks.push(chunk.to_vec()),
                                 Some(Err(e)) => {
                                     debug!(%relay, error = %e, "a malformed file chunk at a relay; dropped")
                                 }
@@ -1771,15 +1770,21 @@ impl Worker {
                         _ => debug!(%relay, "unreadable mail at a relay; dropped"),
                     }
                 }
-                if !mail.is_empty() {
+                if !mail.is_empty() || !chunks.is_empty() {
                     round.dirty = true;
                     round.unkept = false;
                     self.envelopes(mail, now, round);
+                    if !chunks.is_empty() {
+                        // After the messages that name them (a file sent
+                        // while we were away comes in the same pages).
+                        self.media_received(now, round);
+                        self.relayed_chunks(chunks, round);
+                    }
                     if round.unkept {
-                        // Envelopes held with a request are not on our
-                        // disk: the relay keeps this batch, fetched again
-                        // from the start.
-                        warn!(%relay, "mail not acknowledged: a contact request could not be written");
+                        // Envelopes held with a request, or chunks, are
+                        // not on our disk: the relay keeps this batch,
+                        // fetched again from the start.
+                        warn!(%relay, "mail not acknowledged: what it holds could not be written");
                         self.relays.cursor.remove(&relay);
                         seqs.clear();
                     }

@@ -76,7 +76,12 @@ impl Worker {
                 message,
                 name,
                 chunk,
-            } => self.media_chunk(message, &name, &chunk, round),
+            } => {
+                // A chunk from a peer: asked for again if not kept.
+                if let Err(e) = self.media_chunk(message, &name, &chunk, round) {
+                    warn!(error = %e, "keeping a media chunk");
+                }
+            }
             MediaJob::Ended { message, busy } => {
                 let sources = self.media_sources(&message).len() as u32;
                 if let Some(w) = self.media.wanted.get_mut(&message) {
@@ -143,11 +148,12 @@ impl Worker {
         })
     }
 
-    /// Media messages this round stored: wanted from now on (written with
-    /// the round), and fetched.
+    /// Media messages this round stored (since the last call): wanted
+    /// from now on (written with the round), and fetched.
     pub(super) fn media_received(&mut self, now: u64, round: &mut Round) {
-        let found: Vec<MessageRef> = round
-            .events
+        let seen = round.media_seen.min(round.events.len());
+        round.media_seen = round.events.len();
+        let found: Vec<MessageRef> = round.events[seen..]
             .iter()
             .filter_map(|e| match e {
                 NodeEvent::Message { message, .. } if crate::store::is_media(&message.body) => {
@@ -420,51 +426,39 @@ impl Worker {
             .collect()
     }
 
+    /// Keeps a chunk of a file we are fetching (one not asked for, or
+    /// of a message purged meanwhile, is dropped); `Err` only when the
+    /// store could not keep it.
     pub(super) fn media_chunk(
         &mut self,
         message: MessageRef,
         name: &[u8; 32],
         chunk: &[u8],
         round: &mut Round,
-    ) {
+    ) -> Result<(), crate::store::Error> {
         let Some(w) = self.media.wanted.get(&message) else {
-            return;
+            return Ok(());
         };
         if chunk_name(chunk) != *name || !w.manifest.chunks.contains(name) {
             debug!("a media chunk that is not the one asked for");
-            return;
+            return Ok(());
         }
         let owner = w.owner;
         let last = w.manifest.chunks.last() == Some(name);
-        let media = match self.engine.store().media() {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(error = %e, "keeping a media chunk");
-                return;
-            }
-        };
+        let media = self.engine.store().media()?;
         // A message purged meanwhile takes nothing more.
-        match media.is_wanted(&message) {
-            Ok(true) => {}
-            Ok(false) => {
-                self.media.wanted.remove(&message);
-                return;
-            }
-            Err(e) => {
-                warn!(error = %e, "keeping a media chunk");
-                return;
-            }
+        if !media.is_wanted(&message)? {
+            self.media.wanted.remove(&message);
+            return Ok(());
         }
-        if let Err(e) = media.put_chunk(&owner, name, chunk) {
-            warn!(error = %e, "keeping a media chunk");
-            return;
-        }
+        media.put_chunk(&owner, name, chunk)?;
         round.dirty = true;
         if last {
             // Likely the last asked for: settled now rather than when the
             // fetch ends.
             self.settle(message, round);
         }
+        Ok(())
     }
 
     /// Temporary messages were purged: those of them still followed are

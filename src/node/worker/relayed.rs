@@ -389,9 +389,10 @@ impl Worker {
         self.pump_chunks(now, round);
     }
 
-    /// Chunks taken from our mailbox (after the round's messages, so that
-    /// a file that came with them is wanted): each is kept if a file
-    /// followed here names it.
+    /// Chunks taken from our mailbox (after the messages of the same
+    /// page, so that a file that came with them is wanted): each is kept
+    /// if a file followed here names it. One the store fails to keep
+    /// marks the round `unkept`, so the page is not acknowledged.
     pub(super) fn relayed_chunks(&mut self, chunks: Vec<Vec<u8>>, round: &mut Round) {
         if chunks.is_empty() {
             return;
@@ -406,7 +407,11 @@ impl Worker {
         for (name, chunk) in named {
             match wanted_by.get(&name) {
                 Some(message) => {
-                    self.media_chunk(*message, &name, &chunk, round);
+                    if let Err(e) = self.media_chunk(*message, &name, &chunk, round) {
+                        // Not acknowledged: the relay hands it over again.
+                        warn!(error = %e, "a file chunk from a relay not kept");
+                        round.unkept = true;
+                    }
                     touched.insert(*message);
                 }
                 None => debug!("a chunk from a relay that no file here wants"),
