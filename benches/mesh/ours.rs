@@ -158,7 +158,7 @@ pub(crate) async fn befriend(a: &Bench, b: &Bench, with_addrs: bool) {
                 return code;
             }
             let inv = meshchat::node::state::Invite::from_code(&code).unwrap();
-            meshchat::node::state::Invite::new(inv.bundle, vec![]).to_code()
+            inv.without_addrs().to_code()
         }
     };
     a.handle

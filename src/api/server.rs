@@ -881,8 +881,8 @@ fn invite_identity(code: &str) -> Result<crypto::PublicIdentity, ApiError> {
         )
     };
     let invite = Invite::from_code(code).map_err(bad_invite)?;
-    let verified = invite.bundle.verify().map_err(bad_invite)?;
-    Ok(verified.body.identity.clone())
+    let verified = invite.verify().map_err(bad_invite)?;
+    Ok(verified.bundle.body.identity)
 }
 
 /// Binds the API socket at `path`, owner-only. A file left there by a

@@ -106,7 +106,7 @@ impl Device {
     async fn invite(&self) -> Result<String> {
         let code = self.handle.invite().await?;
         let invite = Invite::from_code(&code)?;
-        Ok(Invite::new(invite.bundle, Vec::new()).to_code())
+        Ok(invite.without_addrs().to_code())
     }
 }
 

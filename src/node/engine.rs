@@ -35,6 +35,8 @@ use crate::store::{
 
 const IDENTITY_KEY: &[u8] = b"device";
 const MAILBOX_KEY: &[u8] = b"mailbox";
+/// This account's device list, in the identity records.
+const DEVICE_LIST_KEY: &[u8] = b"device-list";
 const PREKEYS_KEY: &[u8] = b"store";
 const CONV_PREFIX: &[u8] = b"conv:";
 /// At most one request to resend missing messages per conversation in this
@@ -185,8 +187,8 @@ fn frame_key(from: &[u8; 32], frame: &[u8]) -> FrameKey {
 /// Checks the invite `from` introduced itself with: every signature in
 /// it, and that its keys are those of the device that sealed it.
 pub fn check_intro(from: &crypto::PublicIdentity, invite: &Invite) -> Result<(), EngineError> {
-    let bundle = invite.bundle.verify()?;
-    if bundle.body.identity != *from {
+    let verified = invite.verify()?;
+    if verified.bundle.body.identity != *from {
         return Err(crypto::Error::ForgedSender.into());
     }
     Ok(())
@@ -376,10 +378,16 @@ pub const MAX_SETUPS_PER_MINUTE: u32 = 16;
 pub struct Engine {
     store: Arc<Store>,
     me: DeviceIdentity,
+    /// This device's account's device list: made at the first start
+    /// with this device alone, signed by it (the account key).
+    devices: crypto::VerifiedDeviceList,
     mailbox: MailboxKey,
     prekeys: PrekeyStore,
     sessions: Sessions,
     contacts: HashMap<[u8; 32], Contact>,
+    /// The newest device list held of each contact's account that sent
+    /// one, by account key (verified once, when it came or at the start).
+    lists: HashMap<[u8; 32], crypto::VerifiedDeviceList>,
     seal_cache: SealCache,
     schedule: Schedule,
     /// When each contact last made failed messages due again
@@ -464,6 +472,25 @@ impl Engine {
                 key
             }
         };
+        let devices = match ids.get(DEVICE_LIST_KEY)? {
+            Some(bytes) => {
+                let list = crypto::DeviceList::from_bytes(&bytes)?.verify()?;
+                if list.device(&me.public().signing).map(|d| &d.identity) != Some(me.public()) {
+                    return Err(crypto::Error::DeviceList {
+                        reason: "the stored list does not name this device",
+                    }
+                    .into());
+                }
+                list
+            }
+            // A new account, or one made before accounts had lists: this
+            // device alone, named later.
+            None => {
+                let list = crypto::DeviceList::first(&me, "", now)?.verify()?;
+                ids.put(DEVICE_LIST_KEY, &list.list().to_bytes())?;
+                list
+            }
+        };
         let pk = store.records(Kind::Prekeys)?;
         let prekeys = match pk.get(PREKEYS_KEY)? {
             Some(bytes) => PrekeyStore::from_bytes(&bytes)?,
@@ -481,6 +508,17 @@ impl Engine {
         for (key, bytes) in store.records(Kind::Contacts)?.scan(b"")? {
             if let Ok(k) = <[u8; 32]>::try_from(key.as_slice()) {
                 contacts.insert(k, Contact::from_bytes(&bytes)?);
+            }
+        }
+        let mut lists: HashMap<[u8; 32], crypto::VerifiedDeviceList> = HashMap::new();
+        for c in contacts.values() {
+            if let Some(list) = c.device_list() {
+                let newer = lists
+                    .get(list.account())
+                    .is_none_or(|held| held.serial() < list.serial());
+                if newer {
+                    lists.insert(*list.account(), list);
+                }
             }
         }
         let mut sessions = Sessions::new();
@@ -517,10 +555,12 @@ impl Engine {
         let mut engine = Self {
             store,
             me,
+            devices,
             mailbox,
             prekeys,
             sessions,
             contacts,
+            lists,
             seal_cache: SealCache::default(),
             schedule,
             heard_at: HashMap::new(),
@@ -604,21 +644,54 @@ impl Engine {
         let bundle =
             self.prekeys
                 .bundle(&self.me, self.mailbox.id().0, &self.relays, now, false)?;
-        Ok(Invite::new(bundle, addrs))
+        Ok(Invite::new(bundle, addrs).with_devices(self.devices.list().to_bytes(), Vec::new()))
+    }
+
+    /// This device's account's device list.
+    pub fn device_list(&self) -> &crypto::VerifiedDeviceList {
+        &self.devices
     }
 
     /// Adds (or updates) the contact an invite names, after checking every
     /// signature in it. Returns its identity key.
     pub fn add_contact(&mut self, invite: &Invite, name: &str) -> Result<[u8; 32], EngineError> {
-        let verified = invite.bundle.verify()?;
-        let identity = verified.body.identity.clone();
-        let mut contact = Contact::new(invite, identity.clone(), verified.body.mailbox_id, name);
+        let verified = invite.verify()?;
+        let identity = verified.bundle.body.identity.clone();
+        let mut contact = Contact::new(
+            invite,
+            identity.clone(),
+            verified.bundle.body.mailbox_id,
+            name,
+        );
+        let account = verified.account();
+        let mut newer = verified.list;
+        if let Some(held) = self.lists.get(&account) {
+            match newer.as_ref().map(|l| held.update(l)).transpose()? {
+                Some(crypto::ListUpdate::Newer { .. }) => {}
+                Some(crypto::ListUpdate::Same) => newer = None,
+                // No list, or an older one than held (an old invite): the
+                // device must still be in the newest.
+                None | Some(crypto::ListUpdate::Older) => {
+                    if held.device(&identity.signing).map(|d| &d.identity) != Some(&identity) {
+                        return Err(crypto::Error::DeviceList {
+                            reason: "the device was removed from its account",
+                        }
+                        .into());
+                    }
+                    contact.devices = held.list().to_bytes();
+                    newer = None;
+                }
+            }
+        }
         // The same key again (a new name, new addresses): a comparison
         // already made still holds.
         contact.verified = self
             .contacts
             .get(&identity.signing)
             .is_some_and(|c| c.verified);
+        if let Some(list) = newer {
+            self.lists.insert(account, list);
+        }
         self.store
             .records(Kind::Contacts)?
             .put(&identity.signing, &contact.to_bytes())?;
@@ -2087,6 +2160,56 @@ mod tests {
         a.receive(b_key, &[back.frame], 100, true).unwrap();
         a.delivered_direct(&[hi.pos]).unwrap();
         b.delivered_direct(&[back.pos]).unwrap();
+    }
+
+    /// A contact keeps its account's newest device list, across a
+    /// restart: an invite of a device that list no longer names (an old
+    /// invite, with the older list) is refused; the account's own device
+    /// with an older list is taken and keeps the newer list.
+    #[test]
+    fn a_device_removed_from_its_account_cannot_be_added_with_an_old_invite() {
+        let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+        let mut m = Engine::open(store(dirs[0].path()), 100).unwrap();
+        let mut a = Engine::open(store(dirs[1].path()), 100).unwrap();
+        let b = Engine::open(store(dirs[2].path()), 100).unwrap();
+        assert_eq!(a.device_list().serial(), 1);
+        assert_eq!(a.device_list().account(), &a.me.public().signing);
+        let two = a
+            .devices
+            .with_device(&a.me, b.me.public().clone(), "laptop", 100)
+            .unwrap();
+        let three = two
+            .verify()
+            .unwrap()
+            .without_device(&a.me, &b.me.public().signing)
+            .unwrap();
+        a.devices = three.verify().unwrap();
+        let a_key = m
+            .add_contact(&a.invite(vec![], 100).unwrap(), "ann")
+            .unwrap();
+        let old_b = b
+            .invite(vec![], 100)
+            .unwrap()
+            .with_devices(two.to_bytes(), Vec::new());
+        assert!(old_b.verify().is_ok(), "its signatures hold");
+        let refused = |m: &mut Engine| {
+            matches!(
+                m.add_contact(&old_b, "ann's laptop"),
+                Err(EngineError::Crypto(crypto::Error::DeviceList { .. }))
+            )
+        };
+        assert!(refused(&mut m));
+        drop(m);
+        let mut m = Engine::open(store(dirs[0].path()), 100).unwrap();
+        assert_eq!(m.lists[&a_key].serial(), 3);
+        assert!(refused(&mut m));
+        let old_a = a
+            .invite(vec![], 100)
+            .unwrap()
+            .with_devices(two.to_bytes(), Vec::new());
+        assert_eq!(m.add_contact(&old_a, "ann").unwrap(), a_key);
+        assert_eq!(m.contacts[&a_key].device_list().unwrap().serial(), 3);
+        assert!(!m.contacts.contains_key(&b.me.public().signing));
     }
 
     /// An introduction stands for the device that sealed it: its own

@@ -7,12 +7,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, PrekeyBundle, PublicIdentity, wire};
 
-const CONTACT_VERSION: u8 = 1;
+const CONTACT_VERSION: u8 = 2;
+/// Contacts before they kept their account's device list.
+const CONTACT_VERSION_1: u8 = 1;
 const CONV_STATE_VERSION: u8 = 1;
 const QUEUED_VERSION: u8 = 2;
 /// Queued payloads before they kept the frame last sent.
 const QUEUED_VERSION_1: u8 = 1;
-const INVITE_VERSION: u8 = 1;
+const INVITE_VERSION: u8 = 2;
+/// Invites before they carried the account's device list.
+const INVITE_VERSION_1: u8 = 1;
 
 /// Most addresses kept for a contact.
 pub const MAX_ADDRS: usize = 16;
@@ -39,7 +43,27 @@ pub struct Contact {
     pub bundle: PrekeyBundle,
     /// Whether the user compared safety numbers.
     pub verified: bool,
+    /// Its account's device list as last received and verified (an
+    /// encoded [`crypto::DeviceList`]); empty if it never sent one (an
+    /// invite of version 1).
+    #[serde(with = "serde_bytes")]
+    pub devices: Vec<u8>,
 }
+
+/// A contact as version 1 kept it: no device list.
+#[derive(Deserialize, Serialize)]
+struct ContactV1 {
+    version: u8,
+    identity: PublicIdentity,
+    name: String,
+    mailbox_id: [u8; 32],
+    addrs: Vec<String>,
+    bundle: PrekeyBundle,
+    verified: bool,
+}
+
+/// Largest encoded contact record.
+const CONTACT_MAX: usize = 16 * 1024;
 
 impl Contact {
     /// A new contact from a verified invite.
@@ -57,7 +81,20 @@ impl Contact {
             addrs: invite.addrs.clone(),
             bundle: invite.bundle.clone(),
             verified: false,
+            devices: invite.devices.clone(),
         }
+    }
+
+    /// Its account's device list, verified again (`None` if it sent
+    /// none).
+    pub fn device_list(&self) -> Option<crypto::VerifiedDeviceList> {
+        if self.devices.is_empty() {
+            return None;
+        }
+        crypto::DeviceList::from_bytes(&self.devices)
+            .ok()?
+            .verify()
+            .ok()
     }
 
     /// Encoded form (sealed by the store when written).
@@ -65,9 +102,23 @@ impl Contact {
         wire::encode(self)
     }
 
-    /// Bounded decode.
+    /// Bounded decode (a version-1 record reads as a contact without a
+    /// device list).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, crypto::Error> {
-        wire::decode(bytes, "contact", CONTACT_VERSION, 16 * 1024)
+        if bytes.first() == Some(&CONTACT_VERSION_1) {
+            let c: ContactV1 = wire::decode(bytes, "contact", CONTACT_VERSION_1, CONTACT_MAX)?;
+            return Ok(Self {
+                version: CONTACT_VERSION,
+                identity: c.identity,
+                name: c.name,
+                mailbox_id: c.mailbox_id,
+                addrs: c.addrs,
+                bundle: c.bundle,
+                verified: c.verified,
+                devices: Vec::new(),
+            });
+        }
+        wire::decode(bytes, "contact", CONTACT_VERSION, CONTACT_MAX)
     }
 }
 
@@ -282,8 +333,14 @@ pub const MAX_QUEUED: usize = super::proto::MAX_PAYLOAD + super::proto::MAX_FRAM
 const _: () = assert!(MAX_QUEUED <= crate::store::MAX_QUEUED_ENVELOPE);
 
 /// What one device hands another out of band to become contacts: its
-/// signed prekey bundle (identity keys, mailbox, relays) and addresses.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// signed prekey bundle (identity keys, mailbox, relays), its account's
+/// signed device list with the bundles of the account's other devices,
+/// and addresses.
+///
+/// Encoded as `version ‖ bundle ‖ addrs`, and from version 2 on
+/// `‖ devices ‖ others`: an invite of version 1 (no device list) is still
+/// read.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invite {
     version: u8,
     /// The device's bundle, without a one-time prekey (an invite may be
@@ -291,24 +348,163 @@ pub struct Invite {
     pub bundle: PrekeyBundle,
     /// Multiaddrs where it listens (may be empty: found by the mesh).
     pub addrs: Vec<String>,
+    /// Its account's encoded [`crypto::DeviceList`] (empty in version 1).
+    pub devices: Vec<u8>,
+    /// The bundles of the account's other devices the list names.
+    pub others: Vec<PrekeyBundle>,
+}
+
+impl Serialize for Invite {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.version == INVITE_VERSION_1 {
+            (self.version, &self.bundle, &self.addrs).serialize(s)
+        } else {
+            (
+                self.version,
+                &self.bundle,
+                &self.addrs,
+                serde_bytes::Bytes::new(&self.devices),
+                &self.others,
+            )
+                .serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Invite {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error as _, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Invite;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an invite")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Invite, A::Error> {
+                let missing = || A::Error::custom("truncated invite");
+                let version: u8 = seq.next_element()?.ok_or_else(missing)?;
+                if version != INVITE_VERSION_1 && version != INVITE_VERSION {
+                    return Err(A::Error::custom("unknown invite version"));
+                }
+                let bundle = seq.next_element()?.ok_or_else(missing)?;
+                let addrs = seq.next_element()?.ok_or_else(missing)?;
+                let (devices, others) = if version == INVITE_VERSION_1 {
+                    (Vec::new(), Vec::new())
+                } else {
+                    let devices: serde_bytes::ByteBuf = seq.next_element()?.ok_or_else(missing)?;
+                    let others = seq.next_element()?.ok_or_else(missing)?;
+                    (devices.into_vec(), others)
+                };
+                Ok(Invite {
+                    version,
+                    bundle,
+                    addrs,
+                    devices,
+                    others,
+                })
+            }
+        }
+        // Postcard reads a tuple field by field: a version-1 invite stops
+        // after its third.
+        d.deserialize_tuple(5, V)
+    }
 }
 
 /// Text prefix of an invite code.
 pub const INVITE_PREFIX: &str = "meshchat:";
-const INVITE_MAX: usize = 8 * 1024;
+/// Largest encoded invite: a full device list (under 1.7 KB), eight
+/// bundles (under 4 KB) and the addresses.
+const INVITE_MAX: usize = 12 * 1024;
+
+/// An invite whose every signature and rule was checked
+/// ([`Invite::verify`]).
+#[derive(Debug, Clone)]
+pub struct VerifiedInvite {
+    /// The inviting device's bundle.
+    pub bundle: crypto::VerifiedBundle,
+    /// Its account's device list (`None` in a version-1 invite).
+    pub list: Option<crypto::VerifiedDeviceList>,
+}
+
+impl VerifiedInvite {
+    /// The account the inviting device belongs to (itself without a list).
+    pub fn account(&self) -> [u8; 32] {
+        self.list
+            .as_ref()
+            .map_or(self.bundle.body.identity.signing, |l| *l.account())
+    }
+}
 
 impl Invite {
-    /// A new invite.
+    /// An invite of a device whose account's list is not known (version
+    /// 1; [`Self::with_devices`] adds one).
     pub fn new(bundle: PrekeyBundle, addrs: Vec<String>) -> Self {
         Self {
-            version: INVITE_VERSION,
+            version: INVITE_VERSION_1,
             bundle,
             addrs: addrs
                 .into_iter()
                 .filter(|a| a.len() <= MAX_ADDR_LEN)
                 .take(MAX_ADDRS)
                 .collect(),
+            devices: Vec::new(),
+            others: Vec::new(),
         }
+    }
+
+    /// The same invite with its account's device list and the bundles of
+    /// the account's other devices (version 2). An empty `devices`
+    /// leaves it at version 1.
+    pub fn with_devices(mut self, devices: Vec<u8>, others: Vec<PrekeyBundle>) -> Self {
+        if devices.is_empty() {
+            return self;
+        }
+        self.version = INVITE_VERSION;
+        self.devices = devices;
+        self.others = others;
+        self
+    }
+
+    /// The same invite naming no addresses.
+    pub fn without_addrs(mut self) -> Self {
+        self.addrs.clear();
+        self
+    }
+
+    /// Checks every signature: the bundle's, and with a device list, the
+    /// list's, that the list names the inviting device with these very
+    /// keys, and each other bundle's (each of a listed device, none
+    /// twice, none the inviting device).
+    pub fn verify(&self) -> Result<VerifiedInvite, crypto::Error> {
+        let bundle = self.bundle.verify()?;
+        if self.version == INVITE_VERSION_1 {
+            return Ok(VerifiedInvite { bundle, list: None });
+        }
+        let refused = |reason| crypto::Error::DeviceList { reason };
+        let list = crypto::DeviceList::from_bytes(&self.devices)?.verify()?;
+        let me = &bundle.body.identity;
+        if list.device(&me.signing).map(|d| &d.identity) != Some(me) {
+            return Err(refused("the inviting device is not in its account's list"));
+        }
+        if self.others.len() >= crypto::MAX_DEVICES {
+            return Err(refused("more bundles than devices"));
+        }
+        let mut seen = vec![me.signing];
+        for other in &self.others {
+            let b = other.verify()?;
+            let id = &b.body.identity;
+            if seen.contains(&id.signing) {
+                return Err(refused("a device's bundle twice"));
+            }
+            if list.device(&id.signing).map(|d| &d.identity) != Some(id) {
+                return Err(refused("a bundle of a device not in the list"));
+            }
+            seen.push(id.signing);
+        }
+        Ok(VerifiedInvite {
+            bundle,
+            list: Some(list),
+        })
     }
 
     /// The invite code: `meshchat:` and base64url of the encoding.
@@ -316,7 +512,7 @@ impl Invite {
         format!("{INVITE_PREFIX}{}", base64url::encode(&self.to_bytes()))
     }
 
-    /// Reads an invite code (not yet verified: see `Engine::add_contact`).
+    /// Reads an invite code (not yet verified: see [`Self::verify`]).
     pub fn from_code(code: &str) -> Result<Self, crypto::Error> {
         let body = code
             .trim()
@@ -342,14 +538,32 @@ impl Invite {
         wire::encode(self)
     }
 
-    /// Decodes an invite (bounded; not yet verified).
+    /// Decodes an invite of either version (bounded; not yet verified).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, crypto::Error> {
-        let invite: Self = wire::decode(bytes, "invite", INVITE_VERSION, INVITE_MAX)?;
+        let version = match bytes.first() {
+            Some(&INVITE_VERSION_1) => INVITE_VERSION_1,
+            _ => INVITE_VERSION,
+        };
+        let invite: Self = wire::decode(bytes, "invite", version, INVITE_MAX)?;
         if invite.addrs.len() > MAX_ADDRS || invite.addrs.iter().any(|a| a.len() > MAX_ADDR_LEN) {
             return Err(crypto::Error::TooLarge {
                 what: "invite addresses",
                 len: invite.addrs.len(),
                 max: MAX_ADDRS,
+            });
+        }
+        if invite.devices.len() > crypto::DEVICE_LIST_MAX {
+            return Err(crypto::Error::TooLarge {
+                what: "invite device list",
+                len: invite.devices.len(),
+                max: crypto::DEVICE_LIST_MAX,
+            });
+        }
+        if invite.others.len() >= crypto::MAX_DEVICES {
+            return Err(crypto::Error::TooLarge {
+                what: "invite bundles",
+                len: invite.others.len() + 1,
+                max: crypto::MAX_DEVICES,
             });
         }
         Ok(invite)
@@ -508,6 +722,109 @@ mod tests {
         other[0] = 3;
         assert!(Queued::from_bytes(&other).is_err());
         assert!(Queued::from_bytes(&vec![QUEUED_VERSION; MAX_QUEUED + 1]).is_err());
+    }
+
+    fn device(seed: u64) -> (crypto::DeviceIdentity, PrekeyBundle) {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let id = crypto::DeviceIdentity::generate(&mut rng);
+        let bundle = crypto::PrekeyStore::new(&id, 1, &mut rng)
+            .bundle(&id, [seed as u8; 32], &[], 1, false)
+            .unwrap();
+        (id, bundle)
+    }
+
+    /// An invite carries its account's list and the other devices'
+    /// bundles; one of version 1 is still read (no list); a list that
+    /// does not name the inviting device, or bundles it does not list,
+    /// are refused; so are unknown versions.
+    #[test]
+    fn invites_of_both_versions_are_read_and_their_lists_checked() {
+        let (a, a_bundle) = device(1);
+        let (b, b_bundle) = device(2);
+        let list = crypto::DeviceList::first(&a, "phone", 5).unwrap();
+        let invite = Invite::new(a_bundle.clone(), vec!["/ip4/127.0.0.1/tcp/1".into()])
+            .with_devices(list.to_bytes(), Vec::new());
+        let back = Invite::from_code(&invite.to_code()).unwrap();
+        assert_eq!(back, invite);
+        let v = back.verify().unwrap();
+        assert_eq!(v.account(), a.public().signing);
+        assert_eq!(v.list.unwrap().devices()[0].name, "phone");
+
+        let old = Invite::new(b_bundle.clone(), Vec::new());
+        assert_eq!(old.to_bytes()[0], INVITE_VERSION_1);
+        let back = Invite::from_bytes(&old.to_bytes()).unwrap();
+        assert_eq!(back, old);
+        let v = back.verify().unwrap();
+        assert!(v.list.is_none());
+        assert_eq!(v.account(), b.public().signing);
+
+        // B's bundle with A's list: B is not A's device.
+        let forged =
+            Invite::new(b_bundle.clone(), Vec::new()).with_devices(list.to_bytes(), Vec::new());
+        assert!(matches!(
+            forged.verify(),
+            Err(crypto::Error::DeviceList { .. })
+        ));
+        // A's list naming B too: B's bundle may go beside A's, once.
+        let both = list
+            .verify()
+            .unwrap()
+            .with_device(&a, b.public().clone(), "laptop", 6)
+            .unwrap();
+        let two = Invite::new(a_bundle.clone(), Vec::new())
+            .with_devices(both.to_bytes(), vec![b_bundle.clone()]);
+        assert_eq!(two.verify().unwrap().account(), a.public().signing);
+        let twice = Invite::new(a_bundle.clone(), Vec::new())
+            .with_devices(both.to_bytes(), vec![b_bundle.clone(), b_bundle.clone()]);
+        assert!(twice.verify().is_err());
+        let unlisted =
+            Invite::new(a_bundle.clone(), Vec::new()).with_devices(list.to_bytes(), vec![b_bundle]);
+        assert!(unlisted.verify().is_err());
+        // A list whose signature does not hold.
+        let mut bytes = list.to_bytes();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let bad = Invite::new(a_bundle, Vec::new()).with_devices(bytes, Vec::new());
+        assert!(bad.verify().is_err());
+
+        let mut other = invite.to_bytes();
+        other[0] = 3;
+        assert!(matches!(
+            Invite::from_bytes(&other),
+            Err(crypto::Error::UnknownVersion { got: 3, .. })
+        ));
+        assert!(Invite::from_bytes(&vec![INVITE_VERSION; INVITE_MAX + 1]).is_err());
+        // Cut anywhere: refused, not a panic.
+        let bytes = invite.to_bytes();
+        for n in 0..bytes.len() {
+            assert!(Invite::from_bytes(&bytes[..n]).is_err());
+        }
+    }
+
+    /// A contact kept before contacts had device lists is read without
+    /// one; one with a list keeps it.
+    #[test]
+    fn contacts_of_both_versions_are_read() {
+        let (a, bundle) = device(3);
+        let v1 = wire::encode(&ContactV1 {
+            version: CONTACT_VERSION_1,
+            identity: a.public().clone(),
+            name: "ann".into(),
+            mailbox_id: [4; 32],
+            addrs: vec!["/ip4/127.0.0.1/tcp/2".into()],
+            bundle: bundle.clone(),
+            verified: true,
+        });
+        let old = Contact::from_bytes(&v1).unwrap();
+        assert_eq!((old.name.as_str(), old.verified), ("ann", true));
+        assert!(old.devices.is_empty() && old.device_list().is_none());
+        let list = crypto::DeviceList::first(&a, "", 1).unwrap();
+        let invite = Invite::new(bundle, Vec::new()).with_devices(list.to_bytes(), Vec::new());
+        let c = Contact::new(&invite, a.public().clone(), [4; 32], "ann");
+        let back = Contact::from_bytes(&c.to_bytes()).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.device_list().unwrap().account(), &a.public().signing);
     }
 
     #[test]

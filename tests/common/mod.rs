@@ -169,7 +169,7 @@ impl TestNode {
     pub(crate) async fn invite_without_addrs(&self) -> String {
         let code = self.handle.invite().await.unwrap();
         let inv = meshchat::node::state::Invite::from_code(&code).unwrap();
-        meshchat::node::state::Invite::new(inv.bundle, vec![]).to_code()
+        inv.without_addrs().to_code()
     }
 
     /// Waits until connected to `peer`.

@@ -511,7 +511,8 @@ impl Engine {
         let mut bundle = c.bundle.clone();
         bundle.one_time = None;
         Ok(MemberCard {
-            invite: crate::node::state::Invite::new(bundle, c.addrs.clone()),
+            invite: crate::node::state::Invite::new(bundle, c.addrs.clone())
+                .with_devices(c.devices.clone(), Vec::new()),
             name: c.name.clone(),
         })
     }
