@@ -41,6 +41,10 @@ enum Command {
     /// Add, list, verify or remove contacts; accept or decline requests.
     #[command(subcommand)]
     Contacts(client::ContactsCmd),
+    /// This account's devices: list them, or name this one (contacts see
+    /// the name).
+    #[command(subcommand)]
+    Devices(client::DevicesCmd),
     /// Group chats: create, add, remove, rename, role, leave, list, send.
     #[command(subcommand)]
     Group(client::GroupCmd),
@@ -302,6 +306,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => daemon::run(*args),
         Command::Id(args) => client::id(args),
         Command::Contacts(cmd) => client::contacts(cmd),
+        Command::Devices(cmd) => client::devices(cmd),
         Command::Group(cmd) => client::group(cmd),
         Command::Send(args) => client::send(args),
         Command::History(args) => client::history(args),

@@ -68,6 +68,14 @@ pub enum Request {
         /// Its identity key (hex).
         identity: String,
     },
+    /// This account's device list.
+    Devices {},
+    /// Names this device in its account's device list; every contact is
+    /// sent the new list.
+    NameDevice {
+        /// The name (at most 64 bytes of printable text; empty: none).
+        name: String,
+    },
     /// Forgets a contact (the conversation stays).
     RemoveContact {
         /// The contact: its name or identity key (hex).
@@ -450,6 +458,50 @@ pub struct ContactView {
     pub presence: String,
     /// Its newest presence beacon, Unix milliseconds.
     pub last_seen_ms: Option<u64>,
+    /// Its account's devices, if it sent its device list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<DevicesView>,
+}
+
+/// One device of an account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceView {
+    /// Its identity key (hex).
+    pub identity: String,
+    /// What its owner calls it (may be empty).
+    pub name: String,
+    /// When it was added, Unix seconds.
+    pub added_at: u64,
+}
+
+/// An account's device list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicesView {
+    /// The account key (hex): its first device's identity key.
+    pub account: String,
+    /// The list's serial: one higher at each change.
+    pub serial: u64,
+    /// Its devices, the account's own first.
+    pub devices: Vec<DeviceView>,
+}
+
+impl DevicesView {
+    /// The view of `d`.
+    pub fn of(d: &crate::node::DevicesInfo) -> Self {
+        Self {
+            account: hex(&d.account),
+            serial: d.serial,
+            devices: d
+                .devices
+                .iter()
+                .map(|x| DeviceView {
+                    identity: hex(&x.identity),
+                    name: x.name.clone(),
+                    added_at: x.added_at,
+                })
+                .collect(),
+        }
+    }
 }
 
 impl ContactView {
@@ -463,6 +515,7 @@ impl ContactView {
             safety_number: c.safety_number.clone(),
             presence: presence_name(presence.map_or(PresenceState::Offline, |p| p.0)).into(),
             last_seen_ms: presence.map(|p| p.1),
+            devices: c.devices.as_ref().map(DevicesView::of),
         }
     }
 }
@@ -618,6 +671,22 @@ pub enum EventView {
         /// Seconds messages live from now on; null: kept.
         secs: Option<u64>,
     },
+    /// A contact's account has a new device list: a device was named
+    /// otherwise, added or removed.
+    DevicesChanged {
+        /// The contact that sent it.
+        with: String,
+        /// Its identity key (hex).
+        identity: String,
+        /// The new list.
+        devices: DevicesView,
+        /// Identity keys (hex) of devices it adds.
+        added: Vec<String>,
+        /// Of devices it removes.
+        removed: Vec<String>,
+        /// Of devices it names otherwise.
+        renamed: Vec<String>,
+    },
     /// A conversation was cleared on this device.
     Cleared {
         /// The contact's name, or the group's id.
@@ -764,6 +833,26 @@ impl EventView {
             NodeEvent::RetentionChanged { contact, secs, .. } => Self::RetentionChanged {
                 with: name(contact),
                 secs: *secs,
+            },
+            NodeEvent::DevicesChanged { contact, change } => Self::DevicesChanged {
+                with: name(contact),
+                identity: hex(contact),
+                devices: DevicesView {
+                    account: hex(&change.account),
+                    serial: change.serial,
+                    devices: change
+                        .devices
+                        .iter()
+                        .map(|d| DeviceView {
+                            identity: hex(&d.identity.signing),
+                            name: d.name.clone(),
+                            added_at: d.added_at,
+                        })
+                        .collect(),
+                },
+                added: change.added.iter().map(|k| hex(k)).collect(),
+                removed: change.removed.iter().map(|k| hex(k)).collect(),
+                renamed: change.renamed.iter().map(|k| hex(k)).collect(),
             },
             NodeEvent::Disappeared { messages } => Self::Disappeared {
                 messages: *messages,

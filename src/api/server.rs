@@ -10,8 +10,9 @@ use tokio::sync::{Semaphore, broadcast, mpsc};
 use tracing::{debug, warn};
 
 use super::proto::{
-    Answer, ApiError, ContactView, DEFAULT_PAGE, ErrorKind, EventView, GroupView, MAX_LINE,
-    MAX_PAGE, MessageView, PAGE_BYTES, PageView, Request, SentView, hex, presence_name, unhex32,
+    Answer, ApiError, ContactView, DEFAULT_PAGE, DevicesView, ErrorKind, EventView, GroupView,
+    MAX_LINE, MAX_PAGE, MessageView, PAGE_BYTES, PageView, Request, SentView, hex, presence_name,
+    unhex32,
 };
 use crate::crypto;
 use crate::node::engine::{GroupChange, GroupInfo, MAX_RETENTION};
@@ -213,6 +214,21 @@ impl Api {
                     ));
                 }
                 self.added(key).await
+            }
+            Request::Devices {} => {
+                let d = self.node.devices().await.map_err(failed)?;
+                Ok(json!(DevicesView::of(&d)))
+            }
+            Request::NameDevice { name } => {
+                let name = name.trim();
+                if name.len() > crypto::MAX_DEVICE_NAME || name.chars().any(char::is_control) {
+                    return Err(bad(format!(
+                        "a device name is at most {} bytes of printable text",
+                        crypto::MAX_DEVICE_NAME
+                    )));
+                }
+                let d = self.node.name_device(name).await.map_err(failed)?;
+                Ok(json!(DevicesView::of(&d)))
             }
             Request::VerifyContact { contact, verified } => {
                 let c = self.contact(&contact).await?;

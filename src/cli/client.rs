@@ -102,6 +102,27 @@ pub(super) enum ContactsCmd {
 
 /// `meshchat group …`.
 #[derive(Debug, clap::Subcommand)]
+pub(super) enum DevicesCmd {
+    /// Lists this account's devices (`*`: the one holding the account key).
+    List {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+    },
+    /// Names this device (at most 64 bytes; "" for none): its account's
+    /// device list is signed again and sent to every contact.
+    Name {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+        /// The name ("laptop").
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
 pub(super) enum GroupCmd {
     /// Creates a group with contacts; you are its first admin.
     Create {
@@ -472,6 +493,13 @@ pub(super) fn contacts(cmd: ContactsCmd) -> Result<(), CliError> {
                     },
                     s(&c["safety_number"])
                 );
+                // Worth a line only when the account has more than this
+                // device, or named it.
+                let devices = c["devices"]["devices"].as_array().map_or(0, Vec::len);
+                let named = c["devices"]["devices"][0]["name"] != "";
+                if devices > 1 || (devices == 1 && named) {
+                    print_devices(&c["devices"], "    ");
+                }
             }
         }
         ContactsCmd::Verify {
@@ -544,6 +572,36 @@ pub(super) fn contacts(cmd: ContactsCmd) -> Result<(), CliError> {
 }
 
 /// `meshchat group …`.
+pub(super) fn devices(cmd: DevicesCmd) -> Result<(), CliError> {
+    let (dir, out, req) = match cmd {
+        DevicesCmd::List { dir, out } => (dir, out, Request::Devices {}),
+        DevicesCmd::Name { dir, out, name } => (dir, out, Request::NameDevice { name }),
+    };
+    let Some(v) = ask(&dir, &out, &req)? else {
+        return Ok(());
+    };
+    print_devices(&v, "");
+    Ok(())
+}
+
+/// An account's device list (a `DevicesView`), one device a line.
+fn print_devices(v: &Value, indent: &str) {
+    let account = s(&v["account"]);
+    for d in v["devices"].as_array().into_iter().flatten() {
+        let name = clean(&d["name"]);
+        println!(
+            "{indent}{} {:<20} {}",
+            if s(&d["identity"]) == account {
+                "*"
+            } else {
+                " "
+            },
+            if name.is_empty() { "(unnamed)" } else { &name },
+            s(&d["identity"])
+        );
+    }
+}
+
 pub(super) fn group(cmd: GroupCmd) -> Result<(), CliError> {
     let (dir, out, req) = match cmd {
         GroupCmd::Send(args) => return send(args),

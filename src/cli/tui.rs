@@ -437,6 +437,34 @@ impl App {
             "relay_refused" => {
                 self.notice = Some(format!("A relay refused a message: {}", s("reason")));
             }
+            "devices_changed" => {
+                let name_of = |key: &Value| {
+                    e["devices"]["devices"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|d| d["identity"] == *key)
+                        .and_then(|d| d["name"].as_str())
+                        .filter(|n| !n.is_empty())
+                        .unwrap_or("a device")
+                        .chars()
+                        .map(super::client::shown)
+                        .collect::<String>()
+                };
+                let mut said = Vec::new();
+                for (what, verb) in [("added", "added"), ("renamed", "named")] {
+                    for k in e[what].as_array().into_iter().flatten() {
+                        said.push(format!("{verb} {}", name_of(k)));
+                    }
+                }
+                let removed = e["removed"].as_array().map_or(0, Vec::len);
+                if removed > 0 {
+                    said.push(format!("removed {removed}"));
+                }
+                if !said.is_empty() {
+                    self.notice = Some(format!("{}'s devices: {}", s("with"), said.join(", ")));
+                }
+            }
             "contact_request" => {
                 let fingerprint: String = s("fingerprint").chars().take(11).collect();
                 self.request = Some(s("identity").to_owned());
@@ -828,6 +856,16 @@ mod tests {
         }
         assert_eq!(app.on_key(key(KeyCode::Enter)), Action::None);
         assert_eq!(app.notice.as_deref(), Some("No contact request to answer."));
+        app.on_event(
+            &json!({"type": "devices_changed", "with": "bob", "identity": "b1",
+            "devices": {"account": "b1", "serial": 2, "devices": [
+                {"identity": "b1", "name": "phone\u{202e}", "added_at": 1}]},
+            "added": [], "removed": [], "renamed": ["b1"]}),
+        );
+        assert_eq!(
+            screen(&app, 80, 24)[23],
+            "bob's devices: named phone\u{fffd}"
+        );
         app.on_event(&json!({"type": "contact_request", "identity": "ab",
             "fingerprint": "12345 67890 13579 24680"}));
         assert_eq!(

@@ -259,6 +259,24 @@ impl VerifiedDeviceList {
         DeviceList::sign(account, body)
     }
 
+    /// A next list with the device whose signing key is `device` named
+    /// `name`, signed by `account`.
+    pub fn renamed(
+        &self,
+        account: &DeviceIdentity,
+        device: &[u8; 32],
+        name: &str,
+    ) -> Result<DeviceList, Error> {
+        let mut body = self.next()?;
+        let entry = body
+            .devices
+            .iter_mut()
+            .find(|d| d.identity.signing == *device)
+            .ok_or(refused("the device is not listed"))?;
+        entry.name = name.to_owned();
+        DeviceList::sign(account, body)
+    }
+
     /// This list's body with the serial one higher.
     fn next(&self) -> Result<DeviceListBody, Error> {
         let mut body = self.body.clone();
@@ -390,6 +408,29 @@ mod tests {
         // Back to an earlier list: ignored; the same one again: nothing new.
         assert_eq!(next.update(&held).unwrap(), ListUpdate::Older);
         assert_eq!(next.update(&next.clone()).unwrap(), ListUpdate::Same);
+
+        // A new name is a later list with the same devices.
+        let named = next
+            .renamed(&d[0], &d[1].public().signing, "tablet")
+            .unwrap()
+            .verify()
+            .unwrap();
+        assert_eq!(
+            next.update(&named).unwrap(),
+            ListUpdate::Newer {
+                added: vec![],
+                removed: vec![]
+            }
+        );
+        assert_eq!(named.device(&d[1].public().signing).unwrap().name, "tablet");
+        assert!(named.renamed(&d[0], &gone, "x").is_err());
+        let long = "x".repeat(MAX_DEVICE_NAME + 1);
+        assert!(named.renamed(&d[0], &d[0].public().signing, &long).is_err());
+        assert!(
+            named
+                .renamed(&d[1], &d[1].public().signing, "mine")
+                .is_err()
+        );
     }
 
     /// Only the account's key makes a list: another device cannot sign

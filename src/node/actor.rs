@@ -428,6 +428,7 @@ impl Actor {
                 })
             }
             Command::Requests(job) => self.job(Job::Requests(job)),
+            Command::Devices(job) => self.job(Job::Devices(job)),
             Command::Invite { reply } => {
                 let addrs = with_peer(&self.net.listen_addrs(), self.net.local_peer_id());
                 self.job(Job::Invite { addrs, reply });

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+mod devices;
 mod group_chat;
 mod retention;
 
@@ -320,6 +321,25 @@ pub enum Event {
         /// Seconds messages live from now on; `None`: kept.
         secs: Option<u64>,
     },
+    /// A contact's account has a new device list.
+    DevicesChanged(DevicesChange),
+}
+
+/// What a contact's new device list changed ([`Event::DevicesChanged`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicesChange {
+    /// The account (its first device's signing key).
+    pub account: [u8; 32],
+    /// The list's serial.
+    pub serial: u64,
+    /// Every device the list names.
+    pub devices: Vec<crypto::DeviceEntry>,
+    /// Devices it adds (signing keys).
+    pub added: Vec<[u8; 32]>,
+    /// Devices it removes.
+    pub removed: Vec<[u8; 32]>,
+    /// Devices it names otherwise.
+    pub renamed: Vec<[u8; 32]>,
 }
 
 /// A message written by [`Engine::send`].
@@ -1912,6 +1932,18 @@ impl Engine {
                         .extend(self.on_retention(from, &conv, secs, lamport)?);
                     delivered.push((0, id));
                 }
+                Payload::Devices { id, list, .. } => match self.on_devices(from, &list) {
+                    Ok(change) => {
+                        out.events.extend(change.map(Event::DevicesChanged));
+                        delivered.push((0, id));
+                    }
+                    Err(EngineError::Crypto(e)) => {
+                        tracing::warn!(error = %e, "a contact's device list refused");
+                        out.accepted.push(false);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
             }
             if let Some(&acked) = delivered.get(acked_before) {
                 self.read_frames.insert(frame_key(from, bytes), acked);
@@ -2210,6 +2242,74 @@ mod tests {
         assert_eq!(m.add_contact(&old_a, "ann").unwrap(), a_key);
         assert_eq!(m.contacts[&a_key].device_list().unwrap().serial(), 3);
         assert!(!m.contacts.contains_key(&b.me.public().signing));
+    }
+
+    /// A device named anew sends its account's list to every contact,
+    /// which keeps it (across a restart) and says what changed; the same
+    /// list again, an older one, or a list that does not name its sender
+    /// change nothing.
+    #[test]
+    fn a_contact_learns_the_new_name_of_a_device() {
+        let mut p = pair();
+        assert!(
+            p.a.name_device("", 100).unwrap().is_empty(),
+            "its name already"
+        );
+        let due = p.a.name_device("phone", 100).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].to, p.b_key);
+        assert_eq!(p.a.device_list().serial(), 2);
+        let first =
+            p.b.receive(&p.a_key, &[due[0].frame.clone()], 100, true)
+                .unwrap();
+        assert_eq!(first.accepted, vec![true]);
+        let Some(Event::DevicesChanged(change)) = first.events.first() else {
+            panic!("no change: {:?}", first.events);
+        };
+        assert_eq!(
+            (change.account, change.serial, change.renamed.clone()),
+            (p.a_key, 2, vec![p.a_key])
+        );
+        assert!(change.added.is_empty() && change.removed.is_empty());
+        assert_eq!(change.devices[0].name, "phone");
+        // A later name; then the earlier list comes again (a retry).
+        let old = due[0].frame.clone();
+        let later = p.a.name_device("laptop", 100).unwrap();
+        p.b.receive(&p.a_key, &[later[0].frame.clone()], 100, true)
+            .unwrap();
+        let again = p.b.receive(&p.a_key, &[old], 100, true).unwrap();
+        assert!(again.events.is_empty());
+        assert_eq!(p.b.contact_list(&p.a_key).unwrap().serial(), 3);
+        // A list signed by the sender but naming only another device.
+        let other = DeviceIdentity::generate(&mut rand::rng());
+        let foreign = crypto::DeviceList::first(&other, "x", 100)
+            .unwrap()
+            .to_bytes();
+        let frame =
+            p.a.encrypt(
+                &p.b_key,
+                &Payload::Devices {
+                    id: [7; 16],
+                    list: foreign,
+                    bundles: Vec::new(),
+                }
+                .to_bytes(),
+            )
+            .unwrap();
+        let refused = p.b.receive(&p.a_key, &[frame], 100, true).unwrap();
+        assert_eq!(refused.accepted, vec![false]);
+        // Kept with the contact: the same after a restart.
+        let Pair {
+            _dirs, b, a_key, ..
+        } = p;
+        drop(b);
+        let b = Engine::open(store(_dirs.1.path()), 100).unwrap();
+        let list = b.contact_list(&a_key).unwrap();
+        assert_eq!(
+            (list.serial(), list.devices()[0].name.as_str()),
+            (3, "laptop")
+        );
+        assert_eq!(b.account_of(&a_key), a_key);
     }
 
     /// An introduction stands for the device that sealed it: its own

@@ -174,6 +174,14 @@ pub enum NodeEvent {
         /// Seconds messages live; `None`: kept.
         secs: Option<u64>,
     },
+    /// A contact's account has a new device list (a device was named
+    /// otherwise, added or removed); it came from the device `contact`.
+    DevicesChanged {
+        /// The contact device that sent it.
+        contact: [u8; 32],
+        /// What changed.
+        change: crate::node::engine::DevicesChange,
+    },
     /// A contact's relay served its prekey bundle; the session we start
     /// with it will use that (and its one-time prekey, if it came with
     /// one).

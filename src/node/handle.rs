@@ -14,7 +14,7 @@ use tokio::task::AbortHandle;
 use super::engine::{GroupChange, GroupInfo};
 use super::error::NodeError;
 use super::proto::PresenceState;
-use super::worker::RequestJob;
+use super::worker::{DevicesJob, RequestJob};
 use crate::store::{Cursor, MessageRef, Page, Summary};
 
 type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
@@ -35,6 +35,7 @@ pub(crate) enum Command {
         reply: Reply<[u8; 32]>,
     },
     Requests(super::worker::RequestJob),
+    Devices(super::worker::DevicesJob),
     Invite {
         reply: Reply<String>,
     },
@@ -161,6 +162,48 @@ pub struct ContactInfo {
     /// The safety number of this device and that contact: the same on
     /// both sides, compared out of band.
     pub safety_number: String,
+    /// Its account's device list, if it sent one.
+    pub devices: Option<DevicesInfo>,
+}
+
+/// One device of an account's device list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Its identity key (Ed25519).
+    pub identity: [u8; 32],
+    /// What its owner calls it (may be empty).
+    pub name: String,
+    /// When it was added (Unix seconds, by the account device's clock).
+    pub added_at: u64,
+}
+
+/// An account's device list as a user sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicesInfo {
+    /// The account key (its first device's identity key).
+    pub account: [u8; 32],
+    /// The list's serial (one higher at each change).
+    pub serial: u64,
+    /// Its devices, the account's own first.
+    pub devices: Vec<DeviceInfo>,
+}
+
+impl DevicesInfo {
+    pub(crate) fn of(list: &crate::crypto::VerifiedDeviceList) -> Self {
+        Self {
+            account: *list.account(),
+            serial: list.serial(),
+            devices: list
+                .devices()
+                .iter()
+                .map(|d| DeviceInfo {
+                    identity: d.identity.signing,
+                    name: d.name.clone(),
+                    added_at: d.added_at,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A device that added our invite and introduced itself, and is not a
@@ -537,6 +580,21 @@ impl NodeHandle {
     /// [`NodeError::UnknownContact`] if no request of it waits.
     pub async fn decline_request(&self, key: [u8; 32]) -> Result<(), NodeError> {
         self.ask(|reply| Command::Requests(RequestJob::Decline { key, reply }))
+            .await
+    }
+
+    /// This account's device list.
+    pub async fn devices(&self) -> Result<DevicesInfo, NodeError> {
+        self.ask(|reply| Command::Devices(DevicesJob::List { reply }))
+            .await
+    }
+
+    /// Names this device `name` in its account's device list (at most
+    /// [`crate::crypto::MAX_DEVICE_NAME`] bytes): the list is signed again
+    /// and sent to every contact. Returns the new list.
+    pub async fn name_device(&self, name: &str) -> Result<DevicesInfo, NodeError> {
+        let name = name.to_owned();
+        self.ask(|reply| Command::Devices(DevicesJob::Name { name, reply }))
             .await
     }
 

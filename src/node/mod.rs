@@ -39,6 +39,8 @@ pub use actor::Node;
 pub use config::{NodeConfig, PresenceConfig};
 pub use error::NodeError;
 pub use events::NodeEvent;
-pub use handle::{ContactInfo, ContactRequest, NodeHandle, NodeInfo, Status};
+pub use handle::{
+    ContactInfo, ContactRequest, DeviceInfo, DevicesInfo, NodeHandle, NodeInfo, Status,
+};
 pub use proto::PresenceState;
 pub(crate) use worker::now_secs;

@@ -198,6 +198,18 @@ pub enum Payload {
         /// The first one that may still come (queued, or not written yet).
         until: u64,
     },
+    /// The sender's account's device list changed: the new one (an
+    /// encoded [`crate::crypto::DeviceList`]), with the bundles of the
+    /// devices it adds.
+    Devices {
+        /// Its id in the sender's outbox (acknowledged like a message's).
+        id: [u8; 16],
+        /// The encoded list.
+        #[serde(with = "serde_bytes")]
+        list: Vec<u8>,
+        /// Bundles of devices the list adds.
+        bundles: Vec<crate::crypto::PrekeyBundle>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]

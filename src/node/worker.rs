@@ -29,7 +29,7 @@ use super::engine::{
 };
 use super::error::NodeError;
 use super::events::NodeEvent;
-use super::handle::{ContactInfo, ContactRequest};
+use super::handle::{ContactInfo, ContactRequest, DevicesInfo};
 use super::media::MediaJob;
 use super::net::direct::FrameStatus;
 use super::proto::{Frame, conversation_id};
@@ -129,6 +129,17 @@ pub(crate) enum RequestJob {
     },
 }
 
+/// This account's device list: read, or this device named.
+pub(crate) enum DevicesJob {
+    List {
+        reply: Reply<DevicesInfo>,
+    },
+    Name {
+        name: String,
+        reply: Reply<DevicesInfo>,
+    },
+}
+
 /// Work for the store thread.
 pub(crate) enum Job {
     Send {
@@ -144,6 +155,7 @@ pub(crate) enum Job {
         reply: Reply<[u8; 32]>,
     },
     Requests(RequestJob),
+    Devices(DevicesJob),
     Invite {
         addrs: Vec<String>,
         reply: Reply<String>,
@@ -926,6 +938,7 @@ impl Worker {
                 | Job::Groups { .. }
                 | Job::Contacts { .. }
                 | Job::Requests(RequestJob::List { .. })
+                | Job::Devices(DevicesJob::List { .. })
                 | Job::Export { .. }
                 | Job::Queued { .. }
                 | Job::Failed(_)
@@ -965,6 +978,21 @@ impl Worker {
                 round.reply(reply, r.map_err(Into::into));
             }
             Job::Requests(job) => self.request_job(job, now, round),
+            Job::Devices(DevicesJob::List { reply }) => {
+                round.reply(reply, Ok(DevicesInfo::of(self.engine.device_list())));
+            }
+            Job::Devices(DevicesJob::Name { name, reply }) => {
+                let r = self.engine.name_device(&name, now).map(|due| {
+                    round.dirty = true;
+                    for d in due {
+                        if !d.frame.is_empty() {
+                            self.route(&d.to, d.frame, Some(d.pos), now, round);
+                        }
+                    }
+                    DevicesInfo::of(self.engine.device_list())
+                });
+                round.reply(reply, r.map_err(Into::into));
+            }
             Job::Invite { addrs, reply } => {
                 self.engine.set_listen(addrs.clone());
                 let r = self.engine.invite(addrs, now).map(|i| i.to_code());
@@ -1133,6 +1161,10 @@ impl Worker {
                             fingerprint: fp,
                             verified: c.verified,
                             safety_number: safety,
+                            devices: self
+                                .engine
+                                .contact_list(&self.engine.account_of(&c.identity.signing))
+                                .map(DevicesInfo::of),
                         }
                     })
                     .collect();
@@ -2109,6 +2141,10 @@ impl Worker {
                     conversation: conv,
                     contact: *from,
                     secs,
+                },
+                Event::DevicesChanged(change) => NodeEvent::DevicesChanged {
+                    contact: *from,
+                    change,
                 },
             });
         }

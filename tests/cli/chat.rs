@@ -345,3 +345,48 @@ fn a_contact_request_is_listed_and_accepted_through_the_cli() {
         .collect();
     assert_eq!(texts, ["hello from alice"]);
 }
+
+/// A device named through the CLI: its own list shows the name, and a
+/// contact is told (an event) and lists it with the contact.
+#[test]
+fn a_device_named_through_the_cli_is_named_at_its_contacts() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = Device::init(root.path(), "alice");
+    let mut bob = Device::init(root.path(), "bob");
+    alice.start(&[]);
+    bob.start(&[]);
+    let bob_events = Proc::events(bob.cmd());
+    alice.json(&["contacts", "add", "bob", &bob.invite()]);
+    bob.json(&["contacts", "add", "alice", &alice.invite()]);
+
+    let own = alice.json(&["devices", "list"]);
+    assert_eq!(own["serial"], 1);
+    assert_eq!(own["devices"][0]["name"], "");
+    let account = own["account"].as_str().unwrap().to_owned();
+    assert_eq!(own["devices"][0]["identity"], account.as_str());
+    let named = alice.json(&["devices", "name", "laptop"]);
+    assert_eq!(
+        (named["serial"].clone(), named["devices"][0]["name"].clone()),
+        (2.into(), "laptop".into())
+    );
+    let plain = alice.run(&["devices", "list"]);
+    assert!(
+        String::from_utf8_lossy(&plain.stdout)
+            .contains(&format!("* laptop               {account}"))
+    );
+    assert_refused(
+        &alice.run(&["devices", "name", &"x".repeat(65)]),
+        1,
+        "at most 64 bytes",
+    );
+
+    let changed = bob_events.wait_json("alice's new list", |e| e["type"] == "devices_changed");
+    assert_eq!(changed["with"], "alice");
+    assert_eq!(changed["renamed"][0], account.as_str());
+    assert_eq!(changed["devices"]["devices"][0]["name"], "laptop");
+    let listed = bob.json(&["contacts", "list"]);
+    assert_eq!(listed[0]["devices"]["serial"], 2);
+    assert_eq!(listed[0]["devices"]["devices"][0]["name"], "laptop");
+    let plain = bob.run(&["contacts", "list"]);
+    assert!(String::from_utf8_lossy(&plain.stdout).contains("laptop"));
+}
