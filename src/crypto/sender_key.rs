@@ -81,6 +81,20 @@ impl SenderKeyMessage {
         out
     }
 
+    /// Checks the signature alone, as `owner`'s under the sender key
+    /// whose public signing key is `signing_key`: what a node that
+    /// forwards a group message can check without the chain key.
+    pub fn verify_signature(&self, owner: &[u8; 32], signing_key: &[u8; 32]) -> Result<(), Error> {
+        let header = Self::header(&self.group_id, self.key_id, self.iteration);
+        verify(
+            signing_key,
+            labels::SIG_GROUP_MESSAGE,
+            &[owner, &header, &self.ciphertext],
+            &self.signature,
+            "group message",
+        )
+    }
+
     /// Bounded decode.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
         const WHAT: &str = "group message";

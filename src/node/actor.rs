@@ -29,7 +29,7 @@ mod media;
 
 use super::complaints::Complaints;
 use super::config::NodeConfig;
-use super::engine::Engine;
+use super::engine::{Engine, GroupKey};
 use super::error::NodeError;
 use super::events::NodeEvent;
 use super::handle::{Command, NodeHandle, NodeInfo, Status};
@@ -107,6 +107,8 @@ impl Node {
         net.subscribe(&inbox)?;
         net.subscribe(&Topic::Presence)?;
         let group_topics: HashSet<[u8; 32]> = engine.group_topics().into_iter().collect();
+        let group_keys: HashMap<[u8; 32], Vec<GroupKey>> =
+            engine.group_keys().into_iter().collect();
         for t in &group_topics {
             net.subscribe(&Topic::Group(*t))?;
         }
@@ -227,6 +229,7 @@ impl Node {
             last_redial: Instant::now(),
             last_relay_search: None,
             group_topics,
+            group_keys,
             media: media::MediaLinks::default(),
         };
         let task = tokio::spawn(actor.run());
@@ -334,6 +337,10 @@ struct Actor {
     last_relay_search: Option<Instant>,
     /// The topics of the groups we are in.
     group_topics: HashSet<[u8; 32]>,
+    /// The sender keys the store thread holds for each group's members:
+    /// a group message under one of them is forwarded only if its
+    /// signature holds.
+    group_keys: HashMap<[u8; 32], Vec<GroupKey>>,
     /// Media chunks being fetched and served.
     media: media::MediaLinks,
 }
@@ -630,6 +637,13 @@ impl Actor {
                     && let Err(e) = self.net.subscribe(&Topic::Group(topic))
                 {
                     warn!(error = %e, "joining a group's topic");
+                }
+            }
+            Out::GroupKeys { group, keys } => {
+                if keys.is_empty() {
+                    self.group_keys.remove(&group);
+                } else {
+                    self.group_keys.insert(group, keys);
                 }
             }
             Out::Unsubscribe { topic } => {
@@ -1303,6 +1317,20 @@ impl Actor {
                 return Verdict::Accept;
             }
             return Verdict::Ignore(Reason::Application("replayed group message"));
+        }
+        // Under a key we know, only its owner's signature goes on (a key
+        // not known here yet, its distribution still on its way, is left
+        // to the members that have it).
+        if let Some(keys) = self.group_keys.get(&msg.group_id) {
+            let mut under = keys
+                .iter()
+                .filter(|(id, _, _)| *id == msg.key_id)
+                .peekable();
+            if under.peek().is_some()
+                && !under.any(|(_, owner, key)| msg.verify_signature(owner, key).is_ok())
+            {
+                return Verdict::Reject(Reason::Application("group message with a bad signature"));
+            }
         }
         if self.overloaded() {
             // Its author's outbox sends it 1:1 when no receipt comes.

@@ -292,6 +292,12 @@ pub(crate) enum Out {
     Direct { peer: PeerId, frames: Vec<Outgoing> },
     /// Join a group's topic.
     Subscribe { topic: [u8; 32] },
+    /// The sender keys now held for a group's members (the network task
+    /// checks group messages' signatures with them before forwarding).
+    GroupKeys {
+        group: [u8; 32],
+        keys: Vec<super::engine::GroupKey>,
+    },
     /// Leave a group's topic.
     Unsubscribe { topic: [u8; 32] },
     /// Publish a group message on a group's topic.
@@ -886,6 +892,9 @@ impl Worker {
                 acks_due = None;
             }
             self.media_received(now_secs(), &mut round);
+            for (group, keys) in self.engine.take_changed_group_keys() {
+                round.outs.push(Out::GroupKeys { group, keys });
+            }
             // The last round before a clean stop: sessions are written as
             // they are, not reserved ahead (nothing is encrypted after it).
             if round.stop {

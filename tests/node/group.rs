@@ -463,3 +463,133 @@ async fn a_member_that_stops_right_after_a_message_still_acknowledges_it() {
 async fn a_member_that_writes_then_stops_still_acknowledges_the_group_message() {
     stopped_member_acknowledges(960, Some(b"bye")).await;
 }
+
+/// A group message under a member's key whose signature does not hold is
+/// not forwarded by a member that has the key; one under a key it does
+/// not know (yet) still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_group_message_under_a_known_key_is_not_forwarded() {
+    use meshchat::crypto::SenderKeyMessage;
+    use meshchat::node::groups::{gossip_frame, gossip_unframe, topic_id};
+    use meshchat::node::net::{Net, NetConfig, NetEvent, Reason, Topic, Verdict};
+
+    let (_dirs, mut nodes, group) = group_of(2, 940).await;
+    let topic = Topic::Group(topic_id(&group));
+    // Two peers of the network layer on the group's topic, listening
+    // nowhere (so never connected to each other): `wire` next to b, to
+    // catch one of b's messages, and next to a, to see what a forwards;
+    // `mallory` next to a only.
+    let start = |seed: u8| {
+        let keypair = libp2p::identity::Keypair::ed25519_from_bytes([seed; 32]).unwrap();
+        let mut cfg = NetConfig::loopback();
+        cfg.listen.clear();
+        let mut net = Net::start(keypair, &cfg).unwrap();
+        net.subscribe(&topic).unwrap();
+        net
+    };
+    let mut wire = start(93);
+    let mut mallory = start(94);
+    async fn subscribed(net: &mut Net, node: &TestNode, topic: &Topic) {
+        net.dial(node.addr.clone()).unwrap();
+        let peer = node.peer();
+        tokio::time::timeout(crate::common::WAIT, async {
+            loop {
+                if let NetEvent::Subscribed { peer: p, topic: t } = net.next_event().await
+                    && p == peer
+                    && t == *topic
+                {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the node's subscription");
+    }
+    /// The next group message `net` gets on `topic` within `secs`, with
+    /// `other` (if any) kept running meanwhile.
+    async fn next_on(
+        net: &mut Net,
+        mut other: Option<&mut Net>,
+        topic: &Topic,
+        secs: u64,
+    ) -> Option<Vec<u8>> {
+        tokio::time::timeout(std::time::Duration::from_secs(secs), async {
+            loop {
+                let event = match other.as_mut() {
+                    Some(o) => tokio::select! {
+                        e = net.next_event() => e,
+                        _ = o.next_event() => continue,
+                    },
+                    None => net.next_event().await,
+                };
+                if let NetEvent::Gossip(msg) = event {
+                    net.report_gossip(
+                        &msg.id,
+                        &msg.source,
+                        Verdict::Ignore(Reason::Application("observer")),
+                    );
+                    if msg.topic == *topic {
+                        return msg.data;
+                    }
+                }
+            }
+        })
+        .await
+        .ok()
+    }
+    subscribed(&mut wire, &nodes[1], &topic).await;
+    // b writes until one of its messages is caught (a has its key then).
+    let mut caught = None;
+    for k in 0..5 {
+        let body = format!("from b {k}").into_bytes();
+        nodes[1].handle.send_group(group, body).await.unwrap();
+        if let Some(data) = next_on(&mut wire, None, &topic, 5).await {
+            caught = Some(data);
+            break;
+        }
+    }
+    let data = caught.expect("one of b's messages on the wire");
+    let (_, message) = gossip_unframe(&data).unwrap();
+    let real = SenderKeyMessage::from_bytes(message).unwrap();
+    crate::common::message(&mut nodes[0], b"from b 0").await;
+
+    subscribed(&mut wire, &nodes[0], &topic).await;
+    subscribed(&mut mallory, &nodes[0], &topic).await;
+    // Under a key a does not know: forwarded. Sent until wire sees one
+    // come from a (a's mesh for the topic takes it in at a heartbeat).
+    let unknown = |n: u32| {
+        let mut m = real.clone();
+        m.key_id = real.key_id ^ 0x5a5a_5a5a;
+        m.iteration = n;
+        gossip_frame(&m.to_bytes(), false)
+    };
+    let mut n = 0;
+    loop {
+        assert!(n < 10, "nothing from mallory forwarded by a");
+        let marker = unknown(n);
+        mallory.publish(&topic, marker.clone()).unwrap();
+        n += 1;
+        if next_on(&mut wire, Some(&mut mallory), &topic, 3).await == Some(marker) {
+            break;
+        }
+    }
+    // Under b's key, the ciphertext changed: its signature fails at a.
+    // Then one more under the unknown key: the next thing wire gets from
+    // a, since a forwards in the order it validates.
+    let mut forged = real.clone();
+    forged.ciphertext[0] ^= 1;
+    let forged = gossip_frame(&forged.to_bytes(), false);
+    mallory.publish(&topic, forged.clone()).unwrap();
+    let marker = unknown(n);
+    mallory.publish(&topic, marker.clone()).unwrap();
+    let next = next_on(&mut wire, Some(&mut mallory), &topic, 10).await;
+    assert!(next != Some(forged), "the forged message was forwarded");
+    assert_eq!(next, Some(marker), "the message after it was forwarded");
+    // And a is still a member that reads b.
+    nodes[1]
+        .handle
+        .send_group(group, b"still here".to_vec())
+        .await
+        .unwrap();
+    crate::common::message(&mut nodes[0], b"still here").await;
+}

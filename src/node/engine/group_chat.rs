@@ -239,7 +239,14 @@ pub(crate) struct Groups {
     /// The contact whose payload first brought each group in `limbo`
     /// (in memory only: after a restart, held groups are nobody's).
     limbo_via: HashMap<[u8; 32], [u8; 32]>,
+    /// Groups whose members' sender keys changed since
+    /// [`Engine::take_changed_group_keys`] was last called.
+    keys_changed: HashSet<[u8; 32]>,
 }
+
+/// A member's sender key as a forwarding node checks messages with it:
+/// key id, member, public signing key.
+pub type GroupKey = (u32, [u8; 32], [u8; 32]);
 
 /// Who has a group message of ours.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -450,6 +457,38 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The sender keys held for `group`'s other members.
+    fn group_keys_of(&self, group: &[u8; 32]) -> Vec<GroupKey> {
+        self.groups.slots.get(group).map_or_else(Vec::new, |slot| {
+            slot.receivers
+                .iter()
+                .flat_map(|(member, keys)| {
+                    keys.iter().map(|k| (k.key_id(), *member, *k.signing_key()))
+                })
+                .collect()
+        })
+    }
+
+    /// The sender keys held for every group's members (for the network
+    /// task, which checks group messages' signatures before forwarding).
+    pub fn group_keys(&self) -> Vec<([u8; 32], Vec<GroupKey>)> {
+        self.groups
+            .slots
+            .keys()
+            .map(|g| (*g, self.group_keys_of(g)))
+            .collect()
+    }
+
+    /// The groups whose members' sender keys changed since the last call,
+    /// with the keys now held.
+    pub fn take_changed_group_keys(&mut self) -> Vec<([u8; 32], Vec<GroupKey>)> {
+        let changed = std::mem::take(&mut self.groups.keys_changed);
+        changed
+            .into_iter()
+            .map(|g| (g, self.group_keys_of(&g)))
+            .collect()
     }
 
     /// Every group this device knows, joined or not.
@@ -769,6 +808,7 @@ impl Engine {
             if let Some(slot) = self.groups.slots.get_mut(&group) {
                 slot.own = None;
                 slot.receivers.clear();
+                self.groups.keys_changed.insert(group);
             }
             let keys = self.store.records(Kind::SenderKeys)?;
             for (k, _) in keys.scan(&group)? {
@@ -779,6 +819,7 @@ impl Engine {
             for k in &left {
                 if let Some(slot) = self.groups.slots.get_mut(&group) {
                     slot.receivers.remove(k);
+                    self.groups.keys_changed.insert(group);
                 }
                 let keys = self.store.records(Kind::SenderKeys)?;
                 for (rk, _) in keys.scan(&[group.as_slice(), k.as_slice()].concat())? {
@@ -1629,6 +1670,7 @@ impl Engine {
             let old = keys.remove(0);
             records.remove(&sender_key_record(&group, from, Some(old.key_id())))?;
         }
+        self.groups.keys_changed.insert(group);
         self.save_receivers(&group, from)?;
         // Messages that waited for this key.
         let waiting: Vec<(Vec<u8>, Option<[u8; 32]>)> = self
