@@ -36,6 +36,31 @@ pub struct DeviceEntry {
     pub name: String,
     /// When it was added (Unix seconds, the account device's clock).
     pub added_at: u64,
+    /// The device's own signature of the account key
+    /// (`labels::SIG_DEVICE_OF`): its consent to be in this account, so
+    /// that an account cannot claim another's device.
+    #[serde(with = "bytes64")]
+    pub proof: [u8; 64],
+}
+
+/// A device's consent to join an account: its identity and its signature
+/// of the account key, which the account's device puts in its list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceMembership {
+    /// The joining device's identity.
+    pub identity: PublicIdentity,
+    /// Its signature over `labels::SIG_DEVICE_OF ‖ account`.
+    pub proof: [u8; 64],
+}
+
+impl DeviceMembership {
+    /// `device`'s consent to be in the account `account`.
+    pub fn new(device: &DeviceIdentity, account: &[u8; 32]) -> Self {
+        Self {
+            identity: device.public().clone(),
+            proof: device.sign(labels::SIG_DEVICE_OF, &[account]),
+        }
+    }
 }
 
 /// What the account key signs.
@@ -99,6 +124,7 @@ impl DeviceList {
                     identity: account.public().clone(),
                     name: name.to_owned(),
                     added_at: now,
+                    proof: DeviceMembership::new(account, &account.public().signing).proof,
                 }],
             },
         )
@@ -187,6 +213,14 @@ fn check_body(body: &DeviceListBody) -> Result<(), Error> {
         }
         d.identity.verify()?;
         kdf::check_public(&d.identity.dh, "device identity key")?;
+        verify(
+            &d.identity.signing,
+            labels::SIG_DEVICE_OF,
+            &[&body.account],
+            &d.proof,
+            "device list",
+        )
+        .map_err(|_| refused("a device that did not consent to the account"))?;
     }
     Ok(())
 }
@@ -225,18 +259,19 @@ impl VerifiedDeviceList {
     pub fn with_device(
         &self,
         account: &DeviceIdentity,
-        identity: PublicIdentity,
+        joining: &DeviceMembership,
         name: &str,
         now: u64,
     ) -> Result<DeviceList, Error> {
-        if self.device(&identity.signing).is_some() {
+        if self.device(&joining.identity.signing).is_some() {
             return Err(refused("the device is listed already"));
         }
         let mut body = self.next()?;
         body.devices.push(DeviceEntry {
-            identity,
+            identity: joining.identity.clone(),
             name: name.to_owned(),
             added_at: now,
+            proof: joining.proof,
         });
         DeviceList::sign(account, body)
     }
@@ -274,6 +309,18 @@ impl VerifiedDeviceList {
             .find(|d| d.identity.signing == *device)
             .ok_or(refused("the device is not listed"))?;
         entry.name = name.to_owned();
+        DeviceList::sign(account, body)
+    }
+
+    /// The same list with its serial `by` higher, signed by `account`:
+    /// what a device restored from a backup signs, so that its later lists
+    /// come after any it signed since the backup was made.
+    pub fn advanced(&self, account: &DeviceIdentity, by: u64) -> Result<DeviceList, Error> {
+        let mut body = self.body.clone();
+        body.serial = body
+            .serial
+            .checked_add(by)
+            .ok_or(refused("its serial is at its largest"))?;
         DeviceList::sign(account, body)
     }
 
@@ -369,7 +416,12 @@ mod tests {
             // The longest names and times: the largest list there can be.
             let name = format!("{i}").repeat(MAX_DEVICE_NAME);
             let next = held
-                .with_device(&d[0], dev.public().clone(), &name, u64::MAX - i as u64)
+                .with_device(
+                    &d[0],
+                    &DeviceMembership::new(dev, &d[0].public().signing),
+                    &name,
+                    u64::MAX - i as u64,
+                )
                 .unwrap();
             let bytes = next.to_bytes();
             assert!(bytes.len() <= DEVICE_LIST_MAX);
@@ -390,7 +442,12 @@ mod tests {
         }
         assert_eq!(held.devices().len(), MAX_DEVICES);
         assert!(matches!(
-            held.with_device(&d[0], d[MAX_DEVICES].public().clone(), "one too many", 200),
+            held.with_device(
+                &d[0],
+                &DeviceMembership::new(&d[MAX_DEVICES], &d[0].public().signing),
+                "one too many",
+                200
+            ),
             Err(Error::DeviceList { .. })
         ));
 
@@ -431,6 +488,10 @@ mod tests {
                 .renamed(&d[1], &d[1].public().signing, "mine")
                 .is_err()
         );
+        let ahead = named.advanced(&d[0], 1 << 20).unwrap().verify().unwrap();
+        assert_eq!(ahead.serial(), named.serial() + (1 << 20));
+        assert_eq!(ahead.devices(), named.devices());
+        assert!(ahead.advanced(&d[0], u64::MAX).is_err());
     }
 
     /// Only the account's key makes a list: another device cannot sign
@@ -449,7 +510,12 @@ mod tests {
             other => panic!("not refused: {other:?}"),
         };
         // Another device signs a change: refused at signing.
-        refusal(held.with_device(&d[1], d[2].public().clone(), "x", 2));
+        refusal(held.with_device(
+            &d[1],
+            &DeviceMembership::new(&d[2], &d[1].public().signing),
+            "x",
+            2,
+        ));
         // And a list it signed itself is refused on reading.
         let by_other = forged(&held, &d[1], |b| b.serial = 9);
         assert!(matches!(by_other.verify(), Err(Error::BadSignature { .. })));
@@ -461,21 +527,31 @@ mod tests {
         refusal(held.without_device(&d[0], &d[0].public().signing));
         refusal(held.without_device(&d[0], &d[1].public().signing));
         let two = held
-            .with_device(&d[0], d[1].public().clone(), "laptop", 2)
+            .with_device(
+                &d[0],
+                &DeviceMembership::new(&d[1], &d[0].public().signing),
+                "laptop",
+                2,
+            )
             .unwrap()
             .verify()
             .unwrap();
-        refusal(two.with_device(&d[0], d[1].public().clone(), "again", 3));
+        refusal(two.with_device(
+            &d[0],
+            &DeviceMembership::new(&d[1], &d[0].public().signing),
+            "again",
+            3,
+        ));
         refusal(held.with_device(
             &d[0],
-            d[2].public().clone(),
+            &DeviceMembership::new(&d[2], &d[0].public().signing),
             &"n".repeat(MAX_DEVICE_NAME + 1),
             3,
         ));
         assert!(
             held.with_device(
                 &d[0],
-                d[2].public().clone(),
+                &DeviceMembership::new(&d[2], &d[0].public().signing),
                 &"n".repeat(MAX_DEVICE_NAME),
                 3
             )
@@ -492,7 +568,12 @@ mod tests {
             .unwrap()
             .verify()
             .unwrap()
-            .with_device(&d[0], d[1].public().clone(), "laptop", 2)
+            .with_device(
+                &d[0],
+                &DeviceMembership::new(&d[1], &d[0].public().signing),
+                "laptop",
+                2,
+            )
             .unwrap()
             .verify()
             .unwrap();
@@ -511,6 +592,22 @@ mod tests {
                 Box::new(|b| b.devices[1].name = "n".repeat(MAX_DEVICE_NAME + 1)),
             ),
             (
+                "a device that did not consent",
+                Box::new(|b| {
+                    // Another device's signature in its place.
+                    let other = devices(1, 9);
+                    b.devices[1].proof = DeviceMembership::new(&other[0], &b.account).proof;
+                }),
+            ),
+            (
+                "a device whose consent is for another account",
+                Box::new(|b| {
+                    // The same seed: the listed device itself.
+                    let same = devices(3, 3);
+                    b.devices[1].proof = DeviceMembership::new(&same[1], &[7; 32]).proof;
+                }),
+            ),
+            (
                 "too many",
                 Box::new(|b| {
                     let more = devices(MAX_DEVICES, 4);
@@ -519,6 +616,7 @@ mod tests {
                             identity: m.public().clone(),
                             name: String::new(),
                             added_at: 0,
+                            proof: DeviceMembership::new(m, &b.account).proof,
                         });
                     }
                 }),
@@ -557,12 +655,22 @@ mod tests {
             .verify()
             .unwrap();
         let a = held
-            .with_device(&d[0], d[1].public().clone(), "laptop", 2)
+            .with_device(
+                &d[0],
+                &DeviceMembership::new(&d[1], &d[0].public().signing),
+                "laptop",
+                2,
+            )
             .unwrap()
             .verify()
             .unwrap();
         let b = held
-            .with_device(&d[0], d[2].public().clone(), "tablet", 2)
+            .with_device(
+                &d[0],
+                &DeviceMembership::new(&d[2], &d[0].public().signing),
+                "tablet",
+                2,
+            )
             .unwrap()
             .verify()
             .unwrap();

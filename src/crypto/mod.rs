@@ -59,8 +59,8 @@ mod x3dh;
 mod tests;
 
 pub use devices::{
-    DEVICE_LIST_MAX, DeviceEntry, DeviceList, ListUpdate, MAX_DEVICE_NAME, MAX_DEVICES,
-    VerifiedDeviceList,
+    DEVICE_LIST_MAX, DeviceEntry, DeviceList, DeviceMembership, ListUpdate, MAX_DEVICE_NAME,
+    MAX_DEVICES, VerifiedDeviceList,
 };
 pub use envelope::{
     ContentKind, Envelope, OpenedEnvelope, SealCache, SealedContent, SenderCertificate, open, pad,
@@ -136,6 +136,8 @@ pub mod labels {
     pub const STORE_TOMBSTONE: &[u8] = b"meshchat/1/store/tombstone";
     /// Signature context: an account's list of its devices.
     pub const SIG_DEVICE_LIST: &[u8] = b"meshchat/1/sig/device-list";
+    /// Signature context: a device's consent to be in an account's list.
+    pub const SIG_DEVICE_OF: &[u8] = b"meshchat/1/sig/device-of";
 }
 
 pub(crate) use identity::hex8;

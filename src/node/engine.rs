@@ -37,6 +37,9 @@ use crate::store::{
 
 const IDENTITY_KEY: &[u8] = b"device";
 const MAILBOX_KEY: &[u8] = b"mailbox";
+/// How far ahead a device restored from a backup moves its account's
+/// list's serial (one change a second for twelve days).
+const RESTORE_SERIAL_STEP: u64 = 1 << 20;
 /// This account's device list, in the identity records.
 const DEVICE_LIST_KEY: &[u8] = b"device-list";
 const PREKEYS_KEY: &[u8] = b"store";
@@ -409,6 +412,10 @@ pub struct Engine {
     /// The newest device list held of each contact's account that sent
     /// one, by account key (verified once, when it came or at the start).
     lists: HashMap<[u8; 32], crypto::VerifiedDeviceList>,
+    /// The account of each contact device that came with a list (its
+    /// invite's, or the last it sent); a contact without one is an
+    /// account of its own.
+    accounts: HashMap<[u8; 32], [u8; 32]>,
     seal_cache: SealCache,
     schedule: Schedule,
     /// When each contact last made failed messages due again
@@ -493,7 +500,7 @@ impl Engine {
                 key
             }
         };
-        let devices = match ids.get(DEVICE_LIST_KEY)? {
+        let mut devices = match ids.get(DEVICE_LIST_KEY)? {
             Some(bytes) => {
                 let list = crypto::DeviceList::from_bytes(&bytes)?.verify()?;
                 if list.device(&me.public().signing).map(|d| &d.identity) != Some(me.public()) {
@@ -524,6 +531,13 @@ impl Engine {
         let restored = store.restored()?;
         if restored {
             forget_sending_state(&store, &me)?;
+            // Lists signed since the backup was made had higher serials:
+            // the next ones must come after them, or contacts would take
+            // them for old ones (or for two lists with one serial).
+            if *devices.account() == me.public().signing {
+                devices = devices.advanced(&me, RESTORE_SERIAL_STEP)?.verify()?;
+                ids.put(DEVICE_LIST_KEY, &devices.list().to_bytes())?;
+            }
         }
         let mut contacts = HashMap::new();
         for (key, bytes) in store.records(Kind::Contacts)?.scan(b"")? {
@@ -531,17 +545,7 @@ impl Engine {
                 contacts.insert(k, Contact::from_bytes(&bytes)?);
             }
         }
-        let mut lists: HashMap<[u8; 32], crypto::VerifiedDeviceList> = HashMap::new();
-        for c in contacts.values() {
-            if let Some(list) = c.device_list() {
-                let newer = lists
-                    .get(list.account())
-                    .is_none_or(|held| held.serial() < list.serial());
-                if newer {
-                    lists.insert(*list.account(), list);
-                }
-            }
-        }
+        let (lists, accounts) = devices::load_lists(&store, &contacts)?;
         let mut sessions = Sessions::new();
         for (key, bytes) in store.records(Kind::Sessions)?.scan(b"")? {
             if let Ok(k) = <[u8; 32]>::try_from(key.as_slice()) {
@@ -582,6 +586,7 @@ impl Engine {
             sessions,
             contacts,
             lists,
+            accounts,
             seal_cache: SealCache::default(),
             schedule,
             heard_at: HashMap::new(),
@@ -684,8 +689,24 @@ impl Engine {
             verified.bundle.body.mailbox_id,
             name,
         );
-        let account = verified.account();
+        let device = identity.signing;
+        // An invite without a list (version 1) of a device known in an
+        // account is of that account still.
+        let known = self.accounts.get(&device).copied();
+        let account = match (&verified.list, known) {
+            (None, Some(k)) => k,
+            _ => verified.account(),
+        };
+        if known.is_some_and(|k| k != account) {
+            return Err(crypto::Error::DeviceList {
+                reason: "the device is known in another account",
+            }
+            .into());
+        }
         let mut newer = verified.list;
+        if let Some(list) = &newer {
+            self.check_list_devices(list)?;
+        }
         if let Some(held) = self.lists.get(&account) {
             match newer.as_ref().map(|l| held.update(l)).transpose()? {
                 Some(crypto::ListUpdate::Newer { .. }) => {}
@@ -693,13 +714,12 @@ impl Engine {
                 // No list, or an older one than held (an old invite): the
                 // device must still be in the newest.
                 None | Some(crypto::ListUpdate::Older) => {
-                    if held.device(&identity.signing).map(|d| &d.identity) != Some(&identity) {
+                    if held.device(&device).map(|d| &d.identity) != Some(&identity) {
                         return Err(crypto::Error::DeviceList {
                             reason: "the device was removed from its account",
                         }
                         .into());
                     }
-                    contact.devices = held.list().to_bytes();
                     newer = None;
                 }
             }
@@ -711,7 +731,12 @@ impl Engine {
             .get(&identity.signing)
             .is_some_and(|c| c.verified);
         if let Some(list) = newer {
-            self.lists.insert(account, list);
+            self.keep_list(list)?;
+        }
+        // The record keeps the newest list it is known by.
+        if let Some(held) = self.lists.get(&account) {
+            contact.devices = held.list().to_bytes();
+            self.accounts.insert(device, account);
         }
         self.store
             .records(Kind::Contacts)?
@@ -727,6 +752,7 @@ impl Engine {
         if self.contacts.remove(key).is_none() {
             return Ok(false);
         }
+        self.accounts.remove(key);
         self.heard_at.remove(key);
         self.retry_keys.remove(key);
         self.resend_answered.remove(key);
@@ -2209,7 +2235,12 @@ mod tests {
         assert_eq!(a.device_list().account(), &a.me.public().signing);
         let two = a
             .devices
-            .with_device(&a.me, b.me.public().clone(), "laptop", 100)
+            .with_device(
+                &a.me,
+                &crypto::DeviceMembership::new(&b.me, &a.me.public().signing),
+                "laptop",
+                100,
+            )
             .unwrap();
         let three = two
             .verify()
@@ -2259,6 +2290,11 @@ mod tests {
         let due = p.a.name_device("phone", 100).unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].to, p.b_key);
+        // Retried until acknowledged: not taken for a read receipt, which
+        // is dropped once it went out on the mesh.
+        assert!(!p.a.is_read_receipt(due[0].pos));
+        p.a.published(&[due[0].pos]).unwrap();
+        assert!(p.a.expiry_of(due[0].pos).is_some(), "still queued");
         assert_eq!(p.a.device_list().serial(), 2);
         let first =
             p.b.receive(&p.a_key, &[due[0].frame.clone()], 100, true)
@@ -2280,8 +2316,13 @@ mod tests {
             .unwrap();
         let again = p.b.receive(&p.a_key, &[old], 100, true).unwrap();
         assert!(again.events.is_empty());
+        assert_eq!(
+            again.accepted,
+            vec![true],
+            "acknowledged, so it is not sent again"
+        );
         assert_eq!(p.b.contact_list(&p.a_key).unwrap().serial(), 3);
-        // A list signed by the sender but naming only another device.
+        // A list of another account, naming only its own device.
         let other = DeviceIdentity::generate(&mut rand::rng());
         let foreign = crypto::DeviceList::first(&other, "x", 100)
             .unwrap()
@@ -2311,6 +2352,74 @@ mod tests {
             (3, "laptop")
         );
         assert_eq!(b.account_of(&a_key), a_key);
+    }
+
+    /// A device in two accounts (it consented to both) stays in the one
+    /// it is known in: a list of the other naming it is refused, and the
+    /// account it is known by keeps its list.
+    #[test]
+    fn a_list_naming_a_device_of_another_account_is_refused() {
+        let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+        let mut b = Engine::open(store(dirs[0].path()), 100).unwrap();
+        let mut m = Engine::open(store(dirs[1].path()), 100).unwrap();
+        let c = Engine::open(store(dirs[2].path()), 100).unwrap();
+        let c_key = b
+            .add_contact(&c.invite(vec![], 100).unwrap(), "carol")
+            .unwrap();
+        let m_key = b
+            .add_contact(&m.invite(vec![], 100).unwrap(), "mel")
+            .unwrap();
+        m.add_contact(&b.invite(vec![], 100).unwrap(), "bob")
+            .unwrap();
+        let with_c = m
+            .devices
+            .with_device(
+                &m.me,
+                &crypto::DeviceMembership::new(&c.me, &m_key),
+                "carol's phone",
+                100,
+            )
+            .unwrap()
+            .verify()
+            .unwrap();
+        let due = m.set_own_list(with_c.clone(), 100).unwrap();
+        let got = b
+            .receive(&m_key, &[due[0].frame.clone()], 100, true)
+            .unwrap();
+        assert_eq!(got.accepted, vec![false]);
+        assert_eq!(b.account_of(&c_key), c_key);
+        assert_eq!(b.contact_list(&m_key).unwrap().serial(), 1);
+        // Nor through an invite: carol's bundle beside mel's list.
+        let forged = c
+            .invite(vec![], 100)
+            .unwrap()
+            .with_devices(with_c.list().to_bytes(), Vec::new());
+        assert!(forged.verify().is_ok(), "every signature holds");
+        assert!(matches!(
+            b.add_contact(&forged, "carol"),
+            Err(EngineError::Crypto(crypto::Error::DeviceList { .. }))
+        ));
+        assert_eq!(b.contacts[&c_key].device_list().unwrap().account(), &c_key);
+    }
+
+    /// A device restored from a backup signs its next lists far ahead of
+    /// the backup's, so that contacts holding a list it signed since do
+    /// not take them for old ones.
+    #[test]
+    fn a_restored_device_moves_its_list_ahead() {
+        let Pair { _dirs, mut a, .. } = pair();
+        let mut backup = Vec::new();
+        a.store.backup(&mut backup).unwrap();
+        a.name_device("phone", 100).unwrap();
+        assert_eq!(a.device_list().serial(), 2);
+        drop(a);
+        let (_restored_dir, store) = restored_store(&backup);
+        let a = Engine::open(store.clone(), 102).unwrap();
+        assert_eq!(a.device_list().serial(), 1 + RESTORE_SERIAL_STEP);
+        drop(a);
+        // Only once: the next start is not a restore.
+        let a = Engine::open(store, 103).unwrap();
+        assert_eq!(a.device_list().serial(), 1 + RESTORE_SERIAL_STEP);
     }
 
     /// An introduction stands for the device that sealed it: its own

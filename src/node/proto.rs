@@ -242,6 +242,15 @@ impl Payload {
                     max: MAX_RECEIPTS,
                 })
             }
+            Payload::Devices { list, bundles, .. }
+                if list.len() > crypto::DEVICE_LIST_MAX || bundles.len() >= crypto::MAX_DEVICES =>
+            {
+                Err(crypto::Error::TooLarge {
+                    what: "device list",
+                    len: list.len(),
+                    max: crypto::DEVICE_LIST_MAX,
+                })
+            }
             _ => Ok(w.payload),
         }
     }

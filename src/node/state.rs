@@ -770,7 +770,12 @@ mod tests {
         let both = list
             .verify()
             .unwrap()
-            .with_device(&a, b.public().clone(), "laptop", 6)
+            .with_device(
+                &a,
+                &crypto::DeviceMembership::new(&b, &a.public().signing),
+                "laptop",
+                6,
+            )
             .unwrap();
         let two = Invite::new(a_bundle.clone(), Vec::new())
             .with_devices(both.to_bytes(), vec![b_bundle.clone()]);

@@ -2,6 +2,8 @@
 //! signs and sends to every contact when it changes, and each contact
 //! account's newest, taken from its invites and its `Devices` payloads.
 
+use std::collections::HashMap;
+
 use super::{DEVICE_LIST_KEY, DevicesChange, Due, Engine, EngineError};
 use crate::crypto::{self, DeviceList, ListUpdate, VerifiedDeviceList};
 use crate::node::proto::{Payload, conversation_id};
@@ -29,7 +31,7 @@ impl Engine {
     }
 
     /// Keeps `list` as this account's, and queues it for every contact.
-    fn set_own_list(
+    pub(super) fn set_own_list(
         &mut self,
         list: VerifiedDeviceList,
         now: u64,
@@ -48,23 +50,29 @@ impl Engine {
             .collect();
         let mut due = Vec::with_capacity(contacts.len());
         for (key, conv) in contacts {
+            // Queued with the conversation's clock, like a retention
+            // setting: an entry without one is taken for a read receipt,
+            // which goes out once and is not retried.
+            let mut state = self.conv_state(&conv)?;
+            state.lamport = state.lamport.saturating_add(1);
+            let lamport = state.lamport;
+            self.put_conv_state(&conv, &state)?;
             let list = bytes.clone();
-            due.push(self.queue(&key, &conv, None, now, |id| Payload::Devices {
-                id,
-                list,
-                bundles: Vec::new(),
-            })?);
+            due.push(
+                self.queue(&key, &conv, Some(lamport), now, |id| Payload::Devices {
+                    id,
+                    list,
+                    bundles: Vec::new(),
+                })?,
+            );
         }
         Ok(due)
     }
 
-    /// The account the contact device `key` belongs to, as the lists held
-    /// say (itself if none names it).
+    /// The account the contact device `key` belongs to (itself if it
+    /// came with no list).
     pub fn account_of(&self, key: &[u8; 32]) -> [u8; 32] {
-        self.lists
-            .values()
-            .find(|l| l.device(key).is_some())
-            .map_or(*key, |l| *l.account())
+        self.accounts.get(key).copied().unwrap_or(*key)
     }
 
     /// The newest device list held of `account`.
@@ -72,12 +80,37 @@ impl Engine {
         self.lists.get(account)
     }
 
+    /// Keeps `list` as the newest of its account (in memory and in its
+    /// record).
+    pub(super) fn keep_list(&mut self, list: VerifiedDeviceList) -> Result<(), EngineError> {
+        self.store
+            .records(Kind::Contacts)?
+            .put(&list_record(list.account()), &list.list().to_bytes())?;
+        self.lists.insert(*list.account(), list);
+        Ok(())
+    }
+
+    /// Refuses a list that names a contact device known in another
+    /// account, or the account key of another account held: each device
+    /// consented to it (`DeviceMembership`), but one that consented to two
+    /// accounts stays in the first.
+    pub(super) fn check_list_devices(&self, list: &VerifiedDeviceList) -> Result<(), EngineError> {
+        for d in list.devices() {
+            let k = &d.identity.signing;
+            let elsewhere = self.accounts.get(k).is_some_and(|a| a != list.account())
+                || (k != list.account() && self.lists.contains_key(k));
+            if elsewhere {
+                return Err(refused("a list naming a device of another account"));
+            }
+        }
+        Ok(())
+    }
+
     /// The contact `from` sent its account's device list. Kept if it is
-    /// newer than the one held (and then with every contact device it
-    /// names); `Err` (a crypto error) if it is not a valid list naming
-    /// `from` with its keys, or is of another account than the one
-    /// `from` is known in, or says something else than the list held
-    /// under the same serial.
+    /// newer than the one held; `Err` (a crypto error) if it is not a
+    /// valid list naming `from` with its keys, names a device known in
+    /// another account, or says something else than the list held under
+    /// the same serial.
     pub(super) fn on_devices(
         &mut self,
         from: &[u8; 32],
@@ -88,12 +121,10 @@ impl Engine {
         if list.device(from).map(|d| &d.identity) != Some(&contact.identity) {
             return Err(refused("a list that does not name the device that sent it"));
         }
-        let known = self.account_of(from);
-        if self.lists.contains_key(&known) && known != *list.account() {
-            return Err(refused("a list of another account than the device's"));
-        }
+        self.check_list_devices(&list)?;
         let account = *list.account();
-        let (added, removed) = match self.lists.get(&account) {
+        let held = self.lists.get(&account);
+        let (added, removed) = match held {
             Some(held) => match held.update(&list)? {
                 ListUpdate::Newer { added, removed } => {
                     (added.into_iter().map(|d| d.signing).collect(), removed)
@@ -111,27 +142,16 @@ impl Engine {
                 Vec::new(),
             ),
         };
-        let renamed = match self.lists.get(&account) {
-            Some(held) => list
-                .devices()
+        let renamed = held.map_or_else(Vec::new, |held| {
+            list.devices()
                 .iter()
                 .filter(|d| {
                     held.device(&d.identity.signing)
                         .is_some_and(|h| h.name != d.name)
                 })
                 .map(|d| d.identity.signing)
-                .collect(),
-            None => Vec::new(),
-        };
-        // Kept with every contact device it names, so the newest comes
-        // back at the start whichever of them is read first.
-        let records = self.store.records(Kind::Contacts)?;
-        for (key, c) in &mut self.contacts {
-            if list.device(key).map(|d| &d.identity) == Some(&c.identity) {
-                c.devices = bytes.to_vec();
-                records.put(key, &c.to_bytes())?;
-            }
-        }
+                .collect()
+        });
         let change = DevicesChange {
             account,
             serial: list.serial(),
@@ -140,7 +160,61 @@ impl Engine {
             removed,
             renamed,
         };
-        self.lists.insert(account, list);
+        self.keep_list(list)?;
+        if let Some(c) = self.contacts.get_mut(from) {
+            c.devices = bytes.to_vec();
+            self.store
+                .records(Kind::Contacts)?
+                .put(from, &c.to_bytes())?;
+        }
+        self.accounts.insert(*from, account);
         Ok(Some(change))
     }
 }
+
+/// The record of an account's newest device list, among the contacts.
+fn list_record(account: &[u8; 32]) -> Vec<u8> {
+    [LIST_PREFIX, account.as_slice()].concat()
+}
+
+const LIST_PREFIX: &[u8] = b"list:";
+
+/// The newest device list held of each account (from their records, and
+/// from contacts' records made before those), and the account of each
+/// contact device whose record has a list.
+pub(super) fn load_lists(
+    store: &crate::store::Store,
+    contacts: &std::collections::HashMap<[u8; 32], crate::node::state::Contact>,
+) -> Result<ListsHeld, EngineError> {
+    let records = store.records(Kind::Contacts)?;
+    let mut lists: HashMap<[u8; 32], VerifiedDeviceList> = HashMap::new();
+    for (key, bytes) in records.scan(LIST_PREFIX)? {
+        match DeviceList::from_bytes(&bytes).and_then(|l| l.verify()) {
+            Ok(list) if key[LIST_PREFIX.len()..] == list.account()[..] => {
+                lists.insert(*list.account(), list);
+            }
+            _ => tracing::warn!("an unreadable device list record; ignored"),
+        }
+    }
+    let mut accounts = HashMap::new();
+    for (key, c) in contacts {
+        let Some(list) = c.device_list() else {
+            continue;
+        };
+        accounts.insert(*key, *list.account());
+        let newer = lists
+            .get(list.account())
+            .is_none_or(|held| held.serial() < list.serial());
+        if newer {
+            records.put(&list_record(list.account()), &list.list().to_bytes())?;
+            lists.insert(*list.account(), list);
+        }
+    }
+    Ok((lists, accounts))
+}
+
+/// What [`load_lists`] finds.
+pub(super) type ListsHeld = (
+    HashMap<[u8; 32], VerifiedDeviceList>,
+    HashMap<[u8; 32], [u8; 32]>,
+);

@@ -550,8 +550,13 @@ impl Engine {
         let mut bundle = c.bundle.clone();
         bundle.one_time = None;
         Ok(MemberCard {
-            invite: crate::node::state::Invite::new(bundle, c.addrs.clone())
-                .with_devices(c.devices.clone(), Vec::new()),
+            // The newest list held of its account.
+            invite: crate::node::state::Invite::new(bundle, c.addrs.clone()).with_devices(
+                self.lists
+                    .get(&self.account_of(key))
+                    .map_or_else(|| c.devices.clone(), |l| l.list().to_bytes()),
+                Vec::new(),
+            ),
             name: c.name.clone(),
         })
     }
@@ -724,7 +729,22 @@ impl Engine {
                 let mut invite = m.card.invite.clone();
                 invite.bundle.one_time = None;
                 let name = self.introduced_name(&m.card.name, &m.key);
-                match self.add_contact(&invite, &name) {
+                let mut added = self.add_contact(&invite, &name);
+                if let Err(EngineError::Crypto(crypto::Error::DeviceList { reason })) = &added {
+                    // The list beside a card is not signed by its member
+                    // (whoever added the card chose it): without it, the
+                    // member is reachable as a device of its own.
+                    tracing::warn!(
+                        reason,
+                        "a group member's device list refused; added without it"
+                    );
+                    let alone = crate::node::state::Invite::new(
+                        invite.bundle.clone(),
+                        invite.addrs.clone(),
+                    );
+                    added = self.add_contact(&alone, &name);
+                }
+                match added {
                     Ok(_) => fx.new_contacts.push(m.key),
                     Err(EngineError::Store(e)) => return Err(e.into()),
                     // A card whose keys no session can use (signed by its
