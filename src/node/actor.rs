@@ -1314,13 +1314,32 @@ impl Actor {
                 // Held back only because its first copy said every member
                 // had it (a flag anyone carrying it may set): this one
                 // does not, so it goes on, already handled here.
-                return Verdict::Accept;
+                return self.forwardable(&msg);
             }
             return Verdict::Ignore(Reason::Application("replayed group message"));
         }
-        // Under a key we know, only its owner's signature goes on (a key
-        // not known here yet, its distribution still on its way, is left
-        // to the members that have it).
+        // Checked only if it is to go on: one its author flagged as
+        // reaching every member is checked by the store thread alone.
+        if !reached_all && let v @ Verdict::Reject(_) = self.forwardable(&msg) {
+            return v;
+        }
+        if self.overloaded() {
+            // Its author's outbox sends it 1:1 when no receipt comes.
+            return Verdict::Ignore(Reason::Application("store thread behind"));
+        }
+        self.job(Job::GroupMessage(message.to_vec()));
+        if reached_all {
+            self.held_back.insert(known);
+            return Verdict::Ignore(Reason::Application("every member has it from its author"));
+        }
+        Verdict::Accept
+    }
+
+    /// Whether a group message may be forwarded: under a key we know, only
+    /// if its owner's signature holds (a key not known here yet, its
+    /// distribution still on its way, is left to the members that have
+    /// it).
+    fn forwardable(&self, msg: &crate::crypto::SenderKeyMessage) -> Verdict {
         if let Some(keys) = self.group_keys.get(&msg.group_id) {
             let mut under = keys
                 .iter()
@@ -1331,15 +1350,6 @@ impl Actor {
             {
                 return Verdict::Reject(Reason::Application("group message with a bad signature"));
             }
-        }
-        if self.overloaded() {
-            // Its author's outbox sends it 1:1 when no receipt comes.
-            return Verdict::Ignore(Reason::Application("store thread behind"));
-        }
-        self.job(Job::GroupMessage(message.to_vec()));
-        if reached_all {
-            self.held_back.insert(known);
-            return Verdict::Ignore(Reason::Application("every member has it from its author"));
         }
         Verdict::Accept
     }

@@ -29,16 +29,20 @@ pub const MAX_HELD: usize = 64;
 pub const MAX_HELD_BYTES: usize = 256 * 1024;
 /// The most declined devices remembered (oldest forgotten first).
 pub const MAX_DECLINED: usize = 1024;
+/// The most removed contacts remembered (oldest forgotten first): one
+/// that writes again is a request.
+pub const MAX_FORMER: usize = 1024;
 /// The largest stored record: an envelope a request holds (a request's
 /// own record, its identity and invite, is under 10 KiB).
 pub const RECORD_MAX: usize = crate::crypto::limits::MAX_ENVELOPE + 1024;
 
 const RECORD_VERSION: u8 = 1;
 /// Record key prefixes: a request, a declined device, an envelope a
-/// request holds.
+/// request holds, a removed contact.
 const WAITING: u8 = 0;
 const DECLINED: u8 = 1;
 const HELD: u8 = 2;
+const FORMER: u8 = 3;
 
 /// A request as stored (what it holds is stored beside it, one record per
 /// envelope, so holding one writes only that envelope).
@@ -59,6 +63,11 @@ pub fn request_key(key: &[u8; 32]) -> Vec<u8> {
 /// The store key of `key` as a declined device.
 pub fn declined_key(key: &[u8; 32]) -> Vec<u8> {
     [&[DECLINED][..], key].concat()
+}
+
+/// The store key of `key` as a removed contact.
+pub fn former_key(key: &[u8; 32]) -> Vec<u8> {
+    [&[FORMER][..], key].concat()
 }
 
 /// The prefix of the store keys of what `key`'s request holds.
@@ -122,6 +131,10 @@ pub struct Requests {
     waiting: HashMap<[u8; 32], Request>,
     declined: HashSet<[u8; 32]>,
     declined_order: VecDeque<[u8; 32]>,
+    /// Removed contacts: their identity and invite (as the contact was
+    /// kept), and when they were removed.
+    former: HashMap<[u8; 32], (PublicIdentity, Invite, u64)>,
+    former_order: VecDeque<[u8; 32]>,
 }
 
 impl Requests {
@@ -221,6 +234,51 @@ impl Requests {
         None
     }
 
+    /// The contact `identity` was removed: remembered with its `invite`,
+    /// so that if it writes again it is a request (not dropped unseen: it
+    /// still has a session with us, so its envelopes carry no invite).
+    /// Returns a removed contact forgotten to make room (delete its
+    /// record).
+    pub fn removed(
+        &mut self,
+        identity: PublicIdentity,
+        invite: Invite,
+        now: u64,
+    ) -> Option<[u8; 32]> {
+        let key = identity.signing;
+        self.former_order.retain(|k| *k != key);
+        self.former_order.push_back(key);
+        self.former.insert(key, (identity, invite, now));
+        if self.former.len() > MAX_FORMER {
+            let old = self.former_order.pop_front()?;
+            self.former.remove(&old);
+            return Some(old);
+        }
+        None
+    }
+
+    /// What a removed contact `key` was known by, if it was removed and
+    /// no request of it waits.
+    pub fn former(&self, key: &[u8; 32]) -> Option<(PublicIdentity, Invite)> {
+        if self.waiting.contains_key(key) {
+            return None;
+        }
+        self.former
+            .get(key)
+            .map(|(i, inv, _)| (i.clone(), inv.clone()))
+    }
+
+    /// The stored form of the removed contact `key`, if remembered.
+    pub fn former_record(&self, key: &[u8; 32]) -> Option<Vec<u8>> {
+        let (identity, invite, at) = self.former.get(key)?;
+        Some(wire::encode(&RequestRecord {
+            version: RECORD_VERSION,
+            identity: identity.clone(),
+            invite: invite.to_bytes(),
+            received_at: *at,
+        }))
+    }
+
     /// The stored form of `key`'s request (`None`: none waits).
     pub fn record(&self, key: &[u8; 32]) -> Option<Vec<u8>> {
         let r = self.waiting.get(key)?;
@@ -243,6 +301,7 @@ impl Requests {
         let mut declined: Vec<(u64, [u8; 32])> = Vec::new();
         let mut waiting: Vec<Request> = Vec::new();
         let mut held: Vec<([u8; 32], Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut former: Vec<Request> = Vec::new();
         for (k, v) in records {
             if k.first() == Some(&HELD) && k.len() == 1 + 32 + 2 {
                 let mut key = [0; 32];
@@ -263,6 +322,10 @@ impl Requests {
                     Some(r) if r.identity.signing == key => waiting.push(r),
                     _ => bad.push(k),
                 },
+                FORMER => match Self::read(&v) {
+                    Some(r) if r.identity.signing == key => former.push(r),
+                    _ => bad.push(k),
+                },
                 _ => bad.push(k),
             }
         }
@@ -274,6 +337,12 @@ impl Requests {
                 self.waiting.insert(key, r);
             } else {
                 bad.push(request_key(&key));
+            }
+        }
+        former.sort_by_key(|r| (r.received_at, r.identity.signing));
+        for r in former {
+            if let Some(old) = self.removed(r.identity, r.invite, r.received_at) {
+                bad.push(former_key(&old));
             }
         }
         declined.sort();
@@ -317,10 +386,14 @@ impl Requests {
     }
 
     /// `key` became a contact by other means (the person added its
-    /// invite): no request of it waits, and it is not declined any more.
+    /// invite): no request of it waits, it is not declined any more, nor
+    /// a removed contact.
     pub fn forget(&mut self, key: &[u8; 32]) -> Option<Request> {
         if self.declined.remove(key) {
             self.declined_order.retain(|k| k != key);
+        }
+        if self.former.remove(key).is_some() {
+            self.former_order.retain(|k| k != key);
         }
         self.waiting.remove(key)
     }

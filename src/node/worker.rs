@@ -33,7 +33,9 @@ use super::handle::{ContactInfo, ContactRequest, DevicesInfo};
 use super::media::MediaJob;
 use super::net::direct::FrameStatus;
 use super::proto::{Frame, conversation_id};
-use super::requests::{Introduced, Requests, declined_key, held_key, held_prefix, request_key};
+use super::requests::{
+    Introduced, Requests, declined_key, former_key, held_key, held_prefix, request_key,
+};
 use super::state::Invite;
 use crate::crypto::{Envelope, PublicIdentity, fingerprint, safety_number};
 use crate::relay::proto::{self as mailbox, MAX_ACK, Owner, Refusal, Request, Response, Signed};
@@ -614,6 +616,10 @@ impl Worker {
                         }
                     }
                 }
+                // A contact again (or forgotten to make room).
+                if self.requests.former_record(key).is_none() {
+                    records.remove(&former_key(key))?;
+                }
                 match declined {
                     Some(Some(at)) => records.put(&declined_key(key), &at.to_be_bytes())?,
                     Some(None) => {
@@ -626,6 +632,36 @@ impl Worker {
         if let Err(e) = r {
             warn!(error = %e, "a contact request not written");
             round.unkept = true;
+        }
+    }
+
+    /// Remembers the removed contact `identity` (written in this round),
+    /// so that its envelopes, if it writes again, make a request.
+    fn keep_former(
+        &mut self,
+        identity: PublicIdentity,
+        invite: Invite,
+        now: u64,
+        round: &mut Round,
+    ) {
+        let key = identity.signing;
+        let forgotten = self.requests.removed(identity, invite, now);
+        round.dirty = true;
+        let r = self
+            .engine
+            .store()
+            .records(Kind::Requests)
+            .and_then(|records| {
+                if let Some(bytes) = self.requests.former_record(&key) {
+                    records.put(&former_key(&key), &bytes)?;
+                }
+                if let Some(old) = forgotten {
+                    records.remove(&former_key(&old))?;
+                }
+                Ok(())
+            });
+        if let Err(e) = r {
+            warn!(error = %e, "a removed contact not remembered");
         }
     }
 
@@ -1196,6 +1232,13 @@ impl Worker {
                 round.reply(reply, r);
             }
             Job::RemoveContact { key, reply } => {
+                let former = self.engine.contact(&key).map(|c| {
+                    let mut bundle = c.bundle.clone();
+                    bundle.one_time = None;
+                    let invite = Invite::new(bundle, c.addrs.clone())
+                        .with_devices(c.devices.clone(), Vec::new());
+                    (c.identity.clone(), invite)
+                });
                 let r = found(self.engine.remove_contact(&key));
                 if r.is_ok()
                     && let Some(peer) = self.peer_of.remove(&key)
@@ -1204,6 +1247,11 @@ impl Worker {
                     // At once, as `Out::Contact` is sent: the swarm's task
                     // sees additions and removals in the order they happen.
                     let _ = self.outs.send(Out::Forget { key, peer });
+                }
+                if r.is_ok()
+                    && let Some((identity, invite)) = former
+                {
+                    self.keep_former(identity, invite, now, round);
                 }
                 round.reply(reply, r);
             }
@@ -1470,6 +1518,15 @@ impl Worker {
             })
         };
         let Some(from) = self.peers.get(&peer).copied() else {
+            // A removed contact writing again: a request (its frames are
+            // refused until it is accepted; its node sends them again).
+            if let Some(key) = peer_key(&peer)
+                && let Some((identity, invite)) = self.requests.former(&key)
+            {
+                self.introduced(identity, invite, now, round);
+                refuse(round);
+                return;
+            }
             if let Some(skipped) = self.complaints.note(
                 &peer,
                 "direct batch from a device that is not a contact",
@@ -2045,6 +2102,12 @@ impl Worker {
             }
         }
         for (from, env) in strangers {
+            // A removed contact writing again (in the session it still
+            // has: no invite comes with it) is a request, from what it was
+            // known by.
+            if let Some((identity, invite)) = self.requests.former(&from) {
+                self.introduced(identity, invite, now, round);
+            }
             match self.requests.hold(&from, &env) {
                 Some(n) => self.keep_held(&from, n, &env.to_bytes(), round),
                 None => debug!("an envelope from a device that is not a contact; dropped"),

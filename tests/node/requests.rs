@@ -4,7 +4,7 @@
 use meshchat::node::NodeError;
 use meshchat::store::DeliveryState;
 
-use crate::common::{TestNode, contact_request, message, receipt};
+use crate::common::{TestNode, befriend, contact_request, message, receipt};
 
 /// Alice adds Bob's invite and writes to him; Bob has not added hers. He
 /// sees a request with her fingerprint, not her message; once he accepts,
@@ -88,4 +88,45 @@ async fn a_declined_request_is_gone_and_what_it_sent_is_not_read() {
     assert!(b.handle.contacts().await.unwrap().is_empty());
     assert!(b.handle.conversations().await.unwrap().is_empty());
     assert_eq!(c.handle.queued().await.unwrap(), 1);
+}
+
+/// Bob removes Alice, who still writes to him (in the session she has):
+/// her message is a request, not dropped unseen; across a restart too.
+/// Accepting it reads her message and she learns it was delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_contact_who_writes_again_is_a_request() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("alice", da.path(), 71).await;
+    let mut b = TestNode::start_in("bob", db.path(), 72).await;
+    befriend(&mut a, &mut b).await;
+    let first = a.handle.send(b.key(), b"one".to_vec()).await.unwrap();
+    message(&mut b, b"one").await;
+    receipt(&mut a, first, DeliveryState::Delivered).await;
+
+    b.handle.remove_contact(a.key()).await.unwrap();
+    // Remembered on disk: the same after a restart.
+    b.handle
+        .shutdown(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    drop(b);
+    let mut b = TestNode::start_in("bob", db.path(), 72).await;
+    // Bob no longer dials her: she finds him at his new address.
+    a.handle.dial(b.addr.clone()).await.unwrap();
+    a.connected_to(b.peer()).await;
+    let sent = a
+        .handle
+        .send(b.key(), b"are you there?".to_vec())
+        .await
+        .unwrap();
+    contact_request(&mut b, a.key()).await;
+    let waiting = b.handle.requests().await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].identity, a.key());
+    assert!(b.handle.contacts().await.unwrap().is_empty());
+
+    b.handle.accept_request(a.key(), "alice").await.unwrap();
+    message(&mut b, b"are you there?").await;
+    receipt(&mut a, sent, DeliveryState::Delivered).await;
+    assert!(b.handle.requests().await.unwrap().is_empty());
 }
