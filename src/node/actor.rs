@@ -72,6 +72,24 @@ const STRANGER_RATE: RateLimit = RateLimit {
     burst: 64,
     per_second: 32,
 };
+/// A group message's signature, as the network task can check it.
+enum Signed {
+    /// Under a member's key we hold, and its signature holds.
+    Holds,
+    /// Under a member's key we hold, and its signature does not hold.
+    Forged,
+    /// Under no key we hold.
+    Unknown,
+}
+
+/// Group messages under a sender key not known here that one peer may
+/// bring us (forwarded and read); past it they are neither: the check of
+/// their signature is left to members that have the key, and a real one
+/// reaches its members by its author's 1:1 copy.
+const UNKNOWN_KEY_RATE: RateLimit = RateLimit {
+    burst: 64,
+    per_second: 16,
+};
 /// Largest direct batch taken from such a device (bytes of frames).
 const STRANGER_BATCH: usize = 64 * 1024;
 
@@ -195,6 +213,7 @@ impl Node {
                 DIRECT_RATE_PEERS,
             ),
             stranger_rate: RateLimiter::new(STRANGER_RATE, 1),
+            unknown_key_rate: RateLimiter::new(UNKNOWN_KEY_RATE, DIRECT_RATE_PEERS),
             links,
             link_events,
             link_in_flight: HashMap::new(),
@@ -311,6 +330,9 @@ struct Actor {
     /// One budget for the direct batches of every device that is not (or
     /// not yet, here) a contact: see [`Actor::direct_batch`].
     stranger_rate: RateLimiter,
+    /// Per peer: group messages under keys not known here
+    /// ([`UNKNOWN_KEY_RATE`]).
+    unknown_key_rate: RateLimiter,
     complaints: Complaints,
     last_beacon_ms: u64,
     /// Our relays and their addresses.
@@ -1240,7 +1262,7 @@ impl Actor {
         let verdict = self.net.check_gossip(&msg).and_then(|| match msg.topic {
             Topic::Inbox(_) => self.check_envelope(&msg.data),
             Topic::Presence => self.check_beacon(&msg.data),
-            Topic::Group(t) => self.check_group_message(&t, &msg.data),
+            Topic::Group(t) => self.check_group_message(&t, &msg.data, &msg.source),
         });
         if let Verdict::Reject(reason) = verdict
             && let Some(skipped) =
@@ -1294,7 +1316,7 @@ impl Actor {
     /// topic it came on, is new, and its author did not reach every member
     /// itself; the store thread decrypts it (and checks its signature) if
     /// we are in that group.
-    fn check_group_message(&mut self, topic: &[u8; 32], data: &[u8]) -> Verdict {
+    fn check_group_message(&mut self, topic: &[u8; 32], data: &[u8], source: &PeerId) -> Verdict {
         if !self.group_topics.contains(topic) {
             return Verdict::Ignore(Reason::Application("not our group"));
         }
@@ -1314,14 +1336,37 @@ impl Actor {
                 // Held back only because its first copy said every member
                 // had it (a flag anyone carrying it may set): this one
                 // does not, so it goes on, already handled here.
-                return self.forwardable(&msg);
+                return match self.forwardable(&msg) {
+                    Signed::Forged => {
+                        Verdict::Reject(Reason::Application("group message with a bad signature"))
+                    }
+                    Signed::Holds | Signed::Unknown => Verdict::Accept,
+                };
             }
             return Verdict::Ignore(Reason::Application("replayed group message"));
         }
         // Checked only if it is to go on: one its author flagged as
         // reaching every member is checked by the store thread alone.
-        if !reached_all && let v @ Verdict::Reject(_) = self.forwardable(&msg) {
-            return v;
+        if !reached_all {
+            match self.forwardable(&msg) {
+                Signed::Forged => {
+                    // Not forwarded, but still read: a member may have
+                    // passed off a key under another's key id, and the
+                    // store thread tries every key with that id.
+                    if !self.overloaded() {
+                        self.job(Job::GroupMessage(message.to_vec()));
+                    }
+                    return Verdict::Reject(Reason::Application(
+                        "group message with a bad signature",
+                    ));
+                }
+                Signed::Unknown if !self.unknown_key_rate.allow(source, Instant::now()) => {
+                    return Verdict::Ignore(Reason::Application(
+                        "group messages under unknown keys over the peer's rate",
+                    ));
+                }
+                Signed::Holds | Signed::Unknown => {}
+            }
         }
         if self.overloaded() {
             // Its author's outbox sends it 1:1 when no receipt comes.
@@ -1335,23 +1380,25 @@ impl Actor {
         Verdict::Accept
     }
 
-    /// Whether a group message may be forwarded: under a key we know, only
-    /// if its owner's signature holds (a key not known here yet, its
-    /// distribution still on its way, is left to the members that have
-    /// it).
-    fn forwardable(&self, msg: &crate::crypto::SenderKeyMessage) -> Verdict {
-        if let Some(keys) = self.group_keys.get(&msg.group_id) {
-            let mut under = keys
-                .iter()
-                .filter(|(id, _, _)| *id == msg.key_id)
-                .peekable();
-            if under.peek().is_some()
-                && !under.any(|(_, owner, key)| msg.verify_signature(owner, key).is_ok())
-            {
-                return Verdict::Reject(Reason::Application("group message with a bad signature"));
-            }
+    /// What a group message's signature says: under a key we know, whether
+    /// its owner's signature holds; or that the key is not known here (its
+    /// distribution still on its way, or no such key).
+    fn forwardable(&self, msg: &crate::crypto::SenderKeyMessage) -> Signed {
+        let Some(keys) = self.group_keys.get(&msg.group_id) else {
+            return Signed::Unknown;
+        };
+        let mut under = keys
+            .iter()
+            .filter(|(id, _, _)| *id == msg.key_id)
+            .peekable();
+        if under.peek().is_none() {
+            return Signed::Unknown;
         }
-        Verdict::Accept
+        if under.any(|(_, owner, key)| msg.verify_signature(owner, key).is_ok()) {
+            Signed::Holds
+        } else {
+            Signed::Forged
+        }
     }
 
     fn check_beacon(&mut self, data: &[u8]) -> Verdict {

@@ -214,10 +214,15 @@ impl Requests {
     }
 
     /// Declines the request of `key`: what it held goes, and its later
-    /// introductions are ignored. `None` if no request of it waits; else
+    /// introductions are ignored (a removed contact is forgotten as such). `None` if no request of it waits; else
     /// the declined device forgotten to make room, if one was.
     pub fn decline(&mut self, key: &[u8; 32]) -> Option<Option<[u8; 32]>> {
         self.waiting.remove(key)?;
+        // A removed contact declined is a declined device like any other
+        // (its record goes with the request's).
+        if self.former.remove(key).is_some() {
+            self.former_order.retain(|k| k != key);
+        }
         Some(self.remember_declined(*key))
     }
 
@@ -416,6 +421,52 @@ mod tests {
 
     fn envelope(n: u8, len: usize) -> Envelope {
         Envelope::new([0; 32], [n; 16], 100, vec![n; len])
+    }
+
+    /// A removed contact is remembered (bounded, oldest forgotten first,
+    /// read back from its records) until a request of it waits, it is
+    /// declined, or it is a contact again.
+    #[test]
+    fn removed_contacts_are_remembered_within_bounds() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut r = Requests::default();
+        let (a, a_inv) = stranger(&mut rng);
+        let (b, b_inv) = stranger(&mut rng);
+        assert_eq!(r.removed(a.clone(), a_inv.clone(), 5), None);
+        assert_eq!(r.removed(b.clone(), b_inv.clone(), 6), None);
+        let (who, invite) = r.former(&a.signing).unwrap();
+        assert_eq!((who, invite), (a.clone(), a_inv.clone()));
+        // Read back from its records, and garbage under its prefix skipped.
+        let mut again = Requests::default();
+        let bad = again.load(vec![
+            (former_key(&a.signing), r.former_record(&a.signing).unwrap()),
+            (former_key(&[7; 32]), vec![1, 2, 3]),
+        ]);
+        assert_eq!(bad, vec![former_key(&[7; 32])]);
+        assert!(again.former(&a.signing).is_some());
+        // A request of it waiting: not made again from the record.
+        r.introduce(a.clone(), a_inv, 7);
+        assert!(r.former(&a.signing).is_none());
+        // Declined: forgotten as a removed contact.
+        r.decline(&a.signing).unwrap();
+        assert!(r.former_record(&a.signing).is_none());
+        // A contact again: forgotten.
+        r.forget(&b.signing);
+        assert!(r.former(&b.signing).is_none());
+        // The oldest goes first past the bound.
+        let mut forgotten = None;
+        for n in 0..=MAX_FORMER as u64 {
+            let (x, x_inv) = stranger(&mut rng);
+            let out = r.removed(x.clone(), x_inv, 10 + n);
+            if n == 0 {
+                forgotten = Some(x.signing);
+            }
+            if n == MAX_FORMER as u64 {
+                assert_eq!(out, forgotten);
+            } else {
+                assert_eq!(out, None);
+            }
+        }
     }
 
     /// Requests are bounded in number and in what each holds; a request

@@ -585,6 +585,23 @@ async fn a_forged_group_message_under_a_known_key_is_not_forwarded() {
     let next = next_on(&mut wire, Some(&mut mallory), &topic, 10).await;
     assert!(next != Some(forged), "the forged message was forwarded");
     assert_eq!(next, Some(marker), "the message after it was forwarded");
+    // A flood under unknown keys: a forwards a peer's only as far as its
+    // budget for them (64 at once, 16 a second after), not all 200.
+    for k in 1..=200 {
+        mallory.publish(&topic, unknown(n + k)).unwrap();
+    }
+    let mut forwarded = 0;
+    while next_on(&mut wire, Some(&mut mallory), &topic, 2)
+        .await
+        .is_some()
+    {
+        forwarded += 1;
+        assert!(forwarded < 200, "the whole flood was forwarded");
+    }
+    assert!(
+        (1..=120).contains(&forwarded),
+        "{forwarded} of 200 forwarded"
+    );
     // And a is still a member that reads b.
     nodes[1]
         .handle
