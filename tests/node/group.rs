@@ -585,6 +585,35 @@ async fn a_forged_group_message_under_a_known_key_is_not_forwarded() {
     let next = next_on(&mut wire, Some(&mut mallory), &topic, 10).await;
     assert!(next != Some(forged), "the forged message was forwarded");
     assert_eq!(next, Some(marker), "the message after it was forwarded");
+    // Under a's own key: a does not forward that forgery either.
+    nodes[0]
+        .handle
+        .send_group(group, b"from a".to_vec())
+        .await
+        .unwrap();
+    let own = loop {
+        let data = next_on(&mut wire, Some(&mut mallory), &topic, 10)
+            .await
+            .expect("a's message on the wire");
+        let (_, m) = gossip_unframe(&data).unwrap();
+        let m = SenderKeyMessage::from_bytes(m).unwrap();
+        // Not b's, nor one of mallory's made-up ones coming late.
+        if m.key_id != real.key_id && m.key_id != real.key_id ^ 0x5a5a_5a5a {
+            break m;
+        }
+    };
+    let mut forged_own = own.clone();
+    forged_own.ciphertext[0] ^= 1;
+    let forged_own = gossip_frame(&forged_own.to_bytes(), false);
+    mallory.publish(&topic, forged_own.clone()).unwrap();
+    let marker = unknown(n + 1000);
+    mallory.publish(&topic, marker.clone()).unwrap();
+    let next = next_on(&mut wire, Some(&mut mallory), &topic, 10).await;
+    assert!(
+        next != Some(forged_own),
+        "a forgery under a's own key was forwarded"
+    );
+    assert_eq!(next, Some(marker));
     // A flood under unknown keys: a forwards a peer's only as far as its
     // budget for them (64 at once, 16 a second after), not all 200.
     for k in 1..=200 {

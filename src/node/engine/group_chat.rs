@@ -459,14 +459,21 @@ impl Engine {
         Ok(())
     }
 
-    /// The sender keys held for `group`'s other members.
+    /// The sender keys held for `group`'s members, ours included (a
+    /// forgery under our own key is not forwarded either).
     fn group_keys_of(&self, group: &[u8; 32]) -> Vec<GroupKey> {
+        let me = self.me.public().signing;
         self.groups.slots.get(group).map_or_else(Vec::new, |slot| {
+            let own = slot.own.as_ref().map(|k| {
+                let d = k.distribution();
+                (d.key_id, me, d.signing_key)
+            });
             slot.receivers
                 .iter()
                 .flat_map(|(member, keys)| {
                     keys.iter().map(|k| (k.key_id(), *member, *k.signing_key()))
                 })
+                .chain(own)
                 .collect()
         })
     }
@@ -478,6 +485,7 @@ impl Engine {
             .slots
             .keys()
             .map(|g| (*g, self.group_keys_of(g)))
+            .filter(|(_, keys)| !keys.is_empty())
             .collect()
     }
 
@@ -945,6 +953,7 @@ impl Engine {
             .records(Kind::SenderKeys)?
             .put(&sender_key_record(group, &me, None), &key.to_bytes())?;
         slot.own = Some(key);
+        self.groups.keys_changed.insert(*group);
         let members: Vec<[u8; 32]> = slot
             .log
             .view()
