@@ -837,19 +837,11 @@ impl EventView {
             NodeEvent::DevicesChanged { contact, change } => Self::DevicesChanged {
                 with: name(contact),
                 identity: hex(contact),
-                devices: DevicesView {
-                    account: hex(&change.account),
-                    serial: change.serial,
-                    devices: change
-                        .devices
-                        .iter()
-                        .map(|d| DeviceView {
-                            identity: hex(&d.identity.signing),
-                            name: d.name.clone(),
-                            added_at: d.added_at,
-                        })
-                        .collect(),
-                },
+                devices: DevicesView::of(&crate::node::DevicesInfo::from_entries(
+                    change.account,
+                    change.serial,
+                    &change.devices,
+                )),
                 added: change.added.iter().map(|k| hex(k)).collect(),
                 removed: change.removed.iter().map(|k| hex(k)).collect(),
                 renamed: change.renamed.iter().map(|k| hex(k)).collect(),

@@ -241,6 +241,12 @@ impl VerifiedDeviceList {
         &self.body.devices
     }
 
+    /// Whether it lists the device `identity` with exactly these keys.
+    pub fn names(&self, identity: &PublicIdentity) -> bool {
+        self.device(&identity.signing)
+            .is_some_and(|d| d.identity == *identity)
+    }
+
     /// The device with signing key `signing`, if listed.
     pub fn device(&self, signing: &[u8; 32]) -> Option<&DeviceEntry> {
         self.body

@@ -503,11 +503,10 @@ impl Engine {
         let mut devices = match ids.get(DEVICE_LIST_KEY)? {
             Some(bytes) => {
                 let list = crypto::DeviceList::from_bytes(&bytes)?.verify()?;
-                if list.device(&me.public().signing).map(|d| &d.identity) != Some(me.public()) {
-                    return Err(crypto::Error::DeviceList {
-                        reason: "the stored list does not name this device",
-                    }
-                    .into());
+                if !list.names(me.public()) {
+                    return Err(devices::refused(
+                        "the stored list does not name this device",
+                    ));
                 }
                 list
             }
@@ -698,10 +697,7 @@ impl Engine {
             _ => verified.account(),
         };
         if known.is_some_and(|k| k != account) {
-            return Err(crypto::Error::DeviceList {
-                reason: "the device is known in another account",
-            }
-            .into());
+            return Err(devices::refused("the device is known in another account"));
         }
         let mut newer = verified.list;
         if let Some(list) = &newer {
@@ -714,11 +710,8 @@ impl Engine {
                 // No list, or an older one than held (an old invite): the
                 // device must still be in the newest.
                 None | Some(crypto::ListUpdate::Older) => {
-                    if held.device(&device).map(|d| &d.identity) != Some(&identity) {
-                        return Err(crypto::Error::DeviceList {
-                            reason: "the device was removed from its account",
-                        }
-                        .into());
+                    if !held.names(&identity) {
+                        return Err(devices::refused("the device was removed from its account"));
                     }
                     newer = None;
                 }

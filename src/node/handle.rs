@@ -190,11 +190,19 @@ pub struct DevicesInfo {
 
 impl DevicesInfo {
     pub(crate) fn of(list: &crate::crypto::VerifiedDeviceList) -> Self {
+        Self::from_entries(*list.account(), list.serial(), list.devices())
+    }
+
+    /// The list of `account` with this `serial` and these devices.
+    pub fn from_entries(
+        account: [u8; 32],
+        serial: u64,
+        devices: &[crate::crypto::DeviceEntry],
+    ) -> Self {
         Self {
-            account: *list.account(),
-            serial: list.serial(),
-            devices: list
-                .devices()
+            account,
+            serial,
+            devices: devices
                 .iter()
                 .map(|d| DeviceInfo {
                     identity: d.identity.signing,

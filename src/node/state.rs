@@ -483,7 +483,7 @@ impl Invite {
         let refused = |reason| crypto::Error::DeviceList { reason };
         let list = crypto::DeviceList::from_bytes(&self.devices)?.verify()?;
         let me = &bundle.body.identity;
-        if list.device(&me.signing).map(|d| &d.identity) != Some(me) {
+        if !list.names(me) {
             return Err(refused("the inviting device is not in its account's list"));
         }
         if self.others.len() >= crypto::MAX_DEVICES {
@@ -496,7 +496,7 @@ impl Invite {
             if seen.contains(&id.signing) {
                 return Err(refused("a device's bundle twice"));
             }
-            if list.device(&id.signing).map(|d| &d.identity) != Some(id) {
+            if !list.names(id) {
                 return Err(refused("a bundle of a device not in the list"));
             }
             seen.push(id.signing);

@@ -597,42 +597,54 @@ impl Worker {
         }
     }
 
-    /// Writes `key`'s request as it is now (or that none waits: then what
-    /// it held goes too), and with `declined` that it was declined at that
-    /// time (or, `None`, that it is not), in this round.
-    fn keep_request(&self, key: &[u8; 32], declined: Option<Option<u64>>, round: &mut Round) {
+    /// Writes to the requests tree in this round; `false` (logged as
+    /// `what`) if the store failed.
+    fn write_requests(
+        &self,
+        what: &str,
+        round: &mut Round,
+        write: impl FnOnce(&crate::store::Records<'_>) -> Result<(), crate::store::Error>,
+    ) -> bool {
         round.dirty = true;
         let r = self
             .engine
             .store()
             .records(Kind::Requests)
-            .and_then(|records| {
-                match self.requests.record(key) {
-                    Some(bytes) => records.put(&request_key(key), &bytes)?,
-                    None => {
-                        records.remove(&request_key(key))?;
-                        for (k, _) in records.scan(&held_prefix(key))? {
-                            records.remove(&k)?;
-                        }
-                    }
-                }
-                // A contact again (or forgotten to make room).
-                if self.requests.former_record(key).is_none() {
-                    records.remove(&former_key(key))?;
-                }
-                match declined {
-                    Some(Some(at)) => records.put(&declined_key(key), &at.to_be_bytes())?,
-                    Some(None) => {
-                        records.remove(&declined_key(key))?;
-                    }
-                    None => {}
-                }
-                Ok(())
-            });
-        if let Err(e) = r {
-            warn!(error = %e, "a contact request not written");
-            round.unkept = true;
+            .and_then(|r| write(&r));
+        if let Err(e) = &r {
+            warn!(error = %e, "{what} not written");
         }
+        r.is_ok()
+    }
+
+    /// Writes `key`'s request as it is now (or that none waits: then what
+    /// it held goes too), and with `declined` that it was declined at that
+    /// time (or, `None`, that it is not), in this round.
+    fn keep_request(&self, key: &[u8; 32], declined: Option<Option<u64>>, round: &mut Round) {
+        let kept = self.write_requests("a contact request", round, |records| {
+            match self.requests.record(key) {
+                Some(bytes) => records.put(&request_key(key), &bytes)?,
+                None => {
+                    records.remove(&request_key(key))?;
+                    for (k, _) in records.scan(&held_prefix(key))? {
+                        records.remove(&k)?;
+                    }
+                }
+            }
+            // A contact again (or forgotten to make room).
+            if self.requests.former_record(key).is_none() {
+                records.remove(&former_key(key))?;
+            }
+            match declined {
+                Some(Some(at)) => records.put(&declined_key(key), &at.to_be_bytes())?,
+                Some(None) => {
+                    records.remove(&declined_key(key))?;
+                }
+                None => {}
+            }
+            Ok(())
+        });
+        round.unkept |= !kept;
     }
 
     /// Remembers the removed contact `identity` (written in this round),
@@ -646,37 +658,25 @@ impl Worker {
     ) {
         let key = identity.signing;
         let forgotten = self.requests.removed(identity, invite, now);
-        round.dirty = true;
-        let r = self
-            .engine
-            .store()
-            .records(Kind::Requests)
-            .and_then(|records| {
-                if let Some(bytes) = self.requests.former_record(&key) {
-                    records.put(&former_key(&key), &bytes)?;
-                }
-                if let Some(old) = forgotten {
-                    records.remove(&former_key(&old))?;
-                }
-                Ok(())
-            });
-        if let Err(e) = r {
-            warn!(error = %e, "a removed contact not remembered");
-        }
+        self.write_requests("a removed contact", round, |records| {
+            if let Some(bytes) = self.requests.former_record(&key) {
+                records.put(&former_key(&key), &bytes)?;
+            }
+            if let Some(old) = forgotten {
+                records.remove(&former_key(&old))?;
+            }
+            Ok(())
+        });
     }
 
     /// Writes an envelope `key`'s request now holds, at its place `n`.
     fn keep_held(&self, key: &[u8; 32], n: usize, envelope: &[u8], round: &mut Round) {
-        round.dirty = true;
-        let r = self
-            .engine
-            .store()
-            .records(Kind::Requests)
-            .and_then(|records| records.put(&held_key(key, n), envelope));
-        if let Err(e) = r {
-            warn!(error = %e, "an envelope held with a contact request not written");
-            round.unkept = true;
-        }
+        let kept = self.write_requests(
+            "an envelope held with a contact request",
+            round,
+            |records| records.put(&held_key(key, n), envelope),
+        );
+        round.unkept |= !kept;
     }
 
     /// Tells the engine which relays our invites and bundles name: the
@@ -806,7 +806,7 @@ impl Worker {
                 };
                 // A contact already (a group made it one) stays as it is.
                 if self.engine.contact(&key).is_some() {
-                    self.keep_request(&key, Some(None), round);
+                    self.forget_request(&key, now, round);
                 } else {
                     if let Err(e) = self.engine.add_contact(&request.invite, &name) {
                         // It stays waiting, to accept again.

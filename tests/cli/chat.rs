@@ -351,13 +351,8 @@ fn a_contact_request_is_listed_and_accepted_through_the_cli() {
 #[test]
 fn a_device_named_through_the_cli_is_named_at_its_contacts() {
     let root = tempfile::tempdir().unwrap();
-    let mut alice = Device::init(root.path(), "alice");
-    let mut bob = Device::init(root.path(), "bob");
-    alice.start(&[]);
-    bob.start(&[]);
+    let (alice, bob) = crate::two_contacts(root.path());
     let bob_events = Proc::events(bob.cmd());
-    alice.json(&["contacts", "add", "bob", &bob.invite()]);
-    bob.json(&["contacts", "add", "alice", &alice.invite()]);
 
     let own = alice.json(&["devices", "list"]);
     assert_eq!(own["serial"], 1);

@@ -9,7 +9,7 @@ use crate::crypto::{self, DeviceList, ListUpdate, VerifiedDeviceList};
 use crate::node::proto::{Payload, conversation_id};
 use crate::store::Kind;
 
-fn refused(reason: &'static str) -> EngineError {
+pub(super) fn refused(reason: &'static str) -> EngineError {
     crypto::Error::DeviceList { reason }.into()
 }
 
@@ -118,7 +118,7 @@ impl Engine {
     ) -> Result<Option<DevicesChange>, EngineError> {
         let list = DeviceList::from_bytes(bytes)?.verify()?;
         let contact = self.contacts.get(from).ok_or(EngineError::UnknownContact)?;
-        if list.device(from).map(|d| &d.identity) != Some(&contact.identity) {
+        if !list.names(&contact.identity) {
             return Err(refused("a list that does not name the device that sent it"));
         }
         self.check_list_devices(&list)?;
