@@ -214,7 +214,8 @@ impl Requests {
     }
 
     /// Declines the request of `key`: what it held goes, and its later
-    /// introductions are ignored (a removed contact is forgotten as such). `None` if no request of it waits; else
+    /// introductions are ignored (a removed contact is forgotten as
+    /// such). `None` if no request of it waits; else
     /// the declined device forgotten to make room, if one was.
     pub fn decline(&mut self, key: &[u8; 32]) -> Option<Option<[u8; 32]>> {
         self.waiting.remove(key)?;
@@ -271,6 +272,11 @@ impl Requests {
         self.former
             .get(key)
             .map(|(i, inv, _)| (i.clone(), inv.clone()))
+    }
+
+    /// Whether `key` is remembered as a removed contact.
+    pub fn is_former(&self, key: &[u8; 32]) -> bool {
+        self.former.contains_key(key)
     }
 
     /// The stored form of the removed contact `key`, if remembered.

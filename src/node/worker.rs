@@ -632,7 +632,7 @@ impl Worker {
                 }
             }
             // A contact again (or forgotten to make room).
-            if self.requests.former_record(key).is_none() {
+            if !self.requests.is_former(key) {
                 records.remove(&former_key(key))?;
             }
             match declined {
