@@ -25,9 +25,11 @@ pub(crate) async fn group(members: usize, n: usize) -> Value {
     for i in 0..members {
         nodes.push(Bench::start(5_000 + i as u64, true).await);
     }
+    eprintln!("{members} nodes started after {:?}", setup.elapsed());
     for other in &nodes[1..] {
         befriend(&nodes[0], other, true).await;
     }
+    eprintln!("befriended after {:?}", setup.elapsed());
     let keys: Vec<[u8; 32]> = nodes[1..].iter().map(Bench::key).collect();
     let group = nodes[0]
         .handle
@@ -48,6 +50,7 @@ pub(crate) async fn group(members: usize, n: usize) -> Value {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    eprintln!("every member joined after {:?}", setup.elapsed());
     // Every member writes once and every other member reads it: sessions
     // and sender keys are in place everywhere.
     for (i, node) in nodes.iter().enumerate() {
@@ -94,6 +97,15 @@ pub(crate) async fn group(members: usize, n: usize) -> Value {
         crate::LOG_AFTER.get(),
     ) {
         set(&f);
+    }
+    // A pause before the series (seconds, `MESH_BENCH_SETTLE`): to tell
+    // what formation leaves running from what a message costs.
+    let settle = std::env::var("MESH_BENCH_SETTLE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if settle > 0 {
+        tokio::time::sleep(Duration::from_secs(settle)).await;
     }
     let mut first = 1_000_000u64;
     let mut series = serde_json::Map::new();

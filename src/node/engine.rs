@@ -385,8 +385,10 @@ pub struct Handled {
     pub replies: Vec<Vec<u8>>,
     /// What group payloads among the frames ask for.
     pub group: GroupEffects,
-    /// A session was started afresh ([`Engine::take_bundle`]): what is
-    /// queued for the sender is due now.
+    /// A session was started afresh ([`Engine::take_bundle`]), or a frame
+    /// moved this device to another session with the sender (two set-ups
+    /// crossed and the sender's won): what is queued for the sender is due
+    /// now, in the session both hold.
     pub restarted: bool,
 }
 
@@ -652,6 +654,11 @@ impl Engine {
     /// When the queued message at `pos` expires (Unix seconds).
     pub fn expiry_of(&self, pos: u64) -> Option<u64> {
         self.schedule.get(pos).map(|m| m.expires_at)
+    }
+
+    /// The recipient of the queued message at `pos`, if still queued.
+    pub fn recipient_of(&self, pos: u64) -> Option<[u8; 32]> {
+        self.schedule.get(pos).map(|m| m.recipient)
     }
 
     /// Number of messages still owed to someone.
@@ -1372,6 +1379,7 @@ impl Engine {
                     && !refresh
                     && !(answered && matches!(Frame::from_bytes(&s.frame), Ok(Frame::Prekey(_))))
             }) {
+                tracing::debug!(pos, "kept frame again");
                 out.push(Due {
                     pos,
                     to,
@@ -1698,6 +1706,7 @@ impl Engine {
         let mut decrypted_any = false;
         let mut prekeys_changed = false;
         let mut answered_bundle = false;
+        let mut switched = false;
         let mut retention_cache: Option<Option<u64>> = None;
         // What is left of this contact's session set-ups (each an X3DH
         // agreement) in the current minute.
@@ -1759,6 +1768,7 @@ impl Engine {
             // Decrypted means the session moved on: it is written even if
             // what it carried turns out unusable.
             decrypted_any |= plain.is_ok();
+            switched |= plain.as_ref().is_ok_and(|d| d.switched);
             let payload = match plain.map(|d| Payload::from_bytes(&d.plaintext)) {
                 Ok(Ok(p)) => p,
                 // A message already decrypted (the same bytes again: its
@@ -1779,7 +1789,11 @@ impl Engine {
                     continue;
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "frame not decrypted");
+                    tracing::debug!(
+                        from = %crate::store::hex(&from[..4]),
+                        error = %e,
+                        "frame not decrypted"
+                    );
                     out.accepted.push(false);
                     continue;
                 }
@@ -1975,6 +1989,12 @@ impl Engine {
             self.save_session(from)?;
             // Heard from: retries may make fresh frames for it again.
             self.heard_now(from);
+        }
+        if switched {
+            // Frames we sent in the session left behind are refused (or
+            // were): everything queued goes again, in this one.
+            self.schedule.due_now_for(from, now);
+            out.restarted = true;
         }
         if prekeys_changed {
             self.save_prekeys()?;
@@ -3379,6 +3399,62 @@ mod tests {
         let got = a.receive(&b_key, &[frame], 104, false).unwrap();
         assert_eq!(got.accepted, vec![false]);
         assert_eq!(a.retention(&conv).unwrap(), None);
+    }
+
+    /// Both devices write first at the same moment, twice each. The one
+    /// whose set-up loses learns it from the winner's first frame and has
+    /// what it queued due at once (not after the backoff), encrypted in
+    /// the winner's session: the winner reads all of it.
+    #[test]
+    fn the_device_whose_set_up_lost_sends_again_at_once() {
+        let Pair {
+            _dirs,
+            a,
+            b,
+            a_key,
+            b_key,
+        } = pair();
+        let (mut low, mut high, low_key, high_key) = if a_key < b_key {
+            (a, b, a_key, b_key)
+        } else {
+            (b, a, b_key, a_key)
+        };
+        let from_low = low.send(&high_key, b"low".to_vec(), 1_000).unwrap();
+        let high_1 = high.send(&low_key, b"high 1".to_vec(), 1_000).unwrap();
+        let high_2 = high.send(&low_key, b"high 2".to_vec(), 1_000).unwrap();
+        for s in [&high_1, &high_2] {
+            high.attempted(s.pos, 1_000, None);
+        }
+        // The winner reads the loser's first frame, not its second.
+        let got = low
+            .receive(&high_key, &[high_1.frame, high_2.frame], 1_000, true)
+            .unwrap();
+        assert_eq!(got.accepted, vec![true, false]);
+        assert!(!got.restarted);
+        // The loser takes the winner's set-up: everything it queued is
+        // due now.
+        assert!(high.due(1_000, 10).unwrap().is_empty());
+        let got = high
+            .receive(&low_key, &[from_low.frame], 1_000, true)
+            .unwrap();
+        assert_eq!(got.accepted, vec![true]);
+        assert!(got.restarted);
+        let again = high.due(1_000, 10).unwrap();
+        let mut positions: Vec<u64> = again.iter().map(|d| d.pos).collect();
+        positions.sort_unstable();
+        assert_eq!(positions, vec![high_1.pos, high_2.pos]);
+        let frames: Vec<Vec<u8>> = again.into_iter().map(|d| d.frame).collect();
+        let got = low.receive(&high_key, &frames, 1_000, true).unwrap();
+        assert_eq!(got.accepted, vec![true, true]);
+        let bodies: Vec<&[u8]> = got
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::MessageReceived(m) => Some(m.body.as_slice()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bodies, vec![b"high 2".as_slice()]);
     }
 
     #[test]

@@ -107,9 +107,12 @@ struct RecordV1 {
 pub struct Decrypted {
     /// The plaintext.
     pub plaintext: Vec<u8>,
-    /// Whether the session with this contact changed in a way that must be
-    /// stored (always true after a successful decrypt: chain keys moved).
-    pub changed: bool,
+    /// Whether reading it moved this device to another session with the
+    /// contact (the contact's set-up replaced ours, or the session it
+    /// replaced is current again). What we sent in the one left behind
+    /// may be refused by the contact, so whatever is queued for it should
+    /// go again now, in the session both hold.
+    pub switched: bool,
 }
 
 /// Sessions with contact devices, keyed by their identity (signing) key.
@@ -449,22 +452,22 @@ impl Sessions {
             what: "ratchet message (no session with its sender)",
         })?;
         let message = RatchetMessage::from_bytes(bytes)?;
-        let plaintext = match entry.session.decrypt(&message, rng) {
-            Ok(p) => p,
+        let (plaintext, switched) = match entry.session.decrypt(&message, rng) {
+            Ok(p) => (p, false),
             Err(e @ crypto::Error::Duplicate { .. }) => return Err(e),
             // Perhaps the session the current one replaced: the peer is
             // still on it. If it reads the message, it is current again.
             Err(e) => match entry.previous.as_mut().map(|p| p.decrypt(&message, rng)) {
                 Some(Ok(p)) => {
                     entry.swap();
-                    p
+                    (p, true)
                 }
                 _ => return Err(e),
             },
         };
         Ok(Decrypted {
             plaintext,
-            changed: true,
+            switched,
         })
     }
 
@@ -491,7 +494,7 @@ impl Sessions {
                 let plaintext = entry.session.decrypt(&message, rng)?;
                 return Ok(Decrypted {
                     plaintext,
-                    changed: true,
+                    switched: false,
                 });
             }
             // The set-up of the session we replaced, sent again: the peer
@@ -503,7 +506,7 @@ impl Sessions {
                 entry.swap();
                 return Ok(Decrypted {
                     plaintext,
-                    changed: true,
+                    switched: true,
                 });
             }
             if entry.seen.contains(&base) {
@@ -545,6 +548,7 @@ impl Sessions {
             // Ours has heard from the peer, or there is none: take theirs.
             _ => false,
         };
+        let mut switched = false;
         match self.by_peer.get_mut(&peer.signing) {
             None => {
                 let mut seen = self.orphan_seen.remove(&peer.signing).unwrap_or_default();
@@ -566,14 +570,20 @@ impl Sessions {
                     entry.seen.pop_front();
                 }
                 entry.seen.push_back(base);
+                tracing::debug!(
+                    peer = %crate::store::hex(&peer.signing[..4]),
+                    ours_wins,
+                    "a second session set-up from a contact"
+                );
                 if !ours_wins {
                     entry.replace(fresh);
+                    switched = true;
                 }
             }
         }
         Ok(Decrypted {
             plaintext,
-            changed: true,
+            switched,
         })
     }
 }
@@ -755,6 +765,52 @@ mod tests {
         assert_eq!(a.receive(&b, &fb, &mut rng), b"from b");
         // Both now send on the session they settled on; each reads the other.
         talk(&mut a, &mut b, &mut rng);
+    }
+
+    /// Two set-ups cross: only the device whose set-up lost learns that it
+    /// switched; what it sent in its own session after the first message
+    /// is refused, and the same message sent again after the switch is
+    /// read.
+    #[test]
+    fn the_device_whose_set_up_lost_is_told_it_switched() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let (a, b) = (Device::new(&mut rng), Device::new(&mut rng));
+        // `low` wins: its identity key is the lower.
+        let (mut low, mut high) = if a.id.public().signing < b.id.public().signing {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let from_low = low.send(&high, b"low 1", &mut rng);
+        let high_1 = high.send(&low, b"high 1", &mut rng);
+        let high_2 = high.send(&low, b"high 2", &mut rng);
+        let take = |to: &mut Device, from: &Device, f: &Frame, rng: &mut StdRng| {
+            let Frame::Prekey(bytes) = f else {
+                panic!("a set-up message")
+            };
+            to.sessions.decrypt_prekey(
+                &to.id,
+                &mut to.prekeys,
+                from.id.public(),
+                bytes,
+                (rng, &mut { u32::MAX }),
+            )
+        };
+        // The winner reads the loser's first message and stays on its own
+        // session; the loser's second is refused.
+        let read = take(&mut low, &high, &high_1, &mut rng).unwrap();
+        assert_eq!(read.plaintext, b"high 1");
+        assert!(!read.switched);
+        assert!(take(&mut low, &high, &high_2, &mut rng).is_err());
+        // The loser takes the winner's set-up and is told it switched.
+        let read = take(&mut high, &low, &from_low, &mut rng).unwrap();
+        assert_eq!(read.plaintext, b"low 1");
+        assert!(read.switched);
+        // Sent again now, in the winner's session, it is read.
+        let again = high.send(&low, b"high 2", &mut rng);
+        assert!(matches!(again, Frame::Ratchet(_)));
+        assert_eq!(low.receive(&high, &again, &mut rng), b"high 2");
+        talk(&mut low, &mut high, &mut rng);
     }
 
     #[test]

@@ -70,6 +70,15 @@ const RECEIVE_CHUNK: usize = 256;
 /// How often a contact not heard from since the start is introduced to
 /// us again while messages to it are retried (seconds).
 const INTRO_EVERY: u64 = 2;
+/// How long after dialling a new fellow group member what we send it
+/// waits for that connection rather than going sealed on the mesh
+/// (seconds). A group's
+/// members meet all at once: sealed, their first frames to each other
+/// would flood every member's inbox topic.
+const DIAL_GRACE: u64 = 10;
+/// Most contacts remembered as being dialled (a group's members at most,
+/// in practice).
+const MAX_DIALLING: usize = 1024;
 /// How long a fetch waits at the relay for new mail (seconds).
 const FETCH_WAIT: u16 = 20;
 /// After a fetch failed, how long before the tick asks again (seconds).
@@ -420,6 +429,10 @@ pub(crate) struct Worker {
     /// When we last introduced ourselves to each contact not heard from
     /// since the start (one entry per contact at most).
     intro_at: HashMap<[u8; 32], u64>,
+    /// Fellow group members being dialled (new contacts, with addresses,
+    /// not connected), since when; until connected, the direct link
+    /// fails, or [`DIAL_GRACE`] later.
+    dialling: HashMap<[u8; 32], u64>,
 }
 
 /// The custody of one queued message's envelope at relays.
@@ -552,6 +565,7 @@ impl Worker {
             media: media::MediaState::default(),
             requests: Requests::default(),
             intro_at: HashMap::new(),
+            dialling: HashMap::new(),
             relays: Relays {
                 ours: cfg
                     .relays
@@ -853,6 +867,30 @@ impl Worker {
             peer,
             addrs,
         });
+    }
+
+    /// The new contact `key` (a fellow group member) is being dialled,
+    /// unless connected already or without addresses: what we send it
+    /// waits for that connection for a while (see [`DIAL_GRACE`]).
+    fn await_dial(&mut self, key: &[u8; 32], now: u64) {
+        let dialled = self
+            .engine
+            .contact(key)
+            .is_some_and(|c| !c.addrs.is_empty())
+            && self
+                .peer_of
+                .get(key)
+                .is_some_and(|p| !self.shared.is_connected(p));
+        if !dialled {
+            return;
+        }
+        if self.dialling.len() >= MAX_DIALLING {
+            self.dialling
+                .retain(|_, at| now < at.saturating_add(DIAL_GRACE));
+        }
+        if self.dialling.len() < MAX_DIALLING {
+            self.dialling.insert(*key, now);
+        }
     }
 
     /// Runs rounds until told to stop or the swarm's task is gone.
@@ -1272,13 +1310,23 @@ impl Worker {
                 Ok(ev) => self.events(ev, &[0; 32], round),
                 Err(e) => warn!(error = %e, "recording direct acks"),
             },
-            Job::Failed(positions) => self.engine.failed(&positions, now),
+            Job::Failed(positions) => {
+                // A contact being dialled that the direct link could not
+                // reach: its retries go by the mesh from now on.
+                for pos in &positions {
+                    if let Some(to) = self.engine.recipient_of(*pos) {
+                        self.dialling.remove(&to);
+                    }
+                }
+                self.engine.failed(&positions, now);
+            }
             Job::Published(positions) => match self.engine.published(&positions) {
                 Ok(ev) => self.events(ev, &[0; 32], round),
                 Err(e) => warn!(error = %e, "recording published messages"),
             },
             Job::PeerUp(peer) => {
                 if let Some(key) = self.peers.get(&peer).copied() {
+                    self.dialling.remove(&key);
                     // No session yet: ask the device itself for a bundle
                     // with a one-time prekey, so the session we start
                     // has one (if we write first before it comes, the
@@ -1585,18 +1633,29 @@ impl Worker {
         // A contact we have not heard from may not have added us: what we
         // send it is refused until it accepts our request, so it is
         // introduced to us again now and then (on the mesh only; what
-        // waits at its relays is a set-up carrying our invite).
+        // waits at its relays is a set-up carrying our invite). Not a
+        // fellow group member that another member added: it has our card
+        // from the group's log (and a group's members, meeting all at
+        // once, would flood the mesh with introductions).
         if pos.is_some()
             && !self.engine.heard_since_start(to)
             && self
                 .intro_at
                 .get(to)
                 .is_none_or(|&at| now >= at.saturating_add(INTRO_EVERY))
+            && !self.engine.knows_us_from_a_group(to)
         {
             self.introduce(to, now, round);
         }
         let peer = self.peer_of.get(to).copied();
-        if let Some(peer) = peer.filter(|p| self.shared.is_connected(p)) {
+        // Connected, or being dialled: the direct link waits for the
+        // connection (and fails if it does not come; the retry after the
+        // backoff goes by whatever path is open then).
+        let dialling = self
+            .dialling
+            .get(to)
+            .is_some_and(|&at| now < at.saturating_add(DIAL_GRACE));
+        if let Some(peer) = peer.filter(|p| dialling || self.shared.is_connected(p)) {
             if let Some(pos) = pos {
                 self.engine.attempted(pos, now, Some(DIRECT_WAIT));
             }
@@ -1608,6 +1667,12 @@ impl Worker {
         let expires = pos
             .and_then(|p| self.engine.expiry_of(p))
             .unwrap_or(now + super::engine::MESSAGE_TTL);
+        debug!(
+            to = %crate::store::hex(&to[..4]),
+            ?pos,
+            known = peer.is_some(),
+            "sealed for the mesh"
+        );
         match self.engine.seal(to, &frame, expires, now) {
             Ok((mailbox, envelope)) => {
                 match pos {
@@ -2145,6 +2210,7 @@ impl Worker {
         round.dirty = true;
         for key in &fx.new_contacts {
             self.announce_contact(key);
+            self.await_dial(key, now);
             self.forget_request(key, now, round);
         }
         for d in fx.due {

@@ -1891,6 +1891,19 @@ impl Engine {
     pub(crate) fn is_group(&self, conv: &[u8; 32]) -> bool {
         self.groups.slots.contains_key(conv)
     }
+
+    /// Whether `contact` and this device are members of one group that
+    /// another member brought `contact` into: it learns our card from that
+    /// group's log (from whoever added it), so it needs no introduction.
+    /// A member we added ourselves may not have us as a contact: it hears
+    /// of the group only from us.
+    pub(crate) fn knows_us_from_a_group(&self, contact: &[u8; 32]) -> bool {
+        let me = self.me.public().signing;
+        self.groups.slots.values().any(|s| {
+            let view = s.log.view();
+            view.is_member(&me) && view.member(contact).is_some_and(|m| m.added_by != me)
+        })
+    }
 }
 
 fn tally_key(msg_id: &[u8; 16]) -> Vec<u8> {
@@ -2164,6 +2177,30 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    /// A member learns every other from the group's log, except those it
+    /// brought in itself: only they may not have it as a contact, and
+    /// need its introduction.
+    #[test]
+    fn only_the_members_a_device_added_itself_need_its_introduction() {
+        let (d, _group) = Devices::formed(4);
+        for i in 0..4 {
+            for j in 0..4 {
+                if i == j {
+                    continue;
+                }
+                // Device 0 created the group and added the others.
+                let added_by_i = i == 0;
+                assert_eq!(
+                    d.engines[i].knows_us_from_a_group(&d.keys[j]),
+                    !added_by_i,
+                    "device {i} about {j}"
+                );
+            }
+        }
+        let stranger = [9u8; 32];
+        assert!(!d.engines[1].knows_us_from_a_group(&stranger));
     }
 
     #[test]
