@@ -107,11 +107,12 @@ struct RecordV1 {
 pub struct Decrypted {
     /// The plaintext.
     pub plaintext: Vec<u8>,
-    /// Whether reading it moved this device to another session with the
-    /// contact (the contact's set-up replaced ours, or the session it
-    /// replaced is current again). What we sent in the one left behind
-    /// may be refused by the contact, so whatever is queued for it should
-    /// go again now, in the session both hold.
+    /// Whether it was the contact's set-up and replaced ours (the two
+    /// crossed and the contact's won, or the contact started over). What
+    /// we sent in ours after its first frame is refused by the contact, so
+    /// whatever is queued for it should go again now, in this session.
+    /// Not when the previous session becomes current again: that follows
+    /// late frames, and each would make everything due again.
     pub switched: bool,
 }
 
@@ -452,22 +453,22 @@ impl Sessions {
             what: "ratchet message (no session with its sender)",
         })?;
         let message = RatchetMessage::from_bytes(bytes)?;
-        let (plaintext, switched) = match entry.session.decrypt(&message, rng) {
-            Ok(p) => (p, false),
+        let plaintext = match entry.session.decrypt(&message, rng) {
+            Ok(p) => p,
             Err(e @ crypto::Error::Duplicate { .. }) => return Err(e),
             // Perhaps the session the current one replaced: the peer is
             // still on it. If it reads the message, it is current again.
             Err(e) => match entry.previous.as_mut().map(|p| p.decrypt(&message, rng)) {
                 Some(Ok(p)) => {
                     entry.swap();
-                    (p, true)
+                    p
                 }
                 _ => return Err(e),
             },
         };
         Ok(Decrypted {
             plaintext,
-            switched,
+            switched: false,
         })
     }
 
@@ -506,7 +507,7 @@ impl Sessions {
                 entry.swap();
                 return Ok(Decrypted {
                     plaintext,
-                    switched: true,
+                    switched: false,
                 });
             }
             if entry.seen.contains(&base) {

@@ -430,8 +430,8 @@ pub(crate) struct Worker {
     /// since the start (one entry per contact at most).
     intro_at: HashMap<[u8; 32], u64>,
     /// Fellow group members being dialled (new contacts, with addresses,
-    /// not connected), since when; until connected, the direct link
-    /// fails, or [`DIAL_GRACE`] later.
+    /// not connected), since when; until connected, a queued frame's
+    /// direct batch to it fails, or [`DIAL_GRACE`] later.
     dialling: HashMap<[u8; 32], u64>,
 }
 
@@ -876,7 +876,7 @@ impl Worker {
         let dialled = self
             .engine
             .contact(key)
-            .is_some_and(|c| !c.addrs.is_empty())
+            .is_some_and(|c| c.addrs.iter().any(|a| a.parse::<Multiaddr>().is_ok()))
             && self
                 .peer_of
                 .get(key)
@@ -1619,8 +1619,10 @@ impl Worker {
         }
     }
 
-    /// Sends a frame to the contact `to`: directly when connected, else
-    /// sealed on the mesh. `pos` is its outbox position (None: not queued).
+    /// Sends a frame to the contact `to`: directly when connected (or, for
+    /// a queued frame, while a new fellow group member is being dialled),
+    /// else sealed on the mesh. `pos` is its outbox position (None: not
+    /// queued).
     fn route(
         &mut self,
         to: &[u8; 32],
@@ -1643,21 +1645,34 @@ impl Worker {
                 .intro_at
                 .get(to)
                 .is_none_or(|&at| now >= at.saturating_add(INTRO_EVERY))
-            && !self.engine.knows_us_from_a_group(to)
         {
-            self.introduce(to, now, round);
+            if self.engine.knows_us_from_a_group(to) {
+                // Asked again in INTRO_EVERY, not on every frame.
+                if self.intro_at.len() >= 4096 {
+                    self.intro_at.clear();
+                }
+                self.intro_at.insert(*to, now);
+            } else {
+                self.introduce(to, now, round);
+            }
         }
         let peer = self.peer_of.get(to).copied();
-        // Connected, or being dialled: the direct link waits for the
-        // connection (and fails if it does not come; the retry after the
-        // backoff goes by whatever path is open then).
-        let dialling = self
-            .dialling
-            .get(to)
-            .is_some_and(|&at| now < at.saturating_add(DIAL_GRACE));
-        if let Some(peer) = peer.filter(|p| dialling || self.shared.is_connected(p)) {
+        let connected = peer.is_some_and(|p| self.shared.is_connected(&p));
+        // A queued frame to a fellow member being dialled: the direct link
+        // waits for the connection. If it does not come, the link fails
+        // (which ends the wait) or the attempt is due again after the
+        // grace; either way the retry goes by whatever path is open then.
+        // What is not queued goes sealed: it would not be sent again.
+        let dialling = !connected
+            && pos.is_some()
+            && self
+                .dialling
+                .get(to)
+                .is_some_and(|&at| now < at.saturating_add(DIAL_GRACE));
+        if let Some(peer) = peer.filter(|_| connected || dialling) {
             if let Some(pos) = pos {
-                self.engine.attempted(pos, now, Some(DIRECT_WAIT));
+                let wait = if dialling { DIAL_GRACE } else { DIRECT_WAIT };
+                self.engine.attempted(pos, now, Some(wait));
             }
             round.direct.entry(peer).or_default().push((pos, frame));
             return;
