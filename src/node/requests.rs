@@ -65,6 +65,17 @@ pub fn declined_key(key: &[u8; 32]) -> Vec<u8> {
     [&[DECLINED][..], key].concat()
 }
 
+/// A request's record, or a removed contact's (`at`: when it came, or
+/// when it was removed).
+fn encode_record(identity: &PublicIdentity, invite: &Invite, at: u64) -> Vec<u8> {
+    wire::encode(&RequestRecord {
+        version: RECORD_VERSION,
+        identity: identity.clone(),
+        invite: invite.to_bytes(),
+        received_at: at,
+    })
+}
+
 /// The store key of `key` as a removed contact.
 pub fn former_key(key: &[u8; 32]) -> Vec<u8> {
     [&[FORMER][..], key].concat()
@@ -282,23 +293,13 @@ impl Requests {
     /// The stored form of the removed contact `key`, if remembered.
     pub fn former_record(&self, key: &[u8; 32]) -> Option<Vec<u8>> {
         let (identity, invite, at) = self.former.get(key)?;
-        Some(wire::encode(&RequestRecord {
-            version: RECORD_VERSION,
-            identity: identity.clone(),
-            invite: invite.to_bytes(),
-            received_at: *at,
-        }))
+        Some(encode_record(identity, invite, *at))
     }
 
     /// The stored form of `key`'s request (`None`: none waits).
     pub fn record(&self, key: &[u8; 32]) -> Option<Vec<u8>> {
         let r = self.waiting.get(key)?;
-        Some(wire::encode(&RequestRecord {
-            version: RECORD_VERSION,
-            identity: r.identity.clone(),
-            invite: r.invite.to_bytes(),
-            received_at: r.received_at,
-        }))
+        Some(encode_record(&r.identity, &r.invite, r.received_at))
     }
 
     /// Requests, what they hold, and declined devices as stored (records

@@ -627,15 +627,8 @@ mod tests {
 
         fn receive(&mut self, from: &Device, frame: &Frame, rng: &mut StdRng) -> Vec<u8> {
             match frame {
-                Frame::Prekey(b) => {
-                    self.sessions
-                        .decrypt_prekey(
-                            &self.id,
-                            &mut self.prekeys,
-                            from.id.public(),
-                            b,
-                            (rng, &mut { u32::MAX }),
-                        )
+                Frame::Prekey(_) => {
+                    self.take_setup(from, frame, &mut { u32::MAX }, rng)
                         .unwrap()
                         .plaintext
                 }
@@ -647,6 +640,27 @@ mod tests {
                 }
                 other => panic!("unexpected {other:?}"),
             }
+        }
+
+        /// Reads the set-up frame `f` from `from`, with `left` set-ups
+        /// allowed.
+        fn take_setup(
+            &mut self,
+            from: &Device,
+            f: &Frame,
+            left: &mut u32,
+            rng: &mut StdRng,
+        ) -> Result<Decrypted, crypto::Error> {
+            let Frame::Prekey(bytes) = f else {
+                panic!("a set-up message")
+            };
+            self.sessions.decrypt_prekey(
+                &self.id,
+                &mut self.prekeys,
+                from.id.public(),
+                bytes,
+                (rng, left),
+            )
         }
 
         /// Replaces the sessions with only `peer`'s, loaded from `record`.
@@ -671,12 +685,7 @@ mod tests {
         a.sessions = Sessions::new();
         let other = a.send(&b, b"three", &mut rng);
         let take = |b: &mut Device, a: &Device, f: &Frame, left: &mut u32, rng: &mut StdRng| {
-            let Frame::Prekey(bytes) = f else {
-                panic!("a set-up message")
-            };
-            b.sessions
-                .decrypt_prekey(&b.id, &mut b.prekeys, a.id.public(), bytes, (rng, left))
-                .map(|d| d.plaintext)
+            b.take_setup(a, f, left, rng).map(|d| d.plaintext)
         };
         let mut left = 1;
         assert_eq!(
@@ -695,6 +704,15 @@ mod tests {
             b"three"
         );
         assert_eq!(left, 0);
+    }
+
+    /// The two devices, the one with the lower identity key first.
+    fn lower_first(x: Device, y: Device) -> (Device, Device) {
+        if x.id.public().signing < y.id.public().signing {
+            (x, y)
+        } else {
+            (y, x)
+        }
     }
 
     /// Three rounds each way: each reads what the other sends.
@@ -742,18 +760,7 @@ mod tests {
         let g = a2.send(&b, b"restarted", &mut rng);
         assert_eq!(b.receive(&a2, &g, &mut rng), b"restarted");
         // ...but the first set-up, replayed, is refused.
-        let Frame::Prekey(old) = &f1 else { panic!() };
-        assert!(
-            b.sessions
-                .decrypt_prekey(
-                    &b.id,
-                    &mut b.prekeys,
-                    a.id.public(),
-                    old,
-                    (&mut rng, &mut { u32::MAX }),
-                )
-                .is_err()
-        );
+        assert!(b.take_setup(&a, &f1, &mut { u32::MAX }, &mut rng).is_err());
     }
 
     #[test]
@@ -775,27 +782,13 @@ mod tests {
     #[test]
     fn the_device_whose_set_up_lost_is_told_it_switched() {
         let mut rng = StdRng::seed_from_u64(5);
-        let (a, b) = (Device::new(&mut rng), Device::new(&mut rng));
         // `low` wins: its identity key is the lower.
-        let (mut low, mut high) = if a.id.public().signing < b.id.public().signing {
-            (a, b)
-        } else {
-            (b, a)
-        };
+        let (mut low, mut high) = lower_first(Device::new(&mut rng), Device::new(&mut rng));
         let from_low = low.send(&high, b"low 1", &mut rng);
         let high_1 = high.send(&low, b"high 1", &mut rng);
         let high_2 = high.send(&low, b"high 2", &mut rng);
         let take = |to: &mut Device, from: &Device, f: &Frame, rng: &mut StdRng| {
-            let Frame::Prekey(bytes) = f else {
-                panic!("a set-up message")
-            };
-            to.sessions.decrypt_prekey(
-                &to.id,
-                &mut to.prekeys,
-                from.id.public(),
-                bytes,
-                (rng, &mut { u32::MAX }),
-            )
+            to.take_setup(from, f, &mut { u32::MAX }, rng)
         };
         // The winner reads the loser's first message and stays on its own
         // session; the loser's second is refused.
@@ -909,13 +902,8 @@ mod tests {
     #[test]
     fn a_late_set_up_does_not_leave_the_two_sides_on_different_sessions() {
         let mut rng = StdRng::seed_from_u64(5);
-        let (x, y) = (Device::new(&mut rng), Device::new(&mut rng));
         // `lo` has the lower identity key: its set-up wins a tie.
-        let (mut lo, mut hi) = if x.id.public().signing < y.id.public().signing {
-            (x, y)
-        } else {
-            (y, x)
-        };
+        let (mut lo, mut hi) = lower_first(Device::new(&mut rng), Device::new(&mut rng));
         // Both start at once.
         let from_lo = lo.send(&hi, b"lo 1", &mut rng);
         let from_hi = hi.send(&lo, b"hi 1", &mut rng);

@@ -70,11 +70,10 @@ const RECEIVE_CHUNK: usize = 256;
 /// How often a contact not heard from since the start is introduced to
 /// us again while messages to it are retried (seconds).
 const INTRO_EVERY: u64 = 2;
-/// How long after dialling a new fellow group member what we send it
-/// waits for that connection rather than going sealed on the mesh
-/// (seconds). A group's
-/// members meet all at once: sealed, their first frames to each other
-/// would flood every member's inbox topic.
+/// How long after dialling a new fellow group member what we queue for
+/// it waits for that connection rather than going sealed on the mesh
+/// (seconds). A group's members meet all at once: sealed, their first
+/// frames to each other would flood every member's inbox topic.
 const DIAL_GRACE: u64 = 10;
 /// Most contacts remembered as being dialled (a group's members at most,
 /// in practice).
@@ -739,13 +738,19 @@ impl Worker {
                     envelope,
                     pos: None,
                 });
-                if self.intro_at.len() >= 4096 {
-                    self.intro_at.clear();
-                }
-                self.intro_at.insert(*to, now);
+                self.introduced_at(to, now);
             }
             Err(e) => warn!(error = %e, "introduction not sealed"),
         }
+    }
+
+    /// Notes that `to` was introduced to us at `now` (or needed no
+    /// introduction then): not again before [`INTRO_EVERY`].
+    fn introduced_at(&mut self, to: &[u8; 32], now: u64) {
+        if self.intro_at.len() >= 4096 {
+            self.intro_at.clear();
+        }
+        self.intro_at.insert(*to, now);
     }
 
     /// A device that is not a contact introduced itself. Returns whether
@@ -852,38 +857,34 @@ impl Worker {
         }
     }
 
-    fn announce_contact(&mut self, key: &[u8; 32]) {
+    /// Tells the actor about the contact `key` (its peer id and
+    /// addresses), which dials it and tracks its presence; whether it is
+    /// to be dialled (it has addresses and is not connected).
+    fn announce_contact(&mut self, key: &[u8; 32]) -> bool {
         let Some(c) = self.engine.contact(key) else {
-            return;
+            return false;
         };
         let Ok(peer) = c.identity.peer_id() else {
-            return;
+            return false;
         };
-        let addrs = c.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        let addrs: Vec<Multiaddr> = c.addrs.iter().filter_map(|a| a.parse().ok()).collect();
         self.peers.insert(peer, *key);
         self.peer_of.insert(*key, peer);
+        // What the actor does with it: dials it if it has addresses and
+        // is not connected.
+        let dials = !addrs.is_empty() && !self.shared.is_connected(&peer);
         let _ = self.outs.send(Out::Contact {
             key: *key,
             peer,
             addrs,
         });
+        dials
     }
 
-    /// The new contact `key` (a fellow group member) is being dialled,
-    /// unless connected already or without addresses: what we send it
-    /// waits for that connection for a while (see [`DIAL_GRACE`]).
+    /// The new contact `key` (a fellow group member) is being dialled:
+    /// what we queue for it waits for that connection for a while (see
+    /// [`DIAL_GRACE`]).
     fn await_dial(&mut self, key: &[u8; 32], now: u64) {
-        let dialled = self
-            .engine
-            .contact(key)
-            .is_some_and(|c| c.addrs.iter().any(|a| a.parse::<Multiaddr>().is_ok()))
-            && self
-                .peer_of
-                .get(key)
-                .is_some_and(|p| !self.shared.is_connected(p));
-        if !dialled {
-            return;
-        }
         if self.dialling.len() >= MAX_DIALLING {
             self.dialling
                 .retain(|_, at| now < at.saturating_add(DIAL_GRACE));
@@ -1270,13 +1271,11 @@ impl Worker {
                 round.reply(reply, r);
             }
             Job::RemoveContact { key, reply } => {
-                let former = self.engine.contact(&key).map(|c| {
-                    let mut bundle = c.bundle.clone();
-                    bundle.one_time = None;
-                    let invite = Invite::new(bundle, c.addrs.clone())
-                        .with_devices(c.devices.clone(), Vec::new());
-                    (c.identity.clone(), invite)
-                });
+                let former = self
+                    .engine
+                    .contact(&key)
+                    .map(|c| c.identity.clone())
+                    .zip(self.engine.contact_invite(&key).ok());
                 let r = found(self.engine.remove_contact(&key));
                 if r.is_ok()
                     && let Some(peer) = self.peer_of.remove(&key)
@@ -1648,10 +1647,7 @@ impl Worker {
         {
             if self.engine.knows_us_from_a_group(to) {
                 // Asked again in INTRO_EVERY, not on every frame.
-                if self.intro_at.len() >= 4096 {
-                    self.intro_at.clear();
-                }
-                self.intro_at.insert(*to, now);
+                self.introduced_at(to, now);
             } else {
                 self.introduce(to, now, round);
             }
@@ -2224,8 +2220,9 @@ impl Worker {
     fn group_effects(&mut self, fx: GroupEffects, now: u64, round: &mut Round) {
         round.dirty = true;
         for key in &fx.new_contacts {
-            self.announce_contact(key);
-            self.await_dial(key, now);
+            if self.announce_contact(key) {
+                self.await_dial(key, now);
+            }
             self.forget_request(key, now, round);
         }
         for d in fx.due {

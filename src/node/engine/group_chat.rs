@@ -553,20 +553,31 @@ impl Engine {
 
     fn contact_card(&self, key: &[u8; 32]) -> Result<MemberCard, EngineError> {
         let c = self.contacts.get(key).ok_or(EngineError::UnknownContact)?;
-        // Without the one-time prekey a fetched bundle may hold: it is
-        // ours to use once, not every member's.
+        Ok(MemberCard {
+            invite: self.contact_invite(key)?,
+            name: c.name.clone(),
+        })
+    }
+
+    /// What the contact `key` is known by, as an invite: its bundle
+    /// without the one-time prekey a fetched bundle may hold (ours to use
+    /// once, not anyone else's), its addresses, and the newest list held
+    /// of its account.
+    pub(crate) fn contact_invite(
+        &self,
+        key: &[u8; 32],
+    ) -> Result<crate::node::state::Invite, EngineError> {
+        let c = self.contacts.get(key).ok_or(EngineError::UnknownContact)?;
         let mut bundle = c.bundle.clone();
         bundle.one_time = None;
-        Ok(MemberCard {
-            // The newest list held of its account.
-            invite: crate::node::state::Invite::new(bundle, c.addrs.clone()).with_devices(
+        Ok(
+            crate::node::state::Invite::new(bundle, c.addrs.clone()).with_devices(
                 self.lists
                     .get(&self.account_of(key))
                     .map_or_else(|| c.devices.clone(), |l| l.list().to_bytes()),
                 Vec::new(),
             ),
-            name: c.name.clone(),
-        })
+        )
     }
 
     /// Creates a group named `name` with the contacts `members`; this
