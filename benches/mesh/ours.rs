@@ -248,7 +248,7 @@ pub(crate) async fn direct(n_latency: usize, total: usize, window: usize) -> Val
     a.stop().await;
     b.stop().await;
     json!({
-        "what": "two nodes, direct path: ratchet-encrypt, persist (flushed) and queue at the sender, deliver, decrypt and persist (flushed) at the recipient, transport ack, delivered state persisted at the sender",
+        "what": "two nodes, direct path: ratchet-encrypt, persist (flushed) and queue at the sender, deliver, decrypt and persist (flushed) at the recipient, transport ack, delivered reported at the sender (its state goes to disk with the sender's next flush)",
         "latency_one_way": one_way,
         "latency_to_delivered_receipt": delivered,
         "throughput": {

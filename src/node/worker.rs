@@ -12,11 +12,19 @@
 //! handed to the swarm's task as soon as it is encrypted, so that it
 //! travels while its round is written and goes to disk. Its caller still
 //! hears "sent" after the flush.
+//!
+//! A round that tells nobody anything but "delivered" or "read" (a direct
+//! ack, a receipt) does not flush: those events report what is on the
+//! contact's disk, not ours. Its writes (the outbox entry gone, the state
+//! moved on) go to disk with the next round's flush, or after
+//! [`FLUSH_DEFER`] at the latest; a crash before that only makes the
+//! message go out again, and the contact, which has it, acknowledges it
+//! again. The sender's own flush is then off the path of a receipt.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, mpsc as std_mpsc};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
@@ -39,7 +47,7 @@ use super::requests::{
 use super::state::Invite;
 use crate::crypto::{Envelope, PublicIdentity, fingerprint, safety_number};
 use crate::relay::proto::{self as mailbox, MAX_ACK, Owner, Refusal, Request, Response, Signed};
-use crate::store::{Cursor, Kind, MessageRef, Page, Summary};
+use crate::store::{Cursor, DeliveryState, Kind, MessageRef, Page, Summary};
 
 mod media;
 mod relayed;
@@ -48,6 +56,9 @@ mod relayed;
 pub(crate) const MAX_ROUND: usize = 1024;
 /// Most queued messages re-sent per tick.
 pub(crate) const RETRY_BATCH: usize = 512;
+/// Longest the writes of rounds that told nobody anything needing them
+/// on disk (see the module's documentation) wait for a flush.
+const FLUSH_DEFER: Duration = Duration::from_millis(20);
 /// How long a message handed to a direct connection waits before the
 /// schedule tries it again (seconds). The swarm's task reports every such
 /// frame back — acknowledged, refused, or failed with its connection or
@@ -406,6 +417,24 @@ impl Round {
         self.replies.push(Box::new(move || {
             let _ = to.send(value);
         }));
+    }
+
+    /// Whether this round tells anyone something that the disk must hold
+    /// first: an answer, a frame or an ack for a peer, a command to the
+    /// swarm's task, or an event other than a contact's "delivered" or
+    /// "read" (which is on the contact's disk, not ours).
+    fn needs_disk(&self) -> bool {
+        self.stop
+            || !self.replies.is_empty()
+            || !self.direct.is_empty()
+            || !self.outs.is_empty()
+            || !self.events.iter().all(|e| match e {
+                NodeEvent::Receipt { state, .. } => {
+                    matches!(state, DeliveryState::Delivered | DeliveryState::Read)
+                }
+                NodeEvent::GroupReceipt { .. } => true,
+                _ => false,
+            })
     }
 }
 
@@ -899,18 +928,27 @@ impl Worker {
         // When the group receipts waiting go (together, after
         // `GROUP_RECEIPT_DELAY` and a random part of `GROUP_RECEIPT_JITTER`).
         let mut acks_due: Option<Instant> = None;
+        // Since when writes wait for a flush that was put off (see the
+        // module's documentation).
+        let mut owed: Option<Instant> = None;
         loop {
-            let first = match acks_due {
+            let wake = match (acks_due, owed.map(|t| t + FLUSH_DEFER)) {
+                (Some(a), Some(f)) => Some(a.min(f)),
+                (a, f) => a.or(f),
+            };
+            let first = match wake {
                 None => match self.jobs.recv() {
                     Ok(j) => Some(j),
-                    Err(_) => return,
+                    Err(_) => return self.flush_owed(owed),
                 },
                 Some(t) => {
                     let left = t.saturating_duration_since(Instant::now());
                     match self.jobs.recv_timeout(left) {
                         Ok(j) => Some(j),
                         Err(std_mpsc::RecvTimeoutError::Timeout) => None,
-                        Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                        Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                            return self.flush_owed(owed);
+                        }
                     }
                 }
             };
@@ -978,12 +1016,18 @@ impl Worker {
                     Err(e) => warn!(error = %e, "sessions not saved exactly at stop"),
                 }
             }
-            if round.dirty {
-                if let Err(e) = self.engine.store().flush() {
-                    error!(error = %e, "store flush failed; stopping the node without acknowledging");
-                    return;
+            if round.dirty || owed.is_some() {
+                let late = owed.is_some_and(|t| t.elapsed() >= FLUSH_DEFER);
+                if round.needs_disk() || late {
+                    if let Err(e) = self.engine.store().flush() {
+                        error!(error = %e, "store flush failed; stopping the node without acknowledging");
+                        return;
+                    }
+                    self.engine.flushed();
+                    owed = None;
+                } else if round.dirty {
+                    owed.get_or_insert_with(Instant::now);
                 }
-                self.engine.flushed();
             }
             self.shared.backlog.fetch_sub(n, Ordering::Relaxed);
             self.shared
@@ -1007,6 +1051,17 @@ impl Worker {
             }
             if round.stop {
                 return;
+            }
+        }
+    }
+
+    /// On the way out without a stop (the swarm's task is gone): writes
+    /// whose flush was put off go to disk.
+    fn flush_owed(&mut self, owed: Option<Instant>) {
+        if owed.is_some() {
+            match self.engine.store().flush() {
+                Ok(_) => self.engine.flushed(),
+                Err(e) => error!(error = %e, "store flush failed at exit"),
             }
         }
     }
@@ -2319,5 +2374,55 @@ fn short(r: &Response) -> String {
         Response::Prekeys(b) => {
             format!("prekeys: {}", if b.is_some() { "a bundle" } else { "none" })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(state: DeliveryState) -> NodeEvent {
+        let message = MessageRef {
+            conv_id: [1; 32],
+            lamport: 1,
+            sender: [2; 32],
+            msg_id: [3; 16],
+        };
+        NodeEvent::Receipt { message, state }
+    }
+
+    #[test]
+    fn only_a_contact_s_delivered_and_read_go_out_before_the_flush() {
+        let mut round = Round::default();
+        assert!(!round.needs_disk(), "nothing to tell");
+        round.events.push(receipt(DeliveryState::Delivered));
+        round.events.push(receipt(DeliveryState::Read));
+        assert!(!round.needs_disk(), "what the contact's disk holds");
+        round.events.push(receipt(DeliveryState::Sent));
+        assert!(round.needs_disk(), "\"sent\" is about our own disk");
+
+        let mut round = Round::default();
+        round.events.push(receipt(DeliveryState::StoredAtRelay));
+        assert!(round.needs_disk());
+
+        let mut round = Round::default();
+        round.events.push(receipt(DeliveryState::Delivered));
+        let (tx, _rx) = oneshot::channel::<Result<(), NodeError>>();
+        round.reply(tx, Ok(()));
+        assert!(round.needs_disk(), "an answer to a caller");
+
+        let mut round = Round::default();
+        round.outs.push(Out::Subscribe { topic: [4; 32] });
+        assert!(round.needs_disk(), "a command to the swarm's task");
+
+        let mut round = Round::default();
+        round.direct.insert(PeerId::random(), Vec::new());
+        assert!(round.needs_disk(), "a frame or an ack for a peer");
+
+        let round = Round {
+            stop: true,
+            ..Round::default()
+        };
+        assert!(round.needs_disk(), "the last round");
     }
 }
