@@ -94,6 +94,51 @@ pub(crate) fn decode<T: DeserializeOwned + Serialize>(
     Ok(value)
 }
 
+/// Decodes a sequence a peer sends, of at most `max` elements: decoding
+/// fails at an announced count above `max`, or at the first element past
+/// it (postcard announces none when fewer bytes are left than the count
+/// says), so a few bytes announcing millions of empty elements cost no more
+/// than `max` of them (serde's own `Vec` would grow to the count, 24 bytes
+/// an element for byte strings, before any count check after decoding).
+/// For a field: `#[serde(deserialize_with = "...")]` with a function that
+/// calls this with the field's bound.
+pub(crate) fn bounded_seq<'de, D, T>(d: D, max: usize) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use serde::de::{Error as _, SeqAccess, Visitor};
+
+    struct V<T> {
+        max: usize,
+        element: std::marker::PhantomData<T>,
+    }
+    impl<'de, T: serde::Deserialize<'de>> Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "at most {} elements", self.max)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let announced = seq.size_hint().unwrap_or(0);
+            if announced > self.max {
+                return Err(A::Error::invalid_length(announced, &self));
+            }
+            let mut out = Vec::with_capacity(announced);
+            while let Some(x) = seq.next_element()? {
+                if out.len() == self.max {
+                    return Err(A::Error::invalid_length(self.max + 1, &self));
+                }
+                out.push(x);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(V {
+        max,
+        element: std::marker::PhantomData,
+    })
+}
+
 /// Serde for 64-byte arrays (signatures), which serde's array support stops
 /// short of. Encoded by postcard as 64 raw bytes, like the 32-byte arrays.
 pub(crate) mod bytes64 {
@@ -127,5 +172,57 @@ pub(crate) mod bytes64 {
             }
         }
         d.deserialize_tuple(64, V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use serde::{Deserialize, Deserializer};
+
+    thread_local! {
+        static ELEMENTS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// An element that counts how many were decoded.
+    struct Counted;
+    impl<'de> Deserialize<'de> for Counted {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            u8::deserialize(d)?;
+            ELEMENTS.with(|n| n.set(n.get() + 1));
+            Ok(Counted)
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct Few(#[serde(deserialize_with = "few")] Vec<Counted>);
+
+    fn few<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Counted>, D::Error> {
+        super::bounded_seq(d, 4)
+    }
+
+    fn decode(count: u8, elements: usize) -> Option<usize> {
+        ELEMENTS.with(|n| n.set(0));
+        let mut bytes = vec![count];
+        bytes.resize(1 + elements, 7);
+        postcard::from_bytes::<Few>(&bytes).ok().map(|f| f.0.len())
+    }
+
+    #[test]
+    fn a_bounded_sequence_stops_at_its_bound() {
+        assert_eq!(decode(4, 4), Some(4));
+        assert_eq!(decode(0, 0), Some(0));
+        assert_eq!(decode(5, 5), None, "one past the bound");
+        assert_eq!(ELEMENTS.with(Cell::get), 0, "refused at the count");
+        assert_eq!(decode(3, 2), None, "fewer than announced");
+        // Millions announced (a varint), thousands sent: postcard gives no
+        // count when fewer bytes are left than it announces, so decoding
+        // stops one element past the bound.
+        ELEMENTS.with(|n| n.set(0));
+        let mut bytes = vec![0x80, 0x89, 0xfa, 0x01];
+        bytes.resize(4 + 4096, 7);
+        assert!(postcard::from_bytes::<Few>(&bytes).is_err());
+        assert_eq!(ELEMENTS.with(Cell::get), 5);
     }
 }

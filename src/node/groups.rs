@@ -42,6 +42,10 @@ use crate::crypto::{self, DeviceIdentity, labels, wire};
 pub const MAX_MEMBERS: usize = 100;
 /// Most operations a group's log holds; further ones are refused.
 pub const MAX_OPS: usize = 4096;
+/// Most bytes of operations a group's log holds (its most operations at
+/// 2 KiB each, a typical addition's size; a log of the largest, 12 KiB
+/// each, would be 48 MiB): further ones are refused.
+pub const MAX_LOG_BYTES: usize = MAX_OPS * 2 * 1024;
 /// Longest group name (bytes).
 pub const MAX_GROUP_NAME: usize = 64;
 /// Longest member name (bytes).
@@ -425,7 +429,7 @@ pub enum LogError {
     #[error("operation for another group")]
     OtherGroup,
     /// The log is full.
-    #[error("group log full ({MAX_OPS} operations)")]
+    #[error("group log full ({MAX_OPS} operations or {MAX_LOG_BYTES} bytes)")]
     Full,
 }
 
@@ -438,6 +442,8 @@ pub struct Log {
     view: View,
     /// The clock of the last operation the fold let change the group.
     head: u64,
+    /// Bytes of its operations.
+    bytes: usize,
 }
 
 impl Log {
@@ -449,6 +455,7 @@ impl Log {
             ids: HashSet::new(),
             view: View::default(),
             head: 0,
+            bytes: 0,
         }
     }
 
@@ -487,6 +494,7 @@ impl Log {
     pub fn insert(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<usize, LogError> {
         let mut fresh: Vec<Op> = Vec::new();
         let mut ids = HashSet::new();
+        let mut bytes = self.bytes;
         for op in ops {
             if op.group != self.group {
                 return Err(LogError::OtherGroup);
@@ -494,7 +502,8 @@ impl Log {
             if self.ids.contains(&op.id) || !ids.insert(op.id) {
                 continue;
             }
-            if self.ops.len() + fresh.len() >= MAX_OPS {
+            bytes += op.bytes.len();
+            if self.ops.len() + fresh.len() >= MAX_OPS || bytes > MAX_LOG_BYTES {
                 return Err(LogError::Full);
             }
             fresh.push(op);
@@ -502,6 +511,7 @@ impl Log {
         if fresh.is_empty() {
             return Ok(0);
         }
+        self.bytes = bytes;
         let new = fresh.len();
         for op in fresh {
             self.ids.insert(op.id);
@@ -612,6 +622,46 @@ mod tests {
         let mut log = Log::new(g);
         log.insert([birth]).unwrap();
         (g, log)
+    }
+
+    #[test]
+    fn a_log_holds_so_many_bytes_at_most() {
+        let admin = device(1, "admin");
+        let (g, mut log) = born(&admin);
+        let mut big = device(2, "big");
+        big.card.invite = Invite::new(
+            big.card.invite.bundle.clone(),
+            (0..16)
+                .map(|i| format!("/dns4/{}{i:02}/tcp/1", "a".repeat(230)))
+                .collect(),
+        );
+        let mut lamport = 2;
+        let refused = loop {
+            let ops: Vec<Op> = (0..64)
+                .map(|i| {
+                    let card = big.card.clone();
+                    Op::new(
+                        &admin.id,
+                        g,
+                        lamport + i,
+                        Change::Add {
+                            card,
+                            role: Role::Member,
+                        },
+                    )
+                })
+                .collect();
+            lamport += 64;
+            let len = log.ops().count();
+            if let Err(e) = log.insert(ops) {
+                assert_eq!(log.ops().count(), len, "all or nothing");
+                break e;
+            }
+        };
+        assert!(matches!(refused, LogError::Full));
+        let held: usize = log.ops().map(|o| o.bytes.len()).sum();
+        assert!(held <= MAX_LOG_BYTES);
+        assert!(log.ops().count() < MAX_OPS / 2, "the bytes ran out first");
     }
 
     /// `by` adds `who` with `role`, at the next clock.

@@ -24,8 +24,11 @@ pub const MAX_ADDRS: usize = 16;
 pub const MAX_ADDR_LEN: usize = 256;
 /// Longest contact name, in bytes.
 pub const MAX_NAME: usize = 128;
-/// Most out-of-order sequence numbers remembered per conversation.
-pub const MAX_AHEAD: usize = 4096;
+/// Most out-of-order sequence numbers remembered per conversation. The
+/// conversation's state, with this many numbers of the largest encoding
+/// (10 bytes each), must stay within a contacts record (16 KiB), or a
+/// contact sending huge numbers could make it impossible to write.
+pub const MAX_AHEAD: usize = 1024;
 
 /// A contact: a device we talk to, with what we need to reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -846,6 +849,23 @@ mod tests {
         assert!(s.peer_ahead.is_empty());
         let back = ConvState::from_bytes(&s.to_bytes()).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn the_state_with_the_most_and_largest_numbers_ahead_fits_a_record() {
+        let mut s = ConvState {
+            lamport: u64::MAX,
+            next_seq: u64::MAX,
+            resend_asked_at: u64::MAX,
+            ..ConvState::default()
+        };
+        for i in 0..2 * MAX_AHEAD as u64 {
+            s.accept_seq(u64::MAX - i);
+        }
+        assert_eq!(s.peer_ahead.len(), MAX_AHEAD);
+        let len = s.to_bytes().len();
+        let max = crate::store::Kind::Contacts.spec().max_plain;
+        assert!(len <= max, "{len} bytes, a record holds {max}");
     }
 
     #[test]

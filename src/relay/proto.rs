@@ -95,6 +95,7 @@ pub struct Ack {
     /// Who asks.
     pub owner: Owner,
     /// Sequence numbers (at most [`MAX_ACK`]).
+    #[serde(deserialize_with = "at_most_ack")]
     pub seqs: Vec<u64>,
 }
 
@@ -116,7 +117,7 @@ pub struct Publish {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Envelopes to hold (each an encoded `Envelope`, at most [`MAX_DEPOSIT`]).
-    Deposit(Vec<serde_bytes::ByteBuf>),
+    Deposit(#[serde(deserialize_with = "at_most_deposit")] Vec<serde_bytes::ByteBuf>),
     /// Mail for the signer's mailbox.
     Fetch(Signed<Fetch>),
     /// Delete delivered mail.
@@ -221,6 +222,7 @@ pub struct Custody {
     /// Unix seconds when the envelopes were on disk.
     pub stored_at: u64,
     /// SHA-256 of each deposited envelope's bytes, in deposit order.
+    #[serde(deserialize_with = "at_most_deposit")]
     pub envelopes: Vec<[u8; 32]>,
 }
 
@@ -255,6 +257,7 @@ pub enum Response {
     /// Mail, oldest first; `more` if the fetch stopped at its limit.
     Mail {
         /// The envelopes.
+        #[serde(deserialize_with = "at_most_fetch")]
         items: Vec<Mail>,
         /// Whether more are waiting.
         more: bool,
@@ -266,6 +269,23 @@ pub enum Response {
     /// The bundle held for the mailbox asked about, with a one-time
     /// prekey while any is left (None: no bundle is held for it).
     Prekeys(Option<PrekeyBundle>),
+}
+
+// Sequences decoded with their bound (see `wire::bounded_seq`): a
+// request's few bytes cannot announce millions of elements. The counts are
+// checked again after decoding, with errors that name them.
+fn at_most_deposit<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Vec<T>, D::Error> {
+    wire::bounded_seq(d, MAX_DEPOSIT)
+}
+
+fn at_most_ack<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    wire::bounded_seq(d, MAX_ACK)
+}
+
+fn at_most_fetch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Mail>, D::Error> {
+    wire::bounded_seq(d, MAX_FETCH)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -598,6 +618,12 @@ mod tests {
         let mut trailing = Response::Refused(Refusal::QuotaFull).to_bytes();
         trailing.push(0);
         assert!(Response::from_bytes(&trailing).is_err());
+        // Millions of empty envelopes announced in a few bytes (each a
+        // 24-byte entry once decoded): refused at the count.
+        let mut millions = vec![VERSION, 0];
+        millions.extend_from_slice(&[0x80, 0x89, 0xfa, 0x01]);
+        millions.extend(std::iter::repeat_n(0u8, 4096));
+        assert!(Request::from_bytes(&millions).is_err());
         // A length prefix claiming far more than was sent: refused, no
         // allocation of the claimed size.
         let mut huge = vec![VERSION, 0];

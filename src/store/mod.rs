@@ -332,7 +332,12 @@ impl Store {
         // A poisoned lock only means a flush panicked; the state is a plain
         // counter and file handle, still usable.
         let mut guard = self.watermark.lock().unwrap_or_else(|p| p.into_inner());
-        let next = guard.1 + 1;
+        // Only a tampered file (a restored backup, say) gets here: one
+        // flush a microsecond would take half a million years.
+        let next = guard.1.checked_add(1).ok_or_else(|| Error::Damaged {
+            path: self.path.clone(),
+            what: "the store's flush generation is at its highest value".into(),
+        })?;
         self.meta
             .insert(GENERATION_KEY, &next.to_be_bytes())
             .map_err(Error::db(META.name, "write"))?;

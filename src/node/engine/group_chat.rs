@@ -63,9 +63,9 @@ const KEYS_PER_MEMBER: usize = 2;
 /// comes in several payloads; the one that adds this device may not be the
 /// first).
 const MAX_LIMBO_GROUPS: usize = 8;
-/// Most bytes of operations held for one such group (a log of the most
-/// operations a log takes, at 2 KiB each)...
-const MAX_LIMBO_BYTES: usize = groups::MAX_OPS * 2 * 1024;
+/// Most bytes of operations held for one such group (as many as a log
+/// takes)...
+const MAX_LIMBO_BYTES: usize = groups::MAX_LOG_BYTES;
 /// ...and for all of them together (the oldest group goes first).
 const MAX_LIMBO_TOTAL: usize = 2 * MAX_LIMBO_BYTES;
 /// Most of those groups one contact's payloads brought (within
@@ -73,9 +73,10 @@ const MAX_LIMBO_TOTAL: usize = 2 * MAX_LIMBO_BYTES;
 /// one contact cannot push out the groups others are bringing.
 const MAX_LIMBO_FROM_ONE: usize = 3;
 /// Most groups one contact may have added this device to that it is still
-/// in: past it, a further group that contact adds it to is not joined
-/// (any contact can add us to a group, and each brings up to 99 contacts
-/// and a log of its own).
+/// in or was removed from by another (not those it left): past it, a
+/// further group that contact adds it to is not joined (any contact can
+/// add us to a group, and each brings up to 99 contacts and a log of its
+/// own).
 #[cfg(not(test))]
 const MAX_GROUPS_FROM_ONE: usize = 100;
 #[cfg(test)]
@@ -742,9 +743,11 @@ impl Engine {
         let is_in = after.is_member(&me);
         let topic = groups::topic_id(&group);
         // Members this device has no contact for become contacts, so
-        // sessions can be set up with them.
+        // sessions can be set up with them; not once it is out of the
+        // group (whoever removed it could go on adding throwaway members
+        // to a group it no longer reads, each one a contact here).
         for m in &after.members {
-            if m.key != me && !self.contacts.contains_key(&m.key) {
+            if is_in && m.key != me && !self.contacts.contains_key(&m.key) {
                 let mut invite = m.card.invite.clone();
                 invite.bundle.one_time = None;
                 let name = self.introduced_name(&m.card.name, &m.key);
@@ -1617,13 +1620,27 @@ impl Engine {
     /// contact whose payload made us a member, not by the identity the log
     /// names, which a contact can make afresh for each group) and
     /// [`MAX_GROUPS_JOINED`].
+    ///
+    /// A group counts while this device is in it, added by another, and
+    /// after another removed it: its log stays here, and a contact that
+    /// adds this device to groups and removes it again must not get
+    /// around the bound. Leaving frees the place (the person chose it).
     fn too_many_groups(&self, from: &[u8; 32]) -> Option<&'static str> {
         let me = self.me.public().signing;
         let joined: Vec<&GroupSlot> = self
             .groups
             .slots
             .values()
-            .filter(|s| s.log.view().member(&me).is_some_and(|m| m.added_by != me))
+            .filter(|s| match s.log.view().member(&me) {
+                Some(m) => m.added_by != me,
+                None => {
+                    s.via.is_some()
+                        && !s
+                            .log
+                            .ops()
+                            .any(|o| o.author == me && matches!(o.change, Change::Leave))
+                }
+            })
             .collect();
         if joined.len() >= MAX_GROUPS_JOINED {
             Some("this device is in too many groups that others added it to")
@@ -2512,6 +2529,61 @@ mod tests {
         d.engines[1] = Engine::open(store, 200).unwrap();
         bring(&mut d, groups[MAX_GROUPS_FROM_ONE]);
         assert_eq!(joined(&d.engines[1]), MAX_GROUPS_FROM_ONE);
+    }
+
+    /// A contact that adds this device to groups and removes it again
+    /// does not get around the bound, and a group this device was removed
+    /// from makes no more contacts here.
+    #[test]
+    fn groups_this_device_was_removed_from_still_count() {
+        let mut d = Devices::new(4);
+        let me = d.keys[2];
+        let joined = |e: &Engine| e.groups().iter().filter(|g| g.joined).count();
+        let bring = |d: &mut Devices, g: &[u8; 32], now: u64| {
+            let ops = bytes(&d.log(0, g));
+            let from = d.keys[0];
+            d.engines[2].on_group_ops(&from, &ops, now).unwrap();
+        };
+        let mut groups = Vec::new();
+        for i in 0..MAX_GROUPS_FROM_ONE {
+            let (g, _) = d.engines[0]
+                .create_group(&format!("g{i}"), "admin", &[me], None, vec![], 100)
+                .unwrap();
+            bring(&mut d, &g, 100);
+            d.engines[0]
+                .change_group(&g, GroupChange::Remove { member: me }, 200)
+                .unwrap();
+            bring(&mut d, &g, 200);
+            groups.push(g);
+        }
+        assert_eq!(joined(&d.engines[2]), 0, "removed from every one");
+        let (another, _) = d.engines[0]
+            .create_group("another", "admin", &[me], None, vec![], 300)
+            .unwrap();
+        bring(&mut d, &another, 300);
+        assert_eq!(joined(&d.engines[2]), 0, "past the bound: not joined");
+        // A member added to a group this device is out of: no contact.
+        let stranger = d.keys[3];
+        let contacts = d.engines[2].contacts().count();
+        d.engines[0]
+            .change_group(
+                &groups[0],
+                GroupChange::Add {
+                    contact: stranger,
+                    role: Role::Member,
+                },
+                400,
+            )
+            .unwrap();
+        bring(&mut d, &groups[0], 400);
+        assert!(
+            d.engines[2].groups.slots[&groups[0]]
+                .log
+                .view()
+                .is_member(&stranger)
+        );
+        assert_eq!(d.engines[2].contacts().count(), contacts);
+        assert!(!d.engines[2].contacts.contains_key(&stranger));
     }
 
     /// A group this device left and that a contact adds it to again counts
