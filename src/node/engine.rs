@@ -685,8 +685,21 @@ impl Engine {
     }
 
     /// Adds (or updates) the contact an invite names, after checking every
-    /// signature in it. Returns its identity key.
+    /// signature in it, as the person asks: a contact a group made is the
+    /// person's from then on. Returns its identity key.
     pub fn add_contact(&mut self, invite: &Invite, name: &str) -> Result<[u8; 32], EngineError> {
+        let key = self.put_contact(invite, name)?;
+        self.adopt(&key)?;
+        Ok(key)
+    }
+
+    /// [`Self::add_contact`], whoever asks (a group adding a member's card
+    /// too).
+    pub(crate) fn put_contact(
+        &mut self,
+        invite: &Invite,
+        name: &str,
+    ) -> Result<[u8; 32], EngineError> {
         let verified = invite.verify()?;
         let identity = verified.bundle.body.identity.clone();
         let mut contact = Contact::new(
@@ -761,6 +774,7 @@ impl Engine {
         self.setups.remove(key);
         self.read_frames.retain(|(peer, _)| peer != key);
         self.store.records(Kind::Contacts)?.remove(key)?;
+        self.unmade(key)?;
         Ok(true)
     }
 
@@ -776,6 +790,7 @@ impl Engine {
                 .records(Kind::Contacts)?
                 .put(key, &contact.to_bytes())?;
         }
+        self.adopt(key)?;
         Ok(true)
     }
 
@@ -1070,6 +1085,8 @@ impl Engine {
         let contact = self.contacts.get(to).ok_or(EngineError::UnknownContact)?;
         let conv = conversation_id(self.me.public(), &contact.identity);
         let me = self.me.public().signing;
+        // Written to: the person's contact now, if a group made it.
+        self.adopt(to)?;
         let mut state = self.conv_state(&conv)?;
         // A temporary conversation: each message carries its end.
         let expires_at = self.retention(&conv)?.map(|secs| now.saturating_add(secs));

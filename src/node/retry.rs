@@ -121,6 +121,13 @@ impl Schedule {
         }
     }
 
+    /// Whether anything is queued for `recipient`.
+    pub fn has_any_for(&self, recipient: &[u8; 32]) -> bool {
+        self.by_recipient
+            .get(recipient)
+            .is_some_and(|ps| !ps.is_empty())
+    }
+
     /// Whether anything with a clock (a chat or group message) is queued
     /// for `recipient` in the conversation `conv`.
     pub fn has_messages_for(&self, recipient: &[u8; 32], conv: &[u8; 32]) -> bool {

@@ -852,8 +852,14 @@ impl Worker {
                     round.reply(reply, Err(NodeError::UnknownContact));
                     return;
                 };
-                // A contact already (a group made it one) stays as it is.
+                // A contact already (a group made it one) stays as it is,
+                // the person's own from now on.
                 if self.engine.contact(&key).is_some() {
+                    if let Err(e) = self.engine.adopt(&key) {
+                        self.requests.restore(request);
+                        round.reply(reply, Err(e.into()));
+                        return;
+                    }
                     self.forget_request(&key, now, round);
                 } else {
                     if let Err(e) = self.engine.add_contact(&request.invite, &name) {
@@ -1487,6 +1493,22 @@ impl Worker {
                     self.publish_prekeys(relay, 0, now, round);
                 }
                 self.ask_for_fresher_bundles(now, round);
+                match self.engine.forget_orphans() {
+                    Ok(gone) => {
+                        for key in gone {
+                            round.dirty = true;
+                            debug!(
+                                contact = %crate::store::hex(&key[..4]),
+                                "a contact only groups made left the last of them: forgotten"
+                            );
+                            if let Some(peer) = self.peer_of.remove(&key) {
+                                self.peers.remove(&peer);
+                                let _ = self.outs.send(Out::Forget { key, peer });
+                            }
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "forgetting contacts groups made"),
+                }
                 let engine = &self.engine;
                 self.relays
                     .held

@@ -92,6 +92,8 @@ pub(crate) fn is_own_key_record(key: &[u8], me: &[u8; 32]) -> bool {
 }
 const LIMBO_PREFIX: &[u8] = b"limbo:";
 const VIA_PREFIX: &[u8] = b"via:";
+/// A contact that a group made (`made:` ‖ its key, in the `groups` tree).
+const MADE_PREFIX: &[u8] = b"made:";
 const TALLY_PREFIX: &[u8] = b"tally:";
 const TALLY_VERSION: u8 = 1;
 
@@ -243,6 +245,17 @@ pub(crate) struct Groups {
     /// Groups whose members' sender keys changed since
     /// [`Engine::take_changed_group_keys`] was last called.
     keys_changed: HashSet<[u8; 32]>,
+    /// Contacts made from a member's card that the person has not taken
+    /// up (added by an invite, accepted, verified, written to): forgotten
+    /// once no group this device is in has them, so that an admin adding
+    /// and removing members cannot grow this device's contacts without
+    /// end. On disk as `made:` ‖ key.
+    made: HashSet<[u8; 32]>,
+    /// Those of `made` that left a group this device is in (or were in one
+    /// it left), to forget once no group it is in has them and nothing is
+    /// queued for them any more (what was queued — the operation that
+    /// removed them, say — goes first). Found again at the start.
+    orphans: HashSet<[u8; 32]>,
 }
 
 /// A member's sender key as a forwarding node checks messages with it:
@@ -303,6 +316,10 @@ pub(crate) fn visible_name(name: &str) -> String {
 
 fn via_record(group: &[u8; 32]) -> Vec<u8> {
     [VIA_PREFIX, group.as_slice()].concat()
+}
+
+fn made_record(contact: &[u8; 32]) -> Vec<u8> {
+    [MADE_PREFIX, contact.as_slice()].concat()
 }
 
 fn op_record(group: &[u8; 32], op: &[u8; 32]) -> Vec<u8> {
@@ -384,6 +401,12 @@ impl Engine {
         let mut logs: HashMap<[u8; 32], Vec<Op>> = HashMap::new();
         let mut via: HashMap<[u8; 32], [u8; 32]> = HashMap::new();
         for (key, bytes) in self.store.records(Kind::Groups)?.scan(b"")? {
+            if key.len() == MADE_PREFIX.len() + 32 && key.starts_with(MADE_PREFIX) {
+                if let Ok(k) = <[u8; 32]>::try_from(&key[MADE_PREFIX.len()..]) {
+                    self.groups.made.insert(k);
+                }
+                continue;
+            }
             if key.len() == VIA_PREFIX.len() + 32 && key.starts_with(VIA_PREFIX) {
                 if let (Ok(g), Ok(from)) = (
                     <[u8; 32]>::try_from(&key[VIA_PREFIX.len()..]),
@@ -425,6 +448,7 @@ impl Engine {
                 }
             }
         }
+        self.groups.orphans = self.made_not_in_a_group();
         let me = self.me.public().signing;
         for (key, bytes) in self.store.records(Kind::SenderKeys)?.scan(b"")? {
             if key.starts_with(EARLY_PREFIX) {
@@ -751,7 +775,7 @@ impl Engine {
                 let mut invite = m.card.invite.clone();
                 invite.bundle.one_time = None;
                 let name = self.introduced_name(&m.card.name, &m.key);
-                let mut added = self.add_contact(&invite, &name);
+                let mut added = self.put_contact(&invite, &name);
                 if let Err(EngineError::Crypto(crypto::Error::DeviceList { reason })) = &added {
                     // The list beside a card is not signed by its member
                     // (whoever added the card chose it): without it, the
@@ -764,10 +788,16 @@ impl Engine {
                         invite.bundle.clone(),
                         invite.addrs.clone(),
                     );
-                    added = self.add_contact(&alone, &name);
+                    added = self.put_contact(&alone, &name);
                 }
                 match added {
-                    Ok(_) => fx.new_contacts.push(m.key),
+                    Ok(_) => {
+                        self.store
+                            .records(Kind::Groups)?
+                            .put(&made_record(&m.key), &[])?;
+                        self.groups.made.insert(m.key);
+                        fx.new_contacts.push(m.key);
+                    }
                     Err(EngineError::Store(e)) => return Err(e.into()),
                     // A card whose keys no session can use (signed by its
                     // member, so in the log): that member is in the group
@@ -788,6 +818,17 @@ impl Engine {
             .filter(|m| m.key != me && !after.is_member(&m.key))
             .map(|m| m.key)
             .collect();
+        // Contacts this group made that may no longer be in any group here.
+        let out_of_it: Vec<[u8; 32]> = if was_in && !is_in {
+            before.members.iter().map(|m| m.key).collect()
+        } else {
+            left.clone()
+        };
+        for k in out_of_it {
+            if self.groups.made.contains(&k) {
+                self.groups.orphans.insert(k);
+            }
+        }
         // Who hears about the new operations: ours go to everyone in the
         // group before or after them.
         if ours {
@@ -1925,6 +1966,72 @@ impl Engine {
     /// group's log (from whoever added it), so it needs no introduction.
     /// A member we added ourselves may not have us as a contact: it hears
     /// of the group only from us.
+    /// The contact `key` is the person's own from now on (added by an
+    /// invite, accepted, verified or written to), if a group made it.
+    pub(crate) fn adopt(&mut self, key: &[u8; 32]) -> Result<(), EngineError> {
+        if self.groups.made.contains(key) {
+            self.unmade(key)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets that a group made the contact `key`.
+    pub(crate) fn unmade(&mut self, key: &[u8; 32]) -> Result<(), EngineError> {
+        self.groups.orphans.remove(key);
+        if self.groups.made.remove(key) {
+            self.store
+                .records(Kind::Groups)?
+                .remove(&made_record(key))?;
+        }
+        Ok(())
+    }
+
+    /// Contacts groups made that no group this device is in has.
+    fn made_not_in_a_group(&self) -> HashSet<[u8; 32]> {
+        let me = self.me.public().signing;
+        let mut in_groups: HashSet<[u8; 32]> = HashSet::new();
+        for slot in self.groups.slots.values() {
+            let view = slot.log.view();
+            if view.is_member(&me) {
+                in_groups.extend(view.members.iter().map(|m| m.key));
+            }
+        }
+        self.groups
+            .made
+            .iter()
+            .filter(|k| !in_groups.contains(*k))
+            .copied()
+            .collect()
+    }
+
+    /// Removes the contacts that groups made and that no group this
+    /// device is in has any more, once nothing is queued for them;
+    /// returns them (the node stops tracking them). Their conversations
+    /// and sessions stay, as for any removed contact. Cheap when there are
+    /// none (called every tick).
+    pub fn forget_orphans(&mut self) -> Result<Vec<[u8; 32]>, EngineError> {
+        if self.groups.orphans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let still = self.made_not_in_a_group();
+        let mut gone = Vec::new();
+        let orphans: Vec<[u8; 32]> = self.groups.orphans.iter().copied().collect();
+        for k in orphans {
+            if !still.contains(&k) {
+                // Back in a group (or no longer made by one).
+                self.groups.orphans.remove(&k);
+            } else if !self.schedule.has_any_for(&k) {
+                // `remove_contact` forgets the mark as well.
+                if self.remove_contact(&k)? {
+                    gone.push(k);
+                } else {
+                    self.unmade(&k)?;
+                }
+            }
+        }
+        Ok(gone)
+    }
+
     pub(crate) fn knows_us_from_a_group(&self, contact: &[u8; 32]) -> bool {
         let me = self.me.public().signing;
         self.groups.slots.values().any(|s| {
@@ -2529,6 +2636,68 @@ mod tests {
         d.engines[1] = Engine::open(store, 200).unwrap();
         bring(&mut d, groups[MAX_GROUPS_FROM_ONE]);
         assert_eq!(joined(&d.engines[1]), MAX_GROUPS_FROM_ONE);
+    }
+
+    /// Contacts a group made go when no group here has them any more,
+    /// unless the person took them up; the mark survives a restart.
+    #[test]
+    fn contacts_only_groups_made_go_with_the_last_of_them() {
+        let (mut d, group) = Devices::formed(4);
+        let (admin, two, three) = (d.keys[0], d.keys[2], d.keys[3]);
+        let made = |e: &Engine| {
+            let mut m: Vec<[u8; 32]> = e.groups.made.iter().copied().collect();
+            m.sort_unstable();
+            m
+        };
+        let mut both = vec![two, three];
+        both.sort_unstable();
+        assert_eq!(made(&d.engines[1]), both, "the group made them");
+        assert!(d.engines[1].forget_orphans().unwrap().is_empty());
+        let store = d.engines[1].store.clone();
+        d.engines[1] = Engine::open(store, 200).unwrap();
+        assert_eq!(made(&d.engines[1]), both, "after a restart");
+        // Device 1 writes to 3: its contact now.
+        d.engines[1]
+            .send_many(&three, vec![b"hi".to_vec()], 200, |_| {})
+            .unwrap();
+        assert_eq!(made(&d.engines[1]), vec![two]);
+        // Device 1 writes to the group while 2 is away: its copy for 2
+        // stays queued.
+        let (_, fx) = d.engines[1]
+            .group_send(&group, vec![b"all".to_vec()], 200)
+            .unwrap();
+        d.effects(1, fx);
+        d.run(true, &[2]);
+        assert!(d.engines[1].schedule.has_any_for(&two));
+        // The admin removes 2: device 1 forgets it once nothing is queued
+        // for it any more (here, once that copy expires).
+        let fx = d.engines[0]
+            .change_group(&group, GroupChange::Remove { member: two }, 200)
+            .unwrap();
+        d.effects(0, fx);
+        d.run(true, &[2]);
+        assert!(d.engines[1].forget_orphans().unwrap().is_empty());
+        assert!(d.engines[1].contacts.contains_key(&two));
+        // A restart in between finds it again.
+        let store = d.engines[1].store.clone();
+        d.engines[1] = Engine::open(store, 200).unwrap();
+        d.engines[1]
+            .expire(200 + 2 * crate::node::engine::MESSAGE_TTL)
+            .unwrap();
+        assert!(!d.engines[1].schedule.has_any_for(&two));
+        assert_eq!(d.engines[1].forget_orphans().unwrap(), vec![two]);
+        assert!(!d.engines[1].contacts.contains_key(&two));
+        assert!(made(&d.engines[1]).is_empty());
+        // The admin removes 1: the contacts it took up, and the one it
+        // added itself, stay.
+        let fx = d.engines[0]
+            .change_group(&group, GroupChange::Remove { member: d.keys[1] }, 300)
+            .unwrap();
+        d.effects(0, fx);
+        d.run(true, &[]);
+        assert!(d.engines[1].forget_orphans().unwrap().is_empty());
+        assert!(d.engines[1].contacts.contains_key(&three));
+        assert!(d.engines[1].contacts.contains_key(&admin));
     }
 
     /// A contact that adds this device to groups and removes it again
