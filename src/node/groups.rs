@@ -492,6 +492,20 @@ impl Log {
     /// again. Returns how many were new. All or nothing: on an error the
     /// log and its view are as they were.
     pub fn insert(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<usize, LogError> {
+        self.insert_within(ops, MAX_LOG_BYTES)
+    }
+
+    /// [`Self::insert`] for operations read back from disk, taken under the
+    /// rules of their time: only the count is bounded.
+    pub fn restore(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<usize, LogError> {
+        self.insert_within(ops, usize::MAX)
+    }
+
+    fn insert_within(
+        &mut self,
+        ops: impl IntoIterator<Item = Op>,
+        max_bytes: usize,
+    ) -> Result<usize, LogError> {
         let mut fresh: Vec<Op> = Vec::new();
         let mut ids = HashSet::new();
         let mut bytes = self.bytes;
@@ -502,8 +516,8 @@ impl Log {
             if self.ids.contains(&op.id) || !ids.insert(op.id) {
                 continue;
             }
-            bytes += op.bytes.len();
-            if self.ops.len() + fresh.len() >= MAX_OPS || bytes > MAX_LOG_BYTES {
+            bytes = bytes.saturating_add(op.bytes.len());
+            if self.ops.len() + fresh.len() >= MAX_OPS || bytes > max_bytes {
                 return Err(LogError::Full);
             }
             fresh.push(op);

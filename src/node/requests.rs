@@ -176,6 +176,11 @@ impl Requests {
         Introduced::New(fingerprint)
     }
 
+    /// Whether a request of `key` waits for the person.
+    pub fn is_waiting(&self, key: &[u8; 32]) -> bool {
+        self.waiting.contains_key(key)
+    }
+
     /// Whether `key` was declined.
     pub fn is_declined(&self, key: &[u8; 32]) -> bool {
         self.declined.contains(key)

@@ -195,9 +195,11 @@ impl ConvState {
         }
         if self.peer_ahead.len() >= MAX_AHEAD {
             // Bounded: forget the oldest; the messages are stored anyway,
-            // only gap detection loses precision.
+            // only gap detection loses precision. (A state written when the
+            // bound was higher comes down to it at once.)
             self.peer_ahead.sort_unstable();
-            self.peer_ahead.remove(0);
+            let extra = self.peer_ahead.len() + 1 - MAX_AHEAD;
+            self.peer_ahead.drain(..extra);
         }
         self.peer_ahead.push(seq);
         SeqCheck::Gap {
@@ -864,6 +866,14 @@ mod tests {
         }
         assert_eq!(s.peer_ahead.len(), MAX_AHEAD);
         let len = s.to_bytes().len();
+        // One written when the bound was 4 096 comes down to it.
+        let mut old = ConvState {
+            peer_ahead: (10..4096 + 10).collect(),
+            ..ConvState::default()
+        };
+        old.accept_seq(u64::MAX);
+        assert_eq!(old.peer_ahead.len(), MAX_AHEAD);
+        assert!(old.peer_ahead.contains(&u64::MAX));
         let max = crate::store::Kind::Contacts.spec().max_plain;
         assert!(len <= max, "{len} bytes, a record holds {max}");
     }

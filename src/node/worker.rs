@@ -1493,21 +1493,16 @@ impl Worker {
                     self.publish_prekeys(relay, 0, now, round);
                 }
                 self.ask_for_fresher_bundles(now, round);
-                match self.engine.forget_orphans() {
-                    Ok(gone) => {
-                        for key in gone {
-                            round.dirty = true;
-                            debug!(
-                                contact = %crate::store::hex(&key[..4]),
-                                "a contact only groups made left the last of them: forgotten"
-                            );
-                            if let Some(peer) = self.peer_of.remove(&key) {
-                                self.peers.remove(&peer);
-                                let _ = self.outs.send(Out::Forget { key, peer });
-                            }
-                        }
+                for key in self.engine.forget_orphans() {
+                    round.dirty = true;
+                    debug!(
+                        contact = %crate::store::hex(&key[..4]),
+                        "a contact only groups made left the last of them: forgotten"
+                    );
+                    if let Some(peer) = self.peer_of.remove(&key) {
+                        self.peers.remove(&peer);
+                        let _ = self.outs.send(Out::Forget { key, peer });
                     }
-                    Err(e) => warn!(error = %e, "forgetting contacts groups made"),
                 }
                 let engine = &self.engine;
                 self.relays
@@ -2300,7 +2295,12 @@ impl Worker {
             if self.announce_contact(key) {
                 self.await_dial(key, now);
             }
-            self.forget_request(key, now, round);
+            // A request it sent waits for the person still (accepting it
+            // makes the contact theirs); otherwise what was declined or
+            // removed of it is forgotten.
+            if !self.requests.is_waiting(key) {
+                self.forget_request(key, now, round);
+            }
         }
         for d in fx.due {
             if !d.frame.is_empty() {

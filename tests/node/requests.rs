@@ -1,7 +1,7 @@
 //! Contact requests: a device that added our invite, and that we have not
 //! added, is a request until we accept or decline it.
 
-use meshchat::node::NodeError;
+use meshchat::node::{NodeError, NodeEvent};
 use meshchat::store::DeliveryState;
 
 use crate::common::{TestNode, befriend, contact_request, message, receipt};
@@ -129,4 +129,72 @@ async fn a_removed_contact_who_writes_again_is_a_request() {
     message(&mut b, b"are you there?").await;
     receipt(&mut a, sent, DeliveryState::Delivered).await;
     assert!(b.handle.requests().await.unwrap().is_empty());
+}
+
+/// Alice writes to Bob, who has not added her: a request. Then Carol, a
+/// contact of both, puts them in a group, which makes Alice a contact of
+/// Bob's. Her request still waits for him: it is his to accept, and
+/// accepting makes her his own contact (not one the group made).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_still_when_a_group_makes_its_sender_a_contact() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = TestNode::start_in("alice", dirs[0].path(), 71).await;
+    let mut b = TestNode::start_in("bob", dirs[1].path(), 72).await;
+    let mut c = TestNode::start_in("carol", dirs[2].path(), 73).await;
+    befriend(&mut c, &mut a).await;
+    befriend(&mut c, &mut b).await;
+    let code_b = b.handle.invite().await.unwrap();
+    a.handle.add_contact(&code_b, "bob").await.unwrap();
+    a.handle
+        .send(b.key(), b"hello bob, it is alice".to_vec())
+        .await
+        .unwrap();
+    contact_request(&mut b, a.key()).await;
+
+    let group = c
+        .handle
+        .create_group("team", "carol", vec![a.key(), b.key()], None)
+        .await
+        .unwrap();
+    b.wait("the group", |e| match e {
+        NodeEvent::GroupChanged { group: g } if *g == group => Some(()),
+        _ => None,
+    })
+    .await;
+    loop {
+        if b.handle
+            .contacts()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.identity == a.key())
+        {
+            break;
+        }
+        b.wait("a change", |e| {
+            matches!(e, NodeEvent::GroupChanged { .. }).then_some(())
+        })
+        .await;
+    }
+    let waiting = b.handle.requests().await.unwrap();
+    assert_eq!(waiting.len(), 1, "the request still waits");
+    assert_eq!(waiting[0].identity, a.key());
+    b.handle.accept_request(a.key(), "alice").await.unwrap();
+    assert!(b.handle.requests().await.unwrap().is_empty());
+    // Her message is in his history once (held, or sent again once she
+    // was a contact).
+    loop {
+        let page = b.handle.history(a.key(), None, 10).await.unwrap();
+        let hers: Vec<&[u8]> = page
+            .messages
+            .iter()
+            .filter(|m| m.sender == a.key())
+            .map(|m| m.body.as_slice())
+            .collect();
+        if !hers.is_empty() {
+            assert_eq!(hers, vec![&b"hello bob, it is alice"[..]]);
+            break;
+        }
+        message(&mut b, b"hello bob, it is alice").await;
+    }
 }

@@ -94,6 +94,9 @@ const LIMBO_PREFIX: &[u8] = b"limbo:";
 const VIA_PREFIX: &[u8] = b"via:";
 /// A contact that a group made (`made:` ‖ its key, in the `groups` tree).
 const MADE_PREFIX: &[u8] = b"made:";
+/// A group this device was removed from and then let go (`letgo:` ‖ group
+/// id, in the `groups` tree).
+const LET_GO_PREFIX: &[u8] = b"letgo:";
 const TALLY_PREFIX: &[u8] = b"tally:";
 const TALLY_VERSION: u8 = 1;
 
@@ -212,6 +215,9 @@ pub(crate) struct GroupSlot {
     /// The contact whose payload made this device a member (None: we made
     /// the group, or it was joined before this was kept).
     via: Option<[u8; 32]>,
+    /// Removed by another, and then let go by the person (it leaves the
+    /// bound of [`Engine::too_many_groups`]).
+    let_go: bool,
 }
 
 impl GroupSlot {
@@ -223,6 +229,7 @@ impl GroupSlot {
             pending: VecDeque::new(),
             read: Recent::new(MAX_READ_IDS),
             via: None,
+            let_go: false,
         }
     }
 }
@@ -256,6 +263,9 @@ pub(crate) struct Groups {
     /// queued for them any more (what was queued — the operation that
     /// removed them, say — goes first). Found again at the start.
     orphans: HashSet<[u8; 32]>,
+    /// A membership changed since `orphans` was last checked against the
+    /// groups (checking costs a pass over every member of every group).
+    orphans_unchecked: bool,
 }
 
 /// A member's sender key as a forwarding node checks messages with it:
@@ -316,6 +326,10 @@ pub(crate) fn visible_name(name: &str) -> String {
 
 fn via_record(group: &[u8; 32]) -> Vec<u8> {
     [VIA_PREFIX, group.as_slice()].concat()
+}
+
+fn let_go_record(group: &[u8; 32]) -> Vec<u8> {
+    [LET_GO_PREFIX, group.as_slice()].concat()
 }
 
 fn made_record(contact: &[u8; 32]) -> Vec<u8> {
@@ -400,7 +414,14 @@ impl Engine {
     pub(super) fn load_groups(&mut self) -> Result<(), EngineError> {
         let mut logs: HashMap<[u8; 32], Vec<Op>> = HashMap::new();
         let mut via: HashMap<[u8; 32], [u8; 32]> = HashMap::new();
+        let mut let_go: HashSet<[u8; 32]> = HashSet::new();
         for (key, bytes) in self.store.records(Kind::Groups)?.scan(b"")? {
+            if key.len() == LET_GO_PREFIX.len() + 32 && key.starts_with(LET_GO_PREFIX) {
+                if let Ok(g) = <[u8; 32]>::try_from(&key[LET_GO_PREFIX.len()..]) {
+                    let_go.insert(g);
+                }
+                continue;
+            }
             if key.len() == MADE_PREFIX.len() + 32 && key.starts_with(MADE_PREFIX) {
                 if let Ok(k) = <[u8; 32]>::try_from(&key[MADE_PREFIX.len()..]) {
                     self.groups.made.insert(k);
@@ -441,10 +462,13 @@ impl Engine {
                 .entry(group)
                 .or_insert_with(|| GroupSlot::new(group));
             slot.via = via.get(&group).copied();
-            // A full log on disk keeps what it has.
-            if slot.log.insert(ops.iter().cloned()).is_err() {
+            slot.let_go = let_go.contains(&group);
+            // What is on disk was taken under the rules of its time (a log
+            // of more bytes than is taken now, say); past the count bound,
+            // the log keeps what it has.
+            if slot.log.restore(ops.iter().cloned()).is_err() {
                 for op in ops {
-                    let _ = slot.log.insert([op]);
+                    let _ = slot.log.restore([op]);
                 }
             }
         }
@@ -651,6 +675,10 @@ impl Engine {
                 },
             ));
         }
+        // Chosen by the person: its contacts, if a group had made them.
+        for key in members {
+            self.adopt(key)?;
+        }
         self.groups.slots.insert(group, GroupSlot::new(group));
         let effects = self.apply_ops(group, ops, true, now)?;
         Ok((group, effects))
@@ -665,9 +693,15 @@ impl Engine {
     ) -> Result<GroupEffects, EngineError> {
         let me = self.me.public().signing;
         let view = self.view(group)?;
-        let member = view
-            .member(&me)
-            .ok_or(refused("not a member of this group"))?;
+        let Some(member) = view.member(&me) else {
+            // Removed by another: leaving lets the group go, so that it no
+            // longer counts against the contact that brought it.
+            if matches!(change, GroupChange::Leave) {
+                self.let_go(group)?;
+                return Ok(GroupEffects::default());
+            }
+            return Err(refused("not a member of this group"));
+        };
         let admin = member.role == Role::Admin;
         let change = match change {
             GroupChange::Leave => Change::Leave,
@@ -679,10 +713,10 @@ impl Engine {
                 if view.members.len() >= groups::MAX_MEMBERS {
                     return Err(refused("the group is full"));
                 }
-                Change::Add {
-                    card: self.contact_card(&contact)?,
-                    role,
-                }
+                let card = self.contact_card(&contact)?;
+                // Chosen by the person: its contact, if a group made it.
+                self.adopt(&contact)?;
+                Change::Add { card, role }
             }
             GroupChange::Remove { member } => {
                 if !view.is_member(&member) {
@@ -829,6 +863,7 @@ impl Engine {
                 self.groups.orphans.insert(k);
             }
         }
+        self.groups.orphans_unchecked = true;
         // Who hears about the new operations: ours go to everyone in the
         // group before or after them.
         if ours {
@@ -1545,11 +1580,12 @@ impl Engine {
             );
             return Ok(false);
         }
-        self.store
-            .records(Kind::Groups)?
-            .put(&via_record(group), from)?;
+        let records = self.store.records(Kind::Groups)?;
+        records.put(&via_record(group), from)?;
+        records.remove(&let_go_record(group))?;
         if let Some(slot) = self.groups.slots.get_mut(group) {
             slot.via = Some(*from);
+            slot.let_go = false;
         }
         Ok(true)
     }
@@ -1676,6 +1712,7 @@ impl Engine {
                 Some(m) => m.added_by != me,
                 None => {
                     s.via.is_some()
+                        && !s.let_go
                         && !s
                             .log
                             .ops()
@@ -1961,11 +1998,6 @@ impl Engine {
         self.groups.slots.contains_key(conv)
     }
 
-    /// Whether `contact` and this device are members of one group that
-    /// another member brought `contact` into: it learns our card from that
-    /// group's log (from whoever added it), so it needs no introduction.
-    /// A member we added ourselves may not have us as a contact: it hears
-    /// of the group only from us.
     /// The contact `key` is the person's own from now on (added by an
     /// invite, accepted, verified or written to), if a group made it.
     pub(crate) fn adopt(&mut self, key: &[u8; 32]) -> Result<(), EngineError> {
@@ -2008,30 +2040,61 @@ impl Engine {
     /// device is in has any more, once nothing is queued for them;
     /// returns them (the node stops tracking them). Their conversations
     /// and sessions stay, as for any removed contact. Cheap when there are
-    /// none (called every tick).
-    pub fn forget_orphans(&mut self) -> Result<Vec<[u8; 32]>, EngineError> {
+    /// none, or when no membership changed since the last call (called
+    /// every tick). A store error is logged and ends the pass; what was
+    /// removed before it is returned.
+    pub fn forget_orphans(&mut self) -> Vec<[u8; 32]> {
         if self.groups.orphans.is_empty() {
-            return Ok(Vec::new());
+            return Vec::new();
         }
-        let still = self.made_not_in_a_group();
+        if std::mem::take(&mut self.groups.orphans_unchecked) {
+            let out = self.made_not_in_a_group();
+            // Back in a group (or no longer made by one): not orphans.
+            self.groups.orphans.retain(|k| out.contains(k));
+        }
+        let ready: Vec<[u8; 32]> = self
+            .groups
+            .orphans
+            .iter()
+            .filter(|k| !self.schedule.has_any_for(k))
+            .copied()
+            .collect();
         let mut gone = Vec::new();
-        let orphans: Vec<[u8; 32]> = self.groups.orphans.iter().copied().collect();
-        for k in orphans {
-            if !still.contains(&k) {
-                // Back in a group (or no longer made by one).
-                self.groups.orphans.remove(&k);
-            } else if !self.schedule.has_any_for(&k) {
-                // `remove_contact` forgets the mark as well.
-                if self.remove_contact(&k)? {
+        for k in ready {
+            // `remove_contact` forgets the mark as well.
+            let r = match self.remove_contact(&k) {
+                Ok(true) => {
                     gone.push(k);
-                } else {
-                    self.unmade(&k)?;
+                    Ok(())
                 }
+                Ok(false) => self.unmade(&k),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "forgetting a contact groups made");
+                break;
             }
         }
-        Ok(gone)
+        gone
     }
 
+    /// The group `group`, which another removed this device from, is let
+    /// go: it no longer counts against the contact that brought it.
+    fn let_go(&mut self, group: &[u8; 32]) -> Result<(), EngineError> {
+        self.store
+            .records(Kind::Groups)?
+            .put(&let_go_record(group), &[])?;
+        if let Some(slot) = self.groups.slots.get_mut(group) {
+            slot.let_go = true;
+        }
+        Ok(())
+    }
+
+    /// Whether `contact` and this device are members of one group that
+    /// another member brought `contact` into: it learns our card from that
+    /// group's log (from whoever added it), so it needs no introduction.
+    /// A member we added ourselves may not have us as a contact: it hears
+    /// of the group only from us.
     pub(crate) fn knows_us_from_a_group(&self, contact: &[u8; 32]) -> bool {
         let me = self.me.public().signing;
         self.groups.slots.values().any(|s| {
@@ -2652,7 +2715,7 @@ mod tests {
         let mut both = vec![two, three];
         both.sort_unstable();
         assert_eq!(made(&d.engines[1]), both, "the group made them");
-        assert!(d.engines[1].forget_orphans().unwrap().is_empty());
+        assert!(d.engines[1].forget_orphans().is_empty());
         let store = d.engines[1].store.clone();
         d.engines[1] = Engine::open(store, 200).unwrap();
         assert_eq!(made(&d.engines[1]), both, "after a restart");
@@ -2676,7 +2739,7 @@ mod tests {
             .unwrap();
         d.effects(0, fx);
         d.run(true, &[2]);
-        assert!(d.engines[1].forget_orphans().unwrap().is_empty());
+        assert!(d.engines[1].forget_orphans().is_empty());
         assert!(d.engines[1].contacts.contains_key(&two));
         // A restart in between finds it again.
         let store = d.engines[1].store.clone();
@@ -2685,7 +2748,7 @@ mod tests {
             .expire(200 + 2 * crate::node::engine::MESSAGE_TTL)
             .unwrap();
         assert!(!d.engines[1].schedule.has_any_for(&two));
-        assert_eq!(d.engines[1].forget_orphans().unwrap(), vec![two]);
+        assert_eq!(d.engines[1].forget_orphans(), vec![two]);
         assert!(!d.engines[1].contacts.contains_key(&two));
         assert!(made(&d.engines[1]).is_empty());
         // The admin removes 1: the contacts it took up, and the one it
@@ -2695,9 +2758,25 @@ mod tests {
             .unwrap();
         d.effects(0, fx);
         d.run(true, &[]);
-        assert!(d.engines[1].forget_orphans().unwrap().is_empty());
+        assert!(d.engines[1].forget_orphans().is_empty());
         assert!(d.engines[1].contacts.contains_key(&three));
         assert!(d.engines[1].contacts.contains_key(&admin));
+    }
+
+    /// Choosing a contact a group made, for a group of one's own or a
+    /// timer, makes it the person's.
+    #[test]
+    fn a_contact_chosen_for_a_group_or_a_timer_is_the_persons() {
+        let (mut d, _) = Devices::formed(4);
+        let (two, three) = (d.keys[2], d.keys[3]);
+        assert!(d.engines[1].groups.made.contains(&two));
+        d.engines[1]
+            .create_group("own", "one", &[two], None, vec![], 200)
+            .unwrap();
+        assert!(!d.engines[1].groups.made.contains(&two));
+        assert!(d.engines[1].groups.made.contains(&three));
+        d.engines[1].set_retention(&three, Some(3600), 200).unwrap();
+        assert!(d.engines[1].groups.made.is_empty());
     }
 
     /// A contact that adds this device to groups and removes it again
@@ -2731,6 +2810,14 @@ mod tests {
             .unwrap();
         bring(&mut d, &another, 300);
         assert_eq!(joined(&d.engines[2]), 0, "past the bound: not joined");
+        // The person lets go of one it was removed from: room for another.
+        d.engines[2]
+            .change_group(&groups[1], GroupChange::Leave, 300)
+            .unwrap();
+        let store = d.engines[2].store.clone();
+        d.engines[2] = Engine::open(store, 300).unwrap();
+        bring(&mut d, &another, 300);
+        assert_eq!(joined(&d.engines[2]), 1, "let go: joined");
         // A member added to a group this device is out of: no contact.
         let stranger = d.keys[3];
         let contacts = d.engines[2].contacts().count();

@@ -97,6 +97,8 @@ impl Engine {
             .get(contact)
             .ok_or(EngineError::UnknownContact)?;
         let conv = conversation_id(self.me.public(), &c.identity);
+        // The person's contact now, if a group made it.
+        self.adopt(contact)?;
         let mut state = self.conv_state(&conv)?;
         state.lamport = state.lamport.saturating_add(1);
         let lamport = state.lamport;
