@@ -461,6 +461,10 @@ pub struct ContactView {
     /// Its account's devices, if it sent its device list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devices: Option<DevicesView>,
+    /// A group made it a contact, and it goes when no group this device
+    /// is in has it any more (until the person takes it up).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_group: bool,
 }
 
 /// One device of an account.
@@ -516,6 +520,7 @@ impl ContactView {
             presence: presence_name(presence.map_or(PresenceState::Offline, |p| p.0)).into(),
             last_seen_ms: presence.map(|p| p.1),
             devices: c.devices.as_ref().map(DevicesView::of),
+            from_group: c.from_group,
         }
     }
 }

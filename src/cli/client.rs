@@ -483,7 +483,7 @@ pub(super) fn contacts(cmd: ContactsCmd) -> Result<(), CliError> {
             }
             for c in list {
                 println!(
-                    "{:<20} {:<8} {:<10} {}",
+                    "{:<20} {:<8} {:<10} {}{}",
                     s(&c["name"]),
                     s(&c["presence"]),
                     if c["verified"] == true {
@@ -491,7 +491,12 @@ pub(super) fn contacts(cmd: ContactsCmd) -> Result<(), CliError> {
                     } else {
                         "unverified"
                     },
-                    s(&c["safety_number"])
+                    s(&c["safety_number"]),
+                    if c["from_group"] == true {
+                        "  (from a group)"
+                    } else {
+                        ""
+                    }
                 );
                 // Worth a line only when the account has more than this
                 // device, or named it.

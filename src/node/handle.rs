@@ -164,6 +164,11 @@ pub struct ContactInfo {
     pub safety_number: String,
     /// Its account's device list, if it sent one.
     pub devices: Option<DevicesInfo>,
+    /// A group made it a contact (from a member's card) and the person has
+    /// not taken it up (added, accepted, verified, written to it, set its
+    /// timer or chosen it for a group): it goes when no group this device
+    /// is in has it any more.
+    pub from_group: bool,
 }
 
 /// One device of an account's device list.

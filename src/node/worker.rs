@@ -1310,6 +1310,7 @@ impl Worker {
                                 .engine
                                 .contact_list(&self.engine.account_of(&c.identity.signing))
                                 .map(DevicesInfo::of),
+                            from_group: self.engine.made_by_a_group(&c.identity.signing),
                         }
                     })
                     .collect();

@@ -179,8 +179,16 @@ async fn a_request_waits_still_when_a_group_makes_its_sender_a_contact() {
     let waiting = b.handle.requests().await.unwrap();
     assert_eq!(waiting.len(), 1, "the request still waits");
     assert_eq!(waiting[0].identity, a.key());
+    let from_group = |contacts: &[meshchat::node::ContactInfo]| {
+        contacts
+            .iter()
+            .find(|c| c.identity == a.key())
+            .map(|c| c.from_group)
+    };
+    assert_eq!(from_group(&b.handle.contacts().await.unwrap()), Some(true));
     b.handle.accept_request(a.key(), "alice").await.unwrap();
     assert!(b.handle.requests().await.unwrap().is_empty());
+    assert_eq!(from_group(&b.handle.contacts().await.unwrap()), Some(false));
     // Her message is in his history once (held, or sent again once she
     // was a contact).
     loop {

@@ -1998,6 +1998,12 @@ impl Engine {
         self.groups.slots.contains_key(conv)
     }
 
+    /// Whether a group made the contact `key` and the person has not
+    /// taken it up.
+    pub fn made_by_a_group(&self, key: &[u8; 32]) -> bool {
+        self.groups.made.contains(key)
+    }
+
     /// The contact `key` is the person's own from now on (added by an
     /// invite, accepted, verified or written to), if a group made it.
     pub(crate) fn adopt(&mut self, key: &[u8; 32]) -> Result<(), EngineError> {
