@@ -71,6 +71,11 @@ impl Bench {
         if !listen {
             cfg.net.listen.clear();
         }
+        // MESH_BENCH_KAD_CLIENT=1: the nodes do not serve Kademlia (a
+        // diagnostic: no routing tables fill, so no bootstraps follow).
+        if std::env::var_os("MESH_BENCH_KAD_CLIENT").is_some() {
+            cfg.net.kad_server = false;
+        }
         let (handle, mut events) = Node::spawn(cfg).await.unwrap();
         let mut addr = libp2p::Multiaddr::empty();
         if listen {
