@@ -676,6 +676,14 @@ pub enum EventView {
         /// Seconds messages live from now on; null: kept.
         secs: Option<u64>,
     },
+    /// A contact that a group made is in no group of ours any more, and
+    /// is no longer a contact (the person never took it up).
+    ContactForgotten {
+        /// The name it had.
+        with: String,
+        /// Its identity key (hex).
+        identity: String,
+    },
     /// A contact's account has a new device list: a device was named
     /// otherwise, added or removed.
     DevicesChanged {
@@ -838,6 +846,10 @@ impl EventView {
             NodeEvent::RetentionChanged { contact, secs, .. } => Self::RetentionChanged {
                 with: name(contact),
                 secs: *secs,
+            },
+            NodeEvent::ContactForgotten { contact, name } => Self::ContactForgotten {
+                with: name.clone(),
+                identity: hex(contact),
             },
             NodeEvent::DevicesChanged { contact, change } => Self::DevicesChanged {
                 with: name(contact),

@@ -434,6 +434,12 @@ impl App {
                 }
                 self.messages.retain(|m| m.id != s("id"));
             }
+            "contact_forgotten" => {
+                let name: String = s("with").chars().map(super::client::shown).collect();
+                self.notice = Some(format!(
+                    "{name} is in none of your groups any more and was removed from your contacts"
+                ));
+            }
             "relay_refused" => {
                 self.notice = Some(format!("A relay refused a message: {}", s("reason")));
             }

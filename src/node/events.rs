@@ -174,6 +174,15 @@ pub enum NodeEvent {
         /// Seconds messages live; `None`: kept.
         secs: Option<u64>,
     },
+    /// A contact that a group made (from a member's card), and that the
+    /// person never took up, is in no group this device is in any more:
+    /// it is no longer a contact (its conversation stays).
+    ContactForgotten {
+        /// Its identity key.
+        contact: [u8; 32],
+        /// The name it had.
+        name: String,
+    },
     /// A contact's account has a new device list (a device was named
     /// otherwise, added or removed); it came from the device `contact`.
     DevicesChanged {

@@ -1494,7 +1494,7 @@ impl Worker {
                     self.publish_prekeys(relay, 0, now, round);
                 }
                 self.ask_for_fresher_bundles(now, round);
-                for key in self.engine.forget_orphans() {
+                for (key, name) in self.engine.forget_orphans() {
                     round.dirty = true;
                     debug!(
                         contact = %crate::store::hex(&key[..4]),
@@ -1504,6 +1504,9 @@ impl Worker {
                         self.peers.remove(&peer);
                         let _ = self.outs.send(Out::Forget { key, peer });
                     }
+                    round
+                        .events
+                        .push(NodeEvent::ContactForgotten { contact: key, name });
                 }
                 let engine = &self.engine;
                 self.relays

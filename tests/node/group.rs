@@ -639,3 +639,41 @@ async fn a_forged_group_message_under_a_known_key_is_not_forwarded() {
         .unwrap();
     crate::common::message(&mut nodes[0], b"still here").await;
 }
+
+/// A member another member knows only through the group is removed: that
+/// other member forgets it as a contact and says so; the creator, who
+/// added it by its invite, keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_known_only_through_the_group_is_forgotten_when_removed() {
+    let (_dirs, mut nodes, group) = group_of(3, 960).await;
+    let (one, two) = (nodes[1].key(), nodes[2].key());
+    let listed = |contacts: &[meshchat::node::ContactInfo], key: [u8; 32]| {
+        contacts
+            .iter()
+            .find(|c| c.identity == key)
+            .map(|c| c.from_group)
+    };
+    assert_eq!(
+        listed(&nodes[1].handle.contacts().await.unwrap(), two),
+        Some(true)
+    );
+    nodes[0]
+        .handle
+        .change_group(group, GroupChange::Remove { member: two })
+        .await
+        .unwrap();
+    let name = nodes[1]
+        .wait("the removed member forgotten", |e| match e {
+            NodeEvent::ContactForgotten { contact, name } if *contact == two => Some(name.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(name, "m2");
+    assert_eq!(
+        listed(&nodes[1].handle.contacts().await.unwrap(), two),
+        None
+    );
+    let creator = nodes[0].handle.contacts().await.unwrap();
+    assert_eq!(listed(&creator, two), Some(false));
+    assert_eq!(listed(&creator, one), Some(false));
+}

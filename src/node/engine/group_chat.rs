@@ -2048,8 +2048,8 @@ impl Engine {
     /// and sessions stay, as for any removed contact. Cheap when there are
     /// none, or when no membership changed since the last call (called
     /// every tick). A store error is logged and ends the pass; what was
-    /// removed before it is returned.
-    pub fn forget_orphans(&mut self) -> Vec<[u8; 32]> {
+    /// removed before it is returned, with the names they had.
+    pub fn forget_orphans(&mut self) -> Vec<([u8; 32], String)> {
         if self.groups.orphans.is_empty() {
             return Vec::new();
         }
@@ -2067,10 +2067,11 @@ impl Engine {
             .collect();
         let mut gone = Vec::new();
         for k in ready {
+            let name = self.contacts.get(&k).map(|c| c.name.clone());
             // `remove_contact` forgets the mark as well.
             let r = match self.remove_contact(&k) {
                 Ok(true) => {
-                    gone.push(k);
+                    gone.push((k, name.unwrap_or_default()));
                     Ok(())
                 }
                 Ok(false) => self.unmade(&k),
@@ -2754,7 +2755,9 @@ mod tests {
             .expire(200 + 2 * crate::node::engine::MESSAGE_TTL)
             .unwrap();
         assert!(!d.engines[1].schedule.has_any_for(&two));
-        assert_eq!(d.engines[1].forget_orphans(), vec![two]);
+        let gone = d.engines[1].forget_orphans();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].0, two);
         assert!(!d.engines[1].contacts.contains_key(&two));
         assert!(made(&d.engines[1]).is_empty());
         // The admin removes 1: the contacts it took up, and the one it
