@@ -774,7 +774,8 @@ impl Engine {
         self.setups.remove(key);
         self.read_frames.retain(|(peer, _)| peer != key);
         self.store.records(Kind::Contacts)?.remove(key)?;
-        self.unmade(key)?;
+        // Not marked as a group's any more either.
+        self.adopt(key)?;
         Ok(true)
     }
 

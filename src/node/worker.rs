@@ -916,6 +916,16 @@ impl Worker {
         dials
     }
 
+    /// The contact `key` is gone: the actor stops dialling it and
+    /// tracking its presence. At once, as `Out::Contact` is sent: the
+    /// swarm's task sees additions and removals in the order they happen.
+    fn forget_peer(&mut self, key: [u8; 32]) {
+        if let Some(peer) = self.peer_of.remove(&key) {
+            self.peers.remove(&peer);
+            let _ = self.outs.send(Out::Forget { key, peer });
+        }
+    }
+
     /// The new contact `key` (a fellow group member) is being dialled:
     /// what we queue for it waits for that connection for a while (see
     /// [`DIAL_GRACE`]).
@@ -1025,11 +1035,10 @@ impl Worker {
             if round.dirty || owed.is_some() {
                 let late = owed.is_some_and(|t| t.elapsed() >= FLUSH_DEFER);
                 if round.needs_disk() || late {
-                    if let Err(e) = self.engine.store().flush() {
+                    if let Err(e) = self.flush() {
                         error!(error = %e, "store flush failed; stopping the node without acknowledging");
                         return;
                     }
-                    self.engine.flushed();
                     owed = None;
                 } else if round.dirty {
                     owed.get_or_insert_with(Instant::now);
@@ -1061,14 +1070,20 @@ impl Worker {
         }
     }
 
+    /// Flushes the store; the sessions saved before are on disk then.
+    fn flush(&mut self) -> Result<(), crate::store::Error> {
+        self.engine.store().flush()?;
+        self.engine.flushed();
+        Ok(())
+    }
+
     /// On the way out without a stop (the swarm's task is gone): writes
     /// whose flush was put off go to disk.
     fn flush_owed(&mut self, owed: Option<Instant>) {
-        if owed.is_some() {
-            match self.engine.store().flush() {
-                Ok(_) => self.engine.flushed(),
-                Err(e) => error!(error = %e, "store flush failed at exit"),
-            }
+        if owed.is_some()
+            && let Err(e) = self.flush()
+        {
+            error!(error = %e, "store flush failed at exit");
         }
     }
 
@@ -1339,13 +1354,8 @@ impl Worker {
                     .map(|c| c.identity.clone())
                     .zip(self.engine.contact_invite(&key).ok());
                 let r = found(self.engine.remove_contact(&key));
-                if r.is_ok()
-                    && let Some(peer) = self.peer_of.remove(&key)
-                {
-                    self.peers.remove(&peer);
-                    // At once, as `Out::Contact` is sent: the swarm's task
-                    // sees additions and removals in the order they happen.
-                    let _ = self.outs.send(Out::Forget { key, peer });
+                if r.is_ok() {
+                    self.forget_peer(key);
                 }
                 if r.is_ok()
                     && let Some((identity, invite)) = former
@@ -1500,10 +1510,7 @@ impl Worker {
                         contact = %crate::store::hex(&key[..4]),
                         "a contact only groups made left the last of them: forgotten"
                     );
-                    if let Some(peer) = self.peer_of.remove(&key) {
-                        self.peers.remove(&peer);
-                        let _ = self.outs.send(Out::Forget { key, peer });
-                    }
+                    self.forget_peer(key);
                     round
                         .events
                         .push(NodeEvent::ContactForgotten { contact: key, name });

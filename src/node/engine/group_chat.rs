@@ -328,6 +328,12 @@ fn via_record(group: &[u8; 32]) -> Vec<u8> {
     [VIA_PREFIX, group.as_slice()].concat()
 }
 
+/// The 32-byte key after `prefix` in a record's key of exactly that
+/// length (`via:`, `made:`, `letgo:`).
+fn key_after(key: &[u8], prefix: &[u8]) -> Option<[u8; 32]> {
+    key.strip_prefix(prefix)?.try_into().ok()
+}
+
 fn let_go_record(group: &[u8; 32]) -> Vec<u8> {
     [LET_GO_PREFIX, group.as_slice()].concat()
 }
@@ -416,23 +422,16 @@ impl Engine {
         let mut via: HashMap<[u8; 32], [u8; 32]> = HashMap::new();
         let mut let_go: HashSet<[u8; 32]> = HashSet::new();
         for (key, bytes) in self.store.records(Kind::Groups)?.scan(b"")? {
-            if key.len() == LET_GO_PREFIX.len() + 32 && key.starts_with(LET_GO_PREFIX) {
-                if let Ok(g) = <[u8; 32]>::try_from(&key[LET_GO_PREFIX.len()..]) {
-                    let_go.insert(g);
-                }
+            if let Some(g) = key_after(&key, LET_GO_PREFIX) {
+                let_go.insert(g);
                 continue;
             }
-            if key.len() == MADE_PREFIX.len() + 32 && key.starts_with(MADE_PREFIX) {
-                if let Ok(k) = <[u8; 32]>::try_from(&key[MADE_PREFIX.len()..]) {
-                    self.groups.made.insert(k);
-                }
+            if let Some(k) = key_after(&key, MADE_PREFIX) {
+                self.groups.made.insert(k);
                 continue;
             }
-            if key.len() == VIA_PREFIX.len() + 32 && key.starts_with(VIA_PREFIX) {
-                if let (Ok(g), Ok(from)) = (
-                    <[u8; 32]>::try_from(&key[VIA_PREFIX.len()..]),
-                    <[u8; 32]>::try_from(bytes.as_slice()),
-                ) {
+            if let Some(g) = key_after(&key, VIA_PREFIX) {
+                if let Ok(from) = <[u8; 32]>::try_from(bytes.as_slice()) {
                     via.insert(g, from);
                 }
                 continue;
@@ -2004,17 +2003,10 @@ impl Engine {
         self.groups.made.contains(key)
     }
 
-    /// The contact `key` is the person's own from now on (added by an
-    /// invite, accepted, verified or written to), if a group made it.
+    /// The contact `key` is no longer one a group made: the person took
+    /// it up (added it by an invite, accepted, verified, wrote to it, set
+    /// its timer, chose it for a group), or it is gone.
     pub(crate) fn adopt(&mut self, key: &[u8; 32]) -> Result<(), EngineError> {
-        if self.groups.made.contains(key) {
-            self.unmade(key)?;
-        }
-        Ok(())
-    }
-
-    /// Forgets that a group made the contact `key`.
-    pub(crate) fn unmade(&mut self, key: &[u8; 32]) -> Result<(), EngineError> {
         self.groups.orphans.remove(key);
         if self.groups.made.remove(key) {
             self.store
@@ -2074,7 +2066,7 @@ impl Engine {
                     gone.push((k, name.unwrap_or_default()));
                     Ok(())
                 }
-                Ok(false) => self.unmade(&k),
+                Ok(false) => self.adopt(&k),
                 Err(e) => Err(e),
             };
             if let Err(e) = r {
