@@ -7,6 +7,7 @@
 //! relay holds her mail while she is away and hands it over when she is
 //! back.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -45,7 +46,15 @@ struct Device {
     name: &'static str,
     handle: NodeHandle,
     events: mpsc::Receiver<NodeEvent>,
+    /// Events a wait passed over, oldest first, for the next waits: the
+    /// devices run on their own, so what the script waits for next may
+    /// already have happened (carol's prekeys can reach her relay before
+    /// her connection to bob is up).
+    passed: VecDeque<NodeEvent>,
 }
+
+/// The most events a device keeps for later waits (the oldest go first).
+const PASSED: usize = 4096;
 
 impl Device {
     async fn start(name: &'static str, cfg: NodeConfig) -> Result<Self> {
@@ -56,6 +65,7 @@ impl Device {
             name,
             handle,
             events,
+            passed: VecDeque::new(),
         })
     }
 
@@ -63,19 +73,33 @@ impl Device {
         self.handle.info().identity
     }
 
-    /// Waits for the first event `pick` accepts.
+    /// Waits for the first event `pick` accepts, looking first at those
+    /// earlier waits passed over (the one it takes is used up).
     async fn wait<T>(
         &mut self,
         what: &str,
         mut pick: impl FnMut(&NodeEvent) -> Option<T>,
     ) -> Result<T> {
+        if let Some((i, t)) = self
+            .passed
+            .iter()
+            .enumerate()
+            .find_map(|(i, e)| pick(e).map(|t| (i, t)))
+        {
+            self.passed.remove(i);
+            return Ok(t);
+        }
         let name = self.name;
-        let events = &mut self.events;
+        let (events, passed) = (&mut self.events, &mut self.passed);
         within(what, async move {
             while let Some(e) = events.recv().await {
                 if let Some(t) = pick(&e) {
                     return Ok(t);
                 }
+                if passed.len() == PASSED {
+                    passed.pop_front();
+                }
+                passed.push_back(e);
             }
             Err(anyhow!("{name}'s device stopped"))
         })
