@@ -700,6 +700,19 @@ pub enum EventView {
         /// Of devices it names otherwise.
         renamed: Vec<String>,
     },
+    /// A contact's account signed two different device lists with one
+    /// serial: its account key signs for someone else too. The list held
+    /// is kept; compare safety numbers with that contact again.
+    DevicesConflict {
+        /// The contact that sent the second list.
+        with: String,
+        /// Its identity key (hex).
+        identity: String,
+        /// The account (hex).
+        account: String,
+        /// The serial both lists carry.
+        serial: u64,
+    },
     /// A conversation was cleared on this device.
     Cleared {
         /// The contact's name, or the group's id.
@@ -862,6 +875,16 @@ impl EventView {
                 added: change.added.iter().map(|k| hex(k)).collect(),
                 removed: change.removed.iter().map(|k| hex(k)).collect(),
                 renamed: change.renamed.iter().map(|k| hex(k)).collect(),
+            },
+            NodeEvent::DevicesConflict {
+                contact,
+                account,
+                serial,
+            } => Self::DevicesConflict {
+                with: name(contact),
+                identity: hex(contact),
+                account: hex(account),
+                serial: *serial,
             },
             NodeEvent::Disappeared { messages } => Self::Disappeared {
                 messages: *messages,

@@ -471,6 +471,12 @@ impl App {
                     self.notice = Some(format!("{}'s devices: {}", s("with"), said.join(", ")));
                 }
             }
+            "devices_conflict" => {
+                let name: String = s("with").chars().map(super::client::shown).collect();
+                self.notice = Some(format!(
+                    "{name}'s account signed two device lists as one: compare safety numbers again"
+                ));
+            }
             "contact_request" => {
                 let fingerprint: String = s("fingerprint").chars().take(11).collect();
                 self.request = Some(s("identity").to_owned());
@@ -871,6 +877,14 @@ mod tests {
         assert_eq!(
             screen(&app, 80, 24)[23],
             "bob's devices: named phone\u{fffd}"
+        );
+        app.on_event(
+            &json!({"type": "devices_conflict", "with": "bob", "identity": "b1",
+            "account": "b1", "serial": 2}),
+        );
+        assert_eq!(
+            screen(&app, 80, 24)[23],
+            "bob's account signed two device lists as one: compare safety numbers again"
         );
         app.on_event(&json!({"type": "contact_request", "identity": "ab",
             "fingerprint": "12345 67890 13579 24680"}));

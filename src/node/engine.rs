@@ -327,6 +327,16 @@ pub enum Event {
     },
     /// A contact's account has a new device list.
     DevicesChanged(DevicesChange),
+    /// A contact's account signed two different device lists with one
+    /// serial, which its own device never does: its account key is used
+    /// elsewhere (stolen, or a copy of the device runs). The list held is
+    /// kept; the person should compare safety numbers again.
+    DevicesConflict {
+        /// The account.
+        account: [u8; 32],
+        /// The serial both lists carry.
+        serial: u64,
+    },
 }
 
 /// What a contact's new device list changed ([`Event::DevicesChanged`]).
@@ -1985,8 +1995,8 @@ impl Engine {
                     delivered.push((0, id));
                 }
                 Payload::Devices { id, list, .. } => match self.on_devices(from, &list) {
-                    Ok(change) => {
-                        out.events.extend(change.map(Event::DevicesChanged));
+                    Ok(news) => {
+                        out.events.extend(news);
                         delivered.push((0, id));
                     }
                     Err(EngineError::Crypto(e)) => {
@@ -2305,6 +2315,43 @@ mod tests {
         assert_eq!(m.add_contact(&old_a, "ann").unwrap(), a_key);
         assert_eq!(m.contacts[&a_key].device_list().unwrap().serial(), 3);
         assert!(!m.contacts.contains_key(&b.me.public().signing));
+    }
+
+    /// Two different lists of one account under one serial: the second
+    /// is acknowledged (it is not sent again) but not kept, and the
+    /// person is told.
+    #[test]
+    fn a_second_list_under_the_same_serial_is_reported_and_not_kept() {
+        let mut p = pair();
+        let before = p.a.devices.clone();
+        let due = p.a.name_device("phone", 100).unwrap();
+        let got =
+            p.b.receive(&p.a_key, &[due[0].frame.clone()], 100, true)
+                .unwrap();
+        assert!(matches!(got.events[..], [Event::DevicesChanged(_)]));
+        // The account key signs another list with the same serial.
+        p.a.devices = before;
+        let other = p.a.name_device("tablet", 100).unwrap();
+        assert_eq!(p.a.device_list().serial(), 2);
+        let got =
+            p.b.receive(&p.a_key, &[other[0].frame.clone()], 100, true)
+                .unwrap();
+        assert_eq!(got.accepted, vec![true]);
+        assert_eq!(
+            got.events,
+            vec![Event::DevicesConflict {
+                account: p.a_key,
+                serial: 2
+            }]
+        );
+        let held = p.b.contact_list(&p.a_key).unwrap();
+        assert_eq!(held.device(&p.a_key).unwrap().name, "phone");
+        // Also across a restart.
+        let a_key = p.a_key;
+        drop(p.b);
+        let b = Engine::open(store(p._dirs.1.path()), 100).unwrap();
+        let held = b.contact_list(&a_key).unwrap();
+        assert_eq!(held.device(&a_key).unwrap().name, "phone");
     }
 
     /// A device named anew sends its account's list to every contact,

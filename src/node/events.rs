@@ -191,6 +191,18 @@ pub enum NodeEvent {
         /// What changed.
         change: crate::node::engine::DevicesChange,
     },
+    /// A contact's account signed two different device lists with the
+    /// same serial (it came from the device `contact`): its account key
+    /// signs for someone else too. The list held is kept; the person
+    /// should compare safety numbers with that contact again.
+    DevicesConflict {
+        /// The contact device that sent the second list.
+        contact: [u8; 32],
+        /// The account.
+        account: [u8; 32],
+        /// The serial both lists carry.
+        serial: u64,
+    },
     /// A contact's relay served its prekey bundle; the session we start
     /// with it will use that (and its one-time prekey, if it came with
     /// one).

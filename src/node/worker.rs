@@ -2384,6 +2384,11 @@ impl Worker {
                     contact: *from,
                     change,
                 },
+                Event::DevicesConflict { account, serial } => NodeEvent::DevicesConflict {
+                    contact: *from,
+                    account,
+                    serial,
+                },
             });
         }
     }

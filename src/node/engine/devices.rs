@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::{DEVICE_LIST_KEY, DevicesChange, Due, Engine, EngineError};
+use super::{DEVICE_LIST_KEY, DevicesChange, Due, Engine, EngineError, Event};
 use crate::crypto::{self, DeviceList, ListUpdate, VerifiedDeviceList};
 use crate::node::proto::{Payload, conversation_id};
 use crate::store::Kind;
@@ -107,15 +107,16 @@ impl Engine {
     }
 
     /// The contact `from` sent its account's device list. Kept if it is
-    /// newer than the one held; `Err` (a crypto error) if it is not a
-    /// valid list naming `from` with its keys, names a device known in
-    /// another account, or says something else than the list held under
-    /// the same serial.
+    /// newer than the one held ([`Event::DevicesChanged`]); one that says
+    /// something else than the list held under the same serial is not
+    /// kept, and reported ([`Event::DevicesConflict`]); `Err` (a crypto
+    /// error) if it is not a valid list naming `from` with its keys, or
+    /// names a device known in another account.
     pub(super) fn on_devices(
         &mut self,
         from: &[u8; 32],
         bytes: &[u8],
-    ) -> Result<Option<DevicesChange>, EngineError> {
+    ) -> Result<Option<Event>, EngineError> {
         let list = DeviceList::from_bytes(bytes)?.verify()?;
         let contact = self.contacts.get(from).ok_or(EngineError::UnknownContact)?;
         if !list.names(&contact.identity) {
@@ -124,6 +125,20 @@ impl Engine {
         self.check_list_devices(&list)?;
         let account = *list.account();
         let held = self.lists.get(&account);
+        if let Some(held) = held
+            && held.serial() == list.serial()
+            && held.list() != list.list()
+        {
+            tracing::warn!(
+                account = %crate::store::hex(&account[..4]),
+                serial = list.serial(),
+                "a contact's account signed two different device lists with one serial; the one held is kept"
+            );
+            return Ok(Some(Event::DevicesConflict {
+                account,
+                serial: list.serial(),
+            }));
+        }
         let (added, removed) = match held {
             Some(held) => match held.update(&list)? {
                 ListUpdate::Newer { added, removed } => {
@@ -168,7 +183,7 @@ impl Engine {
                 .put(from, &c.to_bytes())?;
         }
         self.accounts.insert(*from, account);
-        Ok(Some(change))
+        Ok(Some(Event::DevicesChanged(change)))
     }
 }
 
