@@ -18,8 +18,8 @@ mod group_chat;
 mod retention;
 
 pub use group_chat::{
-    GROUP_FALLBACK, GROUP_RECEIPT_DELAY, GROUP_RECEIPT_JITTER, GroupChange, GroupEffects,
-    GroupInfo, GroupKey,
+    Forgotten, GROUP_FALLBACK, GROUP_RECEIPT_DELAY, GROUP_RECEIPT_JITTER, GroupChange,
+    GroupEffects, GroupInfo, GroupKey,
 };
 pub use retention::MAX_RETENTION;
 

@@ -13,13 +13,14 @@
 //! travels while its round is written and goes to disk. Its caller still
 //! hears "sent" after the flush.
 //!
-//! A round that tells nobody anything but "delivered" or "read" (a direct
-//! ack, a receipt) does not flush: those events report what is on the
-//! contact's disk, not ours. Its writes (the outbox entry gone, the state
-//! moved on) go to disk with the next round's flush, or after
-//! [`FLUSH_DEFER`] at the latest; a crash before that only makes the
-//! message go out again, and the contact, which has it, acknowledges it
-//! again. The sender's own flush is then off the path of a receipt.
+//! A round that tells nobody anything but "delivered" (a direct ack, a
+//! receipt) does not flush: that event reports what is on the contact's
+//! disk, not ours. Its writes (the outbox entry gone, the state moved on)
+//! go to disk with the next round's flush, or after [`FLUSH_DEFER`] at the
+//! latest (sooner if the event stream is full); a crash before that only
+//! makes the message go out again, and the contact, which has it,
+//! acknowledges it again. The sender's own flush is then off the path of
+//! a receipt. "Read" is not deferred: a contact sends it once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -421,19 +422,29 @@ impl Round {
 
     /// Whether this round tells anyone something that the disk must hold
     /// first: an answer, a frame or an ack for a peer, a command to the
-    /// swarm's task, or an event other than a contact's "delivered" or
-    /// "read" (which is on the contact's disk, not ours).
+    /// swarm's task, or an event other than a contact's "delivered".
+    ///
+    /// "Delivered" reports what is on the contact's disk (it acknowledged
+    /// after its flush); should our record of it be lost, the message goes
+    /// again and is acknowledged again. Not so "read", which a contact
+    /// sends once (a read receipt on the mesh is not retried), nor a
+    /// group's receipt counts, which carry reads too: those wait for the
+    /// flush. A round that tells nothing at all (a stranger's envelope
+    /// held, a piece of a file, a contact's note that missing messages
+    /// will not come) needs no flush either: each of those comes again.
     fn needs_disk(&self) -> bool {
         self.stop
             || !self.replies.is_empty()
             || !self.direct.is_empty()
             || !self.outs.is_empty()
-            || !self.events.iter().all(|e| match e {
-                NodeEvent::Receipt { state, .. } => {
-                    matches!(state, DeliveryState::Delivered | DeliveryState::Read)
-                }
-                NodeEvent::GroupReceipt { .. } => true,
-                _ => false,
+            || !self.events.iter().all(|e| {
+                matches!(
+                    e,
+                    NodeEvent::Receipt {
+                        state: DeliveryState::Delivered,
+                        ..
+                    }
+                )
             })
     }
 }
@@ -1058,8 +1069,23 @@ impl Worker {
                 let _ = self.outs.send(o);
             }
             for e in round.events {
-                // Waits when the consumer is behind: back-pressure all the
-                // way to the peers, which retry.
+                let e = match self.events.try_send(e) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        debug!("event stream closed");
+                        continue;
+                    }
+                    Err(mpsc::error::TrySendError::Full(e)) => e,
+                };
+                // The consumer is behind: this waits for it (back-pressure
+                // all the way to the peers, which retry), but writes whose
+                // flush was put off go to disk first, however long it is.
+                if owed.take().is_some()
+                    && let Err(e) = self.flush()
+                {
+                    error!(error = %e, "store flush failed; stopping the node");
+                    return;
+                }
                 if self.events.blocking_send(e).is_err() {
                     debug!("event stream closed");
                 }
@@ -1504,16 +1530,23 @@ impl Worker {
                     self.publish_prekeys(relay, 0, now, round);
                 }
                 self.ask_for_fresher_bundles(now, round);
-                for (key, name) in self.engine.forget_orphans() {
+                for gone in self.engine.forget_orphans() {
                     round.dirty = true;
+                    let key = gone.key;
                     debug!(
                         contact = %crate::store::hex(&key[..4]),
                         "a contact only groups made left the last of them: forgotten"
                     );
                     self.forget_peer(key);
-                    round
-                        .events
-                        .push(NodeEvent::ContactForgotten { contact: key, name });
+                    // As for a contact the person removes: what it writes
+                    // from now on is a contact request, not dropped.
+                    if let Some(invite) = gone.invite {
+                        self.keep_former(gone.identity, invite, now, round);
+                    }
+                    round.events.push(NodeEvent::ContactForgotten {
+                        contact: key,
+                        name: gone.name,
+                    });
                 }
                 let engine = &self.engine;
                 self.relays
@@ -2430,14 +2463,30 @@ mod tests {
     }
 
     #[test]
-    fn only_a_contact_s_delivered_and_read_go_out_before_the_flush() {
+    fn only_a_contact_s_delivered_goes_out_before_the_flush() {
         let mut round = Round::default();
         assert!(!round.needs_disk(), "nothing to tell");
         round.events.push(receipt(DeliveryState::Delivered));
-        round.events.push(receipt(DeliveryState::Read));
+        round.events.push(receipt(DeliveryState::Delivered));
         assert!(!round.needs_disk(), "what the contact's disk holds");
         round.events.push(receipt(DeliveryState::Sent));
         assert!(round.needs_disk(), "\"sent\" is about our own disk");
+
+        // A read receipt comes once: our record of it waits for the disk.
+        let mut round = Round::default();
+        round.events.push(receipt(DeliveryState::Read));
+        assert!(round.needs_disk());
+        let mut round = Round::default();
+        let NodeEvent::Receipt { message, .. } = receipt(DeliveryState::Read) else {
+            unreachable!()
+        };
+        round.events.push(NodeEvent::GroupReceipt {
+            message,
+            delivered: 1,
+            read: 1,
+            members: 2,
+        });
+        assert!(round.needs_disk(), "a group's counts carry reads");
 
         let mut round = Round::default();
         round.events.push(receipt(DeliveryState::StoredAtRelay));

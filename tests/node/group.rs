@@ -657,6 +657,17 @@ async fn a_member_known_only_through_the_group_is_forgotten_when_removed() {
         listed(&nodes[1].handle.contacts().await.unwrap(), two),
         Some(true)
     );
+    let hello = nodes[2].handle.send(one, b"hello".to_vec()).await.unwrap();
+    nodes[2]
+        .wait("hello delivered", |e| match e {
+            NodeEvent::Receipt { message, state }
+                if *message == hello && *state >= DeliveryState::Delivered =>
+            {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
     nodes[0]
         .handle
         .change_group(group, GroupChange::Remove { member: two })
@@ -676,4 +687,17 @@ async fn a_member_known_only_through_the_group_is_forgotten_when_removed() {
     let creator = nodes[0].handle.contacts().await.unwrap();
     assert_eq!(listed(&creator, two), Some(false));
     assert_eq!(listed(&creator, one), Some(false));
+    // What it writes later (it took device 1 up as a contact before) is a
+    // contact request, as from any contact removed, not dropped.
+    nodes[2]
+        .handle
+        .send(one, b"still there?".to_vec())
+        .await
+        .unwrap();
+    nodes[1]
+        .wait("a request from the forgotten member", |e| match e {
+            NodeEvent::ContactRequest { identity, .. } if *identity == two => Some(()),
+            _ => None,
+        })
+        .await;
 }

@@ -168,6 +168,21 @@ pub struct ToPublish {
     pub members: Vec<[u8; 32]>,
 }
 
+/// A contact that only groups made, forgotten with the last of them
+/// ([`Engine::forget_orphans`]): the node keeps it as a former contact, so
+/// that what it writes later comes as a contact request.
+#[derive(Debug)]
+pub struct Forgotten {
+    /// Its identity key.
+    pub key: [u8; 32],
+    /// The name it had.
+    pub name: String,
+    /// Its keys.
+    pub identity: crate::crypto::PublicIdentity,
+    /// Its invite as the contact record had it.
+    pub invite: Option<crate::node::state::Invite>,
+}
+
 /// What a group operation or message asks the node to do next.
 #[derive(Debug, Default)]
 pub struct GroupEffects {
@@ -1420,7 +1435,11 @@ impl Engine {
         let held: Vec<_> = self.groups.acks.drain().collect();
         let mut out = Vec::new();
         for ((group, sender), messages) in held {
-            out.extend(self.delivered_frames(group, sender, &messages)?);
+            // An author no longer a contact (removed meanwhile) gets
+            // none; the others theirs.
+            if self.contacts.contains_key(&sender) {
+                out.extend(self.delivered_frames(group, sender, &messages)?);
+            }
         }
         Ok(out)
     }
@@ -2041,7 +2060,7 @@ impl Engine {
     /// none, or when no membership changed since the last call (called
     /// every tick). A store error is logged and ends the pass; what was
     /// removed before it is returned, with the names they had.
-    pub fn forget_orphans(&mut self) -> Vec<([u8; 32], String)> {
+    pub fn forget_orphans(&mut self) -> Vec<Forgotten> {
         if self.groups.orphans.is_empty() {
             return Vec::new();
         }
@@ -2050,20 +2069,33 @@ impl Engine {
             // Back in a group (or no longer made by one): not orphans.
             self.groups.orphans.retain(|k| out.contains(k));
         }
+        // Not while something waits to go to it: queued entries, or our
+        // delivered receipts for its group messages; nor while it is
+        // bringing this device into a group whose operations are still
+        // coming in.
         let ready: Vec<[u8; 32]> = self
             .groups
             .orphans
             .iter()
-            .filter(|k| !self.schedule.has_any_for(k))
+            .filter(|k| {
+                !self.schedule.has_any_for(k)
+                    && !self.groups.acks.keys().any(|(_, author)| author == *k)
+                    && !self.groups.limbo_via.values().any(|via| via == *k)
+            })
             .copied()
             .collect();
         let mut gone = Vec::new();
         for k in ready {
-            let name = self.contacts.get(&k).map(|c| c.name.clone());
+            let was = self.contacts.get(&k).map(|c| Forgotten {
+                key: k,
+                name: c.name.clone(),
+                identity: c.identity.clone(),
+                invite: self.contact_invite(&k).ok(),
+            });
             // `remove_contact` forgets the mark as well.
             let r = match self.remove_contact(&k) {
                 Ok(true) => {
-                    gone.push((k, name.unwrap_or_default()));
+                    gone.extend(was);
                     Ok(())
                 }
                 Ok(false) => self.adopt(&k),
@@ -2749,7 +2781,7 @@ mod tests {
         assert!(!d.engines[1].schedule.has_any_for(&two));
         let gone = d.engines[1].forget_orphans();
         assert_eq!(gone.len(), 1);
-        assert_eq!(gone[0].0, two);
+        assert_eq!(gone[0].key, two);
         assert!(!d.engines[1].contacts.contains_key(&two));
         assert!(made(&d.engines[1]).is_empty());
         // The admin removes 1: the contacts it took up, and the one it
@@ -2762,6 +2794,50 @@ mod tests {
         assert!(d.engines[1].forget_orphans().is_empty());
         assert!(d.engines[1].contacts.contains_key(&three));
         assert!(d.engines[1].contacts.contains_key(&admin));
+    }
+
+    /// A contact a group made stays while our delivered receipts for its
+    /// group messages wait to go; an author removed meanwhile by the
+    /// person costs the other authors none of theirs.
+    #[test]
+    fn receipts_waiting_for_a_made_contact_hold_it_and_go_to_the_others() {
+        let (mut d, group) = Devices::formed(4);
+        let (two, three) = (d.keys[2], d.keys[3]);
+        for author in [2, 3] {
+            let (_, sent) = d.engines[author]
+                .group_send(&group, vec![b"x".to_vec()], 200)
+                .unwrap();
+            let bytes = sent.publish[0].message.clone();
+            let (taken, _) = d.engines[1].group_messages(&[(bytes, None)], 200).unwrap();
+            assert_eq!(taken, vec![true]);
+        }
+        // The admin removes 2; device 1 hears of it (and nothing else).
+        let fx = d.engines[0]
+            .change_group(&group, GroupChange::Remove { member: two }, 200)
+            .unwrap();
+        d.effects(0, fx);
+        let admin = d.keys[0];
+        for (from, to, frame, _) in std::mem::take(&mut d.wire) {
+            if to == 1 {
+                assert_eq!(from, 0);
+                d.engines[1].receive(&admin, &[frame], 200, true).unwrap();
+            }
+        }
+        assert!(!d.engines[1].groups()[0].members.iter().any(|m| m.0 == two));
+        assert!(!d.engines[1].schedule.has_any_for(&two));
+        assert!(d.engines[1].forget_orphans().is_empty(), "a receipt waits");
+        assert!(d.engines[1].contacts.contains_key(&two));
+        // The person removes 3 meanwhile: 2 still gets its receipt.
+        assert!(d.engines[1].remove_contact(&three).unwrap());
+        let receipts = d.engines[1].take_group_receipts().unwrap();
+        assert_eq!(
+            receipts.iter().map(|(to, _)| *to).collect::<Vec<_>>(),
+            vec![two]
+        );
+        let gone = d.engines[1].forget_orphans();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].key, two);
+        assert!(gone[0].invite.is_some(), "kept as a former contact");
     }
 
     /// Choosing a contact a group made, for a group of one's own or a
