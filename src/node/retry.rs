@@ -217,7 +217,7 @@ impl Schedule {
     }
 
     /// The positions queued for `recipient` that `pick` chooses.
-    fn queued_for(&self, recipient: &[u8; 32], pick: impl Fn(&Meta) -> bool) -> Vec<u64> {
+    pub fn queued_for(&self, recipient: &[u8; 32], pick: impl Fn(&Meta) -> bool) -> Vec<u64> {
         self.by_recipient
             .get(recipient)
             .into_iter()

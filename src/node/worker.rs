@@ -1530,7 +1530,10 @@ impl Worker {
                     self.publish_prekeys(relay, 0, now, round);
                 }
                 self.ask_for_fresher_bundles(now, round);
-                for gone in self.engine.forget_orphans() {
+                let (forgotten, given_up) = self.engine.forget_orphans(now);
+                round.dirty |= !given_up.is_empty();
+                self.events(given_up, &[0; 32], round);
+                for gone in forgotten {
                     round.dirty = true;
                     let key = gone.key;
                     debug!(

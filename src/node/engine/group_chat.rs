@@ -83,6 +83,18 @@ const MAX_GROUPS_FROM_ONE: usize = 100;
 const MAX_GROUPS_FROM_ONE: usize = 3;
 /// Most groups that others added this device to that it is in at once.
 const MAX_GROUPS_JOINED: usize = 1_000;
+/// Most contacts that groups made and the person never took up, at once.
+/// Past it, a new member is not made a contact (its card is kept in the
+/// group; nothing goes to it 1:1). Fifty groups of a hundred members fit
+/// twice over; an admin adding and removing made-up members, each a card
+/// it can make up, stops here.
+pub(crate) const MAX_MADE: usize = 10_000;
+/// How long a contact a group made stays once it is in no group of this
+/// device's, while something queued for it waits (the operation that
+/// removed it, say): then what waits is given up, like an expired
+/// message, and the contact goes. A day for the removed device to come
+/// online and hear of it; a made-up member never does.
+pub(crate) const ORPHAN_GRACE: u64 = 24 * 3600;
 const OWN_KEY: &[u8] = b"own";
 
 /// Whether `key` names a `SenderKeys` record of this device's own key
@@ -281,6 +293,12 @@ pub(crate) struct Groups {
     /// A membership changed since `orphans` was last checked against the
     /// groups (checking costs a pass over every member of every group).
     orphans_unchecked: bool,
+    /// When each of `orphans` was first found one (since the start): after
+    /// [`ORPHAN_GRACE`], what is still queued for it is given up.
+    orphaned_at: HashMap<[u8; 32], u64>,
+    /// Most contacts groups may have made ([`MAX_MADE`] unless a test
+    /// says otherwise).
+    made_cap: Option<usize>,
 }
 
 /// A member's sender key as a forwarding node checks messages with it:
@@ -820,6 +838,13 @@ impl Engine {
         // to a group it no longer reads, each one a contact here).
         for m in &after.members {
             if is_in && m.key != me && !self.contacts.contains_key(&m.key) {
+                if self.groups.made.len() >= self.groups.made_cap.unwrap_or(MAX_MADE) {
+                    tracing::warn!(
+                        group = %crate::store::hex(&group[..4]),
+                        "as many contacts as groups may make; a member is not made one"
+                    );
+                    continue;
+                }
                 let mut invite = m.card.invite.clone();
                 invite.bundle.one_time = None;
                 let name = self.introduced_name(&m.card.name, &m.key);
@@ -2060,32 +2085,53 @@ impl Engine {
     /// none, or when no membership changed since the last call (called
     /// every tick). A store error is logged and ends the pass; what was
     /// removed before it is returned, with the names they had.
-    pub fn forget_orphans(&mut self) -> Vec<Forgotten> {
+    pub fn forget_orphans(&mut self, now: u64) -> (Vec<Forgotten>, Vec<Event>) {
+        let mut events = Vec::new();
         if self.groups.orphans.is_empty() {
-            return Vec::new();
+            self.groups.orphaned_at.clear();
+            return (Vec::new(), events);
         }
         if std::mem::take(&mut self.groups.orphans_unchecked) {
             let out = self.made_not_in_a_group();
             // Back in a group (or no longer made by one): not orphans.
             self.groups.orphans.retain(|k| out.contains(k));
         }
-        // Not while something waits to go to it: queued entries, or our
-        // delivered receipts for its group messages; nor while it is
-        // bringing this device into a group whose operations are still
-        // coming in.
-        let ready: Vec<[u8; 32]> = self
+        let orphans = &self.groups.orphans;
+        self.groups.orphaned_at.retain(|k, _| orphans.contains(k));
+        for k in orphans {
+            self.groups.orphaned_at.entry(*k).or_insert(now);
+        }
+        // Not while our delivered receipts for its group messages wait to
+        // go, nor while it is bringing this device into a group whose
+        // operations are still coming in; and not while something is
+        // queued for it, until that is given up after `ORPHAN_GRACE`.
+        let ready: Vec<([u8; 32], bool)> = self
             .groups
             .orphans
             .iter()
             .filter(|k| {
-                !self.schedule.has_any_for(k)
-                    && !self.groups.acks.keys().any(|(_, author)| author == *k)
+                !self.groups.acks.keys().any(|(_, author)| author == *k)
                     && !self.groups.limbo_via.values().any(|via| via == *k)
             })
-            .copied()
+            .filter_map(|k| {
+                if !self.schedule.has_any_for(k) {
+                    return Some((*k, false));
+                }
+                let since = self.groups.orphaned_at.get(k).copied().unwrap_or(now);
+                (now >= since.saturating_add(ORPHAN_GRACE)).then_some((*k, true))
+            })
             .collect();
         let mut gone = Vec::new();
-        for k in ready {
+        for (k, overdue) in ready {
+            if overdue {
+                match self.give_up_queued_for(&k) {
+                    Ok(ev) => events.extend(ev),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "giving up what waits for a contact groups made");
+                        break;
+                    }
+                }
+            }
             let was = self.contacts.get(&k).map(|c| Forgotten {
                 key: k,
                 name: c.name.clone(),
@@ -2106,7 +2152,30 @@ impl Engine {
                 break;
             }
         }
-        gone
+        (gone, events)
+    }
+
+    /// Gives up everything queued for `to`, as if it had expired (the
+    /// same events).
+    fn give_up_queued_for(&mut self, to: &[u8; 32]) -> Result<Vec<Event>, EngineError> {
+        let mut events = Vec::new();
+        for pos in self.schedule.queued_for(to, |_| true) {
+            let Some(m) = self.schedule.remove(pos) else {
+                continue;
+            };
+            self.store.outbox().ack(pos)?;
+            if m.is_chat() {
+                events.push(Event::Expired {
+                    message: self.outgoing_ref(&m),
+                });
+            } else if self.group_copy_unacknowledged(&m)? {
+                events.push(Event::GroupExpired {
+                    message: self.outgoing_ref(&m),
+                    member: m.recipient,
+                });
+            }
+        }
+        Ok(events)
     }
 
     /// The group `group`, which another removed this device from, is let
@@ -2746,7 +2815,7 @@ mod tests {
         let mut both = vec![two, three];
         both.sort_unstable();
         assert_eq!(made(&d.engines[1]), both, "the group made them");
-        assert!(d.engines[1].forget_orphans().is_empty());
+        assert!(d.engines[1].forget_orphans(200).0.is_empty());
         let store = d.engines[1].store.clone();
         d.engines[1] = Engine::open(store, 200).unwrap();
         assert_eq!(made(&d.engines[1]), both, "after a restart");
@@ -2764,24 +2833,31 @@ mod tests {
         d.run(true, &[2]);
         assert!(d.engines[1].schedule.has_any_for(&two));
         // The admin removes 2: device 1 forgets it once nothing is queued
-        // for it any more (here, once that copy expires).
+        // for it any more, or a day after it left the last group with
+        // something still queued (here, that copy, which 2, away, never
+        // acknowledges).
         let fx = d.engines[0]
             .change_group(&group, GroupChange::Remove { member: two }, 200)
             .unwrap();
         d.effects(0, fx);
         d.run(true, &[2]);
-        assert!(d.engines[1].forget_orphans().is_empty());
+        assert!(d.engines[1].forget_orphans(200).0.is_empty());
         assert!(d.engines[1].contacts.contains_key(&two));
-        // A restart in between finds it again.
+        // A restart in between finds it again (and counts the day anew).
         let store = d.engines[1].store.clone();
         d.engines[1] = Engine::open(store, 200).unwrap();
-        d.engines[1]
-            .expire(200 + 2 * crate::node::engine::MESSAGE_TTL)
-            .unwrap();
-        assert!(!d.engines[1].schedule.has_any_for(&two));
-        let gone = d.engines[1].forget_orphans();
+        assert!(d.engines[1].forget_orphans(300).0.is_empty());
+        let nearly = 300 + ORPHAN_GRACE - 1;
+        assert!(d.engines[1].forget_orphans(nearly).0.is_empty());
+        assert!(d.engines[1].schedule.has_any_for(&two));
+        let (gone, given_up) = d.engines[1].forget_orphans(nearly + 1);
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].key, two);
+        assert!(
+            matches!(given_up[..], [Event::GroupExpired { member, .. }] if member == two),
+            "{given_up:?}"
+        );
+        assert!(!d.engines[1].schedule.has_any_for(&two));
         assert!(!d.engines[1].contacts.contains_key(&two));
         assert!(made(&d.engines[1]).is_empty());
         // The admin removes 1: the contacts it took up, and the one it
@@ -2791,9 +2867,28 @@ mod tests {
             .unwrap();
         d.effects(0, fx);
         d.run(true, &[]);
-        assert!(d.engines[1].forget_orphans().is_empty());
+        assert!(d.engines[1].forget_orphans(300).0.is_empty());
         assert!(d.engines[1].contacts.contains_key(&three));
         assert!(d.engines[1].contacts.contains_key(&admin));
+    }
+
+    /// Past the cap, a new member is not made a contact; the group is
+    /// joined all the same.
+    #[test]
+    fn groups_make_so_many_contacts_at_most() {
+        let mut d = Devices::new(4);
+        d.engines[1].groups.made_cap = Some(1);
+        let (group, _) = d.team();
+        let ops = bytes(&d.log(0, &group));
+        let admin = d.keys[0];
+        d.engines[1].on_group_ops(&admin, &ops, 200).unwrap();
+        assert_eq!(d.engines[1].groups.made.len(), 1);
+        let made = [2, 3]
+            .iter()
+            .filter(|&&i| d.engines[1].contacts.contains_key(&d.keys[i]))
+            .count();
+        assert_eq!(made, 1);
+        assert!(d.engines[1].groups()[0].joined);
     }
 
     /// A contact a group made stays while our delivered receipts for its
@@ -2825,7 +2920,10 @@ mod tests {
         }
         assert!(!d.engines[1].groups()[0].members.iter().any(|m| m.0 == two));
         assert!(!d.engines[1].schedule.has_any_for(&two));
-        assert!(d.engines[1].forget_orphans().is_empty(), "a receipt waits");
+        assert!(
+            d.engines[1].forget_orphans(200).0.is_empty(),
+            "a receipt waits"
+        );
         assert!(d.engines[1].contacts.contains_key(&two));
         // The person removes 3 meanwhile: 2 still gets its receipt.
         assert!(d.engines[1].remove_contact(&three).unwrap());
@@ -2834,7 +2932,7 @@ mod tests {
             receipts.iter().map(|(to, _)| *to).collect::<Vec<_>>(),
             vec![two]
         );
-        let gone = d.engines[1].forget_orphans();
+        let (gone, _) = d.engines[1].forget_orphans(200);
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].key, two);
         assert!(gone[0].invite.is_some(), "kept as a former contact");
