@@ -222,9 +222,7 @@ impl Store {
         // On any error (a damaged backup, or another key than the one it
         // was made under) the directory goes, so the restore can be run
         // again into the same place.
-        let restored = Self::restore_into(input, path)
-            .and_then(|()| Store::open(path, key))
-            .and_then(|store| store.mark_restored().map(|()| store));
+        let restored = Self::restore_into(input, path).and_then(|()| Store::open(path, key));
         match restored {
             Ok(store) => Ok(store),
             Err(e) => {
@@ -234,7 +232,7 @@ impl Store {
         }
     }
 
-    fn restore_into(input: &mut impl Read, path: &Path) -> Result<(), Error> {
+    pub(super) fn restore_into(input: &mut impl Read, path: &Path) -> Result<(), Error> {
         let mut r = Checked {
             input,
             hash: Sha256::new(),
@@ -289,6 +287,11 @@ impl Store {
                 "checksum mismatch: the backup is damaged".into(),
             ));
         }
+        // Marked restored in the same flush as its records: a restore cut
+        // short after that flush must not leave a store that looks like
+        // the device's own (its sessions would send again from the
+        // backup's counters, with message keys already used).
+        super::mark_restored(&db)?;
         db.flush().map_err(Error::db("(restore)", "flush"))?;
         Ok(())
     }

@@ -298,15 +298,6 @@ impl Store {
         Ok(())
     }
 
-    /// Marks the store restored (see [`Store::restored`]).
-    fn mark_restored(&self) -> Result<(), Error> {
-        self.meta
-            .insert(RESTORED_KEY, &[1u8])
-            .map_err(Error::db(META.name, "write"))?;
-        self.flush()?;
-        Ok(())
-    }
-
     /// Bytes the database files take on disk (for a relay's disk budget).
     pub fn size_on_disk(&self) -> Result<u64, Error> {
         self.db
@@ -496,4 +487,13 @@ fn check_meta(
             what: "schema version missing",
         }),
     }
+}
+
+/// Marks the database at `db` restored (see [`Store::restored`]), unflushed.
+pub(crate) fn mark_restored(db: &sled::Db) -> Result<(), Error> {
+    db.open_tree(META.name)
+        .map_err(Error::db(META.name, "open"))?
+        .insert(RESTORED_KEY, &[1u8])
+        .map_err(Error::db(META.name, "write"))?;
+    Ok(())
 }

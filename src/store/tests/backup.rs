@@ -51,6 +51,22 @@ fn export_writes_the_whole_history_oldest_first() {
     ));
 }
 
+/// A restore cut short once its records are on disk, before the store
+/// was first opened, still leaves a store marked restored: its sessions
+/// must not send again from the backup's counters.
+#[test]
+fn a_restore_cut_short_after_its_flush_is_marked_restored() {
+    let (_dir, store) = filled();
+    let mut backup = Vec::new();
+    store.backup(&mut backup).unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let dest = target.path().join("restored");
+    Store::restore_into(&mut backup.as_slice(), &dest).unwrap();
+    // The process stops here; the next start opens what is there.
+    let opened = Store::open(&dest, &data_key(1)).unwrap();
+    assert!(opened.restored().unwrap());
+}
+
 #[test]
 fn backup_restores_everything_under_the_same_key_only() {
     let (_dir, store) = filled();
