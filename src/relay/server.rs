@@ -547,6 +547,10 @@ impl Syncer {
                 self.failed.store(true, Ordering::Release);
                 return;
             }
+            if self.failed.load(Ordering::Acquire) {
+                error!("relay store failed; its last rounds are not answered");
+                return;
+            }
             answer(rounds, &self.outs, &self.held);
         }
     }
@@ -617,14 +621,14 @@ impl Keeper {
                         }
                         Err(e) => {
                             error!(error = %e, "relay store failed; stopping without answering");
-                            return;
+                            return self.fail();
                         }
                     },
                     Job::Tick => match self.tick(now) {
                         Ok(purged) => flush |= purged,
                         Err(e) => {
                             error!(error = %e, "relay store failed; stopping");
-                            return;
+                            return self.fail();
                         }
                     },
                     Job::Stop => stop = true,
@@ -638,7 +642,7 @@ impl Keeper {
             for mailbox in woke {
                 if let Err(e) = self.wake(&mailbox, now) {
                     error!(error = %e, "relay store failed; stopping");
-                    return;
+                    return self.fail();
                 }
             }
             let waiting: usize = self.parked.values().map(Vec::len).sum();
@@ -661,6 +665,13 @@ impl Keeper {
                 return;
             }
         }
+    }
+
+    /// The store failed: the sync thread answers nothing more, not even
+    /// rounds whose files it syncs without an error (a failed write-back
+    /// may have been reported to this thread's sync instead).
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
     }
 
     /// Hands a round that wrote to the sync thread: first the file to
@@ -1088,5 +1099,47 @@ impl Actor {
             }
         }
         info!(peer = %self.net.local_peer_id(), "relay stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the sync thread does with one round's answers, the store
+    /// having failed (`failed`) or not.
+    fn answered(failed: bool) -> Vec<u64> {
+        let (to_sync, rounds) = std_mpsc::channel();
+        let (outs, mut sent) = mpsc::unbounded_channel();
+        let (held, _) = watch::channel(0);
+        let syncer = Syncer {
+            rounds,
+            outs,
+            held,
+            failed: Arc::new(AtomicBool::new(failed)),
+        };
+        to_sync.send(ToSync::Sync(None)).unwrap();
+        to_sync
+            .send(ToSync::Answers {
+                answers: vec![(Reply::Token(7), Response::Acked(1))],
+                held: 0,
+            })
+            .unwrap();
+        drop(to_sync);
+        syncer.run();
+        let mut tokens = Vec::new();
+        while let Ok(Out::Respond { token, .. }) = sent.try_recv() {
+            tokens.push(token);
+        }
+        tokens
+    }
+
+    /// Once the store thread failed, rounds it handed over are not
+    /// answered, even when their own sync reports no error: a failed
+    /// write-back may have been reported to the store thread's sync.
+    #[test]
+    fn after_a_store_failure_the_sync_thread_answers_nothing() {
+        assert_eq!(answered(false), vec![7]);
+        assert!(answered(true).is_empty());
     }
 }

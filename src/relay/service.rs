@@ -460,8 +460,12 @@ impl Service {
                     let removed = self.spool.ack(&mailbox.0, &a.body.seqs)?;
                     Metrics::add(&self.metrics.acked_envelopes, removed.count);
                     self.refresh_gauges();
+                    // Even when nothing is removed now: the envelopes may
+                    // have gone in an earlier round whose sync is still
+                    // under way (an ack sent again), and the answer says
+                    // they are gone.
                     Answer {
-                        flush: removed.count > 0,
+                        flush: true,
                         ..ready(Response::Acked(
                             u32::try_from(removed.count).unwrap_or(u32::MAX),
                         ))

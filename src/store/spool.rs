@@ -304,8 +304,14 @@ impl Mailbox {
 
 #[derive(Debug)]
 struct Segment {
-    /// Shared with whoever syncs it (see [`Spool::take_unsynced`]).
-    file: Arc<File>,
+    /// What this spool writes, reads and syncs through.
+    file: File,
+    /// The same file opened again, for whoever syncs it on another thread
+    /// (see [`Spool::take_unsynced`]). Its own open file: Linux reports a
+    /// failed write-back once to each open file that syncs, so an error
+    /// one sync of `file` took is still reported to that thread's sync,
+    /// which then answers nothing.
+    sync_handle: Arc<File>,
     /// Bytes written (the next record goes here).
     len: u64,
     /// The file's length: the active segment is zero-filled ahead of its
@@ -473,10 +479,13 @@ impl Spool {
             if r.empty {
                 empty.push(r.number);
             }
+            let sync_handle =
+                Arc::new(File::open(&path).map_err(io(&spool.dir, "open a segment"))?);
             spool.segments.insert(
                 r.number,
                 Segment {
-                    file: Arc::new(file),
+                    file,
+                    sync_handle,
                     len: r.end,
                     allocated: if r.torn { r.end } else { bytes.len() as u64 },
                     live: 0,
@@ -718,10 +727,12 @@ impl Spool {
         file.sync_all()
             .map_err(io(&self.dir, "sync a segment header"))?;
         super::sync_dir(&self.dir).map_err(io(&self.dir, "sync the directory"))?;
+        let sync_handle = Arc::new(File::open(&path).map_err(io(&self.dir, "open a segment"))?);
         self.segments.insert(
             n,
             Segment {
-                file: Arc::new(file),
+                file,
+                sync_handle,
                 len: bytes.len() as u64,
                 allocated: bytes.len() as u64,
                 live: 0,
@@ -818,7 +829,9 @@ impl Spool {
             return None;
         }
         self.dirty = false;
-        self.segments.get(&self.active).map(|s| s.file.clone())
+        self.segments
+            .get(&self.active)
+            .map(|s| s.sync_handle.clone())
     }
 
     /// Counters of `mailbox` (zero if it holds nothing).
