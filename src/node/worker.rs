@@ -2040,6 +2040,7 @@ impl Worker {
                 self.relays.fetching.remove(&relay);
                 self.relays.refused.remove(&(relay, "fetch"));
                 let n = items.len();
+                let mut seqs_kept = true;
                 let mut seqs = Vec::with_capacity(n);
                 let mut mail = Vec::with_capacity(n);
                 let mut chunks = Vec::new();
@@ -2080,6 +2081,7 @@ impl Worker {
                         warn!(%relay, "mail not acknowledged: what it holds could not be written");
                         self.relays.cursor.remove(&relay);
                         seqs.clear();
+                        seqs_kept = false;
                     }
                 }
                 if !seqs.is_empty() {
@@ -2120,7 +2122,21 @@ impl Worker {
                     });
                 }
                 if self.relays.up.contains(&relay) {
-                    self.fetch(relay, if more { 0 } else { FETCH_WAIT }, now, round);
+                    // More at once only after a page that brought some and
+                    // was kept: a relay saying "more" with nothing, or a
+                    // page we could not write, is asked again later, not
+                    // in a loop.
+                    if !seqs_kept {
+                        // The tick asks again (see the fetch failures).
+                        self.relays.retry_at.insert(relay, now + FETCH_RETRY);
+                    } else {
+                        self.fetch(
+                            relay,
+                            if more && n > 0 { 0 } else { FETCH_WAIT },
+                            now,
+                            round,
+                        );
+                    }
                 }
             }
             (Purpose::Fetch, other) => {
