@@ -179,7 +179,7 @@ impl Worker {
     /// `envelope`, for contact `to`): if it is a file whose chunks the
     /// relay does not hold yet (a group's within its budget), they are
     /// deposited there, and `true` says that "stored at relay" waits for
-    /// them.
+    /// them (or that the message could not be read to tell).
     pub(super) fn deposit_chunks(
         &mut self,
         pos: u64,
@@ -210,9 +210,11 @@ impl Worker {
         let body = match self.engine.store().history().get(&message) {
             Ok(Some(m)) => m.body,
             Ok(None) => return false,
+            // It may be a file: not "stored at relay" until it is known
+            // (the message is deposited again later, and read again then).
             Err(e) => {
-                warn!(error = %e, "reading a queued message");
-                return false;
+                warn!(error = %e, "reading a queued message; not counted as stored at the relay");
+                return true;
             }
         };
         let manifest = match Manifest::from_body(&body) {
