@@ -1736,6 +1736,11 @@ impl Engine {
         let mut answered_bundle = false;
         let mut switched = false;
         let mut retention_cache: Option<Option<u64>> = None;
+        // Frames read, remembered as such only once everything they
+        // carried is written: a copy of one that failed to be stored must
+        // not be answered "delivered" (the sender's next fresh frame brings
+        // the message again).
+        let mut read_now = Vec::new();
         // What is left of this contact's session set-ups (each an X3DH
         // agreement) in the current minute.
         let window = now / 60;
@@ -2008,7 +2013,7 @@ impl Engine {
                 },
             }
             if let Some(&acked) = delivered.get(acked_before) {
-                self.read_frames.insert(frame_key(from, bytes), acked);
+                read_now.push((frame_key(from, bytes), acked));
             }
             out.accepted.push(true);
         }
@@ -2046,6 +2051,9 @@ impl Engine {
                 messages: delivered,
             };
             out.replies.push(self.encrypt(from, &receipt.to_bytes())?);
+        }
+        for (key, acked) in read_now {
+            self.read_frames.insert(key, acked);
         }
         Ok(out)
     }
@@ -3425,6 +3433,35 @@ mod tests {
         assert!(a.send(&b_key, b"second".to_vec(), 101).is_err());
         assert_eq!(a.queued(), queued);
         assert_eq!(a.store.outbox().len(), entries);
+    }
+
+    /// A frame whose message could not be stored (here the conversation's
+    /// record does not open) is not remembered as read: a copy of it is
+    /// refused, not answered "delivered" (the sender's next fresh frame
+    /// brings the message again).
+    #[test]
+    fn a_frame_not_stored_is_not_answered_delivered_when_it_comes_again() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let conv = conversation_id(a.identity().public(), b.identity().public());
+        let hi = a.send(&b_key, b"hi".to_vec(), 100).unwrap();
+        b.store.damage_conversation_for_tests(&conv);
+        assert!(
+            b.receive(&a_key, std::slice::from_ref(&hi.frame), 100, true)
+                .is_err()
+        );
+        assert!(b.read_frames.get(&frame_key(&a_key, &hi.frame)).is_none());
+        // The copy: its key is spent, and it is not among the frames read.
+        let again = b.receive(&a_key, &[hi.frame], 101, true);
+        assert!(
+            matches!(&again, Ok(h) if h.accepted == [false] && h.replies.is_empty()),
+            "{again:?}"
+        );
     }
 
     /// A contact whose clock claims the end of time (a bug, or on
