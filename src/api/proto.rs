@@ -106,6 +106,10 @@ pub enum Request {
         id: String,
         /// An absolute path; the file must not exist.
         path: String,
+        /// Its sender's identity key (hex): needed when messages of more
+        /// than one sender carry that id.
+        #[serde(default)]
+        from: Option<String>,
     },
     /// A page of a conversation, newest first.
     History {
@@ -138,6 +142,10 @@ pub enum Request {
         with: String,
         /// The message id (hex).
         id: String,
+        /// Its sender's identity key (hex): needed when messages of more
+        /// than one sender carry that id.
+        #[serde(default)]
+        from: Option<String>,
     },
     /// Shows this presence to contacts: `online` or `away`.
     SetPresence {

@@ -321,7 +321,12 @@ impl Api {
                     state: state.into(),
                 }))
             }
-            Request::SaveFile { with, id, path } => {
+            Request::SaveFile {
+                with,
+                id,
+                path,
+                from,
+            } => {
                 let path = std::path::PathBuf::from(path);
                 if !path.is_absolute() {
                     return Err(bad("the path to save to must be absolute"));
@@ -330,7 +335,7 @@ impl Api {
                     .and_then(|v| v.try_into().ok())
                     .ok_or_else(|| bad(format!("not a message id: {id}")))?;
                 let with = self.target(&with).await?.key();
-                let message = self.find_message(with, &id).await?;
+                let message = self.find_message(with, &id, sender(from)?).await?;
                 let file = self.node.media(message).await.map_err(failed)?;
                 let written = file.data.len();
                 let target = path.clone();
@@ -450,12 +455,12 @@ impl Api {
                 let cleared = self.node.clear_history(with).await.map_err(failed)?;
                 Ok(json!({ "cleared": cleared }))
             }
-            Request::DeleteMessage { with, id } => {
+            Request::DeleteMessage { with, id, from } => {
                 let id: [u8; 16] = crate::store::unhex(&id)
                     .and_then(|v| v.try_into().ok())
                     .ok_or_else(|| bad(format!("not a message id: {id}")))?;
                 let with = self.target(&with).await?.key();
-                let message = self.find_message(with, &id).await?;
+                let message = self.find_message(with, &id, sender(from)?).await?;
                 let deleted = self
                     .node
                     .delete_message(with, message)
@@ -624,13 +629,21 @@ impl Api {
         Ok(serde_json::json!(ContactView::of(c, None)))
     }
 
+    /// The message `id` among the newest [`FIND_WITHIN`] of the
+    /// conversation with `with`, from `from` if given. Another sender may
+    /// send a message under an id it has seen (the history keeps both):
+    /// an id that messages of more than one sender carry is refused
+    /// unless `from` says whose is meant, so that a save or a delete
+    /// never takes one for the other.
     async fn find_message(
         &self,
         with: [u8; 32],
         id: &[u8; 16],
+        from: Option<[u8; 32]>,
     ) -> Result<crate::store::MessageRef, ApiError> {
         let mut before = None;
         let mut seen = 0;
+        let mut found: Vec<crate::store::MessageRef> = Vec::new();
         while seen < FIND_WITHIN {
             let page = self
                 .node
@@ -638,18 +651,18 @@ impl Api {
                 .await
                 .map_err(failed)?;
             seen += page.messages.len();
-            if let Some(m) = page.messages.iter().find(|m| &m.msg_id == id) {
-                return Ok(m.reference());
-            }
+            found.extend(
+                page.messages
+                    .iter()
+                    .filter(|m| &m.msg_id == id && from.is_none_or(|f| m.sender == f))
+                    .map(|m| m.reference()),
+            );
             match page.next {
                 Some(next) => before = Some(next),
                 None => break,
             }
         }
-        Err(bad(format!(
-            "no message {} among the newest {FIND_WITHIN} of that conversation",
-            hex(id)
-        )))
+        one_message(&found, id)
     }
 
     async fn target(&self, who: &str) -> Result<Target, ApiError> {
@@ -819,11 +832,49 @@ async fn read_media_file(
     Ok(crate::node::media::MediaFile { name, mime, data })
 }
 
+/// The message meant among `found` (those carrying `id`): refused when
+/// none is, or when they are of more than one sender.
+fn one_message(
+    found: &[crate::store::MessageRef],
+    id: &[u8; 16],
+) -> Result<crate::store::MessageRef, ApiError> {
+    let mut senders: Vec<[u8; 32]> = found.iter().map(|m| m.sender).collect();
+    senders.sort_unstable();
+    senders.dedup();
+    match (found.first(), senders.len()) {
+        (None, _) => Err(bad(format!(
+            "no message {} among the newest {FIND_WITHIN} of that conversation",
+            hex(id)
+        ))),
+        (Some(m), 1) => Ok(*m),
+        (Some(_), n) => Err(bad(format!(
+            "messages of {n} senders carry the id {} ({}): say whose with `from`",
+            hex(id),
+            senders
+                .iter()
+                .map(|k| hex(k))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// A request's `from` (a sender's identity key, hex).
+fn sender(from: Option<String>) -> Result<Option<[u8; 32]>, ApiError> {
+    from.map(|f| unhex32(&f).ok_or_else(|| bad(format!("not an identity key: {f}"))))
+        .transpose()
+}
+
 /// A regular file's bytes, at most [`crate::crypto::media::MAX_MEDIA`].
 fn read_bounded(path: &std::path::Path) -> Result<Vec<u8>, ApiError> {
     use crate::crypto::media::MAX_MEDIA;
     use std::io::Read;
     let unreadable = |e: std::io::Error| bad(format!("{}: {e}", path.display()));
+    // Looked at before it is opened: opening a FIFO would wait for a
+    // writer, and opening a device can do something.
+    if !std::fs::metadata(path).map_err(unreadable)?.is_file() {
+        return Err(bad(format!("{} is not a regular file", path.display())));
+    }
     let f = std::fs::File::open(path).map_err(unreadable)?;
     let meta = f.metadata().map_err(unreadable)?;
     if !meta.is_file() {
@@ -1132,6 +1183,28 @@ mod tests {
         assert!(member_of(&g, "carol").is_err());
         assert_eq!(one([7].into_iter(), "x", "contact").unwrap(), Some(7));
         assert_eq!(one(std::iter::empty::<u8>(), "x", "contact").unwrap(), None);
+    }
+
+    /// Another sender may reuse an id it saw (the history keeps both): a
+    /// save or delete by that id alone is refused then, and names the
+    /// senders; `from` picks one.
+    #[test]
+    fn an_id_of_two_senders_is_refused_without_from() {
+        let m = |sender: u8, lamport: u64| crate::store::MessageRef {
+            conv_id: [9; 32],
+            lamport,
+            sender: [sender; 32],
+            msg_id: [5; 16],
+        };
+        let (carol, mallory) = (m(1, 10), m(2, 11));
+        assert_eq!(one_message(&[carol], &[5; 16]).unwrap(), carol);
+        let e = one_message(&[mallory, carol], &[5; 16]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        assert!(e.message.contains("2 senders"), "{}", e.message);
+        assert!(e.message.contains(&hex(&[1; 32])), "{}", e.message);
+        assert!(one_message(&[], &[5; 16]).is_err());
+        assert_eq!(sender(Some(hex(&[2; 32]))).unwrap(), Some([2; 32]));
+        assert!(sender(Some("zz".into())).is_err());
     }
 
     #[tokio::test]

@@ -143,9 +143,13 @@ fn send_file(
             return Ok(());
         }
     };
+    let Some(utf8) = path.to_str() else {
+        app.notice = Some(format!("{}: not a UTF-8 path", path.display()));
+        return Ok(());
+    };
     let v = client.call(&Request::SendFile {
         to,
-        path: path.to_string_lossy().into_owned(),
+        path: utf8.to_owned(),
         mime: None,
     })?;
     let name = path
@@ -180,10 +184,15 @@ fn save_file(client: &mut Client, app: &mut App, path: &str) -> Result<(), Clien
             return Ok(());
         }
     };
+    let Some(utf8) = path.to_str() else {
+        app.notice = Some(format!("{}: not a UTF-8 path", path.display()));
+        return Ok(());
+    };
     let v = match client.call(&Request::SaveFile {
         with,
         id,
-        path: path.to_string_lossy().into_owned(),
+        path: utf8.to_owned(),
+        from: None,
     }) {
         Err(ClientError::Api(e)) => {
             app.notice = Some(format!("Not saved: {}", e.message));

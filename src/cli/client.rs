@@ -324,6 +324,10 @@ pub(super) struct DeleteArgs {
     with: String,
     /// The message id (as `history --json` shows it).
     id: String,
+    /// Its sender's identity key, when messages of more than one sender
+    /// carry that id (the answer says so).
+    #[arg(long)]
+    from: Option<String>,
 }
 
 /// `meshchat temporary`.
@@ -752,7 +756,7 @@ pub(super) fn send(args: SendArgs) -> Result<(), CliError> {
                 .map_err(|e| CliError::failed(anyhow!("{}: {e}", file.display())))?;
             Request::SendFile {
                 to: args.to,
-                path: path.to_string_lossy().into_owned(),
+                path: utf8_path(&path)?,
                 mime: args.mime,
             }
         }
@@ -826,6 +830,21 @@ pub(super) struct SaveArgs {
     /// The file to write (it must not exist; created owner-only).
     #[arg(long, short, env = "MESHCHAT_OUTPUT")]
     output: std::path::PathBuf,
+    /// Its sender's identity key, when messages of more than one sender
+    /// carry that id (the answer says so).
+    #[arg(long)]
+    from: Option<String>,
+}
+
+/// A path as the local API takes it (UTF-8), or a clear error: never
+/// another name than the one given.
+fn utf8_path(path: &std::path::Path) -> Result<String, CliError> {
+    path.to_str().map(str::to_owned).ok_or_else(|| {
+        CliError::failed(anyhow!(
+            "{}: not a UTF-8 path; the local API takes UTF-8 paths only",
+            path.display()
+        ))
+    })
 }
 
 /// `meshchat save`: a media message's file, once it is all here.
@@ -837,7 +856,8 @@ pub(super) fn save(args: SaveArgs) -> Result<(), CliError> {
         &Request::SaveFile {
             with: args.with,
             id: args.id,
-            path: path.to_string_lossy().into_owned(),
+            path: utf8_path(&path)?,
+            from: args.from,
         },
     )?;
     if args.out.json {
@@ -1053,6 +1073,7 @@ pub(super) fn delete(args: DeleteArgs) -> Result<(), CliError> {
         &Request::DeleteMessage {
             with: args.with.clone(),
             id: args.id.clone(),
+            from: args.from.clone(),
         },
     )?;
     if args.out.json {
@@ -1101,7 +1122,7 @@ pub(super) fn export(args: ExportArgs) -> Result<(), CliError> {
         &args.dir,
         &Request::Export {
             with: args.with,
-            path: path.to_string_lossy().into_owned(),
+            path: utf8_path(&path)?,
         },
     )?;
     if args.out.json {

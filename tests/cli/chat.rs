@@ -169,6 +169,35 @@ fn a_file_is_sent_and_saved_through_the_cli() {
         "{}",
         crate::stderr(&again)
     );
+    // Named with its sender: alice's; not a message of bob's.
+    let alice_key = alice.json(&["devices", "list"])["account"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let by_sender = bob.json(&[
+        "save",
+        "alice",
+        &id,
+        "--from",
+        &alice_key,
+        "--output",
+        root.path().join("by-sender.png").to_str().unwrap(),
+    ]);
+    assert_eq!(by_sender["written"], 150_000);
+    let bob_key = bob.json(&["devices", "list"])["account"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let not_his = bob.run(&[
+        "save",
+        "alice",
+        &id,
+        "--from",
+        &bob_key,
+        "--output",
+        root.path().join("not-his.png").to_str().unwrap(),
+    ]);
+    assert_ne!(not_his.status.code(), Some(0));
     let none = bob.run(&[
         "save",
         "alice",
