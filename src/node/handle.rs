@@ -695,7 +695,9 @@ impl NodeHandle {
     }
 
     /// Stops the node at once, as a crash or a pulled cable would: no
-    /// goodbye to peers. Pending work that was acknowledged is on disk.
+    /// goodbye to peers. What was acknowledged to callers and peers is on
+    /// disk; a contact's "delivered" reported in the last `FLUSH_DEFER`
+    /// (20 ms) may not be, and that message then goes to it again.
     pub fn kill(&self) {
         self.abort.abort();
     }
