@@ -4,12 +4,16 @@
 //! of its encrypted bytes), sealed under the database key like every
 //! record, behind the **owner** id of the media message it came with: the
 //! first 16 bytes of SHA-256(body ‖ author's identity key), the same on the
-//! author's device and every recipient's. When that message is purged, the
-//! chunks kept under its owner id go with it; a chunk another message
-//! brought first stays (a contact who sends a copy of someone else's
-//! manifest gets another owner id, so its copy's purge takes nothing). The
+//! author's device and every recipient's. Each message that holds a chunk
+//! (it brought it, or found it here when it was complete) has a reference
+//! record `r:` ‖ name ‖ owner id. When a message is purged its references
+//! go, and a chunk goes with the last of them: two messages carrying the
+//! same manifest (a copy of someone else's file, sent again under another
+//! owner id) share the chunks, and deleting either leaves the other's
+//! file whole. A chunk with no reference at all (kept before references
+//! were) goes with the message whose owner id it is kept under. The
 //! chunks are encrypted under a key that only the message holds, so one
-//! left behind (a crash between the two writes) cannot be read.
+//! left behind (a crash between the writes) cannot be read.
 //!
 //! A wanted message is a record in `media_wanted` under the message's sort
 //! key (conversation, Lamport clock, sender, id), with a version byte.
@@ -34,6 +38,19 @@ pub fn media_owner(body: &[u8], author: &[u8; 32]) -> [u8; 16] {
     id.copy_from_slice(&d[..16]);
     id
 }
+
+/// The records of the messages holding the chunk `name` start so.
+fn ref_prefix(name: &[u8; 32]) -> Vec<u8> {
+    [REF_PREFIX, name.as_slice()].concat()
+}
+
+/// The record saying that the message of owner id `owner` holds the
+/// chunk `name`.
+fn ref_key(name: &[u8; 32], owner: &[u8; 16]) -> Vec<u8> {
+    [REF_PREFIX, name.as_slice(), owner.as_slice()].concat()
+}
+
+const REF_PREFIX: &[u8] = b"r:";
 
 /// Whether `body` says it is media (see [`crate::crypto::media`]).
 pub fn is_media(body: &[u8]) -> bool {
@@ -67,15 +84,24 @@ impl<'a> Media<'a> {
     }
 
     /// Keeps an encrypted chunk under the owner id `owner` (unless one of
-    /// that name is here already).
+    /// that name is here already), and `owner`'s reference to it.
     pub fn put_chunk(&self, owner: &[u8; 16], name: &[u8; 32], sealed: &[u8]) -> Result<(), Error> {
-        if self.chunks.contains(name)? {
-            return Ok(());
+        if !self.chunks.contains(name)? {
+            let mut value = Vec::with_capacity(16 + sealed.len());
+            value.extend_from_slice(owner);
+            value.extend_from_slice(sealed);
+            self.chunks.put(name, &value)?;
         }
-        let mut value = Vec::with_capacity(16 + sealed.len());
-        value.extend_from_slice(owner);
-        value.extend_from_slice(sealed);
-        self.chunks.put(name, &value)
+        self.chunks.put(&ref_key(name, owner), &[])
+    }
+
+    /// The message of owner id `owner` holds the chunks `names`, here
+    /// already (another message may have brought them): its references.
+    pub fn hold_chunks(&self, owner: &[u8; 16], names: &[[u8; 32]]) -> Result<(), Error> {
+        for name in names {
+            self.chunks.put(&ref_key(name, owner), &[])?;
+        }
+        Ok(())
     }
 
     /// The encrypted chunk of this name, if it is here.
@@ -92,9 +118,9 @@ impl<'a> Media<'a> {
         self.chunks.contains(name)
     }
 
-    /// Removes the chunks of the media message whose body is `body`,
-    /// written by `author`, that are kept under its owner id. Returns how
-    /// many went.
+    /// Drops the references of the media message whose body is `body`,
+    /// written by `author`, and the chunks no other message holds.
+    /// Returns how many chunks went.
     pub fn forget_chunks(&self, body: &[u8], author: &[u8; 32]) -> Result<usize, Error> {
         let Some(Ok(manifest)) = Manifest::from_body(body) else {
             return Ok(0);
@@ -102,12 +128,15 @@ impl<'a> Media<'a> {
         let owner = media_owner(body, author);
         let mut removed = 0;
         for name in &manifest.chunks {
-            if self
-                .chunks
-                .get(name)?
-                .is_some_and(|v| v.get(..16) == Some(&owner[..]))
-            {
-                self.chunks.remove(name)?;
+            let had = self.chunks.remove(&ref_key(name, &owner))?;
+            let others = !self.chunks.scan(&ref_prefix(name))?.is_empty();
+            let gone = !others
+                && (had
+                    || self
+                        .chunks
+                        .get(name)?
+                        .is_some_and(|v| v.get(..16) == Some(&owner[..])));
+            if gone && self.chunks.remove(name)? {
                 removed += 1;
             }
         }

@@ -298,6 +298,13 @@ impl Worker {
         if !missing(&media, &w.manifest).is_ok_and(|m| m.is_empty()) {
             return;
         }
+        // Some may have come with another message (the same file sent
+        // again): this one holds them too, so that deleting that one
+        // leaves this one whole.
+        if let Err(e) = media.hold_chunks(&w.owner, &w.manifest.chunks) {
+            warn!(error = %e, "a media message's hold on its chunks");
+            return;
+        }
         self.media.wanted.remove(&message);
         self.media.loaded = false;
         if let Err(e) = media.unwant(&message) {

@@ -273,3 +273,36 @@ fn an_expired_media_message_takes_its_chunks_with_it() {
         "the expired message's wanted record stayed, or the kept one's went"
     );
 }
+
+/// Two messages carrying the same manifest (a file someone sent again)
+/// share its chunks: deleting either leaves the other's file whole, and
+/// the chunks go with the last of them.
+#[test]
+fn messages_sharing_a_file_keep_its_chunks_until_the_last_goes() {
+    use crate::crypto::media::Manifest;
+    use crate::store::media_owner;
+    use rand::SeedableRng;
+
+    let (_dir, store) = fresh();
+    let media = store.media().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let (m, chunks) = Manifest::seal(&vec![3; 70_000], "f", "", &mut rng).unwrap();
+    let body = m.to_body();
+    let (carol, mallory) = ([1; 32], [2; 32]);
+    // Mallory's copy came first and brought the chunks; Carol's found
+    // them here when it was complete.
+    let by_mallory = media_owner(&body, &mallory);
+    for (name, c) in m.chunks.iter().zip(&chunks) {
+        media.put_chunk(&by_mallory, name, c).unwrap();
+    }
+    media
+        .hold_chunks(&media_owner(&body, &carol), &m.chunks)
+        .unwrap();
+    assert_eq!(media.forget_chunks(&body, &mallory).unwrap(), 0);
+    assert!(
+        m.chunks.iter().all(|n| media.has_chunk(n).unwrap()),
+        "carol's file went with mallory's copy"
+    );
+    assert_eq!(media.forget_chunks(&body, &carol).unwrap(), m.chunks.len());
+    assert!(!m.chunks.iter().any(|n| media.has_chunk(n).unwrap()));
+}
