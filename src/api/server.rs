@@ -42,7 +42,8 @@ impl Target {
 pub const MAX_CLIENTS: usize = 64;
 /// Events held for a slow event-stream client before it misses some.
 const EVENT_BACKLOG: usize = 4096;
-/// Longest an event-stream client may leave a write unread.
+/// Longest a client may leave a write unread (an answer, or an event on
+/// its stream).
 pub(crate) const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Pause after a failed accept (out of file descriptors, say) before the
 /// next, so the loop does not spin.
@@ -1055,10 +1056,7 @@ async fn client(api: Api, stream: UnixStream) {
                 // Subscribed before the client hears so: nothing it waits
                 // for after this answer can slip past.
                 let feed = api.feed();
-                if write_answer(&mut w, &Answer::Ok(serde_json::json!("subscribed")))
-                    .await
-                    .is_ok()
-                {
+                if answered(&mut w, &Answer::Ok(serde_json::json!("subscribed"))).await {
                     stream_events(feed, r, &mut w).await;
                 }
                 return;
@@ -1068,8 +1066,26 @@ async fn client(api: Api, stream: UnixStream) {
                 Err(e) => Answer::Error(e),
             },
         };
-        if write_answer(&mut w, &answer).await.is_err() {
+        if !answered(&mut w, &answer).await {
             return;
+        }
+    }
+}
+
+/// Writes an answer within [`WRITE_TIMEOUT`]: a client that sends
+/// requests and never reads what comes back does not keep its task, and
+/// its place among [`MAX_CLIENTS`], for good. `false`: the connection is
+/// to be closed.
+async fn answered(w: &mut (impl AsyncWrite + Unpin), a: &Answer) -> bool {
+    match tokio::time::timeout(WRITE_TIMEOUT, write_answer(w, a)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            debug!(error = %e, "local API: write failed");
+            false
+        }
+        Err(_) => {
+            debug!("local API: an answer left unread; the connection is closed");
+            false
         }
     }
 }
@@ -1205,6 +1221,27 @@ mod tests {
         assert!(one_message(&[], &[5; 16]).is_err());
         assert_eq!(sender(Some(hex(&[2; 32]))).unwrap(), Some([2; 32]));
         assert!(sender(Some("zz".into())).is_err());
+    }
+
+    /// An answer the client leaves unread closes the connection after
+    /// `WRITE_TIMEOUT`; one it reads goes.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_left_unread_closes_the_connection() {
+        let big = Answer::Ok(serde_json::json!("x".repeat(64 * 1024)));
+        let (mut ours, _theirs) = tokio::io::duplex(1024);
+        // Nobody reads: given up (in paused time, at once).
+        assert!(!answered(&mut ours, &big).await);
+        // Read: it goes.
+        let (mut ours, theirs) = tokio::io::duplex(1024);
+        let reader = tokio::spawn(async move {
+            let mut theirs = theirs;
+            let mut got = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut theirs, &mut got).await;
+            got.len()
+        });
+        assert!(answered(&mut ours, &big).await);
+        drop(ours);
+        assert!(reader.await.unwrap() > 64 * 1024);
     }
 
     #[tokio::test]
