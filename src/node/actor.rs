@@ -279,10 +279,17 @@ impl SeenSet {
         true
     }
 
-    /// Forgets `id` if it is there; whether it was. (Its place in the
-    /// order stays until it is evicted, which then removes nothing.)
+    /// Forgets `id` if it is there; whether it was. Its place in the
+    /// order goes too (searched from the newest end, where an id just
+    /// inserted is), so that the id inserted again is not evicted early.
     fn remove(&mut self, id: &[u8; 32]) -> bool {
-        self.set.remove(id)
+        if !self.set.remove(id) {
+            return false;
+        }
+        if let Some(i) = self.order.iter().rposition(|x| x == id) {
+            self.order.remove(i);
+        }
+        true
     }
 }
 
@@ -1264,12 +1271,24 @@ impl Actor {
             Topic::Presence => self.check_beacon(&msg.data),
             Topic::Group(t) => self.check_group_message(&t, &msg.data, &msg.source),
         });
-        if let Verdict::Reject(reason) = verdict
-            && let Some(skipped) =
-                self.complaints
-                    .note(&msg.source, "gossip refused", Instant::now())
+        // Refusals and a peer over its rate are logged (at most once a
+        // period per peer and kind, see `Complaints`).
+        let complaint = match &verdict {
+            Verdict::Reject(reason) => Some(("gossip refused", reason)),
+            Verdict::Ignore(reason @ Reason::RateLimited) => {
+                Some(("gossip over the peer's rate", reason))
+            }
+            Verdict::Ignore(reason @ Reason::Application(why))
+                if why.ends_with("over the peer's rate") =>
+            {
+                Some(("gossip over the peer's rate", reason))
+            }
+            _ => None,
+        };
+        if let Some((what, reason)) = complaint
+            && let Some(skipped) = self.complaints.note(&msg.source, what, Instant::now())
         {
-            warn!(peer = %msg.source, topic = %msg.topic, ?reason, skipped, "gossip refused");
+            warn!(peer = %msg.source, topic = %msg.topic, ?reason, skipped, "{what}");
         }
         self.net.report_gossip(&msg.id, &msg.source, verdict);
     }
@@ -1304,7 +1323,9 @@ impl Actor {
         }
         if env.mailbox_id == self.mailbox_id {
             if self.overloaded() {
-                // The sender's outbox retries it.
+                // The sender's outbox publishes it again (the same bytes):
+                // not seen, so that copy is taken.
+                self.seen.remove(&known);
                 return Verdict::Ignore(Reason::Application("store thread behind"));
             }
             self.job(Job::Envelope(env));
@@ -1520,4 +1541,22 @@ fn with_peer(addrs: &[Multiaddr], peer: PeerId) -> Vec<String> {
             _ => a.clone().with(Protocol::P2p(peer)).to_string(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An id forgotten (an envelope for us that the store thread had no
+    /// room for) is taken again, and keeps one place in the order.
+    #[test]
+    fn a_seen_id_forgotten_is_taken_again() {
+        let mut seen = SeenSet::default();
+        assert!(seen.insert([1; 32]));
+        assert!(!seen.insert([1; 32]), "a replay");
+        assert!(seen.remove(&[1; 32]));
+        assert!(!seen.remove(&[1; 32]));
+        assert!(seen.insert([1; 32]), "its copy is taken");
+        assert_eq!(seen.order.len(), 1);
+    }
 }

@@ -434,8 +434,21 @@ impl Net {
             .map_err(|_| NetError::ResponseChannelClosed)
     }
 
-    /// Adds an address of `peer` to the Kademlia routing table.
+    /// Adds an address of `peer` to the Kademlia routing table, which
+    /// keeps at most [`super::events::MAX_KAD_ADDRS`] per peer (the oldest
+    /// goes first).
+    /// Kademlia's own list has no bound, and a peer can send identify
+    /// pushes with new addresses without end.
     pub fn add_address(&mut self, peer: &PeerId, addr: Multiaddr) {
+        let Ok(full) = addr.clone().with_p2p(*peer) else {
+            return;
+        };
+        let held = self.known_addresses(peer);
+        if !held.contains(&full) && held.len() >= super::events::MAX_KAD_ADDRS {
+            for old in &held[..=held.len() - super::events::MAX_KAD_ADDRS] {
+                self.swarm.behaviour_mut().kad.remove_address(peer, old);
+            }
+        }
         self.swarm.behaviour_mut().kad.add_address(peer, addr);
     }
 

@@ -20,6 +20,8 @@ use crate::relay::proto::Response;
 
 /// Most listen addresses taken from one identify message into Kademlia.
 const MAX_IDENTIFY_ADDRS: usize = 16;
+/// Most addresses the DHT's routing table keeps for one peer.
+pub(super) const MAX_KAD_ADDRS: usize = 16;
 
 /// How far an address reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

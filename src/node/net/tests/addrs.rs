@@ -53,3 +53,29 @@ fn a_peer_seen_from_afar_gives_only_its_public_addresses() {
     assert_eq!(kept(Reach::Private), [1, 2]);
     assert_eq!(kept(Reach::Loopback), [0, 1, 2]);
 }
+
+/// The routing table keeps at most `MAX_KAD_ADDRS` addresses of a peer,
+/// the newest: identify pushes with new addresses do not grow it.
+#[tokio::test]
+async fn the_routing_table_keeps_so_many_addresses_of_a_peer() {
+    use super::super::events::MAX_KAD_ADDRS;
+    use crate::node::net::{Net, NetConfig};
+
+    let mut net = Net::start(
+        libp2p::identity::Keypair::generate_ed25519(),
+        &NetConfig::loopback(),
+    )
+    .unwrap();
+    let peer = libp2p::PeerId::random();
+    for port in 1..=40u16 {
+        net.add_address(&peer, a(&format!("/ip4/203.0.113.7/tcp/{port}")));
+    }
+    let held: Vec<String> = net
+        .known_addresses(&peer)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(held.len(), MAX_KAD_ADDRS, "{held:?}");
+    assert!(held.iter().any(|x| x.contains("/tcp/40/")), "{held:?}");
+    assert!(!held.iter().any(|x| x.contains("/tcp/1/")), "{held:?}");
+}
