@@ -1267,7 +1267,7 @@ impl Actor {
 
     fn gossip(&mut self, msg: GossipMessage) {
         let verdict = self.net.check_gossip(&msg).and_then(|| match msg.topic {
-            Topic::Inbox(_) => self.check_envelope(&msg.data),
+            Topic::Inbox(_) => self.check_envelope(&msg.topic, &msg.data),
             Topic::Presence => self.check_beacon(&msg.data),
             Topic::Group(t) => self.check_group_message(&t, &msg.data, &msg.source),
         });
@@ -1293,7 +1293,7 @@ impl Actor {
         self.net.report_gossip(&msg.id, &msg.source, verdict);
     }
 
-    fn check_envelope(&mut self, data: &[u8]) -> Verdict {
+    fn check_envelope(&mut self, topic: &Topic, data: &[u8]) -> Verdict {
         let env = match envelope_checked(data, now_secs()) {
             Ok(env) => env,
             // Both depend on our clock as much as on the envelope: no
@@ -1306,6 +1306,11 @@ impl Actor {
             }) => return Verdict::Ignore(Reason::Application("envelope expiring too far ahead")),
             Err(_) => return Verdict::Reject(Reason::Application("malformed envelope")),
         };
+        // Only on its mailbox's shard (so the shards split the load; a
+        // node with another shard count is not blamed).
+        if self.net.inbox_topic(&env.mailbox_id) != *topic {
+            return Verdict::Ignore(Reason::Application("envelope on another inbox shard"));
+        }
         // Known by its mailbox and what is sealed: the envelope id and
         // expiry around them are not authenticated, and a copy with either
         // changed is no new message (the recipient would answer it again).
