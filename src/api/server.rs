@@ -658,6 +658,10 @@ impl Api {
                     .filter(|m| &m.msg_id == id && from.is_none_or(|f| m.sender == f))
                     .map(|m| m.reference()),
             );
+            // Named with its sender: the first is the one.
+            if from.is_some() && !found.is_empty() {
+                break;
+            }
             match page.next {
                 Some(next) => before = Some(next),
                 None => break,

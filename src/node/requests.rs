@@ -279,6 +279,14 @@ impl Requests {
         None
     }
 
+    /// Whether a contact that groups made, now forgotten, may be kept as
+    /// a former one: only in the first half of the list, and never by
+    /// pushing out another, so that made-up group members cannot crowd
+    /// out the contacts the person removed.
+    pub fn has_room_for_made(&self) -> bool {
+        self.former.len() < MAX_FORMER / 2
+    }
+
     /// What a removed contact `key` was known by, if it was removed and
     /// no request of it waits.
     pub fn former(&self, key: &[u8; 32]) -> Option<(PublicIdentity, Invite)> {

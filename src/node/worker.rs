@@ -1543,7 +1543,9 @@ impl Worker {
                     self.forget_peer(key);
                     // As for a contact the person removes: what it writes
                     // from now on is a contact request, not dropped.
-                    if let Some(invite) = gone.invite {
+                    if let Some(invite) = gone.invite
+                        && self.requests.has_room_for_made()
+                    {
                         self.keep_former(gone.identity, invite, now, round);
                     }
                     round.events.push(NodeEvent::ContactForgotten {

@@ -680,11 +680,15 @@ impl Keeper {
     /// The signatures so cost the depositor no time when the disk is the
     /// slower of the two. `false` if the sync thread is gone.
     fn finish_round(&mut self, answers: Vec<(Reply, Outgoing)>) -> bool {
-        if self
-            .syncs
-            .send(ToSync::Sync(self.service.take_unsynced()))
-            .is_err()
-        {
+        let file = match self.service.take_unsynced() {
+            Ok(f) => f,
+            Err(e) => {
+                error!(error = %e, "relay store failed; stopping without answering");
+                self.fail();
+                return false;
+            }
+        };
+        if self.syncs.send(ToSync::Sync(file)).is_err() {
             return false;
         }
         let answers = self.sign(answers);

@@ -365,7 +365,7 @@ impl Service {
 
     /// The file to sync before answering for what was written so far, if
     /// anything was (see [`Spool::take_unsynced`]).
-    pub fn take_unsynced(&mut self) -> Option<Arc<std::fs::File>> {
+    pub fn take_unsynced(&mut self) -> Result<Option<Arc<std::fs::File>>, store::Error> {
         self.spool.take_unsynced()
     }
 

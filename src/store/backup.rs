@@ -258,6 +258,12 @@ impl Store {
             path: path.to_path_buf(),
             source,
         })?;
+        // Marked restored before any record is written, and flushed with
+        // them: a restore cut short at any point must not leave a store
+        // that looks like the device's own (its sessions would send again
+        // from the backup's counters, with message keys already used);
+        // sled may write its buffers before the flush.
+        super::mark_restored(&db)?;
         let mut tree: Option<sled::Tree> = None;
         loop {
             match r.u8()? {
@@ -287,11 +293,6 @@ impl Store {
                 "checksum mismatch: the backup is damaged".into(),
             ));
         }
-        // Marked restored in the same flush as its records: a restore cut
-        // short after that flush must not leave a store that looks like
-        // the device's own (its sessions would send again from the
-        // backup's counters, with message keys already used).
-        super::mark_restored(&db)?;
         db.flush().map_err(Error::db("(restore)", "flush"))?;
         Ok(())
     }

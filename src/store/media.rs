@@ -86,19 +86,30 @@ impl<'a> Media<'a> {
     /// Keeps an encrypted chunk under the owner id `owner` (unless one of
     /// that name is here already), and `owner`'s reference to it.
     pub fn put_chunk(&self, owner: &[u8; 16], name: &[u8; 32], sealed: &[u8]) -> Result<(), Error> {
-        if !self.chunks.contains(name)? {
-            let mut value = Vec::with_capacity(16 + sealed.len());
-            value.extend_from_slice(owner);
-            value.extend_from_slice(sealed);
-            self.chunks.put(name, &value)?;
+        if self.chunks.contains(name)? {
+            return self.hold_chunks(owner, std::slice::from_ref(name));
         }
+        let mut value = Vec::with_capacity(16 + sealed.len());
+        value.extend_from_slice(owner);
+        value.extend_from_slice(sealed);
+        self.chunks.put(name, &value)?;
         self.chunks.put(&ref_key(name, owner), &[])
     }
 
     /// The message of owner id `owner` holds the chunks `names`, here
     /// already (another message may have brought them): its references.
+    /// A chunk kept before references were gets one for the message it
+    /// is kept under first, so that it stays while that message does.
     pub fn hold_chunks(&self, owner: &[u8; 16], names: &[[u8; 32]]) -> Result<(), Error> {
         for name in names {
+            if self.chunks.scan(&ref_prefix(name))?.is_empty()
+                && let Some(first) = self
+                    .chunks
+                    .get(name)?
+                    .and_then(|v| <[u8; 16]>::try_from(v.get(..16)?).ok())
+            {
+                self.chunks.put(&ref_key(name, &first), &[])?;
+            }
             self.chunks.put(&ref_key(name, owner), &[])?;
         }
         Ok(())

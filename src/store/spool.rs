@@ -306,12 +306,12 @@ impl Mailbox {
 struct Segment {
     /// What this spool writes, reads and syncs through.
     file: File,
-    /// The same file opened again, for whoever syncs it on another thread
-    /// (see [`Spool::take_unsynced`]). Its own open file: Linux reports a
-    /// failed write-back once to each open file that syncs, so an error
-    /// one sync of `file` took is still reported to that thread's sync,
-    /// which then answers nothing.
-    sync_handle: Arc<File>,
+    /// For the active segment only: the same file opened again, for
+    /// whoever syncs it on another thread (see [`Spool::take_unsynced`]).
+    /// Its own open file: Linux reports a failed write-back once to each
+    /// open file that syncs, so an error one sync of `file` took is still
+    /// reported to that thread's sync, which then answers nothing.
+    sync_handle: Option<Arc<File>>,
     /// Bytes written (the next record goes here).
     len: u64,
     /// The file's length: the active segment is zero-filled ahead of its
@@ -479,13 +479,12 @@ impl Spool {
             if r.empty {
                 empty.push(r.number);
             }
-            let sync_handle =
-                Arc::new(File::open(&path).map_err(io(&spool.dir, "open a segment"))?);
             spool.segments.insert(
                 r.number,
                 Segment {
                     file,
-                    sync_handle,
+                    // Every start begins a new active segment.
+                    sync_handle: None,
                     len: r.end,
                     allocated: if r.torn { r.end } else { bytes.len() as u64 },
                     live: 0,
@@ -727,7 +726,13 @@ impl Spool {
         file.sync_all()
             .map_err(io(&self.dir, "sync a segment header"))?;
         super::sync_dir(&self.dir).map_err(io(&self.dir, "sync the directory"))?;
-        let sync_handle = Arc::new(File::open(&path).map_err(io(&self.dir, "open a segment"))?);
+        let sync_handle = Some(Arc::new(
+            File::open(&path).map_err(io(&self.dir, "open a segment"))?,
+        ));
+        if let Some(old) = self.segments.get_mut(&self.active) {
+            // Closed (and synced above): nobody syncs it again.
+            old.sync_handle = None;
+        }
         self.segments.insert(
             n,
             Segment {
@@ -824,14 +829,26 @@ impl Spool {
     /// if anything was written since the last sync (closed segments were
     /// synced when closed), and counts it as synced. Whoever takes it
     /// must `fdatasync` it before answering for anything written so far.
-    pub fn take_unsynced(&mut self) -> Option<Arc<File>> {
+    pub fn take_unsynced(&mut self) -> Result<Option<Arc<File>>, Error> {
         if !self.dirty {
-            return None;
+            return Ok(None);
         }
+        let Some(seg) = self.segments.get_mut(&self.active) else {
+            self.dirty = false;
+            return Ok(None);
+        };
+        let handle = match &seg.sync_handle {
+            Some(h) => h.clone(),
+            // Not expected (the active segment gets one when it starts).
+            None => {
+                let path = self.dir.join(segment_name(self.active));
+                let h = Arc::new(File::open(&path).map_err(io(&self.dir, "open a segment"))?);
+                seg.sync_handle = Some(h.clone());
+                h
+            }
+        };
         self.dirty = false;
-        self.segments
-            .get(&self.active)
-            .map(|s| s.sync_handle.clone())
+        Ok(Some(handle))
     }
 
     /// Counters of `mailbox` (zero if it holds nothing).

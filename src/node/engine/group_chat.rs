@@ -83,12 +83,6 @@ const MAX_GROUPS_FROM_ONE: usize = 100;
 const MAX_GROUPS_FROM_ONE: usize = 3;
 /// Most groups that others added this device to that it is in at once.
 const MAX_GROUPS_JOINED: usize = 1_000;
-/// Most contacts that groups made and the person never took up, at once.
-/// Past it, a new member is not made a contact (its card is kept in the
-/// group; nothing goes to it 1:1). Fifty groups of a hundred members fit
-/// twice over; an admin adding and removing made-up members, each a card
-/// it can make up, stops here.
-pub(crate) const MAX_MADE: usize = 10_000;
 /// How long a contact a group made stays once it is in no group of this
 /// device's, while something queued for it waits (the operation that
 /// removed it, say): then what waits is given up, like an expired
@@ -296,9 +290,6 @@ pub(crate) struct Groups {
     /// When each of `orphans` was first found one (since the start): after
     /// [`ORPHAN_GRACE`], what is still queued for it is given up.
     orphaned_at: HashMap<[u8; 32], u64>,
-    /// Most contacts groups may have made ([`MAX_MADE`] unless a test
-    /// says otherwise).
-    made_cap: Option<usize>,
 }
 
 /// A member's sender key as a forwarding node checks messages with it:
@@ -838,13 +829,6 @@ impl Engine {
         // to a group it no longer reads, each one a contact here).
         for m in &after.members {
             if is_in && m.key != me && !self.contacts.contains_key(&m.key) {
-                if self.groups.made.len() >= self.groups.made_cap.unwrap_or(MAX_MADE) {
-                    tracing::warn!(
-                        group = %crate::store::hex(&group[..4]),
-                        "as many contacts as groups may make; a member is not made one"
-                    );
-                    continue;
-                }
                 let mut invite = m.card.invite.clone();
                 invite.bundle.one_time = None;
                 let name = self.introduced_name(&m.card.name, &m.key);
@@ -2870,25 +2854,6 @@ mod tests {
         assert!(d.engines[1].forget_orphans(300).0.is_empty());
         assert!(d.engines[1].contacts.contains_key(&three));
         assert!(d.engines[1].contacts.contains_key(&admin));
-    }
-
-    /// Past the cap, a new member is not made a contact; the group is
-    /// joined all the same.
-    #[test]
-    fn groups_make_so_many_contacts_at_most() {
-        let mut d = Devices::new(4);
-        d.engines[1].groups.made_cap = Some(1);
-        let (group, _) = d.team();
-        let ops = bytes(&d.log(0, &group));
-        let admin = d.keys[0];
-        d.engines[1].on_group_ops(&admin, &ops, 200).unwrap();
-        assert_eq!(d.engines[1].groups.made.len(), 1);
-        let made = [2, 3]
-            .iter()
-            .filter(|&&i| d.engines[1].contacts.contains_key(&d.keys[i]))
-            .count();
-        assert_eq!(made, 1);
-        assert!(d.engines[1].groups()[0].joined);
     }
 
     /// A contact a group made stays while our delivered receipts for its

@@ -305,4 +305,24 @@ fn messages_sharing_a_file_keep_its_chunks_until_the_last_goes() {
     );
     assert_eq!(media.forget_chunks(&body, &carol).unwrap(), m.chunks.len());
     assert!(!m.chunks.iter().any(|n| media.has_chunk(n).unwrap()));
+
+    // Chunks kept before references were (none): a newer copy's
+    // deletion leaves them with the message they are kept under.
+    let (m2, chunks2) = Manifest::seal(&vec![4; 70_000], "g", "", &mut rng).unwrap();
+    let body2 = m2.to_body();
+    let records = store.records(crate::store::Kind::Media).unwrap();
+    for (name, c) in m2.chunks.iter().zip(&chunks2) {
+        let mut v = media_owner(&body2, &carol).to_vec();
+        v.extend_from_slice(c);
+        records.put(name, &v).unwrap();
+    }
+    media
+        .hold_chunks(&media_owner(&body2, &mallory), &m2.chunks)
+        .unwrap();
+    assert_eq!(media.forget_chunks(&body2, &mallory).unwrap(), 0);
+    assert!(m2.chunks.iter().all(|n| media.has_chunk(n).unwrap()));
+    assert_eq!(
+        media.forget_chunks(&body2, &carol).unwrap(),
+        m2.chunks.len()
+    );
 }
