@@ -1278,11 +1278,6 @@ impl Actor {
             Verdict::Ignore(reason @ Reason::RateLimited) => {
                 Some(("gossip over the peer's rate", reason))
             }
-            Verdict::Ignore(reason @ Reason::Application(why))
-                if why.ends_with("over the peer's rate") =>
-            {
-                Some(("gossip over the peer's rate", reason))
-            }
             _ => None,
         };
         if let Some((what, reason)) = complaint
@@ -1387,9 +1382,9 @@ impl Actor {
                     ));
                 }
                 Signed::Unknown if !self.unknown_key_rate.allow(source, Instant::now()) => {
-                    return Verdict::Ignore(Reason::Application(
-                        "group messages under unknown keys over the peer's rate",
-                    ));
+                    // Group messages under keys not known here, past the
+                    // peer's budget for them.
+                    return Verdict::Ignore(Reason::RateLimited);
                 }
                 Signed::Holds | Signed::Unknown => {}
             }

@@ -1503,18 +1503,27 @@ impl Engine {
             if let Some(q) = again {
                 self.requeue_distribution(m.msg_id, &m.recipient, &m.conv_id, q.payload, now)?;
             }
-            if m.is_chat() {
-                events.push(Event::Expired {
-                    message: self.outgoing_ref(&m),
-                });
-            } else if self.group_copy_unacknowledged(&m)? {
-                events.push(Event::GroupExpired {
-                    message: self.outgoing_ref(&m),
-                    member: m.recipient,
-                });
-            }
+            events.extend(self.given_up(&m)?);
         }
         Ok(events)
+    }
+
+    /// What the sender hears of the queued entry `m`, given up (expired,
+    /// or dropped with its recipient): a chat message expired, or a group
+    /// copy its member never acknowledged; nothing for other entries.
+    pub(super) fn given_up(&self, m: &Meta) -> Result<Option<Event>, EngineError> {
+        Ok(if m.is_chat() {
+            Some(Event::Expired {
+                message: self.outgoing_ref(m),
+            })
+        } else if self.group_copy_unacknowledged(m)? {
+            Some(Event::GroupExpired {
+                message: self.outgoing_ref(m),
+                member: m.recipient,
+            })
+        } else {
+            None
+        })
     }
 
     /// Seals a frame for `to` into an envelope for the mesh (or a relay):

@@ -2148,16 +2148,7 @@ impl Engine {
                 continue;
             };
             self.store.outbox().ack(pos)?;
-            if m.is_chat() {
-                events.push(Event::Expired {
-                    message: self.outgoing_ref(&m),
-                });
-            } else if self.group_copy_unacknowledged(&m)? {
-                events.push(Event::GroupExpired {
-                    message: self.outgoing_ref(&m),
-                    member: m.recipient,
-                });
-            }
+            events.extend(self.given_up(&m)?);
         }
         Ok(events)
     }
