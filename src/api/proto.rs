@@ -650,6 +650,26 @@ pub enum EventView {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group: Option<String>,
     },
+    /// A media message's file is not fetched for now: the media kept on
+    /// this device would pass its budget. It is fetched once deletions
+    /// make room.
+    MediaHeld {
+        /// The message id (hex).
+        id: String,
+        /// The conversation: the contact's name, or the group's id (hex).
+        with: String,
+        /// Who sent the file: its name.
+        contact: String,
+        /// Who sent the file: its identity key (hex).
+        identity: String,
+        /// The group's id (hex); absent for 1:1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        /// Bytes the file still needs (at most).
+        needs: u64,
+        /// Bytes left in the budget.
+        free: u64,
+    },
     /// One of our group messages expired before a member's device had it.
     GroupExpired {
         /// The message id (hex).
@@ -861,6 +881,22 @@ impl EventView {
                     contact: name(&message.sender),
                     identity: hex(&message.sender),
                     group,
+                }
+            }
+            NodeEvent::MediaHeld {
+                message,
+                needs,
+                free,
+            } => {
+                let group = group(&message.conv_id).map(|(id, _)| id);
+                Self::MediaHeld {
+                    id: hex(&message.msg_id),
+                    with: group.clone().unwrap_or_else(|| name(&message.sender)),
+                    contact: name(&message.sender),
+                    identity: hex(&message.sender),
+                    group,
+                    needs: *needs,
+                    free: *free,
                 }
             }
             NodeEvent::GroupChanged { group } => Self::GroupChanged { group: hex(group) },

@@ -58,6 +58,11 @@ pub(super) struct RunArgs {
     /// Show contacts nothing about whether we are online.
     #[arg(long, env = "MESHCHAT_HIDE_PRESENCE", value_parser = clap::builder::BoolishValueParser::new())]
     hide_presence: bool,
+    /// Most megabytes of files (received and sent) this device keeps
+    /// before it stops fetching other people's files until some are
+    /// deleted.
+    #[arg(long, env = "MESHCHAT_MEDIA_BUDGET_MB", default_value_t = crate::node::DEFAULT_MEDIA_BUDGET >> 20)]
+    media_budget_mb: u64,
     /// Also serve the local API over HTTP and WebSocket on this loopback
     /// address (`127.0.0.1:PORT`), with the bearer token in
     /// `<data dir>/api-token`.
@@ -168,6 +173,7 @@ pub(super) fn run(args: RunArgs) -> Result<(), CliError> {
         .collect();
     cfg.relays = args.relay.clone();
     cfg.presence.hidden = args.hide_presence;
+    cfg.media_budget = args.media_budget_mb.saturating_mul(1 << 20);
     let runtime = tokio::runtime::Runtime::new()
         .context("starting the runtime")
         .map_err(CliError::failed)?;

@@ -389,6 +389,13 @@ impl App {
                     s("contact")
                 ));
             }
+            "media_held" => {
+                self.notice = Some(format!(
+                    "A file from {} ({} KiB) waits: this device's media budget is full; delete files to make room.",
+                    s("contact"),
+                    e["needs"].as_u64().unwrap_or(0) / 1024
+                ));
+            }
             "media_ready" => {
                 // Named by key or id: names may repeat or hold spaces.
                 let target = match e["group"].as_str() {

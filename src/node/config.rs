@@ -29,6 +29,9 @@ impl Default for PresenceConfig {
     }
 }
 
+/// The default [`NodeConfig::media_budget`]: 2 GiB.
+pub const DEFAULT_MEDIA_BUDGET: u64 = 2 << 30;
+
 /// Configuration of one node.
 #[derive(Clone)]
 pub struct NodeConfig {
@@ -80,6 +83,11 @@ pub struct NodeConfig {
     /// How long a message is retried before the sender is told it
     /// expired undelivered.
     pub message_ttl: Duration,
+    /// Most bytes of media chunks this device keeps before it stops
+    /// fetching other people's files (its own sends are not held back):
+    /// a file that would not fit waits, and the user hears
+    /// [`super::NodeEvent::MediaHeld`], until deletions make room.
+    pub media_budget: u64,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -117,6 +125,7 @@ impl NodeConfig {
             relay_copies: 2,
             redeposit_after: Duration::from_secs(600),
             message_ttl: Duration::from_secs(super::engine::MESSAGE_TTL),
+            media_budget: DEFAULT_MEDIA_BUDGET,
         }
     }
 

@@ -137,6 +137,20 @@ pub enum NodeEvent {
         /// The message.
         message: MessageRef,
     },
+    /// The file of a media message is not fetched for now: it would take
+    /// the media this device keeps past its budget
+    /// ([`super::NodeConfig::media_budget`]). It is fetched once deleting
+    /// messages with files makes room. Said once per message while the
+    /// node runs.
+    MediaHeld {
+        /// The message.
+        message: MessageRef,
+        /// Bytes the file still needs (at most).
+        needs: u64,
+        /// Bytes left in the budget now (files being fetched count as
+        /// taken).
+        free: u64,
+    },
     /// One of our group messages expired before this member's device
     /// acknowledged it: it is no longer sent to that member, and the
     /// message stays short of delivered.

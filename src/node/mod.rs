@@ -36,7 +36,7 @@ pub mod state;
 mod worker;
 
 pub use actor::Node;
-pub use config::{NodeConfig, PresenceConfig};
+pub use config::{DEFAULT_MEDIA_BUDGET, NodeConfig, PresenceConfig};
 pub use error::NodeError;
 pub use events::NodeEvent;
 pub use handle::{

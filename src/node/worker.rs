@@ -601,7 +601,7 @@ impl Worker {
             peer_of: HashMap::new(),
             numbers: HashMap::new(),
             complaints: Complaints::default(),
-            media: media::MediaState::default(),
+            media: media::MediaState::new(cfg.media_budget),
             requests: Requests::default(),
             intro_at: HashMap::new(),
             dialling: HashMap::new(),

@@ -15,6 +15,14 @@
 //! chunks are encrypted under a key that only the message holds, so one
 //! left behind (a crash between the writes) cannot be read.
 //!
+//! The same tree keeps, under the key `size`, how many bytes the chunk
+//! records take sealed ([`Media::bytes`]): raised when a chunk is kept,
+//! lowered when one goes, counted afresh from the records when it is
+//! missing (a store from before it was kept, or none is kept) or does
+//! not open; it goes when it falls to zero. A crash
+//! between a chunk's write and the count's may leave it off by that
+//! chunk.
+//!
 //! A wanted message is a record in `media_wanted` under the message's sort
 //! key (conversation, Lamport clock, sender, id), with a version byte.
 
@@ -52,6 +60,10 @@ fn ref_key(name: &[u8; 32], owner: &[u8; 16]) -> Vec<u8> {
 
 const REF_PREFIX: &[u8] = b"r:";
 
+/// The key of the count of chunk bytes: no chunk's name (32 bytes) nor a
+/// reference (`r:` ‖ 48 bytes).
+const SIZE_KEY: &[u8] = b"size";
+
 /// Whether `body` says it is media (see [`crate::crypto::media`]).
 pub fn is_media(body: &[u8]) -> bool {
     body.starts_with(BODY_TAG)
@@ -71,6 +83,7 @@ fn ref_of_key(key: &[u8]) -> Option<MessageRef> {
 
 /// Media chunks and wanted media ([`Store::media`]).
 pub struct Media<'a> {
+    store: &'a Store,
     chunks: Records<'a>,
     wanted: Records<'a>,
 }
@@ -78,9 +91,55 @@ pub struct Media<'a> {
 impl<'a> Media<'a> {
     pub(crate) fn new(store: &'a Store) -> Result<Self, Error> {
         Ok(Self {
+            store,
             chunks: store.records(Kind::Media)?,
             wanted: store.records(Kind::MediaWanted)?,
         })
+    }
+
+    /// How many bytes the kept chunks take (sealed, as written; sled's own
+    /// overhead aside).
+    pub fn bytes(&self) -> Result<u64, Error> {
+        let _guard = self.lock();
+        self.read_bytes()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded state is the record itself: a panic elsewhere
+        // leaves nothing half-changed in memory.
+        self.store
+            .media_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_bytes(&self) -> Result<u64, Error> {
+        let kept = match self.chunks.get(SIZE_KEY) {
+            Ok(Some(v)) => <[u8; 8]>::try_from(v.as_slice()).ok(),
+            Ok(None) => None,
+            Err(e) if e.is_damaged_record() => None,
+            Err(e) => return Err(e),
+        };
+        match kept {
+            Some(b) => Ok(u64::from_be_bytes(b)),
+            None => {
+                let n = self.chunks.sealed_bytes(|k| k.len() == 32)?;
+                self.write_bytes(n)?;
+                Ok(n)
+            }
+        }
+    }
+
+    /// Writes the count of chunk bytes (under the lock, read first with
+    /// [`Self::read_bytes`] so that a count made afresh does not see the
+    /// change twice).
+    fn write_bytes(&self, n: u64) -> Result<(), Error> {
+        if n == 0 {
+            // No chunk left (or the count ran low): nothing is kept, and
+            // the next reading counts afresh.
+            return self.chunks.remove(SIZE_KEY).map(|_| ());
+        }
+        self.chunks.put(SIZE_KEY, &n.to_be_bytes())
     }
 
     /// Keeps an encrypted chunk under the owner id `owner` (unless one of
@@ -92,7 +151,10 @@ impl<'a> Media<'a> {
         let mut value = Vec::with_capacity(16 + sealed.len());
         value.extend_from_slice(owner);
         value.extend_from_slice(sealed);
-        self.chunks.put(name, &value)?;
+        let _guard = self.lock();
+        let n = self.read_bytes()?;
+        let size = self.chunks.put_sized(name, &value)?;
+        self.write_bytes(n.saturating_add(size))?;
         self.chunks.put(&ref_key(name, owner), &[])
     }
 
@@ -137,7 +199,10 @@ impl<'a> Media<'a> {
             return Ok(0);
         };
         let owner = media_owner(body, author);
+        let _guard = self.lock();
+        let before = self.read_bytes()?;
         let mut removed = 0;
+        let mut freed = 0u64;
         for name in &manifest.chunks {
             let had = self.chunks.remove(&ref_key(name, &owner))?;
             let others = !self.chunks.scan(&ref_prefix(name))?.is_empty();
@@ -147,9 +212,13 @@ impl<'a> Media<'a> {
                         .chunks
                         .get(name)?
                         .is_some_and(|v| v.get(..16) == Some(&owner[..])));
-            if gone && self.chunks.remove(name)? {
+            if gone && let Some(size) = self.chunks.remove_sized(name)? {
                 removed += 1;
+                freed = freed.saturating_add(size);
             }
+        }
+        if freed > 0 {
+            self.write_bytes(before.saturating_sub(freed))?;
         }
         Ok(removed)
     }

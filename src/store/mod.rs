@@ -187,6 +187,9 @@ pub struct Store {
     /// tombstones: an incoming message of any other is not looked up.
     tombstoned: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
     outbox: sled::Tree,
+    /// Serialises changes to the count of media bytes (read, changed,
+    /// written back).
+    media_lock: std::sync::Mutex<()>,
 }
 
 impl Store {
@@ -232,6 +235,7 @@ impl Store {
             history_lock: std::sync::Mutex::new(()),
             tombstoned: std::sync::Mutex::new(std::collections::HashSet::new()),
             outbox: tree(outbox::OUTBOX.name)?,
+            media_lock: std::sync::Mutex::new(()),
             path,
             db,
             meta,

@@ -183,6 +183,44 @@ impl<'a> Records<'a> {
         Ok(())
     }
 
+    /// [`Self::put`], returning how many bytes the record takes sealed.
+    pub fn put_sized(&self, key: &[u8], value: &[u8]) -> Result<u64, Error> {
+        self.check_key(key)?;
+        let spec = self.kind.spec();
+        let sealed = self.store.sealer.seal(&spec, key, &value)?;
+        let len = sealed.len() as u64;
+        self.tree
+            .insert(key, sealed)
+            .map_err(Error::db(spec.name, "write"))?;
+        Ok(len)
+    }
+
+    /// [`Self::remove`], returning how many bytes the record took sealed
+    /// (`None`: there was none).
+    pub fn remove_sized(&self, key: &[u8]) -> Result<Option<u64>, Error> {
+        self.check_key(key)?;
+        let spec = self.kind.spec();
+        Ok(self
+            .tree
+            .remove(key)
+            .map_err(Error::db(spec.name, "remove"))?
+            .map(|v| v.len() as u64))
+    }
+
+    /// The sum of the sealed sizes of the records whose key passes
+    /// `count` (nothing is decrypted; every record is read).
+    pub fn sealed_bytes(&self, count: impl Fn(&[u8]) -> bool) -> Result<u64, Error> {
+        let spec = self.kind.spec();
+        let mut total = 0u64;
+        for item in self.tree.iter() {
+            let (key, sealed) = item.map_err(Error::db(spec.name, "scan"))?;
+            if count(&key) {
+                total = total.saturating_add(sealed.len() as u64);
+            }
+        }
+        Ok(total)
+    }
+
     /// Removes the record at `key`; returns whether there was one.
     pub fn remove(&self, key: &[u8]) -> Result<bool, Error> {
         self.check_key(key)?;

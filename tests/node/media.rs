@@ -237,3 +237,54 @@ async fn a_file_sent_to_a_group_reaches_every_member_six_at_once() {
         assert_eq!(node.handle.media(got).await.unwrap(), sent_file);
     }
 }
+
+/// Files from a contact stop being fetched when the media a device keeps
+/// would pass its budget: the user hears that the file waits, nothing of
+/// it is kept, and it comes once deleting another file makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_past_the_media_budget_waits_until_a_deletion_makes_room() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("a", da.path(), 1900).await;
+    let mut cfg = crate::common::config(db.path(), 1901);
+    // Room for one file of three chunks, not for two.
+    cfg.media_budget = 5 * 66_000;
+    let mut b = TestNode::start_with("b", cfg).await;
+    befriend(&mut a, &mut b).await;
+
+    let first_file = file(3 * 64 * 1024 - 10, 11);
+    let first = a
+        .handle
+        .send_media(b.key(), first_file.clone())
+        .await
+        .unwrap();
+    let first = media_ready(&mut b, first.msg_id).await;
+    assert_eq!(b.handle.media(first).await.unwrap(), first_file);
+
+    let second_file = file(3 * 64 * 1024 - 20, 12);
+    let second = a
+        .handle
+        .send_media(b.key(), second_file.clone())
+        .await
+        .unwrap();
+    let (needs, free) = b
+        .wait("the second file held", |e| match e {
+            NodeEvent::MediaHeld {
+                message,
+                needs,
+                free,
+            } if message.msg_id == second.msg_id => Some((*needs, *free)),
+            NodeEvent::MediaReady { message } if message.msg_id == second.msg_id => {
+                panic!("a file past the budget was fetched")
+            }
+            _ => None,
+        })
+        .await;
+    assert!(needs > free, "held with {needs} needed and {free} free");
+    let err = b.handle.media(second).await.unwrap_err().to_string();
+    assert!(err.contains("3 of its 3 pieces"), "{err}");
+
+    // Deleting the first file makes room: the second comes whole.
+    assert!(b.handle.delete_message(a.key(), first).await.unwrap());
+    let second = media_ready(&mut b, second.msg_id).await;
+    assert_eq!(b.handle.media(second).await.unwrap(), second_file);
+}

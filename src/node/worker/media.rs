@@ -6,7 +6,7 @@ use libp2p::PeerId;
 use tracing::{debug, warn};
 
 use super::{Out, Round, Worker};
-use crate::crypto::media::{Manifest, chunk_name};
+use crate::crypto::media::{MAX_SEALED_CHUNK, Manifest, chunk_name};
 use crate::node::NodeEvent;
 use crate::node::error::NodeError;
 use crate::node::media::{BUSY_AGAIN, FETCH_AGAIN, MAX_FETCHES, MAX_FOLLOWED, MediaFile, MediaJob};
@@ -30,16 +30,37 @@ pub(super) struct Wanted {
     /// A device that may have it connected while a fetch ran: asked at
     /// once when that fetch ends.
     again: bool,
+    /// Room in the media budget is set aside for its missing chunks
+    /// (`reserved` bytes of it left).
+    admitted: bool,
+    reserved: u64,
+    /// The user heard that it waits for room.
+    told: bool,
 }
 
 /// The wanted media messages followed now: at most [`MAX_FOLLOWED`]; the
 /// others wait on disk.
-#[derive(Default)]
 pub(super) struct MediaState {
     wanted: HashMap<MessageRef, Wanted>,
     /// The followed ones are all there are on disk (read since the last
     /// time some were left there).
     loaded: bool,
+    /// Most bytes of chunks kept before other people's files wait.
+    budget: u64,
+}
+
+/// What one missing chunk is counted as against the budget: its largest
+/// sealed record (the chunk, its owner id, the seal).
+const CHUNK_COST: u64 = (MAX_SEALED_CHUNK + 16 + 64) as u64;
+
+impl MediaState {
+    pub(super) fn new(budget: u64) -> Self {
+        Self {
+            wanted: HashMap::new(),
+            loaded: false,
+            budget,
+        }
+    }
 }
 
 impl Worker {
@@ -277,9 +298,48 @@ impl Worker {
                 attempts: 0,
                 tried: 0,
                 again: false,
+                admitted: false,
+                reserved: 0,
+                told: false,
             },
         );
         Ok(())
+    }
+
+    /// Whether `message`'s missing chunks (`missing` of them) may be
+    /// fetched: room for them is set aside in the media budget if the
+    /// chunks kept and the room set aside for other fetches leave it;
+    /// if not, the user hears that the file waits (once).
+    fn admit(
+        &mut self,
+        media: &Media<'_>,
+        message: &MessageRef,
+        missing: usize,
+        round: &mut Round,
+    ) -> Result<bool, crate::store::Error> {
+        if self.media.wanted.get(message).is_none_or(|w| w.admitted) {
+            return Ok(true);
+        }
+        let set_aside: u64 = self.media.wanted.values().map(|w| w.reserved).sum();
+        let taken = media.bytes()?.saturating_add(set_aside);
+        let needs = (missing as u64).saturating_mul(CHUNK_COST);
+        let Some(w) = self.media.wanted.get_mut(message) else {
+            return Ok(true);
+        };
+        if taken.saturating_add(needs) <= self.media.budget {
+            w.admitted = true;
+            w.reserved = needs;
+            return Ok(true);
+        }
+        if !std::mem::replace(&mut w.told, true) {
+            debug!(needs, taken, "a media file waits for room in the budget");
+            round.events.push(NodeEvent::MediaHeld {
+                message: *message,
+                needs,
+                free: self.media.budget.saturating_sub(taken),
+            });
+        }
+        Ok(false)
     }
 
     /// If every chunk of `message` is here: it is no longer wanted, and
@@ -353,7 +413,8 @@ impl Worker {
         let preferred = only.and_then(|k| self.peer_of.get(k).copied());
         let mut complete = Vec::new();
         {
-            let Ok(media) = self.engine.store().media() else {
+            let store = self.engine.store().clone();
+            let Ok(media) = store.media() else {
                 return;
             };
             for message in due {
@@ -385,6 +446,23 @@ impl Worker {
                     complete.push(message);
                     continue;
                 }
+                match self.admit(&media, &message, names.len(), round) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        // Looked at again at the next wait's end.
+                        if let Some(w) = self.media.wanted.get_mut(&message) {
+                            w.retry_at = now + FETCH_AGAIN;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "reading the size of the media kept");
+                        continue;
+                    }
+                }
+                let Some(w) = self.media.wanted.get_mut(&message) else {
+                    continue;
+                };
                 w.attempts = w.attempts.wrapping_add(1);
                 w.active = true;
                 round.outs.push(Out::FetchMedia {
@@ -452,13 +530,31 @@ impl Worker {
         }
         let owner = w.owner;
         let last = w.manifest.chunks.last() == Some(name);
-        let media = self.engine.store().media()?;
+        let admitted = w.admitted;
+        let store = self.engine.store().clone();
+        let media = store.media()?;
         // A message purged meanwhile takes nothing more.
         if !media.is_wanted(&message)? {
             self.media.wanted.remove(&message);
             return Ok(());
         }
+        // A chunk that came unasked (from a relay) is kept only if its
+        // file fits; it is fetched later otherwise.
+        if !admitted {
+            let missing = self
+                .media
+                .wanted
+                .get(&message)
+                .map_or(Ok(Vec::new()), |w| missing(&media, &w.manifest))?;
+            if !self.admit(&media, &message, missing.len(), round)? {
+                debug!("a media chunk dropped: its file waits for room");
+                return Ok(());
+            }
+        }
         media.put_chunk(&owner, name, chunk)?;
+        if let Some(w) = self.media.wanted.get_mut(&message) {
+            w.reserved = w.reserved.saturating_sub(CHUNK_COST);
+        }
         round.dirty = true;
         if last {
             // Likely the last asked for: settled now rather than when the
@@ -468,8 +564,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Temporary messages were purged: those of them still followed are
-    /// followed no more.
+    /// Messages were deleted or purged: those of them still followed are
+    /// followed no more, and files that waited for room are tried again.
     pub(super) fn media_purged(&mut self) {
         let Ok(media) = self.engine.store().media() else {
             return;
@@ -477,6 +573,13 @@ impl Worker {
         self.media
             .wanted
             .retain(|m, _| media.is_wanted(m).unwrap_or(true));
+        // Their chunks made room: files that waited for it are looked at
+        // again at the next tick.
+        for w in self.media.wanted.values_mut() {
+            if !w.admitted && w.told {
+                w.retry_at = 0;
+            }
+        }
         let history = self.engine.store().history();
         self.relays
             .chunks

@@ -326,3 +326,64 @@ fn messages_sharing_a_file_keep_its_chunks_until_the_last_goes() {
         m2.chunks.len()
     );
 }
+
+/// The count of chunk bytes follows what is kept and what goes, and is
+/// counted afresh from the records when it is missing.
+#[test]
+fn the_media_byte_count_follows_the_chunks() {
+    use crate::crypto::media::Manifest;
+    use crate::store::media_owner;
+    use rand::SeedableRng;
+
+    let (_dir, store) = fresh();
+    let media = store.media().unwrap();
+    assert_eq!(media.bytes().unwrap(), 0);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (m, chunks) = Manifest::seal(&vec![5; 150_000], "f", "", &mut rng).unwrap();
+    let body = m.to_body();
+    let (carol, mallory) = ([1; 32], [2; 32]);
+    let owner = media_owner(&body, &carol);
+    for (name, c) in m.chunks.iter().zip(&chunks) {
+        media.put_chunk(&owner, name, c).unwrap();
+    }
+    let kept = media.bytes().unwrap();
+    let raw: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    // Each record is the chunk, its owner id and the seal's overhead.
+    assert!(
+        kept > raw && kept < raw + 200 * chunks.len() as u64,
+        "{kept} bytes counted for {raw} bytes of chunks"
+    );
+    // The same chunks again (another message's copy) take nothing more.
+    let copy = media_owner(&body, &mallory);
+    for (name, c) in m.chunks.iter().zip(&chunks) {
+        media.put_chunk(&copy, name, c).unwrap();
+    }
+    assert_eq!(media.bytes().unwrap(), kept);
+
+    // Counted afresh when the count is missing: the same figure.
+    let records = store.records(crate::store::Kind::Media).unwrap();
+    assert!(records.remove(b"size").unwrap());
+    assert_eq!(media.bytes().unwrap(), kept);
+
+    // The first copy's deletion frees nothing; the last one's everything.
+    media.forget_chunks(&body, &mallory).unwrap();
+    assert_eq!(media.bytes().unwrap(), kept);
+    media.forget_chunks(&body, &carol).unwrap();
+    assert_eq!(media.bytes().unwrap(), 0);
+    assert_eq!(
+        store.records(crate::store::Kind::Media).unwrap().len(),
+        0,
+        "a record stayed with no chunk left"
+    );
+
+    // A count made afresh while a chunk is written or deleted sees the
+    // change once.
+    for (name, c) in m.chunks.iter().zip(&chunks) {
+        media.put_chunk(&owner, name, c).unwrap();
+        assert!(records.remove(b"size").unwrap());
+    }
+    assert_eq!(media.bytes().unwrap(), kept);
+    assert!(records.remove(b"size").unwrap());
+    media.forget_chunks(&body, &carol).unwrap();
+    assert_eq!(media.bytes().unwrap(), 0);
+}
