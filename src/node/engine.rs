@@ -3444,6 +3444,38 @@ mod tests {
         assert_eq!(a.store.outbox().len(), entries);
     }
 
+    /// A queued entry that does not open (a damaged disk block) does not
+    /// stop the device: it starts with the others queued, and the damaged
+    /// one stays on disk as it was.
+    #[test]
+    fn a_damaged_queued_message_leaves_the_others_and_the_start_alone() {
+        let Pair {
+            _dirs,
+            mut a,
+            b_key,
+            ..
+        } = pair();
+        for i in 0..3u8 {
+            a.send(&b_key, vec![i], 100).unwrap();
+        }
+        let seqs: Vec<u64> = a
+            .store
+            .outbox()
+            .all()
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        let entries = seqs.len();
+        assert!(entries >= 3);
+        a.store.damage_outbox_for_tests(seqs[1]);
+        a.store.flush().unwrap();
+        drop(a);
+        let a = Engine::open(store(_dirs.0.path()), 101).unwrap();
+        assert_eq!(a.queued(), entries - 1);
+        assert_eq!(a.store.outbox().len(), entries, "the damaged entry went");
+    }
+
     /// A frame whose message could not be stored (here the conversation's
     /// record does not open) is not remembered as read: a copy of it is
     /// refused, not answered "delivered" (the sender's next fresh frame

@@ -204,6 +204,14 @@ impl Store {
             .expect("test write");
     }
 
+    /// Overwrites the outbox entry at `seq` with bytes that do not open.
+    #[cfg(test)]
+    pub(crate) fn damage_outbox_for_tests(&self, seq: u64) {
+        self.outbox
+            .insert(seq.to_be_bytes(), vec![0x5a; 60])
+            .expect("test write");
+    }
+
     /// Opens (or creates) the store in the directory `path` with the database
     /// key unlocked from its keystore.
     ///

@@ -147,7 +147,9 @@ impl<'a> Outbox<'a> {
         }
     }
 
-    /// Every queued entry, oldest first.
+    /// Every queued entry, oldest first. Here and in the other scans, an
+    /// entry that does not open is skipped (and logged), not an error:
+    /// it stays on disk untouched.
     pub fn all(&self) -> Result<Vec<OutboxEntry>, Error> {
         self.scan(|_| true, usize::MAX)
     }
@@ -169,7 +171,18 @@ impl<'a> Outbox<'a> {
                 break;
             }
             let (key, sealed) = item.map_err(Error::db(OUTBOX.name, "scan"))?;
-            let entry: OutboxEntry = self.store.sealer.open(&OUTBOX, &key, &sealed)?;
+            let entry: OutboxEntry = match self.store.sealer.open(&OUTBOX, &key, &sealed) {
+                Ok(e) => e,
+                // One entry that does not open (a damaged disk block) must
+                // not stop every other message: it is left as it is, never
+                // sent, for whoever can repair it.
+                Err(e) if e.is_damaged_record() => {
+                    tracing::warn!(position = %hex(&key), error = %e,
+                        "a queued message that does not open is left in the outbox");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if keep(&entry) {
                 out.push(entry);
             }
