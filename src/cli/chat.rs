@@ -173,7 +173,7 @@ const SAVE_COMMAND: &str = "/save ";
 /// file in the open conversation) to a new file at `path` (relative to
 /// where the chat runs).
 fn save_file(client: &mut Client, app: &mut App, path: &str) -> Result<(), ClientError> {
-    let Some((with, id)) = app.to_save() else {
+    let Some(file) = app.to_save() else {
         app.notice = Some("No file to save here yet.".into());
         return Ok(());
     };
@@ -189,10 +189,12 @@ fn save_file(client: &mut Client, app: &mut App, path: &str) -> Result<(), Clien
         return Ok(());
     };
     let v = match client.call(&Request::SaveFile {
-        with,
-        id,
+        with: file.with,
+        id: file.id,
         path: utf8.to_owned(),
-        from: None,
+        // The sender named: in a group, another member's message may
+        // carry the same id.
+        from: Some(file.from).filter(|k| !k.is_empty()),
     }) {
         Err(ClientError::Api(e)) => {
             app.notice = Some(format!("Not saved: {}", e.message));

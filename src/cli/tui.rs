@@ -39,6 +39,8 @@ pub(super) struct Chat {
 pub(super) struct Msg {
     pub(super) id: String,
     pub(super) from: String,
+    /// Its writer's identity key (hex).
+    pub(super) sender: String,
     pub(super) out: bool,
     pub(super) text: String,
     pub(super) state: String,
@@ -56,6 +58,7 @@ impl Msg {
         Self {
             id: s("id"),
             from: s("from"),
+            sender: s("sender"),
             out: v["direction"] == "out",
             text: s("text"),
             state: s("state"),
@@ -111,9 +114,8 @@ pub(super) struct App {
     trimmed: bool,
     /// How far up the last frame could scroll (lines).
     max_scroll: std::cell::Cell<usize>,
-    /// The last file that came whole: its conversation (as the API names
-    /// it) and message id.
-    ready: Option<(String, String)>,
+    /// The last file that came whole.
+    ready: Option<ToSave>,
     /// The identity key (hex) of the last contact request shown, for
     /// `/accept NAME` and `/decline`.
     pub(super) request: Option<String>,
@@ -161,13 +163,29 @@ fn clock(secs: u64) -> String {
     format!("{:02}:{:02}", secs % 86_400 / 3600, secs % 3600 / 60)
 }
 
+/// A file `/save` can write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ToSave {
+    /// Its conversation, as the API names it.
+    pub(super) with: String,
+    /// Its message's id (hex).
+    pub(super) id: String,
+    /// Its sender's identity key (hex): in a group, another member may
+    /// send a message under the same id.
+    pub(super) from: String,
+}
+
 impl App {
     /// The file `/save` keeps: the last that came whole, else the newest
-    /// file shown in the open conversation (its conversation and id).
-    pub(super) fn to_save(&self) -> Option<(String, String)> {
+    /// file shown in the open conversation.
+    pub(super) fn to_save(&self) -> Option<ToSave> {
         self.ready.clone().or_else(|| {
             let m = self.messages.iter().rev().find(|m| m.media)?;
-            Some((self.current()?.to_owned(), m.id.clone()))
+            Some(ToSave {
+                with: self.current()?.to_owned(),
+                id: m.id.clone(),
+                from: m.sender.clone(),
+            })
         })
     }
 
@@ -279,6 +297,8 @@ impl App {
         self.push(Msg {
             id: id.to_owned(),
             from: "me".into(),
+            // Not needed: only files that came are saved from the chat.
+            sender: String::new(),
             out: true,
             text: text.to_owned(),
             state,
@@ -407,7 +427,11 @@ impl App {
                     s("contact"),
                     s("id")
                 ));
-                self.ready = Some((target, s("id").to_owned()));
+                self.ready = Some(ToSave {
+                    with: target,
+                    id: s("id").to_owned(),
+                    from: s("identity").to_owned(),
+                });
             }
             "presence" => {
                 // By key: two contacts may share a name.
@@ -426,7 +450,7 @@ impl App {
             // conversation is read again or loses the message.
             "cleared" => {
                 let target = e["group"].as_str().or(e["identity"].as_str());
-                if self.ready.as_ref().map(|(t, _)| t.as_str()) == target {
+                if self.ready.as_ref().map(|r| r.with.as_str()) == target {
                     self.ready = None;
                 }
                 if let Some(t) = target
@@ -436,7 +460,7 @@ impl App {
                 }
             }
             "deleted" => {
-                if self.ready.as_ref().is_some_and(|(_, id)| id == s("id")) {
+                if self.ready.as_ref().is_some_and(|r| r.id == s("id")) {
                     self.ready = None;
                 }
                 self.messages.retain(|m| m.id != s("id"));
@@ -922,6 +946,44 @@ mod tests {
         app.answered("Declined.".into());
         assert!(app.input.is_empty());
         assert_eq!(app.on_key(key(KeyCode::Enter)), Action::None);
+    }
+
+    /// `/save` names the file's sender: in a group, another member may
+    /// send a message under the same id.
+    #[test]
+    fn the_file_to_save_names_its_sender() {
+        let mut app = App::default();
+        app.set_chats(
+            &json!([{"name": "bob", "identity": "b1", "presence": "online"}]),
+            &json!([]),
+            &json!([]),
+        );
+        assert_eq!(app.to_save(), None);
+        let mut shown = msg("f1", false, "[file scan.png]", "", 10);
+        shown["sender"] = json!("b1");
+        shown["media"] = json!({"name": "scan.png"});
+        app.on_event(&json!({"type": "message", "contact": "bob", "message": shown}));
+        assert_eq!(
+            app.to_save(),
+            Some(ToSave {
+                with: "b1".into(),
+                id: "f1".into(),
+                from: "b1".into()
+            })
+        );
+        app.on_event(&json!({"type": "media_ready", "id": "f2", "with": "g",
+            "contact": "carol", "identity": "c3", "group": "g"}));
+        assert_eq!(
+            app.to_save(),
+            Some(ToSave {
+                with: "g".into(),
+                id: "f2".into(),
+                from: "c3".into()
+            })
+        );
+        app.on_event(&json!({"type": "media_held", "id": "f3", "with": "bob",
+            "contact": "bob", "identity": "b1", "needs": 2_097_152, "free": 0}));
+        assert!(app.notice.as_deref().unwrap().contains("(2048 KiB) waits"));
     }
 
     #[test]
