@@ -40,6 +40,9 @@ const MAILBOX_KEY: &[u8] = b"mailbox";
 /// How far ahead a device restored from a backup moves its account's
 /// list's serial (one change a second for twelve days).
 const RESTORE_SERIAL_STEP: u64 = 1 << 20;
+/// How far ahead a device restored from a backup moves the ids of the
+/// prekeys it makes (a top-up of one-time prekeys a minute for two years).
+const RESTORE_PREKEY_ID_STEP: u32 = 1 << 20;
 /// This account's device list, in the identity records.
 const DEVICE_LIST_KEY: &[u8] = b"device-list";
 const PREKEYS_KEY: &[u8] = b"store";
@@ -531,7 +534,7 @@ impl Engine {
             }
         };
         let pk = store.records(Kind::Prekeys)?;
-        let prekeys = match pk.get(PREKEYS_KEY)? {
+        let mut prekeys = match pk.get(PREKEYS_KEY)? {
             Some(bytes) => PrekeyStore::from_bytes(&bytes)?,
             None => {
                 let p = PrekeyStore::new(&me, now, &mut rng);
@@ -542,6 +545,10 @@ impl Engine {
         let restored = store.restored()?;
         if restored {
             forget_sending_state(&store, &me)?;
+            // Prekeys made since the backup (and published to relays) had
+            // higher ids: new ones must not take those ids again.
+            prekeys.skip_ids(RESTORE_PREKEY_ID_STEP);
+            pk.put(PREKEYS_KEY, &prekeys.to_bytes())?;
             // Lists signed since the backup was made had higher serials:
             // the next ones must come after them, or contacts would take
             // them for old ones (or for two lists with one serial).
@@ -2861,6 +2868,34 @@ mod tests {
             "{:?}",
             got.events
         );
+    }
+
+    /// A device restored from a backup makes its next prekeys under ids
+    /// far above any it made since the backup: a relay holds (or handed
+    /// out) those with other keys, and takes no id at or below them.
+    #[test]
+    fn a_restored_device_makes_prekeys_under_new_ids() {
+        let Pair { _dirs, mut b, .. } = pair();
+        let mut backup = Vec::new();
+        b.store.backup(&mut backup).unwrap();
+        // Published after the backup: lost with the device.
+        let (_, before) = b.prekeys_for_relay(20, 101).unwrap();
+        let highest = before.iter().map(|k| k.id).max().unwrap();
+        drop(b);
+        let (_restored_dir, store) = restored_store(&backup);
+        let mut b = Engine::open(store, 102).unwrap();
+        let (_, after) = b.prekeys_for_relay(20, 103).unwrap();
+        assert!(
+            after.iter().all(|k| k.id > highest),
+            "ids made again: {:?} after {highest}",
+            after.iter().map(|k| k.id).collect::<Vec<_>>()
+        );
+        // The step is on disk: not taken again at the next start.
+        let next = b.prekeys.next_id();
+        let store = b.store.clone();
+        drop(b);
+        let b = Engine::open(store, 104).unwrap();
+        assert_eq!(b.prekeys.next_id(), next);
     }
 
     /// A device restored from a backup drops its sessions, but not the
