@@ -60,8 +60,9 @@ pub(super) struct RunArgs {
     hide_presence: bool,
     /// Most megabytes of files (received and sent) this device keeps
     /// before it stops fetching other people's files until some are
-    /// deleted.
-    #[arg(long, env = "MESHCHAT_MEDIA_BUDGET_MB", default_value_t = crate::node::DEFAULT_MEDIA_BUDGET >> 20)]
+    /// deleted (at least 64: room for the largest file).
+    #[arg(long, env = "MESHCHAT_MEDIA_BUDGET_MB", default_value_t = crate::node::DEFAULT_MEDIA_BUDGET >> 20,
+        value_parser = clap::value_parser!(u64).range(64..))]
     media_budget_mb: u64,
     /// Also serve the local API over HTTP and WebSocket on this loopback
     /// address (`127.0.0.1:PORT`), with the bearer token in

@@ -17,11 +17,10 @@
 //!
 //! The same tree keeps, under the key `size`, how many bytes the chunk
 //! records take sealed ([`Media::bytes`]): raised when a chunk is kept,
-//! lowered when one goes, counted afresh from the records when it is
-//! missing (a store from before it was kept, or none is kept) or does
-//! not open; it goes when it falls to zero. A crash
-//! between a chunk's write and the count's may leave it off by that
-//! chunk.
+//! lowered when one goes (in the same atomic write as the chunk), counted
+//! afresh from the records when it is missing (a store from before it was
+//! kept, or none is kept) or does not open; it goes when it falls to
+//! zero.
 //!
 //! A wanted message is a record in `media_wanted` under the message's sort
 //! key (conversation, Lamport clock, sender, id), with a version byte.
@@ -29,7 +28,7 @@
 use sha2::{Digest, Sha256};
 
 use super::keys::MESSAGE_KEY_LEN;
-use super::records::Records;
+use super::records::{RecordBatch, Records};
 use super::{Error, Kind, MessageRef, Store};
 use crate::crypto::media::{BODY_TAG, Manifest};
 
@@ -142,20 +141,34 @@ impl<'a> Media<'a> {
         self.chunks.put(SIZE_KEY, &n.to_be_bytes())
     }
 
+    /// The count of chunk bytes `n`, into `batch`.
+    fn stage_bytes(&self, batch: &mut RecordBatch, n: u64) -> Result<(), Error> {
+        if n == 0 {
+            batch.remove(SIZE_KEY);
+            return Ok(());
+        }
+        self.chunks
+            .stage(batch, SIZE_KEY, &n.to_be_bytes())
+            .map(|_| ())
+    }
+
     /// Keeps an encrypted chunk under the owner id `owner` (unless one of
-    /// that name is here already), and `owner`'s reference to it.
+    /// that name is here already), and `owner`'s reference to it. The
+    /// chunk, its reference and the new count are one atomic write.
     pub fn put_chunk(&self, owner: &[u8; 16], name: &[u8; 32], sealed: &[u8]) -> Result<(), Error> {
+        let _guard = self.lock();
         if self.chunks.contains(name)? {
             return self.hold_chunks(owner, std::slice::from_ref(name));
         }
         let mut value = Vec::with_capacity(16 + sealed.len());
         value.extend_from_slice(owner);
         value.extend_from_slice(sealed);
-        let _guard = self.lock();
         let n = self.read_bytes()?;
-        let size = self.chunks.put_sized(name, &value)?;
-        self.write_bytes(n.saturating_add(size))?;
-        self.chunks.put(&ref_key(name, owner), &[])
+        let mut batch = self.chunks.batch();
+        let size = self.chunks.stage(&mut batch, name, &value)?;
+        self.chunks.stage(&mut batch, &ref_key(name, owner), &[])?;
+        self.stage_bytes(&mut batch, n.saturating_add(size))?;
+        self.chunks.apply(batch)
     }
 
     /// The message of owner id `owner` holds the chunks `names`, here
@@ -192,8 +205,8 @@ impl<'a> Media<'a> {
     }
 
     /// Drops the references of the media message whose body is `body`,
-    /// written by `author`, and the chunks no other message holds.
-    /// Returns how many chunks went.
+    /// written by `author`, and the chunks no other message holds, with
+    /// the new count, in one atomic write. Returns how many chunks went.
     pub fn forget_chunks(&self, body: &[u8], author: &[u8; 32]) -> Result<usize, Error> {
         let Some(Ok(manifest)) = Manifest::from_body(body) else {
             return Ok(0);
@@ -201,25 +214,35 @@ impl<'a> Media<'a> {
         let owner = media_owner(body, author);
         let _guard = self.lock();
         let before = self.read_bytes()?;
+        let mut batch = self.chunks.batch();
         let mut removed = 0;
         let mut freed = 0u64;
-        for name in &manifest.chunks {
-            let had = self.chunks.remove(&ref_key(name, &owner))?;
-            let others = !self.chunks.scan(&ref_prefix(name))?.is_empty();
+        // Each name once: the batch is applied only at the end.
+        let names: std::collections::BTreeSet<&[u8; 32]> = manifest.chunks.iter().collect();
+        for name in names {
+            let mine = ref_key(name, &owner);
+            let refs = self.chunks.scan(&ref_prefix(name))?;
+            let had = refs.iter().any(|(k, _)| *k == mine);
+            let others = refs.iter().any(|(k, _)| *k != mine);
+            if had {
+                batch.remove(&mine);
+            }
             let gone = !others
                 && (had
                     || self
                         .chunks
                         .get(name)?
                         .is_some_and(|v| v.get(..16) == Some(&owner[..])));
-            if gone && let Some(size) = self.chunks.remove_sized(name)? {
+            if gone && let Some(size) = self.chunks.sealed_len(name)? {
+                batch.remove(name);
                 removed += 1;
                 freed = freed.saturating_add(size);
             }
         }
         if freed > 0 {
-            self.write_bytes(before.saturating_sub(freed))?;
+            self.stage_bytes(&mut batch, before.saturating_sub(freed))?;
         }
+        self.chunks.apply(batch)?;
         Ok(removed)
     }
 

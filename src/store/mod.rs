@@ -137,7 +137,7 @@ pub use history::{Appended, DeliveryState, Direction, History, MessageRef, Page,
 pub use keys::Cursor;
 pub use media::{Media, is_media, media_owner};
 pub use outbox::{MAX_QUEUED_ENVELOPE, Outbox, OutboxEntry};
-pub use records::{Kind, MAX_RECORD_KEY, MaybeRecord, Record, Records};
+pub use records::{Kind, MAX_RECORD_KEY, MaybeRecord, Record, RecordBatch, Records};
 pub use spool::{
     Deposited, Expired, Held, MailboxStats, Removed, SEGMENT_BYTES, Spool, ToHold, Totals,
     digest_key,

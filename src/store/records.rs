@@ -107,6 +107,17 @@ impl Kind {
     }
 }
 
+/// Writes to one kind's records, applied at once ([`Records::apply`]).
+#[derive(Default)]
+pub struct RecordBatch(sled::Batch);
+
+impl RecordBatch {
+    /// Removes the record at `key` when applied.
+    pub fn remove(&mut self, key: &[u8]) {
+        self.0.remove(key);
+    }
+}
+
 /// A record's key and value, as [`Records::scan`] returns them.
 pub type Record = (Vec<u8>, Vec<u8>);
 
@@ -183,28 +194,38 @@ impl<'a> Records<'a> {
         Ok(())
     }
 
-    /// [`Self::put`], returning how many bytes the record takes sealed.
-    pub fn put_sized(&self, key: &[u8], value: &[u8]) -> Result<u64, Error> {
-        self.check_key(key)?;
-        let spec = self.kind.spec();
-        let sealed = self.store.sealer.seal(&spec, key, &value)?;
-        let len = sealed.len() as u64;
-        self.tree
-            .insert(key, sealed)
-            .map_err(Error::db(spec.name, "write"))?;
-        Ok(len)
-    }
-
-    /// [`Self::remove`], returning how many bytes the record took sealed
-    /// (`None`: there was none).
-    pub fn remove_sized(&self, key: &[u8]) -> Result<Option<u64>, Error> {
+    /// How many bytes the record at `key` takes sealed (nothing is
+    /// decrypted); `None` if there is none.
+    pub fn sealed_len(&self, key: &[u8]) -> Result<Option<u64>, Error> {
         self.check_key(key)?;
         let spec = self.kind.spec();
         Ok(self
             .tree
-            .remove(key)
-            .map_err(Error::db(spec.name, "remove"))?
+            .get(key)
+            .map_err(Error::db(spec.name, "read"))?
             .map(|v| v.len() as u64))
+    }
+
+    /// A set of writes to apply at once ([`Self::apply`]).
+    pub fn batch(&self) -> RecordBatch {
+        RecordBatch::default()
+    }
+
+    /// Seals `value` for `key` into `batch`; returns how many bytes the
+    /// record takes sealed.
+    pub fn stage(&self, batch: &mut RecordBatch, key: &[u8], value: &[u8]) -> Result<u64, Error> {
+        self.check_key(key)?;
+        let sealed = self.store.sealer.seal(&self.kind.spec(), key, &value)?;
+        let len = sealed.len() as u64;
+        batch.0.insert(key, sealed);
+        Ok(len)
+    }
+
+    /// Applies `batch`: all its writes or, after a crash, none.
+    pub fn apply(&self, batch: RecordBatch) -> Result<(), Error> {
+        self.tree
+            .apply_batch(batch.0)
+            .map_err(Error::db(self.kind.spec().name, "write"))
     }
 
     /// The sum of the sealed sizes of the records whose key passes

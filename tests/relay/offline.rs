@@ -582,3 +582,71 @@ async fn a_file_between_devices_that_reach_only_a_relay_comes_whole() {
     let status = a.handle.status().await.unwrap();
     assert!(!status.connected.contains(&c.peer()), "never connected");
 }
+
+/// A file that comes from a device's relay while the files it keeps leave
+/// no room for all of it: what does not fit stays at the relay (not
+/// acknowledged, so not lost while its author is away), the user hears
+/// that the file waits, and once another file is deleted the rest comes
+/// and the relay is emptied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_past_the_media_budget_waits_at_the_relay_until_room_is_made() {
+    use meshchat::node::media::MediaFile;
+
+    let dr = tempfile::tempdir().unwrap();
+    let r = TestRelay::start(relay_config(dr.path(), 211)).await;
+    let (da, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = TestNode::start_in("alice", da.path(), 212).await;
+    let c_config = || {
+        let mut cfg = with_relays(dc.path(), 213, vec![r.addr.clone()]);
+        // Room for ten chunks: a file of two and one of nine do not fit
+        // together.
+        cfg.media_budget = 10 * 66_000;
+        cfg
+    };
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    befriend(&mut a, &mut c).await;
+    let c_key = c.key();
+    let small = MediaFile {
+        name: "note.txt".into(),
+        mime: "text/plain".into(),
+        data: vec![7; 100_000],
+    };
+    let first = a.handle.send_media(c_key, small.clone()).await.unwrap();
+    let first = media_ready(&mut c, first.msg_id).await;
+    c.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(c);
+
+    let file = MediaFile {
+        name: "scan.pdf".into(),
+        mime: "application/pdf".into(),
+        data: (0..530_000u32).map(|i| (i * 7 % 251) as u8).collect(),
+    };
+    let sent = a.handle.send_media(c_key, file.clone()).await.unwrap();
+    receipt(&mut a, sent, DeliveryState::StoredAtRelay).await;
+    r.holds(10).await;
+    a.handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    drop(a);
+
+    let mut c = TestNode::start_with("carol", c_config()).await;
+    c.wait("the file held", |e| match e {
+        NodeEvent::MediaHeld { message, .. } if message.msg_id == sent.msg_id => Some(()),
+        NodeEvent::MediaReady { message } if message.msg_id == sent.msg_id => {
+            panic!("a file past the budget was kept whole")
+        }
+        _ => None,
+    })
+    .await;
+    // What did not fit waits at the relay (the rest is acknowledged);
+    // the author is gone.
+    let mut held = r.handle.held();
+    let left = *tokio::time::timeout(crate::common::WAIT, held.wait_for(|h| *h < 10))
+        .await
+        .expect("nothing acknowledged")
+        .unwrap();
+    assert!(left >= 1, "every chunk taken past the budget");
+
+    assert!(c.handle.delete_message(first.sender, first).await.unwrap());
+    let ready = media_ready(&mut c, sent.msg_id).await;
+    assert_eq!(c.handle.media(ready).await.unwrap(), file);
+    r.holds(0).await;
+}

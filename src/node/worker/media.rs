@@ -30,9 +30,8 @@ pub(super) struct Wanted {
     /// A device that may have it connected while a fetch ran: asked at
     /// once when that fetch ends.
     again: bool,
-    /// Room in the media budget is set aside for its missing chunks
-    /// (`reserved` bytes of it left).
-    admitted: bool,
+    /// Room in the media budget set aside for the chunks the running
+    /// fetch brings (0 when none runs).
     reserved: u64,
     /// The user heard that it waits for room.
     told: bool,
@@ -80,13 +79,15 @@ impl Worker {
             }
             MediaJob::Forget { body } => {
                 let me = self.engine.identity().public().signing;
-                if let Err(e) = self
+                match self
                     .engine
                     .store()
                     .media()
                     .and_then(|m| m.forget_chunks(&body, &me))
                 {
-                    warn!(error = %e, "chunks of an unsent media message left");
+                    Ok(0) => {}
+                    Ok(_) => self.media_room_made(now, round),
+                    Err(e) => warn!(error = %e, "chunks of an unsent media message left"),
                 }
             }
             MediaJob::Read { message, reply } => {
@@ -107,6 +108,8 @@ impl Worker {
                 let sources = self.media_sources(&message).len() as u32;
                 if let Some(w) = self.media.wanted.get_mut(&message) {
                     w.active = false;
+                    // What did not come takes no room any more.
+                    w.reserved = 0;
                     w.tried = w.tried.saturating_add(1);
                     w.retry_at = if busy {
                         now + BUSY_AGAIN
@@ -298,7 +301,6 @@ impl Worker {
                 attempts: 0,
                 tried: 0,
                 again: false,
-                admitted: false,
                 reserved: 0,
                 told: false,
             },
@@ -306,37 +308,37 @@ impl Worker {
         Ok(())
     }
 
-    /// Whether `message`'s missing chunks (`missing` of them) may be
-    /// fetched: room for them is set aside in the media budget if the
-    /// chunks kept and the room set aside for other fetches leave it;
-    /// if not, the user hears that the file waits (once).
-    fn admit(
+    /// Bytes left in the media budget: what the chunks kept and the room
+    /// set aside for running fetches leave.
+    fn media_room(&self, media: &Media<'_>) -> Result<u64, crate::store::Error> {
+        let set_aside: u64 = self.media.wanted.values().map(|w| w.reserved).sum();
+        Ok(self
+            .media
+            .budget
+            .saturating_sub(media.bytes()?.saturating_add(set_aside)))
+    }
+
+    /// Whether `needs` bytes of chunks for `message` fit in the media
+    /// budget now; if not, the user hears (once) that its file waits.
+    fn media_fits(
         &mut self,
         media: &Media<'_>,
         message: &MessageRef,
-        missing: usize,
+        needs: u64,
         round: &mut Round,
     ) -> Result<bool, crate::store::Error> {
-        if self.media.wanted.get(message).is_none_or(|w| w.admitted) {
+        let free = self.media_room(media)?;
+        if needs <= free {
             return Ok(true);
         }
-        let set_aside: u64 = self.media.wanted.values().map(|w| w.reserved).sum();
-        let taken = media.bytes()?.saturating_add(set_aside);
-        let needs = (missing as u64).saturating_mul(CHUNK_COST);
-        let Some(w) = self.media.wanted.get_mut(message) else {
-            return Ok(true);
-        };
-        if taken.saturating_add(needs) <= self.media.budget {
-            w.admitted = true;
-            w.reserved = needs;
-            return Ok(true);
-        }
-        if !std::mem::replace(&mut w.told, true) {
-            debug!(needs, taken, "a media file waits for room in the budget");
+        if let Some(w) = self.media.wanted.get_mut(message)
+            && !std::mem::replace(&mut w.told, true)
+        {
+            debug!(needs, free, "a media file waits for room in the budget");
             round.events.push(NodeEvent::MediaHeld {
                 message: *message,
                 needs,
-                free: self.media.budget.saturating_sub(taken),
+                free,
             });
         }
         Ok(false)
@@ -418,21 +420,9 @@ impl Worker {
                 return;
             };
             for message in due {
-                let attempts = self.media.wanted.get(&message).map_or(0, |w| w.attempts);
-                // The author if it is connected, else the device that just
-                // connected, else the next in turn.
-                let author_up = self
-                    .peer_of
-                    .get(&message.sender)
-                    .is_some_and(|p| self.shared.is_connected(p));
-                let source = match preferred {
-                    Some(p) if !author_up => Some(p),
-                    _ => self.media_source(&message, attempts),
-                };
-                let Some(peer) = source else {
-                    continue;
-                };
-                let Some(w) = self.media.wanted.get_mut(&message) else {
+                // Whole already (another message brought the rest)? Then
+                // no source is needed.
+                let Some(w) = self.media.wanted.get(&message) else {
                     continue;
                 };
                 let names = match missing(&media, &w.manifest) {
@@ -446,7 +436,22 @@ impl Worker {
                     complete.push(message);
                     continue;
                 }
-                match self.admit(&media, &message, names.len(), round) {
+                let attempts = w.attempts;
+                // The author if it is connected, else the device that just
+                // connected, else the next in turn.
+                let author_up = self
+                    .peer_of
+                    .get(&message.sender)
+                    .is_some_and(|p| self.shared.is_connected(p));
+                let source = match preferred {
+                    Some(p) if !author_up => Some(p),
+                    _ => self.media_source(&message, attempts),
+                };
+                let Some(peer) = source else {
+                    continue;
+                };
+                let needs = (names.len() as u64).saturating_mul(CHUNK_COST);
+                match self.media_fits(&media, &message, needs, round) {
                     Ok(true) => {}
                     Ok(false) => {
                         // Looked at again at the next wait's end.
@@ -465,6 +470,7 @@ impl Worker {
                 };
                 w.attempts = w.attempts.wrapping_add(1);
                 w.active = true;
+                w.reserved = needs;
                 round.outs.push(Out::FetchMedia {
                     message,
                     peer,
@@ -512,44 +518,40 @@ impl Worker {
     }
 
     /// Keeps a chunk of a file we are fetching (one not asked for, or
-    /// of a message purged meanwhile, is dropped); `Err` only when the
-    /// store could not keep it.
+    /// of a message purged meanwhile, is dropped); `Ok(false)` when it
+    /// came unasked (from a relay) and there is no room for it in the
+    /// media budget: the caller leaves it where it came from. `Err` only
+    /// when the store could not keep it.
     pub(super) fn media_chunk(
         &mut self,
         message: MessageRef,
         name: &[u8; 32],
         chunk: &[u8],
         round: &mut Round,
-    ) -> Result<(), crate::store::Error> {
+    ) -> Result<bool, crate::store::Error> {
         let Some(w) = self.media.wanted.get(&message) else {
-            return Ok(());
+            return Ok(true);
         };
         if chunk_name(chunk) != *name || !w.manifest.chunks.contains(name) {
             debug!("a media chunk that is not the one asked for");
-            return Ok(());
+            return Ok(true);
         }
         let owner = w.owner;
         let last = w.manifest.chunks.last() == Some(name);
-        let admitted = w.admitted;
+        // A running fetch set room aside for what it brings.
+        let asked = w.active && w.reserved > 0;
         let store = self.engine.store().clone();
         let media = store.media()?;
         // A message purged meanwhile takes nothing more.
         if !media.is_wanted(&message)? {
             self.media.wanted.remove(&message);
-            return Ok(());
+            return Ok(true);
         }
-        // A chunk that came unasked (from a relay) is kept only if its
-        // file fits; it is fetched later otherwise.
-        if !admitted {
-            let missing = self
-                .media
-                .wanted
-                .get(&message)
-                .map_or(Ok(Vec::new()), |w| missing(&media, &w.manifest))?;
-            if !self.admit(&media, &message, missing.len(), round)? {
-                debug!("a media chunk dropped: its file waits for room");
-                return Ok(());
-            }
+        if !asked
+            && !media.has_chunk(name)?
+            && !self.media_fits(&media, &message, CHUNK_COST, round)?
+        {
+            return Ok(false);
         }
         media.put_chunk(&owner, name, chunk)?;
         if let Some(w) = self.media.wanted.get_mut(&message) {
@@ -561,29 +563,49 @@ impl Worker {
             // fetch ends.
             self.settle(message, round);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Messages were deleted or purged: those of them still followed are
     /// followed no more, and files that waited for room are tried again.
-    pub(super) fn media_purged(&mut self) {
+    pub(super) fn media_purged(&mut self, now: u64, round: &mut Round) {
         let Ok(media) = self.engine.store().media() else {
             return;
         };
         self.media
             .wanted
             .retain(|m, _| media.is_wanted(m).unwrap_or(true));
-        // Their chunks made room: files that waited for it are looked at
-        // again at the next tick.
-        for w in self.media.wanted.values_mut() {
-            if !w.admitted && w.told {
-                w.retry_at = 0;
-            }
-        }
+        self.media_room_made(now, round);
         let history = self.engine.store().history();
         self.relays
             .chunks
             .forget_gone(|m| !matches!(history.get(m), Ok(None)));
+    }
+
+    /// Chunks went: files that waited for room are looked at again at the
+    /// next tick, and the chunks left at relays are read again, from the
+    /// start of each such mailbox, at once.
+    pub(super) fn media_room_made(&mut self, now: u64, round: &mut Round) {
+        for w in self.media.wanted.values_mut() {
+            if w.told {
+                w.retry_at = 0;
+            }
+        }
+        for relay in std::mem::take(&mut self.relays.chunks_left) {
+            self.relays.cursor.remove(&relay);
+            if !self.relays.up.contains(&relay) {
+                // Read from the start when it is back.
+                continue;
+            }
+            if self.relays.fetching.contains(&relay) {
+                // A fetch waits there for new mail: a second one now, and
+                // only one of the two goes on.
+                if !self.relays.extra_fetch.insert(relay) {
+                    continue;
+                }
+            }
+            self.fetch(relay, 0, now, round);
+        }
     }
 
     /// Which followed file each of `names` belongs to.

@@ -391,28 +391,41 @@ impl Worker {
         self.pump_chunks(now, round);
     }
 
-    /// Chunks taken from our mailbox (after the messages of the same
-    /// page, so that a file that came with them is wanted): each is kept
-    /// if a file followed here names it. One the store fails to keep
-    /// marks the round `unkept`, so the page is not acknowledged.
-    pub(super) fn relayed_chunks(&mut self, chunks: Vec<Vec<u8>>, round: &mut Round) {
+    /// Chunks taken from our mailbox, each with its place there (after
+    /// the messages of the same page, so that a file that came with them
+    /// is wanted): each is kept if a file followed here names it. One the
+    /// store fails to keep marks the round `unkept`, so the page is not
+    /// acknowledged. Returns the places of those not kept for want of
+    /// room in the media budget: left at the relay.
+    pub(super) fn relayed_chunks(
+        &mut self,
+        chunks: Vec<(u64, Vec<u8>)>,
+        round: &mut Round,
+    ) -> Vec<u64> {
+        let mut left = Vec::new();
         if chunks.is_empty() {
-            return;
+            return left;
         }
         self.load_wanted_media(round);
         // Each 64 KiB chunk hashed once here.
-        let named: Vec<([u8; 32], Vec<u8>)> =
-            chunks.into_iter().map(|c| (chunk_name(&c), c)).collect();
-        let names: HashSet<[u8; 32]> = named.iter().map(|(n, _)| *n).collect();
+        let named: Vec<(u64, [u8; 32], Vec<u8>)> = chunks
+            .into_iter()
+            .map(|(seq, c)| (seq, chunk_name(&c), c))
+            .collect();
+        let names: HashSet<[u8; 32]> = named.iter().map(|(_, n, _)| *n).collect();
         let wanted_by = self.media_wanting(&names);
         let mut touched = HashSet::new();
-        for (name, chunk) in named {
+        for (seq, name, chunk) in named {
             match wanted_by.get(&name) {
                 Some(message) => {
-                    if let Err(e) = self.media_chunk(*message, &name, &chunk, round) {
-                        // Not acknowledged: the relay hands it over again.
-                        warn!(error = %e, "a file chunk from a relay not kept");
-                        round.unkept = true;
+                    match self.media_chunk(*message, &name, &chunk, round) {
+                        Ok(true) => {}
+                        Ok(false) => left.push(seq),
+                        Err(e) => {
+                            // Not acknowledged: the relay hands it over again.
+                            warn!(error = %e, "a file chunk from a relay not kept");
+                            round.unkept = true;
+                        }
                     }
                     touched.insert(*message);
                 }
@@ -422,6 +435,7 @@ impl Worker {
         for message in touched {
             self.settle(message, round);
         }
+        left
     }
 }
 
