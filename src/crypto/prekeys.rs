@@ -192,13 +192,12 @@ impl PrekeyStore {
         });
     }
 
-    /// Moves the id of every key made from now on `step` ahead. A store
-    /// restored from a backup must not make again the ids it made since:
-    /// a relay may hold or have handed out those (with other keys), and
-    /// takes no new one-time prekey at or below the highest id it has
-    /// seen.
-    pub fn skip_ids(&mut self, step: u32) {
-        self.next_id = self.next_id.saturating_add(step).max(1);
+    /// Makes the id of every key made from now on at least `first`. A
+    /// store restored from a backup must not make again the ids it made
+    /// since: a relay may hold or have handed out those (with other keys),
+    /// and takes no new one-time prekey at or below the highest id it took.
+    pub fn advance_ids_to(&mut self, first: u32) {
+        self.next_id = self.next_id.max(first).max(1);
     }
 
     /// The id the next key made gets.

@@ -46,6 +46,8 @@ const RESTORE_PREKEY_ID_STEP: u32 = 1 << 20;
 /// This account's device list, in the identity records.
 const DEVICE_LIST_KEY: &[u8] = b"device-list";
 const PREKEYS_KEY: &[u8] = b"store";
+/// While a restore is dealt with: the prekey counter the backup brought.
+const RESTORE_BASE_KEY: &[u8] = b"restore-base";
 const CONV_PREFIX: &[u8] = b"conv:";
 /// At most one request to resend missing messages per conversation in this
 /// many seconds.
@@ -546,8 +548,25 @@ impl Engine {
         if restored {
             forget_sending_state(&store, &me)?;
             // Prekeys made since the backup (and published to relays) had
-            // higher ids: new ones must not take those ids again.
-            prekeys.skip_ids(RESTORE_PREKEY_ID_STEP);
+            // higher ids: new ones must not take those ids again. The step
+            // is taken from the counter the backup brought, kept until the
+            // restore is dealt with, so that a start that fails after this
+            // and is tried again does not take it twice.
+            let base = match pk.get(RESTORE_BASE_KEY)? {
+                Some(b) => <[u8; 4]>::try_from(b.as_slice())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(prekeys.next_id()),
+                None => {
+                    let b = prekeys.next_id();
+                    pk.put(RESTORE_BASE_KEY, &b.to_be_bytes())?;
+                    b
+                }
+            };
+            let first = base.checked_add(RESTORE_PREKEY_ID_STEP).unwrap_or_else(|| {
+                tracing::warn!(base, "prekey ids run out: new ones may repeat old ids");
+                u32::MAX
+            });
+            prekeys.advance_ids_to(first);
             pk.put(PREKEYS_KEY, &prekeys.to_bytes())?;
             // Lists signed since the backup was made had higher serials:
             // the next ones must come after them, or contacts would take
@@ -625,6 +644,10 @@ impl Engine {
         engine.load_groups()?;
         if restored {
             engine.ask_again_after_restore(now)?;
+            engine
+                .store
+                .records(Kind::Prekeys)?
+                .remove(RESTORE_BASE_KEY)?;
             engine.store.clear_restored()?;
             engine.store.flush()?;
         }
@@ -1380,10 +1403,22 @@ impl Engine {
         let mut encrypted = std::collections::HashSet::new();
         let mut keep: Vec<crate::store::OutboxEntry> = Vec::new();
         for pos in self.schedule.due(now, limit) {
-            let Some(mut entry) = self.store.outbox().get(pos)? else {
-                self.schedule.remove(pos);
-                self.kept_at.remove(&pos);
-                continue;
+            let mut entry = match self.store.outbox().get(pos) {
+                Ok(Some(e)) => e,
+                Ok(None) => {
+                    self.schedule.remove(pos);
+                    self.kept_at.remove(&pos);
+                    continue;
+                }
+                // Damaged on disk since the start: left there, like one
+                // found damaged at the start, and not retried.
+                Err(e) if e.is_damaged_record() => {
+                    tracing::warn!(pos, error = %e, "a queued message that does not open is left in the outbox");
+                    self.schedule.remove(pos);
+                    self.kept_at.remove(&pos);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
             };
             let Ok(mut queued) = Queued::from_bytes(&entry.envelope) else {
                 self.schedule.remove(pos);
@@ -1495,7 +1530,15 @@ impl Engine {
                 if m.is_receipt() && self.schedule.has_messages_for(&m.recipient, &m.conv_id) {
                     self.store
                         .outbox()
-                        .get(pos)?
+                        .get(pos)
+                        // Damaged: expired all the same (the user hears it).
+                        .or_else(|e| {
+                            if e.is_damaged_record() {
+                                Ok(None)
+                            } else {
+                                Err(e)
+                            }
+                        })?
                         .and_then(|e| Queued::from_bytes(&e.envelope).ok())
                         .filter(|q| {
                             matches!(

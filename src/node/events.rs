@@ -140,8 +140,9 @@ pub enum NodeEvent {
     /// The file of a media message is not fetched for now: it would take
     /// the media this device keeps past its budget
     /// ([`super::NodeConfig::media_budget`]). It is fetched once deleting
-    /// messages with files makes room. Said once per message while the
-    /// node runs.
+    /// messages with files makes room (chunks of it a relay holds come
+    /// when that mailbox is next read from its start). Said once while
+    /// the message is followed.
     MediaHeld {
         /// The message.
         message: MessageRef,

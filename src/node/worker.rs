@@ -490,13 +490,6 @@ struct Held {
 struct Relays {
     /// Our relays: where our mail waits while we are away.
     ours: HashSet<PeerId>,
-    /// Ours that hold file chunks we left unacknowledged for want of room
-    /// in the media budget: read again from the start once room is made.
-    chunks_left: HashSet<PeerId>,
-    /// Ours asked a second time while a waiting fetch was out (to read
-    /// such chunks at once): the first answer that comes is not followed
-    /// by another fetch, the other one's is.
-    extra_fetch: HashSet<PeerId>,
     /// Ours that are connected now.
     up: HashSet<PeerId>,
     /// Ours with a fetch outstanding, and where the next fetch starts.
@@ -1225,7 +1218,7 @@ impl Worker {
                 if let Ok(messages) = r {
                     // Its files are fetched no more; the reply waits for
                     // the round's flush.
-                    self.media_purged(now, round);
+                    self.media_purged();
                     round.dirty = true;
                     round.events.push(NodeEvent::Cleared { with, messages });
                 }
@@ -1244,7 +1237,7 @@ impl Worker {
                     _ => Ok(false),
                 };
                 if matches!(r, Ok(true)) {
-                    self.media_purged(now, round);
+                    self.media_purged();
                     round.dirty = true;
                     round.events.push(NodeEvent::Deleted { with, message });
                 }
@@ -1480,7 +1473,6 @@ impl Worker {
             Job::RelayDown(relay) => {
                 self.relays.up.remove(&relay);
                 self.relays.fetching.remove(&relay);
-                self.relays.extra_fetch.remove(&relay);
             }
             Job::Mailbox {
                 relay,
@@ -1573,7 +1565,7 @@ impl Worker {
                 match self.engine.store().history().purge_expired(now) {
                     Ok(0) => {}
                     Ok(messages) => {
-                        self.media_purged(now, round);
+                        self.media_purged();
                         round.dirty = true;
                         round.events.push(NodeEvent::Disappeared { messages });
                     }
@@ -2047,11 +2039,7 @@ impl Worker {
     ) {
         match (purpose, answer) {
             (Purpose::Fetch, Ok(Response::Mail { items, more })) => {
-                // With another fetch still out, this one is not followed.
-                let chained = !self.relays.extra_fetch.remove(&relay);
-                if chained {
-                    self.relays.fetching.remove(&relay);
-                }
+                self.relays.fetching.remove(&relay);
                 self.relays.refused.remove(&(relay, "fetch"));
                 let n = items.len();
                 let mut seqs_kept = true;
@@ -2088,10 +2076,10 @@ impl Worker {
                         self.media_received(now, round);
                         let left = self.relayed_chunks(chunks, round);
                         if !left.is_empty() {
-                            // No room for them now: the relay keeps them,
-                            // and they come again once room is made.
+                            // Not kept here: the relay keeps them, and they
+                            // come again when this mailbox is next read
+                            // from its start (at the next connection).
                             seqs.retain(|s| !left.contains(s));
-                            self.relays.chunks_left.insert(relay);
                         }
                     }
                     if round.unkept {
@@ -2141,7 +2129,7 @@ impl Worker {
                         purpose: Purpose::Ack { seqs },
                     });
                 }
-                if chained && self.relays.up.contains(&relay) {
+                if self.relays.up.contains(&relay) {
                     // More at once only after a page that brought some and
                     // was kept: a relay saying "more" with nothing, or a
                     // page we could not write, is asked again later, not
@@ -2158,9 +2146,6 @@ impl Worker {
                         );
                     }
                 }
-            }
-            (Purpose::Fetch, other) if self.relays.extra_fetch.remove(&relay) => {
-                debug!(%relay, answer = ?other.map(|r| short(&r)), "a second fetch of our mail failed");
             }
             (Purpose::Fetch, other) => {
                 self.relays.fetching.remove(&relay);

@@ -6,7 +6,7 @@ use libp2p::PeerId;
 use tracing::{debug, warn};
 
 use super::{Out, Round, Worker};
-use crate::crypto::media::{MAX_SEALED_CHUNK, Manifest, chunk_name};
+use crate::crypto::media::{MAX_CHUNKS, MAX_SEALED_CHUNK, Manifest, chunk_name};
 use crate::node::NodeEvent;
 use crate::node::error::NodeError;
 use crate::node::media::{BUSY_AGAIN, FETCH_AGAIN, MAX_FETCHES, MAX_FOLLOWED, MediaFile, MediaJob};
@@ -48,6 +48,13 @@ pub(super) struct MediaState {
     budget: u64,
 }
 
+/// How far past the media budget chunks that a relay held for this
+/// device may take it: one largest file, or an eighth of the budget if
+/// that is less.
+fn relayed_slack(budget: u64) -> u64 {
+    (MAX_CHUNKS as u64 * CHUNK_COST).min(budget / 8)
+}
+
 /// What one missing chunk is counted as against the budget: its largest
 /// sealed record (the chunk, its owner id, the seal).
 const CHUNK_COST: u64 = (MAX_SEALED_CHUNK + 16 + 64) as u64;
@@ -86,7 +93,7 @@ impl Worker {
                     .and_then(|m| m.forget_chunks(&body, &me))
                 {
                     Ok(0) => {}
-                    Ok(_) => self.media_room_made(now, round),
+                    Ok(_) => self.media_room_made(),
                     Err(e) => warn!(error = %e, "chunks of an unsent media message left"),
                 }
             }
@@ -308,14 +315,39 @@ impl Worker {
         Ok(())
     }
 
-    /// Bytes left in the media budget: what the chunks kept and the room
-    /// set aside for running fetches leave.
-    fn media_room(&self, media: &Media<'_>) -> Result<u64, crate::store::Error> {
+    /// Bytes left in the media budget (raised by `beyond`): what the
+    /// chunks kept and the room set aside for running fetches leave.
+    fn media_room(&self, media: &Media<'_>, beyond: u64) -> Result<u64, crate::store::Error> {
         let set_aside: u64 = self.media.wanted.values().map(|w| w.reserved).sum();
         Ok(self
             .media
             .budget
+            .saturating_add(beyond)
             .saturating_sub(media.bytes()?.saturating_add(set_aside)))
+    }
+
+    /// Whether one more chunk of `message` that came unasked (a relay
+    /// held it for this device) may be kept: while the chunks kept and the
+    /// room set aside stay within the budget plus [`relayed_slack`], so
+    /// that a file deposited for this device comes whole even when it
+    /// takes the store a little past the budget. If not, the user hears
+    /// (once) that its file waits, with what the file still needs.
+    fn relayed_fits(
+        &mut self,
+        media: &Media<'_>,
+        message: &MessageRef,
+        round: &mut Round,
+    ) -> Result<bool, crate::store::Error> {
+        if CHUNK_COST <= self.media_room(media, relayed_slack(self.media.budget))? {
+            return Ok(true);
+        }
+        if let Some(w) = self.media.wanted.get(message)
+            && !w.told
+        {
+            let needs = (missing(media, &w.manifest)?.len() as u64).saturating_mul(CHUNK_COST);
+            self.media_fits(media, message, needs, round)?;
+        }
+        Ok(false)
     }
 
     /// Whether `needs` bytes of chunks for `message` fit in the media
@@ -327,7 +359,7 @@ impl Worker {
         needs: u64,
         round: &mut Round,
     ) -> Result<bool, crate::store::Error> {
-        let free = self.media_room(media)?;
+        let free = self.media_room(media, 0)?;
         if needs <= free {
             return Ok(true);
         }
@@ -547,14 +579,12 @@ impl Worker {
             self.media.wanted.remove(&message);
             return Ok(true);
         }
-        if !asked
-            && !media.has_chunk(name)?
-            && !self.media_fits(&media, &message, CHUNK_COST, round)?
-        {
+        let new = !media.has_chunk(name)?;
+        if new && !asked && !self.relayed_fits(&media, &message, round)? {
             return Ok(false);
         }
         media.put_chunk(&owner, name, chunk)?;
-        if let Some(w) = self.media.wanted.get_mut(&message) {
+        if new && let Some(w) = self.media.wanted.get_mut(&message) {
             w.reserved = w.reserved.saturating_sub(CHUNK_COST);
         }
         round.dirty = true;
@@ -568,14 +598,14 @@ impl Worker {
 
     /// Messages were deleted or purged: those of them still followed are
     /// followed no more, and files that waited for room are tried again.
-    pub(super) fn media_purged(&mut self, now: u64, round: &mut Round) {
+    pub(super) fn media_purged(&mut self) {
         let Ok(media) = self.engine.store().media() else {
             return;
         };
         self.media
             .wanted
             .retain(|m, _| media.is_wanted(m).unwrap_or(true));
-        self.media_room_made(now, round);
+        self.media_room_made();
         let history = self.engine.store().history();
         self.relays
             .chunks
@@ -583,29 +613,18 @@ impl Worker {
     }
 
     /// Chunks went: files that waited for room are looked at again at the
-    /// next tick, and the chunks left at relays are read again, from the
-    /// start of each such mailbox, at once.
-    pub(super) fn media_room_made(&mut self, now: u64, round: &mut Round) {
+    /// next tick.
+    pub(super) fn media_room_made(&mut self) {
         for w in self.media.wanted.values_mut() {
             if w.told {
                 w.retry_at = 0;
             }
         }
-        for relay in std::mem::take(&mut self.relays.chunks_left) {
-            self.relays.cursor.remove(&relay);
-            if !self.relays.up.contains(&relay) {
-                // Read from the start when it is back.
-                continue;
-            }
-            if self.relays.fetching.contains(&relay) {
-                // A fetch waits there for new mail: a second one now, and
-                // only one of the two goes on.
-                if !self.relays.extra_fetch.insert(relay) {
-                    continue;
-                }
-            }
-            self.fetch(relay, 0, now, round);
-        }
+    }
+
+    /// Whether every wanted file on disk is followed.
+    pub(super) fn media_loaded(&self) -> bool {
+        self.media.loaded
     }
 
     /// Which followed file each of `names` belongs to.

@@ -429,6 +429,9 @@ impl Worker {
                     }
                     touched.insert(*message);
                 }
+                // Wanted files beyond those followed may name it: left at
+                // the relay until the mailbox is read again.
+                None if !self.media_loaded() => left.push(seq),
                 None => debug!("a chunk from a relay that no file here wants"),
             }
         }
