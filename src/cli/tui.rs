@@ -422,8 +422,13 @@ impl App {
                     Some(g) => g.to_owned(),
                     None => s("identity").to_owned(),
                 };
+                // In a group, another member may use the same id.
+                let from = match e["group"].as_str() {
+                    Some(_) => format!(" --from {}", s("identity")),
+                    None => String::new(),
+                };
                 self.notice = Some(format!(
-                    "A file from {} came: /save FILE, or meshchat save {target} {} -o FILE",
+                    "A file from {} came: /save FILE, or meshchat save {target} {}{from} -o FILE",
                     s("contact"),
                     s("id")
                 ));
@@ -973,6 +978,14 @@ mod tests {
         );
         app.on_event(&json!({"type": "media_ready", "id": "f2", "with": "g",
             "contact": "carol", "identity": "c3", "group": "g"}));
+        assert!(
+            app.notice
+                .as_deref()
+                .unwrap()
+                .ends_with("meshchat save g f2 --from c3 -o FILE"),
+            "{:?}",
+            app.notice
+        );
         assert_eq!(
             app.to_save(),
             Some(ToSave {

@@ -114,8 +114,8 @@ const ONE_TIME_TOP_UP: usize = 20;
 /// What a mailbox request to a relay was for.
 #[derive(Debug, Clone)]
 pub(crate) enum Purpose {
-    /// Fetching our own mail.
-    Fetch,
+    /// Fetching our own mail (the fetch's number, see `Relays::fetching`).
+    Fetch { id: u64 },
     /// Deleting fetched mail: these sequence numbers.
     Ack { seqs: Vec<u64> },
     /// Holding the queued message at `pos` for its recipient `to`.
@@ -492,8 +492,12 @@ struct Relays {
     ours: HashSet<PeerId>,
     /// Ours that are connected now.
     up: HashSet<PeerId>,
-    /// Ours with a fetch outstanding, and where the next fetch starts.
-    fetching: HashSet<PeerId>,
+    /// Ours with a fetch outstanding (its number: an answer to an older
+    /// one, sent before the relay went down and came back, is not followed
+    /// by another fetch), and where the next fetch starts.
+    fetching: HashMap<PeerId, u64>,
+    /// The number of the next fetch.
+    next_fetch: u64,
     cursor: HashMap<PeerId, u64>,
     /// Mail taken whose acknowledgement failed (the relay overloaded,
     /// say), acknowledged again with the next fetch's answer: otherwise it
@@ -1486,7 +1490,7 @@ impl Worker {
                     .relays
                     .up
                     .iter()
-                    .filter(|r| !self.relays.fetching.contains(r))
+                    .filter(|r| !self.relays.fetching.contains_key(r))
                     .filter(|r| self.relays.retry_at.get(r).is_none_or(|&t| t <= now))
                     .copied()
                     .collect();
@@ -2001,12 +2005,14 @@ impl Worker {
                 wait_secs: wait,
             },
         ));
-        self.relays.fetching.insert(relay);
+        let id = self.relays.next_fetch;
+        self.relays.next_fetch = id.wrapping_add(1);
+        self.relays.fetching.insert(relay, id);
         round.outs.push(Out::Mailbox {
             relay,
             addrs: Vec::new(),
             request,
-            purpose: Purpose::Fetch,
+            purpose: Purpose::Fetch { id },
         });
     }
 
@@ -2038,8 +2044,13 @@ impl Worker {
         round: &mut Round,
     ) {
         match (purpose, answer) {
-            (Purpose::Fetch, Ok(Response::Mail { items, more })) => {
-                self.relays.fetching.remove(&relay);
+            (Purpose::Fetch { id }, Ok(Response::Mail { items, more })) => {
+                // The mail of an older fetch is taken all the same; only
+                // the newest one's answer is followed by another fetch.
+                let newest = self.relays.fetching.get(&relay) == Some(&id);
+                if newest {
+                    self.relays.fetching.remove(&relay);
+                }
                 self.relays.refused.remove(&(relay, "fetch"));
                 let n = items.len();
                 let mut seqs_kept = true;
@@ -2129,7 +2140,7 @@ impl Worker {
                         purpose: Purpose::Ack { seqs },
                     });
                 }
-                if self.relays.up.contains(&relay) {
+                if newest && self.relays.up.contains(&relay) {
                     // More at once only after a page that brought some and
                     // was kept: a relay saying "more" with nothing, or a
                     // page we could not write, is asked again later, not
@@ -2147,7 +2158,10 @@ impl Worker {
                     }
                 }
             }
-            (Purpose::Fetch, other) => {
+            (Purpose::Fetch { id }, other) if self.relays.fetching.get(&relay) != Some(&id) => {
+                debug!(%relay, answer = ?other.map(|r| short(&r)), "an older fetch of our mail ended");
+            }
+            (Purpose::Fetch { .. }, other) => {
                 self.relays.fetching.remove(&relay);
                 // A refusal that asking again soon will not change (our
                 // clock, the wrong relay) is told, and asked again less often.
