@@ -652,7 +652,7 @@ pub enum EventView {
     },
     /// A media message's file is not fetched for now: the media kept on
     /// this device would pass its budget. It is fetched once deletions
-    /// make room (what a relay holds of it, at the next connection).
+    /// make room (what a relay holds of it too).
     MediaHeld {
         /// The message id (hex).
         id: String,

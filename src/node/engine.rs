@@ -545,6 +545,11 @@ impl Engine {
             }
         };
         let restored = store.restored()?;
+        if !restored {
+            // Left by a start that ended between clearing the restore
+            // mark and this record: a later restore must not take it.
+            pk.remove(RESTORE_BASE_KEY)?;
+        }
         if restored {
             forget_sending_state(&store, &me)?;
             // Prekeys made since the backup (and published to relays) had
@@ -644,11 +649,11 @@ impl Engine {
         engine.load_groups()?;
         if restored {
             engine.ask_again_after_restore(now)?;
+            engine.store.clear_restored()?;
             engine
                 .store
                 .records(Kind::Prekeys)?
                 .remove(RESTORE_BASE_KEY)?;
-            engine.store.clear_restored()?;
             engine.store.flush()?;
         }
         Ok(engine)

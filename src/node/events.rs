@@ -141,8 +141,8 @@ pub enum NodeEvent {
     /// the media this device keeps past its budget
     /// ([`super::NodeConfig::media_budget`]). It is fetched once deleting
     /// messages with files makes room (chunks of it a relay holds come
-    /// when that mailbox is next read from its start). Said once while
-    /// the message is followed.
+    /// then too, when that mailbox is read again from its start). Said
+    /// once while the message is followed.
     MediaHeld {
         /// The message.
         message: MessageRef,

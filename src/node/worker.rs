@@ -498,6 +498,12 @@ struct Relays {
     fetching: HashMap<PeerId, u64>,
     /// The number of the next fetch.
     next_fetch: u64,
+    /// Ours that hold file chunks we left unacknowledged for want of room
+    /// in the media budget.
+    chunks_left: HashSet<PeerId>,
+    /// Those of them to read again from the start, room being made: the
+    /// fetch after the outstanding one's answer starts there.
+    reread: HashSet<PeerId>,
     cursor: HashMap<PeerId, u64>,
     /// Mail taken whose acknowledgement failed (the relay overloaded,
     /// say), acknowledged again with the next fetch's answer: otherwise it
@@ -2059,11 +2065,15 @@ impl Worker {
                 let mut chunks = Vec::new();
                 for item in items {
                     seqs.push(item.seq);
-                    self.relays.cursor.insert(
-                        relay,
-                        item.seq
-                            .max(self.relays.cursor.get(&relay).copied().unwrap_or(0)),
-                    );
+                    // An older fetch's answer moves no cursor: the newest
+                    // may read from the start (after a reconnect).
+                    if newest {
+                        self.relays.cursor.insert(
+                            relay,
+                            item.seq
+                                .max(self.relays.cursor.get(&relay).copied().unwrap_or(0)),
+                        );
+                    }
                     match Envelope::from_bytes(&item.envelope) {
                         Ok(env) if env.mailbox_id == self.engine.mailbox_id() => {
                             match crate::crypto::media::relayed_chunk(&env.sealed) {
@@ -2089,8 +2099,10 @@ impl Worker {
                         if !left.is_empty() {
                             // Not kept here: the relay keeps them, and they
                             // come again when this mailbox is next read
-                            // from its start (at the next connection).
+                            // from its start (at the next connection, or
+                            // once room is made).
                             seqs.retain(|s| !left.contains(s));
+                            self.relays.chunks_left.insert(relay);
                         }
                     }
                     if round.unkept {
@@ -2139,6 +2151,11 @@ impl Worker {
                         )),
                         purpose: Purpose::Ack { seqs },
                     });
+                }
+                if newest && self.relays.reread.remove(&relay) {
+                    // Room was made since this fetch went: the next one
+                    // reads from the start.
+                    self.relays.cursor.remove(&relay);
                 }
                 if newest && self.relays.up.contains(&relay) {
                     // More at once only after a page that brought some and

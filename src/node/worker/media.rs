@@ -613,11 +613,19 @@ impl Worker {
     }
 
     /// Chunks went: files that waited for room are looked at again at the
-    /// next tick.
+    /// next tick, and the relays holding chunks left for want of room are
+    /// read again from the start (by the fetch after the outstanding one,
+    /// or the next one the tick makes).
     pub(super) fn media_room_made(&mut self) {
         for w in self.media.wanted.values_mut() {
             if w.told {
                 w.retry_at = 0;
+            }
+        }
+        for relay in std::mem::take(&mut self.relays.chunks_left) {
+            self.relays.cursor.remove(&relay);
+            if self.relays.fetching.contains_key(&relay) {
+                self.relays.reread.insert(relay);
             }
         }
     }

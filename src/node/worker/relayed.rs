@@ -407,6 +407,9 @@ impl Worker {
             return left;
         }
         self.load_wanted_media(round);
+        // Whether wanted files wait on disk beyond those followed (taken
+        // now: keeping a chunk may settle a file and clear it).
+        let all_followed = self.media_loaded();
         // Each 64 KiB chunk hashed once here.
         let named: Vec<(u64, [u8; 32], Vec<u8>)> = chunks
             .into_iter()
@@ -431,7 +434,7 @@ impl Worker {
                 }
                 // Wanted files beyond those followed may name it: left at
                 // the relay until the mailbox is read again.
-                None if !self.media_loaded() => left.push(seq),
+                None if !all_followed => left.push(seq),
                 None => debug!("a chunk from a relay that no file here wants"),
             }
         }
