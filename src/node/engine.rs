@@ -2946,6 +2946,53 @@ mod tests {
         assert_eq!(b.prekeys.next_id(), next);
     }
 
+    /// A restored device's start that fails after the prekey step (here a
+    /// damaged contact record) and is tried again takes the step once.
+    #[test]
+    fn a_restore_tried_again_steps_the_prekey_ids_once() {
+        let Pair {
+            _dirs, b, a_key, ..
+        } = pair();
+        let mut backup = Vec::new();
+        b.store.backup(&mut backup).unwrap();
+        drop(b);
+        let (_restored_dir, store) = restored_store(&backup);
+        let base = PrekeyStore::from_bytes(
+            &store
+                .records(Kind::Prekeys)
+                .unwrap()
+                .get(PREKEYS_KEY)
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap()
+        .next_id();
+        store.damage_record_for_tests(Kind::Contacts, &a_key);
+        assert!(Engine::open(store.clone(), 102).is_err());
+        assert!(
+            store.restored().unwrap(),
+            "the restore is still to deal with"
+        );
+        // Mended (the contact dropped), the start goes through.
+        store
+            .records(Kind::Contacts)
+            .unwrap()
+            .remove(&a_key)
+            .unwrap();
+        let b = Engine::open(store.clone(), 103).unwrap();
+        assert!(!store.restored().unwrap());
+        assert_eq!(b.prekeys.next_id(), base + RESTORE_PREKEY_ID_STEP);
+        assert!(
+            store
+                .records(Kind::Prekeys)
+                .unwrap()
+                .get(RESTORE_BASE_KEY)
+                .unwrap()
+                .is_none(),
+            "the base outlived the restore"
+        );
+    }
+
     /// A device restored from a backup drops its sessions, but not the
     /// set-ups it had seen: one captured before (its prekeys are back with
     /// the backup) is refused as a replay, not taken as a new session.

@@ -212,6 +212,16 @@ impl Store {
             .expect("test write");
     }
 
+    /// Overwrites the record `key` of `kind` with bytes that do not open.
+    #[cfg(test)]
+    pub(crate) fn damage_record_for_tests(&self, kind: Kind, key: &[u8]) {
+        self.db
+            .open_tree(kind.spec().name)
+            .expect("test tree")
+            .insert(key, vec![0x5a; 60])
+            .expect("test write");
+    }
+
     /// Opens (or creates) the store in the directory `path` with the database
     /// key unlocked from its keystore.
     ///
