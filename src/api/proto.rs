@@ -70,6 +70,19 @@ pub enum Request {
     },
     /// This account's device list.
     Devices {},
+    /// A link code for a new device to join this account (only on the
+    /// account's first device; usable once, for ten minutes).
+    LinkDevice {},
+    /// Joins the account whose first device made the link `code`, under
+    /// the name `name` (only on a device with no contacts and no groups).
+    /// The answer comes at once; the `account_joined` event when the
+    /// account's device has added this one.
+    JoinAccount {
+        /// The link code (`meshchat-link:…`).
+        code: String,
+        /// This device's name in the account's list.
+        name: String,
+    },
     /// Names this device in its account's device list; every contact is
     /// sent the new list.
     NameDevice {
@@ -741,6 +754,20 @@ pub enum EventView {
         /// The serial both lists carry.
         serial: u64,
     },
+    /// A new device joined this account with a link code made here.
+    DeviceLinked {
+        /// Its identity key (hex).
+        identity: String,
+        /// The name it is listed under.
+        name: String,
+    },
+    /// This device joined an account: its list is the account's now.
+    AccountJoined {
+        /// The account (hex).
+        account: String,
+        /// The list's serial.
+        serial: u64,
+    },
     /// A conversation was cleared on this device.
     Cleared {
         /// The contact's name, or the group's id.
@@ -927,6 +954,14 @@ impl EventView {
             } => Self::DevicesConflict {
                 with: name(contact),
                 identity: hex(contact),
+                account: hex(account),
+                serial: *serial,
+            },
+            NodeEvent::DeviceLinked { device, name } => Self::DeviceLinked {
+                identity: hex(device),
+                name: name.clone(),
+            },
+            NodeEvent::AccountJoined { account, serial } => Self::AccountJoined {
                 account: hex(account),
                 serial: *serial,
             },

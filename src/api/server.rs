@@ -220,6 +220,24 @@ impl Api {
                 let d = self.node.devices().await.map_err(failed)?;
                 Ok(json!(DevicesView::of(&d)))
             }
+            Request::LinkDevice {} => {
+                let code = self.node.link_device().await.map_err(failed)?;
+                Ok(json!({
+                    "code": code,
+                    "expires_in": crate::node::LINK_CODE_LIFE,
+                }))
+            }
+            Request::JoinAccount { code, name } => {
+                let name = name.trim();
+                if name.len() > crypto::MAX_DEVICE_NAME || name.chars().any(char::is_control) {
+                    return Err(bad(format!(
+                        "a device name is at most {} bytes of printable text",
+                        crypto::MAX_DEVICE_NAME
+                    )));
+                }
+                let first = self.node.join_account(&code, name).await.map_err(failed)?;
+                Ok(json!({ "first_device": hex(&first) }))
+            }
             Request::NameDevice { name } => {
                 let name = name.trim();
                 if name.len() > crypto::MAX_DEVICE_NAME || name.chars().any(char::is_control) {

@@ -120,6 +120,32 @@ pub(super) enum DevicesCmd {
         /// The name ("laptop").
         name: String,
     },
+    /// Prints a link code for a new device to join this account (only on
+    /// the account's first device; usable once, for ten minutes). Whoever
+    /// holds the code can join: give it to the new device only.
+    Link {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+    },
+    /// Joins the account whose first device printed `code` (run on a new
+    /// device, with no contacts and no groups), and waits until that
+    /// device has added this one.
+    Join {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+        /// The link code (`meshchat-link:…`).
+        code: String,
+        /// This device's name in the account ("laptop").
+        #[arg(long)]
+        name: String,
+        /// Longest wait for the first device's answer, in seconds.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=600))]
+        timeout: u64,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -585,11 +611,76 @@ pub(super) fn devices(cmd: DevicesCmd) -> Result<(), CliError> {
     let (dir, out, req) = match cmd {
         DevicesCmd::List { dir, out } => (dir, out, Request::Devices {}),
         DevicesCmd::Name { dir, out, name } => (dir, out, Request::NameDevice { name }),
+        DevicesCmd::Link { dir, out } => {
+            let Some(v) = ask(&dir, &out, &Request::LinkDevice {})? else {
+                return Ok(());
+            };
+            println!("{}", s(&v["code"]));
+            eprintln!(
+                "On the new device, within {} minutes: meshchat devices join <this code> --name <its name>",
+                v["expires_in"].as_u64().unwrap_or(0) / 60
+            );
+            return Ok(());
+        }
+        DevicesCmd::Join {
+            dir,
+            out,
+            code,
+            name,
+            timeout,
+        } => return join(&dir, &out, code, name, Duration::from_secs(timeout)),
     };
     let Some(v) = ask(&dir, &out, &req)? else {
         return Ok(());
     };
     print_devices(&v, "");
+    Ok(())
+}
+
+/// `meshchat devices join`: asks, then waits for `account_joined`.
+fn join(
+    dir: &DirArg,
+    out: &OutArg,
+    code: String,
+    name: String,
+    bound: Duration,
+) -> Result<(), CliError> {
+    // Subscribe before asking, so that the answer cannot slip past.
+    let mut events = connect(dir)?.subscribe().map_err(from_client)?;
+    call(dir, &Request::JoinAccount { code, name })?;
+    let deadline = Instant::now() + bound;
+    let not_yet = |why: String| {
+        CliError::not_that_far(anyhow!(
+            "{why}; this device asks again each time it connects to the account's device, until the code ends (`meshchat devices list` shows the account once it has answered)"
+        ))
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(not_yet(format!(
+                "no answer within {} s: the account's device may be offline, or the code used, mistyped or ended",
+                bound.as_secs()
+            )));
+        }
+        events
+            .set_timeout(Some(left))
+            .map_err(|e| not_yet(e.to_string()))?;
+        match events.next_event() {
+            Ok(e) if s(&e["type"]) == "account_joined" => break,
+            Ok(_) => {}
+            Err(ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(not_yet(e.to_string())),
+        }
+    }
+    let Some(v) = ask(dir, out, &Request::Devices {})? else {
+        return Ok(());
+    };
+    println!("Joined the account. Its devices:");
+    print_devices(&v, "  ");
     Ok(())
 }
 

@@ -507,6 +507,16 @@ impl App {
                     self.notice = Some(format!("{}'s devices: {}", s("with"), said.join(", ")));
                 }
             }
+            "device_linked" => {
+                let name: String = s("name").chars().map(super::client::shown).collect();
+                let fingerprint: String = s("identity").chars().take(8).collect();
+                self.notice = Some(format!(
+                    "A new device joined your account: {name} ({fingerprint}…)"
+                ));
+            }
+            "account_joined" => {
+                self.notice = Some("This device joined your account.".to_owned());
+            }
             "devices_conflict" => {
                 let name: String = s("with").chars().map(super::client::shown).collect();
                 self.notice = Some(format!(
@@ -913,6 +923,12 @@ mod tests {
         assert_eq!(
             screen(&app, 80, 24)[23],
             "bob's devices: named phone\u{fffd}"
+        );
+        app.on_event(&json!({"type": "device_linked", "identity": "0a1b2c3d4e5f",
+            "name": "laptop\u{1b}[2J"}));
+        assert_eq!(
+            screen(&app, 80, 24)[23],
+            "A new device joined your account: laptop\u{fffd}[2J (0a1b2c3d…)"
         );
         app.on_event(
             &json!({"type": "devices_conflict", "with": "bob", "identity": "b1",

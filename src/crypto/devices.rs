@@ -63,6 +63,24 @@ impl DeviceMembership {
     }
 }
 
+/// A joining device's proof that it was given a link code's `secret`:
+/// HMAC-SHA256(secret, `labels::LINK` ‖ account ‖ device), over the
+/// account it joins and its own signing key, so that the proof names both.
+pub fn link_proof(secret: &[u8; 32], account: &[u8; 32], device: &[u8; 32]) -> [u8; 32] {
+    kdf::hmac_sha256(secret, &[labels::LINK, account, device].concat())
+}
+
+/// Whether `mac` is [`link_proof`] of these (compared in constant time).
+pub fn link_proof_holds(
+    secret: &[u8; 32],
+    account: &[u8; 32],
+    device: &[u8; 32],
+    mac: &[u8; 32],
+) -> bool {
+    use subtle::ConstantTimeEq;
+    link_proof(secret, account, device).ct_eq(mac).into()
+}
+
 /// What the account key signs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct DeviceListBody {

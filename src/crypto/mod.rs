@@ -60,7 +60,7 @@ mod tests;
 
 pub use devices::{
     DEVICE_LIST_MAX, DeviceEntry, DeviceList, DeviceMembership, ListUpdate, MAX_DEVICE_NAME,
-    MAX_DEVICES, VerifiedDeviceList,
+    MAX_DEVICES, VerifiedDeviceList, link_proof, link_proof_holds,
 };
 pub use envelope::{
     ContentKind, Envelope, OpenedEnvelope, SealCache, SealedContent, SenderCertificate, open, pad,
@@ -138,6 +138,9 @@ pub mod labels {
     pub const SIG_DEVICE_LIST: &[u8] = b"meshchat/1/sig/device-list";
     /// Signature context: a device's consent to be in an account's list.
     pub const SIG_DEVICE_OF: &[u8] = b"meshchat/1/sig/device-of";
+    /// A joining device's proof that it holds a link code's secret
+    /// (HMAC-SHA256 data prefix).
+    pub const LINK: &[u8] = b"meshchat/1/link";
 }
 
 pub(crate) use identity::hex8;

@@ -464,7 +464,16 @@ impl Actor {
                 })
             }
             Command::Requests(job) => self.job(Job::Requests(job)),
-            Command::Devices(job) => self.job(Job::Devices(job)),
+            Command::Devices(mut job) => {
+                // Where we listen: in the link code, or the invite that
+                // goes with a request to join.
+                if let super::worker::DevicesJob::Link { addrs, .. }
+                | super::worker::DevicesJob::Join { addrs, .. } = &mut job
+                {
+                    *addrs = with_peer(&self.net.listen_addrs(), self.net.local_peer_id());
+                }
+                self.job(Job::Devices(job))
+            }
             Command::Invite { reply } => {
                 let addrs = with_peer(&self.net.listen_addrs(), self.net.local_peer_id());
                 self.job(Job::Invite { addrs, reply });

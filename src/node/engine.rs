@@ -14,6 +14,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 mod devices;
+pub use devices::LINK_CODE_LIFE;
 mod group_chat;
 mod retention;
 
@@ -342,6 +343,21 @@ pub enum Event {
         /// The serial both lists carry.
         serial: u64,
     },
+    /// A new device joined this account with a link code made here.
+    DeviceLinked {
+        /// Its identity key.
+        device: [u8; 32],
+        /// The name it is listed under.
+        name: String,
+    },
+    /// This device joined the account `account` (its first device sent
+    /// the list naming it).
+    AccountJoined {
+        /// The account.
+        account: [u8; 32],
+        /// Its list's serial.
+        serial: u64,
+    },
 }
 
 /// What a contact's new device list changed ([`Event::DevicesChanged`]).
@@ -484,6 +500,8 @@ pub struct Engine {
     relays: Vec<String>,
     /// Groups, their logs and sender keys.
     groups: group_chat::Groups,
+    /// The link code made last, until used or ended (in memory only).
+    link: Option<devices::PendingLink>,
 }
 
 impl Engine {
@@ -645,6 +663,7 @@ impl Engine {
             ttl: MESSAGE_TTL,
             relays: Vec::new(),
             groups: group_chat::Groups::default(),
+            link: None,
         };
         engine.load_groups()?;
         if restored {
@@ -2262,6 +2281,7 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::crypto::{KdfParams, Keystore};
+    use crate::node::state::LinkCode;
 
     /// The data key of every store of these tests.
     fn data_key() -> crate::crypto::DataKey {
@@ -2555,6 +2575,128 @@ mod tests {
     /// A device restored from a backup signs its next lists far ahead of
     /// the backup's, so that contacts holding a list it signed since do
     /// not take them for old ones.
+    /// The request a new device `n` sends with `code`.
+    fn link_request(n: &mut Engine, code: &LinkCode, now: u64) -> crate::node::proto::LinkRequest {
+        let (_, frame) = n.join(code, "laptop", now).unwrap();
+        match Frame::from_bytes(&frame) {
+            Ok(Frame::Link(req)) => req,
+            other => panic!("not a link request: {other:?}"),
+        }
+    }
+
+    /// A new device joins an account with a link code: the account's
+    /// first device checks its request and lists it, every contact (the
+    /// new device among them) is sent the new list, and the new device
+    /// takes it as its own, also after a restart; its invites then file
+    /// it under the account. A request without the code's secret leaves
+    /// the code waiting; a code is used once.
+    #[test]
+    fn a_new_device_joins_an_account_with_a_link_code() {
+        let mut p = pair();
+        let dn = tempfile::tempdir().unwrap();
+        let mut n = Engine::open(store(dn.path()), 100).unwrap();
+        let n_key = n.me.public().signing;
+        let code = p.a.link_code(vec![], 100).unwrap();
+        assert!(p.a.link_waiting(100));
+        let code = LinkCode::from_code(&code.to_code()).unwrap();
+        let req = link_request(&mut n, &code, 110);
+        assert_eq!(
+            n.contacts().map(|c| c.identity.signing).collect::<Vec<_>>(),
+            vec![p.a_key]
+        );
+
+        let mut wrong = req.clone();
+        wrong.mac[0] ^= 1;
+        assert!(p.a.accept_link(&n_key, &wrong, 111).is_err());
+        // The proof names the device: another device cannot use it.
+        assert!(p.a.accept_link(&p.b_key, &req, 111).is_err());
+        assert!(p.a.link_waiting(111), "not used up by a wrong proof");
+
+        let (due, event) = p.a.accept_link(&n_key, &req, 112).unwrap();
+        assert_eq!(
+            event,
+            Event::DeviceLinked {
+                device: n_key,
+                name: "laptop".into()
+            }
+        );
+        assert!(!p.a.link_waiting(112));
+        assert!(p.a.accept_link(&n_key, &req, 112).is_err(), "used once");
+        assert_eq!(p.a.device_list().serial(), 2);
+        assert_eq!(p.a.device_list().device(&n_key).unwrap().name, "laptop");
+        assert!(p.a.contact(&n_key).is_some());
+
+        let to: HashSet<[u8; 32]> = due.iter().map(|d| d.to).collect();
+        assert_eq!(to, HashSet::from([p.b_key, n_key]));
+        for d in &due {
+            if d.to == p.b_key {
+                let got =
+                    p.b.receive(&p.a_key, std::slice::from_ref(&d.frame), 113, true)
+                        .unwrap();
+                let [Event::DevicesChanged(change)] = &got.events[..] else {
+                    panic!("{:?}", got.events)
+                };
+                assert_eq!(change.added, vec![n_key]);
+            } else {
+                let got = n
+                    .receive(&p.a_key, std::slice::from_ref(&d.frame), 113, true)
+                    .unwrap();
+                assert_eq!(got.accepted, vec![true]);
+                assert!(got.events.contains(&Event::AccountJoined {
+                    account: p.a_key,
+                    serial: 2
+                }));
+            }
+        }
+        assert_eq!(n.device_list().account(), &p.a_key);
+        assert!(
+            n.name_device("tablet", 114).is_err(),
+            "only the first device signs"
+        );
+        assert!(n.link_code(vec![], 114).is_err());
+        // Bob takes the new device's invite as one of alice's account.
+        let invite = n.invite(vec![], 114).unwrap();
+        assert_eq!(p.b.add_contact(&invite, "alice laptop").unwrap(), n_key);
+        assert_eq!(p.b.account_of(&n_key), p.a_key);
+        drop(n);
+        let n = Engine::open(store(dn.path()), 115).unwrap();
+        assert_eq!(n.device_list().account(), &p.a_key);
+        assert_eq!(n.device_list().serial(), 2);
+    }
+
+    /// An ended code is refused on both sides; a device with contacts of
+    /// its own, or the account's own device, does not join; a name with
+    /// control characters is refused.
+    #[test]
+    fn a_link_code_that_ended_or_a_device_in_use_does_not_join() {
+        let mut p = pair();
+        let dn = tempfile::tempdir().unwrap();
+        let mut n = Engine::open(store(dn.path()), 100).unwrap();
+        let n_key = n.me.public().signing;
+        let code = p.a.link_code(vec![], 100).unwrap();
+        let end = 100 + LINK_CODE_LIFE;
+        assert!(n.join(&code, "laptop", end).is_err());
+        assert_eq!(n.contacts().count(), 0, "nothing added");
+        let req = link_request(&mut n, &code, 101);
+        assert!(p.a.accept_link(&n_key, &req, end).is_err());
+        assert!(!p.a.link_waiting(end));
+        assert_eq!(p.a.device_list().serial(), 1);
+
+        let code = p.a.link_code(vec![], 200).unwrap();
+        assert!(p.a.join(&code, "again", 200).is_err(), "its own code");
+        // Bob has a contact of his own (carol): he stays his own account.
+        let dc = tempfile::tempdir().unwrap();
+        let carol = Engine::open(store(dc.path()), 200).unwrap();
+        p.b.add_contact(&carol.invite(vec![], 200).unwrap(), "carol")
+            .unwrap();
+        assert!(p.b.join(&code, "bob", 200).is_err());
+
+        let mut req = link_request(&mut n, &code, 201);
+        req.name = "lap\u{1b}top".into();
+        assert!(p.a.accept_link(&n_key, &req, 201).is_err());
+        assert_eq!(p.a.device_list().serial(), 1);
+    }
+
     #[test]
     fn a_restored_device_moves_its_list_ahead() {
         let Pair { _dirs, mut a, .. } = pair();

@@ -218,6 +218,22 @@ pub enum NodeEvent {
         /// The serial both lists carry.
         serial: u64,
     },
+    /// A new device joined this account with a link code made here; it
+    /// is a contact now, and every contact is sent the new list.
+    DeviceLinked {
+        /// Its identity key.
+        device: [u8; 32],
+        /// The name it is listed under.
+        name: String,
+    },
+    /// This device joined an account: the account's first device sent the
+    /// list naming it, which is this device's list from now on.
+    AccountJoined {
+        /// The account (its first device's identity key).
+        account: [u8; 32],
+        /// The list's serial.
+        serial: u64,
+    },
     /// A contact's relay served its prekey bundle; the session we start
     /// with it will use that (and its one-time prekey, if it came with
     /// one).

@@ -611,6 +611,39 @@ impl NodeHandle {
             .await
     }
 
+    /// A link code for a new device to join this account (only on the
+    /// account's first device): usable once, for
+    /// [`crate::node::LINK_CODE_LIFE`] seconds.
+    pub async fn link_device(&self) -> Result<String, NodeError> {
+        self.ask(|reply| {
+            Command::Devices(DevicesJob::Link {
+                addrs: Vec::new(),
+                reply,
+            })
+        })
+        .await
+    }
+
+    /// Asks to join the account whose first device made the link `code`,
+    /// under the name `name`: that device becomes a contact and is sent
+    /// the request whenever it is connected, until the code ends. This
+    /// device is in the account when [`super::NodeEvent::AccountJoined`] comes
+    /// (and [`Self::devices`] shows the account's list). Returns the first
+    /// device's identity key. Only a device with no contacts and no groups
+    /// joins.
+    pub async fn join_account(&self, code: &str, name: &str) -> Result<[u8; 32], NodeError> {
+        let (code, name) = (code.to_owned(), name.to_owned());
+        self.ask(|reply| {
+            Command::Devices(DevicesJob::Join {
+                code,
+                name,
+                addrs: Vec::new(),
+                reply,
+            })
+        })
+        .await
+    }
+
     /// Records that the user compared safety numbers with `key` (or takes
     /// that back); flushed before it returns.
     pub async fn verify_contact(&self, key: [u8; 32], verified: bool) -> Result<(), NodeError> {

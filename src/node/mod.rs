@@ -37,6 +37,7 @@ mod worker;
 
 pub use actor::Node;
 pub use config::{DEFAULT_MEDIA_BUDGET, NodeConfig, PresenceConfig};
+pub use engine::LINK_CODE_LIFE;
 pub use error::NodeError;
 pub use events::NodeEvent;
 pub use handle::{

@@ -46,6 +46,27 @@ pub enum Frame {
     BundleRequest,
     /// A prekey bundle (answer to [`Frame::BundleRequest`]).
     Bundle(PrekeyBundle),
+    /// A new device asking to join this device's account with a link
+    /// code (docs/devices.md §4). The only frame a device that is not a
+    /// contact may send, and only while a link code is waiting.
+    Link(LinkRequest),
+}
+
+/// What [`Frame::Link`] carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRequest {
+    /// The joining device's invite: its bundle and addresses (the
+    /// connection authenticates its key; the bundle must be of that key).
+    #[serde(with = "serde_bytes")]
+    pub invite: Vec<u8>,
+    /// Its consent to be in the account ([`crypto::DeviceMembership`]).
+    #[serde(with = "bytes64")]
+    pub consent: [u8; 64],
+    /// The name it asks to be listed under.
+    pub name: String,
+    /// [`crypto::link_proof`] of the code's secret, the account and the
+    /// joining device.
+    pub mac: [u8; 32],
 }
 
 #[derive(Serialize, Deserialize)]

@@ -575,6 +575,82 @@ impl Invite {
     }
 }
 
+/// A link code's prefix (`meshchat devices link`).
+pub const LINK_PREFIX: &str = "meshchat-link:";
+const LINK_CODE_VERSION: u8 = 1;
+
+/// What a new device needs to join this device's account
+/// (docs/devices.md §4): the invite of the device that made the code, a
+/// secret that device keeps until the code is used once or ends, and when
+/// it ends. Whoever holds the code can join the account, so it is shown
+/// to the person only, like a password.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct LinkCode {
+    version: u8,
+    #[serde(with = "serde_bytes")]
+    invite: Vec<u8>,
+    secret: [u8; 32],
+    /// When it ends (Unix seconds).
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for LinkCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkCode")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkCode {
+    /// The code for `invite`, `secret` and `expires_at`.
+    pub fn new(invite: &Invite, secret: [u8; 32], expires_at: u64) -> Self {
+        Self {
+            version: LINK_CODE_VERSION,
+            invite: invite.to_bytes(),
+            secret,
+            expires_at,
+        }
+    }
+
+    /// The invite of the device that made it (not yet verified).
+    pub fn invite(&self) -> Result<Invite, crypto::Error> {
+        Invite::from_bytes(&self.invite)
+    }
+
+    /// The secret.
+    pub fn secret(&self) -> &[u8; 32] {
+        &self.secret
+    }
+
+    /// `meshchat-link:` and base64url of the encoding.
+    pub fn to_code(&self) -> String {
+        format!("{LINK_PREFIX}{}", base64url::encode(&wire::encode(self)))
+    }
+
+    /// Reads a link code (bounded; its invite is checked when used).
+    pub fn from_code(code: &str) -> Result<Self, crypto::Error> {
+        let max = INVITE_MAX + 64;
+        let body = code
+            .trim()
+            .strip_prefix(LINK_PREFIX)
+            .ok_or(crypto::Error::Malformed {
+                what: "link code (no meshchat-link: prefix)",
+            })?;
+        if body.len() > max * 4 / 3 + 4 {
+            return Err(crypto::Error::TooLarge {
+                what: "link code",
+                len: body.len(),
+                max: max * 4 / 3 + 4,
+            });
+        }
+        let bytes = base64url::decode(body).ok_or(crypto::Error::Malformed {
+            what: "link code (not base64url)",
+        })?;
+        wire::decode(&bytes, "link code", LINK_CODE_VERSION, max)
+    }
+}
+
 /// What a sealed [`crate::crypto::ContentKind::Introduced`] carries: the
 /// sender's invite and a frame (a session set-up).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

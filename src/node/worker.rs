@@ -45,7 +45,7 @@ use super::proto::{Frame, conversation_id};
 use super::requests::{
     Introduced, Requests, declined_key, former_key, held_key, held_prefix, request_key,
 };
-use super::state::Invite;
+use super::state::{Invite, LinkCode};
 use crate::crypto::{Envelope, PublicIdentity, fingerprint, safety_number};
 use crate::relay::proto::{self as mailbox, MAX_ACK, Owner, Refusal, Request, Response, Signed};
 use crate::store::{Cursor, DeliveryState, Kind, MessageRef, Page, Summary};
@@ -160,6 +160,27 @@ pub(crate) enum DevicesJob {
         name: String,
         reply: Reply<DevicesInfo>,
     },
+    /// A link code for a new device (see `Engine::link_code`).
+    Link {
+        addrs: Vec<String>,
+        reply: Reply<String>,
+    },
+    /// Join the account of the device that made `code`.
+    Join {
+        code: String,
+        name: String,
+        addrs: Vec<String>,
+        reply: Reply<[u8; 32]>,
+    },
+}
+
+/// A request to join an account, sent to its first device each time it
+/// connects until it answers with the list or the code ends.
+struct Joining {
+    key: [u8; 32],
+    peer: PeerId,
+    frame: Vec<u8>,
+    until: u64,
 }
 
 /// Work for the store thread.
@@ -472,6 +493,8 @@ pub(crate) struct Worker {
     /// not connected), since when; until connected, a queued frame's
     /// direct batch to it fails, or [`DIAL_GRACE`] later.
     dialling: HashMap<[u8; 32], u64>,
+    /// This device's request to join an account, while it waits.
+    joining: Option<Joining>,
 }
 
 /// The custody of one queued message's envelope at relays.
@@ -614,6 +637,7 @@ impl Worker {
             media: media::MediaState::new(cfg.media_budget),
             requests: Requests::default(),
             intro_at: HashMap::new(),
+            joining: None,
             dialling: HashMap::new(),
             relays: Relays {
                 ours: cfg
@@ -1189,6 +1213,46 @@ impl Worker {
                 });
                 round.reply(reply, r.map_err(Into::into));
             }
+            Job::Devices(DevicesJob::Link { addrs, reply }) => {
+                self.engine.set_listen(addrs.clone());
+                let r = self.engine.link_code(addrs, now).map(|c| c.to_code());
+                round.reply(reply, r.map_err(Into::into));
+            }
+            Job::Devices(DevicesJob::Join {
+                code,
+                name,
+                addrs,
+                reply,
+            }) => {
+                self.engine.set_listen(addrs);
+                let r = LinkCode::from_code(&code)
+                    .map_err(EngineError::from)
+                    .and_then(|c| {
+                        let (key, frame) = self.engine.join(&c, &name, now)?;
+                        Ok((key, frame, c.expires_at))
+                    });
+                let r = r.map(|(key, frame, until)| {
+                    round.dirty = true;
+                    self.announce_contact(&key);
+                    if let Some(&peer) = self.peer_of.get(&key) {
+                        if self.shared.is_connected(&peer) {
+                            round
+                                .direct
+                                .entry(peer)
+                                .or_default()
+                                .push((None, frame.clone()));
+                        }
+                        self.joining = Some(Joining {
+                            key,
+                            peer,
+                            frame,
+                            until,
+                        });
+                    }
+                    key
+                });
+                round.reply(reply, r.map_err(Into::into));
+            }
             Job::Invite { addrs, reply } => {
                 self.engine.set_listen(addrs.clone());
                 let r = self.engine.invite(addrs, now).map(|i| i.to_code());
@@ -1451,6 +1515,16 @@ impl Worker {
                     self.engine.peer_up(&key, now);
                     self.retry(now, round);
                 }
+                if let Some(j) = self.joining.take_if(|j| j.until <= now) {
+                    tracing::info!(account = %crate::store::hex(&j.key[..4]), "the link code ended before the account's device answered");
+                }
+                if let Some(j) = self.joining.as_ref().filter(|j| j.peer == peer) {
+                    round
+                        .direct
+                        .entry(peer)
+                        .or_default()
+                        .push((None, j.frame.clone()));
+                }
                 self.media_peer_up(&peer, now, round);
             }
             Job::Media(m) => self.media_job(m, now, round),
@@ -1696,6 +1770,9 @@ impl Worker {
             })
         };
         let Some(from) = self.peers.get(&peer).copied() else {
+            if self.link_request(peer, frames, token, now, round) {
+                return;
+            }
             // A removed contact writing again: a request (its frames are
             // refused until it is accepted; its node sends them again).
             if let Some(key) = peer_key(&peer)
@@ -1747,6 +1824,52 @@ impl Worker {
                 refuse(round);
             }
         }
+    }
+
+    /// A direct batch from a device that is not a contact: if it carries a
+    /// [`Frame::Link`], the request is checked against the link code
+    /// waiting, if any, and answered (`true`); the batch's other frames
+    /// are refused (its node sends them again once it is a contact).
+    fn link_request(
+        &mut self,
+        peer: PeerId,
+        frames: &[Vec<u8>],
+        token: u64,
+        now: u64,
+        round: &mut Round,
+    ) -> bool {
+        let Some((i, req)) =
+            frames
+                .iter()
+                .enumerate()
+                .find_map(|(i, f)| match Frame::from_bytes(f) {
+                    Ok(Frame::Link(req)) => Some((i, req)),
+                    _ => None,
+                })
+        else {
+            return false;
+        };
+        let Some(key) = peer_key(&peer) else {
+            return false;
+        };
+        let mut statuses = vec![FrameStatus::Rejected; frames.len()];
+        match self.engine.accept_link(&key, &req, now) {
+            Ok((due, event)) => {
+                round.dirty = true;
+                statuses[i] = FrameStatus::from_accepted(true);
+                tracing::info!(device = %crate::store::hex(&key[..4]), name = %req.name, "a device joined this account");
+                self.new_contact(&key, now, round);
+                for d in due {
+                    if !d.frame.is_empty() {
+                        self.route(&d.to, d.frame, Some(d.pos), now, round);
+                    }
+                }
+                self.events(vec![event], &key, round);
+            }
+            Err(e) => warn!(%peer, error = %e, "a link request refused"),
+        }
+        round.outs.push(Out::Respond { token, statuses });
+        true
     }
 
     /// Sends a frame to the contact `to`: directly when connected (or, for
@@ -2378,6 +2501,12 @@ impl Worker {
     /// before may be due again.
     fn handled(&mut self, from: &[u8; 32], h: Handled, now: u64, round: &mut Round) {
         let took = h.accepted.iter().any(|a| *a);
+        if h.events
+            .iter()
+            .any(|e| matches!(e, Event::AccountJoined { .. }))
+        {
+            self.joining = None;
+        }
         self.events(h.events, from, round);
         for r in h.replies {
             self.route(from, r, None, now, round);
@@ -2480,6 +2609,10 @@ impl Worker {
                     account,
                     serial,
                 },
+                Event::DeviceLinked { device, name } => NodeEvent::DeviceLinked { device, name },
+                Event::AccountJoined { account, serial } => {
+                    NodeEvent::AccountJoined { account, serial }
+                }
             });
         }
     }

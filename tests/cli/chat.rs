@@ -414,3 +414,71 @@ fn a_device_named_through_the_cli_is_named_at_its_contacts() {
     let plain = bob.run(&["contacts", "list"]);
     assert!(String::from_utf8_lossy(&plain.stdout).contains("laptop"));
 }
+
+/// A second device joins an account through the CLI: the account's device
+/// prints a link code, the new device joins with it and waits until it is
+/// added; both list the same two devices, the contact is told of the new
+/// one, and the code does not serve a second device.
+#[test]
+fn a_new_device_joins_an_account_with_a_link_code_through_the_cli() {
+    let root = tempfile::tempdir().unwrap();
+    let (alice, bob) = crate::two_contacts(root.path());
+    let bob_events = Proc::events(bob.cmd());
+    let alice_events = Proc::events(alice.cmd());
+    let account = alice.json(&["devices", "list"])["account"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let link = alice.json(&["devices", "link"]);
+    let code = link["code"].as_str().unwrap().to_owned();
+    assert!(code.starts_with("meshchat-link:"), "{code}");
+    assert_eq!(link["expires_in"], 600);
+    let mut laptop = Device::init(root.path(), "laptop");
+    laptop.start(&[]);
+    let joined = laptop.json(&["devices", "join", &code, "--name", "laptop"]);
+    assert_eq!(joined["account"], account.as_str());
+    assert_eq!(joined["serial"], 2);
+    assert_eq!(joined["devices"][1]["name"], "laptop");
+    let laptop_key = joined["devices"][1]["identity"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(laptop_key, account);
+    let linked = alice_events.wait_json("the new device", |e| e["type"] == "device_linked");
+    assert_eq!(
+        (linked["identity"].as_str(), linked["name"].as_str()),
+        (Some(laptop_key.as_str()), Some("laptop"))
+    );
+    assert_eq!(alice.json(&["devices", "list"]), joined);
+    let changed = bob_events.wait_json("alice's new list", |e| {
+        e["type"] == "devices_changed" && e["added"][0] == laptop_key.as_str()
+    });
+    assert_eq!(changed["with"], "alice");
+    assert_eq!(changed["devices"]["serial"], 2);
+    // Only the account's first device signs its list.
+    assert_refused(
+        &laptop.run(&["devices", "name", "tablet"]),
+        1,
+        "only the account's first device",
+    );
+
+    // The code is used: a second new device is refused and stays alone.
+    let mut tablet = Device::init(root.path(), "tablet");
+    tablet.start(&[]);
+    let mut join = tablet.cmd();
+    join.args(["devices", "join", &code, "--name", "tablet"]);
+    let asking = Proc::spawn(join);
+    alice
+        .daemon
+        .as_ref()
+        .unwrap()
+        .wait_stderr("the second request refused", |l| {
+            l.contains("a link request refused") && l.contains("no link code is waiting")
+        });
+    drop(asking);
+    assert_eq!(alice.json(&["devices", "list"])["serial"], 2);
+    let own = tablet.json(&["devices", "list"]);
+    assert_ne!(own["account"], account.as_str());
+    assert_eq!(own["serial"], 1);
+}

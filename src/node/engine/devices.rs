@@ -5,9 +5,19 @@
 use std::collections::HashMap;
 
 use super::{DEVICE_LIST_KEY, DevicesChange, Due, Engine, EngineError, Event};
-use crate::crypto::{self, DeviceList, ListUpdate, VerifiedDeviceList};
-use crate::node::proto::{Payload, conversation_id};
+use crate::crypto::{self, DeviceList, DeviceMembership, ListUpdate, Secret32, VerifiedDeviceList};
+use crate::node::proto::{Frame, LinkRequest, Payload, conversation_id};
+use crate::node::state::{Invite, LinkCode};
 use crate::store::Kind;
+
+/// How long a link code can be used (seconds).
+pub const LINK_CODE_LIFE: u64 = 600;
+
+/// The link code this device made last, until it is used or ends.
+pub(crate) struct PendingLink {
+    secret: Secret32,
+    expires_at: u64,
+}
 
 pub(super) fn refused(reason: &'static str) -> EngineError {
     crypto::Error::DeviceList { reason }.into()
@@ -28,6 +38,151 @@ impl Engine {
         }
         let list = self.devices.renamed(&self.me, &me, name)?.verify()?;
         self.set_own_list(list, now)
+    }
+
+    /// A link code for a new device to join this account (`meshchat
+    /// devices link`): this device's invite, a new secret and an end
+    /// [`LINK_CODE_LIFE`] from now. Only the account's first device (which
+    /// holds the account key) makes one; a new code replaces the one
+    /// before, and a code is used once.
+    pub fn link_code(&mut self, addrs: Vec<String>, now: u64) -> Result<LinkCode, EngineError> {
+        if *self.devices.account() != self.me.public().signing {
+            return Err(refused("only the account's first device links devices"));
+        }
+        if self.devices.devices().len() >= crypto::MAX_DEVICES {
+            return Err(refused("the account lists the most devices it may"));
+        }
+        let invite = self.invite(addrs, now)?;
+        let mut secret = [0u8; 32];
+        rand::Rng::fill_bytes(&mut self.rng, &mut secret);
+        let expires_at = now.saturating_add(LINK_CODE_LIFE);
+        let code = LinkCode::new(&invite, secret, expires_at);
+        self.link = Some(PendingLink {
+            secret: Secret32::new(secret),
+            expires_at,
+        });
+        Ok(code)
+    }
+
+    /// Whether a link code made here waits to be used at `now`.
+    pub fn link_waiting(&self, now: u64) -> bool {
+        self.link.as_ref().is_some_and(|l| now < l.expires_at)
+    }
+
+    /// The device `from` (the connection it wrote on authenticates its
+    /// key) asks to join this account. It must prove it holds the secret
+    /// of the code waiting, before the code ends; then the code is used
+    /// up, the device is added to the account's list under the name it
+    /// asked for and becomes a contact, and the new list is queued for
+    /// every contact, the new device among them (which takes it as its
+    /// account's: [`Self::on_devices`]).
+    pub fn accept_link(
+        &mut self,
+        from: &[u8; 32],
+        req: &LinkRequest,
+        now: u64,
+    ) -> Result<(Vec<Due>, Event), EngineError> {
+        let account = *self.devices.account();
+        let Some(link) = &self.link else {
+            return Err(refused("no link code is waiting"));
+        };
+        if now >= link.expires_at {
+            self.link = None;
+            return Err(refused("the link code has ended"));
+        }
+        if !crypto::link_proof_holds(link.secret.expose(), &account, from, &req.mac) {
+            // Not used up: someone without the code cannot spoil it.
+            return Err(refused("a link request without the code's secret"));
+        }
+        self.link = None;
+        if self.contacts.contains_key(from) || self.accounts.contains_key(from) {
+            return Err(refused("the device is a contact already"));
+        }
+        if req.name.chars().any(char::is_control) {
+            return Err(refused("a device name with control characters"));
+        }
+        let invite = Invite::from_bytes(&req.invite)?;
+        let identity = invite.verify()?.bundle.body.identity;
+        if identity.signing != *from {
+            return Err(refused("a link request with another device's invite"));
+        }
+        let joining = DeviceMembership {
+            identity,
+            proof: req.consent,
+        };
+        let list = self
+            .devices
+            .with_device(&self.me, &joining, &req.name, now)?
+            .verify()?;
+        // Its record: its bundle and addresses, without the list of the
+        // account it was alone in.
+        let plain = Invite::new(invite.bundle, invite.addrs);
+        let key = self.put_contact(&plain, &req.name)?;
+        self.adopt(&key)?;
+        let due = self.set_own_list(list, now)?;
+        Ok((
+            due,
+            Event::DeviceLinked {
+                device: key,
+                name: req.name.clone(),
+            },
+        ))
+    }
+
+    /// Asks to join the account of the device that made `code` (`meshchat
+    /// devices join`, on a new device): that device becomes a contact, and
+    /// the request for it is returned with its key, to be sent directly
+    /// (the only way a device that is not its contact yet is heard). This
+    /// device takes the account's list when that device sends it.
+    /// Only a device with no other contact and no group joins: one in use
+    /// is known to its contacts as an account of its own.
+    pub fn join(
+        &mut self,
+        code: &LinkCode,
+        name: &str,
+        now: u64,
+    ) -> Result<([u8; 32], Vec<u8>), EngineError> {
+        let me = self.me.public().signing;
+        if now >= code.expires_at {
+            return Err(refused("the link code has ended"));
+        }
+        if *self.devices.account() != me || self.devices.devices().len() > 1 {
+            return Err(refused("this device is in an account already"));
+        }
+        let invite = code.invite()?;
+        let verified = invite.verify()?;
+        let account = verified.account();
+        let first = verified.bundle.body.identity.signing;
+        if first != account {
+            return Err(refused(
+                "a link code not made by its account's first device",
+            ));
+        }
+        if first == me {
+            return Err(refused("this device's own link code"));
+        }
+        if self.contacts.keys().any(|k| *k != first) || !self.groups().is_empty() {
+            return Err(refused(
+                "only a device with no contacts and no groups joins an account",
+            ));
+        }
+        let called = verified
+            .list
+            .as_ref()
+            .and_then(|l| l.device(&first))
+            .map(|d| d.name.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "my first device".to_owned());
+        let key = self.put_contact(&invite, &called)?;
+        self.adopt(&key)?;
+        let mine = self.invite(self.listen.clone(), now)?;
+        let request = LinkRequest {
+            invite: Invite::new(mine.bundle, mine.addrs).to_bytes(),
+            consent: DeviceMembership::new(&self.me, &account).proof,
+            name: name.to_owned(),
+            mac: crypto::link_proof(code.secret(), &account, &me),
+        };
+        Ok((key, Frame::Link(request).to_bytes()))
     }
 
     /// Keeps `list` as this account's, and queues it for every contact.
@@ -116,7 +271,7 @@ impl Engine {
         &mut self,
         from: &[u8; 32],
         bytes: &[u8],
-    ) -> Result<Option<Event>, EngineError> {
+    ) -> Result<Vec<Event>, EngineError> {
         let list = DeviceList::from_bytes(bytes)?.verify()?;
         let contact = self.contacts.get(from).ok_or(EngineError::UnknownContact)?;
         if !list.names(&contact.identity) {
@@ -134,17 +289,17 @@ impl Engine {
                 serial = list.serial(),
                 "a contact's account signed two different device lists with one serial; the one held is kept"
             );
-            return Ok(Some(Event::DevicesConflict {
+            return Ok(vec![Event::DevicesConflict {
                 account,
                 serial: list.serial(),
-            }));
+            }]);
         }
         let (added, removed) = match held {
             Some(held) => match held.update(&list)? {
                 ListUpdate::Newer { added, removed } => {
                     (added.into_iter().map(|d| d.signing).collect(), removed)
                 }
-                ListUpdate::Same | ListUpdate::Older => return Ok(None),
+                ListUpdate::Same | ListUpdate::Older => return Ok(Vec::new()),
             },
             // Its first list: every device but the one it came from is
             // news.
@@ -175,6 +330,7 @@ impl Engine {
             removed,
             renamed,
         };
+        let joined = self.own_list_from(&list)?;
         self.keep_list(list)?;
         if let Some(c) = self.contacts.get_mut(from) {
             c.devices = bytes.to_vec();
@@ -183,7 +339,42 @@ impl Engine {
                 .put(from, &c.to_bytes())?;
         }
         self.accounts.insert(*from, account);
-        Ok(Some(Event::DevicesChanged(change)))
+        let mut events = vec![Event::DevicesChanged(change)];
+        if joined {
+            events.push(Event::AccountJoined {
+                account,
+                serial: self.devices.serial(),
+            });
+        }
+        Ok(events)
+    }
+
+    /// A contact's account list naming this device (which consented to be
+    /// in that account only, when it asked to join: [`Self::join`]) is
+    /// this device's list from now on, when it is newer than the one held.
+    /// `true` when this device joined that account now.
+    fn own_list_from(&mut self, list: &VerifiedDeviceList) -> Result<bool, EngineError> {
+        let me = self.me.public();
+        let joined = *self.devices.account() != *list.account();
+        if *list.account() == me.signing || (!joined && list.serial() <= self.devices.serial()) {
+            return Ok(false);
+        }
+        if !list.names(me) {
+            if !joined {
+                tracing::warn!(
+                    serial = list.serial(),
+                    "this account's newest device list no longer names this device"
+                );
+            }
+            return Ok(false);
+        }
+        self.store
+            .records(Kind::Identity)?
+            .put(DEVICE_LIST_KEY, &list.list().to_bytes())?;
+        self.devices = list.clone();
+        // Invites from now on carry the account's list.
+        self.unasked = None;
+        Ok(joined)
     }
 }
 
