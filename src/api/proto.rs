@@ -820,6 +820,14 @@ impl EventView {
             Some((id, _)) => (id.clone(), None, Some(id)),
             None => (name(key), Some(hex(key)), None),
         };
+        // A media message's file: its id, its conversation (the group's
+        // id, or the sender's name), the sender's name and key, and the
+        // group's id for a group's file.
+        let file = |m: &crate::store::MessageRef| {
+            let group = group(&m.conv_id).map(|(id, _)| id);
+            let with = group.clone().unwrap_or_else(|| name(&m.sender));
+            (hex(&m.msg_id), with, name(&m.sender), hex(&m.sender), group)
+        };
         Some(match e {
             NodeEvent::Message { from, message } => {
                 let contact = name(from);
@@ -901,12 +909,12 @@ impl EventView {
                 identity: hex(member),
             },
             NodeEvent::MediaReady { message } => {
-                let group = group(&message.conv_id).map(|(id, _)| id);
+                let (id, with, contact, identity, group) = file(message);
                 Self::MediaReady {
-                    id: hex(&message.msg_id),
-                    with: group.clone().unwrap_or_else(|| name(&message.sender)),
-                    contact: name(&message.sender),
-                    identity: hex(&message.sender),
+                    id,
+                    with,
+                    contact,
+                    identity,
                     group,
                 }
             }
@@ -915,12 +923,12 @@ impl EventView {
                 needs,
                 free,
             } => {
-                let group = group(&message.conv_id).map(|(id, _)| id);
+                let (id, with, contact, identity, group) = file(message);
                 Self::MediaHeld {
-                    id: hex(&message.msg_id),
-                    with: group.clone().unwrap_or_else(|| name(&message.sender)),
-                    contact: name(&message.sender),
-                    identity: hex(&message.sender),
+                    id,
+                    with,
+                    contact,
+                    identity,
                     group,
                     needs: *needs,
                     free: *free,

@@ -345,7 +345,8 @@ impl Worker {
             && !w.told
         {
             let needs = (missing(media, &w.manifest)?.len() as u64).saturating_mul(CHUNK_COST);
-            self.media_fits(media, message, needs, round)?;
+            let free = self.media_room(media, 0)?;
+            self.tell_held(message, needs, free, round);
         }
         Ok(false)
     }
@@ -363,6 +364,13 @@ impl Worker {
         if needs <= free {
             return Ok(true);
         }
+        self.tell_held(message, needs, free, round);
+        Ok(false)
+    }
+
+    /// The user hears (once while it is followed) that `message`'s file
+    /// waits for room: it still needs `needs` bytes, `free` are left.
+    fn tell_held(&mut self, message: &MessageRef, needs: u64, free: u64, round: &mut Round) {
         if let Some(w) = self.media.wanted.get_mut(message)
             && !std::mem::replace(&mut w.told, true)
         {
@@ -373,7 +381,6 @@ impl Worker {
                 free,
             });
         }
-        Ok(false)
     }
 
     /// If every chunk of `message` is here: it is no longer wanted, and
@@ -480,6 +487,12 @@ impl Worker {
                     _ => self.media_source(&message, attempts),
                 };
                 let Some(peer) = source else {
+                    // Asked when a device that may have it connects
+                    // (`only`), and otherwise at the next wait's end: its
+                    // chunks are not looked up at every tick.
+                    if let Some(w) = self.media.wanted.get_mut(&message) {
+                        w.retry_at = now + FETCH_AGAIN;
+                    }
                     continue;
                 };
                 let needs = (names.len() as u64).saturating_mul(CHUNK_COST);
@@ -612,11 +625,20 @@ impl Worker {
             .forget_gone(|m| !matches!(history.get(m), Ok(None)));
     }
 
-    /// Chunks went: files that waited for room are looked at again at the
-    /// next tick, and the relays holding chunks left for want of room are
-    /// read again from the start (by the fetch after the outstanding one,
-    /// or the next one the tick makes).
+    /// Chunks may have gone: if there is room now, files that waited for
+    /// it are looked at again at the next tick, and the relays holding
+    /// chunks left for want of room are read again from the start (by the
+    /// fetch after the outstanding one, or the next one the tick makes).
     pub(super) fn media_room_made(&mut self) {
+        let store = self.engine.store().clone();
+        let room = store
+            .media()
+            .and_then(|m| self.media_room(&m, relayed_slack(self.media.budget)));
+        match room {
+            Ok(r) if r >= CHUNK_COST => {}
+            Ok(_) => return,
+            Err(e) => warn!(error = %e, "reading the size of the media kept"),
+        }
         for w in self.media.wanted.values_mut() {
             if w.told {
                 w.retry_at = 0;
