@@ -137,7 +137,8 @@ pub(super) enum DevicesCmd {
         dir: DirArg,
         #[command(flatten)]
         out: OutArg,
-        /// The link code (`meshchat-link:…`).
+        /// The link code (`meshchat-link:…`; `-` reads it from stdin, which
+        /// keeps it out of the process list and the shell's history).
         code: String,
         /// This device's name in the account ("laptop").
         #[arg(long)]
@@ -617,7 +618,7 @@ pub(super) fn devices(cmd: DevicesCmd) -> Result<(), CliError> {
             };
             println!("{}", s(&v["code"]));
             eprintln!(
-                "On the new device, within {} minutes: meshchat devices join <this code> --name <its name>",
+                "On the new device, within {} minutes: meshchat devices join - --name <its name>, and paste the code",
                 v["expires_in"].as_u64().unwrap_or(0) / 60
             );
             return Ok(());
@@ -645,6 +646,16 @@ fn join(
     name: String,
     bound: Duration,
 ) -> Result<(), CliError> {
+    let code = if code == "-" {
+        let mut c = String::new();
+        std::io::stdin()
+            .take(64 * 1024)
+            .read_to_string(&mut c)
+            .map_err(|e| CliError::failed(anyhow!("reading the code from stdin: {e}")))?;
+        c
+    } else {
+        code
+    };
     // Subscribe before asking, so that the answer cannot slip past.
     let mut events = connect(dir)?.subscribe().map_err(from_client)?;
     call(dir, &Request::JoinAccount { code, name })?;

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 mod devices;
-pub use devices::LINK_CODE_LIFE;
+pub use devices::{Joined, LINK_CODE_LIFE};
 mod group_chat;
 mod retention;
 
@@ -46,6 +46,9 @@ const RESTORE_SERIAL_STEP: u64 = 1 << 20;
 const RESTORE_PREKEY_ID_STEP: u32 = 1 << 20;
 /// This account's device list, in the identity records.
 const DEVICE_LIST_KEY: &[u8] = b"device-list";
+/// Identity record: the account this device asked to join (`Engine::join`)
+/// and has not joined yet.
+const JOINING_KEY: &[u8] = b"joining";
 const PREKEYS_KEY: &[u8] = b"store";
 /// While a restore is dealt with: the prekey counter the backup brought.
 const RESTORE_BASE_KEY: &[u8] = b"restore-base";
@@ -502,6 +505,10 @@ pub struct Engine {
     groups: group_chat::Groups,
     /// The link code made last, until used or ended (in memory only).
     link: Option<devices::PendingLink>,
+    /// The account this device asked to join and has not joined yet (also
+    /// in the identity records): the only other account whose list it
+    /// takes as its own, while it has no contacts of its own and no group.
+    joining: Option<[u8; 32]>,
 }
 
 impl Engine {
@@ -605,7 +612,16 @@ impl Engine {
                 contacts.insert(k, Contact::from_bytes(&bytes)?);
             }
         }
-        let (lists, accounts) = devices::load_lists(&store, &contacts)?;
+        let (lists, accounts) = devices::load_lists(&store, &contacts, devices.account())?;
+        let joining =
+            match ids.get(JOINING_KEY)? {
+                Some(b) => Some(<[u8; 32]>::try_from(b.as_slice()).map_err(|_| {
+                    crypto::Error::Malformed {
+                        what: "stored joining record",
+                    }
+                })?),
+                None => None,
+            };
         let mut sessions = Sessions::new();
         for (key, bytes) in store.records(Kind::Sessions)?.scan(b"")? {
             if let Ok(k) = <[u8; 32]>::try_from(key.as_slice()) {
@@ -664,6 +680,7 @@ impl Engine {
             relays: Vec::new(),
             groups: group_chat::Groups::default(),
             link: None,
+            joining,
         };
         engine.load_groups()?;
         if restored {
@@ -754,6 +771,11 @@ impl Engine {
     pub fn add_contact(&mut self, invite: &Invite, name: &str) -> Result<[u8; 32], EngineError> {
         let key = self.put_contact(invite, name)?;
         self.adopt(&key)?;
+        // A contact of its own: this device is in use as its own account,
+        // and a join asked for before is off.
+        if self.joining.is_some_and(|a| self.account_of(&key) != a) {
+            self.set_joining(None)?;
+        }
         Ok(key)
     }
 
@@ -787,7 +809,7 @@ impl Engine {
         if let Some(list) = &newer {
             self.check_list_devices(list)?;
         }
-        if let Some(held) = self.lists.get(&account) {
+        if let Some(held) = self.held_list(&account) {
             match newer.as_ref().map(|l| held.update(l)).transpose()? {
                 Some(crypto::ListUpdate::Newer { .. }) => {}
                 Some(crypto::ListUpdate::Same) => newer = None,
@@ -808,11 +830,14 @@ impl Engine {
             .get(&identity.signing)
             .is_some_and(|c| c.verified);
         if let Some(list) = newer {
+            // This account's own, or the one it asked to join: its own
+            // list (a no-op for another account's).
+            self.own_list_from(&list)?;
             self.keep_list(list)?;
         }
         // The record keeps the newest list it is known by.
-        if let Some(held) = self.lists.get(&account) {
-            contact.devices = held.list().to_bytes();
+        if let Some(held) = self.held_list(&account).map(|h| h.list().to_bytes()) {
+            contact.devices = held;
             self.accounts.insert(device, account);
         }
         self.store
@@ -2281,6 +2306,7 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::crypto::{KdfParams, Keystore};
+    use crate::node::engine::devices::Joined;
     use crate::node::state::LinkCode;
 
     /// The data key of every store of these tests.
@@ -2577,7 +2603,9 @@ mod tests {
     /// not take them for old ones.
     /// The request a new device `n` sends with `code`.
     fn link_request(n: &mut Engine, code: &LinkCode, now: u64) -> crate::node::proto::LinkRequest {
-        let (_, frame) = n.join(code, "laptop", now).unwrap();
+        let Joined::Asked { frame, .. } = n.join(code, "laptop", now).unwrap() else {
+            panic!("not asked")
+        };
         match Frame::from_bytes(&frame) {
             Ok(Frame::Link(req)) => req,
             other => panic!("not a link request: {other:?}"),
@@ -2695,6 +2723,69 @@ mod tests {
         req.name = "lap\u{1b}top".into();
         assert!(p.a.accept_link(&n_key, &req, 201).is_err());
         assert_eq!(p.a.device_list().serial(), 1);
+    }
+
+    /// A device takes another account's list naming it only while it
+    /// has asked to join that account and has no contact of its own: one
+    /// that gave up and was put to use stays its own account, whatever
+    /// the first device signs later with the consent it was sent.
+    #[test]
+    fn a_device_in_use_is_not_moved_into_an_account_it_once_asked_to_join() {
+        let mut p = pair();
+        let (dn, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut n = Engine::open(store(dn.path()), 100).unwrap();
+        let carol = Engine::open(store(dc.path()), 100).unwrap();
+        let n_key = n.me.public().signing;
+        let code = p.a.link_code(vec![], 100).unwrap();
+        let req = link_request(&mut n, &code, 101);
+        // The person gives up and adds a contact of its own.
+        n.add_contact(&carol.invite(vec![], 102).unwrap(), "carol")
+            .unwrap();
+        let (due, _) = p.a.accept_link(&n_key, &req, 103).unwrap();
+        let to_n = due.iter().find(|d| d.to == n_key).unwrap();
+        let got = n
+            .receive(&p.a_key, std::slice::from_ref(&to_n.frame), 104, true)
+            .unwrap();
+        assert!(
+            !got.events
+                .iter()
+                .any(|e| matches!(e, Event::AccountJoined { .. }))
+        );
+        assert_eq!(n.device_list().account(), &n_key);
+        // Also after a restart.
+        drop(n);
+        let n = Engine::open(store(dn.path()), 105).unwrap();
+        assert_eq!(n.device_list().account(), &n_key);
+    }
+
+    /// Asking again with a code whose invite already names this device
+    /// (the answer to the first request got lost in a crash) joins at
+    /// once; a later list of the account is taken even when held already.
+    #[test]
+    fn a_join_asked_again_after_the_account_listed_the_device_joins_at_once() {
+        let mut p = pair();
+        let dn = tempfile::tempdir().unwrap();
+        let mut n = Engine::open(store(dn.path()), 100).unwrap();
+        let n_key = n.me.public().signing;
+        let code = p.a.link_code(vec![], 100).unwrap();
+        let req = link_request(&mut n, &code, 101);
+        p.a.accept_link(&n_key, &req, 102).unwrap();
+        // The list never reached n; a second code carries it.
+        let again = p.a.link_code(vec![], 103).unwrap();
+        match n.join(&again, "laptop", 104).unwrap() {
+            Joined::Already(first) => assert_eq!(first, p.a_key),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(n.device_list().account(), &p.a_key);
+        assert_eq!(n.device_list().serial(), 2);
+        // The account's next list (a device renamed) is n's too, and the
+        // contact's copy is not kept beside n's own.
+        let due = p.a.name_device("phone", 105).unwrap();
+        let to_n = due.iter().find(|d| d.to == n_key).unwrap();
+        n.receive(&p.a_key, std::slice::from_ref(&to_n.frame), 106, true)
+            .unwrap();
+        assert_eq!(n.device_list().serial(), 3);
+        assert!(n.contact_list(&p.a_key).is_none());
     }
 
     #[test]

@@ -34,7 +34,7 @@ use tracing::{debug, error, warn};
 use super::complaints::Complaints;
 use super::engine::{
     Engine, EngineError, Event, GROUP_RECEIPT_DELAY, GROUP_RECEIPT_JITTER, GroupChange,
-    GroupEffects, GroupInfo, Handled, Opened, Sent, check_intro,
+    GroupEffects, GroupInfo, Handled, Joined, Opened, Sent, check_intro,
 };
 use super::error::NodeError;
 use super::events::NodeEvent;
@@ -181,7 +181,13 @@ struct Joining {
     peer: PeerId,
     frame: Vec<u8>,
     until: u64,
+    /// When it last went out (0: not yet).
+    sent_at: u64,
 }
+
+/// How often a request to join goes again while connected and unanswered
+/// (its one batch may have been refused in a flood of strangers' batches).
+const JOIN_AGAIN: u64 = 15;
 
 /// Work for the store thread.
 pub(crate) enum Job {
@@ -1227,29 +1233,34 @@ impl Worker {
                 self.engine.set_listen(addrs);
                 let r = LinkCode::from_code(&code)
                     .map_err(EngineError::from)
-                    .and_then(|c| {
-                        let (key, frame) = self.engine.join(&c, &name, now)?;
-                        Ok((key, frame, c.expires_at))
-                    });
-                let r = r.map(|(key, frame, until)| {
+                    .and_then(|c| Ok((self.engine.join(&c, &name, now)?, c.expires_at)));
+                let r = r.map(|(joined, until)| {
                     round.dirty = true;
-                    self.announce_contact(&key);
-                    if let Some(&peer) = self.peer_of.get(&key) {
-                        if self.shared.is_connected(&peer) {
-                            round
-                                .direct
-                                .entry(peer)
-                                .or_default()
-                                .push((None, frame.clone()));
+                    match joined {
+                        Joined::Already(key) => {
+                            self.announce_contact(&key);
+                            let list = self.engine.device_list();
+                            round.events.push(NodeEvent::AccountJoined {
+                                account: *list.account(),
+                                serial: list.serial(),
+                            });
+                            key
                         }
-                        self.joining = Some(Joining {
-                            key,
-                            peer,
-                            frame,
-                            until,
-                        });
+                        Joined::Asked { first: key, frame } => {
+                            self.announce_contact(&key);
+                            if let Some(&peer) = self.peer_of.get(&key) {
+                                self.joining = Some(Joining {
+                                    key,
+                                    peer,
+                                    frame,
+                                    until,
+                                    sent_at: 0,
+                                });
+                                self.ask_to_join(now, round);
+                            }
+                            key
+                        }
                     }
-                    key
                 });
                 round.reply(reply, r.map_err(Into::into));
             }
@@ -1515,15 +1526,8 @@ impl Worker {
                     self.engine.peer_up(&key, now);
                     self.retry(now, round);
                 }
-                if let Some(j) = self.joining.take_if(|j| j.until <= now) {
-                    tracing::info!(account = %crate::store::hex(&j.key[..4]), "the link code ended before the account's device answered");
-                }
-                if let Some(j) = self.joining.as_ref().filter(|j| j.peer == peer) {
-                    round
-                        .direct
-                        .entry(peer)
-                        .or_default()
-                        .push((None, j.frame.clone()));
+                if self.joining.as_ref().is_some_and(|j| j.peer == peer) {
+                    self.ask_to_join(now, round);
                 }
                 self.media_peer_up(&peer, now, round);
             }
@@ -1564,6 +1568,13 @@ impl Worker {
                 answer,
             } => self.mailbox_answer(relay, purpose, answer, now, round),
             Job::Tick => {
+                if self
+                    .joining
+                    .as_ref()
+                    .is_some_and(|j| now >= j.sent_at.saturating_add(JOIN_AGAIN))
+                {
+                    self.ask_to_join(now, round);
+                }
                 self.load_wanted_media(round);
                 self.fetch_media(now, None, round);
                 let up: Vec<PeerId> = self
@@ -1826,6 +1837,28 @@ impl Worker {
         }
     }
 
+    /// Sends the request to join (`Worker::joining`) to the account's
+    /// first device if connected to it; forgets it once the code ended.
+    fn ask_to_join(&mut self, now: u64, round: &mut Round) {
+        let Some(j) = self.joining.take_if(|j| j.until <= now) else {
+            if let Some(j) = self.joining.as_mut()
+                && self.shared.is_connected(&j.peer)
+            {
+                j.sent_at = now;
+                round
+                    .direct
+                    .entry(j.peer)
+                    .or_default()
+                    .push((None, j.frame.clone()));
+            }
+            return;
+        };
+        tracing::info!(
+            account = %crate::store::hex(&j.key[..4]),
+            "the link code ended before the account's device answered"
+        );
+    }
+
     /// A direct batch from a device that is not a contact: if it carries a
     /// [`Frame::Link`], the request is checked against the link code
     /// waiting, if any, and answered (`true`); the batch's other frames
@@ -1866,7 +1899,18 @@ impl Worker {
                 }
                 self.events(vec![event], &key, round);
             }
-            Err(e) => warn!(%peer, error = %e, "a link request refused"),
+            Err(e) => {
+                // Made a contact before a later step failed: known here too.
+                if self.engine.contact(&key).is_some() {
+                    self.new_contact(&key, now, round);
+                }
+                if let Some(skipped) =
+                    self.complaints
+                        .note(&peer, "a link request refused", Instant::now())
+                {
+                    warn!(%peer, error = %e, skipped, "a link request refused");
+                }
+            }
         }
         round.outs.push(Out::Respond { token, statuses });
         true

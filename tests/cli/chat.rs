@@ -436,7 +436,30 @@ fn a_new_device_joins_an_account_with_a_link_code_through_the_cli() {
     assert_eq!(link["expires_in"], 600);
     let mut laptop = Device::init(root.path(), "laptop");
     laptop.start(&[]);
-    let joined = laptop.json(&["devices", "join", &code, "--name", "laptop"]);
+    // The code through stdin, out of the process list.
+    let mut join = laptop.cmd();
+    join.args([
+        "devices",
+        "join",
+        "-",
+        "--name",
+        "laptop",
+        "--timeout",
+        "30",
+        "--json",
+    ])
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = join.spawn().unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(code.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", crate::stderr(&out));
+    let joined: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(joined["account"], account.as_str());
     assert_eq!(joined["serial"], 2);
     assert_eq!(joined["devices"][1]["name"], "laptop");

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::{DEVICE_LIST_KEY, DevicesChange, Due, Engine, EngineError, Event};
+use super::{DEVICE_LIST_KEY, DevicesChange, Due, Engine, EngineError, Event, JOINING_KEY};
 use crate::crypto::{self, DeviceList, DeviceMembership, ListUpdate, Secret32, VerifiedDeviceList};
 use crate::node::proto::{Frame, LinkRequest, Payload, conversation_id};
 use crate::node::state::{Invite, LinkCode};
@@ -12,6 +12,22 @@ use crate::store::Kind;
 
 /// How long a link code can be used (seconds).
 pub const LINK_CODE_LIFE: u64 = 600;
+
+/// What [`Engine::join`] did.
+#[derive(Debug)]
+pub enum Joined {
+    /// The account's first device (a contact now) must get this `Link`
+    /// frame, directly.
+    Asked {
+        /// Its identity key.
+        first: [u8; 32],
+        /// The encoded frame.
+        frame: Vec<u8>,
+    },
+    /// The code's invite named this device in the account's list already:
+    /// it is in the account (the first device's key).
+    Already([u8; 32]),
+}
 
 /// The link code this device made last, until it is used or ends.
 pub(crate) struct PendingLink {
@@ -114,12 +130,24 @@ impl Engine {
             .devices
             .with_device(&self.me, &joining, &req.name, now)?
             .verify()?;
+        self.check_list_devices(&list)?;
         // Its record: its bundle and addresses, without the list of the
         // account it was alone in.
         let plain = Invite::new(invite.bundle, invite.addrs);
         let key = self.put_contact(&plain, &req.name)?;
         self.adopt(&key)?;
-        let due = self.set_own_list(list, now)?;
+        let before = self.devices.serial();
+        let due = match self.set_own_list(list, now) {
+            Ok(due) => due,
+            Err(e) => {
+                // Not listed after all: not a contact either, so that the
+                // device can join with a new code.
+                if self.devices.serial() == before {
+                    let _ = self.remove_contact(&key);
+                }
+                return Err(e);
+            }
+        };
         Ok((
             due,
             Event::DeviceLinked {
@@ -132,16 +160,13 @@ impl Engine {
     /// Asks to join the account of the device that made `code` (`meshchat
     /// devices join`, on a new device): that device becomes a contact, and
     /// the request for it is returned with its key, to be sent directly
-    /// (the only way a device that is not its contact yet is heard). This
-    /// device takes the account's list when that device sends it.
-    /// Only a device with no other contact and no group joins: one in use
-    /// is known to its contacts as an account of its own.
-    pub fn join(
-        &mut self,
-        code: &LinkCode,
-        name: &str,
-        now: u64,
-    ) -> Result<([u8; 32], Vec<u8>), EngineError> {
+    /// (the only way a device that is not its contact yet is heard). The
+    /// account is recorded as the one asked for: this device takes its
+    /// list when it names this device, until this device adds a contact of
+    /// its own ([`Self::own_list_from`]). Only a device with no other
+    /// contact and no group joins: one in use is known to its contacts as
+    /// an account of its own.
+    pub fn join(&mut self, code: &LinkCode, name: &str, now: u64) -> Result<Joined, EngineError> {
         let me = self.me.public().signing;
         if now >= code.expires_at {
             return Err(refused("the link code has ended"));
@@ -173,8 +198,14 @@ impl Engine {
             .map(|d| d.name.clone())
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "my first device".to_owned());
+        // Recorded first: the code's own invite may carry a list naming
+        // this device already (a join asked for again), taken at once.
+        self.set_joining(Some(account))?;
         let key = self.put_contact(&invite, &called)?;
         self.adopt(&key)?;
+        if *self.devices.account() == account {
+            return Ok(Joined::Already(key));
+        }
         let mine = self.invite(self.listen.clone(), now)?;
         let request = LinkRequest {
             invite: Invite::new(mine.bundle, mine.addrs).to_bytes(),
@@ -182,7 +213,10 @@ impl Engine {
             name: name.to_owned(),
             mac: crypto::link_proof(code.secret(), &account, &me),
         };
-        Ok((key, Frame::Link(request).to_bytes()))
+        Ok(Joined::Asked {
+            first: key,
+            frame: Frame::Link(request).to_bytes(),
+        })
     }
 
     /// Keeps `list` as this account's, and queues it for every contact.
@@ -238,6 +272,10 @@ impl Engine {
     /// Keeps `list` as the newest of its account (in memory and in its
     /// record).
     pub(super) fn keep_list(&mut self, list: VerifiedDeviceList) -> Result<(), EngineError> {
+        // This account's own is kept as this device's (`own_list_from`).
+        if list.account() == self.devices.account() {
+            return Ok(());
+        }
         self.store
             .records(Kind::Contacts)?
             .put(&list_record(list.account()), &list.list().to_bytes())?;
@@ -266,7 +304,9 @@ impl Engine {
     /// something else than the list held under the same serial is not
     /// kept, and reported ([`Event::DevicesConflict`]); `Err` (a crypto
     /// error) if it is not a valid list naming `from` with its keys, or
-    /// names a device known in another account.
+    /// names a device known in another account. A list of this device's
+    /// own account, or of the account it asked to join, that names this
+    /// device becomes its own ([`Event::AccountJoined`] when it joins).
     pub(super) fn on_devices(
         &mut self,
         from: &[u8; 32],
@@ -279,8 +319,8 @@ impl Engine {
         }
         self.check_list_devices(&list)?;
         let account = *list.account();
-        let held = self.lists.get(&account);
-        if let Some(held) = held
+        let held = self.held_list(&account).cloned();
+        if let Some(held) = &held
             && held.serial() == list.serial()
             && held.list() != list.list()
         {
@@ -294,12 +334,21 @@ impl Engine {
                 serial: list.serial(),
             }]);
         }
-        let (added, removed) = match held {
+        let mut events = Vec::new();
+        // Before the comparison below returns early: a list held already
+        // (from an invite) may be the one that names this device.
+        if self.own_list_from(&list)? {
+            events.push(Event::AccountJoined {
+                account,
+                serial: list.serial(),
+            });
+        }
+        let (added, removed) = match &held {
             Some(held) => match held.update(&list)? {
                 ListUpdate::Newer { added, removed } => {
                     (added.into_iter().map(|d| d.signing).collect(), removed)
                 }
-                ListUpdate::Same | ListUpdate::Older => return Ok(Vec::new()),
+                ListUpdate::Same | ListUpdate::Older => return Ok(events),
             },
             // Its first list: every device but the one it came from is
             // news.
@@ -312,7 +361,7 @@ impl Engine {
                 Vec::new(),
             ),
         };
-        let renamed = held.map_or_else(Vec::new, |held| {
+        let renamed = held.as_ref().map_or_else(Vec::new, |held| {
             list.devices()
                 .iter()
                 .filter(|d| {
@@ -330,7 +379,6 @@ impl Engine {
             removed,
             renamed,
         };
-        let joined = self.own_list_from(&list)?;
         self.keep_list(list)?;
         if let Some(c) = self.contacts.get_mut(from) {
             c.devices = bytes.to_vec();
@@ -339,33 +387,46 @@ impl Engine {
                 .put(from, &c.to_bytes())?;
         }
         self.accounts.insert(*from, account);
-        let mut events = vec![Event::DevicesChanged(change)];
-        if joined {
-            events.push(Event::AccountJoined {
-                account,
-                serial: self.devices.serial(),
-            });
-        }
+        events.insert(0, Event::DevicesChanged(change));
         Ok(events)
     }
 
-    /// A contact's account list naming this device (which consented to be
-    /// in that account only, when it asked to join: [`Self::join`]) is
-    /// this device's list from now on, when it is newer than the one held.
-    /// `true` when this device joined that account now.
-    fn own_list_from(&mut self, list: &VerifiedDeviceList) -> Result<bool, EngineError> {
+    /// The newest list held of `account`: this device's own for its own
+    /// account, else a contact account's.
+    pub(super) fn held_list(&self, account: &[u8; 32]) -> Option<&VerifiedDeviceList> {
+        if account == self.devices.account() {
+            Some(&self.devices)
+        } else {
+            self.lists.get(account)
+        }
+    }
+
+    /// Takes `list` as this device's own when it is a later list of its
+    /// own account that names it, or a list naming it of the account it
+    /// asked to join ([`Self::join`]: the only other account it consented
+    /// to), while it has no contact outside that list and no group. `true`
+    /// when this device joined that account now.
+    pub(super) fn own_list_from(&mut self, list: &VerifiedDeviceList) -> Result<bool, EngineError> {
         let me = self.me.public();
-        let joined = *self.devices.account() != *list.account();
-        if *list.account() == me.signing || (!joined && list.serial() <= self.devices.serial()) {
+        let account = *list.account();
+        let joins = *self.devices.account() != account;
+        if account == me.signing {
             return Ok(false);
         }
-        if !list.names(me) {
-            if !joined {
-                tracing::warn!(
-                    serial = list.serial(),
-                    "this account's newest device list no longer names this device"
-                );
+        if joins {
+            let alone = self.contacts.keys().all(|k| list.device(k).is_some())
+                && self.groups().is_empty()
+                && self.devices.devices().len() == 1;
+            if self.joining != Some(account) || !alone || !list.names(me) {
+                return Ok(false);
             }
+        } else if list.serial() <= self.devices.serial() {
+            return Ok(false);
+        } else if !list.names(me) {
+            tracing::warn!(
+                serial = list.serial(),
+                "this account's newest device list no longer names this device; the list held is kept"
+            );
             return Ok(false);
         }
         self.store
@@ -374,7 +435,29 @@ impl Engine {
         self.devices = list.clone();
         // Invites from now on carry the account's list.
         self.unasked = None;
-        Ok(joined)
+        if joins {
+            self.set_joining(None)?;
+            // One copy of the own list: this device's.
+            if self.lists.remove(&account).is_some() {
+                self.store
+                    .records(Kind::Contacts)?
+                    .remove(&list_record(&account))?;
+            }
+        }
+        Ok(joins)
+    }
+
+    /// Records (or clears) the account this device asked to join.
+    pub(super) fn set_joining(&mut self, account: Option<[u8; 32]>) -> Result<(), EngineError> {
+        let ids = self.store.records(Kind::Identity)?;
+        match &account {
+            Some(a) => ids.put(JOINING_KEY, a)?,
+            None => {
+                ids.remove(JOINING_KEY)?;
+            }
+        }
+        self.joining = account;
+        Ok(())
     }
 }
 
@@ -391,11 +474,14 @@ const LIST_PREFIX: &[u8] = b"list:";
 pub(super) fn load_lists(
     store: &crate::store::Store,
     contacts: &std::collections::HashMap<[u8; 32], crate::node::state::Contact>,
+    own: &[u8; 32],
 ) -> Result<ListsHeld, EngineError> {
     let records = store.records(Kind::Contacts)?;
     let mut lists: HashMap<[u8; 32], VerifiedDeviceList> = HashMap::new();
     for (key, bytes) in records.scan(LIST_PREFIX)? {
         match DeviceList::from_bytes(&bytes).and_then(|l| l.verify()) {
+            // The own account's list is the device's own record.
+            Ok(list) if list.account() == own => {}
             Ok(list) if key[LIST_PREFIX.len()..] == list.account()[..] => {
                 lists.insert(*list.account(), list);
             }
@@ -408,6 +494,9 @@ pub(super) fn load_lists(
             continue;
         };
         accounts.insert(*key, *list.account());
+        if list.account() == own {
+            continue;
+        }
         let newer = lists
             .get(list.account())
             .is_none_or(|held| held.serial() < list.serial());
