@@ -162,7 +162,9 @@ impl TestNode {
         what: &str,
         pick: impl FnMut(&NodeEvent) -> Option<T>,
     ) -> T {
-        wait_on(&mut self.events, self.name, what, pick).await
+        // Named with its peer id too: the logs of a failed run name peers.
+        let name = format!("{} ({})", self.name, self.handle.info().peer_id);
+        wait_on(&mut self.events, &name, what, pick).await
     }
 
     /// Its invite code without addresses (the mesh must find it).
