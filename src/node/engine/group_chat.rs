@@ -927,15 +927,22 @@ impl Engine {
             }
         }
         // Operations learnt from others go on to the members this device
-        // added (who may have joined after their authors sent them).
+        // added (who may have joined after their authors sent them), those
+        // the operations remove among them: a member removed by an admin
+        // who was itself removed at the same time may have let that admin
+        // go as a contact (one only the group made) before its copy came,
+        // and would not read it.
         if is_in && !ours {
             let bytes: Vec<Vec<u8>> = fresh.iter().map(|o| o.bytes.clone()).collect();
-            let added: Vec<[u8; 32]> = after
+            let mut added: Vec<[u8; 32]> = after
                 .members
                 .iter()
+                .chain(left.iter().filter_map(|k| before.member(k)))
                 .filter(|m| m.added_by == me && m.key != me && !joined.contains(&m.key))
                 .map(|m| m.key)
                 .collect();
+            added.sort_unstable();
+            added.dedup();
             for k in added {
                 fx.due
                     .extend(self.queue_ops(&k, &group, bytes.clone(), now)?);
@@ -2208,6 +2215,12 @@ mod tests {
     impl Devices {
         /// `n` devices; device 0 knows everyone, the others only device 0.
         fn new(n: usize) -> Self {
+            Self::new_ordered(n, false)
+        }
+
+        /// [`Self::new`], with device 0 the one of the highest identity key
+        /// if `highest_first`.
+        fn new_ordered(n: usize, highest_first: bool) -> Self {
             let mut dirs = Vec::new();
             let mut engines = Vec::new();
             for i in 0..n {
@@ -2219,6 +2232,13 @@ mod tests {
                 let store = Arc::new(Store::open(dir.path(), &key).unwrap());
                 engines.push(Engine::open(store, 100).unwrap());
                 dirs.push(dir);
+            }
+            if highest_first {
+                let top = (0..n)
+                    .max_by_key(|&i| engines[i].me.public().signing)
+                    .unwrap_or(0);
+                engines.swap(0, top);
+                dirs.swap(0, top);
             }
             let keys: Vec<[u8; 32]> = engines.iter().map(|e| e.me.public().signing).collect();
             for i in 1..n {
@@ -2845,6 +2865,90 @@ mod tests {
         assert!(d.engines[1].forget_orphans(300).0.is_empty());
         assert!(d.engines[1].contacts.contains_key(&three));
         assert!(d.engines[1].contacts.contains_key(&admin));
+    }
+
+    /// Two admins at once: the creator removes the second admin while
+    /// that admin removes a member, whose removal comes first in the
+    /// order. The member hears the creator's operations first and forgets
+    /// the second admin (a contact only the group made); that admin's own
+    /// copy of the removal then comes from a stranger and is not read.
+    /// The member still learns that it is out: the creator passes the
+    /// operations it learns on to the members it added, those they remove
+    /// among them.
+    #[test]
+    fn a_member_removed_by_an_admin_removed_at_once_hears_it_from_who_added_it() {
+        // The creator has the highest key: the second admin's removal, at
+        // the same clock, comes first.
+        let mut d = Devices::new_ordered(4, true);
+        let (group, fx) = d.team();
+        d.effects(0, fx);
+        d.run(true, &[]);
+        let (b, c) = (1, 2);
+        assert!(d.keys[b] < d.keys[0]);
+        let (bk, ck) = (d.keys[b], d.keys[c]);
+        let fx = d.engines[0]
+            .change_group(
+                &group,
+                GroupChange::SetRole {
+                    member: bk,
+                    role: Role::Admin,
+                },
+                200,
+            )
+            .unwrap();
+        d.effects(0, fx);
+        d.run(true, &[]);
+        let fx_a = d.engines[0]
+            .change_group(&group, GroupChange::Remove { member: bk }, 201)
+            .unwrap();
+        let fx_b = d.engines[b]
+            .change_group(&group, GroupChange::Remove { member: ck }, 201)
+            .unwrap();
+        d.effects(0, fx_a);
+        // b's copy for c is held back until c has forgotten b.
+        let mut held = Vec::new();
+        for due in fx_b.due {
+            if due.to == ck {
+                held.push(due.frame);
+            } else {
+                d.wire
+                    .push_back((b, d.index(&due.to), due.frame, Some(due.pos)));
+            }
+        }
+        d.run(true, &[]);
+        let (gone, _) = d.engines[c].forget_orphans(202);
+        let gone: Vec<[u8; 32]> = gone.iter().map(|g| g.key).collect();
+        assert!(gone.contains(&bk), "c forgot the second admin");
+        for frame in held {
+            assert!(matches!(
+                d.engines[c].receive(&bk, &[frame], 203, true),
+                Err(EngineError::UnknownSender)
+            ));
+        }
+        let joined = |e: &Engine| e.groups().iter().find(|g| g.id == group).unwrap().joined;
+        assert!(!joined(&d.engines[b]), "the second admin is out");
+        assert!(
+            !joined(&d.engines[c]),
+            "the member it removed knows it is out"
+        );
+        let members = |e: &Engine| {
+            let mut m: Vec<[u8; 32]> = e
+                .groups()
+                .iter()
+                .find(|g| g.id == group)
+                .unwrap()
+                .members
+                .iter()
+                .map(|m| m.0)
+                .collect();
+            m.sort_unstable();
+            m
+        };
+        let view = members(&d.engines[0]);
+        assert!(!view.contains(&bk) && !view.contains(&ck));
+        for i in (1..4).filter(|&i| i != b && i != c) {
+            assert_eq!(members(&d.engines[i]), view);
+        }
     }
 
     /// A contact a group made stays while our delivered receipts for its
