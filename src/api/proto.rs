@@ -754,6 +754,16 @@ pub enum EventView {
         /// The serial both lists carry.
         serial: u64,
     },
+    /// A device of a contact's account (its newest device list names it)
+    /// introduced itself and is a contact now.
+    ContactDevice {
+        /// The name it was given.
+        with: String,
+        /// Its identity key (hex).
+        identity: String,
+        /// The account (hex).
+        account: String,
+    },
     /// A new device joined this account with a link code made here.
     DeviceLinked {
         /// Its identity key (hex).
@@ -964,6 +974,15 @@ impl EventView {
                 identity: hex(contact),
                 account: hex(account),
                 serial: *serial,
+            },
+            NodeEvent::ContactDevice {
+                contact,
+                account,
+                name,
+            } => Self::ContactDevice {
+                with: name.clone(),
+                identity: hex(contact),
+                account: hex(account),
             },
             NodeEvent::DeviceLinked { device, name } => Self::DeviceLinked {
                 identity: hex(device),

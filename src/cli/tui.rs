@@ -514,6 +514,12 @@ impl App {
                     "A new device joined your account: {name} ({fingerprint}…)"
                 ));
             }
+            "contact_device" => {
+                let name: String = s("with").chars().map(super::client::shown).collect();
+                self.notice = Some(format!(
+                    "{name} is a contact now: a device of a contact's account"
+                ));
+            }
             "account_joined" => {
                 self.notice = Some("This device joined your account.".to_owned());
             }

@@ -218,6 +218,17 @@ pub enum NodeEvent {
         /// The serial both lists carry.
         serial: u64,
     },
+    /// A device that the newest list of a contact's account names
+    /// introduced itself, and is a contact now (of its own, named after
+    /// that contact and the device): the account vouches for it.
+    ContactDevice {
+        /// The device's identity key.
+        contact: [u8; 32],
+        /// The account.
+        account: [u8; 32],
+        /// The name it was given.
+        name: String,
+    },
     /// A new device joined this account with a link code made here; it
     /// is a contact now, and every contact is sent the new list.
     DeviceLinked {

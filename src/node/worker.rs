@@ -2485,6 +2485,7 @@ impl Worker {
     fn envelopes(&mut self, envs: Vec<Envelope>, now: u64, round: &mut Round) {
         let mut by_sender: Vec<([u8; 32], Vec<Vec<u8>>)> = Vec::new();
         let mut strangers = Vec::new();
+        let mut introduced = Vec::new();
         for env in envs {
             match self.engine.open_envelope(&env) {
                 Ok(Opened::Frame { from, frame }) => {
@@ -2499,8 +2500,11 @@ impl Worker {
                     carries,
                 }) => {
                     let key = from.signing;
-                    if self.introduced(from, *invite, now, round) && carries {
-                        strangers.push((key, env));
+                    if self.introduced(from, *invite, now, round) {
+                        introduced.push(key);
+                        if carries {
+                            strangers.push((key, env));
+                        }
                     }
                 }
                 // Kept after this batch's introductions, which may come
@@ -2538,6 +2542,40 @@ impl Worker {
                 }
             }
         }
+        self.accept_listed(&introduced, now, round);
+    }
+
+    /// The requests of `keys` from devices that the newest list of a
+    /// contact's account names are accepted at once: that account vouches
+    /// for them (docs/devices.md, "Contact requests and devices"). Each
+    /// becomes a contact of its own ("alice laptop"), and what it sent is
+    /// read.
+    fn accept_listed(&mut self, keys: &[[u8; 32]], now: u64, round: &mut Round) {
+        for key in keys {
+            let Some(request) = self.requests.take(key) else {
+                continue;
+            };
+            let Some(name) = self.engine.listed_device_name(&request.identity) else {
+                self.requests.restore(request);
+                continue;
+            };
+            if let Err(e) = self.engine.add_contact(&request.invite, &name) {
+                warn!(error = %e, "a device of a contact's account not added");
+                self.requests.restore(request);
+                continue;
+            }
+            round.dirty = true;
+            tracing::info!(contact = %crate::store::hex(&key[..4]), %name, "a device of a contact's account is a contact now");
+            let account = self.engine.account_of(key);
+            self.new_contact(key, now, round);
+            self.introduce(key, now, round);
+            round.events.push(NodeEvent::ContactDevice {
+                contact: *key,
+                account,
+                name,
+            });
+            self.envelopes(request.held, now, round);
+        }
     }
 
     /// What frames the contact `from` sent (directly or sealed) gave:
@@ -2551,6 +2589,17 @@ impl Worker {
         {
             self.joining = None;
         }
+        // Devices a contact's account added that wait as requests.
+        let added: Vec<[u8; 32]> = h
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::DevicesChanged(c) => Some(c.added.clone()),
+                _ => None,
+            })
+            .flatten()
+            .filter(|k| self.requests.is_waiting(k))
+            .collect();
         self.events(h.events, from, round);
         for r in h.replies {
             self.route(from, r, None, now, round);
@@ -2559,6 +2608,7 @@ impl Worker {
         if (took && self.engine.heard_from(from, now)) || h.restarted {
             self.retry(now, round);
         }
+        self.accept_listed(&added, now, round);
     }
 
     /// Does what a group change or message asks: new members become

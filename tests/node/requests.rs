@@ -206,3 +206,54 @@ async fn a_request_waits_still_when_a_group_makes_its_sender_a_contact() {
         message(&mut b, b"hello bob, it is alice").await;
     }
 }
+
+/// Alice links her laptop; Bob hears of it (her account's new list). When
+/// the laptop adds Bob's invite and introduces itself, Bob is not asked:
+/// the list of a contact's account names it, so it is a contact at once,
+/// named after Alice and the device, and what it writes is read and
+/// delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_device_of_a_contact_is_a_contact_at_once() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = TestNode::start_in("alice", dirs[0].path(), 81).await;
+    let mut b = TestNode::start_in("bob", dirs[1].path(), 82).await;
+    let mut l = TestNode::start_in("laptop", dirs[2].path(), 83).await;
+    befriend(&mut a, &mut b).await;
+    let (ak, lk) = (a.key(), l.key());
+    let code = a.handle.link_device().await.unwrap();
+    assert_eq!(l.handle.join_account(&code, "laptop").await.unwrap(), ak);
+    l.wait("the account", |e| match e {
+        NodeEvent::AccountJoined { account, .. } if *account == ak => Some(()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(l.handle.devices().await.unwrap().account, ak);
+    b.wait("alice's new list", |e| match e {
+        NodeEvent::DevicesChanged { change, .. } if change.added == vec![lk] => Some(()),
+        _ => None,
+    })
+    .await;
+
+    let code_b = b.handle.invite().await.unwrap();
+    l.handle.add_contact(&code_b, "bob").await.unwrap();
+    let name = b
+        .wait("the laptop as a contact", |e| match e {
+            NodeEvent::ContactDevice {
+                contact,
+                account,
+                name,
+            } if *contact == lk && *account == ak => Some(name.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(name, "alice laptop");
+    assert!(b.handle.requests().await.unwrap().is_empty());
+    let sent = l
+        .handle
+        .send(b.key(), b"from the laptop".to_vec())
+        .await
+        .unwrap();
+    let got = message(&mut b, b"from the laptop").await;
+    assert_eq!(got.sender, lk);
+    receipt(&mut l, sent, DeliveryState::Delivered).await;
+}

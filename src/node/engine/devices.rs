@@ -391,6 +391,27 @@ impl Engine {
         Ok(events)
     }
 
+    /// The name to make the device `identity` a contact under when the
+    /// newest list held of a contact's account names it, with these very
+    /// keys: the account vouches for it (each of its devices consented),
+    /// and the person took that account as a contact — "alice laptop".
+    /// `None` for a device no such list names, or a contact already.
+    pub fn listed_device_name(&self, identity: &crypto::PublicIdentity) -> Option<String> {
+        let key = identity.signing;
+        if self.contacts.contains_key(&key) {
+            return None;
+        }
+        let (account, list) = self.lists.iter().find(|(_, l)| l.names(identity))?;
+        let (_, contact) = self
+            .contacts
+            .iter()
+            .filter(|(k, _)| self.account_of(k) == *account)
+            .min_by_key(|(k, _)| **k != *account)?;
+        let device = list.device(&key).map(|d| d.name.as_str()).unwrap_or("");
+        let device = if device.is_empty() { "device" } else { device };
+        Some(self.introduced_name(&format!("{} {device}", contact.name), &key))
+    }
+
     /// The newest list held of `account`: this device's own for its own
     /// account, else a contact account's.
     pub(super) fn held_list(&self, account: &[u8; 32]) -> Option<&VerifiedDeviceList> {
