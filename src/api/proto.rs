@@ -764,6 +764,14 @@ pub enum EventView {
         /// The account (hex).
         account: String,
     },
+    /// The account's first device shared its contacts with this device
+    /// (which joined the account): these are contacts now.
+    AccountContacts {
+        /// Their names.
+        contacts: Vec<String>,
+        /// Their identity keys (hex).
+        identities: Vec<String>,
+    },
     /// A new device joined this account with a link code made here.
     DeviceLinked {
         /// Its identity key (hex).
@@ -983,6 +991,10 @@ impl EventView {
                 with: name.clone(),
                 identity: hex(contact),
                 account: hex(account),
+            },
+            NodeEvent::AccountContacts { added } => Self::AccountContacts {
+                contacts: added.iter().map(name).collect(),
+                identities: added.iter().map(|k| hex(k)).collect(),
             },
             NodeEvent::DeviceLinked { device, name } => Self::DeviceLinked {
                 identity: hex(device),

@@ -520,6 +520,10 @@ impl App {
                     "{name} is a contact now: a device of a contact's account"
                 ));
             }
+            "account_contacts" => {
+                let n = e["contacts"].as_array().map_or(0, Vec::len);
+                self.notice = Some(format!("{n} contacts came from your account"));
+            }
             "account_joined" => {
                 self.notice = Some("This device joined your account.".to_owned());
             }

@@ -353,6 +353,12 @@ pub enum Event {
         /// The name it is listed under.
         name: String,
     },
+    /// Contacts the account's first device shared with this device
+    /// (which joined the account) are contacts here now.
+    AccountContacts {
+        /// Their identity keys.
+        added: Vec<[u8; 32]>,
+    },
     /// This device joined the account `account` (its first device sent
     /// the list naming it).
     AccountJoined {
@@ -2107,6 +2113,20 @@ impl Engine {
                         .extend(self.on_retention(from, &conv, secs, lamport)?);
                     delivered.push((0, id));
                 }
+                Payload::AccountContacts { id, contacts } => {
+                    match self.on_account_contacts(from, contacts) {
+                        Ok(news) => {
+                            out.events.extend(news);
+                            delivered.push((0, id));
+                        }
+                        Err(EngineError::Crypto(e)) => {
+                            tracing::warn!(error = %e, "shared contacts refused");
+                            out.accepted.push(false);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 Payload::Devices { id, list, .. } => match self.on_devices(from, &list) {
                     Ok(news) => {
                         out.events.extend(news);
@@ -2656,6 +2676,7 @@ mod tests {
 
         let to: HashSet<[u8; 32]> = due.iter().map(|d| d.to).collect();
         assert_eq!(to, HashSet::from([p.b_key, n_key]));
+        let mut at_n = Vec::new();
         for d in &due {
             if d.to == p.b_key {
                 let got =
@@ -2670,12 +2691,19 @@ mod tests {
                     .receive(&p.a_key, std::slice::from_ref(&d.frame), 113, true)
                     .unwrap();
                 assert_eq!(got.accepted, vec![true]);
-                assert!(got.events.contains(&Event::AccountJoined {
-                    account: p.a_key,
-                    serial: 2
-                }));
+                at_n.extend(got.events);
             }
         }
+        assert!(at_n.contains(&Event::AccountJoined {
+            account: p.a_key,
+            serial: 2
+        }));
+        // The account's contacts came with it: bob, under alice's name for
+        // him (the laptop writes to him as a device of her account).
+        assert!(at_n.contains(&Event::AccountContacts {
+            added: vec![p.b_key]
+        }));
+        assert_eq!(n.contact(&p.b_key).map(|c| c.name.as_str()), Some("bob"));
         assert_eq!(n.device_list().account(), &p.a_key);
         assert!(
             n.name_device("tablet", 114).is_err(),

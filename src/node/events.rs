@@ -229,6 +229,13 @@ pub enum NodeEvent {
         /// The name it was given.
         name: String,
     },
+    /// The account's first device shared its contacts with this device
+    /// (which joined the account): these are contacts here now, and each
+    /// is told who this device is.
+    AccountContacts {
+        /// Their identity keys.
+        added: Vec<[u8; 32]>,
+    },
     /// A new device joined this account with a link code made here; it
     /// is a contact now, and every contact is sent the new list.
     DeviceLinked {

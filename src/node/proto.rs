@@ -231,7 +231,29 @@ pub enum Payload {
         /// Bundles of devices the list adds.
         bundles: Vec<crate::crypto::PrekeyBundle>,
     },
+    /// Contacts of the sender's account, from the account's first device
+    /// to a device that joined it: each one's name and invite, at most
+    /// [`MAX_SHARED_CONTACTS`] a payload.
+    AccountContacts {
+        /// Its id in the sender's outbox (acknowledged like a message's).
+        id: [u8; 16],
+        /// The contacts.
+        contacts: Vec<SharedContact>,
+    },
 }
+
+/// One contact in [`Payload::AccountContacts`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedContact {
+    /// What the account calls it.
+    pub name: String,
+    /// Its encoded invite (checked like any invite when taken).
+    #[serde(with = "serde_bytes")]
+    pub invite: Vec<u8>,
+}
+
+/// Most contacts in one [`Payload::AccountContacts`].
+pub const MAX_SHARED_CONTACTS: usize = 32;
 
 #[derive(Serialize, Deserialize)]
 struct PayloadWire {
@@ -270,6 +292,18 @@ impl Payload {
                     what: "device list",
                     len: list.len(),
                     max: crypto::DEVICE_LIST_MAX,
+                })
+            }
+            Payload::AccountContacts { contacts, .. }
+                if contacts.len() > MAX_SHARED_CONTACTS
+                    || contacts
+                        .iter()
+                        .any(|c| c.name.len() > super::state::MAX_NAME) =>
+            {
+                Err(crypto::Error::TooLarge {
+                    what: "shared contacts",
+                    len: contacts.len(),
+                    max: MAX_SHARED_CONTACTS,
                 })
             }
             _ => Ok(w.payload),
@@ -433,6 +467,37 @@ mod tests {
             messages: vec![(1, [0; 16]); MAX_RECEIPTS + 1],
         };
         assert!(Payload::from_bytes(&many.to_bytes()).is_err());
+        // Shared contacts: at most MAX_SHARED_CONTACTS, names bounded.
+        let one = SharedContact {
+            name: "bob".into(),
+            invite: vec![7; 40],
+        };
+        let shared = Payload::AccountContacts {
+            id: [4; 16],
+            contacts: vec![one.clone(); MAX_SHARED_CONTACTS],
+        };
+        assert_eq!(Payload::from_bytes(&shared.to_bytes()).unwrap(), shared);
+        let too_many = Payload::AccountContacts {
+            id: [4; 16],
+            contacts: vec![one.clone(); MAX_SHARED_CONTACTS + 1],
+        };
+        assert!(Payload::from_bytes(&too_many.to_bytes()).is_err());
+        let long_name = Payload::AccountContacts {
+            id: [4; 16],
+            contacts: vec![SharedContact {
+                name: "x".repeat(crate::node::state::MAX_NAME + 1),
+                ..one
+            }],
+        };
+        assert!(Payload::from_bytes(&long_name.to_bytes()).is_err());
+        // A link request round-trips as a frame.
+        let link = Frame::Link(LinkRequest {
+            invite: vec![1; 10],
+            consent: [2; 64],
+            name: "laptop".into(),
+            mac: [3; 32],
+        });
+        assert_eq!(Frame::from_bytes(&link.to_bytes()).unwrap(), link);
         // The examples of protocol.md §16.5.
         assert_eq!(Payload::Resend { from: 5 }.to_bytes(), [1, 2, 5]);
         let gone = Payload::Gone {

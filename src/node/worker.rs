@@ -2589,6 +2589,17 @@ impl Worker {
         {
             self.joining = None;
         }
+        // Contacts the account shared with this device: reachable now, and
+        // told who this device is (they take it in as the account's).
+        let shared: Vec<[u8; 32]> = h
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::AccountContacts { added } => Some(added.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
         // Devices a contact's account added that wait as requests.
         let added: Vec<[u8; 32]> = h
             .events
@@ -2609,6 +2620,10 @@ impl Worker {
             self.retry(now, round);
         }
         self.accept_listed(&added, now, round);
+        for key in shared {
+            self.new_contact(&key, now, round);
+            self.introduce(&key, now, round);
+        }
     }
 
     /// Does what a group change or message asks: new members become
@@ -2704,6 +2719,7 @@ impl Worker {
                     serial,
                 },
                 Event::DeviceLinked { device, name } => NodeEvent::DeviceLinked { device, name },
+                Event::AccountContacts { added } => NodeEvent::AccountContacts { added },
                 Event::AccountJoined { account, serial } => {
                     NodeEvent::AccountJoined { account, serial }
                 }

@@ -213,19 +213,19 @@ async fn a_request_waits_still_when_a_group_makes_its_sender_a_contact() {
     }
 }
 
-/// Alice links her laptop; Bob hears of it (her account's new list). When
-/// the laptop adds Bob's invite and introduces itself, Bob is not asked:
-/// the list of a contact's account names it, so it is a contact at once,
-/// named after Alice and the device, and what it writes is read and
-/// delivered.
+/// Alice links her laptop; Bob hears of it (her account's new list). Her
+/// contacts come to the laptop from her phone; the laptop introduces
+/// itself to Bob, who is not asked: the list of a contact's account names
+/// it, so it is a contact at once, named after Alice and the device, and
+/// what it writes is read and delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_linked_device_of_a_contact_is_a_contact_at_once() {
+async fn a_linked_device_gets_the_accounts_contacts_who_take_it_in_at_once() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut a = TestNode::start_in("alice", dirs[0].path(), 81).await;
     let mut b = TestNode::start_in("bob", dirs[1].path(), 82).await;
     let mut l = TestNode::start_in("laptop", dirs[2].path(), 83).await;
     befriend(&mut a, &mut b).await;
-    let (ak, lk) = (a.key(), l.key());
+    let (ak, bk, lk) = (a.key(), b.key(), l.key());
     let code = a.handle.link_device().await.unwrap();
     assert_eq!(l.handle.join_account(&code, "laptop").await.unwrap(), ak);
     l.wait("the account", |e| match e {
@@ -234,14 +234,14 @@ async fn a_linked_device_of_a_contact_is_a_contact_at_once() {
     })
     .await;
     assert_eq!(l.handle.devices().await.unwrap().account, ak);
-    b.wait("alice's new list", |e| match e {
-        NodeEvent::DevicesChanged { change, .. } if change.added == vec![lk] => Some(()),
+    l.wait("alice's contacts", |e| match e {
+        NodeEvent::AccountContacts { added } if added.contains(&bk) => Some(()),
         _ => None,
     })
     .await;
+    let contacts = l.handle.contacts().await.unwrap();
+    assert!(contacts.iter().any(|c| c.identity == bk && c.name == "bob"));
 
-    let code_b = b.handle.invite().await.unwrap();
-    l.handle.add_contact(&code_b, "bob").await.unwrap();
     let name = b
         .wait("the laptop as a contact", |e| match e {
             NodeEvent::ContactDevice {
@@ -256,7 +256,7 @@ async fn a_linked_device_of_a_contact_is_a_contact_at_once() {
     assert!(b.handle.requests().await.unwrap().is_empty());
     let sent = l
         .handle
-        .send(b.key(), b"from the laptop".to_vec())
+        .send(bk, b"from the laptop".to_vec())
         .await
         .unwrap();
     let got = message(&mut b, b"from the laptop").await;

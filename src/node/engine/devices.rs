@@ -6,9 +6,15 @@ use std::collections::HashMap;
 
 use super::{DEVICE_LIST_KEY, DevicesChange, Due, Engine, EngineError, Event, JOINING_KEY};
 use crate::crypto::{self, DeviceList, DeviceMembership, ListUpdate, Secret32, VerifiedDeviceList};
-use crate::node::proto::{Frame, LinkRequest, Payload, conversation_id};
+use crate::node::proto::{
+    Frame, LinkRequest, MAX_SHARED_CONTACTS, Payload, SharedContact, conversation_id,
+};
 use crate::node::state::{Invite, LinkCode};
 use crate::store::Kind;
+
+/// Most invite bytes in one [`Payload::AccountContacts`] (a payload is at
+/// most 64 KiB).
+const SHARED_BYTES: usize = 40 * 1024;
 
 /// How long a link code can be used (seconds).
 pub const LINK_CODE_LIFE: u64 = 600;
@@ -137,7 +143,7 @@ impl Engine {
         let key = self.put_contact(&plain, &req.name)?;
         self.adopt(&key)?;
         let before = self.devices.serial();
-        let due = match self.set_own_list(list, now) {
+        let mut due = match self.set_own_list(list, now) {
             Ok(due) => due,
             Err(e) => {
                 // Not listed after all: not a contact either, so that the
@@ -148,6 +154,14 @@ impl Engine {
                 return Err(e);
             }
         };
+        // The account's contacts, so that the new device can write to
+        // them (they take it in as a device of this account).
+        match self.share_contacts(&key, now) {
+            Ok(shared) => due.extend(shared),
+            Err(e) => {
+                tracing::warn!(error = %e, "the account's contacts not queued for its new device")
+            }
+        }
         Ok((
             due,
             Event::DeviceLinked {
@@ -217,6 +231,110 @@ impl Engine {
             first: key,
             frame: Frame::Link(request).to_bytes(),
         })
+    }
+
+    /// Queues this account's contacts (those the person took, not the ones
+    /// only a group made, nor its own devices) for its device `to`, in
+    /// payloads of at most [`MAX_SHARED_CONTACTS`] and about 40 KiB.
+    fn share_contacts(&mut self, to: &[u8; 32], now: u64) -> Result<Vec<Due>, EngineError> {
+        let own = *self.devices.account();
+        let mut shared: Vec<SharedContact> = self
+            .contacts
+            .iter()
+            .filter(|(k, _)| {
+                *k != to
+                    && !self.is_group_made(k)
+                    && self.account_of(k) != own
+                    && self.devices.device(k).is_none()
+            })
+            .filter_map(|(k, c)| {
+                let invite = self.contact_invite(k).ok()?.to_bytes();
+                Some(SharedContact {
+                    name: c.name.clone(),
+                    invite,
+                })
+            })
+            .collect();
+        shared.sort_by(|a, b| a.name.cmp(&b.name));
+        let Some(contact) = self.contacts.get(to) else {
+            return Ok(Vec::new());
+        };
+        let conv = conversation_id(self.me.public(), &contact.identity);
+        let mut due = Vec::new();
+        let mut rest = shared.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
+            while let Some(next) = rest.peek() {
+                let size = next.invite.len() + next.name.len();
+                if chunk.len() == MAX_SHARED_CONTACTS
+                    || (!chunk.is_empty() && bytes + size > SHARED_BYTES)
+                {
+                    break;
+                }
+                bytes += size;
+                chunk.extend(rest.next());
+            }
+            let mut state = self.conv_state(&conv)?;
+            state.lamport = state.lamport.saturating_add(1);
+            let lamport = state.lamport;
+            self.put_conv_state(&conv, &state)?;
+            due.push(self.queue(to, &conv, Some(lamport), now, |id| {
+                Payload::AccountContacts {
+                    id,
+                    contacts: chunk,
+                }
+            })?);
+        }
+        Ok(due)
+    }
+
+    /// Contacts the account's device `from` shared with this device, which
+    /// joined its account: each becomes a contact here (under the name the
+    /// account gave it, made unique), unless it is one already or a device
+    /// of this account. `Err` (a crypto error, so the payload is refused)
+    /// if `from` is not another device of this device's account.
+    pub(super) fn on_account_contacts(
+        &mut self,
+        from: &[u8; 32],
+        contacts: Vec<SharedContact>,
+    ) -> Result<Option<Event>, EngineError> {
+        let me = self.me.public().signing;
+        if *self.devices.account() == me || self.devices.device(from).is_none() || *from == me {
+            return Err(refused("contacts shared by a device not of this account"));
+        }
+        let mut added = Vec::new();
+        for shared in contacts {
+            let invite = match Invite::from_bytes(&shared.invite)
+                .and_then(|i| i.verify().map(|v| (i, v)))
+            {
+                Ok((invite, verified)) => {
+                    let key = verified.bundle.body.identity.signing;
+                    if key == me
+                        || self.contacts.contains_key(&key)
+                        || self.devices.device(&key).is_some()
+                    {
+                        continue;
+                    }
+                    (invite, key)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a shared contact's invite does not check; skipped");
+                    continue;
+                }
+            };
+            let (invite, key) = invite;
+            let name = self.introduced_name(&shared.name, &key);
+            match self.put_contact(&invite, &name) {
+                Ok(k) => {
+                    self.adopt(&k)?;
+                    added.push(k);
+                }
+                Err(EngineError::Store(e)) => return Err(e.into()),
+                Err(e) => tracing::warn!(error = %e, "a shared contact not added"),
+            }
+        }
+        Ok((!added.is_empty()).then_some(Event::AccountContacts { added }))
     }
 
     /// Keeps `list` as this account's, and queues it for every contact.

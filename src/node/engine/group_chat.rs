@@ -635,6 +635,12 @@ impl Engine {
     /// without the one-time prekey a fetched bundle may hold (ours to use
     /// once, not anyone else's), its addresses, and the newest list held
     /// of its account.
+    /// Whether a group made the contact `key` (and the person never took
+    /// it up).
+    pub(crate) fn is_group_made(&self, key: &[u8; 32]) -> bool {
+        self.groups.made.contains(key)
+    }
+
     pub(crate) fn contact_invite(
         &self,
         key: &[u8; 32],
