@@ -2120,7 +2120,7 @@ impl Engine {
                             delivered.push((0, id));
                         }
                         Err(EngineError::Crypto(e)) => {
-                            tracing::warn!(error = %e, "shared contacts refused");
+                            tracing::debug!(error = %e, "shared contacts refused");
                             out.accepted.push(false);
                             continue;
                         }
@@ -2710,8 +2710,13 @@ mod tests {
             "only the first device signs"
         );
         assert!(n.link_code(vec![], 114).is_err());
-        // Bob takes the new device's invite as one of alice's account.
+        // Bob takes the new device's invite as one of alice's account: a
+        // contact without a request, named after her.
         let invite = n.invite(vec![], 114).unwrap();
+        assert_eq!(
+            p.b.listed_device_name(&invite).as_deref(),
+            Some("alice laptop")
+        );
         assert_eq!(p.b.add_contact(&invite, "alice laptop").unwrap(), n_key);
         assert_eq!(p.b.account_of(&n_key), p.a_key);
         drop(n);

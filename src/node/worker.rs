@@ -2555,12 +2555,25 @@ impl Worker {
             let Some(request) = self.requests.take(key) else {
                 continue;
             };
-            let Some(name) = self.engine.listed_device_name(&request.identity) else {
+            // One the person removed or declined stays for the person.
+            if self.requests.is_former(key) || self.requests.is_declined(key) {
+                self.requests.restore(request);
+                continue;
+            }
+            let Some(name) = self.engine.listed_device_name(&request.invite) else {
                 self.requests.restore(request);
                 continue;
             };
             if let Err(e) = self.engine.add_contact(&request.invite, &name) {
-                warn!(error = %e, "a device of a contact's account not added");
+                if let Ok(peer) = request.identity.peer_id()
+                    && let Some(skipped) = self.complaints.note(
+                        &peer,
+                        "a device of a contact's account not added",
+                        Instant::now(),
+                    )
+                {
+                    warn!(error = %e, skipped, "a device of a contact's account not added");
+                }
                 self.requests.restore(request);
                 continue;
             }

@@ -509,22 +509,29 @@ impl Engine {
         Ok(events)
     }
 
-    /// The name to make the device `identity` a contact under when the
-    /// newest list held of a contact's account names it, with these very
-    /// keys: the account vouches for it (each of its devices consented),
-    /// and the person took that account as a contact — "alice laptop".
-    /// `None` for a device no such list names, or a contact already.
-    pub fn listed_device_name(&self, identity: &crypto::PublicIdentity) -> Option<String> {
+    /// The name to make the device of `invite` a contact under when the
+    /// newest list held of the account its invite names lists it with
+    /// these very keys, and the person took that account as a contact
+    /// (not one only a group made): the account vouches for it (each of
+    /// its devices consented) — "alice laptop". `None` for any other
+    /// device, or a contact already.
+    pub fn listed_device_name(&self, invite: &Invite) -> Option<String> {
+        let verified = invite.verify().ok()?;
+        let identity = &verified.bundle.body.identity;
         let key = identity.signing;
         if self.contacts.contains_key(&key) {
             return None;
         }
-        let (account, list) = self.lists.iter().find(|(_, l)| l.names(identity))?;
+        let account = verified.account();
+        let list = self.lists.get(&account)?;
+        if !list.names(identity) {
+            return None;
+        }
         let (_, contact) = self
             .contacts
             .iter()
-            .filter(|(k, _)| self.account_of(k) == *account)
-            .min_by_key(|(k, _)| **k != *account)?;
+            .filter(|(k, _)| self.account_of(k) == account && !self.is_group_made(k))
+            .min_by_key(|(k, _)| **k != account)?;
         let device = list.device(&key).map(|d| d.name.as_str()).unwrap_or("");
         let device = if device.is_empty() { "device" } else { device };
         Some(self.introduced_name(&format!("{} {device}", contact.name), &key))

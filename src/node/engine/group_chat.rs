@@ -940,18 +940,35 @@ impl Engine {
         // and would not read it.
         if is_in && !ours {
             let bytes: Vec<Vec<u8>> = fresh.iter().map(|o| o.bytes.clone()).collect();
-            let mut added: Vec<[u8; 32]> = after
+            let added: Vec<[u8; 32]> = after
                 .members
                 .iter()
-                .chain(left.iter().filter_map(|k| before.member(k)))
                 .filter(|m| m.added_by == me && m.key != me && !joined.contains(&m.key))
                 .map(|m| m.key)
                 .collect();
-            added.sort_unstable();
-            added.dedup();
             for k in added {
                 fx.due
                     .extend(self.queue_ops(&k, &group, bytes.clone(), now)?);
+            }
+            // A member it added that these remove gets the removal only
+            // (not what else they change: it is out).
+            let removed: Vec<[u8; 32]> = left
+                .iter()
+                .filter_map(|k| before.member(k))
+                .filter(|m| m.added_by == me)
+                .map(|m| m.key)
+                .collect();
+            for k in removed {
+                let removal: Vec<Vec<u8>> = fresh
+                    .iter()
+                    .filter(
+                        |o| matches!(&o.change, groups::Change::Remove { member } if *member == k),
+                    )
+                    .map(|o| o.bytes.clone())
+                    .collect();
+                if !removal.is_empty() {
+                    fx.due.extend(self.queue_ops(&k, &group, removal, now)?);
+                }
             }
         }
         if is_in && !was_in {
