@@ -2552,6 +2552,11 @@ impl Worker {
     /// read.
     fn accept_listed(&mut self, keys: &[[u8; 32]], now: u64, round: &mut Round) {
         for key in keys {
+            // Most requests are of devices no list names: no signature
+            // checked for those, however often they introduce themselves.
+            if !self.engine.is_listed(key) {
+                continue;
+            }
             let Some(request) = self.requests.take(key) else {
                 continue;
             };

@@ -509,6 +509,12 @@ impl Engine {
         Ok(events)
     }
 
+    /// Whether a list held of a contact's account names the device `key`
+    /// (a lookup, no signature checked: see [`Self::listed_device_name`]).
+    pub fn is_listed(&self, key: &[u8; 32]) -> bool {
+        self.lists.values().any(|l| l.device(key).is_some())
+    }
+
     /// The name to make the device of `invite` a contact under when the
     /// newest list held of the account its invite names lists it with
     /// these very keys, and the person took that account as a contact
