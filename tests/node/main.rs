@@ -11,7 +11,9 @@
 //!   disk; six members fetching one file at once.
 //! - `presence`: online → away → offline when heartbeats stop.
 //! - `requests`: a device that added our invite is a contact request
-//!   until accepted (its message then arrives) or declined.
+//!   until accepted (its message then arrives) or declined; a device
+//!   linked to a contact's account gets that account's contacts and is
+//!   taken in by them without one.
 //! - `hostile`: malformed, oversized, expired, replayed and flooding
 //!   input from one peer while another conversation goes on.
 
