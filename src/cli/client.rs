@@ -474,16 +474,7 @@ pub(super) fn contacts(cmd: ContactsCmd) -> Result<(), CliError> {
             code,
             accept_new_key,
         } => {
-            let code = if code == "-" {
-                let mut c = String::new();
-                std::io::stdin()
-                    .take(64 * 1024)
-                    .read_to_string(&mut c)
-                    .map_err(|e| CliError::failed(anyhow!("reading the code from stdin: {e}")))?;
-                c
-            } else {
-                code
-            };
+            let code = code_arg(code)?;
             let v = call(
                 &dir,
                 &Request::AddContact {
@@ -638,6 +629,20 @@ pub(super) fn devices(cmd: DevicesCmd) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A code as given, or (`-`) read from stdin (where the process list
+/// and the shell's history do not show it).
+fn code_arg(code: String) -> Result<String, CliError> {
+    if code != "-" {
+        return Ok(code);
+    }
+    let mut c = String::new();
+    std::io::stdin()
+        .take(64 * 1024)
+        .read_to_string(&mut c)
+        .map_err(|e| CliError::failed(anyhow!("reading the code from stdin: {e}")))?;
+    Ok(c)
+}
+
 /// `meshchat devices join`: asks, then waits for `account_joined`.
 fn join(
     dir: &DirArg,
@@ -646,16 +651,7 @@ fn join(
     name: String,
     bound: Duration,
 ) -> Result<(), CliError> {
-    let code = if code == "-" {
-        let mut c = String::new();
-        std::io::stdin()
-            .take(64 * 1024)
-            .read_to_string(&mut c)
-            .map_err(|e| CliError::failed(anyhow!("reading the code from stdin: {e}")))?;
-        c
-    } else {
-        code
-    };
+    let code = code_arg(code)?;
     // Subscribe before asking, so that the answer cannot slip past.
     let mut events = connect(dir)?.subscribe().map_err(from_client)?;
     call(dir, &Request::JoinAccount { code, name })?;

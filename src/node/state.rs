@@ -519,22 +519,16 @@ impl Invite {
 
     /// Reads an invite code (not yet verified: see [`Self::verify`]).
     pub fn from_code(code: &str) -> Result<Self, crypto::Error> {
-        let body = code
-            .trim()
-            .strip_prefix(INVITE_PREFIX)
-            .ok_or(crypto::Error::Malformed {
-                what: "invite code (no meshchat: prefix)",
-            })?;
-        if body.len() > INVITE_MAX * 4 / 3 + 4 {
-            return Err(crypto::Error::TooLarge {
-                what: "invite code",
-                len: body.len(),
-                max: INVITE_MAX * 4 / 3 + 4,
-            });
-        }
-        let bytes = base64url::decode(body).ok_or(crypto::Error::Malformed {
-            what: "invite code (not base64url)",
-        })?;
+        let bytes = code_bytes(
+            code,
+            INVITE_PREFIX,
+            INVITE_MAX,
+            [
+                "invite code",
+                "invite code (no meshchat: prefix)",
+                "invite code (not base64url)",
+            ],
+        )?;
         Self::from_bytes(&bytes)
     }
 
@@ -631,24 +625,42 @@ impl LinkCode {
     /// Reads a link code (bounded; its invite is checked when used).
     pub fn from_code(code: &str) -> Result<Self, crypto::Error> {
         let max = INVITE_MAX + 64;
-        let body = code
-            .trim()
-            .strip_prefix(LINK_PREFIX)
-            .ok_or(crypto::Error::Malformed {
-                what: "link code (no meshchat-link: prefix)",
-            })?;
-        if body.len() > max * 4 / 3 + 4 {
-            return Err(crypto::Error::TooLarge {
-                what: "link code",
-                len: body.len(),
-                max: max * 4 / 3 + 4,
-            });
-        }
-        let bytes = base64url::decode(body).ok_or(crypto::Error::Malformed {
-            what: "link code (not base64url)",
-        })?;
+        let bytes = code_bytes(
+            code,
+            LINK_PREFIX,
+            max,
+            [
+                "link code",
+                "link code (no meshchat-link: prefix)",
+                "link code (not base64url)",
+            ],
+        )?;
         wire::decode(&bytes, "link code", LINK_CODE_VERSION, max)
     }
+}
+
+/// The bytes of a code: `prefix` and base64url of at most `max` bytes,
+/// its length checked before decoding. `what`: the code, then how it is
+/// malformed without its prefix and when not base64url.
+fn code_bytes(
+    code: &str,
+    prefix: &str,
+    max: usize,
+    what: [&'static str; 3],
+) -> Result<Vec<u8>, crypto::Error> {
+    let body = code
+        .trim()
+        .strip_prefix(prefix)
+        .ok_or(crypto::Error::Malformed { what: what[1] })?;
+    let longest = max * 4 / 3 + 4;
+    if body.len() > longest {
+        return Err(crypto::Error::TooLarge {
+            what: what[0],
+            len: body.len(),
+            max: longest,
+        });
+    }
+    base64url::decode(body).ok_or(crypto::Error::Malformed { what: what[2] })
 }
 
 /// What a sealed [`crate::crypto::ContentKind::Introduced`] carries: the

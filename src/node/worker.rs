@@ -1210,11 +1210,7 @@ impl Worker {
             Job::Devices(DevicesJob::Name { name, reply }) => {
                 let r = self.engine.name_device(&name, now).map(|due| {
                     round.dirty = true;
-                    for d in due {
-                        if !d.frame.is_empty() {
-                            self.route(&d.to, d.frame, Some(d.pos), now, round);
-                        }
-                    }
+                    self.route_due(due, now, round);
                     DevicesInfo::of(self.engine.device_list())
                 });
                 round.reply(reply, r.map_err(Into::into));
@@ -1859,6 +1855,16 @@ impl Worker {
         );
     }
 
+    /// Routes queued frames (an empty one: nothing could be encrypted for
+    /// its contact yet; it goes at a retry).
+    fn route_due(&mut self, due: Vec<super::engine::Due>, now: u64, round: &mut Round) {
+        for d in due {
+            if !d.frame.is_empty() {
+                self.route(&d.to, d.frame, Some(d.pos), now, round);
+            }
+        }
+    }
+
     /// A direct batch from a device that is not a contact: if it carries a
     /// [`Frame::Link`], the request is checked against the link code
     /// waiting, if any, and answered (`true`); the batch's other frames
@@ -1892,11 +1898,7 @@ impl Worker {
                 statuses[i] = FrameStatus::from_accepted(true);
                 tracing::info!(device = %crate::store::hex(&key[..4]), name = %req.name, "a device joined this account");
                 self.new_contact(&key, now, round);
-                for d in due {
-                    if !d.frame.is_empty() {
-                        self.route(&d.to, d.frame, Some(d.pos), now, round);
-                    }
-                }
+                self.route_due(due, now, round);
                 self.events(vec![event], &key, round);
             }
             Err(e) => {
@@ -2601,34 +2603,23 @@ impl Worker {
     /// before may be due again.
     fn handled(&mut self, from: &[u8; 32], h: Handled, now: u64, round: &mut Round) {
         let took = h.accepted.iter().any(|a| *a);
-        if h.events
-            .iter()
-            .any(|e| matches!(e, Event::AccountJoined { .. }))
-        {
-            self.joining = None;
+        // Contacts the account shared with this device (reachable now, and
+        // told who this device is: they take it in as the account's), and
+        // devices a contact's account added that wait as requests.
+        let (mut shared, mut added) = (Vec::new(), Vec::new());
+        for e in &h.events {
+            match e {
+                Event::AccountJoined { .. } => self.joining = None,
+                Event::AccountContacts { added: keys } => shared.extend_from_slice(keys),
+                Event::DevicesChanged(c) => added.extend(
+                    c.added
+                        .iter()
+                        .filter(|k| self.requests.is_waiting(k))
+                        .copied(),
+                ),
+                _ => {}
+            }
         }
-        // Contacts the account shared with this device: reachable now, and
-        // told who this device is (they take it in as the account's).
-        let shared: Vec<[u8; 32]> = h
-            .events
-            .iter()
-            .filter_map(|e| match e {
-                Event::AccountContacts { added } => Some(added.clone()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        // Devices a contact's account added that wait as requests.
-        let added: Vec<[u8; 32]> = h
-            .events
-            .iter()
-            .filter_map(|e| match e {
-                Event::DevicesChanged(c) => Some(c.added.clone()),
-                _ => None,
-            })
-            .flatten()
-            .filter(|k| self.requests.is_waiting(k))
-            .collect();
         self.events(h.events, from, round);
         for r in h.replies {
             self.route(from, r, None, now, round);
@@ -2660,11 +2651,7 @@ impl Worker {
                 self.forget_request(key, now, round);
             }
         }
-        for d in fx.due {
-            if !d.frame.is_empty() {
-                self.route(&d.to, d.frame, Some(d.pos), now, round);
-            }
-        }
+        self.route_due(fx.due, now, round);
         for (to, frame) in fx.replies {
             self.route(&to, frame, None, now, round);
         }

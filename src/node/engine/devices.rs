@@ -87,7 +87,8 @@ impl Engine {
     }
 
     /// Whether a link code made here waits to be used at `now`.
-    pub fn link_waiting(&self, now: u64) -> bool {
+    #[cfg(test)]
+    pub(crate) fn link_waiting(&self, now: u64) -> bool {
         self.link.as_ref().is_some_and(|l| now < l.expires_at)
     }
 
