@@ -83,6 +83,12 @@ pub enum Request {
         /// This device's name in the account's list.
         name: String,
     },
+    /// Removes a device from this account (only on its first device):
+    /// every contact is sent the list without it, the removed device too.
+    RemoveDevice {
+        /// The device: its name in the list or its identity key (hex).
+        device: String,
+    },
     /// Names this device in its account's device list; every contact is
     /// sent the new list.
     NameDevice {
@@ -786,6 +792,32 @@ pub enum EventView {
         /// The list's serial.
         serial: u64,
     },
+    /// A device was removed from this account here; it stops being a
+    /// contact once it has the new list (`contact_device_removed` then).
+    DeviceUnlinked {
+        /// Its identity key (hex).
+        identity: String,
+        /// The name it was listed under.
+        name: String,
+    },
+    /// A contact's account (or this one) removed one of its devices,
+    /// which is no longer a contact here.
+    ContactDeviceRemoved {
+        /// The name it had.
+        with: String,
+        /// Its identity key (hex).
+        identity: String,
+        /// The account (hex).
+        account: String,
+    },
+    /// The account's first device removed this device: it is an account
+    /// of its own again.
+    AccountLeft {
+        /// The account it was in (hex).
+        account: String,
+        /// The serial of the list without it.
+        serial: u64,
+    },
     /// A conversation was cleared on this device.
     Cleared {
         /// The contact's name, or the group's id.
@@ -1001,6 +1033,23 @@ impl EventView {
                 name: name.clone(),
             },
             NodeEvent::AccountJoined { account, serial } => Self::AccountJoined {
+                account: hex(account),
+                serial: *serial,
+            },
+            NodeEvent::DeviceUnlinked { device, name } => Self::DeviceUnlinked {
+                identity: hex(device),
+                name: name.clone(),
+            },
+            NodeEvent::ContactDeviceRemoved {
+                contact,
+                account,
+                name,
+            } => Self::ContactDeviceRemoved {
+                with: name.clone(),
+                identity: hex(contact),
+                account: hex(account),
+            },
+            NodeEvent::AccountLeft { account, serial } => Self::AccountLeft {
                 account: hex(account),
                 serial: *serial,
             },

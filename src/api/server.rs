@@ -238,6 +238,24 @@ impl Api {
                 let first = self.node.join_account(&code, name).await.map_err(failed)?;
                 Ok(json!({ "first_device": hex(&first) }))
             }
+            Request::RemoveDevice { device } => {
+                let list = self.node.devices().await.map_err(failed)?;
+                let key = unhex32(&device)
+                    .filter(|k| list.devices.iter().any(|d| d.identity == *k))
+                    .or(one(
+                        list.devices.iter().filter(|d| d.name == device),
+                        &device,
+                        "device",
+                    )?
+                    .map(|d| d.identity))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "no device {device:?} in this account (`meshchat devices list`)"
+                        ))
+                    })?;
+                let d = self.node.remove_device(key).await.map_err(failed)?;
+                Ok(json!(DevicesView::of(&d)))
+            }
             Request::NameDevice { name } => {
                 let name = name.trim();
                 if name.len() > crypto::MAX_DEVICE_NAME || name.chars().any(char::is_control) {

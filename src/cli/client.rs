@@ -129,6 +129,18 @@ pub(super) enum DevicesCmd {
         #[command(flatten)]
         out: OutArg,
     },
+    /// Removes a device from this account (only on the account's first
+    /// device; a lost or stolen one, say): every contact is sent the list
+    /// without it and stops writing to it, and the device is told.
+    Remove {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        out: OutArg,
+        /// The device: its name in `meshchat devices list`, or its
+        /// identity key.
+        device: String,
+    },
     /// Joins the account whose first device printed `code` (run on a new
     /// device, with no contacts and no groups), and waits until that
     /// device has added this one.
@@ -603,6 +615,7 @@ pub(super) fn devices(cmd: DevicesCmd) -> Result<(), CliError> {
     let (dir, out, req) = match cmd {
         DevicesCmd::List { dir, out } => (dir, out, Request::Devices {}),
         DevicesCmd::Name { dir, out, name } => (dir, out, Request::NameDevice { name }),
+        DevicesCmd::Remove { dir, out, device } => (dir, out, Request::RemoveDevice { device }),
         DevicesCmd::Link { dir, out } => {
             let Some(v) = ask(&dir, &out, &Request::LinkDevice {})? else {
                 return Ok(());

@@ -527,6 +527,25 @@ impl App {
             "account_joined" => {
                 self.notice = Some("This device joined your account.".to_owned());
             }
+            "device_unlinked" => {
+                let name: String = s("name").chars().map(super::client::shown).collect();
+                let fingerprint: String = s("identity").chars().take(8).collect();
+                self.notice = Some(format!(
+                    "{name} ({fingerprint}…) was removed from your account; your contacts are told"
+                ));
+            }
+            "contact_device_removed" => {
+                let name: String = s("with").chars().map(super::client::shown).collect();
+                self.notice = Some(format!(
+                    "{name} was removed from its account and is no longer a contact"
+                ));
+            }
+            "account_left" => {
+                self.notice = Some(
+                    "Your account's first device removed this device: it is an account of its own now."
+                        .to_owned(),
+                );
+            }
             "devices_conflict" => {
                 let name: String = s("with").chars().map(super::client::shown).collect();
                 self.notice = Some(format!(

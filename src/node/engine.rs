@@ -367,6 +367,34 @@ pub enum Event {
         /// Its list's serial.
         serial: u64,
     },
+    /// This account's first device removed the device `device` from the
+    /// account ([`Engine::remove_device`]): the new list goes to every
+    /// contact, the removed device among them, which stops being a
+    /// contact here once that is done ([`Engine::forget_unlinked`]).
+    DeviceUnlinked {
+        /// Its identity key.
+        device: [u8; 32],
+        /// The name it was listed under.
+        name: String,
+    },
+    /// A contact's account no longer lists the device `gone`, which was
+    /// a contact here: it is not one any more (what was queued for it is
+    /// given up), and what it writes from now on is a contact request.
+    ContactDeviceRemoved {
+        /// The account.
+        account: [u8; 32],
+        /// The device, as its contact record had it.
+        gone: Box<Forgotten>,
+    },
+    /// The account's first device removed this device from the account:
+    /// it is an account of its own again (with a list of its own), and
+    /// the account's contacts no longer take it for the account's.
+    AccountLeft {
+        /// The account it was in.
+        account: [u8; 32],
+        /// The serial of the list without it.
+        serial: u64,
+    },
 }
 
 /// What a contact's new device list changed ([`Event::DevicesChanged`]).
@@ -515,6 +543,10 @@ pub struct Engine {
     /// in the identity records): the only other account whose list it
     /// takes as its own, while it has no contacts of its own and no group.
     joining: Option<[u8; 32]>,
+    /// Devices removed from this account that are contacts here still,
+    /// with when (also in the identity records): each is forgotten once
+    /// the list telling it is no longer queued for it.
+    unlinked: HashMap<[u8; 32], u64>,
 }
 
 impl Engine {
@@ -628,6 +660,7 @@ impl Engine {
                 })?),
                 None => None,
             };
+        let unlinked = devices::load_unlinked(&ids)?;
         let mut sessions = Sessions::new();
         for (key, bytes) in store.records(Kind::Sessions)?.scan(b"")? {
             if let Ok(k) = <[u8; 32]>::try_from(key.as_slice()) {
@@ -687,6 +720,7 @@ impl Engine {
             groups: group_chat::Groups::default(),
             link: None,
             joining,
+            unlinked,
         };
         engine.load_groups()?;
         if restored {
@@ -838,7 +872,7 @@ impl Engine {
         if let Some(list) = newer {
             // This account's own, or the one it asked to join: its own
             // list (a no-op for another account's).
-            self.own_list_from(&list)?;
+            self.own_list_from(&list, None)?;
             self.keep_list(list)?;
         }
         // The record keeps the newest list it is known by.
@@ -2127,7 +2161,7 @@ impl Engine {
                         Err(e) => return Err(e),
                     }
                 }
-                Payload::Devices { id, list, .. } => match self.on_devices(from, &list) {
+                Payload::Devices { id, list, .. } => match self.on_devices(from, &list, now) {
                     Ok(news) => {
                         out.events.extend(news);
                         delivered.push((0, id));
@@ -2819,6 +2853,110 @@ mod tests {
             .unwrap();
         assert_eq!(n.device_list().serial(), 3);
         assert!(n.contact_list(&p.a_key).is_none());
+    }
+
+    /// The account's first device removes a linked device: the list
+    /// without it goes to every contact, the removed device among them.
+    /// Bob drops it as a contact (what he had queued for it is given up),
+    /// the removed device becomes an account of its own (also after a
+    /// restart), and the first device forgets it once the list is
+    /// acknowledged (also across a restart). Only the first device
+    /// removes, and never itself.
+    #[test]
+    fn a_device_removed_from_its_account_is_told_and_dropped_by_its_contacts() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let dn = tempfile::tempdir().unwrap();
+        let mut n = Engine::open(store(dn.path()), 100).unwrap();
+        let n_key = n.me.public().signing;
+        let code = a.link_code(vec![], 100).unwrap();
+        let req = link_request(&mut n, &code, 101);
+        let (due, _) = a.accept_link(&n_key, &req, 102).unwrap();
+        for d in &due {
+            let to = if d.to == b_key { &mut b } else { &mut n };
+            to.receive(&a_key, std::slice::from_ref(&d.frame), 103, true)
+                .unwrap();
+        }
+        assert_eq!(n.device_list().account(), &a_key);
+        b.add_contact(&n.invite(vec![], 104).unwrap(), "alice laptop")
+            .unwrap();
+        let to_n = b.send(&n_key, b"to the laptop".to_vec(), 105).unwrap();
+
+        assert!(
+            n.remove_device(&a_key, 106).is_err(),
+            "not the first device"
+        );
+        assert!(a.remove_device(&a_key, 106).is_err(), "never itself");
+        assert!(a.remove_device(&b_key, 106).is_err(), "not listed");
+        let (due, events) = a.remove_device(&n_key, 106).unwrap();
+        assert!(events.contains(&Event::DeviceUnlinked {
+            device: n_key,
+            name: "laptop".into()
+        }));
+        assert_eq!(a.device_list().serial(), 3);
+        assert!(a.device_list().device(&n_key).is_none());
+        assert!(a.remove_device(&n_key, 106).is_err(), "removed already");
+        let to: HashSet<[u8; 32]> = due.iter().map(|d| d.to).collect();
+        assert_eq!(to, HashSet::from([b_key, n_key]));
+        // Told first: a contact still, across a restart.
+        assert!(a.forget_unlinked(107).0.is_empty());
+        drop(a);
+        let mut a = Engine::open(store(_dirs.0.path()), 107).unwrap();
+        assert!(a.contact(&n_key).is_some());
+
+        let at_b = due.iter().find(|d| d.to == b_key).unwrap();
+        let got = b
+            .receive(&a_key, std::slice::from_ref(&at_b.frame), 108, true)
+            .unwrap();
+        assert!(matches!(&got.events[0], Event::DevicesChanged(c) if c.removed == vec![n_key]));
+        assert!(got.events.iter().any(|e| matches!(
+            e,
+            Event::ContactDeviceRemoved { account, gone } if *account == a_key && gone.key == n_key
+        )));
+        assert!(got.events.contains(&Event::Expired {
+            message: to_n.message
+        }));
+        assert!(b.contact(&n_key).is_none());
+        assert_eq!(b.queued(), 0);
+        // An invite of the device carrying the old list no longer files it
+        // under the account.
+        let old = n.invite(vec![], 108).unwrap();
+        assert_eq!(b.listed_device_name(&old), None);
+        assert!(b.add_contact(&old, "alice laptop").is_err());
+
+        let at_n = due.iter().find(|d| d.to == n_key).unwrap();
+        let got = n
+            .receive(&a_key, std::slice::from_ref(&at_n.frame), 109, true)
+            .unwrap();
+        assert!(got.events.contains(&Event::AccountLeft {
+            account: a_key,
+            serial: 3
+        }));
+        assert_eq!(n.device_list().account(), &n_key);
+        assert_eq!(n.device_list().devices().len(), 1);
+        assert_eq!(n.device_list().device(&n_key).unwrap().name, "laptop");
+        assert_eq!(n.contact_list(&a_key).map(|l| l.serial()), Some(3));
+        drop(n);
+        let n = Engine::open(store(dn.path()), 110).unwrap();
+        assert_eq!(n.device_list().account(), &n_key);
+        // Its own invites carry its own list: bob may add it as anyone.
+        let own = n.invite(vec![], 110).unwrap();
+        assert_eq!(own.verify().unwrap().account(), n_key);
+
+        // The laptop acknowledged the list: the first device forgets it.
+        a.delivered_direct(&[at_n.pos]).unwrap();
+        let (gone, _) = a.forget_unlinked(111);
+        assert_eq!(gone.iter().map(|g| g.key).collect::<Vec<_>>(), vec![n_key]);
+        assert!(a.contact(&n_key).is_none());
+        drop(a);
+        let mut a = Engine::open(store(_dirs.0.path()), 112).unwrap();
+        assert!(a.forget_unlinked(112).0.is_empty());
+        assert!(a.contact(&n_key).is_none());
     }
 
     #[test]

@@ -252,6 +252,38 @@ pub enum NodeEvent {
         /// The list's serial.
         serial: u64,
     },
+    /// A device was removed from this account here (on its first
+    /// device): every contact is sent the list without it, the removed
+    /// device too, which stops being a contact here once that is done
+    /// ([`NodeEvent::ContactDeviceRemoved`] then).
+    DeviceUnlinked {
+        /// Its identity key.
+        device: [u8; 32],
+        /// The name it was listed under.
+        name: String,
+    },
+    /// A contact's account (or this device's own) removed one of its
+    /// devices, which was a contact here: it is not one any more (what
+    /// was queued for it is given up), and what it writes from now on
+    /// comes as a contact request. One in a group with this device stays
+    /// a contact.
+    ContactDeviceRemoved {
+        /// The device's identity key.
+        contact: [u8; 32],
+        /// The account.
+        account: [u8; 32],
+        /// The name it had.
+        name: String,
+    },
+    /// The account's first device removed this device from the account:
+    /// it is an account of its own again, and the account's contacts no
+    /// longer take it for the account's.
+    AccountLeft {
+        /// The account it was in.
+        account: [u8; 32],
+        /// The serial of the list without it.
+        serial: u64,
+    },
     /// A contact's relay served its prekey bundle; the session we start
     /// with it will use that (and its one-time prekey, if it came with
     /// one).

@@ -611,6 +611,15 @@ impl NodeHandle {
             .await
     }
 
+    /// Removes the device `device` (its identity key) from this account
+    /// (only on the account's first device): the list without it is
+    /// signed and sent to every contact, the removed device among them.
+    /// Returns the new list.
+    pub async fn remove_device(&self, device: [u8; 32]) -> Result<DevicesInfo, NodeError> {
+        self.ask(|reply| Command::Devices(DevicesJob::Remove { device, reply }))
+            .await
+    }
+
     /// A link code for a new device to join this account (only on the
     /// account's first device): usable once, for
     /// [`crate::node::LINK_CODE_LIFE`] seconds.

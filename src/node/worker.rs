@@ -29,11 +29,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::complaints::Complaints;
 use super::engine::{
-    Engine, EngineError, Event, GROUP_RECEIPT_DELAY, GROUP_RECEIPT_JITTER, GroupChange,
+    Engine, EngineError, Event, Forgotten, GROUP_RECEIPT_DELAY, GROUP_RECEIPT_JITTER, GroupChange,
     GroupEffects, GroupInfo, Handled, Joined, Opened, Sent, check_intro,
 };
 use super::error::NodeError;
@@ -164,6 +164,11 @@ pub(crate) enum DevicesJob {
     Link {
         addrs: Vec<String>,
         reply: Reply<String>,
+    },
+    /// Remove a device from this account (see `Engine::remove_device`).
+    Remove {
+        device: [u8; 32],
+        reply: Reply<DevicesInfo>,
     },
     /// Join the account of the device that made `code`.
     Join {
@@ -977,6 +982,19 @@ impl Worker {
         }
     }
 
+    /// The engine forgot the contact `gone`: the node stops tracking it,
+    /// and (when `former`) keeps it as a former contact, as for one the
+    /// person removes, so that what it writes from now on is a contact
+    /// request, not dropped. Returns its name.
+    fn forgotten(&mut self, gone: Forgotten, former: bool, now: u64, round: &mut Round) -> String {
+        round.dirty = true;
+        self.forget_peer(gone.key);
+        if former && let Some(invite) = gone.invite {
+            self.keep_former(gone.identity, invite, now, round);
+        }
+        gone.name
+    }
+
     /// The new contact `key` (a fellow group member) is being dialled:
     /// what we queue for it waits for that connection for a while (see
     /// [`DIAL_GRACE`]).
@@ -1213,6 +1231,18 @@ impl Worker {
                     self.route_due(due, now, round);
                     DevicesInfo::of(self.engine.device_list())
                 });
+                round.reply(reply, r.map_err(Into::into));
+            }
+            Job::Devices(DevicesJob::Remove { device, reply }) => {
+                let r = self
+                    .engine
+                    .remove_device(&device, now)
+                    .map(|(due, events)| {
+                        round.dirty = true;
+                        self.route_due(due, now, round);
+                        self.events(events, &[0; 32], round);
+                        DevicesInfo::of(self.engine.device_list())
+                    });
                 round.reply(reply, r.map_err(Into::into));
             }
             Job::Devices(DevicesJob::Link { addrs, reply }) => {
@@ -1625,23 +1655,32 @@ impl Worker {
                 round.dirty |= !given_up.is_empty();
                 self.events(given_up, &[0; 32], round);
                 for gone in forgotten {
-                    round.dirty = true;
-                    let key = gone.key;
                     debug!(
-                        contact = %crate::store::hex(&key[..4]),
+                        contact = %crate::store::hex(&gone.key[..4]),
                         "a contact only groups made left the last of them: forgotten"
                     );
-                    self.forget_peer(key);
-                    // As for a contact the person removes: what it writes
-                    // from now on is a contact request, not dropped.
-                    if let Some(invite) = gone.invite
-                        && self.requests.has_room_for_made()
-                    {
-                        self.keep_former(gone.identity, invite, now, round);
-                    }
-                    round.events.push(NodeEvent::ContactForgotten {
-                        contact: key,
-                        name: gone.name,
+                    let room = self.requests.has_room_for_made();
+                    let contact = gone.key;
+                    let name = self.forgotten(gone, room, now, round);
+                    round
+                        .events
+                        .push(NodeEvent::ContactForgotten { contact, name });
+                }
+                // Devices removed from this account, once told.
+                let (forgotten, given_up) = self.engine.forget_unlinked(now);
+                round.dirty |= !given_up.is_empty();
+                self.events(given_up, &[0; 32], round);
+                for gone in forgotten {
+                    info!(
+                        device = %crate::store::hex(&gone.key[..4]),
+                        "a device removed from this account is no longer a contact"
+                    );
+                    let contact = gone.key;
+                    let name = self.forgotten(gone, true, now, round);
+                    round.events.push(NodeEvent::ContactDeviceRemoved {
+                        contact,
+                        account: *self.engine.device_list().account(),
+                        name,
                     });
                 }
                 let engine = &self.engine;
@@ -2606,9 +2645,10 @@ impl Worker {
         // Contacts the account shared with this device (reachable now, and
         // told who this device is: they take it in as the account's), and
         // devices a contact's account added that wait as requests.
-        let (mut shared, mut added) = (Vec::new(), Vec::new());
+        let (mut shared, mut added, mut removed) = (Vec::new(), Vec::new(), Vec::new());
         for e in &h.events {
             match e {
+                Event::ContactDeviceRemoved { gone, .. } => removed.push((**gone).clone()),
                 Event::AccountJoined { .. } => self.joining = None,
                 Event::AccountContacts { added: keys } => shared.extend_from_slice(keys),
                 Event::DevicesChanged(c) => added.extend(
@@ -2621,6 +2661,10 @@ impl Worker {
             }
         }
         self.events(h.events, from, round);
+        for gone in removed {
+            // Its event (`ContactDeviceRemoved`) went with the others.
+            self.forgotten(gone, true, now, round);
+        }
         for r in h.replies {
             self.route(from, r, None, now, round);
         }
@@ -2727,6 +2771,17 @@ impl Worker {
                 Event::AccountContacts { added } => NodeEvent::AccountContacts { added },
                 Event::AccountJoined { account, serial } => {
                     NodeEvent::AccountJoined { account, serial }
+                }
+                Event::DeviceUnlinked { device, name } => {
+                    NodeEvent::DeviceUnlinked { device, name }
+                }
+                Event::ContactDeviceRemoved { account, gone } => NodeEvent::ContactDeviceRemoved {
+                    contact: gone.key,
+                    account,
+                    name: gone.name,
+                },
+                Event::AccountLeft { account, serial } => {
+                    NodeEvent::AccountLeft { account, serial }
                 }
             });
         }

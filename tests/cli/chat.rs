@@ -418,7 +418,9 @@ fn a_device_named_through_the_cli_is_named_at_its_contacts() {
 /// A second device joins an account through the CLI: the account's device
 /// prints a link code, the new device joins with it and waits until it is
 /// added; both list the same two devices, the contact is told of the new
-/// one, and the code does not serve a second device.
+/// one, and the code does not serve a second device. Then the account's
+/// device removes it by name: the contact hears, and so does the removed
+/// device, an account of its own again.
 #[test]
 fn a_new_device_joins_an_account_with_a_link_code_through_the_cli() {
     let root = tempfile::tempdir().unwrap();
@@ -504,4 +506,26 @@ fn a_new_device_joins_an_account_with_a_link_code_through_the_cli() {
     let own = tablet.json(&["devices", "list"]);
     assert_ne!(own["account"], account.as_str());
     assert_eq!(own["serial"], 1);
+
+    // Alice removes the laptop by its name: Bob gets the list without
+    // it, and the laptop is told and is an account of its own again.
+    let laptop_events = Proc::events(laptop.cmd());
+    assert_refused(&alice.run(&["devices", "remove", "phone"]), 1, "no device");
+    assert_refused(
+        &laptop.run(&["devices", "remove", "laptop"]),
+        1,
+        "only the account's first device",
+    );
+    let after = alice.json(&["devices", "remove", "laptop"]);
+    assert_eq!(after["serial"], 3);
+    assert_eq!(after["devices"].as_array().map(Vec::len), Some(1));
+    bob_events.wait_json("alice's list without the laptop", |e| {
+        e["type"] == "devices_changed" && e["removed"][0] == laptop_key.as_str()
+    });
+    let left = laptop_events.wait_json("told", |e| e["type"] == "account_left");
+    assert_eq!(left["account"], account.as_str());
+    assert_eq!(
+        laptop.json(&["devices", "list"])["account"],
+        laptop_key.as_str()
+    );
 }

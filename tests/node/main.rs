@@ -13,7 +13,8 @@
 //! - `requests`: a device that added our invite is a contact request
 //!   until accepted (its message then arrives) or declined; a device
 //!   linked to a contact's account gets that account's contacts and is
-//!   taken in by them without one.
+//!   taken in by them without one; one removed from it is dropped by
+//!   them, and told.
 //! - `hostile`: malformed, oversized, expired, replayed and flooding
 //!   input from one peer while another conversation goes on.
 

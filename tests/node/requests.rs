@@ -221,6 +221,31 @@ async fn a_request_waits_still_when_a_group_makes_its_sender_a_contact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linked_device_gets_the_accounts_contacts_who_take_it_in_at_once() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let Linked {
+        a: _a,
+        mut b,
+        mut l,
+    } = linked(&dirs).await;
+    let (bk, lk) = (b.key(), l.key());
+    let sent = l
+        .handle
+        .send(bk, b"from the laptop".to_vec())
+        .await
+        .unwrap();
+    let got = message(&mut b, b"from the laptop").await;
+    assert_eq!(got.sender, lk);
+    receipt(&mut l, sent, DeliveryState::Delivered).await;
+}
+
+/// Alice, Bob, and Alice's laptop linked to her account, which Bob took
+/// in as a contact ("alice laptop") without a request.
+struct Linked {
+    a: TestNode,
+    b: TestNode,
+    l: TestNode,
+}
+
+async fn linked(dirs: &[tempfile::TempDir]) -> Linked {
     let mut a = TestNode::start_in("alice", dirs[0].path(), 81).await;
     let mut b = TestNode::start_in("bob", dirs[1].path(), 82).await;
     let mut l = TestNode::start_in("laptop", dirs[2].path(), 83).await;
@@ -254,12 +279,75 @@ async fn a_linked_device_gets_the_accounts_contacts_who_take_it_in_at_once() {
         .await;
     assert_eq!(name, "alice laptop");
     assert!(b.handle.requests().await.unwrap().is_empty());
-    let sent = l
-        .handle
-        .send(bk, b"from the laptop".to_vec())
+    Linked { a, b, l }
+}
+
+/// Alice removes her laptop from her account (lost, say). Bob gets the
+/// list without it and drops the laptop as a contact; the laptop is told
+/// and is an account of its own again; Alice forgets it once it has the
+/// list. What the laptop writes to Bob from then on is a contact request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_removed_from_its_account_is_dropped_by_its_contacts_and_told() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let Linked {
+        mut a,
+        mut b,
+        mut l,
+    } = linked(&dirs).await;
+    let (ak, bk, lk) = (a.key(), b.key(), l.key());
+    let list = a.handle.remove_device(lk).await.unwrap();
+    assert_eq!(list.devices.len(), 1);
+    a.wait("the laptop removed", |e| match e {
+        NodeEvent::DeviceUnlinked { device, .. } if *device == lk => Some(()),
+        _ => None,
+    })
+    .await;
+    b.wait("the laptop gone from the contacts", |e| match e {
+        NodeEvent::ContactDeviceRemoved {
+            contact, account, ..
+        } if *contact == lk && *account == ak => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(
+        !b.handle
+            .contacts()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.identity == lk)
+    );
+    l.wait("told", |e| match e {
+        NodeEvent::AccountLeft { account, .. } if *account == ak => Some(()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(l.handle.devices().await.unwrap().account, lk);
+    a.wait("the laptop forgotten once told", |e| match e {
+        NodeEvent::ContactDeviceRemoved { contact, .. } if *contact == lk => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(
+        !a.handle
+            .contacts()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.identity == lk)
+    );
+
+    l.handle
+        .send(bk, b"still the laptop".to_vec())
         .await
         .unwrap();
-    let got = message(&mut b, b"from the laptop").await;
-    assert_eq!(got.sender, lk);
-    receipt(&mut l, sent, DeliveryState::Delivered).await;
+    contact_request(&mut b, lk).await;
+    assert!(
+        b.handle
+            .requests()
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.identity == lk)
+    );
 }

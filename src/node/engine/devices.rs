@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 
-use super::{DEVICE_LIST_KEY, DevicesChange, Due, Engine, EngineError, Event, JOINING_KEY};
+use super::{
+    DEVICE_LIST_KEY, DevicesChange, Due, Engine, EngineError, Event, Forgotten, JOINING_KEY,
+    MESSAGE_TTL,
+};
 use crate::crypto::{self, DeviceList, DeviceMembership, ListUpdate, Secret32, VerifiedDeviceList};
 use crate::node::proto::{
     Frame, LinkRequest, MAX_SHARED_CONTACTS, Payload, SharedContact, conversation_id,
@@ -33,6 +36,21 @@ pub enum Joined {
     /// The code's invite named this device in the account's list already:
     /// it is in the account (the first device's key).
     Already([u8; 32]),
+}
+
+/// What a list of this device's own account (or of the one it asked to
+/// join) did to it ([`Engine::own_list_from`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum OwnList {
+    /// Nothing: not a list this device takes as its own.
+    Kept,
+    /// It is this device's own list now (a later one of its account).
+    Taken,
+    /// This device joined the account it asked to join.
+    Joined,
+    /// The account's first device removed this device: it is an account
+    /// of its own again.
+    Left,
 }
 
 /// The link code this device made last, until it is used or ends.
@@ -170,6 +188,110 @@ impl Engine {
                 name: req.name.clone(),
             },
         ))
+    }
+
+    /// Removes the device `device` from this account (`meshchat devices
+    /// remove`, on the first device): a list without it is signed, kept
+    /// and queued for every contact, the removed device among them (which
+    /// learns it was removed: [`OwnList::Left`]); whatever else was queued
+    /// for it is given up (the events say so). It stays a contact here
+    /// until that list is no longer queued for it
+    /// ([`Self::forget_unlinked`]).
+    pub fn remove_device(
+        &mut self,
+        device: &[u8; 32],
+        now: u64,
+    ) -> Result<(Vec<Due>, Vec<Event>), EngineError> {
+        if *self.devices.account() != self.me.public().signing {
+            return Err(refused("only the account's first device removes devices"));
+        }
+        let name = self
+            .devices
+            .device(device)
+            .map(|d| d.name.clone())
+            .unwrap_or_default();
+        // Refuses this device and one not listed.
+        let list = self.devices.without_device(&self.me, device)?.verify()?;
+        let mut events = self.give_up_queued_for(device)?;
+        let due = self.set_own_list(list, now)?;
+        if self.contacts.contains_key(device) {
+            self.store
+                .records(Kind::Identity)?
+                .put(&unlinked_record(device), &now.to_be_bytes())?;
+            self.unlinked.insert(*device, now);
+        }
+        events.push(Event::DeviceUnlinked {
+            device: *device,
+            name,
+        });
+        Ok((due, events))
+    }
+
+    /// Forgets the devices removed from this account whose contact here
+    /// has nothing queued any more (the list that tells them was
+    /// acknowledged or expired), or whose removal is older than
+    /// [`MESSAGE_TTL`] (what is still queued is given up: the events).
+    /// Returns them, for the node to stop tracking. Called every tick;
+    /// cheap when there are none. A store error is logged and ends the
+    /// pass.
+    pub fn forget_unlinked(&mut self, now: u64) -> (Vec<Forgotten>, Vec<Event>) {
+        let mut gone = Vec::new();
+        let mut events = Vec::new();
+        if self.unlinked.is_empty() {
+            return (gone, events);
+        }
+        let ready: Vec<[u8; 32]> = self
+            .unlinked
+            .iter()
+            .filter(|(k, since)| {
+                !self.schedule.has_any_for(k) || now >= since.saturating_add(MESSAGE_TTL)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in ready {
+            match self.forget_device(&k) {
+                Ok(Some((was, given_up))) => {
+                    events.extend(given_up);
+                    gone.push(was);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "forgetting a device removed from this account");
+                    break;
+                }
+            }
+            let r = self
+                .store
+                .records(Kind::Identity)
+                .and_then(|ids| ids.remove(&unlinked_record(&k)));
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "forgetting a device removed from this account");
+                break;
+            }
+            self.unlinked.remove(&k);
+        }
+        (gone, events)
+    }
+
+    /// Removes the contact `key` (a device its account no longer lists),
+    /// giving up what is queued for it: how it was, and the events of
+    /// what was given up. `None` if it is no contact.
+    fn forget_device(
+        &mut self,
+        key: &[u8; 32],
+    ) -> Result<Option<(Forgotten, Vec<Event>)>, EngineError> {
+        let Some(c) = self.contacts.get(key) else {
+            return Ok(None);
+        };
+        let was = Forgotten {
+            key: *key,
+            name: c.name.clone(),
+            identity: c.identity.clone(),
+            invite: self.contact_invite(key).ok(),
+        };
+        let events = self.give_up_queued_for(key)?;
+        self.remove_contact(key)?;
+        Ok(Some((was, events)))
     }
 
     /// Asks to join the account of the device that made `code` (`meshchat
@@ -430,6 +552,7 @@ impl Engine {
         &mut self,
         from: &[u8; 32],
         bytes: &[u8],
+        now: u64,
     ) -> Result<Vec<Event>, EngineError> {
         let list = DeviceList::from_bytes(bytes)?.verify()?;
         let contact = self.contacts.get(from).ok_or(EngineError::UnknownContact)?;
@@ -456,11 +579,16 @@ impl Engine {
         let mut events = Vec::new();
         // Before the comparison below returns early: a list held already
         // (from an invite) may be the one that names this device.
-        if self.own_list_from(&list)? {
-            events.push(Event::AccountJoined {
+        match self.own_list_from(&list, Some(now))? {
+            OwnList::Joined => events.push(Event::AccountJoined {
                 account,
                 serial: list.serial(),
-            });
+            }),
+            OwnList::Left => events.push(Event::AccountLeft {
+                account,
+                serial: list.serial(),
+            }),
+            OwnList::Kept | OwnList::Taken => {}
         }
         let (added, removed) = match &held {
             Some(held) => match held.update(&list)? {
@@ -506,6 +634,31 @@ impl Engine {
                 .put(from, &c.to_bytes())?;
         }
         self.accounts.insert(*from, account);
+        // Devices the account removed are not taken for it any more: a
+        // contact of its own made of one goes (a lost or stolen phone
+        // stops getting what this device writes), unless it is in a group
+        // with this device, whose admins remove it.
+        for key in &change.removed {
+            let of_account = self.accounts.get(key) == Some(&account)
+                || (account == *self.devices.account() && self.contacts.contains_key(key));
+            if !of_account || key == from {
+                continue;
+            }
+            if self.in_a_group_with(key) {
+                tracing::info!(
+                    device = %crate::store::hex(&key[..4]),
+                    "a device its account removed is kept as a contact: it is in a group with this device"
+                );
+                continue;
+            }
+            if let Some((gone, given_up)) = self.forget_device(key)? {
+                events.extend(given_up);
+                events.push(Event::ContactDeviceRemoved {
+                    account,
+                    gone: Box::new(gone),
+                });
+            }
+        }
         events.insert(0, Event::DevicesChanged(change));
         Ok(events)
     }
@@ -557,30 +710,40 @@ impl Engine {
     /// Takes `list` as this device's own when it is a later list of its
     /// own account that names it, or a list naming it of the account it
     /// asked to join ([`Self::join`]: the only other account it consented
-    /// to), while it has no contact outside that list and no group. `true`
-    /// when this device joined that account now.
-    pub(super) fn own_list_from(&mut self, list: &VerifiedDeviceList) -> Result<bool, EngineError> {
+    /// to), while it has no contact outside that list and no group. A
+    /// later list of its own account that does not name it (the first
+    /// device removed it) makes it an account of its own again, when
+    /// `now` is given ([`OwnList::Left`]).
+    pub(super) fn own_list_from(
+        &mut self,
+        list: &VerifiedDeviceList,
+        now: Option<u64>,
+    ) -> Result<OwnList, EngineError> {
         let me = self.me.public();
         let account = *list.account();
         let joins = *self.devices.account() != account;
         if account == me.signing {
-            return Ok(false);
+            return Ok(OwnList::Kept);
         }
         if joins {
             let alone = self.contacts.keys().all(|k| list.device(k).is_some())
                 && self.groups().is_empty()
                 && self.devices.devices().len() == 1;
             if self.joining != Some(account) || !alone || !list.names(me) {
-                return Ok(false);
+                return Ok(OwnList::Kept);
             }
         } else if list.serial() <= self.devices.serial() {
-            return Ok(false);
+            return Ok(OwnList::Kept);
         } else if !list.names(me) {
-            tracing::warn!(
-                serial = list.serial(),
-                "this account's newest device list no longer names this device; the list held is kept"
-            );
-            return Ok(false);
+            let Some(now) = now else {
+                tracing::warn!(
+                    serial = list.serial(),
+                    "this account's newest device list no longer names this device; the list held is kept"
+                );
+                return Ok(OwnList::Kept);
+            };
+            self.leave_account(now)?;
+            return Ok(OwnList::Left);
         }
         self.store
             .records(Kind::Identity)?
@@ -596,8 +759,34 @@ impl Engine {
                     .records(Kind::Contacts)?
                     .remove(&list_record(&account))?;
             }
+            return Ok(OwnList::Joined);
         }
-        Ok(joins)
+        Ok(OwnList::Taken)
+    }
+
+    /// This device, removed from its account, becomes an account of its
+    /// own: a list naming it alone (under the name it had), whose serial
+    /// (`now` ahead of 1) comes after any list it signed as an account
+    /// before it joined. Its invites carry that list from now on; the
+    /// account it left is a contact's account like any other.
+    fn leave_account(&mut self, now: u64) -> Result<(), EngineError> {
+        let me = self.me.public().signing;
+        let name = self
+            .devices
+            .device(&me)
+            .map(|d| d.name.clone())
+            .unwrap_or_default();
+        let own = DeviceList::first(&self.me, &name, now)?
+            .verify()?
+            .advanced(&self.me, now)?
+            .verify()?;
+        self.store
+            .records(Kind::Identity)?
+            .put(DEVICE_LIST_KEY, &own.list().to_bytes())?;
+        self.devices = own;
+        self.unasked = None;
+        tracing::info!("this account's first device removed this device from the account");
+        Ok(())
     }
 
     /// Records (or clears) the account this device asked to join.
@@ -612,6 +801,34 @@ impl Engine {
         self.joining = account;
         Ok(())
     }
+}
+
+/// The identity record of a device removed from this account that is a
+/// contact still ([`Engine::forget_unlinked`]).
+fn unlinked_record(device: &[u8; 32]) -> Vec<u8> {
+    [UNLINKED_PREFIX, device.as_slice()].concat()
+}
+
+const UNLINKED_PREFIX: &[u8] = b"unlinked:";
+
+/// The devices removed from this account that are contacts still, with
+/// when each was removed (an unreadable record is skipped: that contact
+/// stays until the person removes it).
+pub(super) fn load_unlinked(
+    ids: &crate::store::Records<'_>,
+) -> Result<HashMap<[u8; 32], u64>, EngineError> {
+    let mut out = HashMap::new();
+    for (key, value) in ids.scan(UNLINKED_PREFIX)? {
+        let device = <[u8; 32]>::try_from(&key[UNLINKED_PREFIX.len()..]);
+        let at = <[u8; 8]>::try_from(value.as_slice()).map(u64::from_be_bytes);
+        match (device, at) {
+            (Ok(d), Ok(at)) => {
+                out.insert(d, at);
+            }
+            _ => tracing::warn!("an unreadable record of a removed device; ignored"),
+        }
+    }
+    Ok(out)
 }
 
 /// The record of an account's newest device list, among the contacts.

@@ -176,8 +176,10 @@ pub struct ToPublish {
 
 /// A contact that only groups made, forgotten with the last of them
 /// ([`Engine::forget_orphans`]): the node keeps it as a former contact, so
-/// that what it writes later comes as a contact request.
-#[derive(Debug)]
+/// that what it writes later comes as a contact request. Also a device
+/// removed from an account ([`Engine::forget_unlinked`],
+/// [`super::Event::ContactDeviceRemoved`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forgotten {
     /// Its identity key.
     pub key: [u8; 32],
@@ -2171,7 +2173,7 @@ impl Engine {
 
     /// Gives up everything queued for `to`, as if it had expired (the
     /// same events).
-    fn give_up_queued_for(&mut self, to: &[u8; 32]) -> Result<Vec<Event>, EngineError> {
+    pub(super) fn give_up_queued_for(&mut self, to: &[u8; 32]) -> Result<Vec<Event>, EngineError> {
         let mut events = Vec::new();
         for pos in self.schedule.queued_for(to, |_| true) {
             let Some(m) = self.schedule.remove(pos) else {
@@ -2193,6 +2195,15 @@ impl Engine {
             slot.let_go = true;
         }
         Ok(())
+    }
+
+    /// Whether `key` is a member of a group this device is in.
+    pub(super) fn in_a_group_with(&self, key: &[u8; 32]) -> bool {
+        let me = self.me.public().signing;
+        self.groups.slots.values().any(|slot| {
+            let view = slot.log.view();
+            view.is_member(&me) && view.is_member(key)
+        })
     }
 
     /// Whether `contact` and this device are members of one group that
