@@ -768,9 +768,13 @@ fn one<T>(
 ) -> Result<Option<T>, ApiError> {
     let first = matches.next();
     if first.is_some() && matches.next().is_some() {
+        let listed = if what == "device" {
+            "`meshchat devices list`"
+        } else {
+            "`meshchat contacts list`, `meshchat group list`"
+        };
         return Err(bad(format!(
-            "more than one {what} is named {name:?}: name it by its key or id \
-             (`meshchat contacts list`, `meshchat group list`)"
+            "more than one {what} is named {name:?}: name it by its key or id ({listed})"
         )));
     }
     Ok(first)

@@ -2871,20 +2871,8 @@ mod tests {
             a_key,
             b_key,
         } = pair();
-        let dn = tempfile::tempdir().unwrap();
-        let mut n = Engine::open(store(dn.path()), 100).unwrap();
+        let (dn, mut n) = linked_laptop(&mut a, &mut b, 100);
         let n_key = n.me.public().signing;
-        let code = a.link_code(vec![], 100).unwrap();
-        let req = link_request(&mut n, &code, 101);
-        let (due, _) = a.accept_link(&n_key, &req, 102).unwrap();
-        for d in &due {
-            let to = if d.to == b_key { &mut b } else { &mut n };
-            to.receive(&a_key, std::slice::from_ref(&d.frame), 103, true)
-                .unwrap();
-        }
-        assert_eq!(n.device_list().account(), &a_key);
-        b.add_contact(&n.invite(vec![], 104).unwrap(), "alice laptop")
-            .unwrap();
         let to_n = b.send(&n_key, b"to the laptop".to_vec(), 105).unwrap();
 
         assert!(
@@ -2923,6 +2911,18 @@ mod tests {
         }));
         assert!(b.contact(&n_key).is_none());
         assert_eq!(b.queued(), 0);
+        // What the node keeps of it as a former contact verifies: the
+        // invite without the list that no longer names it.
+        let Some(Event::ContactDeviceRemoved { gone, .. }) = got
+            .events
+            .iter()
+            .find(|e| matches!(e, Event::ContactDeviceRemoved { .. }))
+        else {
+            panic!("{:?}", got.events)
+        };
+        let kept = gone.invite.as_ref().unwrap().verify().unwrap();
+        assert!(kept.list.is_none());
+        assert!(check_intro(&gone.identity, gone.invite.as_ref().unwrap()).is_ok());
         // An invite of the device carrying the old list no longer files it
         // under the account.
         let old = n.invite(vec![], 108).unwrap();
@@ -2957,6 +2957,92 @@ mod tests {
         let mut a = Engine::open(store(_dirs.0.path()), 112).unwrap();
         assert!(a.forget_unlinked(112).0.is_empty());
         assert!(a.contact(&n_key).is_none());
+    }
+
+    /// Alice's laptop joins her account (a's), and Bob (b) takes it in
+    /// as "alice laptop" from its invite. Returns its directory and
+    /// engine.
+    fn linked_laptop(a: &mut Engine, b: &mut Engine, now: u64) -> (tempfile::TempDir, Engine) {
+        let (a_key, b_key) = (a.me.public().signing, b.me.public().signing);
+        let dn = tempfile::tempdir().unwrap();
+        let mut n = Engine::open(store(dn.path()), now).unwrap();
+        let n_key = n.me.public().signing;
+        let code = a.link_code(vec![], now).unwrap();
+        let req = link_request(&mut n, &code, now + 1);
+        let (due, _) = a.accept_link(&n_key, &req, now + 2).unwrap();
+        for d in &due {
+            let to = if d.to == b_key { &mut *b } else { &mut n };
+            to.receive(&a_key, std::slice::from_ref(&d.frame), now + 3, true)
+                .unwrap();
+        }
+        assert_eq!(n.device_list().account(), &a_key);
+        b.add_contact(&n.invite(vec![], now + 4).unwrap(), "alice laptop")
+            .unwrap();
+        assert_eq!(b.account_of(&n_key), a_key);
+        (dn, n)
+    }
+
+    /// A joining device that hears of its removal before its addition
+    /// (the lists crossed) does not join: the older list naming it is
+    /// not taken over the newer one held.
+    #[test]
+    fn a_join_whose_removal_came_first_does_not_join() {
+        let mut p = pair();
+        let dn = tempfile::tempdir().unwrap();
+        let mut n = Engine::open(store(dn.path()), 100).unwrap();
+        let n_key = n.me.public().signing;
+        let code = p.a.link_code(vec![], 100).unwrap();
+        let req = link_request(&mut n, &code, 101);
+        let (added, _) = p.a.accept_link(&n_key, &req, 102).unwrap();
+        let (removed, _) = p.a.remove_device(&n_key, 103).unwrap();
+        let frame = |due: &[Due]| due.iter().find(|d| d.to == n_key).unwrap().frame.clone();
+        let (added, removed) = (frame(&added), frame(&removed));
+        n.receive(&p.a_key, &[removed], 104, true).unwrap();
+        let got = n.receive(&p.a_key, &[added], 105, true).unwrap();
+        assert!(
+            !got.events
+                .iter()
+                .any(|e| matches!(e, Event::AccountJoined { .. }))
+        );
+        assert_eq!(n.device_list().account(), &n_key);
+        assert_eq!(n.contact_list(&p.a_key).map(|l| l.serial()), Some(3));
+    }
+
+    /// A removed device in a group with a contact stays that contact's
+    /// contact, no longer filed under the account and kept only as groups
+    /// keep one; a list that comes again (the same serial) changes
+    /// nothing more.
+    #[test]
+    fn a_removed_device_in_a_group_stays_while_the_group_has_it() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let (_dn, n) = linked_laptop(&mut a, &mut b, 100);
+        let n_key = n.me.public().signing;
+        b.create_group("team", "bob", &[n_key], None, vec![], 105)
+            .unwrap();
+        let (due, _) = a.remove_device(&n_key, 106).unwrap();
+        let at_b = due.iter().find(|d| d.to == b_key).unwrap();
+        let got = b
+            .receive(&a_key, std::slice::from_ref(&at_b.frame), 107, true)
+            .unwrap();
+        assert!(
+            !got.events
+                .iter()
+                .any(|e| matches!(e, Event::ContactDeviceRemoved { .. }))
+        );
+        assert!(b.contact(&n_key).is_some());
+        assert_eq!(b.account_of(&n_key), n_key, "not filed under alice's");
+        assert!(b.made_by_a_group(&n_key));
+        let again = b
+            .receive(&a_key, std::slice::from_ref(&at_b.frame), 108, true)
+            .unwrap();
+        assert!(again.events.is_empty(), "{:?}", again.events);
+        assert!(b.contact(&n_key).is_some());
     }
 
     #[test]

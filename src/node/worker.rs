@@ -2662,8 +2662,11 @@ impl Worker {
         }
         self.events(h.events, from, round);
         for gone in removed {
-            // Its event (`ContactDeviceRemoved`) went with the others.
-            self.forgotten(gone, true, now, round);
+            // Its event (`ContactDeviceRemoved`) went with the others. Kept
+            // as a former contact only while that pushes out none the
+            // person removed: an account can add and remove devices.
+            let room = self.requests.has_room_for_made();
+            self.forgotten(gone, room, now, round);
         }
         for r in h.replies {
             self.route(from, r, None, now, round);

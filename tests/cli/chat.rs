@@ -510,6 +510,9 @@ fn a_new_device_joins_an_account_with_a_link_code_through_the_cli() {
     // Alice removes the laptop by its name: Bob gets the list without
     // it, and the laptop is told and is an account of its own again.
     let laptop_events = Proc::events(laptop.cmd());
+    bob_events.wait_json("the laptop as a contact", |e| {
+        e["type"] == "contact_device" && e["identity"] == laptop_key.as_str()
+    });
     assert_refused(&alice.run(&["devices", "remove", "phone"]), 1, "no device");
     assert_refused(
         &laptop.run(&["devices", "remove", "laptop"]),
@@ -522,6 +525,21 @@ fn a_new_device_joins_an_account_with_a_link_code_through_the_cli() {
     bob_events.wait_json("alice's list without the laptop", |e| {
         e["type"] == "devices_changed" && e["removed"][0] == laptop_key.as_str()
     });
+    let gone = bob_events.wait_json("the laptop no longer a contact", |e| {
+        e["type"] == "contact_device_removed"
+    });
+    assert_eq!(
+        (gone["identity"].as_str(), gone["account"].as_str()),
+        (Some(laptop_key.as_str()), Some(account.as_str()))
+    );
+    let contacts = bob.json(&["contacts", "list"]);
+    assert!(
+        contacts
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["identity"] != laptop_key.as_str())
+    );
     let left = laptop_events.wait_json("told", |e| e["type"] == "account_left");
     assert_eq!(left["account"], account.as_str());
     assert_eq!(

@@ -212,14 +212,16 @@ impl Engine {
             .unwrap_or_default();
         // Refuses this device and one not listed.
         let list = self.devices.without_device(&self.me, device)?.verify()?;
-        let mut events = self.give_up_queued_for(device)?;
-        let due = self.set_own_list(list, now)?;
+        // Recorded first: should what follows fail, the record of a
+        // device still listed is dropped (`forget_unlinked`).
         if self.contacts.contains_key(device) {
             self.store
                 .records(Kind::Identity)?
                 .put(&unlinked_record(device), &now.to_be_bytes())?;
             self.unlinked.insert(*device, now);
         }
+        let mut events = self.give_up_queued_for(device)?;
+        let due = self.set_own_list(list, now)?;
         events.push(Event::DeviceUnlinked {
             device: *device,
             name,
@@ -244,12 +246,20 @@ impl Engine {
             .unlinked
             .iter()
             .filter(|(k, since)| {
-                !self.schedule.has_any_for(k) || now >= since.saturating_add(MESSAGE_TTL)
+                // Still listed: its removal failed half-way; nothing to do.
+                self.devices.device(k).is_some()
+                    || !self.schedule.has_any_for(k)
+                    || now >= since.saturating_add(MESSAGE_TTL)
             })
             .map(|(k, _)| *k)
             .collect();
         for k in ready {
-            match self.forget_device(&k) {
+            let listed = self.devices.device(&k).is_some();
+            match if listed {
+                Ok(None)
+            } else {
+                self.drop_removed_device(&k)
+            } {
                 Ok(Some((was, given_up))) => {
                     events.extend(given_up);
                     gone.push(was);
@@ -273,25 +283,86 @@ impl Engine {
         (gone, events)
     }
 
-    /// Removes the contact `key` (a device its account no longer lists),
-    /// giving up what is queued for it: how it was, and the events of
-    /// what was given up. `None` if it is no contact.
-    fn forget_device(
+    /// Removes the contact `key`, a device its account no longer lists,
+    /// giving up what is queued for it: how it was (its invite without the
+    /// account's list, which no longer names it: what the node keeps of a
+    /// former contact must verify), and the events of what was given up.
+    /// `None` if it is no contact, or if it is in a group with this
+    /// device: then it stays, no longer filed under the account, as a
+    /// contact groups keep, which goes with the last group it shares with
+    /// this device ([`Self::forget_orphans`]).
+    fn drop_removed_device(
         &mut self,
         key: &[u8; 32],
     ) -> Result<Option<(Forgotten, Vec<Event>)>, EngineError> {
         let Some(c) = self.contacts.get(key) else {
             return Ok(None);
         };
+        if self.in_a_group_with(key) {
+            tracing::info!(
+                device = %crate::store::hex(&key[..4]),
+                "a device its account removed stays a contact while it is in a group with this device"
+            );
+            self.accounts.remove(key);
+            if let Some(c) = self.contacts.get_mut(key)
+                && !c.devices.is_empty()
+            {
+                c.devices = Vec::new();
+                self.store
+                    .records(Kind::Contacts)?
+                    .put(key, &c.to_bytes())?;
+            }
+            self.mark_made(key)?;
+            return Ok(None);
+        }
+        let mut bundle = c.bundle.clone();
+        bundle.one_time = None;
         let was = Forgotten {
             key: *key,
             name: c.name.clone(),
             identity: c.identity.clone(),
-            invite: self.contact_invite(key).ok(),
+            invite: Some(Invite::new(bundle, c.addrs.clone())),
         };
         let events = self.give_up_queued_for(key)?;
         self.remove_contact(key)?;
         Ok(Some((was, events)))
+    }
+
+    /// Drops the contacts filed under `account` that its list held no
+    /// longer names (see [`Self::drop_removed_device`]), but never `from`,
+    /// the device that sent the list. Run at every list of the account
+    /// that comes, newer or not, so that a pass a store error ended (it is
+    /// logged) is finished by the next.
+    fn drop_unlisted(&mut self, account: &[u8; 32], from: &[u8; 32]) -> Vec<Event> {
+        let Some(list) = self.held_list(account) else {
+            return Vec::new();
+        };
+        let unlisted: Vec<[u8; 32]> = self
+            .contacts
+            .keys()
+            .filter(|k| {
+                *k != from && self.accounts.get(*k) == Some(account) && list.device(k).is_none()
+            })
+            .copied()
+            .collect();
+        let mut events = Vec::new();
+        for key in unlisted {
+            match self.drop_removed_device(&key) {
+                Ok(Some((gone, given_up))) => {
+                    events.extend(given_up);
+                    events.push(Event::ContactDeviceRemoved {
+                        account: *account,
+                        gone: Box::new(gone),
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping a device its account removed");
+                    break;
+                }
+            }
+        }
+        events
     }
 
     /// Asks to join the account of the device that made `code` (`meshchat
@@ -595,7 +666,10 @@ impl Engine {
                 ListUpdate::Newer { added, removed } => {
                     (added.into_iter().map(|d| d.signing).collect(), removed)
                 }
-                ListUpdate::Same | ListUpdate::Older => return Ok(events),
+                ListUpdate::Same | ListUpdate::Older => {
+                    events.extend(self.drop_unlisted(&account, from));
+                    return Ok(events);
+                }
             },
             // Its first list: every device but the one it came from is
             // news.
@@ -636,29 +710,8 @@ impl Engine {
         self.accounts.insert(*from, account);
         // Devices the account removed are not taken for it any more: a
         // contact of its own made of one goes (a lost or stolen phone
-        // stops getting what this device writes), unless it is in a group
-        // with this device, whose admins remove it.
-        for key in &change.removed {
-            let of_account = self.accounts.get(key) == Some(&account)
-                || (account == *self.devices.account() && self.contacts.contains_key(key));
-            if !of_account || key == from {
-                continue;
-            }
-            if self.in_a_group_with(key) {
-                tracing::info!(
-                    device = %crate::store::hex(&key[..4]),
-                    "a device its account removed is kept as a contact: it is in a group with this device"
-                );
-                continue;
-            }
-            if let Some((gone, given_up)) = self.forget_device(key)? {
-                events.extend(given_up);
-                events.push(Event::ContactDeviceRemoved {
-                    account,
-                    gone: Box::new(gone),
-                });
-            }
-        }
+        // stops getting what this device writes).
+        events.extend(self.drop_unlisted(&account, from));
         events.insert(0, Event::DevicesChanged(change));
         Ok(events)
     }
@@ -729,7 +782,12 @@ impl Engine {
             let alone = self.contacts.keys().all(|k| list.device(k).is_some())
                 && self.groups().is_empty()
                 && self.devices.devices().len() == 1;
-            if self.joining != Some(account) || !alone || !list.names(me) {
+            // Not an older list than one held (which may remove it).
+            let older = self
+                .lists
+                .get(&account)
+                .is_some_and(|h| h.serial() > list.serial());
+            if self.joining != Some(account) || !alone || !list.names(me) || older {
                 return Ok(OwnList::Kept);
             }
         } else if list.serial() <= self.devices.serial() {

@@ -2063,6 +2063,17 @@ impl Engine {
         self.groups.made.contains(key)
     }
 
+    /// Marks the contact `key` as one groups keep: it goes when it is in
+    /// no group this device is in any more ([`Self::forget_orphans`]).
+    pub(super) fn mark_made(&mut self, key: &[u8; 32]) -> Result<(), EngineError> {
+        if self.groups.made.insert(*key) {
+            self.store
+                .records(Kind::Groups)?
+                .put(&made_record(key), &[])?;
+        }
+        Ok(())
+    }
+
     /// The contact `key` is no longer one a group made: the person took
     /// it up (added it by an invite, accepted, verified, wrote to it, set
     /// its timer, chose it for a group), or it is gone.
