@@ -1243,6 +1243,9 @@ impl Worker {
                         self.events(events, &[0; 32], round);
                         DevicesInfo::of(self.engine.device_list())
                     });
+                if r.is_ok() {
+                    self.remove_from_groups(&device, now, round);
+                }
                 round.reply(reply, r.map_err(Into::into));
             }
             Job::Devices(DevicesJob::Link { addrs, reply }) => {
@@ -1939,6 +1942,8 @@ impl Worker {
                 self.new_contact(&key, now, round);
                 self.route_due(due, now, round);
                 self.events(vec![event], &key, round);
+                let account = *self.engine.device_list().account();
+                self.add_to_account_groups(&key, &account, now, round);
             }
             Err(e) => {
                 // Made a contact before a later step failed: known here too.
@@ -2633,7 +2638,56 @@ impl Worker {
                 account,
                 name,
             });
+            self.add_to_account_groups(key, &account, now, round);
             self.envelopes(request.held, now, round);
+        }
+    }
+
+    /// Groups follow accounts (docs/devices.md, §3): `device`, a device
+    /// that `account` added and a contact here now, is added to every
+    /// group this device administers that has a device of that account.
+    /// (Another admin may add it too: an addition of a member is taken
+    /// once.)
+    fn add_to_account_groups(
+        &mut self,
+        device: &[u8; 32],
+        account: &[u8; 32],
+        now: u64,
+        round: &mut Round,
+    ) {
+        for group in self.engine.groups_missing_device(account, device) {
+            let change = GroupChange::Add {
+                contact: *device,
+                role: crate::node::groups::Role::Member,
+            };
+            self.follow_account(&group, change, now, round);
+        }
+    }
+
+    /// Groups follow accounts: `device`, which its account removed, is
+    /// removed from every group this device administers.
+    fn remove_from_groups(&mut self, device: &[u8; 32], now: u64, round: &mut Round) {
+        for group in self.engine.groups_holding(device) {
+            let change = GroupChange::Remove { member: *device };
+            self.follow_account(&group, change, now, round);
+        }
+    }
+
+    fn follow_account(
+        &mut self,
+        group: &[u8; 32],
+        change: GroupChange,
+        now: u64,
+        round: &mut Round,
+    ) {
+        match self.engine.change_group(group, change, now) {
+            Ok(fx) => {
+                info!(group = %crate::store::hex(&group[..4]), "a group follows a change of a member's account");
+                self.group_effects(fx, now, round);
+            }
+            Err(e) => {
+                warn!(group = %crate::store::hex(&group[..4]), error = %e, "a group not changed with a member's account")
+            }
         }
     }
 
@@ -2646,17 +2700,21 @@ impl Worker {
         // told who this device is: they take it in as the account's), and
         // devices a contact's account added that wait as requests.
         let (mut shared, mut added, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+        let mut unlisted = Vec::new();
         for e in &h.events {
             match e {
                 Event::ContactDeviceRemoved { gone, .. } => removed.push((**gone).clone()),
                 Event::AccountJoined { .. } => self.joining = None,
                 Event::AccountContacts { added: keys } => shared.extend_from_slice(keys),
-                Event::DevicesChanged(c) => added.extend(
-                    c.added
-                        .iter()
-                        .filter(|k| self.requests.is_waiting(k))
-                        .copied(),
-                ),
+                Event::DevicesChanged(c) => {
+                    added.extend(
+                        c.added
+                            .iter()
+                            .filter(|k| self.requests.is_waiting(k))
+                            .copied(),
+                    );
+                    unlisted.extend_from_slice(&c.removed);
+                }
                 _ => {}
             }
         }
@@ -2674,6 +2732,9 @@ impl Worker {
         self.group_effects(h.group, now, round);
         if (took && self.engine.heard_from(from, now)) || h.restarted {
             self.retry(now, round);
+        }
+        for device in unlisted {
+            self.remove_from_groups(&device, now, round);
         }
         self.accept_listed(&added, now, round);
         for key in shared {

@@ -351,3 +351,67 @@ async fn a_device_removed_from_its_account_is_dropped_by_its_contacts_and_told()
             .any(|r| r.identity == lk)
     );
 }
+
+/// Waits until `node` sees `group` as `holds` says (its groups are read
+/// again at each change of that group).
+async fn group_until(
+    node: &mut TestNode,
+    group: [u8; 32],
+    what: &str,
+    holds: impl Fn(&meshchat::node::engine::GroupInfo) -> bool,
+) {
+    loop {
+        let groups = node.handle.groups().await.unwrap();
+        if groups.iter().any(|g| g.id == group && holds(g)) {
+            return;
+        }
+        node.wait(what, |e| match e {
+            NodeEvent::GroupChanged { group: g } if *g == group => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+}
+
+/// Groups follow accounts: Bob's group has Alice. When her laptop joins
+/// her account and Bob takes it in, Bob, the group's admin, adds it to
+/// the group; when Alice removes the laptop from her account, Bob removes
+/// it from the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_follows_the_devices_of_a_members_account() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = TestNode::start_in("alice", dirs[0].path(), 91).await;
+    let mut b = TestNode::start_in("bob", dirs[1].path(), 92).await;
+    let mut l = TestNode::start_in("laptop", dirs[2].path(), 93).await;
+    befriend(&mut a, &mut b).await;
+    let (ak, lk) = (a.key(), l.key());
+    let group = b
+        .handle
+        .create_group("team", "bob", vec![ak], None)
+        .await
+        .unwrap();
+    group_until(&mut a, group, "alice in the group", |g| g.joined).await;
+
+    let code = a.handle.link_device().await.unwrap();
+    l.handle.join_account(&code, "laptop").await.unwrap();
+    b.wait("the laptop as a contact", |e| match e {
+        NodeEvent::ContactDevice { contact, .. } if *contact == lk => Some(()),
+        _ => None,
+    })
+    .await;
+    group_until(&mut l, group, "the laptop in the group", |g| {
+        g.joined && g.members.iter().any(|m| m.0 == ak)
+    })
+    .await;
+    group_until(&mut a, group, "alice hears of it", |g| {
+        g.members.iter().any(|m| m.0 == lk)
+    })
+    .await;
+
+    a.handle.remove_device(lk).await.unwrap();
+    group_until(&mut b, group, "the laptop out of the group", |g| {
+        !g.members.iter().any(|m| m.0 == lk)
+    })
+    .await;
+    group_until(&mut l, group, "the laptop told", |g| !g.joined).await;
+}

@@ -2208,6 +2208,41 @@ impl Engine {
         Ok(())
     }
 
+    /// The groups this device administers where a device of `account`
+    /// (a member whose account that is) is a member and `device` is not:
+    /// where a device the account added belongs too (docs/devices.md, §3).
+    pub fn groups_missing_device(&self, account: &[u8; 32], device: &[u8; 32]) -> Vec<[u8; 32]> {
+        self.administered(|view| {
+            !view.is_member(device)
+                && view
+                    .members
+                    .iter()
+                    .any(|m| m.key == *account || self.account_of(&m.key) == *account)
+        })
+    }
+
+    /// The groups this device administers that have `device` as a member.
+    pub fn groups_holding(&self, device: &[u8; 32]) -> Vec<[u8; 32]> {
+        self.administered(|view| view.is_member(device))
+    }
+
+    /// The groups where this device is an admin and `pick` holds.
+    fn administered(&self, pick: impl Fn(&View) -> bool) -> Vec<[u8; 32]> {
+        let me = self.me.public().signing;
+        let mut out: Vec<[u8; 32]> = self
+            .groups
+            .slots
+            .iter()
+            .filter(|(_, slot)| {
+                let view = slot.log.view();
+                view.member(&me).is_some_and(|m| m.role == Role::Admin) && pick(view)
+            })
+            .map(|(g, _)| *g)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// Whether `key` is a member of a group this device is in.
     pub(super) fn in_a_group_with(&self, key: &[u8; 32]) -> bool {
         let me = self.me.public().signing;
