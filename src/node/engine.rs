@@ -24,7 +24,7 @@ pub use group_chat::{
 };
 pub use retention::MAX_RETENTION;
 
-use super::proto::{Chat, Frame, MsgRef, Payload, ReceiptKind, conversation_id};
+use super::proto::{Chat, Frame, MsgRef, Payload, ReceiptKind, conversation_of};
 use super::retry::{self, Meta, Schedule};
 use super::sessions::Sessions;
 use super::state::{Contact, ConvState, Introduced, Invite, Queued, SentFrame, SeqCheck};
@@ -75,6 +75,15 @@ pub const UNREAD_SCAN_SLACK: usize = 4096;
 pub const MAX_CLOCK_AHEAD: u64 = 1 << 32;
 
 /// Takes a peer's clock `theirs` into ours, within [`MAX_CLOCK_AHEAD`].
+/// The sequence numbers of a 1:1 conversation with one device: its own
+/// record's (`pair`, see `Engine::seq_state`), or else the conversation's.
+fn seqs<'a>(state: &'a mut ConvState, pair: &'a mut Option<ConvState>) -> &'a mut ConvState {
+    match pair {
+        Some(p) => p,
+        None => state,
+    }
+}
+
 pub(crate) fn witness_clock(ours: &mut u64, theirs: u64) {
     if theirs <= ours.saturating_add(MAX_CLOCK_AHEAD) {
         *ours = (*ours).max(theirs);
@@ -742,15 +751,14 @@ impl Engine {
     /// writing first; and what it still has queued comes again at once
     /// (what it no longer has, it says is gone).
     fn ask_again_after_restore(&mut self, now: u64) -> Result<(), EngineError> {
-        let me = self.me.public().clone();
-        let contacts: Vec<([u8; 32], crypto::PublicIdentity)> = self
-            .contacts
-            .iter()
-            .map(|(k, c)| (*k, c.identity.clone()))
-            .collect();
-        for (key, identity) in contacts {
-            let conv = conversation_id(&me, &identity);
-            let from = self.conv_state(&conv)?.peer_contiguous.saturating_add(1);
+        let contacts: Vec<[u8; 32]> = self.contacts.keys().copied().collect();
+        for key in contacts {
+            let conv = self.conv_with_device(&key);
+            let from = match self.seq_state(&conv, &key)? {
+                Some(pair) => pair.peer_contiguous,
+                None => self.conv_state(&conv)?.peer_contiguous,
+            }
+            .saturating_add(1);
             let payload = Payload::Resend { from }.to_bytes();
             self.queue_unsent(&key, conv, payload, now, now)?;
         }
@@ -1005,8 +1013,56 @@ impl Engine {
             return Some(*with);
         }
         self.contacts
-            .get(with)
-            .map(|c| conversation_id(self.me.public(), &c.identity))
+            .contains_key(with)
+            .then(|| self.conv_with_device(with))
+    }
+
+    /// The 1:1 conversation with the contact device `device`: made from
+    /// this device's account and that device's account (docs/devices.md,
+    /// §3), so that whatever any device of an account writes to a contact,
+    /// or is written from it, is one conversation. For an account of one
+    /// device, and for an account's first device, it is the conversation
+    /// of the two devices, as it always was.
+    pub(crate) fn conv_with_device(&self, device: &[u8; 32]) -> [u8; 32] {
+        conversation_of(self.devices.account(), &self.account_of(device))
+    }
+
+    /// The sequence numbers between this device and `device` in `conv`,
+    /// when `device` is not its account's first device (a record of its
+    /// own, `conv:` ‖ conv ‖ device); `None` for the first device, whose
+    /// numbers are in the conversation's own record with its clock (as
+    /// before accounts had several devices).
+    fn seq_state(
+        &self,
+        conv: &[u8; 32],
+        device: &[u8; 32],
+    ) -> Result<Option<ConvState>, EngineError> {
+        if self.account_of(device) == *device {
+            return Ok(None);
+        }
+        let key = [CONV_PREFIX, conv.as_slice(), device.as_slice()].concat();
+        Ok(Some(
+            match self.store.records(Kind::Contacts)?.get(&key)? {
+                Some(b) => ConvState::from_bytes(&b)?,
+                None => ConvState::default(),
+            },
+        ))
+    }
+
+    /// Writes what [`Self::seq_state`] read, if it was a record of its own.
+    fn put_seq_state(
+        &self,
+        conv: &[u8; 32],
+        device: &[u8; 32],
+        pair: Option<&ConvState>,
+    ) -> Result<(), EngineError> {
+        if let Some(p) = pair {
+            let key = [CONV_PREFIX, conv.as_slice(), device.as_slice()].concat();
+            self.store
+                .records(Kind::Contacts)?
+                .put(&key, &p.to_bytes())?;
+        }
+        Ok(())
     }
 
     fn conv_state(&self, conv: &[u8; 32]) -> Result<ConvState, EngineError> {
@@ -1212,12 +1268,15 @@ impl Engine {
                 max: super::proto::MAX_BODY,
             });
         }
-        let contact = self.contacts.get(to).ok_or(EngineError::UnknownContact)?;
-        let conv = conversation_id(self.me.public(), &contact.identity);
+        if !self.contacts.contains_key(to) {
+            return Err(EngineError::UnknownContact);
+        }
+        let conv = self.conv_with_device(to);
         let me = self.me.public().signing;
         // Written to: the person's contact now, if a group made it.
         self.adopt(to)?;
         let mut state = self.conv_state(&conv)?;
+        let mut pair = self.seq_state(&conv, to)?;
         // A temporary conversation: each message carries its end.
         let expires_at = self.retention(&conv)?.map(|secs| now.saturating_add(secs));
         let positions = self.store.outbox().positions(bodies.len())?;
@@ -1227,8 +1286,9 @@ impl Engine {
         for (body, pos) in bodies.into_iter().zip(positions) {
             // Saturating: a peer's Lamport clock is its own to choose.
             state.lamport = state.lamport.saturating_add(1);
-            let seq = state.next_seq;
-            state.next_seq += 1;
+            let numbers = seqs(&mut state, &mut pair);
+            let seq = numbers.next_seq;
+            numbers.next_seq += 1;
             let mut msg_id = [0u8; 16];
             rand::Rng::fill_bytes(&mut self.rng, &mut msg_id);
             let msg = StoredMessage {
@@ -1305,7 +1365,10 @@ impl Engine {
             // The counters before the history: if the history write fails,
             // the numbers taken are skipped (the contact asks for them and
             // hears they are gone), never taken again by the next send.
-            if let Err(e) = self.put_conv_state(&conv, &state) {
+            if let Err(e) = self
+                .put_conv_state(&conv, &state)
+                .and_then(|()| self.put_seq_state(&conv, to, pair.as_ref()))
+            {
                 break 'write Err(e);
             }
             self.store
@@ -1872,13 +1935,14 @@ impl Engine {
             .get(from)
             .cloned()
             .ok_or(EngineError::UnknownSender)?;
-        let conv = conversation_id(self.me.public(), &contact.identity);
+        let conv = self.conv_with_device(from);
         let mut out = Handled::default();
         let mut delivered = Vec::new();
         let mut resend = Vec::new();
         let mut gone = Vec::new();
         let mut incoming = Vec::new();
         let mut state = self.conv_state(&conv)?;
+        let mut pair = self.seq_state(&conv, from)?;
         let mut decrypted_any = false;
         let mut prekeys_changed = false;
         let mut answered_bundle = false;
@@ -2009,7 +2073,7 @@ impl Engine {
                     // this device, and the sender hears so by either path
                     // (the direct ack says it already), or it would retry
                     // until its own expiry and call it undelivered.
-                    state.accept_seq(chat.seq);
+                    seqs(&mut state, &mut pair).accept_seq(chat.seq);
                     delivered.push((chat.lamport, chat.msg_id));
                 }
                 Payload::Chat(chat) => {
@@ -2024,10 +2088,11 @@ impl Engine {
                         expires_at: retention::received_expiry(chat.expires_at, retention, now),
                     };
                     witness_clock(&mut state.lamport, msg.lamport);
-                    if let SeqCheck::Gap { missing_from } = state.accept_seq(chat.seq)
-                        && now.saturating_sub(state.resend_asked_at) >= RESEND_EVERY
+                    let numbers = seqs(&mut state, &mut pair);
+                    if let SeqCheck::Gap { missing_from } = numbers.accept_seq(chat.seq)
+                        && now.saturating_sub(numbers.resend_asked_at) >= RESEND_EVERY
                     {
-                        state.resend_asked_at = now;
+                        numbers.resend_asked_at = now;
                         let ask = Payload::Resend { from: missing_from };
                         resend.push(ask.to_bytes());
                     }
@@ -2078,14 +2143,14 @@ impl Engine {
                     let until = self
                         .schedule
                         .due_again(from, &conv, first, now)
-                        .unwrap_or(state.next_seq);
+                        .unwrap_or(seqs(&mut state, &mut pair).next_seq);
                     // One answer per batch, however many requests it held.
                     if first < until && gone.is_empty() {
                         gone.push(Payload::Gone { from: first, until }.to_bytes());
                     }
                 }
                 Payload::Gone { from: first, until } => {
-                    if state.skip(first, until) {
+                    if seqs(&mut state, &mut pair).skip(first, until) {
                         tracing::info!(
                             peer = %crate::store::hex(&from[..4]),
                             first,
@@ -2195,6 +2260,7 @@ impl Engine {
             self.save_prekeys()?;
         }
         self.put_conv_state(&conv, &state)?;
+        self.put_seq_state(&conv, from, pair.as_ref())?;
         let stored = self
             .store
             .history()
@@ -2220,34 +2286,44 @@ impl Engine {
         Ok(out)
     }
 
-    /// Marks a conversation with `with` read: queues the read receipt for
-    /// the messages received since the last time (in the outbox, so it is
-    /// retried until it reaches the contact or the mesh) and returns its
-    /// outbox position and the frame to send now.
-    pub fn mark_read(&mut self, with: &[u8; 32], now: u64) -> Result<Option<Due>, EngineError> {
-        let contact = self.contacts.get(with).ok_or(EngineError::UnknownContact)?;
-        let conv = conversation_id(self.me.public(), &contact.identity);
+    /// Marks the conversation with `with` read: queues the read receipts
+    /// for the messages received since the last time, one for each device
+    /// that wrote some of them (in the outbox, so each is retried until it
+    /// reaches its device or the mesh), and returns them with their frames
+    /// to send now. Messages of a device that is no contact any more are
+    /// marked read without a receipt.
+    pub fn mark_read(&mut self, with: &[u8; 32], now: u64) -> Result<Vec<Due>, EngineError> {
+        if !self.contacts.contains_key(with) {
+            return Err(EngineError::UnknownContact);
+        }
+        let conv = self.conv_with_device(with);
         let unread = usize::try_from(self.store.history().mark_read(&conv)?).unwrap_or(usize::MAX);
         if unread == 0 {
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        // The contact's messages not read yet, newest first (ours in
-        // between do not count), at most one receipt's worth.
+        // The messages not read yet, newest first (ours in between do not
+        // count), at most one receipt's worth.
         let want = unread.min(super::proto::MAX_RECEIPTS);
-        let messages: Vec<(u64, [u8; 16])> = self
-            .take_unread(&conv, want, |m| &m.sender == with)?
-            .into_iter()
-            .map(|r| (r.lamport, r.msg_id))
-            .collect();
-        if messages.is_empty() {
-            return Ok(None);
+        let me = self.me.public().signing;
+        let mut by_author = std::collections::BTreeMap::new();
+        for r in self.take_unread(&conv, want, |m| m.sender != me)? {
+            by_author
+                .entry(r.sender)
+                .or_insert_with(Vec::new)
+                .push((r.lamport, r.msg_id));
         }
-        let receipt = Payload::Receipts {
-            kind: ReceiptKind::Read,
-            messages,
-        };
-        self.queue_receipt(with, conv, receipt.to_bytes(), now)
-            .map(Some)
+        let mut due = Vec::with_capacity(by_author.len());
+        for (author, messages) in by_author {
+            if !self.contacts.contains_key(&author) {
+                continue;
+            }
+            let receipt = Payload::Receipts {
+                kind: ReceiptKind::Read,
+                messages,
+            };
+            due.push(self.queue_receipt(&author, conv, receipt.to_bytes(), now)?);
+        }
+        Ok(due)
     }
 
     /// Up to `want` of the messages of `conv` that `theirs` selects and
@@ -2361,6 +2437,7 @@ mod tests {
     use super::*;
     use crate::crypto::{KdfParams, Keystore};
     use crate::node::engine::devices::Joined;
+    use crate::node::proto::conversation_id;
     use crate::node::state::LinkCode;
 
     /// The data key of every store of these tests.
@@ -2980,6 +3057,71 @@ mod tests {
             .unwrap();
         assert_eq!(b.account_of(&n_key), a_key);
         (dn, n)
+    }
+
+    /// One conversation per account (docs/devices.md, §3): Bob files what
+    /// Alice's phone and her laptop write in one conversation, counting
+    /// each device's numbers apart; the laptop files its chat with Bob
+    /// under Alice's account, the same conversation as her phone's. Bob
+    /// reading it sends a read receipt to each device that wrote, and a
+    /// retention setting goes to both.
+    #[test]
+    fn a_contacts_devices_write_into_one_conversation() {
+        let Pair {
+            _dirs,
+            mut a,
+            mut b,
+            a_key,
+            b_key,
+        } = pair();
+        let (_dn, mut n) = linked_laptop(&mut a, &mut b, 100);
+        let n_key = n.me.public().signing;
+        let conv = b.conversation_with(&a_key).unwrap();
+        assert_eq!(conv, conversation_id(a.me.public(), b.me.public()));
+        assert_eq!(b.conversation_with(&n_key), Some(conv));
+        assert_eq!(n.conversation_with(&b_key), Some(conv));
+        assert_eq!(a.conversation_with(&b_key), Some(conv));
+
+        let p1 = a.send(&b_key, b"one from the phone".to_vec(), 110).unwrap();
+        let p2 = a.send(&b_key, b"two from the phone".to_vec(), 110).unwrap();
+        let l1 = n
+            .send(&b_key, b"one from the laptop".to_vec(), 110)
+            .unwrap();
+        let got = b.receive(&n_key, &[l1.frame], 111, true).unwrap();
+        assert!(got.replies.is_empty(), "no resend asked");
+        let got = b.receive(&a_key, &[p1.frame, p2.frame], 111, true).unwrap();
+        assert!(got.replies.is_empty(), "no resend asked");
+        let page = b.store().history().page(&conv, None, 10).unwrap();
+        let mut senders: Vec<[u8; 32]> = page.messages.iter().map(|m| m.sender).collect();
+        senders.sort_unstable();
+        let mut want = vec![a_key, a_key, n_key];
+        want.sort_unstable();
+        assert_eq!(senders, want);
+        // Each device's numbers apart: the phone's in the conversation's
+        // record, the laptop's in its own.
+        assert_eq!(b.conv_state(&conv).unwrap().peer_contiguous, 2);
+        assert_eq!(
+            b.seq_state(&conv, &n_key)
+                .unwrap()
+                .map(|s| s.peer_contiguous),
+            Some(1)
+        );
+        assert_eq!(b.seq_state(&conv, &a_key).unwrap(), None);
+
+        let r = b.send(&n_key, b"to the laptop".to_vec(), 112).unwrap();
+        let got = n.receive(&b_key, &[r.frame], 113, true).unwrap();
+        assert!(
+            matches!(&got.events[..], [Event::MessageReceived(m)] if m.conv_id == conv),
+            "{:?}",
+            got.events
+        );
+
+        let due = b.mark_read(&a_key, 114).unwrap();
+        let to: HashSet<[u8; 32]> = due.iter().map(|d| d.to).collect();
+        assert_eq!(to, HashSet::from([a_key, n_key]));
+        let (due, _) = b.set_retention(&n_key, Some(3600), 115).unwrap();
+        let to: HashSet<[u8; 32]> = due.iter().map(|d| d.to).collect();
+        assert_eq!(to, HashSet::from([a_key, n_key]));
     }
 
     /// A joining device that hears of its removal before its addition
@@ -3672,7 +3814,9 @@ mod tests {
             a_key,
             b_key,
         } = pair();
-        let (due, _) = a.set_retention(&b_key, Some(3600), 101).unwrap();
+        let (mut due, _) = a.set_retention(&b_key, Some(3600), 101).unwrap();
+        assert_eq!(due.len(), 1);
+        let due = due.pop().unwrap();
         let queued = a.queued();
         a.published(&[due.pos]).unwrap();
         assert_eq!(a.queued(), queued, "the setting was dropped at the mesh");
@@ -3684,7 +3828,11 @@ mod tests {
         // A read receipt is done once on the mesh.
         let m = b.send(&a_key, b"hello".to_vec(), 104).unwrap();
         a.receive(&b_key, &[m.frame], 105, true).unwrap();
-        let receipt = a.mark_read(&b_key, 106).unwrap().expect("a read receipt");
+        let receipt = a
+            .mark_read(&b_key, 106)
+            .unwrap()
+            .pop()
+            .expect("a read receipt");
         let queued = a.queued();
         a.published(&[receipt.pos]).unwrap();
         assert_eq!(a.queued(), queued - 1);
@@ -3861,13 +4009,13 @@ mod tests {
         );
         assert!(a.store.outbox().is_empty());
 
-        let read = b.mark_read(&a_key, 104).unwrap().unwrap();
+        let read = b.mark_read(&a_key, 104).unwrap().pop().unwrap();
         // Queued until it reaches the contact or the mesh; a read receipt
         // has no history entry and no state events of its own.
         assert_eq!(b.queued(), 1);
         assert!(b.published(&[read.pos]).unwrap().is_empty());
         assert_eq!(b.queued(), 0);
-        assert!(b.mark_read(&a_key, 104).unwrap().is_none());
+        assert!(b.mark_read(&a_key, 104).unwrap().is_empty());
         let back = a.receive(&b_key, &[read.frame], 105, false).unwrap();
         assert_eq!(
             back.events,
@@ -4483,7 +4631,7 @@ mod tests {
         let first = a.send(&b_key, b"first".to_vec(), 101).unwrap();
         let second = a.send(&b_key, b"second".to_vec(), 101).unwrap();
         b.receive(&a_key, &[second.frame], 102, true).unwrap();
-        let read = b.mark_read(&a_key, 103).unwrap().unwrap();
+        let read = b.mark_read(&a_key, 103).unwrap().pop().unwrap();
         let back = a.receive(&b_key, &[read.frame], 103, false).unwrap();
         assert_eq!(
             back.events,
@@ -4493,7 +4641,7 @@ mod tests {
             }]
         );
         b.receive(&a_key, &[first.frame], 104, true).unwrap();
-        let read = b.mark_read(&a_key, 105).unwrap().unwrap();
+        let read = b.mark_read(&a_key, 105).unwrap().pop().unwrap();
         let back = a.receive(&b_key, &[read.frame], 105, false).unwrap();
         assert_eq!(
             back.events,
@@ -4519,7 +4667,7 @@ mod tests {
         } = pair();
         let f = a.send(&b_key, b"read me".to_vec(), 101).unwrap().frame;
         b.receive(&a_key, &[f], 102, true).unwrap();
-        let read = b.mark_read(&a_key, 103).unwrap().unwrap();
+        let read = b.mark_read(&a_key, 103).unwrap().pop().unwrap();
         // Not published (no peers): due again after the backoff, freshly
         // encrypted, and a direct ack takes it out without any event.
         b.attempted(read.pos, 103, None);
@@ -4536,7 +4684,7 @@ mod tests {
             true,
         )
         .unwrap();
-        b.mark_read(&a_key, 105).unwrap().unwrap();
+        b.mark_read(&a_key, 105).unwrap().pop().unwrap();
         assert!(b.expire(105 + MESSAGE_TTL).unwrap().is_empty());
         assert_eq!(b.queued(), 0);
         assert!(b.store.outbox().is_empty());

@@ -387,15 +387,19 @@ impl Beacon {
 
 /// The id of the 1:1 conversation between two devices: the same on both.
 pub fn conversation_id(a: &PublicIdentity, b: &PublicIdentity) -> [u8; 32] {
-    let (lo, hi) = if a.signing <= b.signing {
-        (a, b)
-    } else {
-        (b, a)
-    };
+    conversation_of(&a.signing, &b.signing)
+}
+
+/// The id of the 1:1 conversation between two accounts (or devices),
+/// named by their signing keys: the same on both sides. An account's key
+/// is its first device's, so for an account of one device this is
+/// [`conversation_id`] of its device.
+pub fn conversation_of(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
     let mut h = Sha256::new();
     h.update(labels::CONVERSATION);
-    h.update(lo.signing);
-    h.update(hi.signing);
+    h.update(lo);
+    h.update(hi);
     h.finalize().into()
 }
 

@@ -41,7 +41,7 @@ use super::events::NodeEvent;
 use super::handle::{ContactInfo, ContactRequest, DevicesInfo};
 use super::media::MediaJob;
 use super::net::direct::FrameStatus;
-use super::proto::{Frame, conversation_id};
+use super::proto::Frame;
 use super::requests::{
     Introduced, Requests, declined_key, former_key, held_key, held_prefix, request_key,
 };
@@ -1308,11 +1308,11 @@ impl Worker {
                 }
             }
             Job::MarkRead { with, reply } => match self.engine.mark_read(&with, now) {
-                Ok(Some(due)) => {
-                    self.route(&with, due.frame, Some(due.pos), now, round);
-                    round.reply(reply, Ok(true));
+                Ok(due) => {
+                    let marked = !due.is_empty();
+                    self.route_due(due, now, round);
+                    round.reply(reply, Ok(marked));
                 }
-                Ok(None) => round.reply(reply, Ok(false)),
                 Err(e) => round.reply(reply, Err(e.into())),
             },
             Job::ClearHistory { with, reply } => {
@@ -1408,9 +1408,7 @@ impl Worker {
                 let r = self.engine.set_retention(&contact, secs, now);
                 let r = r.map(|(due, event)| {
                     round.dirty = true;
-                    if !due.frame.is_empty() {
-                        self.route(&due.to, due.frame, Some(due.pos), now, round);
-                    }
+                    self.route_due(due, now, round);
                     self.events(vec![event], &contact, round);
                 });
                 round.reply(reply, r.map_err(Into::into));
@@ -1457,7 +1455,7 @@ impl Worker {
                             identity: c.identity.signing,
                             peer_id: c.identity.peer_id().ok(),
                             name: c.name.clone(),
-                            conversation: conversation_id(&me, &c.identity),
+                            conversation: self.engine.conv_with_device(&c.identity.signing),
                             fingerprint: fp,
                             verified: c.verified,
                             safety_number: safety,

@@ -217,15 +217,12 @@ async fn a_request_waits_still_when_a_group_makes_its_sender_a_contact() {
 /// contacts come to the laptop from her phone; the laptop introduces
 /// itself to Bob, who is not asked: the list of a contact's account names
 /// it, so it is a contact at once, named after Alice and the device, and
-/// what it writes is read and delivered.
+/// what it writes is read and delivered, in Bob's one conversation with
+/// Alice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linked_device_gets_the_accounts_contacts_who_take_it_in_at_once() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let Linked {
-        a: _a,
-        mut b,
-        mut l,
-    } = linked(&dirs).await;
+    let Linked { a, mut b, mut l } = linked(&dirs).await;
     let (bk, lk) = (b.key(), l.key());
     let sent = l
         .handle
@@ -235,6 +232,14 @@ async fn a_linked_device_gets_the_accounts_contacts_who_take_it_in_at_once() {
     let got = message(&mut b, b"from the laptop").await;
     assert_eq!(got.sender, lk);
     receipt(&mut l, sent, DeliveryState::Delivered).await;
+    // One conversation with Alice, whichever of her devices writes.
+    let with_alice = b.handle.history(a.key(), None, 10).await.unwrap();
+    assert!(
+        with_alice
+            .messages
+            .iter()
+            .any(|m| m.sender == lk && m.body == b"from the laptop")
+    );
 }
 
 /// Alice, Bob, and Alice's laptop linked to her account, which Bob took

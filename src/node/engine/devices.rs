@@ -9,9 +9,7 @@ use super::{
     MESSAGE_TTL,
 };
 use crate::crypto::{self, DeviceList, DeviceMembership, ListUpdate, Secret32, VerifiedDeviceList};
-use crate::node::proto::{
-    Frame, LinkRequest, MAX_SHARED_CONTACTS, Payload, SharedContact, conversation_id,
-};
+use crate::node::proto::{Frame, LinkRequest, MAX_SHARED_CONTACTS, Payload, SharedContact};
 use crate::node::state::{Invite, LinkCode};
 use crate::store::Kind;
 
@@ -450,10 +448,10 @@ impl Engine {
             })
             .collect();
         shared.sort_by(|a, b| a.name.cmp(&b.name));
-        let Some(contact) = self.contacts.get(to) else {
+        if !self.contacts.contains_key(to) {
             return Ok(Vec::new());
-        };
-        let conv = conversation_id(self.me.public(), &contact.identity);
+        }
+        let conv = self.conv_with_device(to);
         let mut due = Vec::new();
         let mut rest = shared.into_iter().peekable();
         while rest.peek().is_some() {
@@ -546,8 +544,8 @@ impl Engine {
         self.unasked = None;
         let contacts: Vec<([u8; 32], [u8; 32])> = self
             .contacts
-            .iter()
-            .map(|(k, c)| (*k, conversation_id(self.me.public(), &c.identity)))
+            .keys()
+            .map(|k| (*k, self.conv_with_device(k)))
             .collect();
         let mut due = Vec::with_capacity(contacts.len());
         for (key, conv) in contacts {

@@ -23,7 +23,7 @@ use crate::crypto::{
     self, SenderKey, SenderKeyDistribution, SenderKeyMessage, SenderKeyReceiver, wire,
 };
 use crate::node::groups::{self, Change, Log, MemberCard, Op, Role, View};
-use crate::node::proto::{Chat, MAX_BODY, MAX_PAYLOAD, Payload, ReceiptKind, conversation_id};
+use crate::node::proto::{Chat, MAX_BODY, MAX_PAYLOAD, Payload, ReceiptKind};
 use crate::node::retry::{self, Meta};
 use crate::node::state::Queued;
 use crate::store::{Appended, DeliveryState, Direction, Kind, MessageRef, StoredMessage};
@@ -1530,10 +1530,10 @@ impl Engine {
                 .push((r.lamport, r.msg_id));
         }
         for (sender, messages) in by_sender {
-            let Some(contact) = self.contacts.get(&sender) else {
+            if !self.contacts.contains_key(&sender) {
                 continue;
-            };
-            let conv = conversation_id(self.me.public(), &contact.identity);
+            }
+            let conv = self.conv_with_device(&sender);
             for chunk in messages.chunks(crate::node::proto::MAX_RECEIPTS) {
                 let receipt = Payload::GroupReceipts {
                     group: *group,

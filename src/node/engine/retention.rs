@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Due, Engine, EngineError, Event};
 use crate::crypto::wire;
-use crate::node::proto::{Payload, conversation_id};
+use crate::node::proto::Payload;
 use crate::store::Kind;
 
 const RETENTION_PREFIX: &[u8] = b"retention:";
@@ -90,13 +90,12 @@ impl Engine {
         contact: &[u8; 32],
         secs: Option<u64>,
         now: u64,
-    ) -> Result<(Due, Event), EngineError> {
+    ) -> Result<(Vec<Due>, Event), EngineError> {
         check(secs)?;
-        let c = self
-            .contacts
-            .get(contact)
-            .ok_or(EngineError::UnknownContact)?;
-        let conv = conversation_id(self.me.public(), &c.identity);
+        if !self.contacts.contains_key(contact) {
+            return Err(EngineError::UnknownContact);
+        }
+        let conv = self.conv_with_device(contact);
         // The person's contact now, if a group made it.
         self.adopt(contact)?;
         let mut state = self.conv_state(&conv)?;
@@ -114,10 +113,21 @@ impl Engine {
         self.mirror(&conv, secs)?;
         self.put_conv_state(&conv, &state)?;
         // Queued with its clock: unlike a read receipt (clock 0), it waits
-        // for its delivered receipt, wherever it went out.
-        let due = self.queue(contact, &conv, Some(lamport), now, |id| {
-            Payload::Retention { id, secs, lamport }
-        })?;
+        // for its delivered receipt, wherever it went out. To every device
+        // of the contact's account here: they share the conversation.
+        let mut devices: Vec<[u8; 32]> = self
+            .contacts
+            .keys()
+            .filter(|k| *k == contact || self.conv_with_device(k) == conv)
+            .copied()
+            .collect();
+        devices.sort_unstable();
+        let mut due = Vec::with_capacity(devices.len());
+        for device in devices {
+            due.push(self.queue(&device, &conv, Some(lamport), now, |id| {
+                Payload::Retention { id, secs, lamport }
+            })?);
+        }
         Ok((due, Event::RetentionChanged { conv, secs }))
     }
 
