@@ -437,6 +437,9 @@ pub struct Sent {
     /// the flush (see `Session::sent_key_is_durable`). Its message, queue
     /// entry and session state are still not on disk until the flush.
     pub early: bool,
+    /// Its copies for the other devices of the contact's account (each
+    /// with its own outbox entry), to send after the flush.
+    pub copies: Vec<Due>,
 }
 
 /// A queued message due for another attempt.
@@ -1275,20 +1278,29 @@ impl Engine {
         let me = self.me.public().signing;
         // Written to: the person's contact now, if a group made it.
         self.adopt(to)?;
+        // Every device of the contact's account that is a contact here gets
+        // its copy (docs/devices.md, §3): `to` first, then the others.
+        let recipients = self.account_devices(to);
         let mut state = self.conv_state(&conv)?;
-        let mut pair = self.seq_state(&conv, to)?;
+        let mut pairs = Vec::with_capacity(recipients.len());
+        for device in &recipients {
+            pairs.push(self.seq_state(&conv, device)?);
+        }
         // A temporary conversation: each message carries its end.
         let expires_at = self.retention(&conv)?.map(|secs| now.saturating_add(secs));
-        let positions = self.store.outbox().positions(bodies.len())?;
+        let positions = self
+            .store
+            .outbox()
+            .positions(bodies.len().saturating_mul(recipients.len()))?;
+        let mut positions = positions.into_iter();
         let mut stored = Vec::with_capacity(bodies.len());
-        let mut payloads = Vec::with_capacity(bodies.len());
-        let mut out = Vec::with_capacity(bodies.len());
-        for (body, pos) in bodies.into_iter().zip(positions) {
+        // Per copy: its message (index into `stored`), device, number,
+        // payload and position.
+        let mut copies = Vec::with_capacity(bodies.len() * recipients.len());
+        let mut out: Vec<Sent> = Vec::with_capacity(bodies.len());
+        for body in bodies {
             // Saturating: a peer's Lamport clock is its own to choose.
             state.lamport = state.lamport.saturating_add(1);
-            let numbers = seqs(&mut state, &mut pair);
-            let seq = numbers.next_seq;
-            numbers.next_seq += 1;
             let mut msg_id = [0u8; 16];
             rand::Rng::fill_bytes(&mut self.rng, &mut msg_id);
             let msg = StoredMessage {
@@ -1301,25 +1313,41 @@ impl Engine {
                 state: DeliveryState::Pending,
                 expires_at,
             };
-            let chat = Chat {
-                msg_id,
-                lamport: state.lamport,
-                seq,
-                sent_at: now,
-                expires_at,
-                reply_to: None,
-                body,
-            };
-            let payload = Payload::Chat(chat).to_bytes();
-            let (frame, early) = self.encrypt_unsaved(to, &payload)?;
-            out.push(Sent {
-                message: msg.reference(),
-                pos,
-                frame,
-                early,
-            });
+            // One reserved position per copy.
+            let at: Vec<u64> = positions.by_ref().take(recipients.len()).collect();
+            for ((device, pair), pos) in recipients.iter().zip(pairs.iter_mut()).zip(at) {
+                let numbers = seqs(&mut state, pair);
+                let seq = numbers.next_seq;
+                numbers.next_seq += 1;
+                let chat = Chat {
+                    msg_id,
+                    lamport: msg.lamport,
+                    seq,
+                    sent_at: now,
+                    expires_at,
+                    reply_to: None,
+                    body: body.clone(),
+                };
+                let payload = Payload::Chat(chat).to_bytes();
+                let (frame, early) = self.encrypt_unsaved(device, &payload)?;
+                if device == to {
+                    out.push(Sent {
+                        message: msg.reference(),
+                        pos,
+                        frame,
+                        early,
+                        copies: Vec::new(),
+                    });
+                } else if let Some(sent) = out.last_mut() {
+                    sent.copies.push(Due {
+                        pos,
+                        to: *device,
+                        frame,
+                    });
+                }
+                copies.push((stored.len(), *device, seq, payload, pos));
+            }
             stored.push(msg);
-            payloads.push((seq, payload));
         }
         leave(&out);
         // The outbox entries first: sled keeps a prefix of the writes
@@ -1332,14 +1360,15 @@ impl Engine {
         // If a later write fails, the entries already pushed are taken out
         // again: the caller hears the send failed, and nothing of it may be
         // retried under numbers the next send takes again.
-        let mut pushed = Vec::with_capacity(out.len());
+        let mut pushed = Vec::with_capacity(copies.len());
         let written: Result<(), EngineError> = 'write: {
-            for ((msg, (seq, payload)), sent) in stored.iter().zip(payloads).zip(&out) {
+            for (i, device, seq, payload, pos) in copies {
+                let msg = &stored[i];
                 let queued = Queued::new(conv, Some(msg.lamport), Some(seq), payload);
                 let entry = match self.store.outbox().push_at(
-                    sent.pos,
+                    pos,
                     msg.msg_id,
-                    *to,
+                    device,
                     queued.to_bytes(),
                     now,
                     expires_at.map_or(now + self.ttl, |at| at.min(now + self.ttl)),
@@ -1352,7 +1381,7 @@ impl Engine {
                     entry.seq,
                     Meta {
                         msg_id: msg.msg_id,
-                        recipient: *to,
+                        recipient: device,
                         conv_id: conv,
                         lamport: msg.lamport,
                         seq,
@@ -1365,11 +1394,13 @@ impl Engine {
             // The counters before the history: if the history write fails,
             // the numbers taken are skipped (the contact asks for them and
             // hears they are gone), never taken again by the next send.
-            if let Err(e) = self
-                .put_conv_state(&conv, &state)
-                .and_then(|()| self.put_seq_state(&conv, to, pair.as_ref()))
-            {
+            if let Err(e) = self.put_conv_state(&conv, &state) {
                 break 'write Err(e);
+            }
+            for (device, pair) in recipients.iter().zip(&pairs) {
+                if let Err(e) = self.put_seq_state(&conv, device, pair.as_ref()) {
+                    break 'write Err(e);
+                }
             }
             self.store
                 .history()
@@ -1386,8 +1417,30 @@ impl Engine {
             }
             return Err(e);
         }
-        self.save_session(to)?;
+        for device in &recipients {
+            self.save_session(device)?;
+        }
         Ok(out)
+    }
+
+    /// The contact `to` and every other contact device of its account
+    /// (sorted), `to` first: the devices a message written to it goes to.
+    fn account_devices(&self, to: &[u8; 32]) -> Vec<[u8; 32]> {
+        let account = self.account_of(to);
+        let mut others: Vec<[u8; 32]> = self
+            .accounts
+            .iter()
+            .filter(|(k, a)| **a == account && *k != to && self.contacts.contains_key(*k))
+            .map(|(k, _)| *k)
+            .collect();
+        if account != *to && self.contacts.contains_key(&account) && !others.contains(&account) {
+            others.push(account);
+        }
+        others.sort_unstable();
+        let mut all = Vec::with_capacity(1 + others.len());
+        all.push(*to);
+        all.extend(others);
+        all
     }
 
     fn outgoing_ref(&self, m: &Meta) -> MessageRef {
@@ -1673,6 +1726,9 @@ impl Engine {
     /// Removes the messages whose expiry passed and tells the user.
     pub fn expire(&mut self, now: u64) -> Result<Vec<Event>, EngineError> {
         let mut events = Vec::new();
+        // Copies of one message for several devices may expire together:
+        // its sender hears it once.
+        let mut told = HashSet::new();
         for (pos, m) in self.schedule.take_expired(now) {
             // A sender key's distribution can expire before group messages
             // sent under that key (they are written up to `ROTATE_AFTER`
@@ -1705,7 +1761,9 @@ impl Engine {
             if let Some(q) = again {
                 self.requeue_distribution(m.msg_id, &m.recipient, &m.conv_id, q.payload, now)?;
             }
-            events.extend(self.given_up(&m)?);
+            if !m.is_chat() || told.insert(m.msg_id) {
+                events.extend(self.given_up(&m)?);
+            }
         }
         Ok(events)
     }
@@ -1715,9 +1773,19 @@ impl Engine {
     /// copy its member never acknowledged; nothing for other entries.
     pub(super) fn given_up(&self, m: &Meta) -> Result<Option<Event>, EngineError> {
         Ok(if m.is_chat() {
-            Some(Event::Expired {
-                message: self.outgoing_ref(m),
-            })
+            // A copy for one device of the contact's account: expired only
+            // when no other copy is still on its way and none arrived.
+            let message = self.outgoing_ref(m);
+            let others_queued = self
+                .account_devices(&m.recipient)
+                .iter()
+                .any(|d| *d != m.recipient && self.schedule.find(&m.msg_id, d).is_some());
+            let arrived = || -> Result<bool, EngineError> {
+                Ok(self.store.history().get(&message)?.is_some_and(|h| {
+                    matches!(h.state, DeliveryState::Delivered | DeliveryState::Read)
+                }))
+            };
+            (!others_queued && !arrived()?).then_some(Event::Expired { message })
         } else if self.group_copy_unacknowledged(m)? {
             Some(Event::GroupExpired {
                 message: self.outgoing_ref(m),
@@ -2983,11 +3051,17 @@ mod tests {
             e,
             Event::ContactDeviceRemoved { account, gone } if *account == a_key && gone.key == n_key
         )));
-        assert!(got.events.contains(&Event::Expired {
+        // Its copy is given up; the one for Alice's phone still goes, so
+        // the message has not expired.
+        assert!(!got.events.contains(&Event::Expired {
             message: to_n.message
         }));
+        assert_eq!(
+            to_n.copies.iter().map(|d| d.to).collect::<Vec<_>>(),
+            vec![a_key]
+        );
         assert!(b.contact(&n_key).is_none());
-        assert_eq!(b.queued(), 0);
+        assert_eq!(b.queued(), 1);
         // What the node keeps of it as a former contact verifies: the
         // invite without the list that no longer names it.
         let Some(Event::ContactDeviceRemoved { gone, .. }) = got
@@ -3062,9 +3136,10 @@ mod tests {
     /// One conversation per account (docs/devices.md, §3): Bob files what
     /// Alice's phone and her laptop write in one conversation, counting
     /// each device's numbers apart; the laptop files its chat with Bob
-    /// under Alice's account, the same conversation as her phone's. Bob
-    /// reading it sends a read receipt to each device that wrote, and a
-    /// retention setting goes to both.
+    /// under Alice's account, the same conversation as her phone's. What
+    /// Bob writes to either goes to both (delivered when the first has it,
+    /// expired only when none did). Bob reading it sends a read receipt to
+    /// each device that wrote, and a retention setting goes to both.
     #[test]
     fn a_contacts_devices_write_into_one_conversation() {
         let Pair {
@@ -3108,13 +3183,49 @@ mod tests {
         );
         assert_eq!(b.seq_state(&conv, &a_key).unwrap(), None);
 
-        let r = b.send(&n_key, b"to the laptop".to_vec(), 112).unwrap();
+        // Bob writes to "alice laptop": each of her devices gets its copy,
+        // filed in the conversation with him.
+        let r = b.send(&n_key, b"to both".to_vec(), 112).unwrap();
+        assert_eq!(
+            r.copies.iter().map(|d| d.to).collect::<Vec<_>>(),
+            vec![a_key]
+        );
         let got = n.receive(&b_key, &[r.frame], 113, true).unwrap();
         assert!(
             matches!(&got.events[..], [Event::MessageReceived(m)] if m.conv_id == conv),
             "{:?}",
             got.events
         );
+        let got = a
+            .receive(&b_key, &[r.copies[0].frame.clone()], 113, true)
+            .unwrap();
+        assert!(
+            matches!(&got.events[..], [Event::MessageReceived(m)]
+                if m.conv_id == conv && m.msg_id == r.message.msg_id),
+            "{:?}",
+            got.events
+        );
+        // Delivered when the first device has it; the other copy expiring
+        // says nothing. A message none of them took expires once.
+        let events = b.delivered_direct(&[r.pos]).unwrap();
+        assert_eq!(
+            events,
+            vec![Event::Receipt {
+                message: r.message,
+                state: DeliveryState::Delivered
+            }]
+        );
+        let lost = b.send(&a_key, b"to nobody".to_vec(), 112).unwrap();
+        assert_eq!(lost.copies.len(), 1);
+        let expired = b.expire(112 + MESSAGE_TTL + 1).unwrap();
+        let told = |m: &MessageRef| {
+            expired
+                .iter()
+                .filter(|e| matches!(e, Event::Expired { message } if message == m))
+                .count()
+        };
+        assert_eq!(told(&r.message), 0);
+        assert_eq!(told(&lost.message), 1);
 
         let due = b.mark_read(&a_key, 114).unwrap();
         let to: HashSet<[u8; 32]> = due.iter().map(|d| d.to).collect();

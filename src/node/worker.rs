@@ -1767,6 +1767,8 @@ impl Worker {
                     } else {
                         self.route(to, s.frame, Some(s.pos), now, round);
                     }
+                    // The other devices of the contact's account.
+                    self.route_due(s.copies, now, round);
                 }
                 let mut refs = refs.into_iter();
                 for (n, reply) in replies {

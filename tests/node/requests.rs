@@ -218,7 +218,7 @@ async fn a_request_waits_still_when_a_group_makes_its_sender_a_contact() {
 /// itself to Bob, who is not asked: the list of a contact's account names
 /// it, so it is a contact at once, named after Alice and the device, and
 /// what it writes is read and delivered, in Bob's one conversation with
-/// Alice.
+/// Alice; and what Bob writes to Alice reaches both of her devices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linked_device_gets_the_accounts_contacts_who_take_it_in_at_once() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -240,6 +240,17 @@ async fn a_linked_device_gets_the_accounts_contacts_who_take_it_in_at_once() {
             .iter()
             .any(|m| m.sender == lk && m.body == b"from the laptop")
     );
+    // And what Bob writes to her reaches both of her devices.
+    let mut a = a;
+    let sent = b
+        .handle
+        .send(a.key(), b"to both of alice's devices".to_vec())
+        .await
+        .unwrap();
+    message(&mut a, b"to both of alice's devices").await;
+    let got = message(&mut l, b"to both of alice's devices").await;
+    assert_eq!(got.sender, bk);
+    receipt(&mut b, sent, DeliveryState::Delivered).await;
 }
 
 /// Alice, Bob, and Alice's laptop linked to her account, which Bob took
