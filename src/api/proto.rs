@@ -369,10 +369,11 @@ pub struct MessageView {
 }
 
 impl MessageView {
-    /// The view of `m`; `me` is this device's identity key, `contact` the
-    /// name of the other side.
-    pub fn of(m: &StoredMessage, me: &[u8; 32], contact: &str) -> Self {
-        let out = &m.sender == me;
+    /// The view of `m`; `mine` tells the identity keys of this account's
+    /// devices (this one's, and those whose copies it files), `contact`
+    /// is the name of the other side.
+    pub fn of(m: &StoredMessage, mine: &dyn Fn(&[u8; 32]) -> bool, contact: &str) -> Self {
+        let out = mine(&m.sender);
         let media = match crate::crypto::media::Manifest::from_body(&m.body) {
             None => None,
             Some(Ok(f)) => Some(Box::new(MediaView {
@@ -861,7 +862,7 @@ impl EventView {
     /// and name of the group a conversation id belongs to.
     pub fn of(
         e: &NodeEvent,
-        me: &[u8; 32],
+        mine: &dyn Fn(&[u8; 32]) -> bool,
         name: &dyn Fn(&[u8; 32]) -> String,
         group: &GroupOf<'_>,
     ) -> Option<Self> {
@@ -883,7 +884,7 @@ impl EventView {
                 let contact = name(from);
                 let (group, group_name) = group(&message.conv_id).unzip();
                 Self::Message {
-                    message: MessageView::of(message, me, &contact),
+                    message: MessageView::of(message, mine, &contact),
                     contact,
                     group,
                     group_name,

@@ -64,6 +64,9 @@ pub struct Api {
     names: Arc<RwLock<HashMap<[u8; 32], String>>>,
     /// Group names by group id (also their conversation ids).
     group_names: Arc<RwLock<HashMap<[u8; 32], String>>>,
+    /// The identity keys of this account's other devices (messages they
+    /// wrote are this account's).
+    own: Arc<RwLock<Vec<[u8; 32]>>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -82,6 +85,7 @@ impl Api {
             events: tx.clone(),
             names: Arc::default(),
             group_names: Arc::default(),
+            own: Arc::default(),
         };
         api.refresh_names().await;
         tokio::spawn(async move {
@@ -118,6 +122,20 @@ impl Api {
         {
             *names = list.into_iter().map(|g| (g.id, g.name)).collect();
         }
+        self.refresh_own().await;
+    }
+
+    async fn refresh_own(&self) {
+        if let Ok(list) = self.node.devices().await
+            && let Ok(mut own) = self.own.write()
+        {
+            *own = list.devices.into_iter().map(|d| d.identity).collect();
+        }
+    }
+
+    /// Whether `key` is this device's, or another device's of its account.
+    pub(crate) fn mine(&self, key: &[u8; 32]) -> bool {
+        *key == self.me() || self.own.read().is_ok_and(|o| o.contains(key))
     }
 
     /// The group whose conversation `conv` is: id (hex) and name.
@@ -423,6 +441,8 @@ impl Api {
                     .map(|c| (c.identity, c.name))
                     .collect();
                 let name_of = |k: &[u8; 32]| names.get(k).cloned().unwrap_or_else(|| hex(k));
+                // Which of them this account's devices wrote, as of now.
+                self.refresh_own().await;
                 // At most about PAGE_BYTES of text in one answer (what a
                 // contact writes can grow sixfold as JSON): the rest comes
                 // with the next page, from the last message given.
@@ -435,7 +455,7 @@ impl Api {
                         break;
                     }
                     bytes += m.body.len();
-                    messages.push(MessageView::of(m, &me, &name_of(&m.sender)));
+                    messages.push(MessageView::of(m, &|k| self.mine(k), &name_of(&m.sender)));
                 }
                 let next = cut.or(page.next);
                 Ok(json!(PageView {
@@ -459,7 +479,7 @@ impl Api {
                             "retention": g.retention,
                             "unread": s.conversation.unread,
                             "last_message_at": s.conversation.last_message_at,
-                            "last": s.last.as_ref().map(|m| MessageView::of(m, &me, from.as_deref().unwrap_or(""))),
+                            "last": s.last.as_ref().map(|m| MessageView::of(m, &|k| self.mine(k), from.as_deref().unwrap_or(""))),
                         }));
                         continue;
                     }
@@ -477,7 +497,7 @@ impl Api {
                         "last_message_at": s.conversation.last_message_at,
                         "retention": s.conversation.retention,
                         "presence": presence_name(p.map_or(PresenceState::Offline, |p| p.0)),
-                        "last": s.last.as_ref().map(|m| MessageView::of(m, &me, &c.name)),
+                        "last": s.last.as_ref().map(|m| MessageView::of(m, &|k| self.mine(k), &c.name)),
                     }));
                 }
                 Ok(json!(out))
@@ -807,7 +827,14 @@ impl Feed {
             // A contact added meanwhile, or a group joined or renamed:
             // names are loaded again.
             let unknown = matches!(&e, NodeEvent::Message { from, .. } if !self.api.knows(from))
-                || matches!(&e, NodeEvent::GroupChanged { .. });
+                || matches!(
+                    &e,
+                    NodeEvent::GroupChanged { .. }
+                        | NodeEvent::DeviceLinked { .. }
+                        | NodeEvent::DeviceUnlinked { .. }
+                        | NodeEvent::AccountJoined { .. }
+                        | NodeEvent::AccountLeft { .. }
+                );
             let e = if unknown {
                 // A contact added meanwhile has a name by now.
                 self.held = Some(e);
@@ -826,7 +853,7 @@ impl Feed {
     }
 
     fn view(&self, e: &NodeEvent) -> Option<EventView> {
-        EventView::of(e, &self.api.me(), &|k| self.api.name_of(k), &|c| {
+        EventView::of(e, &|k| self.api.mine(k), &|k| self.api.name_of(k), &|c| {
             self.api.group_of(c)
         })
     }

@@ -1420,7 +1420,58 @@ impl Engine {
         for device in &recipients {
             self.save_session(device)?;
         }
+        self.copy_to_own_devices(to, &conv, &stored, &mut out, now);
         Ok(out)
+    }
+
+    /// Queues for each other device of this account that is a contact
+    /// here a copy of each message written to `to` ([`Payload::Sent`]),
+    /// added to its [`Sent::copies`]: that device files it in its own
+    /// conversation with `to`'s account. A copy that cannot be queued is
+    /// logged and left out: the message itself stands.
+    fn copy_to_own_devices(
+        &mut self,
+        to: &[u8; 32],
+        conv: &[u8; 32],
+        stored: &[StoredMessage],
+        out: &mut [Sent],
+        now: u64,
+    ) {
+        let me = self.me.public().signing;
+        let own: Vec<[u8; 32]> = self
+            .devices
+            .devices()
+            .iter()
+            .map(|d| d.identity.signing)
+            .filter(|k| *k != me && self.contacts.contains_key(k))
+            .collect();
+        if own.is_empty() {
+            return;
+        }
+        let peer = self.account_of(to);
+        for (sent, msg) in out.iter_mut().zip(stored) {
+            for device in &own {
+                let chat = Chat {
+                    msg_id: msg.msg_id,
+                    lamport: msg.lamport,
+                    seq: 0,
+                    sent_at: msg.sent_at,
+                    expires_at: msg.expires_at,
+                    reply_to: None,
+                    body: msg.body.clone(),
+                };
+                match self.queue(device, conv, Some(msg.lamport), now, |id| Payload::Sent {
+                    id,
+                    peer,
+                    chat,
+                }) {
+                    Ok(due) => sent.copies.push(due),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a copy for another device of this account not queued")
+                    }
+                }
+            }
+        }
     }
 
     /// The contact `to` and every other contact device of its account
@@ -2009,6 +2060,8 @@ impl Engine {
         let mut resend = Vec::new();
         let mut gone = Vec::new();
         let mut incoming = Vec::new();
+        // Copies of what another device of this account sent.
+        let mut copies = Vec::new();
         let mut state = self.conv_state(&conv)?;
         let mut pair = self.seq_state(&conv, from)?;
         let mut decrypted_any = false;
@@ -2294,6 +2347,39 @@ impl Engine {
                         Err(e) => return Err(e),
                     }
                 }
+                Payload::Sent { id, peer, chat } => {
+                    let own = self.devices.account();
+                    if *from == self.me.public().signing
+                        || self.devices.device(from).is_none()
+                        || peer == *own
+                    {
+                        tracing::debug!(
+                            "a copy of a sent message not from a device of this account refused"
+                        );
+                        out.accepted.push(false);
+                        continue;
+                    }
+                    let copy_conv = conversation_of(own, &peer);
+                    if copy_conv == conv {
+                        witness_clock(&mut state.lamport, chat.lamport);
+                    } else {
+                        let mut st = self.conv_state(&copy_conv)?;
+                        witness_clock(&mut st.lamport, chat.lamport);
+                        self.put_conv_state(&copy_conv, &st)?;
+                    }
+                    let retention = self.retention(&copy_conv)?;
+                    copies.push(StoredMessage {
+                        msg_id: chat.msg_id,
+                        conv_id: copy_conv,
+                        sender: *from,
+                        lamport: chat.lamport,
+                        sent_at: chat.sent_at,
+                        body: chat.body,
+                        state: DeliveryState::Sent,
+                        expires_at: retention::received_expiry(chat.expires_at, retention, now),
+                    });
+                    delivered.push((0, id));
+                }
                 Payload::Devices { id, list, .. } => match self.on_devices(from, &list, now) {
                     Ok(news) => {
                         out.events.extend(news);
@@ -2336,6 +2422,17 @@ impl Engine {
         for (msg, outcome) in incoming.into_iter().zip(stored) {
             if outcome == Appended::Inserted {
                 out.events.push(Event::MessageReceived(msg));
+            }
+        }
+        if !copies.is_empty() {
+            let stored = self
+                .store
+                .history()
+                .append_batch(&copies, Direction::Outgoing)?;
+            for (msg, outcome) in copies.into_iter().zip(stored) {
+                if outcome == Appended::Inserted {
+                    out.events.push(Event::MessageReceived(msg));
+                }
             }
         }
         for reply in resend.into_iter().chain(gone) {
@@ -3136,7 +3233,8 @@ mod tests {
     /// One conversation per account (docs/devices.md, §3): Bob files what
     /// Alice's phone and her laptop write in one conversation, counting
     /// each device's numbers apart; the laptop files its chat with Bob
-    /// under Alice's account, the same conversation as her phone's. What
+    /// under Alice's account, the same conversation as her phone's, and
+    /// each of her devices files a copy of what the other wrote. What
     /// Bob writes to either goes to both (delivered when the first has it,
     /// expired only when none did). Bob reading it sends a read receipt to
     /// each device that wrote, and a retention setting goes to both.
@@ -3166,6 +3264,55 @@ mod tests {
         assert!(got.replies.is_empty(), "no resend asked");
         let got = b.receive(&a_key, &[p1.frame, p2.frame], 111, true).unwrap();
         assert!(got.replies.is_empty(), "no resend asked");
+        // What each of Alice's devices writes to Bob, the other files in
+        // the same conversation as hers.
+        assert_eq!(
+            l1.copies.iter().map(|d| d.to).collect::<Vec<_>>(),
+            vec![a_key]
+        );
+        let got = a
+            .receive(&n_key, &[l1.copies[0].frame.clone()], 111, true)
+            .unwrap();
+        assert!(
+            matches!(&got.events[..], [Event::MessageReceived(m)]
+                if m.conv_id == conv && m.sender == n_key && m.msg_id == l1.message.msg_id),
+            "{:?}",
+            got.events
+        );
+        assert_eq!(
+            p1.copies.iter().map(|d| d.to).collect::<Vec<_>>(),
+            vec![n_key]
+        );
+        let got = n
+            .receive(&a_key, &[p1.copies[0].frame.clone()], 111, true)
+            .unwrap();
+        assert!(
+            matches!(&got.events[..], [Event::MessageReceived(m)]
+                if m.conv_id == conv && m.sender == a_key && m.body == b"one from the phone"),
+            "{:?}",
+            got.events
+        );
+        // Bob is no device of Alice's: a copy from him is refused.
+        let chat = Chat {
+            msg_id: [7; 16],
+            lamport: 50,
+            seq: 0,
+            sent_at: 111,
+            expires_at: None,
+            reply_to: None,
+            body: b"forged".to_vec(),
+        };
+        let forged = b
+            .queue(&n_key, &conv, Some(50), 111, |id| Payload::Sent {
+                id,
+                peer: b_key,
+                chat,
+            })
+            .unwrap();
+        let got = n.receive(&b_key, &[forged.frame], 111, true).unwrap();
+        assert_eq!(got.accepted, vec![false]);
+        // (The forged entry is Bob's own: it goes.)
+        b.delivered_direct(&[forged.pos]).unwrap();
         let page = b.store().history().page(&conv, None, 10).unwrap();
         let mut senders: Vec<[u8; 32]> = page.messages.iter().map(|m| m.sender).collect();
         senders.sort_unstable();

@@ -240,6 +240,19 @@ pub enum Payload {
         /// The contacts.
         contacts: Vec<SharedContact>,
     },
+    /// A copy of a message the sending device wrote to `peer`, for
+    /// another device of the same account, which files it in its own
+    /// conversation with `peer` as this account's (docs/devices.md, §3).
+    /// Its `chat.seq` is 0: copies are retried until acknowledged, not
+    /// numbered.
+    Sent {
+        /// Its id in the sender's outbox (acknowledged like a message's).
+        id: [u8; 16],
+        /// The account the message was written to.
+        peer: [u8; 32],
+        /// The message.
+        chat: Chat,
+    },
 }
 
 /// One contact in [`Payload::AccountContacts`].

@@ -513,6 +513,20 @@ fn a_new_device_joins_an_account_with_a_link_code_through_the_cli() {
     bob_events.wait_json("the laptop as a contact", |e| {
         e["type"] == "contact_device" && e["identity"] == laptop_key.as_str()
     });
+    // What the laptop writes to Bob, Alice's first device files as hers.
+    laptop.json(&["send", "bob", "from the laptop"]);
+    let copy = alice_events.wait_json("the laptop's copy", |e| {
+        e["type"] == "message" && e["message"]["text"] == "from the laptop"
+    });
+    assert_eq!(copy["message"]["direction"], "out");
+    let page = alice.json(&["history", "bob"]);
+    assert!(
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["text"] == "from the laptop" && m["direction"] == "out")
+    );
     assert_refused(&alice.run(&["devices", "remove", "phone"]), 1, "no device");
     assert_refused(
         &laptop.run(&["devices", "remove", "laptop"]),

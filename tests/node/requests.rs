@@ -218,11 +218,16 @@ async fn a_request_waits_still_when_a_group_makes_its_sender_a_contact() {
 /// itself to Bob, who is not asked: the list of a contact's account names
 /// it, so it is a contact at once, named after Alice and the device, and
 /// what it writes is read and delivered, in Bob's one conversation with
-/// Alice; and what Bob writes to Alice reaches both of her devices.
+/// Alice; her phone gets a copy of it in its own conversation with Bob;
+/// and what Bob writes to Alice reaches both of her devices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linked_device_gets_the_accounts_contacts_who_take_it_in_at_once() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let Linked { a, mut b, mut l } = linked(&dirs).await;
+    let Linked {
+        mut a,
+        mut b,
+        mut l,
+    } = linked(&dirs).await;
     let (bk, lk) = (b.key(), l.key());
     let sent = l
         .handle
@@ -240,8 +245,12 @@ async fn a_linked_device_gets_the_accounts_contacts_who_take_it_in_at_once() {
             .iter()
             .any(|m| m.sender == lk && m.body == b"from the laptop")
     );
+    // Her phone files a copy of what her laptop wrote to Bob, as hers.
+    let copy = message(&mut a, b"from the laptop").await;
+    assert_eq!(copy.sender, lk);
+    let with_bob = a.handle.history(bk, None, 10).await.unwrap();
+    assert!(with_bob.messages.iter().any(|m| m.msg_id == copy.msg_id));
     // And what Bob writes to her reaches both of her devices.
-    let mut a = a;
     let sent = b
         .handle
         .send(a.key(), b"to both of alice's devices".to_vec())
