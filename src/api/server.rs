@@ -464,6 +464,7 @@ impl Api {
                 }))
             }
             Request::Chats {} => {
+                self.refresh_own().await;
                 let contacts = self.node.contacts().await.map_err(failed)?;
                 let summaries = self.node.conversations().await.map_err(failed)?;
                 let groups = self.node.groups().await.map_err(failed)?;
@@ -830,6 +831,7 @@ impl Feed {
                 || matches!(
                     &e,
                     NodeEvent::GroupChanged { .. }
+                        | NodeEvent::DevicesChanged { .. }
                         | NodeEvent::DeviceLinked { .. }
                         | NodeEvent::DeviceUnlinked { .. }
                         | NodeEvent::AccountJoined { .. }

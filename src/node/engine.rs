@@ -1329,7 +1329,17 @@ impl Engine {
                     body: body.clone(),
                 };
                 let payload = Payload::Chat(chat).to_bytes();
-                let (frame, early) = self.encrypt_unsaved(device, &payload)?;
+                let (frame, early) = match self.encrypt_unsaved(device, &payload) {
+                    Ok(f) => f,
+                    // Another device of the account that cannot be
+                    // written to now: its entry waits and is tried again
+                    // (and expires in time); the message goes to the rest.
+                    Err(e) if device != to && !matches!(e, EngineError::Store(_)) => {
+                        tracing::warn!(error = %e, "a copy for a device of the contact's account not sent now");
+                        (Vec::new(), false)
+                    }
+                    Err(e) => return Err(e),
+                };
                 if device == to {
                     out.push(Sent {
                         message: msg.reference(),
@@ -1445,10 +1455,11 @@ impl Engine {
             .map(|d| d.identity.signing)
             .filter(|k| *k != me && self.contacts.contains_key(k))
             .collect();
-        if own.is_empty() {
+        let peer = self.account_of(to);
+        // A chat with this account's own devices: they each have theirs.
+        if own.is_empty() || peer == *self.devices.account() {
             return;
         }
-        let peer = self.account_of(to);
         for (sent, msg) in out.iter_mut().zip(stored) {
             for device in &own {
                 let chat = Chat {
@@ -1460,11 +1471,23 @@ impl Engine {
                     reply_to: None,
                     body: msg.body.clone(),
                 };
-                match self.queue(device, conv, Some(msg.lamport), now, |id| Payload::Sent {
+                let mut id = [0u8; 16];
+                rand::Rng::fill_bytes(&mut self.rng, &mut id);
+                let payload = Payload::Sent { id, peer, chat }.to_bytes();
+                // A temporary message's copy lives no longer than it.
+                let until = msg
+                    .expires_at
+                    .map_or(now + self.ttl, |at| at.min(now + self.ttl));
+                match self.queue_as(
                     id,
-                    peer,
-                    chat,
-                }) {
+                    device,
+                    conv,
+                    Some(msg.lamport),
+                    payload,
+                    now,
+                    now,
+                    until,
+                ) {
                     Ok(due) => sent.copies.push(due),
                     Err(e) => {
                         tracing::warn!(error = %e, "a copy for another device of this account not queued")
@@ -1827,10 +1850,8 @@ impl Engine {
             // A copy for one device of the contact's account: expired only
             // when no other copy is still on its way and none arrived.
             let message = self.outgoing_ref(m);
-            let others_queued = self
-                .account_devices(&m.recipient)
-                .iter()
-                .any(|d| *d != m.recipient && self.schedule.find(&m.msg_id, d).is_some());
+            // (This entry is out of the schedule already.)
+            let others_queued = self.schedule.has_msg(&m.msg_id);
             let arrived = || -> Result<bool, EngineError> {
                 Ok(self.store.history().get(&message)?.is_some_and(|h| {
                     matches!(h.state, DeliveryState::Delivered | DeliveryState::Read)
@@ -2368,16 +2389,20 @@ impl Engine {
                         self.put_conv_state(&copy_conv, &st)?;
                     }
                     let retention = self.retention(&copy_conv)?;
-                    copies.push(StoredMessage {
-                        msg_id: chat.msg_id,
-                        conv_id: copy_conv,
-                        sender: *from,
-                        lamport: chat.lamport,
-                        sent_at: chat.sent_at,
-                        body: chat.body,
-                        state: DeliveryState::Sent,
-                        expires_at: retention::received_expiry(chat.expires_at, retention, now),
-                    });
+                    let expires_at = retention::received_expiry(chat.expires_at, retention, now);
+                    // One whose time is up on the way: nothing to keep.
+                    if expires_at.is_none_or(|at| at > now) {
+                        copies.push(StoredMessage {
+                            msg_id: chat.msg_id,
+                            conv_id: copy_conv,
+                            sender: *from,
+                            lamport: chat.lamport,
+                            sent_at: chat.sent_at,
+                            body: chat.body,
+                            state: DeliveryState::Sent,
+                            expires_at,
+                        });
+                    }
                     delivered.push((0, id));
                 }
                 Payload::Devices { id, list, .. } => match self.on_devices(from, &list, now) {
@@ -2469,9 +2494,16 @@ impl Engine {
         // The messages not read yet, newest first (ours in between do not
         // count), at most one receipt's worth.
         let want = unread.min(super::proto::MAX_RECEIPTS);
-        let me = self.me.public().signing;
+        // Not the copies of what this account's devices wrote.
+        let mut own: Vec<[u8; 32]> = self
+            .devices
+            .devices()
+            .iter()
+            .map(|d| d.identity.signing)
+            .collect();
+        own.push(self.me.public().signing);
         let mut by_author = std::collections::BTreeMap::new();
-        for r in self.take_unread(&conv, want, |m| m.sender != me)? {
+        for r in self.take_unread(&conv, want, |m| !own.contains(&m.sender))? {
             by_author
                 .entry(r.sender)
                 .or_insert_with(Vec::new)
@@ -3351,6 +3383,23 @@ mod tests {
                 if m.conv_id == conv && m.msg_id == r.message.msg_id),
             "{:?}",
             got.events
+        );
+        // The laptop reads Bob's message: its read receipt goes to Bob
+        // only, though a newer copy of what the phone wrote is there.
+        let later = a
+            .send(&b_key, b"later from the phone".to_vec(), 113)
+            .unwrap();
+        let copy = later.copies.iter().find(|d| d.to == n_key).unwrap();
+        n.receive(&a_key, std::slice::from_ref(&copy.frame), 113, true)
+            .unwrap();
+        let read = n.mark_read(&b_key, 113).unwrap();
+        assert_eq!(read.iter().map(|d| d.to).collect::<Vec<_>>(), vec![b_key]);
+        // A chat with one's own device makes no copies.
+        assert!(
+            n.send(&a_key, b"to my phone".to_vec(), 113)
+                .unwrap()
+                .copies
+                .is_empty()
         );
         // Delivered when the first device has it; the other copy expiring
         // says nothing. A message none of them took expires once.

@@ -56,6 +56,9 @@ impl Meta {
 pub struct Schedule {
     meta: HashMap<u64, Meta>,
     by_msg: HashMap<([u8; 16], [u8; 32]), u64>,
+    /// How many entries each message id has queued (its copies for
+    /// several devices).
+    copies: HashMap<[u8; 16], u32>,
     /// Positions queued for each recipient (what a recipient coming online
     /// makes due is found without a scan of the whole outbox).
     by_recipient: HashMap<[u8; 32], BTreeSet<u64>>,
@@ -74,7 +77,13 @@ impl Schedule {
     /// Adds a queued message (outbox position `pos`).
     pub fn insert(&mut self, pos: u64, meta: Meta) {
         self.remove(pos);
-        self.by_msg.insert((meta.msg_id, meta.recipient), pos);
+        if self
+            .by_msg
+            .insert((meta.msg_id, meta.recipient), pos)
+            .is_none()
+        {
+            *self.copies.entry(meta.msg_id).or_default() += 1;
+        }
         self.by_recipient
             .entry(meta.recipient)
             .or_default()
@@ -87,7 +96,14 @@ impl Schedule {
     /// Removes a message (acknowledged or expired); returns what it was.
     pub fn remove(&mut self, pos: u64) -> Option<Meta> {
         let m = self.meta.remove(&pos)?;
-        self.by_msg.remove(&(m.msg_id, m.recipient));
+        if self.by_msg.remove(&(m.msg_id, m.recipient)).is_some()
+            && let Some(n) = self.copies.get_mut(&m.msg_id)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.copies.remove(&m.msg_id);
+            }
+        }
         if let Some(queued) = self.by_recipient.get_mut(&m.recipient) {
             queued.remove(&pos);
             if queued.is_empty() {
@@ -102,6 +118,11 @@ impl Schedule {
     /// The outbox position of `msg_id` to `recipient`, if still queued.
     pub fn find(&self, msg_id: &[u8; 16], recipient: &[u8; 32]) -> Option<u64> {
         self.by_msg.get(&(*msg_id, *recipient)).copied()
+    }
+
+    /// Whether any entry of `msg_id` is queued, for any recipient.
+    pub fn has_msg(&self, msg_id: &[u8; 16]) -> bool {
+        self.copies.contains_key(msg_id)
     }
 
     /// What is known about position `pos`.

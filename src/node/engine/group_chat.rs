@@ -1132,7 +1132,7 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn queue_as(
+    pub(super) fn queue_as(
         &mut self,
         msg_id: [u8; 16],
         to: &[u8; 32],
