@@ -1460,6 +1460,7 @@ impl Engine {
         if own.is_empty() || peer == *self.devices.account() {
             return;
         }
+        let mut written = Vec::new();
         for (sent, msg) in out.iter_mut().zip(stored) {
             for device in &own {
                 let chat = Chat {
@@ -1478,19 +1479,48 @@ impl Engine {
                 let until = msg
                     .expires_at
                     .map_or(now + self.ttl, |at| at.min(now + self.ttl));
-                match self.queue_as(
+                // Queued not due yet (no frame made there): encrypted
+                // here, each session written once for the batch.
+                let queued = self.queue_as(
                     id,
                     device,
                     conv,
                     Some(msg.lamport),
-                    payload,
+                    payload.clone(),
                     now,
-                    now,
+                    now + 1,
                     until,
-                ) {
-                    Ok(due) => sent.copies.push(due),
+                );
+                let mut due = match queued {
+                    Ok(due) => due,
                     Err(e) => {
-                        tracing::warn!(error = %e, "a copy for another device of this account not queued")
+                        tracing::warn!(error = %e, "a copy for another device of this account not queued");
+                        continue;
+                    }
+                };
+                match self.encrypt_unsaved(device, &payload) {
+                    Ok((frame, _)) => {
+                        due.frame = frame;
+                        if !written.contains(device) {
+                            written.push(*device);
+                        }
+                    }
+                    // Its entry waits, and is tried again later.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a copy for another device of this account not sent now")
+                    }
+                }
+                sent.copies.push(due);
+            }
+        }
+        for device in written {
+            if let Err(e) = self.save_session(&device) {
+                // Nothing leaves in a session not written: those copies
+                // wait for their retry.
+                tracing::warn!(error = %e, "a session with another device of this account not written");
+                for d in out.iter_mut().flat_map(|s| s.copies.iter_mut()) {
+                    if d.to == device {
+                        d.frame = Vec::new();
                     }
                 }
             }
