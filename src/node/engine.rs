@@ -2483,7 +2483,7 @@ impl Engine {
             let stored = self
                 .store
                 .history()
-                .append_batch(&copies, Direction::Outgoing)?;
+                .append_batch(&copies, Direction::Copied)?;
             for (msg, outcome) in copies.into_iter().zip(stored) {
                 if outcome == Appended::Inserted {
                     out.events.push(Event::MessageReceived(msg));

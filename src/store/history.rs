@@ -39,6 +39,9 @@ pub enum Direction {
     Incoming,
     /// Written here.
     Outgoing,
+    /// Written on another device of this account and copied here: not
+    /// unread, and, like a peer's, not stored again once deleted here.
+    Copied,
 }
 
 /// The outcome of [`History::append`].
@@ -186,7 +189,7 @@ impl<'a> History<'a> {
         let mut out = Vec::with_capacity(msgs.len());
         for msg in msgs {
             // A message deleted here and sent again stays deleted.
-            if direction == Direction::Incoming && staged.tombstoned(msg)? {
+            if direction != Direction::Outgoing && staged.tombstoned(msg)? {
                 out.push(Appended::Duplicate);
                 continue;
             }
@@ -482,8 +485,10 @@ impl<'a> History<'a> {
             };
             if &r.sender != mine {
                 self.stage_tombstones(&mut staged, &r.conv_id, vec![sort], now)?;
-                // A contact's message not read yet was counted unread.
-                if entry.state < DeliveryState::Read {
+                // A contact's message not read yet was counted unread; a
+                // copy of what another device of this account wrote (the
+                // one message from another sender stored `Sent`) was not.
+                if entry.state < DeliveryState::Read && entry.state != DeliveryState::Sent {
                     let record = staged.record_mut(&r.conv_id)?;
                     record.conv.unread = record.conv.unread.saturating_sub(1);
                 }

@@ -137,7 +137,7 @@ fn expected(round: u32, counter: u64) -> (StoredMessage, Direction) {
         conv_id: conv_id((u64::from(round) + counter) % CONVERSATIONS),
         sender: match direction {
             Direction::Outgoing => OWN,
-            Direction::Incoming => PEER,
+            Direction::Incoming | Direction::Copied => PEER,
         },
         lamport,
         sent_at: 1_700_000_000 + lamport,

@@ -675,3 +675,32 @@ fn deleting_an_unread_message_lowers_the_unread_count() {
     assert_eq!(h.conversation(&[1; 32]).unwrap().unwrap().unread, 3);
     assert_eq!(all_pages(&h, &[1; 32], 10).len(), 2);
 }
+
+/// A copy of what another device of this account wrote is not unread, is
+/// not counted when deleted, and once deleted is not stored again while
+/// its tombstone lasts, like a contact's message.
+#[test]
+fn a_copy_from_another_device_is_not_unread_and_stays_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &data_key(1)).unwrap();
+    let h = store.history();
+    let theirs = msg(1, 1, 2, 0, b"from the contact");
+    let mut copy = msg(1, 2, 3, 0, b"from my other device");
+    copy.state = crate::store::DeliveryState::Sent;
+    h.append(&theirs, Direction::Incoming).unwrap();
+    assert_eq!(
+        h.append(&copy, Direction::Copied).unwrap(),
+        Appended::Inserted
+    );
+    assert_eq!(h.conversation(&[1; 32]).unwrap().unwrap().unread, 1);
+    assert!(h.delete(&copy.reference(), NOW, &MINE).unwrap());
+    assert_eq!(h.conversation(&[1; 32]).unwrap().unwrap().unread, 1);
+    assert_eq!(
+        h.append(&copy, Direction::Copied).unwrap(),
+        Appended::Duplicate
+    );
+    assert_eq!(
+        h.append(&theirs, Direction::Incoming).unwrap(),
+        Appended::Duplicate
+    );
+}
