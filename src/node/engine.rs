@@ -2435,6 +2435,18 @@ impl Engine {
                     }
                     delivered.push((0, id));
                 }
+                Payload::ReadUpTo { peer, lamport } => {
+                    let own_account = *self.devices.account();
+                    if *from == self.me.public().signing
+                        || self.devices.device(from).is_none()
+                        || peer == own_account
+                    {
+                        tracing::debug!("a read mark not from a device of this account refused");
+                        out.accepted.push(false);
+                        continue;
+                    }
+                    self.read_elsewhere(&conversation_of(&own_account, &peer), lamport)?;
+                }
                 Payload::Devices { id, list, .. } => match self.on_devices(from, &list, now) {
                     Ok(news) => {
                         out.events.extend(news);
@@ -2533,13 +2545,30 @@ impl Engine {
             .collect();
         own.push(self.me.public().signing);
         let mut by_author = std::collections::BTreeMap::new();
+        let mut newest = None;
         for r in self.take_unread(&conv, want, |m| !own.contains(&m.sender))? {
+            newest = newest.max(Some(r.lamport));
             by_author
                 .entry(r.sender)
                 .or_insert_with(Vec::new)
                 .push((r.lamport, r.msg_id));
         }
-        let mut due = Vec::with_capacity(by_author.len());
+        let mut due = Vec::with_capacity(by_author.len() + own.len());
+        // This account's other devices mark the same messages read.
+        let peer = self.account_of(with);
+        if let Some(lamport) = newest
+            && peer != *self.devices.account()
+        {
+            let mark = Payload::ReadUpTo { peer, lamport }.to_bytes();
+            for device in own
+                .iter()
+                .filter(|k| self.contacts.contains_key(*k))
+                .copied()
+                .collect::<Vec<_>>()
+            {
+                due.push(self.queue_receipt(&device, conv, mark.clone(), now)?);
+            }
+        }
         for (author, messages) in by_author {
             if !self.contacts.contains_key(&author) {
                 continue;
@@ -2551,6 +2580,33 @@ impl Engine {
             due.push(self.queue_receipt(&author, conv, receipt.to_bytes(), now)?);
         }
         Ok(due)
+    }
+
+    /// Another device of this account read the conversation `conv` up to
+    /// the clock `lamport`: the messages of other senders at or below it
+    /// that are unread here are marked read, and the unread count lowered
+    /// by as many (no receipt: that device sent them).
+    fn read_elsewhere(&mut self, conv: &[u8; 32], lamport: u64) -> Result<(), EngineError> {
+        let unread = match self.store.history().conversation(conv)? {
+            Some(c) if c.unread > 0 => c.unread,
+            _ => return Ok(()),
+        };
+        let mut own: Vec<[u8; 32]> = self
+            .devices
+            .devices()
+            .iter()
+            .map(|d| d.identity.signing)
+            .collect();
+        own.push(self.me.public().signing);
+        let want = usize::try_from(unread).unwrap_or(usize::MAX);
+        let read = self.take_unread(conv, want, |m| {
+            !own.contains(&m.sender) && m.lamport <= lamport
+        })?;
+        if !read.is_empty() {
+            let n = u32::try_from(read.len()).unwrap_or(u32::MAX);
+            self.store.history().lower_unread(conv, n)?;
+        }
+        Ok(())
     }
 
     /// Up to `want` of the messages of `conv` that `theirs` selects and
@@ -3423,7 +3479,30 @@ mod tests {
         n.receive(&a_key, std::slice::from_ref(&copy.frame), 113, true)
             .unwrap();
         let read = n.mark_read(&b_key, 113).unwrap();
-        assert_eq!(read.iter().map(|d| d.to).collect::<Vec<_>>(), vec![b_key]);
+        let to: HashSet<[u8; 32]> = read.iter().map(|d| d.to).collect();
+        assert_eq!(
+            to,
+            HashSet::from([b_key, a_key]),
+            "Bob's receipt, and the phone's mark"
+        );
+        // The phone had Bob's message unread: the laptop's mark reads it
+        // there too.
+        let unread = |e: &Engine| {
+            e.store()
+                .history()
+                .conversation(&conv)
+                .unwrap()
+                .map(|c| c.unread)
+        };
+        assert_eq!(unread(&a), Some(1));
+        let mark = read.iter().find(|d| d.to == a_key).unwrap();
+        let got = a
+            .receive(&n_key, std::slice::from_ref(&mark.frame), 113, true)
+            .unwrap();
+        assert_eq!(got.accepted, vec![true]);
+        assert_eq!(unread(&a), Some(0));
+        let bobs = a.store().history().get(&r.message).unwrap().unwrap();
+        assert_eq!(bobs.state, DeliveryState::Read);
         // A chat with one's own device makes no copies.
         assert!(
             n.send(&a_key, b"to my phone".to_vec(), 113)

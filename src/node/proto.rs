@@ -253,6 +253,15 @@ pub enum Payload {
         /// The message.
         chat: Chat,
     },
+    /// Another device of the sender's account read the conversation with
+    /// `peer` up to the Lamport clock `lamport`: the messages of other
+    /// senders at or below it are read here too (docs/devices.md, §3).
+    ReadUpTo {
+        /// The account the conversation is with.
+        peer: [u8; 32],
+        /// The newest message read, by its clock.
+        lamport: u64,
+    },
 }
 
 /// One contact in [`Payload::AccountContacts`].

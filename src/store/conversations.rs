@@ -234,6 +234,26 @@ impl History<'_> {
         Ok(was)
     }
 
+    /// Lowers a conversation's unread count by `n` (messages read on
+    /// another device of this account); returns the count now. An unknown
+    /// id is [`Error::UnknownConversation`].
+    pub fn lower_unread(&self, conv_id: &[u8; 32], n: u32) -> Result<u32, Error> {
+        let _writer = self.store.lock_history();
+        let mut record = self
+            .conv_record(conv_id)?
+            .ok_or_else(|| Error::UnknownConversation {
+                conv_id: hex(conv_id),
+            })?;
+        let now = record.conv.unread.saturating_sub(n);
+        if now != record.conv.unread {
+            record.conv.unread = now;
+            // As for `mark_read`: a repair must not count them again.
+            record.pending = None;
+            self.write_conversation(&record)?;
+        }
+        Ok(now)
+    }
+
     fn write_conversation(&self, record: &ConvRecord) -> Result<(), Error> {
         let sealed = self.seal_conversation(record)?;
         self.store
