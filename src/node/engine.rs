@@ -2587,8 +2587,8 @@ impl Engine {
     /// that are unread here are marked read, and the unread count lowered
     /// by as many (no receipt: that device sent them).
     fn read_elsewhere(&mut self, conv: &[u8; 32], lamport: u64) -> Result<(), EngineError> {
-        let unread = match self.store.history().conversation(conv)? {
-            Some(c) if c.unread > 0 => c.unread,
+        let (unread, newest) = match self.store.history().conversation(conv)? {
+            Some(c) if c.unread > 0 => (c.unread, c.last_lamport),
             _ => return Ok(()),
         };
         let mut own: Vec<[u8; 32]> = self
@@ -2598,7 +2598,17 @@ impl Engine {
             .map(|d| d.identity.signing)
             .collect();
         own.push(self.me.public().signing);
-        let want = usize::try_from(unread).unwrap_or(usize::MAX);
+        // As many as one read receipt names, as `mark_read` marks.
+        let want = usize::try_from(unread)
+            .unwrap_or(usize::MAX)
+            .min(super::proto::MAX_RECEIPTS);
+        if lamport >= newest {
+            // Read there up to the newest message here: all read, as
+            // `mark_read` leaves it.
+            self.take_unread(conv, want, |m| !own.contains(&m.sender))?;
+            self.store.history().mark_read(conv)?;
+            return Ok(());
+        }
         let read = self.take_unread(conv, want, |m| {
             !own.contains(&m.sender) && m.lamport <= lamport
         })?;
@@ -3500,9 +3510,28 @@ mod tests {
             .receive(&n_key, std::slice::from_ref(&mark.frame), 113, true)
             .unwrap();
         assert_eq!(got.accepted, vec![true]);
+        assert!(got.replies.is_empty(), "no mark back");
         assert_eq!(unread(&a), Some(0));
         let bobs = a.store().history().get(&r.message).unwrap().unwrap();
         assert_eq!(bobs.state, DeliveryState::Read);
+        // A mark below a newer message leaves that one unread; Bob
+        // cannot send one.
+        let newer = b.send(&a_key, b"newer".to_vec(), 113).unwrap();
+        a.receive(&b_key, &[newer.frame], 113, true).unwrap();
+        assert_eq!(unread(&a), Some(1));
+        let old_mark = Payload::ReadUpTo {
+            peer: b_key,
+            lamport: r.message.lamport,
+        }
+        .to_bytes();
+        let again = n
+            .queue_receipt(&a_key, conv, old_mark.clone(), 113)
+            .unwrap();
+        a.receive(&n_key, &[again.frame], 113, true).unwrap();
+        assert_eq!(unread(&a), Some(1));
+        let forged = b.queue_receipt(&a_key, conv, old_mark, 113).unwrap();
+        let got = a.receive(&b_key, &[forged.frame], 113, true).unwrap();
+        assert_eq!(got.accepted, vec![false]);
         // A chat with one's own device makes no copies.
         assert!(
             n.send(&a_key, b"to my phone".to_vec(), 113)
