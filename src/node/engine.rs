@@ -1449,10 +1449,8 @@ impl Engine {
     ) {
         let me = self.me.public().signing;
         let own: Vec<[u8; 32]> = self
-            .devices
-            .devices()
-            .iter()
-            .map(|d| d.identity.signing)
+            .own_devices()
+            .into_iter()
             .filter(|k| *k != me && self.contacts.contains_key(k))
             .collect();
         let peer = self.account_of(to);
@@ -1525,6 +1523,25 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The identity keys of this account's devices, this one among them
+    /// (its list always names it).
+    fn own_devices(&self) -> Vec<[u8; 32]> {
+        self.devices
+            .devices()
+            .iter()
+            .map(|d| d.identity.signing)
+            .collect()
+    }
+
+    /// The conversation with the account `peer`, named in a copy or a read
+    /// mark from `from`: `None` (refused) unless `from` is another device
+    /// of this account and `peer` another account.
+    fn own_device_conversation(&self, from: &[u8; 32], peer: &[u8; 32]) -> Option<[u8; 32]> {
+        let own = self.devices.account();
+        (*from != self.me.public().signing && self.devices.device(from).is_some() && peer != own)
+            .then(|| conversation_of(own, peer))
     }
 
     /// The contact `to` and every other contact device of its account
@@ -2399,18 +2416,13 @@ impl Engine {
                     }
                 }
                 Payload::Sent { id, peer, chat } => {
-                    let own = self.devices.account();
-                    if *from == self.me.public().signing
-                        || self.devices.device(from).is_none()
-                        || peer == *own
-                    {
+                    let Some(copy_conv) = self.own_device_conversation(from, &peer) else {
                         tracing::debug!(
                             "a copy of a sent message not from a device of this account refused"
                         );
                         out.accepted.push(false);
                         continue;
-                    }
-                    let copy_conv = conversation_of(own, &peer);
+                    };
                     if copy_conv == conv {
                         witness_clock(&mut state.lamport, chat.lamport);
                     } else {
@@ -2436,16 +2448,12 @@ impl Engine {
                     delivered.push((0, id));
                 }
                 Payload::ReadUpTo { peer, lamport } => {
-                    let own_account = *self.devices.account();
-                    if *from == self.me.public().signing
-                        || self.devices.device(from).is_none()
-                        || peer == own_account
-                    {
+                    let Some(read_conv) = self.own_device_conversation(from, &peer) else {
                         tracing::debug!("a read mark not from a device of this account refused");
                         out.accepted.push(false);
                         continue;
-                    }
-                    self.read_elsewhere(&conversation_of(&own_account, &peer), lamport)?;
+                    };
+                    self.read_elsewhere(&read_conv, lamport)?;
                 }
                 Payload::Devices { id, list, .. } => match self.on_devices(from, &list, now) {
                     Ok(news) => {
@@ -2482,21 +2490,13 @@ impl Engine {
         }
         self.put_conv_state(&conv, &state)?;
         self.put_seq_state(&conv, from, pair.as_ref())?;
-        let stored = self
-            .store
-            .history()
-            .append_batch(&incoming, Direction::Incoming)?;
-        for (msg, outcome) in incoming.into_iter().zip(stored) {
-            if outcome == Appended::Inserted {
-                out.events.push(Event::MessageReceived(msg));
+        for (messages, direction) in [(incoming, Direction::Incoming), (copies, Direction::Copied)]
+        {
+            if messages.is_empty() {
+                continue;
             }
-        }
-        if !copies.is_empty() {
-            let stored = self
-                .store
-                .history()
-                .append_batch(&copies, Direction::Copied)?;
-            for (msg, outcome) in copies.into_iter().zip(stored) {
+            let stored = self.store.history().append_batch(&messages, direction)?;
+            for (msg, outcome) in messages.into_iter().zip(stored) {
                 if outcome == Appended::Inserted {
                     out.events.push(Event::MessageReceived(msg));
                 }
@@ -2537,13 +2537,7 @@ impl Engine {
         // count), at most one receipt's worth.
         let want = unread.min(super::proto::MAX_RECEIPTS);
         // Not the copies of what this account's devices wrote.
-        let mut own: Vec<[u8; 32]> = self
-            .devices
-            .devices()
-            .iter()
-            .map(|d| d.identity.signing)
-            .collect();
-        own.push(self.me.public().signing);
+        let own = self.own_devices();
         let mut by_author = std::collections::BTreeMap::new();
         let mut newest = None;
         for r in self.take_unread(&conv, want, |m| !own.contains(&m.sender))? {
@@ -2591,13 +2585,7 @@ impl Engine {
             Some(c) if c.unread > 0 => (c.unread, c.last_lamport),
             _ => return Ok(()),
         };
-        let mut own: Vec<[u8; 32]> = self
-            .devices
-            .devices()
-            .iter()
-            .map(|d| d.identity.signing)
-            .collect();
-        own.push(self.me.public().signing);
+        let own = self.own_devices();
         // As many as one read receipt names, as `mark_read` marks.
         let want = usize::try_from(unread)
             .unwrap_or(usize::MAX)

@@ -219,6 +219,23 @@ impl History<'_> {
     /// Clears a conversation's unread count. Returns how many messages were
     /// unread; an unknown id is [`Error::UnknownConversation`].
     pub fn mark_read(&self, conv_id: &[u8; 32]) -> Result<u32, Error> {
+        Ok(self.change_unread(conv_id, |_| 0)?.0)
+    }
+
+    /// Lowers a conversation's unread count by `n` (messages read on
+    /// another device of this account); returns the count now. An unknown
+    /// id is [`Error::UnknownConversation`].
+    pub fn lower_unread(&self, conv_id: &[u8; 32], n: u32) -> Result<u32, Error> {
+        Ok(self.change_unread(conv_id, |was| was.saturating_sub(n))?.1)
+    }
+
+    /// Sets a conversation's unread count to `to(count)`: the counts before
+    /// and after.
+    fn change_unread(
+        &self,
+        conv_id: &[u8; 32],
+        to: impl FnOnce(u32) -> u32,
+    ) -> Result<(u32, u32), Error> {
         let _writer = self.store.lock_history();
         let mut record = self
             .conv_record(conv_id)?
@@ -226,32 +243,15 @@ impl History<'_> {
                 conv_id: hex(conv_id),
             })?;
         let was = record.conv.unread;
-        if was != 0 {
-            record.conv.unread = 0;
-            record.pending = None;
-            self.write_conversation(&record)?;
-        }
-        Ok(was)
-    }
-
-    /// Lowers a conversation's unread count by `n` (messages read on
-    /// another device of this account); returns the count now. An unknown
-    /// id is [`Error::UnknownConversation`].
-    pub fn lower_unread(&self, conv_id: &[u8; 32], n: u32) -> Result<u32, Error> {
-        let _writer = self.store.lock_history();
-        let mut record = self
-            .conv_record(conv_id)?
-            .ok_or_else(|| Error::UnknownConversation {
-                conv_id: hex(conv_id),
-            })?;
-        let now = record.conv.unread.saturating_sub(n);
-        if now != record.conv.unread {
+        let now = to(was);
+        if now != was {
             record.conv.unread = now;
-            // As for `mark_read`: a repair must not count them again.
+            // The messages a pending write adds must not be counted again
+            // by a repair: the count is the reader's now.
             record.pending = None;
             self.write_conversation(&record)?;
         }
-        Ok(now)
+        Ok((was, now))
     }
 
     fn write_conversation(&self, record: &ConvRecord) -> Result<(), Error> {
